@@ -2,10 +2,10 @@
 //!
 //! Each format has a parser module that turns bytes into a [`Decoded`] (borrowing from the
 //! payload where it can); [`Decoded::append_to`] is the one builder step into an Arrow batch.
-//! - [`pb`]: `meterflow.v1.MeterReport` (protobuf)
-//! - [`json`]: the same report as JSON
-//! - [`senml`]: RFC 8428 SenML packs, JSON and CBOR, resolved per section 4.6
-//! - [`dsmr`]: DSMR P1 telegrams 2.2 to 5.0, e-MUCS, Smarty
+//! - [`pb`][]: `meterflow.v1.MeterReport` (protobuf)
+//! - [`json`][]: the same report as JSON
+//! - [`senml`][]: RFC 8428 SenML packs, JSON and CBOR, resolved per section 4.6
+//! - [`dsmr`][]: DSMR P1 telegrams 2.2 to 5.0, e-MUCS, Smarty
 //!
 //! A payload that is partly bad keeps its good rows; the bad ones are listed in
 //! [`Decoded::rejected`] with their position. A payload that is wholly bad is a [`DecodeError`].
@@ -32,6 +32,26 @@ pub struct Reading<'a> {
     pub unit: Cow<'a, str>,
     /// Bit flags from [`meterflow_proto::quality`].
     pub quality: u16,
+}
+
+/// Equidistant values of one channel; expanded into one row per value by [`Decoded::append_to`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series<'a> {
+    pub channel: Cow<'a, str>,
+    pub start_ts_ms: i64,
+    pub interval_ms: i64,
+    pub unit: Cow<'a, str>,
+    pub values: Vec<f64>,
+    /// Empty, or one flag set per value.
+    pub quality: Vec<u16>,
+}
+
+impl Series<'_> {
+    /// The time of value `i`.
+    pub fn ts_ms(&self, i: usize) -> i64 {
+        self.start_ts_ms
+            .saturating_add((i as i64).saturating_mul(self.interval_ms))
+    }
 }
 
 /// Device health as a meter reports it; every field optional.
@@ -73,18 +93,31 @@ pub struct Decoded<'a> {
     /// The report's message counter, where the format has one.
     pub seq: Option<u64>,
     pub readings: Vec<Reading<'a>>,
+    pub series: Vec<Series<'a>>,
     pub status: Option<DeviceStatus>,
     /// Parts that did not decode; the readings above are the parts that did.
     pub rejected: Vec<Rejected>,
 }
 
 impl Decoded<'_> {
-    /// Appends every reading as a row of the canonical schema; returns how many.
+    /// How many rows [`Decoded::append_to`] appends.
+    pub fn row_count(&self) -> usize {
+        self.readings.len() + self.series.iter().map(|s| s.values.len()).sum::<usize>()
+    }
+
+    /// Appends every reading, and every value of every series, as a row of the canonical
+    /// schema; returns how many.
     pub fn append_to(&self, builder: &mut ReadingBatchBuilder, meta: &RowMeta<'_>) -> usize {
         for r in &self.readings {
             builder.append(meta, &r.channel, r.ts_ms, r.value, &r.unit, r.quality);
         }
-        self.readings.len()
+        for s in &self.series {
+            for (i, value) in s.values.iter().enumerate() {
+                let quality = s.quality.get(i).copied().unwrap_or(0);
+                builder.append(meta, &s.channel, s.ts_ms(i), *value, &s.unit, quality);
+            }
+        }
+        self.row_count()
     }
 }
 
@@ -133,7 +166,9 @@ pub fn decode<'a>(
 pub fn decode_status(payload: &[u8]) -> Result<DeviceStatus, DecodeError> {
     let first = payload.iter().find(|b| !b.is_ascii_whitespace());
     match first {
-        None => Err(DecodeError::Empty { format: Format::Json }),
+        None => Err(DecodeError::Empty {
+            format: Format::Json,
+        }),
         Some(b'{') => json::decode_status(payload),
         Some(_) => pb::decode_status(payload),
     }

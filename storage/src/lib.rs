@@ -1,1 +1,19 @@
-//! placeholder
+//! Where readings go once decoded.
+//!
+//! - [`batcher`]: collects rows into one Arrow batch and says when to flush (rows, bytes, age).
+//! - [`parquet`]: the embedded default sink, hive-style date folders of zstd Parquet files
+//!   that appear under their final name only when complete.
+//! - [`dead_letter`]: payloads that did not decode, kept on disk with raw bytes and reason.
+//!
+//! storage depends on `proto` only: it knows the canonical schema, never the decoders or
+//! the network edge.
+
+pub mod batcher;
+pub mod dead_letter;
+mod error;
+pub mod parquet;
+
+pub use batcher::{BatchConfig, Batcher};
+pub use dead_letter::{DeadLetter, DeadLetterStore};
+pub use error::StorageError;
+pub use parquet::{ParquetConfig, ParquetSink};

@@ -1,0 +1,264 @@
+//! meterflow's configuration: one TOML file whose every key has a default that works on a
+//! fresh machine. `deploy/meterflow.example.toml` documents each key. Unknown keys are
+//! errors, and [`Config::validate`] names the key of any bad value.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use meterflow_storage::{BatchConfig, ParquetConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::IngestError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where Parquet files, dead letters and local state are kept.
+    pub data_dir: PathBuf,
+    pub mqtt: MqttConfig,
+    pub http: HttpConfig,
+    pub pipeline: PipelineConfig,
+    pub batch: BatchConfig,
+    pub parquet: ParquetConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            mqtt: MqttConfig::default(),
+            http: HttpConfig::default(),
+            pipeline: PipelineConfig::default(),
+            batch: BatchConfig::default(),
+            parquet: ParquetConfig::default(),
+        }
+    }
+}
+
+/// The embedded MQTT broker (rumqttd).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// MQTT 3.1.1 listener.
+    pub listen: SocketAddr,
+    /// MQTT 5 listener (a separate port: rumqttd serves one protocol version per listener).
+    /// Leave out to serve MQTT 3.1.1 only.
+    pub listen_v5: Option<SocketAddr>,
+    /// Concurrent client connections at most.
+    pub max_connections: usize,
+    /// Largest publish payload accepted, bytes.
+    pub max_payload_bytes: usize,
+    /// Unacknowledged QoS 1 publishes per connection.
+    pub max_inflight: usize,
+    /// A client must send CONNECT within this time after the TCP connect.
+    pub connect_timeout_ms: u16,
+    /// Size of one segment of the broker's in-memory log for `meters/#`.
+    pub router_segment_bytes: usize,
+    /// Segments kept. The log holds at most `router_segment_bytes × router_segment_count`
+    /// bytes of messages that the link consumer has not read yet; past that the broker drops
+    /// the oldest (counted as `meterflow_router_drops_total`). It is also the broker's memory.
+    pub router_segment_count: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            listen_v5: Some(SocketAddr::from(([0, 0, 0, 0], 1884))),
+            max_connections: 10_000,
+            max_payload_bytes: 256 * 1024,
+            max_inflight: 100,
+            connect_timeout_ms: 10_000,
+            router_segment_bytes: 32 * 1024 * 1024,
+            router_segment_count: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `/health`, `/metrics` and the API. Loopback by default.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// Between the network edge and the decoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Messages waiting between the link consumer and the decoder at most. When full, the
+    /// link consumer waits and the broker's log (above) absorbs the burst.
+    pub queue_capacity: usize,
+    /// On SIGTERM, keep draining the broker until it has been quiet this long...
+    pub shutdown_quiet_ms: u64,
+    /// ...or at most this long.
+    pub shutdown_max_ms: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            queue_capacity: 65_536,
+            shutdown_quiet_ms: 500,
+            shutdown_max_ms: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Config, IngestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| IngestError::Io {
+            action: "reading config",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, IngestError> {
+        toml::from_str(text).map_err(|e| {
+            let key = match e.span() {
+                Some(span) => key_at(text, span.start),
+                None => "(file)".to_string(),
+            };
+            IngestError::Config {
+                key,
+                reason: e.message().to_string(),
+            }
+        })
+    }
+
+    /// Checks every value that the types alone do not; the error names the key.
+    pub fn validate(&self) -> Result<(), IngestError> {
+        fn positive(key: &str, v: u64) -> Result<(), IngestError> {
+            if v == 0 {
+                return Err(IngestError::config(key, "must be greater than 0"));
+            }
+            Ok(())
+        }
+        positive("mqtt.max_connections", self.mqtt.max_connections as u64)?;
+        positive("mqtt.max_payload_bytes", self.mqtt.max_payload_bytes as u64)?;
+        positive("mqtt.max_inflight", self.mqtt.max_inflight as u64)?;
+        if self.mqtt.max_inflight > u16::MAX as usize {
+            return Err(IngestError::config(
+                "mqtt.max_inflight",
+                "must be at most 65535",
+            ));
+        }
+        positive(
+            "mqtt.connect_timeout_ms",
+            u64::from(self.mqtt.connect_timeout_ms),
+        )?;
+        if self.mqtt.router_segment_bytes < self.mqtt.max_payload_bytes {
+            return Err(IngestError::config(
+                "mqtt.router_segment_bytes",
+                "must be at least mqtt.max_payload_bytes",
+            ));
+        }
+        positive(
+            "mqtt.router_segment_count",
+            self.mqtt.router_segment_count as u64,
+        )?;
+        if Some(self.mqtt.listen) == self.mqtt.listen_v5 {
+            return Err(IngestError::config(
+                "mqtt.listen_v5",
+                "must differ from mqtt.listen",
+            ));
+        }
+        positive(
+            "pipeline.queue_capacity",
+            self.pipeline.queue_capacity as u64,
+        )?;
+        positive("batch.max_rows", self.batch.max_rows as u64)?;
+        positive("batch.max_bytes", self.batch.max_bytes as u64)?;
+        positive("parquet.row_group_rows", self.parquet.row_group_rows as u64)?;
+        positive("parquet.file_max_rows", self.parquet.file_max_rows as u64)?;
+        if !(1..=22).contains(&self.parquet.zstd_level) {
+            return Err(IngestError::config("parquet.zstd_level", "must be 1 to 22"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(IngestError::config("data_dir", "must not be empty"));
+        }
+        if !self.parquet.enabled {
+            return Err(IngestError::config(
+                "parquet.enabled",
+                "Parquet is the only sink in this version; it cannot be turned off",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The dotted key whose value starts at byte `offset`, with its line: `mqtt.listen (line 2)`.
+fn key_at(text: &str, offset: usize) -> String {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let section = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    match (line.split_once('='), section) {
+        (Some((key, _)), Some(section)) => format!("{section}.{} (line {line_no})", key.trim()),
+        (Some((key, _)), None) => format!("{} (line {line_no})", key.trim()),
+        (None, _) => format!("line {line_no}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_partial_file_keeps_the_other_defaults() {
+        let c = Config::from_toml("data_dir = \"/var/lib/meterflow\"\n[batch]\nmax_rows = 10\n")
+            .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/meterflow"));
+        assert_eq!(c.batch.max_rows, 10);
+        assert_eq!(c.batch.max_age_ms, BatchConfig::default().max_age_ms);
+        assert_eq!(c.mqtt, MqttConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let e = Config::from_toml("[mqtt]\nlisten_port = 1\n").unwrap_err();
+        assert!(e.to_string().contains("listen_port"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut c = Config::default();
+        c.parquet.zstd_level = 40;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("parquet.zstd_level"));
+        let mut c = Config::default();
+        c.mqtt.router_segment_bytes = 10;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("mqtt.router_segment_bytes"));
+        let e = Config::from_toml("[mqtt]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(e.to_string().contains("`mqtt.listen (line 2)`"), "{e}");
+    }
+}

@@ -1,0 +1,52 @@
+//! The one error type of the ingest crate.
+
+use std::net::SocketAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// A config value is wrong; start-up stops. `key` is the TOML path of the value.
+    #[error("config key `{key}`: {reason}")]
+    Config { key: String, reason: String },
+
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("embedded MQTT broker: {0}")]
+    Broker(String),
+
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    Storage(#[from] meterflow_storage::StorageError),
+}
+
+impl IngestError {
+    pub(crate) fn config(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        IngestError::Config {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether trying again (later, unchanged) can help: a port in use may be freed, a
+    /// disk may get space; a wrong config value will stay wrong.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            IngestError::Config { .. } => false,
+            IngestError::Bind { .. } | IngestError::Io { .. } => true,
+            IngestError::Broker(_) => false,
+            IngestError::Storage(e) => e.is_retryable(),
+        }
+    }
+}

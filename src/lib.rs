@@ -1,0 +1,10 @@
+//! The `meterflow` command: the subcommands that are not the server itself.
+//!
+//! - [`simulate`]: a fleet of meters publishing over MQTT, as a load generator and a demo;
+//!   its payload generator is deterministic so tests can check every value that arrives.
+//! - [`decode_cmd`]: prints what a payload decodes to, or the error with its position.
+//!
+//! `serve` is [`meterflow_ingest::serve`]; `main.rs` parses the command line.
+
+pub mod decode_cmd;
+pub mod simulate;

@@ -1,0 +1,529 @@
+//! `meterflow simulate`: a fleet of meters publishing over MQTT with QoS 1.
+//!
+//! Each meter is its own MQTT connection (client id = meter id), as in the field. Meter `m`
+//! sends `messages` reports; report `k` is either five register readings stamped
+//! `start + k × interval_s` (`--shape readings`) or one day of 96 quarter-hour consumption
+//! values starting at `start + k × 1 day` (`--shape series`). Every value is a function of
+//! (m, k) with at most three decimals, so the readings that must arrive are known exactly:
+//! [`Plan::expected_rows`]. The summary counts what was sent and what the broker acknowledged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc, Weekday};
+use meterflow_proto::{pb, Format};
+use prost::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::Serialize;
+
+/// What a report carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// Five register readings (import T1/T2, export, power, gas) per report.
+    Readings,
+    /// One day of 96 quarter-hour values of `1-0:1.29.0` per report.
+    Series,
+}
+
+/// The reports of a fleet: who sends what.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub meters: usize,
+    pub messages: usize,
+    pub format: Format,
+    pub shape: Shape,
+    /// Time of report 0, Unix ms (whole seconds, so every format can carry it exactly).
+    pub start_ms: i64,
+    /// Seconds between two `readings` reports.
+    pub interval_s: i64,
+    pub prefix: String,
+}
+
+/// One reading a report must produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpectedRow {
+    pub channel: &'static str,
+    pub ts_ms: i64,
+    pub value: f64,
+    pub unit: &'static str,
+}
+
+const SERIES_CHANNEL: &str = "1-0:1.29.0";
+const QUARTER_HOURS: usize = 96;
+
+impl Plan {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !matches!(
+            self.format,
+            Format::Pb | Format::Json | Format::Senml | Format::Dsmr
+        ) {
+            bail!("simulate --format takes pb, json, senml or dsmr");
+        }
+        if self.shape == Shape::Series && self.format == Format::Dsmr {
+            bail!("a DSMR telegram carries register readings only: use --shape readings");
+        }
+        if self.start_ms % 1000 != 0 {
+            bail!("--start must be a whole second");
+        }
+        Ok(())
+    }
+
+    pub fn meter_id(&self, m: usize) -> String {
+        format!("{}{m:06}", self.prefix)
+    }
+
+    pub fn topic(&self, m: usize) -> String {
+        format!("meters/{}/{}", self.meter_id(m), self.format)
+    }
+
+    /// Rows one report produces.
+    pub fn rows_per_message(&self) -> usize {
+        match self.shape {
+            Shape::Readings => 5,
+            Shape::Series => QUARTER_HOURS,
+        }
+    }
+
+    /// The readings report `k` of meter `m` must produce, in payload order.
+    pub fn expected_rows(&self, m: usize, k: usize) -> Vec<ExpectedRow> {
+        let (m, k) = (m as i64, k as i64);
+        let milli = |v: i64| v as f64 / 1000.0;
+        match self.shape {
+            Shape::Readings => {
+                let ts_ms = self.start_ms + k * self.interval_s * 1000;
+                vec![
+                    ExpectedRow {
+                        channel: "1-0:1.8.1",
+                        ts_ms,
+                        value: milli(m * 100_000 + k * 250),
+                        unit: "kWh",
+                    },
+                    ExpectedRow {
+                        channel: "1-0:1.8.2",
+                        ts_ms,
+                        value: milli(m * 50_000 + k * 125),
+                        unit: "kWh",
+                    },
+                    ExpectedRow {
+                        channel: "1-0:2.8.1",
+                        ts_ms,
+                        value: milli(k * 10),
+                        unit: "kWh",
+                    },
+                    ExpectedRow {
+                        channel: "1-0:1.7.0",
+                        ts_ms,
+                        value: milli((m * 7 + k * 13) % 5000),
+                        unit: "kW",
+                    },
+                    ExpectedRow {
+                        channel: "0-1:24.2.1",
+                        ts_ms,
+                        value: milli(m * 20_000 + k * 40),
+                        unit: "m3",
+                    },
+                ]
+            }
+            Shape::Series => {
+                let start = self.start_ms + k * 86_400_000;
+                (0..QUARTER_HOURS as i64)
+                    .map(|i| ExpectedRow {
+                        channel: SERIES_CHANNEL,
+                        ts_ms: start + i * 900_000,
+                        value: milli((m * 31 + k * 17 + i * 7) % 400 + 10),
+                        unit: "kWh",
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The payload of report `k` of meter `m`.
+    pub fn payload(&self, m: usize, k: usize) -> Vec<u8> {
+        let rows = self.expected_rows(m, k);
+        let meter_id = self.meter_id(m);
+        let seq = k as u64 + 1;
+        match (self.format, self.shape) {
+            (Format::Pb, Shape::Readings) => pb::MeterReport {
+                meter_id,
+                seq,
+                readings: rows
+                    .iter()
+                    .map(|r| pb::Reading {
+                        channel: r.channel.into(),
+                        ts_ms: r.ts_ms,
+                        value: r.value,
+                        unit: r.unit.into(),
+                        quality: 0,
+                    })
+                    .collect(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            (Format::Pb, Shape::Series) => pb::MeterReport {
+                meter_id,
+                seq,
+                series: vec![pb::IntervalSeries {
+                    channel: SERIES_CHANNEL.into(),
+                    start_ts_ms: rows[0].ts_ms,
+                    interval_s: 900,
+                    unit: "kWh".into(),
+                    values: rows.iter().map(|r| r.value).collect(),
+                    quality: vec![],
+                }],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            (Format::Json, Shape::Readings) => serde_json::json!({
+                "meter_id": meter_id,
+                "seq": seq,
+                "readings": rows.iter().map(|r| serde_json::json!({
+                    "channel": r.channel, "ts": r.ts_ms, "value": r.value, "unit": r.unit,
+                })).collect::<Vec<_>>(),
+            })
+            .to_string()
+            .into_bytes(),
+            (Format::Json, Shape::Series) => serde_json::json!({
+                "meter_id": meter_id,
+                "seq": seq,
+                "series": [{
+                    "channel": SERIES_CHANNEL,
+                    "start": rows[0].ts_ms,
+                    "interval_s": 900,
+                    "unit": "kWh",
+                    "values": rows.iter().map(|r| r.value).collect::<Vec<_>>(),
+                }],
+            })
+            .to_string()
+            .into_bytes(),
+            (Format::Senml, _) => {
+                let base_s = rows[0].ts_ms / 1000;
+                let records: Vec<serde_json::Value> = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let mut rec =
+                            serde_json::json!({"n": r.channel, "u": r.unit, "v": r.value});
+                        if i == 0 {
+                            rec["bn"] = format!("urn:dev:mf:{meter_id}:").into();
+                            rec["bt"] = base_s.into();
+                        }
+                        let offset_s = r.ts_ms / 1000 - base_s;
+                        if offset_s != 0 {
+                            rec["t"] = offset_s.into();
+                        }
+                        rec
+                    })
+                    .collect();
+                serde_json::Value::Array(records).to_string().into_bytes()
+            }
+            (Format::Dsmr, _) => dsmr_telegram(&meter_id, &rows),
+            (other, _) => unreachable!("Plan::validate refuses {other}"),
+        }
+    }
+}
+
+/// A DSMR 5.0 telegram with CRC-16/ARC over `/` to `!`.
+fn dsmr_telegram(meter_id: &str, rows: &[ExpectedRow]) -> Vec<u8> {
+    let stamp = dsmr_timestamp(rows[0].ts_ms);
+    let mut t = String::with_capacity(400);
+    t.push_str("/MFL5\\2meterflow-simulator\r\n\r\n");
+    t.push_str(&format!("0-0:1.0.0({stamp})\r\n"));
+    let id_hex: String = meter_id.bytes().map(|b| format!("{b:02X}")).collect();
+    t.push_str(&format!("0-0:96.1.1({id_hex})\r\n"));
+    for r in rows {
+        if r.channel.starts_with("0-1:24.2.1") {
+            t.push_str(&format!(
+                "{}({stamp})({:09.3}*{})\r\n",
+                r.channel, r.value, r.unit
+            ));
+        } else if r.unit == "kW" {
+            t.push_str(&format!("{}({:06.3}*{})\r\n", r.channel, r.value, r.unit));
+        } else {
+            t.push_str(&format!("{}({:010.3}*{})\r\n", r.channel, r.value, r.unit));
+        }
+    }
+    t.push('!');
+    let crc = crc16_arc(t.as_bytes());
+    t.push_str(&format!("{crc:04X}\r\n"));
+    t.into_bytes()
+}
+
+fn crc16_arc(bytes: &[u8]) -> u16 {
+    let mut crc = 0u16;
+    for b in bytes {
+        crc ^= u16::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
+/// `YYMMDDhhmmssX` in Dutch/Belgian local time: `S` (CEST, UTC+2) or `W` (CET, UTC+1).
+fn dsmr_timestamp(utc_ms: i64) -> String {
+    let utc = DateTime::from_timestamp_millis(utc_ms).unwrap_or_default();
+    let summer = is_eu_summer_time(&utc);
+    let local = utc + chrono::Duration::hours(if summer { 2 } else { 1 });
+    format!(
+        "{}{}",
+        local.format("%y%m%d%H%M%S"),
+        if summer { 'S' } else { 'W' }
+    )
+}
+
+/// EU rule: summer time from the last Sunday of March to the last Sunday of October, 01:00 UTC.
+fn is_eu_summer_time(utc: &DateTime<Utc>) -> bool {
+    let last_sunday_01utc = |month: u32| {
+        let first_next = NaiveDate::from_ymd_opt(utc.year(), month + 1, 1).unwrap_or_default();
+        let mut day = first_next.pred_opt().unwrap_or_default();
+        while day.weekday() != Weekday::Sun {
+            day = day.pred_opt().unwrap_or_default();
+        }
+        Utc.from_utc_datetime(&day.and_hms_opt(1, 0, 0).unwrap_or_default())
+    };
+    *utc >= last_sunday_01utc(3) && *utc < last_sunday_01utc(10)
+}
+
+/// How to reach the broker.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    /// Unacknowledged publishes per connection.
+    pub inflight: u16,
+    /// Connections opened at the same time at most (the rest wait their turn).
+    pub concurrency: usize,
+    /// Pause between two reports of one meter.
+    pub pause: Duration,
+    /// Give up on a meter whose reports are not all acknowledged in this time.
+    pub meter_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub meters: usize,
+    pub format: String,
+    pub shape: String,
+    pub messages_sent: u64,
+    pub messages_acked: u64,
+    pub rows_sent: u64,
+    pub rows_acked: u64,
+    pub bytes_sent: u64,
+    pub meters_failed: u64,
+    pub elapsed_s: f64,
+    pub acked_per_s: f64,
+    pub first_ts_ms: i64,
+    pub last_ts_ms: i64,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    bytes: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Runs the fleet against the broker and reports what was sent and acknowledged.
+pub async fn run(plan: Arc<Plan>, target: Target) -> anyhow::Result<Summary> {
+    plan.validate()?;
+    let counters = Arc::new(Counters::default());
+    let permits = Arc::new(tokio::sync::Semaphore::new(target.concurrency.max(1)));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for m in 0..plan.meters {
+        let (plan, target, counters, permits) = (
+            plan.clone(),
+            target.clone(),
+            counters.clone(),
+            permits.clone(),
+        );
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let outcome = tokio::time::timeout(
+                target.meter_timeout,
+                run_meter(&plan, m, &target, &counters),
+            )
+            .await;
+            let error = match outcome {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!(
+                    "not all reports acknowledged within {:?}",
+                    target.meter_timeout
+                ),
+            };
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(meter_id = %plan.meter_id(m), error, "simulated meter failed");
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.context("a simulated meter panicked")?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let sent = counters.sent.load(Ordering::Relaxed);
+    let acked = counters.acked.load(Ordering::Relaxed);
+    let per = plan.rows_per_message() as u64;
+    let first = plan.expected_rows(0, 0);
+    let last = plan.expected_rows(0, plan.messages.saturating_sub(1));
+    Ok(Summary {
+        meters: plan.meters,
+        format: plan.format.to_string(),
+        shape: format!("{:?}", plan.shape).to_lowercase(),
+        messages_sent: sent,
+        messages_acked: acked,
+        rows_sent: sent * per,
+        rows_acked: acked * per,
+        bytes_sent: counters.bytes.load(Ordering::Relaxed),
+        meters_failed: counters.failed.load(Ordering::Relaxed),
+        elapsed_s: elapsed,
+        acked_per_s: if elapsed > 0.0 {
+            acked as f64 / elapsed
+        } else {
+            0.0
+        },
+        first_ts_ms: first.first().map_or(0, |r| r.ts_ms),
+        last_ts_ms: last.last().map_or(0, |r| r.ts_ms),
+    })
+}
+
+async fn run_meter(
+    plan: &Plan,
+    m: usize,
+    target: &Target,
+    counters: &Counters,
+) -> anyhow::Result<()> {
+    let mut options = MqttOptions::new(plan.meter_id(m), &target.host, target.port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_inflight(target.inflight.max(1))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, target.inflight.max(1) as usize);
+    let topic = plan.topic(m);
+    let messages = plan.messages;
+    let publisher = {
+        let client = client.clone();
+        let pause = target.pause;
+        async move {
+            for k in 0..messages {
+                let payload = plan.payload(m, k);
+                let len = payload.len() as u64;
+                client
+                    .publish(topic.as_str(), QoS::AtLeastOnce, false, payload)
+                    .await
+                    .context("queueing a publish")?;
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+                counters.bytes.fetch_add(len, Ordering::Relaxed);
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            anyhow::Ok(())
+        }
+    };
+    let acks = async {
+        let mut acked = 0;
+        while acked < messages {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acked += 1;
+                    counters.acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => bail!("connection to {}:{}: {e}", target.host, target.port),
+            }
+        }
+        client.disconnect().await.ok();
+        // Let the DISCONNECT go out.
+        let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+        anyhow::Ok(())
+    };
+    let (published, acked) = tokio::join!(publisher, acks);
+    published?;
+    acked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meterflow_decoders::{decode, DecodeContext};
+
+    fn plan(format: Format, shape: Shape) -> Plan {
+        Plan {
+            meters: 3,
+            messages: 4,
+            format,
+            shape,
+            start_ms: 1_719_792_000_000, // 2024-07-01T00:00:00Z, summer time
+            interval_s: 900,
+            prefix: "sim-".into(),
+        }
+    }
+
+    #[test]
+    fn every_payload_decodes_to_exactly_its_expected_rows() {
+        let cases = [
+            (Format::Pb, Shape::Readings),
+            (Format::Pb, Shape::Series),
+            (Format::Json, Shape::Readings),
+            (Format::Json, Shape::Series),
+            (Format::Senml, Shape::Readings),
+            (Format::Senml, Shape::Series),
+            (Format::Dsmr, Shape::Readings),
+        ];
+        for (format, shape) in cases {
+            let p = plan(format, shape);
+            p.validate().unwrap();
+            for (m, k) in [(0, 0), (2, 3)] {
+                let payload = p.payload(m, k);
+                let meter_id = p.meter_id(m);
+                let ctx = DecodeContext {
+                    meter_id: &meter_id,
+                    received_at_ms: 1_800_000_000_000,
+                };
+                let d = decode(format, &payload, &ctx)
+                    .unwrap_or_else(|e| panic!("{format} {shape:?}: {e}"));
+                assert!(d.rejected.is_empty(), "{format}: {:?}", d.rejected);
+                let mut got: Vec<(String, i64, f64, String)> = d
+                    .readings
+                    .iter()
+                    .map(|r| (r.channel.to_string(), r.ts_ms, r.value, r.unit.to_string()))
+                    .collect();
+                for s in &d.series {
+                    for (i, v) in s.values.iter().enumerate() {
+                        got.push((s.channel.to_string(), s.ts_ms(i), *v, s.unit.to_string()));
+                    }
+                }
+                let want: Vec<(String, i64, f64, String)> = p
+                    .expected_rows(m, k)
+                    .into_iter()
+                    .map(|r| (r.channel.to_string(), r.ts_ms, r.value, r.unit.to_string()))
+                    .collect();
+                assert_eq!(got, want, "{format} {shape:?} meter {m} report {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn dsmr_timestamps_follow_eu_summer_time() {
+        assert_eq!(dsmr_timestamp(1_719_792_000_000), "240701020000S");
+        assert_eq!(dsmr_timestamp(1_704_067_200_000), "240101010000W");
+        // 2024-03-31T01:00:00Z is the switch to summer time.
+        assert_eq!(dsmr_timestamp(1_711_846_799_000), "240331015959W");
+        assert_eq!(dsmr_timestamp(1_711_846_800_000), "240331030000S");
+    }
+
+    #[test]
+    fn dsmr_is_refused_for_series() {
+        assert!(plan(Format::Dsmr, Shape::Series).validate().is_err());
+        assert!(plan(Format::Lwm2m, Shape::Readings).validate().is_err());
+    }
+}

@@ -1,0 +1,50 @@
+//! The one error type of the storage crate.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("parquet write to {path}: {source}")]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: ::parquet::errors::ParquetError,
+    },
+
+    #[error("splitting a batch by date: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+}
+
+impl StorageError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        StorageError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Whether the same write may succeed later (a full disk may be freed, a file system
+    /// may come back); a malformed batch never will.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StorageError::Io { .. } => true,
+            StorageError::Parquet { source, .. } => {
+                matches!(source, ::parquet::errors::ParquetError::External(_))
+            }
+            StorageError::Arrow(_) => false,
+        }
+    }
+}

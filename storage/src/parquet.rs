@@ -1,0 +1,392 @@
+//! The Parquet sink, meterflow's embedded default.
+//!
+//! Layout: `{data_dir}/readings/date=YYYY-MM-DD/part-{run}-{seq}.parquet`, by the reading's UTC
+//! date (hive-style, so DuckDB, pandas, Spark and ClickHouse read the folder as a table with a
+//! `date` column). Files are zstd-compressed with bounded row groups. A file is written as a
+//! hidden `.part-….parquet.tmp` and renamed to its final name only when complete (after
+//! fsync), so readers never see a partial file. Each date being written has one open file,
+//! which is rolled (closed, renamed) when it holds `file_max_rows` rows or has been open
+//! `file_max_age_s` seconds, and on shutdown.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampMillisecondType;
+use arrow_array::{BooleanArray, RecordBatch};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::StorageError;
+
+const DAY_MS: i64 = 86_400_000;
+const TS_COLUMN: usize = 2;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParquetConfig {
+    /// Write Parquet files at all (the default sink; turn off when ClickHouse is the only one).
+    pub enabled: bool,
+    /// Rows per row group at most: bounds the memory of an open file and the reader's unit of work.
+    pub row_group_rows: usize,
+    /// Roll a file when it holds this many rows.
+    pub file_max_rows: usize,
+    /// Roll a file when it has been open this long: the delay before rows become visible.
+    pub file_max_age_s: u64,
+    /// zstd level, 1 (fast) to 22 (small).
+    pub zstd_level: i32,
+}
+
+impl Default for ParquetConfig {
+    fn default() -> Self {
+        ParquetConfig {
+            enabled: true,
+            row_group_rows: 128 * 1024,
+            file_max_rows: 4 * 1024 * 1024,
+            file_max_age_s: 60,
+            zstd_level: 1,
+        }
+    }
+}
+
+/// A file of one date being written.
+struct OpenFile {
+    writer: ArrowWriter<File>,
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    rows: usize,
+    opened_at: Instant,
+}
+
+pub struct ParquetSink {
+    root: PathBuf,
+    config: ParquetConfig,
+    properties: WriterProperties,
+    run_id: String,
+    next_seq: u64,
+    open: BTreeMap<i64, OpenFile>,
+}
+
+impl ParquetSink {
+    /// Opens the sink under `{data_dir}/readings`. Leftover `.tmp` files of a run that crashed
+    /// are incomplete (no footer) and are removed; their rows are not in any readable file.
+    pub fn open(data_dir: &Path, config: ParquetConfig) -> Result<Self, StorageError> {
+        let root = data_dir.join("readings");
+        fs::create_dir_all(&root).map_err(|e| StorageError::io("creating", &root, e))?;
+        let removed = remove_leftovers(&root)?;
+        if removed > 0 {
+            tracing::warn!(
+                files = removed,
+                dir = %root.display(),
+                "removed incomplete Parquet files left by an earlier run"
+            );
+        }
+        let level =
+            ZstdLevel::try_new(config.zstd_level).map_err(|source| StorageError::Parquet {
+                path: root.clone(),
+                source,
+            })?;
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .set_max_row_group_row_count(Some(config.row_group_rows.max(1)))
+            .build();
+        let run_id = chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ").to_string();
+        Ok(ParquetSink {
+            root,
+            config,
+            properties,
+            run_id,
+            next_seq: 0,
+            open: BTreeMap::new(),
+        })
+    }
+
+    /// Appends a batch of the canonical schema, split by the UTC date of each reading.
+    /// Returns the files that were completed because they reached `file_max_rows`.
+    pub fn write(
+        &mut self,
+        batch: &RecordBatch,
+        now: Instant,
+    ) -> Result<Vec<PathBuf>, StorageError> {
+        let mut completed = Vec::new();
+        for (day, part) in split_by_day(batch)? {
+            let file = match self.open.entry(day) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    e.insert(open_file(
+                        &self.root,
+                        day,
+                        &self.run_id,
+                        seq,
+                        &batch.schema(),
+                        &self.properties,
+                        now,
+                    )?)
+                }
+            };
+            file.writer
+                .write(&part)
+                .map_err(|source| StorageError::Parquet {
+                    path: file.tmp_path.clone(),
+                    source,
+                })?;
+            file.rows += part.num_rows();
+            if file.rows >= self.config.file_max_rows {
+                if let Some(file) = self.open.remove(&day) {
+                    completed.push(commit(file)?);
+                }
+            }
+        }
+        Ok(completed)
+    }
+
+    /// Completes the files that have been open for `file_max_age_s`.
+    pub fn roll_due(&mut self, now: Instant) -> Result<Vec<PathBuf>, StorageError> {
+        let max_age = Duration::from_secs(self.config.file_max_age_s);
+        let due: Vec<i64> = self
+            .open
+            .iter()
+            .filter(|(_, f)| now.saturating_duration_since(f.opened_at) >= max_age)
+            .map(|(day, _)| *day)
+            .collect();
+        let mut completed = Vec::with_capacity(due.len());
+        for day in due {
+            if let Some(file) = self.open.remove(&day) {
+                completed.push(commit(file)?);
+            }
+        }
+        Ok(completed)
+    }
+
+    /// How long until [`ParquetSink::roll_due`] has work; `None` with no open file.
+    pub fn next_roll_in(&self, now: Instant) -> Option<Duration> {
+        let max_age = Duration::from_secs(self.config.file_max_age_s);
+        self.open
+            .values()
+            .map(|f| max_age.saturating_sub(now.saturating_duration_since(f.opened_at)))
+            .min()
+    }
+
+    /// Completes every open file (shutdown).
+    pub fn close(&mut self) -> Result<Vec<PathBuf>, StorageError> {
+        let open = std::mem::take(&mut self.open);
+        open.into_values().map(commit).collect()
+    }
+
+    /// Rows written to files that are not complete yet.
+    pub fn pending_rows(&self) -> usize {
+        self.open.values().map(|f| f.rows).sum()
+    }
+}
+
+fn day_dir(root: &Path, day: i64) -> PathBuf {
+    let date = chrono::DateTime::from_timestamp_millis(day * DAY_MS)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| format!("day{day}"));
+    root.join(format!("date={date}"))
+}
+
+fn open_file(
+    root: &Path,
+    day: i64,
+    run_id: &str,
+    seq: u64,
+    schema: &arrow_schema::SchemaRef,
+    properties: &WriterProperties,
+    now: Instant,
+) -> Result<OpenFile, StorageError> {
+    let dir = day_dir(root, day);
+    fs::create_dir_all(&dir).map_err(|e| StorageError::io("creating", &dir, e))?;
+    let name = format!("part-{run_id}-{seq:06}.parquet");
+    let tmp_path = dir.join(format!(".{name}.tmp"));
+    let final_path = dir.join(name);
+    let file = File::create(&tmp_path).map_err(|e| StorageError::io("creating", &tmp_path, e))?;
+    let writer =
+        ArrowWriter::try_new(file, schema.clone(), Some(properties.clone())).map_err(|source| {
+            StorageError::Parquet {
+                path: tmp_path.clone(),
+                source,
+            }
+        })?;
+    Ok(OpenFile {
+        writer,
+        tmp_path,
+        final_path,
+        rows: 0,
+        opened_at: now,
+    })
+}
+
+/// Writes the footer, fsyncs, renames to the final name and fsyncs the folder.
+fn commit(file: OpenFile) -> Result<PathBuf, StorageError> {
+    let OpenFile {
+        writer,
+        tmp_path,
+        final_path,
+        rows,
+        ..
+    } = file;
+    let inner = writer
+        .into_inner()
+        .map_err(|source| StorageError::Parquet {
+            path: tmp_path.clone(),
+            source,
+        })?;
+    inner
+        .sync_all()
+        .map_err(|e| StorageError::io("syncing", &tmp_path, e))?;
+    drop(inner);
+    fs::rename(&tmp_path, &final_path).map_err(|e| StorageError::io("renaming", &tmp_path, e))?;
+    if let Some(dir) = final_path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StorageError::io("syncing", dir, e))?;
+    }
+    metrics::counter!("meterflow_rows_written_total", "sink" => "parquet").increment(rows as u64);
+    metrics::counter!("meterflow_parquet_files_total").increment(1);
+    tracing::debug!(path = %final_path.display(), rows, "parquet file complete");
+    Ok(final_path)
+}
+
+/// The parts of a batch by UTC day of `ts`, in day order; one part when all share a day.
+fn split_by_day(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, StorageError> {
+    let ts = batch
+        .column(TS_COLUMN)
+        .as_primitive::<TimestampMillisecondType>();
+    let days: Vec<i64> = ts.values().iter().map(|t| t.div_euclid(DAY_MS)).collect();
+    let Some(&first) = days.first() else {
+        return Ok(Vec::new());
+    };
+    if days.iter().all(|d| *d == first) {
+        return Ok(vec![(first, batch.clone())]);
+    }
+    let mut distinct = days.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    distinct
+        .into_iter()
+        .map(|day| {
+            let mask: BooleanArray = days.iter().map(|d| Some(*d == day)).collect();
+            Ok((
+                day,
+                arrow_select::filter::filter_record_batch(batch, &mask)?,
+            ))
+        })
+        .collect()
+}
+
+fn remove_leftovers(root: &Path) -> Result<usize, StorageError> {
+    let mut removed = 0;
+    let entries = fs::read_dir(root).map_err(|e| StorageError::io("listing", root, e))?;
+    for dir in entries.flatten() {
+        let Ok(files) = fs::read_dir(dir.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let name = f.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".part-") && name.ends_with(".tmp") {
+                fs::remove_file(f.path()).map_err(|e| StorageError::io("removing", f.path(), e))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meterflow_proto::{Format, ReadingBatchBuilder, RowMeta, Source};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    fn batch(ts: &[i64]) -> RecordBatch {
+        let mut b = ReadingBatchBuilder::default();
+        let meta = RowMeta {
+            meter_id: "m1",
+            received_at_ms: 5,
+            source: Source::Mqtt,
+            format: Format::Json,
+        };
+        for (i, t) in ts.iter().enumerate() {
+            b.append(&meta, "1-0:1.8.0", *t, i as f64, "kWh", 0);
+        }
+        b.finish()
+    }
+
+    fn read_all(path: &Path) -> (usize, usize) {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
+        let groups = reader.metadata().num_row_groups();
+        let rows = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
+        (rows, groups)
+    }
+
+    #[test]
+    fn rows_land_in_their_utc_date_folder_only_when_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = ParquetSink::open(dir.path(), ParquetConfig::default()).unwrap();
+        let now = Instant::now();
+        // 2024-03-01T23:59:59.999Z and 2024-03-02T00:00:00Z
+        let b = batch(&[1_709_337_599_999, 1_709_337_600_000, 1_709_337_600_001]);
+        assert!(sink.write(&b, now).unwrap().is_empty());
+        assert_eq!(sink.pending_rows(), 3);
+        let day1 = dir.path().join("readings/date=2024-03-01");
+        let visible = |d: &Path| {
+            fs::read_dir(d)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+                .count()
+        };
+        assert_eq!(visible(&day1), 0, "no file visible before it is complete");
+        assert_eq!(sink.next_roll_in(now), Some(Duration::from_secs(60)));
+        assert!(sink.roll_due(now).unwrap().is_empty());
+        let files = sink.roll_due(now + Duration::from_secs(60)).unwrap();
+        assert_eq!(files.len(), 2);
+        assert!(files[0].starts_with(&day1));
+        assert!(files[1].starts_with(dir.path().join("readings/date=2024-03-02")));
+        assert_eq!(read_all(&files[0]).0, 1);
+        assert_eq!(read_all(&files[1]).0, 2);
+        assert_eq!(sink.pending_rows(), 0);
+    }
+
+    #[test]
+    fn files_roll_at_max_rows_with_bounded_row_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ParquetConfig {
+            row_group_rows: 4,
+            file_max_rows: 10,
+            ..Default::default()
+        };
+        let mut sink = ParquetSink::open(dir.path(), config).unwrap();
+        let now = Instant::now();
+        let ts: Vec<i64> = (0..6).map(|i| 1_709_337_600_000 + i).collect();
+        assert!(sink.write(&batch(&ts), now).unwrap().is_empty());
+        let done = sink.write(&batch(&ts), now).unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!(read_all(&done[0]), (12, 3));
+        assert!(sink.close().unwrap().is_empty());
+    }
+
+    #[test]
+    fn leftovers_of_a_crashed_run_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = dir.path().join("readings/date=2024-03-01");
+        fs::create_dir_all(&day).unwrap();
+        fs::write(day.join(".part-x-000000.parquet.tmp"), b"PAR1").unwrap();
+        fs::write(day.join("part-x-000001.parquet"), b"keep").unwrap();
+        ParquetSink::open(dir.path(), ParquetConfig::default()).unwrap();
+        let names: Vec<_> = fs::read_dir(&day)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["part-x-000001.parquet".to_string()]);
+    }
+}

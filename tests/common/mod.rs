@@ -1,0 +1,251 @@
+//! Runs the real `meterflow` binary for the integration tests: free ports, a temporary data
+//! folder, SIGTERM at the end; and reads back what it wrote.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, TimestampMillisecondType, UInt16Type};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_meterflow");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct Server {
+    pub child: Child,
+    pub mqtt_port: u16,
+    pub mqtt_v5_port: u16,
+    pub http_port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// Starts `meterflow serve` and waits until MQTT and HTTP answer.
+    pub fn start_with(extra_args: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let (mqtt_port, mqtt_v5_port, http_port) = (free_port(), free_port(), free_port());
+        let log = tmp.path().join("serve.log");
+        let child = Command::new(BIN)
+            .arg("serve")
+            .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
+            .args(["--mqtt-v5-listen", &format!("127.0.0.1:{mqtt_v5_port}")])
+            .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(extra_args)
+            .env("METERFLOW_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log file"))
+            .spawn()
+            .expect("meterflow serve starts");
+        let server = Server {
+            child,
+            mqtt_port,
+            mqtt_v5_port,
+            http_port,
+            data_dir,
+            log,
+            tmp: Some(tmp),
+        };
+        server.wait_until_ready();
+        server
+    }
+
+    fn wait_until_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = |p| TcpStream::connect(("127.0.0.1", p)).is_ok();
+            if up(self.mqtt_port) && up(self.mqtt_v5_port) && up(self.http_port) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "meterflow did not start:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> (ExitStatus, PathBuf, String, tempfile::TempDir) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let exit = self.child.wait().expect("meterflow exits");
+        let log = self.log_text();
+        let tmp = self.tmp.take().expect("stopped once");
+        (exit, self.data_dir.clone(), log, tmp)
+    }
+
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.http_port, path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a real socket.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("http connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `mosquitto_pub` with QoS 1; panics with its output if it fails.
+pub fn mosquitto_pub(port: u16, topic: &str, payload_file: &Path, extra: &[&str]) {
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+        ])
+        .arg("-f")
+        .arg(payload_file)
+        .args(extra)
+        .output()
+        .expect("mosquitto_pub runs (the test command installs mosquitto-clients)");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub {topic}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One row of the readings table, as read back from Parquet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub meter_id: String,
+    pub channel: String,
+    pub ts_ms: i64,
+    pub value: f64,
+    pub unit: String,
+    pub quality: u16,
+    pub received_at_ms: i64,
+    pub source: String,
+    pub format: String,
+    /// The `date=` folder the file was in.
+    pub date: String,
+}
+
+/// Every row of every complete Parquet file under `{data_dir}/readings`; also checks that
+/// no incomplete file is left.
+pub fn read_readings(data_dir: &Path) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let root = data_dir.join("readings");
+    let Ok(dirs) = std::fs::read_dir(&root) else {
+        return rows;
+    };
+    for dir in dirs.flatten() {
+        let date = dir
+            .file_name()
+            .to_string_lossy()
+            .trim_start_matches("date=")
+            .to_string();
+        for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let name = f.file_name().to_string_lossy().to_string();
+            assert!(
+                name.ends_with(".parquet") && !name.starts_with('.'),
+                "leftover file {name}"
+            );
+            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(f.path()).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
+            for batch in reader {
+                let b = batch.unwrap();
+                let s = |i: usize| b.column(i).as_string::<i32>().clone();
+                let (meter, channel, unit, source, format) = (s(0), s(1), s(4), s(7), s(8));
+                let ts = b.column(2).as_primitive::<TimestampMillisecondType>();
+                let value = b.column(3).as_primitive::<Float64Type>();
+                let quality = b.column(5).as_primitive::<UInt16Type>();
+                let received = b.column(6).as_primitive::<TimestampMillisecondType>();
+                for i in 0..b.num_rows() {
+                    rows.push(Row {
+                        meter_id: meter.value(i).into(),
+                        channel: channel.value(i).into(),
+                        ts_ms: ts.value(i),
+                        value: value.value(i),
+                        unit: unit.value(i).into(),
+                        quality: quality.value(i),
+                        received_at_ms: received.value(i),
+                        source: source.value(i).into(),
+                        format: format.value(i).into(),
+                        date: date.clone(),
+                    });
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// Rows grouped by meter, each group sorted by (ts, channel).
+pub fn by_meter(rows: &[Row]) -> BTreeMap<String, Vec<Row>> {
+    let mut map: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    for r in rows {
+        map.entry(r.meter_id.clone()).or_default().push(r.clone());
+    }
+    for v in map.values_mut() {
+        v.sort_by(|a, b| (a.ts_ms, &a.channel).cmp(&(b.ts_ms, &b.channel)));
+    }
+    map
+}
+
+/// The UTC date of a Unix ms time, as the `date=` folder names it.
+pub fn utc_date(ts_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ts_ms)
+        .unwrap()
+        .format("%Y-%m-%d")
+        .to_string()
+}
