@@ -142,10 +142,11 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("METERFLOW_LOG").unwrap_or_else(|_| {
-                // rumqttd logs every client disconnect as an error: keep its warnings only
-                // from the router, where a skipped read cursor is reported.
+                // rumqttd logs every client disconnect as an error (server, and the router's
+                // "connection id already gone"); skipped read cursors are detected and logged
+                // by meterflow's link itself.
                 tracing_subscriber::EnvFilter::new(
-                    "info,rumqttd=warn,rumqttd::server=off,rumqttd::router::routing=warn",
+                    "info,rumqttd=warn,rumqttd::server=off,rumqttd::router::routing=off",
                 )
             }),
         )
@@ -268,7 +269,7 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         println!(
-            "simulated {} meters ({} {}): sent {} reports ({} rows, {} bytes), acknowledged {} ({} rows) in {:.2} s = {:.0} reports/s; {} meters failed",
+            "simulated {} meters ({} {}): sent {} reports ({} rows, {} bytes), acknowledged {} ({} rows) in {:.2} s = {:.0} reports/s; {} reconnects, {} meters failed",
             summary.meters,
             summary.format,
             summary.shape,
@@ -279,10 +280,12 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             summary.rows_acked,
             summary.elapsed_s,
             summary.acked_per_s,
+            summary.reconnects,
             summary.meters_failed
         );
     }
-    if summary.messages_acked < summary.messages_sent || summary.meters_failed > 0 {
+    // Sent can exceed acknowledged: a meter that reconnects resends what was not acknowledged.
+    if summary.meters_failed > 0 {
         std::process::exit(2);
     }
     Ok(())

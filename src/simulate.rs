@@ -6,6 +6,8 @@
 //! values starting at `start + k × 1 day` (`--shape series`). Every value is a function of
 //! (m, k) with at most three decimals, so the readings that must arrive are known exactly:
 //! [`Plan::expected_rows`]. The summary counts what was sent and what the broker acknowledged.
+//! A meter whose connection drops reconnects and resends what was not acknowledged, as a real
+//! one does; the summary counts those reconnects, since each can deliver a report twice.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -318,14 +320,23 @@ pub struct Summary {
     pub rows_acked: u64,
     pub bytes_sent: u64,
     pub meters_failed: u64,
+    /// Connections lost and re-established; each may deliver an acknowledged report twice.
+    pub reconnects: u64,
     pub elapsed_s: f64,
     pub acked_per_s: f64,
     pub first_ts_ms: i64,
     pub last_ts_ms: i64,
 }
 
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection losses a meter rides out before it gives up.
+const MAX_RECONNECTS: u64 = 10;
+
 #[derive(Default)]
 struct Counters {
+    reconnects: AtomicU64,
     sent: AtomicU64,
     acked: AtomicU64,
     bytes: AtomicU64,
@@ -348,16 +359,19 @@ pub async fn run(plan: Arc<Plan>, target: Target) -> anyhow::Result<Summary> {
         );
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
+            let acked = AtomicU64::new(0);
             let outcome = tokio::time::timeout(
                 target.meter_timeout,
-                run_meter(&plan, m, &target, &counters),
+                run_meter(&plan, m, &target, &counters, &acked),
             )
             .await;
             let error = match outcome {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!(
-                    "not all reports acknowledged within {:?}",
+                    "{} of {} reports acknowledged within {:?}",
+                    acked.load(Ordering::Relaxed),
+                    plan.messages,
                     target.meter_timeout
                 ),
             };
@@ -384,6 +398,7 @@ pub async fn run(plan: Arc<Plan>, target: Target) -> anyhow::Result<Summary> {
         rows_acked: acked * per,
         bytes_sent: counters.bytes.load(Ordering::Relaxed),
         meters_failed: counters.failed.load(Ordering::Relaxed),
+        reconnects: counters.reconnects.load(Ordering::Relaxed),
         elapsed_s: elapsed,
         acked_per_s: if elapsed > 0.0 {
             acked as f64 / elapsed
@@ -395,15 +410,48 @@ pub async fn run(plan: Arc<Plan>, target: Target) -> anyhow::Result<Summary> {
     })
 }
 
+/// Sends every report of meter `m`. A lost connection ends an attempt; the next attempt
+/// connects afresh and resends from the first report not acknowledged (QoS 1 acknowledgements
+/// come in order), as a meter's firmware would. What was acknowledged but whose PUBACK was
+/// lost with the connection is sent again: at-least-once.
 async fn run_meter(
     plan: &Plan,
     m: usize,
     target: &Target,
     counters: &Counters,
+    acked_here: &AtomicU64,
+) -> anyhow::Result<()> {
+    let mut attempts = 0;
+    loop {
+        let from = acked_here.load(Ordering::Relaxed) as usize;
+        match attempt(plan, m, from, target, counters, acked_here).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempts < MAX_RECONNECTS => {
+                attempts += 1;
+                counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(meter_id = %plan.meter_id(m), error = %e, "reconnecting");
+                tokio::time::sleep(Duration::from_millis(100 * attempts)).await;
+            }
+            Err(e) => bail!(
+                "gave up after {} connection losses, last: {e}",
+                attempts + 1
+            ),
+        }
+    }
+}
+
+/// One connection: publishes reports `from..` and waits for their acknowledgements.
+async fn attempt(
+    plan: &Plan,
+    m: usize,
+    from: usize,
+    target: &Target,
+    counters: &Counters,
+    acked_here: &AtomicU64,
 ) -> anyhow::Result<()> {
     let mut options = MqttOptions::new(plan.meter_id(m), &target.host, target.port);
     options
-        .set_keep_alive(Duration::from_secs(30))
+        .set_keep_alive(KEEP_ALIVE)
         .set_inflight(target.inflight.max(1))
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, target.inflight.max(1) as usize);
@@ -413,28 +461,39 @@ async fn run_meter(
         let client = client.clone();
         let pause = target.pause;
         async move {
-            for k in 0..messages {
+            for k in from..messages {
                 let payload = plan.payload(m, k);
                 let len = payload.len() as u64;
-                client
+                if client
                     .publish(topic.as_str(), QoS::AtLeastOnce, false, payload)
                     .await
-                    .context("queueing a publish")?;
+                    .is_err()
+                {
+                    break; // the connection is gone; the ack side reports why
+                }
                 counters.sent.fetch_add(1, Ordering::Relaxed);
                 counters.bytes.fetch_add(len, Ordering::Relaxed);
                 if !pause.is_zero() {
                     tokio::time::sleep(pause).await;
                 }
             }
-            anyhow::Ok(())
         }
     };
     let acks = async {
-        let mut acked = 0;
+        let mut acked = from;
+        let mut last_progress = tokio::time::Instant::now();
         while acked < messages {
-            match eventloop.poll().await {
+            // A broker that stops acknowledging while it still answers pings (seen with
+            // rumqttd 0.20 under connection churn) is treated like a lost connection.
+            let deadline = last_progress + ACK_TIMEOUT;
+            let Ok(event) = tokio::time::timeout_at(deadline, eventloop.poll()).await else {
+                bail!("no acknowledgement for {ACK_TIMEOUT:?}");
+            };
+            match event {
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    last_progress = tokio::time::Instant::now();
                     acked += 1;
+                    acked_here.fetch_add(1, Ordering::Relaxed);
                     counters.acked.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(_) => {}
@@ -446,9 +505,13 @@ async fn run_meter(
         let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
         anyhow::Ok(())
     };
-    let (published, acked) = tokio::join!(publisher, acks);
-    published?;
-    acked
+    // The acknowledgements decide: when they end (done or failed) the publisher is dropped,
+    // even while it waits for room in the client's queue.
+    tokio::pin!(acks);
+    tokio::select! {
+        result = &mut acks => result,
+        () = publisher => acks.await,
+    }
 }
 
 #[cfg(test)]

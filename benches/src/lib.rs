@@ -1,1 +1,1 @@
-//! Shared payload generators for the benchmarks live in the bench files; this crate only hosts them.
+//! Hosts the benchmarks in `benches/`; no library code. Results: `RESULTS.md`.

@@ -146,7 +146,7 @@ pub fn decode<'a>(
         Format::Json => json::decode(payload)?,
         Format::Senml => senml::decode_json(payload, ctx.received_at_ms)?,
         Format::SenmlCbor => senml::decode_cbor(payload, ctx.received_at_ms)?,
-        Format::Dsmr => dsmr::decode(payload)?,
+        Format::Dsmr => dsmr::decode_at(payload, ctx.received_at_ms)?,
         Format::Lwm2m => senml::decode_lwm2m(payload, ctx.received_at_ms)?,
     };
     if let Some(named) = decoded.meter_id.as_deref() {

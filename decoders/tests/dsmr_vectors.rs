@@ -9,8 +9,8 @@
 //! - athombv/node-dsmr-parser: the `*.json` output is compared field by field. athombv scales
 //!   kWh/kW to Wh/W (we keep the meter's unit, so we compare value x 1000) and prints meter
 //!   times *naively*: `metadata.timestamp` and `mBus.n.timestamp` are the local wall-clock time
-//!   with a `Z`. We compare `our UTC + offset` with them, the offset being the one the `S`/`W`
-//!   flag states, or the Europe/Amsterdam offset for unflagged DSMR 2.2/3.0 gas times. Both the
+//!   with a `Z`. We compare `our UTC + offset` with them, the offset being CET/CEST's at that
+//!   wall-clock time (the `S`/`W` flag deciding only the ambiguous hours). Both the
 //!   LF-only origin file and its CRLF twin must decode to the same readings and CRC verdict.
 //! - Wassasin/dsmr5: transcribed assertions. dsmr5 reads `0.2.8` and `96.14.0` as hex octets
 //!   (`50` -> [0x50] = 80, `0002` -> [0, 2]) and hex-decodes equipment ids; we read decimals and
@@ -1679,6 +1679,30 @@ fn timestamps() {
     );
     assert_eq!(dsmr::parse_timestamp(b"632525252525S"), None);
     assert_eq!(dsmr::parse_timestamp(b"1701021920"), None);
+}
+
+/// A meter writes its wall-clock time and the flag of the offset in force; decoding gives back
+/// the instant, every 5 minutes across both 2024 transitions (the repeated autumn hour included).
+#[test]
+fn meter_times_round_trip_across_dst_transitions() {
+    for (from, to) in [
+        ("2024-03-30T20:00:00Z", "2024-03-31T04:00:00Z"),
+        ("2024-10-26T20:00:00Z", "2024-10-27T04:00:00Z"),
+    ] {
+        let mut at = ms(from);
+        while at <= ms(to) {
+            let summer = (ms("2024-03-31T01:00:00Z")..ms("2024-10-27T01:00:00Z")).contains(&at);
+            let offset = if summer { 7_200_000 } else { 3_600_000 };
+            let local = DateTime::from_timestamp_millis(at + offset).unwrap_or_default();
+            let stamp = format!(
+                "{}{}",
+                local.format("%y%m%d%H%M%S"),
+                if summer { 'S' } else { 'W' }
+            );
+            assert_eq!(dsmr::parse_timestamp(stamp.as_bytes()), Some(at), "{stamp}");
+            at += 300_000;
+        }
+    }
 }
 
 mod robustness {

@@ -188,12 +188,6 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(IngestError::config("data_dir", "must not be empty"));
         }
-        if !self.parquet.enabled {
-            return Err(IngestError::config(
-                "parquet.enabled",
-                "Parquet is the only sink in this version; it cannot be turned off",
-            ));
-        }
         Ok(())
     }
 }
@@ -260,5 +254,40 @@ mod tests {
             .contains("mqtt.router_segment_bytes"));
         let e = Config::from_toml("[mqtt]\nlisten = \"nowhere\"\n").unwrap_err();
         assert!(e.to_string().contains("`mqtt.listen (line 2)`"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../deploy/meterflow.example.toml");
+
+    #[test]
+    fn the_example_config_states_the_defaults() {
+        assert_eq!(Config::from_toml(EXAMPLE).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_example_config_documents_every_key() {
+        let defaults = toml::to_string(&Config::default()).unwrap();
+        let mut section = String::new();
+        for line in defaults.lines() {
+            if line.starts_with('[') {
+                section = line.to_string();
+                assert!(
+                    EXAMPLE.contains(&section),
+                    "{section} is not in the example config"
+                );
+            } else if let Some((key, _)) = line.split_once(" = ") {
+                let scope = if section.is_empty() {
+                    EXAMPLE
+                } else {
+                    EXAMPLE.split(&section).nth(1).unwrap_or("")
+                };
+                let documented = scope.lines().any(|l| l.starts_with(&format!("{key} = ")));
+                assert!(documented, "{section} {key} is not in the example config");
+            }
+        }
     }
 }

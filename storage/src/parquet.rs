@@ -29,8 +29,6 @@ const TS_COLUMN: usize = 2;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ParquetConfig {
-    /// Write Parquet files at all (the default sink; turn off when ClickHouse is the only one).
-    pub enabled: bool,
     /// Rows per row group at most: bounds the memory of an open file and the reader's unit of work.
     pub row_group_rows: usize,
     /// Roll a file when it holds this many rows.
@@ -44,7 +42,6 @@ pub struct ParquetConfig {
 impl Default for ParquetConfig {
     fn default() -> Self {
         ParquetConfig {
-            enabled: true,
             row_group_rows: 128 * 1024,
             file_max_rows: 4 * 1024 * 1024,
             file_max_age_s: 60,
