@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use meterflow_storage::{BatchConfig, ParquetConfig};
+use meterflow_storage::{BatchConfig, FsyncPolicy, ParquetConfig, WalConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::IngestError;
@@ -20,6 +20,7 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub batch: BatchConfig,
     pub parquet: ParquetConfig,
+    pub wal: WalConfig,
 }
 
 impl Default for Config {
@@ -31,6 +32,7 @@ impl Default for Config {
             pipeline: PipelineConfig::default(),
             batch: BatchConfig::default(),
             parquet: ParquetConfig::default(),
+            wal: WalConfig::default(),
         }
     }
 }
@@ -184,6 +186,16 @@ impl Config {
         positive("parquet.file_max_rows", self.parquet.file_max_rows as u64)?;
         if !(1..=22).contains(&self.parquet.zstd_level) {
             return Err(IngestError::config("parquet.zstd_level", "must be 1 to 22"));
+        }
+        positive("wal.segment_bytes", self.wal.segment_bytes)?;
+        if self.wal.max_bytes < self.wal.segment_bytes.saturating_mul(2) {
+            return Err(IngestError::config(
+                "wal.max_bytes",
+                "must be at least two wal.segment_bytes",
+            ));
+        }
+        if self.wal.fsync == FsyncPolicy::Interval {
+            positive("wal.fsync_interval_ms", self.wal.fsync_interval_ms)?;
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(IngestError::config("data_dir", "must not be empty"));

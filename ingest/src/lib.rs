@@ -7,7 +7,8 @@
 //! - [`devices`]: the last-heard state of every meter.
 //! - [`http`]: health, metrics and the device API.
 //!
-//! [`serve`] wires them: broker -> link thread -> bounded queue -> pipeline thread -> Parquet.
+//! [`serve`] wires them: broker -> link thread (WAL append, group commit) -> bounded queue ->
+//! pipeline thread (reading the WAL for whatever the queue did not carry) -> Parquet.
 
 pub mod broker;
 pub mod config;
@@ -21,7 +22,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use meterflow_storage::{Batcher, DeadLetterStore, ParquetSink};
+use meterflow_storage::{wal, Batcher, DeadLetterStore, ParquetSink, Wal};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub use config::Config;
@@ -51,6 +52,7 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub struct ServeSummary {
     pub received: u64,
     pub router_drops: u64,
+    pub wal_overflow: u64,
     pub pipeline: PipelineSummary,
 }
 
@@ -68,11 +70,27 @@ pub async fn serve(
         source,
     })?;
     let devices = devices::DeviceRegistry::load(&config.data_dir)?;
+    let (wal, recovery) = Wal::open(&config.data_dir, config.wal.clone())?;
+    let checkpoint = wal::read_checkpoint(&config.data_dir)?;
+    if recovery.last_lsn > checkpoint || recovery.truncated_bytes > 0 {
+        tracing::info!(
+            checkpoint,
+            last_lsn = recovery.last_lsn,
+            to_replay = recovery.last_lsn.saturating_sub(checkpoint),
+            truncated_bytes = recovery.truncated_bytes,
+            "replaying the WAL records that no sink confirmed before the last stop"
+        );
+    }
+    let marks = Arc::new(link::LsnMarks::default());
+    marks.committed.store(recovery.last_lsn, Ordering::Release);
     let pipeline = pipeline::Pipeline::new(
         Batcher::new(config.batch.clone()),
         ParquetSink::open(&config.data_dir, config.parquet.clone())?,
         DeadLetterStore::open(&config.data_dir)?,
         devices.clone(),
+        config.data_dir.clone(),
+        marks.clone(),
+        checkpoint,
     );
 
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -85,14 +103,22 @@ pub async fn serve(
     let (link_tx, link_rx) = broker::start(&config.mqtt)?;
 
     let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel(config.pipeline.queue_capacity);
+    // Tells the async side when the pipeline ends, for whatever reason.
+    let (pipeline_done_tx, mut pipeline_done_rx) = tokio::sync::oneshot::channel::<()>();
     let pipeline_thread = std::thread::Builder::new()
         .name("pipeline".into())
-        .spawn(move || pipeline.run(queue_rx))
+        .spawn(move || {
+            let result = pipeline.run(queue_rx);
+            let _ = pipeline_done_tx.send(());
+            result
+        })
         .map_err(|e| IngestError::Broker(format!("spawning the pipeline thread: {e}")))?;
     let stop = Arc::new(AtomicBool::new(false));
     let link_thread = link::spawn(
         link_tx,
         link_rx,
+        wal,
+        marks,
         queue_tx,
         stop.clone(),
         config.pipeline.clone(),
@@ -118,8 +144,18 @@ pub async fn serve(
         "meterflow ready"
     );
 
-    shutdown.await;
-    tracing::info!("shutting down: draining the broker and flushing every sink");
+    // Run until asked to stop, or until the pipeline ends by itself (a sink error, a panic,
+    // the link gone): then meterflow must not go on acknowledging what nobody reads, so it
+    // exits with an error and its supervisor restarts it (the WAL replays what was pending).
+    let unexpected_stop = tokio::select! {
+        () = shutdown => false,
+        _ = &mut pipeline_done_rx => true,
+    };
+    if unexpected_stop {
+        tracing::error!("the pipeline stopped on its own; shutting down");
+    } else {
+        tracing::info!("shutting down: draining the broker and flushing every sink");
+    }
     stop.store(true, Ordering::Relaxed);
     let joined = tokio::task::spawn_blocking(move || {
         let link = link_thread.join();
@@ -128,20 +164,27 @@ pub async fn serve(
     })
     .await
     .map_err(|e| IngestError::Broker(format!("joining the pipeline: {e}")))?;
+    let saved = devices.save(&config.data_dir);
+    let _ = http_stop_tx.send(());
+    if let Ok(Err(e)) = http_task.await {
+        tracing::warn!(error = %e, "HTTP server ended with an error");
+    }
     let link_summary = joined
         .0
         .map_err(|_| IngestError::Broker("the link thread panicked".into()))?;
     let pipeline_summary = joined
         .1
         .map_err(|_| IngestError::Broker("the pipeline thread panicked".into()))??;
-    devices.save(&config.data_dir)?;
-    let _ = http_stop_tx.send(());
-    if let Ok(Err(e)) = http_task.await {
-        tracing::warn!(error = %e, "HTTP server ended with an error");
+    saved?;
+    if unexpected_stop {
+        return Err(IngestError::Broker(
+            "the ingest link closed and the pipeline stopped".into(),
+        ));
     }
     Ok(ServeSummary {
         received: link_summary.messages,
         router_drops: link_summary.router_drops,
+        wal_overflow: link_summary.wal_overflow,
         pipeline: pipeline_summary,
     })
 }

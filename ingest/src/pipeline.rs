@@ -2,16 +2,24 @@
 //! the batcher, hands full batches to the Parquet sink, keeps what does not decode as a
 //! dead letter, and tells the device registry what it heard. Runs on one thread: decoding
 //! and Parquet writing are CPU and blocking work, and one thread keeps the order.
+//!
+//! It handles WAL records strictly in LSN order. A record the queue skipped (the queue was
+//! full), or that was in the WAL before start-up and not confirmed, is read from the WAL. As
+//! Parquet files complete, it saves the checkpoint: the LSN through which every record is in a
+//! complete file (or was a dead letter, or had no rows), so the WAL can drop it.
 
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meterflow_decoders::{decode, decode_status, DecodeContext, DecodeError, Decoded, Format};
 use meterflow_proto::{is_valid_meter_id, RowMeta};
-use meterflow_storage::{Batcher, DeadLetter, DeadLetterStore, ParquetSink};
+use meterflow_storage::{wal, Batcher, DeadLetter, DeadLetterStore, ParquetSink, WalReader};
 
 use crate::devices::{DeviceRegistry, Observation};
-use crate::link::RawMessage;
+use crate::link::{LsnMarks, RawMessage};
 use crate::IngestError;
 
 /// Where a topic sends a message.
@@ -47,31 +55,52 @@ pub fn parse_topic(topic: &str) -> Result<Route<'_>, String> {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PipelineSummary {
     pub messages: u64,
+    /// Messages read back from the WAL (replayed at start-up or skipped by the queue).
+    pub from_wal: u64,
     pub rows: u64,
     pub dead_letters: u64,
     pub files: u64,
 }
+
+/// How often the checkpoint is saved at most when no file completes.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Pipeline {
     pub batcher: Batcher,
     pub parquet: ParquetSink,
     pub dead_letters: DeadLetterStore,
     pub devices: DeviceRegistry,
+    data_dir: PathBuf,
+    marks: Arc<LsnMarks>,
+    /// The next LSN to handle.
+    next_lsn: u64,
+    saved_checkpoint: u64,
+    checkpoint_at: Instant,
     summary: PipelineSummary,
 }
 
 impl Pipeline {
+    /// `checkpoint` is the LSN through which every record is already in the sinks.
     pub fn new(
         batcher: Batcher,
         parquet: ParquetSink,
         dead_letters: DeadLetterStore,
         devices: DeviceRegistry,
+        data_dir: PathBuf,
+        marks: Arc<LsnMarks>,
+        checkpoint: u64,
     ) -> Self {
+        marks.confirmed.store(checkpoint, Ordering::Release);
         Pipeline {
             batcher,
             parquet,
             dead_letters,
             devices,
+            data_dir,
+            marks,
+            next_lsn: checkpoint + 1,
+            saved_checkpoint: checkpoint,
+            checkpoint_at: Instant::now(),
             summary: PipelineSummary::default(),
         }
     }
@@ -85,44 +114,134 @@ impl Pipeline {
                 .flatten()
                 .min()
                 .unwrap_or(Duration::from_secs(1));
-            match queue.recv_timeout(wait) {
+            match queue.recv_timeout(wait.min(Duration::from_millis(200))) {
                 Ok(message) => {
-                    self.handle(&message)?;
+                    self.take(message)?;
                     // Take whatever else is queued before looking at the clocks again.
                     while let Ok(message) = queue.try_recv() {
-                        self.handle(&message)?;
+                        self.take(message)?;
                         if self.batcher.is_due(Instant::now()) {
                             break;
                         }
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    // Records the queue never got (it was full) while the link went quiet.
+                    self.catch_up(self.marks.committed.load(Ordering::Acquire) + 1)?;
+                }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             let now = Instant::now();
-            if let Some(batch) = self.batcher.take_if_due(now) {
-                self.write(&batch, now)?;
+            if let Some((batch, oldest)) = self.batcher.take_if_due(now) {
+                self.write(&batch, oldest, now)?;
             }
-            self.summary.files += self.parquet.roll_due(now)?.len() as u64;
+            let rolled = self.parquet.roll_due(now)?.len();
+            self.summary.files += rolled as u64;
+            self.checkpoint(rolled > 0)?;
         }
+        // The link has committed and synced everything: take what the queue did not carry.
+        self.catch_up(self.marks.committed.load(Ordering::Acquire) + 1)?;
         self.finish()
     }
 
-    /// Flushes the batch and completes every file (shutdown).
+    /// Handles a message from the queue in LSN order, first reading from the WAL whatever
+    /// came before it and was not handled yet.
+    fn take(&mut self, message: RawMessage) -> Result<(), IngestError> {
+        if message.lsn == 0 {
+            return self.handle(&message);
+        }
+        if message.lsn < self.next_lsn {
+            return Ok(()); // already read from the WAL
+        }
+        self.catch_up(message.lsn)?;
+        self.handle(&message)?;
+        self.next_lsn = message.lsn + 1;
+        Ok(())
+    }
+
+    /// Handles the WAL records from `next_lsn` up to (not including) `until`.
+    fn catch_up(&mut self, until: u64) -> Result<(), IngestError> {
+        if until <= self.next_lsn {
+            return Ok(());
+        }
+        let from = self.next_lsn;
+        for record in WalReader::open(&self.data_dir, from - 1)? {
+            let record = record?;
+            if record.lsn >= until {
+                break;
+            }
+            if record.lsn < self.next_lsn {
+                continue;
+            }
+            let message = RawMessage::from(record);
+            self.handle(&message)?;
+            self.next_lsn = message.lsn + 1;
+            self.summary.from_wal += 1;
+        }
+        if self.next_lsn < until {
+            // The WAL lost records (corruption cut at start-up): say so, do not stall on them.
+            tracing::error!(
+                from = self.next_lsn,
+                until,
+                "WAL records missing; continuing after them"
+            );
+            self.next_lsn = until;
+        }
+        tracing::debug!(from, until, "read records from the WAL");
+        Ok(())
+    }
+
+    /// The LSN through which every handled record is in a complete file, a dead letter, or
+    /// had no rows.
+    fn confirmed_lsn(&self) -> u64 {
+        [self.batcher.oldest_lsn(), self.parquet.oldest_pending_lsn()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(self.next_lsn - 1, |oldest| oldest - 1)
+    }
+
+    /// Saves the checkpoint when it moved and a file completed (or a second passed), and lets
+    /// the link drop the confirmed WAL segments.
+    fn checkpoint(&mut self, file_completed: bool) -> Result<(), IngestError> {
+        let confirmed = self.confirmed_lsn();
+        if confirmed <= self.saved_checkpoint {
+            return Ok(());
+        }
+        if !file_completed && self.checkpoint_at.elapsed() < CHECKPOINT_EVERY {
+            return Ok(());
+        }
+        // Dead letters are part of what the checkpoint confirms.
+        self.dead_letters.close()?;
+        wal::write_checkpoint(&self.data_dir, confirmed)?;
+        self.saved_checkpoint = confirmed;
+        self.checkpoint_at = Instant::now();
+        self.marks.confirmed.store(confirmed, Ordering::Release);
+        Ok(())
+    }
+
+    /// Flushes the batch, completes every file and saves the checkpoint (shutdown).
     pub fn finish(mut self) -> Result<PipelineSummary, IngestError> {
         let now = Instant::now();
-        if let Some(batch) = self.batcher.take() {
-            self.write(&batch, now)?;
+        if let Some((batch, oldest)) = self.batcher.take() {
+            self.write(&batch, oldest, now)?;
         }
         self.summary.files += self.parquet.close()?.len() as u64;
+        self.checkpoint(true)?;
         self.dead_letters.close()?;
         Ok(self.summary)
     }
 
-    fn write(&mut self, batch: &arrow_array::RecordBatch, now: Instant) -> Result<(), IngestError> {
+    fn write(
+        &mut self,
+        batch: &arrow_array::RecordBatch,
+        oldest_lsn: u64,
+        now: Instant,
+    ) -> Result<(), IngestError> {
         let started = Instant::now();
-        let completed = self.parquet.write(batch, now)?;
+        let completed = self.parquet.write(batch, oldest_lsn, now)?;
         self.summary.files += completed.len() as u64;
+        self.checkpoint(!completed.is_empty())?;
         metrics::histogram!("meterflow_batch_write_seconds", "sink" => "parquet")
             .record(started.elapsed().as_secs_f64());
         tracing::debug!(rows = batch.num_rows(), "batch written to parquet");
@@ -191,6 +310,9 @@ impl Pipeline {
             format,
         };
         let rows = decoded.append_to(self.batcher.builder(Instant::now()), &meta);
+        if rows > 0 && message.lsn > 0 {
+            self.batcher.note_lsn(message.lsn);
+        }
         self.summary.rows += rows as u64;
         metrics::counter!("meterflow_decoded_total", "format" => format.as_str()).increment(1);
         metrics::counter!("meterflow_rows_decoded_total", "format" => format.as_str())

@@ -35,6 +35,7 @@ pub struct Batcher {
     config: BatchConfig,
     builder: ReadingBatchBuilder,
     first_row_at: Option<Instant>,
+    oldest_lsn: Option<u64>,
 }
 
 impl Batcher {
@@ -44,7 +45,18 @@ impl Batcher {
             builder: ReadingBatchBuilder::with_capacity(capacity),
             config,
             first_row_at: None,
+            oldest_lsn: None,
         }
+    }
+
+    /// Notes that rows of the WAL record `lsn` are in the batch (call with the builder).
+    pub fn note_lsn(&mut self, lsn: u64) {
+        self.oldest_lsn = Some(self.oldest_lsn.map_or(lsn, |o| o.min(lsn)));
+    }
+
+    /// The oldest WAL record with rows in the batch.
+    pub fn oldest_lsn(&self) -> Option<u64> {
+        self.oldest_lsn
     }
 
     /// The builder to append rows to; the age clock starts with the first row.
@@ -76,8 +88,8 @@ impl Batcher {
         Some(max_age.saturating_sub(now.saturating_duration_since(first)))
     }
 
-    /// The batch, if a limit is reached.
-    pub fn take_if_due(&mut self, now: Instant) -> Option<RecordBatch> {
+    /// The batch and the oldest WAL record in it, if a limit is reached.
+    pub fn take_if_due(&mut self, now: Instant) -> Option<(RecordBatch, u64)> {
         if self.is_due(now) {
             self.take()
         } else {
@@ -85,13 +97,14 @@ impl Batcher {
         }
     }
 
-    /// The batch as it is (on shutdown); `None` when empty.
-    pub fn take(&mut self) -> Option<RecordBatch> {
+    /// The batch as it is (on shutdown) and the oldest WAL record in it; `None` when empty.
+    pub fn take(&mut self) -> Option<(RecordBatch, u64)> {
         if self.builder.is_empty() {
             return None;
         }
         self.first_row_at = None;
-        Some(self.builder.finish())
+        let oldest = self.oldest_lsn.take().unwrap_or(0);
+        Some((self.builder.finish(), oldest))
     }
 }
 
@@ -110,7 +123,20 @@ mod tests {
     fn push(b: &mut Batcher, now: Instant, n: usize) {
         for i in 0..n {
             b.builder(now).append(&META, "c", i as i64, 1.0, "kWh", 0);
+            b.note_lsn(10 + i as u64);
         }
+    }
+
+    #[test]
+    fn the_oldest_wal_record_travels_with_the_batch() {
+        let mut b = Batcher::new(BatchConfig::default());
+        let now = Instant::now();
+        assert_eq!(b.oldest_lsn(), None);
+        push(&mut b, now, 3);
+        b.note_lsn(7);
+        assert_eq!(b.oldest_lsn(), Some(7));
+        assert_eq!(b.take().map(|(_, lsn)| lsn), Some(7));
+        assert_eq!(b.oldest_lsn(), None);
     }
 
     #[test]
@@ -123,7 +149,7 @@ mod tests {
         push(&mut b, now, 2);
         assert!(b.take_if_due(now).is_none());
         push(&mut b, now, 1);
-        assert_eq!(b.take_if_due(now).map(|b| b.num_rows()), Some(3));
+        assert_eq!(b.take_if_due(now).map(|(b, _)| b.num_rows()), Some(3));
         assert_eq!(b.rows(), 0);
         assert!(b.take().is_none());
     }
@@ -157,7 +183,7 @@ mod tests {
         );
         assert!(!b.is_due(t0 + Duration::from_millis(499)));
         assert!(b.is_due(t0 + Duration::from_millis(500)));
-        assert_eq!(b.take().map(|b| b.num_rows()), Some(2));
+        assert_eq!(b.take().map(|(b, _)| b.num_rows()), Some(2));
         assert_eq!(b.time_left(t0 + Duration::from_secs(9)), None);
     }
 }

@@ -4,6 +4,8 @@
 //! - [`parquet`]: the embedded default sink, hive-style date folders of zstd Parquet files
 //!   that appear under their final name only when complete.
 //! - [`dead_letter`]: payloads that did not decode, kept on disk with raw bytes and reason.
+//! - [`wal`]: the write-ahead log of raw messages between the network edge and the decoder,
+//!   with the checkpoint of what every sink has confirmed.
 //!
 //! storage depends on `proto` only: it knows the canonical schema, never the decoders or
 //! the network edge.
@@ -12,8 +14,10 @@ pub mod batcher;
 pub mod dead_letter;
 mod error;
 pub mod parquet;
+pub mod wal;
 
 pub use batcher::{BatchConfig, Batcher};
 pub use dead_letter::{DeadLetter, DeadLetterStore};
 pub use error::StorageError;
 pub use parquet::{ParquetConfig, ParquetSink};
+pub use wal::{FsyncPolicy, Wal, WalConfig, WalReader, WalRecord};

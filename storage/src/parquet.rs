@@ -57,6 +57,8 @@ struct OpenFile {
     final_path: PathBuf,
     rows: usize,
     opened_at: Instant,
+    /// The oldest WAL record with rows in this file.
+    oldest_lsn: u64,
 }
 
 pub struct ParquetSink {
@@ -102,11 +104,13 @@ impl ParquetSink {
         })
     }
 
-    /// Appends a batch of the canonical schema, split by the UTC date of each reading.
-    /// Returns the files that were completed because they reached `file_max_rows`.
+    /// Appends a batch of the canonical schema, split by the UTC date of each reading;
+    /// `oldest_lsn` is the oldest WAL record with rows in it. Returns the files that were
+    /// completed because they reached `file_max_rows`.
     pub fn write(
         &mut self,
         batch: &RecordBatch,
+        oldest_lsn: u64,
         now: Instant,
     ) -> Result<Vec<PathBuf>, StorageError> {
         let mut completed = Vec::new();
@@ -116,17 +120,22 @@ impl ParquetSink {
                 std::collections::btree_map::Entry::Vacant(e) => {
                     let seq = self.next_seq;
                     self.next_seq += 1;
-                    e.insert(open_file(
-                        &self.root,
+                    let name = FileName {
+                        root: &self.root,
                         day,
-                        &self.run_id,
+                        run_id: &self.run_id,
                         seq,
+                    };
+                    e.insert(open_file(
+                        name,
                         &batch.schema(),
                         &self.properties,
                         now,
+                        oldest_lsn,
                     )?)
                 }
             };
+            file.oldest_lsn = file.oldest_lsn.min(oldest_lsn);
             file.writer
                 .write(&part)
                 .map_err(|source| StorageError::Parquet {
@@ -176,6 +185,12 @@ impl ParquetSink {
         open.into_values().map(commit).collect()
     }
 
+    /// The oldest WAL record whose rows are in a file not complete yet: every record before
+    /// it that reached this sink is in a complete file.
+    pub fn oldest_pending_lsn(&self) -> Option<u64> {
+        self.open.values().map(|f| f.oldest_lsn).min()
+    }
+
     /// Rows written to files that are not complete yet.
     pub fn pending_rows(&self) -> usize {
         self.open.values().map(|f| f.rows).sum()
@@ -189,14 +204,25 @@ fn day_dir(root: &Path, day: i64) -> PathBuf {
     root.join(format!("date={date}"))
 }
 
-fn open_file(
-    root: &Path,
+/// Where a new file goes: `{root}/date=…/part-{run_id}-{seq}.parquet`.
+struct FileName<'a> {
+    root: &'a Path,
     day: i64,
-    run_id: &str,
+    run_id: &'a str,
     seq: u64,
+}
+
+fn open_file(
+    FileName {
+        root,
+        day,
+        run_id,
+        seq,
+    }: FileName<'_>,
     schema: &arrow_schema::SchemaRef,
     properties: &WriterProperties,
     now: Instant,
+    oldest_lsn: u64,
 ) -> Result<OpenFile, StorageError> {
     let dir = day_dir(root, day);
     fs::create_dir_all(&dir).map_err(|e| StorageError::io("creating", &dir, e))?;
@@ -217,6 +243,7 @@ fn open_file(
         final_path,
         rows: 0,
         opened_at: now,
+        oldest_lsn,
     })
 }
 
@@ -331,8 +358,13 @@ mod tests {
         let now = Instant::now();
         // 2024-03-01T23:59:59.999Z and 2024-03-02T00:00:00Z
         let b = batch(&[1_709_337_599_999, 1_709_337_600_000, 1_709_337_600_001]);
-        assert!(sink.write(&b, now).unwrap().is_empty());
-        assert_eq!(sink.pending_rows(), 3);
+        assert!(sink.write(&b, 5, now).unwrap().is_empty());
+        assert!(sink
+            .write(&batch(&[1_709_337_600_002]), 9, now)
+            .unwrap()
+            .is_empty());
+        assert_eq!(sink.oldest_pending_lsn(), Some(5));
+        assert_eq!(sink.pending_rows(), 4);
         let day1 = dir.path().join("readings/date=2024-03-01");
         let visible = |d: &Path| {
             fs::read_dir(d)
@@ -349,8 +381,9 @@ mod tests {
         assert!(files[0].starts_with(&day1));
         assert!(files[1].starts_with(dir.path().join("readings/date=2024-03-02")));
         assert_eq!(read_all(&files[0]).0, 1);
-        assert_eq!(read_all(&files[1]).0, 2);
+        assert_eq!(read_all(&files[1]).0, 3);
         assert_eq!(sink.pending_rows(), 0);
+        assert_eq!(sink.oldest_pending_lsn(), None);
     }
 
     #[test]
@@ -364,8 +397,8 @@ mod tests {
         let mut sink = ParquetSink::open(dir.path(), config).unwrap();
         let now = Instant::now();
         let ts: Vec<i64> = (0..6).map(|i| 1_709_337_600_000 + i).collect();
-        assert!(sink.write(&batch(&ts), now).unwrap().is_empty());
-        let done = sink.write(&batch(&ts), now).unwrap();
+        assert!(sink.write(&batch(&ts), 1, now).unwrap().is_empty());
+        let done = sink.write(&batch(&ts), 2, now).unwrap();
         assert_eq!(done.len(), 1);
         assert_eq!(read_all(&done[0]), (12, 3));
         assert!(sink.close().unwrap().is_empty());

@@ -30,6 +30,7 @@ pub struct Server {
     pub http_port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    args: Vec<String>,
     tmp: Option<tempfile::TempDir>,
 }
 
@@ -44,19 +45,14 @@ impl Server {
         let data_dir = tmp.path().join("data");
         let (mqtt_port, mqtt_v5_port, http_port) = (free_port(), free_port(), free_port());
         let log = tmp.path().join("serve.log");
-        let child = Command::new(BIN)
-            .arg("serve")
-            .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
-            .args(["--mqtt-v5-listen", &format!("127.0.0.1:{mqtt_v5_port}")])
-            .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(extra_args)
-            .env("METERFLOW_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("log file"))
-            .spawn()
-            .expect("meterflow serve starts");
+        let child = spawn(
+            mqtt_port,
+            mqtt_v5_port,
+            http_port,
+            &data_dir,
+            &log,
+            extra_args,
+        );
         let server = Server {
             child,
             mqtt_port,
@@ -64,12 +60,61 @@ impl Server {
             http_port,
             data_dir,
             log,
+            args: extra_args.iter().map(|a| a.to_string()).collect(),
             tmp: Some(tmp),
         };
         server.wait_until_ready();
         server
     }
 
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill_9(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reaped");
+    }
+
+    /// Starts the server again on the same ports and data folder (after [`Server::kill_9`]).
+    pub fn restart(mut self) -> Server {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        // Keep the first run's log beside the new one.
+        let _ = std::fs::rename(&self.log, self.log.with_extension("1.log"));
+        self.child = spawn(
+            self.mqtt_port,
+            self.mqtt_v5_port,
+            self.http_port,
+            &self.data_dir,
+            &self.log,
+            &args,
+        );
+        self.wait_until_ready();
+        self
+    }
+}
+
+fn spawn(
+    mqtt_port: u16,
+    mqtt_v5_port: u16,
+    http_port: u16,
+    data_dir: &Path,
+    log: &Path,
+    extra_args: &[&str],
+) -> Child {
+    Command::new(BIN)
+        .arg("serve")
+        .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
+        .args(["--mqtt-v5-listen", &format!("127.0.0.1:{mqtt_v5_port}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra_args)
+        .env("METERFLOW_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(File::create(log).expect("log file"))
+        .spawn()
+        .expect("meterflow serve starts")
+}
+
+impl Server {
     fn wait_until_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
