@@ -30,6 +30,10 @@ fn row(
     )
 }
 
+fn after_typo() -> &'static [u8] {
+    br#"{"readings": [{"channel": "c", "ts": 1709337600000, "value": 3, "unit": "A"}]}"#
+}
+
 fn key(r: &Row) -> (String, String, i64, f64, String, String) {
     (
         r.meter_id.clone(),
@@ -144,6 +148,13 @@ fn payloads_from_mosquitto_pub_arrive_exactly_and_bad_ones_become_dead_letters()
         &file("partly.json", partly),
         &[],
     );
+    // A topic outside meters/...: acknowledged by the broker, so it must not vanish.
+    mosquitto_pub(
+        server.mqtt_port,
+        "meter/TYPO-1/json",
+        &file("typo.json", after_typo()),
+        &[],
+    );
     // ...and after them, a good one.
     let after =
         br#"{"readings": [{"channel": "c", "ts": 1709337600000, "value": 3, "unit": "A"}]}"#;
@@ -153,6 +164,71 @@ fn payloads_from_mosquitto_pub_arrive_exactly_and_bad_ones_become_dead_letters()
         &file("after.json", after),
         &[],
     );
+
+    // The HTTP surface while it runs: counters that match what was published, health, and
+    // the device API. The pipeline runs behind the PUBACKs, so wait until it has all ten.
+    let counter = |metrics: &str, name: &str| -> Option<u64> {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let metrics = common::wait_for("the pipeline to decode all 10 messages", || {
+        let (_, metrics) = server.http_get("/metrics");
+        let decoded: u64 = ["json", "pb", "senml"]
+            .iter()
+            .filter_map(|f| {
+                counter(
+                    &metrics,
+                    &format!("meterflow_decoded_total{{format=\"{f}\"}}"),
+                )
+            })
+            .sum();
+        let dead: u64 = ["malformed", "bad_topic"]
+            .iter()
+            .filter_map(|r| {
+                counter(
+                    &metrics,
+                    &format!("meterflow_dead_letters_total{{reason=\"{r}\"}}"),
+                )
+            })
+            .sum();
+        let status = counter(&metrics, "meterflow_status_updates_total").unwrap_or(0);
+        (decoded + dead + status == 10).then_some(metrics)
+    });
+    assert_eq!(
+        counter(&metrics, "meterflow_received_total{source=\"mqtt\"}"),
+        Some(10)
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "meterflow_dead_letters_total{reason=\"malformed\"}"
+        ),
+        Some(1)
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "meterflow_dead_letters_total{reason=\"bad_topic\"}"
+        ),
+        Some(2)
+    );
+    assert_eq!(
+        counter(&metrics, "meterflow_dead_letters_total{reason=\"partial\"}"),
+        Some(1)
+    );
+    assert_eq!(
+        counter(&metrics, "meterflow_decoded_total{format=\"json\"}"),
+        Some(4)
+    );
+    assert_eq!(server.http_get("/health"), (200, "ok\n".to_string()));
+    let (status, body) = server.http_get("/api/devices/E-json");
+    assert_eq!(status, 200, "{body}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["status"]["battery_pct"], 87);
+    assert_eq!(server.http_get("/api/devices/NOPE").0, 404);
 
     let (exit, data_dir, log, _keep) = server.stop();
     assert!(exit.success(), "exit {exit:?}\n{log}");
@@ -258,7 +334,8 @@ fn payloads_from_mosquitto_pub_arrive_exactly_and_bad_ones_become_dead_letters()
             .find(|l| l.topic == topic)
             .unwrap_or_else(|| panic!("no dead letter for {topic}: {letters:#?}"))
     };
-    assert_eq!(letters.len(), 3, "{letters:#?}");
+    assert_eq!(letters.len(), 4, "{letters:#?}");
+    assert_eq!(find("meter/TYPO-1/json").kind, "bad_topic");
     let bad = find("meters/BAD-1/pb");
     assert_eq!(bad.payload, garbage);
     assert_eq!(bad.kind, "malformed");

@@ -25,8 +25,8 @@ struct Report<'a> {
     readings: Vec<&'a RawValue>,
     #[serde(borrow, default)]
     series: Vec<&'a RawValue>,
-    #[serde(default)]
-    status: Option<DeviceStatus>,
+    #[serde(borrow, default)]
+    status: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -117,10 +117,19 @@ pub fn decode(payload: &[u8]) -> Result<Decoded<'_>, DecodeError> {
             }),
         }
     }
-    if let Some(status) = report.status {
-        check_status(&status)?;
-        if !status.is_empty() {
-            decoded.status = Some(status);
+    // A bad status (say, a field a newer firmware added) is rejected on its own: the
+    // readings of the report are kept.
+    if let Some(raw) = report.status {
+        let status = serde_json::from_str::<DeviceStatus>(raw.get())
+            .map_err(|e| e.to_string())
+            .and_then(|s| check_status(&s).map(|()| s).map_err(|e| e.to_string()));
+        match status {
+            Ok(status) if !status.is_empty() => decoded.status = Some(status),
+            Ok(_) => {}
+            Err(reason) => decoded.rejected.push(Rejected {
+                position: Position::Whole,
+                reason: format!("status: {reason}"),
+            }),
         }
     }
     if decoded.row_count() == 0 && decoded.status.is_none() {
@@ -259,6 +268,23 @@ mod tests {
         let e = decode(payload.as_bytes()).unwrap_err();
         assert_eq!(e.kind(), "nothing_usable");
         assert!(e.to_string().contains("unti"));
+    }
+
+    #[test]
+    fn a_bad_status_is_rejected_and_the_readings_kept() {
+        let payload = r#"{"readings": [{"channel": "a", "ts": 1709252100000, "value": 1}],
+                          "status": {"battery_pct": 87, "new_field": 1}}"#;
+        let d = decode(payload.as_bytes()).unwrap();
+        assert_eq!(d.readings.len(), 1);
+        assert_eq!(d.status, None);
+        assert_eq!(d.rejected.len(), 1);
+        assert!(
+            d.rejected[0]
+                .reason
+                .starts_with("status: unknown field `new_field`"),
+            "{:?}",
+            d.rejected
+        );
     }
 
     #[test]

@@ -141,7 +141,7 @@ pub fn decode<'a>(
     if payload.is_empty() {
         return Err(DecodeError::Empty { format });
     }
-    let decoded = match format {
+    let decoded: Decoded<'a> = match format {
         Format::Pb => pb::decode(payload)?,
         Format::Json => json::decode(payload)?,
         Format::Senml => senml::decode_json(payload, ctx.received_at_ms)?,
@@ -149,6 +149,17 @@ pub fn decode<'a>(
         Format::Dsmr => dsmr::decode_at(payload, ctx.received_at_ms)?,
         Format::Lwm2m => senml::decode_lwm2m(payload, ctx.received_at_ms)?,
     };
+    let mut decoded = decoded;
+    enforce_limits(&mut decoded, ctx.received_at_ms);
+    if decoded.row_count() == 0 && decoded.status.is_none() {
+        if let Some(first) = decoded.rejected.first() {
+            return Err(DecodeError::NothingUsable {
+                format,
+                rejected: decoded.rejected.len(),
+                first: format!("{}: {}", first.position, first.reason),
+            });
+        }
+    }
     if let Some(named) = decoded.meter_id.as_deref() {
         if !named.is_empty() && named != ctx.meter_id {
             return Err(DecodeError::MeterMismatch {
@@ -161,6 +172,84 @@ pub fn decode<'a>(
     Ok(decoded)
 }
 
+/// Longest channel name accepted, in bytes (OBIS codes are about 10; SenML names and LwM2M
+/// paths a few dozen).
+pub const MAX_CHANNEL_BYTES: usize = 128;
+/// Longest unit accepted, in bytes.
+pub const MAX_UNIT_BYTES: usize = 32;
+/// Most values in one series (a year of quarter-hours is 35 040).
+pub const MAX_SERIES_VALUES: usize = 40_000;
+/// Readings before 2000-01-01 are a meter clock that was never set.
+pub const EARLIEST_TS_MS: i64 = 946_684_800_000;
+/// How far ahead of the receive time a reading may be stamped (clock drift, time zones gone wrong).
+pub const MAX_AHEAD_MS: i64 = 86_400_000;
+
+/// Rejects, part by part, what no meter sends and what would make one payload cost the
+/// pipeline gigabytes or thousands of files: over-long names and units, huge series, and
+/// timestamps outside 2000-01-01 .. receive time + 1 day.
+fn enforce_limits(decoded: &mut Decoded<'_>, received_at_ms: i64) {
+    let latest = received_at_ms.saturating_add(MAX_AHEAD_MS);
+    let check = |channel: &str, unit: &str, first_ms: i64, last_ms: i64| -> Result<(), String> {
+        if channel.len() > MAX_CHANNEL_BYTES {
+            return Err(format!(
+                "channel is {} bytes, at most {MAX_CHANNEL_BYTES}",
+                channel.len()
+            ));
+        }
+        if unit.len() > MAX_UNIT_BYTES {
+            return Err(format!(
+                "unit is {} bytes, at most {MAX_UNIT_BYTES}",
+                unit.len()
+            ));
+        }
+        if first_ms < EARLIEST_TS_MS || last_ms > latest {
+            return Err(format!(
+                "time {first_ms}..{last_ms} ms is outside 2000-01-01 .. receive time + 1 day"
+            ));
+        }
+        Ok(())
+    };
+    let mut rejected = Vec::new();
+    let readings = std::mem::take(&mut decoded.readings);
+    for (i, r) in readings.into_iter().enumerate() {
+        match check(&r.channel, &r.unit, r.ts_ms, r.ts_ms) {
+            Ok(()) => decoded.readings.push(r),
+            Err(reason) => rejected.push(Rejected {
+                position: Position::Record(i),
+                reason: format!("reading {:?}: {reason}", truncate(&r.channel)),
+            }),
+        }
+    }
+    let series = std::mem::take(&mut decoded.series);
+    for (i, s) in series.into_iter().enumerate() {
+        let last = s.ts_ms(s.values.len().saturating_sub(1));
+        let result = if s.values.len() > MAX_SERIES_VALUES {
+            Err(format!(
+                "{} values, at most {MAX_SERIES_VALUES}",
+                s.values.len()
+            ))
+        } else {
+            check(&s.channel, &s.unit, s.start_ts_ms, last)
+        };
+        match result {
+            Ok(()) => decoded.series.push(s),
+            Err(reason) => rejected.push(Rejected {
+                position: Position::Record(i),
+                reason: format!("series {:?}: {reason}", truncate(&s.channel)),
+            }),
+        }
+    }
+    decoded.rejected.extend(rejected);
+}
+
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(32);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Decodes a bare `DeviceStatus` (topic `meters/{id}/status`): protobuf, or JSON when the
 /// payload starts with `{`.
 pub fn decode_status(payload: &[u8]) -> Result<DeviceStatus, DecodeError> {
@@ -171,5 +260,55 @@ pub fn decode_status(payload: &[u8]) -> Result<DeviceStatus, DecodeError> {
         }),
         Some(b'{') => json::decode_status(payload),
         Some(_) => pb::decode_status(payload),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_709_337_600_000; // 2024-03-02
+
+    fn ctx() -> DecodeContext<'static> {
+        DecodeContext {
+            meter_id: "m1",
+            received_at_ms: NOW,
+        }
+    }
+
+    #[test]
+    fn implausible_parts_are_rejected_and_the_rest_kept() {
+        let long = "x".repeat(MAX_CHANNEL_BYTES + 1);
+        let payload = format!(
+            r#"{{"readings": [
+                {{"channel": "ok", "ts": {NOW}, "value": 1}},
+                {{"channel": "{long}", "ts": {NOW}, "value": 2}},
+                {{"channel": "old", "ts": 900000000000, "value": 3}},
+                {{"channel": "future", "ts": {}, "value": 4}}],
+              "series": [{{"channel": "daily", "start": {NOW}, "interval_s": 86400, "values": [1, 2, 3]}}]}}"#,
+            NOW + 2 * MAX_AHEAD_MS
+        );
+        let d = decode(Format::Json, payload.as_bytes(), &ctx()).unwrap();
+        assert_eq!(d.readings.len(), 1);
+        assert_eq!(d.readings[0].channel, "ok");
+        assert_eq!(d.series.len(), 0, "its last value is two days ahead");
+        assert_eq!(d.rejected.len(), 4, "{:?}", d.rejected);
+        assert!(d.rejected[0].reason.contains("129 bytes"));
+    }
+
+    #[test]
+    fn a_payload_with_nothing_plausible_is_an_error() {
+        let payload = br#"{"readings": [{"channel": "old", "ts": 900000000000, "value": 3}]}"#;
+        let e = decode(Format::Json, payload, &ctx()).unwrap_err();
+        assert_eq!(e.kind(), "nothing_usable");
+    }
+
+    #[test]
+    fn a_payload_for_another_meter_is_refused() {
+        let payload = format!(
+            r#"{{"meter_id": "m2", "readings": [{{"channel": "a", "ts": {NOW}, "value": 1}}]}}"#
+        );
+        let e = decode(Format::Json, payload.as_bytes(), &ctx()).unwrap_err();
+        assert_eq!(e.kind(), "meter_mismatch");
     }
 }

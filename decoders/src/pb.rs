@@ -103,15 +103,18 @@ pub(crate) fn from_report(
             }),
         }
     }
+    // A bad status is rejected on its own: the readings of the report are kept.
     if let Some(status) = report.status {
-        let status = status_from_pb(status).map_err(|e| match e {
-            DecodeError::Malformed { reason, .. } => {
-                DecodeError::malformed(format, Position::Whole, reason)
-            }
-            other => other,
-        })?;
-        if !status.is_empty() {
-            decoded.status = Some(status);
+        match status_from_pb(status) {
+            Ok(status) if !status.is_empty() => decoded.status = Some(status),
+            Ok(_) => {}
+            Err(e) => decoded.rejected.push(Rejected {
+                position: Position::Whole,
+                reason: match e {
+                    DecodeError::Malformed { reason, .. } => reason,
+                    other => other.to_string(),
+                },
+            }),
         }
     }
     if decoded.row_count() == 0 && decoded.status.is_none() {

@@ -1,7 +1,7 @@
 //! The embedded MQTT broker (rumqttd), configured in code from [`MqttConfig`].
 //!
 //! rumqttd acknowledges a QoS 1 publish once it is in the router's in-memory log; meterflow
-//! reads that log through one local link subscribed to `meters/#` (see [`crate::link`]).
+//! reads that log through one local link subscribed to `#` (see [`crate::link`]).
 //! The log for that filter is `router_segment_bytes × router_segment_count` bytes at most:
 //! that is the broker's burst buffer and the bound of its memory.
 
@@ -14,8 +14,10 @@ use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use crate::config::MqttConfig;
 use crate::IngestError;
 
-/// The topic filter of the ingest link.
-pub const INGEST_FILTER: &str = "meters/#";
+/// The topic filter of the ingest link: every topic. rumqttd acknowledges a publish to a
+/// topic no filter matches and then drops it, so the link takes everything and the pipeline
+/// keeps what is not `meters/...` as a `bad_topic` dead letter.
+pub const INGEST_FILTER: &str = "#";
 
 /// Starts the broker on its own thread and returns the ingest link, already subscribed.
 pub fn start(config: &MqttConfig) -> Result<(LinkTx, LinkRx), IngestError> {

@@ -50,15 +50,15 @@ pub struct MqttConfig {
     pub max_connections: usize,
     /// Largest publish payload accepted, bytes.
     pub max_payload_bytes: usize,
-    /// Unacknowledged QoS 1 publishes per connection.
+    /// Packets rumqttd reads from one connection per scheduling round.
     pub max_inflight: usize,
     /// A client must send CONNECT within this time after the TCP connect.
     pub connect_timeout_ms: u16,
-    /// Size of one segment of the broker's in-memory log for `meters/#`.
+    /// Size of one segment of the broker's in-memory log (filter `#`).
     pub router_segment_bytes: usize,
-    /// Segments kept. The log holds at most `router_segment_bytes × router_segment_count`
-    /// bytes of messages that the link consumer has not read yet; past that the broker drops
-    /// the oldest (counted as `meterflow_router_drops_total`). It is also the broker's memory.
+    /// Segments kept. The log holds `router_segment_bytes × router_segment_count` bytes of the
+    /// newest messages, read or not; a message the link has not read when its segment is
+    /// dropped is lost (counted as `meterflow_router_drops_total`).
     pub router_segment_count: usize,
 }
 
@@ -160,10 +160,10 @@ impl Config {
             "mqtt.connect_timeout_ms",
             u64::from(self.mqtt.connect_timeout_ms),
         )?;
-        if self.mqtt.router_segment_bytes < self.mqtt.max_payload_bytes {
+        if self.mqtt.router_segment_bytes < self.mqtt.max_payload_bytes.max(1 << 20) {
             return Err(IngestError::config(
                 "mqtt.router_segment_bytes",
-                "must be at least mqtt.max_payload_bytes",
+                "must be at least 1 MiB (1048576) and at least mqtt.max_payload_bytes",
             ));
         }
         positive(
@@ -184,6 +184,7 @@ impl Config {
         positive("batch.max_bytes", self.batch.max_bytes as u64)?;
         positive("parquet.row_group_rows", self.parquet.row_group_rows as u64)?;
         positive("parquet.file_max_rows", self.parquet.file_max_rows as u64)?;
+        positive("parquet.max_open_files", self.parquet.max_open_files as u64)?;
         if !(1..=22).contains(&self.parquet.zstd_level) {
             return Err(IngestError::config("parquet.zstd_level", "must be 1 to 22"));
         }
@@ -292,10 +293,12 @@ mod example_file {
                     "{section} is not in the example config"
                 );
             } else if let Some((key, _)) = line.split_once(" = ") {
+                // From the section's header to the next header.
                 let scope = if section.is_empty() {
-                    EXAMPLE
+                    EXAMPLE.split("\n[").next().unwrap_or("")
                 } else {
-                    EXAMPLE.split(&section).nth(1).unwrap_or("")
+                    let rest = EXAMPLE.split(&section).nth(1).unwrap_or("");
+                    rest.split("\n[").next().unwrap_or("")
                 };
                 let documented = scope.lines().any(|l| l.starts_with(&format!("{key} = ")));
                 assert!(documented, "{section} {key} is not in the example config");

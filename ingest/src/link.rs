@@ -203,7 +203,7 @@ impl Consumer {
                 tracing::error!(
                     skipped,
                     offset,
-                    "broker dropped acknowledged messages: its log overran before the link read them (raise mqtt.router_segment_bytes/count)"
+                    "broker skipped acknowledged messages before the link read them: its log overran (raise mqtt.router_segment_bytes/count) or MQTT 5 messages expired (message expiry interval)"
                 );
             }
         }

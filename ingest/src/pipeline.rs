@@ -309,10 +309,15 @@ impl Pipeline {
             source: message.source,
             format,
         };
-        let rows = decoded.append_to(self.batcher.builder(Instant::now()), &meta);
-        if rows > 0 && message.lsn > 0 {
-            self.batcher.note_lsn(message.lsn);
-        }
+        let rows = if decoded.row_count() > 0 {
+            let rows = decoded.append_to(self.batcher.builder(Instant::now()), &meta);
+            if message.lsn > 0 {
+                self.batcher.note_lsn(message.lsn);
+            }
+            rows
+        } else {
+            0
+        };
         self.summary.rows += rows as u64;
         metrics::counter!("meterflow_decoded_total", "format" => format.as_str()).increment(1);
         metrics::counter!("meterflow_rows_decoded_total", "format" => format.as_str())

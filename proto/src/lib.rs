@@ -60,7 +60,8 @@ impl Format {
             "application/json" => Some(Format::Json),
             "application/senml+json" => Some(Format::Senml),
             "application/senml+cbor" => Some(Format::SenmlCbor),
-            "text/plain" | "application/x-dsmr" | "text/x-dsmr" => Some(Format::Dsmr),
+            // Not text/plain: generic MQTT 5 tools label JSON that way too.
+            "application/x-dsmr" | "text/x-dsmr" => Some(Format::Dsmr),
             other => other.parse().ok(),
         }
     }
@@ -168,6 +169,7 @@ mod tests {
         );
         assert_eq!(Format::from_content_type("dsmr"), Some(Format::Dsmr));
         assert_eq!(Format::from_content_type("image/png"), None);
+        assert_eq!(Format::from_content_type("text/plain"), None);
     }
 
     #[test]

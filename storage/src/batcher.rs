@@ -83,6 +83,9 @@ impl Batcher {
 
     /// How long until the age limit flushes the batch; `None` when it is empty.
     pub fn time_left(&self, now: Instant) -> Option<Duration> {
+        if self.builder.is_empty() {
+            return None;
+        }
         let first = self.first_row_at?;
         let max_age = Duration::from_millis(self.config.max_age_ms);
         Some(max_age.saturating_sub(now.saturating_duration_since(first)))
@@ -99,10 +102,10 @@ impl Batcher {
 
     /// The batch as it is (on shutdown) and the oldest WAL record in it; `None` when empty.
     pub fn take(&mut self) -> Option<(RecordBatch, u64)> {
+        self.first_row_at = None;
         if self.builder.is_empty() {
             return None;
         }
-        self.first_row_at = None;
         let oldest = self.oldest_lsn.take().unwrap_or(0);
         Some((self.builder.finish(), oldest))
     }
@@ -125,6 +128,20 @@ mod tests {
             b.builder(now).append(&META, "c", i as i64, 1.0, "kWh", 0);
             b.note_lsn(10 + i as u64);
         }
+    }
+
+    #[test]
+    fn an_empty_batch_never_comes_due() {
+        let mut b = Batcher::new(BatchConfig {
+            max_age_ms: 1,
+            ..Default::default()
+        });
+        let t0 = Instant::now();
+        let _ = b.builder(t0); // touched, but no row appended
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(b.time_left(later), None);
+        assert!(!b.is_due(later));
+        assert!(b.take().is_none());
     }
 
     #[test]

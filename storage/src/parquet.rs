@@ -37,6 +37,9 @@ pub struct ParquetConfig {
     pub file_max_age_s: u64,
     /// zstd level, 1 (fast) to 22 (small).
     pub zstd_level: i32,
+    /// Dates with an open file at most (a backfill touches many): past it, the file open the
+    /// longest is completed.
+    pub max_open_files: usize,
 }
 
 impl Default for ParquetConfig {
@@ -46,6 +49,7 @@ impl Default for ParquetConfig {
             file_max_rows: 4 * 1024 * 1024,
             file_max_age_s: 60,
             zstd_level: 1,
+            max_open_files: 32,
         }
     }
 }
@@ -146,6 +150,17 @@ impl ParquetSink {
             if file.rows >= self.config.file_max_rows {
                 if let Some(file) = self.open.remove(&day) {
                     completed.push(commit(file)?);
+                }
+            }
+            while self.open.len() > self.config.max_open_files.max(1) {
+                let oldest = self
+                    .open
+                    .iter()
+                    .min_by_key(|(_, f)| f.opened_at)
+                    .map(|(day, _)| *day);
+                match oldest.and_then(|d| self.open.remove(&d)) {
+                    Some(file) => completed.push(commit(file)?),
+                    None => break,
                 }
             }
         }
@@ -402,6 +417,29 @@ mod tests {
         assert_eq!(done.len(), 1);
         assert_eq!(read_all(&done[0]), (12, 3));
         assert!(sink.close().unwrap().is_empty());
+    }
+
+    #[test]
+    fn past_max_open_files_the_oldest_file_is_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ParquetConfig {
+            max_open_files: 2,
+            ..Default::default()
+        };
+        let mut sink = ParquetSink::open(dir.path(), config).unwrap();
+        let t0 = Instant::now();
+        let day = |d: i64| 1_709_337_600_000 + d * DAY_MS;
+        assert!(sink.write(&batch(&[day(0)]), 1, t0).unwrap().is_empty());
+        assert!(sink
+            .write(&batch(&[day(1)]), 2, t0 + Duration::from_millis(1))
+            .unwrap()
+            .is_empty());
+        let done = sink
+            .write(&batch(&[day(2)]), 3, t0 + Duration::from_millis(2))
+            .unwrap();
+        assert_eq!(done.len(), 1);
+        assert!(done[0].starts_with(dir.path().join("readings/date=2024-03-02")));
+        assert_eq!(sink.oldest_pending_lsn(), Some(2));
     }
 
     #[test]

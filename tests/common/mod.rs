@@ -294,3 +294,16 @@ pub fn utc_date(ts_ms: i64) -> String {
         .format("%Y-%m-%d")
         .to_string()
 }
+
+/// Polls `check` until it gives a value. The deadline only keeps a broken run from hanging
+/// CI; no test depends on how fast things happen.
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
