@@ -68,6 +68,12 @@ pub struct Observation<'a> {
     pub readings: &'a mut dyn Iterator<Item = (&'a str, i64, f64, &'a str)>,
 }
 
+/// Meters tracked at most: past it, messages from new meter ids update no state (counted in
+/// `meterflow_devices_untracked_total`), so a client inventing ids cannot exhaust memory.
+pub const MAX_DEVICES: usize = 2_000_000;
+/// Channels kept per meter at most (a DSMR 5 meter has about 30).
+pub const MAX_CHANNELS: usize = 256;
+
 /// Shared between the pipeline (writer) and the HTTP API (readers).
 #[derive(Clone, Default)]
 pub struct DeviceRegistry {
@@ -100,25 +106,23 @@ impl DeviceRegistry {
             d.merge_status(status, o.received_at_ms);
         }
         for (channel, ts_ms, value, unit) in o.readings {
-            match d.last_values.get_mut(channel) {
-                Some(last) if last.ts_ms > ts_ms => {}
-                Some(last) => {
-                    *last = LastValue {
+            let known = d.last_values.contains_key(channel);
+            if !known && d.last_values.len() >= MAX_CHANNELS {
+                continue;
+            }
+            let newest = d
+                .last_values
+                .get(channel)
+                .is_none_or(|last| last.ts_ms <= ts_ms);
+            if newest {
+                d.last_values.insert(
+                    channel.to_string(),
+                    LastValue {
                         ts_ms,
                         value,
                         unit: unit.to_string(),
-                    }
-                }
-                None => {
-                    d.last_values.insert(
-                        channel.to_string(),
-                        LastValue {
-                            ts_ms,
-                            value,
-                            unit: unit.to_string(),
-                        },
-                    );
-                }
+                    },
+                );
             }
         }
     }
