@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the real protocol clients the tests
-# drive (Debian packages, via apt as root where they are missing), then runs every test
-# of the workspace. CI (.ci/run) calls exactly this.
+# drive (Debian packages, via apt as root where they are missing), starts a private
+# ClickHouse server (deploy/clickhouse-test.sh) for the tests and stops it afterwards, then
+# runs every test of the workspace. CI (.ci/run) calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # command -> Debian package that provides it
 declare -A needs=(
   [mosquitto_pub]=mosquitto-clients
+  [curl]=curl
+  [python3]=python3
 )
 missing=()
 for cmd in "${!needs[@]}"; do
@@ -20,5 +23,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# Build first, so that the server does not wait through the compile.
+cargo test --workspace --all-targets --locked --no-run
+
+clickhouse_dir=$(mktemp -d)
+trap 'deploy/clickhouse-test.sh stop "$clickhouse_dir"; rm -rf "$clickhouse_dir"' EXIT
+METERFLOW_TEST_CLICKHOUSE_URL=$(deploy/clickhouse-test.sh start "$clickhouse_dir")
+export METERFLOW_TEST_CLICKHOUSE_URL
+echo "ClickHouse for the tests: $METERFLOW_TEST_CLICKHOUSE_URL ($(curl -s "$METERFLOW_TEST_CLICKHOUSE_URL/?query=SELECT%20version()"))" >&2
 
 cargo test --workspace --all-targets --locked

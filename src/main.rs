@@ -43,6 +43,17 @@ enum Command {
     },
     /// Publish a fleet of simulated meters over MQTT (QoS 1) and report what was acknowledged.
     Simulate(SimulateArgs),
+    /// Print the ClickHouse DDL for the configured server (or --server-version), or apply it.
+    Schema {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Create the database, tables and rollups that are missing on the server.
+        #[arg(long)]
+        apply: bool,
+        /// Print the DDL for this server version (e.g. 18.16, 24.8) without asking a server.
+        #[arg(long)]
+        server_version: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -59,9 +70,12 @@ struct ServeArgs {
     /// HTTP listener for /health, /metrics and the API [default 127.0.0.1:8080]
     #[arg(long, env = "METERFLOW_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
-    /// Where Parquet files, dead letters and state are kept [default ./data]
+    /// Where Parquet files, the WAL, dead letters and state are kept [default ./data]
     #[arg(long, env = "METERFLOW_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// ClickHouse HTTP URL (e.g. http://127.0.0.1:8123): turns the ClickHouse sink on.
+    #[arg(long, env = "METERFLOW_CLICKHOUSE_URL")]
+    clickhouse_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -88,6 +102,9 @@ impl ServeArgs {
         }
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
+        }
+        if let Some(url) = &self.clickhouse_url {
+            config.clickhouse.url = url.clone();
         }
         config.validate()?;
         Ok(config)
@@ -151,6 +168,7 @@ fn main() -> anyhow::Result<()> {
             }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     match cli.command {
@@ -178,7 +196,45 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(args) => simulate(args),
+        Command::Schema {
+            serve,
+            apply,
+            server_version,
+        } => schema(serve.config()?, apply, server_version),
     }
+}
+
+fn schema(config: Config, apply: bool, server_version: Option<String>) -> anyhow::Result<()> {
+    use meterflow_storage::clickhouse::{self as ch, ServerVersion};
+    let ch_config = &config.clickhouse;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    if apply {
+        anyhow::ensure!(
+            ch_config.enabled(),
+            "--apply needs a server: --clickhouse-url or clickhouse.url"
+        );
+        let version = runtime.block_on(ch::apply_schema(ch_config))?;
+        println!(
+            "schema applied to {} (ClickHouse {}.{}), database {}",
+            ch_config.url, version.major, version.minor, ch_config.database
+        );
+        return Ok(());
+    }
+    let version = match (&server_version, ch_config.enabled()) {
+        (Some(text), _) => ServerVersion::parse(text)
+            .with_context(|| format!("--server-version {text:?} is not MAJOR.MINOR"))?,
+        (None, true) => runtime.block_on(ch::server_version(ch_config))?,
+        (None, false) => anyhow::bail!(
+            "name the server: --clickhouse-url URL, or --server-version MAJOR.MINOR to print without one"
+        ),
+    };
+    for statement in ch::schema_ddl(&ch_config.database, version, ch_config.ttl_days) {
+        println!("{statement};\n");
+    }
+    Ok(())
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

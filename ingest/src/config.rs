@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use meterflow_storage::clickhouse::ClickHouseConfig;
 use meterflow_storage::{BatchConfig, FsyncPolicy, ParquetConfig, WalConfig};
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,7 @@ pub struct Config {
     pub batch: BatchConfig,
     pub parquet: ParquetConfig,
     pub wal: WalConfig,
+    pub clickhouse: ClickHouseConfig,
 }
 
 impl Default for Config {
@@ -33,6 +35,7 @@ impl Default for Config {
             batch: BatchConfig::default(),
             parquet: ParquetConfig::default(),
             wal: WalConfig::default(),
+            clickhouse: ClickHouseConfig::default(),
         }
     }
 }
@@ -198,6 +201,26 @@ impl Config {
         if self.wal.fsync == FsyncPolicy::Interval {
             positive("wal.fsync_interval_ms", self.wal.fsync_interval_ms)?;
         }
+        let ch = &self.clickhouse;
+        if ch.enabled() && !(ch.url.starts_with("http://") || ch.url.starts_with("https://")) {
+            return Err(IngestError::config(
+                "clickhouse.url",
+                "must be an HTTP URL such as http://127.0.0.1:8123 (https needs a TLS build)",
+            ));
+        }
+        if ch.database.is_empty()
+            || !ch
+                .database
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(IngestError::config(
+                "clickhouse.database",
+                "must be a name of letters, digits and _",
+            ));
+        }
+        positive("clickhouse.queue_batches", ch.queue_batches as u64)?;
+        positive("clickhouse.retry_initial_ms", ch.retry_initial_ms)?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(IngestError::config("data_dir", "must not be empty"));
         }

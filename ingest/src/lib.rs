@@ -22,6 +22,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use meterflow_storage::clickhouse::ClickHouseWriter;
 use meterflow_storage::{wal, Batcher, DeadLetterStore, ParquetSink, Wal};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -83,10 +84,19 @@ pub async fn serve(
     }
     let marks = Arc::new(link::LsnMarks::default());
     marks.committed.store(recovery.last_lsn, Ordering::Release);
+    let clickhouse = if config.clickhouse.enabled() {
+        tracing::info!(url = %config.clickhouse.url, database = %config.clickhouse.database, "ClickHouse sink on");
+        Some(ClickHouseWriter::start(config.clickhouse.clone())?)
+    } else {
+        None
+    };
     let pipeline = pipeline::Pipeline::new(
         Batcher::new(config.batch.clone()),
-        ParquetSink::open(&config.data_dir, config.parquet.clone())?,
-        DeadLetterStore::open(&config.data_dir)?,
+        pipeline::Sinks {
+            parquet: ParquetSink::open(&config.data_dir, config.parquet.clone())?,
+            clickhouse,
+            dead_letters: DeadLetterStore::open(&config.data_dir)?,
+        },
         devices.clone(),
         config.data_dir.clone(),
         marks.clone(),

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use meterflow_decoders::{decode, decode_status, DecodeContext, DecodeError, Decoded, Format};
 use meterflow_proto::{is_valid_meter_id, RowMeta};
+use meterflow_storage::clickhouse::{ClickHouseWriter, RejectedBatch};
 use meterflow_storage::{wal, Batcher, DeadLetter, DeadLetterStore, ParquetSink, WalReader};
 
 use crate::devices::{DeviceRegistry, Observation};
@@ -65,9 +66,18 @@ pub struct PipelineSummary {
 /// How often the checkpoint is saved at most when no file completes.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// Where the pipeline's output goes.
+pub struct Sinks {
+    pub parquet: ParquetSink,
+    /// The production sink, when `clickhouse.url` is set.
+    pub clickhouse: Option<ClickHouseWriter>,
+    pub dead_letters: DeadLetterStore,
+}
+
 pub struct Pipeline {
     pub batcher: Batcher,
     pub parquet: ParquetSink,
+    pub clickhouse: Option<ClickHouseWriter>,
     pub dead_letters: DeadLetterStore,
     pub devices: DeviceRegistry,
     data_dir: PathBuf,
@@ -83,8 +93,7 @@ impl Pipeline {
     /// `checkpoint` is the LSN through which every record is already in the sinks.
     pub fn new(
         batcher: Batcher,
-        parquet: ParquetSink,
-        dead_letters: DeadLetterStore,
+        sinks: Sinks,
         devices: DeviceRegistry,
         data_dir: PathBuf,
         marks: Arc<LsnMarks>,
@@ -93,8 +102,9 @@ impl Pipeline {
         marks.confirmed.store(checkpoint, Ordering::Release);
         Pipeline {
             batcher,
-            parquet,
-            dead_letters,
+            parquet: sinks.parquet,
+            clickhouse: sinks.clickhouse,
+            dead_letters: sinks.dead_letters,
             devices,
             data_dir,
             marks,
@@ -194,16 +204,25 @@ impl Pipeline {
     /// The LSN through which every handled record is in a complete file, a dead letter, or
     /// had no rows.
     fn confirmed_lsn(&self) -> u64 {
-        [self.batcher.oldest_lsn(), self.parquet.oldest_pending_lsn()]
+        let local = [self.batcher.oldest_lsn(), self.parquet.oldest_pending_lsn()]
             .into_iter()
             .flatten()
             .min()
-            .map_or(self.next_lsn - 1, |oldest| oldest - 1)
+            .map_or(self.next_lsn - 1, |oldest| oldest - 1);
+        match self
+            .clickhouse
+            .as_ref()
+            .and_then(ClickHouseWriter::confirmed_lsn)
+        {
+            Some(clickhouse) => local.min(clickhouse),
+            None => local,
+        }
     }
 
     /// Saves the checkpoint when it moved and a file completed (or a second passed), and lets
     /// the link drop the confirmed WAL segments.
     fn checkpoint(&mut self, file_completed: bool) -> Result<(), IngestError> {
+        self.keep_rejected_batches()?;
         let confirmed = self.confirmed_lsn();
         if confirmed <= self.saved_checkpoint {
             return Ok(());
@@ -220,13 +239,17 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Flushes the batch, completes every file and saves the checkpoint (shutdown).
+    /// Flushes the batch, completes every file, lets ClickHouse take what it can, and saves
+    /// the checkpoint (shutdown). What ClickHouse could not take stays in the WAL.
     pub fn finish(mut self) -> Result<PipelineSummary, IngestError> {
         let now = Instant::now();
         if let Some((batch, oldest)) = self.batcher.take() {
             self.write(&batch, oldest, now)?;
         }
         self.summary.files += self.parquet.close()?.len() as u64;
+        if let Some(clickhouse) = self.clickhouse.as_mut() {
+            clickhouse.close();
+        }
         self.checkpoint(true)?;
         self.dead_letters.close()?;
         Ok(self.summary)
@@ -238,6 +261,11 @@ impl Pipeline {
         oldest_lsn: u64,
         now: Instant,
     ) -> Result<(), IngestError> {
+        if let Some(clickhouse) = &self.clickhouse {
+            // Every record before next_lsn is in this batch or an earlier one. Waits while
+            // ClickHouse is away and its queue is full; the WAL holds what arrives meanwhile.
+            clickhouse.send(batch.clone(), self.next_lsn - 1);
+        }
         let started = Instant::now();
         let completed = self.parquet.write(batch, oldest_lsn, now)?;
         self.summary.files += completed.len() as u64;
@@ -245,6 +273,31 @@ impl Pipeline {
         metrics::histogram!("meterflow_batch_write_seconds", "sink" => "parquet")
             .record(started.elapsed().as_secs_f64());
         tracing::debug!(rows = batch.num_rows(), "batch written to parquet");
+        Ok(())
+    }
+
+    /// Keeps the rows of batches ClickHouse refused for their data as dead letters (one per
+    /// batch, the rows as JSON lines), so the queue goes on and nothing is lost.
+    fn keep_rejected_batches(&mut self) -> Result<(), IngestError> {
+        let Some(clickhouse) = &self.clickhouse else {
+            return Ok(());
+        };
+        for RejectedBatch { batch, reason } in clickhouse.take_rejected() {
+            let payload = rows_as_json_lines(&batch);
+            let letter = DeadLetter {
+                received_at_ms: crate::link::now_ms(),
+                source: "clickhouse".into(),
+                topic: String::new(),
+                meter_id: None,
+                format: None,
+                kind: "clickhouse_rejected".into(),
+                reason,
+                payload,
+            };
+            metrics::counter!("meterflow_dead_letters_total", "reason" => "clickhouse_rejected")
+                .increment(1);
+            self.dead_letters.write(&letter)?;
+        }
         Ok(())
     }
 
@@ -424,6 +477,28 @@ impl Pipeline {
         self.dead_letters.write(&letter)?;
         Ok(())
     }
+}
+
+/// The rows of a canonical batch as JSON lines (for a dead letter).
+fn rows_as_json_lines(batch: &arrow_array::RecordBatch) -> Vec<u8> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, TimestampMillisecondType, UInt16Type};
+    let s = |i: usize| batch.column(i).as_string::<i32>();
+    let ts = batch.column(2).as_primitive::<TimestampMillisecondType>();
+    let value = batch.column(3).as_primitive::<Float64Type>();
+    let quality = batch.column(5).as_primitive::<UInt16Type>();
+    let received = batch.column(6).as_primitive::<TimestampMillisecondType>();
+    let mut out = Vec::new();
+    for i in 0..batch.num_rows() {
+        let row = serde_json::json!({
+            "meter_id": s(0).value(i), "channel": s(1).value(i), "ts_ms": ts.value(i),
+            "value": value.value(i), "unit": s(4).value(i), "quality": quality.value(i),
+            "received_at_ms": received.value(i), "source": s(7).value(i), "format": s(8).value(i),
+        });
+        out.extend_from_slice(row.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    out
 }
 
 #[cfg(test)]

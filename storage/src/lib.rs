@@ -3,6 +3,7 @@
 //! - [`batcher`]: collects rows into one Arrow batch and says when to flush (rows, bytes, age).
 //! - [`parquet`]: the embedded default sink, hive-style date folders of zstd Parquet files
 //!   that appear under their final name only when complete.
+//! - [`clickhouse`]: the production sink: schema, RowBinary inserts, a writer with retries.
 //! - [`dead_letter`]: payloads that did not decode, kept on disk with raw bytes and reason.
 //! - [`wal`]: the write-ahead log of raw messages between the network edge and the decoder,
 //!   with the checkpoint of what every sink has confirmed.
@@ -11,6 +12,7 @@
 //! the network edge.
 
 pub mod batcher;
+pub mod clickhouse;
 pub mod dead_letter;
 mod error;
 pub mod parquet;

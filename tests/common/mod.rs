@@ -307,3 +307,95 @@ pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A ClickHouse server for a test: the one the test command started
+/// (`METERFLOW_TEST_CLICKHOUSE_URL`), or a private one started here with
+/// `deploy/clickhouse-test.sh` (needed when the test stops and starts it).
+pub struct ClickHouse {
+    pub url: String,
+    /// The private server's folder; `None` for the shared one.
+    dir: Option<tempfile::TempDir>,
+}
+
+const CLICKHOUSE_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/clickhouse-test.sh");
+
+impl ClickHouse {
+    pub fn shared() -> ClickHouse {
+        match std::env::var("METERFLOW_TEST_CLICKHOUSE_URL") {
+            Ok(url) if !url.is_empty() => ClickHouse { url, dir: None },
+            _ => Self::private(),
+        }
+    }
+
+    pub fn private() -> ClickHouse {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = Self::script("start", dir.path());
+        ClickHouse {
+            url,
+            dir: Some(dir),
+        }
+    }
+
+    fn script(command: &str, dir: &Path) -> String {
+        let out = Command::new(CLICKHOUSE_SCRIPT)
+            .arg(command)
+            .arg(dir)
+            .output()
+            .expect("deploy/clickhouse-test.sh runs");
+        assert!(
+            out.status.success(),
+            "clickhouse-test.sh {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Kills the private server at once (an outage).
+    pub fn kill(&self) {
+        Self::script("kill", self.dir.as_ref().expect("a private server").path());
+    }
+
+    /// Starts the private server again: same port, same data.
+    pub fn start(&self) {
+        Self::script("start", self.dir.as_ref().expect("a private server").path());
+    }
+
+    /// Runs a query over HTTP and returns the body (TSV); panics on an error answer.
+    pub fn query(&self, sql: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--data-binary", sql, &self.url])
+            .output()
+            .expect("curl runs");
+        let body = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "query {sql}: {body}");
+        body
+    }
+
+    /// A database name no other test uses.
+    pub fn fresh_database(prefix: &str) -> String {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            Self::script("stop", dir.path());
+        }
+    }
+}
+
+/// A config file for `serve --config`, in a folder that lives as long as the returned guard.
+pub fn config_file(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meterflow.toml");
+    std::fs::write(&path, text).unwrap();
+    let path = path.to_str().unwrap().to_string();
+    (dir, path)
+}

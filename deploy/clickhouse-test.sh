@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# A private ClickHouse server for the tests: Debian's clickhouse-server (installed with apt as
+# root where missing), its own data folder and free loopback ports, so it never touches a
+# system instance.
+#
+#   deploy/clickhouse-test.sh start DIR   starts it, waits until it answers, prints its HTTP URL
+#                                         (again after a stop: same ports, same data)
+#   deploy/clickhouse-test.sh stop DIR    stops it
+#   deploy/clickhouse-test.sh kill DIR    kills it at once (an outage, for the tests)
+set -euo pipefail
+cmd=${1:?usage: clickhouse-test.sh start|stop DIR}
+dir=${2:?usage: clickhouse-test.sh start|stop DIR}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+case "$cmd" in
+start)
+  if ! command -v clickhouse-server >/dev/null 2>&1; then
+    echo "installing clickhouse-server (Debian package) for the tests" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+      clickhouse-server clickhouse-client >&2
+  fi
+  mkdir -p "$dir/data" "$dir/log"
+  dir=$(cd "$dir" && pwd)
+  if [ -f "$dir/config.xml" ]; then
+    http=$(sed -n 's#.*<http_port>\([0-9]*\)</http_port>.*#\1#p' "$dir/config.xml")
+  else
+  http=$(free_port); tcp=$(free_port); inter=$(free_port)
+  # The packaged config with our ports and paths; no IPv6 listener (absent in some sandboxes).
+  sed -e "s#<http_port>8123</http_port>#<http_port>$http</http_port>#" \
+      -e "s#<tcp_port>9000</tcp_port>#<tcp_port>$tcp</tcp_port>#" \
+      -e "s#<interserver_http_port>9009</interserver_http_port>#<interserver_http_port>$inter</interserver_http_port>#" \
+      -e "s#<https_port>8443</https_port>##" \
+      -e "s#<tcp_port_secure>9440</tcp_port_secure>##" \
+      -e "s#<listen_host>::1</listen_host>##" \
+      -e "s#/var/lib/clickhouse/#$dir/data/#g" \
+      -e "s#/var/log/clickhouse-server/#$dir/log/#g" \
+      -e "s#<level>warning</level>#<level>error</level>#" \
+      /etc/clickhouse-server/config.xml > "$dir/config.xml"
+  cp /etc/clickhouse-server/users.xml "$dir/users.xml"
+  fi
+  clickhouse-server --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 &
+  echo $! > "$dir/pid"
+  for _ in $(seq 300); do
+    if curl -fsS "http://127.0.0.1:$http/ping" >/dev/null 2>&1; then
+      echo "http://127.0.0.1:$http"
+      exit 0
+    fi
+    if ! kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+      echo "clickhouse-server exited:" >&2
+      tail -20 "$dir/log/stdout.log" "$dir/log/clickhouse-server.err.log" >&2 || true
+      exit 1
+    fi
+    sleep 0.2
+  done
+  echo "clickhouse-server did not answer on port $http" >&2
+  exit 1
+  ;;
+stop)
+  if [ -f "$dir/pid" ]; then
+    pid=$(cat "$dir/pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$dir/pid"
+  fi
+  ;;
+kill)
+  if [ -f "$dir/pid" ]; then
+    pid=$(cat "$dir/pid")
+    kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    rm -f "$dir/pid"
+  fi
+  ;;
+*)
+  echo "usage: clickhouse-test.sh start|stop|kill DIR" >&2
+  exit 2
+  ;;
+esac

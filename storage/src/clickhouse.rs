@@ -1,0 +1,592 @@
+//! The ClickHouse sink: the schema (version-aware DDL), the columnar insert of an Arrow
+//! batch as RowBinary, error classification, and a writer thread with retries.
+//!
+//! Schema: database `meterflow` (configurable), `readings` a ReplacingMergeTree ordered by
+//! `(meter_id, channel, ts)` and partitioned by month, so a reading delivered twice is stored
+//! once after merges (queries dedupe with `FINAL` or `argMax` before that); hourly and daily
+//! rollups per meter and channel as materialized views; `dead_letters`. On a server from 20.3
+//! on it uses `LowCardinality`, `DateTime64(3)`, codecs and an optional TTL; on older ones
+//! (Debian's 18.16) plain `String` and `DateTime` (second precision).
+//!
+//! Inserts are RowBinary built column by column from the Arrow batch (no text format on the
+//! hot path), through the `clickhouse` crate's formatted insert. Network errors, timeouts and
+//! server errors are retried with capped exponential backoff and jitter; errors that say the
+//! data is at fault (`Code: 117`, `53`, `27`, `33`, `6`, `70`) are not: the batch is handed
+//! back so its rows can be kept as dead letters, and the queue goes on.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, TimestampMillisecondType, UInt16Type};
+use arrow_array::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::StorageError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP URL of the server, e.g. `http://127.0.0.1:8123`; empty: no ClickHouse sink.
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+    /// Drop readings older than this many days (servers from 20.3 on); 0 keeps them forever.
+    pub ttl_days: u32,
+    /// First retry delay after a failed insert; doubled per attempt up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// Batches waiting for the writer at most; when full, the pipeline waits (and the WAL
+    /// holds what arrives meanwhile).
+    pub queue_batches: usize,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            url: String::new(),
+            database: "meterflow".into(),
+            user: "default".into(),
+            password: String::new(),
+            ttl_days: 0,
+            retry_initial_ms: 200,
+            retry_max_ms: 30_000,
+            queue_batches: 4,
+        }
+    }
+}
+
+impl ClickHouseConfig {
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    fn client(&self) -> clickhouse::Client {
+        // No compression: 18.16 answers compressed reads with an empty body.
+        clickhouse::Client::default()
+            .with_url(&self.url)
+            .with_user(&self.user)
+            .with_password(&self.password)
+            .with_validation(false)
+    }
+}
+
+/// `major.minor` of the server, which decides the column types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl ServerVersion {
+    pub fn parse(text: &str) -> Option<ServerVersion> {
+        let mut parts = text.trim().split('.');
+        Some(ServerVersion {
+            major: parts.next()?.parse().ok()?,
+            minor: parts.next()?.parse().ok()?,
+        })
+    }
+
+    /// LowCardinality, DateTime64(3), codecs and TTL: all there from 20.3 (an LTS) on.
+    pub fn is_modern(self) -> bool {
+        self >= ServerVersion {
+            major: 20,
+            minor: 3,
+        }
+    }
+
+    fn time_type(self) -> &'static str {
+        if self.is_modern() {
+            "DateTime64(3, 'UTC')"
+        } else {
+            "DateTime"
+        }
+    }
+}
+
+/// The DDL of every object, in the order to create them; each statement is idempotent.
+pub fn schema_ddl(db: &str, version: ServerVersion, ttl_days: u32) -> Vec<String> {
+    let time = version.time_type();
+    let modern = version.is_modern();
+    let lc = |t: &str| {
+        if modern {
+            format!("LowCardinality({t})")
+        } else {
+            t.to_string()
+        }
+    };
+    let codec = |c: &str| {
+        if modern {
+            format!(" CODEC({c})")
+        } else {
+            String::new()
+        }
+    };
+    let ttl = if modern && ttl_days > 0 {
+        format!("\nTTL toDateTime(ts) + INTERVAL {ttl_days} DAY")
+    } else {
+        String::new()
+    };
+    let mut ddl = vec![format!("CREATE DATABASE IF NOT EXISTS {db}")];
+    ddl.push(format!(
+        "CREATE TABLE IF NOT EXISTS {db}.readings (
+    meter_id String{meter_codec},
+    channel {channel},
+    ts {time}{ts_codec},
+    value Float64{value_codec},
+    unit {unit},
+    quality UInt16,
+    received_at {time}{ts_codec},
+    source {source},
+    format {format}
+) ENGINE = ReplacingMergeTree(received_at)
+PARTITION BY toYYYYMM(ts)
+ORDER BY (meter_id, channel, ts){ttl}",
+        meter_codec = codec("ZSTD(1)"),
+        channel = lc("String"),
+        ts_codec = codec("DoubleDelta, ZSTD(1)"),
+        value_codec = codec("Gorilla, ZSTD(1)"),
+        unit = lc("String"),
+        source = lc("String"),
+        format = lc("String"),
+    ));
+    for (name, bucket, column) in [
+        ("readings_hourly", "toStartOfHour(ts)", "hour"),
+        ("readings_daily", "toDate(ts)", "day"),
+    ] {
+        ddl.push(format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name}
+ENGINE = AggregatingMergeTree()
+PARTITION BY toYYYYMM({column})
+ORDER BY (meter_id, channel, {column})
+AS SELECT
+    meter_id,
+    channel,
+    {bucket} AS {column},
+    minState(value) AS min_value,
+    maxState(value) AS max_value,
+    argMaxState(value, ts) AS last_value,
+    argMinState(value, ts) AS first_value,
+    countState() AS samples
+FROM {db}.readings
+GROUP BY meter_id, channel, {column}"
+        ));
+    }
+    ddl.push(format!(
+        "CREATE TABLE IF NOT EXISTS {db}.dead_letters (
+    received_at {time},
+    source String,
+    topic String,
+    meter_id String,
+    format String,
+    kind String,
+    reason String,
+    payload String
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMM(received_at)
+ORDER BY (received_at, meter_id)"
+    ));
+    ddl
+}
+
+/// A failed ClickHouse operation, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+#[error("clickhouse {action}: {source}")]
+pub struct ClickHouseError {
+    pub action: &'static str,
+    #[source]
+    pub source: clickhouse::error::Error,
+}
+
+/// Server error codes that mean the data itself is wrong: retrying sends the same bytes.
+const DATA_ERROR_CODES: [u32; 6] = [117, 53, 27, 33, 6, 70];
+
+impl ClickHouseError {
+    /// The server's error code (`Code: 117.` on current servers, `Code: 117,` on 18.16).
+    pub fn code(&self) -> Option<u32> {
+        let clickhouse::error::Error::BadResponse(text) = &self.source else {
+            return None;
+        };
+        let rest = &text[text.find("Code: ")? + 6..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        !self.code().is_some_and(|c| DATA_ERROR_CODES.contains(&c))
+    }
+}
+
+/// Reads the server version.
+pub async fn server_version(config: &ClickHouseConfig) -> Result<ServerVersion, ClickHouseError> {
+    let text = config
+        .client()
+        .query("SELECT version()")
+        .fetch_one::<String>()
+        .await
+        .map_err(|source| ClickHouseError {
+            action: "reading the server version",
+            source,
+        })?;
+    ServerVersion::parse(&text).ok_or_else(|| ClickHouseError {
+        action: "reading the server version",
+        source: clickhouse::error::Error::Custom(format!("cannot parse version {text:?}")),
+    })
+}
+
+/// Creates the database, tables and rollups that are missing; returns the server version.
+pub async fn apply_schema(config: &ClickHouseConfig) -> Result<ServerVersion, ClickHouseError> {
+    let version = server_version(config).await?;
+    let client = config.client();
+    for statement in schema_ddl(&config.database, version, config.ttl_days) {
+        client
+            .query(&statement)
+            .execute()
+            .await
+            .map_err(|source| ClickHouseError {
+                action: "applying the schema",
+                source,
+            })?;
+    }
+    Ok(version)
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let mut len = s.len() as u64;
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Encodes a batch of the canonical schema as RowBinary for the `readings` columns of a
+/// server of `version` (DateTime64(3) as Int64 ms, DateTime as UInt32 seconds).
+pub fn encode_rowbinary(batch: &RecordBatch, version: ServerVersion) -> Vec<u8> {
+    let s = |i: usize| batch.column(i).as_string::<i32>();
+    let (meter, channel, unit, source, format) = (s(0), s(1), s(4), s(7), s(8));
+    let ts = batch.column(2).as_primitive::<TimestampMillisecondType>();
+    let value = batch.column(3).as_primitive::<Float64Type>();
+    let quality = batch.column(5).as_primitive::<UInt16Type>();
+    let received = batch.column(6).as_primitive::<TimestampMillisecondType>();
+    let modern = version.is_modern();
+    let put_time = |out: &mut Vec<u8>, ms: i64| {
+        if modern {
+            out.extend_from_slice(&ms.to_le_bytes());
+        } else {
+            let secs = u32::try_from(ms.div_euclid(1000)).unwrap_or(0);
+            out.extend_from_slice(&secs.to_le_bytes());
+        }
+    };
+    let mut out = Vec::with_capacity(batch.num_rows() * 64);
+    for i in 0..batch.num_rows() {
+        put_str(&mut out, meter.value(i));
+        put_str(&mut out, channel.value(i));
+        put_time(&mut out, ts.value(i));
+        out.extend_from_slice(&value.value(i).to_le_bytes());
+        put_str(&mut out, unit.value(i));
+        out.extend_from_slice(&quality.value(i).to_le_bytes());
+        put_time(&mut out, received.value(i));
+        put_str(&mut out, source.value(i));
+        put_str(&mut out, format.value(i));
+    }
+    out
+}
+
+async fn insert_readings(
+    client: &clickhouse::Client,
+    db: &str,
+    body: Vec<u8>,
+) -> Result<(), ClickHouseError> {
+    let sql = format!(
+        "INSERT INTO {db}.readings (meter_id, channel, ts, value, unit, quality, received_at, source, format) FORMAT RowBinary"
+    );
+    let mut insert = client.insert_formatted_with(sql);
+    let err = |source| ClickHouseError {
+        action: "inserting readings",
+        source,
+    };
+    insert.send(body.into()).await.map_err(err)?;
+    insert.end().await.map_err(err)
+}
+
+/// A batch for the writer, and the WAL LSN through which the pipeline had handled every
+/// record when it made the batch.
+struct Job {
+    batch: RecordBatch,
+    through_lsn: u64,
+}
+
+/// A batch ClickHouse refused for its data, handed back to be kept as dead letters.
+pub struct RejectedBatch {
+    pub batch: RecordBatch,
+    pub reason: String,
+}
+
+/// The writer thread: inserts batches in order, retrying what a retry can fix.
+pub struct ClickHouseWriter {
+    jobs: Option<SyncSender<Job>>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
+    rejected: Receiver<RejectedBatch>,
+    confirmed: Arc<AtomicU64>,
+    pending: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClickHouseWriter {
+    /// Starts the writer; it applies the schema (retrying while the server is away) before
+    /// the first insert, so start-up does not wait for ClickHouse.
+    pub fn start(config: ClickHouseConfig) -> Result<ClickHouseWriter, StorageError> {
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(config.queue_batches.max(1));
+        let (rejected_tx, rejected_rx) = std::sync::mpsc::channel();
+        let confirmed = Arc::new(AtomicU64::new(0));
+        let pending = Arc::new(AtomicUsize::new(0));
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c, p, stop) = (confirmed.clone(), pending.clone(), closing.clone());
+        let thread = std::thread::Builder::new()
+            .name("clickhouse-sink".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the ClickHouse writer's runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(run_writer(config, jobs_rx, rejected_tx, c, p, stop));
+            })
+            .map_err(|e| {
+                StorageError::io("spawning the ClickHouse writer", "clickhouse-sink", e)
+            })?;
+        Ok(ClickHouseWriter {
+            jobs: Some(jobs_tx),
+            closing,
+            rejected: rejected_rx,
+            confirmed,
+            pending,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a batch; waits while the queue is full (ClickHouse slow or away).
+    pub fn send(&self, batch: RecordBatch, through_lsn: u64) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let sent = self
+            .jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(Job { batch, through_lsn }).is_ok());
+        if !sent {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!("the ClickHouse writer is gone; the batch stays in the WAL");
+        }
+    }
+
+    /// The LSN through which every record is in ClickHouse; `None` when nothing is waiting
+    /// (then it confirms whatever the pipeline has handled).
+    pub fn confirmed_lsn(&self) -> Option<u64> {
+        (self.pending.load(Ordering::Acquire) > 0).then(|| self.confirmed.load(Ordering::Acquire))
+    }
+
+    /// Batches ClickHouse refused for their data since the last call.
+    pub fn take_rejected(&self) -> Vec<RejectedBatch> {
+        self.rejected.try_iter().collect()
+    }
+
+    /// Inserts what is queued and stops the thread. A batch whose insert fails while closing
+    /// is not retried: it stays unconfirmed, in the WAL, for the next start.
+    pub fn close(&mut self) {
+        self.closing.store(true, Ordering::Release);
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ClickHouseWriter {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+async fn run_writer(
+    config: ClickHouseConfig,
+    jobs: Receiver<Job>,
+    rejected: std::sync::mpsc::Sender<RejectedBatch>,
+    confirmed: Arc<AtomicU64>,
+    pending: Arc<AtomicUsize>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let client = config.client();
+    let mut version: Option<ServerVersion> = None;
+    // The std receiver blocks; the runtime has nothing else to do meanwhile.
+    while let Ok(job) = jobs.recv() {
+        let rows = job.batch.num_rows();
+        let mut delay = Duration::from_millis(config.retry_initial_ms.max(1));
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let result = async {
+                let v = match version {
+                    Some(v) => v,
+                    None => {
+                        let v = apply_schema(&config).await?;
+                        tracing::info!(version = ?v, modern = v.is_modern(), "ClickHouse schema applied");
+                        version = Some(v);
+                        v
+                    }
+                };
+                let started = std::time::Instant::now();
+                insert_readings(&client, &config.database, encode_rowbinary(&job.batch, v)).await?;
+                metrics::histogram!("meterflow_batch_write_seconds", "sink" => "clickhouse")
+                    .record(started.elapsed().as_secs_f64());
+                Ok::<(), ClickHouseError>(())
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    metrics::counter!("meterflow_rows_written_total", "sink" => "clickhouse")
+                        .increment(rows as u64);
+                    break;
+                }
+                Err(e) if e.is_retryable() && closing.load(Ordering::Acquire) => {
+                    tracing::warn!(error = %e, rows, "ClickHouse unavailable at shutdown; the batch stays in the WAL for the next start");
+                    // Not confirmed, and `pending` stays up: the checkpoint stops before it.
+                    while jobs.recv().is_ok() {}
+                    return;
+                }
+                Err(e) if e.is_retryable() => {
+                    metrics::counter!("meterflow_clickhouse_retries_total").increment(1);
+                    if attempt == 1 || attempt.is_power_of_two() {
+                        tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "ClickHouse insert failed; retrying");
+                    }
+                    // The schema may be what is missing (a dropped table): apply it again.
+                    version = None;
+                    let jitter =
+                        Duration::from_millis(u64::from(attempt.wrapping_mul(2_654_435_761) % 100));
+                    tokio::time::sleep(delay + jitter).await;
+                    delay = (delay * 2).min(Duration::from_millis(config.retry_max_ms.max(1)));
+                }
+                Err(e) => {
+                    metrics::counter!("meterflow_clickhouse_rejected_batches_total").increment(1);
+                    tracing::error!(error = %e, rows, "ClickHouse refused the batch's data; its rows go to the dead letters");
+                    let _ = rejected.send(RejectedBatch {
+                        batch: job.batch.clone(),
+                        reason: e.to_string(),
+                    });
+                    break;
+                }
+            }
+        }
+        confirmed.fetch_max(job.through_lsn, Ordering::AcqRel);
+        pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meterflow_proto::{Format, ReadingBatchBuilder, RowMeta, Source};
+
+    #[test]
+    fn versions_parse_and_decide_the_types() {
+        let old = ServerVersion::parse("18.16.1").unwrap();
+        let new = ServerVersion::parse("25.3.2.39").unwrap();
+        assert!(!old.is_modern());
+        assert!(new.is_modern());
+        let old_ddl = schema_ddl("mf", old, 30).join("\n");
+        assert!(old_ddl.contains("ts DateTime,"));
+        assert!(
+            !old_ddl.contains("LowCardinality")
+                && !old_ddl.contains("CODEC")
+                && !old_ddl.contains("TTL")
+        );
+        let new_ddl = schema_ddl("mf", new, 30).join("\n");
+        assert!(new_ddl.contains("ts DateTime64(3, 'UTC') CODEC(DoubleDelta, ZSTD(1))"));
+        assert!(new_ddl.contains("channel LowCardinality(String)"));
+        assert!(new_ddl.contains("TTL toDateTime(ts) + INTERVAL 30 DAY"));
+        assert!(new_ddl.contains("ENGINE = ReplacingMergeTree(received_at)"));
+        assert!(new_ddl.contains("ORDER BY (meter_id, channel, ts)"));
+    }
+
+    #[test]
+    fn rowbinary_has_the_column_layout_of_each_server() {
+        let mut b = ReadingBatchBuilder::default();
+        let meta = RowMeta {
+            meter_id: "m1",
+            received_at_ms: 1_709_337_600_999,
+            source: Source::Mqtt,
+            format: Format::Pb,
+        };
+        b.append(&meta, "1-0:1.8.0", 1_709_337_600_500, 1.5, "kWh", 3);
+        let batch = b.finish();
+        let old = encode_rowbinary(
+            &batch,
+            ServerVersion {
+                major: 18,
+                minor: 16,
+            },
+        );
+        let mut want = vec![2, b'm', b'1', 9];
+        want.extend_from_slice(b"1-0:1.8.0");
+        want.extend_from_slice(&1_709_337_600u32.to_le_bytes());
+        want.extend_from_slice(&1.5f64.to_le_bytes());
+        want.extend_from_slice(&[3, b'k', b'W', b'h']);
+        want.extend_from_slice(&3u16.to_le_bytes());
+        want.extend_from_slice(&1_709_337_600u32.to_le_bytes());
+        want.extend_from_slice(&[4, b'm', b'q', b't', b't', 2, b'p', b'b']);
+        assert_eq!(old, want);
+        let new = encode_rowbinary(
+            &batch,
+            ServerVersion {
+                major: 24,
+                minor: 8,
+            },
+        );
+        assert_eq!(
+            new.len(),
+            old.len() + 8,
+            "two Int64 times instead of two UInt32"
+        );
+    }
+
+    #[test]
+    fn data_errors_are_not_retried() {
+        let data = ClickHouseError {
+            action: "inserting readings",
+            source: clickhouse::error::Error::BadResponse(
+                "Code: 117. DB::Exception: Unknown type".into(),
+            ),
+        };
+        assert!(!data.is_retryable());
+        let old_server = ClickHouseError {
+            action: "inserting readings",
+            source: clickhouse::error::Error::BadResponse(
+                "Code: 53, e.displayText() = DB::Exception: Type mismatch".into(),
+            ),
+        };
+        assert_eq!(old_server.code(), Some(53));
+        assert!(!old_server.is_retryable());
+        let busy = ClickHouseError {
+            action: "inserting readings",
+            source: clickhouse::error::Error::BadResponse("Code: 252. Too many parts".into()),
+        };
+        assert!(busy.is_retryable());
+        let net = ClickHouseError {
+            action: "inserting readings",
+            source: clickhouse::error::Error::TimedOut,
+        };
+        assert!(net.is_retryable());
+    }
+}

@@ -1,0 +1,263 @@
+//! MQTT to ClickHouse with the real server: every row and value arrives, a report delivered
+//! twice is counted once, and an outage of ClickHouse loses nothing.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+
+use common::{config_file, mosquitto_pub, wait_for, ClickHouse, Server, BIN};
+use meterflow::simulate::{Plan, Shape};
+use meterflow_proto::Format;
+
+/// (meter_id, channel, ts in seconds, value, unit) of every row after dedupe.
+fn rows(ch: &ClickHouse, db: &str) -> Vec<(String, String, i64, f64, String)> {
+    ch.query(&format!(
+        "SELECT meter_id, channel, toUnixTimestamp(ts), value, unit FROM {db}.readings FINAL \
+         ORDER BY meter_id, channel, ts FORMAT TabSeparated"
+    ))
+    .lines()
+    .map(|l| {
+        let f: Vec<&str> = l.split('\t').collect();
+        (
+            f[0].into(),
+            f[1].into(),
+            f[2].parse().unwrap(),
+            f[3].parse().unwrap(),
+            f[4].into(),
+        )
+    })
+    .collect()
+}
+
+fn expected(plans: &[Plan]) -> BTreeSet<(String, String, i64, u64, String)> {
+    plans
+        .iter()
+        .flat_map(|p| {
+            (0..p.meters).flat_map(move |m| {
+                (0..p.messages).flat_map(move |k| {
+                    p.expected_rows(m, k).into_iter().map(move |r| {
+                        (
+                            p.meter_id(m),
+                            r.channel.to_string(),
+                            r.ts_ms / 1000,
+                            r.value.to_bits(),
+                            r.unit.to_string(),
+                        )
+                    })
+                })
+            })
+        })
+        .collect()
+}
+
+fn simulate(port: u16, plan: &Plan, pause_ms: u64) -> std::process::Child {
+    Command::new(BIN)
+        .args(["simulate", "--json", "--mqtt", &format!("127.0.0.1:{port}")])
+        .args([
+            "--meters",
+            &plan.meters.to_string(),
+            "--messages",
+            &plan.messages.to_string(),
+        ])
+        .args(["--format", plan.format.as_str(), "--prefix", &plan.prefix])
+        .args([
+            "--shape",
+            if plan.shape == Shape::Series {
+                "series"
+            } else {
+                "readings"
+            },
+        ])
+        .args([
+            "--start",
+            &chrono::DateTime::from_timestamp_millis(plan.start_ms)
+                .unwrap()
+                .to_rfc3339(),
+        ])
+        .args(["--pause-ms", &pause_ms.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn acked(child: std::process::Child) -> u64 {
+    let out = child.wait_with_output().unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["meters_failed"], 0, "{summary}");
+    summary["messages_acked"].as_u64().unwrap()
+}
+
+#[test]
+fn every_reading_published_over_mqtt_is_in_clickhouse_once() {
+    let ch = ClickHouse::shared();
+    let db = ClickHouse::fresh_database("mf_sink");
+    let (_cfg, config) = config_file(&format!(
+        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n",
+        ch.url
+    ));
+    let server = Server::start_with(&["--config", &config]);
+
+    // A report delivered twice (a retransmission) is stored once after dedupe.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("dup.json");
+    std::fs::write(
+        &json,
+        br#"{"readings": [
+        {"channel": "1-0:1.8.1", "ts": "2024-03-01T12:00:00Z", "value": 1234.567, "unit": "kWh"},
+        {"channel": "1-0:1.8.2", "ts": "2024-03-01T12:00:00Z", "value": 89.5, "unit": "kWh"}]}"#,
+    )
+    .unwrap();
+    mosquitto_pub(server.mqtt_port, "meters/DUP-1/json", &json, &[]);
+    mosquitto_pub(server.mqtt_port, "meters/DUP-1/json", &json, &[]);
+
+    let plans = [
+        Plan {
+            meters: 30,
+            messages: 4,
+            format: Format::Pb,
+            shape: Shape::Readings,
+            start_ms: 1_719_792_000_000,
+            interval_s: 900,
+            prefix: "chpb-".into(),
+        },
+        Plan {
+            meters: 5,
+            messages: 2,
+            format: Format::Json,
+            shape: Shape::Series,
+            start_ms: 1_719_792_000_000,
+            interval_s: 900,
+            prefix: "chjs-".into(),
+        },
+        Plan {
+            meters: 10,
+            messages: 3,
+            format: Format::Dsmr,
+            shape: Shape::Readings,
+            start_ms: 1_719_792_000_000,
+            interval_s: 900,
+            prefix: "chds-".into(),
+        },
+    ];
+    for plan in &plans {
+        assert_eq!(
+            acked(simulate(server.mqtt_port, plan, 0)),
+            (plan.meters * plan.messages) as u64
+        );
+    }
+    let (exit, _data, log, _keep) = server.stop();
+    assert!(exit.success(), "{log}");
+
+    let got = rows(&ch, &db);
+    let dup: Vec<_> = got.iter().filter(|r| r.0 == "DUP-1").collect();
+    assert_eq!(dup.len(), 2, "the report sent twice counts once: {dup:?}");
+    assert_eq!(
+        (dup[0].1.as_str(), dup[0].2, dup[0].3),
+        ("1-0:1.8.1", 1_709_294_400, 1234.567)
+    );
+    assert_eq!(
+        (dup[1].1.as_str(), dup[1].3, dup[1].4.as_str()),
+        ("1-0:1.8.2", 89.5, "kWh")
+    );
+    let got_sim: BTreeSet<_> = got
+        .iter()
+        .filter(|r| r.0 != "DUP-1")
+        .map(|r| (r.0.clone(), r.1.clone(), r.2, r.3.to_bits(), r.4.clone()))
+        .collect();
+    assert_eq!(got_sim.len(), got.len() - 2, "no row twice after dedupe");
+    assert_same(&got_sim, &expected(&plans));
+    // The rollups saw the same rows.
+    let hourly = ch.query(&format!(
+        "SELECT countMerge(samples) FROM {db}.readings_hourly WHERE meter_id = 'chpb-000000' AND channel = '1-0:1.8.1'"
+    ));
+    assert_eq!(hourly.trim(), "4");
+    ch.query(&format!("DROP DATABASE {db}"));
+}
+
+#[test]
+fn a_clickhouse_outage_loses_nothing_and_needs_no_operator() {
+    let ch = ClickHouse::private();
+    let db = ClickHouse::fresh_database("mf_outage");
+    let (_cfg, config) = config_file(&format!(
+        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\nretry_initial_ms = 50\nretry_max_ms = 500\n[batch]\nmax_age_ms = 100\n",
+        ch.url
+    ));
+    let server = Server::start_with(&["--config", &config]);
+    let plan = Plan {
+        meters: 50,
+        messages: 100,
+        format: Format::Pb,
+        shape: Shape::Readings,
+        start_ms: 1_719_792_000_000,
+        interval_s: 900,
+        prefix: "out-".into(),
+    };
+    let want = expected(std::slice::from_ref(&plan));
+
+    // The fleet publishes for about two seconds; ClickHouse dies in the middle of it.
+    let fleet = simulate(server.mqtt_port, &plan, 25);
+    wait_for("the first rows in ClickHouse", || {
+        let n: u64 = ch
+            .query(&format!(
+                "SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'readings'"
+            ))
+            .trim()
+            .parse()
+            .ok()?;
+        (n == 1).then_some(())
+    });
+    ch.kill();
+    assert_eq!(
+        acked(fleet),
+        (plan.meters * plan.messages) as u64,
+        "the broker acknowledged all while ClickHouse was down"
+    );
+    ch.start();
+    let got = wait_for("every reading in ClickHouse after the outage", || {
+        let got = rows(&ch, &db);
+        (got.len() >= want.len()).then_some(got)
+    });
+    let (exit, _data, log, _keep) = server.stop();
+    assert!(exit.success(), "{log}");
+    assert!(
+        log.contains("ClickHouse insert failed; retrying"),
+        "the outage was seen: {}",
+        log.lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(10)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let got: Vec<_> = got
+        .into_iter()
+        .map(|r| (r.0, r.1, r.2, r.3.to_bits(), r.4))
+        .collect();
+    let distinct: BTreeSet<_> = got.iter().cloned().collect();
+    assert_eq!(got.len(), distinct.len(), "exactly once after dedupe");
+    assert_same(&distinct, &want);
+}
+
+/// Compares two sets of rows and shows only the first differences.
+fn assert_same(
+    got: &BTreeSet<(String, String, i64, u64, String)>,
+    want: &BTreeSet<(String, String, i64, u64, String)>,
+) {
+    let show = |rows: Vec<&(String, String, i64, u64, String)>| {
+        rows.iter()
+            .take(5)
+            .map(|r| format!("{} {} {} {} {}", r.0, r.1, r.2, f64::from_bits(r.3), r.4))
+            .collect::<Vec<_>>()
+    };
+    let missing: Vec<_> = want.difference(got).collect();
+    let extra: Vec<_> = got.difference(want).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} rows missing, e.g. {:?}; {} unexpected, e.g. {:?}",
+        missing.len(),
+        show(missing.clone()),
+        extra.len(),
+        show(extra.clone())
+    );
+}
