@@ -3,8 +3,10 @@
 //! - [`simulate`]: a fleet of meters publishing over MQTT, as a load generator and a demo;
 //!   its payload generator is deterministic so tests can check every value that arrives.
 //! - [`decode_cmd`]: prints what a payload decodes to, or the error with its position.
+//! - [`query_cmd`]: the output of `meterflow query` (table, CSV, JSON) and its time arguments.
 //!
 //! `serve` is [`meterflow_ingest::serve`]; `main.rs` parses the command line.
 
 pub mod decode_cmd;
+pub mod query_cmd;
 pub mod simulate;

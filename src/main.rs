@@ -43,6 +43,8 @@ enum Command {
     },
     /// Publish a fleet of simulated meters over MQTT (QoS 1) and report what was acknowledged.
     Simulate(SimulateArgs),
+    /// Billing, anomalies and devices from the ClickHouse tables.
+    Query(QueryArgs),
     /// Print the ClickHouse DDL for the configured server (or --server-version), or apply it.
     Schema {
         #[command(flatten)]
@@ -109,6 +111,58 @@ impl ServeArgs {
         config.validate()?;
         Ok(config)
     }
+}
+
+#[derive(clap::Args)]
+struct QueryArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// table (aligned, for people), csv or json (for scripts).
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    format: meterflow::query_cmd::OutputFormat,
+    #[command(subcommand)]
+    question: Question,
+}
+
+#[derive(Subcommand)]
+enum Question {
+    /// Consumption per meter and register (tariffs 1.8.x, export 2.8.x, gas) in [from, to).
+    Billing {
+        /// Start, RFC 3339 or YYYY-MM-DD (UTC midnight), inclusive.
+        #[arg(long)]
+        from: String,
+        /// End, exclusive.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        meter: Option<String>,
+    },
+    /// Reverse runs, resets, zero consumption, spikes, missing intervals, stale meters.
+    Anomalies {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        meter: Option<String>,
+        /// Days an import register may stand still before it is flagged.
+        #[arg(long, default_value_t = 3)]
+        zero_days: u32,
+        /// A step above this many times the meter's median step is a spike.
+        #[arg(long, default_value_t = 5.0)]
+        spike_factor: f64,
+        /// Not heard for this long (e.g. 90m, 2h, 3d, or seconds) is stale.
+        #[arg(long, default_value = "24h")]
+        stale_after: String,
+    },
+    /// Last seen and newest values per meter.
+    Devices {
+        #[arg(long)]
+        meter: Option<String>,
+        /// Only meters not heard for this long (e.g. 2h).
+        #[arg(long)]
+        stale_after: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -196,12 +250,70 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(args) => simulate(args),
+        Command::Query(args) => query(args),
         Command::Schema {
             serve,
             apply,
             server_version,
         } => schema(serve.config()?, apply, server_version),
     }
+}
+
+fn query(args: QueryArgs) -> anyhow::Result<()> {
+    use meterflow::query_cmd::{parse_duration_s, parse_time_s};
+    use meterflow_storage::analytics::{self, AnomalyRules, Period};
+    let config = args.serve.config()?;
+    anyhow::ensure!(
+        config.clickhouse.enabled(),
+        "queries read ClickHouse: give --clickhouse-url or clickhouse.url"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let period = |from: &str, to: &str, meter: Option<String>| -> anyhow::Result<Period> {
+        let period = Period {
+            from_s: parse_time_s(from).context("--from")?,
+            to_s: parse_time_s(to).context("--to")?,
+            meter,
+        };
+        anyhow::ensure!(period.from_s < period.to_s, "--from must be before --to");
+        Ok(period)
+    };
+    let ch = &config.clickhouse;
+    let table = match args.question {
+        Question::Billing { from, to, meter } => {
+            runtime.block_on(analytics::billing(ch, &period(&from, &to, meter)?))?
+        }
+        Question::Anomalies {
+            from,
+            to,
+            meter,
+            zero_days,
+            spike_factor,
+            stale_after,
+        } => {
+            let rules = AnomalyRules {
+                zero_days,
+                spike_factor,
+                stale_s: parse_duration_s(&stale_after).context("--stale-after")?,
+            };
+            runtime.block_on(analytics::anomalies(
+                ch,
+                &period(&from, &to, meter)?,
+                &rules,
+            ))?
+        }
+        Question::Devices { meter, stale_after } => {
+            let stale_s = match stale_after {
+                Some(text) => parse_duration_s(&text).context("--stale-after")?,
+                None => 0,
+            };
+            runtime.block_on(analytics::devices(ch, meter, stale_s))?
+        }
+    };
+    meterflow::query_cmd::print(&table, args.format, &mut std::io::stdout())?;
+    Ok(())
 }
 
 fn schema(config: Config, apply: bool, server_version: Option<String>) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 //! - [`batcher`]: collects rows into one Arrow batch and says when to flush (rows, bytes, age).
 //! - [`parquet`]: the embedded default sink, hive-style date folders of zstd Parquet files
 //!   that appear under their final name only when complete.
+//! - [`analytics`]: billing, anomaly and device queries on the ClickHouse tables (`sql/`).
 //! - [`clickhouse`]: the production sink: schema, RowBinary inserts, a writer with retries.
 //! - [`dead_letter`]: payloads that did not decode, kept on disk with raw bytes and reason.
 //! - [`wal`]: the write-ahead log of raw messages between the network edge and the decoder,
@@ -11,6 +12,7 @@
 //! storage depends on `proto` only: it knows the canonical schema, never the decoders or
 //! the network edge.
 
+pub mod analytics;
 pub mod batcher;
 pub mod clickhouse;
 pub mod dead_letter;

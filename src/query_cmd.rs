@@ -1,0 +1,143 @@
+//! `meterflow query`: how results are printed (an aligned table for people, CSV or JSON for
+//! scripts) and how times and durations are given on the command line.
+
+use std::io::Write;
+
+use anyhow::{bail, Context};
+use meterflow_storage::analytics::Table;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+/// RFC 3339, or `YYYY-MM-DD` for UTC midnight; Unix seconds.
+pub fn parse_time_s(text: &str) -> anyhow::Result<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.timestamp());
+    }
+    let day = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .with_context(|| format!("{text:?} is neither RFC 3339 nor YYYY-MM-DD"))?;
+    Ok(day
+        .and_hms_opt(0, 0, 0)
+        .unwrap_or_default()
+        .and_utc()
+        .timestamp())
+}
+
+/// `90s`, `45m`, `2h`, `3d`, or plain seconds.
+pub fn parse_duration_s(text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a duration like 90m, 2h or 3d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("{text:?}: the unit must be s, m, h or d"),
+    };
+    Ok(n.saturating_mul(scale))
+}
+
+pub fn print(table: &Table, format: OutputFormat, out: &mut dyn Write) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Table => {
+            let widths: Vec<usize> = (0..table.columns.len())
+                .map(|c| {
+                    table
+                        .rows
+                        .iter()
+                        .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                        .chain([table.columns[c].len()])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let line = |cells: &[String]| {
+                cells
+                    .iter()
+                    .zip(&widths)
+                    .map(|(cell, w)| format!("{cell:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_string()
+            };
+            writeln!(out, "{}", line(&table.columns))?;
+            for row in &table.rows {
+                writeln!(out, "{}", line(row))?;
+            }
+            writeln!(out, "({} rows)", table.rows.len())?;
+        }
+        OutputFormat::Csv => {
+            let quote = |s: &String| {
+                if s.contains([',', '"', '\n']) {
+                    format!("\"{}\"", s.replace('"', "\"\""))
+                } else {
+                    s.clone()
+                }
+            };
+            writeln!(
+                out,
+                "{}",
+                table
+                    .columns
+                    .iter()
+                    .map(quote)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )?;
+            for row in &table.rows {
+                writeln!(
+                    out,
+                    "{}",
+                    row.iter().map(quote).collect::<Vec<_>>().join(",")
+                )?;
+            }
+        }
+        OutputFormat::Json => {
+            let rows: Vec<serde_json::Map<String, serde_json::Value>> = table
+                .rows
+                .iter()
+                .map(|row| {
+                    table
+                        .columns
+                        .iter()
+                        .zip(row)
+                        .map(|(c, v)| (c.clone(), serde_json::Value::String(v.clone())))
+                        .collect()
+                })
+                .collect();
+            writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_durations_parse() {
+        assert_eq!(parse_time_s("2024-03-01").unwrap(), 1_709_251_200);
+        assert_eq!(
+            parse_time_s("2024-03-01T01:00:00+01:00").unwrap(),
+            1_709_251_200
+        );
+        assert!(parse_time_s("yesterday").is_err());
+        assert_eq!(parse_duration_s("90m").unwrap(), 5400);
+        assert_eq!(parse_duration_s("2h").unwrap(), 7200);
+        assert_eq!(parse_duration_s("3d").unwrap(), 259_200);
+        assert_eq!(parse_duration_s("42").unwrap(), 42);
+        assert!(parse_duration_s("2w").is_err());
+    }
+}

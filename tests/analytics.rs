@@ -1,0 +1,204 @@
+//! `meterflow query` against the real ClickHouse with known data: consumption computed by
+//! hand, each anomaly kind detected, nothing flagged on clean data, duplicates counted once.
+
+mod common;
+
+use std::process::Command;
+
+use common::{config_file, ClickHouse, BIN};
+
+const DAY: i64 = 86_400;
+/// 2024-03-01T00:00:00Z
+const T0: i64 = 1_709_251_200;
+
+fn row(meter: &str, channel: &str, ts: i64, value: f64, unit: &str, received: &str) -> String {
+    format!("('{meter}', '{channel}', toDateTime({ts}), {value}, '{unit}', 0, {received}, 'mqtt', 'json')")
+}
+
+fn query(config: &str, args: &[&str]) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let out = Command::new(BIN)
+        .arg("query")
+        .args(["--config", config, "--format", "json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<_>>(&out.stdout).unwrap()
+}
+
+fn cell<'a>(
+    rows: &'a [serde_json::Map<String, serde_json::Value>],
+    meter: &str,
+    channel: &str,
+    column: &str,
+) -> &'a str {
+    rows.iter()
+        .find(|r| r["meter_id"] == meter && r["channel"] == channel)
+        .unwrap_or_else(|| panic!("no row for {meter} {channel} in {rows:?}"))[column]
+        .as_str()
+        .unwrap()
+}
+
+#[test]
+fn billing_anomalies_and_devices_on_known_data() {
+    let ch = ClickHouse::shared();
+    let db = ClickHouse::fresh_database("mf_query");
+    let (_cfg, config) = config_file(&format!(
+        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n",
+        ch.url
+    ));
+    let out = Command::new(BIN)
+        .args(["schema", "--apply", "--config", &config])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let now = "now()";
+    let old = "toDateTime(toUInt32(now()) - 2 * 86400)";
+    let h = 3600;
+    let mut rows = vec![
+        // A: clean. T1 100 -> 102, T2 50 -> 51, export 10 -> 10.5, gas 300 -> 300.125 m3.
+        row("A", "1-0:1.8.1", T0, 100.0, "kWh", now),
+        row("A", "1-0:1.8.1", T0 + 6 * h, 100.5, "kWh", now),
+        row("A", "1-0:1.8.1", T0 + 6 * h, 100.5, "kWh", now), // delivered twice
+        row("A", "1-0:1.8.1", T0 + 12 * h, 101.25, "kWh", now),
+        row("A", "1-0:1.8.1", T0 + 18 * h, 102.0, "kWh", now),
+        row("A", "1-0:1.8.2", T0, 50.0, "kWh", now),
+        row("A", "1-0:1.8.2", T0 + 12 * h, 50.25, "kWh", now),
+        row("A", "1-0:1.8.2", T0 + 18 * h, 51.0, "kWh", now),
+        row("A", "1-0:2.8.1", T0, 10.0, "kWh", now),
+        row("A", "1-0:2.8.1", T0 + 18 * h, 10.5, "kWh", now),
+        row("A", "0-1:24.2.1", T0, 300.0, "m3", now),
+        row("A", "0-1:24.2.1", T0 + 18 * h, 300.125, "m3", now),
+        // Outside the period: ignored.
+        row("A", "1-0:1.8.1", T0 + 10 * DAY, 900.0, "kWh", now),
+        // B: a reverse run on T1 (1001 -> 999), a reset on T2 (99999 -> 5).
+        row("B", "1-0:1.8.1", T0, 1000.0, "kWh", now),
+        row("B", "1-0:1.8.1", T0 + h, 1001.0, "kWh", now),
+        row("B", "1-0:1.8.1", T0 + 2 * h, 999.0, "kWh", now),
+        row("B", "1-0:1.8.1", T0 + 3 * h, 1000.5, "kWh", now),
+        row("B", "1-0:1.8.2", T0, 99999.0, "kWh", now),
+        row("B", "1-0:1.8.2", T0 + h, 5.0, "kWh", now),
+        row("B", "1-0:1.8.2", T0 + 2 * h, 7.0, "kWh", now),
+        // C: an import register standing still for four days.
+        row("C", "1-0:1.8.1", T0, 500.0, "kWh", now),
+        row("C", "1-0:1.8.1", T0 + 2 * DAY, 500.0, "kWh", now),
+        row("C", "1-0:1.8.1", T0 + 4 * DAY, 500.0, "kWh", now),
+        // E: last heard two days ago.
+        row("E", "1-0:1.8.1", T0, 1.0, "kWh", old),
+    ];
+    // D: a quarter-hour series of 0.1 kWh with one 2.0 spike and two intervals missing.
+    for i in 0..14 {
+        if i == 6 || i == 7 {
+            continue;
+        }
+        let v = if i == 10 { 2.0 } else { 0.1 };
+        rows.push(row("D", "1-0:1.29.0", T0 + i * 900, v, "kWh", now));
+    }
+    ch.query(&format!(
+        "INSERT INTO {db}.readings VALUES {}",
+        rows.join(", ")
+    ));
+
+    let period = ["--from", "2024-03-01", "--to", "2024-03-06"];
+    let billing = query(&config, &[&["billing"][..], &period[..]].concat());
+    assert_eq!(cell(&billing, "A", "1-0:1.8.1", "consumption"), "2");
+    assert_eq!(
+        cell(&billing, "A", "1-0:1.8.1", "register"),
+        "import tariff 1"
+    );
+    assert_eq!(
+        cell(&billing, "A", "1-0:1.8.1", "readings"),
+        "4",
+        "the duplicate counts once"
+    );
+    assert_eq!(cell(&billing, "A", "1-0:1.8.2", "consumption"), "1");
+    assert_eq!(cell(&billing, "A", "1-0:2.8.1", "consumption"), "0.5");
+    assert_eq!(
+        cell(&billing, "A", "1-0:2.8.1", "register"),
+        "export tariff 1"
+    );
+    assert_eq!(cell(&billing, "A", "0-1:24.2.1", "consumption"), "0.125");
+    assert_eq!(cell(&billing, "A", "0-1:24.2.1", "unit"), "m3");
+    assert_eq!(
+        cell(&billing, "B", "1-0:1.8.1", "consumption"),
+        "2.5",
+        "1 + (reverse run: 0) + 1.5"
+    );
+    assert_eq!(
+        cell(&billing, "B", "1-0:1.8.2", "consumption"),
+        "7",
+        "counts on from zero after the reset"
+    );
+    assert_eq!(cell(&billing, "B", "1-0:1.8.2", "resets"), "1");
+    assert_eq!(cell(&billing, "C", "1-0:1.8.1", "consumption"), "0");
+    assert!(
+        billing.iter().all(|r| r["meter_id"] != "D"),
+        "interval series are not registers"
+    );
+    let one = query(
+        &config,
+        &[&["billing", "--meter", "A"][..], &period[..]].concat(),
+    );
+    assert_eq!(one.len(), 4);
+
+    let anomalies = query(&config, &[&["anomalies"][..], &period[..]].concat());
+    let kinds: Vec<(String, String, String)> = anomalies
+        .iter()
+        .map(|r| {
+            (
+                r["meter_id"].as_str().unwrap().into(),
+                r["channel"].as_str().unwrap().into(),
+                r["kind"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want = [
+        ("B", "1-0:1.8.1", "reverse_run"),
+        ("B", "1-0:1.8.2", "register_reset"),
+        ("C", "1-0:1.8.1", "zero_consumption"),
+        ("D", "1-0:1.29.0", "missing_intervals"),
+        ("D", "1-0:1.29.0", "spike"),
+        ("E", "", "stale"),
+    ];
+    let want: Vec<(String, String, String)> = want
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(kinds, want, "{anomalies:#?}");
+    let missing = anomalies
+        .iter()
+        .find(|r| r["kind"] == "missing_intervals")
+        .unwrap();
+    assert!(
+        missing["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 quarter-hour"),
+        "{missing:?}"
+    );
+    assert!(
+        !kinds.iter().any(|k| k.0 == "A"),
+        "nothing flagged on clean data"
+    );
+
+    let devices = query(&config, &["devices", "--meter", "A"]);
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0]["readings"], "12", "A's rows after dedupe");
+    assert!(devices[0]["last_values"]
+        .as_str()
+        .unwrap()
+        .contains("1-0:1.8.1=900 kWh"));
+    let stale = query(&config, &["devices", "--stale-after", "1d"]);
+    assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0]["meter_id"], "E");
+    ch.query(&format!("DROP DATABASE {db}"));
+}
