@@ -360,7 +360,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         rows = summary.pipeline.rows,
         dead_letters = summary.pipeline.dead_letters,
         files = summary.pipeline.files,
+        from_wal = summary.pipeline.from_wal,
         router_drops = summary.router_drops,
+        wal_overflow = summary.wal_overflow,
         "meterflow stopped cleanly"
     );
     Ok(())

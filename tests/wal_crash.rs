@@ -4,7 +4,6 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::{read_readings, Server, BIN};
 use meterflow::simulate::{Plan, Shape};
@@ -57,7 +56,16 @@ fn readings_acknowledged_before_a_kill_9_are_in_parquet_after_the_restart() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(600));
+    // Kill it in the middle of the run: once a third of the reports have arrived.
+    common::wait_for("a third of the reports", || {
+        let (_, metrics) = server.http_get("/metrics");
+        let received: u64 = metrics
+            .lines()
+            .find(|l| l.starts_with("meterflow_received_total"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())?;
+        (received >= (meters * messages / 3) as u64).then_some(())
+    });
     server.kill_9();
     let log_before = server.log_text();
     // The same ports and data folder, as a supervisor would restart it.

@@ -71,8 +71,16 @@ pub async fn serve(
         source,
     })?;
     let devices = devices::DeviceRegistry::load(&config.data_dir)?;
-    let (wal, recovery) = Wal::open(&config.data_dir, config.wal.clone())?;
+    let (mut wal, recovery) = Wal::open(&config.data_dir, config.wal.clone())?;
     let checkpoint = wal::read_checkpoint(&config.data_dir)?;
+    if checkpoint > recovery.last_lsn {
+        tracing::warn!(
+            checkpoint,
+            last_lsn = recovery.last_lsn,
+            "the WAL ends before the checkpoint (an unsynced tail lost with the power); new LSNs start after the checkpoint"
+        );
+    }
+    wal.start_after(checkpoint)?;
     if recovery.last_lsn > checkpoint || recovery.truncated_bytes > 0 {
         tracing::info!(
             checkpoint,
@@ -84,9 +92,14 @@ pub async fn serve(
     }
     let marks = Arc::new(link::LsnMarks::default());
     marks.committed.store(recovery.last_lsn, Ordering::Release);
+    // Set at shutdown: the link drains and stops, the ClickHouse writer stops retrying.
+    let stop = Arc::new(AtomicBool::new(false));
     let clickhouse = if config.clickhouse.enabled() {
         tracing::info!(url = %config.clickhouse.url, database = %config.clickhouse.database, "ClickHouse sink on");
-        Some(ClickHouseWriter::start(config.clickhouse.clone())?)
+        Some(ClickHouseWriter::start(
+            config.clickhouse.clone(),
+            stop.clone(),
+        )?)
     } else {
         None
     };
@@ -123,7 +136,6 @@ pub async fn serve(
             result
         })
         .map_err(|e| IngestError::Broker(format!("spawning the pipeline thread: {e}")))?;
-    let stop = Arc::new(AtomicBool::new(false));
     let link_thread = link::spawn(
         link_tx,
         link_rx,

@@ -255,15 +255,20 @@ impl Consumer {
     /// Commits the group to the WAL, offers it to the pipeline, and drops the segments every
     /// sink has confirmed. Returns false when the pipeline is gone.
     fn commit(&mut self) -> bool {
-        if self.group.is_empty() {
-            return true;
-        }
+        // Also with nothing new: an idle link still owes the interval fsync, and the sinks'
+        // confirmations free WAL room (which matters most when the WAL is at its budget).
+        self.remove_confirmed();
         if let Err(e) = self.wal.commit() {
             metrics::counter!("meterflow_wal_errors_total").increment(1);
-            tracing::error!(error = %e, "WAL commit failed");
+            tracing::error!(error = %e, "WAL commit failed; the group goes to the pipeline without it");
+            // Not readable from the WAL: hand the messages on as not being in it.
+            for message in &mut self.group {
+                message.lsn = 0;
+            }
+        } else if !self.group.is_empty() {
+            let committed = self.wal.next_lsn() - 1;
+            self.marks.committed.store(committed, Ordering::Release);
         }
-        let committed = self.wal.next_lsn() - 1;
-        self.marks.committed.store(committed, Ordering::Release);
         for message in self.group.drain(..) {
             let result = if message.lsn == 0 {
                 // Not in the WAL: the queue is its only way on, so wait for room.
@@ -285,6 +290,11 @@ impl Consumer {
                 }
             }
         }
+        true
+    }
+
+    /// Deletes the WAL segments every sink has confirmed.
+    fn remove_confirmed(&mut self) {
         let confirmed = self.marks.confirmed.load(Ordering::Acquire);
         if confirmed > self.removed_through {
             match self.wal.remove_through(confirmed) {
@@ -292,7 +302,6 @@ impl Consumer {
                 Err(e) => tracing::error!(error = %e, "removing confirmed WAL segments"),
             }
         }
-        true
     }
 }
 

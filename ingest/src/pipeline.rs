@@ -187,6 +187,11 @@ impl Pipeline {
             self.handle(&message)?;
             self.next_lsn = message.lsn + 1;
             self.summary.from_wal += 1;
+            // A long replay is written in batches like live traffic, not held in memory.
+            let now = Instant::now();
+            if let Some((batch, oldest)) = self.batcher.take_if_due(now) {
+                self.write(&batch, oldest, now)?;
+            }
         }
         if self.next_lsn < until {
             // The WAL lost records (corruption cut at start-up): say so, do not stall on them.
@@ -204,11 +209,13 @@ impl Pipeline {
     /// The LSN through which every handled record is in a complete file, a dead letter, or
     /// had no rows.
     fn confirmed_lsn(&self) -> u64 {
+        // LSN 0 marks rows of messages that never reached the WAL: nothing to confirm there.
         let local = [self.batcher.oldest_lsn(), self.parquet.oldest_pending_lsn()]
             .into_iter()
             .flatten()
+            .filter(|lsn| *lsn > 0)
             .min()
-            .map_or(self.next_lsn - 1, |oldest| oldest - 1);
+            .map_or(self.next_lsn.saturating_sub(1), |oldest| oldest - 1);
         match self
             .clickhouse
             .as_ref()
@@ -222,8 +229,10 @@ impl Pipeline {
     /// Saves the checkpoint when it moved and a file completed (or a second passed), and lets
     /// the link drop the confirmed WAL segments.
     fn checkpoint(&mut self, file_completed: bool) -> Result<(), IngestError> {
-        self.keep_rejected_batches()?;
+        // In this order: a batch ClickHouse refused is confirmed by its writer only after it
+        // was handed back, so the dead letters below cover everything `confirmed` includes.
         let confirmed = self.confirmed_lsn();
+        self.keep_rejected_batches()?;
         if confirmed <= self.saved_checkpoint {
             return Ok(());
         }

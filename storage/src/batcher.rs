@@ -51,6 +51,9 @@ impl Batcher {
 
     /// Notes that rows of the WAL record `lsn` are in the batch (call with the builder).
     pub fn note_lsn(&mut self, lsn: u64) {
+        if lsn == 0 {
+            return; // not in the WAL
+        }
         self.oldest_lsn = Some(self.oldest_lsn.map_or(lsn, |o| o.min(lsn)));
     }
 

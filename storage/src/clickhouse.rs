@@ -210,6 +210,10 @@ impl ClickHouseError {
         let clickhouse::error::Error::BadResponse(text) = &self.source else {
             return None;
         };
+        // With an empty body the crate reports the bare X-ClickHouse-Exception-Code.
+        if let Ok(code) = text.trim().parse() {
+            return Some(code);
+        }
         let rest = &text[text.find("Code: ")? + 6..];
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         digits.parse().ok()
@@ -268,18 +272,47 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Encodes a batch of the canonical schema as RowBinary for the `readings` columns of a
-/// server of `version` (DateTime64(3) as Int64 ms, DateTime as UInt32 seconds).
-pub fn encode_rowbinary(batch: &RecordBatch, version: ServerVersion) -> Vec<u8> {
+/// How the `readings` table stores times: decided by the table, not the server version (a
+/// table made on 18.16 keeps `DateTime` after the server is upgraded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeColumns {
+    /// `DateTime64(3)`: Int64 milliseconds.
+    Millis,
+    /// `DateTime`: UInt32 seconds.
+    Seconds,
+}
+
+/// Reads the type of `readings.ts` from `system.columns`.
+pub async fn time_columns(config: &ClickHouseConfig) -> Result<TimeColumns, ClickHouseError> {
+    let db = &config.database;
+    let kind = config
+        .client()
+        .query(&format!(
+            "SELECT type FROM system.columns WHERE database = '{db}' AND table = 'readings' AND name = 'ts'"
+        ))
+        .fetch_one::<String>()
+        .await
+        .map_err(|source| ClickHouseError {
+            action: "reading the type of readings.ts",
+            source,
+        })?;
+    Ok(if kind.starts_with("DateTime64") {
+        TimeColumns::Millis
+    } else {
+        TimeColumns::Seconds
+    })
+}
+
+/// Encodes a batch of the canonical schema as RowBinary for the `readings` columns.
+pub fn encode_rowbinary(batch: &RecordBatch, times: TimeColumns) -> Vec<u8> {
     let s = |i: usize| batch.column(i).as_string::<i32>();
     let (meter, channel, unit, source, format) = (s(0), s(1), s(4), s(7), s(8));
     let ts = batch.column(2).as_primitive::<TimestampMillisecondType>();
     let value = batch.column(3).as_primitive::<Float64Type>();
     let quality = batch.column(5).as_primitive::<UInt16Type>();
     let received = batch.column(6).as_primitive::<TimestampMillisecondType>();
-    let modern = version.is_modern();
     let put_time = |out: &mut Vec<u8>, ms: i64| {
-        if modern {
+        if times == TimeColumns::Millis {
             out.extend_from_slice(&ms.to_le_bytes());
         } else {
             let secs = u32::try_from(ms.div_euclid(1000)).unwrap_or(0);
@@ -301,6 +334,20 @@ pub fn encode_rowbinary(batch: &RecordBatch, version: ServerVersion) -> Vec<u8> 
     out
 }
 
+/// Inserts one batch (what the writer thread does for each, without its retries).
+pub async fn insert_batch(
+    config: &ClickHouseConfig,
+    times: TimeColumns,
+    batch: &RecordBatch,
+) -> Result<(), ClickHouseError> {
+    insert_readings(
+        &config.client(),
+        &config.database,
+        encode_rowbinary(batch, times),
+    )
+    .await
+}
+
 async fn insert_readings(
     client: &clickhouse::Client,
     db: &str,
@@ -309,7 +356,11 @@ async fn insert_readings(
     let sql = format!(
         "INSERT INTO {db}.readings (meter_id, channel, ts, value, unit, quality, received_at, source, format) FORMAT RowBinary"
     );
-    let mut insert = client.insert_formatted_with(sql);
+    // A stalled server must not hold the writer (and so shutdown) forever.
+    let mut insert = client.insert_formatted_with(sql).with_timeouts(
+        Some(Duration::from_secs(30)),
+        Some(Duration::from_secs(120)),
+    );
     let err = |source| ClickHouseError {
         action: "inserting readings",
         source,
@@ -334,7 +385,10 @@ pub struct RejectedBatch {
 /// The writer thread: inserts batches in order, retrying what a retry can fix.
 pub struct ClickHouseWriter {
     jobs: Option<SyncSender<Job>>,
+    /// Set at shutdown (shared with the rest of serve): stop waiting and retrying.
     closing: Arc<std::sync::atomic::AtomicBool>,
+    /// The writer thread is gone: nothing more will be confirmed.
+    dead: std::sync::atomic::AtomicBool,
     rejected: Receiver<RejectedBatch>,
     confirmed: Arc<AtomicU64>,
     pending: Arc<AtomicUsize>,
@@ -344,12 +398,15 @@ pub struct ClickHouseWriter {
 impl ClickHouseWriter {
     /// Starts the writer; it applies the schema (retrying while the server is away) before
     /// the first insert, so start-up does not wait for ClickHouse.
-    pub fn start(config: ClickHouseConfig) -> Result<ClickHouseWriter, StorageError> {
+    /// `closing` is the process's shutdown flag.
+    pub fn start(
+        config: ClickHouseConfig,
+        closing: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<ClickHouseWriter, StorageError> {
         let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(config.queue_batches.max(1));
         let (rejected_tx, rejected_rx) = std::sync::mpsc::channel();
         let confirmed = Arc::new(AtomicU64::new(0));
         let pending = Arc::new(AtomicUsize::new(0));
-        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (c, p, stop) = (confirmed.clone(), pending.clone(), closing.clone());
         let thread = std::thread::Builder::new()
             .name("clickhouse-sink".into())
@@ -372,6 +429,7 @@ impl ClickHouseWriter {
         Ok(ClickHouseWriter {
             jobs: Some(jobs_tx),
             closing,
+            dead: std::sync::atomic::AtomicBool::new(false),
             rejected: rejected_rx,
             confirmed,
             pending,
@@ -379,23 +437,39 @@ impl ClickHouseWriter {
         })
     }
 
-    /// Queues a batch; waits while the queue is full (ClickHouse slow or away).
+    /// Queues a batch; waits while the queue is full (ClickHouse slow or away), unless
+    /// shutdown begins: then the batch is left to the WAL (not confirmed).
     pub fn send(&self, batch: RecordBatch, through_lsn: u64) {
         self.pending.fetch_add(1, Ordering::AcqRel);
-        let sent = self
-            .jobs
-            .as_ref()
-            .is_some_and(|jobs| jobs.send(Job { batch, through_lsn }).is_ok());
-        if !sent {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-            tracing::error!("the ClickHouse writer is gone; the batch stays in the WAL");
+        let Some(jobs) = self.jobs.as_ref() else {
+            return;
+        };
+        let mut job = Job { batch, through_lsn };
+        loop {
+            match jobs.try_send(job) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                    if self.closing.load(Ordering::Acquire) {
+                        tracing::warn!("shutting down while ClickHouse cannot take more; the batch stays in the WAL");
+                        return;
+                    }
+                    job = back;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                    self.dead.store(true, Ordering::Release);
+                    tracing::error!("the ClickHouse writer is gone; the batch stays in the WAL");
+                    return;
+                }
+            }
         }
     }
 
     /// The LSN through which every record is in ClickHouse; `None` when nothing is waiting
     /// (then it confirms whatever the pipeline has handled).
     pub fn confirmed_lsn(&self) -> Option<u64> {
-        (self.pending.load(Ordering::Acquire) > 0).then(|| self.confirmed.load(Ordering::Acquire))
+        let waiting = self.pending.load(Ordering::Acquire) > 0 || self.dead.load(Ordering::Acquire);
+        waiting.then(|| self.confirmed.load(Ordering::Acquire))
     }
 
     /// Batches ClickHouse refused for their data since the last call.
@@ -408,6 +482,7 @@ impl ClickHouseWriter {
     pub fn close(&mut self) {
         self.closing.store(true, Ordering::Release);
         self.jobs = None;
+        self.dead.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -429,7 +504,7 @@ async fn run_writer(
     closing: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let client = config.client();
-    let mut version: Option<ServerVersion> = None;
+    let mut times: Option<TimeColumns> = None;
     // The std receiver blocks; the runtime has nothing else to do meanwhile.
     while let Ok(job) = jobs.recv() {
         let rows = job.batch.num_rows();
@@ -438,17 +513,18 @@ async fn run_writer(
         loop {
             attempt += 1;
             let result = async {
-                let v = match version {
-                    Some(v) => v,
+                let t = match times {
+                    Some(t) => t,
                     None => {
                         let v = apply_schema(&config).await?;
-                        tracing::info!(version = ?v, modern = v.is_modern(), "ClickHouse schema applied");
-                        version = Some(v);
-                        v
+                        let t = time_columns(&config).await?;
+                        tracing::info!(version = ?v, modern = v.is_modern(), times = ?t, "ClickHouse schema applied");
+                        times = Some(t);
+                        t
                     }
                 };
                 let started = std::time::Instant::now();
-                insert_readings(&client, &config.database, encode_rowbinary(&job.batch, v)).await?;
+                insert_readings(&client, &config.database, encode_rowbinary(&job.batch, t)).await?;
                 metrics::histogram!("meterflow_batch_write_seconds", "sink" => "clickhouse")
                     .record(started.elapsed().as_secs_f64());
                 Ok::<(), ClickHouseError>(())
@@ -472,10 +548,13 @@ async fn run_writer(
                         tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "ClickHouse insert failed; retrying");
                     }
                     // The schema may be what is missing (a dropped table): apply it again.
-                    version = None;
+                    times = None;
                     let jitter =
                         Duration::from_millis(u64::from(attempt.wrapping_mul(2_654_435_761) % 100));
-                    tokio::time::sleep(delay + jitter).await;
+                    let until = tokio::time::Instant::now() + delay + jitter;
+                    while tokio::time::Instant::now() < until && !closing.load(Ordering::Acquire) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                     delay = (delay * 2).min(Duration::from_millis(config.retry_max_ms.max(1)));
                 }
                 Err(e) => {
@@ -531,13 +610,7 @@ mod tests {
         };
         b.append(&meta, "1-0:1.8.0", 1_709_337_600_500, 1.5, "kWh", 3);
         let batch = b.finish();
-        let old = encode_rowbinary(
-            &batch,
-            ServerVersion {
-                major: 18,
-                minor: 16,
-            },
-        );
+        let old = encode_rowbinary(&batch, TimeColumns::Seconds);
         let mut want = vec![2, b'm', b'1', 9];
         want.extend_from_slice(b"1-0:1.8.0");
         want.extend_from_slice(&1_709_337_600u32.to_le_bytes());
@@ -547,13 +620,7 @@ mod tests {
         want.extend_from_slice(&1_709_337_600u32.to_le_bytes());
         want.extend_from_slice(&[4, b'm', b'q', b't', b't', 2, b'p', b'b']);
         assert_eq!(old, want);
-        let new = encode_rowbinary(
-            &batch,
-            ServerVersion {
-                major: 24,
-                minor: 8,
-            },
-        );
+        let new = encode_rowbinary(&batch, TimeColumns::Millis);
         assert_eq!(
             new.len(),
             old.len() + 8,

@@ -318,6 +318,17 @@ impl Wal {
         self.bytes() + payload_len as u64 + 64 <= self.config.max_bytes
     }
 
+    /// Makes the next LSN at least `lsn + 1`. After a power loss the checkpoint (fsynced) can
+    /// be ahead of a WAL whose unsynced tail was lost: new messages must not reuse those LSNs,
+    /// or they would be taken for confirmed ones.
+    pub fn start_after(&mut self, lsn: u64) -> Result<(), StorageError> {
+        if lsn < self.next_lsn {
+            return Ok(());
+        }
+        self.next_lsn = lsn + 1;
+        self.roll()
+    }
+
     /// The LSN the next append gets.
     pub fn next_lsn(&self) -> u64 {
         self.next_lsn
@@ -653,6 +664,22 @@ mod tests {
         assert_eq!(read_checkpoint(dir.path()).unwrap(), 0);
         write_checkpoint(dir.path(), 42).unwrap();
         assert_eq!(read_checkpoint(dir.path()).unwrap(), 42);
+    }
+
+    #[test]
+    fn lsns_continue_after_a_checkpoint_ahead_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), cfg(1 << 20)).unwrap();
+        append_n(&mut wal, 2);
+        wal.start_after(10).unwrap();
+        assert_eq!(append_n(&mut wal, 1), vec![11]);
+        wal.start_after(5).unwrap();
+        assert_eq!(wal.next_lsn(), 12);
+        drop(wal);
+        let (wal, rec) = Wal::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert_eq!(rec.last_lsn, 11);
+        let lsns: Vec<u64> = wal.reader(0).map(|r| r.unwrap().lsn).collect();
+        assert_eq!(lsns, vec![1, 2, 11]);
     }
 
     #[test]
