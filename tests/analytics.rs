@@ -107,6 +107,16 @@ fn billing_anomalies_and_devices_on_known_data() {
         "INSERT INTO {db}.readings VALUES {}",
         rows.join(", ")
     ));
+    // Status reports: A healthy (battery reported first, firmware later), B with error flags.
+    ch.query(&format!(
+        "INSERT INTO {db}.device_status VALUES \
+         ('A', toDateTime({}), 87, -71, NULL, NULL, '4.2.17', 0, 'mqtt'), \
+         ('A', toDateTime({}), NULL, -75, NULL, NULL, '4.2.18', NULL, 'mqtt'), \
+         ('B', toDateTime({}), 40, NULL, NULL, NULL, NULL, 5, 'mqtt')",
+        T0,
+        T0 + 3600,
+        T0 + 7200
+    ));
 
     let period = ["--from", "2024-03-01", "--to", "2024-03-06"];
     let billing = query(&config, &[&["billing"][..], &period[..]].concat());
@@ -162,6 +172,7 @@ fn billing_anomalies_and_devices_on_known_data() {
         })
         .collect();
     let want = [
+        ("B", "", "error_flags"),
         ("B", "1-0:1.8.1", "reverse_run"),
         ("B", "1-0:1.8.2", "register_reset"),
         ("C", "1-0:1.8.1", "zero_consumption"),
@@ -197,6 +208,12 @@ fn billing_anomalies_and_devices_on_known_data() {
         .as_str()
         .unwrap()
         .contains("1-0:1.8.1=900 kWh"));
+    assert_eq!(
+        devices[0]["battery_pct"], "87",
+        "the newest report that carried a battery level"
+    );
+    assert_eq!(devices[0]["rssi_dbm"], "-75");
+    assert_eq!(devices[0]["firmware"], "4.2.18");
     let stale = query(&config, &["devices", "--stale-after", "1d"]);
     assert_eq!(stale.len(), 1);
     assert_eq!(stale[0]["meter_id"], "E");

@@ -111,6 +111,13 @@ fn every_reading_published_over_mqtt_is_in_clickhouse_once() {
     .unwrap();
     mosquitto_pub(server.mqtt_port, "meters/DUP-1/json", &json, &[]);
     mosquitto_pub(server.mqtt_port, "meters/DUP-1/json", &json, &[]);
+    let status = dir.path().join("status.json");
+    std::fs::write(
+        &status,
+        br#"{"battery_pct": 87, "rssi_dbm": -71, "firmware": "4.2.17", "error_flags": 4}"#,
+    )
+    .unwrap();
+    mosquitto_pub(server.mqtt_port, "meters/DUP-1/status", &status, &[]);
 
     let plans = [
         Plan {
@@ -174,6 +181,10 @@ fn every_reading_published_over_mqtt_is_in_clickhouse_once() {
          WHERE meter_id = 'chpb-000000' AND channel = '1-0:1.8.1'"
     ));
     assert_eq!(hourly.trim(), "0\t0.75\t1");
+    let status = ch.query(&format!(
+        "SELECT battery_pct, rssi_dbm, firmware, error_flags, source FROM {db}.device_status FINAL WHERE meter_id = 'DUP-1'"
+    ));
+    assert_eq!(status.trim(), "87\t-71\t4.2.17\t4\tmqtt");
     ch.query(&format!("DROP DATABASE {db}"));
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use meterflow_decoders::{decode, decode_status, DecodeContext, DecodeError, Decoded, Format};
 use meterflow_proto::{is_valid_meter_id, RowMeta};
-use meterflow_storage::clickhouse::{ClickHouseWriter, RejectedBatch};
+use meterflow_storage::clickhouse::{ClickHouseWriter, RejectedBatch, StatusRow};
 use meterflow_storage::{wal, Batcher, DeadLetter, DeadLetterStore, ParquetSink, WalReader};
 
 use crate::devices::{DeviceRegistry, Observation};
@@ -78,6 +78,8 @@ pub struct Pipeline {
     pub batcher: Batcher,
     pub parquet: ParquetSink,
     pub clickhouse: Option<ClickHouseWriter>,
+    /// Status reports waiting to go to ClickHouse with the next batch.
+    statuses: Vec<StatusRow>,
     pub dead_letters: DeadLetterStore,
     pub devices: DeviceRegistry,
     data_dir: PathBuf,
@@ -104,6 +106,7 @@ impl Pipeline {
             batcher,
             parquet: sinks.parquet,
             clickhouse: sinks.clickhouse,
+            statuses: Vec::new(),
             dead_letters: sinks.dead_letters,
             devices,
             data_dir,
@@ -144,6 +147,8 @@ impl Pipeline {
             let now = Instant::now();
             if let Some((batch, oldest)) = self.batcher.take_if_due(now) {
                 self.write(&batch, oldest, now)?;
+            } else if self.batcher.rows() == 0 && !self.statuses.is_empty() {
+                self.send_statuses();
             }
             let rolled = self.parquet.roll_due(now)?.len();
             self.summary.files += rolled as u64;
@@ -256,6 +261,7 @@ impl Pipeline {
             self.write(&batch, oldest, now)?;
         }
         self.summary.files += self.parquet.close()?.len() as u64;
+        self.send_statuses();
         if let Some(clickhouse) = self.clickhouse.as_mut() {
             clickhouse.close();
         }
@@ -273,7 +279,8 @@ impl Pipeline {
         if let Some(clickhouse) = &self.clickhouse {
             // Every record before next_lsn is in this batch or an earlier one. Waits while
             // ClickHouse is away and its queue is full; the WAL holds what arrives meanwhile.
-            clickhouse.send(batch.clone(), self.next_lsn - 1);
+            let statuses = std::mem::take(&mut self.statuses);
+            clickhouse.send(batch.clone(), statuses, self.next_lsn - 1);
         }
         let started = Instant::now();
         let completed = self.parquet.write(batch, oldest_lsn, now)?;
@@ -283,6 +290,40 @@ impl Pipeline {
             .record(started.elapsed().as_secs_f64());
         tracing::debug!(rows = batch.num_rows(), "batch written to parquet");
         Ok(())
+    }
+
+    /// Sends status reports to ClickHouse on their own (no readings waiting to carry them).
+    fn send_statuses(&mut self) {
+        if let Some(clickhouse) = &self.clickhouse {
+            if !self.statuses.is_empty() {
+                let empty = arrow_array::RecordBatch::new_empty(meterflow_proto::reading_schema());
+                let statuses = std::mem::take(&mut self.statuses);
+                clickhouse.send(empty, statuses, self.next_lsn - 1);
+            }
+        }
+    }
+
+    /// Remembers a status report for ClickHouse's `device_status`.
+    fn queue_status(
+        &mut self,
+        meter_id: &str,
+        message: &RawMessage,
+        status: &meterflow_decoders::DeviceStatus,
+    ) {
+        if self.clickhouse.is_none() {
+            return;
+        }
+        self.statuses.push(StatusRow {
+            meter_id: meter_id.to_string(),
+            at_ms: message.received_at_ms,
+            battery_pct: status.battery_pct,
+            rssi_dbm: status.rssi_dbm,
+            rsrp_dbm: status.rsrp_dbm,
+            snr_db: status.snr_db,
+            firmware: status.firmware.clone(),
+            error_flags: status.error_flags,
+            source: message.source.as_str().to_string(),
+        });
     }
 
     /// Keeps the rows of batches ClickHouse refused for their data as dead letters (one per
@@ -332,6 +373,7 @@ impl Pipeline {
                         readings: &mut std::iter::empty(),
                     });
                     metrics::counter!("meterflow_status_updates_total").increment(1);
+                    self.queue_status(meter_id, message, &status);
                     Ok(())
                 }
                 Err(e) => {
@@ -397,6 +439,9 @@ impl Pipeline {
                 s.unit.as_ref(),
             ))
         });
+        if let Some(status) = &decoded.status {
+            self.queue_status(meter_id, message, status);
+        }
         self.devices.observe(Observation {
             meter_id,
             received_at_ms: message.received_at_ms,

@@ -5,6 +5,7 @@
 --   spike              a step (register increase, or interval value) above {spike_factor} x the
 --                      meter's own median step on that channel (at least 8 steps), and > 0
 --   missing_intervals  a gap of more than one interval in a 15-minute series (x.29.x)
+--   error_flags        a status report with error flags set (device_status)
 SELECT meter_id, channel, kind, at, detail FROM (
     SELECT meter_id, channel,
         if(tupleElement(d, 2) < tupleElement(d, 3) * 0.01, 'register_reset', 'reverse_run') AS kind,
@@ -48,5 +49,15 @@ SELECT meter_id, channel, kind, at, detail FROM (
     ARRAY JOIN arrayFilter(x -> tupleElement(x, 2) > 900,
         arrayMap((t, p) -> (p, toUInt32(t) - toUInt32(p)), arrayPopFront(tss), arrayPopBack(tss))) AS g
     WHERE is_interval
+
+    UNION ALL
+
+    SELECT meter_id, '' AS channel, 'error_flags' AS kind, toString(t, 'UTC') AS at,
+        concat('error flags ', toString(flags)) AS detail
+    FROM (
+        SELECT meter_id, at AS t, assumeNotNull(error_flags) AS flags
+        FROM {db}.device_status FINAL
+        WHERE at >= toDateTime({from}) AND at < toDateTime({to}) AND error_flags > 0 {meter_filter}
+    )
 )
 ORDER BY meter_id, channel, at, kind

@@ -1,18 +1,35 @@
--- Per meter: when meterflow last heard it, how many readings it sent, and the newest value
--- of every channel ("channel=value unit @ time").
+-- Per meter: when meterflow last heard it, how many readings it sent, the newest value of
+-- every channel ("channel=value unit @ time"), and the latest battery, signal, firmware and
+-- error flags it reported (each the newest report that carried that field).
 SELECT
-    meter_id,
-    toString(max(last_received), 'UTC') AS last_seen,
-    toUInt32(now()) - toUInt32(max(last_received)) AS seconds_since,
-    sum(n) AS readings,
-    arrayStringConcat(groupArray(concat(channel, '=', toString(last_value), ' ', unit, ' @ ', toString(last_ts, 'UTC'))), '; ') AS last_values
+    meter_id, last_seen, seconds_since, readings, battery_pct, rssi_dbm, rsrp_dbm, firmware, error_flags, last_values
 FROM (
-    SELECT meter_id, channel, any(unit) AS unit, count() AS n, max(received_at) AS last_received,
-        argMax(value, ts) AS last_value, max(ts) AS last_ts
-    FROM {db}.readings FINAL
-    WHERE 1 {meter_filter_where}
-    GROUP BY meter_id, channel
+    SELECT
+        meter_id,
+        toString(max(last_received), 'UTC') AS last_seen,
+        toUInt32(now()) - toUInt32(max(last_received)) AS seconds_since,
+        sum(n) AS readings,
+        arrayStringConcat(groupArray(concat(channel, '=', toString(last_value), ' ', unit, ' @ ', toString(last_ts, 'UTC'))), '; ') AS last_values
+    FROM (
+        SELECT meter_id, channel, any(unit) AS unit, count() AS n, max(received_at) AS last_received,
+            argMax(value, ts) AS last_value, max(ts) AS last_ts
+        FROM {db}.readings FINAL
+        WHERE 1 {meter_filter_where}
+        GROUP BY meter_id, channel
+    )
+    GROUP BY meter_id
+    HAVING seconds_since >= {stale_s}
 )
-GROUP BY meter_id
-HAVING seconds_since >= {stale_s}
+ANY LEFT JOIN (
+    SELECT
+        meter_id,
+        argMaxIf(battery_pct, at, isNotNull(battery_pct)) AS battery_pct,
+        argMaxIf(rssi_dbm, at, isNotNull(rssi_dbm)) AS rssi_dbm,
+        argMaxIf(rsrp_dbm, at, isNotNull(rsrp_dbm)) AS rsrp_dbm,
+        argMaxIf(firmware, at, isNotNull(firmware)) AS firmware,
+        argMaxIf(error_flags, at, isNotNull(error_flags)) AS error_flags
+    FROM {db}.device_status FINAL
+    WHERE 1 {meter_filter_where}
+    GROUP BY meter_id
+) USING meter_id
 ORDER BY meter_id

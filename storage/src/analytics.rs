@@ -164,6 +164,10 @@ pub async fn anomalies(
 ) -> Result<Table, ClickHouseError> {
     let sql = ANOMALIES
         .replace("{steps}", &steps(&config.database, period)?)
+        .replace("{db}", &config.database)
+        .replace("{from}", &period.from_s.to_string())
+        .replace("{to}", &period.to_s.to_string())
+        .replace("{meter_filter}", &meter_filter(period, "AND")?)
         .replace("{zero_days}", &rules.zero_days.to_string())
         .replace("{spike_factor}", &format!("{:.6}", rules.spike_factor));
     let mut table = run(config, &sql).await?;
@@ -217,6 +221,10 @@ mod tests {
             BILLING.replace("{steps}", &s),
             ANOMALIES
                 .replace("{steps}", &s)
+                .replace("{db}", "mf")
+                .replace("{from}", "1")
+                .replace("{to}", "2")
+                .replace("{meter_filter}", "AND meter_id = 'm-1'")
                 .replace("{zero_days}", "3")
                 .replace("{spike_factor}", "5"),
         ] {

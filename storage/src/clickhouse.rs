@@ -176,6 +176,21 @@ GROUP BY meter_id, channel, {column}"
         ));
     }
     ddl.push(format!(
+        "CREATE TABLE IF NOT EXISTS {db}.device_status (
+    meter_id String,
+    at {time},
+    battery_pct Nullable(UInt8),
+    rssi_dbm Nullable(Int32),
+    rsrp_dbm Nullable(Int32),
+    snr_db Nullable(Float32),
+    firmware Nullable(String),
+    error_flags Nullable(UInt32),
+    source String
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(at)
+ORDER BY (meter_id, at)"
+    ));
+    ddl.push(format!(
         "CREATE TABLE IF NOT EXISTS {db}.dead_letters (
     received_at {time},
     source String,
@@ -369,10 +384,87 @@ async fn insert_readings(
     insert.end().await.map_err(err)
 }
 
+/// One device status report (bare, or inside a report), for the `device_status` table.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StatusRow {
+    pub meter_id: String,
+    /// When meterflow accepted it, Unix ms.
+    pub at_ms: i64,
+    pub battery_pct: Option<u8>,
+    pub rssi_dbm: Option<i32>,
+    pub rsrp_dbm: Option<i32>,
+    pub snr_db: Option<f32>,
+    pub firmware: Option<String>,
+    pub error_flags: Option<u32>,
+    pub source: String,
+}
+
+/// Encodes status rows as RowBinary for `device_status` (Nullable: a null flag byte, then
+/// the value when present).
+pub fn encode_status_rowbinary(rows: &[StatusRow], times: TimeColumns) -> Vec<u8> {
+    fn opt<T>(out: &mut Vec<u8>, v: Option<T>, put: impl FnOnce(&mut Vec<u8>, T)) {
+        match v {
+            Some(v) => {
+                out.push(0);
+                put(out, v);
+            }
+            None => out.push(1),
+        }
+    }
+    let mut out = Vec::with_capacity(rows.len() * 48);
+    for r in rows {
+        put_str(&mut out, &r.meter_id);
+        match times {
+            TimeColumns::Millis => out.extend_from_slice(&r.at_ms.to_le_bytes()),
+            TimeColumns::Seconds => {
+                let secs = u32::try_from(r.at_ms.div_euclid(1000)).unwrap_or(0);
+                out.extend_from_slice(&secs.to_le_bytes());
+            }
+        }
+        opt(&mut out, r.battery_pct, |o, v| o.push(v));
+        opt(&mut out, r.rssi_dbm, |o, v| {
+            o.extend_from_slice(&v.to_le_bytes())
+        });
+        opt(&mut out, r.rsrp_dbm, |o, v| {
+            o.extend_from_slice(&v.to_le_bytes())
+        });
+        opt(&mut out, r.snr_db, |o, v| {
+            o.extend_from_slice(&v.to_le_bytes())
+        });
+        opt(&mut out, r.firmware.as_deref(), put_str);
+        opt(&mut out, r.error_flags, |o, v| {
+            o.extend_from_slice(&v.to_le_bytes())
+        });
+        put_str(&mut out, &r.source);
+    }
+    out
+}
+
+async fn insert_statuses(
+    client: &clickhouse::Client,
+    db: &str,
+    body: Vec<u8>,
+) -> Result<(), ClickHouseError> {
+    let sql = format!(
+        "INSERT INTO {db}.device_status (meter_id, at, battery_pct, rssi_dbm, rsrp_dbm, snr_db, firmware, error_flags, source) FORMAT RowBinary"
+    );
+    let mut insert = client.insert_formatted_with(sql).with_timeouts(
+        Some(Duration::from_secs(30)),
+        Some(Duration::from_secs(120)),
+    );
+    let err = |source| ClickHouseError {
+        action: "inserting device status",
+        source,
+    };
+    insert.send(body.into()).await.map_err(err)?;
+    insert.end().await.map_err(err)
+}
+
 /// A batch for the writer, and the WAL LSN through which the pipeline had handled every
 /// record when it made the batch.
 struct Job {
     batch: RecordBatch,
+    statuses: Vec<StatusRow>,
     through_lsn: u64,
 }
 
@@ -439,12 +531,16 @@ impl ClickHouseWriter {
 
     /// Queues a batch; waits while the queue is full (ClickHouse slow or away), unless
     /// shutdown begins: then the batch is left to the WAL (not confirmed).
-    pub fn send(&self, batch: RecordBatch, through_lsn: u64) {
+    pub fn send(&self, batch: RecordBatch, statuses: Vec<StatusRow>, through_lsn: u64) {
         self.pending.fetch_add(1, Ordering::AcqRel);
         let Some(jobs) = self.jobs.as_ref() else {
             return;
         };
-        let mut job = Job { batch, through_lsn };
+        let mut job = Job {
+            batch,
+            statuses,
+            through_lsn,
+        };
         loop {
             match jobs.try_send(job) {
                 Ok(()) => return,
@@ -524,7 +620,14 @@ async fn run_writer(
                     }
                 };
                 let started = std::time::Instant::now();
-                insert_readings(&client, &config.database, encode_rowbinary(&job.batch, t)).await?;
+                if !job.statuses.is_empty() {
+                    let body = encode_status_rowbinary(&job.statuses, t);
+                    insert_statuses(&client, &config.database, body).await?;
+                }
+                if job.batch.num_rows() > 0 {
+                    insert_readings(&client, &config.database, encode_rowbinary(&job.batch, t))
+                        .await?;
+                }
                 metrics::histogram!("meterflow_batch_write_seconds", "sink" => "clickhouse")
                     .record(started.elapsed().as_secs_f64());
                 Ok::<(), ClickHouseError>(())
@@ -626,6 +729,23 @@ mod tests {
             old.len() + 8,
             "two Int64 times instead of two UInt32"
         );
+    }
+
+    #[test]
+    fn status_rows_encode_nullable_fields() {
+        let row = StatusRow {
+            meter_id: "m".into(),
+            at_ms: 2_000,
+            battery_pct: Some(87),
+            firmware: Some("1".into()),
+            source: "mqtt".into(),
+            ..Default::default()
+        };
+        let bytes = encode_status_rowbinary(&[row], TimeColumns::Seconds);
+        let mut want = vec![1, b'm'];
+        want.extend_from_slice(&2u32.to_le_bytes());
+        want.extend_from_slice(&[0, 87, 1, 1, 1, 0, 1, b'1', 1, 4, b'm', b'q', b't', b't']);
+        assert_eq!(bytes, want);
     }
 
     #[test]
