@@ -249,24 +249,9 @@ fn dsmr_telegram(meter_id: &str, rows: &[ExpectedRow]) -> Vec<u8> {
         }
     }
     t.push('!');
-    let crc = crc16_arc(t.as_bytes());
+    let crc = meterflow_decoders::dsmr::crc16_arc(t.as_bytes());
     t.push_str(&format!("{crc:04X}\r\n"));
     t.into_bytes()
-}
-
-fn crc16_arc(bytes: &[u8]) -> u16 {
-    let mut crc = 0u16;
-    for b in bytes {
-        crc ^= u16::from(*b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xA001
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
 }
 
 /// `YYMMDDhhmmssX` in Dutch/Belgian local time: `S` (CEST, UTC+2) or `W` (CET, UTC+1).

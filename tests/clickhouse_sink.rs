@@ -4,9 +4,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use common::{config_file, mosquitto_pub, wait_for, ClickHouse, Server, BIN};
+use common::{config_file, mosquitto_pub, wait_for, ClickHouse, Server};
 use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::Format;
 
@@ -52,30 +52,7 @@ fn expected(plans: &[Plan]) -> BTreeSet<(String, String, i64, u64, String)> {
 }
 
 fn simulate(port: u16, plan: &Plan, pause_ms: u64) -> std::process::Child {
-    Command::new(BIN)
-        .args(["simulate", "--json", "--mqtt", &format!("127.0.0.1:{port}")])
-        .args([
-            "--meters",
-            &plan.meters.to_string(),
-            "--messages",
-            &plan.messages.to_string(),
-        ])
-        .args(["--format", plan.format.as_str(), "--prefix", &plan.prefix])
-        .args([
-            "--shape",
-            if plan.shape == Shape::Series {
-                "series"
-            } else {
-                "readings"
-            },
-        ])
-        .args([
-            "--start",
-            &chrono::DateTime::from_timestamp_millis(plan.start_ms)
-                .unwrap()
-                .to_rfc3339(),
-        ])
-        .args(["--pause-ms", &pause_ms.to_string()])
+    common::simulate_command(port, plan, pause_ms)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -378,35 +378,7 @@ fn payloads_from_mosquitto_pub_arrive_exactly_and_bad_ones_become_dead_letters()
 }
 
 fn simulate(server: &Server, plan: &Plan) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args([
-            "simulate",
-            "--json",
-            "--mqtt",
-            &format!("127.0.0.1:{}", server.mqtt_port),
-        ])
-        .args([
-            "--meters",
-            &plan.meters.to_string(),
-            "--messages",
-            &plan.messages.to_string(),
-        ])
-        .args(["--format", plan.format.as_str(), "--prefix", &plan.prefix])
-        .args([
-            "--shape",
-            if plan.shape == Shape::Series {
-                "series"
-            } else {
-                "readings"
-            },
-        ])
-        .args(["--interval-s", &plan.interval_s.to_string()])
-        .args([
-            "--start",
-            &chrono::DateTime::from_timestamp_millis(plan.start_ms)
-                .unwrap()
-                .to_rfc3339(),
-        ])
+    let out = common::simulate_command(server.mqtt_port, plan, 0)
         .output()
         .expect("meterflow simulate runs");
     assert!(

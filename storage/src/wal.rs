@@ -223,6 +223,20 @@ pub struct Wal {
     scratch: Vec<u8>,
 }
 
+/// The first LSNs of the segments in `dir`, in order.
+fn list_segments(dir: &Path) -> Result<Vec<u64>, StorageError> {
+    let mut firsts: Vec<u64> = fs::read_dir(dir)
+        .map_err(|e| StorageError::io("listing", dir, e))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".wal")?.parse().ok()
+        })
+        .collect();
+    firsts.sort_unstable();
+    Ok(firsts)
+}
+
 fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
     dir.join(format!("{first_lsn:020}.wal"))
 }
@@ -232,15 +246,7 @@ impl Wal {
     pub fn open(data_dir: &Path, config: WalConfig) -> Result<(Wal, WalRecovery), StorageError> {
         let dir = data_dir.join("wal");
         fs::create_dir_all(&dir).map_err(|e| StorageError::io("creating", &dir, e))?;
-        let mut firsts: Vec<u64> = fs::read_dir(&dir)
-            .map_err(|e| StorageError::io("listing", &dir, e))?
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.strip_suffix(".wal")?.parse().ok()
-            })
-            .collect();
-        firsts.sort_unstable();
+        let firsts = list_segments(&dir)?;
         let mut recovery = WalRecovery::default();
         let mut segments = BTreeMap::new();
         for (i, first) in firsts.iter().enumerate() {
@@ -472,15 +478,7 @@ impl WalReader {
     /// thread that does not own the [`Wal`] (the pipeline, reading what its queue skipped).
     pub fn open(data_dir: &Path, after: u64) -> Result<WalReader, StorageError> {
         let dir = data_dir.join("wal");
-        let mut firsts: Vec<u64> = fs::read_dir(&dir)
-            .map_err(|e| StorageError::io("listing", &dir, e))?
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.strip_suffix(".wal")?.parse().ok()
-            })
-            .collect();
-        firsts.sort_unstable();
+        let firsts = list_segments(&dir)?;
         // Start at the segment holding `after + 1`: the last one that begins at or before it.
         let keep_from = firsts
             .iter()

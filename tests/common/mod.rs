@@ -399,3 +399,32 @@ pub fn config_file(text: &str) -> (tempfile::TempDir, String) {
     let path = path.to_str().unwrap().to_string();
     (dir, path)
 }
+
+/// `meterflow simulate --json` for `plan` against an MQTT port, `pause_ms` between reports.
+pub fn simulate_command(
+    mqtt_port: u16,
+    plan: &meterflow::simulate::Plan,
+    pause_ms: u64,
+) -> Command {
+    let shape = match plan.shape {
+        meterflow::simulate::Shape::Series => "series",
+        meterflow::simulate::Shape::Readings => "readings",
+    };
+    let start = chrono::DateTime::from_timestamp_millis(plan.start_ms)
+        .expect("a valid start")
+        .to_rfc3339();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "simulate",
+        "--json",
+        "--mqtt",
+        &format!("127.0.0.1:{mqtt_port}"),
+    ])
+    .args(["--meters", &plan.meters.to_string()])
+    .args(["--messages", &plan.messages.to_string()])
+    .args(["--format", plan.format.as_str(), "--prefix", &plan.prefix])
+    .args(["--shape", shape, "--start", &start])
+    .args(["--interval-s", &plan.interval_s.to_string()])
+    .args(["--pause-ms", &pause_ms.to_string()]);
+    cmd
+}

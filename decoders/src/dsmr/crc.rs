@@ -46,7 +46,7 @@ fn step(crc: u16, byte: u8) -> u16 {
 }
 
 /// CRC-16/ARC of `bytes`, eight bytes a step.
-pub(crate) fn crc16_arc(bytes: &[u8]) -> u16 {
+pub fn crc16_arc(bytes: &[u8]) -> u16 {
     let [t0, t1, t2, t3, t4, t5, t6, t7] = &TABLES;
     let mut crc = 0u16;
     let mut chunks = bytes.chunks_exact(8);

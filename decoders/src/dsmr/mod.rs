@@ -104,6 +104,8 @@
 //! and no reading is [`DecodeError::NothingUsable`]; one with neither is an empty [`Decoded`].
 
 mod crc;
+/// CRC-16/ARC as DSMR telegrams carry it (over `/` through `!`), for those who write telegrams.
+pub use crc::crc16_arc;
 mod lexer;
 mod time;
 mod value;
