@@ -447,7 +447,14 @@ fn a_simulated_fleet_arrives_complete_in_every_format() {
         let summary = simulate(&server, plan);
         reconnects += summary["reconnects"].as_u64().unwrap();
         let messages = (plan.meters * plan.messages) as u64;
-        assert_eq!(summary["messages_sent"], messages);
+        // A meter that lost its connection resends what was not acknowledged (rumqttd 0.20
+        // drops a connection now and then under churn): sent can exceed the plan, acked cannot.
+        let sent = summary["messages_sent"].as_u64().unwrap();
+        let resent = sent.checked_sub(messages).expect("every report sent");
+        assert!(
+            resent == 0 || summary["reconnects"].as_u64().unwrap() > 0,
+            "{summary}"
+        );
         assert_eq!(summary["messages_acked"], messages);
         expected_rows += messages as usize * plan.rows_per_message();
     }
