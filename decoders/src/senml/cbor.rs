@@ -150,15 +150,7 @@ impl<'a> Parser<'a> {
         for _ in 0..fields {
             let at = self.d.position();
             match self.datatype()? {
-                Type::U8
-                | Type::U16
-                | Type::U32
-                | Type::U64
-                | Type::I8
-                | Type::I16
-                | Type::I32
-                | Type::I64
-                | Type::Int => {
+                ty if is_int(ty) => {
                     let label = self.d.int().map_err(|e| self.cbor_error(at, e))?;
                     match Label::from_cbor(i128::from(label)) {
                         Some(label) => {
@@ -220,15 +212,7 @@ impl<'a> Parser<'a> {
         let at = self.d.position();
         let map = |p: &Self, e| p.cbor_error(at, e);
         Ok(Some(match self.datatype()? {
-            Type::U8
-            | Type::U16
-            | Type::U32
-            | Type::U64
-            | Type::I8
-            | Type::I16
-            | Type::I32
-            | Type::I64
-            | Type::Int => {
+            ty if is_int(ty) => {
                 let int = self.d.int().map_err(|e| map(self, e))?;
                 i128::from(int) as f64
             }
