@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 # command -> Debian package that provides it
 declare -A needs=(
   [mosquitto_pub]=mosquitto-clients
+  [coap-client-notls]=libcoap3-bin
   [curl]=curl
   [python3]=python3
 )

@@ -69,6 +69,9 @@ struct ServeArgs {
     /// MQTT 5 listener [default 0.0.0.0:1884]; `off` serves MQTT 3.1.1 only.
     #[arg(long, env = "METERFLOW_MQTT_V5_LISTEN")]
     mqtt_v5_listen: Option<String>,
+    /// CoAP (and LwM2M) UDP listener [default 0.0.0.0:5683]; `off` turns CoAP off.
+    #[arg(long, env = "METERFLOW_COAP_LISTEN")]
+    coap_listen: Option<String>,
     /// HTTP listener for /health, /metrics and the API [default 127.0.0.1:8080]
     #[arg(long, env = "METERFLOW_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
@@ -96,6 +99,14 @@ impl ServeArgs {
                 "off" | "" => None,
                 addr => Some(addr.parse().with_context(|| {
                     format!("--mqtt-v5-listen / METERFLOW_MQTT_V5_LISTEN: {addr:?} is not an address or `off`")
+                })?),
+            };
+        }
+        if let Some(coap) = &self.coap_listen {
+            config.coap.listen = match coap.as_str() {
+                "off" | "" => None,
+                addr => Some(addr.parse().with_context(|| {
+                    format!("--coap-listen / METERFLOW_COAP_LISTEN: {addr:?} is not an address or `off`")
                 })?),
             };
         }
@@ -363,6 +374,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         from_wal = summary.pipeline.from_wal,
         router_drops = summary.router_drops,
         wal_overflow = summary.wal_overflow,
+        coap_requests = summary.coap_requests,
         "meterflow stopped cleanly"
     );
     Ok(())

@@ -4,12 +4,14 @@
 //! payload where it can); [`Decoded::append_to`] is the one builder step into an Arrow batch.
 //! - [`pb`][]: `meterflow.v1.MeterReport` (protobuf)
 //! - [`json`][]: the same report as JSON
+//! - [`cbor`][]: the same report as CBOR
 //! - [`senml`][]: RFC 8428 SenML packs, JSON and CBOR, resolved per section 4.6
 //! - [`dsmr`][]: DSMR P1 telegrams 2.2 to 5.0, e-MUCS, Smarty
 //!
 //! A payload that is partly bad keeps its good rows; the bad ones are listed in
 //! [`Decoded::rejected`] with their position. A payload that is wholly bad is a [`DecodeError`].
 
+pub mod cbor;
 pub mod dsmr;
 mod error;
 pub mod json;
@@ -144,6 +146,7 @@ pub fn decode<'a>(
     let decoded: Decoded<'a> = match format {
         Format::Pb => pb::decode(payload)?,
         Format::Json => json::decode(payload)?,
+        Format::Cbor => cbor::decode(payload)?,
         Format::Senml => senml::decode_json(payload, ctx.received_at_ms)?,
         Format::SenmlCbor => senml::decode_cbor(payload, ctx.received_at_ms)?,
         Format::Dsmr => dsmr::decode_at(payload, ctx.received_at_ms)?,

@@ -9,6 +9,7 @@ use meterflow_storage::clickhouse::ClickHouseConfig;
 use meterflow_storage::{BatchConfig, FsyncPolicy, ParquetConfig, WalConfig};
 use serde::{Deserialize, Serialize};
 
+pub use crate::coap::CoapConfig;
 use crate::IngestError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,6 +18,7 @@ pub struct Config {
     /// Where Parquet files, dead letters and local state are kept.
     pub data_dir: PathBuf,
     pub mqtt: MqttConfig,
+    pub coap: CoapConfig,
     pub http: HttpConfig,
     pub pipeline: PipelineConfig,
     pub batch: BatchConfig,
@@ -30,6 +32,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./data"),
             mqtt: MqttConfig::default(),
+            coap: CoapConfig::default(),
             http: HttpConfig::default(),
             pipeline: PipelineConfig::default(),
             batch: BatchConfig::default(),
@@ -177,6 +180,25 @@ impl Config {
             return Err(IngestError::config(
                 "mqtt.listen_v5",
                 "must differ from mqtt.listen",
+            ));
+        }
+        let coap = &self.coap;
+        positive("coap.max_payload_bytes", coap.max_payload_bytes as u64)?;
+        positive("coap.max_inflight", coap.max_inflight as u64)?;
+        positive(
+            "coap.exchange_cache_entries",
+            coap.exchange_cache_entries as u64,
+        )?;
+        positive("coap.block_transfers", coap.block_transfers as u64)?;
+        positive("coap.block_timeout_s", coap.block_timeout_s)?;
+        positive(
+            "coap.lwm2m_max_registrations",
+            coap.lwm2m_max_registrations as u64,
+        )?;
+        if coap.max_payload_bytes > self.mqtt.router_segment_bytes {
+            return Err(IngestError::config(
+                "coap.max_payload_bytes",
+                "must be at most mqtt.router_segment_bytes",
             ));
         }
         positive(

@@ -2,21 +2,28 @@
 //!
 //! - [`config`]: the configuration and its validation.
 //! - [`broker`]: the embedded MQTT broker (rumqttd).
-//! - [`link`]: the consumer that moves messages from the broker into the pipeline queue.
+//! - [`link`]: the consumer that moves messages from the broker to the WAL writer.
+//! - [`coap`]: the CoAP/UDP endpoint (reports and LwM2M 1.1 registration and Send).
+//! - [`wal_writer`]: the one owner of the WAL: group commit, durability for CoAP, and the hand-off
+//!   to the pipeline queue.
 //! - [`pipeline`]: routing by topic, decoding, batching, sinks and dead letters.
 //! - [`devices`]: the last-heard state of every meter.
 //! - [`http`]: health, metrics and the device API.
 //!
-//! [`serve`] wires them: broker -> link thread (WAL append, group commit) -> bounded queue ->
-//! pipeline thread (reading the WAL for whatever the queue did not carry) -> Parquet.
+//! [`serve`] wires them: broker -> link thread \
+//!                                             +-> WAL writer thread (append, group commit) ->
+//! CoAP server (tokio UDP, waits for durability) /    bounded queue -> pipeline thread (reading
+//! the WAL for whatever the queue did not carry) -> Parquet and ClickHouse.
 
 pub mod broker;
+pub mod coap;
 pub mod config;
 pub mod devices;
 mod error;
 pub mod http;
 pub mod link;
 pub mod pipeline;
+pub mod wal_writer;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,8 +58,11 @@ pub fn metrics_handle() -> PrometheusHandle {
 /// What a run did, reported when it ends.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServeSummary {
+    /// Messages taken by the WAL writer from every edge.
     pub received: u64,
     pub router_drops: u64,
+    /// CoAP requests answered.
+    pub coap_requests: u64,
     pub wal_overflow: u64,
     pub pipeline: PipelineSummary,
 }
@@ -123,6 +133,10 @@ pub async fn serve(
             addr: config.http.listen,
             source,
         })?;
+    let coap_socket = match config.coap.listen {
+        Some(addr) => Some(coap::bind(addr).await?),
+        None => None,
+    };
     let (link_tx, link_rx) = broker::start(&config.mqtt)?;
 
     let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel(config.pipeline.queue_capacity);
@@ -136,16 +150,27 @@ pub async fn serve(
             result
         })
         .map_err(|e| IngestError::Broker(format!("spawning the pipeline thread: {e}")))?;
+    let (wal_tx, wal_rx) = wal_writer::channel(wal_writer::SUBMISSIONS);
+    let writer_thread = wal_writer::spawn(wal, marks, wal_rx, queue_tx)
+        .map_err(|e| IngestError::Broker(format!("spawning the WAL writer thread: {e}")))?;
     let link_thread = link::spawn(
         link_tx,
         link_rx,
-        wal,
-        marks,
-        queue_tx,
+        wal_tx.clone(),
         stop.clone(),
         config.pipeline.clone(),
     )
     .map_err(|e| IngestError::Broker(format!("spawning the link thread: {e}")))?;
+    let coap_task = coap_socket.map(|socket| {
+        tokio::spawn(coap::serve(
+            socket,
+            config.coap.clone(),
+            wal_tx.clone(),
+            stop.clone(),
+        ))
+    });
+    // The edges hold the only senders now: the writer ends when both have stopped.
+    drop(wal_tx);
 
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = http::router(http::HttpState {
@@ -161,6 +186,7 @@ pub async fn serve(
     });
     tracing::info!(
         mqtt = %config.mqtt.listen,
+        coap = ?config.coap.listen,
         http = %config.http.listen,
         data_dir = %config.data_dir.display(),
         "meterflow ready"
@@ -179,10 +205,17 @@ pub async fn serve(
         tracing::info!("shutting down: draining the broker and flushing every sink");
     }
     stop.store(true, Ordering::Relaxed);
+    let coap_summary = match coap_task {
+        Some(task) => task
+            .await
+            .map_err(|e| IngestError::Broker(format!("the CoAP server failed: {e}")))?,
+        None => coap::CoapSummary::default(),
+    };
     let joined = tokio::task::spawn_blocking(move || {
         let link = link_thread.join();
+        let writer = writer_thread.join();
         let pipeline = pipeline_thread.join();
-        (link, pipeline)
+        (link, writer, pipeline)
     })
     .await
     .map_err(|e| IngestError::Broker(format!("joining the pipeline: {e}")))?;
@@ -194,8 +227,11 @@ pub async fn serve(
     let link_summary = joined
         .0
         .map_err(|_| IngestError::Broker("the link thread panicked".into()))?;
-    let pipeline_summary = joined
+    let writer_summary = joined
         .1
+        .map_err(|_| IngestError::Broker("the WAL writer thread panicked".into()))?;
+    let pipeline_summary = joined
+        .2
         .map_err(|_| IngestError::Broker("the pipeline thread panicked".into()))??;
     saved?;
     if unexpected_stop {
@@ -204,9 +240,10 @@ pub async fn serve(
         ));
     }
     Ok(ServeSummary {
-        received: link_summary.messages,
+        received: writer_summary.messages,
         router_drops: link_summary.router_drops,
-        wal_overflow: link_summary.wal_overflow,
+        coap_requests: coap_summary.requests,
+        wal_overflow: writer_summary.wal_overflow,
         pipeline: pipeline_summary,
     })
 }

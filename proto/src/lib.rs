@@ -23,6 +23,8 @@ use std::str::FromStr;
 pub enum Format {
     Pb,
     Json,
+    /// The JSON report's structure encoded as CBOR (RFC 8949), for constrained links.
+    Cbor,
     Senml,
     SenmlCbor,
     Dsmr,
@@ -30,9 +32,10 @@ pub enum Format {
 }
 
 impl Format {
-    pub const ALL: [Format; 6] = [
+    pub const ALL: [Format; 7] = [
         Format::Pb,
         Format::Json,
+        Format::Cbor,
         Format::Senml,
         Format::SenmlCbor,
         Format::Dsmr,
@@ -43,6 +46,7 @@ impl Format {
         match self {
             Format::Pb => "pb",
             Format::Json => "json",
+            Format::Cbor => "cbor",
             Format::Senml => "senml",
             Format::SenmlCbor => "senml-cbor",
             Format::Dsmr => "dsmr",
@@ -58,6 +62,7 @@ impl Format {
             | "application/protobuf"
             | "application/vnd.google.protobuf" => Some(Format::Pb),
             "application/json" => Some(Format::Json),
+            "application/cbor" => Some(Format::Cbor),
             "application/senml+json" => Some(Format::Senml),
             "application/senml+cbor" => Some(Format::SenmlCbor),
             // Not text/plain: generic MQTT 5 tools label JSON that way too.
@@ -65,6 +70,55 @@ impl Format {
             other => other.parse().ok(),
         }
     }
+
+    /// The format a CoAP Content-Format number names ([`coap_content_format`]).
+    pub fn from_coap_content_format(number: u16) -> Option<Format> {
+        use coap_content_format as cf;
+        match number {
+            cf::JSON => Some(Format::Json),
+            cf::CBOR => Some(Format::Cbor),
+            cf::SENML_JSON => Some(Format::Senml),
+            cf::SENML_CBOR => Some(Format::SenmlCbor),
+            cf::LWM2M_JSON => Some(Format::Lwm2m),
+            cf::METERFLOW_PB => Some(Format::Pb),
+            cf::DSMR => Some(Format::Dsmr),
+            _ => None,
+        }
+    }
+
+    /// The CoAP Content-Format number of this format (LwM2M Send uses SenML's).
+    pub fn coap_content_format(self) -> u16 {
+        use coap_content_format as cf;
+        match self {
+            Format::Pb => cf::METERFLOW_PB,
+            Format::Json => cf::JSON,
+            Format::Cbor => cf::CBOR,
+            Format::Senml => cf::SENML_JSON,
+            Format::SenmlCbor => cf::SENML_CBOR,
+            Format::Dsmr => cf::DSMR,
+            Format::Lwm2m => cf::SENML_CBOR,
+        }
+    }
+}
+
+/// CoAP Content-Format numbers (the IANA CoAP Content-Formats registry) that `POST
+/// /r/{meter_id}` and LwM2M Send take. protobuf and DSMR have no registered number: meterflow
+/// uses two from the experimental range 65000..=65535, which a deployment can rely on.
+pub mod coap_content_format {
+    /// application/json: the JSON report.
+    pub const JSON: u16 = 50;
+    /// application/cbor: the report's structure in CBOR.
+    pub const CBOR: u16 = 60;
+    /// application/senml+json.
+    pub const SENML_JSON: u16 = 110;
+    /// application/senml+cbor.
+    pub const SENML_CBOR: u16 = 112;
+    /// application/vnd.oma.lwm2m+json (LwM2M 1.0 JSON), for Send only.
+    pub const LWM2M_JSON: u16 = 11543;
+    /// application/x-protobuf; `meterflow.v1.MeterReport` (experimental range).
+    pub const METERFLOW_PB: u16 = 65000;
+    /// A DSMR P1 telegram as text (experimental range).
+    pub const DSMR: u16 = 65001;
 }
 
 impl fmt::Display for Format {
@@ -81,7 +135,7 @@ impl fmt::Display for UnknownFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown format {:?} (expected one of pb, json, senml, senml-cbor, dsmr, lwm2m)",
+            "unknown format {:?} (expected one of pb, json, cbor, senml, senml-cbor, dsmr, lwm2m)",
             self.0
         )
     }

@@ -403,6 +403,16 @@ impl Wal {
         Ok(())
     }
 
+    /// Makes everything committed so far durable for a writer that must not answer before
+    /// (CoAP): fsyncs unless the policy is `never`, which opts out of fsync altogether and
+    /// leaves durability to the OS.
+    pub fn make_durable(&mut self) -> Result<(), StorageError> {
+        if self.unsynced && self.config.fsync != FsyncPolicy::Never {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
     /// Flushes and fsyncs (shutdown, or the `always` policy).
     pub fn sync(&mut self) -> Result<(), StorageError> {
         let path = self.segments[&self.active_first].path.clone();

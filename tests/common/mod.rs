@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -23,11 +23,20 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A UDP port nobody uses now (for the CoAP listener).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
 pub struct Server {
     pub child: Child,
     pub mqtt_port: u16,
     pub mqtt_v5_port: u16,
     pub http_port: u16,
+    pub coap_port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
@@ -44,11 +53,10 @@ impl Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
         let (mqtt_port, mqtt_v5_port, http_port) = (free_port(), free_port(), free_port());
+        let coap_port = free_udp_port();
         let log = tmp.path().join("serve.log");
         let child = spawn(
-            mqtt_port,
-            mqtt_v5_port,
-            http_port,
+            [mqtt_port, mqtt_v5_port, http_port, coap_port],
             &data_dir,
             &log,
             extra_args,
@@ -58,6 +66,7 @@ impl Server {
             mqtt_port,
             mqtt_v5_port,
             http_port,
+            coap_port,
             data_dir,
             log,
             args: extra_args.iter().map(|a| a.to_string()).collect(),
@@ -79,9 +88,12 @@ impl Server {
         // Keep the first run's log beside the new one.
         let _ = std::fs::rename(&self.log, self.log.with_extension("1.log"));
         self.child = spawn(
-            self.mqtt_port,
-            self.mqtt_v5_port,
-            self.http_port,
+            [
+                self.mqtt_port,
+                self.mqtt_v5_port,
+                self.http_port,
+                self.coap_port,
+            ],
             &self.data_dir,
             &self.log,
             &args,
@@ -92,9 +104,7 @@ impl Server {
 }
 
 fn spawn(
-    mqtt_port: u16,
-    mqtt_v5_port: u16,
-    http_port: u16,
+    [mqtt_port, mqtt_v5_port, http_port, coap_port]: [u16; 4],
     data_dir: &Path,
     log: &Path,
     extra_args: &[&str],
@@ -104,6 +114,7 @@ fn spawn(
         .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
         .args(["--mqtt-v5-listen", &format!("127.0.0.1:{mqtt_v5_port}")])
         .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+        .args(["--coap-listen", &format!("127.0.0.1:{coap_port}")])
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra_args)
@@ -119,7 +130,12 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let up = |p| TcpStream::connect(("127.0.0.1", p)).is_ok();
-            if up(self.mqtt_port) && up(self.mqtt_v5_port) && up(self.http_port) {
+            // The log line comes after every listener (CoAP's UDP one included) is bound.
+            if up(self.mqtt_port)
+                && up(self.mqtt_v5_port)
+                && up(self.http_port)
+                && self.log_text().contains("meterflow ready")
+            {
                 return;
             }
             assert!(

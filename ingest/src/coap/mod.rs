@@ -1,0 +1,761 @@
+//! The CoAP endpoint (RFC 7252 over UDP; coap-lite parses and builds the messages): the way in
+//! for NB-IoT and LTE-M meters, with the same WAL and delivery promise as MQTT.
+//!
+//! - `POST /r/{meter_id}` takes a report in the format its Content-Format names
+//!   ([`Format::from_coap_content_format`]); `POST /rd`, `POST /rd/{id}`, `DELETE /rd/{id}` and
+//!   `POST /dp` are LwM2M 1.1 registration and Send ([`lwm2m`]); `GET /.well-known/core` lists
+//!   the resources.
+//! - A report is decoded once here to choose the answer, then submitted to the WAL writer with
+//!   its raw bytes; the answer (piggybacked on the ACK of a CON) goes out only when the writer
+//!   says the message is durable: 2.04, or 4.00 with a diagnostic payload when it did not
+//!   decode (the pipeline makes it a dead letter). A full WAL writer queue, a WAL at its
+//!   budget, or too many requests waiting for it: 5.03 with Max-Age, so devices back off.
+//! - Every answer is kept per peer and message ID for EXCHANGE_LIFETIME ([`exchanges`]): a
+//!   retransmission gets the same answer and is never ingested twice.
+//! - Block1 bodies are reassembled with bounds ([`block1`]).
+//!
+//! One task owns all state; answers that wait for the WAL come back to it on a channel. Every
+//! table is bounded (exchanges, block transfers, registrations, requests in flight), so a flood
+//! of datagrams from many addresses cannot grow the process without limit.
+
+pub mod block1;
+pub mod exchanges;
+pub mod lwm2m;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use meterflow_decoders::{decode, DecodeContext};
+use meterflow_proto::{is_valid_meter_id, Format, Source};
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+
+use crate::link::{now_ms, RawMessage};
+use crate::wal_writer::{Durability, Submission};
+use crate::IngestError;
+use block1::{Assembler, Block, Refusal, Step};
+use exchanges::{Exchange, ExchangeCache, ExchangeKey};
+
+/// The CoAP server's settings (`[coap]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoapConfig {
+    /// UDP listener for CoAP and LwM2M. Leave out to turn CoAP off.
+    pub listen: Option<SocketAddr>,
+    /// Largest request body, bytes, also when it arrives in Block1 blocks (4.13 past it).
+    pub max_payload_bytes: usize,
+    /// Requests waiting for the WAL at most; past that the answer is 5.03.
+    pub max_inflight: usize,
+    /// Answers kept for duplicate detection (per peer and message ID, for 247 s).
+    pub exchange_cache_entries: usize,
+    /// Block1 bodies being assembled at once at most (each at most `max_payload_bytes`).
+    pub block_transfers: usize,
+    /// A Block1 transfer nobody continues for this long is dropped.
+    pub block_timeout_s: u64,
+    /// Max-Age of a 5.03 answer: how long a device should wait before trying again.
+    pub busy_max_age_s: u32,
+    /// LwM2M registrations kept at most.
+    pub lwm2m_max_registrations: usize,
+}
+
+impl Default for CoapConfig {
+    fn default() -> Self {
+        CoapConfig {
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 5683))),
+            max_payload_bytes: 64 * 1024,
+            max_inflight: 4096,
+            exchange_cache_entries: 65_536,
+            block_transfers: 1024,
+            block_timeout_s: 120,
+            busy_max_age_s: 10,
+            lwm2m_max_registrations: 1_000_000,
+        }
+    }
+}
+
+/// What the server did, for the shutdown summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CoapSummary {
+    pub requests: u64,
+    pub duplicates: u64,
+}
+
+/// Binds the UDP socket (before the server starts, so a port in use stops start-up).
+pub async fn bind(addr: SocketAddr) -> Result<UdpSocket, IngestError> {
+    UdpSocket::bind(addr)
+        .await
+        .map_err(|source| IngestError::Bind {
+            what: "CoAP",
+            addr,
+            source,
+        })
+}
+
+/// How often the tables are swept and the stop flag is looked at.
+const TICK: Duration = Duration::from_millis(200);
+/// Longest diagnostic payload, bytes (answers must fit a datagram).
+const MAX_DIAGNOSTIC: usize = 400;
+/// Content-Format of link-format (RFC 6690), for `/.well-known/core`.
+const LINK_FORMAT: u16 = 40;
+
+/// Runs the server until `stop` is set and every request in flight has been answered.
+pub async fn serve(
+    socket: UdpSocket,
+    config: CoapConfig,
+    wal: SyncSender<Submission>,
+    stop: Arc<AtomicBool>,
+) -> CoapSummary {
+    let socket = Arc::new(socket);
+    let (done_tx, mut done_rx) =
+        tokio::sync::mpsc::channel::<Completion>(config.max_inflight.max(1));
+    let mut server = Server::new(&config, wal, done_tx);
+    let mut buf = vec![0u8; 65_536];
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((len, peer)) => {
+                    if let Some(reply) = server.datagram(&buf[..len], peer, Instant::now()) {
+                        send(&socket, &reply, peer).await;
+                    }
+                }
+                // An ICMP error for an earlier answer (the peer went away) surfaces here.
+                Err(e) => tracing::debug!(error = %e, "CoAP receive"),
+            },
+            Some(done) = done_rx.recv() => {
+                let peer = done.key.0;
+                let reply = server.complete(done, Instant::now());
+                send(&socket, &reply, peer).await;
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                server.housekeeping(now);
+                if stop.load(Ordering::Relaxed) {
+                    if !server.stopping {
+                        tracing::info!(in_flight = server.inflight, "CoAP: refusing new requests with 5.03, answering those in flight");
+                        server.stopping = true;
+                    }
+                    if server.inflight == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    server.summary
+}
+
+async fn send(socket: &UdpSocket, bytes: &[u8], peer: SocketAddr) {
+    if let Err(e) = socket.send_to(bytes, peer).await {
+        tracing::debug!(error = %e, %peer, "CoAP send");
+    }
+}
+
+/// An answer that waited for the WAL.
+struct Completion {
+    key: ExchangeKey,
+    reply: Packet,
+    /// The code to answer once durable (2.04, or 4.00 for a payload that did not decode).
+    code: ResponseType,
+    diagnostic: Option<String>,
+    outcome: Durability,
+    received: Instant,
+}
+
+/// What a request leads to.
+enum Outcome {
+    /// Answer now.
+    Reply(Packet),
+    /// Store the message, then answer with `code`.
+    Ingest {
+        message: RawMessage,
+        reply: Packet,
+        code: ResponseType,
+        diagnostic: Option<String>,
+    },
+}
+
+struct Server {
+    wal: SyncSender<Submission>,
+    done: tokio::sync::mpsc::Sender<Completion>,
+    exchanges: ExchangeCache,
+    blocks: Assembler,
+    registry: lwm2m::Registry,
+    max_payload_bytes: usize,
+    max_inflight: usize,
+    busy_max_age_s: u32,
+    inflight: usize,
+    stopping: bool,
+    /// Message IDs of NON answers (they need their own).
+    next_mid: u16,
+    summary: CoapSummary,
+}
+
+impl Server {
+    fn new(
+        config: &CoapConfig,
+        wal: SyncSender<Submission>,
+        done: tokio::sync::mpsc::Sender<Completion>,
+    ) -> Self {
+        Server {
+            wal,
+            done,
+            exchanges: ExchangeCache::new(config.exchange_cache_entries),
+            blocks: Assembler::new(
+                config.max_payload_bytes,
+                config.block_transfers,
+                Duration::from_secs(config.block_timeout_s),
+            ),
+            registry: lwm2m::Registry::new(config.lwm2m_max_registrations),
+            max_payload_bytes: config.max_payload_bytes,
+            max_inflight: config.max_inflight,
+            busy_max_age_s: config.busy_max_age_s,
+            inflight: 0,
+            stopping: false,
+            next_mid: std::process::id() as u16,
+            summary: CoapSummary::default(),
+        }
+    }
+
+    /// Handles one datagram; returns what to send back at once, if anything.
+    fn datagram(&mut self, bytes: &[u8], peer: SocketAddr, now: Instant) -> Option<Vec<u8>> {
+        let packet = match Packet::from_bytes(bytes) {
+            Ok(p) => p,
+            Err(_) => {
+                metrics::counter!("meterflow_coap_malformed_total").increment(1);
+                return reset_for_malformed(bytes);
+            }
+        };
+        let confirmable = packet.header.get_type() == MessageType::Confirmable;
+        match packet.header.code {
+            MessageClass::Request(_) => {}
+            // A CoAP ping, or anything else a server does not take: RST a CON, ignore the rest.
+            _ => return confirmable.then(|| reset(packet.header.message_id)),
+        }
+        if !confirmable && packet.header.get_type() != MessageType::NonConfirmable {
+            return None; // a request in an ACK or RST is malformed: ignore
+        }
+        let key = (peer, packet.header.message_id);
+        match self.exchanges.get(&key, now) {
+            Some(Exchange::Answered(answer)) => {
+                self.summary.duplicates += 1;
+                metrics::counter!("meterflow_coap_duplicates_total").increment(1);
+                return Some(answer.clone());
+            }
+            Some(Exchange::InFlight) => {
+                self.summary.duplicates += 1;
+                metrics::counter!("meterflow_coap_duplicates_total").increment(1);
+                return None; // the answer follows when the WAL has it
+            }
+            None => {}
+        }
+        self.summary.requests += 1;
+        let reply = self.reply_to(&packet);
+        let outcome = if self.stopping {
+            Outcome::Reply(self.busy(reply, "meterflow is shutting down"))
+        } else {
+            self.request(&packet, peer, reply, now)
+        };
+        match outcome {
+            Outcome::Reply(reply) => {
+                let bytes = encode(&reply);
+                self.exchanges
+                    .insert(key, Exchange::Answered(bytes.clone()), now);
+                Some(bytes)
+            }
+            Outcome::Ingest {
+                message,
+                reply,
+                code,
+                diagnostic,
+            } => self.submit(key, message, reply, code, diagnostic, now),
+        }
+    }
+
+    /// Hands a message to the WAL writer and arranges for the answer when it is durable.
+    fn submit(
+        &mut self,
+        key: ExchangeKey,
+        message: RawMessage,
+        reply: Packet,
+        code: ResponseType,
+        diagnostic: Option<String>,
+        now: Instant,
+    ) -> Option<Vec<u8>> {
+        let busy = |server: &mut Self, reply: Packet, why: &str| {
+            let bytes = encode(&server.busy(reply, why));
+            server
+                .exchanges
+                .insert(key, Exchange::Answered(bytes.clone()), now);
+            Some(bytes)
+        };
+        if self.inflight >= self.max_inflight {
+            metrics::counter!("meterflow_coap_busy_total", "why" => "inflight").increment(1);
+            return busy(self, reply, "too many requests waiting to be stored");
+        }
+        let (notify, told) = tokio::sync::oneshot::channel();
+        match self.wal.try_send(Submission {
+            message,
+            notify: Some(notify),
+        }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!("meterflow_coap_busy_total", "why" => "wal_queue").increment(1);
+                return busy(self, reply, "the write-ahead log is busy");
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return busy(self, reply, "meterflow is shutting down");
+            }
+        }
+        metrics::counter!("meterflow_received_total", "source" => "coap").increment(1);
+        self.inflight += 1;
+        metrics::gauge!("meterflow_coap_inflight").set(self.inflight as f64);
+        self.exchanges.insert(key, Exchange::InFlight, now);
+        let done = self.done.clone();
+        tokio::spawn(async move {
+            let outcome = told.await.unwrap_or(Durability::Failed);
+            let _ = done
+                .send(Completion {
+                    key,
+                    reply,
+                    code,
+                    diagnostic,
+                    outcome,
+                    received: now,
+                })
+                .await;
+        });
+        None
+    }
+
+    /// The answer to a request that waited for the WAL.
+    fn complete(&mut self, done: Completion, now: Instant) -> Vec<u8> {
+        self.inflight -= 1;
+        metrics::gauge!("meterflow_coap_inflight").set(self.inflight as f64);
+        let reply = match done.outcome {
+            Durability::Durable(_) => with_code(done.reply, done.code, done.diagnostic.as_deref()),
+            Durability::WalFull => {
+                metrics::counter!("meterflow_coap_busy_total", "why" => "wal_full").increment(1);
+                self.busy(done.reply, "the write-ahead log is at its disk budget")
+            }
+            Durability::Failed => self.busy(done.reply, "the message could not be stored"),
+        };
+        metrics::histogram!("meterflow_coap_ack_seconds")
+            .record(now.duration_since(done.received).as_secs_f64());
+        let bytes = encode(&reply);
+        self.exchanges.answer(&done.key, bytes.clone());
+        bytes
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        self.exchanges.expire(now);
+        self.blocks.expire(now);
+        self.registry.expire(now);
+        metrics::gauge!("meterflow_coap_exchanges").set(self.exchanges.len() as f64);
+        metrics::gauge!("meterflow_coap_block_transfers").set(self.blocks.len() as f64);
+        metrics::gauge!("meterflow_coap_block_bytes").set(self.blocks.buffered_bytes() as f64);
+        metrics::gauge!("meterflow_lwm2m_registrations").set(self.registry.len() as f64);
+    }
+
+    /// The answer's frame: piggybacked ACK for a CON, a NON (with its own ID) for a NON.
+    fn reply_to(&mut self, request: &Packet) -> Packet {
+        let mut reply = Packet::new();
+        reply.header.set_version(1);
+        if request.header.get_type() == MessageType::Confirmable {
+            reply.header.set_type(MessageType::Acknowledgement);
+            reply.header.message_id = request.header.message_id;
+        } else {
+            reply.header.set_type(MessageType::NonConfirmable);
+            self.next_mid = self.next_mid.wrapping_add(1);
+            reply.header.message_id = self.next_mid;
+        }
+        reply.set_token(request.get_token().to_vec());
+        reply
+    }
+
+    fn busy(&self, mut reply: Packet, why: &str) -> Packet {
+        reply.add_option(
+            CoapOption::MaxAge,
+            uint_bytes(u64::from(self.busy_max_age_s)),
+        );
+        with_code(reply, ResponseType::ServiceUnavailable, Some(why))
+    }
+
+    fn request(
+        &mut self,
+        packet: &Packet,
+        peer: SocketAddr,
+        mut reply: Packet,
+        now: Instant,
+    ) -> Outcome {
+        let fail = |reply: Packet, code: ResponseType, why: &str| {
+            Outcome::Reply(with_code(reply, code, Some(why)))
+        };
+        if let Some(number) = unsupported_critical_option(packet) {
+            return fail(
+                reply,
+                ResponseType::BadOption,
+                &format!("critical option {number} is not supported"),
+            );
+        }
+        let (Some(path), Some(queries)) = (
+            strings(packet, CoapOption::UriPath),
+            strings(packet, CoapOption::UriQuery),
+        ) else {
+            return fail(
+                reply,
+                ResponseType::BadRequest,
+                "Uri-Path and Uri-Query must be UTF-8",
+            );
+        };
+        let RequestType::Post = request_type(packet) else {
+            return self.other_method(packet, &path, reply, now);
+        };
+        let mut body: Cow<'_, [u8]> = Cow::Borrowed(&packet.payload);
+        if let Some(option) = packet.get_first_option(CoapOption::Block1) {
+            let Some(block) = Block::parse(option) else {
+                return fail(
+                    reply,
+                    ResponseType::BadOption,
+                    "Block1 is longer than 3 bytes",
+                );
+            };
+            let uri = format!("{}?{}", path.join("/"), queries.join("&"));
+            let size1 = packet.get_first_option(CoapOption::Size1).map(|v| uint(v));
+            match self
+                .blocks
+                .block(peer, &uri, block, &packet.payload, size1, now)
+            {
+                Step::Continue(block) => {
+                    reply.add_option(CoapOption::Block1, block.to_bytes());
+                    return Outcome::Reply(with_code(reply, ResponseType::Continue, None));
+                }
+                Step::Complete(whole, block) => {
+                    reply.add_option(CoapOption::Block1, block.to_bytes());
+                    body = Cow::Owned(whole);
+                }
+                Step::Refuse(Refusal::TooLarge { limit }) => return self.too_large(reply, limit),
+                Step::Refuse(Refusal::Incomplete(why)) => {
+                    return fail(reply, ResponseType::RequestEntityIncomplete, why)
+                }
+                Step::Refuse(Refusal::BadBlock(why)) => {
+                    return fail(reply, ResponseType::BadRequest, why)
+                }
+                Step::Refuse(Refusal::Busy) => {
+                    metrics::counter!("meterflow_coap_busy_total", "why" => "block_transfers")
+                        .increment(1);
+                    return Outcome::Reply(self.busy(reply, "too many block transfers under way"));
+                }
+            }
+        } else if body.len() > self.max_payload_bytes {
+            return self.too_large(reply, self.max_payload_bytes);
+        }
+        let content_format = packet
+            .get_first_option(CoapOption::ContentFormat)
+            .map(|v| uint(v));
+        match path.as_slice() {
+            ["r", meter_id] => self.report(meter_id, content_format, body.into_owned(), reply),
+            ["rd"] => self.register(&queries, &body, peer, reply, now),
+            ["rd", id] => {
+                let params = match lwm2m::Params::parse(&queries) {
+                    Ok(p) => p,
+                    Err(why) => return fail(reply, ResponseType::BadRequest, &why),
+                };
+                let objects = (!body.is_empty()).then(|| String::from_utf8_lossy(&body));
+                if self
+                    .registry
+                    .update(id, &params, objects.as_deref(), peer, now)
+                {
+                    Outcome::Reply(with_code(reply, ResponseType::Changed, None))
+                } else {
+                    fail(
+                        reply,
+                        ResponseType::NotFound,
+                        "no such registration: register again",
+                    )
+                }
+            }
+            ["dp"] => self.send_operation(content_format, body.into_owned(), peer, reply, now),
+            [".well-known", "core"] => fail(reply, ResponseType::MethodNotAllowed, "use GET"),
+            _ => fail(reply, ResponseType::NotFound, WHAT_IS_HERE),
+        }
+    }
+
+    /// GET and DELETE (and anything else that is not POST).
+    fn other_method(
+        &mut self,
+        packet: &Packet,
+        path: &[&str],
+        reply: Packet,
+        _now: Instant,
+    ) -> Outcome {
+        match (request_type(packet), path) {
+            (RequestType::Get, [".well-known", "core"]) => {
+                let mut reply = reply;
+                reply.add_option(
+                    CoapOption::ContentFormat,
+                    uint_bytes(u64::from(LINK_FORMAT)),
+                );
+                reply.payload = WELL_KNOWN_CORE.as_bytes().to_vec();
+                Outcome::Reply(with_code(reply, ResponseType::Content, None))
+            }
+            (RequestType::Delete, ["rd", id]) => {
+                if self.registry.remove(id) {
+                    Outcome::Reply(with_code(reply, ResponseType::Deleted, None))
+                } else {
+                    Outcome::Reply(with_code(
+                        reply,
+                        ResponseType::NotFound,
+                        Some("no such registration"),
+                    ))
+                }
+            }
+            (_, ["r", _] | ["rd", ..] | ["dp"] | [".well-known", "core"]) => {
+                Outcome::Reply(with_code(
+                    reply,
+                    ResponseType::MethodNotAllowed,
+                    Some("method not allowed on this resource"),
+                ))
+            }
+            _ => Outcome::Reply(with_code(reply, ResponseType::NotFound, Some(WHAT_IS_HERE))),
+        }
+    }
+
+    fn too_large(&self, mut reply: Packet, limit: usize) -> Outcome {
+        reply.add_option(CoapOption::Size1, uint_bytes(limit as u64));
+        Outcome::Reply(with_code(
+            reply,
+            ResponseType::RequestEntityTooLarge,
+            Some(&format!("the body may be at most {limit} bytes")),
+        ))
+    }
+
+    /// `POST /r/{meter_id}`.
+    fn report(
+        &self,
+        meter_id: &str,
+        content_format: Option<u64>,
+        body: Vec<u8>,
+        reply: Packet,
+    ) -> Outcome {
+        if !is_valid_meter_id(meter_id) {
+            return Outcome::Reply(with_code(
+                reply,
+                ResponseType::NotFound,
+                Some("meter_id must be 1 to 64 characters of [A-Za-z0-9._-]"),
+            ));
+        }
+        let format = match content_format {
+            None => None,
+            Some(cf) => u16::try_from(cf)
+                .ok()
+                .and_then(Format::from_coap_content_format),
+        };
+        let Some(format) = format.filter(|f| *f != Format::Lwm2m) else {
+            return Outcome::Reply(with_code(
+                reply,
+                ResponseType::UnsupportedContentFormat,
+                Some(REPORT_FORMATS),
+            ));
+        };
+        self.ingest(meter_id, format, body, reply)
+    }
+
+    /// `POST /dp`: an LwM2M Send from a registered endpoint.
+    fn send_operation(
+        &self,
+        content_format: Option<u64>,
+        body: Vec<u8>,
+        peer: SocketAddr,
+        reply: Packet,
+        now: Instant,
+    ) -> Outcome {
+        let Some(registration) = self.registry.at(peer, now) else {
+            return Outcome::Reply(with_code(
+                reply,
+                ResponseType::Forbidden,
+                Some("not registered from this address: register (POST /rd?ep=...) first"),
+            ));
+        };
+        let lwm2m = content_format
+            .and_then(|cf| u16::try_from(cf).ok())
+            .and_then(Format::from_coap_content_format)
+            .is_some_and(|f| matches!(f, Format::Senml | Format::SenmlCbor | Format::Lwm2m));
+        if !lwm2m {
+            return Outcome::Reply(with_code(
+                reply,
+                ResponseType::UnsupportedContentFormat,
+                Some("Send takes SenML-CBOR (112), SenML-JSON (110) or OMA LwM2M JSON (11543)"),
+            ));
+        }
+        let meter_id = registration.meter_id.clone();
+        self.ingest(&meter_id, Format::Lwm2m, body, reply)
+    }
+
+    /// Decodes to choose the answer, and hands the raw message on for storage either way.
+    fn ingest(&self, meter_id: &str, format: Format, body: Vec<u8>, reply: Packet) -> Outcome {
+        let received_at_ms = now_ms();
+        let ctx = DecodeContext {
+            meter_id,
+            received_at_ms,
+        };
+        let (code, diagnostic) = match decode(format, &body, &ctx) {
+            Ok(decoded) if decoded.rejected.is_empty() => (ResponseType::Changed, None),
+            Ok(decoded) => (
+                ResponseType::Changed,
+                Some(format!(
+                    "{} part(s) rejected, first: {}: {}",
+                    decoded.rejected.len(),
+                    decoded.rejected[0].position,
+                    decoded.rejected[0].reason
+                )),
+            ),
+            Err(e) => (ResponseType::BadRequest, Some(e.to_string())),
+        };
+        Outcome::Ingest {
+            message: RawMessage {
+                lsn: 0,
+                topic: format!("meters/{meter_id}/{format}"),
+                payload: Bytes::from(body),
+                source: Source::Coap,
+                received_at_ms,
+                content_type: None,
+            },
+            reply,
+            code,
+            diagnostic,
+        }
+    }
+
+    /// `POST /rd?ep=...`.
+    fn register(
+        &mut self,
+        queries: &[&str],
+        body: &[u8],
+        peer: SocketAddr,
+        mut reply: Packet,
+        now: Instant,
+    ) -> Outcome {
+        let params = match lwm2m::Params::parse(queries) {
+            Ok(p) => p,
+            Err(why) => {
+                return Outcome::Reply(with_code(reply, ResponseType::BadRequest, Some(&why)))
+            }
+        };
+        let objects = String::from_utf8_lossy(body);
+        match self.registry.register(&params, &objects, peer, now) {
+            Ok(id) => {
+                if let Some(r) = self.registry.get(&id) {
+                    tracing::info!(endpoint = %r.endpoint, meter_id = %r.meter_id, lifetime_s = r.lifetime_s, %peer, "LwM2M registration");
+                }
+                reply.add_option(CoapOption::LocationPath, b"rd".to_vec());
+                reply.add_option(CoapOption::LocationPath, id.into_bytes());
+                Outcome::Reply(with_code(reply, ResponseType::Created, None))
+            }
+            Err(lwm2m::RegisterError::Bad(why)) => {
+                Outcome::Reply(with_code(reply, ResponseType::BadRequest, Some(&why)))
+            }
+            Err(lwm2m::RegisterError::Full) => {
+                Outcome::Reply(self.busy(reply, "the registration table is full"))
+            }
+        }
+    }
+}
+
+const WHAT_IS_HERE: &str =
+    "no such resource: POST /r/{meter_id}, LwM2M /rd and /dp, GET /.well-known/core";
+
+const REPORT_FORMATS: &str = "Content-Format must be 50 (json), 60 (cbor), 110 (senml+json), 112 (senml+cbor), 65000 (meterflow protobuf) or 65001 (dsmr)";
+
+const WELL_KNOWN_CORE: &str =
+    "</r>;rt=\"meterflow.report\";ct=\"50 60 110 112 65000 65001\",</rd>;rt=\"core.rd\";ct=40,</dp>;ct=\"110 112\"";
+
+fn request_type(packet: &Packet) -> RequestType {
+    match packet.header.code {
+        MessageClass::Request(r) => r,
+        _ => RequestType::UnKnown,
+    }
+}
+
+/// Sets the code and a diagnostic payload (RFC 7252 §5.5.2), cut to fit a datagram.
+fn with_code(mut reply: Packet, code: ResponseType, diagnostic: Option<&str>) -> Packet {
+    reply.header.code = MessageClass::Response(code);
+    if let Some(text) = diagnostic {
+        let mut end = text.len().min(MAX_DIAGNOSTIC);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        reply.payload = text.as_bytes()[..end].to_vec();
+    }
+    metrics::counter!("meterflow_coap_answers_total", "code" => reply.header.get_code())
+        .increment(1);
+    reply
+}
+
+fn encode(reply: &Packet) -> Vec<u8> {
+    // Our answers are small (diagnostics are cut): this does not fail.
+    reply.to_bytes_unlimited().unwrap_or_default()
+}
+
+/// An RST for a CON we cannot parse (RFC 7252 §4.2), when its header can be read at all.
+fn reset_for_malformed(bytes: &[u8]) -> Option<Vec<u8>> {
+    let [first, _, hi, lo, ..] = *bytes else {
+        return None;
+    };
+    let version = first >> 6;
+    let confirmable = (first >> 4) & 0x3 == 0;
+    (version == 1 && confirmable).then(|| reset(u16::from_be_bytes([hi, lo])))
+}
+
+fn reset(message_id: u16) -> Vec<u8> {
+    let [hi, lo] = message_id.to_be_bytes();
+    vec![0x70, 0x00, hi, lo]
+}
+
+/// The values of a repeatable string option, or None when one is not UTF-8.
+fn strings(packet: &Packet, option: CoapOption) -> Option<Vec<&str>> {
+    packet
+        .get_option(option)
+        .map_or(Some(Vec::new()), |values| {
+            values
+                .iter()
+                .map(|v| std::str::from_utf8(v).ok())
+                .filter(|s| s != &Some(""))
+                .collect()
+        })
+}
+
+/// An option's unsigned integer value (RFC 7252 §3.2: big-endian, leading zeros dropped).
+fn uint(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .take(8)
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+}
+
+fn uint_bytes(v: u64) -> Vec<u8> {
+    let bytes = v.to_be_bytes();
+    let skip = bytes.iter().take_while(|b| **b == 0).count();
+    bytes[skip..].to_vec()
+}
+
+/// Critical options (odd numbers) this server understands; any other is 4.02 (RFC 7252 §5.4.1).
+/// Uri-Host (3) and Uri-Port (7) are accepted as is; Accept (17) and Block2 (23) are honoured
+/// trivially, as every answer is one small datagram.
+const UNDERSTOOD_CRITICAL: [u16; 6] = [3, 7, 11, 15, 17, 23];
+
+fn unsupported_critical_option(packet: &Packet) -> Option<u16> {
+    packet
+        .options()
+        .map(|(number, _)| *number)
+        .find(|n| n % 2 == 1 && *n != 27 && !UNDERSTOOD_CRITICAL.contains(n))
+}
+
+#[cfg(test)]
+mod tests;

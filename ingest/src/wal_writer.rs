@@ -1,0 +1,338 @@
+//! The WAL writer: the one owner of the write-ahead log. Every edge (the MQTT link, the CoAP
+//! server) hands it [`Submission`]s through one bounded channel; it appends them, commits
+//! them as a group (one flush, and fsync by policy, per burst), tells any edge that waits for
+//! durability (CoAP answers only then), and offers each message to the pipeline queue without
+//! waiting: when the queue is full the message is in the WAL only and the pipeline reads it
+//! from there, so a slow sink never holds an edge up.
+//!
+//! It also deletes the WAL segments every sink has confirmed, and owes the interval fsync
+//! even when idle. It ends when every edge has dropped its sender (shutdown) or the pipeline
+//! is gone, with a final fsync.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meterflow_storage::Wal;
+
+use crate::link::{LsnMarks, RawMessage};
+
+/// What became of a submission that asked to be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Durability {
+    /// In the WAL at this LSN, fsynced unless `wal.fsync = "never"`.
+    Durable(u64),
+    /// The WAL is at its disk budget (`wal.max_bytes`): not stored; the sender should back off.
+    WalFull,
+    /// The WAL could not be written (an I/O error, logged): not stored.
+    Failed,
+}
+
+/// One message from an edge.
+#[derive(Debug)]
+pub struct Submission {
+    pub message: RawMessage,
+    /// Told once the message is durable (or refused). Without it (MQTT, whose broker has
+    /// acknowledged already) a message the WAL cannot take still goes on to the pipeline.
+    pub notify: Option<tokio::sync::oneshot::Sender<Durability>>,
+}
+
+/// What the writer did, for the shutdown summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WriterSummary {
+    pub messages: u64,
+    /// Messages not written because the WAL was at its disk budget.
+    pub wal_overflow: u64,
+}
+
+/// Submissions waiting for the writer at most: the MQTT link waits for room, CoAP answers 5.03.
+pub const SUBMISSIONS: usize = 8192;
+
+/// Messages appended before a group commit at the latest.
+const MAX_GROUP: usize = 4096;
+/// How long an idle writer sleeps before its housekeeping (interval fsync, segment removal).
+const IDLE_TICK: Duration = Duration::from_millis(50);
+
+/// The channel the edges submit through; `capacity` bounds what waits for the writer.
+pub fn channel(capacity: usize) -> (SyncSender<Submission>, Receiver<Submission>) {
+    std::sync::mpsc::sync_channel(capacity)
+}
+
+/// Runs the writer on its own thread until every sender is dropped or the pipeline is gone.
+pub fn spawn(
+    wal: Wal,
+    marks: Arc<LsnMarks>,
+    submissions: Receiver<Submission>,
+    queue: SyncSender<RawMessage>,
+) -> std::io::Result<std::thread::JoinHandle<WriterSummary>> {
+    std::thread::Builder::new()
+        .name("wal-writer".into())
+        .spawn(move || {
+            let mut writer = Writer {
+                wal,
+                marks,
+                queue,
+                group: Vec::with_capacity(MAX_GROUP),
+                summary: WriterSummary::default(),
+                removed_through: 0,
+            };
+            writer.run(&submissions);
+            writer.summary
+        })
+}
+
+struct Writer {
+    wal: Wal,
+    marks: Arc<LsnMarks>,
+    queue: SyncSender<RawMessage>,
+    /// Appended, not yet committed and handed on.
+    group: Vec<Submission>,
+    summary: WriterSummary,
+    removed_through: u64,
+}
+
+impl Writer {
+    fn run(&mut self, submissions: &Receiver<Submission>) {
+        loop {
+            match submissions.recv_timeout(IDLE_TICK) {
+                Ok(first) => {
+                    self.accept(first);
+                    while self.group.len() < MAX_GROUP {
+                        match submissions.try_recv() {
+                            Ok(next) => self.accept(next),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if !self.commit() {
+                return;
+            }
+        }
+        self.commit();
+        if let Err(e) = self.wal.sync() {
+            tracing::error!(error = %e, "final WAL sync");
+        }
+    }
+
+    /// Appends one message to the WAL, or refuses it when the WAL is at its budget.
+    fn accept(&mut self, mut submission: Submission) {
+        self.summary.messages += 1;
+        let message = &mut submission.message;
+        if !self
+            .wal
+            .has_room(message.payload.len() + message.topic.len())
+        {
+            self.summary.wal_overflow += 1;
+            metrics::counter!("meterflow_wal_overflow_total").increment(1);
+            if self.summary.wal_overflow.is_power_of_two() {
+                tracing::error!(
+                    dropped = self.summary.wal_overflow,
+                    wal_bytes = self.wal.bytes(),
+                    "WAL at its disk budget (wal.max_bytes): messages are refused until the sinks catch up"
+                );
+            }
+            if let Some(notify) = submission.notify {
+                let _ = notify.send(Durability::WalFull);
+            }
+            return;
+        }
+        match self.wal.append(
+            message.received_at_ms,
+            message.source,
+            &message.topic,
+            message.content_type.as_deref(),
+            &message.payload,
+        ) {
+            Ok(lsn) => message.lsn = lsn,
+            Err(e) => {
+                metrics::counter!("meterflow_wal_errors_total").increment(1);
+                if let Some(notify) = submission.notify {
+                    tracing::error!(error = %e, topic = %message.topic, "WAL append failed; the sender is told to retry");
+                    let _ = notify.send(Durability::Failed);
+                    return;
+                }
+                tracing::error!(error = %e, topic = %message.topic, "WAL append failed; the message goes to the pipeline without it");
+                message.lsn = 0;
+            }
+        }
+        self.group.push(submission);
+    }
+
+    /// Commits the group, makes it durable where a sender waits for that, tells those
+    /// senders, offers the messages to the pipeline and drops the segments every sink has
+    /// confirmed. Returns false when the pipeline is gone.
+    fn commit(&mut self) -> bool {
+        // Also with nothing new: an idle writer still owes the interval fsync, and the sinks'
+        // confirmations free WAL room (which matters most when the WAL is at its budget).
+        self.remove_confirmed();
+        let waited_for = self.group.iter().any(|s| s.notify.is_some());
+        let result = self.wal.commit().and_then(|()| {
+            if waited_for {
+                self.wal.make_durable()
+            } else {
+                Ok(())
+            }
+        });
+        let committed = match result {
+            Ok(()) => true,
+            Err(e) => {
+                metrics::counter!("meterflow_wal_errors_total").increment(1);
+                tracing::error!(error = %e, "WAL commit failed; waiting senders are told to retry, the rest goes to the pipeline without it");
+                false
+            }
+        };
+        if committed && !self.group.is_empty() {
+            self.marks
+                .committed
+                .store(self.wal.next_lsn() - 1, Ordering::Release);
+        }
+        for Submission {
+            mut message,
+            notify,
+        } in self.group.drain(..)
+        {
+            if let Some(notify) = notify {
+                if !committed {
+                    let _ = notify.send(Durability::Failed);
+                    continue;
+                }
+                let _ = notify.send(Durability::Durable(message.lsn));
+            } else if !committed {
+                // Not readable from the WAL: the queue is its only way on.
+                message.lsn = 0;
+            }
+            let result = if message.lsn == 0 {
+                self.queue
+                    .send(message)
+                    .map_err(|e| TrySendError::Disconnected(e.0))
+            } else {
+                self.queue.try_send(message)
+            };
+            match result {
+                Ok(()) => {}
+                // The pipeline reads it from the WAL when it gets there.
+                Err(TrySendError::Full(_)) => {
+                    metrics::counter!("meterflow_queue_full_total").increment(1);
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    tracing::error!("pipeline stopped; the WAL writer ends");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Deletes the WAL segments every sink has confirmed.
+    fn remove_confirmed(&mut self) {
+        let confirmed = self.marks.confirmed.load(Ordering::Acquire);
+        if confirmed > self.removed_through {
+            match self.wal.remove_through(confirmed) {
+                Ok(_) => self.removed_through = confirmed,
+                Err(e) => tracing::error!(error = %e, "removing confirmed WAL segments"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use meterflow_proto::Source;
+    use meterflow_storage::{FsyncPolicy, WalConfig};
+
+    fn message(topic: &str) -> RawMessage {
+        RawMessage {
+            lsn: 0,
+            topic: topic.into(),
+            payload: Bytes::from_static(b"{}"),
+            source: Source::Coap,
+            received_at_ms: 1_700_000_000_000,
+            content_type: None,
+        }
+    }
+
+    #[test]
+    fn waiting_senders_learn_the_lsn_and_the_pipeline_gets_every_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig {
+            fsync: FsyncPolicy::Interval,
+            fsync_interval_ms: 60_000,
+            ..WalConfig::default()
+        };
+        let (wal, _) = Wal::open(dir.path(), config).unwrap();
+        let marks = Arc::new(LsnMarks::default());
+        let (tx, rx) = channel(16);
+        let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel(16);
+        let writer = spawn(wal, marks.clone(), rx, queue_tx).unwrap();
+        let (notify, told) = tokio::sync::oneshot::channel();
+        tx.send(Submission {
+            message: message("meters/a/json"),
+            notify: None,
+        })
+        .unwrap();
+        tx.send(Submission {
+            message: message("meters/b/json"),
+            notify: Some(notify),
+        })
+        .unwrap();
+        assert_eq!(told.blocking_recv().unwrap(), Durability::Durable(2));
+        drop(tx);
+        let summary = writer.join().unwrap();
+        assert_eq!(summary.messages, 2);
+        let got: Vec<(u64, String)> = queue_rx.iter().map(|m| (m.lsn, m.topic)).collect();
+        assert_eq!(
+            got,
+            vec![(1, "meters/a/json".into()), (2, "meters/b/json".into())]
+        );
+        assert_eq!(marks.committed.load(Ordering::Acquire), 2);
+        // Durable although the interval fsync was not due: the record is in the file.
+        let records: Vec<_> = meterflow_storage::WalReader::open(dir.path(), 0)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(records.len(), 2);
+    }
+
+    #[test]
+    fn a_full_wal_refuses_waiting_senders() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig {
+            segment_bytes: 64,
+            max_bytes: 128,
+            ..WalConfig::default()
+        };
+        let (wal, _) = Wal::open(dir.path(), config).unwrap();
+        let (tx, rx) = channel(16);
+        let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel(16);
+        let writer = spawn(wal, Arc::new(LsnMarks::default()), rx, queue_tx).unwrap();
+        let mut answers = Vec::new();
+        for i in 0..8 {
+            let (notify, told) = tokio::sync::oneshot::channel();
+            tx.send(Submission {
+                message: message(&format!("meters/m{i}/json")),
+                notify: Some(notify),
+            })
+            .unwrap();
+            answers.push(told.blocking_recv().unwrap());
+        }
+        drop(tx);
+        let summary = writer.join().unwrap();
+        let full = answers
+            .iter()
+            .filter(|a| **a == Durability::WalFull)
+            .count();
+        assert!(full > 0, "{answers:?}");
+        assert_eq!(summary.wal_overflow, full as u64);
+        assert_eq!(
+            queue_rx.iter().count(),
+            8 - full,
+            "refused messages are not handed on"
+        );
+    }
+}
