@@ -10,6 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{read_readings, Row, Server};
+use meterflow::simulate::{Plan, Shape};
+use meterflow_proto::Format;
 use meterflow_storage::dead_letter;
 
 /// Runs `coap-client-notls -v 6` and returns what it printed (stdout and stderr), where the
@@ -474,4 +476,62 @@ fn an_lwm2m_client_registers_sends_updates_and_deregisters() {
     assert!(mine
         .iter()
         .all(|r| r.source == "coap" && r.format == "lwm2m"));
+}
+
+/// `simulate --coap`: a fleet in every format, series in Block1 blocks of 64 bytes, every
+/// expected row stored exactly once (CoAP duplicates are detected, so no reconnect excuse).
+#[test]
+fn a_simulated_coap_fleet_arrives_complete_and_exactly_once() {
+    let server = Server::start();
+    let plan = |format, shape, meters, messages, prefix: &str| Plan {
+        meters,
+        messages,
+        format,
+        shape,
+        start_ms: 1_711_843_200_000,
+        interval_s: 900,
+        prefix: prefix.into(),
+    };
+    let plans = [
+        (plan(Format::Pb, Shape::Readings, 40, 5, "cpb-"), 1024),
+        (plan(Format::Json, Shape::Readings, 10, 3, "cjs-"), 1024),
+        (plan(Format::Senml, Shape::Readings, 10, 3, "csm-"), 1024),
+        (plan(Format::Dsmr, Shape::Readings, 10, 3, "cds-"), 1024),
+        (plan(Format::Json, Shape::Series, 10, 2, "cjss-"), 64),
+    ];
+    let mut expected_rows = 0;
+    for (plan, block_size) in &plans {
+        let out = common::simulate_command(server.mqtt_port, plan, 0)
+            .args(["--coap", &format!("127.0.0.1:{}", server.coap_port)])
+            .args(["--block-size", &block_size.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["protocol"], "coap");
+        let messages = (plan.meters * plan.messages) as u64;
+        assert_eq!(summary["messages_acked"], messages, "{summary}");
+        assert!(summary["ack_ms_p99"].as_f64().unwrap() > 0.0);
+        expected_rows += messages as usize * plan.rows_per_message();
+    }
+    let (_, metrics) = server.http_get("/metrics");
+    let continues: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("meterflow_coap_answers_total{code=\"2.31\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        continues >= 20 * 5,
+        "the series went in blocks: {continues} x 2.31"
+    );
+    let (exit, data_dir, log, _keep) = server.stop();
+    assert!(exit.success(), "{log}");
+    let plans: Vec<Plan> = plans.into_iter().map(|(p, _)| p).collect();
+    common::assert_fleet_arrived(&data_dir, &plans, expected_rows, true);
+    let rows = read_readings(&data_dir);
+    assert!(rows.iter().all(|r| r.source == "coap"));
 }

@@ -4,9 +4,8 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Arc;
 
-use common::{by_meter, mosquitto_pub, read_readings, utc_date, Row, Server, BIN};
+use common::{mosquitto_pub, read_readings, utc_date, Row, Server, BIN};
 use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::{pb, Format};
 use meterflow_storage::dead_letter;
@@ -460,46 +459,9 @@ fn a_simulated_fleet_arrives_complete_in_every_format() {
     }
     let (exit, data_dir, log, _keep) = server.stop();
     assert!(exit.success(), "exit {exit:?}\n{log}");
-
     // MQTT QoS 1 is at least once: a meter whose connection dropped resends what was not
-    // acknowledged, so a report may be stored twice (simulate counts the reconnects). Every
-    // expected row must be there, and nothing else.
-    let mut rows = read_readings(&data_dir);
-    let total = rows.len();
-    rows.sort_by(|a, b| {
-        (&a.meter_id, &a.channel, a.ts_ms).cmp(&(&b.meter_id, &b.channel, b.ts_ms))
-    });
-    rows.dedup_by(|a, b| {
-        (&a.meter_id, &a.channel, a.ts_ms, a.value) == (&b.meter_id, &b.channel, b.ts_ms, b.value)
-    });
-    assert_eq!(rows.len(), expected_rows);
-    if reconnects == 0 {
-        assert_eq!(total, expected_rows, "no reconnect, so no report twice");
-    }
-    let got = by_meter(&rows);
-    for plan in plans.iter().map(|p| Arc::new(p.clone())) {
-        for m in 0..plan.meters {
-            let id = plan.meter_id(m);
-            let mut want: Vec<_> = (0..plan.messages)
-                .flat_map(|k| plan.expected_rows(m, k))
-                .map(|r| (r.channel.to_string(), r.ts_ms, r.value, r.unit.to_string()))
-                .collect();
-            want.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
-            let have: Vec<_> = got
-                .get(&id)
-                .unwrap_or_else(|| panic!("no rows for {id}"))
-                .iter()
-                .map(|r| {
-                    assert_eq!(r.format, plan.format.as_str());
-                    (r.channel.clone(), r.ts_ms, r.value, r.unit.clone())
-                })
-                .collect();
-            assert_eq!(have, want, "meter {id}");
-        }
-    }
-    assert!(dead_letter::read_all(&data_dir.join("dead_letters"))
-        .unwrap()
-        .is_empty());
+    // acknowledged, so a report may be stored twice (simulate counts the reconnects).
+    common::assert_fleet_arrived(&data_dir, &plans, expected_rows, reconnects == 0);
 }
 
 #[test]

@@ -417,6 +417,52 @@ pub fn config_file(text: &str) -> (tempfile::TempDir, String) {
 }
 
 /// `meterflow simulate --json` for `plan` against an MQTT port, `pause_ms` between reports.
+/// Every expected row of every plan is in Parquet, with its format, and nothing else; no
+/// dead letters. `exactly_once`: no report may be stored twice either (no duplicates
+/// expected, e.g. no reconnects).
+pub fn assert_fleet_arrived(
+    data_dir: &Path,
+    plans: &[meterflow::simulate::Plan],
+    expected_rows: usize,
+    exactly_once: bool,
+) {
+    let mut rows = read_readings(data_dir);
+    let total = rows.len();
+    rows.sort_by(|a, b| {
+        (&a.meter_id, &a.channel, a.ts_ms).cmp(&(&b.meter_id, &b.channel, b.ts_ms))
+    });
+    rows.dedup_by(|a, b| {
+        (&a.meter_id, &a.channel, a.ts_ms, a.value) == (&b.meter_id, &b.channel, b.ts_ms, b.value)
+    });
+    assert_eq!(rows.len(), expected_rows);
+    if exactly_once {
+        assert_eq!(total, expected_rows, "no report may be stored twice");
+    }
+    let got = by_meter(&rows);
+    for plan in plans {
+        for m in 0..plan.meters {
+            let id = plan.meter_id(m);
+            let mut want: Vec<_> = (0..plan.messages)
+                .flat_map(|k| plan.expected_rows(m, k))
+                .map(|r| (r.channel.to_string(), r.ts_ms, r.value, r.unit.to_string()))
+                .collect();
+            want.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+            let have: Vec<_> = got
+                .get(&id)
+                .unwrap_or_else(|| panic!("no rows for {id}"))
+                .iter()
+                .map(|r| {
+                    assert_eq!(r.format, plan.format.as_str());
+                    (r.channel.clone(), r.ts_ms, r.value, r.unit.clone())
+                })
+                .collect();
+            assert_eq!(have, want, "meter {id}");
+        }
+    }
+    let letters = meterflow_storage::dead_letter::read_all(&data_dir.join("dead_letters")).unwrap();
+    assert!(letters.is_empty(), "{letters:?}");
+}
+
 pub fn simulate_command(
     mqtt_port: u16,
     plan: &meterflow::simulate::Plan,

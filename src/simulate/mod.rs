@@ -1,6 +1,7 @@
-//! `meterflow simulate`: a fleet of meters publishing over MQTT with QoS 1.
+//! `meterflow simulate`: a fleet of meters publishing over MQTT with QoS 1, or posting over
+//! CoAP ([`coap`]).
 //!
-//! Each meter is its own MQTT connection (client id = meter id), as in the field. Meter `m`
+//! Each meter is its own MQTT connection (client id = meter id) or UDP socket, as in the field. Meter `m`
 //! sends `messages` reports; report `k` is either five register readings stamped
 //! `start + k × interval_s` (`--shape readings`) or one day of 96 quarter-hour consumption
 //! values starting at `start + k × 1 day` (`--shape series`). Every value is a function of
@@ -9,8 +10,10 @@
 //! A meter whose connection drops reconnects and resends what was not acknowledged, as a real
 //! one does; the summary counts those reconnects, since each can deliver a report twice.
 
+mod coap;
+
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -279,13 +282,26 @@ fn is_eu_summer_time(utc: &DateTime<Utc>) -> bool {
     *utc >= last_sunday_01utc(3) && *utc < last_sunday_01utc(10)
 }
 
-/// How to reach the broker.
+/// How meters reach meterflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// MQTT 3.1.1, QoS 1, one connection per meter.
+    Mqtt,
+    /// CoAP confirmable POSTs to `/r/{meter_id}`, one socket per meter.
+    Coap,
+}
+
+/// How to reach meterflow.
 #[derive(Debug, Clone)]
 pub struct Target {
+    pub protocol: Protocol,
     pub host: String,
     pub port: u16,
-    /// Unacknowledged publishes per connection.
+    /// Unacknowledged publishes per connection (MQTT; CoAP sends one request at a time).
     pub inflight: u16,
+    /// CoAP: reports larger than this go in Block1 blocks of this size.
+    pub coap_block_size: usize,
     /// Connections opened at the same time at most (the rest wait their turn).
     pub concurrency: usize,
     /// Pause between two reports of one meter.
@@ -296,6 +312,7 @@ pub struct Target {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
+    pub protocol: Option<Protocol>,
     pub meters: usize,
     pub format: String,
     pub shape: String,
@@ -305,8 +322,17 @@ pub struct Summary {
     pub rows_acked: u64,
     pub bytes_sent: u64,
     pub meters_failed: u64,
-    /// Connections lost and re-established; each may deliver an acknowledged report twice.
+    /// MQTT connections lost and re-established; each may deliver an acknowledged report twice.
     pub reconnects: u64,
+    /// CoAP requests sent again because their ACK did not come in time.
+    pub retransmissions: u64,
+    /// CoAP 5.03 answers obeyed (waited Max-Age, then sent again).
+    pub busy_answers: u64,
+    /// Time from sending a report (each CoAP request, each MQTT publish) to its
+    /// acknowledgement, milliseconds: median, 99th percentile, maximum.
+    pub ack_ms_p50: f64,
+    pub ack_ms_p99: f64,
+    pub ack_ms_max: f64,
     pub elapsed_s: f64,
     pub acked_per_s: f64,
     pub first_ts_ms: i64,
@@ -322,10 +348,36 @@ const MAX_RECONNECTS: u64 = 10;
 #[derive(Default)]
 struct Counters {
     reconnects: AtomicU64,
+    retransmissions: AtomicU64,
+    busy: AtomicU64,
     sent: AtomicU64,
     acked: AtomicU64,
     bytes: AtomicU64,
     failed: AtomicU64,
+    /// Every acknowledgement's latency, microseconds.
+    latencies_us: Mutex<Vec<u32>>,
+}
+
+impl Counters {
+    fn record_latency(&self, latency: Duration) {
+        let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        if let Ok(mut all) = self.latencies_us.lock() {
+            all.push(us);
+        }
+    }
+
+    /// The latency at quantile `q` (0..=1), milliseconds.
+    fn latency_ms(&self, q: f64) -> f64 {
+        let Ok(mut all) = self.latencies_us.lock() else {
+            return 0.0;
+        };
+        if all.is_empty() {
+            return 0.0;
+        }
+        all.sort_unstable();
+        let i = ((all.len() - 1) as f64 * q).round() as usize;
+        f64::from(all[i]) / 1000.0
+    }
 }
 
 /// Runs the fleet against the broker and reports what was sent and acknowledged.
@@ -345,11 +397,13 @@ pub async fn run(plan: Arc<Plan>, target: Target) -> anyhow::Result<Summary> {
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let acked = AtomicU64::new(0);
-            let outcome = tokio::time::timeout(
-                target.meter_timeout,
-                run_meter(&plan, m, &target, &counters, &acked),
-            )
-            .await;
+            let meter = async {
+                match target.protocol {
+                    Protocol::Mqtt => run_meter(&plan, m, &target, &counters, &acked).await,
+                    Protocol::Coap => coap::run_meter(&plan, m, &target, &counters, &acked).await,
+                }
+            };
+            let outcome = tokio::time::timeout(target.meter_timeout, meter).await;
             let error = match outcome {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) => e.to_string(),
@@ -374,6 +428,7 @@ pub async fn run(plan: Arc<Plan>, target: Target) -> anyhow::Result<Summary> {
     let first = plan.expected_rows(0, 0);
     let last = plan.expected_rows(0, plan.messages.saturating_sub(1));
     Ok(Summary {
+        protocol: Some(target.protocol),
         meters: plan.meters,
         format: plan.format.to_string(),
         shape: format!("{:?}", plan.shape).to_lowercase(),
@@ -384,6 +439,11 @@ pub async fn run(plan: Arc<Plan>, target: Target) -> anyhow::Result<Summary> {
         bytes_sent: counters.bytes.load(Ordering::Relaxed),
         meters_failed: counters.failed.load(Ordering::Relaxed),
         reconnects: counters.reconnects.load(Ordering::Relaxed),
+        retransmissions: counters.retransmissions.load(Ordering::Relaxed),
+        busy_answers: counters.busy.load(Ordering::Relaxed),
+        ack_ms_p50: counters.latency_ms(0.5),
+        ack_ms_p99: counters.latency_ms(0.99),
+        ack_ms_max: counters.latency_ms(1.0),
         elapsed_s: elapsed,
         acked_per_s: if elapsed > 0.0 {
             acked as f64 / elapsed
@@ -442,13 +502,19 @@ async fn attempt(
     let (client, mut eventloop) = AsyncClient::new(options, target.inflight.max(1) as usize);
     let topic = plan.topic(m);
     let messages = plan.messages;
+    // When each unacknowledged publish was handed to the client (PUBACKs come in order).
+    let published = Mutex::new(std::collections::VecDeque::new());
     let publisher = {
         let client = client.clone();
         let pause = target.pause;
+        let published = &published;
         async move {
             for k in from..messages {
                 let payload = plan.payload(m, k);
                 let len = payload.len() as u64;
+                if let Ok(mut times) = published.lock() {
+                    times.push_back(Instant::now());
+                }
                 if client
                     .publish(topic.as_str(), QoS::AtLeastOnce, false, payload)
                     .await
@@ -477,6 +543,10 @@ async fn attempt(
             match event {
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
                     last_progress = tokio::time::Instant::now();
+                    let sent_at = published.lock().ok().and_then(|mut t| t.pop_front());
+                    if let Some(at) = sent_at {
+                        counters.record_latency(at.elapsed());
+                    }
                     acked += 1;
                     acked_here.fetch_add(1, Ordering::Relaxed);
                     counters.acked.fetch_add(1, Ordering::Relaxed);
