@@ -191,6 +191,7 @@ impl Config {
         )?;
         positive("coap.block_transfers", coap.block_transfers as u64)?;
         positive("coap.block_timeout_s", coap.block_timeout_s)?;
+        positive("coap.socket_buffer_bytes", coap.socket_buffer_bytes as u64)?;
         positive(
             "coap.lwm2m_max_registrations",
             coap.lwm2m_max_registrations as u64,

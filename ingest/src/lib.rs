@@ -134,7 +134,7 @@ pub async fn serve(
             source,
         })?;
     let coap_socket = match config.coap.listen {
-        Some(addr) => Some(coap::bind(addr).await?),
+        Some(addr) => Some(coap::bind(addr, config.coap.socket_buffer_bytes)?),
         None => None,
     };
     let (link_tx, link_rx) = broker::start(&config.mqtt)?;

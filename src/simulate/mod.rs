@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc, Weekday};
 use meterflow_proto::{pb, Format};
 use prost::Message;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde::Serialize;
 
 /// What a report carries.
@@ -502,19 +502,13 @@ async fn attempt(
     let (client, mut eventloop) = AsyncClient::new(options, target.inflight.max(1) as usize);
     let topic = plan.topic(m);
     let messages = plan.messages;
-    // When each unacknowledged publish was handed to the client (PUBACKs come in order).
-    let published = Mutex::new(std::collections::VecDeque::new());
     let publisher = {
         let client = client.clone();
         let pause = target.pause;
-        let published = &published;
         async move {
             for k in from..messages {
                 let payload = plan.payload(m, k);
                 let len = payload.len() as u64;
-                if let Ok(mut times) = published.lock() {
-                    times.push_back(Instant::now());
-                }
                 if client
                     .publish(topic.as_str(), QoS::AtLeastOnce, false, payload)
                     .await
@@ -531,6 +525,8 @@ async fn attempt(
         }
     };
     let acks = async {
+        // When each PUBLISH went out on the wire, by packet id: its latency runs to the PUBACK.
+        let mut on_the_wire = std::collections::HashMap::new();
         let mut acked = from;
         let mut last_progress = tokio::time::Instant::now();
         while acked < messages {
@@ -541,10 +537,12 @@ async fn attempt(
                 bail!("no acknowledgement for {ACK_TIMEOUT:?}");
             };
             match event {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    on_the_wire.insert(pkid, Instant::now());
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     last_progress = tokio::time::Instant::now();
-                    let sent_at = published.lock().ok().and_then(|mut t| t.pop_front());
-                    if let Some(at) = sent_at {
+                    if let Some(at) = on_the_wire.remove(&ack.pkid) {
                         counters.record_latency(at.elapsed());
                     }
                     acked += 1;

@@ -60,6 +60,10 @@ pub struct CoapConfig {
     pub block_timeout_s: u64,
     /// Max-Age of a 5.03 answer: how long a device should wait before trying again.
     pub busy_max_age_s: u32,
+    /// The UDP socket's receive buffer (SO_RCVBUF), bytes: datagrams arriving while the
+    /// server is busy wait here; when it is full the kernel drops them and devices must
+    /// retransmit (seconds later). Linux caps it at `net.core.rmem_max`.
+    pub socket_buffer_bytes: usize,
     /// LwM2M registrations kept at most.
     pub lwm2m_max_registrations: usize,
 }
@@ -74,6 +78,7 @@ impl Default for CoapConfig {
             block_transfers: 1024,
             block_timeout_s: 120,
             busy_max_age_s: 10,
+            socket_buffer_bytes: 4 * 1024 * 1024,
             lwm2m_max_registrations: 1_000_000,
         }
     }
@@ -86,15 +91,37 @@ pub struct CoapSummary {
     pub duplicates: u64,
 }
 
-/// Binds the UDP socket (before the server starts, so a port in use stops start-up).
-pub async fn bind(addr: SocketAddr) -> Result<UdpSocket, IngestError> {
-    UdpSocket::bind(addr)
-        .await
-        .map_err(|source| IngestError::Bind {
-            what: "CoAP",
-            addr,
-            source,
-        })
+/// Binds the UDP socket (before the server starts, so a port in use stops start-up), with
+/// the receive buffer asked for.
+pub fn bind(addr: SocketAddr, buffer_bytes: usize) -> Result<UdpSocket, IngestError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind_error = |source| IngestError::Bind {
+        what: "CoAP",
+        addr,
+        source,
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_error)?;
+    for (what, result) in [
+        ("receive", socket.set_recv_buffer_size(buffer_bytes)),
+        ("send", socket.set_send_buffer_size(buffer_bytes)),
+    ] {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, buffer_bytes, "CoAP: cannot set the UDP {what} buffer");
+        }
+    }
+    // Linux reports twice what it grants (the other half is its bookkeeping).
+    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+    if granted < buffer_bytes {
+        tracing::warn!(
+            asked = buffer_bytes,
+            granted,
+            "CoAP: the UDP receive buffer is smaller than coap.socket_buffer_bytes; raise net.core.rmem_max"
+        );
+    }
+    socket.set_nonblocking(true).map_err(bind_error)?;
+    socket.bind(&addr.into()).map_err(bind_error)?;
+    UdpSocket::from_std(socket.into()).map_err(bind_error)
 }
 
 /// How often the tables are swept and the stop flag is looked at.
