@@ -426,7 +426,16 @@ fn an_lwm2m_client_registers_sends_updates_and_deregisters() {
         device.contains("\"battery_pct\":100"),
         "battery /3/0/9 is in the status: {device}"
     );
-    assert!(device.contains("\"last_format\":\"lwm2m\""), "{device}");
+    // The update after the Send was a heartbeat: the device was last heard by it.
+    assert!(
+        device.contains("\"last_source\":\"coap\"")
+            && device.contains("\"last_format\":\"status\""),
+        "{device}"
+    );
+    assert!(
+        device.contains("\"/3/0/9\""),
+        "the Send's readings are the last values: {device}"
+    );
 
     // De-register: the id is gone, and a Send from the device is refused.
     let out = coap_client(&[

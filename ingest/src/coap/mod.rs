@@ -499,6 +499,9 @@ impl Server {
                     .registry
                     .update(id, &params, objects.as_deref(), peer, now)
                 {
+                    if let Some(meter_id) = self.registry.get(id).map(|r| r.meter_id.clone()) {
+                        self.heard_from(&meter_id);
+                    }
                     Outcome::Reply(with_code(reply, ResponseType::Changed, None))
                 } else {
                     fail(
@@ -660,6 +663,30 @@ impl Server {
         }
     }
 
+    /// A registration or update is the device's heartbeat: an empty status for its meter goes
+    /// through the WAL like any message, so the device state (and ClickHouse `device_status`)
+    /// shows it alive between Sends. Best effort: when the writer is busy it is skipped.
+    fn heard_from(&self, meter_id: &str) {
+        let message = RawMessage {
+            lsn: 0,
+            topic: format!("meters/{meter_id}/status"),
+            payload: Bytes::from_static(b"{}"),
+            source: Source::Coap,
+            received_at_ms: now_ms(),
+            content_type: None,
+        };
+        if self
+            .wal
+            .try_send(Submission {
+                message,
+                notify: None,
+            })
+            .is_ok()
+        {
+            metrics::counter!("meterflow_received_total", "source" => "coap").increment(1);
+        }
+    }
+
     /// `POST /rd?ep=...`.
     fn register(
         &mut self,
@@ -680,6 +707,8 @@ impl Server {
             Ok(id) => {
                 if let Some(r) = self.registry.get(&id) {
                     tracing::info!(endpoint = %r.endpoint, meter_id = %r.meter_id, lifetime_s = r.lifetime_s, %peer, "LwM2M registration");
+                    let meter_id = r.meter_id.clone();
+                    self.heard_from(&meter_id);
                 }
                 reply.add_option(CoapOption::LocationPath, b"rd".to_vec());
                 reply.add_option(CoapOption::LocationPath, id.into_bytes());

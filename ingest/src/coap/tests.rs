@@ -396,6 +396,11 @@ async fn lwm2m_register_send_update_deregister() {
         .collect();
     assert_eq!(location[0], "rd");
     let id = location[1].clone();
+    // The registration is the device's heartbeat: an empty status for its meter.
+    let heartbeat = h.submissions.try_recv().expect("a heartbeat");
+    assert_eq!(heartbeat.message.topic, "meters/imei-3520990017/status");
+    assert_eq!(&heartbeat.message.payload[..], b"{}");
+    assert!(heartbeat.notify.is_none(), "nobody waits for it");
     // Send, SenML-CBOR: [{0: "/3/0/9", 2: 87}] (battery).
     let send = [
         0x81, 0xa2, 0x00, 0x66, b'/', b'3', b'/', b'0', b'/', b'9', 0x02, 0x18, 87,
@@ -419,6 +424,11 @@ async fn lwm2m_register_send_update_deregister() {
         code(&h.now(&post(4, &format!("/rd/{id}?lt=600"), None, b""), peer(9))),
         "2.04"
     );
+    let heartbeat = h
+        .submissions
+        .try_recv()
+        .expect("an update is a heartbeat too");
+    assert_eq!(heartbeat.message.topic, "meters/imei-3520990017/status");
     let (_, answer) = h
         .stored(
             &post(5, "/dp", Some(110), br#"[{"n":"/3/0/9","v":86}]"#),
