@@ -75,6 +75,10 @@ struct ServeArgs {
     /// HTTP listener for /health, /metrics and the API [default 127.0.0.1:8080]
     #[arg(long, env = "METERFLOW_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    /// Bearer token for the page's data, the API and /metrics; required when --http-listen is
+    /// not loopback.
+    #[arg(long, env = "METERFLOW_HTTP_TOKEN", hide_env_values = true)]
+    http_token: Option<String>,
     /// Where Parquet files, the WAL, dead letters and state are kept [default ./data]
     #[arg(long, env = "METERFLOW_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -112,6 +116,9 @@ impl ServeArgs {
         }
         if let Some(addr) = self.http_listen {
             config.http.listen = addr;
+        }
+        if let Some(token) = &self.http_token {
+            config.http.token = token.clone();
         }
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
@@ -246,7 +253,14 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args.config()?),
         Command::Config(args) => {
-            print!("{}", toml::to_string(&args.config()?)?);
+            // Secrets are not printed: the output is often pasted into tickets.
+            let mut config = args.config()?;
+            for secret in [&mut config.http.token, &mut config.clickhouse.password] {
+                if !secret.is_empty() {
+                    *secret = "(set, not shown)".into();
+                }
+            }
+            print!("{}", toml::to_string(&config)?);
             Ok(())
         }
         Command::Decode {

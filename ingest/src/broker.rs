@@ -71,6 +71,13 @@ pub fn start(config: &MqttConfig) -> Result<(LinkTx, LinkRx), IngestError> {
     link_tx
         .subscribe(INGEST_FILTER)
         .map_err(|e| IngestError::Broker(format!("subscribing to {INGEST_FILTER}: {e}")))?;
+    let meters = broker
+        .meters()
+        .map_err(|e| IngestError::Broker(format!("creating the meters link: {e}")))?;
+    std::thread::Builder::new()
+        .name("mqtt-meters".into())
+        .spawn(move || count_connections(&meters))
+        .map_err(|e| IngestError::Broker(format!("spawning the meters thread: {e}")))?;
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
@@ -88,6 +95,27 @@ pub fn start(config: &MqttConfig) -> Result<(LinkTx, LinkRx), IngestError> {
         "MQTT broker started"
     );
     Ok((link_tx, link_rx))
+}
+
+/// Keeps `meterflow_mqtt_connections` at the router's connection count (less meterflow's own
+/// link). The router reports it along with its traffic, so the gauge moves when messages flow.
+fn count_connections(meters: &rumqttd::meters::MetersLink) {
+    loop {
+        match meters.recv() {
+            Ok(batch) => {
+                for meter in batch {
+                    if let rumqttd::Meter::Router(_, router) = meter {
+                        metrics::gauge!("meterflow_mqtt_connections")
+                            .set(router.total_connections.saturating_sub(1) as f64);
+                    }
+                }
+            }
+            Err(rumqttd::meters::LinkError::TryRecv(flume::TryRecvError::Empty)) => {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Err(_) => return, // the router is gone
+        }
+    }
 }
 
 fn check_bindable(what: &'static str, addr: SocketAddr) -> Result<(), IngestError> {

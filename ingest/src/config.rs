@@ -10,6 +10,7 @@ use meterflow_storage::{BatchConfig, FsyncPolicy, ParquetConfig, WalConfig};
 use serde::{Deserialize, Serialize};
 
 pub use crate::coap::CoapConfig;
+pub use crate::devices::DevicesConfig;
 use crate::IngestError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,6 +21,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub coap: CoapConfig,
     pub http: HttpConfig,
+    pub devices: DevicesConfig,
     pub pipeline: PipelineConfig,
     pub batch: BatchConfig,
     pub parquet: ParquetConfig,
@@ -34,6 +36,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             coap: CoapConfig::default(),
             http: HttpConfig::default(),
+            devices: DevicesConfig::default(),
             pipeline: PipelineConfig::default(),
             batch: BatchConfig::default(),
             parquet: ParquetConfig::default(),
@@ -86,14 +89,18 @@ impl Default for MqttConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// `/health`, `/metrics` and the API. Loopback by default.
+    /// The page, the API, `/health`, `/ready` and `/metrics`. Loopback by default.
     pub listen: SocketAddr,
+    /// Bearer token for the API, the page's data and `/metrics` (`Authorization: Bearer
+    /// TOKEN`); `/health` and `/ready` stay open. Empty: no token, allowed on loopback only.
+    pub token: String,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: String::new(),
         }
     }
 }
@@ -200,6 +207,33 @@ impl Config {
             return Err(IngestError::config(
                 "coap.max_payload_bytes",
                 "must be at most mqtt.router_segment_bytes",
+            ));
+        }
+        if self.http.token.is_empty() && !self.http.listen.ip().is_loopback() {
+            return Err(IngestError::config(
+                "http.token",
+                format!(
+                    "must be set when http.listen ({}) is not a loopback address: the API shows every meter's data",
+                    self.http.listen
+                ),
+            ));
+        }
+        if !self.http.token.is_empty()
+            && (self.http.token.len() < 16
+                || !self.http.token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(IngestError::config(
+                "http.token",
+                "must be at least 16 printable ASCII characters without spaces",
+            ));
+        }
+        let devices = &self.devices;
+        positive("devices.max_devices", devices.max_devices as u64)?;
+        positive("devices.save_interval_s", devices.save_interval_s)?;
+        if devices.red_after_s <= devices.amber_after_s {
+            return Err(IngestError::config(
+                "devices.red_after_s",
+                "must be greater than devices.amber_after_s",
             ));
         }
         positive(
@@ -311,6 +345,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("mqtt.router_segment_bytes"));
+        let mut c = Config::default();
+        c.http.listen = "0.0.0.0:8080".parse().unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("http.token"), "{e}");
+        c.http.token = "short".into();
+        assert!(c.validate().unwrap_err().to_string().contains("http.token"));
+        c.http.token = "a-long-enough-token-1234".into();
+        c.validate().unwrap();
         let e = Config::from_toml("[mqtt]\nlisten = \"nowhere\"\n").unwrap_err();
         assert!(e.to_string().contains("`mqtt.listen (line 2)`"), "{e}");
     }

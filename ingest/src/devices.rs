@@ -1,8 +1,15 @@
 //! Device state: what meterflow last heard from each meter, kept in memory from every
-//! accepted message and status report, saved to `{data_dir}/state/devices.json` on shutdown
-//! and loaded on start-up.
+//! accepted message, status report and dead letter; saved to `{data_dir}/state/devices.json`
+//! every `devices.save_interval_s` and on shutdown, loaded on start-up, and (when ClickHouse
+//! is on) topped up from ClickHouse for meters the file does not know or knows older.
+//!
+//! Bounded: at most `devices.max_devices` meters (new ids past it are counted in
+//! `meterflow_devices_untracked_total` and not tracked), [`MAX_CHANNELS`] channels per meter,
+//! `devices.recent_points` recent readings per meter (for the page's chart; not saved) and
+//! [`RECENT_DEAD_LETTERS`] recent dead letters per meter.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -11,12 +18,62 @@ use serde::{Deserialize, Serialize};
 
 use crate::IngestError;
 
+/// The device state's settings (`[devices]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// Meters tracked at most; messages from new ids past it update no state.
+    pub max_devices: usize,
+    /// Recent readings kept per meter for the page's chart (0: none), about 24 bytes each.
+    pub recent_points: usize,
+    /// The state file is written this often (and on shutdown), seconds.
+    pub save_interval_s: u64,
+    /// A meter not heard for this long is amber on the page and in `health`, seconds.
+    pub amber_after_s: u64,
+    /// ...and red after this long.
+    pub red_after_s: u64,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            max_devices: 2_000_000,
+            recent_points: 48,
+            save_interval_s: 30,
+            amber_after_s: 2 * 3600,
+            red_after_s: 25 * 3600,
+        }
+    }
+}
+
+/// Channels kept per meter at most (a DSMR 5 meter has about 30).
+pub const MAX_CHANNELS: usize = 256;
+/// Dead letters remembered per meter (the newest).
+pub const RECENT_DEAD_LETTERS: usize = 5;
+
 /// The latest value of one channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastValue {
     pub ts_ms: i64,
     pub value: f64,
     pub unit: String,
+}
+
+/// A payload of this meter that did not decode, as the page shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterNote {
+    pub received_at_ms: i64,
+    pub kind: String,
+    pub reason: String,
+    pub bytes: usize,
+}
+
+/// A recent reading: channel (shared with the meter's other points of it), time and value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecentPoint {
+    pub channel: Arc<str>,
+    pub ts_ms: i64,
+    pub value: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -37,6 +94,12 @@ pub struct DeviceState {
     /// Every field the meter has reported, each its latest value.
     pub status: DeviceStatus,
     pub status_at_ms: Option<i64>,
+    /// The newest dead letters of this meter, newest last.
+    #[serde(default)]
+    pub recent_dead_letters: VecDeque<DeadLetterNote>,
+    /// The newest readings in arrival order (kept in memory only).
+    #[serde(skip)]
+    pub recent: VecDeque<RecentPoint>,
 }
 
 impl DeviceState {
@@ -50,8 +113,28 @@ impl DeviceState {
             s.firmware = status.firmware.clone();
         }
         s.error_flags = status.error_flags.or(s.error_flags);
-        self.status_at_ms = Some(at_ms);
+        self.status_at_ms = Some(self.status_at_ms.map_or(at_ms, |t| t.max(at_ms)));
     }
+
+    /// Green, amber or red by how long ago the meter was last heard.
+    pub fn health(&self, now_ms: i64, config: &DevicesConfig) -> Health {
+        let silent_s = now_ms.saturating_sub(self.last_seen_ms) / 1000;
+        if silent_s >= config.red_after_s as i64 {
+            Health::Red
+        } else if silent_s >= config.amber_after_s as i64 {
+            Health::Amber
+        } else {
+            Health::Green
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Green,
+    Amber,
+    Red,
 }
 
 /// What the pipeline reports about one message.
@@ -68,31 +151,76 @@ pub struct Observation<'a> {
     pub readings: &'a mut dyn Iterator<Item = (&'a str, i64, f64, &'a str)>,
 }
 
-/// Meters tracked at most: past it, messages from new meter ids update no state (counted in
-/// `meterflow_devices_untracked_total`), so a client inventing ids cannot exhaust memory.
-pub const MAX_DEVICES: usize = 2_000_000;
-/// Channels kept per meter at most (a DSMR 5 meter has about 30).
-pub const MAX_CHANNELS: usize = 256;
+/// A meter as ClickHouse remembers it (see `storage::analytics::device_snapshots`).
+pub use meterflow_storage::analytics::DeviceSnapshot;
 
-/// Shared between the pipeline (writer) and the HTTP API (readers).
+/// Shared between the pipeline (writer) and the HTTP API (readers). Ordered by meter id, so
+/// pages of the device list are ranges.
 #[derive(Clone, Default)]
 pub struct DeviceRegistry {
-    inner: Arc<RwLock<HashMap<String, DeviceState>>>,
+    inner: Arc<RwLock<BTreeMap<String, DeviceState>>>,
+    config: Arc<DevicesConfig>,
+}
+
+/// One page of the device list.
+#[derive(Debug, Serialize)]
+pub struct Page {
+    pub devices: Vec<DeviceState>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 impl DeviceRegistry {
+    pub fn new(config: DevicesConfig) -> Self {
+        DeviceRegistry {
+            inner: Arc::default(),
+            config: Arc::new(config),
+        }
+    }
+
+    pub fn config(&self) -> &DevicesConfig {
+        &self.config
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, DeviceState>> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, DeviceState>> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state of `meter_id`, created if there is room.
+    fn entry<'m>(
+        &self,
+        map: &'m mut BTreeMap<String, DeviceState>,
+        meter_id: &str,
+        at_ms: i64,
+    ) -> Option<&'m mut DeviceState> {
+        if !map.contains_key(meter_id) {
+            if map.len() >= self.config.max_devices {
+                metrics::counter!("meterflow_devices_untracked_total").increment(1);
+                return None;
+            }
+            map.insert(
+                meter_id.to_string(),
+                DeviceState {
+                    meter_id: meter_id.to_string(),
+                    first_seen_ms: at_ms,
+                    ..Default::default()
+                },
+            );
+        }
+        map.get_mut(meter_id)
+    }
+
     pub fn observe(&self, o: Observation<'_>) {
-        let mut map = match self.inner.write() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
+        let recent_points = self.config.recent_points;
+        let mut map = self.write();
+        let Some(d) = self.entry(&mut map, o.meter_id, o.received_at_ms) else {
+            return;
         };
-        let d = map
-            .entry(o.meter_id.to_string())
-            .or_insert_with(|| DeviceState {
-                meter_id: o.meter_id.to_string(),
-                first_seen_ms: o.received_at_ms,
-                ..Default::default()
-            });
         d.last_seen_ms = d.last_seen_ms.max(o.received_at_ms);
         d.last_source = o.source.to_string();
         d.last_format = o.format.to_string();
@@ -109,6 +237,23 @@ impl DeviceRegistry {
             let known = d.last_values.contains_key(channel);
             if !known && d.last_values.len() >= MAX_CHANNELS {
                 continue;
+            }
+            if recent_points > 0 {
+                // Share the channel name with the previous point of the same channel.
+                let name = d
+                    .recent
+                    .iter()
+                    .rev()
+                    .find(|p| &*p.channel == channel)
+                    .map_or_else(|| Arc::from(channel), |p| p.channel.clone());
+                if d.recent.len() >= recent_points {
+                    d.recent.pop_front();
+                }
+                d.recent.push_back(RecentPoint {
+                    channel: name,
+                    ts_ms,
+                    value,
+                });
             }
             let newest = d
                 .last_values
@@ -127,21 +272,114 @@ impl DeviceRegistry {
         }
     }
 
+    /// Remembers a dead letter of a meter (the newest few).
+    pub fn note_dead_letter(&self, meter_id: &str, note: DeadLetterNote) {
+        let mut map = self.write();
+        let Some(d) = self.entry(&mut map, meter_id, note.received_at_ms) else {
+            return;
+        };
+        if d.recent_dead_letters.len() >= RECENT_DEAD_LETTERS {
+            d.recent_dead_letters.pop_front();
+        }
+        d.recent_dead_letters.push_back(note);
+    }
+
+    /// Takes what ClickHouse knows of meters this registry does not know, or knows older.
+    /// Returns how many meters it added or brought forward.
+    pub fn merge_snapshots(&self, snapshots: Vec<DeviceSnapshot>) -> usize {
+        let mut map = self.write();
+        let mut taken = 0;
+        for snap in snapshots {
+            if map
+                .get(&snap.meter_id)
+                .is_some_and(|d| d.last_seen_ms >= snap.last_seen_ms)
+            {
+                continue;
+            }
+            let Some(d) = self.entry(&mut map, &snap.meter_id, snap.first_seen_ms) else {
+                continue;
+            };
+            d.first_seen_ms = d.first_seen_ms.min(snap.first_seen_ms);
+            d.last_seen_ms = snap.last_seen_ms;
+            d.rows = d.rows.max(snap.rows);
+            if d.last_source.is_empty() {
+                d.last_source = snap.last_source.clone();
+                d.last_format = snap.last_format.clone();
+            }
+            for (channel, v) in snap.last_values {
+                let newer = d
+                    .last_values
+                    .get(&channel)
+                    .is_none_or(|l| l.ts_ms <= v.ts_ms);
+                if newer
+                    && (d.last_values.len() < MAX_CHANNELS || d.last_values.contains_key(&channel))
+                {
+                    d.last_values.insert(
+                        channel,
+                        LastValue {
+                            ts_ms: v.ts_ms,
+                            value: v.value,
+                            unit: v.unit,
+                        },
+                    );
+                }
+            }
+            if let Some(at) = snap.status_at_ms {
+                let status = DeviceStatus {
+                    battery_pct: snap.battery_pct,
+                    rssi_dbm: snap.rssi_dbm,
+                    rsrp_dbm: snap.rsrp_dbm,
+                    snr_db: snap.snr_db,
+                    firmware: snap.firmware.clone(),
+                    error_flags: snap.error_flags,
+                };
+                d.merge_status(&status, at);
+            }
+            taken += 1;
+        }
+        taken
+    }
+
     pub fn get(&self, meter_id: &str) -> Option<DeviceState> {
-        let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        map.get(meter_id).cloned()
+        self.read().get(meter_id).cloned()
     }
 
     /// Every device, by meter id.
     pub fn all(&self) -> Vec<DeviceState> {
-        let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<DeviceState> = map.values().cloned().collect();
-        all.sort_by(|a, b| a.meter_id.cmp(&b.meter_id));
-        all
+        self.read().values().cloned().collect()
+    }
+
+    /// Up to `limit` devices after `cursor` (by meter id), only those not heard for
+    /// `stale_after_ms` when given.
+    pub fn page(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        stale_after_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Page {
+        let map = self.read();
+        let from = match cursor {
+            Some(c) => Bound::Excluded(c.to_string()),
+            None => Bound::Unbounded,
+        };
+        let mut matching = map
+            .range::<String, _>((from, Bound::Unbounded))
+            .map(|(_, d)| d)
+            .filter(|d| stale_after_ms.is_none_or(|s| now_ms.saturating_sub(d.last_seen_ms) >= s));
+        let devices: Vec<DeviceState> = matching.by_ref().take(limit).cloned().collect();
+        let next_cursor = match (devices.last(), matching.next()) {
+            (Some(last), Some(_)) => Some(last.meter_id.clone()),
+            _ => None,
+        };
+        Page {
+            devices,
+            next_cursor,
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -153,11 +391,12 @@ impl DeviceRegistry {
     }
 
     /// Loads the state saved by [`DeviceRegistry::save`]; an absent file is an empty registry.
-    pub fn load(data_dir: &Path) -> Result<DeviceRegistry, IngestError> {
+    pub fn load(data_dir: &Path, config: DevicesConfig) -> Result<DeviceRegistry, IngestError> {
+        let registry = DeviceRegistry::new(config);
         let path = Self::state_path(data_dir);
         let text = match std::fs::read(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(registry),
             Err(source) => {
                 return Err(IngestError::Io {
                     action: "reading device state",
@@ -172,13 +411,13 @@ impl DeviceRegistry {
                 path: path.clone(),
                 source: e.into(),
             })?;
-        let map = devices
-            .into_iter()
-            .map(|d| (d.meter_id.clone(), d))
-            .collect();
-        Ok(DeviceRegistry {
-            inner: Arc::new(RwLock::new(map)),
-        })
+        {
+            let mut map = registry.write();
+            for d in devices.into_iter().take(registry.config.max_devices) {
+                map.insert(d.meter_id.clone(), d);
+            }
+        }
+        Ok(registry)
     }
 
     /// Writes every device to the state file (write, fsync, rename).
@@ -229,7 +468,7 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_value_per_channel_and_merges_status() {
-        let r = DeviceRegistry::default();
+        let r = DeviceRegistry::new(DevicesConfig::default());
         let s1 = DeviceStatus {
             battery_pct: Some(90),
             firmware: Some("1.0".into()),
@@ -270,13 +509,149 @@ mod tests {
     #[test]
     fn state_survives_save_and_load() {
         let dir = tempfile::tempdir().unwrap();
-        let r = DeviceRegistry::default();
+        let r = DeviceRegistry::new(DevicesConfig::default());
         observe(&r, 10, &[("a", 100, 1.0, "kWh")], None);
+        r.note_dead_letter("m1", note(11));
         r.save(dir.path()).unwrap();
-        let back = DeviceRegistry::load(dir.path()).unwrap();
-        assert_eq!(back.all(), r.all());
-        assert!(DeviceRegistry::load(&dir.path().join("none"))
-            .unwrap()
-            .is_empty());
+        let back = DeviceRegistry::load(dir.path(), DevicesConfig::default()).unwrap();
+        let mut saved = r.all();
+        saved[0].recent.clear(); // recent readings are not saved
+        assert_eq!(back.all(), saved);
+        assert_eq!(back.get("m1").unwrap().recent_dead_letters.len(), 1);
+        assert!(
+            DeviceRegistry::load(&dir.path().join("none"), DevicesConfig::default())
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    fn note(at: i64) -> DeadLetterNote {
+        DeadLetterNote {
+            received_at_ms: at,
+            kind: "malformed".into(),
+            reason: format!("bad at {at}"),
+            bytes: 3,
+        }
+    }
+
+    #[test]
+    fn every_table_is_bounded() {
+        let config = DevicesConfig {
+            max_devices: 3,
+            recent_points: 4,
+            ..DevicesConfig::default()
+        };
+        let r = DeviceRegistry::new(config);
+        for i in 0..10 {
+            let id = format!("m{i}");
+            let mut it = std::iter::once(("a", i, 1.0, "kWh"));
+            r.observe(Observation {
+                meter_id: &id,
+                received_at_ms: i,
+                source: "mqtt",
+                format: "json",
+                decode_error: false,
+                seq: None,
+                rows: 1,
+                status: None,
+                readings: &mut it,
+            });
+        }
+        assert_eq!(r.len(), 3, "new meters past max_devices are not tracked");
+        for i in 0..10 {
+            observe(
+                &r,
+                i,
+                &[("a", i, i as f64, "kWh"), ("b", i, 0.0, "V")],
+                None,
+            );
+            r.note_dead_letter("m1", note(i));
+        }
+        let d = r.get("m1").unwrap();
+        assert_eq!(d.recent.len(), 4);
+        assert_eq!(d.recent.back().unwrap().ts_ms, 9);
+        assert_eq!(d.recent_dead_letters.len(), RECENT_DEAD_LETTERS);
+        assert_eq!(d.recent_dead_letters.back().unwrap().received_at_ms, 9);
+    }
+
+    #[test]
+    fn pages_follow_the_cursor_and_the_stale_filter() {
+        let r = DeviceRegistry::new(DevicesConfig::default());
+        for (i, id) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            let mut it = std::iter::empty();
+            r.observe(Observation {
+                meter_id: id,
+                received_at_ms: i as i64 * 1000,
+                source: "mqtt",
+                format: "json",
+                decode_error: false,
+                seq: None,
+                rows: 0,
+                status: None,
+                readings: &mut it,
+            });
+        }
+        let ids = |p: &Page| {
+            p.devices
+                .iter()
+                .map(|d| d.meter_id.clone())
+                .collect::<Vec<_>>()
+        };
+        let p1 = r.page(None, 2, None, 10_000);
+        assert_eq!(
+            (ids(&p1), p1.next_cursor.as_deref()),
+            (vec!["a".into(), "b".into()], Some("b"))
+        );
+        let p2 = r.page(p1.next_cursor.as_deref(), 2, None, 10_000);
+        assert_eq!(ids(&p2), vec!["c", "d"]);
+        let p3 = r.page(p2.next_cursor.as_deref(), 2, None, 10_000);
+        assert_eq!((ids(&p3), p3.next_cursor), (vec!["e".into()], None));
+        // Not heard for 7 s at t = 10 s: a (0 s), b (1 s), c (2 s), d (3 s).
+        let stale = r.page(None, 10, Some(7000), 10_000);
+        assert_eq!(ids(&stale), vec!["a", "b", "c", "d"]);
+        assert_eq!(stale.next_cursor, None);
+        let d = r.get("a").unwrap();
+        let config = DevicesConfig {
+            amber_after_s: 5,
+            red_after_s: 9,
+            ..DevicesConfig::default()
+        };
+        assert_eq!(d.health(4_000, &config), Health::Green);
+        assert_eq!(d.health(5_000, &config), Health::Amber);
+        assert_eq!(d.health(9_000, &config), Health::Red);
+    }
+
+    #[test]
+    fn snapshots_fill_in_what_the_file_did_not_know() {
+        let r = DeviceRegistry::new(DevicesConfig::default());
+        observe(&r, 100, &[("a", 100, 1.0, "kWh")], None);
+        let snap = |id: &str, last: i64| DeviceSnapshot {
+            meter_id: id.into(),
+            first_seen_ms: 1,
+            last_seen_ms: last,
+            rows: 7,
+            last_source: "mqtt".into(),
+            last_format: "pb".into(),
+            last_values: vec![(
+                "a".into(),
+                meterflow_storage::analytics::SnapshotValue {
+                    ts_ms: last,
+                    value: 2.0,
+                    unit: "kWh".into(),
+                },
+            )],
+            battery_pct: Some(50),
+            status_at_ms: Some(last),
+            ..Default::default()
+        };
+        // m1 is newer in the file: kept; m2 is unknown: taken.
+        assert_eq!(r.merge_snapshots(vec![snap("m1", 50), snap("m2", 500)]), 1);
+        assert_eq!(r.get("m1").unwrap().last_values["a"].value, 1.0);
+        let m2 = r.get("m2").unwrap();
+        assert_eq!(
+            (m2.last_seen_ms, m2.rows, m2.status.battery_pct),
+            (500, 7, Some(50))
+        );
+        assert_eq!(m2.last_values["a"].value, 2.0);
     }
 }

@@ -55,6 +55,63 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Saves the device state every `every`, so a crash loses at most that much of it.
+async fn save_devices_every(
+    devices: devices::DeviceRegistry,
+    data_dir: std::path::PathBuf,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (devices, dir) = (devices.clone(), data_dir.clone());
+        match tokio::task::spawn_blocking(move || devices.save(&dir)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "saving the device state"),
+            Err(e) => tracing::warn!(error = %e, "saving the device state"),
+        }
+    }
+}
+
+/// Tops up the device state from ClickHouse, in the background so start-up never waits for
+/// it: meters the state file does not know, or knows older (a new disk, a kill -9 between
+/// two saves). Retries while ClickHouse is away, for up to ten minutes.
+fn restore_devices_from_clickhouse(
+    config: meterflow_storage::clickhouse::ClickHouseConfig,
+    devices: devices::DeviceRegistry,
+) {
+    /// How far back the rebuild looks.
+    const DAYS: u32 = 35;
+    tokio::spawn(async move {
+        let mut delay = std::time::Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+        loop {
+            match meterflow_storage::analytics::device_snapshots(&config, DAYS).await {
+                Ok(snapshots) => {
+                    let known = snapshots.len();
+                    let taken = devices.merge_snapshots(snapshots);
+                    tracing::info!(
+                        in_clickhouse = known,
+                        taken,
+                        "device state topped up from ClickHouse"
+                    );
+                    return;
+                }
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "device state from ClickHouse: not yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "device state could not be read from ClickHouse; the state file's stands");
+                    return;
+                }
+            }
+        }
+    });
+}
+
 /// What a run did, reported when it ends.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServeSummary {
@@ -80,7 +137,8 @@ pub async fn serve(
         path: config.data_dir.clone(),
         source,
     })?;
-    let devices = devices::DeviceRegistry::load(&config.data_dir)?;
+    let devices = devices::DeviceRegistry::load(&config.data_dir, config.devices.clone())?;
+    tracing::info!(meters = devices.len(), "device state loaded");
     let (mut wal, recovery) = Wal::open(&config.data_dir, config.wal.clone())?;
     let checkpoint = wal::read_checkpoint(&config.data_dir)?;
     if checkpoint > recovery.last_lsn {
@@ -106,6 +164,7 @@ pub async fn serve(
     let stop = Arc::new(AtomicBool::new(false));
     let clickhouse = if config.clickhouse.enabled() {
         tracing::info!(url = %config.clickhouse.url, database = %config.clickhouse.database, "ClickHouse sink on");
+        restore_devices_from_clickhouse(config.clickhouse.clone(), devices.clone());
         Some(ClickHouseWriter::start(
             config.clickhouse.clone(),
             stop.clone(),
@@ -113,6 +172,7 @@ pub async fn serve(
     } else {
         None
     };
+    let clickhouse_failing_since = clickhouse.as_ref().map(ClickHouseWriter::failing_since);
     let pipeline = pipeline::Pipeline::new(
         Batcher::new(config.batch.clone()),
         pipeline::Sinks {
@@ -142,21 +202,29 @@ pub async fn serve(
     let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel(config.pipeline.queue_capacity);
     // Tells the async side when the pipeline ends, for whatever reason.
     let (pipeline_done_tx, mut pipeline_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let pipeline_running = Arc::new(AtomicBool::new(true));
+    let running = pipeline_running.clone();
     let pipeline_thread = std::thread::Builder::new()
         .name("pipeline".into())
         .spawn(move || {
             let result = pipeline.run(queue_rx);
+            running.store(false, Ordering::Release);
             let _ = pipeline_done_tx.send(());
             result
         })
         .map_err(|e| IngestError::Broker(format!("spawning the pipeline thread: {e}")))?;
-    let (wal_tx, wal_rx) = wal_writer::channel(wal_writer::SUBMISSIONS);
-    let writer_thread = wal_writer::spawn(wal, marks, wal_rx, queue_tx)
+    let (mqtt_tx, mqtt_rx) = wal_writer::channel(wal_writer::SUBMISSIONS);
+    let (coap_tx, coap_rx) = wal_writer::channel(config.coap.max_inflight.max(1));
+    let inputs = wal_writer::Inputs {
+        mqtt: mqtt_rx,
+        coap: coap_rx,
+    };
+    let writer_thread = wal_writer::spawn(wal, marks.clone(), inputs, queue_tx)
         .map_err(|e| IngestError::Broker(format!("spawning the WAL writer thread: {e}")))?;
     let link_thread = link::spawn(
         link_tx,
         link_rx,
-        wal_tx.clone(),
+        mqtt_tx,
         stop.clone(),
         config.pipeline.clone(),
     )
@@ -165,18 +233,28 @@ pub async fn serve(
         tokio::spawn(coap::serve(
             socket,
             config.coap.clone(),
-            wal_tx.clone(),
+            coap_tx,
             stop.clone(),
         ))
     });
-    // The edges hold the only senders now: the writer ends when both have stopped.
-    drop(wal_tx);
 
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = http::router(http::HttpState {
         devices: devices.clone(),
         metrics,
+        readiness: http::Readiness {
+            marks,
+            wal_max_bytes: config.wal.max_bytes,
+            clickhouse_failing_since,
+            pipeline_running,
+        },
+        token: (!config.http.token.is_empty()).then(|| Arc::from(config.http.token.as_str())),
     });
+    let saver = tokio::spawn(save_devices_every(
+        devices.clone(),
+        config.data_dir.clone(),
+        std::time::Duration::from_secs(config.devices.save_interval_s),
+    ));
     let http_task = tokio::spawn(async move {
         axum::serve(http_listener, app)
             .with_graceful_shutdown(async {
@@ -205,10 +283,13 @@ pub async fn serve(
         tracing::info!("shutting down: draining the broker and flushing every sink");
     }
     stop.store(true, Ordering::Relaxed);
+    // Whatever became of the CoAP server, the threads below must still be joined so that
+    // every sink is flushed: a failed task is logged, not returned early.
     let coap_summary = match coap_task {
-        Some(task) => task
-            .await
-            .map_err(|e| IngestError::Broker(format!("the CoAP server failed: {e}")))?,
+        Some(task) => task.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the CoAP server failed");
+            coap::CoapSummary::default()
+        }),
         None => coap::CoapSummary::default(),
     };
     let joined = tokio::task::spawn_blocking(move || {
@@ -219,6 +300,7 @@ pub async fn serve(
     })
     .await
     .map_err(|e| IngestError::Broker(format!("joining the pipeline: {e}")))?;
+    saver.abort();
     let saved = devices.save(&config.data_dir);
     let _ = http_stop_tx.send(());
     if let Ok(Err(e)) = http_task.await {

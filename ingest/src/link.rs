@@ -10,7 +10,6 @@
 //! (or `shutdown_max_ms` passed), then drops its sender to the WAL writer.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +57,8 @@ pub struct LsnMarks {
     pub committed: AtomicU64,
     /// The last LSN every sink has confirmed: the WAL may drop it.
     pub confirmed: AtomicU64,
+    /// Bytes in WAL segments (for `/ready`).
+    pub wal_bytes: AtomicU64,
 }
 
 pub fn now_ms() -> i64 {
@@ -92,7 +93,7 @@ pub struct LinkSummary {
 pub fn spawn(
     link_tx: LinkTx,
     mut link_rx: LinkRx,
-    wal: SyncSender<Submission>,
+    wal: flume::Sender<Submission>,
     stop: Arc<AtomicBool>,
     config: PipelineConfig,
 ) -> std::io::Result<std::thread::JoinHandle<LinkSummary>> {
@@ -111,7 +112,7 @@ pub fn spawn(
 }
 
 struct Consumer {
-    wal: SyncSender<Submission>,
+    wal: flume::Sender<Submission>,
     summary: LinkSummary,
     cursor: CursorCheck,
 }

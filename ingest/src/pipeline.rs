@@ -8,6 +8,7 @@
 //! Parquet files complete, it saves the checkpoint: the LSN through which every record is in a
 //! complete file (or was a dead letter, or had no rows), so the WAL can drop it.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -19,7 +20,7 @@ use meterflow_proto::{is_valid_meter_id, RowMeta};
 use meterflow_storage::clickhouse::{ClickHouseWriter, RejectedBatch, StatusRow};
 use meterflow_storage::{wal, Batcher, DeadLetter, DeadLetterStore, ParquetSink, WalReader};
 
-use crate::devices::{DeviceRegistry, Observation};
+use crate::devices::{DeadLetterNote, DeviceRegistry, Observation};
 use crate::link::{LsnMarks, RawMessage};
 use crate::IngestError;
 
@@ -88,6 +89,9 @@ pub struct Pipeline {
     next_lsn: u64,
     saved_checkpoint: u64,
     checkpoint_at: Instant,
+    /// (LSN, receive time) of handled records, one per second of traffic at most: the age of
+    /// the oldest one not yet confirmed by every sink is the sink lag.
+    receive_times: VecDeque<(u64, i64)>,
     summary: PipelineSummary,
 }
 
@@ -114,6 +118,7 @@ impl Pipeline {
             next_lsn: checkpoint + 1,
             saved_checkpoint: checkpoint,
             checkpoint_at: Instant::now(),
+            receive_times: VecDeque::new(),
             summary: PipelineSummary::default(),
         }
     }
@@ -238,6 +243,7 @@ impl Pipeline {
         // was handed back, so the dead letters below cover everything `confirmed` includes.
         let confirmed = self.confirmed_lsn();
         self.keep_rejected_batches()?;
+        self.report_lag(confirmed);
         if confirmed <= self.saved_checkpoint {
             return Ok(());
         }
@@ -251,6 +257,28 @@ impl Pipeline {
         self.checkpoint_at = Instant::now();
         self.marks.confirmed.store(confirmed, Ordering::Release);
         Ok(())
+    }
+
+    /// Sets the sink lag (age of the oldest record not confirmed by every sink) and the count
+    /// of unconfirmed WAL records.
+    fn report_lag(&mut self, confirmed: u64) {
+        while self
+            .receive_times
+            .front()
+            .is_some_and(|(lsn, _)| *lsn <= confirmed)
+        {
+            self.receive_times.pop_front();
+        }
+        let lag_ms = match self.receive_times.front() {
+            Some((_, at)) if self.next_lsn.saturating_sub(1) > confirmed => {
+                crate::link::now_ms().saturating_sub(*at).max(0)
+            }
+            _ => 0,
+        };
+        metrics::gauge!("meterflow_sink_lag_seconds").set(lag_ms as f64 / 1000.0);
+        let committed = self.marks.committed.load(Ordering::Acquire);
+        metrics::gauge!("meterflow_wal_unconfirmed_records")
+            .set(committed.saturating_sub(confirmed) as f64);
     }
 
     /// Flushes the batch, completes every file, lets ClickHouse take what it can, and saves
@@ -354,7 +382,29 @@ impl Pipeline {
     /// Decodes one message into the batch, or keeps it as a dead letter.
     pub fn handle(&mut self, message: &RawMessage) -> Result<(), IngestError> {
         self.summary.messages += 1;
-        let route = match parse_topic(&message.topic) {
+        if message.lsn > 0
+            && self
+                .receive_times
+                .back()
+                .is_none_or(|(_, at)| message.received_at_ms - at >= 1000)
+        {
+            self.receive_times
+                .push_back((message.lsn, message.received_at_ms));
+        }
+        let route = parse_topic(&message.topic);
+        let format = match &route {
+            Ok(Route::Status { .. }) => "status",
+            Ok(Route::Report { format, .. }) => message
+                .content_type
+                .as_deref()
+                .and_then(Format::from_content_type)
+                .unwrap_or(*format)
+                .as_str(),
+            Err(_) => "none",
+        };
+        metrics::counter!("meterflow_messages_total", "source" => message.source.as_str(), "format" => format)
+            .increment(1);
+        let route = match route {
             Ok(route) => route,
             Err(reason) => return self.dead_letter(message, None, None, "bad_topic", reason),
         };
@@ -529,6 +579,25 @@ impl Pipeline {
             payload: message.payload.to_vec(),
         };
         self.dead_letters.write(&letter)?;
+        if let Some(meter_id) = meter_id {
+            let mut reason = letter.reason;
+            if reason.len() > 300 {
+                let mut end = 300;
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                reason.truncate(end);
+            }
+            self.devices.note_dead_letter(
+                meter_id,
+                DeadLetterNote {
+                    received_at_ms: letter.received_at_ms,
+                    kind: letter.kind,
+                    reason,
+                    bytes: letter.payload.len(),
+                },
+            );
+        }
         Ok(())
     }
 }

@@ -1,5 +1,7 @@
-//! The WAL writer: the one owner of the write-ahead log. Every edge (the MQTT link, the CoAP
-//! server) hands it [`Submission`]s through one bounded channel; it appends them, commits
+//! The WAL writer: the one owner of the write-ahead log. Each edge (the MQTT link, the CoAP
+//! server) hands it [`Submission`]s through a bounded channel of its own, so a flood on one
+//! cannot crowd out the other (CoAP's are taken first: devices wait for their answer, while
+//! MQTT's broker has acknowledged already); it appends them, commits
 //! them as a group (one flush, and fsync by policy, per burst), tells any edge that waits for
 //! durability (CoAP answers only then), and offers each message to the pipeline queue without
 //! waiting: when the queue is full the message is in the WAL only and the pipeline reads it
@@ -10,8 +12,10 @@
 //! is gone, with a final fsync.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
+
+use flume::{Receiver, Sender};
 use std::time::Duration;
 
 use meterflow_storage::Wal;
@@ -54,16 +58,22 @@ const MAX_GROUP: usize = 4096;
 /// How long an idle writer sleeps before its housekeeping (interval fsync, segment removal).
 const IDLE_TICK: Duration = Duration::from_millis(50);
 
-/// The channel the edges submit through; `capacity` bounds what waits for the writer.
-pub fn channel(capacity: usize) -> (SyncSender<Submission>, Receiver<Submission>) {
-    std::sync::mpsc::sync_channel(capacity)
+/// The channel one edge submits through; `capacity` bounds what waits for the writer.
+pub fn channel(capacity: usize) -> (Sender<Submission>, Receiver<Submission>) {
+    flume::bounded(capacity)
+}
+
+/// What the writer takes from: each edge's channel.
+pub struct Inputs {
+    pub mqtt: Receiver<Submission>,
+    pub coap: Receiver<Submission>,
 }
 
 /// Runs the writer on its own thread until every sender is dropped or the pipeline is gone.
 pub fn spawn(
     wal: Wal,
     marks: Arc<LsnMarks>,
-    submissions: Receiver<Submission>,
+    inputs: Inputs,
     queue: SyncSender<RawMessage>,
 ) -> std::io::Result<std::thread::JoinHandle<WriterSummary>> {
     std::thread::Builder::new()
@@ -77,7 +87,7 @@ pub fn spawn(
                 summary: WriterSummary::default(),
                 removed_through: 0,
             };
-            writer.run(&submissions);
+            writer.run(&inputs);
             writer.summary
         })
 }
@@ -93,20 +103,37 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, submissions: &Receiver<Submission>) {
-        loop {
-            match submissions.recv_timeout(IDLE_TICK) {
-                Ok(first) => {
-                    self.accept(first);
-                    while self.group.len() < MAX_GROUP {
-                        match submissions.try_recv() {
-                            Ok(next) => self.accept(next),
-                            Err(_) => break,
-                        }
+    fn run(&mut self, inputs: &Inputs) {
+        let (mut coap_open, mut mqtt_open) = (true, true);
+        while coap_open || mqtt_open {
+            // What is waiting, CoAP first.
+            for (rx, open) in [
+                (&inputs.coap, &mut coap_open),
+                (&inputs.mqtt, &mut mqtt_open),
+            ] {
+                while *open && self.group.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(next) => self.accept(next),
+                        Err(flume::TryRecvError::Empty) => break,
+                        Err(flume::TryRecvError::Disconnected) => *open = false,
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.group.is_empty() && (coap_open || mqtt_open) {
+                // Nothing waiting: sleep until something comes or the idle tick.
+                let mut selector = flume::Selector::new();
+                if coap_open {
+                    selector = selector.recv(&inputs.coap, |r| (true, r));
+                }
+                if mqtt_open {
+                    selector = selector.recv(&inputs.mqtt, |r| (false, r));
+                }
+                match selector.wait_timeout(IDLE_TICK) {
+                    Ok((_, Ok(first))) => self.accept(first),
+                    Ok((true, Err(_))) => coap_open = false,
+                    Ok((false, Err(_))) => mqtt_open = false,
+                    Err(_) => {}
+                }
             }
             if !self.commit() {
                 return;
@@ -185,6 +212,9 @@ impl Writer {
                 false
             }
         };
+        self.marks
+            .wal_bytes
+            .store(self.wal.bytes(), Ordering::Relaxed);
         if committed && !self.group.is_empty() {
             self.marks
                 .committed
@@ -267,9 +297,15 @@ mod tests {
         };
         let (wal, _) = Wal::open(dir.path(), config).unwrap();
         let marks = Arc::new(LsnMarks::default());
-        let (tx, rx) = channel(16);
+        let (mqtt, mqtt_rx) = channel(16);
+        let (tx, coap_rx) = channel(16);
         let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel(16);
-        let writer = spawn(wal, marks.clone(), rx, queue_tx).unwrap();
+        let inputs = Inputs {
+            mqtt: mqtt_rx,
+            coap: coap_rx,
+        };
+        let writer = spawn(wal, marks.clone(), inputs, queue_tx).unwrap();
+        drop(mqtt);
         let (notify, told) = tokio::sync::oneshot::channel();
         tx.send(Submission {
             message: message("meters/a/json"),
@@ -308,9 +344,15 @@ mod tests {
             ..WalConfig::default()
         };
         let (wal, _) = Wal::open(dir.path(), config).unwrap();
-        let (tx, rx) = channel(16);
+        let (mqtt, mqtt_rx) = channel(16);
+        let (tx, coap_rx) = channel(16);
         let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel(16);
-        let writer = spawn(wal, Arc::new(LsnMarks::default()), rx, queue_tx).unwrap();
+        let inputs = Inputs {
+            mqtt: mqtt_rx,
+            coap: coap_rx,
+        };
+        let writer = spawn(wal, Arc::new(LsnMarks::default()), inputs, queue_tx).unwrap();
+        drop(mqtt);
         let mut answers = Vec::new();
         for i in 0..8 {
             let (notify, told) = tokio::sync::oneshot::channel();

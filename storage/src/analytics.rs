@@ -14,6 +14,8 @@ const BILLING: &str = include_str!("../sql/billing.sql");
 const ANOMALIES: &str = include_str!("../sql/anomalies.sql");
 const STALE: &str = include_str!("../sql/stale.sql");
 const DEVICES: &str = include_str!("../sql/devices.sql");
+const DEVICE_STATE: &str = include_str!("../sql/device_state.sql");
+const STATUS_STATE: &str = include_str!("../sql/status_state.sql");
 
 /// What a question is asked about.
 #[derive(Debug, Clone)]
@@ -197,9 +199,170 @@ pub async fn devices(
     run(config, &sql).await
 }
 
+/// The newest reading of one channel, as ClickHouse has it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotValue {
+    pub ts_ms: i64,
+    pub value: f64,
+    pub unit: String,
+}
+
+/// What ClickHouse knows of one meter, to rebuild the device state after a restart.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceSnapshot {
+    pub meter_id: String,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub rows: u64,
+    pub last_source: String,
+    pub last_format: String,
+    pub last_values: Vec<(String, SnapshotValue)>,
+    pub battery_pct: Option<u8>,
+    pub rssi_dbm: Option<i32>,
+    pub rsrp_dbm: Option<i32>,
+    pub snr_db: Option<f32>,
+    pub firmware: Option<String>,
+    pub error_flags: Option<u32>,
+    /// When the newest status report came, if any.
+    pub status_at_ms: Option<i64>,
+}
+
+/// Every meter heard in the last `days` days, as ClickHouse has it: the newest reading per
+/// channel and the newest value of every status field.
+pub async fn device_snapshots(
+    config: &ClickHouseConfig,
+    days: u32,
+) -> Result<Vec<DeviceSnapshot>, ClickHouseError> {
+    let ms = match crate::clickhouse::time_columns(config).await? {
+        crate::clickhouse::TimeColumns::Millis => "toUnixTimestamp64Milli",
+        crate::clickhouse::TimeColumns::Seconds => "1000 * toUnixTimestamp",
+    };
+    let fill = |sql: &str| {
+        sql.replace("{db}", &config.database)
+            .replace("{days}", &days.to_string())
+            .replace("{ms}", ms)
+    };
+    let readings = run(config, &fill(DEVICE_STATE)).await?;
+    let status = run(config, &fill(STATUS_STATE)).await?;
+    Ok(snapshots_from(&readings, &status))
+}
+
+/// Folds the per-channel rows and the per-meter status rows into one snapshot per meter.
+fn snapshots_from(readings: &Table, status: &Table) -> Vec<DeviceSnapshot> {
+    let mut by_meter: std::collections::BTreeMap<String, DeviceSnapshot> = Default::default();
+    let int = |t: &Table, r: usize, c: &str| t.get(r, c).and_then(|v| v.parse::<i64>().ok());
+    // Status fields come as text, '' for none.
+    let opt =
+        |t: &Table, r: usize, c: &str| t.get(r, c).filter(|v| !v.is_empty()).map(str::to_string);
+    for r in 0..readings.rows.len() {
+        let Some(meter) = readings.get(r, "meter_id") else {
+            continue;
+        };
+        let snap = by_meter
+            .entry(meter.to_string())
+            .or_insert_with(|| DeviceSnapshot {
+                meter_id: meter.to_string(),
+                first_seen_ms: i64::MAX,
+                ..Default::default()
+            });
+        let last = int(readings, r, "last_ms").unwrap_or(0);
+        snap.first_seen_ms = snap
+            .first_seen_ms
+            .min(int(readings, r, "first_ms").unwrap_or(last));
+        if last >= snap.last_seen_ms {
+            snap.last_seen_ms = last;
+            snap.last_source = readings.get(r, "source").unwrap_or("").to_string();
+            snap.last_format = readings.get(r, "format").unwrap_or("").to_string();
+        }
+        snap.rows += int(readings, r, "n").unwrap_or(0) as u64;
+        if let (Some(channel), Some(value)) = (
+            readings.get(r, "channel"),
+            readings
+                .get(r, "last_value")
+                .and_then(|v| v.parse::<f64>().ok()),
+        ) {
+            snap.last_values.push((
+                channel.to_string(),
+                SnapshotValue {
+                    ts_ms: int(readings, r, "last_ts_ms").unwrap_or(0),
+                    value,
+                    unit: readings.get(r, "unit").unwrap_or("").to_string(),
+                },
+            ));
+        }
+    }
+    for r in 0..status.rows.len() {
+        let Some(meter) = status.get(r, "meter_id") else {
+            continue;
+        };
+        let at = int(status, r, "at_ms").unwrap_or(0);
+        let snap = by_meter
+            .entry(meter.to_string())
+            .or_insert_with(|| DeviceSnapshot {
+                meter_id: meter.to_string(),
+                first_seen_ms: at,
+                ..Default::default()
+            });
+        snap.last_seen_ms = snap.last_seen_ms.max(at);
+        snap.status_at_ms = Some(at);
+        snap.battery_pct = opt(status, r, "battery_pct").and_then(|v| v.parse().ok());
+        snap.rssi_dbm = opt(status, r, "rssi_dbm").and_then(|v| v.parse().ok());
+        snap.rsrp_dbm = opt(status, r, "rsrp_dbm").and_then(|v| v.parse().ok());
+        snap.snr_db = opt(status, r, "snr_db").and_then(|v| v.parse().ok());
+        snap.firmware = opt(status, r, "firmware");
+        snap.error_flags = opt(status, r, "error_flags").and_then(|v| v.parse().ok());
+    }
+    by_meter
+        .into_values()
+        .map(|mut s| {
+            if s.first_seen_ms == i64::MAX {
+                s.first_seen_ms = s.last_seen_ms;
+            }
+            s
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshots_fold_channels_and_status_per_meter() {
+        let readings = Table::from_tsv(
+            "meter_id\tchannel\tunit\tn\tfirst_ms\tlast_ms\tlast_ts_ms\tlast_value\tsource\tformat\n\
+             m1\ta\tkWh\t3\t1000\t5000\t4000\t1.5\tmqtt\tpb\n\
+             m1\tb\tV\t2\t2000\t6000\t6000\t230\tcoap\tjson\n",
+        );
+        let status = Table::from_tsv(
+            "meter_id\tat_ms\tbattery_pct\trssi_dbm\trsrp_dbm\tsnr_db\tfirmware\terror_flags\n\
+             m1\t7000\t80\t-70\t\t\t1.2\t\n\
+             m2\t9000\t\t\t\t\t\t4\n",
+        );
+        let snaps = snapshots_from(&readings, &status);
+        assert_eq!(snaps.len(), 2);
+        let m1 = &snaps[0];
+        assert_eq!(
+            (m1.first_seen_ms, m1.last_seen_ms, m1.rows),
+            (1000, 7000, 5)
+        );
+        assert_eq!(
+            (m1.last_source.as_str(), m1.last_format.as_str()),
+            ("coap", "json")
+        );
+        assert_eq!(m1.last_values.len(), 2);
+        assert_eq!(m1.last_values[0].1.value, 1.5);
+        assert_eq!(
+            (m1.battery_pct, m1.rssi_dbm, m1.rsrp_dbm),
+            (Some(80), Some(-70), None)
+        );
+        assert_eq!(m1.firmware.as_deref(), Some("1.2"));
+        let m2 = &snaps[1];
+        assert_eq!(
+            (m2.last_seen_ms, m2.error_flags, m2.status_at_ms),
+            (9000, Some(4), Some(9000))
+        );
+    }
 
     #[test]
     fn tsv_with_names_parses_with_escapes() {

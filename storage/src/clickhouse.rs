@@ -14,7 +14,7 @@
 //! data is at fault (`Code: 117`, `53`, `27`, `33`, `6`, `70`) are not: the batch is handed
 //! back so its rows can be kept as dead letters, and the queue goes on.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -484,6 +484,8 @@ pub struct ClickHouseWriter {
     rejected: Receiver<RejectedBatch>,
     confirmed: Arc<AtomicU64>,
     pending: Arc<AtomicUsize>,
+    /// Unix ms since when inserts fail and are retried; 0 while they succeed.
+    failing_since_ms: Arc<AtomicI64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -499,7 +501,13 @@ impl ClickHouseWriter {
         let (rejected_tx, rejected_rx) = std::sync::mpsc::channel();
         let confirmed = Arc::new(AtomicU64::new(0));
         let pending = Arc::new(AtomicUsize::new(0));
-        let (c, p, stop) = (confirmed.clone(), pending.clone(), closing.clone());
+        let failing_since_ms = Arc::new(AtomicI64::new(0));
+        let (c, p, stop, f) = (
+            confirmed.clone(),
+            pending.clone(),
+            closing.clone(),
+            failing_since_ms.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name("clickhouse-sink".into())
             .spawn(move || {
@@ -513,7 +521,7 @@ impl ClickHouseWriter {
                         return;
                     }
                 };
-                runtime.block_on(run_writer(config, jobs_rx, rejected_tx, c, p, stop));
+                runtime.block_on(run_writer(config, jobs_rx, rejected_tx, c, p, stop, f));
             })
             .map_err(|e| {
                 StorageError::io("spawning the ClickHouse writer", "clickhouse-sink", e)
@@ -525,8 +533,15 @@ impl ClickHouseWriter {
             rejected: rejected_rx,
             confirmed,
             pending,
+            failing_since_ms,
             thread: Some(thread),
         })
+    }
+
+    /// Shared with `/ready`: Unix ms since when inserts fail and are retried, 0 while they
+    /// succeed.
+    pub fn failing_since(&self) -> Arc<AtomicI64> {
+        self.failing_since_ms.clone()
     }
 
     /// Queues a batch; waits while the queue is full (ClickHouse slow or away), unless
@@ -598,6 +613,7 @@ async fn run_writer(
     confirmed: Arc<AtomicU64>,
     pending: Arc<AtomicUsize>,
     closing: Arc<std::sync::atomic::AtomicBool>,
+    failing_since_ms: Arc<AtomicI64>,
 ) {
     let client = config.client();
     let mut times: Option<TimeColumns> = None;
@@ -637,6 +653,7 @@ async fn run_writer(
                 Ok(()) => {
                     metrics::counter!("meterflow_rows_written_total", "sink" => "clickhouse")
                         .increment(rows as u64);
+                    failing_since_ms.store(0, Ordering::Release);
                     break;
                 }
                 Err(e) if e.is_retryable() && closing.load(Ordering::Acquire) => {
@@ -647,6 +664,15 @@ async fn run_writer(
                 }
                 Err(e) if e.is_retryable() => {
                     metrics::counter!("meterflow_clickhouse_retries_total").increment(1);
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(1, |d| d.as_millis() as i64);
+                    let _ = failing_since_ms.compare_exchange(
+                        0,
+                        now_ms,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
                     if attempt == 1 || attempt.is_power_of_two() {
                         tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "ClickHouse insert failed; retrying");
                     }

@@ -403,11 +403,10 @@ impl Wal {
         Ok(())
     }
 
-    /// Makes everything committed so far durable for a writer that must not answer before
-    /// (CoAP): fsyncs unless the policy is `never`, which opts out of fsync altogether and
-    /// leaves durability to the OS.
+    /// Makes everything committed so far durable, whatever the fsync policy, for a writer that
+    /// must not answer before (CoAP answers only after the fsync).
     pub fn make_durable(&mut self) -> Result<(), StorageError> {
-        if self.unsynced && self.config.fsync != FsyncPolicy::Never {
+        if self.unsynced {
             self.sync()?;
         }
         Ok(())

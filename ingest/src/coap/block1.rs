@@ -55,8 +55,9 @@ impl Block {
 pub enum Step {
     /// Stored: answer 2.31 Continue with this Block1 option.
     Continue(Block),
-    /// The body is complete: handle it as the request, and echo this Block1 in the answer.
-    Complete(Vec<u8>, Block),
+    /// The body is complete: handle it as the request, and echo this Block1 in the answer;
+    /// with the Content-Format the first block stated, if it did.
+    Complete(Vec<u8>, Block, Option<u64>),
     /// Refused; the transfer (if any) is dropped.
     Refuse(Refusal),
 }
@@ -78,6 +79,7 @@ struct Transfer {
     next_num: u32,
     szx: u8,
     last_seen: Instant,
+    content_format: Option<u64>,
 }
 
 /// A transfer is identified by the peer and the request's URI (RFC 7959 §2.4: not by token).
@@ -115,7 +117,8 @@ impl Assembler {
     }
 
     /// Takes one block of the request to `uri` from `peer`. `size1` is the total size the
-    /// client announced, if it did.
+    /// client announced, `content_format` what this block states, if they did.
+    #[allow(clippy::too_many_arguments)]
     pub fn block(
         &mut self,
         peer: SocketAddr,
@@ -123,6 +126,7 @@ impl Assembler {
         block: Block,
         payload: &[u8],
         size1: Option<u64>,
+        content_format: Option<u64>,
         now: Instant,
     ) -> Step {
         if block.szx == 7 {
@@ -148,7 +152,7 @@ impl Assembler {
             if !block.more {
                 // A one-block body: nothing to hold.
                 self.transfers.remove(&key);
-                return self.finish(payload.to_vec(), block);
+                return self.finish(payload.to_vec(), block, content_format);
             }
             self.transfers.insert(
                 key.clone(),
@@ -157,6 +161,7 @@ impl Assembler {
                     next_num: 0,
                     szx: block.szx,
                     last_seen: now,
+                    content_format,
                 },
             );
         }
@@ -196,19 +201,19 @@ impl Assembler {
         if block.more {
             return Step::Continue(block);
         }
-        let body = self
+        let (body, first_format) = self
             .transfers
             .remove(&key)
-            .map(|t| t.body)
+            .map(|t| (t.body, t.content_format))
             .unwrap_or_default();
-        self.finish(body, block)
+        self.finish(body, block, content_format.or(first_format))
     }
 
-    fn finish(&self, body: Vec<u8>, block: Block) -> Step {
+    fn finish(&self, body: Vec<u8>, block: Block, content_format: Option<u64>) -> Step {
         if body.len() > self.max_payload_bytes {
             return self.too_large();
         }
-        Step::Complete(body, block)
+        Step::Complete(body, block, content_format)
     }
 
     fn too_large(&self) -> Step {
@@ -276,22 +281,22 @@ mod tests {
         let body: Vec<u8> = (0..150u8).collect();
         let t = Instant::now();
         assert_eq!(
-            a.block(peer(1), "/r/m", b(0, true), &body[..64], None, t),
+            a.block(peer(1), "/r/m", b(0, true), &body[..64], None, None, t),
             Step::Continue(b(0, true))
         );
         // The same block again (a lost 2.31): still fine.
         assert_eq!(
-            a.block(peer(1), "/r/m", b(0, true), &body[..64], None, t),
+            a.block(peer(1), "/r/m", b(0, true), &body[..64], None, None, t),
             Step::Continue(b(0, true))
         );
         assert_eq!(
-            a.block(peer(1), "/r/m", b(1, true), &body[64..128], None, t),
+            a.block(peer(1), "/r/m", b(1, true), &body[64..128], None, None, t),
             Step::Continue(b(1, true))
         );
         assert_eq!(a.len(), 1);
         assert_eq!(
-            a.block(peer(1), "/r/m", b(2, false), &body[128..], None, t),
-            Step::Complete(body, b(2, false))
+            a.block(peer(1), "/r/m", b(2, false), &body[128..], None, None, t),
+            Step::Complete(body, b(2, false), None)
         );
         assert_eq!(a.len(), 0);
     }
@@ -302,43 +307,43 @@ mod tests {
         let mut a = Assembler::new(100, 2, Duration::from_secs(60));
         let block = [0u8; 64];
         assert_eq!(
-            a.block(peer(1), "/r/m", b(0, true), &block, None, t),
+            a.block(peer(1), "/r/m", b(0, true), &block, None, None, t),
             Step::Continue(b(0, true))
         );
         assert_eq!(
-            a.block(peer(1), "/r/m", b(1, true), &block, None, t),
+            a.block(peer(1), "/r/m", b(1, true), &block, None, None, t),
             Step::Refuse(Refusal::TooLarge { limit: 100 })
         );
         assert_eq!(a.len(), 0, "a refused transfer is dropped");
         assert_eq!(
-            a.block(peer(1), "/r/m", b(0, true), &block, Some(5000), t),
+            a.block(peer(1), "/r/m", b(0, true), &block, Some(5000), None, t),
             Step::Refuse(Refusal::TooLarge { limit: 100 }),
             "Size1 over the limit is refused at once"
         );
         // Out of order, unknown transfer.
         assert!(matches!(
-            a.block(peer(1), "/r/m", b(3, true), &block, None, t),
+            a.block(peer(1), "/r/m", b(3, true), &block, None, None, t),
             Step::Refuse(Refusal::Incomplete(_))
         ));
         // At most max_transfers at once; timed-out ones make room.
-        a.block(peer(1), "/r/a", b(0, true), &block, None, t);
-        a.block(peer(2), "/r/b", b(0, true), &block, None, t);
+        a.block(peer(1), "/r/a", b(0, true), &block, None, None, t);
+        a.block(peer(2), "/r/b", b(0, true), &block, None, None, t);
         assert_eq!(
-            a.block(peer(3), "/r/c", b(0, true), &block, None, t),
+            a.block(peer(3), "/r/c", b(0, true), &block, None, None, t),
             Step::Refuse(Refusal::Busy)
         );
         let later = t + Duration::from_secs(61);
         assert_eq!(
-            a.block(peer(3), "/r/c", b(0, true), &block, None, later),
+            a.block(peer(3), "/r/c", b(0, true), &block, None, None, later),
             Step::Continue(b(0, true))
         );
         assert!(matches!(
-            a.block(peer(1), "/r/a", b(1, true), &block, None, later),
+            a.block(peer(1), "/r/a", b(1, true), &block, None, None, later),
             Step::Refuse(Refusal::Incomplete(_))
         ));
         // A short block that claims more follows.
         assert!(matches!(
-            a.block(peer(4), "/r/d", b(0, true), &block[..10], None, t),
+            a.block(peer(4), "/r/d", b(0, true), &block[..10], None, None, t),
             Step::Refuse(Refusal::BadBlock(_))
         ));
     }
@@ -350,17 +355,40 @@ mod tests {
         let block = [0u8; 64];
         for i in 0..PER_PEER {
             assert!(matches!(
-                a.block(peer(1), &format!("/r/{i}"), b(0, true), &block, None, t),
+                a.block(
+                    peer(1),
+                    &format!("/r/{i}"),
+                    b(0, true),
+                    &block,
+                    None,
+                    None,
+                    t
+                ),
                 Step::Continue(_)
             ));
         }
         assert_eq!(
-            a.block(peer(1), "/r/x", b(0, true), &block, None, t),
+            a.block(peer(1), "/r/x", b(0, true), &block, None, None, t),
             Step::Refuse(Refusal::Busy)
         );
         assert!(matches!(
-            a.block(peer(2), "/r/x", b(0, true), &block, None, t),
+            a.block(peer(2), "/r/x", b(0, true), &block, None, None, t),
             Step::Continue(_)
         ));
+    }
+
+    #[test]
+    fn the_first_blocks_content_format_holds_for_the_body() {
+        let mut a = Assembler::new(1024, 8, Duration::from_secs(60));
+        let t = Instant::now();
+        let block = [b'x'; 64];
+        assert!(matches!(
+            a.block(peer(1), "/r/m", b(0, true), &block, None, Some(50), t),
+            Step::Continue(_)
+        ));
+        match a.block(peer(1), "/r/m", b(1, false), b"end", None, None, t) {
+            Step::Complete(body, _, format) => assert_eq!((body.len(), format), (67, Some(50))),
+            other => panic!("{other:?}"),
+        }
     }
 }

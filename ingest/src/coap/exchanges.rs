@@ -1,8 +1,12 @@
 //! Duplicate detection (RFC 7252 §4.5): the answer to every request, kept per peer and
 //! message ID for EXCHANGE_LIFETIME, so that a retransmitted CON (its ACK was lost) or a
-//! duplicated NON gets the same answer again and is never ingested twice. Bounded: when
-//! full, the oldest entry goes first (counted; a retransmission of an evicted exchange would
-//! be ingested again, which the at-least-once sinks absorb).
+//! duplicated NON gets the same answer again and is never ingested twice.
+//!
+//! Bounded: when full, the oldest entry goes, but only once it is older than
+//! MAX_TRANSMIT_SPAN (45 s, the last moment a client retransmits); while every entry is
+//! younger, [`ExchangeCache::insert`] refuses and the server answers 5.03, so a retransmission
+//! is never ingested twice. The capacity therefore bounds the sustained request rate to about
+//! `capacity / 45` per second.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -10,6 +14,8 @@ use std::time::{Duration, Instant};
 
 /// RFC 7252 §4.8.2 with the default transmission parameters.
 pub const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
+/// RFC 7252 §4.8.2: from a CON's first transmission to its last retransmission.
+pub const MAX_TRANSMIT_SPAN: Duration = Duration::from_secs(45);
 
 pub type ExchangeKey = (SocketAddr, u16);
 
@@ -57,21 +63,36 @@ impl ExchangeCache {
     }
 
     /// Starts an exchange (or replaces one whose ID the peer reused after it expired).
-    pub fn insert(&mut self, key: ExchangeKey, exchange: Exchange, now: Instant) {
+    /// Returns false, storing nothing, when the cache is full of exchanges younger than
+    /// MAX_TRANSMIT_SPAN: evicting one could let its retransmission in twice.
+    #[must_use]
+    pub fn insert(&mut self, key: ExchangeKey, exchange: Exchange, now: Instant) -> bool {
         self.expire(now);
-        let expires = now + EXCHANGE_LIFETIME;
-        let fresh = self.entries.insert(key, (expires, exchange)).is_none();
-        self.order.push_back((expires, key));
-        if fresh {
-            while self.entries.len() > self.capacity {
-                let Some((at, oldest)) = self.order.pop_front() else {
+        if !self.entries.contains_key(&key) {
+            while self.entries.len() >= self.capacity {
+                let Some(&(at, oldest)) = self.order.front() else {
                     break;
                 };
-                if self.remove_if_current(at, oldest) {
-                    metrics::counter!("meterflow_coap_exchange_evictions_total").increment(1);
+                let current = self.entries.get(&oldest).is_some_and(|(e, _)| *e == at);
+                if !current {
+                    self.order.pop_front(); // stale order item
+                    continue;
                 }
+                // Inserted at `at - EXCHANGE_LIFETIME`; evictable once past the span.
+                let inserted = at.checked_sub(EXCHANGE_LIFETIME).unwrap_or(now);
+                if now.saturating_duration_since(inserted) < MAX_TRANSMIT_SPAN {
+                    metrics::counter!("meterflow_coap_exchanges_full_total").increment(1);
+                    return false;
+                }
+                self.order.pop_front();
+                self.entries.remove(&oldest);
+                metrics::counter!("meterflow_coap_exchange_evictions_total").increment(1);
             }
         }
+        let expires = now + EXCHANGE_LIFETIME;
+        self.entries.insert(key, (expires, exchange));
+        self.order.push_back((expires, key));
+        true
     }
 
     /// Records the answer of an exchange still in the cache; returns false when it was
@@ -97,13 +118,13 @@ impl ExchangeCache {
         }
     }
 
-    fn remove_if_current(&mut self, at: Instant, key: ExchangeKey) -> bool {
-        match self.entries.get(&key) {
-            Some((expires, _)) if *expires == at => {
-                self.entries.remove(&key);
-                true
-            }
-            _ => false,
+    fn remove_if_current(&mut self, at: Instant, key: ExchangeKey) {
+        if self
+            .entries
+            .get(&key)
+            .is_some_and(|(expires, _)| *expires == at)
+        {
+            self.entries.remove(&key);
         }
     }
 }
@@ -120,7 +141,7 @@ mod tests {
     fn answers_are_kept_for_the_exchange_lifetime() {
         let mut cache = ExchangeCache::new(10);
         let t0 = Instant::now();
-        cache.insert(key(1, 7), Exchange::InFlight, t0);
+        assert!(cache.insert(key(1, 7), Exchange::InFlight, t0));
         assert_eq!(cache.get(&key(1, 7), t0), Some(&Exchange::InFlight));
         assert!(cache.answer(&key(1, 7), vec![1, 2]));
         assert_eq!(
@@ -139,22 +160,34 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_never_grows_past_its_capacity() {
+    fn a_full_cache_evicts_only_what_can_no_longer_be_retransmitted() {
         let mut cache = ExchangeCache::new(100);
         let t0 = Instant::now();
+        for i in 0..100u16 {
+            assert!(cache.insert(key(i, 1), Exchange::InFlight, t0));
+        }
+        // Full of young exchanges: refused, nothing evicted.
+        assert!(!cache.insert(
+            key(500, 1),
+            Exchange::InFlight,
+            t0 + Duration::from_secs(10)
+        ));
+        assert!(cache.get(&key(0, 1), t0).is_some());
+        // Past MAX_TRANSMIT_SPAN the oldest make room, one per new exchange.
+        let later = t0 + MAX_TRANSMIT_SPAN + Duration::from_secs(1);
         for i in 0..10_000u32 {
-            cache.insert(
-                key((i % 500) as u16, (i / 500) as u16),
-                Exchange::InFlight,
-                t0,
+            assert!(
+                cache.insert(
+                    key(1000 + (i % 50_000) as u16, 2),
+                    Exchange::InFlight,
+                    later
+                ) || i >= 100
             );
             assert!(cache.len() <= 100);
         }
-        // The newest stay, the oldest went.
-        assert!(cache.get(&key(499, 19), t0).is_some());
-        assert!(cache.get(&key(0, 0), t0).is_none());
+        assert!(cache.get(&key(0, 1), later).is_none());
         assert!(
-            !cache.answer(&key(0, 0), vec![]),
+            !cache.answer(&key(0, 1), vec![]),
             "an evicted exchange is not revived"
         );
     }
@@ -163,10 +196,10 @@ mod tests {
     fn a_reused_message_id_after_expiry_starts_a_new_exchange() {
         let mut cache = ExchangeCache::new(10);
         let t0 = Instant::now();
-        cache.insert(key(1, 1), Exchange::Answered(vec![9]), t0);
+        assert!(cache.insert(key(1, 1), Exchange::Answered(vec![9]), t0));
         let later = t0 + EXCHANGE_LIFETIME + Duration::from_secs(1);
         assert!(cache.get(&key(1, 1), later).is_none());
-        cache.insert(key(1, 1), Exchange::InFlight, later);
+        assert!(cache.insert(key(1, 1), Exchange::InFlight, later));
         assert_eq!(cache.get(&key(1, 1), later), Some(&Exchange::InFlight));
         cache.expire(later + Duration::from_secs(1));
         assert_eq!(

@@ -26,6 +26,10 @@ use meterflow_proto::is_valid_meter_id;
 pub const DEFAULT_LIFETIME_S: u64 = 86_400;
 /// How long past its lifetime a registration is kept (late updates over slow links).
 pub const GRACE: Duration = Duration::from_secs(60);
+/// The longest lifetime taken (LwM2M's `lt` is a 32-bit count of seconds; more is refused).
+pub const MAX_LIFETIME_S: u64 = u32::MAX as u64;
+/// The object links kept per registration at most, bytes (a meter lists a few dozen bytes).
+pub const MAX_OBJECTS_BYTES: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
@@ -42,7 +46,11 @@ pub struct Registration {
 
 impl Registration {
     fn expires(&self) -> Instant {
-        self.updated + Duration::from_secs(self.lifetime_s) + GRACE
+        // lifetime_s is at most MAX_LIFETIME_S; checked anyway, as Instant + Duration panics
+        // on overflow.
+        self.updated
+            .checked_add(Duration::from_secs(self.lifetime_s) + GRACE)
+            .unwrap_or(self.updated + Duration::from_secs(u64::from(u32::MAX)))
     }
 }
 
@@ -86,8 +94,12 @@ impl<'a> Params<'a> {
                     let lt = value
                         .parse::<u64>()
                         .ok()
-                        .filter(|lt| *lt > 0)
-                        .ok_or_else(|| format!("lt={value:?} is not a lifetime in seconds"))?;
+                        .filter(|lt| (1..=MAX_LIFETIME_S).contains(lt))
+                        .ok_or_else(|| {
+                            format!(
+                                "lt={value:?} is not a lifetime in seconds (1 to {MAX_LIFETIME_S})"
+                            )
+                        })?;
                     params.lifetime_s = Some(lt);
                 }
                 "lwm2m" => params.version = Some(value),
@@ -97,6 +109,19 @@ impl<'a> Params<'a> {
         }
         Ok(params)
     }
+}
+
+/// The object links, cut at [`MAX_OBJECTS_BYTES`] (at a link boundary where there is one).
+fn cut(objects: &str) -> String {
+    if objects.len() <= MAX_OBJECTS_BYTES {
+        return objects.to_string();
+    }
+    let mut end = MAX_OBJECTS_BYTES;
+    while !objects.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = &objects[..end];
+    head[..head.rfind(',').unwrap_or(head.len())].to_string()
 }
 
 /// The meter id an endpoint name stands for, if it can be one.
@@ -166,7 +191,7 @@ impl Registry {
             lifetime_s: params.lifetime_s.unwrap_or(DEFAULT_LIFETIME_S),
             version: params.version.unwrap_or("1.0").to_string(),
             binding: params.binding.unwrap_or("U").to_string(),
-            objects: objects.to_string(),
+            objects: cut(objects),
             address,
             updated: now,
         };
@@ -199,7 +224,7 @@ impl Registry {
             registration.binding = b.to_string();
         }
         if let Some(objects) = objects {
-            registration.objects = objects.to_string();
+            registration.objects = cut(objects);
         }
         registration.updated = now;
         if registration.address != address {
@@ -341,6 +366,20 @@ mod tests {
             Err(RegisterError::Bad(_))
         ));
         assert!(Params::parse(&["ep=a", "lt=soon"]).is_err());
+        assert!(
+            Params::parse(&["ep=a", "lt=10000000000000000000"]).is_err(),
+            "would overflow Instant"
+        );
+        assert!(Params::parse(&["ep=a", "lt=0"]).is_err());
+        let lt = format!("lt={MAX_LIFETIME_S}");
+        let long = Params::parse(&["ep=long", &lt]).unwrap();
+        let id = r
+            .register(&long, &"</3/0>,".repeat(500), addr(9), t)
+            .unwrap();
+        assert!(r.get(&id).unwrap().objects.len() <= MAX_OBJECTS_BYTES);
+        assert!(r.get(&id).unwrap().objects.ends_with("</3/0>"));
+        r.expire(t + Duration::from_secs(3600)); // no overflow
+        assert!(r.remove(&id));
         let bad = Params::parse(&["ep=a b"]).unwrap();
         assert!(matches!(
             r.register(&bad, "", addr(1), t),

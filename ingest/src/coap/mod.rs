@@ -25,7 +25,6 @@ pub mod lwm2m;
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,7 +51,9 @@ pub struct CoapConfig {
     pub max_payload_bytes: usize,
     /// Requests waiting for the WAL at most; past that the answer is 5.03.
     pub max_inflight: usize,
-    /// Answers kept for duplicate detection (per peer and message ID, for 247 s).
+    /// Answers kept for duplicate detection (per peer and message ID, for 247 s). One younger
+    /// than 45 s is never evicted, so this bounds the sustained rate to about entries / 45
+    /// requests per second (5.03 past it); about 150 bytes each.
     pub exchange_cache_entries: usize,
     /// Block1 bodies being assembled at once at most (each at most `max_payload_bytes`).
     pub block_transfers: usize,
@@ -74,12 +75,12 @@ impl Default for CoapConfig {
             listen: Some(SocketAddr::from(([0, 0, 0, 0], 5683))),
             max_payload_bytes: 64 * 1024,
             max_inflight: 4096,
-            exchange_cache_entries: 65_536,
+            exchange_cache_entries: 1_000_000,
             block_transfers: 1024,
             block_timeout_s: 120,
             busy_max_age_s: 10,
             socket_buffer_bytes: 4 * 1024 * 1024,
-            lwm2m_max_registrations: 1_000_000,
+            lwm2m_max_registrations: 200_000,
         }
     }
 }
@@ -126,6 +127,8 @@ pub fn bind(addr: SocketAddr, buffer_bytes: usize) -> Result<UdpSocket, IngestEr
 
 /// How often the tables are swept and the stop flag is looked at.
 const TICK: Duration = Duration::from_millis(200);
+/// How often expired LwM2M registrations are looked for.
+const REGISTRY_SWEEP: Duration = Duration::from_secs(10);
 /// Longest diagnostic payload, bytes (answers must fit a datagram).
 const MAX_DIAGNOSTIC: usize = 400;
 /// Content-Format of link-format (RFC 6690), for `/.well-known/core`.
@@ -135,7 +138,7 @@ const LINK_FORMAT: u16 = 40;
 pub async fn serve(
     socket: UdpSocket,
     config: CoapConfig,
-    wal: SyncSender<Submission>,
+    wal: flume::Sender<Submission>,
     stop: Arc<AtomicBool>,
 ) -> CoapSummary {
     let socket = Arc::new(socket);
@@ -209,7 +212,7 @@ enum Outcome {
 }
 
 struct Server {
-    wal: SyncSender<Submission>,
+    wal: flume::Sender<Submission>,
     done: tokio::sync::mpsc::Sender<Completion>,
     exchanges: ExchangeCache,
     blocks: Assembler,
@@ -218,6 +221,7 @@ struct Server {
     max_inflight: usize,
     busy_max_age_s: u32,
     inflight: usize,
+    registry_swept: Instant,
     stopping: bool,
     /// Message IDs of NON answers (they need their own).
     next_mid: u16,
@@ -227,7 +231,7 @@ struct Server {
 impl Server {
     fn new(
         config: &CoapConfig,
-        wal: SyncSender<Submission>,
+        wal: flume::Sender<Submission>,
         done: tokio::sync::mpsc::Sender<Completion>,
     ) -> Self {
         Server {
@@ -244,6 +248,7 @@ impl Server {
             max_inflight: config.max_inflight,
             busy_max_age_s: config.busy_max_age_s,
             inflight: 0,
+            registry_swept: Instant::now(),
             stopping: false,
             next_mid: std::process::id() as u16,
             summary: CoapSummary::default(),
@@ -252,6 +257,11 @@ impl Server {
 
     /// Handles one datagram; returns what to send back at once, if anything.
     fn datagram(&mut self, bytes: &[u8], peer: SocketAddr, now: Instant) -> Option<Vec<u8>> {
+        // RFC 7252 §3: a message of another version is silently ignored.
+        if bytes.first().is_some_and(|b| b >> 6 != 1) {
+            metrics::counter!("meterflow_coap_malformed_total").increment(1);
+            return None;
+        }
         let packet = match Packet::from_bytes(bytes) {
             Ok(p) => p,
             Err(_) => {
@@ -292,8 +302,13 @@ impl Server {
         match outcome {
             Outcome::Reply(reply) => {
                 let bytes = encode(&reply);
-                self.exchanges
-                    .insert(key, Exchange::Answered(bytes.clone()), now);
+                // A safe request (GET) is simply answered again; the rest is remembered where
+                // there is room (a repeated 4.xx or registration is harmless where there is not).
+                if request_type(&packet) != RequestType::Get {
+                    let _ = self
+                        .exchanges
+                        .insert(key, Exchange::Answered(bytes.clone()), now);
+                }
                 Some(bytes)
             }
             Outcome::Ingest {
@@ -315,16 +330,16 @@ impl Server {
         diagnostic: Option<String>,
         now: Instant,
     ) -> Option<Vec<u8>> {
-        let busy = |server: &mut Self, reply: Packet, why: &str| {
-            let bytes = encode(&server.busy(reply, why));
-            server
-                .exchanges
-                .insert(key, Exchange::Answered(bytes.clone()), now);
-            Some(bytes)
-        };
+        // Taken or refused, the exchange is remembered from here on, so that a retransmission
+        // gets this answer; if there is no room to remember it, it is not taken.
         if self.inflight >= self.max_inflight {
             metrics::counter!("meterflow_coap_busy_total", "why" => "inflight").increment(1);
-            return busy(self, reply, "too many requests waiting to be stored");
+            return self.refuse(key, reply, "too many requests waiting to be stored", now);
+        }
+        if !self.exchanges.insert(key, Exchange::InFlight, now) {
+            metrics::counter!("meterflow_coap_busy_total", "why" => "exchanges").increment(1);
+            // Not remembered: answered, but nothing stored.
+            return Some(encode(&self.busy(reply, "too many exchanges to remember")));
         }
         let (notify, told) = tokio::sync::oneshot::channel();
         match self.wal.try_send(Submission {
@@ -332,18 +347,17 @@ impl Server {
             notify: Some(notify),
         }) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+            Err(flume::TrySendError::Full(_)) => {
                 metrics::counter!("meterflow_coap_busy_total", "why" => "wal_queue").increment(1);
-                return busy(self, reply, "the write-ahead log is busy");
+                return self.refuse(key, reply, "the write-ahead log is busy", now);
             }
-            Err(TrySendError::Disconnected(_)) => {
-                return busy(self, reply, "meterflow is shutting down");
+            Err(flume::TrySendError::Disconnected(_)) => {
+                return self.refuse(key, reply, "meterflow is shutting down", now);
             }
         }
         metrics::counter!("meterflow_received_total", "source" => "coap").increment(1);
         self.inflight += 1;
         metrics::gauge!("meterflow_coap_inflight").set(self.inflight as f64);
-        self.exchanges.insert(key, Exchange::InFlight, now);
         let done = self.done.clone();
         tokio::spawn(async move {
             let outcome = told.await.unwrap_or(Durability::Failed);
@@ -359,6 +373,23 @@ impl Server {
                 .await;
         });
         None
+    }
+
+    /// Answers 5.03 and remembers it for the exchange (when there is room).
+    fn refuse(
+        &mut self,
+        key: ExchangeKey,
+        reply: Packet,
+        why: &str,
+        now: Instant,
+    ) -> Option<Vec<u8>> {
+        let bytes = encode(&self.busy(reply, why));
+        if !self.exchanges.answer(&key, bytes.clone()) {
+            let _ = self
+                .exchanges
+                .insert(key, Exchange::Answered(bytes.clone()), now);
+        }
+        Some(bytes)
     }
 
     /// The answer to a request that waited for the WAL.
@@ -383,7 +414,11 @@ impl Server {
     fn housekeeping(&mut self, now: Instant) {
         self.exchanges.expire(now);
         self.blocks.expire(now);
-        self.registry.expire(now);
+        // A full scan: not on every tick.
+        if now.duration_since(self.registry_swept) >= REGISTRY_SWEEP {
+            self.registry.expire(now);
+            self.registry_swept = now;
+        }
         metrics::gauge!("meterflow_coap_exchanges").set(self.exchanges.len() as f64);
         metrics::gauge!("meterflow_coap_block_transfers").set(self.blocks.len() as f64);
         metrics::gauge!("meterflow_coap_block_bytes").set(self.blocks.buffered_bytes() as f64);
@@ -424,12 +459,17 @@ impl Server {
         let fail = |reply: Packet, code: ResponseType, why: &str| {
             Outcome::Reply(with_code(reply, code, Some(why)))
         };
-        if let Some(number) = unsupported_critical_option(packet) {
+        if packet.get_option(CoapOption::ProxyUri).is_some()
+            || packet.get_option(CoapOption::ProxyScheme).is_some()
+        {
             return fail(
                 reply,
-                ResponseType::BadOption,
-                &format!("critical option {number} is not supported"),
+                ResponseType::ProxyingNotSupported,
+                "this is not a proxy",
             );
+        }
+        if let Some(problem) = unsupported_critical_option(packet) {
+            return fail(reply, ResponseType::BadOption, &problem);
         }
         let (Some(path), Some(queries)) = (
             strings(packet, CoapOption::UriPath),
@@ -445,6 +485,7 @@ impl Server {
             return self.other_method(packet, &path, reply, now);
         };
         let mut body: Cow<'_, [u8]> = Cow::Borrowed(&packet.payload);
+        let mut first_block_format = None;
         if let Some(option) = packet.get_first_option(CoapOption::Block1) {
             let Some(block) = Block::parse(option) else {
                 return fail(
@@ -455,17 +496,22 @@ impl Server {
             };
             let uri = format!("{}?{}", path.join("/"), queries.join("&"));
             let size1 = packet.get_first_option(CoapOption::Size1).map(|v| uint(v));
+            let format = packet
+                .get_first_option(CoapOption::ContentFormat)
+                .map(|v| uint(v));
             match self
                 .blocks
-                .block(peer, &uri, block, &packet.payload, size1, now)
+                .block(peer, &uri, block, &packet.payload, size1, format, now)
             {
                 Step::Continue(block) => {
                     reply.add_option(CoapOption::Block1, block.to_bytes());
                     return Outcome::Reply(with_code(reply, ResponseType::Continue, None));
                 }
-                Step::Complete(whole, block) => {
+                Step::Complete(whole, block, format) => {
                     reply.add_option(CoapOption::Block1, block.to_bytes());
                     body = Cow::Owned(whole);
+                    // A client may state the Content-Format with the first block only.
+                    first_block_format = format;
                 }
                 Step::Refuse(Refusal::TooLarge { limit }) => return self.too_large(reply, limit),
                 Step::Refuse(Refusal::Incomplete(why)) => {
@@ -485,7 +531,8 @@ impl Server {
         }
         let content_format = packet
             .get_first_option(CoapOption::ContentFormat)
-            .map(|v| uint(v));
+            .map(|v| uint(v))
+            .or(first_block_format);
         match path.as_slice() {
             ["r", meter_id] => self.report(meter_id, content_format, body.into_owned(), reply),
             ["rd"] => self.register(&queries, &body, peer, reply, now),
@@ -526,15 +573,7 @@ impl Server {
         _now: Instant,
     ) -> Outcome {
         match (request_type(packet), path) {
-            (RequestType::Get, [".well-known", "core"]) => {
-                let mut reply = reply;
-                reply.add_option(
-                    CoapOption::ContentFormat,
-                    uint_bytes(u64::from(LINK_FORMAT)),
-                );
-                reply.payload = WELL_KNOWN_CORE.as_bytes().to_vec();
-                Outcome::Reply(with_code(reply, ResponseType::Content, None))
-            }
+            (RequestType::Get, [".well-known", "core"]) => well_known_core(packet, reply),
             (RequestType::Delete, ["rd", id]) => {
                 if self.registry.remove(id) {
                     Outcome::Reply(with_code(reply, ResponseType::Deleted, None))
@@ -732,6 +771,51 @@ const REPORT_FORMATS: &str = "Content-Format must be 50 (json), 60 (cbor), 110 (
 const WELL_KNOWN_CORE: &str =
     "</r>;rt=\"meterflow.report\";ct=\"50 60 110 112 65000 65001\",</rd>;rt=\"core.rd\";ct=40,</dp>;ct=\"110 112\"";
 
+/// `GET /.well-known/core` (RFC 6690), in Block2 blocks when the client asks for small ones.
+fn well_known_core(request: &Packet, mut reply: Packet) -> Outcome {
+    let accept = request
+        .get_first_option(CoapOption::Accept)
+        .map(|v| uint(v));
+    if accept.is_some_and(|a| a != u64::from(LINK_FORMAT)) {
+        return Outcome::Reply(with_code(
+            reply,
+            ResponseType::NotAcceptable,
+            Some("/.well-known/core is application/link-format (40) only"),
+        ));
+    }
+    reply.add_option(
+        CoapOption::ContentFormat,
+        uint_bytes(u64::from(LINK_FORMAT)),
+    );
+    let body = WELL_KNOWN_CORE.as_bytes();
+    let block2 = request
+        .get_first_option(CoapOption::Block2)
+        .and_then(|v| Block::parse(v))
+        .filter(|b| b.szx < 7);
+    match block2 {
+        Some(b) if b.size() < body.len() => {
+            let start = (b.num as usize).saturating_mul(b.size());
+            if start >= body.len() {
+                return Outcome::Reply(with_code(
+                    reply,
+                    ResponseType::BadOption,
+                    Some("Block2 past the end"),
+                ));
+            }
+            let end = (start + b.size()).min(body.len());
+            let block = Block {
+                num: b.num,
+                more: end < body.len(),
+                szx: b.szx,
+            };
+            reply.add_option(CoapOption::Block2, block.to_bytes());
+            reply.payload = body[start..end].to_vec();
+        }
+        _ => reply.payload = body.to_vec(),
+    }
+    Outcome::Reply(with_code(reply, ResponseType::Content, None))
+}
+
 fn request_type(packet: &Packet) -> RequestType {
     match packet.header.code {
         MessageClass::Request(r) => r,
@@ -802,15 +886,25 @@ fn uint_bytes(v: u64) -> Vec<u8> {
 }
 
 /// Critical options (odd numbers) this server understands; any other is 4.02 (RFC 7252 §5.4.1).
-/// Uri-Host (3) and Uri-Port (7) are accepted as is; Accept (17) and Block2 (23) are honoured
-/// trivially, as every answer is one small datagram.
-const UNDERSTOOD_CRITICAL: [u16; 6] = [3, 7, 11, 15, 17, 23];
+/// Uri-Host (3) and Uri-Port (7) are accepted as is; Accept (17) and Block2 (23) matter for
+/// `GET /.well-known/core` only, as every other answer carries no content.
+const UNDERSTOOD_CRITICAL: [u16; 7] = [3, 7, 11, 15, 17, 23, 27];
+/// Of those, the ones that may not repeat (RFC 7252 §5.4.5: a repeated one is an
+/// unrecognized one).
+const NOT_REPEATABLE: [u16; 5] = [3, 7, 17, 23, 27];
 
-fn unsupported_critical_option(packet: &Packet) -> Option<u16> {
-    packet
-        .options()
-        .map(|(number, _)| *number)
-        .find(|n| n % 2 == 1 && *n != 27 && !UNDERSTOOD_CRITICAL.contains(n))
+/// Why the request's options cannot be taken, if they cannot.
+fn unsupported_critical_option(packet: &Packet) -> Option<String> {
+    packet.options().find_map(|(number, values)| {
+        let number = *number;
+        if number % 2 == 1 && !UNDERSTOOD_CRITICAL.contains(&number) {
+            Some(format!("critical option {number} is not supported"))
+        } else if values.len() > 1 && NOT_REPEATABLE.contains(&number) {
+            Some(format!("option {number} must not repeat"))
+        } else {
+            None
+        }
+    })
 }
 
 #[cfg(test)]

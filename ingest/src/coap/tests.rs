@@ -2,8 +2,8 @@
 //! acknowledges (or refuses) each submission; the network, libcoap's client and the real WAL
 //! are tested in `tests/serve_coap.rs`.
 
+use flume::{Receiver, Sender};
 use std::net::SocketAddr;
-use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Instant;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
@@ -14,11 +14,11 @@ struct Harness {
     server: Server,
     submissions: Receiver<Submission>,
     done: tokio::sync::mpsc::Receiver<Completion>,
-    _keep: Option<SyncSender<Submission>>,
+    _keep: Option<Sender<Submission>>,
 }
 
 fn harness(config: CoapConfig, wal_capacity: usize) -> Harness {
-    let (wal_tx, submissions) = std::sync::mpsc::sync_channel(wal_capacity);
+    let (wal_tx, submissions) = flume::bounded(wal_capacity);
     let (done_tx, done) = tokio::sync::mpsc::channel(64);
     Harness {
         server: Server::new(&config, wal_tx, done_tx),
@@ -271,10 +271,22 @@ fn wrong_requests_get_the_4_xx_that_says_why() {
             "4.xx answers carry a diagnostic"
         );
     }
-    // An unknown critical option (If-Match, 1) is 4.02.
+    // An unknown critical option (If-Match, 1) is 4.02, so is a repeated Block1; a proxy
+    // request is 5.05.
     let mut req = post(20, "/r/m", Some(50), JSON);
     req.add_option(CoapOption::IfMatch, vec![1]);
     assert_eq!(code(&h.now(&req, peer(1))), "4.02");
+    let mut req = post(21, "/r/m", Some(50), JSON);
+    req.add_option(CoapOption::Block1, vec![0x02]);
+    req.add_option(CoapOption::Block1, vec![0x12]);
+    assert_eq!(code(&h.now(&req, peer(1))), "4.02");
+    let mut req = post(22, "/r/m", Some(50), JSON);
+    req.add_option(CoapOption::ProxyUri, b"coap://elsewhere/r/m".to_vec());
+    assert_eq!(code(&h.now(&req, peer(1))), "5.05");
+    // Another CoAP version: silence.
+    let mut bytes = post(23, "/r/m", Some(50), JSON).to_bytes().unwrap();
+    bytes[0] = (bytes[0] & 0x3f) | 0x80;
+    assert_eq!(h.server.datagram(&bytes, peer(1), Instant::now()), None);
     // Too large in one datagram: 4.13 with Size1.
     let config = CoapConfig {
         max_payload_bytes: 100,

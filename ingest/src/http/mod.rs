@@ -1,0 +1,350 @@
+//! The HTTP surface (axum): the field engineers' page `GET /` ([`PAGE`], one file served by
+//! the binary, no build step), the device API, `/health` (liveness), `/ready` (readiness:
+//! the pipeline runs, the WAL is under its budget, ClickHouse inserts succeed) and `/metrics`
+//! (Prometheus text).
+//!
+//! With `http.token` set, the API and `/metrics` need `Authorization: Bearer TOKEN`; `/health`,
+//! `/ready` and the page's HTML stay open (the page asks for the token and sends it with every
+//! API call).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+
+use crate::devices::{DeviceRegistry, DeviceState, Health};
+use crate::link::{now_ms, LsnMarks};
+
+/// The page for field engineers.
+pub const PAGE: &str = include_str!("page.html");
+
+/// What `/ready` looks at.
+#[derive(Clone)]
+pub struct Readiness {
+    pub marks: Arc<LsnMarks>,
+    pub wal_max_bytes: u64,
+    /// Unix ms since when ClickHouse inserts fail (0: they succeed); `None` without ClickHouse.
+    pub clickhouse_failing_since: Option<Arc<AtomicI64>>,
+    /// False once the pipeline thread has ended.
+    pub pipeline_running: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub devices: DeviceRegistry,
+    pub metrics: PrometheusHandle,
+    pub readiness: Readiness,
+    /// `None`: no token asked.
+    pub token: Option<Arc<str>>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    let protected = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/devices", get(devices))
+        .route("/api/devices/{meter_id}", get(device))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/", get(page))
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .merge(protected)
+        .with_state(state)
+}
+
+async fn require_token(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = &state.token else {
+        return next.run(request).await;
+    };
+    let offered = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(offered.as_bytes(), token.as_bytes()) {
+        return next.run(request).await;
+    }
+    metrics::counter!("meterflow_http_unauthorized_total").increment(1);
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(serde_json::json!({"error": "a bearer token is required (http.token)"})),
+    )
+        .into_response()
+}
+
+/// Compares without an early exit on the first different byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+            ),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    metrics::gauge!("meterflow_devices").set(state.devices.len() as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct Check {
+    ok: bool,
+    detail: String,
+}
+
+async fn ready(State(state): State<HttpState>) -> Response {
+    let r = &state.readiness;
+    let mut checks = BTreeMap::new();
+    let running = r.pipeline_running.load(Ordering::Acquire);
+    checks.insert(
+        "pipeline",
+        Check {
+            ok: running,
+            detail: if running { "running" } else { "stopped" }.into(),
+        },
+    );
+    let wal = r.marks.wal_bytes.load(Ordering::Relaxed);
+    // Ready while there is room for a while yet: 90 % of the budget.
+    let wal_ok = wal < r.wal_max_bytes / 10 * 9;
+    checks.insert(
+        "wal",
+        Check {
+            ok: wal_ok,
+            detail: format!("{wal} of {} bytes (wal.max_bytes)", r.wal_max_bytes),
+        },
+    );
+    if let Some(failing) = &r.clickhouse_failing_since {
+        let since = failing.load(Ordering::Acquire);
+        checks.insert(
+            "clickhouse",
+            Check {
+                ok: since == 0,
+                detail: if since == 0 {
+                    "inserting".into()
+                } else {
+                    format!(
+                        "inserts failing for {} s (retrying; the WAL holds the data)",
+                        (now_ms() - since).max(0) / 1000
+                    )
+                },
+            },
+        );
+    }
+    let is_ready = checks.values().all(|c| c.ok);
+    let code = if is_ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(serde_json::json!({"ready": is_ready, "checks": checks})),
+    )
+        .into_response()
+}
+
+/// A device as the API shows it: its state, how long it has been silent and its colour.
+#[derive(Serialize)]
+struct DeviceView<'a> {
+    #[serde(flatten)]
+    device: &'a DeviceState,
+    silent_s: i64,
+    health: Health,
+    /// Per channel, the recent readings as `[ts_ms, value]`, oldest first (single device only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recent_readings: Option<BTreeMap<&'a str, Vec<(i64, f64)>>>,
+}
+
+fn view<'a>(
+    device: &'a DeviceState,
+    devices: &DeviceRegistry,
+    now: i64,
+    recent: bool,
+) -> DeviceView<'a> {
+    let recent_readings = recent.then(|| {
+        let mut by_channel: BTreeMap<&str, Vec<(i64, f64)>> = BTreeMap::new();
+        for p in &device.recent {
+            by_channel
+                .entry(&p.channel)
+                .or_default()
+                .push((p.ts_ms, p.value));
+        }
+        for points in by_channel.values_mut() {
+            points.sort_by_key(|(ts, _)| *ts);
+        }
+        by_channel
+    });
+    DeviceView {
+        device,
+        silent_s: now.saturating_sub(device.last_seen_ms).max(0) / 1000,
+        health: device.health(now, devices.config()),
+        recent_readings,
+    }
+}
+
+fn error(code: StatusCode, text: String) -> Response {
+    (code, Json(serde_json::json!({"error": text}))).into_response()
+}
+
+async fn device(State(state): State<HttpState>, Path(meter_id): Path<String>) -> Response {
+    match state.devices.get(&meter_id) {
+        Some(d) => Json(view(&d, &state.devices, now_ms(), true)).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no meter {meter_id:?} has been heard"),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevicesQuery {
+    /// Only meters not heard for this long: seconds, or a duration such as `90s`, `30m`,
+    /// `2h`, `1d`, or `amber` / `red` for the configured thresholds.
+    stale_after: Option<String>,
+    /// Devices per page, 1 to 1000 (100 by default).
+    limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Most devices in one page.
+const MAX_PAGE: usize = 1000;
+
+/// Seconds of a duration as the API takes it.
+fn parse_duration_s(text: &str, devices: &DeviceRegistry) -> Result<u64, String> {
+    match text {
+        "amber" => return Ok(devices.config().amber_after_s),
+        "red" => return Ok(devices.config().red_after_s),
+        _ => {}
+    }
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits.parse().map_err(|_| {
+        format!("stale_after={text:?} is not a duration (7200, 90s, 30m, 2h, 1d, amber, red)")
+    })?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "stale_after={text:?}: unknown unit {unit:?} (s, m, h, d)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("stale_after={text:?} is too long"))
+}
+
+#[derive(Serialize)]
+struct PageView<'a> {
+    devices: Vec<DeviceView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+async fn devices(
+    State(state): State<HttpState>,
+    query: Result<Query<DevicesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let stale_after_ms = match q
+        .stale_after
+        .as_deref()
+        .map(|s| parse_duration_s(s, &state.devices))
+    {
+        None => None,
+        Some(Ok(s)) => Some((s as i64).saturating_mul(1000)),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be 1 to {MAX_PAGE}"),
+        );
+    }
+    let now = now_ms();
+    let page = state
+        .devices
+        .page(q.cursor.as_deref(), limit, stale_after_ms, now);
+    let body = PageView {
+        devices: page
+            .devices
+            .iter()
+            .map(|d| view(d, &state.devices, now, false))
+            .collect(),
+        next_cursor: page.next_cursor,
+    };
+    Json(body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::DevicesConfig;
+
+    #[test]
+    fn durations_parse_with_units_and_thresholds() {
+        let d = DeviceRegistry::new(DevicesConfig::default());
+        assert_eq!(parse_duration_s("7200", &d), Ok(7200));
+        assert_eq!(parse_duration_s("90s", &d), Ok(90));
+        assert_eq!(parse_duration_s("30m", &d), Ok(1800));
+        assert_eq!(parse_duration_s("2h", &d), Ok(7200));
+        assert_eq!(parse_duration_s("1d", &d), Ok(86_400));
+        assert_eq!(
+            parse_duration_s("amber", &d),
+            Ok(DevicesConfig::default().amber_after_s)
+        );
+        for bad in ["", "h", "2w", "-1", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration_s(bad, &d).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}
