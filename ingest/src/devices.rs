@@ -100,6 +100,13 @@ pub struct DeviceState {
     /// The newest readings in arrival order (kept in memory only).
     #[serde(skip)]
     pub recent: VecDeque<RecentPoint>,
+    /// The WAL position of the newest message counted here: a message replayed from the WAL
+    /// after a restart (at or below it) is not counted twice.
+    #[serde(default)]
+    pub last_lsn: u64,
+    /// The same for dead letters.
+    #[serde(default)]
+    pub last_dead_letter_lsn: u64,
 }
 
 impl DeviceState {
@@ -114,6 +121,18 @@ impl DeviceState {
         }
         s.error_flags = status.error_flags.or(s.error_flags);
         self.status_at_ms = Some(self.status_at_ms.map_or(at_ms, |t| t.max(at_ms)));
+    }
+
+    /// Whether a message at `lsn` is new to this state (and takes it); 0 is always new.
+    fn take_lsn(&mut self, lsn: u64) -> bool {
+        if lsn == 0 {
+            return true;
+        }
+        if lsn <= self.last_lsn {
+            return false;
+        }
+        self.last_lsn = lsn;
+        true
     }
 
     /// Green, amber or red by how long ago the meter was last heard.
@@ -140,6 +159,8 @@ pub enum Health {
 /// What the pipeline reports about one message.
 pub struct Observation<'a> {
     pub meter_id: &'a str,
+    /// The message's WAL position (0: not in the WAL).
+    pub lsn: u64,
     pub received_at_ms: i64,
     pub source: &'a str,
     pub format: &'a str,
@@ -221,6 +242,9 @@ impl DeviceRegistry {
         let Some(d) = self.entry(&mut map, o.meter_id, o.received_at_ms) else {
             return;
         };
+        if !d.take_lsn(o.lsn) {
+            return; // counted before the restart
+        }
         d.last_seen_ms = d.last_seen_ms.max(o.received_at_ms);
         d.last_source = o.source.to_string();
         d.last_format = o.format.to_string();
@@ -272,12 +296,18 @@ impl DeviceRegistry {
         }
     }
 
-    /// Remembers a dead letter of a meter (the newest few).
-    pub fn note_dead_letter(&self, meter_id: &str, note: DeadLetterNote) {
+    /// Remembers a dead letter of a meter (the newest few). `lsn` as in [`Observation`].
+    pub fn note_dead_letter(&self, meter_id: &str, lsn: u64, note: DeadLetterNote) {
         let mut map = self.write();
         let Some(d) = self.entry(&mut map, meter_id, note.received_at_ms) else {
             return;
         };
+        if lsn > 0 {
+            if lsn <= d.last_dead_letter_lsn {
+                return; // replayed
+            }
+            d.last_dead_letter_lsn = lsn;
+        }
         if d.recent_dead_letters.len() >= RECENT_DEAD_LETTERS {
             d.recent_dead_letters.pop_front();
         }
@@ -455,6 +485,7 @@ mod tests {
         let mut it = readings.iter().copied();
         r.observe(Observation {
             meter_id: "m1",
+            lsn: 0,
             received_at_ms: at,
             source: "mqtt",
             format: "json",
@@ -511,7 +542,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = DeviceRegistry::new(DevicesConfig::default());
         observe(&r, 10, &[("a", 100, 1.0, "kWh")], None);
-        r.note_dead_letter("m1", note(11));
+        r.note_dead_letter("m1", 0, note(11));
         r.save(dir.path()).unwrap();
         let back = DeviceRegistry::load(dir.path(), DevicesConfig::default()).unwrap();
         let mut saved = r.all();
@@ -547,6 +578,7 @@ mod tests {
             let mut it = std::iter::once(("a", i, 1.0, "kWh"));
             r.observe(Observation {
                 meter_id: &id,
+                lsn: 0,
                 received_at_ms: i,
                 source: "mqtt",
                 format: "json",
@@ -565,7 +597,7 @@ mod tests {
                 &[("a", i, i as f64, "kWh"), ("b", i, 0.0, "V")],
                 None,
             );
-            r.note_dead_letter("m1", note(i));
+            r.note_dead_letter("m1", 0, note(i));
         }
         let d = r.get("m1").unwrap();
         assert_eq!(d.recent.len(), 4);
@@ -581,6 +613,7 @@ mod tests {
             let mut it = std::iter::empty();
             r.observe(Observation {
                 meter_id: id,
+                lsn: 0,
                 received_at_ms: i as i64 * 1000,
                 source: "mqtt",
                 format: "json",
@@ -653,5 +686,32 @@ mod tests {
             (500, 7, Some(50))
         );
         assert_eq!(m2.last_values["a"].value, 2.0);
+    }
+
+    #[test]
+    fn a_replayed_message_is_not_counted_twice() {
+        let r = DeviceRegistry::new(DevicesConfig::default());
+        let seen = |lsn: u64| {
+            let mut it = std::iter::once(("a", 5, 1.0, "kWh"));
+            r.observe(Observation {
+                meter_id: "m1",
+                lsn,
+                received_at_ms: 10,
+                source: "mqtt",
+                format: "json",
+                decode_error: false,
+                seq: None,
+                rows: 1,
+                status: None,
+                readings: &mut it,
+            });
+        };
+        for lsn in [1, 2, 3, 2, 3, 4] {
+            seen(lsn);
+        }
+        let d = r.get("m1").unwrap();
+        assert_eq!((d.messages, d.rows, d.last_lsn), (4, 4, 4));
+        seen(0);
+        assert_eq!(r.get("m1").unwrap().messages, 5, "not from the WAL: always counted");
     }
 }

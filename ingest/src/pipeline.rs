@@ -413,6 +413,7 @@ impl Pipeline {
                 Ok(status) => {
                     self.devices.observe(Observation {
                         meter_id,
+                        lsn: message.lsn,
                         received_at_ms: message.received_at_ms,
                         source: message.source.as_str(),
                         format: "status",
@@ -494,6 +495,7 @@ impl Pipeline {
         }
         self.devices.observe(Observation {
             meter_id,
+            lsn: message.lsn,
             received_at_ms: message.received_at_ms,
             source: message.source.as_str(),
             format: format.as_str(),
@@ -547,6 +549,7 @@ impl Pipeline {
     fn observe_error(&self, meter_id: &str, message: &RawMessage, format: &str) {
         self.devices.observe(Observation {
             meter_id,
+            lsn: message.lsn,
             received_at_ms: message.received_at_ms,
             source: message.source.as_str(),
             format,
@@ -590,6 +593,7 @@ impl Pipeline {
             }
             self.devices.note_dead_letter(
                 meter_id,
+                message.lsn,
                 DeadLetterNote {
                     received_at_ms: letter.received_at_ms,
                     kind: letter.kind,
