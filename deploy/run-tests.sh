@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 declare -A needs=(
   [mosquitto_pub]=mosquitto-clients
   [coap-client-notls]=libcoap3-bin
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
   [curl]=curl
   [python3]=python3
 )

@@ -63,35 +63,80 @@ fn the_device_api_shows_status_recent_readings_dead_letters_and_stale_meters() {
     assert_eq!(d["health"], "green");
     assert_eq!(d["last_source"], "mqtt");
     assert_eq!(d["last_format"], "json");
-    assert_eq!((d["rows"].as_u64(), d["decode_errors"].as_u64()), (Some(6), Some(1)));
+    assert_eq!(
+        (d["rows"].as_u64(), d["decode_errors"].as_u64()),
+        (Some(6), Some(1))
+    );
     let s = &d["status"];
     assert_eq!(
-        (&s["battery_pct"], &s["rssi_dbm"], &s["rsrp_dbm"], &s["snr_db"], &s["firmware"], &s["error_flags"]),
-        (&Value::from(88), &Value::from(-87), &Value::from(-101), &Value::from(4.5), &Value::from("2.1.0"), &Value::from(2))
+        (
+            &s["battery_pct"],
+            &s["rssi_dbm"],
+            &s["rsrp_dbm"],
+            &s["snr_db"],
+            &s["firmware"],
+            &s["error_flags"]
+        ),
+        (
+            &Value::from(88),
+            &Value::from(-87),
+            &Value::from(-101),
+            &Value::from(4.5),
+            &Value::from("2.1.0"),
+            &Value::from(2)
+        )
     );
     assert_eq!(d["last_values"]["1-0:1.8.0"]["value"], 1002.0);
     assert_eq!(d["last_values"]["1-0:1.8.0"]["unit"], "kWh");
     let recent = &d["recent_readings"]["1-0:1.8.0"];
     assert_eq!(
         recent,
-        &serde_json::json!([[1_709_294_400_000i64, 1000.5], [1_709_295_300_000i64, 1001.25], [1_709_296_200_000i64, 1002.0]])
+        &serde_json::json!([
+            [1_709_294_400_000i64, 1000.5],
+            [1_709_295_300_000i64, 1001.25],
+            [1_709_296_200_000i64, 1002.0]
+        ])
     );
-    assert_eq!(d["recent_readings"]["1-0:1.7.0"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        d["recent_readings"]["1-0:1.7.0"].as_array().unwrap().len(),
+        3
+    );
     let letters = d["recent_dead_letters"].as_array().unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0]["kind"], "malformed");
-    assert!(letters[0]["reason"].as_str().unwrap().contains("json: malformed"), "{letters:?}");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("json: malformed"),
+        "{letters:?}"
+    );
     assert_eq!(get_json(&server, "/api/devices/NOBODY").0, 404);
 
     // Stale: OLD-1 is heard, then (after more than amber_after_s) FIELD-2 is.
-    publish(&server, dir, "meters/OLD-1/status", r#"{"battery_pct": 12}"#);
+    publish(
+        &server,
+        dir,
+        "meters/OLD-1/status",
+        r#"{"battery_pct": 12}"#,
+    );
     device_with(&server, "OLD-1", 1);
     std::thread::sleep(std::time::Duration::from_millis(3500));
-    publish(&server, dir, "meters/FIELD-2/status", r#"{"battery_pct": 99}"#);
+    publish(
+        &server,
+        dir,
+        "meters/FIELD-2/status",
+        r#"{"battery_pct": 99}"#,
+    );
     device_with(&server, "FIELD-2", 1);
     let (status, stale) = get_json(&server, "/api/devices?stale_after=3s");
     assert_eq!(status, 200);
-    let ids: Vec<&str> = stale["devices"].as_array().unwrap().iter().map(|d| d["meter_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = stale["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["meter_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec!["FIELD-1", "OLD-1"], "FIELD-2 was just heard");
     assert_eq!(stale["devices"][1]["health"], "amber");
     let (_, amber) = get_json(&server, "/api/devices?stale_after=amber");
@@ -99,7 +144,12 @@ fn the_device_api_shows_status_recent_readings_dead_letters_and_stale_meters() {
 
     // Pages: follow next_cursor through every meter, two at a time.
     for i in 0..5 {
-        publish(&server, dir, &format!("meters/PAGE-{i}/status"), r#"{"battery_pct": 50}"#);
+        publish(
+            &server,
+            dir,
+            &format!("meters/PAGE-{i}/status"),
+            r#"{"battery_pct": 50}"#,
+        );
     }
     device_with(&server, "PAGE-4", 1);
     let mut seen = Vec::new();
@@ -112,7 +162,11 @@ fn the_device_api_shows_status_recent_readings_dead_letters_and_stale_meters() {
         let (_, page) = get_json(&server, &path);
         let devices = page["devices"].as_array().unwrap();
         assert!(devices.len() <= 2);
-        seen.extend(devices.iter().map(|d| d["meter_id"].as_str().unwrap().to_string()));
+        seen.extend(
+            devices
+                .iter()
+                .map(|d| d["meter_id"].as_str().unwrap().to_string()),
+        );
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
             None => break,
@@ -123,7 +177,11 @@ fn the_device_api_shows_status_recent_readings_dead_letters_and_stale_meters() {
         ["FIELD-1", "FIELD-2", "OLD-1", "PAGE-0", "PAGE-1", "PAGE-2", "PAGE-3", "PAGE-4"]
     );
     for bad in ["stale_after=soon", "limit=0", "limit=5000", "colour=red"] {
-        assert_eq!(server.http_get(&format!("/api/devices?{bad}")).0, 400, "{bad}");
+        assert_eq!(
+            server.http_get(&format!("/api/devices?{bad}")).0,
+            400,
+            "{bad}"
+        );
     }
     let (status, ready) = get_json(&server, "/ready");
     assert_eq!(status, 200, "{ready}");
@@ -143,7 +201,9 @@ fn device_state_survives_a_restart_and_a_kill_9() {
         &server,
         files.path(),
         "meters/KEEP-1/json",
-        &format!(r#"{{"readings":[{{"channel":"1-0:1.8.0","ts":"{NOW_TS}","value":42.5,"unit":"kWh"}}],"status":{{"battery_pct":77,"firmware":"9.9"}}}}"#),
+        &format!(
+            r#"{{"readings":[{{"channel":"1-0:1.8.0","ts":"{NOW_TS}","value":42.5,"unit":"kWh"}}],"status":{{"battery_pct":77,"firmware":"9.9"}}}}"#
+        ),
     );
     publish(&server, files.path(), "meters/KEEP-1/json", "not json");
     let before = wait_for("KEEP-1 with its dead letter", || {
@@ -158,12 +218,25 @@ fn device_state_survives_a_restart_and_a_kill_9() {
     server.kill_9();
     let server = server.restart();
     let after = device_with(&server, "KEEP-1", 2);
-    for key in ["first_seen_ms", "last_seen_ms", "rows", "decode_errors", "status", "last_values", "recent_dead_letters"] {
+    for key in [
+        "first_seen_ms",
+        "last_seen_ms",
+        "rows",
+        "decode_errors",
+        "status",
+        "last_values",
+        "recent_dead_letters",
+    ] {
         assert_eq!(after[key], before[key], "{key} after kill -9");
     }
     assert_eq!(after["status"]["battery_pct"], 77);
     // A clean stop and start keep it too, with what came in between.
-    publish(&server, files.path(), "meters/KEEP-1/status", r#"{"rssi_dbm": -70}"#);
+    publish(
+        &server,
+        files.path(),
+        "meters/KEEP-1/status",
+        r#"{"rssi_dbm": -70}"#,
+    );
     device_with(&server, "KEEP-1", 3);
     let data_dir = server.data_dir.clone();
     let status = std::process::Command::new("kill")
@@ -186,12 +259,42 @@ fn the_api_asks_for_the_token_when_one_is_set() {
     let server = Server::start_with(&["--http-token", token]);
     let bearer = format!("Bearer {token}");
     for path in ["/api/devices", "/api/devices/X", "/metrics"] {
-        assert_eq!(http(server.http_port, "GET", path, &[], None).0, 401, "{path}");
-        let wrong = http(server.http_port, "GET", path, &[("Authorization", "Bearer wrong-token-0123456789")], None);
+        assert_eq!(
+            http(server.http_port, "GET", path, &[], None).0,
+            401,
+            "{path}"
+        );
+        let wrong = http(
+            server.http_port,
+            "GET",
+            path,
+            &[("Authorization", "Bearer wrong-token-0123456789")],
+            None,
+        );
         assert_eq!(wrong.0, 401, "{path}");
     }
-    assert_eq!(http(server.http_port, "GET", "/api/devices", &[("Authorization", &bearer)], None).0, 200);
-    assert_eq!(http(server.http_port, "GET", "/metrics", &[("Authorization", &bearer)], None).0, 200);
+    assert_eq!(
+        http(
+            server.http_port,
+            "GET",
+            "/api/devices",
+            &[("Authorization", &bearer)],
+            None
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        http(
+            server.http_port,
+            "GET",
+            "/metrics",
+            &[("Authorization", &bearer)],
+            None
+        )
+        .0,
+        200
+    );
     // Open: liveness, readiness, and the page's HTML (which asks for the token itself).
     assert_eq!(server.http_get("/health").0, 200);
     assert_eq!(server.http_get("/ready").0, 200);
@@ -205,7 +308,11 @@ fn the_api_asks_for_the_token_when_one_is_set() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("http.token"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("http.token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// One sample of the Prometheus text exposition format, parsed strictly.
@@ -221,7 +328,9 @@ struct Sample {
 fn parse_prometheus(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
     let ident = |s: &str| {
         !s.is_empty()
-            && s.chars().enumerate().all(|(i, c)| c == '_' || c == ':' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()))
+            && s.chars().enumerate().all(|(i, c)| {
+                c == '_' || c == ':' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())
+            })
     };
     let mut types = BTreeMap::new();
     let mut samples = Vec::new();
@@ -229,8 +338,14 @@ fn parse_prometheus(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
             assert!(ident(name), "{line}");
-            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "{line}");
-            assert!(types.insert(name.to_string(), kind.to_string()).is_none(), "TYPE twice: {line}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            assert!(
+                types.insert(name.to_string(), kind.to_string()).is_none(),
+                "TYPE twice: {line}"
+            );
             continue;
         }
         if line.starts_with("# HELP ") || line.starts_with('#') {
@@ -245,11 +360,15 @@ fn parse_prometheus(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
         let (name, labels) = match series.split_once('{') {
             None => (series, BTreeMap::new()),
             Some((name, rest)) => {
-                let body = rest.strip_suffix('}').unwrap_or_else(|| panic!("labels end in }}: {line}"));
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("labels end in }}: {line}"));
                 let mut labels = BTreeMap::new();
                 let mut rest = body;
                 while !rest.is_empty() {
-                    let (key, after) = rest.split_once("=\"").unwrap_or_else(|| panic!("label in {line}"));
+                    let (key, after) = rest
+                        .split_once("=\"")
+                        .unwrap_or_else(|| panic!("label in {line}"));
                     assert!(ident(key), "{line}");
                     let mut value = String::new();
                     let mut chars = after.char_indices();
@@ -270,10 +389,17 @@ fn parse_prometheus(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
         assert!(ident(name), "{line}");
         let family = ["_bucket", "_sum", "_count"]
             .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).map(String::as_str) == Some("histogram")))
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).map(String::as_str) == Some("histogram"))
+            })
             .unwrap_or(name);
         assert!(types.contains_key(family), "sample before its TYPE: {line}");
-        samples.push(Sample { name: name.to_string(), labels, value });
+        samples.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
     }
     (types, samples)
 }
@@ -281,7 +407,12 @@ fn parse_prometheus(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
 fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
-        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
         .map(|s| s.value)
         .sum()
 }
@@ -305,10 +436,16 @@ fn metrics_parse_as_prometheus_text_and_count_what_a_run_published() {
     publish(&server, files.path(), "elsewhere/x", "{}");
     // Over CoAP too: one report.
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
-    let mut con = vec![0x40, 0x02, 0x00, 0x01, 0xb1, b'r', 0x03, b'C', b'-', b'1', 0x11, 50, 0xff];
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut con = vec![
+        0x40, 0x02, 0x00, 0x01, 0xb1, b'r', 0x03, b'C', b'-', b'1', 0x11, 50, 0xff,
+    ];
     con.extend_from_slice(json.as_bytes());
-    socket.send_to(&con, ("127.0.0.1", server.coap_port)).unwrap();
+    socket
+        .send_to(&con, ("127.0.0.1", server.coap_port))
+        .unwrap();
     let mut buf = [0u8; 256];
     let n = socket.recv(&mut buf).unwrap();
     assert_eq!(&buf[..2], &[0x60, 0x44], "2.04: {:?}", &buf[..n]);
@@ -318,30 +455,84 @@ fn metrics_parse_as_prometheus_text_and_count_what_a_run_published() {
         let (status, text) = http(server.http_port, "GET", "/metrics", &[], None);
         assert_eq!(status, 200);
         let (types, samples) = parse_prometheus(&text);
-        (value(&samples, "meterflow_rows_written_total", &[("sink", "parquet")]) == expected_rows)
+        (value(
+            &samples,
+            "meterflow_rows_written_total",
+            &[("sink", "parquet")],
+        ) == expected_rows)
             .then_some((types, samples))
     });
     let v = |name: &str, labels: &[(&str, &str)]| value(&samples, name, labels);
     assert_eq!(v("meterflow_received_total", &[("source", "mqtt")]), 13.0);
     assert_eq!(v("meterflow_received_total", &[("source", "coap")]), 1.0);
-    assert_eq!(v("meterflow_messages_total", &[("source", "mqtt"), ("format", "json")]), 8.0);
-    assert_eq!(v("meterflow_messages_total", &[("source", "mqtt"), ("format", "senml")]), 3.0);
-    assert_eq!(v("meterflow_messages_total", &[("source", "mqtt"), ("format", "pb")]), 1.0);
-    assert_eq!(v("meterflow_messages_total", &[("source", "mqtt"), ("format", "none")]), 1.0);
-    assert_eq!(v("meterflow_messages_total", &[("source", "coap"), ("format", "json")]), 1.0);
+    assert_eq!(
+        v(
+            "meterflow_messages_total",
+            &[("source", "mqtt"), ("format", "json")]
+        ),
+        8.0
+    );
+    assert_eq!(
+        v(
+            "meterflow_messages_total",
+            &[("source", "mqtt"), ("format", "senml")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        v(
+            "meterflow_messages_total",
+            &[("source", "mqtt"), ("format", "pb")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "meterflow_messages_total",
+            &[("source", "mqtt"), ("format", "none")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "meterflow_messages_total",
+            &[("source", "coap"), ("format", "json")]
+        ),
+        1.0
+    );
     assert_eq!(v("meterflow_decoded_total", &[("format", "json")]), 8.0);
     assert_eq!(v("meterflow_rows_decoded_total", &[]), expected_rows);
-    assert_eq!(v("meterflow_dead_letters_total", &[("reason", "malformed")]), 2.0);
-    assert_eq!(v("meterflow_dead_letters_total", &[("reason", "bad_topic")]), 1.0);
+    assert_eq!(
+        v("meterflow_dead_letters_total", &[("reason", "malformed")]),
+        2.0
+    );
+    assert_eq!(
+        v("meterflow_dead_letters_total", &[("reason", "bad_topic")]),
+        1.0
+    );
     assert_eq!(v("meterflow_coap_answers_total", &[("code", "2.04")]), 1.0);
     assert_eq!(v("meterflow_router_drops_total", &[]), 0.0);
     assert_eq!(v("meterflow_devices", &[]), 11.0);
     assert!(v("meterflow_wal_bytes", &[]) > 0.0);
     // The batch-latency histogram: buckets rise to the count.
-    assert_eq!(types.get("meterflow_batch_write_seconds").map(String::as_str), Some("histogram"));
-    let count = v("meterflow_batch_write_seconds_count", &[("sink", "parquet")]);
+    assert_eq!(
+        types
+            .get("meterflow_batch_write_seconds")
+            .map(String::as_str),
+        Some("histogram")
+    );
+    let count = v(
+        "meterflow_batch_write_seconds_count",
+        &[("sink", "parquet")],
+    );
     assert!(count >= 1.0);
-    assert_eq!(v("meterflow_batch_write_seconds_bucket", &[("sink", "parquet"), ("le", "+Inf")]), count);
+    assert_eq!(
+        v(
+            "meterflow_batch_write_seconds_bucket",
+            &[("sink", "parquet"), ("le", "+Inf")]
+        ),
+        count
+    );
     for (name, kind) in [
         ("meterflow_received_total", "counter"),
         ("meterflow_messages_total", "counter"),

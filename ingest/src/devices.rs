@@ -712,6 +712,10 @@ mod tests {
         let d = r.get("m1").unwrap();
         assert_eq!((d.messages, d.rows, d.last_lsn), (4, 4, 4));
         seen(0);
-        assert_eq!(r.get("m1").unwrap().messages, 5, "not from the WAL: always counted");
+        assert_eq!(
+            r.get("m1").unwrap().messages,
+            5,
+            "not from the WAL: always counted"
+        );
     }
 }
