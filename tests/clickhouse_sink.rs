@@ -4,9 +4,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
-use common::{config_file, mosquitto_pub, wait_for, ClickHouse, Server};
+use common::{config_file, mosquitto_pub, wait_for, ClickHouse, Server, BIN};
 use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::Format;
 
@@ -159,7 +159,9 @@ fn every_reading_published_over_mqtt_is_in_clickhouse_once() {
     ));
     assert_eq!(hourly.trim(), "0\t0.75\t1");
     let status = ch.query(&format!(
-        "SELECT battery_pct, rssi_dbm, firmware, error_flags, source FROM {db}.device_status FINAL WHERE meter_id = 'DUP-1'"
+        // The report was delivered twice: its status row is there twice, identical (the
+        // queries take each field's newest value, so that is harmless).
+        "SELECT DISTINCT battery_pct, rssi_dbm, firmware, error_flags, source FROM {db}.device_status WHERE meter_id = 'DUP-1'"
     ));
     assert_eq!(status.trim(), "87\t-71\t4.2.17\t4\tmqtt");
     ch.query(&format!("DROP DATABASE {db}"));
@@ -273,4 +275,90 @@ fn assert_same(
         extra.len(),
         show(extra.clone())
     );
+}
+
+/// Issue 5: the device state comes back from ClickHouse when the state file is gone (a new
+/// disk, a machine replaced): last seen, the newest values and the status fields.
+#[test]
+fn device_state_is_rebuilt_from_clickhouse_without_the_state_file() {
+    let ch = ClickHouse::shared();
+    let db = ClickHouse::fresh_database("mf_devices");
+    let (_cfg, config) = config_file(&format!(
+        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n[batch]\nmax_age_ms = 100\n",
+        ch.url
+    ));
+    let schema = Command::new(BIN)
+        .args(["schema", "--apply", "--config", &config])
+        .output()
+        .unwrap();
+    assert!(
+        schema.status.success(),
+        "{}",
+        String::from_utf8_lossy(&schema.stderr)
+    );
+    let server = Server::start_with(&["--config", &config]);
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    std::fs::write(
+        &report,
+        r#"{"readings":[{"channel":"1-0:1.8.0","ts":"2024-03-01T12:00:00Z","value":321.5,"unit":"kWh"},
+                        {"channel":"1-0:1.8.0","ts":"2024-03-01T11:00:00Z","value":320.0,"unit":"kWh"}],
+            "status":{"battery_pct":64,"rssi_dbm":-88,"firmware":"3.1.4"}}"#,
+    )
+    .unwrap();
+    mosquitto_pub(server.mqtt_port, "meters/REBUILD-1/json", &report, &[]);
+    let status = dir.path().join("s.json");
+    std::fs::write(&status, r#"{"error_flags": 2}"#).unwrap();
+    mosquitto_pub(server.mqtt_port, "meters/REBUILD-1/status", &status, &[]);
+    wait_for("both status reports in ClickHouse", || {
+        let n = ch.query(&format!(
+            "SELECT count() FROM {db}.device_status WHERE meter_id = 'REBUILD-1'"
+        ));
+        (n.trim() == "2").then_some(())
+    });
+    let (exit, data_dir, log, tmp) = server.stop();
+    assert!(exit.success(), "{log}");
+    // The state file is lost; the data folder is otherwise kept.
+    std::fs::remove_file(data_dir.join("state/devices.json")).unwrap();
+    let http_port = common::free_port();
+    let restarted = Command::new(BIN)
+        .args(["serve", "--config", &config])
+        .args([
+            "--mqtt-listen",
+            &format!("127.0.0.1:{}", common::free_port()),
+        ])
+        .args(["--mqtt-v5-listen", "off", "--coap-listen", "off"])
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(restarted);
+    let device: serde_json::Value = wait_for("REBUILD-1 rebuilt from ClickHouse", || {
+        std::net::TcpStream::connect(("127.0.0.1", http_port)).ok()?;
+        let (status, body) = common::http_get(http_port, "/api/devices/REBUILD-1");
+        (status == 200).then(|| serde_json::from_str(&body).unwrap())
+    });
+    assert_eq!(
+        device["last_values"]["1-0:1.8.0"]["value"], 321.5,
+        "{device}"
+    );
+    assert_eq!(device["last_values"]["1-0:1.8.0"]["unit"], "kWh");
+    assert_eq!(device["status"]["battery_pct"], 64);
+    assert_eq!(device["status"]["rssi_dbm"], -88);
+    assert_eq!(device["status"]["firmware"], "3.1.4");
+    assert_eq!(device["status"]["error_flags"], 2);
+    assert_eq!(device["rows"], 2);
+    assert!(device["last_seen_ms"].as_i64().unwrap() > 1_700_000_000_000);
+    drop(child);
+    drop(tmp);
 }

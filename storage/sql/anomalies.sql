@@ -55,8 +55,8 @@ SELECT meter_id, channel, kind, at, detail FROM (
     SELECT meter_id, '' AS channel, 'error_flags' AS kind, toString(t, 'UTC') AS at,
         concat('error flags ', toString(flags)) AS detail
     FROM (
-        SELECT meter_id, at AS t, assumeNotNull(error_flags) AS flags
-        FROM {db}.device_status FINAL
+        SELECT DISTINCT meter_id, at AS t, assumeNotNull(error_flags) AS flags
+        FROM {db}.device_status
         WHERE at >= toDateTime({from}) AND at < toDateTime({to}) AND error_flags > 0 {meter_filter}
     )
 )

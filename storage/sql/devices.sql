@@ -28,7 +28,7 @@ ANY LEFT JOIN (
         argMaxIf(rsrp_dbm, at, isNotNull(rsrp_dbm)) AS rsrp_dbm,
         argMaxIf(firmware, at, isNotNull(firmware)) AS firmware,
         argMaxIf(error_flags, at, isNotNull(error_flags)) AS error_flags
-    FROM {db}.device_status FINAL
+    FROM {db}.device_status
     WHERE 1 {meter_filter_where}
     GROUP BY meter_id
 ) USING meter_id

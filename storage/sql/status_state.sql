@@ -9,6 +9,6 @@ SELECT
     ifNull(toString(argMaxIf(snr_db, at, isNotNull(snr_db))), '') AS snr_db,
     ifNull(toString(argMaxIf(firmware, at, isNotNull(firmware))), '') AS firmware,
     ifNull(toString(argMaxIf(error_flags, at, isNotNull(error_flags))), '') AS error_flags
-FROM {db}.device_status FINAL
+FROM {db}.device_status
 WHERE at >= now() - {days} * 86400
 GROUP BY meter_id

@@ -186,7 +186,7 @@ GROUP BY meter_id, channel, {column}"
     firmware Nullable(String),
     error_flags Nullable(UInt32),
     source String
-) ENGINE = ReplacingMergeTree()
+) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(at)
 ORDER BY (meter_id, at)"
     ));
