@@ -246,6 +246,10 @@ pub async fn serve(
             marks,
             wal_max_bytes: config.wal.max_bytes,
             clickhouse_failing_since,
+            clickhouse: config
+                .clickhouse
+                .enabled()
+                .then(|| config.clickhouse.clone()),
             pipeline_running,
         },
         token: (!config.http.token.is_empty()).then(|| Arc::from(config.http.token.as_str())),

@@ -53,7 +53,7 @@ pub struct CoapConfig {
     pub max_inflight: usize,
     /// Answers kept for duplicate detection (per peer and message ID, for 247 s). One younger
     /// than 45 s is never evicted, so this bounds the sustained rate to about entries / 45
-    /// requests per second (5.03 past it); about 150 bytes each.
+    /// requests per second (5.03 past it); about 300 bytes each.
     pub exchange_cache_entries: usize,
     /// Block1 bodies being assembled at once at most (each at most `max_payload_bytes`).
     pub block_transfers: usize,
@@ -75,7 +75,7 @@ impl Default for CoapConfig {
             listen: Some(SocketAddr::from(([0, 0, 0, 0], 5683))),
             max_payload_bytes: 64 * 1024,
             max_inflight: 4096,
-            exchange_cache_entries: 1_000_000,
+            exchange_cache_entries: 262_144,
             block_transfers: 1024,
             block_timeout_s: 120,
             busy_max_age_s: 10,

@@ -33,6 +33,8 @@ pub struct Readiness {
     pub wal_max_bytes: u64,
     /// Unix ms since when ClickHouse inserts fail (0: they succeed); `None` without ClickHouse.
     pub clickhouse_failing_since: Option<Arc<AtomicI64>>,
+    /// Where ClickHouse is, to ask it directly (an idle meterflow has no inserts to go by).
+    pub clickhouse: Option<meterflow_storage::clickhouse::ClickHouseConfig>,
     /// False once the pipeline thread has ended.
     pub pipeline_running: Arc<AtomicBool>,
 }
@@ -145,22 +147,39 @@ async fn ready(State(state): State<HttpState>) -> Response {
             detail: format!("{wal} of {} bytes (wal.max_bytes)", r.wal_max_bytes),
         },
     );
-    if let Some(failing) = &r.clickhouse_failing_since {
+    if let (Some(failing), Some(config)) = (&r.clickhouse_failing_since, &r.clickhouse) {
         let since = failing.load(Ordering::Acquire);
-        checks.insert(
-            "clickhouse",
+        let check = if since != 0 {
             Check {
-                ok: since == 0,
-                detail: if since == 0 {
-                    "inserting".into()
-                } else {
-                    format!(
-                        "inserts failing for {} s (retrying; the WAL holds the data)",
-                        (now_ms() - since).max(0) / 1000
-                    )
+                ok: false,
+                detail: format!(
+                    "inserts failing for {} s (retrying; the WAL holds the data)",
+                    (now_ms() - since).max(0) / 1000
+                ),
+            }
+        } else {
+            // Inserts have not failed; ask the server itself, briefly.
+            let asked = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                meterflow_storage::clickhouse::server_version(config),
+            )
+            .await;
+            match asked {
+                Ok(Ok(version)) => Check {
+                    ok: true,
+                    detail: format!("reachable (ClickHouse {}.{})", version.major, version.minor),
                 },
-            },
-        );
+                Ok(Err(e)) => Check {
+                    ok: false,
+                    detail: format!("unreachable: {e}"),
+                },
+                Err(_) => Check {
+                    ok: false,
+                    detail: "no answer within 2 s".into(),
+                },
+            }
+        };
+        checks.insert("clickhouse", check);
     }
     let is_ready = checks.values().all(|c| c.ok);
     let code = if is_ready {
