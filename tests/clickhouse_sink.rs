@@ -359,6 +359,9 @@ fn device_state_is_rebuilt_from_clickhouse_without_the_state_file() {
     assert_eq!(device["status"]["error_flags"], 2);
     assert_eq!(device["rows"], 2);
     assert!(device["last_seen_ms"].as_i64().unwrap() > 1_700_000_000_000);
+    let (status, ready) = common::http_get(http_port, "/ready");
+    assert_eq!(status, 200, "{ready}");
+    assert!(ready.contains("reachable (ClickHouse"), "{ready}");
     drop(child);
     drop(tmp);
 }

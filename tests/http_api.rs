@@ -301,6 +301,16 @@ fn the_api_asks_for_the_token_when_one_is_set() {
     let (status, page) = server.http_get("/");
     assert_eq!(status, 200);
     assert!(page.contains("meterflow") && page.contains("Bearer"));
+    // Not ready while ClickHouse cannot be reached (here: nothing listens on its port).
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let unready = Server::start_with(&["--clickhouse-url", &dead]);
+    let (status, body) = unready.http_get("/ready");
+    assert_eq!(status, 503, "{body}");
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["ready"], false);
+    assert_eq!(ready["checks"]["clickhouse"]["ok"], false, "{ready}");
+    assert_eq!(ready["checks"]["pipeline"]["ok"], true);
+    drop(unready);
     // Listening beyond loopback without a token is refused at start-up, naming the key.
     let out = std::process::Command::new(common::BIN)
         .args(["serve", "--http-listen", "0.0.0.0:0", "--data-dir"])
