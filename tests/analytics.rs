@@ -51,15 +51,7 @@ fn billing_anomalies_and_devices_on_known_data() {
         "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n",
         ch.url
     ));
-    let out = Command::new(BIN)
-        .args(["schema", "--apply", "--config", &config])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::apply_schema(&config);
 
     let now = "now()";
     let old = "toDateTime(toUInt32(now()) - 2 * 86400)";

@@ -8,7 +8,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use base64::Engine;
 use common::{config_file, http, mosquitto_pub, wait_for, Server};
@@ -157,8 +156,9 @@ fn screenshots() -> PathBuf {
 
 #[test]
 fn a_field_engineer_finds_a_meter_on_a_phone_and_sees_its_status_and_chart() {
-    // Amber after 1 s, so the silent meter is in the stale list by the time the page loads.
-    let (_cfg, config) = config_file("[devices]\namber_after_s = 1\nred_after_s = 3600\n");
+    // Amber after 5 s: the silent meter goes amber while the browser starts, the meter looked
+    // up stays green (it is published just before).
+    let (_cfg, config) = config_file("[devices]\namber_after_s = 5\nred_after_s = 3600\n");
     let server = Server::start_with(&["--config", &config]);
     let files = tempfile::tempdir().unwrap();
     let publish = |topic: &str, payload: String| {
@@ -167,7 +167,11 @@ fn a_field_engineer_finds_a_meter_on_a_phone_and_sees_its_status_and_chart() {
         mosquitto_pub(server.mqtt_port, topic, &file, &[]);
     };
     publish("meters/SILENT-1/status", r#"{"battery_pct": 5}"#.into());
-    std::thread::sleep(Duration::from_millis(1500));
+    let browser = Browser::start();
+    wait_for("SILENT-1 to go amber", || {
+        let (_, body) = server.http_get("/api/devices/SILENT-1");
+        body.contains("\"health\":\"amber\"").then_some(())
+    });
     let start = 1_709_294_400_000i64;
     for k in 0..6 {
         publish(
@@ -186,12 +190,14 @@ fn a_field_engineer_finds_a_meter_on_a_phone_and_sees_its_status_and_chart() {
         body.contains("\"messages\":7").then_some(())
     });
 
-    let browser = Browser::start();
     browser.go(&format!("http://127.0.0.1:{}/", server.http_port));
-    let stale = browser.wait_for("#stale a");
+    let stale = browser.wait_for("#stale");
+    wait_for("the stale list to name the silent meter", || {
+        browser.text(&stale).contains("SILENT-1").then_some(())
+    });
     assert!(
-        browser.text(&stale).contains("SILENT-1"),
-        "the stale list names the silent meter"
+        !browser.text(&stale).contains("BROWSER-1"),
+        "a meter just heard is not stale"
     );
 
     let search = browser.wait_for("#search");

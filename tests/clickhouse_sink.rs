@@ -287,15 +287,7 @@ fn device_state_is_rebuilt_from_clickhouse_without_the_state_file() {
         "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n[batch]\nmax_age_ms = 100\n",
         ch.url
     ));
-    let schema = Command::new(BIN)
-        .args(["schema", "--apply", "--config", &config])
-        .output()
-        .unwrap();
-    assert!(
-        schema.status.success(),
-        "{}",
-        String::from_utf8_lossy(&schema.stderr)
-    );
+    common::apply_schema(&config);
     let server = Server::start_with(&["--config", &config]);
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("r.json");

@@ -40,15 +40,7 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
         "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n",
         ch.url
     ));
-    let out = Command::new(BIN)
-        .args(["schema", "--apply", "--config", &config])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::apply_schema(&config);
     // Yesterday, meter G1: import register 100 -> 102.5 kWh, gas 10 -> 10.75 m3; a reverse
     // run on G2; an error flag on G3; nothing heard from G4 for three hours.
     let day = "toStartOfDay(now()) - 86400";

@@ -36,8 +36,8 @@ const NOW_TS: &str = "2024-03-01T12:00:00Z";
 #[test]
 fn the_device_api_shows_status_recent_readings_dead_letters_and_stale_meters() {
     let files = tempfile::tempdir().unwrap();
-    // One page of the stale list and the health colours at test scale: amber after 1 s.
-    let (_cfg, config) = config_file("[devices]\namber_after_s = 1\nred_after_s = 3600\n");
+    // One page of the stale list and the health colours at test scale: amber after 3 s.
+    let (_cfg, config) = config_file("[devices]\namber_after_s = 3\nred_after_s = 3600\n");
     let server = Server::start_with(&["--config", &config]);
     let dir = files.path();
     for (i, value) in [1000.5, 1001.25, 1002.0].iter().enumerate() {

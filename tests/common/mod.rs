@@ -484,6 +484,19 @@ pub fn config_file(text: &str) -> (tempfile::TempDir, String) {
     (dir, path)
 }
 
+/// `meterflow schema --apply` with the ClickHouse of a config file.
+pub fn apply_schema(config: &str) {
+    let out = Command::new(BIN)
+        .args(["schema", "--apply", "--config", config])
+        .output()
+        .expect("meterflow schema runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `meterflow simulate --json` for `plan` against an MQTT port, `pause_ms` between reports.
 /// Every expected row of every plan is in Parquet, with its format, and nothing else; no
 /// dead letters. `exactly_once`: no report may be stored twice either (no duplicates
