@@ -95,6 +95,11 @@ fn every_reading_published_over_mqtt_is_in_clickhouse_once() {
     )
     .unwrap();
     mosquitto_pub(server.mqtt_port, "meters/DUP-1/status", &status, &[]);
+    // A payload that does not decode: a dead letter in the files and in ClickHouse, raw bytes
+    // (not valid UTF-8) and all.
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, b"{\"readings\": [\xff\xfe").unwrap();
+    mosquitto_pub(server.mqtt_port, "meters/DL-1/json", &broken, &[]);
 
     let plans = [
         Plan {
@@ -158,6 +163,14 @@ fn every_reading_published_over_mqtt_is_in_clickhouse_once() {
          WHERE meter_id = 'chpb-000000' AND channel = '1-0:1.8.1'"
     ));
     assert_eq!(hourly.trim(), "0\t0.75\t1");
+    let letters = ch.query(&format!(
+        "SELECT source, topic, meter_id, format, kind, hex(payload), reason LIKE 'json: malformed%' FROM {db}.dead_letters"
+    ));
+    assert_eq!(
+        letters.trim(),
+        "mqtt\tmeters/DL-1/json\tDL-1\tjson\tmalformed\t7B2272656164696E6773223A205BFFFE\t1",
+        "exactly the one dead letter, with its raw bytes"
+    );
     let status = ch.query(&format!(
         // The report was delivered twice: its status row is there twice, identical (the
         // queries take each field's newest value, so that is harmless).

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use meterflow_decoders::{decode, decode_status, DecodeContext, DecodeError, Decoded, Format};
 use meterflow_proto::{is_valid_meter_id, RowMeta};
-use meterflow_storage::clickhouse::{ClickHouseWriter, RejectedBatch, StatusRow};
+use meterflow_storage::clickhouse::{
+    ClickHouseWriter, DeadLetterRow, RejectedBatch, SideRows, StatusRow,
+};
 use meterflow_storage::{wal, Batcher, DeadLetter, DeadLetterStore, ParquetSink, WalReader};
 
 use crate::devices::{DeadLetterNote, DeviceRegistry, Observation};
@@ -64,6 +66,11 @@ pub struct PipelineSummary {
     pub files: u64,
 }
 
+/// Status and dead-letter rows held for ClickHouse at most before they are sent on their own.
+const SIDE_ROWS_MAX: usize = 4096;
+/// ...and the dead letters' payload bytes at most.
+const SIDE_BYTES_MAX: usize = 16 << 20;
+
 /// How often the checkpoint is saved at most when no file completes.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
@@ -80,7 +87,8 @@ pub struct Pipeline {
     pub parquet: ParquetSink,
     pub clickhouse: Option<ClickHouseWriter>,
     /// Status reports waiting to go to ClickHouse with the next batch.
-    statuses: Vec<StatusRow>,
+    /// Status reports and dead letters waiting to go to ClickHouse with the next batch.
+    side: SideRows,
     pub dead_letters: DeadLetterStore,
     pub devices: DeviceRegistry,
     data_dir: PathBuf,
@@ -110,7 +118,7 @@ impl Pipeline {
             batcher,
             parquet: sinks.parquet,
             clickhouse: sinks.clickhouse,
-            statuses: Vec::new(),
+            side: SideRows::default(),
             dead_letters: sinks.dead_letters,
             devices,
             data_dir,
@@ -152,8 +160,8 @@ impl Pipeline {
             let now = Instant::now();
             if let Some((batch, oldest)) = self.batcher.take_if_due(now) {
                 self.write(&batch, oldest, now)?;
-            } else if self.batcher.rows() == 0 && !self.statuses.is_empty() {
-                self.send_statuses();
+            } else if self.batcher.rows() == 0 && !self.side.is_empty() {
+                self.send_side_rows();
             }
             let rolled = self.parquet.roll_due(now)?.len();
             self.summary.files += rolled as u64;
@@ -289,7 +297,7 @@ impl Pipeline {
             self.write(&batch, oldest, now)?;
         }
         self.summary.files += self.parquet.close()?.len() as u64;
-        self.send_statuses();
+        self.send_side_rows();
         if let Some(clickhouse) = self.clickhouse.as_mut() {
             clickhouse.close();
         }
@@ -307,8 +315,8 @@ impl Pipeline {
         if let Some(clickhouse) = &self.clickhouse {
             // Every record before next_lsn is in this batch or an earlier one. Waits while
             // ClickHouse is away and its queue is full; the WAL holds what arrives meanwhile.
-            let statuses = std::mem::take(&mut self.statuses);
-            clickhouse.send(batch.clone(), statuses, self.next_lsn - 1);
+            let side = std::mem::take(&mut self.side);
+            clickhouse.send(batch.clone(), side, self.next_lsn - 1);
         }
         let started = Instant::now();
         let completed = self.parquet.write(batch, oldest_lsn, now)?;
@@ -320,14 +328,28 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Sends status reports to ClickHouse on their own (no readings waiting to carry them).
-    fn send_statuses(&mut self) {
+    /// Sends status reports and dead letters to ClickHouse on their own (no readings waiting
+    /// to carry them, or too many of them to wait). They confirm no further than the oldest
+    /// row still in the batcher.
+    fn send_side_rows(&mut self) {
         if let Some(clickhouse) = &self.clickhouse {
-            if !self.statuses.is_empty() {
+            if !self.side.is_empty() {
                 let empty = arrow_array::RecordBatch::new_empty(meterflow_proto::reading_schema());
-                let statuses = std::mem::take(&mut self.statuses);
-                clickhouse.send(empty, statuses, self.next_lsn - 1);
+                let side = std::mem::take(&mut self.side);
+                let through = match self.batcher.oldest_lsn().filter(|lsn| *lsn > 0) {
+                    Some(oldest) => (oldest - 1).min(self.next_lsn - 1),
+                    None => self.next_lsn - 1,
+                };
+                clickhouse.send(empty, side, through);
             }
+        }
+    }
+
+    /// Sends the side rows early when many wait (a burst of dead letters carries payloads).
+    fn flush_side_rows_if_large(&mut self) {
+        let (rows, bytes) = self.side.size();
+        if rows >= SIDE_ROWS_MAX || bytes >= SIDE_BYTES_MAX {
+            self.send_side_rows();
         }
     }
 
@@ -341,7 +363,7 @@ impl Pipeline {
         if self.clickhouse.is_none() {
             return;
         }
-        self.statuses.push(StatusRow {
+        self.side.statuses.push(StatusRow {
             meter_id: meter_id.to_string(),
             at_ms: message.received_at_ms,
             battery_pct: status.battery_pct,
@@ -352,6 +374,7 @@ impl Pipeline {
             error_flags: status.error_flags,
             source: message.source.as_str().to_string(),
         });
+        self.flush_side_rows_if_large();
     }
 
     /// Keeps the rows of batches ClickHouse refused for their data as dead letters (one per
@@ -582,6 +605,19 @@ impl Pipeline {
             payload: message.payload.to_vec(),
         };
         self.dead_letters.write(&letter)?;
+        if self.clickhouse.is_some() {
+            self.side.dead_letters.push(DeadLetterRow {
+                received_at_ms: letter.received_at_ms,
+                source: letter.source.clone(),
+                topic: letter.topic.clone(),
+                meter_id: letter.meter_id.clone().unwrap_or_default(),
+                format: letter.format.clone().unwrap_or_default(),
+                kind: letter.kind.clone(),
+                reason: letter.reason.clone(),
+                payload: letter.payload.clone(),
+            });
+            self.flush_side_rows_if_large();
+        }
         if let Some(meter_id) = meter_id {
             let mut reason = letter.reason;
             if reason.len() > 300 {

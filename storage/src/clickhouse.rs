@@ -274,7 +274,12 @@ pub async fn apply_schema(config: &ClickHouseConfig) -> Result<ServerVersion, Cl
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    let mut len = s.len() as u64;
+    put_bytes(out, s.as_bytes());
+}
+
+/// A RowBinary String: LEB128 length, then the bytes (any bytes: ClickHouse does not check).
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut len = bytes.len() as u64;
     loop {
         let byte = (len & 0x7f) as u8;
         len >>= 7;
@@ -284,7 +289,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
         }
         out.push(byte | 0x80);
     }
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(bytes);
 }
 
 /// How the `readings` table stores times: decided by the table, not the server version (a
@@ -399,6 +404,74 @@ pub struct StatusRow {
     pub source: String,
 }
 
+/// A payload that did not decode, for the `dead_letters` table (the same as the dead-letter
+/// files hold).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DeadLetterRow {
+    pub received_at_ms: i64,
+    pub source: String,
+    pub topic: String,
+    pub meter_id: String,
+    pub format: String,
+    pub kind: String,
+    pub reason: String,
+    /// The raw payload (a ClickHouse String holds any bytes).
+    pub payload: Vec<u8>,
+}
+
+/// What goes to ClickHouse beside a batch of readings.
+#[derive(Debug, Clone, Default)]
+pub struct SideRows {
+    pub statuses: Vec<StatusRow>,
+    pub dead_letters: Vec<DeadLetterRow>,
+}
+
+impl SideRows {
+    pub fn is_empty(&self) -> bool {
+        self.statuses.is_empty() && self.dead_letters.is_empty()
+    }
+
+    /// Rows held, and payload bytes (to flush before they grow large).
+    pub fn size(&self) -> (usize, usize) {
+        let bytes = self
+            .dead_letters
+            .iter()
+            .map(|d| d.payload.len() + d.reason.len())
+            .sum();
+        (self.statuses.len() + self.dead_letters.len(), bytes)
+    }
+}
+
+fn put_time(out: &mut Vec<u8>, ms: i64, times: TimeColumns) {
+    match times {
+        TimeColumns::Millis => out.extend_from_slice(&ms.to_le_bytes()),
+        TimeColumns::Seconds => {
+            let secs = u32::try_from(ms.div_euclid(1000)).unwrap_or(0);
+            out.extend_from_slice(&secs.to_le_bytes());
+        }
+    }
+}
+
+/// Encodes dead letters as RowBinary for `dead_letters`.
+pub fn encode_dead_letter_rowbinary(rows: &[DeadLetterRow], times: TimeColumns) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in rows {
+        put_time(&mut out, r.received_at_ms, times);
+        for text in [
+            &r.source,
+            &r.topic,
+            &r.meter_id,
+            &r.format,
+            &r.kind,
+            &r.reason,
+        ] {
+            put_str(&mut out, text);
+        }
+        put_bytes(&mut out, &r.payload);
+    }
+    out
+}
+
 /// Encodes status rows as RowBinary for `device_status` (Nullable: a null flag byte, then
 /// the value when present).
 pub fn encode_status_rowbinary(rows: &[StatusRow], times: TimeColumns) -> Vec<u8> {
@@ -414,13 +487,7 @@ pub fn encode_status_rowbinary(rows: &[StatusRow], times: TimeColumns) -> Vec<u8
     let mut out = Vec::with_capacity(rows.len() * 48);
     for r in rows {
         put_str(&mut out, &r.meter_id);
-        match times {
-            TimeColumns::Millis => out.extend_from_slice(&r.at_ms.to_le_bytes()),
-            TimeColumns::Seconds => {
-                let secs = u32::try_from(r.at_ms.div_euclid(1000)).unwrap_or(0);
-                out.extend_from_slice(&secs.to_le_bytes());
-            }
-        }
+        put_time(&mut out, r.at_ms, times);
         opt(&mut out, r.battery_pct, |o, v| o.push(v));
         opt(&mut out, r.rssi_dbm, |o, v| {
             o.extend_from_slice(&v.to_le_bytes())
@@ -440,22 +507,45 @@ pub fn encode_status_rowbinary(rows: &[StatusRow], times: TimeColumns) -> Vec<u8
     out
 }
 
+async fn insert_dead_letters(
+    client: &clickhouse::Client,
+    db: &str,
+    body: Vec<u8>,
+) -> Result<(), ClickHouseError> {
+    insert_rowbinary(
+        client,
+        format!("INSERT INTO {db}.dead_letters (received_at, source, topic, meter_id, format, kind, reason, payload) FORMAT RowBinary"),
+        body,
+        "inserting dead letters",
+    )
+    .await
+}
+
 async fn insert_statuses(
     client: &clickhouse::Client,
     db: &str,
     body: Vec<u8>,
 ) -> Result<(), ClickHouseError> {
-    let sql = format!(
-        "INSERT INTO {db}.device_status (meter_id, at, battery_pct, rssi_dbm, rsrp_dbm, snr_db, firmware, error_flags, source) FORMAT RowBinary"
-    );
+    insert_rowbinary(
+        client,
+        format!("INSERT INTO {db}.device_status (meter_id, at, battery_pct, rssi_dbm, rsrp_dbm, snr_db, firmware, error_flags, source) FORMAT RowBinary"),
+        body,
+        "inserting device status",
+    )
+    .await
+}
+
+async fn insert_rowbinary(
+    client: &clickhouse::Client,
+    sql: String,
+    body: Vec<u8>,
+    action: &'static str,
+) -> Result<(), ClickHouseError> {
     let mut insert = client.insert_formatted_with(sql).with_timeouts(
         Some(Duration::from_secs(30)),
         Some(Duration::from_secs(120)),
     );
-    let err = |source| ClickHouseError {
-        action: "inserting device status",
-        source,
-    };
+    let err = |source| ClickHouseError { action, source };
     insert.send(body.into()).await.map_err(err)?;
     insert.end().await.map_err(err)
 }
@@ -464,7 +554,7 @@ async fn insert_statuses(
 /// record when it made the batch.
 struct Job {
     batch: RecordBatch,
-    statuses: Vec<StatusRow>,
+    side: SideRows,
     through_lsn: u64,
 }
 
@@ -546,14 +636,14 @@ impl ClickHouseWriter {
 
     /// Queues a batch; waits while the queue is full (ClickHouse slow or away), unless
     /// shutdown begins: then the batch is left to the WAL (not confirmed).
-    pub fn send(&self, batch: RecordBatch, statuses: Vec<StatusRow>, through_lsn: u64) {
+    pub fn send(&self, batch: RecordBatch, side: SideRows, through_lsn: u64) {
         self.pending.fetch_add(1, Ordering::AcqRel);
         let Some(jobs) = self.jobs.as_ref() else {
             return;
         };
         let mut job = Job {
             batch,
-            statuses,
+            side,
             through_lsn,
         };
         loop {
@@ -636,9 +726,13 @@ async fn run_writer(
                     }
                 };
                 let started = std::time::Instant::now();
-                if !job.statuses.is_empty() {
-                    let body = encode_status_rowbinary(&job.statuses, t);
+                if !job.side.statuses.is_empty() {
+                    let body = encode_status_rowbinary(&job.side.statuses, t);
                     insert_statuses(&client, &config.database, body).await?;
+                }
+                if !job.side.dead_letters.is_empty() {
+                    let body = encode_dead_letter_rowbinary(&job.side.dead_letters, t);
+                    insert_dead_letters(&client, &config.database, body).await?;
                 }
                 if job.batch.num_rows() > 0 {
                     insert_readings(&client, &config.database, encode_rowbinary(&job.batch, t))
