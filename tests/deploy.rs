@@ -61,6 +61,11 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
         rows.join(", ")
     ));
     ch.query(&format!(
+        "INSERT INTO {db}.dead_letters (received_at, source, topic, meter_id, format, kind, reason, payload) VALUES \
+         (now(), 'coap', 'meters/G5/json', 'G5', 'json', 'malformed', 'json: malformed at line 1', '{{'), \
+         (now(), 'coap', 'meters/G5/json', 'G5', 'json', 'malformed', 'json: malformed at line 2', '{{x')"
+    ));
+    ch.query(&format!(
         "INSERT INTO {db}.device_status (meter_id, at, battery_pct, rssi_dbm, rsrp_dbm, snr_db, firmware, error_flags, source) VALUES \
          ('G3', now(), 40, -95, NULL, NULL, '1.0', 4, 'mqtt')"
     ));
@@ -82,7 +87,7 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
         .filter(|(_, t)| t["rawSql"].is_string())
         .map(|(t, _)| t)
         .collect();
-    assert_eq!(every_sql.len(), 6, "{every_sql:?}");
+    assert_eq!(every_sql.len(), 7, "{every_sql:?}");
     for title in &every_sql {
         run(title); // runs without error
     }
@@ -101,6 +106,8 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     let stale = run("Stale meters: not heard for 2 h (newest first)");
     assert!(stale.starts_with("G4\t"), "{stale}");
     assert_eq!(stale.lines().count(), 1, "{stale}");
+    let letters = run("Payloads that did not decode, by meter and kind");
+    assert!(letters.starts_with("G5\tmalformed\t2\t"), "{letters}");
     let signal = run("Weakest signal (newest report per meter)");
     assert!(signal.starts_with("G3\t-95"), "{signal}");
 }
