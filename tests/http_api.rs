@@ -176,13 +176,35 @@ fn the_device_api_shows_status_recent_readings_dead_letters_and_stale_meters() {
         seen,
         ["FIELD-1", "FIELD-2", "OLD-1", "PAGE-0", "PAGE-1", "PAGE-2", "PAGE-3", "PAGE-4"]
     );
-    for bad in ["stale_after=soon", "limit=0", "limit=5000", "colour=red"] {
+    // The same device by query (ids like `.` cannot be a path segment).
+    let (status, by_query) = get_json(&server, "/api/device?meter_id=FIELD-1");
+    assert_eq!(
+        (status, &by_query["meter_id"]),
+        (200, &Value::from("FIELD-1"))
+    );
+    for bad in [
+        "stale_after=soon",
+        "stale_after=10000000000000000000",
+        "limit=0",
+        "limit=5000",
+        "colour=red",
+    ] {
         assert_eq!(
             server.http_get(&format!("/api/devices?{bad}")).0,
             400,
             "{bad}"
         );
     }
+    // Without a token, only requests naming this machine by address or `localhost` (a web
+    // page that rebinds its own domain to 127.0.0.1 gets nothing).
+    let (status, _) = http(
+        server.http_port,
+        "GET",
+        "/api/devices",
+        &[("Host", "evil.example:8080")],
+        None,
+    );
+    assert_eq!(status, 403);
     let (status, ready) = get_json(&server, "/ready");
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["ready"], true);
@@ -251,6 +273,23 @@ fn device_state_survives_a_restart_and_a_kill_9() {
     assert_eq!(again["status"]["rssi_dbm"], -70);
     assert_eq!(again["status"]["firmware"], "9.9");
     assert!(data_dir.join("state/devices.json").exists());
+    // A state file that does not parse (a disk fault) does not keep meterflow down: it is put
+    // aside and the state is rebuilt from traffic.
+    let mut server = server;
+    server.kill_9();
+    std::fs::write(
+        data_dir.join("state/devices.json"),
+        b"[{\"meter_id\": \"KEEP-1\", trunc",
+    )
+    .unwrap();
+    let server = server.restart();
+    assert_eq!(server.http_get("/api/devices/KEEP-1").0, 404);
+    let aside = std::fs::read_dir(data_dir.join("state"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().contains("corrupt"));
+    assert!(aside, "the bad file is kept aside");
+    assert!(server.log_text().contains("does not parse"));
 }
 
 #[test]
@@ -310,6 +349,10 @@ fn the_api_asks_for_the_token_when_one_is_set() {
     assert_eq!(ready["ready"], false);
     assert_eq!(ready["checks"]["clickhouse"]["ok"], false, "{ready}");
     assert_eq!(ready["checks"]["pipeline"]["ok"], true);
+    // ...but ready to take data: the WAL holds it while ClickHouse is away.
+    let (status, body) = unready.http_get("/ready?ingest");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("not counted for ?ingest"), "{body}");
     drop(unready);
     // Listening beyond loopback without a token is refused at start-up, naming the key.
     let out = std::process::Command::new(common::BIN)

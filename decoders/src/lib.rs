@@ -178,6 +178,8 @@ pub fn decode<'a>(
 /// Longest channel name accepted, in bytes (OBIS codes are about 10; SenML names and LwM2M
 /// paths a few dozen).
 pub const MAX_CHANNEL_BYTES: usize = 128;
+/// Longest firmware version accepted, in bytes (device state keeps it per meter).
+pub const MAX_FIRMWARE_BYTES: usize = 64;
 /// Longest unit accepted, in bytes.
 pub const MAX_UNIT_BYTES: usize = 32;
 /// Most values in one series (a year of quarter-hours is 35 040).
@@ -242,7 +244,25 @@ fn enforce_limits(decoded: &mut Decoded<'_>, received_at_ms: i64) {
             }),
         }
     }
+    if let Some(reason) = decoded.status.as_ref().and_then(status_problem) {
+        decoded.status = None;
+        rejected.push(Rejected {
+            position: Position::Whole,
+            reason,
+        });
+    }
     decoded.rejected.extend(rejected);
+}
+
+/// What is wrong with a status no meter would send, if anything.
+fn status_problem(status: &DeviceStatus) -> Option<String> {
+    let firmware = status.firmware.as_deref()?;
+    (firmware.len() > MAX_FIRMWARE_BYTES).then(|| {
+        format!(
+            "status: firmware is {} bytes, at most {MAX_FIRMWARE_BYTES}",
+            firmware.len()
+        )
+    })
 }
 
 fn truncate(s: &str) -> &str {
@@ -264,6 +284,14 @@ pub fn decode_status(payload: &[u8]) -> Result<DeviceStatus, DecodeError> {
         Some(b'{') => json::decode_status(payload),
         Some(_) => pb::decode_status(payload),
     }
+    .and_then(|status| match status_problem(&status) {
+        None => Ok(status),
+        Some(reason) => Err(DecodeError::malformed(
+            Format::Json,
+            Position::Whole,
+            reason,
+        )),
+    })
 }
 
 #[cfg(test)]
@@ -277,6 +305,24 @@ mod tests {
             meter_id: "m1",
             received_at_ms: NOW,
         }
+    }
+
+    #[test]
+    fn an_overlong_firmware_rejects_the_status_only() {
+        let long = "v".repeat(MAX_FIRMWARE_BYTES + 1);
+        let report = format!(
+            r#"{{"readings":[{{"channel":"a","ts":{NOW},"value":1}}],"status":{{"battery_pct":5,"firmware":"{long}"}}}}"#
+        );
+        let d = decode(Format::Json, report.as_bytes(), &ctx()).unwrap();
+        assert_eq!(d.readings.len(), 1);
+        assert!(d.status.is_none());
+        assert!(
+            d.rejected[0].reason.contains("firmware"),
+            "{:?}",
+            d.rejected
+        );
+        assert!(decode_status(format!(r#"{{"firmware":"{long}"}}"#).as_bytes()).is_err());
+        assert!(decode_status(br#"{"firmware":"4.2.17"}"#).is_ok());
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //!
 //! Bounded: at most `devices.max_devices` meters (new ids past it are counted in
 //! `meterflow_devices_untracked_total` and not tracked), [`MAX_CHANNELS`] channels per meter,
-//! `devices.recent_points` recent readings per meter (for the page's chart; not saved) and
-//! [`RECENT_DEAD_LETTERS`] recent dead letters per meter.
+//! `devices.recent_points` recent readings for each of the first [`RECENT_CHANNELS`]
+//! channels of a meter (for the page's charts; not saved) and [`RECENT_DEAD_LETTERS`] recent
+//! dead letters per meter. Channel names, units and firmware are bounded by the decoders.
+//!
+//! The lock is held briefly: saves and long list scans go a chunk at a time.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -24,7 +27,8 @@ use crate::IngestError;
 pub struct DevicesConfig {
     /// Meters tracked at most; messages from new ids past it update no state.
     pub max_devices: usize,
-    /// Recent readings kept per meter for the page's chart (0: none), about 24 bytes each.
+    /// Recent readings kept per channel for the page's charts (0: none), for the first
+    /// RECENT_CHANNELS (8) channels of a meter, 16 bytes each.
     pub recent_points: usize,
     /// The state file is written this often (and on shutdown), seconds.
     pub save_interval_s: u64,
@@ -38,7 +42,7 @@ impl Default for DevicesConfig {
     fn default() -> Self {
         DevicesConfig {
             max_devices: 2_000_000,
-            recent_points: 48,
+            recent_points: 24,
             save_interval_s: 30,
             amber_after_s: 2 * 3600,
             red_after_s: 25 * 3600,
@@ -47,7 +51,13 @@ impl Default for DevicesConfig {
 }
 
 /// Channels kept per meter at most (a DSMR 5 meter has about 30).
-pub const MAX_CHANNELS: usize = 256;
+pub const MAX_CHANNELS: usize = 64;
+/// Channels of a meter that keep recent readings for the charts.
+pub const RECENT_CHANNELS: usize = 8;
+/// Devices cloned per lock hold when saving or scanning.
+const CHUNK: usize = 10_000;
+/// Devices a list request looks at, at most (then it answers with a cursor to go on from).
+const SCAN_BUDGET: usize = 100_000;
 /// Dead letters remembered per meter (the newest).
 pub const RECENT_DEAD_LETTERS: usize = 5;
 
@@ -66,14 +76,6 @@ pub struct DeadLetterNote {
     pub kind: String,
     pub reason: String,
     pub bytes: usize,
-}
-
-/// A recent reading: channel (shared with the meter's other points of it), time and value.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RecentPoint {
-    pub channel: Arc<str>,
-    pub ts_ms: i64,
-    pub value: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -97,9 +99,9 @@ pub struct DeviceState {
     /// The newest dead letters of this meter, newest last.
     #[serde(default)]
     pub recent_dead_letters: VecDeque<DeadLetterNote>,
-    /// The newest readings in arrival order (kept in memory only).
+    /// Per channel, the newest readings `(ts_ms, value)` in arrival order (in memory only).
     #[serde(skip)]
-    pub recent: VecDeque<RecentPoint>,
+    pub recent: BTreeMap<String, VecDeque<(i64, f64)>>,
     /// The WAL position of the newest message counted here: a message replayed from the WAL
     /// after a restart (at or below it) is not counted twice.
     #[serde(default)]
@@ -133,6 +135,19 @@ impl DeviceState {
         }
         self.last_lsn = lsn;
         true
+    }
+
+    /// Takes the status fields this state never had.
+    fn fill_status(&mut self, status: &DeviceStatus) {
+        let s = &mut self.status;
+        s.battery_pct = s.battery_pct.or(status.battery_pct);
+        s.rssi_dbm = s.rssi_dbm.or(status.rssi_dbm);
+        s.rsrp_dbm = s.rsrp_dbm.or(status.rsrp_dbm);
+        s.snr_db = s.snr_db.or(status.snr_db);
+        if s.firmware.is_none() {
+            s.firmware = status.firmware.clone();
+        }
+        s.error_flags = s.error_flags.or(status.error_flags);
     }
 
     /// Green, amber or red by how long ago the meter was last heard.
@@ -181,6 +196,7 @@ pub use meterflow_storage::analytics::DeviceSnapshot;
 pub struct DeviceRegistry {
     inner: Arc<RwLock<BTreeMap<String, DeviceState>>>,
     config: Arc<DevicesConfig>,
+    save_lock: Arc<std::sync::Mutex<()>>,
 }
 
 /// One page of the device list.
@@ -197,6 +213,7 @@ impl DeviceRegistry {
         DeviceRegistry {
             inner: Arc::default(),
             config: Arc::new(config),
+            save_lock: Arc::default(),
         }
     }
 
@@ -262,22 +279,14 @@ impl DeviceRegistry {
             if !known && d.last_values.len() >= MAX_CHANNELS {
                 continue;
             }
-            if recent_points > 0 {
-                // Share the channel name with the previous point of the same channel.
-                let name = d
-                    .recent
-                    .iter()
-                    .rev()
-                    .find(|p| &*p.channel == channel)
-                    .map_or_else(|| Arc::from(channel), |p| p.channel.clone());
-                if d.recent.len() >= recent_points {
-                    d.recent.pop_front();
+            if recent_points > 0
+                && (d.recent.contains_key(channel) || d.recent.len() < RECENT_CHANNELS)
+            {
+                let points = d.recent.entry(channel.to_string()).or_default();
+                if points.len() >= recent_points {
+                    points.pop_front();
                 }
-                d.recent.push_back(RecentPoint {
-                    channel: name,
-                    ts_ms,
-                    value,
-                });
+                points.push_back((ts_ms, value));
             }
             let newest = d
                 .last_values
@@ -314,73 +323,129 @@ impl DeviceRegistry {
         d.recent_dead_letters.push_back(note);
     }
 
-    /// Takes what ClickHouse knows of meters this registry does not know, or knows older.
-    /// Returns how many meters it added or brought forward.
+    /// Takes what ClickHouse knows that this registry does not, field by field: first seen
+    /// (the earlier), last seen (the later), each channel's newest value, and each status
+    /// field from the newer report. Runs beside live traffic, so a meter already heard again
+    /// keeps its newer state. Returns how many meters it added or brought forward.
     pub fn merge_snapshots(&self, snapshots: Vec<DeviceSnapshot>) -> usize {
-        let mut map = self.write();
         let mut taken = 0;
-        for snap in snapshots {
-            if map
-                .get(&snap.meter_id)
-                .is_some_and(|d| d.last_seen_ms >= snap.last_seen_ms)
-            {
-                continue;
-            }
-            let Some(d) = self.entry(&mut map, &snap.meter_id, snap.first_seen_ms) else {
-                continue;
-            };
-            d.first_seen_ms = d.first_seen_ms.min(snap.first_seen_ms);
-            d.last_seen_ms = snap.last_seen_ms;
-            d.rows = d.rows.max(snap.rows);
-            if d.last_source.is_empty() {
-                d.last_source = snap.last_source.clone();
-                d.last_format = snap.last_format.clone();
-            }
-            for (channel, v) in snap.last_values {
-                let newer = d
-                    .last_values
-                    .get(&channel)
-                    .is_none_or(|l| l.ts_ms <= v.ts_ms);
-                if newer
-                    && (d.last_values.len() < MAX_CHANNELS || d.last_values.contains_key(&channel))
-                {
-                    d.last_values.insert(
-                        channel,
-                        LastValue {
-                            ts_ms: v.ts_ms,
-                            value: v.value,
-                            unit: v.unit,
-                        },
-                    );
-                }
-            }
-            if let Some(at) = snap.status_at_ms {
-                let status = DeviceStatus {
-                    battery_pct: snap.battery_pct,
-                    rssi_dbm: snap.rssi_dbm,
-                    rsrp_dbm: snap.rsrp_dbm,
-                    snr_db: snap.snr_db,
-                    firmware: snap.firmware.clone(),
-                    error_flags: snap.error_flags,
+        // A chunk per lock hold: the pipeline must not wait for a whole fleet.
+        let mut snapshots = snapshots.into_iter().peekable();
+        while snapshots.peek().is_some() {
+            let mut map = self.write();
+            for snap in snapshots.by_ref().take(CHUNK) {
+                let Some(d) = self.entry(&mut map, &snap.meter_id, snap.first_seen_ms) else {
+                    continue;
                 };
-                d.merge_status(&status, at);
+                let mut changed = false;
+                if snap.first_seen_ms < d.first_seen_ms {
+                    d.first_seen_ms = snap.first_seen_ms;
+                    changed = true;
+                }
+                if snap.last_seen_ms > d.last_seen_ms {
+                    d.last_seen_ms = snap.last_seen_ms;
+                    d.last_source = snap.last_source.clone();
+                    d.last_format = snap.last_format.clone();
+                    changed = true;
+                }
+                if snap.rows > d.rows {
+                    d.rows = snap.rows;
+                }
+                for (channel, v) in snap.last_values {
+                    let newer = d
+                        .last_values
+                        .get(&channel)
+                        .is_none_or(|l| l.ts_ms < v.ts_ms);
+                    let room =
+                        d.last_values.len() < MAX_CHANNELS || d.last_values.contains_key(&channel);
+                    if newer && room {
+                        d.last_values.insert(
+                            channel,
+                            LastValue {
+                                ts_ms: v.ts_ms,
+                                value: v.value,
+                                unit: v.unit,
+                            },
+                        );
+                        changed = true;
+                    }
+                }
+                if let Some(at) = snap.status_at_ms {
+                    let status = DeviceStatus {
+                        battery_pct: snap.battery_pct,
+                        rssi_dbm: snap.rssi_dbm,
+                        rsrp_dbm: snap.rsrp_dbm,
+                        snr_db: snap.snr_db,
+                        firmware: snap.firmware.clone(),
+                        error_flags: snap.error_flags,
+                    };
+                    if d.status_at_ms.is_none_or(|local| at > local) {
+                        // ClickHouse's report is the newer: its fields win, ours fill gaps.
+                        d.merge_status(&status, at);
+                    } else {
+                        // Ours is newer: take only the fields we never had.
+                        d.fill_status(&status);
+                    }
+                    changed = true;
+                }
+                taken += usize::from(changed);
             }
-            taken += 1;
         }
         taken
+    }
+
+    /// The highest WAL position any meter has counted (after a load): new messages must get
+    /// higher ones, or they would be taken for replays.
+    pub fn max_lsn(&self) -> u64 {
+        self.read()
+            .values()
+            .map(|d| d.last_lsn.max(d.last_dead_letter_lsn))
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn get(&self, meter_id: &str) -> Option<DeviceState> {
         self.read().get(meter_id).cloned()
     }
 
-    /// Every device, by meter id.
+    /// Every device, by meter id (for tests and small fleets: it clones them all).
     pub fn all(&self) -> Vec<DeviceState> {
-        self.read().values().cloned().collect()
+        let mut all = Vec::new();
+        self.for_each_chunk(|chunk| all.extend(chunk));
+        all
+    }
+
+    /// Hands every device to `f`, a chunk at a time, holding the lock only to clone a chunk.
+    fn for_each_chunk(&self, mut f: impl FnMut(Vec<DeviceState>)) {
+        let mut after: Option<String> = None;
+        loop {
+            let chunk: Vec<DeviceState> = {
+                let map = self.read();
+                let from = match &after {
+                    Some(id) => Bound::Excluded(id.clone()),
+                    None => Bound::Unbounded,
+                };
+                map.range::<String, _>((from, Bound::Unbounded))
+                    .take(CHUNK)
+                    .map(|(_, d)| d.clone())
+                    .collect()
+            };
+            let Some(last) = chunk.last() else {
+                return;
+            };
+            after = Some(last.meter_id.clone());
+            let done = chunk.len() < CHUNK;
+            f(chunk);
+            if done {
+                return;
+            }
+        }
     }
 
     /// Up to `limit` devices after `cursor` (by meter id), only those not heard for
-    /// `stale_after_ms` when given.
+    /// `stale_after_ms` when given. Looks at [`SCAN_BUDGET`] devices at most, so that a
+    /// filtered list of a large fleet does not hold the pipeline up: then the page may hold
+    /// fewer than `limit`, and `next_cursor` says where to go on.
     pub fn page(
         &self,
         cursor: Option<&str>,
@@ -393,18 +458,22 @@ impl DeviceRegistry {
             Some(c) => Bound::Excluded(c.to_string()),
             None => Bound::Unbounded,
         };
-        let mut matching = map
-            .range::<String, _>((from, Bound::Unbounded))
-            .map(|(_, d)| d)
-            .filter(|d| stale_after_ms.is_none_or(|s| now_ms.saturating_sub(d.last_seen_ms) >= s));
-        let devices: Vec<DeviceState> = matching.by_ref().take(limit).cloned().collect();
-        let next_cursor = match (devices.last(), matching.next()) {
-            (Some(last), Some(_)) => Some(last.meter_id.clone()),
-            _ => None,
-        };
+        let mut devices = Vec::new();
+        let mut last_seen_id: Option<&str> = None;
+        let mut more = false;
+        for (scanned, (id, d)) in map.range::<String, _>((from, Bound::Unbounded)).enumerate() {
+            if devices.len() == limit || scanned == SCAN_BUDGET {
+                more = true;
+                break;
+            }
+            last_seen_id = Some(id);
+            if stale_after_ms.is_none_or(|s| now_ms.saturating_sub(d.last_seen_ms) >= s) {
+                devices.push(d.clone());
+            }
+        }
         Page {
             devices,
-            next_cursor,
+            next_cursor: more.then(|| last_seen_id.unwrap_or_default().to_string()),
         }
     }
 
@@ -435,12 +504,17 @@ impl DeviceRegistry {
                 })
             }
         };
-        let devices: Vec<DeviceState> =
-            serde_json::from_slice(&text).map_err(|e| IngestError::Io {
-                action: "parsing device state",
-                path: path.clone(),
-                source: e.into(),
-            })?;
+        let devices: Vec<DeviceState> = match serde_json::from_slice(&text) {
+            Ok(devices) => devices,
+            Err(e) => {
+                // Not a reason to stay down: the state is rebuilt from traffic (and
+                // ClickHouse). Kept aside for a look.
+                let aside = path.with_extension(format!("json.corrupt-{}", crate::link::now_ms()));
+                tracing::error!(error = %e, path = %path.display(), aside = %aside.display(), "the device state file does not parse; starting without it");
+                let _ = std::fs::rename(&path, &aside);
+                return Ok(registry);
+            }
+        };
         {
             let mut map = registry.write();
             for d in devices.into_iter().take(registry.config.max_devices) {
@@ -450,8 +524,12 @@ impl DeviceRegistry {
         Ok(registry)
     }
 
-    /// Writes every device to the state file (write, fsync, rename).
+    /// Writes every device to the state file (write, fsync, rename), a chunk at a time so
+    /// the pipeline never waits long. One save at a time: a periodic save still running at
+    /// shutdown finishes before the last one starts.
     pub fn save(&self, data_dir: &Path) -> Result<(), IngestError> {
+        use std::io::Write;
+        let _one_at_a_time = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
         let path = Self::state_path(data_dir);
         let io = |action, source| IngestError::Io {
             action,
@@ -462,11 +540,25 @@ impl DeviceRegistry {
             std::fs::create_dir_all(dir).map_err(|e| io("creating the folder of", e))?;
         }
         let tmp = path.with_extension("json.tmp");
-        let json = serde_json::to_vec(&self.all()).map_err(|e| io("encoding", e.into()))?;
-        std::fs::write(&tmp, json).map_err(|e| io("writing", e))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io("syncing", e))?;
+        let file = std::fs::File::create(&tmp).map_err(|e| io("creating", e))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut result: std::io::Result<()> = out.write_all(b"[");
+        let mut first = true;
+        self.for_each_chunk(|chunk| {
+            for d in chunk {
+                if result.is_err() {
+                    return;
+                }
+                result = (if first { Ok(()) } else { out.write_all(b",") })
+                    .and_then(|()| serde_json::to_writer(&mut out, &d).map_err(Into::into));
+                first = false;
+            }
+        });
+        result
+            .and_then(|()| out.write_all(b"]"))
+            .and_then(|()| out.into_inner().map_err(|e| e.into_error()))
+            .and_then(|file| file.sync_all())
+            .map_err(|e| io("writing", e))?;
         std::fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
         Ok(())
     }
@@ -600,8 +692,9 @@ mod tests {
             r.note_dead_letter("m1", 0, note(i));
         }
         let d = r.get("m1").unwrap();
-        assert_eq!(d.recent.len(), 4);
-        assert_eq!(d.recent.back().unwrap().ts_ms, 9);
+        assert_eq!(d.recent["a"].len(), 4, "recent_points per channel");
+        assert_eq!(d.recent["a"].back(), Some(&(9, 9.0)));
+        assert_eq!(d.recent["b"].len(), 4);
         assert_eq!(d.recent_dead_letters.len(), RECENT_DEAD_LETTERS);
         assert_eq!(d.recent_dead_letters.back().unwrap().received_at_ms, 9);
     }
@@ -677,9 +770,15 @@ mod tests {
             status_at_ms: Some(last),
             ..Default::default()
         };
-        // m1 is newer in the file: kept; m2 is unknown: taken.
-        assert_eq!(r.merge_snapshots(vec![snap("m1", 50), snap("m2", 500)]), 1);
-        assert_eq!(r.get("m1").unwrap().last_values["a"].value, 1.0);
+        // m1 is newer in the file: its newer value and last seen stay, the earlier first
+        // seen and the status it never had are taken; m2 is unknown: taken whole.
+        assert_eq!(r.merge_snapshots(vec![snap("m1", 50), snap("m2", 500)]), 2);
+        let m1 = r.get("m1").unwrap();
+        assert_eq!(
+            (m1.last_values["a"].value, m1.last_seen_ms, m1.first_seen_ms),
+            (1.0, 100, 1)
+        );
+        assert_eq!(m1.status.battery_pct, Some(50));
         let m2 = r.get("m2").unwrap();
         assert_eq!(
             (m2.last_seen_ms, m2.rows, m2.status.battery_pct),
@@ -717,5 +816,93 @@ mod tests {
             5,
             "not from the WAL: always counted"
         );
+    }
+
+    #[test]
+    fn a_list_request_scans_a_bounded_part_and_says_where_to_go_on() {
+        let r = DeviceRegistry::new(DevicesConfig::default());
+        {
+            let mut map = r.write();
+            for i in 0..(SCAN_BUDGET + 10) {
+                let id = format!("m{i:07}");
+                map.insert(
+                    id.clone(),
+                    DeviceState {
+                        meter_id: id,
+                        last_seen_ms: 1000,
+                        ..Default::default()
+                    },
+                );
+            }
+            map.get_mut("m0000005").unwrap().last_seen_ms = 0; // the one stale meter, early
+            let last = format!("m{:07}", SCAN_BUDGET + 5);
+            map.get_mut(&last).unwrap().last_seen_ms = 0; // and one past the first scan
+        }
+        let first = r.page(None, 10, Some(500), 1000);
+        assert_eq!(first.devices.len(), 1);
+        let cursor = first.next_cursor.expect("the scan stopped at its budget");
+        let second = r.page(Some(&cursor), 10, Some(500), 1000);
+        assert_eq!(second.devices.len(), 1);
+        assert_eq!(
+            second.devices[0].meter_id,
+            format!("m{:07}", SCAN_BUDGET + 5)
+        );
+        assert_eq!(second.next_cursor, None);
+    }
+
+    #[test]
+    fn a_snapshot_does_not_overwrite_newer_local_state() {
+        let r = DeviceRegistry::new(DevicesConfig::default());
+        let fresh = DeviceStatus {
+            battery_pct: Some(90),
+            ..Default::default()
+        };
+        observe(&r, 5_000, &[("a", 5_000, 9.0, "kWh")], Some(&fresh));
+        let snap = DeviceSnapshot {
+            meter_id: "m1".into(),
+            first_seen_ms: 100,
+            last_seen_ms: 4_000,
+            rows: 50,
+            last_source: "mqtt".into(),
+            last_format: "pb".into(),
+            last_values: vec![
+                (
+                    "a".into(),
+                    meterflow_storage::analytics::SnapshotValue {
+                        ts_ms: 4_000,
+                        value: 8.0,
+                        unit: "kWh".into(),
+                    },
+                ),
+                (
+                    "b".into(),
+                    meterflow_storage::analytics::SnapshotValue {
+                        ts_ms: 4_000,
+                        value: 230.0,
+                        unit: "V".into(),
+                    },
+                ),
+            ],
+            battery_pct: Some(20),
+            firmware: Some("1.0".into()),
+            status_at_ms: Some(4_000),
+            ..Default::default()
+        };
+        assert_eq!(r.merge_snapshots(vec![snap]), 1);
+        let d = r.get("m1").unwrap();
+        assert_eq!(d.first_seen_ms, 100, "the earlier first seen");
+        assert_eq!(d.last_seen_ms, 5_000, "the later last seen");
+        assert_eq!(d.last_values["a"].value, 9.0, "the newer value stays");
+        assert_eq!(
+            d.last_values["b"].value, 230.0,
+            "a channel only ClickHouse knew"
+        );
+        assert_eq!(d.status.battery_pct, Some(90), "the newer status stays");
+        assert_eq!(
+            d.status.firmware.as_deref(),
+            Some("1.0"),
+            "a field we never had"
+        );
+        assert_eq!(d.rows, 50);
     }
 }

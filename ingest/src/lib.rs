@@ -87,10 +87,14 @@ fn restore_devices_from_clickhouse(
         let mut delay = std::time::Duration::from_secs(1);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
         loop {
-            match meterflow_storage::analytics::device_snapshots(&config, DAYS).await {
-                Ok(snapshots) => {
-                    let known = snapshots.len();
-                    let taken = devices.merge_snapshots(snapshots);
+            let (mut known, mut taken) = (0, 0);
+            let read = meterflow_storage::analytics::device_snapshots(&config, DAYS, |chunk| {
+                known += chunk.len();
+                taken += devices.merge_snapshots(chunk);
+            })
+            .await;
+            match read {
+                Ok(()) => {
                     tracing::info!(
                         in_clickhouse = known,
                         taken,
@@ -148,7 +152,10 @@ pub async fn serve(
             "the WAL ends before the checkpoint (an unsynced tail lost with the power); new LSNs start after the checkpoint"
         );
     }
-    wal.start_after(checkpoint)?;
+    // Device state remembers the WAL positions it counted; new messages must come after
+    // them too (a WAL tail lost with the power, a WAL folder deleted), or they would be taken
+    // for replays and not counted.
+    wal.start_after(checkpoint.max(devices.max_lsn()))?;
     if recovery.last_lsn > checkpoint || recovery.truncated_bytes > 0 {
         tracing::info!(
             checkpoint,
@@ -251,6 +258,7 @@ pub async fn serve(
                 .enabled()
                 .then(|| config.clickhouse.clone()),
             pipeline_running,
+            clickhouse_asked: Arc::default(),
         },
         token: (!config.http.token.is_empty()).then(|| Arc::from(config.http.token.as_str())),
     });

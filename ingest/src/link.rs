@@ -59,6 +59,8 @@ pub struct LsnMarks {
     pub confirmed: AtomicU64,
     /// Bytes in WAL segments (for `/ready`).
     pub wal_bytes: AtomicU64,
+    /// When a WAL write last failed, Unix ms (0: never), for `/ready`.
+    pub wal_error_at_ms: std::sync::atomic::AtomicI64,
 }
 
 pub fn now_ms() -> i64 {

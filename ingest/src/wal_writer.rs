@@ -177,6 +177,9 @@ impl Writer {
             Ok(lsn) => message.lsn = lsn,
             Err(e) => {
                 metrics::counter!("meterflow_wal_errors_total").increment(1);
+                self.marks
+                    .wal_error_at_ms
+                    .store(crate::link::now_ms(), Ordering::Relaxed);
                 if let Some(notify) = submission.notify {
                     tracing::error!(error = %e, topic = %message.topic, "WAL append failed; the sender is told to retry");
                     let _ = notify.send(Durability::Failed);
@@ -208,6 +211,9 @@ impl Writer {
             Ok(()) => true,
             Err(e) => {
                 metrics::counter!("meterflow_wal_errors_total").increment(1);
+                self.marks
+                    .wal_error_at_ms
+                    .store(crate::link::now_ms(), Ordering::Relaxed);
                 tracing::error!(error = %e, "WAL commit failed; waiting senders are told to retry, the rest goes to the pipeline without it");
                 false
             }

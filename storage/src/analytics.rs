@@ -15,7 +15,6 @@ const ANOMALIES: &str = include_str!("../sql/anomalies.sql");
 const STALE: &str = include_str!("../sql/stale.sql");
 const DEVICES: &str = include_str!("../sql/devices.sql");
 const DEVICE_STATE: &str = include_str!("../sql/device_state.sql");
-const STATUS_STATE: &str = include_str!("../sql/status_state.sql");
 
 /// What a question is asked about.
 #[derive(Debug, Clone)]
@@ -228,99 +227,133 @@ pub struct DeviceSnapshot {
 }
 
 /// Every meter heard in the last `days` days, as ClickHouse has it: the newest reading per
-/// channel and the newest value of every status field.
+/// channel and the newest value of every status field. Streamed: `take` gets the snapshots a
+/// few thousand meters at a time, so a fleet of millions never sits in memory at once.
 pub async fn device_snapshots(
     config: &ClickHouseConfig,
     days: u32,
-) -> Result<Vec<DeviceSnapshot>, ClickHouseError> {
+    mut take: impl FnMut(Vec<DeviceSnapshot>),
+) -> Result<(), ClickHouseError> {
     let ms = match crate::clickhouse::time_columns(config).await? {
         crate::clickhouse::TimeColumns::Millis => "toUnixTimestamp64Milli",
         crate::clickhouse::TimeColumns::Seconds => "1000 * toUnixTimestamp",
     };
-    let fill = |sql: &str| {
-        sql.replace("{db}", &config.database)
-            .replace("{days}", &days.to_string())
-            .replace("{ms}", ms)
+    let sql = DEVICE_STATE
+        .replace("{db}", &config.database)
+        .replace("{days}", &days.to_string())
+        .replace("{ms}", ms);
+    let err = |source| ClickHouseError {
+        action: "reading the device state",
+        source,
     };
-    let readings = run(config, &fill(DEVICE_STATE)).await?;
-    let status = run(config, &fill(STATUS_STATE)).await?;
-    Ok(snapshots_from(&readings, &status))
+    let mut cursor = config
+        .client()
+        .query(&sql)
+        .fetch_bytes("TabSeparatedWithNames")
+        .map_err(err)?;
+    let mut folder = SnapshotFolder::default();
+    let mut pending = Vec::new();
+    let mut columns: Option<Vec<String>> = None;
+    while let Some(bytes) = cursor.next().await.map_err(err)? {
+        pending.extend_from_slice(&bytes);
+        // Whole lines only; a partial one waits for the next chunk.
+        let Some(end) = pending.iter().rposition(|b| *b == b'\n') else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&pending[..=end]).into_owned();
+        pending.drain(..=end);
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let cells: Vec<String> = line.split('\t').map(unescape).collect();
+            match &columns {
+                None => columns = Some(cells),
+                Some(names) => folder.row(names, cells),
+            }
+        }
+        if folder.done.len() >= 5_000 {
+            take(std::mem::take(&mut folder.done));
+        }
+    }
+    folder.finish();
+    take(folder.done);
+    Ok(())
 }
 
-/// Folds the per-channel rows and the per-meter status rows into one snapshot per meter.
-fn snapshots_from(readings: &Table, status: &Table) -> Vec<DeviceSnapshot> {
-    let mut by_meter: std::collections::BTreeMap<String, DeviceSnapshot> = Default::default();
-    let int = |t: &Table, r: usize, c: &str| t.get(r, c).and_then(|v| v.parse::<i64>().ok());
-    // Status fields come as text, '' for none.
-    let opt =
-        |t: &Table, r: usize, c: &str| t.get(r, c).filter(|v| !v.is_empty()).map(str::to_string);
-    for r in 0..readings.rows.len() {
-        let Some(meter) = readings.get(r, "meter_id") else {
-            continue;
+/// Folds the rows of one meter (they come together, ordered by meter) into its snapshot.
+#[derive(Default)]
+struct SnapshotFolder {
+    current: Option<DeviceSnapshot>,
+    done: Vec<DeviceSnapshot>,
+}
+
+impl SnapshotFolder {
+    fn row(&mut self, names: &[String], cells: Vec<String>) {
+        let get = |name: &str| {
+            names
+                .iter()
+                .position(|n| n == name)
+                .and_then(|i| cells.get(i))
+                .map(String::as_str)
+                .filter(|v| !v.is_empty())
         };
-        let snap = by_meter
-            .entry(meter.to_string())
-            .or_insert_with(|| DeviceSnapshot {
-                meter_id: meter.to_string(),
-                first_seen_ms: i64::MAX,
-                ..Default::default()
-            });
-        let last = int(readings, r, "last_ms").unwrap_or(0);
-        snap.first_seen_ms = snap
-            .first_seen_ms
-            .min(int(readings, r, "first_ms").unwrap_or(last));
-        if last >= snap.last_seen_ms {
-            snap.last_seen_ms = last;
-            snap.last_source = readings.get(r, "source").unwrap_or("").to_string();
-            snap.last_format = readings.get(r, "format").unwrap_or("").to_string();
-        }
-        snap.rows += int(readings, r, "n").unwrap_or(0) as u64;
-        if let (Some(channel), Some(value)) = (
-            readings.get(r, "channel"),
-            readings
-                .get(r, "last_value")
-                .and_then(|v| v.parse::<f64>().ok()),
-        ) {
-            snap.last_values.push((
-                channel.to_string(),
-                SnapshotValue {
-                    ts_ms: int(readings, r, "last_ts_ms").unwrap_or(0),
-                    value,
-                    unit: readings.get(r, "unit").unwrap_or("").to_string(),
-                },
-            ));
-        }
-    }
-    for r in 0..status.rows.len() {
-        let Some(meter) = status.get(r, "meter_id") else {
-            continue;
+        let int = |name: &str| get(name).and_then(|v| v.parse::<i64>().ok());
+        let Some(meter) = get("meter_id") else {
+            return;
         };
-        let at = int(status, r, "at_ms").unwrap_or(0);
-        let snap = by_meter
-            .entry(meter.to_string())
-            .or_insert_with(|| DeviceSnapshot {
-                meter_id: meter.to_string(),
-                first_seen_ms: at,
-                ..Default::default()
-            });
-        snap.last_seen_ms = snap.last_seen_ms.max(at);
-        snap.status_at_ms = Some(at);
-        snap.battery_pct = opt(status, r, "battery_pct").and_then(|v| v.parse().ok());
-        snap.rssi_dbm = opt(status, r, "rssi_dbm").and_then(|v| v.parse().ok());
-        snap.rsrp_dbm = opt(status, r, "rsrp_dbm").and_then(|v| v.parse().ok());
-        snap.snr_db = opt(status, r, "snr_db").and_then(|v| v.parse().ok());
-        snap.firmware = opt(status, r, "firmware");
-        snap.error_flags = opt(status, r, "error_flags").and_then(|v| v.parse().ok());
-    }
-    by_meter
-        .into_values()
-        .map(|mut s| {
-            if s.first_seen_ms == i64::MAX {
-                s.first_seen_ms = s.last_seen_ms;
+        if self.current.as_ref().is_some_and(|c| c.meter_id != meter) {
+            self.finish();
+        }
+        let snap = self.current.get_or_insert_with(|| DeviceSnapshot {
+            meter_id: meter.to_string(),
+            first_seen_ms: i64::MAX,
+            ..Default::default()
+        });
+        let last = int("last_ms").unwrap_or(0);
+        match get("kind") {
+            Some("r") => {
+                snap.first_seen_ms = snap.first_seen_ms.min(int("first_ms").unwrap_or(last));
+                if last >= snap.last_seen_ms {
+                    snap.last_seen_ms = last;
+                    snap.last_source = get("source").unwrap_or("").to_string();
+                    snap.last_format = get("format").unwrap_or("").to_string();
+                }
+                snap.rows += int("n").unwrap_or(0) as u64;
+                if let (Some(channel), Some(value)) = (
+                    get("channel"),
+                    get("last_value").and_then(|v| v.parse::<f64>().ok()),
+                ) {
+                    snap.last_values.push((
+                        channel.to_string(),
+                        SnapshotValue {
+                            ts_ms: int("last_ts_ms").unwrap_or(0),
+                            value,
+                            unit: get("unit").unwrap_or("").to_string(),
+                        },
+                    ));
+                }
             }
-            s
-        })
-        .collect()
+            Some("s") if last > 0 => {
+                snap.first_seen_ms = snap.first_seen_ms.min(last);
+                snap.last_seen_ms = snap.last_seen_ms.max(last);
+                snap.status_at_ms = Some(last);
+                snap.battery_pct = get("battery_pct").and_then(|v| v.parse().ok());
+                snap.rssi_dbm = get("rssi_dbm").and_then(|v| v.parse().ok());
+                snap.rsrp_dbm = get("rsrp_dbm").and_then(|v| v.parse().ok());
+                snap.snr_db = get("snr_db").and_then(|v| v.parse().ok());
+                snap.firmware = get("firmware").map(str::to_string);
+                snap.error_flags = get("error_flags").and_then(|v| v.parse().ok());
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(mut snap) = self.current.take() {
+            if snap.first_seen_ms == i64::MAX {
+                snap.first_seen_ms = snap.last_seen_ms;
+            }
+            self.done.push(snap);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -329,17 +362,22 @@ mod tests {
 
     #[test]
     fn snapshots_fold_channels_and_status_per_meter() {
-        let readings = Table::from_tsv(
-            "meter_id\tchannel\tunit\tn\tfirst_ms\tlast_ms\tlast_ts_ms\tlast_value\tsource\tformat\n\
-             m1\ta\tkWh\t3\t1000\t5000\t4000\t1.5\tmqtt\tpb\n\
-             m1\tb\tV\t2\t2000\t6000\t6000\t230\tcoap\tjson\n",
-        );
-        let status = Table::from_tsv(
-            "meter_id\tat_ms\tbattery_pct\trssi_dbm\trsrp_dbm\tsnr_db\tfirmware\terror_flags\n\
-             m1\t7000\t80\t-70\t\t\t1.2\t\n\
-             m2\t9000\t\t\t\t\t\t4\n",
-        );
-        let snaps = snapshots_from(&readings, &status);
+        let names: Vec<String> = "meter_id kind channel unit n first_ms last_ms last_ts_ms last_value source format battery_pct rssi_dbm rsrp_dbm snr_db firmware error_flags"
+            .split(' ')
+            .map(String::from)
+            .collect();
+        let row = |line: &str| line.split('|').map(String::from).collect::<Vec<_>>();
+        let mut f = SnapshotFolder::default();
+        for line in [
+            "m1|r|a|kWh|3|1000|5000|4000|1.5|mqtt|pb||||||",
+            "m1|r|b|V|2|2000|6000|6000|230|coap|json||||||",
+            "m1|s|||||7000|||||80|-70|||1.2|",
+            "m2|s|||||9000||||||||||4",
+        ] {
+            f.row(&names, row(line));
+        }
+        f.finish();
+        let snaps = f.done;
         assert_eq!(snaps.len(), 2);
         let m1 = &snaps[0];
         assert_eq!(

@@ -4,7 +4,7 @@
 //! Schema: database `meterflow` (configurable), `readings` a ReplacingMergeTree ordered by
 //! `(meter_id, channel, ts)` and partitioned by month, so a reading delivered twice is stored
 //! once after merges (queries dedupe with `FINAL` or `argMax` before that); hourly and daily
-//! rollups per meter and channel as materialized views; `dead_letters`. On a server from 20.3
+//! rollups per meter and channel as materialized views; `dead_letters`. On a server from 20.5
 //! on it uses `LowCardinality`, `DateTime64(3)`, codecs and an optional TTL; on older ones
 //! (Debian's 18.16) plain `String` and `DateTime` (second precision).
 //!
@@ -34,7 +34,7 @@ pub struct ClickHouseConfig {
     pub database: String,
     pub user: String,
     pub password: String,
-    /// Drop readings older than this many days (servers from 20.3 on); 0 keeps them forever.
+    /// Drop readings older than this many days (servers from 20.5 on); 0 keeps them forever.
     pub ttl_days: u32,
     /// First retry delay after a failed insert; doubled per attempt up to `retry_max_ms`.
     pub retry_initial_ms: u64,
@@ -64,7 +64,7 @@ impl ClickHouseConfig {
         !self.url.is_empty()
     }
 
-    fn client(&self) -> clickhouse::Client {
+    pub(crate) fn client(&self) -> clickhouse::Client {
         // No compression: 18.16 answers compressed reads with an empty body.
         clickhouse::Client::default()
             .with_url(&self.url)
@@ -90,11 +90,12 @@ impl ServerVersion {
         })
     }
 
-    /// LowCardinality, DateTime64(3), codecs and TTL: all there from 20.3 (an LTS) on.
+    /// LowCardinality, DateTime64(3), codecs and TTL are all there from 20.3 on, and
+    /// `toUnixTimestamp64Milli` (which reading DateTime64 back needs) from 20.5.
     pub fn is_modern(self) -> bool {
         self >= ServerVersion {
             major: 20,
-            minor: 3,
+            minor: 5,
         }
     }
 

@@ -5,7 +5,8 @@
 //!
 //! With `http.token` set, the API and `/metrics` need `Authorization: Bearer TOKEN`; `/health`,
 //! `/ready` and the page's HTML stay open (the page asks for the token and sends it with every
-//! API call).
+//! API call). Without a token (loopback only), the API answers only requests whose Host is an
+//! IP address or `localhost`, so a web page cannot reach it by DNS rebinding.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -37,7 +38,14 @@ pub struct Readiness {
     pub clickhouse: Option<meterflow_storage::clickhouse::ClickHouseConfig>,
     /// False once the pipeline thread has ended.
     pub pipeline_running: Arc<AtomicBool>,
+    /// The last answer from ClickHouse, reused for a few seconds.
+    pub clickhouse_asked: Arc<std::sync::Mutex<Option<(std::time::Instant, bool, String)>>>,
 }
+
+/// How long an answer from ClickHouse stands for `/ready`.
+const CLICKHOUSE_ASKED_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+/// A WAL write error this recent makes meterflow not ready.
+const WAL_ERROR_WINDOW_MS: i64 = 60_000;
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -53,6 +61,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/devices", get(devices))
         .route("/api/devices/{meter_id}", get(device))
+        // The same by query: ids such as `.` or `..` cannot travel as a path segment.
+        .route("/api/device", get(device_by_query))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(page))
@@ -69,7 +79,14 @@ async fn require_token(
     next: Next,
 ) -> Response {
     let Some(token) = &state.token else {
-        return next.run(request).await;
+        if host_is_local(&headers) {
+            return next.run(request).await;
+        }
+        return (
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({"error": "without http.token only requests to an IP address or localhost are answered"})),
+        )
+            .into_response();
     };
     let offered = headers
         .get(header::AUTHORIZATION)
@@ -88,6 +105,19 @@ async fn require_token(
         .into_response()
 }
 
+/// Whether the Host header names this machine by address or as `localhost` (not a domain
+/// that could be rebound to it).
+fn host_is_local(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return true; // HTTP/1.0 without Host: not a browser
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// Compares without an early exit on the first different byte.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -101,9 +131,11 @@ async fn page() -> Response {
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
             ),
         ],
         PAGE,
@@ -126,7 +158,14 @@ struct Check {
     detail: String,
 }
 
-async fn ready(State(state): State<HttpState>) -> Response {
+/// `/ready`: every check must pass. `/ready?ingest` is for a load balancer in front of the
+/// MQTT and CoAP ports: a ClickHouse outage is reported but does not fail it, since the WAL
+/// holds the data meanwhile (taking every instance out of service would stop ingest).
+async fn ready(
+    State(state): State<HttpState>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let for_ingest = query.contains_key("ingest");
     let r = &state.readiness;
     let mut checks = BTreeMap::new();
     let running = r.pipeline_running.load(Ordering::Acquire);
@@ -138,18 +177,27 @@ async fn ready(State(state): State<HttpState>) -> Response {
         },
     );
     let wal = r.marks.wal_bytes.load(Ordering::Relaxed);
+    let error_at = r.marks.wal_error_at_ms.load(Ordering::Relaxed);
+    let recent_error = error_at != 0 && now_ms() - error_at < WAL_ERROR_WINDOW_MS;
     // Ready while there is room for a while yet: 90 % of the budget.
-    let wal_ok = wal < r.wal_max_bytes / 10 * 9;
+    let wal_ok = wal < r.wal_max_bytes / 10 * 9 && !recent_error;
     checks.insert(
         "wal",
         Check {
             ok: wal_ok,
-            detail: format!("{wal} of {} bytes (wal.max_bytes)", r.wal_max_bytes),
+            detail: if recent_error {
+                format!(
+                    "a write failed {} s ago (see the log)",
+                    (now_ms() - error_at) / 1000
+                )
+            } else {
+                format!("{wal} of {} bytes (wal.max_bytes)", r.wal_max_bytes)
+            },
         },
     );
     if let (Some(failing), Some(config)) = (&r.clickhouse_failing_since, &r.clickhouse) {
         let since = failing.load(Ordering::Acquire);
-        let check = if since != 0 {
+        let mut check = if since != 0 {
             Check {
                 ok: false,
                 detail: format!(
@@ -158,27 +206,12 @@ async fn ready(State(state): State<HttpState>) -> Response {
                 ),
             }
         } else {
-            // Inserts have not failed; ask the server itself, briefly.
-            let asked = tokio::time::timeout(
-                std::time::Duration::from_secs(2),
-                meterflow_storage::clickhouse::server_version(config),
-            )
-            .await;
-            match asked {
-                Ok(Ok(version)) => Check {
-                    ok: true,
-                    detail: format!("reachable (ClickHouse {}.{})", version.major, version.minor),
-                },
-                Ok(Err(e)) => Check {
-                    ok: false,
-                    detail: format!("unreachable: {e}"),
-                },
-                Err(_) => Check {
-                    ok: false,
-                    detail: "no answer within 2 s".into(),
-                },
-            }
+            ask_clickhouse(r, config).await
         };
+        if for_ingest && !check.ok {
+            check.detail = format!("{} (not counted for ?ingest)", check.detail);
+            check.ok = true;
+        }
         checks.insert("clickhouse", check);
     }
     let is_ready = checks.values().all(|c| c.ok);
@@ -192,6 +225,47 @@ async fn ready(State(state): State<HttpState>) -> Response {
         Json(serde_json::json!({"ready": is_ready, "checks": checks})),
     )
         .into_response()
+}
+
+/// Asks ClickHouse for its version (inserts have not failed, but an idle meterflow has none
+/// to go by); the answer stands for a few seconds, so polling `/ready` does not load it.
+async fn ask_clickhouse(
+    r: &Readiness,
+    config: &meterflow_storage::clickhouse::ClickHouseConfig,
+) -> Check {
+    if let Ok(cached) = r.clickhouse_asked.lock() {
+        if let Some((at, ok, detail)) = cached.as_ref() {
+            if at.elapsed() < CLICKHOUSE_ASKED_FOR {
+                return Check {
+                    ok: *ok,
+                    detail: detail.clone(),
+                };
+            }
+        }
+    }
+    let asked = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        meterflow_storage::clickhouse::server_version(config),
+    )
+    .await;
+    let check = match asked {
+        Ok(Ok(version)) => Check {
+            ok: true,
+            detail: format!("reachable (ClickHouse {}.{})", version.major, version.minor),
+        },
+        Ok(Err(e)) => Check {
+            ok: false,
+            detail: format!("unreachable: {e}"),
+        },
+        Err(_) => Check {
+            ok: false,
+            detail: "no answer within 2 s".into(),
+        },
+    };
+    if let Ok(mut cached) = r.clickhouse_asked.lock() {
+        *cached = Some((std::time::Instant::now(), check.ok, check.detail.clone()));
+    }
+    check
 }
 
 /// A device as the API shows it: its state, how long it has been silent and its colour.
@@ -214,14 +288,10 @@ fn view<'a>(
 ) -> DeviceView<'a> {
     let recent_readings = recent.then(|| {
         let mut by_channel: BTreeMap<&str, Vec<(i64, f64)>> = BTreeMap::new();
-        for p in &device.recent {
-            by_channel
-                .entry(&p.channel)
-                .or_default()
-                .push((p.ts_ms, p.value));
-        }
-        for points in by_channel.values_mut() {
+        for (channel, points) in &device.recent {
+            let mut points: Vec<(i64, f64)> = points.iter().copied().collect();
             points.sort_by_key(|(ts, _)| *ts);
+            by_channel.insert(channel, points);
         }
         by_channel
     });
@@ -235,6 +305,16 @@ fn view<'a>(
 
 fn error(code: StatusCode, text: String) -> Response {
     (code, Json(serde_json::json!({"error": text}))).into_response()
+}
+
+async fn device_by_query(
+    State(state): State<HttpState>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    match query.get("meter_id") {
+        Some(id) => device(State(state), Path(id.clone())).await,
+        None => error(StatusCode::BAD_REQUEST, "meter_id is required".into()),
+    }
 }
 
 async fn device(State(state): State<HttpState>, Path(meter_id): Path<String>) -> Response {
@@ -312,7 +392,10 @@ async fn devices(
         .map(|s| parse_duration_s(s, &state.devices))
     {
         None => None,
-        Some(Ok(s)) => Some((s as i64).saturating_mul(1000)),
+        Some(Ok(s)) => match i64::try_from(s).ok().and_then(|s| s.checked_mul(1000)) {
+            Some(ms) => Some(ms),
+            None => return error(StatusCode::BAD_REQUEST, "stale_after is too long".into()),
+        },
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
     let limit = q.limit.unwrap_or(100);
@@ -356,6 +439,31 @@ mod tests {
         );
         for bad in ["", "h", "2w", "-1", "1.5h", "99999999999999999999d"] {
             assert!(parse_duration_s(bad, &d).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_local_hosts_without_a_token() {
+        let host = |h: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, h.parse().unwrap());
+            host_is_local(&headers)
+        };
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "10.0.0.5",
+        ] {
+            assert!(host(ok), "{ok}");
+        }
+        for rebound in [
+            "evil.example:8080",
+            "meters.example.com",
+            "localhost.evil.example",
+        ] {
+            assert!(!host(rebound), "{rebound}");
         }
     }
 
