@@ -451,8 +451,12 @@ impl Pipeline {
                     Ok(())
                 }
                 Err(e) => {
+                    // The dead letter first: once the device's counts show the message, its
+                    // dead letter is there too.
+                    let kept =
+                        self.dead_letter(message, Some(meter_id), None, e.kind(), e.to_string());
                     self.observe_error(meter_id, message, "status");
-                    self.dead_letter(message, Some(meter_id), None, e.kind(), e.to_string())
+                    kept
                 }
             },
             Route::Report { meter_id, format } => {
@@ -552,7 +556,6 @@ impl Pipeline {
         format: Format,
         error: &DecodeError,
     ) -> Result<(), IngestError> {
-        self.observe_error(meter_id, message, format.as_str());
         tracing::warn!(
             topic = %message.topic,
             meter_id,
@@ -560,13 +563,17 @@ impl Pipeline {
             error = %error,
             "payload did not decode; kept as a dead letter"
         );
-        self.dead_letter(
+        // The dead letter first: once the device's counts show the message, its dead letter
+        // is there too.
+        let kept = self.dead_letter(
             message,
             Some(meter_id),
             Some(format),
             error.kind(),
             error.to_string(),
-        )
+        );
+        self.observe_error(meter_id, message, format.as_str());
+        kept
     }
 
     fn observe_error(&self, meter_id: &str, message: &RawMessage, format: &str) {
