@@ -112,16 +112,9 @@ pub struct DeviceState {
 }
 
 impl DeviceState {
+    /// Takes a newer status report: its fields win, ours fill its gaps.
     fn merge_status(&mut self, status: &DeviceStatus, at_ms: i64) {
-        let s = &mut self.status;
-        s.battery_pct = status.battery_pct.or(s.battery_pct);
-        s.rssi_dbm = status.rssi_dbm.or(s.rssi_dbm);
-        s.rsrp_dbm = status.rsrp_dbm.or(s.rsrp_dbm);
-        s.snr_db = status.snr_db.or(s.snr_db);
-        if status.firmware.is_some() {
-            s.firmware = status.firmware.clone();
-        }
-        s.error_flags = status.error_flags.or(s.error_flags);
+        self.status = overlay(status, &self.status);
         self.status_at_ms = Some(self.status_at_ms.map_or(at_ms, |t| t.max(at_ms)));
     }
 
@@ -137,17 +130,9 @@ impl DeviceState {
         true
     }
 
-    /// Takes the status fields this state never had.
+    /// Takes from an older status report only the fields this state never had.
     fn fill_status(&mut self, status: &DeviceStatus) {
-        let s = &mut self.status;
-        s.battery_pct = s.battery_pct.or(status.battery_pct);
-        s.rssi_dbm = s.rssi_dbm.or(status.rssi_dbm);
-        s.rsrp_dbm = s.rsrp_dbm.or(status.rsrp_dbm);
-        s.snr_db = s.snr_db.or(status.snr_db);
-        if s.firmware.is_none() {
-            s.firmware = status.firmware.clone();
-        }
-        s.error_flags = s.error_flags.or(status.error_flags);
+        self.status = overlay(&self.status, status);
     }
 
     /// Green, amber or red by how long ago the meter was last heard.
@@ -160,6 +145,18 @@ impl DeviceState {
         } else {
             Health::Green
         }
+    }
+}
+
+/// Each field from `newer` where it has one, else from `older`.
+fn overlay(newer: &DeviceStatus, older: &DeviceStatus) -> DeviceStatus {
+    DeviceStatus {
+        battery_pct: newer.battery_pct.or(older.battery_pct),
+        rssi_dbm: newer.rssi_dbm.or(older.rssi_dbm),
+        rsrp_dbm: newer.rsrp_dbm.or(older.rsrp_dbm),
+        snr_db: newer.snr_db.or(older.snr_db),
+        firmware: newer.firmware.clone().or_else(|| older.firmware.clone()),
+        error_flags: newer.error_flags.or(older.error_flags),
     }
 }
 
