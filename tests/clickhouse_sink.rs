@@ -370,3 +370,87 @@ fn device_state_is_rebuilt_from_clickhouse_without_the_state_file() {
     drop(child);
     drop(tmp);
 }
+
+/// A restart while ClickHouse is away: the backlog is replayed into ClickHouse when it comes
+/// back, and not written to Parquet a second time (the checkpoint records what Parquet has
+/// apart from what ClickHouse has).
+#[test]
+fn a_restart_during_a_clickhouse_outage_writes_no_parquet_row_twice() {
+    let ch = ClickHouse::private();
+    let db = ClickHouse::fresh_database("mf_replay");
+    let (_cfg, config) = config_file(&format!(
+        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\nretry_initial_ms = 50\nretry_max_ms = 200\n[batch]\nmax_age_ms = 100\n",
+        ch.url
+    ));
+    common::apply_schema(&config);
+    ch.kill();
+    let server = Server::start_with(&["--config", &config]);
+    let plan = Plan {
+        meters: 10,
+        messages: 3,
+        format: Format::Json,
+        shape: Shape::Readings,
+        start_ms: 1_717_200_000_000,
+        interval_s: 900,
+        prefix: "replay-".into(),
+    };
+    let want = expected(std::slice::from_ref(&plan));
+    assert_eq!(acked(simulate(server.mqtt_port, &plan, 0)), 30);
+    wait_for("the pipeline to take all 30 reports", || {
+        let (_, metrics) = server.http_get("/metrics");
+        metrics
+            .contains("meterflow_messages_total{source=\"mqtt\",format=\"json\"} 30")
+            .then_some(())
+    });
+    // A clean stop while ClickHouse is still away: Parquet completes its files, the
+    // ClickHouse batches stay in the WAL.
+    let (exit, data_dir, log, tmp) = server.stop();
+    assert!(exit.success(), "{log}");
+    let checkpoint = std::fs::read_to_string(data_dir.join("wal/checkpoint")).unwrap();
+    let numbers: Vec<u64> = checkpoint
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(
+        numbers[0] < numbers[1],
+        "ClickHouse behind Parquet: {checkpoint}"
+    );
+    assert_eq!(common::read_readings(&data_dir).len(), want.len());
+
+    ch.start();
+    let http_port = common::free_port();
+    let mut again = Command::new(BIN)
+        .args(["serve", "--config", &config])
+        .args([
+            "--mqtt-listen",
+            &format!("127.0.0.1:{}", common::free_port()),
+        ])
+        .args(["--mqtt-v5-listen", "off", "--coap-listen", "off"])
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let got = wait_for("the backlog in ClickHouse", || {
+        let got = rows(&ch, &db);
+        (got.len() >= want.len()).then_some(got)
+    });
+    assert_eq!(got.len(), want.len());
+    let status = Command::new("kill")
+        .args(["-TERM", &again.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(again.wait().unwrap().success());
+    // Every reading once in Parquet: the replay went to ClickHouse only.
+    let parquet = common::read_readings(&data_dir);
+    let distinct: BTreeSet<_> = parquet
+        .iter()
+        .map(|r| (r.meter_id.clone(), r.channel.clone(), r.ts_ms))
+        .collect();
+    assert_eq!(parquet.len(), want.len(), "no Parquet row twice");
+    assert_eq!(distinct.len(), want.len());
+    drop(tmp);
+}

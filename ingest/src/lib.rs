@@ -145,22 +145,23 @@ pub async fn serve(
     tracing::info!(meters = devices.len(), "device state loaded");
     let (mut wal, recovery) = Wal::open(&config.data_dir, config.wal.clone())?;
     let checkpoint = wal::read_checkpoint(&config.data_dir)?;
-    if checkpoint > recovery.last_lsn {
+    if checkpoint.local > recovery.last_lsn {
         tracing::warn!(
-            checkpoint,
+            checkpoint = checkpoint.local,
             last_lsn = recovery.last_lsn,
             "the WAL ends before the checkpoint (an unsynced tail lost with the power); new LSNs start after the checkpoint"
         );
     }
-    // Device state remembers the WAL positions it counted; new messages must come after
-    // them too (a WAL tail lost with the power, a WAL folder deleted), or they would be taken
-    // for replays and not counted.
-    wal.start_after(checkpoint.max(devices.max_lsn()))?;
-    if recovery.last_lsn > checkpoint || recovery.truncated_bytes > 0 {
+    // New messages must come after every position the checkpoint (its local part: records up
+    // to it skip Parquet on replay) and the device state remember, even when the WAL lost its
+    // tail with the power or its folder was deleted: else they would be taken for replays.
+    wal.start_after(checkpoint.local.max(devices.max_lsn()))?;
+    if recovery.last_lsn > checkpoint.all || recovery.truncated_bytes > 0 {
         tracing::info!(
-            checkpoint,
+            checkpoint = checkpoint.all,
+            local_checkpoint = checkpoint.local,
             last_lsn = recovery.last_lsn,
-            to_replay = recovery.last_lsn.saturating_sub(checkpoint),
+            to_replay = recovery.last_lsn.saturating_sub(checkpoint.all),
             truncated_bytes = recovery.truncated_bytes,
             "replaying the WAL records that no sink confirmed before the last stop"
         );

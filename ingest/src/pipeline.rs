@@ -20,6 +20,7 @@ use meterflow_proto::{is_valid_meter_id, RowMeta};
 use meterflow_storage::clickhouse::{
     ClickHouseWriter, DeadLetterRow, RejectedBatch, SideRows, StatusRow,
 };
+use meterflow_storage::wal::Checkpoint;
 use meterflow_storage::{wal, Batcher, DeadLetter, DeadLetterStore, ParquetSink, WalReader};
 
 use crate::devices::{DeadLetterNote, DeviceRegistry, Observation};
@@ -95,8 +96,11 @@ pub struct Pipeline {
     marks: Arc<LsnMarks>,
     /// The next LSN to handle.
     next_lsn: u64,
-    saved_checkpoint: u64,
+    saved_checkpoint: Checkpoint,
     checkpoint_at: Instant,
+    /// Whether the rows in the batcher go to the local sinks too (false while a restart
+    /// replays records that Parquet already has, for ClickHouse alone).
+    batch_local: bool,
     /// (LSN, receive time) of handled records, one per second of traffic at most: the age of
     /// the oldest one not yet confirmed by every sink is the sink lag.
     receive_times: VecDeque<(u64, i64)>,
@@ -104,16 +108,17 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// `checkpoint` is the LSN through which every record is already in the sinks.
+    /// `checkpoint` says through which LSN every record is in every sink, and in the local
+    /// ones (Parquet, dead-letter files): records between the two go to ClickHouse only.
     pub fn new(
         batcher: Batcher,
         sinks: Sinks,
         devices: DeviceRegistry,
         data_dir: PathBuf,
         marks: Arc<LsnMarks>,
-        checkpoint: u64,
+        checkpoint: Checkpoint,
     ) -> Self {
-        marks.confirmed.store(checkpoint, Ordering::Release);
+        marks.confirmed.store(checkpoint.all, Ordering::Release);
         Pipeline {
             batcher,
             parquet: sinks.parquet,
@@ -123,9 +128,10 @@ impl Pipeline {
             devices,
             data_dir,
             marks,
-            next_lsn: checkpoint + 1,
+            next_lsn: checkpoint.all + 1,
             saved_checkpoint: checkpoint,
             checkpoint_at: Instant::now(),
+            batch_local: true,
             receive_times: VecDeque::new(),
             summary: PipelineSummary::default(),
         }
@@ -224,23 +230,41 @@ impl Pipeline {
         Ok(())
     }
 
-    /// The LSN through which every handled record is in a complete file, a dead letter, or
-    /// had no rows.
-    fn confirmed_lsn(&self) -> u64 {
+    /// Whether a record still goes to the local sinks (Parquet, dead-letter files): not when
+    /// a restart replays what they had already confirmed.
+    fn is_local(&self, message: &RawMessage) -> bool {
+        message.lsn == 0 || message.lsn > self.saved_checkpoint.local
+    }
+
+    /// What the sinks have confirmed: through which LSN every handled record is in a
+    /// complete file, a dead letter, or had no rows (local), and also in ClickHouse (all).
+    fn confirmed(&self) -> Checkpoint {
         // LSN 0 marks rows of messages that never reached the WAL: nothing to confirm there.
-        let local = [self.batcher.oldest_lsn(), self.parquet.oldest_pending_lsn()]
+        // Rows in the batcher that only ClickHouse still needs do not hold the local sinks up.
+        let batcher = self.batcher.oldest_lsn().filter(|_| self.batch_local);
+        let computed = [batcher, self.parquet.oldest_pending_lsn()]
             .into_iter()
             .flatten()
             .filter(|lsn| *lsn > 0)
             .min()
             .map_or(self.next_lsn.saturating_sub(1), |oldest| oldest - 1);
-        match self
+        let local = computed.max(self.saved_checkpoint.local);
+        let in_batcher = self
+            .batcher
+            .oldest_lsn()
+            .filter(|lsn| *lsn > 0)
+            .map_or(u64::MAX, |oldest| oldest - 1);
+        let all = match self
             .clickhouse
             .as_ref()
             .and_then(ClickHouseWriter::confirmed_lsn)
         {
-            Some(clickhouse) => local.min(clickhouse),
-            None => local,
+            Some(clickhouse) => computed.min(clickhouse).min(in_batcher),
+            None => computed.min(in_batcher),
+        };
+        Checkpoint {
+            all: all.max(self.saved_checkpoint.all),
+            local,
         }
     }
 
@@ -249,10 +273,10 @@ impl Pipeline {
     fn checkpoint(&mut self, file_completed: bool) -> Result<(), IngestError> {
         // In this order: a batch ClickHouse refused is confirmed by its writer only after it
         // was handed back, so the dead letters below cover everything `confirmed` includes.
-        let confirmed = self.confirmed_lsn();
+        let confirmed = self.confirmed();
         self.keep_rejected_batches()?;
-        self.report_lag(confirmed);
-        if confirmed <= self.saved_checkpoint {
+        self.report_lag(confirmed.all);
+        if confirmed == self.saved_checkpoint {
             return Ok(());
         }
         if !file_completed && self.checkpoint_at.elapsed() < CHECKPOINT_EVERY {
@@ -263,7 +287,7 @@ impl Pipeline {
         wal::write_checkpoint(&self.data_dir, confirmed)?;
         self.saved_checkpoint = confirmed;
         self.checkpoint_at = Instant::now();
-        self.marks.confirmed.store(confirmed, Ordering::Release);
+        self.marks.confirmed.store(confirmed.all, Ordering::Release);
         Ok(())
     }
 
@@ -317,6 +341,15 @@ impl Pipeline {
             // ClickHouse is away and its queue is full; the WAL holds what arrives meanwhile.
             let side = std::mem::take(&mut self.side);
             clickhouse.send(batch.clone(), side, self.next_lsn - 1);
+        }
+        if !self.batch_local {
+            // A replayed batch Parquet already has: ClickHouse alone needed it.
+            self.batch_local = true;
+            tracing::debug!(
+                rows = batch.num_rows(),
+                "replayed batch sent to ClickHouse only"
+            );
+            return self.checkpoint(false);
         }
         let started = Instant::now();
         let completed = self.parquet.write(batch, oldest_lsn, now)?;
@@ -492,6 +525,14 @@ impl Pipeline {
             format,
         };
         let rows = if decoded.row_count() > 0 {
+            let local = self.is_local(message);
+            if local != self.batch_local {
+                // One batch, one set of sinks: finish the batch on the other side first.
+                if let Some((batch, oldest)) = self.batcher.take() {
+                    self.write(&batch, oldest, Instant::now())?;
+                }
+                self.batch_local = local;
+            }
             let rows = decoded.append_to(self.batcher.builder(Instant::now()), &meta);
             if message.lsn > 0 {
                 self.batcher.note_lsn(message.lsn);
@@ -611,7 +652,9 @@ impl Pipeline {
             reason,
             payload: message.payload.to_vec(),
         };
-        self.dead_letters.write(&letter)?;
+        if self.is_local(message) {
+            self.dead_letters.write(&letter)?;
+        }
         if self.clickhouse.is_some() {
             self.side.dead_letters.push(DeadLetterRow {
                 received_at_ms: letter.received_at_ms,

@@ -539,27 +539,50 @@ fn checkpoint_path(data_dir: &Path) -> PathBuf {
     data_dir.join("wal").join("checkpoint")
 }
 
-/// The confirmed LSN saved by [`write_checkpoint`]; 0 when there is none.
-pub fn read_checkpoint(data_dir: &Path) -> Result<u64, StorageError> {
-    let path = checkpoint_path(data_dir);
-    match fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse().map_err(|_| {
-            StorageError::io(
-                "parsing",
-                &path,
-                std::io::Error::new(std::io::ErrorKind::InvalidData, "not an LSN"),
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(StorageError::io("reading", &path, e)),
-    }
+/// What the sinks have confirmed, by WAL position.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Through this LSN every record is in every sink: the WAL may drop it, and a restart
+    /// replays from the next one.
+    pub all: u64,
+    /// Through this LSN every record is in the local sinks (Parquet, dead-letter files): a
+    /// replay feeds the records up to it to ClickHouse only. At least `all`.
+    pub local: u64,
 }
 
-/// Saves the confirmed LSN (write, fsync, rename): records up to it are not replayed.
-pub fn write_checkpoint(data_dir: &Path, lsn: u64) -> Result<(), StorageError> {
+/// Reads the checkpoint (0 when there is none yet). `ALL LOCAL`, or a single LSN as written
+/// by earlier versions (then both are that).
+pub fn read_checkpoint(data_dir: &Path) -> Result<Checkpoint, StorageError> {
+    let path = checkpoint_path(data_dir);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Checkpoint::default()),
+        Err(e) => return Err(StorageError::io("reading", &path, e)),
+    };
+    let bad = || {
+        StorageError::io(
+            "parsing",
+            &path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "not a checkpoint"),
+        )
+    };
+    let mut numbers = text.split_whitespace().map(str::parse::<u64>);
+    let all = numbers.next().ok_or_else(bad)?.map_err(|_| bad())?;
+    let local = match numbers.next() {
+        Some(n) => n.map_err(|_| bad())?,
+        None => all,
+    };
+    Ok(Checkpoint {
+        all,
+        local: local.max(all),
+    })
+}
+
+/// Saves the checkpoint (write, fsync, rename).
+pub fn write_checkpoint(data_dir: &Path, checkpoint: Checkpoint) -> Result<(), StorageError> {
     let path = checkpoint_path(data_dir);
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, format!("{lsn}\n"))
+    fs::write(&tmp, format!("{} {}\n", checkpoint.all, checkpoint.local))
         .and_then(|()| File::open(&tmp)?.sync_all())
         .and_then(|()| fs::rename(&tmp, &path))
         .map_err(|e| StorageError::io("writing", &path, e))
@@ -668,9 +691,18 @@ mod tests {
     fn the_checkpoint_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         Wal::open(dir.path(), cfg(1 << 20)).unwrap();
-        assert_eq!(read_checkpoint(dir.path()).unwrap(), 0);
-        write_checkpoint(dir.path(), 42).unwrap();
-        assert_eq!(read_checkpoint(dir.path()).unwrap(), 42);
+        assert_eq!(read_checkpoint(dir.path()).unwrap(), Checkpoint::default());
+        let c = Checkpoint { all: 42, local: 50 };
+        write_checkpoint(dir.path(), c).unwrap();
+        assert_eq!(read_checkpoint(dir.path()).unwrap(), c);
+        // The one-number file of earlier versions.
+        std::fs::write(dir.path().join("wal/checkpoint"), "17\n").unwrap();
+        assert_eq!(
+            read_checkpoint(dir.path()).unwrap(),
+            Checkpoint { all: 17, local: 17 }
+        );
+        std::fs::write(dir.path().join("wal/checkpoint"), "x").unwrap();
+        assert!(read_checkpoint(dir.path()).is_err());
     }
 
     #[test]
