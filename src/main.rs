@@ -87,6 +87,16 @@ struct ServeArgs {
     clickhouse_url: Option<String>,
 }
 
+/// A listener flag: an address, or `off` (or empty) for none.
+fn address_or_off(value: &str, flag: &str) -> anyhow::Result<Option<SocketAddr>> {
+    match value {
+        "off" | "" => Ok(None),
+        addr => Ok(Some(addr.parse().with_context(|| {
+            format!("{flag}: {addr:?} is not an address or `off`")
+        })?)),
+    }
+}
+
 impl ServeArgs {
     /// Defaults, then the file, then environment and flags (clap merges those two, flags win).
     fn config(&self) -> anyhow::Result<Config> {
@@ -99,20 +109,11 @@ impl ServeArgs {
             config.mqtt.listen = addr;
         }
         if let Some(v5) = &self.mqtt_v5_listen {
-            config.mqtt.listen_v5 = match v5.as_str() {
-                "off" | "" => None,
-                addr => Some(addr.parse().with_context(|| {
-                    format!("--mqtt-v5-listen / METERFLOW_MQTT_V5_LISTEN: {addr:?} is not an address or `off`")
-                })?),
-            };
+            config.mqtt.listen_v5 =
+                address_or_off(v5, "--mqtt-v5-listen / METERFLOW_MQTT_V5_LISTEN")?;
         }
         if let Some(coap) = &self.coap_listen {
-            config.coap.listen = match coap.as_str() {
-                "off" | "" => None,
-                addr => Some(addr.parse().with_context(|| {
-                    format!("--coap-listen / METERFLOW_COAP_LISTEN: {addr:?} is not an address or `off`")
-                })?),
-            };
+            config.coap.listen = address_or_off(coap, "--coap-listen / METERFLOW_COAP_LISTEN")?;
         }
         if let Some(addr) = self.http_listen {
             config.http.listen = addr;

@@ -4,9 +4,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use common::{config_file, mosquitto_pub, wait_for, ClickHouse, Server, BIN};
+use common::{config_file, mosquitto_pub, wait_for, ClickHouse, Server};
 use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::Format;
 
@@ -325,32 +325,9 @@ fn device_state_is_rebuilt_from_clickhouse_without_the_state_file() {
     assert!(exit.success(), "{log}");
     // The state file is lost; the data folder is otherwise kept.
     std::fs::remove_file(data_dir.join("state/devices.json")).unwrap();
-    let http_port = common::free_port();
-    let restarted = Command::new(BIN)
-        .args(["serve", "--config", &config])
-        .args([
-            "--mqtt-listen",
-            &format!("127.0.0.1:{}", common::free_port()),
-        ])
-        .args(["--mqtt-v5-listen", "off", "--coap-listen", "off"])
-        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let child = Kill(restarted);
+    let server = Server::start_in(tmp, &["--config", &config]);
     let device: serde_json::Value = wait_for("REBUILD-1 rebuilt from ClickHouse", || {
-        std::net::TcpStream::connect(("127.0.0.1", http_port)).ok()?;
-        let (status, body) = common::http_get(http_port, "/api/devices/REBUILD-1");
+        let (status, body) = server.http_get("/api/devices/REBUILD-1");
         (status == 200).then(|| serde_json::from_str(&body).unwrap())
     });
     assert_eq!(
@@ -364,11 +341,11 @@ fn device_state_is_rebuilt_from_clickhouse_without_the_state_file() {
     assert_eq!(device["status"]["error_flags"], 2);
     assert_eq!(device["rows"], 2);
     assert!(device["last_seen_ms"].as_i64().unwrap() > 1_700_000_000_000);
-    let (status, ready) = common::http_get(http_port, "/ready");
+    let (status, ready) = server.http_get("/ready");
     assert_eq!(status, 200, "{ready}");
     assert!(ready.contains("reachable (ClickHouse"), "{ready}");
-    drop(child);
-    drop(tmp);
+    let (exit, _, log, _tmp) = server.stop();
+    assert!(exit.success(), "{log}");
 }
 
 /// A restart while ClickHouse is away: the backlog is replayed into ClickHouse when it comes
@@ -418,32 +395,14 @@ fn a_restart_during_a_clickhouse_outage_writes_no_parquet_row_twice() {
     assert_eq!(common::read_readings(&data_dir).len(), want.len());
 
     ch.start();
-    let http_port = common::free_port();
-    let mut again = Command::new(BIN)
-        .args(["serve", "--config", &config])
-        .args([
-            "--mqtt-listen",
-            &format!("127.0.0.1:{}", common::free_port()),
-        ])
-        .args(["--mqtt-v5-listen", "off", "--coap-listen", "off"])
-        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let again = Server::start_in(tmp, &["--config", &config]);
     let got = wait_for("the backlog in ClickHouse", || {
         let got = rows(&ch, &db);
         (got.len() >= want.len()).then_some(got)
     });
     assert_eq!(got.len(), want.len());
-    let status = Command::new("kill")
-        .args(["-TERM", &again.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(again.wait().unwrap().success());
+    let (exit, data_dir, log, _tmp) = again.stop();
+    assert!(exit.success(), "{log}");
     // Every reading once in Parquet: the replay went to ClickHouse only.
     let parquet = common::read_readings(&data_dir);
     let distinct: BTreeSet<_> = parquet
@@ -452,5 +411,4 @@ fn a_restart_during_a_clickhouse_outage_writes_no_parquet_row_twice() {
         .collect();
     assert_eq!(parquet.len(), want.len(), "no Parquet row twice");
     assert_eq!(distinct.len(), want.len());
-    drop(tmp);
 }

@@ -50,11 +50,18 @@ impl Server {
 
     /// Starts `meterflow serve` and waits until MQTT and HTTP answer.
     pub fn start_with(extra_args: &[&str]) -> Server {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir"), extra_args)
+    }
+
+    /// Starts `meterflow serve` on the data folder of `tmp` (a folder [`Server::stop`] gave
+    /// back: a fresh start on what an earlier run left), on new ports.
+    pub fn start_in(tmp: tempfile::TempDir, extra_args: &[&str]) -> Server {
         let data_dir = tmp.path().join("data");
         let (mqtt_port, mqtt_v5_port, http_port) = (free_port(), free_port(), free_port());
         let coap_port = free_udp_port();
         let log = tmp.path().join("serve.log");
+        // Keep an earlier run's log beside the new one.
+        let _ = std::fs::rename(&log, log.with_extension("1.log"));
         let child = spawn(
             [mqtt_port, mqtt_v5_port, http_port, coap_port],
             &data_dir,
