@@ -14,6 +14,7 @@ declare -A needs=(
   [chromedriver]=chromium-driver
   [curl]=curl
   [python3]=python3
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!needs[@]}"; do
@@ -25,6 +26,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Eclipse paho-mqtt: the independent MQTT 5 client of tests/mqtt_paho.rs (from PyPI).
+if ! python3 -c 'import paho.mqtt.client' 2>/dev/null; then
+  echo "installing paho-mqtt (PyPI) for the tests" >&2
+  python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3' \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'paho-mqtt>=2,<3'
 fi
 
 # Build first, so that the server does not wait through the compile.

@@ -17,7 +17,7 @@ use meterflow_proto::Format;
 #[command(
     name = "meterflow",
     version,
-    about = "Smart-meter telemetry ingestion: MQTT in, Parquet out."
+    about = "Smart-meter telemetry ingestion: MQTT and CoAP in, Parquet and ClickHouse out."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the broker, the pipeline and the sinks until SIGTERM or Ctrl-C.
+    /// Run the MQTT and CoAP servers, the pipeline and the sinks until SIGTERM or Ctrl-C.
     Serve(ServeArgs),
     /// Print the configuration in effect (defaults, file, environment, flags) as TOML.
     Config(ServeArgs),
@@ -45,6 +45,8 @@ enum Command {
     Simulate(SimulateArgs),
     /// Billing, anomalies and devices from the ClickHouse tables.
     Query(QueryArgs),
+    /// The device credential store: who may connect, and for which meters it may publish.
+    Credentials(CredentialsArgs),
     /// Print the ClickHouse DDL for the configured server (or --server-version), or apply it.
     Schema {
         #[command(flatten)]
@@ -63,12 +65,15 @@ struct ServeArgs {
     /// TOML config file; every key is optional (see deploy/meterflow.example.toml).
     #[arg(long, env = "METERFLOW_CONFIG")]
     config: Option<PathBuf>,
-    /// MQTT 3.1.1 listener [default 0.0.0.0:1883]
+    /// Plain MQTT listener, 3.1.1 and 5 [default 127.0.0.1:1883]
     #[arg(long, env = "METERFLOW_MQTT_LISTEN")]
     mqtt_listen: Option<SocketAddr>,
-    /// MQTT 5 listener [default 0.0.0.0:1884]; `off` serves MQTT 3.1.1 only.
+    /// A second plain MQTT listener [default 127.0.0.1:1884] (both versions); `off` for none.
     #[arg(long, env = "METERFLOW_MQTT_V5_LISTEN")]
     mqtt_v5_listen: Option<String>,
+    /// MQTT over TLS listener, e.g. 0.0.0.0:8883 (needs mqtt.tls_cert and mqtt.tls_key); `off` for none.
+    #[arg(long, env = "METERFLOW_MQTT_TLS_LISTEN")]
+    mqtt_tls_listen: Option<String>,
     /// CoAP (and LwM2M) UDP listener [default 0.0.0.0:5683]; `off` turns CoAP off.
     #[arg(long, env = "METERFLOW_COAP_LISTEN")]
     coap_listen: Option<String>,
@@ -111,6 +116,10 @@ impl ServeArgs {
         if let Some(v5) = &self.mqtt_v5_listen {
             config.mqtt.listen_v5 =
                 address_or_off(v5, "--mqtt-v5-listen / METERFLOW_MQTT_V5_LISTEN")?;
+        }
+        if let Some(tls) = &self.mqtt_tls_listen {
+            config.mqtt.tls_listen =
+                address_or_off(tls, "--mqtt-tls-listen / METERFLOW_MQTT_TLS_LISTEN")?;
         }
         if let Some(coap) = &self.coap_listen {
             config.coap.listen = address_or_off(coap, "--coap-listen / METERFLOW_COAP_LISTEN")?;
@@ -185,6 +194,46 @@ enum Question {
 }
 
 #[derive(clap::Args)]
+struct CredentialsArgs {
+    /// TOML config file (for its data_dir).
+    #[arg(long, env = "METERFLOW_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// The data folder whose store to use [default ./data, or the config's data_dir]
+    #[arg(long, env = "METERFLOW_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    action: CredentialsAction,
+}
+
+#[derive(Subcommand)]
+enum CredentialsAction {
+    /// Add or replace credentials from a CSV file with the header meter_id,secret and
+    /// optionally publish_for (space-separated meter-id globs, for gateways). Nothing changes
+    /// unless every row is valid.
+    Import {
+        /// The CSV file; `-` reads standard input.
+        file: PathBuf,
+    },
+    /// Add or replace one device's credential. Without --secret a random 128-bit secret is
+    /// made and printed once.
+    Add {
+        /// The meter (or gateway) id: the MQTT username, the DTLS PSK identity.
+        id: String,
+        /// The secret, 16 to 64 printable characters (the MQTT password, the DTLS PSK).
+        #[arg(long, env = "METERFLOW_NEW_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// Meter-id globs a gateway may publish for, e.g. --publish-for 'E00*' (repeatable).
+        #[arg(long = "publish-for")]
+        publish_for: Vec<String>,
+    },
+    /// Revoke a device: its secret is forgotten, its certificate refused, its live sessions
+    /// closed within seconds.
+    Revoke { id: String },
+    /// List the devices (never the secrets).
+    List,
+}
+
+#[derive(clap::Args)]
 struct SimulateArgs {
     /// The broker, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:1883")]
@@ -229,6 +278,24 @@ struct SimulateArgs {
     /// Give up on a meter after this many seconds.
     #[arg(long, default_value_t = 120)]
     meter_timeout_s: u64,
+    /// A CSV file meter_id,secret (as `meterflow credentials import` takes): each meter logs
+    /// in with its own secret.
+    #[arg(long, value_name = "FILE.csv")]
+    credentials: Option<PathBuf>,
+    /// Connect over TLS, trusting the CA certificate in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Connect, publish this many reports, disconnect, and again, as battery meters do
+    /// (0: one connection per meter for all its reports).
+    #[arg(long, default_value_t = 0)]
+    reconnect_every: usize,
+    /// Keep each connection open (idle, pinging) this many seconds after its reports.
+    #[arg(long, default_value_t = 0)]
+    hold_s: u64,
+    /// Spread connections over 127.0.0.1 to 127.0.0.N [default: as many as a loopback fleet
+    /// above the ephemeral port range needs].
+    #[arg(long, default_value_t = 0)]
+    source_addrs: usize,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -238,14 +305,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("METERFLOW_LOG").unwrap_or_else(|_| {
-                // rumqttd logs every client disconnect as an error (server, and the router's
-                // "connection id already gone"); skipped read cursors are detected and logged
-                // by meterflow's link itself.
-                tracing_subscriber::EnvFilter::new(
-                    "info,rumqttd=warn,rumqttd::server=off,rumqttd::router::routing=off",
-                )
-            }),
+            tracing_subscriber::EnvFilter::try_from_env("METERFLOW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -283,6 +344,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(args) => simulate(args),
+        Command::Credentials(args) => credentials(args),
         Command::Query(args) => query(args),
         Command::Schema {
             serve,
@@ -349,6 +411,114 @@ fn query(args: QueryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn credentials(args: CredentialsArgs) -> anyhow::Result<()> {
+    use meterflow_ingest::credentials::{self, Credential, Glob, Secret};
+    let data_dir = match (&args.data_dir, &args.config) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(path)) => {
+            Config::from_file(path)
+                .with_context(|| format!("config file {}", path.display()))?
+                .data_dir
+        }
+        (None, None) => Config::default().data_dir,
+    };
+    let store_path = credentials::CredentialStore::path(&data_dir);
+    match args.action {
+        CredentialsAction::Import { file } => {
+            let (input, name): (Box<dyn Read>, String) = if file.as_os_str() == "-" {
+                (Box::new(std::io::stdin()), "standard input".into())
+            } else {
+                let f = std::fs::File::open(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                (Box::new(f), file.display().to_string())
+            };
+            let changes = credentials::update(&data_dir, |store| {
+                let c = store.import_csv(input, &name)?;
+                Ok((c, c.added + c.updated > 0))
+            })?;
+            println!(
+                "{}: {} added, {} updated, {} unchanged ({})",
+                name,
+                changes.added,
+                changes.updated,
+                changes.unchanged,
+                store_path.display()
+            );
+        }
+        CredentialsAction::Add {
+            id,
+            secret,
+            publish_for,
+        } => {
+            let generated = secret.is_none();
+            let secret_text = match secret {
+                Some(s) => s,
+                None => credentials::generate_secret()?,
+            };
+            let credential = Credential {
+                secret: Secret::new(&secret_text).map_err(|e| anyhow::anyhow!("--secret: {e}"))?,
+                publish_for: publish_for
+                    .iter()
+                    .flat_map(|g| g.split_whitespace())
+                    .map(Glob::new)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| anyhow::anyhow!("--publish-for: {e}"))?,
+            };
+            let changes = credentials::update(&data_dir, |store| {
+                let c = store
+                    .add(&id, credential)
+                    .map_err(meterflow_ingest::IngestError::Credentials)?;
+                Ok((c, c.unchanged == 0))
+            })?;
+            let what = if changes.added > 0 {
+                "added"
+            } else {
+                "updated"
+            };
+            if generated {
+                // Printed once, to standard output only: it is stored, never shown again.
+                println!("{id} {what}; its secret (shown only now): {secret_text}");
+            } else {
+                println!("{id} {what} ({})", store_path.display());
+            }
+        }
+        CredentialsAction::Revoke { id } => {
+            let was = credentials::update(&data_dir, |store| {
+                let was = store.revoke(&id);
+                Ok((was, true))
+            })?;
+            if was {
+                println!("{id} revoked; a running meterflow closes its sessions within seconds");
+            } else {
+                println!("{id} had no active credential; it is now refused (certificates too)");
+            }
+        }
+        CredentialsAction::List => {
+            let store = credentials::CredentialStore::load(&data_dir)?;
+            let all = store.list();
+            let width = all
+                .iter()
+                .map(|(id, ..)| id.len())
+                .max()
+                .unwrap_or(8)
+                .max(8);
+            println!("{:width$}  {:8}  publish_for", "meter_id", "state");
+            for (id, globs, active) in &all {
+                let globs: Vec<&str> = globs.iter().map(Glob::as_str).collect();
+                let state = if *active { "active" } else { "revoked" };
+                println!("{id:width$}  {state:8}  {}", globs.join(" "));
+            }
+            println!(
+                "{} active, {} revoked ({})",
+                store.len(),
+                all.len() - store.len(),
+                store_path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn schema(config: Config, apply: bool, server_version: Option<String>) -> anyhow::Result<()> {
     use meterflow_storage::clickhouse::{self as ch, ServerVersion};
     let ch_config = &config.clickhouse;
@@ -394,7 +564,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         dead_letters = summary.pipeline.dead_letters,
         files = summary.pipeline.files,
         from_wal = summary.pipeline.from_wal,
-        router_drops = summary.router_drops,
+        mqtt_sessions = summary.mqtt_sessions,
         wal_overflow = summary.wal_overflow,
         coap_requests = summary.coap_requests,
         "meterflow stopped cleanly"
@@ -462,6 +632,21 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         interval_s: args.interval_s,
         prefix: args.prefix,
     };
+    let mut mqtt = simulate::mqtt::MqttSetup {
+        reconnect_every: args.reconnect_every,
+        hold: Duration::from_secs(args.hold_s),
+        ..Default::default()
+    };
+    if let Some(path) = &args.credentials {
+        mqtt.credentials = Some(Arc::new(simulate::mqtt::read_credentials(path)?));
+    }
+    if let Some(ca) = &args.tls_ca {
+        mqtt.tls = Some(simulate::mqtt::tls_setup(ca, host)?);
+    }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        mqtt.source_addrs =
+            simulate::mqtt::source_addrs(ip, args.concurrency.min(args.meters), args.source_addrs);
+    }
     let target = simulate::Target {
         protocol,
         host: host.to_string(),
@@ -471,6 +656,7 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         pause: Duration::from_millis(args.pause_ms),
         meter_timeout: Duration::from_secs(args.meter_timeout_s),
+        mqtt,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -481,7 +667,7 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         println!(
-            "simulated {} meters over {:?} ({} {}): sent {} reports ({} rows, {} bytes), acknowledged {} ({} rows) in {:.2} s = {:.0} reports/s; ack latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} reconnects, {} retransmissions, {} busy answers, {} meters failed",
+            "simulated {} meters over {:?} ({} {}): sent {} reports ({} rows, {} bytes), acknowledged {} ({} rows) in {:.2} s = {:.0} reports/s; ack latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} connections ({:.0}/s, CONNACK p50 {:.2} ms, p99 {:.2} ms); {} reconnects, {} retransmissions, {} busy answers, {} meters failed",
             summary.meters,
             protocol,
             summary.format,
@@ -496,6 +682,10 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             summary.ack_ms_p50,
             summary.ack_ms_p99,
             summary.ack_ms_max,
+            summary.connections,
+            summary.connects_per_s,
+            summary.connect_ms_p50,
+            summary.connect_ms_p99,
             summary.reconnects,
             summary.retransmissions,
             summary.busy_answers,

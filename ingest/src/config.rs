@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::coap::CoapConfig;
 pub use crate::devices::DevicesConfig;
+pub use crate::mqtt::MqttConfig;
 use crate::IngestError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,46 +47,6 @@ impl Default for Config {
     }
 }
 
-/// The embedded MQTT broker (rumqttd).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MqttConfig {
-    /// MQTT 3.1.1 listener.
-    pub listen: SocketAddr,
-    /// MQTT 5 listener (a separate port: rumqttd serves one protocol version per listener).
-    /// Leave out to serve MQTT 3.1.1 only.
-    pub listen_v5: Option<SocketAddr>,
-    /// Concurrent client connections at most.
-    pub max_connections: usize,
-    /// Largest publish payload accepted, bytes.
-    pub max_payload_bytes: usize,
-    /// Packets rumqttd reads from one connection per scheduling round.
-    pub max_inflight: usize,
-    /// A client must send CONNECT within this time after the TCP connect.
-    pub connect_timeout_ms: u16,
-    /// Size of one segment of the broker's in-memory log (filter `#`).
-    pub router_segment_bytes: usize,
-    /// Segments kept. The log holds `router_segment_bytes × router_segment_count` bytes of the
-    /// newest messages, read or not; a message the link has not read when its segment is
-    /// dropped is lost (counted as `meterflow_router_drops_total`).
-    pub router_segment_count: usize,
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        MqttConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
-            listen_v5: Some(SocketAddr::from(([0, 0, 0, 0], 1884))),
-            max_connections: 10_000,
-            max_payload_bytes: 256 * 1024,
-            max_inflight: 100,
-            connect_timeout_ms: 10_000,
-            router_segment_bytes: 32 * 1024 * 1024,
-            router_segment_count: 4,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -105,16 +66,17 @@ impl Default for HttpConfig {
     }
 }
 
-/// Between the network edge and the decoder.
+/// Between the WAL writer and the decoder, and shutdown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
-    /// Messages waiting between the link consumer and the decoder at most. When full, the
-    /// link consumer waits and the broker's log (above) absorbs the burst.
+    /// Messages waiting between the WAL writer and the decoder at most. When full, messages
+    /// are in the WAL only and the pipeline reads them from there.
     pub queue_capacity: usize,
-    /// On SIGTERM, keep draining the broker until it has been quiet this long...
-    pub shutdown_quiet_ms: u64,
-    /// ...or at most this long.
+    /// No longer used (the former broker drain); accepted with a warning.
+    #[serde(skip_serializing)]
+    pub shutdown_quiet_ms: Option<u64>,
+    /// On SIGTERM, connections get at most this long to answer the publishes they read.
     pub shutdown_max_ms: u64,
 }
 
@@ -122,7 +84,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             queue_capacity: 65_536,
-            shutdown_quiet_ms: 500,
+            shutdown_quiet_ms: None,
             shutdown_max_ms: 10_000,
         }
     }
@@ -152,6 +114,27 @@ impl Config {
         })
     }
 
+    /// Keys that are read but no longer do anything (set in an older config file).
+    pub fn deprecated_keys(&self) -> Vec<&'static str> {
+        [
+            (
+                "mqtt.router_segment_bytes",
+                self.mqtt.router_segment_bytes.is_some(),
+            ),
+            (
+                "mqtt.router_segment_count",
+                self.mqtt.router_segment_count.is_some(),
+            ),
+            (
+                "pipeline.shutdown_quiet_ms",
+                self.pipeline.shutdown_quiet_ms.is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
+
     /// Checks every value that the types alone do not; the error names the key.
     pub fn validate(&self) -> Result<(), IngestError> {
         fn positive(key: &str, v: u64) -> Result<(), IngestError> {
@@ -160,35 +143,7 @@ impl Config {
             }
             Ok(())
         }
-        positive("mqtt.max_connections", self.mqtt.max_connections as u64)?;
-        positive("mqtt.max_payload_bytes", self.mqtt.max_payload_bytes as u64)?;
-        positive("mqtt.max_inflight", self.mqtt.max_inflight as u64)?;
-        if self.mqtt.max_inflight > u16::MAX as usize {
-            return Err(IngestError::config(
-                "mqtt.max_inflight",
-                "must be at most 65535",
-            ));
-        }
-        positive(
-            "mqtt.connect_timeout_ms",
-            u64::from(self.mqtt.connect_timeout_ms),
-        )?;
-        if self.mqtt.router_segment_bytes < self.mqtt.max_payload_bytes.max(1 << 20) {
-            return Err(IngestError::config(
-                "mqtt.router_segment_bytes",
-                "must be at least 1 MiB (1048576) and at least mqtt.max_payload_bytes",
-            ));
-        }
-        positive(
-            "mqtt.router_segment_count",
-            self.mqtt.router_segment_count as u64,
-        )?;
-        if Some(self.mqtt.listen) == self.mqtt.listen_v5 {
-            return Err(IngestError::config(
-                "mqtt.listen_v5",
-                "must differ from mqtt.listen",
-            ));
-        }
+        self.mqtt.validate()?;
         let coap = &self.coap;
         positive("coap.max_payload_bytes", coap.max_payload_bytes as u64)?;
         positive("coap.max_inflight", coap.max_inflight as u64)?;
@@ -203,12 +158,6 @@ impl Config {
             "coap.lwm2m_max_registrations",
             coap.lwm2m_max_registrations as u64,
         )?;
-        if coap.max_payload_bytes > self.mqtt.router_segment_bytes {
-            return Err(IngestError::config(
-                "coap.max_payload_bytes",
-                "must be at most mqtt.router_segment_bytes",
-            ));
-        }
         if self.http.token.is_empty() && !self.http.listen.ip().is_loopback() {
             return Err(IngestError::config(
                 "http.token",
@@ -240,6 +189,7 @@ impl Config {
             "pipeline.queue_capacity",
             self.pipeline.queue_capacity as u64,
         )?;
+        positive("pipeline.shutdown_max_ms", self.pipeline.shutdown_max_ms)?;
         positive("batch.max_rows", self.batch.max_rows as u64)?;
         positive("batch.max_bytes", self.batch.max_bytes as u64)?;
         positive("parquet.row_group_rows", self.parquet.row_group_rows as u64)?;
@@ -324,6 +274,24 @@ mod tests {
     }
 
     #[test]
+    fn keys_of_the_former_broker_are_still_read() {
+        let c = Config::from_toml(
+            "[mqtt]\nrouter_segment_bytes = 1048576\nrouter_segment_count = 2\n[pipeline]\nshutdown_quiet_ms = 500\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.deprecated_keys(),
+            vec![
+                "mqtt.router_segment_bytes",
+                "mqtt.router_segment_count",
+                "pipeline.shutdown_quiet_ms"
+            ]
+        );
+        assert!(Config::default().deprecated_keys().is_empty());
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_their_name() {
         let e = Config::from_toml("[mqtt]\nlisten_port = 1\n").unwrap_err();
         assert!(e.to_string().contains("listen_port"), "{e}");
@@ -339,12 +307,33 @@ mod tests {
             .to_string()
             .contains("parquet.zstd_level"));
         let mut c = Config::default();
-        c.mqtt.router_segment_bytes = 10;
+        c.mqtt.max_inflight_bytes = 10;
         assert!(c
             .validate()
             .unwrap_err()
             .to_string()
-            .contains("mqtt.router_segment_bytes"));
+            .contains("mqtt.max_inflight_bytes"));
+        let mut c = Config::default();
+        c.mqtt.tls_listen = Some("127.0.0.1:8883".parse().unwrap());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("mqtt.tls_cert"));
+        let mut c = Config::default();
+        c.mqtt.tls_client_ca = Some("ca.pem".into());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("mqtt.tls_client_ca"));
+        let mut c = Config::default();
+        c.mqtt.listen_v5 = Some(c.mqtt.listen);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("mqtt.listen_v5"));
         let mut c = Config::default();
         c.http.listen = "0.0.0.0:8080".parse().unwrap();
         let e = c.validate().unwrap_err().to_string();

@@ -16,8 +16,13 @@ pub enum IngestError {
         source: std::io::Error,
     },
 
-    #[error("embedded MQTT broker: {0}")]
-    Broker(String),
+    /// A thread or task of the runtime could not start, or died.
+    #[error("{0}")]
+    Runtime(String),
+
+    /// The credential store or an import file is wrong (the text names the file and line).
+    #[error("credentials: {0}")]
+    Credentials(String),
 
     #[error("{action} {path}: {source}")]
     Io {
@@ -45,7 +50,7 @@ impl IngestError {
         match self {
             IngestError::Config { .. } => false,
             IngestError::Bind { .. } | IngestError::Io { .. } => true,
-            IngestError::Broker(_) => false,
+            IngestError::Runtime(_) | IngestError::Credentials(_) => false,
             IngestError::Storage(e) => e.is_retryable(),
         }
     }

@@ -1,27 +1,29 @@
 //! The network edge and the runtime of `meterflow serve`.
 //!
 //! - [`config`]: the configuration and its validation.
-//! - [`broker`]: the embedded MQTT broker (rumqttd).
-//! - [`link`]: the consumer that moves messages from the broker to the WAL writer.
+//! - [`credentials`]: the device credential store shared by every edge.
+//! - [`mqtt`]: meterflow's own MQTT server (3.1.1 and 5, TLS, identities, limits).
 //! - [`coap`]: the CoAP/UDP endpoint (reports and LwM2M 1.1 registration and Send).
-//! - [`wal_writer`]: the one owner of the WAL: group commit, durability for CoAP, and the hand-off
-//!   to the pipeline queue.
+//! - [`message`]: a message as accepted, and where the WAL stands.
+//! - [`wal_writer`]: the one owner of the WAL: group commit, durability for the edges, and the
+//!   hand-off to the pipeline queue.
 //! - [`pipeline`]: routing by topic, decoding, batching, sinks and dead letters.
 //! - [`devices`]: the last-heard state of every meter.
 //! - [`http`]: health, metrics and the device API.
 //!
-//! [`serve`] wires them: broker -> link thread \
+//! [`serve`] wires them: MQTT server (tokio TCP/TLS, waits for durability) \
 //!                                             +-> WAL writer thread (append, group commit) ->
 //! CoAP server (tokio UDP, waits for durability) /    bounded queue -> pipeline thread (reading
 //! the WAL for whatever the queue did not carry) -> Parquet and ClickHouse.
 
-pub mod broker;
 pub mod coap;
 pub mod config;
+pub mod credentials;
 pub mod devices;
 mod error;
 pub mod http;
-pub mod link;
+pub mod message;
+pub mod mqtt;
 pub mod pipeline;
 pub mod wal_writer;
 
@@ -121,20 +123,24 @@ fn restore_devices_from_clickhouse(
 pub struct ServeSummary {
     /// Messages taken by the WAL writer from every edge.
     pub received: u64,
-    pub router_drops: u64,
+    /// MQTT connections that completed CONNECT.
+    pub mqtt_sessions: u64,
     /// CoAP requests answered.
     pub coap_requests: u64,
     pub wal_overflow: u64,
     pub pipeline: PipelineSummary,
 }
 
-/// Runs meterflow until `shutdown` completes, then stops accepting, drains the broker,
-/// flushes every sink and saves the device state.
+/// Runs meterflow until `shutdown` completes, then stops accepting, answers every publish
+/// already read once it is durable, flushes every sink and saves the device state.
 pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ServeSummary, IngestError> {
     config.validate()?;
+    for key in config.deprecated_keys() {
+        tracing::warn!(key, "this config key no longer has any effect (the embedded broker it tuned is gone): remove it");
+    }
     let metrics = metrics_handle();
     std::fs::create_dir_all(&config.data_dir).map_err(|source| IngestError::Io {
         action: "creating data_dir",
@@ -166,7 +172,13 @@ pub async fn serve(
             "replaying the WAL records that no sink confirmed before the last stop"
         );
     }
-    let marks = Arc::new(link::LsnMarks::default());
+    let credentials = Arc::new(credentials::SharedCredentials::load(&config.data_dir)?);
+    mqtt::check_anonymous_rule(
+        &config.mqtt,
+        credentials.current().is_empty(),
+        &credentials::CredentialStore::path(&config.data_dir),
+    )?;
+    let marks = Arc::new(message::LsnMarks::default());
     marks.committed.store(recovery.last_lsn, Ordering::Release);
     // Set at shutdown: the link drains and stops, the ClickHouse writer stops retrying.
     let stop = Arc::new(AtomicBool::new(false));
@@ -205,7 +217,8 @@ pub async fn serve(
         Some(addr) => Some(coap::bind(addr, config.coap.socket_buffer_bytes)?),
         None => None,
     };
-    let (link_tx, link_rx) = broker::start(&config.mqtt)?;
+    let (mqtt_tx, mqtt_rx) = wal_writer::channel(wal_writer::SUBMISSIONS);
+    let mqtt = mqtt::MqttServer::start(config.mqtt.clone(), credentials, mqtt_tx).await?;
 
     let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel(config.pipeline.queue_capacity);
     // Tells the async side when the pipeline ends, for whatever reason.
@@ -220,23 +233,14 @@ pub async fn serve(
             let _ = pipeline_done_tx.send(());
             result
         })
-        .map_err(|e| IngestError::Broker(format!("spawning the pipeline thread: {e}")))?;
-    let (mqtt_tx, mqtt_rx) = wal_writer::channel(wal_writer::SUBMISSIONS);
+        .map_err(|e| IngestError::Runtime(format!("spawning the pipeline thread: {e}")))?;
     let (coap_tx, coap_rx) = wal_writer::channel(config.coap.max_inflight.max(1));
     let inputs = wal_writer::Inputs {
         mqtt: mqtt_rx,
         coap: coap_rx,
     };
     let writer_thread = wal_writer::spawn(wal, marks.clone(), inputs, queue_tx)
-        .map_err(|e| IngestError::Broker(format!("spawning the WAL writer thread: {e}")))?;
-    let link_thread = link::spawn(
-        link_tx,
-        link_rx,
-        mqtt_tx,
-        stop.clone(),
-        config.pipeline.clone(),
-    )
-    .map_err(|e| IngestError::Broker(format!("spawning the link thread: {e}")))?;
+        .map_err(|e| IngestError::Runtime(format!("spawning the WAL writer thread: {e}")))?;
     let coap_task = coap_socket.map(|socket| {
         tokio::spawn(coap::serve(
             socket,
@@ -277,6 +281,7 @@ pub async fn serve(
     });
     tracing::info!(
         mqtt = %config.mqtt.listen,
+        mqtt_tls = ?config.mqtt.tls_listen,
         coap = ?config.coap.listen,
         http = %config.http.listen,
         data_dir = %config.data_dir.display(),
@@ -293,9 +298,14 @@ pub async fn serve(
     if unexpected_stop {
         tracing::error!("the pipeline stopped on its own; shutting down");
     } else {
-        tracing::info!("shutting down: draining the broker and flushing every sink");
+        tracing::info!("shutting down: answering what was read, then flushing every sink");
     }
     stop.store(true, Ordering::Relaxed);
+    let mqtt_summary = mqtt
+        .shutdown(std::time::Duration::from_millis(
+            config.pipeline.shutdown_max_ms,
+        ))
+        .await;
     // Whatever became of the CoAP server, the threads below must still be joined so that
     // every sink is flushed: a failed task is logged, not returned early.
     let coap_summary = match coap_task {
@@ -306,37 +316,33 @@ pub async fn serve(
         None => coap::CoapSummary::default(),
     };
     let joined = tokio::task::spawn_blocking(move || {
-        let link = link_thread.join();
         let writer = writer_thread.join();
         let pipeline = pipeline_thread.join();
-        (link, writer, pipeline)
+        (writer, pipeline)
     })
     .await
-    .map_err(|e| IngestError::Broker(format!("joining the pipeline: {e}")))?;
+    .map_err(|e| IngestError::Runtime(format!("joining the pipeline: {e}")))?;
     saver.abort();
     let saved = devices.save(&config.data_dir);
     let _ = http_stop_tx.send(());
     if let Ok(Err(e)) = http_task.await {
         tracing::warn!(error = %e, "HTTP server ended with an error");
     }
-    let link_summary = joined
-        .0
-        .map_err(|_| IngestError::Broker("the link thread panicked".into()))?;
     let writer_summary = joined
-        .1
-        .map_err(|_| IngestError::Broker("the WAL writer thread panicked".into()))?;
+        .0
+        .map_err(|_| IngestError::Runtime("the WAL writer thread panicked".into()))?;
     let pipeline_summary = joined
-        .2
-        .map_err(|_| IngestError::Broker("the pipeline thread panicked".into()))??;
+        .1
+        .map_err(|_| IngestError::Runtime("the pipeline thread panicked".into()))??;
     saved?;
     if unexpected_stop {
-        return Err(IngestError::Broker(
-            "the ingest link closed and the pipeline stopped".into(),
+        return Err(IngestError::Runtime(
+            "the pipeline stopped on its own".into(),
         ));
     }
     Ok(ServeSummary {
         received: writer_summary.messages,
-        router_drops: link_summary.router_drops,
+        mqtt_sessions: mqtt_summary.sessions,
         coap_requests: coap_summary.requests,
         wal_overflow: writer_summary.wal_overflow,
         pipeline: pipeline_summary,

@@ -24,7 +24,7 @@ use meterflow_storage::wal::Checkpoint;
 use meterflow_storage::{wal, Batcher, DeadLetter, DeadLetterStore, ParquetSink, WalReader};
 
 use crate::devices::{DeadLetterNote, DeviceRegistry, Observation};
-use crate::link::{LsnMarks, RawMessage};
+use crate::message::{LsnMarks, RawMessage, Refusal};
 use crate::IngestError;
 
 /// Where a topic sends a message.
@@ -303,7 +303,7 @@ impl Pipeline {
         }
         let lag_ms = match self.receive_times.front() {
             Some((_, at)) if self.next_lsn.saturating_sub(1) > confirmed => {
-                crate::link::now_ms().saturating_sub(*at).max(0)
+                crate::message::now_ms().saturating_sub(*at).max(0)
             }
             _ => 0,
         };
@@ -419,7 +419,7 @@ impl Pipeline {
         for RejectedBatch { batch, reason } in clickhouse.take_rejected() {
             let payload = rows_as_json_lines(&batch);
             let letter = DeadLetter {
-                received_at_ms: crate::link::now_ms(),
+                received_at_ms: crate::message::now_ms(),
                 source: "clickhouse".into(),
                 topic: String::new(),
                 meter_id: None,
@@ -446,6 +446,19 @@ impl Pipeline {
         {
             self.receive_times
                 .push_back((message.lsn, message.received_at_ms));
+        }
+        if let Some(refused) = &message.refused {
+            // Refused at the edge (not this identity's to publish): a dead letter, nothing else.
+            metrics::counter!("meterflow_messages_total", "source" => message.source.as_str(), "format" => "refused")
+                .increment(1);
+            let refusal = Refusal::parse(refused);
+            return self.dead_letter(
+                message,
+                refusal.identity.as_deref(),
+                None,
+                "unauthorized",
+                refusal.describe(),
+            );
         }
         let route = parse_topic(&message.topic);
         let format = match &route {

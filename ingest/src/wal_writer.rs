@@ -1,11 +1,11 @@
-//! The WAL writer: the one owner of the write-ahead log. Each edge (the MQTT link, the CoAP
+//! The WAL writer: the one owner of the write-ahead log. Each edge (the MQTT server, the CoAP
 //! server) hands it [`Submission`]s through a bounded channel of its own, so a flood on one
-//! cannot crowd out the other (CoAP's are taken first: devices wait for their answer, while
-//! MQTT's broker has acknowledged already); it appends them, commits
-//! them as a group (one flush, and fsync by policy, per burst), tells any edge that waits for
-//! durability (CoAP answers only then), and offers each message to the pipeline queue without
-//! waiting: when the queue is full the message is in the WAL only and the pipeline reads it
-//! from there, so a slow sink never holds an edge up.
+//! cannot crowd out the other (each round takes up to a group's worth from each, CoAP's
+//! first); it appends them, commits them as a group (one flush, and fsync by policy, per
+//! burst; always an fsync when a submission in the group waits for durability), tells the
+//! edges that wait (MQTT PUBACKs and CoAP answers go out only then), and offers each message
+//! to the pipeline queue without waiting: when the queue is full the message is in the WAL
+//! only and the pipeline reads it from there, so a slow sink never holds an edge up.
 //!
 //! It also deletes the WAL segments every sink has confirmed, and owes the interval fsync
 //! even when idle. It ends when every edge has dropped its sender (shutdown) or the pipeline
@@ -18,9 +18,9 @@ use std::sync::Arc;
 use flume::{Receiver, Sender};
 use std::time::Duration;
 
-use meterflow_storage::Wal;
+use meterflow_storage::{NewRecord, Wal};
 
-use crate::link::{LsnMarks, RawMessage};
+use crate::message::{LsnMarks, RawMessage};
 
 /// What became of a submission that asked to be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,9 +37,12 @@ pub enum Durability {
 #[derive(Debug)]
 pub struct Submission {
     pub message: RawMessage,
-    /// Told once the message is durable (or refused). Without it (MQTT, whose broker has
-    /// acknowledged already) a message the WAL cannot take still goes on to the pipeline.
+    /// Told once the message is durable (or refused). Without it (MQTT QoS 0, an LwM2M
+    /// heartbeat) a message the WAL cannot write still goes on to the pipeline.
     pub notify: Option<tokio::sync::oneshot::Sender<Durability>>,
+    /// The message's share of the MQTT edge's in-flight byte budget, given back when the
+    /// writer is done with it.
+    pub budget: Option<crate::mqtt::Budget>,
 }
 
 /// What the writer did, for the shutdown summary.
@@ -50,7 +53,8 @@ pub struct WriterSummary {
     pub wal_overflow: u64,
 }
 
-/// Submissions waiting for the writer at most: the MQTT link waits for room, CoAP answers 5.03.
+/// Submissions waiting for the writer at most: an MQTT connection waits for room (and is not
+/// read meanwhile), CoAP answers 5.03.
 pub const SUBMISSIONS: usize = 8192;
 
 /// Messages appended before a group commit at the latest.
@@ -149,10 +153,15 @@ impl Writer {
     fn accept(&mut self, mut submission: Submission) {
         self.summary.messages += 1;
         let message = &mut submission.message;
-        if !self
-            .wal
-            .has_room(message.payload.len() + message.topic.len())
-        {
+        let record = NewRecord {
+            received_at_ms: message.received_at_ms,
+            source: message.source,
+            topic: &message.topic,
+            content_type: message.content_type.as_deref(),
+            refused: message.refused.as_deref(),
+            payload: &message.payload,
+        };
+        if !self.wal.has_room(&record) {
             self.summary.wal_overflow += 1;
             metrics::counter!("meterflow_wal_overflow_total").increment(1);
             if self.summary.wal_overflow.is_power_of_two() {
@@ -167,19 +176,13 @@ impl Writer {
             }
             return;
         }
-        match self.wal.append(
-            message.received_at_ms,
-            message.source,
-            &message.topic,
-            message.content_type.as_deref(),
-            &message.payload,
-        ) {
+        match self.wal.append(&record) {
             Ok(lsn) => message.lsn = lsn,
             Err(e) => {
                 metrics::counter!("meterflow_wal_errors_total").increment(1);
                 self.marks
                     .wal_error_at_ms
-                    .store(crate::link::now_ms(), Ordering::Relaxed);
+                    .store(crate::message::now_ms(), Ordering::Relaxed);
                 if let Some(notify) = submission.notify {
                     tracing::error!(error = %e, topic = %message.topic, "WAL append failed; the sender is told to retry");
                     let _ = notify.send(Durability::Failed);
@@ -213,7 +216,7 @@ impl Writer {
                 metrics::counter!("meterflow_wal_errors_total").increment(1);
                 self.marks
                     .wal_error_at_ms
-                    .store(crate::link::now_ms(), Ordering::Relaxed);
+                    .store(crate::message::now_ms(), Ordering::Relaxed);
                 tracing::error!(error = %e, "WAL commit failed; waiting senders are told to retry, the rest goes to the pipeline without it");
                 false
             }
@@ -229,8 +232,10 @@ impl Writer {
         for Submission {
             mut message,
             notify,
+            budget,
         } in self.group.drain(..)
         {
+            drop(budget);
             if let Some(notify) = notify {
                 if !committed {
                     let _ = notify.send(Durability::Failed);
@@ -290,6 +295,7 @@ mod tests {
             source: Source::Coap,
             received_at_ms: 1_700_000_000_000,
             content_type: None,
+            refused: None,
         }
     }
 
@@ -316,11 +322,13 @@ mod tests {
         tx.send(Submission {
             message: message("meters/a/json"),
             notify: None,
+            budget: None,
         })
         .unwrap();
         tx.send(Submission {
             message: message("meters/b/json"),
             notify: Some(notify),
+            budget: None,
         })
         .unwrap();
         assert_eq!(told.blocking_recv().unwrap(), Durability::Durable(2));
@@ -365,6 +373,7 @@ mod tests {
             tx.send(Submission {
                 message: message(&format!("meters/m{i}/json")),
                 notify: Some(notify),
+                budget: None,
             })
             .unwrap();
             answers.push(told.blocking_recv().unwrap());

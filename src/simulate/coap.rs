@@ -203,7 +203,7 @@ impl Meter {
                 }
                 match answer.header.get_type() {
                     MessageType::Acknowledgement => {
-                        counters.record_latency(started.elapsed());
+                        counters.acks.record(started.elapsed());
                         return Ok(answer);
                     }
                     MessageType::Reset => {

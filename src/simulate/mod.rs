@@ -1,5 +1,5 @@
-//! `meterflow simulate`: a fleet of meters publishing over MQTT with QoS 1, or posting over
-//! CoAP ([`coap`]).
+//! `meterflow simulate`: a fleet of meters publishing over MQTT with QoS 1 ([`mqtt`]), or
+//! posting over CoAP ([`coap`]).
 //!
 //! Each meter is its own MQTT connection (client id = meter id) or UDP socket, as in the field. Meter `m`
 //! sends `messages` reports; report `k` is either five register readings stamped
@@ -11,16 +11,16 @@
 //! one does; the summary counts those reconnects, since each can deliver a report twice.
 
 mod coap;
+pub mod mqtt;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc, Weekday};
 use meterflow_proto::{pb, Format};
 use prost::Message;
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde::Serialize;
 
 /// What a report carries.
@@ -308,6 +308,8 @@ pub struct Target {
     pub pause: Duration,
     /// Give up on a meter whose reports are not all acknowledged in this time.
     pub meter_timeout: Duration,
+    /// MQTT: credentials, TLS, reconnecting, source addresses, holding connections.
+    pub mqtt: mqtt::MqttSetup,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -324,6 +326,17 @@ pub struct Summary {
     pub meters_failed: u64,
     /// MQTT connections lost and re-established; each may deliver an acknowledged report twice.
     pub reconnects: u64,
+    /// MQTT connections made (CONNACK received), planned ones (`--reconnect-every`) included.
+    pub connections: u64,
+    /// Time from CONNECT to CONNACK, milliseconds.
+    pub connect_ms_p50: f64,
+    pub connect_ms_p99: f64,
+    /// Connections made per second over the run.
+    pub connects_per_s: f64,
+    /// Seconds from the start until every meter had its first connection.
+    pub all_connected_s: f64,
+    /// Seconds from the first connection loss to the last meter back (a reconnect storm).
+    pub recovery_s: f64,
     /// CoAP requests sent again because their ACK did not come in time.
     pub retransmissions: u64,
     /// CoAP 5.03 answers obeyed (waited Max-Age, then sent again).
@@ -339,14 +352,9 @@ pub struct Summary {
     pub last_ts_ms: i64,
 }
 
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
-const ACK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Connection losses a meter rides out before it gives up.
-const MAX_RECONNECTS: u64 = 10;
-
-#[derive(Default)]
 struct Counters {
+    started: Instant,
+    meters: usize,
     reconnects: AtomicU64,
     retransmissions: AtomicU64,
     busy: AtomicU64,
@@ -354,36 +362,37 @@ struct Counters {
     acked: AtomicU64,
     bytes: AtomicU64,
     failed: AtomicU64,
-    /// Every acknowledgement's latency, microseconds.
-    latencies_us: Mutex<Vec<u32>>,
+    connects: AtomicU64,
+    /// Every acknowledgement's latency.
+    acks: mqtt::Latencies,
+    /// Every CONNECT's time to its CONNACK.
+    connect_latencies: mqtt::Latencies,
+    moments: mqtt::Moments,
 }
 
-impl Counters {
-    fn record_latency(&self, latency: Duration) {
-        let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-        if let Ok(mut all) = self.latencies_us.lock() {
-            all.push(us);
-        }
-    }
-
-    /// The latency at quantile `q` (0..=1), milliseconds.
-    fn latency_ms(&self, q: f64) -> f64 {
-        let Ok(mut all) = self.latencies_us.lock() else {
-            return 0.0;
-        };
-        if all.is_empty() {
-            return 0.0;
-        }
-        all.sort_unstable();
-        let i = ((all.len() - 1) as f64 * q).round() as usize;
-        f64::from(all[i]) / 1000.0
-    }
-}
-
-/// Runs the fleet against the broker and reports what was sent and acknowledged.
+/// Runs the fleet against the server and reports what was sent and acknowledged.
 pub async fn run(plan: Arc<Plan>, target: Target) -> anyhow::Result<Summary> {
     plan.validate()?;
-    let counters = Arc::new(Counters::default());
+    let server: std::net::SocketAddr = tokio::net::lookup_host((target.host.as_str(), target.port))
+        .await
+        .with_context(|| format!("resolving {}", target.host))?
+        .next()
+        .context("the host has no address")?;
+    let counters = Arc::new(Counters {
+        started: Instant::now(),
+        meters: plan.meters,
+        reconnects: AtomicU64::new(0),
+        retransmissions: AtomicU64::new(0),
+        busy: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+        acked: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        connects: AtomicU64::new(0),
+        acks: mqtt::Latencies::default(),
+        connect_latencies: mqtt::Latencies::default(),
+        moments: mqtt::Moments::default(),
+    });
     let permits = Arc::new(tokio::sync::Semaphore::new(target.concurrency.max(1)));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -399,11 +408,14 @@ pub async fn run(plan: Arc<Plan>, target: Target) -> anyhow::Result<Summary> {
             let acked = AtomicU64::new(0);
             let meter = async {
                 match target.protocol {
-                    Protocol::Mqtt => run_meter(&plan, m, &target, &counters, &acked).await,
+                    Protocol::Mqtt => {
+                        mqtt::run_meter(&plan, m, &target, server, &counters, &acked).await
+                    }
                     Protocol::Coap => coap::run_meter(&plan, m, &target, &counters, &acked).await,
                 }
             };
-            let outcome = tokio::time::timeout(target.meter_timeout, meter).await;
+            let outcome =
+                tokio::time::timeout(target.meter_timeout + target.mqtt.hold, meter).await;
             let error = match outcome {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) => e.to_string(),
@@ -441,9 +453,25 @@ pub async fn run(plan: Arc<Plan>, target: Target) -> anyhow::Result<Summary> {
         reconnects: counters.reconnects.load(Ordering::Relaxed),
         retransmissions: counters.retransmissions.load(Ordering::Relaxed),
         busy_answers: counters.busy.load(Ordering::Relaxed),
-        ack_ms_p50: counters.latency_ms(0.5),
-        ack_ms_p99: counters.latency_ms(0.99),
-        ack_ms_max: counters.latency_ms(1.0),
+        connections: counters.connects.load(Ordering::Relaxed),
+        connect_ms_p50: counters.connect_latencies.ms(0.5),
+        connect_ms_p99: counters.connect_latencies.ms(0.99),
+        connects_per_s: if elapsed > 0.0 {
+            counters.connects.load(Ordering::Relaxed) as f64 / elapsed
+        } else {
+            0.0
+        },
+        all_connected_s: counters.moments.all_connected_us.load(Ordering::Acquire) as f64 / 1e6,
+        recovery_s: {
+            let (lost, back) = (
+                counters.moments.first_loss_us.load(Ordering::Acquire),
+                counters.moments.last_recovery_us.load(Ordering::Acquire),
+            );
+            back.saturating_sub(lost) as f64 / 1e6
+        },
+        ack_ms_p50: counters.acks.ms(0.5),
+        ack_ms_p99: counters.acks.ms(0.99),
+        ack_ms_max: counters.acks.ms(1.0),
         elapsed_s: elapsed,
         acked_per_s: if elapsed > 0.0 {
             acked as f64 / elapsed
@@ -453,118 +481,6 @@ pub async fn run(plan: Arc<Plan>, target: Target) -> anyhow::Result<Summary> {
         first_ts_ms: first.first().map_or(0, |r| r.ts_ms),
         last_ts_ms: last.last().map_or(0, |r| r.ts_ms),
     })
-}
-
-/// Sends every report of meter `m`. A lost connection ends an attempt; the next attempt
-/// connects afresh and resends from the first report not acknowledged (QoS 1 acknowledgements
-/// come in order), as a meter's firmware would. What was acknowledged but whose PUBACK was
-/// lost with the connection is sent again: at-least-once.
-async fn run_meter(
-    plan: &Plan,
-    m: usize,
-    target: &Target,
-    counters: &Counters,
-    acked_here: &AtomicU64,
-) -> anyhow::Result<()> {
-    let mut attempts = 0;
-    loop {
-        let from = acked_here.load(Ordering::Relaxed) as usize;
-        match attempt(plan, m, from, target, counters, acked_here).await {
-            Ok(()) => return Ok(()),
-            Err(e) if attempts < MAX_RECONNECTS => {
-                attempts += 1;
-                counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(meter_id = %plan.meter_id(m), error = %e, "reconnecting");
-                tokio::time::sleep(Duration::from_millis(100 * attempts)).await;
-            }
-            Err(e) => bail!(
-                "gave up after {} connection losses, last: {e}",
-                attempts + 1
-            ),
-        }
-    }
-}
-
-/// One connection: publishes reports `from..` and waits for their acknowledgements.
-async fn attempt(
-    plan: &Plan,
-    m: usize,
-    from: usize,
-    target: &Target,
-    counters: &Counters,
-    acked_here: &AtomicU64,
-) -> anyhow::Result<()> {
-    let mut options = MqttOptions::new(plan.meter_id(m), &target.host, target.port);
-    options
-        .set_keep_alive(KEEP_ALIVE)
-        .set_inflight(target.inflight.max(1))
-        .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(options, target.inflight.max(1) as usize);
-    let topic = plan.topic(m);
-    let messages = plan.messages;
-    let publisher = {
-        let client = client.clone();
-        let pause = target.pause;
-        async move {
-            for k in from..messages {
-                let payload = plan.payload(m, k);
-                let len = payload.len() as u64;
-                if client
-                    .publish(topic.as_str(), QoS::AtLeastOnce, false, payload)
-                    .await
-                    .is_err()
-                {
-                    break; // the connection is gone; the ack side reports why
-                }
-                counters.sent.fetch_add(1, Ordering::Relaxed);
-                counters.bytes.fetch_add(len, Ordering::Relaxed);
-                if !pause.is_zero() {
-                    tokio::time::sleep(pause).await;
-                }
-            }
-        }
-    };
-    let acks = async {
-        // When each PUBLISH went out on the wire, by packet id: its latency runs to the PUBACK.
-        let mut on_the_wire = std::collections::HashMap::new();
-        let mut acked = from;
-        let mut last_progress = tokio::time::Instant::now();
-        while acked < messages {
-            // A broker that stops acknowledging while it still answers pings (seen with
-            // rumqttd 0.20 under connection churn) is treated like a lost connection.
-            let deadline = last_progress + ACK_TIMEOUT;
-            let Ok(event) = tokio::time::timeout_at(deadline, eventloop.poll()).await else {
-                bail!("no acknowledgement for {ACK_TIMEOUT:?}");
-            };
-            match event {
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    on_the_wire.insert(pkid, Instant::now());
-                }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    last_progress = tokio::time::Instant::now();
-                    if let Some(at) = on_the_wire.remove(&ack.pkid) {
-                        counters.record_latency(at.elapsed());
-                    }
-                    acked += 1;
-                    acked_here.fetch_add(1, Ordering::Relaxed);
-                    counters.acked.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(_) => {}
-                Err(e) => bail!("connection to {}:{}: {e}", target.host, target.port),
-            }
-        }
-        client.disconnect().await.ok();
-        // Let the DISCONNECT go out.
-        let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
-        anyhow::Ok(())
-    };
-    // The acknowledgements decide: when they end (done or failed) the publisher is dropped,
-    // even while it waits for room in the client's queue.
-    tokio::pin!(acks);
-    tokio::select! {
-        result = &mut acks => result,
-        () = publisher => acks.await,
-    }
 }
 
 #[cfg(test)]

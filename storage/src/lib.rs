@@ -24,4 +24,4 @@ pub use batcher::{BatchConfig, Batcher};
 pub use dead_letter::{DeadLetter, DeadLetterStore};
 pub use error::StorageError;
 pub use parquet::{ParquetConfig, ParquetSink};
-pub use wal::{FsyncPolicy, Wal, WalConfig, WalReader, WalRecord};
+pub use wal::{FsyncPolicy, NewRecord, Wal, WalConfig, WalReader, WalRecord};

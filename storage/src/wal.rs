@@ -4,7 +4,10 @@
 //! Layout: `{data_dir}/wal/{first_lsn:020}.wal` segments of about `segment_bytes` each. A record
 //! is `[u32 body length][u32 CRC-32 of body][body]`, little-endian; the body is
 //! `u64 lsn, i64 received_at_ms, u8 source, u16 topic length, topic, u16 content-type length,
-//! content-type, payload`. LSNs (log sequence numbers) start at 1 and have no gaps.
+//! content-type, payload`. LSNs (log sequence numbers) start at 1 and have no gaps. A message
+//! the edge refused (a publish outside the device's identity, kept as a dead letter) has bit 7
+//! of the source byte set and, after the content type, `u16 reason length, reason`; records
+//! without the bit read as before, so older WALs replay unchanged.
 //!
 //! Writes are buffered; [`Wal::commit`] is the group commit: it makes every record appended so
 //! far readable and, by the fsync policy, durable. [`Wal::remove_through`] deletes the segments
@@ -73,8 +76,42 @@ pub struct WalRecord {
     pub source: Source,
     pub topic: String,
     pub content_type: Option<String>,
+    /// Why the edge refused it (identity and peer address in the text): the pipeline keeps it
+    /// as an `unauthorized` dead letter and nothing else.
+    pub refused: Option<String>,
     pub payload: Vec<u8>,
 }
+
+/// A message to append, borrowed from the edge that took it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRecord<'a> {
+    pub received_at_ms: i64,
+    pub source: Source,
+    pub topic: &'a str,
+    pub content_type: Option<&'a str>,
+    pub refused: Option<&'a str>,
+    pub payload: &'a [u8],
+}
+
+impl NewRecord<'_> {
+    /// Bytes the record takes in a segment (header and body).
+    pub fn encoded_len(&self) -> usize {
+        let clamp = |n: usize| n.min(u16::MAX as usize);
+        HEADER
+            + 8
+            + 8
+            + 1
+            + 2
+            + clamp(self.topic.len())
+            + 2
+            + clamp(self.content_type.map_or(0, str::len))
+            + self.refused.map_or(0, |r| 2 + clamp(r.len()))
+            + self.payload.len()
+    }
+}
+
+/// Bit 7 of the source byte: the record carries an edge refusal.
+const REFUSED_BIT: u8 = 0x80;
 
 fn source_code(s: Source) -> u8 {
     match s {
@@ -94,28 +131,32 @@ fn source_from(code: u8) -> Option<Source> {
 }
 
 /// Encodes one record (header and body) into `out`.
-fn encode(
-    out: &mut Vec<u8>,
-    lsn: u64,
-    received_at_ms: i64,
-    source: Source,
-    topic: &str,
-    content_type: Option<&str>,
-    payload: &[u8],
-) {
-    let topic = &topic.as_bytes()[..topic.len().min(u16::MAX as usize)];
-    let ct = content_type.unwrap_or("").as_bytes();
-    let ct = &ct[..ct.len().min(u16::MAX as usize)];
+fn encode(out: &mut Vec<u8>, lsn: u64, record: &NewRecord<'_>) {
+    fn short(text: &str) -> &[u8] {
+        &text.as_bytes()[..text.len().min(u16::MAX as usize)]
+    }
+    let topic = short(record.topic);
+    let ct = short(record.content_type.unwrap_or(""));
     let start = out.len();
     out.extend_from_slice(&[0; HEADER]);
     out.extend_from_slice(&lsn.to_le_bytes());
-    out.extend_from_slice(&received_at_ms.to_le_bytes());
-    out.push(source_code(source));
+    out.extend_from_slice(&record.received_at_ms.to_le_bytes());
+    let refused_bit = if record.refused.is_some() {
+        REFUSED_BIT
+    } else {
+        0
+    };
+    out.push(source_code(record.source) | refused_bit);
     out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
     out.extend_from_slice(topic);
     out.extend_from_slice(&(ct.len() as u16).to_le_bytes());
     out.extend_from_slice(ct);
-    out.extend_from_slice(payload);
+    if let Some(reason) = record.refused {
+        let reason = short(reason);
+        out.extend_from_slice(&(reason.len() as u16).to_le_bytes());
+        out.extend_from_slice(reason);
+    }
+    out.extend_from_slice(record.payload);
     let body_len = (out.len() - start - HEADER) as u32;
     let crc = crc32fast::hash(&out[start + HEADER..]);
     out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
@@ -132,12 +173,19 @@ fn decode_body(body: &[u8]) -> Option<WalRecord> {
     };
     let lsn = u64::from_le_bytes(take(8)?.try_into().ok()?);
     let received_at_ms = i64::from_le_bytes(take(8)?.try_into().ok()?);
-    let source = source_from(take(1)?[0])?;
+    let source_byte = take(1)?[0];
+    let source = source_from(source_byte & !REFUSED_BIT)?;
     let topic_len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
     let topic = String::from_utf8_lossy(take(topic_len)?).into_owned();
     let ct_len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
     let ct = take(ct_len)?;
     let content_type = (!ct.is_empty()).then(|| String::from_utf8_lossy(ct).into_owned());
+    let refused = if source_byte & REFUSED_BIT != 0 {
+        let len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
+        Some(String::from_utf8_lossy(take(len)?).into_owned())
+    } else {
+        None
+    };
     let payload = body.get(at..)?.to_vec();
     Some(WalRecord {
         lsn,
@@ -145,6 +193,7 @@ fn decode_body(body: &[u8]) -> Option<WalRecord> {
         source,
         topic,
         content_type,
+        refused,
         payload,
     })
 }
@@ -319,9 +368,9 @@ impl Wal {
         self.segments.values().map(|s| s.bytes).sum()
     }
 
-    /// Whether appending `payload_len` more bytes stays within the disk budget.
-    pub fn has_room(&self, payload_len: usize) -> bool {
-        self.bytes() + payload_len as u64 + 64 <= self.config.max_bytes
+    /// Whether appending `record` stays within the disk budget.
+    pub fn has_room(&self, record: &NewRecord<'_>) -> bool {
+        self.bytes() + record.encoded_len() as u64 <= self.config.max_bytes
     }
 
     /// Makes the next LSN at least `lsn + 1`. After a power loss the checkpoint (fsynced) can
@@ -341,25 +390,10 @@ impl Wal {
     }
 
     /// Appends a message (buffered until [`Wal::commit`]); returns its LSN.
-    pub fn append(
-        &mut self,
-        received_at_ms: i64,
-        source: Source,
-        topic: &str,
-        content_type: Option<&str>,
-        payload: &[u8],
-    ) -> Result<u64, StorageError> {
+    pub fn append(&mut self, record: &NewRecord<'_>) -> Result<u64, StorageError> {
         let lsn = self.next_lsn;
         self.scratch.clear();
-        encode(
-            &mut self.scratch,
-            lsn,
-            received_at_ms,
-            source,
-            topic,
-            content_type,
-            payload,
-        );
+        encode(&mut self.scratch, lsn, record);
         let path = &self.segments[&self.active_first].path;
         self.active
             .write_all(&self.scratch)
@@ -642,13 +676,14 @@ mod tests {
     fn append_n(wal: &mut Wal, n: usize) -> Vec<u64> {
         let lsns = (0..n)
             .map(|i| {
-                wal.append(
-                    1_700_000_000_000 + i as i64,
-                    Source::Mqtt,
-                    &format!("meters/m{i}/json"),
-                    (i % 2 == 0).then_some("application/json"),
-                    format!("payload {i}").as_bytes(),
-                )
+                wal.append(&NewRecord {
+                    received_at_ms: 1_700_000_000_000 + i as i64,
+                    source: Source::Mqtt,
+                    topic: &format!("meters/m{i}/json"),
+                    content_type: (i % 2 == 0).then_some("application/json"),
+                    refused: (i == 5).then_some("identity A may not publish for m5"),
+                    payload: format!("payload {i}").as_bytes(),
+                })
                 .unwrap()
             })
             .collect();
@@ -668,6 +703,13 @@ mod tests {
         assert_eq!(all[3].payload, b"payload 3");
         assert_eq!(all[4].content_type.as_deref(), Some("application/json"));
         assert_eq!(all[3].content_type, None);
+        assert_eq!(all[3].refused, None);
+        assert_eq!(
+            all[5].refused.as_deref(),
+            Some("identity A may not publish for m5")
+        );
+        assert_eq!(all[5].payload, b"payload 5");
+        assert_eq!(all[5].source, Source::Mqtt);
         assert_eq!(
             wal.reader(7).map(|r| r.unwrap().lsn).collect::<Vec<_>>(),
             vec![8, 9, 10]
@@ -766,7 +808,15 @@ mod tests {
         }
         let before = wal.segments.len();
         assert!(before >= 3, "{before} segments");
-        assert!(!wal.has_room(200));
+        let record = |payload: &'static [u8]| NewRecord {
+            received_at_ms: 0,
+            source: Source::Mqtt,
+            topic: "meters/a/json",
+            content_type: None,
+            refused: None,
+            payload,
+        };
+        assert!(!wal.has_room(&record(&[0; 200])));
         assert_eq!(wal.remove_through(0).unwrap(), 0);
         let removed = wal.remove_through(4).unwrap();
         assert!(removed >= 1);
@@ -776,6 +826,12 @@ mod tests {
             lsns.iter().all(|l| *l >= 3),
             "segments with unconfirmed records stay: {lsns:?}"
         );
-        assert!(wal.has_room(10));
+        assert!(wal.has_room(&record(&[0; 10])));
+        // The content type counts too (it can be 64 KiB).
+        let long_type = "x".repeat(400);
+        assert!(!wal.has_room(&NewRecord {
+            content_type: Some(&long_type),
+            ..record(&[0; 10])
+        }));
     }
 }

@@ -35,7 +35,7 @@ use meterflow_proto::{is_valid_meter_id, Format, Source};
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 
-use crate::link::{now_ms, RawMessage};
+use crate::message::{now_ms, RawMessage};
 use crate::wal_writer::{Durability, Submission};
 use crate::IngestError;
 use block1::{Assembler, Block, Refusal, Step};
@@ -345,6 +345,7 @@ impl Server {
         match self.wal.try_send(Submission {
             message,
             notify: Some(notify),
+            budget: None,
         }) {
             Ok(()) => {}
             Err(flume::TrySendError::Full(_)) => {
@@ -695,6 +696,7 @@ impl Server {
                 source: Source::Coap,
                 received_at_ms,
                 content_type: None,
+                refused: None,
             },
             reply,
             code,
@@ -713,12 +715,14 @@ impl Server {
             source: Source::Coap,
             received_at_ms: now_ms(),
             content_type: None,
+            refused: None,
         };
         if self
             .wal
             .try_send(Submission {
                 message,
                 notify: None,
+                budget: None,
             })
             .is_ok()
         {

@@ -1,0 +1,101 @@
+//! What flows from the network edges to the pipeline: a [`RawMessage`] as accepted, before
+//! decoding, and the [`LsnMarks`] through which the WAL writer and the pipeline share where the
+//! WAL stands.
+
+use std::sync::atomic::AtomicU64;
+
+use bytes::Bytes;
+use meterflow_proto::Source;
+use meterflow_storage::WalRecord;
+use serde::{Deserialize, Serialize};
+
+/// A message as accepted from the network, before decoding.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    /// Its place in the WAL; 0 when it could not be written there (a WAL I/O error).
+    pub lsn: u64,
+    /// MQTT topic (or CoAP path).
+    pub topic: String,
+    pub payload: Bytes,
+    pub source: Source,
+    /// When meterflow accepted it, Unix ms.
+    pub received_at_ms: i64,
+    /// MQTT 5 content-type property, where the publisher set one.
+    pub content_type: Option<String>,
+    /// Why the edge refused it, a [`Refusal`] as JSON: kept as an `unauthorized` dead letter
+    /// and nothing else.
+    pub refused: Option<String>,
+}
+
+/// Why an edge refused a message (a publish outside its identity), as kept in the WAL (JSON)
+/// and told in its dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The identity that sent it (a meter or gateway id).
+    pub identity: Option<String>,
+    pub client_id: Option<String>,
+    /// The peer's address and port.
+    pub peer: String,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| self.reason.clone())
+    }
+
+    /// Reads what [`Refusal::to_json`] wrote; any other text is taken as the reason.
+    pub fn parse(text: &str) -> Refusal {
+        serde_json::from_str(text).unwrap_or_else(|_| Refusal {
+            identity: None,
+            client_id: None,
+            peer: String::new(),
+            reason: text.to_string(),
+        })
+    }
+
+    /// The dead letter's reason: what was refused, by whom, from where.
+    pub fn describe(&self) -> String {
+        let mut text = self.reason.clone();
+        text.push_str(&format!(
+            " (identity {}",
+            self.identity.as_deref().unwrap_or("anonymous")
+        ));
+        if let Some(client_id) = &self.client_id {
+            text.push_str(&format!(", client id {client_id}"));
+        }
+        text.push_str(&format!(", peer {})", self.peer));
+        text
+    }
+}
+
+impl From<WalRecord> for RawMessage {
+    fn from(r: WalRecord) -> Self {
+        RawMessage {
+            lsn: r.lsn,
+            topic: r.topic,
+            payload: Bytes::from(r.payload),
+            source: r.source,
+            received_at_ms: r.received_at_ms,
+            content_type: r.content_type,
+            refused: r.refused,
+        }
+    }
+}
+
+/// Where the WAL stands, shared by the WAL writer and the pipeline (reader).
+#[derive(Debug, Default)]
+pub struct LsnMarks {
+    /// The last LSN committed to the WAL: readable by the pipeline.
+    pub committed: AtomicU64,
+    /// The last LSN every sink has confirmed: the WAL may drop it.
+    pub confirmed: AtomicU64,
+    /// Bytes in WAL segments (for `/ready`).
+    pub wal_bytes: AtomicU64,
+    /// When a WAL write last failed, Unix ms (0: never), for `/ready`.
+    pub wal_error_at_ms: std::sync::atomic::AtomicI64,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

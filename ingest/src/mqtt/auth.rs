@@ -1,0 +1,314 @@
+//! Who a connection is, and what it may do: authentication against the credential store (or
+//! a TLS client certificate), the anonymous rule, and the publish and subscribe rules.
+//! Pure functions of the store and the request, so every rule has a table test.
+
+use meterflow_proto::is_valid_meter_id;
+
+use crate::credentials::{CredentialStore, Glob};
+
+/// Who a connection speaks as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// No credential; only where anonymous devices are allowed. Publishes for any meter, as
+    /// meterflow did before identities (the pipeline still checks topics and payloads).
+    Anonymous,
+    /// A device of the credential store, or the CN of a client certificate from
+    /// `mqtt.tls_client_ca`. Publishes for itself and the meters its globs match.
+    Device {
+        id: Box<str>,
+        publish_for: Vec<Glob>,
+    },
+}
+
+impl Principal {
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Principal::Anonymous => None,
+            Principal::Device { id, .. } => Some(id),
+        }
+    }
+
+    /// For logs and dead letters.
+    pub fn label(&self) -> &str {
+        self.id().unwrap_or("anonymous")
+    }
+
+    /// Whether a publish to `topic` is this principal's to make: `meters/{id}/...` with its
+    /// own id or one its globs match. Anonymous clients may publish anywhere (the pipeline
+    /// dead-letters topics that are not `meters/...`).
+    pub fn may_publish_to(&self, topic: &str) -> bool {
+        let Principal::Device { id, publish_for } = self else {
+            return true;
+        };
+        let mut parts = topic.split('/');
+        let (Some("meters"), Some(meter), Some(_)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        meter == &**id || publish_for.iter().any(|g| g.matches(meter))
+    }
+
+    /// The one filter a client may subscribe to: its own `meters/{id}/cmd/#`, reserved for
+    /// downlink. No client reads any meter's data.
+    pub fn may_subscribe(&self, filter: &str) -> bool {
+        match self {
+            Principal::Anonymous => false,
+            Principal::Device { id, .. } => filter
+                .strip_prefix("meters/")
+                .and_then(|rest| rest.strip_prefix(&**id))
+                .is_some_and(|rest| rest == "/cmd/#"),
+        }
+    }
+}
+
+/// Why a CONNECT is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// No username (and no client certificate) where identity is required.
+    NoCredentials,
+    /// An unknown username or a wrong secret.
+    BadCredentials,
+    /// A client certificate whose CN is not a meter id, or that names a revoked one.
+    BadCertificate,
+}
+
+impl Denial {
+    /// The `reason` label of `meterflow_mqtt_denied_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Denial::NoCredentials => "no_credentials",
+            Denial::BadCredentials => "bad_credentials",
+            Denial::BadCertificate => "bad_certificate",
+        }
+    }
+}
+
+/// Authenticates a CONNECT. `cert_cn` is the CN of a client certificate that rustls verified
+/// against `mqtt.tls_client_ca`; `anonymous_ok` says whether this listener takes anonymous
+/// devices (`mqtt.allow_anonymous`, or an empty store on a loopback listener).
+pub fn authenticate(
+    store: &CredentialStore,
+    anonymous_ok: bool,
+    username: Option<&str>,
+    password: Option<&[u8]>,
+    cert_cn: Option<&str>,
+) -> Result<Principal, Denial> {
+    let username = username.filter(|u| !u.is_empty());
+    if let Some(cn) = cert_cn {
+        if !is_valid_meter_id(cn) || store.is_revoked(cn) {
+            return Err(Denial::BadCertificate);
+        }
+        if username.is_some_and(|u| u != cn) {
+            return Err(Denial::BadCredentials);
+        }
+        let publish_for = store
+            .get(cn)
+            .map(|c| c.publish_for.clone())
+            .unwrap_or_default();
+        return Ok(Principal::Device {
+            id: cn.into(),
+            publish_for,
+        });
+    }
+    match username {
+        Some(user) => match store.get(user) {
+            Some(credential) if credential.secret.verify(password.unwrap_or_default()) => {
+                Ok(Principal::Device {
+                    id: user.into(),
+                    publish_for: credential.publish_for.clone(),
+                })
+            }
+            Some(_) => Err(Denial::BadCredentials),
+            // Nothing to check a name against: the quick start's clients may send any.
+            None if store.is_empty() && anonymous_ok => Ok(Principal::Anonymous),
+            None => Err(Denial::BadCredentials),
+        },
+        None if anonymous_ok => Ok(Principal::Anonymous),
+        None => Err(Denial::NoCredentials),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::{Credential, Secret};
+
+    const SECRET: &str = "s3cret-s3cret-s3cret";
+
+    fn store() -> CredentialStore {
+        let mut s = CredentialStore::default();
+        let cred = |globs: &[&str]| Credential {
+            secret: Secret::new(SECRET).unwrap(),
+            publish_for: globs.iter().map(|g| Glob::new(g).unwrap()).collect(),
+        };
+        s.add("E1", cred(&[])).unwrap();
+        s.add("GW", cred(&["E1*", "G?"])).unwrap();
+        s.add("GONE", cred(&[])).unwrap();
+        s.revoke("GONE");
+        s
+    }
+
+    fn device(id: &str) -> Principal {
+        Principal::Device {
+            id: id.into(),
+            publish_for: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn authentication_rules() {
+        let s = store();
+        let empty = CredentialStore::default();
+        let pw = Some(SECRET.as_bytes());
+        let bad = Some(&b"wrong-wrong-wrong"[..]);
+        // (store, anonymous_ok, user, password, cert CN) -> outcome
+        let cases: Vec<(
+            &CredentialStore,
+            bool,
+            Option<&str>,
+            Option<&[u8]>,
+            Option<&str>,
+            Result<Option<&str>, Denial>,
+        )> = vec![
+            (&s, false, Some("E1"), pw, None, Ok(Some("E1"))),
+            (
+                &s,
+                false,
+                Some("E1"),
+                bad,
+                None,
+                Err(Denial::BadCredentials),
+            ),
+            (
+                &s,
+                false,
+                Some("E1"),
+                None,
+                None,
+                Err(Denial::BadCredentials),
+            ),
+            (
+                &s,
+                false,
+                Some("NOPE"),
+                pw,
+                None,
+                Err(Denial::BadCredentials),
+            ),
+            (
+                &s,
+                false,
+                Some("GONE"),
+                pw,
+                None,
+                Err(Denial::BadCredentials),
+            ),
+            (&s, false, None, None, None, Err(Denial::NoCredentials)),
+            (&s, false, Some(""), None, None, Err(Denial::NoCredentials)),
+            // allow_anonymous with a store: no name is anonymous, a wrong name is refused.
+            (&s, true, None, None, None, Ok(None)),
+            (
+                &s,
+                true,
+                Some("NOPE"),
+                pw,
+                None,
+                Err(Denial::BadCredentials),
+            ),
+            (&s, true, Some("E1"), bad, None, Err(Denial::BadCredentials)),
+            // Empty store on loopback (the quick start): anyone, whatever name they give.
+            (&empty, true, Some("anything"), bad, None, Ok(None)),
+            (&empty, false, None, None, None, Err(Denial::NoCredentials)),
+            (
+                &empty,
+                false,
+                Some("x"),
+                pw,
+                None,
+                Err(Denial::BadCredentials),
+            ),
+            // Client certificates: the CN is the meter, no password; revoked ones are refused.
+            (&s, false, None, None, Some("CERT-9"), Ok(Some("CERT-9"))),
+            (
+                &s,
+                false,
+                Some("CERT-9"),
+                None,
+                Some("CERT-9"),
+                Ok(Some("CERT-9")),
+            ),
+            (
+                &s,
+                false,
+                Some("E1"),
+                pw,
+                Some("CERT-9"),
+                Err(Denial::BadCredentials),
+            ),
+            (
+                &s,
+                false,
+                None,
+                None,
+                Some("GONE"),
+                Err(Denial::BadCertificate),
+            ),
+            (
+                &s,
+                false,
+                None,
+                None,
+                Some("not a meter"),
+                Err(Denial::BadCertificate),
+            ),
+        ];
+        for (i, (store, anon, user, pass, cn, want)) in cases.into_iter().enumerate() {
+            let got = authenticate(store, anon, user, pass, cn);
+            let got = got.as_ref().map(|p| p.id()).map_err(|d| *d);
+            assert_eq!(got, want, "case {i}: {user:?} {cn:?}");
+        }
+        // A certificate of a gateway in the store takes its globs.
+        let gw = authenticate(&s, false, None, None, Some("GW")).unwrap();
+        assert!(gw.may_publish_to("meters/E12/pb"));
+    }
+
+    #[test]
+    fn publish_and_subscribe_rules() {
+        let s = store();
+        let gw = authenticate(&s, false, Some("GW"), Some(SECRET.as_bytes()), None).unwrap();
+        let cases = [
+            (device("E1"), "meters/E1/json", true),
+            (device("E1"), "meters/E1/status", true),
+            (device("E1"), "meters/E1/anything/else", true),
+            (device("E1"), "meters/E2/json", false),
+            (device("E1"), "meters/E1", false),
+            (device("E1"), "meters/E10/json", false),
+            (device("E1"), "other/E1/json", false),
+            (device("E1"), "", false),
+            (gw.clone(), "meters/GW/json", true),
+            (gw.clone(), "meters/E1/pb", true),
+            (gw.clone(), "meters/E155/pb", true),
+            (gw.clone(), "meters/G1/pb", true),
+            (gw.clone(), "meters/G12/pb", false),
+            (gw.clone(), "meters/X/pb", false),
+            (Principal::Anonymous, "meters/E2/json", true),
+            (Principal::Anonymous, "junk", true),
+        ];
+        for (p, topic, want) in cases {
+            assert_eq!(p.may_publish_to(topic), want, "{p:?} {topic}");
+        }
+        let subs = [
+            (device("E1"), "meters/E1/cmd/#", true),
+            (device("E1"), "meters/E2/cmd/#", false),
+            (device("E1"), "meters/E1/#", false),
+            (device("E1"), "meters/+/cmd/#", false),
+            (device("E1"), "#", false),
+            (device("E1"), "meters/E1/cmd/x", false),
+            (gw, "meters/E1/cmd/#", false),
+            (Principal::Anonymous, "meters/E1/cmd/#", false),
+        ];
+        for (p, filter, want) in subs {
+            assert_eq!(p.may_subscribe(filter), want, "{p:?} {filter}");
+        }
+    }
+}

@@ -1,0 +1,580 @@
+//! meterflow's own MQTT server: a server for meters, not a general broker. It speaks MQTT
+//! 3.1.1 and 5 on every listener (the CONNECT says which), on tokio, with rumqttd's protocol
+//! codec for the wire format.
+//!
+//! - [`codec`]: framing on rumqttd's codec, and the checks it lacks;
+//! - [`session`]: one connection's protocol state, without I/O (packets in; packets, WAL
+//!   submissions and a close decision out);
+//! - [`connection`]: the socket loop around a session;
+//! - [`auth`]: identity (credential store, client certificates, anonymous rule) and the
+//!   publish and subscribe rules;
+//! - [`registry`]: live sessions by client id (takeover, revoke, shutdown);
+//! - [`tls`]: rustls, client certificates, reload.
+//!
+//! This module owns the listeners, the shared state of the edge ([`Edge`]), the background
+//! task that applies credential and certificate changes, and shutdown.
+//!
+//! A PUBACK (PUBREC for QoS 2) is sent only once the WAL writer says the message is committed
+//! and fsynced; a connection with `mqtt.max_inflight` publishes unanswered is not read further.
+//! Nothing is routed to subscribers: the only subscription granted is a client's own
+//! `meters/{id}/cmd/#`, reserved for downlink, and nothing is published on it yet.
+
+pub mod auth;
+pub mod codec;
+mod connection;
+pub mod registry;
+pub mod session;
+pub mod tls;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::credentials::SharedCredentials;
+use crate::wal_writer::Submission;
+use crate::IngestError;
+use registry::Registry;
+use session::{CloseReason, Limits};
+use tls::{TlsFiles, TlsServer};
+
+/// The MQTT edge (`[mqtt]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Plain MQTT listener (3.1.1 and 5). Loopback by default: off loopback, devices must
+    /// authenticate (see `allow_anonymous`).
+    pub listen: SocketAddr,
+    /// A second plain listener, kept for clients set up for meterflow's former MQTT 5 port;
+    /// it serves both versions too. `None`: off.
+    pub listen_v5: Option<SocketAddr>,
+    /// MQTT over TLS (usually port 8883); needs `tls_cert` and `tls_key`.
+    pub tls_listen: Option<SocketAddr>,
+    /// Server certificate chain, PEM.
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key, PEM.
+    pub tls_key: Option<PathBuf>,
+    /// CA whose client certificates identify meters (the subject CN is the meter id), PEM.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Accept devices without credentials on every listener (they may publish for any
+    /// meter). Without it, anonymous devices are accepted only while the credential store is
+    /// empty, and only on loopback listeners.
+    pub allow_anonymous: bool,
+    /// Open connections at most (all listeners); more are closed at once.
+    pub max_connections: usize,
+    /// Largest packet accepted, bytes (MQTT 5 clients are told).
+    pub max_payload_bytes: usize,
+    /// Publishes of one connection waiting for the WAL at most (Receive Maximum); the
+    /// connection is not read further until one is answered.
+    pub max_inflight: usize,
+    /// A client must complete TLS and send CONNECT within this time.
+    pub connect_timeout_ms: u64,
+    /// Longest keep-alive granted, seconds; a client asking for none (0) or more gets this one.
+    pub max_keep_alive_s: u16,
+    /// A client that does not take its acknowledgements within this time is disconnected.
+    pub write_timeout_ms: u64,
+    /// Payload bytes handed to the WAL and not yet written, over all connections, at most;
+    /// past it connections wait (and are not read).
+    pub max_inflight_bytes: usize,
+    /// Bytes of partial packets buffered over all connections at most; a connection that
+    /// would go past it is closed.
+    pub max_read_buffer_bytes: usize,
+    /// No longer used (the former embedded broker's log); accepted with a warning.
+    #[serde(skip_serializing)]
+    pub router_segment_bytes: Option<u64>,
+    /// No longer used; accepted with a warning.
+    #[serde(skip_serializing)]
+    pub router_segment_count: Option<u64>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            listen_v5: Some(SocketAddr::from(([127, 0, 0, 1], 1884))),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            allow_anonymous: false,
+            max_connections: 100_000,
+            max_payload_bytes: 256 * 1024,
+            max_inflight: 64,
+            connect_timeout_ms: 10_000,
+            max_keep_alive_s: 3600,
+            write_timeout_ms: 30_000,
+            max_inflight_bytes: 64 * 1024 * 1024,
+            max_read_buffer_bytes: 256 * 1024 * 1024,
+            router_segment_bytes: None,
+            router_segment_count: None,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// Every listener with its config key and whether it is TLS.
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr, bool)> {
+        [
+            Some(("mqtt.listen", self.listen, false)),
+            self.listen_v5.map(|a| ("mqtt.listen_v5", a, false)),
+            self.tls_listen.map(|a| ("mqtt.tls_listen", a, true)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// Checks the values the types do not; the error names the key.
+    pub fn validate(&self) -> Result<(), IngestError> {
+        let positive = |key: &str, v: u64| {
+            if v == 0 {
+                Err(IngestError::config(key, "must be greater than 0"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("mqtt.max_connections", self.max_connections as u64)?;
+        positive("mqtt.max_payload_bytes", self.max_payload_bytes as u64)?;
+        if self.max_payload_bytes > 268_435_455 {
+            return Err(IngestError::config(
+                "mqtt.max_payload_bytes",
+                "must be at most 268435455 (MQTT's largest packet)",
+            ));
+        }
+        if !(1..=65_535).contains(&self.max_inflight) {
+            return Err(IngestError::config(
+                "mqtt.max_inflight",
+                "must be 1 to 65535",
+            ));
+        }
+        positive("mqtt.connect_timeout_ms", self.connect_timeout_ms)?;
+        positive("mqtt.max_keep_alive_s", u64::from(self.max_keep_alive_s))?;
+        positive("mqtt.write_timeout_ms", self.write_timeout_ms)?;
+        if self.max_inflight_bytes < self.max_payload_bytes + 1024
+            || self.max_inflight_bytes > u32::MAX as usize
+        {
+            return Err(IngestError::config(
+                "mqtt.max_inflight_bytes",
+                "must be above mqtt.max_payload_bytes (by 1 KiB at least) and at most 4294967295",
+            ));
+        }
+        if self.max_read_buffer_bytes < self.max_payload_bytes {
+            return Err(IngestError::config(
+                "mqtt.max_read_buffer_bytes",
+                "must be at least mqtt.max_payload_bytes",
+            ));
+        }
+        let listeners = self.listeners();
+        for (i, (key, addr, _)) in listeners.iter().enumerate() {
+            if listeners[..i].iter().any(|(_, other, _)| other == addr) {
+                return Err(IngestError::config(
+                    *key,
+                    format!("{addr} is already another MQTT listener"),
+                ));
+            }
+        }
+        if self.tls_listen.is_some() {
+            if self.tls_cert.is_none() {
+                return Err(IngestError::config(
+                    "mqtt.tls_cert",
+                    "must be set (a PEM certificate chain) when mqtt.tls_listen is",
+                ));
+            }
+            if self.tls_key.is_none() {
+                return Err(IngestError::config(
+                    "mqtt.tls_key",
+                    "must be set (a PEM private key) when mqtt.tls_listen is",
+                ));
+            }
+        } else {
+            for (key, set) in [
+                ("mqtt.tls_cert", self.tls_cert.is_some()),
+                ("mqtt.tls_key", self.tls_key.is_some()),
+                ("mqtt.tls_client_ca", self.tls_client_ca.is_some()),
+            ] {
+                if set {
+                    return Err(IngestError::config(
+                        key,
+                        "is set but mqtt.tls_listen is not: set the TLS listener too (usually 0.0.0.0:8883)",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            receive_maximum: self.max_inflight.min(65_535) as u16,
+            max_packet: self.max_payload_bytes,
+            max_keep_alive_s: self.max_keep_alive_s,
+        }
+    }
+}
+
+/// The edge's states, on its watch channel.
+const RUNNING: u8 = 0;
+/// Stop accepting; connections answer what they read once durable, then close.
+const DRAIN: u8 = 1;
+/// Connections close now.
+const ABORT: u8 = 2;
+
+/// How a listener was bound.
+#[derive(Debug, Clone, Copy)]
+struct ListenerInfo {
+    tls: bool,
+    /// Bound to a loopback address: anonymous devices may connect while the store is empty.
+    loopback: bool,
+}
+
+/// Metric handles used on every packet (looked up once).
+struct EdgeMetrics {
+    connections: metrics::Gauge,
+    read_buffer: metrics::Gauge,
+    inflight_bytes: metrics::Gauge,
+    received: metrics::Counter,
+    connects: metrics::Counter,
+    backpressure: metrics::Counter,
+    ack_seconds: metrics::Histogram,
+}
+
+/// A message's share of `mqtt.max_inflight_bytes`, given back when the WAL writer is done
+/// with it.
+pub struct Budget {
+    _permit: OwnedSemaphorePermit,
+    bytes: f64,
+    gauge: metrics::Gauge,
+}
+
+impl Budget {
+    fn new(permit: OwnedSemaphorePermit, gauge: &metrics::Gauge) -> Budget {
+        let bytes = permit.num_permits() as f64;
+        gauge.increment(bytes);
+        Budget {
+            _permit: permit,
+            bytes,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        self.gauge.decrement(self.bytes);
+    }
+}
+
+impl std::fmt::Debug for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Budget({})", self.bytes)
+    }
+}
+
+/// What every connection shares.
+struct Edge {
+    config: MqttConfig,
+    credentials: Arc<SharedCredentials>,
+    registry: Registry,
+    wal: flume::Sender<Submission>,
+    budget: Arc<Semaphore>,
+    read_buffered: AtomicUsize,
+    /// Open connections (exact: counted at accept, uncounted when the task ends).
+    connections: AtomicUsize,
+    next_conn: AtomicU64,
+    state: watch::Sender<u8>,
+    tls: Option<TlsServer>,
+    metrics: EdgeMetrics,
+}
+
+impl Edge {
+    fn state(&self) -> u8 {
+        *self.state.borrow()
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.connect_timeout_ms)
+    }
+
+    fn limits(&self) -> Limits {
+        self.config.limits()
+    }
+}
+
+/// What the MQTT edge did, for the shutdown summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MqttSummary {
+    /// Connections that completed CONNECT.
+    pub sessions: u64,
+    /// Connections still open when the drain time ran out.
+    pub cut_off: usize,
+}
+
+/// The running MQTT edge.
+pub struct MqttServer {
+    edge: Arc<Edge>,
+    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+/// Whether `listener` (a config key and address) may take anonymous devices, given the
+/// store: the error says what to do.
+pub fn check_anonymous_rule(
+    config: &MqttConfig,
+    store_empty: bool,
+    store_path: &std::path::Path,
+) -> Result<(), IngestError> {
+    if config.allow_anonymous {
+        tracing::warn!("mqtt.allow_anonymous = true: devices without credentials may connect on every MQTT listener and publish for any meter");
+        return Ok(());
+    }
+    if !store_empty {
+        return Ok(());
+    }
+    for (key, addr, _) in config.listeners() {
+        if !addr.ip().is_loopback() {
+            return Err(IngestError::config(
+                key,
+                format!(
+                    "{addr} is reachable from the network but the credential store ({}) is empty, so no device could authenticate. \
+                     Add device credentials (`meterflow credentials import FILE.csv` or `meterflow credentials add ID`), \
+                     listen on 127.0.0.1 only, or set mqtt.allow_anonymous = true to accept anonymous devices",
+                    store_path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl MqttServer {
+    /// Binds every listener (a port in use stops start-up, naming it), then serves.
+    pub async fn start(
+        config: MqttConfig,
+        credentials: Arc<SharedCredentials>,
+        wal: flume::Sender<Submission>,
+    ) -> Result<MqttServer, IngestError> {
+        raise_open_files_limit(config.max_connections);
+        let tls = match (&config.tls_listen, &config.tls_cert, &config.tls_key) {
+            (Some(_), Some(cert), Some(key)) => Some(TlsServer::load(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: config.tls_client_ca.clone(),
+            })?),
+            _ => None,
+        };
+        let mut listeners = Vec::new();
+        for (key, addr, is_tls) in config.listeners() {
+            listeners.push((bind(key, addr)?, is_tls, addr));
+        }
+        let (state, _) = watch::channel(RUNNING);
+        let edge = Arc::new(Edge {
+            budget: Arc::new(Semaphore::new(config.max_inflight_bytes)),
+            config,
+            credentials,
+            registry: Registry::default(),
+            wal,
+            read_buffered: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+            state,
+            tls,
+            metrics: EdgeMetrics {
+                connections: metrics::gauge!("meterflow_mqtt_connections"),
+                read_buffer: metrics::gauge!("meterflow_mqtt_read_buffer_bytes"),
+                inflight_bytes: metrics::gauge!("meterflow_mqtt_inflight_bytes"),
+                received: metrics::counter!("meterflow_received_total", "source" => "mqtt"),
+                connects: metrics::counter!("meterflow_mqtt_connects_total"),
+                backpressure: metrics::counter!("meterflow_mqtt_backpressure_total"),
+                ack_seconds: metrics::histogram!("meterflow_mqtt_ack_seconds"),
+            },
+        });
+        edge.metrics.connections.set(0.0);
+        // Kept for dashboards made for the former embedded broker; nothing drops messages now.
+        metrics::counter!("meterflow_router_drops_total").absolute(0);
+        let accept_tasks = listeners
+            .into_iter()
+            .map(|(listener, tls, addr)| {
+                let info = ListenerInfo {
+                    tls,
+                    loopback: addr.ip().is_loopback(),
+                };
+                tokio::spawn(accept_loop(listener, info, edge.clone()))
+            })
+            .collect();
+        let watcher = tokio::spawn(watch_changes(edge.clone()));
+        tracing::info!(
+            listen = %edge.config.listen,
+            listen_v5 = ?edge.config.listen_v5,
+            tls_listen = ?edge.config.tls_listen,
+            credentials = edge.credentials.current().len(),
+            "MQTT server started"
+        );
+        Ok(MqttServer {
+            edge,
+            accept_tasks,
+            watcher,
+        })
+    }
+
+    /// Open connections now.
+    pub fn connections(&self) -> usize {
+        self.edge.connections.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting, lets every connection answer what it read once durable (for at most
+    /// `drain`), closes them, and drops the edge's WAL sender.
+    pub async fn shutdown(self, drain: Duration) -> MqttSummary {
+        let MqttServer {
+            edge,
+            accept_tasks,
+            watcher,
+        } = self;
+        edge.state.send_replace(DRAIN);
+        for task in accept_tasks {
+            let _ = task.await;
+        }
+        let deadline = tokio::time::Instant::now() + drain;
+        let mut summary = MqttSummary::default();
+        while edge.connections.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                summary.cut_off = edge.connections.load(Ordering::Acquire);
+                tracing::warn!(
+                    connections = summary.cut_off,
+                    "MQTT connections still draining at pipeline.shutdown_max_ms; closing them"
+                );
+                edge.state.send_replace(ABORT);
+                let hard = tokio::time::Instant::now() + Duration::from_secs(5);
+                while edge.connections.load(Ordering::Acquire) > 0
+                    && tokio::time::Instant::now() < hard
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        watcher.abort();
+        let _ = watcher.await;
+        summary.sessions = edge.next_conn.load(Ordering::Relaxed).saturating_sub(1);
+        summary
+    }
+}
+
+/// A listening socket with a deep accept queue: a reconnect storm of a whole fleet arrives at
+/// once.
+fn bind(key: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, IngestError> {
+    let bind_error = |source| IngestError::Bind {
+        what: key,
+        addr,
+        source,
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(bind_error)?;
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    socket.set_nonblocking(true).map_err(bind_error)?;
+    socket.bind(&addr.into()).map_err(bind_error)?;
+    socket.listen(65_535).map_err(bind_error)?;
+    tokio::net::TcpListener::from_std(socket.into()).map_err(bind_error)
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, info: ListenerInfo, edge: Arc<Edge>) {
+    let mut state = edge.state.subscribe();
+    let mut errors: u64 = 0;
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = state.changed() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if edge.connections.fetch_add(1, Ordering::AcqRel) >= edge.config.max_connections {
+                    edge.connections.fetch_sub(1, Ordering::AcqRel);
+                    metrics::counter!("meterflow_mqtt_closed_total", "reason" => "max_connections")
+                        .increment(1);
+                    continue; // dropping the stream closes it
+                }
+                edge.metrics.connections.increment(1.0);
+                let _ = stream.set_nodelay(true);
+                if info.tls {
+                    tokio::spawn(connection::run_tls(stream, peer, edge.clone(), info));
+                } else {
+                    tokio::spawn(connection::run_plain(stream, peer, edge.clone(), info));
+                }
+            }
+            Err(e) => {
+                // Out of file descriptors or memory: say so now and then, and do not spin.
+                errors += 1;
+                metrics::counter!("meterflow_mqtt_accept_errors_total").increment(1);
+                if errors.is_power_of_two() {
+                    tracing::warn!(error = %e, errors, "accepting MQTT connections");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Applies credential changes (closing the sessions of revoked or changed credentials) and
+/// certificate changes, looking every second.
+async fn watch_changes(edge: Arc<Edge>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let credentials = edge.credentials.clone();
+        let reloaded = tokio::task::spawn_blocking(move || credentials.reload_if_changed()).await;
+        if let Ok(Some((old, new))) = reloaded {
+            let mut withdrawn: HashSet<&str> = old.withdrawn_in(&new).into_iter().collect();
+            // Revoked ids that were never in the store (client certificates) go too.
+            for (id, _, active) in new.list() {
+                if !active {
+                    withdrawn.insert(id);
+                }
+            }
+            let mut closed = edge
+                .registry
+                .kick_identities(&withdrawn, CloseReason::Revoked);
+            if old.is_empty() && !new.is_empty() && !edge.config.allow_anonymous {
+                // Identity is now required everywhere: anonymous sessions end.
+                closed += edge
+                    .registry
+                    .kick_where(|identity| identity.is_none(), CloseReason::Revoked);
+            }
+            tracing::info!(
+                credentials = new.len(),
+                sessions_closed = closed,
+                "credential store changed; applied"
+            );
+        }
+        if let Some(tls) = &edge.tls {
+            tls.reload_if_changed();
+        }
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit, and warns when that is still below
+/// what `mqtt.max_connections` needs.
+fn raise_open_files_limit(max_connections: usize) {
+    let wanted = max_connections as u64 + 1024;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < wanted => tracing::warn!(
+            open_files = got,
+            mqtt_max_connections = max_connections,
+            "the open-files limit is below mqtt.max_connections: raise it (LimitNOFILE= in the systemd unit, or ulimit -n)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "reading the open-files limit"),
+    }
+}

@@ -1,0 +1,661 @@
+//! Device identity on the MQTT edge, with real clients (`mosquitto_pub`, `mosquitto_sub`,
+//! `openssl` for certificates) against the real `meterflow serve`: secrets from the
+//! credential store, each meter publishing only for itself (gateways for their globs), no
+//! subscriptions but a meter's own command topic, revocation that closes a live session,
+//! session takeover only by the same identity, and TLS with client certificates.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+use common::{read_readings, Server, BIN};
+use meterflow_storage::dead_letter;
+
+const E1: &str = "e1-secret-0123456789";
+const E2: &str = "e2-secret-0123456789";
+const GW: &str = "gw-secret-0123456789";
+
+/// A data folder whose credential store holds E1, E2 and the gateway GW1 (for `G*`).
+fn data_with_credentials() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("fleet.csv");
+    std::fs::write(
+        &csv,
+        format!("meter_id,secret,publish_for\nE1,{E1},\nE2,{E2},\nGW1,{GW},G*\n"),
+    )
+    .unwrap();
+    credentials(tmp.path(), &["import", csv.to_str().unwrap()]);
+    tmp
+}
+
+fn credentials(tmp: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("credentials")
+        .arg("--data-dir")
+        .arg(tmp.join("data"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "credentials {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `mosquitto_pub` with QoS 1 and a JSON reading; returns its output whatever it did.
+fn publish(port: u16, topic: &str, value: f64, extra: &[&str]) -> Output {
+    let payload = format!(
+        r#"{{"readings":[{{"channel":"1-0:1.8.0","ts":"2024-03-01T12:00:00Z","value":{value},"unit":"kWh"}}]}}"#
+    );
+    Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", topic, "-m", &payload])
+        .args(extra)
+        .output()
+        .expect("mosquitto_pub runs (the test command installs mosquitto-clients)")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A counter or gauge from `/metrics` (0 when absent).
+fn metric(server: &Server, name: &str) -> f64 {
+    let (_, body) = server.http_get("/metrics");
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until the server has applied `n` changes of its credential store.
+fn wait_for_reloads(server: &Server, n: usize) {
+    common::wait_for("the credential change applied", || {
+        (server
+            .log_text()
+            .matches("credential store changed; applied")
+            .count()
+            >= n)
+            .then_some(())
+    });
+}
+
+/// `mosquitto_sub` left running; its output goes to a file.
+fn subscriber(port: u16, filter: &str, extra: &[&str], log: &Path) -> Child {
+    Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", filter])
+        .args(extra)
+        .stdout(Stdio::from(std::fs::File::create(log).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(log.with_extension("err")).unwrap(),
+        ))
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn secrets_identify_meters_and_each_speaks_only_for_itself() {
+    let server = Server::start_in(data_with_credentials(), &[]);
+    let (port, port5) = (server.mqtt_port, server.mqtt_v5_port);
+    let e1 = ["-u", "E1", "-P", E1];
+    let e1_v5 = ["-u", "E1", "-P", E1, "-V", "mqttv5"];
+
+    // Its own meter, both protocol versions, on both listeners.
+    let ok = publish(port, "meters/E1/json", 1.0, &e1);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let ok = publish(port5, "meters/E1/json", 2.0, &e1_v5);
+    assert!(ok.status.success(), "{}", text(&ok));
+    // A gateway for a meter its glob matches.
+    let gw = ["-u", "GW1", "-P", GW];
+    let ok = publish(port, "meters/G5/json", 3.0, &gw);
+    assert!(ok.status.success(), "{}", text(&ok));
+
+    // Wrong secret, unknown user, no credentials: CONNACK 4 / 5.
+    let bad = publish(
+        port,
+        "meters/E1/json",
+        9.0,
+        &["-u", "E1", "-P", "wrong-wrong-wrong"],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad).contains("bad user name or password"),
+        "{}",
+        text(&bad)
+    );
+    let bad = publish(port, "meters/E1/json", 9.0, &["-u", "NOBODY", "-P", E1]);
+    assert!(!bad.status.success(), "{}", text(&bad));
+    let bad = publish(port, "meters/E1/json", 9.0, &[]);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("not authorised"), "{}", text(&bad));
+    // MQTT 5: 0x86 for a bad secret.
+    let bad = publish(
+        port,
+        "meters/E1/json",
+        9.0,
+        &["-u", "E1", "-P", "wrong-wrong-wrong", "-V", "mqttv5"],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad)
+            .to_lowercase()
+            .contains("bad user name or password"),
+        "{}",
+        text(&bad)
+    );
+
+    // Forgeries: E1 for E2 over MQTT 3.1.1 (closed unanswered), over MQTT 5 (PUBACK 0x87),
+    // and the gateway outside its globs.
+    let forged = publish(port, "meters/E2/json", 666.0, &e1);
+    assert!(!forged.status.success(), "3.1.1 closes: {}", text(&forged));
+    let forged = publish(port5, "meters/E2/json", 667.0, &e1_v5);
+    assert!(
+        text(&forged).contains("Not authorized"),
+        "{}",
+        text(&forged)
+    );
+    let forged = publish(port, "meters/X9/json", 668.0, &gw);
+    assert!(!forged.status.success(), "{}", text(&forged));
+
+    // Subscriptions: nobody reads '#' or another meter; its own command topic is granted.
+    let dir = tempfile::tempdir().unwrap();
+    for filter in ["#", "meters/E2/json", "meters/+/json"] {
+        let out = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                filter,
+                "-W",
+                "5",
+            ])
+            .args(e1)
+            .output()
+            .unwrap();
+        assert!(
+            text(&out).contains("All subscription requests were denied"),
+            "{filter}: {}",
+            text(&out)
+        );
+    }
+    let mut own = subscriber(port, "meters/E1/cmd/#", &e1, &dir.path().join("own.log"));
+    common::wait_for("the command-topic subscriber's session", || {
+        (metric(&server, "meterflow_mqtt_connections") >= 1.0).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        own.try_wait().unwrap().is_none(),
+        "granted: it keeps running"
+    );
+    own.kill().unwrap();
+
+    common::wait_for("every denial counted", || {
+        let m = |r: &str| {
+            metric(
+                &server,
+                &format!("meterflow_mqtt_denied_total{{reason=\"{r}\"}}"),
+            )
+        };
+        (m("bad_credentials") == 3.0
+            && m("no_credentials") == 1.0
+            && m("publish") == 3.0
+            && m("subscribe") == 3.0)
+            .then_some(())
+    });
+
+    let (exit, data_dir, log, _keep) = server.stop();
+    assert!(exit.success(), "{log}");
+    for secret in [E1, E2, GW] {
+        assert!(!log.contains(secret), "a secret in the log");
+    }
+    let mut rows: Vec<(String, f64)> = read_readings(&data_dir)
+        .into_iter()
+        .map(|r| (r.meter_id, r.value))
+        .collect();
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(
+        rows,
+        vec![("E1".into(), 1.0), ("E1".into(), 2.0), ("G5".into(), 3.0)],
+        "no forged row"
+    );
+    let letters = dead_letter::read_all(&data_dir.join("dead_letters")).unwrap();
+    let mut refused: Vec<(String, String, String)> = letters
+        .iter()
+        .filter(|l| l.kind == "unauthorized")
+        .map(|l| {
+            (
+                l.meter_id.clone().unwrap_or_default(),
+                l.topic.clone(),
+                l.reason.clone(),
+            )
+        })
+        .collect();
+    refused.sort();
+    assert_eq!(refused.len(), 3, "{letters:#?}");
+    assert_eq!(
+        (refused[0].0.as_str(), refused[0].1.as_str()),
+        ("E1", "meters/E2/json")
+    );
+    assert_eq!(
+        (refused[2].0.as_str(), refused[2].1.as_str()),
+        ("GW1", "meters/X9/json")
+    );
+    for (_, _, reason) in &refused {
+        assert!(
+            reason.contains("may not publish") && reason.contains("peer 127.0.0.1:"),
+            "{reason}"
+        );
+    }
+    let forged = letters
+        .iter()
+        .find(|l| l.topic == "meters/X9/json")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&forged.payload).contains("668"),
+        "the raw bytes are kept"
+    );
+}
+
+#[test]
+fn revoke_closes_a_live_session_and_only_the_same_identity_takes_a_session_over() {
+    let server = Server::start_in(data_with_credentials(), &[]);
+    let port = server.mqtt_port;
+    let dir = tempfile::tempdir().unwrap();
+    let tmp_root = server.data_dir.parent().unwrap().to_path_buf();
+
+    // E2 holds client id "shared"; E1 may not take it, E2 itself may.
+    let mut e2 = subscriber(
+        port,
+        "meters/E2/cmd/#",
+        &["-u", "E2", "-P", E2, "-i", "shared"],
+        &dir.path().join("e2.log"),
+    );
+    common::wait_for("E2's session", || {
+        (metric(&server, "meterflow_mqtt_connects_total") >= 1.0).then_some(())
+    });
+    let out = publish(
+        port,
+        "meters/E1/json",
+        1.0,
+        &["-u", "E1", "-P", E1, "-i", "shared"],
+    );
+    assert!(
+        !out.status.success(),
+        "another identity is refused: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("not authorised"), "{}", text(&out));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(e2.try_wait().unwrap().is_none(), "the live session stays");
+    let out = publish(
+        port,
+        "meters/E2/json",
+        2.0,
+        &["-u", "E2", "-P", E2, "-i", "shared"],
+    );
+    assert!(
+        out.status.success(),
+        "the same identity takes over: {}",
+        text(&out)
+    );
+    common::wait_for("the old session closed as taken over", || {
+        (metric(
+            &server,
+            "meterflow_mqtt_closed_total{reason=\"taken_over\"}",
+        ) >= 1.0)
+            .then_some(())
+    });
+    let _ = e2.kill();
+    let _ = e2.wait();
+
+    // A live session of E1, then revoke E1: the server closes it, and E1 cannot come back.
+    let mut e1 = subscriber(
+        port,
+        "meters/E1/cmd/#",
+        &["-u", "E1", "-P", E1, "-i", "e1-sub"],
+        &dir.path().join("e1.log"),
+    );
+    common::wait_for("E1's session", || {
+        (metric(&server, "meterflow_mqtt_connections") >= 1.0).then_some(())
+    });
+    let said = credentials(&tmp_root, &["revoke", "E1"]);
+    assert!(said.contains("E1 revoked"), "{said}");
+    wait_for_reloads(&server, 1);
+    common::wait_for("the revoked session closed", || {
+        (metric(&server, "meterflow_mqtt_closed_total{reason=\"revoked\"}") >= 1.0).then_some(())
+    });
+    // mosquitto_sub tries to reconnect, is refused, and gives up.
+    common::wait_for("mosquitto_sub to end", || e1.try_wait().unwrap());
+    let out = publish(port, "meters/E1/json", 3.0, &["-u", "E1", "-P", E1]);
+    assert!(!out.status.success(), "{}", text(&out));
+
+    // A credential added while running works within seconds, with a generated secret.
+    let said = credentials(&tmp_root, &["add", "E3"]);
+    let secret = said.rsplit(' ').next().unwrap().trim().to_string();
+    assert_eq!(secret.len(), 32, "{said}");
+    let listed = credentials(&tmp_root, &["list"]);
+    assert!(
+        listed.contains("E3") && listed.contains("revoked") && !listed.contains(&secret),
+        "{listed}"
+    );
+    wait_for_reloads(&server, 2);
+    let out = publish(port, "meters/E3/json", 4.0, &["-u", "E3", "-P", &secret]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (exit, data_dir, log, _keep) = server.stop();
+    assert!(exit.success(), "{log}");
+    assert!(!log.contains(&secret));
+    let mut rows: Vec<(String, f64)> = read_readings(&data_dir)
+        .into_iter()
+        .map(|r| (r.meter_id, r.value))
+        .collect();
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(rows, vec![("E2".into(), 2.0), ("E3".into(), 4.0)]);
+    // The store on disk is owner-only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data_dir.join("credentials")), 0o700);
+    assert_eq!(mode(&data_dir.join("credentials/credentials.csv")), 0o600);
+}
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+}
+
+/// A CA (`{name}-ca.crt`), and certificates it signs: `{leaf}.crt`/`.key` with subject CN
+/// `{leaf}` (and SAN IP 127.0.0.1 for the server).
+fn pki(dir: &Path, name: &str, leaves: &[&str]) {
+    let ca = format!("{name}-ca");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.crt"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={ca}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    for leaf in leaves {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{leaf}.key"),
+                "-out",
+                &format!("{leaf}.csr"),
+                "-subj",
+                &format!("/CN={leaf}"),
+            ],
+        );
+        let ext = dir.join(format!("{leaf}.ext"));
+        std::fs::write(
+            &ext,
+            "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{leaf}.csr"),
+                "-CA",
+                &format!("{ca}.crt"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-out",
+                &format!("{leaf}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                ext.to_str().unwrap(),
+            ],
+        );
+    }
+}
+
+#[test]
+fn tls_with_client_certificates_and_a_certificate_reload() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let d = pki_dir.path();
+    pki(d, "meters", &["server", "E7"]);
+    pki(d, "rogue", &["E8"]);
+    pki(d, "next", &["server2"]);
+    let tls_port = common::free_port();
+    let config = format!(
+        "[mqtt]\ntls_cert = \"{0}/server.crt\"\ntls_key = \"{0}/server.key\"\ntls_client_ca = \"{0}/meters-ca.crt\"\n",
+        d.display()
+    );
+    let (_config_dir, config_path) = common::config_file(&config);
+    let server = Server::start_in(
+        data_with_credentials(),
+        &[
+            "--config",
+            &config_path,
+            "--mqtt-tls-listen",
+            &format!("127.0.0.1:{tls_port}"),
+        ],
+    );
+    let path = |f: &str| d.join(f).to_str().unwrap().to_string();
+    let tls = |extra: &[&str]| {
+        let mut args = vec!["--cafile".to_string(), path("meters-ca.crt")];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let run = |topic: &str, value: f64, args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        publish(tls_port, topic, value, &args)
+    };
+
+    // A client certificate with CN E7 is meter E7, with no password.
+    let cert = |name: &str| {
+        vec![
+            "--cert".into(),
+            path(&format!("{name}.crt")),
+            "--key".into(),
+            path(&format!("{name}.key")),
+        ]
+    };
+    let out = run("meters/E7/json", 7.0, [tls(&[]), cert("E7")].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    // ...and only E7: 3.1.1 is closed when it publishes for E1.
+    let out = run("meters/E1/json", 70.0, [tls(&[]), cert("E7")].concat());
+    assert!(!out.status.success(), "{}", text(&out));
+    // A secret still works over TLS, without a certificate.
+    let out = run("meters/E1/json", 1.0, tls(&["-u", "E1", "-P", E1]));
+    assert!(out.status.success(), "{}", text(&out));
+    // No certificate and no secret: refused; a certificate from another CA: no handshake.
+    let out = run("meters/E1/json", 9.0, tls(&[]));
+    assert!(!out.status.success(), "{}", text(&out));
+    let out = run("meters/E8/json", 8.0, [tls(&[]), cert("E8")].concat());
+    assert!(!out.status.success(), "{}", text(&out));
+    // Plain MQTT to the TLS port gets nowhere.
+    let out = publish(tls_port, "meters/E1/json", 9.0, &["-u", "E1", "-P", E1]);
+    assert!(!out.status.success());
+
+    // Revoking E7 refuses its certificate too.
+    let tmp_root = server.data_dir.parent().unwrap().to_path_buf();
+    credentials(&tmp_root, &["revoke", "E7"]);
+    wait_for_reloads(&server, 1);
+    let out = run("meters/E7/json", 77.0, [tls(&[]), cert("E7")].concat());
+    assert!(!out.status.success(), "{}", text(&out));
+
+    // A new server certificate from another CA, swapped on disk: new connections get it
+    // without a restart.
+    std::fs::copy(d.join("server2.key"), d.join("server.key.new")).unwrap();
+    std::fs::copy(d.join("server2.crt"), d.join("server.crt.new")).unwrap();
+    std::fs::rename(d.join("server.key.new"), d.join("server.key")).unwrap();
+    std::fs::rename(d.join("server.crt.new"), d.join("server.crt")).unwrap();
+    common::wait_for("the new certificate in use", || {
+        let args = vec![
+            "--cafile".to_string(),
+            path("next-ca.crt"),
+            "-u".into(),
+            "E2".into(),
+            "-P".into(),
+            E2.into(),
+        ];
+        run("meters/E2/json", 2.0, args)
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(
+        !run("meters/E2/json", 22.0, tls(&["-u", "E2", "-P", E2]))
+            .status
+            .success(),
+        "the old CA no longer fits"
+    );
+
+    let (exit, data_dir, log, _keep) = server.stop();
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("MQTT TLS certificate reloaded"), "{log}");
+    let mut rows: Vec<(String, f64)> = read_readings(&data_dir)
+        .into_iter()
+        .map(|r| (r.meter_id, r.value))
+        .collect();
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(
+        rows,
+        vec![("E1".into(), 1.0), ("E2".into(), 2.0), ("E7".into(), 7.0)]
+    );
+}
+
+/// An MQTT 3.1.1 session opened by hand (CONNECT, CONNACK), left idle.
+fn raw_connect(port: u16, client_id: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut connect = vec![0x10, (12 + client_id.len()) as u8, 0, 4];
+    connect.extend_from_slice(b"MQTT");
+    connect.extend_from_slice(&[4, 0x02, 0, 60, 0, client_id.len() as u8]);
+    connect.extend_from_slice(client_id.as_bytes());
+    s.write_all(&connect).unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0], "accepted");
+    s
+}
+
+#[test]
+fn anonymous_devices_only_on_loopback_with_an_empty_store_or_when_allowed() {
+    // A listener reachable from the network with an empty store: start-up stops, saying why.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--mqtt-listen",
+            &format!("0.0.0.0:{}", common::free_port()),
+        ])
+        .args(["--mqtt-v5-listen", "off", "--coap-listen", "off"])
+        .args([
+            "--http-listen",
+            &format!("127.0.0.1:{}", common::free_port()),
+        ])
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out);
+    assert!(
+        err.contains("mqtt.listen")
+            && err.contains("meterflow credentials")
+            && err.contains("allow_anonymous"),
+        "{err}"
+    );
+
+    // allow_anonymous: anonymous publishes are taken, with a warning at start-up.
+    let (_dir, config) = common::config_file("[mqtt]\nallow_anonymous = true\n");
+    let server = Server::start_in(data_with_credentials(), &["--config", &config]);
+    let out = publish(server.mqtt_port, "meters/ANY/json", 5.0, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    // ...but a wrong secret is still refused.
+    let out = publish(
+        server.mqtt_port,
+        "meters/E1/json",
+        5.0,
+        &["-u", "E1", "-P", "wrong-wrong-wrong"],
+    );
+    assert!(!out.status.success());
+    let (exit, data_dir, log, _keep) = server.stop();
+    assert!(exit.success());
+    assert!(log.contains("mqtt.allow_anonymous = true"), "{log}");
+    assert_eq!(read_readings(&data_dir).len(), 1);
+
+    // Once the store has an entry, loopback needs identity too; live anonymous sessions end.
+    let server = Server::start();
+    let mut anon = raw_connect(server.mqtt_port, "anon");
+    let out = publish(server.mqtt_port, "meters/A1/json", 1.0, &[]);
+    assert!(
+        out.status.success(),
+        "empty store, loopback: {}",
+        text(&out)
+    );
+    let tmp_root = server.data_dir.parent().unwrap().to_path_buf();
+    credentials(
+        &tmp_root,
+        &["add", "A1", "--secret", "a1-secret-0123456789"],
+    );
+    wait_for_reloads(&server, 1);
+    let out = publish(server.mqtt_port, "meters/A1/json", 2.0, &[]);
+    assert!(
+        !out.status.success(),
+        "identity required now: {}",
+        text(&out)
+    );
+    let out = publish(
+        server.mqtt_port,
+        "meters/A1/json",
+        3.0,
+        &["-u", "A1", "-P", "a1-secret-0123456789"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // The anonymous session that was open is closed by the server.
+    use std::io::Read;
+    let mut byte = [0u8; 1];
+    assert_eq!(anon.read(&mut byte).unwrap_or(0), 0, "closed");
+    let (exit, data_dir, log, _keep) = server.stop();
+    assert!(exit.success(), "{log}");
+    let mut values: Vec<f64> = read_readings(&data_dir).iter().map(|r| r.value).collect();
+    values.sort_by(f64::total_cmp);
+    assert_eq!(values, vec![1.0, 3.0]);
+}
