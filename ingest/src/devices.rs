@@ -260,8 +260,13 @@ impl DeviceRegistry {
             return; // counted before the restart
         }
         d.last_seen_ms = d.last_seen_ms.max(o.received_at_ms);
-        d.last_source = o.source.to_string();
-        d.last_format = o.format.to_string();
+        // Assigned only when they change: this runs for every message.
+        if d.last_source != o.source {
+            d.last_source = o.source.to_string();
+        }
+        if d.last_format != o.format {
+            d.last_format = o.format.to_string();
+        }
         d.messages += 1;
         d.decode_errors += u64::from(o.decode_error);
         d.rows += o.rows;
@@ -272,24 +277,16 @@ impl DeviceRegistry {
             d.merge_status(status, o.received_at_ms);
         }
         for (channel, ts_ms, value, unit) in o.readings {
-            let known = d.last_values.contains_key(channel);
-            if !known && d.last_values.len() >= MAX_CHANNELS {
-                continue;
-            }
-            if recent_points > 0
-                && (d.recent.contains_key(channel) || d.recent.len() < RECENT_CHANNELS)
-            {
-                let points = d.recent.entry(channel.to_string()).or_default();
-                if points.len() >= recent_points {
-                    points.pop_front();
+            // Known channels are updated in place (one lookup, no allocation).
+            if let Some(last) = d.last_values.get_mut(channel) {
+                if last.ts_ms <= ts_ms {
+                    last.ts_ms = ts_ms;
+                    last.value = value;
+                    if last.unit != unit {
+                        last.unit = unit.to_string();
+                    }
                 }
-                points.push_back((ts_ms, value));
-            }
-            let newest = d
-                .last_values
-                .get(channel)
-                .is_none_or(|last| last.ts_ms <= ts_ms);
-            if newest {
+            } else if d.last_values.len() < MAX_CHANNELS {
                 d.last_values.insert(
                     channel.to_string(),
                     LastValue {
@@ -298,6 +295,19 @@ impl DeviceRegistry {
                         unit: unit.to_string(),
                     },
                 );
+            } else {
+                continue;
+            }
+            if recent_points > 0 {
+                if !d.recent.contains_key(channel) && d.recent.len() < RECENT_CHANNELS {
+                    d.recent.insert(channel.to_string(), VecDeque::new());
+                }
+                if let Some(points) = d.recent.get_mut(channel) {
+                    if points.len() >= recent_points {
+                        points.pop_front();
+                    }
+                    points.push_back((ts_ms, value));
+                }
             }
         }
     }

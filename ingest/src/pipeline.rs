@@ -105,6 +105,34 @@ pub struct Pipeline {
     /// the oldest one not yet confirmed by every sink is the sink lag.
     receive_times: VecDeque<(u64, i64)>,
     summary: PipelineSummary,
+    counters: Counters,
+}
+
+/// Handles of the per-message counters, looked up in the metrics registry once per label set
+/// (the registry's lookup hashes every label, for every message).
+#[derive(Default)]
+struct Counters {
+    messages: std::collections::HashMap<(&'static str, &'static str), metrics::Counter>,
+    decoded: std::collections::HashMap<&'static str, (metrics::Counter, metrics::Counter)>,
+}
+
+impl Counters {
+    /// `meterflow_messages_total{source, format}`.
+    fn messages(&mut self, source: &'static str, format: &'static str) -> &metrics::Counter {
+        self.messages.entry((source, format)).or_insert_with(|| {
+            metrics::counter!("meterflow_messages_total", "source" => source, "format" => format)
+        })
+    }
+
+    /// `meterflow_decoded_total{format}` and `meterflow_rows_decoded_total{format}`.
+    fn decoded(&mut self, format: &'static str) -> &(metrics::Counter, metrics::Counter) {
+        self.decoded.entry(format).or_insert_with(|| {
+            (
+                metrics::counter!("meterflow_decoded_total", "format" => format),
+                metrics::counter!("meterflow_rows_decoded_total", "format" => format),
+            )
+        })
+    }
 }
 
 impl Pipeline {
@@ -134,6 +162,7 @@ impl Pipeline {
             batch_local: true,
             receive_times: VecDeque::new(),
             summary: PipelineSummary::default(),
+            counters: Counters::default(),
         }
     }
 
@@ -449,7 +478,8 @@ impl Pipeline {
         }
         if let Some(refused) = &message.refused {
             // Refused at the edge (not this identity's to publish): a dead letter, nothing else.
-            metrics::counter!("meterflow_messages_total", "source" => message.source.as_str(), "format" => "refused")
+            self.counters
+                .messages(message.source.as_str(), "refused")
                 .increment(1);
             let refusal = Refusal::parse(refused);
             return self.dead_letter(
@@ -471,7 +501,8 @@ impl Pipeline {
                 .as_str(),
             Err(_) => "none",
         };
-        metrics::counter!("meterflow_messages_total", "source" => message.source.as_str(), "format" => format)
+        self.counters
+            .messages(message.source.as_str(), format)
             .increment(1);
         let route = match route {
             Ok(route) => route,
@@ -555,9 +586,9 @@ impl Pipeline {
             0
         };
         self.summary.rows += rows as u64;
-        metrics::counter!("meterflow_decoded_total", "format" => format.as_str()).increment(1);
-        metrics::counter!("meterflow_rows_decoded_total", "format" => format.as_str())
-            .increment(rows as u64);
+        let (decoded_total, rows_total) = self.counters.decoded(format.as_str());
+        decoded_total.increment(1);
+        rows_total.increment(rows as u64);
         let readings = decoded
             .readings
             .iter()

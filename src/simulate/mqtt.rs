@@ -178,7 +178,10 @@ pub(super) async fn run_meter(
                 counters.reconnects.fetch_add(1, Ordering::Relaxed);
                 counters.note_loss();
                 tracing::debug!(meter_id = %plan.meter_id(m), error = %e, "reconnecting");
-                tokio::time::sleep(Duration::from_millis(50 * losses)).await;
+                // Exponential back-off from 100 ms to 2 s, spread by meter, as firmware does.
+                let base = (100u64 << (losses - 1).min(5)).min(2000);
+                let jitter = (m as u64).wrapping_mul(0x9E37_79B9) % (base / 2 + 1);
+                tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
             }
             Err(e) => bail!("gave up after {} connection losses, last: {e}", losses + 1),
         }

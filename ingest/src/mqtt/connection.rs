@@ -4,9 +4,12 @@
 //! writer's channel is full), and closes on the session's word, a kick (takeover, revoke,
 //! shutdown) or the keep-alive.
 //!
-//! Idle connections hold no buffers: bytes are read into a per-thread scratch buffer and only
-//! what a partial packet needs is kept, so an idle plain connection costs its task, its
-//! session and the kernel's socket.
+//! Memory: a connection's task is sized for its longest-lived phase, the session loop, which
+//! is kept small (the test `an_idle_connection_task_stays_small` holds it to a budget). The
+//! TLS handshake and the CONNECT, and the rare waits (a full byte budget or channel, a client
+//! that does not read its answers), run in boxed futures that exist only while they run.
+//! Bytes are read into a per-thread scratch buffer and only a partial packet is kept, so an
+//! idle connection holds no buffer.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -28,9 +31,9 @@ use tokio::time::Instant;
 
 use super::auth::{self, Denial};
 use super::codec::{self, FrameError, Version};
-use super::registry::Kick;
+use super::registry::{Kick, Registered};
 use super::session::{refusal, Close, CloseReason, ConnectRequest, Refusal, Session, Step, Submit};
-use super::{Edge, ListenerInfo, RUNNING};
+use super::{Budget, Edge, ListenerInfo, RUNNING};
 use crate::message::{now_ms, RawMessage};
 use crate::wal_writer::{Durability, Submission};
 
@@ -53,47 +56,81 @@ impl Drop for Counted {
     }
 }
 
-/// Takes a connection the accept loop counted already.
+/// Takes a plain connection the accept loop counted already.
 pub(super) async fn run_plain(
     stream: TcpStream,
     peer: SocketAddr,
     edge: Arc<Edge>,
     listener: ListenerInfo,
 ) {
-    let _counted = Counted(edge.clone());
-    let reason = serve(stream, peer, None, &edge, listener).await;
-    closed(reason);
+    let counted = Counted(edge);
+    let edge = &counted.0;
+    // Both phases boxed: the task itself stays a few words, and the CONNECT phase's memory
+    // is given back before the session's is taken.
+    let session = {
+        let opened = Box::pin(open(stream, peer, None, edge, listener)).await;
+        match opened {
+            Ok(open) => Box::pin(run(open, edge)),
+            Err(reason) => return closed(reason),
+        }
+    };
+    closed(Some(session.await));
 }
 
+/// Takes a TLS connection the accept loop counted already.
 pub(super) async fn run_tls(
     stream: TcpStream,
     peer: SocketAddr,
     edge: Arc<Edge>,
     listener: ListenerInfo,
 ) {
-    let _counted = Counted(edge.clone());
-    let Some(tls) = edge.tls.as_ref() else {
-        return;
+    let counted = Counted(edge);
+    let edge = &counted.0;
+    let session = {
+        let opened = Box::pin(async {
+            let Some(tls) = edge.tls.as_ref() else {
+                return Err(None);
+            };
+            let acceptor = tls.acceptor();
+            let handshake = tokio::select! {
+                h = tokio::time::timeout(edge.connect_timeout(), acceptor.accept(stream)) => h,
+                () = stopping(edge) => return Err(Some(CloseReason::ShuttingDown)),
+            };
+            let stream = match handshake {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed");
+                    metrics::counter!("meterflow_mqtt_closed_total", "reason" => "tls_handshake")
+                        .increment(1);
+                    return Err(None);
+                }
+                Err(_) => {
+                    metrics::counter!("meterflow_mqtt_closed_total", "reason" => "connect_timeout")
+                        .increment(1);
+                    return Err(None);
+                }
+            };
+            let cn = super::tls::client_cn(stream.get_ref().1);
+            open(stream, peer, cn, edge, listener).await
+        })
+        .await;
+        match opened {
+            Ok(open) => Box::pin(run(open, edge)),
+            Err(reason) => return closed(reason),
+        }
     };
-    let acceptor = tls.acceptor();
-    let handshake = tokio::time::timeout(edge.connect_timeout(), acceptor.accept(stream)).await;
-    let stream = match handshake {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed");
-            metrics::counter!("meterflow_mqtt_closed_total", "reason" => "tls_handshake")
-                .increment(1);
+    closed(Some(session.await));
+}
+
+/// Completes when the edge stops running (shutdown): a connection that has not completed
+/// its handshake or CONNECT is then closed at once.
+async fn stopping(edge: &Edge) {
+    let mut state = edge.state.subscribe();
+    while *state.borrow_and_update() == RUNNING {
+        if state.changed().await.is_err() {
             return;
         }
-        Err(_) => {
-            metrics::counter!("meterflow_mqtt_closed_total", "reason" => "connect_timeout")
-                .increment(1);
-            return;
-        }
-    };
-    let cn = super::tls::client_cn(stream.get_ref().1);
-    let reason = serve(stream, peer, cn, &edge, listener).await;
-    closed(reason);
+    }
 }
 
 fn closed(reason: Option<CloseReason>) {
@@ -109,7 +146,15 @@ struct ReadBuffer<'e> {
     edge: &'e Edge,
 }
 
-impl ReadBuffer<'_> {
+impl<'e> ReadBuffer<'e> {
+    fn new(edge: &'e Edge) -> Self {
+        ReadBuffer {
+            buf: BytesMut::new(),
+            charged: 0,
+            edge,
+        }
+    }
+
     /// Frees the buffer when no partial packet is in it, and charges a partial one to the
     /// budget of every connection; false when the budget is exhausted.
     fn settle(&mut self) -> bool {
@@ -121,16 +166,11 @@ impl ReadBuffer<'_> {
             return true;
         }
         let total = if now > self.charged {
-            self.edge
-                .read_buffered
-                .fetch_add(now - self.charged, Ordering::AcqRel)
-                + now
-                - self.charged
+            let more = now - self.charged;
+            self.edge.read_buffered.fetch_add(more, Ordering::AcqRel) + more
         } else {
-            self.edge
-                .read_buffered
-                .fetch_sub(self.charged - now, Ordering::AcqRel)
-                - (self.charged - now)
+            let less = self.charged - now;
+            self.edge.read_buffered.fetch_sub(less, Ordering::AcqRel) - less
         };
         self.charged = now;
         self.edge.metrics.read_buffer.set(total as f64);
@@ -141,9 +181,12 @@ impl ReadBuffer<'_> {
 impl Drop for ReadBuffer<'_> {
     fn drop(&mut self) {
         if self.charged > 0 {
-            self.edge
+            let total = self
+                .edge
                 .read_buffered
-                .fetch_sub(self.charged, Ordering::AcqRel);
+                .fetch_sub(self.charged, Ordering::AcqRel)
+                - self.charged;
+            self.edge.metrics.read_buffer.set(total as f64);
         }
     }
 }
@@ -167,7 +210,32 @@ async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> 
     .await
 }
 
-/// Writes `out` (and frees it) within the write timeout.
+/// Writes as much of `out` as the socket takes now, without waiting: `Ok(true)` when all of
+/// it went (and was flushed).
+fn write_now<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &mut BytesMut,
+    cx: &mut std::task::Context<'_>,
+) -> io::Result<bool> {
+    use bytes::Buf;
+    while !out.is_empty() {
+        match Pin::new(&mut *stream).poll_write(cx, out) {
+            Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => out.advance(n),
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok(false),
+        }
+    }
+    match Pin::new(&mut *stream).poll_flush(cx) {
+        Poll::Ready(Ok(())) => Ok(true),
+        Poll::Ready(Err(e)) => Err(e),
+        Poll::Pending => Ok(false),
+    }
+}
+
+/// Writes `out` (and frees it) within the write timeout. The usual case, a socket with room,
+/// takes one non-blocking write; only a client that does not read its answers makes it wait
+/// (in a boxed future, so that a connection's task stays small).
 async fn flush<S: AsyncWrite + Unpin>(
     stream: &mut S,
     out: &mut BytesMut,
@@ -176,22 +244,30 @@ async fn flush<S: AsyncWrite + Unpin>(
     if out.is_empty() {
         return Ok(());
     }
-    let write = async {
-        stream.write_all(out).await?;
-        stream.flush().await
+    let now = poll_fn(|cx| Poll::Ready(write_now(stream, out, cx))).await;
+    let result = match now {
+        Ok(true) => Ok(()),
+        Err(_) => Err(CloseReason::Io),
+        Ok(false) => {
+            let timeout = Duration::from_millis(edge.config.write_timeout_ms);
+            let rest = Box::pin(tokio::time::timeout(timeout, async {
+                stream.write_all(out).await?;
+                stream.flush().await
+            }))
+            .await;
+            match rest {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(CloseReason::Io),
+                Err(_) => Err(CloseReason::WriteTimeout),
+            }
+        }
     };
-    let result =
-        tokio::time::timeout(Duration::from_millis(edge.config.write_timeout_ms), write).await;
     *out = BytesMut::new();
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(CloseReason::Io),
-        Err(_) => Err(CloseReason::WriteTimeout),
-    }
+    result
 }
 
-/// Reads the CONNECT within the connect timeout: its version and packet, or the reason the
-/// connection ends (after answering a refusal where the protocol has one).
+/// Reads the CONNECT: its version and packet, or the reason the connection ends (after
+/// answering a refusal where the protocol has one).
 async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     rb: &mut ReadBuffer<'_>,
@@ -241,29 +317,49 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Takes the connection from CONNECT to its end; the reason it ended (None: before CONNECT).
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+/// A connection past its CONNACK.
+struct Open<'e, S> {
+    stream: S,
+    session: Session,
+    rb: ReadBuffer<'e>,
+    kick: Arc<Kick>,
+    _registered: Unregister<'e>,
+}
+
+/// Removes the session from the registry when the connection ends.
+struct Unregister<'e> {
+    edge: &'e Edge,
+    client_id: Box<str>,
+    conn_id: u64,
+}
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.edge.registry.unregister(&self.client_id, self.conn_id);
+    }
+}
+
+/// Reads the CONNECT (within the connect timeout), authenticates, registers the session and
+/// sends the CONNACK; or refuses, and says why the connection ends (`None`: nothing to count).
+async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: SocketAddr,
     cert: Option<Result<String, String>>,
-    edge: &Arc<Edge>,
+    edge: &'e Edge,
     listener: ListenerInfo,
-) -> Option<CloseReason> {
+) -> Result<Open<'e, S>, Option<CloseReason>> {
     let conn_id = edge.next_conn.fetch_add(1, Ordering::Relaxed);
-    let mut rb = ReadBuffer {
-        buf: BytesMut::new(),
-        charged: 0,
-        edge,
+    let mut rb = ReadBuffer::new(edge);
+    let connect = tokio::select! {
+        c = tokio::time::timeout(edge.connect_timeout(), read_connect(&mut stream, &mut rb)) => c,
+        () = stopping(edge) => return Err(Some(CloseReason::ShuttingDown)),
     };
-    let connect =
-        tokio::time::timeout(edge.connect_timeout(), read_connect(&mut stream, &mut rb)).await;
     let (version, inbound) = match connect {
-        Ok(Ok(c)) => c,
-        Ok(Err(reason)) => return reason,
+        Ok(c) => c?,
         Err(_) => {
             metrics::counter!("meterflow_mqtt_closed_total", "reason" => "connect_timeout")
                 .increment(1);
-            return None;
+            return Err(None);
         }
     };
     let mut out = BytesMut::new();
@@ -276,14 +372,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         Err(why) => {
             refuse(why, &mut out);
             let _ = flush(&mut stream, &mut out, edge).await;
-            return Some(CloseReason::ProtocolError);
+            return Err(Some(CloseReason::ProtocolError));
         }
     };
-    if edge.state() != RUNNING {
-        refuse(Refusal::Unavailable, &mut out);
-        let _ = flush(&mut stream, &mut out, edge).await;
-        return Some(CloseReason::ShuttingDown);
-    }
     let store = edge.credentials.current();
     let anonymous_ok = edge.config.allow_anonymous || (store.is_empty() && listener.loopback);
     let (user, password) = match &request.login {
@@ -296,7 +387,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             tracing::debug!(%peer, error = %e, "MQTT client certificate refused");
             refuse(Refusal::Denied(Denial::BadCertificate), &mut out);
             let _ = flush(&mut stream, &mut out, edge).await;
-            return Some(CloseReason::Denied);
+            return Err(Some(CloseReason::Denied));
         }
         None => None,
     };
@@ -306,7 +397,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             tracing::debug!(%peer, client_id = %request.client_id, username = ?user, reason = denial.label(), "MQTT connection refused");
             refuse(Refusal::Denied(denial), &mut out);
             let _ = flush(&mut stream, &mut out, edge).await;
-            return Some(CloseReason::Denied);
+            return Err(Some(CloseReason::Denied));
         }
     };
     drop(store);
@@ -314,37 +405,34 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let registered =
         edge.registry
             .register(&request.client_id, principal.id(), conn_id, kick.clone());
-    if registered == super::registry::Registered::Refused {
+    if registered == Registered::Refused {
         tracing::info!(%peer, client_id = %request.client_id, identity = principal.label(), "MQTT session takeover refused: another identity holds this client id");
         refuse(Refusal::NotAuthorized, &mut out);
         let _ = flush(&mut stream, &mut out, edge).await;
-        return Some(CloseReason::Denied);
+        return Err(Some(CloseReason::Denied));
     }
-    let (session, connack) = Session::accept(request, principal, peer, edge.limits());
-    let _registered = Registered {
+    let registered = Unregister {
         edge,
-        client_id: session.client_id.clone(),
+        client_id: request.client_id.as_str().into(),
         conn_id,
     };
+    // Registered first, then checked: a shutdown's kick of every session cannot miss this one.
+    if edge.state() != RUNNING {
+        refuse(Refusal::Unavailable, &mut out);
+        let _ = flush(&mut stream, &mut out, edge).await;
+        return Err(Some(CloseReason::ShuttingDown));
+    }
+    let (session, connack) = Session::accept(request, principal, peer, edge.limits());
     let _ = codec::write(version, connack, &mut out);
-    if let Err(reason) = flush(&mut stream, &mut out, edge).await {
-        return Some(reason);
-    }
+    flush(&mut stream, &mut out, edge).await?;
     edge.metrics.connects.increment(1);
-    Some(run(stream, session, rb, kick, edge).await)
-}
-
-/// Removes the session from the registry when the connection ends.
-struct Registered<'e> {
-    edge: &'e Edge,
-    client_id: Box<str>,
-    conn_id: u64,
-}
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        self.edge.registry.unregister(&self.client_id, self.conn_id);
-    }
+    Ok(Open {
+        stream,
+        session,
+        rb,
+        kick,
+        _registered: registered,
+    })
 }
 
 /// A publish whose answer the session waits for, with when it was read (for the ack latency).
@@ -353,179 +441,264 @@ struct Pending {
     read_at: Instant,
 }
 
-/// The connection after CONNACK, until it closes; the reason it closed.
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    mut session: Session,
-    mut rb: ReadBuffer<'_>,
-    kick: Arc<Kick>,
-    edge: &Arc<Edge>,
-) -> CloseReason {
-    let version = session.version;
-    let max_packet = edge.config.max_payload_bytes;
-    let keep_alive = session.keep_alive_deadline();
-    let mut last_read = Instant::now();
-    let keep_alive_timer = tokio::time::sleep(keep_alive);
-    tokio::pin!(keep_alive_timer);
-    let mut pending: VecDeque<Pending> = VecDeque::new();
-    let mut out = BytesMut::new();
-    let mut draining: Option<CloseReason> = None;
-    let mut state = edge.state.subscribe();
-    let mut paused = false;
-    let close_now = loop {
-        // Packets already read, while the session takes more.
-        let mut now_reason = None;
-        while draining.is_none() && now_reason.is_none() && session.can_read() {
-            match codec::read(version, &mut rb.buf, max_packet) {
+/// What the session loop keeps besides the socket: everything the synchronous steps change.
+struct Loop<'e> {
+    session: Session,
+    rb: ReadBuffer<'e>,
+    pending: VecDeque<Pending>,
+    out: BytesMut,
+    /// Closing once every publish read is answered (nothing more is read).
+    draining: Option<CloseReason>,
+    /// Closing as soon as `out` is written.
+    closing: Option<CloseReason>,
+    /// Not read at the last look (at the receive maximum).
+    paused: bool,
+}
+
+/// What woke the session loop.
+enum Event {
+    Kicked(CloseReason),
+    Answer(Durability),
+    Read(io::Result<usize>),
+    KeepAlive,
+}
+
+impl Loop<'_> {
+    /// Handles the packets already read, while the session takes more; stops early at a
+    /// hand-off that must wait for room (returned).
+    fn take_packets(&mut self, edge: &Edge) -> Option<(Later, bool)> {
+        let version = self.session.version;
+        while self.draining.is_none() && self.closing.is_none() && self.session.can_read() {
+            match codec::read(version, &mut self.rb.buf, edge.config.max_payload_bytes) {
                 Ok(Some(inbound)) => {
-                    let step = session.on_packet(inbound);
-                    match apply(step, &mut out, &mut pending, version, edge).await {
-                        Some(Close::Now(r)) => now_reason = Some(r),
-                        Some(Close::Drained(r)) => draining = Some(r),
-                        None => {}
+                    let step = self.session.on_packet(inbound);
+                    let (close, later) =
+                        apply(step, &mut self.out, &mut self.pending, version, edge);
+                    self.close(close);
+                    if later.is_some() {
+                        return later;
                     }
                 }
                 Ok(None) => break,
-                Err(FrameError::TooLarge(_)) => now_reason = Some(CloseReason::PacketTooLarge),
-                Err(_) => now_reason = Some(CloseReason::ProtocolError),
+                Err(FrameError::TooLarge(_)) => self.closing = Some(CloseReason::PacketTooLarge),
+                Err(_) => self.closing = Some(CloseReason::ProtocolError),
             }
         }
-        if !rb.settle() {
-            now_reason = now_reason.or(Some(CloseReason::ReadBufferBudget));
+        if !self.rb.settle() {
+            self.closing = self.closing.or(Some(CloseReason::ReadBufferBudget));
         }
-        if let Err(reason) = flush(&mut stream, &mut out, edge).await {
+        None
+    }
+
+    fn close(&mut self, close: Option<Close>) {
+        match close {
+            Some(Close::Now(r)) => self.closing = self.closing.or(Some(r)),
+            Some(Close::Drained(r)) => self.draining = self.draining.or(Some(r)),
+            None => {}
+        }
+    }
+
+    /// The WAL's answer for the oldest waiting publish, and whatever other answers are
+    /// already there, into `out`.
+    fn take_answers(&mut self, first: Durability, edge: &Edge) {
+        let mut next = Some(first);
+        while let Some(outcome) = next.take() {
+            if let Some(p) = self.pending.pop_front() {
+                edge.metrics
+                    .ack_seconds
+                    .record(p.read_at.elapsed().as_secs_f64());
+            }
+            let version = self.session.version;
+            // An answer from the WAL never carries a message of its own.
+            let step = self.session.on_durable(&outcome);
+            let (close, _) = apply(step, &mut self.out, &mut self.pending, version, edge);
+            self.close(close);
+            if self.closing.is_some() {
+                return;
+            }
+            next = match self.pending.front_mut().map(|p| p.told.try_recv()) {
+                Some(Ok(d)) => Some(d),
+                Some(Err(oneshot::error::TryRecvError::Closed)) => Some(Durability::Failed),
+                Some(Err(oneshot::error::TryRecvError::Empty)) | None => None,
+            };
+        }
+    }
+}
+
+/// The connection after CONNACK, until it closes; the reason it closed. Its awaits hold only
+/// small futures (see the module's note on memory); the work is in [`Loop`]'s methods.
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(open: Open<'_, S>, edge: &Edge) -> CloseReason {
+    let Open {
+        mut stream,
+        session,
+        rb,
+        kick,
+        _registered,
+    } = open;
+    let keep_alive = session.keep_alive_deadline();
+    let mut lp = Loop {
+        session,
+        rb,
+        pending: VecDeque::new(),
+        out: BytesMut::new(),
+        draining: None,
+        closing: None,
+        paused: false,
+    };
+    let mut last_read = Instant::now();
+    let keep_alive_timer = tokio::time::sleep(keep_alive);
+    tokio::pin!(keep_alive_timer);
+    let mut kicked_for = None;
+    let reason = loop {
+        if let Some((later, wait)) = lp.take_packets(edge) {
+            match hand_off_later(later, edge).await {
+                Some(told) if wait => lp.pending.push_back(Pending {
+                    told,
+                    read_at: Instant::now(),
+                }),
+                Some(_) => {}
+                None => lp.closing = lp.closing.or(Some(CloseReason::WalError)),
+            }
+            continue;
+        }
+        if let Err(reason) = flush(&mut stream, &mut lp.out, edge).await {
             break reason;
         }
-        if let Some(reason) = now_reason {
+        if let Some(reason) = lp.closing {
             break reason;
         }
-        if let Some(reason) = draining {
-            if pending.is_empty() {
+        if let Some(reason) = lp.draining {
+            if lp.pending.is_empty() {
                 break reason;
             }
         }
-        let readable = draining.is_none() && session.can_read();
-        if !readable && draining.is_none() && !paused {
+        let readable = lp.draining.is_none() && lp.session.can_read();
+        if !readable && lp.draining.is_none() && !lp.paused {
             // At the receive maximum: not read further until the WAL answers.
             edge.metrics.backpressure.increment(1);
         }
-        paused = !readable;
-        tokio::select! {
+        lp.paused = !readable;
+        let event = tokio::select! {
             biased;
-            reason = kick.kicked() => match reason {
-                CloseReason::ShuttingDown => draining = Some(reason),
-                _ => break reason,
-            },
-            changed = state.changed(), if draining.is_none() => {
-                let s = *state.borrow_and_update();
-                if changed.is_err() || s != RUNNING {
-                    draining = Some(CloseReason::ShuttingDown);
+            reason = kick.kicked(kicked_for) => Event::Kicked(reason),
+            told = poll_fn(|cx| Pin::new(&mut lp.pending[0].told).poll(cx)), if !lp.pending.is_empty() => {
+                Event::Answer(told.unwrap_or(Durability::Failed))
+            }
+            read = read_some(&mut stream, &mut lp.rb.buf), if readable => Event::Read(read),
+            () = &mut keep_alive_timer => Event::KeepAlive,
+        };
+        match event {
+            Event::Kicked(reason) => {
+                kicked_for = Some(reason);
+                match reason {
+                    // Answer what was read, then close.
+                    CloseReason::ShuttingDown => lp.draining = Some(reason),
+                    _ => break reason,
                 }
             }
-            told = poll_fn(|cx| Pin::new(&mut pending[0].told).poll(cx)), if !pending.is_empty() => {
-                let first = pending.pop_front().map(|p| p.read_at);
-                let mut outcomes = vec![(told.unwrap_or(Durability::Failed), first)];
-                // Whatever else is already answered goes out in the same write.
-                while let Some(p) = pending.front_mut() {
-                    match p.told.try_recv() {
-                        Ok(d) => {
-                            let at = p.read_at;
-                            pending.pop_front();
-                            outcomes.push((d, Some(at)));
-                        }
-                        Err(oneshot::error::TryRecvError::Empty) => break,
-                        Err(oneshot::error::TryRecvError::Closed) => {
-                            pending.pop_front();
-                            outcomes.push((Durability::Failed, None));
-                        }
-                    }
-                }
-                let mut stop = None;
-                for (outcome, read_at) in outcomes {
-                    if let Some(at) = read_at {
-                        edge.metrics.ack_seconds.record(at.elapsed().as_secs_f64());
-                    }
-                    match apply(session.on_durable(&outcome), &mut out, &mut pending, version, edge).await {
-                        Some(Close::Now(r)) => { stop = Some(r); break; }
-                        Some(Close::Drained(r)) => draining = Some(r),
-                        None => {}
-                    }
-                }
-                if let Some(r) = stop {
-                    let _ = flush(&mut stream, &mut out, edge).await;
-                    break r;
-                }
-            }
-            read = read_some(&mut stream, &mut rb.buf), if readable => match read {
-                Ok(0) => break CloseReason::ClientDisconnect,
-                Ok(_) => last_read = Instant::now(),
-                Err(_) => break CloseReason::Io,
-            },
-            () = &mut keep_alive_timer => {
+            Event::Answer(outcome) => lp.take_answers(outcome, edge),
+            Event::Read(Ok(0)) => break CloseReason::ClientDisconnect,
+            Event::Read(Ok(_)) => last_read = Instant::now(),
+            Event::Read(Err(_)) => break CloseReason::Io,
+            Event::KeepAlive => {
                 let due = last_read + keep_alive;
-                if Instant::now() >= due && draining.is_none() {
+                if Instant::now() >= due && lp.draining.is_none() {
                     break CloseReason::KeepAlive;
                 }
-                keep_alive_timer.as_mut().reset(due.max(Instant::now() + Duration::from_secs(1)));
+                keep_alive_timer
+                    .as_mut()
+                    .reset(due.max(Instant::now() + Duration::from_secs(1)));
             }
         }
-        if *state.borrow() == super::ABORT {
-            break CloseReason::ShuttingDown;
-        }
     };
-    if let Some(packet) = session.disconnect(close_now) {
-        let _ = codec::write(version, packet, &mut out);
-        let _ = flush(&mut stream, &mut out, edge).await;
+    if let Some(packet) = lp.session.disconnect(reason) {
+        let _ = codec::write(lp.session.version, packet, &mut lp.out);
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-    close_now
+    let _ = flush(&mut stream, &mut lp.out, edge).await;
+    if reason != CloseReason::ClientDisconnect {
+        // A TLS close_notify, or a FIN before the close.
+        let _ = Box::pin(tokio::time::timeout(
+            Duration::from_secs(1),
+            stream.shutdown(),
+        ))
+        .await;
+    }
+    reason
 }
 
-/// Carries out a step: its packets into `out`, its message to the WAL writer (waiting for
-/// room), its counters. Returns its close decision.
-async fn apply(
+/// Carries out a step without waiting: its packets into `out`, its message to the WAL writer,
+/// its counters. Returns its close decision, and a hand-off that must wait for room (rare).
+fn apply(
     step: Step,
     out: &mut BytesMut,
     pending: &mut VecDeque<Pending>,
     version: Version,
     edge: &Edge,
-) -> Option<Close> {
-    for packet in step.packets {
+) -> (Option<Close>, Option<(Later, bool)>) {
+    let Step {
+        packets,
+        submit,
+        close,
+        denied,
+    } = step;
+    for packet in packets {
         if let Err(e) = codec::write(version, packet, out) {
             tracing::warn!(error = %e, "encoding an MQTT packet");
-            return Some(Close::Now(CloseReason::ProtocolError));
+            return (Some(Close::Now(CloseReason::ProtocolError)), None);
         }
     }
-    if let Some(label) = step.denied {
+    if let Some(label) = denied {
         metrics::counter!("meterflow_mqtt_denied_total", "reason" => label).increment(1);
     }
-    if let Some(submit) = step.submit {
+    if let Some(submit) = submit {
         let wait = submit.wait;
-        match submit_to_wal(submit, edge).await {
-            Some(told) if wait => pending.push_back(Pending {
+        match submit_now(submit, edge) {
+            Submitted::Sent(told) if wait => pending.push_back(Pending {
                 told,
                 read_at: Instant::now(),
             }),
-            Some(_) => {}
-            None => return Some(Close::Now(CloseReason::WalError)),
+            Submitted::Sent(_) => {}
+            Submitted::Later(later) => return (close, Some((later, wait))),
         }
     }
-    step.close
+    (close, None)
 }
 
-/// Hands a message to the WAL writer once the in-flight byte budget and the writer's channel
-/// have room; the receiver of its durability. `None` when the writer is gone.
-async fn submit_to_wal(submit: Submit, edge: &Edge) -> Option<oneshot::Receiver<Durability>> {
-    let bytes = submit.payload.len() + submit.topic.len() + 64;
-    let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
-    let permit = match edge.budget.clone().try_acquire_many_owned(bytes) {
-        Ok(p) => p,
-        Err(_) => {
-            edge.metrics.backpressure.increment(1);
-            edge.budget.clone().acquire_many_owned(bytes).await.ok()?
-        }
-    };
+/// Waits for room for a hand-off [`apply`] could not make at once (a boxed future, so that a
+/// connection's task stays small); `None` when the WAL writer is gone.
+fn hand_off_later(
+    later: Later,
+    edge: &Edge,
+) -> Pin<Box<dyn Future<Output = Option<oneshot::Receiver<Durability>>> + Send + '_>> {
+    Box::pin(later.wait(edge))
+}
+
+/// How a hand-off to the WAL writer went without waiting.
+enum Submitted {
+    /// In the writer's channel; the receiver of its durability.
+    Sent(oneshot::Receiver<Durability>),
+    /// The byte budget or the channel is full: wait for room.
+    Later(Later),
+}
+
+/// A hand-off that waits for the byte budget or for room in the writer's channel.
+enum Later {
+    Budget(Submit, u32),
+    Room(Submission, oneshot::Receiver<Durability>),
+}
+
+/// A publish's bytes in `mqtt.max_inflight_bytes` (payload, topic, and the record's overhead).
+fn budget_bytes(submit: &Submit) -> u32 {
+    u32::try_from(submit.payload.len() + submit.topic.len() + 64).unwrap_or(u32::MAX)
+}
+
+fn submission(
+    submit: Submit,
+    budget: Budget,
+    edge: &Edge,
+) -> (Submission, oneshot::Receiver<Durability>) {
     let (tx, rx) = oneshot::channel();
+    edge.metrics.received.increment(1);
     let message = RawMessage {
         lsn: 0,
         topic: submit.topic,
@@ -535,19 +708,90 @@ async fn submit_to_wal(submit: Submit, edge: &Edge) -> Option<oneshot::Receiver<
         content_type: submit.content_type,
         refused: submit.refused,
     };
-    edge.metrics.received.increment(1);
     let submission = Submission {
         message,
         notify: submit.wait.then_some(tx),
-        budget: Some(super::Budget::new(permit, &edge.metrics.inflight_bytes)),
+        budget: Some(budget),
     };
+    (submission, rx)
+}
+
+/// Hands a message to the WAL writer if the byte budget and the channel have room now.
+fn submit_now(submit: Submit, edge: &Edge) -> Submitted {
+    let bytes = budget_bytes(&submit);
+    let Ok(permit) = edge.budget.clone().try_acquire_many_owned(bytes) else {
+        edge.metrics.backpressure.increment(1);
+        return Submitted::Later(Later::Budget(submit, bytes));
+    };
+    let budget = Budget::new(permit, &edge.metrics.inflight_bytes);
+    let (submission, rx) = submission(submit, budget, edge);
     match edge.wal.try_send(submission) {
-        Ok(()) => {}
+        Ok(()) => Submitted::Sent(rx),
         Err(flume::TrySendError::Full(submission)) => {
             edge.metrics.backpressure.increment(1);
-            edge.wal.send_async(submission).await.ok()?;
+            Submitted::Later(Later::Room(submission, rx))
         }
-        Err(flume::TrySendError::Disconnected(_)) => return None,
+        // The writer is gone: the receiver reads as failed.
+        Err(flume::TrySendError::Disconnected(_)) => Submitted::Sent(rx),
     }
-    Some(rx)
+}
+
+impl Later {
+    /// Waits for room; the receiver of the message's durability, `None` when the writer is
+    /// gone.
+    async fn wait(self, edge: &Edge) -> Option<oneshot::Receiver<Durability>> {
+        let (submission, rx) = match self {
+            Later::Budget(submit, bytes) => {
+                let permit = edge.budget.clone().acquire_many_owned(bytes).await.ok()?;
+                let budget = Budget::new(permit, &edge.metrics.inflight_bytes);
+                submission(submit, budget, edge)
+            }
+            Later::Room(submission, rx) => (submission, rx),
+        };
+        edge.wal.send_async(submission).await.ok()?;
+        Some(rx)
+    }
+}
+
+#[cfg(test)]
+pub(super) mod sizes {
+    //! The task of an idle connection is held to a memory budget.
+    use super::*;
+
+    /// Bytes of the session loop's future (boxed: the memory of an established connection).
+    pub fn run_future(edge: &Edge, stream: TcpStream, session: Session) -> usize {
+        let open = Open {
+            stream,
+            session,
+            rb: ReadBuffer::new(edge),
+            kick: Arc::new(Kick::default()),
+            _registered: Unregister {
+                edge,
+                client_id: "x".into(),
+                conn_id: 0,
+            },
+        };
+        let f = run(open, edge);
+        std::mem::size_of_val(&f)
+    }
+
+    /// Bytes of the future a plain connection's task runs.
+    pub fn plain_connection_task(edge: Arc<Edge>, stream: TcpStream) -> usize {
+        let peer = stream.peer_addr().expect("a peer");
+        let info = ListenerInfo {
+            tls: false,
+            loopback: true,
+        };
+        std::mem::size_of_val(&run_plain(stream, peer, edge, info))
+    }
+
+    /// Bytes of the future a TLS connection's task runs.
+    pub fn tls_connection_task(edge: Arc<Edge>, stream: TcpStream) -> usize {
+        let peer = stream.peer_addr().expect("a peer");
+        let info = ListenerInfo {
+            tls: true,
+            loopback: true,
+        };
+        std::mem::size_of_val(&run_tls(stream, peer, edge, info))
+    }
 }

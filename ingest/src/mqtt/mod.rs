@@ -438,6 +438,10 @@ impl MqttServer {
             watcher,
         } = self;
         edge.state.send_replace(DRAIN);
+        // Sessions answer what they read, then close; connections before CONNECT close at
+        // once (they watch the state).
+        edge.registry
+            .kick_where(|_| true, CloseReason::ShuttingDown);
         for task in accept_tasks {
             let _ = task.await;
         }
@@ -451,6 +455,7 @@ impl MqttServer {
                     "MQTT connections still draining at pipeline.shutdown_max_ms; closing them"
                 );
                 edge.state.send_replace(ABORT);
+                edge.registry.force_all(CloseReason::ShutdownTimeout);
                 let hard = tokio::time::Instant::now() + Duration::from_secs(5);
                 while edge.connections.load(Ordering::Acquire) > 0
                     && tokio::time::Instant::now() < hard

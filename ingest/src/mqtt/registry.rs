@@ -19,6 +19,7 @@ pub struct Kick {
 }
 
 impl Kick {
+    /// Tells the connection to close; the first reason given stands.
     pub fn kick(&self, reason: CloseReason) {
         let _ = self.reason.compare_exchange(
             0,
@@ -30,11 +31,19 @@ impl Kick {
         self.notify.notify_one();
     }
 
-    /// Waits until kicked; the reason of the first kick.
-    pub async fn kicked(&self) -> CloseReason {
+    /// Tells the connection to close for this reason, whatever it was told before (a drain
+    /// that ran out of time).
+    pub fn force(&self, reason: CloseReason) {
+        self.reason.store(reason.to_u8() + 1, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Waits until the connection is told to close for a reason other than `seen` (the one
+    /// it already acts on); that reason.
+    pub async fn kicked(&self, seen: Option<CloseReason>) -> CloseReason {
         loop {
             let r = self.reason.load(Ordering::Acquire);
-            if r > 0 {
+            if r > 0 && Some(CloseReason::from_u8(r - 1)) != seen {
                 return CloseReason::from_u8(r - 1);
             }
             self.notify.notified().await;
@@ -107,6 +116,14 @@ impl Registry {
         self.kick_where(|identity| identity.is_some_and(|i| ids.contains(i)), reason)
     }
 
+    /// Tells every session to close for `reason`, over any earlier reason.
+    pub fn force_all(&self, reason: CloseReason) {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        for l in live.values() {
+            l.kick.force(reason);
+        }
+    }
+
     /// Closes every session whose identity passes `select`; returns how many.
     pub fn kick_where(&self, select: impl Fn(Option<&str>) -> bool, reason: CloseReason) -> usize {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
@@ -156,7 +173,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        assert_eq!(rt.block_on(first.kicked()), CloseReason::TakenOver);
+        assert_eq!(rt.block_on(first.kicked(None)), CloseReason::TakenOver);
         // The old connection's cleanup does not remove the new one.
         r.unregister("c1", 1);
         assert_eq!(r.len(), 1);
@@ -177,11 +194,16 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        assert_eq!(rt.block_on(kicks[1].kicked()), CloseReason::Revoked);
+        assert_eq!(rt.block_on(kicks[1].kicked(None)), CloseReason::Revoked);
         assert_eq!(kicks[2].reason.load(Ordering::Relaxed), 0);
         assert_eq!(r.kick_where(|i| i.is_none(), CloseReason::Revoked), 1);
-        // A second kick keeps the first reason.
+        // A second kick keeps the first reason; a forced one replaces it and is seen as new.
         kicks[0].kick(CloseReason::ShuttingDown);
-        assert_eq!(rt.block_on(kicks[0].kicked()), CloseReason::Revoked);
+        assert_eq!(rt.block_on(kicks[0].kicked(None)), CloseReason::Revoked);
+        kicks[0].force(CloseReason::ShutdownTimeout);
+        assert_eq!(
+            rt.block_on(kicks[0].kicked(Some(CloseReason::Revoked))),
+            CloseReason::ShutdownTimeout
+        );
     }
 }

@@ -62,6 +62,8 @@ pub enum CloseReason {
     /// The credential was revoked or changed.
     Revoked,
     ShuttingDown,
+    /// Still draining when `pipeline.shutdown_max_ms` ran out.
+    ShutdownTimeout,
     /// The client did not read its acknowledgements within `mqtt.write_timeout_ms`.
     WriteTimeout,
     /// Partial packets across all connections reached `mqtt.max_read_buffer_bytes`.
@@ -85,6 +87,7 @@ impl CloseReason {
             CloseReason::TakenOver => "taken_over",
             CloseReason::Revoked => "revoked",
             CloseReason::ShuttingDown => "shutdown",
+            CloseReason::ShutdownTimeout => "shutdown_timeout",
             CloseReason::WriteTimeout => "write_timeout",
             CloseReason::ReadBufferBudget => "read_buffer_budget",
             CloseReason::Io => "io",
@@ -106,7 +109,7 @@ impl CloseReason {
             CloseReason::TopicAliasInvalid => D::TopicAliasInvalid,
             CloseReason::TakenOver => D::SessionTakenOver,
             CloseReason::Revoked => D::AdministrativeAction,
-            CloseReason::ShuttingDown => D::ServerShuttingDown,
+            CloseReason::ShuttingDown | CloseReason::ShutdownTimeout => D::ServerShuttingDown,
             CloseReason::WriteTimeout | CloseReason::ReadBufferBudget => D::QuotaExceeded,
         })
     }
@@ -117,7 +120,7 @@ impl CloseReason {
     }
 
     pub fn from_u8(n: u8) -> CloseReason {
-        const ALL: [CloseReason; 15] = [
+        const ALL: [CloseReason; 16] = [
             CloseReason::ClientDisconnect,
             CloseReason::ProtocolError,
             CloseReason::PacketTooLarge,
@@ -130,6 +133,7 @@ impl CloseReason {
             CloseReason::TakenOver,
             CloseReason::Revoked,
             CloseReason::ShuttingDown,
+            CloseReason::ShutdownTimeout,
             CloseReason::WriteTimeout,
             CloseReason::ReadBufferBudget,
             CloseReason::Io,

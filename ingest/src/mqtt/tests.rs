@@ -469,3 +469,47 @@ fn too_many_qos2_ids_waiting_for_pubrel_close_the_connection() {
         Some(Close::Now(CloseReason::ReceiveMaximumExceeded))
     );
 }
+
+#[test]
+fn an_idle_connection_task_stays_small() {
+    // A task is allocated for its whole life at the size of its largest state, so the phases
+    // of a connection are boxed and the session loop kept lean: the MQTT edge promises at
+    // most 4 KB per idle connection (the kernel's socket aside). Its futures are held to a
+    // budget here; the task header, the session's heap parts, the registry entry and the
+    // socket's registration come on top (benches/RESULTS.md has the RSS measured).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let credentials =
+            std::sync::Arc::new(crate::credentials::SharedCredentials::load(dir.path()).unwrap());
+        let (tx, _rx) = crate::wal_writer::channel(4);
+        let config = super::MqttConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            listen_v5: None,
+            ..Default::default()
+        };
+        let server = super::MqttServer::start(config, credentials, tx).await.unwrap();
+        let plain = super::connection::sizes::plain_connection_task(
+            server.edge.clone(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        );
+        let tls = super::connection::sizes::tls_connection_task(
+            server.edge.clone(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        );
+        let session_loop = super::connection::sizes::run_future(
+            &server.edge,
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+            session(Version::V4, meter("E1")),
+        );
+        eprintln!("futures: plain task {plain} bytes, TLS task {tls} bytes, session loop {session_loop} bytes");
+        assert!(plain <= 160, "plain task: {plain} bytes");
+        assert!(tls <= 160, "TLS task: {tls} bytes");
+        assert!(session_loop <= 1280, "session loop: {session_loop} bytes");
+    });
+}
