@@ -203,7 +203,7 @@ idle_run() { # SERVER MODE(auth|tls)
   storm1=$(date +%s.%N)
   wait "$sim" || true
   local errors
-  errors=$(grep -c -i -E "error|warn" "$dir/serve.log" 2>/dev/null || true)
+  errors=$(grep -c -E "ERROR|Error" "$dir/serve.log" "$dir/mosquitto.log" 2>/dev/null | awk -F: "{s+=\$2} END {print s+0}")
   stop_server
   python3 - "$server" "$mode" "$idle" "$base" "$full" "$dir/sim.json" "$storm0" "$storm1" "${errors:-0}" <<'PY'
 import json, sys
@@ -220,7 +220,7 @@ PY
 
 if [ "$what" = idle ] || [ "$what" = all ]; then
   echo
-  echo "| server | mode | idle connections | s to accept all | accepted/s | CONNACK ms p50 / p99 | RSS before MiB | RSS with all MiB | bytes per connection | restart s | storm: s until all back | reconnects | meters failed | server log errors/warnings |"
+  echo "| server | mode | idle connections | s to accept all | accepted/s | CONNACK ms p50 / p99 | RSS before MiB | RSS with all MiB | bytes per connection | restart s | storm: s until all back | reconnects | meters failed | server log errors |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   for mode in auth tls; do
     for server in meterflow mosquitto; do

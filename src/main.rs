@@ -219,7 +219,9 @@ enum CredentialsAction {
     Add {
         /// The meter (or gateway) id: the MQTT username, the DTLS PSK identity.
         id: String,
-        /// The secret, 16 to 64 printable characters (the MQTT password, the DTLS PSK).
+        /// The secret, 16 to 64 printable characters (the MQTT password, the DTLS PSK); `-`
+        /// reads it from standard input, which keeps it out of the process list and the shell
+        /// history (as does the variable).
         #[arg(long, env = "METERFLOW_NEW_SECRET", hide_env_values = true)]
         secret: Option<String>,
         /// Meter-id globs a gateway may publish for, e.g. --publish-for 'E00*' (repeatable).
@@ -451,8 +453,15 @@ fn credentials(args: CredentialsArgs) -> anyhow::Result<()> {
             publish_for,
         } => {
             let generated = secret.is_none();
-            let secret_text = match secret {
-                Some(s) => s,
+            let secret_text = match secret.as_deref() {
+                Some("-") => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("reading the secret from standard input")?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+                Some(s) => s.to_string(),
                 None => credentials::generate_secret()?,
             };
             let credential = Credential {

@@ -57,11 +57,16 @@ fn connect_packet(client_id: &str, keep_alive: u16) -> Vec<u8> {
 
 /// An MQTT 3.1.1 QoS 1 PUBLISH.
 fn publish_packet(pkid: u16, topic: &str, payload: &[u8]) -> Vec<u8> {
+    publish_qos(1, false, pkid, topic, payload)
+}
+
+/// An MQTT 3.1.1 PUBLISH of QoS 1 or 2, with the DUP flag or not.
+fn publish_qos(qos: u8, dup: bool, pkid: u16, topic: &str, payload: &[u8]) -> Vec<u8> {
     let mut body = (topic.len() as u16).to_be_bytes().to_vec();
     body.extend_from_slice(topic.as_bytes());
     body.extend_from_slice(&pkid.to_be_bytes());
     body.extend_from_slice(payload);
-    let mut p = vec![0x32];
+    let mut p = vec![0x30 | (qos << 1) | (u8::from(dup) << 3)];
     remaining_length(body.len(), &mut p);
     p.extend_from_slice(&body);
     p
@@ -77,15 +82,24 @@ fn session(port: u16, client_id: &str, keep_alive: u16) -> TcpStream {
     s
 }
 
-/// Whether the server closed `s`: reads until EOF (or an error), without a time limit of
-/// its own beyond the socket's.
+/// Whether the server closes `s`: reads until EOF or a reset (true), or until a minute has
+/// passed without either (false; a guard against a hang, not a timing check).
 fn is_closed(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut buf = [0u8; 64];
     loop {
         match s.read(&mut buf) {
-            Ok(0) | Err(_) => return true,
+            Ok(0) => return true,
             Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
         }
     }
 }
@@ -103,7 +117,7 @@ fn json_payload(value: usize, pad: usize) -> Vec<u8> {
 fn every_bound_closes_what_passes_it_and_counts_it() {
     let (_dir, config) = common::config_file(
         "[mqtt]\nmax_connections = 4\nconnect_timeout_ms = 700\nmax_payload_bytes = 2048\n\
-         max_read_buffer_bytes = 3000\nmax_inflight_bytes = 65536\n",
+         max_read_buffer_bytes = 3000\nmax_inflight_bytes = 65536\npacket_timeout_ms = 1500\n",
     );
     let server = Server::start_with(&["--config", &config]);
     let port = server.mqtt_port;
@@ -164,13 +178,62 @@ fn every_bound_closes_what_passes_it_and_counts_it() {
     assert_eq!(puback, [0x40, 2, 0, 7]);
     drop(first);
 
+    // A packet trickled a byte at a time: the keep-alive (1 s) counts whole packets only,
+    // and the packet must be whole within packet_timeout_ms.
+    let mut trickle = session(port, "trickle", 60);
+    let slow = publish_packet(8, "meters/TRICKLE/json", &json_payload(8, 100));
+    let mut closed_early = false;
+    for byte in &slow[..slow.len() - 1] {
+        if trickle.write_all(&[*byte]).is_err() {
+            closed_early = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(closed_early || is_closed(&mut trickle));
+    common::wait_for("packet_timeout counted", || {
+        (closed(&server, "packet_timeout") == 1.0).then_some(())
+    });
+
+    // QoS 2: sent three times (twice with DUP) around its PUBREC, stored once; PUBREL
+    // releases the id.
+    let mut q2 = session(port, "qos2", 60);
+    let report = json_payload(2, 0);
+    q2.write_all(&publish_qos(2, false, 9, "meters/QOS2/json", &report))
+        .unwrap();
+    q2.write_all(&publish_qos(2, true, 9, "meters/QOS2/json", &report))
+        .unwrap();
+    let mut pubrec = [0u8; 4];
+    q2.read_exact(&mut pubrec).unwrap();
+    assert_eq!(pubrec, [0x50, 2, 0, 9]);
+    q2.write_all(&publish_qos(2, true, 9, "meters/QOS2/json", &report))
+        .unwrap();
+    q2.write_all(&[0x62, 2, 0, 9]).unwrap();
+    // Each copy is answered with a PUBREC (or not, if it came before the first was durable),
+    // then the PUBREL with its PUBCOMP.
+    loop {
+        let mut answer = [0u8; 4];
+        q2.read_exact(&mut answer).unwrap();
+        match answer {
+            [0x50, 2, 0, 9] => continue,
+            [0x70, 2, 0, 9] => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    drop(q2);
+
     let (exit, data_dir, log, _keep) = server.stop();
     assert!(exit.success(), "{log}");
-    let meters: Vec<String> = read_readings(&data_dir)
+    let mut meters: Vec<String> = read_readings(&data_dir)
         .into_iter()
         .map(|r| r.meter_id)
         .collect();
-    assert_eq!(meters, vec!["SLOW"]);
+    meters.sort();
+    assert_eq!(
+        meters,
+        vec!["QOS2", "SLOW"],
+        "the QoS 2 report once, nothing of the others"
+    );
 }
 
 #[test]
@@ -240,4 +303,49 @@ fn at_the_wal_budget_nothing_is_acknowledged_that_is_not_stored() {
         .collect();
     values.sort_unstable();
     assert_eq!(values, acked);
+}
+
+#[test]
+fn sigterm_answers_what_was_read_and_stores_every_acknowledged_report() {
+    let server = Server::start();
+    let mut s = session(server.mqtt_port, "drain", 60);
+    // 200 publishes in one write, then SIGTERM while they are being taken.
+    let mut burst = Vec::new();
+    for pkid in 1..=200u16 {
+        burst.extend(publish_packet(
+            pkid,
+            "meters/DRAIN/json",
+            &json_payload(pkid as usize, 0),
+        ));
+    }
+    s.write_all(&burst).unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        let mut ack = [0u8; 4];
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        while s.read_exact(&mut ack).is_ok() {
+            assert_eq!(&ack[..2], &[0x40, 2]);
+            acked.push(u16::from_be_bytes([ack[2], ack[3]]) as usize);
+        }
+        acked
+    });
+    let (exit, data_dir, log, _keep) = server.stop();
+    assert!(exit.success(), "{log}");
+    let acked = reader.join().unwrap();
+    assert!(
+        !acked.is_empty(),
+        "what was read before the stop is answered"
+    );
+    assert_eq!(acked, (1..=acked.len()).collect::<Vec<_>>(), "in order");
+    let mut stored: Vec<usize> = read_readings(&data_dir)
+        .into_iter()
+        .map(|r| r.value as usize)
+        .collect();
+    stored.sort_unstable();
+    for a in &acked {
+        assert!(
+            stored.binary_search(a).is_ok(),
+            "acknowledged report {a} not stored"
+        );
+    }
 }

@@ -464,13 +464,16 @@ fn create_private_dir(data_dir: &Path) -> Result<PathBuf, IngestError> {
 }
 
 fn private_file(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
+        .open(path)?;
+    // A file left by an earlier run keeps its mode when opened: make it owner-only.
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 /// Runs `change` on the store of `data_dir` under the store's exclusive lock and saves it when
@@ -515,6 +518,9 @@ pub struct SharedCredentials {
     data_dir: PathBuf,
     current: std::sync::RwLock<std::sync::Arc<CredentialStore>>,
     seen: std::sync::Mutex<Option<(u64, u64, i64, i64)>>,
+    /// Bumped at every swap, before the sessions it withdraws are closed: a connection that
+    /// authenticated against an older store checks again (see the MQTT edge's `open`).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl SharedCredentials {
@@ -525,15 +531,25 @@ impl SharedCredentials {
             data_dir: data_dir.to_path_buf(),
             current: std::sync::RwLock::new(std::sync::Arc::new(store)),
             seen: std::sync::Mutex::new(seen),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     /// The store in effect.
     pub fn current(&self) -> std::sync::Arc<CredentialStore> {
-        match self.current.read() {
-            Ok(c) => c.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.current_with_generation().0
+    }
+
+    /// The store in effect and its generation.
+    pub fn current_with_generation(&self) -> (std::sync::Arc<CredentialStore>, u64) {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        (current.clone(), generation)
+    }
+
+    /// The generation of the store in effect.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Re-reads the file if it changed since the last look: the stores before and after. A
@@ -557,6 +573,8 @@ impl SharedCredentials {
                 let new = std::sync::Arc::new(store);
                 let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
                 let old = std::mem::replace(&mut *current, new.clone());
+                self.generation
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 Some((old, new))
             }
             Err(e) => {

@@ -448,3 +448,39 @@ impl Counters {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_loopback_fleets_spread_over_source_addresses() {
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(
+            source_addrs(loopback, 1000, 0).is_empty(),
+            "one address holds them"
+        );
+        let spread = source_addrs(loopback, 100_000, 0);
+        assert_eq!(spread.len(), 4);
+        assert_eq!(spread[0], IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(spread[3], IpAddr::from([127, 0, 0, 4]));
+        // Another host: the system chooses; asked for explicitly: as asked.
+        assert!(source_addrs("10.0.0.1".parse().unwrap(), 100_000, 0).is_empty());
+        assert_eq!(source_addrs(loopback, 10, 3).len(), 3);
+    }
+
+    #[test]
+    fn credentials_files_are_read_by_column_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.csv");
+        std::fs::write(&path, "secret,meter_id,publish_for\nabc-secret-0123456,E1,\n# note\nxyz-secret-0123456,E2,E*\n").unwrap();
+        let all = read_credentials(&path).unwrap();
+        assert_eq!(
+            all.get("E1").map(String::as_str),
+            Some("abc-secret-0123456")
+        );
+        assert_eq!(all.len(), 2);
+        std::fs::write(&path, "id,secret\nE1,x\n").unwrap();
+        assert!(read_credentials(&path).is_err());
+    }
+}

@@ -4,7 +4,12 @@
 
 use meterflow_proto::is_valid_meter_id;
 
-use crate::credentials::{CredentialStore, Glob};
+use crate::credentials::{CredentialStore, Glob, Secret};
+
+/// Checked against the password of an unknown username, so that it takes as long as a known one.
+static UNKNOWN: std::sync::LazyLock<Secret> = std::sync::LazyLock::new(|| {
+    Secret::new("no-such-device-0000000000000000").expect("a valid secret")
+});
 
 /// Who a connection speaks as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +51,13 @@ impl Principal {
             return false;
         };
         meter == &**id || publish_for.iter().any(|g| g.matches(meter))
+    }
+
+    /// Whether this principal may use `client_id`: not the meter id of another device of the
+    /// store (so nobody can pose as a meter by its client id, or crowd it).
+    pub fn may_use_client_id(&self, client_id: &str, store: &CredentialStore) -> bool {
+        self.id() == Some(client_id)
+            || (store.get(client_id).is_none() && !store.is_revoked(client_id))
     }
 
     /// The one filter a client may subscribe to: its own `meters/{id}/cmd/#`, reserved for
@@ -121,7 +133,11 @@ pub fn authenticate(
             Some(_) => Err(Denial::BadCredentials),
             // Nothing to check a name against: the quick start's clients may send any.
             None if store.is_empty() && anonymous_ok => Ok(Principal::Anonymous),
-            None => Err(Denial::BadCredentials),
+            None => {
+                // As long as for a known name: the answer's time does not tell which exist.
+                let _ = UNKNOWN.verify(password.unwrap_or_default());
+                Err(Denial::BadCredentials)
+            }
         },
         None if anonymous_ok => Ok(Principal::Anonymous),
         None => Err(Denial::NoCredentials),
@@ -267,6 +283,13 @@ mod tests {
             let got = got.as_ref().map(|p| p.id()).map_err(|d| *d);
             assert_eq!(got, want, "case {i}: {user:?} {cn:?}");
         }
+        // Client ids: a device's own id, or any id that is no other device's.
+        let e1 = device("E1");
+        assert!(e1.may_use_client_id("E1", &s));
+        assert!(e1.may_use_client_id("e1-modem-7", &s));
+        assert!(!e1.may_use_client_id("GW", &s), "another device's id");
+        assert!(!e1.may_use_client_id("GONE", &s), "a revoked device's id");
+        assert!(!Principal::Anonymous.may_use_client_id("E1", &s));
         // A certificate of a gateway in the store takes its globs.
         let gw = authenticate(&s, false, None, None, Some("GW")).unwrap();
         assert!(gw.may_publish_to("meters/E12/pb"));

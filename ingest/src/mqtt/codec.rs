@@ -22,8 +22,8 @@ pub enum Version {
     V5,
 }
 
-/// A packet from a client, with what the codec does not expose.
-#[derive(Debug)]
+/// A packet from a client, with what the codec does not expose. Its `Debug` names the packet
+/// only: a CONNECT carries a password.
 pub struct Inbound {
     pub packet: Packet,
     /// For a PUBLISH: its QoS (0, 1, 2), packet id (0 for QoS 0) and DUP flag.
@@ -32,6 +32,27 @@ pub struct Inbound {
     pub dup: bool,
     /// Bytes the packet took on the wire.
     pub wire_len: usize,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.packet {
+            Packet::Connect(..) => "CONNECT",
+            Packet::Publish(..) => "PUBLISH",
+            Packet::PubRel(..) => "PUBREL",
+            Packet::Subscribe(..) => "SUBSCRIBE",
+            Packet::Unsubscribe(..) => "UNSUBSCRIBE",
+            Packet::PingReq(..) => "PINGREQ",
+            Packet::Disconnect(..) => "DISCONNECT",
+            _ => "other",
+        };
+        f.debug_struct("Inbound")
+            .field("packet", &kind)
+            .field("qos", &self.qos)
+            .field("pkid", &self.pkid)
+            .field("wire_len", &self.wire_len)
+            .finish()
+    }
 }
 
 /// Why a frame could not be read.

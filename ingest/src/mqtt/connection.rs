@@ -39,8 +39,11 @@ use crate::wal_writer::{Durability, Submission};
 
 /// Bytes read from a socket at once.
 const READ_CHUNK: usize = 16 * 1024;
-/// A CONNECT larger than this is refused before authentication.
-const MAX_CONNECT: usize = 64 * 1024;
+/// A CONNECT larger than this is refused before authentication (meters' CONNECTs are a few
+/// hundred bytes; this bounds what an unauthenticated client can make the server hold).
+const MAX_CONNECT: usize = 8 * 1024;
+/// The last DISCONNECT and close get at most this long.
+const CLOSE_WRITE: Duration = Duration::from_secs(2);
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
@@ -67,8 +70,9 @@ pub(super) async fn run_plain(
     let edge = &counted.0;
     // Both phases boxed: the task itself stays a few words, and the CONNECT phase's memory
     // is given back before the session's is taken.
+    let deadline = Instant::now() + edge.connect_timeout();
     let session = {
-        let opened = Box::pin(open(stream, peer, None, edge, listener)).await;
+        let opened = Box::pin(open(stream, peer, None, edge, listener, deadline)).await;
         match opened {
             Ok(open) => Box::pin(run(open, edge)),
             Err(reason) => return closed(reason),
@@ -86,6 +90,8 @@ pub(super) async fn run_tls(
 ) {
     let counted = Counted(edge);
     let edge = &counted.0;
+    // One deadline for the TLS handshake and the CONNECT together.
+    let deadline = Instant::now() + edge.connect_timeout();
     let session = {
         let opened = Box::pin(async {
             let Some(tls) = edge.tls.as_ref() else {
@@ -93,7 +99,7 @@ pub(super) async fn run_tls(
             };
             let acceptor = tls.acceptor();
             let handshake = tokio::select! {
-                h = tokio::time::timeout(edge.connect_timeout(), acceptor.accept(stream)) => h,
+                h = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => h,
                 () = stopping(edge) => return Err(Some(CloseReason::ShuttingDown)),
             };
             let stream = match handshake {
@@ -111,7 +117,7 @@ pub(super) async fn run_tls(
                 }
             };
             let cn = super::tls::client_cn(stream.get_ref().1);
-            open(stream, peer, cn, edge, listener).await
+            open(stream, peer, cn, edge, listener, deadline).await
         })
         .await;
         match opened {
@@ -133,16 +139,28 @@ async fn stopping(edge: &Edge) {
     }
 }
 
+/// Completes when a shutdown's drain time has run out: waits that could outlast it give up.
+async fn aborted(edge: &Edge) {
+    let mut state = edge.state.subscribe();
+    while *state.borrow_and_update() != super::ABORT {
+        if state.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 fn closed(reason: Option<CloseReason>) {
     if let Some(reason) = reason {
         metrics::counter!("meterflow_mqtt_closed_total", "reason" => reason.label()).increment(1);
     }
 }
 
-/// The read buffer of a connection, with its share of `mqtt.max_read_buffer_bytes`.
+/// The read buffer of a connection, with its share of `mqtt.max_read_buffer_bytes` (before
+/// its CONNACK, of the quarter of it that unauthenticated connections may use).
 struct ReadBuffer<'e> {
     buf: BytesMut,
     charged: usize,
+    pre_auth: bool,
     edge: &'e Edge,
 }
 
@@ -151,12 +169,13 @@ impl<'e> ReadBuffer<'e> {
         ReadBuffer {
             buf: BytesMut::new(),
             charged: 0,
+            pre_auth: true,
             edge,
         }
     }
 
     /// Frees the buffer when no partial packet is in it, and charges a partial one to the
-    /// budget of every connection; false when the budget is exhausted.
+    /// budget; false when the budget is exhausted.
     fn settle(&mut self) -> bool {
         if self.buf.is_empty() && self.buf.capacity() > 0 {
             self.buf = BytesMut::new();
@@ -165,28 +184,65 @@ impl<'e> ReadBuffer<'e> {
         if now == self.charged {
             return true;
         }
-        let total = if now > self.charged {
-            let more = now - self.charged;
-            self.edge.read_buffered.fetch_add(more, Ordering::AcqRel) + more
+        let (total, pre_auth) = if now > self.charged {
+            self.charge(now - self.charged)
         } else {
-            let less = self.charged - now;
-            self.edge.read_buffered.fetch_sub(less, Ordering::AcqRel) - less
+            self.discharge(self.charged - now)
         };
         self.charged = now;
-        self.edge.metrics.read_buffer.set(total as f64);
-        total <= self.edge.config.max_read_buffer_bytes || now == 0
+        let limit = self.edge.config.max_read_buffer_bytes;
+        now == 0 || (total <= limit && (!self.pre_auth || pre_auth <= limit / 4))
+    }
+
+    /// Adds `n` bytes; the totals after.
+    fn charge(&self, n: usize) -> (usize, usize) {
+        self.edge.metrics.read_buffer.increment(n as f64);
+        let pre_auth = if self.pre_auth {
+            self.edge
+                .read_buffered_pre_auth
+                .fetch_add(n, Ordering::AcqRel)
+                + n
+        } else {
+            0
+        };
+        (
+            self.edge.read_buffered.fetch_add(n, Ordering::AcqRel) + n,
+            pre_auth,
+        )
+    }
+
+    /// Takes `n` bytes off; the totals after.
+    fn discharge(&self, n: usize) -> (usize, usize) {
+        self.edge.metrics.read_buffer.decrement(n as f64);
+        let pre_auth = if self.pre_auth {
+            self.edge
+                .read_buffered_pre_auth
+                .fetch_sub(n, Ordering::AcqRel)
+                - n
+        } else {
+            0
+        };
+        (
+            self.edge.read_buffered.fetch_sub(n, Ordering::AcqRel) - n,
+            pre_auth,
+        )
+    }
+
+    /// The connection authenticated: its bytes count in the whole budget from now on.
+    fn authenticated(&mut self) {
+        if self.pre_auth && self.charged > 0 {
+            self.edge
+                .read_buffered_pre_auth
+                .fetch_sub(self.charged, Ordering::AcqRel);
+        }
+        self.pre_auth = false;
     }
 }
 
 impl Drop for ReadBuffer<'_> {
     fn drop(&mut self) {
         if self.charged > 0 {
-            let total = self
-                .edge
-                .read_buffered
-                .fetch_sub(self.charged, Ordering::AcqRel)
-                - self.charged;
-            self.edge.metrics.read_buffer.set(total as f64);
+            self.discharge(self.charged);
         }
     }
 }
@@ -235,11 +291,27 @@ fn write_now<S: AsyncWrite + Unpin>(
 
 /// Writes `out` (and frees it) within the write timeout. The usual case, a socket with room,
 /// takes one non-blocking write; only a client that does not read its answers makes it wait
-/// (in a boxed future, so that a connection's task stays small).
+/// (in a boxed future, so that a connection's task stays small), and not past a shutdown's
+/// drain time.
 async fn flush<S: AsyncWrite + Unpin>(
     stream: &mut S,
     out: &mut BytesMut,
     edge: &Edge,
+) -> Result<(), CloseReason> {
+    flush_within(
+        stream,
+        out,
+        edge,
+        Duration::from_millis(edge.config.write_timeout_ms),
+    )
+    .await
+}
+
+async fn flush_within<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &mut BytesMut,
+    edge: &Edge,
+    timeout: Duration,
 ) -> Result<(), CloseReason> {
     if out.is_empty() {
         return Ok(());
@@ -249,17 +321,20 @@ async fn flush<S: AsyncWrite + Unpin>(
         Ok(true) => Ok(()),
         Err(_) => Err(CloseReason::Io),
         Ok(false) => {
-            let timeout = Duration::from_millis(edge.config.write_timeout_ms);
-            let rest = Box::pin(tokio::time::timeout(timeout, async {
-                stream.write_all(out).await?;
-                stream.flush().await
-            }))
-            .await;
-            match rest {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(CloseReason::Io),
-                Err(_) => Err(CloseReason::WriteTimeout),
-            }
+            Box::pin(async {
+                tokio::select! {
+                    rest = tokio::time::timeout(timeout, async {
+                        stream.write_all(out).await?;
+                        stream.flush().await
+                    }) => match rest {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(_)) => Err(CloseReason::Io),
+                        Err(_) => Err(CloseReason::WriteTimeout),
+                    },
+                    () = aborted(edge) => Err(CloseReason::ShutdownTimeout),
+                }
+            })
+            .await
         }
     };
     *out = BytesMut::new();
@@ -329,13 +404,16 @@ struct Open<'e, S> {
 /// Removes the session from the registry when the connection ends.
 struct Unregister<'e> {
     edge: &'e Edge,
+    identity: Option<Box<str>>,
     client_id: Box<str>,
     conn_id: u64,
 }
 
 impl Drop for Unregister<'_> {
     fn drop(&mut self) {
-        self.edge.registry.unregister(&self.client_id, self.conn_id);
+        self.edge
+            .registry
+            .unregister(self.identity.as_deref(), &self.client_id, self.conn_id);
     }
 }
 
@@ -347,11 +425,12 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
     cert: Option<Result<String, String>>,
     edge: &'e Edge,
     listener: ListenerInfo,
+    deadline: Instant,
 ) -> Result<Open<'e, S>, Option<CloseReason>> {
     let conn_id = edge.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut rb = ReadBuffer::new(edge);
     let connect = tokio::select! {
-        c = tokio::time::timeout(edge.connect_timeout(), read_connect(&mut stream, &mut rb)) => c,
+        c = tokio::time::timeout_at(deadline, read_connect(&mut stream, &mut rb)) => c,
         () = stopping(edge) => return Err(Some(CloseReason::ShuttingDown)),
     };
     let (version, inbound) = match connect {
@@ -375,8 +454,6 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
             return Err(Some(CloseReason::ProtocolError));
         }
     };
-    let store = edge.credentials.current();
-    let anonymous_ok = edge.config.allow_anonymous || (store.is_empty() && listener.loopback);
     let (user, password) = match &request.login {
         Some(l) => (Some(l.username.as_str()), Some(l.password.as_bytes())),
         None => (None, None),
@@ -391,41 +468,69 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
         }
         None => None,
     };
-    let principal = match auth::authenticate(&store, anonymous_ok, user, password, cn) {
+    let authenticate = |store: &crate::credentials::CredentialStore| {
+        let anonymous_ok = edge.config.allow_anonymous || (store.is_empty() && listener.loopback);
+        let principal =
+            auth::authenticate(store, anonymous_ok, user, password, cn).map_err(Refusal::Denied)?;
+        if !principal.may_use_client_id(&request.client_id, store) {
+            return Err(Refusal::NotAuthorized);
+        }
+        Ok(principal)
+    };
+    let (store, generation) = edge.credentials.current_with_generation();
+    let principal = match authenticate(&store) {
         Ok(p) => p,
-        Err(denial) => {
-            tracing::debug!(%peer, client_id = %request.client_id, username = ?user, reason = denial.label(), "MQTT connection refused");
-            refuse(Refusal::Denied(denial), &mut out);
+        Err(why) => {
+            // The username is not logged: a device that swaps the fields would leak its secret.
+            tracing::debug!(%peer, client_id = %request.client_id, reason = why.label(), "MQTT connection refused");
+            refuse(why, &mut out);
             let _ = flush(&mut stream, &mut out, edge).await;
             return Err(Some(CloseReason::Denied));
         }
     };
     drop(store);
     let kick = Arc::new(Kick::default());
-    let registered =
-        edge.registry
-            .register(&request.client_id, principal.id(), conn_id, kick.clone());
-    if registered == Registered::Refused {
-        tracing::info!(%peer, client_id = %request.client_id, identity = principal.label(), "MQTT session takeover refused: another identity holds this client id");
-        refuse(Refusal::NotAuthorized, &mut out);
+    let registered = edge.registry.register(
+        principal.id(),
+        &request.client_id,
+        conn_id,
+        kick.clone(),
+        edge.config.max_sessions_per_identity,
+    );
+    if registered == Registered::TooMany {
+        tracing::info!(%peer, identity = principal.label(), "MQTT connection refused: the identity holds mqtt.max_sessions_per_identity sessions");
+        refuse(Refusal::TooMany, &mut out);
         let _ = flush(&mut stream, &mut out, edge).await;
         return Err(Some(CloseReason::Denied));
     }
     let registered = Unregister {
         edge,
+        identity: principal.id().map(Box::from),
         client_id: request.client_id.as_str().into(),
         conn_id,
     };
-    // Registered first, then checked: a shutdown's kick of every session cannot miss this one.
+    // Registered first, then checked: a shutdown's kick of every session, or a credential
+    // change's kick of the withdrawn ones, cannot miss this one. A change since the
+    // authentication above is checked against the new store.
     if edge.state() != RUNNING {
         refuse(Refusal::Unavailable, &mut out);
         let _ = flush(&mut stream, &mut out, edge).await;
         return Err(Some(CloseReason::ShuttingDown));
     }
+    if edge.credentials.generation() != generation {
+        let now = authenticate(&edge.credentials.current());
+        if now.as_ref().map(auth::Principal::id) != Ok(principal.id()) {
+            refuse(now.err().unwrap_or(Refusal::NotAuthorized), &mut out);
+            let _ = flush(&mut stream, &mut out, edge).await;
+            return Err(Some(CloseReason::Revoked));
+        }
+    }
+    rb.authenticated();
     let (session, connack) = Session::accept(request, principal, peer, edge.limits());
     let _ = codec::write(version, connack, &mut out);
     flush(&mut stream, &mut out, edge).await?;
     edge.metrics.connects.increment(1);
+    edge.sessions.fetch_add(1, Ordering::Relaxed);
     Ok(Open {
         stream,
         session,
@@ -453,6 +558,11 @@ struct Loop<'e> {
     closing: Option<CloseReason>,
     /// Not read at the last look (at the receive maximum).
     paused: bool,
+    /// When the last whole packet came: the keep-alive counts from it (a partial packet is
+    /// no control packet).
+    last_packet: Instant,
+    /// Since when a partial packet waits for its rest (`mqtt.packet_timeout_ms`).
+    partial_since: Option<Instant>,
 }
 
 /// What woke the session loop.
@@ -468,26 +578,63 @@ impl Loop<'_> {
     /// hand-off that must wait for room (returned).
     fn take_packets(&mut self, edge: &Edge) -> Option<(Later, bool)> {
         let version = self.session.version;
-        while self.draining.is_none() && self.closing.is_none() && self.session.can_read() {
+        let mut whole = false;
+        let later = loop {
+            if self.draining.is_some() || self.closing.is_some() || !self.session.can_read() {
+                break None;
+            }
             match codec::read(version, &mut self.rb.buf, edge.config.max_payload_bytes) {
                 Ok(Some(inbound)) => {
+                    whole = true;
                     let step = self.session.on_packet(inbound);
                     let (close, later) =
                         apply(step, &mut self.out, &mut self.pending, version, edge);
                     self.close(close);
                     if later.is_some() {
-                        return later;
+                        break later;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => break None,
                 Err(FrameError::TooLarge(_)) => self.closing = Some(CloseReason::PacketTooLarge),
                 Err(_) => self.closing = Some(CloseReason::ProtocolError),
             }
+        };
+        if whole || (self.rb.buf.is_empty() != self.partial_since.is_none()) {
+            let now = Instant::now();
+            if whole {
+                self.last_packet = now;
+            }
+            self.partial_since = (!self.rb.buf.is_empty()).then_some(now);
         }
-        if !self.rb.settle() {
+        if later.is_none() && !self.rb.settle() {
             self.closing = self.closing.or(Some(CloseReason::ReadBufferBudget));
         }
-        None
+        later
+    }
+
+    /// When the connection is next due to be looked at for the keep-alive or a partial
+    /// packet, or the reason to close it now.
+    fn due(
+        &mut self,
+        keep_alive: Duration,
+        packet_timeout: Duration,
+    ) -> Result<Instant, CloseReason> {
+        let now = Instant::now();
+        if !self.pending.is_empty() || self.paused {
+            // Not reading (at the receive maximum, or waiting for the WAL): the client's
+            // packets wait unread, so its silence tells nothing.
+            self.last_packet = now;
+        }
+        let partial_due = self.partial_since.map(|since| since + packet_timeout);
+        if partial_due.is_some_and(|due| now >= due) {
+            return Err(CloseReason::PacketTimeout);
+        }
+        let keep_alive_due = self.last_packet + keep_alive;
+        if now >= keep_alive_due && self.draining.is_none() {
+            return Err(CloseReason::KeepAlive);
+        }
+        let next = partial_due.map_or(keep_alive_due, |p| p.min(keep_alive_due));
+        Ok(next.max(now + Duration::from_millis(100)))
     }
 
     fn close(&mut self, close: Option<Close>) {
@@ -544,22 +691,31 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(open: Open<'_, S>, edge: &Edge) 
         draining: None,
         closing: None,
         paused: false,
+        last_packet: Instant::now(),
+        partial_since: None,
     };
-    let mut last_read = Instant::now();
-    let keep_alive_timer = tokio::time::sleep(keep_alive);
-    tokio::pin!(keep_alive_timer);
+    let packet_timeout = Duration::from_millis(edge.config.packet_timeout_ms);
+    let timer = tokio::time::sleep(keep_alive);
+    tokio::pin!(timer);
     let mut kicked_for = None;
     let reason = loop {
         if let Some((later, wait)) = lp.take_packets(edge) {
             match hand_off_later(later, edge).await {
-                Some(told) if wait => lp.pending.push_back(Pending {
+                Ok(told) if wait => lp.pending.push_back(Pending {
                     told,
                     read_at: Instant::now(),
                 }),
-                Some(_) => {}
-                None => lp.closing = lp.closing.or(Some(CloseReason::WalError)),
+                Ok(_) => {}
+                Err(reason) => lp.closing = lp.closing.or(Some(reason)),
             }
             continue;
+        }
+        if let Some(since) = lp.partial_since {
+            // A partial packet's deadline may come before the keep-alive's.
+            let due = since + packet_timeout;
+            if due < timer.deadline() {
+                timer.as_mut().reset(due);
+            }
         }
         if let Err(reason) = flush(&mut stream, &mut lp.out, edge).await {
             break reason;
@@ -585,7 +741,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(open: Open<'_, S>, edge: &Edge) 
                 Event::Answer(told.unwrap_or(Durability::Failed))
             }
             read = read_some(&mut stream, &mut lp.rb.buf), if readable => Event::Read(read),
-            () = &mut keep_alive_timer => Event::KeepAlive,
+            () = &mut timer => Event::KeepAlive,
         };
         match event {
             Event::Kicked(reason) => {
@@ -598,23 +754,18 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(open: Open<'_, S>, edge: &Edge) 
             }
             Event::Answer(outcome) => lp.take_answers(outcome, edge),
             Event::Read(Ok(0)) => break CloseReason::ClientDisconnect,
-            Event::Read(Ok(_)) => last_read = Instant::now(),
+            Event::Read(Ok(_)) => {}
             Event::Read(Err(_)) => break CloseReason::Io,
-            Event::KeepAlive => {
-                let due = last_read + keep_alive;
-                if Instant::now() >= due && lp.draining.is_none() {
-                    break CloseReason::KeepAlive;
-                }
-                keep_alive_timer
-                    .as_mut()
-                    .reset(due.max(Instant::now() + Duration::from_secs(1)));
-            }
+            Event::KeepAlive => match lp.due(keep_alive, packet_timeout) {
+                Ok(next) => timer.as_mut().reset(next),
+                Err(reason) => break reason,
+            },
         }
     };
     if let Some(packet) = lp.session.disconnect(reason) {
         let _ = codec::write(lp.session.version, packet, &mut lp.out);
     }
-    let _ = flush(&mut stream, &mut lp.out, edge).await;
+    let _ = flush_within(&mut stream, &mut lp.out, edge, CLOSE_WRITE).await;
     if reason != CloseReason::ClientDisconnect {
         // A TLS close_notify, or a FIN before the close.
         let _ = Box::pin(tokio::time::timeout(
@@ -665,12 +816,17 @@ fn apply(
 }
 
 /// Waits for room for a hand-off [`apply`] could not make at once (a boxed future, so that a
-/// connection's task stays small); `None` when the WAL writer is gone.
+/// connection's task stays small), but not past a shutdown's drain time.
 fn hand_off_later(
     later: Later,
     edge: &Edge,
-) -> Pin<Box<dyn Future<Output = Option<oneshot::Receiver<Durability>>> + Send + '_>> {
-    Box::pin(later.wait(edge))
+) -> Pin<Box<dyn Future<Output = Result<oneshot::Receiver<Durability>, CloseReason>> + Send + '_>> {
+    Box::pin(async move {
+        tokio::select! {
+            told = later.wait(edge) => told.ok_or(CloseReason::WalError),
+            () = aborted(edge) => Err(CloseReason::ShutdownTimeout),
+        }
+    })
 }
 
 /// How a hand-off to the WAL writer went without waiting.
@@ -767,6 +923,7 @@ pub(super) mod sizes {
             kick: Arc::new(Kick::default()),
             _registered: Unregister {
                 edge,
+                identity: None,
                 client_id: "x".into(),
                 conn_id: 0,
             },

@@ -75,17 +75,22 @@ pub struct MqttConfig {
     /// Publishes of one connection waiting for the WAL at most (Receive Maximum); the
     /// connection is not read further until one is answered.
     pub max_inflight: usize,
+    /// Sessions one identity may hold at once (a meter needs one; a gateway a few).
+    pub max_sessions_per_identity: usize,
     /// A client must complete TLS and send CONNECT within this time.
     pub connect_timeout_ms: u64,
     /// Longest keep-alive granted, seconds; a client asking for none (0) or more gets this one.
     pub max_keep_alive_s: u16,
     /// A client that does not take its acknowledgements within this time is disconnected.
     pub write_timeout_ms: u64,
+    /// A packet must arrive whole within this time of its first byte.
+    pub packet_timeout_ms: u64,
     /// Payload bytes handed to the WAL and not yet written, over all connections, at most;
     /// past it connections wait (and are not read).
     pub max_inflight_bytes: usize,
     /// Bytes of partial packets buffered over all connections at most; a connection that
-    /// would go past it is closed.
+    /// would go past it is closed. Connections that have not authenticated yet may use a
+    /// quarter of it.
     pub max_read_buffer_bytes: usize,
     /// No longer used (the former embedded broker's log); accepted with a warning.
     #[serde(skip_serializing)]
@@ -108,9 +113,11 @@ impl Default for MqttConfig {
             max_connections: 100_000,
             max_payload_bytes: 256 * 1024,
             max_inflight: 64,
+            max_sessions_per_identity: 16,
             connect_timeout_ms: 10_000,
             max_keep_alive_s: 3600,
             write_timeout_ms: 30_000,
+            packet_timeout_ms: 30_000,
             max_inflight_bytes: 64 * 1024 * 1024,
             max_read_buffer_bytes: 256 * 1024 * 1024,
             router_segment_bytes: None,
@@ -158,6 +165,11 @@ impl MqttConfig {
         positive("mqtt.connect_timeout_ms", self.connect_timeout_ms)?;
         positive("mqtt.max_keep_alive_s", u64::from(self.max_keep_alive_s))?;
         positive("mqtt.write_timeout_ms", self.write_timeout_ms)?;
+        positive("mqtt.packet_timeout_ms", self.packet_timeout_ms)?;
+        positive(
+            "mqtt.max_sessions_per_identity",
+            self.max_sessions_per_identity as u64,
+        )?;
         if self.max_inflight_bytes < self.max_payload_bytes + 1024
             || self.max_inflight_bytes > u32::MAX as usize
         {
@@ -286,6 +298,10 @@ struct Edge {
     wal: flume::Sender<Submission>,
     budget: Arc<Semaphore>,
     read_buffered: AtomicUsize,
+    /// The part of `read_buffered` of connections before their CONNACK.
+    read_buffered_pre_auth: AtomicUsize,
+    /// Connections that completed CONNECT.
+    sessions: AtomicU64,
     /// Open connections (exact: counted at accept, uncounted when the task ends).
     connections: AtomicUsize,
     next_conn: AtomicU64,
@@ -324,8 +340,9 @@ pub struct MqttServer {
     watcher: tokio::task::JoinHandle<()>,
 }
 
-/// Whether `listener` (a config key and address) may take anonymous devices, given the
-/// store: the error says what to do.
+/// Start-up check: a listener reachable from the network needs a way for devices to
+/// authenticate there (a credential in the store, or a client certificate on the TLS listener),
+/// unless anonymous devices are allowed. The error says what to do.
 pub fn check_anonymous_rule(
     config: &MqttConfig,
     store_empty: bool,
@@ -338,14 +355,16 @@ pub fn check_anonymous_rule(
     if !store_empty {
         return Ok(());
     }
-    for (key, addr, _) in config.listeners() {
-        if !addr.ip().is_loopback() {
+    for (key, addr, tls) in config.listeners() {
+        let certificates = tls && config.tls_client_ca.is_some();
+        if !addr.ip().is_loopback() && !certificates {
             return Err(IngestError::config(
                 key,
                 format!(
-                    "{addr} is reachable from the network but the credential store ({}) is empty, so no device could authenticate. \
+                    "{addr} is reachable from the network but the credential store ({}) is empty, so no device could authenticate there. \
                      Add device credentials (`meterflow credentials import FILE.csv` or `meterflow credentials add ID`), \
-                     listen on 127.0.0.1 only, or set mqtt.allow_anonymous = true to accept anonymous devices",
+                     or identify devices by client certificate on the TLS listener only (mqtt.tls_client_ca), \
+                     or listen on 127.0.0.1. (mqtt.allow_anonymous = true would let anyone publish for any meter.)",
                     store_path.display()
                 ),
             ));
@@ -382,6 +401,8 @@ impl MqttServer {
             registry: Registry::default(),
             wal,
             read_buffered: AtomicUsize::new(0),
+            read_buffered_pre_auth: AtomicUsize::new(0),
+            sessions: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             state,
@@ -468,7 +489,7 @@ impl MqttServer {
         }
         watcher.abort();
         let _ = watcher.await;
-        summary.sessions = edge.next_conn.load(Ordering::Relaxed).saturating_sub(1);
+        summary.sessions = edge.sessions.load(Ordering::Relaxed);
         summary
     }
 }

@@ -1,6 +1,11 @@
-//! The live sessions by client id: session takeover (only by the same identity), and closing
-//! sessions from outside (a revoked credential, shutdown). Each connection task holds a
-//! [`Kick`] it listens on; the registry keeps one per client id.
+//! The live sessions, by identity and client id: session takeover, the per-identity session
+//! cap, and closing sessions from outside (a revoked credential, shutdown). Each connection
+//! task holds a [`Kick`] it listens on; the registry keeps one per session.
+//!
+//! Sessions are keyed by identity *and* client id: a session is taken over only by a new
+//! connection of the same identity with the same client id, and no identity can hold (and so
+//! lock out) a client id another identity uses. No session state outlives a connection, so
+//! two identities never need to share one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -53,7 +58,6 @@ impl Kick {
 
 struct Live {
     conn: u64,
-    identity: Option<Box<str>>,
     kick: Arc<Kick>,
 }
 
@@ -63,51 +67,71 @@ pub enum Registered {
     New,
     /// The same identity's older session with this client id was told to close.
     TookOver,
-    /// Another identity holds a live session with this client id: refused, it stays.
-    Refused,
+    /// The identity holds `mqtt.max_sessions_per_identity` sessions already: refused.
+    TooMany,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// (identity, "" for anonymous; client id) -> the live session.
+    live: HashMap<(Box<str>, Box<str>), Live>,
+    /// Sessions per identity (anonymous ones are not counted).
+    per_identity: HashMap<Box<str>, usize>,
 }
 
 #[derive(Default)]
 pub struct Registry {
-    live: Mutex<HashMap<Box<str>, Live>>,
+    inner: Mutex<Inner>,
 }
 
 impl Registry {
-    /// Registers connection `conn` under `client_id`. A live session with that id is taken
-    /// over only by the same identity (`None` is anonymous); anyone else is refused and the
-    /// live session stays.
-    pub fn register(
-        &self,
-        client_id: &str,
-        identity: Option<&str>,
-        conn: u64,
-        kick: Arc<Kick>,
-    ) -> Registered {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = Live {
-            conn,
-            identity: identity.map(Box::from),
-            kick,
-        };
-        match live.get_mut(client_id) {
-            Some(old) if old.identity.as_deref() != identity => Registered::Refused,
-            Some(old) => {
-                old.kick.kick(CloseReason::TakenOver);
-                *old = entry;
-                Registered::TookOver
-            }
-            None => {
-                live.insert(client_id.into(), entry);
-                Registered::New
-            }
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Removes `client_id` if connection `conn` still holds it.
-    pub fn unregister(&self, client_id: &str, conn: u64) {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if live.get(client_id).is_some_and(|l| l.conn == conn) {
-            live.remove(client_id);
+    /// Registers connection `conn` of `identity` (`None`: anonymous) under `client_id`. The
+    /// identity's live session with that client id, if any, is taken over; a new session past
+    /// `max_per_identity` is refused.
+    pub fn register(
+        &self,
+        identity: Option<&str>,
+        client_id: &str,
+        conn: u64,
+        kick: Arc<Kick>,
+        max_per_identity: usize,
+    ) -> Registered {
+        let mut inner = self.lock();
+        let key = (Box::from(identity.unwrap_or("")), Box::from(client_id));
+        if let Some(old) = inner.live.get_mut(&key) {
+            old.kick.kick(CloseReason::TakenOver);
+            *old = Live { conn, kick };
+            return Registered::TookOver;
+        }
+        if let Some(id) = identity {
+            let count = inner.per_identity.entry(id.into()).or_insert(0);
+            if *count >= max_per_identity {
+                return Registered::TooMany;
+            }
+            *count += 1;
+        }
+        inner.live.insert(key, Live { conn, kick });
+        Registered::New
+    }
+
+    /// Removes the session if connection `conn` still holds it.
+    pub fn unregister(&self, identity: Option<&str>, client_id: &str, conn: u64) {
+        let mut inner = self.lock();
+        let key = (Box::from(identity.unwrap_or("")), Box::from(client_id));
+        if inner.live.get(&key).is_some_and(|l| l.conn == conn) {
+            inner.live.remove(&key);
+            if let Some(id) = identity {
+                if let Some(count) = inner.per_identity.get_mut(id) {
+                    *count -= 1;
+                    if *count == 0 {
+                        inner.per_identity.remove(id);
+                    }
+                }
+            }
         }
     }
 
@@ -118,25 +142,28 @@ impl Registry {
 
     /// Tells every session to close for `reason`, over any earlier reason.
     pub fn force_all(&self, reason: CloseReason) {
-        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        for l in live.values() {
+        for l in self.lock().live.values() {
             l.kick.force(reason);
         }
     }
 
-    /// Closes every session whose identity passes `select`; returns how many.
+    /// Closes every session whose identity (`None`: anonymous) passes `select`; returns how
+    /// many.
     pub fn kick_where(&self, select: impl Fn(Option<&str>) -> bool, reason: CloseReason) -> usize {
-        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = self.lock();
         let mut n = 0;
-        for l in live.values().filter(|l| select(l.identity.as_deref())) {
-            l.kick.kick(reason);
-            n += 1;
+        for ((identity, _), l) in &inner.live {
+            let identity = (!identity.is_empty()).then_some(&**identity);
+            if select(identity) {
+                l.kick.kick(reason);
+                n += 1;
+            }
         }
         n
     }
 
     pub fn len(&self) -> usize {
-        self.live.lock().map(|l| l.len()).unwrap_or(0)
+        self.lock().live.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -149,46 +176,84 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_same_identity_takes_a_session_over() {
+    fn only_the_same_identity_takes_a_session_over_and_nobody_locks_another_out() {
         let r = Registry::default();
-        let first = Arc::new(Kick::default());
-        assert_eq!(
-            r.register("c1", Some("E1"), 1, first.clone()),
-            Registered::New
-        );
-        // Another identity with the same client id: refused, the first one stays.
-        let other = Arc::new(Kick::default());
-        assert_eq!(
-            r.register("c1", Some("E2"), 2, other.clone()),
-            Registered::Refused
-        );
-        assert_eq!(r.register("c1", None, 3, other), Registered::Refused);
-        assert_eq!(first.reason.load(Ordering::Relaxed), 0);
-        // The same identity: the old one is told to close.
-        let second = Arc::new(Kick::default());
-        assert_eq!(
-            r.register("c1", Some("E1"), 4, second.clone()),
-            Registered::TookOver
-        );
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
+        let first = Arc::new(Kick::default());
+        assert_eq!(
+            r.register(Some("E1"), "c1", 1, first.clone(), 4),
+            Registered::New
+        );
+        // Another identity with the same client id gets a session of its own; the first stays.
+        let other = Arc::new(Kick::default());
+        assert_eq!(
+            r.register(Some("E2"), "c1", 2, other.clone(), 4),
+            Registered::New
+        );
+        assert_eq!(
+            r.register(None, "c1", 3, Arc::default(), 4),
+            Registered::New
+        );
+        assert_eq!(first.reason.load(Ordering::Relaxed), 0);
+        assert_eq!(r.len(), 3);
+        // The same identity: the old one is told to close.
+        let second = Arc::new(Kick::default());
+        assert_eq!(
+            r.register(Some("E1"), "c1", 4, second.clone(), 4),
+            Registered::TookOver
+        );
         assert_eq!(rt.block_on(first.kicked(None)), CloseReason::TakenOver);
         // The old connection's cleanup does not remove the new one.
-        r.unregister("c1", 1);
-        assert_eq!(r.len(), 1);
-        r.unregister("c1", 4);
+        r.unregister(Some("E1"), "c1", 1);
+        assert_eq!(r.len(), 3);
+        r.unregister(Some("E1"), "c1", 4);
+        r.unregister(Some("E2"), "c1", 2);
+        r.unregister(None, "c1", 3);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn an_identity_holds_at_most_its_share_of_sessions() {
+        let r = Registry::default();
+        for i in 0..3 {
+            assert_eq!(
+                r.register(Some("GW"), &format!("c{i}"), i, Arc::default(), 3),
+                Registered::New
+            );
+        }
+        assert_eq!(
+            r.register(Some("GW"), "c3", 9, Arc::default(), 3),
+            Registered::TooMany
+        );
+        // A takeover is no new session; a closed one frees its place.
+        assert_eq!(
+            r.register(Some("GW"), "c0", 10, Arc::default(), 3),
+            Registered::TookOver
+        );
+        r.unregister(Some("GW"), "c1", 1);
+        assert_eq!(
+            r.register(Some("GW"), "c3", 11, Arc::default(), 3),
+            Registered::New
+        );
+        // Anonymous sessions have no identity to count.
+        for i in 0..5 {
+            assert_eq!(
+                r.register(None, &format!("a{i}"), 20 + i, Arc::default(), 3),
+                Registered::New
+            );
+        }
     }
 
     #[test]
     fn identities_are_kicked_with_their_reason() {
         let r = Registry::default();
         let kicks: Vec<Arc<Kick>> = (0..4).map(|_| Arc::new(Kick::default())).collect();
-        r.register("a", Some("E1"), 1, kicks[0].clone());
-        r.register("b", Some("E1"), 2, kicks[1].clone());
-        r.register("c", Some("E2"), 3, kicks[2].clone());
-        r.register("d", None, 4, kicks[3].clone());
+        r.register(Some("E1"), "a", 1, kicks[0].clone(), 8);
+        r.register(Some("E1"), "b", 2, kicks[1].clone(), 8);
+        r.register(Some("E2"), "c", 3, kicks[2].clone(), 8);
+        r.register(None, "d", 4, kicks[3].clone(), 8);
         let ids: HashSet<&str> = ["E1"].into_iter().collect();
         assert_eq!(r.kick_identities(&ids, CloseReason::Revoked), 2);
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -68,6 +68,8 @@ pub enum CloseReason {
     WriteTimeout,
     /// Partial packets across all connections reached `mqtt.max_read_buffer_bytes`.
     ReadBufferBudget,
+    /// A packet did not arrive whole within `mqtt.packet_timeout_ms`.
+    PacketTimeout,
     /// A socket error.
     Io,
 }
@@ -90,6 +92,7 @@ impl CloseReason {
             CloseReason::ShutdownTimeout => "shutdown_timeout",
             CloseReason::WriteTimeout => "write_timeout",
             CloseReason::ReadBufferBudget => "read_buffer_budget",
+            CloseReason::PacketTimeout => "packet_timeout",
             CloseReason::Io => "io",
         }
     }
@@ -110,7 +113,9 @@ impl CloseReason {
             CloseReason::TakenOver => D::SessionTakenOver,
             CloseReason::Revoked => D::AdministrativeAction,
             CloseReason::ShuttingDown | CloseReason::ShutdownTimeout => D::ServerShuttingDown,
-            CloseReason::WriteTimeout | CloseReason::ReadBufferBudget => D::QuotaExceeded,
+            CloseReason::WriteTimeout
+            | CloseReason::ReadBufferBudget
+            | CloseReason::PacketTimeout => D::QuotaExceeded,
         })
     }
 
@@ -120,7 +125,7 @@ impl CloseReason {
     }
 
     pub fn from_u8(n: u8) -> CloseReason {
-        const ALL: [CloseReason; 16] = [
+        const ALL: [CloseReason; 17] = [
             CloseReason::ClientDisconnect,
             CloseReason::ProtocolError,
             CloseReason::PacketTooLarge,
@@ -136,6 +141,7 @@ impl CloseReason {
             CloseReason::ShutdownTimeout,
             CloseReason::WriteTimeout,
             CloseReason::ReadBufferBudget,
+            CloseReason::PacketTimeout,
             CloseReason::Io,
         ];
         ALL.get(n as usize)
@@ -200,8 +206,8 @@ struct Awaiting {
     refused: bool,
 }
 
-/// A CONNECT that parsed and passed the protocol checks, before authentication.
-#[derive(Debug)]
+/// A CONNECT that parsed and passed the protocol checks, before authentication. Its `Debug`
+/// leaves the password out.
 pub struct ConnectRequest {
     pub version: Version,
     pub client_id: String,
@@ -210,6 +216,17 @@ pub struct ConnectRequest {
     pub login: Option<Login>,
     keep_alive_s: u16,
     session_expiry: Option<u32>,
+}
+
+impl std::fmt::Debug for ConnectRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectRequest")
+            .field("version", &self.version)
+            .field("client_id", &self.client_id)
+            .field("username", &self.login.as_ref().map(|l| l.username.len()))
+            .field("keep_alive_s", &self.keep_alive_s)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConnectRequest {
@@ -271,8 +288,10 @@ pub enum Refusal {
     ClientId,
     AuthMethod,
     Denied(Denial),
-    /// Another identity holds a session with this client id.
+    /// The client id is another device's meter id.
     NotAuthorized,
+    /// The identity holds `mqtt.max_sessions_per_identity` sessions already.
+    TooMany,
     /// `mqtt.max_connections`, or the server is stopping.
     Unavailable,
 }
@@ -283,10 +302,11 @@ impl Refusal {
         match self {
             Refusal::Protocol => "protocol_error",
             Refusal::UnsupportedVersion => "protocol_version",
-            Refusal::ClientId => "client_id",
+            Refusal::ClientId => "bad_client_id",
             Refusal::AuthMethod => "auth_method",
             Refusal::Denied(d) => d.label(),
-            Refusal::NotAuthorized => "takeover",
+            Refusal::NotAuthorized => "client_id",
+            Refusal::TooMany => "sessions_per_identity",
             Refusal::Unavailable => "shutting_down",
         }
     }
@@ -299,8 +319,11 @@ pub fn refusal(version: Version, why: Refusal) -> Packet {
         (Version::V4, Refusal::Protocol | Refusal::UnsupportedVersion) => C::RefusedProtocolVersion,
         (Version::V4, Refusal::ClientId) => C::ClientIdentifierNotValid,
         (Version::V4, Refusal::AuthMethod) => C::NotAuthorized,
-        (Version::V4, Refusal::Denied(Denial::BadCredentials)) => C::BadUserNamePassword,
-        (Version::V4, Refusal::Denied(_) | Refusal::NotAuthorized) => C::NotAuthorized,
+        // 3.1.1: "not authorized" for every identity refusal (as Mosquitto answers), so the
+        // code does not tell a wrong secret from an unknown name.
+        (Version::V4, Refusal::Denied(_) | Refusal::NotAuthorized | Refusal::TooMany) => {
+            C::NotAuthorized
+        }
         (Version::V4, Refusal::Unavailable) => C::ServiceUnavailable,
         (Version::V5, Refusal::Protocol) => C::ProtocolError,
         (Version::V5, Refusal::UnsupportedVersion) => C::UnsupportedProtocolVersion,
@@ -311,6 +334,7 @@ pub fn refusal(version: Version, why: Refusal) -> Packet {
         }
         (Version::V5, Refusal::Denied(Denial::BadCredentials)) => C::BadUserNamePassword,
         (Version::V5, Refusal::NotAuthorized) => C::NotAuthorized,
+        (Version::V5, Refusal::TooMany) => C::QuotaExceeded,
         (Version::V5, Refusal::Unavailable) => C::ServerUnavailable,
     };
     Packet::ConnAck(
@@ -358,7 +382,6 @@ impl Session {
             receive_max: Some(limits.receive_maximum),
             max_packet_size: Some(limits.max_packet.min(u32::MAX as usize) as u32),
             assigned_client_identifier: request.assigned_id.then(|| request.client_id.clone()),
-            wildcard_subscription_available: Some(0),
             subscription_identifiers_available: Some(0),
             shared_subscription_available: Some(0),
             server_keep_alive: (keep_alive_s != asked).then_some(keep_alive_s),
@@ -560,7 +583,8 @@ impl Session {
             identity: self.principal.id().map(str::to_string),
             client_id: Some(self.client_id.to_string()),
             peer: self.peer.to_string(),
-            reason: format!("may not publish to {topic:?}"),
+            // The topic is the sender's: cut, so that the refusal stays whole in the WAL.
+            reason: format!("may not publish to {:?}", cut(&topic, 256)),
         };
         let answered = self.version == Version::V5 && qos > 0;
         if answered {
@@ -569,6 +593,10 @@ impl Session {
                 qos,
                 refused: true,
             });
+            if qos == 2 {
+                // Sent again before its PUBREC: not kept twice (forgotten at the PUBREC).
+                self.qos2.push((pkid, false));
+            }
         }
         Step {
             submit: Some(Submit {
@@ -618,6 +646,15 @@ impl Session {
         };
         Step::packet(packet)
     }
+}
+
+/// At most `max` bytes of `text`, on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn puback(pkid: u16, reason: PubAckReason) -> Packet {

@@ -385,8 +385,8 @@ fn connect_checks_and_the_connack() {
     let mut out = BytesMut::new();
     codec::write(Version::V5, refusal(Version::V5, refused), &mut out).unwrap();
     assert_eq!(&out[..4], &[0x20, 3, 0, 0x8C]);
-    // Bad credentials on the wire: 3.1.1 code 4, MQTT 5 0x86.
-    for (version, code) in [(Version::V4, 4u8), (Version::V5, 0x86)] {
+    // Bad credentials on the wire: 3.1.1 code 5 (not authorized), MQTT 5 0x86.
+    for (version, code) in [(Version::V4, 5u8), (Version::V5, 0x86)] {
         let mut out = BytesMut::new();
         let p = refusal(
             version,
@@ -406,6 +406,15 @@ fn connect_checks_and_the_connack() {
     )
     .unwrap();
     assert_eq!(out[3], 5);
+    // MQTT 5: no credentials 0x87, too many sessions 0x97.
+    for (why, code) in [
+        (Refusal::Denied(super::auth::Denial::NoCredentials), 0x87u8),
+        (Refusal::TooMany, 0x97),
+    ] {
+        let mut out = BytesMut::new();
+        codec::write(Version::V5, refusal(Version::V5, why), &mut out).unwrap();
+        assert_eq!(out[3], code, "{why:?}");
+    }
 }
 
 #[test]
@@ -510,6 +519,34 @@ fn an_idle_connection_task_stays_small() {
         eprintln!("futures: plain task {plain} bytes, TLS task {tls} bytes, session loop {session_loop} bytes");
         assert!(plain <= 160, "plain task: {plain} bytes");
         assert!(tls <= 160, "TLS task: {tls} bytes");
-        assert!(session_loop <= 1280, "session loop: {session_loop} bytes");
+        assert!(session_loop <= 1408, "session loop: {session_loop} bytes");
     });
+}
+
+#[test]
+fn a_listener_off_loopback_needs_a_way_to_authenticate() {
+    let path = std::path::Path::new("data/credentials/credentials.csv");
+    let mut config = super::MqttConfig::default();
+    super::check_anonymous_rule(&config, true, path).unwrap();
+    config.listen = "0.0.0.0:1883".parse().unwrap();
+    let e = super::check_anonymous_rule(&config, true, path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("mqtt.listen") && e.contains("meterflow credentials"),
+        "{e}"
+    );
+    super::check_anonymous_rule(&config, false, path).unwrap();
+    // Certificates identify devices on the TLS listener: a certificate-only fleet starts.
+    let mut certs = super::MqttConfig {
+        tls_listen: Some("0.0.0.0:8883".parse().unwrap()),
+        tls_cert: Some("c.pem".into()),
+        tls_key: Some("k.pem".into()),
+        ..Default::default()
+    };
+    assert!(super::check_anonymous_rule(&certs, true, path).is_err());
+    certs.tls_client_ca = Some("ca.pem".into());
+    super::check_anonymous_rule(&certs, true, path).unwrap();
+    config.allow_anonymous = true;
+    super::check_anonymous_rule(&config, true, path).unwrap();
 }
