@@ -203,7 +203,7 @@ idle_run() { # SERVER MODE(auth|tls)
   storm1=$(date +%s.%N)
   wait "$sim" || true
   local errors
-  errors=$(grep -c -E "ERROR|Error" "$dir/serve.log" "$dir/mosquitto.log" 2>/dev/null | awk -F: "{s+=\$2} END {print s+0}")
+  errors=$( (grep -h -c -E "ERROR|Error" "$dir/serve.log" "$dir/mosquitto.log" 2>/dev/null || true) | awk "{s+=\$1} END {print s+0}")
   stop_server
   python3 - "$server" "$mode" "$idle" "$base" "$full" "$dir/sim.json" "$storm0" "$storm1" "${errors:-0}" <<'PY'
 import json, sys
