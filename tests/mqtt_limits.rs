@@ -117,7 +117,7 @@ fn json_payload(value: usize, pad: usize) -> Vec<u8> {
 fn every_bound_closes_what_passes_it_and_counts_it() {
     let (_dir, config) = common::config_file(
         "[mqtt]\nmax_connections = 4\nconnect_timeout_ms = 700\nmax_payload_bytes = 2048\n\
-         max_read_buffer_bytes = 3000\nmax_inflight_bytes = 65536\npacket_timeout_ms = 1500\n",
+         max_read_buffer_bytes = 3000\nmax_inflight_bytes = 65536\n",
     );
     let server = Server::start_with(&["--config", &config]);
     let port = server.mqtt_port;
@@ -143,7 +143,9 @@ fn every_bound_closes_what_passes_it_and_counts_it() {
     assert_eq!(metric(&server, "meterflow_mqtt_connections"), 4.0);
     let mut fifth = TcpStream::connect(("127.0.0.1", port)).unwrap();
     assert!(is_closed(&mut fifth));
-    assert_eq!(closed(&server, "max_connections"), 1.0);
+    common::wait_for("max_connections counted", || {
+        (closed(&server, "max_connections") == 1.0).then_some(())
+    });
     drop(held);
     common::wait_for("the gauge back to 0", || {
         (metric(&server, "meterflow_mqtt_connections") == 0.0).then_some(())
@@ -158,7 +160,9 @@ fn every_bound_closes_what_passes_it_and_counts_it() {
     ))
     .unwrap();
     assert!(is_closed(&mut big));
-    assert_eq!(closed(&server, "packet_too_large"), 1.0);
+    common::wait_for("packet_too_large counted", || {
+        (closed(&server, "packet_too_large") == 1.0).then_some(())
+    });
 
     // Partial packets: two slow senders of 1.9 KB publishes; the second passes the 3000-byte
     // budget and is closed, the first completes its publish and gets its PUBACK.
@@ -171,29 +175,14 @@ fn every_bound_closes_what_passes_it_and_counts_it() {
     });
     second.write_all(&packet[..1600]).unwrap();
     assert!(is_closed(&mut second));
-    assert_eq!(closed(&server, "read_buffer_budget"), 1.0);
+    common::wait_for("read_buffer_budget counted", || {
+        (closed(&server, "read_buffer_budget") == 1.0).then_some(())
+    });
     first.write_all(&packet[1500..]).unwrap();
     let mut puback = [0u8; 4];
     first.read_exact(&mut puback).unwrap();
     assert_eq!(puback, [0x40, 2, 0, 7]);
     drop(first);
-
-    // A packet trickled a byte at a time: the keep-alive (1 s) counts whole packets only,
-    // and the packet must be whole within packet_timeout_ms.
-    let mut trickle = session(port, "trickle", 60);
-    let slow = publish_packet(8, "meters/TRICKLE/json", &json_payload(8, 100));
-    let mut closed_early = false;
-    for byte in &slow[..slow.len() - 1] {
-        if trickle.write_all(&[*byte]).is_err() {
-            closed_early = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(closed_early || is_closed(&mut trickle));
-    common::wait_for("packet_timeout counted", || {
-        (closed(&server, "packet_timeout") == 1.0).then_some(())
-    });
 
     // QoS 2: sent three times (twice with DUP) around its PUBREC, stored once; PUBREL
     // releases the id.
@@ -234,6 +223,45 @@ fn every_bound_closes_what_passes_it_and_counts_it() {
         vec!["QOS2", "SLOW"],
         "the QoS 2 report once, nothing of the others"
     );
+}
+
+#[test]
+fn a_trickled_packet_is_closed_by_the_keep_alive_or_the_packet_timeout() {
+    // Keep-alive 1 s, packet timeout 60 s: a client that sends a byte every 100 ms but never
+    // a whole packet is closed by the keep-alive, which counts whole packets only.
+    let (_dir, config) = common::config_file("[mqtt]\npacket_timeout_ms = 60000\n");
+    let server = Server::start_with(&["--config", &config]);
+    let slow = publish_packet(8, "meters/TRICKLE/json", &json_payload(8, 100));
+    let trickle = |s: &mut TcpStream| {
+        for byte in &slow[..slow.len() - 1] {
+            if s.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut ka = session(server.mqtt_port, "ka-trickle", 1);
+    trickle(&mut ka);
+    assert!(is_closed(&mut ka));
+    common::wait_for("keep_alive counted", || {
+        (closed(&server, "keep_alive") == 1.0).then_some(())
+    });
+    assert_eq!(closed(&server, "packet_timeout"), 0.0);
+    drop(server);
+
+    // Keep-alive 60 s, packet timeout 1.5 s: the packet timeout closes it.
+    let (_dir, config) = common::config_file("[mqtt]\npacket_timeout_ms = 1500\n");
+    let server = Server::start_with(&["--config", &config]);
+    let mut pt = session(server.mqtt_port, "pt-trickle", 60);
+    trickle(&mut pt);
+    assert!(is_closed(&mut pt));
+    common::wait_for("packet_timeout counted", || {
+        (closed(&server, "packet_timeout") == 1.0).then_some(())
+    });
+    assert_eq!(closed(&server, "keep_alive"), 0.0);
+    let (exit, data_dir, log, _keep) = server.stop();
+    assert!(exit.success(), "{log}");
+    assert!(read_readings(&data_dir).is_empty());
 }
 
 #[test]
@@ -319,10 +347,14 @@ fn sigterm_answers_what_was_read_and_stores_every_acknowledged_report() {
         ));
     }
     s.write_all(&burst).unwrap();
+    // The server is taking them (the first is answered) when SIGTERM comes.
+    let mut ack = [0u8; 4];
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.read_exact(&mut ack).unwrap();
+    assert_eq!(ack, [0x40, 2, 0, 1]);
     let reader = std::thread::spawn(move || {
-        let mut acked = Vec::new();
+        let mut acked = vec![1];
         let mut ack = [0u8; 4];
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         while s.read_exact(&mut ack).is_ok() {
             assert_eq!(&ack[..2], &[0x40, 2]);
             acked.push(u16::from_be_bytes([ack[2], ack[3]]) as usize);

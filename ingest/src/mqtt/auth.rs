@@ -54,10 +54,12 @@ impl Principal {
     }
 
     /// Whether this principal may use `client_id`: not the meter id of another device of the
-    /// store (so nobody can pose as a meter by its client id, or crowd it).
+    /// store (so nobody poses as a meter by its client id), unless it is a gateway's meter.
     pub fn may_use_client_id(&self, client_id: &str, store: &CredentialStore) -> bool {
         self.id() == Some(client_id)
             || (store.get(client_id).is_none() && !store.is_revoked(client_id))
+            || matches!(self, Principal::Device { publish_for, .. }
+                if publish_for.iter().any(|g| g.matches(client_id)))
     }
 
     /// The one filter a client may subscribe to: its own `meters/{id}/cmd/#`, reserved for
@@ -290,6 +292,9 @@ mod tests {
         assert!(!e1.may_use_client_id("GW", &s), "another device's id");
         assert!(!e1.may_use_client_id("GONE", &s), "a revoked device's id");
         assert!(!Principal::Anonymous.may_use_client_id("E1", &s));
+        // A gateway may use the ids of the meters it speaks for (a connection per meter).
+        let gw = authenticate(&s, false, Some("GW"), Some(SECRET.as_bytes()), None).unwrap();
+        assert!(gw.may_use_client_id("E1", &s));
         // A certificate of a gateway in the store takes its globs.
         let gw = authenticate(&s, false, None, None, Some("GW")).unwrap();
         assert!(gw.may_publish_to("meters/E12/pb"));

@@ -342,52 +342,48 @@ async fn flush_within<S: AsyncWrite + Unpin>(
 }
 
 /// Reads the CONNECT: its version and packet, or the reason the connection ends (after
-/// answering a refusal where the protocol has one).
+/// answering a refusal where the protocol has one). Only what stays in the buffer after a
+/// look for a whole CONNECT is charged to the read budget.
 async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     rb: &mut ReadBuffer<'_>,
 ) -> Result<(Version, codec::Inbound), Option<CloseReason>> {
-    let version = loop {
-        match codec::connect_version(&rb.buf) {
-            Ok(Some(v)) => break v,
-            Ok(None) => {}
-            Err(level) => {
-                if level.is_some() {
-                    // Another protocol level (3.1 is 3): the MQTT 3.1.1 refusal.
-                    let mut out = BytesMut::new();
-                    let _ = codec::write(
-                        Version::V4,
-                        refusal(Version::V4, Refusal::UnsupportedVersion),
-                        &mut out,
-                    );
-                    let _ = stream.write_all(&out).await;
+    let mut version = None;
+    loop {
+        if version.is_none() {
+            match codec::connect_version(&rb.buf) {
+                Ok(v) => version = v,
+                Err(level) => {
+                    if level.is_some() {
+                        // Another protocol level (3.1 is 3): the MQTT 3.1.1 refusal.
+                        let mut out = BytesMut::new();
+                        let _ = codec::write(
+                            Version::V4,
+                            refusal(Version::V4, Refusal::UnsupportedVersion),
+                            &mut out,
+                        );
+                        let _ = stream.write_all(&out).await;
+                    }
+                    metrics::counter!("meterflow_mqtt_denied_total", "reason" => "protocol_version")
+                        .increment(1);
+                    return Err(Some(CloseReason::ProtocolError));
                 }
-                metrics::counter!("meterflow_mqtt_denied_total", "reason" => "protocol_version")
-                    .increment(1);
-                return Err(Some(CloseReason::ProtocolError));
             }
         }
-        match read_some(stream, &mut rb.buf).await {
-            Ok(0) | Err(_) => return Err(None),
-            Ok(_) => {}
+        if let Some(version) = version {
+            match codec::read(version, &mut rb.buf, MAX_CONNECT) {
+                Ok(Some(inbound)) => return Ok((version, inbound)),
+                Ok(None) => {}
+                Err(FrameError::TooLarge(_)) => return Err(Some(CloseReason::PacketTooLarge)),
+                Err(_) => return Err(Some(CloseReason::ProtocolError)),
+            }
         }
         if !rb.settle() {
             return Err(Some(CloseReason::ReadBufferBudget));
         }
-    };
-    loop {
-        match codec::read(version, &mut rb.buf, MAX_CONNECT) {
-            Ok(Some(inbound)) => return Ok((version, inbound)),
-            Ok(None) => {}
-            Err(FrameError::TooLarge(_)) => return Err(Some(CloseReason::PacketTooLarge)),
-            Err(_) => return Err(Some(CloseReason::ProtocolError)),
-        }
         match read_some(stream, &mut rb.buf).await {
             Ok(0) | Err(_) => return Err(None),
             Ok(_) => {}
-        }
-        if !rb.settle() {
-            return Err(Some(CloseReason::ReadBufferBudget));
         }
     }
 }
@@ -497,11 +493,8 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
         kick.clone(),
         edge.config.max_sessions_per_identity,
     );
-    if registered == Registered::TooMany {
-        tracing::info!(%peer, identity = principal.label(), "MQTT connection refused: the identity holds mqtt.max_sessions_per_identity sessions");
-        refuse(Refusal::TooMany, &mut out);
-        let _ = flush(&mut stream, &mut out, edge).await;
-        return Err(Some(CloseReason::Denied));
+    if registered == Registered::EvictedOldest {
+        tracing::info!(%peer, identity = principal.label(), "the identity's oldest MQTT session was closed: it holds mqtt.max_sessions_per_identity sessions");
     }
     let registered = Unregister {
         edge,
@@ -517,12 +510,16 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
         let _ = flush(&mut stream, &mut out, edge).await;
         return Err(Some(CloseReason::ShuttingDown));
     }
+    let mut principal = principal;
     if edge.credentials.generation() != generation {
-        let now = authenticate(&edge.credentials.current());
-        if now.as_ref().map(auth::Principal::id) != Ok(principal.id()) {
-            refuse(now.err().unwrap_or(Refusal::NotAuthorized), &mut out);
-            let _ = flush(&mut stream, &mut out, edge).await;
-            return Err(Some(CloseReason::Revoked));
+        // Authenticated against an older store: the new one decides, globs included.
+        match authenticate(&edge.credentials.current()) {
+            Ok(now) if now.id() == principal.id() => principal = now,
+            other => {
+                refuse(other.err().unwrap_or(Refusal::NotAuthorized), &mut out);
+                let _ = flush(&mut stream, &mut out, edge).await;
+                return Err(Some(CloseReason::Revoked));
+            }
         }
     }
     rb.authenticated();
@@ -579,6 +576,8 @@ impl Loop<'_> {
     fn take_packets(&mut self, edge: &Edge) -> Option<(Later, bool)> {
         let version = self.session.version;
         let mut whole = false;
+        // Whether the buffer ends in a packet not yet whole (not packets left unread).
+        let mut incomplete = false;
         let later = loop {
             if self.draining.is_some() || self.closing.is_some() || !self.session.can_read() {
                 break None;
@@ -594,18 +593,23 @@ impl Loop<'_> {
                         break later;
                     }
                 }
-                Ok(None) => break None,
+                Ok(None) => {
+                    incomplete = !self.rb.buf.is_empty();
+                    break None;
+                }
                 Err(FrameError::TooLarge(_)) => self.closing = Some(CloseReason::PacketTooLarge),
                 Err(_) => self.closing = Some(CloseReason::ProtocolError),
             }
         };
-        if whole || (self.rb.buf.is_empty() != self.partial_since.is_none()) {
-            let now = Instant::now();
-            if whole {
-                self.last_packet = now;
-            }
-            self.partial_since = (!self.rb.buf.is_empty()).then_some(now);
+        if whole {
+            self.last_packet = Instant::now();
         }
+        self.partial_since = match (incomplete, self.partial_since) {
+            (false, _) => None,
+            // A new partial packet after whole ones, or the first one: its clock starts now.
+            (true, since) if whole || since.is_none() => Some(self.last_packet.max(Instant::now())),
+            (true, since) => since,
+        };
         if later.is_none() && !self.rb.settle() {
             self.closing = self.closing.or(Some(CloseReason::ReadBufferBudget));
         }
@@ -622,8 +626,9 @@ impl Loop<'_> {
         let now = Instant::now();
         if !self.pending.is_empty() || self.paused {
             // Not reading (at the receive maximum, or waiting for the WAL): the client's
-            // packets wait unread, so its silence tells nothing.
+            // packets wait unread, so its silence, or a packet's slowness, tells nothing.
             self.last_packet = now;
+            self.partial_since = self.partial_since.map(|_| now);
         }
         let partial_due = self.partial_since.map(|since| since + packet_timeout);
         if partial_due.is_some_and(|due| now >= due) {

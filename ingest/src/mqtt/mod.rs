@@ -75,7 +75,8 @@ pub struct MqttConfig {
     /// Publishes of one connection waiting for the WAL at most (Receive Maximum); the
     /// connection is not read further until one is answered.
     pub max_inflight: usize,
-    /// Sessions one identity may hold at once (a meter needs one; a gateway a few).
+    /// Sessions one identity may hold at once; a new one beyond closes its oldest (a meter
+    /// needs one; a gateway a few).
     pub max_sessions_per_identity: usize,
     /// A client must complete TLS and send CONNECT within this time.
     pub connect_timeout_ms: u64,

@@ -67,16 +67,18 @@ pub enum Registered {
     New,
     /// The same identity's older session with this client id was told to close.
     TookOver,
-    /// The identity holds `mqtt.max_sessions_per_identity` sessions already: refused.
-    TooMany,
+    /// The identity held `mqtt.max_sessions_per_identity` sessions: its oldest was told to
+    /// close (a dead session left by a meter whose client id changes cannot lock it out).
+    EvictedOldest,
 }
 
 #[derive(Default)]
 struct Inner {
     /// (identity, "" for anonymous; client id) -> the live session.
     live: HashMap<(Box<str>, Box<str>), Live>,
-    /// Sessions per identity (anonymous ones are not counted).
-    per_identity: HashMap<Box<str>, usize>,
+    /// Each identity's sessions, oldest first: (connection, client id). Anonymous ones are
+    /// not counted.
+    per_identity: HashMap<Box<str>, std::collections::VecDeque<(u64, Box<str>)>>,
 }
 
 #[derive(Default)]
@@ -90,8 +92,8 @@ impl Registry {
     }
 
     /// Registers connection `conn` of `identity` (`None`: anonymous) under `client_id`. The
-    /// identity's live session with that client id, if any, is taken over; a new session past
-    /// `max_per_identity` is refused.
+    /// identity's live session with that client id, if any, is taken over; past
+    /// `max_per_identity` sessions, the identity's oldest is closed.
     pub fn register(
         &self,
         identity: Option<&str>,
@@ -104,18 +106,32 @@ impl Registry {
         let key = (Box::from(identity.unwrap_or("")), Box::from(client_id));
         if let Some(old) = inner.live.get_mut(&key) {
             old.kick.kick(CloseReason::TakenOver);
-            *old = Live { conn, kick };
+            let old_conn = std::mem::replace(old, Live { conn, kick }).conn;
+            if let Some(sessions) = identity.and_then(|id| inner.per_identity.get_mut(id)) {
+                for s in sessions.iter_mut().filter(|s| s.0 == old_conn) {
+                    s.0 = conn;
+                }
+            }
             return Registered::TookOver;
         }
+        let mut outcome = Registered::New;
         if let Some(id) = identity {
-            let count = inner.per_identity.entry(id.into()).or_insert(0);
-            if *count >= max_per_identity {
-                return Registered::TooMany;
+            let sessions = inner.per_identity.entry(id.into()).or_default();
+            let evicted = if sessions.len() >= max_per_identity.max(1) {
+                sessions.pop_front()
+            } else {
+                None
+            };
+            sessions.push_back((conn, client_id.into()));
+            if let Some((_, old_client)) = evicted {
+                if let Some(old) = inner.live.remove(&(Box::from(id), old_client)) {
+                    old.kick.kick(CloseReason::Evicted);
+                }
+                outcome = Registered::EvictedOldest;
             }
-            *count += 1;
         }
         inner.live.insert(key, Live { conn, kick });
-        Registered::New
+        outcome
     }
 
     /// Removes the session if connection `conn` still holds it.
@@ -125,9 +141,9 @@ impl Registry {
         if inner.live.get(&key).is_some_and(|l| l.conn == conn) {
             inner.live.remove(&key);
             if let Some(id) = identity {
-                if let Some(count) = inner.per_identity.get_mut(id) {
-                    *count -= 1;
-                    if *count == 0 {
+                if let Some(sessions) = inner.per_identity.get_mut(id) {
+                    sessions.retain(|s| s.0 != conn);
+                    if sessions.is_empty() {
                         inner.per_identity.remove(id);
                     }
                 }
@@ -215,26 +231,43 @@ mod tests {
     }
 
     #[test]
-    fn an_identity_holds_at_most_its_share_of_sessions() {
+    fn past_its_share_of_sessions_an_identity_loses_its_oldest() {
         let r = Registry::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let kicks: Vec<Arc<Kick>> = (0..5).map(|_| Arc::new(Kick::default())).collect();
         for i in 0..3 {
-            assert_eq!(
-                r.register(Some("GW"), &format!("c{i}"), i, Arc::default(), 3),
-                Registered::New
-            );
+            let got = r.register(Some("GW"), &format!("c{i}"), i as u64, kicks[i].clone(), 3);
+            assert_eq!(got, Registered::New);
         }
+        // A fourth session closes the oldest (c0); the registry no longer holds it.
         assert_eq!(
-            r.register(Some("GW"), "c3", 9, Arc::default(), 3),
-            Registered::TooMany
+            r.register(Some("GW"), "c3", 3, kicks[3].clone(), 3),
+            Registered::EvictedOldest
         );
-        // A takeover is no new session; a closed one frees its place.
+        assert_eq!(rt.block_on(kicks[0].kicked(None)), CloseReason::Evicted);
+        assert_eq!(r.len(), 3);
+        r.unregister(Some("GW"), "c0", 0); // its cleanup changes nothing
+        assert_eq!(r.len(), 3);
+        // A takeover is no new session and keeps its place in the order.
         assert_eq!(
-            r.register(Some("GW"), "c0", 10, Arc::default(), 3),
+            r.register(Some("GW"), "c1", 10, kicks[4].clone(), 3),
             Registered::TookOver
         );
-        r.unregister(Some("GW"), "c1", 1);
         assert_eq!(
-            r.register(Some("GW"), "c3", 11, Arc::default(), 3),
+            r.register(Some("GW"), "c4", 11, Arc::default(), 3),
+            Registered::EvictedOldest
+        );
+        assert_eq!(
+            rt.block_on(kicks[4].kicked(None)),
+            CloseReason::Evicted,
+            "c1, now conn 10"
+        );
+        // Closed sessions free their place.
+        r.unregister(Some("GW"), "c2", 2);
+        assert_eq!(
+            r.register(Some("GW"), "c5", 12, Arc::default(), 3),
             Registered::New
         );
         // Anonymous sessions have no identity to count.

@@ -61,6 +61,9 @@ pub enum CloseReason {
     TakenOver,
     /// The credential was revoked or changed.
     Revoked,
+    /// The identity opened more than `mqtt.max_sessions_per_identity` sessions: its oldest
+    /// was closed.
+    Evicted,
     ShuttingDown,
     /// Still draining when `pipeline.shutdown_max_ms` ran out.
     ShutdownTimeout,
@@ -88,6 +91,7 @@ impl CloseReason {
             CloseReason::TopicAliasInvalid => "topic_alias",
             CloseReason::TakenOver => "taken_over",
             CloseReason::Revoked => "revoked",
+            CloseReason::Evicted => "sessions_per_identity",
             CloseReason::ShuttingDown => "shutdown",
             CloseReason::ShutdownTimeout => "shutdown_timeout",
             CloseReason::WriteTimeout => "write_timeout",
@@ -110,7 +114,7 @@ impl CloseReason {
             CloseReason::WalError => D::UnspecifiedError,
             CloseReason::ReceiveMaximumExceeded => D::ReceiveMaximumExceeded,
             CloseReason::TopicAliasInvalid => D::TopicAliasInvalid,
-            CloseReason::TakenOver => D::SessionTakenOver,
+            CloseReason::TakenOver | CloseReason::Evicted => D::SessionTakenOver,
             CloseReason::Revoked => D::AdministrativeAction,
             CloseReason::ShuttingDown | CloseReason::ShutdownTimeout => D::ServerShuttingDown,
             CloseReason::WriteTimeout
@@ -125,7 +129,7 @@ impl CloseReason {
     }
 
     pub fn from_u8(n: u8) -> CloseReason {
-        const ALL: [CloseReason; 17] = [
+        const ALL: [CloseReason; 18] = [
             CloseReason::ClientDisconnect,
             CloseReason::ProtocolError,
             CloseReason::PacketTooLarge,
@@ -137,6 +141,7 @@ impl CloseReason {
             CloseReason::TopicAliasInvalid,
             CloseReason::TakenOver,
             CloseReason::Revoked,
+            CloseReason::Evicted,
             CloseReason::ShuttingDown,
             CloseReason::ShutdownTimeout,
             CloseReason::WriteTimeout,
@@ -290,8 +295,6 @@ pub enum Refusal {
     Denied(Denial),
     /// The client id is another device's meter id.
     NotAuthorized,
-    /// The identity holds `mqtt.max_sessions_per_identity` sessions already.
-    TooMany,
     /// `mqtt.max_connections`, or the server is stopping.
     Unavailable,
 }
@@ -306,7 +309,6 @@ impl Refusal {
             Refusal::AuthMethod => "auth_method",
             Refusal::Denied(d) => d.label(),
             Refusal::NotAuthorized => "client_id",
-            Refusal::TooMany => "sessions_per_identity",
             Refusal::Unavailable => "shutting_down",
         }
     }
@@ -321,9 +323,7 @@ pub fn refusal(version: Version, why: Refusal) -> Packet {
         (Version::V4, Refusal::AuthMethod) => C::NotAuthorized,
         // 3.1.1: "not authorized" for every identity refusal (as Mosquitto answers), so the
         // code does not tell a wrong secret from an unknown name.
-        (Version::V4, Refusal::Denied(_) | Refusal::NotAuthorized | Refusal::TooMany) => {
-            C::NotAuthorized
-        }
+        (Version::V4, Refusal::Denied(_) | Refusal::NotAuthorized) => C::NotAuthorized,
         (Version::V4, Refusal::Unavailable) => C::ServiceUnavailable,
         (Version::V5, Refusal::Protocol) => C::ProtocolError,
         (Version::V5, Refusal::UnsupportedVersion) => C::UnsupportedProtocolVersion,
@@ -334,7 +334,6 @@ pub fn refusal(version: Version, why: Refusal) -> Packet {
         }
         (Version::V5, Refusal::Denied(Denial::BadCredentials)) => C::BadUserNamePassword,
         (Version::V5, Refusal::NotAuthorized) => C::NotAuthorized,
-        (Version::V5, Refusal::TooMany) => C::QuotaExceeded,
         (Version::V5, Refusal::Unavailable) => C::ServerUnavailable,
     };
     Packet::ConnAck(
