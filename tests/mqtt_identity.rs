@@ -66,16 +66,6 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// A counter or gauge from `/metrics` (0 when absent).
-fn metric(server: &Server, name: &str) -> f64 {
-    let (_, body) = server.http_get("/metrics");
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Waits until the server has applied `n` changes of its credential store.
 fn wait_for_reloads(server: &Server, n: usize) {
     common::wait_for("the credential change applied", || {
@@ -187,7 +177,7 @@ fn secrets_identify_meters_and_each_speaks_only_for_itself() {
     }
     let mut own = subscriber(port, "meters/E1/cmd/#", &e1, &dir.path().join("own.log"));
     common::wait_for("the command-topic subscriber's session", || {
-        (metric(&server, "meterflow_mqtt_connections") >= 1.0).then_some(())
+        (server.metric("meterflow_mqtt_connections") >= 1.0).then_some(())
     });
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(
@@ -197,12 +187,7 @@ fn secrets_identify_meters_and_each_speaks_only_for_itself() {
     own.kill().unwrap();
 
     common::wait_for("every denial counted", || {
-        let m = |r: &str| {
-            metric(
-                &server,
-                &format!("meterflow_mqtt_denied_total{{reason=\"{r}\"}}"),
-            )
-        };
+        let m = |r: &str| server.metric(&format!("meterflow_mqtt_denied_total{{reason=\"{r}\"}}"));
         (m("bad_credentials") == 3.0
             && m("no_credentials") == 1.0
             && m("publish") == 3.0
@@ -279,7 +264,7 @@ fn revoke_closes_a_live_session_and_only_the_same_identity_takes_a_session_over(
         &dir.path().join("e2.log"),
     );
     common::wait_for("E2's session", || {
-        (metric(&server, "meterflow_mqtt_connects_total") >= 1.0).then_some(())
+        (server.metric("meterflow_mqtt_connects_total") >= 1.0).then_some(())
     });
     let out = publish(
         port,
@@ -291,10 +276,7 @@ fn revoke_closes_a_live_session_and_only_the_same_identity_takes_a_session_over(
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(e2.try_wait().unwrap().is_none(), "the live session stays");
     assert_eq!(
-        metric(
-            &server,
-            "meterflow_mqtt_closed_total{reason=\"taken_over\"}"
-        ),
+        server.metric("meterflow_mqtt_closed_total{reason=\"taken_over\"}"),
         0.0
     );
     // A device may not use another device's meter id as its client id.
@@ -318,11 +300,7 @@ fn revoke_closes_a_live_session_and_only_the_same_identity_takes_a_session_over(
         text(&out)
     );
     common::wait_for("the old session closed as taken over", || {
-        (metric(
-            &server,
-            "meterflow_mqtt_closed_total{reason=\"taken_over\"}",
-        ) >= 1.0)
-            .then_some(())
+        (server.metric("meterflow_mqtt_closed_total{reason=\"taken_over\"}") >= 1.0).then_some(())
     });
     let _ = e2.kill();
     let _ = e2.wait();
@@ -335,13 +313,13 @@ fn revoke_closes_a_live_session_and_only_the_same_identity_takes_a_session_over(
         &dir.path().join("e1.log"),
     );
     common::wait_for("E1's session", || {
-        (metric(&server, "meterflow_mqtt_connections") >= 1.0).then_some(())
+        (server.metric("meterflow_mqtt_connections") >= 1.0).then_some(())
     });
     let said = credentials(&tmp_root, &["revoke", "E1"]);
     assert!(said.contains("E1 revoked"), "{said}");
     wait_for_reloads(&server, 1);
     common::wait_for("the revoked session closed", || {
-        (metric(&server, "meterflow_mqtt_closed_total{reason=\"revoked\"}") >= 1.0).then_some(())
+        (server.metric("meterflow_mqtt_closed_total{reason=\"revoked\"}") >= 1.0).then_some(())
     });
     // mosquitto_sub tries to reconnect, is refused, and gives up.
     common::wait_for("mosquitto_sub to end", || e1.try_wait().unwrap());
@@ -690,11 +668,11 @@ fn past_its_share_of_sessions_an_identity_loses_its_oldest() {
     };
     let mut oldest = e1_session(0);
     common::wait_for("the first session", || {
-        (metric(&server, "meterflow_mqtt_connects_total") == 1.0).then_some(())
+        (server.metric("meterflow_mqtt_connects_total") == 1.0).then_some(())
     });
     let mut second = e1_session(1);
     common::wait_for("the second session", || {
-        (metric(&server, "meterflow_mqtt_connects_total") == 2.0).then_some(())
+        (server.metric("meterflow_mqtt_connects_total") == 2.0).then_some(())
     });
     // A third: taken, and the oldest is closed (a meter whose client id changes cannot be
     // locked out by its own dead sessions).
@@ -706,10 +684,7 @@ fn past_its_share_of_sessions_an_identity_loses_its_oldest() {
     );
     assert!(out.status.success(), "{}", text(&out));
     common::wait_for("the oldest session closed", || {
-        (metric(
-            &server,
-            "meterflow_mqtt_closed_total{reason=\"sessions_per_identity\"}",
-        ) == 1.0)
+        (server.metric("meterflow_mqtt_closed_total{reason=\"sessions_per_identity\"}") == 1.0)
             .then_some(())
     });
     std::thread::sleep(std::time::Duration::from_millis(300));

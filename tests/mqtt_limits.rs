@@ -11,20 +11,10 @@ use std::time::Duration;
 
 use common::{read_readings, Server};
 
-fn metric(server: &Server, name: &str) -> f64 {
-    let (_, body) = server.http_get("/metrics");
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn closed(server: &Server, reason: &str) -> f64 {
-    metric(
-        server,
-        &format!("meterflow_mqtt_closed_total{{reason=\"{reason}\"}}"),
-    )
+    server.metric(&format!(
+        "meterflow_mqtt_closed_total{{reason=\"{reason}\"}}"
+    ))
 }
 
 fn remaining_length(mut len: usize, out: &mut Vec<u8>) {
@@ -140,7 +130,7 @@ fn every_bound_closes_what_passes_it_and_counts_it() {
     let held: Vec<TcpStream> = (0..4)
         .map(|i| session(port, &format!("held-{i}"), 60))
         .collect();
-    assert_eq!(metric(&server, "meterflow_mqtt_connections"), 4.0);
+    assert_eq!(server.metric("meterflow_mqtt_connections"), 4.0);
     let mut fifth = TcpStream::connect(("127.0.0.1", port)).unwrap();
     assert!(is_closed(&mut fifth));
     common::wait_for("max_connections counted", || {
@@ -148,7 +138,7 @@ fn every_bound_closes_what_passes_it_and_counts_it() {
     });
     drop(held);
     common::wait_for("the gauge back to 0", || {
-        (metric(&server, "meterflow_mqtt_connections") == 0.0).then_some(())
+        (server.metric("meterflow_mqtt_connections") == 0.0).then_some(())
     });
 
     // A packet above max_payload_bytes closes the connection, and nothing of it is stored.
@@ -171,7 +161,7 @@ fn every_bound_closes_what_passes_it_and_counts_it() {
     let mut second = session(port, "slow-2", 60);
     first.write_all(&packet[..1500]).unwrap();
     common::wait_for("the first partial packet buffered", || {
-        (metric(&server, "meterflow_mqtt_read_buffer_bytes") >= 1500.0).then_some(())
+        (server.metric("meterflow_mqtt_read_buffer_bytes") >= 1500.0).then_some(())
     });
     second.write_all(&packet[..1600]).unwrap();
     assert!(is_closed(&mut second));
@@ -296,7 +286,7 @@ fn at_the_wal_budget_nothing_is_acknowledged_that_is_not_stored() {
     common::wait_for("wal_full counted", || {
         (closed(&server, "wal_full") == 1.0).then_some(())
     });
-    assert!(metric(&server, "meterflow_wal_overflow_total") >= 1.0);
+    assert!(server.metric("meterflow_wal_overflow_total") >= 1.0);
 
     // MQTT 5 (mosquitto_pub), a report as large as the one refused: PUBACK 0x97, quota
     // exceeded.

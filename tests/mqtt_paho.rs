@@ -40,15 +40,7 @@ fn paho_sees_the_reason_codes_properties_and_back_pressure_of_mqtt_5() {
         std::io::Read::read_to_string(&mut paho.stderr.take().unwrap(), &mut err).unwrap();
         panic!("paho: {ready}\n{err}");
     }
-    let backpressure = {
-        let (_, metrics) = server.http_get("/metrics");
-        metrics
-            .lines()
-            .find(|l| l.starts_with("meterflow_mqtt_backpressure_total "))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let backpressure = server.metric("meterflow_mqtt_backpressure_total");
     // SIGTERM while paho is connected: it is told 0x8B, server shutting down.
     let (exit, data_dir, log, _keep) = server.stop();
     assert!(exit.success(), "{log}");

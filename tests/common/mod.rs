@@ -174,6 +174,17 @@ impl Server {
     pub fn http_get(&self, path: &str) -> (u16, String) {
         http_get(self.http_port, path)
     }
+
+    /// A counter or gauge from `/metrics`, with its labels as written there
+    /// (`name{label="value"}`); 0 when absent.
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
 }
 
 impl Drop for Server {
