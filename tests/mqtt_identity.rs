@@ -16,6 +16,16 @@ const E1: &str = "e1-secret-0123456789";
 const E2: &str = "e2-secret-0123456789";
 const GW: &str = "gw-secret-0123456789";
 
+/// Every stored reading as (meter, value), sorted.
+fn meter_values(data_dir: &Path) -> Vec<(String, f64)> {
+    let mut rows: Vec<(String, f64)> = read_readings(data_dir)
+        .into_iter()
+        .map(|r| (r.meter_id, r.value))
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    rows
+}
+
 /// A data folder whose credential store holds E1, E2 and the gateway GW1 (for `G*`).
 fn data_with_credentials() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
@@ -200,11 +210,7 @@ fn secrets_identify_meters_and_each_speaks_only_for_itself() {
     for secret in [E1, E2, GW] {
         assert!(!log.contains(secret), "a secret in the log");
     }
-    let mut rows: Vec<(String, f64)> = read_readings(&data_dir)
-        .into_iter()
-        .map(|r| (r.meter_id, r.value))
-        .collect();
-    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let rows = meter_values(&data_dir);
     assert_eq!(
         rows,
         vec![("E1".into(), 1.0), ("E1".into(), 2.0), ("G5".into(), 3.0)],
@@ -341,11 +347,7 @@ fn revoke_closes_a_live_session_and_only_the_same_identity_takes_a_session_over(
     let (exit, data_dir, log, _keep) = server.stop();
     assert!(exit.success(), "{log}");
     assert!(!log.contains(&secret));
-    let mut rows: Vec<(String, f64)> = read_readings(&data_dir)
-        .into_iter()
-        .map(|r| (r.meter_id, r.value))
-        .collect();
-    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let rows = meter_values(&data_dir);
     assert_eq!(
         rows,
         vec![("E1".into(), 1.0), ("E2".into(), 2.0), ("E3".into(), 4.0)]
@@ -538,11 +540,7 @@ fn tls_with_client_certificates_and_a_certificate_reload() {
     let (exit, data_dir, log, _keep) = server.stop();
     assert!(exit.success(), "{log}");
     assert!(log.contains("MQTT TLS certificate reloaded"), "{log}");
-    let mut rows: Vec<(String, f64)> = read_readings(&data_dir)
-        .into_iter()
-        .map(|r| (r.meter_id, r.value))
-        .collect();
-    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let rows = meter_values(&data_dir);
     assert_eq!(
         rows,
         vec![("E1".into(), 1.0), ("E2".into(), 2.0), ("E7".into(), 7.0)]

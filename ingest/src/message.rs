@@ -22,7 +22,7 @@ pub struct RawMessage {
     pub received_at_ms: i64,
     /// MQTT 5 content-type property, where the publisher set one.
     pub content_type: Option<String>,
-    /// Why the edge refused it, a [`Refusal`] as JSON: kept as an `unauthorized` dead letter
+    /// Why the edge refused it, an [`EdgeRefusal`] as JSON: kept as an `unauthorized` dead letter
     /// and nothing else.
     pub refused: Option<String>,
 }
@@ -30,7 +30,7 @@ pub struct RawMessage {
 /// Why an edge refused a message (a publish outside its identity), as kept in the WAL (JSON)
 /// and told in its dead letter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Refusal {
+pub struct EdgeRefusal {
     /// The identity that sent it (a meter or gateway id).
     pub identity: Option<String>,
     pub client_id: Option<String>,
@@ -39,14 +39,14 @@ pub struct Refusal {
     pub reason: String,
 }
 
-impl Refusal {
+impl EdgeRefusal {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| self.reason.clone())
     }
 
-    /// Reads what [`Refusal::to_json`] wrote; any other text is taken as the reason.
-    pub fn parse(text: &str) -> Refusal {
-        serde_json::from_str(text).unwrap_or_else(|_| Refusal {
+    /// Reads what [`EdgeRefusal::to_json`] wrote; any other text is taken as the reason.
+    pub fn parse(text: &str) -> EdgeRefusal {
+        serde_json::from_str(text).unwrap_or_else(|_| EdgeRefusal {
             identity: None,
             client_id: None,
             peer: String::new(),

@@ -24,7 +24,7 @@ use meterflow_storage::wal::Checkpoint;
 use meterflow_storage::{wal, Batcher, DeadLetter, DeadLetterStore, ParquetSink, WalReader};
 
 use crate::devices::{DeadLetterNote, DeviceRegistry, Observation};
-use crate::message::{LsnMarks, RawMessage, Refusal};
+use crate::message::{EdgeRefusal, LsnMarks, RawMessage};
 use crate::IngestError;
 
 /// Where a topic sends a message.
@@ -481,7 +481,7 @@ impl Pipeline {
             self.counters
                 .messages(message.source.as_str(), "refused")
                 .increment(1);
-            let refusal = Refusal::parse(refused);
+            let refusal = EdgeRefusal::parse(refused);
             return self.dead_letter(
                 message,
                 refusal.identity.as_deref(),

@@ -71,12 +71,10 @@ pub(super) async fn run_plain(
     // Both phases boxed: the task itself stays a few words, and the CONNECT phase's memory
     // is given back before the session's is taken.
     let deadline = Instant::now() + edge.connect_timeout();
-    let session = {
-        let opened = Box::pin(open(stream, peer, None, edge, listener, deadline)).await;
-        match opened {
-            Ok(open) => Box::pin(run(open, edge)),
-            Err(reason) => return closed(reason),
-        }
+    let opened = Box::pin(open(stream, peer, None, edge, listener, deadline)).await;
+    let session = match session_of(opened, edge) {
+        Ok(session) => session,
+        Err(reason) => return closed(reason),
     };
     closed(Some(session.await));
 }
@@ -92,40 +90,48 @@ pub(super) async fn run_tls(
     let edge = &counted.0;
     // One deadline for the TLS handshake and the CONNECT together.
     let deadline = Instant::now() + edge.connect_timeout();
-    let session = {
-        let opened = Box::pin(async {
-            let Some(tls) = edge.tls.as_ref() else {
+    let opened = Box::pin(async {
+        let Some(tls) = edge.tls.as_ref() else {
+            return Err(None);
+        };
+        let acceptor = tls.acceptor();
+        let handshake = tokio::select! {
+            h = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => h,
+            () = stopping(edge) => return Err(Some(CloseReason::ShuttingDown)),
+        };
+        let stream = match handshake {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed");
+                metrics::counter!("meterflow_mqtt_closed_total", "reason" => "tls_handshake")
+                    .increment(1);
                 return Err(None);
-            };
-            let acceptor = tls.acceptor();
-            let handshake = tokio::select! {
-                h = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => h,
-                () = stopping(edge) => return Err(Some(CloseReason::ShuttingDown)),
-            };
-            let stream = match handshake {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed");
-                    metrics::counter!("meterflow_mqtt_closed_total", "reason" => "tls_handshake")
-                        .increment(1);
-                    return Err(None);
-                }
-                Err(_) => {
-                    metrics::counter!("meterflow_mqtt_closed_total", "reason" => "connect_timeout")
-                        .increment(1);
-                    return Err(None);
-                }
-            };
-            let cn = super::tls::client_cn(stream.get_ref().1);
-            open(stream, peer, cn, edge, listener, deadline).await
-        })
-        .await;
-        match opened {
-            Ok(open) => Box::pin(run(open, edge)),
-            Err(reason) => return closed(reason),
-        }
+            }
+            Err(_) => {
+                metrics::counter!("meterflow_mqtt_closed_total", "reason" => "connect_timeout")
+                    .increment(1);
+                return Err(None);
+            }
+        };
+        let cn = super::tls::client_cn(stream.get_ref().1);
+        open(stream, peer, cn, edge, listener, deadline).await
+    })
+    .await;
+    let session = match session_of(opened, edge) {
+        Ok(session) => session,
+        Err(reason) => return closed(reason),
     };
     closed(Some(session.await));
+}
+
+/// The session loop of an opened connection, boxed (see the module's note on memory), or
+/// why the connection ended before it. A plain function: nothing of the CONNECT phase stays
+/// alive in the task while the session runs.
+fn session_of<'e, S: AsyncRead + AsyncWrite + Unpin + 'e>(
+    opened: Result<Open<'e, S>, Option<CloseReason>>,
+    edge: &'e Edge,
+) -> Result<Pin<Box<impl Future<Output = CloseReason> + 'e>>, Option<CloseReason>> {
+    opened.map(|open| Box::pin(run(open, edge)))
 }
 
 /// Completes when the edge stops running (shutdown): a connection that has not completed
@@ -523,7 +529,7 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     rb.authenticated();
-    let (session, connack) = Session::accept(request, principal, peer, edge.limits());
+    let (session, connack) = Session::accept(request, principal, peer, edge.config.limits());
     let _ = codec::write(version, connack, &mut out);
     flush(&mut stream, &mut out, edge).await?;
     edge.metrics.connects.increment(1);

@@ -319,10 +319,6 @@ impl Edge {
     fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.config.connect_timeout_ms)
     }
-
-    fn limits(&self) -> Limits {
-        self.config.limits()
-    }
 }
 
 /// What the MQTT edge did, for the shutdown summary.
@@ -444,11 +440,6 @@ impl MqttServer {
             accept_tasks,
             watcher,
         })
-    }
-
-    /// Open connections now.
-    pub fn connections(&self) -> usize {
-        self.edge.connections.load(Ordering::Acquire)
     }
 
     /// Stops accepting, lets every connection answer what it read once durable (for at most

@@ -13,14 +13,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, Disconnect,
-    DisconnectReasonCode, Login, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason,
-    PubRec, PubRecReason, QoS, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode,
+    Login, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason,
+    QoS, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
 
 use super::auth::{Denial, Principal};
 use super::codec::{Inbound, Version};
-use crate::message::Refusal as Refused;
+use crate::message::EdgeRefusal;
 use crate::wal_writer::Durability;
 
 /// The per-connection limits a session enforces.
@@ -249,18 +249,8 @@ impl ConnectRequest {
             client_id,
             clean_session,
         } = connect;
-        let properties = properties.unwrap_or(ConnectProperties {
-            session_expiry_interval: None,
-            receive_maximum: None,
-            max_packet_size: None,
-            topic_alias_max: None,
-            request_response_info: None,
-            request_problem_info: None,
-            user_properties: Vec::new(),
-            authentication_method: None,
-            authentication_data: None,
-        });
-        if properties.authentication_method.is_some() {
+        let properties = properties.as_ref();
+        if properties.is_some_and(|p| p.authentication_method.is_some()) {
             return Err(Refusal::AuthMethod);
         }
         if client_id.len() > MAX_CLIENT_ID
@@ -280,7 +270,7 @@ impl ConnectRequest {
             assigned_id,
             login,
             keep_alive_s: keep_alive,
-            session_expiry: properties.session_expiry_interval,
+            session_expiry: properties.and_then(|p| p.session_expiry_interval),
         })
     }
 }
@@ -578,7 +568,7 @@ impl Session {
         }
         // Not this identity's to publish: a dead letter with who and from where; MQTT 5 is
         // told 0x87 once the dead letter is stored, MQTT 3.1.1 is closed (§3.3.5).
-        let refusal = Refused {
+        let refusal = EdgeRefusal {
             identity: self.principal.id().map(str::to_string),
             client_id: Some(self.client_id.to_string()),
             peer: self.peer.to_string(),

@@ -14,7 +14,7 @@ use super::auth::Principal;
 use super::codec::{self, Version};
 use super::session::{refusal, Close, CloseReason, ConnectRequest, Limits, Refusal, Session, Step};
 use crate::credentials::Glob;
-use crate::message::Refusal as Refused;
+use crate::message::EdgeRefusal;
 use crate::wal_writer::Durability;
 
 const LIMITS: Limits = Limits {
@@ -214,7 +214,7 @@ fn a_publish_for_another_meter_is_a_dead_letter_and_refused_as_each_version_says
     assert_eq!(step.close, None);
     let submit = step.submit.unwrap();
     assert!(submit.wait);
-    let refusal = Refused::parse(submit.refused.as_deref().unwrap());
+    let refusal = EdgeRefusal::parse(submit.refused.as_deref().unwrap());
     assert_eq!(refusal.identity.as_deref(), Some("E1"));
     assert_eq!(refusal.peer, "10.1.2.3:40000");
     assert!(refusal
