@@ -16,19 +16,36 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_meterflow");
 
+/// A port that is free now for both TCP and UDP, taken from below the kernel's ephemeral range
+/// (32768 and up on Linux). A port from `bind(":0")` is an ephemeral one: between our check and
+/// the server's bind, any outgoing connection of a parallel test (a simulated fleet opens
+/// thousands) may take it as its local port, and the server then fails with "Address already in
+/// use". Below that range only a listener can take it, and each process walks its own part of it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 613) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {}", FIRST + SPAN)
 }
 
 /// A UDP port nobody uses now (for the CoAP listener).
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free UDP port")
+    free_port()
 }
 
 pub struct Server {
@@ -57,30 +74,39 @@ impl Server {
     /// back: a fresh start on what an earlier run left), on new ports.
     pub fn start_in(tmp: tempfile::TempDir, extra_args: &[&str]) -> Server {
         let data_dir = tmp.path().join("data");
-        let (mqtt_port, mqtt_v5_port, http_port) = (free_port(), free_port(), free_port());
-        let coap_port = free_udp_port();
         let log = tmp.path().join("serve.log");
         // Keep an earlier run's log beside the new one.
         let _ = std::fs::rename(&log, log.with_extension("1.log"));
-        let child = spawn(
-            [mqtt_port, mqtt_v5_port, http_port, coap_port],
-            &data_dir,
-            &log,
-            extra_args,
-        );
-        let server = Server {
-            child,
-            mqtt_port,
-            mqtt_v5_port,
-            http_port,
-            coap_port,
-            data_dir,
-            log,
-            args: extra_args.iter().map(|a| a.to_string()).collect(),
-            tmp: Some(tmp),
-        };
-        server.wait_until_ready();
-        server
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (mqtt_port, mqtt_v5_port, http_port) = (free_port(), free_port(), free_port());
+            let coap_port = free_udp_port();
+            let child = spawn(
+                [mqtt_port, mqtt_v5_port, http_port, coap_port],
+                &data_dir,
+                &log,
+                extra_args,
+            );
+            let mut server = Server {
+                child,
+                mqtt_port,
+                mqtt_v5_port,
+                http_port,
+                coap_port,
+                data_dir: data_dir.clone(),
+                log: log.clone(),
+                args: extra_args.iter().map(|a| a.to_string()).collect(),
+                tmp: None,
+            };
+            // A port taken by someone else between our check and the server's bind: new ports.
+            if server.wait_until_ready().is_err() && attempts < 3 {
+                let _ = server.child.wait();
+                continue;
+            }
+            server.tmp = Some(tmp);
+            return server;
+        }
     }
 
     /// SIGKILL: no shutdown, no flush.
@@ -105,7 +131,8 @@ impl Server {
             &self.log,
             &args,
         );
-        self.wait_until_ready();
+        self.wait_until_ready()
+            .expect("the ports of the first run are free again");
         self
     }
 }
@@ -133,7 +160,9 @@ fn spawn(
 }
 
 impl Server {
-    fn wait_until_ready(&self) {
+    /// Waits until every listener answers; `Err` when the server exited because a port was
+    /// taken (the caller may try other ports). Any other failure to start fails the test.
+    fn wait_until_ready(&mut self) -> Result<(), ()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let up = |p| TcpStream::connect(("127.0.0.1", p)).is_ok();
@@ -143,7 +172,13 @@ impl Server {
                 && up(self.http_port)
                 && self.log_text().contains("meterflow ready")
             {
-                return;
+                return Ok(());
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                if self.log_text().contains("Address already in use") {
+                    return Err(());
+                }
+                panic!("meterflow exited at start:\n{}", self.log_text());
             }
             assert!(
                 Instant::now() < deadline,
