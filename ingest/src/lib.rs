@@ -25,6 +25,7 @@ pub mod http;
 pub mod message;
 pub mod mqtt;
 pub mod pipeline;
+pub mod progress;
 pub mod wal_writer;
 
 use std::future::Future;
@@ -179,7 +180,7 @@ pub async fn serve(
         credentials.current().is_empty(),
         &credentials::CredentialStore::path(&config.data_dir),
     )?;
-    let marks = Arc::new(message::LsnMarks::default());
+    let marks = Arc::new(progress::LsnMarks::default());
     marks.committed.store(recovery.last_lsn, Ordering::Release);
     // Set at shutdown: the link drains and stops, the ClickHouse writer stops retrying.
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,8 +1,5 @@
 //! What flows from the network edges to the pipeline: a [`RawMessage`] as accepted, before
-//! decoding, and the [`LsnMarks`] through which the WAL writer and the pipeline share where the
-//! WAL stands.
-
-use std::sync::atomic::AtomicU64;
+//! decoding, and an [`EdgeRefusal`] that says why an edge refused one.
 
 use bytes::Bytes;
 use meterflow_proto::Source;
@@ -83,19 +80,7 @@ impl From<WalRecord> for RawMessage {
     }
 }
 
-/// Where the WAL stands, shared by the WAL writer and the pipeline (reader).
-#[derive(Debug, Default)]
-pub struct LsnMarks {
-    /// The last LSN committed to the WAL: readable by the pipeline.
-    pub committed: AtomicU64,
-    /// The last LSN every sink has confirmed: the WAL may drop it.
-    pub confirmed: AtomicU64,
-    /// Bytes in WAL segments (for `/ready`).
-    pub wal_bytes: AtomicU64,
-    /// When a WAL write last failed, Unix ms (0: never), for `/ready`.
-    pub wal_error_at_ms: std::sync::atomic::AtomicI64,
-}
-
+/// Now, as Unix milliseconds.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

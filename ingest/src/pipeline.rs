@@ -4,11 +4,10 @@
 //! and Parquet writing are CPU and blocking work, and one thread keeps the order.
 //!
 //! It handles WAL records strictly in LSN order. A record the queue skipped (the queue was
-//! full), or that was in the WAL before start-up and not confirmed, is read from the WAL. As
-//! Parquet files complete, it saves the checkpoint: the LSN through which every record is in a
-//! complete file (or was a dead letter, or had no rows), so the WAL can drop it.
+//! full), or that was in the WAL before start-up and not confirmed, is read from the WAL. What
+//! the sinks have confirmed is [`crate::progress`]'s business: the pipeline tells it what each
+//! holder (batcher, Parquet, side rows, ClickHouse writer) still holds.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -21,10 +20,11 @@ use meterflow_storage::clickhouse::{
     ClickHouseWriter, DeadLetterRow, RejectedBatch, SideRows, StatusRow,
 };
 use meterflow_storage::wal::Checkpoint;
-use meterflow_storage::{wal, Batcher, DeadLetter, DeadLetterStore, ParquetSink, WalReader};
+use meterflow_storage::{Batcher, DeadLetter, DeadLetterStore, ParquetSink, WalReader};
 
 use crate::devices::{DeadLetterNote, DeviceRegistry, Observation};
-use crate::message::{EdgeRefusal, LsnMarks, RawMessage};
+use crate::message::{EdgeRefusal, RawMessage};
+use crate::progress::{Held, LsnMarks, Progress};
 use crate::IngestError;
 
 /// Where a topic sends a message.
@@ -72,9 +72,6 @@ const SIDE_ROWS_MAX: usize = 4096;
 /// ...and the dead letters' payload bytes at most.
 const SIDE_BYTES_MAX: usize = 16 << 20;
 
-/// How often the checkpoint is saved at most when no file completes.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-
 /// Where the pipeline's output goes.
 pub struct Sinks {
     pub parquet: ParquetSink,
@@ -87,23 +84,18 @@ pub struct Pipeline {
     pub batcher: Batcher,
     pub parquet: ParquetSink,
     pub clickhouse: Option<ClickHouseWriter>,
-    /// Status reports waiting to go to ClickHouse with the next batch.
     /// Status reports and dead letters waiting to go to ClickHouse with the next batch.
     side: SideRows,
     pub dead_letters: DeadLetterStore,
     pub devices: DeviceRegistry,
     data_dir: PathBuf,
-    marks: Arc<LsnMarks>,
     /// The next LSN to handle.
     next_lsn: u64,
-    saved_checkpoint: Checkpoint,
-    checkpoint_at: Instant,
+    /// What the sinks confirmed; owns the checkpoint file.
+    progress: Progress,
     /// Whether the rows in the batcher go to the local sinks too (false while a restart
     /// replays records that Parquet already has, for ClickHouse alone).
     batch_local: bool,
-    /// (LSN, receive time) of handled records, one per second of traffic at most: the age of
-    /// the oldest one not yet confirmed by every sink is the sink lag.
-    receive_times: VecDeque<(u64, i64)>,
     summary: PipelineSummary,
     counters: Counters,
 }
@@ -146,7 +138,6 @@ impl Pipeline {
         marks: Arc<LsnMarks>,
         checkpoint: Checkpoint,
     ) -> Self {
-        marks.confirmed.store(checkpoint.all, Ordering::Release);
         Pipeline {
             batcher,
             parquet: sinks.parquet,
@@ -154,13 +145,10 @@ impl Pipeline {
             side: SideRows::default(),
             dead_letters: sinks.dead_letters,
             devices,
+            progress: Progress::new(data_dir.clone(), marks, checkpoint),
             data_dir,
-            marks,
             next_lsn: checkpoint.all + 1,
-            saved_checkpoint: checkpoint,
-            checkpoint_at: Instant::now(),
             batch_local: true,
-            receive_times: VecDeque::new(),
             summary: PipelineSummary::default(),
             counters: Counters::default(),
         }
@@ -188,7 +176,7 @@ impl Pipeline {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     // Records the queue never got (it was full) while the link went quiet.
-                    self.catch_up(self.marks.committed.load(Ordering::Acquire) + 1)?;
+                    self.catch_up(self.progress.marks().committed.load(Ordering::Acquire) + 1)?;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -203,7 +191,7 @@ impl Pipeline {
             self.checkpoint(rolled > 0)?;
         }
         // The link has committed and synced everything: take what the queue did not carry.
-        self.catch_up(self.marks.committed.load(Ordering::Acquire) + 1)?;
+        self.catch_up(self.progress.marks().committed.load(Ordering::Acquire) + 1)?;
         self.finish()
     }
 
@@ -262,84 +250,36 @@ impl Pipeline {
     /// Whether a record still goes to the local sinks (Parquet, dead-letter files): not when
     /// a restart replays what they had already confirmed.
     fn is_local(&self, message: &RawMessage) -> bool {
-        message.lsn == 0 || message.lsn > self.saved_checkpoint.local
+        message.lsn == 0 || message.lsn > self.progress.saved().local
     }
 
-    /// What the sinks have confirmed: through which LSN every handled record is in a
-    /// complete file, a dead letter, or had no rows (local), and also in ClickHouse (all).
-    fn confirmed(&self) -> Checkpoint {
-        // LSN 0 marks rows of messages that never reached the WAL: nothing to confirm there.
-        // Rows in the batcher that only ClickHouse still needs do not hold the local sinks up.
-        let batcher = self.batcher.oldest_lsn().filter(|_| self.batch_local);
-        let computed = [batcher, self.parquet.oldest_pending_lsn()]
-            .into_iter()
-            .flatten()
-            .filter(|lsn| *lsn > 0)
-            .min()
-            .map_or(self.next_lsn.saturating_sub(1), |oldest| oldest - 1);
-        let local = computed.max(self.saved_checkpoint.local);
-        let in_batcher = self
-            .batcher
-            .oldest_lsn()
-            .filter(|lsn| *lsn > 0)
-            .map_or(u64::MAX, |oldest| oldest - 1);
-        let all = match self
-            .clickhouse
-            .as_ref()
-            .and_then(ClickHouseWriter::confirmed_lsn)
-        {
-            Some(clickhouse) => computed.min(clickhouse).min(in_batcher),
-            None => computed.min(in_batcher),
-        };
-        Checkpoint {
-            all: all.max(self.saved_checkpoint.all),
-            local,
+    /// What each holder of unconfirmed data still holds.
+    fn held(&self) -> Held {
+        Held {
+            batcher: self.batcher.oldest_lsn(),
+            batch_is_local: self.batch_local,
+            parquet: self.parquet.oldest_pending_lsn(),
+            side_rows: self.side.oldest_lsn(),
+            clickhouse: self
+                .clickhouse
+                .as_ref()
+                .and_then(ClickHouseWriter::oldest_held),
         }
     }
 
     /// Saves the checkpoint when it moved and a file completed (or a second passed), and lets
     /// the link drop the confirmed WAL segments.
     fn checkpoint(&mut self, file_completed: bool) -> Result<(), IngestError> {
+        let handled_through = self.next_lsn - 1;
         // In this order: a batch ClickHouse refused is confirmed by its writer only after it
         // was handed back, so the dead letters below cover everything `confirmed` includes.
-        let confirmed = self.confirmed();
+        let confirmed: Checkpoint = self.progress.confirmed(handled_through, self.held());
         self.keep_rejected_batches()?;
-        self.report_lag(confirmed.all);
-        if confirmed == self.saved_checkpoint {
-            return Ok(());
-        }
-        if !file_completed && self.checkpoint_at.elapsed() < CHECKPOINT_EVERY {
-            return Ok(());
-        }
-        // Dead letters are part of what the checkpoint confirms.
-        self.dead_letters.close()?;
-        wal::write_checkpoint(&self.data_dir, confirmed)?;
-        self.saved_checkpoint = confirmed;
-        self.checkpoint_at = Instant::now();
-        self.marks.confirmed.store(confirmed.all, Ordering::Release);
-        Ok(())
-    }
-
-    /// Sets the sink lag (age of the oldest record not confirmed by every sink) and the count
-    /// of unconfirmed WAL records.
-    fn report_lag(&mut self, confirmed: u64) {
-        while self
-            .receive_times
-            .front()
-            .is_some_and(|(lsn, _)| *lsn <= confirmed)
-        {
-            self.receive_times.pop_front();
-        }
-        let lag_ms = match self.receive_times.front() {
-            Some((_, at)) if self.next_lsn.saturating_sub(1) > confirmed => {
-                crate::message::now_ms().saturating_sub(*at).max(0)
-            }
-            _ => 0,
-        };
-        metrics::gauge!("meterflow_sink_lag_seconds").set(lag_ms as f64 / 1000.0);
-        let committed = self.marks.committed.load(Ordering::Acquire);
-        metrics::gauge!("meterflow_wal_unconfirmed_records")
-            .set(committed.saturating_sub(confirmed) as f64);
+        let dead_letters = &mut self.dead_letters;
+        self.progress
+            .save(confirmed, file_completed, handled_through, || {
+                Ok(dead_letters.close()?)
+            })
     }
 
     /// Flushes the batch, completes every file, lets ClickHouse take what it can, and saves
@@ -425,6 +365,7 @@ impl Pipeline {
         if self.clickhouse.is_none() {
             return;
         }
+        self.side.note_lsn(message.lsn);
         self.side.statuses.push(StatusRow {
             meter_id: meter_id.to_string(),
             at_ms: message.received_at_ms,
@@ -467,15 +408,8 @@ impl Pipeline {
     /// Decodes one message into the batch, or keeps it as a dead letter.
     pub fn handle(&mut self, message: &RawMessage) -> Result<(), IngestError> {
         self.summary.messages += 1;
-        if message.lsn > 0
-            && self
-                .receive_times
-                .back()
-                .is_none_or(|(_, at)| message.received_at_ms - at >= 1000)
-        {
-            self.receive_times
-                .push_back((message.lsn, message.received_at_ms));
-        }
+        self.progress
+            .note_received(message.lsn, message.received_at_ms);
         if let Some(refused) = &message.refused {
             // Refused at the edge (not this identity's to publish): a dead letter, nothing else.
             self.counters
@@ -700,6 +634,7 @@ impl Pipeline {
             self.dead_letters.write(&letter)?;
         }
         if self.clickhouse.is_some() {
+            self.side.note_lsn(message.lsn);
             self.side.dead_letters.push(DeadLetterRow {
                 received_at_ms: letter.received_at_ms,
                 source: letter.source.clone(),

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use meterflow_storage::{NewRecord, Wal};
 
-use crate::message::{LsnMarks, RawMessage};
+use crate::message::RawMessage;
+use crate::progress::LsnMarks;
 
 /// What became of a submission that asked to be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,13 +204,9 @@ impl Writer {
         // confirmations free WAL room (which matters most when the WAL is at its budget).
         self.remove_confirmed();
         let waited_for = self.group.iter().any(|s| s.notify.is_some());
-        let result = self.wal.commit().and_then(|()| {
-            if waited_for {
-                self.wal.make_durable()
-            } else {
-                Ok(())
-            }
-        });
+        // A failed commit leaves none of the group in the log (the WAL undoes it), so
+        // "failed" below means "not stored", never "stored later".
+        let result = self.wal.commit(waited_for);
         let committed = match result {
             Ok(()) => true,
             Err(e) => {

@@ -425,11 +425,26 @@ pub struct DeadLetterRow {
 pub struct SideRows {
     pub statuses: Vec<StatusRow>,
     pub dead_letters: Vec<DeadLetterRow>,
+    /// The oldest WAL record with a row here (what the checkpoint may not pass before they
+    /// are inserted).
+    oldest_lsn: Option<u64>,
 }
 
 impl SideRows {
     pub fn is_empty(&self) -> bool {
         self.statuses.is_empty() && self.dead_letters.is_empty()
+    }
+
+    /// Notes that a row of WAL record `lsn` was added (0: not in the WAL, holds nothing).
+    pub fn note_lsn(&mut self, lsn: u64) {
+        if lsn > 0 {
+            self.oldest_lsn = Some(self.oldest_lsn.map_or(lsn, |o| o.min(lsn)));
+        }
+    }
+
+    /// The oldest WAL record with a row here.
+    pub fn oldest_lsn(&self) -> Option<u64> {
+        self.oldest_lsn
     }
 
     /// Rows held, and payload bytes (to flush before they grow large).
@@ -667,11 +682,12 @@ impl ClickHouseWriter {
         }
     }
 
-    /// The LSN through which every record is in ClickHouse; `None` when nothing is waiting
-    /// (then it confirms whatever the pipeline has handled).
-    pub fn confirmed_lsn(&self) -> Option<u64> {
+    /// The oldest WAL record the writer still holds (a job not yet inserted); `None` when it
+    /// holds nothing. Jobs cover consecutive LSN ranges in order, so that is the one after
+    /// the last finished job's range.
+    pub fn oldest_held(&self) -> Option<u64> {
         let waiting = self.pending.load(Ordering::Acquire) > 0 || self.dead.load(Ordering::Acquire);
-        waiting.then(|| self.confirmed.load(Ordering::Acquire))
+        waiting.then(|| self.confirmed.load(Ordering::Acquire) + 1)
     }
 
     /// Batches ClickHouse refused for their data since the last call.

@@ -12,6 +12,20 @@ pub enum StorageError {
         source: std::io::Error,
     },
 
+    /// A WAL segment could not be read (an I/O error, not a torn record): nothing was cut.
+    #[error("reading WAL segment {path} at byte {offset}: {source}")]
+    WalRead {
+        path: PathBuf,
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The WAL stopped taking messages: a failed write could not be undone (the segment could
+    /// not be cut back to its last commit), so appending more could make it land later.
+    #[error("the WAL is stopped: a failed write to {path} could not be undone ({reason}); restart meterflow once the disk is healthy")]
+    WalStopped { path: PathBuf, reason: String },
+
     #[error("parquet write to {path}: {source}")]
     Parquet {
         path: PathBuf,
@@ -40,7 +54,8 @@ impl StorageError {
     /// may come back); a malformed batch never will.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StorageError::Io { .. } => true,
+            StorageError::Io { .. } | StorageError::WalRead { .. } => true,
+            StorageError::WalStopped { .. } => false,
             StorageError::Parquet { source, .. } => {
                 matches!(source, ::parquet::errors::ParquetError::External(_))
             }

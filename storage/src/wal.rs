@@ -198,31 +198,38 @@ fn decode_body(body: &[u8]) -> Option<WalRecord> {
     })
 }
 
-/// Reads the next record of a segment; `Ok(None)` at a clean end, `Err(offset)` at a torn or
-/// corrupt record starting at `offset`.
-fn read_record(r: &mut impl Read, offset: u64) -> Result<Option<(WalRecord, u64)>, u64> {
+/// Why a record could not be read.
+#[derive(Debug)]
+enum ReadFailure {
+    /// Short, over-long, failing its CRC, or with fields that do not fit: torn or corrupt.
+    Torn,
+    /// The file could not be read: says nothing about the bytes, so nothing may be cut.
+    Io(std::io::Error),
+}
+
+/// Reads the next record of a segment; `Ok(None)` at a clean end.
+fn read_record(r: &mut impl Read) -> Result<Option<(WalRecord, u64)>, ReadFailure> {
     let mut header = [0u8; HEADER];
-    match read_full(r, &mut header) {
-        Ok(0) => return Ok(None),
-        Ok(n) if n == HEADER => {}
-        _ => return Err(offset),
+    match read_full(r, &mut header).map_err(ReadFailure::Io)? {
+        0 => return Ok(None),
+        HEADER => {}
+        _ => return Err(ReadFailure::Torn),
     }
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     if len > MAX_BODY {
-        return Err(offset);
+        return Err(ReadFailure::Torn);
     }
     let mut body = vec![0u8; len];
-    match read_full(r, &mut body) {
-        Ok(n) if n == len => {}
-        _ => return Err(offset),
+    if read_full(r, &mut body).map_err(ReadFailure::Io)? != len {
+        return Err(ReadFailure::Torn);
     }
     if crc32fast::hash(&body) != crc {
-        return Err(offset);
+        return Err(ReadFailure::Torn);
     }
     match decode_body(&body) {
         Some(record) => Ok(Some((record, (HEADER + len) as u64))),
-        None => Err(offset),
+        None => Err(ReadFailure::Torn),
     }
 }
 
@@ -254,8 +261,11 @@ pub struct WalRecovery {
     pub segments: usize,
     /// The LSN of the last intact record (0 when the WAL is empty).
     pub last_lsn: u64,
-    /// Bytes of a torn or corrupt tail that were cut off.
+    /// Bytes of a torn or corrupt tail of the last segment that were cut off.
     pub truncated_bytes: u64,
+    /// Earlier segments with a bad record: each was renamed to `….wal.corrupt` (kept whole,
+    /// for inspection) and its records before the damage copied back under its own name.
+    pub set_aside: Vec<PathBuf>,
 }
 
 pub struct Wal {
@@ -270,6 +280,18 @@ pub struct Wal {
     unsynced: bool,
     last_sync: Instant,
     scratch: Vec<u8>,
+    /// Where the last successful commit left the active segment: its length and the next LSN.
+    /// A failed write is undone back to here.
+    good: GoodState,
+    /// A write failed and is not undone yet: nothing is appended and no commit succeeds
+    /// before the next commit has undone it.
+    failed: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct GoodState {
+    bytes: u64,
+    next_lsn: u64,
 }
 
 /// The first LSNs of the segments in `dir`, in order.
@@ -301,28 +323,33 @@ impl Wal {
         for (i, first) in firsts.iter().enumerate() {
             let path = segment_path(&dir, *first);
             let is_last = i + 1 == firsts.len();
-            let (bytes, last_lsn, torn) = scan_segment(&path, *first)?;
-            if torn > 0 {
-                if !is_last {
-                    // Corruption in the middle of the log: keep the intact prefix, say so.
-                    tracing::error!(path = %path.display(), bytes = torn, "corrupt WAL segment before the last one; records after the damage are lost");
+            let scan = scan_segment(&path, *first)?;
+            if scan.bad_bytes > 0 {
+                if is_last {
+                    // A crash in the middle of a write: only the last segment can have one
+                    // (a segment is fsynced before the next one begins).
+                    cut_torn_tail(&path, scan.intact_bytes)?;
+                    recovery.truncated_bytes += scan.bad_bytes;
+                } else {
+                    set_aside(&path, scan.intact_bytes)?;
+                    tracing::error!(
+                        path = %path.display(),
+                        offset = scan.intact_bytes,
+                        last_intact_lsn = scan.last_lsn,
+                        next_segment_starts_at = firsts[i + 1],
+                        "corrupt record in a WAL segment before the last one: the segment is kept whole as .wal.corrupt, its records before the damage are replayed, the ones after it are missing"
+                    );
+                    metrics::counter!("meterflow_wal_corrupt_segments_total").increment(1);
+                    recovery.set_aside.push(path.with_extension("wal.corrupt"));
                 }
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| StorageError::io("opening", &path, e))?;
-                f.set_len(bytes)
-                    .and_then(|()| f.sync_all())
-                    .map_err(|e| StorageError::io("truncating", &path, e))?;
-                recovery.truncated_bytes += torn;
             }
-            recovery.last_lsn = recovery.last_lsn.max(last_lsn);
+            recovery.last_lsn = recovery.last_lsn.max(scan.last_lsn);
             segments.insert(
                 *first,
                 Segment {
                     path,
-                    bytes,
-                    last_lsn,
+                    bytes: scan.intact_bytes,
+                    last_lsn: scan.last_lsn,
                 },
             );
         }
@@ -358,6 +385,11 @@ impl Wal {
                 unsynced: false,
                 last_sync: Instant::now(),
                 scratch: Vec::with_capacity(4096),
+                good: GoodState {
+                    bytes: existing,
+                    next_lsn,
+                },
+                failed: None,
             },
             recovery,
         ))
@@ -389,15 +421,25 @@ impl Wal {
         self.next_lsn
     }
 
-    /// Appends a message (buffered until [`Wal::commit`]); returns its LSN.
+    /// Appends a message (buffered until [`Wal::commit`]); returns its LSN. After a failed
+    /// write it refuses until a commit has undone that write: a group fails whole.
     pub fn append(&mut self, record: &NewRecord<'_>) -> Result<u64, StorageError> {
+        if let Some(reason) = &self.failed {
+            return Err(StorageError::io(
+                "appending to",
+                self.active_path(),
+                std::io::Error::other(format!("an earlier write of this group failed: {reason}")),
+            ));
+        }
         let lsn = self.next_lsn;
         self.scratch.clear();
         encode(&mut self.scratch, lsn, record);
-        let path = &self.segments[&self.active_first].path;
-        self.active
-            .write_all(&self.scratch)
-            .map_err(|e| StorageError::io("appending to", path, e))?;
+        if let Err(e) = self.active.write_all(&self.scratch) {
+            // The buffer spilled to the file and the write failed: part of it may be there.
+            let path = self.active_path().to_path_buf();
+            self.note_failure(&e);
+            return Err(StorageError::io("appending to", path, e));
+        }
         let written = self.scratch.len() as u64;
         if let Some(seg) = self.segments.get_mut(&self.active_first) {
             seg.bytes += written;
@@ -409,58 +451,134 @@ impl Wal {
         Ok(lsn)
     }
 
-    /// Group commit: makes every appended record readable and, by the fsync policy, durable;
-    /// starts a new segment when the current one is full.
-    pub fn commit(&mut self) -> Result<(), StorageError> {
-        if self.uncommitted {
-            let path = self.segments[&self.active_first].path.clone();
-            self.active
-                .flush()
-                .map_err(|e| StorageError::io("flushing", &path, e))?;
-            self.uncommitted = false;
+    /// Group commit: makes every appended record readable and durable by the fsync policy, or
+    /// whatever the policy when `durable` (a sender waits to be told: an MQTT PUBACK, a CoAP
+    /// answer); starts a new segment when the current one is full.
+    ///
+    /// On an error none of the records appended since the last commit is in the log, nor will
+    /// be: the failed write is undone (the buffer dropped, the segment cut back to the last
+    /// commit, a new segment begun) before anything else is appended, and their LSNs are
+    /// given again. So a sender told "failed" never finds its message stored later.
+    pub fn commit(&mut self, durable: bool) -> Result<(), StorageError> {
+        if let Some(reason) = self.failed.clone() {
+            // The group fails whole; undo the write so the next group starts clean.
+            let path = self.active_path().to_path_buf();
+            self.undo_failed()?;
+            return Err(StorageError::io(
+                "committing to",
+                path,
+                std::io::Error::other(format!("a write of this group failed: {reason}")),
+            ));
+        }
+        let due = durable
+            || match self.config.fsync {
+                FsyncPolicy::Always => true,
+                FsyncPolicy::Interval => {
+                    self.last_sync.elapsed() >= Duration::from_millis(self.config.fsync_interval_ms)
+                }
+                FsyncPolicy::Never => false,
+            };
+        let result = self.active.flush().and_then(|()| {
+            if (self.unsynced || self.uncommitted) && due {
+                self.active.get_ref().sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = result {
+            let path = self.active_path().to_path_buf();
+            self.note_failure(&e);
+            // Undo now, while nothing else is in the way; if that fails, the next append
+            // tries again.
+            let _ = self.undo_failed();
+            return Err(StorageError::io("committing to", path, e));
+        }
+        if due {
+            self.unsynced = false;
+            self.last_sync = Instant::now();
+        } else if self.uncommitted {
             self.unsynced = true;
         }
-        let due = match self.config.fsync {
-            FsyncPolicy::Always => true,
-            FsyncPolicy::Interval => {
-                self.last_sync.elapsed() >= Duration::from_millis(self.config.fsync_interval_ms)
-            }
-            FsyncPolicy::Never => false,
-        };
-        if self.unsynced && due {
-            self.sync()?;
-        }
+        self.uncommitted = false;
         if self.segments[&self.active_first].bytes >= self.config.segment_bytes {
-            self.roll()?;
+            // A roll that fails leaves this group out of the log like a failed flush.
+            if let Err(e) = self.roll() {
+                self.failed = Some(e.to_string());
+                let _ = self.undo_failed();
+                return Err(e);
+            }
+        } else {
+            self.good = GoodState {
+                bytes: self.segments[&self.active_first].bytes,
+                next_lsn: self.next_lsn,
+            };
         }
         metrics::gauge!("meterflow_wal_bytes").set(self.bytes() as f64);
         Ok(())
     }
 
-    /// Makes everything committed so far durable, whatever the fsync policy, for a writer that
-    /// must not answer before (CoAP answers only after the fsync).
-    pub fn make_durable(&mut self) -> Result<(), StorageError> {
-        if self.unsynced {
-            self.sync()?;
+    /// Flushes and fsyncs what was committed (shutdown).
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.commit(true)
+    }
+
+    fn active_path(&self) -> &Path {
+        &self.segments[&self.active_first].path
+    }
+
+    fn note_failure(&mut self, e: &std::io::Error) {
+        metrics::counter!("meterflow_wal_write_failures_total").increment(1);
+        if self.failed.is_none() {
+            self.failed = Some(e.to_string());
         }
+    }
+
+    /// Undoes a failed write: drops what the buffer still holds (a `BufWriter` would write it
+    /// at the next flush), cuts the segment back to its last commit (a partial write may have
+    /// landed), fsyncs that, gives the uncommitted LSNs back and begins a new segment (a
+    /// file-size limit would fail the old one again). Until this succeeds the WAL refuses.
+    fn undo_failed(&mut self) -> Result<(), StorageError> {
+        if self.failed.is_none() {
+            return Ok(());
+        }
+        let path = self.active_path().to_path_buf();
+        let stopped = |e: std::io::Error| StorageError::WalStopped {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let file = self.active.get_ref().try_clone().map_err(stopped)?;
+        let buffered = std::mem::replace(&mut self.active, BufWriter::with_capacity(1 << 20, file));
+        // `into_parts` hands the buffer back instead of writing it, as dropping would.
+        let (old_handle, _discarded) = buffered.into_parts();
+        drop(old_handle);
+        self.active
+            .get_ref()
+            .set_len(self.good.bytes)
+            .and_then(|()| self.active.get_ref().sync_data())
+            .map_err(stopped)?;
+        if let Some(seg) = self.segments.get_mut(&self.active_first) {
+            seg.bytes = self.good.bytes;
+            seg.last_lsn = self.good.next_lsn - 1;
+        }
+        self.next_lsn = self.good.next_lsn;
+        self.uncommitted = false;
+        if self.good.bytes > 0 {
+            self.roll()?;
+        }
+        self.failed = None;
+        tracing::warn!(path = %path.display(), next_lsn = self.next_lsn, "failed WAL write undone: the segment is cut back to its last commit");
         Ok(())
     }
 
-    /// Flushes and fsyncs (shutdown, or the `always` policy).
-    pub fn sync(&mut self) -> Result<(), StorageError> {
-        let path = self.segments[&self.active_first].path.clone();
+    /// Ends the active segment (everything in it committed) and begins the next one.
+    fn roll(&mut self) -> Result<(), StorageError> {
+        let old = self.active_path().to_path_buf();
         self.active
             .flush()
             .and_then(|()| self.active.get_ref().sync_data())
-            .map_err(|e| StorageError::io("syncing", &path, e))?;
-        self.uncommitted = false;
+            .map_err(|e| StorageError::io("syncing", &old, e))?;
         self.unsynced = false;
         self.last_sync = Instant::now();
-        Ok(())
-    }
-
-    fn roll(&mut self) -> Result<(), StorageError> {
-        self.sync()?;
         let first = self.next_lsn;
         let path = segment_path(&self.dir, first);
         let file = OpenOptions::new()
@@ -468,16 +586,21 @@ impl Wal {
             .append(true)
             .open(&path)
             .map_err(|e| StorageError::io("creating", &path, e))?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
         self.active = BufWriter::with_capacity(1 << 20, file);
         self.segments.insert(
             first,
             Segment {
                 path,
-                bytes: 0,
+                bytes,
                 last_lsn: first - 1,
             },
         );
         self.active_first = first;
+        self.good = GoodState {
+            bytes,
+            next_lsn: first,
+        };
         sync_dir(&self.dir)
     }
 
@@ -539,27 +662,94 @@ impl WalReader {
     }
 }
 
-/// Checks every record of a segment: (intact bytes, last LSN, torn bytes after them).
-fn scan_segment(path: &Path, first: u64) -> Result<(u64, u64, u64), StorageError> {
+/// What a check of every record of a segment found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Scan {
+    /// Bytes of whole, intact records from the start.
+    intact_bytes: u64,
+    /// The LSN of the last intact record (`first - 1` when there is none).
+    last_lsn: u64,
+    /// Bytes after them that are torn or corrupt.
+    bad_bytes: u64,
+}
+
+/// Checks every record of a segment. An I/O error is an error (naming the segment and the
+/// offset), never a torn tail: a disk that fails to read says nothing about the bytes.
+fn scan_segment(path: &Path, first: u64) -> Result<Scan, StorageError> {
     let file = File::open(path).map_err(|e| StorageError::io("opening", path, e))?;
-    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut r = BufReader::with_capacity(1 << 20, file);
+    let total = file
+        .metadata()
+        .map_err(|e| StorageError::io("reading the size of", path, e))?
+        .len();
+    #[cfg(test)]
+    if let Some(fail_at) = tests::read_fault_at(path) {
+        let faulty = tests::FailingReader::new(file, fail_at);
+        return scan_records(BufReader::new(faulty), path, first, total);
+    }
+    scan_records(BufReader::with_capacity(1 << 20, file), path, first, total)
+}
+
+fn scan_records(
+    mut r: impl Read,
+    path: &Path,
+    first: u64,
+    total: u64,
+) -> Result<Scan, StorageError> {
     let mut offset = 0u64;
     let mut last_lsn = first.saturating_sub(1);
     loop {
-        match read_record(&mut r, offset) {
+        match read_record(&mut r) {
             Ok(Some((record, len))) => {
                 offset += len;
                 last_lsn = record.lsn;
             }
             Ok(None) => break,
-            Err(at) => {
-                tracing::warn!(path = %path.display(), offset = at, "torn or corrupt WAL record; the tail is cut off");
+            Err(ReadFailure::Torn) => {
+                tracing::warn!(path = %path.display(), offset, "torn or corrupt WAL record");
                 break;
+            }
+            Err(ReadFailure::Io(source)) => {
+                return Err(StorageError::WalRead {
+                    path: path.to_path_buf(),
+                    offset,
+                    source,
+                })
             }
         }
     }
-    Ok((offset, last_lsn, total.saturating_sub(offset)))
+    Ok(Scan {
+        intact_bytes: offset,
+        last_lsn,
+        bad_bytes: total.saturating_sub(offset),
+    })
+}
+
+/// Cuts a torn tail (a crash in the middle of a write) off the last segment.
+fn cut_torn_tail(path: &Path, intact_bytes: u64) -> Result<(), StorageError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| StorageError::io("opening", path, e))?;
+    f.set_len(intact_bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| StorageError::io("truncating", path, e))
+}
+
+/// Sets a damaged segment aside whole (`….wal.corrupt`) and puts its intact records back
+/// under its name, so they replay and nothing the damage did not touch is lost.
+fn set_aside(path: &Path, intact_bytes: u64) -> Result<(), StorageError> {
+    let corrupt = path.with_extension("wal.corrupt");
+    let tmp = path.with_extension("wal.tmp");
+    let copy = || -> std::io::Result<()> {
+        let mut from = File::open(path)?.take(intact_bytes);
+        let mut to = File::create(&tmp)?;
+        std::io::copy(&mut from, &mut to)?;
+        to.sync_all()?;
+        fs::rename(path, &corrupt)?;
+        fs::rename(&tmp, path)
+    };
+    copy().map_err(|e| StorageError::io("setting aside", path, e))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
@@ -612,14 +802,16 @@ pub fn read_checkpoint(data_dir: &Path) -> Result<Checkpoint, StorageError> {
     })
 }
 
-/// Saves the checkpoint (write, fsync, rename).
+/// Saves the checkpoint (write, fsync, rename, fsync of the folder).
 pub fn write_checkpoint(data_dir: &Path, checkpoint: Checkpoint) -> Result<(), StorageError> {
     let path = checkpoint_path(data_dir);
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, format!("{} {}\n", checkpoint.all, checkpoint.local))
         .and_then(|()| File::open(&tmp)?.sync_all())
         .and_then(|()| fs::rename(&tmp, &path))
-        .map_err(|e| StorageError::io("writing", &path, e))
+        .map_err(|e| StorageError::io("writing", &path, e))?;
+    // The rename is durable only once the folder is.
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// Iterates over committed records in LSN order.
@@ -646,8 +838,8 @@ impl Iterator for WalReader {
                 self.current = Some((path, BufReader::with_capacity(1 << 20, file)));
                 self.offset = 0;
             }
-            let (_, r) = self.current.as_mut()?;
-            match read_record(r, self.offset) {
+            let (path, r) = self.current.as_mut()?;
+            match read_record(r) {
                 Ok(Some((record, len))) => {
                     self.offset += len;
                     if record.lsn > self.after {
@@ -655,7 +847,18 @@ impl Iterator for WalReader {
                     }
                 }
                 // The end of what was committed (or a torn tail, cut at the next open).
-                Ok(None) | Err(_) => self.current = None,
+                Ok(None) | Err(ReadFailure::Torn) => self.current = None,
+                // Not the end: the caller must not go on as if the records were not there.
+                Err(ReadFailure::Io(source)) => {
+                    let error = StorageError::WalRead {
+                        path: path.clone(),
+                        offset: self.offset,
+                        source,
+                    };
+                    self.current = None;
+                    self.paths.clear();
+                    return Some(Err(error));
+                }
             }
         }
     }
@@ -687,8 +890,163 @@ mod tests {
                 .unwrap()
             })
             .collect();
-        wal.commit().unwrap();
+        wal.commit(false).unwrap();
         lsns
+    }
+
+    thread_local! {
+        /// A read fault to inject: reads of this segment fail with EIO from this offset on.
+        static READ_FAULT: std::cell::RefCell<Option<(PathBuf, u64)>> = const { std::cell::RefCell::new(None) };
+    }
+
+    pub(super) fn read_fault_at(path: &Path) -> Option<u64> {
+        READ_FAULT.with(|f| {
+            f.borrow()
+                .as_ref()
+                .filter(|(p, _)| p == path)
+                .map(|(_, at)| *at)
+        })
+    }
+
+    /// A file whose reads fail with EIO from `fail_at` on, as a failing disk's do.
+    pub(super) struct FailingReader {
+        file: File,
+        at: u64,
+        fail_at: u64,
+    }
+
+    impl FailingReader {
+        pub(super) fn new(file: File, fail_at: u64) -> Self {
+            FailingReader {
+                file,
+                at: 0,
+                fail_at,
+            }
+        }
+    }
+
+    impl Read for FailingReader {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.at >= self.fail_at {
+                return Err(std::io::Error::from_raw_os_error(5)); // EIO
+            }
+            let room = (self.fail_at - self.at).min(buf.len() as u64) as usize;
+            let n = self.file.read(&mut buf[..room])?;
+            self.at += n as u64;
+            Ok(n)
+        }
+    }
+
+    fn segment_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(dir.join("wal"))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn a_read_error_at_open_stops_it_and_cuts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), cfg(200)).unwrap();
+        for _ in 0..10 {
+            append_n(&mut wal, 1); // a commit each: segments roll at 200 bytes
+        }
+        let first_segment = wal.segments.values().next().unwrap().path.clone();
+        let last_segment = wal.segments.values().last().unwrap().path.clone();
+        drop(wal);
+        let before = segment_files(dir.path());
+        for (segment, offset) in [(&first_segment, 40), (&last_segment, 0)] {
+            READ_FAULT.with(|f| *f.borrow_mut() = Some((segment.clone(), offset)));
+            let error = Wal::open(dir.path(), cfg(200))
+                .err()
+                .expect("a read error fails the open");
+            READ_FAULT.with(|f| *f.borrow_mut() = None);
+            let text = error.to_string();
+            assert!(text.contains(&segment.display().to_string()), "{text}");
+            assert!(matches!(error, StorageError::WalRead { .. }), "{text}");
+            assert!(error.is_retryable());
+            assert_eq!(
+                segment_files(dir.path()),
+                before,
+                "nothing cut, nothing made"
+            );
+        }
+        // The disk is well again: every record is there.
+        let (wal, rec) = Wal::open(dir.path(), cfg(200)).unwrap();
+        assert_eq!(rec.truncated_bytes, 0);
+        assert_eq!(wal.reader(0).count(), 10);
+    }
+
+    #[test]
+    fn a_read_error_while_replaying_is_an_error_not_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), cfg(200)).unwrap();
+        for _ in 0..10 {
+            append_n(&mut wal, 1); // a commit each: segments roll at 200 bytes
+        }
+        // A segment that is a folder: open works, every read fails (EISDIR), for real.
+        let second = wal.segments.values().nth(1).unwrap().path.clone();
+        fs::rename(&second, second.with_extension("moved")).unwrap();
+        fs::create_dir(&second).unwrap();
+        let read: Vec<Result<WalRecord, StorageError>> = wal.reader(0).collect();
+        let error = read
+            .iter()
+            .find_map(|r| r.as_ref().err())
+            .expect("an error");
+        assert!(
+            error.to_string().contains(&second.display().to_string()),
+            "{error}"
+        );
+        assert!(
+            read.last().unwrap().is_err(),
+            "no record after the unreadable segment is handed out as if it came next"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_record_before_the_last_segment_sets_the_segment_aside_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), cfg(200)).unwrap();
+        for _ in 0..10 {
+            append_n(&mut wal, 1); // a commit each: segments roll at 200 bytes
+        }
+        let segments: Vec<(u64, Segment)> =
+            wal.segments.iter().map(|(f, s)| (*f, s.clone())).collect();
+        assert!(segments.len() >= 3, "{segments:?}");
+        drop(wal);
+        // Damage the second record of the first segment.
+        let (first, seg) = &segments[0];
+        let mut bytes = fs::read(&seg.path).unwrap();
+        let original = bytes.clone();
+        let first_len = 8 + u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
+        bytes[first_len + 20] ^= 0xff;
+        fs::write(&seg.path, &bytes).unwrap();
+        let lost: Vec<u64> = (first + 1..=seg.last_lsn).collect();
+
+        let (wal, rec) = Wal::open(dir.path(), cfg(200)).unwrap();
+        assert_eq!(rec.truncated_bytes, 0, "only the last segment is ever cut");
+        assert_eq!(rec.set_aside, vec![seg.path.with_extension("wal.corrupt")]);
+        assert_eq!(
+            fs::read(seg.path.with_extension("wal.corrupt")).unwrap(),
+            bytes,
+            "the damaged segment is kept whole"
+        );
+        assert_eq!(fs::read(&seg.path).unwrap(), original[..first_len].to_vec());
+        let lsns: Vec<u64> = wal.reader(0).map(|r| r.unwrap().lsn).collect();
+        let expected: Vec<u64> = (1..=10).filter(|l| !lost.contains(l)).collect();
+        assert_eq!(
+            lsns, expected,
+            "every record the damage did not touch replays"
+        );
+        assert_eq!(rec.last_lsn, 10);
     }
 
     #[test]
@@ -795,6 +1153,16 @@ mod tests {
         let (wal, rec) = Wal::open(dir.path(), cfg(1 << 20)).unwrap();
         assert_eq!(rec.last_lsn, 1);
         assert_eq!(wal.reader(0).count(), 1);
+    }
+
+    #[test]
+    fn the_checkpoint_folder_is_synced_after_the_rename() {
+        // The rename's durability cannot be observed without a power cut; this checks that
+        // the folder sync runs and fails loudly when the folder cannot be opened.
+        let dir = tempfile::tempdir().unwrap();
+        Wal::open(dir.path(), cfg(1 << 20)).unwrap();
+        write_checkpoint(dir.path(), Checkpoint { all: 1, local: 1 }).unwrap();
+        assert!(!dir.path().join("wal/checkpoint.tmp").exists());
     }
 
     #[test]
