@@ -96,6 +96,10 @@ pub struct Pipeline {
     /// Whether the rows in the batcher go to the local sinks too (false while a restart
     /// replays records that Parquet already has, for ClickHouse alone).
     batch_local: bool,
+    /// For [`Pipeline::row_key`]: when this run started (Unix ms), and side rows without a
+    /// WAL position so far.
+    started_ms: u64,
+    unlogged_rows: u64,
     summary: PipelineSummary,
     counters: Counters,
 }
@@ -149,6 +153,8 @@ impl Pipeline {
             data_dir,
             next_lsn: checkpoint.all + 1,
             batch_local: true,
+            started_ms: crate::message::now_ms().max(0) as u64,
+            unlogged_rows: 0,
             summary: PipelineSummary::default(),
             counters: Counters::default(),
         }
@@ -355,6 +361,17 @@ impl Pipeline {
         }
     }
 
+    /// The key that makes a side row's insert idempotent: its WAL position, or for a message
+    /// that never reached the WAL (LSN 0) a stand-in no WAL position takes (top bit set, from
+    /// the start time and a count), so two such rows never collapse into one.
+    fn row_key(&mut self, lsn: u64) -> u64 {
+        if lsn > 0 {
+            return lsn;
+        }
+        self.unlogged_rows += 1;
+        (1 << 63) | (self.started_ms << 20).wrapping_add(self.unlogged_rows) & !(1 << 63)
+    }
+
     /// Remembers a status report for ClickHouse's `device_status`.
     fn queue_status(
         &mut self,
@@ -365,6 +382,7 @@ impl Pipeline {
         if self.clickhouse.is_none() {
             return;
         }
+        let key = self.row_key(message.lsn);
         self.side.note_lsn(message.lsn);
         self.side.statuses.push(StatusRow {
             meter_id: meter_id.to_string(),
@@ -376,6 +394,7 @@ impl Pipeline {
             firmware: status.firmware.clone(),
             error_flags: status.error_flags,
             source: message.source.as_str().to_string(),
+            lsn: key,
         });
         self.flush_side_rows_if_large();
     }
@@ -634,6 +653,7 @@ impl Pipeline {
             self.dead_letters.write(&letter)?;
         }
         if self.clickhouse.is_some() {
+            let key = self.row_key(message.lsn);
             self.side.note_lsn(message.lsn);
             self.side.dead_letters.push(DeadLetterRow {
                 received_at_ms: letter.received_at_ms,
@@ -644,6 +664,7 @@ impl Pipeline {
                 kind: letter.kind.clone(),
                 reason: letter.reason.clone(),
                 payload: letter.payload.clone(),
+                lsn: key,
             });
             self.flush_side_rows_if_large();
         }

@@ -186,10 +186,11 @@ GROUP BY meter_id, channel, {column}"
     snr_db Nullable(Float32),
     firmware Nullable(String),
     error_flags Nullable(UInt32),
-    source String
-) ENGINE = MergeTree()
+    source String,
+    lsn UInt64
+) ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(at)
-ORDER BY (meter_id, at)"
+ORDER BY (meter_id, at, lsn)"
     ));
     ddl.push(format!(
         "CREATE TABLE IF NOT EXISTS {db}.dead_letters (
@@ -200,10 +201,11 @@ ORDER BY (meter_id, at)"
     format String,
     kind String,
     reason String,
-    payload String
-) ENGINE = MergeTree()
+    payload String,
+    lsn UInt64
+) ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(received_at)
-ORDER BY (received_at, meter_id)"
+ORDER BY (received_at, meter_id, lsn)"
     ));
     ddl
 }
@@ -324,6 +326,47 @@ pub async fn time_columns(config: &ClickHouseConfig) -> Result<TimeColumns, Clic
     })
 }
 
+/// How the tables the writer inserts into are laid out, read from the server (tables made by
+/// an earlier meterflow keep working).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableLayout {
+    pub times: TimeColumns,
+    /// `device_status` has the `lsn` key column (made by this version): a repeated insert is
+    /// harmless. Without it (an earlier version's MergeTree) a retry may leave a duplicate.
+    pub status_lsn: bool,
+    /// The same for `dead_letters`.
+    pub dead_letter_lsn: bool,
+}
+
+/// Reads the [`TableLayout`] from `system.columns`.
+pub async fn table_layout(config: &ClickHouseConfig) -> Result<TableLayout, ClickHouseError> {
+    let times = time_columns(config).await?;
+    let db = &config.database;
+    let tables = config
+        .client()
+        .query(&format!(
+            "SELECT table FROM system.columns WHERE database = '{db}' AND name = 'lsn' AND table IN ('device_status', 'dead_letters')"
+        ))
+        .fetch_all::<String>()
+        .await
+        .map_err(|source| ClickHouseError {
+            action: "reading the columns of device_status and dead_letters",
+            source,
+        })?;
+    let layout = TableLayout {
+        times,
+        status_lsn: tables.iter().any(|t| t == "device_status"),
+        dead_letter_lsn: tables.iter().any(|t| t == "dead_letters"),
+    };
+    if !layout.status_lsn || !layout.dead_letter_lsn {
+        tracing::warn!(
+            database = %db,
+            "device_status or dead_letters was made by an earlier meterflow (no lsn column): an insert retried after a timeout may be stored twice there. To make retries harmless, rename the table, run `meterflow schema --apply` and copy the rows over (see docs/ARCHITECTURE.md)"
+        );
+    }
+    Ok(layout)
+}
+
 /// Encodes a batch of the canonical schema as RowBinary for the `readings` columns.
 pub fn encode_rowbinary(batch: &RecordBatch, times: TimeColumns) -> Vec<u8> {
     let s = |i: usize| batch.column(i).as_string::<i32>();
@@ -403,6 +446,10 @@ pub struct StatusRow {
     pub firmware: Option<String>,
     pub error_flags: Option<u32>,
     pub source: String,
+    /// The WAL position of the message it came from (a unique stand-in when it has none):
+    /// part of the table's key, so an insert repeated by a retry is one row after merges,
+    /// while two reports of one meter in the same second stay two.
+    pub lsn: u64,
 }
 
 /// A payload that did not decode, for the `dead_letters` table (the same as the dead-letter
@@ -418,6 +465,8 @@ pub struct DeadLetterRow {
     pub reason: String,
     /// The raw payload (a ClickHouse String holds any bytes).
     pub payload: Vec<u8>,
+    /// The WAL position of the message, as in [`StatusRow::lsn`].
+    pub lsn: u64,
 }
 
 /// What goes to ClickHouse beside a batch of readings.
@@ -468,8 +517,12 @@ fn put_time(out: &mut Vec<u8>, ms: i64, times: TimeColumns) {
     }
 }
 
-/// Encodes dead letters as RowBinary for `dead_letters`.
-pub fn encode_dead_letter_rowbinary(rows: &[DeadLetterRow], times: TimeColumns) -> Vec<u8> {
+/// Encodes dead letters as RowBinary for `dead_letters` (with `lsn` when `with_lsn`).
+pub fn encode_dead_letter_rowbinary(
+    rows: &[DeadLetterRow],
+    times: TimeColumns,
+    with_lsn: bool,
+) -> Vec<u8> {
     let mut out = Vec::new();
     for r in rows {
         put_time(&mut out, r.received_at_ms, times);
@@ -484,13 +537,16 @@ pub fn encode_dead_letter_rowbinary(rows: &[DeadLetterRow], times: TimeColumns) 
             put_str(&mut out, text);
         }
         put_bytes(&mut out, &r.payload);
+        if with_lsn {
+            out.extend_from_slice(&r.lsn.to_le_bytes());
+        }
     }
     out
 }
 
 /// Encodes status rows as RowBinary for `device_status` (Nullable: a null flag byte, then
-/// the value when present).
-pub fn encode_status_rowbinary(rows: &[StatusRow], times: TimeColumns) -> Vec<u8> {
+/// the value when present; `lsn` last when `with_lsn`).
+pub fn encode_status_rowbinary(rows: &[StatusRow], times: TimeColumns, with_lsn: bool) -> Vec<u8> {
     fn opt<T>(out: &mut Vec<u8>, v: Option<T>, put: impl FnOnce(&mut Vec<u8>, T)) {
         match v {
             Some(v) => {
@@ -519,6 +575,9 @@ pub fn encode_status_rowbinary(rows: &[StatusRow], times: TimeColumns) -> Vec<u8
             o.extend_from_slice(&v.to_le_bytes())
         });
         put_str(&mut out, &r.source);
+        if with_lsn {
+            out.extend_from_slice(&r.lsn.to_le_bytes());
+        }
     }
     out
 }
@@ -526,12 +585,14 @@ pub fn encode_status_rowbinary(rows: &[StatusRow], times: TimeColumns) -> Vec<u8
 async fn insert_dead_letters(
     client: &clickhouse::Client,
     db: &str,
-    body: Vec<u8>,
+    rows: &[DeadLetterRow],
+    layout: TableLayout,
 ) -> Result<(), ClickHouseError> {
+    let lsn = if layout.dead_letter_lsn { ", lsn" } else { "" };
     insert_rowbinary(
         client,
-        format!("INSERT INTO {db}.dead_letters (received_at, source, topic, meter_id, format, kind, reason, payload) FORMAT RowBinary"),
-        body,
+        format!("INSERT INTO {db}.dead_letters (received_at, source, topic, meter_id, format, kind, reason, payload{lsn}) FORMAT RowBinary"),
+        encode_dead_letter_rowbinary(rows, layout.times, layout.dead_letter_lsn),
         "inserting dead letters",
     )
     .await
@@ -540,12 +601,14 @@ async fn insert_dead_letters(
 async fn insert_statuses(
     client: &clickhouse::Client,
     db: &str,
-    body: Vec<u8>,
+    rows: &[StatusRow],
+    layout: TableLayout,
 ) -> Result<(), ClickHouseError> {
+    let lsn = if layout.status_lsn { ", lsn" } else { "" };
     insert_rowbinary(
         client,
-        format!("INSERT INTO {db}.device_status (meter_id, at, battery_pct, rssi_dbm, rsrp_dbm, snr_db, firmware, error_flags, source) FORMAT RowBinary"),
-        body,
+        format!("INSERT INTO {db}.device_status (meter_id, at, battery_pct, rssi_dbm, rsrp_dbm, snr_db, firmware, error_flags, source{lsn}) FORMAT RowBinary"),
+        encode_status_rowbinary(rows, layout.times, layout.status_lsn),
         "inserting device status",
     )
     .await
@@ -713,6 +776,132 @@ impl Drop for ClickHouseWriter {
     }
 }
 
+/// The tables one job inserts into, in this order; each is its own retry unit, so a retry
+/// never repeats an insert that succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Statuses,
+    DeadLetters,
+    Readings,
+}
+
+impl Part {
+    const ALL: [Part; 3] = [Part::Statuses, Part::DeadLetters, Part::Readings];
+
+    fn table(self) -> &'static str {
+        match self {
+            Part::Statuses => "device_status",
+            Part::DeadLetters => "dead_letters",
+            Part::Readings => "readings",
+        }
+    }
+
+    fn is_empty(self, job: &Job) -> bool {
+        match self {
+            Part::Statuses => job.side.statuses.is_empty(),
+            Part::DeadLetters => job.side.dead_letters.is_empty(),
+            Part::Readings => job.batch.num_rows() == 0,
+        }
+    }
+}
+
+/// What became of one part of a job.
+enum Outcome {
+    Inserted,
+    /// The server refused the data (a retry sends the same bytes).
+    Refused(ClickHouseError),
+    /// Shutdown while the server was away: the job stays in the WAL.
+    Abandoned,
+}
+
+/// The writer's state between jobs.
+struct WriterState {
+    config: ClickHouseConfig,
+    client: clickhouse::Client,
+    /// Read once the schema is applied; forgotten after a failure (a table may be gone).
+    layout: Option<TableLayout>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
+    failing_since_ms: Arc<AtomicI64>,
+}
+
+impl WriterState {
+    async fn insert_once(&mut self, part: Part, job: &Job) -> Result<(), ClickHouseError> {
+        let layout = match self.layout {
+            Some(layout) => layout,
+            None => {
+                let version = apply_schema(&self.config).await?;
+                let layout = table_layout(&self.config).await?;
+                tracing::info!(
+                    ?version,
+                    modern = version.is_modern(),
+                    ?layout,
+                    "ClickHouse schema applied"
+                );
+                self.layout = Some(layout);
+                layout
+            }
+        };
+        let db = &self.config.database;
+        let started = std::time::Instant::now();
+        match part {
+            Part::Statuses => insert_statuses(&self.client, db, &job.side.statuses, layout).await?,
+            Part::DeadLetters => {
+                insert_dead_letters(&self.client, db, &job.side.dead_letters, layout).await?
+            }
+            Part::Readings => {
+                insert_readings(&self.client, db, encode_rowbinary(&job.batch, layout.times))
+                    .await?
+            }
+        }
+        metrics::histogram!("meterflow_batch_write_seconds", "sink" => "clickhouse", "table" => part.table())
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Inserts one part, retrying with backoff what a retry can fix.
+    async fn insert(&mut self, part: Part, job: &Job) -> Outcome {
+        let mut delay = Duration::from_millis(self.config.retry_initial_ms.max(1));
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let error = match self.insert_once(part, job).await {
+                Ok(()) => {
+                    self.failing_since_ms.store(0, Ordering::Release);
+                    return Outcome::Inserted;
+                }
+                Err(e) if !e.is_retryable() => return Outcome::Refused(e),
+                Err(e) => e,
+            };
+            if self.closing.load(Ordering::Acquire) {
+                tracing::warn!(error = %error, table = part.table(), "ClickHouse unavailable at shutdown; the batch stays in the WAL for the next start");
+                return Outcome::Abandoned;
+            }
+            metrics::counter!("meterflow_clickhouse_retries_total").increment(1);
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis() as i64);
+            let _ = self.failing_since_ms.compare_exchange(
+                0,
+                now_ms,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            if attempt == 1 || attempt.is_power_of_two() {
+                tracing::warn!(error = %error, table = part.table(), attempt, retry_in_ms = delay.as_millis() as u64, "ClickHouse insert failed; retrying");
+            }
+            // The schema may be what is missing (a dropped table): apply it again.
+            self.layout = None;
+            let jitter =
+                Duration::from_millis(u64::from(attempt.wrapping_mul(2_654_435_761) % 100));
+            let until = tokio::time::Instant::now() + delay + jitter;
+            while tokio::time::Instant::now() < until && !self.closing.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            delay = (delay * 2).min(Duration::from_millis(self.config.retry_max_ms.max(1)));
+        }
+    }
+}
+
 async fn run_writer(
     config: ClickHouseConfig,
     jobs: Receiver<Job>,
@@ -722,89 +911,44 @@ async fn run_writer(
     closing: Arc<std::sync::atomic::AtomicBool>,
     failing_since_ms: Arc<AtomicI64>,
 ) {
-    let client = config.client();
-    let mut times: Option<TimeColumns> = None;
+    let mut state = WriterState {
+        client: config.client(),
+        config,
+        layout: None,
+        closing,
+        failing_since_ms,
+    };
     // The std receiver blocks; the runtime has nothing else to do meanwhile.
     while let Ok(job) = jobs.recv() {
-        let rows = job.batch.num_rows();
-        let mut delay = Duration::from_millis(config.retry_initial_ms.max(1));
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let result = async {
-                let t = match times {
-                    Some(t) => t,
-                    None => {
-                        let v = apply_schema(&config).await?;
-                        let t = time_columns(&config).await?;
-                        tracing::info!(version = ?v, modern = v.is_modern(), times = ?t, "ClickHouse schema applied");
-                        times = Some(t);
-                        t
-                    }
-                };
-                let started = std::time::Instant::now();
-                if !job.side.statuses.is_empty() {
-                    let body = encode_status_rowbinary(&job.side.statuses, t);
-                    insert_statuses(&client, &config.database, body).await?;
-                }
-                if !job.side.dead_letters.is_empty() {
-                    let body = encode_dead_letter_rowbinary(&job.side.dead_letters, t);
-                    insert_dead_letters(&client, &config.database, body).await?;
-                }
-                if job.batch.num_rows() > 0 {
-                    insert_readings(&client, &config.database, encode_rowbinary(&job.batch, t))
-                        .await?;
-                }
-                metrics::histogram!("meterflow_batch_write_seconds", "sink" => "clickhouse")
-                    .record(started.elapsed().as_secs_f64());
-                Ok::<(), ClickHouseError>(())
+        for part in Part::ALL {
+            if part.is_empty(&job) {
+                continue;
             }
-            .await;
-            match result {
-                Ok(()) => {
-                    metrics::counter!("meterflow_rows_written_total", "sink" => "clickhouse")
-                        .increment(rows as u64);
-                    failing_since_ms.store(0, Ordering::Release);
-                    break;
+            match state.insert(part, &job).await {
+                Outcome::Inserted => {
+                    if part == Part::Readings {
+                        metrics::counter!("meterflow_rows_written_total", "sink" => "clickhouse")
+                            .increment(job.batch.num_rows() as u64);
+                    }
                 }
-                Err(e) if e.is_retryable() && closing.load(Ordering::Acquire) => {
-                    tracing::warn!(error = %e, rows, "ClickHouse unavailable at shutdown; the batch stays in the WAL for the next start");
+                Outcome::Refused(e) => {
+                    metrics::counter!("meterflow_clickhouse_rejected_batches_total", "table" => part.table())
+                        .increment(1);
+                    if part == Part::Readings {
+                        tracing::error!(error = %e, rows = job.batch.num_rows(), "ClickHouse refused the batch's data; its rows go to the dead letters");
+                        let _ = rejected.send(RejectedBatch {
+                            batch: job.batch.clone(),
+                            reason: e.to_string(),
+                        });
+                    } else {
+                        // The dead-letter files and the device state keep these.
+                        tracing::error!(error = %e, table = part.table(), "ClickHouse refused these rows; they are not in ClickHouse");
+                    }
+                }
+                Outcome::Abandoned => {
                     // Not confirmed, and `pending` stays up: the checkpoint stops before it.
                     while jobs.recv().is_ok() {}
                     return;
-                }
-                Err(e) if e.is_retryable() => {
-                    metrics::counter!("meterflow_clickhouse_retries_total").increment(1);
-                    let now_ms = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(1, |d| d.as_millis() as i64);
-                    let _ = failing_since_ms.compare_exchange(
-                        0,
-                        now_ms,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    );
-                    if attempt == 1 || attempt.is_power_of_two() {
-                        tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "ClickHouse insert failed; retrying");
-                    }
-                    // The schema may be what is missing (a dropped table): apply it again.
-                    times = None;
-                    let jitter =
-                        Duration::from_millis(u64::from(attempt.wrapping_mul(2_654_435_761) % 100));
-                    let until = tokio::time::Instant::now() + delay + jitter;
-                    while tokio::time::Instant::now() < until && !closing.load(Ordering::Acquire) {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    delay = (delay * 2).min(Duration::from_millis(config.retry_max_ms.max(1)));
-                }
-                Err(e) => {
-                    metrics::counter!("meterflow_clickhouse_rejected_batches_total").increment(1);
-                    tracing::error!(error = %e, rows, "ClickHouse refused the batch's data; its rows go to the dead letters");
-                    let _ = rejected.send(RejectedBatch {
-                        batch: job.batch.clone(),
-                        reason: e.to_string(),
-                    });
-                    break;
                 }
             }
         }
@@ -876,13 +1020,20 @@ mod tests {
             battery_pct: Some(87),
             firmware: Some("1".into()),
             source: "mqtt".into(),
+            lsn: 7,
             ..Default::default()
         };
-        let bytes = encode_status_rowbinary(&[row], TimeColumns::Seconds);
+        let bytes =
+            encode_status_rowbinary(std::slice::from_ref(&row), TimeColumns::Seconds, false);
         let mut want = vec![1, b'm'];
         want.extend_from_slice(&2u32.to_le_bytes());
         want.extend_from_slice(&[0, 87, 1, 1, 1, 0, 1, b'1', 1, 4, b'm', b'q', b't', b't']);
-        assert_eq!(bytes, want);
+        assert_eq!(bytes, want, "a table of an earlier version: no lsn column");
+        want.extend_from_slice(&7u64.to_le_bytes());
+        assert_eq!(
+            encode_status_rowbinary(&[row], TimeColumns::Seconds, true),
+            want
+        );
     }
 
     #[test]

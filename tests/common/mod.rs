@@ -115,6 +115,12 @@ impl Server {
         self.child.wait().expect("reaped");
     }
 
+    /// SIGKILL, and the data folder back (to start again with other arguments).
+    pub fn crash(mut self) -> tempfile::TempDir {
+        self.kill_9();
+        self.tmp.take().expect("crashed once")
+    }
+
     /// Starts the server again on the same ports and data folder (after [`Server::kill_9`]).
     pub fn restart(mut self) -> Server {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
@@ -628,4 +634,99 @@ pub fn simulate_command(
     .args(["--interval-s", &plan.interval_s.to_string()])
     .args(["--pause-ms", &pause_ms.to_string()]);
     cmd
+}
+
+/// A TCP proxy in front of an HTTP server that can lose one answer for real: armed with a
+/// needle, it forwards the next request that contains it, lets the server answer, and closes
+/// the client's connection instead of passing the answer on (an insert that "timed out" after
+/// the server committed it).
+pub struct LossyProxy {
+    pub url: String,
+    armed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LossyProxy {
+    /// Listens on a free loopback port and forwards to `upstream` (`http://host:port`).
+    pub fn start(upstream: &str) -> LossyProxy {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = TcpListener::bind(("127.0.0.1", free_port())).expect("proxy listens");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let armed: Arc<Mutex<Option<String>>> = Arc::default();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let (armed2, dropped2) = (armed.clone(), dropped.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let lose_answer = Arc::new(AtomicBool::new(false));
+                let (mut c_read, mut s_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (armed, lose) = (armed2.clone(), lose_answer.clone());
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = c_read.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let mut needle = armed.lock().unwrap();
+                        if needle
+                            .as_deref()
+                            .is_some_and(|x| buf[..n].windows(x.len()).any(|w| w == x.as_bytes()))
+                        {
+                            *needle = None;
+                            lose.store(true, Ordering::SeqCst);
+                        }
+                        drop(needle);
+                        if s_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_write.shutdown(std::net::Shutdown::Write);
+                });
+                let dropped = dropped2.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let (mut s_read, mut c_write) = (server, client);
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = s_read.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if lose_answer.load(Ordering::SeqCst) {
+                            dropped.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        if c_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_write.shutdown(std::net::Shutdown::Both);
+                    let _ = s_read.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        LossyProxy {
+            url,
+            armed,
+            dropped,
+        }
+    }
+
+    /// The answer to the next request containing `needle` is lost.
+    pub fn lose_answer_to(&self, needle: &str) {
+        *self.armed.lock().unwrap() = Some(needle.to_string());
+    }
+
+    /// Answers lost so far.
+    pub fn lost(&self) -> usize {
+        self.dropped.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
