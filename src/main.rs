@@ -20,16 +20,33 @@ use meterflow_proto::Format;
     about = "Smart-meter telemetry ingestion: MQTT and CoAP in, Parquet and ClickHouse out."
 )]
 struct Cli {
+    #[command(flatten)]
+    shared: SharedArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The flags every subcommand that reads the config understands, before or after its name
+/// (`meterflow --clickhouse-url URL query ...` and `meterflow query ... --clickhouse-url URL`).
+#[derive(clap::Args)]
+struct SharedArgs {
+    /// TOML config file; every key is optional (see deploy/meterflow.example.toml).
+    #[arg(long, env = "METERFLOW_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Where Parquet files, the WAL, dead letters and state are kept [default ./data]
+    #[arg(long, env = "METERFLOW_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// ClickHouse HTTP URL (e.g. http://127.0.0.1:8123): turns the ClickHouse sink on.
+    #[arg(long, env = "METERFLOW_CLICKHOUSE_URL", global = true)]
+    clickhouse_url: Option<String>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the MQTT and CoAP servers, the pipeline and the sinks until SIGTERM or Ctrl-C.
-    Serve(ServeArgs),
+    Serve(ListenArgs),
     /// Print the configuration in effect (defaults, file, environment, flags) as TOML.
-    Config(ServeArgs),
+    Config(ListenArgs),
     /// Print the rows a payload decodes to, or the error with its position.
     Decode {
         /// pb, json, senml, senml-cbor, dsmr, lwm2m
@@ -49,8 +66,6 @@ enum Command {
     Credentials(CredentialsArgs),
     /// Print the ClickHouse DDL for the configured server (or --server-version), or apply it.
     Schema {
-        #[command(flatten)]
-        serve: ServeArgs,
         /// Create the database, tables and rollups that are missing on the server.
         #[arg(long)]
         apply: bool,
@@ -60,11 +75,9 @@ enum Command {
     },
 }
 
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// TOML config file; every key is optional (see deploy/meterflow.example.toml).
-    #[arg(long, env = "METERFLOW_CONFIG")]
-    config: Option<PathBuf>,
+/// The listeners of `serve` (and `config`, which shows what `serve` would run).
+#[derive(clap::Args, Default)]
+struct ListenArgs {
     /// Plain MQTT listener, 3.1.1 and 5 [default 127.0.0.1:1883]
     #[arg(long, env = "METERFLOW_MQTT_LISTEN")]
     mqtt_listen: Option<SocketAddr>,
@@ -84,12 +97,6 @@ struct ServeArgs {
     /// not loopback.
     #[arg(long, env = "METERFLOW_HTTP_TOKEN", hide_env_values = true)]
     http_token: Option<String>,
-    /// Where Parquet files, the WAL, dead letters and state are kept [default ./data]
-    #[arg(long, env = "METERFLOW_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// ClickHouse HTTP URL (e.g. http://127.0.0.1:8123): turns the ClickHouse sink on.
-    #[arg(long, env = "METERFLOW_CLICKHOUSE_URL")]
-    clickhouse_url: Option<String>,
 }
 
 /// A listener flag: an address, or `off` (or empty) for none.
@@ -102,14 +109,29 @@ fn address_or_off(value: &str, flag: &str) -> anyhow::Result<Option<SocketAddr>>
     }
 }
 
-impl ServeArgs {
-    /// Defaults, then the file, then environment and flags (clap merges those two, flags win).
-    fn config(&self) -> anyhow::Result<Config> {
+impl SharedArgs {
+    /// Defaults, then the file, then environment and flags (clap merges those two, flags win);
+    /// `listen` are the listener flags of `serve` and `config` (none for the others).
+    fn config(&self, listen: &ListenArgs) -> anyhow::Result<Config> {
         let mut config = match &self.config {
             Some(path) => Config::from_file(path)
                 .with_context(|| format!("config file {}", path.display()))?,
             None => Config::default(),
         };
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(url) = &self.clickhouse_url {
+            config.clickhouse.url = url.clone();
+        }
+        listen.apply(&mut config)?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl ListenArgs {
+    fn apply(&self, config: &mut Config) -> anyhow::Result<()> {
         if let Some(addr) = self.mqtt_listen {
             config.mqtt.listen = addr;
         }
@@ -130,21 +152,12 @@ impl ServeArgs {
         if let Some(token) = &self.http_token {
             config.http.token = token.clone();
         }
-        if let Some(dir) = &self.data_dir {
-            config.data_dir = dir.clone();
-        }
-        if let Some(url) = &self.clickhouse_url {
-            config.clickhouse.url = url.clone();
-        }
-        config.validate()?;
-        Ok(config)
+        Ok(())
     }
 }
 
 #[derive(clap::Args)]
 struct QueryArgs {
-    #[command(flatten)]
-    serve: ServeArgs,
     /// table (aligned, for people), csv or json (for scripts).
     #[arg(long, global = true, value_enum, default_value = "table")]
     format: meterflow::query_cmd::OutputFormat,
@@ -195,12 +208,6 @@ enum Question {
 
 #[derive(clap::Args)]
 struct CredentialsArgs {
-    /// TOML config file (for its data_dir).
-    #[arg(long, env = "METERFLOW_CONFIG", global = true)]
-    config: Option<PathBuf>,
-    /// The data folder whose store to use [default ./data, or the config's data_dir]
-    #[arg(long, env = "METERFLOW_DATA_DIR", global = true)]
-    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     action: CredentialsAction,
 }
@@ -315,10 +322,10 @@ fn main() -> anyhow::Result<()> {
         .init();
 
     match cli.command {
-        Command::Serve(args) => serve(args.config()?),
-        Command::Config(args) => {
+        Command::Serve(listen) => serve(cli.shared.config(&listen)?),
+        Command::Config(listen) => {
             // Secrets are not printed: the output is often pasted into tickets.
-            let mut config = args.config()?;
+            let mut config = cli.shared.config(&listen)?;
             for secret in [&mut config.http.token, &mut config.clickhouse.password] {
                 if !secret.is_empty() {
                     *secret = "(set, not shown)".into();
@@ -346,20 +353,22 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(args) => simulate(args),
-        Command::Credentials(args) => credentials(args),
-        Command::Query(args) => query(args),
+        Command::Credentials(args) => credentials(&cli.shared, args),
+        Command::Query(args) => query(cli.shared.config(&ListenArgs::default())?, args),
         Command::Schema {
-            serve,
             apply,
             server_version,
-        } => schema(serve.config()?, apply, server_version),
+        } => schema(
+            cli.shared.config(&ListenArgs::default())?,
+            apply,
+            server_version,
+        ),
     }
 }
 
-fn query(args: QueryArgs) -> anyhow::Result<()> {
+fn query(config: Config, args: QueryArgs) -> anyhow::Result<()> {
     use meterflow::query_cmd::{parse_duration_s, parse_time_s};
     use meterflow_storage::analytics::{self, AnomalyRules, Period};
-    let config = args.serve.config()?;
     anyhow::ensure!(
         config.clickhouse.enabled(),
         "queries read ClickHouse: give --clickhouse-url or clickhouse.url"
@@ -413,9 +422,9 @@ fn query(args: QueryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn credentials(args: CredentialsArgs) -> anyhow::Result<()> {
+fn credentials(shared: &SharedArgs, args: CredentialsArgs) -> anyhow::Result<()> {
     use meterflow_ingest::credentials::{self, Credential, Glob, Secret};
-    let data_dir = match (&args.data_dir, &args.config) {
+    let data_dir = match (&shared.data_dir, &shared.config) {
         (Some(dir), _) => dir.clone(),
         (None, Some(path)) => {
             Config::from_file(path)

@@ -1,6 +1,8 @@
 //! `meterflow query` against the real ClickHouse with known data: consumption computed by
 //! hand, each anomaly kind detected, nothing flagged on clean data, duplicates counted once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 mod common;
 
 use std::process::Command;
@@ -102,9 +104,9 @@ fn billing_anomalies_and_devices_on_known_data() {
     // Status reports: A healthy (battery reported first, firmware later), B with error flags.
     ch.query(&format!(
         "INSERT INTO {db}.device_status VALUES \
-         ('A', toDateTime({}), 87, -71, NULL, NULL, '4.2.17', 0, 'mqtt'), \
-         ('A', toDateTime({}), NULL, -75, NULL, NULL, '4.2.18', NULL, 'mqtt'), \
-         ('B', toDateTime({}), 40, NULL, NULL, NULL, NULL, 5, 'mqtt')",
+         ('A', toDateTime({}), 87, -71, NULL, NULL, '4.2.17', 0, 'mqtt', 1), \
+         ('A', toDateTime({}), NULL, -75, NULL, NULL, '4.2.18', NULL, 'mqtt', 2), \
+         ('B', toDateTime({}), 40, NULL, NULL, NULL, NULL, 5, 'mqtt', 3)",
         T0,
         T0 + 3600,
         T0 + 7200
@@ -210,4 +212,64 @@ fn billing_anomalies_and_devices_on_known_data() {
     assert_eq!(stale.len(), 1);
     assert_eq!(stale[0]["meter_id"], "E");
     ch.query(&format!("DROP DATABASE {db}"));
+}
+
+/// The flags a new user types first work on either side of the subcommand, and a subcommand
+/// lists only the flags it uses.
+#[test]
+fn shared_flags_work_before_or_after_the_subcommand_and_listeners_belong_to_serve() {
+    let ch = ClickHouse::shared();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = run(&["schema", "--apply", "--clickhouse-url", &ch.url]);
+    assert!(ok, "{text}");
+    for args in [
+        vec![
+            "query",
+            "devices",
+            "--format",
+            "json",
+            "--clickhouse-url",
+            &ch.url,
+        ],
+        vec![
+            "--clickhouse-url",
+            &ch.url,
+            "query",
+            "devices",
+            "--format",
+            "json",
+        ],
+    ] {
+        let (ok, text) = run(&args);
+        assert!(ok, "{args:?}: {text}");
+        assert!(text.trim_start().starts_with('['), "{args:?}: {text}");
+    }
+    for subcommand in ["query", "schema", "credentials"] {
+        let (ok, help) = run(&[subcommand, "--help"]);
+        assert!(ok);
+        assert!(
+            help.contains("--config") && help.contains("--data-dir"),
+            "{subcommand}: {help}"
+        );
+        for listener in [
+            "--mqtt-listen",
+            "--coap-listen",
+            "--http-listen",
+            "--http-token",
+        ] {
+            assert!(
+                !help.contains(listener),
+                "{subcommand} lists {listener}:\n{help}"
+            );
+        }
+    }
+    let (_, serve_help) = run(&["serve", "--help"]);
+    assert!(serve_help.contains("--mqtt-listen") && serve_help.contains("--clickhouse-url"));
 }

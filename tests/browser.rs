@@ -4,6 +4,8 @@
 //! id, and its status, colour and chart must show; the stale list must name a silent meter.
 //! Screenshots are kept under `target/tmp/browser/`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 mod common;
 
 use std::path::{Path, PathBuf};

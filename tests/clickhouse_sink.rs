@@ -1,6 +1,8 @@
 //! MQTT to ClickHouse with the real server: every row and value arrives, a report delivered
 //! twice is counted once, and an outage of ClickHouse loses nothing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 mod common;
 
 use std::collections::BTreeSet;

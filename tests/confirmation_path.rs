@@ -3,6 +3,8 @@
 //! table of a job, when an insert's answer is lost after the server committed it, or when the
 //! WAL's disk fills up.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 mod common;
 
 #[path = "../storage/tests/support/small_disk.rs"]

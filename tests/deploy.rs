@@ -3,6 +3,8 @@
 //! Prometheus queries name metrics meterflow exports, and the systemd unit starts the binary
 //! with flags it has.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 mod common;
 
 use std::process::Command;

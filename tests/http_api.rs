@@ -3,6 +3,8 @@
 //! the bearer token, `/ready`, and `/metrics` parsed as Prometheus text with counters that
 //! match what was published.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 mod common;
 
 use std::collections::BTreeMap;

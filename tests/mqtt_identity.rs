@@ -4,6 +4,8 @@
 //! subscriptions but a meter's own command topic, revocation that closes a live session,
 //! session takeover only by the same identity, and TLS with client certificates.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 mod common;
 
 use std::path::Path;

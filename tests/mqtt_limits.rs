@@ -3,6 +3,8 @@
 //! budget (nothing that is not stored is acknowledged). Each is counted in a metric, and the
 //! connections gauge is exact.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 mod common;
 
 use std::io::{Read, Write};

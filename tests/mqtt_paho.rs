@@ -2,6 +2,8 @@
 //! command) runs `tests/mqtt5_paho.py` against the real server; this test checks what paho
 //! saw (reason codes, CONNACK properties, the DISCONNECT at shutdown) and what was stored.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 mod common;
 
 use std::io::{BufRead, BufReader};

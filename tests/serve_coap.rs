@@ -2,6 +2,8 @@
 //! nobody here wrote) posts reports, a Block1 upload and LwM2M registration and Send; a raw UDP
 //! socket retransmits a CON. The rows are read back from Parquet after SIGTERM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 mod common;
 
 use std::net::UdpSocket;

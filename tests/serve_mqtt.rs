@@ -1,6 +1,8 @@
 //! End to end over MQTT: the real `meterflow serve`, real clients (`mosquitto_pub`,
 //! `meterflow simulate`), SIGTERM, then every row read back from the Parquet files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 mod common;
 
 use std::process::Command;

@@ -1,6 +1,8 @@
 //! The write-ahead log under a crash: `kill -9` meterflow while a fleet publishes, start it
 //! again on the same data folder, let the fleet finish, stop it, and count what is in Parquet.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 mod common;
 
 use std::process::{Command, Stdio};

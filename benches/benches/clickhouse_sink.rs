@@ -5,6 +5,8 @@
 //! `METERFLOW_BENCH_CLICKHOUSE_URL` and `METERFLOW_BENCH_CLICKHOUSE_PORT` (native TCP) set.
 //! Under `cargo test` (no `--bench` argument) it does nothing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 use std::process::{Command, Stdio};
 use std::time::Instant;
 

@@ -6,6 +6,8 @@
 //! SenML-CBOR pack of the same readings, and a real DSMR 5.0 telegram from the vectors.
 //! Run: `cargo bench -p meterflow-benches --bench decoders`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use meterflow::simulate::{Plan, Shape};
 use meterflow_decoders::{decode, DecodeContext, Format};

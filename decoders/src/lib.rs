@@ -294,6 +294,35 @@ pub fn decode_status(payload: &[u8]) -> Result<DeviceStatus, DecodeError> {
     })
 }
 
+/// The fuzz targets' way in (`fuzz/fuzz_targets/decode_*.rs`, and the regression inputs in
+/// the test command): decodes `data` as `format` as the pipeline does, and on success builds
+/// its Arrow rows (where series are expanded). Not an API.
+#[doc(hidden)]
+pub fn fuzz_decode(format: Format, data: &[u8]) {
+    let ctx = DecodeContext {
+        meter_id: "E1",
+        received_at_ms: 1_719_792_000_000,
+    };
+    if let Ok(decoded) = decode(format, data, &ctx) {
+        let mut builder = meterflow_proto::ReadingBatchBuilder::default();
+        let meta = meterflow_proto::RowMeta {
+            meter_id: "E1",
+            received_at_ms: ctx.received_at_ms,
+            source: meterflow_proto::Source::Mqtt,
+            format,
+        };
+        let rows = decoded.append_to(&mut builder, &meta);
+        assert_eq!(
+            rows,
+            decoded.row_count(),
+            "append_to builds every row it counts"
+        );
+    }
+    if format == Format::Json {
+        let _ = decode_status(data);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,8 @@
 //! OMA examples' `bt: 25462634` means "25462634 s from now". Leshan's and wakaama's own tests
 //! assert the raw `bt + t`; we assert `now + bt + t`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use meterflow_decoders::senml::{

@@ -13,6 +13,8 @@
 //!
 //! Also here: property tests that arbitrary and mutated input never panics the decoders.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 use meterflow_decoders::senml::{
     decode_cbor, decode_json, decode_lwm2m, resolve_cbor, resolve_json, resolve_lwm2m,
     ResolvedRecord, SenmlValue,

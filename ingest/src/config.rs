@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use meterflow_storage::clickhouse::ClickHouseConfig;
-use meterflow_storage::{BatchConfig, FsyncPolicy, ParquetConfig, WalConfig};
+use meterflow_storage::{BatchConfig, ParquetConfig, WalConfig};
 use serde::{Deserialize, Serialize};
 
 pub use crate::coap::CoapConfig;
@@ -135,103 +135,62 @@ impl Config {
         .collect()
     }
 
-    /// Checks every value that the types alone do not; the error names the key.
+    /// Checks every value that the types alone do not: each section checks its own, and the
+    /// error names the key.
     pub fn validate(&self) -> Result<(), IngestError> {
-        fn positive(key: &str, v: u64) -> Result<(), IngestError> {
-            if v == 0 {
-                return Err(IngestError::config(key, "must be greater than 0"));
-            }
-            Ok(())
-        }
         self.mqtt.validate()?;
-        let coap = &self.coap;
-        positive("coap.max_payload_bytes", coap.max_payload_bytes as u64)?;
-        positive("coap.max_inflight", coap.max_inflight as u64)?;
-        positive(
-            "coap.exchange_cache_entries",
-            coap.exchange_cache_entries as u64,
-        )?;
-        positive("coap.block_transfers", coap.block_transfers as u64)?;
-        positive("coap.block_timeout_s", coap.block_timeout_s)?;
-        positive("coap.socket_buffer_bytes", coap.socket_buffer_bytes as u64)?;
-        positive(
-            "coap.lwm2m_max_registrations",
-            coap.lwm2m_max_registrations as u64,
-        )?;
-        if self.http.token.is_empty() && !self.http.listen.ip().is_loopback() {
+        self.coap.validate()?;
+        self.http.validate()?;
+        self.devices.validate()?;
+        self.pipeline.validate()?;
+        self.batch.validate()?;
+        self.parquet.validate()?;
+        self.wal.validate()?;
+        self.clickhouse.validate()?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(IngestError::config("data_dir", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// `Err` naming `key` when `value` is 0.
+pub(crate) fn positive(key: &str, value: u64) -> Result<(), IngestError> {
+    if value == 0 {
+        return Err(IngestError::config(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+impl HttpConfig {
+    /// Checks what the types alone do not; the error names the key.
+    pub fn validate(&self) -> Result<(), IngestError> {
+        if self.token.is_empty() && !self.listen.ip().is_loopback() {
             return Err(IngestError::config(
                 "http.token",
                 format!(
                     "must be set when http.listen ({}) is not a loopback address: the API shows every meter's data",
-                    self.http.listen
+                    self.listen
                 ),
             ));
         }
-        if !self.http.token.is_empty()
-            && (self.http.token.len() < 16
-                || !self.http.token.bytes().all(|b| b.is_ascii_graphic()))
+        if !self.token.is_empty()
+            && (self.token.len() < 16 || !self.token.bytes().all(|b| b.is_ascii_graphic()))
         {
             return Err(IngestError::config(
                 "http.token",
                 "must be at least 16 printable ASCII characters without spaces",
             ));
         }
-        let devices = &self.devices;
-        positive("devices.max_devices", devices.max_devices as u64)?;
-        positive("devices.save_interval_s", devices.save_interval_s)?;
-        if devices.red_after_s <= devices.amber_after_s {
-            return Err(IngestError::config(
-                "devices.red_after_s",
-                "must be greater than devices.amber_after_s",
-            ));
-        }
-        positive(
-            "pipeline.queue_capacity",
-            self.pipeline.queue_capacity as u64,
-        )?;
-        positive("pipeline.shutdown_max_ms", self.pipeline.shutdown_max_ms)?;
-        positive("batch.max_rows", self.batch.max_rows as u64)?;
-        positive("batch.max_bytes", self.batch.max_bytes as u64)?;
-        positive("parquet.row_group_rows", self.parquet.row_group_rows as u64)?;
-        positive("parquet.file_max_rows", self.parquet.file_max_rows as u64)?;
-        positive("parquet.max_open_files", self.parquet.max_open_files as u64)?;
-        if !(1..=22).contains(&self.parquet.zstd_level) {
-            return Err(IngestError::config("parquet.zstd_level", "must be 1 to 22"));
-        }
-        positive("wal.segment_bytes", self.wal.segment_bytes)?;
-        if self.wal.max_bytes < self.wal.segment_bytes.saturating_mul(2) {
-            return Err(IngestError::config(
-                "wal.max_bytes",
-                "must be at least two wal.segment_bytes",
-            ));
-        }
-        if self.wal.fsync == FsyncPolicy::Interval {
-            positive("wal.fsync_interval_ms", self.wal.fsync_interval_ms)?;
-        }
-        let ch = &self.clickhouse;
-        if ch.enabled() && !(ch.url.starts_with("http://") || ch.url.starts_with("https://")) {
-            return Err(IngestError::config(
-                "clickhouse.url",
-                "must be an HTTP URL such as http://127.0.0.1:8123 (https needs a TLS build)",
-            ));
-        }
-        if ch.database.is_empty()
-            || !ch
-                .database
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
-            return Err(IngestError::config(
-                "clickhouse.database",
-                "must be a name of letters, digits and _",
-            ));
-        }
-        positive("clickhouse.queue_batches", ch.queue_batches as u64)?;
-        positive("clickhouse.retry_initial_ms", ch.retry_initial_ms)?;
-        if self.data_dir.as_os_str().is_empty() {
-            return Err(IngestError::config("data_dir", "must not be empty"));
-        }
         Ok(())
+    }
+}
+
+impl PipelineConfig {
+    /// Checks what the types alone do not; the error names the key.
+    pub fn validate(&self) -> Result<(), IngestError> {
+        positive("pipeline.queue_capacity", self.queue_capacity as u64)?;
+        positive("pipeline.shutdown_max_ms", self.shutdown_max_ms)
     }
 }
 

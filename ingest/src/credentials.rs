@@ -643,10 +643,7 @@ mod tests {
         assert!(!s.verify(b"0123456789abcdeF"));
         assert!(!s.verify(b"0123456789abcde"));
         assert!(!s.verify(b""));
-        assert_eq!(
-            format!("{:?}", cred("0123456789abcdef", &[])).contains("0123"),
-            false
-        );
+        assert!(!format!("{:?}", cred("0123456789abcdef", &[])).contains("0123"));
         assert!(Secret::new("short").is_err());
         assert!(Secret::new("with a space in it!").is_err());
         assert!(Secret::new(&"x".repeat(65)).is_err());

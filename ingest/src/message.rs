@@ -80,7 +80,4 @@ impl From<WalRecord> for RawMessage {
     }
 }
 
-/// Now, as Unix milliseconds.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+pub use meterflow_proto::now_ms;

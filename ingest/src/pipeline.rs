@@ -694,19 +694,17 @@ impl Pipeline {
 
 /// The rows of a canonical batch as JSON lines (for a dead letter).
 fn rows_as_json_lines(batch: &arrow_array::RecordBatch) -> Vec<u8> {
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::{Float64Type, TimestampMillisecondType, UInt16Type};
-    let s = |i: usize| batch.column(i).as_string::<i32>();
-    let ts = batch.column(2).as_primitive::<TimestampMillisecondType>();
-    let value = batch.column(3).as_primitive::<Float64Type>();
-    let quality = batch.column(5).as_primitive::<UInt16Type>();
-    let received = batch.column(6).as_primitive::<TimestampMillisecondType>();
+    let c = match meterflow_proto::ReadingColumns::of(batch) {
+        Ok(c) => c,
+        Err(e) => return format!("{{\"error\": {:?}}}\n", e.to_string()).into_bytes(),
+    };
     let mut out = Vec::new();
-    for i in 0..batch.num_rows() {
+    for i in 0..c.len() {
         let row = serde_json::json!({
-            "meter_id": s(0).value(i), "channel": s(1).value(i), "ts_ms": ts.value(i),
-            "value": value.value(i), "unit": s(4).value(i), "quality": quality.value(i),
-            "received_at_ms": received.value(i), "source": s(7).value(i), "format": s(8).value(i),
+            "meter_id": c.meter_id.value(i), "channel": c.channel.value(i), "ts_ms": c.ts.value(i),
+            "value": c.value.value(i), "unit": c.unit.value(i), "quality": c.quality.value(i),
+            "received_at_ms": c.received_at.value(i), "source": c.source.value(i),
+            "format": c.format.value(i),
         });
         out.extend_from_slice(row.to_string().as_bytes());
         out.push(b'\n');

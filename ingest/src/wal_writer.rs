@@ -23,6 +23,9 @@ use meterflow_storage::{NewRecord, Wal};
 use crate::message::RawMessage;
 use crate::progress::LsnMarks;
 
+/// Something an edge hands over with a message and gets back by its drop.
+pub type Lease = Box<dyn std::any::Any + Send>;
+
 /// What became of a submission that asked to be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Durability {
@@ -41,9 +44,9 @@ pub struct Submission {
     /// Told once the message is durable (or refused). Without it (MQTT QoS 0, an LwM2M
     /// heartbeat) a message the WAL cannot write still goes on to the pipeline.
     pub notify: Option<tokio::sync::oneshot::Sender<Durability>>,
-    /// The message's share of the MQTT edge's in-flight byte budget, given back when the
-    /// writer is done with it.
-    pub budget: Option<crate::mqtt::Budget>,
+    /// What the edge lends the writer with the message, dropped when the writer is done with
+    /// it (the MQTT edge's share of its in-flight byte budget). The writer knows no edge.
+    pub budget: Option<Lease>,
 }
 
 /// What the writer did, for the shutdown summary.

@@ -12,7 +12,7 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/meterflow.v1.rs"));
 }
 
-pub use reading::{reading_schema, ReadingBatchBuilder, RowMeta};
+pub use reading::{reading_schema, ReadingBatchBuilder, ReadingColumns, RowMeta};
 
 use std::fmt;
 use std::str::FromStr;
@@ -192,6 +192,13 @@ pub mod quality {
 }
 
 /// The pattern a meter_id must match: 1 to 64 characters of `[A-Za-z0-9._-]`.
+/// Now, as Unix milliseconds (the clock of `received_at` and every timestamp meterflow makes).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 pub fn is_valid_meter_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id

@@ -7,6 +7,8 @@ use arrow_array::RecordBatch;
 use meterflow_proto::ReadingBatchBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::StorageError;
+
 /// When a batch is handed to the sinks: whichever limit is reached first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -17,6 +19,14 @@ pub struct BatchConfig {
     pub max_bytes: usize,
     /// Flush when the oldest row has waited this many milliseconds.
     pub max_age_ms: u64,
+}
+
+impl BatchConfig {
+    /// Checks what the types alone do not; the error names the key.
+    pub fn validate(&self) -> Result<(), StorageError> {
+        StorageError::positive("batch.max_rows", self.max_rows as u64)?;
+        StorageError::positive("batch.max_bytes", self.max_bytes as u64)
+    }
 }
 
 impl Default for BatchConfig {

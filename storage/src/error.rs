@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// A config value of a storage section is wrong; start-up stops. `key` is its TOML path.
+    #[error("config key `{key}`: {reason}")]
+    Config { key: String, reason: String },
+
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -50,12 +54,27 @@ impl StorageError {
         }
     }
 
+    pub(crate) fn config(key: &str, reason: impl Into<String>) -> Self {
+        StorageError::Config {
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// `Err` naming `key` when `value` is 0.
+    pub(crate) fn positive(key: &str, value: u64) -> Result<(), StorageError> {
+        if value == 0 {
+            return Err(StorageError::config(key, "must be greater than 0"));
+        }
+        Ok(())
+    }
+
     /// Whether the same write may succeed later (a full disk may be freed, a file system
     /// may come back); a malformed batch never will.
     pub fn is_retryable(&self) -> bool {
         match self {
             StorageError::Io { .. } | StorageError::WalRead { .. } => true,
-            StorageError::WalStopped { .. } => false,
+            StorageError::WalStopped { .. } | StorageError::Config { .. } => false,
             StorageError::Parquet { source, .. } => {
                 matches!(source, ::parquet::errors::ParquetError::External(_))
             }

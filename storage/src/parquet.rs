@@ -13,8 +13,6 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::TimestampMillisecondType;
 use arrow_array::{BooleanArray, RecordBatch};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -24,7 +22,6 @@ use serde::{Deserialize, Serialize};
 use crate::StorageError;
 
 const DAY_MS: i64 = 86_400_000;
-const TS_COLUMN: usize = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -40,6 +37,22 @@ pub struct ParquetConfig {
     /// Dates with an open file at most (a backfill touches many): past it, the file open the
     /// longest is completed.
     pub max_open_files: usize,
+}
+
+impl ParquetConfig {
+    /// Checks what the types alone do not; the error names the key.
+    pub fn validate(&self) -> Result<(), StorageError> {
+        StorageError::positive("parquet.row_group_rows", self.row_group_rows as u64)?;
+        StorageError::positive("parquet.file_max_rows", self.file_max_rows as u64)?;
+        StorageError::positive("parquet.max_open_files", self.max_open_files as u64)?;
+        if !(1..=22).contains(&self.zstd_level) {
+            return Err(StorageError::config(
+                "parquet.zstd_level",
+                "must be 1 to 22",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ParquetConfig {
@@ -295,9 +308,7 @@ fn commit(file: OpenFile) -> Result<PathBuf, StorageError> {
 
 /// The parts of a batch by UTC day of `ts`, in day order; one part when all share a day.
 fn split_by_day(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, StorageError> {
-    let ts = batch
-        .column(TS_COLUMN)
-        .as_primitive::<TimestampMillisecondType>();
+    let ts = meterflow_proto::ReadingColumns::of(batch)?.ts;
     let days: Vec<i64> = ts.values().iter().map(|t| t.div_euclid(DAY_MS)).collect();
     let Some(&first) = days.first() else {
         return Ok(Vec::new());

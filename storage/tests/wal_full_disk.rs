@@ -1,6 +1,8 @@
 //! The WAL on a disk that really fills up: a write that failed is not in the log, and does
 //! not land later.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
 #[path = "support/small_disk.rs"]
 mod small_disk;
 

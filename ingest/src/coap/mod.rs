@@ -69,6 +69,23 @@ pub struct CoapConfig {
     pub lwm2m_max_registrations: usize,
 }
 
+impl CoapConfig {
+    /// Checks what the types alone do not; the error names the key.
+    pub fn validate(&self) -> Result<(), IngestError> {
+        for (key, value) in [
+            ("coap.max_payload_bytes", self.max_payload_bytes),
+            ("coap.max_inflight", self.max_inflight),
+            ("coap.exchange_cache_entries", self.exchange_cache_entries),
+            ("coap.block_transfers", self.block_transfers),
+            ("coap.socket_buffer_bytes", self.socket_buffer_bytes),
+            ("coap.lwm2m_max_registrations", self.lwm2m_max_registrations),
+        ] {
+            crate::config::positive(key, value as u64)?;
+        }
+        crate::config::positive("coap.block_timeout_s", self.block_timeout_s)
+    }
+}
+
 impl Default for CoapConfig {
     fn default() -> Self {
         CoapConfig {
@@ -913,3 +930,65 @@ fn unsupported_critical_option(packet: &Packet) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+
+/// The fuzz target's way in (`fuzz/fuzz_targets/coap_datagram.rs`): datagrams from a few
+/// peers, each `[u16 little-endian length][bytes]`, through [`Server::datagram`] as the
+/// socket loop feeds it, with the WAL writer's answers (durable, full, failed) in between and
+/// the housekeeping run. Not an API.
+#[doc(hidden)]
+pub fn fuzz_datagrams(data: &[u8]) {
+    thread_local! {
+        static RUNTIME: Option<tokio::runtime::Runtime> =
+            tokio::runtime::Builder::new_current_thread().build().ok();
+    }
+    RUNTIME.with(|runtime| {
+        if let Some(runtime) = runtime {
+            runtime.block_on(fuzz_datagrams_on_runtime(data));
+        }
+    });
+}
+
+async fn fuzz_datagrams_on_runtime(data: &[u8]) {
+    {
+        let config = CoapConfig {
+            exchange_cache_entries: 64,
+            block_transfers: 8,
+            lwm2m_max_registrations: 8,
+            max_inflight: 16,
+            ..CoapConfig::default()
+        };
+        let (wal, wal_rx) = crate::wal_writer::channel(8);
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Completion>(16);
+        let mut server = Server::new(&config, wal, done_tx);
+        let start = Instant::now();
+        let mut rest = data;
+        let mut i: u64 = 0;
+        while let [a, b, tail @ ..] = rest {
+            let len = usize::from(u16::from_le_bytes([*a, *b])).min(tail.len());
+            let (datagram, tail) = tail.split_at(len);
+            rest = tail;
+            i += 1;
+            let peer = SocketAddr::from(([10, 0, 0, (i % 3) as u8 + 1], 5683));
+            let now = start + Duration::from_secs(i * 7);
+            let _ = server.datagram(datagram, peer, now);
+            // The WAL writer: every third submission fails one way or another.
+            while let Ok(submission) = wal_rx.try_recv() {
+                if let Some(notify) = submission.notify {
+                    let outcome = match i % 3 {
+                        0 => Durability::Durable(i),
+                        1 => Durability::WalFull,
+                        _ => Durability::Failed,
+                    };
+                    let _ = notify.send(outcome);
+                }
+            }
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            while let Ok(done) = done_rx.try_recv() {
+                let _ = server.complete(done, now);
+            }
+            server.housekeeping(now);
+        }
+    }
+}

@@ -175,14 +175,15 @@ mod tests {
         let pw = Some(SECRET.as_bytes());
         let bad = Some(&b"wrong-wrong-wrong"[..]);
         // (store, anonymous_ok, user, password, cert CN) -> outcome
-        let cases: Vec<(
-            &CredentialStore,
+        type Case<'a> = (
+            &'a CredentialStore,
             bool,
-            Option<&str>,
-            Option<&[u8]>,
-            Option<&str>,
-            Result<Option<&str>, Denial>,
-        )> = vec![
+            Option<&'a str>,
+            Option<&'a [u8]>,
+            Option<&'a str>,
+            Result<Option<&'a str>, Denial>,
+        );
+        let cases: Vec<Case> = vec![
             (&s, false, Some("E1"), pw, None, Ok(Some("E1"))),
             (
                 &s,

@@ -878,7 +878,7 @@ fn submission(
     let submission = Submission {
         message,
         notify: submit.wait.then_some(tx),
-        budget: Some(budget),
+        budget: Some(Box::new(budget)),
     };
     (submission, rx)
 }

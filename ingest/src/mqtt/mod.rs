@@ -142,13 +142,7 @@ impl MqttConfig {
 
     /// Checks the values the types do not; the error names the key.
     pub fn validate(&self) -> Result<(), IngestError> {
-        let positive = |key: &str, v: u64| {
-            if v == 0 {
-                Err(IngestError::config(key, "must be greater than 0"))
-            } else {
-                Ok(())
-            }
-        };
+        use crate::config::positive;
         positive("mqtt.max_connections", self.max_connections as u64)?;
         positive("mqtt.max_payload_bytes", self.max_payload_bytes as u64)?;
         if self.max_payload_bytes > 268_435_455 {
@@ -594,5 +588,97 @@ fn raise_open_files_limit(max_connections: usize) {
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "reading the open-files limit"),
+    }
+}
+
+/// The fuzz target's way in (`fuzz/fuzz_targets/mqtt_connection.rs`): one connection's bytes
+/// in, bytes out, through the codec and the session as the socket loop drives them, with the
+/// WAL's answers (durable, full, failed) chosen by the first byte. Not an API.
+#[doc(hidden)]
+pub fn fuzz_connection(data: &[u8]) {
+    use bytes::BytesMut;
+    use session::{ConnectRequest, Session};
+
+    let Some((&choice, stream)) = data.split_first() else {
+        return;
+    };
+    let limits = Limits {
+        receive_maximum: 4,
+        max_packet: 16 * 1024,
+        max_keep_alive_s: 600,
+    };
+    let mut input = BytesMut::from(stream);
+    let mut output = BytesMut::new();
+    let Ok(Some(version)) = codec::connect_version(&input) else {
+        return;
+    };
+    let first = match codec::read(version, &mut input, limits.max_packet) {
+        Ok(Some(inbound)) => inbound,
+        _ => return,
+    };
+    let request = match ConnectRequest::parse(version, first.packet, 1) {
+        Ok(request) => request,
+        Err(why) => {
+            let _ = codec::write(version, session::refusal(version, why), &mut output);
+            return;
+        }
+    };
+    let principal = match choice & 3 {
+        0 => auth::Principal::Anonymous,
+        1 => auth::Principal::Device {
+            id: "E1".into(),
+            publish_for: Vec::new(),
+        },
+        _ => auth::Principal::Device {
+            id: "gw-1".into(),
+            publish_for: ["E*", "G-??"]
+                .iter()
+                .filter_map(|g| crate::credentials::Glob::new(g).ok())
+                .collect(),
+        },
+    };
+    let peer = SocketAddr::from(([10, 0, 0, 1], 40000));
+    let (mut session, connack) = Session::accept(request, principal, peer, limits);
+    let _ = codec::write(version, connack, &mut output);
+    let mut answered: u64 = 0;
+    let mut answer = |session: &mut Session, output: &mut BytesMut| {
+        answered += 1;
+        let outcome = match (u64::from(choice >> 2) + answered) % 4 {
+            0 => crate::wal_writer::Durability::WalFull,
+            1 => crate::wal_writer::Durability::Failed,
+            _ => crate::wal_writer::Durability::Durable(answered),
+        };
+        let step = session.on_durable(&outcome);
+        for packet in step.packets {
+            let _ = codec::write(version, packet, output);
+        }
+        step.close
+    };
+    loop {
+        // The socket loop does not read while the receive maximum waits.
+        while !session.can_read() {
+            if answer(&mut session, &mut output).is_some() {
+                return;
+            }
+        }
+        let inbound = match codec::read(version, &mut input, limits.max_packet) {
+            Ok(Some(inbound)) => inbound,
+            _ => break,
+        };
+        let step = session.on_packet(inbound);
+        for packet in step.packets {
+            let _ = codec::write(version, packet, &mut output);
+        }
+        if matches!(step.close, Some(session::Close::Now(_))) {
+            return;
+        }
+    }
+    while session.awaiting() > 0 {
+        if matches!(
+            answer(&mut session, &mut output),
+            Some(session::Close::Now(_))
+        ) {
+            return;
+        }
     }
 }

@@ -237,8 +237,8 @@ mod tests {
             .build()
             .unwrap();
         let kicks: Vec<Arc<Kick>> = (0..5).map(|_| Arc::new(Kick::default())).collect();
-        for i in 0..3 {
-            let got = r.register(Some("GW"), &format!("c{i}"), i as u64, kicks[i].clone(), 3);
+        for (i, kick) in kicks.iter().take(3).enumerate() {
+            let got = r.register(Some("GW"), &format!("c{i}"), i as u64, kick.clone(), 3);
             assert_eq!(got, Registered::New);
         }
         // A fourth session closes the oldest (c0); the registry no longer holds it.

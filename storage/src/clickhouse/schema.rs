@@ -1,0 +1,272 @@
+//! The server version, the version-aware DDL of every object (`meterflow schema`), and the
+//! layout of the tables as the server has them.
+
+use super::{ClickHouseConfig, ClickHouseError};
+
+/// `major.minor` of the server, which decides the column types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl ServerVersion {
+    pub fn parse(text: &str) -> Option<ServerVersion> {
+        let mut parts = text.trim().split('.');
+        Some(ServerVersion {
+            major: parts.next()?.parse().ok()?,
+            minor: parts.next()?.parse().ok()?,
+        })
+    }
+
+    /// LowCardinality, DateTime64(3), codecs and TTL are all there from 20.3 on, and
+    /// `toUnixTimestamp64Milli` (which reading DateTime64 back needs) from 20.5.
+    pub fn is_modern(self) -> bool {
+        self >= ServerVersion {
+            major: 20,
+            minor: 5,
+        }
+    }
+
+    fn time_type(self) -> &'static str {
+        if self.is_modern() {
+            "DateTime64(3, 'UTC')"
+        } else {
+            "DateTime"
+        }
+    }
+}
+
+/// The DDL of every object, in the order to create them; each statement is idempotent.
+pub fn schema_ddl(db: &str, version: ServerVersion, ttl_days: u32) -> Vec<String> {
+    let time = version.time_type();
+    let modern = version.is_modern();
+    let lc = |t: &str| {
+        if modern {
+            format!("LowCardinality({t})")
+        } else {
+            t.to_string()
+        }
+    };
+    let codec = |c: &str| {
+        if modern {
+            format!(" CODEC({c})")
+        } else {
+            String::new()
+        }
+    };
+    let ttl = if modern && ttl_days > 0 {
+        format!("\nTTL toDateTime(ts) + INTERVAL {ttl_days} DAY")
+    } else {
+        String::new()
+    };
+    let mut ddl = vec![format!("CREATE DATABASE IF NOT EXISTS {db}")];
+    ddl.push(format!(
+        "CREATE TABLE IF NOT EXISTS {db}.readings (
+    meter_id String{meter_codec},
+    channel {channel},
+    ts {time}{ts_codec},
+    value Float64{value_codec},
+    unit {unit},
+    quality UInt16,
+    received_at {time}{ts_codec},
+    source {source},
+    format {format}
+) ENGINE = ReplacingMergeTree(received_at)
+PARTITION BY toYYYYMM(ts)
+ORDER BY (meter_id, channel, ts){ttl}",
+        meter_codec = codec("ZSTD(1)"),
+        channel = lc("String"),
+        ts_codec = codec("DoubleDelta, ZSTD(1)"),
+        value_codec = codec("Gorilla, ZSTD(1)"),
+        unit = lc("String"),
+        source = lc("String"),
+        format = lc("String"),
+    ));
+    for (name, bucket, column) in [
+        ("readings_hourly", "toStartOfHour(ts)", "hour"),
+        ("readings_daily", "toDate(ts)", "day"),
+    ] {
+        ddl.push(format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name}
+ENGINE = AggregatingMergeTree()
+PARTITION BY toYYYYMM({column})
+ORDER BY (meter_id, channel, {column})
+AS SELECT
+    meter_id,
+    channel,
+    {bucket} AS {column},
+    minState(value) AS min_value,
+    maxState(value) AS max_value,
+    argMaxState(value, ts) AS last_value,
+    argMinState(value, ts) AS first_value,
+    countState() AS samples
+FROM {db}.readings
+GROUP BY meter_id, channel, {column}"
+        ));
+    }
+    ddl.push(format!(
+        "CREATE TABLE IF NOT EXISTS {db}.device_status (
+    meter_id String,
+    at {time},
+    battery_pct Nullable(UInt8),
+    rssi_dbm Nullable(Int32),
+    rsrp_dbm Nullable(Int32),
+    snr_db Nullable(Float32),
+    firmware Nullable(String),
+    error_flags Nullable(UInt32),
+    source String,
+    lsn UInt64
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(at)
+ORDER BY (meter_id, at, lsn)"
+    ));
+    ddl.push(format!(
+        "CREATE TABLE IF NOT EXISTS {db}.dead_letters (
+    received_at {time},
+    source String,
+    topic String,
+    meter_id String,
+    format String,
+    kind String,
+    reason String,
+    payload String,
+    lsn UInt64
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(received_at)
+ORDER BY (received_at, meter_id, lsn)"
+    ));
+    ddl
+}
+
+/// Reads the server version.
+pub async fn server_version(config: &ClickHouseConfig) -> Result<ServerVersion, ClickHouseError> {
+    let text = config
+        .client()
+        .query("SELECT version()")
+        .fetch_one::<String>()
+        .await
+        .map_err(|source| ClickHouseError {
+            action: "reading the server version",
+            source,
+        })?;
+    ServerVersion::parse(&text).ok_or_else(|| ClickHouseError {
+        action: "reading the server version",
+        source: clickhouse::error::Error::Custom(format!("cannot parse version {text:?}")),
+    })
+}
+
+/// Creates the database, tables and rollups that are missing; returns the server version.
+pub async fn apply_schema(config: &ClickHouseConfig) -> Result<ServerVersion, ClickHouseError> {
+    let version = server_version(config).await?;
+    let client = config.client();
+    for statement in schema_ddl(&config.database, version, config.ttl_days) {
+        client
+            .query(&statement)
+            .execute()
+            .await
+            .map_err(|source| ClickHouseError {
+                action: "applying the schema",
+                source,
+            })?;
+    }
+    Ok(version)
+}
+
+/// How the `readings` table stores times: decided by the table, not the server version (a
+/// table made on 18.16 keeps `DateTime` after the server is upgraded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeColumns {
+    /// `DateTime64(3)`: Int64 milliseconds.
+    Millis,
+    /// `DateTime`: UInt32 seconds.
+    Seconds,
+}
+
+/// Reads the type of `readings.ts` from `system.columns`.
+pub async fn time_columns(config: &ClickHouseConfig) -> Result<TimeColumns, ClickHouseError> {
+    let db = &config.database;
+    let kind = config
+        .client()
+        .query(&format!(
+            "SELECT type FROM system.columns WHERE database = '{db}' AND table = 'readings' AND name = 'ts'"
+        ))
+        .fetch_one::<String>()
+        .await
+        .map_err(|source| ClickHouseError {
+            action: "reading the type of readings.ts",
+            source,
+        })?;
+    Ok(if kind.starts_with("DateTime64") {
+        TimeColumns::Millis
+    } else {
+        TimeColumns::Seconds
+    })
+}
+
+/// How the tables the writer inserts into are laid out, read from the server (tables made by
+/// an earlier meterflow keep working).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableLayout {
+    pub times: TimeColumns,
+    /// `device_status` has the `lsn` key column (made by this version): a repeated insert is
+    /// harmless. Without it (an earlier version's MergeTree) a retry may leave a duplicate.
+    pub status_lsn: bool,
+    /// The same for `dead_letters`.
+    pub dead_letter_lsn: bool,
+}
+
+/// Reads the [`TableLayout`] from `system.columns`.
+pub async fn table_layout(config: &ClickHouseConfig) -> Result<TableLayout, ClickHouseError> {
+    let times = time_columns(config).await?;
+    let db = &config.database;
+    let tables = config
+        .client()
+        .query(&format!(
+            "SELECT table FROM system.columns WHERE database = '{db}' AND name = 'lsn' AND table IN ('device_status', 'dead_letters')"
+        ))
+        .fetch_all::<String>()
+        .await
+        .map_err(|source| ClickHouseError {
+            action: "reading the columns of device_status and dead_letters",
+            source,
+        })?;
+    let layout = TableLayout {
+        times,
+        status_lsn: tables.iter().any(|t| t == "device_status"),
+        dead_letter_lsn: tables.iter().any(|t| t == "dead_letters"),
+    };
+    if !layout.status_lsn || !layout.dead_letter_lsn {
+        tracing::warn!(
+            database = %db,
+            "device_status or dead_letters was made by an earlier meterflow (no lsn column): an insert retried after a timeout may be stored twice there. To make retries harmless, rename the table, run `meterflow schema --apply` and copy the rows over (see docs/ARCHITECTURE.md)"
+        );
+    }
+    Ok(layout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_and_decide_the_types() {
+        let old = ServerVersion::parse("18.16.1").unwrap();
+        let new = ServerVersion::parse("25.3.2.39").unwrap();
+        assert!(!old.is_modern());
+        assert!(new.is_modern());
+        let old_ddl = schema_ddl("mf", old, 30).join("\n");
+        assert!(old_ddl.contains("ts DateTime,"));
+        assert!(
+            !old_ddl.contains("LowCardinality")
+                && !old_ddl.contains("CODEC")
+                && !old_ddl.contains("TTL")
+        );
+        let new_ddl = schema_ddl("mf", new, 30).join("\n");
+        assert!(new_ddl.contains("ts DateTime64(3, 'UTC') CODEC(DoubleDelta, ZSTD(1))"));
+        assert!(new_ddl.contains("channel LowCardinality(String)"));
+        assert!(new_ddl.contains("TTL toDateTime(ts) + INTERVAL 30 DAY"));
+        assert!(new_ddl.contains("ENGINE = ReplacingMergeTree(received_at)"));
+        assert!(new_ddl.contains("ORDER BY (meter_id, channel, ts)"));
+    }
+}
