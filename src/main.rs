@@ -76,7 +76,7 @@ enum Command {
 }
 
 /// The listeners of `serve` (and `config`, which shows what `serve` would run).
-#[derive(clap::Args, Default)]
+#[derive(clap::Args)]
 struct ListenArgs {
     /// Plain MQTT listener, 3.1.1 and 5 [default 127.0.0.1:1883]
     #[arg(long, env = "METERFLOW_MQTT_LISTEN")]
@@ -111,8 +111,10 @@ fn address_or_off(value: &str, flag: &str) -> anyhow::Result<Option<SocketAddr>>
 
 impl SharedArgs {
     /// Defaults, then the file, then environment and flags (clap merges those two, flags win);
-    /// `listen` are the listener flags of `serve` and `config` (none for the others).
-    fn config(&self, listen: &ListenArgs) -> anyhow::Result<Config> {
+    /// `listen` are the listener flags of `serve` and `config`. Without them (`query`,
+    /// `schema`) only the ClickHouse section is checked: the listeners, and the token that a
+    /// non-loopback listener needs, are not theirs to judge.
+    fn config(&self, listen: Option<&ListenArgs>) -> anyhow::Result<Config> {
         let mut config = match &self.config {
             Some(path) => Config::from_file(path)
                 .with_context(|| format!("config file {}", path.display()))?,
@@ -124,8 +126,13 @@ impl SharedArgs {
         if let Some(url) = &self.clickhouse_url {
             config.clickhouse.url = url.clone();
         }
-        listen.apply(&mut config)?;
-        config.validate()?;
+        match listen {
+            Some(listen) => {
+                listen.apply(&mut config)?;
+                config.validate()?;
+            }
+            None => config.clickhouse.validate()?,
+        }
         Ok(config)
     }
 }
@@ -322,10 +329,10 @@ fn main() -> anyhow::Result<()> {
         .init();
 
     match cli.command {
-        Command::Serve(listen) => serve(cli.shared.config(&listen)?),
+        Command::Serve(listen) => serve(cli.shared.config(Some(&listen))?),
         Command::Config(listen) => {
             // Secrets are not printed: the output is often pasted into tickets.
-            let mut config = cli.shared.config(&listen)?;
+            let mut config = cli.shared.config(Some(&listen))?;
             for secret in [&mut config.http.token, &mut config.clickhouse.password] {
                 if !secret.is_empty() {
                     *secret = "(set, not shown)".into();
@@ -354,15 +361,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Simulate(args) => simulate(args),
         Command::Credentials(args) => credentials(&cli.shared, args),
-        Command::Query(args) => query(cli.shared.config(&ListenArgs::default())?, args),
+        Command::Query(args) => query(cli.shared.config(None)?, args),
         Command::Schema {
             apply,
             server_version,
-        } => schema(
-            cli.shared.config(&ListenArgs::default())?,
-            apply,
-            server_version,
-        ),
+        } => schema(cli.shared.config(None)?, apply, server_version),
     }
 }
 

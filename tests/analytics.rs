@@ -251,6 +251,14 @@ fn shared_flags_work_before_or_after_the_subcommand_and_listeners_belong_to_serv
         assert!(ok, "{args:?}: {text}");
         assert!(text.trim_start().starts_with('['), "{args:?}: {text}");
     }
+    // A serve config with a public HTTP listener and its token elsewhere (the environment of
+    // the systemd unit) is fine for query: listeners are serve's business.
+    let (_dir, public) = config_file(&format!(
+        "[http]\nlisten = \"0.0.0.0:8080\"\n[clickhouse]\nurl = \"{}\"\n",
+        ch.url
+    ));
+    let (ok, text) = run(&["query", "devices", "--config", &public]);
+    assert!(ok, "{text}");
     for subcommand in ["query", "schema", "credentials"] {
         let (ok, help) = run(&[subcommand, "--help"]);
         assert!(ok);

@@ -55,4 +55,11 @@ fn every_seed_and_regression_input_passes_its_target() {
     let seeds = replay(&fuzz.join("seeds"));
     assert!(seeds >= 15, "the seeds are there ({seeds})");
     replay(&fuzz.join("regressions"));
+    // The MQTT codec catches a panic of rumqttd's reader (and counts it); the fuzzer's panic
+    // hook aborts on it instead. Here it must not have happened either.
+    assert_eq!(
+        meterflow_ingest::mqtt::codec::CODEC_PANICS.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "an input made the MQTT codec panic"
+    );
 }

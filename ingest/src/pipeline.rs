@@ -308,7 +308,7 @@ impl Pipeline {
     fn write(
         &mut self,
         batch: &arrow_array::RecordBatch,
-        oldest_lsn: u64,
+        oldest_lsn: Option<u64>,
         now: Instant,
     ) -> Result<(), IngestError> {
         if let Some(clickhouse) = &self.clickhouse {

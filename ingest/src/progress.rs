@@ -35,7 +35,8 @@ pub struct LsnMarks {
 }
 
 /// The oldest WAL record (LSN) each holder of unconfirmed data still holds; `None`: nothing.
-/// LSN 0 (a message the WAL could not take) holds nothing back: it has no place to replay from.
+/// Rows of a message the WAL could not take (LSN 0) are never noted: they have no place to
+/// replay from, so they hold nothing back. A holder that says 0 anyway holds everything.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
     /// Rows in the batcher.
@@ -58,9 +59,8 @@ pub fn confirmed(handled_through: u64, held: Held, saved: Checkpoint) -> Checkpo
         holders
             .iter()
             .flatten()
-            .filter(|lsn| **lsn > 0)
             .min()
-            .map_or(handled_through, |oldest| oldest - 1)
+            .map_or(handled_through, |oldest| oldest.saturating_sub(1))
             .min(handled_through)
     };
     let local_batch = held.batcher.filter(|_| held.batch_is_local);
@@ -278,15 +278,14 @@ mod tests {
                 cp(5, 6),
             ),
             (
-                "LSN 0 (not in the WAL) holds nothing",
+                "a holder that says 0 holds everything back",
                 9,
                 Held {
-                    batcher: Some(0),
                     side_rows: Some(0),
                     ..nothing
                 },
-                cp(0, 0),
-                cp(9, 9),
+                cp(3, 4),
+                cp(3, 9),
             ),
             (
                 "never past what was handled",

@@ -105,7 +105,7 @@ impl Batcher {
     }
 
     /// The batch and the oldest WAL record in it, if a limit is reached.
-    pub fn take_if_due(&mut self, now: Instant) -> Option<(RecordBatch, u64)> {
+    pub fn take_if_due(&mut self, now: Instant) -> Option<(RecordBatch, Option<u64>)> {
         if self.is_due(now) {
             self.take()
         } else {
@@ -113,13 +113,14 @@ impl Batcher {
         }
     }
 
-    /// The batch as it is (on shutdown) and the oldest WAL record in it; `None` when empty.
-    pub fn take(&mut self) -> Option<(RecordBatch, u64)> {
+    /// The batch as it is (on shutdown) and the oldest WAL record in it (`None` when no row
+    /// came from the WAL); `None` when empty.
+    pub fn take(&mut self) -> Option<(RecordBatch, Option<u64>)> {
         self.first_row_at = None;
         if self.builder.is_empty() {
             return None;
         }
-        let oldest = self.oldest_lsn.take().unwrap_or(0);
+        let oldest = self.oldest_lsn.take();
         Some((self.builder.finish(), oldest))
     }
 }
@@ -165,7 +166,7 @@ mod tests {
         push(&mut b, now, 3);
         b.note_lsn(7);
         assert_eq!(b.oldest_lsn(), Some(7));
-        assert_eq!(b.take().map(|(_, lsn)| lsn), Some(7));
+        assert_eq!(b.take().map(|(_, lsn)| lsn), Some(Some(7)));
         assert_eq!(b.oldest_lsn(), None);
     }
 

@@ -75,7 +75,7 @@ struct OpenFile {
     rows: usize,
     opened_at: Instant,
     /// The oldest WAL record with rows in this file.
-    oldest_lsn: u64,
+    oldest_lsn: Option<u64>,
 }
 
 pub struct ParquetSink {
@@ -122,12 +122,13 @@ impl ParquetSink {
     }
 
     /// Appends a batch of the canonical schema, split by the UTC date of each reading;
-    /// `oldest_lsn` is the oldest WAL record with rows in it. Returns the files that were
+    /// `oldest_lsn` is the oldest WAL record with rows in it (`None`: no row came from the
+    /// WAL, so the batch holds no record back). Returns the files that were
     /// completed because they reached `file_max_rows`.
     pub fn write(
         &mut self,
         batch: &RecordBatch,
-        oldest_lsn: u64,
+        oldest_lsn: Option<u64>,
         now: Instant,
     ) -> Result<Vec<PathBuf>, StorageError> {
         let mut completed = Vec::new();
@@ -152,7 +153,10 @@ impl ParquetSink {
                     )?)
                 }
             };
-            file.oldest_lsn = file.oldest_lsn.min(oldest_lsn);
+            file.oldest_lsn = match (file.oldest_lsn, oldest_lsn) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             file.writer
                 .write(&part)
                 .map_err(|source| StorageError::Parquet {
@@ -216,7 +220,7 @@ impl ParquetSink {
     /// The oldest WAL record whose rows are in a file not complete yet: every record before
     /// it that reached this sink is in a complete file.
     pub fn oldest_pending_lsn(&self) -> Option<u64> {
-        self.open.values().map(|f| f.oldest_lsn).min()
+        self.open.values().filter_map(|f| f.oldest_lsn).min()
     }
 
     /// Rows written to files that are not complete yet.
@@ -250,7 +254,7 @@ fn open_file(
     schema: &arrow_schema::SchemaRef,
     properties: &WriterProperties,
     now: Instant,
-    oldest_lsn: u64,
+    oldest_lsn: Option<u64>,
 ) -> Result<OpenFile, StorageError> {
     let dir = day_dir(root, day);
     fs::create_dir_all(&dir).map_err(|e| StorageError::io("creating", &dir, e))?;
@@ -378,15 +382,33 @@ mod tests {
     }
 
     #[test]
+    fn rows_without_a_wal_position_do_not_free_the_file_they_join() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = ParquetSink::open(dir.path(), ParquetConfig::default()).unwrap();
+        let now = Instant::now();
+        let b = batch(&[1_709_337_600_000]);
+        // A batch of messages the WAL could not take first, then one of WAL record 7.
+        assert!(sink.write(&b, None, now).unwrap().is_empty());
+        assert_eq!(sink.oldest_pending_lsn(), None);
+        assert!(sink.write(&b, Some(7), now).unwrap().is_empty());
+        assert!(sink.write(&b, None, now).unwrap().is_empty());
+        assert_eq!(
+            sink.oldest_pending_lsn(),
+            Some(7),
+            "record 7 is held until complete"
+        );
+    }
+
+    #[test]
     fn rows_land_in_their_utc_date_folder_only_when_complete() {
         let dir = tempfile::tempdir().unwrap();
         let mut sink = ParquetSink::open(dir.path(), ParquetConfig::default()).unwrap();
         let now = Instant::now();
         // 2024-03-01T23:59:59.999Z and 2024-03-02T00:00:00Z
         let b = batch(&[1_709_337_599_999, 1_709_337_600_000, 1_709_337_600_001]);
-        assert!(sink.write(&b, 5, now).unwrap().is_empty());
+        assert!(sink.write(&b, Some(5), now).unwrap().is_empty());
         assert!(sink
-            .write(&batch(&[1_709_337_600_002]), 9, now)
+            .write(&batch(&[1_709_337_600_002]), Some(9), now)
             .unwrap()
             .is_empty());
         assert_eq!(sink.oldest_pending_lsn(), Some(5));
@@ -423,8 +445,8 @@ mod tests {
         let mut sink = ParquetSink::open(dir.path(), config).unwrap();
         let now = Instant::now();
         let ts: Vec<i64> = (0..6).map(|i| 1_709_337_600_000 + i).collect();
-        assert!(sink.write(&batch(&ts), 1, now).unwrap().is_empty());
-        let done = sink.write(&batch(&ts), 2, now).unwrap();
+        assert!(sink.write(&batch(&ts), Some(1), now).unwrap().is_empty());
+        let done = sink.write(&batch(&ts), Some(2), now).unwrap();
         assert_eq!(done.len(), 1);
         assert_eq!(read_all(&done[0]), (12, 3));
         assert!(sink.close().unwrap().is_empty());
@@ -440,13 +462,16 @@ mod tests {
         let mut sink = ParquetSink::open(dir.path(), config).unwrap();
         let t0 = Instant::now();
         let day = |d: i64| 1_709_337_600_000 + d * DAY_MS;
-        assert!(sink.write(&batch(&[day(0)]), 1, t0).unwrap().is_empty());
         assert!(sink
-            .write(&batch(&[day(1)]), 2, t0 + Duration::from_millis(1))
+            .write(&batch(&[day(0)]), Some(1), t0)
+            .unwrap()
+            .is_empty());
+        assert!(sink
+            .write(&batch(&[day(1)]), Some(2), t0 + Duration::from_millis(1))
             .unwrap()
             .is_empty());
         let done = sink
-            .write(&batch(&[day(2)]), 3, t0 + Duration::from_millis(2))
+            .write(&batch(&[day(2)]), Some(3), t0 + Duration::from_millis(2))
             .unwrap();
         assert_eq!(done.len(), 1);
         assert!(done[0].starts_with(dir.path().join("readings/date=2024-03-02")));

@@ -341,6 +341,11 @@ impl Wal {
             let path = segment_path(&dir, *first);
             let is_last = i + 1 == firsts.len();
             let scan = scan_segment(&path, *first)?;
+            if is_last && scan.bad_bytes == 0 {
+                // After a process crash its tail may be in the page cache only: make it
+                // durable before a new segment begins, so that only the last can be torn.
+                sync_file(&path)?;
+            }
             if scan.bad_bytes > 0 {
                 if is_last {
                     // A crash in the middle of a write: only the last segment can have one
@@ -517,18 +522,18 @@ impl Wal {
             self.unsynced = true;
         }
         self.uncommitted = false;
+        // Flushed (and fsynced where due): the group is in the log.
+        self.good = GoodState {
+            bytes: self.segments[&self.active_first].bytes,
+            next_lsn: self.next_lsn,
+        };
         if self.segments[&self.active_first].bytes >= self.config.segment_bytes {
-            // A roll that fails leaves this group out of the log like a failed flush.
+            // The group stays committed whatever the roll does; a roll that fails changes
+            // nothing and is tried again at the next commit.
             if let Err(e) = self.roll() {
-                self.failed = Some(e.to_string());
-                let _ = self.undo_failed();
-                return Err(e);
+                metrics::counter!("meterflow_wal_write_failures_total").increment(1);
+                tracing::warn!(error = %e, "starting the next WAL segment failed; tried again at the next commit");
             }
-        } else {
-            self.good = GoodState {
-                bytes: self.segments[&self.active_first].bytes,
-                next_lsn: self.next_lsn,
-            };
         }
         metrics::gauge!("meterflow_wal_bytes").set(self.bytes() as f64);
         Ok(())
@@ -587,7 +592,8 @@ impl Wal {
         Ok(())
     }
 
-    /// Ends the active segment (everything in it committed) and begins the next one.
+    /// Ends the active segment (everything in it committed) and begins the next one. Changes
+    /// nothing until every step that can fail has succeeded.
     fn roll(&mut self) -> Result<(), StorageError> {
         let old = self.active_path().to_path_buf();
         self.active
@@ -603,7 +609,11 @@ impl Wal {
             .append(true)
             .open(&path)
             .map_err(|e| StorageError::io("creating", &path, e))?;
-        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let bytes = file
+            .metadata()
+            .map_err(|e| StorageError::io("reading the size of", &path, e))?
+            .len();
+        sync_dir(&self.dir)?;
         self.active = BufWriter::with_capacity(1 << 20, file);
         self.segments.insert(
             first,
@@ -618,7 +628,7 @@ impl Wal {
             bytes,
             next_lsn: first,
         };
-        sync_dir(&self.dir)
+        Ok(())
     }
 
     /// Deletes the segments (other than the one being written) whose records all have an
@@ -753,7 +763,10 @@ fn cut_torn_tail(path: &Path, intact_bytes: u64) -> Result<(), StorageError> {
 }
 
 /// Sets a damaged segment aside whole (`….wal.corrupt`) and puts its intact records back
-/// under its name, so they replay and nothing the damage did not touch is lost.
+/// under its name, so they replay and nothing the damage did not touch is lost. Crash-safe:
+/// the segment's name holds the whole original or the intact prefix at every moment (the
+/// copy is made aside, the original gets a second name by a hard link, and the prefix
+/// replaces it by an atomic rename); a crash part-way is redone at the next open.
 fn set_aside(path: &Path, intact_bytes: u64) -> Result<(), StorageError> {
     let corrupt = path.with_extension("wal.corrupt");
     let tmp = path.with_extension("wal.tmp");
@@ -762,11 +775,22 @@ fn set_aside(path: &Path, intact_bytes: u64) -> Result<(), StorageError> {
         let mut to = File::create(&tmp)?;
         std::io::copy(&mut from, &mut to)?;
         to.sync_all()?;
-        fs::rename(path, &corrupt)?;
+        // A link left by a crash part-way names the same damaged file: make it again.
+        match fs::remove_file(&corrupt) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        fs::hard_link(path, &corrupt)?;
         fs::rename(&tmp, path)
     };
     copy().map_err(|e| StorageError::io("setting aside", path, e))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_file(path: &Path) -> Result<(), StorageError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StorageError::io("syncing", path, e))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {

@@ -183,7 +183,7 @@ pub enum TimeColumns {
     Seconds,
 }
 
-/// Reads the type of `readings.ts` from `system.columns`.
+/// Reads the type of `readings.ts` from `system.columns` (for readers of `readings`).
 pub async fn time_columns(config: &ClickHouseConfig) -> Result<TimeColumns, ClickHouseError> {
     let db = &config.database;
     let kind = config
@@ -205,41 +205,97 @@ pub async fn time_columns(config: &ClickHouseConfig) -> Result<TimeColumns, Clic
 }
 
 /// How the tables the writer inserts into are laid out, read from the server (tables made by
-/// an earlier meterflow keep working).
+/// an earlier meterflow, or on an older server, keep working).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableLayout {
+    /// How `readings` stores `ts` and `received_at`.
     pub times: TimeColumns,
-    /// `device_status` has the `lsn` key column (made by this version): a repeated insert is
-    /// harmless. Without it (an earlier version's MergeTree) a retry may leave a duplicate.
+    /// How `device_status` stores `at` (each table by its own column: a table made again on
+    /// an upgraded server may differ from `readings`).
+    pub status_times: TimeColumns,
+    /// How `dead_letters` stores `received_at`.
+    pub dead_letter_times: TimeColumns,
+    /// `device_status` is a ReplacingMergeTree with the `lsn` column (made by this version):
+    /// a repeated insert is harmless. Otherwise (an earlier version's MergeTree, even with an
+    /// `lsn` column added) a retry may leave a duplicate, and no `lsn` is sent unless the
+    /// column exists.
     pub status_lsn: bool,
     /// The same for `dead_letters`.
     pub dead_letter_lsn: bool,
 }
 
-/// Reads the [`TableLayout`] from `system.columns`.
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct ColumnType {
+    table: String,
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct TableEngine {
+    name: String,
+    engine: String,
+}
+
+/// Reads the [`TableLayout`] from `system.columns` and `system.tables`.
 pub async fn table_layout(config: &ClickHouseConfig) -> Result<TableLayout, ClickHouseError> {
-    let times = time_columns(config).await?;
     let db = &config.database;
-    let tables = config
-        .client()
+    let client = config.client();
+    let columns = client
         .query(&format!(
-            "SELECT table FROM system.columns WHERE database = '{db}' AND name = 'lsn' AND table IN ('device_status', 'dead_letters')"
+            "SELECT table, name, type FROM system.columns WHERE database = '{db}' \
+             AND table IN ('readings', 'device_status', 'dead_letters') \
+             AND name IN ('ts', 'at', 'received_at', 'lsn')"
         ))
-        .fetch_all::<String>()
+        .fetch_all::<ColumnType>()
         .await
         .map_err(|source| ClickHouseError {
-            action: "reading the columns of device_status and dead_letters",
+            action: "reading the column types of the tables",
             source,
         })?;
-    let layout = TableLayout {
-        times,
-        status_lsn: tables.iter().any(|t| t == "device_status"),
-        dead_letter_lsn: tables.iter().any(|t| t == "dead_letters"),
+    let engines = client
+        .query(&format!(
+            "SELECT name, engine FROM system.tables WHERE database = '{db}' \
+             AND name IN ('device_status', 'dead_letters')"
+        ))
+        .fetch_all::<TableEngine>()
+        .await
+        .map_err(|source| ClickHouseError {
+            action: "reading the engines of the tables",
+            source,
+        })?;
+    let times = |table: &str, name: &str| {
+        let millis = columns
+            .iter()
+            .any(|c| c.table == table && c.name == name && c.kind.starts_with("DateTime64"));
+        if millis {
+            TimeColumns::Millis
+        } else {
+            TimeColumns::Seconds
+        }
     };
-    if !layout.status_lsn || !layout.dead_letter_lsn {
+    let has_lsn = |table: &str| columns.iter().any(|c| c.table == table && c.name == "lsn");
+    let replacing = |table: &str| {
+        engines
+            .iter()
+            .any(|t| t.name == table && t.engine == "ReplacingMergeTree")
+    };
+    let layout = TableLayout {
+        times: times("readings", "ts"),
+        status_times: times("device_status", "at"),
+        dead_letter_times: times("dead_letters", "received_at"),
+        status_lsn: has_lsn("device_status"),
+        dead_letter_lsn: has_lsn("dead_letters"),
+    };
+    let idempotent = layout.status_lsn
+        && replacing("device_status")
+        && layout.dead_letter_lsn
+        && replacing("dead_letters");
+    if !idempotent {
         tracing::warn!(
             database = %db,
-            "device_status or dead_letters was made by an earlier meterflow (no lsn column): an insert retried after a timeout may be stored twice there. To make retries harmless, rename the table, run `meterflow schema --apply` and copy the rows over (see docs/ARCHITECTURE.md)"
+            "device_status or dead_letters was made by an earlier meterflow (not a ReplacingMergeTree keyed by lsn): an insert retried after a timeout may be stored twice there. To make retries harmless, rename the table, run `meterflow schema --apply` and copy the rows over with a unique lsn (see docs/ARCHITECTURE.md)"
         );
     }
     Ok(layout)

@@ -70,7 +70,7 @@ async fn insert_dead_letters(
     insert_rowbinary(
         client,
         format!("INSERT INTO {db}.dead_letters (received_at, source, topic, meter_id, format, kind, reason, payload{lsn}) FORMAT RowBinary"),
-        encode_dead_letter_rowbinary(rows, layout.times, layout.dead_letter_lsn),
+        encode_dead_letter_rowbinary(rows, layout.dead_letter_times, layout.dead_letter_lsn),
         "inserting dead letters",
     )
     .await
@@ -86,7 +86,7 @@ async fn insert_statuses(
     insert_rowbinary(
         client,
         format!("INSERT INTO {db}.device_status (meter_id, at, battery_pct, rssi_dbm, rsrp_dbm, snr_db, firmware, error_flags, source{lsn}) FORMAT RowBinary"),
-        encode_status_rowbinary(rows, layout.times, layout.status_lsn),
+        encode_status_rowbinary(rows, layout.status_times, layout.status_lsn),
         "inserting device status",
     )
     .await
@@ -303,8 +303,10 @@ struct WriterState {
 }
 
 impl WriterState {
-    async fn insert_once(&mut self, part: Part, job: &Job) -> Result<(), ClickHouseError> {
-        let layout = match self.layout {
+    /// The tables' layout, applying the schema first when it is not known (at the start, and
+    /// after a failure: a table may have been dropped).
+    async fn layout(&mut self) -> Result<TableLayout, ClickHouseError> {
+        Ok(match self.layout {
             Some(layout) => layout,
             None => {
                 let version = apply_schema(&self.config).await?;
@@ -318,7 +320,15 @@ impl WriterState {
                 self.layout = Some(layout);
                 layout
             }
-        };
+        })
+    }
+
+    async fn insert_once(
+        &mut self,
+        part: Part,
+        job: &Job,
+        layout: TableLayout,
+    ) -> Result<(), ClickHouseError> {
         let db = &self.config.database;
         let started = std::time::Instant::now();
         match part {
@@ -342,13 +352,18 @@ impl WriterState {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let error = match self.insert_once(part, job).await {
-                Ok(()) => {
-                    self.failing_since_ms.store(0, Ordering::Release);
-                    return Outcome::Inserted;
-                }
-                Err(e) if !e.is_retryable() => return Outcome::Refused(e),
+            let error = match self.layout().await {
+                // Applying or reading the schema is retried whatever failed: it is not the
+                // rows' fault.
                 Err(e) => e,
+                Ok(layout) => match self.insert_once(part, job, layout).await {
+                    Ok(()) => {
+                        self.failing_since_ms.store(0, Ordering::Release);
+                        return Outcome::Inserted;
+                    }
+                    Err(e) if !e.is_retryable() => return Outcome::Refused(e),
+                    Err(e) => e,
+                },
             };
             if self.closing.load(Ordering::Acquire) {
                 tracing::warn!(error = %error, table = part.table(), "ClickHouse unavailable at shutdown; the batch stays in the WAL for the next start");
