@@ -280,8 +280,9 @@ pub struct WalRecovery {
     pub last_lsn: u64,
     /// Bytes of a torn or corrupt tail of the last segment that were cut off.
     pub truncated_bytes: u64,
-    /// Earlier segments with a bad record: each was renamed to `….wal.corrupt` (kept whole,
-    /// for inspection) and its records before the damage copied back under its own name.
+    /// Earlier segments with a bad record: each was kept whole under a second name (a hard
+    /// link, `….wal.corrupt`, for inspection) and its records before the damage put back
+    /// under its own name.
     pub set_aside: Vec<PathBuf>,
 }
 
@@ -337,14 +338,26 @@ impl Wal {
         let firsts = list_segments(&dir)?;
         let mut recovery = WalRecovery::default();
         let mut segments = BTreeMap::new();
+        // Empty segments hold nothing: one left by a roll that failed part-way would hide
+        // the segment before it from a reader, and take its place as "the last". A fresh one
+        // is made below.
+        let mut firsts = firsts;
+        for first in firsts.clone() {
+            let path = segment_path(&dir, first);
+            let size = fs::metadata(&path)
+                .map_err(|e| StorageError::io("reading the size of", &path, e))?;
+            if size.len() == 0 {
+                fs::remove_file(&path).map_err(|e| StorageError::io("removing", &path, e))?;
+                firsts.retain(|f| *f != first);
+            }
+        }
+        let mut last_written = None;
         for (i, first) in firsts.iter().enumerate() {
             let path = segment_path(&dir, *first);
             let is_last = i + 1 == firsts.len();
             let scan = scan_segment(&path, *first)?;
-            if is_last && scan.bad_bytes == 0 {
-                // After a process crash its tail may be in the page cache only: make it
-                // durable before a new segment begins, so that only the last can be torn.
-                sync_file(&path)?;
+            if scan.intact_bytes > 0 {
+                last_written = Some(path.clone());
             }
             if scan.bad_bytes > 0 {
                 if is_last {
@@ -353,7 +366,7 @@ impl Wal {
                     cut_torn_tail(&path, scan.intact_bytes)?;
                     recovery.truncated_bytes += scan.bad_bytes;
                 } else {
-                    set_aside(&path, scan.intact_bytes)?;
+                    let kept = set_aside(&path, scan.intact_bytes)?;
                     tracing::error!(
                         path = %path.display(),
                         offset = scan.intact_bytes,
@@ -362,7 +375,7 @@ impl Wal {
                         "corrupt record in a WAL segment before the last one: the segment is kept whole as .wal.corrupt, its records before the damage are replayed, the ones after it are missing"
                     );
                     metrics::counter!("meterflow_wal_corrupt_segments_total").increment(1);
-                    recovery.set_aside.push(path.with_extension("wal.corrupt"));
+                    recovery.set_aside.push(kept);
                 }
             }
             recovery.last_lsn = recovery.last_lsn.max(scan.last_lsn);
@@ -374,6 +387,12 @@ impl Wal {
                     last_lsn: scan.last_lsn,
                 },
             );
+        }
+        if let Some(path) = &last_written {
+            // After a process crash the tail of the last written segment may be in the page
+            // cache only: make it durable before a new segment begins, so that only the last
+            // segment can ever be torn.
+            sync_file(path)?;
         }
         recovery.segments = segments.len();
         let next_lsn = recovery.last_lsn + 1;
@@ -604,16 +623,27 @@ impl Wal {
         self.last_sync = Instant::now();
         let first = self.next_lsn;
         let path = segment_path(&self.dir, first);
+        let existed = path.exists();
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(|e| StorageError::io("creating", &path, e))?;
-        let bytes = file
+        let ready = file
             .metadata()
-            .map_err(|e| StorageError::io("reading the size of", &path, e))?
-            .len();
-        sync_dir(&self.dir)?;
+            .map_err(|e| StorageError::io("reading the size of", &path, e))
+            .and_then(|m| sync_dir(&self.dir).map(|()| m.len()));
+        let bytes = match ready {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // A segment file the log does not use would mislead a reader looking for the
+                // segment that holds an LSN: take it away again.
+                if !existed {
+                    let _ = fs::remove_file(&path);
+                }
+                return Err(e);
+            }
+        };
         self.active = BufWriter::with_capacity(1 << 20, file);
         self.segments.insert(
             first,
@@ -672,10 +702,15 @@ impl WalReader {
     pub fn open(data_dir: &Path, after: u64) -> Result<WalReader, StorageError> {
         let dir = data_dir.join("wal");
         let firsts = list_segments(&dir)?;
-        // Start at the segment holding `after + 1`: the last one that begins at or before it.
+        // Start at the segment holding `after + 1`: the last one that begins at or before it
+        // and is not empty (an empty one holds nothing, and one left by a failed roll must
+        // not hide the segment that does hold it). Starting earlier only reads more.
         let keep_from = firsts
             .iter()
-            .rposition(|first| *first <= after.saturating_add(1))
+            .rposition(|first| {
+                *first <= after.saturating_add(1)
+                    && fs::metadata(segment_path(&dir, *first)).is_ok_and(|m| m.len() > 0)
+            })
             .unwrap_or(0);
         Ok(WalReader {
             paths: firsts[keep_from..]
@@ -767,24 +802,34 @@ fn cut_torn_tail(path: &Path, intact_bytes: u64) -> Result<(), StorageError> {
 /// the segment's name holds the whole original or the intact prefix at every moment (the
 /// copy is made aside, the original gets a second name by a hard link, and the prefix
 /// replaces it by an atomic rename); a crash part-way is redone at the next open.
-fn set_aside(path: &Path, intact_bytes: u64) -> Result<(), StorageError> {
-    let corrupt = path.with_extension("wal.corrupt");
+fn set_aside(path: &Path, intact_bytes: u64) -> Result<PathBuf, StorageError> {
     let tmp = path.with_extension("wal.tmp");
+    // A `.wal.corrupt` already there is either the link a crash part-way left (the same file:
+    // made again) or an earlier set-aside of a segment damaged again (kept: another name).
+    let mut corrupt = path.with_extension("wal.corrupt");
+    if let (Ok(old), Ok(now)) = (fs::metadata(&corrupt), fs::metadata(path)) {
+        use std::os::unix::fs::MetadataExt;
+        if (old.dev(), old.ino()) == (now.dev(), now.ino()) {
+            fs::remove_file(&corrupt).map_err(|e| StorageError::io("removing", &corrupt, e))?;
+        } else {
+            let mut n = 1;
+            while corrupt.exists() {
+                n += 1;
+                corrupt = path.with_extension(format!("wal.corrupt-{n}"));
+            }
+        }
+    }
     let copy = || -> std::io::Result<()> {
         let mut from = File::open(path)?.take(intact_bytes);
         let mut to = File::create(&tmp)?;
         std::io::copy(&mut from, &mut to)?;
         to.sync_all()?;
-        // A link left by a crash part-way names the same damaged file: make it again.
-        match fs::remove_file(&corrupt) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
         fs::hard_link(path, &corrupt)?;
         fs::rename(&tmp, path)
     };
     copy().map_err(|e| StorageError::io("setting aside", path, e))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(corrupt)
 }
 
 fn sync_file(path: &Path) -> Result<(), StorageError> {
@@ -1217,6 +1262,70 @@ mod tests {
         let (wal, rec) = Wal::open(dir.path(), cfg(1 << 20)).unwrap();
         assert_eq!(rec.last_lsn, 1);
         assert_eq!(wal.reader(0).count(), 1);
+    }
+
+    #[test]
+    fn an_empty_segment_left_by_a_failed_roll_hides_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), cfg(1 << 20)).unwrap();
+        append_n(&mut wal, 3);
+        // A roll that created segment 2 and then failed: the log went on in segment 1.
+        fs::File::create(dir.path().join("wal").join(format!("{:020}.wal", 2))).unwrap();
+        append_n(&mut wal, 3);
+        let from_dir = |after| -> Vec<u64> {
+            WalReader::open(dir.path(), after)
+                .unwrap()
+                .map(|r| r.unwrap().lsn)
+                .collect()
+        };
+        assert_eq!(
+            from_dir(2),
+            vec![3, 4, 5, 6],
+            "the reader is not led to the empty file"
+        );
+        drop(wal);
+        let (wal, rec) = Wal::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert_eq!(rec.last_lsn, 6);
+        assert!(
+            !dir.path().join(format!("wal/{:020}.wal", 2)).exists(),
+            "the stray is gone"
+        );
+        assert_eq!(wal.reader(0).count(), 6);
+    }
+
+    #[test]
+    fn a_set_aside_interrupted_by_a_crash_is_done_again_and_an_earlier_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), cfg(200)).unwrap();
+        for _ in 0..6 {
+            append_n(&mut wal, 1);
+        }
+        let first = wal.segments.values().next().unwrap().path.clone();
+        drop(wal);
+        let mut bytes = fs::read(&first).unwrap();
+        let first_len = 8 + u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
+        bytes[first_len + 20] ^= 0xff;
+        fs::write(&first, &bytes).unwrap();
+        // A crash after the link, before the rename: the link and a stale copy are there.
+        fs::hard_link(&first, first.with_extension("wal.corrupt")).unwrap();
+        fs::write(first.with_extension("wal.tmp"), b"stale").unwrap();
+        let (_, rec) = Wal::open(dir.path(), cfg(200)).unwrap();
+        assert_eq!(rec.set_aside, vec![first.with_extension("wal.corrupt")]);
+        assert_eq!(
+            fs::read(first.with_extension("wal.corrupt")).unwrap(),
+            bytes
+        );
+        assert_eq!(fs::read(&first).unwrap(), bytes[..first_len].to_vec());
+        // Damaged again later: the first copy is kept, the new one gets another name.
+        let mut again = fs::read(&first).unwrap();
+        again[20] ^= 0xff;
+        fs::write(&first, &again).unwrap();
+        let (_, rec) = Wal::open(dir.path(), cfg(200)).unwrap();
+        assert_eq!(rec.set_aside, vec![first.with_extension("wal.corrupt-2")]);
+        assert_eq!(
+            fs::read(first.with_extension("wal.corrupt")).unwrap(),
+            bytes
+        );
     }
 
     #[test]

@@ -279,7 +279,7 @@ pub async fn table_layout(config: &ClickHouseConfig) -> Result<TableLayout, Clic
     let replacing = |table: &str| {
         engines
             .iter()
-            .any(|t| t.name == table && t.engine == "ReplacingMergeTree")
+            .any(|t| t.name == table && t.engine.ends_with("ReplacingMergeTree"))
     };
     let layout = TableLayout {
         times: times("readings", "ts"),

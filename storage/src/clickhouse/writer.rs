@@ -350,8 +350,11 @@ impl WriterState {
     async fn insert(&mut self, part: Part, job: &Job) -> Outcome {
         let mut delay = Duration::from_millis(self.config.retry_initial_ms.max(1));
         let mut attempt = 0u32;
+        // Whether the layout was read for this part (else it may be stale).
+        let mut layout_fresh = false;
         loop {
             attempt += 1;
+            layout_fresh |= self.layout.is_none();
             let error = match self.layout().await {
                 // Applying or reading the schema is retried whatever failed: it is not the
                 // rows' fault.
@@ -360,6 +363,13 @@ impl WriterState {
                     Ok(()) => {
                         self.failing_since_ms.store(0, Ordering::Release);
                         return Outcome::Inserted;
+                    }
+                    // The tables may have changed under a layout read earlier (a migration):
+                    // read it again once before blaming the rows.
+                    Err(e) if !e.is_retryable() && !layout_fresh => {
+                        self.layout = None;
+                        layout_fresh = true;
+                        e
                     }
                     Err(e) if !e.is_retryable() => return Outcome::Refused(e),
                     Err(e) => e,
