@@ -210,6 +210,12 @@ impl Writer {
         // A failed commit leaves none of the group in the log (the WAL undoes it), so
         // "failed" below means "not stored", never "stored later".
         let result = self.wal.commit(waited_for);
+        if self.wal.roll_failing() {
+            // Stored, but the log cannot begin its next segment: tell /ready.
+            self.marks
+                .wal_error_at_ms
+                .store(crate::message::now_ms(), Ordering::Relaxed);
+        }
         let committed = match result {
             Ok(()) => true,
             Err(e) => {

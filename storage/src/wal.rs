@@ -304,6 +304,8 @@ pub struct Wal {
     /// A write failed and is not undone yet: nothing is appended and no commit succeeds
     /// before the next commit has undone it.
     failed: Option<String>,
+    /// The last attempt to begin the next segment failed (tried again at every commit).
+    roll_failing: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -431,6 +433,7 @@ impl Wal {
                     next_lsn,
                 },
                 failed: None,
+                roll_failing: false,
             },
             recovery,
         ))
@@ -455,6 +458,12 @@ impl Wal {
         }
         self.next_lsn = lsn + 1;
         self.roll()
+    }
+
+    /// Whether the last attempt to begin the next segment failed: the log still takes
+    /// messages, but its active segment grows and cannot be deleted (for `/ready`).
+    pub fn roll_failing(&self) -> bool {
+        self.roll_failing
     }
 
     /// The LSN the next append gets.
@@ -549,9 +558,15 @@ impl Wal {
         if self.segments[&self.active_first].bytes >= self.config.segment_bytes {
             // The group stays committed whatever the roll does; a roll that fails changes
             // nothing and is tried again at the next commit.
-            if let Err(e) = self.roll() {
-                metrics::counter!("meterflow_wal_write_failures_total").increment(1);
-                tracing::warn!(error = %e, "starting the next WAL segment failed; tried again at the next commit");
+            match self.roll() {
+                Ok(()) => self.roll_failing = false,
+                Err(e) => {
+                    metrics::counter!("meterflow_wal_write_failures_total").increment(1);
+                    if !self.roll_failing {
+                        tracing::warn!(error = %e, "starting the next WAL segment failed; tried again at every commit");
+                    }
+                    self.roll_failing = true;
+                }
             }
         }
         metrics::gauge!("meterflow_wal_bytes").set(self.bytes() as f64);
@@ -1262,6 +1277,33 @@ mod tests {
         let (wal, rec) = Wal::open(dir.path(), cfg(1 << 20)).unwrap();
         assert_eq!(rec.last_lsn, 1);
         assert_eq!(wal.reader(0).count(), 1);
+    }
+
+    #[test]
+    fn a_roll_that_fails_keeps_the_group_and_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), cfg(100)).unwrap();
+        // The next segment's name is taken by a folder: creating it fails (EISDIR), for real.
+        let blocker = dir.path().join(format!("wal/{:020}.wal", 4));
+        fs::create_dir(&blocker).unwrap();
+        let lsns = append_n(&mut wal, 3); // one commit; the segment passes 100 bytes
+        assert_eq!(
+            lsns,
+            vec![1, 2, 3],
+            "the group is committed although the roll failed"
+        );
+        assert!(wal.roll_failing());
+        assert_eq!(wal.reader(0).count(), 3);
+        fs::remove_dir(&blocker).unwrap();
+        assert_eq!(append_n(&mut wal, 1), vec![4]);
+        assert!(
+            !wal.roll_failing(),
+            "the roll is tried again at the next commit"
+        );
+        drop(wal);
+        let (wal, rec) = Wal::open(dir.path(), cfg(100)).unwrap();
+        assert_eq!(rec.last_lsn, 4);
+        assert_eq!(wal.reader(0).count(), 4);
     }
 
     #[test]
