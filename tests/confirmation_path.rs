@@ -11,47 +11,15 @@ mod common;
 mod small_disk;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{config_file, free_port, read_readings, wait_for, ClickHouse, LossyProxy, Server};
+use common::{
+    config_file, free_port, mosquitto_pub_acked as publish, read_readings, wait_for, ClickHouse,
+    LossyProxy, Server,
+};
 
 fn count(ch: &ClickHouse, sql: &str) -> u64 {
     ch.query(sql).trim().parse().unwrap_or(0)
-}
-
-/// Publishes `payload` with QoS 1; whether the server acknowledged it.
-fn publish(port: u16, topic: &str, payload: &str) -> bool {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("payload");
-    std::fs::write(&file, payload).unwrap();
-    let mut child = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-        ])
-        .arg("-f")
-        .arg(&file)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("mosquitto_pub runs (the test command installs mosquitto-clients)");
-    // A connection the server closed unanswered ends mosquitto_pub with an error; the guard
-    // only keeps a hung client from hanging the test.
-    for _ in 0..600 {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.success();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    false
 }
 
 fn report(ts_ms: i64, value: f64) -> String {
@@ -60,10 +28,40 @@ fn report(ts_ms: i64, value: f64) -> String {
     )
 }
 
-fn checkpoint(data_dir: &Path) -> (u64, u64) {
-    let text = std::fs::read_to_string(data_dir.join("wal/checkpoint")).unwrap_or_default();
-    let mut n = text.split_whitespace().map(|x| x.parse().unwrap_or(0));
-    (n.next().unwrap_or(0), n.next().unwrap_or(0))
+/// The checkpoint's `ALL` part: through which LSN every sink has confirmed.
+fn checkpoint_all(data_dir: &Path) -> u64 {
+    meterflow_storage::wal::read_checkpoint(data_dir).map_or(0, |c| c.all)
+}
+
+/// Whether `db` has `table` yet (the writer applies the schema before its first insert).
+fn has_table(ch: &ClickHouse, db: &str, table: &str) -> bool {
+    count(
+        ch,
+        &format!("SELECT count() FROM system.tables WHERE database = '{db}' AND name = '{table}'"),
+    ) == 1
+}
+
+/// `serve` with ClickHouse at `url` (quick retries, 100 ms batches) once its schema is
+/// applied and a first row is in, with merges of the side tables stopped, so that raw
+/// counts show every insert.
+fn warm_server(ch: &ClickHouse, url: &str, db: &str) -> (Server, tempfile::TempDir) {
+    let (dir, config) = config_file(&format!(
+        "[clickhouse]\nurl = \"{url}\"\ndatabase = \"{db}\"\nretry_initial_ms = 50\nretry_max_ms = 200\n[batch]\nmax_age_ms = 100\n"
+    ));
+    let server = Server::start_with(&["--config", &config]);
+    assert!(publish(
+        server.mqtt_port,
+        "meters/warm-up/json",
+        &report(1_719_792_000_000, 1.0)
+    ));
+    wait_for("the schema and the first row", || {
+        (has_table(ch, db, "readings")
+            && count(ch, &format!("SELECT count() FROM {db}.readings")) == 1)
+            .then_some(())
+    });
+    ch.query(&format!("SYSTEM STOP MERGES {db}.device_status"));
+    ch.query(&format!("SYSTEM STOP MERGES {db}.dead_letters"));
+    (server, dir)
 }
 
 /// Defect 1 of issue 10: a status report and a dead letter waited for ClickHouse beside the
@@ -116,16 +114,15 @@ fn status_and_dead_letter_rows_waiting_for_clickhouse_survive_a_kill_9() {
     wait_for(
         "the first batch in ClickHouse and a checkpoint after it",
         || {
-            let rows = count(&ch, &format!("SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'readings'"));
-            (rows == 1
+            (has_table(&ch, &db, "readings")
                 && count(&ch, &format!("SELECT count() FROM {db}.readings")) == 2
-                && checkpoint(&data_dir).0 >= 2)
+                && checkpoint_all(&data_dir) >= 2)
                 .then_some(())
         },
     );
     // A second more of checkpoints, then the kill.
     std::thread::sleep(Duration::from_millis(1500));
-    let (all, _) = checkpoint(&data_dir);
+    let all = checkpoint_all(&data_dir);
     let tmp = server.crash();
     assert!(
         all <= 2,
@@ -174,29 +171,7 @@ fn status_and_dead_letter_rows_waiting_for_clickhouse_survive_a_kill_9() {
 fn a_failed_readings_insert_does_not_insert_the_side_rows_again() {
     let ch = ClickHouse::shared();
     let db = ClickHouse::fresh_database("mf_part_retry");
-    let (_cfg, config) = config_file(&format!(
-        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\nretry_initial_ms = 50\nretry_max_ms = 200\n[batch]\nmax_age_ms = 100\n",
-        ch.url
-    ));
-    let server = Server::start_with(&["--config", &config]);
-    assert!(publish(
-        server.mqtt_port,
-        "meters/pr-warm/json",
-        &report(1_719_792_000_000, 1.0)
-    ));
-    wait_for("the schema and the first row", || {
-        (count(
-            &ch,
-            &format!(
-                "SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'readings'"
-            ),
-        ) == 1
-            && count(&ch, &format!("SELECT count() FROM {db}.readings")) == 1)
-            .then_some(())
-    });
-    // Raw counts below must show every insert: no merges.
-    ch.query(&format!("SYSTEM STOP MERGES {db}.device_status"));
-    ch.query(&format!("SYSTEM STOP MERGES {db}.dead_letters"));
+    let (server, _cfg) = warm_server(&ch, &ch.url, &db);
     // The readings insert of the next job fails (the table is gone) until the writer applies
     // the schema again.
     ch.query(&format!("DROP TABLE {db}.readings"));
@@ -206,12 +181,7 @@ fn a_failed_readings_insert_does_not_insert_the_side_rows_again() {
         "status":{"battery_pct":77}}"#;
     assert!(publish(server.mqtt_port, "meters/pr-1/json", payload));
     wait_for("the row in the table made again", || {
-        (count(
-            &ch,
-            &format!(
-                "SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'readings'"
-            ),
-        ) == 1
+        (has_table(&ch, &db, "readings")
             && count(
                 &ch,
                 &format!("SELECT count() FROM {db}.readings WHERE meter_id = 'pr-1'"),
@@ -250,28 +220,7 @@ fn a_side_row_insert_whose_answer_was_lost_is_stored_once() {
     let ch = ClickHouse::shared();
     let db = ClickHouse::fresh_database("mf_lost_answer");
     let proxy = LossyProxy::start(&ch.url);
-    let (_cfg, config) = config_file(&format!(
-        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\nretry_initial_ms = 50\nretry_max_ms = 200\n[batch]\nmax_age_ms = 100\n",
-        proxy.url
-    ));
-    let server = Server::start_with(&["--config", &config]);
-    assert!(publish(
-        server.mqtt_port,
-        "meters/la-warm/json",
-        &report(1_719_792_000_000, 1.0)
-    ));
-    wait_for("the schema and the first row", || {
-        (count(
-            &ch,
-            &format!(
-                "SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'readings'"
-            ),
-        ) == 1
-            && count(&ch, &format!("SELECT count() FROM {db}.readings")) == 1)
-            .then_some(())
-    });
-    ch.query(&format!("SYSTEM STOP MERGES {db}.device_status"));
-    ch.query(&format!("SYSTEM STOP MERGES {db}.dead_letters"));
+    let (server, _cfg) = warm_server(&ch, &proxy.url, &db);
     for (table, topic, payload, column) in [
         (
             "device_status",

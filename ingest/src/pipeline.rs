@@ -279,7 +279,7 @@ impl Pipeline {
         let handled_through = self.next_lsn - 1;
         // In this order: a batch ClickHouse refused is confirmed by its writer only after it
         // was handed back, so the dead letters below cover everything `confirmed` includes.
-        let confirmed: Checkpoint = self.progress.confirmed(handled_through, self.held());
+        let confirmed = self.progress.confirmed(handled_through, self.held());
         self.keep_rejected_batches()?;
         let dead_letters = &mut self.dead_letters;
         self.progress
@@ -344,7 +344,7 @@ impl Pipeline {
             if !self.side.is_empty() {
                 let empty = arrow_array::RecordBatch::new_empty(meterflow_proto::reading_schema());
                 let side = std::mem::take(&mut self.side);
-                let through = match self.batcher.oldest_lsn().filter(|lsn| *lsn > 0) {
+                let through = match self.batcher.oldest_lsn() {
                     Some(oldest) => (oldest - 1).min(self.next_lsn - 1),
                     None => self.next_lsn - 1,
                 };

@@ -1371,16 +1371,6 @@ mod tests {
     }
 
     #[test]
-    fn the_checkpoint_folder_is_synced_after_the_rename() {
-        // The rename's durability cannot be observed without a power cut; this checks that
-        // the folder sync runs and fails loudly when the folder cannot be opened.
-        let dir = tempfile::tempdir().unwrap();
-        Wal::open(dir.path(), cfg(1 << 20)).unwrap();
-        write_checkpoint(dir.path(), Checkpoint { all: 1, local: 1 }).unwrap();
-        assert!(!dir.path().join("wal/checkpoint.tmp").exists());
-    }
-
-    #[test]
     fn confirmed_segments_are_removed_and_the_budget_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = cfg(100);

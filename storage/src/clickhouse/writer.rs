@@ -13,7 +13,7 @@ use arrow_array::RecordBatch;
 
 use super::encode::{encode_dead_letter_rowbinary, encode_rowbinary, encode_status_rowbinary};
 use super::schema::{apply_schema, table_layout, TableLayout, TimeColumns};
-use super::{ClickHouseConfig, ClickHouseError, DeadLetterRow, SideRows, StatusRow};
+use super::{ClickHouseConfig, ClickHouseError, SideRows};
 use crate::StorageError;
 
 /// Inserts one batch (what the writer thread does for each, without its retries).
@@ -22,12 +22,19 @@ pub async fn insert_batch(
     times: TimeColumns,
     batch: &RecordBatch,
 ) -> Result<(), ClickHouseError> {
-    insert_readings(
+    insert_rowbinary(
         &config.client(),
-        &config.database,
+        readings_insert(&config.database),
         encode_readings(batch, times)?,
+        Part::Readings.action(),
     )
     .await
+}
+
+fn readings_insert(db: &str) -> String {
+    format!(
+        "INSERT INTO {db}.readings (meter_id, channel, ts, value, unit, quality, received_at, source, format) FORMAT RowBinary"
+    )
 }
 
 /// The readings of a batch as RowBinary; a batch not of the canonical schema is the data's
@@ -39,59 +46,8 @@ fn encode_readings(batch: &RecordBatch, times: TimeColumns) -> Result<Vec<u8>, C
     })
 }
 
-async fn insert_readings(
-    client: &clickhouse::Client,
-    db: &str,
-    body: Vec<u8>,
-) -> Result<(), ClickHouseError> {
-    let sql = format!(
-        "INSERT INTO {db}.readings (meter_id, channel, ts, value, unit, quality, received_at, source, format) FORMAT RowBinary"
-    );
-    // A stalled server must not hold the writer (and so shutdown) forever.
-    let mut insert = client.insert_formatted_with(sql).with_timeouts(
-        Some(Duration::from_secs(30)),
-        Some(Duration::from_secs(120)),
-    );
-    let err = |source| ClickHouseError {
-        action: "inserting readings",
-        source,
-    };
-    insert.send(body.into()).await.map_err(err)?;
-    insert.end().await.map_err(err)
-}
-
-async fn insert_dead_letters(
-    client: &clickhouse::Client,
-    db: &str,
-    rows: &[DeadLetterRow],
-    layout: TableLayout,
-) -> Result<(), ClickHouseError> {
-    let lsn = if layout.dead_letter_lsn { ", lsn" } else { "" };
-    insert_rowbinary(
-        client,
-        format!("INSERT INTO {db}.dead_letters (received_at, source, topic, meter_id, format, kind, reason, payload{lsn}) FORMAT RowBinary"),
-        encode_dead_letter_rowbinary(rows, layout.dead_letter_times, layout.dead_letter_lsn),
-        "inserting dead letters",
-    )
-    .await
-}
-
-async fn insert_statuses(
-    client: &clickhouse::Client,
-    db: &str,
-    rows: &[StatusRow],
-    layout: TableLayout,
-) -> Result<(), ClickHouseError> {
-    let lsn = if layout.status_lsn { ", lsn" } else { "" };
-    insert_rowbinary(
-        client,
-        format!("INSERT INTO {db}.device_status (meter_id, at, battery_pct, rssi_dbm, rsrp_dbm, snr_db, firmware, error_flags, source{lsn}) FORMAT RowBinary"),
-        encode_status_rowbinary(rows, layout.status_times, layout.status_lsn),
-        "inserting device status",
-    )
-    .await
-}
-
+/// One INSERT of RowBinary rows. A stalled server must not hold the writer (and so
+/// shutdown) forever: the send and the whole insert have timeouts.
 async fn insert_rowbinary(
     client: &clickhouse::Client,
     sql: String,
@@ -274,12 +230,52 @@ impl Part {
         }
     }
 
+    fn action(self) -> &'static str {
+        match self {
+            Part::Statuses => "inserting device status",
+            Part::DeadLetters => "inserting dead letters",
+            Part::Readings => "inserting readings",
+        }
+    }
+
     fn is_empty(self, job: &Job) -> bool {
         match self {
             Part::Statuses => job.side.statuses.is_empty(),
             Part::DeadLetters => job.side.dead_letters.is_empty(),
             Part::Readings => job.batch.num_rows() == 0,
         }
+    }
+
+    /// This part of `job` as an INSERT statement and its RowBinary body, for the tables as
+    /// the server has them (the `lsn` column only where the table has it).
+    fn encode(
+        self,
+        db: &str,
+        job: &Job,
+        layout: TableLayout,
+    ) -> Result<(String, Vec<u8>), ClickHouseError> {
+        let lsn = |with: bool| if with { ", lsn" } else { "" };
+        Ok(match self {
+            Part::Statuses => (
+                format!(
+                    "INSERT INTO {db}.device_status (meter_id, at, battery_pct, rssi_dbm, rsrp_dbm, snr_db, firmware, error_flags, source{}) FORMAT RowBinary",
+                    lsn(layout.status_lsn)
+                ),
+                encode_status_rowbinary(&job.side.statuses, layout.status_times, layout.status_lsn),
+            ),
+            Part::DeadLetters => (
+                format!(
+                    "INSERT INTO {db}.dead_letters (received_at, source, topic, meter_id, format, kind, reason, payload{}) FORMAT RowBinary",
+                    lsn(layout.dead_letter_lsn)
+                ),
+                encode_dead_letter_rowbinary(
+                    &job.side.dead_letters,
+                    layout.dead_letter_times,
+                    layout.dead_letter_lsn,
+                ),
+            ),
+            Part::Readings => (readings_insert(db), encode_readings(&job.batch, layout.times)?),
+        })
     }
 }
 
@@ -329,18 +325,9 @@ impl WriterState {
         job: &Job,
         layout: TableLayout,
     ) -> Result<(), ClickHouseError> {
-        let db = &self.config.database;
+        let (sql, body) = part.encode(&self.config.database, job, layout)?;
         let started = std::time::Instant::now();
-        match part {
-            Part::Statuses => insert_statuses(&self.client, db, &job.side.statuses, layout).await?,
-            Part::DeadLetters => {
-                insert_dead_letters(&self.client, db, &job.side.dead_letters, layout).await?
-            }
-            Part::Readings => {
-                insert_readings(&self.client, db, encode_readings(&job.batch, layout.times)?)
-                    .await?
-            }
-        }
+        insert_rowbinary(&self.client, sql, body, part.action()).await?;
         metrics::histogram!("meterflow_batch_write_seconds", "sink" => "clickhouse", "table" => part.table())
             .record(started.elapsed().as_secs_f64());
         Ok(())
