@@ -87,9 +87,13 @@ struct ListenArgs {
     /// MQTT over TLS listener, e.g. 0.0.0.0:8883 (needs mqtt.tls_cert and mqtt.tls_key); `off` for none.
     #[arg(long, env = "METERFLOW_MQTT_TLS_LISTEN")]
     mqtt_tls_listen: Option<String>,
-    /// CoAP (and LwM2M) UDP listener [default 0.0.0.0:5683]; `off` turns CoAP off.
+    /// Plain CoAP (and LwM2M) UDP listener [default 127.0.0.1:5683]; `off` turns it off.
     #[arg(long, env = "METERFLOW_COAP_LISTEN")]
     coap_listen: Option<String>,
+    /// CoAP over DTLS (coaps, pre-shared keys from the credential store) UDP listener, e.g.
+    /// 0.0.0.0:5684; `off` for none.
+    #[arg(long, env = "METERFLOW_COAPS_LISTEN")]
+    coaps_listen: Option<String>,
     /// HTTP listener for /health, /metrics and the API [default 127.0.0.1:8080]
     #[arg(long, env = "METERFLOW_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
@@ -152,6 +156,10 @@ impl ListenArgs {
         }
         if let Some(coap) = &self.coap_listen {
             config.coap.listen = address_or_off(coap, "--coap-listen / METERFLOW_COAP_LISTEN")?;
+        }
+        if let Some(coaps) = &self.coaps_listen {
+            config.coap.dtls_listen =
+                address_or_off(coaps, "--coaps-listen / METERFLOW_COAPS_LISTEN")?;
         }
         if let Some(addr) = self.http_listen {
             config.http.listen = addr;
@@ -322,7 +330,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("METERFLOW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rtc_dtls=error")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

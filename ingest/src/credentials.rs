@@ -542,6 +542,16 @@ impl SharedCredentials {
         })
     }
 
+    /// A store that is never re-read (tests, the fuzz targets).
+    pub fn in_memory(store: CredentialStore) -> SharedCredentials {
+        SharedCredentials {
+            data_dir: PathBuf::new(),
+            current: std::sync::RwLock::new(std::sync::Arc::new(store)),
+            seen: std::sync::Mutex::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
     /// The store in effect.
     pub fn current(&self) -> std::sync::Arc<CredentialStore> {
         self.current_with_generation().0

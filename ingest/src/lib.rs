@@ -180,6 +180,11 @@ pub async fn serve(
         credentials.current().is_empty(),
         &credentials::CredentialStore::path(&config.data_dir),
     )?;
+    coap::check_anonymous_rule(
+        &config.coap,
+        credentials.current().is_empty(),
+        &credentials::CredentialStore::path(&config.data_dir),
+    )?;
     let marks = Arc::new(progress::LsnMarks::default());
     marks.committed.store(recovery.last_lsn, Ordering::Release);
     // Set at shutdown: the link drains and stops, the ClickHouse writer stops retrying.
@@ -215,12 +220,21 @@ pub async fn serve(
             addr: config.http.listen,
             source,
         })?;
-    let coap_socket = match config.coap.listen {
-        Some(addr) => Some(coap::bind(addr, config.coap.socket_buffer_bytes)?),
-        None => None,
-    };
+    let mut coap_listeners = Vec::new();
+    if let Some(addr) = config.coap.listen {
+        let socket = coap::bind(addr, config.coap.socket_buffer_bytes)?;
+        let security = coap::Security::Plain {
+            loopback: addr.ip().is_loopback(),
+        };
+        coap_listeners.push((socket, security));
+    }
+    if let Some(addr) = config.coap.dtls_listen {
+        let socket = coap::bind(addr, config.coap.socket_buffer_bytes)?;
+        let security = coap::Security::dtls(&socket, &config.coap, credentials.clone())?;
+        coap_listeners.push((socket, security));
+    }
     let (mqtt_tx, mqtt_rx) = wal_writer::channel(wal_writer::SUBMISSIONS);
-    let mqtt = mqtt::MqttServer::start(config.mqtt.clone(), credentials, mqtt_tx).await?;
+    let mqtt = mqtt::MqttServer::start(config.mqtt.clone(), credentials.clone(), mqtt_tx).await?;
 
     let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel(config.pipeline.queue_capacity);
     // Tells the async side when the pipeline ends, for whatever reason.
@@ -243,14 +257,20 @@ pub async fn serve(
     };
     let writer_thread = wal_writer::spawn(wal, marks.clone(), inputs, queue_tx)
         .map_err(|e| IngestError::Runtime(format!("spawning the WAL writer thread: {e}")))?;
-    let coap_task = coap_socket.map(|socket| {
-        tokio::spawn(coap::serve(
-            socket,
-            config.coap.clone(),
-            coap_tx,
-            stop.clone(),
-        ))
-    });
+    let coap_tasks: Vec<_> = coap_listeners
+        .into_iter()
+        .map(|(socket, security)| {
+            tokio::spawn(coap::serve(
+                socket,
+                security,
+                config.coap.clone(),
+                credentials.clone(),
+                coap_tx.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    drop(coap_tx);
 
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = http::router(http::HttpState {
@@ -285,6 +305,7 @@ pub async fn serve(
         mqtt = %config.mqtt.listen,
         mqtt_tls = ?config.mqtt.tls_listen,
         coap = ?config.coap.listen,
+        coaps = ?config.coap.dtls_listen,
         http = %config.http.listen,
         data_dir = %config.data_dir.display(),
         "meterflow ready"
@@ -310,13 +331,15 @@ pub async fn serve(
         .await;
     // Whatever became of the CoAP server, the threads below must still be joined so that
     // every sink is flushed: a failed task is logged, not returned early.
-    let coap_summary = match coap_task {
-        Some(task) => task.await.unwrap_or_else(|e| {
+    let mut coap_summary = coap::CoapSummary::default();
+    for task in coap_tasks {
+        let summary = task.await.unwrap_or_else(|e| {
             tracing::error!(error = %e, "the CoAP server failed");
             coap::CoapSummary::default()
-        }),
-        None => coap::CoapSummary::default(),
-    };
+        });
+        coap_summary.requests += summary.requests;
+        coap_summary.duplicates += summary.duplicates;
+    }
     let joined = tokio::task::spawn_blocking(move || {
         let writer = writer_thread.join();
         let pipeline = pipeline_thread.join();

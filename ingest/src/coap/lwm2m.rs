@@ -5,7 +5,8 @@
 //! - Register `POST /rd?ep=NAME&lt=SECONDS&lwm2m=1.1&b=U` answers 2.01 Created with
 //!   Location-Path `rd/{id}`; registering an endpoint again replaces its old registration.
 //! - Update `POST /rd/{id}` (optionally `lt`, `b`, a new object list) refreshes the lifetime
-//!   and takes the address the update came from (NAT rebinding on cellular links).
+//!   and takes the address (and DTLS session) the update came from (NAT rebinding on cellular
+//!   links, a new handshake).
 //! - De-register `DELETE /rd/{id}` answers 2.02 Deleted.
 //! - A registration not updated within its lifetime (plus a grace period) expires.
 //!
@@ -41,6 +42,9 @@ pub struct Registration {
     /// The object links the client listed (`</3/0>,</4/0>`), as sent.
     pub objects: String,
     pub address: SocketAddr,
+    /// The DTLS session it was registered or last updated in (none on plain CoAP): a Send is
+    /// taken only in that session.
+    pub session: Option<u64>,
     pub updated: Instant,
 }
 
@@ -157,6 +161,7 @@ impl Registry {
         params: &Params<'_>,
         objects: &str,
         address: SocketAddr,
+        session: Option<u64>,
         now: Instant,
     ) -> Result<String, RegisterError> {
         let endpoint = params
@@ -193,6 +198,7 @@ impl Registry {
             binding: params.binding.unwrap_or("U").to_string(),
             objects: cut(objects),
             address,
+            session,
             updated: now,
         };
         self.by_endpoint.insert(endpoint.to_string(), id.clone());
@@ -208,6 +214,7 @@ impl Registry {
         params: &Params<'_>,
         objects: Option<&str>,
         address: SocketAddr,
+        session: Option<u64>,
         now: Instant,
     ) -> bool {
         let Some(registration) = self.by_id.get_mut(id) else {
@@ -227,6 +234,7 @@ impl Registry {
             registration.objects = cut(objects);
         }
         registration.updated = now;
+        registration.session = session;
         if registration.address != address {
             let old = std::mem::replace(&mut registration.address, address);
             if self.by_address.get(&old).map(String::as_str) == Some(id) {
@@ -326,7 +334,7 @@ mod tests {
         let mut r = Registry::new(10);
         let t = Instant::now();
         let params = Params::parse(&["ep=urn:imei:1234", "lt=300", "lwm2m=1.1", "b=U"]).unwrap();
-        let id = r.register(&params, "</3/0>,</4/0>", addr(1), t).unwrap();
+        let id = r.register(&params, "</3/0>,</4/0>", addr(1), None, t).unwrap();
         let reg = r.at(addr(1), t).unwrap();
         assert_eq!(
             (reg.meter_id.as_str(), reg.lifetime_s, reg.version.as_str()),
@@ -338,6 +346,7 @@ mod tests {
             &Params::default(),
             None,
             addr(2),
+            None,
             t + Duration::from_secs(100)
         ));
         assert!(r.at(addr(1), t).is_none());
@@ -345,10 +354,10 @@ mod tests {
         // Past lifetime + grace it is gone.
         let late = t + Duration::from_secs(100 + 300) + GRACE + Duration::from_secs(1);
         assert!(r.at(addr(2), late).is_none());
-        assert!(!r.update(&id, &Params::default(), None, addr(2), late));
+        assert!(!r.update(&id, &Params::default(), None, addr(2), None, late));
         // Registering again replaces, de-registering removes.
-        let id1 = r.register(&params, "", addr(3), t).unwrap();
-        let id2 = r.register(&params, "", addr(4), t).unwrap();
+        let id1 = r.register(&params, "", addr(3), None, t).unwrap();
+        let id2 = r.register(&params, "", addr(4), None, t).unwrap();
         assert_ne!(id1, id2);
         assert_eq!(r.len(), 1);
         assert!(r.at(addr(3), t).is_none());
@@ -362,7 +371,7 @@ mod tests {
         let mut r = Registry::new(1);
         let t = Instant::now();
         assert!(matches!(
-            r.register(&Params::default(), "", addr(1), t),
+            r.register(&Params::default(), "", addr(1), None, t),
             Err(RegisterError::Bad(_))
         ));
         assert!(Params::parse(&["ep=a", "lt=soon"]).is_err());
@@ -374,7 +383,7 @@ mod tests {
         let lt = format!("lt={MAX_LIFETIME_S}");
         let long = Params::parse(&["ep=long", &lt]).unwrap();
         let id = r
-            .register(&long, &"</3/0>,".repeat(500), addr(9), t)
+            .register(&long, &"</3/0>,".repeat(500), addr(9), None, t)
             .unwrap();
         assert!(r.get(&id).unwrap().objects.len() <= MAX_OBJECTS_BYTES);
         assert!(r.get(&id).unwrap().objects.ends_with("</3/0>"));
@@ -382,18 +391,18 @@ mod tests {
         assert!(r.remove(&id));
         let bad = Params::parse(&["ep=a b"]).unwrap();
         assert!(matches!(
-            r.register(&bad, "", addr(1), t),
+            r.register(&bad, "", addr(1), None, t),
             Err(RegisterError::Bad(_))
         ));
         let v2 = Params::parse(&["ep=a", "lwm2m=2.0"]).unwrap();
         assert!(matches!(
-            r.register(&v2, "", addr(1), t),
+            r.register(&v2, "", addr(1), None, t),
             Err(RegisterError::Bad(_))
         ));
-        r.register(&Params::parse(&["ep=a"]).unwrap(), "", addr(1), t)
+        r.register(&Params::parse(&["ep=a"]).unwrap(), "", addr(1), None, t)
             .unwrap();
         assert_eq!(
-            r.register(&Params::parse(&["ep=b"]).unwrap(), "", addr(2), t),
+            r.register(&Params::parse(&["ep=b"]).unwrap(), "", addr(2), None, t),
             Err(RegisterError::Full)
         );
     }

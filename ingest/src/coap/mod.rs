@@ -19,6 +19,7 @@
 //! of datagrams from many addresses cannot grow the process without limit.
 
 pub mod block1;
+pub mod dtls;
 pub mod exchanges;
 pub mod lwm2m;
 
@@ -39,22 +40,36 @@ use crate::message::{now_ms, RawMessage};
 use crate::wal_writer::{Durability, Submission};
 use crate::IngestError;
 use block1::{Assembler, Block, Refusal, Step};
-use exchanges::{Exchange, ExchangeCache, ExchangeKey};
+use exchanges::{Exchange, ExchangeCache, ExchangeKey, KeyMaker};
+
+use crate::credentials::SharedCredentials;
 
 /// The CoAP server's settings (`[coap]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoapConfig {
-    /// UDP listener for CoAP and LwM2M. Leave out to turn CoAP off.
+    /// UDP listener for plain CoAP and LwM2M. Leave out to turn it off. Plain CoAP carries no
+    /// identity: it serves anonymous devices only (see `allow_anonymous`).
     pub listen: Option<SocketAddr>,
+    /// UDP listener for CoAP over DTLS 1.2 with pre-shared keys (coaps; 5684 is the usual
+    /// port): PSK identity = meter id, key = the secret's bytes from the credential store.
+    pub dtls_listen: Option<SocketAddr>,
+    /// Serve devices without credentials on the plain listener, for any meter, even when the
+    /// credential store has entries (warned at start-up). Without it, plain CoAP is served only
+    /// while the store is empty and only on a loopback listener; otherwise it answers 4.01.
+    pub allow_anonymous: bool,
     /// Largest request body, bytes, also when it arrives in Block1 blocks (4.13 past it).
     pub max_payload_bytes: usize,
     /// Requests waiting for the WAL at most; past that the answer is 5.03.
     pub max_inflight: usize,
-    /// Answers kept for duplicate detection (per peer and message ID, for 247 s). One younger
-    /// than 45 s is never evicted, so this bounds the sustained rate to about entries / 45
-    /// requests per second (5.03 past it); about 300 bytes each.
-    pub exchange_cache_entries: usize,
+    /// Memory for duplicate detection, bytes, per listener: every answer is kept per peer and
+    /// message ID for 247 s (EXCHANGE_LIFETIME), about 48 bytes each. Sustained rate it holds:
+    /// about bytes / 48 / 160 requests per second (the default: 70k/s); past it, 5.03.
+    pub exchange_cache_bytes: usize,
+    /// Replaced by `exchange_cache_bytes`; still read (as that many times 64 bytes), with a
+    /// warning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exchange_cache_entries: Option<usize>,
     /// Block1 bodies being assembled at once at most (each at most `max_payload_bytes`).
     pub block_transfers: usize,
     /// A Block1 transfer nobody continues for this long is dropped.
@@ -67,6 +82,15 @@ pub struct CoapConfig {
     pub socket_buffer_bytes: usize,
     /// LwM2M registrations kept at most.
     pub lwm2m_max_registrations: usize,
+    /// DTLS sessions at most, handshakes included (past it a new ClientHello is dropped).
+    pub dtls_max_sessions: usize,
+    /// DTLS sessions from one IP address at most (meters behind one carrier NAT share it).
+    pub dtls_max_sessions_per_address: usize,
+    /// A DTLS handshake not done within this many seconds is dropped.
+    pub dtls_handshake_timeout_s: u64,
+    /// A DTLS session nothing arrived on for this many seconds is closed; the device
+    /// handshakes again for its next report.
+    pub dtls_idle_timeout_s: u64,
 }
 
 impl CoapConfig {
@@ -75,31 +99,116 @@ impl CoapConfig {
         for (key, value) in [
             ("coap.max_payload_bytes", self.max_payload_bytes),
             ("coap.max_inflight", self.max_inflight),
-            ("coap.exchange_cache_entries", self.exchange_cache_entries),
             ("coap.block_transfers", self.block_transfers),
             ("coap.socket_buffer_bytes", self.socket_buffer_bytes),
             ("coap.lwm2m_max_registrations", self.lwm2m_max_registrations),
+            ("coap.dtls_max_sessions", self.dtls_max_sessions),
+            (
+                "coap.dtls_max_sessions_per_address",
+                self.dtls_max_sessions_per_address,
+            ),
         ] {
             crate::config::positive(key, value as u64)?;
         }
-        crate::config::positive("coap.block_timeout_s", self.block_timeout_s)
+        if let Some(entries) = self.exchange_cache_entries {
+            crate::config::positive("coap.exchange_cache_entries", entries as u64)?;
+        }
+        if self.exchange_cache_bytes < MIN_EXCHANGE_CACHE_BYTES {
+            return Err(IngestError::config(
+                "coap.exchange_cache_bytes",
+                format!("must be at least {MIN_EXCHANGE_CACHE_BYTES} (1 MiB)"),
+            ));
+        }
+        if let (Some(plain), Some(dtls)) = (self.listen, self.dtls_listen) {
+            if plain == dtls {
+                return Err(IngestError::config(
+                    "coap.dtls_listen",
+                    format!("{dtls} is coap.listen too: give DTLS its own port (5684 is usual)"),
+                ));
+            }
+        }
+        crate::config::positive("coap.block_timeout_s", self.block_timeout_s)?;
+        crate::config::positive("coap.dtls_handshake_timeout_s", self.dtls_handshake_timeout_s)?;
+        crate::config::positive("coap.dtls_idle_timeout_s", self.dtls_idle_timeout_s)
+    }
+
+    /// The duplicate-detection bound in effect (the old entry count, where given, converted).
+    pub fn exchange_cache_bytes(&self) -> usize {
+        match self.exchange_cache_entries {
+            Some(entries) => entries.saturating_mul(64).max(MIN_EXCHANGE_CACHE_BYTES),
+            None => self.exchange_cache_bytes,
+        }
+    }
+
+    fn dtls_limits(&self) -> dtls::Limits {
+        dtls::Limits {
+            max_sessions: self.dtls_max_sessions,
+            max_per_address: self.dtls_max_sessions_per_address,
+            handshake_timeout: Duration::from_secs(self.dtls_handshake_timeout_s),
+            idle_timeout: Duration::from_secs(self.dtls_idle_timeout_s),
+        }
     }
 }
+
+/// The smallest `coap.exchange_cache_bytes` taken.
+const MIN_EXCHANGE_CACHE_BYTES: usize = 1 << 20;
 
 impl Default for CoapConfig {
     fn default() -> Self {
         CoapConfig {
-            listen: Some(SocketAddr::from(([0, 0, 0, 0], 5683))),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 5683))),
+            dtls_listen: None,
+            allow_anonymous: false,
             max_payload_bytes: 64 * 1024,
             max_inflight: 4096,
-            exchange_cache_entries: 262_144,
+            exchange_cache_bytes: 512 << 20,
+            exchange_cache_entries: None,
             block_transfers: 1024,
             block_timeout_s: 120,
             busy_max_age_s: 10,
             socket_buffer_bytes: 4 * 1024 * 1024,
             lwm2m_max_registrations: 200_000,
+            dtls_max_sessions: 100_000,
+            dtls_max_sessions_per_address: 1024,
+            dtls_handshake_timeout_s: 30,
+            dtls_idle_timeout_s: 600,
         }
     }
+}
+
+/// Start-up check, as for MQTT: plain CoAP carries no identity, so a plain listener reachable
+/// from the network serves nobody unless anonymous devices are allowed. With an empty store
+/// that is a mistake to stop on; with credentials it answers 4.01 (warned).
+pub fn check_anonymous_rule(
+    config: &CoapConfig,
+    store_empty: bool,
+    store_path: &std::path::Path,
+) -> Result<(), IngestError> {
+    if config.allow_anonymous {
+        if config.listen.is_some() {
+            tracing::warn!("coap.allow_anonymous = true: devices without credentials may post for any meter on the plain CoAP listener");
+        }
+        return Ok(());
+    }
+    let Some(addr) = config.listen else {
+        return Ok(());
+    };
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if store_empty {
+        return Err(IngestError::config(
+            "coap.listen",
+            format!(
+                "{addr} is reachable from the network but plain CoAP carries no identity and the credential store ({}) is empty. \
+                 Add device credentials (`meterflow credentials import FILE.csv`) and serve devices on coap.dtls_listen (coaps, PSK), \
+                 or listen on 127.0.0.1. (coap.allow_anonymous = true would let anyone post for any meter.)",
+                store_path.display()
+            ),
+        ));
+    }
+    tracing::warn!(%addr, "coap.listen: plain CoAP answers 4.01 to every device while the credential store has entries; devices use coap.dtls_listen");
+    Ok(())
 }
 
 /// What the server did, for the shutdown summary.
@@ -151,38 +260,124 @@ const MAX_DIAGNOSTIC: usize = 400;
 /// Content-Format of link-format (RFC 6690), for `/.well-known/core`.
 const LINK_FORMAT: u16 = 40;
 
-/// Runs the server until `stop` is set and every request in flight has been answered.
+/// Who sent a request.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// Plain CoAP where anonymous devices are served: may post for any meter.
+    Anonymous,
+    /// Plain CoAP where they are not: every request gets 4.01.
+    Unauthenticated,
+    /// A DTLS session: its PSK identity (a meter id) and its number.
+    Device { identity: Arc<str>, session: u64 },
+}
+
+impl Caller {
+    fn identity(&self) -> Option<&str> {
+        match self {
+            Caller::Device { identity, .. } => Some(identity),
+            _ => None,
+        }
+    }
+
+    fn session(&self) -> Option<u64> {
+        match self {
+            Caller::Device { session, .. } => Some(*session),
+            _ => None,
+        }
+    }
+}
+
+/// What a listener speaks.
+pub enum Security {
+    /// Plain CoAP; `loopback` when the listener is on a loopback address.
+    Plain { loopback: bool },
+    /// CoAP over DTLS with pre-shared keys.
+    Dtls(Box<dtls::Sessions>),
+}
+
+impl Security {
+    /// DTLS sessions for the listener `socket` is bound to.
+    pub fn dtls(
+        socket: &UdpSocket,
+        config: &CoapConfig,
+        credentials: Arc<SharedCredentials>,
+    ) -> Result<Security, IngestError> {
+        let local = socket.local_addr().map_err(|e| IngestError::Runtime(format!("coaps: {e}")))?;
+        Ok(Security::Dtls(Box::new(dtls::Sessions::new(
+            local,
+            config.dtls_limits(),
+            credentials,
+        )?)))
+    }
+}
+
+/// Runs one listener until `stop` is set and every request in flight has been answered.
 pub async fn serve(
     socket: UdpSocket,
+    mut security: Security,
     config: CoapConfig,
+    credentials: Arc<SharedCredentials>,
     wal: flume::Sender<Submission>,
     stop: Arc<AtomicBool>,
 ) -> CoapSummary {
     let socket = Arc::new(socket);
     let (done_tx, mut done_rx) =
         tokio::sync::mpsc::channel::<Completion>(config.max_inflight.max(1));
-    let mut server = Server::new(&config, wal, done_tx);
+    let mut server = Server::new(&config, credentials.clone(), wal, done_tx);
     let mut buf = vec![0u8; 65_536];
     let mut tick = tokio::time::interval(TICK);
+    let anonymous_ok = |loopback: bool| {
+        config.allow_anonymous || (loopback && credentials.current().is_empty())
+    };
     loop {
         tokio::select! {
             received = socket.recv_from(&mut buf) => match received {
                 Ok((len, peer)) => {
-                    if let Some(reply) = server.datagram(&buf[..len], peer, Instant::now()) {
-                        send(&socket, &reply, peer).await;
+                    let now = Instant::now();
+                    match &mut security {
+                        Security::Plain { loopback } => {
+                            let caller = if anonymous_ok(*loopback) { Caller::Anonymous } else { Caller::Unauthenticated };
+                            if let Some(reply) = server.datagram(&buf[..len], peer, &caller, now) {
+                                send(&socket, &reply, peer).await;
+                            }
+                        }
+                        Security::Dtls(sessions) => {
+                            if let Some(received) = sessions.receive(&buf[..len], peer, now) {
+                                let caller = Caller::Device { identity: received.identity, session: received.session };
+                                for message in received.messages {
+                                    if let Some(reply) = server.datagram(&message, peer, &caller, now) {
+                                        sessions.send(peer, &reply, now);
+                                    }
+                                }
+                            }
+                            flush(&socket, sessions).await;
+                        }
                     }
                 }
                 // An ICMP error for an earlier answer (the peer went away) surfaces here.
                 Err(e) => tracing::debug!(error = %e, "CoAP receive"),
             },
             Some(done) = done_rx.recv() => {
-                let peer = done.key.0;
-                let reply = server.complete(done, Instant::now());
-                send(&socket, &reply, peer).await;
+                let peer = done.peer;
+                let now = Instant::now();
+                let reply = server.complete(done, now);
+                match &mut security {
+                    Security::Plain { .. } => send(&socket, &reply, peer).await,
+                    Security::Dtls(sessions) => {
+                        // A session gone meanwhile: the device asks again in a new one and
+                        // gets this answer from the exchange cache (keyed by identity).
+                        sessions.send(peer, &reply, now);
+                        flush(&socket, sessions).await;
+                    }
+                }
             }
             _ = tick.tick() => {
                 let now = Instant::now();
                 server.housekeeping(now);
+                if let Security::Dtls(sessions) = &mut security {
+                    sessions.housekeeping(now);
+                    flush(&socket, sessions).await;
+                }
                 if stop.load(Ordering::Relaxed) {
                     if !server.stopping {
                         tracing::info!(in_flight = server.inflight, "CoAP: refusing new requests with 5.03, answering those in flight");
@@ -204,9 +399,18 @@ async fn send(socket: &UdpSocket, bytes: &[u8], peer: SocketAddr) {
     }
 }
 
+/// Sends what the DTLS sessions have queued.
+async fn flush(socket: &UdpSocket, sessions: &mut dtls::Sessions) {
+    let out: Vec<(SocketAddr, bytes::BytesMut)> = sessions.transmits().collect();
+    for (peer, datagram) in out {
+        send(socket, &datagram, peer).await;
+    }
+}
+
 /// An answer that waited for the WAL.
 struct Completion {
     key: ExchangeKey,
+    peer: SocketAddr,
     reply: Packet,
     /// The code to answer once durable (2.04, or 4.00 for a payload that did not decode).
     code: ResponseType,
@@ -231,7 +435,9 @@ enum Outcome {
 struct Server {
     wal: flume::Sender<Submission>,
     done: tokio::sync::mpsc::Sender<Completion>,
+    credentials: Arc<SharedCredentials>,
     exchanges: ExchangeCache,
+    keys: KeyMaker,
     blocks: Assembler,
     registry: lwm2m::Registry,
     max_payload_bytes: usize,
@@ -248,13 +454,16 @@ struct Server {
 impl Server {
     fn new(
         config: &CoapConfig,
+        credentials: Arc<SharedCredentials>,
         wal: flume::Sender<Submission>,
         done: tokio::sync::mpsc::Sender<Completion>,
     ) -> Self {
         Server {
             wal,
             done,
-            exchanges: ExchangeCache::new(config.exchange_cache_entries),
+            credentials,
+            exchanges: ExchangeCache::new(config.exchange_cache_bytes()),
+            keys: KeyMaker::default(),
             blocks: Assembler::new(
                 config.max_payload_bytes,
                 config.block_transfers,
@@ -273,7 +482,13 @@ impl Server {
     }
 
     /// Handles one datagram; returns what to send back at once, if anything.
-    fn datagram(&mut self, bytes: &[u8], peer: SocketAddr, now: Instant) -> Option<Vec<u8>> {
+    fn datagram(
+        &mut self,
+        bytes: &[u8],
+        peer: SocketAddr,
+        caller: &Caller,
+        now: Instant,
+    ) -> Option<Vec<u8>> {
         // RFC 7252 §3: a message of another version is silently ignored.
         if bytes.first().is_some_and(|b| b >> 6 != 1) {
             metrics::counter!("meterflow_coap_malformed_total").increment(1);
@@ -295,12 +510,25 @@ impl Server {
         if !confirmable && packet.header.get_type() != MessageType::NonConfirmable {
             return None; // a request in an ACK or RST is malformed: ignore
         }
-        let key = (peer, packet.header.message_id);
+        if let Caller::Unauthenticated = caller {
+            metrics::counter!("meterflow_coap_denied_total", "reason" => "unauthenticated")
+                .increment(1);
+            let reply = self.reply_to(&packet);
+            return Some(encode(&with_code(
+                reply,
+                ResponseType::Unauthorized,
+                Some("credentials required: use coaps:// (DTLS with a pre-shared key; identity = meter id)"),
+            )));
+        }
+        let key = match caller {
+            Caller::Device { identity, .. } => self.keys.identity(identity, packet.header.message_id),
+            _ => self.keys.peer(peer, packet.header.message_id),
+        };
         match self.exchanges.get(&key, now) {
             Some(Exchange::Answered(answer)) => {
                 self.summary.duplicates += 1;
                 metrics::counter!("meterflow_coap_duplicates_total").increment(1);
-                return Some(answer.clone());
+                return Some(answer);
             }
             Some(Exchange::InFlight) => {
                 self.summary.duplicates += 1;
@@ -314,14 +542,15 @@ impl Server {
         let outcome = if self.stopping {
             Outcome::Reply(self.busy(reply, "meterflow is shutting down"))
         } else {
-            self.request(&packet, peer, reply, now)
+            self.request(&packet, peer, caller, reply, now)
         };
         match outcome {
             Outcome::Reply(reply) => {
                 let bytes = encode(&reply);
                 // A safe request (GET) is simply answered again; the rest is remembered where
                 // there is room (a repeated 4.xx or registration is harmless where there is not).
-                if request_type(&packet) != RequestType::Get {
+                let busy = reply.header.code == MessageClass::Response(ResponseType::ServiceUnavailable);
+                if request_type(&packet) != RequestType::Get && !busy {
                     let _ = self
                         .exchanges
                         .insert(key, Exchange::Answered(bytes.clone()), now);
@@ -333,14 +562,16 @@ impl Server {
                 reply,
                 code,
                 diagnostic,
-            } => self.submit(key, message, reply, code, diagnostic, now),
+            } => self.submit(key, peer, message, reply, code, diagnostic, now),
         }
     }
 
     /// Hands a message to the WAL writer and arranges for the answer when it is durable.
+    #[allow(clippy::too_many_arguments)]
     fn submit(
         &mut self,
         key: ExchangeKey,
+        peer: SocketAddr,
         message: RawMessage,
         reply: Packet,
         code: ResponseType,
@@ -351,7 +582,7 @@ impl Server {
         // gets this answer; if there is no room to remember it, it is not taken.
         if self.inflight >= self.max_inflight {
             metrics::counter!("meterflow_coap_busy_total", "why" => "inflight").increment(1);
-            return self.refuse(key, reply, "too many requests waiting to be stored", now);
+            return self.refuse(key, reply, "too many requests waiting to be stored");
         }
         if !self.exchanges.insert(key, Exchange::InFlight, now) {
             metrics::counter!("meterflow_coap_busy_total", "why" => "exchanges").increment(1);
@@ -367,10 +598,10 @@ impl Server {
             Ok(()) => {}
             Err(flume::TrySendError::Full(_)) => {
                 metrics::counter!("meterflow_coap_busy_total", "why" => "wal_queue").increment(1);
-                return self.refuse(key, reply, "the write-ahead log is busy", now);
+                return self.refuse(key, reply, "the write-ahead log is busy");
             }
             Err(flume::TrySendError::Disconnected(_)) => {
-                return self.refuse(key, reply, "meterflow is shutting down", now);
+                return self.refuse(key, reply, "meterflow is shutting down");
             }
         }
         metrics::counter!("meterflow_received_total", "source" => "coap").increment(1);
@@ -382,6 +613,7 @@ impl Server {
             let _ = done
                 .send(Completion {
                     key,
+                    peer,
                     reply,
                     code,
                     diagnostic,
@@ -393,39 +625,33 @@ impl Server {
         None
     }
 
-    /// Answers 5.03 and remembers it for the exchange (when there is room).
-    fn refuse(
-        &mut self,
-        key: ExchangeKey,
-        reply: Packet,
-        why: &str,
-        now: Instant,
-    ) -> Option<Vec<u8>> {
-        let bytes = encode(&self.busy(reply, why));
-        if !self.exchanges.answer(&key, bytes.clone()) {
-            let _ = self
-                .exchanges
-                .insert(key, Exchange::Answered(bytes.clone()), now);
-        }
-        Some(bytes)
+    /// Answers 5.03. Nothing was stored, so the exchange is forgotten: a retransmission is
+    /// a new attempt, and a 5.03 costs no memory in a flood.
+    fn refuse(&mut self, key: ExchangeKey, reply: Packet, why: &str) -> Option<Vec<u8>> {
+        self.exchanges.remove(&key);
+        Some(encode(&self.busy(reply, why)))
     }
 
     /// The answer to a request that waited for the WAL.
     fn complete(&mut self, done: Completion, now: Instant) -> Vec<u8> {
         self.inflight -= 1;
         metrics::gauge!("meterflow_coap_inflight").set(self.inflight as f64);
+        metrics::histogram!("meterflow_coap_ack_seconds")
+            .record(now.duration_since(done.received).as_secs_f64());
         let reply = match done.outcome {
             Durability::Durable(_) => with_code(done.reply, done.code, done.diagnostic.as_deref()),
             Durability::WalFull => {
                 metrics::counter!("meterflow_coap_busy_total", "why" => "wal_full").increment(1);
-                self.busy(done.reply, "the write-ahead log is at its disk budget")
+                self.exchanges.remove(&done.key);
+                return encode(&self.busy(done.reply, "the write-ahead log is at its disk budget"));
             }
-            Durability::Failed => self.busy(done.reply, "the message could not be stored"),
+            Durability::Failed => {
+                self.exchanges.remove(&done.key);
+                return encode(&self.busy(done.reply, "the message could not be stored"));
+            }
         };
-        metrics::histogram!("meterflow_coap_ack_seconds")
-            .record(now.duration_since(done.received).as_secs_f64());
         let bytes = encode(&reply);
-        self.exchanges.answer(&done.key, bytes.clone());
+        self.exchanges.answer(&done.key, &bytes);
         bytes
     }
 
@@ -438,6 +664,7 @@ impl Server {
             self.registry_swept = now;
         }
         metrics::gauge!("meterflow_coap_exchanges").set(self.exchanges.len() as f64);
+        metrics::gauge!("meterflow_coap_exchange_bytes").set(self.exchanges.bytes() as f64);
         metrics::gauge!("meterflow_coap_block_transfers").set(self.blocks.len() as f64);
         metrics::gauge!("meterflow_coap_block_bytes").set(self.blocks.buffered_bytes() as f64);
         metrics::gauge!("meterflow_lwm2m_registrations").set(self.registry.len() as f64);
@@ -471,6 +698,7 @@ impl Server {
         &mut self,
         packet: &Packet,
         peer: SocketAddr,
+        caller: &Caller,
         mut reply: Packet,
         now: Instant,
     ) -> Outcome {
@@ -500,7 +728,7 @@ impl Server {
             );
         };
         let RequestType::Post = request_type(packet) else {
-            return self.other_method(packet, &path, reply, now);
+            return self.other_method(packet, &path, peer, caller, reply);
         };
         let mut body: Cow<'_, [u8]> = Cow::Borrowed(&packet.payload);
         let mut first_block_format = None;
@@ -552,18 +780,32 @@ impl Server {
             .map(|v| uint(v))
             .or(first_block_format);
         match path.as_slice() {
-            ["r", meter_id] => self.report(meter_id, content_format, body.into_owned(), reply),
-            ["rd"] => self.register(&queries, &body, peer, reply, now),
+            ["r", meter_id] => self.report(
+                meter_id,
+                content_format,
+                body.into_owned(),
+                peer,
+                caller,
+                reply,
+            ),
+            ["rd"] => self.register(&queries, body.into_owned(), peer, caller, reply, now),
             ["rd", id] => {
                 let params = match lwm2m::Params::parse(&queries) {
                     Ok(p) => p,
                     Err(why) => return fail(reply, ResponseType::BadRequest, &why),
                 };
+                if let Some(refusal) = self.not_owner(id, caller, peer, &body, &reply) {
+                    return refusal;
+                }
                 let objects = (!body.is_empty()).then(|| String::from_utf8_lossy(&body));
-                if self
-                    .registry
-                    .update(id, &params, objects.as_deref(), peer, now)
-                {
+                if self.registry.update(
+                    id,
+                    &params,
+                    objects.as_deref(),
+                    peer,
+                    caller.session(),
+                    now,
+                ) {
                     if let Some(meter_id) = self.registry.get(id).map(|r| r.meter_id.clone()) {
                         self.heard_from(&meter_id);
                     }
@@ -576,7 +818,14 @@ impl Server {
                     )
                 }
             }
-            ["dp"] => self.send_operation(content_format, body.into_owned(), peer, reply, now),
+            ["dp"] => self.send_operation(
+                content_format,
+                body.into_owned(),
+                peer,
+                caller,
+                reply,
+                now,
+            ),
             [".well-known", "core"] => fail(reply, ResponseType::MethodNotAllowed, "use GET"),
             _ => fail(reply, ResponseType::NotFound, WHAT_IS_HERE),
         }
@@ -587,12 +836,16 @@ impl Server {
         &mut self,
         packet: &Packet,
         path: &[&str],
+        peer: SocketAddr,
+        caller: &Caller,
         reply: Packet,
-        _now: Instant,
     ) -> Outcome {
         match (request_type(packet), path) {
             (RequestType::Get, [".well-known", "core"]) => well_known_core(packet, reply),
             (RequestType::Delete, ["rd", id]) => {
+                if let Some(refusal) = self.not_owner(id, caller, peer, b"", &reply) {
+                    return refusal;
+                }
                 if self.registry.remove(id) {
                     Outcome::Reply(with_code(reply, ResponseType::Deleted, None))
                 } else {
@@ -629,6 +882,8 @@ impl Server {
         meter_id: &str,
         content_format: Option<u64>,
         body: Vec<u8>,
+        peer: SocketAddr,
+        caller: &Caller,
         reply: Packet,
     ) -> Outcome {
         if !is_valid_meter_id(meter_id) {
@@ -637,6 +892,22 @@ impl Server {
                 ResponseType::NotFound,
                 Some("meter_id must be 1 to 64 characters of [A-Za-z0-9._-]"),
             ));
+        }
+        if let Some(identity) = caller.identity() {
+            let allowed = self
+                .credentials
+                .current()
+                .get(identity)
+                .is_some_and(|c| c.may_publish_for(identity, meter_id));
+            if !allowed {
+                return self.forbidden(
+                    caller,
+                    peer,
+                    format!("may not post for meter {meter_id:?}"),
+                    body,
+                    reply,
+                );
+            }
         }
         let format = match content_format {
             None => None,
@@ -660,6 +931,7 @@ impl Server {
         content_format: Option<u64>,
         body: Vec<u8>,
         peer: SocketAddr,
+        caller: &Caller,
         reply: Packet,
         now: Instant,
     ) -> Outcome {
@@ -670,6 +942,16 @@ impl Server {
                 Some("not registered from this address: register (POST /rd?ep=...) first"),
             ));
         };
+        if registration.session != caller.session() {
+            // Over DTLS a Send belongs to the session that registered (or last updated).
+            return self.forbidden(
+                caller,
+                peer,
+                "Send outside the session that registered: register or update first".into(),
+                body,
+                reply,
+            );
+        }
         let lwm2m = content_format
             .and_then(|cf| u16::try_from(cf).ok())
             .and_then(Format::from_coap_content_format)
@@ -721,6 +1003,63 @@ impl Server {
         }
     }
 
+    /// 4.03 for a request outside the caller's identity, answered once its `unauthorized`
+    /// dead letter (with identity, address and the body) is durable.
+    fn forbidden(
+        &self,
+        caller: &Caller,
+        peer: SocketAddr,
+        reason: String,
+        body: Vec<u8>,
+        reply: Packet,
+    ) -> Outcome {
+        metrics::counter!("meterflow_coap_denied_total", "reason" => "forbidden").increment(1);
+        let identity = caller.identity().map(str::to_string);
+        tracing::info!(identity = identity.as_deref().unwrap_or("anonymous"), %peer, %reason, "CoAP: request refused");
+        let refusal = crate::message::EdgeRefusal {
+            identity,
+            client_id: None,
+            peer: peer.to_string(),
+            reason,
+        };
+        Outcome::Ingest {
+            message: RawMessage {
+                lsn: 0,
+                topic: "coap".into(),
+                payload: Bytes::from(body),
+                source: Source::Coap,
+                received_at_ms: now_ms(),
+                content_type: None,
+                refused: Some(refusal.to_json()),
+            },
+            reply,
+            code: ResponseType::Forbidden,
+            diagnostic: Some("not this identity's to send".into()),
+        }
+    }
+
+    /// Over DTLS, a registration is updated or removed only by its own identity.
+    fn not_owner(
+        &self,
+        id: &str,
+        caller: &Caller,
+        peer: SocketAddr,
+        body: &[u8],
+        reply: &Packet,
+    ) -> Option<Outcome> {
+        let identity = caller.identity()?;
+        let owner = self.registry.get(id)?;
+        (owner.meter_id != identity).then(|| {
+            self.forbidden(
+                caller,
+                peer,
+                format!("may not change registration {id:?} of {:?}", owner.endpoint),
+                body.to_vec(),
+                reply.clone(),
+            )
+        })
+    }
+
     /// A registration or update is the device's heartbeat: an empty status for its meter goes
     /// through the WAL like any message, so the device state (and ClickHouse `device_status`)
     /// shows it alive between Sends. Best effort: when the writer is busy it is skipped.
@@ -751,8 +1090,9 @@ impl Server {
     fn register(
         &mut self,
         queries: &[&str],
-        body: &[u8],
+        body: Vec<u8>,
         peer: SocketAddr,
+        caller: &Caller,
         mut reply: Packet,
         now: Instant,
     ) -> Outcome {
@@ -762,8 +1102,23 @@ impl Server {
                 return Outcome::Reply(with_code(reply, ResponseType::BadRequest, Some(&why)))
             }
         };
-        let objects = String::from_utf8_lossy(body);
-        match self.registry.register(&params, &objects, peer, now) {
+        if let Some(identity) = caller.identity() {
+            let endpoint = params.endpoint.unwrap_or_default();
+            if lwm2m::meter_id_of(endpoint).as_deref() != Some(identity) {
+                return self.forbidden(
+                    caller,
+                    peer,
+                    format!("may not register endpoint {endpoint:?}"),
+                    body,
+                    reply,
+                );
+            }
+        }
+        let objects = String::from_utf8_lossy(&body);
+        match self
+            .registry
+            .register(&params, &objects, peer, caller.session(), now)
+        {
             Ok(id) => {
                 if let Some(r) = self.registry.get(&id) {
                     tracing::info!(endpoint = %r.endpoint, meter_id = %r.meter_id, lifetime_s = r.lifetime_s, %peer, "LwM2M registration");
@@ -951,7 +1306,7 @@ pub fn fuzz_datagrams(data: &[u8]) {
 async fn fuzz_datagrams_on_runtime(data: &[u8]) {
     {
         let config = CoapConfig {
-            exchange_cache_entries: 64,
+            exchange_cache_bytes: 1 << 20,
             block_transfers: 8,
             lwm2m_max_registrations: 8,
             max_inflight: 16,
@@ -959,7 +1314,8 @@ async fn fuzz_datagrams_on_runtime(data: &[u8]) {
         };
         let (wal, wal_rx) = crate::wal_writer::channel(8);
         let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Completion>(16);
-        let mut server = Server::new(&config, wal, done_tx);
+        let credentials = Arc::new(SharedCredentials::in_memory(Default::default()));
+        let mut server = Server::new(&config, credentials, wal, done_tx);
         let start = Instant::now();
         let mut rest = data;
         let mut i: u64 = 0;
@@ -970,7 +1326,7 @@ async fn fuzz_datagrams_on_runtime(data: &[u8]) {
             i += 1;
             let peer = SocketAddr::from(([10, 0, 0, (i % 3) as u8 + 1], 5683));
             let now = start + Duration::from_secs(i * 7);
-            let _ = server.datagram(datagram, peer, now);
+            let _ = server.datagram(datagram, peer, &Caller::Anonymous, now);
             // The WAL writer: every third submission fails one way or another.
             while let Ok(submission) = wal_rx.try_recv() {
                 if let Some(notify) = submission.notify {

@@ -1,0 +1,378 @@
+//! DTLS 1.2 with pre-shared keys for CoAP (`coaps`, RFC 7252 §9.1.3.1), on rtc-dtls's
+//! sans-IO endpoint: datagrams in, decrypted CoAP messages with the session's identity out.
+//!
+//! - The PSK identity is the meter id; the key is the secret's bytes from the credential store,
+//!   as given (so libcoap's `-u METER -k SECRET` works). An unknown or revoked identity fails
+//!   the handshake. Cipher suites: TLS_PSK_WITH_AES_128_CCM_8 (LwM2M's mandatory one),
+//!   TLS_PSK_WITH_AES_128_GCM_SHA256 and TLS_PSK_WITH_AES_128_CCM.
+//! - A new session begins only with an epoch-0 ClientHello; every other datagram from an
+//!   address without a session is dropped unread. The server answers a ClientHello without a
+//!   cookie with a HelloVerifyRequest (RFC 6347 §4.2.1), smaller than the ClientHello, so a
+//!   spoofed source gets no amplified answer.
+//! - Bounded: `coap.dtls_max_sessions` in total and `coap.dtls_max_sessions_per_address` per
+//!   IP address (handshakes included); a handshake not done within
+//!   `coap.dtls_handshake_timeout_s` and a session idle for `coap.dtls_idle_timeout_s` are
+//!   dropped. A revoked or changed credential ends its sessions within a second.
+//! - Sessions are keyed by address and port. There is no Connection ID (RFC 9146; no Rust
+//!   DTLS library offers it to a server): after a NAT rebinding the device's records arrive
+//!   from a new port, are dropped, and its DTLS stack must handshake again.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc_dtls::cipher_suite::CipherSuiteId;
+use rtc_dtls::config::ConfigBuilder;
+use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
+
+use crate::credentials::{CredentialStore, SharedCredentials};
+use crate::IngestError;
+
+/// The cipher suites offered, in order of preference.
+pub const CIPHER_SUITES: [CipherSuiteId; 3] = [
+    CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
+    CipherSuiteId::Tls_Psk_With_Aes_128_Gcm_Sha256,
+    CipherSuiteId::Tls_Psk_With_Aes_128_Ccm,
+];
+
+/// The limits of [`Sessions`], from `[coap]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_sessions: usize,
+    pub max_per_address: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Who is behind a DTLS session, once its handshake is done.
+struct Session {
+    /// Numbers sessions apart (an LwM2M registration belongs to one).
+    id: u64,
+    started: Instant,
+    heard: Instant,
+    /// The PSK identity, set when the handshake completes.
+    identity: Option<Arc<str>>,
+}
+
+/// Decrypted CoAP messages of one datagram, with who sent them.
+pub struct Received {
+    pub identity: Arc<str>,
+    pub session: u64,
+    pub messages: Vec<BytesMut>,
+}
+
+/// Every DTLS session of one listener.
+pub struct Sessions {
+    endpoint: Endpoint,
+    sessions: HashMap<SocketAddr, Session>,
+    per_address: HashMap<IpAddr, usize>,
+    limits: Limits,
+    next_id: u64,
+    credentials: Arc<SharedCredentials>,
+    /// The store the live sessions were checked against, and its generation.
+    store: (Arc<CredentialStore>, u64),
+}
+
+impl Sessions {
+    pub fn new(
+        local: SocketAddr,
+        limits: Limits,
+        credentials: Arc<SharedCredentials>,
+    ) -> Result<Sessions, IngestError> {
+        let config = server_config(credentials.clone())?;
+        let store = credentials.current_with_generation();
+        Ok(Sessions {
+            endpoint: Endpoint::new(local, rtc_shared::TransportProtocol::UDP, Some(config)),
+            sessions: HashMap::new(),
+            per_address: HashMap::new(),
+            limits,
+            next_id: 0,
+            credentials,
+            store,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Takes one datagram from `peer`. What it carries for the CoAP server comes back; what
+    /// must be sent waits in [`Sessions::transmits`].
+    pub fn receive(&mut self, datagram: &[u8], peer: SocketAddr, now: Instant) -> Option<Received> {
+        if !self.sessions.contains_key(&peer) {
+            if !is_client_hello(datagram) {
+                metrics::counter!("meterflow_coaps_dropped_total", "why" => "no_session")
+                    .increment(1);
+                return None;
+            }
+            if !self.admit(peer, now) {
+                return None;
+            }
+        }
+        let result = self
+            .endpoint
+            .read(now, peer, None, BytesMut::from(datagram));
+        let mut messages = Vec::new();
+        let events = match result {
+            Ok(events) => events,
+            Err(e) => {
+                let established = self
+                    .sessions
+                    .get(&peer)
+                    .is_some_and(|s| s.identity.is_some());
+                if established && self.endpoint.get_connection_state(peer).is_some() {
+                    // A record that does not authenticate (forged, replayed): dropped, the
+                    // session goes on.
+                    tracing::debug!(%peer, error = %e, "coaps: record dropped");
+                    metrics::counter!("meterflow_coaps_dropped_total", "why" => "bad_record")
+                        .increment(1);
+                } else {
+                    tracing::info!(%peer, error = %e, "coaps: handshake failed");
+                    metrics::counter!("meterflow_coaps_handshakes_total", "result" => "failed")
+                        .increment(1);
+                    self.end(peer, now);
+                }
+                return None;
+            }
+        };
+        for event in events {
+            match event {
+                EndpointEvent::HandshakeComplete => self.established(peer, now),
+                EndpointEvent::ApplicationData(data) => messages.push(data),
+                EndpointEvent::PeerClosed => {
+                    metrics::counter!("meterflow_coaps_sessions_ended_total", "why" => "peer_closed")
+                        .increment(1);
+                    self.forget(peer);
+                    return None;
+                }
+                _ => {}
+            }
+        }
+        let session = self.sessions.get_mut(&peer)?;
+        session.heard = now;
+        let identity = session.identity.clone()?;
+        (!messages.is_empty()).then(|| Received {
+            identity,
+            session: session.id,
+            messages,
+        })
+    }
+
+    /// Encrypts a CoAP message for `peer`; false when its session is gone.
+    pub fn send(&mut self, peer: SocketAddr, message: &[u8], now: Instant) -> bool {
+        if self
+            .sessions
+            .get(&peer)
+            .is_none_or(|s| s.identity.is_none())
+        {
+            return false;
+        }
+        match self.endpoint.write(now, peer, message) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "coaps: cannot send");
+                false
+            }
+        }
+    }
+
+    /// Datagrams to send.
+    pub fn transmits(&mut self) -> impl Iterator<Item = (SocketAddr, BytesMut)> + '_ {
+        std::iter::from_fn(|| {
+            self.endpoint
+                .poll_transmit()
+                .map(|t| (t.transport.peer_addr, t.message))
+        })
+    }
+
+    /// Handshake retransmissions and timeouts, idle sessions, credential changes. Called a few
+    /// times a second.
+    pub fn housekeeping(&mut self, now: Instant) {
+        let (store, generation) = self.credentials.current_with_generation();
+        let withdrawn: Vec<String> = if generation != self.store.1 {
+            let gone = self
+                .store
+                .0
+                .withdrawn_in(&store)
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            self.store = (store, generation);
+            gone
+        } else {
+            Vec::new()
+        };
+        let mut ending = Vec::new();
+        for (peer, session) in &self.sessions {
+            let why = match &session.identity {
+                None if now.saturating_duration_since(session.started)
+                    >= self.limits.handshake_timeout =>
+                {
+                    Some("handshake_timeout")
+                }
+                None => None,
+                Some(id) if withdrawn.iter().any(|w| **w == **id) => Some("revoked"),
+                Some(_)
+                    if now.saturating_duration_since(session.heard)
+                        >= self.limits.idle_timeout =>
+                {
+                    Some("idle")
+                }
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                ending.push((*peer, why));
+            } else if session.identity.is_none()
+                && self.endpoint.poll_timeout(peer).is_some_and(|t| t <= now)
+                && self.endpoint.handle_timeout(*peer, now).is_err()
+            {
+                ending.push((*peer, "handshake_timeout"));
+            }
+        }
+        for (peer, why) in ending {
+            metrics::counter!("meterflow_coaps_sessions_ended_total", "why" => why).increment(1);
+            if why == "handshake_timeout" {
+                metrics::counter!("meterflow_coaps_handshakes_total", "result" => "timeout")
+                    .increment(1);
+            }
+            if why == "revoked" {
+                tracing::info!(%peer, "coaps: session closed, its credential was revoked or changed");
+            }
+            self.end(peer, now);
+        }
+        let established = self.sessions.values().filter(|s| s.identity.is_some()).count();
+        metrics::gauge!("meterflow_coaps_sessions", "state" => "established")
+            .set(established as f64);
+        metrics::gauge!("meterflow_coaps_sessions", "state" => "handshake")
+            .set((self.sessions.len() - established) as f64);
+    }
+
+    /// Whether a new session from `peer` fits the limits (counted when it does not).
+    fn admit(&mut self, peer: SocketAddr, now: Instant) -> bool {
+        let why = if self.sessions.len() >= self.limits.max_sessions {
+            Some("sessions")
+        } else if self.per_address.get(&peer.ip()).copied().unwrap_or(0)
+            >= self.limits.max_per_address
+        {
+            Some("per_address")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            metrics::counter!("meterflow_coaps_refused_total", "why" => why).increment(1);
+            return false;
+        }
+        self.next_id += 1;
+        self.sessions.insert(
+            peer,
+            Session {
+                id: self.next_id,
+                started: now,
+                heard: now,
+                identity: None,
+            },
+        );
+        *self.per_address.entry(peer.ip()).or_default() += 1;
+        true
+    }
+
+    fn established(&mut self, peer: SocketAddr, now: Instant) {
+        let identity = self
+            .endpoint
+            .get_connection_state(peer)
+            .and_then(|state| std::str::from_utf8(&state.identity_hint).ok())
+            .filter(|id| self.credentials.current().get(id).is_some())
+            .map(Arc::<str>::from);
+        match (identity, self.sessions.get_mut(&peer)) {
+            (Some(identity), Some(session)) => {
+                tracing::debug!(%peer, identity = %identity, "coaps: session established");
+                metrics::counter!("meterflow_coaps_handshakes_total", "result" => "ok")
+                    .increment(1);
+                session.identity = Some(identity);
+                session.heard = now;
+            }
+            _ => {
+                metrics::counter!("meterflow_coaps_handshakes_total", "result" => "failed")
+                    .increment(1);
+                self.end(peer, now);
+            }
+        }
+    }
+
+    /// Ends a session with a close_notify (an alert smaller than any ClientHello: no
+    /// amplification when the source was spoofed).
+    fn end(&mut self, peer: SocketAddr, now: Instant) {
+        let _ = self.endpoint.stop(now, peer);
+        self.forget(peer);
+    }
+
+    fn forget(&mut self, peer: SocketAddr) {
+        if self.sessions.remove(&peer).is_some() {
+            if let Some(n) = self.per_address.get_mut(&peer.ip()) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_address.remove(&peer.ip());
+                }
+            }
+        }
+    }
+}
+
+/// The first datagram of a session: a DTLS 1.x handshake record of epoch 0 whose message is a
+/// ClientHello (RFC 6347 §4.1, §4.2.2).
+fn is_client_hello(datagram: &[u8]) -> bool {
+    matches!(
+        datagram,
+        [22, 0xFE, 0xFD | 0xFF, 0, 0, _, _, _, _, _, _, _, _, 1, ..]
+    )
+}
+
+/// The server's handshake configuration: PSK only, keys from the credential store.
+fn server_config(
+    credentials: Arc<SharedCredentials>,
+) -> Result<Arc<rtc_dtls::config::HandshakeConfig>, IngestError> {
+    let provider = rtc_dtls::crypto_provider::default_provider()
+        .map_err(|e| IngestError::Runtime(format!("DTLS crypto provider: {e}")))?;
+    let psk = move |identity: &[u8]| -> rtc_shared::error::Result<Vec<u8>> {
+        let store = credentials.current();
+        std::str::from_utf8(identity)
+            .ok()
+            .and_then(|id| store.get(id))
+            .map(|c| c.secret.as_bytes().to_vec())
+            .ok_or_else(|| {
+                metrics::counter!("meterflow_coaps_unknown_identity_total").increment(1);
+                rtc_shared::error::Error::Other("unknown PSK identity".into())
+            })
+    };
+    let config = ConfigBuilder::default()
+        .with_crypto_provider(provider)
+        .with_cipher_suites(CIPHER_SUITES.to_vec())
+        .with_psk(Some(Arc::new(psk)))
+        .build(false, None)
+        .map_err(|e| IngestError::Runtime(format!("DTLS configuration: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_client_hello_opens_a_session() {
+        let mut hello = vec![22, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 1];
+        assert!(is_client_hello(&hello));
+        hello[4] = 1; // epoch 1
+        assert!(!is_client_hello(&hello));
+        hello[4] = 0;
+        hello[13] = 2; // ServerHello
+        assert!(!is_client_hello(&hello));
+        assert!(!is_client_hello(&[23, 0xFE, 0xFD]));
+        assert!(!is_client_hello(&[0x40, 0x02, 0, 1]), "plain CoAP");
+    }
+}
