@@ -219,8 +219,7 @@ impl Sessions {
                 None => None,
                 Some(id) if withdrawn.iter().any(|w| **w == **id) => Some("revoked"),
                 Some(_)
-                    if now.saturating_duration_since(session.heard)
-                        >= self.limits.idle_timeout =>
+                    if now.saturating_duration_since(session.heard) >= self.limits.idle_timeout =>
                 {
                     Some("idle")
                 }
@@ -246,7 +245,11 @@ impl Sessions {
             }
             self.end(peer, now);
         }
-        let established = self.sessions.values().filter(|s| s.identity.is_some()).count();
+        let established = self
+            .sessions
+            .values()
+            .filter(|s| s.identity.is_some())
+            .count();
         metrics::gauge!("meterflow_coaps_sessions", "state" => "established")
             .set(established as f64);
         metrics::gauge!("meterflow_coaps_sessions", "state" => "handshake")

@@ -137,7 +137,9 @@ impl Generation {
     fn exchange(&self, key: &ExchangeKey, slot: &Slot) -> Exchange {
         match slot.len {
             IN_FLIGHT => Exchange::InFlight,
-            ON_HEAP => Exchange::Answered(self.heap.get(key).map(|b| b.to_vec()).unwrap_or_default()),
+            ON_HEAP => {
+                Exchange::Answered(self.heap.get(key).map(|b| b.to_vec()).unwrap_or_default())
+            }
             n => Exchange::Answered(slot.inline[..usize::from(n).min(INLINE)].to_vec()),
         }
     }
@@ -345,7 +347,11 @@ mod tests {
             cache.get(&key(1, 7), t0 + Duration::from_secs(246)),
             Some(Exchange::Answered(long))
         );
-        assert_eq!(cache.get(&key(2, 7), t0), None, "another peer, another exchange");
+        assert_eq!(
+            cache.get(&key(2, 7), t0),
+            None,
+            "another peer, another exchange"
+        );
         let later = t0 + EXCHANGE_LIFETIME;
         assert_eq!(cache.get(&key(1, 7), later), None);
         cache.expire(later);
@@ -372,7 +378,11 @@ mod tests {
         let t0 = Instant::now();
         let mut taken = 0u32;
         let mut t = t0;
-        while cache.insert(key((taken % 60_000) as u16, (taken / 60_000) as u16), Exchange::InFlight, t) {
+        while cache.insert(
+            key((taken % 60_000) as u16, (taken / 60_000) as u16),
+            Exchange::InFlight,
+            t,
+        ) {
             taken += 1;
             t = t0 + Duration::from_millis(u64::from(taken) * 10);
         }
@@ -384,10 +394,16 @@ mod tests {
         let later = t0 + GENERATION + LAST_COPY + Duration::from_secs(60);
         assert!(later < t0 + EXCHANGE_LIFETIME);
         for i in 0..taken {
-            assert!(cache.insert(key(60_001, i as u16), Exchange::InFlight, later), "{i}");
+            assert!(
+                cache.insert(key(60_001, i as u16), Exchange::InFlight, later),
+                "{i}"
+            );
         }
         assert!(cache.get(&key(0, 0), later).is_none());
-        assert!(!cache.answer(&key(0, 0), &[]), "a dropped exchange is not revived");
+        assert!(
+            !cache.answer(&key(0, 0), &[]),
+            "a dropped exchange is not revived"
+        );
         assert!(cache.bytes() <= 256 * 1024);
     }
 
@@ -403,7 +419,10 @@ mod tests {
         assert!(cache.insert(key(1, 1), Exchange::InFlight, later));
         assert_eq!(cache.get(&key(1, 1), later), Some(Exchange::InFlight));
         assert!(cache.answer(&key(1, 1), &[5]));
-        assert_eq!(cache.get(&key(1, 1), later), Some(Exchange::Answered(vec![5])));
+        assert_eq!(
+            cache.get(&key(1, 1), later),
+            Some(Exchange::Answered(vec![5]))
+        );
         assert_eq!(cache.len(), 2);
     }
 
@@ -421,7 +440,10 @@ mod tests {
     fn identities_and_address_families_do_not_collide() {
         let keys = KeyMaker::default();
         let v4 = keys.peer(SocketAddr::from(([10, 0, 0, 1], 5683)), 1);
-        let v6 = keys.peer(SocketAddr::from(([0, 0, 0, 0, 0, 0xffff, 0x0a00, 1], 5683)), 1);
+        let v6 = keys.peer(
+            SocketAddr::from(([0, 0, 0, 0, 0, 0xffff, 0x0a00, 1], 5683)),
+            1,
+        );
         let id = keys.identity("10.0.0.1", 1);
         assert_ne!(v4, v6);
         assert_ne!(v4, id);
@@ -443,7 +465,8 @@ mod tests {
             for i in 0..per_second {
                 let n = second * per_second + i;
                 let peer = SocketAddr::from(([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], 5683));
-                let now = t0 + Duration::from_micros(u64::from(second) * 1_000_000 + u64::from(i) * 500);
+                let now =
+                    t0 + Duration::from_micros(u64::from(second) * 1_000_000 + u64::from(i) * 500);
                 let k = keys.peer(peer, (n % 65_536) as u16);
                 assert!(cache.insert(k, Exchange::InFlight, now));
                 // A 2.04 ACK with an 8-byte token.

@@ -334,7 +334,9 @@ mod tests {
         let mut r = Registry::new(10);
         let t = Instant::now();
         let params = Params::parse(&["ep=urn:imei:1234", "lt=300", "lwm2m=1.1", "b=U"]).unwrap();
-        let id = r.register(&params, "</3/0>,</4/0>", addr(1), None, t).unwrap();
+        let id = r
+            .register(&params, "</3/0>,</4/0>", addr(1), None, t)
+            .unwrap();
         let reg = r.at(addr(1), t).unwrap();
         assert_eq!(
             (reg.meter_id.as_str(), reg.lifetime_s, reg.version.as_str()),

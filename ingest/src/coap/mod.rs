@@ -128,7 +128,10 @@ impl CoapConfig {
             }
         }
         crate::config::positive("coap.block_timeout_s", self.block_timeout_s)?;
-        crate::config::positive("coap.dtls_handshake_timeout_s", self.dtls_handshake_timeout_s)?;
+        crate::config::positive(
+            "coap.dtls_handshake_timeout_s",
+            self.dtls_handshake_timeout_s,
+        )?;
         crate::config::positive("coap.dtls_idle_timeout_s", self.dtls_idle_timeout_s)
     }
 
@@ -302,7 +305,9 @@ impl Security {
         config: &CoapConfig,
         credentials: Arc<SharedCredentials>,
     ) -> Result<Security, IngestError> {
-        let local = socket.local_addr().map_err(|e| IngestError::Runtime(format!("coaps: {e}")))?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| IngestError::Runtime(format!("coaps: {e}")))?;
         Ok(Security::Dtls(Box::new(dtls::Sessions::new(
             local,
             config.dtls_limits(),
@@ -326,9 +331,8 @@ pub async fn serve(
     let mut server = Server::new(&config, credentials.clone(), wal, done_tx);
     let mut buf = vec![0u8; 65_536];
     let mut tick = tokio::time::interval(TICK);
-    let anonymous_ok = |loopback: bool| {
-        config.allow_anonymous || (loopback && credentials.current().is_empty())
-    };
+    let anonymous_ok =
+        |loopback: bool| config.allow_anonymous || (loopback && credentials.current().is_empty());
     loop {
         tokio::select! {
             received = socket.recv_from(&mut buf) => match received {
@@ -521,7 +525,9 @@ impl Server {
             )));
         }
         let key = match caller {
-            Caller::Device { identity, .. } => self.keys.identity(identity, packet.header.message_id),
+            Caller::Device { identity, .. } => {
+                self.keys.identity(identity, packet.header.message_id)
+            }
             _ => self.keys.peer(peer, packet.header.message_id),
         };
         match self.exchanges.get(&key, now) {
@@ -549,7 +555,8 @@ impl Server {
                 let bytes = encode(&reply);
                 // A safe request (GET) is simply answered again; the rest is remembered where
                 // there is room (a repeated 4.xx or registration is harmless where there is not).
-                let busy = reply.header.code == MessageClass::Response(ResponseType::ServiceUnavailable);
+                let busy =
+                    reply.header.code == MessageClass::Response(ResponseType::ServiceUnavailable);
                 if request_type(&packet) != RequestType::Get && !busy {
                     let _ = self
                         .exchanges
@@ -818,14 +825,9 @@ impl Server {
                     )
                 }
             }
-            ["dp"] => self.send_operation(
-                content_format,
-                body.into_owned(),
-                peer,
-                caller,
-                reply,
-                now,
-            ),
+            ["dp"] => {
+                self.send_operation(content_format, body.into_owned(), peer, caller, reply, now)
+            }
             [".well-known", "core"] => fail(reply, ResponseType::MethodNotAllowed, "use GET"),
             _ => fail(reply, ResponseType::NotFound, WHAT_IS_HERE),
         }

@@ -105,7 +105,9 @@ impl Harness {
     ) -> (String, Packet) {
         let bytes = p.to_bytes().unwrap();
         assert!(
-            self.server.datagram(&bytes, from, &Caller::Anonymous, Instant::now()).is_none(),
+            self.server
+                .datagram(&bytes, from, &Caller::Anonymous, Instant::now())
+                .is_none(),
             "the answer waits for the WAL"
         );
         let submission = self
@@ -153,8 +155,14 @@ async fn a_retransmission_while_waiting_for_the_wal_is_not_ingested() {
     let mut h = harness(CoapConfig::default(), 16);
     let req = post(7, "/r/m", Some(50), JSON);
     let bytes = req.to_bytes().unwrap();
-    assert!(h.server.datagram(&bytes, peer(1), &Caller::Anonymous, Instant::now()).is_none());
-    assert!(h.server.datagram(&bytes, peer(1), &Caller::Anonymous, Instant::now()).is_none());
+    assert!(h
+        .server
+        .datagram(&bytes, peer(1), &Caller::Anonymous, Instant::now())
+        .is_none());
+    assert!(h
+        .server
+        .datagram(&bytes, peer(1), &Caller::Anonymous, Instant::now())
+        .is_none());
     let first = h.submissions.try_recv().unwrap();
     assert!(h.submissions.try_recv().is_err());
     first.notify.unwrap().send(Durability::Durable(1)).unwrap();
@@ -291,7 +299,11 @@ fn wrong_requests_get_the_4_xx_that_says_why() {
     // Another CoAP version: silence.
     let mut bytes = post(23, "/r/m", Some(50), JSON).to_bytes().unwrap();
     bytes[0] = (bytes[0] & 0x3f) | 0x80;
-    assert_eq!(h.server.datagram(&bytes, peer(1), &Caller::Anonymous, Instant::now()), None);
+    assert_eq!(
+        h.server
+            .datagram(&bytes, peer(1), &Caller::Anonymous, Instant::now()),
+        None
+    );
     // Too large in one datagram: 4.13 with Size1.
     let config = CoapConfig {
         max_payload_bytes: 100,
@@ -315,7 +327,10 @@ async fn overload_is_5_03_with_max_age() {
     // The WAL writer's queue is full.
     let mut h = harness(CoapConfig::default(), 1);
     let first = post(1, "/r/m", Some(50), JSON).to_bytes().unwrap();
-    assert!(h.server.datagram(&first, peer(1), &Caller::Anonymous, Instant::now()).is_none());
+    assert!(h
+        .server
+        .datagram(&first, peer(1), &Caller::Anonymous, Instant::now())
+        .is_none());
     let answer = h.now(&post(2, "/r/m", Some(50), JSON), peer(1));
     assert_eq!(code(&answer), "5.03");
     assert_eq!(
@@ -339,7 +354,10 @@ async fn overload_is_5_03_with_max_age() {
         ..CoapConfig::default()
     };
     let mut h = harness(config, 16);
-    assert!(h.server.datagram(&first, peer(1), &Caller::Anonymous, Instant::now()).is_none());
+    assert!(h
+        .server
+        .datagram(&first, peer(1), &Caller::Anonymous, Instant::now())
+        .is_none());
     assert_eq!(
         code(&h.now(&post(4, "/r/m", Some(50), JSON), peer(1))),
         "5.03"
@@ -500,27 +518,41 @@ fn pings_and_malformed_confirmables_are_reset_and_noise_is_ignored() {
     // An empty CON (a CoAP ping).
     let ping = [0x40, 0x00, 0x12, 0x34];
     assert_eq!(
-        h.server.datagram(&ping, peer(1), &Caller::Anonymous, Instant::now()),
+        h.server
+            .datagram(&ping, peer(1), &Caller::Anonymous, Instant::now()),
         Some(vec![0x70, 0, 0x12, 0x34])
     );
     // A CON with a token length of 9 (malformed).
     let bad = [0x49, 0x02, 0x00, 0x05, 1, 2];
     assert_eq!(
-        h.server.datagram(&bad, peer(1), &Caller::Anonymous, Instant::now()),
+        h.server
+            .datagram(&bad, peer(1), &Caller::Anonymous, Instant::now()),
         Some(vec![0x70, 0, 0, 5])
     );
     // A NON that does not parse, a stray ACK, short junk: silence.
     assert_eq!(
-        h.server
-            .datagram(&[0x59, 0x02, 0, 5], peer(1), &Caller::Anonymous, Instant::now()),
+        h.server.datagram(
+            &[0x59, 0x02, 0, 5],
+            peer(1),
+            &Caller::Anonymous,
+            Instant::now()
+        ),
+        None
+    );
+    assert_eq!(
+        h.server.datagram(
+            &[0x60, 0x44, 0, 5],
+            peer(1),
+            &Caller::Anonymous,
+            Instant::now()
+        ),
         None
     );
     assert_eq!(
         h.server
-            .datagram(&[0x60, 0x44, 0, 5], peer(1), &Caller::Anonymous, Instant::now()),
+            .datagram(&[0x40], peer(1), &Caller::Anonymous, Instant::now()),
         None
     );
-    assert_eq!(h.server.datagram(&[0x40], peer(1), &Caller::Anonymous, Instant::now()), None);
 }
 
 /// A flood of random datagrams from many addresses: nothing panics and every table stays
