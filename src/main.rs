@@ -265,6 +265,10 @@ struct SimulateArgs {
     /// Post over CoAP to HOST:PORT instead of publishing over MQTT.
     #[arg(long, value_name = "HOST:PORT")]
     coap: Option<String>,
+    /// CoAP over DTLS (coaps): each meter handshakes with its id as the PSK identity and its
+    /// secret from --credentials as the key, and keeps the session for all its reports.
+    #[arg(long, requires_all = ["coap", "credentials"])]
+    dtls: bool,
     /// CoAP: a report larger than this many bytes goes in Block1 blocks of this size
     /// (16 to 1024, a power of two).
     #[arg(long, default_value_t = 1024)]
@@ -682,6 +686,7 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         port,
         inflight: args.inflight,
         coap_block_size: args.block_size,
+        coap_dtls: args.dtls,
         concurrency: args.concurrency,
         pause: Duration::from_millis(args.pause_ms),
         meter_timeout: Duration::from_secs(args.meter_timeout_s),

@@ -51,14 +51,36 @@ pub(super) async fn run_meter(
         .await
         .context("binding a UDP socket")?;
     socket.connect(server).await?;
+    let meter_id = plan.meter_id(m);
+    let link = if target.coap_dtls {
+        let secret = target
+            .mqtt
+            .credentials
+            .as_ref()
+            .and_then(|c| c.get(&meter_id))
+            .with_context(|| format!("--dtls: no secret for {meter_id} in --credentials"))?;
+        let started = Instant::now();
+        let link = super::dtls::DtlsLink::connect(
+            socket,
+            server,
+            &meter_id,
+            secret.as_bytes(),
+            target.meter_timeout,
+        )
+        .await?;
+        counters.note_connect(started.elapsed(), true, false);
+        Link::Dtls(Box::new(link))
+    } else {
+        Link::Plain(socket)
+    };
     let block_size = target.coap_block_size;
     if !(16..=1024).contains(&block_size) || !block_size.is_power_of_two() {
         bail!("--block-size must be 16, 32, 64, 128, 256, 512 or 1024");
     }
     let mut meter = Meter {
         block_size,
-        socket,
-        meter_id: plan.meter_id(m),
+        link,
+        meter_id,
         content_format: plan.format.coap_content_format(),
         // Message IDs and tokens start somewhere different for every meter.
         next_mid: (m as u16).wrapping_mul(7919),
@@ -89,10 +111,35 @@ pub(super) async fn run_meter(
     Ok(())
 }
 
+/// How a meter's requests travel.
+enum Link {
+    Plain(UdpSocket),
+    Dtls(Box<super::dtls::DtlsLink>),
+}
+
+impl Link {
+    async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        match self {
+            Link::Plain(socket) => {
+                socket.send(bytes).await?;
+            }
+            Link::Dtls(link) => link.send(bytes).await?,
+        }
+        Ok(())
+    }
+
+    async fn recv(&mut self, buf: &mut [u8]) -> anyhow::Result<usize> {
+        match self {
+            Link::Plain(socket) => Ok(socket.recv(buf).await?),
+            Link::Dtls(link) => link.recv(buf).await,
+        }
+    }
+}
+
 struct Meter {
     /// Block1 block size, bytes (a power of two from 16 to 1024).
     block_size: usize,
-    socket: UdpSocket,
+    link: Link,
     meter_id: String,
     content_format: u16,
     next_mid: u16,
@@ -182,10 +229,10 @@ impl Meter {
             if transmission > 0 {
                 counters.retransmissions.fetch_add(1, Ordering::Relaxed);
             }
-            self.socket.send(&bytes).await?;
+            self.link.send(&bytes).await?;
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
-                let received = tokio::time::timeout_at(deadline, self.socket.recv(&mut buf)).await;
+                let received = tokio::time::timeout_at(deadline, self.link.recv(&mut buf)).await;
                 let n = match received {
                     Err(_) => break, // retransmit
                     Ok(Ok(n)) => n,

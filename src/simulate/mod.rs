@@ -11,6 +11,7 @@
 //! one does; the summary counts those reconnects, since each can deliver a report twice.
 
 mod coap;
+pub mod dtls;
 pub mod mqtt;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -302,6 +303,8 @@ pub struct Target {
     pub inflight: u16,
     /// CoAP: reports larger than this go in Block1 blocks of this size.
     pub coap_block_size: usize,
+    /// CoAP: over DTLS with each meter's pre-shared key (from `mqtt.credentials`).
+    pub coap_dtls: bool,
     /// Connections opened at the same time at most (the rest wait their turn).
     pub concurrency: usize,
     /// Pause between two reports of one meter.

@@ -417,7 +417,7 @@ impl Counters {
         self.started.elapsed().as_micros() as u64
     }
 
-    fn note_connect(&self, latency: Duration, first: bool, recovering: bool) {
+    pub(super) fn note_connect(&self, latency: Duration, first: bool, recovering: bool) {
         self.connects.fetch_add(1, Ordering::Relaxed);
         self.connect_latencies.record(latency);
         let now = self.since_start_us();
