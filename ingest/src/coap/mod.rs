@@ -905,6 +905,7 @@ impl Server {
                 return self.forbidden(
                     caller,
                     peer,
+                    format!("/r/{meter_id}"),
                     format!("may not post for meter {meter_id:?}"),
                     body,
                     reply,
@@ -938,6 +939,16 @@ impl Server {
         now: Instant,
     ) -> Outcome {
         let Some(registration) = self.registry.at(peer, now) else {
+            if caller.identity().is_some() {
+                return self.forbidden(
+                    caller,
+                    peer,
+                    "/dp".into(),
+                    "Send without a registration in this session".into(),
+                    body,
+                    reply,
+                );
+            }
             return Outcome::Reply(with_code(
                 reply,
                 ResponseType::Forbidden,
@@ -949,6 +960,7 @@ impl Server {
             return self.forbidden(
                 caller,
                 peer,
+                "/dp".into(),
                 "Send outside the session that registered: register or update first".into(),
                 body,
                 reply,
@@ -1011,6 +1023,7 @@ impl Server {
         &self,
         caller: &Caller,
         peer: SocketAddr,
+        resource: String,
         reason: String,
         body: Vec<u8>,
         reply: Packet,
@@ -1027,7 +1040,7 @@ impl Server {
         Outcome::Ingest {
             message: RawMessage {
                 lsn: 0,
-                topic: "coap".into(),
+                topic: resource,
                 payload: Bytes::from(body),
                 source: Source::Coap,
                 received_at_ms: now_ms(),
@@ -1055,6 +1068,7 @@ impl Server {
             self.forbidden(
                 caller,
                 peer,
+                format!("/rd/{id}"),
                 format!("may not change registration {id:?} of {:?}", owner.endpoint),
                 body.to_vec(),
                 reply.clone(),
@@ -1110,6 +1124,7 @@ impl Server {
                 return self.forbidden(
                     caller,
                     peer,
+                    "/rd".into(),
                     format!("may not register endpoint {endpoint:?}"),
                     body,
                     reply,

@@ -15,6 +15,8 @@ struct Harness {
     submissions: Receiver<Submission>,
     done: tokio::sync::mpsc::Receiver<Completion>,
     _keep: Option<Sender<Submission>>,
+    /// Who the requests of [`Harness::now`] and [`Harness::stored`] come from.
+    caller: Caller,
 }
 
 fn harness(config: CoapConfig, wal_capacity: usize) -> Harness {
@@ -30,6 +32,46 @@ fn harness(config: CoapConfig, wal_capacity: usize) -> Harness {
         submissions,
         done,
         _keep: None,
+        caller: Caller::Anonymous,
+    }
+}
+
+/// A harness whose credential store holds meter `m1` and gateway `gw` (for `g-*`), and whose
+/// requests come from `m1`'s DTLS session 1.
+fn device_harness() -> Harness {
+    use crate::credentials::{Credential, CredentialStore, Glob, Secret};
+    let mut store = CredentialStore::default();
+    for (id, globs) in [("m1", vec![]), ("gw", vec![Glob::new("g-*").unwrap()])] {
+        store
+            .add(
+                id,
+                Credential {
+                    secret: Secret::new("secret-0123456789").unwrap(),
+                    publish_for: globs,
+                },
+            )
+            .unwrap();
+    }
+    let (wal_tx, submissions) = flume::bounded(16);
+    let (done_tx, done) = tokio::sync::mpsc::channel(64);
+    Harness {
+        server: Server::new(
+            &CoapConfig::default(),
+            Arc::new(SharedCredentials::in_memory(store)),
+            wal_tx,
+            done_tx,
+        ),
+        submissions,
+        done,
+        _keep: None,
+        caller: device("m1", 1),
+    }
+}
+
+fn device(identity: &str, session: u64) -> Caller {
+    Caller::Device {
+        identity: Arc::from(identity),
+        session,
     }
 }
 
@@ -90,7 +132,7 @@ impl Harness {
         let bytes = p.to_bytes().unwrap();
         let answer = self
             .server
-            .datagram(&bytes, from, &Caller::Anonymous, Instant::now())
+            .datagram(&bytes, from, &self.caller, Instant::now())
             .expect("an answer at once");
         parse(&answer)
     }
@@ -106,7 +148,7 @@ impl Harness {
         let bytes = p.to_bytes().unwrap();
         assert!(
             self.server
-                .datagram(&bytes, from, &Caller::Anonymous, Instant::now())
+                .datagram(&bytes, from, &self.caller, Instant::now())
                 .is_none(),
             "the answer waits for the WAL"
         );
@@ -621,4 +663,150 @@ async fn a_flood_of_random_datagrams_stays_bounded() {
     assert!(h.server.blocks.len() <= 50);
     assert!(h.server.registry.len() <= 100);
     assert!(h.server.inflight <= CoapConfig::default().max_inflight);
+}
+
+#[tokio::test]
+async fn without_identity_where_one_is_required_every_request_gets_4_01() {
+    let mut h = harness(CoapConfig::default(), 16);
+    h.caller = Caller::Unauthenticated;
+    let answer = h.now(&post(1, "/r/m1", Some(50), JSON), peer(1));
+    assert_eq!(code(&answer), "4.01");
+    assert!(h.submissions.try_recv().is_err(), "nothing stored");
+    assert!(h.server.exchanges.is_empty(), "nothing remembered");
+}
+
+#[tokio::test]
+async fn a_device_posts_for_itself_and_a_gateway_for_its_globs_only() {
+    let mut h = device_harness();
+    let (topic, answer) = h
+        .stored(
+            &post(1, "/r/m1", Some(50), JSON),
+            peer(1),
+            Durability::Durable(1),
+        )
+        .await;
+    assert_eq!(
+        (topic.as_str(), code(&answer).as_str()),
+        ("meters/m1/json", "2.04")
+    );
+    // Another meter: 4.03 once the refusal is durable, kept as an unauthorized dead letter.
+    let bytes = post(2, "/r/m2", Some(50), JSON).to_bytes().unwrap();
+    assert!(h
+        .server
+        .datagram(&bytes, peer(1), &h.caller, Instant::now())
+        .is_none());
+    let submission = h.submissions.try_recv().unwrap();
+    let refusal =
+        crate::message::EdgeRefusal::parse(submission.message.refused.as_deref().unwrap());
+    assert_eq!(refusal.identity.as_deref(), Some("m1"));
+    assert_eq!(refusal.peer, peer(1).to_string());
+    assert_eq!(submission.message.topic, "/r/m2");
+    assert_eq!(&submission.message.payload[..], JSON);
+    submission
+        .notify
+        .unwrap()
+        .send(Durability::Durable(2))
+        .unwrap();
+    let done = h.done.recv().await.unwrap();
+    assert_eq!(
+        code(&parse(&h.server.complete(done, Instant::now()))),
+        "4.03"
+    );
+    // The gateway: g-7 yes, m1 no.
+    h.caller = device("gw", 2);
+    let (topic, answer) = h
+        .stored(
+            &post(3, "/r/g-7", Some(50), JSON),
+            peer(2),
+            Durability::Durable(3),
+        )
+        .await;
+    assert_eq!(
+        (topic.as_str(), code(&answer).as_str()),
+        ("meters/g-7/json", "2.04")
+    );
+    let (topic, answer) = h
+        .stored(
+            &post(4, "/r/m1", Some(50), JSON),
+            peer(2),
+            Durability::Durable(4),
+        )
+        .await;
+    assert_eq!((topic.as_str(), code(&answer).as_str()), ("/r/m1", "4.03"));
+}
+
+#[tokio::test]
+async fn a_device_s_request_repeated_from_a_new_address_is_known_by_its_identity() {
+    let mut h = device_harness();
+    let request = post(7, "/r/m1", Some(50), JSON);
+    let (_, first) = h.stored(&request, peer(1), Durability::Durable(1)).await;
+    assert_eq!(code(&first), "2.04");
+    // The same message ID from a new port (a NAT rebinding, a new session): the same answer,
+    // nothing stored again.
+    h.caller = device("m1", 2);
+    let again = h.now(&request, peer(9));
+    assert_eq!(again.header.message_id, 7);
+    assert_eq!(code(&again), "2.04");
+    assert!(h.submissions.try_recv().is_err(), "stored once");
+    // Another identity with the same message ID is another exchange.
+    h.caller = device("gw", 3);
+    let bytes = post(7, "/r/g-1", Some(50), JSON).to_bytes().unwrap();
+    assert!(h
+        .server
+        .datagram(&bytes, peer(9), &h.caller, Instant::now())
+        .is_none());
+    assert!(h.submissions.try_recv().is_ok());
+}
+
+#[tokio::test]
+async fn a_refused_request_is_not_remembered_so_its_retransmission_is_a_new_attempt() {
+    let mut h = harness(CoapConfig::default(), 16);
+    let request = post(9, "/r/m1", Some(50), JSON);
+    let (_, answer) = h.stored(&request, peer(1), Durability::WalFull).await;
+    assert_eq!(code(&answer), "5.03");
+    assert!(h.server.exchanges.is_empty());
+    let (_, answer) = h.stored(&request, peer(1), Durability::Durable(1)).await;
+    assert_eq!(code(&answer), "2.04");
+}
+
+#[tokio::test]
+async fn lwm2m_over_dtls_registers_its_own_endpoint_and_sends_in_its_session_only() {
+    let mut h = device_harness();
+    let (topic, answer) = h
+        .stored(
+            &post(1, "/rd?ep=m2&lt=300", Some(40), b"</3/0>"),
+            peer(1),
+            Durability::Durable(9),
+        )
+        .await;
+    assert_eq!(
+        (topic.as_str(), code(&answer).as_str()),
+        ("/rd", "4.03"),
+        "another endpoint"
+    );
+    let answer = h.now(&post(2, "/rd?ep=m1&lt=300", Some(40), b"</3/0>"), peer(1));
+    assert_eq!(code(&answer), "2.01");
+    let _ = h.submissions.try_recv(); // the heartbeat
+    let senml = b"\x81\xa2\x00\x66/3/0/9\x02\x18\x64";
+    let (topic, answer) = h
+        .stored(
+            &post(3, "/dp", Some(112), senml),
+            peer(1),
+            Durability::Durable(1),
+        )
+        .await;
+    assert_eq!(
+        (topic.as_str(), code(&answer).as_str()),
+        ("meters/m1/lwm2m", "2.04")
+    );
+    // The same address in a new session: refused until it updates its registration.
+    h.caller = device("m1", 2);
+    let (topic, answer) = h
+        .stored(
+            &post(4, "/dp", Some(112), senml),
+            peer(1),
+            Durability::Durable(2),
+        )
+        .await;
+    assert_eq!((topic.as_str(), code(&answer).as_str()), ("/dp", "4.03"));
 }
