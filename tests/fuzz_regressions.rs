@@ -20,6 +20,7 @@ fn run(target: &str, data: &[u8]) {
         "decode_dsmr" => decoder(Format::Dsmr),
         "decode_lwm2m" => decoder(Format::Lwm2m),
         "coap_datagram" => meterflow_ingest::coap::fuzz_datagrams(data),
+        "coaps_datagrams" => meterflow_ingest::coap::dtls::fuzz_datagrams(data),
         "mqtt_connection" => meterflow_ingest::mqtt::fuzz_connection(data),
         "wal_segment" => meterflow_storage::wal::fuzz_segment(data),
         "config_toml" => {
@@ -61,5 +62,10 @@ fn every_seed_and_regression_input_passes_its_target() {
         meterflow_ingest::mqtt::codec::CODEC_PANICS.load(std::sync::atomic::Ordering::Relaxed),
         0,
         "an input made the MQTT codec panic"
+    );
+    assert_eq!(
+        meterflow_ingest::coap::dtls::DTLS_PANICS.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "an input made the DTLS library panic"
     );
 }

@@ -30,6 +30,9 @@ use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
 use crate::credentials::{CredentialStore, SharedCredentials};
 use crate::IngestError;
 
+/// Panics caught in the DTLS library (the fuzz regressions assert none).
+pub static DTLS_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The cipher suites offered, in order of preference.
 pub const CIPHER_SUITES: [CipherSuiteId; 3] = [
     CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
@@ -54,7 +57,14 @@ struct Session {
     heard: Instant,
     /// The PSK identity, set when the handshake completes.
     identity: Option<Arc<str>>,
+    /// Bytes of handshake records received: the library buffers them without a bound of its
+    /// own, so past [`MAX_HANDSHAKE_BYTES`] the session ends.
+    handshake_bytes: usize,
 }
+
+/// Handshake bytes one session may send (a PSK handshake is well under 1 KiB; retransmitted
+/// flights included, 64 KiB is generous).
+const MAX_HANDSHAKE_BYTES: usize = 64 * 1024;
 
 /// Decrypted CoAP messages of one datagram, with who sent them.
 pub struct Received {
@@ -115,10 +125,33 @@ impl Sessions {
                 return None;
             }
         }
-        let result = self
-            .endpoint
-            .read(now, peer, None, BytesMut::from(datagram));
+        if datagram.first() == Some(&22) {
+            if let Some(session) = self.sessions.get_mut(&peer) {
+                session.handshake_bytes += datagram.len();
+                if session.handshake_bytes > MAX_HANDSHAKE_BYTES {
+                    metrics::counter!("meterflow_coaps_sessions_ended_total", "why" => "handshake_bytes")
+                        .increment(1);
+                    self.end(peer, now);
+                    return None;
+                }
+            }
+        }
+        // The serve loop sends everything queued after each call, so the endpoint's queue is
+        // empty here: what this read queues is this read's.
+        // rtc-dtls parses what the network sent: a panic in it ends that session, not the
+        // server (as the MQTT codec's guard does).
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.endpoint
+                .read(now, peer, None, BytesMut::from(datagram))
+        }));
         let mut messages = Vec::new();
+        let result = match result {
+            Ok(result) => result,
+            Err(_) => {
+                self.library_failed(peer, now);
+                return None;
+            }
+        };
         let events = match result {
             Ok(events) => events,
             Err(e) => {
@@ -128,7 +161,10 @@ impl Sessions {
                     .is_some_and(|s| s.identity.is_some());
                 if established && self.endpoint.get_connection_state(peer).is_some() {
                     // A record that does not authenticate (forged, replayed): dropped, the
-                    // session goes on.
+                    // session goes on. The library queues a fatal alert for it, encrypted
+                    // with the session's keys: a spoofed datagram would end the device's
+                    // session. Not sent (RFC 6347 §4.1.2.7: invalid records are discarded).
+                    while self.endpoint.poll_transmit().is_some() {}
                     tracing::debug!(%peer, error = %e, "coaps: record dropped");
                     metrics::counter!("meterflow_coaps_dropped_total", "why" => "bad_record")
                         .increment(1);
@@ -148,14 +184,27 @@ impl Sessions {
                 EndpointEvent::PeerClosed => {
                     metrics::counter!("meterflow_coaps_sessions_ended_total", "why" => "peer_closed")
                         .increment(1);
+                    // What came before the close_notify still counts.
+                    let identity = self.sessions.get(&peer).and_then(|s| s.identity.clone());
+                    let session = self.sessions.get(&peer).map_or(0, |s| s.id);
                     self.forget(peer);
-                    return None;
+                    return identity
+                        .filter(|_| !messages.is_empty())
+                        .map(|identity| Received {
+                            identity,
+                            session,
+                            messages,
+                        });
                 }
                 _ => {}
             }
         }
         let session = self.sessions.get_mut(&peer)?;
-        session.heard = now;
+        // Only authenticated data keeps a session alive (a replayed or repeated handshake
+        // record must not).
+        if !messages.is_empty() {
+            session.heard = now;
+        }
         let identity = session.identity.clone()?;
         (!messages.is_empty()).then(|| Received {
             identity,
@@ -164,22 +213,43 @@ impl Sessions {
         })
     }
 
-    /// Encrypts a CoAP message for `peer`; false when its session is gone.
-    pub fn send(&mut self, peer: SocketAddr, message: &[u8], now: Instant) -> bool {
+    /// Encrypts a CoAP message for `peer` in session `session`; false when that session is
+    /// gone (another one at the same address must not get it).
+    pub fn send(&mut self, peer: SocketAddr, session: u64, message: &[u8], now: Instant) -> bool {
         if self
             .sessions
             .get(&peer)
-            .is_none_or(|s| s.identity.is_none())
+            .is_none_or(|s| s.identity.is_none() || s.id != session)
         {
             return false;
         }
-        match self.endpoint.write(now, peer, message) {
-            Ok(()) => true,
-            Err(e) => {
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.endpoint.write(now, peer, message)
+        }));
+        match written {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "coaps: cannot send");
                 false
             }
+            Err(_) => {
+                self.library_failed(peer, now);
+                false
+            }
         }
+    }
+
+    /// After a panic in the library: the connection's state is not to be trusted, so it is
+    /// removed (guarded again) and nothing it queued is sent.
+    fn library_failed(&mut self, peer: SocketAddr, now: Instant) {
+        DTLS_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("meterflow_coaps_library_panics_total").increment(1);
+        tracing::warn!(%peer, "coaps: the DTLS library failed; session dropped");
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.endpoint.stop(now, peer)
+        }));
+        while self.endpoint.poll_transmit().is_some() {}
+        self.forget(peer);
     }
 
     /// Datagrams to send.
@@ -209,6 +279,7 @@ impl Sessions {
             Vec::new()
         };
         let mut ending = Vec::new();
+        let mut retransmit = Vec::new();
         for (peer, session) in &self.sessions {
             let why = match &session.identity {
                 None if now.saturating_duration_since(session.started)
@@ -229,9 +300,18 @@ impl Sessions {
                 ending.push((*peer, why));
             } else if session.identity.is_none()
                 && self.endpoint.poll_timeout(peer).is_some_and(|t| t <= now)
-                && self.endpoint.handle_timeout(*peer, now).is_err()
             {
-                ending.push((*peer, "handshake_timeout"));
+                retransmit.push(*peer);
+            }
+        }
+        for peer in retransmit {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.endpoint.handle_timeout(peer, now)
+            }));
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => ending.push((peer, "handshake_timeout")),
+                Err(_) => self.library_failed(peer, now),
             }
         }
         for (peer, why) in ending {
@@ -279,6 +359,7 @@ impl Sessions {
                 started: now,
                 heard: now,
                 identity: None,
+                handshake_bytes: 0,
             },
         );
         *self.per_address.entry(peer.ip()).or_default() += 1;
@@ -362,9 +443,165 @@ fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The fuzz target's way in (`fuzz/fuzz_targets/coaps_datagrams.rs`): datagrams from a few
+/// peers, each `[peer byte][u16 little-endian length][bytes]`, through [`Sessions::receive`]
+/// with meter `m1` (secret `secret-0123456789`) in the store, the transmits drained and the
+/// housekeeping run between them. Not an API.
+#[doc(hidden)]
+pub fn fuzz_datagrams(data: &[u8]) {
+    use crate::credentials::{Credential, Secret};
+    let mut store = CredentialStore::default();
+    if let Ok(secret) = Secret::new("secret-0123456789") {
+        let _ = store.add(
+            "m1",
+            Credential {
+                secret,
+                publish_for: Vec::new(),
+            },
+        );
+    }
+    let limits = Limits {
+        max_sessions: 4,
+        max_per_address: 2,
+        handshake_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(60),
+    };
+    let local = SocketAddr::from(([127, 0, 0, 1], 5684));
+    let Ok(mut sessions) =
+        Sessions::new(local, limits, Arc::new(SharedCredentials::in_memory(store)))
+    else {
+        return;
+    };
+    let start = Instant::now();
+    let mut rest = data;
+    let mut i = 0u64;
+    while let [who, a, b, tail @ ..] = rest {
+        let len = usize::from(u16::from_le_bytes([*a, *b])).min(tail.len());
+        let (datagram, tail) = tail.split_at(len);
+        rest = tail;
+        i += 1;
+        let peer = SocketAddr::from(([10, 0, 0, who % 3], 5000 + u16::from(who % 2)));
+        let now = start + Duration::from_millis(i * 700);
+        if let Some(received) = sessions.receive(datagram, peer, now) {
+            for message in received.messages {
+                let _ = sessions.send(peer, received.session, &message, now);
+            }
+        }
+        let _ = sessions.transmits().count();
+        sessions.housekeeping(now);
+        let _ = sessions.transmits().count();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client endpoint of the same library, as a device: handshakes, posts, is answered.
+    /// With `METERFLOW_WRITE_DTLS_SEED=FILE` it also writes what the client sent in the fuzz
+    /// target's format (`fuzz/seeds/coaps_datagrams/`).
+    #[test]
+    fn a_device_handshakes_with_its_key_and_its_messages_come_out_with_its_identity() {
+        use crate::credentials::{Credential, Secret};
+        let mut store = CredentialStore::default();
+        store
+            .add(
+                "m1",
+                Credential {
+                    secret: Secret::new("secret-0123456789").unwrap(),
+                    publish_for: Vec::new(),
+                },
+            )
+            .unwrap();
+        let server_addr = SocketAddr::from(([127, 0, 0, 1], 5684));
+        let client_addr = SocketAddr::from(([10, 0, 0, 1], 5000));
+        let limits = Limits {
+            max_sessions: 4,
+            max_per_address: 2,
+            handshake_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let mut server = Sessions::new(
+            server_addr,
+            limits,
+            Arc::new(SharedCredentials::in_memory(store)),
+        )
+        .unwrap();
+        let run = |key: &'static [u8]| {
+            let config = ConfigBuilder::default()
+                .with_crypto_provider(rtc_dtls::crypto_provider::default_provider().unwrap())
+                .with_cipher_suites(vec![CipherSuiteId::Tls_Psk_With_Aes_128_Gcm_Sha256])
+                .with_psk(Some(Arc::new(move |_: &[u8]| Ok(key.to_vec()))))
+                .with_psk_identity_hint(Some(b"m1".to_vec()))
+                .build(true, Some(server_addr))
+                .unwrap();
+            let mut client = Endpoint::new(client_addr, rtc_shared::TransportProtocol::UDP, None);
+            client
+                .connect(Instant::now(), server_addr, Arc::new(config), None)
+                .unwrap();
+            client
+        };
+        let mut sent = Vec::new();
+        let mut client = run(b"secret-0123456789");
+        let now = Instant::now();
+        let mut established = false;
+        let mut received = None;
+        for round in 0..10 {
+            while let Some(t) = client.poll_transmit() {
+                sent.push(t.message.to_vec());
+                if let Some(r) = server.receive(&t.message, client_addr, now) {
+                    received = Some(r);
+                }
+            }
+            let out: Vec<_> = server.transmits().collect();
+            for (to, datagram) in out {
+                assert_eq!(to, client_addr);
+                for event in client.read(now, server_addr, None, datagram).unwrap() {
+                    if matches!(event, EndpointEvent::HandshakeComplete) && !established {
+                        established = true;
+                        client.write(now, server_addr, b"\x40\x02\x00\x01").unwrap();
+                    }
+                }
+            }
+            if received.is_some() {
+                break;
+            }
+            assert!(round < 9, "no handshake");
+        }
+        let received = received.unwrap();
+        assert_eq!(&*received.identity, "m1");
+        assert_eq!(&received.messages[0][..], b"\x40\x02\x00\x01");
+        assert!(server.send(client_addr, received.session, b"\x60\x44\x00\x01", now));
+        assert!(
+            !server.send(client_addr, received.session + 1, b"\x60\x44\x00\x01", now),
+            "not into another session"
+        );
+        let answer: Vec<_> = server.transmits().collect();
+        assert_eq!(answer.len(), 1);
+        if let Ok(path) = std::env::var("METERFLOW_WRITE_DTLS_SEED") {
+            let mut seed = Vec::new();
+            for datagram in &sent {
+                seed.push(0u8); // peer 10.0.0.0:5000 in the target
+                seed.extend_from_slice(&(datagram.len() as u16).to_le_bytes());
+                seed.extend_from_slice(datagram);
+            }
+            std::fs::write(path, seed).unwrap();
+        }
+
+        // The wrong key: the handshake fails and the session is gone.
+        let other = SocketAddr::from(([10, 0, 0, 2], 5000));
+        let mut client = run(b"not-the-key-0123");
+        for _ in 0..10 {
+            while let Some(t) = client.poll_transmit() {
+                assert!(server.receive(&t.message, other, now).is_none());
+            }
+            let out: Vec<_> = server.transmits().collect();
+            for (_, datagram) in out {
+                let _ = client.read(now, server_addr, None, datagram);
+            }
+        }
+        assert_eq!(server.len(), 1, "only the good session is left");
+    }
 
     #[test]
     fn only_a_client_hello_opens_a_session() {

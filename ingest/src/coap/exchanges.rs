@@ -2,7 +2,7 @@
 //! message ID for EXCHANGE_LIFETIME, so that a retransmitted CON (its ACK was lost) or a
 //! duplicated NON gets the same answer again and is never ingested twice.
 //!
-//! Sized for fleet rates: about 48 bytes per exchange, bounded in bytes
+//! Sized for fleet rates: about 55 to 70 bytes per exchange (the hash tables' real bucket counts), bounded in bytes
 //! (`coap.exchange_cache_bytes`).
 //! - The key is 16 bytes ([`ExchangeKey`]): an IPv4 peer and the message ID exactly; an IPv6
 //!   peer or a DTLS identity as a 64-bit keyed hash (SipHash with a key drawn at start-up) and
@@ -113,6 +113,18 @@ struct Generation {
     /// Answers longer than INLINE.
     heap: HashMap<ExchangeKey, Box<[u8]>>,
     heap_bytes: usize,
+    /// The most buckets each table has had (`capacity()` shrinks with tombstones, the memory
+    /// does not).
+    most_buckets: (usize, usize),
+}
+
+/// hashbrown's bucket count for a table of `capacity` (7/8 full at most, a power of two).
+fn buckets(capacity: usize) -> usize {
+    match capacity {
+        0 => 0,
+        c if c < 8 => (c + 1).next_power_of_two(),
+        c => (c * 8 / 7).next_power_of_two(),
+    }
 }
 
 impl Generation {
@@ -123,11 +135,17 @@ impl Generation {
             slots: HashMap::new(),
             heap: HashMap::new(),
             heap_bytes: 0,
+            most_buckets: (0, 0),
         }
     }
 
     fn bytes(&self) -> usize {
-        self.slots.capacity() * BUCKET + self.heap.capacity() * HEAP_BUCKET + self.heap_bytes
+        self.most_buckets.0 * BUCKET + self.most_buckets.1 * HEAP_BUCKET + self.heap_bytes
+    }
+
+    fn note_growth(&mut self) {
+        self.most_buckets.0 = self.most_buckets.0.max(buckets(self.slots.capacity()));
+        self.most_buckets.1 = self.most_buckets.1.max(buckets(self.heap.capacity()));
     }
 
     fn began(&self, slot: &Slot) -> Instant {
@@ -159,6 +177,7 @@ impl Generation {
             slot.len = ON_HEAP;
             self.heap_bytes += bytes.len();
             self.heap.insert(key, bytes.into());
+            self.note_growth();
         }
     }
 
@@ -224,8 +243,8 @@ impl ExchangeCache {
         // doubling when it is at its capacity.
         let growth = match self.generations.back() {
             Some(g) if !needs_generation => {
-                if g.slots.len() == g.slots.capacity() {
-                    g.slots.capacity().max(3) * BUCKET
+                if g.slots.len() + 1 >= g.slots.capacity() {
+                    buckets(g.slots.capacity()).max(4) * BUCKET
                 } else {
                     0
                 }
@@ -236,11 +255,11 @@ impl ExchangeCache {
             _ => 0,
         };
         while self.bytes() + growth > self.max_bytes {
-            let oldest_done = self.generations.len() > 1
-                && self
-                    .generations
-                    .front()
-                    .is_some_and(|g| now.saturating_duration_since(g.newest) >= LAST_COPY);
+            // (The only generation, past LAST_COPY, is not the one taking new exchanges.)
+            let oldest_done = self
+                .generations
+                .front()
+                .is_some_and(|g| now.saturating_duration_since(g.newest) >= LAST_COPY);
             if !oldest_done {
                 metrics::counter!("meterflow_coap_exchanges_full_total").increment(1);
                 return false;
@@ -267,6 +286,7 @@ impl ExchangeCache {
                 inline: [0; INLINE],
             },
         );
+        g.note_growth();
         self.len += 1;
         if let Exchange::Answered(bytes) = exchange {
             g.set_answer(key, &bytes);
@@ -455,7 +475,7 @@ mod tests {
     /// Memory per exchange at a steady rate, once the first generations expire (the figure
     /// the bound is sized by; `benches/coap_exchanges.rs` measures it at 30k requests/s).
     #[test]
-    fn a_steady_rate_costs_under_64_bytes_per_exchange() {
+    fn a_steady_rate_costs_under_80_bytes_per_exchange() {
         let mut cache = ExchangeCache::new(1 << 30);
         let keys = KeyMaker::default();
         let t0 = Instant::now();
@@ -476,6 +496,6 @@ mod tests {
                 most = most.max(cache.bytes() as f64 / cache.len() as f64);
             }
         }
-        assert!(most < 64.0, "{most:.1} bytes per exchange");
+        assert!(most < 80.0, "{most:.1} bytes per exchange");
     }
 }

@@ -63,8 +63,8 @@ pub struct CoapConfig {
     /// Requests waiting for the WAL at most; past that the answer is 5.03.
     pub max_inflight: usize,
     /// Memory for duplicate detection, bytes, per listener: every answer is kept per peer and
-    /// message ID for 247 s (EXCHANGE_LIFETIME), about 48 bytes each. Sustained rate it holds:
-    /// about bytes / 48 / 160 requests per second (the default: 70k/s); past it, 5.03.
+    /// message ID for 247 s (EXCHANGE_LIFETIME), about 55 to 70 bytes each. Sustained rate it holds:
+    /// about bytes / 70 / 160 requests per second (the default: 48k/s); past it, 5.03.
     pub exchange_cache_bytes: usize,
     /// Replaced by `exchange_cache_bytes`; still read (as that many times 64 bytes), with a
     /// warning.
@@ -347,10 +347,11 @@ pub async fn serve(
                         }
                         Security::Dtls(sessions) => {
                             if let Some(received) = sessions.receive(&buf[..len], peer, now) {
-                                let caller = Caller::Device { identity: received.identity, session: received.session };
+                                let session = received.session;
+                                let caller = Caller::Device { identity: received.identity, session };
                                 for message in received.messages {
                                     if let Some(reply) = server.datagram(&message, peer, &caller, now) {
-                                        sessions.send(peer, &reply, now);
+                                        sessions.send(peer, session, &reply, now);
                                     }
                                 }
                             }
@@ -362,7 +363,7 @@ pub async fn serve(
                 Err(e) => tracing::debug!(error = %e, "CoAP receive"),
             },
             Some(done) = done_rx.recv() => {
-                let peer = done.peer;
+                let (peer, session) = (done.peer, done.session);
                 let now = Instant::now();
                 let reply = server.complete(done, now);
                 match &mut security {
@@ -370,7 +371,9 @@ pub async fn serve(
                     Security::Dtls(sessions) => {
                         // A session gone meanwhile: the device asks again in a new one and
                         // gets this answer from the exchange cache (keyed by identity).
-                        sessions.send(peer, &reply, now);
+                        if let Some(session) = session {
+                            sessions.send(peer, session, &reply, now);
+                        }
                         flush(&socket, sessions).await;
                     }
                 }
@@ -415,6 +418,8 @@ async fn flush(socket: &UdpSocket, sessions: &mut dtls::Sessions) {
 struct Completion {
     key: ExchangeKey,
     peer: SocketAddr,
+    /// The DTLS session the request came in (its answer goes to that session only).
+    session: Option<u64>,
     reply: Packet,
     /// The code to answer once durable (2.04, or 4.00 for a payload that did not decode).
     code: ResponseType,
@@ -517,12 +522,9 @@ impl Server {
         if let Caller::Unauthenticated = caller {
             metrics::counter!("meterflow_coap_denied_total", "reason" => "unauthenticated")
                 .increment(1);
+            // No diagnostic: the answer is no larger than the (spoofable) request.
             let reply = self.reply_to(&packet);
-            return Some(encode(&with_code(
-                reply,
-                ResponseType::Unauthorized,
-                Some("credentials required: use coaps:// (DTLS with a pre-shared key; identity = meter id)"),
-            )));
+            return Some(encode(&with_code(reply, ResponseType::Unauthorized, None)));
         }
         let key = match caller {
             Caller::Device { identity, .. } => {
@@ -569,7 +571,16 @@ impl Server {
                 reply,
                 code,
                 diagnostic,
-            } => self.submit(key, peer, message, reply, code, diagnostic, now),
+            } => self.submit(
+                key,
+                peer,
+                caller.session(),
+                message,
+                reply,
+                code,
+                diagnostic,
+                now,
+            ),
         }
     }
 
@@ -579,6 +590,7 @@ impl Server {
         &mut self,
         key: ExchangeKey,
         peer: SocketAddr,
+        session: Option<u64>,
         message: RawMessage,
         reply: Packet,
         code: ResponseType,
@@ -621,6 +633,7 @@ impl Server {
                 .send(Completion {
                     key,
                     peer,
+                    session,
                     reply,
                     code,
                     diagnostic,
