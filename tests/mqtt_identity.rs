@@ -37,24 +37,8 @@ fn data_with_credentials() -> tempfile::TempDir {
         format!("meter_id,secret,publish_for\nE1,{E1},\nE2,{E2},\nGW1,{GW},G*\n"),
     )
     .unwrap();
-    credentials(tmp.path(), &["import", csv.to_str().unwrap()]);
+    common::credentials(tmp.path(), &["import", csv.to_str().unwrap()]);
     tmp
-}
-
-fn credentials(tmp: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("credentials")
-        .arg("--data-dir")
-        .arg(tmp.join("data"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "credentials {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// `mosquitto_pub` with QoS 1 and a JSON reading; returns its output whatever it did.
@@ -323,7 +307,7 @@ fn revoke_closes_a_live_session_and_only_the_same_identity_takes_a_session_over(
     common::wait_for("E1's session", || {
         (server.metric("meterflow_mqtt_connections") >= 1.0).then_some(())
     });
-    let said = credentials(&tmp_root, &["revoke", "E1"]);
+    let said = common::credentials(&tmp_root, &["revoke", "E1"]);
     assert!(said.contains("E1 revoked"), "{said}");
     wait_for_reloads(&server, 1);
     common::wait_for("the revoked session closed", || {
@@ -335,10 +319,10 @@ fn revoke_closes_a_live_session_and_only_the_same_identity_takes_a_session_over(
     assert!(!out.status.success(), "{}", text(&out));
 
     // A credential added while running works within seconds, with a generated secret.
-    let said = credentials(&tmp_root, &["add", "E3"]);
+    let said = common::credentials(&tmp_root, &["add", "E3"]);
     let secret = said.rsplit(' ').next().unwrap().trim().to_string();
     assert_eq!(secret.len(), 32, "{said}");
-    let listed = credentials(&tmp_root, &["list"]);
+    let listed = common::credentials(&tmp_root, &["list"]);
     assert!(
         listed.contains("E3") && listed.contains("revoked") && !listed.contains(&secret),
         "{listed}"
@@ -507,7 +491,7 @@ fn tls_with_client_certificates_and_a_certificate_reload() {
 
     // Revoking E7 refuses its certificate too.
     let tmp_root = server.data_dir.parent().unwrap().to_path_buf();
-    credentials(&tmp_root, &["revoke", "E7"]);
+    common::credentials(&tmp_root, &["revoke", "E7"]);
     wait_for_reloads(&server, 1);
     let out = run("meters/E7/json", 77.0, [tls(&[]), cert("E7")].concat());
     assert!(!out.status.success(), "{}", text(&out));
@@ -620,7 +604,7 @@ fn anonymous_devices_only_on_loopback_with_an_empty_store_or_when_allowed() {
         text(&out)
     );
     let tmp_root = server.data_dir.parent().unwrap().to_path_buf();
-    credentials(
+    common::credentials(
         &tmp_root,
         &["add", "A1", "--secret", "a1-secret-0123456789"],
     );

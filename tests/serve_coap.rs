@@ -335,28 +335,6 @@ fn a_retransmitted_con_is_answered_again_and_stored_once() {
     );
 }
 
-/// The Leshan Device object pack (`AbstractSenMLTest`; wakaama's CBOR test 1 is the same
-/// bytes), from `decoders/tests/fixtures/lwm2m/leshan/leshan_vectors.json`.
-fn leshan_device_object() -> Vec<u8> {
-    let vectors: serde_json::Value = serde_json::from_str(include_str!(
-        "../decoders/tests/fixtures/lwm2m/leshan/leshan_vectors.json"
-    ))
-    .unwrap();
-    let hex = vectors["vectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["id"] == "leshan-device-object-3-0")
-        .unwrap()["hex"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 #[test]
 fn an_lwm2m_client_registers_sends_updates_and_deregisters() {
     let server = Server::start();
@@ -386,7 +364,7 @@ fn an_lwm2m_client_registers_sends_updates_and_deregisters() {
     let id = location[1].to_string();
 
     // Send (LwM2M 1.1) with SenML-CBOR: the Device object.
-    let pack = write(files.path(), "device.cbor", &leshan_device_object());
+    let pack = write(files.path(), "device.cbor", &common::leshan_device_object());
     let out = coap_client(&[
         "-p",
         &port,

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
-use common::{read_readings, Row, Server, BIN};
+use common::{read_readings, Row, Server};
 use meterflow::simulate::dtls::DtlsLink;
 use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::Format;
@@ -38,23 +38,8 @@ fn data_with_credentials(extra: &str) -> tempfile::TempDir {
         ),
     )
     .unwrap();
-    credentials(tmp.path(), &["import", csv.to_str().unwrap()]);
+    common::credentials(tmp.path(), &["import", csv.to_str().unwrap()]);
     tmp
-}
-
-fn credentials(tmp: &Path, args: &[&str]) {
-    let out = Command::new(BIN)
-        .arg("credentials")
-        .arg("--data-dir")
-        .arg(tmp.join("data"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "credentials {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Starts serve with a coaps listener on a free port (and `extra` arguments); the port too.
@@ -356,26 +341,6 @@ async fn dtls_session(port: u16, id: &str, key: &str) -> DtlsLink {
         .unwrap()
 }
 
-fn leshan_device_object() -> Vec<u8> {
-    let vectors: serde_json::Value = serde_json::from_str(include_str!(
-        "../decoders/tests/fixtures/lwm2m/leshan/leshan_vectors.json"
-    ))
-    .unwrap();
-    let hex = vectors["vectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["id"] == "leshan-device-object-3-0")
-        .unwrap()["hex"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lwm2m_over_dtls_registers_only_its_own_endpoint_and_sends_only_in_its_session() {
     let (server, port) = start_with_dtls(data_with_credentials(""), &[]);
@@ -412,7 +377,7 @@ async fn lwm2m_over_dtls_registers_only_its_own_endpoint_and_sends_only_in_its_s
     // A Send from another session (each libcoap run handshakes anew) is refused, even from
     // the identity that registered.
     let files = tempfile::tempdir().unwrap();
-    let pack = write(files.path(), "device.cbor", &leshan_device_object());
+    let pack = write(files.path(), "device.cbor", &common::leshan_device_object());
     let out = libcoap(&[
         "-m",
         "post",
@@ -449,7 +414,7 @@ async fn lwm2m_over_dtls_registers_only_its_own_endpoint_and_sends_only_in_its_s
     assert_eq!(location[0], "rd");
     let answer = ask(
         &mut device,
-        &coap_post(2, &["dp"], &[], Some(112), &leshan_device_object()),
+        &coap_post(2, &["dp"], &[], Some(112), &common::leshan_device_object()),
     )
     .await;
     assert_eq!(answer.header.get_code(), "2.04");
@@ -577,7 +542,7 @@ async fn dtls_sessions_are_bounded_expire_and_end_with_their_credential() {
     )
     .await;
     assert_eq!(answer.header.get_code(), "2.04");
-    credentials(server.data_dir.parent().unwrap(), &["revoke", "meter-a"]);
+    common::credentials(server.data_dir.parent().unwrap(), &["revoke", "meter-a"]);
     common::wait_for("meter-a's session closed", || {
         (server.metric("meterflow_coaps_sessions_ended_total{why=\"revoked\"}") >= 1.0)
             .then_some(())
