@@ -490,17 +490,11 @@ fn a_simulated_coap_fleet_arrives_complete_and_exactly_once() {
     ];
     let mut expected_rows = 0;
     for (plan, block_size) in &plans {
-        let out = common::simulate_command(server.mqtt_port, plan, 0)
-            .args(["--coap", &format!("127.0.0.1:{}", server.coap_port)])
-            .args(["--block-size", &block_size.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let summary = common::simulate_json(
+            common::simulate_command(server.mqtt_port, plan, 0)
+                .args(["--coap", &format!("127.0.0.1:{}", server.coap_port)])
+                .args(["--block-size", &block_size.to_string()]),
         );
-        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(summary["protocol"], "coap");
         let messages = (plan.meters * plan.messages) as u64;
         assert_eq!(summary["messages_acked"], messages, "{summary}");

@@ -582,22 +582,12 @@ fn a_simulated_dtls_fleet_arrives_complete_and_exactly_once() {
     let tmp = data_with_credentials(&fleet);
     let csv = tmp.path().join("fleet.csv");
     let (server, port) = start_with_dtls(tmp, &[]);
-    let out = common::simulate_command(server.mqtt_port, &plan, 0)
-        .args([
-            "--coap",
-            &format!("127.0.0.1:{port}"),
-            "--dtls",
-            "--credentials",
-        ])
-        .arg(&csv)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let summary = common::simulate_json(
+        common::simulate_command(server.mqtt_port, &plan, 0)
+            .args(["--coap", &format!("127.0.0.1:{port}"), "--dtls"])
+            .arg("--credentials")
+            .arg(&csv),
     );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["messages_acked"], 150, "{summary}");
     assert_eq!(
         server.metric("meterflow_coaps_handshakes_total{result=\"ok\"}"),

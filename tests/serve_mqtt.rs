@@ -379,15 +379,7 @@ fn payloads_from_mosquitto_pub_arrive_exactly_and_bad_ones_become_dead_letters()
 }
 
 fn simulate(server: &Server, plan: &Plan) -> serde_json::Value {
-    let out = common::simulate_command(server.mqtt_port, plan, 0)
-        .output()
-        .expect("meterflow simulate runs");
-    assert!(
-        out.status.success(),
-        "simulate: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("simulate --json prints JSON")
+    common::simulate_json(&mut common::simulate_command(server.mqtt_port, plan, 0))
 }
 
 #[test]

@@ -800,3 +800,14 @@ pub fn leshan_device_object() -> Vec<u8> {
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
         .collect()
 }
+
+/// Runs a `meterflow simulate --json` command to its end; the summary it printed.
+pub fn simulate_json(command: &mut Command) -> serde_json::Value {
+    let out = command.output().expect("meterflow simulate runs");
+    assert!(
+        out.status.success(),
+        "simulate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("simulate --json prints JSON")
+}

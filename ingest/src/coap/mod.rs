@@ -331,17 +331,23 @@ pub async fn serve(
     let mut server = Server::new(&config, credentials.clone(), wal, done_tx);
     let mut buf = vec![0u8; 65_536];
     let mut tick = tokio::time::interval(TICK);
-    let anonymous_ok =
-        |loopback: bool| config.allow_anonymous || (loopback && credentials.current().is_empty());
+    // Whether plain requests are served anonymously: looked at once per tick, not per
+    // datagram (the store is re-read at most once a second).
+    let loopback = matches!(security, Security::Plain { loopback: true });
+    let anonymous_ok = || config.allow_anonymous || (loopback && credentials.current().is_empty());
+    let mut plain_caller = if anonymous_ok() {
+        Caller::Anonymous
+    } else {
+        Caller::Unauthenticated
+    };
     loop {
         tokio::select! {
             received = socket.recv_from(&mut buf) => match received {
                 Ok((len, peer)) => {
                     let now = Instant::now();
                     match &mut security {
-                        Security::Plain { loopback } => {
-                            let caller = if anonymous_ok(*loopback) { Caller::Anonymous } else { Caller::Unauthenticated };
-                            if let Some(reply) = server.datagram(&buf[..len], peer, &caller, now) {
+                        Security::Plain { .. } => {
+                            if let Some(reply) = server.datagram(&buf[..len], peer, &plain_caller, now) {
                                 send(&socket, &reply, peer).await;
                             }
                         }
@@ -381,6 +387,7 @@ pub async fn serve(
             _ = tick.tick() => {
                 let now = Instant::now();
                 server.housekeeping(now);
+                plain_caller = if anonymous_ok() { Caller::Anonymous } else { Caller::Unauthenticated };
                 if let Security::Dtls(sessions) = &mut security {
                     sessions.housekeeping(now);
                     flush(&socket, sessions).await;
