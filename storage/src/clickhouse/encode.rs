@@ -1,6 +1,6 @@
-//! The rows the writer inserts, encoded as RowBinary column by column: readings straight from
-//! the canonical Arrow batch (no text format on the hot path), status reports and dead
-//! letters from their row structs; times as the table stores them.
+//! The rows the writer inserts as RowBinary: status reports and dead letters from their row
+//! structs, and readings from the canonical Arrow batch where the Native encoder
+//! ([`super::native`]) cannot be used; times as the table stores them.
 
 use arrow_array::RecordBatch;
 use arrow_schema::ArrowError;
@@ -101,6 +101,15 @@ impl SideRows {
     pub fn note_lsn(&mut self, lsn: u64) {
         if lsn > 0 {
             self.oldest_lsn = Some(self.oldest_lsn.map_or(lsn, |o| o.min(lsn)));
+        }
+    }
+
+    /// Adds the rows of `other` (a later job's, merged into one insert).
+    pub fn append(&mut self, other: SideRows) {
+        self.statuses.extend(other.statuses);
+        self.dead_letters.extend(other.dead_letters);
+        if let Some(lsn) = other.oldest_lsn {
+            self.note_lsn(lsn);
         }
     }
 

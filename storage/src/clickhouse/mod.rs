@@ -2,11 +2,14 @@
 //!
 //! - [`schema`]: the server version, the version-aware DDL (`meterflow schema`), and the
 //!   layout of the tables as they are on the server (tables of earlier versions keep working);
-//! - [`encode`]: the rows (readings from the Arrow batch, status reports, dead letters) as
-//!   RowBinary, column by column;
+//! - [`native`]: readings as Native blocks built straight from the Arrow batch (the hot path);
+//! - [`encode`]: status reports and dead letters as RowBinary (and readings, for a table whose
+//!   column types the Native encoder does not write);
 //! - [`error`]: what failed and whether a retry can help (the retry classification);
-//! - [`writer`]: the writer thread: a queue of jobs, each table of a job its own retry unit,
-//!   exponential backoff with jitter, batches the server refused handed back as dead letters.
+//! - [`writer`]: the writer thread: a queue of jobs, merged into large inserts when they wait,
+//!   several inserts in flight while the WAL is confirmed only through a contiguous prefix,
+//!   each table of a job its own retry unit, exponential backoff with jitter, batches the
+//!   server refused handed back as dead letters.
 //!
 //! Schema: database `meterflow` (configurable), `readings` a ReplacingMergeTree ordered by
 //! `(meter_id, channel, ts)` and partitioned by month, so a reading delivered twice is stored
@@ -18,6 +21,7 @@
 
 pub mod encode;
 pub mod error;
+pub mod native;
 pub mod schema;
 pub mod writer;
 
@@ -30,11 +34,12 @@ pub use encode::{
     SideRows, StatusRow,
 };
 pub use error::ClickHouseError;
+pub use native::{NativeType, ReadingsNative};
 pub use schema::{
     apply_schema, schema_ddl, server_version, table_layout, time_columns, ServerVersion,
     TableLayout, TimeColumns,
 };
-pub use writer::{insert_batch, ClickHouseWriter, RejectedBatch};
+pub use writer::{ClickHouseWriter, RejectedBatch};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -52,6 +57,49 @@ pub struct ClickHouseConfig {
     /// Batches waiting for the writer at most; when full, the pipeline waits (and the WAL
     /// holds what arrives meanwhile).
     pub queue_batches: usize,
+    /// Inserts in flight at once: the next one is encoded and sent while the server still
+    /// works on the previous. The WAL is confirmed only through the oldest unfinished one.
+    pub max_inflight_inserts: usize,
+    /// Batches waiting in the queue (a backlog, ClickHouse back after an outage) are merged
+    /// into one INSERT of up to this many rows: fewer, larger parts.
+    pub max_insert_rows: usize,
+    /// How readings are sent: `native` (columns built from the Arrow batch) or `rowbinary`.
+    pub insert_format: InsertFormat,
+    /// Compression of insert bodies: `none`, `lz4` or `zstd` (ClickHouse's own block
+    /// framing, `decompress=1`). Reads are never compressed (18.16 answers them empty).
+    pub compression: InsertCompression,
+    /// ClickHouse settings sent with every query and insert, e.g. `insert_quorum = "2"` or
+    /// `max_insert_threads = "2"` (names of letters, digits and `_`).
+    pub settings: std::collections::BTreeMap<String, String>,
+}
+
+/// How readings go over the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InsertFormat {
+    /// ClickHouse's columnar Native format, built from the Arrow batch (the default).
+    Native,
+    /// Row by row; for a table whose column types the Native encoder does not know.
+    RowBinary,
+}
+
+/// Compression of insert bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InsertCompression {
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl InsertCompression {
+    pub(crate) fn for_client(self) -> clickhouse::Compression {
+        match self {
+            InsertCompression::None => clickhouse::Compression::None,
+            InsertCompression::Lz4 => clickhouse::Compression::Lz4,
+            InsertCompression::Zstd => clickhouse::Compression::Zstd(1),
+        }
+    }
 }
 
 impl Default for ClickHouseConfig {
@@ -65,6 +113,11 @@ impl Default for ClickHouseConfig {
             retry_initial_ms: 200,
             retry_max_ms: 30_000,
             queue_batches: 4,
+            max_inflight_inserts: 2,
+            max_insert_rows: 1_000_000,
+            insert_format: InsertFormat::Native,
+            compression: InsertCompression::None,
+            settings: Default::default(),
         }
     }
 }
@@ -95,15 +148,40 @@ impl ClickHouseConfig {
             ));
         }
         StorageError::positive("clickhouse.queue_batches", self.queue_batches as u64)?;
+        StorageError::positive(
+            "clickhouse.max_inflight_inserts",
+            self.max_inflight_inserts as u64,
+        )?;
+        StorageError::positive("clickhouse.max_insert_rows", self.max_insert_rows as u64)?;
+        for name in self.settings.keys() {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(StorageError::config(
+                    "clickhouse.settings",
+                    format!("{name:?} is not a setting name (letters, digits and _)"),
+                ));
+            }
+        }
         StorageError::positive("clickhouse.retry_initial_ms", self.retry_initial_ms)
     }
 
+    /// The client for queries and DDL: no compression (18.16 answers compressed reads with
+    /// an empty body).
     pub(crate) fn client(&self) -> clickhouse::Client {
-        // No compression: 18.16 answers compressed reads with an empty body.
-        clickhouse::Client::default()
+        let mut client = clickhouse::Client::default()
             .with_url(&self.url)
             .with_user(&self.user)
             .with_password(&self.password)
             .with_validation(false)
+            .with_compression(clickhouse::Compression::None);
+        for (name, value) in &self.settings {
+            client = client.with_setting(name, value);
+        }
+        client
+    }
+
+    /// The client for inserts: bodies compressed as `compression` says.
+    pub(crate) fn insert_client(&self) -> clickhouse::Client {
+        self.client()
+            .with_compression(self.compression.for_client())
     }
 }

@@ -1,7 +1,9 @@
 //! The server version, the version-aware DDL of every object (`meterflow schema`), and the
 //! layout of the tables as the server has them.
 
-use super::{ClickHouseConfig, ClickHouseError};
+use std::sync::Arc;
+
+use super::{ClickHouseConfig, ClickHouseError, ReadingsNative};
 
 /// `major.minor` of the server, which decides the column types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -206,8 +208,11 @@ pub async fn time_columns(config: &ClickHouseConfig) -> Result<TimeColumns, Clic
 
 /// How the tables the writer inserts into are laid out, read from the server (tables made by
 /// an earlier meterflow, or on an older server, keep working).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableLayout {
+    /// The column types of `readings` as the Native encoder writes them; `None` when a
+    /// column has a type it does not know (then readings go as RowBinary).
+    pub readings_native: Option<Arc<ReadingsNative>>,
     /// How `readings` stores `ts` and `received_at`.
     pub times: TimeColumns,
     /// How `device_status` stores `at` (each table by its own column: a table made again on
@@ -245,8 +250,8 @@ pub async fn table_layout(config: &ClickHouseConfig) -> Result<TableLayout, Clic
     let columns = client
         .query(&format!(
             "SELECT table, name, type FROM system.columns WHERE database = '{db}' \
-             AND table IN ('readings', 'device_status', 'dead_letters') \
-             AND name IN ('ts', 'at', 'received_at', 'lsn')"
+             AND (table = 'readings' OR (table IN ('device_status', 'dead_letters') \
+             AND name IN ('at', 'received_at', 'lsn')))"
         ))
         .fetch_all::<ColumnType>()
         .await
@@ -281,7 +286,19 @@ pub async fn table_layout(config: &ClickHouseConfig) -> Result<TableLayout, Clic
             .iter()
             .any(|t| t.name == table && t.engine.ends_with("ReplacingMergeTree"))
     };
+    let readings = columns
+        .iter()
+        .filter(|c| c.table == "readings")
+        .map(|c| (c.name.as_str(), c.kind.as_str()));
+    let readings_native = match ReadingsNative::from_server_columns(readings) {
+        Ok(native) => Some(Arc::new(native)),
+        Err(why) => {
+            tracing::warn!(database = %db, why, "readings has a column type the Native encoder does not write; inserting RowBinary");
+            None
+        }
+    };
     let layout = TableLayout {
+        readings_native,
         times: times("readings", "ts"),
         status_times: times("device_status", "at"),
         dead_letter_times: times("dead_letters", "received_at"),

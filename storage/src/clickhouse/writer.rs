@@ -1,67 +1,30 @@
-//! The writer thread: takes jobs (a batch of readings, the status and dead-letter rows beside
-//! it, the WAL position through which they cover everything) in order, inserts each table of
-//! a job as its own retry unit (so a retry never repeats an insert that succeeded), retries
-//! what a retry can fix with capped exponential backoff and jitter, and hands back a batch
-//! the server refused for its data, so its rows become dead letters and the queue goes on.
+//! The writer thread. It takes jobs (a batch of readings, the status and dead-letter rows
+//! beside it, the WAL position through which they cover everything) in order and:
+//!
+//! - merges the jobs waiting in the queue into one insert of up to `max_insert_rows` rows (a
+//!   backlog becomes a few large parts instead of many small ones; each batch its own Native
+//!   block in the one request, which the server squashes);
+//! - keeps up to `max_inflight_inserts` inserts in flight, each encoded on a blocking thread
+//!   while the earlier ones stream, and confirms only the contiguous prefix of finished ones,
+//!   so the WAL's "confirmed" never passes a job that is not in ClickHouse;
+//! - inserts each table of a job as its own retry unit (a retry never repeats an insert that
+//!   succeeded), retrying what a retry can fix with capped exponential backoff and jitter;
+//! - hands back a batch the server refused for its data (alone: a merged insert that is
+//!   refused is tried batch by batch), so its rows become dead letters and the queue goes on.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
+use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use super::encode::{encode_dead_letter_rowbinary, encode_rowbinary, encode_status_rowbinary};
-use super::schema::{apply_schema, table_layout, TableLayout, TimeColumns};
-use super::{ClickHouseConfig, ClickHouseError, SideRows};
+use super::schema::{apply_schema, table_layout, TableLayout};
+use super::{ClickHouseConfig, ClickHouseError, InsertCompression, InsertFormat, SideRows};
 use crate::StorageError;
-
-/// Inserts one batch (what the writer thread does for each, without its retries).
-pub async fn insert_batch(
-    config: &ClickHouseConfig,
-    times: TimeColumns,
-    batch: &RecordBatch,
-) -> Result<(), ClickHouseError> {
-    insert_rowbinary(
-        &config.client(),
-        readings_insert(&config.database),
-        encode_readings(batch, times)?,
-        Part::Readings.action(),
-    )
-    .await
-}
-
-fn readings_insert(db: &str) -> String {
-    format!(
-        "INSERT INTO {db}.readings (meter_id, channel, ts, value, unit, quality, received_at, source, format) FORMAT RowBinary"
-    )
-}
-
-/// The readings of a batch as RowBinary; a batch not of the canonical schema is the data's
-/// fault (not retried).
-fn encode_readings(batch: &RecordBatch, times: TimeColumns) -> Result<Vec<u8>, ClickHouseError> {
-    encode_rowbinary(batch, times).map_err(|e| ClickHouseError {
-        action: "encoding readings",
-        source: clickhouse::error::Error::Custom(e.to_string()),
-    })
-}
-
-/// One INSERT of RowBinary rows. A stalled server must not hold the writer (and so
-/// shutdown) forever: the send and the whole insert have timeouts.
-async fn insert_rowbinary(
-    client: &clickhouse::Client,
-    sql: String,
-    body: Vec<u8>,
-    action: &'static str,
-) -> Result<(), ClickHouseError> {
-    let mut insert = client.insert_formatted_with(sql).with_timeouts(
-        Some(Duration::from_secs(30)),
-        Some(Duration::from_secs(120)),
-    );
-    let err = |source| ClickHouseError { action, source };
-    insert.send(body.into()).await.map_err(err)?;
-    insert.end().await.map_err(err)
-}
 
 /// A batch for the writer, and the WAL LSN through which the pipeline had handled every
 /// record when it made the batch.
@@ -71,20 +34,30 @@ struct Job {
     through_lsn: u64,
 }
 
+/// What one insert carries: one or more jobs that waited together, in order.
+struct Unit {
+    batches: Vec<RecordBatch>,
+    /// Shared with the encoding thread of each attempt.
+    side: Arc<SideRows>,
+    through_lsn: u64,
+    /// Jobs merged into this unit (each counted in `pending`).
+    jobs: usize,
+}
+
 /// A batch ClickHouse refused for its data, handed back to be kept as dead letters.
 pub struct RejectedBatch {
     pub batch: RecordBatch,
     pub reason: String,
 }
 
-/// The writer thread: inserts batches in order, retrying what a retry can fix.
+/// The writer thread: inserts batches, confirming them in order, retrying what a retry can fix.
 pub struct ClickHouseWriter {
-    jobs: Option<SyncSender<Job>>,
+    jobs: Option<mpsc::Sender<Job>>,
     /// Set at shutdown (shared with the rest of serve): stop waiting and retrying.
-    closing: Arc<std::sync::atomic::AtomicBool>,
+    closing: Arc<AtomicBool>,
     /// The writer thread is gone: nothing more will be confirmed.
-    dead: std::sync::atomic::AtomicBool,
-    rejected: Receiver<RejectedBatch>,
+    dead: AtomicBool,
+    rejected: std::sync::mpsc::Receiver<RejectedBatch>,
     confirmed: Arc<AtomicU64>,
     pending: Arc<AtomicUsize>,
     /// Unix ms since when inserts fail and are retried; 0 while they succeed.
@@ -98,19 +71,25 @@ impl ClickHouseWriter {
     /// `closing` is the process's shutdown flag.
     pub fn start(
         config: ClickHouseConfig,
-        closing: Arc<std::sync::atomic::AtomicBool>,
+        closing: Arc<AtomicBool>,
     ) -> Result<ClickHouseWriter, StorageError> {
-        let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(config.queue_batches.max(1));
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(config.queue_batches.max(1));
         let (rejected_tx, rejected_rx) = std::sync::mpsc::channel();
         let confirmed = Arc::new(AtomicU64::new(0));
         let pending = Arc::new(AtomicUsize::new(0));
         let failing_since_ms = Arc::new(AtomicI64::new(0));
-        let (c, p, stop, f) = (
-            confirmed.clone(),
-            pending.clone(),
-            closing.clone(),
-            failing_since_ms.clone(),
-        );
+        let shared = Arc::new(Shared {
+            client: config.insert_client(),
+            layout: tokio::sync::Mutex::new(None),
+            closing: closing.clone(),
+            failing_since_ms: failing_since_ms.clone(),
+            rejected: rejected_tx,
+            config,
+        });
+        let order = Confirmations {
+            confirmed: confirmed.clone(),
+            pending: pending.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("clickhouse-sink".into())
             .spawn(move || {
@@ -124,7 +103,7 @@ impl ClickHouseWriter {
                         return;
                     }
                 };
-                runtime.block_on(run_writer(config, jobs_rx, rejected_tx, c, p, stop, f));
+                runtime.block_on(run_writer(shared, jobs_rx, order));
             })
             .map_err(|e| {
                 StorageError::io("spawning the ClickHouse writer", "clickhouse-sink", e)
@@ -132,7 +111,7 @@ impl ClickHouseWriter {
         Ok(ClickHouseWriter {
             jobs: Some(jobs_tx),
             closing,
-            dead: std::sync::atomic::AtomicBool::new(false),
+            dead: AtomicBool::new(false),
             rejected: rejected_rx,
             confirmed,
             pending,
@@ -148,7 +127,8 @@ impl ClickHouseWriter {
     }
 
     /// Queues a batch; waits while the queue is full (ClickHouse slow or away), unless
-    /// shutdown begins: then the batch is left to the WAL (not confirmed).
+    /// shutdown begins: then the batch is left to the WAL (not confirmed). `through_lsn`
+    /// must not go back from one call to the next.
     pub fn send(&self, batch: RecordBatch, side: SideRows, through_lsn: u64) {
         self.pending.fetch_add(1, Ordering::AcqRel);
         let Some(jobs) = self.jobs.as_ref() else {
@@ -162,15 +142,15 @@ impl ClickHouseWriter {
         loop {
             match jobs.try_send(job) {
                 Ok(()) => return,
-                Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                Err(mpsc::error::TrySendError::Full(back)) => {
                     if self.closing.load(Ordering::Acquire) {
                         tracing::warn!("shutting down while ClickHouse cannot take more; the batch stays in the WAL");
                         return;
                     }
                     job = back;
-                    std::thread::sleep(Duration::from_millis(20));
+                    std::thread::sleep(Duration::from_millis(5));
                 }
-                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                Err(mpsc::error::TrySendError::Closed(_)) => {
                     self.dead.store(true, Ordering::Release);
                     tracing::error!("the ClickHouse writer is gone; the batch stays in the WAL");
                     return;
@@ -181,10 +161,21 @@ impl ClickHouseWriter {
 
     /// The oldest WAL record the writer still holds (a job not yet inserted); `None` when it
     /// holds nothing. Jobs cover consecutive LSN ranges in order, so that is the one after
-    /// the last finished job's range.
+    /// the last confirmed job's range.
     pub fn oldest_held(&self) -> Option<u64> {
         let waiting = self.pending.load(Ordering::Acquire) > 0 || self.dead.load(Ordering::Acquire);
         waiting.then(|| self.confirmed.load(Ordering::Acquire) + 1)
+    }
+
+    /// The `through_lsn` of the last job confirmed (it and every job before it are in
+    /// ClickHouse, or handed back as refused).
+    pub fn confirmed_through(&self) -> u64 {
+        self.confirmed.load(Ordering::Acquire)
+    }
+
+    /// Jobs sent and not yet confirmed.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
     }
 
     /// Batches ClickHouse refused for their data since the last call.
@@ -210,7 +201,134 @@ impl Drop for ClickHouseWriter {
     }
 }
 
-/// The tables one job inserts into, in this order; each is its own retry unit, so a retry
+/// What the writer tells the pipeline: through which LSN ClickHouse has everything, and how
+/// many jobs it still holds.
+struct Confirmations {
+    confirmed: Arc<AtomicU64>,
+    pending: Arc<AtomicUsize>,
+}
+
+/// What became of a unit.
+enum UnitOutcome {
+    /// Every part inserted, or refused and handed back.
+    Done,
+    /// Shutdown while the server was away: the unit stays in the WAL.
+    Abandoned,
+}
+
+/// Takes jobs, merges what waits, keeps up to `max_inflight_inserts` units in flight, and
+/// confirms the finished prefix in order.
+async fn run_writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>, order: Confirmations) {
+    let max_inflight = shared.config.max_inflight_inserts.max(1);
+    let max_rows = shared.config.max_insert_rows.max(1);
+    let inflight_gauge = metrics::gauge!("meterflow_clickhouse_inflight_inserts");
+    let mut inflight: VecDeque<(tokio::task::JoinHandle<UnitOutcome>, u64, usize)> =
+        VecDeque::new();
+    // A job taken from the queue that did not fit the unit before it.
+    let mut next: Option<Job> = None;
+    let mut open = true;
+    let mut abandoned = false;
+    loop {
+        let room = open && !abandoned && inflight.len() < max_inflight;
+        if !room && inflight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            finished = front(&mut inflight) => {
+                let Some((_, through_lsn, count)) = inflight.pop_front() else { continue };
+                inflight_gauge.set(inflight.len() as f64);
+                match finished {
+                    Ok(UnitOutcome::Done) => {
+                        order.confirmed.fetch_max(through_lsn, Ordering::AcqRel);
+                        order.pending.fetch_sub(count, Ordering::AcqRel);
+                    }
+                    // Not confirmed, and `pending` stays up: the checkpoint stops before it.
+                    // Units after it may finish; they are not confirmed either.
+                    Ok(UnitOutcome::Abandoned) => abandoned = true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a ClickHouse insert task failed; what it held stays in the WAL");
+                        abandoned = true;
+                    }
+                }
+            }
+            job = take_job(&mut next, &mut jobs), if room => {
+                let Some(job) = job else {
+                    open = false;
+                    continue;
+                };
+                let unit = merge_waiting(job, &mut next, &mut jobs, max_rows);
+                if unit.jobs > 1 {
+                    metrics::counter!("meterflow_clickhouse_merged_jobs_total").increment(unit.jobs as u64 - 1);
+                }
+                let (through_lsn, count) = (unit.through_lsn, unit.jobs);
+                let task = tokio::spawn(insert_unit(shared.clone(), unit));
+                inflight.push_back((task, through_lsn, count));
+                inflight_gauge.set(inflight.len() as f64);
+            }
+        }
+    }
+    // Abandoned (shutdown while ClickHouse is away): what is still queued stays in the WAL.
+    jobs.close();
+    while jobs.recv().await.is_some() {}
+}
+
+/// The oldest unit in flight, finished; never ready while none is in flight.
+async fn front(
+    inflight: &mut VecDeque<(tokio::task::JoinHandle<UnitOutcome>, u64, usize)>,
+) -> Result<UnitOutcome, tokio::task::JoinError> {
+    match inflight.front_mut() {
+        Some((task, _, _)) => task.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn take_job(next: &mut Option<Job>, jobs: &mut mpsc::Receiver<Job>) -> Option<Job> {
+    match next.take() {
+        Some(job) => Some(job),
+        None => jobs.recv().await,
+    }
+}
+
+/// One unit of `first` and the jobs already waiting behind it, up to `max_rows` rows (a job
+/// that would pass the limit starts the next unit).
+fn merge_waiting(
+    first: Job,
+    next: &mut Option<Job>,
+    jobs: &mut mpsc::Receiver<Job>,
+    max_rows: usize,
+) -> Unit {
+    let mut side = first.side;
+    let mut unit = Unit {
+        batches: Vec::new(),
+        side: Arc::default(),
+        through_lsn: first.through_lsn,
+        jobs: 1,
+    };
+    let mut rows = first.batch.num_rows();
+    if rows > 0 {
+        unit.batches.push(first.batch);
+    }
+    while rows < max_rows {
+        let Ok(job) = jobs.try_recv() else { break };
+        let job_rows = job.batch.num_rows();
+        if rows + job_rows > max_rows {
+            *next = Some(job);
+            break;
+        }
+        rows += job_rows;
+        if job_rows > 0 {
+            unit.batches.push(job.batch);
+        }
+        side.append(job.side);
+        unit.through_lsn = unit.through_lsn.max(job.through_lsn);
+        unit.jobs += 1;
+    }
+    unit.side = Arc::new(side);
+    unit
+}
+
+/// The tables one unit inserts into, in this order; each is its own retry unit, so a retry
 /// never repeats an insert that succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Part {
@@ -238,115 +356,246 @@ impl Part {
         }
     }
 
-    fn is_empty(self, job: &Job) -> bool {
+    fn is_empty(self, side: &SideRows, batches: &[RecordBatch]) -> bool {
         match self {
-            Part::Statuses => job.side.statuses.is_empty(),
-            Part::DeadLetters => job.side.dead_letters.is_empty(),
-            Part::Readings => job.batch.num_rows() == 0,
+            Part::Statuses => side.statuses.is_empty(),
+            Part::DeadLetters => side.dead_letters.is_empty(),
+            Part::Readings => batches.iter().all(|b| b.num_rows() == 0),
         }
-    }
-
-    /// This part of `job` as an INSERT statement and its RowBinary body, for the tables as
-    /// the server has them (the `lsn` column only where the table has it).
-    fn encode(
-        self,
-        db: &str,
-        job: &Job,
-        layout: TableLayout,
-    ) -> Result<(String, Vec<u8>), ClickHouseError> {
-        let lsn = |with: bool| if with { ", lsn" } else { "" };
-        Ok(match self {
-            Part::Statuses => (
-                format!(
-                    "INSERT INTO {db}.device_status (meter_id, at, battery_pct, rssi_dbm, rsrp_dbm, snr_db, firmware, error_flags, source{}) FORMAT RowBinary",
-                    lsn(layout.status_lsn)
-                ),
-                encode_status_rowbinary(&job.side.statuses, layout.status_times, layout.status_lsn),
-            ),
-            Part::DeadLetters => (
-                format!(
-                    "INSERT INTO {db}.dead_letters (received_at, source, topic, meter_id, format, kind, reason, payload{}) FORMAT RowBinary",
-                    lsn(layout.dead_letter_lsn)
-                ),
-                encode_dead_letter_rowbinary(
-                    &job.side.dead_letters,
-                    layout.dead_letter_times,
-                    layout.dead_letter_lsn,
-                ),
-            ),
-            Part::Readings => (readings_insert(db), encode_readings(&job.batch, layout.times)?),
-        })
     }
 }
 
-/// What became of one part of a job.
+/// An INSERT statement and its body (before compression).
+struct Request {
+    sql: String,
+    body: Vec<u8>,
+}
+
+/// This part of a unit as an INSERT of the tables as the server has them: readings as one
+/// Native block per batch (RowBinary where the encoder does not know a column's type), the
+/// side tables as RowBinary with the `lsn` column only where the table has it.
+fn encode_part(
+    config: &ClickHouseConfig,
+    part: Part,
+    side: &SideRows,
+    batches: &[RecordBatch],
+    layout: &TableLayout,
+) -> Result<Request, ClickHouseError> {
+    let db = &config.database;
+    let lsn = |with: bool| if with { ", lsn" } else { "" };
+    Ok(match part {
+        Part::Statuses => Request {
+            sql: format!(
+                "INSERT INTO {db}.device_status (meter_id, at, battery_pct, rssi_dbm, rsrp_dbm, snr_db, firmware, error_flags, source{}) FORMAT RowBinary",
+                lsn(layout.status_lsn)
+            ),
+            body: encode_status_rowbinary(&side.statuses, layout.status_times, layout.status_lsn),
+        },
+        Part::DeadLetters => Request {
+            sql: format!(
+                "INSERT INTO {db}.dead_letters (received_at, source, topic, meter_id, format, kind, reason, payload{}) FORMAT RowBinary",
+                lsn(layout.dead_letter_lsn)
+            ),
+            body: encode_dead_letter_rowbinary(
+                &side.dead_letters,
+                layout.dead_letter_times,
+                layout.dead_letter_lsn,
+            ),
+        },
+        Part::Readings => {
+            let columns = super::ReadingsNative::column_list();
+            let encoding_error = |e: arrow_schema::ArrowError| ClickHouseError {
+                action: "encoding readings",
+                source: clickhouse::error::Error::Custom(e.to_string()),
+            };
+            let native = match (config.insert_format, &layout.readings_native) {
+                (InsertFormat::Native, Some(native)) => Some(native),
+                _ => None,
+            };
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            let mut body = Vec::with_capacity(rows * 56);
+            match native {
+                Some(native) => {
+                    for batch in batches {
+                        native.encode_block(batch, &mut body).map_err(encoding_error)?;
+                    }
+                    Request {
+                        sql: format!("INSERT INTO {db}.readings ({columns}) FORMAT Native"),
+                        body,
+                    }
+                }
+                None => {
+                    for batch in batches {
+                        body.extend(encode_rowbinary(batch, layout.times).map_err(encoding_error)?);
+                    }
+                    Request {
+                        sql: format!("INSERT INTO {db}.readings ({columns}) FORMAT RowBinary"),
+                        body,
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// What became of one part of a unit.
 enum Outcome {
     Inserted,
     /// The server refused the data (a retry sends the same bytes).
     Refused(ClickHouseError),
-    /// Shutdown while the server was away: the job stays in the WAL.
+    /// Shutdown while the server was away: the unit stays in the WAL.
     Abandoned,
 }
 
-/// The writer's state between jobs.
-struct WriterState {
+/// What the insert tasks share.
+struct Shared {
     config: ClickHouseConfig,
+    /// The client for inserts (compressed as configured).
     client: clickhouse::Client,
     /// Read once the schema is applied; forgotten after a failure (a table may be gone).
-    layout: Option<TableLayout>,
-    closing: Arc<std::sync::atomic::AtomicBool>,
+    layout: tokio::sync::Mutex<Option<Arc<TableLayout>>>,
+    closing: Arc<AtomicBool>,
     failing_since_ms: Arc<AtomicI64>,
+    rejected: std::sync::mpsc::Sender<RejectedBatch>,
 }
 
-impl WriterState {
-    /// The tables' layout, applying the schema first when it is not known (at the start, and
-    /// after a failure: a table may have been dropped).
-    async fn layout(&mut self) -> Result<TableLayout, ClickHouseError> {
-        Ok(match self.layout {
-            Some(layout) => layout,
-            None => {
-                let version = apply_schema(&self.config).await?;
-                let layout = table_layout(&self.config).await?;
-                tracing::info!(
-                    ?version,
-                    modern = version.is_modern(),
-                    ?layout,
-                    "ClickHouse schema applied"
-                );
-                self.layout = Some(layout);
-                layout
+/// Inserts every part of a unit; a refused batch is handed back before the unit counts as
+/// done (the pipeline keeps its rows as dead letters before the checkpoint passes them).
+async fn insert_unit(shared: Arc<Shared>, unit: Unit) -> UnitOutcome {
+    for part in Part::ALL {
+        if part.is_empty(&unit.side, &unit.batches) {
+            continue;
+        }
+        match shared.insert(part, &unit.side, &unit.batches).await {
+            Outcome::Inserted => shared.count_written(part, &unit.batches),
+            Outcome::Abandoned => return UnitOutcome::Abandoned,
+            Outcome::Refused(e) if part == Part::Readings && unit.batches.len() > 1 => {
+                // One of the merged batches is at fault: find which, batch by batch.
+                tracing::warn!(error = %e, batches = unit.batches.len(), "ClickHouse refused a merged insert; inserting its batches one by one");
+                for batch in &unit.batches {
+                    let one = std::slice::from_ref(batch);
+                    match shared.insert(part, &unit.side, one).await {
+                        Outcome::Inserted => shared.count_written(part, one),
+                        Outcome::Refused(e) => shared.refused(part, Some(batch), &e),
+                        Outcome::Abandoned => return UnitOutcome::Abandoned,
+                    }
+                }
             }
-        })
+            Outcome::Refused(e) => shared.refused(part, unit.batches.first(), &e),
+        }
+    }
+    UnitOutcome::Done
+}
+
+impl Shared {
+    fn count_written(&self, part: Part, batches: &[RecordBatch]) {
+        if part == Part::Readings {
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            metrics::counter!("meterflow_rows_written_total", "sink" => "clickhouse")
+                .increment(rows as u64);
+        }
     }
 
+    fn refused(&self, part: Part, batch: Option<&RecordBatch>, e: &ClickHouseError) {
+        metrics::counter!("meterflow_clickhouse_rejected_batches_total", "table" => part.table())
+            .increment(1);
+        match (part, batch) {
+            (Part::Readings, Some(batch)) => {
+                tracing::error!(error = %e, rows = batch.num_rows(), "ClickHouse refused the batch's data; its rows go to the dead letters");
+                let _ = self.rejected.send(RejectedBatch {
+                    batch: batch.clone(),
+                    reason: e.to_string(),
+                });
+            }
+            // The dead-letter files and the device state keep these.
+            _ => {
+                tracing::error!(error = %e, table = part.table(), "ClickHouse refused these rows; they are not in ClickHouse")
+            }
+        }
+    }
+
+    /// The tables' layout, applying the schema first when it is not known (at the start, and
+    /// after a failure: a table may have been dropped).
+    async fn layout(&self) -> Result<Arc<TableLayout>, ClickHouseError> {
+        let mut known = self.layout.lock().await;
+        if let Some(layout) = known.as_ref() {
+            return Ok(layout.clone());
+        }
+        let version = apply_schema(&self.config).await?;
+        let layout = Arc::new(table_layout(&self.config).await?);
+        tracing::info!(
+            ?version,
+            modern = version.is_modern(),
+            native = layout.readings_native.is_some(),
+            "ClickHouse schema applied"
+        );
+        *known = Some(layout.clone());
+        Ok(layout)
+    }
+
+    async fn forget_layout(&self) {
+        *self.layout.lock().await = None;
+    }
+
+    /// Encodes (and compresses) on a blocking thread, so the inserts in flight keep
+    /// streaming, then sends.
     async fn insert_once(
-        &mut self,
+        &self,
         part: Part,
-        job: &Job,
-        layout: TableLayout,
+        side: &Arc<SideRows>,
+        batches: &[RecordBatch],
+        layout: Arc<TableLayout>,
     ) -> Result<(), ClickHouseError> {
-        let (sql, body) = part.encode(&self.config.database, job, layout)?;
         let started = std::time::Instant::now();
-        insert_rowbinary(&self.client, sql, body, part.action()).await?;
+        let (config, side, batches) = (self.config.clone(), side.clone(), batches.to_vec());
+        let encoded = tokio::task::spawn_blocking(move || {
+            let request = encode_part(&config, part, &side, &batches, &layout)?;
+            let raw = request.body.len();
+            let body = compress(request.body, config.compression, part)?;
+            Ok::<_, ClickHouseError>((request.sql, body, raw))
+        })
+        .await
+        .map_err(|e| ClickHouseError {
+            action: part.action(),
+            source: clickhouse::error::Error::Custom(format!("encoding task failed: {e}")),
+        })??;
+        let (sql, body, raw) = encoded;
+        let mut insert = self.client.insert_formatted_with(sql).with_timeouts(
+            Some(Duration::from_secs(30)),
+            Some(Duration::from_secs(120)),
+        );
+        let err = |source| ClickHouseError {
+            action: part.action(),
+            source,
+        };
+        match body {
+            Body::Plain(bytes) => insert.send(bytes).await.map_err(err)?,
+            Body::Compressed(data) => insert.send_compressed(data).await.map_err(err)?,
+        }
+        insert.end().await.map_err(err)?;
         metrics::histogram!("meterflow_batch_write_seconds", "sink" => "clickhouse", "table" => part.table())
             .record(started.elapsed().as_secs_f64());
+        metrics::counter!("meterflow_clickhouse_inserts_total", "table" => part.table())
+            .increment(1);
+        metrics::counter!("meterflow_clickhouse_insert_bytes_total", "table" => part.table())
+            .increment(raw as u64);
         Ok(())
     }
 
     /// Inserts one part, retrying with backoff what a retry can fix.
-    async fn insert(&mut self, part: Part, job: &Job) -> Outcome {
+    async fn insert(&self, part: Part, side: &Arc<SideRows>, batches: &[RecordBatch]) -> Outcome {
         let mut delay = Duration::from_millis(self.config.retry_initial_ms.max(1));
         let mut attempt = 0u32;
         // Whether the layout was read for this part (else it may be stale).
         let mut layout_fresh = false;
         loop {
             attempt += 1;
-            layout_fresh |= self.layout.is_none();
+            layout_fresh |= self.layout.lock().await.is_none();
             let error = match self.layout().await {
                 // Applying or reading the schema is retried whatever failed: it is not the
                 // rows' fault.
                 Err(e) => e,
-                Ok(layout) => match self.insert_once(part, job, layout).await {
+                Ok(layout) => match self.insert_once(part, side, batches, layout).await {
                     Ok(()) => {
                         self.failing_since_ms.store(0, Ordering::Release);
                         return Outcome::Inserted;
@@ -354,7 +603,7 @@ impl WriterState {
                     // The tables may have changed under a layout read earlier (a migration):
                     // read it again once before blaming the rows.
                     Err(e) if !e.is_retryable() && !layout_fresh => {
-                        self.layout = None;
+                        self.forget_layout().await;
                         layout_fresh = true;
                         e
                     }
@@ -378,7 +627,7 @@ impl WriterState {
                 tracing::warn!(error = %error, table = part.table(), attempt, retry_in_ms = delay.as_millis() as u64, "ClickHouse insert failed; retrying");
             }
             // The schema may be what is missing (a dropped table): apply it again.
-            self.layout = None;
+            self.forget_layout().await;
             let jitter =
                 Duration::from_millis(u64::from(attempt.wrapping_mul(2_654_435_761) % 100));
             let until = tokio::time::Instant::now() + delay + jitter;
@@ -390,57 +639,24 @@ impl WriterState {
     }
 }
 
-async fn run_writer(
-    config: ClickHouseConfig,
-    jobs: Receiver<Job>,
-    rejected: std::sync::mpsc::Sender<RejectedBatch>,
-    confirmed: Arc<AtomicU64>,
-    pending: Arc<AtomicUsize>,
-    closing: Arc<std::sync::atomic::AtomicBool>,
-    failing_since_ms: Arc<AtomicI64>,
-) {
-    let mut state = WriterState {
-        client: config.client(),
-        config,
-        layout: None,
-        closing,
-        failing_since_ms,
-    };
-    // The std receiver blocks; the runtime has nothing else to do meanwhile.
-    while let Ok(job) = jobs.recv() {
-        for part in Part::ALL {
-            if part.is_empty(&job) {
-                continue;
-            }
-            match state.insert(part, &job).await {
-                Outcome::Inserted => {
-                    if part == Part::Readings {
-                        metrics::counter!("meterflow_rows_written_total", "sink" => "clickhouse")
-                            .increment(job.batch.num_rows() as u64);
-                    }
-                }
-                Outcome::Refused(e) => {
-                    metrics::counter!("meterflow_clickhouse_rejected_batches_total", "table" => part.table())
-                        .increment(1);
-                    if part == Part::Readings {
-                        tracing::error!(error = %e, rows = job.batch.num_rows(), "ClickHouse refused the batch's data; its rows go to the dead letters");
-                        let _ = rejected.send(RejectedBatch {
-                            batch: job.batch.clone(),
-                            reason: e.to_string(),
-                        });
-                    } else {
-                        // The dead-letter files and the device state keep these.
-                        tracing::error!(error = %e, table = part.table(), "ClickHouse refused these rows; they are not in ClickHouse");
-                    }
-                }
-                Outcome::Abandoned => {
-                    // Not confirmed, and `pending` stays up: the checkpoint stops before it.
-                    while jobs.recv().is_ok() {}
-                    return;
-                }
-            }
-        }
-        confirmed.fetch_max(job.through_lsn, Ordering::AcqRel);
-        pending.fetch_sub(1, Ordering::AcqRel);
+/// An insert body, compressed in ClickHouse's block framing or not.
+enum Body {
+    Plain(Bytes),
+    Compressed(clickhouse::insert_formatted::CompressedData),
+}
+
+fn compress(
+    body: Vec<u8>,
+    compression: InsertCompression,
+    part: Part,
+) -> Result<Body, ClickHouseError> {
+    if compression == InsertCompression::None {
+        return Ok(Body::Plain(Bytes::from(body)));
     }
+    clickhouse::insert_formatted::CompressedData::new(&body, compression.for_client())
+        .map(Body::Compressed)
+        .map_err(|source| ClickHouseError {
+            action: part.action(),
+            source,
+        })
 }
