@@ -693,7 +693,7 @@ impl Pipeline {
 }
 
 /// The rows of a canonical batch as JSON lines (for a dead letter).
-fn rows_as_json_lines(batch: &arrow_array::RecordBatch) -> Vec<u8> {
+pub fn rows_as_json_lines(batch: &arrow_array::RecordBatch) -> Vec<u8> {
     let c = match meterflow_proto::ReadingColumns::of(batch) {
         Ok(c) => c,
         Err(e) => return format!("{{\"error\": {:?}}}\n", e.to_string()).into_bytes(),

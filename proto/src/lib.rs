@@ -12,7 +12,7 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/meterflow.v1.rs"));
 }
 
-pub use reading::{reading_schema, ReadingBatchBuilder, ReadingColumns, RowMeta};
+pub use reading::{reading_schema, ReadingBatchBuilder, ReadingColumns, RowMeta, TextRow};
 
 use std::fmt;
 use std::str::FromStr;

@@ -110,6 +110,20 @@ pub struct RowMeta<'a> {
 
 /// Appends readings column by column; `finish` turns them into a [`RecordBatch`] of
 /// [`reading_schema`] and leaves the builder empty for reuse.
+/// One reading with every column as a value, for [`ReadingBatchBuilder::append_text`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TextRow<'a> {
+    pub meter_id: &'a str,
+    pub channel: &'a str,
+    pub ts_ms: i64,
+    pub value: f64,
+    pub unit: &'a str,
+    pub quality: u16,
+    pub received_at_ms: i64,
+    pub source: &'a str,
+    pub format: &'a str,
+}
+
 pub struct ReadingBatchBuilder {
     meter_id: StringBuilder,
     channel: StringBuilder,
@@ -176,6 +190,26 @@ impl ReadingBatchBuilder {
             + unit.len()
             + source.len()
             + format.len();
+    }
+
+    /// Appends one reading whose source and format are text (history loaded by `meterflow
+    /// import`: source `import`, the format of the file it came from).
+    pub fn append_text(&mut self, row: &TextRow<'_>) {
+        self.meter_id.append_value(row.meter_id);
+        self.channel.append_value(row.channel);
+        self.ts.append_value(row.ts_ms);
+        self.value.append_value(row.value);
+        self.unit.append_value(row.unit);
+        self.quality.append_value(row.quality);
+        self.received_at.append_value(row.received_at_ms);
+        self.source.append_value(row.source);
+        self.format.append_value(row.format);
+        self.approx_bytes += FIXED_ROW_BYTES
+            + row.meter_id.len()
+            + row.channel.len()
+            + row.unit.len()
+            + row.source.len()
+            + row.format.len();
     }
 
     /// Rows appended since the last `finish`.

@@ -688,6 +688,11 @@ impl<R: Read> CsvReader<R> {
         self.rows_read
     }
 
+    /// Bytes of the file consumed so far (for a progress bar).
+    pub fn bytes_read(&self) -> u64 {
+        self.csv.position().byte()
+    }
+
     /// The delimiter in use (given or detected).
     pub fn delimiter(&self) -> u8 {
         self.delimiter
@@ -1065,37 +1070,56 @@ fn shown(text: &str) -> String {
 /// [`MAX_CHANNEL_BYTES`] bytes, a unit of at most [`MAX_UNIT_BYTES`], a finite value, and a
 /// time from 2000-01-01 to `now_ms` + 1 day.
 pub fn validate(row: &Row, now_ms: i64) -> Result<(), String> {
-    if !is_valid_meter_id(&row.meter_id) {
+    validate_reading(
+        &row.meter_id,
+        &row.channel,
+        &row.unit,
+        row.value,
+        row.ts_ms,
+        now_ms,
+    )
+}
+
+/// [`validate`] on the parts of a reading (rows read from Parquet, without a [`Row`]).
+pub fn validate_reading(
+    meter_id: &str,
+    channel: &str,
+    unit: &str,
+    value: f64,
+    ts_ms: i64,
+    now_ms: i64,
+) -> Result<(), String> {
+    if !is_valid_meter_id(meter_id) {
         return Err(format!(
             "meter_id {:?} must be 1 to 64 characters of [A-Za-z0-9._-]",
-            shown(&row.meter_id)
+            shown(meter_id)
         ));
     }
-    if row.channel.is_empty() {
+    if channel.is_empty() {
         return Err("no channel".into());
     }
-    if row.channel.len() > MAX_CHANNEL_BYTES {
+    if channel.len() > MAX_CHANNEL_BYTES {
         return Err(format!(
             "channel is {} bytes, at most {MAX_CHANNEL_BYTES}",
-            row.channel.len()
+            channel.len()
         ));
     }
-    if row.unit.len() > MAX_UNIT_BYTES {
+    if unit.len() > MAX_UNIT_BYTES {
         return Err(format!(
             "unit is {} bytes, at most {MAX_UNIT_BYTES}",
-            row.unit.len()
+            unit.len()
         ));
     }
-    if !row.value.is_finite() {
-        return Err(format!("value {} is not finite", row.value));
+    if !value.is_finite() {
+        return Err(format!("value {} is not finite", value));
     }
-    if row.ts_ms < EARLIEST_TS_MS || row.ts_ms > now_ms.saturating_add(MAX_AHEAD_MS) {
-        let at = DateTime::<Utc>::from_timestamp_millis(row.ts_ms)
+    if ts_ms < EARLIEST_TS_MS || ts_ms > now_ms.saturating_add(MAX_AHEAD_MS) {
+        let at = DateTime::<Utc>::from_timestamp_millis(ts_ms)
             .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
             .unwrap_or_else(|| "out of range".into());
         return Err(format!(
             "time {} ms ({at}) is outside 2000-01-01 .. now + 1 day",
-            row.ts_ms
+            ts_ms
         ));
     }
     Ok(())

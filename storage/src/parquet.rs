@@ -91,9 +91,35 @@ impl ParquetSink {
     /// Opens the sink under `{data_dir}/readings`. Leftover `.tmp` files of a run that crashed
     /// are incomplete (no footer) and are removed; their rows are not in any readable file.
     pub fn open(data_dir: &Path, config: ParquetConfig) -> Result<Self, StorageError> {
+        let run_id = chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ").to_string();
+        Self::open_as(data_dir, config, run_id, true)
+    }
+
+    /// Opens the sink for `meterflow import`: files are named `part-{run_id}-{seq}`, where the
+    /// importer makes `run_id` from the input file and chunk (so a rerun after an interruption
+    /// writes the same names over what the first run completed, not a second copy), and the
+    /// leftovers of other writers (a `serve` running on the same folder) are left alone.
+    pub fn open_named(
+        data_dir: &Path,
+        config: ParquetConfig,
+        run_id: &str,
+    ) -> Result<Self, StorageError> {
+        Self::open_as(data_dir, config, run_id.to_string(), false)
+    }
+
+    fn open_as(
+        data_dir: &Path,
+        config: ParquetConfig,
+        run_id: String,
+        clean_up: bool,
+    ) -> Result<Self, StorageError> {
         let root = data_dir.join("readings");
         fs::create_dir_all(&root).map_err(|e| StorageError::io("creating", &root, e))?;
-        let removed = remove_leftovers(&root)?;
+        let removed = if clean_up {
+            remove_leftovers(&root)?
+        } else {
+            0
+        };
         if removed > 0 {
             tracing::warn!(
                 files = removed,
@@ -110,7 +136,6 @@ impl ParquetSink {
             .set_compression(Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(config.row_group_rows.max(1)))
             .build();
-        let run_id = chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ").to_string();
         Ok(ParquetSink {
             root,
             config,
