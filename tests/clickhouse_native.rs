@@ -13,8 +13,8 @@ use arrow_array::RecordBatch;
 use common::{wait_for, ClickHouse};
 use meterflow_proto::{Format, ReadingBatchBuilder, RowMeta, Source};
 use meterflow_storage::clickhouse::{
-    schema_ddl, ClickHouseConfig, ClickHouseWriter, InsertFormat, ServerVersion, SideRows,
-    StatusRow,
+    schema_ddl, table_layout, ClickHouseConfig, ClickHouseWriter, InsertFormat, ReadingsNative,
+    ServerVersion, SideRows, StatusRow,
 };
 
 /// One row as the test compares it: every column, times in seconds (this server stores
@@ -201,6 +201,43 @@ fn native_blocks_read_back_exactly_in_every_column_layout() {
         .trim(),
         "LowCardinality(String)"
     );
+    // The same rows sent by hand as the encoder makes them for this table's layout, with no
+    // fallback behind it: the LowCardinality block itself must be what the server reads.
+    let config = ClickHouseConfig {
+        url: ch.url.clone(),
+        database: db.clone(),
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let layout = runtime.block_on(table_layout(&config)).unwrap();
+    let native = layout
+        .readings_native
+        .expect("the encoder writes this layout");
+    let mut body = Vec::new();
+    native.encode_block(&batch, &mut body).unwrap();
+    ch.query(&format!("TRUNCATE TABLE {db}.readings"));
+    let body_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(body_file.path(), &body).unwrap();
+    let insert = format!(
+        "{}/?query=INSERT%20INTO%20{db}.readings%20({})%20FORMAT%20Native",
+        ch.url,
+        ReadingsNative::column_list().replace(' ', "%20")
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--data-binary"])
+        .arg(format!("@{}", body_file.path().display()))
+        .arg(&insert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(rows_in(&ch, &db), want);
     ch.query(&format!("DROP DATABASE {db}"));
 }
 

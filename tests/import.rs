@@ -237,11 +237,15 @@ fn a_legacy_csv_with_local_times_and_wh_goes_in_exactly_with_its_bad_row_kept() 
 fn an_import_killed_midway_resumes_and_leaves_the_table_exact() {
     let ch = ClickHouse::shared();
     let db = ClickHouse::fresh_database("import_kill");
-    let (_cfg, config) = clickhouse_config(&ch, &db);
+    // The first run goes through a link of 4 MB/s, so it is surely killed in the middle.
+    let (slow, unthrottle) = slow_proxy(ch.url.trim_start_matches("http://"), 4e6);
+    let (_slow_cfg, slow_config) = config_file(&format!(
+        "[clickhouse]\nurl = \"http://127.0.0.1:{slow}\"\ndatabase = \"{db}\"\n"
+    ));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big.csv");
-    // 2 000 meters x 400 quarter-hours: 800 000 rows, 8 chunks.
-    const METERS: u64 = 2_000;
+    // 1 000 meters x 400 quarter-hours: 400 000 rows, 4 chunks.
+    const METERS: u64 = 1_000;
     const STEPS: u64 = 400;
     let mut text = String::from("meter,ts,value\n");
     for k in 0..STEPS {
@@ -254,7 +258,7 @@ fn an_import_killed_midway_resumes_and_leaves_the_table_exact() {
     let state = dir.path().join("state");
     let map = r#"meter_id=meter,channel="1-0:1.8.0",ts=ts,value=value,unit="kWh""#;
     let mut child = Command::new(BIN)
-        .args(["import", "--json", "--config", &config, "--data-dir"])
+        .args(["import", "--json", "--config", &slow_config, "--data-dir"])
         .arg(&state)
         .args(["--map", map, file.to_str().unwrap()])
         .stdout(Stdio::null())
@@ -275,7 +279,13 @@ fn an_import_killed_midway_resumes_and_leaves_the_table_exact() {
         done_at_kill["done"], false,
         "the import was killed before it finished: {done_at_kill}"
     );
-    let resumed = import(&config, &state, &["--map", map, file.to_str().unwrap()]);
+    // The same server (the progress is per target), now at full speed.
+    unthrottle.store(true, std::sync::atomic::Ordering::Release);
+    let resumed = import(
+        &slow_config,
+        &state,
+        &["--map", map, file.to_str().unwrap()],
+    );
     let total = METERS * STEPS;
     let rows_after = resumed["rows"].as_u64().unwrap();
     assert!(
@@ -298,6 +308,56 @@ fn an_import_killed_midway_resumes_and_leaves_the_table_exact() {
         )
     );
     ch.query(&format!("DROP DATABASE {db}"));
+}
+
+/// A TCP proxy that passes at most `bytes_per_s` each way (a slow link) until the returned
+/// flag is set; returns its port and the flag.
+fn slow_proxy(
+    upstream: &str,
+    bytes_per_s: f64,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let fast = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let unthrottled = fast.clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = upstream.trim_end_matches('/').to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                let fast = fast.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let started = std::time::Instant::now();
+                    let mut passed = 0f64;
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        passed += n as f64;
+                        let due = std::time::Duration::from_secs_f64(passed / bytes_per_s);
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            if !fast.load(Ordering::Acquire) {
+                                std::thread::sleep(wait);
+                            }
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    (port, unthrottled)
 }
 
 #[test]

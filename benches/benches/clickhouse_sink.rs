@@ -1,38 +1,60 @@
-//! The ClickHouse sink's insert rate beside `clickhouse-client` inserting the same rows from a
-//! Native file, in one run on one server (not criterion: each side is one timed bulk load).
+//! The ClickHouse sink and `meterflow import` beside `clickhouse-client` loading the same rows,
+//! in one run on one server (not criterion: each side is one timed bulk load).
 //!
 //! `benches/clickhouse_sink.sh` starts a private server and runs this with
-//! `METERFLOW_BENCH_CLICKHOUSE_URL` and `METERFLOW_BENCH_CLICKHOUSE_PORT` (native TCP) set.
-//! Under `cargo test` (no `--bench` argument) it does nothing.
+//! `METERFLOW_BENCH_CLICKHOUSE_URL`, `METERFLOW_BENCH_CLICKHOUSE_PORT` (native TCP),
+//! `METERFLOW_BENCH_CLICKHOUSE_DIR` (the server's folder: its pid, to count its CPU),
+//! `METERFLOW_BIN` (a release `meterflow`, for the import) and `METERFLOW_BENCH_ROWS` (row
+//! counts, e.g. `2000000,10000000`). Under `cargo test` (no `--bench` argument) it does nothing.
+//!
+//! Each load is reported with its wall time, rows/s, the CPU seconds of the loader and of the
+//! server (from /proc: on a shared 2-core machine CPU per row says more than wall time), and
+//! the parts of the table after it (active, and level-0: one per insert per partition).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench fails loudly
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use arrow_array::RecordBatch;
 use meterflow_proto::{Format, ReadingBatchBuilder, RowMeta, Source};
-use meterflow_storage::clickhouse::{apply_schema, insert_batch, time_columns, ClickHouseConfig};
+use meterflow_storage::clickhouse::{
+    apply_schema, ClickHouseConfig, ClickHouseWriter, InsertCompression, InsertFormat, SideRows,
+};
 
-const METERS: usize = 10_000;
-const READINGS_PER_METER: usize = 200;
 const BATCH_ROWS: usize = 100_000;
 
-fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        return;
-    }
-    let url =
-        std::env::var("METERFLOW_BENCH_CLICKHOUSE_URL").expect("METERFLOW_BENCH_CLICKHOUSE_URL");
-    let port =
-        std::env::var("METERFLOW_BENCH_CLICKHOUSE_PORT").expect("METERFLOW_BENCH_CLICKHOUSE_PORT");
-    let config = ClickHouseConfig {
-        url: url.clone(),
-        database: "mf_bench".into(),
-        ..Default::default()
+/// A change to the sink's config, for one variant.
+type Tune = Box<dyn Fn(&mut ClickHouseConfig)>;
+const CHANNELS: [&str; 4] = ["1-0:1.8.1", "1-0:1.8.2", "1-0:2.8.1", "1-0:2.8.2"];
+
+struct Env {
+    url: String,
+    port: String,
+    server_pid: Option<u32>,
+    bin: Option<String>,
+}
+
+/// CPU seconds (user + system) of a process, from /proc.
+fn cpu_s(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
     };
-    let client = |sql: &str| {
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+impl Env {
+    fn client(&self, sql: &str) -> String {
         let out = Command::new("clickhouse-client")
-            .args(["--port", &port, "--query", sql])
+            .args(["--port", &self.port, "--query", sql])
             .output()
             .expect("clickhouse-client runs");
         assert!(
@@ -41,22 +63,85 @@ fn main() {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    client("DROP DATABASE IF EXISTS mf_bench");
-    let version = runtime.block_on(apply_schema(&config)).expect("schema");
-    let times = runtime
-        .block_on(time_columns(&config))
-        .expect("column types");
+    }
 
-    // The rows: 10 000 meters x 200 quarter-hour register readings, in batches as the batcher makes them.
-    let mut batches = Vec::new();
+    fn server_cpu(&self) -> f64 {
+        self.server_pid.map_or(0.0, |p| cpu_s(&p.to_string()))
+    }
+
+    /// Waits until the server merges nothing, so one load's merges do not bill the next.
+    fn settle(&self) {
+        for _ in 0..600 {
+            if self.client("SELECT count() FROM system.merges") == "0" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn fresh(&self, runtime: &tokio::runtime::Runtime, db: &str) -> ClickHouseConfig {
+        self.client(&format!("DROP DATABASE IF EXISTS {db}"));
+        let config = ClickHouseConfig {
+            url: self.url.clone(),
+            database: db.into(),
+            ..Default::default()
+        };
+        runtime.block_on(apply_schema(&config)).expect("schema");
+        config
+    }
+
+    fn parts(&self, db: &str) -> (String, String) {
+        let q = |extra: &str| {
+            self.client(&format!(
+                "SELECT count() FROM system.parts WHERE database = '{db}' AND table = 'readings' {extra}"
+            ))
+        };
+        (q("AND active"), q("AND level = 0"))
+    }
+}
+
+/// One timed load.
+struct Load {
+    what: String,
+    rows: usize,
+    seconds: f64,
+    loader_cpu: f64,
+    server_cpu: f64,
+    parts: (String, String),
+}
+
+impl Load {
+    fn row(&self, reference: Option<&Load>) -> String {
+        let ratio = reference.map_or(String::from("—"), |r| {
+            format!(
+                "{:.2}",
+                (self.rows as f64 / self.seconds) / (r.rows as f64 / r.seconds)
+            )
+        });
+        format!(
+            "| {} | {} | {:.2} | {:.0} | {ratio} | {:.2} | {:.2} | {:.2} | {} / {} |",
+            self.what,
+            self.rows,
+            self.seconds,
+            self.rows as f64 / self.seconds,
+            self.loader_cpu,
+            self.server_cpu,
+            (self.loader_cpu + self.server_cpu) * 1e6 / self.rows as f64,
+            self.parts.0,
+            self.parts.1
+        )
+    }
+}
+
+/// `rows` readings: meters × quarter-hours × 4 registers, in batches as the batcher makes them.
+fn batches(rows: usize) -> Vec<RecordBatch> {
+    let per_meter = 800;
+    let meters = rows.div_ceil(per_meter);
+    let ids: Vec<String> = (0..meters).map(|m| format!("bench-{m:07}")).collect();
+    let mut out = Vec::new();
     let mut builder = ReadingBatchBuilder::with_capacity(BATCH_ROWS);
-    let ids: Vec<String> = (0..METERS).map(|m| format!("bench-{m:06}")).collect();
-    for k in 0..READINGS_PER_METER {
+    let mut made = 0;
+    'outer: for k in 0..per_meter {
         for (m, id) in ids.iter().enumerate() {
             let meta = RowMeta {
                 meter_id: id,
@@ -64,87 +149,402 @@ fn main() {
                 source: Source::Mqtt,
                 format: Format::Pb,
             };
-            let ts = 1_719_792_000_000 + k as i64 * 900_000;
-            builder.append(
-                &meta,
-                "1-0:1.8.1",
-                ts,
-                (m * 1000 + k) as f64 / 4.0,
-                "kWh",
-                0,
-            );
+            let ts = 1_719_792_000_000 + (k / 4) as i64 * 900_000;
+            let value = (m * 1000 + k) as f64 / 4.0;
+            builder.append(&meta, CHANNELS[k % 4], ts, value, "kWh", 0);
+            made += 1;
             if builder.len() == BATCH_ROWS {
-                batches.push(builder.finish());
+                out.push(builder.finish());
+            }
+            if made == rows {
+                break 'outer;
             }
         }
     }
     if !builder.is_empty() {
-        batches.push(builder.finish());
+        out.push(builder.finish());
     }
-    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    out
+}
 
-    let started = Instant::now();
-    for batch in &batches {
-        runtime
-            .block_on(insert_batch(&config, times, batch))
-            .expect("insert");
+/// The live sink: the writer `serve` uses, fed batch by batch; timed until all is confirmed.
+fn sink_load(
+    env: &Env,
+    runtime: &tokio::runtime::Runtime,
+    what: &str,
+    db: &str,
+    batches: &[RecordBatch],
+    url: Option<&str>,
+    tune: impl FnOnce(&mut ClickHouseConfig),
+) -> Load {
+    env.settle();
+    let mut config = env.fresh(runtime, db);
+    if let Some(url) = url {
+        config.url = url.into();
     }
-    let sink_s = started.elapsed().as_secs_f64();
+    tune(&mut config);
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut writer = ClickHouseWriter::start(config, Arc::new(AtomicBool::new(false))).unwrap();
+    // The schema is applied by the writer's first insert: warm it with an empty job.
+    writer.send(
+        RecordBatch::new_empty(meterflow_proto::reading_schema()),
+        SideRows::default(),
+        0,
+    );
+    while writer.pending() > 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (cpu0, server0) = (cpu_s("self"), env.server_cpu());
+    let started = Instant::now();
+    for (i, batch) in batches.iter().enumerate() {
+        writer.send(batch.clone(), SideRows::default(), i as u64 + 1);
+    }
+    while writer.pending() > 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (cpu1, server1) = (cpu_s("self"), env.server_cpu());
+    writer.close();
+    assert!(writer.take_rejected().is_empty());
     assert_eq!(
-        client("SELECT count() FROM mf_bench.readings"),
+        env.client(&format!("SELECT count() FROM {db}.readings")),
         rows.to_string()
     );
+    Load {
+        what: what.into(),
+        rows,
+        seconds,
+        loader_cpu: cpu1 - cpu0,
+        server_cpu: server1 - server0,
+        parts: env.parts(db),
+    }
+}
 
-    // The reference: the same rows as a Native file, loaded by clickhouse-client.
-    let native = std::env::temp_dir().join("meterflow-bench-readings.native");
-    let file = std::fs::File::create(&native).unwrap();
-    let out = Command::new("clickhouse-client")
-        .args([
-            "--port",
-            &port,
-            "--query",
-            "SELECT * FROM mf_bench.readings FORMAT Native",
-        ])
-        .stdout(file)
-        .status()
-        .unwrap();
-    assert!(out.success());
-    client("CREATE TABLE mf_bench.readings_copy AS mf_bench.readings");
+/// A command timed with /usr/bin/time (its CPU), and the server's CPU meanwhile.
+fn command_load(env: &Env, what: &str, db: &str, rows: usize, command: Command) -> Load {
+    env.settle();
+    let times = std::env::temp_dir().join("meterflow-bench-time");
+    let server0 = env.server_cpu();
     let started = Instant::now();
-    let status = Command::new("clickhouse-client")
-        .args([
-            "--port",
-            &port,
-            "--query",
-            "INSERT INTO mf_bench.readings_copy FORMAT Native",
-        ])
-        .stdin(std::fs::File::open(&native).unwrap())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    let native_s = started.elapsed().as_secs_f64();
-    assert!(status.success());
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .args(["-f", "%U %S", "-o"])
+        .arg(&times)
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        if let Some(value) = value {
+            timed.env(key, value);
+        }
+    }
+    let status = timed.stdout(Stdio::null()).status().unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    let server1 = env.server_cpu();
+    assert!(status.success(), "{what}");
+    let text = std::fs::read_to_string(&times).unwrap();
+    let cpu: f64 = text
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().unwrap())
+        .sum();
     assert_eq!(
-        client("SELECT count() FROM mf_bench.readings_copy"),
-        rows.to_string()
+        env.client(&format!("SELECT count() FROM {db}.readings")),
+        rows.to_string(),
+        "{what}"
     );
-    let bytes = std::fs::metadata(&native).map(|m| m.len()).unwrap_or(0);
-    let _ = std::fs::remove_file(&native);
-    client("DROP DATABASE mf_bench");
+    Load {
+        what: what.into(),
+        rows,
+        seconds,
+        loader_cpu: cpu,
+        server_cpu: server1 - server0,
+        parts: env.parts(db),
+    }
+}
 
+/// clickhouse-client inserting a file (through a shell, for the redirect).
+fn client_load(
+    env: &Env,
+    runtime: &tokio::runtime::Runtime,
+    what: &str,
+    db: &str,
+    rows: usize,
+    (file, format): (&Path, &str),
+    port: &str,
+) -> Load {
+    env.fresh(runtime, db);
+    let mut command = Command::new("sh");
+    command.args([
+        "-c",
+        &format!(
+            "clickhouse-client --port {port} --query 'INSERT INTO {db}.readings FORMAT {format}' < {}",
+            file.display()
+        ),
+    ]);
+    command_load(env, what, db, rows, command)
+}
+
+/// A TCP proxy that passes at most `bytes_per_s` in each direction (a slow link).
+fn slow_proxy(upstream: String, bytes_per_s: f64) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let started = Instant::now();
+                    let mut sent = 0f64;
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        sent += n as f64;
+                        let due = Duration::from_secs_f64(sent / bytes_per_s);
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    port
+}
+
+/// Writes `batches` as a Parquet tree under `dir` (meterflow's own layout), for the import.
+fn parquet_tree(dir: &Path, batches: &[RecordBatch]) -> PathBuf {
+    let mut sink = meterflow_storage::ParquetSink::open(
+        dir,
+        meterflow_storage::ParquetConfig {
+            file_max_rows: 5_000_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for batch in batches {
+        sink.write(batch, None, Instant::now()).unwrap();
+    }
+    sink.close().unwrap();
+    dir.join("readings")
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let env = Env {
+        url: var("METERFLOW_BENCH_CLICKHOUSE_URL").expect("METERFLOW_BENCH_CLICKHOUSE_URL"),
+        port: var("METERFLOW_BENCH_CLICKHOUSE_PORT").expect("METERFLOW_BENCH_CLICKHOUSE_PORT"),
+        server_pid: var("METERFLOW_BENCH_CLICKHOUSE_DIR")
+            .and_then(|d| std::fs::read_to_string(Path::new(&d).join("pid")).ok())
+            .and_then(|p| p.trim().parse().ok()),
+        bin: var("METERFLOW_BIN"),
+    };
+    let counts: Vec<usize> = var("METERFLOW_BENCH_ROWS")
+        .unwrap_or_else(|| "2000000".into())
+        .split(',')
+        .map(|n| n.trim().parse().unwrap())
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     println!(
-        "| ClickHouse {}.{} | rows | seconds | rows/s |",
-        version.major, version.minor
+        "ClickHouse {}, rows of 4 registers per meter and quarter-hour, batches of {BATCH_ROWS}.\n",
+        env.client("SELECT version()")
     );
-    println!("|---|---|---|---|");
-    println!(
-        "| meterflow sink (RowBinary from Arrow over HTTP, {} batches of {BATCH_ROWS}) | {rows} | {sink_s:.2} | {:.0} |",
-        batches.len(),
-        rows as f64 / sink_s
-    );
-    println!(
-        "| clickhouse-client, Native file ({:.0} MiB) over TCP | {rows} | {native_s:.2} | {:.0} |",
-        bytes as f64 / 1048576.0,
-        rows as f64 / native_s
-    );
+    let header = "| load | rows | s | rows/s | × client Native | loader CPU s | server CPU s | CPU µs/row | parts active / inserted |\n|---|---|---|---|---|---|---|---|---|";
+    let work = std::env::temp_dir().join("meterflow-bench-ch");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    for &rows in &counts {
+        let data = batches(rows);
+        println!("### {rows} rows\n\n{header}");
+        // The client's files come from the sink's table (the same rows, the server's layout).
+        let sink = sink_load(
+            &env,
+            &runtime,
+            "meterflow sink (Native, 2 in flight)",
+            "mf_sink",
+            &data,
+            None,
+            |_| {},
+        );
+        let native = work.join("readings.native");
+        let tsv = work.join("readings.tsv");
+        for (file, format) in [(&native, "Native"), (&tsv, "TabSeparated")] {
+            let out = std::fs::File::create(file).unwrap();
+            let status = Command::new("clickhouse-client")
+                .args([
+                    "--port",
+                    &env.port,
+                    "--query",
+                    &format!("SELECT * FROM mf_sink.readings FORMAT {format}"),
+                ])
+                .stdout(out)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let client_native = client_load(
+            &env,
+            &runtime,
+            "clickhouse-client, Native file",
+            "mf_client",
+            rows,
+            (&native, "Native"),
+            &env.port,
+        );
+        let client_tsv = client_load(
+            &env,
+            &runtime,
+            "clickhouse-client, TSV file",
+            "mf_client",
+            rows,
+            (&tsv, "TabSeparated"),
+            &env.port,
+        );
+        let sink2 = sink_load(
+            &env,
+            &runtime,
+            "meterflow sink (Native, 2 in flight), again",
+            "mf_sink",
+            &data,
+            None,
+            |_| {},
+        );
+        let client_native2 = client_load(
+            &env,
+            &runtime,
+            "clickhouse-client, Native file, again",
+            "mf_client",
+            rows,
+            (&native, "Native"),
+            &env.port,
+        );
+        let reference = if client_native2.seconds < client_native.seconds {
+            &client_native2
+        } else {
+            &client_native
+        };
+        for load in [&sink, &client_native, &client_tsv, &sink2, &client_native2] {
+            println!("{}", load.row(Some(reference)));
+        }
+        if let Some(bin) = &env.bin {
+            let tree = parquet_tree(&work.join(format!("tree-{rows}")), &data);
+            env.fresh(&runtime, "mf_import");
+            let state = work.join(format!("import-state-{rows}"));
+            let _ = std::fs::remove_dir_all(&state);
+            let mut command = Command::new(bin);
+            command
+                .args(["import", "--clickhouse-url", &env.url, "--data-dir"])
+                .arg(&state)
+                .arg(&tree)
+                .env("METERFLOW_CONFIG", work.join("import.toml"));
+            std::fs::write(
+                work.join("import.toml"),
+                "[clickhouse]\ndatabase = \"mf_import\"\n",
+            )
+            .unwrap();
+            let load = command_load(
+                &env,
+                "meterflow import (Parquet tree → ClickHouse)",
+                "mf_import",
+                rows,
+                command,
+            );
+            println!("{}", load.row(Some(reference)));
+        }
+        if rows <= 2_000_000 {
+            let variants: [(&str, Tune); 5] = [
+                (
+                    "sink: RowBinary, 1 in flight (before)",
+                    Box::new(|c| {
+                        c.insert_format = InsertFormat::RowBinary;
+                        c.max_inflight_inserts = 1;
+                    }),
+                ),
+                (
+                    "sink: Native, 1 in flight",
+                    Box::new(|c| c.max_inflight_inserts = 1),
+                ),
+                (
+                    "sink: Native, 4 in flight",
+                    Box::new(|c| c.max_inflight_inserts = 4),
+                ),
+                (
+                    "sink: Native, lz4",
+                    Box::new(|c| c.compression = InsertCompression::Lz4),
+                ),
+                (
+                    "sink: Native, zstd",
+                    Box::new(|c| c.compression = InsertCompression::Zstd),
+                ),
+            ];
+            for (what, tune) in variants {
+                let load = sink_load(&env, &runtime, what, "mf_sink", &data, None, tune);
+                println!("{}", load.row(Some(reference)));
+            }
+            // A slow link: 100 Mbit/s each way, through a proxy, for the sink and the client.
+            let rate = 100e6 / 8.0;
+            let http = env.url.trim_start_matches("http://").to_string();
+            let slow_http = slow_proxy(http, rate);
+            let slow_tcp = slow_proxy(format!("127.0.0.1:{}", env.port), rate);
+            let slow_url = format!("http://127.0.0.1:{slow_http}");
+            for (what, compression) in [
+                ("100 Mbit/s: sink, no compression", InsertCompression::None),
+                ("100 Mbit/s: sink, lz4", InsertCompression::Lz4),
+                ("100 Mbit/s: sink, zstd", InsertCompression::Zstd),
+            ] {
+                let load = sink_load(
+                    &env,
+                    &runtime,
+                    what,
+                    "mf_sink",
+                    &data,
+                    Some(&slow_url),
+                    |c| c.compression = compression,
+                );
+                println!("{}", load.row(Some(reference)));
+            }
+            let load = client_load(
+                &env,
+                &runtime,
+                "100 Mbit/s: clickhouse-client, Native (its LZ4)",
+                "mf_client",
+                rows,
+                (&native, "Native"),
+                &slow_tcp.to_string(),
+            );
+            println!("{}", load.row(Some(reference)));
+        }
+        let bytes =
+            |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0;
+        println!(
+            "\nFiles: Native {:.0} MiB, TSV {:.0} MiB.\n",
+            bytes(&native),
+            bytes(&tsv)
+        );
+        for db in ["mf_sink", "mf_client", "mf_import"] {
+            env.client(&format!("DROP DATABASE IF EXISTS {db}"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
 }

@@ -170,8 +170,9 @@ struct FileProgress {
     /// Input rows (data rows of a CSV, bad ones included; rows of a Parquet file) in the sink.
     rows_done: u64,
     done: bool,
-    /// `received_at` of the file's CSV rows (and its dead letters): the same in a rerun.
-    received_at_ms: i64,
+    /// A hash of the CSV settings the file was read with (0 for Parquet): other settings
+    /// read it anew.
+    settings: u64,
 }
 
 /// `{data_dir}/import/progress.json`: per target and file, how far the import got.
@@ -331,6 +332,39 @@ impl Sink {
             .collect()
     }
 
+    /// Removes the Parquet files an earlier import of `key` wrote (a file imported again from
+    /// its start: changed, other settings, --restart), so its rows are not there twice.
+    fn forget(&self, key: &str) -> anyhow::Result<()> {
+        let Sink::Parquet { data_dir, .. } = self else {
+            return Ok(());
+        };
+        let prefix = format!("part-import-{:016x}-", fnv1a(key));
+        let root = data_dir.join("readings");
+        let Ok(days) = std::fs::read_dir(&root) else {
+            return Ok(());
+        };
+        for day in days.flatten() {
+            let Ok(files) = std::fs::read_dir(day.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                if file.file_name().to_string_lossy().starts_with(&prefix) {
+                    std::fs::remove_file(file.path())
+                        .with_context(|| format!("removing {}", file.path().display()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the sink can still take chunks (the ClickHouse writer's thread is alive).
+    fn is_alive(&self) -> bool {
+        match self {
+            Sink::ClickHouse { writer, .. } => writer.is_running(),
+            Sink::Parquet { .. } => true,
+        }
+    }
+
     fn is_idle(&self) -> bool {
         match self {
             Sink::ClickHouse { writer, .. } => writer.pending() == 0,
@@ -354,12 +388,15 @@ impl Importer {
     /// Takes what the sink has confirmed into the progress record (saved at most once a
     /// second, and at the end), and keeps refused batches as dead letters.
     fn settle(&mut self, force: bool) -> anyhow::Result<()> {
+        // Confirmed chunks first, then the refused batches: the writer hands a refused batch
+        // back before it confirms its chunk, so every chunk taken here has its refusals
+        // taken too, and they are written before the position is saved.
+        for mark in self.sink.confirmed() {
+            self.progress.set(&mark.key, mark.progress);
+        }
         for letter in self.sink.refused() {
             self.dead_letters.write(&letter)?;
             self.summary.dead_letters += 1;
-        }
-        for mark in self.sink.confirmed() {
-            self.progress.set(&mark.key, mark.progress);
         }
         if force || self.last_save.elapsed() >= Duration::from_secs(1) {
             // Dead letters first: a position is saved only once the bad rows before it are kept.
@@ -392,17 +429,18 @@ impl Importer {
         side: &mut SideRows,
         input: &Input,
         format: &str,
-        at: &FileProgress,
         bad: csv::BadRow,
     ) -> anyhow::Result<()> {
         let csv::BadRow { line, raw, reason } = bad;
         let topic = input.path.display().to_string();
+        // The file's modification time: the same in a rerun, so its rows collapse.
+        let received_at_ms = i64::try_from(input.modified_ns / 1_000_000).unwrap_or(0);
         self.summary.dead_letters += 1;
         self.display.dead_letter();
         if self.with_clickhouse {
             let lsn = (1 << 62) | ((fnv1a(&topic) ^ line) & ((1 << 62) - 1));
             side.dead_letters.push(DeadLetterRow {
-                received_at_ms: at.received_at_ms,
+                received_at_ms,
                 source: "import".into(),
                 topic: topic.clone(),
                 meter_id: String::new(),
@@ -414,7 +452,7 @@ impl Importer {
             });
         }
         self.dead_letters.write(&DeadLetter {
-            received_at_ms: at.received_at_ms,
+            received_at_ms,
             source: "import".into(),
             topic,
             meter_id: None,
@@ -450,13 +488,16 @@ impl Importer {
                     value: row.value,
                     unit: &row.unit,
                     quality: row.quality,
-                    received_at_ms: at.received_at_ms,
+                    // The reading's own time: the same in every run (so a rerun writes the same
+                    // row), and older than any live delivery of that reading, which so wins
+                    // in ReplacingMergeTree(received_at) over imported history.
+                    received_at_ms: row.ts_ms,
                     source: "import",
                     format: "csv",
                 }),
                 Some(Err(mut bad)) => {
                     bad.reason = format!("line {}: {}", bad.line, bad.reason);
-                    self.bad_row(&mut side, input, "csv", &at, bad)?
+                    self.bad_row(&mut side, input, "csv", bad)?
                 }
                 None => {}
             }
@@ -528,14 +569,15 @@ impl Importer {
                             raw,
                             reason: format!("row {read}: {reason}"),
                         };
-                        self.bad_row(&mut side, input, "parquet", &at, bad)?;
+                        self.bad_row(&mut side, input, "parquet", bad)?;
                     }
                 }
                 if read - chunk_start >= CHUNK_ROWS {
                     at.rows_done = read;
                     at.done = read >= total;
                     self.parquet_chunk(&mut out, &mut side, key, &at, chunk_start)?;
-                    let bytes = input.size * read / total.max(1);
+                    let bytes = (u128::from(input.size) * u128::from(read)
+                        / u128::from(total.max(1))) as u64;
                     self.display.advance(input, bytes, self.summary.rows);
                     chunk_start = read;
                 }
@@ -573,8 +615,11 @@ fn target_name(config: &Config) -> String {
     if config.clickhouse.enabled() {
         let url = &config.clickhouse.url;
         let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
-        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-        let host = host.split(['/', '?']).next().unwrap_or(host);
+        // The authority ends at the first `/`, `?` or `#`; credentials end at its last `@`.
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
         format!(
             "clickhouse {scheme}://{host}/{}",
             config.clickhouse.database
@@ -607,6 +652,36 @@ pub fn run(config: &Config, options: &ImportOptions) -> anyhow::Result<ImportSum
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let target = target_name(config);
+    let inputs = if config.clickhouse.enabled() {
+        // A wrong address or password stops here, with the server's answer, instead of
+        // being retried as an outage.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let version = runtime
+            .block_on(meterflow_storage::clickhouse::server_version(
+                &config.clickhouse,
+            ))
+            .with_context(|| format!("{target}: cannot reach ClickHouse"))?;
+        tracing::info!(?version, "ClickHouse answers");
+        inputs
+    } else {
+        // The target's own tree is not an input (it would import its own output again).
+        let own = config
+            .data_dir
+            .join("readings")
+            .canonicalize()
+            .unwrap_or_else(|_| config.data_dir.join("readings"));
+        let (skip, keep): (Vec<_>, Vec<_>) =
+            inputs.into_iter().partition(|i| i.path.starts_with(&own));
+        if !skip.is_empty() {
+            tracing::warn!(files = skip.len(), dir = %own.display(), "skipping the files of the data folder being imported into");
+        }
+        if keep.is_empty() {
+            bail!("every file given is in the Parquet tree being imported into");
+        }
+        keep
+    };
     let sink = if config.clickhouse.enabled() {
         let writer =
             ClickHouseWriter::start(config.clickhouse.clone(), Arc::new(AtomicBool::new(false)))?;
@@ -639,27 +714,40 @@ pub fn run(config: &Config, options: &ImportOptions) -> anyhow::Result<ImportSum
     tracing::info!(target = %target, files = inputs.len(), bytes = total_bytes, "importing");
     for input in &inputs {
         let key = format!("{target}\t{}", input.path.display());
+        let settings = match (input.kind, &options.csv) {
+            (Kind::Csv, Some(csv)) => fnv1a(&format!("{csv:?}")),
+            _ => 0,
+        };
         let fresh = FileProgress {
             size: input.size,
             modified_ns: input.modified_ns,
             rows_done: 0,
             done: false,
-            received_at_ms: meterflow_proto::now_ms(),
+            settings,
         };
         let start = match importer.progress.files.get(&key) {
+            _ if options.restart => fresh,
+            None => fresh,
             Some(p)
-                if !options.restart
-                    && p.size == input.size
-                    && p.modified_ns == input.modified_ns =>
+                if p.size == input.size
+                    && p.modified_ns == input.modified_ns
+                    && p.settings == settings =>
             {
                 p.clone()
             }
-            Some(_) if !options.restart => {
+            Some(p) if p.settings != settings => {
+                tracing::warn!(file = %input.path.display(), "imported earlier with other CSV settings; importing it again from its start (rows of the earlier settings are not removed)");
+                fresh
+            }
+            Some(_) => {
                 tracing::warn!(file = %input.path.display(), "the file changed since an earlier import; importing it from its start");
                 fresh
             }
-            _ => fresh,
         };
+        if start.rows_done == 0 {
+            // What an earlier, different pass wrote under this file's names goes first.
+            importer.sink.forget(&key)?;
+        }
         if start.done {
             importer.summary.files_already_done += 1;
             importer.display.skip(input);
@@ -687,6 +775,9 @@ pub fn run(config: &Config, options: &ImportOptions) -> anyhow::Result<ImportSum
     }
     // Wait for ClickHouse to take everything (it retries while the server is away).
     while !importer.sink.is_idle() {
+        if !importer.sink.is_alive() {
+            bail!("the ClickHouse writer stopped; what it did not confirm is imported again by the next run");
+        }
         importer.settle(false)?;
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -823,6 +914,11 @@ mod tests {
     fn target_names_carry_no_credentials() {
         let mut config = Config::default();
         config.clickhouse.url = "http://ingest:s3cret@ch.example:8123/?x=1".into();
+        assert_eq!(
+            target_name(&config),
+            "clickhouse http://ch.example:8123/meterflow"
+        );
+        config.clickhouse.url = "http://ch.example:8123/?user=u&password=ab@Cd9".into();
         assert_eq!(
             target_name(&config),
             "clickhouse http://ch.example:8123/meterflow"

@@ -113,6 +113,28 @@ impl SideRows {
         }
     }
 
+    /// The status rows (`statuses`) or the dead letters, one row each (to find the one a
+    /// server refuses).
+    pub fn split_rows(&self, statuses: bool) -> Vec<SideRows> {
+        if statuses {
+            self.statuses
+                .iter()
+                .map(|r| SideRows {
+                    statuses: vec![r.clone()],
+                    ..Default::default()
+                })
+                .collect()
+        } else {
+            self.dead_letters
+                .iter()
+                .map(|r| SideRows {
+                    dead_letters: vec![r.clone()],
+                    ..Default::default()
+                })
+                .collect()
+        }
+    }
+
     /// The oldest WAL record with a row here.
     pub fn oldest_lsn(&self) -> Option<u64> {
         self.oldest_lsn

@@ -33,7 +33,10 @@ impl ClickHouseError {
     /// for meterflow's own checks of what it sends (a batch of another shape, a version it
     /// cannot read): those fail the same way every time.
     pub fn is_retryable(&self) -> bool {
-        if matches!(self.source, clickhouse::error::Error::Custom(_)) {
+        if matches!(
+            self.source,
+            clickhouse::error::Error::Custom(_) | clickhouse::error::Error::Compression(_)
+        ) {
             return false;
         }
         !self.code().is_some_and(|c| DATA_ERROR_CODES.contains(&c))

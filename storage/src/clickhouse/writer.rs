@@ -173,6 +173,12 @@ impl ClickHouseWriter {
         self.confirmed.load(Ordering::Acquire)
     }
 
+    /// Whether the writer's thread still runs (it ends only at `close`, or when its runtime
+    /// cannot start).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Jobs sent and not yet confirmed.
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Acquire)
@@ -208,7 +214,26 @@ struct Confirmations {
     pending: Arc<AtomicUsize>,
 }
 
+impl Confirmations {
+    /// Takes the outcome of the oldest unit in flight; returns whether the writer has
+    /// abandoned a unit. A finished unit is confirmed only while none before it was
+    /// abandoned: an abandoned unit (shutdown while ClickHouse is away, a failed task) is
+    /// neither confirmed nor uncounted, so `oldest_held` stays at it and the checkpoint does
+    /// not pass it, whatever finishes after it.
+    fn settle(&self, outcome: UnitOutcome, through_lsn: u64, jobs: usize, abandoned: bool) -> bool {
+        match outcome {
+            UnitOutcome::Done if !abandoned => {
+                self.confirmed.fetch_max(through_lsn, Ordering::AcqRel);
+                self.pending.fetch_sub(jobs, Ordering::AcqRel);
+                false
+            }
+            _ => true,
+        }
+    }
+}
+
 /// What became of a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum UnitOutcome {
     /// Every part inserted, or refused and handed back.
     Done,
@@ -238,19 +263,11 @@ async fn run_writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>, order: C
             finished = front(&mut inflight) => {
                 let Some((_, through_lsn, count)) = inflight.pop_front() else { continue };
                 inflight_gauge.set(inflight.len() as f64);
-                match finished {
-                    Ok(UnitOutcome::Done) => {
-                        order.confirmed.fetch_max(through_lsn, Ordering::AcqRel);
-                        order.pending.fetch_sub(count, Ordering::AcqRel);
-                    }
-                    // Not confirmed, and `pending` stays up: the checkpoint stops before it.
-                    // Units after it may finish; they are not confirmed either.
-                    Ok(UnitOutcome::Abandoned) => abandoned = true,
-                    Err(e) => {
-                        tracing::error!(error = %e, "a ClickHouse insert task failed; what it held stays in the WAL");
-                        abandoned = true;
-                    }
-                }
+                let outcome = finished.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "a ClickHouse insert task failed; what it held stays in the WAL");
+                    UnitOutcome::Abandoned
+                });
+                abandoned = order.settle(outcome, through_lsn, count, abandoned);
             }
             job = take_job(&mut next, &mut jobs), if room => {
                 let Some(job) = job else {
@@ -380,6 +397,7 @@ fn encode_part(
     side: &SideRows,
     batches: &[RecordBatch],
     layout: &TableLayout,
+    rowbinary: bool,
 ) -> Result<Request, ClickHouseError> {
     let db = &config.database;
     let lsn = |with: bool| if with { ", lsn" } else { "" };
@@ -409,7 +427,7 @@ fn encode_part(
                 source: clickhouse::error::Error::Custom(e.to_string()),
             };
             let native = match (config.insert_format, &layout.readings_native) {
-                (InsertFormat::Native, Some(native)) => Some(native),
+                (InsertFormat::Native, Some(native)) if !rowbinary => Some(native),
                 _ => None,
             };
             let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
@@ -481,6 +499,18 @@ async fn insert_unit(shared: Arc<Shared>, unit: Unit) -> UnitOutcome {
                     }
                 }
             }
+            Outcome::Refused(e) if part != Part::Readings && unit.side.size().0 > 1 => {
+                // Side rows of several jobs: only the row at fault stays out.
+                tracing::warn!(error = %e, table = part.table(), "ClickHouse refused side rows; inserting them one by one");
+                for one in unit.side.split_rows(part == Part::Statuses) {
+                    let one = Arc::new(one);
+                    match shared.insert(part, &one, &[]).await {
+                        Outcome::Inserted => {}
+                        Outcome::Refused(e) => shared.refused(part, None, &e),
+                        Outcome::Abandoned => return UnitOutcome::Abandoned,
+                    }
+                }
+            }
             Outcome::Refused(e) => shared.refused(part, unit.batches.first(), &e),
         }
     }
@@ -545,11 +575,12 @@ impl Shared {
         side: &Arc<SideRows>,
         batches: &[RecordBatch],
         layout: Arc<TableLayout>,
+        rowbinary: bool,
     ) -> Result<(), ClickHouseError> {
         let started = std::time::Instant::now();
         let (config, side, batches) = (self.config.clone(), side.clone(), batches.to_vec());
         let encoded = tokio::task::spawn_blocking(move || {
-            let request = encode_part(&config, part, &side, &batches, &layout)?;
+            let request = encode_part(&config, part, &side, &batches, &layout, rowbinary)?;
             let raw = request.body.len();
             let body = compress(request.body, config.compression, part)?;
             Ok::<_, ClickHouseError>((request.sql, body, raw))
@@ -570,7 +601,11 @@ impl Shared {
         };
         match body {
             Body::Plain(bytes) => insert.send(bytes).await.map_err(err)?,
-            Body::Compressed(data) => insert.send_compressed(data).await.map_err(err)?,
+            Body::Compressed(frames) => {
+                for frame in frames {
+                    insert.send_compressed(frame).await.map_err(err)?;
+                }
+            }
         }
         insert.end().await.map_err(err)?;
         metrics::histogram!("meterflow_batch_write_seconds", "sink" => "clickhouse", "table" => part.table())
@@ -588,6 +623,9 @@ impl Shared {
         let mut attempt = 0u32;
         // Whether the layout was read for this part (else it may be stale).
         let mut layout_fresh = false;
+        // Readings refused in Native go once more as RowBinary before the rows are blamed
+        // (an encoder that disagrees with a server version must not dead-letter everything).
+        let mut rowbinary = false;
         loop {
             attempt += 1;
             layout_fresh |= self.layout.lock().await.is_none();
@@ -595,21 +633,36 @@ impl Shared {
                 // Applying or reading the schema is retried whatever failed: it is not the
                 // rows' fault.
                 Err(e) => e,
-                Ok(layout) => match self.insert_once(part, side, batches, layout).await {
-                    Ok(()) => {
-                        self.failing_since_ms.store(0, Ordering::Release);
-                        return Outcome::Inserted;
+                Ok(layout) => {
+                    let native = part == Part::Readings
+                        && self.config.insert_format == InsertFormat::Native
+                        && layout.readings_native.is_some();
+                    match self
+                        .insert_once(part, side, batches, layout, rowbinary)
+                        .await
+                    {
+                        Ok(()) => {
+                            self.failing_since_ms.store(0, Ordering::Release);
+                            return Outcome::Inserted;
+                        }
+                        // The tables may have changed under a layout read earlier (a
+                        // migration): read it again once before blaming the rows.
+                        Err(e) if !e.is_retryable() && !layout_fresh => {
+                            self.forget_layout().await;
+                            layout_fresh = true;
+                            e
+                        }
+                        Err(e) if !e.is_retryable() && native && !rowbinary => {
+                            tracing::warn!(error = %e, "ClickHouse refused readings in Native; trying RowBinary");
+                            metrics::counter!("meterflow_clickhouse_native_fallbacks_total")
+                                .increment(1);
+                            rowbinary = true;
+                            continue;
+                        }
+                        Err(e) if !e.is_retryable() => return Outcome::Refused(e),
+                        Err(e) => e,
                     }
-                    // The tables may have changed under a layout read earlier (a migration):
-                    // read it again once before blaming the rows.
-                    Err(e) if !e.is_retryable() && !layout_fresh => {
-                        self.forget_layout().await;
-                        layout_fresh = true;
-                        e
-                    }
-                    Err(e) if !e.is_retryable() => return Outcome::Refused(e),
-                    Err(e) => e,
-                },
+                }
             };
             if self.closing.load(Ordering::Acquire) {
                 tracing::warn!(error = %error, table = part.table(), "ClickHouse unavailable at shutdown; the batch stays in the WAL for the next start");
@@ -639,11 +692,15 @@ impl Shared {
     }
 }
 
-/// An insert body, compressed in ClickHouse's block framing or not.
+/// An insert body, compressed in ClickHouse's block framing (frames of
+/// [`COMPRESSED_FRAME`] bytes, as its own clients send them) or not.
 enum Body {
     Plain(Bytes),
-    Compressed(clickhouse::insert_formatted::CompressedData),
+    Compressed(Vec<clickhouse::insert_formatted::CompressedData>),
 }
+
+/// Uncompressed bytes per compressed frame (ClickHouse's clients use 1 MiB).
+const COMPRESSED_FRAME: usize = 1 << 20;
 
 fn compress(
     body: Vec<u8>,
@@ -653,10 +710,72 @@ fn compress(
     if compression == InsertCompression::None {
         return Ok(Body::Plain(Bytes::from(body)));
     }
-    clickhouse::insert_formatted::CompressedData::new(&body, compression.for_client())
+    body.chunks(COMPRESSED_FRAME)
+        .map(|frame| {
+            clickhouse::insert_formatted::CompressedData::new(frame, compression.for_client())
+        })
+        .collect::<Result<Vec<_>, _>>()
         .map(Body::Compressed)
         .map_err(|source| ClickHouseError {
             action: part.action(),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_after_an_abandoned_unit_is_confirmed() {
+        let order = Confirmations {
+            confirmed: Arc::new(AtomicU64::new(0)),
+            pending: Arc::new(AtomicUsize::new(4)),
+        };
+        // Units finish in order of submission: 1..=10 done, 11..=20 abandoned at shutdown,
+        // 21..=30 done after it (it had been in flight beside it).
+        let mut abandoned = order.settle(UnitOutcome::Done, 10, 1, false);
+        assert!(!abandoned);
+        assert_eq!(order.confirmed.load(Ordering::Acquire), 10);
+        abandoned = order.settle(UnitOutcome::Abandoned, 20, 2, abandoned);
+        abandoned = order.settle(UnitOutcome::Done, 30, 1, abandoned);
+        assert!(abandoned);
+        assert_eq!(order.confirmed.load(Ordering::Acquire), 10);
+        assert_eq!(
+            order.pending.load(Ordering::Acquire),
+            3,
+            "the checkpoint stays before the abandoned unit"
+        );
+    }
+
+    #[test]
+    fn queued_jobs_merge_up_to_the_row_limit() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let job = |rows: usize, lsn: u64| {
+            let mut b = meterflow_proto::ReadingBatchBuilder::default();
+            let meta = meterflow_proto::RowMeta {
+                meter_id: "m",
+                received_at_ms: 0,
+                source: meterflow_proto::Source::Mqtt,
+                format: meterflow_proto::Format::Pb,
+            };
+            for i in 0..rows {
+                b.append(&meta, "c", i as i64, 0.0, "", 0);
+            }
+            Job {
+                batch: b.finish(),
+                side: SideRows::default(),
+                through_lsn: lsn,
+            }
+        };
+        for (rows, lsn) in [(40, 2), (0, 3), (50, 4), (30, 5)] {
+            tx.try_send(job(rows, lsn)).unwrap();
+        }
+        let mut next = None;
+        let unit = merge_waiting(job(10, 1), &mut next, &mut rx, 95);
+        // 10 + 40 + 0 rows; the next 50 would pass 95 (an empty side-rows job merges freely).
+        assert_eq!((unit.jobs, unit.through_lsn, unit.batches.len()), (3, 3, 2));
+        let held = next.expect("the job past the limit starts the next unit");
+        assert_eq!(held.through_lsn, 4);
+    }
 }
