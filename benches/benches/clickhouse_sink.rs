@@ -36,7 +36,8 @@ const CHANNELS: [&str; 4] = ["1-0:1.8.1", "1-0:1.8.2", "1-0:2.8.1", "1-0:2.8.2"]
 struct Env {
     url: String,
     port: String,
-    server_pid: Option<u32>,
+    /// The private server's folder (its pid file; kill and start for the backlog).
+    dir: Option<PathBuf>,
     bin: Option<String>,
 }
 
@@ -66,7 +67,21 @@ impl Env {
     }
 
     fn server_cpu(&self) -> f64 {
-        self.server_pid.map_or(0.0, |p| cpu_s(&p.to_string()))
+        self.dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.join("pid")).ok())
+            .map_or(0.0, |p| cpu_s(p.trim()))
+    }
+
+    fn server(&self, command: &str) {
+        let dir = self.dir.as_ref().expect("METERFLOW_BENCH_CLICKHOUSE_DIR");
+        let status = Command::new("deploy/clickhouse-test.sh")
+            .arg(command)
+            .arg(dir)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "clickhouse-test.sh {command}");
     }
 
     /// Waits until the server merges nothing, so one load's merges do not bill the next.
@@ -352,9 +367,7 @@ fn main() {
     let env = Env {
         url: var("METERFLOW_BENCH_CLICKHOUSE_URL").expect("METERFLOW_BENCH_CLICKHOUSE_URL"),
         port: var("METERFLOW_BENCH_CLICKHOUSE_PORT").expect("METERFLOW_BENCH_CLICKHOUSE_PORT"),
-        server_pid: var("METERFLOW_BENCH_CLICKHOUSE_DIR")
-            .and_then(|d| std::fs::read_to_string(Path::new(&d).join("pid")).ok())
-            .and_then(|p| p.trim().parse().ok()),
+        dir: var("METERFLOW_BENCH_CLICKHOUSE_DIR").map(PathBuf::from),
         bin: var("METERFLOW_BIN"),
     };
     let counts: Vec<usize> = var("METERFLOW_BENCH_ROWS")
@@ -546,5 +559,146 @@ fn main() {
             env.client(&format!("DROP DATABASE IF EXISTS {db}"));
         }
     }
+    if let Some(bin) = &env.bin {
+        backlog(&env, &runtime, bin, &work);
+    }
     let _ = std::fs::remove_dir_all(&work);
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// ClickHouse is down while a fleet publishes 1000 × 1000 reports (5M rows) to `serve`: the
+/// WAL holds them. Then ClickHouse comes back; timed until `readings` holds every row, beside
+/// clickhouse-client loading the same rows from a Native file.
+fn backlog(env: &Env, runtime: &tokio::runtime::Runtime, bin: &str, work: &Path) {
+    let plan = meterflow::simulate::Plan {
+        meters: 1000,
+        messages: 1000,
+        format: Format::Pb,
+        shape: meterflow::simulate::Shape::Readings,
+        start_ms: 1_719_792_000_000,
+        interval_s: 900,
+        prefix: "backlog-".into(),
+    };
+    let rows: usize = plan.expected_rows(0, 0).len() * plan.meters * plan.messages;
+    env.settle();
+    env.fresh(runtime, "mf_backlog");
+    env.server("kill");
+    let data = work.join("backlog-data");
+    let _ = std::fs::remove_dir_all(&data);
+    let config = work.join("backlog.toml");
+    std::fs::write(&config, "[clickhouse]\ndatabase = \"mf_backlog\"\n").unwrap();
+    let mqtt = free_port();
+    let mut serve = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--clickhouse-url", &env.url, "--data-dir"])
+        .arg(&data)
+        .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
+        .args(["--mqtt-v5-listen", "off", "--coap-listen", "off"])
+        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", mqtt)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new(bin)
+        .args(["simulate", "--json", "--mqtt", &format!("127.0.0.1:{mqtt}")])
+        .args(["--meters", "1000", "--messages", "1000", "--format", "pb"])
+        .args([
+            "--prefix",
+            "backlog-",
+            "--start",
+            "2024-07-01T00:00:00Z",
+            "--interval-s",
+            "900",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let wal_mib = dir_bytes(&data.join("wal")) as f64 / 1048576.0;
+    env.server("start");
+    let started = Instant::now();
+    let count = || env.client("SELECT count() FROM mf_backlog.readings FINAL");
+    loop {
+        if count() == rows.to_string() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "the backlog never completed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let replay = started.elapsed().as_secs_f64();
+    let parts = env.parts("mf_backlog");
+    let _ = Command::new("kill").arg(serve.id().to_string()).status();
+    let _ = serve.wait();
+    // The reference: the same rows from a Native file, by the client.
+    let native = work.join("backlog.native");
+    let file = std::fs::File::create(&native).unwrap();
+    let status = Command::new("clickhouse-client")
+        .args([
+            "--port",
+            &env.port,
+            "--query",
+            "SELECT * FROM mf_backlog.readings FINAL FORMAT Native",
+        ])
+        .stdout(file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let client = client_load(
+        env,
+        runtime,
+        "clickhouse-client, the same rows from a Native file",
+        "mf_client",
+        rows,
+        (&native, "Native"),
+        &env.port,
+    );
+    println!("\n### Backlog replay: ClickHouse down while {rows} rows waited in the WAL ({wal_mib:.0} MiB)\n");
+    println!("| load | rows | s | rows/s | × client | parts active / inserted |\n|---|---|---|---|---|---|");
+    println!(
+        "| ClickHouse back → `readings FINAL` complete (serve replaying its WAL) | {rows} | {replay:.2} | {:.0} | {:.2} | {} / {} |",
+        rows as f64 / replay,
+        client.seconds / replay,
+        parts.0,
+        parts.1
+    );
+    println!(
+        "| {} | {rows} | {:.2} | {:.0} | 1.00 | {} / {} |",
+        client.what,
+        client.seconds,
+        rows as f64 / client.seconds,
+        client.parts.0,
+        client.parts.1
+    );
+    for db in ["mf_backlog", "mf_client"] {
+        env.client(&format!("DROP DATABASE IF EXISTS {db}"));
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
