@@ -75,7 +75,8 @@ impl Env {
 
     fn server(&self, command: &str) {
         let dir = self.dir.as_ref().expect("METERFLOW_BENCH_CLICKHOUSE_DIR");
-        let status = Command::new("deploy/clickhouse-test.sh")
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/clickhouse-test.sh");
+        let status = Command::new(script)
             .arg(command)
             .arg(dir)
             .stdout(Stdio::null())
@@ -370,10 +371,12 @@ fn main() {
         dir: var("METERFLOW_BENCH_CLICKHOUSE_DIR").map(PathBuf::from),
         bin: var("METERFLOW_BIN"),
     };
+    // `0` runs the backlog replay alone.
     let counts: Vec<usize> = var("METERFLOW_BENCH_ROWS")
         .unwrap_or_else(|| "2000000".into())
         .split(',')
         .map(|n| n.trim().parse().unwrap())
+        .filter(|&n| n > 0)
         .collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

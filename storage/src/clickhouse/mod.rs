@@ -116,7 +116,7 @@ impl Default for ClickHouseConfig {
             max_inflight_inserts: 2,
             max_insert_rows: 1_000_000,
             insert_format: InsertFormat::Native,
-            compression: InsertCompression::None,
+            compression: InsertCompression::Lz4,
             settings: Default::default(),
         }
     }
