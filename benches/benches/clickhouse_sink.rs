@@ -463,6 +463,17 @@ fn main() {
         for load in [&sink, &client_native, &client_tsv, &sink2, &client_native2] {
             println!("{}", load.row(Some(reference)));
         }
+        // More batches may wait, and so merge: inserts of up to 1M rows under a bulk load.
+        let deep = sink_load(
+            &env,
+            &runtime,
+            "meterflow sink, queue_batches = 10",
+            "mf_sink",
+            &data,
+            None,
+            |c| c.queue_batches = 10,
+        );
+        println!("{}", deep.row(Some(reference)));
         if let Some(bin) = &env.bin {
             let tree = parquet_tree(&work.join(format!("tree-{rows}")), &data);
             env.fresh(&runtime, "mf_import");

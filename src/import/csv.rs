@@ -1785,13 +1785,13 @@ mod tests {
 
     /// A public file: the BDEW standard load profiles as demandlib 0.2.2 ships them
     /// (`demandlib/bdew/bdew_data/selp_series.csv`, MIT; data published by BDEW), see
-    /// `shared/vectors/load_profiles/SOURCES.md`. Its first column has an empty name and holds
+    /// `tests/fixtures/load_profiles/SOURCES.md`. Its first column has an empty name and holds
     /// naive quarter-hour stamps; 21 typical days of 96 rows each.
     #[test]
     fn reads_the_bdew_selp_series() {
         const PATH: &str = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/vectors/load_profiles/demandlib_bdew/selp_series.csv"
+            "/tests/fixtures/load_profiles/selp_series.csv"
         );
         let text = std::fs::read_to_string(PATH).unwrap();
         let data_lines = text.lines().count() as u64 - 1;
