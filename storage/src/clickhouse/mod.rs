@@ -112,7 +112,7 @@ impl Default for ClickHouseConfig {
             ttl_days: 0,
             retry_initial_ms: 200,
             retry_max_ms: 30_000,
-            queue_batches: 4,
+            queue_batches: 10,
             max_inflight_inserts: 2,
             max_insert_rows: 1_000_000,
             insert_format: InsertFormat::Native,
