@@ -151,6 +151,19 @@ EAN;Tijdstip;Stand (Wh)
 const LEGACY_MAP: &str =
     "meter_id=EAN,channel=\"1-0:1.8.0\",ts=Tijdstip,value=Stand (Wh),unit=\"Wh\",ts_format=\"%d-%m-%Y %H:%M\"";
 
+/// The arguments that read [`LEGACY_CSV`] in `file`.
+fn legacy_args(file: &Path) -> [&str; 7] {
+    [
+        "--map",
+        LEGACY_MAP,
+        "--tz",
+        "Europe/Amsterdam",
+        "--to-unit",
+        "kWh",
+        file.to_str().unwrap(),
+    ]
+}
+
 /// (UTC seconds, kWh) the export means.
 const LEGACY_ROWS: [(i64, f64); 6] = [
     (1_729_986_300, 1000.0),    // 01:45 CEST = 23:45Z
@@ -170,15 +183,7 @@ fn a_legacy_csv_with_local_times_and_wh_goes_in_exactly_with_its_bad_row_kept() 
     let file = dir.path().join("export-2024-10.csv");
     std::fs::write(&file, LEGACY_CSV).unwrap();
     let state = dir.path().join("state");
-    let args = [
-        "--map",
-        LEGACY_MAP,
-        "--tz",
-        "Europe/Amsterdam",
-        "--to-unit",
-        "kWh",
-        file.to_str().unwrap(),
-    ];
+    let args = legacy_args(&file);
     let summary = import(&config, &state, &args);
     assert_eq!(summary["rows"], 6, "{summary}");
     assert_eq!(summary["dead_letters"], 1);
@@ -368,15 +373,7 @@ fn without_clickhouse_a_csv_goes_into_the_parquet_tree_once() {
     std::fs::write(&file, LEGACY_CSV).unwrap();
     let data = dir.path().join("data");
     let (_cfg, config) = config_file("");
-    let args = [
-        "--map",
-        LEGACY_MAP,
-        "--tz",
-        "Europe/Amsterdam",
-        "--to-unit",
-        "kWh",
-        file.to_str().unwrap(),
-    ];
+    let args = legacy_args(&file);
     let summary = import(&config, &data, &args);
     assert_eq!(summary["rows"], 6, "{summary}");
     assert!(summary["target"].as_str().unwrap().starts_with("parquet "));

@@ -189,24 +189,31 @@ pub const EARLIEST_TS_MS: i64 = 946_684_800_000;
 /// How far ahead of the receive time a reading may be stamped (clock drift, time zones gone wrong).
 pub const MAX_AHEAD_MS: i64 = 86_400_000;
 
+/// The length limits of a reading's channel ([`MAX_CHANNEL_BYTES`]) and unit
+/// ([`MAX_UNIT_BYTES`]), for decoded payloads and imported rows alike.
+pub fn check_channel_and_unit(channel: &str, unit: &str) -> Result<(), String> {
+    if channel.len() > MAX_CHANNEL_BYTES {
+        return Err(format!(
+            "channel is {} bytes, at most {MAX_CHANNEL_BYTES}",
+            channel.len()
+        ));
+    }
+    if unit.len() > MAX_UNIT_BYTES {
+        return Err(format!(
+            "unit is {} bytes, at most {MAX_UNIT_BYTES}",
+            unit.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Rejects, part by part, what no meter sends and what would make one payload cost the
 /// pipeline gigabytes or thousands of files: over-long names and units, huge series, and
 /// timestamps outside 2000-01-01 .. receive time + 1 day.
 fn enforce_limits(decoded: &mut Decoded<'_>, received_at_ms: i64) {
     let latest = received_at_ms.saturating_add(MAX_AHEAD_MS);
     let check = |channel: &str, unit: &str, first_ms: i64, last_ms: i64| -> Result<(), String> {
-        if channel.len() > MAX_CHANNEL_BYTES {
-            return Err(format!(
-                "channel is {} bytes, at most {MAX_CHANNEL_BYTES}",
-                channel.len()
-            ));
-        }
-        if unit.len() > MAX_UNIT_BYTES {
-            return Err(format!(
-                "unit is {} bytes, at most {MAX_UNIT_BYTES}",
-                unit.len()
-            ));
-        }
+        check_channel_and_unit(channel, unit)?;
         if first_ms < EARLIEST_TS_MS || last_ms > latest {
             return Err(format!(
                 "time {first_ms}..{last_ms} ms is outside 2000-01-01 .. receive time + 1 day"

@@ -72,7 +72,7 @@ use chrono::{
     TimeZone as _, Utc,
 };
 use chrono_tz::Tz;
-use meterflow_decoders::{EARLIEST_TS_MS, MAX_AHEAD_MS, MAX_CHANNEL_BYTES, MAX_UNIT_BYTES};
+use meterflow_decoders::{EARLIEST_TS_MS, MAX_AHEAD_MS};
 use meterflow_proto::is_valid_meter_id;
 use serde::Deserialize;
 
@@ -1067,7 +1067,8 @@ fn shown(text: &str) -> String {
 }
 
 /// The rules live data gets (the decoders' limits): the meter id pattern, a channel of 1 to
-/// [`MAX_CHANNEL_BYTES`] bytes, a unit of at most [`MAX_UNIT_BYTES`], a finite value, and a
+/// [`meterflow_decoders::MAX_CHANNEL_BYTES`] bytes, a unit of at most
+/// [`meterflow_decoders::MAX_UNIT_BYTES`], a finite value, and a
 /// time from 2000-01-01 to `now_ms` + 1 day.
 pub fn validate(row: &Row, now_ms: i64) -> Result<(), String> {
     validate_reading(
@@ -1098,18 +1099,7 @@ pub fn validate_reading(
     if channel.is_empty() {
         return Err("no channel".into());
     }
-    if channel.len() > MAX_CHANNEL_BYTES {
-        return Err(format!(
-            "channel is {} bytes, at most {MAX_CHANNEL_BYTES}",
-            channel.len()
-        ));
-    }
-    if unit.len() > MAX_UNIT_BYTES {
-        return Err(format!(
-            "unit is {} bytes, at most {MAX_UNIT_BYTES}",
-            unit.len()
-        ));
-    }
+    meterflow_decoders::check_channel_and_unit(channel, unit)?;
     if !value.is_finite() {
         return Err(format!("value {} is not finite", value));
     }
@@ -1129,6 +1119,7 @@ pub fn validate_reading(
 mod tests {
     use super::*;
     use chrono_tz::Europe;
+    use meterflow_decoders::{MAX_CHANNEL_BYTES, MAX_UNIT_BYTES};
 
     const SPEC: &str = r#"meter_id=EAN,channel="1-0:1.8.0",ts=Timestamp,value=Reading,unit="kWh""#;
 

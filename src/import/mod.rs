@@ -407,16 +407,24 @@ impl Importer {
         Ok(())
     }
 
+    /// Sends the chunk of `key`'s input rows from `chunk_start` to `at.rows_done`; its Parquet
+    /// files are named by file and chunk, the same in every run.
     fn chunk_done(
         &mut self,
         builder: &mut ReadingBatchBuilder,
         side: &mut SideRows,
-        mark: Mark,
-        name: &str,
+        key: &str,
+        at: &FileProgress,
+        chunk_start: u64,
     ) -> anyhow::Result<()> {
+        let name = format!("import-{:016x}-{:08}", fnv1a(key), chunk_start / CHUNK_ROWS);
+        let mark = Mark {
+            key: key.to_string(),
+            progress: at.clone(),
+        };
         let batch = builder.finish();
         self.summary.rows += batch.num_rows() as u64;
-        let marks = self.sink.write(batch, std::mem::take(side), mark, name)?;
+        let marks = self.sink.write(batch, std::mem::take(side), mark, &name)?;
         for mark in marks {
             self.progress.set(&mark.key, mark.progress);
         }
@@ -505,12 +513,7 @@ impl Importer {
             if end || read - chunk_start >= CHUNK_ROWS {
                 at.rows_done = read;
                 at.done = end;
-                let name = format!("import-{:016x}-{:08}", fnv1a(key), chunk_start / CHUNK_ROWS);
-                let mark = Mark {
-                    key: key.to_string(),
-                    progress: at.clone(),
-                };
-                self.chunk_done(&mut builder, &mut side, mark, &name)?;
+                self.chunk_done(&mut builder, &mut side, key, &at, chunk_start)?;
                 self.display
                     .advance(input, reader.bytes_read(), self.summary.rows);
                 chunk_start = read;
@@ -575,7 +578,7 @@ impl Importer {
                 if read - chunk_start >= CHUNK_ROWS {
                     at.rows_done = read;
                     at.done = read >= total;
-                    self.parquet_chunk(&mut out, &mut side, key, &at, chunk_start)?;
+                    self.chunk_done(&mut out, &mut side, key, &at, chunk_start)?;
                     let bytes = (u128::from(input.size) * u128::from(read)
                         / u128::from(total.max(1))) as u64;
                     self.display.advance(input, bytes, self.summary.rows);
@@ -586,26 +589,10 @@ impl Importer {
         if !at.done {
             at.rows_done = read;
             at.done = true;
-            self.parquet_chunk(&mut out, &mut side, key, &at, chunk_start)?;
+            self.chunk_done(&mut out, &mut side, key, &at, chunk_start)?;
             self.display.advance(input, input.size, self.summary.rows);
         }
         Ok(())
-    }
-
-    fn parquet_chunk(
-        &mut self,
-        out: &mut ReadingBatchBuilder,
-        side: &mut SideRows,
-        key: &str,
-        at: &FileProgress,
-        chunk_start: u64,
-    ) -> anyhow::Result<()> {
-        let name = format!("import-{:016x}-{:08}", fnv1a(key), chunk_start / CHUNK_ROWS);
-        let mark = Mark {
-            key: key.to_string(),
-            progress: at.clone(),
-        };
-        self.chunk_done(out, side, mark, &name)
     }
 }
 
@@ -696,11 +683,10 @@ pub fn run(config: &Config, options: &ImportOptions) -> anyhow::Result<ImportSum
             config: config.parquet.clone(),
         }
     };
-    let mut progress = ProgressRecord::open(&config.data_dir)?;
     let total_bytes = inputs.iter().map(|i| i.size).sum();
     let mut importer = Importer {
         sink,
-        progress: ProgressRecord::default(),
+        progress: ProgressRecord::open(&config.data_dir)?,
         dead_letters: DeadLetterStore::open(&config.data_dir)?,
         with_clickhouse: config.clickhouse.enabled(),
         display: Display::new(options.bar, total_bytes, inputs.len()),
@@ -710,7 +696,6 @@ pub fn run(config: &Config, options: &ImportOptions) -> anyhow::Result<ImportSum
         },
         last_save: Instant::now(),
     };
-    std::mem::swap(&mut importer.progress, &mut progress);
     tracing::info!(target = %target, files = inputs.len(), bytes = total_bytes, "importing");
     for input in &inputs {
         let key = format!("{target}\t{}", input.path.display());

@@ -12,18 +12,23 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     put_bytes(out, s.as_bytes());
 }
 
-/// A RowBinary String: LEB128 length, then the bytes (any bytes: ClickHouse does not check).
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    let mut len = bytes.len() as u64;
+/// ClickHouse's VarUInt (LEB128), in RowBinary and Native alike.
+pub(super) fn put_varuint(out: &mut Vec<u8>, mut v: u64) {
     loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
             out.push(byte);
-            break;
+            return;
         }
         out.push(byte | 0x80);
     }
+}
+
+/// A String (RowBinary and Native): VarUInt length, then the bytes (any bytes: ClickHouse
+/// does not check).
+pub(super) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varuint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
 

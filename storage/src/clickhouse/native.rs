@@ -20,6 +20,8 @@ use arrow_array::{Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow_schema::ArrowError;
 use meterflow_proto::ReadingColumns;
 
+use super::encode::{put_bytes, put_varuint};
+
 /// How the server stores one column of `readings`, as far as the encoder needs to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NativeType {
@@ -123,21 +125,6 @@ impl ReadingsNative {
         Ok(ReadingsNative { columns: out })
     }
 
-    /// The layout of the tables meterflow makes: `modern` for servers from 20.5 on.
-    pub fn of_schema(modern: bool) -> ReadingsNative {
-        let (lc, time) = if modern {
-            ("LowCardinality(String)", "DateTime64(3, 'UTC')")
-        } else {
-            ("String", "DateTime")
-        };
-        let types = ["String", lc, time, "Float64", lc, "UInt16", time, lc, lc];
-        let pairs: Vec<(&str, &str)> = COLUMNS.iter().map(|c| c.0).zip(types).collect();
-        // Every pair above is a type the encoder writes.
-        ReadingsNative::from_server_columns(pairs).unwrap_or(ReadingsNative {
-            columns: Vec::new(),
-        })
-    }
-
     /// Appends one Native block holding every row of `batch` (nothing for an empty batch: an
     /// empty block ends a Native stream); an error when the batch is not of the canonical
     /// schema.
@@ -180,23 +167,6 @@ impl ReadingsNative {
     pub fn column_list() -> String {
         COLUMNS.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
     }
-}
-
-fn put_varuint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_varuint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
 }
 
 fn put_text(out: &mut Vec<u8>, column: &StringArray, t: NativeType) {
@@ -305,6 +275,20 @@ fn put_times(out: &mut Vec<u8>, column: &TimestampMillisecondArray, t: NativeTyp
 mod tests {
     use super::*;
     use meterflow_proto::{Format, ReadingBatchBuilder, RowMeta, Source};
+
+    impl ReadingsNative {
+        /// The layout of the tables meterflow makes: `modern` for servers from 20.5 on.
+        fn of_schema(modern: bool) -> ReadingsNative {
+            let (lc, time) = if modern {
+                ("LowCardinality(String)", "DateTime64(3, 'UTC')")
+            } else {
+                ("String", "DateTime")
+            };
+            let types = ["String", lc, time, "Float64", lc, "UInt16", time, lc, lc];
+            let pairs: Vec<(&str, &str)> = COLUMNS.iter().map(|c| c.0).zip(types).collect();
+            ReadingsNative::from_server_columns(pairs).unwrap()
+        }
+    }
 
     fn batch() -> RecordBatch {
         let mut b = ReadingBatchBuilder::default();

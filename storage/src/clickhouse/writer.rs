@@ -84,7 +84,7 @@ impl ClickHouseWriter {
             closing: closing.clone(),
             failing_since_ms: failing_since_ms.clone(),
             rejected: rejected_tx,
-            config,
+            config: Arc::new(config),
         });
         let order = Confirmations {
             confirmed: confirmed.clone(),
@@ -467,7 +467,8 @@ enum Outcome {
 
 /// What the insert tasks share.
 struct Shared {
-    config: ClickHouseConfig,
+    /// Shared with each insert's encoding thread.
+    config: Arc<ClickHouseConfig>,
     /// The client for inserts (compressed as configured).
     client: clickhouse::Client,
     /// Read once the schema is applied; forgotten after a failure (a table may be gone).
