@@ -113,7 +113,7 @@ fn writer(url: &str, db: &str, tune: impl FnOnce(&mut ClickHouseConfig)) -> Clic
         ..Default::default()
     };
     tune(&mut config);
-    ClickHouseWriter::start(config, Arc::new(AtomicBool::new(false))).unwrap()
+    ClickHouseWriter::start(config, None, Arc::new(AtomicBool::new(false))).unwrap()
 }
 
 fn wait_confirmed(w: &ClickHouseWriter, through: u64) {

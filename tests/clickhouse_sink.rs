@@ -414,3 +414,130 @@ fn a_restart_during_a_clickhouse_outage_writes_no_parquet_row_twice() {
     assert_eq!(parquet.len(), want.len(), "no Parquet row twice");
     assert_eq!(distinct.len(), want.len());
 }
+
+/// The spool's files under a server's data folder.
+fn spool_files(data_dir: &std::path::Path) -> usize {
+    std::fs::read_dir(data_dir.join("clickhouse-spool"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// ClickHouse away for long: Parquet goes on (the batches for ClickHouse wait in the spool),
+/// a kill -9 then loses nothing (the spool is cleared at start-up and the WAL replays), and
+/// when ClickHouse returns every reading is there once and the spool is empty. A spool too
+/// small for the outage makes the pipeline wait, counted, and loses nothing either.
+#[test]
+fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
+    let ch = ClickHouse::private();
+    let plan = |prefix: &str| Plan {
+        meters: 20,
+        messages: 50,
+        format: Format::Pb,
+        shape: Shape::Readings,
+        start_ms: 1_719_792_000_000,
+        interval_s: 900,
+        prefix: prefix.into(),
+    };
+    let parquet_rows =
+        |server: &Server| server.metric("meterflow_rows_written_total{sink=\"parquet\"}") as usize;
+
+    // 1. A spool with room for the whole outage. A minute's backoff: the retry after the
+    //    outage comes from the probe that sees ClickHouse answer again.
+    let db = ClickHouse::fresh_database("mf_spool");
+    let (_cfg, config) = config_file(&format!(
+        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\nretry_initial_ms = 60000\nretry_max_ms = 60000\nqueue_batches = 1\n[batch]\nmax_rows = 200\nmax_age_ms = 100\n[parquet]\nfile_max_age_s = 1\n",
+        ch.url
+    ));
+    common::apply_schema(&config);
+    ch.kill();
+    let server = Server::start_with(&["--config", &config]);
+    let first = plan("spool-");
+    let want = expected(std::slice::from_ref(&first));
+    assert_eq!(acked(simulate(server.mqtt_port, &first, 0)), 1000);
+    wait_for("every row in Parquet while ClickHouse is away", || {
+        (parquet_rows(&server) == want.len()).then_some(())
+    });
+    assert!(server.metric("meterflow_clickhouse_spool_jobs") > 0.0);
+    assert!(server.metric("meterflow_clickhouse_spool_bytes") > 0.0);
+    assert_eq!(
+        server.metric("meterflow_clickhouse_queue_full_waits_total"),
+        0.0
+    );
+    assert!(spool_files(&server.data_dir) > 0);
+    // A crash with a full spool: the next start clears it and replays the WAL to ClickHouse.
+    let tmp = server.crash();
+    let server = Server::start_in(tmp, &["--config", &config]);
+    wait_for("an insert failed after the restart", || {
+        (server.metric("meterflow_clickhouse_retries_total") > 0.0).then_some(())
+    });
+    ch.start();
+    let got = wait_for("the backlog in ClickHouse", || {
+        let got = rows(&ch, &db);
+        (got.len() >= want.len()).then_some(got)
+    });
+    let got: BTreeSet<_> = got
+        .into_iter()
+        .map(|r| (r.0, r.1, r.2, r.3.to_bits(), r.4))
+        .collect();
+    assert_same(&got, &want);
+    wait_for("the spool drained", || {
+        (server.metric("meterflow_clickhouse_spool_jobs") == 0.0).then_some(())
+    });
+    let (exit, data_dir, log, _tmp) = server.stop();
+    assert!(exit.success(), "{log}");
+    assert!(
+        log.contains("cleared the ClickHouse spool of an earlier run"),
+        "{log}"
+    );
+    assert!(
+        log.contains("ClickHouse answers again; retrying now"),
+        "{log}"
+    );
+    assert_eq!(spool_files(&data_dir), 0);
+    assert_eq!(
+        common::read_readings(&data_dir).len(),
+        want.len(),
+        "no Parquet row twice"
+    );
+
+    // 2. A spool of one batch: the pipeline waits (Parquet with it), and nothing is lost.
+    let db = ClickHouse::fresh_database("mf_spool_full");
+    let (_cfg, config) = config_file(&format!(
+        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\nretry_initial_ms = 50\nretry_max_ms = 200\nqueue_batches = 1\nspool_max_bytes = 1\n[batch]\nmax_rows = 100\nmax_age_ms = 100\n[parquet]\nfile_max_age_s = 1\n",
+        ch.url
+    ));
+    common::apply_schema(&config);
+    ch.kill();
+    let server = Server::start_with(&["--config", &config]);
+    let second = plan("full-");
+    let want = expected(std::slice::from_ref(&second));
+    assert_eq!(
+        acked(simulate(server.mqtt_port, &second, 0)),
+        1000,
+        "the WAL takes what waits"
+    );
+    wait_for("the pipeline waiting for a full spool", || {
+        (server.metric("meterflow_clickhouse_queue_full_waits_total") > 0.0).then_some(())
+    });
+    // Two inserts in flight, one batch in memory, one spooled, one in the pipeline's hands:
+    // far fewer rows than the fleet sent.
+    assert!(
+        parquet_rows(&server) < want.len() / 2,
+        "{}",
+        parquet_rows(&server)
+    );
+    assert_eq!(server.metric("meterflow_clickhouse_spool_jobs"), 1.0);
+    ch.start();
+    let got = wait_for("every reading in ClickHouse after the outage", || {
+        let got = rows(&ch, &db);
+        (got.len() >= want.len()).then_some(got)
+    });
+    let got: BTreeSet<_> = got
+        .into_iter()
+        .map(|r| (r.0, r.1, r.2, r.3.to_bits(), r.4))
+        .collect();
+    assert_same(&got, &want);
+    let (exit, data_dir, log, _tmp) = server.stop();
+    assert!(exit.success(), "{log}");
+    assert_eq!(common::read_readings(&data_dir).len(), want.len());
+}

@@ -32,7 +32,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use meterflow_storage::clickhouse::ClickHouseWriter;
+use meterflow_storage::clickhouse::{ClickHouseWriter, SpoolConfig};
 use meterflow_storage::{wal, Batcher, DeadLetterStore, ParquetSink, Wal};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -192,8 +192,13 @@ pub async fn serve(
     let clickhouse = if config.clickhouse.enabled() {
         tracing::info!(url = %config.clickhouse.url, database = %config.clickhouse.database, "ClickHouse sink on");
         restore_devices_from_clickhouse(config.clickhouse.clone(), devices.clone());
+        let spool = (config.clickhouse.spool_max_bytes > 0).then(|| SpoolConfig {
+            dir: config.data_dir.join("clickhouse-spool"),
+            max_bytes: config.clickhouse.spool_max_bytes,
+        });
         Some(ClickHouseWriter::start(
             config.clickhouse.clone(),
+            spool,
             stop.clone(),
         )?)
     } else {

@@ -311,9 +311,10 @@ impl Pipeline {
         oldest_lsn: Option<u64>,
         now: Instant,
     ) -> Result<(), IngestError> {
-        if let Some(clickhouse) = &self.clickhouse {
-            // Every record before next_lsn is in this batch or an earlier one. Waits while
-            // ClickHouse is away and its queue is full; the WAL holds what arrives meanwhile.
+        if let Some(clickhouse) = &mut self.clickhouse {
+            // Every record before next_lsn is in this batch or an earlier one. Waits only
+            // while ClickHouse is away and its queue and spool are full; the WAL holds what
+            // arrives meanwhile.
             let side = std::mem::take(&mut self.side);
             clickhouse.send(batch.clone(), side, self.next_lsn - 1);
         }
@@ -340,7 +341,7 @@ impl Pipeline {
     /// to carry them, or too many of them to wait). They confirm no further than the oldest
     /// row still in the batcher.
     fn send_side_rows(&mut self) {
-        if let Some(clickhouse) = &self.clickhouse {
+        if let Some(clickhouse) = &mut self.clickhouse {
             if !self.side.is_empty() {
                 let empty = arrow_array::RecordBatch::new_empty(meterflow_proto::reading_schema());
                 let side = std::mem::take(&mut self.side);

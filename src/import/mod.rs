@@ -671,7 +671,8 @@ pub fn run(config: &Config, options: &ImportOptions) -> anyhow::Result<ImportSum
     };
     let sink = if config.clickhouse.enabled() {
         let writer =
-            ClickHouseWriter::start(config.clickhouse.clone(), Arc::new(AtomicBool::new(false)))?;
+            // No spool: an import has nothing else to go on with while ClickHouse waits.
+            ClickHouseWriter::start(config.clickhouse.clone(), None, Arc::new(AtomicBool::new(false)))?;
         Sink::ClickHouse {
             writer,
             next_chunk: 0,

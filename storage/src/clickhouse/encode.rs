@@ -52,7 +52,7 @@ pub fn encode_rowbinary(batch: &RecordBatch, times: TimeColumns) -> Result<Vec<u
 }
 
 /// One device status report (bare, or inside a report), for the `device_status` table.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct StatusRow {
     pub meter_id: String,
     /// When meterflow accepted it, Unix ms.
@@ -72,7 +72,7 @@ pub struct StatusRow {
 
 /// A payload that did not decode, for the `dead_letters` table (the same as the dead-letter
 /// files hold).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DeadLetterRow {
     pub received_at_ms: i64,
     pub source: String,
@@ -81,14 +81,15 @@ pub struct DeadLetterRow {
     pub format: String,
     pub kind: String,
     pub reason: String,
-    /// The raw payload (a ClickHouse String holds any bytes).
+    /// The raw payload (a ClickHouse String holds any bytes); base64 in a spool file.
+    #[serde(with = "super::queue::payload_base64")]
     pub payload: Vec<u8>,
     /// The WAL position of the message, as in [`StatusRow::lsn`].
     pub lsn: u64,
 }
 
 /// What goes to ClickHouse beside a batch of readings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SideRows {
     pub statuses: Vec<StatusRow>,
     pub dead_letters: Vec<DeadLetterRow>,

@@ -6,6 +6,8 @@
 //! - [`encode`]: status reports and dead letters as RowBinary (and readings, for a table whose
 //!   column types the Native encoder does not write);
 //! - [`error`]: what failed and whether a retry can help (the retry classification);
+//! - [`queue`]: the writer's job queue, in memory and, beyond it, in the spool on disk (so
+//!   the pipeline goes on while ClickHouse is away, and the backlog goes in as built batches);
 //! - [`writer`]: the writer thread: a queue of jobs, merged into large inserts when they wait,
 //!   several inserts in flight while the WAL is confirmed only through a contiguous prefix,
 //!   each table of a job its own retry unit, exponential backoff with jitter, batches the
@@ -22,6 +24,7 @@
 pub mod encode;
 pub mod error;
 pub mod native;
+pub mod queue;
 pub mod schema;
 pub mod writer;
 
@@ -35,6 +38,7 @@ pub use encode::{
 };
 pub use error::ClickHouseError;
 pub use native::{NativeType, ReadingsNative};
+pub use queue::SpoolConfig;
 pub use schema::{
     apply_schema, schema_ddl, server_version, table_layout, time_columns, ServerVersion,
     TableLayout, TimeColumns,
@@ -54,9 +58,14 @@ pub struct ClickHouseConfig {
     /// First retry delay after a failed insert; doubled per attempt up to `retry_max_ms`.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
-    /// Batches waiting for the writer at most; when full, the pipeline waits (and the WAL
-    /// holds what arrives meanwhile).
+    /// Batches waiting for the writer in memory at most; beyond them batches wait in the
+    /// spool on disk (`serve` only; `meterflow import` waits).
     pub queue_batches: usize,
+    /// Bytes of the spool (`{data_dir}/clickhouse-spool/`) at most: batches that wait for
+    /// ClickHouse beyond `queue_batches`, as LZ4 Arrow files, so that Parquet and the device
+    /// state go on during an outage and the backlog goes in as built batches. When it is
+    /// full, the pipeline waits and the WAL holds what arrives. 0: no spool.
+    pub spool_max_bytes: u64,
     /// Inserts in flight at once: the next one is encoded and sent while the server still
     /// works on the previous. The WAL is confirmed only through the oldest unfinished one.
     pub max_inflight_inserts: usize,
@@ -113,6 +122,7 @@ impl Default for ClickHouseConfig {
             retry_initial_ms: 200,
             retry_max_ms: 30_000,
             queue_batches: 10,
+            spool_max_bytes: 4 << 30,
             max_inflight_inserts: 2,
             max_insert_rows: 1_000_000,
             insert_format: InsertFormat::Native,

@@ -17,28 +17,17 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_array::RecordBatch;
-use bytes::Bytes;
-use tokio::sync::mpsc;
-
 use super::encode::{encode_dead_letter_rowbinary, encode_rowbinary, encode_status_rowbinary};
+use super::queue::{read_spool_file, Job, JobData, JobQueue, Sent, SpoolConfig};
 use super::schema::{apply_schema, table_layout, TableLayout};
 use super::{ClickHouseConfig, ClickHouseError, InsertCompression, InsertFormat, SideRows};
 use crate::StorageError;
-
-/// A batch for the writer, and the WAL LSN through which the pipeline had handled every
-/// record when it made the batch.
-struct Job {
-    batch: RecordBatch,
-    side: SideRows,
-    through_lsn: u64,
-}
+use arrow_array::RecordBatch;
+use bytes::Bytes;
 
 /// What one insert carries: one or more jobs that waited together, in order.
 struct Unit {
-    batches: Vec<RecordBatch>,
-    /// Shared with the encoding thread of each attempt.
-    side: Arc<SideRows>,
+    data: Vec<JobData>,
     through_lsn: u64,
     /// Jobs merged into this unit (each counted in `pending`).
     jobs: usize,
@@ -52,7 +41,7 @@ pub struct RejectedBatch {
 
 /// The writer thread: inserts batches, confirming them in order, retrying what a retry can fix.
 pub struct ClickHouseWriter {
-    jobs: Option<mpsc::Sender<Job>>,
+    queue: Arc<JobQueue>,
     /// Set at shutdown (shared with the rest of serve): stop waiting and retrying.
     closing: Arc<AtomicBool>,
     /// The writer thread is gone: nothing more will be confirmed.
@@ -67,19 +56,26 @@ pub struct ClickHouseWriter {
 
 impl ClickHouseWriter {
     /// Starts the writer; it applies the schema (retrying while the server is away) before
-    /// the first insert, so start-up does not wait for ClickHouse.
-    /// `closing` is the process's shutdown flag.
+    /// the first insert, so start-up does not wait for ClickHouse. With `spool`, jobs beyond
+    /// the queue in memory wait in files there (cleared now: the WAL replays what an earlier
+    /// run left in it). `closing` is the process's shutdown flag.
     pub fn start(
         config: ClickHouseConfig,
+        spool: Option<SpoolConfig>,
         closing: Arc<AtomicBool>,
     ) -> Result<ClickHouseWriter, StorageError> {
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(config.queue_batches.max(1));
+        let spool_dir = spool.as_ref().map(|s| s.dir.clone()).unwrap_or_default();
+        let queue = Arc::new(
+            JobQueue::new(config.queue_batches, spool)
+                .map_err(|e| StorageError::io("preparing the ClickHouse spool", spool_dir, e))?,
+        );
         let (rejected_tx, rejected_rx) = std::sync::mpsc::channel();
         let confirmed = Arc::new(AtomicU64::new(0));
         let pending = Arc::new(AtomicUsize::new(0));
         let failing_since_ms = Arc::new(AtomicI64::new(0));
         let shared = Arc::new(Shared {
             client: config.insert_client(),
+            probe: config.client(),
             layout: tokio::sync::Mutex::new(None),
             closing: closing.clone(),
             failing_since_ms: failing_since_ms.clone(),
@@ -90,6 +86,7 @@ impl ClickHouseWriter {
             confirmed: confirmed.clone(),
             pending: pending.clone(),
         };
+        let writer_queue = queue.clone();
         let thread = std::thread::Builder::new()
             .name("clickhouse-sink".into())
             .spawn(move || {
@@ -103,13 +100,15 @@ impl ClickHouseWriter {
                         return;
                     }
                 };
-                runtime.block_on(run_writer(shared, jobs_rx, order));
+                runtime.block_on(run_writer(shared, &writer_queue, order));
+                // Whatever still waits stays in the WAL; a sender sees the writer gone.
+                writer_queue.abandon();
             })
             .map_err(|e| {
                 StorageError::io("spawning the ClickHouse writer", "clickhouse-sink", e)
             })?;
         Ok(ClickHouseWriter {
-            jobs: Some(jobs_tx),
+            queue,
             closing,
             dead: AtomicBool::new(false),
             rejected: rejected_rx,
@@ -126,34 +125,38 @@ impl ClickHouseWriter {
         self.failing_since_ms.clone()
     }
 
-    /// Queues a batch; waits while the queue is full (ClickHouse slow or away), unless
-    /// shutdown begins: then the batch is left to the WAL (not confirmed). `through_lsn`
-    /// must not go back from one call to the next.
-    pub fn send(&self, batch: RecordBatch, side: SideRows, through_lsn: u64) {
+    /// Queues a batch (in memory, or in the spool behind it); waits while both are full
+    /// (ClickHouse slow or away for long), unless shutdown begins: then the batch is left to
+    /// the WAL (not confirmed). `through_lsn` must not go back from one call to the next.
+    pub fn send(&mut self, batch: RecordBatch, side: SideRows, through_lsn: u64) {
         self.pending.fetch_add(1, Ordering::AcqRel);
-        let Some(jobs) = self.jobs.as_ref() else {
-            return;
-        };
-        let mut job = Job {
-            batch,
-            side,
-            through_lsn,
-        };
+        let mut job = (batch, side);
+        let mut waited = false;
         loop {
-            match jobs.try_send(job) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(back)) => {
+            match self.queue.try_send(job.0, job.1, through_lsn) {
+                (Sent::Queued, _) => return,
+                (Sent::Closed, _) => {
+                    if !self.closing.load(Ordering::Acquire) {
+                        self.dead.store(true, Ordering::Release);
+                        tracing::error!(
+                            "the ClickHouse writer is gone; the batch stays in the WAL"
+                        );
+                    }
+                    return;
+                }
+                (Sent::Full, back) => {
                     if self.closing.load(Ordering::Acquire) {
                         tracing::warn!("shutting down while ClickHouse cannot take more; the batch stays in the WAL");
                         return;
                     }
+                    let Some(back) = back else { return };
                     job = back;
+                    if !waited {
+                        waited = true;
+                        metrics::counter!("meterflow_clickhouse_queue_full_waits_total")
+                            .increment(1);
+                    }
                     std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.dead.store(true, Ordering::Release);
-                    tracing::error!("the ClickHouse writer is gone; the batch stays in the WAL");
-                    return;
                 }
             }
         }
@@ -193,7 +196,7 @@ impl ClickHouseWriter {
     /// is not retried: it stays unconfirmed, in the WAL, for the next start.
     pub fn close(&mut self) {
         self.closing.store(true, Ordering::Release);
-        self.jobs = None;
+        self.queue.close();
         self.dead.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -243,18 +246,20 @@ enum UnitOutcome {
 
 /// Takes jobs, merges what waits, keeps up to `max_inflight_inserts` units in flight, and
 /// confirms the finished prefix in order.
-async fn run_writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>, order: Confirmations) {
+async fn run_writer(shared: Arc<Shared>, queue: &JobQueue, order: Confirmations) {
     let max_inflight = shared.config.max_inflight_inserts.max(1);
     let max_rows = shared.config.max_insert_rows.max(1);
     let inflight_gauge = metrics::gauge!("meterflow_clickhouse_inflight_inserts");
     let mut inflight: VecDeque<(tokio::task::JoinHandle<UnitOutcome>, u64, usize)> =
         VecDeque::new();
-    // A job taken from the queue that did not fit the unit before it.
-    let mut next: Option<Job> = None;
     let mut open = true;
     let mut abandoned = false;
     loop {
-        let room = open && !abandoned && inflight.len() < max_inflight;
+        // While inserts fail, one is enough to find out when the server is back; the jobs
+        // behind it wait in the queue and go in merged into large inserts then.
+        let failing = shared.failing_since_ms.load(Ordering::Acquire) != 0;
+        let limit = if failing { 1 } else { max_inflight };
+        let room = open && !abandoned && inflight.len() < limit;
         if !room && inflight.is_empty() {
             break;
         }
@@ -269,12 +274,17 @@ async fn run_writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>, order: C
                 });
                 abandoned = order.settle(outcome, through_lsn, count, abandoned);
             }
-            job = take_job(&mut next, &mut jobs), if room => {
+            job = queue.take(), if room => {
                 let Some(job) = job else {
                     open = false;
                     continue;
                 };
-                let unit = merge_waiting(job, &mut next, &mut jobs, max_rows);
+                if shared.failing_since_ms.load(Ordering::Acquire) != 0 && !inflight.is_empty() {
+                    // Inserts began to fail while we waited: this one waits too.
+                    queue.put_back(job);
+                    continue;
+                }
+                let unit = merge_waiting(job, queue, max_rows);
                 if unit.jobs > 1 {
                     metrics::counter!("meterflow_clickhouse_merged_jobs_total").increment(unit.jobs as u64 - 1);
                 }
@@ -285,9 +295,6 @@ async fn run_writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>, order: C
             }
         }
     }
-    // Abandoned (shutdown while ClickHouse is away): what is still queued stays in the WAL.
-    jobs.close();
-    while jobs.recv().await.is_some() {}
 }
 
 /// The oldest unit in flight, finished; never ready while none is in flight.
@@ -300,49 +307,42 @@ async fn front(
     }
 }
 
-async fn take_job(next: &mut Option<Job>, jobs: &mut mpsc::Receiver<Job>) -> Option<Job> {
-    match next.take() {
-        Some(job) => Some(job),
-        None => jobs.recv().await,
-    }
-}
-
 /// One unit of `first` and the jobs already waiting behind it, up to `max_rows` rows (a job
 /// that would pass the limit starts the next unit).
-fn merge_waiting(
-    first: Job,
-    next: &mut Option<Job>,
-    jobs: &mut mpsc::Receiver<Job>,
-    max_rows: usize,
-) -> Unit {
-    let mut side = first.side;
+fn merge_waiting(first: Job, queue: &JobQueue, max_rows: usize) -> Unit {
+    let mut rows = first.rows;
     let mut unit = Unit {
-        batches: Vec::new(),
-        side: Arc::default(),
+        data: vec![first.data],
         through_lsn: first.through_lsn,
         jobs: 1,
     };
-    let mut rows = first.batch.num_rows();
-    if rows > 0 {
-        unit.batches.push(first.batch);
-    }
     while rows < max_rows {
-        let Ok(job) = jobs.try_recv() else { break };
-        let job_rows = job.batch.num_rows();
-        if rows + job_rows > max_rows {
-            *next = Some(job);
+        let Some(job) = queue.take_waiting(|job_rows| rows + job_rows <= max_rows) else {
             break;
-        }
-        rows += job_rows;
-        if job_rows > 0 {
-            unit.batches.push(job.batch);
-        }
-        side.append(job.side);
+        };
+        rows += job.rows;
+        unit.data.push(job.data);
         unit.through_lsn = unit.through_lsn.max(job.through_lsn);
         unit.jobs += 1;
     }
-    unit.side = Arc::new(side);
     unit
+}
+
+/// The batches and side rows of a unit's jobs, the spooled ones read from their files.
+fn load_unit(data: Vec<JobData>) -> std::io::Result<(Vec<RecordBatch>, SideRows)> {
+    let mut batches = Vec::with_capacity(data.len());
+    let mut side = SideRows::default();
+    for job in data {
+        let (batch, job_side) = match job {
+            JobData::Memory { batch, side } => (batch, side),
+            JobData::Spooled { path } => read_spool_file(&path)?,
+        };
+        if batch.num_rows() > 0 {
+            batches.push(batch);
+        }
+        side.append(job_side);
+    }
+    Ok((batches, side))
 }
 
 /// The tables one unit inserts into, in this order; each is its own retry unit, so a retry
@@ -471,6 +471,8 @@ struct Shared {
     config: Arc<ClickHouseConfig>,
     /// The client for inserts (compressed as configured).
     client: clickhouse::Client,
+    /// The client for the probe while the server is unreachable (uncompressed: a read).
+    probe: clickhouse::Client,
     /// Read once the schema is applied; forgotten after a failure (a table may be gone).
     layout: tokio::sync::Mutex<Option<Arc<TableLayout>>>,
     closing: Arc<AtomicBool>,
@@ -478,9 +480,34 @@ struct Shared {
     rejected: std::sync::mpsc::Sender<RejectedBatch>,
 }
 
+/// A unit's rows, read back.
+struct LoadedUnit {
+    batches: Vec<RecordBatch>,
+    /// Shared with the encoding thread of each attempt.
+    side: Arc<SideRows>,
+}
+
 /// Inserts every part of a unit; a refused batch is handed back before the unit counts as
 /// done (the pipeline keeps its rows as dead letters before the checkpoint passes them).
 async fn insert_unit(shared: Arc<Shared>, unit: Unit) -> UnitOutcome {
+    let loaded = tokio::task::spawn_blocking(move || load_unit(unit.data)).await;
+    let loaded = loaded
+        .map_err(|e| e.to_string())
+        .and_then(|read| read.map_err(|e| e.to_string()));
+    let (batches, side) = match loaded {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            // Its records are still in the WAL: a restart replays them.
+            tracing::error!(error, "cannot read a job back from the ClickHouse spool; the writer stops, and its records stay in the WAL until meterflow restarts");
+            metrics::counter!("meterflow_clickhouse_spool_errors_total", "op" => "read")
+                .increment(1);
+            return UnitOutcome::Abandoned;
+        }
+    };
+    let unit = LoadedUnit {
+        batches,
+        side: Arc::new(side),
+    };
     for part in Part::ALL {
         if part.is_empty(&unit.side, &unit.batches) {
             continue;
@@ -562,6 +589,15 @@ impl Shared {
         );
         *known = Some(layout.clone());
         Ok(layout)
+    }
+
+    /// Whether the server answers `SELECT 1` (within a second).
+    async fn answers(&self) -> bool {
+        let query = self.probe.query("SELECT 1").fetch_one::<u8>();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), query).await,
+            Ok(Ok(1))
+        )
     }
 
     async fn forget_layout(&self) {
@@ -685,13 +721,30 @@ impl Shared {
             let jitter =
                 Duration::from_millis(u64::from(attempt.wrapping_mul(2_654_435_761) % 100));
             let until = tokio::time::Instant::now() + delay + jitter;
+            // A server that was down is tried again as soon as it answers a probe, not when
+            // a backoff grown during a long outage ends (a server that answers with errors
+            // gets the whole backoff).
+            let mut probe_at = tokio::time::Instant::now() + PROBE_INTERVAL;
             while tokio::time::Instant::now() < until && !self.closing.load(Ordering::Acquire) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                if error.is_unreachable() && tokio::time::Instant::now() >= probe_at {
+                    if self.answers().await {
+                        tracing::info!(
+                            table = part.table(),
+                            "ClickHouse answers again; retrying now"
+                        );
+                        break;
+                    }
+                    probe_at = tokio::time::Instant::now() + PROBE_INTERVAL;
+                }
             }
             delay = (delay * 2).min(Duration::from_millis(self.config.retry_max_ms.max(1)));
         }
     }
 }
+
+/// How often an unreachable server is probed during a retry's backoff.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// An insert body, compressed in ClickHouse's block framing (frames of
 /// [`COMPRESSED_FRAME`] bytes, as its own clients send them) or not.
@@ -749,34 +802,36 @@ mod tests {
         );
     }
 
+    fn batch(rows: usize) -> RecordBatch {
+        let mut b = meterflow_proto::ReadingBatchBuilder::default();
+        let meta = meterflow_proto::RowMeta {
+            meter_id: "m",
+            received_at_ms: 0,
+            source: meterflow_proto::Source::Mqtt,
+            format: meterflow_proto::Format::Pb,
+        };
+        for i in 0..rows {
+            b.append(&meta, "c", i as i64, 0.0, "", 0);
+        }
+        b.finish()
+    }
+
     #[test]
     fn queued_jobs_merge_up_to_the_row_limit() {
-        let (tx, mut rx) = mpsc::channel(8);
-        let job = |rows: usize, lsn: u64| {
-            let mut b = meterflow_proto::ReadingBatchBuilder::default();
-            let meta = meterflow_proto::RowMeta {
-                meter_id: "m",
-                received_at_ms: 0,
-                source: meterflow_proto::Source::Mqtt,
-                format: meterflow_proto::Format::Pb,
-            };
-            for i in 0..rows {
-                b.append(&meta, "c", i as i64, 0.0, "", 0);
-            }
-            Job {
-                batch: b.finish(),
-                side: SideRows::default(),
-                through_lsn: lsn,
-            }
-        };
-        for (rows, lsn) in [(40, 2), (0, 3), (50, 4), (30, 5)] {
-            tx.try_send(job(rows, lsn)).unwrap();
+        let queue = JobQueue::new(8, None).unwrap();
+        for (rows, lsn) in [(10, 1), (40, 2), (0, 3), (50, 4), (30, 5)] {
+            let (sent, _) = queue.try_send(batch(rows), SideRows::default(), lsn);
+            assert_eq!(sent, Sent::Queued);
         }
-        let mut next = None;
-        let unit = merge_waiting(job(10, 1), &mut next, &mut rx, 95);
+        let first = queue.take_waiting(|_| true).unwrap();
+        let unit = merge_waiting(first, &queue, 95);
         // 10 + 40 + 0 rows; the next 50 would pass 95 (an empty side-rows job merges freely).
-        assert_eq!((unit.jobs, unit.through_lsn, unit.batches.len()), (3, 3, 2));
-        let held = next.expect("the job past the limit starts the next unit");
+        assert_eq!((unit.jobs, unit.through_lsn, unit.data.len()), (3, 3, 3));
+        let (batches, _) = load_unit(unit.data).unwrap();
+        assert_eq!(batches.len(), 2, "the empty batch is left out");
+        let held = queue
+            .take_waiting(|_| true)
+            .expect("the job past the limit starts the next unit");
         assert_eq!(held.through_lsn, 4);
     }
 }
