@@ -133,7 +133,7 @@ fn native_blocks_read_back_exactly_in_every_column_layout() {
     for format in [InsertFormat::Native, InsertFormat::RowBinary] {
         let db = ClickHouse::fresh_database("native");
         let mut w = writer(&ch.url, &db, |c| c.insert_format = format);
-        w.send(batch.clone(), SideRows::default(), 1);
+        w.send(batch.clone(), SideRows::default(), 1).unwrap();
         wait_confirmed(&w, 1);
         w.close();
         assert_eq!(rows_in(&ch, &db), want, "{format:?}");
@@ -175,7 +175,7 @@ fn native_blocks_read_back_exactly_in_every_column_layout() {
         c.settings
             .insert("allow_experimental_low_cardinality_type".into(), "1".into());
     });
-    w.send(batch.clone(), SideRows::default(), 1);
+    w.send(batch.clone(), SideRows::default(), 1).unwrap();
     // A second block in the same insert, with other dictionaries.
     let mut small = ReadingBatchBuilder::default();
     let meta = RowMeta {
@@ -186,7 +186,7 @@ fn native_blocks_read_back_exactly_in_every_column_layout() {
     };
     small.append(&meta, "only", 1_729_987_200_000, 1.25, "W", 1);
     let small = small.finish();
-    w.send(small.clone(), SideRows::default(), 2);
+    w.send(small.clone(), SideRows::default(), 2).unwrap();
     wait_confirmed(&w, 2);
     w.close();
     assert!(w.take_rejected().is_empty());
@@ -285,13 +285,13 @@ fn batches_that_waited_during_an_outage_go_in_as_one_insert() {
     });
     // The schema is applied and the first job inserted while the server is up.
     let (batch, side) = job(0, 1000);
-    w.send(batch, side, 1);
+    w.send(batch, side, 1).unwrap();
     wait_confirmed(&w, 1);
     ch.kill();
     // Twenty jobs wait in the queue while the first of them is retried.
     for meter in 1..=20 {
         let (batch, side) = job(meter, 1000);
-        w.send(batch, side, meter as u64 + 1);
+        w.send(batch, side, meter as u64 + 1).unwrap();
     }
     assert!(
         w.confirmed_through() == 1 && w.pending() == 20,

@@ -422,10 +422,21 @@ fn spool_files(data_dir: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
-/// ClickHouse away for long: Parquet goes on (the batches for ClickHouse wait in the spool),
-/// a kill -9 then loses nothing (the spool is cleared at start-up and the WAL replays), and
-/// when ClickHouse returns every reading is there once and the spool is empty. A spool too
-/// small for the outage makes the pipeline wait, counted, and loses nothing either.
+/// The checkpoint's two numbers (`ALL LOCAL`) in a data folder.
+fn checkpoint(data_dir: &std::path::Path) -> (u64, u64) {
+    let text = std::fs::read_to_string(data_dir.join("wal/checkpoint")).unwrap();
+    let n: Vec<u64> = text
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    (n[0], n[1])
+}
+
+/// ClickHouse away for long: Parquet goes on (the batches for ClickHouse wait in the spool,
+/// status and dead-letter rows with them), and when ClickHouse returns every row is there
+/// once, the spool is empty and the checkpoint has caught up. A spool too small for the
+/// outage makes the pipeline wait, counted; a kill -9 then loses nothing (the spool is
+/// cleared at start-up and the WAL replays).
 #[test]
 fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
     let ch = ClickHouse::private();
@@ -440,6 +451,12 @@ fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
     };
     let parquet_rows =
         |server: &Server| server.metric("meterflow_rows_written_total{sink=\"parquet\"}") as usize;
+    let readings = |db: &str| -> BTreeSet<_> {
+        rows(&ch, db)
+            .into_iter()
+            .map(|r| (r.0, r.1, r.2, r.3.to_bits(), r.4))
+            .collect()
+    };
 
     // 1. A spool with room for the whole outage. A minute's backoff: the retry after the
     //    outage comes from the probe that sees ClickHouse answer again.
@@ -454,6 +471,17 @@ fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
     let first = plan("spool-");
     let want = expected(std::slice::from_ref(&first));
     assert_eq!(acked(simulate(server.mqtt_port, &first, 0)), 1000);
+    // Behind the fleet's batches, so they wait in the spool too.
+    assert!(common::mosquitto_pub_acked(
+        server.mqtt_port,
+        "meters/spool-s/status",
+        r#"{"battery_pct": 41, "snr_db": -2.5}"#
+    ));
+    assert!(common::mosquitto_pub_acked(
+        server.mqtt_port,
+        "meters/spool-d/json",
+        "{not json"
+    ));
     wait_for("every row in Parquet while ClickHouse is away", || {
         (parquet_rows(&server) == want.len()).then_some(())
     });
@@ -464,43 +492,48 @@ fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
         0.0
     );
     assert!(spool_files(&server.data_dir) > 0);
-    // A crash with a full spool: the next start clears it and replays the WAL to ClickHouse.
-    let tmp = server.crash();
-    let server = Server::start_in(tmp, &["--config", &config]);
-    wait_for("an insert failed after the restart", || {
+    wait_for("an insert retried", || {
         (server.metric("meterflow_clickhouse_retries_total") > 0.0).then_some(())
     });
     ch.start();
-    let got = wait_for("the backlog in ClickHouse", || {
-        let got = rows(&ch, &db);
-        (got.len() >= want.len()).then_some(got)
+    wait_for("the backlog in ClickHouse", || {
+        (readings(&db).len() >= want.len()).then_some(())
     });
-    let got: BTreeSet<_> = got
-        .into_iter()
-        .map(|r| (r.0, r.1, r.2, r.3.to_bits(), r.4))
-        .collect();
-    assert_same(&got, &want);
+    assert_same(&readings(&db), &want);
+    wait_for("the side rows in ClickHouse", || {
+        let status = ch.query(&format!(
+            "SELECT battery_pct, snr_db FROM {db}.device_status FINAL WHERE meter_id = 'spool-s'"
+        ));
+        let dead = ch.query(&format!(
+            "SELECT kind, payload FROM {db}.dead_letters FINAL WHERE meter_id = 'spool-d'"
+        ));
+        (!status.trim().is_empty() && !dead.trim().is_empty()).then_some((status, dead))
+    });
+    let status = ch.query(&format!(
+        "SELECT battery_pct, snr_db FROM {db}.device_status FINAL WHERE meter_id = 'spool-s'"
+    ));
+    assert_eq!(status.trim(), "41\t-2.5");
+    let dead = ch.query(&format!(
+        "SELECT count(), any(payload) FROM {db}.dead_letters FINAL WHERE meter_id = 'spool-d'"
+    ));
+    assert_eq!(dead.trim(), "1\t{not json");
     wait_for("the spool drained", || {
         (server.metric("meterflow_clickhouse_spool_jobs") == 0.0).then_some(())
     });
     let (exit, data_dir, log, _tmp) = server.stop();
     assert!(exit.success(), "{log}");
     assert!(
-        log.contains("cleared the ClickHouse spool of an earlier run"),
-        "{log}"
-    );
-    assert!(
         log.contains("ClickHouse answers again; retrying now"),
         "{log}"
     );
     assert_eq!(spool_files(&data_dir), 0);
-    assert_eq!(
-        common::read_readings(&data_dir).len(),
-        want.len(),
-        "no Parquet row twice"
-    );
+    let (all, local) = checkpoint(&data_dir);
+    assert_eq!(all, local, "ClickHouse confirmed every spooled batch");
+    assert_eq!(all, 1002, "every record confirmed");
+    assert_eq!(common::read_readings(&data_dir).len(), want.len());
 
-    // 2. A spool of one batch: the pipeline waits (Parquet with it), and nothing is lost.
+    // 2. A spool of one batch: the pipeline waits (Parquet with it), and nothing is lost,
+    //    through a kill -9 with the spool full.
     let db = ClickHouse::fresh_database("mf_spool_full");
     let (_cfg, config) = config_file(&format!(
         "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\nretry_initial_ms = 50\nretry_max_ms = 200\nqueue_batches = 1\nspool_max_bytes = 1\n[batch]\nmax_rows = 100\nmax_age_ms = 100\n[parquet]\nfile_max_age_s = 1\n",
@@ -519,25 +552,33 @@ fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
     wait_for("the pipeline waiting for a full spool", || {
         (server.metric("meterflow_clickhouse_queue_full_waits_total") > 0.0).then_some(())
     });
-    // Two inserts in flight, one batch in memory, one spooled, one in the pipeline's hands:
-    // far fewer rows than the fleet sent.
+    // One insert in flight (inserts fail), one batch in memory, one spooled, one in the
+    // pipeline's hands: far fewer rows than the fleet sent.
     assert!(
         parquet_rows(&server) < want.len() / 2,
         "{}",
         parquet_rows(&server)
     );
     assert_eq!(server.metric("meterflow_clickhouse_spool_jobs"), 1.0);
+    assert_eq!(spool_files(&server.data_dir), 1);
+    let tmp = server.crash();
+    let server = Server::start_in(tmp, &["--config", &config]);
     ch.start();
-    let got = wait_for("every reading in ClickHouse after the outage", || {
-        let got = rows(&ch, &db);
-        (got.len() >= want.len()).then_some(got)
+    wait_for("every reading in ClickHouse after the outage", || {
+        (readings(&db).len() >= want.len()).then_some(())
     });
-    let got: BTreeSet<_> = got
-        .into_iter()
-        .map(|r| (r.0, r.1, r.2, r.3.to_bits(), r.4))
-        .collect();
-    assert_same(&got, &want);
+    assert_same(&readings(&db), &want);
     let (exit, data_dir, log, _tmp) = server.stop();
     assert!(exit.success(), "{log}");
-    assert_eq!(common::read_readings(&data_dir).len(), want.len());
+    assert!(
+        log.contains("cleared the ClickHouse spool of an earlier run"),
+        "{log}"
+    );
+    let parquet = common::read_readings(&data_dir);
+    let distinct: BTreeSet<_> = parquet
+        .iter()
+        .map(|r| (r.meter_id.clone(), r.channel.clone(), r.ts_ms))
+        .collect();
+    assert_eq!(parquet.len(), want.len(), "no Parquet row twice");
+    assert_eq!(distinct.len(), want.len());
 }

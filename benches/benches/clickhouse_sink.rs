@@ -203,18 +203,22 @@ fn sink_load(
     let mut writer =
         ClickHouseWriter::start(config, None, Arc::new(AtomicBool::new(false))).unwrap();
     // The schema is applied by the writer's first insert: warm it with an empty job.
-    writer.send(
-        RecordBatch::new_empty(meterflow_proto::reading_schema()),
-        SideRows::default(),
-        0,
-    );
+    writer
+        .send(
+            RecordBatch::new_empty(meterflow_proto::reading_schema()),
+            SideRows::default(),
+            0,
+        )
+        .unwrap();
     while writer.pending() > 0 {
         std::thread::sleep(Duration::from_millis(1));
     }
     let (cpu0, server0) = (cpu_s("self"), env.server_cpu());
     let started = Instant::now();
     for (i, batch) in batches.iter().enumerate() {
-        writer.send(batch.clone(), SideRows::default(), i as u64 + 1);
+        writer
+            .send(batch.clone(), SideRows::default(), i as u64 + 1)
+            .unwrap();
     }
     while writer.pending() > 0 {
         std::thread::sleep(Duration::from_millis(1));

@@ -189,11 +189,26 @@ pub async fn serve(
     marks.committed.store(recovery.last_lsn, Ordering::Release);
     // Set at shutdown: the link drains and stops, the ClickHouse writer stops retrying.
     let stop = Arc::new(AtomicBool::new(false));
+    let spool_dir = config.data_dir.join("clickhouse-spool");
+    if (!config.clickhouse.enabled() || config.clickhouse.spool_max_bytes == 0)
+        && spool_dir.exists()
+    {
+        // Left by a run with the spool on: its records are in the WAL (replayed below, or
+        // dropped with ClickHouse turned off), so the files are only disk.
+        match std::fs::remove_dir_all(&spool_dir) {
+            Ok(()) => {
+                tracing::info!(dir = %spool_dir.display(), "removed the ClickHouse spool of an earlier run")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %spool_dir.display(), "cannot remove the ClickHouse spool of an earlier run")
+            }
+        }
+    }
     let clickhouse = if config.clickhouse.enabled() {
         tracing::info!(url = %config.clickhouse.url, database = %config.clickhouse.database, "ClickHouse sink on");
         restore_devices_from_clickhouse(config.clickhouse.clone(), devices.clone());
         let spool = (config.clickhouse.spool_max_bytes > 0).then(|| SpoolConfig {
-            dir: config.data_dir.join("clickhouse-spool"),
+            dir: spool_dir.clone(),
             max_bytes: config.clickhouse.spool_max_bytes,
         });
         Some(ClickHouseWriter::start(

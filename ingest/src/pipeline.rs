@@ -190,7 +190,7 @@ impl Pipeline {
             if let Some((batch, oldest)) = self.batcher.take_if_due(now) {
                 self.write(&batch, oldest, now)?;
             } else if self.batcher.rows() == 0 && !self.side.is_empty() {
-                self.send_side_rows();
+                self.send_side_rows()?;
             }
             let rolled = self.parquet.roll_due(now)?.len();
             self.summary.files += rolled as u64;
@@ -296,7 +296,7 @@ impl Pipeline {
             self.write(&batch, oldest, now)?;
         }
         self.summary.files += self.parquet.close()?.len() as u64;
-        self.send_side_rows();
+        self.send_side_rows()?;
         if let Some(clickhouse) = self.clickhouse.as_mut() {
             clickhouse.close();
         }
@@ -316,7 +316,7 @@ impl Pipeline {
             // while ClickHouse is away and its queue and spool are full; the WAL holds what
             // arrives meanwhile.
             let side = std::mem::take(&mut self.side);
-            clickhouse.send(batch.clone(), side, self.next_lsn - 1);
+            clickhouse.send(batch.clone(), side, self.next_lsn - 1)?;
         }
         if !self.batch_local {
             // A replayed batch Parquet already has: ClickHouse alone needed it.
@@ -340,7 +340,7 @@ impl Pipeline {
     /// Sends status reports and dead letters to ClickHouse on their own (no readings waiting
     /// to carry them, or too many of them to wait). They confirm no further than the oldest
     /// row still in the batcher.
-    fn send_side_rows(&mut self) {
+    fn send_side_rows(&mut self) -> Result<(), IngestError> {
         if let Some(clickhouse) = &mut self.clickhouse {
             if !self.side.is_empty() {
                 let empty = arrow_array::RecordBatch::new_empty(meterflow_proto::reading_schema());
@@ -349,17 +349,19 @@ impl Pipeline {
                     Some(oldest) => (oldest - 1).min(self.next_lsn - 1),
                     None => self.next_lsn - 1,
                 };
-                clickhouse.send(empty, side, through);
+                clickhouse.send(empty, side, through)?;
             }
         }
+        Ok(())
     }
 
     /// Sends the side rows early when many wait (a burst of dead letters carries payloads).
-    fn flush_side_rows_if_large(&mut self) {
+    fn flush_side_rows_if_large(&mut self) -> Result<(), IngestError> {
         let (rows, bytes) = self.side.size();
         if rows >= SIDE_ROWS_MAX || bytes >= SIDE_BYTES_MAX {
-            self.send_side_rows();
+            self.send_side_rows()?;
         }
+        Ok(())
     }
 
     /// The key that makes a side row's insert idempotent: its WAL position, or for a message
@@ -379,9 +381,9 @@ impl Pipeline {
         meter_id: &str,
         message: &RawMessage,
         status: &meterflow_decoders::DeviceStatus,
-    ) {
+    ) -> Result<(), IngestError> {
         if self.clickhouse.is_none() {
-            return;
+            return Ok(());
         }
         let key = self.row_key(message.lsn);
         self.side.note_lsn(message.lsn);
@@ -397,7 +399,7 @@ impl Pipeline {
             source: message.source.as_str().to_string(),
             lsn: key,
         });
-        self.flush_side_rows_if_large();
+        self.flush_side_rows_if_large()
     }
 
     /// Keeps the rows of batches ClickHouse refused for their data as dead letters (one per
@@ -478,7 +480,7 @@ impl Pipeline {
                         readings: &mut std::iter::empty(),
                     });
                     metrics::counter!("meterflow_status_updates_total").increment(1);
-                    self.queue_status(meter_id, message, &status);
+                    self.queue_status(meter_id, message, &status)?;
                     Ok(())
                 }
                 Err(e) => {
@@ -557,7 +559,7 @@ impl Pipeline {
             ))
         });
         if let Some(status) = &decoded.status {
-            self.queue_status(meter_id, message, status);
+            self.queue_status(meter_id, message, status)?;
         }
         self.devices.observe(Observation {
             meter_id,
@@ -667,7 +669,7 @@ impl Pipeline {
                 payload: letter.payload.clone(),
                 lsn: key,
             });
-            self.flush_side_rows_if_large();
+            self.flush_side_rows_if_large()?;
         }
         if let Some(meter_id) = meter_id {
             let mut reason = letter.reason;

@@ -278,7 +278,7 @@ impl Sink {
                 waiting,
             } => {
                 *next_chunk += 1;
-                writer.send(batch, side, *next_chunk);
+                writer.send(batch, side, *next_chunk)?;
                 waiting.push_back((*next_chunk, mark));
                 Ok(Vec::new())
             }

@@ -37,6 +37,11 @@ pub enum StorageError {
         source: ::parquet::errors::ParquetError,
     },
 
+    /// The ClickHouse writer stopped outside shutdown (see the log for why): what it did not
+    /// confirm is in the WAL, and a restart replays it. A retry in-process cannot help.
+    #[error("the ClickHouse writer stopped (see the log); restart meterflow: the WAL replays what ClickHouse lacks")]
+    ClickHouseWriterStopped,
+
     #[error("splitting a batch by date: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
 }
@@ -74,7 +79,9 @@ impl StorageError {
     pub fn is_retryable(&self) -> bool {
         match self {
             StorageError::Io { .. } | StorageError::WalRead { .. } => true,
-            StorageError::WalStopped { .. } | StorageError::Config { .. } => false,
+            StorageError::WalStopped { .. }
+            | StorageError::Config { .. }
+            | StorageError::ClickHouseWriterStopped => false,
             StorageError::Parquet { source, .. } => {
                 matches!(source, ::parquet::errors::ParquetError::External(_))
             }

@@ -60,6 +60,8 @@ pub struct StatusRow {
     pub battery_pct: Option<u8>,
     pub rssi_dbm: Option<i32>,
     pub rsrp_dbm: Option<i32>,
+    /// As bits in a spool file (a device may send NaN).
+    #[serde(with = "super::queue::f32_bits")]
     pub snr_db: Option<f32>,
     pub firmware: Option<String>,
     pub error_flags: Option<u32>,

@@ -36,9 +36,10 @@ pub(super) enum JobData {
         batch: RecordBatch,
         side: SideRows,
     },
-    /// A spool file; read (and removed) by the insert that carries it.
+    /// A spool file of `bytes`; read (and removed) by the insert that carries it.
     Spooled {
         path: PathBuf,
+        bytes: u64,
     },
 }
 
@@ -73,9 +74,9 @@ struct State {
     memory: VecDeque<Job>,
     /// Jobs in spool files, after every job in `memory`.
     spooled: VecDeque<Job>,
+    /// Bytes and count of the spool files not yet taken (in `spooled`, or put back).
     spool_bytes: u64,
-    /// Bytes of each spooled job's file, in the order of `spooled`.
-    spooled_bytes: VecDeque<u64>,
+    spool_files: usize,
     next_file: u64,
     /// A spool write failed: none is tried before this.
     spool_retry_at: Option<Instant>,
@@ -107,7 +108,7 @@ impl JobQueue {
                 memory: VecDeque::new(),
                 spooled: VecDeque::new(),
                 spool_bytes: 0,
-                spooled_bytes: VecDeque::new(),
+                spool_files: 0,
                 next_file: 0,
                 spool_retry_at: None,
                 closed: false,
@@ -140,6 +141,7 @@ impl JobQueue {
                 state
                     .memory
                     .push_back(Job::in_memory(batch, side, through_lsn));
+                self.gauges(&state);
                 drop(state);
                 self.arrived.notify_one();
                 return (Sent::Queued, None);
@@ -158,11 +160,17 @@ impl JobQueue {
         match write_spool_file(&file, &batch, &side) {
             Ok(bytes) => {
                 let mut state = self.lock();
+                if state.closed {
+                    // Abandoned or closed while the file was written: nobody takes it now.
+                    drop(state);
+                    let _ = std::fs::remove_file(&file);
+                    return (Sent::Closed, None);
+                }
                 state.spool_bytes += bytes;
-                state.spooled_bytes.push_back(bytes);
+                state.spool_files += 1;
                 state.spooled.push_back(Job {
                     rows: batch.num_rows(),
-                    data: JobData::Spooled { path: file },
+                    data: JobData::Spooled { path: file, bytes },
                     through_lsn,
                 });
                 metrics::counter!("meterflow_clickhouse_spooled_jobs_total").increment(1);
@@ -183,31 +191,46 @@ impl JobQueue {
     }
 
     fn gauges(&self, state: &State) {
+        metrics::gauge!("meterflow_clickhouse_queue_jobs").set(state.memory.len() as f64);
         metrics::gauge!("meterflow_clickhouse_spool_bytes").set(state.spool_bytes as f64);
-        metrics::gauge!("meterflow_clickhouse_spool_jobs").set(state.spooled.len() as f64);
+        metrics::gauge!("meterflow_clickhouse_spool_jobs").set(state.spool_files as f64);
+    }
+
+    /// Takes `job` out of the counts of what waits.
+    fn took(&self, state: &mut State, job: &Job) {
+        if let JobData::Spooled { bytes, .. } = &job.data {
+            state.spool_bytes = state.spool_bytes.saturating_sub(*bytes);
+            state.spool_files = state.spool_files.saturating_sub(1);
+        }
+        self.gauges(state);
     }
 
     /// The next job: from memory, else from the spool (not once closed: spooled jobs are
     /// left to the WAL at shutdown). `None` once closed and memory is empty.
     fn take_now(&self, fits: impl Fn(usize) -> bool) -> Result<Option<Job>, ()> {
         let mut state = self.lock();
-        if let Some(job) = state.memory.front() {
-            if !fits(job.rows) {
+        let from_memory = !state.memory.is_empty();
+        // Spooled jobs are not taken once closed: they stay in the WAL at shutdown.
+        let next = if from_memory {
+            state.memory.front()
+        } else if state.closed {
+            None
+        } else {
+            state.spooled.front()
+        };
+        if let Some(rows) = next.map(|job| job.rows) {
+            if !fits(rows) {
                 return Ok(None);
             }
-            return Ok(state.memory.pop_front());
-        }
-        if !state.closed {
-            if let Some(job) = state.spooled.front() {
-                if !fits(job.rows) {
-                    return Ok(None);
-                }
-                let job = state.spooled.pop_front();
-                let bytes = state.spooled_bytes.pop_front().unwrap_or(0);
-                state.spool_bytes = state.spool_bytes.saturating_sub(bytes);
-                self.gauges(&state);
-                return Ok(job);
+            let job = if from_memory {
+                state.memory.pop_front()
+            } else {
+                state.spooled.pop_front()
+            };
+            if let Some(job) = &job {
+                self.took(&mut state, job);
             }
+            return Ok(job);
         }
         if state.closed {
             Err(())
@@ -242,7 +265,16 @@ impl JobQueue {
 
     /// Puts a job taken too early back at the front (it stays the next one taken).
     pub fn put_back(&self, job: Job) {
-        self.lock().memory.push_front(job);
+        let mut state = self.lock();
+        if let JobData::Spooled { bytes, .. } = &job.data {
+            state.spool_bytes += bytes;
+            state.spool_files += 1;
+        }
+        // At the front of memory even when it came from the spool: a job sent meanwhile may
+        // be in memory already (the spool had emptied), and it comes after this one.
+        state.memory.push_front(job);
+        self.gauges(&state);
+        drop(state);
         self.arrived.notify_one();
     }
 
@@ -253,8 +285,8 @@ impl JobQueue {
         state.memory.clear();
         // The files stay until the next start clears them.
         state.spooled.clear();
-        state.spooled_bytes.clear();
         state.spool_bytes = 0;
+        state.spool_files = 0;
         self.gauges(&state);
     }
 }
@@ -305,7 +337,10 @@ pub(super) fn read_spool_file(path: &Path) -> std::io::Result<(RecordBatch, Side
         .map_err(|e| spool_io("reading", path, e))?;
     let batch = arrow_select::concat::concat_batches(&schema, &batches)
         .map_err(|e| spool_io("reading", path, e))?;
-    std::fs::remove_file(path)?;
+    if let Err(e) = std::fs::remove_file(path) {
+        // Read back whole: the next start clears what is left.
+        tracing::warn!(error = %e, file = %path.display(), "cannot remove a spool file read back");
+    }
     Ok((batch, side))
 }
 
@@ -321,6 +356,23 @@ fn clear_spool(dir: &Path) -> std::io::Result<usize> {
         }
     }
     Ok(removed)
+}
+
+/// A status row's float as its bits in a spool file's JSON (JSON has no NaN or infinity,
+/// and the row must reach ClickHouse as it would from memory).
+pub(super) mod f32_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<f32>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => s.serialize_some(&v.to_bits()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
+        Ok(Option::<u32>::deserialize(d)?.map(f32::from_bits))
+    }
 }
 
 /// Base64 for the dead letters' raw payloads in a spool file's JSON.
@@ -373,7 +425,8 @@ mod tests {
             meter_id: "m-1".into(),
             at_ms: 1_700_000_000_000,
             battery_pct: Some(87),
-            snr_db: Some(-3.5),
+            snr_db: Some(f32::NAN),
+            rsrp_dbm: Some(-101),
             firmware: Some("1.2.3".into()),
             source: "mqtt".into(),
             lsn,
@@ -407,7 +460,7 @@ mod tests {
         let spooled = matches!(job.data, JobData::Spooled { .. });
         let (batch, side) = match job.data {
             JobData::Memory { batch, side } => (batch, side),
-            JobData::Spooled { path } => read_spool_file(&path).unwrap(),
+            JobData::Spooled { path, .. } => read_spool_file(&path).unwrap(),
         };
         (batch, side, job.through_lsn, spooled)
     }
@@ -431,7 +484,23 @@ mod tests {
         let (got, got_side, through, spooled) = take(&queue);
         assert_eq!((&got, through, spooled), (&b, 9, true));
         let want = side(7);
-        assert_eq!(got_side.statuses, want.statuses);
+        // NaN is not equal to itself: compare the status rows with their floats as bits.
+        let bits = |rows: &[StatusRow]| -> Vec<String> {
+            rows.iter()
+                .map(|r| {
+                    format!(
+                        "{:?} {:?}",
+                        r.snr_db.map(f32::to_bits),
+                        StatusRow {
+                            snr_db: None,
+                            ..r.clone()
+                        }
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(bits(&got_side.statuses), bits(&want.statuses));
+        assert!(got_side.statuses[0].snr_db.is_some_and(f32::is_nan));
         assert_eq!(got_side.dead_letters, want.dead_letters);
         assert_eq!(got_side.oldest_lsn(), Some(7));
         assert_eq!(files(dir.path()), 0, "read back, the file is removed");
@@ -447,24 +516,50 @@ mod tests {
                 Sent::Queued
             );
         }
-        // 1, 2 in memory; 3..5 spooled. While the spool holds jobs, a new one goes behind
+        // 1, 2 in memory; 3..5 spooled. While the spool holds jobs, new ones go behind
         // them, even when memory has room again.
         assert_eq!(take(&queue).2, 1);
-        assert_eq!(
-            queue.try_send(batch("m", 1), SideRows::default(), 6).0,
-            Sent::Queued
-        );
-        let order: Vec<(u64, bool)> = (0..5).map(|_| take(&queue)).map(|t| (t.2, t.3)).collect();
-        assert_eq!(
-            order,
-            [(2, false), (3, true), (4, true), (5, true), (6, true)]
-        );
+        for lsn in 6..=7 {
+            assert_eq!(
+                queue.try_send(batch("m", 1), SideRows::default(), lsn).0,
+                Sent::Queued
+            );
+        }
+        let order: Vec<(u64, bool)> = (0..4).map(|_| take(&queue)).map(|t| (t.2, t.3)).collect();
+        assert_eq!(order, [(2, false), (3, true), (4, true), (5, true)]);
+        // A spooled job taken too early and put back is still counted, and comes first.
+        let early = queue.take_waiting(|_| true).unwrap();
+        assert!(matches!(early.data, JobData::Spooled { .. }));
+        assert_eq!(queue.lock().spool_files, 1);
+        queue.put_back(early);
+        assert_eq!(queue.lock().spool_files, 2);
+        assert_eq!((take(&queue).2, take(&queue).2), (6, 7));
         // The spool is empty: memory again.
         assert_eq!(
-            queue.try_send(batch("m", 1), SideRows::default(), 7).0,
+            queue.try_send(batch("m", 1), SideRows::default(), 8).0,
             Sent::Queued
         );
-        assert_eq!((take(&queue).2, files(dir.path())), (7, 0));
+        assert_eq!((take(&queue).2, files(dir.path())), (8, 0));
+        let state = queue.lock();
+        assert_eq!((state.spool_files, state.spool_bytes), (0, 0));
+    }
+
+    #[test]
+    fn a_corrupt_spool_file_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = JobQueue::new(1, spool(dir.path(), u64::MAX)).unwrap();
+        queue.try_send(batch("m", 1), SideRows::default(), 1);
+        queue.try_send(batch("m", 5), SideRows::default(), 2);
+        take(&queue);
+        let job = queue.take_waiting(|_| true).unwrap();
+        let JobData::Spooled { path, .. } = job.data else {
+            panic!("the second job is spooled")
+        };
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes.truncate(middle);
+        std::fs::write(&path, bytes).unwrap();
+        assert!(read_spool_file(&path).is_err());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //!   block in the one request, which the server squashes);
 //! - keeps up to `max_inflight_inserts` inserts in flight, each encoded on a blocking thread
 //!   while the earlier ones stream, and confirms only the contiguous prefix of finished ones,
-//!   so the WAL's "confirmed" never passes a job that is not in ClickHouse;
+//!   so the WAL's "confirmed" never passes a job that is not in ClickHouse; while inserts
+//!   fail, one is in flight and the jobs behind it wait (merged into large inserts once the
+//!   server is back; an unreachable server is probed during the backoff);
 //! - inserts each table of a job as its own retry unit (a retry never repeats an insert that
 //!   succeeded), retrying what a retry can fix with capped exponential backoff and jitter;
 //! - hands back a batch the server refused for its data (alone: a merged insert that is
@@ -90,6 +92,10 @@ impl ClickHouseWriter {
         let thread = std::thread::Builder::new()
             .name("clickhouse-sink".into())
             .spawn(move || {
+                // However the thread ends (its runtime cannot start, a panic, the end of
+                // `run_writer`), what still waits stays in the WAL and a sender sees the
+                // writer gone instead of filling a queue nobody takes from.
+                let _abandon = AbandonOnExit(writer_queue.clone());
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -101,8 +107,6 @@ impl ClickHouseWriter {
                     }
                 };
                 runtime.block_on(run_writer(shared, &writer_queue, order));
-                // Whatever still waits stays in the WAL; a sender sees the writer gone.
-                writer_queue.abandon();
             })
             .map_err(|e| {
                 StorageError::io("spawning the ClickHouse writer", "clickhouse-sink", e)
@@ -128,28 +132,35 @@ impl ClickHouseWriter {
     /// Queues a batch (in memory, or in the spool behind it); waits while both are full
     /// (ClickHouse slow or away for long), unless shutdown begins: then the batch is left to
     /// the WAL (not confirmed). `through_lsn` must not go back from one call to the next.
-    pub fn send(&mut self, batch: RecordBatch, side: SideRows, through_lsn: u64) {
+    ///
+    /// An error when the writer stopped outside shutdown (a spool file it could not read
+    /// back, a runtime it could not start): a sink failure, as a Parquet write error is. The
+    /// batch and everything after it stay in the WAL; a restart replays them.
+    pub fn send(
+        &mut self,
+        batch: RecordBatch,
+        side: SideRows,
+        through_lsn: u64,
+    ) -> Result<(), StorageError> {
         self.pending.fetch_add(1, Ordering::AcqRel);
         let mut job = (batch, side);
         let mut waited = false;
         loop {
             match self.queue.try_send(job.0, job.1, through_lsn) {
-                (Sent::Queued, _) => return,
+                (Sent::Queued, _) => return Ok(()),
                 (Sent::Closed, _) => {
-                    if !self.closing.load(Ordering::Acquire) {
-                        self.dead.store(true, Ordering::Release);
-                        tracing::error!(
-                            "the ClickHouse writer is gone; the batch stays in the WAL"
-                        );
+                    self.dead.store(true, Ordering::Release);
+                    if self.closing.load(Ordering::Acquire) {
+                        return Ok(());
                     }
-                    return;
+                    return Err(StorageError::ClickHouseWriterStopped);
                 }
                 (Sent::Full, back) => {
                     if self.closing.load(Ordering::Acquire) {
                         tracing::warn!("shutting down while ClickHouse cannot take more; the batch stays in the WAL");
-                        return;
+                        return Ok(());
                     }
-                    let Some(back) = back else { return };
+                    let Some(back) = back else { return Ok(()) };
                     job = back;
                     if !waited {
                         waited = true;
@@ -207,6 +218,15 @@ impl ClickHouseWriter {
 impl Drop for ClickHouseWriter {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Abandons the queue when the writer thread ends, however it ends.
+struct AbandonOnExit(Arc<JobQueue>);
+
+impl Drop for AbandonOnExit {
+    fn drop(&mut self) {
+        self.0.abandon();
     }
 }
 
@@ -335,7 +355,7 @@ fn load_unit(data: Vec<JobData>) -> std::io::Result<(Vec<RecordBatch>, SideRows)
     for job in data {
         let (batch, job_side) = match job {
             JobData::Memory { batch, side } => (batch, side),
-            JobData::Spooled { path } => read_spool_file(&path)?,
+            JobData::Spooled { path, .. } => read_spool_file(&path)?,
         };
         if batch.num_rows() > 0 {
             batches.push(batch);
@@ -724,17 +744,22 @@ impl Shared {
             // A server that was down is tried again as soon as it answers a probe, not when
             // a backoff grown during a long outage ends (a server that answers with errors
             // gets the whole backoff).
+            // Only a server seen down by a probe and then up again: one that answers while
+            // its inserts fail (a reset mid-request) waits out the backoff.
             let mut probe_at = tokio::time::Instant::now() + PROBE_INTERVAL;
+            let mut seen_down = false;
             while tokio::time::Instant::now() < until && !self.closing.load(Ordering::Acquire) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 if error.is_unreachable() && tokio::time::Instant::now() >= probe_at {
-                    if self.answers().await {
+                    let answers = self.answers().await;
+                    if answers && seen_down {
                         tracing::info!(
                             table = part.table(),
                             "ClickHouse answers again; retrying now"
                         );
                         break;
                     }
+                    seen_down |= !answers;
                     probe_at = tokio::time::Instant::now() + PROBE_INTERVAL;
                 }
             }
