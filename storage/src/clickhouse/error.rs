@@ -29,12 +29,6 @@ impl ClickHouseError {
         digits.parse().ok()
     }
 
-    /// Whether the server could not be reached at all (refused, reset, unresolved): then a
-    /// cheap probe tells when it is back, sooner than the backoff would.
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self.source, clickhouse::error::Error::Network(_))
-    }
-
     /// Whether the same request may succeed later. Not when the server blames the data, nor
     /// for meterflow's own checks of what it sends (a batch of another shape, a version it
     /// cannot read): those fail the same way every time.

@@ -678,6 +678,8 @@ impl Shared {
     async fn insert(&self, part: Part, side: &Arc<SideRows>, batches: &[RecordBatch]) -> Outcome {
         let mut delay = Duration::from_millis(self.config.retry_initial_ms.max(1));
         let mut attempt = 0u32;
+        // A probe during a backoff found the server not answering (an outage).
+        let mut server_was_down = false;
         // Whether the layout was read for this part (else it may be stale).
         let mut layout_fresh = false;
         // Readings refused in Native go once more as RowBinary before the rows are blamed
@@ -741,27 +743,33 @@ impl Shared {
             let jitter =
                 Duration::from_millis(u64::from(attempt.wrapping_mul(2_654_435_761) % 100));
             let until = tokio::time::Instant::now() + delay + jitter;
-            // A server that was down is tried again as soon as it answers a probe, not when
-            // a backoff grown during a long outage ends (a server that answers with errors
-            // gets the whole backoff).
-            // Only a server seen down by a probe and then up again: one that answers while
-            // its inserts fail (a reset mid-request) waits out the backoff.
+            // During the backoff the server is probed. One seen down and then answering again
+            // is tried at once, with the backoff started afresh (a server back from an outage
+            // may still fail a few inserts while it starts), not when a backoff grown during
+            // a long outage ends. One that answers all along while its inserts fail (a reset
+            // mid-request, too many parts) waits out the whole backoff.
             let mut probe_at = tokio::time::Instant::now() + PROBE_INTERVAL;
-            let mut seen_down = false;
+            let mut back = false;
             while tokio::time::Instant::now() < until && !self.closing.load(Ordering::Acquire) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                if error.is_unreachable() && tokio::time::Instant::now() >= probe_at {
+                if tokio::time::Instant::now() >= probe_at {
                     let answers = self.answers().await;
-                    if answers && seen_down {
-                        tracing::info!(
-                            table = part.table(),
-                            "ClickHouse answers again; retrying now"
-                        );
+                    if answers && server_was_down {
+                        back = true;
                         break;
                     }
-                    seen_down |= !answers;
+                    server_was_down |= !answers;
                     probe_at = tokio::time::Instant::now() + PROBE_INTERVAL;
                 }
+            }
+            if back {
+                tracing::info!(
+                    table = part.table(),
+                    "ClickHouse answers again; retrying now"
+                );
+                server_was_down = false;
+                delay = Duration::from_millis(self.config.retry_initial_ms.max(1));
+                continue;
             }
             delay = (delay * 2).min(Duration::from_millis(self.config.retry_max_ms.max(1)));
         }
