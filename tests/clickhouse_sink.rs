@@ -458,11 +458,11 @@ fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
             .collect()
     };
 
-    // 1. A spool with room for the whole outage. A minute's backoff: the retry after the
-    //    outage comes from the probe that sees ClickHouse answer again.
+    // 1. A spool with room for the whole outage. The backoff grows during it (up to a
+    //    minute); the retry after it comes from the probe that sees ClickHouse answer again.
     let db = ClickHouse::fresh_database("mf_spool");
     let (_cfg, config) = config_file(&format!(
-        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\nretry_initial_ms = 60000\nretry_max_ms = 60000\nqueue_batches = 1\n[batch]\nmax_rows = 200\nmax_age_ms = 100\n[parquet]\nfile_max_age_s = 1\n",
+        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\nretry_initial_ms = 200\nretry_max_ms = 60000\nqueue_batches = 1\n[batch]\nmax_rows = 200\nmax_age_ms = 100\n[parquet]\nfile_max_age_s = 1\n",
         ch.url
     ));
     common::apply_schema(&config);
@@ -581,4 +581,62 @@ fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
         .collect();
     assert_eq!(parquet.len(), want.len(), "no Parquet row twice");
     assert_eq!(distinct.len(), want.len());
+
+    // 3. A spool file that cannot be read back: the writer stops, serve exits non-zero (a
+    //    sink failure), and the restart replays the WAL to ClickHouse.
+    let db = ClickHouse::fresh_database("mf_spool_bad");
+    let (_cfg, config) = config_file(&format!(
+        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\nretry_initial_ms = 50\nretry_max_ms = 200\nqueue_batches = 1\n[batch]\nmax_rows = 200\nmax_age_ms = 100\n[parquet]\nfile_max_age_s = 1\n",
+        ch.url
+    ));
+    common::apply_schema(&config);
+    ch.kill();
+    let server = Server::start_with(&["--config", &config]);
+    let third = plan("bad-");
+    let want = expected(std::slice::from_ref(&third));
+    assert_eq!(acked(simulate(server.mqtt_port, &third, 0)), 1000);
+    wait_for("every row in Parquet while ClickHouse is away", || {
+        (parquet_rows(&server) == want.len()).then_some(())
+    });
+    let spool_dir = server.data_dir.join("clickhouse-spool");
+    let mut files: Vec<_> = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    std::fs::write(&files[0], b"not an Arrow file").unwrap();
+    ch.start();
+    wait_for("the writer to stop", || {
+        server
+            .log_text()
+            .contains("cannot read a job back from the ClickHouse spool")
+            .then_some(())
+    });
+    // The next batch meets the stopped writer.
+    assert!(common::mosquitto_pub_acked(
+        server.mqtt_port,
+        "meters/bad-late/json",
+        r#"{"readings":[{"channel":"1-0:1.8.0","ts":1719792000000,"value":1.0,"unit":"kWh"}]}"#
+    ));
+    let (exit, _data_dir, log, tmp) = server.stop();
+    assert!(
+        !exit.success(),
+        "a stopped ClickHouse writer fails serve: {log}"
+    );
+    assert!(log.contains("the ClickHouse writer stopped"), "{log}");
+    let server = Server::start_in(tmp, &["--config", &config]);
+    wait_for("every reading in ClickHouse after the restart", || {
+        (readings(&db).len() > want.len()).then_some(())
+    });
+    let mut want = want;
+    want.insert((
+        "bad-late".into(),
+        "1-0:1.8.0".into(),
+        1_719_792_000,
+        1.0f64.to_bits(),
+        "kWh".into(),
+    ));
+    assert_same(&readings(&db), &want);
+    let (exit, _data_dir, log, _tmp) = server.stop();
+    assert!(exit.success(), "{log}");
 }

@@ -302,6 +302,14 @@ impl Pipeline {
         }
         self.checkpoint(true)?;
         self.dead_letters.close()?;
+        if self
+            .clickhouse
+            .as_ref()
+            .is_some_and(ClickHouseWriter::stopped)
+        {
+            // It stopped earlier and nothing was sent since: still a sink failure.
+            return Err(meterflow_storage::StorageError::ClickHouseWriterStopped.into());
+        }
         Ok(self.summary)
     }
 

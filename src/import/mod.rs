@@ -750,6 +750,15 @@ pub fn run(config: &Config, options: &ImportOptions) -> anyhow::Result<ImportSum
         };
         match result {
             Ok(()) => importer.summary.files += 1,
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<meterflow_storage::StorageError>(),
+                    Some(meterflow_storage::StorageError::ClickHouseWriterStopped)
+                ) =>
+            {
+                // No file can go on without the writer.
+                return Err(e);
+            }
             Err(e) => {
                 importer.summary.files_failed += 1;
                 importer

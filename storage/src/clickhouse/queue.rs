@@ -72,7 +72,8 @@ pub(super) enum Sent {
 
 struct State {
     memory: VecDeque<Job>,
-    /// Jobs in spool files, after every job in `memory`.
+    /// Jobs in spool files, after every job in `memory` (which may hold one spooled job
+    /// put back at its front).
     spooled: VecDeque<Job>,
     /// Bytes and count of the spool files not yet taken (in `spooled`, or put back).
     spool_bytes: u64,

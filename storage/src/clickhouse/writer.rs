@@ -8,7 +8,8 @@
 //!   while the earlier ones stream, and confirms only the contiguous prefix of finished ones,
 //!   so the WAL's "confirmed" never passes a job that is not in ClickHouse; while inserts
 //!   fail, one is in flight and the jobs behind it wait (merged into large inserts once the
-//!   server is back; an unreachable server is probed during the backoff);
+//!   server is back; the server is probed during the backoff, and one that was unreachable
+//!   and answers again is tried at once);
 //! - inserts each table of a job as its own retry unit (a retry never repeats an insert that
 //!   succeeded), retrying what a retry can fix with capped exponential backoff and jitter;
 //! - hands back a batch the server refused for its data (alone: a merged insert that is
@@ -48,6 +49,9 @@ pub struct ClickHouseWriter {
     closing: Arc<AtomicBool>,
     /// The writer thread is gone: nothing more will be confirmed.
     dead: AtomicBool,
+    /// The writer stopped outside shutdown (a unit abandoned while not closing): a sink
+    /// failure, reported by `send` and `stopped`.
+    stopped: Arc<AtomicBool>,
     rejected: std::sync::mpsc::Receiver<RejectedBatch>,
     confirmed: Arc<AtomicU64>,
     pending: Arc<AtomicUsize>,
@@ -75,7 +79,9 @@ impl ClickHouseWriter {
         let confirmed = Arc::new(AtomicU64::new(0));
         let pending = Arc::new(AtomicUsize::new(0));
         let failing_since_ms = Arc::new(AtomicI64::new(0));
+        let stopped = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
+            stopped: stopped.clone(),
             client: config.insert_client(),
             probe: config.client(),
             layout: tokio::sync::Mutex::new(None),
@@ -115,6 +121,7 @@ impl ClickHouseWriter {
             queue,
             closing,
             dead: AtomicBool::new(false),
+            stopped,
             rejected: rejected_rx,
             confirmed,
             pending,
@@ -143,6 +150,10 @@ impl ClickHouseWriter {
         through_lsn: u64,
     ) -> Result<(), StorageError> {
         self.pending.fetch_add(1, Ordering::AcqRel);
+        if self.stopped() {
+            self.dead.store(true, Ordering::Release);
+            return Err(StorageError::ClickHouseWriterStopped);
+        }
         let mut job = (batch, side);
         let mut waited = false;
         loop {
@@ -150,7 +161,7 @@ impl ClickHouseWriter {
                 (Sent::Queued, _) => return Ok(()),
                 (Sent::Closed, _) => {
                     self.dead.store(true, Ordering::Release);
-                    if self.closing.load(Ordering::Acquire) {
+                    if self.closing.load(Ordering::Acquire) && !self.stopped() {
                         return Ok(());
                     }
                     return Err(StorageError::ClickHouseWriterStopped);
@@ -181,14 +192,19 @@ impl ClickHouseWriter {
         waiting.then(|| self.confirmed.load(Ordering::Acquire) + 1)
     }
 
+    /// Whether the writer stopped outside shutdown (see [`StorageError::ClickHouseWriterStopped`]).
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
     /// The `through_lsn` of the last job confirmed (it and every job before it are in
     /// ClickHouse, or handed back as refused).
     pub fn confirmed_through(&self) -> u64 {
         self.confirmed.load(Ordering::Acquire)
     }
 
-    /// Whether the writer's thread still runs (it ends only at `close`, or when its runtime
-    /// cannot start).
+    /// Whether the writer's thread still runs (it ends at `close`, when its runtime cannot
+    /// start, or after it abandoned a unit: see [`ClickHouseWriter::stopped`]).
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
@@ -293,6 +309,11 @@ async fn run_writer(shared: Arc<Shared>, queue: &JobQueue, order: Confirmations)
                     UnitOutcome::Abandoned
                 });
                 abandoned = order.settle(outcome, through_lsn, count, abandoned);
+                if abandoned && !shared.closing.load(Ordering::Acquire) && !shared.stopped.swap(true, Ordering::AcqRel) {
+                    // Not shutdown: the writer cannot go on in order. What waits stays in
+                    // the WAL, and the sender hears of it now rather than filling the queue.
+                    queue.abandon();
+                }
             }
             job = queue.take(), if room => {
                 let Some(job) = job else {
@@ -491,11 +512,13 @@ struct Shared {
     config: Arc<ClickHouseConfig>,
     /// The client for inserts (compressed as configured).
     client: clickhouse::Client,
-    /// The client for the probe while the server is unreachable (uncompressed: a read).
+    /// The client for the probe during a backoff (uncompressed: a read).
     probe: clickhouse::Client,
     /// Read once the schema is applied; forgotten after a failure (a table may be gone).
     layout: tokio::sync::Mutex<Option<Arc<TableLayout>>>,
     closing: Arc<AtomicBool>,
+    /// Set when a unit is abandoned outside shutdown.
+    stopped: Arc<AtomicBool>,
     failing_since_ms: Arc<AtomicI64>,
     rejected: std::sync::mpsc::Sender<RejectedBatch>,
 }
@@ -611,13 +634,16 @@ impl Shared {
         Ok(layout)
     }
 
-    /// Whether the server answers `SELECT 1` (within a second).
-    async fn answers(&self) -> bool {
+    /// What `SELECT 1` says of the server (within a second).
+    async fn probe(&self) -> Probe {
         let query = self.probe.query("SELECT 1").fetch_one::<u8>();
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), query).await,
-            Ok(Ok(1))
-        )
+        match tokio::time::timeout(Duration::from_secs(1), query).await {
+            Ok(Ok(_)) => Probe::Answers,
+            // Refused, reset, not resolved: the server is not there.
+            Ok(Err(clickhouse::error::Error::Network(_))) => Probe::Unreachable,
+            // Slow or answering with an error: there, but struggling.
+            _ => Probe::Struggling,
+        }
     }
 
     async fn forget_layout(&self) {
@@ -753,12 +779,14 @@ impl Shared {
             while tokio::time::Instant::now() < until && !self.closing.load(Ordering::Acquire) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 if tokio::time::Instant::now() >= probe_at {
-                    let answers = self.answers().await;
-                    if answers && server_was_down {
-                        back = true;
-                        break;
+                    match self.probe().await {
+                        Probe::Answers if server_was_down => {
+                            back = true;
+                            break;
+                        }
+                        Probe::Unreachable => server_was_down = true,
+                        Probe::Answers | Probe::Struggling => {}
                     }
-                    server_was_down |= !answers;
                     probe_at = tokio::time::Instant::now() + PROBE_INTERVAL;
                 }
             }
@@ -776,7 +804,17 @@ impl Shared {
     }
 }
 
-/// How often an unreachable server is probed during a retry's backoff.
+/// What a probe during a backoff found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Answers,
+    /// Not there at all (refused, reset): an outage, not a struggle.
+    Unreachable,
+    /// Slow, or answering with an error: the backoff stands.
+    Struggling,
+}
+
+/// How often the server is probed during a retry's backoff.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// An insert body, compressed in ClickHouse's block framing (frames of
