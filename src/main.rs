@@ -689,7 +689,12 @@ fn schema(config: Config, apply: bool, server_version: Option<String>) -> anyhow
             "name the server: --clickhouse-url URL, or --server-version MAJOR.MINOR to print without one"
         ),
     };
-    for statement in ch::schema_ddl(&ch_config.database, version, ch_config.ttl_days) {
+    for statement in ch::schema_ddl(
+        &ch_config.database,
+        version,
+        ch_config.ttl_days,
+        ch_config.topology(),
+    ) {
         println!("{statement};\n");
     }
     Ok(())

@@ -14,7 +14,7 @@ use common::{wait_for, ClickHouse};
 use meterflow_proto::{Format, ReadingBatchBuilder, RowMeta, Source};
 use meterflow_storage::clickhouse::{
     schema_ddl, table_layout, ClickHouseConfig, ClickHouseWriter, InsertFormat, ReadingsNative,
-    ServerVersion, SideRows, StatusRow,
+    ServerVersion, SideRows, StatusRow, Topology,
 };
 
 /// One row as the test compares it: every column, times in seconds (this server stores
@@ -154,7 +154,7 @@ fn native_blocks_read_back_exactly_in_every_column_layout() {
     );
     // The rest of meterflow's schema (the rollups inherit the LowCardinality columns).
     let version = ServerVersion::parse(&ch.query("SELECT version()")).unwrap();
-    for statement in std::iter::once(create).chain(schema_ddl(&db, version, 0)) {
+    for statement in std::iter::once(create).chain(schema_ddl(&db, version, 0, Topology::Single)) {
         let out = std::process::Command::new("curl")
             .args([
                 "-sS",

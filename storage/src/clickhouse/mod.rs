@@ -41,7 +41,7 @@ pub use native::{NativeType, ReadingsNative};
 pub use queue::SpoolConfig;
 pub use schema::{
     apply_schema, schema_ddl, server_version, table_layout, time_columns, ServerVersion,
-    TableLayout, TimeColumns,
+    TableLayout, TimeColumns, Topology,
 };
 pub use writer::{ClickHouseWriter, RejectedBatch};
 
@@ -51,6 +51,11 @@ pub struct ClickHouseConfig {
     /// HTTP URL of the server, e.g. `http://127.0.0.1:8123`; empty: no ClickHouse sink.
     pub url: String,
     pub database: String,
+    /// A cluster of the servers' `remote_servers` (e.g. `meterflow`): the schema is made
+    /// `ON CLUSTER` as Replicated `*_local` tables per shard behind Distributed tables of the
+    /// usual names, and inserts wait until the rows are on their shards
+    /// (`insert_distributed_sync = 1`). Empty: one server.
+    pub cluster: String,
     pub user: String,
     pub password: String,
     /// Drop readings older than this many days (servers from 20.5 on); 0 keeps them forever.
@@ -116,6 +121,7 @@ impl Default for ClickHouseConfig {
         ClickHouseConfig {
             url: String::new(),
             database: "meterflow".into(),
+            cluster: String::new(),
             user: "default".into(),
             password: String::new(),
             ttl_days: 0,
@@ -157,6 +163,16 @@ impl ClickHouseConfig {
                 "must be a name of letters, digits and _",
             ));
         }
+        if !self
+            .cluster
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(StorageError::config(
+                "clickhouse.cluster",
+                "must be a cluster name of letters, digits and _ (from the servers' remote_servers)",
+            ));
+        }
         StorageError::positive("clickhouse.queue_batches", self.queue_batches as u64)?;
         StorageError::positive(
             "clickhouse.max_inflight_inserts",
@@ -189,9 +205,25 @@ impl ClickHouseConfig {
         client
     }
 
-    /// The client for inserts: bodies compressed as `compression` says.
+    /// The client for inserts: bodies compressed as `compression` says; on a cluster, an
+    /// insert into a Distributed table returns once every shard has its rows (unless
+    /// `clickhouse.settings` says otherwise).
     pub(crate) fn insert_client(&self) -> clickhouse::Client {
-        self.client()
-            .with_compression(self.compression.for_client())
+        let mut client = self
+            .client()
+            .with_compression(self.compression.for_client());
+        if !self.cluster.is_empty() && !self.settings.contains_key("insert_distributed_sync") {
+            client = client.with_setting("insert_distributed_sync", "1");
+        }
+        client
+    }
+
+    /// One server, or the cluster.
+    pub fn topology(&self) -> Topology<'_> {
+        if self.cluster.is_empty() {
+            Topology::Single
+        } else {
+            Topology::Cluster(&self.cluster)
+        }
     }
 }

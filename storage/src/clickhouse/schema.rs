@@ -39,8 +39,77 @@ impl ServerVersion {
     }
 }
 
+/// Where the schema goes: one server, or a cluster from the servers' `remote_servers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology<'a> {
+    Single,
+    /// Per shard `{table}_local` as a Replicated* table (ZooKeeper path by the `{shard}`
+    /// macro, replica by `{replica}`), and `{table}` a Distributed table over them, so that
+    /// every reader (`meterflow query`, Grafana, the device rebuild) works unchanged. Created
+    /// `ON CLUSTER`, so one statement reaches every server.
+    Cluster(&'a str),
+}
+
+/// One table of the schema, as `CREATE TABLE` parts.
+struct TableDdl<'a> {
+    name: &'a str,
+    columns: String,
+    /// A MergeTree-family engine with its arguments, e.g. `ReplacingMergeTree(received_at)`.
+    engine: &'a str,
+    rest: String,
+    /// How a cluster spreads its rows over the shards: rows that replace each other must
+    /// meet on one shard.
+    sharding_key: &'a str,
+}
+
+/// `ReplacingMergeTree(x)` as `ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/db/t', '{replica}', x)`.
+fn replicated(engine: &str, db: &str, table: &str) -> String {
+    let (name, args) = engine.split_once('(').unwrap_or((engine, ")"));
+    let args = args.trim_end_matches(')');
+    let path = format!("'/clickhouse/tables/{{shard}}/{db}/{table}', '{{replica}}'");
+    if args.trim().is_empty() {
+        format!("Replicated{name}({path})")
+    } else {
+        format!("Replicated{name}({path}, {args})")
+    }
+}
+
+impl TableDdl<'_> {
+    fn statements(&self, db: &str, topology: Topology<'_>) -> Vec<String> {
+        let TableDdl {
+            name,
+            columns,
+            engine,
+            rest,
+            sharding_key,
+        } = self;
+        match topology {
+            Topology::Single => vec![format!(
+                "CREATE TABLE IF NOT EXISTS {db}.{name} (\n{columns}\n) ENGINE = {engine}\n{rest}"
+            )],
+            Topology::Cluster(cluster) => {
+                let local = format!("{name}_local");
+                vec![
+                    format!(
+                        "CREATE TABLE IF NOT EXISTS {db}.{local} ON CLUSTER {cluster} (\n{columns}\n) ENGINE = {}\n{rest}",
+                        replicated(engine, db, &local)
+                    ),
+                    format!(
+                        "CREATE TABLE IF NOT EXISTS {db}.{name} ON CLUSTER {cluster} AS {db}.{local}\nENGINE = Distributed({cluster}, {db}, {local}, {sharding_key})"
+                    ),
+                ]
+            }
+        }
+    }
+}
+
 /// The DDL of every object, in the order to create them; each statement is idempotent.
-pub fn schema_ddl(db: &str, version: ServerVersion, ttl_days: u32) -> Vec<String> {
+pub fn schema_ddl(
+    db: &str,
+    version: ServerVersion,
+    ttl_days: u32,
+    topology: Topology<'_>,
+) -> Vec<String> {
     let time = version.time_type();
     let modern = version.is_modern();
     let lc = |t: &str| {
@@ -62,10 +131,21 @@ pub fn schema_ddl(db: &str, version: ServerVersion, ttl_days: u32) -> Vec<String
     } else {
         String::new()
     };
-    let mut ddl = vec![format!("CREATE DATABASE IF NOT EXISTS {db}")];
-    ddl.push(format!(
-        "CREATE TABLE IF NOT EXISTS {db}.readings (
-    meter_id String{meter_codec},
+    let on_cluster = match topology {
+        Topology::Single => String::new(),
+        Topology::Cluster(cluster) => format!(" ON CLUSTER {cluster}"),
+    };
+    // Where rows are written: the table itself, or each shard's local table.
+    let written = |name: &str| match topology {
+        Topology::Single => name.to_string(),
+        Topology::Cluster(_) => format!("{name}_local"),
+    };
+    let mut ddl = vec![format!("CREATE DATABASE IF NOT EXISTS {db}{on_cluster}")];
+    ddl.extend(
+        TableDdl {
+            name: "readings",
+            columns: format!(
+                "    meter_id String{meter_codec},
     channel {channel},
     ts {time}{ts_codec},
     value Float64{value_codec},
@@ -73,25 +153,34 @@ pub fn schema_ddl(db: &str, version: ServerVersion, ttl_days: u32) -> Vec<String
     quality UInt16,
     received_at {time}{ts_codec},
     source {source},
-    format {format}
-) ENGINE = ReplacingMergeTree(received_at)
-PARTITION BY toYYYYMM(ts)
-ORDER BY (meter_id, channel, ts){ttl}",
-        meter_codec = codec("ZSTD(1)"),
-        channel = lc("String"),
-        ts_codec = codec("DoubleDelta, ZSTD(1)"),
-        value_codec = codec("Gorilla, ZSTD(1)"),
-        unit = lc("String"),
-        source = lc("String"),
-        format = lc("String"),
-    ));
+    format {format}",
+                meter_codec = codec("ZSTD(1)"),
+                channel = lc("String"),
+                ts_codec = codec("DoubleDelta, ZSTD(1)"),
+                value_codec = codec("Gorilla, ZSTD(1)"),
+                unit = lc("String"),
+                source = lc("String"),
+                format = lc("String"),
+            ),
+            engine: "ReplacingMergeTree(received_at)",
+            rest: format!("PARTITION BY toYYYYMM(ts)\nORDER BY (meter_id, channel, ts){ttl}"),
+            sharding_key: "cityHash64(meter_id)",
+        }
+        .statements(db, topology),
+    );
     for (name, bucket, column) in [
         ("readings_hourly", "toStartOfHour(ts)", "hour"),
         ("readings_daily", "toDate(ts)", "day"),
     ] {
+        // Per shard in a cluster: a meter's rows are all on its shard, so its rollups are.
+        let view = written(name);
+        let engine = match topology {
+            Topology::Single => "AggregatingMergeTree()".to_string(),
+            Topology::Cluster(_) => replicated("AggregatingMergeTree()", db, &view),
+        };
         ddl.push(format!(
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name}
-ENGINE = AggregatingMergeTree()
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{view}{on_cluster}
+ENGINE = {engine}
 PARTITION BY toYYYYMM({column})
 ORDER BY (meter_id, channel, {column})
 AS SELECT
@@ -103,13 +192,21 @@ AS SELECT
     argMaxState(value, ts) AS last_value,
     argMinState(value, ts) AS first_value,
     countState() AS samples
-FROM {db}.readings
-GROUP BY meter_id, channel, {column}"
+FROM {db}.{readings}
+GROUP BY meter_id, channel, {column}",
+            readings = written("readings"),
         ));
+        if let Topology::Cluster(cluster) = topology {
+            ddl.push(format!(
+                "CREATE TABLE IF NOT EXISTS {db}.{name}{on_cluster} AS {db}.{view}\nENGINE = Distributed({cluster}, {db}, {view}, cityHash64(meter_id))"
+            ));
+        }
     }
-    ddl.push(format!(
-        "CREATE TABLE IF NOT EXISTS {db}.device_status (
-    meter_id String,
+    ddl.extend(
+        TableDdl {
+            name: "device_status",
+            columns: format!(
+                "    meter_id String,
     at {time},
     battery_pct Nullable(UInt8),
     rssi_dbm Nullable(Int32),
@@ -118,14 +215,19 @@ GROUP BY meter_id, channel, {column}"
     firmware Nullable(String),
     error_flags Nullable(UInt32),
     source String,
-    lsn UInt64
-) ENGINE = ReplacingMergeTree()
-PARTITION BY toYYYYMM(at)
-ORDER BY (meter_id, at, lsn)"
-    ));
-    ddl.push(format!(
-        "CREATE TABLE IF NOT EXISTS {db}.dead_letters (
-    received_at {time},
+    lsn UInt64"
+            ),
+            engine: "ReplacingMergeTree()",
+            rest: "PARTITION BY toYYYYMM(at)\nORDER BY (meter_id, at, lsn)".into(),
+            sharding_key: "cityHash64(meter_id)",
+        }
+        .statements(db, topology),
+    );
+    ddl.extend(
+        TableDdl {
+            name: "dead_letters",
+            columns: format!(
+                "    received_at {time},
     source String,
     topic String,
     meter_id String,
@@ -133,11 +235,15 @@ ORDER BY (meter_id, at, lsn)"
     kind String,
     reason String,
     payload String,
-    lsn UInt64
-) ENGINE = ReplacingMergeTree()
-PARTITION BY toYYYYMM(received_at)
-ORDER BY (received_at, meter_id, lsn)"
-    ));
+    lsn UInt64"
+            ),
+            engine: "ReplacingMergeTree()",
+            rest: "PARTITION BY toYYYYMM(received_at)\nORDER BY (received_at, meter_id, lsn)"
+                .into(),
+            sharding_key: "cityHash64(meter_id, lsn)",
+        }
+        .statements(db, topology),
+    );
     ddl
 }
 
@@ -162,7 +268,34 @@ pub async fn server_version(config: &ClickHouseConfig) -> Result<ServerVersion, 
 pub async fn apply_schema(config: &ClickHouseConfig) -> Result<ServerVersion, ClickHouseError> {
     let version = server_version(config).await?;
     let client = config.client();
-    for statement in schema_ddl(&config.database, version, config.ttl_days) {
+    if let Topology::Cluster(cluster) = config.topology() {
+        // Distributed DDL waits for every server of the cluster: with a replica down it
+        // would hold the writer for minutes. Once the tables are there, they are left be
+        // (`meterflow schema --apply` makes what a later version adds).
+        let db = &config.database;
+        let present = client
+            .query(&format!(
+                "SELECT count() FROM system.tables WHERE database = '{db}' AND name IN \
+                 ('readings', 'readings_local', 'device_status', 'device_status_local', \
+                 'dead_letters', 'dead_letters_local')"
+            ))
+            .fetch_one::<u64>()
+            .await
+            .map_err(|source| ClickHouseError {
+                action: "looking for the cluster's tables",
+                source,
+            })?;
+        if present == 6 {
+            return Ok(version);
+        }
+        tracing::info!(cluster, database = %db, "creating the schema on the cluster");
+    }
+    for statement in schema_ddl(
+        &config.database,
+        version,
+        config.ttl_days,
+        config.topology(),
+    ) {
         client
             .query(&statement)
             .execute()
@@ -262,7 +395,8 @@ pub async fn table_layout(config: &ClickHouseConfig) -> Result<TableLayout, Clic
     let engines = client
         .query(&format!(
             "SELECT name, engine FROM system.tables WHERE database = '{db}' \
-             AND name IN ('device_status', 'dead_letters')"
+             AND name IN ('device_status', 'dead_letters', 'device_status_local', \
+             'dead_letters_local')"
         ))
         .fetch_all::<TableEngine>()
         .await
@@ -281,10 +415,15 @@ pub async fn table_layout(config: &ClickHouseConfig) -> Result<TableLayout, Clic
         }
     };
     let has_lsn = |table: &str| columns.iter().any(|c| c.table == table && c.name == "lsn");
+    // On a cluster the rows are in each shard's `_local` table, behind the Distributed one.
     let replacing = |table: &str| {
+        let stored = match config.topology() {
+            Topology::Single => table.to_string(),
+            Topology::Cluster(_) => format!("{table}_local"),
+        };
         engines
             .iter()
-            .any(|t| t.name == table && t.engine.ends_with("ReplacingMergeTree"))
+            .any(|t| t.name == stored && t.engine.ends_with("ReplacingMergeTree"))
     };
     let readings = columns
         .iter()
@@ -328,18 +467,54 @@ mod tests {
         let new = ServerVersion::parse("25.3.2.39").unwrap();
         assert!(!old.is_modern());
         assert!(new.is_modern());
-        let old_ddl = schema_ddl("mf", old, 30).join("\n");
+        let old_ddl = schema_ddl("mf", old, 30, Topology::Single).join("\n");
         assert!(old_ddl.contains("ts DateTime,"));
         assert!(
             !old_ddl.contains("LowCardinality")
                 && !old_ddl.contains("CODEC")
                 && !old_ddl.contains("TTL")
         );
-        let new_ddl = schema_ddl("mf", new, 30).join("\n");
+        let new_ddl = schema_ddl("mf", new, 30, Topology::Single).join("\n");
         assert!(new_ddl.contains("ts DateTime64(3, 'UTC') CODEC(DoubleDelta, ZSTD(1))"));
         assert!(new_ddl.contains("channel LowCardinality(String)"));
         assert!(new_ddl.contains("TTL toDateTime(ts) + INTERVAL 30 DAY"));
         assert!(new_ddl.contains("ENGINE = ReplacingMergeTree(received_at)"));
         assert!(new_ddl.contains("ORDER BY (meter_id, channel, ts)"));
+    }
+
+    #[test]
+    fn a_cluster_gets_replicated_local_tables_behind_distributed_ones() {
+        let old = ServerVersion::parse("18.16.1").unwrap();
+        let ddl = schema_ddl("mf", old, 0, Topology::Cluster("meterflow"));
+        let find = |start: &str| {
+            ddl.iter()
+                .find(|s| s.starts_with(start))
+                .unwrap_or_else(|| panic!("no {start}: {ddl:#?}"))
+        };
+        assert_eq!(
+            find("CREATE DATABASE"),
+            "CREATE DATABASE IF NOT EXISTS mf ON CLUSTER meterflow"
+        );
+        assert!(find("CREATE TABLE IF NOT EXISTS mf.readings_local ON CLUSTER meterflow (").contains(
+            "ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/mf/readings_local', '{replica}', received_at)"
+        ));
+        assert_eq!(
+            find("CREATE TABLE IF NOT EXISTS mf.readings ON CLUSTER"),
+            "CREATE TABLE IF NOT EXISTS mf.readings ON CLUSTER meterflow AS mf.readings_local\nENGINE = Distributed(meterflow, mf, readings_local, cityHash64(meter_id))"
+        );
+        let hourly = find(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS mf.readings_hourly_local ON CLUSTER meterflow",
+        );
+        assert!(hourly.contains("ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/mf/readings_hourly_local', '{replica}')"));
+        assert!(hourly.contains("FROM mf.readings_local"));
+        assert!(find("CREATE TABLE IF NOT EXISTS mf.device_status_local").contains(
+            "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/mf/device_status_local', '{replica}')"
+        ));
+        assert!(
+            find("CREATE TABLE IF NOT EXISTS mf.dead_letters ON CLUSTER")
+                .contains("cityHash64(meter_id, lsn)")
+        );
+        // Every object: 1 database, 3 tables x 2, 2 rollups x 2.
+        assert_eq!(ddl.len(), 11);
     }
 }

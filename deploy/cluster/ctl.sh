@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Operates the harness deploy/cluster/up.sh started in DIR. Shards and replicas count from 1;
+# kill-* is kill -9.
+#   ctl.sh DIR kill-replica S R | start-replica S R | down
+set -euo pipefail
+dir=$(cd "${1:?usage: ctl.sh DIR command}" && pwd)
+cmd=${2:?usage: ctl.sh DIR kill-replica S R | start-replica S R | down}
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+case "$cmd" in
+start-zookeeper-at) # used by up.sh: PORT
+  zk="$dir/zookeeper"
+  java -Xmx256m -cp "$zk/conf:/usr/share/java/zookeeper.jar" \
+    -Dzookeeper.log.dir="$zk" org.apache.zookeeper.server.quorum.QuorumPeerMain "$zk/conf/zoo.cfg" \
+    >"$zk/out.log" 2>&1 &
+  echo $! > "$zk/pid"
+  for _ in $(seq 150); do
+    if [ "$( (exec 3<>"/dev/tcp/127.0.0.1/$3" && echo ruok >&3 && cat <&3) 2>/dev/null)" = imok ]; then
+      exit 0
+    fi
+    sleep 0.2
+  done
+  echo "ZooKeeper did not answer on port $3 ($zk/out.log)" >&2
+  exit 1
+  ;;
+start-replica)
+  node="$dir/clickhouse-${3:?shard}-${4:?replica}"
+  if pid_alive "$node/pid"; then exit 0; fi
+  clickhouse-server --config-file="$node/config.xml" >"$node/log/stdout.log" 2>&1 &
+  echo $! > "$node/pid"
+  if [ "${5:-}" != --no-wait ]; then
+    http=$(sed -n 's#.*<http_port>\([0-9]*\)</http_port>.*#\1#p' "$node/config.xml")
+    for _ in $(seq 300); do
+      curl -fsS "http://127.0.0.1:$http/ping" >/dev/null 2>&1 && exit 0
+      sleep 0.2
+    done
+    echo "clickhouse-server $3-$4 did not answer ($node/log)" >&2
+    exit 1
+  fi
+  ;;
+kill-replica)
+  node="$dir/clickhouse-${3:?shard}-${4:?replica}"
+  if pid_alive "$node/pid"; then
+    pid=$(cat "$node/pid")
+    kill -9 "$pid"
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  fi
+  ;;
+down)
+  for pidfile in "$dir"/clickhouse-*/pid "$dir"/zookeeper/pid; do
+    [ -f "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$pidfile"
+  done
+  ;;
+*)
+  echo "usage: ctl.sh DIR kill-replica S R | start-replica S R | down" >&2
+  exit 2
+  ;;
+esac
