@@ -705,8 +705,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let node = config.node.id.clone();
     let summary = runtime.block_on(meterflow_ingest::serve(config, shutdown_signal()))?;
     tracing::info!(
+        node,
         received = summary.received,
         rows = summary.pipeline.rows,
         dead_letters = summary.pipeline.dead_letters,

@@ -517,3 +517,50 @@ fn decode_prints_rows_or_the_error_with_its_position() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("line 2 column 16"), "{text}");
 }
+
+/// With `node.id`, the node's Parquet and dead-letter files carry its name (many nodes can
+/// share one archive), and a start removes only its own leftovers.
+#[test]
+fn a_node_names_its_files_and_leaves_other_nodes_leftovers_alone() {
+    let (_cfg, config) = common::config_file("[node]\nid = \"mf-7\"\n");
+    let server = Server::start_with(&["--config", &config]);
+    let day = server.data_dir.join("readings/date=2024-07-01");
+    std::fs::create_dir_all(&day).unwrap();
+    // Another node's file in the making, in the shared archive.
+    let other = day.join(".part-mf-8-20240701T000000000Z-000000.parquet.tmp");
+    std::fs::write(&other, b"PAR1").unwrap();
+    assert!(common::mosquitto_pub_acked(
+        server.mqtt_port,
+        "meters/node-a/json",
+        r#"{"readings":[{"channel":"1-0:1.8.0","ts":1719792000000,"value":1.5,"unit":"kWh"}]}"#
+    ));
+    assert!(common::mosquitto_pub_acked(
+        server.mqtt_port,
+        "meters/node-a/json",
+        "{not json"
+    ));
+    // A crash and a new start: this node's leftovers go, the other node's stay.
+    let server = Server::start_in(server.crash(), &["--config", &config]);
+    let (exit, data_dir, log, _tmp) = server.stop();
+    assert!(exit.success(), "{log}");
+    assert!(
+        other.exists(),
+        "another node's leftover is not this node's to remove"
+    );
+    let parquet: Vec<String> = std::fs::read_dir(&day)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".parquet"))
+        .collect();
+    assert!(
+        !parquet.is_empty() && parquet.iter().all(|n| n.starts_with("part-mf-7-")),
+        "{parquet:?}"
+    );
+    let letters: Vec<String> = std::fs::read_dir(data_dir.join("dead_letters"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].ends_with(".mf-7.jsonl"), "{letters:?}");
+    assert!(log.contains("node=mf-7"), "{log}");
+}

@@ -356,6 +356,7 @@ fn parquet_tree(dir: &Path, batches: &[RecordBatch]) -> PathBuf {
             file_max_rows: 5_000_000,
             ..Default::default()
         },
+        "",
     )
     .unwrap();
     for batch in batches {

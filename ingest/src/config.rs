@@ -19,6 +19,7 @@ use crate::IngestError;
 pub struct Config {
     /// Where Parquet files, dead letters and local state are kept.
     pub data_dir: PathBuf,
+    pub node: NodeConfig,
     pub mqtt: MqttConfig,
     pub coap: CoapConfig,
     pub http: HttpConfig,
@@ -34,6 +35,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("./data"),
+            node: NodeConfig::default(),
             mqtt: MqttConfig::default(),
             coap: CoapConfig::default(),
             http: HttpConfig::default(),
@@ -138,6 +140,7 @@ impl Config {
     /// Checks every value that the types alone do not: each section checks its own, and the
     /// error names the key.
     pub fn validate(&self) -> Result<(), IngestError> {
+        self.node.validate()?;
         self.mqtt.validate()?;
         self.coap.validate()?;
         self.http.validate()?;
@@ -149,6 +152,33 @@ impl Config {
         self.clickhouse.validate()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(IngestError::config("data_dir", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// This process among the nodes of a cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// The node's name (1 to 64 of `[A-Za-z0-9._-]`): in the names of its Parquet and
+    /// dead-letter files, so that many nodes can write into one shared archive, and in its log
+    /// lines. Empty: a single node (a node then treats every leftover file as its own).
+    pub id: String,
+}
+
+impl NodeConfig {
+    pub fn validate(&self) -> Result<(), IngestError> {
+        let ok = self.id.len() <= 64
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok {
+            return Err(IngestError::config(
+                "node.id",
+                "must be at most 64 characters of [A-Za-z0-9._-]",
+            ));
         }
         Ok(())
     }
@@ -258,6 +288,13 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("[node]\nid = \"mf 1\"\n", "node.id"),
+            ("[clickhouse]\ncluster = \"a-b\"\n", "clickhouse.cluster"),
+        ] {
+            let e = Config::from_toml(text).unwrap().validate().unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
         let mut c = Config::default();
         c.parquet.zstd_level = 40;
         assert!(c

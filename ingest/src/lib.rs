@@ -223,9 +223,9 @@ pub async fn serve(
     let pipeline = pipeline::Pipeline::new(
         Batcher::new(config.batch.clone()),
         pipeline::Sinks {
-            parquet: ParquetSink::open(&config.data_dir, config.parquet.clone())?,
+            parquet: ParquetSink::open(&config.data_dir, config.parquet.clone(), &config.node.id)?,
             clickhouse,
-            dead_letters: DeadLetterStore::open(&config.data_dir)?,
+            dead_letters: DeadLetterStore::open(&config.data_dir, &config.node.id)?,
         },
         devices.clone(),
         config.data_dir.clone(),
@@ -322,6 +322,7 @@ pub async fn serve(
             .await
     });
     tracing::info!(
+        node = %config.node.id,
         mqtt = %config.mqtt.listen,
         mqtt_tls = ?config.mqtt.tls_listen,
         coap = ?config.coap.listen,

@@ -771,10 +771,11 @@ mod tests {
                         file_max_age_s: 3600,
                         ..ParquetConfig::default()
                     },
+                    "",
                 )
                 .unwrap(),
                 clickhouse: None,
-                dead_letters: DeadLetterStore::open(dir).unwrap(),
+                dead_letters: DeadLetterStore::open(dir, "").unwrap(),
             },
             DeviceRegistry::load(dir, crate::devices::DevicesConfig::default()).unwrap(),
             dir.to_path_buf(),

@@ -688,7 +688,7 @@ pub fn run(config: &Config, options: &ImportOptions) -> anyhow::Result<ImportSum
     let mut importer = Importer {
         sink,
         progress: ProgressRecord::open(&config.data_dir)?,
-        dead_letters: DeadLetterStore::open(&config.data_dir)?,
+        dead_letters: DeadLetterStore::open(&config.data_dir, &config.node.id)?,
         with_clickhouse: config.clickhouse.enabled(),
         display: Display::new(options.bar, total_bytes, inputs.len()),
         summary: ImportSummary {

@@ -53,14 +53,22 @@ mod base64_bytes {
 
 pub struct DeadLetterStore {
     dir: PathBuf,
+    /// The node's id, in the file names (`{date}.{node}.jsonl`); empty: `{date}.jsonl`.
+    node: String,
     current: Option<(String, PathBuf, BufWriter<File>)>,
 }
 
 impl DeadLetterStore {
-    pub fn open(data_dir: &Path) -> Result<Self, StorageError> {
+    /// `node`: the node's id (each node appends to its own files in a shared folder), or
+    /// empty.
+    pub fn open(data_dir: &Path, node: &str) -> Result<Self, StorageError> {
         let dir = data_dir.join("dead_letters");
         fs::create_dir_all(&dir).map_err(|e| StorageError::io("creating", &dir, e))?;
-        Ok(DeadLetterStore { dir, current: None })
+        Ok(DeadLetterStore {
+            dir,
+            node: node.to_string(),
+            current: None,
+        })
     }
 
     /// The folder of the daily files.
@@ -75,7 +83,11 @@ impl DeadLetterStore {
             .to_string();
         if self.current.as_ref().map(|(d, ..)| d) != Some(&date) {
             self.close()?;
-            let path = self.dir.join(format!("{date}.jsonl"));
+            let path = if self.node.is_empty() {
+                self.dir.join(format!("{date}.jsonl"))
+            } else {
+                self.dir.join(format!("{date}.{}.jsonl", self.node))
+            };
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -149,7 +161,7 @@ mod tests {
     #[test]
     fn letters_round_trip_with_raw_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = DeadLetterStore::open(dir.path()).unwrap();
+        let mut store = DeadLetterStore::open(dir.path(), "").unwrap();
         let letter = DeadLetter {
             received_at_ms: 1_709_337_600_000,
             source: "mqtt".into(),

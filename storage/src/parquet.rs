@@ -90,9 +90,17 @@ pub struct ParquetSink {
 impl ParquetSink {
     /// Opens the sink under `{data_dir}/readings`. Leftover `.tmp` files of a run that crashed
     /// are incomplete (no footer) and are removed; their rows are not in any readable file.
-    pub fn open(data_dir: &Path, config: ParquetConfig) -> Result<Self, StorageError> {
-        let run_id = chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ").to_string();
-        Self::open_as(data_dir, config, run_id, true)
+    ///
+    /// `node` (the node's id, or empty for a single node) goes first in the file names, and
+    /// only that node's leftovers are removed: many nodes can share one archive.
+    pub fn open(data_dir: &Path, config: ParquetConfig, node: &str) -> Result<Self, StorageError> {
+        let started = chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ").to_string();
+        let run_id = if node.is_empty() {
+            started
+        } else {
+            format!("{node}-{started}")
+        };
+        Self::open_as(data_dir, config, run_id, Some(node))
     }
 
     /// Opens the sink for `meterflow import`: files are named `part-{run_id}-{seq}`, where the
@@ -104,21 +112,20 @@ impl ParquetSink {
         config: ParquetConfig,
         run_id: &str,
     ) -> Result<Self, StorageError> {
-        Self::open_as(data_dir, config, run_id.to_string(), false)
+        Self::open_as(data_dir, config, run_id.to_string(), None)
     }
 
     fn open_as(
         data_dir: &Path,
         config: ParquetConfig,
         run_id: String,
-        clean_up: bool,
+        clean_up_for: Option<&str>,
     ) -> Result<Self, StorageError> {
         let root = data_dir.join("readings");
         fs::create_dir_all(&root).map_err(|e| StorageError::io("creating", &root, e))?;
-        let removed = if clean_up {
-            remove_leftovers(&root)?
-        } else {
-            0
+        let removed = match clean_up_for {
+            Some(node) => remove_leftovers(&root, node)?,
+            None => 0,
         };
         if removed > 0 {
             tracing::warn!(
@@ -360,7 +367,14 @@ fn split_by_day(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, StorageE
         .collect()
 }
 
-fn remove_leftovers(root: &Path) -> Result<usize, StorageError> {
+/// Removes the `.tmp` files a crashed run of this node left (of every node when `node` is
+/// empty: a single node's folder).
+fn remove_leftovers(root: &Path, node: &str) -> Result<usize, StorageError> {
+    let prefix = if node.is_empty() {
+        ".part-".to_string()
+    } else {
+        format!(".part-{node}-")
+    };
     let mut removed = 0;
     let entries = fs::read_dir(root).map_err(|e| StorageError::io("listing", root, e))?;
     for dir in entries.flatten() {
@@ -370,7 +384,7 @@ fn remove_leftovers(root: &Path) -> Result<usize, StorageError> {
         for f in files.flatten() {
             let name = f.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(".part-") && name.ends_with(".tmp") {
+            if name.starts_with(&prefix) && name.ends_with(".tmp") {
                 fs::remove_file(f.path()).map_err(|e| StorageError::io("removing", f.path(), e))?;
                 removed += 1;
             }
@@ -409,7 +423,7 @@ mod tests {
     #[test]
     fn rows_without_a_wal_position_do_not_free_the_file_they_join() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = ParquetSink::open(dir.path(), ParquetConfig::default()).unwrap();
+        let mut sink = ParquetSink::open(dir.path(), ParquetConfig::default(), "").unwrap();
         let now = Instant::now();
         let b = batch(&[1_709_337_600_000]);
         // A batch of messages the WAL could not take first, then one of WAL record 7.
@@ -427,7 +441,7 @@ mod tests {
     #[test]
     fn rows_land_in_their_utc_date_folder_only_when_complete() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = ParquetSink::open(dir.path(), ParquetConfig::default()).unwrap();
+        let mut sink = ParquetSink::open(dir.path(), ParquetConfig::default(), "").unwrap();
         let now = Instant::now();
         // 2024-03-01T23:59:59.999Z and 2024-03-02T00:00:00Z
         let b = batch(&[1_709_337_599_999, 1_709_337_600_000, 1_709_337_600_001]);
@@ -467,7 +481,7 @@ mod tests {
             file_max_rows: 10,
             ..Default::default()
         };
-        let mut sink = ParquetSink::open(dir.path(), config).unwrap();
+        let mut sink = ParquetSink::open(dir.path(), config, "").unwrap();
         let now = Instant::now();
         let ts: Vec<i64> = (0..6).map(|i| 1_709_337_600_000 + i).collect();
         assert!(sink.write(&batch(&ts), Some(1), now).unwrap().is_empty());
@@ -484,7 +498,7 @@ mod tests {
             max_open_files: 2,
             ..Default::default()
         };
-        let mut sink = ParquetSink::open(dir.path(), config).unwrap();
+        let mut sink = ParquetSink::open(dir.path(), config, "").unwrap();
         let t0 = Instant::now();
         let day = |d: i64| 1_709_337_600_000 + d * DAY_MS;
         assert!(sink
@@ -510,12 +524,53 @@ mod tests {
         fs::create_dir_all(&day).unwrap();
         fs::write(day.join(".part-x-000000.parquet.tmp"), b"PAR1").unwrap();
         fs::write(day.join("part-x-000001.parquet"), b"keep").unwrap();
-        ParquetSink::open(dir.path(), ParquetConfig::default()).unwrap();
+        ParquetSink::open(dir.path(), ParquetConfig::default(), "").unwrap();
         let names: Vec<_> = fs::read_dir(&day)
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["part-x-000001.parquet".to_string()]);
+    }
+
+    #[test]
+    fn a_node_removes_its_own_leftovers_only_and_names_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = dir.path().join("readings/date=2024-03-01");
+        fs::create_dir_all(&day).unwrap();
+        // Another node of a shared archive is writing this one.
+        fs::write(
+            day.join(".part-n2-20240301T000000000Z-000000.parquet.tmp"),
+            b"PAR1",
+        )
+        .unwrap();
+        fs::write(
+            day.join(".part-n1-20240301T000000000Z-000000.parquet.tmp"),
+            b"PAR1",
+        )
+        .unwrap();
+        let mut sink = ParquetSink::open(dir.path(), ParquetConfig::default(), "n1").unwrap();
+        let mut names: Vec<_> = fs::read_dir(&day)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![".part-n2-20240301T000000000Z-000000.parquet.tmp".to_string()]
+        );
+        let mut b = ReadingBatchBuilder::default();
+        let meta = RowMeta {
+            meter_id: "m",
+            received_at_ms: 0,
+            source: Source::Mqtt,
+            format: Format::Pb,
+        };
+        b.append(&meta, "c", 1_709_251_200_000, 1.0, "kWh", 0);
+        sink.write(&b.finish(), Some(1), Instant::now()).unwrap();
+        let done = sink.close().unwrap();
+        let name = done[0].file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("part-n1-"), "{name}");
     }
 }
