@@ -1,8 +1,10 @@
-//! meterflow on a ClickHouse cluster, with the real harness (`deploy/cluster/up.sh`:
-//! ZooKeeper and 4 clickhouse-server processes as 2 shards x 2 replicas): the schema made
-//! `ON CLUSTER`, every reading once in `readings FINAL` through the Distributed table, each
-//! shard holding its own meters, and a replica killed mid-run: ingest goes on, the replica
-//! catches up, and both replicas of every shard agree.
+//! meterflow on a cluster, with the real harness (`deploy/cluster/up.sh`: ZooKeeper, 4
+//! clickhouse-server processes as 2 shards x 2 replicas, 2 meterflow nodes behind HAProxy and
+//! nginx): the schema made `ON CLUSTER` on every server; a replica killed mid-run (ingest goes
+//! on, the replica catches up, both replicas of every shard agree); a node killed with kill -9
+//! mid-run (meters reconnect through HAProxy to the other node, the node comes back and its
+//! WAL replays). Every acknowledged reading is in `readings FINAL` exactly once, each meter on
+//! one shard.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
 
@@ -11,7 +13,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 
-use common::{config_file, wait_for, Server};
+use common::wait_for;
 use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::Format;
 
@@ -28,6 +30,8 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(format!("{HARNESS}/up.sh"))
             .arg(dir.path())
+            .arg("2")
+            .env("METERFLOW_BIN", common::BIN)
             .stderr(Stdio::inherit())
             .output()
             .unwrap();
@@ -60,6 +64,15 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::env::var_os("METERFLOW_KEEP_CLUSTER").is_some() {
+            // For a look after a failure: the processes and their logs stay.
+            eprintln!("cluster kept in {}", self.dir.path().display());
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().unwrap(),
+            ));
+            return;
+        }
         let _ = Command::new(format!("{HARNESS}/ctl.sh"))
             .arg(self.dir.path())
             .arg("down")
@@ -75,6 +88,17 @@ fn query(url: &str, sql: &str) -> String {
     let body = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "query {sql} on {url}: {body}");
     body
+}
+
+/// A query that may fail while a server starts (its tables still loading): `None` then.
+fn try_query(url: &str, sql: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--data-binary", sql, url])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 fn count(url: &str, sql: &str) -> u64 {
@@ -127,42 +151,66 @@ fn tables(url: &str, db: &str) -> BTreeSet<String> {
 fn wait_replicas_agree(cluster: &Cluster, db: &str) {
     for shard in [1, 2] {
         wait_for(&format!("the replicas of shard {shard} to agree"), || {
-            let state: Vec<(u64, String)> = [1, 2]
-                .iter()
-                .map(|&r| {
-                    let url = cluster.url(shard, r);
-                    query(url, &format!("SYSTEM SYNC REPLICA {db}.readings_local"));
-                    let rows = count(
-                        url,
-                        &format!("SELECT count() FROM {db}.readings_local FINAL"),
-                    );
-                    let replica = query(
-                        url,
-                        &format!(
-                            "SELECT is_readonly, queue_size, inserts_in_queue FROM system.replicas \
-                             WHERE database = '{db}' AND table = 'readings_local'"
-                        ),
-                    );
-                    (rows, replica.trim().to_string())
-                })
-                .collect();
+            let mut state = Vec::new();
+            for r in [1, 2] {
+                let url = cluster.url(shard, r);
+                try_query(url, &format!("SYSTEM SYNC REPLICA {db}.readings_local"))?;
+                let rows: u64 = try_query(
+                    url,
+                    &format!("SELECT count() FROM {db}.readings_local FINAL"),
+                )?
+                .trim()
+                .parse()
+                .ok()?;
+                let replica = try_query(
+                    url,
+                    &format!(
+                        "SELECT is_readonly, queue_size, inserts_in_queue FROM system.replicas \
+                         WHERE database = '{db}' AND table = 'readings_local'"
+                    ),
+                )?;
+                state.push((rows, replica.trim().to_string()));
+            }
             let settled = state.iter().all(|(_, r)| r == "0\t0\t0");
             (settled && state[0].0 == state[1].0 && state[0].0 > 0).then_some(())
         });
     }
 }
 
-#[test]
-fn a_cluster_takes_every_reading_once_and_a_dead_replica_does_not_stop_ingest() {
-    let cluster = Cluster::up();
-    let db = "mf_cluster";
-    let (_cfg, config) = config_file(&format!(
-        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\ncluster = \"meterflow\"\nretry_initial_ms = 50\nretry_max_ms = 500\n[batch]\nmax_age_ms = 200\n",
-        cluster.env["CLICKHOUSE_URL"]
-    ));
+/// The port of a `host:port` in cluster.env.
+fn port(addr: &str) -> u16 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
 
-    // The schema, ON CLUSTER: every server has the local and the Distributed tables.
-    common::apply_schema(&config);
+/// A counter or gauge of node `n`'s `/metrics` (0 when absent or the node is down).
+fn node_metric(cluster: &Cluster, n: u8, name: &str) -> f64 {
+    let addr = &cluster.env[&format!("NODE_{n}_HTTP")];
+    let page = Command::new("curl")
+        .args(["-sS", &format!("http://{addr}/metrics")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    page.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Rows of one fleet in `readings FINAL`, through the Distributed table.
+fn fleet_rows(cluster: &Cluster, prefix: &str) -> u64 {
+    count(
+        &cluster.env["CLICKHOUSE_URL"],
+        &format!("SELECT count() FROM meterflow.readings FINAL WHERE meter_id LIKE '{prefix}%'"),
+    )
+}
+
+#[test]
+fn a_cluster_keeps_every_reading_through_a_dead_replica_and_a_dead_node() {
+    let cluster = Cluster::up();
+    let db = "meterflow";
+    let mqtt = port(&cluster.env["MQTT"]);
+
+    // The schema, ON CLUSTER (by up.sh): every server has the local and Distributed tables.
     let want_tables: BTreeSet<String> = [
         "dead_letters",
         "dead_letters_local",
@@ -188,19 +236,12 @@ fn a_cluster_takes_every_reading_once_and_a_dead_replica_does_not_stop_ingest() 
         }
     }
 
-    // A fleet through one node; replica 2 of shard 2 is killed while it publishes.
-    let server = Server::start_with(&["--config", &config]);
-    let plan = fleet("cl-", 40, 100);
+    // 1. Replica 2 of shard 2 is killed while a fleet publishes through HAProxy.
+    let plan = fleet("rep-", 40, 100);
     let rows = rows_of(&plan) as u64;
-    let publishing = simulate(server.mqtt_port, &plan, 20);
-    let total = || {
-        count(
-            cluster.url(1, 1),
-            &format!("SELECT count() FROM {db}.readings"),
-        )
-    };
+    let publishing = simulate(mqtt, &plan, 20);
     wait_for("some rows on the cluster", || {
-        let n = total();
+        let n = fleet_rows(&cluster, "rep-");
         assert!(
             n < rows,
             "the fleet finished before the kill: make it longer"
@@ -209,21 +250,33 @@ fn a_cluster_takes_every_reading_once_and_a_dead_replica_does_not_stop_ingest() 
     });
     cluster.ctl(&["kill-replica", "2", "2"]);
     assert_eq!(acked(publishing), (plan.meters * plan.messages) as u64);
-    wait_for("every row through the Distributed table", || {
-        (total() >= rows).then_some(())
+    // Ingest goes on: the nodes' inserts of every row are acknowledged by the cluster (an
+    // insert waits for every shard; shard 2 takes it on its live replica).
+    wait_for("every row inserted with a replica down", || {
+        let written: f64 = (1..=2)
+            .map(|n| {
+                node_metric(
+                    &cluster,
+                    n,
+                    "meterflow_rows_written_total{sink=\"clickhouse\"}",
+                )
+            })
+            .sum();
+        (written >= rows as f64).then_some(())
     });
-    assert_eq!(
-        count(
-            cluster.url(1, 1),
-            &format!("SELECT count() FROM {db}.readings FINAL")
-        ),
-        rows
-    );
+    // The replica comes back, catches up, and agrees with its peer. (Rows it took and had not
+    // passed on when it died are only on it until then: without insert_quorum, an
+    // acknowledged insert is on one replica until it replicates.)
+    cluster.ctl(&["start-replica", "2", "2"]);
+    wait_replicas_agree(&cluster, db);
+    assert_eq!(fleet_rows(&cluster, "rep-"), rows);
     // Each shard holds whole meters: no meter on both.
     let on = |shard: u8| -> BTreeSet<String> {
         query(
             cluster.url(shard, 1),
-            &format!("SELECT DISTINCT meter_id FROM {db}.readings_local"),
+            &format!(
+                "SELECT DISTINCT meter_id FROM {db}.readings_local WHERE meter_id LIKE 'rep-%'"
+            ),
         )
         .lines()
         .map(String::from)
@@ -236,19 +289,56 @@ fn a_cluster_takes_every_reading_once_and_a_dead_replica_does_not_stop_ingest() 
     );
     assert!(one.is_disjoint(&two), "a meter on both shards");
     assert_eq!(one.len() + two.len(), plan.meters);
-
     // The rollups answer through their Distributed tables, every meter once.
     assert_eq!(
         count(
             cluster.url(2, 1),
-            &format!("SELECT uniqExact(meter_id) FROM {db}.readings_hourly")
+            &format!(
+                "SELECT uniqExact(meter_id) FROM {db}.readings_hourly WHERE meter_id LIKE 'rep-%'"
+            )
         ),
         plan.meters as u64
     );
 
-    // The replica comes back, catches up, and agrees with its peer.
-    cluster.ctl(&["start-replica", "2", "2"]);
+    // 2. Node 1 is killed with kill -9 while a fleet publishes through HAProxy: its meters
+    //    reconnect (to node 2, HAProxy redispatching), node 1 comes back and replays its WAL.
+    let plan = fleet("node-", 40, 100);
+    let rows = rows_of(&plan) as u64;
+    let publishing = simulate(mqtt, &plan, 20);
+    wait_for("some rows from the second fleet", || {
+        let n = fleet_rows(&cluster, "node-");
+        assert!(
+            n < rows,
+            "the fleet finished before the kill: make it longer"
+        );
+        (n > 0).then_some(())
+    });
+    cluster.ctl(&["kill-node", "1"]);
+    let out = publishing.wait_with_output().unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["meters_failed"], 0, "{summary}");
+    assert_eq!(
+        summary["messages_acked"],
+        (plan.meters * plan.messages) as u64,
+        "{summary}"
+    );
+    assert!(
+        summary["reconnects"].as_u64().unwrap() > 0,
+        "meters lost node 1: {summary}"
+    );
+    cluster.ctl(&["start-node", "1"]);
+    wait_for("every acknowledged reading, node 1's WAL replayed", || {
+        (fleet_rows(&cluster, "node-") >= rows).then_some(())
+    });
+    assert_eq!(
+        fleet_rows(&cluster, "node-"),
+        rows,
+        "each reading once after dedup"
+    );
+    let node1_log = std::fs::read_to_string(cluster.dir.path().join("node-1/serve.log")).unwrap();
+    assert!(
+        node1_log.contains("replaying the WAL records"),
+        "node 1 replayed its WAL: {node1_log}"
+    );
     wait_replicas_agree(&cluster, db);
-    let (exit, _data, log, _tmp) = server.stop();
-    assert!(exit.success(), "{log}");
 }

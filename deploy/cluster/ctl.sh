@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Operates the harness deploy/cluster/up.sh started in DIR. Shards and replicas count from 1;
 # kill-* is kill -9.
-#   ctl.sh DIR kill-replica S R | start-replica S R | down
+#   ctl.sh DIR kill-node N | start-node N | kill-replica S R | start-replica S R | down
 set -euo pipefail
 dir=$(cd "${1:?usage: ctl.sh DIR command}" && pwd)
 cmd=${2:?usage: ctl.sh DIR kill-replica S R | start-replica S R | down}
@@ -23,6 +23,28 @@ start-zookeeper-at) # used by up.sh: PORT
   done
   echo "ZooKeeper did not answer on port $3 ($zk/out.log)" >&2
   exit 1
+  ;;
+start-node)
+  node="$dir/node-${3:?node}"
+  if pid_alive "$node/pid"; then exit 0; fi
+  bash "$node/run" >>"$node/serve.log" 2>&1 &
+  echo $! > "$node/pid"
+  http=$(sed -n 's/.*--http-listen \([0-9.:]*\).*/\1/p' "$node/run")
+  for _ in $(seq 300); do
+    curl -fsS "http://$http/ready?ingest" >/dev/null 2>&1 && exit 0
+    pid_alive "$node/pid" || { echo "node $3 exited ($node/serve.log)" >&2; tail -5 "$node/serve.log" >&2; exit 1; }
+    sleep 0.2
+  done
+  echo "node $3 is not ready ($node/serve.log)" >&2
+  exit 1
+  ;;
+kill-node)
+  node="$dir/node-${3:?node}"
+  if pid_alive "$node/pid"; then
+    pid=$(cat "$node/pid")
+    kill -9 "$pid"
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  fi
   ;;
 start-replica)
   node="$dir/clickhouse-${3:?shard}-${4:?replica}"
@@ -48,7 +70,8 @@ kill-replica)
   fi
   ;;
 down)
-  for pidfile in "$dir"/clickhouse-*/pid "$dir"/zookeeper/pid; do
+  for pidfile in "$dir"/haproxy.pid "$dir"/nginx/nginx.pid "$dir"/node-*/pid \
+      "$dir"/clickhouse-*/pid "$dir"/zookeeper/pid; do
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile")
     kill "$pid" 2>/dev/null || true
@@ -58,7 +81,7 @@ down)
   done
   ;;
 *)
-  echo "usage: ctl.sh DIR kill-replica S R | start-replica S R | down" >&2
+  echo "usage: ctl.sh DIR kill-node N | start-node N | kill-replica S R | start-replica S R | down" >&2
   exit 2
   ;;
 esac
