@@ -674,7 +674,7 @@ fn schema(config: Config, apply: bool, server_version: Option<String>) -> anyhow
             ch_config.enabled(),
             "--apply needs a server: --clickhouse-url or clickhouse.url"
         );
-        let version = runtime.block_on(ch::apply_schema(ch_config))?;
+        let version = runtime.block_on(ch::apply_schema(ch_config, false))?;
         println!(
             "schema applied to {} (ClickHouse {}.{}), database {}",
             ch_config.url, version.major, version.minor, ch_config.database

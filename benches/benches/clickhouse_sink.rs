@@ -102,7 +102,9 @@ impl Env {
             database: db.into(),
             ..Default::default()
         };
-        runtime.block_on(apply_schema(&config)).expect("schema");
+        runtime
+            .block_on(apply_schema(&config, false))
+            .expect("schema");
         config
     }
 

@@ -45,6 +45,7 @@ kill-node)
     kill -9 "$pid"
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
   fi
+  rm -f "$node/pid"
   ;;
 start-replica)
   node="$dir/clickhouse-${3:?shard}-${4:?replica}"
@@ -68,6 +69,7 @@ kill-replica)
     kill -9 "$pid"
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
   fi
+  rm -f "$node/pid"
   ;;
 down)
   for pidfile in "$dir"/haproxy.pid "$dir"/nginx/nginx.pid "$dir"/node-*/pid \

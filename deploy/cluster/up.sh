@@ -33,6 +33,8 @@ missing=()
 need clickhouse-server clickhouse-server
 need clickhouse-client clickhouse-client
 need java default-jre-headless
+need python3 python3
+need curl curl
 need haproxy haproxy
 need nginx nginx-light
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
@@ -42,7 +44,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
 free_port() {
@@ -119,7 +121,7 @@ for s in 1 2; do
     cat > "$node/cluster.xml" <<XML
 <yandex>
   <clickhouse_remote_servers><meterflow>$shards</meterflow></clickhouse_remote_servers>
-  <zookeeper-servers><node><host>127.0.0.1</host><port>$zk_port</port></node></zookeeper-servers>
+  <zookeeper-servers><node><host>127.0.0.1</host><port>$zk_port</port></node><session_timeout_ms>5000</session_timeout_ms></zookeeper-servers>
   <macros><shard>$s</shard><replica>$s-$r</replica></macros>
 </yandex>
 XML
@@ -147,8 +149,11 @@ TOML
 # --- meterflow nodes ----------------------------------------------------------------------
 mqtt_backends=""
 coap_backends=""
+servers=(11 12 21 22)
 for i in $(seq "$nodes"); do
   node="$dir/node-$i"
+  # Each node inserts through its own server of the cluster, in turn.
+  via=${servers[$(( (i - 1) % 4 ))]}
   mkdir -p "$node"
   mqtt=$(free_port); http_port=$(free_port); coap=$(free_port)
   cat > "$node/meterflow.toml" <<TOML
@@ -156,7 +161,7 @@ data_dir = "$node/data"
 [node]
 id = "mf-$i"
 [clickhouse]
-url = "http://127.0.0.1:${http[11]}"
+url = "http://127.0.0.1:${http[$via]}"
 cluster = "meterflow"
 retry_initial_ms = 100
 retry_max_ms = 2000
@@ -180,8 +185,10 @@ global
 defaults
     mode tcp
     timeout connect 2s
-    timeout client 10m
-    timeout server 10m
+    timeout check 3s
+    # Longer than a battery meter's MQTT keep-alive.
+    timeout client 2h
+    timeout server 2h
     retries 2
     option redispatch
 frontend mqtt
@@ -220,7 +227,7 @@ nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf"
   echo "COAP=127.0.0.1:$lb_coap"
   echo "NODES=$nodes"
 } >> "$env_file.tmp"
-# HAProxy has seen the nodes ready.
+# Every node answers /ready?ingest (what HAProxy checks).
 for i in $(seq "$nodes"); do
   wait_for "node $i behind HAProxy" curl -fsS "http://$(sed -n "s/^NODE_${i}_HTTP=//p" "$env_file.tmp")/ready?ingest"
 done

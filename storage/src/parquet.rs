@@ -367,14 +367,38 @@ fn split_by_day(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, StorageE
         .collect()
 }
 
+/// Whether `name` is a `.tmp` file of node `node`: `.part-{node}-{start}-{seq}.parquet.tmp`
+/// with the start time and sequence number exactly where they belong, so node `mf` does not
+/// take node `mf-8`'s files for its own. An empty `node` (a single node's folder) owns every
+/// `.part-*.tmp`.
+fn is_leftover_of(name: &str, node: &str) -> bool {
+    let Some(rest) = name.strip_prefix(".part-") else {
+        return false;
+    };
+    if !rest.ends_with(".tmp") {
+        return false;
+    }
+    if node.is_empty() {
+        return true;
+    }
+    let Some(rest) = rest.strip_prefix(node).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    // {YYYYMMDDTHHMMSSmmmZ}-{seq:06}.parquet.tmp
+    let b = rest.as_bytes();
+    rest.len() == 19 + 1 + 6 + ".parquet.tmp".len()
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..18].iter().all(u8::is_ascii_digit)
+        && b[18] == b'Z'
+        && b[19] == b'-'
+        && b[20..26].iter().all(u8::is_ascii_digit)
+        && rest.ends_with(".parquet.tmp")
+}
+
 /// Removes the `.tmp` files a crashed run of this node left (of every node when `node` is
 /// empty: a single node's folder).
 fn remove_leftovers(root: &Path, node: &str) -> Result<usize, StorageError> {
-    let prefix = if node.is_empty() {
-        ".part-".to_string()
-    } else {
-        format!(".part-{node}-")
-    };
     let mut removed = 0;
     let entries = fs::read_dir(root).map_err(|e| StorageError::io("listing", root, e))?;
     for dir in entries.flatten() {
@@ -384,7 +408,7 @@ fn remove_leftovers(root: &Path, node: &str) -> Result<usize, StorageError> {
         for f in files.flatten() {
             let name = f.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(&prefix) && name.ends_with(".tmp") {
+            if is_leftover_of(&name, node) {
                 fs::remove_file(f.path()).map_err(|e| StorageError::io("removing", f.path(), e))?;
                 removed += 1;
             }
@@ -538,12 +562,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let day = dir.path().join("readings/date=2024-03-01");
         fs::create_dir_all(&day).unwrap();
-        // Another node of a shared archive is writing this one.
-        fs::write(
-            day.join(".part-n2-20240301T000000000Z-000000.parquet.tmp"),
-            b"PAR1",
-        )
-        .unwrap();
+        // Other nodes of a shared archive are writing these (`n1-8` starts like `n1-`).
+        for other in ["n2", "n1-8"] {
+            fs::write(
+                day.join(format!(
+                    ".part-{other}-20240301T000000000Z-000000.parquet.tmp"
+                )),
+                b"PAR1",
+            )
+            .unwrap();
+        }
         fs::write(
             day.join(".part-n1-20240301T000000000Z-000000.parquet.tmp"),
             b"PAR1",
@@ -558,7 +586,10 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            vec![".part-n2-20240301T000000000Z-000000.parquet.tmp".to_string()]
+            vec![
+                ".part-n1-8-20240301T000000000Z-000000.parquet.tmp".to_string(),
+                ".part-n2-20240301T000000000Z-000000.parquet.tmp".to_string()
+            ]
         );
         let mut b = ReadingBatchBuilder::default();
         let meta = RowMeta {

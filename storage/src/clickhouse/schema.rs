@@ -264,20 +264,40 @@ pub async fn server_version(config: &ClickHouseConfig) -> Result<ServerVersion, 
     })
 }
 
+/// Every object of the schema on a cluster (the Distributed tables and what is behind them).
+const CLUSTER_OBJECTS: [&str; 10] = [
+    "readings",
+    "readings_local",
+    "readings_hourly",
+    "readings_hourly_local",
+    "readings_daily",
+    "readings_daily_local",
+    "device_status",
+    "device_status_local",
+    "dead_letters",
+    "dead_letters_local",
+];
+
 /// Creates the database, tables and rollups that are missing; returns the server version.
-pub async fn apply_schema(config: &ClickHouseConfig) -> Result<ServerVersion, ClickHouseError> {
+/// `only_if_missing` (the writer) leaves a cluster's complete schema alone: distributed DDL
+/// waits for every server, and a replica down must not hold ingest. `meterflow schema
+/// --apply` runs it always.
+pub async fn apply_schema(
+    config: &ClickHouseConfig,
+    only_if_missing: bool,
+) -> Result<ServerVersion, ClickHouseError> {
     let version = server_version(config).await?;
     let client = config.client();
-    if let Topology::Cluster(cluster) = config.topology() {
-        // Distributed DDL waits for every server of the cluster: with a replica down it
-        // would hold the writer for minutes. Once the tables are there, they are left be
-        // (`meterflow schema --apply` makes what a later version adds).
+    if let (Topology::Cluster(cluster), true) = (config.topology(), only_if_missing) {
         let db = &config.database;
+        let names = CLUSTER_OBJECTS
+            .iter()
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let present = client
             .query(&format!(
-                "SELECT count() FROM system.tables WHERE database = '{db}' AND name IN \
-                 ('readings', 'readings_local', 'device_status', 'device_status_local', \
-                 'dead_letters', 'dead_letters_local')"
+                "SELECT count() FROM system.tables WHERE database = '{db}' AND name IN ({names})"
             ))
             .fetch_one::<u64>()
             .await
@@ -285,7 +305,7 @@ pub async fn apply_schema(config: &ClickHouseConfig) -> Result<ServerVersion, Cl
                 action: "looking for the cluster's tables",
                 source,
             })?;
-        if present == 6 {
+        if present == CLUSTER_OBJECTS.len() as u64 {
             return Ok(version);
         }
         tracing::info!(cluster, database = %db, "creating the schema on the cluster");

@@ -622,7 +622,7 @@ impl Shared {
         if let Some(layout) = known.as_ref() {
             return Ok(layout.clone());
         }
-        let version = apply_schema(&self.config).await?;
+        let version = apply_schema(&self.config, true).await?;
         let layout = Arc::new(table_layout(&self.config).await?);
         tracing::info!(
             ?version,
