@@ -7,9 +7,30 @@
 #                                         (again after a stop: same ports, same data)
 #   deploy/clickhouse-test.sh stop DIR    stops it
 #   deploy/clickhouse-test.sh kill DIR    kills it at once (an outage, for the tests)
+#   deploy/clickhouse-test.sh config DIR HTTP TCP INTERSERVER [XML]
+#                                         writes DIR's config.xml and users.xml only: the
+#                                         packaged config on those ports, XML added at its end
+#                                         (deploy/cluster/up.sh makes its servers with it)
 set -euo pipefail
 cmd=${1:?usage: clickhouse-test.sh start|stop DIR}
 dir=${2:?usage: clickhouse-test.sh start|stop DIR}
+
+# The packaged config with our ports and paths, no IPv6 listener (absent in some sandboxes),
+# errors only in the log, and extra XML before its end.
+write_config() { # DIR HTTP TCP INTERSERVER [XML]
+  sed -e "s#<http_port>8123</http_port>#<http_port>$2</http_port>#" \
+      -e "s#<tcp_port>9000</tcp_port>#<tcp_port>$3</tcp_port>#" \
+      -e "s#<interserver_http_port>9009</interserver_http_port>#<interserver_http_port>$4</interserver_http_port>#" \
+      -e "s#<https_port>8443</https_port>##" \
+      -e "s#<tcp_port_secure>9440</tcp_port_secure>##" \
+      -e "s#<listen_host>::1</listen_host>##" \
+      -e "s#/var/lib/clickhouse/#$1/data/#g" \
+      -e "s#/var/log/clickhouse-server/#$1/log/#g" \
+      -e "s#<level>warning</level>#<level>error</level>#" \
+      -e "s#</yandex>#${5:-}</yandex>#" \
+      /etc/clickhouse-server/config.xml > "$1/config.xml"
+  cp /etc/clickhouse-server/users.xml "$1/users.xml"
+}
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -31,18 +52,7 @@ start)
     http=$(sed -n 's#.*<http_port>\([0-9]*\)</http_port>.*#\1#p' "$dir/config.xml")
   else
   http=$(free_port); tcp=$(free_port); inter=$(free_port)
-  # The packaged config with our ports and paths; no IPv6 listener (absent in some sandboxes).
-  sed -e "s#<http_port>8123</http_port>#<http_port>$http</http_port>#" \
-      -e "s#<tcp_port>9000</tcp_port>#<tcp_port>$tcp</tcp_port>#" \
-      -e "s#<interserver_http_port>9009</interserver_http_port>#<interserver_http_port>$inter</interserver_http_port>#" \
-      -e "s#<https_port>8443</https_port>##" \
-      -e "s#<tcp_port_secure>9440</tcp_port_secure>##" \
-      -e "s#<listen_host>::1</listen_host>##" \
-      -e "s#/var/lib/clickhouse/#$dir/data/#g" \
-      -e "s#/var/log/clickhouse-server/#$dir/log/#g" \
-      -e "s#<level>warning</level>#<level>error</level>#" \
-      /etc/clickhouse-server/config.xml > "$dir/config.xml"
-  cp /etc/clickhouse-server/users.xml "$dir/users.xml"
+  write_config "$dir" "$http" "$tcp" "$inter"
   fi
   clickhouse-server --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 &
   echo $! > "$dir/pid"
@@ -60,6 +70,10 @@ start)
   done
   echo "clickhouse-server did not answer on port $http" >&2
   exit 1
+  ;;
+config)
+  mkdir -p "$dir/data" "$dir/log"
+  write_config "$(cd "$dir" && pwd)" "${3:?HTTP port}" "${4:?TCP port}" "${5:?interserver port}" "${6:-}"
   ;;
 stop)
   if [ -f "$dir/pid" ]; then

@@ -6,9 +6,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 
-use common::{config_file, mosquitto_pub, wait_for, ClickHouse, Server};
+use common::{
+    config_file, fleet_acked, mosquitto_pub, pb_fleet, spawn_fleet, wait_for, ClickHouse, Server,
+};
 use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::Format;
 
@@ -51,21 +52,6 @@ fn expected(plans: &[Plan]) -> BTreeSet<(String, String, i64, u64, String)> {
             })
         })
         .collect()
-}
-
-fn simulate(port: u16, plan: &Plan, pause_ms: u64) -> std::process::Child {
-    common::simulate_command(port, plan, pause_ms)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn acked(child: std::process::Child) -> u64 {
-    let out = child.wait_with_output().unwrap();
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["meters_failed"], 0, "{summary}");
-    summary["messages_acked"].as_u64().unwrap()
 }
 
 #[test]
@@ -134,7 +120,7 @@ fn every_reading_published_over_mqtt_is_in_clickhouse_once() {
     ];
     for plan in &plans {
         assert_eq!(
-            acked(simulate(server.mqtt_port, plan, 0)),
+            fleet_acked(spawn_fleet(server.mqtt_port, plan, 0)),
             (plan.meters * plan.messages) as u64
         );
     }
@@ -205,7 +191,7 @@ fn a_clickhouse_outage_loses_nothing_and_needs_no_operator() {
     let want = expected(std::slice::from_ref(&plan));
 
     // The fleet publishes for about two seconds; ClickHouse dies in the middle of it.
-    let fleet = simulate(server.mqtt_port, &plan, 25);
+    let fleet = spawn_fleet(server.mqtt_port, &plan, 25);
     let total = want.len();
     wait_for("some, not all, rows in ClickHouse", || {
         let n: usize = ch
@@ -231,7 +217,7 @@ fn a_clickhouse_outage_loses_nothing_and_needs_no_operator() {
     });
     ch.kill();
     assert_eq!(
-        acked(fleet),
+        fleet_acked(fleet),
         (plan.meters * plan.messages) as u64,
         "the broker acknowledged all while ClickHouse was down"
     );
@@ -374,7 +360,7 @@ fn a_restart_during_a_clickhouse_outage_writes_no_parquet_row_twice() {
         prefix: "replay-".into(),
     };
     let want = expected(std::slice::from_ref(&plan));
-    assert_eq!(acked(simulate(server.mqtt_port, &plan, 0)), 30);
+    assert_eq!(fleet_acked(spawn_fleet(server.mqtt_port, &plan, 0)), 30);
     wait_for("the pipeline to take all 30 reports", || {
         let (_, metrics) = server.http_get("/metrics");
         metrics
@@ -432,6 +418,48 @@ fn checkpoint(data_dir: &std::path::Path) -> (u64, u64) {
     (n[0], n[1])
 }
 
+/// One phase of the spool test: a fresh database, `serve` with `settings` in its
+/// `[clickhouse]` section (batches of `batch_rows`, Parquet files closed after a second), and
+/// ClickHouse killed while a fleet of 20 meters sends 1000 reports, all acknowledged.
+struct Outage {
+    db: String,
+    /// Keeps the config file.
+    _config_dir: tempfile::TempDir,
+    config: String,
+    server: Server,
+    want: BTreeSet<(String, String, i64, u64, String)>,
+}
+
+fn serve_through_an_outage(
+    ch: &ClickHouse,
+    prefix: &str,
+    settings: &str,
+    batch_rows: usize,
+) -> Outage {
+    let db = ClickHouse::fresh_database(&format!("mf_{prefix}"));
+    let (config_dir, config) = config_file(&format!(
+        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\nqueue_batches = 1\n{settings}\n\
+         [batch]\nmax_rows = {batch_rows}\nmax_age_ms = 100\n[parquet]\nfile_max_age_s = 1\n",
+        ch.url
+    ));
+    common::apply_schema(&config);
+    ch.kill();
+    let server = Server::start_with(&["--config", &config]);
+    let plan = pb_fleet(&format!("{prefix}-"), 20, 50);
+    assert_eq!(
+        fleet_acked(spawn_fleet(server.mqtt_port, &plan, 0)),
+        1000,
+        "the WAL takes what waits"
+    );
+    Outage {
+        want: expected(std::slice::from_ref(&plan)),
+        db,
+        _config_dir: config_dir,
+        config,
+        server,
+    }
+}
+
 /// ClickHouse away for long: Parquet goes on (the batches for ClickHouse wait in the spool,
 /// status and dead-letter rows with them), and when ClickHouse returns every row is there
 /// once, the spool is empty and the checkpoint has caught up. A spool too small for the
@@ -440,15 +468,6 @@ fn checkpoint(data_dir: &std::path::Path) -> (u64, u64) {
 #[test]
 fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
     let ch = ClickHouse::private();
-    let plan = |prefix: &str| Plan {
-        meters: 20,
-        messages: 50,
-        format: Format::Pb,
-        shape: Shape::Readings,
-        start_ms: 1_719_792_000_000,
-        interval_s: 900,
-        prefix: prefix.into(),
-    };
     let parquet_rows =
         |server: &Server| server.metric("meterflow_rows_written_total{sink=\"parquet\"}") as usize;
     let readings = |db: &str| -> BTreeSet<_> {
@@ -460,17 +479,14 @@ fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
 
     // 1. A spool with room for the whole outage. The backoff grows during it (up to a
     //    minute); the retry after it comes from the probe that sees ClickHouse answer again.
-    let db = ClickHouse::fresh_database("mf_spool");
-    let (_cfg, config) = config_file(&format!(
-        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\nretry_initial_ms = 200\nretry_max_ms = 60000\nqueue_batches = 1\n[batch]\nmax_rows = 200\nmax_age_ms = 100\n[parquet]\nfile_max_age_s = 1\n",
-        ch.url
-    ));
-    common::apply_schema(&config);
-    ch.kill();
-    let server = Server::start_with(&["--config", &config]);
-    let first = plan("spool-");
-    let want = expected(std::slice::from_ref(&first));
-    assert_eq!(acked(simulate(server.mqtt_port, &first, 0)), 1000);
+    let Outage {
+        db, server, want, ..
+    } = serve_through_an_outage(
+        &ch,
+        "spool",
+        "retry_initial_ms = 200\nretry_max_ms = 60000",
+        200,
+    );
     // Behind the fleet's batches, so they wait in the spool too.
     assert!(common::mosquitto_pub_acked(
         server.mqtt_port,
@@ -534,20 +550,17 @@ fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
 
     // 2. A spool of one batch: the pipeline waits (Parquet with it), and nothing is lost,
     //    through a kill -9 with the spool full.
-    let db = ClickHouse::fresh_database("mf_spool_full");
-    let (_cfg, config) = config_file(&format!(
-        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\nretry_initial_ms = 50\nretry_max_ms = 200\nqueue_batches = 1\nspool_max_bytes = 1\n[batch]\nmax_rows = 100\nmax_age_ms = 100\n[parquet]\nfile_max_age_s = 1\n",
-        ch.url
-    ));
-    common::apply_schema(&config);
-    ch.kill();
-    let server = Server::start_with(&["--config", &config]);
-    let second = plan("full-");
-    let want = expected(std::slice::from_ref(&second));
-    assert_eq!(
-        acked(simulate(server.mqtt_port, &second, 0)),
-        1000,
-        "the WAL takes what waits"
+    let Outage {
+        db,
+        config,
+        server,
+        want,
+        _config_dir: _keep_config,
+    } = serve_through_an_outage(
+        &ch,
+        "full",
+        "retry_initial_ms = 50\nretry_max_ms = 200\nspool_max_bytes = 1",
+        100,
     );
     wait_for("the pipeline waiting for a full spool", || {
         (server.metric("meterflow_clickhouse_queue_full_waits_total") > 0.0).then_some(())
@@ -584,17 +597,13 @@ fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
 
     // 3. A spool file that cannot be read back: the writer stops, serve exits non-zero (a
     //    sink failure), and the restart replays the WAL to ClickHouse.
-    let db = ClickHouse::fresh_database("mf_spool_bad");
-    let (_cfg, config) = config_file(&format!(
-        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\nretry_initial_ms = 50\nretry_max_ms = 200\nqueue_batches = 1\n[batch]\nmax_rows = 200\nmax_age_ms = 100\n[parquet]\nfile_max_age_s = 1\n",
-        ch.url
-    ));
-    common::apply_schema(&config);
-    ch.kill();
-    let server = Server::start_with(&["--config", &config]);
-    let third = plan("bad-");
-    let want = expected(std::slice::from_ref(&third));
-    assert_eq!(acked(simulate(server.mqtt_port, &third, 0)), 1000);
+    let Outage {
+        db,
+        config,
+        server,
+        want,
+        _config_dir: _keep_config,
+    } = serve_through_an_outage(&ch, "bad", "retry_initial_ms = 50\nretry_max_ms = 200", 200);
     wait_for("every row in Parquet while ClickHouse is away", || {
         (parquet_rows(&server) == want.len()).then_some(())
     });

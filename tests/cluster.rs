@@ -11,11 +11,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
-use common::wait_for;
-use meterflow::simulate::{Plan, Shape};
-use meterflow_proto::Format;
+use common::{fleet_acked, fleet_summary, pb_fleet, plan_rows, spawn_fleet, wait_for};
+use meterflow::simulate::Plan;
 
 const HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/cluster");
 
@@ -81,13 +80,7 @@ impl Drop for Cluster {
 }
 
 fn query(url: &str, sql: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-sS", "--fail-with-body", "--data-binary", sql, url])
-        .output()
-        .unwrap();
-    let body = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "query {sql} on {url}: {body}");
-    body
+    common::ClickHouse::at(url).query(sql)
 }
 
 /// A query that may fail while a server starts (its tables still loading): `None` then.
@@ -103,37 +96,6 @@ fn try_query(url: &str, sql: &str) -> Option<String> {
 
 fn count(url: &str, sql: &str) -> u64 {
     query(url, sql).trim().parse().unwrap()
-}
-
-fn fleet(prefix: &str, meters: usize, messages: usize) -> Plan {
-    Plan {
-        meters,
-        messages,
-        format: Format::Pb,
-        shape: Shape::Readings,
-        start_ms: 1_719_792_000_000,
-        interval_s: 900,
-        prefix: prefix.into(),
-    }
-}
-
-fn rows_of(plan: &Plan) -> usize {
-    plan.expected_rows(0, 0).len() * plan.meters * plan.messages
-}
-
-fn simulate(port: u16, plan: &Plan, pause_ms: u64) -> std::process::Child {
-    common::simulate_command(port, plan, pause_ms)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn acked(child: std::process::Child) -> u64 {
-    let out = child.wait_with_output().unwrap();
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["meters_failed"], 0, "{summary}");
-    summary["messages_acked"].as_u64().unwrap()
 }
 
 fn tables(url: &str, db: &str) -> BTreeSet<String> {
@@ -196,6 +158,24 @@ fn node_metric(cluster: &Cluster, n: u8, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Starts a fleet of 40 meters through HAProxy and runs `kill` (a `ctl.sh` command) once
+/// its first rows are on the cluster and before its last: a failure mid-run.
+fn fleet_with_a_failure(cluster: &Cluster, prefix: &str, kill: &[&str]) -> (Plan, u64, Child) {
+    let plan = pb_fleet(prefix, 40, 100);
+    let rows = plan_rows(&plan) as u64;
+    let publishing = spawn_fleet(port(&cluster.env["MQTT"]), &plan, 20);
+    wait_for(&format!("the first rows of {prefix}"), || {
+        let n = fleet_rows(cluster, prefix);
+        assert!(
+            n < rows,
+            "the fleet finished before the kill: make it longer"
+        );
+        (n > 0).then_some(())
+    });
+    cluster.ctl(kill);
+    (plan, rows, publishing)
+}
+
 /// Rows of one fleet in `readings FINAL`, through the Distributed table.
 fn fleet_rows(cluster: &Cluster, prefix: &str) -> u64 {
     count(
@@ -208,7 +188,6 @@ fn fleet_rows(cluster: &Cluster, prefix: &str) -> u64 {
 fn a_cluster_keeps_every_reading_through_a_dead_replica_and_a_dead_node() {
     let cluster = Cluster::up();
     let db = "meterflow";
-    let mqtt = port(&cluster.env["MQTT"]);
 
     // The schema, ON CLUSTER (by up.sh): every server has the local and Distributed tables.
     let want_tables: BTreeSet<String> = [
@@ -237,19 +216,12 @@ fn a_cluster_keeps_every_reading_through_a_dead_replica_and_a_dead_node() {
     }
 
     // 1. Replica 2 of shard 2 is killed while a fleet publishes through HAProxy.
-    let plan = fleet("rep-", 40, 100);
-    let rows = rows_of(&plan) as u64;
-    let publishing = simulate(mqtt, &plan, 20);
-    wait_for("some rows on the cluster", || {
-        let n = fleet_rows(&cluster, "rep-");
-        assert!(
-            n < rows,
-            "the fleet finished before the kill: make it longer"
-        );
-        (n > 0).then_some(())
-    });
-    cluster.ctl(&["kill-replica", "2", "2"]);
-    assert_eq!(acked(publishing), (plan.meters * plan.messages) as u64);
+    let (plan, rows, publishing) =
+        fleet_with_a_failure(&cluster, "rep-", &["kill-replica", "2", "2"]);
+    assert_eq!(
+        fleet_acked(publishing),
+        (plan.meters * plan.messages) as u64
+    );
     // Ingest goes on: the nodes' inserts of every row are acknowledged by the cluster (an
     // insert waits for every shard; shard 2 takes it on its live replica).
     wait_for("every row inserted with a replica down", || {
@@ -302,21 +274,8 @@ fn a_cluster_keeps_every_reading_through_a_dead_replica_and_a_dead_node() {
 
     // 2. Node 1 is killed with kill -9 while a fleet publishes through HAProxy: its meters
     //    reconnect (to node 2, HAProxy redispatching), node 1 comes back and replays its WAL.
-    let plan = fleet("node-", 40, 100);
-    let rows = rows_of(&plan) as u64;
-    let publishing = simulate(mqtt, &plan, 20);
-    wait_for("some rows from the second fleet", || {
-        let n = fleet_rows(&cluster, "node-");
-        assert!(
-            n < rows,
-            "the fleet finished before the kill: make it longer"
-        );
-        (n > 0).then_some(())
-    });
-    cluster.ctl(&["kill-node", "1"]);
-    let out = publishing.wait_with_output().unwrap();
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["meters_failed"], 0, "{summary}");
+    let (plan, rows, publishing) = fleet_with_a_failure(&cluster, "node-", &["kill-node", "1"]);
+    let summary = fleet_summary(publishing);
     assert_eq!(
         summary["messages_acked"],
         (plan.meters * plan.messages) as u64,

@@ -8,6 +8,17 @@ cmd=${2:?usage: ctl.sh DIR kill-replica S R | start-replica S R | down}
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# kill -9 the process of a pid file, wait until it is gone, forget the pid.
+kill_9() {
+  if pid_alive "$1"; then
+    local pid
+    pid=$(cat "$1")
+    kill -9 "$pid"
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  fi
+  rm -f "$1"
+}
+
 case "$cmd" in
 start-zookeeper-at) # used by up.sh: PORT
   zk="$dir/zookeeper"
@@ -40,12 +51,7 @@ start-node)
   ;;
 kill-node)
   node="$dir/node-${3:?node}"
-  if pid_alive "$node/pid"; then
-    pid=$(cat "$node/pid")
-    kill -9 "$pid"
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  fi
-  rm -f "$node/pid"
+  kill_9 "$node/pid"
   ;;
 start-replica)
   node="$dir/clickhouse-${3:?shard}-${4:?replica}"
@@ -64,12 +70,7 @@ start-replica)
   ;;
 kill-replica)
   node="$dir/clickhouse-${3:?shard}-${4:?replica}"
-  if pid_alive "$node/pid"; then
-    pid=$(cat "$node/pid")
-    kill -9 "$pid"
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  fi
-  rm -f "$node/pid"
+  kill_9 "$node/pid"
   ;;
 down)
   for pidfile in "$dir"/haproxy.pid "$dir"/nginx/nginx.pid "$dir"/node-*/pid \

@@ -100,24 +100,13 @@ env_file="$dir/cluster.env"
 for s in 1 2; do
   for r in 1 2; do
     node="$dir/clickhouse-$s-$r"
-    mkdir -p "$node/data" "$node/log"
     inter=$(free_port)
     # A replica killed with kill -9 comes back with parts ZooKeeper never heard of; on the
     # harness's small tables they can be all of a table's rows, which the start-up check
     # (replicated_max_ratio_of_wrong_parts, 0.5) refuses. Here 1: such parts are set aside
     # (detached) and fetched again from the other replica. Production tables keep the default.
-    sed -e "s#<http_port>8123</http_port>#<http_port>${http[$s$r]}</http_port>#" \
-        -e "s#<tcp_port>9000</tcp_port>#<tcp_port>${tcp[$s$r]}</tcp_port>#" \
-        -e "s#<interserver_http_port>9009</interserver_http_port>#<interserver_http_port>$inter</interserver_http_port>#" \
-        -e "s#<https_port>8443</https_port>##" \
-        -e "s#<tcp_port_secure>9440</tcp_port_secure>##" \
-        -e "s#<listen_host>::1</listen_host>##" \
-        -e "s#/var/lib/clickhouse/#$node/data/#g" \
-        -e "s#/var/log/clickhouse-server/#$node/log/#g" \
-        -e "s#<level>trace</level>#<level>warning</level>#" \
-        -e "s#</yandex>#<include_from>$node/cluster.xml</include_from><interserver_http_host>127.0.0.1</interserver_http_host><merge_tree><replicated_max_ratio_of_wrong_parts>1</replicated_max_ratio_of_wrong_parts></merge_tree></yandex>#" \
-        /etc/clickhouse-server/config.xml > "$node/config.xml"
-    cp /etc/clickhouse-server/users.xml "$node/users.xml"
+    "$here/../clickhouse-test.sh" config "$node" "${http[$s$r]}" "${tcp[$s$r]}" "$inter" \
+      "<include_from>$node/cluster.xml</include_from><interserver_http_host>127.0.0.1</interserver_http_host><merge_tree><replicated_max_ratio_of_wrong_parts>1</replicated_max_ratio_of_wrong_parts></merge_tree>"
     cat > "$node/cluster.xml" <<XML
 <yandex>
   <clickhouse_remote_servers><meterflow>$shards</meterflow></clickhouse_remote_servers>

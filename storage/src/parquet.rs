@@ -591,15 +591,8 @@ mod tests {
                 ".part-n2-20240301T000000000Z-000000.parquet.tmp".to_string()
             ]
         );
-        let mut b = ReadingBatchBuilder::default();
-        let meta = RowMeta {
-            meter_id: "m",
-            received_at_ms: 0,
-            source: Source::Mqtt,
-            format: Format::Pb,
-        };
-        b.append(&meta, "c", 1_709_251_200_000, 1.0, "kWh", 0);
-        sink.write(&b.finish(), Some(1), Instant::now()).unwrap();
+        sink.write(&batch(&[1_709_251_200_000]), Some(1), Instant::now())
+            .unwrap();
         let done = sink.close().unwrap();
         let name = done[0].file_name().unwrap().to_string_lossy().into_owned();
         assert!(name.starts_with("part-n1-"), "{name}");

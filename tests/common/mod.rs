@@ -539,6 +539,14 @@ impl ClickHouse {
         Self::script("start", self.dir.as_ref().expect("a private server").path());
     }
 
+    /// A server somebody else runs (a cluster's), for [`ClickHouse::query`].
+    pub fn at(url: &str) -> ClickHouse {
+        ClickHouse {
+            url: url.to_string(),
+            dir: None,
+        }
+    }
+
     /// Runs a query over HTTP and returns the body (TSV); panics on an error answer.
     pub fn query(&self, sql: &str) -> String {
         let out = Command::new("curl")
@@ -665,6 +673,50 @@ pub fn simulate_command(
     .args(["--interval-s", &plan.interval_s.to_string()])
     .args(["--pause-ms", &pause_ms.to_string()]);
     cmd
+}
+
+/// A fleet of `meters` sending `messages` protobuf reports of five registers each, a quarter
+/// of an hour apart from 2024-07-01, with meter ids starting `prefix`.
+pub fn pb_fleet(prefix: &str, meters: usize, messages: usize) -> meterflow::simulate::Plan {
+    meterflow::simulate::Plan {
+        meters,
+        messages,
+        format: meterflow_proto::Format::Pb,
+        shape: meterflow::simulate::Shape::Readings,
+        start_ms: 1_719_792_000_000,
+        interval_s: 900,
+        prefix: prefix.into(),
+    }
+}
+
+/// Every row a plan sends.
+pub fn plan_rows(plan: &meterflow::simulate::Plan) -> usize {
+    plan.expected_rows(0, 0).len() * plan.meters * plan.messages
+}
+
+/// `meterflow simulate` for `plan` running in the background, its JSON summary piped.
+pub fn spawn_fleet(mqtt_port: u16, plan: &meterflow::simulate::Plan, pause_ms: u64) -> Child {
+    simulate_command(mqtt_port, plan, pause_ms)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("meterflow simulate starts")
+}
+
+/// The summary of a fleet from [`spawn_fleet`] once it is done; no meter may have failed.
+pub fn fleet_summary(fleet: Child) -> serde_json::Value {
+    let out = fleet.wait_with_output().expect("meterflow simulate ends");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("simulate --json prints its summary");
+    assert_eq!(summary["meters_failed"], 0, "{summary}");
+    summary
+}
+
+/// How many reports the server acknowledged to a fleet from [`spawn_fleet`].
+pub fn fleet_acked(fleet: Child) -> u64 {
+    fleet_summary(fleet)["messages_acked"]
+        .as_u64()
+        .expect("messages_acked")
 }
 
 /// A TCP proxy in front of an HTTP server that can lose one answer for real: armed with a

@@ -445,6 +445,11 @@ mod tests {
         side
     }
 
+    /// Sends a batch of `rows` rows of meter `m` without side rows.
+    fn send(queue: &JobQueue, rows: usize, lsn: u64) -> Sent {
+        queue.try_send(batch("m", rows), SideRows::default(), lsn).0
+    }
+
     fn spool(dir: &Path, max_bytes: u64) -> Option<SpoolConfig> {
         Some(SpoolConfig {
             dir: dir.to_path_buf(),
@@ -512,19 +517,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = JobQueue::new(2, spool(dir.path(), u64::MAX)).unwrap();
         for lsn in 1..=5 {
-            assert_eq!(
-                queue.try_send(batch("m", 1), SideRows::default(), lsn).0,
-                Sent::Queued
-            );
+            assert_eq!(send(&queue, 1, lsn), Sent::Queued);
         }
         // 1, 2 in memory; 3..5 spooled. While the spool holds jobs, new ones go behind
         // them, even when memory has room again.
         assert_eq!(take(&queue).2, 1);
         for lsn in 6..=7 {
-            assert_eq!(
-                queue.try_send(batch("m", 1), SideRows::default(), lsn).0,
-                Sent::Queued
-            );
+            assert_eq!(send(&queue, 1, lsn), Sent::Queued);
         }
         let order: Vec<(u64, bool)> = (0..4).map(|_| take(&queue)).map(|t| (t.2, t.3)).collect();
         assert_eq!(order, [(2, false), (3, true), (4, true), (5, true)]);
@@ -536,10 +535,7 @@ mod tests {
         assert_eq!(queue.lock().spool_files, 2);
         assert_eq!((take(&queue).2, take(&queue).2), (6, 7));
         // The spool is empty: memory again.
-        assert_eq!(
-            queue.try_send(batch("m", 1), SideRows::default(), 8).0,
-            Sent::Queued
-        );
+        assert_eq!(send(&queue, 1, 8), Sent::Queued);
         assert_eq!((take(&queue).2, files(dir.path())), (8, 0));
         let state = queue.lock();
         assert_eq!((state.spool_files, state.spool_bytes), (0, 0));
@@ -549,8 +545,8 @@ mod tests {
     fn a_corrupt_spool_file_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let queue = JobQueue::new(1, spool(dir.path(), u64::MAX)).unwrap();
-        queue.try_send(batch("m", 1), SideRows::default(), 1);
-        queue.try_send(batch("m", 5), SideRows::default(), 2);
+        send(&queue, 1, 1);
+        send(&queue, 5, 2);
         take(&queue);
         let job = queue.take_waiting(|_| true).unwrap();
         let JobData::Spooled { path, .. } = job.data else {
@@ -568,14 +564,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Room for one spool file of any size.
         let queue = JobQueue::new(1, spool(dir.path(), 1)).unwrap();
-        assert_eq!(
-            queue.try_send(batch("m", 10), SideRows::default(), 1).0,
-            Sent::Queued
-        );
-        assert_eq!(
-            queue.try_send(batch("m", 10), SideRows::default(), 2).0,
-            Sent::Queued
-        );
+        assert_eq!(send(&queue, 10, 1), Sent::Queued);
+        assert_eq!(send(&queue, 10, 2), Sent::Queued);
         let (sent, back) = queue.try_send(batch("m", 10), side(3), 3);
         assert_eq!(sent, Sent::Full);
         let (back, back_side) = back.expect("the job comes back to wait");
@@ -586,14 +576,8 @@ mod tests {
         assert_eq!(queue.try_send(back, back_side, 3).0, Sent::Queued);
         // Without a spool, memory alone.
         let queue = JobQueue::new(1, None).unwrap();
-        assert_eq!(
-            queue.try_send(batch("m", 1), SideRows::default(), 1).0,
-            Sent::Queued
-        );
-        assert_eq!(
-            queue.try_send(batch("m", 1), SideRows::default(), 2).0,
-            Sent::Full
-        );
+        assert_eq!(send(&queue, 1, 1), Sent::Queued);
+        assert_eq!(send(&queue, 1, 2), Sent::Full);
     }
 
     #[test]
@@ -607,15 +591,12 @@ mod tests {
         let queue = JobQueue::new(1, spool(dir.path(), u64::MAX)).unwrap();
         assert_eq!(files(dir.path()), 0);
         for lsn in 1..=3 {
-            queue.try_send(batch("m", 1), SideRows::default(), lsn);
+            send(&queue, 1, lsn);
         }
         queue.close();
         // What is in memory is still inserted at shutdown; spooled jobs stay in the WAL.
         assert_eq!(take(&queue).2, 1);
         assert!(queue.take_waiting(|_| true).is_none());
-        assert_eq!(
-            queue.try_send(batch("m", 1), SideRows::default(), 4).0,
-            Sent::Closed
-        );
+        assert_eq!(send(&queue, 1, 4), Sent::Closed);
     }
 }
