@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 # command -> Debian package that provides it
 declare -A needs=(
   [mosquitto_pub]=mosquitto-clients
+  [mosquitto]=mosquitto
   [coap-client-notls]=libcoap3-bin
   [chromium]=chromium
   [chromedriver]=chromium-driver

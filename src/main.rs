@@ -105,6 +105,17 @@ struct ListenArgs {
     /// not loopback.
     #[arg(long, env = "METERFLOW_HTTP_TOKEN", hide_env_values = true)]
     http_token: Option<String>,
+    /// Also take messages from this broker (mqtt[s]://USER:PASSWORD@HOST:PORT): an MQTT 5
+    /// shared subscription to meters/{meter_id}/{format}, acknowledged once in the WAL. Adds
+    /// a [[bridge]] with the defaults; repeat for several. A password on the command line
+    /// shows in `ps`: prefer the environment variable or the config file.
+    #[arg(
+        long,
+        env = "METERFLOW_MQTT_BRIDGE",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    mqtt_bridge: Vec<String>,
 }
 
 /// A listener flag: an address, or `off` (or empty) for none.
@@ -171,6 +182,11 @@ impl ListenArgs {
         if let Some(token) = &self.http_token {
             config.http.token = token.clone();
         }
+        config.bridge.extend(
+            self.mqtt_bridge
+                .iter()
+                .map(|url| meterflow_ingest::BridgeConfig::from_url(url)),
+        );
         Ok(())
     }
 }
@@ -381,10 +397,16 @@ fn main() -> anyhow::Result<()> {
         Command::Config(listen) => {
             // Secrets are not printed: the output is often pasted into tickets.
             let mut config = cli.shared.config(Some(&listen))?;
-            for secret in [&mut config.http.token, &mut config.clickhouse.password] {
+            for secret in [&mut config.http.token, &mut config.clickhouse.password]
+                .into_iter()
+                .chain(config.bridge.iter_mut().map(|b| &mut b.password))
+            {
                 if !secret.is_empty() {
                     *secret = "(set, not shown)".into();
                 }
+            }
+            for bridge in &mut config.bridge {
+                bridge.url = meterflow_ingest::bridge::url_without_password(&bridge.url);
             }
             print!("{}", toml::to_string(&config)?);
             Ok(())

@@ -9,6 +9,7 @@ use meterflow_storage::clickhouse::ClickHouseConfig;
 use meterflow_storage::{BatchConfig, ParquetConfig, WalConfig};
 use serde::{Deserialize, Serialize};
 
+pub use crate::bridge::BridgeConfig;
 pub use crate::coap::CoapConfig;
 pub use crate::devices::DevicesConfig;
 pub use crate::mqtt::MqttConfig;
@@ -29,6 +30,9 @@ pub struct Config {
     pub parquet: ParquetConfig,
     pub wal: WalConfig,
     pub clickhouse: ClickHouseConfig,
+    /// Brokers to take messages from (`[[bridge]]` sections), none by default.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bridge: Vec<BridgeConfig>,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Default for Config {
             parquet: ParquetConfig::default(),
             wal: WalConfig::default(),
             clickhouse: ClickHouseConfig::default(),
+            bridge: Vec::new(),
         }
     }
 }
@@ -150,6 +155,9 @@ impl Config {
         self.parquet.validate()?;
         self.wal.validate()?;
         self.clickhouse.validate()?;
+        for (index, bridge) in self.bridge.iter().enumerate() {
+            bridge.validate(index)?;
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(IngestError::config("data_dir", "must not be empty"));
         }
@@ -348,6 +356,38 @@ mod example_file {
     use super::*;
 
     const EXAMPLE: &str = include_str!("../../deploy/meterflow.example.toml");
+
+    #[test]
+    fn the_example_bridge_documents_every_key() {
+        // The [[bridge]] block is commented out (there is none by default): uncommented, it
+        // must be a valid bridge whose keys are all of BridgeConfig's.
+        let block = EXAMPLE
+            .split("# [[bridge]]")
+            .nth(1)
+            .expect("a commented [[bridge]] block");
+        let mut text = String::from("[[bridge]]\n");
+        for line in block.lines() {
+            if let Some(code) = line.strip_prefix("# ") {
+                if !code.starts_with('#') {
+                    text.push_str(code);
+                    text.push('\n');
+                }
+            }
+        }
+        let config = Config::from_toml(&text).unwrap();
+        config.validate().unwrap();
+        let defaults = toml::to_string(&BridgeConfig::default()).unwrap();
+        for line in defaults.lines() {
+            let key = line.split(" = ").next().unwrap();
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{key} = "))),
+                "bridge {key} is not in the example config"
+            );
+        }
+        for key in ["tls_ca", "tls_cert", "tls_key"] {
+            assert!(text.contains(&format!("{key} = ")), "bridge {key}");
+        }
+    }
 
     #[test]
     fn the_example_config_states_the_defaults() {

@@ -4,6 +4,8 @@
 //! - [`credentials`]: the device credential store shared by every edge.
 //! - [`mqtt`]: meterflow's own MQTT server (3.1.1 and 5, TLS, identities, limits).
 //! - [`coap`]: the CoAP/UDP endpoint (reports and LwM2M 1.1 registration and Send).
+//! - [`bridge`]: MQTT 5 clients of a broker the utility already runs (shared subscription,
+//!   acknowledged to the broker once in the WAL).
 //! - [`message`]: a message as accepted, and where the WAL stands.
 //! - [`wal_writer`]: the one owner of the WAL: group commit, durability for the edges, and the
 //!   hand-off to the pipeline queue.
@@ -16,6 +18,7 @@
 //! CoAP server (tokio UDP, waits for durability) /    bounded queue -> pipeline thread (reading
 //! the WAL for whatever the queue did not carry) -> Parquet and ClickHouse.
 
+pub mod bridge;
 pub mod coap;
 pub mod config;
 pub mod credentials;
@@ -36,6 +39,7 @@ use meterflow_storage::clickhouse::{ClickHouseWriter, SpoolConfig};
 use meterflow_storage::{wal, Batcher, DeadLetterStore, ParquetSink, Wal};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+pub use bridge::BridgeConfig;
 pub use config::Config;
 pub use error::IngestError;
 pub use pipeline::PipelineSummary;
@@ -254,6 +258,8 @@ pub async fn serve(
         coap_listeners.push((socket, security));
     }
     let (mqtt_tx, mqtt_rx) = wal_writer::channel(wal_writer::SUBMISSIONS);
+    // The bridges are MQTT inputs too: they share the MQTT edge's way into the WAL writer.
+    let bridge_tx = mqtt_tx.clone();
     let mqtt = mqtt::MqttServer::start(config.mqtt.clone(), credentials.clone(), mqtt_tx).await?;
 
     let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel(config.pipeline.queue_capacity);
@@ -291,6 +297,13 @@ pub async fn serve(
         })
         .collect();
     drop(coap_tx);
+    let bridges = config
+        .bridge
+        .iter()
+        .enumerate()
+        .map(|(index, bridge)| bridge::start(bridge, &config.node.id, index, bridge_tx.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(bridge_tx);
 
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = http::router(http::HttpState {
@@ -327,6 +340,7 @@ pub async fn serve(
         mqtt_tls = ?config.mqtt.tls_listen,
         coap = ?config.coap.listen,
         coaps = ?config.coap.dtls_listen,
+        bridges = config.bridge.len(),
         http = %config.http.listen,
         data_dir = %config.data_dir.display(),
         "meterflow ready"
@@ -350,6 +364,13 @@ pub async fn serve(
             config.pipeline.shutdown_max_ms,
         ))
         .await;
+    for bridge in bridges {
+        bridge
+            .shutdown(std::time::Duration::from_millis(
+                config.pipeline.shutdown_max_ms,
+            ))
+            .await;
+    }
     // Whatever became of the CoAP server, the threads below must still be joined so that
     // every sink is flushed: a failed task is logged, not returned early.
     let mut coap_summary = coap::CoapSummary::default();
