@@ -602,3 +602,91 @@ fn metrics_parse_as_prometheus_text_and_count_what_a_run_published() {
     let (exit, _, log, _tmp) = server.stop();
     assert!(exit.success(), "{log}");
 }
+
+#[test]
+fn a_node_answers_for_a_meter_another_node_heard_from_clickhouse() {
+    // Two nodes behind one load balancer share a ClickHouse database; a meter reports to node
+    // A only, after node B has rebuilt its state at start-up. Asked about it, node B answers
+    // from ClickHouse: last seen, the newest value per channel, status, recent readings.
+    let clickhouse = common::ClickHouse::shared();
+    let db = common::ClickHouse::fresh_database("api");
+    let (_cfg, config) = config_file(&format!(
+        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n[batch]\nmax_age_ms = 100\n",
+        clickhouse.url
+    ));
+    common::apply_schema(&config);
+    let node_a = Server::start_with(&["--config", &config]);
+    let node_b = Server::start_with(&["--config", &config]);
+    wait_for("node B's start-up rebuild", || {
+        node_b
+            .log_text()
+            .contains("device state topped up from ClickHouse")
+            .then_some(())
+    });
+    let files = tempfile::tempdir().unwrap();
+    for (i, value) in [500.25, 501.5].iter().enumerate() {
+        publish(
+            &node_a,
+            files.path(),
+            "meters/ELSEWHERE-1/json",
+            &format!(
+                r#"{{"readings":[{{"channel":"1-0:1.8.0","ts":{},"value":{value},"unit":"kWh"}}],
+                   "status":{{"battery_pct":77,"rssi_dbm":-90,"firmware":"3.0.1"}}}}"#,
+                1_709_294_400_000i64 + i as i64 * 900_000
+            ),
+        );
+    }
+    wait_for("both reports in ClickHouse", || {
+        let n = clickhouse.query(&format!(
+            "SELECT count() FROM {db}.readings WHERE meter_id = 'ELSEWHERE-1' FORMAT TSV"
+        ));
+        (n.trim() == "2").then_some(())
+    });
+    wait_for("the status in ClickHouse", || {
+        let n = clickhouse.query(&format!(
+            "SELECT count() FROM {db}.device_status WHERE meter_id = 'ELSEWHERE-1' FORMAT TSV"
+        ));
+        (n.trim() != "0").then_some(())
+    });
+
+    let (status, local) = get_json(&node_a, "/api/devices/ELSEWHERE-1");
+    assert_eq!(status, 200);
+    assert!(local.get("from").is_none(), "{local}");
+    for path in [
+        "/api/devices/ELSEWHERE-1",
+        "/api/device?meter_id=ELSEWHERE-1",
+    ] {
+        let (status, d) = get_json(&node_b, path);
+        assert_eq!(status, 200, "{d}");
+        assert_eq!(d["from"], "clickhouse");
+        assert_eq!(d["meter_id"], "ELSEWHERE-1");
+        assert_eq!(d["last_source"], "mqtt");
+        assert_eq!(d["last_format"], "json");
+        assert_eq!(d["last_values"]["1-0:1.8.0"]["value"], 501.5);
+        assert_eq!(d["last_values"]["1-0:1.8.0"]["ts_ms"], 1_709_295_300_000i64);
+        assert_eq!(d["last_values"]["1-0:1.8.0"]["unit"], "kWh");
+        assert_eq!(d["status"]["battery_pct"], 77);
+        assert_eq!(d["status"]["firmware"], "3.0.1");
+        assert_eq!(d["health"], "green", "{d}");
+        assert_eq!(
+            d["recent_readings"]["1-0:1.8.0"],
+            serde_json::json!([
+                [1_709_294_400_000i64, 500.25],
+                [1_709_295_300_000i64, 501.5]
+            ])
+        );
+        // received_at is whole seconds in ClickHouse.
+        let (seen, seen_here) = (
+            d["last_seen_ms"].as_i64().unwrap(),
+            local["last_seen_ms"].as_i64().unwrap(),
+        );
+        assert!((seen_here - seen).abs() < 1000, "{seen} vs {seen_here}");
+    }
+    // Node B's own list stays its own: it has heard nobody.
+    let (_, list) = get_json(&node_b, "/api/devices");
+    assert_eq!(list["devices"], serde_json::json!([]));
+    // Nobody heard of this one.
+    let (status, body) = node_b.http_get("/api/devices/NOBODY-1");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("nor by ClickHouse"), "{body}");
+}

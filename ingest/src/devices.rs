@@ -133,6 +133,74 @@ impl DeviceState {
         self.status_at_ms = Some(self.status_at_ms.map_or(at_ms, |t| t.max(at_ms)));
     }
 
+    /// What ClickHouse remembers of a meter, as a state of its own (a meter this node has not
+    /// heard: the API's answer behind a load balancer).
+    pub fn from_snapshot(snapshot: DeviceSnapshot) -> DeviceState {
+        let mut state = DeviceState {
+            meter_id: snapshot.meter_id.clone(),
+            first_seen_ms: snapshot.first_seen_ms,
+            ..Default::default()
+        };
+        state.take_snapshot(snapshot);
+        state
+    }
+
+    /// Takes what ClickHouse remembers where it is newer than ours; whether anything changed.
+    fn take_snapshot(&mut self, snap: DeviceSnapshot) -> bool {
+        let mut changed = false;
+        if snap.first_seen_ms < self.first_seen_ms {
+            self.first_seen_ms = snap.first_seen_ms;
+            changed = true;
+        }
+        if snap.last_seen_ms > self.last_seen_ms {
+            self.last_seen_ms = snap.last_seen_ms;
+            self.last_source = snap.last_source.clone();
+            self.last_format = snap.last_format.clone();
+            changed = true;
+        }
+        if snap.rows > self.rows {
+            self.rows = snap.rows;
+        }
+        for (channel, v) in snap.last_values {
+            let newer = self
+                .last_values
+                .get(&channel)
+                .is_none_or(|l| l.ts_ms < v.ts_ms);
+            let room =
+                self.last_values.len() < MAX_CHANNELS || self.last_values.contains_key(&channel);
+            if newer && room {
+                self.last_values.insert(
+                    channel,
+                    LastValue {
+                        ts_ms: v.ts_ms,
+                        value: v.value,
+                        unit: v.unit,
+                    },
+                );
+                changed = true;
+            }
+        }
+        if let Some(at) = snap.status_at_ms {
+            let status = DeviceStatus {
+                battery_pct: snap.battery_pct,
+                rssi_dbm: snap.rssi_dbm,
+                rsrp_dbm: snap.rsrp_dbm,
+                snr_db: snap.snr_db,
+                firmware: snap.firmware.clone(),
+                error_flags: snap.error_flags,
+            };
+            if self.status_at_ms.is_none_or(|local| at > local) {
+                // ClickHouse's report is the newer: its fields win, ours fill gaps.
+                self.merge_status(&status, at);
+            } else {
+                // Ours is newer: take only the fields we never had.
+                self.fill_status(&status);
+            }
+            changed = true;
+        }
+        changed
+    }
+
     /// Whether a message at `lsn` is new to this state (and takes it); 0 is always new.
     fn take_lsn(&mut self, lsn: u64) -> bool {
         if lsn == 0 {
@@ -201,6 +269,10 @@ pub struct Observation<'a> {
 
 /// A meter as ClickHouse remembers it (see `storage::analytics::device_snapshots`).
 pub use meterflow_storage::analytics::DeviceSnapshot;
+
+/// How far back ClickHouse is asked about a meter (the state rebuilt at start-up, the API's
+/// answer for a meter another node took), by when meterflow received it.
+pub const CLICKHOUSE_LOOKBACK_DAYS: u32 = 35;
 
 /// Shared between the pipeline (writer) and the HTTP API (readers). Ordered by meter id, so
 /// pages of the device list are ranges.
@@ -359,58 +431,7 @@ impl DeviceRegistry {
                 let Some(d) = self.entry(&mut map, &snap.meter_id, snap.first_seen_ms) else {
                     continue;
                 };
-                let mut changed = false;
-                if snap.first_seen_ms < d.first_seen_ms {
-                    d.first_seen_ms = snap.first_seen_ms;
-                    changed = true;
-                }
-                if snap.last_seen_ms > d.last_seen_ms {
-                    d.last_seen_ms = snap.last_seen_ms;
-                    d.last_source = snap.last_source.clone();
-                    d.last_format = snap.last_format.clone();
-                    changed = true;
-                }
-                if snap.rows > d.rows {
-                    d.rows = snap.rows;
-                }
-                for (channel, v) in snap.last_values {
-                    let newer = d
-                        .last_values
-                        .get(&channel)
-                        .is_none_or(|l| l.ts_ms < v.ts_ms);
-                    let room =
-                        d.last_values.len() < MAX_CHANNELS || d.last_values.contains_key(&channel);
-                    if newer && room {
-                        d.last_values.insert(
-                            channel,
-                            LastValue {
-                                ts_ms: v.ts_ms,
-                                value: v.value,
-                                unit: v.unit,
-                            },
-                        );
-                        changed = true;
-                    }
-                }
-                if let Some(at) = snap.status_at_ms {
-                    let status = DeviceStatus {
-                        battery_pct: snap.battery_pct,
-                        rssi_dbm: snap.rssi_dbm,
-                        rsrp_dbm: snap.rsrp_dbm,
-                        snr_db: snap.snr_db,
-                        firmware: snap.firmware.clone(),
-                        error_flags: snap.error_flags,
-                    };
-                    if d.status_at_ms.is_none_or(|local| at > local) {
-                        // ClickHouse's report is the newer: its fields win, ours fill gaps.
-                        d.merge_status(&status, at);
-                    } else {
-                        // Ours is newer: take only the fields we never had.
-                        d.fill_status(&status);
-                    }
-                    changed = true;
-                }
-                taken += usize::from(changed);
+                taken += usize::from(d.take_snapshot(snap));
             }
         }
         taken

@@ -89,17 +89,19 @@ fn restore_devices_from_clickhouse(
     config: meterflow_storage::clickhouse::ClickHouseConfig,
     devices: devices::DeviceRegistry,
 ) {
-    /// How far back the rebuild looks.
-    const DAYS: u32 = 35;
     tokio::spawn(async move {
         let mut delay = std::time::Duration::from_secs(1);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
         loop {
             let (mut known, mut taken) = (0, 0);
-            let read = meterflow_storage::analytics::device_snapshots(&config, DAYS, |chunk| {
-                known += chunk.len();
-                taken += devices.merge_snapshots(chunk);
-            })
+            let read = meterflow_storage::analytics::device_snapshots(
+                &config,
+                devices::CLICKHOUSE_LOOKBACK_DAYS,
+                |chunk| {
+                    known += chunk.len();
+                    taken += devices.merge_snapshots(chunk);
+                },
+            )
             .await;
             match read {
                 Ok(()) => {
@@ -318,6 +320,7 @@ pub async fn serve(
                 .enabled()
                 .then(|| config.clickhouse.clone()),
             pipeline_running,
+            stopping: stop.clone(),
             clickhouse_asked: Arc::default(),
         },
         token: (!config.http.token.is_empty()).then(|| Arc::from(config.http.token.as_str())),

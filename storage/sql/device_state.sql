@@ -4,7 +4,8 @@
 -- meterflow first and last accepted one) and a row per meter (kind 's': each status field's
 -- newest value, '' where none). Only what was received in the last {days} days, whatever the
 -- readings' own times (a backfill, a meter with a wrong clock): that reads `received_at` of
--- every partition, once, in the background at start-up. No FINAL: a redelivered reading changes
+-- every partition, once, in the background at start-up. {meter_filter} narrows it to one
+-- meter (the API's answer for a meter another node took). No FINAL: a redelivered reading changes
 -- no newest value (`n` may count it twice). Every column is
 -- text so the two halves line up on every server version. {ms}(x) is x in Unix milliseconds.
 SELECT * FROM (
@@ -22,7 +23,7 @@ SELECT * FROM (
         toString(argMax(format, received_at)) AS format,
         '' AS battery_pct, '' AS rssi_dbm, '' AS rsrp_dbm, '' AS snr_db, '' AS firmware, '' AS error_flags
     FROM {db}.readings
-    WHERE received_at >= now() - {days} * 86400
+    WHERE received_at >= now() - {days} * 86400 {meter_filter}
     GROUP BY meter_id, channel
 
     UNION ALL
@@ -40,7 +41,7 @@ SELECT * FROM (
         ifNull(toString(argMaxIf(firmware, at, isNotNull(firmware))), '') AS firmware,
         ifNull(toString(argMaxIf(error_flags, at, isNotNull(error_flags))), '') AS error_flags
     FROM {db}.device_status
-    WHERE at >= now() - {days} * 86400
+    WHERE at >= now() - {days} * 86400 {meter_filter}
     GROUP BY meter_id
 )
 ORDER BY meter_id, kind

@@ -232,15 +232,84 @@ pub struct DeviceSnapshot {
 pub async fn device_snapshots(
     config: &ClickHouseConfig,
     days: u32,
-    mut take: impl FnMut(Vec<DeviceSnapshot>),
+    take: impl FnMut(Vec<DeviceSnapshot>),
 ) -> Result<(), ClickHouseError> {
-    let ms = match crate::clickhouse::time_columns(config).await? {
+    snapshots(config, days, None, take).await
+}
+
+/// What ClickHouse knows of one meter heard in the last `days` days (as
+/// [`device_snapshots`]), for a node asked about a meter it has not heard itself.
+pub async fn device_snapshot(
+    config: &ClickHouseConfig,
+    meter_id: &str,
+    days: u32,
+) -> Result<Option<DeviceSnapshot>, ClickHouseError> {
+    let mut found = None;
+    snapshots(config, days, Some(meter_id), |chunk| {
+        found = chunk.into_iter().find(|s| s.meter_id == meter_id);
+    })
+    .await?;
+    Ok(found)
+}
+
+/// The newest `per_channel` readings of each channel of one meter received in the last
+/// `days` days, as `(channel, ts_ms, value)`, oldest first per channel.
+pub async fn recent_readings(
+    config: &ClickHouseConfig,
+    meter_id: &str,
+    per_channel: usize,
+    days: u32,
+) -> Result<Vec<(String, i64, f64)>, ClickHouseError> {
+    let period = Period {
+        from_s: 0,
+        to_s: 0,
+        meter: Some(meter_id.to_string()),
+    };
+    let ms = millis_function(config).await?;
+    let sql = format!(
+        "SELECT channel, toString({ms}(ts)) AS ts_ms, toString(value) AS value FROM {db}.readings \
+         WHERE received_at >= now() - {days} * 86400 {filter} \
+         ORDER BY channel, ts DESC LIMIT {per_channel} BY channel",
+        db = config.database,
+        filter = meter_filter(&period, "AND")?,
+    );
+    let table = run(config, &sql).await?;
+    let mut points: Vec<(String, i64, f64)> = (0..table.rows.len())
+        .filter_map(|row| {
+            let channel = table.get(row, "channel")?.to_string();
+            let ts_ms = table.get(row, "ts_ms")?.parse().ok()?;
+            let value = table.get(row, "value")?.parse().ok()?;
+            Some((channel, ts_ms, value))
+        })
+        .collect();
+    points.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    Ok(points)
+}
+
+/// The function that turns the server's time columns into Unix milliseconds.
+async fn millis_function(config: &ClickHouseConfig) -> Result<&'static str, ClickHouseError> {
+    Ok(match crate::clickhouse::time_columns(config).await? {
         crate::clickhouse::TimeColumns::Millis => "toUnixTimestamp64Milli",
         crate::clickhouse::TimeColumns::Seconds => "1000 * toUnixTimestamp",
+    })
+}
+
+async fn snapshots(
+    config: &ClickHouseConfig,
+    days: u32,
+    meter: Option<&str>,
+    mut take: impl FnMut(Vec<DeviceSnapshot>),
+) -> Result<(), ClickHouseError> {
+    let ms = millis_function(config).await?;
+    let period = Period {
+        from_s: 0,
+        to_s: 0,
+        meter: meter.map(str::to_string),
     };
     let sql = DEVICE_STATE
         .replace("{db}", &config.database)
         .replace("{days}", &days.to_string())
+        .replace("{meter_filter}", &meter_filter(&period, "AND")?)
         .replace("{ms}", ms);
     let err = |source| ClickHouseError {
         action: "reading the device state",

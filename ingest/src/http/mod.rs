@@ -39,6 +39,9 @@ pub struct Readiness {
     pub clickhouse: Option<meterflow_storage::clickhouse::ClickHouseConfig>,
     /// False once the pipeline thread has ended.
     pub pipeline_running: Arc<AtomicBool>,
+    /// True from SIGTERM on: the listeners close, what was read is answered, the sinks are
+    /// flushed. A load balancer sends nobody here any more.
+    pub stopping: Arc<AtomicBool>,
     /// The last answer from ClickHouse, reused for a few seconds.
     pub clickhouse_asked: Arc<std::sync::Mutex<Option<(std::time::Instant, bool, String)>>>,
 }
@@ -169,6 +172,17 @@ async fn ready(
     let for_ingest = query.contains_key("ingest");
     let r = &state.readiness;
     let mut checks = BTreeMap::new();
+    if r.stopping.load(Ordering::Acquire) {
+        checks.insert(
+            "shutdown",
+            Check {
+                ok: false,
+                detail:
+                    "stopping: no longer accepting, answering what was read and flushing the sinks"
+                        .into(),
+            },
+        );
+    }
     let running = r.pipeline_running.load(Ordering::Acquire);
     checks.insert(
         "pipeline",
@@ -279,6 +293,10 @@ struct DeviceView<'a> {
     /// Per channel, the recent readings as `[ts_ms, value]`, oldest first (single device only).
     #[serde(skip_serializing_if = "Option::is_none")]
     recent_readings: Option<BTreeMap<&'a str, Vec<(i64, f64)>>>,
+    /// `"clickhouse"` when this node has not heard the meter and the state is what ClickHouse
+    /// remembers (message and error counts are then unknown: 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'static str>,
 }
 
 fn view<'a>(
@@ -301,6 +319,7 @@ fn view<'a>(
         silent_s: now.saturating_sub(device.last_seen_ms).max(0) / 1000,
         health: device.health(now, devices.config()),
         recent_readings,
+        from: None,
     }
 }
 
@@ -318,14 +337,85 @@ async fn device_by_query(
     }
 }
 
+/// One meter: from this node's state, or else (a meter that reports to another node behind
+/// the same load balancer) from what ClickHouse remembers of it, marked `"from":
+/// "clickhouse"`.
 async fn device(State(state): State<HttpState>, Path(meter_id): Path<String>) -> Response {
-    match state.devices.get(&meter_id) {
-        Some(d) => Json(view(&d, &state.devices, now_ms(), true)).into_response(),
-        None => error(
+    if let Some(d) = state.devices.get(&meter_id) {
+        return Json(view(&d, &state.devices, now_ms(), true)).into_response();
+    }
+    let not_heard = || {
+        error(
             StatusCode::NOT_FOUND,
             format!("no meter {meter_id:?} has been heard"),
+        )
+    };
+    let Some(config) = &state.readiness.clickhouse else {
+        return not_heard();
+    };
+    if !meterflow_proto::is_valid_meter_id(&meter_id) {
+        return not_heard();
+    }
+    let asked = tokio::time::timeout(
+        CLICKHOUSE_DEVICE_TIMEOUT,
+        device_from_clickhouse(config, &meter_id, state.devices.config().recent_points),
+    )
+    .await;
+    match asked {
+        Ok(Ok(Some(d))) => {
+            let mut body = view(&d, &state.devices, now_ms(), true);
+            body.from = Some("clickhouse");
+            Json(body).into_response()
+        }
+        Ok(Ok(None)) => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no meter {meter_id:?} has been heard by this node, nor by ClickHouse in the last {} days",
+                crate::devices::CLICKHOUSE_LOOKBACK_DAYS
+            ),
+        ),
+        Ok(Err(e)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("meter {meter_id:?} has not been heard by this node, and ClickHouse could not be asked: {e}"),
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "meter {meter_id:?} has not been heard by this node, and ClickHouse did not answer within {} s",
+                CLICKHOUSE_DEVICE_TIMEOUT.as_secs()
+            ),
         ),
     }
+}
+
+/// How long the API waits for ClickHouse about a meter this node has not heard.
+const CLICKHOUSE_DEVICE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A meter's state as ClickHouse remembers it, with its recent readings; `None` when it has
+/// not been heard in [`crate::devices::CLICKHOUSE_LOOKBACK_DAYS`].
+async fn device_from_clickhouse(
+    config: &meterflow_storage::clickhouse::ClickHouseConfig,
+    meter_id: &str,
+    recent_points: usize,
+) -> Result<Option<DeviceState>, meterflow_storage::clickhouse::ClickHouseError> {
+    use meterflow_storage::analytics;
+    let days = crate::devices::CLICKHOUSE_LOOKBACK_DAYS;
+    let Some(snapshot) = analytics::device_snapshot(config, meter_id, days).await? else {
+        return Ok(None);
+    };
+    let mut state = DeviceState::from_snapshot(snapshot);
+    if recent_points > 0 {
+        for (channel, ts_ms, value) in
+            analytics::recent_readings(config, meter_id, recent_points, days).await?
+        {
+            state
+                .recent
+                .entry(channel)
+                .or_default()
+                .push_back((ts_ms, value));
+        }
+    }
+    Ok(Some(state))
 }
 
 #[derive(Deserialize)]
@@ -425,6 +515,40 @@ async fn devices(
 mod tests {
     use super::*;
     use crate::devices::DevicesConfig;
+
+    fn state(stopping: bool) -> HttpState {
+        HttpState {
+            devices: DeviceRegistry::new(DevicesConfig::default()),
+            metrics: crate::metrics_handle(),
+            readiness: Readiness {
+                marks: Arc::default(),
+                wal_max_bytes: 1 << 30,
+                clickhouse_failing_since: None,
+                clickhouse: None,
+                pipeline_running: Arc::new(AtomicBool::new(true)),
+                stopping: Arc::new(AtomicBool::new(stopping)),
+                clickhouse_asked: Arc::default(),
+            },
+            token: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopping_node_is_not_ready_for_a_load_balancer() {
+        for (stopping, code) in [
+            (false, StatusCode::OK),
+            (true, StatusCode::SERVICE_UNAVAILABLE),
+        ] {
+            for query in ["", "ingest"] {
+                let params = [(query.to_string(), String::new())]
+                    .into_iter()
+                    .filter(|(k, _)| !k.is_empty())
+                    .collect();
+                let answer = ready(State(state(stopping)), Query(params)).await;
+                assert_eq!(answer.status(), code, "stopping {stopping}, ?{query}");
+            }
+        }
+    }
 
     #[test]
     fn durations_parse_with_units_and_thresholds() {
