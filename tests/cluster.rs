@@ -3,8 +3,10 @@
 //! nginx): the schema made `ON CLUSTER` on every server; a replica killed mid-run (ingest goes
 //! on, the replica catches up, both replicas of every shard agree); a node killed with kill -9
 //! mid-run (meters reconnect through HAProxy to the other node, the node comes back and its
-//! WAL replays). Every acknowledged reading is in `readings FINAL` exactly once, each meter on
-//! one shard.
+//! WAL replays); a node stopped with SIGTERM mid-run (it drains; its meters go to the other
+//! node). Every acknowledged reading is in `readings FINAL` exactly once, each meter on one
+//! shard. Either node's API answers for every meter (the other's from ClickHouse), and MQTT
+//! over TLS passes through HAProxy to the node, which sees the client certificate.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
 
@@ -272,6 +274,74 @@ fn a_cluster_keeps_every_reading_through_a_dead_replica_and_a_dead_node() {
         plan.meters as u64
     );
 
+    // Behind the load balancer, either node answers for every meter: its own from its state,
+    // the other node's from ClickHouse (through the Distributed tables).
+    let mut from_clickhouse = 0;
+    for n in [1u8, 2] {
+        let http = &cluster.env[&format!("NODE_{n}_HTTP")];
+        for m in 0..plan.meters {
+            let id = plan.meter_id(m);
+            let out = Command::new("curl")
+                .args(["-sS", &format!("http://{http}/api/devices/{id}")])
+                .output()
+                .unwrap();
+            let device: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            for row in plan.expected_rows(m, plan.messages - 1) {
+                let last = &device["last_values"][&*row.channel];
+                assert_eq!(last["value"], row.value, "node {n}, {id}: {device}");
+                assert_eq!(last["ts_ms"], row.ts_ms, "node {n}, {id}: {device}");
+            }
+            from_clickhouse += usize::from(device["from"] == "clickhouse");
+        }
+    }
+    assert!(
+        from_clickhouse > 0 && from_clickhouse < 2 * plan.meters,
+        "each node heard some meters and read the others from ClickHouse ({from_clickhouse})"
+    );
+
+    // MQTT over TLS through HAProxy, passed through: the node sees the client certificate,
+    // takes its CN as the meter's identity, and refuses a publish for another meter.
+    let tls_publish = |topic: &str| {
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port(&cluster.env["MQTT_TLS"]).to_string()])
+            .args(["--cafile", &cluster.env["TLS_CA"]])
+            .args(["--cert", &cluster.env["TLS_CLIENT_CERT"]])
+            .args(["--key", &cluster.env["TLS_CLIENT_KEY"]])
+            .args(["-q", "1", "-t", topic])
+            .args(["-m", r#"{"readings":[{"channel":"1-0:1.8.0","ts":1719792000000,"value":42.5,"unit":"kWh"}]}"#])
+            .output()
+            .unwrap()
+    };
+    assert!(tls_publish("meters/tls-meter-1/json").status.success());
+    tls_publish("meters/tls-meter-2/json");
+    wait_for("the TLS meter's reading and the refused publish", || {
+        let url = &cluster.env["CLICKHOUSE_URL"];
+        let reading = query(
+            url,
+            &format!("SELECT meter_id, value FROM {db}.readings WHERE meter_id LIKE 'tls-meter-%' FORMAT TSV"),
+        );
+        let refused = query(
+            url,
+            &format!("SELECT meter_id, kind FROM {db}.dead_letters WHERE kind = 'unauthorized' FORMAT TSV"),
+        );
+        (!reading.is_empty() && !refused.is_empty()).then_some((reading, refused))
+    });
+    let url = &cluster.env["CLICKHOUSE_URL"];
+    assert_eq!(
+        query(url, &format!("SELECT meter_id, value FROM {db}.readings WHERE meter_id LIKE 'tls-meter-%' FORMAT TSV")),
+        "tls-meter-1\t42.5\n"
+    );
+    let refused = query(
+        url,
+        &format!(
+            "SELECT meter_id, reason FROM {db}.dead_letters WHERE kind = 'unauthorized' FORMAT TSV"
+        ),
+    );
+    assert!(
+        refused.starts_with("tls-meter-1\t") && refused.contains("tls-meter-2"),
+        "{refused}"
+    );
+
     // 2. Node 1 is killed with kill -9 while a fleet publishes through HAProxy: its meters
     //    reconnect (to node 2, HAProxy redispatching), node 1 comes back and replays its WAL.
     let (plan, rows, publishing) = fleet_with_a_failure(&cluster, "node-", &["kill-node", "1"]);
@@ -299,5 +369,25 @@ fn a_cluster_keeps_every_reading_through_a_dead_replica_and_a_dead_node() {
         node1_log.contains("replaying the WAL records"),
         "node 1 replayed its WAL: {node1_log}"
     );
+
+    // 3. Node 2 gets SIGTERM while a fleet publishes: it stops accepting (HAProxy sends its
+    //    meters' new connections to node 1), answers what it read, flushes and exits cleanly.
+    let (plan, rows, publishing) = fleet_with_a_failure(&cluster, "term-", &["stop-node", "2"]);
+    let summary = fleet_summary(publishing);
+    assert_eq!(
+        summary["messages_acked"],
+        (plan.meters * plan.messages) as u64,
+        "{summary}"
+    );
+    let node2_log = std::fs::read_to_string(cluster.dir.path().join("node-2/serve.log")).unwrap();
+    assert!(
+        node2_log.contains("meterflow stopped cleanly"),
+        "node 2 drained: {node2_log}"
+    );
+    wait_for("every acknowledged reading after the drain", || {
+        (fleet_rows(&cluster, "term-") >= rows).then_some(())
+    });
+    assert_eq!(fleet_rows(&cluster, "term-"), rows, "each reading once");
+    cluster.ctl(&["start-node", "2"]);
     wait_replicas_agree(&cluster, db);
 }

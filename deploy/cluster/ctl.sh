@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Operates the harness deploy/cluster/up.sh started in DIR. Shards and replicas count from 1;
 # kill-* is kill -9.
-#   ctl.sh DIR kill-node N | start-node N | kill-replica S R | start-replica S R | down
+#   ctl.sh DIR kill-node N | stop-node N | start-node N | kill-replica S R | start-replica S R | down
 set -euo pipefail
 dir=$(cd "${1:?usage: ctl.sh DIR command}" && pwd)
 cmd=${2:?usage: ctl.sh DIR kill-replica S R | start-replica S R | down}
@@ -52,6 +52,16 @@ start-node)
 kill-node)
   node="$dir/node-${3:?node}"
   kill_9 "$node/pid"
+  ;;
+stop-node) # SIGTERM: the node stops accepting, answers what it read, flushes, exits
+  node="$dir/node-${3:?node}"
+  if pid_alive "$node/pid"; then
+    pid=$(cat "$node/pid")
+    kill -TERM "$pid"
+    for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then echo "node $3 did not stop within 60 s" >&2; exit 1; fi
+  fi
+  rm -f "$node/pid"
   ;;
 start-replica)
   node="$dir/clickhouse-${3:?shard}-${4:?replica}"

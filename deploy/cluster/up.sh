@@ -9,15 +9,18 @@
 #     (internal_replication, macros {shard} and {replica}), coordinated by that ZooKeeper;
 #   - NODES `meterflow serve` nodes (node.id mf-N, clickhouse.cluster = "meterflow"), each
 #     with its own data folder; the binary is $METERFLOW_BIN, else `meterflow` on the PATH;
-#   - HAProxy in TCP mode in front of their MQTT listeners, health-checked on
-#     `GET /ready?ingest`, redispatching a connection a dead node refuses;
+#   - HAProxy in TCP mode in front of their MQTT listeners, plain and TLS (passed through: the
+#     node terminates TLS and sees the client certificate; certificates made with openssl under
+#     DIR/tls), health-checked on `GET /ready?ingest`, redispatching a connection a dead or
+#     stopping node refuses;
 #   - nginx `stream` in front of their CoAP (UDP) listeners, hashed by the client's address
 #     and port, so that one device's exchanges (and later its DTLS session) stay on one node.
-# DIR/cluster.env: MQTT and COAP (host:port of the load balancers), NODES, NODE_<N>_HTTP and
-# NODE_<N>_MQTT (each node's own), CLICKHOUSE_URL (replica 1 of shard 1),
-# CLICKHOUSE_<S>_<R>_URL and _PORT (HTTP and native port of each server), ZOOKEEPER, CLUSTER.
-# deploy/cluster/ctl.sh DIR ... operates on it (kill-node, start-node, kill-replica,
-# start-replica, down).
+# DIR/cluster.env: MQTT, MQTT_TLS and COAP (host:port of the load balancers), TLS_CA,
+# TLS_CLIENT_CERT and TLS_CLIENT_KEY (a client certificate for meter tls-meter-1), NODES,
+# NODE_<N>_HTTP, NODE_<N>_MQTT and NODE_<N>_MQTT_TLS (each node's own), CLICKHOUSE_URL (replica
+# 1 of shard 1), CLICKHOUSE_<S>_<R>_URL and _PORT (HTTP and native port of each server),
+# ZOOKEEPER, CLUSTER. deploy/cluster/ctl.sh DIR ... operates on it (kill-node, stop-node,
+# start-node, kill-replica, start-replica, down).
 # This machine has 2 cores: the harness proves failover, not speed.
 set -euo pipefail
 dir=${1:?usage: deploy/cluster/up.sh DIR [NODES]}
@@ -37,6 +40,7 @@ need python3 python3
 need curl curl
 need haproxy haproxy
 need nginx nginx-light
+need openssl openssl
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
 [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -136,7 +140,25 @@ TOML
 "$bin" schema --apply --config "$dir/schema.toml" >/dev/null
 
 # --- meterflow nodes ----------------------------------------------------------------------
+# TLS for MQTT, passed through HAProxy so that each node terminates it and sees the client's
+# certificate: a CA, the nodes' certificate (for 127.0.0.1) and one meter's client certificate
+# (CN tls-meter-1), all made here with openssl.
+tls="$dir/tls"
+mkdir -p "$tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -keyout "$tls/ca.key" -out "$tls/ca.pem" -subj "/CN=meterflow harness CA" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+for leaf in node tls-meter-1; do
+  cn=$leaf; [ "$leaf" = node ] && cn=127.0.0.1
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tls/$leaf.key" \
+    -out "$tls/$leaf.csr" -subj "/CN=$cn" 2>/dev/null
+  printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n' >"$tls/$leaf.ext"
+  openssl x509 -req -in "$tls/$leaf.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+    -out "$tls/$leaf.pem" -days 30 -extfile "$tls/$leaf.ext" 2>/dev/null
+done
+
 mqtt_backends=""
+mqtt_tls_backends=""
 coap_backends=""
 servers=(11 12 21 22)
 for i in $(seq "$nodes"); do
@@ -144,7 +166,7 @@ for i in $(seq "$nodes"); do
   # Each node inserts through its own server of the cluster, in turn.
   via=${servers[$(( (i - 1) % 4 ))]}
   mkdir -p "$node"
-  mqtt=$(free_port); http_port=$(free_port); coap=$(free_port)
+  mqtt=$(free_port); mqtt_tls=$(free_port); http_port=$(free_port); coap=$(free_port)
   cat > "$node/meterflow.toml" <<TOML
 data_dir = "$node/data"
 [node]
@@ -154,20 +176,27 @@ url = "http://127.0.0.1:${http[$via]}"
 cluster = "meterflow"
 retry_initial_ms = 100
 retry_max_ms = 2000
+[mqtt]
+tls_listen = "127.0.0.1:$mqtt_tls"
+tls_cert = "$tls/node.pem"
+tls_key = "$tls/node.key"
+tls_client_ca = "$tls/ca.pem"
 TOML
   cat > "$node/run" <<RUN
 exec "$bin" serve --config "$node/meterflow.toml" --mqtt-listen 127.0.0.1:$mqtt \
   --mqtt-v5-listen off --coap-listen 127.0.0.1:$coap --http-listen 127.0.0.1:$http_port
 RUN
   echo "NODE_${i}_MQTT=127.0.0.1:$mqtt" >> "$env_file.tmp"
+  echo "NODE_${i}_MQTT_TLS=127.0.0.1:$mqtt_tls" >> "$env_file.tmp"
   echo "NODE_${i}_HTTP=127.0.0.1:$http_port" >> "$env_file.tmp"
   mqtt_backends+="    server mf-$i 127.0.0.1:$mqtt check port $http_port"$'\n'
+  mqtt_tls_backends+="    server mf-$i 127.0.0.1:$mqtt_tls check port $http_port"$'\n'
   coap_backends+="    server 127.0.0.1:$coap;"$'\n'
   "$here/ctl.sh" "$dir" start-node "$i"
 done
 
 # --- HAProxy (MQTT, TCP) and nginx stream (CoAP, UDP) --------------------------------------
-lb_mqtt=$(free_port); lb_coap=$(free_port)
+lb_mqtt=$(free_port); lb_mqtt_tls=$(free_port); lb_coap=$(free_port)
 cat > "$dir/haproxy.cfg" <<CFG
 global
     maxconn 5000
@@ -190,6 +219,18 @@ backend meterflow_mqtt
     http-check expect status 200
     default-server inter 500ms fall 2 rise 2
 $mqtt_backends
+# TLS passed through (TCP mode, no certificate here): the node terminates it and sees the
+# client's certificate.
+frontend mqtt_tls
+    bind 127.0.0.1:$lb_mqtt_tls
+    default_backend meterflow_mqtt_tls
+backend meterflow_mqtt_tls
+    balance leastconn
+    option httpchk
+    http-check send meth GET uri /ready?ingest
+    http-check expect status 200
+    default-server inter 500ms fall 2 rise 2
+$mqtt_tls_backends
 CFG
 haproxy -f "$dir/haproxy.cfg" -D -p "$dir/haproxy.pid" 2>"$dir/haproxy.log"
 mkdir -p "$dir/nginx"
@@ -213,6 +254,10 @@ CFG
 nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf"
 {
   echo "MQTT=127.0.0.1:$lb_mqtt"
+  echo "MQTT_TLS=127.0.0.1:$lb_mqtt_tls"
+  echo "TLS_CA=$tls/ca.pem"
+  echo "TLS_CLIENT_CERT=$tls/tls-meter-1.pem"
+  echo "TLS_CLIENT_KEY=$tls/tls-meter-1.key"
   echo "COAP=127.0.0.1:$lb_coap"
   echo "NODES=$nodes"
 } >> "$env_file.tmp"
