@@ -697,6 +697,8 @@ fn schema(config: Config, apply: bool, server_version: Option<String>) -> anyhow
             "--apply needs a server: --clickhouse-url or clickhouse.url"
         );
         let version = runtime.block_on(ch::apply_schema(ch_config, false))?;
+        // Tables that were there already must fit the config (a cluster's are Distributed).
+        runtime.block_on(ch::table_layout(ch_config))?;
         println!(
             "schema applied to {} (ClickHouse {}.{}), database {}",
             ch_config.url, version.major, version.minor, ch_config.database

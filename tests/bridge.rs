@@ -138,11 +138,13 @@ fn two_nodes_share_a_mosquitto_subscription_and_a_killed_one_loses_nothing() {
     let node_config = |id: &str| {
         common::config_file(&format!(
             "[node]\nid = \"{id}\"\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n\
-             [batch]\nmax_age_ms = 100\n{}",
+             [batch]\nmax_age_ms = 100\n{}receive_maximum = 8\n",
             clickhouse.url,
             bridge_section(&broker, bridge_password)
         ))
     };
+    // A small Receive Maximum: Mosquitto keeps to it, but sends a resumed session everything
+    // it queued meanwhile at once (node 1's, after the kill), far more than 8 unacknowledged.
     let (_c1, config_1) = node_config("mf-1");
     let (_c2, config_2) = node_config("mf-2");
     common::apply_schema(&config_1);

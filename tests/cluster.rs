@@ -287,7 +287,7 @@ fn a_cluster_keeps_every_reading_through_a_dead_replica_and_a_dead_node() {
                 .unwrap();
             let device: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             for row in plan.expected_rows(m, plan.messages - 1) {
-                let last = &device["last_values"][&*row.channel];
+                let last = &device["last_values"][row.channel];
                 assert_eq!(last["value"], row.value, "node {n}, {id}: {device}");
                 assert_eq!(last["ts_ms"], row.ts_ms, "node {n}, {id}: {device}");
             }

@@ -23,7 +23,7 @@
 //! certificate over TLS.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -425,9 +425,12 @@ pub fn start(
         wal,
         generation: Arc::new(AtomicU64::new(0)),
         reconnect: Arc::new(Notify::new()),
+        awaiting: Arc::default(),
+        receive_maximum: usize::from(config.receive_maximum),
+        warned: false,
         summary: BridgeSummary::default(),
     };
-    let task = tokio::spawn(link.run(eventloop, stop_rx, usize::from(config.receive_maximum)));
+    let task = tokio::spawn(link.run(eventloop, stop_rx));
     Ok(Bridge { name, stop, task })
 }
 
@@ -508,6 +511,7 @@ struct BridgeMetrics {
     received: metrics::Counter,
     acked: metrics::Counter,
     not_acked: metrics::Counter,
+    pending_acks: metrics::Gauge,
     reconnects: metrics::Counter,
     unmatched: metrics::Counter,
 }
@@ -520,6 +524,7 @@ impl BridgeMetrics {
             received: metrics::counter!("meterflow_received_total", "source" => "bridge"),
             acked: metrics::counter!("meterflow_bridge_acked_total", "bridge" => name.clone()),
             not_acked: metrics::counter!("meterflow_bridge_not_acked_total", "bridge" => name.clone()),
+            pending_acks: metrics::gauge!("meterflow_bridge_pending_acks", "bridge" => name.clone()),
             reconnects: metrics::counter!("meterflow_bridge_reconnects_total", "bridge" => name.clone()),
             unmatched: metrics::counter!("meterflow_bridge_unmatched_topics_total", "bridge" => name),
         }
@@ -530,6 +535,7 @@ impl BridgeMetrics {
 struct PendingAck {
     /// The connection it came on (a later connection gets it again instead).
     generation: u64,
+    /// The message without its topic and payload: an acknowledgement needs its packet id.
     publish: Publish,
     durable: oneshot::Receiver<Durability>,
 }
@@ -555,6 +561,13 @@ struct Link {
     /// Asked by the acknowledger when the WAL could not take a message: drop the connection
     /// so that the broker sends the unacknowledged messages again.
     reconnect: Arc<Notify>,
+    /// Messages handed to the WAL that the acknowledger has not dealt with yet: what the
+    /// broker has unacknowledged, at most `receive_maximum` while it keeps to it.
+    awaiting: Arc<AtomicUsize>,
+    receive_maximum: usize,
+    /// Whether this connection was warned about a broker that sends more than
+    /// `receive_maximum`.
+    warned: bool,
     summary: BridgeSummary,
 }
 
@@ -563,17 +576,26 @@ impl Link {
         mut self,
         mut eventloop: EventLoop,
         mut stop: watch::Receiver<bool>,
-        receive_maximum: usize,
     ) -> BridgeSummary {
-        let (acks, pending) = mpsc::channel::<PendingAck>(receive_maximum + 16);
-        let acker = tokio::spawn(acknowledge_in_order(
-            self.client.clone(),
-            pending,
-            self.generation.clone(),
-            self.reconnect.clone(),
-            self.metrics.not_acked.clone(),
-            self.name.clone(),
-        ));
+        // Unbounded, and never awaited here: this loop must keep polling the event loop, which
+        // is what sends the acknowledgements. (A bounded queue full of messages waiting for
+        // their PUBACK, with the PUBACKs waiting for this loop, stalled both: Mosquitto 2.0.11
+        // keeps to the Receive Maximum, but sends a resumed session everything it holds at
+        // once.) Its entries are small (a packet id and a channel; the payload is the WAL's),
+        // and the broker's flow control bounds them; `meterflow_bridge_pending_acks` shows it.
+        let (acks, pending) = mpsc::unbounded_channel::<PendingAck>();
+        let acker = tokio::spawn(
+            Acknowledger {
+                client: self.client.clone(),
+                generation: self.generation.clone(),
+                reconnect: self.reconnect.clone(),
+                awaiting: self.awaiting.clone(),
+                not_acked: self.metrics.not_acked.clone(),
+                pending_acks: self.metrics.pending_acks.clone(),
+                name: self.name.clone(),
+            }
+            .run(pending),
+        );
         let mut backoff = Duration::from_millis(500);
         loop {
             let event = tokio::select! {
@@ -593,6 +615,7 @@ impl Link {
                 Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                     self.generation.fetch_add(1, Ordering::AcqRel);
                     self.metrics.connected.set(1.0);
+                    self.warned = false;
                     backoff = Duration::from_millis(500);
                     tracing::info!(bridge = %self.name, session_present = connack.session_present, "bridge connected");
                     // The session may hold the subscription already; subscribing again is
@@ -687,7 +710,8 @@ impl Link {
 
     /// Hands one message to the WAL writer and, for QoS 1, to the acknowledger; `false` when
     /// the writer is gone.
-    async fn take(&mut self, publish: Publish, acks: &mpsc::Sender<PendingAck>) -> bool {
+    async fn take(&mut self, publish: Publish, acks: &mpsc::UnboundedSender<PendingAck>) -> bool {
+        let wants_ack = publish.qos != QoS::AtMostOnce;
         self.summary.received += 1;
         self.metrics.received.increment(1);
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
@@ -702,7 +726,6 @@ impl Link {
             .properties
             .as_ref()
             .and_then(|p| p.content_type.clone());
-        let wants_ack = publish.qos != QoS::AtMostOnce;
         let (notify, durable) = if wants_ack {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -728,11 +751,22 @@ impl Link {
         if let Some(durable) = durable {
             let pending = PendingAck {
                 generation: self.generation.load(Ordering::Acquire),
-                publish,
+                publish: Publish {
+                    topic: bytes::Bytes::new(),
+                    payload: bytes::Bytes::new(),
+                    properties: None,
+                    ..publish
+                },
                 durable,
             };
-            if acks.send(pending).await.is_err() {
+            if acks.send(pending).is_err() {
                 return false;
+            }
+            let awaiting = self.awaiting.fetch_add(1, Ordering::AcqRel) + 1;
+            self.metrics.pending_acks.set(awaiting as f64);
+            if awaiting > 4 * self.receive_maximum && !self.warned {
+                self.warned = true;
+                tracing::warn!(bridge = %self.name, awaiting, receive_maximum = self.receive_maximum, "the broker sends far more unacknowledged messages than receive_maximum (a resumed session's backlog at once): they wait for the WAL in memory");
             }
         }
         true
@@ -742,33 +776,53 @@ impl Link {
 /// Acknowledges messages to the broker in the order they came, each once the WAL holds it.
 /// After a message the WAL did not take, nothing more of that connection is acknowledged (the
 /// broker sends it all again on the next one).
-async fn acknowledge_in_order(
+struct Acknowledger {
     client: AsyncClient,
-    mut pending: mpsc::Receiver<PendingAck>,
+    /// The link's connection count: a message of an earlier connection is not acknowledged.
     generation: Arc<AtomicU64>,
+    /// Told when the WAL did not take a message.
     reconnect: Arc<Notify>,
+    /// The link's count of messages handed over and not dealt with yet.
+    awaiting: Arc<AtomicUsize>,
     not_acked: metrics::Counter,
+    pending_acks: metrics::Gauge,
     name: String,
-) {
-    let mut failed_generation = None;
-    while let Some(next) = pending.recv().await {
-        let durable = matches!(next.durable.await, Ok(Durability::Durable(_)));
-        let current = generation.load(Ordering::Acquire) == next.generation;
-        if durable && current && failed_generation != Some(next.generation) {
-            // Queued for the event loop, which sends it on the connection the message came
-            // on. Should that connection drop first, the event loop discards queued
-            // acknowledgements and the broker sends the message again.
-            if client.ack(&next.publish).await.is_err() {
-                return;
+}
+
+impl Acknowledger {
+    async fn run(self, mut pending: mpsc::UnboundedReceiver<PendingAck>) {
+        let mut failed_generation = None;
+        while let Some(next) = pending.recv().await {
+            let durable = matches!(next.durable.await, Ok(Durability::Durable(_)));
+            let current = self.generation.load(Ordering::Acquire) == next.generation;
+            if durable && current && failed_generation != Some(next.generation) {
+                // Queued for the event loop, which sends it on the connection the message came
+                // on. Should that connection drop first, the event loop discards queued
+                // acknowledgements and the broker sends the message again.
+                let sent = self.client.ack(&next.publish).await;
+                self.done();
+                if sent.is_err() {
+                    return;
+                }
+                continue;
             }
-            continue;
+            self.done();
+            self.not_acked.increment(1);
+            if !durable && failed_generation != Some(next.generation) {
+                failed_generation = Some(next.generation);
+                tracing::warn!(bridge = %self.name, "a bridged message is not in the WAL: not acknowledged");
+                self.reconnect.notify_one();
+            }
         }
-        not_acked.increment(1);
-        if !durable && failed_generation != Some(next.generation) {
-            failed_generation = Some(next.generation);
-            tracing::warn!(bridge = %name, "a bridged message is not in the WAL: not acknowledged");
-            reconnect.notify_one();
-        }
+    }
+
+    /// One message dealt with (its acknowledgement queued, or not to be sent).
+    fn done(&self) {
+        let left = self
+            .awaiting
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1);
+        self.pending_acks.set(left as f64);
     }
 }
 

@@ -396,6 +396,35 @@ struct TableEngine {
     engine: String,
 }
 
+/// Whether `readings` is what the config says: a Distributed table with `clickhouse.cluster`
+/// (else the rows would land in one server's table, unreplicated and unsharded: refused, so
+/// they wait in the WAL and the error says why), a stored one without (a Distributed table
+/// is written to without waiting for the shards: warned).
+fn check_topology(
+    config: &ClickHouseConfig,
+    engines: &[TableEngine],
+) -> Result<(), ClickHouseError> {
+    let Some(readings) = engines.iter().find(|t| t.name == "readings") else {
+        return Ok(());
+    };
+    let distributed = readings.engine == "Distributed";
+    match config.topology() {
+        Topology::Cluster(cluster) if !distributed => Err(ClickHouseError {
+            action: "checking the tables against clickhouse.cluster",
+            source: clickhouse::error::Error::Custom(format!(
+                "clickhouse.cluster is {cluster:?} but {}.readings is a {} made for a single server, not a Distributed table: \
+                 rename the single-server tables (or use another clickhouse.database) and run `meterflow schema --apply`",
+                config.database, readings.engine
+            )),
+        }),
+        Topology::Single if distributed => {
+            tracing::warn!(database = %config.database, "readings is a Distributed table but clickhouse.cluster is not set: inserts are confirmed before the shards have them; set clickhouse.cluster");
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Reads the [`TableLayout`] from `system.columns` and `system.tables`.
 pub async fn table_layout(config: &ClickHouseConfig) -> Result<TableLayout, ClickHouseError> {
     let db = &config.database;
@@ -415,8 +444,8 @@ pub async fn table_layout(config: &ClickHouseConfig) -> Result<TableLayout, Clic
     let engines = client
         .query(&format!(
             "SELECT name, engine FROM system.tables WHERE database = '{db}' \
-             AND name IN ('device_status', 'dead_letters', 'device_status_local', \
-             'dead_letters_local')"
+             AND name IN ('readings', 'device_status', 'dead_letters', \
+             'device_status_local', 'dead_letters_local')"
         ))
         .fetch_all::<TableEngine>()
         .await
@@ -424,6 +453,7 @@ pub async fn table_layout(config: &ClickHouseConfig) -> Result<TableLayout, Clic
             action: "reading the engines of the tables",
             source,
         })?;
+    check_topology(config, &engines)?;
     let times = |table: &str, name: &str| {
         let millis = columns
             .iter()
@@ -480,6 +510,34 @@ pub async fn table_layout(config: &ClickHouseConfig) -> Result<TableLayout, Clic
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_config_refuses_single_server_tables() {
+        let engines = |readings: &str| {
+            vec![TableEngine {
+                name: "readings".into(),
+                engine: readings.into(),
+            }]
+        };
+        let cluster = ClickHouseConfig {
+            cluster: "meterflow".into(),
+            ..ClickHouseConfig::default()
+        };
+        let e = check_topology(&cluster, &engines("ReplacingMergeTree")).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("clickhouse.cluster") && text.contains("ReplacingMergeTree"),
+            "{text}"
+        );
+        assert!(!e.is_retryable() || e.code().is_none());
+        check_topology(&cluster, &engines("Distributed")).unwrap();
+        let single = ClickHouseConfig::default();
+        check_topology(&single, &engines("ReplacingMergeTree")).unwrap();
+        // A single-server config on a cluster's tables works, with a warning.
+        check_topology(&single, &engines("Distributed")).unwrap();
+        // No tables yet: nothing to check.
+        check_topology(&cluster, &[]).unwrap();
+    }
 
     #[test]
     fn versions_parse_and_decide_the_types() {
