@@ -5,8 +5,9 @@
 //! mid-run (meters reconnect through HAProxy to the other node, the node comes back and its
 //! WAL replays); a node stopped with SIGTERM mid-run (it drains; its meters go to the other
 //! node). Every acknowledged reading is in `readings FINAL` exactly once, each meter on one
-//! shard. Either node's API answers for every meter (the other's from ClickHouse), and MQTT
-//! over TLS passes through HAProxy to the node, which sees the client certificate.
+//! shard. Either node's API answers for every meter (the other's from ClickHouse), MQTT over
+//! TLS passes through HAProxy to the node, which sees the client certificate, and CoAP goes
+//! through nginx's UDP balancer to both nodes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
 
@@ -341,6 +342,29 @@ fn a_cluster_keeps_every_reading_through_a_dead_replica_and_a_dead_node() {
         refused.starts_with("tls-meter-1\t") && refused.contains("tls-meter-2"),
         "{refused}"
     );
+
+    // CoAP through nginx's UDP balancer: each meter's datagrams (hashed by its address and
+    // port) go to one node, the meters are spread over both, every report is answered and
+    // stored.
+    let coap_plan = pb_fleet("coap-", 20, 10);
+    let summary = common::simulate_json(
+        common::simulate_command(port(&cluster.env["MQTT"]), &coap_plan, 0)
+            .args(["--coap", &cluster.env["COAP"]]),
+    );
+    assert_eq!(
+        summary["messages_acked"],
+        (coap_plan.meters * coap_plan.messages) as u64,
+        "{summary}"
+    );
+    wait_for("the CoAP fleet's readings", || {
+        (fleet_rows(&cluster, "coap-") == plan_rows(&coap_plan) as u64).then_some(())
+    });
+    for n in [1u8, 2] {
+        assert!(
+            node_metric(&cluster, n, "meterflow_received_total{source=\"coap\"}") > 0.0,
+            "node {n} took CoAP meters"
+        );
+    }
 
     // 2. Node 1 is killed with kill -9 while a fleet publishes through HAProxy: its meters
     //    reconnect (to node 2, HAProxy redispatching), node 1 comes back and replays its WAL.
