@@ -86,12 +86,14 @@ serve bridge --mqtt-bridge mqtt://127.0.0.1:21892
 wait_log "$work/bridge/serve.log" "bridge subscribed"
 before=$(ticks "$serve_pid")
 mosquitto_before=$(ticks "$mosquitto_pid")
+start=$(date +%s.%N)
 acked=$(fleet 21892)
 wait_metric 21891 'meterflow_bridge_acked_total{bridge="127.0.0.1:21892"}' "$total"
+rate=$(awk -v s="$start" -v e="$(date +%s.%N)" -v n="$total" 'BEGIN {printf "%.0f", n / (e - s)}')
 settle
 used=$(( $(ticks "$serve_pid") - before ))
 mosquitto_used=$(( $(ticks "$mosquitto_pid") - mosquitto_before ))
 reconnects=$(metric 21891 'meterflow_bridge_reconnects_total{bridge="127.0.0.1:21892"}')
 stop_serve
-echo "bridge: ${reconnects:-0} reconnects" >&2
+echo "bridge: ${reconnects:-0} reconnects; $rate messages/s from the fleet's first connection to the last PUBACK" >&2
 echo "| Mosquitto -> meterflow bridge | $acked / $total | $(cpu_s $used) | $(per_100k $used) | $(cpu_s $mosquitto_used) | $(per_100k $mosquitto_used) |"

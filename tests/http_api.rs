@@ -689,4 +689,38 @@ fn a_node_answers_for_a_meter_another_node_heard_from_clickhouse() {
     let (status, body) = node_b.http_get("/api/devices/NOBODY-1");
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("nor by ClickHouse"), "{body}");
+
+    // Node B restarts and rebuilds its state from ClickHouse (the meter is in it now, as it
+    // was then); the meter goes on reporting to node A. Node B answers with what ClickHouse
+    // has now, not with its rebuilt copy.
+    let (status, _, log, tmp) = node_b.stop();
+    assert!(status.success(), "{log}");
+    let node_b = Server::start_in(tmp, &["--config", &config]);
+    wait_for("node B's rebuild after the restart", || {
+        node_b
+            .log_text()
+            .contains("device state topped up from ClickHouse")
+            .then_some(())
+    });
+    let (_, rebuilt) = get_json(&node_b, "/api/devices");
+    assert_eq!(
+        rebuilt["devices"][0]["meter_id"], "ELSEWHERE-1",
+        "{rebuilt}"
+    );
+    publish(
+        &node_a,
+        files.path(),
+        "meters/ELSEWHERE-1/json",
+        r#"{"readings":[{"channel":"1-0:1.8.0","ts":1709296200000,"value":502.75,"unit":"kWh"}]}"#,
+    );
+    wait_for("the third report in ClickHouse", || {
+        let n = clickhouse.query(&format!(
+            "SELECT count() FROM {db}.readings WHERE meter_id = 'ELSEWHERE-1' FORMAT TSV"
+        ));
+        (n.trim() == "3").then_some(())
+    });
+    let (status, d) = get_json(&node_b, "/api/devices/ELSEWHERE-1");
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["from"], "clickhouse", "{d}");
+    assert_eq!(d["last_values"]["1-0:1.8.0"]["value"], 502.75, "{d}");
 }

@@ -22,8 +22,9 @@
 //! broker delivered, and logs in to the broker with its own username/password or client
 //! certificate over TLS.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::message::{now_ms, RawMessage};
 use crate::wal_writer::{Durability, Submission};
@@ -123,8 +124,9 @@ pub fn parse_url(text: &str) -> Result<Endpoint, String> {
         "mqtts" | "ssl" => true,
         other => return Err(format!("scheme {other}:// is not mqtt:// or mqtts://")),
     };
+    // An IPv6 address keeps its brackets: rumqttc joins host and port with a colon.
     let host = match url.host_str() {
-        Some(host) if !host.is_empty() => host.trim_matches(|c| c == '[' || c == ']').to_string(),
+        Some(host) if !host.is_empty() => host.to_string(),
         _ => return Err("has no host".into()),
     };
     if !matches!(url.path(), "" | "/") || url.query().is_some() {
@@ -289,7 +291,18 @@ impl BridgeConfig {
             ));
         }
         crate::config::positive(&key("receive_maximum"), self.receive_maximum.into())?;
-        crate::config::positive(&key("keep_alive_s"), self.keep_alive_s)?;
+        if !(5..=65_535).contains(&self.keep_alive_s) {
+            return Err(IngestError::config(
+                key("keep_alive_s"),
+                "must be 5 to 65535 seconds",
+            ));
+        }
+        if self.session_expiry_s == 0 {
+            return Err(IngestError::config(
+                key("session_expiry_s"),
+                "must be greater than 0: the broker keeps what meterflow has not acknowledged in the session, across a restart",
+            ));
+        }
         if self.max_packet_bytes < 1024 {
             return Err(IngestError::config(
                 key("max_packet_bytes"),
@@ -314,13 +327,26 @@ impl BridgeConfig {
                 "is set without a username",
             ));
         }
-        if self.client_id.len() > 256 {
+        if self.client_id.len() > 256 || self.client_id.starts_with(char::is_whitespace) {
             return Err(IngestError::config(
                 key("client_id"),
-                "is longer than 256 bytes",
+                "must be at most 256 bytes, not starting with a space",
             ));
         }
+        if endpoint.tls {
+            // The files are read now, so that a bad one stops start-up with its key named.
+            tls_client(self).map_err(|(k, e)| IngestError::config(key(k), e))?;
+        }
         Ok(())
+    }
+
+    /// In log lines and the `bridge` label of the metrics: `name`, else the broker's address.
+    fn display_name(&self, endpoint: &Endpoint) -> String {
+        if self.name.is_empty() {
+            format!("{}:{}", endpoint.host, endpoint.port)
+        } else {
+            self.name.clone()
+        }
     }
 
     /// The client id in use (see `client_id`).
@@ -352,8 +378,14 @@ pub struct BridgeSummary {
 pub struct Bridge {
     name: String,
     stop: watch::Sender<bool>,
+    subscribed: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<BridgeSummary>,
 }
+
+/// Room in rumqttc's request channel: acknowledgements wait there until the event loop sends
+/// them. Far more than can be outstanding (entries are a packet id each), so queuing one never
+/// has to wait; should it be full all the same, acknowledgements wait in the link.
+const REQUEST_CAPACITY: usize = 1 << 16;
 
 /// Starts the bridge of `config` (checked by [`BridgeConfig::validate`]); it connects (and
 /// reconnects) in the background. `wal` is the channel it submits through.
@@ -364,14 +396,11 @@ pub fn start(
     wal: Sender<Submission>,
 ) -> Result<Bridge, IngestError> {
     let key = |k: &str| format!("bridge[{index}].{k}");
+    config.validate(index)?;
     let endpoint = parse_url(&config.url).map_err(|e| IngestError::config(key("url"), e))?;
     let pattern = TopicPattern::parse(&config.topic, &config.format)
         .map_err(|e| IngestError::config(key("topic"), e))?;
-    let name = if config.name.is_empty() {
-        format!("{}:{}", endpoint.host, endpoint.port)
-    } else {
-        config.name.clone()
-    };
+    let name = config.display_name(&endpoint);
     let client_id = config.client_id_for(node_id, index);
     if config.client_id.is_empty() && node_id.is_empty() {
         tracing::warn!(bridge = %name, client_id = %client_id, "node.id is not set: a second node with this bridge would take over this one's session; set node.id on every node");
@@ -382,9 +411,10 @@ pub fn start(
         .set_session_expiry_interval(Some(config.session_expiry_s))
         .set_receive_maximum(Some(config.receive_maximum))
         .set_max_packet_size(Some(config.max_packet_bytes))
+        // validate() keeps it within 5..=65535 s, as rumqttc asserts.
         .set_keep_alive(Duration::from_secs(config.keep_alive_s))
         .set_manual_acks(true)
-        .set_request_channel_capacity(usize::from(config.receive_maximum) + 16);
+        .set_request_channel_capacity(REQUEST_CAPACITY);
     let username = Some(config.username.clone())
         .filter(|u| !u.is_empty())
         .or(endpoint.username.clone());
@@ -412,8 +442,9 @@ pub fn start(
     } else {
         QoS::AtLeastOnce
     };
-    let (client, eventloop) = AsyncClient::new(options, usize::from(config.receive_maximum) + 16);
+    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let (stop, stop_rx) = watch::channel(false);
+    let subscribed = Arc::new(AtomicBool::new(false));
     tracing::info!(bridge = %name, client_id = %client_id, tls = endpoint.tls, subscription = %subscription, "bridge starting");
     let link = Link {
         metrics: BridgeMetrics::new(&name),
@@ -423,25 +454,49 @@ pub fn start(
         subscription,
         qos,
         wal,
-        generation: Arc::new(AtomicU64::new(0)),
-        reconnect: Arc::new(Notify::new()),
-        awaiting: Arc::default(),
+        connection: 0,
+        connected: false,
+        refused_on: None,
+        to_ack: VecDeque::new(),
+        awaiting: 0,
         receive_maximum: usize::from(config.receive_maximum),
         warned: false,
+        subscribed: subscribed.clone(),
         summary: BridgeSummary::default(),
     };
     let task = tokio::spawn(link.run(eventloop, stop_rx));
-    Ok(Bridge { name, stop, task })
+    Ok(Bridge {
+        name,
+        stop,
+        subscribed,
+        task,
+    })
 }
 
 impl Bridge {
-    /// Stops taking messages, acknowledges those the WAL has (waiting at most `max` for the
-    /// writer), disconnects (the broker keeps the session and whatever was not acknowledged)
-    /// and ends, dropping its WAL channel.
-    pub async fn shutdown(self, max: Duration) -> BridgeSummary {
+    /// As in logs and metrics.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True while it holds its subscription at the broker (for `/ready`).
+    pub fn subscribed(&self) -> Arc<AtomicBool> {
+        self.subscribed.clone()
+    }
+
+    /// Tells it to stop taking messages (at SIGTERM, with the edges); [`Bridge::finish`] waits
+    /// for the rest.
+    pub fn stop(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// Waits, until `deadline` at most, while it acknowledges what the WAL has, disconnects
+    /// (the broker keeps the session and whatever was not acknowledged) and ends, dropping its
+    /// WAL channel.
+    pub async fn finish(self, deadline: tokio::time::Instant) -> BridgeSummary {
+        self.stop();
         let abort = self.task.abort_handle();
-        match tokio::time::timeout(max + Duration::from_secs(1), self.task).await {
+        match tokio::time::timeout_at(deadline, self.task).await {
             Ok(Ok(summary)) => summary,
             Ok(Err(e)) => {
                 tracing::error!(bridge = %self.name, error = %e, "the bridge failed");
@@ -508,6 +563,7 @@ fn tls_client(config: &BridgeConfig) -> Result<rustls::ClientConfig, (&'static s
 
 struct BridgeMetrics {
     connected: metrics::Gauge,
+    subscribed: metrics::Gauge,
     received: metrics::Counter,
     acked: metrics::Counter,
     not_acked: metrics::Counter,
@@ -521,6 +577,7 @@ impl BridgeMetrics {
         let name = name.to_string();
         BridgeMetrics {
             connected: metrics::gauge!("meterflow_bridge_connected", "bridge" => name.clone()),
+            subscribed: metrics::gauge!("meterflow_bridge_subscribed", "bridge" => name.clone()),
             received: metrics::counter!("meterflow_received_total", "source" => "bridge"),
             acked: metrics::counter!("meterflow_bridge_acked_total", "bridge" => name.clone()),
             not_acked: metrics::counter!("meterflow_bridge_not_acked_total", "bridge" => name.clone()),
@@ -531,13 +588,41 @@ impl BridgeMetrics {
     }
 }
 
-/// A message handed to the WAL, waiting to be acknowledged to the broker.
-struct PendingAck {
-    /// The connection it came on (a later connection gets it again instead).
-    generation: u64,
+/// A message handed to the WAL, waiting for the WAL's word.
+struct Pending {
+    /// The connection it came on: only that connection may acknowledge it (a later one gets
+    /// it again from the broker).
+    connection: u64,
     /// The message without its topic and payload: an acknowledgement needs its packet id.
     publish: Publish,
     durable: oneshot::Receiver<Durability>,
+}
+
+/// The WAL's word on a message, in the order the messages came.
+struct Outcome {
+    connection: u64,
+    publish: Publish,
+    durable: bool,
+}
+
+/// Waits for the WAL's word on each message, in order, and hands it to the link's loop, which
+/// alone acknowledges (so that no acknowledgement is queued for a connection the loop has
+/// already given up).
+async fn await_durability(
+    mut pending: mpsc::UnboundedReceiver<Pending>,
+    outcomes: mpsc::UnboundedSender<Outcome>,
+) {
+    while let Some(next) = pending.recv().await {
+        let durable = matches!(next.durable.await, Ok(Durability::Durable(_)));
+        let outcome = Outcome {
+            connection: next.connection,
+            publish: next.publish,
+            durable,
+        };
+        if outcomes.send(outcome).is_err() {
+            return;
+        }
+    }
 }
 
 /// Longest wait between two connection attempts.
@@ -548,6 +633,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// resumed, as a meter at the edge comes back after MQTT 5's 0x97.
 const WAL_FULL_PAUSE: Duration = Duration::from_secs(5);
 
+/// The one task of a bridge that polls the connection: it takes messages, and it alone
+/// queues acknowledgements, each only while the connection its message came on is up.
 struct Link {
     name: String,
     metrics: BridgeMetrics,
@@ -556,18 +643,24 @@ struct Link {
     subscription: String,
     qos: QoS,
     wal: Sender<Submission>,
-    /// Counts connections; an acknowledgement is sent only on the connection its message came on.
-    generation: Arc<AtomicU64>,
-    /// Asked by the acknowledger when the WAL could not take a message: drop the connection
-    /// so that the broker sends the unacknowledged messages again.
-    reconnect: Arc<Notify>,
-    /// Messages handed to the WAL that the acknowledger has not dealt with yet: what the
-    /// broker has unacknowledged, at most `receive_maximum` while it keeps to it.
-    awaiting: Arc<AtomicUsize>,
+    /// Counts connections (CONNACKs).
+    connection: u64,
+    /// Whether `connection` is up: its CONNACK seen and not lost since. Messages rumqttc
+    /// still hands out from a lost connection are not taken (the broker sends them again).
+    connected: bool,
+    /// The connection on which the WAL refused a message: nothing more of it is acknowledged.
+    refused_on: Option<u64>,
+    /// Acknowledgements for the current connection that rumqttc's request channel had no
+    /// room for yet (should never hold any: see REQUEST_CAPACITY).
+    to_ack: VecDeque<Publish>,
+    /// Messages handed to the WAL whose outcome has not come back: what the broker has
+    /// unacknowledged, at most `receive_maximum` while it keeps to it.
+    awaiting: usize,
     receive_maximum: usize,
     /// Whether this connection was warned about a broker that sends more than
     /// `receive_maximum`.
     warned: bool,
+    subscribed: Arc<AtomicBool>,
     summary: BridgeSummary,
 }
 
@@ -577,35 +670,27 @@ impl Link {
         mut eventloop: EventLoop,
         mut stop: watch::Receiver<bool>,
     ) -> BridgeSummary {
-        // Unbounded, and never awaited here: this loop must keep polling the event loop, which
-        // is what sends the acknowledgements. (A bounded queue full of messages waiting for
-        // their PUBACK, with the PUBACKs waiting for this loop, stalled both: Mosquitto 2.0.11
-        // keeps to the Receive Maximum, but sends a resumed session everything it holds at
-        // once.) Its entries are small (a packet id and a channel; the payload is the WAL's),
-        // and the broker's flow control bounds them; `meterflow_bridge_pending_acks` shows it.
-        let (acks, pending) = mpsc::unbounded_channel::<PendingAck>();
-        let acker = tokio::spawn(
-            Acknowledger {
-                client: self.client.clone(),
-                generation: self.generation.clone(),
-                reconnect: self.reconnect.clone(),
-                awaiting: self.awaiting.clone(),
-                not_acked: self.metrics.not_acked.clone(),
-                pending_acks: self.metrics.pending_acks.clone(),
-                name: self.name.clone(),
-            }
-            .run(pending),
-        );
+        // Both unbounded, and never awaited by this loop: it must keep polling the event loop,
+        // which sends the acknowledgements. Entries are small (a packet id and a channel; the
+        // payload is the WAL's), and the broker's flow control bounds them; Mosquitto 2.0.11
+        // keeps to the Receive Maximum but sends a resumed session everything it holds at
+        // once (`meterflow_bridge_pending_acks` shows it).
+        let (to_wait, pending) = mpsc::unbounded_channel::<Pending>();
+        let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<Outcome>();
+        tokio::spawn(await_durability(pending, outcomes_tx));
         let mut backoff = Duration::from_millis(500);
         loop {
             let event = tokio::select! {
                 biased;
                 _ = stop.changed() => break,
-                () = self.reconnect.notified() => {
-                    tracing::warn!(bridge = %self.name, retry_in_ms = WAL_FULL_PAUSE.as_millis() as u64, "the WAL did not take a message: reconnecting later so that the broker sends it again");
-                    self.disconnected(&mut eventloop);
-                    if sleep_or_stop(WAL_FULL_PAUSE, &mut stop).await {
-                        break;
+                Some(outcome) = outcomes.recv() => {
+                    if !self.settle(outcome, &mut eventloop) {
+                        // The WAL refused a message of this connection: stay away a while,
+                        // then the resumed session brings it again.
+                        tracing::warn!(bridge = %self.name, retry_in_ms = WAL_FULL_PAUSE.as_millis() as u64, "the WAL did not take a message: reconnecting later so that the broker sends it again");
+                        if sleep_or_stop(WAL_FULL_PAUSE, &mut stop).await {
+                            break;
+                        }
                     }
                     continue;
                 }
@@ -613,9 +698,10 @@ impl Link {
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(connack))) => {
-                    self.generation.fetch_add(1, Ordering::AcqRel);
-                    self.metrics.connected.set(1.0);
+                    self.connection += 1;
+                    self.connected = true;
                     self.warned = false;
+                    self.metrics.connected.set(1.0);
                     backoff = Duration::from_millis(500);
                     tracing::info!(bridge = %self.name, session_present = connack.session_present, "bridge connected");
                     // The session may hold the subscription already; subscribing again is
@@ -628,27 +714,36 @@ impl Link {
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(suback))) => {
-                    for code in &suback.return_codes {
-                        match code {
-                            SubscribeReasonCode::Success(_) => {
-                                tracing::info!(bridge = %self.name, subscription = %self.subscription, "bridge subscribed")
+                    let refused = suback
+                        .return_codes
+                        .iter()
+                        .find(|code| !matches!(code, SubscribeReasonCode::Success(_)));
+                    match refused {
+                        None => {
+                            self.set_subscribed(true);
+                            tracing::info!(bridge = %self.name, subscription = %self.subscription, "bridge subscribed");
+                        }
+                        Some(reason) => {
+                            tracing::error!(bridge = %self.name, subscription = %self.subscription, reason = ?reason, retry_in_ms = backoff.as_millis() as u64, "the broker refused the subscription (check the bridge's ACL at the broker, and that it has shared subscriptions): trying again");
+                            self.disconnected(&mut eventloop);
+                            if sleep_or_stop(backoff, &mut stop).await {
+                                break;
                             }
-                            refused => {
-                                tracing::error!(bridge = %self.name, subscription = %self.subscription, reason = ?refused, "the broker refused the subscription: check the bridge's ACL at the broker")
-                            }
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
                         }
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    if !self.take(publish, &acks).await {
+                    if !self.connected {
+                        // Read on a connection already given up: the broker sends it again.
+                        continue;
+                    }
+                    if !self.take(publish, &to_wait).await {
                         tracing::error!(bridge = %self.name, "the WAL writer is gone; the bridge stops");
                         break;
                     }
                 }
                 Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => self.acked(),
-                Ok(Event::Incoming(Packet::Disconnect(disconnect))) => {
-                    tracing::warn!(bridge = %self.name, reason = ?disconnect.reason_code, "the broker disconnected the bridge");
-                }
                 Ok(_) => {}
                 Err(e) => {
                     self.disconnected(&mut eventloop);
@@ -659,26 +754,29 @@ impl Link {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
+            self.flush_acks();
         }
-        // Stop taking messages; acknowledge those handed to the WAL while the connection is
-        // still polled (the acknowledgements go out through it), then disconnect. Messages
-        // that arrive meanwhile are not acknowledged: the broker keeps them for the session.
-        drop(acks);
+        // Stop taking messages, and release the WAL channel. What was handed to the WAL is
+        // acknowledged as its outcome comes back, while the connection is polled (the
+        // acknowledgements go out through it); then disconnect, the DISCONNECT queued behind
+        // them. Messages that arrive meanwhile are not acknowledged: the broker keeps them.
+        drop(to_wait);
         drop(std::mem::replace(&mut self.wal, flume::bounded(0).0));
-        let mut acker = acker;
-        let drained = loop {
+        while self.awaiting > 0 && self.connected {
             tokio::select! {
-                done = &mut acker => break done.is_ok(),
+                biased;
+                Some(outcome) = outcomes.recv() => {
+                    self.settle(outcome, &mut eventloop);
+                }
                 event = eventloop.poll() => match event {
                     Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => self.acked(),
                     Ok(_) => {}
-                    Err(_) => break false,
+                    Err(_) => self.disconnected(&mut eventloop),
                 },
             }
-        };
-        if drained {
-            // The acknowledgements queued before it go out first.
-            let _ = self.client.try_disconnect();
+            self.flush_acks();
+        }
+        if self.connected && self.client.try_disconnect().is_ok() {
             let flush = async {
                 loop {
                     match eventloop.poll().await {
@@ -691,8 +789,41 @@ impl Link {
             let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
         }
         self.metrics.connected.set(0.0);
+        self.set_subscribed(false);
         tracing::info!(bridge = %self.name, received = self.summary.received, acked = self.summary.acked, "bridge stopped");
         self.summary
+    }
+
+    /// Takes the WAL's word on a message: queues its acknowledgement if it is durable and its
+    /// connection still up. `false` when the WAL refused a message of the current connection:
+    /// the connection is then dropped, so that the broker sends it again later.
+    fn settle(&mut self, outcome: Outcome, eventloop: &mut EventLoop) -> bool {
+        self.awaiting = self.awaiting.saturating_sub(1);
+        self.metrics.pending_acks.set(self.awaiting as f64);
+        let current = self.connected && outcome.connection == self.connection;
+        if outcome.durable && current && self.refused_on != Some(self.connection) {
+            self.to_ack.push_back(outcome.publish);
+            self.flush_acks();
+            return true;
+        }
+        self.metrics.not_acked.increment(1);
+        if !outcome.durable && current {
+            self.refused_on = Some(self.connection);
+            self.disconnected(eventloop);
+            return false;
+        }
+        true
+    }
+
+    /// Queues the waiting acknowledgements in rumqttc's request channel, which the event loop
+    /// sends in order (or drops, should the connection go first).
+    fn flush_acks(&mut self) {
+        while let Some(publish) = self.to_ack.front() {
+            if self.client.try_ack(publish).is_err() {
+                return;
+            }
+            self.to_ack.pop_front();
+        }
     }
 
     /// A PUBACK went out to the broker.
@@ -701,16 +832,31 @@ impl Link {
         self.metrics.acked.increment(1);
     }
 
-    fn disconnected(&mut self, eventloop: &mut EventLoop) {
-        eventloop.clean();
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.metrics.connected.set(0.0);
-        self.metrics.reconnects.increment(1);
+    fn set_subscribed(&self, subscribed: bool) {
+        self.subscribed.store(subscribed, Ordering::Release);
+        self.metrics
+            .subscribed
+            .set(if subscribed { 1.0 } else { 0.0 });
     }
 
-    /// Hands one message to the WAL writer and, for QoS 1, to the acknowledger; `false` when
-    /// the writer is gone.
-    async fn take(&mut self, publish: Publish, acks: &mpsc::UnboundedSender<PendingAck>) -> bool {
+    /// The connection is lost or given up: rumqttc drops it and the acknowledgements it had
+    /// not sent, and so does the link; the next poll connects again.
+    fn disconnected(&mut self, eventloop: &mut EventLoop) {
+        eventloop.clean();
+        // Packets read before the loss and not yet handed out.
+        eventloop.state.events.clear();
+        self.to_ack.clear();
+        if self.connected {
+            self.metrics.reconnects.increment(1);
+        }
+        self.connected = false;
+        self.metrics.connected.set(0.0);
+        self.set_subscribed(false);
+    }
+
+    /// Hands one message to the WAL writer and, for QoS 1, to the durability waiter; `false`
+    /// when the writer is gone.
+    async fn take(&mut self, publish: Publish, to_wait: &mpsc::UnboundedSender<Pending>) -> bool {
         let wants_ack = publish.qos != QoS::AtMostOnce;
         self.summary.received += 1;
         self.metrics.received.increment(1);
@@ -749,8 +895,8 @@ impl Link {
             return false;
         }
         if let Some(durable) = durable {
-            let pending = PendingAck {
-                generation: self.generation.load(Ordering::Acquire),
+            let pending = Pending {
+                connection: self.connection,
                 publish: Publish {
                     topic: bytes::Bytes::new(),
                     payload: bytes::Bytes::new(),
@@ -759,70 +905,17 @@ impl Link {
                 },
                 durable,
             };
-            if acks.send(pending).is_err() {
+            self.awaiting += 1;
+            self.metrics.pending_acks.set(self.awaiting as f64);
+            if to_wait.send(pending).is_err() {
                 return false;
             }
-            let awaiting = self.awaiting.fetch_add(1, Ordering::AcqRel) + 1;
-            self.metrics.pending_acks.set(awaiting as f64);
-            if awaiting > 4 * self.receive_maximum && !self.warned {
+            if self.awaiting > 4 * self.receive_maximum && !self.warned {
                 self.warned = true;
-                tracing::warn!(bridge = %self.name, awaiting, receive_maximum = self.receive_maximum, "the broker sends far more unacknowledged messages than receive_maximum (a resumed session's backlog at once): they wait for the WAL in memory");
+                tracing::warn!(bridge = %self.name, awaiting = self.awaiting, receive_maximum = self.receive_maximum, "the broker sends far more unacknowledged messages than receive_maximum (a resumed session's backlog at once): they wait for the WAL in memory");
             }
         }
         true
-    }
-}
-
-/// Acknowledges messages to the broker in the order they came, each once the WAL holds it.
-/// After a message the WAL did not take, nothing more of that connection is acknowledged (the
-/// broker sends it all again on the next one).
-struct Acknowledger {
-    client: AsyncClient,
-    /// The link's connection count: a message of an earlier connection is not acknowledged.
-    generation: Arc<AtomicU64>,
-    /// Told when the WAL did not take a message.
-    reconnect: Arc<Notify>,
-    /// The link's count of messages handed over and not dealt with yet.
-    awaiting: Arc<AtomicUsize>,
-    not_acked: metrics::Counter,
-    pending_acks: metrics::Gauge,
-    name: String,
-}
-
-impl Acknowledger {
-    async fn run(self, mut pending: mpsc::UnboundedReceiver<PendingAck>) {
-        let mut failed_generation = None;
-        while let Some(next) = pending.recv().await {
-            let durable = matches!(next.durable.await, Ok(Durability::Durable(_)));
-            let current = self.generation.load(Ordering::Acquire) == next.generation;
-            if durable && current && failed_generation != Some(next.generation) {
-                // Queued for the event loop, which sends it on the connection the message came
-                // on. Should that connection drop first, the event loop discards queued
-                // acknowledgements and the broker sends the message again.
-                let sent = self.client.ack(&next.publish).await;
-                self.done();
-                if sent.is_err() {
-                    return;
-                }
-                continue;
-            }
-            self.done();
-            self.not_acked.increment(1);
-            if !durable && failed_generation != Some(next.generation) {
-                failed_generation = Some(next.generation);
-                tracing::warn!(bridge = %self.name, "a bridged message is not in the WAL: not acknowledged");
-                self.reconnect.notify_one();
-            }
-        }
-    }
-
-    /// One message dealt with (its acknowledgement queued, or not to be sent).
-    fn done(&self) {
-        let left = self
-            .awaiting
-            .fetch_sub(1, Ordering::AcqRel)
-            .saturating_sub(1);
-        self.pending_acks.set(left as f64);
     }
 }
 
@@ -854,7 +947,7 @@ mod tests {
         let e = parse_url("mqtt://127.0.0.1:1999").unwrap();
         assert_eq!((e.host.as_str(), e.port, e.tls), ("127.0.0.1", 1999, false));
         assert_eq!(e.username, None);
-        assert_eq!(parse_url("tcp://[::1]").unwrap().host, "::1");
+        assert_eq!(parse_url("tcp://[::1]").unwrap().host, "[::1]");
         for bad in [
             "http://h",
             "mqtt://",
@@ -963,6 +1056,28 @@ mod tests {
                     ..good.clone()
                 },
                 "bridge[2].receive_maximum",
+            ),
+            (
+                BridgeConfig {
+                    keep_alive_s: 4,
+                    ..good.clone()
+                },
+                "bridge[2].keep_alive_s",
+            ),
+            (
+                BridgeConfig {
+                    session_expiry_s: 0,
+                    ..good.clone()
+                },
+                "bridge[2].session_expiry_s",
+            ),
+            (
+                BridgeConfig {
+                    url: "mqtts://u:p@broker".into(),
+                    tls_ca: Some("/nonexistent/ca.pem".into()),
+                    ..good.clone()
+                },
+                "bridge[2].tls_ca",
             ),
         ] {
             let e = config.validate(2).unwrap_err().to_string();

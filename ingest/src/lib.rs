@@ -321,6 +321,10 @@ pub async fn serve(
                 .then(|| config.clickhouse.clone()),
             pipeline_running,
             stopping: stop.clone(),
+            bridges: bridges
+                .iter()
+                .map(|b| (b.name().to_string(), b.subscribed()))
+                .collect(),
             clickhouse_asked: Arc::default(),
         },
         token: (!config.http.token.is_empty()).then(|| Arc::from(config.http.token.as_str())),
@@ -362,17 +366,19 @@ pub async fn serve(
         tracing::info!("shutting down: answering what was read, then flushing every sink");
     }
     stop.store(true, Ordering::Relaxed);
+    // The bridges stop taking messages with the edges, and finish alongside them.
+    for bridge in &bridges {
+        bridge.stop();
+    }
+    let bridges_deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(config.pipeline.shutdown_max_ms + 1000);
     let mqtt_summary = mqtt
         .shutdown(std::time::Duration::from_millis(
             config.pipeline.shutdown_max_ms,
         ))
         .await;
     for bridge in bridges {
-        bridge
-            .shutdown(std::time::Duration::from_millis(
-                config.pipeline.shutdown_max_ms,
-            ))
-            .await;
+        bridge.finish(bridges_deadline).await;
     }
     // Whatever became of the CoAP server, the threads below must still be joined so that
     // every sink is flushed: a failed task is logged, not returned early.

@@ -266,9 +266,12 @@ pub async fn recent_readings(
         meter: Some(meter_id.to_string()),
     };
     let ms = millis_function(config).await?;
+    // A reading stored twice (a redelivery, before merges) counts once: the newest copy.
     let sql = format!(
-        "SELECT channel, toString({ms}(ts)) AS ts_ms, toString(value) AS value FROM {db}.readings \
-         WHERE received_at >= now() - {days} * 86400 {filter} \
+        "SELECT channel, ts_ms, value FROM ( \
+           SELECT channel, ts, toString({ms}(ts)) AS ts_ms, toString(value) AS value \
+           FROM {db}.readings WHERE received_at >= now() - {days} * 86400 {filter} \
+           ORDER BY channel, ts DESC, received_at DESC LIMIT 1 BY channel, ts) \
          ORDER BY channel, ts DESC LIMIT {per_channel} BY channel",
         db = config.database,
         filter = meter_filter(&period, "AND")?,

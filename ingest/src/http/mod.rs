@@ -42,6 +42,8 @@ pub struct Readiness {
     /// True from SIGTERM on: the listeners close, what was read is answered, the sinks are
     /// flushed. A load balancer sends nobody here any more.
     pub stopping: Arc<AtomicBool>,
+    /// Each bridge's name and whether it holds its subscription at its broker.
+    pub bridges: Vec<(String, Arc<AtomicBool>)>,
     /// The last answer from ClickHouse, reused for a few seconds.
     pub clickhouse_asked: Arc<std::sync::Mutex<Option<(std::time::Instant, bool, String)>>>,
 }
@@ -229,6 +231,31 @@ async fn ready(
         }
         checks.insert("clickhouse", check);
     }
+    if !r.bridges.is_empty() {
+        let down: Vec<&str> = r
+            .bridges
+            .iter()
+            .filter(|(_, subscribed)| !subscribed.load(Ordering::Acquire))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let mut check = if down.is_empty() {
+            Check {
+                ok: true,
+                detail: format!("{} subscribed", r.bridges.len()),
+            }
+        } else {
+            Check {
+                ok: false,
+                detail: format!("not subscribed: {}", down.join(", ")),
+            }
+        };
+        // The load balancer in front of the edges has no business with the bridges.
+        if for_ingest && !check.ok {
+            check.detail = format!("{} (not counted for ?ingest)", check.detail);
+            check.ok = true;
+        }
+        checks.insert("bridges", check);
+    }
     let is_ready = checks.values().all(|c| c.ok);
     let code = if is_ready {
         StatusCode::OK
@@ -337,12 +364,39 @@ async fn device_by_query(
     }
 }
 
-/// One meter: from this node's state, or else (a meter that reports to another node behind
-/// the same load balancer) from what ClickHouse remembers of it, marked `"from":
-/// "clickhouse"`.
+/// One meter: from this node's state, or (a meter that reports to another node behind the
+/// same load balancer) from what ClickHouse remembers of it, marked `"from": "clickhouse"`:
+/// when this node has not heard it, or not for a minute and ClickHouse has heard it since.
 async fn device(State(state): State<HttpState>, Path(meter_id): Path<String>) -> Response {
-    if let Some(d) = state.devices.get(&meter_id) {
-        return Json(view(&d, &state.devices, now_ms(), true)).into_response();
+    let local = state.devices.get(&meter_id);
+    if let Some(d) = &local {
+        // `last_lsn` 0: never heard here, only rebuilt from ClickHouse at start-up.
+        let heard_lately = d.last_lsn > 0 && now_ms() - d.last_seen_ms < LOCAL_STATE_FRESH_MS;
+        let Some(config) = state
+            .readiness
+            .clickhouse
+            .as_ref()
+            .filter(|_| !heard_lately)
+        else {
+            return Json(view(d, &state.devices, now_ms(), true)).into_response();
+        };
+        // Silent here for a while: the meter may report to another node now (its state here
+        // rebuilt from ClickHouse at start-up, or from before it moved). The newer wins; this
+        // node's own state when ClickHouse cannot say.
+        let asked = tokio::time::timeout(
+            CLICKHOUSE_DEVICE_TIMEOUT,
+            device_from_clickhouse(config, &meter_id, state.devices.config().recent_points),
+        )
+        .await;
+        if let Ok(Ok(Some(remote))) = asked {
+            // A copy rebuilt at start-up is ClickHouse's own, older: the fresh answer wins.
+            if d.last_lsn == 0 || remote.last_seen_ms > d.last_seen_ms {
+                let mut body = view(&remote, &state.devices, now_ms(), true);
+                body.from = Some("clickhouse");
+                return Json(body).into_response();
+            }
+        }
+        return Json(view(d, &state.devices, now_ms(), true)).into_response();
     }
     let not_heard = || {
         error(
@@ -387,6 +441,11 @@ async fn device(State(state): State<HttpState>, Path(meter_id): Path<String>) ->
         ),
     }
 }
+
+/// A meter this node heard within this long is answered from its own state alone; one
+/// silent for longer, or only rebuilt from ClickHouse at start-up, is looked up in ClickHouse
+/// too (another node may hear it now).
+const LOCAL_STATE_FRESH_MS: i64 = 60_000;
 
 /// How long the API waits for ClickHouse about a meter this node has not heard.
 const CLICKHOUSE_DEVICE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -527,6 +586,7 @@ mod tests {
                 clickhouse: None,
                 pipeline_running: Arc::new(AtomicBool::new(true)),
                 stopping: Arc::new(AtomicBool::new(stopping)),
+                bridges: Vec::new(),
                 clickhouse_asked: Arc::default(),
             },
             token: None,
@@ -548,6 +608,24 @@ mod tests {
                 assert_eq!(answer.status(), code, "stopping {stopping}, ?{query}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_bridge_without_its_subscription_fails_ready_but_not_ready_for_ingest() {
+        let mut with_bridge = state(false);
+        let subscribed = Arc::new(AtomicBool::new(false));
+        with_bridge.readiness.bridges = vec![("broker:8883".into(), subscribed.clone())];
+        let ask = |query: &str| {
+            let params = [(query.to_string(), String::new())]
+                .into_iter()
+                .filter(|(k, _)| !k.is_empty())
+                .collect();
+            ready(State(with_bridge.clone()), Query(params))
+        };
+        assert_eq!(ask("").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ask("ingest").await.status(), StatusCode::OK);
+        subscribed.store(true, Ordering::Release);
+        assert_eq!(ask("").await.status(), StatusCode::OK);
     }
 
     #[test]
