@@ -24,7 +24,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +35,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use crate::message::{now_ms, RawMessage};
 use crate::wal_writer::{Durability, Submission};
@@ -334,6 +335,12 @@ impl BridgeConfig {
             ));
         }
         if endpoint.tls {
+            if endpoint.host.starts_with('[') {
+                return Err(IngestError::config(
+                    key("url"),
+                    "mqtts:// to an IPv6 address is not supported (the TLS server name cannot be one): use the broker's DNS name",
+                ));
+            }
             // The files are read now, so that a bad one stops start-up with its key named.
             tls_client(self).map_err(|(k, e)| IngestError::config(key(k), e))?;
         }
@@ -377,8 +384,9 @@ pub struct BridgeSummary {
 /// A running bridge.
 pub struct Bridge {
     name: String,
-    stop: watch::Sender<bool>,
-    subscribed: Arc<AtomicBool>,
+    /// The deadline to finish by, once told to stop.
+    stop: watch::Sender<Option<Instant>>,
+    unsubscribed_since: Arc<AtomicI64>,
     task: tokio::task::JoinHandle<BridgeSummary>,
 }
 
@@ -443,8 +451,8 @@ pub fn start(
         QoS::AtLeastOnce
     };
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-    let (stop, stop_rx) = watch::channel(false);
-    let subscribed = Arc::new(AtomicBool::new(false));
+    let (stop, stop_rx) = watch::channel(None);
+    let unsubscribed_since = Arc::new(AtomicI64::new(now_ms()));
     tracing::info!(bridge = %name, client_id = %client_id, tls = endpoint.tls, subscription = %subscription, "bridge starting");
     let link = Link {
         metrics: BridgeMetrics::new(&name),
@@ -461,14 +469,14 @@ pub fn start(
         awaiting: 0,
         receive_maximum: usize::from(config.receive_maximum),
         warned: false,
-        subscribed: subscribed.clone(),
+        unsubscribed_since: unsubscribed_since.clone(),
         summary: BridgeSummary::default(),
     };
     let task = tokio::spawn(link.run(eventloop, stop_rx));
     Ok(Bridge {
         name,
         stop,
-        subscribed,
+        unsubscribed_since,
         task,
     })
 }
@@ -479,22 +487,23 @@ impl Bridge {
         &self.name
     }
 
-    /// True while it holds its subscription at the broker (for `/ready`).
-    pub fn subscribed(&self) -> Arc<AtomicBool> {
-        self.subscribed.clone()
+    /// Unix ms since when it has been without its subscription at the broker, 0 while it holds
+    /// it (for `/ready`).
+    pub fn unsubscribed_since(&self) -> Arc<AtomicI64> {
+        self.unsubscribed_since.clone()
     }
 
-    /// Tells it to stop taking messages (at SIGTERM, with the edges); [`Bridge::finish`] waits
-    /// for the rest.
-    pub fn stop(&self) {
-        let _ = self.stop.send(true);
+    /// Tells it to stop taking messages (at SIGTERM, with the edges), and to acknowledge what
+    /// the WAL has, disconnect (the broker keeps the session and whatever was not
+    /// acknowledged) and end, dropping its WAL channel, by `deadline`.
+    pub fn stop(&self, deadline: Instant) {
+        let _ = self.stop.send(Some(deadline));
     }
 
-    /// Waits, until `deadline` at most, while it acknowledges what the WAL has, disconnects
-    /// (the broker keeps the session and whatever was not acknowledged) and ends, dropping its
-    /// WAL channel.
-    pub async fn finish(self, deadline: tokio::time::Instant) -> BridgeSummary {
-        self.stop();
+    /// Waits for it to end after [`Bridge::stop`] (a second past its deadline at most, then
+    /// it is cut off).
+    pub async fn finish(self) -> BridgeSummary {
+        let deadline = self.stop.borrow().unwrap_or_else(Instant::now) + Duration::from_secs(1);
         let abort = self.task.abort_handle();
         match tokio::time::timeout_at(deadline, self.task).await {
             Ok(Ok(summary)) => summary,
@@ -660,7 +669,8 @@ struct Link {
     /// Whether this connection was warned about a broker that sends more than
     /// `receive_maximum`.
     warned: bool,
-    subscribed: Arc<AtomicBool>,
+    /// Unix ms since when the bridge has been without its subscription; 0 while it holds it.
+    unsubscribed_since: Arc<AtomicI64>,
     summary: BridgeSummary,
 }
 
@@ -668,7 +678,7 @@ impl Link {
     async fn run(
         mut self,
         mut eventloop: EventLoop,
-        mut stop: watch::Receiver<bool>,
+        mut stop: watch::Receiver<Option<Instant>>,
     ) -> BridgeSummary {
         // Both unbounded, and never awaited by this loop: it must keep polling the event loop,
         // which sends the acknowledgements. Entries are small (a packet id and a channel; the
@@ -679,22 +689,43 @@ impl Link {
         let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<Outcome>();
         tokio::spawn(await_durability(pending, outcomes_tx));
         let mut backoff = Duration::from_millis(500);
-        loop {
-            let event = tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                Some(outcome) = outcomes.recv() => {
-                    if !self.settle(outcome, &mut eventloop) {
-                        // The WAL refused a message of this connection: stay away a while,
-                        // then the resumed session brings it again.
-                        tracing::warn!(bridge = %self.name, retry_in_ms = WAL_FULL_PAUSE.as_millis() as u64, "the WAL did not take a message: reconnecting later so that the broker sends it again");
-                        if sleep_or_stop(WAL_FULL_PAUSE, &mut stop).await {
-                            break;
+        // A refused subscription is asked for again on the same connection (what the session
+        // still sends is taken and acknowledged meanwhile), with its own backoff.
+        let mut subscribe_backoff = Duration::from_millis(500);
+        let mut resubscribe_at: Option<Instant> = None;
+        'run: loop {
+            // One poll of the connection at a time, never cancelled by a WAL outcome or the
+            // subscription timer: rumqttc may be connecting or writing a PUBACK inside it.
+            let polled = {
+                let mut poll = std::pin::pin!(eventloop.poll());
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = stop.changed() => break 'run,
+                        Some(outcome) = outcomes.recv(), if self.connected => {
+                            if !self.settle(outcome) {
+                                break None;
+                            }
                         }
+                        () = tokio::time::sleep_until(resubscribe_at.unwrap_or_else(Instant::now)),
+                            if resubscribe_at.is_some() && self.connected =>
+                        {
+                            resubscribe_at = None;
+                            self.subscribe();
+                        }
+                        event = &mut poll => break Some(event),
                     }
-                    continue;
                 }
-                event = eventloop.poll() => event,
+            };
+            let Some(event) = polled else {
+                // The WAL refused a message of this connection: drop it, stay away a while,
+                // and the resumed session brings the message again.
+                self.disconnected(&mut eventloop);
+                tracing::warn!(bridge = %self.name, retry_in_ms = WAL_FULL_PAUSE.as_millis() as u64, "the WAL did not take a message: reconnecting later so that the broker sends it again");
+                if sleep_or_stop(WAL_FULL_PAUSE, &mut stop).await {
+                    break;
+                }
+                continue;
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(connack))) => {
@@ -706,12 +737,8 @@ impl Link {
                     tracing::info!(bridge = %self.name, session_present = connack.session_present, "bridge connected");
                     // The session may hold the subscription already; subscribing again is
                     // harmless and covers a session the broker dropped.
-                    if let Err(e) = self
-                        .client
-                        .try_subscribe(self.subscription.clone(), self.qos)
-                    {
-                        tracing::error!(bridge = %self.name, error = %e, "cannot queue the subscription");
-                    }
+                    resubscribe_at = None;
+                    self.subscribe();
                 }
                 Ok(Event::Incoming(Packet::SubAck(suback))) => {
                     let refused = suback
@@ -721,15 +748,14 @@ impl Link {
                     match refused {
                         None => {
                             self.set_subscribed(true);
+                            subscribe_backoff = Duration::from_millis(500);
                             tracing::info!(bridge = %self.name, subscription = %self.subscription, "bridge subscribed");
                         }
                         Some(reason) => {
-                            tracing::error!(bridge = %self.name, subscription = %self.subscription, reason = ?reason, retry_in_ms = backoff.as_millis() as u64, "the broker refused the subscription (check the bridge's ACL at the broker, and that it has shared subscriptions): trying again");
-                            self.disconnected(&mut eventloop);
-                            if sleep_or_stop(backoff, &mut stop).await {
-                                break;
-                            }
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            self.set_subscribed(false);
+                            tracing::error!(bridge = %self.name, subscription = %self.subscription, reason = ?reason, retry_in_ms = subscribe_backoff.as_millis() as u64, "the broker refused the subscription (check the bridge's ACL at the broker, and that it has shared subscriptions): asking again");
+                            resubscribe_at = Some(Instant::now() + subscribe_backoff);
+                            subscribe_backoff = (subscribe_backoff * 2).min(MAX_BACKOFF);
                         }
                     }
                 }
@@ -759,25 +785,37 @@ impl Link {
         // Stop taking messages, and release the WAL channel. What was handed to the WAL is
         // acknowledged as its outcome comes back, while the connection is polled (the
         // acknowledgements go out through it); then disconnect, the DISCONNECT queued behind
-        // them. Messages that arrive meanwhile are not acknowledged: the broker keeps them.
+        // them; all by the deadline of the stop. Messages that arrive meanwhile are not
+        // acknowledged: the broker keeps them for the session.
         drop(to_wait);
         drop(std::mem::replace(&mut self.wal, flume::bounded(0).0));
-        while self.awaiting > 0 && self.connected {
-            tokio::select! {
-                biased;
-                Some(outcome) = outcomes.recv() => {
-                    self.settle(outcome, &mut eventloop);
+        let deadline = stop
+            .borrow()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(2));
+        let finish = async {
+            while self.awaiting > 0 && self.connected {
+                let polled = {
+                    let mut poll = std::pin::pin!(eventloop.poll());
+                    loop {
+                        tokio::select! {
+                            biased;
+                            Some(outcome) = outcomes.recv() => {
+                                if !self.settle(outcome) {
+                                    break None;
+                                }
+                            }
+                            event = &mut poll => break Some(event),
+                        }
+                    }
+                };
+                match polled {
+                    Some(Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_)))) => self.acked(),
+                    Some(Ok(_)) => {}
+                    None | Some(Err(_)) => self.disconnected(&mut eventloop),
                 }
-                event = eventloop.poll() => match event {
-                    Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => self.acked(),
-                    Ok(_) => {}
-                    Err(_) => self.disconnected(&mut eventloop),
-                },
+                self.flush_acks();
             }
-            self.flush_acks();
-        }
-        if self.connected && self.client.try_disconnect().is_ok() {
-            let flush = async {
+            if self.connected && self.client.try_disconnect().is_ok() {
                 loop {
                     match eventloop.poll().await {
                         Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => self.acked(),
@@ -785,19 +823,28 @@ impl Link {
                         Ok(_) => {}
                     }
                 }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
-        }
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, finish).await;
         self.metrics.connected.set(0.0);
         self.set_subscribed(false);
         tracing::info!(bridge = %self.name, received = self.summary.received, acked = self.summary.acked, "bridge stopped");
         self.summary
     }
 
+    fn subscribe(&mut self) {
+        if let Err(e) = self
+            .client
+            .try_subscribe(self.subscription.clone(), self.qos)
+        {
+            tracing::error!(bridge = %self.name, error = %e, "cannot queue the subscription");
+        }
+    }
+
     /// Takes the WAL's word on a message: queues its acknowledgement if it is durable and its
     /// connection still up. `false` when the WAL refused a message of the current connection:
-    /// the connection is then dropped, so that the broker sends it again later.
-    fn settle(&mut self, outcome: Outcome, eventloop: &mut EventLoop) -> bool {
+    /// the caller then drops the connection, so that the broker sends it again later.
+    fn settle(&mut self, outcome: Outcome) -> bool {
         self.awaiting = self.awaiting.saturating_sub(1);
         self.metrics.pending_acks.set(self.awaiting as f64);
         let current = self.connected && outcome.connection == self.connection;
@@ -809,7 +856,6 @@ impl Link {
         self.metrics.not_acked.increment(1);
         if !outcome.durable && current {
             self.refused_on = Some(self.connection);
-            self.disconnected(eventloop);
             return false;
         }
         true
@@ -833,7 +879,16 @@ impl Link {
     }
 
     fn set_subscribed(&self, subscribed: bool) {
-        self.subscribed.store(subscribed, Ordering::Release);
+        if subscribed {
+            self.unsubscribed_since.store(0, Ordering::Release);
+        } else {
+            let _ = self.unsubscribed_since.compare_exchange(
+                0,
+                now_ms(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
         self.metrics
             .subscribed
             .set(if subscribed { 1.0 } else { 0.0 });
@@ -920,10 +975,10 @@ impl Link {
 }
 
 /// Sleeps `pause`; `true` if asked to stop meanwhile.
-async fn sleep_or_stop(pause: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+async fn sleep_or_stop(pause: Duration, stop: &mut watch::Receiver<Option<Instant>>) -> bool {
     tokio::select! {
         _ = stop.changed() => true,
-        () = tokio::time::sleep(pause) => *stop.borrow(),
+        () = tokio::time::sleep(pause) => stop.borrow().is_some(),
     }
 }
 
@@ -1078,6 +1133,10 @@ mod tests {
                     ..good.clone()
                 },
                 "bridge[2].tls_ca",
+            ),
+            (
+                BridgeConfig::from_url("mqtts://[::1]:8883"),
+                "bridge[2].url",
             ),
         ] {
             let e = config.validate(2).unwrap_err().to_string();

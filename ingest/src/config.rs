@@ -375,7 +375,12 @@ mod example_file {
             }
         }
         let config = Config::from_toml(&text).unwrap();
-        // The TLS files are the example's paths, not on this machine: validate without them.
+        // The TLS files are the example's paths, not on this machine: they are read, and
+        // missing, then the rest is valid without them.
+        let e = config.validate().unwrap_err().to_string();
+        assert!(e.contains("bridge[0].tls_ca"), "{e}");
+        let bridge = &config.bridge[0];
+        assert!(bridge.tls_ca.is_some() && bridge.tls_cert.is_some() && bridge.tls_key.is_some());
         let mut without_files = config.clone();
         for bridge in &mut without_files.bridge {
             (bridge.tls_ca, bridge.tls_cert, bridge.tls_key) = (None, None, None);

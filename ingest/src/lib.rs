@@ -323,7 +323,7 @@ pub async fn serve(
             stopping: stop.clone(),
             bridges: bridges
                 .iter()
-                .map(|b| (b.name().to_string(), b.subscribed()))
+                .map(|b| (b.name().to_string(), b.unsubscribed_since()))
                 .collect(),
             clickhouse_asked: Arc::default(),
         },
@@ -367,18 +367,18 @@ pub async fn serve(
     }
     stop.store(true, Ordering::Relaxed);
     // The bridges stop taking messages with the edges, and finish alongside them.
-    for bridge in &bridges {
-        bridge.stop();
-    }
     let bridges_deadline = tokio::time::Instant::now()
-        + std::time::Duration::from_millis(config.pipeline.shutdown_max_ms + 1000);
+        + std::time::Duration::from_millis(config.pipeline.shutdown_max_ms);
+    for bridge in &bridges {
+        bridge.stop(bridges_deadline);
+    }
     let mqtt_summary = mqtt
         .shutdown(std::time::Duration::from_millis(
             config.pipeline.shutdown_max_ms,
         ))
         .await;
     for bridge in bridges {
-        bridge.finish(bridges_deadline).await;
+        bridge.finish().await;
     }
     // Whatever became of the CoAP server, the threads below must still be joined so that
     // every sink is flushed: a failed task is logged, not returned early.

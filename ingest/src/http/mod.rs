@@ -42,11 +42,15 @@ pub struct Readiness {
     /// True from SIGTERM on: the listeners close, what was read is answered, the sinks are
     /// flushed. A load balancer sends nobody here any more.
     pub stopping: Arc<AtomicBool>,
-    /// Each bridge's name and whether it holds its subscription at its broker.
-    pub bridges: Vec<(String, Arc<AtomicBool>)>,
+    /// Each bridge's name, and since when (Unix ms) it has been without its subscription at
+    /// its broker (0: it holds it).
+    pub bridges: Vec<(String, Arc<AtomicI64>)>,
     /// The last answer from ClickHouse, reused for a few seconds.
     pub clickhouse_asked: Arc<std::sync::Mutex<Option<(std::time::Instant, bool, String)>>>,
 }
+
+/// A bridge without its subscription for longer than this fails `/ready`.
+const BRIDGE_GRACE_MS: i64 = 30_000;
 
 /// How long an answer from ClickHouse stands for `/ready`.
 const CLICKHOUSE_ASKED_FOR: std::time::Duration = std::time::Duration::from_secs(5);
@@ -232,21 +236,27 @@ async fn ready(
         checks.insert("clickhouse", check);
     }
     if !r.bridges.is_empty() {
-        let down: Vec<&str> = r
+        // A reconnect (or start-up) takes a moment: only a bridge without its subscription
+        // for longer than BRIDGE_GRACE_MS counts, so that a broker's blip does not flap it.
+        let now = now_ms();
+        let down: Vec<String> = r
             .bridges
             .iter()
-            .filter(|(_, subscribed)| !subscribed.load(Ordering::Acquire))
-            .map(|(name, _)| name.as_str())
+            .filter_map(|(name, since)| {
+                let since = since.load(Ordering::Acquire);
+                (since != 0 && now - since > BRIDGE_GRACE_MS)
+                    .then(|| format!("{name} (for {} s)", (now - since) / 1000))
+            })
             .collect();
         let mut check = if down.is_empty() {
             Check {
                 ok: true,
-                detail: format!("{} subscribed", r.bridges.len()),
+                detail: format!("{} subscribed, or reconnecting", r.bridges.len()),
             }
         } else {
             Check {
                 ok: false,
-                detail: format!("not subscribed: {}", down.join(", ")),
+                detail: format!("without their subscription: {}", down.join(", ")),
             }
         };
         // The load balancer in front of the edges has no business with the bridges.
@@ -372,11 +382,17 @@ async fn device(State(state): State<HttpState>, Path(meter_id): Path<String>) ->
     if let Some(d) = &local {
         // `last_lsn` 0: never heard here, only rebuilt from ClickHouse at start-up.
         let heard_lately = d.last_lsn > 0 && now_ms() - d.last_seen_ms < LOCAL_STATE_FRESH_MS;
+        // Not while inserts fail: ClickHouse is behind or away, and the page must not wait.
+        let inserts_failing = state
+            .readiness
+            .clickhouse_failing_since
+            .as_ref()
+            .is_some_and(|since| since.load(Ordering::Acquire) != 0);
         let Some(config) = state
             .readiness
             .clickhouse
             .as_ref()
-            .filter(|_| !heard_lately)
+            .filter(|_| !heard_lately && !inserts_failing)
         else {
             return Json(view(d, &state.devices, now_ms(), true)).into_response();
         };
@@ -384,13 +400,26 @@ async fn device(State(state): State<HttpState>, Path(meter_id): Path<String>) ->
         // rebuilt from ClickHouse at start-up, or from before it moved). The newer wins; this
         // node's own state when ClickHouse cannot say.
         let asked = tokio::time::timeout(
-            CLICKHOUSE_DEVICE_TIMEOUT,
-            device_from_clickhouse(config, &meter_id, state.devices.config().recent_points),
+            SECOND_OPINION_TIMEOUT,
+            meterflow_storage::analytics::device_snapshot(
+                config,
+                &meter_id,
+                crate::devices::CLICKHOUSE_LOOKBACK_DAYS,
+            ),
         )
         .await;
-        if let Ok(Ok(Some(remote))) = asked {
-            // A copy rebuilt at start-up is ClickHouse's own, older: the fresh answer wins.
-            if d.last_lsn == 0 || remote.last_seen_ms > d.last_seen_ms {
+        if let Ok(Ok(Some(snapshot))) = asked {
+            // Newer wins; a copy only rebuilt at start-up is ClickHouse's own from then, so
+            // the fresh one wins a tie too (both count whole seconds).
+            let newer = snapshot.last_seen_ms > d.last_seen_ms
+                || (d.last_lsn == 0 && snapshot.last_seen_ms >= d.last_seen_ms);
+            if newer {
+                let remote = with_recent_readings(
+                    config,
+                    DeviceState::from_snapshot(snapshot),
+                    state.devices.config().recent_points,
+                )
+                .await;
                 let mut body = view(&remote, &state.devices, now_ms(), true);
                 body.from = Some("clickhouse");
                 return Json(body).into_response();
@@ -447,6 +476,10 @@ async fn device(State(state): State<HttpState>, Path(meter_id): Path<String>) ->
 /// too (another node may hear it now).
 const LOCAL_STATE_FRESH_MS: i64 = 60_000;
 
+/// How long the API waits for ClickHouse about a meter this node has heard, but not lately
+/// (it has an answer of its own to give).
+const SECOND_OPINION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long the API waits for ClickHouse about a meter this node has not heard.
 const CLICKHOUSE_DEVICE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -475,6 +508,34 @@ async fn device_from_clickhouse(
         }
     }
     Ok(Some(state))
+}
+
+/// `state` with its recent readings from ClickHouse, within the second-opinion time; without
+/// them when they do not come.
+async fn with_recent_readings(
+    config: &meterflow_storage::clickhouse::ClickHouseConfig,
+    mut state: DeviceState,
+    recent_points: usize,
+) -> DeviceState {
+    if recent_points == 0 {
+        return state;
+    }
+    let read = meterflow_storage::analytics::recent_readings(
+        config,
+        &state.meter_id,
+        recent_points,
+        crate::devices::CLICKHOUSE_LOOKBACK_DAYS,
+    );
+    if let Ok(Ok(points)) = tokio::time::timeout(SECOND_OPINION_TIMEOUT, read).await {
+        for (channel, ts_ms, value) in points {
+            state
+                .recent
+                .entry(channel)
+                .or_default()
+                .push_back((ts_ms, value));
+        }
+    }
+    state
 }
 
 #[derive(Deserialize)]
@@ -611,10 +672,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_bridge_without_its_subscription_fails_ready_but_not_ready_for_ingest() {
+    async fn a_bridge_long_without_its_subscription_fails_ready_but_not_ready_for_ingest() {
         let mut with_bridge = state(false);
-        let subscribed = Arc::new(AtomicBool::new(false));
-        with_bridge.readiness.bridges = vec![("broker:8883".into(), subscribed.clone())];
+        // Without its subscription for a minute.
+        let since = Arc::new(AtomicI64::new(now_ms() - 60_000));
+        with_bridge.readiness.bridges = vec![("broker:8883".into(), since.clone())];
         let ask = |query: &str| {
             let params = [(query.to_string(), String::new())]
                 .into_iter()
@@ -624,7 +686,10 @@ mod tests {
         };
         assert_eq!(ask("").await.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(ask("ingest").await.status(), StatusCode::OK);
-        subscribed.store(true, Ordering::Release);
+        // Reconnecting for a moment: still ready.
+        since.store(now_ms() - 1000, Ordering::Release);
+        assert_eq!(ask("").await.status(), StatusCode::OK);
+        since.store(0, Ordering::Release);
         assert_eq!(ask("").await.status(), StatusCode::OK);
     }
 
