@@ -119,6 +119,9 @@ fn bridge_section(broker: &Mosquitto, password: &str) -> String {
     )
 }
 
+/// meterflow's password at the broker in these tests.
+const BRIDGE_PASSWORD: &str = "bridge-secret-for-the-test";
+
 /// The number in the first line of a query's answer.
 fn number(text: &str) -> u64 {
     text.trim()
@@ -130,7 +133,7 @@ fn number(text: &str) -> u64 {
 fn two_nodes_share_a_mosquitto_subscription_and_a_killed_one_loses_nothing() {
     // About 5 s of publishing at 25 ms between reports: node 1 is killed well inside it.
     let plan = pb_fleet("br-", 30, 200);
-    let bridge_password = "bridge-secret-for-the-test";
+    let bridge_password = BRIDGE_PASSWORD;
     let (users, creds, acl) = logins(&plan, bridge_password);
     let broker = Mosquitto::start(&users, acl);
 
@@ -288,7 +291,7 @@ fn a_message_the_wal_cannot_take_is_not_acknowledged_and_comes_again() {
     // A WAL of 16 KiB that nothing confirms (Parquet files stay open for an hour): it fills
     // up while the broker still holds most of the fleet's reports.
     let plan = pb_fleet("wf-", 10, 30);
-    let password = "bridge-secret-for-the-test";
+    let password = BRIDGE_PASSWORD;
     let (users, creds, acl) = logins(&plan, password);
     let broker = Mosquitto::start(&users, acl);
     let (_dir, config) = common::config_file(&format!(

@@ -179,6 +179,19 @@ fn fleet_with_a_failure(cluster: &Cluster, prefix: &str, kill: &[&str]) -> (Plan
     (plan, rows, publishing)
 }
 
+/// Waits until every one of a fleet's `rows` is in `readings FINAL`, and checks none is there
+/// twice.
+fn every_reading_once(cluster: &Cluster, prefix: &str, rows: u64) {
+    wait_for(&format!("every acknowledged reading of {prefix}"), || {
+        (fleet_rows(cluster, prefix) >= rows).then_some(())
+    });
+    assert_eq!(
+        fleet_rows(cluster, prefix),
+        rows,
+        "each reading of {prefix} once"
+    );
+}
+
 /// Rows of one fleet in `readings FINAL`, through the Distributed table.
 fn fleet_rows(cluster: &Cluster, prefix: &str) -> u64 {
     count(
@@ -380,14 +393,7 @@ fn a_cluster_keeps_every_reading_through_a_dead_replica_and_a_dead_node() {
         "meters lost node 1: {summary}"
     );
     cluster.ctl(&["start-node", "1"]);
-    wait_for("every acknowledged reading, node 1's WAL replayed", || {
-        (fleet_rows(&cluster, "node-") >= rows).then_some(())
-    });
-    assert_eq!(
-        fleet_rows(&cluster, "node-"),
-        rows,
-        "each reading once after dedup"
-    );
+    every_reading_once(&cluster, "node-", rows);
     let node1_log = std::fs::read_to_string(cluster.dir.path().join("node-1/serve.log")).unwrap();
     assert!(
         node1_log.contains("replaying the WAL records"),
@@ -408,10 +414,7 @@ fn a_cluster_keeps_every_reading_through_a_dead_replica_and_a_dead_node() {
         node2_log.contains("meterflow stopped cleanly"),
         "node 2 drained: {node2_log}"
     );
-    wait_for("every acknowledged reading after the drain", || {
-        (fleet_rows(&cluster, "term-") >= rows).then_some(())
-    });
-    assert_eq!(fleet_rows(&cluster, "term-"), rows, "each reading once");
+    every_reading_once(&cluster, "term-", rows);
     cluster.ctl(&["start-node", "2"]);
     wait_replicas_agree(&cluster, db);
 }

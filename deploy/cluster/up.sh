@@ -209,15 +209,16 @@ defaults
     timeout server 2h
     retries 2
     option redispatch
-frontend mqtt
-    bind 127.0.0.1:$lb_mqtt
-    default_backend meterflow_mqtt
-backend meterflow_mqtt
+    # Every backend: the node that has the fewest connections, if /ready?ingest says so.
     balance leastconn
     option httpchk
     http-check send meth GET uri /ready?ingest
     http-check expect status 200
     default-server inter 500ms fall 2 rise 2
+frontend mqtt
+    bind 127.0.0.1:$lb_mqtt
+    default_backend meterflow_mqtt
+backend meterflow_mqtt
 $mqtt_backends
 # TLS passed through (TCP mode, no certificate here): the node terminates it and sees the
 # client's certificate.
@@ -225,11 +226,6 @@ frontend mqtt_tls
     bind 127.0.0.1:$lb_mqtt_tls
     default_backend meterflow_mqtt_tls
 backend meterflow_mqtt_tls
-    balance leastconn
-    option httpchk
-    http-check send meth GET uri /ready?ingest
-    http-check expect status 200
-    default-server inter 500ms fall 2 rise 2
 $mqtt_tls_backends
 CFG
 haproxy -f "$dir/haproxy.cfg" -D -p "$dir/haproxy.pid" 2>"$dir/haproxy.log"
