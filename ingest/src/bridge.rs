@@ -255,9 +255,9 @@ impl TopicPattern {
             }
         }
         // An id the pipeline would refuse stays under its own topic, so the dead letter
-        // names the topic the broker had; likewise a format segment that is not one.
+        // names the topic the broker had. (A topic name the broker delivers has no wildcards.)
         let (meter_id, format) = (meter_id?, format?);
-        if !is_valid_meter_id(meter_id) || format.contains(['+', '#']) {
+        if !is_valid_meter_id(meter_id) {
             return None;
         }
         Some(format!("meters/{meter_id}/{format}"))
@@ -275,9 +275,15 @@ impl BridgeConfig {
 
     /// Checks what the types alone do not; the error names the key (`bridge[N].KEY`).
     pub fn validate(&self, index: usize) -> Result<(), IngestError> {
+        self.prepare(index).map(|_| ())
+    }
+
+    /// Checks the config and reads what the client needs from it: the endpoint, the topic
+    /// pattern and, for `mqtts://`, the TLS settings (the files read once, here).
+    fn prepare(&self, index: usize) -> Result<Prepared, IngestError> {
         let key = |k: &str| format!("bridge[{index}].{k}");
         let endpoint = parse_url(&self.url).map_err(|e| IngestError::config(key("url"), e))?;
-        TopicPattern::parse(&self.topic, &self.format)
+        let pattern = TopicPattern::parse(&self.topic, &self.format)
             .map_err(|e| IngestError::config(key("topic"), e))?;
         if self.share_group.contains(['/', '+', '#']) {
             return Err(IngestError::config(
@@ -334,17 +340,22 @@ impl BridgeConfig {
                 "must be at most 256 bytes, not starting with a space",
             ));
         }
-        if endpoint.tls {
-            if endpoint.host.starts_with('[') {
-                return Err(IngestError::config(
-                    key("url"),
-                    "mqtts:// to an IPv6 address is not supported (the TLS server name cannot be one): use the broker's DNS name",
-                ));
-            }
-            // The files are read now, so that a bad one stops start-up with its key named.
-            tls_client(self).map_err(|(k, e)| IngestError::config(key(k), e))?;
+        if endpoint.tls && endpoint.host.starts_with('[') {
+            return Err(IngestError::config(
+                key("url"),
+                "mqtts:// to an IPv6 address is not supported (the TLS server name cannot be one): use the broker's DNS name",
+            ));
         }
-        Ok(())
+        // A bad file stops start-up with its key named.
+        let tls = endpoint
+            .tls
+            .then(|| tls_client(self).map_err(|(k, e)| IngestError::config(key(k), e)))
+            .transpose()?;
+        Ok(Prepared {
+            endpoint,
+            pattern,
+            tls,
+        })
     }
 
     /// In log lines and the `bridge` label of the metrics: `name`, else the broker's address.
@@ -373,6 +384,13 @@ impl BridgeConfig {
     }
 }
 
+/// A checked [`BridgeConfig`], as the client takes it.
+struct Prepared {
+    endpoint: Endpoint,
+    pattern: TopicPattern,
+    tls: Option<rustls::ClientConfig>,
+}
+
 /// What a bridge did, for the shutdown summary.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BridgeSummary {
@@ -395,19 +413,19 @@ pub struct Bridge {
 /// has to wait; should it be full all the same, acknowledgements wait in the link.
 const REQUEST_CAPACITY: usize = 1 << 16;
 
-/// Starts the bridge of `config` (checked by [`BridgeConfig::validate`]); it connects (and
-/// reconnects) in the background. `wal` is the channel it submits through.
+/// Starts the bridge of `config` (checked as [`BridgeConfig::validate`] does); it connects
+/// (and reconnects) in the background. `wal` is the channel it submits through.
 pub fn start(
     config: &BridgeConfig,
     node_id: &str,
     index: usize,
     wal: Sender<Submission>,
 ) -> Result<Bridge, IngestError> {
-    let key = |k: &str| format!("bridge[{index}].{k}");
-    config.validate(index)?;
-    let endpoint = parse_url(&config.url).map_err(|e| IngestError::config(key("url"), e))?;
-    let pattern = TopicPattern::parse(&config.topic, &config.format)
-        .map_err(|e| IngestError::config(key("topic"), e))?;
+    let Prepared {
+        endpoint,
+        pattern,
+        tls,
+    } = config.prepare(index)?;
     let name = config.display_name(&endpoint);
     let client_id = config.client_id_for(node_id, index);
     if config.client_id.is_empty() && node_id.is_empty() {
@@ -433,8 +451,7 @@ pub fn start(
             .unwrap_or_default();
         options.set_credentials(username, password);
     }
-    if endpoint.tls {
-        let tls = tls_client(config).map_err(|(k, e)| IngestError::config(key(k), e))?;
+    if let Some(tls) = tls {
         options.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
             Arc::new(tls),
         )));
@@ -464,7 +481,6 @@ pub fn start(
         wal,
         connection: 0,
         connected: false,
-        refused_on: None,
         to_ack: VecDeque::new(),
         awaiting: 0,
         receive_maximum: usize::from(config.receive_maximum),
@@ -657,8 +673,6 @@ struct Link {
     /// Whether `connection` is up: its CONNACK seen and not lost since. Messages rumqttc
     /// still hands out from a lost connection are not taken (the broker sends them again).
     connected: bool,
-    /// The connection on which the WAL refused a message: nothing more of it is acknowledged.
-    refused_on: Option<u64>,
     /// Acknowledgements for the current connection that rumqttc's request channel had no
     /// room for yet (should never hold any: see REQUEST_CAPACITY).
     to_ack: VecDeque<Publish>,
@@ -848,17 +862,14 @@ impl Link {
         self.awaiting = self.awaiting.saturating_sub(1);
         self.metrics.pending_acks.set(self.awaiting as f64);
         let current = self.connected && outcome.connection == self.connection;
-        if outcome.durable && current && self.refused_on != Some(self.connection) {
+        if outcome.durable && current {
             self.to_ack.push_back(outcome.publish);
             self.flush_acks();
             return true;
         }
         self.metrics.not_acked.increment(1);
-        if !outcome.durable && current {
-            self.refused_on = Some(self.connection);
-            return false;
-        }
-        true
+        // Here, a message of the connection that is up is one the WAL refused.
+        !current
     }
 
     /// Queues the waiting acknowledgements in rumqttc's request channel, which the event loop

@@ -246,7 +246,10 @@ pub async fn device_snapshot(
 ) -> Result<Option<DeviceSnapshot>, ClickHouseError> {
     let mut found = None;
     snapshots(config, days, Some(meter_id), |chunk| {
-        found = chunk.into_iter().find(|s| s.meter_id == meter_id);
+        // Every chunk comes here, the last one maybe empty: keep what was found.
+        if let Some(snapshot) = chunk.into_iter().find(|s| s.meter_id == meter_id) {
+            found = Some(snapshot);
+        }
     })
     .await?;
     Ok(found)

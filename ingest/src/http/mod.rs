@@ -379,96 +379,106 @@ async fn device_by_query(
 /// when this node has not heard it, or not for a minute and ClickHouse has heard it since.
 async fn device(State(state): State<HttpState>, Path(meter_id): Path<String>) -> Response {
     let local = state.devices.get(&meter_id);
-    if let Some(d) = &local {
-        // `last_lsn` 0: never heard here, only rebuilt from ClickHouse at start-up.
-        let heard_lately = d.last_lsn > 0 && now_ms() - d.last_seen_ms < LOCAL_STATE_FRESH_MS;
-        // Not while inserts fail: ClickHouse is behind or away, and the page must not wait.
-        let inserts_failing = state
-            .readiness
-            .clickhouse_failing_since
-            .as_ref()
-            .is_some_and(|since| since.load(Ordering::Acquire) != 0);
-        let Some(config) = state
-            .readiness
-            .clickhouse
-            .as_ref()
-            .filter(|_| !heard_lately && !inserts_failing)
-        else {
-            return Json(view(d, &state.devices, now_ms(), true)).into_response();
-        };
-        // Silent here for a while: the meter may report to another node now (its state here
-        // rebuilt from ClickHouse at start-up, or from before it moved). The newer wins; this
-        // node's own state when ClickHouse cannot say.
-        let asked = tokio::time::timeout(
-            SECOND_OPINION_TIMEOUT,
-            meterflow_storage::analytics::device_snapshot(
-                config,
-                &meter_id,
-                crate::devices::CLICKHOUSE_LOOKBACK_DAYS,
-            ),
-        )
-        .await;
-        if let Ok(Ok(Some(snapshot))) = asked {
-            // Newer wins; a copy only rebuilt at start-up is ClickHouse's own from then, so
-            // the fresh one wins a tie too (both count whole seconds).
-            let newer = snapshot.last_seen_ms > d.last_seen_ms
-                || (d.last_lsn == 0 && snapshot.last_seen_ms >= d.last_seen_ms);
-            if newer {
-                let remote = with_recent_readings(
-                    config,
-                    DeviceState::from_snapshot(snapshot),
-                    state.devices.config().recent_points,
-                )
-                .await;
-                let mut body = view(&remote, &state.devices, now_ms(), true);
-                body.from = Some("clickhouse");
-                return Json(body).into_response();
-            }
+    let config = state.readiness.clickhouse.as_ref();
+    // Whether, and within how long, to ask ClickHouse.
+    let ask = match (&local, config) {
+        (_, None) => None,
+        (Some(d), Some(config)) => {
+            // `last_lsn` 0: never heard here, only rebuilt from ClickHouse at start-up.
+            let heard_lately = d.last_lsn > 0 && now_ms() - d.last_seen_ms < LOCAL_STATE_FRESH_MS;
+            // Not while inserts fail: ClickHouse is behind or away, and this node has an
+            // answer of its own to give.
+            let inserts_failing = state
+                .readiness
+                .clickhouse_failing_since
+                .as_ref()
+                .is_some_and(|since| since.load(Ordering::Acquire) != 0);
+            (!heard_lately && !inserts_failing).then_some((config, SECOND_OPINION_TIMEOUT))
         }
-        return Json(view(d, &state.devices, now_ms(), true)).into_response();
-    }
-    let not_heard = || {
-        error(
-            StatusCode::NOT_FOUND,
-            format!("no meter {meter_id:?} has been heard"),
-        )
+        (None, Some(config)) => meterflow_proto::is_valid_meter_id(&meter_id)
+            .then_some((config, CLICKHOUSE_DEVICE_TIMEOUT)),
     };
-    let Some(config) = &state.readiness.clickhouse else {
-        return not_heard();
+    let Some((config, within)) = ask else {
+        return match &local {
+            Some(d) => Json(view(d, &state.devices, now_ms(), true)).into_response(),
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("no meter {meter_id:?} has been heard"),
+            ),
+        };
     };
-    if !meterflow_proto::is_valid_meter_id(&meter_id) {
-        return not_heard();
-    }
     let asked = tokio::time::timeout(
-        CLICKHOUSE_DEVICE_TIMEOUT,
-        device_from_clickhouse(config, &meter_id, state.devices.config().recent_points),
+        within,
+        meterflow_storage::analytics::device_snapshot(
+            config,
+            &meter_id,
+            crate::devices::CLICKHOUSE_LOOKBACK_DAYS,
+        ),
     )
     .await;
-    match asked {
-        Ok(Ok(Some(d))) => {
-            let mut body = view(&d, &state.devices, now_ms(), true);
-            body.from = Some("clickhouse");
-            Json(body).into_response()
+    match (local, asked) {
+        // Newer wins; a copy only rebuilt at start-up is ClickHouse's own from then, so the
+        // fresh one wins a tie too (both count whole seconds).
+        (Some(d), Ok(Ok(Some(snapshot))))
+            if snapshot.last_seen_ms > d.last_seen_ms
+                || (d.last_lsn == 0 && snapshot.last_seen_ms >= d.last_seen_ms) =>
+        {
+            from_clickhouse(&state, config, snapshot, within).await
         }
-        Ok(Ok(None)) => error(
+        // ClickHouse older, or slow or away: this node's own.
+        (Some(d), _) => Json(view(&d, &state.devices, now_ms(), true)).into_response(),
+        (None, Ok(Ok(Some(snapshot)))) => from_clickhouse(&state, config, snapshot, within).await,
+        (None, Ok(Ok(None))) => error(
             StatusCode::NOT_FOUND,
             format!(
                 "no meter {meter_id:?} has been heard by this node, nor by ClickHouse in the last {} days",
                 crate::devices::CLICKHOUSE_LOOKBACK_DAYS
             ),
         ),
-        Ok(Err(e)) => error(
+        (None, Ok(Err(e))) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("meter {meter_id:?} has not been heard by this node, and ClickHouse could not be asked: {e}"),
         ),
-        Err(_) => error(
+        (None, Err(_)) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "meter {meter_id:?} has not been heard by this node, and ClickHouse did not answer within {} s",
-                CLICKHOUSE_DEVICE_TIMEOUT.as_secs()
+                within.as_secs()
             ),
         ),
     }
+}
+
+/// The answer from what ClickHouse remembers of a meter, with its recent readings if they
+/// come `within` the time given.
+async fn from_clickhouse(
+    state: &HttpState,
+    config: &meterflow_storage::clickhouse::ClickHouseConfig,
+    snapshot: meterflow_storage::analytics::DeviceSnapshot,
+    within: std::time::Duration,
+) -> Response {
+    let mut device = DeviceState::from_snapshot(snapshot);
+    let recent_points = state.devices.config().recent_points;
+    if recent_points > 0 {
+        let read = meterflow_storage::analytics::recent_readings(
+            config,
+            &device.meter_id,
+            recent_points,
+            crate::devices::CLICKHOUSE_LOOKBACK_DAYS,
+        );
+        if let Ok(Ok(points)) = tokio::time::timeout(within, read).await {
+            for (channel, ts_ms, value) in points {
+                device
+                    .recent
+                    .entry(channel)
+                    .or_default()
+                    .push_back((ts_ms, value));
+            }
+        }
+    }
+    let mut body = view(&device, &state.devices, now_ms(), true);
+    body.from = Some("clickhouse");
+    Json(body).into_response()
 }
 
 /// A meter this node heard within this long is answered from its own state alone; one
@@ -482,61 +492,6 @@ const SECOND_OPINION_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 
 /// How long the API waits for ClickHouse about a meter this node has not heard.
 const CLICKHOUSE_DEVICE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// A meter's state as ClickHouse remembers it, with its recent readings; `None` when it has
-/// not been heard in [`crate::devices::CLICKHOUSE_LOOKBACK_DAYS`].
-async fn device_from_clickhouse(
-    config: &meterflow_storage::clickhouse::ClickHouseConfig,
-    meter_id: &str,
-    recent_points: usize,
-) -> Result<Option<DeviceState>, meterflow_storage::clickhouse::ClickHouseError> {
-    use meterflow_storage::analytics;
-    let days = crate::devices::CLICKHOUSE_LOOKBACK_DAYS;
-    let Some(snapshot) = analytics::device_snapshot(config, meter_id, days).await? else {
-        return Ok(None);
-    };
-    let mut state = DeviceState::from_snapshot(snapshot);
-    if recent_points > 0 {
-        for (channel, ts_ms, value) in
-            analytics::recent_readings(config, meter_id, recent_points, days).await?
-        {
-            state
-                .recent
-                .entry(channel)
-                .or_default()
-                .push_back((ts_ms, value));
-        }
-    }
-    Ok(Some(state))
-}
-
-/// `state` with its recent readings from ClickHouse, within the second-opinion time; without
-/// them when they do not come.
-async fn with_recent_readings(
-    config: &meterflow_storage::clickhouse::ClickHouseConfig,
-    mut state: DeviceState,
-    recent_points: usize,
-) -> DeviceState {
-    if recent_points == 0 {
-        return state;
-    }
-    let read = meterflow_storage::analytics::recent_readings(
-        config,
-        &state.meter_id,
-        recent_points,
-        crate::devices::CLICKHOUSE_LOOKBACK_DAYS,
-    );
-    if let Ok(Ok(points)) = tokio::time::timeout(SECOND_OPINION_TIMEOUT, read).await {
-        for (channel, ts_ms, value) in points {
-            state
-                .recent
-                .entry(channel)
-                .or_default()
-                .push_back((ts_ms, value));
-        }
-    }
-    state
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
