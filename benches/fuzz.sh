@@ -7,7 +7,7 @@
 # The corpora (fuzz/corpus/TARGET, not committed) are seeded from ../shared/vectors, the
 # decoder test fixtures, the example config and a few hand-made packets; a crash is saved in
 # fuzz/artifacts/TARGET and belongs, once fixed, in fuzz/regressions/TARGET, which the test
-# command replays (tests/fuzz_regressions.rs). Fuzzing itself stays out of the test command.
+# command replays (tests/it/fuzz_regressions.rs). Fuzzing itself stays out of the test command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-600}

@@ -5,6 +5,8 @@
 # runs every test of the workspace. CI (.ci/run) calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$(date +%s)
+trap 'echo "deploy/run-tests.sh: $(( $(date +%s) - started )) s wall time" >&2' EXIT
 
 # command -> Debian package that provides it
 declare -A needs=(
@@ -29,18 +31,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Eclipse paho-mqtt: the independent MQTT 5 client of tests/mqtt_paho.rs (from PyPI).
+# Eclipse paho-mqtt: the independent MQTT 5 client of tests/it/mqtt_paho.rs (from PyPI).
 if ! python3 -c 'import paho.mqtt.client' 2>/dev/null; then
   echo "installing paho-mqtt (PyPI) for the tests" >&2
   python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3' \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'paho-mqtt>=2,<3'
 fi
 
+# The house rules first: formatting and lints fail the run before any test does.
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 # Build first, so that the server does not wait through the compile.
 cargo test --workspace --all-targets --locked --no-run
 
 clickhouse_dir=$(mktemp -d)
-trap 'deploy/clickhouse-test.sh stop "$clickhouse_dir"; rm -rf "$clickhouse_dir"' EXIT
+trap 'deploy/clickhouse-test.sh stop "$clickhouse_dir"; rm -rf "$clickhouse_dir"; echo "deploy/run-tests.sh: $(( $(date +%s) - started )) s wall time" >&2' EXIT
 METERFLOW_TEST_CLICKHOUSE_URL=$(deploy/clickhouse-test.sh start "$clickhouse_dir")
 export METERFLOW_TEST_CLICKHOUSE_URL
 echo "ClickHouse for the tests: $METERFLOW_TEST_CLICKHOUSE_URL ($(curl -s "$METERFLOW_TEST_CLICKHOUSE_URL/?query=SELECT%20version()"))" >&2

@@ -1,6 +1,6 @@
 //! The server's answers, driven datagram by datagram with a stand-in for the WAL writer that
 //! acknowledges (or refuses) each submission; the network, libcoap's client and the real WAL
-//! are tested in `tests/serve_coap.rs`.
+//! are tested in `tests/it/serve_coap.rs`.
 
 use flume::{Receiver, Sender};
 use std::net::SocketAddr;

@@ -1,13 +1,9 @@
 //! End to end over MQTT: the real `meterflow serve`, real clients (`mosquitto_pub`,
 //! `meterflow simulate`), SIGTERM, then every row read back from the Parquet files.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
-
 use std::process::Command;
 
-use common::{mosquitto_pub, read_readings, utc_date, Row, Server, BIN};
+use crate::harness::{mosquitto_pub, read_readings, utc_date, Row, Server, BIN};
 use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::{pb, Format};
 use meterflow_storage::dead_letter;
@@ -175,7 +171,7 @@ fn payloads_from_mosquitto_pub_arrive_exactly_and_bad_ones_become_dead_letters()
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
     };
-    let metrics = common::wait_for("the pipeline to decode all 10 messages", || {
+    let metrics = crate::harness::wait_for("the pipeline to decode all 10 messages", || {
         let (_, metrics) = server.http_get("/metrics");
         let decoded: u64 = ["json", "pb", "senml"]
             .iter()
@@ -379,7 +375,11 @@ fn payloads_from_mosquitto_pub_arrive_exactly_and_bad_ones_become_dead_letters()
 }
 
 fn simulate(server: &Server, plan: &Plan) -> serde_json::Value {
-    common::simulate_json(&mut common::simulate_command(server.mqtt_port, plan, 0))
+    crate::harness::simulate_json(&mut crate::harness::simulate_command(
+        server.mqtt_port,
+        plan,
+        0,
+    ))
 }
 
 #[test]
@@ -455,7 +455,7 @@ fn a_simulated_fleet_arrives_complete_in_every_format() {
     assert!(exit.success(), "exit {exit:?}\n{log}");
     // MQTT QoS 1 is at least once: a meter whose connection dropped resends what was not
     // acknowledged, so a report may be stored twice (simulate counts the reconnects).
-    common::assert_fleet_arrived(&data_dir, &plans, expected_rows, reconnects == 0);
+    crate::harness::assert_fleet_arrived(&data_dir, &plans, expected_rows, reconnects == 0);
 }
 
 #[test]
@@ -522,19 +522,19 @@ fn decode_prints_rows_or_the_error_with_its_position() {
 /// share one archive), and a start removes only its own leftovers.
 #[test]
 fn a_node_names_its_files_and_leaves_other_nodes_leftovers_alone() {
-    let (_cfg, config) = common::config_file("[node]\nid = \"mf-7\"\n");
+    let (_cfg, config) = crate::harness::config_file("[node]\nid = \"mf-7\"\n");
     let server = Server::start_with(&["--config", &config]);
     let day = server.data_dir.join("readings/date=2024-07-01");
     std::fs::create_dir_all(&day).unwrap();
     // Another node's file in the making, in the shared archive.
     let other = day.join(".part-mf-8-20240701T000000000Z-000000.parquet.tmp");
     std::fs::write(&other, b"PAR1").unwrap();
-    assert!(common::mosquitto_pub_acked(
+    assert!(crate::harness::mosquitto_pub_acked(
         server.mqtt_port,
         "meters/node-a/json",
         r#"{"readings":[{"channel":"1-0:1.8.0","ts":1719792000000,"value":1.5,"unit":"kWh"}]}"#
     ));
-    assert!(common::mosquitto_pub_acked(
+    assert!(crate::harness::mosquitto_pub_acked(
         server.mqtt_port,
         "meters/node-a/json",
         "{not json"

@@ -3,14 +3,10 @@
 //! nothing, a `kill -9` in the middle and a resume that leaves the table exact, and the
 //! Parquet target.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{config_file, read_readings, wait_for, ClickHouse, Server, BIN};
+use crate::harness::{config_file, read_readings, wait_for, ClickHouse, Server, BIN};
 use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::Format;
 
@@ -64,7 +60,7 @@ fn a_parquet_tree_written_by_serve_is_imported_exactly_once() {
         },
     ];
     for plan in &plans {
-        let out = common::simulate_command(server.mqtt_port, plan, 0)
+        let out = crate::harness::simulate_command(server.mqtt_port, plan, 0)
             .stderr(Stdio::null())
             .output()
             .unwrap();

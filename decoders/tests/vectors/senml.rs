@@ -13,8 +13,6 @@
 //!
 //! Also here: property tests that arbitrary and mutated input never panics the decoders.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
 use meterflow_decoders::senml::{
     decode_cbor, decode_json, decode_lwm2m, resolve_cbor, resolve_json, resolve_lwm2m,
     ResolvedRecord, SenmlValue,
@@ -29,7 +27,7 @@ const UNRELATED_NOW_MS: i64 = 1_700_000_000_000;
 
 macro_rules! fixture {
     ($name:literal) => {
-        include_str!(concat!("fixtures/senml/rfc8428/", $name))
+        include_str!(concat!("../fixtures/senml/rfc8428/", $name))
     };
 }
 
@@ -168,7 +166,7 @@ fn ex3_base_version_unit_time() {
 
 #[test]
 fn ex3_cbor_equals_resolved_and_json_form() {
-    let cbor = include_bytes!("fixtures/senml/rfc8428/ex3.gen.cbor");
+    let cbor = include_bytes!("../fixtures/senml/rfc8428/ex3.gen.cbor");
     let from_cbor = resolve_cbor(cbor, UNRELATED_NOW_MS).expect("ex3 CBOR resolves");
     assert_eq!(
         from_resolved(&from_cbor),
@@ -210,7 +208,7 @@ fn ex5_multiple_measurements() {
 
 #[test]
 fn ex5_cbor_equals_resolved_and_json_form() {
-    let cbor = include_bytes!("fixtures/senml/rfc8428/ex5.gen.cbor");
+    let cbor = include_bytes!("../fixtures/senml/rfc8428/ex5.gen.cbor");
     let from_cbor = resolve_cbor(cbor, UNRELATED_NOW_MS).expect("ex5 CBOR resolves");
     assert_eq!(
         from_resolved(&from_cbor),
@@ -416,8 +414,8 @@ proptest! {
         edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
         cut in any::<usize>(),
     ) {
-        run_all(&mutate(include_bytes!("fixtures/senml/rfc8428/ex3.gen.cbor"), &edits, cut));
-        run_all(&mutate(include_bytes!("fixtures/senml/rfc8428/ex5.gen.cbor"), &edits, cut));
+        run_all(&mutate(include_bytes!("../fixtures/senml/rfc8428/ex3.gen.cbor"), &edits, cut));
+        run_all(&mutate(include_bytes!("../fixtures/senml/rfc8428/ex5.gen.cbor"), &edits, cut));
     }
 
     #[test]

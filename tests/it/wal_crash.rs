@@ -1,13 +1,9 @@
 //! The write-ahead log under a crash: `kill -9` meterflow while a fleet publishes, start it
 //! again on the same data folder, let the fleet finish, stop it, and count what is in Parquet.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
-
 use std::process::{Command, Stdio};
 
-use common::{read_readings, Server, BIN};
+use crate::harness::{read_readings, Server, BIN};
 use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::Format;
 
@@ -56,7 +52,7 @@ fn readings_acknowledged_before_a_kill_9_are_in_parquet_after_the_restart() {
         .spawn()
         .unwrap();
     // Kill it in the middle of the run: once a third of the reports have arrived.
-    common::wait_for("a third of the reports", || {
+    crate::harness::wait_for("a third of the reports", || {
         let (_, metrics) = server.http_get("/metrics");
         let received: u64 = metrics
             .lines()

@@ -3,15 +3,11 @@
 //! budget (nothing that is not stored is acknowledged). Each is counted in a metric, and the
 //! connections gauge is exact.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{read_readings, Server};
+use crate::harness::{read_readings, Server};
 
 fn closed(server: &Server, reason: &str) -> f64 {
     server.metric(&format!(
@@ -107,7 +103,7 @@ fn json_payload(value: usize, pad: usize) -> Vec<u8> {
 
 #[test]
 fn every_bound_closes_what_passes_it_and_counts_it() {
-    let (_dir, config) = common::config_file(
+    let (_dir, config) = crate::harness::config_file(
         "[mqtt]\nmax_connections = 4\nconnect_timeout_ms = 700\nmax_payload_bytes = 2048\n\
          max_read_buffer_bytes = 3000\nmax_inflight_bytes = 65536\n",
     );
@@ -117,14 +113,14 @@ fn every_bound_closes_what_passes_it_and_counts_it() {
     // Slowloris: a connection that never sends CONNECT is closed at the connect timeout.
     let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
     assert!(is_closed(&mut silent));
-    common::wait_for("connect_timeout counted", || {
+    crate::harness::wait_for("connect_timeout counted", || {
         (closed(&server, "connect_timeout") == 1.0).then_some(())
     });
 
     // Keep-alive 1 s, then silence: closed after 1.5 s of it.
     let mut quiet = session(port, "ka", 1);
     assert!(is_closed(&mut quiet));
-    common::wait_for("keep_alive counted", || {
+    crate::harness::wait_for("keep_alive counted", || {
         (closed(&server, "keep_alive") == 1.0).then_some(())
     });
 
@@ -135,11 +131,11 @@ fn every_bound_closes_what_passes_it_and_counts_it() {
     assert_eq!(server.metric("meterflow_mqtt_connections"), 4.0);
     let mut fifth = TcpStream::connect(("127.0.0.1", port)).unwrap();
     assert!(is_closed(&mut fifth));
-    common::wait_for("max_connections counted", || {
+    crate::harness::wait_for("max_connections counted", || {
         (closed(&server, "max_connections") == 1.0).then_some(())
     });
     drop(held);
-    common::wait_for("the gauge back to 0", || {
+    crate::harness::wait_for("the gauge back to 0", || {
         (server.metric("meterflow_mqtt_connections") == 0.0).then_some(())
     });
 
@@ -152,7 +148,7 @@ fn every_bound_closes_what_passes_it_and_counts_it() {
     ))
     .unwrap();
     assert!(is_closed(&mut big));
-    common::wait_for("packet_too_large counted", || {
+    crate::harness::wait_for("packet_too_large counted", || {
         (closed(&server, "packet_too_large") == 1.0).then_some(())
     });
 
@@ -162,12 +158,12 @@ fn every_bound_closes_what_passes_it_and_counts_it() {
     let mut first = session(port, "slow-1", 60);
     let mut second = session(port, "slow-2", 60);
     first.write_all(&packet[..1500]).unwrap();
-    common::wait_for("the first partial packet buffered", || {
+    crate::harness::wait_for("the first partial packet buffered", || {
         (server.metric("meterflow_mqtt_read_buffer_bytes") >= 1500.0).then_some(())
     });
     second.write_all(&packet[..1600]).unwrap();
     assert!(is_closed(&mut second));
-    common::wait_for("read_buffer_budget counted", || {
+    crate::harness::wait_for("read_buffer_budget counted", || {
         (closed(&server, "read_buffer_budget") == 1.0).then_some(())
     });
     first.write_all(&packet[1500..]).unwrap();
@@ -221,7 +217,7 @@ fn every_bound_closes_what_passes_it_and_counts_it() {
 fn a_trickled_packet_is_closed_by_the_keep_alive_or_the_packet_timeout() {
     // Keep-alive 1 s, packet timeout 60 s: a client that sends a byte every 100 ms but never
     // a whole packet is closed by the keep-alive, which counts whole packets only.
-    let (_dir, config) = common::config_file("[mqtt]\npacket_timeout_ms = 60000\n");
+    let (_dir, config) = crate::harness::config_file("[mqtt]\npacket_timeout_ms = 60000\n");
     let server = Server::start_with(&["--config", &config]);
     let slow = publish_packet(8, "meters/TRICKLE/json", &json_payload(8, 100));
     let trickle = |s: &mut TcpStream| {
@@ -235,19 +231,19 @@ fn a_trickled_packet_is_closed_by_the_keep_alive_or_the_packet_timeout() {
     let mut ka = session(server.mqtt_port, "ka-trickle", 1);
     trickle(&mut ka);
     assert!(is_closed(&mut ka));
-    common::wait_for("keep_alive counted", || {
+    crate::harness::wait_for("keep_alive counted", || {
         (closed(&server, "keep_alive") == 1.0).then_some(())
     });
     assert_eq!(closed(&server, "packet_timeout"), 0.0);
     drop(server);
 
     // Keep-alive 60 s, packet timeout 1.5 s: the packet timeout closes it.
-    let (_dir, config) = common::config_file("[mqtt]\npacket_timeout_ms = 1500\n");
+    let (_dir, config) = crate::harness::config_file("[mqtt]\npacket_timeout_ms = 1500\n");
     let server = Server::start_with(&["--config", &config]);
     let mut pt = session(server.mqtt_port, "pt-trickle", 60);
     trickle(&mut pt);
     assert!(is_closed(&mut pt));
-    common::wait_for("packet_timeout counted", || {
+    crate::harness::wait_for("packet_timeout counted", || {
         (closed(&server, "packet_timeout") == 1.0).then_some(())
     });
     assert_eq!(closed(&server, "keep_alive"), 0.0);
@@ -259,7 +255,7 @@ fn a_trickled_packet_is_closed_by_the_keep_alive_or_the_packet_timeout() {
 #[test]
 fn at_the_wal_budget_nothing_is_acknowledged_that_is_not_stored() {
     // A WAL of 16 KiB whose segments are never confirmed (files stay open): it fills up.
-    let (_dir, config) = common::config_file(
+    let (_dir, config) = crate::harness::config_file(
         "[wal]\nsegment_bytes = 8192\nmax_bytes = 16384\n[parquet]\nfile_max_age_s = 3600\n",
     );
     let server = Server::start_with(&["--config", &config]);
@@ -285,7 +281,7 @@ fn at_the_wal_budget_nothing_is_acknowledged_that_is_not_stored() {
         "{} acknowledged",
         acked.len()
     );
-    common::wait_for("wal_full counted", || {
+    crate::harness::wait_for("wal_full counted", || {
         (closed(&server, "wal_full") == 1.0).then_some(())
     });
     assert!(server.metric("meterflow_wal_overflow_total") >= 1.0);

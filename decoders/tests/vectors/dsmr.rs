@@ -18,8 +18,6 @@
 //! - esphome dsmr_parser edge cases: every case is listed with our outcome; where we differ
 //!   on purpose, the case says why.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 

@@ -1,15 +1,11 @@
 //! MQTT 5 with an independent client: Eclipse paho-mqtt (Python, installed by the test
-//! command) runs `tests/mqtt5_paho.py` against the real server; this test checks what paho
+//! command) runs `tests/it/mqtt5_paho.py` against the real server; this test checks what paho
 //! saw (reason codes, CONNACK properties, the DISCONNECT at shutdown) and what was stored.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{read_readings, Server, BIN};
+use crate::harness::{read_readings, Server, BIN};
 use meterflow_storage::dead_letter;
 
 const SECRET: &str = "paho-secret-0123456789";
@@ -25,11 +21,14 @@ fn paho_sees_the_reason_codes_properties_and_back_pressure_of_mqtt_5() {
         .unwrap();
     assert!(out.status.success());
     let (_dir, config) =
-        common::config_file("[mqtt]\nmax_inflight = 5\nmax_payload_bytes = 4096\n");
+        crate::harness::config_file("[mqtt]\nmax_inflight = 5\nmax_payload_bytes = 4096\n");
     let server = Server::start_in(tmp, &["--config", &config]);
 
     let mut paho = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mqtt5_paho.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/it/mqtt5_paho.py"
+        ))
         .args([&server.mqtt_port.to_string(), "P1", SECRET, "P2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

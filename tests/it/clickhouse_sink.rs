@@ -1,13 +1,9 @@
 //! MQTT to ClickHouse with the real server: every row and value arrives, a report delivered
 //! twice is counted once, and an outage of ClickHouse loses nothing.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{
+use crate::harness::{
     config_file, fleet_acked, mosquitto_pub, pb_fleet, spawn_fleet, wait_for, ClickHouse, Server,
 };
 use meterflow::simulate::{Plan, Shape};
@@ -288,7 +284,7 @@ fn device_state_is_rebuilt_from_clickhouse_without_the_state_file() {
         "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n[batch]\nmax_age_ms = 100\n",
         ch.url
     ));
-    common::apply_schema(&config);
+    crate::harness::apply_schema(&config);
     let server = Server::start_with(&["--config", &config]);
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("r.json");
@@ -347,7 +343,7 @@ fn a_restart_during_a_clickhouse_outage_writes_no_parquet_row_twice() {
         "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\nretry_initial_ms = 50\nretry_max_ms = 200\n[batch]\nmax_age_ms = 100\n",
         ch.url
     ));
-    common::apply_schema(&config);
+    crate::harness::apply_schema(&config);
     ch.kill();
     let server = Server::start_with(&["--config", &config]);
     let plan = Plan {
@@ -380,7 +376,7 @@ fn a_restart_during_a_clickhouse_outage_writes_no_parquet_row_twice() {
         numbers[0] < numbers[1],
         "ClickHouse behind Parquet: {checkpoint}"
     );
-    assert_eq!(common::read_readings(&data_dir).len(), want.len());
+    assert_eq!(crate::harness::read_readings(&data_dir).len(), want.len());
 
     ch.start();
     let again = Server::start_in(tmp, &["--config", &config]);
@@ -392,7 +388,7 @@ fn a_restart_during_a_clickhouse_outage_writes_no_parquet_row_twice() {
     let (exit, data_dir, log, _tmp) = again.stop();
     assert!(exit.success(), "{log}");
     // Every reading once in Parquet: the replay went to ClickHouse only.
-    let parquet = common::read_readings(&data_dir);
+    let parquet = crate::harness::read_readings(&data_dir);
     let distinct: BTreeSet<_> = parquet
         .iter()
         .map(|r| (r.meter_id.clone(), r.channel.clone(), r.ts_ms))
@@ -442,7 +438,7 @@ fn serve_through_an_outage(
          [batch]\nmax_rows = {batch_rows}\nmax_age_ms = 100\n[parquet]\nfile_max_age_s = 1\n",
         ch.url
     ));
-    common::apply_schema(&config);
+    crate::harness::apply_schema(&config);
     ch.kill();
     let server = Server::start_with(&["--config", &config]);
     let plan = pb_fleet(&format!("{prefix}-"), 20, 50);
@@ -488,12 +484,12 @@ fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
         200,
     );
     // Behind the fleet's batches, so they wait in the spool too.
-    assert!(common::mosquitto_pub_acked(
+    assert!(crate::harness::mosquitto_pub_acked(
         server.mqtt_port,
         "meters/spool-s/status",
         r#"{"battery_pct": 41, "snr_db": -2.5}"#
     ));
-    assert!(common::mosquitto_pub_acked(
+    assert!(crate::harness::mosquitto_pub_acked(
         server.mqtt_port,
         "meters/spool-d/json",
         "{not json"
@@ -546,7 +542,7 @@ fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
     let (all, local) = checkpoint(&data_dir);
     assert_eq!(all, local, "ClickHouse confirmed every spooled batch");
     assert_eq!(all, 1002, "every record confirmed");
-    assert_eq!(common::read_readings(&data_dir).len(), want.len());
+    assert_eq!(crate::harness::read_readings(&data_dir).len(), want.len());
 
     // 2. A spool of one batch: the pipeline waits (Parquet with it), and nothing is lost,
     //    through a kill -9 with the spool full.
@@ -587,7 +583,7 @@ fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
         log.contains("cleared the ClickHouse spool of an earlier run"),
         "{log}"
     );
-    let parquet = common::read_readings(&data_dir);
+    let parquet = crate::harness::read_readings(&data_dir);
     let distinct: BTreeSet<_> = parquet
         .iter()
         .map(|r| (r.meter_id.clone(), r.channel.clone(), r.ts_ms))
@@ -622,7 +618,7 @@ fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
             .then_some(())
     });
     // The next batch meets the stopped writer.
-    assert!(common::mosquitto_pub_acked(
+    assert!(crate::harness::mosquitto_pub_acked(
         server.mqtt_port,
         "meters/bad-late/json",
         r#"{"readings":[{"channel":"1-0:1.8.0","ts":1719792000000,"value":1.0,"unit":"kWh"}]}"#

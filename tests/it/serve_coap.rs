@@ -2,16 +2,12 @@
 //! nobody here wrote) posts reports, a Block1 upload and LwM2M registration and Send; a raw UDP
 //! socket retransmits a CON. The rows are read back from Parquet after SIGTERM.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
-
 use std::net::UdpSocket;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{read_readings, Row, Server};
+use crate::harness::{read_readings, Row, Server};
 use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::Format;
 use meterflow_storage::dead_letter;
@@ -340,7 +336,7 @@ fn an_lwm2m_client_registers_sends_updates_and_deregisters() {
     let server = Server::start();
     let files = tempfile::tempdir().unwrap();
     // Every request from one local port, as one device.
-    let port = common::free_udp_port().to_string();
+    let port = crate::harness::free_udp_port().to_string();
     let endpoint = "urn:imei:490154203237518";
     let out = coap_client(&[
         "-p",
@@ -364,7 +360,11 @@ fn an_lwm2m_client_registers_sends_updates_and_deregisters() {
     let id = location[1].to_string();
 
     // Send (LwM2M 1.1) with SenML-CBOR: the Device object.
-    let pack = write(files.path(), "device.cbor", &common::leshan_device_object());
+    let pack = write(
+        files.path(),
+        "device.cbor",
+        &crate::harness::leshan_device_object(),
+    );
     let out = coap_client(&[
         "-p",
         &port,
@@ -386,7 +386,7 @@ fn an_lwm2m_client_registers_sends_updates_and_deregisters() {
         &uri(&server, &format!("/rd/{id}?lt=600")),
     ]);
     assert_eq!(answer_code(&out), "2.04", "{out}");
-    let other = common::free_udp_port().to_string();
+    let other = crate::harness::free_udp_port().to_string();
     let out = coap_client(&[
         "-p",
         &other,
@@ -490,8 +490,8 @@ fn a_simulated_coap_fleet_arrives_complete_and_exactly_once() {
     ];
     let mut expected_rows = 0;
     for (plan, block_size) in &plans {
-        let summary = common::simulate_json(
-            common::simulate_command(server.mqtt_port, plan, 0)
+        let summary = crate::harness::simulate_json(
+            crate::harness::simulate_command(server.mqtt_port, plan, 0)
                 .args(["--coap", &format!("127.0.0.1:{}", server.coap_port)])
                 .args(["--block-size", &block_size.to_string()]),
         );
@@ -514,7 +514,7 @@ fn a_simulated_coap_fleet_arrives_complete_and_exactly_once() {
     let (exit, data_dir, log, _keep) = server.stop();
     assert!(exit.success(), "{log}");
     let plans: Vec<Plan> = plans.into_iter().map(|(p, _)| p).collect();
-    common::assert_fleet_arrived(&data_dir, &plans, expected_rows, true);
+    crate::harness::assert_fleet_arrived(&data_dir, &plans, expected_rows, true);
     let rows = read_readings(&data_dir);
     assert!(rows.iter().all(|r| r.source == "coap"));
 }

@@ -1,6 +1,6 @@
 """An independent MQTT 5 client (Eclipse paho-mqtt) against meterflow: reason codes, the
 CONNACK's properties, content type, QoS 2, receive-maximum back-pressure and the server's
-DISCONNECT at shutdown. Driven by tests/mqtt_paho.rs, which checks what arrived.
+DISCONNECT at shutdown. Driven by tests/it/mqtt_paho.rs, which checks what arrived.
 
 Usage: mqtt5_paho.py PORT METER_ID SECRET OTHER_METER_ID
 Prints one line READY when the last client waits for the server to stop, then one JSON

@@ -5,16 +5,12 @@
 //! FINAL` exactly once, with `source = 'bridge'`, both nodes took a share, a report on a topic
 //! the pipeline cannot route became a dead letter, and a meter could not publish for another.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
-
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{fleet_acked, free_port, pb_fleet, plan_rows, wait_for, ClickHouse, Server};
+use crate::harness::{fleet_acked, free_port, pb_fleet, plan_rows, wait_for, ClickHouse, Server};
 use meterflow::simulate::Plan;
 
 /// A private Mosquitto with logins and an ACL, stopped when dropped.
@@ -102,7 +98,7 @@ fn logins(
 
 /// `plan` published to the broker, each meter with its own login.
 fn spawn_fleet_at(broker: &Mosquitto, plan: &Plan, creds: &Path, pause_ms: u64) -> Child {
-    common::simulate_command(broker.port, plan, pause_ms)
+    crate::harness::simulate_command(broker.port, plan, pause_ms)
         .arg("--credentials")
         .arg(creds)
         .stdout(Stdio::piped())
@@ -140,7 +136,7 @@ fn two_nodes_share_a_mosquitto_subscription_and_a_killed_one_loses_nothing() {
     let clickhouse = ClickHouse::shared();
     let db = ClickHouse::fresh_database("bridge");
     let node_config = |id: &str| {
-        common::config_file(&format!(
+        crate::harness::config_file(&format!(
             "[node]\nid = \"{id}\"\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n\
              [batch]\nmax_age_ms = 100\n{}receive_maximum = 8\n",
             clickhouse.url,
@@ -151,7 +147,7 @@ fn two_nodes_share_a_mosquitto_subscription_and_a_killed_one_loses_nothing() {
     // it queued meanwhile at once (node 1's, after the kill), far more than 8 unacknowledged.
     let (_c1, config_1) = node_config("mf-1");
     let (_c2, config_2) = node_config("mf-2");
-    common::apply_schema(&config_1);
+    crate::harness::apply_schema(&config_1);
     let mut node_1 = Server::start_with(&["--config", &config_1]);
     let node_2 = Server::start_with(&["--config", &config_2]);
     for node in [&node_1, &node_2] {
@@ -294,7 +290,7 @@ fn a_message_the_wal_cannot_take_is_not_acknowledged_and_comes_again() {
     let password = BRIDGE_PASSWORD;
     let (users, creds, acl) = logins(&plan, password);
     let broker = Mosquitto::start(&users, acl);
-    let (_dir, config) = common::config_file(&format!(
+    let (_dir, config) = crate::harness::config_file(&format!(
         "[wal]\nsegment_bytes = 8192\nmax_bytes = 16384\n[parquet]\nfile_max_age_s = 3600\n{}",
         bridge_section(&broker, password)
     ));
@@ -339,5 +335,5 @@ fn a_message_the_wal_cannot_take_is_not_acknowledged_and_comes_again() {
     // Every report once after dedup, with its values; a report may be there twice (kept in
     // the WAL and sent again), never missing.
     let want = plan_rows(&plan);
-    common::assert_fleet_arrived(&data_dir, &[plan], want, false);
+    crate::harness::assert_fleet_arrived(&data_dir, &[plan], want, false);
 }

@@ -4,14 +4,10 @@
 //! subscriptions but a meter's own command topic, revocation that closes a live session,
 //! session takeover only by the same identity, and TLS with client certificates.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-use common::{read_readings, Server, BIN};
+use crate::harness::{read_readings, Server, BIN};
 use meterflow_storage::dead_letter;
 
 const E1: &str = "e1-secret-0123456789";
@@ -37,7 +33,7 @@ fn data_with_credentials() -> tempfile::TempDir {
         format!("meter_id,secret,publish_for\nE1,{E1},\nE2,{E2},\nGW1,{GW},G*\n"),
     )
     .unwrap();
-    common::credentials(tmp.path(), &["import", csv.to_str().unwrap()]);
+    crate::harness::credentials(tmp.path(), &["import", csv.to_str().unwrap()]);
     tmp
 }
 
@@ -64,7 +60,7 @@ fn text(out: &Output) -> String {
 
 /// Waits until the server has applied `n` changes of its credential store.
 fn wait_for_reloads(server: &Server, n: usize) {
-    common::wait_for("the credential change applied", || {
+    crate::harness::wait_for("the credential change applied", || {
         (server
             .log_text()
             .matches("credential store changed; applied")
@@ -172,7 +168,7 @@ fn secrets_identify_meters_and_each_speaks_only_for_itself() {
         );
     }
     let mut own = subscriber(port, "meters/E1/cmd/#", &e1, &dir.path().join("own.log"));
-    common::wait_for("the command-topic subscriber's session", || {
+    crate::harness::wait_for("the command-topic subscriber's session", || {
         (server.metric("meterflow_mqtt_connections") >= 1.0).then_some(())
     });
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -182,7 +178,7 @@ fn secrets_identify_meters_and_each_speaks_only_for_itself() {
     );
     own.kill().unwrap();
 
-    common::wait_for("every denial counted", || {
+    crate::harness::wait_for("every denial counted", || {
         let m = |r: &str| server.metric(&format!("meterflow_mqtt_denied_total{{reason=\"{r}\"}}"));
         (m("bad_credentials") == 3.0
             && m("no_credentials") == 1.0
@@ -255,7 +251,7 @@ fn revoke_closes_a_live_session_and_only_the_same_identity_takes_a_session_over(
         &["-u", "E2", "-P", E2, "-i", "shared"],
         &dir.path().join("e2.log"),
     );
-    common::wait_for("E2's session", || {
+    crate::harness::wait_for("E2's session", || {
         (server.metric("meterflow_mqtt_connects_total") >= 1.0).then_some(())
     });
     let out = publish(
@@ -291,7 +287,7 @@ fn revoke_closes_a_live_session_and_only_the_same_identity_takes_a_session_over(
         "the same identity takes over: {}",
         text(&out)
     );
-    common::wait_for("the old session closed as taken over", || {
+    crate::harness::wait_for("the old session closed as taken over", || {
         (server.metric("meterflow_mqtt_closed_total{reason=\"taken_over\"}") >= 1.0).then_some(())
     });
     let _ = e2.kill();
@@ -304,25 +300,25 @@ fn revoke_closes_a_live_session_and_only_the_same_identity_takes_a_session_over(
         &["-u", "E1", "-P", E1, "-i", "e1-sub"],
         &dir.path().join("e1.log"),
     );
-    common::wait_for("E1's session", || {
+    crate::harness::wait_for("E1's session", || {
         (server.metric("meterflow_mqtt_connections") >= 1.0).then_some(())
     });
-    let said = common::credentials(&tmp_root, &["revoke", "E1"]);
+    let said = crate::harness::credentials(&tmp_root, &["revoke", "E1"]);
     assert!(said.contains("E1 revoked"), "{said}");
     wait_for_reloads(&server, 1);
-    common::wait_for("the revoked session closed", || {
+    crate::harness::wait_for("the revoked session closed", || {
         (server.metric("meterflow_mqtt_closed_total{reason=\"revoked\"}") >= 1.0).then_some(())
     });
     // mosquitto_sub tries to reconnect, is refused, and gives up.
-    common::wait_for("mosquitto_sub to end", || e1.try_wait().unwrap());
+    crate::harness::wait_for("mosquitto_sub to end", || e1.try_wait().unwrap());
     let out = publish(port, "meters/E1/json", 3.0, &["-u", "E1", "-P", E1]);
     assert!(!out.status.success(), "{}", text(&out));
 
     // A credential added while running works within seconds, with a generated secret.
-    let said = common::credentials(&tmp_root, &["add", "E3"]);
+    let said = crate::harness::credentials(&tmp_root, &["add", "E3"]);
     let secret = said.rsplit(' ').next().unwrap().trim().to_string();
     assert_eq!(secret.len(), 32, "{said}");
-    let listed = common::credentials(&tmp_root, &["list"]);
+    let listed = crate::harness::credentials(&tmp_root, &["list"]);
     assert!(
         listed.contains("E3") && listed.contains("revoked") && !listed.contains(&secret),
         "{listed}"
@@ -437,12 +433,12 @@ fn tls_with_client_certificates_and_a_certificate_reload() {
     pki(d, "meters", &["server", "E7"]);
     pki(d, "rogue", &["E8"]);
     pki(d, "next", &["server2"]);
-    let tls_port = common::free_port();
+    let tls_port = crate::harness::free_port();
     let config = format!(
         "[mqtt]\ntls_cert = \"{0}/server.crt\"\ntls_key = \"{0}/server.key\"\ntls_client_ca = \"{0}/meters-ca.crt\"\n",
         d.display()
     );
-    let (_config_dir, config_path) = common::config_file(&config);
+    let (_config_dir, config_path) = crate::harness::config_file(&config);
     let server = Server::start_in(
         data_with_credentials(),
         &[
@@ -491,7 +487,7 @@ fn tls_with_client_certificates_and_a_certificate_reload() {
 
     // Revoking E7 refuses its certificate too.
     let tmp_root = server.data_dir.parent().unwrap().to_path_buf();
-    common::credentials(&tmp_root, &["revoke", "E7"]);
+    crate::harness::credentials(&tmp_root, &["revoke", "E7"]);
     wait_for_reloads(&server, 1);
     let out = run("meters/E7/json", 77.0, [tls(&[]), cert("E7")].concat());
     assert!(!out.status.success(), "{}", text(&out));
@@ -502,7 +498,7 @@ fn tls_with_client_certificates_and_a_certificate_reload() {
     std::fs::copy(d.join("server2.crt"), d.join("server.crt.new")).unwrap();
     std::fs::rename(d.join("server.key.new"), d.join("server.key")).unwrap();
     std::fs::rename(d.join("server.crt.new"), d.join("server.crt")).unwrap();
-    common::wait_for("the new certificate in use", || {
+    crate::harness::wait_for("the new certificate in use", || {
         let args = vec![
             "--cafile".to_string(),
             path("next-ca.crt"),
@@ -556,12 +552,12 @@ fn anonymous_devices_only_on_loopback_with_an_empty_store_or_when_allowed() {
         .args([
             "serve",
             "--mqtt-listen",
-            &format!("0.0.0.0:{}", common::free_port()),
+            &format!("0.0.0.0:{}", crate::harness::free_port()),
         ])
         .args(["--mqtt-v5-listen", "off", "--coap-listen", "off"])
         .args([
             "--http-listen",
-            &format!("127.0.0.1:{}", common::free_port()),
+            &format!("127.0.0.1:{}", crate::harness::free_port()),
         ])
         .arg("--data-dir")
         .arg(tmp.path())
@@ -577,7 +573,7 @@ fn anonymous_devices_only_on_loopback_with_an_empty_store_or_when_allowed() {
     );
 
     // allow_anonymous: anonymous publishes are taken, with a warning at start-up.
-    let (_dir, config) = common::config_file("[mqtt]\nallow_anonymous = true\n");
+    let (_dir, config) = crate::harness::config_file("[mqtt]\nallow_anonymous = true\n");
     let server = Server::start_in(data_with_credentials(), &["--config", &config]);
     let out = publish(server.mqtt_port, "meters/ANY/json", 5.0, &[]);
     assert!(out.status.success(), "{}", text(&out));
@@ -604,7 +600,7 @@ fn anonymous_devices_only_on_loopback_with_an_empty_store_or_when_allowed() {
         text(&out)
     );
     let tmp_root = server.data_dir.parent().unwrap().to_path_buf();
-    common::credentials(
+    crate::harness::credentials(
         &tmp_root,
         &["add", "A1", "--secret", "a1-secret-0123456789"],
     );
@@ -637,7 +633,7 @@ fn anonymous_devices_only_on_loopback_with_an_empty_store_or_when_allowed() {
 
 #[test]
 fn past_its_share_of_sessions_an_identity_loses_its_oldest() {
-    let (_dir, config) = common::config_file("[mqtt]\nmax_sessions_per_identity = 2\n");
+    let (_dir, config) = crate::harness::config_file("[mqtt]\nmax_sessions_per_identity = 2\n");
     let server = Server::start_in(data_with_credentials(), &["--config", &config]);
     let dir = tempfile::tempdir().unwrap();
     let e1_session = |i: usize| {
@@ -651,11 +647,11 @@ fn past_its_share_of_sessions_an_identity_loses_its_oldest() {
         )
     };
     let mut oldest = e1_session(0);
-    common::wait_for("the first session", || {
+    crate::harness::wait_for("the first session", || {
         (server.metric("meterflow_mqtt_connects_total") == 1.0).then_some(())
     });
     let mut second = e1_session(1);
-    common::wait_for("the second session", || {
+    crate::harness::wait_for("the second session", || {
         (server.metric("meterflow_mqtt_connects_total") == 2.0).then_some(())
     });
     // A third: taken, and the oldest is closed (a meter whose client id changes cannot be
@@ -667,7 +663,7 @@ fn past_its_share_of_sessions_an_identity_loses_its_oldest() {
         &["-u", "E1", "-P", E1, "-i", "e1-2"],
     );
     assert!(out.status.success(), "{}", text(&out));
-    common::wait_for("the oldest session closed", || {
+    crate::harness::wait_for("the oldest session closed", || {
         (server.metric("meterflow_mqtt_closed_total{reason=\"sessions_per_identity\"}") == 1.0)
             .then_some(())
     });

@@ -5,16 +5,12 @@
 //! letter, Block1 over DTLS, LwM2M registration bound to the identity and Send bound to the
 //! registering session, the session limits, expiry and revocation, and a simulated DTLS fleet.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::harness::{read_readings, Row, Server};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
-use common::{read_readings, Row, Server};
 use meterflow::simulate::dtls::DtlsLink;
 use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::Format;
@@ -38,13 +34,13 @@ fn data_with_credentials(extra: &str) -> tempfile::TempDir {
         ),
     )
     .unwrap();
-    common::credentials(tmp.path(), &["import", csv.to_str().unwrap()]);
+    crate::harness::credentials(tmp.path(), &["import", csv.to_str().unwrap()]);
     tmp
 }
 
 /// Starts serve with a coaps listener on a free port (and `extra` arguments); the port too.
 fn start_with_dtls(tmp: tempfile::TempDir, extra: &[&str]) -> (Server, u16) {
-    let port = common::free_udp_port();
+    let port = crate::harness::free_udp_port();
     let listen = format!("127.0.0.1:{port}");
     let mut args = vec!["--coaps-listen", listen.as_str()];
     args.extend_from_slice(extra);
@@ -204,7 +200,7 @@ fn libcoap_over_dtls_stores_each_identity_s_reports_and_refuses_the_rest() {
     assert_eq!(answer_code(&out), None, "{out}");
     let out = post(tls, "meter-z", A_KEY, port, "/r/meter-z", "50", &forged);
     assert_eq!(answer_code(&out), None, "{out}");
-    common::wait_for("the failed handshakes counted", || {
+    crate::harness::wait_for("the failed handshakes counted", || {
         (server.metric("meterflow_coaps_handshakes_total{result=\"failed\"}") >= 2.0).then_some(())
     });
 
@@ -377,7 +373,11 @@ async fn lwm2m_over_dtls_registers_only_its_own_endpoint_and_sends_only_in_its_s
     // A Send from another session (each libcoap run handshakes anew) is refused, even from
     // the identity that registered.
     let files = tempfile::tempdir().unwrap();
-    let pack = write(files.path(), "device.cbor", &common::leshan_device_object());
+    let pack = write(
+        files.path(),
+        "device.cbor",
+        &crate::harness::leshan_device_object(),
+    );
     let out = libcoap(&[
         "-m",
         "post",
@@ -414,7 +414,13 @@ async fn lwm2m_over_dtls_registers_only_its_own_endpoint_and_sends_only_in_its_s
     assert_eq!(location[0], "rd");
     let answer = ask(
         &mut device,
-        &coap_post(2, &["dp"], &[], Some(112), &common::leshan_device_object()),
+        &coap_post(
+            2,
+            &["dp"],
+            &[],
+            Some(112),
+            &crate::harness::leshan_device_object(),
+        ),
     )
     .await;
     assert_eq!(answer.header.get_code(), "2.04");
@@ -459,7 +465,7 @@ async fn lwm2m_over_dtls_registers_only_its_own_endpoint_and_sends_only_in_its_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dtls_sessions_are_bounded_expire_and_end_with_their_credential() {
-    let (_dir, config) = common::config_file(
+    let (_dir, config) = crate::harness::config_file(
         "[coap]\ndtls_max_sessions_per_address = 2\ndtls_handshake_timeout_s = 1\ndtls_idle_timeout_s = 3\n",
     );
     let (server, port) = start_with_dtls(data_with_credentials(""), &["--config", &config]);
@@ -508,7 +514,7 @@ async fn dtls_sessions_are_bounded_expire_and_end_with_their_credential() {
         hello.len()
     );
     // Left half-done, it is dropped after the handshake timeout.
-    common::wait_for("the half-done handshake dropped", || {
+    crate::harness::wait_for("the half-done handshake dropped", || {
         (server.metric("meterflow_coaps_sessions_ended_total{why=\"handshake_timeout\"}") >= 1.0)
             .then_some(())
     });
@@ -542,16 +548,16 @@ async fn dtls_sessions_are_bounded_expire_and_end_with_their_credential() {
     )
     .await;
     assert_eq!(answer.header.get_code(), "2.04");
-    common::credentials(server.data_dir.parent().unwrap(), &["revoke", "meter-a"]);
-    common::wait_for("meter-a's session closed", || {
+    crate::harness::credentials(server.data_dir.parent().unwrap(), &["revoke", "meter-a"]);
+    crate::harness::wait_for("meter-a's session closed", || {
         (server.metric("meterflow_coaps_sessions_ended_total{why=\"revoked\"}") >= 1.0)
             .then_some(())
     });
     // meter-b's session, unused, expires when idle.
-    common::wait_for("meter-b's idle session closed", || {
+    crate::harness::wait_for("meter-b's idle session closed", || {
         (server.metric("meterflow_coaps_sessions_ended_total{why=\"idle\"}") >= 1.0).then_some(())
     });
-    common::wait_for("no session left", || {
+    crate::harness::wait_for("no session left", || {
         (server.metric("meterflow_coaps_sessions{state=\"established\"}") == 0.0).then_some(())
     });
     let (exit, _, log, _keep) = server.stop();
@@ -582,8 +588,8 @@ fn a_simulated_dtls_fleet_arrives_complete_and_exactly_once() {
     let tmp = data_with_credentials(&fleet);
     let csv = tmp.path().join("fleet.csv");
     let (server, port) = start_with_dtls(tmp, &[]);
-    let summary = common::simulate_json(
-        common::simulate_command(server.mqtt_port, &plan, 0)
+    let summary = crate::harness::simulate_json(
+        crate::harness::simulate_command(server.mqtt_port, &plan, 0)
             .args(["--coap", &format!("127.0.0.1:{port}"), "--dtls"])
             .arg("--credentials")
             .arg(&csv),
@@ -595,7 +601,7 @@ fn a_simulated_dtls_fleet_arrives_complete_and_exactly_once() {
     );
     let (exit, data_dir, log, _keep) = server.stop();
     assert!(exit.success(), "{log}");
-    common::assert_fleet_arrived(
+    crate::harness::assert_fleet_arrived(
         &data_dir,
         std::slice::from_ref(&plan),
         150 * plan.rows_per_message(),

@@ -4,15 +4,11 @@
 //! id, and its status, colour and chart must show; the stale list must name a silent meter.
 //! Screenshots are kept under `target/tmp/browser/`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use crate::harness::{config_file, http, mosquitto_pub, wait_for, Server};
 use base64::Engine;
-use common::{config_file, http, mosquitto_pub, wait_for, Server};
 use serde_json::{json, Value};
 
 /// The W3C element reference key.
@@ -27,7 +23,7 @@ struct Browser {
 
 impl Browser {
     fn start() -> Browser {
-        let port = common::free_port();
+        let port = crate::harness::free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

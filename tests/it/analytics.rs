@@ -1,13 +1,9 @@
 //! `meterflow query` against the real ClickHouse with known data: consumption computed by
 //! hand, each anomaly kind detected, nothing flagged on clean data, duplicates counted once.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
-
 use std::process::Command;
 
-use common::{config_file, ClickHouse, BIN};
+use crate::harness::{config_file, ClickHouse, BIN};
 
 const DAY: i64 = 86_400;
 /// 2024-03-01T00:00:00Z
@@ -53,7 +49,7 @@ fn billing_anomalies_and_devices_on_known_data() {
         "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n",
         ch.url
     ));
-    common::apply_schema(&config);
+    crate::harness::apply_schema(&config);
 
     let now = "now()";
     let old = "toDateTime(toUInt32(now()) - 2 * 86400)";

@@ -9,14 +9,10 @@
 //! TLS passes through HAProxy to the node, which sees the client certificate, and CoAP goes
 //! through nginx's UDP balancer to both nodes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 
-use common::{fleet_acked, fleet_summary, pb_fleet, plan_rows, spawn_fleet, wait_for};
+use crate::harness::{fleet_acked, fleet_summary, pb_fleet, plan_rows, spawn_fleet, wait_for};
 use meterflow::simulate::Plan;
 
 const HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/cluster");
@@ -33,7 +29,7 @@ impl Cluster {
         let out = Command::new(format!("{HARNESS}/up.sh"))
             .arg(dir.path())
             .arg("2")
-            .env("METERFLOW_BIN", common::BIN)
+            .env("METERFLOW_BIN", crate::harness::BIN)
             .stderr(Stdio::inherit())
             .output()
             .unwrap();
@@ -83,7 +79,7 @@ impl Drop for Cluster {
 }
 
 fn query(url: &str, sql: &str) -> String {
-    common::ClickHouse::at(url).query(sql)
+    crate::harness::ClickHouse::at(url).query(sql)
 }
 
 /// A query that may fail while a server starts (its tables still loading): `None` then.
@@ -360,8 +356,8 @@ fn a_cluster_keeps_every_reading_through_a_dead_replica_and_a_dead_node() {
     // port) go to one node, the meters are spread over both, every report is answered and
     // stored.
     let coap_plan = pb_fleet("coap-", 20, 10);
-    let summary = common::simulate_json(
-        common::simulate_command(port(&cluster.env["MQTT"]), &coap_plan, 0)
+    let summary = crate::harness::simulate_json(
+        crate::harness::simulate_command(port(&cluster.env["MQTT"]), &coap_plan, 0)
             .args(["--coap", &cluster.env["COAP"]]),
     );
     assert_eq!(

@@ -2,8 +2,6 @@
 //! every input that once made a target fail (`fuzz/regressions/`), through the same entry
 //! points as the targets in `fuzz/fuzz_targets/`. Fuzzing itself runs in `benches/fuzz.sh`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
 use std::path::Path;
 
 use meterflow_decoders::Format;

@@ -2,15 +2,11 @@
 //! read back exactly (plain and LowCardinality columns, and RowBinary as the fallback), and
 //! batches that waited during an outage go in as one merged insert, confirmed in order.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
-
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::harness::{wait_for, ClickHouse};
 use arrow_array::RecordBatch;
-use common::{wait_for, ClickHouse};
 use meterflow_proto::{Format, ReadingBatchBuilder, RowMeta, Source};
 use meterflow_storage::clickhouse::{
     schema_ddl, table_layout, ClickHouseConfig, ClickHouseWriter, InsertFormat, ReadingsNative,

@@ -3,14 +3,10 @@
 //! the bearer token, `/ready`, and `/metrics` parsed as Prometheus text with counters that
 //! match what was published.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{config_file, http, mosquitto_pub, wait_for, Server};
+use crate::harness::{config_file, http, mosquitto_pub, wait_for, Server};
 use serde_json::Value;
 
 fn publish(server: &Server, dir: &Path, topic: &str, payload: &str) {
@@ -343,7 +339,7 @@ fn the_api_asks_for_the_token_when_one_is_set() {
     assert_eq!(status, 200);
     assert!(page.contains("meterflow") && page.contains("Bearer"));
     // Not ready while ClickHouse cannot be reached (here: nothing listens on its port).
-    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let dead = format!("http://127.0.0.1:{}", crate::harness::free_port());
     let unready = Server::start_with(&["--clickhouse-url", &dead]);
     let (status, body) = unready.http_get("/ready");
     assert_eq!(status, 503, "{body}");
@@ -357,7 +353,7 @@ fn the_api_asks_for_the_token_when_one_is_set() {
     assert!(body.contains("not counted for ?ingest"), "{body}");
     drop(unready);
     // Listening beyond loopback without a token is refused at start-up, naming the key.
-    let out = std::process::Command::new(common::BIN)
+    let out = std::process::Command::new(crate::harness::BIN)
         .args(["serve", "--http-listen", "0.0.0.0:0", "--data-dir"])
         .arg(tempfile::tempdir().unwrap().path())
         .output()
@@ -608,13 +604,13 @@ fn a_node_answers_for_a_meter_another_node_heard_from_clickhouse() {
     // Two nodes behind one load balancer share a ClickHouse database; a meter reports to node
     // A only, after node B has rebuilt its state at start-up. Asked about it, node B answers
     // from ClickHouse: last seen, the newest value per channel, status, recent readings.
-    let clickhouse = common::ClickHouse::shared();
-    let db = common::ClickHouse::fresh_database("api");
+    let clickhouse = crate::harness::ClickHouse::shared();
+    let db = crate::harness::ClickHouse::fresh_database("api");
     let (_cfg, config) = config_file(&format!(
         "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n[batch]\nmax_age_ms = 100\n",
         clickhouse.url
     ));
-    common::apply_schema(&config);
+    crate::harness::apply_schema(&config);
     let node_a = Server::start_with(&["--config", &config]);
     let node_b = Server::start_with(&["--config", &config]);
     wait_for("node B's start-up rebuild", || {

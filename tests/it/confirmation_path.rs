@@ -3,17 +3,10 @@
 //! table of a job, when an insert's answer is lost after the server committed it, or when the
 //! WAL's disk fills up.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
-
-#[path = "../storage/tests/support/small_disk.rs"]
-mod small_disk;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::{
+use crate::harness::{
     config_file, free_port, mosquitto_pub_acked as publish, read_readings, wait_for, ClickHouse,
     LossyProxy, Server,
 };
@@ -276,7 +269,7 @@ fn a_side_row_insert_whose_answer_was_lost_is_stored_once() {
 #[test]
 fn a_publish_refused_on_a_full_wal_disk_is_stored_once_when_sent_again() {
     let tmp = tempfile::tempdir().unwrap();
-    let disk = small_disk::SmallDisk::mount(&tmp.path().join("data/wal"), 1 << 20);
+    let disk = crate::harness::small_disk::SmallDisk::mount(&tmp.path().join("data/wal"), 1 << 20);
     let server = Server::start_in(tmp, &[]);
     // Big reports (100 rows, about 8 KiB), so each needs new pages of the WAL's disk.
     let big = |meter: usize| {

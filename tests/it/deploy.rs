@@ -3,18 +3,14 @@
 //! Prometheus queries name metrics meterflow exports, and the systemd unit starts the binary
 //! with flags it has.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
-
-mod common;
-
 use std::process::Command;
 
-use common::{config_file, ClickHouse, BIN};
+use crate::harness::{config_file, ClickHouse, BIN};
 use serde_json::Value;
 
-const DASHBOARD: &str = include_str!("../deploy/grafana/meterflow.json");
-const UNIT: &str = include_str!("../deploy/meterflow.service");
-const ARCHITECTURE: &str = include_str!("../docs/ARCHITECTURE.md");
+const DASHBOARD: &str = include_str!("../../deploy/grafana/meterflow.json");
+const UNIT: &str = include_str!("../../deploy/meterflow.service");
+const ARCHITECTURE: &str = include_str!("../../docs/ARCHITECTURE.md");
 
 fn targets() -> Vec<(String, Value)> {
     let dashboard: Value = serde_json::from_str(DASHBOARD).expect("the dashboard is JSON");
@@ -42,7 +38,7 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
         "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n",
         ch.url
     ));
-    common::apply_schema(&config);
+    crate::harness::apply_schema(&config);
     // Yesterday, meter G1: import register 100 -> 102.5 kWh, gas 10 -> 10.75 m3; a reverse
     // run on G2; an error flag on G3; nothing heard from G4 for three hours.
     let day = "toStartOfDay(now()) - 86400";

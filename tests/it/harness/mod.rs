@@ -1,0 +1,40 @@
+//! Runs the real `meterflow` binary for the integration tests: free ports, a temporary data
+//! folder, SIGTERM at the end; and reads back what it wrote. Split by concern; every test module
+//! takes what it needs through the re-exports below.
+
+mod clickhouse;
+mod fixtures;
+mod fleet;
+mod http;
+mod mqtt;
+mod readings;
+mod server;
+/// A small tmpfs that really fills up (shared with the storage crate's own test).
+#[path = "../../../storage/tests/support/small_disk.rs"]
+pub mod small_disk;
+
+use std::time::{Duration, Instant};
+
+pub use clickhouse::{apply_schema, ClickHouse, LossyProxy};
+pub use fixtures::leshan_device_object;
+pub use fleet::{
+    assert_fleet_arrived, fleet_acked, fleet_summary, pb_fleet, plan_rows, simulate_command,
+    simulate_json, spawn_fleet,
+};
+pub use http::http;
+pub use mqtt::{mosquitto_pub, mosquitto_pub_acked};
+pub use readings::{read_readings, utc_date, Row};
+pub use server::{config_file, credentials, free_port, free_udp_port, Server, BIN};
+
+/// Polls `check` until it gives a value. The deadline only keeps a broken run from hanging
+/// CI; no test depends on how fast things happen.
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,26 @@
+//! The integration tests of the `meterflow` binary, as one test binary (one link instead of one
+//! per file): each module drives the real `meterflow` command and real clients and servers, and
+//! asserts what arrived. [`harness`] holds what they share.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
+mod harness;
+
+mod analytics;
+mod bridge;
+mod browser;
+mod clickhouse_native;
+mod clickhouse_sink;
+mod cluster;
+mod confirmation_path;
+mod deploy;
+mod fuzz_regressions;
+mod http_api;
+mod import;
+mod mqtt_identity;
+mod mqtt_limits;
+mod mqtt_paho;
+mod serve_coap;
+mod serve_coaps;
+mod serve_mqtt;
+mod wal_crash;
