@@ -406,7 +406,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             for bridge in &mut config.bridge {
-                bridge.url = meterflow_ingest::bridge::url_without_password(&bridge.url);
+                bridge.url = meterflow_ingest::edge::bridge::url_without_password(&bridge.url);
             }
             print!("{}", toml::to_string(&config)?);
             Ok(())

@@ -17,8 +17,6 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
@@ -203,7 +201,7 @@ fn sink_load(
     tune(&mut config);
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let mut writer =
-        ClickHouseWriter::start(config, None, Arc::new(AtomicBool::new(false))).unwrap();
+        ClickHouseWriter::start(config, None, meterflow_storage::ShutdownSignal::never()).unwrap();
     // The schema is applied by the writer's first insert: warm it with an empty job.
     writer
         .send(

@@ -4,4 +4,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| meterflow_ingest::coap::fuzz_datagrams(data));
+fuzz_target!(|data: &[u8]| meterflow_ingest::edge::coap::fuzz_datagrams(data));

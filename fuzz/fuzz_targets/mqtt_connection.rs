@@ -3,4 +3,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| meterflow_ingest::mqtt::fuzz_connection(data));
+fuzz_target!(|data: &[u8]| meterflow_ingest::edge::mqtt::fuzz_connection(data));

@@ -9,10 +9,10 @@ use meterflow_storage::clickhouse::ClickHouseConfig;
 use meterflow_storage::{BatchConfig, ParquetConfig, WalConfig};
 use serde::{Deserialize, Serialize};
 
-pub use crate::bridge::BridgeConfig;
-pub use crate::coap::CoapConfig;
 pub use crate::devices::DevicesConfig;
-pub use crate::mqtt::MqttConfig;
+pub use crate::edge::bridge::BridgeConfig;
+pub use crate::edge::coap::CoapConfig;
+pub use crate::edge::mqtt::MqttConfig;
 use crate::IngestError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

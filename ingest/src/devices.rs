@@ -553,7 +553,7 @@ impl DeviceRegistry {
                 // Not a reason to stay down: the state is rebuilt from traffic (and
                 // ClickHouse). Kept aside for a look.
                 let aside =
-                    path.with_extension(format!("json.corrupt-{}", crate::message::now_ms()));
+                    path.with_extension(format!("json.corrupt-{}", meterflow_proto::now_ms()));
                 tracing::error!(error = %e, path = %path.display(), aside = %aside.display(), "the device state file does not parse; starting without it");
                 let _ = std::fs::rename(&path, &aside);
                 return Ok(registry);

@@ -18,15 +18,12 @@
 //! CoAP server (tokio UDP, waits for durability) /    bounded queue -> pipeline thread (reading
 //! the WAL for whatever the queue did not carry) -> Parquet and ClickHouse.
 
-pub mod bridge;
-pub mod coap;
 pub mod config;
 pub mod credentials;
 pub mod devices;
+pub mod edge;
 mod error;
 pub mod http;
-pub mod message;
-pub mod mqtt;
 pub mod pipeline;
 pub mod progress;
 pub mod wal_writer;
@@ -39,8 +36,8 @@ use meterflow_storage::clickhouse::{ClickHouseWriter, SpoolConfig};
 use meterflow_storage::{wal, Batcher, DeadLetterStore, ParquetSink, Wal};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-pub use bridge::BridgeConfig;
 pub use config::Config;
+pub use edge::bridge::BridgeConfig;
 pub use error::IngestError;
 pub use pipeline::PipelineSummary;
 
@@ -181,12 +178,12 @@ pub async fn serve(
         );
     }
     let credentials = Arc::new(credentials::SharedCredentials::load(&config.data_dir)?);
-    mqtt::check_anonymous_rule(
+    edge::mqtt::check_anonymous_rule(
         &config.mqtt,
         credentials.current().is_empty(),
         &credentials::CredentialStore::path(&config.data_dir),
     )?;
-    coap::check_anonymous_rule(
+    edge::coap::check_anonymous_rule(
         &config.coap,
         credentials.current().is_empty(),
         &credentials::CredentialStore::path(&config.data_dir),
@@ -195,6 +192,7 @@ pub async fn serve(
     marks.committed.store(recovery.last_lsn, Ordering::Release);
     // Set at shutdown: the link drains and stops, the ClickHouse writer stops retrying.
     let stop = Arc::new(AtomicBool::new(false));
+    let shutdown_signal = meterflow_storage::Shutdown::new();
     let spool_dir = config.data_dir.join("clickhouse-spool");
     if (!config.clickhouse.enabled() || config.clickhouse.spool_max_bytes == 0)
         && spool_dir.exists()
@@ -220,19 +218,25 @@ pub async fn serve(
         Some(ClickHouseWriter::start(
             config.clickhouse.clone(),
             spool,
-            stop.clone(),
+            shutdown_signal.signal(),
         )?)
     } else {
         None
     };
-    let clickhouse_failing_since = clickhouse.as_ref().map(ClickHouseWriter::failing_since);
+    let sinks = meterflow_storage::SinkSet::new(
+        Some(ParquetSink::open(
+            &config.data_dir,
+            config.parquet.clone(),
+            &config.node.id,
+        )?),
+        clickhouse,
+        DeadLetterStore::open(&config.data_dir, &config.node.id)?,
+        "clickhouse",
+    );
+    let clickhouse_failing_since = sinks.clickhouse_failing_since();
     let pipeline = pipeline::Pipeline::new(
         Batcher::new(config.batch.clone()),
-        pipeline::Sinks {
-            parquet: ParquetSink::open(&config.data_dir, config.parquet.clone(), &config.node.id)?,
-            clickhouse,
-            dead_letters: DeadLetterStore::open(&config.data_dir, &config.node.id)?,
-        },
+        sinks,
         devices.clone(),
         config.data_dir.clone(),
         marks.clone(),
@@ -248,21 +252,22 @@ pub async fn serve(
         })?;
     let mut coap_listeners = Vec::new();
     if let Some(addr) = config.coap.listen {
-        let socket = coap::bind(addr, config.coap.socket_buffer_bytes)?;
-        let security = coap::Security::Plain {
+        let socket = edge::coap::bind(addr, config.coap.socket_buffer_bytes)?;
+        let security = edge::coap::Security::Plain {
             loopback: addr.ip().is_loopback(),
         };
         coap_listeners.push((socket, security));
     }
     if let Some(addr) = config.coap.dtls_listen {
-        let socket = coap::bind(addr, config.coap.socket_buffer_bytes)?;
-        let security = coap::Security::dtls(&socket, &config.coap, credentials.clone())?;
+        let socket = edge::coap::bind(addr, config.coap.socket_buffer_bytes)?;
+        let security = edge::coap::Security::dtls(&socket, &config.coap, credentials.clone())?;
         coap_listeners.push((socket, security));
     }
-    let (mqtt_tx, mqtt_rx) = wal_writer::channel(wal_writer::SUBMISSIONS);
+    let (mqtt_tx, mqtt_rx) = edge::channel(edge::SUBMISSIONS);
     // The bridges are MQTT inputs too: they share the MQTT edge's way into the WAL writer.
     let bridge_tx = mqtt_tx.clone();
-    let mqtt = mqtt::MqttServer::start(config.mqtt.clone(), credentials.clone(), mqtt_tx).await?;
+    let mqtt =
+        edge::mqtt::MqttServer::start(config.mqtt.clone(), credentials.clone(), mqtt_tx).await?;
 
     let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel(config.pipeline.queue_capacity);
     // Tells the async side when the pipeline ends, for whatever reason.
@@ -278,7 +283,7 @@ pub async fn serve(
             result
         })
         .map_err(|e| IngestError::Runtime(format!("spawning the pipeline thread: {e}")))?;
-    let (coap_tx, coap_rx) = wal_writer::channel(config.coap.max_inflight.max(1));
+    let (coap_tx, coap_rx) = edge::channel(config.coap.max_inflight.max(1));
     let inputs = wal_writer::Inputs {
         mqtt: mqtt_rx,
         coap: coap_rx,
@@ -288,7 +293,7 @@ pub async fn serve(
     let coap_tasks: Vec<_> = coap_listeners
         .into_iter()
         .map(|(socket, security)| {
-            tokio::spawn(coap::serve(
+            tokio::spawn(edge::coap::serve(
                 socket,
                 security,
                 config.coap.clone(),
@@ -303,7 +308,9 @@ pub async fn serve(
         .bridge
         .iter()
         .enumerate()
-        .map(|(index, bridge)| bridge::start(bridge, &config.node.id, index, bridge_tx.clone()))
+        .map(|(index, bridge)| {
+            edge::bridge::start(bridge, &config.node.id, index, bridge_tx.clone())
+        })
         .collect::<Result<Vec<_>, _>>()?;
     drop(bridge_tx);
 
@@ -366,6 +373,9 @@ pub async fn serve(
         tracing::info!("shutting down: answering what was read, then flushing every sink");
     }
     stop.store(true, Ordering::Relaxed);
+    shutdown_signal.begin(std::time::Duration::from_millis(
+        config.pipeline.shutdown_max_ms,
+    ));
     // The bridges stop taking messages with the edges, and finish alongside them.
     let bridges_deadline = tokio::time::Instant::now()
         + std::time::Duration::from_millis(config.pipeline.shutdown_max_ms);
@@ -382,11 +392,11 @@ pub async fn serve(
     }
     // Whatever became of the CoAP server, the threads below must still be joined so that
     // every sink is flushed: a failed task is logged, not returned early.
-    let mut coap_summary = coap::CoapSummary::default();
+    let mut coap_summary = edge::coap::CoapSummary::default();
     for task in coap_tasks {
         let summary = task.await.unwrap_or_else(|e| {
             tracing::error!(error = %e, "the CoAP server failed");
-            coap::CoapSummary::default()
+            edge::coap::CoapSummary::default()
         });
         coap_summary.requests += summary.requests;
         coap_summary.duplicates += summary.duplicates;

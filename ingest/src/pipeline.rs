@@ -16,15 +16,13 @@ use std::time::{Duration, Instant};
 
 use meterflow_decoders::{decode, decode_status, DecodeContext, DecodeError, Decoded, Format};
 use meterflow_proto::{is_valid_meter_id, RowMeta};
-use meterflow_storage::clickhouse::{
-    ClickHouseWriter, DeadLetterRow, RejectedBatch, SideRows, StatusRow,
-};
+use meterflow_storage::clickhouse::StatusRow;
 use meterflow_storage::wal::Checkpoint;
-use meterflow_storage::{Batcher, DeadLetter, DeadLetterStore, ParquetSink, WalReader};
+use meterflow_storage::{Batcher, DeadLetter, Hold, SinkBatch, SinkSet, WalReader};
 
 use crate::devices::{DeadLetterNote, DeviceRegistry, Observation};
-use crate::message::{EdgeRefusal, RawMessage};
-use crate::progress::{Held, LsnMarks, Progress};
+use crate::edge::RawMessage;
+use crate::progress::{LsnMarks, Progress};
 use crate::IngestError;
 
 /// Where a topic sends a message.
@@ -67,27 +65,12 @@ pub struct PipelineSummary {
     pub files: u64,
 }
 
-/// Status and dead-letter rows held for ClickHouse at most before they are sent on their own.
-const SIDE_ROWS_MAX: usize = 4096;
-/// ...and the dead letters' payload bytes at most.
-const SIDE_BYTES_MAX: usize = 16 << 20;
-
-/// Where the pipeline's output goes.
-pub struct Sinks {
-    pub parquet: ParquetSink,
-    /// The production sink, when `clickhouse.url` is set.
-    pub clickhouse: Option<ClickHouseWriter>,
-    pub dead_letters: DeadLetterStore,
-}
-
 pub struct Pipeline {
-    pub batcher: Batcher,
-    pub parquet: ParquetSink,
-    pub clickhouse: Option<ClickHouseWriter>,
-    /// Status reports and dead letters waiting to go to ClickHouse with the next batch.
-    side: SideRows,
-    pub dead_letters: DeadLetterStore,
-    pub devices: DeviceRegistry,
+    batcher: Batcher,
+    /// Where the rows, status reports and dead letters go (Parquet, ClickHouse, the
+    /// dead-letter files).
+    sinks: SinkSet,
+    devices: DeviceRegistry,
     data_dir: PathBuf,
     /// The next LSN to handle.
     next_lsn: u64,
@@ -136,7 +119,7 @@ impl Pipeline {
     /// ones (Parquet, dead-letter files): records between the two go to ClickHouse only.
     pub fn new(
         batcher: Batcher,
-        sinks: Sinks,
+        sinks: SinkSet,
         devices: DeviceRegistry,
         data_dir: PathBuf,
         marks: Arc<LsnMarks>,
@@ -144,16 +127,13 @@ impl Pipeline {
     ) -> Self {
         Pipeline {
             batcher,
-            parquet: sinks.parquet,
-            clickhouse: sinks.clickhouse,
-            side: SideRows::default(),
-            dead_letters: sinks.dead_letters,
+            sinks,
             devices,
             progress: Progress::new(data_dir.clone(), marks, checkpoint),
             data_dir,
             next_lsn: checkpoint.all + 1,
             batch_local: true,
-            started_ms: crate::message::now_ms().max(0) as u64,
+            started_ms: meterflow_proto::now_ms().max(0) as u64,
             unlogged_rows: 0,
             summary: PipelineSummary::default(),
             counters: Counters::default(),
@@ -164,7 +144,7 @@ impl Pipeline {
     pub fn run(mut self, queue: Receiver<RawMessage>) -> Result<PipelineSummary, IngestError> {
         loop {
             let now = Instant::now();
-            let wait = [self.batcher.time_left(now), self.parquet.next_roll_in(now)]
+            let wait = [self.batcher.time_left(now), self.sinks.next_roll_in(now)]
                 .into_iter()
                 .flatten()
                 .min()
@@ -189,10 +169,10 @@ impl Pipeline {
             let now = Instant::now();
             if let Some((batch, oldest)) = self.batcher.take_if_due(now) {
                 self.write(&batch, oldest, now)?;
-            } else if self.batcher.rows() == 0 && !self.side.is_empty() {
+            } else if self.batcher.rows() == 0 && self.sinks.has_side_rows() {
                 self.send_side_rows()?;
             }
-            let rolled = self.parquet.roll_due(now)?.len();
+            let rolled = self.sinks.roll_due(now)?;
             self.summary.files += rolled as u64;
             self.checkpoint(rolled > 0)?;
         }
@@ -259,32 +239,31 @@ impl Pipeline {
         message.lsn == 0 || message.lsn > self.progress.saved().local
     }
 
-    /// What each holder of unconfirmed data still holds.
-    fn held(&self) -> Held {
-        Held {
-            batcher: self.batcher.oldest_lsn(),
-            batch_is_local: self.batch_local,
-            parquet: self.parquet.oldest_pending_lsn(),
-            side_rows: self.side.oldest_lsn(),
-            clickhouse: self
-                .clickhouse
-                .as_ref()
-                .and_then(ClickHouseWriter::oldest_held),
+    /// What each holder of unconfirmed data still holds: the sinks, and the batcher (its rows
+    /// bound for the local sinks too, but while a restart replays records they have). Keeps
+    /// the batches ClickHouse refused as dead letters on the way ([`SinkSet::take_stock`]).
+    fn holds(&mut self) -> Result<Vec<Hold>, IngestError> {
+        let mut holds = self.sinks.take_stock()?.holds;
+        if let Some(oldest) = self.batcher.oldest_lsn() {
+            holds.push(Hold {
+                holder: "batcher",
+                oldest,
+                local: self.batch_local,
+            });
         }
+        Ok(holds)
     }
 
     /// Saves the checkpoint when it moved and a file completed (or a second passed), and lets
     /// the link drop the confirmed WAL segments.
     fn checkpoint(&mut self, file_completed: bool) -> Result<(), IngestError> {
         let handled_through = self.next_lsn - 1;
-        // In this order: a batch ClickHouse refused is confirmed by its writer only after it
-        // was handed back, so the dead letters below cover everything `confirmed` includes.
-        let confirmed = self.progress.confirmed(handled_through, self.held());
-        self.keep_rejected_batches()?;
-        let dead_letters = &mut self.dead_letters;
+        let holds = self.holds()?;
+        let confirmed = self.progress.confirmed(handled_through, &holds);
+        let sinks = &mut self.sinks;
         self.progress
             .save(confirmed, file_completed, handled_through, || {
-                Ok(dead_letters.close()?)
+                Ok(sinks.make_durable()?)
             })
     }
 
@@ -295,21 +274,12 @@ impl Pipeline {
         if let Some((batch, oldest)) = self.batcher.take() {
             self.write(&batch, oldest, now)?;
         }
-        self.summary.files += self.parquet.close()?.len() as u64;
         self.send_side_rows()?;
-        if let Some(clickhouse) = self.clickhouse.as_mut() {
-            clickhouse.close();
-        }
+        self.summary.files += self.sinks.close()? as u64;
         self.checkpoint(true)?;
-        self.dead_letters.close()?;
-        if self
-            .clickhouse
-            .as_ref()
-            .is_some_and(ClickHouseWriter::stopped)
-        {
-            // It stopped earlier and nothing was sent since: still a sink failure.
-            return Err(meterflow_storage::StorageError::ClickHouseWriterStopped.into());
-        }
+        self.sinks.make_durable()?;
+        // It stopped earlier and nothing was sent since: still a sink failure.
+        self.sinks.check_stopped()?;
         Ok(self.summary)
     }
 
@@ -319,14 +289,21 @@ impl Pipeline {
         oldest_lsn: Option<u64>,
         now: Instant,
     ) -> Result<(), IngestError> {
-        if let Some(clickhouse) = &mut self.clickhouse {
-            // Every record before next_lsn is in this batch or an earlier one. Waits only
-            // while ClickHouse is away and its queue and spool are full; the WAL holds what
-            // arrives meanwhile.
-            let side = std::mem::take(&mut self.side);
-            clickhouse.send(batch.clone(), side, self.next_lsn - 1)?;
-        }
-        if !self.batch_local {
+        let local = self.batch_local;
+        // Every record before next_lsn is in this batch or an earlier one. Waits only while
+        // ClickHouse is away and its queue and spool are full; the WAL holds what arrives
+        // meanwhile.
+        let completed = self.sinks.send(
+            SinkBatch {
+                rows: batch,
+                oldest: oldest_lsn,
+                through: self.next_lsn - 1,
+                local,
+                file_name: None,
+            },
+            now,
+        )?;
+        if !local {
             // A replayed batch Parquet already has: ClickHouse alone needed it.
             self.batch_local = true;
             tracing::debug!(
@@ -335,13 +312,9 @@ impl Pipeline {
             );
             return self.checkpoint(false);
         }
-        let started = Instant::now();
-        let completed = self.parquet.write(batch, oldest_lsn, now)?;
-        self.summary.files += completed.len() as u64;
-        self.checkpoint(!completed.is_empty())?;
-        metrics::histogram!("meterflow_batch_write_seconds", "sink" => "parquet")
-            .record(started.elapsed().as_secs_f64());
-        tracing::debug!(rows = batch.num_rows(), "batch written to parquet");
+        self.summary.files += completed as u64;
+        self.checkpoint(completed > 0)?;
+        tracing::debug!(rows = batch.num_rows(), "batch written to the sinks");
         Ok(())
     }
 
@@ -349,24 +322,16 @@ impl Pipeline {
     /// to carry them, or too many of them to wait). They confirm no further than the oldest
     /// row still in the batcher.
     fn send_side_rows(&mut self) -> Result<(), IngestError> {
-        if let Some(clickhouse) = &mut self.clickhouse {
-            if !self.side.is_empty() {
-                let empty = arrow_array::RecordBatch::new_empty(meterflow_proto::reading_schema());
-                let side = std::mem::take(&mut self.side);
-                let through = match self.batcher.oldest_lsn() {
-                    Some(oldest) => (oldest - 1).min(self.next_lsn - 1),
-                    None => self.next_lsn - 1,
-                };
-                clickhouse.send(empty, side, through)?;
-            }
-        }
-        Ok(())
+        let through = match self.batcher.oldest_lsn() {
+            Some(oldest) => (oldest - 1).min(self.next_lsn - 1),
+            None => self.next_lsn - 1,
+        };
+        Ok(self.sinks.send_side_rows(through)?)
     }
 
     /// Sends the side rows early when many wait (a burst of dead letters carries payloads).
     fn flush_side_rows_if_large(&mut self) -> Result<(), IngestError> {
-        let (rows, bytes) = self.side.size();
-        if rows >= SIDE_ROWS_MAX || bytes >= SIDE_BYTES_MAX {
+        if self.sinks.side_rows_due() {
             self.send_side_rows()?;
         }
         Ok(())
@@ -390,12 +355,11 @@ impl Pipeline {
         message: &RawMessage,
         status: &meterflow_decoders::DeviceStatus,
     ) -> Result<(), IngestError> {
-        if self.clickhouse.is_none() {
+        if !self.sinks.has_clickhouse() {
             return Ok(());
         }
         let key = self.row_key(message.lsn);
-        self.side.note_lsn(message.lsn);
-        self.side.statuses.push(StatusRow {
+        let row = StatusRow {
             meter_id: meter_id.to_string(),
             at_ms: message.received_at_ms,
             battery_pct: status.battery_pct,
@@ -406,33 +370,9 @@ impl Pipeline {
             error_flags: status.error_flags,
             source: message.source.as_str().to_string(),
             lsn: key,
-        });
-        self.flush_side_rows_if_large()
-    }
-
-    /// Keeps the rows of batches ClickHouse refused for their data as dead letters (one per
-    /// batch, the rows as JSON lines), so the queue goes on and nothing is lost.
-    fn keep_rejected_batches(&mut self) -> Result<(), IngestError> {
-        let Some(clickhouse) = &self.clickhouse else {
-            return Ok(());
         };
-        for RejectedBatch { batch, reason } in clickhouse.take_rejected() {
-            let payload = rows_as_json_lines(&batch);
-            let letter = DeadLetter {
-                received_at_ms: crate::message::now_ms(),
-                source: "clickhouse".into(),
-                topic: String::new(),
-                meter_id: None,
-                format: None,
-                kind: "clickhouse_rejected".into(),
-                reason,
-                payload,
-            };
-            metrics::counter!("meterflow_dead_letters_total", "reason" => "clickhouse_rejected")
-                .increment(1);
-            self.dead_letters.write(&letter)?;
-        }
-        Ok(())
+        self.sinks.status(row, message.lsn);
+        self.flush_side_rows_if_large()
     }
 
     /// Decodes one message into the batch, or keeps it as a dead letter.
@@ -440,12 +380,11 @@ impl Pipeline {
         self.summary.messages += 1;
         self.progress
             .note_received(message.lsn, message.received_at_ms);
-        if let Some(refused) = &message.refused {
+        if let Some(refusal) = &message.refused {
             // Refused at the edge (not this identity's to publish): a dead letter, nothing else.
             self.counters
                 .messages(message.source.as_str(), "refused")
                 .increment(1);
-            let refusal = EdgeRefusal::parse(refused);
             return self.dead_letter(
                 message,
                 refusal.identity.as_deref(),
@@ -660,25 +599,16 @@ impl Pipeline {
             reason,
             payload: message.payload.to_vec(),
         };
-        if self.is_local(message) {
-            self.dead_letters.write(&letter)?;
-        }
-        if self.clickhouse.is_some() {
-            let key = self.row_key(message.lsn);
-            self.side.note_lsn(message.lsn);
-            self.side.dead_letters.push(DeadLetterRow {
-                received_at_ms: letter.received_at_ms,
-                source: letter.source.clone(),
-                topic: letter.topic.clone(),
-                meter_id: letter.meter_id.clone().unwrap_or_default(),
-                format: letter.format.clone().unwrap_or_default(),
-                kind: letter.kind.clone(),
-                reason: letter.reason.clone(),
-                payload: letter.payload.clone(),
-                lsn: key,
-            });
-            self.flush_side_rows_if_large()?;
-        }
+        // The key that makes its ClickHouse row idempotent (only made for ClickHouse: a
+        // stand-in for a message outside the WAL is counted).
+        let key = if self.sinks.has_clickhouse() {
+            self.row_key(message.lsn)
+        } else {
+            0
+        };
+        let local = self.is_local(message);
+        self.sinks.dead_letter(&letter, message.lsn, key, local)?;
+        self.flush_side_rows_if_large()?;
         if let Some(meter_id) = meter_id {
             let mut reason = letter.reason;
             if reason.len() > 300 {
@@ -703,31 +633,13 @@ impl Pipeline {
     }
 }
 
-/// The rows of a canonical batch as JSON lines (for a dead letter).
-pub fn rows_as_json_lines(batch: &arrow_array::RecordBatch) -> Vec<u8> {
-    let c = match meterflow_proto::ReadingColumns::of(batch) {
-        Ok(c) => c,
-        Err(e) => return format!("{{\"error\": {:?}}}\n", e.to_string()).into_bytes(),
-    };
-    let mut out = Vec::new();
-    for i in 0..c.len() {
-        let row = serde_json::json!({
-            "meter_id": c.meter_id.value(i), "channel": c.channel.value(i), "ts_ms": c.ts.value(i),
-            "value": c.value.value(i), "unit": c.unit.value(i), "quality": c.quality.value(i),
-            "received_at_ms": c.received_at.value(i), "source": c.source.value(i),
-            "format": c.format.value(i),
-        });
-        out.extend_from_slice(row.to_string().as_bytes());
-        out.push(b'\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use meterflow_proto::Source;
-    use meterflow_storage::{BatchConfig, ParquetConfig, Wal, WalConfig};
+    use meterflow_storage::{
+        BatchConfig, DeadLetterStore, ParquetConfig, ParquetSink, Wal, WalConfig,
+    };
 
     /// Appends `n` one-row JSON reports (meter `m{i}`, value `i`) to the WAL of `dir`.
     fn fill_wal(dir: &std::path::Path, n: usize) -> u64 {
@@ -763,20 +675,23 @@ mod tests {
                 max_age_ms: 3_600_000,
                 ..BatchConfig::default()
             }),
-            Sinks {
-                parquet: ParquetSink::open(
-                    dir,
-                    ParquetConfig {
-                        file_max_rows: 4,
-                        file_max_age_s: 3600,
-                        ..ParquetConfig::default()
-                    },
-                    "",
-                )
-                .unwrap(),
-                clickhouse: None,
-                dead_letters: DeadLetterStore::open(dir, "").unwrap(),
-            },
+            SinkSet::new(
+                Some(
+                    ParquetSink::open(
+                        dir,
+                        ParquetConfig {
+                            file_max_rows: 4,
+                            file_max_age_s: 3600,
+                            ..ParquetConfig::default()
+                        },
+                        "",
+                    )
+                    .unwrap(),
+                ),
+                None,
+                DeadLetterStore::open(dir, "").unwrap(),
+                "clickhouse",
+            ),
             DeviceRegistry::load(dir, crate::devices::DevicesConfig::default()).unwrap(),
             dir.to_path_buf(),
             marks,

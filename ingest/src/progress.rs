@@ -2,11 +2,12 @@
 //! from after it.
 //!
 //! Every holder of data that is not yet in its sink reports the oldest WAL record (LSN) it
-//! still holds, in a [`Held`]: the batcher, the open Parquet files, the status and dead-letter
-//! rows waiting for ClickHouse, and the ClickHouse writer's unfinished jobs. The dead-letter
-//! files hold nothing once [`Progress::save`] has made them durable. [`confirmed`] takes the
-//! minimum per set of sinks (the local ones; all of them) and [`Progress`] owns the checkpoint
-//! file (`wal/checkpoint`) and the [`LsnMarks`] that tell the WAL writer how far it may delete.
+//! still holds, as a [`Hold`]: the batcher, and through the sink seam the open Parquet files,
+//! the status and dead-letter rows waiting for ClickHouse, and the ClickHouse writer's
+//! unfinished jobs. The dead-letter files hold nothing once [`Progress::save`] has made them
+//! durable. [`confirmed`] takes the minimum per set of sinks (the local ones; all of them) and
+//! [`Progress`] owns the checkpoint file (`wal/checkpoint`) and the [`LsnMarks`] that tell the
+//! WAL writer how far it may delete.
 //!
 //! The way forward is the pipeline; this module decides nothing about rows, only positions.
 
@@ -16,7 +17,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use meterflow_storage::sinks::confirmed_through;
 use meterflow_storage::wal::{self, Checkpoint};
+use meterflow_storage::Hold;
 
 use crate::IngestError;
 
@@ -34,38 +37,13 @@ pub struct LsnMarks {
     pub wal_error_at_ms: AtomicI64,
 }
 
-/// The oldest WAL record (LSN) each holder of unconfirmed data still holds; `None`: nothing.
-/// Rows of a message the WAL could not take (LSN 0) are never noted: they have no place to
-/// replay from, so they hold nothing back. A holder that says 0 anyway holds everything.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Held {
-    /// Rows in the batcher.
-    pub batcher: Option<u64>,
-    /// Whether those rows go to the local sinks too (not while a restart replays records
-    /// Parquet already has, for ClickHouse alone).
-    pub batch_is_local: bool,
-    /// Rows in Parquet files not yet complete.
-    pub parquet: Option<u64>,
-    /// Status and dead-letter rows waiting to go to ClickHouse.
-    pub side_rows: Option<u64>,
-    /// Jobs the ClickHouse writer has not finished (inserted, or handed back as refused).
-    pub clickhouse: Option<u64>,
-}
-
-/// What the sinks have confirmed, given the last LSN the pipeline has handled and what is
-/// still held. Never goes back behind `saved`.
-pub fn confirmed(handled_through: u64, held: Held, saved: Checkpoint) -> Checkpoint {
-    let through = |holders: &[Option<u64>]| {
-        holders
-            .iter()
-            .flatten()
-            .min()
-            .map_or(handled_through, |oldest| oldest.saturating_sub(1))
-            .min(handled_through)
-    };
-    let local_batch = held.batcher.filter(|_| held.batch_is_local);
-    let local = through(&[local_batch, held.parquet]);
-    let all = through(&[held.batcher, held.parquet, held.side_rows, held.clickhouse]);
+/// What the sinks have confirmed, given the last LSN the pipeline has handled and what each
+/// holder still holds (rows of a message the WAL could not take, LSN 0, are never held: they
+/// have no place to replay from): the local sinks through the one before the oldest local
+/// hold, all of them through the one before the oldest hold. Never goes back behind `saved`.
+pub fn confirmed(handled_through: u64, holds: &[Hold], saved: Checkpoint) -> Checkpoint {
+    let local = confirmed_through(handled_through, holds.iter().filter(|h| h.local));
+    let all = confirmed_through(handled_through, holds);
     Checkpoint {
         all: all.max(saved.all),
         local: local.max(saved.local),
@@ -125,8 +103,8 @@ impl Progress {
     }
 
     /// What the sinks have confirmed now (see [`confirmed`]).
-    pub fn confirmed(&self, handled_through: u64, held: Held) -> Checkpoint {
-        confirmed(handled_through, held, self.saved)
+    pub fn confirmed(&self, handled_through: u64, holds: &[Hold]) -> Checkpoint {
+        confirmed(handled_through, holds, self.saved)
     }
 
     /// Saves `confirmed` when it moved and `now_due` (a file completed, shutdown) or a second
@@ -174,7 +152,7 @@ impl Progress {
         }
         let lag_ms = match self.receive_times.front() {
             Some((_, at)) if handled_through > confirmed => {
-                crate::message::now_ms().saturating_sub(*at).max(0)
+                meterflow_proto::now_ms().saturating_sub(*at).max(0)
             }
             _ => 0,
         };
@@ -193,33 +171,32 @@ mod tests {
         Checkpoint { all, local }
     }
 
+    /// A hold of `holder` (local: the batcher's rows bound for Parquet too, or Parquet).
+    fn hold(holder: &'static str, oldest: u64) -> Hold {
+        let local = matches!(holder, "batcher" | "parquet");
+        Hold {
+            holder,
+            oldest,
+            local,
+        }
+    }
+
     #[test]
     fn each_holder_holds_the_checkpoint_before_its_oldest_record() {
-        let nothing = Held {
-            batch_is_local: true,
-            ..Held::default()
-        };
-        // (case, handled through, held, saved, expected)
-        let cases: Vec<(&str, u64, Held, Checkpoint, Checkpoint)> = vec![
-            ("nothing held", 9, nothing, cp(0, 0), cp(9, 9)),
+        // (case, handled through, holds, saved, expected)
+        let cases: Vec<(&str, u64, Vec<Hold>, Checkpoint, Checkpoint)> = vec![
+            ("nothing held", 9, vec![], cp(0, 0), cp(9, 9)),
             (
                 "rows in the batcher",
                 9,
-                Held {
-                    batcher: Some(6),
-                    ..nothing
-                },
+                vec![hold("batcher", 6)],
                 cp(0, 0),
                 cp(5, 5),
             ),
             (
                 "an open Parquet file",
                 9,
-                Held {
-                    parquet: Some(3),
-                    batcher: Some(6),
-                    ..nothing
-                },
+                vec![hold("parquet", 3), hold("batcher", 6)],
                 cp(0, 0),
                 cp(2, 2),
             ),
@@ -228,91 +205,70 @@ mod tests {
                 // in the batcher; the checkpoint may not pass the status.
                 "a status row waiting for ClickHouse",
                 6,
-                Held {
-                    side_rows: Some(5),
-                    batcher: Some(6),
-                    ..nothing
-                },
+                vec![hold("side_rows", 5), hold("batcher", 6)],
                 cp(0, 0),
                 cp(4, 5),
             ),
             (
                 "a dead-letter row alone",
                 7,
-                Held {
-                    side_rows: Some(7),
-                    ..nothing
-                },
+                vec![hold("side_rows", 7)],
                 cp(0, 0),
                 cp(6, 7),
             ),
             (
                 "an unfinished ClickHouse job",
                 9,
-                Held {
-                    clickhouse: Some(4),
-                    ..nothing
-                },
+                vec![hold("clickhouse", 4)],
                 cp(0, 0),
                 cp(3, 9),
             ),
             (
                 "a replay for ClickHouse alone does not hold Parquet's mark",
                 12,
-                Held {
-                    batcher: Some(8),
-                    batch_is_local: false,
-                    ..nothing
-                },
+                vec![Hold {
+                    local: false,
+                    ..hold("batcher", 8)
+                }],
                 cp(7, 15),
                 cp(7, 15),
             ),
             (
                 "the saved checkpoint never goes back",
                 9,
-                Held {
-                    batcher: Some(3),
-                    ..nothing
-                },
+                vec![hold("batcher", 3)],
                 cp(5, 6),
                 cp(5, 6),
             ),
             (
                 "a holder that says 0 holds everything back",
                 9,
-                Held {
-                    side_rows: Some(0),
-                    ..nothing
-                },
+                vec![hold("side_rows", 0)],
                 cp(3, 4),
                 cp(3, 9),
             ),
             (
                 "never past what was handled",
                 9,
-                Held {
-                    clickhouse: Some(20),
-                    ..nothing
-                },
+                vec![hold("clickhouse", 20)],
                 cp(0, 0),
                 cp(9, 9),
             ),
             (
                 "the oldest of all holders wins",
                 30,
-                Held {
-                    batcher: Some(25),
-                    parquet: Some(21),
-                    side_rows: Some(11),
-                    clickhouse: Some(17),
-                    batch_is_local: true,
-                },
+                vec![
+                    hold("batcher", 25),
+                    hold("parquet", 21),
+                    hold("side_rows", 11),
+                    hold("clickhouse", 17),
+                ],
                 cp(0, 0),
                 cp(10, 20),
             ),
         ];
-        for (case, handled, held, saved, expected) in cases {
-            assert_eq!(confirmed(handled, held, saved), expected, "{case}");
+        for (case, handled, holds, saved, expected) in cases {
+            assert_eq!(confirmed(handled, &holds, saved), expected, "{case}");
         }
     }
 

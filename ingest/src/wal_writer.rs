@@ -15,39 +15,13 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 
-use flume::{Receiver, Sender};
+use flume::Receiver;
 use std::time::Duration;
 
 use meterflow_storage::{NewRecord, Wal};
 
-use crate::message::RawMessage;
+use crate::edge::{Durability, RawMessage, Submission};
 use crate::progress::LsnMarks;
-
-/// Something an edge hands over with a message and gets back by its drop.
-pub type Lease = Box<dyn std::any::Any + Send>;
-
-/// What became of a submission that asked to be told.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Durability {
-    /// In the WAL at this LSN, fsynced unless `wal.fsync = "never"`.
-    Durable(u64),
-    /// The WAL is at its disk budget (`wal.max_bytes`): not stored; the sender should back off.
-    WalFull,
-    /// The WAL could not be written (an I/O error, logged): not stored.
-    Failed,
-}
-
-/// One message from an edge.
-#[derive(Debug)]
-pub struct Submission {
-    pub message: RawMessage,
-    /// Told once the message is durable (or refused). Without it (MQTT QoS 0, an LwM2M
-    /// heartbeat) a message the WAL cannot write still goes on to the pipeline.
-    pub notify: Option<tokio::sync::oneshot::Sender<Durability>>,
-    /// What the edge lends the writer with the message, dropped when the writer is done with
-    /// it (the MQTT edge's share of its in-flight byte budget). The writer knows no edge.
-    pub budget: Option<Lease>,
-}
 
 /// What the writer did, for the shutdown summary.
 #[derive(Debug, Default, Clone, Copy)]
@@ -57,19 +31,10 @@ pub struct WriterSummary {
     pub wal_overflow: u64,
 }
 
-/// Submissions waiting for the writer at most: an MQTT connection waits for room (and is not
-/// read meanwhile), CoAP answers 5.03.
-pub const SUBMISSIONS: usize = 8192;
-
 /// Messages appended before a group commit at the latest.
 const MAX_GROUP: usize = 4096;
 /// How long an idle writer sleeps before its housekeeping (interval fsync, segment removal).
 const IDLE_TICK: Duration = Duration::from_millis(50);
-
-/// The channel one edge submits through; `capacity` bounds what waits for the writer.
-pub fn channel(capacity: usize) -> (Sender<Submission>, Receiver<Submission>) {
-    flume::bounded(capacity)
-}
 
 /// What the writer takes from: each edge's channel.
 pub struct Inputs {
@@ -157,12 +122,14 @@ impl Writer {
     fn accept(&mut self, mut submission: Submission) {
         self.summary.messages += 1;
         let message = &mut submission.message;
+        // The refusal is JSON in the WAL only (storage keeps it as text).
+        let refused = message.refused.as_ref().map(|r| r.to_wal());
         let record = NewRecord {
             received_at_ms: message.received_at_ms,
             source: message.source,
             topic: &message.topic,
             content_type: message.content_type.as_deref(),
-            refused: message.refused.as_deref(),
+            refused: refused.as_deref(),
             payload: &message.payload,
         };
         if !self.wal.has_room(&record) {
@@ -186,7 +153,7 @@ impl Writer {
                 metrics::counter!("meterflow_wal_errors_total").increment(1);
                 self.marks
                     .wal_error_at_ms
-                    .store(crate::message::now_ms(), Ordering::Relaxed);
+                    .store(meterflow_proto::now_ms(), Ordering::Relaxed);
                 if let Some(notify) = submission.notify {
                     tracing::error!(error = %e, topic = %message.topic, "WAL append failed; the sender is told to retry");
                     let _ = notify.send(Durability::Failed);
@@ -214,7 +181,7 @@ impl Writer {
             // Stored, but the log cannot begin its next segment: tell /ready.
             self.marks
                 .wal_error_at_ms
-                .store(crate::message::now_ms(), Ordering::Relaxed);
+                .store(meterflow_proto::now_ms(), Ordering::Relaxed);
         }
         let committed = match result {
             Ok(()) => true,
@@ -222,7 +189,7 @@ impl Writer {
                 metrics::counter!("meterflow_wal_errors_total").increment(1);
                 self.marks
                     .wal_error_at_ms
-                    .store(crate::message::now_ms(), Ordering::Relaxed);
+                    .store(meterflow_proto::now_ms(), Ordering::Relaxed);
                 tracing::error!(error = %e, "WAL commit failed; waiting senders are told to retry, the rest goes to the pipeline without it");
                 false
             }
@@ -289,6 +256,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::channel;
     use bytes::Bytes;
     use meterflow_proto::Source;
     use meterflow_storage::{FsyncPolicy, WalConfig};

@@ -27,16 +27,17 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use arrow_array::RecordBatch;
 use meterflow_ingest::Config;
 use meterflow_proto::{ReadingBatchBuilder, ReadingColumns, TextRow};
-use meterflow_storage::clickhouse::{ClickHouseWriter, DeadLetterRow, SideRows};
-use meterflow_storage::{DeadLetter, DeadLetterStore, ParquetSink};
+use meterflow_storage::clickhouse::ClickHouseWriter;
+use meterflow_storage::dead_letter::rows_as_json_lines;
+use meterflow_storage::sinks::confirmed_through;
+use meterflow_storage::{
+    DeadLetter, DeadLetterStore, ParquetSink, ShutdownSignal, SinkBatch, SinkSet,
+};
 use serde::{Deserialize, Serialize};
 
 use self::csv::{CsvOptions, CsvReader};
@@ -239,6 +240,12 @@ fn fnv1a(text: &str) -> u64 {
     })
 }
 
+/// The start of the Parquet file names of an input file's chunks (`import-{hash}-`; a chunk
+/// adds its number).
+fn file_prefix(key: &str) -> String {
+    format!("import-{:016x}-", fnv1a(key))
+}
+
 /// A chunk's position once it is in the sink.
 #[derive(Debug, Clone)]
 struct Mark {
@@ -246,139 +253,17 @@ struct Mark {
     progress: FileProgress,
 }
 
-/// Where the rows go.
-enum Sink {
-    /// The writer `serve` uses: Native inserts, merged and pipelined; each chunk a job whose
-    /// "LSN" is the chunk's number, so its confirmed prefix says which chunks are in.
-    ClickHouse {
-        writer: ClickHouseWriter,
-        next_chunk: u64,
-        waiting: VecDeque<(u64, Mark)>,
-    },
-    /// Parquet under the data folder, one set of files per chunk.
-    Parquet {
-        data_dir: PathBuf,
-        config: meterflow_storage::ParquetConfig,
-    },
-}
-
-impl Sink {
-    /// Sends a chunk; its mark comes back from [`Sink::confirmed`] once it is in.
-    fn write(
-        &mut self,
-        batch: RecordBatch,
-        side: SideRows,
-        mark: Mark,
-        name: &str,
-    ) -> anyhow::Result<Vec<Mark>> {
-        match self {
-            Sink::ClickHouse {
-                writer,
-                next_chunk,
-                waiting,
-            } => {
-                *next_chunk += 1;
-                writer.send(batch, side, *next_chunk)?;
-                waiting.push_back((*next_chunk, mark));
-                Ok(Vec::new())
-            }
-            Sink::Parquet { data_dir, config } => {
-                if batch.num_rows() > 0 {
-                    let mut sink = ParquetSink::open_named(data_dir, config.clone(), name)?;
-                    sink.write(&batch, None, Instant::now())?;
-                    sink.close()?;
-                }
-                Ok(vec![mark])
-            }
-        }
-    }
-
-    /// The chunks now in the sink, in order.
-    fn confirmed(&mut self) -> Vec<Mark> {
-        let Sink::ClickHouse {
-            writer, waiting, ..
-        } = self
-        else {
-            return Vec::new();
-        };
-        let through = writer.confirmed_through();
-        let mut marks = Vec::new();
-        while waiting.front().is_some_and(|(chunk, _)| *chunk <= through) {
-            if let Some((_, mark)) = waiting.pop_front() {
-                marks.push(mark);
-            }
-        }
-        marks
-    }
-
-    /// Batches ClickHouse refused for their data, as dead letters.
-    fn refused(&mut self) -> Vec<DeadLetter> {
-        let Sink::ClickHouse { writer, .. } = self else {
-            return Vec::new();
-        };
-        writer
-            .take_rejected()
-            .into_iter()
-            .map(|r| DeadLetter {
-                received_at_ms: meterflow_proto::now_ms(),
-                source: "import".into(),
-                topic: String::new(),
-                meter_id: None,
-                format: None,
-                kind: "clickhouse_rejected".into(),
-                reason: r.reason,
-                payload: meterflow_ingest::pipeline::rows_as_json_lines(&r.batch),
-            })
-            .collect()
-    }
-
-    /// Removes the Parquet files an earlier import of `key` wrote (a file imported again from
-    /// its start: changed, other settings, --restart), so its rows are not there twice.
-    fn forget(&self, key: &str) -> anyhow::Result<()> {
-        let Sink::Parquet { data_dir, .. } = self else {
-            return Ok(());
-        };
-        let prefix = format!("part-import-{:016x}-", fnv1a(key));
-        let root = data_dir.join("readings");
-        let Ok(days) = std::fs::read_dir(&root) else {
-            return Ok(());
-        };
-        for day in days.flatten() {
-            let Ok(files) = std::fs::read_dir(day.path()) else {
-                continue;
-            };
-            for file in files.flatten() {
-                if file.file_name().to_string_lossy().starts_with(&prefix) {
-                    std::fs::remove_file(file.path())
-                        .with_context(|| format!("removing {}", file.path().display()))?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether the sink can still take chunks (the ClickHouse writer's thread is alive).
-    fn is_alive(&self) -> bool {
-        match self {
-            Sink::ClickHouse { writer, .. } => writer.is_running(),
-            Sink::Parquet { .. } => true,
-        }
-    }
-
-    fn is_idle(&self) -> bool {
-        match self {
-            Sink::ClickHouse { writer, .. } => writer.pending() == 0,
-            Sink::Parquet { .. } => true,
-        }
-    }
-}
-
 /// The importer's state across files.
 struct Importer {
-    sink: Sink,
+    /// ClickHouse (the writer `serve` uses: Native inserts, merged and pipelined), or Parquet
+    /// under the data folder; and the dead-letter files.
+    sinks: SinkSet,
+    /// The number of the last chunk sent: a chunk's position for the sinks, so that what
+    /// they confirm says which chunks are in.
+    chunks_sent: u64,
+    /// Chunks sent and not yet confirmed, with their marks.
+    waiting: VecDeque<(u64, Mark)>,
     progress: ProgressRecord,
-    dead_letters: DeadLetterStore,
-    with_clickhouse: bool,
     display: Display,
     summary: ImportSummary,
     last_save: Instant,
@@ -388,19 +273,23 @@ impl Importer {
     /// Takes what the sink has confirmed into the progress record (saved at most once a
     /// second, and at the end), and keeps refused batches as dead letters.
     fn settle(&mut self, force: bool) -> anyhow::Result<()> {
-        // Confirmed chunks first, then the refused batches: the writer hands a refused batch
-        // back before it confirms its chunk, so every chunk taken here has its refusals
-        // taken too, and they are written before the position is saved.
-        for mark in self.sink.confirmed() {
-            self.progress.set(&mark.key, mark.progress);
-        }
-        for letter in self.sink.refused() {
-            self.dead_letters.write(&letter)?;
-            self.summary.dead_letters += 1;
+        // The stock keeps the batches ClickHouse refused as dead letters, so every chunk it
+        // confirms has its refusals written before the position is saved.
+        let stock = self.sinks.take_stock()?;
+        self.summary.dead_letters += stock.refused as u64;
+        let through = confirmed_through(self.chunks_sent, &stock.holds);
+        while self
+            .waiting
+            .front()
+            .is_some_and(|(chunk, _)| *chunk <= through)
+        {
+            if let Some((_, mark)) = self.waiting.pop_front() {
+                self.progress.set(&mark.key, mark.progress);
+            }
         }
         if force || self.last_save.elapsed() >= Duration::from_secs(1) {
             // Dead letters first: a position is saved only once the bad rows before it are kept.
-            self.dead_letters.close()?;
+            self.sinks.make_durable()?;
             self.progress.save()?;
             self.last_save = Instant::now();
         }
@@ -412,54 +301,47 @@ impl Importer {
     fn chunk_done(
         &mut self,
         builder: &mut ReadingBatchBuilder,
-        side: &mut SideRows,
         key: &str,
         at: &FileProgress,
         chunk_start: u64,
     ) -> anyhow::Result<()> {
-        let name = format!("import-{:016x}-{:08}", fnv1a(key), chunk_start / CHUNK_ROWS);
-        let mark = Mark {
-            key: key.to_string(),
-            progress: at.clone(),
-        };
+        let name = format!("{}{:08}", file_prefix(key), chunk_start / CHUNK_ROWS);
         let batch = builder.finish();
         self.summary.rows += batch.num_rows() as u64;
-        let marks = self.sink.write(batch, std::mem::take(side), mark, &name)?;
-        for mark in marks {
-            self.progress.set(&mark.key, mark.progress);
-        }
+        self.chunks_sent += 1;
+        let chunk = self.chunks_sent;
+        // With its bad rows (they went to the sinks as they were read).
+        self.sinks.send(
+            SinkBatch {
+                rows: &batch,
+                oldest: Some(chunk),
+                through: chunk,
+                local: true,
+                file_name: Some(&name),
+            },
+            Instant::now(),
+        )?;
+        self.waiting.push_back((
+            chunk,
+            Mark {
+                key: key.to_string(),
+                progress: at.clone(),
+            },
+        ));
         self.settle(false)
     }
 
     /// Keeps a bad row: a dead-letter file entry, and a `dead_letters` row in ClickHouse.
-    fn bad_row(
-        &mut self,
-        side: &mut SideRows,
-        input: &Input,
-        format: &str,
-        bad: csv::BadRow,
-    ) -> anyhow::Result<()> {
+    fn bad_row(&mut self, input: &Input, format: &str, bad: csv::BadRow) -> anyhow::Result<()> {
         let csv::BadRow { line, raw, reason } = bad;
         let topic = input.path.display().to_string();
         // The file's modification time: the same in a rerun, so its rows collapse.
         let received_at_ms = i64::try_from(input.modified_ns / 1_000_000).unwrap_or(0);
         self.summary.dead_letters += 1;
         self.display.dead_letter();
-        if self.with_clickhouse {
-            let lsn = (1 << 62) | ((fnv1a(&topic) ^ line) & ((1 << 62) - 1));
-            side.dead_letters.push(DeadLetterRow {
-                received_at_ms,
-                source: "import".into(),
-                topic: topic.clone(),
-                meter_id: String::new(),
-                format: format.into(),
-                kind: "bad_row".into(),
-                reason: reason.clone(),
-                payload: raw.clone(),
-                lsn,
-            });
-        }
-        self.dead_letters.write(&DeadLetter {
+        // ClickHouse's key for the row: the file and line, the same in a rerun.
+        let key = (1 << 62) | ((fnv1a(&topic) ^ line) & ((1 << 62) - 1));
+        let letter = DeadLetter {
             received_at_ms,
             source: "import".into(),
             topic,
@@ -468,7 +350,8 @@ impl Importer {
             kind: "bad_row".into(),
             reason,
             payload: raw,
-        })?;
+        };
+        self.sinks.dead_letter(&letter, 0, key, true)?;
         Ok(())
     }
 
@@ -482,7 +365,6 @@ impl Importer {
         let file = File::open(&input.path)?;
         let mut reader = CsvReader::new(BufReader::new(file), options, start.rows_done)?;
         let mut builder = ReadingBatchBuilder::with_capacity(CHUNK_ROWS as usize);
-        let mut side = SideRows::default();
         let mut at = start;
         let mut chunk_start = at.rows_done;
         loop {
@@ -505,7 +387,7 @@ impl Importer {
                 }),
                 Some(Err(mut bad)) => {
                     bad.reason = format!("line {}: {}", bad.line, bad.reason);
-                    self.bad_row(&mut side, input, "csv", bad)?
+                    self.bad_row(input, "csv", bad)?
                 }
                 None => {}
             }
@@ -513,7 +395,7 @@ impl Importer {
             if end || read - chunk_start >= CHUNK_ROWS {
                 at.rows_done = read;
                 at.done = end;
-                self.chunk_done(&mut builder, &mut side, key, &at, chunk_start)?;
+                self.chunk_done(&mut builder, key, &at, chunk_start)?;
                 self.display
                     .advance(input, reader.bytes_read(), self.summary.rows);
                 chunk_start = read;
@@ -540,7 +422,6 @@ impl Importer {
             .build()?;
         let now_ms = meterflow_proto::now_ms();
         let mut out = ReadingBatchBuilder::with_capacity(CHUNK_ROWS as usize);
-        let mut side = SideRows::default();
         let mut at = start;
         let mut chunk_start = at.rows_done;
         let mut read = at.rows_done;
@@ -566,19 +447,19 @@ impl Importer {
                     }),
                     Err(reason) => {
                         let one = batch.slice(i, 1);
-                        let raw = meterflow_ingest::pipeline::rows_as_json_lines(&one);
+                        let raw = rows_as_json_lines(&one);
                         let bad = csv::BadRow {
                             line: read,
                             raw,
                             reason: format!("row {read}: {reason}"),
                         };
-                        self.bad_row(&mut side, input, "parquet", bad)?;
+                        self.bad_row(input, "parquet", bad)?;
                     }
                 }
                 if read - chunk_start >= CHUNK_ROWS {
                     at.rows_done = read;
                     at.done = read >= total;
-                    self.chunk_done(&mut out, &mut side, key, &at, chunk_start)?;
+                    self.chunk_done(&mut out, key, &at, chunk_start)?;
                     let bytes = (u128::from(input.size) * u128::from(read)
                         / u128::from(total.max(1))) as u64;
                     self.display.advance(input, bytes, self.summary.rows);
@@ -589,7 +470,7 @@ impl Importer {
         if !at.done {
             at.rows_done = read;
             at.done = true;
-            self.chunk_done(&mut out, &mut side, key, &at, chunk_start)?;
+            self.chunk_done(&mut out, key, &at, chunk_start)?;
             self.display.advance(input, input.size, self.summary.rows);
         }
         Ok(())
@@ -669,27 +550,29 @@ pub fn run(config: &Config, options: &ImportOptions) -> anyhow::Result<ImportSum
         }
         keep
     };
-    let sink = if config.clickhouse.enabled() {
+    let (parquet, clickhouse) = if config.clickhouse.enabled() {
+        // No spool: an import has nothing else to go on with while ClickHouse waits.
         let writer =
-            // No spool: an import has nothing else to go on with while ClickHouse waits.
-            ClickHouseWriter::start(config.clickhouse.clone(), None, Arc::new(AtomicBool::new(false)))?;
-        Sink::ClickHouse {
-            writer,
-            next_chunk: 0,
-            waiting: VecDeque::new(),
-        }
+            ClickHouseWriter::start(config.clickhouse.clone(), None, ShutdownSignal::never())?;
+        (None, Some(writer))
     } else {
-        Sink::Parquet {
-            data_dir: config.data_dir.clone(),
-            config: config.parquet.clone(),
-        }
+        // Every chunk in files of its own (named by its file and number), and nothing else:
+        // the leftovers of a `serve` on the same folder are its own business.
+        let parquet = ParquetSink::open_named(&config.data_dir, config.parquet.clone(), "import")?;
+        (Some(parquet), None)
     };
+    let sinks = SinkSet::new(
+        parquet,
+        clickhouse,
+        DeadLetterStore::open(&config.data_dir, &config.node.id)?,
+        "import",
+    );
     let total_bytes = inputs.iter().map(|i| i.size).sum();
     let mut importer = Importer {
-        sink,
+        sinks,
+        chunks_sent: 0,
+        waiting: VecDeque::new(),
         progress: ProgressRecord::open(&config.data_dir)?,
-        dead_letters: DeadLetterStore::open(&config.data_dir, &config.node.id)?,
-        with_clickhouse: config.clickhouse.enabled(),
         display: Display::new(options.bar, total_bytes, inputs.len()),
         summary: ImportSummary {
             target: target.clone(),
@@ -732,7 +615,7 @@ pub fn run(config: &Config, options: &ImportOptions) -> anyhow::Result<ImportSum
         };
         if start.rows_done == 0 {
             // What an earlier, different pass wrote under this file's names goes first.
-            importer.sink.forget(&key)?;
+            importer.sinks.forget_files(&file_prefix(&key))?;
         }
         if start.done {
             importer.summary.files_already_done += 1;
@@ -769,17 +652,15 @@ pub fn run(config: &Config, options: &ImportOptions) -> anyhow::Result<ImportSum
         }
     }
     // Wait for ClickHouse to take everything (it retries while the server is away).
-    while !importer.sink.is_idle() {
-        if !importer.sink.is_alive() {
+    while importer.sinks.pending() > 0 {
+        if !importer.sinks.is_alive() {
             bail!("the ClickHouse writer stopped; what it did not confirm is imported again by the next run");
         }
         importer.settle(false)?;
         std::thread::sleep(Duration::from_millis(20));
     }
     importer.settle(true)?;
-    if let Sink::ClickHouse { writer, .. } = &mut importer.sink {
-        writer.close();
-    }
+    importer.sinks.close()?;
     importer.settle(true)?;
     importer.summary.seconds = started.elapsed().as_secs_f64();
     importer.display.finish(&importer.summary);

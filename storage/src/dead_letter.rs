@@ -128,6 +128,26 @@ impl Drop for DeadLetterStore {
     }
 }
 
+/// The rows of a canonical batch as JSON lines (the payload of a dead letter made of rows).
+pub fn rows_as_json_lines(batch: &arrow_array::RecordBatch) -> Vec<u8> {
+    let c = match meterflow_proto::ReadingColumns::of(batch) {
+        Ok(c) => c,
+        Err(e) => return format!("{{\"error\": {:?}}}\n", e.to_string()).into_bytes(),
+    };
+    let mut out = Vec::new();
+    for i in 0..c.len() {
+        let row = serde_json::json!({
+            "meter_id": c.meter_id.value(i), "channel": c.channel.value(i), "ts_ms": c.ts.value(i),
+            "value": c.value.value(i), "unit": c.unit.value(i), "quality": c.quality.value(i),
+            "received_at_ms": c.received_at.value(i), "source": c.source.value(i),
+            "format": c.format.value(i),
+        });
+        out.extend_from_slice(row.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
 /// Reads every dead letter of a folder written by [`DeadLetterStore`] (for tools and tests).
 pub fn read_all(dir: &Path) -> Result<Vec<DeadLetter>, StorageError> {
     let mut paths: Vec<PathBuf> = fs::read_dir(dir)

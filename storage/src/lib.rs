@@ -6,6 +6,9 @@
 //! - [`analytics`]: billing, anomaly and device queries on the ClickHouse tables (`sql/`).
 //! - [`clickhouse`]: the production sink: schema, RowBinary inserts, a writer with retries.
 //! - [`dead_letter`]: payloads that did not decode, kept on disk with raw bytes and reason.
+//! - [`sinks`]: the seam every producer of rows (the pipeline, `import`) reaches the sinks
+//!   through: send batches and side rows, learn what each sink still holds, close.
+//! - [`Shutdown`]: the one signal that stops the process, with its deadline.
 //! - [`wal`]: the write-ahead log of raw messages between the network edge and the decoder,
 //!   with the checkpoint of what every sink has confirmed.
 //!
@@ -18,10 +21,14 @@ pub mod clickhouse;
 pub mod dead_letter;
 mod error;
 pub mod parquet;
+mod shutdown;
+pub mod sinks;
 pub mod wal;
 
 pub use batcher::{BatchConfig, Batcher};
 pub use dead_letter::{DeadLetter, DeadLetterStore};
 pub use error::StorageError;
 pub use parquet::{ParquetConfig, ParquetSink};
+pub use shutdown::{Shutdown, ShutdownSignal};
+pub use sinks::{Hold, SinkBatch, SinkSet, Stock};
 pub use wal::{FsyncPolicy, NewRecord, Wal, WalConfig, WalReader, WalRecord};

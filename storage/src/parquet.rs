@@ -216,6 +216,51 @@ impl ParquetSink {
         Ok(completed)
     }
 
+    /// Writes `batch` as complete files of their own, `part-{name}-{seq}.parquet` (one per
+    /// date), apart from the open files: an import's chunk, named the same in every run, so
+    /// that a rerun after an interruption writes over what the first run completed instead of
+    /// adding a second copy. Returns the files.
+    pub fn write_named(
+        &self,
+        batch: &RecordBatch,
+        name: &str,
+    ) -> Result<Vec<PathBuf>, StorageError> {
+        let mut files = ParquetSink {
+            root: self.root.clone(),
+            config: self.config.clone(),
+            properties: self.properties.clone(),
+            run_id: name.to_string(),
+            next_seq: 0,
+            open: BTreeMap::new(),
+        };
+        let mut completed = files.write(batch, None, Instant::now())?;
+        completed.extend(files.close()?);
+        Ok(completed)
+    }
+
+    /// Removes the complete files whose names start with `part-{prefix}` (written by
+    /// [`ParquetSink::write_named`]); how many.
+    pub fn remove_named(&self, prefix: &str) -> Result<usize, StorageError> {
+        let prefix = format!("part-{prefix}");
+        let Ok(days) = fs::read_dir(&self.root) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for day in days.flatten() {
+            let Ok(files) = fs::read_dir(day.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                if file.file_name().to_string_lossy().starts_with(&prefix) {
+                    let path = file.path();
+                    fs::remove_file(&path).map_err(|e| StorageError::io("removing", &path, e))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Completes the files that have been open for `file_max_age_s`.
     pub fn roll_due(&mut self, now: Instant) -> Result<Vec<PathBuf>, StorageError> {
         let max_age = Duration::from_secs(self.config.file_max_age_s);

@@ -2,8 +2,6 @@
 //! read back exactly (plain and LowCardinality columns, and RowBinary as the fallback), and
 //! batches that waited during an outage go in as one merged insert, confirmed in order.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use crate::harness::{wait_for, ClickHouse};
 use arrow_array::RecordBatch;
@@ -109,7 +107,7 @@ fn writer(url: &str, db: &str, tune: impl FnOnce(&mut ClickHouseConfig)) -> Clic
         ..Default::default()
     };
     tune(&mut config);
-    ClickHouseWriter::start(config, None, Arc::new(AtomicBool::new(false))).unwrap()
+    ClickHouseWriter::start(config, None, meterflow_storage::ShutdownSignal::never()).unwrap()
 }
 
 fn wait_confirmed(w: &ClickHouseWriter, through: u64) {

@@ -17,9 +17,9 @@ fn run(target: &str, data: &[u8]) {
         "decode_senml_cbor" => decoder(Format::SenmlCbor),
         "decode_dsmr" => decoder(Format::Dsmr),
         "decode_lwm2m" => decoder(Format::Lwm2m),
-        "coap_datagram" => meterflow_ingest::coap::fuzz_datagrams(data),
-        "coaps_datagrams" => meterflow_ingest::coap::dtls::fuzz_datagrams(data),
-        "mqtt_connection" => meterflow_ingest::mqtt::fuzz_connection(data),
+        "coap_datagram" => meterflow_ingest::edge::coap::fuzz_datagrams(data),
+        "coaps_datagrams" => meterflow_ingest::edge::coap::dtls::fuzz_datagrams(data),
+        "mqtt_connection" => meterflow_ingest::edge::mqtt::fuzz_connection(data),
         "wal_segment" => meterflow_storage::wal::fuzz_segment(data),
         "config_toml" => {
             if let Ok(text) = std::str::from_utf8(data) {
@@ -57,12 +57,13 @@ fn every_seed_and_regression_input_passes_its_target() {
     // The MQTT codec catches a panic of rumqttd's reader (and counts it); the fuzzer's panic
     // hook aborts on it instead. Here it must not have happened either.
     assert_eq!(
-        meterflow_ingest::mqtt::codec::CODEC_PANICS.load(std::sync::atomic::Ordering::Relaxed),
+        meterflow_ingest::edge::mqtt::codec::CODEC_PANICS
+            .load(std::sync::atomic::Ordering::Relaxed),
         0,
         "an input made the MQTT codec panic"
     );
     assert_eq!(
-        meterflow_ingest::coap::dtls::DTLS_PANICS.load(std::sync::atomic::Ordering::Relaxed),
+        meterflow_ingest::edge::coap::dtls::DTLS_PANICS.load(std::sync::atomic::Ordering::Relaxed),
         0,
         "an input made the DTLS library panic"
     );

@@ -22,8 +22,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 
 use crate::devices::{DeviceRegistry, DeviceState, Health};
-use crate::message::now_ms;
 use crate::progress::LsnMarks;
+use meterflow_proto::now_ms;
 
 /// The page for field engineers.
 pub const PAGE: &str = include_str!("page.html");

@@ -24,7 +24,7 @@ use super::encode::{encode_dead_letter_rowbinary, encode_rowbinary, encode_statu
 use super::queue::{read_spool_file, Job, JobData, JobQueue, Sent, SpoolConfig};
 use super::schema::{apply_schema, table_layout, TableLayout};
 use super::{ClickHouseConfig, ClickHouseError, InsertCompression, InsertFormat, SideRows};
-use crate::StorageError;
+use crate::{ShutdownSignal, StorageError};
 use arrow_array::RecordBatch;
 use bytes::Bytes;
 
@@ -45,8 +45,8 @@ pub struct RejectedBatch {
 /// The writer thread: inserts batches, confirming them in order, retrying what a retry can fix.
 pub struct ClickHouseWriter {
     queue: Arc<JobQueue>,
-    /// Set at shutdown (shared with the rest of serve): stop waiting and retrying.
-    closing: Arc<AtomicBool>,
+    /// Set at shutdown: stop waiting and retrying.
+    closing: Arc<Closing>,
     /// The writer thread is gone: nothing more will be confirmed.
     dead: AtomicBool,
     /// The writer stopped outside shutdown (a unit abandoned while not closing): a sink
@@ -64,12 +64,17 @@ impl ClickHouseWriter {
     /// Starts the writer; it applies the schema (retrying while the server is away) before
     /// the first insert, so start-up does not wait for ClickHouse. With `spool`, jobs beyond
     /// the queue in memory wait in files there (cleared now: the WAL replays what an earlier
-    /// run left in it). `closing` is the process's shutdown flag.
+    /// run left in it). Once `shutdown` begins, a send does not wait for room and a failed
+    /// insert is not retried (what it held stays in the WAL).
     pub fn start(
         config: ClickHouseConfig,
         spool: Option<SpoolConfig>,
-        closing: Arc<AtomicBool>,
+        shutdown: ShutdownSignal,
     ) -> Result<ClickHouseWriter, StorageError> {
+        let closing = Arc::new(Closing {
+            closed: AtomicBool::new(false),
+            shutdown,
+        });
         let spool_dir = spool.as_ref().map(|s| s.dir.clone()).unwrap_or_default();
         let queue = Arc::new(
             JobQueue::new(config.queue_batches, spool)
@@ -161,13 +166,13 @@ impl ClickHouseWriter {
                 (Sent::Queued, _) => return Ok(()),
                 (Sent::Closed, _) => {
                     self.dead.store(true, Ordering::Release);
-                    if self.closing.load(Ordering::Acquire) && !self.stopped() {
+                    if self.closing.is_set() && !self.stopped() {
                         return Ok(());
                     }
                     return Err(StorageError::ClickHouseWriterStopped);
                 }
                 (Sent::Full, back) => {
-                    if self.closing.load(Ordering::Acquire) {
+                    if self.closing.is_set() {
                         tracing::warn!("shutting down while ClickHouse cannot take more; the batch stays in the WAL");
                         return Ok(());
                     }
@@ -222,7 +227,7 @@ impl ClickHouseWriter {
     /// Inserts what is queued and stops the thread. A batch whose insert fails while closing
     /// is not retried: it stays unconfirmed, in the WAL, for the next start.
     pub fn close(&mut self) {
-        self.closing.store(true, Ordering::Release);
+        self.closing.closed.store(true, Ordering::Release);
         self.queue.close();
         self.dead.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
@@ -234,6 +239,19 @@ impl ClickHouseWriter {
 impl Drop for ClickHouseWriter {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Whether the writer is closing: [`ClickHouseWriter::close`] was called, or the process's
+/// shutdown began.
+struct Closing {
+    closed: AtomicBool,
+    shutdown: ShutdownSignal,
+}
+
+impl Closing {
+    fn is_set(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.shutdown.is_stopping()
     }
 }
 
@@ -309,7 +327,7 @@ async fn run_writer(shared: Arc<Shared>, queue: &JobQueue, order: Confirmations)
                     UnitOutcome::Abandoned
                 });
                 abandoned = order.settle(outcome, through_lsn, count, abandoned);
-                if abandoned && !shared.closing.load(Ordering::Acquire) && !shared.stopped.swap(true, Ordering::AcqRel) {
+                if abandoned && !shared.closing.is_set() && !shared.stopped.swap(true, Ordering::AcqRel) {
                     // Not shutdown: the writer cannot go on in order. What waits stays in
                     // the WAL, and the sender hears of it now rather than filling the queue.
                     queue.abandon();
@@ -516,7 +534,7 @@ struct Shared {
     probe: clickhouse::Client,
     /// Read once the schema is applied; forgotten after a failure (a table may be gone).
     layout: tokio::sync::Mutex<Option<Arc<TableLayout>>>,
-    closing: Arc<AtomicBool>,
+    closing: Arc<Closing>,
     /// Set when a unit is abandoned outside shutdown.
     stopped: Arc<AtomicBool>,
     failing_since_ms: Arc<AtomicI64>,
@@ -749,7 +767,7 @@ impl Shared {
                     }
                 }
             };
-            if self.closing.load(Ordering::Acquire) {
+            if self.closing.is_set() {
                 tracing::warn!(error = %error, table = part.table(), "ClickHouse unavailable at shutdown; the batch stays in the WAL for the next start");
                 return Outcome::Abandoned;
             }
@@ -776,7 +794,7 @@ impl Shared {
             // mid-request, too many parts) waits out the whole backoff.
             let mut probe_at = tokio::time::Instant::now() + PROBE_INTERVAL;
             let mut back = false;
-            while tokio::time::Instant::now() < until && !self.closing.load(Ordering::Acquire) {
+            while tokio::time::Instant::now() < until && !self.closing.is_set() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 if tokio::time::Instant::now() >= probe_at {
                     match self.probe().await {

@@ -10,12 +10,13 @@ use rumqttd::protocol::{
     SubscribeReasonCode,
 };
 
-use super::auth::Principal;
 use super::codec::{self, Version};
-use super::session::{refusal, Close, CloseReason, ConnectRequest, Limits, Refusal, Session, Step};
+use super::session::{
+    refusal, Close, CloseReason, ConnectRefusal, ConnectRequest, Limits, Session, Step,
+};
 use crate::credentials::Glob;
-use crate::message::EdgeRefusal;
-use crate::wal_writer::Durability;
+use crate::edge::Durability;
+use crate::edge::Identity;
 
 const LIMITS: Limits = Limits {
     receive_maximum: 3,
@@ -55,13 +56,13 @@ fn connect(version: Version, client_id: &str, keep_alive: u16, clean: bool) -> P
     )
 }
 
-fn session(version: Version, principal: Principal) -> Session {
+fn session(version: Version, principal: Identity) -> Session {
     let request = ConnectRequest::parse(version, connect(version, "c1", 30, true), 7).unwrap();
     Session::accept(request, principal, peer(), LIMITS).0
 }
 
-fn meter(id: &str) -> Principal {
-    Principal::Device {
+fn meter(id: &str) -> Identity {
+    Identity::Device {
         id: id.into(),
         publish_for: Vec::new(),
     }
@@ -214,7 +215,7 @@ fn a_publish_for_another_meter_is_a_dead_letter_and_refused_as_each_version_says
     assert_eq!(step.close, None);
     let submit = step.submit.unwrap();
     assert!(submit.wait);
-    let refusal = EdgeRefusal::parse(submit.refused.as_deref().unwrap());
+    let refusal = submit.refused.clone().unwrap();
     assert_eq!(refusal.identity.as_deref(), Some("E1"));
     assert_eq!(refusal.peer, "10.1.2.3:40000");
     assert!(refusal
@@ -243,7 +244,7 @@ fn a_publish_for_another_meter_is_a_dead_letter_and_refused_as_each_version_says
 
 #[test]
 fn gateways_publish_for_their_globs_and_anonymous_clients_anywhere() {
-    let gw = Principal::Device {
+    let gw = Identity::Device {
         id: "GW".into(),
         publish_for: vec![Glob::new("E*").unwrap()],
     };
@@ -258,7 +259,7 @@ fn gateways_publish_for_their_globs_and_anonymous_clients_anywhere() {
         .unwrap()
         .refused
         .is_some());
-    let mut s = session(Version::V4, Principal::Anonymous);
+    let mut s = session(Version::V4, Identity::Anonymous);
     assert!(publish(&mut s, 1, 1, "not/meters")
         .submit
         .unwrap()
@@ -377,7 +378,7 @@ fn connect_checks_and_the_connack() {
     // MQTT 3.1.1: an empty id needs a clean session.
     let refused =
         ConnectRequest::parse(Version::V4, connect(Version::V4, "", 30, false), 1).unwrap_err();
-    assert_eq!(refused, Refusal::ClientId);
+    assert_eq!(refused, ConnectRefusal::ClientId);
     // Enhanced authentication is not offered.
     let mut with_auth = connect(Version::V5, "c", 30, true);
     if let Packet::Connect(_, Some(p), ..) = &mut with_auth {
@@ -392,7 +393,7 @@ fn connect_checks_and_the_connack() {
         let mut out = BytesMut::new();
         let p = refusal(
             version,
-            Refusal::Denied(super::auth::Denial::BadCredentials),
+            ConnectRefusal::Denied(super::auth::Denial::BadCredentials),
         );
         codec::write(version, p, &mut out).unwrap();
         assert_eq!(out[3], code);
@@ -402,7 +403,7 @@ fn connect_checks_and_the_connack() {
         Version::V4,
         refusal(
             Version::V4,
-            Refusal::Denied(super::auth::Denial::NoCredentials),
+            ConnectRefusal::Denied(super::auth::Denial::NoCredentials),
         ),
         &mut out,
     )
@@ -410,8 +411,11 @@ fn connect_checks_and_the_connack() {
     assert_eq!(out[3], 5);
     // MQTT 5: no credentials 0x87, another device's client id 0x87.
     for (why, code) in [
-        (Refusal::Denied(super::auth::Denial::NoCredentials), 0x87u8),
-        (Refusal::NotAuthorized, 0x87),
+        (
+            ConnectRefusal::Denied(super::auth::Denial::NoCredentials),
+            0x87u8,
+        ),
+        (ConnectRefusal::NotAuthorized, 0x87),
     ] {
         let mut out = BytesMut::new();
         codec::write(Version::V5, refusal(Version::V5, why), &mut out).unwrap();
@@ -498,7 +502,7 @@ fn an_idle_connection_task_stays_small() {
         let dir = tempfile::tempdir().unwrap();
         let credentials =
             std::sync::Arc::new(crate::credentials::SharedCredentials::load(dir.path()).unwrap());
-        let (tx, _rx) = crate::wal_writer::channel(4);
+        let (tx, _rx) = crate::edge::channel(4);
         let config = super::MqttConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             listen_v5: None,

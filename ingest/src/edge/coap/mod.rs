@@ -36,11 +36,12 @@ use meterflow_proto::{is_valid_meter_id, Format, Source};
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 
-use crate::message::{now_ms, RawMessage};
-use crate::wal_writer::{Durability, Submission};
+use crate::edge::{policy, RawMessage, Refusal};
+use crate::edge::{Durability, Submission};
 use crate::IngestError;
-use block1::{Assembler, Block, Refusal, Step};
+use block1::{Assembler, Block, BlockRefusal, Next};
 use exchanges::{Exchange, ExchangeCache, ExchangeKey, KeyMaker};
+use meterflow_proto::now_ms;
 
 use crate::credentials::SharedCredentials;
 
@@ -334,7 +335,13 @@ pub async fn serve(
     // Whether plain requests are served anonymously: looked at once per tick, not per
     // datagram (the store is re-read at most once a second).
     let loopback = matches!(security, Security::Plain { loopback: true });
-    let anonymous_ok = || config.allow_anonymous || (loopback && credentials.current().is_empty());
+    let anonymous_ok = || {
+        policy::anonymous_allowed(
+            config.allow_anonymous,
+            loopback,
+            credentials.current().is_empty(),
+        )
+    };
     let mut plain_caller = if anonymous_ok() {
         Caller::Anonymous
     } else {
@@ -436,7 +443,7 @@ struct Completion {
 }
 
 /// What a request leads to.
-enum Outcome {
+enum Handling {
     /// Answer now.
     Reply(Packet),
     /// Store the message, then answer with `code`.
@@ -555,12 +562,12 @@ impl Server {
         self.summary.requests += 1;
         let reply = self.reply_to(&packet);
         let outcome = if self.stopping {
-            Outcome::Reply(self.busy(reply, "meterflow is shutting down"))
+            Handling::Reply(self.busy(reply, "meterflow is shutting down"))
         } else {
             self.request(&packet, peer, caller, reply, now)
         };
         match outcome {
-            Outcome::Reply(reply) => {
+            Handling::Reply(reply) => {
                 let bytes = encode(&reply);
                 // A safe request (GET) is simply answered again; the rest is remembered where
                 // there is room (a repeated 4.xx or registration is harmless where there is not).
@@ -573,7 +580,7 @@ impl Server {
                 }
                 Some(bytes)
             }
-            Outcome::Ingest {
+            Handling::Ingest {
                 message,
                 reply,
                 code,
@@ -728,9 +735,9 @@ impl Server {
         caller: &Caller,
         mut reply: Packet,
         now: Instant,
-    ) -> Outcome {
+    ) -> Handling {
         let fail = |reply: Packet, code: ResponseType, why: &str| {
-            Outcome::Reply(with_code(reply, code, Some(why)))
+            Handling::Reply(with_code(reply, code, Some(why)))
         };
         if packet.get_option(CoapOption::ProxyUri).is_some()
             || packet.get_option(CoapOption::ProxyScheme).is_some()
@@ -776,27 +783,29 @@ impl Server {
                 .blocks
                 .block(peer, &uri, block, &packet.payload, size1, format, now)
             {
-                Step::Continue(block) => {
+                Next::Continue(block) => {
                     reply.add_option(CoapOption::Block1, block.to_bytes());
-                    return Outcome::Reply(with_code(reply, ResponseType::Continue, None));
+                    return Handling::Reply(with_code(reply, ResponseType::Continue, None));
                 }
-                Step::Complete(whole, block, format) => {
+                Next::Complete(whole, block, format) => {
                     reply.add_option(CoapOption::Block1, block.to_bytes());
                     body = Cow::Owned(whole);
                     // A client may state the Content-Format with the first block only.
                     first_block_format = format;
                 }
-                Step::Refuse(Refusal::TooLarge { limit }) => return self.too_large(reply, limit),
-                Step::Refuse(Refusal::Incomplete(why)) => {
+                Next::Refuse(BlockRefusal::TooLarge { limit }) => {
+                    return self.too_large(reply, limit)
+                }
+                Next::Refuse(BlockRefusal::Incomplete(why)) => {
                     return fail(reply, ResponseType::RequestEntityIncomplete, why)
                 }
-                Step::Refuse(Refusal::BadBlock(why)) => {
+                Next::Refuse(BlockRefusal::BadBlock(why)) => {
                     return fail(reply, ResponseType::BadRequest, why)
                 }
-                Step::Refuse(Refusal::Busy) => {
+                Next::Refuse(BlockRefusal::Busy) => {
                     metrics::counter!("meterflow_coap_busy_total", "why" => "block_transfers")
                         .increment(1);
-                    return Outcome::Reply(self.busy(reply, "too many block transfers under way"));
+                    return Handling::Reply(self.busy(reply, "too many block transfers under way"));
                 }
             }
         } else if body.len() > self.max_payload_bytes {
@@ -836,7 +845,7 @@ impl Server {
                     if let Some(meter_id) = self.registry.get(id).map(|r| r.meter_id.clone()) {
                         self.heard_from(&meter_id);
                     }
-                    Outcome::Reply(with_code(reply, ResponseType::Changed, None))
+                    Handling::Reply(with_code(reply, ResponseType::Changed, None))
                 } else {
                     fail(
                         reply,
@@ -861,7 +870,7 @@ impl Server {
         peer: SocketAddr,
         caller: &Caller,
         reply: Packet,
-    ) -> Outcome {
+    ) -> Handling {
         match (request_type(packet), path) {
             (RequestType::Get, [".well-known", "core"]) => well_known_core(packet, reply),
             (RequestType::Delete, ["rd", id]) => {
@@ -869,9 +878,9 @@ impl Server {
                     return refusal;
                 }
                 if self.registry.remove(id) {
-                    Outcome::Reply(with_code(reply, ResponseType::Deleted, None))
+                    Handling::Reply(with_code(reply, ResponseType::Deleted, None))
                 } else {
-                    Outcome::Reply(with_code(
+                    Handling::Reply(with_code(
                         reply,
                         ResponseType::NotFound,
                         Some("no such registration"),
@@ -879,19 +888,19 @@ impl Server {
                 }
             }
             (_, ["r", _] | ["rd", ..] | ["dp"] | [".well-known", "core"]) => {
-                Outcome::Reply(with_code(
+                Handling::Reply(with_code(
                     reply,
                     ResponseType::MethodNotAllowed,
                     Some("method not allowed on this resource"),
                 ))
             }
-            _ => Outcome::Reply(with_code(reply, ResponseType::NotFound, Some(WHAT_IS_HERE))),
+            _ => Handling::Reply(with_code(reply, ResponseType::NotFound, Some(WHAT_IS_HERE))),
         }
     }
 
-    fn too_large(&self, mut reply: Packet, limit: usize) -> Outcome {
+    fn too_large(&self, mut reply: Packet, limit: usize) -> Handling {
         reply.add_option(CoapOption::Size1, uint_bytes(limit as u64));
-        Outcome::Reply(with_code(
+        Handling::Reply(with_code(
             reply,
             ResponseType::RequestEntityTooLarge,
             Some(&format!("the body may be at most {limit} bytes")),
@@ -907,9 +916,9 @@ impl Server {
         peer: SocketAddr,
         caller: &Caller,
         reply: Packet,
-    ) -> Outcome {
+    ) -> Handling {
         if !is_valid_meter_id(meter_id) {
-            return Outcome::Reply(with_code(
+            return Handling::Reply(with_code(
                 reply,
                 ResponseType::NotFound,
                 Some("meter_id must be 1 to 64 characters of [A-Za-z0-9._-]"),
@@ -920,7 +929,7 @@ impl Server {
                 .credentials
                 .current()
                 .get(identity)
-                .is_some_and(|c| c.may_publish_for(identity, meter_id));
+                .is_some_and(|c| policy::may_publish_for(identity, &c.publish_for, meter_id));
             if !allowed {
                 return self.forbidden(
                     caller,
@@ -939,7 +948,7 @@ impl Server {
                 .and_then(Format::from_coap_content_format),
         };
         let Some(format) = format.filter(|f| *f != Format::Lwm2m) else {
-            return Outcome::Reply(with_code(
+            return Handling::Reply(with_code(
                 reply,
                 ResponseType::UnsupportedContentFormat,
                 Some(REPORT_FORMATS),
@@ -957,7 +966,7 @@ impl Server {
         caller: &Caller,
         reply: Packet,
         now: Instant,
-    ) -> Outcome {
+    ) -> Handling {
         let Some(registration) = self.registry.at(peer, now) else {
             if caller.identity().is_some() {
                 return self.forbidden(
@@ -969,7 +978,7 @@ impl Server {
                     reply,
                 );
             }
-            return Outcome::Reply(with_code(
+            return Handling::Reply(with_code(
                 reply,
                 ResponseType::Forbidden,
                 Some("not registered from this address: register (POST /rd?ep=...) first"),
@@ -991,7 +1000,7 @@ impl Server {
             .and_then(Format::from_coap_content_format)
             .is_some_and(|f| matches!(f, Format::Senml | Format::SenmlCbor | Format::Lwm2m));
         if !lwm2m {
-            return Outcome::Reply(with_code(
+            return Handling::Reply(with_code(
                 reply,
                 ResponseType::UnsupportedContentFormat,
                 Some("Send takes SenML-CBOR (112), SenML-JSON (110) or OMA LwM2M JSON (11543)"),
@@ -1002,7 +1011,7 @@ impl Server {
     }
 
     /// Decodes to choose the answer, and hands the raw message on for storage either way.
-    fn ingest(&self, meter_id: &str, format: Format, body: Vec<u8>, reply: Packet) -> Outcome {
+    fn ingest(&self, meter_id: &str, format: Format, body: Vec<u8>, reply: Packet) -> Handling {
         let received_at_ms = now_ms();
         let ctx = DecodeContext {
             meter_id,
@@ -1021,15 +1030,14 @@ impl Server {
             ),
             Err(e) => (ResponseType::BadRequest, Some(e.to_string())),
         };
-        Outcome::Ingest {
+        Handling::Ingest {
             message: RawMessage {
-                lsn: 0,
-                topic: format!("meters/{meter_id}/{format}"),
-                payload: Bytes::from(body),
-                source: Source::Coap,
                 received_at_ms,
-                content_type: None,
-                refused: None,
+                ..RawMessage::new(
+                    Source::Coap,
+                    format!("meters/{meter_id}/{format}"),
+                    Bytes::from(body),
+                )
             },
             reply,
             code,
@@ -1047,25 +1055,20 @@ impl Server {
         reason: String,
         body: Vec<u8>,
         reply: Packet,
-    ) -> Outcome {
+    ) -> Handling {
         metrics::counter!("meterflow_coap_denied_total", "reason" => "forbidden").increment(1);
         let identity = caller.identity().map(str::to_string);
         tracing::info!(identity = identity.as_deref().unwrap_or("anonymous"), %peer, %reason, "CoAP: request refused");
-        let refusal = crate::message::EdgeRefusal {
+        let refusal = Refusal {
             identity,
             client_id: None,
             peer: peer.to_string(),
             reason,
         };
-        Outcome::Ingest {
+        Handling::Ingest {
             message: RawMessage {
-                lsn: 0,
-                topic: resource,
-                payload: Bytes::from(body),
-                source: Source::Coap,
-                received_at_ms: now_ms(),
-                content_type: None,
-                refused: Some(refusal.to_json()),
+                refused: Some(Box::new(refusal)),
+                ..RawMessage::new(Source::Coap, resource, Bytes::from(body))
             },
             reply,
             code: ResponseType::Forbidden,
@@ -1081,7 +1084,7 @@ impl Server {
         peer: SocketAddr,
         body: &[u8],
         reply: &Packet,
-    ) -> Option<Outcome> {
+    ) -> Option<Handling> {
         let identity = caller.identity()?;
         let owner = self.registry.get(id)?;
         (owner.meter_id != identity).then(|| {
@@ -1100,24 +1103,12 @@ impl Server {
     /// through the WAL like any message, so the device state (and ClickHouse `device_status`)
     /// shows it alive between Sends. Best effort: when the writer is busy it is skipped.
     fn heard_from(&self, meter_id: &str) {
-        let message = RawMessage {
-            lsn: 0,
-            topic: format!("meters/{meter_id}/status"),
-            payload: Bytes::from_static(b"{}"),
-            source: Source::Coap,
-            received_at_ms: now_ms(),
-            content_type: None,
-            refused: None,
-        };
-        if self
-            .wal
-            .try_send(Submission {
-                message,
-                notify: None,
-                budget: None,
-            })
-            .is_ok()
-        {
+        let message = RawMessage::new(
+            Source::Coap,
+            format!("meters/{meter_id}/status"),
+            Bytes::from_static(b"{}"),
+        );
+        if self.wal.try_send(Submission::unanswered(message)).is_ok() {
             metrics::counter!("meterflow_received_total", "source" => "coap").increment(1);
         }
     }
@@ -1131,11 +1122,11 @@ impl Server {
         caller: &Caller,
         mut reply: Packet,
         now: Instant,
-    ) -> Outcome {
+    ) -> Handling {
         let params = match lwm2m::Params::parse(queries) {
             Ok(p) => p,
             Err(why) => {
-                return Outcome::Reply(with_code(reply, ResponseType::BadRequest, Some(&why)))
+                return Handling::Reply(with_code(reply, ResponseType::BadRequest, Some(&why)))
             }
         };
         if let Some(identity) = caller.identity() {
@@ -1164,13 +1155,13 @@ impl Server {
                 }
                 reply.add_option(CoapOption::LocationPath, b"rd".to_vec());
                 reply.add_option(CoapOption::LocationPath, id.into_bytes());
-                Outcome::Reply(with_code(reply, ResponseType::Created, None))
+                Handling::Reply(with_code(reply, ResponseType::Created, None))
             }
             Err(lwm2m::RegisterError::Bad(why)) => {
-                Outcome::Reply(with_code(reply, ResponseType::BadRequest, Some(&why)))
+                Handling::Reply(with_code(reply, ResponseType::BadRequest, Some(&why)))
             }
             Err(lwm2m::RegisterError::Full) => {
-                Outcome::Reply(self.busy(reply, "the registration table is full"))
+                Handling::Reply(self.busy(reply, "the registration table is full"))
             }
         }
     }
@@ -1185,12 +1176,12 @@ const WELL_KNOWN_CORE: &str =
     "</r>;rt=\"meterflow.report\";ct=\"50 60 110 112 65000 65001\",</rd>;rt=\"core.rd\";ct=40,</dp>;ct=\"110 112\"";
 
 /// `GET /.well-known/core` (RFC 6690), in Block2 blocks when the client asks for small ones.
-fn well_known_core(request: &Packet, mut reply: Packet) -> Outcome {
+fn well_known_core(request: &Packet, mut reply: Packet) -> Handling {
     let accept = request
         .get_first_option(CoapOption::Accept)
         .map(|v| uint(v));
     if accept.is_some_and(|a| a != u64::from(LINK_FORMAT)) {
-        return Outcome::Reply(with_code(
+        return Handling::Reply(with_code(
             reply,
             ResponseType::NotAcceptable,
             Some("/.well-known/core is application/link-format (40) only"),
@@ -1209,7 +1200,7 @@ fn well_known_core(request: &Packet, mut reply: Packet) -> Outcome {
         Some(b) if b.size() < body.len() => {
             let start = (b.num as usize).saturating_mul(b.size());
             if start >= body.len() {
-                return Outcome::Reply(with_code(
+                return Handling::Reply(with_code(
                     reply,
                     ResponseType::BadOption,
                     Some("Block2 past the end"),
@@ -1226,7 +1217,7 @@ fn well_known_core(request: &Packet, mut reply: Packet) -> Outcome {
         }
         _ => reply.payload = body.to_vec(),
     }
-    Outcome::Reply(with_code(reply, ResponseType::Content, None))
+    Handling::Reply(with_code(reply, ResponseType::Content, None))
 }
 
 fn request_type(packet: &Packet) -> RequestType {
@@ -1349,7 +1340,7 @@ async fn fuzz_datagrams_on_runtime(data: &[u8]) {
             max_inflight: 16,
             ..CoapConfig::default()
         };
-        let (wal, wal_rx) = crate::wal_writer::channel(8);
+        let (wal, wal_rx) = crate::edge::channel(8);
         let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Completion>(16);
         let credentials = Arc::new(SharedCredentials::in_memory(Default::default()));
         let mut server = Server::new(&config, credentials, wal, done_tx);

@@ -32,10 +32,12 @@ use tokio::time::Instant;
 use super::auth::{self, Denial};
 use super::codec::{self, FrameError, Version};
 use super::registry::{Kick, Registered};
-use super::session::{refusal, Close, CloseReason, ConnectRequest, Refusal, Session, Step, Submit};
+use super::session::{
+    refusal, Close, CloseReason, ConnectRefusal, ConnectRequest, Session, Step, Submit,
+};
 use super::{Budget, Edge, ListenerInfo, RUNNING};
-use crate::message::{now_ms, RawMessage};
-use crate::wal_writer::{Durability, Submission};
+use crate::edge::{policy, RawMessage};
+use crate::edge::{Durability, Submission};
 
 /// Bytes read from a socket at once.
 const READ_CHUNK: usize = 16 * 1024;
@@ -365,7 +367,7 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
                         let mut out = BytesMut::new();
                         let _ = codec::write(
                             Version::V4,
-                            refusal(Version::V4, Refusal::UnsupportedVersion),
+                            refusal(Version::V4, ConnectRefusal::UnsupportedVersion),
                             &mut out,
                         );
                         let _ = stream.write_all(&out).await;
@@ -444,7 +446,7 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let mut out = BytesMut::new();
-    let refuse = |why: Refusal, out: &mut BytesMut| {
+    let refuse = |why: ConnectRefusal, out: &mut BytesMut| {
         metrics::counter!("meterflow_mqtt_denied_total", "reason" => why.label()).increment(1);
         let _ = codec::write(version, refusal(version, why), out);
     };
@@ -464,18 +466,22 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
         Some(Ok(cn)) => Some(cn.as_str()),
         Some(Err(e)) => {
             tracing::debug!(%peer, error = %e, "MQTT client certificate refused");
-            refuse(Refusal::Denied(Denial::BadCertificate), &mut out);
+            refuse(ConnectRefusal::Denied(Denial::BadCertificate), &mut out);
             let _ = flush(&mut stream, &mut out, edge).await;
             return Err(Some(CloseReason::Denied));
         }
         None => None,
     };
     let authenticate = |store: &crate::credentials::CredentialStore| {
-        let anonymous_ok = edge.config.allow_anonymous || (store.is_empty() && listener.loopback);
-        let principal =
-            auth::authenticate(store, anonymous_ok, user, password, cn).map_err(Refusal::Denied)?;
+        let anonymous_ok = policy::anonymous_allowed(
+            edge.config.allow_anonymous,
+            listener.loopback,
+            store.is_empty(),
+        );
+        let principal = auth::authenticate(store, anonymous_ok, user, password, cn)
+            .map_err(ConnectRefusal::Denied)?;
         if !principal.may_use_client_id(&request.client_id, store) {
-            return Err(Refusal::NotAuthorized);
+            return Err(ConnectRefusal::NotAuthorized);
         }
         Ok(principal)
     };
@@ -512,7 +518,7 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
     // change's kick of the withdrawn ones, cannot miss this one. A change since the
     // authentication above is checked against the new store.
     if edge.state() != RUNNING {
-        refuse(Refusal::Unavailable, &mut out);
+        refuse(ConnectRefusal::Unavailable, &mut out);
         let _ = flush(&mut stream, &mut out, edge).await;
         return Err(Some(CloseReason::ShuttingDown));
     }
@@ -522,7 +528,10 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
         match authenticate(&edge.credentials.current()) {
             Ok(now) if now.id() == principal.id() => principal = now,
             other => {
-                refuse(other.err().unwrap_or(Refusal::NotAuthorized), &mut out);
+                refuse(
+                    other.err().unwrap_or(ConnectRefusal::NotAuthorized),
+                    &mut out,
+                );
                 let _ = flush(&mut stream, &mut out, edge).await;
                 return Err(Some(CloseReason::Revoked));
             }
@@ -867,13 +876,9 @@ fn submission(
     let (tx, rx) = oneshot::channel();
     edge.metrics.received.increment(1);
     let message = RawMessage {
-        lsn: 0,
-        topic: submit.topic,
-        payload: submit.payload,
-        source: Source::Mqtt,
-        received_at_ms: now_ms(),
         content_type: submit.content_type,
         refused: submit.refused,
+        ..RawMessage::new(Source::Mqtt, submit.topic, submit.payload)
     };
     let submission = Submission {
         message,

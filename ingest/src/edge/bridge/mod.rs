@@ -37,9 +37,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::message::{now_ms, RawMessage};
-use crate::wal_writer::{Durability, Submission};
+use crate::edge::RawMessage;
+use crate::edge::{Durability, Submission};
 use crate::IngestError;
+use meterflow_proto::now_ms;
 
 /// One broker meterflow takes messages from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,7 +168,7 @@ pub fn url_without_password(text: &str) -> String {
 
 /// One segment of a [`TopicPattern`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
+enum PatternPart {
     Literal(String),
     Any,
     MeterId,
@@ -177,7 +178,7 @@ enum Segment {
 /// Where the meter id and the format are in the broker's topics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicPattern {
-    segments: Vec<Segment>,
+    segments: Vec<PatternPart>,
     /// The format of every message when the pattern has no `{format}`.
     fixed_format: Option<String>,
 }
@@ -188,23 +189,23 @@ impl TopicPattern {
         let mut segments = Vec::new();
         for part in pattern.split('/') {
             segments.push(match part {
-                "{meter_id}" => Segment::MeterId,
-                "{format}" => Segment::Format,
-                "+" => Segment::Any,
+                "{meter_id}" => PatternPart::MeterId,
+                "{format}" => PatternPart::Format,
+                "+" => PatternPart::Any,
                 "" => return Err(format!("{pattern:?} has an empty segment")),
                 _ if part.contains(['+', '#', '{', '}']) => {
                     return Err(format!(
                         "segment {part:?} of {pattern:?} is not literal, `+`, `{{meter_id}}` or `{{format}}`"
                     ))
                 }
-                _ => Segment::Literal(part.to_string()),
+                _ => PatternPart::Literal(part.to_string()),
             });
         }
-        let count = |s: &Segment| segments.iter().filter(|x| *x == s).count();
-        if count(&Segment::MeterId) != 1 {
+        let count = |s: &PatternPart| segments.iter().filter(|x| *x == s).count();
+        if count(&PatternPart::MeterId) != 1 {
             return Err(format!("{pattern:?} must have `{{meter_id}}` once"));
         }
-        let fixed_format = match (count(&Segment::Format), format) {
+        let fixed_format = match (count(&PatternPart::Format), format) {
             (0, "") => {
                 return Err(format!(
                     "{pattern:?} has no `{{format}}`: set bridge `format` (pb, json, senml, senml-cbor, dsmr or status)"
@@ -231,7 +232,7 @@ impl TopicPattern {
         self.segments
             .iter()
             .map(|s| match s {
-                Segment::Literal(text) => text.as_str(),
+                PatternPart::Literal(text) => text.as_str(),
                 _ => "+",
             })
             .collect::<Vec<_>>()
@@ -248,9 +249,9 @@ impl TopicPattern {
         let (mut meter_id, mut format) = (None, self.fixed_format.as_deref());
         for (segment, part) in self.segments.iter().zip(&parts) {
             match segment {
-                Segment::Literal(text) if text != part => return None,
-                Segment::MeterId => meter_id = Some(*part),
-                Segment::Format => format = Some(*part),
+                PatternPart::Literal(text) if text != part => return None,
+                PatternPart::MeterId => meter_id = Some(*part),
+                PatternPart::Format => format = Some(*part),
                 _ => {}
             }
         }
@@ -614,7 +615,7 @@ impl BridgeMetrics {
 }
 
 /// A message handed to the WAL, waiting for the WAL's word.
-struct Pending {
+struct AwaitingWal {
     /// The connection it came on: only that connection may acknowledge it (a later one gets
     /// it again from the broker).
     connection: u64,
@@ -624,7 +625,7 @@ struct Pending {
 }
 
 /// The WAL's word on a message, in the order the messages came.
-struct Outcome {
+struct Verdict {
     connection: u64,
     publish: Publish,
     durable: bool,
@@ -634,17 +635,17 @@ struct Outcome {
 /// alone acknowledges (so that no acknowledgement is queued for a connection the loop has
 /// already given up).
 async fn await_durability(
-    mut pending: mpsc::UnboundedReceiver<Pending>,
-    outcomes: mpsc::UnboundedSender<Outcome>,
+    mut pending: mpsc::UnboundedReceiver<AwaitingWal>,
+    verdicts: mpsc::UnboundedSender<Verdict>,
 ) {
     while let Some(next) = pending.recv().await {
         let durable = matches!(next.durable.await, Ok(Durability::Durable(_)));
-        let outcome = Outcome {
+        let outcome = Verdict {
             connection: next.connection,
             publish: next.publish,
             durable,
         };
-        if outcomes.send(outcome).is_err() {
+        if verdicts.send(outcome).is_err() {
             return;
         }
     }
@@ -699,8 +700,8 @@ impl Link {
         // payload is the WAL's), and the broker's flow control bounds them; Mosquitto 2.0.11
         // keeps to the Receive Maximum but sends a resumed session everything it holds at
         // once (`meterflow_bridge_pending_acks` shows it).
-        let (to_wait, pending) = mpsc::unbounded_channel::<Pending>();
-        let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<Outcome>();
+        let (to_wait, pending) = mpsc::unbounded_channel::<AwaitingWal>();
+        let (outcomes_tx, mut verdicts) = mpsc::unbounded_channel::<Verdict>();
         tokio::spawn(await_durability(pending, outcomes_tx));
         let mut backoff = Duration::from_millis(500);
         // A refused subscription is asked for again on the same connection (what the session
@@ -716,7 +717,7 @@ impl Link {
                     tokio::select! {
                         biased;
                         _ = stop.changed() => break 'run,
-                        Some(outcome) = outcomes.recv(), if self.connected => {
+                        Some(outcome) = verdicts.recv(), if self.connected => {
                             if !self.settle(outcome) {
                                 break None;
                             }
@@ -813,7 +814,7 @@ impl Link {
                     loop {
                         tokio::select! {
                             biased;
-                            Some(outcome) = outcomes.recv() => {
+                            Some(outcome) = verdicts.recv() => {
                                 if !self.settle(outcome) {
                                     break None;
                                 }
@@ -858,7 +859,7 @@ impl Link {
     /// Takes the WAL's word on a message: queues its acknowledgement if it is durable and its
     /// connection still up. `false` when the WAL refused a message of the current connection:
     /// the caller then drops the connection, so that the broker sends it again later.
-    fn settle(&mut self, outcome: Outcome) -> bool {
+    fn settle(&mut self, outcome: Verdict) -> bool {
         self.awaiting = self.awaiting.saturating_sub(1);
         self.metrics.pending_acks.set(self.awaiting as f64);
         let current = self.connected && outcome.connection == self.connection;
@@ -922,7 +923,11 @@ impl Link {
 
     /// Hands one message to the WAL writer and, for QoS 1, to the durability waiter; `false`
     /// when the writer is gone.
-    async fn take(&mut self, publish: Publish, to_wait: &mpsc::UnboundedSender<Pending>) -> bool {
+    async fn take(
+        &mut self,
+        publish: Publish,
+        to_wait: &mpsc::UnboundedSender<AwaitingWal>,
+    ) -> bool {
         let wants_ack = publish.qos != QoS::AtMostOnce;
         self.summary.received += 1;
         self.metrics.received.increment(1);
@@ -946,13 +951,8 @@ impl Link {
         };
         let submission = Submission {
             message: RawMessage {
-                lsn: 0,
-                topic,
-                payload: publish.payload.clone(),
-                source: Source::Bridge,
-                received_at_ms: now_ms(),
                 content_type,
-                refused: None,
+                ..RawMessage::new(Source::Bridge, topic, publish.payload.clone())
             },
             notify,
             budget: None,
@@ -961,7 +961,7 @@ impl Link {
             return false;
         }
         if let Some(durable) = durable {
-            let pending = Pending {
+            let pending = AwaitingWal {
                 connection: self.connection,
                 publish: Publish {
                     topic: bytes::Bytes::new(),

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::credentials::SharedCredentials;
-use crate::wal_writer::Submission;
+use crate::edge::Submission;
 use crate::IngestError;
 use registry::Registry;
 use session::{CloseReason, Limits};
@@ -624,12 +624,12 @@ pub fn fuzz_connection(data: &[u8]) {
         }
     };
     let principal = match choice & 3 {
-        0 => auth::Principal::Anonymous,
-        1 => auth::Principal::Device {
+        0 => crate::edge::Identity::Anonymous,
+        1 => crate::edge::Identity::Device {
             id: "E1".into(),
             publish_for: Vec::new(),
         },
-        _ => auth::Principal::Device {
+        _ => crate::edge::Identity::Device {
             id: "gw-1".into(),
             publish_for: ["E*", "G-??"]
                 .iter()
@@ -644,9 +644,9 @@ pub fn fuzz_connection(data: &[u8]) {
     let mut answer = |session: &mut Session, output: &mut BytesMut| {
         answered += 1;
         let outcome = match (u64::from(choice >> 2) + answered) % 4 {
-            0 => crate::wal_writer::Durability::WalFull,
-            1 => crate::wal_writer::Durability::Failed,
-            _ => crate::wal_writer::Durability::Durable(answered),
+            0 => crate::edge::Durability::WalFull,
+            1 => crate::edge::Durability::Failed,
+            _ => crate::edge::Durability::Durable(answered),
         };
         let step = session.on_durable(&outcome);
         for packet in step.packets {

@@ -18,10 +18,10 @@ use rumqttd::protocol::{
     QoS, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
 
-use super::auth::{Denial, Principal};
+use super::auth::Denial;
 use super::codec::{Inbound, Version};
-use crate::message::EdgeRefusal;
-use crate::wal_writer::Durability;
+use crate::edge::Identity;
+use crate::edge::{self, Durability};
 
 /// The per-connection limits a session enforces.
 #[derive(Debug, Clone, Copy)]
@@ -171,7 +171,7 @@ pub struct Submit {
     pub payload: Bytes,
     pub content_type: Option<String>,
     /// Set when the publish was refused: kept as an `unauthorized` dead letter.
-    pub refused: Option<String>,
+    pub refused: Option<Box<edge::Refusal>>,
     /// Whether the session waits for the WAL's answer ([`Session::on_durable`]).
     pub wait: bool,
 }
@@ -240,9 +240,9 @@ impl ConnectRequest {
         version: Version,
         packet: Packet,
         conn_id: u64,
-    ) -> Result<ConnectRequest, Refusal> {
+    ) -> Result<ConnectRequest, ConnectRefusal> {
         let Packet::Connect(connect, properties, _will, _will_props, login) = packet else {
-            return Err(Refusal::Protocol);
+            return Err(ConnectRefusal::Protocol);
         };
         let Connect {
             keep_alive,
@@ -251,12 +251,12 @@ impl ConnectRequest {
         } = connect;
         let properties = properties.as_ref();
         if properties.is_some_and(|p| p.authentication_method.is_some()) {
-            return Err(Refusal::AuthMethod);
+            return Err(ConnectRefusal::AuthMethod);
         }
         if client_id.len() > MAX_CLIENT_ID
             || (client_id.is_empty() && version == Version::V4 && !clean_session)
         {
-            return Err(Refusal::ClientId);
+            return Err(ConnectRefusal::ClientId);
         }
         let assigned_id = client_id.is_empty();
         let client_id = if assigned_id {
@@ -277,7 +277,7 @@ impl ConnectRequest {
 
 /// Why a CONNECT is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum ConnectRefusal {
     Protocol,
     UnsupportedVersion,
     ClientId,
@@ -289,42 +289,46 @@ pub enum Refusal {
     Unavailable,
 }
 
-impl Refusal {
+impl ConnectRefusal {
     /// The `reason` label of `meterflow_mqtt_denied_total`.
     pub fn label(self) -> &'static str {
         match self {
-            Refusal::Protocol => "protocol_error",
-            Refusal::UnsupportedVersion => "protocol_version",
-            Refusal::ClientId => "bad_client_id",
-            Refusal::AuthMethod => "auth_method",
-            Refusal::Denied(d) => d.label(),
-            Refusal::NotAuthorized => "client_id",
-            Refusal::Unavailable => "shutting_down",
+            ConnectRefusal::Protocol => "protocol_error",
+            ConnectRefusal::UnsupportedVersion => "protocol_version",
+            ConnectRefusal::ClientId => "bad_client_id",
+            ConnectRefusal::AuthMethod => "auth_method",
+            ConnectRefusal::Denied(d) => d.label(),
+            ConnectRefusal::NotAuthorized => "client_id",
+            ConnectRefusal::Unavailable => "shutting_down",
         }
     }
 }
 
 /// The CONNACK that refuses a connection.
-pub fn refusal(version: Version, why: Refusal) -> Packet {
+pub fn refusal(version: Version, why: ConnectRefusal) -> Packet {
     use ConnectReturnCode as C;
     let code = match (version, why) {
-        (Version::V4, Refusal::Protocol | Refusal::UnsupportedVersion) => C::RefusedProtocolVersion,
-        (Version::V4, Refusal::ClientId) => C::ClientIdentifierNotValid,
-        (Version::V4, Refusal::AuthMethod) => C::NotAuthorized,
+        (Version::V4, ConnectRefusal::Protocol | ConnectRefusal::UnsupportedVersion) => {
+            C::RefusedProtocolVersion
+        }
+        (Version::V4, ConnectRefusal::ClientId) => C::ClientIdentifierNotValid,
+        (Version::V4, ConnectRefusal::AuthMethod) => C::NotAuthorized,
         // 3.1.1: "not authorized" for every identity refusal (as Mosquitto answers), so the
         // code does not tell a wrong secret from an unknown name.
-        (Version::V4, Refusal::Denied(_) | Refusal::NotAuthorized) => C::NotAuthorized,
-        (Version::V4, Refusal::Unavailable) => C::ServiceUnavailable,
-        (Version::V5, Refusal::Protocol) => C::ProtocolError,
-        (Version::V5, Refusal::UnsupportedVersion) => C::UnsupportedProtocolVersion,
-        (Version::V5, Refusal::ClientId) => C::ClientIdentifierNotValid,
-        (Version::V5, Refusal::AuthMethod) => C::BadAuthenticationMethod,
-        (Version::V5, Refusal::Denied(Denial::NoCredentials | Denial::BadCertificate)) => {
+        (Version::V4, ConnectRefusal::Denied(_) | ConnectRefusal::NotAuthorized) => {
             C::NotAuthorized
         }
-        (Version::V5, Refusal::Denied(Denial::BadCredentials)) => C::BadUserNamePassword,
-        (Version::V5, Refusal::NotAuthorized) => C::NotAuthorized,
-        (Version::V5, Refusal::Unavailable) => C::ServerUnavailable,
+        (Version::V4, ConnectRefusal::Unavailable) => C::ServiceUnavailable,
+        (Version::V5, ConnectRefusal::Protocol) => C::ProtocolError,
+        (Version::V5, ConnectRefusal::UnsupportedVersion) => C::UnsupportedProtocolVersion,
+        (Version::V5, ConnectRefusal::ClientId) => C::ClientIdentifierNotValid,
+        (Version::V5, ConnectRefusal::AuthMethod) => C::BadAuthenticationMethod,
+        (Version::V5, ConnectRefusal::Denied(Denial::NoCredentials | Denial::BadCertificate)) => {
+            C::NotAuthorized
+        }
+        (Version::V5, ConnectRefusal::Denied(Denial::BadCredentials)) => C::BadUserNamePassword,
+        (Version::V5, ConnectRefusal::NotAuthorized) => C::NotAuthorized,
+        (Version::V5, ConnectRefusal::Unavailable) => C::ServerUnavailable,
     };
     Packet::ConnAck(
         ConnAck {
@@ -340,7 +344,7 @@ pub fn refusal(version: Version, why: Refusal) -> Packet {
 pub struct Session {
     pub version: Version,
     pub client_id: Box<str>,
-    pub principal: Principal,
+    pub principal: Identity,
     peer: SocketAddr,
     limits: Limits,
     /// The keep-alive the client must keep, seconds (never 0).
@@ -355,7 +359,7 @@ impl Session {
     /// A session for an accepted CONNECT, and its CONNACK.
     pub fn accept(
         request: ConnectRequest,
-        principal: Principal,
+        principal: Identity,
         peer: SocketAddr,
         limits: Limits,
     ) -> (Session, Packet) {
@@ -568,7 +572,7 @@ impl Session {
         }
         // Not this identity's to publish: a dead letter with who and from where; MQTT 5 is
         // told 0x87 once the dead letter is stored, MQTT 3.1.1 is closed (§3.3.5).
-        let refusal = EdgeRefusal {
+        let refusal = edge::Refusal {
             identity: self.principal.id().map(str::to_string),
             client_id: Some(self.client_id.to_string()),
             peer: self.peer.to_string(),
@@ -592,7 +596,7 @@ impl Session {
                 topic,
                 payload,
                 content_type,
-                refused: Some(refusal.to_json()),
+                refused: Some(Box::new(refusal)),
                 wait: answered,
             }),
             close: (self.version == Version::V4).then_some(Close::Drained(CloseReason::Denied)),

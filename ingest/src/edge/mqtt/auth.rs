@@ -1,51 +1,27 @@
-//! Who a connection is, and what it may do: authentication against the credential store (or
-//! a TLS client certificate), the anonymous rule, and the publish and subscribe rules.
+//! Who a connection is, and what it may do over MQTT: authentication against the credential
+//! store (or a TLS client certificate), and the topic, client-id and subscribe rules on top of
+//! the edge policy ([`crate::edge::policy`]).
 //! Pure functions of the store and the request, so every rule has a table test.
 
 use meterflow_proto::is_valid_meter_id;
 
-use crate::credentials::{verify_unknown, CredentialStore, Glob};
+use crate::credentials::{verify_unknown, CredentialStore};
+use crate::edge::Identity;
 
-/// Who a connection speaks as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// No credential; only where anonymous devices are allowed. Publishes for any meter, as
-    /// meterflow did before identities (the pipeline still checks topics and payloads).
-    Anonymous,
-    /// A device of the credential store, or the CN of a client certificate from
-    /// `mqtt.tls_client_ca`. Publishes for itself and the meters its globs match.
-    Device {
-        id: Box<str>,
-        publish_for: Vec<Glob>,
-    },
-}
-
-impl Principal {
-    pub fn id(&self) -> Option<&str> {
-        match self {
-            Principal::Anonymous => None,
-            Principal::Device { id, .. } => Some(id),
-        }
-    }
-
-    /// For logs and dead letters.
-    pub fn label(&self) -> &str {
-        self.id().unwrap_or("anonymous")
-    }
-
+impl Identity {
     /// Whether a publish to `topic` is this principal's to make: `meters/{id}/...` with its
     /// own id or one its globs match. Anonymous clients may publish anywhere (the pipeline
     /// dead-letters topics that are not `meters/...`).
     pub fn may_publish_to(&self, topic: &str) -> bool {
-        let Principal::Device { id, publish_for } = self else {
+        if *self == Identity::Anonymous {
             return true;
-        };
+        }
         let mut parts = topic.split('/');
         let (Some("meters"), Some(meter), Some(_)) = (parts.next(), parts.next(), parts.next())
         else {
             return false;
         };
-        meter == &**id || publish_for.iter().any(|g| g.matches(meter))
+        self.may_publish_for(meter)
     }
 
     /// Whether this principal may use `client_id`: not the meter id of another device of the
@@ -53,7 +29,7 @@ impl Principal {
     pub fn may_use_client_id(&self, client_id: &str, store: &CredentialStore) -> bool {
         self.id() == Some(client_id)
             || (store.get(client_id).is_none() && !store.is_revoked(client_id))
-            || matches!(self, Principal::Device { publish_for, .. }
+            || matches!(self, Identity::Device { publish_for, .. }
                 if publish_for.iter().any(|g| g.matches(client_id)))
     }
 
@@ -61,8 +37,8 @@ impl Principal {
     /// downlink. No client reads any meter's data.
     pub fn may_subscribe(&self, filter: &str) -> bool {
         match self {
-            Principal::Anonymous => false,
-            Principal::Device { id, .. } => filter
+            Identity::Anonymous => false,
+            Identity::Device { id, .. } => filter
                 .strip_prefix("meters/")
                 .and_then(|rest| rest.strip_prefix(&**id))
                 .is_some_and(|rest| rest == "/cmd/#"),
@@ -101,7 +77,7 @@ pub fn authenticate(
     username: Option<&str>,
     password: Option<&[u8]>,
     cert_cn: Option<&str>,
-) -> Result<Principal, Denial> {
+) -> Result<Identity, Denial> {
     let username = username.filter(|u| !u.is_empty());
     if let Some(cn) = cert_cn {
         if !is_valid_meter_id(cn) || store.is_revoked(cn) {
@@ -110,33 +86,26 @@ pub fn authenticate(
         if username.is_some_and(|u| u != cn) {
             return Err(Denial::BadCredentials);
         }
-        let publish_for = store
-            .get(cn)
-            .map(|c| c.publish_for.clone())
-            .unwrap_or_default();
-        return Ok(Principal::Device {
-            id: cn.into(),
-            publish_for,
-        });
+        return Ok(Identity::device(cn, store));
     }
     match username {
         Some(user) => match store.get(user) {
             Some(credential) if credential.secret.verify(password.unwrap_or_default()) => {
-                Ok(Principal::Device {
+                Ok(Identity::Device {
                     id: user.into(),
                     publish_for: credential.publish_for.clone(),
                 })
             }
             Some(_) => Err(Denial::BadCredentials),
             // Nothing to check a name against: the quick start's clients may send any.
-            None if store.is_empty() && anonymous_ok => Ok(Principal::Anonymous),
+            None if store.is_empty() && anonymous_ok => Ok(Identity::Anonymous),
             None => {
                 // As long as for a known name: the answer's time does not tell which exist.
                 verify_unknown(password.unwrap_or_default());
                 Err(Denial::BadCredentials)
             }
         },
-        None if anonymous_ok => Ok(Principal::Anonymous),
+        None if anonymous_ok => Ok(Identity::Anonymous),
         None => Err(Denial::NoCredentials),
     }
 }
@@ -144,7 +113,7 @@ pub fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credentials::{Credential, Secret};
+    use crate::credentials::{Credential, Glob, Secret};
 
     const SECRET: &str = "s3cret-s3cret-s3cret";
 
@@ -161,8 +130,8 @@ mod tests {
         s
     }
 
-    fn device(id: &str) -> Principal {
-        Principal::Device {
+    fn device(id: &str) -> Identity {
+        Identity::Device {
             id: id.into(),
             publish_for: Vec::new(),
         }
@@ -287,7 +256,7 @@ mod tests {
         assert!(e1.may_use_client_id("e1-modem-7", &s));
         assert!(!e1.may_use_client_id("GW", &s), "another device's id");
         assert!(!e1.may_use_client_id("GONE", &s), "a revoked device's id");
-        assert!(!Principal::Anonymous.may_use_client_id("E1", &s));
+        assert!(!Identity::Anonymous.may_use_client_id("E1", &s));
         // A gateway may use the ids of the meters it speaks for (a connection per meter).
         let gw = authenticate(&s, false, Some("GW"), Some(SECRET.as_bytes()), None).unwrap();
         assert!(gw.may_use_client_id("E1", &s));
@@ -315,8 +284,8 @@ mod tests {
             (gw.clone(), "meters/G1/pb", true),
             (gw.clone(), "meters/G12/pb", false),
             (gw.clone(), "meters/X/pb", false),
-            (Principal::Anonymous, "meters/E2/json", true),
-            (Principal::Anonymous, "junk", true),
+            (Identity::Anonymous, "meters/E2/json", true),
+            (Identity::Anonymous, "junk", true),
         ];
         for (p, topic, want) in cases {
             assert_eq!(p.may_publish_to(topic), want, "{p:?} {topic}");
@@ -329,7 +298,7 @@ mod tests {
             (device("E1"), "#", false),
             (device("E1"), "meters/E1/cmd/x", false),
             (gw, "meters/E1/cmd/#", false),
-            (Principal::Anonymous, "meters/E1/cmd/#", false),
+            (Identity::Anonymous, "meters/E1/cmd/#", false),
         ];
         for (p, filter, want) in subs {
             assert_eq!(p.may_subscribe(filter), want, "{p:?} {filter}");

@@ -52,18 +52,18 @@ impl Block {
 
 /// What to do with a block.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Step {
+pub enum Next {
     /// Stored: answer 2.31 Continue with this Block1 option.
     Continue(Block),
     /// The body is complete: handle it as the request, and echo this Block1 in the answer;
     /// with the Content-Format the first block stated, if it did.
     Complete(Vec<u8>, Block, Option<u64>),
     /// Refused; the transfer (if any) is dropped.
-    Refuse(Refusal),
+    Refuse(BlockRefusal),
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum BlockRefusal {
     /// 4.13, with Size1 = the limit.
     TooLarge { limit: usize },
     /// 4.08: a block out of order, or one of a transfer that is not (or no longer) known.
@@ -128,9 +128,9 @@ impl Assembler {
         size1: Option<u64>,
         content_format: Option<u64>,
         now: Instant,
-    ) -> Step {
+    ) -> Next {
         if block.szx == 7 {
-            return Step::Refuse(Refusal::BadBlock(
+            return Next::Refuse(BlockRefusal::BadBlock(
                 "block size 7 (BERT) is for CoAP over TCP",
             ));
         }
@@ -141,13 +141,13 @@ impl Assembler {
         }
         if block.more && payload.len() != block.size() {
             self.transfers.remove(&key);
-            return Step::Refuse(Refusal::BadBlock(
+            return Next::Refuse(BlockRefusal::BadBlock(
                 "a block other than the last must be exactly the block size",
             ));
         }
         if block.num == 0 {
             if !self.transfers.contains_key(&key) && !self.make_room(peer, now) {
-                return Step::Refuse(Refusal::Busy);
+                return Next::Refuse(BlockRefusal::Busy);
             }
             if !block.more {
                 // A one-block body: nothing to hold.
@@ -166,13 +166,13 @@ impl Assembler {
             );
         }
         let Some(transfer) = self.transfers.get_mut(&key) else {
-            return Step::Refuse(Refusal::Incomplete(
+            return Next::Refuse(BlockRefusal::Incomplete(
                 "no transfer under way for this block (it timed out or never started)",
             ));
         };
         if now.duration_since(transfer.last_seen) > self.timeout {
             self.transfers.remove(&key);
-            return Step::Refuse(Refusal::Incomplete("the transfer timed out"));
+            return Next::Refuse(BlockRefusal::Incomplete("the transfer timed out"));
         }
         // The offset the block stands for; a client may lower its block size mid-way.
         let offset = block.num as usize * block.size();
@@ -185,10 +185,10 @@ impl Assembler {
             if offset + payload.len() == have && previous == Some(offset) {
                 // The previous block again (its 2.31 was lost and the client re-sent it
                 // with a new message ID): already stored, continue.
-                return Step::Continue(block);
+                return Next::Continue(block);
             }
             self.transfers.remove(&key);
-            return Step::Refuse(Refusal::Incomplete("block out of order"));
+            return Next::Refuse(BlockRefusal::Incomplete("block out of order"));
         }
         if have + payload.len() > self.max_payload_bytes {
             self.transfers.remove(&key);
@@ -199,7 +199,7 @@ impl Assembler {
         transfer.next_num = block.num + 1;
         transfer.last_seen = now;
         if block.more {
-            return Step::Continue(block);
+            return Next::Continue(block);
         }
         let (body, first_format) = self
             .transfers
@@ -209,15 +209,15 @@ impl Assembler {
         self.finish(body, block, content_format.or(first_format))
     }
 
-    fn finish(&self, body: Vec<u8>, block: Block, content_format: Option<u64>) -> Step {
+    fn finish(&self, body: Vec<u8>, block: Block, content_format: Option<u64>) -> Next {
         if body.len() > self.max_payload_bytes {
             return self.too_large();
         }
-        Step::Complete(body, block, content_format)
+        Next::Complete(body, block, content_format)
     }
 
-    fn too_large(&self) -> Step {
-        Step::Refuse(Refusal::TooLarge {
+    fn too_large(&self) -> Next {
+        Next::Refuse(BlockRefusal::TooLarge {
             limit: self.max_payload_bytes,
         })
     }
@@ -282,21 +282,21 @@ mod tests {
         let t = Instant::now();
         assert_eq!(
             a.block(peer(1), "/r/m", b(0, true), &body[..64], None, None, t),
-            Step::Continue(b(0, true))
+            Next::Continue(b(0, true))
         );
         // The same block again (a lost 2.31): still fine.
         assert_eq!(
             a.block(peer(1), "/r/m", b(0, true), &body[..64], None, None, t),
-            Step::Continue(b(0, true))
+            Next::Continue(b(0, true))
         );
         assert_eq!(
             a.block(peer(1), "/r/m", b(1, true), &body[64..128], None, None, t),
-            Step::Continue(b(1, true))
+            Next::Continue(b(1, true))
         );
         assert_eq!(a.len(), 1);
         assert_eq!(
             a.block(peer(1), "/r/m", b(2, false), &body[128..], None, None, t),
-            Step::Complete(body, b(2, false), None)
+            Next::Complete(body, b(2, false), None)
         );
         assert_eq!(a.len(), 0);
     }
@@ -308,43 +308,43 @@ mod tests {
         let block = [0u8; 64];
         assert_eq!(
             a.block(peer(1), "/r/m", b(0, true), &block, None, None, t),
-            Step::Continue(b(0, true))
+            Next::Continue(b(0, true))
         );
         assert_eq!(
             a.block(peer(1), "/r/m", b(1, true), &block, None, None, t),
-            Step::Refuse(Refusal::TooLarge { limit: 100 })
+            Next::Refuse(BlockRefusal::TooLarge { limit: 100 })
         );
         assert_eq!(a.len(), 0, "a refused transfer is dropped");
         assert_eq!(
             a.block(peer(1), "/r/m", b(0, true), &block, Some(5000), None, t),
-            Step::Refuse(Refusal::TooLarge { limit: 100 }),
+            Next::Refuse(BlockRefusal::TooLarge { limit: 100 }),
             "Size1 over the limit is refused at once"
         );
         // Out of order, unknown transfer.
         assert!(matches!(
             a.block(peer(1), "/r/m", b(3, true), &block, None, None, t),
-            Step::Refuse(Refusal::Incomplete(_))
+            Next::Refuse(BlockRefusal::Incomplete(_))
         ));
         // At most max_transfers at once; timed-out ones make room.
         a.block(peer(1), "/r/a", b(0, true), &block, None, None, t);
         a.block(peer(2), "/r/b", b(0, true), &block, None, None, t);
         assert_eq!(
             a.block(peer(3), "/r/c", b(0, true), &block, None, None, t),
-            Step::Refuse(Refusal::Busy)
+            Next::Refuse(BlockRefusal::Busy)
         );
         let later = t + Duration::from_secs(61);
         assert_eq!(
             a.block(peer(3), "/r/c", b(0, true), &block, None, None, later),
-            Step::Continue(b(0, true))
+            Next::Continue(b(0, true))
         );
         assert!(matches!(
             a.block(peer(1), "/r/a", b(1, true), &block, None, None, later),
-            Step::Refuse(Refusal::Incomplete(_))
+            Next::Refuse(BlockRefusal::Incomplete(_))
         ));
         // A short block that claims more follows.
         assert!(matches!(
             a.block(peer(4), "/r/d", b(0, true), &block[..10], None, None, t),
-            Step::Refuse(Refusal::BadBlock(_))
+            Next::Refuse(BlockRefusal::BadBlock(_))
         ));
     }
 
@@ -364,16 +364,16 @@ mod tests {
                     None,
                     t
                 ),
-                Step::Continue(_)
+                Next::Continue(_)
             ));
         }
         assert_eq!(
             a.block(peer(1), "/r/x", b(0, true), &block, None, None, t),
-            Step::Refuse(Refusal::Busy)
+            Next::Refuse(BlockRefusal::Busy)
         );
         assert!(matches!(
             a.block(peer(2), "/r/x", b(0, true), &block, None, None, t),
-            Step::Continue(_)
+            Next::Continue(_)
         ));
     }
 
@@ -384,10 +384,10 @@ mod tests {
         let block = [b'x'; 64];
         assert!(matches!(
             a.block(peer(1), "/r/m", b(0, true), &block, None, Some(50), t),
-            Step::Continue(_)
+            Next::Continue(_)
         ));
         match a.block(peer(1), "/r/m", b(1, false), b"end", None, None, t) {
-            Step::Complete(body, _, format) => assert_eq!((body.len(), format), (67, Some(50))),
+            Next::Complete(body, _, format) => assert_eq!((body.len(), format), (67, Some(50))),
             other => panic!("{other:?}"),
         }
     }

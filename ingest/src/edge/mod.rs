@@ -1,0 +1,29 @@
+//! The ways in, and the contract they share with the WAL writer.
+//!
+//! - [`mqtt`]: meterflow's own MQTT server (3.1.1 and 5, TLS, identities, limits);
+//! - [`coap`]: the CoAP/UDP endpoint, plain and DTLS (reports, LwM2M 1.1 registration and Send);
+//! - [`bridge`]: MQTT 5 clients of a broker the utility already runs (shared subscription,
+//!   acknowledged to the broker once in the WAL).
+//!
+//! The contract every edge keeps, and a new one (a DLMS listener) plugs into:
+//! - it authenticates the peer and asks the one [`policy`]: may this [`Identity`] publish for
+//!   this meter, are devices without identity served on this listener;
+//! - it hands each message to the WAL writer as a [`Submission`] through its bounded
+//!   [`channel`], a message it refused too (with its [`Refusal`]: it becomes an
+//!   `unauthorized` dead letter);
+//! - it acknowledges to the device only what the writer reports [`Durability::Durable`], and
+//!   tells the device to come back later on [`Durability::WalFull`] or
+//!   [`Durability::Failed`];
+//! - it stops taking messages when the runtime's shutdown begins, answers what it took by the
+//!   shutdown's deadline, and then drops its sender.
+
+pub mod bridge;
+pub mod coap;
+pub mod mqtt;
+pub mod policy;
+mod refusal;
+mod submission;
+
+pub use policy::Identity;
+pub use refusal::Refusal;
+pub use submission::{channel, Durability, Lease, RawMessage, Submission, SUBMISSIONS};

@@ -1,0 +1,106 @@
+//! What an edge hands the WAL writer ([`Submission`]: a [`RawMessage`] as accepted, maybe a
+//! wish to be told, maybe a lease) and what it is told back ([`Durability`]). The pipeline
+//! reads the same [`RawMessage`], from the queue or from the WAL.
+
+use bytes::Bytes;
+use flume::{Receiver, Sender};
+use meterflow_proto::Source;
+use meterflow_storage::WalRecord;
+
+use super::Refusal;
+
+/// A message as accepted from the network, before decoding.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    /// Its place in the WAL; 0 when it could not be written there (a WAL I/O error).
+    pub lsn: u64,
+    /// MQTT topic (or CoAP path).
+    pub topic: String,
+    pub payload: Bytes,
+    pub source: Source,
+    /// When meterflow accepted it, Unix ms.
+    pub received_at_ms: i64,
+    /// MQTT 5 content-type property, where the publisher set one.
+    pub content_type: Option<String>,
+    /// Why the edge refused it: kept as an `unauthorized` dead letter and nothing else
+    /// (boxed: refusals are rare, messages many).
+    pub refused: Option<Box<Refusal>>,
+}
+
+impl RawMessage {
+    /// A message as an edge accepts it (not yet in the WAL), received now.
+    pub fn new(source: Source, topic: String, payload: Bytes) -> RawMessage {
+        RawMessage {
+            lsn: 0,
+            topic,
+            payload,
+            source,
+            received_at_ms: meterflow_proto::now_ms(),
+            content_type: None,
+            refused: None,
+        }
+    }
+}
+
+impl From<WalRecord> for RawMessage {
+    fn from(r: WalRecord) -> Self {
+        RawMessage {
+            lsn: r.lsn,
+            topic: r.topic,
+            payload: Bytes::from(r.payload),
+            source: r.source,
+            received_at_ms: r.received_at_ms,
+            content_type: r.content_type,
+            refused: r
+                .refused
+                .as_deref()
+                .map(|text| Box::new(Refusal::from_wal(text))),
+        }
+    }
+}
+
+/// Something an edge hands over with a message and gets back by its drop.
+pub type Lease = Box<dyn std::any::Any + Send>;
+
+/// What became of a submission that asked to be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Durability {
+    /// In the WAL at this LSN, fsynced unless `wal.fsync = "never"`.
+    Durable(u64),
+    /// The WAL is at its disk budget (`wal.max_bytes`): not stored; the sender should back off.
+    WalFull,
+    /// The WAL could not be written (an I/O error, logged): not stored.
+    Failed,
+}
+
+/// One message from an edge.
+#[derive(Debug)]
+pub struct Submission {
+    pub message: RawMessage,
+    /// Told once the message is durable (or refused). Without it (MQTT QoS 0, an LwM2M
+    /// heartbeat) a message the WAL cannot write still goes on to the pipeline.
+    pub notify: Option<tokio::sync::oneshot::Sender<Durability>>,
+    /// What the edge lends the writer with the message, dropped when the writer is done with
+    /// it (the MQTT edge's share of its in-flight byte budget). The writer knows no edge.
+    pub budget: Option<Lease>,
+}
+
+impl Submission {
+    /// A message nobody waits for (its fate is not told).
+    pub fn unanswered(message: RawMessage) -> Submission {
+        Submission {
+            message,
+            notify: None,
+            budget: None,
+        }
+    }
+}
+
+/// Submissions waiting for the writer at most on the MQTT way in (MQTT and the bridges): an
+/// MQTT connection waits for room (and is not read meanwhile).
+pub const SUBMISSIONS: usize = 8192;
+
+/// The channel one edge submits through; `capacity` bounds what waits for the writer.
+pub fn channel(capacity: usize) -> (Sender<Submission>, Receiver<Submission>) {
+    flume::bounded(capacity)
+}
