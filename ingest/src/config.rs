@@ -143,8 +143,9 @@ impl Config {
     }
 
     /// Checks every value that the types alone do not: each section checks its own, and the
-    /// error names the key.
-    pub fn validate(&self) -> Result<(), IngestError> {
+    /// error names the key. What the checks prepare (a bridge's endpoint, topic pattern and
+    /// TLS settings) comes with the config in the [`ValidConfig`] that the runtime starts from.
+    pub fn validate(&self) -> Result<ValidConfig, IngestError> {
         self.node.validate()?;
         self.mqtt.validate()?;
         self.coap.validate()?;
@@ -155,13 +156,36 @@ impl Config {
         self.parquet.validate()?;
         self.wal.validate()?;
         self.clickhouse.validate()?;
-        for (index, bridge) in self.bridge.iter().enumerate() {
-            bridge.validate(index)?;
-        }
+        let bridges = self
+            .bridge
+            .iter()
+            .enumerate()
+            .map(|(index, bridge)| bridge.prepare(index))
+            .collect::<Result<_, _>>()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(IngestError::config("data_dir", "must not be empty"));
         }
-        Ok(())
+        Ok(ValidConfig {
+            config: self.clone(),
+            bridges,
+        })
+    }
+}
+
+/// A [`Config`] that passed [`Config::validate`], with what its checks prepared: the one
+/// thing [`crate::runtime::start`] takes.
+pub struct ValidConfig {
+    pub config: Config,
+    /// One per `[[bridge]]`, in order.
+    pub bridges: Vec<crate::edge::bridge::Prepared>,
+}
+
+impl std::fmt::Debug for ValidConfig {
+    /// Names no value: the config holds secrets (passwords, the HTTP token).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValidConfig")
+            .field("bridges", &self.bridges.len())
+            .finish_non_exhaustive()
     }
 }
 

@@ -568,6 +568,64 @@ impl DeviceRegistry {
         Ok(registry)
     }
 
+    /// Saves the state every `every`, so a crash loses at most that much of it (a task of
+    /// the runtime's, aborted at shutdown, which then saves once more).
+    pub async fn save_every(self, data_dir: PathBuf, every: std::time::Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let (devices, dir) = (self.clone(), data_dir.clone());
+            match tokio::task::spawn_blocking(move || devices.save(&dir)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "saving the device state"),
+                Err(e) => tracing::warn!(error = %e, "saving the device state"),
+            }
+        }
+    }
+
+    /// Tops up the state from ClickHouse, in a task of its own so start-up never waits for
+    /// it: meters the state file does not know, or knows older (a new disk, a kill -9 between
+    /// two saves). Retries while ClickHouse is away, for up to ten minutes.
+    pub async fn top_up_from_clickhouse(
+        self,
+        config: meterflow_storage::clickhouse::ClickHouseConfig,
+    ) {
+        let mut delay = std::time::Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+        loop {
+            let (mut known, mut taken) = (0, 0);
+            let read = meterflow_storage::analytics::device_snapshots(
+                &config,
+                CLICKHOUSE_LOOKBACK_DAYS,
+                |chunk| {
+                    known += chunk.len();
+                    taken += self.merge_snapshots(chunk);
+                },
+            )
+            .await;
+            match read {
+                Ok(()) => {
+                    tracing::info!(
+                        in_clickhouse = known,
+                        taken,
+                        "device state topped up from ClickHouse"
+                    );
+                    return;
+                }
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "device state from ClickHouse: not yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "device state could not be read from ClickHouse; the state file's stands");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Writes every device to the state file (write, fsync, rename), a chunk at a time so
     /// the pipeline never waits long. One save at a time: a periodic save still running at
     /// shutdown finishes before the last one starts.

@@ -2,7 +2,6 @@
 //! read back exactly (plain and LowCardinality columns, and RowBinary as the fallback), and
 //! batches that waited during an outage go in as one merged insert, confirmed in order.
 
-
 use crate::harness::{wait_for, ClickHouse};
 use arrow_array::RecordBatch;
 use meterflow_proto::{Format, ReadingBatchBuilder, RowMeta, Source};

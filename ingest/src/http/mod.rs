@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::devices::{DeviceRegistry, DeviceState, Health};
 use crate::progress::LsnMarks;
 use meterflow_proto::now_ms;
+use meterflow_storage::ShutdownSignal;
 
 /// The page for field engineers.
 pub const PAGE: &str = include_str!("page.html");
@@ -39,9 +40,9 @@ pub struct Readiness {
     pub clickhouse: Option<meterflow_storage::clickhouse::ClickHouseConfig>,
     /// False once the pipeline thread has ended.
     pub pipeline_running: Arc<AtomicBool>,
-    /// True from SIGTERM on: the listeners close, what was read is answered, the sinks are
-    /// flushed. A load balancer sends nobody here any more.
-    pub stopping: Arc<AtomicBool>,
+    /// Stopping from SIGTERM on: the listeners close, what was read is answered, the sinks
+    /// are flushed. A load balancer sends nobody here any more.
+    pub shutdown: ShutdownSignal,
     /// Each bridge's name, and since when (Unix ms) it has been without its subscription at
     /// its broker (0: it holds it).
     pub bridges: Vec<(String, Arc<AtomicI64>)>,
@@ -178,7 +179,7 @@ async fn ready(
     let for_ingest = query.contains_key("ingest");
     let r = &state.readiness;
     let mut checks = BTreeMap::new();
-    if r.stopping.load(Ordering::Acquire) {
+    if r.shutdown.is_stopping() {
         checks.insert(
             "shutdown",
             Check {
@@ -601,7 +602,13 @@ mod tests {
                 clickhouse_failing_since: None,
                 clickhouse: None,
                 pipeline_running: Arc::new(AtomicBool::new(true)),
-                stopping: Arc::new(AtomicBool::new(stopping)),
+                shutdown: {
+                    let shutdown = meterflow_storage::Shutdown::new();
+                    if stopping {
+                        shutdown.begin(std::time::Duration::from_secs(1));
+                    }
+                    shutdown.signal()
+                },
                 bridges: Vec::new(),
                 clickhouse_asked: Arc::default(),
             },

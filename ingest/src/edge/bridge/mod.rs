@@ -30,11 +30,12 @@ use std::time::Duration;
 
 use flume::Sender;
 use meterflow_proto::{is_valid_meter_id, Format, Source};
+use meterflow_storage::ShutdownSignal;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::edge::RawMessage;
@@ -274,14 +275,10 @@ impl BridgeConfig {
         }
     }
 
-    /// Checks what the types alone do not; the error names the key (`bridge[N].KEY`).
-    pub fn validate(&self, index: usize) -> Result<(), IngestError> {
-        self.prepare(index).map(|_| ())
-    }
-
-    /// Checks the config and reads what the client needs from it: the endpoint, the topic
-    /// pattern and, for `mqtts://`, the TLS settings (the files read once, here).
-    fn prepare(&self, index: usize) -> Result<Prepared, IngestError> {
+    /// Checks what the types alone do not (the error names the key, `bridge[N].KEY`), and
+    /// reads what the client needs: the endpoint, the topic pattern and, for `mqtts://`, the
+    /// TLS settings (the files read once, here). [`start`] takes what it prepared.
+    pub fn prepare(&self, index: usize) -> Result<Prepared, IngestError> {
         let key = |k: &str| format!("bridge[{index}].{k}");
         let endpoint = parse_url(&self.url).map_err(|e| IngestError::config(key("url"), e))?;
         let pattern = TopicPattern::parse(&self.topic, &self.format)
@@ -386,7 +383,7 @@ impl BridgeConfig {
 }
 
 /// A checked [`BridgeConfig`], as the client takes it.
-struct Prepared {
+pub struct Prepared {
     endpoint: Endpoint,
     pattern: TopicPattern,
     tls: Option<rustls::ClientConfig>,
@@ -403,8 +400,9 @@ pub struct BridgeSummary {
 /// A running bridge.
 pub struct Bridge {
     name: String,
-    /// The deadline to finish by, once told to stop.
-    stop: watch::Sender<Option<Instant>>,
+    /// The process's shutdown: the bridge stops taking messages when it begins and finishes
+    /// by its deadline.
+    shutdown: ShutdownSignal,
     unsubscribed_since: Arc<AtomicI64>,
     task: tokio::task::JoinHandle<BridgeSummary>,
 }
@@ -414,19 +412,22 @@ pub struct Bridge {
 /// has to wait; should it be full all the same, acknowledgements wait in the link.
 const REQUEST_CAPACITY: usize = 1 << 16;
 
-/// Starts the bridge of `config` (checked as [`BridgeConfig::validate`] does); it connects
-/// (and reconnects) in the background. `wal` is the channel it submits through.
+/// Starts the bridge of `config` with what [`BridgeConfig::prepare`] made of it; it connects
+/// (and reconnects) in the background until the shutdown begins. `wal` is the channel it
+/// submits through.
 pub fn start(
     config: &BridgeConfig,
+    prepared: Prepared,
     node_id: &str,
     index: usize,
     wal: Sender<Submission>,
-) -> Result<Bridge, IngestError> {
+    shutdown: ShutdownSignal,
+) -> Bridge {
     let Prepared {
         endpoint,
         pattern,
         tls,
-    } = config.prepare(index)?;
+    } = prepared;
     let name = config.display_name(&endpoint);
     let client_id = config.client_id_for(node_id, index);
     if config.client_id.is_empty() && node_id.is_empty() {
@@ -438,7 +439,7 @@ pub fn start(
         .set_session_expiry_interval(Some(config.session_expiry_s))
         .set_receive_maximum(Some(config.receive_maximum))
         .set_max_packet_size(Some(config.max_packet_bytes))
-        // validate() keeps it within 5..=65535 s, as rumqttc asserts.
+        // prepare() keeps it within 5..=65535 s, as rumqttc asserts.
         .set_keep_alive(Duration::from_secs(config.keep_alive_s))
         .set_manual_acks(true)
         .set_request_channel_capacity(REQUEST_CAPACITY);
@@ -469,7 +470,6 @@ pub fn start(
         QoS::AtLeastOnce
     };
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-    let (stop, stop_rx) = watch::channel(None);
     let unsubscribed_since = Arc::new(AtomicI64::new(now_ms()));
     tracing::info!(bridge = %name, client_id = %client_id, tls = endpoint.tls, subscription = %subscription, "bridge starting");
     let link = Link {
@@ -489,13 +489,13 @@ pub fn start(
         unsubscribed_since: unsubscribed_since.clone(),
         summary: BridgeSummary::default(),
     };
-    let task = tokio::spawn(link.run(eventloop, stop_rx));
-    Ok(Bridge {
+    let task = tokio::spawn(link.run(eventloop, shutdown.clone()));
+    Bridge {
         name,
-        stop,
+        shutdown,
         unsubscribed_since,
         task,
-    })
+    }
 }
 
 impl Bridge {
@@ -510,17 +510,13 @@ impl Bridge {
         self.unsubscribed_since.clone()
     }
 
-    /// Tells it to stop taking messages (at SIGTERM, with the edges), and to acknowledge what
-    /// the WAL has, disconnect (the broker keeps the session and whatever was not
-    /// acknowledged) and end, dropping its WAL channel, by `deadline`.
-    pub fn stop(&self, deadline: Instant) {
-        let _ = self.stop.send(Some(deadline));
-    }
-
-    /// Waits for it to end after [`Bridge::stop`] (a second past its deadline at most, then
-    /// it is cut off).
+    /// Waits for it to end once the shutdown has begun: it stops taking messages, acknowledges
+    /// what the WAL has, disconnects (the broker keeps the session and whatever was not
+    /// acknowledged) and ends, dropping its WAL channel, by the shutdown's deadline (a second
+    /// past it at most, then it is cut off).
     pub async fn finish(self) -> BridgeSummary {
-        let deadline = self.stop.borrow().unwrap_or_else(Instant::now) + Duration::from_secs(1);
+        let deadline =
+            self.shutdown.deadline().unwrap_or_else(Instant::now) + Duration::from_secs(1);
         let abort = self.task.abort_handle();
         match tokio::time::timeout_at(deadline, self.task).await {
             Ok(Ok(summary)) => summary,
@@ -693,7 +689,7 @@ impl Link {
     async fn run(
         mut self,
         mut eventloop: EventLoop,
-        mut stop: watch::Receiver<Option<Instant>>,
+        mut shutdown: ShutdownSignal,
     ) -> BridgeSummary {
         // Both unbounded, and never awaited by this loop: it must keep polling the event loop,
         // which sends the acknowledgements. Entries are small (a packet id and a channel; the
@@ -716,7 +712,7 @@ impl Link {
                 loop {
                     tokio::select! {
                         biased;
-                        _ = stop.changed() => break 'run,
+                        _ = shutdown.stopping() => break 'run,
                         Some(outcome) = verdicts.recv(), if self.connected => {
                             if !self.settle(outcome) {
                                 break None;
@@ -737,7 +733,7 @@ impl Link {
                 // and the resumed session brings the message again.
                 self.disconnected(&mut eventloop);
                 tracing::warn!(bridge = %self.name, retry_in_ms = WAL_FULL_PAUSE.as_millis() as u64, "the WAL did not take a message: reconnecting later so that the broker sends it again");
-                if sleep_or_stop(WAL_FULL_PAUSE, &mut stop).await {
+                if sleep_or_stop(WAL_FULL_PAUSE, &mut shutdown).await {
                     break;
                 }
                 continue;
@@ -789,7 +785,7 @@ impl Link {
                 Err(e) => {
                     self.disconnected(&mut eventloop);
                     tracing::warn!(bridge = %self.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "bridge connection failed");
-                    if sleep_or_stop(backoff, &mut stop).await {
+                    if sleep_or_stop(backoff, &mut shutdown).await {
                         break;
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -804,8 +800,8 @@ impl Link {
         // acknowledged: the broker keeps them for the session.
         drop(to_wait);
         drop(std::mem::replace(&mut self.wal, flume::bounded(0).0));
-        let deadline = stop
-            .borrow()
+        let deadline = shutdown
+            .deadline()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(2));
         let finish = async {
             while self.awaiting > 0 && self.connected {
@@ -985,11 +981,11 @@ impl Link {
     }
 }
 
-/// Sleeps `pause`; `true` if asked to stop meanwhile.
-async fn sleep_or_stop(pause: Duration, stop: &mut watch::Receiver<Option<Instant>>) -> bool {
+/// Sleeps `pause`; `true` if the shutdown began meanwhile.
+async fn sleep_or_stop(pause: Duration, shutdown: &mut ShutdownSignal) -> bool {
     tokio::select! {
-        _ = stop.changed() => true,
-        () = tokio::time::sleep(pause) => stop.borrow().is_some(),
+        _ = shutdown.stopping() => true,
+        () = tokio::time::sleep(pause) => shutdown.is_stopping(),
     }
 }
 
@@ -1084,7 +1080,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let good = BridgeConfig::from_url("mqtt://u:p@broker");
-        good.validate(0).unwrap();
+        good.prepare(0).unwrap();
         for (config, key) in [
             (BridgeConfig::from_url("http://x"), "bridge[2].url"),
             (
@@ -1150,7 +1146,7 @@ mod tests {
                 "bridge[2].url",
             ),
         ] {
-            let e = config.validate(2).unwrap_err().to_string();
+            let e = config.prepare(2).err().unwrap().to_string();
             assert!(e.contains(key), "{e}");
             assert!(!e.contains("secret"), "{e}");
         }

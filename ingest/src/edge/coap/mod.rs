@@ -23,9 +23,9 @@ pub mod dtls;
 pub mod exchanges;
 pub mod lwm2m;
 
+use meterflow_storage::ShutdownSignal;
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -317,14 +317,15 @@ impl Security {
     }
 }
 
-/// Runs one listener until `stop` is set and every request in flight has been answered.
+/// Runs one listener until the shutdown begins and every request in flight has been
+/// answered (new requests meanwhile get 5.03).
 pub async fn serve(
     socket: UdpSocket,
     mut security: Security,
     config: CoapConfig,
     credentials: Arc<SharedCredentials>,
     wal: flume::Sender<Submission>,
-    stop: Arc<AtomicBool>,
+    mut shutdown: ShutdownSignal,
 ) -> CoapSummary {
     let socket = Arc::new(socket);
     let (done_tx, mut done_rx) =
@@ -399,16 +400,14 @@ pub async fn serve(
                     sessions.housekeeping(now);
                     flush(&socket, sessions).await;
                 }
-                if stop.load(Ordering::Relaxed) {
-                    if !server.stopping {
-                        tracing::info!(in_flight = server.inflight, "CoAP: refusing new requests with 5.03, answering those in flight");
-                        server.stopping = true;
-                    }
-                    if server.inflight == 0 {
-                        break;
-                    }
-                }
             }
+            _ = shutdown.stopping(), if !server.stopping => {
+                tracing::info!(in_flight = server.inflight, "CoAP: refusing new requests with 5.03, answering those in flight");
+                server.stopping = true;
+            }
+        }
+        if server.stopping && server.inflight == 0 {
+            break;
         }
     }
     server.summary

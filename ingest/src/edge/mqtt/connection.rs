@@ -35,7 +35,7 @@ use super::registry::{Kick, Registered};
 use super::session::{
     refusal, Close, CloseReason, ConnectRefusal, ConnectRequest, Session, Step, Submit,
 };
-use super::{Budget, Edge, ListenerInfo, RUNNING};
+use super::{Budget, Edge, ListenerInfo};
 use crate::edge::{policy, RawMessage};
 use crate::edge::{Durability, Submission};
 
@@ -136,25 +136,16 @@ fn session_of<'e, S: AsyncRead + AsyncWrite + Unpin + 'e>(
     opened.map(|open| Box::pin(run(open, edge)))
 }
 
-/// Completes when the edge stops running (shutdown): a connection that has not completed
-/// its handshake or CONNECT is then closed at once.
+/// Completes when the shutdown begins: a connection that has not completed its handshake or
+/// CONNECT is then closed at once.
 async fn stopping(edge: &Edge) {
-    let mut state = edge.state.subscribe();
-    while *state.borrow_and_update() == RUNNING {
-        if state.changed().await.is_err() {
-            return;
-        }
-    }
+    edge.shutdown.clone().stopping().await;
 }
 
-/// Completes when a shutdown's drain time has run out: waits that could outlast it give up.
+/// Completes when the shutdown's deadline has passed: waits that could outlast it give up.
 async fn aborted(edge: &Edge) {
-    let mut state = edge.state.subscribe();
-    while *state.borrow_and_update() != super::ABORT {
-        if state.changed().await.is_err() {
-            return;
-        }
-    }
+    let deadline = edge.shutdown.clone().stopping().await;
+    tokio::time::sleep_until(deadline).await;
 }
 
 fn closed(reason: Option<CloseReason>) {
@@ -517,7 +508,7 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
     // Registered first, then checked: a shutdown's kick of every session, or a credential
     // change's kick of the withdrawn ones, cannot miss this one. A change since the
     // authentication above is checked against the new store.
-    if edge.state() != RUNNING {
+    if edge.shutdown.is_stopping() {
         refuse(ConnectRefusal::Unavailable, &mut out);
         let _ = flush(&mut stream, &mut out, edge).await;
         return Err(Some(CloseReason::ShuttingDown));

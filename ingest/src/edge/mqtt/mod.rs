@@ -36,8 +36,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meterflow_storage::ShutdownSignal;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::credentials::SharedCredentials;
 use crate::edge::Submission;
@@ -227,13 +228,6 @@ impl MqttConfig {
     }
 }
 
-/// The edge's states, on its watch channel.
-const RUNNING: u8 = 0;
-/// Stop accepting; connections answer what they read once durable, then close.
-const DRAIN: u8 = 1;
-/// Connections close now.
-const ABORT: u8 = 2;
-
 /// How a listener was bound.
 #[derive(Debug, Clone, Copy)]
 struct ListenerInfo {
@@ -300,16 +294,14 @@ struct Edge {
     /// Open connections (exact: counted at accept, uncounted when the task ends).
     connections: AtomicUsize,
     next_conn: AtomicU64,
-    state: watch::Sender<u8>,
+    /// The process's shutdown: accepting stops, sessions answer what they read (each gets a
+    /// kick), and at its deadline whatever is still open is closed.
+    shutdown: ShutdownSignal,
     tls: Option<TlsServer>,
     metrics: EdgeMetrics,
 }
 
 impl Edge {
-    fn state(&self) -> u8 {
-        *self.state.borrow()
-    }
-
     fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.config.connect_timeout_ms)
     }
@@ -327,8 +319,8 @@ pub struct MqttSummary {
 /// The running MQTT edge.
 pub struct MqttServer {
     edge: Arc<Edge>,
-    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
-    watcher: tokio::task::JoinHandle<()>,
+    /// Ends once the edge has stopped at shutdown (see [`stop_at_shutdown`]).
+    stopped: tokio::task::JoinHandle<MqttSummary>,
 }
 
 /// Start-up check: a listener reachable from the network needs a way for devices to
@@ -365,11 +357,13 @@ pub fn check_anonymous_rule(
 }
 
 impl MqttServer {
-    /// Binds every listener (a port in use stops start-up, naming it), then serves.
+    /// Binds every listener (a port in use stops start-up, naming it), then serves until
+    /// `shutdown` begins.
     pub async fn start(
         config: MqttConfig,
         credentials: Arc<SharedCredentials>,
         wal: flume::Sender<Submission>,
+        shutdown: ShutdownSignal,
     ) -> Result<MqttServer, IngestError> {
         raise_open_files_limit(config.max_connections);
         let tls = match (&config.tls_listen, &config.tls_cert, &config.tls_key) {
@@ -384,7 +378,6 @@ impl MqttServer {
         for (key, addr, is_tls) in config.listeners() {
             listeners.push((bind(key, addr)?, is_tls, addr));
         }
-        let (state, _) = watch::channel(RUNNING);
         let edge = Arc::new(Edge {
             budget: Arc::new(Semaphore::new(config.max_inflight_bytes)),
             config,
@@ -396,7 +389,7 @@ impl MqttServer {
             sessions: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
-            state,
+            shutdown,
             tls,
             metrics: EdgeMetrics {
                 connections: metrics::gauge!("meterflow_mqtt_connections"),
@@ -429,55 +422,58 @@ impl MqttServer {
             credentials = edge.credentials.current().len(),
             "MQTT server started"
         );
-        Ok(MqttServer {
-            edge,
-            accept_tasks,
-            watcher,
-        })
+        let stopped = tokio::spawn(stop_at_shutdown(edge.clone(), accept_tasks, watcher));
+        Ok(MqttServer { edge, stopped })
     }
 
-    /// Stops accepting, lets every connection answer what it read once durable (for at most
-    /// `drain`), closes them, and drops the edge's WAL sender.
-    pub async fn shutdown(self, drain: Duration) -> MqttSummary {
-        let MqttServer {
-            edge,
-            accept_tasks,
-            watcher,
-        } = self;
-        edge.state.send_replace(DRAIN);
-        // Sessions answer what they read, then close; connections before CONNECT close at
-        // once (they watch the state).
-        edge.registry
-            .kick_where(|_| true, CloseReason::ShuttingDown);
-        for task in accept_tasks {
-            let _ = task.await;
-        }
-        let deadline = tokio::time::Instant::now() + drain;
-        let mut summary = MqttSummary::default();
-        while edge.connections.load(Ordering::Acquire) > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                summary.cut_off = edge.connections.load(Ordering::Acquire);
-                tracing::warn!(
-                    connections = summary.cut_off,
-                    "MQTT connections still draining at pipeline.shutdown_max_ms; closing them"
-                );
-                edge.state.send_replace(ABORT);
-                edge.registry.force_all(CloseReason::ShutdownTimeout);
-                let hard = tokio::time::Instant::now() + Duration::from_secs(5);
-                while edge.connections.load(Ordering::Acquire) > 0
-                    && tokio::time::Instant::now() < hard
-                {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        watcher.abort();
-        let _ = watcher.await;
-        summary.sessions = edge.sessions.load(Ordering::Relaxed);
+    /// Waits until the edge has stopped at shutdown, every connection closed.
+    pub async fn stopped(self) -> MqttSummary {
+        let mut summary = self.stopped.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the MQTT edge's shutdown failed");
+            MqttSummary::default()
+        });
+        summary.sessions = self.edge.sessions.load(Ordering::Relaxed);
         summary
     }
+}
+
+/// When the shutdown begins: stops accepting, lets every connection answer what it read once
+/// durable (until the shutdown's deadline), closes them, and ends, the edge's WAL sender with
+/// the last connection.
+async fn stop_at_shutdown(
+    edge: Arc<Edge>,
+    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+    watcher: tokio::task::JoinHandle<()>,
+) -> MqttSummary {
+    let deadline = edge.shutdown.clone().stopping().await;
+    // Sessions answer what they read, then close; connections before CONNECT close at
+    // once (they watch the shutdown).
+    edge.registry
+        .kick_where(|_| true, CloseReason::ShuttingDown);
+    for task in accept_tasks {
+        let _ = task.await;
+    }
+    let mut summary = MqttSummary::default();
+    while edge.connections.load(Ordering::Acquire) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            summary.cut_off = edge.connections.load(Ordering::Acquire);
+            tracing::warn!(
+                connections = summary.cut_off,
+                "MQTT connections still draining at pipeline.shutdown_max_ms; closing them"
+            );
+            edge.registry.force_all(CloseReason::ShutdownTimeout);
+            let hard = tokio::time::Instant::now() + Duration::from_secs(5);
+            while edge.connections.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < hard
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    watcher.abort();
+    let _ = watcher.await;
+    summary
 }
 
 /// A listening socket with a deep accept queue: a reconnect storm of a whole fleet arrives at
@@ -502,12 +498,12 @@ fn bind(key: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, 
 }
 
 async fn accept_loop(listener: tokio::net::TcpListener, info: ListenerInfo, edge: Arc<Edge>) {
-    let mut state = edge.state.subscribe();
+    let mut shutdown = edge.shutdown.clone();
     let mut errors: u64 = 0;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = state.changed() => break,
+            _ = shutdown.stopping() => break,
         };
         match accepted {
             Ok((stream, peer)) => {

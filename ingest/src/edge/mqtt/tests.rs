@@ -508,7 +508,14 @@ fn an_idle_connection_task_stays_small() {
             listen_v5: None,
             ..Default::default()
         };
-        let server = super::MqttServer::start(config, credentials, tx).await.unwrap();
+        let server = super::MqttServer::start(
+            config,
+            credentials,
+            tx,
+            meterflow_storage::ShutdownSignal::never(),
+        )
+        .await
+        .unwrap();
         let plain = super::connection::sizes::plain_connection_task(
             server.edge.clone(),
             tokio::net::TcpStream::connect(addr).await.unwrap(),

@@ -1,0 +1,514 @@
+//! The runtime of `meterflow serve`: [`start`] builds every part from a [`ValidConfig`] and
+//! returns them [`Running`]; [`Running::shutdown`] stops them, in the one order written here.
+//!
+//! Start, in this order (each step needs the ones before it):
+//! 1. the data folder, the device state, the WAL (recovery: torn tail cut, damage set aside)
+//!    and its checkpoint; new LSNs begin after everything the checkpoint and the device
+//!    state remember;
+//! 2. the credential store, and the anonymous rule of every listener;
+//! 3. the sinks ([`SinkSet`]: Parquet, the ClickHouse writer, the dead-letter files);
+//! 4. the pipeline thread (it replays what the checkpoint does not cover first), then the
+//!    WAL writer thread;
+//! 5. the edges: MQTT, each CoAP listener, each bridge (a port in use stops start-up, naming
+//!    it);
+//! 6. HTTP and the device-state saver; then "meterflow ready".
+//!
+//! Stop, in this order, driven by one [`Shutdown`] whose deadline is
+//! `pipeline.shutdown_max_ms` away:
+//! 1. the shutdown begins: `/ready` says so, every edge stops taking messages and answers
+//!    what it took once the WAL has it (by the deadline), the ClickHouse writer stops
+//!    waiting for room and retrying;
+//! 2. the edges end, dropping their senders; the WAL writer takes what is left, syncs and
+//!    ends, closing the pipeline's queue;
+//! 3. the pipeline reads what the queue did not carry from the WAL, flushes the batch,
+//!    completes every Parquet file, lets ClickHouse take what it can, saves the checkpoint;
+//! 4. the device state is saved; 5. HTTP stops.
+//!
+//! The pipeline stopping on its own (a sink error) starts the same order, and `serve` then
+//! returns an error: meterflow must not go on acknowledging what nobody reads.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use meterflow_storage::clickhouse::{ClickHouseWriter, SpoolConfig};
+use meterflow_storage::wal::{self, Checkpoint};
+use meterflow_storage::{Batcher, DeadLetterStore, ParquetSink, Shutdown, SinkSet, Wal};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ValidConfig};
+use crate::credentials::{CredentialStore, SharedCredentials};
+use crate::devices::DeviceRegistry;
+use crate::edge::bridge::{self, Bridge};
+use crate::edge::coap::{self, CoapSummary};
+use crate::edge::mqtt::{self, MqttServer};
+use crate::edge::{RawMessage, Submission};
+use crate::pipeline::{Pipeline, PipelineSummary};
+use crate::progress::LsnMarks;
+use crate::wal_writer::{self, WriterSummary};
+use crate::{edge, http, IngestError};
+
+/// What a run did, reported when it ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeSummary {
+    /// Messages taken by the WAL writer from every edge.
+    pub received: u64,
+    /// MQTT connections that completed CONNECT.
+    pub mqtt_sessions: u64,
+    /// CoAP requests answered.
+    pub coap_requests: u64,
+    pub wal_overflow: u64,
+    pub pipeline: PipelineSummary,
+}
+
+/// Runs meterflow until `stop` completes (or the pipeline stops on its own), then shuts it
+/// down in order.
+pub async fn serve(
+    config: Config,
+    stop: impl Future<Output = ()>,
+) -> Result<ServeSummary, IngestError> {
+    let mut running = start(config.validate()?).await?;
+    let on_its_own = tokio::select! {
+        () = stop => false,
+        () = running.pipeline_stopped() => true,
+    };
+    running.shutdown(on_its_own).await
+}
+
+/// The process-wide Prometheus recorder (installed once, on first use).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            // set_buckets refuses only an empty list; this one is not (summaries otherwise).
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Every part of a running meterflow, as [`start`] made them.
+pub struct Running {
+    config: Config,
+    shutdown: Shutdown,
+    devices: DeviceRegistry,
+    edges: Edges,
+    writer: std::thread::JoinHandle<WriterSummary>,
+    pipeline: PipelineThread,
+    device_saver: JoinHandle<()>,
+    http: JoinHandle<std::io::Result<()>>,
+    /// HTTP stops last: `/ready` answers "stopping" through the whole shutdown.
+    http_stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts every part, in the order of the module's doc.
+pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
+    let ValidConfig { config, bridges } = valid;
+    for key in config.deprecated_keys() {
+        tracing::warn!(key, "this config key no longer has any effect (the embedded broker it tuned is gone): remove it");
+    }
+    // First: the parts below take their metric handles as they start.
+    let metrics = metrics_handle();
+    let shutdown = Shutdown::new();
+
+    // 1. State on disk.
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| IngestError::Io {
+        action: "creating data_dir",
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let devices = DeviceRegistry::load(&config.data_dir, config.devices.clone())?;
+    tracing::info!(meters = devices.len(), "device state loaded");
+    let (wal, checkpoint, last_lsn) = recover_wal(&config, &devices)?;
+    let marks = Arc::new(LsnMarks::default());
+    marks.committed.store(last_lsn, Ordering::Release);
+
+    // 2. Identities.
+    let credentials = Arc::new(SharedCredentials::load(&config.data_dir)?);
+    let store_empty = credentials.current().is_empty();
+    let store_path = CredentialStore::path(&config.data_dir);
+    mqtt::check_anonymous_rule(&config.mqtt, store_empty, &store_path)?;
+    coap::check_anonymous_rule(&config.coap, store_empty, &store_path)?;
+
+    // 3. Sinks.
+    let sinks = open_sinks(&config, &shutdown, &devices)?;
+    let clickhouse_failing_since = sinks.clickhouse_failing_since();
+
+    // 4. The pipeline, then the WAL writer that feeds it. Each edge submits through a
+    // channel of its own; the bridges are MQTT inputs and share the MQTT edge's.
+    let (queue, pipeline) = PipelineThread::spawn(&config, sinks, &devices, &marks, checkpoint)?;
+    let (mqtt_tx, mqtt_rx) = edge::channel(edge::SUBMISSIONS);
+    let (coap_tx, coap_rx) = edge::channel(config.coap.max_inflight.max(1));
+    let inputs = wal_writer::Inputs {
+        mqtt: mqtt_rx,
+        coap: coap_rx,
+    };
+    let writer = wal_writer::spawn(wal, marks.clone(), inputs, queue)
+        .map_err(|e| IngestError::Runtime(format!("spawning the WAL writer thread: {e}")))?;
+
+    // 5. The edges (HTTP's port is taken first: a port in use stops start-up before any
+    // device is answered). They hold the only senders: the WAL writer ends when they do.
+    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| IngestError::Bind {
+            what: "HTTP",
+            addr: config.http.listen,
+            source,
+        })?;
+    let edges = Edges::start(
+        &config,
+        bridges,
+        &credentials,
+        &shutdown,
+        (mqtt_tx, coap_tx),
+    )
+    .await?;
+
+    // 6. HTTP and the device state.
+    let readiness = http::Readiness {
+        marks,
+        wal_max_bytes: config.wal.max_bytes,
+        clickhouse_failing_since,
+        clickhouse: config
+            .clickhouse
+            .enabled()
+            .then(|| config.clickhouse.clone()),
+        pipeline_running: pipeline.running.clone(),
+        shutdown: shutdown.signal(),
+        bridges: edges
+            .bridges
+            .iter()
+            .map(|b| (b.name().to_string(), b.unsubscribed_since()))
+            .collect(),
+        clickhouse_asked: Arc::default(),
+    };
+    let app = http::router(http::HttpState {
+        devices: devices.clone(),
+        metrics,
+        readiness,
+        token: (!config.http.token.is_empty()).then(|| Arc::from(config.http.token.as_str())),
+    });
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(async move {
+        axum::serve(http_listener, app)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await
+    });
+    let device_saver = tokio::spawn(devices.clone().save_every(
+        config.data_dir.clone(),
+        Duration::from_secs(config.devices.save_interval_s),
+    ));
+    tracing::info!(
+        node = %config.node.id,
+        mqtt = %config.mqtt.listen,
+        mqtt_tls = ?config.mqtt.tls_listen,
+        coap = ?config.coap.listen,
+        coaps = ?config.coap.dtls_listen,
+        bridges = config.bridge.len(),
+        http = %config.http.listen,
+        data_dir = %config.data_dir.display(),
+        "meterflow ready"
+    );
+    Ok(Running {
+        config,
+        shutdown,
+        devices,
+        edges,
+        writer,
+        pipeline,
+        device_saver,
+        http,
+        http_stop,
+    })
+}
+
+/// The pipeline on its thread, and how the runtime learns that it ended.
+struct PipelineThread {
+    thread: std::thread::JoinHandle<Result<PipelineSummary, IngestError>>,
+    /// Completes when the thread ends, for whatever reason.
+    done: tokio::sync::oneshot::Receiver<()>,
+    /// False once it has ended (for `/ready`).
+    running: Arc<AtomicBool>,
+}
+
+impl PipelineThread {
+    /// Starts the pipeline on the sinks; returns the sender of its queue with it.
+    fn spawn(
+        config: &Config,
+        sinks: SinkSet,
+        devices: &DeviceRegistry,
+        marks: &Arc<LsnMarks>,
+        checkpoint: Checkpoint,
+    ) -> Result<(SyncSender<RawMessage>, PipelineThread), IngestError> {
+        let pipeline = Pipeline::new(
+            Batcher::new(config.batch.clone()),
+            sinks,
+            devices.clone(),
+            config.data_dir.clone(),
+            marks.clone(),
+            checkpoint,
+        );
+        let (queue, queue_rx) = std::sync::mpsc::sync_channel(config.pipeline.queue_capacity);
+        let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+        let running = Arc::new(AtomicBool::new(true));
+        let still = running.clone();
+        let thread = std::thread::Builder::new()
+            .name("pipeline".into())
+            .spawn(move || {
+                let result = pipeline.run(queue_rx);
+                still.store(false, Ordering::Release);
+                let _ = done_tx.send(());
+                result
+            })
+            .map_err(|e| IngestError::Runtime(format!("spawning the pipeline thread: {e}")))?;
+        Ok((
+            queue,
+            PipelineThread {
+                thread,
+                done,
+                running,
+            },
+        ))
+    }
+}
+
+/// The running edges.
+struct Edges {
+    mqtt: MqttServer,
+    coap: Vec<JoinHandle<CoapSummary>>,
+    bridges: Vec<Bridge>,
+}
+
+impl Edges {
+    /// Binds every listener (a port in use stops start-up, naming it) and starts the MQTT
+    /// server, each CoAP listener and each bridge; each stops when `shutdown` begins.
+    async fn start(
+        config: &Config,
+        bridges: Vec<bridge::Prepared>,
+        credentials: &Arc<SharedCredentials>,
+        shutdown: &Shutdown,
+        (mqtt_tx, coap_tx): (flume::Sender<Submission>, flume::Sender<Submission>),
+    ) -> Result<Edges, IngestError> {
+        let mut coap_listeners = Vec::new();
+        if let Some(addr) = config.coap.listen {
+            let socket = coap::bind(addr, config.coap.socket_buffer_bytes)?;
+            let security = coap::Security::Plain {
+                loopback: addr.ip().is_loopback(),
+            };
+            coap_listeners.push((socket, security));
+        }
+        if let Some(addr) = config.coap.dtls_listen {
+            let socket = coap::bind(addr, config.coap.socket_buffer_bytes)?;
+            let security = coap::Security::dtls(&socket, &config.coap, credentials.clone())?;
+            coap_listeners.push((socket, security));
+        }
+        let mqtt = MqttServer::start(
+            config.mqtt.clone(),
+            credentials.clone(),
+            mqtt_tx.clone(),
+            shutdown.signal(),
+        )
+        .await?;
+        let coap = coap_listeners
+            .into_iter()
+            .map(|(socket, security)| {
+                tokio::spawn(coap::serve(
+                    socket,
+                    security,
+                    config.coap.clone(),
+                    credentials.clone(),
+                    coap_tx.clone(),
+                    shutdown.signal(),
+                ))
+            })
+            .collect();
+        let bridges = config
+            .bridge
+            .iter()
+            .zip(bridges)
+            .enumerate()
+            .map(|(index, (bridge, prepared))| {
+                bridge::start(
+                    bridge,
+                    prepared,
+                    &config.node.id,
+                    index,
+                    mqtt_tx.clone(),
+                    shutdown.signal(),
+                )
+            })
+            .collect();
+        Ok(Edges {
+            mqtt,
+            coap,
+            bridges,
+        })
+    }
+
+    /// Waits, once the shutdown has begun, until every edge has answered what it took and
+    /// ended (by the shutdown's deadline); the MQTT sessions and the CoAP requests they had.
+    async fn stopped(self) -> (u64, u64) {
+        let mqtt = self.mqtt.stopped().await;
+        for bridge in self.bridges {
+            bridge.finish().await;
+        }
+        let mut coap_requests = 0;
+        for task in self.coap {
+            match task.await {
+                Ok(summary) => coap_requests += summary.requests,
+                Err(e) => tracing::error!(error = %e, "the CoAP server failed"),
+            }
+        }
+        (mqtt.sessions, coap_requests)
+    }
+}
+
+/// Opens the WAL (its recovery cuts a torn tail and sets damage aside) and reads the
+/// checkpoint; returns them with the last LSN in the log. New LSNs start after every position
+/// the checkpoint and the device state remember.
+fn recover_wal(
+    config: &Config,
+    devices: &DeviceRegistry,
+) -> Result<(Wal, Checkpoint, u64), IngestError> {
+    let (mut wal, recovery) = Wal::open(&config.data_dir, config.wal.clone())?;
+    let checkpoint = wal::read_checkpoint(&config.data_dir)?;
+    if checkpoint.local > recovery.last_lsn {
+        tracing::warn!(
+            checkpoint = checkpoint.local,
+            last_lsn = recovery.last_lsn,
+            "the WAL ends before the checkpoint (an unsynced tail lost with the power); new LSNs start after the checkpoint"
+        );
+    }
+    // New messages must come after every position the checkpoint (its local part: records up
+    // to it skip Parquet on replay) and the device state remember, even when the WAL lost its
+    // tail with the power or its folder was deleted: else they would be taken for replays.
+    wal.start_after(checkpoint.local.max(devices.max_lsn()))?;
+    if recovery.last_lsn > checkpoint.all || recovery.truncated_bytes > 0 {
+        tracing::info!(
+            checkpoint = checkpoint.all,
+            local_checkpoint = checkpoint.local,
+            last_lsn = recovery.last_lsn,
+            to_replay = recovery.last_lsn.saturating_sub(checkpoint.all),
+            truncated_bytes = recovery.truncated_bytes,
+            "replaying the WAL records that no sink confirmed before the last stop"
+        );
+    }
+    Ok((wal, checkpoint, recovery.last_lsn))
+}
+
+/// The sinks of `serve`: Parquet, the ClickHouse writer (with its spool) when
+/// `clickhouse.url` is set, and the dead-letter files. With ClickHouse, the device state is
+/// topped up from it in the background.
+fn open_sinks(
+    config: &Config,
+    shutdown: &Shutdown,
+    devices: &DeviceRegistry,
+) -> Result<SinkSet, IngestError> {
+    let spool = SpoolConfig::for_data_dir(
+        &config.data_dir,
+        config.clickhouse.spool_max_bytes,
+        config.clickhouse.enabled(),
+    );
+    let clickhouse = if config.clickhouse.enabled() {
+        tracing::info!(url = %config.clickhouse.url, database = %config.clickhouse.database, "ClickHouse sink on");
+        tokio::spawn(
+            devices
+                .clone()
+                .top_up_from_clickhouse(config.clickhouse.clone()),
+        );
+        Some(ClickHouseWriter::start(
+            config.clickhouse.clone(),
+            spool,
+            shutdown.signal(),
+        )?)
+    } else {
+        None
+    };
+    Ok(SinkSet::new(
+        Some(ParquetSink::open(
+            &config.data_dir,
+            config.parquet.clone(),
+            &config.node.id,
+        )?),
+        clickhouse,
+        DeadLetterStore::open(&config.data_dir, &config.node.id)?,
+        "clickhouse",
+    ))
+}
+
+impl Running {
+    /// Completes when the pipeline thread ends on its own (a sink error, a panic).
+    pub async fn pipeline_stopped(&mut self) {
+        let _ = (&mut self.pipeline.done).await;
+    }
+
+    /// Stops every part in the order of the module's doc. `on_its_own`: the pipeline had
+    /// stopped by itself, which makes the result an error once everything is flushed.
+    pub async fn shutdown(self, on_its_own: bool) -> Result<ServeSummary, IngestError> {
+        let Running {
+            config,
+            shutdown,
+            devices,
+            edges,
+            writer,
+            pipeline,
+            device_saver,
+            http,
+            http_stop,
+        } = self;
+        if on_its_own {
+            tracing::error!("the pipeline stopped on its own; shutting down");
+        } else {
+            tracing::info!("shutting down: answering what was read, then flushing every sink");
+        }
+        // 1. Every part that takes or waits learns it at once.
+        shutdown.begin(Duration::from_millis(config.pipeline.shutdown_max_ms));
+        // 2. The edges end, their senders with them. Whatever became of a task, the threads
+        // below must still be joined so that every sink is flushed: a failed task is logged,
+        // not returned early.
+        let (mqtt_sessions, coap_requests) = edges.stopped().await;
+        // 3. The WAL writer ends when every edge has, the pipeline when the writer closes its
+        // queue (it flushes every sink first).
+        let pipeline = pipeline.thread;
+        let (writer, pipeline) =
+            tokio::task::spawn_blocking(move || (writer.join(), pipeline.join()))
+                .await
+                .map_err(|e| IngestError::Runtime(format!("joining the pipeline: {e}")))?;
+        // 4. The device state, 5. HTTP.
+        device_saver.abort();
+        let saved = devices.save(&config.data_dir);
+        let _ = http_stop.send(());
+        if let Ok(Err(e)) = http.await {
+            tracing::warn!(error = %e, "HTTP server ended with an error");
+        }
+        let writer =
+            writer.map_err(|_| IngestError::Runtime("the WAL writer thread panicked".into()))?;
+        let pipeline =
+            pipeline.map_err(|_| IngestError::Runtime("the pipeline thread panicked".into()))??;
+        saved?;
+        if on_its_own {
+            return Err(IngestError::Runtime(
+                "the pipeline stopped on its own".into(),
+            ));
+        }
+        Ok(ServeSummary {
+            received: writer.messages,
+            mqtt_sessions,
+            coap_requests,
+            wal_overflow: writer.wal_overflow,
+            pipeline,
+        })
+    }
+}
