@@ -516,7 +516,7 @@ fn encode_part(
 }
 
 /// What became of one part of a unit.
-enum Outcome {
+enum PartOutcome {
     Inserted,
     /// The server refused the data (a retry sends the same bytes).
     Refused(ClickHouseError),
@@ -574,33 +574,33 @@ async fn insert_unit(shared: Arc<Shared>, unit: Unit) -> UnitOutcome {
             continue;
         }
         match shared.insert(part, &unit.side, &unit.batches).await {
-            Outcome::Inserted => shared.count_written(part, &unit.batches),
-            Outcome::Abandoned => return UnitOutcome::Abandoned,
-            Outcome::Refused(e) if part == Part::Readings && unit.batches.len() > 1 => {
+            PartOutcome::Inserted => shared.count_written(part, &unit.batches),
+            PartOutcome::Abandoned => return UnitOutcome::Abandoned,
+            PartOutcome::Refused(e) if part == Part::Readings && unit.batches.len() > 1 => {
                 // One of the merged batches is at fault: find which, batch by batch.
                 tracing::warn!(error = %e, batches = unit.batches.len(), "ClickHouse refused a merged insert; inserting its batches one by one");
                 for batch in &unit.batches {
                     let one = std::slice::from_ref(batch);
                     match shared.insert(part, &unit.side, one).await {
-                        Outcome::Inserted => shared.count_written(part, one),
-                        Outcome::Refused(e) => shared.refused(part, Some(batch), &e),
-                        Outcome::Abandoned => return UnitOutcome::Abandoned,
+                        PartOutcome::Inserted => shared.count_written(part, one),
+                        PartOutcome::Refused(e) => shared.refused(part, Some(batch), &e),
+                        PartOutcome::Abandoned => return UnitOutcome::Abandoned,
                     }
                 }
             }
-            Outcome::Refused(e) if part != Part::Readings && unit.side.size().0 > 1 => {
+            PartOutcome::Refused(e) if part != Part::Readings && unit.side.size().0 > 1 => {
                 // Side rows of several jobs: only the row at fault stays out.
                 tracing::warn!(error = %e, table = part.table(), "ClickHouse refused side rows; inserting them one by one");
                 for one in unit.side.split_rows(part == Part::Statuses) {
                     let one = Arc::new(one);
                     match shared.insert(part, &one, &[]).await {
-                        Outcome::Inserted => {}
-                        Outcome::Refused(e) => shared.refused(part, None, &e),
-                        Outcome::Abandoned => return UnitOutcome::Abandoned,
+                        PartOutcome::Inserted => {}
+                        PartOutcome::Refused(e) => shared.refused(part, None, &e),
+                        PartOutcome::Abandoned => return UnitOutcome::Abandoned,
                     }
                 }
             }
-            Outcome::Refused(e) => shared.refused(part, unit.batches.first(), &e),
+            PartOutcome::Refused(e) => shared.refused(part, unit.batches.first(), &e),
         }
     }
     UnitOutcome::Done
@@ -719,7 +719,12 @@ impl Shared {
     }
 
     /// Inserts one part, retrying with backoff what a retry can fix.
-    async fn insert(&self, part: Part, side: &Arc<SideRows>, batches: &[RecordBatch]) -> Outcome {
+    async fn insert(
+        &self,
+        part: Part,
+        side: &Arc<SideRows>,
+        batches: &[RecordBatch],
+    ) -> PartOutcome {
         let mut delay = Duration::from_millis(self.config.retry_initial_ms.max(1));
         let mut attempt = 0u32;
         // A probe during a backoff found the server not answering (an outage).
@@ -746,7 +751,7 @@ impl Shared {
                     {
                         Ok(()) => {
                             self.failing_since_ms.store(0, Ordering::Release);
-                            return Outcome::Inserted;
+                            return PartOutcome::Inserted;
                         }
                         // The tables may have changed under a layout read earlier (a
                         // migration): read it again once before blaming the rows.
@@ -762,14 +767,14 @@ impl Shared {
                             rowbinary = true;
                             continue;
                         }
-                        Err(e) if !e.is_retryable() => return Outcome::Refused(e),
+                        Err(e) if !e.is_retryable() => return PartOutcome::Refused(e),
                         Err(e) => e,
                     }
                 }
             };
             if self.closing.is_set() {
                 tracing::warn!(error = %error, table = part.table(), "ClickHouse unavailable at shutdown; the batch stays in the WAL for the next start");
-                return Outcome::Abandoned;
+                return PartOutcome::Abandoned;
             }
             metrics::counter!("meterflow_clickhouse_retries_total").increment(1);
             let now_ms = meterflow_proto::now_ms().max(1);
