@@ -97,6 +97,20 @@ impl Kind {
     }
 }
 
+/// Why `readings` cannot be written as Native blocks: the writer then inserts RowBinary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NativeMismatch {
+    /// The table lacks a canonical column.
+    #[error("readings has no column {0}")]
+    MissingColumn(&'static str),
+    /// A canonical column has a server type the encoder cannot write for it.
+    #[error("readings.{column} is {server_type}")]
+    UnwritableType {
+        column: &'static str,
+        server_type: String,
+    },
+}
+
 /// How to write `readings` as Native blocks: each canonical column's server type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadingsNative {
@@ -110,16 +124,21 @@ impl ReadingsNative {
     /// is missing or of a type the encoder cannot write (the writer then uses RowBinary).
     pub fn from_server_columns<'a>(
         columns: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<ReadingsNative, String> {
+    ) -> Result<ReadingsNative, NativeMismatch> {
         let server: HashMap<&str, &str> = columns.into_iter().collect();
         let mut out = Vec::with_capacity(COLUMNS.len());
         for (name, kind) in COLUMNS {
             let Some(type_name) = server.get(name) else {
-                return Err(format!("readings has no column {name}"));
+                return Err(NativeMismatch::MissingColumn(name));
             };
             match NativeType::parse(type_name) {
                 Some(t) if kind.accepts(t) => out.push((type_name.trim().to_string(), t)),
-                _ => return Err(format!("readings.{name} is {type_name}")),
+                _ => {
+                    return Err(NativeMismatch::UnwritableType {
+                        column: name,
+                        server_type: type_name.to_string(),
+                    })
+                }
             }
         }
         Ok(ReadingsNative { columns: out })
@@ -321,7 +340,14 @@ mod tests {
         assert_eq!(NativeType::parse("DateTime64(12)"), None);
         let wrong = [("meter_id", "String"), ("channel", "UInt16")];
         let err = ReadingsNative::from_server_columns(wrong).unwrap_err();
-        assert!(err.contains("channel is UInt16"), "{err}");
+        assert_eq!(
+            err,
+            NativeMismatch::UnwritableType {
+                column: "channel",
+                server_type: "UInt16".into()
+            }
+        );
+        assert!(err.to_string().contains("channel is UInt16"), "{err}");
         assert_eq!(ReadingsNative::of_schema(true).columns.len(), 9);
         assert_eq!(ReadingsNative::of_schema(false).columns.len(), 9);
     }

@@ -482,7 +482,7 @@ pub async fn table_layout(config: &ClickHouseConfig) -> Result<TableLayout, Clic
     let readings_native = match ReadingsNative::from_server_columns(readings) {
         Ok(native) => Some(Arc::new(native)),
         Err(why) => {
-            tracing::warn!(database = %db, why, "readings has a column type the Native encoder does not write; inserting RowBinary");
+            tracing::warn!(database = %db, why = why.to_string(), "readings has a column type the Native encoder does not write; inserting RowBinary");
             None
         }
     };
