@@ -41,8 +41,8 @@ pub struct DevicesConfig {
 impl DevicesConfig {
     /// Checks what the types alone do not; the error names the key.
     pub fn validate(&self) -> Result<(), IngestError> {
-        crate::config::positive("devices.max_devices", self.max_devices as u64)?;
-        crate::config::positive("devices.save_interval_s", self.save_interval_s)?;
+        crate::error::positive("devices.max_devices", self.max_devices as u64)?;
+        crate::error::positive("devices.save_interval_s", self.save_interval_s)?;
         if self.red_after_s <= self.amber_after_s {
             return Err(IngestError::config(
                 "devices.red_after_s",

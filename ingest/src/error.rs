@@ -1,4 +1,5 @@
-//! The one error type of the ingest crate.
+//! The one error type of the ingest crate, and [`positive`], the check every config section
+//! uses for its counts and durations.
 
 use std::net::SocketAddr;
 
@@ -54,4 +55,12 @@ impl IngestError {
             IngestError::Storage(e) => e.is_retryable(),
         }
     }
+}
+
+/// `Err` naming `key` when `value` is 0.
+pub(crate) fn positive(key: &str, value: u64) -> Result<(), IngestError> {
+    if value == 0 {
+        return Err(IngestError::config(key, "must be greater than 0"));
+    }
+    Ok(())
 }

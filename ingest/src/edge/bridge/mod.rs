@@ -295,7 +295,7 @@ impl BridgeConfig {
                 "must be 0 or 1 (QoS 1 is acknowledged once in the WAL, which QoS 2 adds nothing to)",
             ));
         }
-        crate::config::positive(&key("receive_maximum"), self.receive_maximum.into())?;
+        crate::error::positive(&key("receive_maximum"), self.receive_maximum.into())?;
         if !(5..=65_535).contains(&self.keep_alive_s) {
             return Err(IngestError::config(
                 key("keep_alive_s"),

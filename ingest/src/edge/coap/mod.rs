@@ -109,10 +109,10 @@ impl CoapConfig {
                 self.dtls_max_sessions_per_address,
             ),
         ] {
-            crate::config::positive(key, value as u64)?;
+            crate::error::positive(key, value as u64)?;
         }
         if let Some(entries) = self.exchange_cache_entries {
-            crate::config::positive("coap.exchange_cache_entries", entries as u64)?;
+            crate::error::positive("coap.exchange_cache_entries", entries as u64)?;
         }
         if self.exchange_cache_bytes < MIN_EXCHANGE_CACHE_BYTES {
             return Err(IngestError::config(
@@ -128,12 +128,12 @@ impl CoapConfig {
                 ));
             }
         }
-        crate::config::positive("coap.block_timeout_s", self.block_timeout_s)?;
-        crate::config::positive(
+        crate::error::positive("coap.block_timeout_s", self.block_timeout_s)?;
+        crate::error::positive(
             "coap.dtls_handshake_timeout_s",
             self.dtls_handshake_timeout_s,
         )?;
-        crate::config::positive("coap.dtls_idle_timeout_s", self.dtls_idle_timeout_s)
+        crate::error::positive("coap.dtls_idle_timeout_s", self.dtls_idle_timeout_s)
     }
 
     /// The duplicate-detection bound in effect (the old entry count, where given, converted).

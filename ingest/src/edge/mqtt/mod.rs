@@ -143,7 +143,7 @@ impl MqttConfig {
 
     /// Checks the values the types do not; the error names the key.
     pub fn validate(&self) -> Result<(), IngestError> {
-        use crate::config::positive;
+        use crate::error::positive;
         positive("mqtt.max_connections", self.max_connections as u64)?;
         positive("mqtt.max_payload_bytes", self.max_payload_bytes as u64)?;
         if self.max_payload_bytes > 268_435_455 {
