@@ -87,27 +87,35 @@ pub struct Endpoint {
     pub password: Option<String>,
 }
 
-/// Reads `mqtt[s]://[USER[:PASSWORD]@]HOST[:PORT]` (also `tcp://`, `ssl://`).
-pub fn parse_url(text: &str) -> Result<Endpoint, String> {
-    let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+/// Reads `mqtt[s]://[USER[:PASSWORD]@]HOST[:PORT]` (also `tcp://`, `ssl://`); an error names
+/// `key`, the config key the URL came from.
+pub fn parse_url(text: &str, key: &str) -> Result<Endpoint, IngestError> {
+    let invalid = |reason: String| IngestError::config(key, reason);
+    let url = url::Url::parse(text).map_err(|e| invalid(format!("not a URL ({e})")))?;
     let tls = match url.scheme() {
         "mqtt" | "tcp" => false,
         "mqtts" | "ssl" => true,
-        other => return Err(format!("scheme {other}:// is not mqtt:// or mqtts://")),
+        other => {
+            return Err(invalid(format!(
+                "scheme {other}:// is not mqtt:// or mqtts://"
+            )))
+        }
     };
     // An IPv6 address keeps its brackets: rumqttc joins host and port with a colon.
     let host = match url.host_str() {
         Some(host) if !host.is_empty() => host.to_string(),
-        _ => return Err("has no host".into()),
+        _ => return Err(invalid("has no host".into())),
     };
     if !matches!(url.path(), "" | "/") || url.query().is_some() {
-        return Err("must not have a path or query: the topic is the `topic` key".into());
+        return Err(invalid(
+            "must not have a path or query: the topic is the `topic` key".into(),
+        ));
     }
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(s)
             .decode_utf8()
             .map(|s| s.into_owned())
-            .map_err(|_| "the login is not UTF-8 once percent-decoded".to_string())
+            .map_err(|_| invalid("the login is not UTF-8 once percent-decoded".into()))
     };
     let username = (!url.username().is_empty())
         .then(|| decode(url.username()))
@@ -153,42 +161,54 @@ pub struct TopicPattern {
 }
 
 impl TopicPattern {
-    /// `pattern` as the `topic` key takes it; `format` is the `format` key.
-    pub fn parse(pattern: &str, format: &str) -> Result<TopicPattern, String> {
+    /// `pattern` as the `topic` key takes it; `format` is the `format` key. An error names
+    /// `key`, the config key of the topic.
+    pub fn parse(pattern: &str, format: &str, key: &str) -> Result<TopicPattern, IngestError> {
+        let invalid = |reason: String| IngestError::config(key, reason);
         let mut segments = Vec::new();
         for part in pattern.split('/') {
             segments.push(match part {
                 "{meter_id}" => PatternPart::MeterId,
                 "{format}" => PatternPart::Format,
                 "+" => PatternPart::Any,
-                "" => return Err(format!("{pattern:?} has an empty segment")),
+                "" => return Err(invalid(format!("{pattern:?} has an empty segment"))),
                 _ if part.contains(['+', '#', '{', '}']) => {
-                    return Err(format!(
+                    return Err(invalid(format!(
                         "segment {part:?} of {pattern:?} is not literal, `+`, `{{meter_id}}` or `{{format}}`"
-                    ))
+                    )))
                 }
                 _ => PatternPart::Literal(part.to_string()),
             });
         }
         let count = |s: &PatternPart| segments.iter().filter(|x| *x == s).count();
         if count(&PatternPart::MeterId) != 1 {
-            return Err(format!("{pattern:?} must have `{{meter_id}}` once"));
+            return Err(invalid(format!(
+                "{pattern:?} must have `{{meter_id}}` once"
+            )));
         }
         let fixed_format = match (count(&PatternPart::Format), format) {
             (0, "") => {
-                return Err(format!(
+                return Err(invalid(format!(
                     "{pattern:?} has no `{{format}}`: set bridge `format` (pb, json, senml, senml-cbor, dsmr or status)"
-                ))
+                )))
             }
             (0, f) => {
                 if f != "status" {
-                    f.parse::<Format>().map_err(|e| e.to_string())?;
+                    f.parse::<Format>().map_err(|e| invalid(e.to_string()))?;
                 }
                 Some(f.to_string())
             }
             (1, "") => None,
-            (1, _) => return Err(format!("{pattern:?} has `{{format}}`: leave `format` empty")),
-            _ => return Err(format!("{pattern:?} has `{{format}}` more than once")),
+            (1, _) => {
+                return Err(invalid(format!(
+                    "{pattern:?} has `{{format}}`: leave `format` empty"
+                )))
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "{pattern:?} has `{{format}}` more than once"
+                )))
+            }
         };
         Ok(TopicPattern {
             segments,
@@ -248,9 +268,8 @@ impl BridgeConfig {
     /// TLS settings (the files read once, here). [`start`] takes what it prepared.
     pub fn prepare(&self, index: usize) -> Result<Prepared, IngestError> {
         let key = |k: &str| format!("bridge[{index}].{k}");
-        let endpoint = parse_url(&self.url).map_err(|e| IngestError::config(key("url"), e))?;
-        let pattern = TopicPattern::parse(&self.topic, &self.format)
-            .map_err(|e| IngestError::config(key("topic"), e))?;
+        let endpoint = parse_url(&self.url, &key("url"))?;
+        let pattern = TopicPattern::parse(&self.topic, &self.format, &key("topic"))?;
         if self.share_group.contains(['/', '+', '#']) {
             return Err(IngestError::config(
                 key("share_group"),

@@ -1,12 +1,11 @@
 //! The bridge's settings: URLs, topic patterns, the keys named by bad values, client ids.
 //! The connection to a real broker is tested in `tests/it/bridge.rs`.
 
-use super::config::{parse_url, Endpoint, TopicPattern};
 use super::*;
 
 #[test]
 fn urls_give_host_port_tls_and_login() {
-    let e = parse_url("mqtts://meterflow:p%40ss%3Aword@broker.example").unwrap();
+    let e = parse_url("mqtts://meterflow:p%40ss%3Aword@broker.example", "url").unwrap();
     assert_eq!(
         e,
         Endpoint {
@@ -17,10 +16,10 @@ fn urls_give_host_port_tls_and_login() {
             password: Some("p@ss:word".into()),
         }
     );
-    let e = parse_url("mqtt://127.0.0.1:1999").unwrap();
+    let e = parse_url("mqtt://127.0.0.1:1999", "url").unwrap();
     assert_eq!((e.host.as_str(), e.port, e.tls), ("127.0.0.1", 1999, false));
     assert_eq!(e.username, None);
-    assert_eq!(parse_url("tcp://[::1]").unwrap().host, "[::1]");
+    assert_eq!(parse_url("tcp://[::1]", "url").unwrap().host, "[::1]");
     for bad in [
         "http://h",
         "mqtt://",
@@ -28,7 +27,7 @@ fn urls_give_host_port_tls_and_login() {
         "mqtt://h/meters/#",
         "mqtt://h?x=1",
     ] {
-        assert!(parse_url(bad).is_err(), "{bad}");
+        assert!(parse_url(bad, "url").is_err(), "{bad}");
     }
 }
 
@@ -44,7 +43,7 @@ fn printed_urls_hide_the_password() {
 
 #[test]
 fn the_default_pattern_maps_topics_one_to_one() {
-    let p = TopicPattern::parse("meters/{meter_id}/{format}", "").unwrap();
+    let p = TopicPattern::parse("meters/{meter_id}/{format}", "", "topic").unwrap();
     assert_eq!(p.filter(), "meters/+/+");
     assert_eq!(p.canonical("meters/E1/pb").as_deref(), Some("meters/E1/pb"));
     assert_eq!(
@@ -58,14 +57,14 @@ fn the_default_pattern_maps_topics_one_to_one() {
 
 #[test]
 fn a_utility_tree_maps_to_the_canonical_topics() {
-    let p = TopicPattern::parse("utility/+/ami/{meter_id}/up", "dsmr").unwrap();
+    let p = TopicPattern::parse("utility/+/ami/{meter_id}/up", "dsmr", "topic").unwrap();
     assert_eq!(p.filter(), "utility/+/ami/+/up");
     assert_eq!(
         p.canonical("utility/north/ami/E0001/up").as_deref(),
         Some("meters/E0001/dsmr")
     );
     assert_eq!(p.canonical("utility/north/ami/E0001/down"), None);
-    let p = TopicPattern::parse("{format}/{meter_id}", "").unwrap();
+    let p = TopicPattern::parse("{format}/{meter_id}", "", "topic").unwrap();
     assert_eq!(p.canonical("json/M7").as_deref(), Some("meters/M7/json"));
 }
 
@@ -82,7 +81,7 @@ fn bad_patterns_say_why() {
         ("m{meter_id}", "pb"),
     ] {
         assert!(
-            TopicPattern::parse(pattern, format).is_err(),
+            TopicPattern::parse(pattern, format, "topic").is_err(),
             "{pattern} {format}"
         );
     }
