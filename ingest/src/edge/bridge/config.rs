@@ -265,7 +265,7 @@ impl BridgeConfig {
 
     /// Checks what the types alone do not (the error names the key, `bridge[N].KEY`), and
     /// reads what the client needs: the endpoint, the topic pattern and, for `mqtts://`, the
-    /// TLS settings (the files read once, here). [`start`] takes what it prepared.
+    /// TLS settings (the files read once, here). [`super::start`] takes what it prepared.
     pub fn prepare(&self, index: usize) -> Result<Prepared, IngestError> {
         let key = |k: &str| format!("bridge[{index}].{k}");
         let endpoint = parse_url(&self.url, &key("url"))?;

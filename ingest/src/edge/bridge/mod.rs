@@ -22,9 +22,9 @@
 //! broker delivered, and logs in to the broker with its own username/password or client
 //! certificate over TLS.
 //!
-//! - [`config`]: the settings, checked and prepared once (endpoint, topic pattern, TLS);
-//! - [`tls`]: the TLS client settings for `mqtts://`;
-//! - [`link`]: the connection loop of one bridge, and its metrics.
+//! - `config`: the settings, checked and prepared once (endpoint, topic pattern, TLS);
+//! - `tls`: the TLS client settings for `mqtts://`;
+//! - `link`: the connection loop of one bridge, and its metrics.
 //!
 //! This module starts a bridge ([`start`]) and waits for it at shutdown ([`Bridge::finish`]).
 

@@ -19,14 +19,14 @@
 //! of datagrams from many addresses cannot grow the process without limit.
 //!
 //! The files:
-//! - [`config`]: the settings (`[coap]`) and the start-up check of the anonymous rule;
-//! - [`io`]: the listener: the socket, plain or DTLS ([`dtls`]), and the task that owns the
+//! - `config`: the settings (`[coap]`) and the start-up check of the anonymous rule;
+//! - `io`: the listener: the socket, plain or DTLS ([`dtls`]), and the task that owns the
 //!   server;
-//! - [`server`]: the sans-IO server: retransmissions, the WAL hand-off, the answers once
+//! - `server`: the sans-IO server: retransmissions, the WAL hand-off, the answers once
 //!   durable, housekeeping;
-//! - [`resources`]: the way to a resource, and one file per family: reports, LwM2M
+//! - `resources`: the way to a resource, and one file per family: reports, LwM2M
 //!   registration and Send, `/.well-known/core`;
-//! - [`message`]: reading requests and writing answers with coap-lite;
+//! - `message`: reading requests and writing answers with coap-lite;
 //! - [`exchanges`], [`block1`], [`lwm2m`]: the bounded tables (answers kept for
 //!   retransmissions, Block1 transfers, LwM2M registrations).
 

@@ -10,7 +10,7 @@
 //!   publish and subscribe rules;
 //! - [`registry`]: live sessions by client id (takeover, revoke, shutdown);
 //! - [`tls`]: rustls, client certificates, reload;
-//! - [`config`]: the settings (`[mqtt]`) and the start-up check of the anonymous rule.
+//! - `config`: the settings (`[mqtt]`) and the start-up check of the anonymous rule.
 //!
 //! This module owns the listeners, the shared state of the edge ([`Edge`]), the background
 //! task that applies credential and certificate changes, and shutdown.
