@@ -13,6 +13,7 @@ pub use crate::devices::DevicesConfig;
 pub use crate::edge::bridge::BridgeConfig;
 pub use crate::edge::coap::CoapConfig;
 pub use crate::edge::mqtt::MqttConfig;
+use crate::error::positive;
 use crate::IngestError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,14 +215,6 @@ impl NodeConfig {
         }
         Ok(())
     }
-}
-
-/// `Err` naming `key` when `value` is 0.
-pub(crate) fn positive(key: &str, value: u64) -> Result<(), IngestError> {
-    if value == 0 {
-        return Err(IngestError::config(key, "must be greater than 0"));
-    }
-    Ok(())
 }
 
 impl HttpConfig {

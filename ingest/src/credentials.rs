@@ -48,13 +48,11 @@ pub struct Secret {
 
 impl Secret {
     /// Checks the rules (16 to 64 printable ASCII characters, no spaces).
-    pub fn new(text: &str) -> Result<Secret, String> {
+    pub fn new(text: &str) -> Result<Secret, IngestError> {
         if !(MIN_SECRET..=MAX_SECRET).contains(&text.len())
             || !text.bytes().all(|b| b.is_ascii_graphic())
         {
-            return Err(format!(
-                "a secret must be {MIN_SECRET} to {MAX_SECRET} printable ASCII characters without spaces"
-            ));
+            return Err(IngestError::InvalidSecret);
         }
         Ok(Secret {
             digest: sha256(text.as_bytes()),
@@ -114,15 +112,13 @@ pub fn generate_secret() -> Result<String, IngestError> {
 pub struct Glob(Box<str>);
 
 impl Glob {
-    pub fn new(pattern: &str) -> Result<Glob, String> {
+    pub fn new(pattern: &str) -> Result<Glob, IngestError> {
         let valid = (1..=64).contains(&pattern.len())
             && pattern.bytes().all(|b| {
                 b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'*' | b'?')
             });
         if !valid {
-            return Err(format!(
-                "publish_for glob {pattern:?} must be 1 to 64 characters of [A-Za-z0-9._-*?]"
-            ));
+            return Err(IngestError::InvalidGlob(pattern.to_string()));
         }
         Ok(Glob(pattern.into()))
     }
@@ -245,11 +241,9 @@ impl CredentialStore {
     }
 
     /// Adds or replaces one credential (a revoked id becomes active again).
-    pub fn add(&mut self, meter_id: &str, credential: Credential) -> Result<Changes, String> {
+    pub fn add(&mut self, meter_id: &str, credential: Credential) -> Result<Changes, IngestError> {
         if !is_valid_meter_id(meter_id) {
-            return Err(format!(
-                "meter id {meter_id:?} must be 1 to 64 characters of [A-Za-z0-9._-]"
-            ));
+            return Err(IngestError::InvalidMeterId(meter_id.to_string()));
         }
         self.revoked.remove(meter_id);
         let mut changes = Changes::default();
@@ -404,13 +398,14 @@ fn parse_rows(
             let globs = field(globs_col)
                 .split_whitespace()
                 .map(Glob::new)
-                .collect::<Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
             if globs.len() > MAX_GLOBS {
                 return Err(format!("more than {MAX_GLOBS} publish_for globs"));
             }
             // A revoked row has no secret; give it a placeholder that can never be offered.
             let secret = if active {
-                Secret::new(field(Some(secret_col)))?
+                Secret::new(field(Some(secret_col))).map_err(|e| e.to_string())?
             } else {
                 Secret {
                     text: "".into(),
@@ -704,9 +699,7 @@ mod tests {
         );
         // Adding it again makes it active with the new secret; the old one fails.
         update(dir.path(), |s| {
-            let c = s
-                .add("E0001", cred("dddddddddddddddd", &[]))
-                .map_err(IngestError::Credentials)?;
+            let c = s.add("E0001", cred("dddddddddddddddd", &[]))?;
             Ok((c, true))
         })
         .unwrap();

@@ -1,4 +1,5 @@
-//! The one error type of the ingest crate.
+//! The one error type of the ingest crate, and [`positive`], the check every config section
+//! uses for its counts and durations.
 
 use std::net::SocketAddr;
 
@@ -23,6 +24,22 @@ pub enum IngestError {
     /// The credential store or an import file is wrong (the text names the file and line).
     #[error("credentials: {0}")]
     Credentials(String),
+
+    /// A device secret breaks the rules (the secret is not shown).
+    #[error(
+        "a secret must be {min} to {max} printable ASCII characters without spaces",
+        min = crate::credentials::MIN_SECRET,
+        max = crate::credentials::MAX_SECRET
+    )]
+    InvalidSecret,
+
+    /// A `publish_for` glob breaks the rules.
+    #[error("publish_for glob {0:?} must be 1 to 64 characters of [A-Za-z0-9._-*?]")]
+    InvalidGlob(String),
+
+    /// A meter id that is not 1 to 64 characters of `[A-Za-z0-9._-]`.
+    #[error("meter id {0:?} must be 1 to 64 characters of [A-Za-z0-9._-]")]
+    InvalidMeterId(String),
 
     #[error("{action} {path}: {source}")]
     Io {
@@ -50,8 +67,20 @@ impl IngestError {
         match self {
             IngestError::Config { .. } => false,
             IngestError::Bind { .. } | IngestError::Io { .. } => true,
-            IngestError::Runtime(_) | IngestError::Credentials(_) => false,
+            IngestError::Runtime(_)
+            | IngestError::Credentials(_)
+            | IngestError::InvalidSecret
+            | IngestError::InvalidGlob(_)
+            | IngestError::InvalidMeterId(_) => false,
             IngestError::Storage(e) => e.is_retryable(),
         }
     }
+}
+
+/// `Err` naming `key` when `value` is 0.
+pub(crate) fn positive(key: &str, value: u64) -> Result<(), IngestError> {
+    if value == 0 {
+        return Err(IngestError::config(key, "must be greater than 0"));
+    }
+    Ok(())
 }

@@ -509,8 +509,19 @@ struct DevicesQuery {
 /// Most devices in one page.
 const MAX_PAGE: usize = 1000;
 
+/// Why `stale_after` is not a duration; the text is the 400 answer's.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum BadDuration {
+    #[error("stale_after={0:?} is not a duration (7200, 90s, 30m, 2h, 1d, amber, red)")]
+    NotANumber(String),
+    #[error("stale_after={text:?}: unknown unit {unit:?} (s, m, h, d)")]
+    UnknownUnit { text: String, unit: String },
+    #[error("stale_after={0:?} is too long")]
+    TooLong(String),
+}
+
 /// Seconds of a duration as the API takes it.
-fn parse_duration_s(text: &str, devices: &DeviceRegistry) -> Result<u64, String> {
+fn parse_duration_s(text: &str, devices: &DeviceRegistry) -> Result<u64, BadDuration> {
     match text {
         "amber" => return Ok(devices.config().amber_after_s),
         "red" => return Ok(devices.config().red_after_s),
@@ -520,22 +531,23 @@ fn parse_duration_s(text: &str, devices: &DeviceRegistry) -> Result<u64, String>
         text.find(|c: char| !c.is_ascii_digit())
             .unwrap_or(text.len()),
     );
-    let n: u64 = digits.parse().map_err(|_| {
-        format!("stale_after={text:?} is not a duration (7200, 90s, 30m, 2h, 1d, amber, red)")
-    })?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| BadDuration::NotANumber(text.to_string()))?;
     let scale = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
         _ => {
-            return Err(format!(
-                "stale_after={text:?}: unknown unit {unit:?} (s, m, h, d)"
-            ))
+            return Err(BadDuration::UnknownUnit {
+                text: text.to_string(),
+                unit: unit.to_string(),
+            })
         }
     };
     n.checked_mul(scale)
-        .ok_or_else(|| format!("stale_after={text:?} is too long"))
+        .ok_or_else(|| BadDuration::TooLong(text.to_string()))
 }
 
 #[derive(Serialize)]
@@ -563,7 +575,7 @@ async fn devices(
             Some(ms) => Some(ms),
             None => return error(StatusCode::BAD_REQUEST, "stale_after is too long".into()),
         },
-        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {

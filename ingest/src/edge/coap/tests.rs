@@ -4,11 +4,18 @@
 
 use flume::{Receiver, Sender};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
+use meterflow_proto::Source;
 
+use super::block1::Block;
+use super::message::uint_bytes;
+use super::server::{Completion, Server};
 use super::*;
+use crate::credentials::SharedCredentials;
+use crate::edge::{Durability, Submission};
 
 struct Harness {
     server: Server,
