@@ -1,7 +1,5 @@
 //! The `meterflow` command: the subcommands that are not the server itself.
 //!
-//! - [`simulate`]: a fleet of meters publishing over MQTT, as a load generator and a demo;
-//!   its payload generator is deterministic so tests can check every value that arrives.
 //! - [`decode_cmd`]: prints what a payload decodes to, or the error with its position.
 //! - [`query_cmd`]: the output of `meterflow query` (table, CSV, JSON) and its time arguments.
 //!
@@ -10,4 +8,3 @@
 pub mod decode_cmd;
 pub mod import;
 pub mod query_cmd;
-pub mod simulate;

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use meterflow::simulate::{self, Shape};
 use meterflow_ingest::Config;
 use meterflow_proto::Format;
+use meterflow_simulate::{self as simulate, Shape};
 
 #[derive(Parser)]
 #[command(
