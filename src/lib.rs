@@ -6,5 +6,4 @@
 //! `serve` is [`meterflow_ingest::serve`]; `main.rs` parses the command line.
 
 pub mod decode_cmd;
-pub mod import;
 pub mod query_cmd;

@@ -612,7 +612,7 @@ fn credentials(shared: &SharedArgs, args: CredentialsArgs) -> anyhow::Result<()>
 }
 
 fn import(config: Config, args: ImportArgs) -> anyhow::Result<()> {
-    use meterflow::import::csv::{parse_delimiter, CsvMapping, CsvOptions};
+    use meterflow_import::csv::{parse_delimiter, CsvMapping, CsvOptions};
     use std::io::IsTerminal;
     config.parquet.validate()?;
     let mapping = match (&args.map, &args.mapping) {
@@ -656,13 +656,19 @@ fn import(config: Config, args: ImportArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let options = meterflow::import::ImportOptions {
+    let options = meterflow_import::ImportOptions {
         paths: args.paths,
         csv,
         restart: args.restart,
         bar: std::io::stderr().is_terminal(),
     };
-    let summary = meterflow::import::run(&config, &options)?;
+    let target = meterflow_import::ImportTarget {
+        data_dir: config.data_dir,
+        node_id: config.node.id,
+        parquet: config.parquet,
+        clickhouse: config.clickhouse,
+    };
+    let summary = meterflow_import::run(&target, &options)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
