@@ -111,7 +111,7 @@ pub fn run(shared: &SharedArgs, args: CredentialsArgs) -> anyhow::Result<()> {
             let changes = credentials::update(&data_dir, |store| {
                 let c = store
                     .add(&id, credential)
-                    .map_err(meterflow_ingest::IngestError::Credentials)?;
+                    .map_err(|e| meterflow_ingest::IngestError::Credentials(e.to_string()))?;
                 Ok((c, c.unchanged == 0))
             })?;
             let what = if changes.added > 0 {
