@@ -597,11 +597,11 @@ fn free_port() -> u16 {
 /// WAL holds them. Then ClickHouse comes back; timed until `readings` holds every row, beside
 /// clickhouse-client loading the same rows from a Native file.
 fn backlog(env: &Env, runtime: &tokio::runtime::Runtime, bin: &str, work: &Path) {
-    let plan = meterflow::simulate::Plan {
+    let plan = meterflow_simulate::Plan {
         meters: 1000,
         messages: 1000,
         format: Format::Pb,
-        shape: meterflow::simulate::Shape::Readings,
+        shape: meterflow_simulate::Shape::Readings,
         start_ms: 1_719_792_000_000,
         interval_s: 900,
         prefix: "backlog-".into(),

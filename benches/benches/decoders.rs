@@ -9,9 +9,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use meterflow::simulate::{Plan, Shape};
 use meterflow_decoders::{decode, DecodeContext, Format};
 use meterflow_proto::{pb, ReadingBatchBuilder, RowMeta, Source};
+use meterflow_simulate::{Plan, Shape};
 use prost::Message;
 
 const REPORTS: usize = 1000;

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::{fleet_acked, free_port, pb_fleet, plan_rows, wait_for, ClickHouse, Server};
-use meterflow::simulate::Plan;
+use meterflow_simulate::Plan;
 
 /// A private Mosquitto with logins and an ACL, stopped when dropped.
 struct Mosquitto {

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use crate::harness::{
     config_file, fleet_acked, mosquitto_pub, pb_fleet, spawn_fleet, wait_for, ClickHouse, Server,
 };
-use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::Format;
+use meterflow_simulate::{Plan, Shape};
 
 /// (meter_id, channel, ts in seconds, value, unit) of every row after dedupe.
 fn rows(ch: &ClickHouse, db: &str) -> Vec<(String, String, i64, f64, String)> {

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 
 use crate::harness::{fleet_acked, fleet_summary, pb_fleet, plan_rows, spawn_fleet, wait_for};
-use meterflow::simulate::Plan;
+use meterflow_simulate::Plan;
 
 const HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/cluster");
 

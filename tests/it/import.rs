@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::harness::{config_file, read_readings, wait_for, ClickHouse, Server, BIN};
-use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::Format;
+use meterflow_simulate::{Plan, Shape};
 
 /// `meterflow import` with a config file and extra arguments; the JSON summary.
 fn import(config: &str, data_dir: &Path, args: &[&str]) -> serde_json::Value {

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::harness::{read_readings, Row, Server};
-use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::Format;
+use meterflow_simulate::{Plan, Shape};
 use meterflow_storage::dead_letter;
 
 /// Runs `coap-client-notls -v 6` and returns what it printed (stdout and stderr), where the

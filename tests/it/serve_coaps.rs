@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use crate::harness::{read_readings, Row, Server};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
-use meterflow::simulate::dtls::DtlsLink;
-use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::Format;
+use meterflow_simulate::dtls::DtlsLink;
+use meterflow_simulate::{Plan, Shape};
 use meterflow_storage::dead_letter;
 
 const A_KEY: &str = "a-secret-0123456789";

@@ -4,8 +4,8 @@
 use std::process::Command;
 
 use crate::harness::{mosquitto_pub, read_readings, utc_date, Row, Server, BIN};
-use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::{pb, Format};
+use meterflow_simulate::{Plan, Shape};
 use meterflow_storage::dead_letter;
 use prost::Message;
 

@@ -4,8 +4,8 @@
 use std::process::{Command, Stdio};
 
 use crate::harness::{read_readings, Server, BIN};
-use meterflow::simulate::{Plan, Shape};
 use meterflow_proto::Format;
+use meterflow_simulate::{Plan, Shape};
 
 #[test]
 fn readings_acknowledged_before_a_kill_9_are_in_parquet_after_the_restart() {

@@ -13,7 +13,7 @@ use super::server::BIN;
 /// expected, e.g. no reconnects).
 pub fn assert_fleet_arrived(
     data_dir: &Path,
-    plans: &[meterflow::simulate::Plan],
+    plans: &[meterflow_simulate::Plan],
     expected_rows: usize,
     exactly_once: bool,
 ) {
@@ -54,14 +54,10 @@ pub fn assert_fleet_arrived(
     assert!(letters.is_empty(), "{letters:?}");
 }
 
-pub fn simulate_command(
-    mqtt_port: u16,
-    plan: &meterflow::simulate::Plan,
-    pause_ms: u64,
-) -> Command {
+pub fn simulate_command(mqtt_port: u16, plan: &meterflow_simulate::Plan, pause_ms: u64) -> Command {
     let shape = match plan.shape {
-        meterflow::simulate::Shape::Series => "series",
-        meterflow::simulate::Shape::Readings => "readings",
+        meterflow_simulate::Shape::Series => "series",
+        meterflow_simulate::Shape::Readings => "readings",
     };
     let start = chrono::DateTime::from_timestamp_millis(plan.start_ms)
         .expect("a valid start")
@@ -84,12 +80,12 @@ pub fn simulate_command(
 
 /// A fleet of `meters` sending `messages` protobuf reports of five registers each, a quarter
 /// of an hour apart from 2024-07-01, with meter ids starting `prefix`.
-pub fn pb_fleet(prefix: &str, meters: usize, messages: usize) -> meterflow::simulate::Plan {
-    meterflow::simulate::Plan {
+pub fn pb_fleet(prefix: &str, meters: usize, messages: usize) -> meterflow_simulate::Plan {
+    meterflow_simulate::Plan {
         meters,
         messages,
         format: meterflow_proto::Format::Pb,
-        shape: meterflow::simulate::Shape::Readings,
+        shape: meterflow_simulate::Shape::Readings,
         start_ms: 1_719_792_000_000,
         interval_s: 900,
         prefix: prefix.into(),
@@ -97,12 +93,12 @@ pub fn pb_fleet(prefix: &str, meters: usize, messages: usize) -> meterflow::simu
 }
 
 /// Every row a plan sends.
-pub fn plan_rows(plan: &meterflow::simulate::Plan) -> usize {
+pub fn plan_rows(plan: &meterflow_simulate::Plan) -> usize {
     plan.expected_rows(0, 0).len() * plan.meters * plan.messages
 }
 
 /// `meterflow simulate` for `plan` running in the background, its JSON summary piped.
-pub fn spawn_fleet(mqtt_port: u16, plan: &meterflow::simulate::Plan, pause_ms: u64) -> Child {
+pub fn spawn_fleet(mqtt_port: u16, plan: &meterflow_simulate::Plan, pause_ms: u64) -> Child {
     simulate_command(mqtt_port, plan, pause_ms)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

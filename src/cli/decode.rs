@@ -1,12 +1,47 @@
 //! `meterflow decode --format F FILE`: the rows a payload gives, as a table, with any parts
 //! that were rejected; or the error with its position (exit status 1). Times are UTC.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::PathBuf;
 
+use anyhow::Context;
 use meterflow_decoders::{decode, DecodeContext, Format};
 
+#[derive(clap::Args)]
+pub struct DecodeArgs {
+    /// pb, json, senml, senml-cbor, dsmr, lwm2m
+    #[arg(long, short)]
+    format: Format,
+    /// The meter the payload is for (as the topic would name it).
+    #[arg(long, default_value = "meter")]
+    meter: String,
+    /// The payload file; `-` reads standard input.
+    file: PathBuf,
+}
+
+/// Reads the payload and prints its report; exits with status 1 when it does not decode.
+pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
+    let DecodeArgs {
+        format,
+        meter,
+        file,
+    } = args;
+    let payload = if file.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf)?;
+        buf
+    } else {
+        std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let ok = report(format, &meter, &payload, &mut std::io::stdout())?;
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 /// Decodes `payload` and writes the report to `out`. Returns whether it decoded.
-pub fn run(
+fn report(
     format: Format,
     meter_id: &str,
     payload: &[u8],

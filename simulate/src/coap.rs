@@ -9,15 +9,15 @@
 //! Every request's time from first transmission to its answer is recorded for the summary's
 //! latency percentiles.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use tokio::net::UdpSocket;
 
-use super::{Counters, Plan, Target};
+use crate::counters::Counters;
+use crate::{Plan, SimulateError, Target};
 
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_RETRANSMIT: u32 = 4;
@@ -36,20 +36,16 @@ pub(super) async fn run_meter(
     target: &Target,
     counters: &Counters,
     acked_here: &AtomicU64,
-) -> anyhow::Result<()> {
-    let server: SocketAddr = tokio::net::lookup_host((target.host.as_str(), target.port))
-        .await
-        .with_context(|| format!("resolving {}", target.host))?
-        .next()
-        .context("the CoAP host has no address")?;
-    let local: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0".parse()?
+) -> Result<(), SimulateError> {
+    let server = crate::resolve(&target.host, target.port, "CoAP host").await?;
+    let local = if server.is_ipv4() {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
     } else {
-        "[::]:0".parse()?
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
     };
     let socket = UdpSocket::bind(local)
         .await
-        .context("binding a UDP socket")?;
+        .map_err(SimulateError::BindUdp)?;
     socket.connect(server).await?;
     let meter_id = plan.meter_id(m);
     let link = if target.coap_dtls {
@@ -58,9 +54,9 @@ pub(super) async fn run_meter(
             .credentials
             .as_ref()
             .and_then(|c| c.get(&meter_id))
-            .with_context(|| format!("--dtls: no secret for {meter_id} in --credentials"))?;
+            .ok_or_else(|| SimulateError::NoDtlsSecret(meter_id.clone()))?;
         let started = Instant::now();
-        let link = super::dtls::DtlsLink::connect(
+        let link = crate::dtls::DtlsLink::connect(
             socket,
             server,
             &meter_id,
@@ -75,7 +71,9 @@ pub(super) async fn run_meter(
     };
     let block_size = target.coap_block_size;
     if !(16..=1024).contains(&block_size) || !block_size.is_power_of_two() {
-        bail!("--block-size must be 16, 32, 64, 128, 256, 512 or 1024");
+        return Err(SimulateError::Invalid(
+            "--block-size must be 16, 32, 64, 128, 256, 512 or 1024",
+        ));
     }
     let mut meter = Meter {
         block_size,
@@ -114,11 +112,11 @@ pub(super) async fn run_meter(
 /// How a meter's requests travel.
 enum Link {
     Plain(UdpSocket),
-    Dtls(Box<super::dtls::DtlsLink>),
+    Dtls(Box<crate::dtls::DtlsLink>),
 }
 
 impl Link {
-    async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), SimulateError> {
         match self {
             Link::Plain(socket) => {
                 socket.send(bytes).await?;
@@ -128,7 +126,7 @@ impl Link {
         Ok(())
     }
 
-    async fn recv(&mut self, buf: &mut [u8]) -> anyhow::Result<usize> {
+    async fn recv(&mut self, buf: &mut [u8]) -> Result<usize, SimulateError> {
         match self {
             Link::Plain(socket) => Ok(socket.recv(buf).await?),
             Link::Dtls(link) => link.recv(buf).await,
@@ -149,7 +147,11 @@ struct Meter {
 
 impl Meter {
     /// One report: a single request, or Block1 blocks for a large body.
-    async fn report(&mut self, payload: &[u8], counters: &Counters) -> anyhow::Result<Answer> {
+    async fn report(
+        &mut self,
+        payload: &[u8],
+        counters: &Counters,
+    ) -> Result<Answer, SimulateError> {
         let size = self.block_size;
         if payload.len() <= size {
             let answer = self.request(payload, None, counters).await?;
@@ -172,7 +174,7 @@ impl Meter {
 
     /// What an answer means: 2.04 (or 2.31 for a block that is not the last) is progress,
     /// 5.03 is a wait, anything else is an error of the simulator or the server.
-    fn outcome(&self, answer: &Packet, more_blocks: bool) -> anyhow::Result<Answer> {
+    fn outcome(&self, answer: &Packet, more_blocks: bool) -> Result<Answer, SimulateError> {
         match answer.header.code {
             MessageClass::Response(ResponseType::Changed) if !more_blocks => Ok(Answer::Stored),
             MessageClass::Response(ResponseType::Continue) if more_blocks => Ok(Answer::Stored),
@@ -182,12 +184,11 @@ impl Meter {
                     .map_or(60, |v| v.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)));
                 Ok(Answer::Busy(Duration::from_secs(secs.min(3600))))
             }
-            _ => bail!(
-                "meter {} was answered {} {}",
-                self.meter_id,
-                answer.header.get_code(),
-                String::from_utf8_lossy(&answer.payload)
-            ),
+            _ => Err(SimulateError::CoapAnswer {
+                meter_id: self.meter_id.clone(),
+                code: answer.header.get_code(),
+                body: String::from_utf8_lossy(&answer.payload).into_owned(),
+            }),
         }
     }
 
@@ -197,7 +198,7 @@ impl Meter {
         body: &[u8],
         block1: Option<u32>,
         counters: &Counters,
-    ) -> anyhow::Result<Packet> {
+    ) -> Result<Packet, SimulateError> {
         self.next_mid = self.next_mid.wrapping_add(1);
         self.next_token = self.next_token.wrapping_add(1);
         let mid = self.next_mid;
@@ -217,7 +218,7 @@ impl Meter {
             request.add_option(CoapOption::Block1, uint(block));
         }
         request.payload = body.to_vec();
-        let bytes = request.to_bytes().context("encoding the CoAP request")?;
+        let bytes = request.to_bytes().map_err(SimulateError::CoapEncode)?;
         // The first timeout is random in [ACK_TIMEOUT, ACK_TIMEOUT × 1.5].
         self.jitter ^= self.jitter << 13;
         self.jitter ^= self.jitter >> 7;
@@ -254,18 +255,19 @@ impl Meter {
                         return Ok(answer);
                     }
                     MessageType::Reset => {
-                        bail!("meter {}: the server reset the request", self.meter_id)
+                        return Err(SimulateError::CoapReset {
+                            meter_id: self.meter_id.clone(),
+                        })
                     }
                     _ => continue,
                 }
             }
             timeout *= 2;
         }
-        bail!(
-            "meter {}: no answer after {} transmissions",
-            self.meter_id,
-            MAX_RETRANSMIT + 1
-        )
+        Err(SimulateError::CoapNoAnswer {
+            meter_id: self.meter_id.clone(),
+            transmissions: MAX_RETRANSMIT + 1,
+        })
     }
 }
 

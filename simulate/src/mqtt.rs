@@ -20,14 +20,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Packet, Publish};
 use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::{Counters, Plan, Target};
+use crate::counters::Counters;
+use crate::{Plan, SimulateError, Target};
 
 /// The keep-alive every simulated meter asks for.
 const KEEP_ALIVE_S: u16 = 60;
@@ -67,23 +67,32 @@ impl std::fmt::Debug for MqttSetup {
 }
 
 /// Reads `meter_id,secret[,publish_for]` (the format `meterflow credentials import` takes).
-pub fn read_credentials(path: &Path) -> anyhow::Result<HashMap<String, String>> {
+pub fn read_credentials(path: &Path) -> Result<HashMap<String, String>, SimulateError> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .comment(Some(b'#'))
         .from_path(path)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let headers = reader.headers()?.clone();
-    let column = |name: &str| {
+        .map_err(|source| SimulateError::CredentialsFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let headers = reader
+        .headers()
+        .map_err(SimulateError::CredentialsRecord)?
+        .clone();
+    let column = |column: &'static str| {
         headers
             .iter()
-            .position(|h| h == name)
-            .with_context(|| format!("{}: no {name} column", path.display()))
+            .position(|h| h == column)
+            .ok_or_else(|| SimulateError::CredentialsColumn {
+                path: path.to_path_buf(),
+                column,
+            })
     };
     let (id, secret) = (column("meter_id")?, column("secret")?);
     let mut all = HashMap::new();
     for record in reader.records() {
-        let record = record?;
+        let record = record.map_err(SimulateError::CredentialsRecord)?;
         if let (Some(i), Some(s)) = (record.get(id), record.get(secret)) {
             all.insert(i.to_string(), s.to_string());
         }
@@ -95,16 +104,26 @@ pub fn read_credentials(path: &Path) -> anyhow::Result<HashMap<String, String>> 
 pub fn tls_setup(
     ca: &Path,
     host: &str,
-) -> anyhow::Result<(
-    tokio_rustls::TlsConnector,
-    rustls_pki_types::ServerName<'static>,
-)> {
+) -> Result<
+    (
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    ),
+    SimulateError,
+> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca)
-        .with_context(|| format!("reading {}", ca.display()))?
-    {
-        roots.add(cert.with_context(|| format!("{}: a PEM certificate", ca.display()))?)?;
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca).map_err(|source| {
+        SimulateError::CaFile {
+            path: ca.to_path_buf(),
+            source,
+        }
+    })?;
+    for cert in certs {
+        roots.add(cert.map_err(|source| SimulateError::CaCertificate {
+            path: ca.to_path_buf(),
+            source,
+        })?)?;
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -112,8 +131,12 @@ pub fn tls_setup(
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let name = rustls_pki_types::ServerName::try_from(host.to_string())
-        .with_context(|| format!("{host:?} is not a server name or address"))?;
+    let name = rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|source| {
+        SimulateError::ServerName {
+            host: host.to_string(),
+            source,
+        }
+    })?;
     Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
 }
 
@@ -144,7 +167,7 @@ pub(super) async fn run_meter(
     server: SocketAddr,
     counters: &Counters,
     acked_here: &AtomicU64,
-) -> anyhow::Result<()> {
+) -> Result<(), SimulateError> {
     let setup = &target.mqtt;
     let per_connection = match setup.reconnect_every {
         0 => plan.messages.max(1),
@@ -183,7 +206,12 @@ pub(super) async fn run_meter(
                 let jitter = (m as u64).wrapping_mul(0x9E37_79B9) % (base / 2 + 1);
                 tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
             }
-            Err(e) => bail!("gave up after {} connection losses, last: {e}", losses + 1),
+            Err(e) => {
+                return Err(SimulateError::GaveUp {
+                    losses: losses + 1,
+                    last: Box::new(e),
+                })
+            }
         }
     }
 }
@@ -206,7 +234,7 @@ async fn connection(
     server: SocketAddr,
     counters: &Counters,
     acked_here: &AtomicU64,
-) -> anyhow::Result<()> {
+) -> Result<(), SimulateError> {
     let setup = &target.mqtt;
     let socket = match server {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -216,19 +244,22 @@ async fn connection(
         let source = setup.source_addrs[attempt.m % setup.source_addrs.len()];
         socket
             .bind(SocketAddr::new(source, 0))
-            .with_context(|| format!("binding to {source}"))?;
+            .map_err(|e| SimulateError::Bind {
+                addr: source,
+                source: e,
+            })?;
     }
     let stream: TcpStream = socket
         .connect(server)
         .await
-        .with_context(|| format!("connecting to {server}"))?;
+        .map_err(|source| SimulateError::Connect { server, source })?;
     stream.set_nodelay(true)?;
     match &setup.tls {
         Some((connector, name)) => {
             let tls = connector
                 .connect(name.clone(), stream)
                 .await
-                .context("TLS handshake")?;
+                .map_err(SimulateError::TlsHandshake)?;
             exchange(tls, attempt, target, counters, acked_here).await
         }
         None => exchange(stream, attempt, target, counters, acked_here).await,
@@ -240,17 +271,17 @@ async fn next_packet<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     deadline: tokio::time::Instant,
-) -> anyhow::Result<Option<Packet>> {
+) -> Result<Option<Packet>, SimulateError> {
     loop {
         match Packet::read(buf, 1 << 20) {
             Ok(p) => return Ok(Some(p)),
             Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-            Err(e) => bail!("the server sent a bad packet: {e}"),
+            Err(e) => return Err(SimulateError::MqttBadPacket(e)),
         }
         buf.reserve(512);
         match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
             Err(_) => return Ok(None),
-            Ok(Ok(0)) => bail!("the server closed the connection"),
+            Ok(Ok(0)) => return Err(SimulateError::ServerClosed),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e.into()),
         }
@@ -263,7 +294,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     target: &Target,
     counters: &Counters,
     acked_here: &AtomicU64,
-) -> anyhow::Result<()> {
+) -> Result<(), SimulateError> {
     let Attempt {
         plan,
         m,
@@ -281,19 +312,21 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(credentials) = &target.mqtt.credentials {
         let secret = credentials
             .get(&meter_id)
-            .with_context(|| format!("--credentials has no secret for {meter_id}"))?;
+            .ok_or_else(|| SimulateError::NoSecret(meter_id.clone()))?;
         connect.set_login(meter_id.as_str(), secret.as_str());
     }
     let sent_at = Instant::now();
-    Packet::Connect(connect).write(&mut out, 1 << 20)?;
+    Packet::Connect(connect)
+        .write(&mut out, 1 << 20)
+        .map_err(SimulateError::MqttEncode)?;
     stream.write_all(&out).await?;
     out.clear();
     let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
     match next_packet(&mut stream, &mut buf, deadline).await? {
         Some(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {}
-        Some(Packet::ConnAck(ack)) => bail!("connection refused: {:?}", ack.code),
-        Some(other) => bail!("expected CONNACK, got {other:?}"),
-        None => bail!("no CONNACK within {ACK_TIMEOUT:?}"),
+        Some(Packet::ConnAck(ack)) => return Err(SimulateError::Refused(ack.code)),
+        Some(other) => return Err(SimulateError::NotConnAck(format!("{other:?}"))),
+        None => return Err(SimulateError::NoConnAck(ACK_TIMEOUT)),
     }
     counters.note_connect(sent_at.elapsed(), std::mem::take(first_connect), recovering);
 
@@ -315,7 +348,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             let len = payload.len() as u64;
             let mut publish = Publish::new(topic.as_str(), QoS::AtLeastOnce, payload);
             publish.pkid = pkid;
-            Packet::Publish(publish).write(&mut out, 1 << 20)?;
+            Packet::Publish(publish)
+                .write(&mut out, 1 << 20)
+                .map_err(SimulateError::MqttEncode)?;
             on_the_wire.push_back((pkid, Instant::now()));
             next += 1;
             counters.sent.fetch_add(1, Ordering::Relaxed);
@@ -345,10 +380,10 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 acked_here.fetch_add(1, Ordering::Relaxed);
                 counters.acked.fetch_add(1, Ordering::Relaxed);
             }
-            Some(Packet::Disconnect) => bail!("the server disconnected"),
+            Some(Packet::Disconnect) => return Err(SimulateError::ServerDisconnected),
             Some(_) => {}
             None if tokio::time::Instant::now() >= wait_for_ack => {
-                bail!("no acknowledgement for {ACK_TIMEOUT:?}")
+                return Err(SimulateError::NoAck(ACK_TIMEOUT))
             }
             None => {}
         }
@@ -365,88 +400,20 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             }
             let wake = tokio::time::Instant::now() + (until - now).min(ping_every);
             if next_packet(&mut stream, &mut buf, wake).await?.is_none() && Instant::now() < until {
-                Packet::PingReq.write(&mut out, 64)?;
+                Packet::PingReq
+                    .write(&mut out, 64)
+                    .map_err(SimulateError::MqttEncode)?;
                 stream.write_all(&out).await?;
                 out.clear();
             }
         }
     }
-    Packet::Disconnect.write(&mut out, 64)?;
+    Packet::Disconnect
+        .write(&mut out, 64)
+        .map_err(SimulateError::MqttEncode)?;
     stream.write_all(&out).await?;
     let _ = stream.shutdown().await;
     Ok(())
-}
-
-/// Latencies of one kind, microseconds.
-#[derive(Default)]
-pub(super) struct Latencies(std::sync::Mutex<Vec<u32>>);
-
-impl Latencies {
-    pub(super) fn record(&self, latency: Duration) {
-        let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-        if let Ok(mut all) = self.0.lock() {
-            all.push(us);
-        }
-    }
-
-    /// The latency at quantile `q` (0..=1), milliseconds.
-    pub(super) fn ms(&self, q: f64) -> f64 {
-        let Ok(mut all) = self.0.lock() else {
-            return 0.0;
-        };
-        if all.is_empty() {
-            return 0.0;
-        }
-        all.sort_unstable();
-        let i = ((all.len() - 1) as f64 * q).round() as usize;
-        f64::from(all[i]) / 1000.0
-    }
-}
-
-/// When things happened, microseconds since the fleet started.
-#[derive(Default)]
-pub(super) struct Moments {
-    pub(super) first_connects: AtomicU64,
-    pub(super) all_connected_us: AtomicU64,
-    pub(super) first_loss_us: AtomicU64,
-    pub(super) last_recovery_us: AtomicU64,
-}
-
-impl Counters {
-    fn since_start_us(&self) -> u64 {
-        self.started.elapsed().as_micros() as u64
-    }
-
-    pub(super) fn note_connect(&self, latency: Duration, first: bool, recovering: bool) {
-        self.connects.fetch_add(1, Ordering::Relaxed);
-        self.connect_latencies.record(latency);
-        let now = self.since_start_us();
-        if first {
-            let n = self.moments.first_connects.fetch_add(1, Ordering::AcqRel) + 1;
-            if n == self.meters as u64 {
-                self.moments.all_connected_us.store(now, Ordering::Release);
-                eprintln!(
-                    "simulate: all {n} meters connected after {:.2} s",
-                    now as f64 / 1e6
-                );
-            }
-        }
-        if recovering {
-            self.moments
-                .last_recovery_us
-                .fetch_max(now, Ordering::AcqRel);
-        }
-    }
-
-    fn note_loss(&self) {
-        let now = self.since_start_us().max(1);
-        let _ = self.moments.first_loss_us.compare_exchange(
-            0,
-            now,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-    }
 }
 
 #[cfg(test)]

@@ -8,12 +8,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
 use bytes::BytesMut;
 use rtc_dtls::cipher_suite::CipherSuiteId;
 use rtc_dtls::config::ConfigBuilder;
 use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
 use tokio::net::UdpSocket;
+
+use crate::SimulateError;
 
 /// The cipher suite offered: LwM2M's mandatory one.
 const SUITE: CipherSuiteId = CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8;
@@ -36,9 +37,9 @@ impl DtlsLink {
         identity: &str,
         secret: &[u8],
         timeout: Duration,
-    ) -> anyhow::Result<DtlsLink> {
+    ) -> Result<DtlsLink, SimulateError> {
         let provider = rtc_dtls::crypto_provider::default_provider()
-            .map_err(|e| anyhow!("DTLS crypto provider: {e}"))?;
+            .map_err(|e| SimulateError::dtls("crypto provider", e))?;
         let key = secret.to_vec();
         let config = ConfigBuilder::default()
             .with_crypto_provider(provider)
@@ -46,7 +47,7 @@ impl DtlsLink {
             .with_psk(Some(Arc::new(move |_hint: &[u8]| Ok(key.clone()))))
             .with_psk_identity_hint(Some(identity.as_bytes().to_vec()))
             .build(true, Some(server))
-            .map_err(|e| anyhow!("DTLS client configuration: {e}"))?;
+            .map_err(|e| SimulateError::dtls("client configuration", e))?;
         let local = socket.local_addr()?;
         let mut link = DtlsLink {
             socket,
@@ -57,7 +58,7 @@ impl DtlsLink {
         };
         link.endpoint
             .connect(Instant::now(), server, Arc::new(config), None)
-            .map_err(|e| anyhow!("DTLS connect: {e}"))?;
+            .map_err(|e| SimulateError::dtls("connect", e))?;
         link.flush().await?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -73,7 +74,7 @@ impl DtlsLink {
                     let events = link
                         .endpoint
                         .read(Instant::now(), server, None, datagram)
-                        .map_err(|e| anyhow!("DTLS handshake as {identity}: {e}"))?;
+                        .map_err(|e| SimulateError::dtls(format!("handshake as {identity}"), e))?;
                     link.flush().await?;
                     let mut done = false;
                     for event in events {
@@ -92,25 +93,28 @@ impl DtlsLink {
                 Err(_) => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                bail!("DTLS handshake as {identity}: no answer in {timeout:?}");
+                return Err(SimulateError::DtlsTimeout {
+                    identity: identity.to_string(),
+                    timeout,
+                });
             }
             link.endpoint
                 .handle_timeout(server, Instant::now())
-                .map_err(|e| anyhow!("DTLS handshake as {identity}: {e}"))?;
+                .map_err(|e| SimulateError::dtls(format!("handshake as {identity}"), e))?;
             link.flush().await?;
         }
     }
 
     /// Sends one CoAP message in the session.
-    pub async fn send(&mut self, message: &[u8]) -> anyhow::Result<()> {
+    pub async fn send(&mut self, message: &[u8]) -> Result<(), SimulateError> {
         self.endpoint
             .write(Instant::now(), self.server, message)
-            .map_err(|e| anyhow!("DTLS write: {e}"))?;
+            .map_err(|e| SimulateError::dtls("write", e))?;
         self.flush().await
     }
 
     /// The next CoAP message from the server, into `buf`; its length.
-    pub async fn recv(&mut self, buf: &mut [u8]) -> anyhow::Result<usize> {
+    pub async fn recv(&mut self, buf: &mut [u8]) -> Result<usize, SimulateError> {
         loop {
             if let Some(message) = self.inbox.pop_front() {
                 let n = message.len().min(buf.len());
@@ -122,12 +126,11 @@ impl DtlsLink {
             let events = self
                 .endpoint
                 .read(Instant::now(), self.server, None, datagram)
-                .context("DTLS read")
-                .map_err(|e| anyhow!("{e:#}"))?;
+                .map_err(|e| SimulateError::dtls("read", with_causes(&e)))?;
             for event in events {
                 match event {
                     EndpointEvent::ApplicationData(data) => self.inbox.push_back(data),
-                    EndpointEvent::PeerClosed => bail!("the server closed the DTLS session"),
+                    EndpointEvent::PeerClosed => return Err(SimulateError::DtlsClosed),
                     _ => {}
                 }
             }
@@ -135,13 +138,24 @@ impl DtlsLink {
         }
     }
 
-    async fn flush(&mut self) -> anyhow::Result<()> {
+    async fn flush(&mut self) -> Result<(), SimulateError> {
         while let Some(t) = self.endpoint.poll_transmit() {
             self.socket
                 .send(&t.message)
                 .await
-                .context("sending a DTLS record")?;
+                .map_err(SimulateError::DtlsSend)?;
         }
         Ok(())
     }
+}
+
+/// An error with its causes, `: `-separated (the text of `DTLS read` errors, as before).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    text
 }

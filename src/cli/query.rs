@@ -1,10 +1,118 @@
-//! `meterflow query`: how results are printed (an aligned table for people, CSV or JSON for
-//! scripts) and how times and durations are given on the command line.
+//! `meterflow query`: the questions asked of the ClickHouse tables (billing, anomalies,
+//! devices), how results are printed (an aligned table for people, CSV or JSON for scripts)
+//! and how times and durations are given on the command line.
 
 use std::io::Write;
 
 use anyhow::{bail, Context};
-use meterflow_storage::analytics::Table;
+use clap::Subcommand;
+use meterflow_ingest::Config;
+use meterflow_storage::analytics::{self, AnomalyRules, Period, Table};
+
+#[derive(clap::Args)]
+pub struct QueryArgs {
+    /// table (aligned, for people), csv or json (for scripts).
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    format: OutputFormat,
+    #[command(subcommand)]
+    question: Question,
+}
+
+#[derive(Subcommand)]
+pub enum Question {
+    /// Consumption per meter and register (tariffs 1.8.x, export 2.8.x, gas) in [from, to).
+    Billing {
+        /// Start, RFC 3339 or YYYY-MM-DD (UTC midnight), inclusive.
+        #[arg(long)]
+        from: String,
+        /// End, exclusive.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        meter: Option<String>,
+    },
+    /// Reverse runs, resets, zero consumption, spikes, missing intervals, stale meters.
+    Anomalies {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        meter: Option<String>,
+        /// Days an import register may stand still before it is flagged.
+        #[arg(long, default_value_t = 3)]
+        zero_days: u32,
+        /// A step above this many times the meter's median step is a spike.
+        #[arg(long, default_value_t = 5.0)]
+        spike_factor: f64,
+        /// Not heard for this long (e.g. 90m, 2h, 3d, or seconds) is stale.
+        #[arg(long, default_value = "24h")]
+        stale_after: String,
+    },
+    /// Last seen and newest values per meter.
+    Devices {
+        #[arg(long)]
+        meter: Option<String>,
+        /// Only meters not heard for this long (e.g. 2h).
+        #[arg(long)]
+        stale_after: Option<String>,
+    },
+}
+
+/// Asks ClickHouse the question of `args` and prints the answer.
+pub fn run(config: Config, args: QueryArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.clickhouse.enabled(),
+        "queries read ClickHouse: give --clickhouse-url or clickhouse.url"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let period = |from: &str, to: &str, meter: Option<String>| -> anyhow::Result<Period> {
+        let period = Period {
+            from_s: parse_time_s(from).context("--from")?,
+            to_s: parse_time_s(to).context("--to")?,
+            meter,
+        };
+        anyhow::ensure!(period.from_s < period.to_s, "--from must be before --to");
+        Ok(period)
+    };
+    let ch = &config.clickhouse;
+    let table = match args.question {
+        Question::Billing { from, to, meter } => {
+            runtime.block_on(analytics::billing(ch, &period(&from, &to, meter)?))?
+        }
+        Question::Anomalies {
+            from,
+            to,
+            meter,
+            zero_days,
+            spike_factor,
+            stale_after,
+        } => {
+            let rules = AnomalyRules {
+                zero_days,
+                spike_factor,
+                stale_s: parse_duration_s(&stale_after).context("--stale-after")?,
+            };
+            runtime.block_on(analytics::anomalies(
+                ch,
+                &period(&from, &to, meter)?,
+                &rules,
+            ))?
+        }
+        Question::Devices { meter, stale_after } => {
+            let stale_s = match stale_after {
+                Some(text) => parse_duration_s(&text).context("--stale-after")?,
+                None => 0,
+            };
+            runtime.block_on(analytics::devices(ch, meter, stale_s))?
+        }
+    };
+    print(&table, args.format, &mut std::io::stdout())?;
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -14,7 +122,7 @@ pub enum OutputFormat {
 }
 
 /// RFC 3339, or `YYYY-MM-DD` for UTC midnight; Unix seconds.
-pub fn parse_time_s(text: &str) -> anyhow::Result<i64> {
+fn parse_time_s(text: &str) -> anyhow::Result<i64> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(t.timestamp());
     }
@@ -28,7 +136,7 @@ pub fn parse_time_s(text: &str) -> anyhow::Result<i64> {
 }
 
 /// `90s`, `45m`, `2h`, `3d`, or plain seconds.
-pub fn parse_duration_s(text: &str) -> anyhow::Result<u64> {
+fn parse_duration_s(text: &str) -> anyhow::Result<u64> {
     let text = text.trim();
     let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => text.split_at(i),
@@ -47,7 +155,7 @@ pub fn parse_duration_s(text: &str) -> anyhow::Result<u64> {
     Ok(n.saturating_mul(scale))
 }
 
-pub fn print(table: &Table, format: OutputFormat, out: &mut dyn Write) -> anyhow::Result<()> {
+fn print(table: &Table, format: OutputFormat, out: &mut dyn Write) -> anyhow::Result<()> {
     match format {
         OutputFormat::Table => {
             let widths: Vec<usize> = (0..table.columns.len())

@@ -1,0 +1,180 @@
+//! The one error type of the simulator. A meter's error ends that meter (it is counted in
+//! `meters_failed` and logged with its text); the others stop the run before it starts.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    /// A plan or target the simulator cannot run (a format, shape, start or block size).
+    #[error("{0}")]
+    Invalid(&'static str),
+
+    /// The `--credentials` file cannot be read as CSV.
+    #[error("reading {path}")]
+    CredentialsFile {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
+
+    /// The `--credentials` file has no column of this name.
+    #[error("{path}: no {column} column")]
+    CredentialsColumn { path: PathBuf, column: &'static str },
+
+    /// The `--credentials` file has a record that is not CSV.
+    #[error(transparent)]
+    CredentialsRecord(csv::Error),
+
+    /// The `--tls-ca` file cannot be read.
+    #[error("reading {path}")]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+
+    /// The `--tls-ca` file holds something that is not a PEM certificate.
+    #[error("{path}: a PEM certificate")]
+    CaCertificate {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+
+    /// The TLS client cannot be set up (a CA certificate rustls refuses, ...).
+    #[error(transparent)]
+    Tls(#[from] rustls::Error),
+
+    /// The host is neither a DNS name nor an address a certificate can name.
+    #[error("{host:?} is not a server name or address")]
+    ServerName {
+        host: String,
+        #[source]
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
+
+    #[error("resolving {host}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The name resolves to no address; `what` is "host" or "CoAP host".
+    #[error("the {what} has no address")]
+    NoAddress { what: &'static str },
+
+    /// A task of a meter panicked (a defect of the simulator).
+    #[error("a simulated meter panicked")]
+    MeterPanicked(#[source] tokio::task::JoinError),
+
+    /// `--credentials` has no secret for this meter (MQTT login).
+    #[error("--credentials has no secret for {0}")]
+    NoSecret(String),
+
+    /// `--credentials` has no secret for this meter (its DTLS pre-shared key).
+    #[error("--dtls: no secret for {0} in --credentials")]
+    NoDtlsSecret(String),
+
+    #[error("binding to {addr}")]
+    Bind {
+        addr: IpAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("binding a UDP socket")]
+    BindUdp(#[source] std::io::Error),
+
+    #[error("connecting to {server}")]
+    Connect {
+        server: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("TLS handshake")]
+    TlsHandshake(#[source] std::io::Error),
+
+    /// Sending or receiving on a meter's connection or socket.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+
+    /// An MQTT packet that could not be written.
+    #[error(transparent)]
+    MqttEncode(rumqttc::mqttbytes::Error),
+
+    #[error("the server sent a bad packet: {0}")]
+    MqttBadPacket(rumqttc::mqttbytes::Error),
+
+    #[error("the server closed the connection")]
+    ServerClosed,
+
+    #[error("the server disconnected")]
+    ServerDisconnected,
+
+    #[error("connection refused: {0:?}")]
+    Refused(rumqttc::mqttbytes::v4::ConnectReturnCode),
+
+    /// The packet (as Debug shows it) that came instead of the CONNACK.
+    #[error("expected CONNACK, got {0}")]
+    NotConnAck(String),
+
+    #[error("no CONNACK within {0:?}")]
+    NoConnAck(Duration),
+
+    #[error("no acknowledgement for {0:?}")]
+    NoAck(Duration),
+
+    /// A meter lost its connection too often; `last` is why the last one ended.
+    #[error("gave up after {losses} connection losses, last: {last}")]
+    GaveUp {
+        losses: u64,
+        last: Box<SimulateError>,
+    },
+
+    #[error("encoding the CoAP request")]
+    CoapEncode(#[source] coap_lite::error::MessageError),
+
+    /// The server answered a report with a code other than 2.04, 2.31 or 5.03.
+    #[error("meter {meter_id} was answered {code} {body}")]
+    CoapAnswer {
+        meter_id: String,
+        code: String,
+        body: String,
+    },
+
+    #[error("meter {meter_id}: the server reset the request")]
+    CoapReset { meter_id: String },
+
+    #[error("meter {meter_id}: no answer after {transmissions} transmissions")]
+    CoapNoAnswer {
+        meter_id: String,
+        transmissions: u32,
+    },
+
+    /// A DTLS step failed; `what` names it (`handshake as meter-1`, `write`, ...) and
+    /// `reason` is rtc-dtls's text.
+    #[error("DTLS {what}: {reason}")]
+    Dtls { what: String, reason: String },
+
+    #[error("DTLS handshake as {identity}: no answer in {timeout:?}")]
+    DtlsTimeout { identity: String, timeout: Duration },
+
+    #[error("the server closed the DTLS session")]
+    DtlsClosed,
+
+    #[error("sending a DTLS record")]
+    DtlsSend(#[source] std::io::Error),
+}
+
+impl SimulateError {
+    pub(crate) fn dtls(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        SimulateError::Dtls {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+}

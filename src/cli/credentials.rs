@@ -1,0 +1,164 @@
+//! `meterflow credentials`: the device credential store (import, add, revoke, list): who may
+//! connect, and for which meters it may publish.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use meterflow_ingest::credentials::{self, Credential, Glob, Secret};
+use meterflow_ingest::Config;
+
+use super::SharedArgs;
+
+#[derive(clap::Args)]
+pub struct CredentialsArgs {
+    #[command(subcommand)]
+    action: CredentialsAction,
+}
+
+#[derive(Subcommand)]
+pub enum CredentialsAction {
+    /// Add or replace credentials from a CSV file with the header meter_id,secret and
+    /// optionally publish_for (space-separated meter-id globs, for gateways). Nothing changes
+    /// unless every row is valid.
+    Import {
+        /// The CSV file; `-` reads standard input.
+        file: PathBuf,
+    },
+    /// Add or replace one device's credential. Without --secret a random 128-bit secret is
+    /// made and printed once.
+    Add {
+        /// The meter (or gateway) id: the MQTT username, the DTLS PSK identity.
+        id: String,
+        /// The secret, 16 to 64 printable characters (the MQTT password, the DTLS PSK); `-`
+        /// reads it from standard input, which keeps it out of the process list and the shell
+        /// history (as does the variable).
+        #[arg(long, env = "METERFLOW_NEW_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// Meter-id globs a gateway may publish for, e.g. --publish-for 'E00*' (repeatable).
+        #[arg(long = "publish-for")]
+        publish_for: Vec<String>,
+    },
+    /// Revoke a device: its secret is forgotten, its certificate refused, its live sessions
+    /// closed within seconds.
+    Revoke { id: String },
+    /// List the devices (never the secrets).
+    List,
+}
+
+/// Runs one action on the store in the data folder (from `--data-dir`, else the config
+/// file, else the default).
+pub fn run(shared: &SharedArgs, args: CredentialsArgs) -> anyhow::Result<()> {
+    let data_dir = match (&shared.data_dir, &shared.config) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(path)) => {
+            Config::from_file(path)
+                .with_context(|| format!("config file {}", path.display()))?
+                .data_dir
+        }
+        (None, None) => Config::default().data_dir,
+    };
+    let store_path = credentials::CredentialStore::path(&data_dir);
+    match args.action {
+        CredentialsAction::Import { file } => {
+            let (input, name): (Box<dyn Read>, String) = if file.as_os_str() == "-" {
+                (Box::new(std::io::stdin()), "standard input".into())
+            } else {
+                let f = std::fs::File::open(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                (Box::new(f), file.display().to_string())
+            };
+            let changes = credentials::update(&data_dir, |store| {
+                let c = store.import_csv(input, &name)?;
+                Ok((c, c.added + c.updated > 0))
+            })?;
+            println!(
+                "{}: {} added, {} updated, {} unchanged ({})",
+                name,
+                changes.added,
+                changes.updated,
+                changes.unchanged,
+                store_path.display()
+            );
+        }
+        CredentialsAction::Add {
+            id,
+            secret,
+            publish_for,
+        } => {
+            let generated = secret.is_none();
+            let secret_text = match secret.as_deref() {
+                Some("-") => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("reading the secret from standard input")?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+                Some(s) => s.to_string(),
+                None => credentials::generate_secret()?,
+            };
+            let credential = Credential {
+                secret: Secret::new(&secret_text).map_err(|e| anyhow::anyhow!("--secret: {e}"))?,
+                publish_for: publish_for
+                    .iter()
+                    .flat_map(|g| g.split_whitespace())
+                    .map(Glob::new)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| anyhow::anyhow!("--publish-for: {e}"))?,
+            };
+            let changes = credentials::update(&data_dir, |store| {
+                let c = store
+                    .add(&id, credential)
+                    .map_err(|e| meterflow_ingest::IngestError::Credentials(e.to_string()))?;
+                Ok((c, c.unchanged == 0))
+            })?;
+            let what = if changes.added > 0 {
+                "added"
+            } else {
+                "updated"
+            };
+            if generated {
+                // Printed once, to standard output only: it is stored, never shown again.
+                println!("{id} {what}; its secret (shown only now): {secret_text}");
+            } else {
+                println!("{id} {what} ({})", store_path.display());
+            }
+        }
+        CredentialsAction::Revoke { id } => {
+            let was = credentials::update(&data_dir, |store| {
+                let was = store.revoke(&id);
+                Ok((was, true))
+            })?;
+            if was {
+                println!("{id} revoked; a running meterflow closes its sessions within seconds");
+            } else {
+                println!("{id} had no active credential; it is now refused (certificates too)");
+            }
+        }
+        CredentialsAction::List => {
+            let store = credentials::CredentialStore::load(&data_dir)?;
+            let all = store.list();
+            let width = all
+                .iter()
+                .map(|(id, ..)| id.len())
+                .max()
+                .unwrap_or(8)
+                .max(8);
+            println!("{:width$}  {:8}  publish_for", "meter_id", "state");
+            for (id, globs, active) in &all {
+                let globs: Vec<&str> = globs.iter().map(Glob::as_str).collect();
+                let state = if *active { "active" } else { "revoked" };
+                println!("{id:width$}  {state:8}  {}", globs.join(" "));
+            }
+            println!(
+                "{} active, {} revoked ({})",
+                store.len(),
+                all.len() - store.len(),
+                store_path.display()
+            );
+        }
+    }
+    Ok(())
+}

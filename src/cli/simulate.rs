@@ -1,0 +1,189 @@
+//! `meterflow simulate`: the flags of the load generator, the [`Plan`](simulate::Plan) and
+//! [`Target`](simulate::Target) they make, and the summary line (or JSON) of
+//! [`meterflow_simulate::run`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use meterflow_proto::Format;
+use meterflow_simulate::{self as simulate, Shape};
+
+#[derive(clap::Args)]
+pub struct SimulateArgs {
+    /// The broker, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt: String,
+    /// Post over CoAP to HOST:PORT instead of publishing over MQTT.
+    #[arg(long, value_name = "HOST:PORT")]
+    coap: Option<String>,
+    /// CoAP over DTLS (coaps): each meter handshakes with its id as the PSK identity and its
+    /// secret from --credentials as the key, and keeps the session for all its reports.
+    #[arg(long, requires_all = ["coap", "credentials"])]
+    dtls: bool,
+    /// CoAP: a report larger than this many bytes goes in Block1 blocks of this size
+    /// (16 to 1024, a power of two).
+    #[arg(long, default_value_t = 1024)]
+    block_size: usize,
+    /// How many meters (one MQTT connection each).
+    #[arg(long, default_value_t = 100)]
+    meters: usize,
+    /// Reports per meter.
+    #[arg(long, default_value_t = 10)]
+    messages: usize,
+    /// pb, json, senml or dsmr.
+    #[arg(long, default_value = "pb")]
+    format: Format,
+    /// readings: five registers per report; series: a day of 96 quarter-hour values per report.
+    #[arg(long, value_enum, default_value = "readings")]
+    shape: Shape,
+    /// Time of the first report (RFC 3339) [default: so that the last report is now]
+    #[arg(long)]
+    start: Option<String>,
+    /// Seconds between two reports of one meter (in the meter's time, not the real one).
+    #[arg(long, default_value_t = 900)]
+    interval_s: i64,
+    /// Meter ids are PREFIX000000, PREFIX000001, ...
+    #[arg(long, default_value = "sim-")]
+    prefix: String,
+    /// Connections open at once.
+    #[arg(long, default_value_t = 1000)]
+    concurrency: usize,
+    /// Unacknowledged publishes per connection.
+    #[arg(long, default_value_t = 10)]
+    inflight: u16,
+    /// Real pause between two reports of a meter, milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
+    /// Give up on a meter after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    meter_timeout_s: u64,
+    /// A CSV file meter_id,secret (as `meterflow credentials import` takes): each meter logs
+    /// in with its own secret.
+    #[arg(long, value_name = "FILE.csv")]
+    credentials: Option<PathBuf>,
+    /// Connect over TLS, trusting the CA certificate in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Connect, publish this many reports, disconnect, and again, as battery meters do
+    /// (0: one connection per meter for all its reports).
+    #[arg(long, default_value_t = 0)]
+    reconnect_every: usize,
+    /// Keep each connection open (idle, pinging) this many seconds after its reports.
+    #[arg(long, default_value_t = 0)]
+    hold_s: u64,
+    /// Spread connections over 127.0.0.1 to 127.0.0.N [default: as many as a loopback fleet
+    /// above the ephemeral port range needs].
+    #[arg(long, default_value_t = 0)]
+    source_addrs: usize,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the fleet and prints its summary; exits with status 2 when a meter failed.
+pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    let (protocol, address, flag) = match &args.coap {
+        Some(address) => (simulate::Protocol::Coap, address, "--coap"),
+        None => (simulate::Protocol::Mqtt, &args.mqtt, "--mqtt"),
+    };
+    let (host, port) = address
+        .rsplit_once(':')
+        .with_context(|| format!("{flag} takes HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("{flag}: the port is not a number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let step_ms = args.interval_s * 1000;
+    let start_ms = match &args.start {
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .with_context(|| format!("--start {text:?} is not an RFC 3339 time"))?
+            .timestamp_millis(),
+        None => {
+            let now = chrono::Utc::now().timestamp_millis();
+            let span = match args.shape {
+                Shape::Readings => step_ms,
+                Shape::Series => 86_400_000,
+            };
+            let aligned = now - now.rem_euclid(span.max(1000));
+            aligned - span * (args.messages.saturating_sub(1) as i64)
+        }
+    };
+    let plan = simulate::Plan {
+        meters: args.meters,
+        messages: args.messages,
+        format: args.format,
+        shape: args.shape,
+        start_ms,
+        interval_s: args.interval_s,
+        prefix: args.prefix,
+    };
+    let mut mqtt = simulate::mqtt::MqttSetup {
+        reconnect_every: args.reconnect_every,
+        hold: Duration::from_secs(args.hold_s),
+        ..Default::default()
+    };
+    if let Some(path) = &args.credentials {
+        mqtt.credentials = Some(Arc::new(simulate::mqtt::read_credentials(path)?));
+    }
+    if let Some(ca) = &args.tls_ca {
+        mqtt.tls = Some(simulate::mqtt::tls_setup(ca, host)?);
+    }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        mqtt.source_addrs =
+            simulate::mqtt::source_addrs(ip, args.concurrency.min(args.meters), args.source_addrs);
+    }
+    let target = simulate::Target {
+        protocol,
+        host: host.to_string(),
+        port,
+        inflight: args.inflight,
+        coap_block_size: args.block_size,
+        coap_dtls: args.dtls,
+        concurrency: args.concurrency,
+        pause: Duration::from_millis(args.pause_ms),
+        meter_timeout: Duration::from_secs(args.meter_timeout_s),
+        mqtt,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let summary = runtime.block_on(simulate::run(Arc::new(plan), target))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "simulated {} meters over {:?} ({} {}): sent {} reports ({} rows, {} bytes), acknowledged {} ({} rows) in {:.2} s = {:.0} reports/s; ack latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} connections ({:.0}/s, CONNACK p50 {:.2} ms, p99 {:.2} ms); {} reconnects, {} retransmissions, {} busy answers, {} meters failed",
+            summary.meters,
+            protocol,
+            summary.format,
+            summary.shape,
+            summary.messages_sent,
+            summary.rows_sent,
+            summary.bytes_sent,
+            summary.messages_acked,
+            summary.rows_acked,
+            summary.elapsed_s,
+            summary.acked_per_s,
+            summary.ack_ms_p50,
+            summary.ack_ms_p99,
+            summary.ack_ms_max,
+            summary.connections,
+            summary.connects_per_s,
+            summary.connect_ms_p50,
+            summary.connect_ms_p99,
+            summary.reconnects,
+            summary.retransmissions,
+            summary.busy_answers,
+            summary.meters_failed
+        );
+    }
+    // Sent can exceed acknowledged: a meter that reconnects (MQTT) or is told 5.03 (CoAP)
+    // sends again what was not acknowledged.
+    if summary.meters_failed > 0 {
+        std::process::exit(2);
+    }
+    Ok(())
+}
