@@ -14,7 +14,7 @@ pub use crate::edge::bridge::BridgeConfig;
 pub use crate::edge::coap::CoapConfig;
 pub use crate::edge::mqtt::MqttConfig;
 use crate::error::positive;
-use crate::IngestError;
+use crate::error::IngestError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use meterflow_proto::is_valid_meter_id;
 use subtle::ConstantTimeEq;
 
-use crate::IngestError;
+use crate::error::IngestError;
 
 /// The folder under the data folder.
 pub const DIR: &str = "credentials";
@@ -52,7 +52,10 @@ impl Secret {
         if !(MIN_SECRET..=MAX_SECRET).contains(&text.len())
             || !text.bytes().all(|b| b.is_ascii_graphic())
         {
-            return Err(IngestError::InvalidSecret);
+            return Err(IngestError::InvalidSecret {
+                min: MIN_SECRET,
+                max: MAX_SECRET,
+            });
         }
         Ok(Secret {
             digest: sha256(text.as_bytes()),

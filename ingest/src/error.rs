@@ -26,12 +26,8 @@ pub enum IngestError {
     Credentials(String),
 
     /// A device secret breaks the rules (the secret is not shown).
-    #[error(
-        "a secret must be {min} to {max} printable ASCII characters without spaces",
-        min = crate::credentials::MIN_SECRET,
-        max = crate::credentials::MAX_SECRET
-    )]
-    InvalidSecret,
+    #[error("a secret must be {min} to {max} printable ASCII characters without spaces")]
+    InvalidSecret { min: usize, max: usize },
 
     /// A `publish_for` glob breaks the rules.
     #[error("publish_for glob {0:?} must be 1 to 64 characters of [A-Za-z0-9._-*?]")]
@@ -69,7 +65,7 @@ impl IngestError {
             IngestError::Bind { .. } | IngestError::Io { .. } => true,
             IngestError::Runtime(_)
             | IngestError::Credentials(_)
-            | IngestError::InvalidSecret
+            | IngestError::InvalidSecret { .. }
             | IngestError::InvalidGlob(_)
             | IngestError::InvalidMeterId(_) => false,
             IngestError::Storage(e) => e.is_retryable(),

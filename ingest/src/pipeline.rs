@@ -22,8 +22,8 @@ use meterflow_storage::{Batcher, DeadLetter, Hold, SinkBatch, SinkSet, WalReader
 
 use crate::devices::{DeadLetterNote, DeviceRegistry, Observation};
 use crate::edge::RawMessage;
+use crate::error::IngestError;
 use crate::progress::{LsnMarks, Progress};
-use crate::IngestError;
 
 /// Where a topic sends a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

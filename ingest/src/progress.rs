@@ -21,7 +21,7 @@ use meterflow_storage::sinks::confirmed_through;
 use meterflow_storage::wal::{self, Checkpoint};
 use meterflow_storage::Hold;
 
-use crate::IngestError;
+use crate::error::IngestError;
 
 /// Where the WAL stands, shared by the WAL writer (it commits; it deletes what is confirmed),
 /// the pipeline (it reads what is committed) and `/ready`.

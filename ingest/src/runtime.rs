@@ -46,10 +46,11 @@ use crate::edge::bridge::{self, Bridge};
 use crate::edge::coap::{self, CoapSummary};
 use crate::edge::mqtt::{self, MqttServer};
 use crate::edge::{RawMessage, Submission};
+use crate::error::IngestError;
 use crate::pipeline::{Pipeline, PipelineSummary};
 use crate::progress::LsnMarks;
 use crate::wal_writer::{self, WriterSummary};
-use crate::{edge, http, IngestError};
+use crate::{edge, http};
 
 /// What a run did, reported when it ends.
 #[derive(Debug, Clone, Copy, Default)]

@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use meterflow_decoders::DeviceStatus;
 use serde::{Deserialize, Serialize};
 
-use crate::IngestError;
+use crate::error::IngestError;
 
 /// The device state's settings (`[devices]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

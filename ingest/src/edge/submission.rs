@@ -7,7 +7,7 @@ use flume::{Receiver, Sender};
 use meterflow_proto::Source;
 use meterflow_storage::WalRecord;
 
-use super::Refusal;
+use super::refusal::Refusal;
 
 /// A message as accepted from the network, before decoding.
 #[derive(Debug, Clone)]

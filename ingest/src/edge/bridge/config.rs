@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tls::tls_client;
 use crate::error::positive;
-use crate::IngestError;
+use crate::error::IngestError;
 
 /// One broker meterflow takes messages from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

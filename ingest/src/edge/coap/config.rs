@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dtls;
 use crate::error::positive;
-use crate::IngestError;
+use crate::error::IngestError;
 
 /// The CoAP server's settings (`[coap]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

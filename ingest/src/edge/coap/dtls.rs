@@ -28,7 +28,7 @@ use rtc_dtls::config::ConfigBuilder;
 use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
 
 use crate::credentials::{CredentialStore, SharedCredentials};
-use crate::IngestError;
+use crate::error::IngestError;
 
 /// Panics caught in the DTLS library (the fuzz regressions assert none).
 pub static DTLS_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

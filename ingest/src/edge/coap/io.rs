@@ -13,7 +13,7 @@ use super::server::{Caller, CoapSummary, Completion, Server};
 use super::{dtls, CoapConfig};
 use crate::credentials::SharedCredentials;
 use crate::edge::{policy, Submission};
-use crate::IngestError;
+use crate::error::IngestError;
 
 /// Binds the UDP socket (before the server starts, so a port in use stops start-up), with
 /// the receive buffer asked for.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::session::Limits;
 use crate::error::positive;
-use crate::IngestError;
+use crate::error::IngestError;
 
 /// The MQTT edge (`[mqtt]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

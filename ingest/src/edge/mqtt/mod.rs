@@ -42,7 +42,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::credentials::SharedCredentials;
 use crate::edge::Submission;
-use crate::IngestError;
+use crate::error::IngestError;
 use registry::Registry;
 use session::{CloseReason, Limits};
 use tls::{TlsFiles, TlsServer};

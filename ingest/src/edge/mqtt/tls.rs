@@ -16,7 +16,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::IngestError;
+use crate::error::IngestError;
 
 /// The files a TLS listener is built from.
 #[derive(Debug, Clone, PartialEq)]
