@@ -27,7 +27,9 @@ start-zookeeper-at) # used by up.sh: PORT
     >"$zk/out.log" 2>&1 &
   echo $! > "$zk/pid"
   for _ in $(seq 150); do
-    if [ "$( (exec 3<>"/dev/tcp/127.0.0.1/$3" && echo ruok >&3 && cat <&3) 2>/dev/null)" = imok ]; then
+    # A ZooKeeper still starting may take the connection and never answer nor close it: the
+    # probe gets 2 s, else `cat` would wait for its end forever.
+    if [ "$(timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && echo ruok >&3 && cat <&3' _ "$3" 2>/dev/null)" = imok ]; then
       exit 0
     fi
     sleep 0.2
