@@ -55,13 +55,13 @@ fn main() -> anyhow::Result<()> {
         .init();
 
     match cli.command {
-        Command::Serve(listen) => cli::serve::run(cli.shared.config(Some(&listen))?),
-        Command::Config(listen) => cli::config::run(cli.shared.config(Some(&listen))?),
+        Command::Serve(listen) => cli::serve::run(cli.shared.valid_config(&listen)?),
+        Command::Config(listen) => cli::config::run(cli.shared.valid_config(&listen)?.config()),
         Command::Decode(args) => cli::decode::run(args),
         Command::Simulate(args) => cli::simulate::run(args),
         Command::Credentials(args) => cli::credentials::run(&cli.shared, args),
-        Command::Query(args) => cli::query::run(cli.shared.config(None)?, args),
-        Command::Import(args) => cli::import::run(cli.shared.config(None)?, args),
-        Command::Schema(args) => cli::schema::run(cli.shared.config(None)?, args),
+        Command::Query(args) => cli::query::run(cli.shared.config()?, args),
+        Command::Import(args) => cli::import::run(cli.shared.config()?, args),
+        Command::Schema(args) => cli::schema::run(cli.shared.config()?, args),
     }
 }

@@ -55,6 +55,12 @@ pub(crate) struct Importer {
 }
 
 impl Importer {
+    /// Closes the sinks (bad rows still waiting go with it, covered by the last chunk).
+    pub(crate) fn close(&mut self) -> Result<(), ImportError> {
+        self.sinks.close(self.chunks_sent)?;
+        Ok(())
+    }
+
     /// An importer writing through `sinks`, resuming from `progress`; its summary names
     /// `target`.
     pub(crate) fn new(

@@ -66,8 +66,8 @@ pub struct ImportOptions {
 }
 
 /// Where an import writes: the parts of meterflow's config it uses (the command builds it
-/// from the config file, the environment and the flags).
-#[derive(Debug, Clone)]
+/// from the config file, the environment and the flags). Its `Debug` shows no credentials.
+#[derive(Clone)]
 pub struct ImportTarget {
     /// The data folder: the Parquet tree (without ClickHouse), the dead letters, and the
     /// progress record.
@@ -78,6 +78,15 @@ pub struct ImportTarget {
     pub parquet: ParquetConfig,
     /// With a `url`, rows go to this ClickHouse; without, into Parquet under `data_dir`.
     pub clickhouse: ClickHouseConfig,
+}
+
+impl std::fmt::Debug for ImportTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportTarget")
+            .field("target", &target_name(self))
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What an import did.
@@ -102,15 +111,9 @@ pub struct ImportSummary {
 /// credentials), or the Parquet folder.
 fn target_name(config: &ImportTarget) -> String {
     if config.clickhouse.enabled() {
-        let url = &config.clickhouse.url;
-        let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
-        // The authority ends at the first `/`, `?` or `#`; credentials end at its last `@`.
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-        let host = authority
-            .rsplit_once('@')
-            .map_or(authority, |(_, host)| host);
         format!(
-            "clickhouse {scheme}://{host}/{}",
+            "clickhouse {}/{}",
+            config.clickhouse.server_for_logs(),
             config.clickhouse.database
         )
     } else {
@@ -274,7 +277,7 @@ pub fn run(config: &ImportTarget, options: &ImportOptions) -> Result<ImportSumma
         std::thread::sleep(Duration::from_millis(20));
     }
     importer.settle(true)?;
-    importer.sinks.close()?;
+    importer.close()?;
     importer.settle(true)?;
     importer.summary.seconds = started.elapsed().as_secs_f64();
     importer.display.finish(&importer.summary);

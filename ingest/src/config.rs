@@ -174,11 +174,37 @@ impl Config {
 }
 
 /// A [`Config`] that passed [`Config::validate`], with what its checks prepared: the one
-/// thing [`crate::runtime::start`] takes.
+/// thing [`crate::runtime::start`] takes. Only `validate` makes one.
 pub struct ValidConfig {
-    pub config: Config,
+    config: Config,
     /// One per `[[bridge]]`, in order.
-    pub bridges: Vec<crate::edge::bridge::Prepared>,
+    bridges: Vec<crate::edge::bridge::Prepared>,
+}
+
+impl ValidConfig {
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The config, and each `[[bridge]]` with what its check prepared.
+    pub(crate) fn into_parts(
+        self,
+    ) -> (
+        Config,
+        Vec<(
+            crate::edge::bridge::BridgeConfig,
+            crate::edge::bridge::Prepared,
+        )>,
+    ) {
+        let bridges = self
+            .config
+            .bridge
+            .iter()
+            .cloned()
+            .zip(self.bridges)
+            .collect();
+        (self.config, bridges)
+    }
 }
 
 impl std::fmt::Debug for ValidConfig {

@@ -1,7 +1,8 @@
 //! The pipeline: takes raw messages off the queue, routes them by topic, decodes them into
-//! the batcher, hands full batches to the Parquet sink, keeps what does not decode as a
-//! dead letter, and tells the device registry what it heard. Runs on one thread: decoding
-//! and Parquet writing are CPU and blocking work, and one thread keeps the order.
+//! the batcher, hands full batches to the sinks (through their seam, [`SinkSet`]), keeps what
+//! does not decode as a dead letter, and tells the device registry what it heard. Runs on one
+//! thread: decoding and Parquet writing are CPU and blocking work, and one thread keeps the
+//! order.
 //!
 //! It handles WAL records strictly in LSN order. A record the queue skipped (the queue was
 //! full), or that was in the WAL before start-up and not confirmed, is read from the WAL. What
@@ -246,7 +247,6 @@ impl Pipeline {
         let mut holds = self.sinks.take_stock()?.holds;
         if let Some(oldest) = self.batcher.oldest_lsn() {
             holds.push(Hold {
-                holder: "batcher",
                 oldest,
                 local: self.batch_local,
             });
@@ -274,8 +274,8 @@ impl Pipeline {
         if let Some((batch, oldest)) = self.batcher.take() {
             self.write(&batch, oldest, now)?;
         }
-        self.send_side_rows()?;
-        self.summary.files += self.sinks.close()? as u64;
+        // The batch is out: the side rows cover everything handled.
+        self.summary.files += self.sinks.close(self.next_lsn - 1)? as u64;
         self.checkpoint(true)?;
         self.sinks.make_durable()?;
         // It stopped earlier and nothing was sent since: still a sink failure.

@@ -174,11 +174,7 @@ mod tests {
     /// A hold of `holder` (local: the batcher's rows bound for Parquet too, or Parquet).
     fn hold(holder: &'static str, oldest: u64) -> Hold {
         let local = matches!(holder, "batcher" | "parquet");
-        Hold {
-            holder,
-            oldest,
-            local,
-        }
+        Hold { oldest, local }
     }
 
     #[test]

@@ -45,7 +45,7 @@ use crate::devices::DeviceRegistry;
 use crate::edge::bridge::{self, Bridge};
 use crate::edge::coap::{self, CoapSummary};
 use crate::edge::mqtt::{self, MqttServer};
-use crate::edge::{RawMessage, Submission};
+use crate::edge::RawMessage;
 use crate::error::IngestError;
 use crate::pipeline::{Pipeline, PipelineSummary};
 use crate::progress::LsnMarks;
@@ -68,10 +68,10 @@ pub struct ServeSummary {
 /// Runs meterflow until `stop` completes (or the pipeline stops on its own), then shuts it
 /// down in order.
 pub async fn serve(
-    config: Config,
+    config: ValidConfig,
     stop: impl Future<Output = ()>,
 ) -> Result<ServeSummary, IngestError> {
-    let mut running = start(config.validate()?).await?;
+    let mut running = start(config).await?;
     let on_its_own = tokio::select! {
         () = stop => false,
         () = running.pipeline_stopped() => true,
@@ -114,7 +114,7 @@ pub struct Running {
 
 /// Starts every part, in the order of the module's doc.
 pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
-    let ValidConfig { config, bridges } = valid;
+    let (config, bridges) = valid.into_parts();
     for key in config.deprecated_keys() {
         tracing::warn!(key, "this config key no longer has any effect (the embedded broker it tuned is gone): remove it");
     }
@@ -141,24 +141,29 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
     mqtt::check_anonymous_rule(&config.mqtt, store_empty, &store_path)?;
     coap::check_anonymous_rule(&config.coap, store_empty, &store_path)?;
 
-    // 3. Sinks.
-    let sinks = open_sinks(&config, &shutdown, &devices)?;
+    // 3. Sinks, and the pipeline on them (not running yet).
+    if config.clickhouse.enabled() {
+        tokio::spawn(
+            devices
+                .clone()
+                .top_up_from_clickhouse(config.clickhouse.clone()),
+        );
+    }
+    let sinks = open_sinks(&config, &shutdown)?;
     let clickhouse_failing_since = sinks.clickhouse_failing_since();
+    let pipeline = Pipeline::new(
+        Batcher::new(config.batch.clone()),
+        sinks,
+        devices.clone(),
+        config.data_dir.clone(),
+        marks.clone(),
+        checkpoint,
+    );
 
-    // 4. The pipeline, then the WAL writer that feeds it. Each edge submits through a
-    // channel of its own; the bridges are MQTT inputs and share the MQTT edge's.
-    let (queue, pipeline) = PipelineThread::spawn(&config, sinks, &devices, &marks, checkpoint)?;
-    let (mqtt_tx, mqtt_rx) = edge::channel(edge::SUBMISSIONS);
-    let (coap_tx, coap_rx) = edge::channel(config.coap.max_inflight.max(1));
-    let inputs = wal_writer::Inputs {
-        mqtt: mqtt_rx,
-        coap: coap_rx,
-    };
-    let writer = wal_writer::spawn(wal, marks.clone(), inputs, queue)
-        .map_err(|e| IngestError::Runtime(format!("spawning the WAL writer thread: {e}")))?;
-
-    // 5. The edges (HTTP's port is taken first: a port in use stops start-up before any
-    // device is answered). They hold the only senders: the WAL writer ends when they do.
+    // 4. The ports: a port in use stops start-up before anything runs. MQTT starts taking
+    // connections here; what it takes waits in its channel until the WAL writer runs. Each
+    // edge submits through a channel of its own; the bridges are MQTT inputs and share the
+    // MQTT edge's.
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|source| IngestError::Bind {
@@ -166,16 +171,62 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
             addr: config.http.listen,
             source,
         })?;
-    let edges = Edges::start(
-        &config,
-        bridges,
-        &credentials,
-        &shutdown,
-        (mqtt_tx, coap_tx),
+    let coap_listeners = bind_coap(&config, &credentials)?;
+    let (mqtt_tx, mqtt_rx) = edge::channel(edge::SUBMISSIONS);
+    let (coap_tx, coap_rx) = edge::channel(config.coap.max_inflight.max(1));
+    let mqtt = MqttServer::start(
+        config.mqtt.clone(),
+        credentials.clone(),
+        mqtt_tx.clone(),
+        shutdown.signal(),
     )
     .await?;
 
-    // 6. HTTP and the device state.
+    // 5. The pipeline, then the WAL writer that feeds it.
+    let (queue, pipeline) = PipelineThread::spawn(pipeline, config.pipeline.queue_capacity)?;
+    let inputs = wal_writer::Inputs {
+        mqtt: mqtt_rx,
+        coap: coap_rx,
+    };
+    let writer = wal_writer::spawn(wal, marks.clone(), inputs, queue)
+        .map_err(|e| IngestError::Runtime(format!("spawning the WAL writer thread: {e}")))?;
+
+    // 6. The other edges. The edges hold the only senders: the WAL writer ends when they do.
+    let coap = coap_listeners
+        .into_iter()
+        .map(|(socket, security)| {
+            tokio::spawn(coap::serve(
+                socket,
+                security,
+                config.coap.clone(),
+                credentials.clone(),
+                coap_tx.clone(),
+                shutdown.signal(),
+            ))
+        })
+        .collect();
+    let bridges = bridges
+        .into_iter()
+        .enumerate()
+        .map(|(index, (bridge, prepared))| {
+            bridge::start(
+                &bridge,
+                prepared,
+                &config.node.id,
+                index,
+                mqtt_tx.clone(),
+                shutdown.signal(),
+            )
+        })
+        .collect();
+    drop((mqtt_tx, coap_tx));
+    let edges = Edges {
+        mqtt,
+        coap,
+        bridges,
+    };
+
+    // 7. HTTP and the device state.
     let readiness = http::Readiness {
         marks,
         wal_max_bytes: config.wal.max_bytes,
@@ -245,23 +296,12 @@ struct PipelineThread {
 }
 
 impl PipelineThread {
-    /// Starts the pipeline on the sinks; returns the sender of its queue with it.
+    /// Runs `pipeline` on its own thread; returns the sender of its queue with it.
     fn spawn(
-        config: &Config,
-        sinks: SinkSet,
-        devices: &DeviceRegistry,
-        marks: &Arc<LsnMarks>,
-        checkpoint: Checkpoint,
+        pipeline: Pipeline,
+        queue_capacity: usize,
     ) -> Result<(SyncSender<RawMessage>, PipelineThread), IngestError> {
-        let pipeline = Pipeline::new(
-            Batcher::new(config.batch.clone()),
-            sinks,
-            devices.clone(),
-            config.data_dir.clone(),
-            marks.clone(),
-            checkpoint,
-        );
-        let (queue, queue_rx) = std::sync::mpsc::sync_channel(config.pipeline.queue_capacity);
+        let (queue, queue_rx) = std::sync::mpsc::sync_channel(queue_capacity);
         let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
         let running = Arc::new(AtomicBool::new(true));
         let still = running.clone();
@@ -285,6 +325,27 @@ impl PipelineThread {
     }
 }
 
+/// Binds the CoAP listeners (plain and DTLS); a port in use stops start-up, naming it.
+fn bind_coap(
+    config: &Config,
+    credentials: &Arc<SharedCredentials>,
+) -> Result<Vec<(tokio::net::UdpSocket, coap::Security)>, IngestError> {
+    let mut listeners = Vec::new();
+    if let Some(addr) = config.coap.listen {
+        let socket = coap::bind(addr, config.coap.socket_buffer_bytes)?;
+        let security = coap::Security::Plain {
+            loopback: addr.ip().is_loopback(),
+        };
+        listeners.push((socket, security));
+    }
+    if let Some(addr) = config.coap.dtls_listen {
+        let socket = coap::bind(addr, config.coap.socket_buffer_bytes)?;
+        let security = coap::Security::dtls(&socket, &config.coap, credentials.clone())?;
+        listeners.push((socket, security));
+    }
+    Ok(listeners)
+}
+
 /// The running edges.
 struct Edges {
     mqtt: MqttServer,
@@ -293,71 +354,6 @@ struct Edges {
 }
 
 impl Edges {
-    /// Binds every listener (a port in use stops start-up, naming it) and starts the MQTT
-    /// server, each CoAP listener and each bridge; each stops when `shutdown` begins.
-    async fn start(
-        config: &Config,
-        bridges: Vec<bridge::Prepared>,
-        credentials: &Arc<SharedCredentials>,
-        shutdown: &Shutdown,
-        (mqtt_tx, coap_tx): (flume::Sender<Submission>, flume::Sender<Submission>),
-    ) -> Result<Edges, IngestError> {
-        let mut coap_listeners = Vec::new();
-        if let Some(addr) = config.coap.listen {
-            let socket = coap::bind(addr, config.coap.socket_buffer_bytes)?;
-            let security = coap::Security::Plain {
-                loopback: addr.ip().is_loopback(),
-            };
-            coap_listeners.push((socket, security));
-        }
-        if let Some(addr) = config.coap.dtls_listen {
-            let socket = coap::bind(addr, config.coap.socket_buffer_bytes)?;
-            let security = coap::Security::dtls(&socket, &config.coap, credentials.clone())?;
-            coap_listeners.push((socket, security));
-        }
-        let mqtt = MqttServer::start(
-            config.mqtt.clone(),
-            credentials.clone(),
-            mqtt_tx.clone(),
-            shutdown.signal(),
-        )
-        .await?;
-        let coap = coap_listeners
-            .into_iter()
-            .map(|(socket, security)| {
-                tokio::spawn(coap::serve(
-                    socket,
-                    security,
-                    config.coap.clone(),
-                    credentials.clone(),
-                    coap_tx.clone(),
-                    shutdown.signal(),
-                ))
-            })
-            .collect();
-        let bridges = config
-            .bridge
-            .iter()
-            .zip(bridges)
-            .enumerate()
-            .map(|(index, (bridge, prepared))| {
-                bridge::start(
-                    bridge,
-                    prepared,
-                    &config.node.id,
-                    index,
-                    mqtt_tx.clone(),
-                    shutdown.signal(),
-                )
-            })
-            .collect();
-        Ok(Edges {
-            mqtt,
-            coap,
-            bridges,
-        })
-    }
-
     /// Waits, once the shutdown has begun, until every edge has answered what it took and
     /// ended (by the shutdown's deadline); the MQTT sessions and the CoAP requests they had.
     async fn stopped(self) -> (u64, u64) {
@@ -410,25 +406,17 @@ fn recover_wal(
 }
 
 /// The sinks of `serve`: Parquet, the ClickHouse writer (with its spool) when
-/// `clickhouse.url` is set, and the dead-letter files. With ClickHouse, the device state is
-/// topped up from it in the background.
-fn open_sinks(
-    config: &Config,
-    shutdown: &Shutdown,
-    devices: &DeviceRegistry,
-) -> Result<SinkSet, IngestError> {
-    let spool = SpoolConfig::for_data_dir(
-        &config.data_dir,
-        config.clickhouse.spool_max_bytes,
-        config.clickhouse.enabled(),
-    );
+/// `clickhouse.url` is set, and the dead-letter files.
+fn open_sinks(config: &Config, shutdown: &Shutdown) -> Result<SinkSet, IngestError> {
+    let spool_max_bytes = config.clickhouse.spool_max_bytes;
+    let spool = if config.clickhouse.enabled() && spool_max_bytes > 0 {
+        Some(SpoolConfig::under(&config.data_dir, spool_max_bytes))
+    } else {
+        SpoolConfig::remove_leftover(&config.data_dir);
+        None
+    };
     let clickhouse = if config.clickhouse.enabled() {
-        tracing::info!(url = %config.clickhouse.url, database = %config.clickhouse.database, "ClickHouse sink on");
-        tokio::spawn(
-            devices
-                .clone()
-                .top_up_from_clickhouse(config.clickhouse.clone()),
-        );
+        tracing::info!(server = %config.clickhouse.server_for_logs(), database = %config.clickhouse.database, "ClickHouse sink on");
         Some(ClickHouseWriter::start(
             config.clickhouse.clone(),
             spool,

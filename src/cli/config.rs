@@ -4,7 +4,8 @@
 use meterflow_ingest::Config;
 
 /// Prints `config` as TOML.
-pub fn run(mut config: Config) -> anyhow::Result<()> {
+pub fn run(config: &Config) -> anyhow::Result<()> {
+    let mut config = config.clone();
     // Secrets are not printed: the output is often pasted into tickets.
     for secret in [&mut config.http.token, &mut config.clickhouse.password]
         .into_iter()

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use meterflow_ingest::Config;
+use meterflow_ingest::{Config, ValidConfig};
 
 /// The flags every subcommand that reads the config understands, before or after its name
 /// (`meterflow --clickhouse-url URL query ...` and `meterflow query ... --clickhouse-url URL`).
@@ -82,11 +82,25 @@ fn address_or_off(value: &str, flag: &str) -> anyhow::Result<Option<SocketAddr>>
 }
 
 impl SharedArgs {
-    /// Defaults, then the file, then environment and flags (clap merges those two, flags win);
-    /// `listen` are the listener flags of `serve` and `config`. Without them (`query`,
-    /// `schema`) only the ClickHouse section is checked: the listeners, and the token that a
-    /// non-loopback listener needs, are not theirs to judge.
-    pub fn config(&self, listen: Option<&ListenArgs>) -> anyhow::Result<Config> {
+    /// The whole config of `serve` and `config` (with their listener flags), checked: what the
+    /// check prepared comes with it, so `serve` starts from it without checking again.
+    pub fn valid_config(&self, listen: &ListenArgs) -> anyhow::Result<ValidConfig> {
+        let mut config = self.merged()?;
+        listen.apply(&mut config)?;
+        Ok(config.validate()?)
+    }
+
+    /// The config of `query`, `schema` and `import`: only its ClickHouse section is checked
+    /// (the listeners, and the token that a non-loopback listener needs, are not theirs to
+    /// judge).
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let config = self.merged()?;
+        config.clickhouse.validate()?;
+        Ok(config)
+    }
+
+    /// Defaults, then the file, then environment and flags (clap merges those two, flags win).
+    fn merged(&self) -> anyhow::Result<Config> {
         let mut config = match &self.config {
             Some(path) => Config::from_file(path)
                 .with_context(|| format!("config file {}", path.display()))?,
@@ -97,13 +111,6 @@ impl SharedArgs {
         }
         if let Some(url) = &self.clickhouse_url {
             config.clickhouse.url = url.clone();
-        }
-        match listen {
-            Some(listen) => {
-                listen.apply(&mut config)?;
-                config.validate()?;
-            }
-            None => config.clickhouse.validate()?,
         }
         Ok(config)
     }

@@ -2,15 +2,15 @@
 //! own, until Ctrl-C or SIGTERM; its flags are [`ListenArgs`](super::ListenArgs).
 
 use anyhow::Context;
-use meterflow_ingest::Config;
+use meterflow_ingest::ValidConfig;
 
 /// Runs the servers, the pipeline and the sinks of `config` until SIGTERM or Ctrl-C.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: ValidConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let node = config.node.id.clone();
+    let node = config.config().node.id.clone();
     let summary = runtime.block_on(meterflow_ingest::serve(config, shutdown_signal()))?;
     tracing::info!(
         node,

@@ -1,8 +1,11 @@
 //! One signal that stops the process, with the deadline by which the edges must have
 //! answered what they took. The runtime holds the [`Shutdown`]; every part that must notice
 //! holds a [`ShutdownSignal`]: the edges' tasks await it, threads (the ClickHouse writer
-//! waiting for room) look at it. It lives in this crate, the lowest one with a part to stop.
+//! waiting for room) look at it. A [`Shutdown`] dropped without [`Shutdown::begin`] (a runtime
+//! given up on an error) stops everything at once. It lives in this crate, the lowest one
+//! with a part to stop.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -52,28 +55,31 @@ impl Default for Shutdown {
 impl ShutdownSignal {
     /// A signal that never fires (a part used outside `serve`: an import, a test).
     pub fn never() -> ShutdownSignal {
-        ShutdownSignal(watch::channel(None).1)
+        static NEVER: OnceLock<watch::Sender<Option<Instant>>> = OnceLock::new();
+        ShutdownSignal(NEVER.get_or_init(|| watch::channel(None).0).subscribe())
     }
 
-    /// Whether the shutdown has begun.
+    /// Whether the shutdown has begun (or its [`Shutdown`] is gone).
     pub fn is_stopping(&self) -> bool {
-        self.0.borrow().is_some()
+        self.deadline().is_some()
     }
 
-    /// The shutdown's deadline, once it has begun.
+    /// The shutdown's deadline, once it has begun; now, once its [`Shutdown`] is gone
+    /// without beginning.
     pub fn deadline(&self) -> Option<Instant> {
-        *self.0.borrow()
+        let begun = *self.0.borrow();
+        begun.or_else(|| self.0.has_changed().is_err().then(Instant::now))
     }
 
-    /// Resolves when the shutdown begins (at once if it has), with its deadline; never for a
-    /// signal whose [`Shutdown`] is gone without beginning.
+    /// Resolves when the shutdown begins (at once if it has), with its deadline; at once, with
+    /// now, when its [`Shutdown`] is gone without beginning.
     pub async fn stopping(&mut self) -> Instant {
         loop {
             if let Some(deadline) = *self.0.borrow_and_update() {
                 return deadline;
             }
             if self.0.changed().await.is_err() {
-                std::future::pending::<()>().await;
+                return Instant::now();
             }
         }
     }
@@ -104,5 +110,17 @@ mod tests {
         assert!(!never.is_stopping());
         let waited = tokio::time::timeout(Duration::from_millis(20), never.stopping()).await;
         assert!(waited.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_dropped_without_beginning_stops_everything() {
+        let shutdown = Shutdown::new();
+        let mut signal = shutdown.signal();
+        let waiting = tokio::spawn(async move { signal.stopping().await });
+        let other = shutdown.signal();
+        drop(shutdown);
+        waiting.await.unwrap();
+        assert!(other.is_stopping());
+        assert!(other.deadline().is_some());
     }
 }

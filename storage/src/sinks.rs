@@ -46,12 +46,11 @@ pub struct SinkBatch<'a> {
     pub file_name: Option<&'a str>,
 }
 
-/// Data a holder has not yet put where it goes: the oldest WAL record (or producer position)
-/// it still holds.
+/// Data a holder (the open Parquet files, the side rows, the ClickHouse writer's jobs, the
+/// pipeline's batcher) has not yet put where it goes: the oldest WAL record (or producer
+/// position) it still holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hold {
-    /// Who holds it (for logs and tests): `parquet`, `side_rows`, `clickhouse`, `batcher`.
-    pub holder: &'static str,
     pub oldest: u64,
     /// Whether it is bound for a local sink (Parquet, the dead-letter files).
     pub local: bool,
@@ -227,25 +226,20 @@ impl SinkSet {
     /// position the holds confirm.
     pub fn take_stock(&mut self) -> Result<Stock, StorageError> {
         let mut holds = Vec::with_capacity(3);
-        let mut hold = |holder, oldest: Option<u64>, local| {
+        let mut hold = |oldest: Option<u64>, local| {
             if let Some(oldest) = oldest {
-                holds.push(Hold {
-                    holder,
-                    oldest,
-                    local,
-                });
+                holds.push(Hold { oldest, local });
             }
         };
+        // The open Parquet files; the side rows and the ClickHouse writer's jobs.
         hold(
-            "parquet",
             self.parquet
                 .as_ref()
                 .and_then(ParquetSink::oldest_pending_lsn),
             true,
         );
-        hold("side_rows", self.side.oldest_lsn(), false);
+        hold(self.side.oldest_lsn(), false);
         hold(
-            "clickhouse",
             self.clickhouse
                 .as_ref()
                 .and_then(ClickHouseWriter::oldest_held),
@@ -308,10 +302,12 @@ impl SinkSet {
             .is_none_or(ClickHouseWriter::is_running)
     }
 
-    /// Completes every Parquet file and lets ClickHouse take what it can (what it cannot
-    /// stays unconfirmed: in the WAL, for the next start). Returns the Parquet files it
-    /// completed. Send the side rows first. Take stock and save the position after it.
-    pub fn close(&mut self) -> Result<usize, StorageError> {
+    /// Sends the side rows still waiting (they cover the records through `through`),
+    /// completes every Parquet file and lets ClickHouse take what it can (what it cannot stays
+    /// unconfirmed: in the WAL, for the next start). Returns the Parquet files it completed.
+    /// Take stock and save the position after it.
+    pub fn close(&mut self, through: u64) -> Result<usize, StorageError> {
+        self.send_side_rows(through)?;
         let completed = match &mut self.parquet {
             Some(parquet) => parquet.close()?.len(),
             None => 0,
@@ -339,13 +335,174 @@ impl SinkSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{ParquetConfig, ParquetSink};
+    use meterflow_proto::{Format, ReadingBatchBuilder, RowMeta, Source};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-    fn hold(holder: &'static str, oldest: u64, local: bool) -> Hold {
-        Hold {
-            holder,
-            oldest,
-            local,
+    /// `rows` readings of meter `m1` on 2024-03-02.
+    fn readings(rows: usize) -> RecordBatch {
+        let mut b = ReadingBatchBuilder::default();
+        let meta = RowMeta {
+            meter_id: "m1",
+            received_at_ms: 5,
+            source: Source::Mqtt,
+            format: Format::Json,
+        };
+        for i in 0..rows {
+            b.append(
+                &meta,
+                "1-0:1.8.0",
+                1_709_337_600_000 + i as i64,
+                i as f64,
+                "kWh",
+                0,
+            );
         }
+        b.finish()
+    }
+
+    /// A set of Parquet and the dead-letter files under `dir`, without ClickHouse.
+    fn local_sinks(dir: &std::path::Path) -> SinkSet {
+        let parquet = ParquetSink::open(dir, ParquetConfig::default(), "").unwrap();
+        let dead_letters = DeadLetterStore::open(dir, "").unwrap();
+        SinkSet::new(Some(parquet), None, dead_letters, "clickhouse")
+    }
+
+    /// The complete Parquet files under `dir` (names) and the rows in them.
+    fn parquet_files(dir: &std::path::Path) -> (Vec<String>, usize) {
+        let (mut names, mut rows) = (Vec::new(), 0);
+        for day in std::fs::read_dir(dir.join("readings")).unwrap().flatten() {
+            for file in std::fs::read_dir(day.path()).unwrap().flatten() {
+                let name = file.file_name().to_string_lossy().to_string();
+                if name.ends_with(".parquet") && !name.starts_with('.') {
+                    let open = std::fs::File::open(file.path()).unwrap();
+                    let reader = ParquetRecordBatchReaderBuilder::try_new(open).unwrap();
+                    rows += reader
+                        .build()
+                        .unwrap()
+                        .map(|b| b.unwrap().num_rows())
+                        .sum::<usize>();
+                    names.push(name);
+                }
+            }
+        }
+        names.sort();
+        (names, rows)
+    }
+
+    fn batch(rows: &RecordBatch, oldest: u64, through: u64, local: bool) -> SinkBatch<'_> {
+        SinkBatch {
+            rows,
+            oldest: Some(oldest),
+            through,
+            local,
+            file_name: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_reaches_parquet_only_when_local_and_is_held_until_its_file_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sinks = local_sinks(dir.path());
+        let now = Instant::now();
+        let (two, three) = (readings(2), readings(3));
+        assert_eq!(sinks.send(batch(&two, 5, 6, true), now).unwrap(), 0);
+        let stock = sinks.take_stock().unwrap();
+        assert_eq!(
+            stock.holds,
+            vec![hold(5, true)],
+            "the open file holds record 5"
+        );
+        assert_eq!(stock.refused, 0);
+        assert_eq!(confirmed_through(6, &stock.holds), 4);
+        // A replay Parquet already has: not written again, nothing more held.
+        assert_eq!(sinks.send(batch(&three, 7, 9, false), now).unwrap(), 0);
+        assert_eq!(sinks.take_stock().unwrap().holds, vec![hold(5, true)]);
+        assert_eq!(sinks.close(9).unwrap(), 1, "the open file completes");
+        assert!(sinks.take_stock().unwrap().holds.is_empty());
+        let (files, rows) = parquet_files(dir.path());
+        assert_eq!((files.len(), rows), (1, 2), "{files:?}");
+    }
+
+    #[test]
+    fn named_files_are_complete_at_once_and_forgotten_by_their_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sinks = local_sinks(dir.path());
+        let now = Instant::now();
+        let (chunk, live) = (readings(4), readings(1));
+        let named = SinkBatch {
+            file_name: Some("import-00ab-00000000"),
+            ..batch(&chunk, 1, 1, true)
+        };
+        assert_eq!(sinks.send(named, now).unwrap(), 1);
+        assert!(
+            sinks.take_stock().unwrap().holds.is_empty(),
+            "a named file is complete: it holds nothing"
+        );
+        sinks.send(batch(&live, 9, 9, true), now).unwrap();
+        sinks.close(9).unwrap();
+        let (files, rows) = parquet_files(dir.path());
+        assert_eq!(rows, 5);
+        assert!(
+            files
+                .iter()
+                .any(|f| f.starts_with("part-import-00ab-00000000-")),
+            "{files:?}"
+        );
+        assert_eq!(sinks.forget_files("import-00ab-").unwrap(), 1);
+        let (files, rows) = parquet_files(dir.path());
+        assert_eq!(
+            (files.len(), rows),
+            (1, 1),
+            "the other file stays: {files:?}"
+        );
+    }
+
+    #[test]
+    fn dead_letters_are_written_here_only_when_local_and_side_rows_only_for_clickhouse() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sinks = local_sinks(dir.path());
+        let letter = |kind: &str| DeadLetter {
+            received_at_ms: 1_709_337_600_000,
+            source: "mqtt".into(),
+            topic: "meters/m1/json".into(),
+            meter_id: Some("m1".into()),
+            format: Some("json".into()),
+            kind: kind.into(),
+            reason: "does not parse".into(),
+            payload: b"{".to_vec(),
+        };
+        sinks.dead_letter(&letter("local"), 3, 3, true).unwrap();
+        sinks.dead_letter(&letter("replayed"), 4, 4, false).unwrap();
+        sinks.status(
+            StatusRow {
+                meter_id: "m1".into(),
+                at_ms: 1,
+                battery_pct: Some(80),
+                rssi_dbm: None,
+                rsrp_dbm: None,
+                snr_db: None,
+                firmware: None,
+                error_flags: None,
+                source: "mqtt".into(),
+                lsn: 5,
+            },
+            5,
+        );
+        assert!(
+            !sinks.has_side_rows(),
+            "without ClickHouse nothing waits for it"
+        );
+        assert!(sinks.take_stock().unwrap().holds.is_empty());
+        sinks.make_durable().unwrap();
+        let kept = crate::dead_letter::read_all(&dir.path().join("dead_letters")).unwrap();
+        let kinds: Vec<&str> = kept.iter().map(|l| l.kind.as_str()).collect();
+        assert_eq!(kinds, ["local"]);
+        sinks.check_stopped().unwrap();
+    }
+
+    fn hold(oldest: u64, local: bool) -> Hold {
+        Hold { oldest, local }
     }
 
     #[test]
@@ -353,25 +510,15 @@ mod tests {
         // (case, handled, holds, confirmed)
         let cases = [
             ("nothing held", 9, vec![], 9),
-            ("one holder", 9, vec![hold("batcher", 6, true)], 5),
+            ("one holder", 9, vec![hold(6, true)], 5),
             (
                 "the oldest of several",
                 30,
-                vec![hold("parquet", 21, true), hold("clickhouse", 17, false)],
+                vec![hold(21, true), hold(17, false)],
                 16,
             ),
-            (
-                "a hold of 0 holds everything",
-                9,
-                vec![hold("side_rows", 0, false)],
-                0,
-            ),
-            (
-                "never past handled",
-                9,
-                vec![hold("clickhouse", 20, false)],
-                9,
-            ),
+            ("a hold of 0 holds everything", 9, vec![hold(0, false)], 0),
+            ("never past handled", 9, vec![hold(20, false)], 9),
         ];
         for (case, handled, holds, want) in cases {
             assert_eq!(confirmed_through(handled, &holds), want, "{case}");

@@ -86,7 +86,7 @@ use meterflow_proto::is_valid_meter_id;
 
 pub use mapping::{CsvMapping, Field};
 pub use reader::parse_delimiter;
-use reader::{resolve, text, Input, Source};
+use reader::{resolve, text, Source, TapedInput};
 use time::{parse_time, Instants};
 use units::{check_scale, check_unit, conversion, parse_value};
 
@@ -148,7 +148,7 @@ pub struct BadRow {
 
 /// Reads a CSV file with a header line, one [`Row`] or [`BadRow`] per data row.
 pub struct CsvReader<R: Read> {
-    csv: ::csv::Reader<Input<R>>,
+    csv: ::csv::Reader<TapedInput<R>>,
     record: ByteRecord,
     delimiter: u8,
     header_len: usize,

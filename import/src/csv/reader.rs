@@ -40,7 +40,7 @@ fn check_delimiter(byte: u8) -> Result<u8, ImportError> {
 /// A CSV file opened for reading: the csv reader, past the header, over its [`Tape`]; the
 /// delimiter in use; the header's names, trimmed.
 pub(super) struct Opened<R> {
-    pub(super) csv: ::csv::Reader<Input<R>>,
+    pub(super) csv: ::csv::Reader<TapedInput<R>>,
     pub(super) delimiter: u8,
     pub(super) header: Vec<String>,
 }
@@ -102,7 +102,7 @@ impl Source {
 const HEADER_SNIFF_BYTES: u64 = 64 * 1024;
 
 /// The input behind the csv reader: the header line read for detection, then the rest.
-pub(super) type Input<R> = Tape<Chain<Cursor<Vec<u8>>, BufReader<R>>>;
+pub(super) type TapedInput<R> = Tape<Chain<Cursor<Vec<u8>>, BufReader<R>>>;
 
 /// The csv reader's input, keeping the bytes it has read until they are released. The csv
 /// crate gives neither a record's bytes nor its physical line (its `Position::line()` is off

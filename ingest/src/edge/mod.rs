@@ -14,8 +14,9 @@
 //! - it acknowledges to the device only what the writer reports [`Durability::Durable`], and
 //!   tells the device to come back later on [`Durability::WalFull`] or
 //!   [`Durability::Failed`];
-//! - it stops taking messages when the runtime's shutdown begins, answers what it took by the
-//!   shutdown's deadline, and then drops its sender.
+//! - it stops taking messages when the runtime's shutdown begins, answers what it took once
+//!   the writer has told its fate (an answer that waits on the device or a broker, by the
+//!   shutdown's deadline), and then drops its sender.
 
 pub mod bridge;
 pub mod coap;

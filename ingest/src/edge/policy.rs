@@ -58,6 +58,15 @@ pub fn may_publish_for(id: &str, publish_for: &[Glob], meter_id: &str) -> bool {
     id == meter_id || publish_for.iter().any(|g| g.matches(meter_id))
 }
 
+/// Whether the device `id` may publish for `meter_id` as the credential store has it now (an
+/// edge that reads the store at each request, as CoAP does): a device the store no longer
+/// holds (revoked, removed) may not, whatever its session says.
+pub fn device_may_publish_for(store: &CredentialStore, id: &str, meter_id: &str) -> bool {
+    store
+        .get(id)
+        .is_some_and(|c| may_publish_for(id, &c.publish_for, meter_id))
+}
+
 /// Whether a listener serves devices without an identity: where the config allows them
 /// (`mqtt.allow_anonymous`, `coap.allow_anonymous`), or while the credential store is empty
 /// on a loopback listener (the quick start). Asked again as the store changes.
@@ -97,6 +106,36 @@ mod tests {
         ];
         for (who, meter_id, may) in cases {
             assert_eq!(who.may_publish_for(meter_id), may, "{who:?} {meter_id}");
+        }
+    }
+
+    #[test]
+    fn a_device_publishes_as_the_store_has_it_now() {
+        use crate::credentials::{Credential, Secret};
+        let mut store = CredentialStore::default();
+        let credential = |patterns: &[&str]| Credential {
+            secret: Secret::new("0123456789abcdef").unwrap(),
+            publish_for: globs(patterns),
+        };
+        store.add("E1", credential(&[])).unwrap();
+        store.add("GW", credential(&["G*"])).unwrap();
+        store.add("GONE", credential(&[])).unwrap();
+        store.revoke("GONE");
+        // (identity, meter, may)
+        let cases = [
+            ("E1", "E1", true),
+            ("E1", "E2", false),
+            ("GW", "G7", true),
+            ("GW", "E1", false),
+            ("GONE", "GONE", false),
+            ("NOBODY", "NOBODY", false),
+        ];
+        for (id, meter_id, may) in cases {
+            assert_eq!(
+                device_may_publish_for(&store, id, meter_id),
+                may,
+                "{id} for {meter_id}"
+            );
         }
     }
 

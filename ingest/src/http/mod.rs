@@ -614,12 +614,12 @@ mod tests {
                 clickhouse_failing_since: None,
                 clickhouse: None,
                 pipeline_running: Arc::new(AtomicBool::new(true)),
-                shutdown: {
+                shutdown: if stopping {
                     let shutdown = meterflow_storage::Shutdown::new();
-                    if stopping {
-                        shutdown.begin(std::time::Duration::from_secs(1));
-                    }
+                    shutdown.begin(std::time::Duration::from_secs(1));
                     shutdown.signal()
+                } else {
+                    ShutdownSignal::never()
                 },
                 bridges: Vec::new(),
                 clickhouse_asked: Arc::default(),

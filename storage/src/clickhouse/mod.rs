@@ -143,6 +143,19 @@ impl ClickHouseConfig {
         !self.url.is_empty()
     }
 
+    /// The server as logs and names may show it: `scheme://host:port`, without the
+    /// credentials a URL may carry (`user:password@`, `?password=`).
+    pub fn server_for_logs(&self) -> String {
+        let url = &self.url;
+        let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+        // The authority ends at the first `/`, `?` or `#`; credentials end at its last `@`.
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        format!("{scheme}://{host}")
+    }
+
     /// Checks what the types alone do not; the error names the key.
     pub fn validate(&self) -> Result<(), StorageError> {
         if self.enabled() && !(self.url.starts_with("http://") || self.url.starts_with("https://"))

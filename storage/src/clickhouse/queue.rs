@@ -61,30 +61,30 @@ pub struct SpoolConfig {
 }
 
 impl SpoolConfig {
-    /// The spool of `serve`, `{data_dir}/clickhouse-spool/` of up to `max_bytes`; `None` when
-    /// ClickHouse is off or `max_bytes` is 0, and then a spool an earlier run left is removed:
-    /// its records are in the WAL (replayed, or dropped with ClickHouse turned off), so its
-    /// files are only disk.
-    pub fn for_data_dir(
-        data_dir: &Path,
-        max_bytes: u64,
-        clickhouse_on: bool,
-    ) -> Option<SpoolConfig> {
-        let dir = data_dir.join("clickhouse-spool");
-        if clickhouse_on && max_bytes > 0 {
-            return Some(SpoolConfig { dir, max_bytes });
+    /// The spool of `serve`: `{data_dir}/clickhouse-spool/`, of up to `max_bytes`.
+    pub fn under(data_dir: &Path, max_bytes: u64) -> SpoolConfig {
+        SpoolConfig {
+            dir: data_dir.join("clickhouse-spool"),
+            max_bytes,
         }
-        if dir.exists() {
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {
-                    tracing::info!(dir = %dir.display(), "removed the ClickHouse spool of an earlier run")
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, dir = %dir.display(), "cannot remove the ClickHouse spool of an earlier run")
-                }
+    }
+
+    /// Removes the spool an earlier run left under `data_dir`, when this run has none (its
+    /// records are in the WAL: replayed, or dropped with ClickHouse turned off, so its files
+    /// are only disk).
+    pub fn remove_leftover(data_dir: &Path) {
+        let dir = Self::under(data_dir, 0).dir;
+        if !dir.exists() {
+            return;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "removed the ClickHouse spool of an earlier run")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "cannot remove the ClickHouse spool of an earlier run")
             }
         }
-        None
     }
 }
 

@@ -48,7 +48,7 @@ pub fn bind(addr: SocketAddr, buffer_bytes: usize) -> Result<UdpSocket, IngestEr
     UdpSocket::from_std(socket.into()).map_err(bind_error)
 }
 
-/// How often the tables are swept and the stop flag is looked at.
+/// How often the tables are swept and the anonymous rule is looked at again.
 const TICK: Duration = Duration::from_millis(200);
 
 /// What a listener speaks.

@@ -9,7 +9,7 @@ use crate::credentials::{verify_unknown, CredentialStore};
 use crate::edge::Identity;
 
 impl Identity {
-    /// Whether a publish to `topic` is this principal's to make: `meters/{id}/...` with its
+    /// Whether a publish to `topic` is this identity's to make: `meters/{id}/...` with its
     /// own id or one its globs match. Anonymous clients may publish anywhere (the pipeline
     /// dead-letters topics that are not `meters/...`).
     pub fn may_publish_to(&self, topic: &str) -> bool {
@@ -24,7 +24,7 @@ impl Identity {
         self.may_publish_for(meter)
     }
 
-    /// Whether this principal may use `client_id`: not the meter id of another device of the
+    /// Whether this identity may use `client_id`: not the meter id of another device of the
     /// store (so nobody poses as a meter by its client id), unless it is a gateway's meter.
     pub fn may_use_client_id(&self, client_id: &str, store: &CredentialStore) -> bool {
         self.id() == Some(client_id)

@@ -469,15 +469,15 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
             listener.loopback,
             store.is_empty(),
         );
-        let principal = auth::authenticate(store, anonymous_ok, user, password, cn)
+        let identity = auth::authenticate(store, anonymous_ok, user, password, cn)
             .map_err(ConnectRefusal::Denied)?;
-        if !principal.may_use_client_id(&request.client_id, store) {
+        if !identity.may_use_client_id(&request.client_id, store) {
             return Err(ConnectRefusal::NotAuthorized);
         }
-        Ok(principal)
+        Ok(identity)
     };
     let (store, generation) = edge.credentials.current_with_generation();
-    let principal = match authenticate(&store) {
+    let identity = match authenticate(&store) {
         Ok(p) => p,
         Err(why) => {
             // The username is not logged: a device that swaps the fields would leak its secret.
@@ -490,18 +490,18 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
     drop(store);
     let kick = Arc::new(Kick::default());
     let registered = edge.registry.register(
-        principal.id(),
+        identity.id(),
         &request.client_id,
         conn_id,
         kick.clone(),
         edge.config.max_sessions_per_identity,
     );
     if registered == Registered::EvictedOldest {
-        tracing::info!(%peer, identity = principal.label(), "the identity's oldest MQTT session was closed: it holds mqtt.max_sessions_per_identity sessions");
+        tracing::info!(%peer, identity = identity.label(), "the identity's oldest MQTT session was closed: it holds mqtt.max_sessions_per_identity sessions");
     }
     let registered = Unregister {
         edge,
-        identity: principal.id().map(Box::from),
+        identity: identity.id().map(Box::from),
         client_id: request.client_id.as_str().into(),
         conn_id,
     };
@@ -513,11 +513,11 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
         let _ = flush(&mut stream, &mut out, edge).await;
         return Err(Some(CloseReason::ShuttingDown));
     }
-    let mut principal = principal;
+    let mut identity = identity;
     if edge.credentials.generation() != generation {
         // Authenticated against an older store: the new one decides, globs included.
         match authenticate(&edge.credentials.current()) {
-            Ok(now) if now.id() == principal.id() => principal = now,
+            Ok(now) if now.id() == identity.id() => identity = now,
             other => {
                 refuse(
                     other.err().unwrap_or(ConnectRefusal::NotAuthorized),
@@ -529,7 +529,7 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     rb.authenticated();
-    let (session, connack) = Session::accept(request, principal, peer, edge.config.limits());
+    let (session, connack) = Session::accept(request, identity, peer, edge.config.limits());
     let _ = codec::write(version, connack, &mut out);
     flush(&mut stream, &mut out, edge).await?;
     edge.metrics.connects.increment(1);

@@ -6,8 +6,9 @@
 //! - [`session`]: one connection's protocol state, without I/O (packets in; packets, WAL
 //!   submissions and a close decision out);
 //! - [`connection`]: the socket loop around a session;
-//! - [`auth`]: identity (credential store, client certificates, anonymous rule) and the
-//!   publish and subscribe rules;
+//! - [`auth`]: authentication (credential store, client certificates) and the MQTT rules on
+//!   top of the edge policy (`crate::edge::policy`: who may publish for which meter, where
+//!   anonymous devices are served): topics, client ids, subscriptions;
 //! - [`registry`]: live sessions by client id (takeover, revoke, shutdown);
 //! - [`tls`]: rustls, client certificates, reload;
 //! - `config`: the settings (`[mqtt]`) and the start-up check of the anonymous rule.
@@ -41,7 +42,7 @@ use meterflow_storage::ShutdownSignal;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::credentials::SharedCredentials;
-use crate::edge::Submission;
+use crate::edge::{policy, Submission};
 use crate::error::IngestError;
 use registry::Registry;
 use session::{CloseReason, Limits};
@@ -342,8 +343,10 @@ async fn watch_changes(edge: Arc<Edge>) {
             let mut closed = edge
                 .registry
                 .kick_identities(&withdrawn, CloseReason::Revoked);
-            if old.is_empty() && !new.is_empty() && !edge.config.allow_anonymous {
-                // Identity is now required everywhere: anonymous sessions end.
+            if old.is_empty()
+                && !policy::anonymous_allowed(edge.config.allow_anonymous, true, new.is_empty())
+            {
+                // Identity is now required everywhere, loopback too: anonymous sessions end.
                 closed += edge
                     .registry
                     .kick_where(|identity| identity.is_none(), CloseReason::Revoked);
@@ -407,7 +410,7 @@ pub fn fuzz_connection(data: &[u8]) {
             return;
         }
     };
-    let principal = match choice & 3 {
+    let identity = match choice & 3 {
         0 => crate::edge::Identity::Anonymous,
         1 => crate::edge::Identity::Device {
             id: "E1".into(),
@@ -422,7 +425,7 @@ pub fn fuzz_connection(data: &[u8]) {
         },
     };
     let peer = SocketAddr::from(([10, 0, 0, 1], 40000));
-    let (mut session, connack) = Session::accept(request, principal, peer, limits);
+    let (mut session, connack) = Session::accept(request, identity, peer, limits);
     let _ = codec::write(version, connack, &mut output);
     let mut answered: u64 = 0;
     let mut answer = |session: &mut Session, output: &mut BytesMut| {

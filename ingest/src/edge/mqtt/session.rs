@@ -344,7 +344,7 @@ pub fn refusal(version: Version, why: ConnectRefusal) -> Packet {
 pub struct Session {
     pub version: Version,
     pub client_id: Box<str>,
-    pub principal: Identity,
+    pub identity: Identity,
     peer: SocketAddr,
     limits: Limits,
     /// The keep-alive the client must keep, seconds (never 0).
@@ -359,7 +359,7 @@ impl Session {
     /// A session for an accepted CONNECT, and its CONNACK.
     pub fn accept(
         request: ConnectRequest,
-        principal: Identity,
+        identity: Identity,
         peer: SocketAddr,
         limits: Limits,
     ) -> (Session, Packet) {
@@ -390,7 +390,7 @@ impl Session {
         let session = Session {
             version: request.version,
             client_id: request.client_id.into(),
-            principal,
+            identity,
             peer,
             limits,
             keep_alive_s,
@@ -466,7 +466,7 @@ impl Session {
                     .filters
                     .iter()
                     .map(|f| {
-                        if self.principal.may_subscribe(&f.path) {
+                        if self.identity.may_subscribe(&f.path) {
                             self.cmd_subscribed = true;
                             SubscribeReasonCode::Success(if f.qos == QoS::AtMostOnce {
                                 QoS::AtMostOnce
@@ -499,7 +499,7 @@ impl Session {
                     .filters
                     .iter()
                     .map(|f| {
-                        if self.cmd_subscribed && self.principal.may_subscribe(f) {
+                        if self.cmd_subscribed && self.identity.may_subscribe(f) {
                             self.cmd_subscribed = false;
                             UnsubAckReason::Success
                         } else {
@@ -548,7 +548,7 @@ impl Session {
                 return Step::close(Close::Now(CloseReason::ReceiveMaximumExceeded));
             }
         }
-        if self.principal.may_publish_to(&topic) {
+        if self.identity.may_publish_to(&topic) {
             if qos > 0 {
                 self.awaiting.push_back(Awaiting {
                     pkid,
@@ -573,7 +573,7 @@ impl Session {
         // Not this identity's to publish: a dead letter with who and from where; MQTT 5 is
         // told 0x87 once the dead letter is stored, MQTT 3.1.1 is closed (§3.3.5).
         let refusal = edge::Refusal {
-            identity: self.principal.id().map(str::to_string),
+            identity: self.identity.id().map(str::to_string),
             client_id: Some(self.client_id.to_string()),
             peer: self.peer.to_string(),
             // The topic is the sender's: cut, so that the refusal stays whole in the WAL.

@@ -56,9 +56,9 @@ fn connect(version: Version, client_id: &str, keep_alive: u16, clean: bool) -> P
     )
 }
 
-fn session(version: Version, principal: Identity) -> Session {
+fn session(version: Version, identity: Identity) -> Session {
     let request = ConnectRequest::parse(version, connect(version, "c1", 30, true), 7).unwrap();
-    Session::accept(request, principal, peer(), LIMITS).0
+    Session::accept(request, identity, peer(), LIMITS).0
 }
 
 fn meter(id: &str) -> Identity {

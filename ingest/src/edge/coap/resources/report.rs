@@ -35,11 +35,8 @@ impl Server {
             ));
         }
         if let Some(identity) = caller.identity() {
-            let allowed = self
-                .credentials
-                .current()
-                .get(identity)
-                .is_some_and(|c| policy::may_publish_for(identity, &c.publish_for, meter_id));
+            let allowed =
+                policy::device_may_publish_for(&self.credentials.current(), identity, meter_id);
             if !allowed {
                 return self.forbidden(
                     caller,
