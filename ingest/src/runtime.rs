@@ -45,7 +45,7 @@ use crate::devices::DeviceRegistry;
 use crate::edge::bridge::{self, Bridge};
 use crate::edge::coap::{self, CoapSummary};
 use crate::edge::mqtt::{self, MqttServer};
-use crate::edge::RawMessage;
+use crate::edge::{RawMessage, Submission};
 use crate::error::IngestError;
 use crate::pipeline::{Pipeline, PipelineSummary};
 use crate::progress::LsnMarks;
@@ -192,39 +192,12 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
         .map_err(|e| IngestError::Runtime(format!("spawning the WAL writer thread: {e}")))?;
 
     // 6. The other edges. The edges hold the only senders: the WAL writer ends when they do.
-    let coap = coap_listeners
-        .into_iter()
-        .map(|(socket, security)| {
-            tokio::spawn(coap::serve(
-                socket,
-                security,
-                config.coap.clone(),
-                credentials.clone(),
-                coap_tx.clone(),
-                shutdown.signal(),
-            ))
-        })
-        .collect();
-    let bridges = bridges
-        .into_iter()
-        .enumerate()
-        .map(|(index, (bridge, prepared))| {
-            bridge::start(
-                &bridge,
-                prepared,
-                &config.node.id,
-                index,
-                mqtt_tx.clone(),
-                shutdown.signal(),
-            )
-        })
-        .collect();
-    drop((mqtt_tx, coap_tx));
     let edges = Edges {
+        coap: spawn_coap(coap_listeners, &config, &credentials, &coap_tx, &shutdown),
+        bridges: start_bridges(bridges, &config.node.id, &mqtt_tx, &shutdown),
         mqtt,
-        coap,
-        bridges,
     };
+    drop((mqtt_tx, coap_tx));
 
     // 7. HTTP and the device state.
     let readiness = http::Readiness {
@@ -250,14 +223,7 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
         readiness,
         token: (!config.http.token.is_empty()).then(|| Arc::from(config.http.token.as_str())),
     });
-    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = tokio::spawn(async move {
-        axum::serve(http_listener, app)
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .await
-    });
+    let (http, http_stop) = serve_http(http_listener, app);
     let device_saver = tokio::spawn(devices.clone().save_every(
         config.data_dir.clone(),
         Duration::from_secs(config.devices.save_interval_s),
@@ -344,6 +310,72 @@ fn bind_coap(
         listeners.push((socket, security));
     }
     Ok(listeners)
+}
+
+/// Serves each bound CoAP listener on a task of its own, until the shutdown.
+fn spawn_coap(
+    listeners: Vec<(tokio::net::UdpSocket, coap::Security)>,
+    config: &Config,
+    credentials: &Arc<SharedCredentials>,
+    wal: &flume::Sender<Submission>,
+    shutdown: &Shutdown,
+) -> Vec<JoinHandle<CoapSummary>> {
+    listeners
+        .into_iter()
+        .map(|(socket, security)| {
+            tokio::spawn(coap::serve(
+                socket,
+                security,
+                config.coap.clone(),
+                credentials.clone(),
+                wal.clone(),
+                shutdown.signal(),
+            ))
+        })
+        .collect()
+}
+
+/// Starts each `[[bridge]]` with what its check prepared; they submit through the MQTT
+/// edge's channel.
+fn start_bridges(
+    bridges: Vec<(bridge::BridgeConfig, bridge::Prepared)>,
+    node_id: &str,
+    wal: &flume::Sender<Submission>,
+    shutdown: &Shutdown,
+) -> Vec<Bridge> {
+    bridges
+        .into_iter()
+        .enumerate()
+        .map(|(index, (bridge, prepared))| {
+            bridge::start(
+                &bridge,
+                prepared,
+                node_id,
+                index,
+                wal.clone(),
+                shutdown.signal(),
+            )
+        })
+        .collect()
+}
+
+/// Serves `app` on `listener` until the returned sender is used (or dropped).
+fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> (
+    JoinHandle<std::io::Result<()>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (task, stop)
 }
 
 /// The running edges.

@@ -463,12 +463,14 @@ fn remove_leftovers(root: &Path, node: &str) -> Result<usize, StorageError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use meterflow_proto::{Format, ReadingBatchBuilder, RowMeta, Source};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-    fn batch(ts: &[i64]) -> RecordBatch {
+    /// Readings of meter `m1`, one per time in `ts` (Unix ms), value its index (also for the
+    /// sink seam's tests).
+    pub(crate) fn batch(ts: &[i64]) -> RecordBatch {
         let mut b = ReadingBatchBuilder::default();
         let meta = RowMeta {
             meter_id: "m1",

@@ -336,29 +336,12 @@ impl SinkSet {
 mod tests {
     use super::*;
     use crate::{ParquetConfig, ParquetSink};
-    use meterflow_proto::{Format, ReadingBatchBuilder, RowMeta, Source};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     /// `rows` readings of meter `m1` on 2024-03-02.
     fn readings(rows: usize) -> RecordBatch {
-        let mut b = ReadingBatchBuilder::default();
-        let meta = RowMeta {
-            meter_id: "m1",
-            received_at_ms: 5,
-            source: Source::Mqtt,
-            format: Format::Json,
-        };
-        for i in 0..rows {
-            b.append(
-                &meta,
-                "1-0:1.8.0",
-                1_709_337_600_000 + i as i64,
-                i as f64,
-                "kWh",
-                0,
-            );
-        }
-        b.finish()
+        let ts: Vec<i64> = (0..rows as i64).map(|i| 1_709_337_600_000 + i).collect();
+        crate::parquet::tests::batch(&ts)
     }
 
     /// A set of Parquet and the dead-letter files under `dir`, without ClickHouse.
