@@ -337,6 +337,73 @@ async fn dtls_session(port: u16, id: &str, key: &str) -> DtlsLink {
         .unwrap()
 }
 
+/// A POST of a JSON report to `/r/{meter}` with this message ID and token.
+fn report_post(mid: u16, token: &[u8], meter: &str, value: f64) -> Vec<u8> {
+    let mut p = Packet::from_bytes(&coap_post(
+        mid,
+        &["r", meter],
+        &[],
+        Some(50),
+        &json_report("2024-03-01T00:15:00Z", value),
+    ))
+    .unwrap();
+    p.set_token(token.to_vec());
+    p.to_bytes().unwrap()
+}
+
+fn code_and_token(answer: &Packet) -> (String, Vec<u8>) {
+    (answer.header.code.to_string(), answer.get_token().to_vec())
+}
+
+/// Issue 20, finding 1: two live sessions of one identity (a gateway with a session per
+/// meter) that happen to use the same message ID are two exchanges, not a retransmission:
+/// each gets its own answer with its own token and each report is stored. Before the fix
+/// the second got the first's cached ACK (its token, or its 4.03) and its report was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sessions_of_one_identity_with_one_message_id_are_two_exchanges() {
+    let (server, port) = start_with_dtls(data_with_credentials(""), &[]);
+    let mut a = dtls_session(port, "gw-1", GW_KEY).await;
+    let mut b = dtls_session(port, "gw-1", GW_KEY).await;
+
+    let first = report_post(0x6161, &[0xA1], "field-91", 91.0);
+    let answer = ask(&mut a, &first).await;
+    assert_eq!(code_and_token(&answer), ("2.04".into(), vec![0xA1]));
+    let answer = ask(&mut b, &report_post(0x6161, &[0xB2], "field-92", 92.0)).await;
+    assert_eq!(
+        code_and_token(&answer),
+        ("2.04".into(), vec![0xB2]),
+        "the second session's own answer, not the first's"
+    );
+
+    // A refusal in one session is not the other's answer either.
+    let answer = ask(&mut b, &report_post(0x6262, &[0xB3], "meter-a", 1.0)).await;
+    assert_eq!(code_and_token(&answer), ("4.03".into(), vec![0xB3]));
+    let answer = ask(&mut a, &report_post(0x6262, &[0xA4], "field-93", 93.0)).await;
+    assert_eq!(code_and_token(&answer), ("2.04".into(), vec![0xA4]));
+
+    // A true retransmission is still known: in its session, and in a new session of the same
+    // identity (a NAT rebinding), where its token and content are the same.
+    let answer = ask(&mut a, &first).await;
+    assert_eq!(code_and_token(&answer), ("2.04".into(), vec![0xA1]));
+    let mut c = dtls_session(port, "gw-1", GW_KEY).await;
+    let answer = ask(&mut c, &first).await;
+    assert_eq!(code_and_token(&answer), ("2.04".into(), vec![0xA1]));
+    assert_eq!(server.metric("meterflow_coap_duplicates_total"), 2.0);
+    drop((a, b, c));
+
+    let (status, data_dir, log, _tmp) = server.stop();
+    assert!(status.success(), "{log}");
+    let rows = read_readings(&data_dir);
+    for (meter, value) in [("field-91", 91.0), ("field-92", 92.0), ("field-93", 93.0)] {
+        assert_eq!(
+            values_of(&rows, meter),
+            vec![(1_709_252_100_000, value)],
+            "{meter} stored once"
+        );
+    }
+    assert!(values_of(&rows, "meter-a").is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lwm2m_over_dtls_registers_only_its_own_endpoint_and_sends_only_in_its_session() {
     let (server, port) = start_with_dtls(data_with_credentials(""), &[]);

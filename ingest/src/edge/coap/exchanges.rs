@@ -1,12 +1,19 @@
-//! Duplicate detection (RFC 7252 §4.5): the answer to every request, kept per peer and
-//! message ID for EXCHANGE_LIFETIME, so that a retransmitted CON (its ACK was lost) or a
-//! duplicated NON gets the same answer again and is never ingested twice.
+//! Duplicate detection (RFC 7252 §4.5): the answer to every request, kept per peer (or DTLS
+//! identity) and message ID for EXCHANGE_LIFETIME, so that a retransmitted CON (its ACK was
+//! lost) or a duplicated NON gets the same answer again and is never ingested twice.
+//!
+//! A retransmission is a copy of the request, byte for byte: the key holds a fingerprint of
+//! the request's bytes (token, options, payload) beside the endpoint and message ID. So two
+//! different requests that share an endpoint and a message ID (two DTLS sessions of one
+//! gateway, a client that reuses IDs) are two exchanges, each answered with its own token and
+//! stored, never one answered with the other's cached answer; and a true retransmission is
+//! still known in a new DTLS session of the same identity (a NAT rebinding).
 //!
 //! Sized for fleet rates: about 55 to 70 bytes per exchange (the hash tables' real bucket counts), bounded in bytes
 //! (`coap.exchange_cache_bytes`).
-//! - The key is 16 bytes ([`ExchangeKey`]): an IPv4 peer and the message ID exactly; an IPv6
-//!   peer or a DTLS identity as a 64-bit keyed hash (SipHash with a key drawn at start-up) and
-//!   the message ID.
+//! - The key is 16 bytes ([`ExchangeKey`]): the endpoint (an IPv4 peer's address and port
+//!   exactly; an IPv6 peer or a DTLS identity as a 64-bit keyed hash: SipHash with a key
+//!   drawn at start-up), the message ID, and a 40-bit keyed hash of the request's bytes.
 //! - An answer of at most 12 bytes (an ACK with its token and no options, which is what a 2.04
 //!   is) is kept inline; a longer one (a diagnostic, Location-Path, Block1) is kept on the heap
 //!   and counted in the bound.
@@ -35,7 +42,8 @@ pub const LAST_COPY: Duration = Duration::from_secs(145);
 /// How long one generation takes new exchanges. At most 65 s (offsets are u16 milliseconds).
 pub const GENERATION: Duration = Duration::from_secs(15);
 
-/// A peer (or DTLS identity) and a message ID, packed.
+/// A peer (or DTLS identity), a message ID and the request's fingerprint, packed:
+/// `[kind][endpoint: 8][message ID: 2][fingerprint: 5]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ExchangeKey([u8; 16]);
 
@@ -50,31 +58,40 @@ impl Default for KeyMaker {
 }
 
 impl KeyMaker {
-    /// The exchange of a plain-CoAP peer: its address and port, and the message ID.
-    pub fn peer(&self, peer: SocketAddr, message_id: u16) -> ExchangeKey {
-        let mut key = [0u8; 16];
-        match peer.ip() {
+    /// The exchange of `request` (the whole CoAP message) from a plain-CoAP peer: its address
+    /// and port, the message ID, and the request's fingerprint.
+    pub fn peer(&self, peer: SocketAddr, message_id: u16, request: &[u8]) -> ExchangeKey {
+        let mut endpoint = [0u8; 8];
+        let kind = match peer.ip() {
             IpAddr::V4(ip) => {
-                key[0] = 4;
-                key[1..5].copy_from_slice(&ip.octets());
+                endpoint[..4].copy_from_slice(&ip.octets());
+                endpoint[4..6].copy_from_slice(&peer.port().to_be_bytes());
+                4
             }
             IpAddr::V6(ip) => {
-                key[0] = 6;
-                key[1..9].copy_from_slice(&self.0.hash_one(ip.octets()).to_le_bytes());
+                endpoint = self.0.hash_one((ip.octets(), peer.port())).to_le_bytes();
+                6
             }
-        }
-        key[10..12].copy_from_slice(&peer.port().to_be_bytes());
-        key[12..14].copy_from_slice(&message_id.to_be_bytes());
-        ExchangeKey(key)
+        };
+        self.key(kind, endpoint, message_id, request)
     }
 
-    /// The exchange of an authenticated (DTLS) device: its identity and the message ID, so a
-    /// request repeated in a new session (after a NAT rebinding, say) is still known.
-    pub fn identity(&self, identity: &str, message_id: u16) -> ExchangeKey {
+    /// The exchange of `request` from an authenticated (DTLS) device: its identity, the
+    /// message ID and the request's fingerprint, so a copy of the request sent again in a new
+    /// session (after a NAT rebinding, say) is still known, and another request of another
+    /// session with the same ID is not taken for it.
+    pub fn identity(&self, identity: &str, message_id: u16, request: &[u8]) -> ExchangeKey {
+        let endpoint = self.0.hash_one(identity).to_le_bytes();
+        self.key(1, endpoint, message_id, request)
+    }
+
+    fn key(&self, kind: u8, endpoint: [u8; 8], message_id: u16, request: &[u8]) -> ExchangeKey {
         let mut key = [0u8; 16];
-        key[0] = 1;
-        key[1..9].copy_from_slice(&self.0.hash_one(identity).to_le_bytes());
-        key[12..14].copy_from_slice(&message_id.to_be_bytes());
+        key[0] = kind;
+        key[1..9].copy_from_slice(&endpoint);
+        key[9..11].copy_from_slice(&message_id.to_be_bytes());
+        let fingerprint = self.0.hash_one(request).to_le_bytes();
+        key[11..16].copy_from_slice(&fingerprint[..5]);
         ExchangeKey(key)
     }
 }
@@ -339,8 +356,12 @@ impl ExchangeCache {
 mod tests {
     use super::*;
 
+    /// The key of one request per port and message ID (one key maker: its hash key is drawn
+    /// once).
     fn key(port: u16, mid: u16) -> ExchangeKey {
-        KeyMaker::default().peer(SocketAddr::from(([127, 0, 0, 1], port)), mid)
+        static KEYS: std::sync::OnceLock<KeyMaker> = std::sync::OnceLock::new();
+        let keys = KEYS.get_or_init(KeyMaker::default);
+        keys.peer(SocketAddr::from(([127, 0, 0, 1], port)), mid, b"request")
     }
 
     const MIB: usize = 1 << 20;
@@ -459,17 +480,55 @@ mod tests {
     #[test]
     fn identities_and_address_families_do_not_collide() {
         let keys = KeyMaker::default();
-        let v4 = keys.peer(SocketAddr::from(([10, 0, 0, 1], 5683)), 1);
+        let r = b"request";
+        let v4 = keys.peer(SocketAddr::from(([10, 0, 0, 1], 5683)), 1, r);
         let v6 = keys.peer(
             SocketAddr::from(([0, 0, 0, 0, 0, 0xffff, 0x0a00, 1], 5683)),
             1,
+            r,
         );
-        let id = keys.identity("10.0.0.1", 1);
+        let id = keys.identity("10.0.0.1", 1, r);
         assert_ne!(v4, v6);
         assert_ne!(v4, id);
-        assert_ne!(keys.identity("a", 1), keys.identity("b", 1));
-        assert_eq!(keys.identity("a", 1), keys.identity("a", 1));
-        assert_ne!(keys.identity("a", 1), keys.identity("a", 2));
+        assert_ne!(keys.identity("a", 1, r), keys.identity("b", 1, r));
+        assert_eq!(keys.identity("a", 1, r), keys.identity("a", 1, r));
+        assert_ne!(keys.identity("a", 1, r), keys.identity("a", 2, r));
+        let port = |p| SocketAddr::from(([10, 0, 0, 1], p));
+        assert_ne!(keys.peer(port(1), 1, r), keys.peer(port(2), 1, r));
+    }
+
+    #[test]
+    fn only_a_copy_of_the_request_is_its_retransmission() {
+        let keys = KeyMaker::default();
+        let peer = SocketAddr::from(([10, 0, 0, 1], 5683));
+        // (first request, second request, same exchange)
+        let cases: [(&[u8], &[u8], bool); 3] = [
+            (
+                b"\x42\x02\x61\x61\xa1body",
+                b"\x42\x02\x61\x61\xa1body",
+                true,
+            ),
+            (
+                b"\x42\x02\x61\x61\xa1body",
+                b"\x42\x02\x61\x61\xb2body",
+                false,
+            ),
+            (
+                b"\x42\x02\x61\x61\xa1body",
+                b"\x42\x02\x61\x61\xa1other",
+                false,
+            ),
+        ];
+        for (first, second, same) in cases {
+            assert_eq!(
+                keys.peer(peer, 0x6161, first) == keys.peer(peer, 0x6161, second),
+                same
+            );
+            assert_eq!(
+                keys.identity("gw", 0x6161, first) == keys.identity("gw", 0x6161, second),
+                same
+            );
+        }
     }
 
     /// Memory per exchange at a steady rate, once the first generations expire (the figure
@@ -487,7 +546,7 @@ mod tests {
                 let peer = SocketAddr::from(([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], 5683));
                 let now =
                     t0 + Duration::from_micros(u64::from(second) * 1_000_000 + u64::from(i) * 500);
-                let k = keys.peer(peer, (n % 65_536) as u16);
+                let k = keys.peer(peer, (n % 65_536) as u16, &n.to_le_bytes());
                 assert!(cache.insert(k, Exchange::InFlight, now));
                 // A 2.04 ACK with an 8-byte token.
                 assert!(cache.answer(&k, &[0x68, 0x44, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8]));

@@ -165,11 +165,10 @@ impl Server {
             let reply = self.reply_to(&packet);
             return Some(encode(&with_code(reply, ResponseType::Unauthorized, None)));
         }
+        let message_id = packet.header.message_id;
         let key = match caller {
-            Caller::Device { identity, .. } => {
-                self.keys.identity(identity, packet.header.message_id)
-            }
-            _ => self.keys.peer(peer, packet.header.message_id),
+            Caller::Device { identity, .. } => self.keys.identity(identity, message_id, bytes),
+            _ => self.keys.peer(peer, message_id, bytes),
         };
         match self.exchanges.get(&key, now) {
             Some(Exchange::Answered(answer)) => {
