@@ -337,6 +337,63 @@ async fn dtls_session(port: u16, id: &str, key: &str) -> DtlsLink {
         .unwrap()
 }
 
+/// The alert an OpenSSL DTLS 1.2 PSK handshake as `identity` with `key` ends with
+/// (`SSL alert number N`), or "established".
+fn dtls_handshake_alert(port: u16, identity: &str, key: &[u8]) -> String {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-dtls1_2",
+            "-psk_identity",
+            identity,
+            "-psk",
+            &hex,
+        ])
+        .args(["-cipher", "PSK-AES128-GCM-SHA256", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs (the test command installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match text.split("SSL alert number ").nth(1) {
+        Some(rest) => format!("alert {}", rest.split_whitespace().next().unwrap_or("?")),
+        None if text.contains("Cipher is PSK") && text.contains("Verify return code") => {
+            "established".into()
+        }
+        None => format!("no alert: {text}"),
+    }
+}
+
+/// Issue 20, finding 5: the handshake does not tell which meter ids exist. An unknown or
+/// revoked identity gets a dummy key (RFC 4279 §2), so its handshake fails exactly as a
+/// known identity's with a wrong key does. Before the fix the first two ended with alert 80
+/// (internal_error) and the wrong key with 115.
+#[test]
+fn dtls_handshakes_fail_alike_for_unknown_ids_revoked_ids_and_wrong_keys() {
+    let tmp = data_with_credentials("");
+    crate::harness::credentials(tmp.path(), &["revoke", "meter-b"]);
+    let (server, port) = start_with_dtls(tmp, &[]);
+    assert_eq!(
+        dtls_handshake_alert(port, "meter-a", A_KEY.as_bytes()),
+        "established"
+    );
+    let wrong_key = dtls_handshake_alert(port, "meter-a", b"not-the-secret-0123");
+    assert!(wrong_key.starts_with("alert "), "{wrong_key}");
+    for (who, key) in [
+        ("no-such-meter", b"not-the-secret-0123".as_slice()),
+        ("no-such-meter", A_KEY.as_bytes()),
+        ("meter-b", B_KEY.as_bytes()),
+    ] {
+        assert_eq!(dtls_handshake_alert(port, who, key), wrong_key, "{who}");
+    }
+    assert_eq!(server.metric("meterflow_coaps_unknown_identity_total"), 3.0);
+}
+
 /// A POST of a JSON report to `/r/{meter}` with this message ID and token.
 fn report_post(mid: u16, token: &[u8], meter: &str, value: f64) -> Vec<u8> {
     let mut p = Packet::from_bytes(&coap_post(

@@ -3,7 +3,8 @@
 //!
 //! - The PSK identity is the meter id; the key is the secret's bytes from the credential store,
 //!   as given (so libcoap's `-u METER -k SECRET` works). An unknown or revoked identity fails
-//!   the handshake. Cipher suites: TLS_PSK_WITH_AES_128_CCM_8 (LwM2M's mandatory one),
+//!   the handshake as a wrong key does (a dummy key, RFC 4279 §2: the alert does not tell
+//!   which ids exist). Cipher suites: TLS_PSK_WITH_AES_128_CCM_8 (LwM2M's mandatory one),
 //!   TLS_PSK_WITH_AES_128_GCM_SHA256 and TLS_PSK_WITH_AES_128_CCM.
 //! - A new session begins only with an epoch-0 ClientHello; every other datagram from an
 //!   address without a session is dropped unread. The server answers a ClientHello without a
@@ -423,16 +424,25 @@ fn server_config(
 ) -> Result<Arc<rtc_dtls::config::HandshakeConfig>, IngestError> {
     let provider = rtc_dtls::crypto_provider::default_provider()
         .map_err(|e| IngestError::Runtime(format!("DTLS crypto provider: {e}")))?;
+    // An identity the store does not hold (unknown, revoked) gets a dummy key (RFC 4279 §2):
+    // its handshake then fails at the Finished check exactly as a wrong key does, so the
+    // answer does not tell which meter ids exist. The dummy key is a keyed hash of the
+    // identity under a key drawn at start-up: the same identity gets the same dummy each time.
+    let dummy =
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            .map_err(|_| {
+                IngestError::Runtime("DTLS: no randomness for the dummy PSK key".into())
+            })?;
     let psk = move |identity: &[u8]| -> rtc_shared::error::Result<Vec<u8>> {
         let store = credentials.current();
-        std::str::from_utf8(identity)
+        let known = std::str::from_utf8(identity)
             .ok()
             .and_then(|id| store.get(id))
-            .map(|c| c.secret.as_bytes().to_vec())
-            .ok_or_else(|| {
-                metrics::counter!("meterflow_coaps_unknown_identity_total").increment(1);
-                rtc_shared::error::Error::Other("unknown PSK identity".into())
-            })
+            .map(|c| c.secret.as_bytes().to_vec());
+        Ok(known.unwrap_or_else(|| {
+            metrics::counter!("meterflow_coaps_unknown_identity_total").increment(1);
+            ring::hmac::sign(&dummy, identity).as_ref().to_vec()
+        }))
     };
     let config = ConfigBuilder::default()
         .with_crypto_provider(provider)
