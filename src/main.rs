@@ -44,6 +44,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before any file is made: nothing meterflow writes is open to other users.
+    meterflow_storage::data_dir::restrict_new_files();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

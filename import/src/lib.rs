@@ -140,8 +140,7 @@ pub fn run(config: &ImportTarget, options: &ImportOptions) -> Result<ImportSumma
             });
         }
     }
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| ImportError::io("creating", &config.data_dir, e))?;
+    meterflow_storage::data_dir::prepare(&config.data_dir)?;
     let target = target_name(config);
     let inputs = if config.clickhouse.enabled() {
         // A wrong address or password stops here, with the server's answer, instead of

@@ -123,11 +123,7 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
     let shutdown = Shutdown::new();
 
     // 1. State on disk.
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| IngestError::Io {
-        action: "creating data_dir",
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    meterflow_storage::data_dir::prepare(&config.data_dir)?;
     let devices = DeviceRegistry::load(&config.data_dir, config.devices.clone())?;
     tracing::info!(meters = devices.len(), "device state loaded");
     let (wal, checkpoint, last_lsn) = recover_wal(&config, &devices)?;

@@ -6,6 +6,7 @@
 //! - [`analytics`]: billing, anomaly and device queries on the ClickHouse tables (`sql/`).
 //! - [`clickhouse`]: the production sink: schema, RowBinary inserts, a writer with retries.
 //! - [`dead_letter`]: payloads that did not decode, kept on disk with raw bytes and reason.
+//! - [`data_dir`]: the data folder's permissions: nothing in it open to other users.
 //! - [`sinks`]: the seam every producer of rows (the pipeline, `import`) reaches the sinks
 //!   through: send batches and side rows, learn what each sink still holds, close.
 //! - [`Shutdown`]: the one signal that stops the process, with its deadline.
@@ -18,6 +19,7 @@
 pub mod analytics;
 pub mod batcher;
 pub mod clickhouse;
+pub mod data_dir;
 pub mod dead_letter;
 mod error;
 pub mod parquet;

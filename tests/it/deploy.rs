@@ -156,6 +156,11 @@ fn the_systemd_unit_runs_the_binary_with_flags_it_has() {
     }
     // And the environment it reads is the one serve takes.
     assert!(help.contains("METERFLOW_HTTP_TOKEN"));
+    // Nothing it writes is open to other users (issue 20, finding 6).
+    assert!(
+        UNIT.lines().any(|l| l == "UMask=0027"),
+        "the unit sets UMask=0027"
+    );
     // systemd's own check, with the unit's binary path pointed at the built one.
     if let Ok(out) = Command::new("systemd-analyze").arg("--version").output() {
         if out.status.success() {

@@ -564,3 +564,66 @@ fn a_node_names_its_files_and_leaves_other_nodes_leftovers_alone() {
     assert!(letters[0].ends_with(".mf-7.jsonl"), "{letters:?}");
     assert!(log.contains("node=mf-7"), "{log}");
 }
+
+/// Issue 20, finding 6: consumption data is personal data. Everything `serve` writes under
+/// the data folder (WAL, checkpoint, Parquet, dead letters with raw payloads and peers, the
+/// device state) is out of other users' reach: no permission bit for "other" on any file or
+/// folder, and a data folder an older version left open (0755) is closed at start. Before the
+/// fix the files were 0644 in 0755 folders.
+#[test]
+fn nothing_under_the_data_folder_is_open_to_other_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // An older version's data folder, open to everyone, with a file in it.
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(data.join("notes.txt"), b"left by an older version").unwrap();
+    std::fs::set_permissions(
+        data.join("notes.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let server = Server::start_in(tmp, &[]);
+    assert!(crate::harness::mosquitto_pub_acked(
+        server.mqtt_port,
+        "meters/private-1/json",
+        r#"{"readings":[{"channel":"1-0:1.8.0","ts":1719792000000,"value":1.5,"unit":"kWh"}],"status":{"battery_pct":80}}"#
+    ));
+    assert!(crate::harness::mosquitto_pub_acked(
+        server.mqtt_port,
+        "meters/private-1/json",
+        "{not json"
+    ));
+    let (exit, data_dir, log, _tmp) = server.stop();
+    assert!(exit.success(), "{log}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(&data_dir) & 0o007,
+        0,
+        "the data folder: {:o}",
+        mode(&data_dir)
+    );
+    let mut seen = Vec::new();
+    let mut folders = vec![data_dir.clone()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path.clone());
+            }
+            let name = path.strip_prefix(&data_dir).unwrap().display().to_string();
+            // The data folder closes the older file off; its own mode is the operator's.
+            if name != "notes.txt" {
+                assert_eq!(mode(&path) & 0o007, 0, "{name}: {:o}", mode(&path));
+            }
+            seen.push(name);
+        }
+    }
+    for kind in ["wal", "readings", "dead_letters", "state"] {
+        assert!(
+            seen.iter().any(|n| n.starts_with(kind)),
+            "{kind} was written: {seen:?}"
+        );
+    }
+}
