@@ -32,7 +32,7 @@ write_config() { # DIR HTTP TCP INTERSERVER [XML]
       -e "s#</yandex>#${5:-}</yandex>#" \
       /etc/clickhouse-server/config.xml > "$1/config.xml"
   cp /etc/clickhouse-server/users.xml "$1/users.xml"
-  # A user with a password for the login tests (tests/it/clickhouse_login.rs), beside the
+  # A user with a password for the login tests (tests/it/clickhouse_access.rs), beside the
   # packaged `default` without one; its queries go to system.query_log, so a test can see
   # which user the server took an insert from.
   mkdir -p "$1/users.d"
