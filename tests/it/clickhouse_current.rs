@@ -444,7 +444,9 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
 
     // The writer's bodies: status rows and dead letters as RowBinary, readings as one Native
     // body of two blocks (a merged insert), the rest as RowBinary (its fallback).
-    let now = meterflow_proto::now_ms();
+    // A minute back: the repeat is received a second after the original, and a reception
+    // after the server's now() would count as not heard yet (seconds_since < 0).
+    let now = meterflow_proto::now_ms() - 60_000;
     let data = dataset(now);
     let (native_rows, rowbinary_rows) = data.split_at(24);
     let mut side = SideRows::default();
@@ -822,7 +824,7 @@ fn a_query_answer_compressed_by_a_current_clickhouse_reads_back() {
     ch.apply_schema(&config);
     let layout = ch.layout(&config);
     // 3000 meters x 4 channels: an answer of several hundred KB, several LZ4 blocks.
-    let now = meterflow_proto::now_ms();
+    let now = meterflow_proto::now_ms() - 60_000;
     let rows: Vec<R> = (0..3000)
         .flat_map(|m| {
             (1..=4).map(move |c| R {
