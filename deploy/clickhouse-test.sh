@@ -11,6 +11,8 @@
 #                                         writes DIR's config.xml and users.xml only: the
 #                                         packaged config on those ports, XML added at its end
 #                                         (deploy/cluster/up.sh makes its servers with it)
+# Users: the packaged `default` (no password), and `meterflow_test` with the password
+# `Meter-flow@test:42` (users.d/meterflow-test.xml) for the tests of clickhouse.user/password.
 set -euo pipefail
 cmd=${1:?usage: clickhouse-test.sh start|stop DIR}
 dir=${2:?usage: clickhouse-test.sh start|stop DIR}
@@ -30,6 +32,27 @@ write_config() { # DIR HTTP TCP INTERSERVER [XML]
       -e "s#</yandex>#${5:-}</yandex>#" \
       /etc/clickhouse-server/config.xml > "$1/config.xml"
   cp /etc/clickhouse-server/users.xml "$1/users.xml"
+  # A user with a password for the login tests (tests/it/clickhouse_access.rs), beside the
+  # packaged `default` without one; its queries go to system.query_log, so a test can see
+  # which user the server took an insert from.
+  mkdir -p "$1/users.d"
+  cat > "$1/users.d/meterflow-test.xml" <<'XML'
+<yandex>
+  <profiles>
+    <meterflow_test>
+      <log_queries>1</log_queries>
+    </meterflow_test>
+  </profiles>
+  <users>
+    <meterflow_test>
+      <password>Meter-flow@test:42</password>
+      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+      <profile>meterflow_test</profile>
+      <quota>default</quota>
+    </meterflow_test>
+  </users>
+</yandex>
+XML
 }
 
 free_port() {

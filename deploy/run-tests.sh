@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine: installs the real protocol clients the tests
-# drive (Debian packages, via apt as root where they are missing), starts a private
-# ClickHouse server (deploy/clickhouse-test.sh) for the tests and stops it afterwards, then
-# runs every test of the workspace. CI (.ci/run) calls exactly this.
+# The whole test suite, on a fresh machine: installs the real protocol clients and servers the
+# tests drive (Debian packages, via apt as root where they are missing; paho-mqtt and chdb
+# from PyPI), starts a private ClickHouse server (deploy/clickhouse-test.sh) for the tests and
+# stops it afterwards, then runs every test of the workspace. CI (.ci/run) calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
@@ -18,6 +18,7 @@ declare -A needs=(
   [curl]=curl
   [python3]=python3
   [openssl]=openssl
+  [haproxy]=haproxy
 )
 missing=()
 for cmd in "${!needs[@]}"; do
@@ -36,6 +37,14 @@ if ! python3 -c 'import paho.mqtt.client' 2>/dev/null; then
   echo "installing paho-mqtt (PyPI) for the tests" >&2
   python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3' \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'paho-mqtt>=2,<3'
+fi
+
+# chdb: a current ClickHouse engine in-process (chdb 4.4 is ClickHouse 26.9; Debian has only
+# 18.16) for tests/it/clickhouse_current.rs: the schema, the writer's bodies and every query.
+if ! python3 -c 'import chdb' 2>/dev/null; then
+  echo "installing chdb (PyPI) for the tests" >&2
+  python3 -m pip install --quiet --disable-pip-version-check 'chdb>=4.4,<5' \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'chdb>=4.4,<5'
 fi
 
 # The house rules first: formatting and lints fail the run before any test does.

@@ -27,8 +27,15 @@ pub struct SharedArgs {
     /// Where Parquet files, the WAL, dead letters and state are kept [default ./data]
     #[arg(long, env = "METERFLOW_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
-    /// ClickHouse HTTP URL (e.g. http://127.0.0.1:8123): turns the ClickHouse sink on.
-    #[arg(long, env = "METERFLOW_CLICKHOUSE_URL", global = true)]
+    /// ClickHouse HTTP(S) URL (e.g. http://127.0.0.1:8123): turns the ClickHouse sink on. A
+    /// login in it (http://USER:PASSWORD@HOST, percent-encoded) goes to clickhouse.user and
+    /// clickhouse.password; prefer those keys (a command line shows in `ps`).
+    #[arg(
+        long,
+        env = "METERFLOW_CLICKHOUSE_URL",
+        global = true,
+        hide_env_values = true
+    )]
     pub clickhouse_url: Option<String>,
 }
 
@@ -112,6 +119,8 @@ impl SharedArgs {
         if let Some(url) = &self.clickhouse_url {
             config.clickhouse.url = url.clone();
         }
+        // A login in the URL is sent as ClickHouse expects, and shown nowhere.
+        config.clickhouse.take_url_login()?;
         Ok(config)
     }
 }

@@ -1,6 +1,7 @@
 -- Per meter: when meterflow last heard it, how many readings it sent, the newest value of
 -- every channel ("channel=value unit @ time"), and the latest battery, signal, firmware and
--- error flags it reported (each the newest report that carried that field).
+-- error flags it reported (each the newest report that carried that field). The joined
+-- subqueries are named: ClickHouse 24.3 and later refuse them unnamed (Code 206, ALIAS_REQUIRED).
 SELECT
     meter_id, last_seen, seconds_since, readings, battery_pct, rssi_dbm, rsrp_dbm, firmware, error_flags, last_values
 FROM (
@@ -19,7 +20,7 @@ FROM (
     )
     GROUP BY meter_id
     HAVING seconds_since >= {stale_s}
-)
+) AS heard
 ANY LEFT JOIN (
     SELECT
         meter_id,
@@ -31,5 +32,5 @@ ANY LEFT JOIN (
     FROM {db}.device_status
     WHERE 1 {meter_filter_where}
     GROUP BY meter_id
-) USING meter_id
+) AS status USING meter_id
 ORDER BY meter_id

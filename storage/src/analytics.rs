@@ -5,9 +5,11 @@
 //!
 //! Every query reads `readings FINAL`, so results are exact before background merges have
 //! removed duplicate deliveries. The SQL runs on ClickHouse 18.16 (no window functions: steps
-//! between readings are computed on sorted arrays) and on current releases.
+//! between readings are computed on sorted arrays) and on current releases (its subqueries
+//! are named, as the analyzer of 24.3 and later requires); `tests/it/clickhouse_current.rs`
+//! runs every query as the `*_sql` functions here fill it on a current ClickHouse engine.
 
-use crate::clickhouse::{ClickHouseConfig, ClickHouseError};
+use crate::clickhouse::{ClickHouseConfig, ClickHouseError, TimeColumns};
 
 const REGISTER_STEPS: &str = include_str!("../sql/register_steps.sql");
 const BILLING: &str = include_str!("../sql/billing.sql");
@@ -56,8 +58,9 @@ pub struct Table {
 }
 
 impl Table {
-    /// Parses `TabSeparatedWithNames`.
-    fn from_tsv(text: &str) -> Table {
+    /// Parses `TabSeparatedWithNames`, as the queries' answers are read.
+    #[doc(hidden)]
+    pub fn from_tsv(text: &str) -> Table {
         let mut lines = text.lines();
         let columns = lines
             .next()
@@ -130,11 +133,12 @@ fn steps(db: &str, period: &Period) -> Result<String, ClickHouseError> {
         .replace("{meter_filter}", &meter_filter(period, "AND")?))
 }
 
+/// Runs a query; its answer may come compressed (`Accept-Encoding: lz4`: servers from
+/// 25.10 on compress HTTP answers by default, older ones answer plain).
 async fn run(config: &ClickHouseConfig, sql: &str) -> Result<Table, ClickHouseError> {
-    let client = clickhouse::Client::default()
-        .with_url(&config.url)
-        .with_user(&config.user)
-        .with_password(&config.password);
+    let client = config
+        .client()?
+        .with_compression(clickhouse::Compression::Lz4);
     let bytes = client
         .query(sql)
         .fetch_bytes("TabSeparatedWithNames")
@@ -151,10 +155,38 @@ async fn run(config: &ClickHouseConfig, sql: &str) -> Result<Table, ClickHouseEr
     Ok(Table::from_tsv(&String::from_utf8_lossy(&bytes)))
 }
 
+/// The SQL of [`billing`], filled as it is sent.
+#[doc(hidden)]
+pub fn billing_sql(db: &str, period: &Period) -> Result<String, ClickHouseError> {
+    Ok(BILLING.replace("{steps}", &steps(db, period)?))
+}
+
 /// Consumption per meter and register for the period.
 pub async fn billing(config: &ClickHouseConfig, period: &Period) -> Result<Table, ClickHouseError> {
-    let sql = BILLING.replace("{steps}", &steps(&config.database, period)?);
-    run(config, &sql).await
+    run(config, &billing_sql(&config.database, period)?).await
+}
+
+/// The two queries of [`anomalies`] (the anomalies of the period, then the stale meters),
+/// filled as they are sent.
+#[doc(hidden)]
+pub fn anomalies_sql(
+    db: &str,
+    period: &Period,
+    rules: &AnomalyRules,
+) -> Result<[String; 2], ClickHouseError> {
+    let anomalies = ANOMALIES
+        .replace("{steps}", &steps(db, period)?)
+        .replace("{db}", db)
+        .replace("{from}", &period.from_s.to_string())
+        .replace("{to}", &period.to_s.to_string())
+        .replace("{meter_filter}", &meter_filter(period, "AND")?)
+        .replace("{zero_days}", &rules.zero_days.to_string())
+        .replace("{spike_factor}", &format!("{:.6}", rules.spike_factor));
+    let stale = STALE
+        .replace("{db}", db)
+        .replace("{meter_filter_where}", &meter_filter(period, "AND")?)
+        .replace("{stale_s}", &rules.stale_s.to_string());
+    Ok([anomalies, stale])
 }
 
 /// Every anomaly of the period, and the meters not heard for `rules.stale_s`.
@@ -163,21 +195,28 @@ pub async fn anomalies(
     period: &Period,
     rules: &AnomalyRules,
 ) -> Result<Table, ClickHouseError> {
-    let sql = ANOMALIES
-        .replace("{steps}", &steps(&config.database, period)?)
-        .replace("{db}", &config.database)
-        .replace("{from}", &period.from_s.to_string())
-        .replace("{to}", &period.to_s.to_string())
-        .replace("{meter_filter}", &meter_filter(period, "AND")?)
-        .replace("{zero_days}", &rules.zero_days.to_string())
-        .replace("{spike_factor}", &format!("{:.6}", rules.spike_factor));
+    let [sql, stale] = anomalies_sql(&config.database, period, rules)?;
     let mut table = run(config, &sql).await?;
-    let stale = STALE
-        .replace("{db}", &config.database)
-        .replace("{meter_filter_where}", &meter_filter(period, "AND")?)
-        .replace("{stale_s}", &rules.stale_s.to_string());
     table.append(run(config, &stale).await?);
     Ok(table)
+}
+
+/// The SQL of [`devices`], filled as it is sent.
+#[doc(hidden)]
+pub fn devices_sql(
+    db: &str,
+    meter: Option<String>,
+    stale_after_s: u64,
+) -> Result<String, ClickHouseError> {
+    let period = Period {
+        from_s: 0,
+        to_s: 0,
+        meter,
+    };
+    Ok(DEVICES
+        .replace("{db}", db)
+        .replace("{meter_filter_where}", &meter_filter(&period, "AND")?)
+        .replace("{stale_s}", &stale_after_s.to_string()))
 }
 
 /// Last seen and last values per meter; only meters not heard for `stale_after_s` when given.
@@ -186,16 +225,11 @@ pub async fn devices(
     meter: Option<String>,
     stale_after_s: u64,
 ) -> Result<Table, ClickHouseError> {
-    let period = Period {
-        from_s: 0,
-        to_s: 0,
-        meter,
-    };
-    let sql = DEVICES
-        .replace("{db}", &config.database)
-        .replace("{meter_filter_where}", &meter_filter(&period, "AND")?)
-        .replace("{stale_s}", &stale_after_s.to_string());
-    run(config, &sql).await
+    run(
+        config,
+        &devices_sql(&config.database, meter, stale_after_s)?,
+    )
+    .await
 }
 
 /// The newest reading of one channel, as ClickHouse has it.
@@ -263,22 +297,8 @@ pub async fn recent_readings(
     per_channel: usize,
     days: u32,
 ) -> Result<Vec<(String, i64, f64)>, ClickHouseError> {
-    let period = Period {
-        from_s: 0,
-        to_s: 0,
-        meter: Some(meter_id.to_string()),
-    };
-    let ms = millis_function(config).await?;
-    // A reading stored twice (a redelivery, before merges) counts once: the newest copy.
-    let sql = format!(
-        "SELECT channel, ts_ms, value FROM ( \
-           SELECT channel, ts, toString({ms}(ts)) AS ts_ms, toString(value) AS value \
-           FROM {db}.readings WHERE received_at >= now() - {days} * 86400 {filter} \
-           ORDER BY channel, ts DESC, received_at DESC LIMIT 1 BY channel, ts) \
-         ORDER BY channel, ts DESC LIMIT {per_channel} BY channel",
-        db = config.database,
-        filter = meter_filter(&period, "AND")?,
-    );
+    let times = crate::clickhouse::time_columns(config).await?;
+    let sql = recent_readings_sql(&config.database, meter_id, per_channel, days, times)?;
     let table = run(config, &sql).await?;
     let mut points: Vec<(String, i64, f64)> = (0..table.rows.len())
         .filter_map(|row| {
@@ -292,12 +312,76 @@ pub async fn recent_readings(
     Ok(points)
 }
 
+/// The SQL of [`recent_readings`] for a `readings` table with `times`, filled as it is sent.
+#[doc(hidden)]
+pub fn recent_readings_sql(
+    db: &str,
+    meter_id: &str,
+    per_channel: usize,
+    days: u32,
+    times: TimeColumns,
+) -> Result<String, ClickHouseError> {
+    let period = Period {
+        from_s: 0,
+        to_s: 0,
+        meter: Some(meter_id.to_string()),
+    };
+    let ms = millis_function(times);
+    // A reading stored twice (a redelivery, before merges) counts once: the newest copy.
+    Ok(format!(
+        "SELECT channel, ts_ms, value FROM ( \
+           SELECT channel, ts, toString({ms}(ts)) AS ts_ms, toString(value) AS value \
+           FROM {db}.readings WHERE received_at >= now() - {days} * 86400 {filter} \
+           ORDER BY channel, ts DESC, received_at DESC LIMIT 1 BY channel, ts) \
+         ORDER BY channel, ts DESC LIMIT {per_channel} BY channel",
+        filter = meter_filter(&period, "AND")?,
+    ))
+}
+
 /// The function that turns the server's time columns into Unix milliseconds.
-async fn millis_function(config: &ClickHouseConfig) -> Result<&'static str, ClickHouseError> {
-    Ok(match crate::clickhouse::time_columns(config).await? {
-        crate::clickhouse::TimeColumns::Millis => "toUnixTimestamp64Milli",
-        crate::clickhouse::TimeColumns::Seconds => "1000 * toUnixTimestamp",
-    })
+fn millis_function(times: TimeColumns) -> &'static str {
+    match times {
+        TimeColumns::Millis => "toUnixTimestamp64Milli",
+        TimeColumns::Seconds => "1000 * toUnixTimestamp",
+    }
+}
+
+/// The SQL of the device-state rebuild (`device_state.sql`) for tables with `times`, filled
+/// as it is sent.
+#[doc(hidden)]
+pub fn device_state_sql(
+    db: &str,
+    days: u32,
+    meter: Option<&str>,
+    times: TimeColumns,
+) -> Result<String, ClickHouseError> {
+    let period = Period {
+        from_s: 0,
+        to_s: 0,
+        meter: meter.map(str::to_string),
+    };
+    Ok(DEVICE_STATE
+        .replace("{db}", db)
+        .replace("{days}", &days.to_string())
+        .replace("{meter_filter}", &meter_filter(&period, "AND")?)
+        .replace("{ms}", millis_function(times)))
+}
+
+/// The snapshots in a whole answer of [`device_state_sql`] (`TabSeparatedWithNames`), as
+/// the streamed rebuild folds them.
+#[doc(hidden)]
+pub fn snapshots_from_tsv(text: &str) -> Vec<DeviceSnapshot> {
+    let mut folder = SnapshotFolder::default();
+    let mut columns: Option<Vec<String>> = None;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let cells: Vec<String> = line.split('\t').map(unescape).collect();
+        match &columns {
+            None => columns = Some(cells),
+            Some(names) => folder.row(names, cells),
+        }
+    }
+    folder.finish();
+    folder.done
 }
 
 async fn snapshots(
@@ -306,23 +390,14 @@ async fn snapshots(
     meter: Option<&str>,
     mut take: impl FnMut(Vec<DeviceSnapshot>),
 ) -> Result<(), ClickHouseError> {
-    let ms = millis_function(config).await?;
-    let period = Period {
-        from_s: 0,
-        to_s: 0,
-        meter: meter.map(str::to_string),
-    };
-    let sql = DEVICE_STATE
-        .replace("{db}", &config.database)
-        .replace("{days}", &days.to_string())
-        .replace("{meter_filter}", &meter_filter(&period, "AND")?)
-        .replace("{ms}", ms);
+    let times = crate::clickhouse::time_columns(config).await?;
+    let sql = device_state_sql(&config.database, days, meter, times)?;
     let err = |source| ClickHouseError {
         action: "reading the device state",
         source,
     };
     let mut cursor = config
-        .client()
+        .client()?
         .query(&sql)
         .fetch_bytes("TabSeparatedWithNames")
         .map_err(err)?;

@@ -9,6 +9,8 @@ mod harness;
 mod analytics;
 mod bridge;
 mod browser;
+mod clickhouse_access;
+mod clickhouse_current;
 mod clickhouse_native;
 mod clickhouse_sink;
 mod cluster;

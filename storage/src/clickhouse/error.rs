@@ -2,13 +2,30 @@
 //! data is at fault (`Code: 117`, `53`, `27`, `33`, `6`, `70`) are not retried (the rows
 //! become dead letters); network errors, timeouts and other server errors are.
 
-/// A failed ClickHouse operation, and whether trying again can help.
+/// A failed ClickHouse operation, and whether trying again can help. Its text carries the
+/// causes too (a network error's is what went wrong: refused, a certificate not trusted).
 #[derive(Debug, thiserror::Error)]
-#[error("clickhouse {action}: {source}")]
+#[error("clickhouse {action}: {}", with_causes(source))]
 pub struct ClickHouseError {
     pub action: &'static str,
     #[source]
     pub source: clickhouse::error::Error,
+}
+
+/// `error: cause: cause's cause`, each cause once (a wrapper that repeats its cause's
+/// text adds nothing).
+fn with_causes(error: &clickhouse::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Server error codes that mean the data itself is wrong: retrying sends the same bytes.

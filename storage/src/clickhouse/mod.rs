@@ -5,6 +5,7 @@
 //! - [`native`]: readings as Native blocks built straight from the Arrow batch (the hot path);
 //! - [`encode`]: status reports and dead letters as RowBinary (and readings, for a table whose
 //!   column types the Native encoder does not write);
+//! - [`connection`]: the server's URL, login and TLS, as every client of meterflow uses them;
 //! - [`error`]: what failed and whether a retry can help (the retry classification);
 //! - [`queue`]: the writer's job queue, in memory and, beyond it, in the spool on disk (so
 //!   the pipeline goes on while ClickHouse is away, and the backlog goes in as built batches);
@@ -21,12 +22,15 @@
 //! from 20.5 on it uses `LowCardinality`, `DateTime64(3)`, codecs and an optional TTL; on older
 //! ones (Debian's 18.16) plain `String` and `DateTime` (second precision).
 
+pub mod connection;
 pub mod encode;
 pub mod error;
 pub mod native;
 pub mod queue;
 pub mod schema;
 pub mod writer;
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,7 +52,9 @@ pub use writer::{ClickHouseWriter, RejectedBatch};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
-    /// HTTP URL of the server, e.g. `http://127.0.0.1:8123`; empty: no ClickHouse sink.
+    /// HTTP(S) URL of the server, e.g. `http://127.0.0.1:8123` or
+    /// `https://abc.clickhouse.cloud:8443`; empty: no ClickHouse sink. A login in it
+    /// (`http://USER:PASSWORD@host`, percent-encoded) is moved into `user` and `password`.
     pub url: String,
     pub database: String,
     /// A cluster of the servers' `remote_servers` (e.g. `meterflow`): the schema is made
@@ -56,8 +62,12 @@ pub struct ClickHouseConfig {
     /// usual names, and inserts wait until the rows are on their shards
     /// (`insert_distributed_sync = 1`). Empty: one server.
     pub cluster: String,
+    /// The login, sent as ClickHouse's `X-ClickHouse-User` / `X-ClickHouse-Key` headers.
     pub user: String,
     pub password: String,
+    /// CA certificates (PEM) that an `https://` server's certificate chains to. None: the
+    /// system's roots.
+    pub tls_ca: Option<PathBuf>,
     /// Drop readings older than this many days (servers from 20.5 on); 0 keeps them forever.
     pub ttl_days: u32,
     /// First retry delay after a failed insert; doubled per attempt up to `retry_max_ms`.
@@ -80,7 +90,8 @@ pub struct ClickHouseConfig {
     /// How readings are sent: `native` (columns built from the Arrow batch) or `rowbinary`.
     pub insert_format: InsertFormat,
     /// Compression of insert bodies: `none`, `lz4` or `zstd` (ClickHouse's own block
-    /// framing, `decompress=1`). Reads are never compressed (18.16 answers them empty).
+    /// framing, `decompress=1`). Reads are not, but for the answers of `meterflow query`
+    /// (`Accept-Encoding: lz4`, which servers from 25.10 on honour).
     pub compression: InsertCompression,
     /// ClickHouse settings sent with every query and insert, e.g. `insert_quorum = "2"` or
     /// `max_insert_threads = "2"` (names of letters, digits and `_`).
@@ -124,6 +135,7 @@ impl Default for ClickHouseConfig {
             cluster: String::new(),
             user: "default".into(),
             password: String::new(),
+            tls_ca: None,
             ttl_days: 0,
             retry_initial_ms: 200,
             retry_max_ms: 30_000,
@@ -156,14 +168,36 @@ impl ClickHouseConfig {
         format!("{scheme}://{host}")
     }
 
+    /// Moves a login in the URL (`http://USER:PASSWORD@host`, `?user=&password=`) into
+    /// `user` and `password`, so that it is sent, and shown nowhere; an error names the key
+    /// when the URL and the keys give different ones.
+    pub fn take_url_login(&mut self) -> Result<(), StorageError> {
+        let endpoint = connection::endpoint(self)?;
+        self.url = endpoint.url;
+        self.user = endpoint.user;
+        self.password = endpoint.password;
+        Ok(())
+    }
+
     /// Checks what the types alone do not; the error names the key.
     pub fn validate(&self) -> Result<(), StorageError> {
-        if self.enabled() && !(self.url.starts_with("http://") || self.url.starts_with("https://"))
-        {
+        let lower = self.url.to_ascii_lowercase();
+        if self.enabled() && !(lower.starts_with("http://") || lower.starts_with("https://")) {
             return Err(StorageError::config(
                 "clickhouse.url",
-                "must be an HTTP URL such as http://127.0.0.1:8123 (https needs a TLS build)",
+                "must be an HTTP or HTTPS URL such as http://127.0.0.1:8123 or https://host:8443",
             ));
+        }
+        if self.enabled() {
+            connection::endpoint(self)?;
+            if connection::is_https(&self.url) {
+                connection::tls_config(self.tls_ca.as_deref())?;
+            } else if self.tls_ca.is_some() {
+                return Err(StorageError::config(
+                    "clickhouse.tls_ca",
+                    "is for an https:// clickhouse.url; this one is plain http://",
+                ));
+            }
         }
         if self.database.is_empty()
             || !self
@@ -203,32 +237,38 @@ impl ClickHouseConfig {
         StorageError::positive("clickhouse.retry_initial_ms", self.retry_initial_ms)
     }
 
-    /// The client for queries and DDL: no compression (18.16 answers compressed reads with
-    /// an empty body).
-    pub(crate) fn client(&self) -> clickhouse::Client {
-        let mut client = clickhouse::Client::default()
-            .with_url(&self.url)
-            .with_user(&self.user)
-            .with_password(&self.password)
+    /// The client for queries and DDL: the login, TLS for `https://`, the settings, and no
+    /// compression.
+    pub(crate) fn connect(&self) -> Result<clickhouse::Client, StorageError> {
+        let mut client = connection::client(self)?
             .with_validation(false)
             .with_compression(clickhouse::Compression::None);
         for (name, value) in &self.settings {
             client = client.with_setting(name, value);
         }
-        client
+        Ok(client)
+    }
+
+    /// [`Self::connect`] for the readers, whose errors are [`ClickHouseError`]s (a CA file
+    /// gone since the config was checked).
+    pub(crate) fn client(&self) -> Result<clickhouse::Client, ClickHouseError> {
+        self.connect().map_err(|e| ClickHouseError {
+            action: "connecting",
+            source: clickhouse::error::Error::Custom(e.to_string()),
+        })
     }
 
     /// The client for inserts: bodies compressed as `compression` says; on a cluster, an
     /// insert into a Distributed table returns once every shard has its rows (unless
     /// `clickhouse.settings` says otherwise).
-    pub(crate) fn insert_client(&self) -> clickhouse::Client {
+    pub(crate) fn insert_client(&self) -> Result<clickhouse::Client, StorageError> {
         let mut client = self
-            .client()
+            .connect()?
             .with_compression(self.compression.for_client());
         if !self.cluster.is_empty() && !self.settings.contains_key("insert_distributed_sync") {
             client = client.with_setting("insert_distributed_sync", "1");
         }
-        client
+        Ok(client)
     }
 
     /// One server, or the cluster.

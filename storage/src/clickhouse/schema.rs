@@ -250,7 +250,7 @@ GROUP BY meter_id, channel, {column}",
 /// Reads the server version.
 pub async fn server_version(config: &ClickHouseConfig) -> Result<ServerVersion, ClickHouseError> {
     let text = config
-        .client()
+        .client()?
         .query("SELECT version()")
         .fetch_one::<String>()
         .await
@@ -287,7 +287,7 @@ pub async fn apply_schema(
     only_if_missing: bool,
 ) -> Result<ServerVersion, ClickHouseError> {
     let version = server_version(config).await?;
-    let client = config.client();
+    let client = config.client()?;
     if let (Topology::Cluster(cluster), true) = (config.topology(), only_if_missing) {
         let db = &config.database;
         let names = CLUSTER_OBJECTS
@@ -342,7 +342,7 @@ pub enum TimeColumns {
 pub async fn time_columns(config: &ClickHouseConfig) -> Result<TimeColumns, ClickHouseError> {
     let db = &config.database;
     let kind = config
-        .client()
+        .client()?
         .query(&format!(
             "SELECT type FROM system.columns WHERE database = '{db}' AND table = 'readings' AND name = 'ts'"
         ))
@@ -425,16 +425,30 @@ fn check_topology(
     }
 }
 
-/// Reads the [`TableLayout`] from `system.columns` and `system.tables`.
-pub async fn table_layout(config: &ClickHouseConfig) -> Result<TableLayout, ClickHouseError> {
-    let db = &config.database;
-    let client = config.client();
-    let columns = client
-        .query(&format!(
+/// The queries [`table_layout`] reads the layout with: `(table, name, type)` of the columns
+/// it needs from `system.columns`, and `(name, engine)` of the tables from `system.tables`.
+#[doc(hidden)]
+pub fn layout_queries(db: &str) -> [String; 2] {
+    [
+        format!(
             "SELECT table, name, type FROM system.columns WHERE database = '{db}' \
              AND (table = 'readings' OR (table IN ('device_status', 'dead_letters') \
              AND name IN ('at', 'received_at', 'lsn')))"
-        ))
+        ),
+        format!(
+            "SELECT name, engine FROM system.tables WHERE database = '{db}' \
+             AND name IN ('readings', 'device_status', 'dead_letters', \
+             'device_status_local', 'dead_letters_local')"
+        ),
+    ]
+}
+
+/// Reads the [`TableLayout`] from `system.columns` and `system.tables`.
+pub async fn table_layout(config: &ClickHouseConfig) -> Result<TableLayout, ClickHouseError> {
+    let client = config.client()?;
+    let [columns_sql, engines_sql] = layout_queries(&config.database);
+    let columns = client
+        .query(&columns_sql)
         .fetch_all::<ColumnType>()
         .await
         .map_err(|source| ClickHouseError {
@@ -442,17 +456,40 @@ pub async fn table_layout(config: &ClickHouseConfig) -> Result<TableLayout, Clic
             source,
         })?;
     let engines = client
-        .query(&format!(
-            "SELECT name, engine FROM system.tables WHERE database = '{db}' \
-             AND name IN ('readings', 'device_status', 'dead_letters', \
-             'device_status_local', 'dead_letters_local')"
-        ))
+        .query(&engines_sql)
         .fetch_all::<TableEngine>()
         .await
         .map_err(|source| ClickHouseError {
             action: "reading the engines of the tables",
             source,
         })?;
+    layout_from(
+        config,
+        columns
+            .into_iter()
+            .map(|c| (c.table, c.name, c.kind))
+            .collect(),
+        engines.into_iter().map(|t| (t.name, t.engine)).collect(),
+    )
+}
+
+/// The [`TableLayout`] from the rows of [`layout_queries`]: `(table, name, type)` and
+/// `(name, engine)`.
+#[doc(hidden)]
+pub fn layout_from(
+    config: &ClickHouseConfig,
+    columns: Vec<(String, String, String)>,
+    engines: Vec<(String, String)>,
+) -> Result<TableLayout, ClickHouseError> {
+    let db = &config.database;
+    let columns: Vec<ColumnType> = columns
+        .into_iter()
+        .map(|(table, name, kind)| ColumnType { table, name, kind })
+        .collect();
+    let engines: Vec<TableEngine> = engines
+        .into_iter()
+        .map(|(name, engine)| TableEngine { name, engine })
+        .collect();
     check_topology(config, &engines)?;
     let times = |table: &str, name: &str| {
         let millis = columns

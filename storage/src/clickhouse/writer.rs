@@ -87,8 +87,8 @@ impl ClickHouseWriter {
         let stopped = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             stopped: stopped.clone(),
-            client: config.insert_client(),
-            probe: config.client(),
+            client: config.insert_client()?,
+            probe: config.connect()?,
             layout: tokio::sync::Mutex::new(None),
             closing: closing.clone(),
             failing_since_ms: failing_since_ms.clone(),
@@ -513,6 +513,27 @@ fn encode_part(
             }
         }
     })
+}
+
+/// The INSERT statements and bodies (before compression) the writer sends for `side` and
+/// `batches` to tables laid out as `layout`, in its order (status rows, dead letters,
+/// readings; empty parts left out); `rowbinary` is the fallback for readings the server
+/// refused in Native. For tests that feed them to a server of their own.
+#[doc(hidden)]
+pub fn insert_requests(
+    config: &ClickHouseConfig,
+    layout: &TableLayout,
+    side: &SideRows,
+    batches: &[RecordBatch],
+    rowbinary: bool,
+) -> Result<Vec<(String, Vec<u8>)>, ClickHouseError> {
+    Part::ALL
+        .into_iter()
+        .filter(|part| !part.is_empty(side, batches))
+        .map(|part| {
+            encode_part(config, part, side, batches, layout, rowbinary).map(|r| (r.sql, r.body))
+        })
+        .collect()
 }
 
 /// What became of one part of a unit.

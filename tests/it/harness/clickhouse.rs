@@ -16,6 +16,11 @@ pub struct ClickHouse {
     dir: Option<tempfile::TempDir>,
 }
 
+/// The user with a password that `deploy/clickhouse-test.sh` adds (users.d), and its password:
+/// `@` and `:` as a URL must percent-encode them.
+pub const LOGIN_USER: &str = "meterflow_test";
+pub const LOGIN_PASSWORD: &str = "Meter-flow@test:42";
+
 const CLICKHOUSE_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/clickhouse-test.sh");
 
 impl ClickHouse {
@@ -23,6 +28,25 @@ impl ClickHouse {
         match std::env::var("METERFLOW_TEST_CLICKHOUSE_URL") {
             Ok(url) if !url.is_empty() => ClickHouse { url, dir: None },
             _ => Self::private(),
+        }
+    }
+
+    /// A server that knows [`LOGIN_USER`]: the shared one when it was started by this
+    /// tree's `deploy/clickhouse-test.sh`, else a private one.
+    pub fn with_login_user() -> ClickHouse {
+        let shared = Self::shared();
+        let knows = Command::new("curl")
+            .args(["-sS", "--fail", "-H"])
+            .arg(format!("X-ClickHouse-User: {LOGIN_USER}"))
+            .arg("-H")
+            .arg(format!("X-ClickHouse-Key: {LOGIN_PASSWORD}"))
+            .args(["--data-binary", "SELECT 1", &shared.url])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if knows {
+            shared
+        } else {
+            Self::private()
         }
     }
 

@@ -12,10 +12,11 @@ mod server;
 /// A small tmpfs that really fills up (shared with the storage crate's own test).
 #[path = "../../../storage/tests/support/small_disk.rs"]
 pub mod small_disk;
+mod tls_terminator;
 
 use std::time::{Duration, Instant};
 
-pub use clickhouse::{apply_schema, ClickHouse, LossyProxy};
+pub use clickhouse::{apply_schema, ClickHouse, LossyProxy, LOGIN_PASSWORD, LOGIN_USER};
 pub use fixtures::leshan_device_object;
 pub use fleet::{
     assert_fleet_arrived, fleet_acked, fleet_summary, pb_fleet, plan_rows, simulate_command,
@@ -25,6 +26,7 @@ pub use http::http;
 pub use mqtt::{mosquitto_pub, mosquitto_pub_acked};
 pub use readings::{read_readings, utc_date, Row};
 pub use server::{config_file, credentials, free_port, free_udp_port, Server, BIN};
+pub use tls_terminator::TlsTerminator;
 
 /// Polls `check` until it gives a value. The deadline only keeps a broken run from hanging
 /// CI; no test depends on how fast things happen.

@@ -1,0 +1,901 @@
+//! A current ClickHouse beside the 18.16 of the other tests: chdb (ClickHouse 26.x as a
+//! library, from PyPI; the test command installs it) driven by `clickhouse_current.py`. It
+//! runs the schema's DDL for a current server (every single-server statement; the cluster's
+//! parsed with `EXPLAIN AST`, since `ON CLUSTER` needs ZooKeeper and remote servers), the
+//! writer's Native and RowBinary insert bodies (the bytes meterflow sends, loaded with the
+//! writer's own INSERT statement as `... FROM INFILE ... FORMAT`), and every query of
+//! `storage/sql/` as meterflow fills it; the rows and answers are checked against values
+//! computed here. And an answer compressed by ClickHouse 26.x's own LZ4 writer, as servers
+//! from 25.10 on send it to `Accept-Encoding: lz4`, read back by `meterflow query`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use arrow_array::RecordBatch;
+use base64::Engine;
+use meterflow_proto::{Format, ReadingBatchBuilder, RowMeta, Source};
+use meterflow_storage::analytics::{self, AnomalyRules, Period, Table};
+use meterflow_storage::clickhouse::schema::{layout_from, layout_queries};
+use meterflow_storage::clickhouse::writer::insert_requests;
+use meterflow_storage::clickhouse::{
+    schema_ddl, ClickHouseConfig, DeadLetterRow, ServerVersion, SideRows, StatusRow, TableLayout,
+    TimeColumns, Topology,
+};
+
+use crate::harness::{free_port, BIN};
+
+/// chdb in a Python process of its own, one JSON line each way.
+struct Chdb {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    version: ServerVersion,
+    dir: tempfile::TempDir,
+}
+
+impl Chdb {
+    fn start() -> Chdb {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/it/clickhouse_current.py"
+            ))
+            .arg(dir.path().join("session"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (the test command installs chdb)");
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut hello = String::new();
+        stdout.read_line(&mut hello).unwrap();
+        let hello: serde_json::Value = serde_json::from_str(&hello)
+            .unwrap_or_else(|e| panic!("clickhouse_current.py: {e}: {hello:?}"));
+        assert_eq!(hello["ok"], true, "{hello}");
+        let text = hello["version"].as_str().unwrap();
+        eprintln!("chdb {} = ClickHouse {text}", hello["chdb"]);
+        let version = ServerVersion::parse(text).unwrap();
+        Chdb {
+            child,
+            stdin,
+            stdout,
+            version,
+            dir,
+        }
+    }
+
+    /// The answer in `format`, or the engine's error.
+    fn run(&mut self, sql: &str, format: &str) -> Result<Vec<u8>, String> {
+        let request = serde_json::json!({"sql": sql, "format": format});
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{request}").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if answer["ok"] == true {
+            Ok(base64::engine::general_purpose::STANDARD
+                .decode(answer["out"].as_str().unwrap())
+                .unwrap())
+        } else {
+            Err(answer["error"].as_str().unwrap_or_default().to_string())
+        }
+    }
+
+    fn ok(&mut self, sql: &str) -> String {
+        let out = self
+            .run(sql, "TabSeparatedWithNames")
+            .unwrap_or_else(|e| panic!("{e}\n-- in --\n{sql}"));
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The answer as meterflow reads it.
+    fn table(&mut self, sql: &str) -> Table {
+        Table::from_tsv(&self.ok(sql))
+    }
+
+    /// The rows of the answer, unescaped (`DateTime64(3, 'UTC')` comes as `\'UTC\'`).
+    fn rows(&mut self, sql: &str) -> Vec<Vec<String>> {
+        self.table(sql).rows
+    }
+
+    /// The schema of a current server for `config` (single server): every statement runs.
+    fn apply_schema(&mut self, config: &ClickHouseConfig) {
+        for statement in schema_ddl(
+            &config.database,
+            self.version,
+            config.ttl_days,
+            Topology::Single,
+        ) {
+            self.ok(&statement);
+        }
+    }
+
+    /// The layout of `config`'s tables, read with the writer's queries and code.
+    fn layout(&mut self, config: &ClickHouseConfig) -> TableLayout {
+        let [columns, engines] = layout_queries(&config.database);
+        let columns = self
+            .rows(&columns)
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
+            .collect();
+        let engines = self
+            .rows(&engines)
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].clone()))
+            .collect();
+        layout_from(config, columns, engines).unwrap()
+    }
+
+    /// What the writer sends for `side` and `batches`, each INSERT with its body from a file.
+    fn insert(
+        &mut self,
+        config: &ClickHouseConfig,
+        layout: &TableLayout,
+        side: &SideRows,
+        batches: &[RecordBatch],
+        rowbinary: bool,
+    ) -> Vec<String> {
+        let requests = insert_requests(config, layout, side, batches, rowbinary).unwrap();
+        let mut statements = Vec::new();
+        for (i, (sql, body)) in requests.into_iter().enumerate() {
+            let path = self
+                .dir
+                .path()
+                .join(format!("body-{}-{i}", statements.len()));
+            std::fs::write(&path, &body).unwrap();
+            let (insert, format) = sql.rsplit_once(" FORMAT ").unwrap();
+            self.ok(&format!(
+                "{insert} FROM INFILE '{}' FORMAT {format}",
+                path.display()
+            ));
+            statements.push(sql);
+        }
+        statements
+    }
+}
+
+impl Drop for Chdb {
+    fn drop(&mut self) {
+        drop(self.stdin.take()); // its end of input: the script closes the session and exits
+        let _ = self.child.wait();
+    }
+}
+
+/// 2024-03-01T00:00:00Z in ms.
+const T0: i64 = 1_709_251_200_000;
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+/// One reading: meter, channel, ts (ms), value, unit, received_at (ms), quality.
+#[derive(Debug, Clone, PartialEq)]
+struct R {
+    meter: String,
+    channel: String,
+    ts: i64,
+    value: f64,
+    unit: String,
+    received: i64,
+    quality: u16,
+}
+
+fn r(meter: &str, channel: &str, ts: i64, value: f64, unit: &str, received: i64) -> R {
+    R {
+        meter: meter.into(),
+        channel: channel.into(),
+        ts,
+        value,
+        unit: unit.into(),
+        received,
+        quality: 0,
+    }
+}
+
+/// The known data (as tests/it/analytics.rs has it on 18.16): A clean, B a reverse run and a
+/// reset, C standing still, D a quarter-hour series with a spike and a gap, E not heard for
+/// two days; one of A's readings delivered twice.
+fn dataset(now: i64) -> Vec<R> {
+    let h = HOUR;
+    let mut rows = vec![
+        r("A", "1-0:1.8.1", T0, 100.0, "kWh", now),
+        r("A", "1-0:1.8.1", T0 + 6 * h, 100.5, "kWh", now),
+        r("A", "1-0:1.8.1", T0 + 12 * h, 101.25, "kWh", now),
+        r("A", "1-0:1.8.1", T0 + 18 * h, 102.0, "kWh", now),
+        r("A", "1-0:1.8.2", T0, 50.0, "kWh", now),
+        r("A", "1-0:1.8.2", T0 + 12 * h, 50.25, "kWh", now),
+        r("A", "1-0:1.8.2", T0 + 18 * h, 51.0, "kWh", now),
+        r("A", "1-0:2.8.1", T0, 10.0, "kWh", now),
+        r("A", "1-0:2.8.1", T0 + 18 * h, 10.5, "kWh", now),
+        r("A", "0-1:24.2.1", T0, 300.0, "m3", now),
+        r("A", "0-1:24.2.1", T0 + 18 * h, 300.125, "m3", now),
+        // Outside the period.
+        r("A", "1-0:1.8.1", T0 + 10 * DAY, 900.0, "kWh", now),
+        r("B", "1-0:1.8.1", T0, 1000.0, "kWh", now),
+        r("B", "1-0:1.8.1", T0 + h, 1001.0, "kWh", now),
+        r("B", "1-0:1.8.1", T0 + 2 * h, 999.0, "kWh", now),
+        r("B", "1-0:1.8.1", T0 + 3 * h, 1000.5, "kWh", now),
+        r("B", "1-0:1.8.2", T0, 99999.0, "kWh", now),
+        r("B", "1-0:1.8.2", T0 + h, 5.0, "kWh", now),
+        r("B", "1-0:1.8.2", T0 + 2 * h, 7.0, "kWh", now),
+        r("C", "1-0:1.8.1", T0, 500.0, "kWh", now),
+        r("C", "1-0:1.8.1", T0 + 2 * DAY, 500.0, "kWh", now),
+        r("C", "1-0:1.8.1", T0 + 4 * DAY, 500.0, "kWh", now),
+        r("E", "1-0:1.8.1", T0, 1.0, "kWh", now - 2 * DAY),
+    ];
+    for i in 0..14 {
+        if i == 6 || i == 7 {
+            continue;
+        }
+        let v = if i == 10 { 2.0 } else { 0.1 };
+        rows.push(r("D", "1-0:1.29.0", T0 + i * 900_000, v, "kWh", now));
+    }
+    for (i, row) in rows.iter_mut().enumerate() {
+        row.quality = (i % 5) as u16;
+    }
+    // Delivered twice: the same reading, received again a second later.
+    let mut again = rows[1].clone();
+    again.received += 1000;
+    rows.push(again);
+    rows
+}
+
+fn batch(rows: &[R]) -> RecordBatch {
+    let mut b = ReadingBatchBuilder::default();
+    for row in rows {
+        let meta = RowMeta {
+            meter_id: &row.meter,
+            received_at_ms: row.received,
+            source: Source::Mqtt,
+            format: Format::Json,
+        };
+        b.append(
+            &meta,
+            &row.channel,
+            row.ts,
+            row.value,
+            &row.unit,
+            row.quality,
+        );
+    }
+    b.finish()
+}
+
+fn statuses(now: i64) -> Vec<StatusRow> {
+    let status = |meter: &str, at_ms: i64, lsn: u64| StatusRow {
+        meter_id: meter.into(),
+        at_ms,
+        source: "mqtt".into(),
+        lsn,
+        ..StatusRow::default()
+    };
+    vec![
+        StatusRow {
+            battery_pct: Some(87),
+            rssi_dbm: Some(-71),
+            firmware: Some("4.2.17".into()),
+            error_flags: Some(0),
+            ..status("A", T0, 1)
+        },
+        StatusRow {
+            rssi_dbm: Some(-75),
+            rsrp_dbm: Some(-101),
+            snr_db: Some(7.5),
+            firmware: Some("4.2.18".into()),
+            ..status("A", T0 + HOUR, 2)
+        },
+        StatusRow {
+            battery_pct: Some(40),
+            error_flags: Some(5),
+            ..status("B", T0 + 2 * HOUR, 3)
+        },
+        // Recent, for the device-state rebuild (the last days only).
+        StatusRow {
+            battery_pct: Some(77),
+            ..status("A", now - HOUR, 4)
+        },
+    ]
+}
+
+fn dead_letter(now: i64) -> DeadLetterRow {
+    DeadLetterRow {
+        received_at_ms: now,
+        source: "mqtt".into(),
+        topic: "meters/DL-1/json".into(),
+        meter_id: "DL-1".into(),
+        format: "json".into(),
+        kind: "malformed".into(),
+        reason: "expected value at line 1".into(),
+        payload: b"{\"readings\": [\xff\xfe".to_vec(),
+        lsn: 9,
+    }
+}
+
+/// `1-0:1.8.1` -> (`1`, `8`, `1`): the OBIS value group C.D.E.
+fn obis(channel: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = channel.split_once(':')?.1.split('.');
+    Some((parts.next()?, parts.next()?, parts.next()?))
+}
+
+fn is_register(channel: &str) -> bool {
+    matches!(
+        obis(channel),
+        Some(("1" | "2", "8", _)) | Some(("24", "2", _)) | Some(("24", "3", "0"))
+    )
+}
+
+/// Per meter and register: (consumption, readings, resets) over [from, to), by the rule of
+/// docs/ARCHITECTURE.md: the positive steps; a fall to below 1 % of the reading before is a
+/// reset that counts on from the new value; any other fall adds nothing.
+fn reference_billing(
+    rows: &[R],
+    from: i64,
+    to: i64,
+) -> BTreeMap<(String, String), (f64, usize, usize)> {
+    let mut series: BTreeMap<(String, String), BTreeMap<i64, f64>> = BTreeMap::new();
+    for row in rows
+        .iter()
+        .filter(|r| r.ts >= from && r.ts < to && is_register(&r.channel))
+    {
+        series
+            .entry((row.meter.clone(), row.channel.clone()))
+            .or_default()
+            .insert(row.ts, row.value);
+    }
+    series
+        .into_iter()
+        .map(|(key, points)| {
+            let values: Vec<f64> = points.values().copied().collect();
+            let (mut consumption, mut resets) = (0.0, 0);
+            for pair in values.windows(2) {
+                let (p, v) = (pair[0], pair[1]);
+                if v >= p {
+                    consumption += v - p;
+                } else if v < p * 0.01 {
+                    consumption += v;
+                    resets += 1;
+                }
+            }
+            (key, (consumption, values.len(), resets))
+        })
+        .collect()
+}
+
+/// The newest value of each channel of `meter` (by the reading's time), deduplicated.
+fn newest_values(rows: &[R], meter: &str) -> BTreeMap<String, (i64, f64, String)> {
+    let mut newest: BTreeMap<String, (i64, f64, String)> = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.meter == meter) {
+        let entry = newest
+            .entry(row.channel.clone())
+            .or_insert((i64::MIN, 0.0, String::new()));
+        if row.ts > entry.0 {
+            *entry = (row.ts, row.value, row.unit.clone());
+        }
+    }
+    newest
+}
+
+fn cell<'a>(table: &'a Table, row: usize, column: &str) -> &'a str {
+    table
+        .get(row, column)
+        .unwrap_or_else(|| panic!("no {column} in row {row} of {table:?}"))
+}
+
+#[test]
+fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
+    let mut ch = Chdb::start();
+    // The analyzer that refuses unnamed joined subqueries is the default from 24.3 on.
+    assert!(
+        ch.version
+            >= ServerVersion {
+                major: 24,
+                minor: 3
+            },
+        "{:?}",
+        ch.version
+    );
+    assert!(ch.version.is_modern());
+
+    // The schema: every statement of a single server runs, with and without a TTL; the
+    // cluster's parse.
+    let config = ClickHouseConfig {
+        database: "mf".into(),
+        ..ClickHouseConfig::default()
+    };
+    ch.apply_schema(&config);
+    ch.apply_schema(&ClickHouseConfig {
+        database: "mf_ttl".into(),
+        ttl_days: 30,
+        ..ClickHouseConfig::default()
+    });
+    let tables = ch.rows(
+        "SELECT database, name, engine FROM system.tables WHERE database IN ('mf', 'mf_ttl') \
+         AND NOT startsWith(name, '.inner') ORDER BY database, name",
+    );
+    let want = [
+        "dead_letters",
+        "device_status",
+        "readings",
+        "readings_daily",
+        "readings_hourly",
+    ];
+    for db in ["mf", "mf_ttl"] {
+        let names: Vec<&str> = tables
+            .iter()
+            .filter(|t| t[0] == db)
+            .map(|t| t[1].as_str())
+            .collect();
+        assert_eq!(names, want, "{tables:?}");
+    }
+    let cluster = schema_ddl("mf_c", ch.version, 30, Topology::Cluster("meterflow"));
+    assert_eq!(cluster.len(), 11);
+    for statement in &cluster {
+        let ast = ch.ok(&format!("EXPLAIN AST {statement}"));
+        assert!(ast.contains("Query"), "{statement}: {ast}");
+    }
+
+    // The layout as the writer reads it: Native with LowCardinality and DateTime64(3).
+    let layout = ch.layout(&config);
+    assert!(layout.readings_native.is_some(), "{layout:?}");
+    assert_eq!(layout.times, TimeColumns::Millis);
+    assert_eq!(layout.status_times, TimeColumns::Millis);
+    assert!(layout.status_lsn && layout.dead_letter_lsn);
+
+    // The writer's bodies: status rows and dead letters as RowBinary, readings as one Native
+    // body of two blocks (a merged insert), the rest as RowBinary (its fallback).
+    // A minute back: the repeat is received a second after the original, and a reception
+    // after the server's now() would count as not heard yet (seconds_since < 0).
+    let now = meterflow_proto::now_ms() - 60_000;
+    let data = dataset(now);
+    let (native_rows, rowbinary_rows) = data.split_at(24);
+    let mut side = SideRows::default();
+    side.statuses = statuses(now);
+    side.dead_letters = vec![dead_letter(now)];
+    let sent = ch.insert(
+        &config,
+        &layout,
+        &side,
+        &[batch(&native_rows[..10]), batch(&native_rows[10..])],
+        false,
+    );
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(
+        sent[0].starts_with("INSERT INTO mf.device_status")
+            && sent[0].ends_with("FORMAT RowBinary")
+    );
+    assert!(
+        sent[1].starts_with("INSERT INTO mf.dead_letters") && sent[1].ends_with("FORMAT RowBinary")
+    );
+    assert!(sent[2].starts_with("INSERT INTO mf.readings") && sent[2].ends_with("FORMAT Native"));
+    let sent = ch.insert(
+        &config,
+        &layout,
+        &SideRows::default(),
+        &[batch(rowbinary_rows)],
+        true,
+    );
+    assert!(sent[0].ends_with("FORMAT RowBinary"), "{sent:?}");
+
+    // Every row and value arrived: times to the millisecond, floats to the bit.
+    let stored: Vec<R> = ch
+        .rows(
+            "SELECT meter_id, channel, toUnixTimestamp64Milli(ts), value, unit, \
+             toUnixTimestamp64Milli(received_at), quality FROM mf.readings \
+             ORDER BY meter_id, channel, ts, received_at",
+        )
+        .into_iter()
+        .map(|c| R {
+            meter: c[0].clone(),
+            channel: c[1].clone(),
+            ts: c[2].parse().unwrap(),
+            value: c[3].parse().unwrap(),
+            unit: c[4].clone(),
+            received: c[5].parse().unwrap(),
+            quality: c[6].parse().unwrap(),
+        })
+        .collect();
+    let mut want = data.clone();
+    want.sort_by(|a, b| {
+        (&a.meter, &a.channel, a.ts, a.received).cmp(&(&b.meter, &b.channel, b.ts, b.received))
+    });
+    assert_eq!(stored, want);
+    let sources = ch.rows("SELECT DISTINCT source, format FROM mf.readings");
+    assert_eq!(sources, vec![vec!["mqtt".to_string(), "json".to_string()]]);
+    let deduped = ch.rows("SELECT count() FROM mf.readings FINAL");
+    assert_eq!(
+        deduped[0][0],
+        (data.len() - 1).to_string(),
+        "the repeat counts once"
+    );
+    let status_rows = ch.rows(
+        "SELECT meter_id, toUnixTimestamp64Milli(at), ifNull(toString(battery_pct), '-'), \
+         ifNull(toString(rssi_dbm), '-'), ifNull(toString(rsrp_dbm), '-'), \
+         ifNull(toString(snr_db), '-'), ifNull(firmware, '-'), ifNull(toString(error_flags), '-'), \
+         source, lsn FROM mf.device_status ORDER BY lsn",
+    );
+    let text = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let want_status: Vec<Vec<String>> = statuses(now)
+        .into_iter()
+        .map(|s| {
+            vec![
+                s.meter_id,
+                s.at_ms.to_string(),
+                text(s.battery_pct.map(|v| v.to_string())),
+                text(s.rssi_dbm.map(|v| v.to_string())),
+                text(s.rsrp_dbm.map(|v| v.to_string())),
+                text(s.snr_db.map(|v| v.to_string())),
+                text(s.firmware),
+                text(s.error_flags.map(|v| v.to_string())),
+                s.source,
+                s.lsn.to_string(),
+            ]
+        })
+        .collect();
+    assert_eq!(status_rows, want_status);
+    let letters = ch.rows(
+        "SELECT toUnixTimestamp64Milli(received_at), topic, meter_id, kind, reason, hex(payload), lsn \
+         FROM mf.dead_letters",
+    );
+    let letter = dead_letter(now);
+    assert_eq!(
+        letters,
+        vec![vec![
+            letter.received_at_ms.to_string(),
+            letter.topic,
+            letter.meter_id,
+            letter.kind,
+            letter.reason,
+            letter
+                .payload
+                .iter()
+                .map(|b| format!("{b:02X}"))
+                .collect::<String>(),
+            letter.lsn.to_string(),
+        ]]
+    );
+    // The rollups took every reading (their materialized views ran on the inserts).
+    let hourly = ch.rows(
+        "SELECT sum(samples) FROM (SELECT countMerge(samples) AS samples FROM mf.readings_hourly)",
+    );
+    assert_eq!(hourly[0][0], data.len().to_string());
+
+    // billing, as `meterflow query billing --from 2024-03-01 --to 2024-03-06 [--meter A]`.
+    let (from, to) = (T0, T0 + 5 * DAY);
+    let period = |meter: Option<&str>| Period {
+        from_s: from / 1000,
+        to_s: to / 1000,
+        meter: meter.map(str::to_string),
+    };
+    let billing = ch.table(&analytics::billing_sql("mf", &period(None)).unwrap());
+    let want = reference_billing(&data, from, to);
+    let got: BTreeMap<(String, String), (f64, usize, usize)> = (0..billing.rows.len())
+        .map(|i| {
+            (
+                (
+                    cell(&billing, i, "meter_id").to_string(),
+                    cell(&billing, i, "channel").to_string(),
+                ),
+                (
+                    cell(&billing, i, "consumption").parse().unwrap(),
+                    cell(&billing, i, "readings").parse().unwrap(),
+                    cell(&billing, i, "resets").parse().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (key, (consumption, readings, resets)) in &want {
+        let (c, n, z) = got[key];
+        assert!(
+            (c - consumption).abs() < 1e-9,
+            "{key:?}: {c} against {consumption}"
+        );
+        assert_eq!((n, z), (*readings, *resets), "{key:?}");
+    }
+    assert!(
+        want[&("B".to_string(), "1-0:1.8.2".to_string())].2 == 1,
+        "the data has a reset"
+    );
+    let one = ch.table(&analytics::billing_sql("mf", &period(Some("A"))).unwrap());
+    assert_eq!(one.rows.len(), want.keys().filter(|k| k.0 == "A").count());
+
+    // anomalies, as `meterflow query anomalies --from ... --to ... --stale-after 1d`.
+    let rules = AnomalyRules {
+        stale_s: 86_400,
+        ..AnomalyRules::default()
+    };
+    let [sql, stale] = analytics::anomalies_sql("mf", &period(None), &rules).unwrap();
+    let mut anomalies = ch.table(&sql);
+    let stale = ch.table(&stale);
+    anomalies.rows.extend(stale.rows);
+    let kinds: BTreeSet<(String, String, String)> = (0..anomalies.rows.len())
+        .map(|i| {
+            (
+                cell(&anomalies, i, "meter_id").into(),
+                cell(&anomalies, i, "channel").into(),
+                cell(&anomalies, i, "kind").into(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String, String)> = [
+        ("B", "", "error_flags"),
+        ("B", "1-0:1.8.1", "reverse_run"),
+        ("B", "1-0:1.8.2", "register_reset"),
+        ("C", "1-0:1.8.1", "zero_consumption"),
+        ("D", "1-0:1.29.0", "missing_intervals"),
+        ("D", "1-0:1.29.0", "spike"),
+        ("E", "", "stale"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(kinds, want, "{anomalies:#?}");
+    assert_eq!(anomalies.rows.len(), want.len(), "{anomalies:#?}");
+    // D's gap: the largest step between its times, in quarter hours, less one.
+    let mut d_times: Vec<i64> = data
+        .iter()
+        .filter(|r| r.meter == "D")
+        .map(|r| r.ts)
+        .collect();
+    d_times.sort_unstable();
+    let gap = d_times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    let missing = (0..anomalies.rows.len())
+        .find(|&i| cell(&anomalies, i, "kind") == "missing_intervals")
+        .unwrap();
+    assert!(
+        cell(&anomalies, missing, "detail")
+            .starts_with(&format!("{} quarter-hour", gap / 900_000 - 1)),
+        "{anomalies:#?}"
+    );
+    let b_only = analytics::anomalies_sql("mf", &period(Some("B")), &rules).unwrap();
+    let b = ch.table(&b_only[0]);
+    assert_eq!(b.rows.len(), 3, "{b:#?}");
+
+    // devices, as `meterflow query devices [--meter A] [--stale-after 1d]`.
+    let devices = ch.table(&analytics::devices_sql("mf", None, 0).unwrap());
+    let meters: BTreeSet<&str> = data.iter().map(|r| r.meter.as_str()).collect();
+    assert_eq!(devices.rows.len(), meters.len(), "{devices:#?}");
+    for (i, meter) in meters.iter().enumerate() {
+        assert_eq!(cell(&devices, i, "meter_id"), *meter);
+        let distinct: BTreeSet<(&str, i64)> = data
+            .iter()
+            .filter(|r| r.meter == *meter)
+            .map(|r| (r.channel.as_str(), r.ts))
+            .collect();
+        assert_eq!(
+            cell(&devices, i, "readings"),
+            distinct.len().to_string(),
+            "{meter}"
+        );
+        let last_values = cell(&devices, i, "last_values");
+        for (channel, (_, value, unit)) in newest_values(&data, meter) {
+            assert!(
+                last_values.contains(&format!("{channel}={value} {unit} @ ")),
+                "{meter}: {last_values}"
+            );
+        }
+    }
+    let a = ch.table(&analytics::devices_sql("mf", Some("A".into()), 0).unwrap());
+    assert_eq!(a.rows.len(), 1);
+    // Each field the newest report that carried it.
+    assert_eq!(cell(&a, 0, "battery_pct"), "77");
+    assert_eq!(cell(&a, 0, "rssi_dbm"), "-75");
+    assert_eq!(cell(&a, 0, "rsrp_dbm"), "-101");
+    assert_eq!(cell(&a, 0, "firmware"), "4.2.18");
+    assert_eq!(cell(&a, 0, "error_flags"), "0");
+    let c = ch.table(&analytics::devices_sql("mf", Some("C".into()), 0).unwrap());
+    assert!(
+        cell(&c, 0, "battery_pct").parse::<u8>().is_err(),
+        "no status: {c:?}"
+    );
+    let stale = ch.table(&analytics::devices_sql("mf", None, 86_400).unwrap());
+    assert_eq!(stale.rows.len(), 1);
+    assert_eq!(cell(&stale, 0, "meter_id"), "E");
+
+    // The device-state rebuild of `serve` (device_state.sql), as it reads the answer.
+    let snapshots = analytics::snapshots_from_tsv(
+        &ch.ok(&analytics::device_state_sql("mf", 7, None, TimeColumns::Millis).unwrap()),
+    );
+    assert_eq!(
+        snapshots
+            .iter()
+            .map(|s| s.meter_id.as_str())
+            .collect::<Vec<_>>(),
+        meters.iter().copied().collect::<Vec<_>>()
+    );
+    for snap in &snapshots {
+        let mine: Vec<&R> = data.iter().filter(|r| r.meter == snap.meter_id).collect();
+        assert_eq!(snap.rows, mine.len() as u64, "{snap:?}");
+        let newest = newest_values(&data, &snap.meter_id);
+        assert_eq!(snap.last_values.len(), newest.len(), "{snap:?}");
+        for (channel, value) in &snap.last_values {
+            let (ts, v, unit) = &newest[channel];
+            assert_eq!((value.ts_ms, value.value, &value.unit), (*ts, *v, unit));
+        }
+        // First heard: the oldest reading or status report received in the window.
+        let status_at = statuses(now)
+            .into_iter()
+            .filter(|s| s.meter_id == snap.meter_id && s.at_ms >= now - 7 * DAY)
+            .map(|s| s.at_ms);
+        let first = mine.iter().map(|r| r.received).chain(status_at).min();
+        assert_eq!(Some(snap.first_seen_ms), first, "{snap:?}");
+    }
+    let a = &snapshots[0];
+    assert_eq!(
+        (a.battery_pct, a.status_at_ms),
+        (Some(77), Some(now - HOUR))
+    );
+    assert_eq!(a.rssi_dbm, None, "only the recent report is read");
+    let one = analytics::device_state_sql("mf", 7, Some("B"), TimeColumns::Millis).unwrap();
+    assert_eq!(analytics::snapshots_from_tsv(&ch.ok(&one)).len(), 1);
+
+    // The page's recent readings of a meter another node took (recent_readings).
+    let recent =
+        ch.table(&analytics::recent_readings_sql("mf", "A", 2, 7, TimeColumns::Millis).unwrap());
+    let mut want: Vec<(String, i64, f64)> = Vec::new();
+    let channels: BTreeSet<&str> = data
+        .iter()
+        .filter(|r| r.meter == "A")
+        .map(|r| r.channel.as_str())
+        .collect();
+    for channel in channels {
+        let points: BTreeMap<i64, f64> = data
+            .iter()
+            .filter(|r| r.meter == "A" && r.channel == channel)
+            .map(|r| (r.ts, r.value))
+            .collect();
+        want.extend(
+            points
+                .iter()
+                .rev()
+                .take(2)
+                .map(|(ts, v)| (channel.to_string(), *ts, *v)),
+        );
+    }
+    let mut got: Vec<(String, i64, f64)> = (0..recent.rows.len())
+        .map(|i| {
+            (
+                cell(&recent, i, "channel").to_string(),
+                cell(&recent, i, "ts_ms").parse().unwrap(),
+                cell(&recent, i, "value").parse().unwrap(),
+            )
+        })
+        .collect();
+    got.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    want.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    assert_eq!(got, want);
+}
+
+/// One HTTP answer to one request, as a server would send it: `(head, body)`; what the
+/// request's headers were comes back on the channel.
+fn answer_once(
+    listener: std::net::TcpListener,
+    head: String,
+    body: Vec<u8>,
+) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The headers, then the body they announce (the query).
+        let headers_end = loop {
+            let n = socket.read(&mut buf).unwrap();
+            assert!(n > 0, "request cut off");
+            request.extend_from_slice(&buf[..n]);
+            if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let headers = String::from_utf8_lossy(&request[..headers_end]).to_lowercase();
+        let length: usize = headers
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while request.len() < headers_end + length {
+            let n = socket.read(&mut buf).unwrap();
+            assert!(n > 0, "request body cut off");
+            request.extend_from_slice(&buf[..n]);
+        }
+        socket.write_all(head.as_bytes()).unwrap();
+        socket.write_all(&body).unwrap();
+        socket.flush().unwrap();
+        let _ = tx.send(headers);
+    });
+    rx
+}
+
+/// Servers from 25.10 on compress HTTP answers when the client asks (`enable_http_compression`
+/// is on by default there): `meterflow query` asks for lz4 and reads such an answer. chdb has
+/// no HTTP server, so the answer's body is made by ClickHouse 26.x's own LZ4 writer (the one
+/// its HTTP server wraps an answer in for `Accept-Encoding: lz4`) and served here with the
+/// headers a server sends; 18.16, which ignores the header, is what the other tests read.
+#[test]
+fn a_query_answer_compressed_by_a_current_clickhouse_reads_back() {
+    let mut ch = Chdb::start();
+    let config = ClickHouseConfig {
+        database: "mf".into(),
+        ..ClickHouseConfig::default()
+    };
+    ch.apply_schema(&config);
+    let layout = ch.layout(&config);
+    // 3000 meters x 4 channels: an answer of several hundred KB, several LZ4 blocks.
+    let now = meterflow_proto::now_ms() - 60_000;
+    let rows: Vec<R> = (0..3000)
+        .flat_map(|m| {
+            (1..=4).map(move |c| R {
+                meter: format!("meter-{m:05}"),
+                channel: format!("1-0:1.8.{c}"),
+                ts: T0 + m * 1000,
+                value: m as f64 * 0.25 + c as f64,
+                unit: "kWh".into(),
+                received: now,
+                quality: 0,
+            })
+        })
+        .collect();
+    ch.insert(
+        &config,
+        &layout,
+        &SideRows::default(),
+        &[batch(&rows)],
+        false,
+    );
+    let sql = analytics::devices_sql("mf", None, 0).unwrap();
+    let plain = Table::from_tsv(&ch.ok(&sql));
+    assert_eq!(plain.rows.len(), 3000);
+    let lz4 = ch.dir.path().join("answer.lz4");
+    ch.ok(&format!(
+        "{} INTO OUTFILE '{}' COMPRESSION 'lz4' LEVEL 3 FORMAT TabSeparatedWithNames",
+        sql.trim_end(),
+        lz4.display()
+    ));
+    let body = std::fs::read(&lz4).unwrap();
+    assert_eq!(&body[..4], &[0x04, 0x22, 0x4D, 0x18], "an LZ4 frame");
+    assert!(
+        body.len() > 64 * 1024,
+        "several blocks: {} bytes",
+        body.len()
+    );
+
+    let listener = std::net::TcpListener::bind(("127.0.0.1", free_port())).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/tab-separated-values; charset=UTF-8\r\n\
+         Content-Encoding: lz4\r\nX-ClickHouse-Format: TabSeparatedWithNames\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let request = answer_once(listener, head, body);
+    let out = Command::new(BIN)
+        .args([
+            "query",
+            "--clickhouse-url",
+            &url,
+            "devices",
+            "--format",
+            "json",
+        ])
+        .env("METERFLOW_CLICKHOUSE_URL", "")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let headers = request.recv().unwrap();
+    assert!(headers.contains("accept-encoding: lz4"), "{headers}");
+    let got: Vec<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got.len(), plain.rows.len());
+    for (i, row) in got.iter().enumerate() {
+        for (c, name) in plain.columns.iter().enumerate() {
+            assert_eq!(row[name], plain.rows[i][c], "row {i} {name}");
+        }
+    }
+}
