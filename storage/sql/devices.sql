@@ -8,7 +8,9 @@ FROM (
     SELECT
         meter_id,
         toString(max(last_received), 'UTC') AS last_seen,
-        toUInt32(now()) - toUInt32(max(last_received)) AS seconds_since,
+        -- 0 for a meter received "in the future" (a node's clock a little ahead of the
+        -- server's): it was just heard, not missing.
+        greatest(toInt64(toUInt32(now())) - toInt64(toUInt32(max(last_received))), 0) AS seconds_since,
         sum(n) AS readings,
         arrayStringConcat(groupArray(concat(channel, '=', toString(last_value), ' ', unit, ' @ ', toString(last_ts, 'UTC'))), '; ') AS last_values
     FROM (

@@ -84,6 +84,16 @@ fn billing_anomalies_and_devices_on_known_data() {
         row("C", "1-0:1.8.1", T0 + 4 * DAY, 500.0, "kWh", now),
         // E: last heard two days ago.
         row("E", "1-0:1.8.1", T0, 1.0, "kWh", old),
+        // F: received by a node whose clock runs two minutes ahead of the server's: just
+        // heard, not missing from the list.
+        row(
+            "F",
+            "1-0:1.8.1",
+            T0,
+            2.0,
+            "kWh",
+            "toDateTime(toUInt32(now()) + 120)",
+        ),
     ];
     // D: a quarter-hour series of 0.1 kWh with one 2.0 spike and two intervals missing.
     for i in 0..14 {
@@ -191,6 +201,14 @@ fn billing_anomalies_and_devices_on_known_data() {
         "nothing flagged on clean data"
     );
 
+    let all = query(&config, &["devices"]);
+    let listed: Vec<&str> = all
+        .iter()
+        .map(|d| d["meter_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["A", "B", "C", "D", "E", "F"], "every meter, F too");
+    let f = all.iter().find(|d| d["meter_id"] == "F").unwrap();
+    assert_eq!(f["seconds_since"], "0", "a clock ahead reads as just heard");
     let devices = query(&config, &["devices", "--meter", "A"]);
     assert_eq!(devices.len(), 1);
     assert_eq!(devices[0]["readings"], "12", "A's rows after dedupe");
