@@ -285,8 +285,10 @@ pub enum ConnectRefusal {
     Denied(Denial),
     /// The client id is another device's meter id.
     NotAuthorized,
-    /// `mqtt.max_connections`, or the server is stopping.
+    /// The server is stopping.
     Unavailable,
+    /// `mqtt.max_connections` connections are logged in.
+    Busy,
 }
 
 impl ConnectRefusal {
@@ -300,6 +302,7 @@ impl ConnectRefusal {
             ConnectRefusal::Denied(d) => d.label(),
             ConnectRefusal::NotAuthorized => "client_id",
             ConnectRefusal::Unavailable => "shutting_down",
+            ConnectRefusal::Busy => "max_connections",
         }
     }
 }
@@ -318,7 +321,7 @@ pub fn refusal(version: Version, why: ConnectRefusal) -> Packet {
         (Version::V4, ConnectRefusal::Denied(_) | ConnectRefusal::NotAuthorized) => {
             C::NotAuthorized
         }
-        (Version::V4, ConnectRefusal::Unavailable) => C::ServiceUnavailable,
+        (Version::V4, ConnectRefusal::Unavailable | ConnectRefusal::Busy) => C::ServiceUnavailable,
         (Version::V5, ConnectRefusal::Protocol) => C::ProtocolError,
         (Version::V5, ConnectRefusal::UnsupportedVersion) => C::UnsupportedProtocolVersion,
         (Version::V5, ConnectRefusal::ClientId) => C::ClientIdentifierNotValid,
@@ -329,6 +332,7 @@ pub fn refusal(version: Version, why: ConnectRefusal) -> Packet {
         (Version::V5, ConnectRefusal::Denied(Denial::BadCredentials)) => C::BadUserNamePassword,
         (Version::V5, ConnectRefusal::NotAuthorized) => C::NotAuthorized,
         (Version::V5, ConnectRefusal::Unavailable) => C::ServerUnavailable,
+        (Version::V5, ConnectRefusal::Busy) => C::ServerBusy,
     };
     Packet::ConnAck(
         ConnAck {
