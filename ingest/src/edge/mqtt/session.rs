@@ -170,7 +170,9 @@ pub struct Submit {
     pub topic: String,
     pub payload: Bytes,
     pub content_type: Option<String>,
-    /// Set when the publish was refused: kept as an `unauthorized` dead letter.
+    /// Set when the publish was refused (kept as an `unauthorized` dead letter), or when an
+    /// identified device's topic routes nowhere (its `bad_topic` dead letter names the
+    /// sender): see [`edge::RefusalKind`].
     pub refused: Option<Box<edge::Refusal>>,
     /// Whether the session waits for the WAL's answer ([`Session::on_durable`]).
     pub wait: bool,
@@ -563,12 +565,27 @@ impl Session {
                     self.qos2.push((pkid, false));
                 }
             }
+            // Under its own meters/{id}/ but not meters/{meter_id}/{format} (a level more or
+            // less, `..`, an unknown format): taken and acknowledged like any message the
+            // pipeline cannot route (a `bad_topic` dead letter), with its sender, so that the
+            // dead letter says who sent it. Anonymous devices have no one to name.
+            let sender = match (&self.identity, crate::pipeline::parse_topic(&topic)) {
+                (Identity::Device { .. }, Err(reason)) => Some(Box::new(edge::Refusal {
+                    kind: edge::RefusalKind::BadTopic,
+                    identity: self.identity.id().map(str::to_string),
+                    client_id: Some(self.client_id.to_string()),
+                    peer: self.peer.to_string(),
+                    // It quotes the sender's topic: cut, so that it stays whole in the WAL.
+                    reason: cut(&reason, 300).to_string(),
+                })),
+                _ => None,
+            };
             return Step {
                 submit: Some(Submit {
                     topic,
                     payload,
                     content_type,
-                    refused: None,
+                    refused: sender,
                     wait: qos > 0,
                 }),
                 ..Step::default()
@@ -577,6 +594,7 @@ impl Session {
         // Not this identity's to publish: a dead letter with who and from where; MQTT 5 is
         // told 0x87 once the dead letter is stored, MQTT 3.1.1 is closed (§3.3.5).
         let refusal = edge::Refusal {
+            kind: edge::RefusalKind::Unauthorized,
             identity: self.identity.id().map(str::to_string),
             client_id: Some(self.client_id.to_string()),
             peer: self.peer.to_string(),
