@@ -484,6 +484,24 @@ fn tls_with_client_certificates_and_a_certificate_reload() {
     // Plain MQTT to the TLS port gets nowhere.
     let out = publish(tls_port, "meters/E1/json", 9.0, &["-u", "E1", "-P", E1]);
     assert!(!out.status.success());
+    // A socket that never starts its TLS handshake is pending, not logged in, until it goes.
+    let gauges = || {
+        (
+            server.metric("meterflow_mqtt_pending_connections"),
+            server.metric("meterflow_mqtt_connections"),
+        )
+    };
+    crate::harness::wait_for("every client gone", || {
+        (gauges() == (0.0, 0.0)).then_some(())
+    });
+    let silent = std::net::TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+    crate::harness::wait_for("the silent TLS socket pending", || {
+        (gauges() == (1.0, 0.0)).then_some(())
+    });
+    drop(silent);
+    crate::harness::wait_for("the silent TLS socket gone", || {
+        (gauges() == (0.0, 0.0)).then_some(())
+    });
 
     // Revoking E7 refuses its certificate too.
     let tmp_root = server.data_dir.parent().unwrap().to_path_buf();
