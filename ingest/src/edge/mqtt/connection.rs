@@ -15,7 +15,6 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
-
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

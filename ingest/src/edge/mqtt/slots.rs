@@ -50,7 +50,7 @@ impl AddressKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Full {
     /// `mqtt.max_pending_connections`.
-    PendingSlot,
+    Pending,
     /// `mqtt.max_pending_per_address`.
     PerAddress,
 }
@@ -58,7 +58,7 @@ pub enum Full {
 impl Full {
     pub fn label(self) -> &'static str {
         match self {
-            Full::PendingSlot => "max_pending",
+            Full::Pending => "max_pending",
             Full::PerAddress => "pending_per_address",
         }
     }
@@ -71,7 +71,7 @@ pub struct Slots {
     max_logged_in: usize,
     pending: AtomicUsize,
     logged_in: AtomicUsize,
-    /// PendingSlot connections by address; an address without one has no entry.
+    /// Pending connections by address; an address without one has no entry.
     per_address: Mutex<HashMap<AddressKey, usize>>,
     pending_gauge: metrics::Gauge,
     logged_in_gauge: metrics::Gauge,
@@ -94,10 +94,12 @@ impl Slots {
         slots
     }
 
-    /// Open connections, pending or logged in (a connection moving between the two is never
-    /// missing from the sum).
+    /// Open connections, pending or logged in. A connection moving between the two is never
+    /// missing from the sum: it is counted logged in before it leaves the pending count, and
+    /// the pending count is read first.
     pub fn open(&self) -> usize {
-        self.logged_in.load(Ordering::Acquire) + self.pending.load(Ordering::Acquire)
+        let pending = self.pending.load(Ordering::Acquire);
+        pending + self.logged_in.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AddressKey, usize>> {
@@ -113,7 +115,7 @@ impl Slots {
         }
         // Under the lock: the accept loops of every listener take slots one at a time.
         if self.pending.load(Ordering::Acquire) >= self.max_pending {
-            return Err(Full::PendingSlot);
+            return Err(Full::Pending);
         }
         self.pending.fetch_add(1, Ordering::AcqRel);
         per_address.insert(key, here + 1);
@@ -253,7 +255,7 @@ mod tests {
         assert_eq!(slots.take_pending(a), Err(Full::PerAddress));
         slots.take_pending(b).unwrap();
         slots.take_pending(b).unwrap();
-        assert_eq!(slots.take_pending(b), Err(Full::PendingSlot));
+        assert_eq!(slots.take_pending(b), Err(Full::Pending));
         assert_eq!(slots.open(), 5);
         // Two log in (from a): a has room again; the logged-in budget is full.
         for _ in 0..2 {
