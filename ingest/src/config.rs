@@ -342,6 +342,18 @@ mod tests {
         for (text, key) in [
             ("[node]\nid = \"mf 1\"\n", "node.id"),
             ("[clickhouse]\ncluster = \"a-b\"\n", "clickhouse.cluster"),
+            (
+                "[mqtt]\nmax_pending_connections = 0\n",
+                "mqtt.max_pending_connections",
+            ),
+            (
+                "[mqtt]\nmax_pending_per_address = 0\n",
+                "mqtt.max_pending_per_address",
+            ),
+            (
+                "[mqtt]\nmax_pending_connections = 10\nmax_pending_per_address = 11\n",
+                "mqtt.max_pending_per_address",
+            ),
         ] {
             let e = Config::from_toml(text).unwrap().validate().unwrap_err();
             assert!(e.to_string().contains(key), "{e}");

@@ -22,7 +22,7 @@ use meterflow_storage::wal::Checkpoint;
 use meterflow_storage::{Batcher, DeadLetter, Hold, SinkBatch, SinkSet, WalReader};
 
 use crate::devices::{DeadLetterNote, DeviceRegistry, Observation};
-use crate::edge::RawMessage;
+use crate::edge::{RawMessage, RefusalKind};
 use crate::error::IngestError;
 use crate::progress::{LsnMarks, Progress};
 
@@ -380,7 +380,11 @@ impl Pipeline {
         self.summary.messages += 1;
         self.progress
             .note_received(message.lsn, message.received_at_ms);
-        if let Some(refusal) = &message.refused {
+        if let Some(refusal) = message
+            .refused
+            .as_deref()
+            .filter(|r| r.kind == RefusalKind::Unauthorized)
+        {
             // Refused at the edge (not this identity's to publish): a dead letter, nothing else.
             self.counters
                 .messages(message.source.as_str(), "refused")
@@ -409,7 +413,17 @@ impl Pipeline {
             .increment(1);
         let route = match route {
             Ok(route) => route,
-            Err(reason) => return self.dead_letter(message, None, None, "bad_topic", reason),
+            // An identified device's (the edge says who sent it: `RefusalKind::BadTopic`):
+            // the dead letter names the sender and counts for it, as an `unauthorized` one does.
+            Err(reason) => {
+                let sender = message.refused.as_deref();
+                let identity = sender.and_then(|s| s.identity.as_deref());
+                let reason = match sender {
+                    Some(sender) => format!("{reason} {}", sender.sender()),
+                    None => reason,
+                };
+                return self.dead_letter(message, identity, None, "bad_topic", reason);
+            }
         };
         match route {
             Route::Status { meter_id } => match decode_status(&message.payload) {

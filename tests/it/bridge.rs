@@ -4,6 +4,8 @@
 //! again. Every report Mosquitto acknowledged to the meters is in ClickHouse's `readings
 //! FINAL` exactly once, with `source = 'bridge'`, both nodes took a share, a report on a topic
 //! the pipeline cannot route became a dead letter, and a meter could not publish for another.
+//! With the recommended ACL line, a broker user named `E2/json` cannot have a report stored
+//! as E2 (with the line the docs gave before, it can).
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -92,9 +94,15 @@ fn logins(
     }
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), csv).unwrap();
-    let acl = "user meterflow\ntopic read meters/#\n\npattern write meters/%u/#\n";
-    (users, file, acl)
+    (users, file, ACL)
 }
+
+/// The ACL line the docs recommend: the bridge's topic pattern with `%u` for `{meter_id}` and
+/// `+` for `{format}`, never `#` (README, docs/ARCHITECTURE.md, the example config).
+const METER_ACL_LINE: &str = "pattern write meters/%u/+";
+
+/// Mosquitto's ACL for these tests: meterflow reads, each meter writes its own topics.
+const ACL: &str = "user meterflow\ntopic read meters/#\n\npattern write meters/%u/+\n";
 
 /// `plan` published to the broker, each meter with its own login.
 fn spawn_fleet_at(broker: &Mosquitto, plan: &Plan, creds: &Path, pause_ms: u64) -> Child {
@@ -336,4 +344,96 @@ fn a_message_the_wal_cannot_take_is_not_acknowledged_and_comes_again() {
     // the WAL and sent again), never missing.
     let want = plan_rows(&plan);
     crate::harness::assert_fleet_arrived(&data_dir, &[plan], want, false);
+}
+
+#[test]
+fn a_broker_user_named_like_a_topic_cannot_publish_as_a_meter() {
+    // Mosquitto puts the username into `%u` as it is, `/` included. With the ACL line the
+    // docs used to give, `pattern write meters/%u/#`, a broker user named "E2/json" may write
+    // `meters/E2/json` (`#` also matches its parent level), which the bridge takes as meter
+    // E2's report. With the recommended `meters/%u/+` that user may write
+    // `meters/E2/json/{anything}` only: four levels, which the bridge's subscription
+    // (`meters/+/+`) does not even take, and nothing is stored as E2 but E2's own report. One
+    // node takes from two brokers that differ only in that line.
+    assert!(ACL.contains(METER_ACL_LINE));
+    let forger = (
+        "E2/json".to_string(),
+        "forger-secret-0123456789".to_string(),
+    );
+    let e2 = ("E2".to_string(), "e2-secret-0123456789".to_string());
+    let users = vec![
+        ("meterflow".to_string(), BRIDGE_PASSWORD.to_string()),
+        e2.clone(),
+        forger.clone(),
+    ];
+    let acl = |meters: &str| format!("user meterflow\ntopic read meters/#\n\n{meters}\n");
+    let recommended = Mosquitto::start(&users, &acl(METER_ACL_LINE));
+    let former = Mosquitto::start(&users, &acl("pattern write meters/%u/#"));
+    let section = |broker: &Mosquitto, name: &str| {
+        bridge_section(broker, BRIDGE_PASSWORD).replace("\"mosquitto\"", &format!("\"{name}\""))
+    };
+    let (_dir, config) = crate::harness::config_file(&format!(
+        "[batch]\nmax_age_ms = 100\n{}{}",
+        section(&recommended, "recommended"),
+        section(&former, "former")
+    ));
+    let node = Server::start_with(&["--config", &config]);
+    for name in ["recommended", "former"] {
+        wait_for("both bridges to subscribe", || {
+            (node.metric(&format!("meterflow_bridge_subscribed{{bridge=\"{name}\"}}")) == 1.0)
+                .then_some(())
+        });
+    }
+
+    // mosquitto_pub -q 1 returns once the broker has answered: what it refused is gone then.
+    let publish = |broker: &Mosquitto,
+                   (user, password): &(String, String),
+                   topic: &str,
+                   value: u32| {
+        let report = format!(
+            r#"{{"readings":[{{"channel":"1-0:1.8.0","ts":"2024-03-01T12:00:00Z","value":{value},"unit":"kWh"}}]}}"#
+        );
+        let out = Command::new("mosquitto_pub")
+            .args(["-p", &broker.port.to_string(), "-q", "1", "-V", "mqttv5"])
+            .args(["-u", user, "-P", password, "-i", &format!("pub-{value}")])
+            .args(["-t", topic, "-m", &report])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let said = publish(&recommended, &forger, "meters/E2/json", 666);
+    assert!(
+        said.contains("Not authorized"),
+        "refused by the broker: {said}"
+    );
+    // What that user may write has four levels: not even in the bridge's subscription.
+    publish(&recommended, &forger, "meters/E2/json/x", 665);
+    publish(&recommended, &e2, "meters/E2/json", 2);
+    publish(&former, &forger, "meters/E2/json", 667);
+    wait_for("the two messages the brokers delivered", || {
+        (node.metric(r#"meterflow_received_total{source="bridge"}"#) == 2.0).then_some(())
+    });
+
+    let (status, data_dir, log, _keep) = node.stop();
+    assert!(status.success(), "{log}");
+    let mut e2_values: Vec<f64> = crate::harness::read_readings(&data_dir)
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r.meter_id, "E2");
+            r.value
+        })
+        .collect();
+    e2_values.sort_by(f64::total_cmp);
+    assert_eq!(
+        e2_values,
+        vec![2.0, 667.0],
+        "E2's own report, and the forgery the former ACL line let through; none through the recommended one"
+    );
+    let letters = meterflow_storage::dead_letter::read_all(&data_dir.join("dead_letters")).unwrap();
+    assert!(letters.is_empty(), "{letters:#?}");
+    drop((recommended, former));
 }

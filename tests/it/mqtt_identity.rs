@@ -484,6 +484,24 @@ fn tls_with_client_certificates_and_a_certificate_reload() {
     // Plain MQTT to the TLS port gets nowhere.
     let out = publish(tls_port, "meters/E1/json", 9.0, &["-u", "E1", "-P", E1]);
     assert!(!out.status.success());
+    // A socket that never starts its TLS handshake is pending, not logged in, until it goes.
+    let gauges = || {
+        (
+            server.metric("meterflow_mqtt_pending_connections"),
+            server.metric("meterflow_mqtt_connections"),
+        )
+    };
+    crate::harness::wait_for("every client gone", || {
+        (gauges() == (0.0, 0.0)).then_some(())
+    });
+    let silent = std::net::TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+    crate::harness::wait_for("the silent TLS socket pending", || {
+        (gauges() == (1.0, 0.0)).then_some(())
+    });
+    drop(silent);
+    crate::harness::wait_for("the silent TLS socket gone", || {
+        (gauges() == (0.0, 0.0)).then_some(())
+    });
 
     // Revoking E7 refuses its certificate too.
     let tmp_root = server.data_dir.parent().unwrap().to_path_buf();
@@ -689,4 +707,98 @@ fn past_its_share_of_sessions_an_identity_loses_its_oldest() {
         .collect();
     rows.sort();
     assert_eq!(rows, vec!["E1", "E2"]);
+}
+
+#[test]
+fn a_topic_that_routes_nowhere_is_a_dead_letter_that_names_its_sender() {
+    // An identified device may publish under meters/{its id}/ at any depth; what is not
+    // exactly meters/{meter_id}/{format} is acknowledged and dead-lettered as bad_topic, and
+    // the dead letter says who sent it (identity, client id, peer) and counts for the sender.
+    // Anonymous devices (allowed here for the comparison) stay as the README has it.
+    let (_dir, config) = crate::harness::config_file("[mqtt]\nallow_anonymous = true\n");
+    let server = Server::start_in(data_with_credentials(), &["--config", &config]);
+    let (port, port5) = (server.mqtt_port, server.mqtt_v5_port);
+    let sent = [
+        (
+            port,
+            "meters/E1/../E2/json",
+            1.0,
+            vec!["-u", "E1", "-P", E1, "-i", "e1-a"],
+        ),
+        (
+            port5,
+            "meters/E1/json/v2",
+            2.0,
+            vec!["-u", "E1", "-P", E1, "-i", "e1-b", "-V", "mqttv5"],
+        ),
+        (
+            port,
+            "meters/E1/xml",
+            3.0,
+            vec!["-u", "E1", "-P", E1, "-i", "e1-c"],
+        ),
+        (
+            port,
+            "meters/G5/x/y",
+            4.0,
+            vec!["-u", "GW1", "-P", GW, "-i", "gw-a"],
+        ),
+        (port, "meters/E9/../E2/json", 5.0, vec!["-i", "anon-a"]),
+        (
+            port,
+            "meters/E1/json",
+            6.0,
+            vec!["-u", "E1", "-P", E1, "-i", "e1-d"],
+        ),
+    ];
+    for (port, topic, value, login) in &sent {
+        let out = publish(*port, topic, *value, login);
+        assert!(out.status.success(), "{topic} acknowledged: {}", text(&out));
+    }
+    crate::harness::wait_for("five dead letters written", || {
+        (server.metric("meterflow_dead_letters_written_total") == 5.0).then_some(())
+    });
+    let letters = dead_letter::read_all(&server.data_dir.join("dead_letters")).unwrap();
+    let mut bad: Vec<(String, Option<String>, String)> = letters
+        .iter()
+        .map(|l| {
+            assert_eq!(l.kind, "bad_topic", "{l:?}");
+            (l.topic.clone(), l.meter_id.clone(), l.reason.clone())
+        })
+        .collect();
+    bad.sort();
+    assert_eq!(bad.len(), 5, "{letters:#?}");
+    let sender = |topic: &str| bad.iter().find(|(t, _, _)| t == topic).unwrap();
+    for (topic, who, client_id) in [
+        ("meters/E1/../E2/json", "E1", "e1-a"),
+        ("meters/E1/json/v2", "E1", "e1-b"),
+        ("meters/E1/xml", "E1", "e1-c"),
+        ("meters/G5/x/y", "GW1", "gw-a"),
+    ] {
+        let (_, meter_id, reason) = sender(topic);
+        assert_eq!(meter_id.as_deref(), Some(who), "{topic}: the sender");
+        assert!(
+            reason.contains(&format!(
+                "identity {who}, client id {client_id}, peer 127.0.0.1:"
+            )),
+            "{topic}: {reason}"
+        );
+    }
+    // Anonymous: no identity to name, as before.
+    let (_, meter_id, reason) = sender("meters/E9/../E2/json");
+    assert_eq!(meter_id, &None);
+    assert!(!reason.contains("identity"), "{reason}");
+    // The sender's device page shows them among its recent dead letters.
+    crate::harness::wait_for("E1's dead letters on its page", || {
+        let (_, body) = server.http_get("/api/device?meter_id=E1");
+        (body.matches("bad_topic").count() == 3).then_some(())
+    });
+
+    let (exit, data_dir, log, _keep) = server.stop();
+    assert!(exit.success(), "{log}");
+    assert_eq!(
+        meter_values(&data_dir),
+        vec![("E1".into(), 6.0)],
+        "nothing stored as E2"
+    );
 }

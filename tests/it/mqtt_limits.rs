@@ -124,13 +124,21 @@ fn every_bound_closes_what_passes_it_and_counts_it() {
         (closed(&server, "keep_alive") == 1.0).then_some(())
     });
 
-    // Connections: four are held, the fifth is closed at once; the gauge is exact.
+    // Connections: four are logged in and held; the fifth's CONNECT is refused (CONNACK 3,
+    // server unavailable) and it is closed; the gauge is exact. (max_connections counts
+    // logged-in connections: a socket that has not sent CONNECT is pending, and counted in
+    // the pending budget, which silent_sockets_... and the_pending_budget_... test.)
     let held: Vec<TcpStream> = (0..4)
         .map(|i| session(port, &format!("held-{i}"), 60))
         .collect();
     assert_eq!(server.metric("meterflow_mqtt_connections"), 4.0);
     let mut fifth = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    fifth.write_all(&connect_packet("fifth", 60)).unwrap();
+    let mut connack = [0u8; 4];
+    fifth.read_exact(&mut connack).unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 3]);
     assert!(is_closed(&mut fifth));
+    assert_eq!(server.metric("meterflow_mqtt_connections"), 4.0);
     crate::harness::wait_for("max_connections counted", || {
         (closed(&server, "max_connections") == 1.0).then_some(())
     });
@@ -368,4 +376,202 @@ fn sigterm_answers_what_was_read_and_stores_every_acknowledged_report() {
             "acknowledged report {a} not stored"
         );
     }
+}
+
+/// An MQTT 3.1.1 CONNECT with a username and password.
+fn login_packet(client_id: &str, user: &str, password: &str) -> Vec<u8> {
+    let mut body = vec![0, 4];
+    body.extend_from_slice(b"MQTT");
+    body.extend_from_slice(&[4, 0xC2]);
+    body.extend_from_slice(&60u16.to_be_bytes());
+    for field in [client_id, user, password] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut p = vec![0x10];
+    remaining_length(body.len(), &mut p);
+    p.extend_from_slice(&body);
+    p
+}
+
+/// A TCP connection to the MQTT port from `from` (loopback takes every 127/8 address), which
+/// sends nothing.
+fn connect_from(from: &str, port: u16) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    let server: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    socket.connect(&server.into()).unwrap();
+    socket.into()
+}
+
+/// Logs in from `from` as `user`: the CONNACK's return code (None: closed without one).
+fn login_from(from: &str, port: u16, user: &str, password: &str) -> (TcpStream, Option<u8>) {
+    let mut s = connect_from(from, port);
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let _ = s.write_all(&login_packet(&format!("{user}-{from}"), user, password));
+    let mut connack = [0u8; 4];
+    match s.read_exact(&mut connack) {
+        Ok(()) => {
+            assert_eq!(connack[..3], [0x20, 2, 0], "a CONNACK");
+            (s, Some(connack[3]))
+        }
+        Err(_) => (s, None),
+    }
+}
+
+const SECRET: &str = "e1-secret-0123456789";
+
+/// A data folder whose credential store holds E1 and E2 (the loopback listener then needs a
+/// login: anonymous devices are served only while the store is empty).
+fn data_with_credentials() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("fleet.csv");
+    std::fs::write(&csv, format!("meter_id,secret\nE1,{SECRET}\nE2,{SECRET}\n")).unwrap();
+    crate::harness::credentials(tmp.path(), &["import", csv.to_str().unwrap()]);
+    tmp
+}
+
+/// Connections the server took or turned away at accept, logged in or not (the sum is the
+/// same whichever budget they count in).
+fn accepted(server: &Server) -> f64 {
+    server.metric("meterflow_mqtt_connections")
+        + server.metric("meterflow_mqtt_pending_connections")
+        + closed(server, "max_connections")
+        + closed(server, "max_pending")
+        + closed(server, "pending_per_address")
+}
+
+#[test]
+fn silent_sockets_from_one_address_do_not_lock_out_a_login() {
+    // The attack of issue 20: sockets that never send CONNECT, from one address, more of them
+    // than max_connections. They may be held (until connect_timeout_ms, a minute here), but a
+    // correct login from another address gets in while they are.
+    let (_dir, config) =
+        crate::harness::config_file("[mqtt]\nmax_connections = 30\nconnect_timeout_ms = 60000\n");
+    let server = Server::start_in(data_with_credentials(), &["--config", &config]);
+    let port = server.mqtt_port;
+    crate::harness::wait_for("the readiness probes gone", || {
+        (accepted(&server) == 0.0).then_some(())
+    });
+    let silent: Vec<TcpStream> = (0..40).map(|_| connect_from("127.0.0.2", port)).collect();
+    crate::harness::wait_for("the 40 silent sockets taken", || {
+        (accepted(&server) == 40.0).then_some(())
+    });
+
+    let (mut device, code) = login_from("127.0.0.1", port, "E1", SECRET);
+    assert_eq!(code, Some(0), "E1 logs in while 40 silent sockets are held");
+    device
+        .write_all(&publish_packet(1, "meters/E1/json", &json_payload(42, 0)))
+        .unwrap();
+    let mut puback = [0u8; 4];
+    device.read_exact(&mut puback).unwrap();
+    assert_eq!(puback, [0x40, 2, 0, 1]);
+    // They are still held: pending, not logged in, and not in max_connections.
+    assert_eq!(server.metric("meterflow_mqtt_pending_connections"), 40.0);
+    assert_eq!(server.metric("meterflow_mqtt_connections"), 1.0);
+    drop(device);
+    drop(silent);
+
+    let (exit, data_dir, log, _keep) = server.stop();
+    assert!(exit.success(), "{log}");
+    let stored: Vec<(String, f64)> = read_readings(&data_dir)
+        .into_iter()
+        .map(|r| (r.meter_id, r.value))
+        .collect();
+    assert_eq!(stored, vec![("E1".to_string(), 42.0)]);
+}
+
+#[test]
+fn the_pending_budget_and_the_per_address_cap_close_and_count_what_passes_them() {
+    // 48 connections may be pending (not logged in yet), 32 of them from one address; the
+    // deadline is a minute, so nothing here ends by it.
+    let (_dir, config) = crate::harness::config_file(
+        "[mqtt]\nmax_pending_connections = 48\nmax_pending_per_address = 32\n\
+         connect_timeout_ms = 60000\n",
+    );
+    let server = Server::start_in(data_with_credentials(), &["--config", &config]);
+    let port = server.mqtt_port;
+    let pending = || server.metric("meterflow_mqtt_pending_connections");
+    let logged_in = || server.metric("meterflow_mqtt_connections");
+    let exactly = |what: &str, want_pending: f64, want_logged_in: f64| {
+        crate::harness::wait_for(what, || {
+            (pending() == want_pending && logged_in() == want_logged_in).then_some(())
+        });
+    };
+    exactly("the readiness probes gone", 0.0, 0.0);
+
+    // One address: 32 held, the 8 after them closed at accept (in the order they came).
+    let mut from_2: Vec<TcpStream> = (0..40).map(|_| connect_from("127.0.0.2", port)).collect();
+    for s in &mut from_2[32..] {
+        assert!(is_closed(s), "past the per-address cap");
+    }
+    from_2.truncate(32);
+    crate::harness::wait_for("pending_per_address counted", || {
+        (closed(&server, "pending_per_address") == 8.0).then_some(())
+    });
+    exactly("32 pending from 127.0.0.2", 32.0, 0.0);
+
+    // Other addresses fill the budget: 16 from 127.0.0.3 are held, then the budget is full
+    // for everyone, a login from 127.0.0.1 included.
+    let from_3: Vec<TcpStream> = (0..16).map(|_| connect_from("127.0.0.3", port)).collect();
+    exactly("48 pending", 48.0, 0.0);
+    let mut from_4 = connect_from("127.0.0.4", port);
+    assert!(is_closed(&mut from_4), "past the pending budget");
+    let (_, code) = login_from("127.0.0.1", port, "E1", SECRET);
+    assert_eq!(code, None, "closed at accept, before its CONNECT is read");
+    crate::harness::wait_for("max_pending counted", || {
+        (closed(&server, "max_pending") == 2.0).then_some(())
+    });
+    assert_eq!(closed(&server, "pending_per_address"), 8.0);
+
+    // 127.0.0.3's sockets go: the budget has room, and a login gets in. Logged in, it leaves
+    // the pending budget for max_connections.
+    drop(from_3);
+    exactly("127.0.0.3's sockets gone", 32.0, 0.0);
+    let (mut e1, code) = login_from("127.0.0.1", port, "E1", SECRET);
+    assert_eq!(code, Some(0));
+    exactly("E1 logged in", 32.0, 1.0);
+
+    // 127.0.0.2 is at its cap: its next connection is closed, even with a login. One of its
+    // silent sockets goes; its login then gets in, and as it logged in, its address's share
+    // is free again for another connection. Sessions are not capped per address.
+    let (_, code) = login_from("127.0.0.2", port, "E2", SECRET);
+    assert_eq!(code, None);
+    crate::harness::wait_for("pending_per_address counted", || {
+        (closed(&server, "pending_per_address") == 9.0).then_some(())
+    });
+    drop(from_2.pop());
+    exactly("one of 127.0.0.2's sockets gone", 31.0, 1.0);
+    let (mut e2, code) = login_from("127.0.0.2", port, "E2", SECRET);
+    assert_eq!(code, Some(0));
+    exactly("E2 logged in from 127.0.0.2", 31.0, 2.0);
+    from_2.push(connect_from("127.0.0.2", port));
+    exactly("127.0.0.2 at its cap again, E2's session apart", 32.0, 2.0);
+
+    // Both sessions publish; then everything goes, and both gauges come back to 0.
+    for (s, meter, value) in [(&mut e1, "E1", 1), (&mut e2, "E2", 2)] {
+        s.write_all(&publish_packet(
+            1,
+            &format!("meters/{meter}/json"),
+            &json_payload(value, 0),
+        ))
+        .unwrap();
+        let mut puback = [0u8; 4];
+        s.read_exact(&mut puback).unwrap();
+        assert_eq!(puback, [0x40, 2, 0, 1]);
+    }
+    drop((e1, e2, from_2));
+    exactly("everything closed", 0.0, 0.0);
+    assert_eq!(closed(&server, "connect_timeout"), 0.0);
+    assert_eq!(closed(&server, "max_connections"), 0.0);
+
+    let (exit, data_dir, log, _keep) = server.stop();
+    assert!(exit.success(), "{log}");
+    let mut stored: Vec<(String, f64)> = read_readings(&data_dir)
+        .into_iter()
+        .map(|r| (r.meter_id, r.value))
+        .collect();
+    stored.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(stored, vec![("E1".into(), 1.0), ("E2".into(), 2.0)]);
 }

@@ -10,7 +10,9 @@
 //!   this meter, are devices without identity served on this listener;
 //! - it hands each message to the WAL writer as a [`Submission`] through its bounded
 //!   [`channel`], a message it refused too (with its [`Refusal`]: it becomes an
-//!   `unauthorized` dead letter);
+//!   `unauthorized` dead letter), and one of an identified device whose topic routes nowhere
+//!   with its sender (a [`Refusal`] of kind [`RefusalKind::BadTopic`]: its `bad_topic` dead
+//!   letter names the sender);
 //! - it acknowledges to the device only what the writer reports [`Durability::Durable`], and
 //!   tells the device to come back later on [`Durability::WalFull`] or
 //!   [`Durability::Failed`];
@@ -26,5 +28,5 @@ mod refusal;
 mod submission;
 
 pub use policy::Identity;
-pub use refusal::Refusal;
+pub use refusal::{Refusal, RefusalKind};
 pub use submission::{channel, Durability, Lease, RawMessage, Submission, SUBMISSIONS};

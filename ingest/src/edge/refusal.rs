@@ -1,12 +1,37 @@
-//! Why an edge refused a message (a publish or post outside its sender's identity): typed in
-//! memory, JSON only in the WAL record (the storage crate keeps it as text), and the reason
-//! of the `unauthorized` dead letter it becomes.
+//! Why an edge refused a message (a publish or post outside its sender's identity), or that
+//! an identified device's message has a topic that routes nowhere: typed in memory, JSON only
+//! in the WAL record (the storage crate keeps it as text), and the reason of the dead letter
+//! it becomes (`unauthorized`, or `bad_topic` naming the sender).
 
 use serde::{Deserialize, Serialize};
 
-/// Why an edge refused a message, and who sent it from where.
+/// What the pipeline makes of a message the edge has a word on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    /// Not its sender's to publish, and refused to it (MQTT 5 0x87, a 3.1.1 disconnect, CoAP
+    /// 4.03): an `unauthorized` dead letter and nothing else. (What a record without a kind,
+    /// written before there were others, is.)
+    #[default]
+    Unauthorized,
+    /// An identified device's message, taken and acknowledged, whose topic is not
+    /// `meters/{meter_id}/{format}`: a `bad_topic` dead letter, as any such message is, that
+    /// names the sender and counts for it.
+    BadTopic,
+}
+
+impl RefusalKind {
+    fn is_unauthorized(&self) -> bool {
+        *self == RefusalKind::Unauthorized
+    }
+}
+
+/// Why an edge refused a message (or will not have it routed), and who sent it from where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
+    /// Left out of the WAL record when `Unauthorized`: such records stay as they were.
+    #[serde(default, skip_serializing_if = "RefusalKind::is_unauthorized")]
+    pub kind: RefusalKind,
     /// The identity that sent it (a meter or gateway id); `None`: anonymous.
     pub identity: Option<String>,
     pub client_id: Option<String>,
@@ -24,6 +49,7 @@ impl Refusal {
     /// Reads what [`Refusal::to_wal`] wrote; any other text is taken as the reason.
     pub fn from_wal(text: &str) -> Refusal {
         serde_json::from_str(text).unwrap_or_else(|_| Refusal {
+            kind: RefusalKind::Unauthorized,
             identity: None,
             client_id: None,
             peer: String::new(),
@@ -33,11 +59,15 @@ impl Refusal {
 
     /// The dead letter's reason: what was refused, by whom, from where.
     pub fn describe(&self) -> String {
-        let mut text = self.reason.clone();
-        text.push_str(&format!(
-            " (identity {}",
+        format!("{} {}", self.reason, self.sender())
+    }
+
+    /// Who sent it from where: `(identity ID, client id C, peer ADDR)`.
+    pub fn sender(&self) -> String {
+        let mut text = format!(
+            "(identity {}",
             self.identity.as_deref().unwrap_or("anonymous")
-        ));
+        );
         if let Some(client_id) = &self.client_id {
             text.push_str(&format!(", client id {client_id}"));
         }
@@ -53,6 +83,7 @@ mod tests {
     #[test]
     fn a_refusal_survives_the_wal_and_older_text_is_its_reason() {
         let refusal = Refusal {
+            kind: RefusalKind::Unauthorized,
             identity: Some("GW".into()),
             client_id: Some("c1".into()),
             peer: "10.0.0.1:5000".into(),
@@ -66,5 +97,13 @@ mod tests {
         let plain = Refusal::from_wal("not JSON");
         assert_eq!(plain.reason, "not JSON");
         assert_eq!(plain.identity, None);
+        // A refusal's record is as it was before there were kinds; one without is a refusal.
+        assert!(!refusal.to_wal().contains("kind"), "{}", refusal.to_wal());
+        let bad_topic = Refusal {
+            kind: RefusalKind::BadTopic,
+            ..refusal
+        };
+        assert!(bad_topic.to_wal().contains(r#""kind":"bad_topic""#));
+        assert_eq!(Refusal::from_wal(&bad_topic.to_wal()), bad_topic);
     }
 }

@@ -22,8 +22,9 @@ pub struct RawMessage {
     pub received_at_ms: i64,
     /// MQTT 5 content-type property, where the publisher set one.
     pub content_type: Option<String>,
-    /// Why the edge refused it: kept as an `unauthorized` dead letter and nothing else
-    /// (boxed: refusals are rare, messages many).
+    /// Why the edge refused it: kept as an `unauthorized` dead letter and nothing else; or,
+    /// of kind `BadTopic`, who sent a message whose topic routes nowhere (boxed: both are
+    /// rare, messages many).
     pub refused: Option<Box<Refusal>>,
 }
 

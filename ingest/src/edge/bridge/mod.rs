@@ -18,9 +18,14 @@
 //!   `meters/{meter_id}/{format}`, so routing, decoding and dead letters are the MQTT edge's.
 //!
 //! Identity: the broker authenticates the meters and its ACL keeps each to its own topics
-//! (Mosquitto: `pattern write meters/%u/#`); meterflow trusts the meter id in the topic the
-//! broker delivered, and logs in to the broker with its own username/password or client
-//! certificate over TLS.
+//! (Mosquitto: `pattern write meters/%u/+`, the `topic` pattern with `%u` for `{meter_id}`
+//! and `+` for the other variable segments, never `#`; broker usernames must be valid meter
+//! ids). meterflow trusts the meter id in the topic the broker delivered: MQTT does not tell a
+//! subscriber who published, so a forgery the ACL lets through is the same message as the
+//! meter's own, and nothing here can refuse it. (With `meters/%u/#` a broker user named
+//! `E2/json` may write `meters/E2/json`, which would be stored as E2: `tests/it/bridge.rs`.)
+//! meterflow logs in to the broker with its own username/password or client certificate over
+//! TLS.
 //!
 //! - `config`: the settings, checked and prepared once (endpoint, topic pattern, TLS);
 //! - `tls`: the TLS client settings for `mqtts://`;

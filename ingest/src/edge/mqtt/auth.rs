@@ -10,7 +10,9 @@ use crate::edge::Identity;
 
 impl Identity {
     /// Whether a publish to `topic` is this identity's to make: `meters/{id}/...` with its
-    /// own id or one its globs match. Anonymous clients may publish anywhere (the pipeline
+    /// own id or one its globs match, at any depth (what is not `meters/{meter_id}/{format}`
+    /// is taken and becomes a `bad_topic` dead letter that names the sender: a topic mistake
+    /// is not an impersonation). Anonymous clients may publish anywhere (the pipeline
     /// dead-letters topics that are not `meters/...`).
     pub fn may_publish_to(&self, topic: &str) -> bool {
         if *self == Identity::Anonymous {

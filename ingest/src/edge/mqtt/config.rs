@@ -33,8 +33,17 @@ pub struct MqttConfig {
     /// meter). Without it, anonymous devices are accepted only while the credential store is
     /// empty, and only on loopback listeners.
     pub allow_anonymous: bool,
-    /// Open connections at most (all listeners); more are closed at once.
+    /// Logged-in connections at most (all listeners); a CONNECT past it is refused (CONNACK
+    /// 3 / 0x89). Connections that have not logged in yet count in
+    /// `max_pending_connections` instead.
     pub max_connections: usize,
+    /// Connections that have not logged in yet (TLS handshake and CONNECT) at most, over all
+    /// listeners; more are closed at once. Each has `connect_timeout_ms`.
+    pub max_pending_connections: usize,
+    /// Of those, from one address at most (an IPv6 /64 counts as one address); more from it
+    /// are closed at once. Logged-in connections are not capped per address: many meters
+    /// share one address behind a carrier-grade NAT.
+    pub max_pending_per_address: usize,
     /// Largest packet accepted, bytes (MQTT 5 clients are told).
     pub max_payload_bytes: usize,
     /// Publishes of one connection waiting for the WAL at most (Receive Maximum); the
@@ -43,7 +52,8 @@ pub struct MqttConfig {
     /// Sessions one identity may hold at once; a new one beyond closes its oldest (a meter
     /// needs one; a gateway a few).
     pub max_sessions_per_identity: usize,
-    /// A client must complete TLS and send CONNECT within this time.
+    /// A client must complete TLS and send CONNECT within this time: the deadline of a
+    /// pending connection.
     pub connect_timeout_ms: u64,
     /// Longest keep-alive granted, seconds; a client asking for none (0) or more gets this one.
     pub max_keep_alive_s: u16,
@@ -77,10 +87,12 @@ impl Default for MqttConfig {
             tls_client_ca: None,
             allow_anonymous: false,
             max_connections: 100_000,
+            max_pending_connections: 4096,
+            max_pending_per_address: 1024,
             max_payload_bytes: 256 * 1024,
             max_inflight: 64,
             max_sessions_per_identity: 16,
-            connect_timeout_ms: 10_000,
+            connect_timeout_ms: 5_000,
             max_keep_alive_s: 3600,
             write_timeout_ms: 30_000,
             packet_timeout_ms: 30_000,
@@ -108,6 +120,20 @@ impl MqttConfig {
     /// Checks the values the types do not; the error names the key.
     pub fn validate(&self) -> Result<(), IngestError> {
         positive("mqtt.max_connections", self.max_connections as u64)?;
+        positive(
+            "mqtt.max_pending_connections",
+            self.max_pending_connections as u64,
+        )?;
+        positive(
+            "mqtt.max_pending_per_address",
+            self.max_pending_per_address as u64,
+        )?;
+        if self.max_pending_per_address > self.max_pending_connections {
+            return Err(IngestError::config(
+                "mqtt.max_pending_per_address",
+                "must be at most mqtt.max_pending_connections",
+            ));
+        }
         positive("mqtt.max_payload_bytes", self.max_payload_bytes as u64)?;
         if self.max_payload_bytes > 268_435_455 {
             return Err(IngestError::config(

@@ -15,7 +15,6 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,6 +34,7 @@ use super::registry::{Kick, Registered};
 use super::session::{
     refusal, Close, CloseReason, ConnectRefusal, ConnectRequest, Session, Step, Submit,
 };
+use super::slots::{LoggedIn, PendingSlot};
 use super::{Budget, Edge, ListenerInfo};
 use crate::edge::{policy, RawMessage};
 use crate::edge::{Durability, Submission};
@@ -51,29 +51,18 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
 }
 
-/// Counts the connection in `meterflow_mqtt_connections` for exactly as long as it lives.
-struct Counted(Arc<Edge>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-        self.0.metrics.connections.decrement(1.0);
-    }
-}
-
-/// Takes a plain connection the accept loop counted already.
+/// Takes a plain connection with the pending slot the accept loop gave it.
 pub(super) async fn run_plain(
     stream: TcpStream,
-    peer: SocketAddr,
-    edge: Arc<Edge>,
+    pending: Box<PendingSlot>,
     listener: ListenerInfo,
 ) {
-    let counted = Counted(edge);
-    let edge = &counted.0;
+    let owner = pending.edge().clone();
+    let edge = &*owner;
     // Both phases boxed: the task itself stays a few words, and the CONNECT phase's memory
     // is given back before the session's is taken.
     let deadline = Instant::now() + edge.connect_timeout();
-    let opened = Box::pin(open(stream, peer, None, edge, listener, deadline)).await;
+    let opened = Box::pin(open(stream, pending, None, edge, listener, deadline)).await;
     let session = match session_of(opened, edge) {
         Ok(session) => session,
         Err(reason) => return closed(reason),
@@ -81,15 +70,10 @@ pub(super) async fn run_plain(
     closed(Some(session.await));
 }
 
-/// Takes a TLS connection the accept loop counted already.
-pub(super) async fn run_tls(
-    stream: TcpStream,
-    peer: SocketAddr,
-    edge: Arc<Edge>,
-    listener: ListenerInfo,
-) {
-    let counted = Counted(edge);
-    let edge = &counted.0;
+/// Takes a TLS connection with the pending slot the accept loop gave it.
+pub(super) async fn run_tls(stream: TcpStream, pending: Box<PendingSlot>, listener: ListenerInfo) {
+    let owner = pending.edge().clone();
+    let edge = &*owner;
     // One deadline for the TLS handshake and the CONNECT together.
     let deadline = Instant::now() + edge.connect_timeout();
     let opened = Box::pin(async {
@@ -104,7 +88,7 @@ pub(super) async fn run_tls(
         let stream = match handshake {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed");
+                tracing::debug!(peer = %pending.peer(), error = %e, "MQTT TLS handshake failed");
                 metrics::counter!("meterflow_mqtt_closed_total", "reason" => "tls_handshake")
                     .increment(1);
                 return Err(None);
@@ -116,7 +100,7 @@ pub(super) async fn run_tls(
             }
         };
         let cn = super::tls::client_cn(stream.get_ref().1);
-        open(stream, peer, cn, edge, listener, deadline).await
+        open(stream, pending, cn, edge, listener, deadline).await
     })
     .await;
     let session = match session_of(opened, edge) {
@@ -394,6 +378,8 @@ struct Open<'e, S> {
     rb: ReadBuffer<'e>,
     kick: Arc<Kick>,
     _registered: Unregister<'e>,
+    /// Its place in `mqtt.max_connections`, given back when the session ends.
+    _logged_in: LoggedIn<'e>,
 }
 
 /// Removes the session from the registry when the connection ends.
@@ -412,16 +398,18 @@ impl Drop for Unregister<'_> {
     }
 }
 
-/// Reads the CONNECT (within the connect timeout), authenticates, registers the session and
-/// sends the CONNACK; or refuses, and says why the connection ends (`None`: nothing to count).
+/// Reads the CONNECT (within the connect timeout), authenticates, moves the connection from
+/// the pending budget to `mqtt.max_connections`, registers the session and sends the
+/// CONNACK; or refuses, and says why the connection ends (`None`: nothing to count).
 async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
-    peer: SocketAddr,
+    pending: Box<PendingSlot>,
     cert: Option<Result<String, String>>,
     edge: &'e Edge,
     listener: ListenerInfo,
     deadline: Instant,
 ) -> Result<Open<'e, S>, Option<CloseReason>> {
+    let peer = pending.peer();
     let conn_id = edge.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut rb = ReadBuffer::new(edge);
     let connect = tokio::select! {
@@ -488,6 +476,19 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     drop(store);
+    // Logged in: out of the pending budget, into max_connections; before the registry, so a
+    // connection refused here never takes a session over.
+    let logged_in = match pending.log_in(edge) {
+        Ok(logged_in) => logged_in,
+        Err(_pending) => {
+            tracing::debug!(%peer, identity = identity.label(), "MQTT connection refused: mqtt.max_connections");
+            refuse(ConnectRefusal::Busy, &mut out);
+            let _ = flush(&mut stream, &mut out, edge).await;
+            metrics::counter!("meterflow_mqtt_closed_total", "reason" => "max_connections")
+                .increment(1);
+            return Err(None);
+        }
+    };
     let kick = Arc::new(Kick::default());
     let registered = edge.registry.register(
         identity.id(),
@@ -540,6 +541,7 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
         rb,
         kick,
         _registered: registered,
+        _logged_in: logged_in,
     })
 }
 
@@ -692,6 +694,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(open: Open<'_, S>, edge: &Edge) 
         rb,
         kick,
         _registered,
+        _logged_in,
     } = open;
     let keep_alive = session.keep_alive_deadline();
     let mut lp = Loop {
@@ -934,6 +937,7 @@ pub(super) mod sizes {
                 client_id: "x".into(),
                 conn_id: 0,
             },
+            _logged_in: LoggedIn::take(edge).expect("room"),
         };
         let f = run(open, edge);
         std::mem::size_of_val(&f)
@@ -946,7 +950,8 @@ pub(super) mod sizes {
             tls: false,
             loopback: true,
         };
-        std::mem::size_of_val(&run_plain(stream, peer, edge, info))
+        let pending = Box::new(PendingSlot::take(&edge, peer).expect("a pending slot"));
+        std::mem::size_of_val(&run_plain(stream, pending, info))
     }
 
     /// Bytes of the future a TLS connection's task runs.
@@ -956,6 +961,7 @@ pub(super) mod sizes {
             tls: true,
             loopback: true,
         };
-        std::mem::size_of_val(&run_tls(stream, peer, edge, info))
+        let pending = Box::new(PendingSlot::take(&edge, peer).expect("a pending slot"));
+        std::mem::size_of_val(&run_tls(stream, pending, info))
     }
 }

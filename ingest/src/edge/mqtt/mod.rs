@@ -11,6 +11,8 @@
 //!   anonymous devices are served): topics, client ids, subscriptions;
 //! - [`registry`]: live sessions by client id (takeover, revoke, shutdown);
 //! - [`tls`]: rustls, client certificates, reload;
+//! - [`slots`]: the connection budgets: connections that have not logged in (in all, and per
+//!   address) and those that have (`mqtt.max_connections`);
 //! - `config`: the settings (`[mqtt]`) and the start-up check of the anonymous rule.
 //!
 //! This module owns the listeners, the shared state of the edge ([`Edge`]), the background
@@ -27,6 +29,7 @@ mod config;
 mod connection;
 pub mod registry;
 pub mod session;
+mod slots;
 pub mod tls;
 
 #[cfg(test)]
@@ -46,6 +49,7 @@ use crate::edge::{policy, Submission};
 use crate::error::IngestError;
 use registry::Registry;
 use session::{CloseReason, Limits};
+use slots::{PendingSlot, Slots};
 use tls::{TlsFiles, TlsServer};
 
 pub use config::{check_anonymous_rule, MqttConfig};
@@ -60,7 +64,6 @@ struct ListenerInfo {
 
 /// Metric handles used on every packet (looked up once).
 struct EdgeMetrics {
-    connections: metrics::Gauge,
     read_buffer: metrics::Gauge,
     inflight_bytes: metrics::Gauge,
     received: metrics::Counter,
@@ -113,8 +116,9 @@ struct Edge {
     read_buffered_pre_auth: AtomicUsize,
     /// Connections that completed CONNECT.
     sessions: AtomicU64,
-    /// Open connections (exact: counted at accept, uncounted when the task ends).
-    connections: AtomicUsize,
+    /// Open connections, exact: pending from accept, logged in from authentication, given
+    /// back when the task ends.
+    slots: Slots,
     next_conn: AtomicU64,
     /// The process's shutdown: accepting stops, sessions answer what they read (each gets a
     /// kick), and at its deadline whatever is still open is closed.
@@ -154,7 +158,7 @@ impl MqttServer {
         wal: flume::Sender<Submission>,
         shutdown: ShutdownSignal,
     ) -> Result<MqttServer, IngestError> {
-        raise_open_files_limit(config.max_connections);
+        raise_open_files_limit(config.max_connections + config.max_pending_connections);
         let tls = match (&config.tls_listen, &config.tls_cert, &config.tls_key) {
             (Some(_), Some(cert), Some(key)) => Some(TlsServer::load(TlsFiles {
                 cert: cert.clone(),
@@ -169,6 +173,11 @@ impl MqttServer {
         }
         let edge = Arc::new(Edge {
             budget: Arc::new(Semaphore::new(config.max_inflight_bytes)),
+            slots: Slots::new(
+                config.max_pending_connections,
+                config.max_pending_per_address,
+                config.max_connections,
+            ),
             config,
             credentials,
             registry: Registry::default(),
@@ -176,12 +185,10 @@ impl MqttServer {
             read_buffered: AtomicUsize::new(0),
             read_buffered_pre_auth: AtomicUsize::new(0),
             sessions: AtomicU64::new(0),
-            connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             shutdown,
             tls,
             metrics: EdgeMetrics {
-                connections: metrics::gauge!("meterflow_mqtt_connections"),
                 read_buffer: metrics::gauge!("meterflow_mqtt_read_buffer_bytes"),
                 inflight_bytes: metrics::gauge!("meterflow_mqtt_inflight_bytes"),
                 received: metrics::counter!("meterflow_received_total", "source" => "mqtt"),
@@ -190,7 +197,6 @@ impl MqttServer {
                 ack_seconds: metrics::histogram!("meterflow_mqtt_ack_seconds"),
             },
         });
-        edge.metrics.connections.set(0.0);
         // Kept for dashboards made for the former embedded broker; nothing drops messages now.
         metrics::counter!("meterflow_router_drops_total").absolute(0);
         let accept_tasks = listeners
@@ -243,17 +249,16 @@ async fn stop_at_shutdown(
         let _ = task.await;
     }
     let mut summary = MqttSummary::default();
-    while edge.connections.load(Ordering::Acquire) > 0 {
+    while edge.slots.open() > 0 {
         if tokio::time::Instant::now() >= deadline {
-            summary.cut_off = edge.connections.load(Ordering::Acquire);
+            summary.cut_off = edge.slots.open();
             tracing::warn!(
                 connections = summary.cut_off,
                 "MQTT connections still draining at pipeline.shutdown_max_ms; closing them"
             );
             edge.registry.force_all(CloseReason::ShutdownTimeout);
             let hard = tokio::time::Instant::now() + Duration::from_secs(5);
-            while edge.connections.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < hard
-            {
+            while edge.slots.open() > 0 && tokio::time::Instant::now() < hard {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             break;
@@ -296,18 +301,22 @@ async fn accept_loop(listener: tokio::net::TcpListener, info: ListenerInfo, edge
         };
         match accepted {
             Ok((stream, peer)) => {
-                if edge.connections.fetch_add(1, Ordering::AcqRel) >= edge.config.max_connections {
-                    edge.connections.fetch_sub(1, Ordering::AcqRel);
-                    metrics::counter!("meterflow_mqtt_closed_total", "reason" => "max_connections")
-                        .increment(1);
-                    continue; // dropping the stream closes it
-                }
-                edge.metrics.connections.increment(1.0);
+                // Until it logs in, a connection holds a pending slot: of a budget of its
+                // own, and of its address's share of it.
+                // (Boxed: a connection's task is held to a memory budget.)
+                let pending = match PendingSlot::take(&edge, peer) {
+                    Ok(pending) => Box::new(pending),
+                    Err(full) => {
+                        metrics::counter!("meterflow_mqtt_closed_total", "reason" => full.label())
+                            .increment(1);
+                        continue; // dropping the stream closes it
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 if info.tls {
-                    tokio::spawn(connection::run_tls(stream, peer, edge.clone(), info));
+                    tokio::spawn(connection::run_tls(stream, pending, info));
                 } else {
-                    tokio::spawn(connection::run_plain(stream, peer, edge.clone(), info));
+                    tokio::spawn(connection::run_plain(stream, pending, info));
                 }
             }
             Err(e) => {
@@ -364,14 +373,14 @@ async fn watch_changes(edge: Arc<Edge>) {
 }
 
 /// Raises the soft limit of open files to the hard limit, and warns when that is still below
-/// what `mqtt.max_connections` needs.
-fn raise_open_files_limit(max_connections: usize) {
-    let wanted = max_connections as u64 + 1024;
+/// what `mqtt.max_connections` and `mqtt.max_pending_connections` need together.
+fn raise_open_files_limit(connections: usize) {
+    let wanted = connections as u64 + 1024;
     match rlimit::increase_nofile_limit(wanted) {
         Ok(got) if got < wanted => tracing::warn!(
             open_files = got,
-            mqtt_max_connections = max_connections,
-            "the open-files limit is below mqtt.max_connections: raise it (LimitNOFILE= in the systemd unit, or ulimit -n)"
+            mqtt_connections = connections,
+            "the open-files limit is below mqtt.max_connections + mqtt.max_pending_connections: raise it (LimitNOFILE= in the systemd unit, or ulimit -n)"
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "reading the open-files limit"),

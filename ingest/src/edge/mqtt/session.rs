@@ -170,7 +170,9 @@ pub struct Submit {
     pub topic: String,
     pub payload: Bytes,
     pub content_type: Option<String>,
-    /// Set when the publish was refused: kept as an `unauthorized` dead letter.
+    /// Set when the publish was refused (kept as an `unauthorized` dead letter), or when an
+    /// identified device's topic routes nowhere (its `bad_topic` dead letter names the
+    /// sender): see [`edge::RefusalKind`].
     pub refused: Option<Box<edge::Refusal>>,
     /// Whether the session waits for the WAL's answer ([`Session::on_durable`]).
     pub wait: bool,
@@ -285,8 +287,10 @@ pub enum ConnectRefusal {
     Denied(Denial),
     /// The client id is another device's meter id.
     NotAuthorized,
-    /// `mqtt.max_connections`, or the server is stopping.
+    /// The server is stopping.
     Unavailable,
+    /// `mqtt.max_connections` connections are logged in.
+    Busy,
 }
 
 impl ConnectRefusal {
@@ -300,6 +304,7 @@ impl ConnectRefusal {
             ConnectRefusal::Denied(d) => d.label(),
             ConnectRefusal::NotAuthorized => "client_id",
             ConnectRefusal::Unavailable => "shutting_down",
+            ConnectRefusal::Busy => "max_connections",
         }
     }
 }
@@ -318,7 +323,7 @@ pub fn refusal(version: Version, why: ConnectRefusal) -> Packet {
         (Version::V4, ConnectRefusal::Denied(_) | ConnectRefusal::NotAuthorized) => {
             C::NotAuthorized
         }
-        (Version::V4, ConnectRefusal::Unavailable) => C::ServiceUnavailable,
+        (Version::V4, ConnectRefusal::Unavailable | ConnectRefusal::Busy) => C::ServiceUnavailable,
         (Version::V5, ConnectRefusal::Protocol) => C::ProtocolError,
         (Version::V5, ConnectRefusal::UnsupportedVersion) => C::UnsupportedProtocolVersion,
         (Version::V5, ConnectRefusal::ClientId) => C::ClientIdentifierNotValid,
@@ -329,6 +334,7 @@ pub fn refusal(version: Version, why: ConnectRefusal) -> Packet {
         (Version::V5, ConnectRefusal::Denied(Denial::BadCredentials)) => C::BadUserNamePassword,
         (Version::V5, ConnectRefusal::NotAuthorized) => C::NotAuthorized,
         (Version::V5, ConnectRefusal::Unavailable) => C::ServerUnavailable,
+        (Version::V5, ConnectRefusal::Busy) => C::ServerBusy,
     };
     Packet::ConnAck(
         ConnAck {
@@ -559,12 +565,27 @@ impl Session {
                     self.qos2.push((pkid, false));
                 }
             }
+            // Under its own meters/{id}/ but not meters/{meter_id}/{format} (a level more or
+            // less, `..`, an unknown format): taken and acknowledged like any message the
+            // pipeline cannot route (a `bad_topic` dead letter), with its sender, so that the
+            // dead letter says who sent it. Anonymous devices have no one to name.
+            let sender = match (&self.identity, crate::pipeline::parse_topic(&topic)) {
+                (Identity::Device { .. }, Err(reason)) => Some(Box::new(edge::Refusal {
+                    kind: edge::RefusalKind::BadTopic,
+                    identity: self.identity.id().map(str::to_string),
+                    client_id: Some(self.client_id.to_string()),
+                    peer: self.peer.to_string(),
+                    // It quotes the sender's topic: cut, so that it stays whole in the WAL.
+                    reason: cut(&reason, 300).to_string(),
+                })),
+                _ => None,
+            };
             return Step {
                 submit: Some(Submit {
                     topic,
                     payload,
                     content_type,
-                    refused: None,
+                    refused: sender,
                     wait: qos > 0,
                 }),
                 ..Step::default()
@@ -573,6 +594,7 @@ impl Session {
         // Not this identity's to publish: a dead letter with who and from where; MQTT 5 is
         // told 0x87 once the dead letter is stored, MQTT 3.1.1 is closed (§3.3.5).
         let refusal = edge::Refusal {
+            kind: edge::RefusalKind::Unauthorized,
             identity: self.identity.id().map(str::to_string),
             client_id: Some(self.client_id.to_string()),
             peer: self.peer.to_string(),

@@ -243,6 +243,42 @@ fn a_publish_for_another_meter_is_a_dead_letter_and_refused_as_each_version_says
 }
 
 #[test]
+fn an_identified_devices_topic_that_routes_nowhere_is_acknowledged_with_its_sender() {
+    use crate::edge::RefusalKind;
+    for version in [Version::V4, Version::V5] {
+        let mut s = session(version, meter("E1"));
+        for topic in ["meters/E1/../E2/json", "meters/E1/json/v2", "meters/E1/xml"] {
+            let step = publish(&mut s, 1, 5, topic);
+            assert_eq!((step.denied, step.close), (None, None), "{topic}");
+            let submit = step.submit.unwrap();
+            assert!(submit.wait, "{topic}: acknowledged once stored");
+            let sender = submit.refused.unwrap();
+            assert_eq!(sender.kind, RefusalKind::BadTopic);
+            assert_eq!(
+                sender.sender(),
+                "(identity E1, client id c1, peer 10.1.2.3:40000)"
+            );
+            assert_eq!(
+                s.on_durable(&Durability::Durable(9)).packets,
+                vec![puback(5, PubAckReason::Success)]
+            );
+        }
+        // A topic that routes carries nothing; anonymous devices have no sender to name.
+        assert!(publish(&mut s, 1, 6, "meters/E1/status")
+            .submit
+            .unwrap()
+            .refused
+            .is_none());
+        let mut s = session(version, Identity::Anonymous);
+        assert!(publish(&mut s, 1, 7, "meters/E1/../E2/json")
+            .submit
+            .unwrap()
+            .refused
+            .is_none());
+    }
+}
+
+#[test]
 fn gateways_publish_for_their_globs_and_anonymous_clients_anywhere() {
     let gw = Identity::Device {
         id: "GW".into(),

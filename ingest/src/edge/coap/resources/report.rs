@@ -12,7 +12,7 @@ use meterflow_proto::{is_valid_meter_id, now_ms, Format, Source};
 
 use crate::edge::coap::message::with_code;
 use crate::edge::coap::server::{Caller, Handling, Server};
-use crate::edge::{policy, RawMessage, Refusal};
+use crate::edge::{policy, RawMessage, Refusal, RefusalKind};
 
 const REPORT_FORMATS: &str = "Content-Format must be 50 (json), 60 (cbor), 110 (senml+json), 112 (senml+cbor), 65000 (meterflow protobuf) or 65001 (dsmr)";
 
@@ -120,6 +120,7 @@ impl Server {
         let identity = caller.identity().map(str::to_string);
         tracing::info!(identity = identity.as_deref().unwrap_or("anonymous"), %peer, %reason, "CoAP: request refused");
         let refusal = Refusal {
+            kind: RefusalKind::Unauthorized,
             identity,
             client_id: None,
             peer: peer.to_string(),
