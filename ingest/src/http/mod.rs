@@ -7,6 +7,9 @@
 //! `/ready` and the page's HTML stay open (the page asks for the token and sends it with every
 //! API call). Without a token (loopback only), the API answers only requests whose Host is an
 //! IP address or `localhost`, so a web page cannot reach it by DNS rebinding.
+//!
+//! [`serve`] runs the listener with its limits (connections, header timeout and size, idle
+//! time): see `server.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -20,6 +23,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
+
+mod server;
+pub use server::serve;
 
 use crate::devices::{DeviceRegistry, DeviceState, Health};
 use crate::progress::LsnMarks;
