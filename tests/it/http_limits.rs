@@ -300,12 +300,21 @@ fn connections_beyond_the_cap_are_closed_and_counted_and_the_server_holds_no_mor
     assert_eq!(held_connections(&server), CAP);
     // Once the held ones go, a normal request is answered again.
     drop(holders);
+    // (A try while the server is still closing them is closed at accept too, and counted.)
+    let mut refused_tries = 0;
     let answer = wait_for(
         "a normal request answered once the holders are gone",
-        || try_get(&server, "/api/devices"),
+        || {
+            let answer = try_get(&server, "/api/devices");
+            refused_tries += usize::from(answer.is_none());
+            answer
+        },
     );
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
-    assert_eq!(closed(&server, "max_connections"), (3 * CAP) as f64);
+    assert_eq!(
+        closed(&server, "max_connections"),
+        (3 * CAP + refused_tries) as f64
+    );
     assert_eq!(metric(&server, "meterflow_http_connections"), 1.0);
 }
 
