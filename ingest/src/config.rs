@@ -61,7 +61,8 @@ pub struct HttpConfig {
     /// The page, the API, `/health`, `/ready` and `/metrics`. Loopback by default.
     pub listen: SocketAddr,
     /// Bearer token for the API, the page's data and `/metrics` (`Authorization: Bearer
-    /// TOKEN`); `/health` and `/ready` stay open. Empty: no token, allowed on loopback only.
+    /// TOKEN`); `/health` and `/ready` stay open (`/ready` tells only its status without the
+    /// token). Empty: no token, allowed on loopback only.
     pub token: String,
     /// Open connections at most; one beyond is closed at accept (counted).
     pub max_connections: usize,

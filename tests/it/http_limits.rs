@@ -3,8 +3,8 @@
 //! connections after `http.idle_timeout_ms`, a head over `http.max_header_bytes` answered 431,
 //! connections beyond `http.max_connections` closed at once (the server holds no more sockets
 //! than the cap), each counted in `meterflow_http_closed_total{reason}` with the
-//! `meterflow_http_connections` gauge exact; and `/ready` answering "stopping" through the
-//! shutdown's drain.
+//! `meterflow_http_connections` gauge exact; `/ready` answering "stopping" through the
+//! shutdown's drain; and `/ready` telling only its status to a caller without the token.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -318,6 +318,55 @@ fn connections_beyond_the_cap_are_closed_and_counted_and_the_server_holds_no_mor
     assert_eq!(metric(&server, "meterflow_http_connections"), 1.0);
 }
 
+#[test]
+fn ready_tells_only_its_status_without_the_token() {
+    // Not ready: ClickHouse cannot be reached (nothing listens on its port), whose error text
+    // names the server.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let (_cfg, config) = config_file(&format!(
+        "[http]\ntoken = \"{TOKEN}\"\n[clickhouse]\nurl = \"{dead}\"\n"
+    ));
+    let server = Server::start_with(&["--config", &config]);
+    let ask = |path: &str, headers: &[(&str, &str)]| {
+        let (status, body) = http(server.http_port, "GET", path, headers, None);
+        let value: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        (status, value, body)
+    };
+    let wrong = "Bearer wrong-token-0123456789";
+    for headers in [&[][..], &[("Authorization", wrong)][..]] {
+        let (status, value, body) = ask("/ready", headers);
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(value, serde_json::json!({"ready": false}), "{body}");
+        for secret in ["127.0.0.1", "clickhouse", "bytes", "wal", "unreachable"] {
+            assert!(!body.to_lowercase().contains(secret), "{secret} in {body}");
+        }
+        // The load balancer's question keeps its meaning: the WAL holds the data meanwhile.
+        let (status, value, body) = ask("/ready?ingest", headers);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(value, serde_json::json!({"ready": true}), "{body}");
+    }
+    // With the token: every check, as before.
+    let token = bearer();
+    let (status, value, body) = ask("/ready", &[("Authorization", &token)]);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(value["ready"], false);
+    assert_eq!(value["checks"]["clickhouse"]["ok"], false, "{body}");
+    let detail = value["checks"]["clickhouse"]["detail"].as_str().unwrap();
+    assert!(detail.contains("unreachable"), "{detail}");
+    let wal = value["checks"]["wal"]["detail"].as_str().unwrap();
+    assert!(wal.contains("wal.max_bytes"), "{wal}");
+    assert_eq!(value["checks"]["pipeline"]["ok"], true);
+    let (status, value, body) = ask("/ready?ingest", &[("Authorization", &token)]);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        value["checks"]["clickhouse"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not counted for ?ingest"),
+        "{body}"
+    );
+}
+
 /// A ClickHouse that takes connections and never answers: the shutdown's flush waits on it
 /// until it is let go (or the shutdown's deadline), which holds the stop in its drain.
 struct SilentClickHouse {
@@ -407,6 +456,15 @@ fn ready_answers_stopping_while_the_shutdown_drains() {
     let (status, body) = read_answer(&mut kept);
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("stopping"), "{body}");
+    // ...and without it, the status alone, to a load balancer's new connection.
+    for path in ["/ready", "/ready?ingest"] {
+        let (status, body) = http(server.http_port, "GET", path, &[], None);
+        assert_eq!(
+            (status, body.as_str()),
+            (503, r#"{"ready":false}"#),
+            "{path}"
+        );
+    }
     // ClickHouse goes away: the stop completes, HTTP last, and cleanly.
     clickhouse.let_go();
     let exit = server.child.wait().unwrap();
