@@ -61,8 +61,21 @@ pub struct HttpConfig {
     /// The page, the API, `/health`, `/ready` and `/metrics`. Loopback by default.
     pub listen: SocketAddr,
     /// Bearer token for the API, the page's data and `/metrics` (`Authorization: Bearer
-    /// TOKEN`); `/health` and `/ready` stay open. Empty: no token, allowed on loopback only.
+    /// TOKEN`); `/health` and `/ready` stay open (`/ready` tells only its status without the
+    /// token). Empty: no token, allowed on loopback only.
     pub token: String,
+    /// Open connections at most; one beyond is closed at accept (counted).
+    pub max_connections: usize,
+    /// A request's head (request line and headers) must arrive whole within this, counted from
+    /// the connection's accept for its first request and from the first byte of each later one.
+    pub header_read_timeout_ms: u64,
+    /// A connection on which nothing is read or written for this long while no request is
+    /// being answered (a keep-alive connection between requests, a client that stopped reading
+    /// its answer) is closed.
+    pub idle_timeout_ms: u64,
+    /// A request head larger than this (request line and headers) is answered 431 and the
+    /// connection closed; it is also what a connection buffers at most while reading a head.
+    pub max_header_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -70,9 +83,19 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: String::new(),
+            max_connections: 256,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_header_bytes: 16_384,
         }
     }
 }
+
+/// The longest `http.header_read_timeout_ms` and `http.idle_timeout_ms` taken: a day.
+const HTTP_TIMEOUT_MAX_MS: u64 = 86_400_000;
+/// The range of `http.max_header_bytes`: a browser's request with its token and cookies
+/// needs a few KiB; above a MiB a held connection costs more than the cap is meant to allow.
+const HTTP_HEADER_BYTES: std::ops::RangeInclusive<usize> = 4096..=1_048_576;
 
 /// Between the WAL writer and the decoder, and shutdown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -263,6 +286,29 @@ impl HttpConfig {
                 "must be at least 16 printable ASCII characters without spaces",
             ));
         }
+        positive("http.max_connections", self.max_connections as u64)?;
+        for (key, ms) in [
+            ("http.header_read_timeout_ms", self.header_read_timeout_ms),
+            ("http.idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            positive(key, ms)?;
+            if ms > HTTP_TIMEOUT_MAX_MS {
+                return Err(IngestError::config(
+                    key,
+                    format!("must be at most {HTTP_TIMEOUT_MAX_MS} (a day)"),
+                ));
+            }
+        }
+        if !HTTP_HEADER_BYTES.contains(&self.max_header_bytes) {
+            return Err(IngestError::config(
+                "http.max_header_bytes",
+                format!(
+                    "must be {} to {}",
+                    HTTP_HEADER_BYTES.start(),
+                    HTTP_HEADER_BYTES.end()
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -401,6 +447,26 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("http.token"));
         c.http.token = "a-long-enough-token-1234".into();
         c.validate().unwrap();
+        for (text, key) in [
+            ("[http]\nmax_connections = 0\n", "http.max_connections"),
+            (
+                "[http]\nheader_read_timeout_ms = 0\n",
+                "http.header_read_timeout_ms",
+            ),
+            ("[http]\nidle_timeout_ms = 0\n", "http.idle_timeout_ms"),
+            (
+                "[http]\nidle_timeout_ms = 86400001\n",
+                "http.idle_timeout_ms",
+            ),
+            ("[http]\nmax_header_bytes = 1024\n", "http.max_header_bytes"),
+            (
+                "[http]\nmax_header_bytes = 2000000\n",
+                "http.max_header_bytes",
+            ),
+        ] {
+            let e = Config::from_toml(text).unwrap().validate().unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
         let e = Config::from_toml("[mqtt]\nlisten = \"nowhere\"\n").unwrap_err();
         assert!(e.to_string().contains("`mqtt.listen (line 2)`"), "{e}");
     }

@@ -107,7 +107,7 @@ pub struct Running {
     writer: std::thread::JoinHandle<WriterSummary>,
     pipeline: PipelineThread,
     device_saver: JoinHandle<()>,
-    http: JoinHandle<std::io::Result<()>>,
+    http: JoinHandle<()>,
     /// HTTP stops last: `/ready` answers "stopping" through the whole shutdown.
     http_stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -219,7 +219,7 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
         readiness,
         token: (!config.http.token.is_empty()).then(|| Arc::from(config.http.token.as_str())),
     });
-    let (http, http_stop) = serve_http(http_listener, app);
+    let (http, http_stop) = serve_http(http_listener, app, &config.http);
     let device_saver = tokio::spawn(devices.clone().save_every(
         config.data_dir.clone(),
         Duration::from_secs(config.devices.save_interval_s),
@@ -355,22 +355,16 @@ fn start_bridges(
         .collect()
 }
 
-/// Serves `app` on `listener` until the returned sender is used (or dropped).
+/// Serves `app` on `listener` within the `[http]` limits until the returned sender is used
+/// (or dropped); the task ends once the open connections have.
 fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
-) -> (
-    JoinHandle<std::io::Result<()>>,
-    tokio::sync::oneshot::Sender<()>,
-) {
+    config: &crate::config::HttpConfig,
+) -> (JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let config = config.clone();
+    let task = tokio::spawn(async move { http::serve(listener, app, &config, stopped).await });
     (task, stop)
 }
 
@@ -507,8 +501,8 @@ impl Running {
         device_saver.abort();
         let saved = devices.save(&config.data_dir);
         let _ = http_stop.send(());
-        if let Ok(Err(e)) = http.await {
-            tracing::warn!(error = %e, "HTTP server ended with an error");
+        if let Err(e) = http.await {
+            tracing::warn!(error = %e, "the HTTP server failed");
         }
         let writer =
             writer.map_err(|_| IngestError::Runtime("the WAL writer thread panicked".into()))?;

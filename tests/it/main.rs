@@ -18,6 +18,7 @@ mod confirmation_path;
 mod deploy;
 mod fuzz_regressions;
 mod http_api;
+mod http_limits;
 mod import;
 mod mqtt_identity;
 mod mqtt_limits;

@@ -5,8 +5,12 @@
 //!
 //! With `http.token` set, the API and `/metrics` need `Authorization: Bearer TOKEN`; `/health`,
 //! `/ready` and the page's HTML stay open (the page asks for the token and sends it with every
-//! API call). Without a token (loopback only), the API answers only requests whose Host is an
-//! IP address or `localhost`, so a web page cannot reach it by DNS rebinding.
+//! API call), but `/ready` shows its checks only with the token. Without a token (loopback
+//! only), the API and `/ready`'s checks answer only requests whose Host is an IP address or
+//! `localhost`, so a web page cannot reach them by DNS rebinding.
+//!
+//! [`serve`] runs the listener with its limits (connections, header timeout and size, idle
+//! time): see `server.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -20,6 +24,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
+
+mod server;
+pub use server::serve;
 
 use crate::devices::{DeviceRegistry, DeviceState, Health};
 use crate::progress::LsnMarks;
@@ -83,21 +90,24 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-async fn require_token(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    request: Request,
-    next: Next,
-) -> Response {
+/// Whether a request may see what the API shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// With `http.token` set, it carries the token; without one, its Host names this machine.
+    Granted,
+    /// No token is set and the Host is a name (a web page reaching us by DNS rebinding).
+    ForeignHost,
+    /// `http.token` is set and the request does not carry it.
+    NoToken,
+}
+
+fn access(state: &HttpState, headers: &HeaderMap) -> Access {
     let Some(token) = &state.token else {
-        if host_is_local(&headers) {
-            return next.run(request).await;
-        }
-        return (
-            StatusCode::FORBIDDEN,
-            Json(serde_json::json!({"error": "without http.token only requests to an IP address or localhost are answered"})),
-        )
-            .into_response();
+        return if host_is_local(headers) {
+            Access::Granted
+        } else {
+            Access::ForeignHost
+        };
     };
     let offered = headers
         .get(header::AUTHORIZATION)
@@ -105,15 +115,35 @@ async fn require_token(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if constant_time_eq(offered.as_bytes(), token.as_bytes()) {
-        return next.run(request).await;
+        Access::Granted
+    } else {
+        Access::NoToken
     }
-    metrics::counter!("meterflow_http_unauthorized_total").increment(1);
-    (
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Bearer")],
-        Json(serde_json::json!({"error": "a bearer token is required (http.token)"})),
-    )
-        .into_response()
+}
+
+async fn require_token(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    match access(&state, &headers) {
+        Access::Granted => next.run(request).await,
+        Access::ForeignHost => (
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({"error": "without http.token only requests to an IP address or localhost are answered"})),
+        )
+            .into_response(),
+        Access::NoToken => {
+            metrics::counter!("meterflow_http_unauthorized_total").increment(1);
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(serde_json::json!({"error": "a bearer token is required (http.token)"})),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// Whether the Host header names this machine by address or as `localhost` (not a domain
@@ -172,11 +202,24 @@ struct Check {
 /// `/ready`: every check must pass. `/ready?ingest` is for a load balancer in front of the
 /// MQTT and CoAP ports: a ClickHouse outage is reported but does not fail it, since the WAL
 /// holds the data meanwhile (taking every instance out of service would stop ingest).
+///
+/// Open to all, but only a caller the API would answer (the token, or loopback without one)
+/// sees the checks: their details name servers, sizes, error texts and bridges. Anyone else
+/// gets the status code and `{"ready": true|false}`.
 async fn ready(
     State(state): State<HttpState>,
+    headers: HeaderMap,
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
-    let for_ingest = query.contains_key("ingest");
+    let (code, body) = readiness(&state, query.contains_key("ingest")).await;
+    if access(&state, &headers) == Access::Granted {
+        return (code, Json(body)).into_response();
+    }
+    (code, Json(serde_json::json!({"ready": body["ready"]}))).into_response()
+}
+
+/// The status code of `/ready` and its whole answer (every check, with its detail).
+async fn readiness(state: &HttpState, for_ingest: bool) -> (StatusCode, serde_json::Value) {
     let r = &state.readiness;
     let mut checks = BTreeMap::new();
     if r.shutdown.is_stopping() {
@@ -275,9 +318,8 @@ async fn ready(
     };
     (
         code,
-        Json(serde_json::json!({"ready": is_ready, "checks": checks})),
+        serde_json::json!({"ready": is_ready, "checks": checks}),
     )
-        .into_response()
 }
 
 /// Asks ClickHouse for its version (inserts have not failed, but an idle meterflow has none
@@ -639,7 +681,7 @@ mod tests {
                     .into_iter()
                     .filter(|(k, _)| !k.is_empty())
                     .collect();
-                let answer = ready(State(state(stopping)), Query(params)).await;
+                let answer = ready(State(state(stopping)), HeaderMap::new(), Query(params)).await;
                 assert_eq!(answer.status(), code, "stopping {stopping}, ?{query}");
             }
         }
@@ -656,7 +698,7 @@ mod tests {
                 .into_iter()
                 .filter(|(k, _)| !k.is_empty())
                 .collect();
-            ready(State(with_bridge.clone()), Query(params))
+            ready(State(with_bridge.clone()), HeaderMap::new(), Query(params))
         };
         assert_eq!(ask("").await.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(ask("ingest").await.status(), StatusCode::OK);
@@ -665,6 +707,52 @@ mod tests {
         assert_eq!(ask("").await.status(), StatusCode::OK);
         since.store(0, Ordering::Release);
         assert_eq!(ask("").await.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn ready_shows_its_checks_only_to_a_caller_the_api_would_answer() {
+        let mut with_bridge = state(false);
+        let since = Arc::new(AtomicI64::new(now_ms() - 60_000));
+        with_bridge.readiness.bridges = vec![("broker.example:8883".into(), since)];
+        with_bridge.token = Some(Arc::from("a-token-of-16-chars-or-more"));
+        let body = |state: &HttpState, headers: HeaderMap| {
+            let state = state.clone();
+            async move {
+                let answer = ready(State(state), headers, Query(Default::default())).await;
+                let code = answer.status();
+                let bytes = axum::body::to_bytes(answer.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                (code, String::from_utf8(bytes.to_vec()).unwrap())
+            }
+        };
+        let mut wrong = HeaderMap::new();
+        wrong.insert(header::AUTHORIZATION, "Bearer nope".parse().unwrap());
+        for headers in [HeaderMap::new(), wrong] {
+            assert_eq!(
+                body(&with_bridge, headers).await,
+                (StatusCode::SERVICE_UNAVAILABLE, r#"{"ready":false}"#.into())
+            );
+        }
+        let mut right = HeaderMap::new();
+        right.insert(
+            header::AUTHORIZATION,
+            "Bearer a-token-of-16-chars-or-more".parse().unwrap(),
+        );
+        let (code, full) = body(&with_bridge, right).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(full.contains("broker.example:8883"), "{full}");
+        // Without a token (loopback): to a request naming this machine, not to a rebound name.
+        with_bridge.token = None;
+        let mut local = HeaderMap::new();
+        local.insert(header::HOST, "127.0.0.1:8080".parse().unwrap());
+        assert!(body(&with_bridge, local)
+            .await
+            .1
+            .contains("broker.example:8883"));
+        let mut rebound = HeaderMap::new();
+        rebound.insert(header::HOST, "evil.example".parse().unwrap());
+        assert_eq!(body(&with_bridge, rebound).await.1, r#"{"ready":false}"#);
     }
 
     #[test]

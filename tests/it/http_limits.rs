@@ -1,0 +1,475 @@
+//! The HTTP listener's limits against the real binary, with raw sockets (issue 20, findings 2
+//! and 8): half-sent requests closed after `http.header_read_timeout_ms`, idle keep-alive
+//! connections after `http.idle_timeout_ms`, a head over `http.max_header_bytes` answered 431,
+//! connections beyond `http.max_connections` closed at once (the server holds no more sockets
+//! than the cap), each counted in `meterflow_http_closed_total{reason}` with the
+//! `meterflow_http_connections` gauge exact; `/ready` answering "stopping" through the
+//! shutdown's drain; and `/ready` telling only its status to a caller without the token.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::{config_file, free_port, http, wait_for, Server};
+use serde_json::Value;
+
+const TOKEN: &str = "limits-token-0123456789";
+
+fn start(http_keys: &str) -> (tempfile::TempDir, Server) {
+    let (dir, config) = config_file(&format!("[http]\ntoken = \"{TOKEN}\"\n{http_keys}"));
+    let server = Server::start_with(&["--config", &config]);
+    (dir, server)
+}
+
+fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
+
+/// One sample of `/metrics` (read with the token), 0 when absent.
+fn metric(server: &Server, sample: &str) -> f64 {
+    let (status, body) = http(
+        server.http_port,
+        "GET",
+        "/metrics",
+        &[("Authorization", &bearer())],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn closed(server: &Server, reason: &str) -> f64 {
+    metric(
+        server,
+        &format!("meterflow_http_closed_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+fn connect(server: &Server) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", server.http_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    s
+}
+
+/// Whether the server has closed `s` (end of stream or reset); whatever it sent is discarded.
+fn is_closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Sends a GET on a kept-alive connection and reads its answer: the status and the body.
+fn get_on(s: &mut TcpStream, path: &str) -> (u16, String) {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .unwrap();
+    read_answer(s)
+}
+
+/// One answer with a Content-Length body.
+fn read_answer(s: &mut TcpStream) -> (u16, String) {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let complete = |raw: &[u8]| -> Option<(u16, String)> {
+        let end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = String::from_utf8_lossy(&raw[..end]).to_string();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        (raw.len() >= end + length).then(|| {
+            let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+            let body = String::from_utf8_lossy(&raw[end..end + length]).to_string();
+            (status, body)
+        })
+    };
+    loop {
+        if let Some(answer) = complete(&raw) {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "no answer: {raw:?}");
+        match s.read(&mut buf) {
+            Ok(0) => panic!("closed before a whole answer: {raw:?}"),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("{e}: {raw:?}"),
+        }
+    }
+}
+
+/// A GET with the token on a new connection (`Connection: close`): the whole answer, or `None`
+/// when the server closed the connection without one.
+fn try_get(server: &Server, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", server.http_port)).ok()?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        bearer()
+    );
+    s.write_all(request.as_bytes()).ok()?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).ok()?;
+    (!answer.is_empty()).then(|| String::from_utf8_lossy(&answer).to_string())
+}
+
+/// The HTTP connections the server process holds open: its sockets (from its file
+/// descriptors) that are TCP connections on its HTTP port, not the listener.
+fn held_connections(server: &Server) -> usize {
+    let inodes: std::collections::HashSet<String> =
+        std::fs::read_dir(format!("/proc/{}/fd", server.child.id()))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let target = std::fs::read_link(e.path()).ok()?;
+                let target = target.to_string_lossy();
+                Some(
+                    target
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .to_string(),
+                )
+            })
+            .collect();
+    let port = format!(":{:04X}", server.http_port);
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local address, state (0A: listening), inode
+            fields.len() > 9
+                && fields[1].ends_with(&port)
+                && fields[3] != "0A"
+                && inodes.contains(fields[9])
+        })
+        .count()
+}
+
+#[test]
+fn half_sent_requests_are_closed_after_the_header_timeout_and_counted() {
+    let (_cfg, server) = start("header_read_timeout_ms = 1000\n");
+    // The attack of issue 20: 40 requests whose head never ends (each held ~400 KB for as long
+    // as the client liked), before the token is checked; and 5 connections that send nothing.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let mut s = connect(&server);
+        s.write_all(b"GET /api/devices HTTP/1.1\r\nHost: localhost\r\nX-Pad: ")
+            .unwrap();
+        s.write_all(&[b'a'; 4000]).unwrap();
+        held.push(s);
+    }
+    for _ in 0..5 {
+        held.push(connect(&server));
+    }
+    for (i, s) in held.iter_mut().enumerate() {
+        wait_for(&format!("connection {i} closed by the server"), || {
+            is_closed(s).then_some(())
+        });
+    }
+    assert_eq!(closed(&server, "header_timeout"), 45.0);
+    // Only the connection that asks for the metrics is open now.
+    assert_eq!(metric(&server, "meterflow_http_connections"), 1.0);
+    // A whole request is answered as before.
+    let (status, body) = http(
+        server.http_port,
+        "GET",
+        "/api/devices",
+        &[("Authorization", &bearer())],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(closed(&server, "header_timeout"), 45.0);
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    // The idle timeout is longer than the header timeout: a connection between two requests is
+    // idle, not reading a head.
+    let (_cfg, server) = start("header_read_timeout_ms = 1000\nidle_timeout_ms = 5000\n");
+    let mut kept = connect(&server);
+    assert_eq!(get_on(&mut kept, "/health"), (200, "ok\n".to_string()));
+    let answered = Instant::now();
+    assert_eq!(get_on(&mut kept, "/health"), (200, "ok\n".to_string()));
+    // Idle for twice the header timeout: still served (unless this machine stalled the test
+    // for longer than the idle timeout, when there is nothing to check).
+    std::thread::sleep(Duration::from_millis(2000));
+    let served = get_on(&mut kept, "/health");
+    if answered.elapsed() < Duration::from_millis(4500) {
+        assert_eq!(served, (200, "ok\n".to_string()));
+    }
+    wait_for("the idle connection closed by the server", || {
+        is_closed(&mut kept).then_some(())
+    });
+    // Closed for being idle, not by the header timeout.
+    assert_eq!(closed(&server, "idle_timeout"), 1.0);
+    assert_eq!(closed(&server, "header_timeout"), 0.0);
+    assert_eq!(metric(&server, "meterflow_http_connections"), 1.0);
+}
+
+#[test]
+fn a_client_that_stops_reading_its_answers_is_closed_after_the_idle_timeout() {
+    let (_cfg, server) = start("idle_timeout_ms = 1000\n");
+    // Thousands of pipelined requests for the page, never read: the answers (tens of MB) fill
+    // the socket's buffers and the server's writes stop moving.
+    let mut s = connect(&server);
+    let requests = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(4000);
+    s.write_all(requests.as_bytes()).unwrap();
+    wait_for("the stalled connection closed for being idle", || {
+        (closed(&server, "idle_timeout") == 1.0).then_some(())
+    });
+    // What the server had written is still there to read, then the end.
+    wait_for("the end of the stalled connection", || {
+        is_closed(&mut s).then_some(())
+    });
+    assert_eq!(closed(&server, "header_timeout"), 0.0);
+    assert_eq!(metric(&server, "meterflow_http_connections"), 1.0);
+}
+
+#[test]
+fn a_head_over_the_limit_is_answered_431_and_closed() {
+    // The default limit: 16 KiB.
+    let (_cfg, server) = start("");
+    let send = |pad: usize| {
+        let mut s = connect(&server);
+        let head = format!(
+            "GET /health HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(pad)
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let answer = read_answer(&mut s);
+        (answer, s)
+    };
+    // 8 KB of headers pass.
+    let ((status, body), _) = send(8000);
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // 20 KB do not: 431, and the connection is closed.
+    let ((status, _), mut s) = send(20_000);
+    assert_eq!(status, 431);
+    wait_for("the connection closed after the 431", || {
+        is_closed(&mut s).then_some(())
+    });
+    // hyper shuts the socket down before it tells why: the count may follow the close.
+    wait_for("the close counted", || {
+        (closed(&server, "header_too_large") == 1.0).then_some(())
+    });
+}
+
+#[test]
+fn connections_beyond_the_cap_are_closed_and_counted_and_the_server_holds_no_more() {
+    const CAP: usize = 8;
+    let (_cfg, server) = start(&format!(
+        "max_connections = {CAP}\nheader_read_timeout_ms = 120000\n"
+    ));
+    // The harness's probes of the port at start-up are gone.
+    wait_for("no connection held", || {
+        (held_connections(&server) == 0).then_some(())
+    });
+    // The cap's worth of connections that say nothing, held open.
+    let holders: Vec<TcpStream> = (0..CAP).map(|_| connect(&server)).collect();
+    wait_for("the server holding the cap's connections", || {
+        (held_connections(&server) == CAP).then_some(())
+    });
+    // Three times as many more: each is closed at once, whether it sends a request or not.
+    let mut refused: Vec<TcpStream> = (0..3 * CAP).map(|_| connect(&server)).collect();
+    for s in refused.iter_mut().step_by(2) {
+        let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    }
+    for (i, s) in refused.iter_mut().enumerate() {
+        wait_for(&format!("connection {i} beyond the cap closed"), || {
+            is_closed(s).then_some(())
+        });
+    }
+    // The server holds the cap's connections and no more (a held connection is what costs
+    // memory: the cap bounds it).
+    assert_eq!(held_connections(&server), CAP);
+    // Once the held ones go, a normal request is answered again.
+    drop(holders);
+    // (A try while the server is still closing them is closed at accept too, and counted.)
+    let mut refused_tries = 0;
+    let answer = wait_for(
+        "a normal request answered once the holders are gone",
+        || {
+            let answer = try_get(&server, "/api/devices");
+            refused_tries += usize::from(answer.is_none());
+            answer
+        },
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(
+        closed(&server, "max_connections"),
+        (3 * CAP + refused_tries) as f64
+    );
+    assert_eq!(metric(&server, "meterflow_http_connections"), 1.0);
+}
+
+#[test]
+fn ready_tells_only_its_status_without_the_token() {
+    // Not ready: ClickHouse cannot be reached (nothing listens on its port), whose error text
+    // names the server.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let (_cfg, config) = config_file(&format!(
+        "[http]\ntoken = \"{TOKEN}\"\n[clickhouse]\nurl = \"{dead}\"\n"
+    ));
+    let server = Server::start_with(&["--config", &config]);
+    let ask = |path: &str, headers: &[(&str, &str)]| {
+        let (status, body) = http(server.http_port, "GET", path, headers, None);
+        let value: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        (status, value, body)
+    };
+    let wrong = "Bearer wrong-token-0123456789";
+    for headers in [&[][..], &[("Authorization", wrong)][..]] {
+        let (status, value, body) = ask("/ready", headers);
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(value, serde_json::json!({"ready": false}), "{body}");
+        for secret in ["127.0.0.1", "clickhouse", "bytes", "wal", "unreachable"] {
+            assert!(!body.to_lowercase().contains(secret), "{secret} in {body}");
+        }
+        // The load balancer's question keeps its meaning: the WAL holds the data meanwhile.
+        let (status, value, body) = ask("/ready?ingest", headers);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(value, serde_json::json!({"ready": true}), "{body}");
+    }
+    // With the token: every check, as before.
+    let token = bearer();
+    let (status, value, body) = ask("/ready", &[("Authorization", &token)]);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(value["ready"], false);
+    assert_eq!(value["checks"]["clickhouse"]["ok"], false, "{body}");
+    let detail = value["checks"]["clickhouse"]["detail"].as_str().unwrap();
+    assert!(detail.contains("unreachable"), "{detail}");
+    let wal = value["checks"]["wal"]["detail"].as_str().unwrap();
+    assert!(wal.contains("wal.max_bytes"), "{wal}");
+    assert_eq!(value["checks"]["pipeline"]["ok"], true);
+    let (status, value, body) = ask("/ready?ingest", &[("Authorization", &token)]);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        value["checks"]["clickhouse"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not counted for ?ingest"),
+        "{body}"
+    );
+}
+
+/// A ClickHouse that takes connections and never answers: the shutdown's flush waits on it
+/// until it is let go (or the shutdown's deadline), which holds the stop in its drain.
+struct SilentClickHouse {
+    url: String,
+    release: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentClickHouse {
+    fn start() -> SilentClickHouse {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", free_port())).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let release = std::sync::Arc::new(AtomicBool::new(false));
+        let released = release.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !released.load(Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((s, _)) => held.push(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        SilentClickHouse {
+            url,
+            release,
+            thread: Some(thread),
+        }
+    }
+
+    /// Closes every connection and the port: ClickHouse is away, and the stop goes on.
+    fn let_go(&mut self) {
+        self.release
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+#[test]
+fn ready_answers_stopping_while_the_shutdown_drains() {
+    let mut clickhouse = SilentClickHouse::start();
+    let (_cfg, config) = config_file(&format!(
+        "[http]\ntoken = \"{TOKEN}\"\n[clickhouse]\nurl = \"{}\"\n[pipeline]\nshutdown_max_ms = 60000\n",
+        clickhouse.url
+    ));
+    let mut server = Server::start_with(&["--config", &config]);
+    // A reading for the ClickHouse writer to hold at the stop.
+    let dir = tempfile::tempdir().unwrap();
+    let payload = dir.path().join("payload");
+    std::fs::write(
+        &payload,
+        r#"{"readings":[{"channel":"1-0:1.8.0","ts":1709294400000,"value":1.5,"unit":"kWh"}]}"#,
+    )
+    .unwrap();
+    crate::harness::mosquitto_pub(server.mqtt_port, "meters/DRAIN-1/json", &payload, &[]);
+    let mut kept = connect(&server);
+    assert_eq!(get_on(&mut kept, "/health"), (200, "ok\n".to_string()));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Draining: /ready says why, with the token, on a connection kept from before the stop...
+    let token = bearer();
+    let checks: Value = wait_for("/ready saying stopping", || {
+        let (status, body) = http(
+            server.http_port,
+            "GET",
+            "/ready",
+            &[("Authorization", &token)],
+            None,
+        );
+        let value: Value = serde_json::from_str(&body).ok()?;
+        (status == 503 && value["checks"]["shutdown"]["ok"] == false).then_some(value)
+    });
+    let detail = checks["checks"]["shutdown"]["detail"].as_str().unwrap();
+    assert!(detail.starts_with("stopping"), "{detail}");
+    kept.write_all(
+        format!("GET /ready?ingest HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let (status, body) = read_answer(&mut kept);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("stopping"), "{body}");
+    // ...and without it, the status alone, to a load balancer's new connection.
+    for path in ["/ready", "/ready?ingest"] {
+        let (status, body) = http(server.http_port, "GET", path, &[], None);
+        assert_eq!(
+            (status, body.as_str()),
+            (503, r#"{"ready":false}"#),
+            "{path}"
+        );
+    }
+    // ClickHouse goes away: the stop completes, HTTP last, and cleanly.
+    clickhouse.let_go();
+    let exit = server.child.wait().unwrap();
+    let log = server.log_text();
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("meterflow stopped cleanly"), "{log}");
+    assert!(is_closed(&mut kept));
+}
