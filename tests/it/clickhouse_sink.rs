@@ -645,3 +645,65 @@ fn during_a_long_clickhouse_outage_parquet_goes_on_and_the_spool_catches_up() {
     let (exit, _data_dir, log, _tmp) = server.stop();
     assert!(exit.success(), "{log}");
 }
+
+/// A ClickHouse that takes the connection and never answers (hung, or a firewall that
+/// accepts and drops) cannot hold the stop: the writer gives up its insert at the shutdown's
+/// deadline and grace, `serve` exits cleanly, and the reading waits in the WAL. The next
+/// start, on a ClickHouse that answers, inserts it. Before, `serve` waited on the silent
+/// server with no end.
+#[test]
+fn a_clickhouse_that_never_answers_cannot_hold_the_stop_and_loses_nothing() {
+    let mut silent = crate::harness::SilentClickHouse::start();
+    let (_cfg, config) = config_file(&format!(
+        "[clickhouse]\nurl = \"{}\"\n[pipeline]\nshutdown_max_ms = 1000\n",
+        silent.url
+    ));
+    let server = Server::start_with(&["--config", &config]);
+    let dir = tempfile::tempdir().unwrap();
+    let payload = dir.path().join("payload");
+    std::fs::write(
+        &payload,
+        r#"{"readings":[{"channel":"1-0:1.8.0","ts":1709294400000,"value":4.25,"unit":"kWh"}]}"#,
+    )
+    .unwrap();
+    mosquitto_pub(server.mqtt_port, "meters/SILENT-1/json", &payload, &[]);
+    server.sigterm();
+    let (exit, _, log, tmp) = server.exited();
+    assert!(exit.success(), "{log}");
+    assert!(
+        log.contains("did not answer by the shutdown's deadline"),
+        "{log}"
+    );
+    silent.let_go();
+
+    // The same data folder against a ClickHouse that answers: the WAL replays the reading.
+    let ch = ClickHouse::shared();
+    let db = ClickHouse::fresh_database("silent");
+    let (_cfg2, config2) = config_file(&format!(
+        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n",
+        ch.url
+    ));
+    let server = Server::start_in(tmp, &["--config", &config2]);
+    let arrived = wait_for("the replayed reading in ClickHouse", || {
+        let made = ch.query(&format!(
+            "SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'readings'"
+        ));
+        if made.trim() != "1" {
+            return None;
+        }
+        let rows = rows(&ch, &db);
+        (!rows.is_empty()).then_some(rows)
+    });
+    assert_eq!(
+        arrived,
+        vec![(
+            "SILENT-1".into(),
+            "1-0:1.8.0".into(),
+            1_709_294_400,
+            4.25,
+            "kWh".into()
+        )]
+    );
+    let (exit, _, log, _) = server.stop();
+    assert!(exit.success(), "{log}");
+}

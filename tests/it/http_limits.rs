@@ -10,7 +10,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::harness::{config_file, free_port, http, wait_for, Server};
+use crate::harness::{config_file, free_port, http, wait_for, Server, SilentClickHouse};
 use serde_json::Value;
 
 const TOKEN: &str = "limits-token-0123456789";
@@ -365,48 +365,6 @@ fn ready_tells_only_its_status_without_the_token() {
             .contains("not counted for ?ingest"),
         "{body}"
     );
-}
-
-/// A ClickHouse that takes connections and never answers: the shutdown's flush waits on it
-/// until it is let go (or the shutdown's deadline), which holds the stop in its drain.
-struct SilentClickHouse {
-    url: String,
-    release: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl SilentClickHouse {
-    fn start() -> SilentClickHouse {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let listener = std::net::TcpListener::bind(("127.0.0.1", free_port())).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let release = std::sync::Arc::new(AtomicBool::new(false));
-        let released = release.clone();
-        let thread = std::thread::spawn(move || {
-            let mut held = Vec::new();
-            while !released.load(Ordering::Acquire) {
-                match listener.accept() {
-                    Ok((s, _)) => held.push(s),
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        SilentClickHouse {
-            url,
-            release,
-            thread: Some(thread),
-        }
-    }
-
-    /// Closes every connection and the port: ClickHouse is away, and the stop goes on.
-    fn let_go(&mut self) {
-        self.release
-            .store(true, std::sync::atomic::Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap();
-        }
-    }
 }
 
 #[test]

@@ -661,8 +661,20 @@ impl Shared {
         if let Some(layout) = known.as_ref() {
             return Ok(layout.clone());
         }
-        let version = apply_schema(&self.config, true).await?;
-        let layout = Arc::new(table_layout(&self.config).await?);
+        // A server that takes the connection and never answers must not hold the writer: the
+        // schema and the layout get the time an insert's send gets, then it is an outage.
+        let read = async {
+            let version = apply_schema(&self.config, true).await?;
+            Ok::<_, ClickHouseError>((version, table_layout(&self.config).await?))
+        };
+        let (version, layout) =
+            tokio::time::timeout(SCHEMA_TIMEOUT, read)
+                .await
+                .map_err(|_| ClickHouseError {
+                    action: "applying the schema",
+                    source: clickhouse::error::Error::TimedOut,
+                })??;
+        let layout = Arc::new(layout);
         tracing::info!(
             ?version,
             modern = version.is_modern(),
@@ -683,6 +695,27 @@ impl Shared {
             // Slow or answering with an error: there, but struggling.
             _ => Probe::Struggling,
         }
+    }
+
+    /// Runs `step` unless the shutdown's deadline, and [`SHUTDOWN_GRACE`] for a last insert,
+    /// pass first: a server that takes the connection and never answers cannot hold the stop
+    /// (outside `serve` there is no shutdown, and a step runs to its own timeouts).
+    async fn before_cut_off<T>(&self, step: impl std::future::Future<Output = T>) -> Option<T> {
+        let mut shutdown = self.closing.shutdown.clone();
+        let cut_off = async move {
+            let deadline = shutdown.stopping().await;
+            tokio::time::sleep_until(deadline + SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            out = step => Some(out),
+            () = cut_off => None,
+        }
+    }
+
+    /// A part given up at the shutdown's cut-off: it stays in the WAL for the next start.
+    fn cut_off(&self, part: Part) -> PartOutcome {
+        tracing::warn!(table = part.table(), "ClickHouse did not answer by the shutdown's deadline; the batch stays in the WAL for the next start");
+        PartOutcome::Abandoned
     }
 
     async fn forget_layout(&self) {
@@ -758,7 +791,10 @@ impl Shared {
         loop {
             attempt += 1;
             layout_fresh |= self.layout.lock().await.is_none();
-            let error = match self.layout().await {
+            let Some(layout) = self.before_cut_off(self.layout()).await else {
+                return self.cut_off(part);
+            };
+            let error = match layout {
                 // Applying or reading the schema is retried whatever failed: it is not the
                 // rows' fault.
                 Err(e) => e,
@@ -766,10 +802,11 @@ impl Shared {
                     let native = part == Part::Readings
                         && self.config.insert_format == InsertFormat::Native
                         && layout.readings_native.is_some();
-                    match self
-                        .insert_once(part, side, batches, layout, rowbinary)
-                        .await
-                    {
+                    let attempt = self.insert_once(part, side, batches, layout, rowbinary);
+                    let Some(inserted) = self.before_cut_off(attempt).await else {
+                        return self.cut_off(part);
+                    };
+                    match inserted {
                         Ok(()) => {
                             self.failing_since_ms.store(0, Ordering::Release);
                             return PartOutcome::Inserted;
@@ -860,6 +897,12 @@ enum Probe {
 
 /// How often the server is probed during a retry's backoff.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// How long applying the schema and reading the tables' layout may take (an insert's send
+/// gets as long).
+const SCHEMA_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long past the shutdown's deadline a last insert may still take before it is given up
+/// (a healthy server takes milliseconds; the WAL keeps what is given up).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// An insert body, compressed in ClickHouse's block framing (frames of
 /// [`COMPRESSED_FRAME`] bytes, as its own clients send them) or not.

@@ -4,6 +4,7 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use super::server::{free_port, BIN};
 
@@ -227,5 +228,48 @@ impl LossyProxy {
     /// Answers lost so far.
     pub fn lost(&self) -> usize {
         self.dropped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A ClickHouse that takes connections and never answers (a server hung, a firewall that
+/// accepts and drops): the shutdown's flush waits on it until it is let go or the shutdown's
+/// deadline and grace pass.
+pub struct SilentClickHouse {
+    pub url: String,
+    release: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentClickHouse {
+    pub fn start() -> SilentClickHouse {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", free_port())).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let release = std::sync::Arc::new(AtomicBool::new(false));
+        let released = release.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !released.load(Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((s, _)) => held.push(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        SilentClickHouse {
+            url,
+            release,
+            thread: Some(thread),
+        }
+    }
+
+    /// Closes every connection and the port: ClickHouse is away, and the stop goes on.
+    pub fn let_go(&mut self) {
+        self.release
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
     }
 }

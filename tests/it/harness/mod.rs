@@ -16,7 +16,9 @@ mod tls_terminator;
 
 use std::time::{Duration, Instant};
 
-pub use clickhouse::{apply_schema, ClickHouse, LossyProxy, LOGIN_PASSWORD, LOGIN_USER};
+pub use clickhouse::{
+    apply_schema, ClickHouse, LossyProxy, SilentClickHouse, LOGIN_PASSWORD, LOGIN_USER,
+};
 pub use fixtures::leshan_device_object;
 pub use fleet::{
     assert_fleet_arrived, fleet_acked, fleet_summary, pb_fleet, plan_rows, simulate_command,

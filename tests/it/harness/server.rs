@@ -194,6 +194,24 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGTERM, without waiting for the end.
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to end on its own (a minute at most, only so that a broken run
+    /// cannot hang CI), then as [`Server::stop`].
+    pub fn exited(mut self) -> (ExitStatus, PathBuf, String, tempfile::TempDir) {
+        let exit = super::wait_for("meterflow to exit", || self.child.try_wait().unwrap());
+        let log = self.log_text();
+        let tmp = self.tmp.take().expect("stopped once");
+        (exit, self.data_dir.clone(), log, tmp)
+    }
+
     /// SIGTERM, then the exit status.
     pub fn stop(mut self) -> (ExitStatus, PathBuf, String, tempfile::TempDir) {
         let status = Command::new("kill")
