@@ -17,6 +17,7 @@ declare -A needs=(
   [chromedriver]=chromium-driver
   [curl]=curl
   [python3]=python3
+  [pip3]=python3-pip
   [openssl]=openssl
   [haproxy]=haproxy
 )
@@ -39,12 +40,15 @@ if ! python3 -c 'import paho.mqtt.client' 2>/dev/null; then
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'paho-mqtt>=2,<3'
 fi
 
-# chdb: a current ClickHouse engine in-process (chdb 4.4 is ClickHouse 26.9; Debian has only
-# 18.16) for tests/it/clickhouse_current.rs: the schema, the writer's bodies and every query.
-if ! python3 -c 'import chdb' 2>/dev/null; then
-  echo "installing chdb (PyPI) for the tests" >&2
-  python3 -m pip install --quiet --disable-pip-version-check 'chdb>=4.4,<5' \
-    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'chdb>=4.4,<5'
+# chdb: a current ClickHouse engine in-process (Debian has only 18.16) for
+# tests/it/clickhouse_current.rs: the schema, the writer's bodies and every query. Pinned, with
+# its engine (chdb-core 26.9.0 is ClickHouse 26.9.2): the docs name the version tested, and a
+# new engine must not change the suite overnight.
+chdb_pins=('chdb==4.4.0' 'chdb-core==26.9.0')
+if [ "$(python3 -c 'import chdb; print(chdb.__version__, chdb.engine_version)' 2>/dev/null)" != "4.4.0 26.9.2.1" ]; then
+  echo "installing ${chdb_pins[*]} (PyPI) for the tests" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "${chdb_pins[@]}" \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${chdb_pins[@]}"
 fi
 
 # The house rules first: formatting and lints fail the run before any test does.

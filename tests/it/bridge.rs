@@ -356,6 +356,21 @@ fn a_broker_user_named_like_a_topic_cannot_publish_as_a_meter() {
     // (`meters/+/+`) does not even take, and nothing is stored as E2 but E2's own report. One
     // node takes from two brokers that differ only in that line.
     assert!(ACL.contains(METER_ACL_LINE));
+    // The line the docs give is the one this test shows safe, and the former one is gone.
+    for (doc, text) in [
+        ("README.md", include_str!("../../README.md")),
+        ("docs/ARCHITECTURE.md", include_str!("../../docs/ARCHITECTURE.md")),
+        (
+            "deploy/meterflow.example.toml",
+            include_str!("../../deploy/meterflow.example.toml"),
+        ),
+    ] {
+        assert!(text.contains(METER_ACL_LINE), "{doc} recommends {METER_ACL_LINE}");
+        assert!(
+            !text.contains("pattern write meters/%u/#"),
+            "{doc} still gives the former line"
+        );
+    }
     let forger = (
         "E2/json".to_string(),
         "forger-secret-0123456789".to_string(),

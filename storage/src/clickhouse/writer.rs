@@ -667,8 +667,15 @@ impl Shared {
             let version = apply_schema(&self.config, true).await?;
             Ok::<_, ClickHouseError>((version, table_layout(&self.config).await?))
         };
+        // ON CLUSTER DDL waits for every replica up to the server's
+        // distributed_ddl_task_timeout (180 s by default): give it that and a little more.
+        let timeout = if self.config.cluster.is_empty() {
+            SCHEMA_TIMEOUT
+        } else {
+            CLUSTER_SCHEMA_TIMEOUT
+        };
         let (version, layout) =
-            tokio::time::timeout(SCHEMA_TIMEOUT, read)
+            tokio::time::timeout(timeout, read)
                 .await
                 .map_err(|_| ClickHouseError {
                     action: "applying the schema",
@@ -900,6 +907,9 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// How long applying the schema and reading the tables' layout may take (an insert's send
 /// gets as long).
 const SCHEMA_TIMEOUT: Duration = Duration::from_secs(30);
+/// ...on a cluster, where the DDL waits for the replicas (ClickHouse's
+/// `distributed_ddl_task_timeout` is 180 s).
+const CLUSTER_SCHEMA_TIMEOUT: Duration = Duration::from_secs(200);
 /// How long past the shutdown's deadline a last insert may still take before it is given up
 /// (a healthy server takes milliseconds; the WAL keeps what is given up).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
