@@ -359,13 +359,19 @@ fn a_broker_user_named_like_a_topic_cannot_publish_as_a_meter() {
     // The line the docs give is the one this test shows safe, and the former one is gone.
     for (doc, text) in [
         ("README.md", include_str!("../../README.md")),
-        ("docs/ARCHITECTURE.md", include_str!("../../docs/ARCHITECTURE.md")),
+        (
+            "docs/ARCHITECTURE.md",
+            include_str!("../../docs/ARCHITECTURE.md"),
+        ),
         (
             "deploy/meterflow.example.toml",
             include_str!("../../deploy/meterflow.example.toml"),
         ),
     ] {
-        assert!(text.contains(METER_ACL_LINE), "{doc} recommends {METER_ACL_LINE}");
+        assert!(
+            text.contains(METER_ACL_LINE),
+            "{doc} recommends {METER_ACL_LINE}"
+        );
         assert!(
             !text.contains("pattern write meters/%u/#"),
             "{doc} still gives the former line"
