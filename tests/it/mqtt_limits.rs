@@ -734,3 +734,152 @@ fn a_full_pending_budget_makes_room_for_a_login_from_another_address() {
     stored.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(stored, vec![("E1".into(), 1.0), ("E2".into(), 2.0)]);
 }
+
+/// A TCP relay that delays every byte by `one_way` in each direction, as a link with long
+/// round trips does (NB-IoT in extended coverage: 2 to 10 s): `127.0.0.1:PORT` in front of
+/// `upstream`. It connects upstream as soon as a client connects, so the server's clock
+/// starts when the client's does.
+struct SlowLink {
+    port: u16,
+}
+
+impl SlowLink {
+    fn start(upstream: u16, one_way: Duration) -> SlowLink {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    Self::delay(from, to, one_way);
+                }
+            }
+        });
+        SlowLink { port }
+    }
+
+    /// Carries `from`'s bytes to `to`, each chunk `one_way` after it was read.
+    fn delay(mut from: TcpStream, mut to: TcpStream, one_way: Duration) {
+        let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            while let Ok(n @ 1..) = from.read(&mut buf) {
+                if tx
+                    .send((std::time::Instant::now() + one_way, buf[..n].to_vec()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            for (due, chunk) in rx {
+                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+                if to.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+            // The other side ended: so does this one's writing.
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+    }
+}
+
+/// A CA (`$1/ca.pem`) and a server certificate for IP 127.0.0.1 signed by it
+/// (`$1/server.crt`, `$1/server.key`), made with openssl.
+const SERVER_CERTIFICATE: &str = r#"
+set -e
+d=$1
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -keyout "$d/ca.key" -out "$d/ca.pem" -subj "/CN=meterflow test CA" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/server.key" \
+  -out "$d/server.csr" -subj "/CN=127.0.0.1" 2>/dev/null
+printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n' >"$d/server.ext"
+openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+  -out "$d/server.crt" -days 30 -extfile "$d/server.ext" 2>/dev/null
+"#;
+
+/// A meter on TLS 1.2 (Python's ssl): connects to 127.0.0.1:ARGV[1] trusting the CA at
+/// ARGV[2], sends the bytes in ARGV[3] (hex: a CONNECT and a PUBLISH) after the handshake,
+/// and prints the version and the two 4-byte answers in hex.
+const TLS_1_2_METER: &str = r#"
+import socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+ctx.load_verify_locations(sys.argv[2])
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=60) as raw:
+    with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        version = s.version()
+        s.sendall(bytes.fromhex(sys.argv[3]))
+        got = b""
+        while len(got) < 8:
+            chunk = s.recv(8 - len(got))
+            if not chunk:
+                break
+            got += chunk
+        print(version, got[:4].hex(), got[4:].hex())
+"#;
+
+#[test]
+fn a_meter_with_long_round_trips_logs_in_over_tls_1_2_with_the_default_deadline() {
+    // Review of issue 20, M1: TLS 1.2 and the CONNECT take two and a half round trips after
+    // the accept (ClientHello in, the server's flight out, the client's Finished in, the
+    // server's out, the CONNECT in). Over a link of 1.5 s each way (a 3 s round trip, NB-IoT
+    // in extended coverage), the CONNECT arrives 7.5 s after the accept: past a 5 s default
+    // (the meter would never log in), within the 10 s one. No connect_timeout_ms is set.
+    let pki = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .args(["-c", SERVER_CERTIFICATE, "make-certificate"])
+        .arg(pki.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tls_port = crate::harness::free_port();
+    let (_dir, config) = crate::harness::config_file(&format!(
+        "[mqtt]\ntls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert = \"{0}/server.crt\"\n\
+         tls_key = \"{0}/server.key\"\n",
+        pki.path().display()
+    ));
+    let server = Server::start_in(data_with_credentials(), &["--config", &config]);
+    let link = SlowLink::start(tls_port, Duration::from_millis(1500));
+    // Python's ssl (OpenSSL) as the meter, held to TLS 1.2: it finishes the handshake before
+    // it sends the CONNECT (mosquitto_pub would take TLS 1.3, a round trip less). It prints
+    // the CONNACK and the PUBACK it got, in hex.
+    let mut packets = login_packet("slow-E1", "E1", SECRET);
+    packets.extend(publish_packet(1, "meters/E1/json", &json_payload(75, 0)));
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let out = std::process::Command::new("python3")
+        .args(["-c", TLS_1_2_METER, &link.port.to_string()])
+        .arg(pki.path().join("ca.pem"))
+        .arg(hex(&packets))
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        said.trim(),
+        "TLSv1.2 20020000 40020001",
+        "the CONNACK (accepted) and the PUBACK"
+    );
+    assert_eq!(closed(&server, "connect_timeout"), 0.0);
+    assert_eq!(server.metric("meterflow_mqtt_connects_total"), 1.0);
+
+    let (exit, data_dir, log, _keep) = server.stop();
+    assert!(exit.success(), "{log}");
+    let stored: Vec<(String, f64)> = read_readings(&data_dir)
+        .into_iter()
+        .map(|r| (r.meter_id, r.value))
+        .collect();
+    assert_eq!(stored, vec![("E1".to_string(), 75.0)]);
+}
