@@ -12,7 +12,8 @@
 #   - HAProxy in TCP mode in front of their MQTT listeners, plain and TLS (passed through: the
 #     node terminates TLS and sees the client certificate; certificates made with openssl under
 #     DIR/tls), health-checked on `GET /ready?ingest`, redispatching a connection a dead or
-#     stopping node refuses;
+#     stopping node refuses; every connection reaches a node from HAProxy's address, so the
+#     nodes' mqtt.max_pending_per_address is their whole pending budget;
 #   - nginx `stream` in front of their CoAP (UDP) listeners, hashed by the client's address
 #     and port, so that one device's exchanges (and later its DTLS session) stay on one node.
 # DIR/cluster.env: MQTT, MQTT_TLS and COAP (host:port of the load balancers), TLS_CA,
@@ -181,6 +182,11 @@ tls_listen = "127.0.0.1:$mqtt_tls"
 tls_cert = "$tls/node.pem"
 tls_key = "$tls/node.key"
 tls_client_ca = "$tls/ca.pem"
+# Behind HAProxy in TCP mode every connection comes from HAProxy's address: a per-address
+# cap below the pending budget would be the whole budget's limit (and nothing is evicted
+# for a newcomer: one address). Per-source limits belong to HAProxy here.
+max_pending_connections = 4096
+max_pending_per_address = 4096
 TOML
   cat > "$node/run" <<RUN
 exec "$bin" serve --config "$node/meterflow.toml" --mqtt-listen 127.0.0.1:$mqtt \

@@ -64,7 +64,10 @@ pub struct HttpConfig {
     /// TOKEN`); `/health` and `/ready` stay open (`/ready` tells only its status without the
     /// token). Empty: no token, allowed on loopback only.
     pub token: String,
-    /// Open connections at most; one beyond is closed at accept (counted).
+    /// Open connections at most (about 16 KiB each at most: see `max_header_bytes`). At the cap
+    /// a new connection makes room by closing the one that has waited longest without a
+    /// request being answered (idle, or still sending its head); it is closed at accept only
+    /// when every open one is answering a request. Each counted.
     pub max_connections: usize,
     /// A request's head (request line and headers) must arrive whole within this, counted from
     /// the connection's accept for its first request and from the first byte of each later one.
@@ -76,6 +79,9 @@ pub struct HttpConfig {
     /// A request head larger than this (request line and headers) is answered 431 and the
     /// connection closed; it is also what a connection buffers at most while reading a head.
     pub max_header_bytes: usize,
+    /// At the stop, the open connections get this long to finish the answers under way (and
+    /// their clients to read them); whatever is still open then is closed.
+    pub shutdown_max_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -83,15 +89,17 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: String::new(),
-            max_connections: 256,
+            max_connections: 4096,
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             max_header_bytes: 16_384,
+            shutdown_max_ms: 5_000,
         }
     }
 }
 
-/// The longest `http.header_read_timeout_ms` and `http.idle_timeout_ms` taken: a day.
+/// The longest `http.header_read_timeout_ms`, `http.idle_timeout_ms` and
+/// `http.shutdown_max_ms` taken: a day.
 const HTTP_TIMEOUT_MAX_MS: u64 = 86_400_000;
 /// The range of `http.max_header_bytes`: a browser's request with its token and cookies
 /// needs a few KiB; above a MiB a held connection costs more than the cap is meant to allow.
@@ -290,6 +298,7 @@ impl HttpConfig {
         for (key, ms) in [
             ("http.header_read_timeout_ms", self.header_read_timeout_ms),
             ("http.idle_timeout_ms", self.idle_timeout_ms),
+            ("http.shutdown_max_ms", self.shutdown_max_ms),
         ] {
             positive(key, ms)?;
             if ms > HTTP_TIMEOUT_MAX_MS {
@@ -454,6 +463,11 @@ mod tests {
                 "http.header_read_timeout_ms",
             ),
             ("[http]\nidle_timeout_ms = 0\n", "http.idle_timeout_ms"),
+            ("[http]\nshutdown_max_ms = 0\n", "http.shutdown_max_ms"),
+            (
+                "[http]\nshutdown_max_ms = 86400001\n",
+                "http.shutdown_max_ms",
+            ),
             (
                 "[http]\nidle_timeout_ms = 86400001\n",
                 "http.idle_timeout_ms",

@@ -431,3 +431,175 @@ fn ready_answers_stopping_while_the_shutdown_drains() {
     assert!(log.contains("meterflow stopped cleanly"), "{log}");
     assert!(is_closed(&mut kept));
 }
+
+/// A GET with the token on a kept-alive connection: the status and the body.
+fn get_with_token_on(s: &mut TcpStream, path: &str) -> (u16, String) {
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
+            bearer()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    read_answer(s)
+}
+
+/// One sample of a `/metrics` body, 0 when absent.
+fn sample(body: &str, sample: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// With the cap full of `holders` (the oldest first), three probes of the load balancer
+/// (`GET /ready?ingest` on a new connection, kept open afterwards as an engineer's page would)
+/// are each answered, each closing the holder that waited the longest; the others stay open,
+/// the evictions are counted, and the gauge says what the server holds.
+fn probes_are_answered_at_the_cap(server: &Server, holders: &mut [TcpStream]) {
+    let cap = holders.len();
+    let mut probes = Vec::new();
+    for i in 0..3 {
+        let mut probe = connect(server);
+        let (status, body) = get_on(&mut probe, "/ready?ingest");
+        assert_eq!(
+            (status, body.as_str()),
+            (200, r#"{"ready":true}"#),
+            "probe {i}"
+        );
+        wait_for(&format!("holder {i} closed to make room"), || {
+            is_closed(&mut holders[i]).then_some(())
+        });
+        probes.push(probe);
+    }
+    for (i, s) in holders.iter_mut().enumerate().skip(3) {
+        assert!(!is_closed(s), "holder {i} closed");
+    }
+    // Asked on the newest probe: no new connection.
+    let (status, body) = get_with_token_on(probes.last_mut().unwrap(), "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let reason = |r: &str| {
+        sample(
+            &body,
+            &format!("meterflow_http_closed_total{{reason=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(reason("evicted"), 3.0, "{body}");
+    assert_eq!(reason("max_connections"), 0.0, "{body}");
+    assert_eq!(sample(&body, "meterflow_http_connections"), cap as f64);
+    assert_eq!(held_connections(server), cap);
+}
+
+/// Issue 20 review, H1: 256 connections that each asked for `/health` and stayed idle made
+/// every new connection (HAProxy's `/ready?ingest` check among them) be closed at accept for
+/// the idle timeout, which takes every node out of the load balancer.
+#[test]
+fn a_full_listener_of_idle_connections_still_answers_the_load_balancer() {
+    const CAP: usize = 16;
+    let (_cfg, server) = start(&format!("max_connections = {CAP}\n"));
+    wait_for("no connection held", || {
+        (held_connections(&server) == 0).then_some(())
+    });
+    // Kept-alive connections after one request each (field engineers' pages between two
+    // refreshes, or an attacker's), one after the other.
+    let mut holders: Vec<TcpStream> = (0..CAP)
+        .map(|_| {
+            let mut s = connect(&server);
+            assert_eq!(get_on(&mut s, "/health"), (200, "ok\n".to_string()));
+            s
+        })
+        .collect();
+    wait_for("the server holding the cap's connections", || {
+        (held_connections(&server) == CAP).then_some(())
+    });
+    probes_are_answered_at_the_cap(&server, &mut holders);
+}
+
+/// H1 with half-sent heads (the header timeout far away): the oldest is closed for the probe.
+#[test]
+fn a_full_listener_of_half_sent_heads_still_answers_the_load_balancer() {
+    const CAP: usize = 16;
+    let (_cfg, server) = start(&format!(
+        "max_connections = {CAP}\nheader_read_timeout_ms = 120000\n"
+    ));
+    wait_for("no connection held", || {
+        (held_connections(&server) == 0).then_some(())
+    });
+    let mut holders: Vec<TcpStream> = (0..CAP)
+        .map(|i| {
+            let mut s = connect(&server);
+            s.write_all(b"GET /api/devices HTTP/1.1\r\nHost: localhost\r\nX-Pad: ")
+                .unwrap();
+            s.write_all(&[b'a'; 4000]).unwrap();
+            // One at a time: the server has taken this one before the next comes.
+            wait_for(&format!("holder {i} held"), || {
+                (held_connections(&server) == i + 1).then_some(())
+            });
+            s
+        })
+        .collect();
+    probes_are_answered_at_the_cap(&server, &mut holders);
+}
+
+/// The bytes waiting in the receive queue of the local TCP socket `s` (/proc/net/tcp).
+fn receive_queue(s: &TcpStream) -> Option<u64> {
+    let local = s.local_addr().unwrap();
+    let port = format!(":{:04X}", local.port());
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    tcp.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() > 4 && fields[1].ends_with(&port) {
+            let (_, rx) = fields[4].split_once(':')?;
+            u64::from_str_radix(rx, 16).ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// Issue 20 review, L2: the HTTP drain at the stop had no cut-off of its own; a client that
+/// reads its answers slowly, or not at all, held the stop until the idle timeout (here ten
+/// minutes; a client that reads a little now and then escapes even that), past systemd's
+/// TimeoutStopSec. Now the drain is cut off after `http.shutdown_max_ms` (5 s by default).
+#[test]
+fn a_client_that_does_not_read_its_answers_cannot_hold_the_stop() {
+    let (_cfg, server) = start("idle_timeout_ms = 600000\n");
+    let mut s = connect(&server);
+    // Thousands of pipelined requests for the page, never read: tens of MB of answers.
+    let requests = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(4000);
+    s.write_all(requests.as_bytes()).unwrap();
+    // The server's writes have stopped: what waits for the client no longer grows.
+    let mut last = 0;
+    let mut same = 0;
+    wait_for("the answers stalled", || {
+        let queued = receive_queue(&s).unwrap_or(0);
+        same = if queued > 0 && queued == last {
+            same + 1
+        } else {
+            0
+        };
+        last = queued;
+        (same >= 3).then_some(())
+    });
+    server.sigterm();
+    let (exit, _, log, _tmp) = server.exited();
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("meterflow stopped cleanly"), "{log}");
+    assert!(
+        log.contains("HTTP connections cut off at the stop"),
+        "{log}"
+    );
+    // The client got part of its answers, then the end.
+    let mut got = 0usize;
+    let mut buf = [0u8; 65536];
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got > 0 && got < 4000 * 10_000, "{got}");
+}

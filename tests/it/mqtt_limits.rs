@@ -499,55 +499,64 @@ fn the_pending_budget_and_the_per_address_cap_close_and_count_what_passes_them()
             (pending() == want_pending && logged_in() == want_logged_in).then_some(())
         });
     };
+    let evicted = || closed(&server, "pending_evicted");
     exactly("the readiness probes gone", 0.0, 0.0);
 
-    // One address: 32 held, the 8 after them closed at accept (in the order they came).
+    // One address: 32 held, the 8 after them closed at accept (in the order they came), and
+    // so is a login from it.
     let mut from_2: Vec<TcpStream> = (0..40).map(|_| connect_from("127.0.0.2", port)).collect();
     for s in &mut from_2[32..] {
         assert!(is_closed(s), "past the per-address cap");
     }
     from_2.truncate(32);
-    crate::harness::wait_for("pending_per_address counted", || {
-        (closed(&server, "pending_per_address") == 8.0).then_some(())
-    });
-    exactly("32 pending from 127.0.0.2", 32.0, 0.0);
-
-    // Other addresses fill the budget: 16 from 127.0.0.3 are held, then the budget is full
-    // for everyone, a login from 127.0.0.1 included.
-    let from_3: Vec<TcpStream> = (0..16).map(|_| connect_from("127.0.0.3", port)).collect();
-    exactly("48 pending", 48.0, 0.0);
-    let mut from_4 = connect_from("127.0.0.4", port);
-    assert!(is_closed(&mut from_4), "past the pending budget");
-    let (_, code) = login_from("127.0.0.1", port, "E1", SECRET);
-    assert_eq!(code, None, "closed at accept, before its CONNECT is read");
-    crate::harness::wait_for("max_pending counted", || {
-        (closed(&server, "max_pending") == 2.0).then_some(())
-    });
-    assert_eq!(closed(&server, "pending_per_address"), 8.0);
-
-    // 127.0.0.3's sockets go: the budget has room, and a login gets in. Logged in, it leaves
-    // the pending budget for max_connections.
-    drop(from_3);
-    exactly("127.0.0.3's sockets gone", 32.0, 0.0);
-    let (mut e1, code) = login_from("127.0.0.1", port, "E1", SECRET);
-    assert_eq!(code, Some(0));
-    exactly("E1 logged in", 32.0, 1.0);
-
-    // 127.0.0.2 is at its cap: its next connection is closed, even with a login. One of its
-    // silent sockets goes; its login then gets in, and as it logged in, its address's share
-    // is free again for another connection. Sessions are not capped per address.
     let (_, code) = login_from("127.0.0.2", port, "E2", SECRET);
-    assert_eq!(code, None);
+    assert_eq!(code, None, "closed at accept, before its CONNECT is read");
     crate::harness::wait_for("pending_per_address counted", || {
         (closed(&server, "pending_per_address") == 9.0).then_some(())
     });
-    drop(from_2.pop());
-    exactly("one of 127.0.0.2's sockets gone", 31.0, 1.0);
+    exactly("32 pending from 127.0.0.2", 32.0, 0.0);
+
+    // A second address fills the budget with 16, then takes a place of the first's for each
+    // newcomer, the oldest first, while the first holds at least two more; at 24 each, the
+    // next from either is closed at accept.
+    let mut from_3: Vec<TcpStream> = (0..16).map(|_| connect_from("127.0.0.3", port)).collect();
+    exactly("48 pending", 48.0, 0.0);
+    for n in 1..=8 {
+        from_3.push(connect_from("127.0.0.3", port));
+        crate::harness::wait_for("a place taken for the newcomer", || {
+            (evicted() == f64::from(n)).then_some(())
+        });
+    }
+    for mut s in from_2.drain(..8) {
+        assert!(is_closed(&mut s), "127.0.0.2's oldest 8 closed");
+    }
+    assert!(from_2.iter().chain(&from_3).all(is_open), "only those");
+    for from in ["127.0.0.3", "127.0.0.2"] {
+        let mut s = connect_from(from, port);
+        assert!(is_closed(&mut s), "each holds its share: closed at accept");
+    }
+    crate::harness::wait_for("max_pending counted", || {
+        (closed(&server, "max_pending") == 2.0).then_some(())
+    });
+    exactly("24 and 24 pending", 48.0, 0.0);
+    assert_eq!(evicted(), 8.0);
+
+    // A login from a third address gets in, for the oldest place of the first (both hold
+    // 24; the first's oldest is older). Logged in, it leaves the pending budget for
+    // max_connections.
+    let (mut e1, code) = login_from("127.0.0.1", port, "E1", SECRET);
+    assert_eq!(code, Some(0));
+    assert!(is_closed(&mut from_2.remove(0)));
+    assert_eq!(evicted(), 9.0);
+    exactly("E1 logged in", 47.0, 1.0);
+
+    // That left a place, and 127.0.0.2 below its cap: its login takes the place (nothing
+    // evicted) and logs in. Sessions are not capped per address.
     let (mut e2, code) = login_from("127.0.0.2", port, "E2", SECRET);
     assert_eq!(code, Some(0));
-    exactly("E2 logged in from 127.0.0.2", 31.0, 2.0);
-    from_2.push(connect_from("127.0.0.2", port));
-    exactly("127.0.0.2 at its cap again, E2's session apart", 32.0, 2.0);
+    exactly("E2 logged in from 127.0.0.2", 47.0, 2.0);
+    assert_eq!(evicted(), 9.0);
+    assert!(from_2.iter().chain(&from_3).all(is_open));
 
     // Both sessions publish; then everything goes, and both gauges come back to 0.
     for (s, meter, value) in [(&mut e1, "E1", 1), (&mut e2, "E2", 2)] {
@@ -561,7 +570,7 @@ fn the_pending_budget_and_the_per_address_cap_close_and_count_what_passes_them()
         s.read_exact(&mut puback).unwrap();
         assert_eq!(puback, [0x40, 2, 0, 1]);
     }
-    drop((e1, e2, from_2));
+    drop((e1, e2, from_2, from_3));
     exactly("everything closed", 0.0, 0.0);
     assert_eq!(closed(&server, "connect_timeout"), 0.0);
     assert_eq!(closed(&server, "max_connections"), 0.0);
@@ -574,4 +583,303 @@ fn the_pending_budget_and_the_per_address_cap_close_and_count_what_passes_them()
         .collect();
     stored.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(stored, vec![("E1".into(), 1.0), ("E2".into(), 2.0)]);
+}
+
+/// Whether `s` is still open, without waiting: nothing to read and no end (the server closes
+/// a silent socket only at accept, by eviction, or at its deadline, a minute in these tests).
+fn is_open(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 1];
+    let open = matches!(
+        (&*s).read(&mut buf),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    );
+    s.set_nonblocking(false).unwrap();
+    open
+}
+
+#[test]
+fn a_full_pending_budget_makes_room_for_a_login_from_another_address() {
+    // The attack of the review of issue 20: the whole pending budget held by silent sockets
+    // from four addresses (127.0.0.2 to .5, each at its cap), reopened as fast as they end.
+    // Scaled down: a budget of 32, 8 per address, and a deadline of a minute, so nothing
+    // here ends by it.
+    let (_dir, config) = crate::harness::config_file(
+        "[mqtt]\nmax_pending_connections = 32\nmax_pending_per_address = 8\n\
+         connect_timeout_ms = 60000\n",
+    );
+    let server = Server::start_in(data_with_credentials(), &["--config", &config]);
+    let port = server.mqtt_port;
+    let pending = || server.metric("meterflow_mqtt_pending_connections");
+    let logged_in = || server.metric("meterflow_mqtt_connections");
+    let exactly = |what: &str, want_pending: f64, want_logged_in: f64| {
+        crate::harness::wait_for(what, || {
+            (pending() == want_pending && logged_in() == want_logged_in).then_some(())
+        });
+    };
+    let evicted = || closed(&server, "pending_evicted");
+    let refused = || closed(&server, "max_pending") + closed(&server, "pending_per_address");
+    exactly("the readiness probes gone", 0.0, 0.0);
+
+    // Silent sockets from four addresses fill the budget, in this order (the server takes
+    // them in the order they came: the first is the oldest).
+    let mut silent: Vec<(&str, TcpStream)> = Vec::new();
+    for from in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+        for _ in 0..8 {
+            silent.push((from, connect_from(from, port)));
+        }
+    }
+    exactly("the budget full of silent sockets", 32.0, 0.0);
+
+    // A correct login from 127.0.0.1 gets in: the oldest pending connection of an address
+    // that holds the most (all hold 8; 127.0.0.2's first is the oldest) is closed for it.
+    let (mut e1, code) = login_from("127.0.0.1", port, "E1", SECRET);
+    assert_eq!(code, Some(0), "E1 logs in while the budget is full");
+    let (from, mut oldest) = silent.remove(0);
+    assert_eq!(from, "127.0.0.2");
+    assert!(is_closed(&mut oldest), "the oldest silent socket is closed");
+    assert_eq!(evicted(), 1.0);
+    assert!(silent.iter().all(|(_, s)| is_open(s)), "only the oldest");
+    exactly("31 silent sockets pending, E1 logged in", 31.0, 1.0);
+
+    // The attacker reopens at once: the budget is full again. A meter from 127.0.0.1 that is
+    // slow to log in (its CONNECT not sent yet) takes the next place, and 127.0.0.2's oldest
+    // is closed for it.
+    silent.push(("127.0.0.2", connect_from("127.0.0.2", port)));
+    exactly("the budget full again", 32.0, 1.0);
+    let mut slow = connect_from("127.0.0.1", port);
+    let (from, mut oldest) = silent.remove(0);
+    assert_eq!(from, "127.0.0.2");
+    assert!(is_closed(&mut oldest));
+    assert_eq!(evicted(), 2.0);
+    exactly("the slow meter pending", 32.0, 1.0);
+
+    // The flood goes on while the slow meter takes its time: six rounds of a socket from
+    // each of the four addresses and from four fresh ones, each taken by the server before
+    // the next comes. A connection is closed for a newcomer only when its address holds at
+    // least two more than the newcomer's: the attacker's sockets make room for each other
+    // until every address holds its share, and the slow meter's one is never taken.
+    let mut flood = Vec::new();
+    for _ in 0..6 {
+        for from in [
+            "127.0.0.2",
+            "127.0.0.3",
+            "127.0.0.4",
+            "127.0.0.5",
+            "127.0.0.6",
+            "127.0.0.7",
+            "127.0.0.8",
+            "127.0.0.9",
+        ] {
+            let before = evicted() + refused();
+            flood.push((from, connect_from(from, port)));
+            crate::harness::wait_for("the newcomer taken or refused", || {
+                (evicted() + refused() == before + 1.0).then_some(())
+            });
+        }
+    }
+    silent.extend(flood);
+    // 15 taken (each for the oldest socket of an address holding the most), 33 refused at
+    // accept (their own address held as many, or nearly, as the fullest).
+    assert_eq!(evicted(), 17.0);
+    assert_eq!(refused(), 33.0);
+    // The sockets the server closed are exactly those it counted: what is still open on
+    // this side is what the gauge says is pending (the slow meter's included).
+    crate::harness::wait_for("the closed sockets closed", || {
+        (silent.iter().filter(|(_, s)| !is_open(s)).count() == 15 + 33).then_some(())
+    });
+    silent.retain(|(_, s)| is_open(s));
+    assert!(is_open(&slow));
+    assert_eq!(silent.len() + 1, 32);
+    exactly("the budget full, its gauge exact", 32.0, 1.0);
+    // Every attacker address holds its share of what the two meters leave: 4 (one, 3).
+    let mut per_address = std::collections::BTreeMap::new();
+    for (from, _) in &silent {
+        *per_address.entry(*from).or_insert(0) += 1;
+    }
+    assert!(
+        per_address.values().all(|&n| n == 3 || n == 4),
+        "{per_address:?}"
+    );
+    assert_eq!(per_address.len(), 8, "{per_address:?}");
+
+    // The slow meter logs in; both meters publish.
+    slow.write_all(&login_packet("slow-E2", "E2", SECRET))
+        .unwrap();
+    let mut connack = [0u8; 4];
+    slow.read_exact(&mut connack).unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0], "the slow meter logs in");
+    exactly("E2 logged in", 31.0, 2.0);
+    for (s, meter, value) in [(&mut e1, "E1", 1), (&mut slow, "E2", 2)] {
+        s.write_all(&publish_packet(
+            1,
+            &format!("meters/{meter}/json"),
+            &json_payload(value, 0),
+        ))
+        .unwrap();
+        let mut puback = [0u8; 4];
+        s.read_exact(&mut puback).unwrap();
+        assert_eq!(puback, [0x40, 2, 0, 1]);
+    }
+    drop((e1, slow, silent));
+    exactly("everything closed", 0.0, 0.0);
+    assert_eq!(closed(&server, "connect_timeout"), 0.0);
+
+    let (exit, data_dir, log, _keep) = server.stop();
+    assert!(exit.success(), "{log}");
+    let mut stored: Vec<(String, f64)> = read_readings(&data_dir)
+        .into_iter()
+        .map(|r| (r.meter_id, r.value))
+        .collect();
+    stored.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(stored, vec![("E1".into(), 1.0), ("E2".into(), 2.0)]);
+}
+
+/// A TCP relay that delays every byte by `one_way` in each direction, as a link with long
+/// round trips does (NB-IoT in extended coverage: 2 to 10 s): `127.0.0.1:PORT` in front of
+/// `upstream`. It connects upstream as soon as a client connects, so the server's clock
+/// starts when the client's does.
+struct SlowLink {
+    port: u16,
+}
+
+impl SlowLink {
+    fn start(upstream: u16, one_way: Duration) -> SlowLink {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    Self::delay(from, to, one_way);
+                }
+            }
+        });
+        SlowLink { port }
+    }
+
+    /// Carries `from`'s bytes to `to`, each chunk `one_way` after it was read.
+    fn delay(mut from: TcpStream, mut to: TcpStream, one_way: Duration) {
+        let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            while let Ok(n @ 1..) = from.read(&mut buf) {
+                if tx
+                    .send((std::time::Instant::now() + one_way, buf[..n].to_vec()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            for (due, chunk) in rx {
+                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+                if to.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+            // The other side ended: so does this one's writing.
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+    }
+}
+
+/// A CA (`$1/ca.pem`) and a server certificate for IP 127.0.0.1 signed by it
+/// (`$1/server.crt`, `$1/server.key`), made with openssl.
+const SERVER_CERTIFICATE: &str = r#"
+set -e
+d=$1
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -keyout "$d/ca.key" -out "$d/ca.pem" -subj "/CN=meterflow test CA" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/server.key" \
+  -out "$d/server.csr" -subj "/CN=127.0.0.1" 2>/dev/null
+printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n' >"$d/server.ext"
+openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+  -out "$d/server.crt" -days 30 -extfile "$d/server.ext" 2>/dev/null
+"#;
+
+/// A meter on TLS 1.2 (Python's ssl): connects to 127.0.0.1:ARGV[1] trusting the CA at
+/// ARGV[2], sends the bytes in ARGV[3] (hex: a CONNECT and a PUBLISH) after the handshake,
+/// and prints the version and the two 4-byte answers in hex.
+const TLS_1_2_METER: &str = r#"
+import socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+ctx.load_verify_locations(sys.argv[2])
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=60) as raw:
+    with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        version = s.version()
+        s.sendall(bytes.fromhex(sys.argv[3]))
+        got = b""
+        while len(got) < 8:
+            chunk = s.recv(8 - len(got))
+            if not chunk:
+                break
+            got += chunk
+        print(version, got[:4].hex(), got[4:].hex())
+"#;
+
+#[test]
+fn a_meter_with_long_round_trips_logs_in_over_tls_1_2_with_the_default_deadline() {
+    // Review of issue 20, M1: TLS 1.2 and the CONNECT take two and a half round trips after
+    // the accept (ClientHello in, the server's flight out, the client's Finished in, the
+    // server's out, the CONNECT in). Over a link of 1.5 s each way (a 3 s round trip, NB-IoT
+    // in extended coverage), the CONNECT arrives 7.5 s after the accept: past a 5 s default
+    // (the meter would never log in), within the 10 s one. No connect_timeout_ms is set.
+    let pki = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .args(["-c", SERVER_CERTIFICATE, "make-certificate"])
+        .arg(pki.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tls_port = crate::harness::free_port();
+    let (_dir, config) = crate::harness::config_file(&format!(
+        "[mqtt]\ntls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert = \"{0}/server.crt\"\n\
+         tls_key = \"{0}/server.key\"\n",
+        pki.path().display()
+    ));
+    let server = Server::start_in(data_with_credentials(), &["--config", &config]);
+    let link = SlowLink::start(tls_port, Duration::from_millis(1500));
+    // Python's ssl (OpenSSL) as the meter, held to TLS 1.2: it finishes the handshake before
+    // it sends the CONNECT (mosquitto_pub would take TLS 1.3, a round trip less). It prints
+    // the CONNACK and the PUBACK it got, in hex.
+    let mut packets = login_packet("slow-E1", "E1", SECRET);
+    packets.extend(publish_packet(1, "meters/E1/json", &json_payload(75, 0)));
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let out = std::process::Command::new("python3")
+        .args(["-c", TLS_1_2_METER, &link.port.to_string()])
+        .arg(pki.path().join("ca.pem"))
+        .arg(hex(&packets))
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        said.trim(),
+        "TLSv1.2 20020000 40020001",
+        "the CONNACK (accepted) and the PUBACK"
+    );
+    assert_eq!(closed(&server, "connect_timeout"), 0.0);
+    assert_eq!(server.metric("meterflow_mqtt_connects_total"), 1.0);
+
+    let (exit, data_dir, log, _keep) = server.stop();
+    assert!(exit.success(), "{log}");
+    let stored: Vec<(String, f64)> = read_readings(&data_dir)
+        .into_iter()
+        .map(|r| (r.meter_id, r.value))
+        .collect();
+    assert_eq!(stored, vec![("E1".to_string(), 75.0)]);
 }

@@ -1,6 +1,10 @@
 //! The HTTP listener: hyper's HTTP/1 connection under an accept loop of our own, so that what
 //! a client can hold is bounded (`axum::serve` has none of these bounds):
-//! - at most `http.max_connections` open connections: one more is closed at accept;
+//! - at most `http.max_connections` open connections. At the cap a new connection makes room:
+//!   the held connection that has waited longest without a request being answered (idle
+//!   between requests, or still sending its head) is closed (`reason="evicted"`); only when
+//!   every held connection is answering a request is the new one closed at accept
+//!   (`reason="max_connections"`). So a full listener still answers a load balancer's probe;
 //! - a request head must arrive whole within `http.header_read_timeout_ms` (from the accept for
 //!   the first request, from its first byte for a later one);
 //! - a connection with nothing read or written for `http.idle_timeout_ms` while no request is
@@ -18,15 +22,18 @@
 //!
 //! At the stop (the last step of the runtime's shutdown, so `/ready` answers "stopping"
 //! until then): the listener closes, connections between requests or still reading a head
-//! close, a request being answered is answered (its connection then closes).
+//! close, a request being answered is answered (its connection then closes); whatever is
+//! still open after `http.shutdown_max_ms` is closed (`reason="shutdown_timeout"`), so that a
+//! client reading its answer slowly cannot hold the stop.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -46,8 +53,11 @@ const MIN_BUF_BYTES: usize = 8192;
 enum Closed {
     /// The client closed it, or asked for it to be closed (`Connection: close`).
     Client,
-    /// Refused at accept: `http.max_connections` were open.
+    /// Refused at accept: `http.max_connections` were open, every one answering a request.
     MaxConnections,
+    /// Closed to make room for a new connection at `http.max_connections`: it had waited
+    /// longest without a request being answered.
+    Evicted,
     /// A request head did not arrive whole within `http.header_read_timeout_ms`.
     HeaderTimeout,
     /// Nothing read or written for `http.idle_timeout_ms` while no request was being answered.
@@ -58,6 +68,8 @@ enum Closed {
     BadRequest,
     /// Closed by the stop.
     Shutdown,
+    /// Still open `http.shutdown_max_ms` into the stop: cut off.
+    ShutdownTimeout,
     /// A socket error (reset by the peer...).
     Io,
 }
@@ -67,11 +79,13 @@ impl Closed {
         match self {
             Closed::Client => "client",
             Closed::MaxConnections => "max_connections",
+            Closed::Evicted => "evicted",
             Closed::HeaderTimeout => "header_timeout",
             Closed::IdleTimeout => "idle_timeout",
             Closed::HeaderTooLarge => "header_too_large",
             Closed::BadRequest => "bad_request",
             Closed::Shutdown => "shutdown",
+            Closed::ShutdownTimeout => "shutdown_timeout",
             Closed::Io => "io",
         }
     }
@@ -100,6 +114,7 @@ struct Limits {
     header_read_timeout: Duration,
     idle_timeout: Duration,
     max_header_bytes: usize,
+    shutdown_max: Duration,
 }
 
 impl From<&HttpConfig> for Limits {
@@ -109,12 +124,24 @@ impl From<&HttpConfig> for Limits {
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
             max_header_bytes: config.max_header_bytes,
+            shutdown_max: Duration::from_millis(config.shutdown_max_ms),
         }
     }
 }
 
+/// What the stop asks of the connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Running,
+    /// Finish what is being answered, close the rest.
+    Drain,
+    /// Close now: the drain took `http.shutdown_max_ms`.
+    Cut,
+}
+
 /// Serves `app` on `listener` within the bounds of `config` until `stop` completes (or its
-/// sender is dropped); then stops accepting and waits for the open connections to end.
+/// sender is dropped); then stops accepting and waits for the open connections to end, for
+/// `http.shutdown_max_ms` at most.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
@@ -122,9 +149,9 @@ pub async fn serve(
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let limits = Limits::from(config);
-    let open = Arc::new(AtomicUsize::new(0));
+    let held = Arc::new(Held::new());
     metrics::gauge!("meterflow_http_connections").set(0.0);
-    let (stopping, stopping_rx) = watch::channel(false);
+    let (stopping, stopping_rx) = watch::channel(Stop::Running);
     let mut connections = JoinSet::new();
     let mut errors: u64 = 0;
     loop {
@@ -136,7 +163,7 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, _peer)) => {
-                let Some(counted) = OpenConnection::count(&open, limits.max_connections) else {
+                let Some(counted) = held.admit(limits.max_connections) else {
                     Closed::MaxConnections.count();
                     continue; // dropping the stream closes it
                 };
@@ -160,43 +187,122 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let _ = stopping.send(true);
-    while connections.join_next().await.is_some() {}
+    let _ = stopping.send(Stop::Drain);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.shutdown_max, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = connections.len(),
+            shutdown_max_ms = ms(limits.shutdown_max),
+            "HTTP connections cut off at the stop: their answers were not read within http.shutdown_max_ms"
+        );
+        let _ = stopping.send(Stop::Cut);
+        while connections.join_next().await.is_some() {}
+    }
 }
 
-/// One open connection in `meterflow_http_connections`, uncounted when dropped.
-struct OpenConnection(Arc<AtomicUsize>);
+/// The open connections, for the accept loop to choose which to close at the cap.
+struct Held {
+    /// What [`Activity::waiting_since`] counts from.
+    epoch: Instant,
+    inner: Mutex<HeldInner>,
+}
 
-impl OpenConnection {
-    /// Counts one more open connection, unless `max` are open.
-    fn count(open: &Arc<AtomicUsize>, max: usize) -> Option<OpenConnection> {
-        if open.fetch_add(1, Ordering::AcqRel) >= max {
-            open.fetch_sub(1, Ordering::AcqRel);
-            return None;
+#[derive(Default)]
+struct HeldInner {
+    open: HashMap<u64, Arc<Activity>>,
+    next_id: u64,
+    /// Connections closed to make room whose tasks have not ended yet: no longer counted
+    /// against the cap (their sockets are in the gauge until they are closed).
+    evicting: usize,
+}
+
+impl Held {
+    fn new() -> Held {
+        Held {
+            epoch: Instant::now(),
+            inner: Mutex::new(HeldInner::default()),
         }
-        metrics::gauge!("meterflow_http_connections").increment(1.0);
-        Some(OpenConnection(open.clone()))
     }
+
+    fn lock(&self) -> MutexGuard<'_, HeldInner> {
+        // A panic while holding it cannot leave the map half-changed: take it as it is.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts one more open connection. At `max`, the held one that has waited longest without
+    /// a request being answered is told to close and the new one takes its place; `None`
+    /// when every held connection is answering.
+    fn admit(self: &Arc<Self>, max: usize) -> Option<OpenConnection> {
+        let mut held = self.lock();
+        if held.open.len() - held.evicting >= max {
+            let victim = held.oldest_waiting()?;
+            held.evicting += 1;
+            victim.evict.notify_one();
+        }
+        let id = held.next_id;
+        held.next_id += 1;
+        let activity = Arc::new(Activity::new(ms(self.epoch.elapsed())));
+        held.open.insert(id, activity.clone());
+        metrics::gauge!("meterflow_http_connections").increment(1.0);
+        Some(OpenConnection {
+            held: self.clone(),
+            id,
+            activity,
+        })
+    }
+}
+
+impl HeldInner {
+    /// Marks as evicted the connection that has waited longest (the first accepted among
+    /// equals) without a request being answered; `None` when every one is answering.
+    fn oldest_waiting(&self) -> Option<Arc<Activity>> {
+        // A connection's own task may begin answering meanwhile: then the next oldest.
+        loop {
+            let (since, _, victim) = self
+                .open
+                .iter()
+                .filter_map(|(id, a)| Some((a.waiting_since()?, *id, a)))
+                .min_by_key(|(since, id, _)| (*since, *id))?;
+            if victim.evict_if_waiting_since(since) {
+                return Some(victim.clone());
+            }
+        }
+    }
+}
+
+/// One open connection in `meterflow_http_connections` and in [`Held`], taken out when
+/// dropped.
+struct OpenConnection {
+    held: Arc<Held>,
+    id: u64,
+    activity: Arc<Activity>,
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut held = self.held.lock();
+        held.open.remove(&self.id);
+        if self.activity.is_evicted() {
+            held.evicting = held.evicting.saturating_sub(1);
+        }
         metrics::gauge!("meterflow_http_connections").decrement(1.0);
     }
 }
 
 /// One connection: hyper's HTTP/1 state machine, closed when [`Activity`] says a limit has
-/// passed, and told to finish at the stop.
+/// passed or the accept loop needs its place, and told to finish at the stop.
 async fn connection(
     stream: TcpStream,
     app: axum::Router,
     limits: Limits,
-    mut stopping: watch::Receiver<bool>,
-    _counted: OpenConnection,
+    mut stopping: watch::Receiver<Stop>,
+    counted: OpenConnection,
 ) {
     let _ = stream.set_nodelay(true);
-    let activity = Arc::new(Activity::new());
+    let activity = counted.activity.clone();
     let io = TokioIo::new(Watched {
         stream,
         activity: activity.clone(),
@@ -232,19 +338,34 @@ async fn connection(
                     break why; // dropping the connection closes the socket
                 }
             }
-            _ = stopping.changed(), if !stop_asked => {
-                stop_asked = true;
-                // Between requests hyper closes at once; a request being answered is answered
-                // first. A head on its way has asked nothing yet: closed now, not after its
-                // timeout.
-                conn.as_mut().graceful_shutdown();
-                if activity.reading_head() {
-                    break Closed::Shutdown;
+            // The accept loop needs the place: closed now (it was not answering).
+            () = activity.evict.notified() => {
+                if activity.is_evicted() {
+                    break Closed::Evicted;
+                }
+            }
+            changed = stopping.changed() => {
+                let stop = if changed.is_ok() { *stopping.borrow_and_update() } else { Stop::Cut };
+                match stop {
+                    Stop::Running => {}
+                    Stop::Drain if !stop_asked => {
+                        stop_asked = true;
+                        // Between requests hyper closes at once; a request being answered is
+                        // answered first. A head on its way has asked nothing yet: closed now,
+                        // not after its timeout.
+                        conn.as_mut().graceful_shutdown();
+                        if activity.reading_head() {
+                            break Closed::Shutdown;
+                        }
+                    }
+                    Stop::Drain => {}
+                    Stop::Cut => break Closed::ShutdownTimeout,
                 }
             }
         }
     };
     closed.count();
+    drop(counted);
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -254,30 +375,46 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// What a connection is doing, for its deadlines. Written from inside hyper's poll (the socket
-/// and the service), read by the connection's task; all on one task, so the atomics are never
-/// contended. Times are milliseconds since the accept.
+/// [`Activity::waiting`]: a request is being answered.
+const ANSWERING: u64 = u64::MAX;
+/// [`Activity::waiting`]: closed to make room.
+const EVICTED: u64 = u64::MAX - 1;
+
+/// What a connection is doing, for its deadlines and the accept loop's choice at the cap.
+/// Written from inside hyper's poll (the socket and the service), read by the connection's
+/// task; `waiting` also by the accept loop. Times are milliseconds since the accept, but
+/// `waiting`'s since the listener's start.
 struct Activity {
     accepted: Instant,
+    /// When it was accepted, in milliseconds since the listener's start.
+    accepted_at: u64,
     /// The last read or write that moved bytes, or the end of the last answer.
     last_io_ms: AtomicU64,
     /// When the head being read began, plus one (0: none is being read).
     head_since_ms: AtomicU64,
     /// Requests being answered (the handler runs).
     answering: AtomicUsize,
+    /// Since when (listener's time) no request has been answered; [`ANSWERING`] while one is,
+    /// [`EVICTED`] once the accept loop closed it to make room.
+    waiting: AtomicU64,
     /// A deadline moved earlier or appeared.
     changed: Notify,
+    /// The accept loop evicted it.
+    evict: Notify,
 }
 
 impl Activity {
-    fn new() -> Activity {
+    fn new(accepted_at: u64) -> Activity {
         Activity {
             accepted: Instant::now(),
+            accepted_at,
             last_io_ms: AtomicU64::new(0),
             // The first head is awaited from the accept.
             head_since_ms: AtomicU64::new(1),
             answering: AtomicUsize::new(0),
+            waiting: AtomicU64::new(accepted_at),
             changed: Notify::new(),
+            evict: Notify::new(),
         }
     }
 
@@ -309,6 +446,12 @@ impl Activity {
     fn answering(self: &Arc<Self>) -> Answering {
         self.answering.fetch_add(1, Ordering::AcqRel);
         self.head_since_ms.store(0, Ordering::Release);
+        // Unless the accept loop took its place just now (it is closed then).
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w != EVICTED).then_some(ANSWERING)
+            });
         self.changed.notify_one();
         Answering(self.clone())
     }
@@ -316,6 +459,23 @@ impl Activity {
     fn reading_head(&self) -> bool {
         self.answering.load(Ordering::Acquire) == 0
             && self.head_since_ms.load(Ordering::Acquire) != 0
+    }
+
+    /// Since when no request has been answered, if none is now and it is not evicted.
+    fn waiting_since(&self) -> Option<u64> {
+        let w = self.waiting.load(Ordering::Acquire);
+        (w != ANSWERING && w != EVICTED).then_some(w)
+    }
+
+    /// Evicts it if it still waits since `since` (no request began meanwhile).
+    fn evict_if_waiting_since(&self, since: u64) -> bool {
+        self.waiting
+            .compare_exchange(since, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn is_evicted(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) == EVICTED
     }
 
     /// The head's deadline, if one is being read, and the idle one, if nothing is answered.
@@ -363,9 +523,17 @@ struct Answering(Arc<Activity>);
 
 impl Drop for Answering {
     fn drop(&mut self) {
-        self.0.answering.fetch_sub(1, Ordering::AcqRel);
-        self.0.on_write();
-        self.0.changed.notify_one();
+        let a = &self.0;
+        if a.answering.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let now = a.now_ms();
+            let _ = a
+                .waiting
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                    (w != EVICTED).then_some(a.accepted_at.saturating_add(now))
+                });
+        }
+        a.on_write();
+        a.changed.notify_one();
     }
 }
 
@@ -434,6 +602,10 @@ mod tests {
     use axum::routing::get;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// The `meterflow_http_closed_total` counters are the process's: tests that count them
+    /// take turns.
+    static COUNTERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     /// Reads until the end of the stream (or a reset); what was read.
     async fn read_to_end(s: &mut TcpStream) -> String {
         let mut all = Vec::new();
@@ -457,6 +629,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_stop_answers_what_is_being_answered_and_closes_the_rest() {
+        let _counters = COUNTERS.lock().await;
         let _ = crate::metrics_handle();
         // A handler that answers when the test lets it.
         let (started_tx, mut started) = tokio::sync::mpsc::channel::<()>(1);
@@ -479,6 +652,7 @@ mod tests {
         let config = HttpConfig {
             header_read_timeout_ms: 86_400_000,
             idle_timeout_ms: 86_400_000,
+            shutdown_max_ms: 86_400_000,
             ..HttpConfig::default()
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -527,5 +701,205 @@ mod tests {
         assert!(answer.ends_with("slow\n"), "{answer}");
         server.await.unwrap();
         assert_eq!(closed_for("shutdown") - shutdown_before, 3.0);
+    }
+
+    /// `/health`, and `/slow`, which says when it has begun and answers when released.
+    fn slow_app() -> (axum::Router, tokio::sync::mpsc::Receiver<()>, Arc<Notify>) {
+        let (started_tx, started) = tokio::sync::mpsc::channel::<()>(8);
+        let release = Arc::new(Notify::new());
+        let let_go = release.clone();
+        let app = axum::Router::new()
+            .route("/health", get(|| async { "ok\n" }))
+            .route(
+                "/slow",
+                get(move || {
+                    let (started_tx, release) = (started_tx.clone(), let_go.clone());
+                    async move {
+                        // Waiting before saying so: a release cannot come before the wait.
+                        let released = release.notified();
+                        tokio::pin!(released);
+                        released.as_mut().enable();
+                        let _ = started_tx.send(()).await;
+                        released.await;
+                        "slow\n"
+                    }
+                }),
+            );
+        (app, started, release)
+    }
+
+    /// Serves `app` with `config` on a port of its own; its address, the stop and the task.
+    async fn start(
+        app: axum::Router,
+        config: HttpConfig,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let _ = crate::metrics_handle();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move { serve(listener, app, &config, stopped).await });
+        (addr, stop, server)
+    }
+
+    /// No timeout closes anything during a test unless it says so.
+    fn patient() -> HttpConfig {
+        HttpConfig {
+            header_read_timeout_ms: 86_400_000,
+            idle_timeout_ms: 86_400_000,
+            shutdown_max_ms: 86_400_000,
+            ..HttpConfig::default()
+        }
+    }
+
+    /// Sends a GET on `s` and reads one answer (the body of `/health` or `/slow`).
+    async fn get_on(s: &mut TcpStream, path: &str) -> String {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        read_answer(s).await
+    }
+
+    async fn read_answer(s: &mut TcpStream) -> String {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !(all.ends_with(b"ok\n") || all.ends_with(b"slow\n")) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&all));
+            all.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&all).to_string()
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_longest_waiting_connection_makes_room() {
+        let _counters = COUNTERS.lock().await;
+        let (app, mut started, _release) = slow_app();
+        let config = HttpConfig {
+            max_connections: 3,
+            ..patient()
+        };
+        let (addr, _stop, server) = start(app, config).await;
+        let evicted_before = closed_for("evicted");
+        // One being answered, one idle after an answer, one sending its head.
+        let mut answering = TcpStream::connect(addr).await.unwrap();
+        answering
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        started.recv().await.unwrap();
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        assert!(get_on(&mut idle, "/health")
+            .await
+            .starts_with("HTTP/1.1 200"));
+        let mut half_sent = TcpStream::connect(addr).await.unwrap();
+        half_sent
+            .write_all(b"GET /health HTTP/1.1\r\nHost: loc")
+            .await
+            .unwrap();
+        // A fourth: the idle one (waiting since its answer, before the half-sent one came)
+        // makes room.
+        let mut fourth = TcpStream::connect(addr).await.unwrap();
+        assert!(get_on(&mut fourth, "/health").await.ends_with("ok\n"));
+        assert_eq!(read_to_end(&mut idle).await, "");
+        // A fifth: the half-sent one (waiting since its accept, before the fourth's answer).
+        let mut fifth = TcpStream::connect(addr).await.unwrap();
+        assert!(get_on(&mut fifth, "/health").await.ends_with("ok\n"));
+        assert_eq!(read_to_end(&mut half_sent).await, "");
+        assert_eq!(closed_for("evicted") - evicted_before, 2.0);
+        // The one being answered was kept, and the others still serve.
+        assert!(get_on(&mut fourth, "/health").await.ends_with("ok\n"));
+        assert!(get_on(&mut fifth, "/health").await.ends_with("ok\n"));
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_a_new_connection_is_refused_only_when_every_one_is_answering() {
+        let _counters = COUNTERS.lock().await;
+        let (app, mut started, release) = slow_app();
+        let config = HttpConfig {
+            max_connections: 2,
+            ..patient()
+        };
+        let (addr, _stop, server) = start(app, config).await;
+        let refused_before = closed_for("max_connections");
+        let mut busy = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await
+                .unwrap();
+            started.recv().await.unwrap();
+            busy.push(s);
+        }
+        let mut refused = TcpStream::connect(addr).await.unwrap();
+        let _ = refused
+            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await;
+        assert_eq!(read_to_end(&mut refused).await, "");
+        assert_eq!(closed_for("max_connections") - refused_before, 1.0);
+        // Both answered in the end.
+        release.notify_waiters();
+        for s in &mut busy {
+            assert!(read_answer(s).await.ends_with("slow\n"));
+        }
+        // Idle now: a new one makes room again.
+        let mut next = TcpStream::connect(addr).await.unwrap();
+        assert!(get_on(&mut next, "/health").await.ends_with("ok\n"));
+        assert_eq!(closed_for("max_connections") - refused_before, 1.0);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn the_stop_cuts_off_what_is_still_open_after_shutdown_max() {
+        let _counters = COUNTERS.lock().await;
+        let (app, mut started, _release) = slow_app();
+        let config = HttpConfig {
+            shutdown_max_ms: 200,
+            ..patient()
+        };
+        let (addr, stop, server) = start(app, config).await;
+        let cut_before = closed_for("shutdown_timeout");
+        // An answer that never comes (as one a client never reads).
+        let mut held = TcpStream::connect(addr).await.unwrap();
+        held.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        started.recv().await.unwrap();
+        stop.send(()).unwrap();
+        server.await.unwrap();
+        assert_eq!(read_to_end(&mut held).await, "");
+        assert_eq!(closed_for("shutdown_timeout") - cut_before, 1.0);
+    }
+
+    #[tokio::test]
+    async fn whole_pipelined_requests_leave_the_connection_idle_not_reading_a_head() {
+        let config = HttpConfig {
+            header_read_timeout_ms: 100,
+            ..patient()
+        };
+        let app = axum::Router::new().route("/health", get(|| async { "ok\n" }));
+        let (addr, _stop, server) = start(app, config).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // Blank lines between requests are no head either.
+        s.write_all(
+            b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n\r\nGET /health HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while all.windows(3).filter(|w| w == b"ok\n").count() < 2 {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            all.extend_from_slice(&buf[..n]);
+        }
+        // Ten header timeouts later, still open (idle, with a day's idle timeout).
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(get_on(&mut s, "/health").await.ends_with("ok\n"));
+        server.abort();
     }
 }

@@ -34,7 +34,7 @@ use super::registry::{Kick, Registered};
 use super::session::{
     refusal, Close, CloseReason, ConnectRefusal, ConnectRequest, Session, Step, Submit,
 };
-use super::slots::{LoggedIn, PendingSlot};
+use super::slots::{LoggedIn, NotLoggedIn, PendingSlot};
 use super::{Budget, Edge, ListenerInfo};
 use crate::edge::{policy, RawMessage};
 use crate::edge::{Durability, Submission};
@@ -71,7 +71,11 @@ pub(super) async fn run_plain(
 }
 
 /// Takes a TLS connection with the pending slot the accept loop gave it.
-pub(super) async fn run_tls(stream: TcpStream, pending: Box<PendingSlot>, listener: ListenerInfo) {
+pub(super) async fn run_tls(
+    stream: TcpStream,
+    mut pending: Box<PendingSlot>,
+    listener: ListenerInfo,
+) {
     let owner = pending.edge().clone();
     let edge = &*owner;
     // One deadline for the TLS handshake and the CONNECT together.
@@ -84,6 +88,8 @@ pub(super) async fn run_tls(stream: TcpStream, pending: Box<PendingSlot>, listen
         let handshake = tokio::select! {
             h = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => h,
             () = stopping(edge) => return Err(Some(CloseReason::ShuttingDown)),
+            // Its place was taken for a newcomer (counted there).
+            () = pending.evicted() => return Err(None),
         };
         let stream = match handshake {
             Ok(Ok(s)) => s,
@@ -403,7 +409,7 @@ impl Drop for Unregister<'_> {
 /// CONNACK; or refuses, and says why the connection ends (`None`: nothing to count).
 async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
-    pending: Box<PendingSlot>,
+    mut pending: Box<PendingSlot>,
     cert: Option<Result<String, String>>,
     edge: &'e Edge,
     listener: ListenerInfo,
@@ -415,6 +421,8 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
     let connect = tokio::select! {
         c = tokio::time::timeout_at(deadline, read_connect(&mut stream, &mut rb)) => c,
         () = stopping(edge) => return Err(Some(CloseReason::ShuttingDown)),
+        // Its place was taken for a newcomer (counted there).
+        () = pending.evicted() => return Err(None),
     };
     let (version, inbound) = match connect {
         Ok(c) => c?,
@@ -480,12 +488,20 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
     // connection refused here never takes a session over.
     let logged_in = match pending.log_in(edge) {
         Ok(logged_in) => logged_in,
-        Err(_pending) => {
+        Err((NotLoggedIn::Full, _pending)) => {
             tracing::debug!(%peer, identity = identity.label(), "MQTT connection refused: mqtt.max_connections");
             refuse(ConnectRefusal::Busy, &mut out);
             let _ = flush(&mut stream, &mut out, edge).await;
             metrics::counter!("meterflow_mqtt_closed_total", "reason" => "max_connections")
                 .increment(1);
+            return Err(None);
+        }
+        Err((NotLoggedIn::Evicted, _)) => {
+            // Its place was taken for a newcomer while it authenticated (counted there): told
+            // the server is busy, as it would be at the next accept.
+            tracing::debug!(%peer, identity = identity.label(), "MQTT connection closed: its pending place was taken");
+            refuse(ConnectRefusal::Busy, &mut out);
+            let _ = flush(&mut stream, &mut out, edge).await;
             return Err(None);
         }
     };

@@ -12,7 +12,8 @@
 //! - [`registry`]: live sessions by client id (takeover, revoke, shutdown);
 //! - [`tls`]: rustls, client certificates, reload;
 //! - [`slots`]: the connection budgets: connections that have not logged in (in all, and per
-//!   address) and those that have (`mqtt.max_connections`);
+//!   address, the fullest address making room for a newcomer) and those that have
+//!   (`mqtt.max_connections`);
 //! - `config`: the settings (`[mqtt]`) and the start-up check of the anonymous rule.
 //!
 //! This module owns the listeners, the shared state of the edge ([`Edge`]), the background
@@ -302,7 +303,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, info: ListenerInfo, edge
         match accepted {
             Ok((stream, peer)) => {
                 // Until it logs in, a connection holds a pending slot: of a budget of its
-                // own, and of its address's share of it.
+                // own, and of its address's share of it (with the budget full, maybe one
+                // taken from the address that holds the most).
                 // (Boxed: a connection's task is held to a memory budget.)
                 let pending = match PendingSlot::take(&edge, peer) {
                     Ok(pending) => Box::new(pending),

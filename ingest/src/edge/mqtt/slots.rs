@@ -2,10 +2,17 @@
 //!
 //! - **pending**: connections that have not logged in yet (the TLS handshake and the
 //!   CONNECT), at most `mqtt.max_pending_connections`, and at most
-//!   `mqtt.max_pending_per_address` from one address. Taken at accept; one past either is
-//!   closed at once. They end at `mqtt.connect_timeout_ms`, so what an attacker holds
-//!   without a login is bounded in number and in time, and never touches the budget of the
-//!   devices that logged in.
+//!   `mqtt.max_pending_per_address` from one address. Taken at accept; one past the
+//!   per-address cap is closed at once. With the budget full, the oldest pending connection
+//!   of the address that holds the most is closed to make room for the newcomer
+//!   (`reason="pending_evicted"`), if that address holds at least two more than the
+//!   newcomer's; else the newcomer is closed at once. So silent sockets from a few addresses
+//!   cannot keep a login from another out (the newcomer takes one of theirs), and their
+//!   reopening only takes from each other until every address holds its share; a lone
+//!   login in progress is never closed for anyone, and in a storm of logins from many
+//!   addresses (each holding one or two) the logins in progress finish, where closing the
+//!   oldest for every newcomer would close each before it could. Pending connections end at
+//!   `mqtt.connect_timeout_ms`.
 //! - **logged in**: at most `mqtt.max_connections`. A connection moves here once it has
 //!   authenticated (before it is registered, so a refused one never takes a session over);
 //!   past the limit its CONNECT is refused (CONNACK 3 / 0x89).
@@ -15,15 +22,18 @@
 //! out. An IPv6 address counts by its /64 (what one subscriber gets), an IPv4-mapped one as
 //! the IPv4 address.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::oneshot;
+
 use super::Edge;
 
 /// The part of an address the per-address cap counts by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AddressKey {
     V4([u8; 4]),
     /// The /64 prefix.
@@ -49,7 +59,7 @@ impl AddressKey {
 /// Why a connection was closed at accept: the `reason` of `meterflow_mqtt_closed_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Full {
-    /// `mqtt.max_pending_connections`.
+    /// `mqtt.max_pending_connections`, and no address holds two more than the newcomer's.
     Pending,
     /// `mqtt.max_pending_per_address`.
     PerAddress,
@@ -64,17 +74,116 @@ impl Full {
     }
 }
 
+/// The `reason` of `meterflow_mqtt_closed_total` of a pending connection closed to make room
+/// for a newcomer.
+const EVICTED: &str = "pending_evicted";
+
+/// A pending connection's entry: closing it (dropping it) tells the connection it was evicted.
+type Evict = oneshot::Sender<()>;
+
+/// The pending connections, by address and by age.
+#[derive(Default)]
+struct Table {
+    /// The next connection's number: lower is older.
+    next: u64,
+    /// Pending connections by address, oldest first; an address without one has no entry.
+    by_address: HashMap<AddressKey, BTreeMap<u64, Evict>>,
+    /// Every address with pending connections, ranked by how many it holds, then by how old
+    /// its oldest is: the last one is the one to take from.
+    ranked: BTreeSet<(usize, Reverse<u64>, AddressKey)>,
+}
+
+impl Table {
+    fn count(&self, key: &AddressKey) -> usize {
+        self.by_address.get(key).map_or(0, BTreeMap::len)
+    }
+
+    /// `key`'s place in `ranked`, if it holds any.
+    fn rank(&self, key: AddressKey) -> Option<(usize, Reverse<u64>, AddressKey)> {
+        let held = self.by_address.get(&key)?;
+        let (&oldest, _) = held.first_key_value()?;
+        Some((held.len(), Reverse(oldest), key))
+    }
+
+    /// Changes `key`'s connections with `change`, keeping `ranked` and the empty entries in
+    /// step.
+    fn update<T>(
+        &mut self,
+        key: AddressKey,
+        change: impl FnOnce(&mut BTreeMap<u64, Evict>) -> T,
+    ) -> T {
+        if let Some(rank) = self.rank(key) {
+            self.ranked.remove(&rank);
+        }
+        let held = self.by_address.entry(key).or_default();
+        let out = change(held);
+        if held.is_empty() {
+            self.by_address.remove(&key);
+        }
+        if let Some(rank) = self.rank(key) {
+            self.ranked.insert(rank);
+        }
+        out
+    }
+
+    fn insert(&mut self, key: AddressKey) -> (u64, oneshot::Receiver<()>) {
+        let n = self.next;
+        self.next += 1;
+        let (evict, evicted) = oneshot::channel();
+        self.update(key, |held| held.insert(n, evict));
+        (n, evicted)
+    }
+
+    /// Removes connection `n` of `key`; false when it is not there (evicted).
+    fn remove(&mut self, key: AddressKey, n: u64) -> bool {
+        if !self.by_address.contains_key(&key) {
+            return false;
+        }
+        self.update(key, |held| held.remove(&n)).is_some()
+    }
+
+    /// Evicts the oldest pending connection of the address that holds the most (of those,
+    /// the one whose oldest is oldest), if it holds at least two more than `own`.
+    fn evict_for(&mut self, own: usize) -> bool {
+        let Some(&(most, _, key)) = self.ranked.last() else {
+            return false;
+        };
+        if most < own + 2 {
+            return false;
+        }
+        // Dropped: the connection's receiver wakes, and it closes.
+        self.update(key, |held| held.pop_first()).is_some()
+    }
+}
+
 /// The counts of both budgets.
 pub struct Slots {
     max_pending: usize,
     max_per_address: usize,
     max_logged_in: usize,
+    /// The pending connections; their number is `pending`, changed under this lock.
+    table: Mutex<Table>,
     pending: AtomicUsize,
     logged_in: AtomicUsize,
-    /// Pending connections by address; an address without one has no entry.
-    per_address: Mutex<HashMap<AddressKey, usize>>,
     pending_gauge: metrics::Gauge,
     logged_in_gauge: metrics::Gauge,
+    evicted: metrics::Counter,
+}
+
+/// A pending connection's place in the table.
+pub struct Taken {
+    n: u64,
+    /// Completes when the connection was evicted (its entry dropped).
+    evicted: oneshot::Receiver<()>,
+}
+
+/// Why a pending connection did not move to `mqtt.max_connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotLoggedIn {
+    /// That many are logged in.
+    Full,
+    /// Its pending place was taken for a newcomer (already counted).
+    Evicted,
 }
 
 impl Slots {
@@ -83,11 +192,12 @@ impl Slots {
             max_pending,
             max_per_address,
             max_logged_in,
+            table: Mutex::new(Table::default()),
             pending: AtomicUsize::new(0),
             logged_in: AtomicUsize::new(0),
-            per_address: Mutex::new(HashMap::new()),
             pending_gauge: metrics::gauge!("meterflow_mqtt_pending_connections"),
             logged_in_gauge: metrics::gauge!("meterflow_mqtt_connections"),
+            evicted: metrics::counter!("meterflow_mqtt_closed_total", "reason" => EVICTED),
         };
         slots.pending_gauge.set(0.0);
         slots.logged_in_gauge.set(0.0);
@@ -102,42 +212,77 @@ impl Slots {
         pending + self.logged_in.load(Ordering::Acquire)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AddressKey, usize>> {
-        self.per_address.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A pending slot for a connection from `key`, or which budget is full.
-    pub fn take_pending(&self, key: AddressKey) -> Result<(), Full> {
-        let mut per_address = self.lock();
-        let here = per_address.get(&key).copied().unwrap_or(0);
-        if here >= self.max_per_address {
+    /// A pending place for a connection from `key`, or which budget is full. With the
+    /// budget full, the oldest pending connection of the address that holds the most is
+    /// closed to make room, if that address holds at least two more than `key` does: so
+    /// sockets from a few addresses cannot keep a login from another out, while a
+    /// connection is never closed for one from an address that holds about as many (in a
+    /// storm of logins from many addresses, every login in progress would be closed for
+    /// the next before it could finish).
+    pub fn take_pending(&self, key: AddressKey) -> Result<Taken, Full> {
+        let mut table = self.lock();
+        let own = table.count(&key);
+        if own >= self.max_per_address {
             return Err(Full::PerAddress);
         }
-        // Under the lock: the accept loops of every listener take slots one at a time.
-        if self.pending.load(Ordering::Acquire) >= self.max_pending {
+        // Under the lock: the accept loops of every listener take places one at a time.
+        let evicted = self.pending.load(Ordering::Acquire) >= self.max_pending;
+        if evicted && !table.evict_for(own) {
             return Err(Full::Pending);
         }
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        per_address.insert(key, here + 1);
-        drop(per_address);
-        self.pending_gauge.increment(1.0);
+        let (n, receiver) = table.insert(key);
+        if !evicted {
+            self.pending.fetch_add(1, Ordering::AcqRel);
+        }
+        drop(table);
+        if evicted {
+            self.evicted.increment(1);
+        } else {
+            self.pending_gauge.increment(1.0);
+        }
+        Ok(Taken {
+            n,
+            evicted: receiver,
+        })
+    }
+
+    /// Gives back connection `n`'s pending place, unless it was evicted (given already).
+    fn release_pending(&self, key: AddressKey, n: u64) {
+        let mut table = self.lock();
+        if table.remove(key, n) {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            drop(table);
+            self.pending_gauge.decrement(1.0);
+        }
+    }
+
+    /// Moves connection `n` from the pending budget to `mqtt.max_connections` if it has
+    /// room (logged in first: it is never missing from [`Slots::open`]), and it was not
+    /// evicted; under the lock, so that it is not evicted half-way.
+    fn log_in(&self, key: AddressKey, n: u64) -> Result<(), NotLoggedIn> {
+        let mut table = self.lock();
+        if !table
+            .by_address
+            .get(&key)
+            .is_some_and(|held| held.contains_key(&n))
+        {
+            return Err(NotLoggedIn::Evicted);
+        }
+        if !self.take_logged_in() {
+            return Err(NotLoggedIn::Full);
+        }
+        table.remove(key, n);
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        drop(table);
+        self.pending_gauge.decrement(1.0);
         Ok(())
     }
 
-    fn release_pending(&self, key: AddressKey) {
-        let mut per_address = self.lock();
-        if let Some(n) = per_address.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                per_address.remove(&key);
-            }
-        }
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        drop(per_address);
-        self.pending_gauge.decrement(1.0);
-    }
-
-    /// A logged-in slot, if `mqtt.max_connections` has room.
+    /// A logged-in place, if `mqtt.max_connections` has room.
     fn take_logged_in(&self) -> bool {
         let taken = self
             .logged_in
@@ -159,25 +304,30 @@ impl Slots {
     /// Addresses with pending connections now.
     #[cfg(test)]
     pub fn addresses(&self) -> usize {
-        self.lock().len()
+        let table = self.lock();
+        assert_eq!(table.by_address.len(), table.ranked.len());
+        table.by_address.len()
     }
 }
 
-/// A connection's pending slot, from accept until it logs in ([`PendingSlot::log_in`]) or
-/// ends. It carries the connection's peer (a connection's task is held to a memory budget:
-/// the address is not kept twice).
+/// A connection's pending place, from accept until it logs in ([`PendingSlot::log_in`]),
+/// ends, or is evicted ([`PendingSlot::evicted`]). It carries the connection's peer (a
+/// connection's task is held to a memory budget: the address is not kept twice).
 pub struct PendingSlot {
     edge: Arc<Edge>,
     peer: SocketAddr,
+    taken: Taken,
 }
 
 impl PendingSlot {
-    /// A pending slot for a connection from `peer`, or which budget is full.
+    /// A pending place for a connection from `peer`, or which budget is full (see
+    /// [`Slots::take_pending`]).
     pub fn take(edge: &Arc<Edge>, peer: SocketAddr) -> Result<PendingSlot, Full> {
-        edge.slots.take_pending(AddressKey::of(peer.ip()))?;
+        let taken = edge.slots.take_pending(AddressKey::of(peer.ip()))?;
         Ok(PendingSlot {
             edge: edge.clone(),
             peer,
+            taken,
         })
     }
 
@@ -189,15 +339,29 @@ impl PendingSlot {
         self.peer
     }
 
-    /// Moves the connection from the pending budget to `mqtt.max_connections` (logged in
-    /// first, so it is never missing from [`Slots::open`]); back, still pending, when that is
-    /// full.
-    pub fn log_in(self: Box<Self>, edge: &Edge) -> Result<LoggedIn<'_>, Box<PendingSlot>> {
-        if !edge.slots.take_logged_in() {
-            return Err(self);
+    /// Completes when the connection's place was taken for a newcomer: it is to close at
+    /// once (counted already, its place given).
+    pub async fn evicted(&mut self) {
+        let _ = (&mut self.taken.evicted).await;
+    }
+
+    /// Moves the connection from the pending budget to `mqtt.max_connections`; or says why
+    /// not, with the connection still pending (when that budget is full) or evicted.
+    pub fn log_in(
+        self: Box<Self>,
+        edge: &Edge,
+    ) -> Result<LoggedIn<'_>, (NotLoggedIn, Box<PendingSlot>)> {
+        match edge
+            .slots
+            .log_in(AddressKey::of(self.peer.ip()), self.taken.n)
+        {
+            Ok(()) => {
+                // Its place is given back already: the drop finds nothing to give.
+                drop(self);
+                Ok(LoggedIn(edge))
+            }
+            Err(why) => Err((why, self)),
         }
-        drop(self);
-        Ok(LoggedIn(edge))
     }
 }
 
@@ -205,7 +369,7 @@ impl Drop for PendingSlot {
     fn drop(&mut self) {
         self.edge
             .slots
-            .release_pending(AddressKey::of(self.peer.ip()));
+            .release_pending(AddressKey::of(self.peer.ip()), self.taken.n);
     }
 }
 
@@ -230,9 +394,12 @@ impl Drop for LoggedIn<'_> {
 mod tests {
     use super::*;
 
+    fn key(s: &str) -> AddressKey {
+        AddressKey::of(s.parse().unwrap())
+    }
+
     #[test]
     fn an_address_counts_as_one_subscriber_has_it() {
-        let key = |s: &str| AddressKey::of(s.parse().unwrap());
         assert_eq!(key("192.0.2.7"), AddressKey::V4([192, 0, 2, 7]));
         assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"), "IPv4-mapped");
         assert_eq!(
@@ -244,38 +411,108 @@ mod tests {
         assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
     }
 
+    /// Whether the connection was evicted (its entry dropped), without waiting.
+    fn evicted(taken: &mut Taken) -> bool {
+        !matches!(
+            taken.evicted.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        )
+    }
+
     #[test]
     fn each_budget_holds_what_it_says_and_gives_back_what_ends() {
         let slots = Slots::new(5, 3, 2);
-        let a = AddressKey::of("10.0.0.1".parse().unwrap());
-        let b = AddressKey::of("10.0.0.2".parse().unwrap());
-        for _ in 0..3 {
-            slots.take_pending(a).unwrap();
-        }
-        assert_eq!(slots.take_pending(a), Err(Full::PerAddress));
-        slots.take_pending(b).unwrap();
-        slots.take_pending(b).unwrap();
-        assert_eq!(slots.take_pending(b), Err(Full::Pending));
+        let (a, b) = (key("10.0.0.1"), key("10.0.0.2"));
+        let mut from_a: Vec<Taken> = (0..3).map(|_| slots.take_pending(a).unwrap()).collect();
+        assert_eq!(slots.take_pending(a).err(), Some(Full::PerAddress));
+        let mut from_b: Vec<Taken> = (0..2).map(|_| slots.take_pending(b).unwrap()).collect();
+        // Full; b holds 2, a 3: not two more than b, so b's newcomer is refused.
+        assert_eq!(slots.take_pending(b).err(), Some(Full::Pending));
         assert_eq!(slots.open(), 5);
-        // Two log in (from a): a has room again; the logged-in budget is full.
-        for _ in 0..2 {
-            assert!(slots.take_logged_in());
-            slots.release_pending(a);
+        // Two of a's log in: a has room again; the logged-in budget is full.
+        for t in from_a.drain(..2) {
+            slots.log_in(a, t.n).unwrap();
         }
-        assert!(!slots.take_logged_in());
+        assert_eq!(slots.log_in(a, from_a[0].n), Err(NotLoggedIn::Full));
         assert_eq!(slots.open(), 5);
-        slots.take_pending(a).unwrap();
-        slots.take_pending(a).unwrap();
-        assert_eq!(slots.take_pending(a), Err(Full::PerAddress));
+        from_a.push(slots.take_pending(a).unwrap());
+        from_a.push(slots.take_pending(a).unwrap());
+        assert_eq!(slots.take_pending(a).err(), Some(Full::PerAddress));
+        assert!(from_a.iter_mut().chain(&mut from_b).all(|t| !evicted(t)));
         // Everything ends: nothing is left, not even an address's entry.
-        for _ in 0..3 {
-            slots.release_pending(a);
+        for t in from_a {
+            slots.release_pending(a, t.n);
         }
-        slots.release_pending(b);
-        slots.release_pending(b);
+        for t in from_b {
+            slots.release_pending(b, t.n);
+        }
         slots.release_logged_in();
         slots.release_logged_in();
         assert_eq!(slots.open(), 0);
         assert_eq!(slots.addresses(), 0);
+    }
+
+    #[test]
+    fn a_full_budget_takes_from_the_address_that_holds_the_most() {
+        let slots = Slots::new(8, 8, 8);
+        let addresses: Vec<AddressKey> = ["10.0.0.1", "10.0.0.2", "2001:db8::1", "10.0.0.4"]
+            .into_iter()
+            .chain(["10.0.0.5", "10.0.0.6", "10.0.0.7", "10.0.0.8", "10.0.0.9"])
+            .map(key)
+            .collect();
+        let [a, b, c, d, e, f, g, h, i] = addresses[..] else {
+            unreachable!()
+        };
+        // a holds 5, b 3: full.
+        let mut from_a: Vec<Taken> = (0..5).map(|_| slots.take_pending(a).unwrap()).collect();
+        let mut from_b: Vec<Taken> = (0..3).map(|_| slots.take_pending(b).unwrap()).collect();
+        // c (none) takes a's oldest place, then the next (a 4 >= c 1 + 2); then a and b hold
+        // 3, c 2: not two more, c is refused.
+        let mut from_c = vec![slots.take_pending(c).unwrap()];
+        assert!(evicted(&mut from_a[0]));
+        assert!(from_a[1..].iter_mut().all(|t| !evicted(t)));
+        from_c.push(slots.take_pending(c).unwrap());
+        assert!(evicted(&mut from_a[1]));
+        assert_eq!(slots.take_pending(c).err(), Some(Full::Pending));
+        assert_eq!(slots.open(), 8);
+        // d: a and b hold 3; a's oldest is older than b's: a's goes. Then b's (b holds the
+        // most), then d holds 2 like everyone, and is refused.
+        let mut from_d = vec![slots.take_pending(d).unwrap()];
+        assert!(evicted(&mut from_a[2]));
+        assert!(!evicted(&mut from_b[0]));
+        from_d.push(slots.take_pending(d).unwrap());
+        assert!(evicted(&mut from_b[0]));
+        assert_eq!(slots.take_pending(d).err(), Some(Full::Pending));
+        // Four new addresses take one each from those holding 2, oldest first: a, b, c, d.
+        let mut others: Vec<Taken> = [e, f, g, h]
+            .into_iter()
+            .map(|k| slots.take_pending(k).unwrap())
+            .collect();
+        assert!(evicted(&mut from_a[3]));
+        assert!(evicted(&mut from_b[1]));
+        assert!(evicted(&mut from_c[0]));
+        assert!(evicted(&mut from_d[0]));
+        // Eight addresses hold one each: a lone connection is never taken, so a ninth
+        // address is refused.
+        assert_eq!(slots.take_pending(i).err(), Some(Full::Pending));
+        let alone = [
+            &mut from_a[4],
+            &mut from_b[2],
+            &mut from_c[1],
+            &mut from_d[1],
+        ];
+        assert!(alone
+            .into_iter()
+            .chain(others.iter_mut())
+            .all(|t| !evicted(t)));
+        assert_eq!(slots.open(), 8);
+        assert_eq!(slots.addresses(), 8);
+        // An evicted connection cannot log in, and its end gives nothing back twice.
+        assert_eq!(slots.log_in(a, from_a[0].n), Err(NotLoggedIn::Evicted));
+        slots.release_pending(a, from_a[0].n);
+        assert_eq!(slots.open(), 8);
+        // One that is still there logs in; its address has no entry left.
+        slots.log_in(a, from_a[4].n).unwrap();
+        assert_eq!((slots.open(), slots.addresses()), (8, 7));
     }
 }
