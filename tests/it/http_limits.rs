@@ -271,7 +271,7 @@ fn a_head_over_the_limit_is_answered_431_and_closed() {
 }
 
 #[test]
-fn connections_beyond_the_cap_are_closed_and_counted_and_the_server_holds_no_more() {
+fn connections_beyond_the_cap_make_room_and_the_server_holds_no_more() {
     const CAP: usize = 8;
     let (_cfg, server) = start(&format!(
         "max_connections = {CAP}\nheader_read_timeout_ms = 120000\n"
@@ -280,42 +280,48 @@ fn connections_beyond_the_cap_are_closed_and_counted_and_the_server_holds_no_mor
     wait_for("no connection held", || {
         (held_connections(&server) == 0).then_some(())
     });
-    // The cap's worth of connections that say nothing, held open.
-    let holders: Vec<TcpStream> = (0..CAP).map(|_| connect(&server)).collect();
-    wait_for("the server holding the cap's connections", || {
-        (held_connections(&server) == CAP).then_some(())
-    });
-    // Three times as many more: each is closed at once, whether it sends a request or not.
-    let mut refused: Vec<TcpStream> = (0..3 * CAP).map(|_| connect(&server)).collect();
-    for s in refused.iter_mut().step_by(2) {
-        let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    }
-    for (i, s) in refused.iter_mut().enumerate() {
-        wait_for(&format!("connection {i} beyond the cap closed"), || {
-            is_closed(s).then_some(())
+    // Four times the cap's worth of connections that say nothing, one after the other: each
+    // beyond the cap closes the oldest (all wait since their accept).
+    let mut all: Vec<TcpStream> = Vec::new();
+    for i in 0..4 * CAP {
+        all.push(connect(&server));
+        wait_for(&format!("connection {i} held"), || {
+            (held_connections(&server) == (i + 1).min(CAP)).then_some(())
         });
+    }
+    for (i, s) in all.iter_mut().enumerate() {
+        if i < 3 * CAP {
+            wait_for(&format!("connection {i} closed to make room"), || {
+                is_closed(s).then_some(())
+            });
+        } else {
+            assert!(!is_closed(s), "connection {i}, among the newest, closed");
+        }
     }
     // The server holds the cap's connections and no more (a held connection is what costs
     // memory: the cap bounds it).
     assert_eq!(held_connections(&server), CAP);
-    // Once the held ones go, a normal request is answered again.
-    drop(holders);
-    // (A try while the server is still closing them is closed at accept too, and counted.)
-    let mut refused_tries = 0;
-    let answer = wait_for(
-        "a normal request answered once the holders are gone",
-        || {
-            let answer = try_get(&server, "/api/devices");
-            refused_tries += usize::from(answer.is_none());
-            answer
-        },
-    );
+    // Asked on the newest connection: no new one.
+    let (status, body) = get_with_token_on(all.last_mut().unwrap(), "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let reason = |r: &str| {
+        sample(
+            &body,
+            &format!("meterflow_http_closed_total{{reason=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(reason("evicted"), (3 * CAP) as f64, "{body}");
+    assert_eq!(reason("max_connections"), 0.0, "{body}");
+    assert_eq!(sample(&body, "meterflow_http_connections"), CAP as f64);
+    // A normal request on a new connection is answered, making room in turn.
+    let answer = try_get(&server, "/api/devices").expect("an answer at the cap");
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
-    assert_eq!(
-        closed(&server, "max_connections"),
-        (3 * CAP + refused_tries) as f64
-    );
-    assert_eq!(metric(&server, "meterflow_http_connections"), 1.0);
+    wait_for("the oldest held one closed to make room", || {
+        is_closed(&mut all[3 * CAP]).then_some(())
+    });
+    wait_for("the cap's connections but the two gone", || {
+        (held_connections(&server) == CAP - 1).then_some(())
+    });
 }
 
 #[test]
@@ -461,7 +467,7 @@ fn sample(body: &str, sample: &str) -> f64 {
 fn probes_are_answered_at_the_cap(server: &Server, holders: &mut [TcpStream]) {
     let cap = holders.len();
     let mut probes = Vec::new();
-    for i in 0..3 {
+    for (i, holder) in holders.iter_mut().enumerate().take(3) {
         let mut probe = connect(server);
         let (status, body) = get_on(&mut probe, "/ready?ingest");
         assert_eq!(
@@ -470,7 +476,7 @@ fn probes_are_answered_at_the_cap(server: &Server, holders: &mut [TcpStream]) {
             "probe {i}"
         );
         wait_for(&format!("holder {i} closed to make room"), || {
-            is_closed(&mut holders[i]).then_some(())
+            is_closed(holder).then_some(())
         });
         probes.push(probe);
     }

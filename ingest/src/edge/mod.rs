@@ -9,9 +9,9 @@
 //! - it authenticates the peer and asks the one [`policy`]: may this [`Identity`] publish for
 //!   this meter, are devices without identity served on this listener;
 //! - it hands each message to the WAL writer as a [`Submission`] through its bounded
-//!   [`channel`], a message it refused too (with its [`Refusal`]: it becomes an
+//!   [`channel`], a message it refused too (with its [`EdgeNote`]: it becomes an
 //!   `unauthorized` dead letter), and one of an identified device whose topic routes nowhere
-//!   with its sender (a [`Refusal`] of kind [`RefusalKind::BadTopic`]: its `bad_topic` dead
+//!   with its sender (an [`EdgeNote`] of kind [`EdgeNoteKind::BadTopic`]: its `bad_topic` dead
 //!   letter names the sender);
 //! - it acknowledges to the device only what the writer reports [`Durability::Durable`], and
 //!   tells the device to come back later on [`Durability::WalFull`] or
@@ -24,9 +24,9 @@ pub mod bridge;
 pub mod coap;
 pub mod mqtt;
 pub mod policy;
-mod refusal;
+mod note;
 mod submission;
 
 pub use policy::Identity;
-pub use refusal::{Refusal, RefusalKind};
+pub use note::{EdgeNote, EdgeNoteKind};
 pub use submission::{channel, Durability, Lease, RawMessage, Submission, SUBMISSIONS};

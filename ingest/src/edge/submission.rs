@@ -7,7 +7,7 @@ use flume::{Receiver, Sender};
 use meterflow_proto::Source;
 use meterflow_storage::WalRecord;
 
-use super::refusal::Refusal;
+use super::note::EdgeNote;
 
 /// A message as accepted from the network, before decoding.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub struct RawMessage {
     /// Why the edge refused it: kept as an `unauthorized` dead letter and nothing else; or,
     /// of kind `BadTopic`, who sent a message whose topic routes nowhere (boxed: both are
     /// rare, messages many).
-    pub refused: Option<Box<Refusal>>,
+    pub edge_note: Option<Box<EdgeNote>>,
 }
 
 impl RawMessage {
@@ -38,7 +38,7 @@ impl RawMessage {
             source,
             received_at_ms: meterflow_proto::now_ms(),
             content_type: None,
-            refused: None,
+            edge_note: None,
         }
     }
 }
@@ -52,10 +52,10 @@ impl From<WalRecord> for RawMessage {
             source: r.source,
             received_at_ms: r.received_at_ms,
             content_type: r.content_type,
-            refused: r
-                .refused
+            edge_note: r
+                .edge_note
                 .as_deref()
-                .map(|text| Box::new(Refusal::from_wal(text))),
+                .map(|text| Box::new(EdgeNote::from_wal(text))),
         }
     }
 }

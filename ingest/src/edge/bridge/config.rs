@@ -12,7 +12,7 @@ use crate::error::positive;
 use crate::error::IngestError;
 
 /// One broker meterflow takes messages from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BridgeConfig {
     /// `mqtt://HOST[:1883]` or `mqtts://HOST[:8883]` (TLS); `mqtt://USER:PASSWORD@HOST` sets
@@ -52,6 +52,30 @@ pub struct BridgeConfig {
     /// A client certificate chain and its key (PEM), where the broker asks for one.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+}
+
+/// Written by hand so that `password` never reach a log or an error.
+impl std::fmt::Debug for BridgeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeConfig")
+            .field("url", &self.url)
+            .field("name", &self.name)
+            .field("username", &self.username)
+            .field("password", &meterflow_storage::redacted(&self.password))
+            .field("client_id", &self.client_id)
+            .field("topic", &self.topic)
+            .field("format", &self.format)
+            .field("share_group", &self.share_group)
+            .field("qos", &self.qos)
+            .field("session_expiry_s", &self.session_expiry_s)
+            .field("receive_maximum", &self.receive_maximum)
+            .field("max_packet_bytes", &self.max_packet_bytes)
+            .field("keep_alive_s", &self.keep_alive_s)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .finish()
+    }
 }
 
 impl Default for BridgeConfig {

@@ -703,7 +703,7 @@ async fn a_device_posts_for_itself_and_a_gateway_for_its_globs_only() {
         .datagram(&bytes, peer(1), &h.caller, Instant::now())
         .is_none());
     let submission = h.submissions.try_recv().unwrap();
-    let refusal = submission.message.refused.clone().unwrap();
+    let refusal = submission.message.edge_note.clone().unwrap();
     assert_eq!(refusal.identity.as_deref(), Some("m1"));
     assert_eq!(refusal.peer, peer(1).to_string());
     assert_eq!(submission.message.topic, "/r/m2");

@@ -887,7 +887,7 @@ fn submission(
     edge.metrics.received.increment(1);
     let message = RawMessage {
         content_type: submit.content_type,
-        refused: submit.refused,
+        edge_note: submit.edge_note,
         ..RawMessage::new(Source::Mqtt, submit.topic, submit.payload)
     };
     let submission = Submission {

@@ -172,8 +172,8 @@ pub struct Submit {
     pub content_type: Option<String>,
     /// Set when the publish was refused (kept as an `unauthorized` dead letter), or when an
     /// identified device's topic routes nowhere (its `bad_topic` dead letter names the
-    /// sender): see [`edge::RefusalKind`].
-    pub refused: Option<Box<edge::Refusal>>,
+    /// sender): see [`edge::EdgeNoteKind`].
+    pub edge_note: Option<Box<edge::EdgeNote>>,
     /// Whether the session waits for the WAL's answer ([`Session::on_durable`]).
     pub wait: bool,
 }
@@ -570,8 +570,8 @@ impl Session {
             // pipeline cannot route (a `bad_topic` dead letter), with its sender, so that the
             // dead letter says who sent it. Anonymous devices have no one to name.
             let sender = match (&self.identity, crate::pipeline::parse_topic(&topic)) {
-                (Identity::Device { .. }, Err(reason)) => Some(Box::new(edge::Refusal {
-                    kind: edge::RefusalKind::BadTopic,
+                (Identity::Device { .. }, Err(reason)) => Some(Box::new(edge::EdgeNote {
+                    kind: edge::EdgeNoteKind::BadTopic,
                     identity: self.identity.id().map(str::to_string),
                     client_id: Some(self.client_id.to_string()),
                     peer: self.peer.to_string(),
@@ -585,7 +585,7 @@ impl Session {
                     topic,
                     payload,
                     content_type,
-                    refused: sender,
+                    edge_note: sender,
                     wait: qos > 0,
                 }),
                 ..Step::default()
@@ -593,8 +593,8 @@ impl Session {
         }
         // Not this identity's to publish: a dead letter with who and from where; MQTT 5 is
         // told 0x87 once the dead letter is stored, MQTT 3.1.1 is closed (§3.3.5).
-        let refusal = edge::Refusal {
-            kind: edge::RefusalKind::Unauthorized,
+        let refusal = edge::EdgeNote {
+            kind: edge::EdgeNoteKind::Unauthorized,
             identity: self.identity.id().map(str::to_string),
             client_id: Some(self.client_id.to_string()),
             peer: self.peer.to_string(),
@@ -618,7 +618,7 @@ impl Session {
                 topic,
                 payload,
                 content_type,
-                refused: Some(Box::new(refusal)),
+                edge_note: Some(Box::new(refusal)),
                 wait: answered,
             }),
             close: (self.version == Version::V4).then_some(Close::Drained(CloseReason::Denied)),

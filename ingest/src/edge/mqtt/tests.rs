@@ -150,7 +150,7 @@ fn a_puback_comes_only_from_the_wal_and_in_order() {
             let step = publish(&mut s, 1, pkid, "meters/E1/json");
             assert!(step.packets.is_empty(), "nothing before the WAL answers");
             let submit = step.submit.unwrap();
-            assert!(submit.wait && submit.refused.is_none());
+            assert!(submit.wait && submit.edge_note.is_none());
             assert_eq!(submit.topic, "meters/E1/json");
         }
         assert_eq!(s.awaiting(), 3);
@@ -215,7 +215,7 @@ fn a_publish_for_another_meter_is_a_dead_letter_and_refused_as_each_version_says
     assert_eq!(step.close, None);
     let submit = step.submit.unwrap();
     assert!(submit.wait);
-    let refusal = submit.refused.clone().unwrap();
+    let refusal = submit.edge_note.clone().unwrap();
     assert_eq!(refusal.identity.as_deref(), Some("E1"));
     assert_eq!(refusal.peer, "10.1.2.3:40000");
     assert!(refusal
@@ -244,7 +244,7 @@ fn a_publish_for_another_meter_is_a_dead_letter_and_refused_as_each_version_says
 
 #[test]
 fn an_identified_devices_topic_that_routes_nowhere_is_acknowledged_with_its_sender() {
-    use crate::edge::RefusalKind;
+    use crate::edge::EdgeNoteKind;
     for version in [Version::V4, Version::V5] {
         let mut s = session(version, meter("E1"));
         for topic in ["meters/E1/../E2/json", "meters/E1/json/v2", "meters/E1/xml"] {
@@ -252,8 +252,8 @@ fn an_identified_devices_topic_that_routes_nowhere_is_acknowledged_with_its_send
             assert_eq!((step.denied, step.close), (None, None), "{topic}");
             let submit = step.submit.unwrap();
             assert!(submit.wait, "{topic}: acknowledged once stored");
-            let sender = submit.refused.unwrap();
-            assert_eq!(sender.kind, RefusalKind::BadTopic);
+            let sender = submit.edge_note.unwrap();
+            assert_eq!(sender.kind, EdgeNoteKind::BadTopic);
             assert_eq!(
                 sender.sender(),
                 "(identity E1, client id c1, peer 10.1.2.3:40000)"
@@ -267,13 +267,13 @@ fn an_identified_devices_topic_that_routes_nowhere_is_acknowledged_with_its_send
         assert!(publish(&mut s, 1, 6, "meters/E1/status")
             .submit
             .unwrap()
-            .refused
+            .edge_note
             .is_none());
         let mut s = session(version, Identity::Anonymous);
         assert!(publish(&mut s, 1, 7, "meters/E1/../E2/json")
             .submit
             .unwrap()
-            .refused
+            .edge_note
             .is_none());
     }
 }
@@ -288,18 +288,18 @@ fn gateways_publish_for_their_globs_and_anonymous_clients_anywhere() {
     assert!(publish(&mut s, 0, 0, "meters/E77/pb")
         .submit
         .unwrap()
-        .refused
+        .edge_note
         .is_none());
     assert!(publish(&mut s, 0, 0, "meters/X1/pb")
         .submit
         .unwrap()
-        .refused
+        .edge_note
         .is_some());
     let mut s = session(Version::V4, Identity::Anonymous);
     assert!(publish(&mut s, 1, 1, "not/meters")
         .submit
         .unwrap()
-        .refused
+        .edge_note
         .is_none());
 }
 

@@ -12,7 +12,7 @@ use meterflow_proto::{is_valid_meter_id, now_ms, Format, Source};
 
 use crate::edge::coap::message::with_code;
 use crate::edge::coap::server::{Caller, Handling, Server};
-use crate::edge::{policy, RawMessage, Refusal, RefusalKind};
+use crate::edge::{policy, RawMessage, EdgeNote, EdgeNoteKind};
 
 const REPORT_FORMATS: &str = "Content-Format must be 50 (json), 60 (cbor), 110 (senml+json), 112 (senml+cbor), 65000 (meterflow protobuf) or 65001 (dsmr)";
 
@@ -119,8 +119,8 @@ impl Server {
         metrics::counter!("meterflow_coap_denied_total", "reason" => "forbidden").increment(1);
         let identity = caller.identity().map(str::to_string);
         tracing::info!(identity = identity.as_deref().unwrap_or("anonymous"), %peer, %reason, "CoAP: request refused");
-        let refusal = Refusal {
-            kind: RefusalKind::Unauthorized,
+        let refusal = EdgeNote {
+            kind: EdgeNoteKind::Unauthorized,
             identity,
             client_id: None,
             peer: peer.to_string(),
@@ -128,7 +128,7 @@ impl Server {
         };
         Handling::Ingest {
             message: RawMessage {
-                refused: Some(Box::new(refusal)),
+                edge_note: Some(Box::new(refusal)),
                 ..RawMessage::new(Source::Coap, resource, Bytes::from(body))
             },
             reply,

@@ -1,5 +1,5 @@
-//! Why an edge refused a message (a publish or post outside its sender's identity), or that
-//! an identified device's message has a topic that routes nowhere: typed in memory, JSON only
+//! The edge's note on a message: why it refused it (a publish or post outside its sender's
+//! identity), or that an identified device's message has a topic that routes nowhere: typed in memory, JSON only
 //! in the WAL record (the storage crate keeps it as text), and the reason of the dead letter
 //! it becomes (`unauthorized`, or `bad_topic` naming the sender).
 
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// What the pipeline makes of a message the edge has a word on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RefusalKind {
+pub enum EdgeNoteKind {
     /// Not its sender's to publish, and refused to it (MQTT 5 0x87, a 3.1.1 disconnect, CoAP
     /// 4.03): an `unauthorized` dead letter and nothing else. (What a record without a kind,
     /// written before there were others, is.)
@@ -20,18 +20,18 @@ pub enum RefusalKind {
     BadTopic,
 }
 
-impl RefusalKind {
+impl EdgeNoteKind {
     fn is_unauthorized(&self) -> bool {
-        *self == RefusalKind::Unauthorized
+        *self == EdgeNoteKind::Unauthorized
     }
 }
 
 /// Why an edge refused a message (or will not have it routed), and who sent it from where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Refusal {
+pub struct EdgeNote {
     /// Left out of the WAL record when `Unauthorized`: such records stay as they were.
-    #[serde(default, skip_serializing_if = "RefusalKind::is_unauthorized")]
-    pub kind: RefusalKind,
+    #[serde(default, skip_serializing_if = "EdgeNoteKind::is_unauthorized")]
+    pub kind: EdgeNoteKind,
     /// The identity that sent it (a meter or gateway id); `None`: anonymous.
     pub identity: Option<String>,
     pub client_id: Option<String>,
@@ -40,16 +40,16 @@ pub struct Refusal {
     pub reason: String,
 }
 
-impl Refusal {
+impl EdgeNote {
     /// As kept in the WAL record.
     pub fn to_wal(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| self.reason.clone())
     }
 
-    /// Reads what [`Refusal::to_wal`] wrote; any other text is taken as the reason.
-    pub fn from_wal(text: &str) -> Refusal {
-        serde_json::from_str(text).unwrap_or_else(|_| Refusal {
-            kind: RefusalKind::Unauthorized,
+    /// Reads what [`EdgeNote::to_wal`] wrote; any other text is taken as the reason.
+    pub fn from_wal(text: &str) -> EdgeNote {
+        serde_json::from_str(text).unwrap_or_else(|_| EdgeNote {
+            kind: EdgeNoteKind::Unauthorized,
             identity: None,
             client_id: None,
             peer: String::new(),
@@ -82,28 +82,28 @@ mod tests {
 
     #[test]
     fn a_refusal_survives_the_wal_and_older_text_is_its_reason() {
-        let refusal = Refusal {
-            kind: RefusalKind::Unauthorized,
+        let refusal = EdgeNote {
+            kind: EdgeNoteKind::Unauthorized,
             identity: Some("GW".into()),
             client_id: Some("c1".into()),
             peer: "10.0.0.1:5000".into(),
             reason: "may not publish to \"meters/E2/json\"".into(),
         };
-        assert_eq!(Refusal::from_wal(&refusal.to_wal()), refusal);
+        assert_eq!(EdgeNote::from_wal(&refusal.to_wal()), refusal);
         assert_eq!(
             refusal.describe(),
             "may not publish to \"meters/E2/json\" (identity GW, client id c1, peer 10.0.0.1:5000)"
         );
-        let plain = Refusal::from_wal("not JSON");
+        let plain = EdgeNote::from_wal("not JSON");
         assert_eq!(plain.reason, "not JSON");
         assert_eq!(plain.identity, None);
         // A refusal's record is as it was before there were kinds; one without is a refusal.
         assert!(!refusal.to_wal().contains("kind"), "{}", refusal.to_wal());
-        let bad_topic = Refusal {
-            kind: RefusalKind::BadTopic,
+        let bad_topic = EdgeNote {
+            kind: EdgeNoteKind::BadTopic,
             ..refusal
         };
         assert!(bad_topic.to_wal().contains(r#""kind":"bad_topic""#));
-        assert_eq!(Refusal::from_wal(&bad_topic.to_wal()), bad_topic);
+        assert_eq!(EdgeNote::from_wal(&bad_topic.to_wal()), bad_topic);
     }
 }
