@@ -55,7 +55,7 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// The page, the API, `/health`, `/ready` and `/metrics`. Loopback by default.
@@ -82,6 +82,20 @@ pub struct HttpConfig {
     /// At the stop, the open connections get this long to finish the answers under way (and
     /// their clients to read them); whatever is still open then is closed.
     pub shutdown_max_ms: u64,
+}
+
+/// Written by hand so that `token` never reach a log or an error.
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("token", &meterflow_storage::redacted(&self.token))
+            .field("max_connections", &self.max_connections)
+            .field("header_read_timeout_ms", &self.header_read_timeout_ms)
+            .field("idle_timeout_ms", &self.idle_timeout_ms)
+            .field("max_header_bytes", &self.max_header_bytes)
+            .finish()
+    }
 }
 
 impl Default for HttpConfig {
@@ -358,6 +372,29 @@ mod tests {
         Config::default().validate().unwrap();
     }
 
+    /// Issue 20 review, L1: a `{:?}` of the config (a panic message, a debug log) showed the
+    /// ClickHouse password, the API token and the bridges' passwords.
+    #[test]
+    fn debug_output_hides_every_secret() {
+        let c = Config::from_toml(
+            "[http]\ntoken = \"tok-hunter2\"\n\
+             [clickhouse]\nurl = \"http://127.0.0.1:8123\"\nuser = \"ingest\"\npassword = \"ch-hunter2\"\n\
+             [[bridge]]\nurl = \"mqtt://broker:1883\"\nusername = \"mf\"\npassword = \"br-hunter2\"\n",
+        )
+        .unwrap();
+        for shown in [format!("{c:?}"), format!("{c:#?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert_eq!(shown.matches("<redacted>").count(), 3, "{shown}");
+            // The rest is still there to debug with.
+            assert!(
+                shown.contains("ingest") && shown.contains("broker:1883"),
+                "{shown}"
+            );
+        }
+        // Unset secrets show as unset.
+        let shown = format!("{:?}", Config::default());
+        assert!(!shown.contains("<redacted>"), "{shown}");
+    }
     #[test]
     fn a_partial_file_keeps_the_other_defaults() {
         let c = Config::from_toml("data_dir = \"/var/lib/meterflow\"\n[batch]\nmax_rows = 10\n")

@@ -34,3 +34,13 @@ pub use parquet::{ParquetConfig, ParquetSink};
 pub use shutdown::{Shutdown, ShutdownSignal};
 pub use sinks::{Hold, SinkBatch, SinkSet, Stock};
 pub use wal::{FsyncPolicy, NewRecord, Wal, WalConfig, WalReader, WalRecord};
+
+/// A secret as `Debug` shows it: `""` when unset (so that its absence can be seen), else
+/// `<redacted>`. The config structs holding passwords and tokens use it in their `Debug`.
+pub fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        ""
+    } else {
+        "<redacted>"
+    }
+}

@@ -49,7 +49,7 @@ pub use schema::{
 };
 pub use writer::{ClickHouseWriter, RejectedBatch};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
     /// HTTP(S) URL of the server, e.g. `http://127.0.0.1:8123` or
@@ -96,6 +96,30 @@ pub struct ClickHouseConfig {
     /// ClickHouse settings sent with every query and insert, e.g. `insert_quorum = "2"` or
     /// `max_insert_threads = "2"` (names of letters, digits and `_`).
     pub settings: std::collections::BTreeMap<String, String>,
+}
+
+/// Written by hand so that `password` never reach a log or an error.
+impl std::fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("cluster", &self.cluster)
+            .field("user", &self.user)
+            .field("password", &crate::redacted(&self.password))
+            .field("tls_ca", &self.tls_ca)
+            .field("ttl_days", &self.ttl_days)
+            .field("retry_initial_ms", &self.retry_initial_ms)
+            .field("retry_max_ms", &self.retry_max_ms)
+            .field("queue_batches", &self.queue_batches)
+            .field("spool_max_bytes", &self.spool_max_bytes)
+            .field("max_inflight_inserts", &self.max_inflight_inserts)
+            .field("max_insert_rows", &self.max_insert_rows)
+            .field("insert_format", &self.insert_format)
+            .field("compression", &self.compression)
+            .field("settings", &self.settings)
+            .finish()
+    }
 }
 
 /// How readings go over the wire.
