@@ -22,7 +22,7 @@ use meterflow_storage::wal::Checkpoint;
 use meterflow_storage::{Batcher, DeadLetter, Hold, SinkBatch, SinkSet, WalReader};
 
 use crate::devices::{DeadLetterNote, DeviceRegistry, Observation};
-use crate::edge::{RawMessage, RefusalKind};
+use crate::edge::{EdgeNoteKind, RawMessage};
 use crate::error::IngestError;
 use crate::progress::{LsnMarks, Progress};
 
@@ -381,9 +381,9 @@ impl Pipeline {
         self.progress
             .note_received(message.lsn, message.received_at_ms);
         if let Some(refusal) = message
-            .refused
+            .edge_note
             .as_deref()
-            .filter(|r| r.kind == RefusalKind::Unauthorized)
+            .filter(|r| r.kind == EdgeNoteKind::Unauthorized)
         {
             // Refused at the edge (not this identity's to publish): a dead letter, nothing else.
             self.counters
@@ -413,10 +413,10 @@ impl Pipeline {
             .increment(1);
         let route = match route {
             Ok(route) => route,
-            // An identified device's (the edge says who sent it: `RefusalKind::BadTopic`):
+            // An identified device's (the edge says who sent it: `EdgeNoteKind::BadTopic`):
             // the dead letter names the sender and counts for it, as an `unauthorized` one does.
             Err(reason) => {
-                let sender = message.refused.as_deref();
+                let sender = message.edge_note.as_deref();
                 let identity = sender.and_then(|s| s.identity.as_deref());
                 let reason = match sender {
                     Some(sender) => format!("{reason} {}", sender.sender()),
@@ -669,7 +669,7 @@ mod tests {
                     source: Source::Mqtt,
                     topic: &format!("meters/m{i}/json"),
                     content_type: None,
-                    refused: None,
+                    edge_note: None,
                     payload: payload.as_bytes(),
                 })
                 .unwrap();

@@ -123,13 +123,13 @@ impl Writer {
         self.summary.messages += 1;
         let message = &mut submission.message;
         // The refusal is JSON in the WAL only (storage keeps it as text).
-        let refused = message.refused.as_ref().map(|r| r.to_wal());
+        let edge_note = message.edge_note.as_ref().map(|n| n.to_wal());
         let record = NewRecord {
             received_at_ms: message.received_at_ms,
             source: message.source,
             topic: &message.topic,
             content_type: message.content_type.as_deref(),
-            refused: refused.as_deref(),
+            edge_note: edge_note.as_deref(),
             payload: &message.payload,
         };
         if !self.wal.has_room(&record) {
@@ -269,7 +269,7 @@ mod tests {
             source: Source::Coap,
             received_at_ms: 1_700_000_000_000,
             content_type: None,
-            refused: None,
+            edge_note: None,
         }
     }
 

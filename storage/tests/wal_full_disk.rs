@@ -16,7 +16,7 @@ fn record<'a>(topic: &'a str, payload: &'a [u8]) -> NewRecord<'a> {
         source: Source::Mqtt,
         topic,
         content_type: None,
-        refused: None,
+        edge_note: None,
         payload,
     }
 }

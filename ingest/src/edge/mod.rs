@@ -23,10 +23,10 @@
 pub mod bridge;
 pub mod coap;
 pub mod mqtt;
-pub mod policy;
 mod note;
+pub mod policy;
 mod submission;
 
-pub use policy::Identity;
 pub use note::{EdgeNote, EdgeNoteKind};
+pub use policy::Identity;
 pub use submission::{channel, Durability, Lease, RawMessage, Submission, SUBMISSIONS};

@@ -1,5 +1,5 @@
 //! The record format: how one message is laid out in a segment (header, CRC-32, body, the
-//! refused bit, the source codes), and how one record is encoded and read back.
+//! edge-note bit, the source codes), and how one record is encoded and read back.
 
 use std::io::Read;
 
@@ -17,9 +17,10 @@ pub struct WalRecord {
     pub source: Source,
     pub topic: String,
     pub content_type: Option<String>,
-    /// Why the edge refused it (identity and peer address in the text): the pipeline keeps it
-    /// as an `unauthorized` dead letter and nothing else.
-    pub refused: Option<String>,
+    /// What the edge said of it, as text the ingest crate writes and reads (its `EdgeNote`):
+    /// refused to its sender (an `unauthorized` dead letter and nothing else), or who sent a
+    /// message whose topic routes nowhere (a `bad_topic` dead letter naming the sender).
+    pub edge_note: Option<String>,
     pub payload: Vec<u8>,
 }
 
@@ -30,7 +31,7 @@ pub struct NewRecord<'a> {
     pub source: Source,
     pub topic: &'a str,
     pub content_type: Option<&'a str>,
-    pub refused: Option<&'a str>,
+    pub edge_note: Option<&'a str>,
     pub payload: &'a [u8],
 }
 
@@ -46,13 +47,13 @@ impl NewRecord<'_> {
             + clamp(self.topic.len())
             + 2
             + clamp(self.content_type.map_or(0, str::len))
-            + self.refused.map_or(0, |r| 2 + clamp(r.len()))
+            + self.edge_note.map_or(0, |r| 2 + clamp(r.len()))
             + self.payload.len()
     }
 }
 
-/// Bit 7 of the source byte: the record carries an edge refusal.
-const REFUSED_BIT: u8 = 0x80;
+/// Bit 7 of the source byte: the record carries an edge note.
+const EDGE_NOTE_BIT: u8 = 0x80;
 
 fn source_code(s: Source) -> u8 {
     match s {
@@ -82,17 +83,17 @@ pub(super) fn encode(out: &mut Vec<u8>, lsn: u64, record: &NewRecord<'_>) {
     out.extend_from_slice(&[0; HEADER]);
     out.extend_from_slice(&lsn.to_le_bytes());
     out.extend_from_slice(&record.received_at_ms.to_le_bytes());
-    let refused_bit = if record.refused.is_some() {
-        REFUSED_BIT
+    let edge_note_bit = if record.edge_note.is_some() {
+        EDGE_NOTE_BIT
     } else {
         0
     };
-    out.push(source_code(record.source) | refused_bit);
+    out.push(source_code(record.source) | edge_note_bit);
     out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
     out.extend_from_slice(topic);
     out.extend_from_slice(&(ct.len() as u16).to_le_bytes());
     out.extend_from_slice(ct);
-    if let Some(reason) = record.refused {
+    if let Some(reason) = record.edge_note {
         let reason = short(reason);
         out.extend_from_slice(&(reason.len() as u16).to_le_bytes());
         out.extend_from_slice(reason);
@@ -115,13 +116,13 @@ fn decode_body(body: &[u8]) -> Option<WalRecord> {
     let lsn = u64::from_le_bytes(take(8)?.try_into().ok()?);
     let received_at_ms = i64::from_le_bytes(take(8)?.try_into().ok()?);
     let source_byte = take(1)?[0];
-    let source = source_from(source_byte & !REFUSED_BIT)?;
+    let source = source_from(source_byte & !EDGE_NOTE_BIT)?;
     let topic_len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
     let topic = String::from_utf8_lossy(take(topic_len)?).into_owned();
     let ct_len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
     let ct = take(ct_len)?;
     let content_type = (!ct.is_empty()).then(|| String::from_utf8_lossy(ct).into_owned());
-    let refused = if source_byte & REFUSED_BIT != 0 {
+    let edge_note = if source_byte & EDGE_NOTE_BIT != 0 {
         let len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
         Some(String::from_utf8_lossy(take(len)?).into_owned())
     } else {
@@ -134,7 +135,7 @@ fn decode_body(body: &[u8]) -> Option<WalRecord> {
         source,
         topic,
         content_type,
-        refused,
+        edge_note,
         payload,
     })
 }

@@ -24,7 +24,7 @@ fn append_n(wal: &mut Wal, n: usize) -> Vec<u64> {
                 source: Source::Mqtt,
                 topic: &format!("meters/m{i}/json"),
                 content_type: (i % 2 == 0).then_some("application/json"),
-                refused: (i == 5).then_some("identity A may not publish for m5"),
+                edge_note: (i == 5).then_some("identity A may not publish for m5"),
                 payload: format!("payload {i}").as_bytes(),
             })
             .unwrap()
@@ -200,9 +200,9 @@ fn records_round_trip_in_order_across_segments_and_reopen() {
     assert_eq!(all[3].payload, b"payload 3");
     assert_eq!(all[4].content_type.as_deref(), Some("application/json"));
     assert_eq!(all[3].content_type, None);
-    assert_eq!(all[3].refused, None);
+    assert_eq!(all[3].edge_note, None);
     assert_eq!(
-        all[5].refused.as_deref(),
+        all[5].edge_note.as_deref(),
         Some("identity A may not publish for m5")
     );
     assert_eq!(all[5].payload, b"payload 5");
@@ -401,7 +401,7 @@ fn confirmed_segments_are_removed_and_the_budget_is_kept() {
         source: Source::Mqtt,
         topic: "meters/a/json",
         content_type: None,
-        refused: None,
+        edge_note: None,
         payload,
     };
     assert!(!wal.has_room(&record(&[0; 200])));

@@ -237,7 +237,7 @@ fn a_publish_for_another_meter_is_a_dead_letter_and_refused_as_each_version_says
     // MQTT 3.1.1: the connection is closed once what was read is answered (§3.3.5).
     let mut s = session(Version::V4, meter("E1"));
     let step = publish(&mut s, 1, 3, "meters/E2/json");
-    assert!(step.submit.unwrap().refused.is_some());
+    assert!(step.submit.unwrap().edge_note.is_some());
     assert_eq!(step.close, Some(Close::Drained(CloseReason::Denied)));
     assert_eq!(s.awaiting(), 0, "nothing to answer");
 }

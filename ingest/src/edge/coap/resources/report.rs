@@ -12,7 +12,7 @@ use meterflow_proto::{is_valid_meter_id, now_ms, Format, Source};
 
 use crate::edge::coap::message::with_code;
 use crate::edge::coap::server::{Caller, Handling, Server};
-use crate::edge::{policy, RawMessage, EdgeNote, EdgeNoteKind};
+use crate::edge::{policy, EdgeNote, EdgeNoteKind, RawMessage};
 
 const REPORT_FORMATS: &str = "Content-Format must be 50 (json), 60 (cbor), 110 (senml+json), 112 (senml+cbor), 65000 (meterflow protobuf) or 65001 (dsmr)";
 
