@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use meterflow_billing::{BillingConfig, BillingError};
 use meterflow_storage::clickhouse::ClickHouseConfig;
 use meterflow_storage::{BatchConfig, ParquetConfig, WalConfig};
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,9 @@ pub struct Config {
     pub parquet: ParquetConfig,
     pub wal: WalConfig,
     pub clickhouse: ClickHouseConfig,
+    /// How `meterflow query billing` reads registers: the zone of billing days, the longest
+    /// gap interpolated across, rollovers.
+    pub billing: BillingConfig,
     /// Brokers to take messages from (`[[bridge]]` sections), none by default.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bridge: Vec<BridgeConfig>,
@@ -50,6 +54,7 @@ impl Default for Config {
             parquet: ParquetConfig::default(),
             wal: WalConfig::default(),
             clickhouse: ClickHouseConfig::default(),
+            billing: BillingConfig::default(),
             bridge: Vec::new(),
         }
     }
@@ -202,6 +207,10 @@ impl Config {
         self.parquet.validate()?;
         self.wal.validate()?;
         self.clickhouse.validate()?;
+        self.billing.validate().map_err(|e| match e {
+            BillingError::Config { key, reason } => IngestError::config(key, reason),
+            other => IngestError::config("billing.timezone", other.to_string()),
+        })?;
         let bridges = self
             .bridge
             .iter()
