@@ -92,6 +92,33 @@ async fn merge<E: From<StorageError>>(
     Ok(())
 }
 
+/// The series of whole answers (RowBinary) to the two queries of [`read_sql`], as [`read`]
+/// makes them from the streamed ones: for tests that run the SQL on an engine of their own.
+#[doc(hidden)]
+pub async fn series_from_answers(
+    window: Vec<u8>,
+    neighbours: Vec<u8>,
+    req: &ReadRequest,
+) -> Result<Vec<Series>, StorageError> {
+    let answer = |buf: Vec<u8>, action| {
+        let mut a = Answer::new(None, action);
+        a.buf = buf;
+        a
+    };
+    let mut out = Vec::new();
+    merge(
+        answer(window, WINDOW_ACTION),
+        answer(neighbours, NEIGHBOURS_ACTION),
+        req,
+        &mut |s| {
+            out.push(s);
+            Ok::<_, StorageError>(())
+        },
+    )
+    .await?;
+    Ok(out)
+}
+
 /// The two queries of [`read`] (the window, the neighbours) for a `readings` table with
 /// `times`, filled as they are sent.
 #[doc(hidden)]
