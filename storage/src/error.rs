@@ -44,6 +44,39 @@ pub enum StorageError {
 
     #[error("splitting a batch by date: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+
+    /// A question the read model cannot answer as asked (a meter id that is none, a period
+    /// that ends before it starts): asking again the same way fails the same way.
+    #[error("read request: {reason}")]
+    ReadRequest { reason: String },
+
+    /// A Parquet file of the readings tree could not be decoded (corrupt, cut short, or
+    /// not Parquet); `row_group` names the row group when the damage is inside one.
+    #[error("reading Parquet file {path}{}: {source}", row_group.map(|g| format!(" (row group {g})")).unwrap_or_default())]
+    ParquetRead {
+        path: PathBuf,
+        row_group: Option<usize>,
+        #[source]
+        source: ::parquet::errors::ParquetError,
+    },
+
+    /// A Parquet file in the readings tree that is not a file of readings: a column missing,
+    /// of another type, or with nulls. Not read; remove or move it.
+    #[error("Parquet file {path} is not a file of readings: {reason}")]
+    ForeignParquet { path: PathBuf, reason: String },
+
+    /// A ClickHouse query of the read model failed; the error names the query's action.
+    #[error(transparent)]
+    ClickHouse(#[from] crate::clickhouse::ClickHouseError),
+
+    /// ClickHouse answered something the read model cannot take (a row cut short, text that
+    /// is not UTF-8, rows out of the order asked for): `offset` is the byte of the answer.
+    #[error("clickhouse {action}: the answer at byte {offset}: {reason}")]
+    ClickHouseAnswer {
+        action: &'static str,
+        offset: u64,
+        reason: String,
+    },
 }
 
 impl StorageError {
@@ -86,6 +119,14 @@ impl StorageError {
                 matches!(source, ::parquet::errors::ParquetError::External(_))
             }
             StorageError::Arrow(_) => false,
+            StorageError::ReadRequest { .. } | StorageError::ForeignParquet { .. } => false,
+            StorageError::ParquetRead { source, .. } => {
+                matches!(source, ::parquet::errors::ParquetError::External(_))
+            }
+            StorageError::ClickHouse(e) => e.is_retryable(),
+            // A malformed answer is the server's or the connection's: a new query may get a
+            // whole one (an answer cut short by a proxy), so it is worth one more try.
+            StorageError::ClickHouseAnswer { .. } => true,
         }
     }
 }

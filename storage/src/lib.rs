@@ -5,6 +5,8 @@
 //!   that appear under their final name only when complete.
 //! - [`analytics`]: billing, anomaly and device queries on the ClickHouse tables (`sql/`).
 //! - [`clickhouse`]: the production sink: schema, RowBinary inserts, a writer with retries.
+//! - [`readings`]: the read model billing runs on: the series of a period with the readings
+//!   around it, from the Parquet tree or from ClickHouse, the same answers from both.
 //! - [`dead_letter`]: payloads that did not decode, kept on disk with raw bytes and reason.
 //! - [`data_dir`]: the data folder's permissions: nothing in it open to other users.
 //! - [`sinks`]: the seam every producer of rows (the pipeline, `import`) reaches the sinks
@@ -23,6 +25,7 @@ pub mod data_dir;
 pub mod dead_letter;
 mod error;
 pub mod parquet;
+pub mod readings;
 mod shutdown;
 pub mod sinks;
 pub mod wal;

@@ -26,7 +26,7 @@ use meterflow_storage::clickhouse::{
 use crate::harness::{free_port, BIN};
 
 /// chdb in a Python process of its own, one JSON line each way.
-struct Chdb {
+pub(crate) struct Chdb {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
@@ -35,7 +35,7 @@ struct Chdb {
 }
 
 impl Chdb {
-    fn start() -> Chdb {
+    pub(crate) fn start() -> Chdb {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new("python3")
             .arg(concat!(
@@ -67,7 +67,7 @@ impl Chdb {
     }
 
     /// The answer in `format`, or the engine's error.
-    fn run(&mut self, sql: &str, format: &str) -> Result<Vec<u8>, String> {
+    pub(crate) fn run(&mut self, sql: &str, format: &str) -> Result<Vec<u8>, String> {
         let request = serde_json::json!({"sql": sql, "format": format});
         let stdin = self.stdin.as_mut().unwrap();
         writeln!(stdin, "{request}").unwrap();
@@ -84,7 +84,7 @@ impl Chdb {
         }
     }
 
-    fn ok(&mut self, sql: &str) -> String {
+    pub(crate) fn ok(&mut self, sql: &str) -> String {
         let out = self
             .run(sql, "TabSeparatedWithNames")
             .unwrap_or_else(|e| panic!("{e}\n-- in --\n{sql}"));
@@ -102,7 +102,7 @@ impl Chdb {
     }
 
     /// The schema of a current server for `config` (single server): every statement runs.
-    fn apply_schema(&mut self, config: &ClickHouseConfig) {
+    pub(crate) fn apply_schema(&mut self, config: &ClickHouseConfig) {
         for statement in schema_ddl(
             &config.database,
             self.version,

@@ -23,6 +23,7 @@ mod import;
 mod mqtt_identity;
 mod mqtt_limits;
 mod mqtt_paho;
+mod read_model;
 mod serve_coap;
 mod serve_coaps;
 mod serve_mqtt;

@@ -1,0 +1,268 @@
+//! The read model billing runs on: the readings of a period, one series per meter and
+//! register, with the readings just outside the period that a register's value at the
+//! period's edges needs. Two sources give the same answers, bit for bit:
+//!
+//! - [`parquet`]: the Parquet tree under `{data_dir}/readings/date=YYYY-MM-DD/` (the embedded
+//!   default), read with the crates already in the tree;
+//! - [`clickhouse`]: the `readings` table of ClickHouse (18.16 and current releases).
+//!
+//! What a source delivers for a [`ReadRequest`] (the period `[from, to)` and a margin):
+//!
+//! - one [`Series`] per (meter, channel) with at least one reading in the window
+//!   `[from - margin, to + margin]` (both ends included), delivered in (meter_id, channel)
+//!   byte order, each exactly once; a register with no reading in the window is not
+//!   delivered at all, however near its readings are (choose the margin for it: billing's
+//!   `max_interpolation_gap` is the natural one);
+//! - in it, every reading of the window, one per `ts`, ascending;
+//! - in front, the last reading before the window when the series has none in
+//!   `[from - margin, from)`; at the back, the first reading after the window when it has
+//!   none in `[to, to + margin]`. Both are looked for as far as the data goes;
+//! - the unit of the newest reading in the window.
+//!
+//! Duplicates (a reading delivered twice, at least once delivery): of the copies of one
+//! (meter, channel, ts) the one with the greatest `received_at` counts, as ClickHouse's
+//! `ReplacingMergeTree(received_at)` keeps it; between copies with equal `received_at` the
+//! greater value (−0 and +0 equal), then the greater unit (byte order). Both sources apply
+//! the same rule themselves (ClickHouse's `FINAL` is not used: its choice between equal
+//! versions is the last inserted, which nothing outside the server can know). One
+//! difference cannot be helped: ClickHouse before 20.5 stores `ts` and `received_at` in
+//! whole seconds (`DateTime`), so there two copies received within the same second are equal
+//! versions, and readings of one register within one second are one; Parquet keeps
+//! milliseconds. On data with whole-second times (or a current ClickHouse) the answers are
+//! identical: `tests/it/read_model.rs` reads the same readings from Parquet, from 18.16, and
+//! (in milliseconds) from a current ClickHouse (chdb), with windows, margins, one meter and
+//! all, and requires the same series bit for bit.
+
+pub mod clickhouse;
+pub mod parquet;
+
+use std::cmp::Ordering;
+
+use crate::StorageError;
+
+/// The channels a question reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channels {
+    /// Cumulative registers: import 1.8.x and export 2.8.x (`N-N:1.8.N`, `N-N:2.8.N`),
+    /// gas/water M-Bus 24.2.x and DSMR 3 gas 24.3.0: the regular expression of
+    /// `storage/sql/register_steps.sql` without the x.29.x interval channels.
+    CumulativeRegisters,
+}
+
+impl Channels {
+    /// Whether `channel` is one of these, exactly as ClickHouse's `match(channel,
+    /// self.regex())` decides (RE2: `$` is the end of the text; digits are ASCII).
+    pub fn matches(&self, channel: &str) -> bool {
+        match self {
+            Channels::CumulativeRegisters => is_cumulative_register(channel),
+        }
+    }
+
+    /// The RE2 regular expression of [`Channels::matches`], for ClickHouse's `match()`.
+    pub fn regex(&self) -> &'static str {
+        match self {
+            Channels::CumulativeRegisters => {
+                r"^[0-9]+-[0-9]+:(([12]\.8\.[0-9]+)|(24\.2\.[0-9]+)|(24\.3\.0))$"
+            }
+        }
+    }
+}
+
+/// `^[0-9]+-[0-9]+:(([12]\.8\.[0-9]+)|(24\.2\.[0-9]+)|(24\.3\.0))$`, by hand.
+fn is_cumulative_register(channel: &str) -> bool {
+    fn digits(s: &str) -> Option<&str> {
+        let rest = s.trim_start_matches(|c: char| c.is_ascii_digit());
+        (rest.len() < s.len()).then_some(rest)
+    }
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let Some(rest) = digits(channel)
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(digits)
+        .and_then(|r| r.strip_prefix(':'))
+    else {
+        return false;
+    };
+    if let Some(n) = rest
+        .strip_prefix("1.8.")
+        .or_else(|| rest.strip_prefix("2.8."))
+        .or_else(|| rest.strip_prefix("24.2."))
+    {
+        return all_digits(n);
+    }
+    rest == "24.3.0"
+}
+
+/// What to read: a period, a margin around it, one meter or all, which channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRequest {
+    /// The period `[from, to)`, Unix milliseconds.
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// Readings with `ts` in `[from - margin, to + margin]` (both included) are read; at
+    /// least 0.
+    pub margin_ms: i64,
+    /// One meter (a valid meter id, [`meterflow_proto::is_valid_meter_id`]), or all.
+    pub meter: Option<String>,
+    pub channels: Channels,
+}
+
+impl ReadRequest {
+    /// Checks what the types do not: a meter id that is one (it goes into SQL), `from <=
+    /// to`, a margin of at least 0.
+    pub fn validate(&self) -> Result<(), StorageError> {
+        let bad = |reason: String| Err(StorageError::ReadRequest { reason });
+        if let Some(m) = &self.meter {
+            if !meterflow_proto::is_valid_meter_id(m) {
+                return bad(format!(
+                    "{m:?} is not a meter id (1 to 64 of [A-Za-z0-9._-])"
+                ));
+            }
+        }
+        if self.from_ms > self.to_ms {
+            return bad(format!(
+                "the period ends ({}) before it starts ({})",
+                self.to_ms, self.from_ms
+            ));
+        }
+        if self.margin_ms < 0 {
+            return bad(format!("the margin is negative ({} ms)", self.margin_ms));
+        }
+        Ok(())
+    }
+
+    /// The window `[lo, hi]`, both included: the period widened by the margin on each side.
+    pub fn window(&self) -> (i64, i64) {
+        (
+            self.from_ms.saturating_sub(self.margin_ms),
+            self.to_ms.saturating_add(self.margin_ms),
+        )
+    }
+
+    /// Whether a series whose earliest reading in the window is at `first_ts` gets the
+    /// reading before the window: it has none in `[from - margin, from)`.
+    pub fn needs_before(&self, first_ts: i64) -> bool {
+        first_ts >= self.from_ms
+    }
+
+    /// Whether a series whose newest reading in the window is at `last_ts` gets the reading
+    /// after the window: it has none in `[to, to + margin]`.
+    pub fn needs_after(&self, last_ts: i64) -> bool {
+        last_ts < self.to_ms
+    }
+
+    /// Whether `meter` is asked for.
+    fn wants_meter(&self, meter: &str) -> bool {
+        self.meter.as_deref().is_none_or(|m| m == meter)
+    }
+}
+
+/// One register of one meter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub meter_id: String,
+    pub channel: String,
+    /// The unit of the newest reading in the window.
+    pub unit: String,
+    /// `(ts in Unix ms, value)`, strictly increasing `ts`: the readings of the window,
+    /// plus in front the last reading before the window when the series has none in
+    /// `[from - margin, from)`, and at the back the first reading after the window when it
+    /// has none in `[to, to + margin]` (each when there is one). Those two may be far away:
+    /// a meter silent for months.
+    pub points: Vec<(i64, f64)>,
+}
+
+/// The order of two values of copies of one reading: the greater wins. A total order (so
+/// sorting never panics, NaN included) in which −0 and +0 are equal, as in ClickHouse.
+pub(crate) fn value_order(a: f64, b: f64) -> Ordering {
+    (a + 0.0).total_cmp(&(b + 0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cumulative_registers_are_the_regex_of_register_steps_without_intervals() {
+        let c = Channels::CumulativeRegisters;
+        for yes in [
+            "1-0:1.8.0",
+            "1-0:1.8.1",
+            "1-0:2.8.2",
+            "0-1:24.2.1",
+            "0-2:24.2.3",
+            "0-1:24.3.0",
+            "01-00:1.8.10",
+            "1-0:1.8.255",
+        ] {
+            assert!(c.matches(yes), "{yes}");
+        }
+        for no in [
+            "1-0:1.29.0",
+            "1-0:3.8.0",
+            "1-0:11.8.0",
+            "1-0:1.8.",
+            "1-0:1.8.0\n",
+            "1-0:1.8.0x",
+            "1-0:1.8.1.1",
+            "-0:1.8.0",
+            "1-:1.8.0",
+            "1-0:24.3.1",
+            "1-0:24.2",
+            "1-0:32.7.0",
+            "1.8.0",
+            "a-0:1.8.0",
+            "1-0:1.8.٣",
+            "",
+        ] {
+            assert!(!c.matches(no), "{no:?}");
+        }
+        assert!(!c.regex().contains("29"));
+    }
+
+    #[test]
+    fn requests_are_checked_and_widened() {
+        let r = ReadRequest {
+            from_ms: 1_000,
+            to_ms: 2_000,
+            margin_ms: 100,
+            meter: Some("m-1".into()),
+            channels: Channels::CumulativeRegisters,
+        };
+        r.validate().unwrap();
+        assert_eq!(r.window(), (900, 2_100));
+        assert!(r.needs_before(1_000) && !r.needs_before(999));
+        assert!(r.needs_after(1_999) && !r.needs_after(2_000));
+        for bad in [
+            ReadRequest {
+                meter: Some("x' OR 1=1 --".into()),
+                ..r.clone()
+            },
+            ReadRequest {
+                from_ms: 3_000,
+                ..r.clone()
+            },
+            ReadRequest {
+                margin_ms: -1,
+                ..r.clone()
+            },
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(matches!(e, StorageError::ReadRequest { .. }), "{e}");
+            assert!(!e.is_retryable());
+        }
+        let wide = ReadRequest {
+            from_ms: i64::MIN + 1,
+            to_ms: i64::MAX - 1,
+            margin_ms: 10,
+            ..r
+        };
+        assert_eq!(wide.window(), (i64::MIN, i64::MAX));
+    }
+
+    #[test]
+    fn values_order_totally_with_zeros_equal() {
+        assert_eq!(value_order(-0.0, 0.0), Ordering::Equal);
+        assert_eq!(value_order(1.0, 2.0), Ordering::Less);
+        assert_eq!(value_order(f64::NAN, 1.0), Ordering::Greater);
+    }
+}
