@@ -2,6 +2,7 @@
 //! listener flags of `serve` and `config` ([`ListenArgs`]), and how a listener flag reads.
 //! Each subcommand is a file here with its flags and its `run`.
 
+pub mod billing;
 pub mod config;
 pub mod credentials;
 pub mod decode;

@@ -20,17 +20,11 @@ pub struct QueryArgs {
 
 #[derive(Subcommand)]
 pub enum Question {
-    /// Consumption per meter and register (tariffs 1.8.x, export 2.8.x, gas) in [from, to).
-    Billing {
-        /// Start, RFC 3339 or YYYY-MM-DD (UTC midnight), inclusive.
-        #[arg(long)]
-        from: String,
-        /// End, exclusive.
-        #[arg(long)]
-        to: String,
-        #[arg(long)]
-        meter: Option<String>,
-    },
+    /// Consumption per meter and register (import 1.8.x, export 2.8.x, gas/water 24.2.x) in
+    /// [from, to): the register's value at both edges (read, interpolated or carried) and
+    /// every step between, local days (--tz), time-of-use periods (--tariff). Reads ClickHouse
+    /// when a URL is configured, else the Parquet tree under --data-dir.
+    Billing(super::billing::BillingArgs),
     /// Reverse runs, resets, zero consumption, spikes, missing intervals, stale meters.
     Anomalies {
         #[arg(long)]
@@ -59,30 +53,10 @@ pub enum Question {
     },
 }
 
-/// Asks ClickHouse the question of `args` and prints the answer.
+/// Asks the question of `args` and prints the answer.
 pub fn run(config: Config, args: QueryArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        config.clickhouse.enabled(),
-        "queries read ClickHouse: give --clickhouse-url or clickhouse.url"
-    );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let period = |from: &str, to: &str, meter: Option<String>| -> anyhow::Result<Period> {
-        let period = Period {
-            from_s: parse_time_s(from).context("--from")?,
-            to_s: parse_time_s(to).context("--to")?,
-            meter,
-        };
-        anyhow::ensure!(period.from_s < period.to_s, "--from must be before --to");
-        Ok(period)
-    };
-    let ch = &config.clickhouse;
     let table = match args.question {
-        Question::Billing { from, to, meter } => {
-            runtime.block_on(analytics::billing(ch, &period(&from, &to, meter)?))?
-        }
+        Question::Billing(billing) => super::billing::run(&config, billing)?,
         Question::Anomalies {
             from,
             to,
@@ -96,9 +70,10 @@ pub fn run(config: Config, args: QueryArgs) -> anyhow::Result<()> {
                 spike_factor,
                 stale_s: parse_duration_s(&stale_after).context("--stale-after")?,
             };
-            runtime.block_on(analytics::anomalies(
-                ch,
-                &period(&from, &to, meter)?,
+            let period = period(&from, &to, meter)?;
+            clickhouse(&config)?.block_on(analytics::anomalies(
+                &config.clickhouse,
+                &period,
                 &rules,
             ))?
         }
@@ -107,11 +82,47 @@ pub fn run(config: Config, args: QueryArgs) -> anyhow::Result<()> {
                 Some(text) => parse_duration_s(&text).context("--stale-after")?,
                 None => 0,
             };
-            runtime.block_on(analytics::devices(ch, meter, stale_s))?
+            clickhouse(&config)?.block_on(analytics::devices(&config.clickhouse, meter, stale_s))?
         }
     };
-    print(&table, args.format, &mut std::io::stdout())?;
-    Ok(())
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match print(&table, args.format, &mut out).and_then(|()| Ok(out.flush()?)) {
+        // `meterflow query ... | head`: the reader has what it wanted.
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+/// Whether `e` is a write to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The runtime of a question ClickHouse's SQL answers.
+fn clickhouse(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
+    anyhow::ensure!(
+        config.clickhouse.enabled(),
+        "this query reads ClickHouse: give --clickhouse-url or clickhouse.url"
+    );
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// `--from`, `--to` (UTC) and `--meter` of the questions ClickHouse answers.
+fn period(from: &str, to: &str, meter: Option<String>) -> anyhow::Result<Period> {
+    let period = Period {
+        from_s: parse_time_s(from).context("--from")?,
+        to_s: parse_time_s(to).context("--to")?,
+        meter,
+    };
+    anyhow::ensure!(period.from_s < period.to_s, "--from must be before --to");
+    Ok(period)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

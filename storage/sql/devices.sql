@@ -1,5 +1,5 @@
 -- Per meter: when meterflow last heard it, how many readings it sent, the newest value of
--- every channel ("channel=value unit @ time"), and the latest battery, signal, firmware and
+-- every channel ("channel=value unit @ time", ordered by channel; times RFC 3339 in UTC), and the latest battery, signal, firmware and
 -- error flags it reported (each the newest report that carried that field). The joined
 -- subqueries are named: ClickHouse 24.3 and later refuse them unnamed (Code 206, ALIAS_REQUIRED).
 SELECT
@@ -7,12 +7,13 @@ SELECT
 FROM (
     SELECT
         meter_id,
-        toString(max(last_received), 'UTC') AS last_seen,
+        concat(replaceOne(toString(max(last_received), 'UTC'), ' ', 'T'), 'Z') AS last_seen,
         -- 0 for a meter received "in the future" (a node's clock a little ahead of the
         -- server's): it was just heard, not missing.
         greatest(toInt64(toUInt32(now())) - toInt64(toUInt32(max(last_received))), 0) AS seconds_since,
         sum(n) AS readings,
-        arrayStringConcat(groupArray(concat(channel, '=', toString(last_value), ' ', unit, ' @ ', toString(last_ts, 'UTC'))), '; ') AS last_values
+        arrayStringConcat(arraySort(groupArray(concat(channel, '=', toString(last_value), ' ', unit, ' @ ',
+            replaceOne(toString(last_ts, 'UTC'), ' ', 'T'), 'Z'))), '; ') AS last_values
     FROM (
         SELECT meter_id, channel, any(unit) AS unit, count() AS n, max(received_at) AS last_received,
             argMax(value, ts) AS last_value, max(ts) AS last_ts

@@ -1,5 +1,5 @@
-//! The analytics utilities run on the ClickHouse tables: billing consumption from cumulative
-//! registers, anomalies, and device overviews. The SQL lives in `storage/sql/` (one file per
+//! The analytics utilities run on the ClickHouse tables: anomalies and device overviews
+//! (billing runs in the billing crate, on the read model of `crate::readings`). The SQL lives in `storage/sql/` (one file per
 //! question, readable and runnable by hand after filling the `{placeholders}`); this module
 //! fills them with validated values and returns the result as a [`Table`].
 //!
@@ -12,7 +12,6 @@
 use crate::clickhouse::{ClickHouseConfig, ClickHouseError, TimeColumns};
 
 const REGISTER_STEPS: &str = include_str!("../sql/register_steps.sql");
-const BILLING: &str = include_str!("../sql/billing.sql");
 const ANOMALIES: &str = include_str!("../sql/anomalies.sql");
 const STALE: &str = include_str!("../sql/stale.sql");
 const DEVICES: &str = include_str!("../sql/devices.sql");
@@ -87,7 +86,11 @@ impl Table {
     }
 }
 
+/// A TSV cell as its text; ClickHouse's NULL (`\N`) is an empty cell.
 fn unescape(cell: &str) -> String {
+    if cell == "\\N" {
+        return String::new();
+    }
     if !cell.contains('\\') {
         return cell.to_string();
     }
@@ -153,17 +156,6 @@ async fn run(config: &ClickHouseConfig, sql: &str) -> Result<Table, ClickHouseEr
             source,
         })?;
     Ok(Table::from_tsv(&String::from_utf8_lossy(&bytes)))
-}
-
-/// The SQL of [`billing`], filled as it is sent.
-#[doc(hidden)]
-pub fn billing_sql(db: &str, period: &Period) -> Result<String, ClickHouseError> {
-    Ok(BILLING.replace("{steps}", &steps(db, period)?))
-}
-
-/// Consumption per meter and register for the period.
-pub async fn billing(config: &ClickHouseConfig, period: &Period) -> Result<Table, ClickHouseError> {
-    run(config, &billing_sql(&config.database, period)?).await
 }
 
 /// The two queries of [`anomalies`] (the anomalies of the period, then the stale meters),
@@ -554,9 +546,13 @@ mod tests {
 
     #[test]
     fn tsv_with_names_parses_with_escapes() {
-        let t = Table::from_tsv("a\tb\n1\tx\\ty\n2\t\\\\n\n");
+        let t = Table::from_tsv("a\tb\n1\tx\\ty\n2\t\\\\n\n3\t\\N\n");
         assert_eq!(t.columns, vec!["a", "b"]);
-        assert_eq!(t.rows, vec![vec!["1", "x\ty"], vec!["2", "\\n"]]);
+        // ClickHouse's NULL is an empty cell, not "N".
+        assert_eq!(
+            t.rows,
+            vec![vec!["1", "x\ty"], vec!["2", "\\n"], vec!["3", ""]]
+        );
         assert_eq!(t.get(1, "b"), Some("\\n"));
     }
 
@@ -568,24 +564,20 @@ mod tests {
             meter: Some("m-1".into()),
         };
         let s = steps("mf", &period).unwrap();
-        for sql in [
-            BILLING.replace("{steps}", &s),
-            ANOMALIES
-                .replace("{steps}", &s)
-                .replace("{db}", "mf")
-                .replace("{from}", "1")
-                .replace("{to}", "2")
-                .replace("{meter_filter}", "AND meter_id = 'm-1'")
-                .replace("{zero_days}", "3")
-                .replace("{spike_factor}", "5"),
-        ] {
-            let code: String = sql
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("--"))
-                .collect();
-            assert!(!code.contains('{'), "{code}");
-            assert!(code.contains("meter_id = 'm-1'"));
-        }
+        let sql = ANOMALIES
+            .replace("{steps}", &s)
+            .replace("{db}", "mf")
+            .replace("{from}", "1")
+            .replace("{to}", "2")
+            .replace("{meter_filter}", "AND meter_id = 'm-1'")
+            .replace("{zero_days}", "3")
+            .replace("{spike_factor}", "5");
+        let code: String = sql
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect();
+        assert!(!code.contains('{'), "{code}");
+        assert!(code.contains("meter_id = 'm-1'"));
         let bad = Period {
             meter: Some("x' OR 1=1 --".into()),
             ..period

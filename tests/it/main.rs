@@ -7,6 +7,7 @@
 mod harness;
 
 mod analytics;
+mod billing;
 mod bridge;
 mod browser;
 mod clickhouse_access;

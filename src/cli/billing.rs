@@ -1,0 +1,180 @@
+//! `meterflow query billing`: the question put together (the zone, the period, the tariff,
+//! the rules of `[billing]`), each register's readings brought by the storage read model
+//! (from ClickHouse when a URL is configured, else from the Parquet tree), billed by
+//! `meterflow_billing`, and the rows laid out as a table for printing.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use meterflow_billing::{Bill, BillRow, Query, Reading, Tariff, Zone};
+use meterflow_ingest::Config;
+use meterflow_storage::analytics::Table;
+use meterflow_storage::readings::{self, Channels, ReadRequest, Series};
+
+/// The flags of `query billing`.
+#[derive(clap::Args)]
+pub struct BillingArgs {
+    /// Start, inclusive: YYYY-MM-DD (local midnight in --tz), YYYY-MM-DDTHH:MM (local), or
+    /// RFC 3339 with an offset.
+    #[arg(long)]
+    from: String,
+    /// End, exclusive (as --from).
+    #[arg(long)]
+    to: String,
+    /// One meter.
+    #[arg(long)]
+    meter: Option<String>,
+    /// IANA time zone of the days and tariff hours, e.g. Europe/Berlin [default:
+    /// billing.timezone, UTC].
+    #[arg(long)]
+    tz: Option<String>,
+    /// A time-of-use tariff file (TOML): one row per period instead of `total`.
+    #[arg(long)]
+    tariff: Option<PathBuf>,
+}
+
+/// Bills `args` on the readings of ClickHouse (when configured) or the Parquet tree.
+pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Table> {
+    let zone = match &args.tz {
+        Some(name) => Zone::parse(name, "--tz")?,
+        None => config.billing.zone()?,
+    };
+    let from_ms = zone.parse_time(&args.from, "--from")?;
+    let to_ms = zone.parse_time(&args.to, "--to")?;
+    anyhow::ensure!(from_ms < to_ms, "--from must be before --to");
+    if let Some(meter) = &args.meter {
+        anyhow::ensure!(
+            meterflow_proto::is_valid_meter_id(meter),
+            "--meter {meter:?} is not a meter id"
+        );
+    }
+    let tariff = match &args.tariff {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the tariff {}", path.display()))?;
+            Some(Tariff::from_toml(&text, &path.display().to_string())?)
+        }
+        None => None,
+    };
+    let max_gap_ms = config.billing.max_gap_ms()?;
+    let bill = Bill::new(Query {
+        from_ms,
+        to_ms,
+        zone,
+        tariff,
+        max_gap_ms,
+    });
+    let request = ReadRequest {
+        from_ms,
+        to_ms,
+        margin_ms: max_gap_ms,
+        meter: args.meter.clone(),
+        channels: Channels::CumulativeRegisters,
+    };
+    let mut rows: Vec<BillRow> = Vec::new();
+    let mut each = |series: Series| -> Result<(), meterflow_storage::StorageError> {
+        let points: Vec<Reading> = series
+            .points
+            .iter()
+            .map(|&(ts_ms, value)| Reading { ts_ms, value })
+            .collect();
+        let rollover = config
+            .billing
+            .rollover_for(&series.meter_id, &series.channel);
+        rows.extend(bill.register(
+            &series.meter_id,
+            &series.channel,
+            &series.unit,
+            &points,
+            rollover,
+        ));
+        Ok(())
+    };
+    if config.clickhouse.enabled() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        runtime.block_on(readings::clickhouse::read(
+            &config.clickhouse,
+            &request,
+            &mut each,
+        ))?;
+    } else {
+        readings::parquet::read(&config.data_dir, &request, &mut each)?;
+    }
+    Ok(table(&rows, zone))
+}
+
+/// The columns of a bill, in order.
+pub const COLUMNS: [&str; 15] = [
+    "meter_id",
+    "channel",
+    "register",
+    "unit",
+    "period",
+    "from",
+    "to",
+    "start_value",
+    "start_read",
+    "end_value",
+    "end_read",
+    "consumption",
+    "max_demand_kw",
+    "resets",
+    "readings",
+];
+
+/// A number as printed: rounded to 6 decimals (a milli-watt-hour of a kWh register), no
+/// trailing zeros, never `-0`.
+pub fn number(x: f64) -> String {
+    let rounded = (x * 1e6).round() / 1e6;
+    if rounded == 0.0 {
+        "0".into()
+    } else {
+        format!("{rounded}")
+    }
+}
+
+/// The rows as a table, times in `zone` with their offset.
+pub fn table(rows: &[BillRow], zone: Zone) -> Table {
+    Table {
+        columns: COLUMNS.iter().map(|c| c.to_string()).collect(),
+        rows: rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.meter_id.clone(),
+                    r.channel.clone(),
+                    r.register.clone(),
+                    r.unit.clone(),
+                    r.period.clone(),
+                    zone.format(r.from_ms),
+                    zone.format(r.to_ms),
+                    number(r.start.value),
+                    r.start.kind.as_str().to_string(),
+                    number(r.end.value),
+                    r.end.kind.as_str().to_string(),
+                    number(r.consumption),
+                    r.max_demand_kw.map(number).unwrap_or_default(),
+                    r.resets.to_string(),
+                    r.readings.to_string(),
+                ]
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_print_rounded_without_noise() {
+        assert_eq!(number(56.5), "56.5");
+        assert_eq!(number(0.1 + 0.2), "0.3");
+        assert_eq!(number(-0.0000001), "0");
+        assert_eq!(number(1234567.1234564), "1234567.123456");
+        assert_eq!(number(12.0), "12");
+    }
+}
