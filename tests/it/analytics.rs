@@ -212,10 +212,22 @@ fn billing_anomalies_and_devices_on_known_data() {
     let devices = query(&config, &["devices", "--meter", "A"]);
     assert_eq!(devices.len(), 1);
     assert_eq!(devices[0]["readings"], "12", "A's rows after dedupe");
-    assert!(devices[0]["last_values"]
-        .as_str()
-        .unwrap()
-        .contains("1-0:1.8.1=900 kWh"));
+    // Every channel's newest value, in channel order, each time with its zone.
+    let last_values = devices[0]["last_values"].as_str().unwrap();
+    let channels: Vec<&str> = last_values
+        .split("; ")
+        .map(|v| v.split('=').next().unwrap())
+        .collect();
+    assert_eq!(
+        channels,
+        ["0-1:24.2.1", "1-0:1.8.1", "1-0:1.8.2", "1-0:2.8.1"],
+        "{last_values}"
+    );
+    assert!(
+        last_values.contains("1-0:1.8.1=900 kWh @ 2024-03-11T00:00:00Z"),
+        "{last_values}"
+    );
+    assert!(devices[0]["last_seen"].as_str().unwrap().ends_with('Z'));
     assert_eq!(
         devices[0]["battery_pct"], "87",
         "the newest report that carried a battery level"
