@@ -5,10 +5,14 @@
 //! Time-of-use: the consumption of each step of R (between two consecutive values: R(from),
 //! the readings inside, R(to)) is spread evenly over the time between them and split where
 //! the period changes (in local time). Max demand: the consumption of each local quarter hour
-//! wholly inside the period, from R at its edges (as the rows' start and end are found), × 4,
-//! for energy registers (kWh; Wh and MWh converted), in the period its start belongs to. Every
-//! zone's offset today is a whole number of quarter hours, so local quarter hours start where
-//! UTC ones do.
+//! wholly inside the period, × 4, for energy registers (kWh; Wh and MWh converted), in the
+//! period its start belongs to; a quarter hour's consumption is its share of the same evenly
+//! spread steps. Where R is interpolated that is exactly the steps of R at the quarter hour's
+//! edges; where R is carried (a gap longer than `billing.max_interpolation_gap`, a reset, a
+//! reverse run) R jumps at one instant, and a quarter hour's demand from R would hold a whole
+//! gap's consumption, or a new register's, as if drawn in 15 minutes: a demand charge for
+//! power never drawn. Every zone's offset today is a whole number of quarter hours, so local
+//! quarter hours start where UTC ones do.
 
 use crate::clock::Zone;
 use crate::register::{step, value_at, ReadKind, Reading, Value};
@@ -135,6 +139,7 @@ impl Bill {
         };
 
         let mut by_period = vec![0.0; self.periods.len()];
+        let mut quarters = kwh_per(unit).map(|_| Quarters::new(q.from_ms, q.to_ms));
         let mut consumption = 0.0;
         let mut resets = 0u32;
         let mut last = Reading {
@@ -151,10 +156,15 @@ impl Bill {
             consumption += c;
             resets += u32::from(s.is_reset());
             self.timeline.spread(last.ts_ms, r.ts_ms, c, &mut by_period);
+            if let Some(quarters) = &mut quarters {
+                quarters.spread(last.ts_ms, r.ts_ms, c);
+            }
             last = *r;
         }
 
-        let demand = kwh_per(unit).map(|kwh| self.max_demand(readings, rollover, kwh));
+        let demand = quarters
+            .zip(kwh_per(unit))
+            .map(|(quarters, kwh)| self.max_demand(&quarters, kwh));
         if q.tariff.is_none() {
             by_period[0] = consumption;
         }
@@ -181,51 +191,65 @@ impl Bill {
 
     /// The largest quarter hour's consumption × 4 in kW, per period (`None`: no whole
     /// quarter hour in it).
-    fn max_demand(
-        &self,
-        readings: &[Reading],
-        rollover: Option<f64>,
-        kwh: f64,
-    ) -> Vec<Option<f64>> {
-        let q = &self.query;
+    fn max_demand(&self, quarters: &Quarters, kwh: f64) -> Vec<Option<f64>> {
         let mut max: Vec<Option<f64>> = vec![None; self.periods.len()];
-        let mut quarter = q.from_ms.div_euclid(QUARTER_MS) * QUARTER_MS;
-        if quarter < q.from_ms {
-            quarter += QUARTER_MS;
-        }
-        // Readings strictly after the quarter's start not yet passed.
-        let mut next = readings.partition_point(|r| r.ts_ms <= quarter);
-        let mut at_start = value_at(readings, quarter, q.max_gap_ms);
-        while quarter + QUARTER_MS <= q.to_ms {
-            let end_ms = quarter + QUARTER_MS;
-            let at_end = value_at(readings, end_ms, q.max_gap_ms);
-            if let (Some(a), Some(b)) = (at_start, at_end) {
-                let mut used = 0.0;
-                let mut last = a.value;
-                while let Some(r) = readings.get(next).filter(|r| r.ts_ms < end_ms) {
-                    used += step(last, r.value, rollover).consumption();
-                    last = r.value;
-                    next += 1;
-                }
-                used += step(last, b.value, rollover).consumption();
-                let kw = used * kwh * 4.0;
-                let period = if q.tariff.is_some() {
-                    self.timeline.period_at(quarter)
-                } else {
-                    0
-                };
-                if let Some(slot) = max.get_mut(period) {
-                    *slot = Some(slot.map_or(kw, |m: f64| m.max(kw)));
-                }
+        for (i, used) in quarters.used.iter().enumerate() {
+            let start = quarters.first_ms + i as i64 * QUARTER_MS;
+            let period = if self.query.tariff.is_some() {
+                self.timeline.period_at(start)
+            } else {
+                0
+            };
+            let kw = used * kwh * 4.0;
+            if let Some(slot) = max.get_mut(period) {
+                *slot = Some(slot.map_or(kw, |m: f64| m.max(kw)));
             }
-            // A reading at the quarter's end is its R: not a step inside the next one.
-            while readings.get(next).is_some_and(|r| r.ts_ms <= end_ms) {
-                next += 1;
-            }
-            at_start = at_end;
-            quarter = end_ms;
         }
         max
+    }
+}
+
+/// The consumption of each quarter hour wholly inside a period.
+struct Quarters {
+    /// The start of the first, Unix ms.
+    first_ms: i64,
+    used: Vec<f64>,
+}
+
+impl Quarters {
+    fn new(from_ms: i64, to_ms: i64) -> Quarters {
+        let first_ms = from_ms.div_euclid(QUARTER_MS) * QUARTER_MS
+            + if from_ms.rem_euclid(QUARTER_MS) == 0 {
+                0
+            } else {
+                QUARTER_MS
+            };
+        let count = (to_ms - first_ms).div_euclid(QUARTER_MS).max(0);
+        Quarters {
+            first_ms,
+            used: vec![0.0; usize::try_from(count).unwrap_or(0)],
+        }
+    }
+
+    /// Adds `amount`, spread evenly over `[t0, t1)`, to the quarter hours it covers.
+    fn spread(&mut self, t0: i64, t1: i64, amount: f64) {
+        if t1 <= t0 || amount == 0.0 || self.used.is_empty() {
+            return;
+        }
+        let span = (t1 - t0) as f64;
+        let first = (t0 - self.first_ms).div_euclid(QUARTER_MS).max(0);
+        let mut i = usize::try_from(first).unwrap_or(0);
+        while let Some(slot) = self.used.get_mut(i) {
+            let start = self.first_ms + i as i64 * QUARTER_MS;
+            if start >= t1 {
+                break;
+            }
+            let (a, b) = (start.max(t0), (start + QUARTER_MS).min(t1));
+            if b > a {
+                *slot += amount * ((b - a) as f64 / span);
+            }
+            i += 1;
+        }
     }
 }
 
@@ -336,6 +360,22 @@ mod tests {
         // Wh: converted.
         let rows = Bill::new(query(0, 4 * q)).register("E1", "1-0:1.8.0", "Wh", &rs, None);
         assert!((rows[0].max_demand_kw.unwrap() - 0.012).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_reset_or_a_long_gap_is_no_demand_spike() {
+        // 6 kWh in 6 hours (1 kW), then a new register that shows 2.75 six hours later: its
+        // 2.75 kWh spread over those hours, not drawn in one quarter hour (11 kW).
+        let rs = [r(0, 5000.0), r(6 * H, 5006.0), r(12 * H, 2.75)];
+        let row = total(&rs, 0, 12 * H);
+        assert_eq!(row.resets, 1);
+        assert!((row.consumption - 8.75).abs() < 1e-9);
+        assert!((row.max_demand_kw.unwrap() - 1.0).abs() < 1e-9, "{row:?}");
+        // Ten days without a read (longer than the 7 interpolated across): 240 kWh over
+        // 240 hours is 1 kW, not 960 kW at the jump of R.
+        let rs = [r(0, 0.0), r(240 * H, 240.0)];
+        let row = total(&rs, 0, 240 * H);
+        assert!((row.max_demand_kw.unwrap() - 1.0).abs() < 1e-9, "{row:?}");
     }
 
     #[test]

@@ -11,8 +11,8 @@ time zones (zoneinfo), minute by minute where meterflow cuts a timeline:
   else nothing (a reverse run).
   Consumption: the steps of R(from), the readings strictly inside, R(to). Each step's
   consumption is spread evenly over its time and given to the tariff periods of each instant.
-  Max demand: each UTC quarter hour wholly inside [from, to): the steps of R(Q), the readings
-  strictly inside, R(Q + 15 min), x 4 (kWh), in the period of Q; the largest per period.
+  Max demand: each UTC quarter hour wholly inside [from, to): its share of the same evenly
+  spread steps, x 4 (kWh), in the period of Q; the largest per period.
 
 Usage: billing_reference.py READINGS.csv TARIFF.toml ZONE FROM_DATE TO_DATE GAP_SECONDS
 READINGS.csv: meter_id,channel,ts,value,unit with ts in Unix milliseconds. Prints CSV:
@@ -120,6 +120,8 @@ def main():
         ts = sorted(s["points"])
         vs = [s["points"][t] for t in ts]
         by_period = [0.0] * len(periods)
+        first_quarter = -(-start // 900000)
+        quarter_used = [0.0] * max(0, (end - first_quarter * 900000) // 900000)
         resets = 0
         for t0, t1, c, reset in steps(ts, vs, start, end):
             resets += reset
@@ -129,16 +131,17 @@ def main():
             while m * 60000 < t1:
                 lo, hi = max(t0, m * 60000), min(t1, (m + 1) * 60000)
                 if hi > lo:
-                    by_period[minute_period[m - first_minute]] += c * (hi - lo) / (t1 - t0)
+                    share = c * (hi - lo) / (t1 - t0)
+                    by_period[minute_period[m - first_minute]] += share
+                    q = m // 15 - first_quarter
+                    if 0 <= q < len(quarter_used):
+                        quarter_used[q] += share
                 m += 1
         demand = [None] * len(periods)
         if s["unit"] == "kWh":
-            q = -(-start // 900000) * 900000
-            while q + 900000 <= end:
-                used = sum(c for _, _, c, _ in steps(ts, vs, q, q + 900000))
-                p = minute_period[q // 60000 - first_minute]
+            for i, used in enumerate(quarter_used):
+                p = minute_period[(first_quarter + i) * 15 - first_minute]
                 demand[p] = used * 4 if demand[p] is None else max(demand[p], used * 4)
-                q += 900000
         v0, k0 = r_at(ts, vs, start)
         v1, k1 = r_at(ts, vs, end)
         count = sum(1 for t in ts if start <= t < end)
