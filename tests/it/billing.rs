@@ -457,3 +457,36 @@ fn time_of_use_matches_an_independent_computation() {
         );
     }
 }
+
+/// The README's "Billing" example runs as written (`cargo run --release --` is this build's
+/// binary, `./pilot` a fresh folder) and prints the CSV the README shows.
+#[test]
+fn the_readme_billing_example_prints_what_the_readme_shows() {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("## Billing").unwrap()..];
+    let block = |fence: &str| {
+        let start = section.find(fence).unwrap() + fence.len();
+        let end = start + section[start..].find("```").unwrap();
+        section[start..end].to_string()
+    };
+    let commands = block("```sh\n");
+    let shown = block("```csv\n");
+    let pilot = tempfile::tempdir().unwrap();
+    let script = commands
+        .replace("cargo run --release --", BIN)
+        .replace("./pilot", &pilot.path().join("pilot").display().to_string());
+    let out = Command::new("sh")
+        .args(["-ec", &script])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    // The import prints its summary line first; the bill is the rest.
+    let bill = &printed[printed.find("meter_id,").unwrap()..];
+    assert_eq!(bill, shown);
+}
