@@ -435,15 +435,27 @@ fn time_of_use_matches_an_independent_computation() {
     }
     // Each register's three periods carry its resets: meter 3's one, three times.
     assert_eq!(resets, 3);
-    // The periods add up to the total of the same register.
-    let totals = both.bill(&[
-        "--tz",
-        "Europe/Berlin",
-        "--from",
-        "2026-03-01",
-        "--to",
-        "2026-04-01",
-    ]);
+    // The periods add up to the total of the same register, and so do two halves of the
+    // month split at an odd local instant (on both sources: `bill` compares them).
+    let month =
+        |from: &str, to: &str| both.bill(&["--tz", "Europe/Berlin", "--from", from, "--to", to]);
+    let totals = month("2026-03-01", "2026-04-01");
+    let first = month("2026-03-01", "2026-03-17T13:37:11");
+    let second = month("2026-03-17T13:37:11", "2026-04-01");
+    assert_eq!((first.len(), second.len()), (100, 100));
+    for ((total, a), b) in totals.iter().zip(&first).zip(&second) {
+        let key = (&total["meter_id"], &total["channel"]);
+        assert_eq!((&a["meter_id"], &a["channel"]), key);
+        assert_eq!((&b["meter_id"], &b["channel"]), key);
+        assert_eq!(a["end_value"], b["start_value"], "{key:?}");
+        let parts = number(a, "consumption") + number(b, "consumption");
+        // Each printed to 6 decimals.
+        assert!(
+            (parts - number(total, "consumption")).abs() <= 2e-6,
+            "{key:?}: {parts} against {}",
+            total["consumption"]
+        );
+    }
     assert_eq!(totals.len(), 100);
     for total in &totals {
         let sum: f64 = rows
