@@ -115,7 +115,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: String::new(),
-            max_connections: 4096,
+            max_connections: 1024,
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             max_header_bytes: 16_384,
