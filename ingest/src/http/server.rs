@@ -450,10 +450,7 @@ async fn connection(
                     Body::new(SentBody {
                         inner: body,
                         rest: Bytes::new(),
-                        answering: {
-                            drop(answering);
-                            None
-                        },
+                        answering: Some(answering),
                     })
                 })
             })
@@ -693,26 +690,30 @@ impl HttpBody for SentBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
-        if !this.rest.is_empty() {
-            let n = this.rest.len().min(SEND_CHUNK_BYTES);
-            return Poll::Ready(Some(Ok(Frame::data(this.rest.split_to(n)))));
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(mut data) => {
-                    if data.len() > SEND_CHUNK_BYTES {
-                        this.rest = data.split_off(SEND_CHUNK_BYTES);
+        let polled = if this.rest.is_empty() {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(mut data) => {
+                        if data.len() > SEND_CHUNK_BYTES {
+                            this.rest = data.split_off(SEND_CHUNK_BYTES);
+                        }
+                        Poll::Ready(Some(Ok(Frame::data(data))))
                     }
-                    Poll::Ready(Some(Ok(Frame::data(data))))
-                }
-                Err(other) => Poll::Ready(Some(Ok(other))),
-            },
-            Poll::Ready(None) => {
-                this.answering = None;
-                Poll::Ready(None)
+                    Err(other) => Poll::Ready(Some(Ok(other))),
+                },
+                polled => polled,
             }
-            polled => polled,
+        } else {
+            let n = this.rest.len().min(SEND_CHUNK_BYTES);
+            Poll::Ready(Some(Ok(Frame::data(this.rest.split_to(n)))))
+        };
+        // The last piece taken (or none left): the answer is as good as sent. Said now,
+        // before hyper writes it, so that a client that has read its whole answer finds its
+        // connection waiting, not still sending.
+        if matches!(polled, Poll::Ready(None)) || self.is_end_stream() {
+            self.answering = None;
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
