@@ -20,6 +20,7 @@ declare -A needs=(
   [pip3]=python3-pip
   [openssl]=openssl
   [haproxy]=haproxy
+  [prlimit]=util-linux
 )
 missing=()
 for cmd in "${!needs[@]}"; do

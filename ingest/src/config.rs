@@ -92,13 +92,25 @@ pub struct HttpConfig {
 /// Written by hand so that `token` never reach a log or an error.
 impl std::fmt::Debug for HttpConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field named, without `..`: a new one does not compile until it is shown here
+        // (or chosen not to be).
+        let HttpConfig {
+            listen,
+            token,
+            max_connections,
+            header_read_timeout_ms,
+            idle_timeout_ms,
+            max_header_bytes,
+            shutdown_max_ms,
+        } = self;
         f.debug_struct("HttpConfig")
-            .field("listen", &self.listen)
-            .field("token", &meterflow_storage::redacted(&self.token))
-            .field("max_connections", &self.max_connections)
-            .field("header_read_timeout_ms", &self.header_read_timeout_ms)
-            .field("idle_timeout_ms", &self.idle_timeout_ms)
-            .field("max_header_bytes", &self.max_header_bytes)
+            .field("listen", listen)
+            .field("token", &meterflow_storage::redacted(token))
+            .field("max_connections", max_connections)
+            .field("header_read_timeout_ms", header_read_timeout_ms)
+            .field("idle_timeout_ms", idle_timeout_ms)
+            .field("max_header_bytes", max_header_bytes)
+            .field("shutdown_max_ms", shutdown_max_ms)
             .finish()
     }
 }
@@ -108,7 +120,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: String::new(),
-            max_connections: 4096,
+            max_connections: 1024,
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             max_header_bytes: 16_384,
@@ -399,6 +411,30 @@ mod tests {
                 shown.contains("ingest") && shown.contains("broker:1883"),
                 "{shown}"
             );
+            // Every field of the hand-written ones.
+            assert!(shown.contains("shutdown_max_ms"), "{shown}");
+        }
+        // Passwords in the URLs: before the host, and as ClickHouse's ?password=.
+        for (ch_url, bridge_url) in [
+            (
+                "http://ingest:ch-hunter2@127.0.0.1:8123",
+                "mqtt://mf:br-hunter2@broker:1883",
+            ),
+            (
+                "http://127.0.0.1:8123/?user=ingest&password=ch-hunter2",
+                "mqtts://mf:br-hunter2@broker:8883",
+            ),
+        ] {
+            let c = Config::from_toml(&format!(
+                "[clickhouse]\nurl = \"{ch_url}\"\n[[bridge]]\nurl = \"{bridge_url}\"\n"
+            ))
+            .unwrap();
+            let endpoint = crate::edge::bridge::parse_url(bridge_url, "bridge.url").unwrap();
+            assert_eq!(endpoint.password.as_deref(), Some("br-hunter2"));
+            for shown in [format!("{c:?}"), format!("{c:#?}"), format!("{endpoint:?}")] {
+                assert!(!shown.contains("hunter2"), "{shown}");
+                assert!(shown.contains("broker"), "{shown}");
+            }
         }
         // Unset secrets show as unset.
         let shown = format!("{:?}", Config::default());

@@ -160,6 +160,7 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
     // connections here; what it takes waits in its channel until the WAL writer runs. Each
     // edge submits through a channel of its own; the bridges are MQTT inputs and share the
     // MQTT edge's.
+    raise_open_files_limit(&config);
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|source| IngestError::Bind {
@@ -521,5 +522,27 @@ impl Running {
             wal_overflow: writer.wal_overflow,
             pipeline,
         })
+    }
+}
+
+/// Open files beyond the connections: the WAL, Parquet files, the other listeners, ClickHouse.
+const OPEN_FILES_BESIDES: usize = 1024;
+
+/// Raises the soft limit of open files to the hard limit, and warns when that is still below
+/// what the connections need together: MQTT's logged-in and pending budgets and HTTP's cap
+/// (each connection is a socket), plus [`OPEN_FILES_BESIDES`].
+fn raise_open_files_limit(config: &Config) {
+    let connections = config.mqtt.max_connections
+        + config.mqtt.max_pending_connections
+        + config.http.max_connections;
+    let wanted = (connections + OPEN_FILES_BESIDES) as u64;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < wanted => tracing::warn!(
+            open_files = got,
+            wanted,
+            "the open-files limit is below mqtt.max_connections + mqtt.max_pending_connections + http.max_connections + 1024: raise it (LimitNOFILE= in the systemd unit, or ulimit -n)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "reading the open-files limit"),
     }
 }

@@ -15,6 +15,9 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             *secret = "(set, not shown)".into();
         }
     }
+    // The login of clickhouse.url was moved into the keys when the config was read; a URL
+    // that still carries a password is not printed with it all the same.
+    config.clickhouse.url = meterflow_storage::url_without_password(&config.clickhouse.url);
     for bridge in &mut config.bridge {
         bridge.url = meterflow_ingest::edge::bridge::url_without_password(&bridge.url);
     }

@@ -47,3 +47,44 @@ pub fn redacted(secret: &str) -> &'static str {
         "<redacted>"
     }
 }
+
+/// A URL as `Debug` and `meterflow config` show it: a password before the host
+/// (`scheme://USER:PASSWORD@host`) or in a `password` query parameter (ClickHouse's
+/// `?user=&password=`) becomes `<redacted>`; text that is not a URL, which may still hold a
+/// password somewhere, is not shown at all.
+pub fn url_without_password(text: &str) -> String {
+    let Ok(mut url) = url::Url::parse(text) else {
+        return if text.is_empty() {
+            String::new()
+        } else {
+            "(not a URL, not shown)".into()
+        };
+    };
+    let mut changed = false;
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+        changed = true;
+    }
+    if url
+        .query_pairs()
+        .any(|(k, v)| k.eq_ignore_ascii_case("password") && !v.is_empty())
+    {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                if k.eq_ignore_ascii_case("password") && !v.is_empty() {
+                    (k.into_owned(), "***".to_string())
+                } else {
+                    (k.into_owned(), v.into_owned())
+                }
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+        changed = true;
+    }
+    if changed {
+        url.to_string()
+    } else {
+        text.to_string()
+    }
+}

@@ -159,6 +159,40 @@ fn a_login_in_the_url_or_the_keys_is_sent_and_shown_nowhere() {
     ch.query(&format!("DROP DATABASE {db}"));
 }
 
+/// `meterflow config` with a password in every URL it may come in: the file's
+/// `clickhouse.url` (before the host, or as `?password=`), the environment's, and a bridge's.
+#[test]
+fn meterflow_config_prints_no_password_of_any_url() {
+    let (_c, before_host) = config_file(
+        "[clickhouse]\nurl = \"http://ingest:Url-Pw-1@127.0.0.1:8123\"\n\
+         [[bridge]]\nurl = \"mqtts://mf:Url-Pw-2@broker.example:8883\"\n",
+    );
+    let (_q, in_query) = config_file(
+        "[clickhouse]\nurl = \"http://127.0.0.1:8123/?user=ingest&password=Url-Pw-3\"\n",
+    );
+    for (args, env) in [
+        (vec!["config", "--config", &before_host], vec![]),
+        (vec!["config", "--config", &in_query], vec![]),
+        (
+            vec!["config"],
+            vec![(
+                "METERFLOW_CLICKHOUSE_URL",
+                "http://ingest:Url-Pw-4@127.0.0.1:8123",
+            )],
+        ),
+    ] {
+        let (ok, out, err) = meterflow(&args, &env);
+        assert!(ok, "{args:?}: {err}");
+        assert!(!out.contains("Url-Pw"), "{args:?} shows a password:\n{out}");
+        // What the URLs name otherwise is still shown, and the login is there, hidden.
+        assert!(out.contains("url = \"http://127.0.0.1:8123/"), "{out}");
+        assert!(out.contains("user = \"ingest\""), "{out}");
+        assert!(out.contains("password = \"(set, not shown)\""), "{out}");
+    }
+    let (_, out, _) = meterflow(&["config", "--config", &before_host], &[]);
+    assert!(out.contains("mqtts://mf:***@broker.example:8883"), "{out}");
+}
+
 #[test]
 fn the_writer_inserts_through_https_and_a_wrong_ca_is_refused() {
     let ch = ClickHouse::shared();

@@ -10,7 +10,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::harness::{config_file, free_port, http, wait_for, Server, SilentClickHouse};
+use crate::harness::{config_file, free_port, http, wait_for, Server, SilentClickHouse, BIN};
 use serde_json::Value;
 
 const TOKEN: &str = "limits-token-0123456789";
@@ -608,4 +608,136 @@ fn a_client_that_does_not_read_its_answers_cannot_hold_the_stop() {
         }
     }
     assert!(got > 0 && got < 4000 * 10_000, "{got}");
+}
+
+/// Issue 20 review round 2, finding 6: the open-files check at start-up counted MQTT's two
+/// budgets and not `http.max_connections` (4096 sockets more). Under a hard limit of 4000,
+/// MQTT's budgets here (1000 + 1000, + 1024) fit and the HTTP cap does not: warned; under
+/// 8000 everything fits: not warned.
+#[test]
+fn the_open_files_check_counts_the_http_connections() {
+    let serve_under = |limit: u32| -> String {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = tmp.path().join("meterflow.toml");
+        std::fs::write(
+            &config,
+            "[mqtt]\nmax_connections = 1000\nmax_pending_connections = 1000\n",
+        )
+        .unwrap();
+        let log = tmp.path().join("serve.log");
+        let listen = || format!("127.0.0.1:{}", free_port());
+        let mut child = std::process::Command::new("prlimit")
+            .arg(format!("--nofile={limit}:{limit}"))
+            .arg(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(tmp.path().join("data"))
+            .args(["--mqtt-listen", &listen()])
+            .args(["--mqtt-v5-listen", &listen()])
+            .args(["--http-listen", &listen()])
+            .args(["--coap-listen", &listen()])
+            .env("METERFLOW_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let text = wait_for("meterflow ready", || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("meterflow exited ({status}):\n{text}");
+            }
+            text.contains("meterflow ready").then_some(text)
+        });
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        text
+    };
+    let low = serve_under(4000);
+    assert!(
+        low.contains("the open-files limit is below")
+            && low.contains("http.max_connections")
+            && low.contains("open_files=4000"),
+        "{low}"
+    );
+    let high = serve_under(8000);
+    assert!(!high.contains("the open-files limit is below"), "{high}");
+}
+
+/// Issue 20 review round 2, finding 3: `/ready` is open to all, and when its answer from
+/// ClickHouse is older than 5 s it asks again, waiting up to 2 s. Every caller asked at once
+/// for itself: a few connections sending `/ready` to a node whose ClickHouse does not answer
+/// kept every connection of the listener busy, and new ones (the load balancer's probe
+/// among them) were closed at accept. Now one caller asks and the others get the last answer.
+#[test]
+fn connections_asking_ready_at_once_cost_one_question_and_leave_room() {
+    const CAP: usize = 4;
+    let clickhouse = SilentClickHouse::start();
+    let (_cfg, config) = config_file(&format!(
+        "[http]\ntoken = \"{TOKEN}\"\nmax_connections = {CAP}\n[clickhouse]\nurl = \"{}\"\n",
+        clickhouse.url
+    ));
+    let server = Server::start_with(&["--config", &config]);
+    // A first answer (ClickHouse silent: "no answer within 2 s"), then let it grow old.
+    let (status, body) = http(server.http_port, "GET", "/ready", &[], None);
+    assert_eq!((status, body.as_str()), (503, r#"{"ready":false}"#));
+    std::thread::sleep(Duration::from_millis(5_500));
+    wait_for("no connection held", || {
+        (held_connections(&server) == 0).then_some(())
+    });
+    // The cap's worth of connections ask at once, without the token.
+    let mut askers: Vec<TcpStream> = (0..CAP)
+        .map(|_| {
+            let mut s = connect(&server);
+            s.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    wait_for("the askers held", || {
+        (held_connections(&server) == CAP).then_some(())
+    });
+    // All but one have their (old) answer at once: a new connection makes room.
+    let answered: Vec<usize> = wait_for("all but one answered", || {
+        let answered: Vec<usize> = askers
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| has_answer(s).then_some(i))
+            .collect();
+        (answered.len() >= CAP - 1).then_some(answered)
+    });
+    // (Each asking for itself, all would answer together, 2 s on.)
+    assert_eq!(answered.len(), CAP - 1, "one of them is still asking");
+    let mut probe = connect(&server);
+    assert_eq!(get_on(&mut probe, "/health"), (200, "ok\n".to_string()));
+    // The one asking was kept; the oldest answered one made room.
+    let asking = (0..CAP).find(|i| !answered.contains(i)).unwrap();
+    let (status, body) = read_answer(&mut askers[asking]);
+    assert_eq!((status, body.as_str()), (503, r#"{"ready":false}"#));
+    let (status, body) = get_with_token_on(&mut probe, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let reason = |r: &str| {
+        sample(
+            &body,
+            &format!("meterflow_http_closed_total{{reason=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(reason("max_connections"), 0.0, "{body}");
+    assert_eq!(reason("evicted"), 1.0, "{body}");
+    drop(clickhouse);
+}
+
+/// Whether a whole answer to one request has arrived on `s` (read and kept aside).
+fn has_answer(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    match s.peek(&mut buf) {
+        Ok(n) if n > 0 => {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            text.contains("\r\n\r\n") && text.ends_with('}')
+        }
+        _ => false,
+    }
 }

@@ -883,3 +883,43 @@ fn a_meter_with_long_round_trips_logs_in_over_tls_1_2_with_the_default_deadline(
         .collect();
     assert_eq!(stored, vec![("E1".to_string(), 75.0)]);
 }
+
+/// Issue 20 review round 2, finding 5: a budget full of silent sockets from as many
+/// addresses, one each (a flood from the /64s of one IPv6 /52, here 127.0.0.2 to .9), kept
+/// every newcomer out until the sockets' deadline: no address held two more than the
+/// newcomer's. Now the oldest makes room once it has been pending for half of
+/// `mqtt.connect_timeout_ms`.
+#[test]
+fn a_budget_full_of_lone_sockets_from_many_addresses_lets_a_login_in_after_half_the_deadline() {
+    let (_dir, config) = crate::harness::config_file(
+        "[mqtt]\nmax_pending_connections = 8\nmax_pending_per_address = 8\n\
+         connect_timeout_ms = 10000\n",
+    );
+    let server = Server::start_in(data_with_credentials(), &["--config", &config]);
+    let port = server.mqtt_port;
+    crate::harness::wait_for("the readiness probes gone", || {
+        (accepted(&server) == 0.0).then_some(())
+    });
+    let mut flood: Vec<TcpStream> = (2..=9)
+        .map(|i| connect_from(&format!("127.0.0.{i}"), port))
+        .collect();
+    crate::harness::wait_for("the budget full", || {
+        (server.metric("meterflow_mqtt_pending_connections") == 8.0).then_some(())
+    });
+    // Young sockets: a login from a tenth address is closed at accept.
+    let (_refused, code) = login_from("127.0.0.10", port, "E1", SECRET);
+    assert_eq!(code, None);
+    crate::harness::wait_for("max_pending counted", || {
+        (closed(&server, "max_pending") == 1.0).then_some(())
+    });
+    assert!(flood.iter().all(is_open));
+    // Half the deadline on, the oldest socket makes room for it, and it logs in.
+    std::thread::sleep(Duration::from_millis(5_500));
+    let (_e1, code) = login_from("127.0.0.10", port, "E1", SECRET);
+    assert_eq!(code, Some(0), "E1 logs in past a flood of lone sockets");
+    assert!(is_closed(&mut flood[0]), "the oldest socket closed for it");
+    assert_eq!(closed(&server, "pending_evicted"), 1.0);
+    assert!(flood[1..].iter().all(is_open), "only the oldest");
+    assert_eq!(server.metric("meterflow_mqtt_connections"), 1.0);
+    assert_eq!(server.metric("meterflow_mqtt_pending_connections"), 7.0);
+}

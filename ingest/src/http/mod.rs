@@ -53,8 +53,34 @@ pub struct Readiness {
     /// Each bridge's name, and since when (Unix ms) it has been without its subscription at
     /// its broker (0: it holds it).
     pub bridges: Vec<(String, Arc<AtomicI64>)>,
-    /// The last answer from ClickHouse, reused for a few seconds.
-    pub clickhouse_asked: Arc<std::sync::Mutex<Option<(std::time::Instant, bool, String)>>>,
+    /// The last answer from ClickHouse, reused for a few seconds, and who is asking now.
+    pub clickhouse_asked: Arc<ClickHouseAsked>,
+}
+
+/// What `/ready` last heard from ClickHouse. One caller asks at a time; the others answer
+/// with the last answer, however old, rather than wait (up to 2 s) beside it: so connections
+/// sending `/ready` (open to all) cost one question between them, and cannot keep every
+/// connection of the listener busy.
+#[derive(Default)]
+pub struct ClickHouseAsked {
+    last: std::sync::Mutex<Option<(std::time::Instant, Check)>>,
+    asking: tokio::sync::Mutex<()>,
+}
+
+impl ClickHouseAsked {
+    /// The last answer and when it came.
+    fn last(&self) -> Option<(std::time::Instant, Check)> {
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn fresh(&self) -> Option<Check> {
+        self.last()
+            .filter(|(at, _)| at.elapsed() < CLICKHOUSE_ASKED_FOR)
+            .map(|(_, check)| check)
+    }
 }
 
 /// A bridge without its subscription for longer than this fails `/ready`.
@@ -193,7 +219,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         .into_response()
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct Check {
     ok: bool,
     detail: String,
@@ -328,22 +354,29 @@ async fn ask_clickhouse(
     r: &Readiness,
     config: &meterflow_storage::clickhouse::ClickHouseConfig,
 ) -> Check {
-    if let Ok(cached) = r.clickhouse_asked.lock() {
-        if let Some((at, ok, detail)) = cached.as_ref() {
-            if at.elapsed() < CLICKHOUSE_ASKED_FOR {
-                return Check {
-                    ok: *ok,
-                    detail: detail.clone(),
-                };
-            }
-        }
+    let asked = &r.clickhouse_asked;
+    if let Some(check) = asked.fresh() {
+        return check;
     }
-    let asked = tokio::time::timeout(
+    // One caller asks; the others take the last answer, however old.
+    let _asking = match asked.asking.try_lock() {
+        Ok(asking) => asking,
+        Err(_) => match asked.last() {
+            Some((_, check)) => return check,
+            // Never asked yet: wait for the answer being asked for.
+            None => asked.asking.lock().await,
+        },
+    };
+    // Asked by another while this one waited.
+    if let Some(check) = asked.fresh() {
+        return check;
+    }
+    let answer = tokio::time::timeout(
         std::time::Duration::from_secs(2),
         meterflow_storage::clickhouse::server_version(config),
     )
     .await;
-    let check = match asked {
+    let check = match answer {
         Ok(Ok(version)) => Check {
             ok: true,
             detail: format!("reachable (ClickHouse {}.{})", version.major, version.minor),
@@ -357,9 +390,11 @@ async fn ask_clickhouse(
             detail: "no answer within 2 s".into(),
         },
     };
-    if let Ok(mut cached) = r.clickhouse_asked.lock() {
-        *cached = Some((std::time::Instant::now(), check.ok, check.detail.clone()));
-    }
+    *asked
+        .last
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+        Some((std::time::Instant::now(), check.clone()));
     check
 }
 

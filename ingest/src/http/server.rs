@@ -2,9 +2,16 @@
 //! a client can hold is bounded (`axum::serve` has none of these bounds):
 //! - at most `http.max_connections` open connections. At the cap a new connection makes room:
 //!   the held connection that has waited longest without a request being answered (idle
-//!   between requests, or still sending its head) is closed (`reason="evicted"`); only when
-//!   every held connection is answering a request is the new one closed at accept
-//!   (`reason="max_connections"`). So a full listener still answers a load balancer's probe;
+//!   between requests, or still sending its head) is closed (`reason="evicted"`); if none
+//!   waits, the one that has been sending an answer the longest (its handler done, its
+//!   client reading slowly); only when every held connection has a handler running is the
+//!   new one closed at accept (`reason="max_connections"`). So a full listener still answers
+//!   a load balancer's probe. Which one to close is found in O(log n): every connection that
+//!   waits (or sends) is in an ordered index, changed under the same lock as the choice, so a
+//!   connection that begins a request is never the one closed for it. A handler is not cut
+//!   short: those open to all (`/`, `/health`, `/ready`) answer at once (`/ready`'s question
+//!   to ClickHouse is asked by one caller at a time, the others get the last answer), the
+//!   rest need the token;
 //! - a request head must arrive whole within `http.header_read_timeout_ms` (from the accept for
 //!   the first request, from its first byte for a later one);
 //! - a connection with nothing read or written for `http.idle_timeout_ms` while no request is
@@ -26,14 +33,15 @@
 //! still open after `http.shutdown_max_ms` is closed (`reason="shutdown_timeout"`), so that a
 //! client reading its answer slowly cannot hold the stop.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use axum::body::{Body, Bytes, HttpBody};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -47,6 +55,11 @@ use crate::config::HttpConfig;
 
 /// hyper's smallest read buffer (its `max_buf_size` panics below it).
 const MIN_BUF_BYTES: usize = 8192;
+
+/// An answer's body goes to hyper in pieces of this size at most: hyper takes the next only
+/// when its write buffer has room, so the body ends (and its connection stops counting as
+/// sending) only once all but the last pieces are on the socket.
+const SEND_CHUNK_BYTES: usize = 16 * 1024;
 
 /// Why a connection was closed: the `reason` of `meterflow_http_closed_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,18 +218,115 @@ pub async fn serve(
 
 /// The open connections, for the accept loop to choose which to close at the cap.
 struct Held {
-    /// What [`Activity::waiting_since`] counts from.
+    /// What the index's times count from.
     epoch: Instant,
     inner: Mutex<HeldInner>,
 }
 
 #[derive(Default)]
 struct HeldInner {
-    open: HashMap<u64, Arc<Activity>>,
+    open: HashMap<u64, Place>,
+    /// The connections that wait (no request being answered: idle, or reading a head), by
+    /// since when, then by id: the first is the one to close at the cap.
+    waiting: BTreeSet<(u64, u64)>,
+    /// The connections whose handler is done and whose answer's body is being sent, by since
+    /// when: closed at the cap only when none waits.
+    sending: BTreeSet<(u64, u64)>,
     next_id: u64,
     /// Connections closed to make room whose tasks have not ended yet: no longer counted
     /// against the cap (their sockets are in the gauge until they are closed).
     evicting: usize,
+}
+
+/// Where a connection stands, as the accept loop sees it.
+struct Place {
+    activity: Arc<Activity>,
+    /// Handlers running.
+    handling: usize,
+    /// Answers' bodies being sent (their handlers done).
+    sending: usize,
+    /// Its entry in [`HeldInner::waiting`] or [`HeldInner::sending`], if in one.
+    indexed: Option<(Index, u64)>,
+    evicted: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Index {
+    Waiting,
+    Sending,
+}
+
+/// A change of what a connection does.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// A request's head arrived: its handler runs.
+    Handle,
+    /// The handler is done, its answer's body is being sent.
+    Send,
+    /// The body was sent (or dropped).
+    Sent,
+    /// The handler's future was dropped before it was done (the connection closed).
+    Dropped,
+}
+
+impl HeldInner {
+    fn index_of(&mut self, which: Index) -> &mut BTreeSet<(u64, u64)> {
+        match which {
+            Index::Waiting => &mut self.waiting,
+            Index::Sending => &mut self.sending,
+        }
+    }
+
+    /// Applies `step` to connection `id` at `now` (listener's ms), keeping the indexes in step.
+    fn step(&mut self, id: u64, step: Step, now: u64) {
+        let Some(place) = self.open.get_mut(&id) else {
+            return;
+        };
+        match step {
+            Step::Handle => place.handling += 1,
+            Step::Send => {
+                place.handling = place.handling.saturating_sub(1);
+                place.sending += 1;
+            }
+            Step::Sent => place.sending = place.sending.saturating_sub(1),
+            Step::Dropped => place.handling = place.handling.saturating_sub(1),
+        }
+        let want = if place.evicted || place.handling > 0 {
+            None
+        } else if place.sending > 0 {
+            Some(Index::Sending)
+        } else {
+            Some(Index::Waiting)
+        };
+        let was = place.indexed;
+        if was.map(|(which, _)| which) == want {
+            return;
+        }
+        place.indexed = want.map(|which| (which, now));
+        if let Some((which, since)) = was {
+            self.index_of(which).remove(&(since, id));
+        }
+        if let Some(which) = want {
+            self.index_of(which).insert((now, id));
+        }
+    }
+
+    /// Marks as evicted the connection that has waited longest (the first accepted among
+    /// equals), else the one sending an answer the longest; `None` when every one has a
+    /// handler running.
+    fn evict_one(&mut self) -> Option<Arc<Activity>> {
+        let (which, (since, id)) = match self.waiting.first() {
+            Some(&first) => (Index::Waiting, first),
+            None => (Index::Sending, *self.sending.first()?),
+        };
+        self.index_of(which).remove(&(since, id));
+        let place = self.open.get_mut(&id)?;
+        place.indexed = None;
+        place.evicted = true;
+        place.activity.evicted.store(true, Ordering::Release);
+        self.evicting += 1;
+        Some(place.activity.clone())
+    }
 }
 
 impl Held {
@@ -232,61 +342,78 @@ impl Held {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn now(&self) -> u64 {
+        ms(self.epoch.elapsed())
+    }
+
     /// Counts one more open connection. At `max`, the held one that has waited longest without
-    /// a request being answered is told to close and the new one takes its place; `None`
-    /// when every held connection is answering.
+    /// a request being answered (else the one sending an answer the longest) is told to close
+    /// and the new one takes its place; `None` when every held connection has a handler
+    /// running.
     fn admit(self: &Arc<Self>, max: usize) -> Option<OpenConnection> {
+        let now = self.now();
         let mut held = self.lock();
         if held.open.len() - held.evicting >= max {
-            let victim = held.oldest_waiting()?;
-            held.evicting += 1;
+            let victim = held.evict_one()?;
             victim.evict.notify_one();
         }
         let id = held.next_id;
         held.next_id += 1;
-        let activity = Arc::new(Activity::new(ms(self.epoch.elapsed())));
-        held.open.insert(id, activity.clone());
+        let activity = Arc::new(Activity::new());
+        held.open.insert(
+            id,
+            Place {
+                activity: activity.clone(),
+                handling: 0,
+                sending: 0,
+                indexed: Some((Index::Waiting, now)),
+                evicted: false,
+            },
+        );
+        held.waiting.insert((now, id));
         metrics::gauge!("meterflow_http_connections").increment(1.0);
         Some(OpenConnection {
-            held: self.clone(),
-            id,
-            activity,
+            tracker: Tracker {
+                held: self.clone(),
+                id,
+                activity,
+            },
         })
     }
 }
 
-impl HeldInner {
-    /// Marks as evicted the connection that has waited longest (the first accepted among
-    /// equals) without a request being answered; `None` when every one is answering.
-    fn oldest_waiting(&self) -> Option<Arc<Activity>> {
-        // A connection's own task may begin answering meanwhile: then the next oldest.
-        loop {
-            let (since, _, victim) = self
-                .open
-                .iter()
-                .filter_map(|(id, a)| Some((a.waiting_since()?, *id, a)))
-                .min_by_key(|(since, id, _)| (*since, *id))?;
-            if victim.evict_if_waiting_since(since) {
-                return Some(victim.clone());
-            }
-        }
+/// A connection's handle on [`Held`], for its requests to say what they do.
+#[derive(Clone)]
+struct Tracker {
+    held: Arc<Held>,
+    id: u64,
+    activity: Arc<Activity>,
+}
+
+impl Tracker {
+    fn step(&self, step: Step) {
+        let now = self.held.now();
+        self.held.lock().step(self.id, step, now);
     }
 }
 
 /// One open connection in `meterflow_http_connections` and in [`Held`], taken out when
 /// dropped.
 struct OpenConnection {
-    held: Arc<Held>,
-    id: u64,
-    activity: Arc<Activity>,
+    tracker: Tracker,
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        let mut held = self.held.lock();
-        held.open.remove(&self.id);
-        if self.activity.is_evicted() {
-            held.evicting = held.evicting.saturating_sub(1);
+        let t = &self.tracker;
+        let mut held = t.held.lock();
+        if let Some(place) = held.open.remove(&t.id) {
+            if let Some((which, since)) = place.indexed {
+                held.index_of(which).remove(&(since, t.id));
+            }
+            if place.evicted {
+                held.evicting = held.evicting.saturating_sub(1);
+            }
         }
         metrics::gauge!("meterflow_http_connections").decrement(1.0);
     }
@@ -302,20 +429,31 @@ async fn connection(
     counted: OpenConnection,
 ) {
     let _ = stream.set_nodelay(true);
-    let activity = counted.activity.clone();
+    let activity = counted.tracker.activity.clone();
     let io = TokioIo::new(Watched {
         stream,
         activity: activity.clone(),
     });
     let router = TowerToHyperService::new(app);
-    let answering = activity.clone();
+    let tracker = counted.tracker.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let busy = answering.answering();
+        let mut answering = Answering::begin(tracker.clone());
         let answer = hyper::service::Service::call(&router, request);
         async move {
             let answer = answer.await;
-            drop(busy);
-            answer
+            // The handler is done; the answer is being sent until its body is: the guard
+            // goes with the body, so a client reading a large answer slowly is not taken for
+            // an idle one.
+            answering.handler_done();
+            answer.map(|response| {
+                response.map(|body| {
+                    Body::new(SentBody {
+                        inner: body,
+                        rest: Bytes::new(),
+                        answering: Some(answering),
+                    })
+                })
+            })
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -375,28 +513,20 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// [`Activity::waiting`]: a request is being answered.
-const ANSWERING: u64 = u64::MAX;
-/// [`Activity::waiting`]: closed to make room.
-const EVICTED: u64 = u64::MAX - 1;
-
-/// What a connection is doing, for its deadlines and the accept loop's choice at the cap.
-/// Written from inside hyper's poll (the socket and the service), read by the connection's
-/// task; `waiting` also by the accept loop. Times are milliseconds since the accept, but
-/// `waiting`'s since the listener's start.
+/// What a connection is doing, for its deadlines. Written from inside hyper's poll (the
+/// socket and the service), read by the connection's task; `evicted` by the accept loop
+/// (under [`Held`]'s lock, where what the accept loop chooses from is kept). Times are
+/// milliseconds since the accept.
 struct Activity {
     accepted: Instant,
-    /// When it was accepted, in milliseconds since the listener's start.
-    accepted_at: u64,
-    /// The last read or write that moved bytes, or the end of the last answer.
+    /// The last read or write that moved bytes, or the end of the last handler.
     last_io_ms: AtomicU64,
     /// When the head being read began, plus one (0: none is being read).
     head_since_ms: AtomicU64,
     /// Requests being answered (the handler runs).
     answering: AtomicUsize,
-    /// Since when (listener's time) no request has been answered; [`ANSWERING`] while one is,
-    /// [`EVICTED`] once the accept loop closed it to make room.
-    waiting: AtomicU64,
+    /// The accept loop closed it to make room.
+    evicted: AtomicBool,
     /// A deadline moved earlier or appeared.
     changed: Notify,
     /// The accept loop evicted it.
@@ -404,15 +534,14 @@ struct Activity {
 }
 
 impl Activity {
-    fn new(accepted_at: u64) -> Activity {
+    fn new() -> Activity {
         Activity {
             accepted: Instant::now(),
-            accepted_at,
             last_io_ms: AtomicU64::new(0),
             // The first head is awaited from the accept.
             head_since_ms: AtomicU64::new(1),
             answering: AtomicUsize::new(0),
-            waiting: AtomicU64::new(accepted_at),
+            evicted: AtomicBool::new(false),
             changed: Notify::new(),
             evict: Notify::new(),
         }
@@ -442,40 +571,13 @@ impl Activity {
         self.last_io_ms.store(self.now_ms(), Ordering::Release);
     }
 
-    /// A request's head has arrived and its handler runs until the guard is dropped.
-    fn answering(self: &Arc<Self>) -> Answering {
-        self.answering.fetch_add(1, Ordering::AcqRel);
-        self.head_since_ms.store(0, Ordering::Release);
-        // Unless the accept loop took its place just now (it is closed then).
-        let _ = self
-            .waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                (w != EVICTED).then_some(ANSWERING)
-            });
-        self.changed.notify_one();
-        Answering(self.clone())
-    }
-
     fn reading_head(&self) -> bool {
         self.answering.load(Ordering::Acquire) == 0
             && self.head_since_ms.load(Ordering::Acquire) != 0
     }
 
-    /// Since when no request has been answered, if none is now and it is not evicted.
-    fn waiting_since(&self) -> Option<u64> {
-        let w = self.waiting.load(Ordering::Acquire);
-        (w != ANSWERING && w != EVICTED).then_some(w)
-    }
-
-    /// Evicts it if it still waits since `since` (no request began meanwhile).
-    fn evict_if_waiting_since(&self, since: u64) -> bool {
-        self.waiting
-            .compare_exchange(since, EVICTED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
     fn is_evicted(&self) -> bool {
-        self.waiting.load(Ordering::Acquire) == EVICTED
+        self.evicted.load(Ordering::Acquire)
     }
 
     /// The head's deadline, if one is being read, and the idle one, if nothing is answered.
@@ -518,22 +620,115 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A request being answered; its end starts the idle time.
-struct Answering(Arc<Activity>);
+/// A request being answered: its handler runs (no deadline), then its body is sent (the
+/// idle deadline runs again, but the connection is closed at the cap only when none waits).
+struct Answering {
+    tracker: Tracker,
+    /// The handler is done.
+    sending: bool,
+}
+
+impl Answering {
+    /// A request's head has arrived and its handler runs until [`Answering::handler_done`].
+    fn begin(tracker: Tracker) -> Answering {
+        let a = &tracker.activity;
+        a.answering.fetch_add(1, Ordering::AcqRel);
+        a.head_since_ms.store(0, Ordering::Release);
+        tracker.step(Step::Handle);
+        a.changed.notify_one();
+        Answering {
+            tracker,
+            sending: false,
+        }
+    }
+
+    /// The handler is done: the idle time starts; the body is being sent until the guard is
+    /// dropped.
+    fn handler_done(&mut self) {
+        if self.sending {
+            return;
+        }
+        self.sending = true;
+        let a = &self.tracker.activity;
+        a.answering.fetch_sub(1, Ordering::AcqRel);
+        self.tracker.step(Step::Send);
+        a.on_write();
+        a.changed.notify_one();
+    }
+}
 
 impl Drop for Answering {
     fn drop(&mut self) {
-        let a = &self.0;
-        if a.answering.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let now = a.now_ms();
-            let _ = a
-                .waiting
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                    (w != EVICTED).then_some(a.accepted_at.saturating_add(now))
-                });
+        if self.sending {
+            self.tracker.step(Step::Sent);
+        } else {
+            // The handler's future dropped: the connection is closing.
+            let a = &self.tracker.activity;
+            a.answering.fetch_sub(1, Ordering::AcqRel);
+            self.tracker.step(Step::Dropped);
+            a.on_write();
+            a.changed.notify_one();
         }
-        a.on_write();
-        a.changed.notify_one();
+    }
+}
+
+/// An answer's body as hyper sends it: in pieces of [`SEND_CHUNK_BYTES`], with the request's
+/// [`Answering`] dropped when the last piece is taken (or the body dropped).
+struct SentBody {
+    inner: Body,
+    /// What is left of a data frame larger than a piece.
+    rest: Bytes,
+    answering: Option<Answering>,
+}
+
+impl HttpBody for SentBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = if this.rest.is_empty() {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(mut data) => {
+                        if data.len() > SEND_CHUNK_BYTES {
+                            this.rest = data.split_off(SEND_CHUNK_BYTES);
+                        }
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Err(other) => Poll::Ready(Some(Ok(other))),
+                },
+                polled => polled,
+            }
+        } else {
+            let n = this.rest.len().min(SEND_CHUNK_BYTES);
+            Poll::Ready(Some(Ok(Frame::data(this.rest.split_to(n)))))
+        };
+        // The last piece taken (or none left): the answer is as good as sent. Said now,
+        // before hyper writes it, so that a client that has read its whole answer finds its
+        // connection waiting, not still sending.
+        if matches!(polled, Poll::Ready(None)) || self.is_end_stream() {
+            self.answering = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let inner = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(rest));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
     }
 }
 
@@ -813,6 +1008,117 @@ mod tests {
         // The one being answered was kept, and the others still serve.
         assert!(get_on(&mut fourth, "/health").await.ends_with("ok\n"));
         assert!(get_on(&mut fifth, "/health").await.ends_with("ok\n"));
+        server.abort();
+    }
+
+    /// Issue 20 review round 2, finding 4: the guard of a request being answered was dropped
+    /// when its handler ended, before hyper had written the body: a client reading a large
+    /// answer slowly counted as waiting since then, and was closed at the cap mid-answer
+    /// while an idle connection that came later was kept.
+    #[tokio::test]
+    async fn at_the_cap_a_slow_reader_of_a_large_answer_is_kept_while_an_idle_one_exists() {
+        const LARGE: usize = 48 * 1024 * 1024;
+        let _counters = COUNTERS.lock().await;
+        let (handled_tx, mut handled) = tokio::sync::mpsc::channel::<()>(1);
+        let app = axum::Router::new()
+            .route("/health", get(|| async { "ok\n" }))
+            .route(
+                "/large",
+                get(move || {
+                    let handled_tx = handled_tx.clone();
+                    async move {
+                        let _ = handled_tx.send(()).await;
+                        vec![b'x'; LARGE]
+                    }
+                }),
+            );
+        let config = HttpConfig {
+            max_connections: 2,
+            ..patient()
+        };
+        let (addr, _stop, server) = start(app, config).await;
+        let evicted_before = closed_for("evicted");
+        // A client that asks for a large answer and does not read it yet (more than the
+        // sockets' buffers hold).
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /large HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        handled.recv().await.unwrap();
+        // Then an idle one, after its answer.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        assert!(get_on(&mut idle, "/health").await.ends_with("ok\n"));
+        // A third: the idle one makes room, not the one being sent its answer.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let answered = tokio::time::timeout(Duration::from_secs(60), get_on(&mut third, "/health"));
+        assert!(answered
+            .await
+            .expect("the third answered")
+            .ends_with("ok\n"));
+        let closed = tokio::time::timeout(Duration::from_secs(60), read_to_end(&mut idle));
+        assert_eq!(closed.await.expect("the idle one closed"), "");
+        assert_eq!(closed_for("evicted") - evicted_before, 1.0);
+        // The slow reader gets its whole answer.
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut head = Vec::new();
+        while got < LARGE {
+            let n = slow.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {got} bytes of the body");
+            if head.len() < 4 || !head.ends_with(b"\r\n\r\n") {
+                // Still in the head: count the body from its end.
+                let mut i = 0;
+                while i < n && !(head.len() >= 4 && head.ends_with(b"\r\n\r\n")) {
+                    head.push(buf[i]);
+                    i += 1;
+                }
+                got += n - i;
+            } else {
+                got += n;
+            }
+        }
+        assert_eq!(got, LARGE);
+        assert!(head.starts_with(b"HTTP/1.1 200 OK"));
+        server.abort();
+    }
+
+    /// The other side of finding 4: with no connection waiting, one sending its answer the
+    /// longest makes room (a slow reader cannot hold a place that a new client needs), while
+    /// one whose handler runs does not.
+    #[tokio::test]
+    async fn at_the_cap_with_none_waiting_the_longest_sending_makes_room() {
+        const LARGE: usize = 48 * 1024 * 1024;
+        let _counters = COUNTERS.lock().await;
+        let (slow_app, mut started, release) = slow_app();
+        let app = slow_app.route("/large", get(|| async { vec![b'x'; LARGE] }));
+        let config = HttpConfig {
+            max_connections: 2,
+            ..patient()
+        };
+        let (addr, _stop, server) = start(app, config).await;
+        let evicted_before = closed_for("evicted");
+        let mut answering = TcpStream::connect(addr).await.unwrap();
+        answering
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        started.recv().await.unwrap();
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /large HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        // Its answer begins to arrive: its handler is done.
+        let mut first = [0u8; 16];
+        slow.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200 OK\r");
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        assert!(get_on(&mut third, "/health").await.ends_with("ok\n"));
+        // The slow reader was cut off (what it reads ends short of the answer).
+        let rest = read_to_end(&mut slow).await;
+        assert!(rest.len() < LARGE, "{}", rest.len());
+        assert_eq!(closed_for("evicted") - evicted_before, 1.0);
+        release.notify_waiters();
+        assert!(read_answer(&mut answering).await.ends_with("slow\n"));
         server.abort();
     }
 

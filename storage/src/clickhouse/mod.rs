@@ -101,23 +101,44 @@ pub struct ClickHouseConfig {
 /// Written by hand so that `password` never reach a log or an error.
 impl std::fmt::Debug for ClickHouseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field named, without `..`: a new one does not compile until it is shown here
+        // (or chosen not to be).
+        let ClickHouseConfig {
+            url,
+            database,
+            cluster,
+            user,
+            password,
+            tls_ca,
+            ttl_days,
+            retry_initial_ms,
+            retry_max_ms,
+            queue_batches,
+            spool_max_bytes,
+            max_inflight_inserts,
+            max_insert_rows,
+            insert_format,
+            compression,
+            settings,
+        } = self;
         f.debug_struct("ClickHouseConfig")
-            .field("url", &self.url)
-            .field("database", &self.database)
-            .field("cluster", &self.cluster)
-            .field("user", &self.user)
-            .field("password", &crate::redacted(&self.password))
-            .field("tls_ca", &self.tls_ca)
-            .field("ttl_days", &self.ttl_days)
-            .field("retry_initial_ms", &self.retry_initial_ms)
-            .field("retry_max_ms", &self.retry_max_ms)
-            .field("queue_batches", &self.queue_batches)
-            .field("spool_max_bytes", &self.spool_max_bytes)
-            .field("max_inflight_inserts", &self.max_inflight_inserts)
-            .field("max_insert_rows", &self.max_insert_rows)
-            .field("insert_format", &self.insert_format)
-            .field("compression", &self.compression)
-            .field("settings", &self.settings)
+            // The URL may carry the login (`http://USER:PASSWORD@host`, `?password=`).
+            .field("url", &crate::url_without_password(url))
+            .field("database", database)
+            .field("cluster", cluster)
+            .field("user", user)
+            .field("password", &crate::redacted(password))
+            .field("tls_ca", tls_ca)
+            .field("ttl_days", ttl_days)
+            .field("retry_initial_ms", retry_initial_ms)
+            .field("retry_max_ms", retry_max_ms)
+            .field("queue_batches", queue_batches)
+            .field("spool_max_bytes", spool_max_bytes)
+            .field("max_inflight_inserts", max_inflight_inserts)
+            .field("max_insert_rows", max_insert_rows)
+            .field("insert_format", insert_format)
+            .field("compression", compression)
+            .field("settings", settings)
             .finish()
     }
 }

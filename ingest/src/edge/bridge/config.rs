@@ -57,23 +57,44 @@ pub struct BridgeConfig {
 /// Written by hand so that `password` never reach a log or an error.
 impl std::fmt::Debug for BridgeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field named, without `..`: a new one does not compile until it is shown here
+        // (or chosen not to be).
+        let BridgeConfig {
+            url,
+            name,
+            username,
+            password,
+            client_id,
+            topic,
+            format,
+            share_group,
+            qos,
+            session_expiry_s,
+            receive_maximum,
+            max_packet_bytes,
+            keep_alive_s,
+            tls_ca,
+            tls_cert,
+            tls_key,
+        } = self;
         f.debug_struct("BridgeConfig")
-            .field("url", &self.url)
-            .field("name", &self.name)
-            .field("username", &self.username)
-            .field("password", &meterflow_storage::redacted(&self.password))
-            .field("client_id", &self.client_id)
-            .field("topic", &self.topic)
-            .field("format", &self.format)
-            .field("share_group", &self.share_group)
-            .field("qos", &self.qos)
-            .field("session_expiry_s", &self.session_expiry_s)
-            .field("receive_maximum", &self.receive_maximum)
-            .field("max_packet_bytes", &self.max_packet_bytes)
-            .field("keep_alive_s", &self.keep_alive_s)
-            .field("tls_ca", &self.tls_ca)
-            .field("tls_cert", &self.tls_cert)
-            .field("tls_key", &self.tls_key)
+            // The URL may carry the login (`mqtt://USER:PASSWORD@HOST`).
+            .field("url", &url_without_password(url))
+            .field("name", name)
+            .field("username", username)
+            .field("password", &meterflow_storage::redacted(password))
+            .field("client_id", client_id)
+            .field("topic", topic)
+            .field("format", format)
+            .field("share_group", share_group)
+            .field("qos", qos)
+            .field("session_expiry_s", session_expiry_s)
+            .field("receive_maximum", receive_maximum)
+            .field("max_packet_bytes", max_packet_bytes)
+            .field("keep_alive_s", keep_alive_s)
+            .field("tls_ca", tls_ca)
+            .field("tls_cert", tls_cert)
+            .field("tls_key", tls_key)
             .finish()
     }
 }
@@ -102,13 +123,37 @@ impl Default for BridgeConfig {
 }
 
 /// Where and how to connect, from the URL and the keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
     pub tls: bool,
     pub username: Option<String>,
     pub password: Option<String>,
+}
+
+/// Written by hand so that `password` never reach a log or an error.
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field named, without `..`: a new one does not compile until it is shown here.
+        let Endpoint {
+            host,
+            port,
+            tls,
+            username,
+            password,
+        } = self;
+        f.debug_struct("Endpoint")
+            .field("host", host)
+            .field("port", port)
+            .field("tls", tls)
+            .field("username", username)
+            .field(
+                "password",
+                &password.as_deref().map(meterflow_storage::redacted),
+            )
+            .finish()
+    }
 }
 
 /// Reads `mqtt[s]://[USER[:PASSWORD]@]HOST[:PORT]` (also `tcp://`, `ssl://`); an error names
@@ -156,15 +201,7 @@ pub fn parse_url(text: &str, key: &str) -> Result<Endpoint, IngestError> {
 
 /// `url` with its password, if any, replaced by `***` (for output people read).
 pub fn url_without_password(text: &str) -> String {
-    match url::Url::parse(text) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
-            url.to_string()
-        }
-        Ok(_) => text.to_string(),
-        // Not a URL: it may still hold a password somewhere, so show none of it.
-        Err(_) => "(not a URL, not shown)".into(),
-    }
+    meterflow_storage::url_without_password(text)
 }
 
 /// One segment of a [`TopicPattern`].

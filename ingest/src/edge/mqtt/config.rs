@@ -40,7 +40,9 @@ pub struct MqttConfig {
     /// Connections that have not logged in yet (TLS handshake and CONNECT) at most, over all
     /// listeners. Each has `connect_timeout_ms`. When full, a newcomer takes the place of the
     /// oldest pending connection of the address that holds the most, if that one holds at
-    /// least two more than the newcomer's; else the newcomer is closed at once.
+    /// least two more than the newcomer's; else that of the oldest pending connection of all,
+    /// if it has been pending for half of `connect_timeout_ms`; else the newcomer is closed
+    /// at once.
     pub max_pending_connections: usize,
     /// Of those, from one address at most (an IPv6 /64 counts as one address); more from it
     /// are closed at once. Logged-in connections are not capped per address: many meters

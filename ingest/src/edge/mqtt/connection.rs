@@ -88,7 +88,7 @@ pub(super) async fn run_tls(
         let handshake = tokio::select! {
             h = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => h,
             () = stopping(edge) => return Err(Some(CloseReason::ShuttingDown)),
-            // Its place was taken for a newcomer (counted there).
+            // Its place was taken for a newcomer (counted by `evicted`).
             () = pending.evicted() => return Err(None),
         };
         let stream = match handshake {
@@ -421,7 +421,7 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
     let connect = tokio::select! {
         c = tokio::time::timeout_at(deadline, read_connect(&mut stream, &mut rb)) => c,
         () = stopping(edge) => return Err(Some(CloseReason::ShuttingDown)),
-        // Its place was taken for a newcomer (counted there).
+        // Its place was taken for a newcomer (counted by `evicted`).
         () = pending.evicted() => return Err(None),
     };
     let (version, inbound) = match connect {
@@ -497,9 +497,10 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
             return Err(None);
         }
         Err((NotLoggedIn::Evicted, _)) => {
-            // Its place was taken for a newcomer while it authenticated (counted there): told
-            // the server is busy, as it would be at the next accept.
-            tracing::debug!(%peer, identity = identity.label(), "MQTT connection closed: its pending place was taken");
+            // Its pending place was taken for a newcomer while it authenticated (counted as
+            // pending_evicted), and mqtt.max_connections has no room either (one with room
+            // would have been logged in): refused as busy.
+            tracing::debug!(%peer, identity = identity.label(), "MQTT connection refused: its pending place was taken and mqtt.max_connections is full");
             refuse(ConnectRefusal::Busy, &mut out);
             let _ = flush(&mut stream, &mut out, edge).await;
             return Err(None);

@@ -159,7 +159,6 @@ impl MqttServer {
         wal: flume::Sender<Submission>,
         shutdown: ShutdownSignal,
     ) -> Result<MqttServer, IngestError> {
-        raise_open_files_limit(config.max_connections + config.max_pending_connections);
         let tls = match (&config.tls_listen, &config.tls_cert, &config.tls_key) {
             (Some(_), Some(cert), Some(key)) => Some(TlsServer::load(TlsFiles {
                 cert: cert.clone(),
@@ -178,6 +177,7 @@ impl MqttServer {
                 config.max_pending_connections,
                 config.max_pending_per_address,
                 config.max_connections,
+                std::time::Duration::from_millis(config.connect_timeout_ms),
             ),
             config,
             credentials,
@@ -371,21 +371,6 @@ async fn watch_changes(edge: Arc<Edge>) {
         if let Some(tls) = &edge.tls {
             tls.reload_if_changed();
         }
-    }
-}
-
-/// Raises the soft limit of open files to the hard limit, and warns when that is still below
-/// what `mqtt.max_connections` and `mqtt.max_pending_connections` need together.
-fn raise_open_files_limit(connections: usize) {
-    let wanted = connections as u64 + 1024;
-    match rlimit::increase_nofile_limit(wanted) {
-        Ok(got) if got < wanted => tracing::warn!(
-            open_files = got,
-            mqtt_connections = connections,
-            "the open-files limit is below mqtt.max_connections + mqtt.max_pending_connections: raise it (LimitNOFILE= in the systemd unit, or ulimit -n)"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "reading the open-files limit"),
     }
 }
 

@@ -9,10 +9,14 @@
 //!   newcomer's; else the newcomer is closed at once. So silent sockets from a few addresses
 //!   cannot keep a login from another out (the newcomer takes one of theirs), and their
 //!   reopening only takes from each other until every address holds its share; a lone
-//!   login in progress is never closed for anyone, and in a storm of logins from many
+//!   login in progress is not closed for anyone before half its deadline, and in a storm of logins from many
 //!   addresses (each holding one or two) the logins in progress finish, where closing the
-//!   oldest for every newcomer would close each before it could. Pending connections end at
-//!   `mqtt.connect_timeout_ms`.
+//!   oldest for every newcomer would close each before it could. But when no address holds
+//!   two more, the oldest pending connection of all is closed for the newcomer if it has
+//!   been pending for half of `mqtt.connect_timeout_ms` (a login takes 1 to 2 s even over
+//!   NB-IoT): so a flood from many addresses (an IPv6 /48 holds 65 536 /64s) holding one
+//!   each cannot keep every newcomer out; it can only keep each of its sockets for half the
+//!   deadline. Pending connections end at `mqtt.connect_timeout_ms`.
 //! - **logged in**: at most `mqtt.max_connections`. A connection moves here once it has
 //!   authenticated (before it is registered, so a refused one never takes a session over);
 //!   past the limit its CONNECT is refused (CONNACK 3 / 0x89).
@@ -27,6 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -59,7 +64,8 @@ impl AddressKey {
 /// Why a connection was closed at accept: the `reason` of `meterflow_mqtt_closed_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Full {
-    /// `mqtt.max_pending_connections`, and no address holds two more than the newcomer's.
+    /// `mqtt.max_pending_connections`, no address holds two more than the newcomer's, and
+    /// the oldest pending connection is younger than half of `mqtt.connect_timeout_ms`.
     Pending,
     /// `mqtt.max_pending_per_address`.
     PerAddress,
@@ -91,6 +97,8 @@ struct Table {
     /// Every address with pending connections, ranked by how many it holds, then by how old
     /// its oldest is: the last one is the one to take from.
     ranked: BTreeSet<(usize, Reverse<u64>, AddressKey)>,
+    /// Every pending connection by number (oldest first): when it was taken, and its address.
+    by_age: BTreeMap<u64, (Instant, AddressKey)>,
 }
 
 impl Table {
@@ -131,28 +139,41 @@ impl Table {
         self.next += 1;
         let (evict, evicted) = oneshot::channel();
         self.update(key, |held| held.insert(n, evict));
+        self.by_age.insert(n, (Instant::now(), key));
         (n, evicted)
+    }
+
+    /// Takes connection `n` of `key` out; its entry (`None` when it is not there: evicted).
+    fn take(&mut self, key: AddressKey, n: u64) -> Option<Evict> {
+        if !self.by_address.contains_key(&key) {
+            return None;
+        }
+        let evict = self.update(key, |held| held.remove(&n))?;
+        self.by_age.remove(&n);
+        Some(evict)
     }
 
     /// Removes connection `n` of `key`; false when it is not there (evicted).
     fn remove(&mut self, key: AddressKey, n: u64) -> bool {
-        if !self.by_address.contains_key(&key) {
-            return false;
-        }
-        self.update(key, |held| held.remove(&n)).is_some()
+        self.take(key, n).is_some()
     }
 
-    /// Evicts the oldest pending connection of the address that holds the most (of those,
-    /// the one whose oldest is oldest), if it holds at least two more than `own`.
-    fn evict_for(&mut self, own: usize) -> bool {
-        let Some(&(most, _, key)) = self.ranked.last() else {
-            return false;
-        };
-        if most < own + 2 {
-            return false;
+    /// Takes out, to close it, the oldest pending connection of the address that holds the
+    /// most (of those, the one whose oldest is oldest) if it holds at least two more than
+    /// `own`; else the oldest pending connection of all if it has been pending for
+    /// `stale_after`. Its entry (dropped, it tells the connection).
+    fn evict_for(&mut self, own: usize, stale_after: Duration) -> Option<Evict> {
+        if let Some(&(most, _, key)) = self.ranked.last() {
+            if most >= own + 2 {
+                let n = *self.by_address.get(&key)?.first_key_value()?.0;
+                return self.take(key, n);
+            }
         }
-        // Dropped: the connection's receiver wakes, and it closes.
-        self.update(key, |held| held.pop_first()).is_some()
+        let (&n, &(since, key)) = self.by_age.first_key_value()?;
+        if since.elapsed() < stale_after {
+            return None;
+        }
+        self.take(key, n)
     }
 }
 
@@ -161,6 +182,9 @@ pub struct Slots {
     max_pending: usize,
     max_per_address: usize,
     max_logged_in: usize,
+    /// Half of `mqtt.connect_timeout_ms`: a pending connection this old may be closed for a
+    /// newcomer when no address holds more than its share.
+    stale_after: Duration,
     /// The pending connections; their number is `pending`, changed under this lock.
     table: Mutex<Table>,
     pending: AtomicUsize,
@@ -182,16 +206,25 @@ pub struct Taken {
 pub enum NotLoggedIn {
     /// That many are logged in.
     Full,
-    /// Its pending place was taken for a newcomer (already counted).
+    /// Its pending place was taken for a newcomer, and `mqtt.max_connections` has no room
+    /// for it (counted as `pending_evicted`).
     Evicted,
 }
 
 impl Slots {
-    pub fn new(max_pending: usize, max_per_address: usize, max_logged_in: usize) -> Slots {
+    /// `connect_timeout`: `mqtt.connect_timeout_ms`, of which a pending connection that has
+    /// lived half may be closed for a newcomer.
+    pub fn new(
+        max_pending: usize,
+        max_per_address: usize,
+        max_logged_in: usize,
+        connect_timeout: Duration,
+    ) -> Slots {
         let slots = Slots {
             max_pending,
             max_per_address,
             max_logged_in,
+            stale_after: connect_timeout / 2,
             table: Mutex::new(Table::default()),
             pending: AtomicUsize::new(0),
             logged_in: AtomicUsize::new(0),
@@ -222,7 +255,9 @@ impl Slots {
     /// sockets from a few addresses cannot keep a login from another out, while a
     /// connection is never closed for one from an address that holds about as many (in a
     /// storm of logins from many addresses, every login in progress would be closed for
-    /// the next before it could finish).
+    /// the next before it could finish). When no address holds two more, the oldest pending
+    /// connection of all is closed if it has been pending for half of
+    /// `mqtt.connect_timeout_ms`.
     pub fn take_pending(&self, key: AddressKey) -> Result<Taken, Full> {
         let mut table = self.lock();
         let own = table.count(&key);
@@ -230,18 +265,18 @@ impl Slots {
             return Err(Full::PerAddress);
         }
         // Under the lock: the accept loops of every listener take places one at a time.
-        let evicted = self.pending.load(Ordering::Acquire) >= self.max_pending;
-        if evicted && !table.evict_for(own) {
+        let full = self.pending.load(Ordering::Acquire) >= self.max_pending;
+        // Dropped, the entry wakes its connection, which counts the eviction and closes
+        // ([`PendingSlot::evicted`]).
+        if full && table.evict_for(own, self.stale_after).is_none() {
             return Err(Full::Pending);
         }
         let (n, receiver) = table.insert(key);
-        if !evicted {
+        if !full {
             self.pending.fetch_add(1, Ordering::AcqRel);
         }
         drop(table);
-        if evicted {
-            self.evicted.increment(1);
-        } else {
+        if !full {
             self.pending_gauge.increment(1.0);
         }
         Ok(Taken {
@@ -261,8 +296,10 @@ impl Slots {
     }
 
     /// Moves connection `n` from the pending budget to `mqtt.max_connections` if it has
-    /// room (logged in first: it is never missing from [`Slots::open`]), and it was not
-    /// evicted; under the lock, so that it is not evicted half-way.
+    /// room (logged in first: it is never missing from [`Slots::open`]); under the lock, so
+    /// that it is not evicted half-way. One evicted while it authenticated (its pending place
+    /// given already) has passed authentication all the same: it takes a logged-in place if
+    /// there is one.
     fn log_in(&self, key: AddressKey, n: u64) -> Result<(), NotLoggedIn> {
         let mut table = self.lock();
         if !table
@@ -270,7 +307,12 @@ impl Slots {
             .get(&key)
             .is_some_and(|held| held.contains_key(&n))
         {
-            return Err(NotLoggedIn::Evicted);
+            return if self.take_logged_in() {
+                Ok(())
+            } else {
+                self.evicted.increment(1);
+                Err(NotLoggedIn::Evicted)
+            };
         }
         if !self.take_logged_in() {
             return Err(NotLoggedIn::Full);
@@ -306,6 +348,8 @@ impl Slots {
     pub fn addresses(&self) -> usize {
         let table = self.lock();
         assert_eq!(table.by_address.len(), table.ranked.len());
+        let held: usize = table.by_address.values().map(BTreeMap::len).sum();
+        assert_eq!(held, table.by_age.len());
         table.by_address.len()
     }
 }
@@ -339,10 +383,13 @@ impl PendingSlot {
         self.peer
     }
 
-    /// Completes when the connection's place was taken for a newcomer: it is to close at
-    /// once (counted already, its place given).
+    /// Completes when the connection's place was taken for a newcomer (its place given):
+    /// it is to close at once. Counted here, before the close, so that whoever sees the
+    /// connection closed sees it counted; and not at all for one that logs in all the same
+    /// ([`Slots::log_in`]).
     pub async fn evicted(&mut self) {
         let _ = (&mut self.taken.evicted).await;
+        self.edge.slots.evicted.increment(1);
     }
 
     /// Moves the connection from the pending budget to `mqtt.max_connections`; or says why
@@ -394,6 +441,8 @@ impl Drop for LoggedIn<'_> {
 mod tests {
     use super::*;
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
     fn key(s: &str) -> AddressKey {
         AddressKey::of(s.parse().unwrap())
     }
@@ -421,7 +470,7 @@ mod tests {
 
     #[test]
     fn each_budget_holds_what_it_says_and_gives_back_what_ends() {
-        let slots = Slots::new(5, 3, 2);
+        let slots = Slots::new(5, 3, 2, HOUR);
         let (a, b) = (key("10.0.0.1"), key("10.0.0.2"));
         let mut from_a: Vec<Taken> = (0..3).map(|_| slots.take_pending(a).unwrap()).collect();
         assert_eq!(slots.take_pending(a).err(), Some(Full::PerAddress));
@@ -454,7 +503,7 @@ mod tests {
 
     #[test]
     fn a_full_budget_takes_from_the_address_that_holds_the_most() {
-        let slots = Slots::new(8, 8, 8);
+        let slots = Slots::new(8, 8, 8, HOUR);
         let addresses: Vec<AddressKey> = ["10.0.0.1", "10.0.0.2", "2001:db8::1", "10.0.0.4"]
             .into_iter()
             .chain(["10.0.0.5", "10.0.0.6", "10.0.0.7", "10.0.0.8", "10.0.0.9"])
@@ -492,7 +541,8 @@ mod tests {
         assert!(evicted(&mut from_b[1]));
         assert!(evicted(&mut from_c[0]));
         assert!(evicted(&mut from_d[0]));
-        // Eight addresses hold one each: a lone connection is never taken, so a ninth
+        // Eight addresses hold one each: a lone connection is not taken (none has been
+        // pending for half the connect timeout, an hour here), so a ninth
         // address is refused.
         assert_eq!(slots.take_pending(i).err(), Some(Full::Pending));
         let alone = [
@@ -507,12 +557,64 @@ mod tests {
             .all(|t| !evicted(t)));
         assert_eq!(slots.open(), 8);
         assert_eq!(slots.addresses(), 8);
-        // An evicted connection cannot log in, and its end gives nothing back twice.
-        assert_eq!(slots.log_in(a, from_a[0].n), Err(NotLoggedIn::Evicted));
+        // An evicted connection's end gives nothing back twice.
         slots.release_pending(a, from_a[0].n);
         assert_eq!(slots.open(), 8);
         // One that is still there logs in; its address has no entry left.
         slots.log_in(a, from_a[4].n).unwrap();
         assert_eq!((slots.open(), slots.addresses()), (8, 7));
+    }
+
+    /// Issue 20 review round 2, finding 7: a connection evicted while it authenticated was
+    /// refused as if `mqtt.max_connections` were full. It has passed authentication: it
+    /// takes a logged-in place if there is one, and is refused only when there is none.
+    #[test]
+    fn a_login_evicted_while_it_authenticated_takes_a_free_logged_in_place() {
+        let slots = Slots::new(3, 3, 1, HOUR);
+        let (a, b, c) = (key("10.0.0.1"), key("10.0.0.2"), key("10.0.0.3"));
+        let mut from_a: Vec<Taken> = (0..3).map(|_| slots.take_pending(a).unwrap()).collect();
+        // b's newcomer takes a's oldest place (a holds two more than b).
+        let _b = slots.take_pending(b).unwrap();
+        assert!(evicted(&mut from_a[0]) && !evicted(&mut from_a[1]));
+        assert_eq!(slots.open(), 3);
+        // It had authenticated meanwhile: logged in, the pending budget untouched.
+        assert_eq!(slots.log_in(a, from_a[0].n), Ok(()));
+        assert_eq!(slots.open(), 4);
+        // Now max_connections (1) is full: the next evicted one is refused for it.
+        let _c = slots.take_pending(c).unwrap();
+        assert!(evicted(&mut from_a[1]));
+        assert_eq!(slots.log_in(a, from_a[1].n), Err(NotLoggedIn::Evicted));
+        slots.release_pending(a, from_a[1].n);
+        assert_eq!(slots.open(), 4);
+    }
+
+    /// Issue 20 review round 2, finding 5: with the budget full of addresses holding one
+    /// each (a flood from many IPv6 /64s), every newcomer was refused. Now the oldest is
+    /// closed for a newcomer once it has been pending for half of the connect timeout.
+    #[test]
+    fn a_budget_full_of_lone_connections_gives_the_oldest_stale_one() {
+        let slots = Slots::new(4, 4, 4, Duration::from_millis(400));
+        let flood: Vec<AddressKey> = (1..=4)
+            .map(|i| key(&format!("2001:db8:0:{i}::1")))
+            .collect();
+        let mut held: Vec<Taken> = flood
+            .iter()
+            .map(|&k| {
+                let t = slots.take_pending(k).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+                t
+            })
+            .collect();
+        let newcomer = key("2001:db8:0:99::1");
+        // Young: nobody is closed.
+        assert_eq!(slots.take_pending(newcomer).err(), Some(Full::Pending));
+        assert!(held.iter_mut().all(|t| !evicted(t)));
+        // Half the deadline (200 ms) later: the oldest is.
+        std::thread::sleep(Duration::from_millis(250));
+        let _n = slots.take_pending(newcomer).unwrap();
+        assert!(evicted(&mut held[0]));
+        assert!(held[1..].iter_mut().all(|t| !evicted(t)));
+        assert_eq!(slots.open(), 4);
+        assert_eq!(slots.addresses(), 4);
     }
 }
