@@ -348,20 +348,25 @@ impl Pipeline {
         (1 << 63) | (self.started_ms << 20).wrapping_add(self.unlogged_rows) & !(1 << 63)
     }
 
-    /// Remembers a status report for ClickHouse's `device_status`.
+    /// Hands a status report to the sinks (ClickHouse's `device_status`, the status files),
+    /// with its own time `ts_ms` (the newest reading of its message; for a bare status
+    /// report, which has none, when it was received).
     fn queue_status(
         &mut self,
         meter_id: &str,
         message: &RawMessage,
         status: &meterflow_decoders::DeviceStatus,
+        ts_ms: i64,
     ) -> Result<(), IngestError> {
-        if !self.sinks.has_clickhouse() {
+        if !self.sinks.takes_status() {
             return Ok(());
         }
         let key = self.row_key(message.lsn);
+        let local = self.is_local(message);
         let row = StatusRow {
             meter_id: meter_id.to_string(),
             at_ms: message.received_at_ms,
+            ts_ms,
             battery_pct: status.battery_pct,
             rssi_dbm: status.rssi_dbm,
             rsrp_dbm: status.rsrp_dbm,
@@ -371,7 +376,7 @@ impl Pipeline {
             source: message.source.as_str().to_string(),
             lsn: key,
         };
-        self.sinks.status(row, message.lsn);
+        self.sinks.status(row, message.lsn, local)?;
         self.flush_side_rows_if_large()
     }
 
@@ -441,7 +446,7 @@ impl Pipeline {
                         readings: &mut std::iter::empty(),
                     });
                     metrics::counter!("meterflow_status_updates_total").increment(1);
-                    self.queue_status(meter_id, message, &status)?;
+                    self.queue_status(meter_id, message, &status, message.received_at_ms)?;
                     Ok(())
                 }
                 Err(e) => {
@@ -520,7 +525,18 @@ impl Pipeline {
             ))
         });
         if let Some(status) = &decoded.status {
-            self.queue_status(meter_id, message, status)?;
+            // The report's own time: its newest reading (a report of status alone: received).
+            let ts_ms = decoded
+                .readings
+                .iter()
+                .map(|r| r.ts_ms)
+                .chain(decoded.series.iter().filter_map(|s| {
+                    let last = s.values.len().checked_sub(1)?;
+                    Some(s.ts_ms(last))
+                }))
+                .max()
+                .unwrap_or(message.received_at_ms);
+            self.queue_status(meter_id, message, status, ts_ms)?;
         }
         self.devices.observe(Observation {
             meter_id,

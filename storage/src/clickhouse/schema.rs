@@ -215,7 +215,8 @@ GROUP BY meter_id, channel, {column}",
     firmware Nullable(String),
     error_flags Nullable(UInt32),
     source String,
-    lsn UInt64"
+    lsn UInt64,
+    ts {time} DEFAULT at"
             ),
             engine: "ReplacingMergeTree()",
             rest: "PARTITION BY toYYYYMM(at)\nORDER BY (meter_id, at, lsn)".into(),
@@ -378,6 +379,9 @@ pub struct TableLayout {
     /// `lsn` column added) a retry may leave a duplicate, and no `lsn` is sent unless the
     /// column exists.
     pub status_lsn: bool,
+    /// `device_status` has the `ts` column (the report's own time; made by this version, or
+    /// added by hand to an earlier table: `ALTER TABLE … ADD COLUMN ts DateTime DEFAULT at`).
+    pub status_ts: bool,
     /// The same for `dead_letters`.
     pub dead_letter_lsn: bool,
 }
@@ -433,7 +437,7 @@ pub fn layout_queries(db: &str) -> [String; 2] {
         format!(
             "SELECT table, name, type FROM system.columns WHERE database = '{db}' \
              AND (table = 'readings' OR (table IN ('device_status', 'dead_letters') \
-             AND name IN ('at', 'received_at', 'lsn')))"
+             AND name IN ('at', 'received_at', 'lsn', 'ts')))"
         ),
         format!(
             "SELECT name, engine FROM system.tables WHERE database = '{db}' \
@@ -529,6 +533,9 @@ pub fn layout_from(
         status_times: times("device_status", "at"),
         dead_letter_times: times("dead_letters", "received_at"),
         status_lsn: has_lsn("device_status"),
+        status_ts: columns
+            .iter()
+            .any(|c| c.table == "device_status" && c.name == "ts"),
         dead_letter_lsn: has_lsn("dead_letters"),
     };
     let idempotent = layout.status_lsn
