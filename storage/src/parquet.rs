@@ -6,7 +6,8 @@
 //! hidden `.part-….parquet.tmp` and renamed to its final name only when complete (after
 //! fsync), so readers never see a partial file. Each date being written has one open file,
 //! which is rolled (closed, renamed) when it holds `file_max_rows` rows or has been open
-//! `file_max_age_s` seconds, and on shutdown.
+//! `file_max_age_s` seconds, and on shutdown. Status reports are written the same way under
+//! `{data_dir}/status/` ([`ParquetSink::open_status`], by the UTC date of their own time).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};

@@ -47,11 +47,10 @@ use crate::StorageError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channels {
     /// Cumulative registers: import 1.8.x and export 2.8.x (`N-N:1.8.N`, `N-N:2.8.N`),
-    /// gas/water M-Bus 24.2.x and DSMR 3 gas 24.3.0: the regular expression of
-    /// `storage/sql/register_steps.sql` without the x.29.x interval channels.
+    /// gas/water M-Bus 24.2.x and DSMR 3 gas 24.3.0.
     CumulativeRegisters,
-    /// The cumulative registers and the interval channels `N-N:N.29.N` (the regular
-    /// expression of `storage/sql/register_steps.sql`): what `query anomalies` reads.
+    /// The cumulative registers and the interval channels `N-N:N.29.N`: what `query
+    /// anomalies` reads.
     RegistersAndIntervals,
 }
 
@@ -220,7 +219,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cumulative_registers_are_the_regex_of_register_steps_without_intervals() {
+    fn channel_sets_match_as_their_regular_expressions_say() {
         let c = Channels::CumulativeRegisters;
         for yes in [
             "1-0:1.8.0",
