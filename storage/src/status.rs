@@ -10,8 +10,8 @@
 //! retried) share `(meter_id, at, lsn)` and count once. ClickHouse before 20.5 keeps times
 //! in whole seconds, so `at` and `ts` read back to the whole second from every source (the
 //! files keep milliseconds): both sources give the same rows. A `device_status` made by an
-//! earlier version has no `ts` until it is added (`ALTER TABLE … ADD COLUMN ts DateTime
-//! DEFAULT at`): until then `at` stands for it (with a warning).
+//! earlier version has no `ts` until `meterflow schema --apply` (or the writer's start) adds
+//! it: until then `at` stands for it (with a warning).
 
 use std::fs::File;
 use std::path::Path;
@@ -328,7 +328,7 @@ pub async fn read_clickhouse(
     let answer = crate::analytics::run_text(config, &has_ts_sql(db)).await?;
     let has_ts = crate::analytics::Table::from_tsv(&answer).get(0, "has_ts") == Some("1");
     if !has_ts {
-        tracing::warn!(database = %db, "device_status has no ts column (made by an earlier meterflow): status reports are taken at the time they were received; add it with ALTER TABLE {db}.device_status ADD COLUMN ts DateTime DEFAULT at (DateTime64(3) where `at` is one)");
+        tracing::warn!(database = %db, "device_status has no ts column (made by an earlier meterflow): status reports are taken at the time they were received; `meterflow schema --apply` adds it");
     }
     let sql = clickhouse_sql(db, req, has_ts)?;
     let text = crate::analytics::run_text(config, &sql).await?;

@@ -330,3 +330,81 @@ fn anomalies_and_devices_are_the_same_on_clickhouse_and_on_parquet() {
 
     ch.query(&format!("DROP DATABASE {db}"));
 }
+
+/// A `device_status` of an earlier version (no `ts`): `query anomalies` takes `at` for the
+/// report's own time, with a warning, and `meterflow schema --apply` adds the column
+/// (`DEFAULT at`, of `at`'s type), after which the writer fills it.
+#[test]
+fn an_earlier_device_status_gets_its_ts_column_and_works_without_it() {
+    let ch = ClickHouse::shared();
+    let db = ClickHouse::fresh_database("mf_status_ts");
+    let (_dir, config) = config_file(&format!(
+        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n",
+        ch.url
+    ));
+    crate::harness::apply_schema(&config);
+    ch.query(&format!("ALTER TABLE {db}.device_status DROP COLUMN ts"));
+    ch.query(&format!(
+        "INSERT INTO {db}.device_status (meter_id, at, error_flags, source, lsn) VALUES \
+         ('OLDTABLE', toDateTime({}), 3, 'mqtt', 1)",
+        (FROM + H) / 1000
+    ));
+    ch.query(&format!(
+        "INSERT INTO {db}.readings (meter_id, channel, ts, value, unit, quality, received_at, source, format) \
+         VALUES ('OLDTABLE', '1-0:1.8.0', toDateTime({}), 1, 'kWh', 0, now(), 'mqtt', 'json')",
+        (FROM + 5 * D - H) / 1000
+    ));
+    let args = [
+        "query",
+        "--format",
+        "csv",
+        "--config",
+        &config,
+        "anomalies",
+        "--from",
+        "2024-03-01",
+        "--to",
+        "2024-03-06",
+        "--tz",
+        "Asia/Bishkek",
+    ];
+    let want = format!(
+        "meter_id,channel,kind,at,detail\nOLDTABLE,,error_flags,{},error flags 3\n",
+        local(FROM + H)
+    );
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), want);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("device_status has no ts column"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    crate::harness::apply_schema(&config);
+    assert_eq!(
+        ch.query(&format!(
+            "SELECT type, default_expression FROM system.columns \
+             WHERE database = '{db}' AND table = 'device_status' AND name = 'ts'"
+        ))
+        .trim(),
+        "DateTime\tat"
+    );
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        want,
+        "ts is at for the old row"
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("no ts column"));
+    ch.query(&format!("DROP DATABASE {db}"));
+}
