@@ -826,6 +826,68 @@ mod tests {
         }
     }
 
+    /// A status report goes to the status files with its own time: the newest reading of its
+    /// message (a bare one, which has none: when it was received), and `at` the receive time.
+    #[test]
+    fn status_reports_reach_their_files_with_their_own_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let checkpoint = meterflow_storage::wal::read_checkpoint(dir).unwrap();
+        let mut pipeline = Pipeline::new(
+            Batcher::new(BatchConfig::default()),
+            SinkSet::new(
+                Some(ParquetSink::open(dir, ParquetConfig::default(), "").unwrap()),
+                None,
+                DeadLetterStore::open(dir, "").unwrap(),
+                "clickhouse",
+            )
+            .with_status_files(
+                ParquetSink::open_status(dir, ParquetConfig::default(), "").unwrap(),
+            ),
+            DeviceRegistry::load(dir, crate::devices::DevicesConfig::default()).unwrap(),
+            dir.to_path_buf(),
+            Arc::new(LsnMarks::default()),
+            checkpoint,
+        );
+        let received = 1_719_900_000_000;
+        let message = |lsn: u64, topic: &str, payload: &str| RawMessage {
+            lsn,
+            topic: topic.into(),
+            payload: bytes::Bytes::from(payload.to_string()),
+            source: Source::Mqtt,
+            received_at_ms: received,
+            content_type: None,
+            edge_note: None,
+        };
+        pipeline
+            .handle(&message(
+                1,
+                "meters/s1/json",
+                r#"{"readings": [{"channel": "1-0:1.8.0", "ts": 1719792000000, "value": 1, "unit": "kWh"},
+                                 {"channel": "1-0:2.8.0", "ts": 1719795600000, "value": 2, "unit": "kWh"}],
+                    "status": {"error_flags": 4, "battery_pct": 90}}"#,
+            ))
+            .unwrap();
+        pipeline
+            .handle(&message(2, "meters/s1/status", r#"{"rssi_dbm": -70}"#))
+            .unwrap();
+        pipeline.finish().unwrap();
+        let stored = meterflow_storage::status::read_parquet(dir, &Default::default()).unwrap();
+        let times: Vec<(i64, i64, Option<u32>)> = stored
+            .iter()
+            .map(|r| (r.at_ms, r.ts_ms, r.error_flags))
+            .collect();
+        assert_eq!(
+            times,
+            [
+                (received, 1_719_795_600_000, Some(4)),
+                (received, received, None)
+            ]
+        );
+        assert_eq!(stored[0].battery_pct, Some(90));
+        assert_eq!(stored[1].rssi_dbm, Some(-70));
+    }
+
     #[test]
     fn topics_route_by_their_last_segment() {
         assert_eq!(

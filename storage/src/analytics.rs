@@ -454,4 +454,17 @@ mod tests {
         );
         assert_eq!(t.get(1, "b"), Some("\\n"));
     }
+
+    #[test]
+    fn the_sql_has_no_placeholder_left_and_meter_ids_are_checked() {
+        let sql = device_state_sql("mf", 7, Some("m-1"), TimeColumns::Seconds).unwrap();
+        let code: String = sql
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect();
+        assert!(!code.contains('{'), "{code}");
+        assert!(code.contains("meter_id = 'm-1'"));
+        assert!(device_state_sql("mf", 7, Some("x' OR 1=1 --"), TimeColumns::Seconds).is_err());
+        assert!(recent_readings_sql("mf", "x'", 2, 7, TimeColumns::Millis).is_err());
+    }
 }
