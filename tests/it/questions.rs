@@ -64,6 +64,15 @@ fn readings() -> Vec<(&'static str, &'static str, i64, f64, &'static str)> {
     rows
 }
 
+/// Drops the test's database at the end, failed or not.
+struct Dropped(String);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        ClickHouse::shared().query(&format!("DROP DATABASE IF EXISTS {}", self.0));
+    }
+}
+
 fn import(config: &str, csv: &Path) {
     let out = Command::new(BIN)
         .args(["import", "--config", config, "--map"])
@@ -108,6 +117,7 @@ fn both(clickhouse: &str, parquet: &str, args: &[&str]) -> String {
 fn anomalies_and_devices_are_the_same_on_clickhouse_and_on_parquet() {
     let ch = ClickHouse::shared();
     let db = ClickHouse::fresh_database("mf_questions");
+    let _drop = Dropped(db.clone());
     let (_ch_dir, clickhouse) = config_file(&format!(
         "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n",
         ch.url
@@ -327,8 +337,6 @@ fn anomalies_and_devices_are_the_same_on_clickhouse_and_on_parquet() {
     let stale: Vec<&str> = stale.lines().skip(1).collect();
     assert_eq!(stale.len(), 1, "{stale:?}");
     assert!(stale[0].starts_with("OLD,"), "{stale:?}");
-
-    ch.query(&format!("DROP DATABASE {db}"));
 }
 
 /// A `device_status` of an earlier version (no `ts`): `query anomalies` takes `at` for the
@@ -338,6 +346,7 @@ fn anomalies_and_devices_are_the_same_on_clickhouse_and_on_parquet() {
 fn an_earlier_device_status_gets_its_ts_column_and_works_without_it() {
     let ch = ClickHouse::shared();
     let db = ClickHouse::fresh_database("mf_status_ts");
+    let _drop = Dropped(db.clone());
     let (_dir, config) = config_file(&format!(
         "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n",
         ch.url
@@ -406,5 +415,4 @@ fn an_earlier_device_status_gets_its_ts_column_and_works_without_it() {
         "ts is at for the old row"
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("no ts column"));
-    ch.query(&format!("DROP DATABASE {db}"));
 }
