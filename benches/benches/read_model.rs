@@ -97,6 +97,7 @@ fn request(meter: Option<&&str>) -> ReadRequest {
         margin_ms: 0,
         meter: meter.map(|m| m.to_string()),
         channels: Channels::CumulativeRegisters,
+        neighbours: true,
     }
 }
 

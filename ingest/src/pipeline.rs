@@ -348,20 +348,25 @@ impl Pipeline {
         (1 << 63) | (self.started_ms << 20).wrapping_add(self.unlogged_rows) & !(1 << 63)
     }
 
-    /// Remembers a status report for ClickHouse's `device_status`.
+    /// Hands a status report to the sinks (ClickHouse's `device_status`, the status files),
+    /// with its own time `ts_ms` (the newest reading of its message; for a bare status
+    /// report, which has none, when it was received).
     fn queue_status(
         &mut self,
         meter_id: &str,
         message: &RawMessage,
         status: &meterflow_decoders::DeviceStatus,
+        ts_ms: i64,
     ) -> Result<(), IngestError> {
-        if !self.sinks.has_clickhouse() {
+        if !self.sinks.takes_status() {
             return Ok(());
         }
         let key = self.row_key(message.lsn);
+        let local = self.is_local(message);
         let row = StatusRow {
             meter_id: meter_id.to_string(),
             at_ms: message.received_at_ms,
+            ts_ms,
             battery_pct: status.battery_pct,
             rssi_dbm: status.rssi_dbm,
             rsrp_dbm: status.rsrp_dbm,
@@ -371,7 +376,7 @@ impl Pipeline {
             source: message.source.as_str().to_string(),
             lsn: key,
         };
-        self.sinks.status(row, message.lsn);
+        self.sinks.status(row, message.lsn, local)?;
         self.flush_side_rows_if_large()
     }
 
@@ -441,7 +446,7 @@ impl Pipeline {
                         readings: &mut std::iter::empty(),
                     });
                     metrics::counter!("meterflow_status_updates_total").increment(1);
-                    self.queue_status(meter_id, message, &status)?;
+                    self.queue_status(meter_id, message, &status, message.received_at_ms)?;
                     Ok(())
                 }
                 Err(e) => {
@@ -520,7 +525,18 @@ impl Pipeline {
             ))
         });
         if let Some(status) = &decoded.status {
-            self.queue_status(meter_id, message, status)?;
+            // The report's own time: its newest reading (a report of status alone: received).
+            let ts_ms = decoded
+                .readings
+                .iter()
+                .map(|r| r.ts_ms)
+                .chain(decoded.series.iter().filter_map(|s| {
+                    let last = s.values.len().checked_sub(1)?;
+                    Some(s.ts_ms(last))
+                }))
+                .max()
+                .unwrap_or(message.received_at_ms);
+            self.queue_status(meter_id, message, status, ts_ms)?;
         }
         self.devices.observe(Observation {
             meter_id,
@@ -808,6 +824,68 @@ mod tests {
                 "{case}: everything confirmed after the clean stop"
             );
         }
+    }
+
+    /// A status report goes to the status files with its own time: the newest reading of its
+    /// message (a bare one, which has none: when it was received), and `at` the receive time.
+    #[test]
+    fn status_reports_reach_their_files_with_their_own_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let checkpoint = meterflow_storage::wal::read_checkpoint(dir).unwrap();
+        let mut pipeline = Pipeline::new(
+            Batcher::new(BatchConfig::default()),
+            SinkSet::new(
+                Some(ParquetSink::open(dir, ParquetConfig::default(), "").unwrap()),
+                None,
+                DeadLetterStore::open(dir, "").unwrap(),
+                "clickhouse",
+            )
+            .with_status_files(
+                ParquetSink::open_status(dir, ParquetConfig::default(), "").unwrap(),
+            ),
+            DeviceRegistry::load(dir, crate::devices::DevicesConfig::default()).unwrap(),
+            dir.to_path_buf(),
+            Arc::new(LsnMarks::default()),
+            checkpoint,
+        );
+        let received = 1_719_900_000_000;
+        let message = |lsn: u64, topic: &str, payload: &str| RawMessage {
+            lsn,
+            topic: topic.into(),
+            payload: bytes::Bytes::from(payload.to_string()),
+            source: Source::Mqtt,
+            received_at_ms: received,
+            content_type: None,
+            edge_note: None,
+        };
+        pipeline
+            .handle(&message(
+                1,
+                "meters/s1/json",
+                r#"{"readings": [{"channel": "1-0:1.8.0", "ts": 1719792000000, "value": 1, "unit": "kWh"},
+                                 {"channel": "1-0:2.8.0", "ts": 1719795600000, "value": 2, "unit": "kWh"}],
+                    "status": {"error_flags": 4, "battery_pct": 90}}"#,
+            ))
+            .unwrap();
+        pipeline
+            .handle(&message(2, "meters/s1/status", r#"{"rssi_dbm": -70}"#))
+            .unwrap();
+        pipeline.finish().unwrap();
+        let stored = meterflow_storage::status::read_parquet(dir, &Default::default()).unwrap();
+        let times: Vec<(i64, i64, Option<u32>)> = stored
+            .iter()
+            .map(|r| (r.at_ms, r.ts_ms, r.error_flags))
+            .collect();
+        assert_eq!(
+            times,
+            [
+                (received, 1_719_795_600_000, Some(4)),
+                (received, received, None)
+            ]
+        );
+        assert_eq!(stored[0].battery_pct, Some(90));
+        assert_eq!(stored[1].rssi_dbm, Some(-70));
     }
 
     #[test]

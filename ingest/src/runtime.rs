@@ -457,7 +457,12 @@ fn open_sinks(config: &Config, shutdown: &Shutdown) -> Result<SinkSet, IngestErr
         clickhouse,
         DeadLetterStore::open(&config.data_dir, &config.node.id)?,
         "clickhouse",
-    ))
+    )
+    .with_status_files(ParquetSink::open_status(
+        &config.data_dir,
+        config.parquet.clone(),
+        &config.node.id,
+    )?))
 }
 
 impl Running {

@@ -70,6 +70,7 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Table> {
         margin_ms: max_gap_ms,
         meter: args.meter.clone(),
         channels: Channels::CumulativeRegisters,
+        neighbours: true,
     };
     let mut rows: Vec<BillRow> = Vec::new();
     let mut each = |series: Series| -> Result<(), meterflow_storage::StorageError> {

@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod decode;
 pub mod import;
 pub mod query;
+pub mod questions;
 pub mod schema;
 pub mod serve;
 pub mod simulate;

@@ -1,20 +1,13 @@
-//! The analytics utilities run on the ClickHouse tables: anomalies and device overviews
-//! (billing runs in the billing crate, on the read model of `crate::readings`). The SQL lives in `storage/sql/` (one file per
-//! question, readable and runnable by hand after filling the `{placeholders}`); this module
-//! fills them with validated values and returns the result as a [`Table`].
-//!
-//! Every query reads `readings FINAL`, so results are exact before background merges have
-//! removed duplicate deliveries. The SQL runs on ClickHouse 18.16 (no window functions: steps
-//! between readings are computed on sorted arrays) and on current releases (its subqueries
-//! are named, as the analyzer of 24.3 and later requires); `tests/it/clickhouse_current.rs`
-//! runs every query as the `*_sql` functions here fill it on a current ClickHouse engine.
+//! What `serve` asks of the ClickHouse tables: the device-state rebuild
+//! (`storage/sql/device_state.sql`) and a meter's recent readings for the HTTP API and page;
+//! and the [`Table`] every `meterflow query` answer is printed from. (`query billing`,
+//! `anomalies` and `devices` run in Rust on the read model of [`crate::readings`], the same on
+//! ClickHouse and on the Parquet tree: [`crate::questions`].) Values are filled into the SQL
+//! only after validation (18.16 rejects `param_*`); `tests/it/clickhouse_current.rs` runs the
+//! queries as the `*_sql` functions here fill them on a current ClickHouse engine.
 
 use crate::clickhouse::{ClickHouseConfig, ClickHouseError, TimeColumns};
 
-const REGISTER_STEPS: &str = include_str!("../sql/register_steps.sql");
-const ANOMALIES: &str = include_str!("../sql/anomalies.sql");
-const STALE: &str = include_str!("../sql/stale.sql");
-const DEVICES: &str = include_str!("../sql/devices.sql");
 const DEVICE_STATE: &str = include_str!("../sql/device_state.sql");
 
 /// What a question is asked about.
@@ -26,27 +19,6 @@ pub struct Period {
     pub to_s: i64,
     /// One meter, or all. Must satisfy [`meterflow_proto::is_valid_meter_id`].
     pub meter: Option<String>,
-}
-
-/// Thresholds of the anomaly checks.
-#[derive(Debug, Clone)]
-pub struct AnomalyRules {
-    /// An import register that has not moved for this many days.
-    pub zero_days: u32,
-    /// A step above this many times the meter's median step.
-    pub spike_factor: f64,
-    /// A meter not heard for this many seconds.
-    pub stale_s: u64,
-}
-
-impl Default for AnomalyRules {
-    fn default() -> Self {
-        AnomalyRules {
-            zero_days: 3,
-            spike_factor: 5.0,
-            stale_s: 86_400,
-        }
-    }
 }
 
 /// A query result: column names and rows of text cells.
@@ -76,13 +48,6 @@ impl Table {
     pub fn get(&self, row: usize, column: &str) -> Option<&str> {
         let c = self.columns.iter().position(|name| name == column)?;
         self.rows.get(row)?.get(c).map(String::as_str)
-    }
-
-    fn append(&mut self, other: Table) {
-        if self.columns.is_empty() {
-            self.columns = other.columns;
-        }
-        self.rows.extend(other.rows);
     }
 }
 
@@ -128,17 +93,17 @@ fn meter_filter(period: &Period, keyword: &str) -> Result<String, ClickHouseErro
     }
 }
 
-fn steps(db: &str, period: &Period) -> Result<String, ClickHouseError> {
-    Ok(REGISTER_STEPS
-        .replace("{db}", db)
-        .replace("{from}", &period.from_s.to_string())
-        .replace("{to}", &period.to_s.to_string())
-        .replace("{meter_filter}", &meter_filter(period, "AND")?))
-}
-
 /// Runs a query; its answer may come compressed (`Accept-Encoding: lz4`: servers from
 /// 25.10 on compress HTTP answers by default, older ones answer plain).
 async fn run(config: &ClickHouseConfig, sql: &str) -> Result<Table, ClickHouseError> {
+    Ok(Table::from_tsv(&run_text(config, sql).await?))
+}
+
+/// The answer of a query as text (`TabSeparatedWithNames`), as [`run`] reads it.
+pub(crate) async fn run_text(
+    config: &ClickHouseConfig,
+    sql: &str,
+) -> Result<String, ClickHouseError> {
     let client = config
         .client()?
         .with_compression(clickhouse::Compression::Lz4);
@@ -155,73 +120,7 @@ async fn run(config: &ClickHouseConfig, sql: &str) -> Result<Table, ClickHouseEr
             action: "running an analytics query",
             source,
         })?;
-    Ok(Table::from_tsv(&String::from_utf8_lossy(&bytes)))
-}
-
-/// The two queries of [`anomalies`] (the anomalies of the period, then the stale meters),
-/// filled as they are sent.
-#[doc(hidden)]
-pub fn anomalies_sql(
-    db: &str,
-    period: &Period,
-    rules: &AnomalyRules,
-) -> Result<[String; 2], ClickHouseError> {
-    let anomalies = ANOMALIES
-        .replace("{steps}", &steps(db, period)?)
-        .replace("{db}", db)
-        .replace("{from}", &period.from_s.to_string())
-        .replace("{to}", &period.to_s.to_string())
-        .replace("{meter_filter}", &meter_filter(period, "AND")?)
-        .replace("{zero_days}", &rules.zero_days.to_string())
-        .replace("{spike_factor}", &format!("{:.6}", rules.spike_factor));
-    let stale = STALE
-        .replace("{db}", db)
-        .replace("{meter_filter_where}", &meter_filter(period, "AND")?)
-        .replace("{stale_s}", &rules.stale_s.to_string());
-    Ok([anomalies, stale])
-}
-
-/// Every anomaly of the period, and the meters not heard for `rules.stale_s`.
-pub async fn anomalies(
-    config: &ClickHouseConfig,
-    period: &Period,
-    rules: &AnomalyRules,
-) -> Result<Table, ClickHouseError> {
-    let [sql, stale] = anomalies_sql(&config.database, period, rules)?;
-    let mut table = run(config, &sql).await?;
-    table.append(run(config, &stale).await?);
-    Ok(table)
-}
-
-/// The SQL of [`devices`], filled as it is sent.
-#[doc(hidden)]
-pub fn devices_sql(
-    db: &str,
-    meter: Option<String>,
-    stale_after_s: u64,
-) -> Result<String, ClickHouseError> {
-    let period = Period {
-        from_s: 0,
-        to_s: 0,
-        meter,
-    };
-    Ok(DEVICES
-        .replace("{db}", db)
-        .replace("{meter_filter_where}", &meter_filter(&period, "AND")?)
-        .replace("{stale_s}", &stale_after_s.to_string()))
-}
-
-/// Last seen and last values per meter; only meters not heard for `stale_after_s` when given.
-pub async fn devices(
-    config: &ClickHouseConfig,
-    meter: Option<String>,
-    stale_after_s: u64,
-) -> Result<Table, ClickHouseError> {
-    run(
-        config,
-        &devices_sql(&config.database, meter, stale_after_s)?,
-    )
-    .await
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The newest reading of one channel, as ClickHouse has it.
@@ -557,31 +456,15 @@ mod tests {
     }
 
     #[test]
-    fn the_sql_has_no_placeholder_left() {
-        let period = Period {
-            from_s: 1,
-            to_s: 2,
-            meter: Some("m-1".into()),
-        };
-        let s = steps("mf", &period).unwrap();
-        let sql = ANOMALIES
-            .replace("{steps}", &s)
-            .replace("{db}", "mf")
-            .replace("{from}", "1")
-            .replace("{to}", "2")
-            .replace("{meter_filter}", "AND meter_id = 'm-1'")
-            .replace("{zero_days}", "3")
-            .replace("{spike_factor}", "5");
+    fn the_sql_has_no_placeholder_left_and_meter_ids_are_checked() {
+        let sql = device_state_sql("mf", 7, Some("m-1"), TimeColumns::Seconds).unwrap();
         let code: String = sql
             .lines()
             .filter(|l| !l.trim_start().starts_with("--"))
             .collect();
         assert!(!code.contains('{'), "{code}");
         assert!(code.contains("meter_id = 'm-1'"));
-        let bad = Period {
-            meter: Some("x' OR 1=1 --".into()),
-            ..period
-        };
-        assert!(steps("mf", &bad).is_err());
+        assert!(device_state_sql("mf", 7, Some("x' OR 1=1 --"), TimeColumns::Seconds).is_err());
+        assert!(recent_readings_sql("mf", "x'", 2, 7, TimeColumns::Millis).is_err());
     }
 }

@@ -3,10 +3,15 @@
 //! - [`batcher`]: collects rows into one Arrow batch and says when to flush (rows, bytes, age).
 //! - [`parquet`]: the embedded default sink, hive-style date folders of zstd Parquet files
 //!   that appear under their final name only when complete.
-//! - [`analytics`]: billing, anomaly and device queries on the ClickHouse tables (`sql/`).
+//! - [`analytics`]: the device-state and recent-readings queries on the ClickHouse tables
+//!   (`sql/`) that `serve` uses, and the query text helpers.
+//! - [`questions`]: `query anomalies` and `query devices` in Rust over the read model, the
+//!   same answers from the Parquet tree and from ClickHouse.
 //! - [`clickhouse`]: the production sink: schema, RowBinary inserts, a writer with retries.
 //! - [`readings`]: the read model billing runs on: the series of a period with the readings
 //!   around it, from the Parquet tree or from ClickHouse, the same answers from both.
+//! - [`status`]: device status reports in the Parquet tree (`status/date=…/`), and read
+//!   back from it or from ClickHouse's `device_status`, the same rows from both.
 //! - [`dead_letter`]: payloads that did not decode, kept on disk with raw bytes and reason.
 //! - [`data_dir`]: the data folder's permissions: nothing in it open to other users.
 //! - [`sinks`]: the seam every producer of rows (the pipeline, `import`) reaches the sinks
@@ -25,9 +30,11 @@ pub mod data_dir;
 pub mod dead_letter;
 mod error;
 pub mod parquet;
+pub mod questions;
 pub mod readings;
 mod shutdown;
 pub mod sinks;
+pub mod status;
 pub mod wal;
 
 pub use batcher::{BatchConfig, Batcher};

@@ -6,7 +6,8 @@
 //! hidden `.part-….parquet.tmp` and renamed to its final name only when complete (after
 //! fsync), so readers never see a partial file. Each date being written has one open file,
 //! which is rolled (closed, renamed) when it holds `file_max_rows` rows or has been open
-//! `file_max_age_s` seconds, and on shutdown.
+//! `file_max_age_s` seconds, and on shutdown. Status reports are written the same way under
+//! `{data_dir}/status/` ([`ParquetSink::open_status`], by the UTC date of their own time).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -22,6 +23,11 @@ use serde::{Deserialize, Serialize};
 use crate::StorageError;
 
 const DAY_MS: i64 = 86_400_000;
+
+/// The readings' folder and the column that dates a row.
+const READINGS: (&str, &str) = ("readings", "ts");
+/// The status reports' folder and the column that dates a row.
+const STATUS: (&str, &str) = ("status", "ts");
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -80,6 +86,8 @@ struct OpenFile {
 
 pub struct ParquetSink {
     root: PathBuf,
+    /// The column whose UTC date picks a row's folder: `ts` (readings and status reports).
+    time_column: &'static str,
     config: ParquetConfig,
     properties: WriterProperties,
     run_id: String,
@@ -100,7 +108,24 @@ impl ParquetSink {
         } else {
             format!("{node}-{started}")
         };
-        Self::open_as(data_dir, config, run_id, Some(node))
+        Self::open_as(data_dir, READINGS, config, run_id, Some(node))
+    }
+
+    /// Opens the sink of status reports under `{data_dir}/status` (the columns of
+    /// [`crate::status::status_schema`], by the UTC date of `ts`), with the same file rules as
+    /// the readings' and the same leftovers removed.
+    pub fn open_status(
+        data_dir: &Path,
+        config: ParquetConfig,
+        node: &str,
+    ) -> Result<Self, StorageError> {
+        let started = chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ").to_string();
+        let run_id = if node.is_empty() {
+            started
+        } else {
+            format!("{node}-{started}")
+        };
+        Self::open_as(data_dir, STATUS, config, run_id, Some(node))
     }
 
     /// Opens the sink for `meterflow import`: files are named `part-{run_id}-{seq}`, where the
@@ -112,16 +137,17 @@ impl ParquetSink {
         config: ParquetConfig,
         run_id: &str,
     ) -> Result<Self, StorageError> {
-        Self::open_as(data_dir, config, run_id.to_string(), None)
+        Self::open_as(data_dir, READINGS, config, run_id.to_string(), None)
     }
 
     fn open_as(
         data_dir: &Path,
+        (folder, time_column): (&str, &'static str),
         config: ParquetConfig,
         run_id: String,
         clean_up_for: Option<&str>,
     ) -> Result<Self, StorageError> {
-        let root = data_dir.join("readings");
+        let root = data_dir.join(folder);
         fs::create_dir_all(&root).map_err(|e| StorageError::io("creating", &root, e))?;
         let removed = match clean_up_for {
             Some(node) => remove_leftovers(&root, node)?,
@@ -145,6 +171,7 @@ impl ParquetSink {
             .build();
         Ok(ParquetSink {
             root,
+            time_column,
             config,
             properties,
             run_id,
@@ -164,7 +191,7 @@ impl ParquetSink {
         now: Instant,
     ) -> Result<Vec<PathBuf>, StorageError> {
         let mut completed = Vec::new();
-        for (day, part) in split_by_day(batch)? {
+        for (day, part) in split_by_day(batch, self.time_column)? {
             let file = match self.open.entry(day) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => {
@@ -227,6 +254,7 @@ impl ParquetSink {
     ) -> Result<Vec<PathBuf>, StorageError> {
         let mut files = ParquetSink {
             root: self.root.clone(),
+            time_column: self.time_column,
             config: self.config.clone(),
             properties: self.properties.clone(),
             run_id: name.to_string(),
@@ -387,9 +415,23 @@ fn commit(file: OpenFile) -> Result<PathBuf, StorageError> {
     Ok(final_path)
 }
 
-/// The parts of a batch by UTC day of `ts`, in day order; one part when all share a day.
-fn split_by_day(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, StorageError> {
-    let ts = meterflow_proto::ReadingColumns::of(batch)?.ts;
+/// The parts of a batch by UTC day of `column` (a `Timestamp(ms)`), in day order; one part
+/// when all share a day.
+fn split_by_day(
+    batch: &RecordBatch,
+    column: &str,
+) -> Result<Vec<(i64, RecordBatch)>, StorageError> {
+    let ts = batch
+        .column_by_name(column)
+        .and_then(|c| {
+            c.as_any()
+                .downcast_ref::<arrow_array::TimestampMillisecondArray>()
+        })
+        .ok_or_else(|| {
+            arrow_schema::ArrowError::SchemaError(format!(
+                "a batch for Parquet needs column {column} of type Timestamp(ms)"
+            ))
+        })?;
     let days: Vec<i64> = ts.values().iter().map(|t| t.div_euclid(DAY_MS)).collect();
     let Some(&first) = days.first() else {
         return Ok(Vec::new());

@@ -3,7 +3,10 @@
 //! store. A producer
 //!
 //! - sends each batch with the WAL positions it covers ([`SinkBatch`]), and beside it the
-//!   status and dead-letter rows ([`SinkSet::status`], [`SinkSet::dead_letter`]);
+//!   status and dead-letter rows ([`SinkSet::status`], [`SinkSet::dead_letter`]); status
+//!   reports go to ClickHouse's `device_status` and, when local, to the status files
+//!   (`{data_dir}/status/date=…/`, [`SinkSet::with_status_files`]) with the same file rules
+//!   as the readings';
 //! - asks what each sink still holds ([`SinkSet::take_stock`]: a list of [`Hold`]s, from which
 //!   [`confirmed_through`] says how far everything is in), which also keeps the batches
 //!   ClickHouse refused for their data as dead letters;
@@ -81,6 +84,8 @@ pub fn confirmed_through<'a>(handled: u64, holds: impl IntoIterator<Item = &'a H
 pub struct SinkSet {
     /// The embedded sink; `None` for an import into ClickHouse.
     parquet: Option<ParquetSink>,
+    /// The status reports' files (`serve`); `None` for a producer without status reports.
+    status_files: Option<ParquetSink>,
     /// The production sink, when `clickhouse.url` is set.
     clickhouse: Option<ClickHouseWriter>,
     dead_letters: DeadLetterStore,
@@ -101,6 +106,7 @@ impl SinkSet {
     ) -> SinkSet {
         SinkSet {
             parquet,
+            status_files: None,
             clickhouse,
             dead_letters,
             side: SideRows::default(),
@@ -108,9 +114,21 @@ impl SinkSet {
         }
     }
 
-    /// Whether ClickHouse is a sink (status rows are kept only for it).
+    /// The set that also writes status reports to `files`
+    /// ([`ParquetSink::open_status`]).
+    pub fn with_status_files(mut self, files: ParquetSink) -> SinkSet {
+        self.status_files = Some(files);
+        self
+    }
+
+    /// Whether ClickHouse is a sink.
     pub fn has_clickhouse(&self) -> bool {
         self.clickhouse.is_some()
+    }
+
+    /// Whether a status report has anywhere to go (ClickHouse, or the status files).
+    pub fn takes_status(&self) -> bool {
+        self.clickhouse.is_some() || self.status_files.is_some()
     }
 
     /// Shared with `/ready`: Unix ms since when ClickHouse inserts fail (0 while they
@@ -142,13 +160,19 @@ impl SinkSet {
         Ok(completed.len())
     }
 
-    /// Keeps a status report for ClickHouse's `device_status` (nothing without ClickHouse);
-    /// `lsn` is its WAL record (0: none).
-    pub fn status(&mut self, row: StatusRow, lsn: u64) {
+    /// Keeps a status report: for ClickHouse's `device_status` (with the next batch), and
+    /// when `local` in the open status file of its date (held, as a reading in an open file
+    /// is, until the file completes). `lsn` is its WAL record (0: none).
+    pub fn status(&mut self, row: StatusRow, lsn: u64, local: bool) -> Result<(), StorageError> {
+        if let Some(files) = self.status_files.as_mut().filter(|_| local) {
+            let batch = crate::status::status_batch(std::slice::from_ref(&row))?;
+            files.write(&batch, (lsn > 0).then_some(lsn), Instant::now())?;
+        }
         if self.clickhouse.is_some() {
             self.side.note_lsn(lsn);
             self.side.statuses.push(row);
         }
+        Ok(())
     }
 
     /// Keeps a dead letter: in the dead-letter files when `local`, and in ClickHouse's
@@ -208,15 +232,23 @@ impl SinkSet {
 
     /// Completes the Parquet files open for `parquet.file_max_age_s`; how many.
     pub fn roll_due(&mut self, now: Instant) -> Result<usize, StorageError> {
-        match &mut self.parquet {
-            Some(parquet) => Ok(parquet.roll_due(now)?.len()),
-            None => Ok(0),
+        let mut completed = 0;
+        for files in [&mut self.parquet, &mut self.status_files]
+            .into_iter()
+            .flatten()
+        {
+            completed += files.roll_due(now)?.len();
         }
+        Ok(completed)
     }
 
     /// How long until [`SinkSet::roll_due`] has work; `None` with no open file.
     pub fn next_roll_in(&self, now: Instant) -> Option<Duration> {
-        self.parquet.as_ref()?.next_roll_in(now)
+        [&self.parquet, &self.status_files]
+            .into_iter()
+            .flatten()
+            .filter_map(|files| files.next_roll_in(now))
+            .min()
     }
 
     /// What each sink still holds, then the batches ClickHouse refused for their data kept as
@@ -225,7 +257,7 @@ impl SinkSet {
     /// dead letter written here. Make them durable ([`SinkSet::make_durable`]) before saving a
     /// position the holds confirm.
     pub fn take_stock(&mut self) -> Result<Stock, StorageError> {
-        let mut holds = Vec::with_capacity(3);
+        let mut holds = Vec::with_capacity(4);
         let mut hold = |oldest: Option<u64>, local| {
             if let Some(oldest) = oldest {
                 holds.push(Hold { oldest, local });
@@ -234,6 +266,12 @@ impl SinkSet {
         // The open Parquet files; the side rows and the ClickHouse writer's jobs.
         hold(
             self.parquet
+                .as_ref()
+                .and_then(ParquetSink::oldest_pending_lsn),
+            true,
+        );
+        hold(
+            self.status_files
                 .as_ref()
                 .and_then(ParquetSink::oldest_pending_lsn),
             true,
@@ -312,6 +350,9 @@ impl SinkSet {
             Some(parquet) => parquet.close()?.len(),
             None => 0,
         };
+        if let Some(files) = &mut self.status_files {
+            files.close()?;
+        }
         if let Some(clickhouse) = &mut self.clickhouse {
             clickhouse.close();
         }
@@ -457,21 +498,25 @@ mod tests {
         };
         sinks.dead_letter(&letter("local"), 3, 3, true).unwrap();
         sinks.dead_letter(&letter("replayed"), 4, 4, false).unwrap();
-        sinks.status(
-            StatusRow {
-                meter_id: "m1".into(),
-                at_ms: 1,
-                battery_pct: Some(80),
-                rssi_dbm: None,
-                rsrp_dbm: None,
-                snr_db: None,
-                firmware: None,
-                error_flags: None,
-                source: "mqtt".into(),
-                lsn: 5,
-            },
-            5,
-        );
+        sinks
+            .status(
+                StatusRow {
+                    meter_id: "m1".into(),
+                    at_ms: 1,
+                    ts_ms: 1,
+                    battery_pct: Some(80),
+                    rssi_dbm: None,
+                    rsrp_dbm: None,
+                    snr_db: None,
+                    firmware: None,
+                    error_flags: None,
+                    source: "mqtt".into(),
+                    lsn: 5,
+                },
+                5,
+                true,
+            )
+            .unwrap();
         assert!(
             !sinks.has_side_rows(),
             "without ClickHouse nothing waits for it"
@@ -506,5 +551,34 @@ mod tests {
         for (case, handled, holds, want) in cases {
             assert_eq!(confirmed_through(handled, &holds), want, "{case}");
         }
+    }
+
+    #[test]
+    fn status_reports_go_to_their_files_when_local_and_are_held_until_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ParquetSink::open_status(dir.path(), ParquetConfig::default(), "").unwrap();
+        let mut sinks = local_sinks(dir.path()).with_status_files(files);
+        assert!(sinks.takes_status());
+        let report = |lsn: u64| StatusRow {
+            meter_id: "m1".into(),
+            at_ms: 1_709_337_600_000 + 3_600_000,
+            ts_ms: 1_709_337_600_000,
+            error_flags: Some(4),
+            source: "mqtt".into(),
+            lsn,
+            ..StatusRow::default()
+        };
+        sinks.status(report(5), 5, true).unwrap();
+        sinks.status(report(6), 6, false).unwrap();
+        assert_eq!(sinks.take_stock().unwrap().holds, vec![hold(5, true)]);
+        assert!(!sinks.has_side_rows(), "nothing waits for a ClickHouse");
+        assert!(crate::status::read_parquet(dir.path(), &Default::default())
+            .unwrap()
+            .is_empty());
+        sinks.close(6).unwrap();
+        assert!(sinks.take_stock().unwrap().holds.is_empty());
+        let stored = crate::status::read_parquet(dir.path(), &Default::default()).unwrap();
+        assert_eq!(stored, vec![report(5)], "the replayed one is not local");
+        assert!(dir.path().join("status/date=2024-03-02").is_dir());
     }
 }

@@ -109,7 +109,8 @@ fn billing_anomalies_and_devices_on_known_data() {
     ));
     // Status reports: A healthy (battery reported first, firmware later), B with error flags.
     ch.query(&format!(
-        "INSERT INTO {db}.device_status VALUES \
+        "INSERT INTO {db}.device_status (meter_id, at, battery_pct, rssi_dbm, rsrp_dbm, snr_db, \
+         firmware, error_flags, source, lsn) VALUES \
          ('A', toDateTime({}), 87, -71, NULL, NULL, '4.2.17', 0, 'mqtt', 1), \
          ('A', toDateTime({}), NULL, -75, NULL, NULL, '4.2.18', NULL, 'mqtt', 2), \
          ('B', toDateTime({}), 40, NULL, NULL, NULL, NULL, 5, 'mqtt', 3)",
@@ -160,7 +161,12 @@ fn billing_anomalies_and_devices_on_known_data() {
     );
     assert_eq!(one.len(), 4);
 
-    let anomalies = query(&config, &[&["anomalies"][..], &period[..]].concat());
+    // Stale: no reading, by its own time, for 5 days before the period's end (E and F read
+    // last at T0; F was received just now, which does not count).
+    let anomalies = query(
+        &config,
+        &[&["anomalies", "--stale-after", "5d"][..], &period[..]].concat(),
+    );
     let kinds: Vec<(String, String, String)> = anomalies
         .iter()
         .map(|r| {
@@ -179,6 +185,7 @@ fn billing_anomalies_and_devices_on_known_data() {
         ("D", "1-0:1.29.0", "missing_intervals"),
         ("D", "1-0:1.29.0", "spike"),
         ("E", "", "stale"),
+        ("F", "", "stale"),
     ];
     let want: Vec<(String, String, String)> = want
         .iter()
@@ -224,10 +231,13 @@ fn billing_anomalies_and_devices_on_known_data() {
         "{last_values}"
     );
     assert!(
-        last_values.contains("1-0:1.8.1=900 kWh @ 2024-03-11T00:00:00Z"),
+        last_values.contains("1-0:1.8.1=900 kWh @ 2024-03-11T00:00:00+00:00"),
         "{last_values}"
     );
-    assert!(devices[0]["last_seen"].as_str().unwrap().ends_with('Z'));
+    assert!(devices[0]["last_seen"]
+        .as_str()
+        .unwrap()
+        .ends_with("+00:00"));
     assert_eq!(
         devices[0]["battery_pct"], "87",
         "the newest report that carried a battery level"

@@ -3,10 +3,12 @@
 //! runs the schema's DDL for a current server (every single-server statement; the cluster's
 //! parsed with `EXPLAIN AST`, since `ON CLUSTER` needs ZooKeeper and remote servers), the
 //! writer's Native and RowBinary insert bodies (the bytes meterflow sends, loaded with the
-//! writer's own INSERT statement as `... FROM INFILE ... FORMAT`), and every query of
-//! `storage/sql/` as meterflow fills it; the rows and answers are checked against values
-//! computed here. And an answer compressed by ClickHouse 26.x's own LZ4 writer, as servers
-//! from 25.10 on send it to `Accept-Encoding: lz4`, read back by `meterflow query`.
+//! writer's own INSERT statement as `... FROM INFILE ... FORMAT`), every query of
+//! `storage/sql/` as meterflow fills it, and the read model's queries behind `query
+//! anomalies` and `query devices` (answers compared with the Parquet tree's); the rows and
+//! answers are checked against values computed here. And an answer compressed by ClickHouse
+//! 26.x's own LZ4 writer, as servers from 25.10 on send it to `Accept-Encoding: lz4`, read
+//! back by `meterflow query`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -15,13 +17,19 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use arrow_array::RecordBatch;
 use base64::Engine;
 use meterflow_proto::{Format, ReadingBatchBuilder, RowMeta, Source};
-use meterflow_storage::analytics::{self, AnomalyRules, Period, Table};
+use meterflow_storage::analytics::{self, Table};
 use meterflow_storage::clickhouse::schema::{layout_from, layout_queries};
 use meterflow_storage::clickhouse::writer::insert_requests;
 use meterflow_storage::clickhouse::{
     schema_ddl, ClickHouseConfig, DeadLetterRow, ServerVersion, SideRows, StatusRow, TableLayout,
     TimeColumns, Topology,
 };
+use meterflow_storage::questions::{self, AnomalyQuestion, AnomalyRules};
+use meterflow_storage::readings::clickhouse::{read_sql, series_from_answers};
+use meterflow_storage::readings::summary::{self, SummaryRequest};
+use meterflow_storage::readings::{self, Channels, ReadRequest};
+use meterflow_storage::status::{self, status_batch, StatusRequest};
+use meterflow_storage::{ParquetConfig, ParquetSink, StorageError};
 
 use crate::harness::{free_port, BIN};
 
@@ -285,9 +293,11 @@ fn statuses(now: i64) -> Vec<StatusRow> {
             firmware: Some("4.2.18".into()),
             ..status("A", T0 + HOUR, 2)
         },
+        // Its own time (the report's readings) half an hour before it was received.
         StatusRow {
             battery_pct: Some(40),
             error_flags: Some(5),
+            ts_ms: T0 + 2 * HOUR - 1_800_000,
             ..status("B", T0 + 2 * HOUR, 3)
         },
         // Recent, for the device-state rebuild (the last days only).
@@ -330,6 +340,118 @@ fn cell<'a>(table: &'a Table, row: usize, column: &str) -> &'a str {
     table
         .get(row, column)
         .unwrap_or_else(|| panic!("no {column} in row {row} of {table:?}"))
+}
+
+fn utc(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// `query anomalies` from chdb (the read model's SQL run there, its answers parsed as
+/// `meterflow query` parses them) and from the Parquet tree under `tree`.
+fn anomalies_both(
+    ch: &mut Chdb,
+    tree: &std::path::Path,
+    from: i64,
+    to: i64,
+    now: i64,
+    meter: Option<&str>,
+    rules: &AnomalyRules,
+) -> [Table; 2] {
+    let q = AnomalyQuestion {
+        from_ms: from,
+        to_ms: to,
+        rules,
+        now_ms: now,
+        time: &utc,
+    };
+    let req = ReadRequest {
+        from_ms: from,
+        to_ms: to,
+        margin_ms: 0,
+        meter: meter.map(str::to_string),
+        channels: Channels::RegistersAndIntervals,
+        neighbours: false,
+    };
+    let status_req = StatusRequest {
+        meter: meter.map(str::to_string),
+        period: Some((from, to)),
+    };
+    let summary_req = SummaryRequest {
+        meter: meter.map(str::to_string),
+        before_ms: Some(to),
+    };
+    let [window, neighbours] = read_sql("mf", &req, TimeColumns::Millis).unwrap();
+    let window = ch.run(&window, "RowBinary").unwrap();
+    let neighbours = ch.run(&neighbours, "RowBinary").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let series = runtime
+        .block_on(series_from_answers(window, neighbours, &req))
+        .unwrap();
+    let mut found = Vec::new();
+    for s in &series {
+        q.series(s, &mut found);
+    }
+    let reports =
+        status::rows_from_tsv(&ch.ok(&status::clickhouse_sql("mf", &status_req, true).unwrap()))
+            .unwrap();
+    q.error_flags(&reports, &mut found);
+    let summaries =
+        summary::from_tsv(&ch.ok(&summary::clickhouse_sql("mf", &summary_req).unwrap())).unwrap();
+    q.stale(&summaries, &mut found);
+    let from_clickhouse = q.table(found);
+
+    let mut found = Vec::new();
+    readings::parquet::read(tree, &req, |s| {
+        q.series(&s, &mut found);
+        Ok::<_, StorageError>(())
+    })
+    .unwrap();
+    q.error_flags(
+        &status::read_parquet(tree, &status_req).unwrap(),
+        &mut found,
+    );
+    q.stale(
+        &summary::read_parquet(tree, &summary_req).unwrap(),
+        &mut found,
+    );
+    [from_clickhouse, q.table(found)]
+}
+
+/// `query devices` from chdb and from the Parquet tree under `tree`.
+fn devices_both(
+    ch: &mut Chdb,
+    tree: &std::path::Path,
+    now: i64,
+    meter: Option<&str>,
+    stale_s: u64,
+) -> [Table; 2] {
+    let summary_req = SummaryRequest {
+        meter: meter.map(str::to_string),
+        before_ms: None,
+    };
+    let status_req = StatusRequest {
+        meter: meter.map(str::to_string),
+        period: None,
+    };
+    let summaries =
+        summary::from_tsv(&ch.ok(&summary::clickhouse_sql("mf", &summary_req).unwrap())).unwrap();
+    let reports =
+        status::rows_from_tsv(&ch.ok(&status::clickhouse_sql("mf", &status_req, true).unwrap()))
+            .unwrap();
+    [
+        questions::devices(&summaries, &reports, stale_s, now, &utc),
+        questions::devices(
+            &summary::read_parquet(tree, &summary_req).unwrap(),
+            &status::read_parquet(tree, &status_req).unwrap(),
+            stale_s,
+            now,
+            &utc,
+        ),
+    ]
 }
 
 #[test]
@@ -390,7 +512,8 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
     assert!(layout.readings_native.is_some(), "{layout:?}");
     assert_eq!(layout.times, TimeColumns::Millis);
     assert_eq!(layout.status_times, TimeColumns::Millis);
-    assert!(layout.status_lsn && layout.dead_letter_lsn);
+    assert!(layout.status_lsn && layout.status_ts && layout.dead_letter_lsn);
+    assert_eq!(ch.ok(&status::has_ts_sql("mf")), "has_ts\n1\n");
 
     // The writer's bodies: status rows and dead letters as RowBinary, readings as one Native
     // body of two blocks (a merged insert), the rest as RowBinary (its fallback).
@@ -462,23 +585,24 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
         "SELECT meter_id, toUnixTimestamp64Milli(at), ifNull(toString(battery_pct), '-'), \
          ifNull(toString(rssi_dbm), '-'), ifNull(toString(rsrp_dbm), '-'), \
          ifNull(toString(snr_db), '-'), ifNull(firmware, '-'), ifNull(toString(error_flags), '-'), \
-         source, lsn FROM mf.device_status ORDER BY lsn",
+         source, lsn, toUnixTimestamp64Milli(ts) FROM mf.device_status ORDER BY lsn",
     );
     let text = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let want_status: Vec<Vec<String>> = statuses(now)
         .into_iter()
         .map(|s| {
             vec![
-                s.meter_id,
+                s.meter_id.clone(),
                 s.at_ms.to_string(),
                 text(s.battery_pct.map(|v| v.to_string())),
                 text(s.rssi_dbm.map(|v| v.to_string())),
                 text(s.rsrp_dbm.map(|v| v.to_string())),
                 text(s.snr_db.map(|v| v.to_string())),
-                text(s.firmware),
+                text(s.firmware.clone()),
                 text(s.error_flags.map(|v| v.to_string())),
-                s.source,
+                s.source.clone(),
                 s.lsn.to_string(),
+                s.own_time_ms().to_string(),
             ]
         })
         .collect();
@@ -510,23 +634,33 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
     );
     assert_eq!(hourly[0][0], data.len().to_string());
 
+    // anomalies and devices: the read model's SQL run here (the series, the status reports,
+    // the channels' summaries), the answers parsed as `meterflow query` parses them and given
+    // to the same questions; against the same rows in a Parquet tree, and against values
+    // computed here.
     let (from, to) = (T0, T0 + 5 * DAY);
-    let period = |meter: Option<&str>| Period {
-        from_s: from / 1000,
-        to_s: to / 1000,
-        meter: meter.map(str::to_string),
-    };
-    // (billing: the read model it runs on is checked on this engine in tests/it/read_model.rs)
-
-    // anomalies, as `meterflow query anomalies --from ... --to ... --stale-after 1d`.
+    let tree = tempfile::tempdir().unwrap();
+    ParquetSink::open_named(tree.path(), ParquetConfig::default(), "all")
+        .unwrap()
+        .write_named(&batch(&data), "all")
+        .unwrap();
+    let mut status_files =
+        ParquetSink::open_status(tree.path(), ParquetConfig::default(), "").unwrap();
+    status_files
+        .write(
+            &status_batch(&statuses(now)).unwrap(),
+            None,
+            std::time::Instant::now(),
+        )
+        .unwrap();
+    status_files.close().unwrap();
     let rules = AnomalyRules {
         stale_s: 86_400,
         ..AnomalyRules::default()
     };
-    let [sql, stale] = analytics::anomalies_sql("mf", &period(None), &rules).unwrap();
-    let mut anomalies = ch.table(&sql);
-    let stale = ch.table(&stale);
-    anomalies.rows.extend(stale.rows);
+    let [anomalies, from_parquet] =
+        anomalies_both(&mut ch, tree.path(), from, to, now, None, &rules);
+    assert_eq!(anomalies, from_parquet, "the same answer from both sources");
     let kinds: BTreeSet<(String, String, String)> = (0..anomalies.rows.len())
         .map(|i| {
             (
@@ -536,18 +670,34 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
             )
         })
         .collect();
-    let want: BTreeSet<(String, String, String)> = [
+    let mut want: BTreeSet<(String, String, String)> = [
         ("B", "", "error_flags"),
         ("B", "1-0:1.8.1", "reverse_run"),
         ("B", "1-0:1.8.2", "register_reset"),
         ("C", "1-0:1.8.1", "zero_consumption"),
         ("D", "1-0:1.29.0", "missing_intervals"),
         ("D", "1-0:1.29.0", "spike"),
-        ("E", "", "stale"),
     ]
     .iter()
     .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
     .collect();
+    // Stale: no reading (by its own time) in the day before the period's end.
+    let meters: BTreeSet<&str> = data.iter().map(|r| r.meter.as_str()).collect();
+    for meter in &meters {
+        let newest = data
+            .iter()
+            .filter(|r| r.meter == *meter && r.ts < to)
+            .map(|r| r.ts)
+            .max()
+            .unwrap();
+        if to - newest >= DAY {
+            want.insert((meter.to_string(), String::new(), "stale".into()));
+        }
+    }
+    assert!(
+        want.contains(&("C".into(), String::new(), "stale".into())),
+        "exactly a day"
+    );
     assert_eq!(kinds, want, "{anomalies:#?}");
     assert_eq!(anomalies.rows.len(), want.len(), "{anomalies:#?}");
     // D's gap: the largest step between its times, in quarter hours, less one.
@@ -566,13 +716,21 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
             .starts_with(&format!("{} quarter-hour", gap / 900_000 - 1)),
         "{anomalies:#?}"
     );
-    let b_only = analytics::anomalies_sql("mf", &period(Some("B")), &rules).unwrap();
-    let b = ch.table(&b_only[0]);
-    assert_eq!(b.rows.len(), 3, "{b:#?}");
+    let flags = (0..anomalies.rows.len())
+        .find(|&i| cell(&anomalies, i, "kind") == "error_flags")
+        .unwrap();
+    assert_eq!(
+        cell(&anomalies, flags, "at"),
+        utc(T0 + 2 * HOUR - 1_800_000),
+        "the report's own time"
+    );
+    let [b, b_parquet] = anomalies_both(&mut ch, tree.path(), from, to, now, Some("B"), &rules);
+    assert_eq!(b, b_parquet);
+    assert_eq!(b.rows.len(), 4, "{b:#?}");
 
     // devices, as `meterflow query devices [--meter A] [--stale-after 1d]`.
-    let devices = ch.table(&analytics::devices_sql("mf", None, 0).unwrap());
-    let meters: BTreeSet<&str> = data.iter().map(|r| r.meter.as_str()).collect();
+    let [devices, from_parquet] = devices_both(&mut ch, tree.path(), now, None, 0);
+    assert_eq!(devices, from_parquet, "the same answer from both sources");
     assert_eq!(devices.rows.len(), meters.len(), "{devices:#?}");
     for (i, meter) in meters.iter().enumerate() {
         assert_eq!(cell(&devices, i, "meter_id"), *meter);
@@ -594,7 +752,7 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
             );
         }
     }
-    let a = ch.table(&analytics::devices_sql("mf", Some("A".into()), 0).unwrap());
+    let [a, _] = devices_both(&mut ch, tree.path(), now, Some("A"), 0);
     assert_eq!(a.rows.len(), 1);
     // Each field the newest report that carried it.
     assert_eq!(cell(&a, 0, "battery_pct"), "77");
@@ -602,12 +760,10 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
     assert_eq!(cell(&a, 0, "rsrp_dbm"), "-101");
     assert_eq!(cell(&a, 0, "firmware"), "4.2.18");
     assert_eq!(cell(&a, 0, "error_flags"), "0");
-    let c = ch.table(&analytics::devices_sql("mf", Some("C".into()), 0).unwrap());
-    assert!(
-        cell(&c, 0, "battery_pct").parse::<u8>().is_err(),
-        "no status: {c:?}"
-    );
-    let stale = ch.table(&analytics::devices_sql("mf", None, 86_400).unwrap());
+    let [c, _] = devices_both(&mut ch, tree.path(), now, Some("C"), 0);
+    assert_eq!(cell(&c, 0, "battery_pct"), "", "no status: an empty cell");
+    let [stale, stale_parquet] = devices_both(&mut ch, tree.path(), now, None, 86_400);
+    assert_eq!(stale, stale_parquet);
     assert_eq!(stale.rows.len(), 1);
     assert_eq!(cell(&stale, 0, "meter_id"), "E");
 
@@ -685,41 +841,44 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
     assert_eq!(got, want);
 }
 
-/// One HTTP answer to one request, as a server would send it: `(head, body)`; what the
-/// request's headers were comes back on the channel.
-fn answer_once(
+/// HTTP answers to requests in turn, one connection each, as a server would send them:
+/// `(head, body)`; what each request's headers and body (the query) were comes back on the
+/// channel.
+fn answer_each(
     listener: std::net::TcpListener,
-    head: String,
-    body: Vec<u8>,
-) -> std::sync::mpsc::Receiver<String> {
+    answers: Vec<(String, Vec<u8>)>,
+) -> std::sync::mpsc::Receiver<(String, String)> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let (mut socket, _) = listener.accept().unwrap();
-        let mut request = Vec::new();
-        let mut buf = [0u8; 4096];
-        // The headers, then the body they announce (the query).
-        let headers_end = loop {
-            let n = socket.read(&mut buf).unwrap();
-            assert!(n > 0, "request cut off");
-            request.extend_from_slice(&buf[..n]);
-            if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
+        for (head, body) in answers {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The headers, then the body they announce (the query).
+            let headers_end = loop {
+                let n = socket.read(&mut buf).unwrap();
+                assert!(n > 0, "request cut off");
+                request.extend_from_slice(&buf[..n]);
+                if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+            };
+            let headers = String::from_utf8_lossy(&request[..headers_end]).to_lowercase();
+            let length: usize = headers
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while request.len() < headers_end + length {
+                let n = socket.read(&mut buf).unwrap();
+                assert!(n > 0, "request body cut off");
+                request.extend_from_slice(&buf[..n]);
             }
-        };
-        let headers = String::from_utf8_lossy(&request[..headers_end]).to_lowercase();
-        let length: usize = headers
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map_or(0, |v| v.trim().parse().unwrap());
-        while request.len() < headers_end + length {
-            let n = socket.read(&mut buf).unwrap();
-            assert!(n > 0, "request body cut off");
-            request.extend_from_slice(&buf[..n]);
+            let query = String::from_utf8_lossy(&request[headers_end..]).into_owned();
+            socket.write_all(head.as_bytes()).unwrap();
+            socket.write_all(&body).unwrap();
+            socket.flush().unwrap();
+            let _ = tx.send((headers, query));
         }
-        socket.write_all(head.as_bytes()).unwrap();
-        socket.write_all(&body).unwrap();
-        socket.flush().unwrap();
-        let _ = tx.send(headers);
     });
     rx
 }
@@ -760,9 +919,12 @@ fn a_query_answer_compressed_by_a_current_clickhouse_reads_back() {
         &[batch(&rows)],
         false,
     );
-    let sql = analytics::devices_sql("mf", None, 0).unwrap();
-    let plain = Table::from_tsv(&ch.ok(&sql));
-    assert_eq!(plain.rows.len(), 3000);
+    // `query devices` asks three questions: the channels' summaries (the big answer, served
+    // compressed), whether device_status has `ts`, and the status reports (none here).
+    let sql = summary::clickhouse_sql("mf", &SummaryRequest::default()).unwrap();
+    let plain = ch.ok(&sql);
+    let summaries = summary::from_tsv(&plain).unwrap();
+    assert_eq!(summaries.len(), 12_000);
     let lz4 = ch.dir.path().join("answer.lz4");
     ch.ok(&format!(
         "{} INTO OUTFILE '{}' COMPRESSION 'lz4' LEVEL 3 FORMAT TabSeparatedWithNames",
@@ -776,16 +938,28 @@ fn a_query_answer_compressed_by_a_current_clickhouse_reads_back() {
         "several blocks: {} bytes",
         body.len()
     );
+    let no_status = ch
+        .ok(&status::clickhouse_sql("mf", &StatusRequest::default(), true).unwrap())
+        .into_bytes();
 
     let listener = std::net::TcpListener::bind(("127.0.0.1", free_port())).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/tab-separated-values; charset=UTF-8\r\n\
-         Content-Encoding: lz4\r\nX-ClickHouse-Format: TabSeparatedWithNames\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+    let head = |encoding: &str, length: usize| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/tab-separated-values; charset=UTF-8\r\n\
+             {encoding}X-ClickHouse-Format: TabSeparatedWithNames\r\n\
+             Content-Length: {length}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let requests = answer_each(
+        listener,
+        vec![
+            (head("Content-Encoding: lz4\r\n", body.len()), body),
+            (head("", 9), b"has_ts\n1\n".to_vec()),
+            (head("", no_status.len()), no_status),
+        ],
     );
-    let request = answer_once(listener, head, body);
+    let utc = meterflow_billing::Zone::parse("UTC", "tz").unwrap();
     let out = Command::new(BIN)
         .args([
             "query",
@@ -794,6 +968,8 @@ fn a_query_answer_compressed_by_a_current_clickhouse_reads_back() {
             "devices",
             "--format",
             "json",
+            "--now",
+            &utc.format(now + 5_000),
         ])
         .env("METERFLOW_CLICKHOUSE_URL", "")
         .output()
@@ -803,14 +979,22 @@ fn a_query_answer_compressed_by_a_current_clickhouse_reads_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let headers = request.recv().unwrap();
+    let (headers, query) = requests.recv().unwrap();
     assert!(headers.contains("accept-encoding: lz4"), "{headers}");
+    assert!(query.contains("uniqExact(ts)"), "{query}");
+    let (_, query) = requests.recv().unwrap();
+    assert!(query.contains("system.columns"), "{query}");
+    let (_, query) = requests.recv().unwrap();
+    assert!(query.contains("FROM meterflow.device_status"), "{query}");
+    let want = questions::devices(&summaries, &[], 0, now + 5_000, &|ms| utc.format(ms));
+    assert_eq!(want.rows.len(), 3000);
+    assert_eq!(want.rows[0][2], "5", "seconds since, from --now");
     let got: Vec<serde_json::Map<String, serde_json::Value>> =
         serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(got.len(), plain.rows.len());
+    assert_eq!(got.len(), want.rows.len());
     for (i, row) in got.iter().enumerate() {
-        for (c, name) in plain.columns.iter().enumerate() {
-            assert_eq!(row[name], plain.rows[i][c], "row {i} {name}");
+        for (c, name) in want.columns.iter().enumerate() {
+            assert_eq!(row[name], want.rows[i][c], "row {i} {name}");
         }
     }
 }

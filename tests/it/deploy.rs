@@ -39,8 +39,11 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
         ch.url
     ));
     crate::harness::apply_schema(&config);
-    // Yesterday, meter G1: import register 100 -> 102.5 kWh, gas 10 -> 10.75 m3; a reverse
-    // run on G2; an error flag on G3; nothing heard from G4 for three hours.
+    // Yesterday, meter G1: import register 100 -> 102.5 kWh, gas 10 -> 10.75 m3 (and a
+    // reading just now); a reverse run on G2, a reset on G6 (1000 -> 5); an error flag on G3,
+    // and one on G8 in a report whose own time is ten days back (received now); G7's gas
+    // volume standing still for four days; no reading from G4 for three hours, nor from G9,
+    // received just now but read three hours ago.
     let day = "toStartOfDay(now()) - 86400";
     let row = |meter: &str, channel: &str, hours: u32, value: f64, received: &str| {
         format!("('{meter}', '{channel}', toDateTime({day} + {hours} * 3600), {value}, 'kWh', 0, {received}, 'mqtt', 'json')")
@@ -52,8 +55,19 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
         row("G1", "0-1:24.2.1", 20, 10.75, "now()"),
         row("G2", "1-0:1.8.1", 1, 500.0, "now()"),
         row("G2", "1-0:1.8.1", 20, 400.0, "now()"),
-        row("G4", "1-0:1.8.1", 1, 7.0, "now() - 3 * 3600"),
+        row("G6", "1-0:1.8.1", 1, 1000.0, "now()"),
+        row("G6", "1-0:1.8.1", 20, 5.0, "now()"),
     ];
+    let now_row = |meter: &str, seconds_ago: u32, received: &str| {
+        format!("('{meter}', '1-0:1.7.0', toDateTime(toUInt32(now()) - {seconds_ago}), 1, 'kW', 0, {received}, 'mqtt', 'json')")
+    };
+    let mut rows = rows.to_vec();
+    rows.push(now_row("G1", 0, "now()"));
+    rows.push(now_row("G4", 3 * 3600, "now() - 3 * 3600"));
+    rows.push(now_row("G9", 3 * 3600, "now()"));
+    for days_back in 1..=5 {
+        rows.push(format!("('G7', '0-1:24.2.1', toDateTime(toStartOfDay(now()) - {days_back} * 86400 + 3600), 42.5, 'm3', 0, now(), 'mqtt', 'json')"));
+    }
     ch.query(&format!(
         "INSERT INTO {db}.readings (meter_id, channel, ts, value, unit, quality, received_at, source, format) VALUES {}",
         rows.join(", ")
@@ -66,6 +80,10 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     ch.query(&format!(
         "INSERT INTO {db}.device_status (meter_id, at, battery_pct, rssi_dbm, rsrp_dbm, snr_db, firmware, error_flags, source) VALUES \
          ('G3', now(), 40, -95, NULL, NULL, '1.0', 4, 'mqtt')"
+    ));
+    ch.query(&format!(
+        "INSERT INTO {db}.device_status (meter_id, at, error_flags, source, ts) VALUES \
+         ('G8', now(), 2, 'mqtt', now() - 10 * 86400)"
     ));
     let run = |title: &str| -> String {
         let (_, target) = targets()
@@ -85,7 +103,7 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
         .filter(|(_, t)| t["rawSql"].is_string())
         .map(|(t, _)| t)
         .collect();
-    assert_eq!(every_sql.len(), 7, "{every_sql:?}");
+    assert_eq!(every_sql.len(), 9, "{every_sql:?}");
     for title in &every_sql {
         run(title); // runs without error
     }
@@ -93,17 +111,38 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     assert!(import.trim().ends_with("\t2.5"), "{import}");
     let gas = run("Gas per day, m3 (24.2.x)");
     assert!(gas.trim().ends_with("\t0.75"), "{gas}");
-    let reverse = run("Anomalies: registers that ran backwards (per day)");
+    let reverse =
+        run("Anomalies: reverse runs (per day; a fall to below 1 % is a reset, not here)");
     assert!(reverse.starts_with("G2\t1-0:1.8.1"), "{reverse}");
     assert_eq!(reverse.lines().count(), 1, "{reverse}");
-    let flags = run("Anomalies: error flags reported");
+    let resets =
+        run("Anomalies: register resets (per day: a fall to below 1 % of the day's first value)");
+    assert!(resets.starts_with("G6\t1-0:1.8.1"), "{resets}");
+    assert_eq!(resets.lines().count(), 1, "{resets}");
+    let still = run(
+        "Anomalies: consumption registers standing still for 3 days or more (1.8.x, 24.2.x, 24.3.0)",
+    );
+    assert!(still.starts_with("G7\t0-1:24.2.1\t"), "{still}");
+    assert_eq!(still.lines().count(), 1, "{still}");
+    let flags = run("Anomalies: error flags reported (by the report's own time)");
     assert!(
         flags.starts_with("G3\t") && flags.contains("\t4\t"),
         "{flags}"
     );
-    let stale = run("Stale meters: not heard for 2 h (newest first)");
-    assert!(stale.starts_with("G4\t"), "{stale}");
-    assert_eq!(stale.lines().count(), 1, "{stale}");
+    assert_eq!(
+        flags.lines().count(),
+        1,
+        "G8's report is older than the range: {flags}"
+    );
+    let stale = run("Stale meters: no reading for 2 h, by the readings' own time (newest first)");
+    let stale: Vec<&str> = stale
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    for meter in ["G4", "G9", "G2"] {
+        assert!(stale.contains(&meter), "{meter}: {stale:?}");
+    }
+    assert!(!stale.contains(&"G1"), "{stale:?}");
     let letters = run("Payloads that did not decode, by meter and kind");
     assert!(letters.starts_with("G5\tmalformed\t2\t"), "{letters}");
     let signal = run("Weakest signal (newest report per meter)");

@@ -24,6 +24,7 @@ mod import;
 mod mqtt_identity;
 mod mqtt_limits;
 mod mqtt_paho;
+mod questions;
 mod read_model;
 mod serve_coap;
 mod serve_coaps;

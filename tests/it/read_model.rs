@@ -228,6 +228,7 @@ fn requests() -> Vec<(&'static str, ReadRequest)> {
         margin_ms,
         meter: meter.map(str::to_string),
         channels: Channels::CumulativeRegisters,
+        neighbours: true,
     };
     vec![
         ("the period, an hour's margin", req(FROM, TO, H, None)),

@@ -57,6 +57,11 @@ pub struct StatusRow {
     pub meter_id: String,
     /// When meterflow accepted it, Unix ms.
     pub at_ms: i64,
+    /// The report's own time, Unix ms: the newest reading of the message it came in; for a
+    /// bare status report (no time of its own) when meterflow accepted it (`at_ms`). 0 in a
+    /// spool file of an earlier version: then `at_ms` stands for it.
+    #[serde(default)]
+    pub ts_ms: i64,
     pub battery_pct: Option<u8>,
     pub rssi_dbm: Option<i32>,
     pub rsrp_dbm: Option<i32>,
@@ -197,8 +202,13 @@ pub fn encode_dead_letter_rowbinary(
 }
 
 /// Encodes status rows as RowBinary for `device_status` (Nullable: a null flag byte, then
-/// the value when present; `lsn` last when `with_lsn`).
-pub fn encode_status_rowbinary(rows: &[StatusRow], times: TimeColumns, with_lsn: bool) -> Vec<u8> {
+/// the value when present; `lsn` when `with_lsn`, then `ts` when `with_ts`).
+pub fn encode_status_rowbinary(
+    rows: &[StatusRow],
+    times: TimeColumns,
+    with_lsn: bool,
+    with_ts: bool,
+) -> Vec<u8> {
     fn opt<T>(out: &mut Vec<u8>, v: Option<T>, put: impl FnOnce(&mut Vec<u8>, T)) {
         match v {
             Some(v) => {
@@ -230,8 +240,22 @@ pub fn encode_status_rowbinary(rows: &[StatusRow], times: TimeColumns, with_lsn:
         if with_lsn {
             out.extend_from_slice(&r.lsn.to_le_bytes());
         }
+        if with_ts {
+            put_time(&mut out, r.own_time_ms(), times);
+        }
     }
     out
+}
+
+impl StatusRow {
+    /// The report's own time: `ts_ms`, or `at_ms` where a row of an earlier version has none.
+    pub fn own_time_ms(&self) -> i64 {
+        if self.ts_ms == 0 {
+            self.at_ms
+        } else {
+            self.ts_ms
+        }
+    }
 }
 
 #[cfg(test)]
@@ -279,15 +303,19 @@ mod tests {
             lsn: 7,
             ..Default::default()
         };
-        let bytes =
-            encode_status_rowbinary(std::slice::from_ref(&row), TimeColumns::Seconds, false);
+        let bytes = encode_status_rowbinary(
+            std::slice::from_ref(&row),
+            TimeColumns::Seconds,
+            false,
+            false,
+        );
         let mut want = vec![1, b'm'];
         want.extend_from_slice(&2u32.to_le_bytes());
         want.extend_from_slice(&[0, 87, 1, 1, 1, 0, 1, b'1', 1, 4, b'm', b'q', b't', b't']);
         assert_eq!(bytes, want, "a table of an earlier version: no lsn column");
         want.extend_from_slice(&7u64.to_le_bytes());
         assert_eq!(
-            encode_status_rowbinary(&[row], TimeColumns::Seconds, true),
+            encode_status_rowbinary(&[row], TimeColumns::Seconds, true, false),
             want
         );
     }

@@ -215,7 +215,8 @@ GROUP BY meter_id, channel, {column}",
     firmware Nullable(String),
     error_flags Nullable(UInt32),
     source String,
-    lsn UInt64"
+    lsn UInt64,
+    ts {time} DEFAULT at"
             ),
             engine: "ReplacingMergeTree()",
             rest: "PARTITION BY toYYYYMM(at)\nORDER BY (meter_id, at, lsn)".into(),
@@ -306,6 +307,7 @@ pub async fn apply_schema(
                 source,
             })?;
         if present == CLUSTER_OBJECTS.len() as u64 {
+            add_status_ts(config, &client).await?;
             return Ok(version);
         }
         tracing::info!(cluster, database = %db, "creating the schema on the cluster");
@@ -325,7 +327,56 @@ pub async fn apply_schema(
                 source,
             })?;
     }
+    add_status_ts(config, &client).await?;
     Ok(version)
+}
+
+/// Adds `device_status.ts` (a report's own time, `DEFAULT at`, of `at`'s type) to a table
+/// made before the column existed. 18.16 has no `ADD COLUMN IF NOT EXISTS`, so the columns
+/// are read first. On a cluster: each shard's `device_status_local`, then the Distributed
+/// table, `ON CLUSTER`.
+async fn add_status_ts(
+    config: &ClickHouseConfig,
+    client: &clickhouse::Client,
+) -> Result<(), ClickHouseError> {
+    let db = &config.database;
+    let err = |source| ClickHouseError {
+        action: "adding device_status.ts",
+        source,
+    };
+    let columns = client
+        .query(&format!(
+            "SELECT table, name, type FROM system.columns WHERE database = '{db}' \
+             AND table IN ('device_status', 'device_status_local') AND name IN ('at', 'ts')"
+        ))
+        .fetch_all::<ColumnType>()
+        .await
+        .map_err(err)?;
+    let (tables, on_cluster) = match config.topology() {
+        Topology::Single => (&["device_status"][..], String::new()),
+        Topology::Cluster(cluster) => (
+            &["device_status_local", "device_status"][..],
+            format!(" ON CLUSTER {cluster}"),
+        ),
+    };
+    for table in tables {
+        let Some(at) = columns.iter().find(|c| c.table == *table && c.name == "at") else {
+            continue;
+        };
+        if columns.iter().any(|c| c.table == *table && c.name == "ts") {
+            continue;
+        }
+        client
+            .query(&format!(
+                "ALTER TABLE {db}.{table}{on_cluster} ADD COLUMN ts {} DEFAULT at",
+                at.kind
+            ))
+            .execute()
+            .await
+            .map_err(err)?;
+        tracing::info!(database = %db, table, "added device_status.ts (a status report's own time) to a table of an earlier version");
+    }
+    Ok(())
 }
 
 /// How the `readings` table stores times: decided by the table, not the server version (a
@@ -378,6 +429,9 @@ pub struct TableLayout {
     /// `lsn` column added) a retry may leave a duplicate, and no `lsn` is sent unless the
     /// column exists.
     pub status_lsn: bool,
+    /// `device_status` has the `ts` column (the report's own time; made by this version, or
+    /// added to an earlier table by [`apply_schema`]).
+    pub status_ts: bool,
     /// The same for `dead_letters`.
     pub dead_letter_lsn: bool,
 }
@@ -433,7 +487,7 @@ pub fn layout_queries(db: &str) -> [String; 2] {
         format!(
             "SELECT table, name, type FROM system.columns WHERE database = '{db}' \
              AND (table = 'readings' OR (table IN ('device_status', 'dead_letters') \
-             AND name IN ('at', 'received_at', 'lsn')))"
+             AND name IN ('at', 'received_at', 'lsn', 'ts')))"
         ),
         format!(
             "SELECT name, engine FROM system.tables WHERE database = '{db}' \
@@ -529,6 +583,9 @@ pub fn layout_from(
         status_times: times("device_status", "at"),
         dead_letter_times: times("dead_letters", "received_at"),
         status_lsn: has_lsn("device_status"),
+        status_ts: columns
+            .iter()
+            .any(|c| c.table == "device_status" && c.name == "ts"),
         dead_letter_lsn: has_lsn("dead_letters"),
     };
     let idempotent = layout.status_lsn

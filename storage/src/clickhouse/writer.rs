@@ -463,10 +463,16 @@ fn encode_part(
     Ok(match part {
         Part::Statuses => Request {
             sql: format!(
-                "INSERT INTO {db}.device_status (meter_id, at, battery_pct, rssi_dbm, rsrp_dbm, snr_db, firmware, error_flags, source{}) FORMAT RowBinary",
-                lsn(layout.status_lsn)
+                "INSERT INTO {db}.device_status (meter_id, at, battery_pct, rssi_dbm, rsrp_dbm, snr_db, firmware, error_flags, source{}{}) FORMAT RowBinary",
+                lsn(layout.status_lsn),
+                if layout.status_ts { ", ts" } else { "" }
             ),
-            body: encode_status_rowbinary(&side.statuses, layout.status_times, layout.status_lsn),
+            body: encode_status_rowbinary(
+                &side.statuses,
+                layout.status_times,
+                layout.status_lsn,
+                layout.status_ts,
+            ),
         },
         Part::DeadLetters => Request {
             sql: format!(

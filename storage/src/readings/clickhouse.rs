@@ -56,7 +56,11 @@ pub async fn read<E: From<StorageError>>(
             .map(|cursor| Answer::new(Some(cursor), action))
             .map_err(|source| StorageError::from(ClickHouseError { action, source }))
     };
-    let neighbours = fetch(&neighbours_sql, NEIGHBOURS_ACTION)?;
+    let neighbours = if req.neighbours {
+        fetch(&neighbours_sql, NEIGHBOURS_ACTION)?
+    } else {
+        Answer::new(None, NEIGHBOURS_ACTION)
+    };
     let window = fetch(&window_sql, WINDOW_ACTION)?;
     merge(window, neighbours, req, &mut each).await
 }
@@ -544,6 +548,7 @@ mod tests {
             margin_ms: 0,
             meter: meter.map(str::to_string),
             channels: Channels::CumulativeRegisters,
+            neighbours: true,
         }
     }
 
@@ -555,6 +560,7 @@ mod tests {
             margin_ms: 1_000,
             meter: Some("m-1".into()),
             channels: Channels::CumulativeRegisters,
+            neighbours: true,
         };
         let [window, neighbours] = read_sql("mf", &req, TimeColumns::Seconds).unwrap();
         // lo = ...199.5 s: the first whole second in it is ...200; hi = ...601 s exactly.

@@ -1,6 +1,8 @@
-//! The read model billing runs on: the readings of a period, one series per meter and
-//! register, with the readings just outside the period that a register's value at the
-//! period's edges needs. Two sources give the same answers, bit for bit:
+//! The read model billing, anomalies and devices run on: the readings of a period, one series
+//! per meter and register (or interval channel), with the readings just outside the period
+//! that a register's value at the period's edges needs (when asked for), and each channel's
+//! summary ([`summary`]: count, newest reading, last received). Two sources give the same
+//! answers, bit for bit:
 //!
 //! - [`parquet`]: the Parquet tree under `{data_dir}/readings/date=YYYY-MM-DD/` (the embedded
 //!   default), read with the crates already in the tree;
@@ -35,6 +37,7 @@
 
 pub mod clickhouse;
 pub mod parquet;
+pub mod summary;
 
 use std::cmp::Ordering;
 
@@ -44,9 +47,11 @@ use crate::StorageError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channels {
     /// Cumulative registers: import 1.8.x and export 2.8.x (`N-N:1.8.N`, `N-N:2.8.N`),
-    /// gas/water M-Bus 24.2.x and DSMR 3 gas 24.3.0: the regular expression of
-    /// `storage/sql/register_steps.sql` without the x.29.x interval channels.
+    /// gas/water M-Bus 24.2.x and DSMR 3 gas 24.3.0.
     CumulativeRegisters,
+    /// The cumulative registers and the interval channels `N-N:N.29.N`: what `query
+    /// anomalies` reads.
+    RegistersAndIntervals,
 }
 
 impl Channels {
@@ -55,6 +60,9 @@ impl Channels {
     pub fn matches(&self, channel: &str) -> bool {
         match self {
             Channels::CumulativeRegisters => is_cumulative_register(channel),
+            Channels::RegistersAndIntervals => {
+                is_cumulative_register(channel) || is_interval_channel(channel)
+            }
         }
     }
 
@@ -64,22 +72,33 @@ impl Channels {
             Channels::CumulativeRegisters => {
                 r"^[0-9]+-[0-9]+:(([12]\.8\.[0-9]+)|(24\.2\.[0-9]+)|(24\.3\.0))$"
             }
+            Channels::RegistersAndIntervals => {
+                r"^[0-9]+-[0-9]+:(([12]\.8\.[0-9]+)|(24\.2\.[0-9]+)|(24\.3\.0)|([0-9]+\.29\.[0-9]+))$"
+            }
         }
     }
 }
 
-/// `^[0-9]+-[0-9]+:(([12]\.8\.[0-9]+)|(24\.2\.[0-9]+)|(24\.3\.0))$`, by hand.
-fn is_cumulative_register(channel: &str) -> bool {
-    fn digits(s: &str) -> Option<&str> {
-        let rest = s.trim_start_matches(|c: char| c.is_ascii_digit());
-        (rest.len() < s.len()).then_some(rest)
-    }
-    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let Some(rest) = digits(channel)
+fn digits(s: &str) -> Option<&str> {
+    let rest = s.trim_start_matches(|c: char| c.is_ascii_digit());
+    (rest.len() < s.len()).then_some(rest)
+}
+
+fn all_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// What follows `N-N:` in an OBIS-style channel name.
+fn obis_tail(channel: &str) -> Option<&str> {
+    digits(channel)
         .and_then(|r| r.strip_prefix('-'))
         .and_then(digits)
         .and_then(|r| r.strip_prefix(':'))
-    else {
+}
+
+/// `^[0-9]+-[0-9]+:(([12]\.8\.[0-9]+)|(24\.2\.[0-9]+)|(24\.3\.0))$`, by hand.
+pub fn is_cumulative_register(channel: &str) -> bool {
+    let Some(rest) = obis_tail(channel) else {
         return false;
     };
     if let Some(n) = rest
@@ -90,6 +109,21 @@ fn is_cumulative_register(channel: &str) -> bool {
         return all_digits(n);
     }
     rest == "24.3.0"
+}
+
+/// A cumulative register that counts what is consumed: import 1.8.x, gas and water volumes
+/// 24.2.x and DSMR 3 gas 24.3.0 (not export 2.8.x, which a meter without generation never
+/// moves).
+pub fn is_consumption_register(channel: &str) -> bool {
+    is_cumulative_register(channel) && obis_tail(channel).is_some_and(|t| !t.starts_with("2.8."))
+}
+
+/// An interval channel, `^[0-9]+-[0-9]+:[0-9]+\.29\.[0-9]+$` (a quarter-hour series).
+pub fn is_interval_channel(channel: &str) -> bool {
+    obis_tail(channel)
+        .and_then(digits)
+        .and_then(|r| r.strip_prefix(".29."))
+        .is_some_and(all_digits)
 }
 
 /// What to read: a period, a margin around it, one meter or all, which channels.
@@ -104,6 +138,9 @@ pub struct ReadRequest {
     /// One meter (a valid meter id, [`meterflow_proto::is_valid_meter_id`]), or all.
     pub meter: Option<String>,
     pub channels: Channels,
+    /// Whether series get the readings just outside the window (the last before, the first
+    /// after: what billing needs); without, a series is the window's readings alone.
+    pub neighbours: bool,
 }
 
 impl ReadRequest {
@@ -141,17 +178,17 @@ impl ReadRequest {
     /// Whether a series whose earliest reading in the window is at `first_ts` gets the
     /// reading before the window: it has none in `[from - margin, from)`.
     pub fn needs_before(&self, first_ts: i64) -> bool {
-        first_ts >= self.from_ms
+        self.neighbours && first_ts >= self.from_ms
     }
 
     /// Whether a series whose newest reading in the window is at `last_ts` gets the reading
     /// after the window: it has none in `[to, to + margin]`.
     pub fn needs_after(&self, last_ts: i64) -> bool {
-        last_ts < self.to_ms
+        self.neighbours && last_ts < self.to_ms
     }
 
     /// Whether `meter` is asked for.
-    fn wants_meter(&self, meter: &str) -> bool {
+    pub(crate) fn wants_meter(&self, meter: &str) -> bool {
         self.meter.as_deref().is_none_or(|m| m == meter)
     }
 }
@@ -182,7 +219,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cumulative_registers_are_the_regex_of_register_steps_without_intervals() {
+    fn channel_sets_match_as_their_regular_expressions_say() {
         let c = Channels::CumulativeRegisters;
         for yes in [
             "1-0:1.8.0",
@@ -217,6 +254,29 @@ mod tests {
             assert!(!c.matches(no), "{no:?}");
         }
         assert!(!c.regex().contains("29"));
+        let both = Channels::RegistersAndIntervals;
+        for yes in [
+            "1-0:1.8.1",
+            "0-1:24.2.1",
+            "1-0:1.29.0",
+            "1-0:2.29.0",
+            "10-0:16.29.12",
+        ] {
+            assert!(both.matches(yes), "{yes}");
+        }
+        for no in [
+            "1-0:1.29",
+            "1-0:1.29.",
+            "1-0:.29.0",
+            "1-0:1.29.0x",
+            "1-0:1.7.0",
+            "1.29.0",
+        ] {
+            assert!(!both.matches(no), "{no}");
+        }
+        assert!(is_consumption_register("1-0:1.8.0") && is_consumption_register("0-1:24.2.1"));
+        assert!(is_consumption_register("0-1:24.3.0") && !is_consumption_register("1-0:2.8.1"));
+        assert!(!is_consumption_register("1-0:1.29.0"));
     }
 
     #[test]
@@ -227,11 +287,17 @@ mod tests {
             margin_ms: 100,
             meter: Some("m-1".into()),
             channels: Channels::CumulativeRegisters,
+            neighbours: true,
         };
         r.validate().unwrap();
         assert_eq!(r.window(), (900, 2_100));
         assert!(r.needs_before(1_000) && !r.needs_before(999));
         assert!(r.needs_after(1_999) && !r.needs_after(2_000));
+        let alone = ReadRequest {
+            neighbours: false,
+            ..r.clone()
+        };
+        assert!(!alone.needs_before(1_000) && !alone.needs_after(1_999));
         for bad in [
             ReadRequest {
                 meter: Some("x' OR 1=1 --".into()),

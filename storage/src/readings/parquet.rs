@@ -150,7 +150,7 @@ pub(crate) fn read_counted<E: From<StorageError>>(
 }
 
 /// The complete files of each date folder, by Unix day.
-fn list_tree(root: &Path) -> Result<BTreeMap<i64, Vec<PathBuf>>, StorageError> {
+pub(crate) fn list_tree(root: &Path) -> Result<BTreeMap<i64, Vec<PathBuf>>, StorageError> {
     let mut tree: BTreeMap<i64, Vec<PathBuf>> = BTreeMap::new();
     let entries = fs::read_dir(root).map_err(|e| StorageError::io("listing", root, e))?;
     for entry in entries {
@@ -210,7 +210,7 @@ fn is_complete_file(name: &str) -> bool {
 /// corrupt files (a negative column length, a division by zero, found by flipping single
 /// bytes of a file the sink wrote), and such a file must be an error naming it, not the end
 /// of the process. The panic's message still reaches the log through the panic hook.
-fn guarded<T>(
+pub(crate) fn guarded<T>(
     path: &Path,
     row_group: Option<usize>,
     decode: impl FnOnce() -> Result<T, StorageError>,
@@ -750,6 +750,171 @@ impl Acc {
             }
         }
         Ok(())
+    }
+}
+
+/// The summary of every channel (all channels, all meters or one) of the readings with `ts`
+/// before `req.before_ms` (all when `None`), read from every date folder up to that day,
+/// in (meter_id, channel) byte order: what [`super::summary`] gives.
+pub(crate) fn summaries(
+    data_dir: &Path,
+    req: &super::summary::SummaryRequest,
+) -> Result<Vec<super::summary::ChannelSummary>, StorageError> {
+    req.validate()?;
+    let root = data_dir.join("readings");
+    let tree = list_tree(&root)?;
+    let before = req.before_ms.unwrap_or(i64::MAX);
+    let last_day = before.saturating_sub(1).div_euclid(DAY_MS);
+    // The meter filter as the read model's request has it.
+    let filter = ReadRequest {
+        from_ms: 0,
+        to_ms: 0,
+        margin_ms: 0,
+        meter: req.meter.clone(),
+        channels: super::Channels::CumulativeRegisters,
+        neighbours: false,
+    };
+    let mut index: HashMap<(String, String), usize> = HashMap::new();
+    let mut acc: Vec<ChannelAcc> = Vec::new();
+    let mut stray = 0usize;
+    for (&day, files) in tree.range(..=last_day) {
+        let day_start = day.saturating_mul(DAY_MS);
+        let day_end = day_start.saturating_add(DAY_MS - 1);
+        for path in files {
+            let file = DataFile::open(path, day)?;
+            let groups: Vec<usize> = file
+                .row_groups()
+                .filter(|(_, meta)| {
+                    file.may_hold_meter(meta, &filter)
+                        && file.ts_range(meta).is_none_or(|(min, _)| min < before)
+                })
+                .map(|(g, _)| g)
+                .collect();
+            if groups.is_empty() {
+                continue;
+            }
+            let c = file.columns;
+            let mask = ProjectionMask::roots(
+                file.reader.parquet_schema(),
+                vec![c.meter_id, c.channel, c.ts, c.value, c.unit, c.received_at],
+            );
+            for g in groups {
+                let handle = File::open(&file.path)
+                    .map_err(|e| StorageError::io("opening", &file.path, e))?;
+                guarded(&file.path, Some(g), || {
+                    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
+                        handle,
+                        file.reader.clone(),
+                    )
+                    .with_projection(mask.clone())
+                    .with_row_groups(vec![g])
+                    .with_batch_size(BATCH_ROWS)
+                    .build()
+                    .map_err(|source| StorageError::ParquetRead {
+                        path: file.path.clone(),
+                        row_group: Some(g),
+                        source,
+                    })?;
+                    for batch in reader {
+                        let batch = batch.map_err(|e| StorageError::ParquetRead {
+                            path: file.path.clone(),
+                            row_group: Some(g),
+                            source: e.into(),
+                        })?;
+                        let rows = Rows::of(&batch, Pass::Window, &file.path)?;
+                        for i in 0..rows.len() {
+                            let ts = rows.ts.value(i);
+                            if ts < day_start || ts > day_end {
+                                stray += 1;
+                                continue;
+                            }
+                            let meter = rows.meter_id.value(i);
+                            if ts >= before || !filter.wants_meter(meter) {
+                                continue;
+                            }
+                            let channel = rows.channel.value(i);
+                            let key = (meter.to_string(), channel.to_string());
+                            let s = match index.get(&key) {
+                                Some(&s) => s,
+                                None => {
+                                    acc.push(ChannelAcc {
+                                        times: Vec::new(),
+                                        last_received: i64::MIN,
+                                        newest: None,
+                                    });
+                                    index.insert(key, acc.len() - 1);
+                                    acc.len() - 1
+                                }
+                            };
+                            let copy = Copy {
+                                ts,
+                                received_at: rows.received_at.value(i),
+                                value: rows.value.value(i),
+                            };
+                            let unit = rows.unit.map_or("", |u| u.value(i));
+                            acc[s].add(copy, unit);
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+    }
+    if stray > 0 {
+        tracing::warn!(
+            rows = stray,
+            "rows outside the UTC date of their folder are not read"
+        );
+    }
+    let mut out: Vec<super::summary::ChannelSummary> = index
+        .into_iter()
+        .filter_map(|((meter_id, channel), s)| {
+            let a = std::mem::take(&mut acc[s].times);
+            let (newest, unit) = acc[s].newest.take()?;
+            let mut times = a;
+            times.sort_unstable();
+            times.dedup();
+            Some(super::summary::ChannelSummary {
+                meter_id,
+                channel,
+                unit,
+                readings: times.len() as u64,
+                last_ts_ms: newest.ts,
+                last_value: newest.value,
+                last_received_ms: acc[s].last_received,
+            })
+        })
+        .collect();
+    out.sort_unstable_by(|a, b| {
+        (a.meter_id.as_bytes(), a.channel.as_bytes())
+            .cmp(&(b.meter_id.as_bytes(), b.channel.as_bytes()))
+    });
+    Ok(out)
+}
+
+/// One channel's summary being gathered.
+struct ChannelAcc {
+    times: Vec<i64>,
+    last_received: i64,
+    /// The copy that counts at the newest time, and its unit.
+    newest: Option<(Copy, String)>,
+}
+
+impl ChannelAcc {
+    fn add(&mut self, copy: Copy, unit: &str) {
+        self.times.push(copy.ts);
+        self.last_received = self.last_received.max(copy.received_at);
+        let newer = match &self.newest {
+            None => true,
+            Some((n, u)) => match copy.order(n) {
+                Ordering::Greater => true,
+                Ordering::Less => false,
+                Ordering::Equal => unit > u.as_str(),
+            },
+        };
+        if newer {
+            self.newest = Some((copy, unit.to_string()));
+        }
     }
 }
 

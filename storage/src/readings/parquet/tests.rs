@@ -139,6 +139,7 @@ fn request(meter: Option<&str>) -> ReadRequest {
         margin_ms: H,
         meter: meter.map(str::to_string),
         channels: Channels::CumulativeRegisters,
+        neighbours: true,
     }
 }
 

@@ -1,0 +1,196 @@
+//! `meterflow query anomalies` and `meterflow query devices`: the flags, the rows brought by
+//! the storage read model (from ClickHouse when a URL is configured, else from the Parquet
+//! tree under the data folder), and the answer of `meterflow_storage::questions` on them: one
+//! implementation for both sources, so both give the same table.
+
+use anyhow::Context;
+use meterflow_billing::Zone;
+use meterflow_ingest::Config;
+use meterflow_storage::analytics::Table;
+use meterflow_storage::questions::{self, AnomalyQuestion, AnomalyRules};
+use meterflow_storage::readings::summary::{self, ChannelSummary, SummaryRequest};
+use meterflow_storage::readings::{self, Channels, ReadRequest, Series};
+use meterflow_storage::status::{self, StatusRequest};
+use meterflow_storage::StorageError;
+
+/// The flags of `query anomalies`.
+#[derive(clap::Args)]
+pub struct AnomaliesArgs {
+    /// Start, inclusive: YYYY-MM-DD (local midnight in --tz), YYYY-MM-DDTHH:MM (local), or
+    /// RFC 3339 with an offset.
+    #[arg(long)]
+    from: String,
+    /// End, exclusive (as --from).
+    #[arg(long)]
+    to: String,
+    /// One meter.
+    #[arg(long)]
+    meter: Option<String>,
+    /// Days a consumption register (1.8.x, 24.2.x, 24.3.0) may stand still before it is
+    /// flagged.
+    #[arg(long, default_value_t = 3)]
+    zero_days: u32,
+    /// A step above this many times the channel's median step is a spike.
+    #[arg(long, default_value_t = 5.0)]
+    spike_factor: f64,
+    /// No reading (by its own time) for this long before the period's end, or before now when
+    /// that is earlier, is stale (e.g. 90m, 2h, 3d, or seconds).
+    #[arg(long, default_value = "24h")]
+    stale_after: String,
+    /// IANA time zone of --from/--to and of the times printed [default: billing.timezone].
+    #[arg(long)]
+    tz: Option<String>,
+    /// The instant taken as now (RFC 3339, or local as --from) [default: the clock].
+    #[arg(long)]
+    now: Option<String>,
+}
+
+/// The flags of `query devices`.
+#[derive(clap::Args)]
+pub struct DevicesArgs {
+    /// One meter.
+    #[arg(long)]
+    meter: Option<String>,
+    /// Only meters not heard for this long (e.g. 2h).
+    #[arg(long)]
+    stale_after: Option<String>,
+    /// IANA time zone of the times printed [default: billing.timezone].
+    #[arg(long)]
+    tz: Option<String>,
+    /// The instant taken as now (RFC 3339, or local in --tz) [default: the clock].
+    #[arg(long)]
+    now: Option<String>,
+}
+
+fn zone(config: &Config, tz: &Option<String>) -> anyhow::Result<Zone> {
+    Ok(match tz {
+        Some(name) => Zone::parse(name, "--tz")?,
+        None => config.billing.zone()?,
+    })
+}
+
+fn now_ms(zone: &Zone, now: &Option<String>) -> anyhow::Result<i64> {
+    Ok(match now {
+        Some(text) => zone.parse_time(text, "--now")?,
+        None => meterflow_proto::now_ms(),
+    })
+}
+
+fn check_meter(meter: &Option<String>) -> anyhow::Result<()> {
+    if let Some(meter) = meter {
+        anyhow::ensure!(
+            meterflow_proto::is_valid_meter_id(meter),
+            "--meter {meter:?} is not a meter id"
+        );
+    }
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Every anomaly of the period, from ClickHouse (when configured) or the Parquet tree.
+pub fn anomalies(config: &Config, args: AnomaliesArgs) -> anyhow::Result<Table> {
+    let zone = zone(config, &args.tz)?;
+    let from_ms = zone.parse_time(&args.from, "--from")?;
+    let to_ms = zone.parse_time(&args.to, "--to")?;
+    anyhow::ensure!(from_ms < to_ms, "--from must be before --to");
+    check_meter(&args.meter)?;
+    let rules = AnomalyRules {
+        zero_days: args.zero_days,
+        spike_factor: args.spike_factor,
+        stale_s: super::query::parse_duration_s(&args.stale_after).context("--stale-after")?,
+    };
+    let now_ms = now_ms(&zone, &args.now)?;
+    let time = |ms: i64| zone.format(ms);
+    let question = AnomalyQuestion {
+        from_ms,
+        to_ms,
+        rules: &rules,
+        now_ms,
+        time: &time,
+    };
+    let series_req = ReadRequest {
+        from_ms,
+        to_ms,
+        margin_ms: 0,
+        meter: args.meter.clone(),
+        channels: Channels::RegistersAndIntervals,
+        neighbours: false,
+    };
+    let status_req = StatusRequest {
+        meter: args.meter.clone(),
+        period: Some((from_ms, to_ms)),
+    };
+    let summary_req = SummaryRequest {
+        meter: args.meter.clone(),
+        before_ms: Some(to_ms),
+    };
+    let mut found = Vec::new();
+    let mut each = |series: Series| -> Result<(), StorageError> {
+        question.series(&series, &mut found);
+        Ok(())
+    };
+    let (reports, summaries) = if config.clickhouse.enabled() {
+        let ch = &config.clickhouse;
+        runtime()?.block_on(async {
+            readings::clickhouse::read(ch, &series_req, &mut each).await?;
+            let reports = status::read_clickhouse(ch, &status_req).await?;
+            let summaries = summary::read_clickhouse(ch, &summary_req).await?;
+            Ok::<_, StorageError>((reports, summaries))
+        })?
+    } else {
+        readings::parquet::read(&config.data_dir, &series_req, &mut each)?;
+        (
+            status::read_parquet(&config.data_dir, &status_req)?,
+            summary::read_parquet(&config.data_dir, &summary_req)?,
+        )
+    };
+    question.error_flags(&reports, &mut found);
+    question.stale(&summaries, &mut found);
+    Ok(question.table(found))
+}
+
+/// Last seen, status and newest values per meter, from ClickHouse (when configured) or the
+/// Parquet tree.
+pub fn devices(config: &Config, args: DevicesArgs) -> anyhow::Result<Table> {
+    let zone = zone(config, &args.tz)?;
+    check_meter(&args.meter)?;
+    let stale_s = match &args.stale_after {
+        Some(text) => super::query::parse_duration_s(text).context("--stale-after")?,
+        None => 0,
+    };
+    let now_ms = now_ms(&zone, &args.now)?;
+    let summary_req = SummaryRequest {
+        meter: args.meter.clone(),
+        before_ms: None,
+    };
+    let status_req = StatusRequest {
+        meter: args.meter.clone(),
+        period: None,
+    };
+    let (summaries, reports): (Vec<ChannelSummary>, _) = if config.clickhouse.enabled() {
+        let ch = &config.clickhouse;
+        runtime()?.block_on(async {
+            let summaries = summary::read_clickhouse(ch, &summary_req).await?;
+            let reports = status::read_clickhouse(ch, &status_req).await?;
+            Ok::<_, StorageError>((summaries, reports))
+        })?
+    } else {
+        (
+            summary::read_parquet(&config.data_dir, &summary_req)?,
+            status::read_parquet(&config.data_dir, &status_req)?,
+        )
+    };
+    Ok(questions::devices(
+        &summaries,
+        &reports,
+        stale_s,
+        now_ms,
+        &|ms| zone.format(ms),
+    ))
+}

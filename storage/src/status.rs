@@ -1,0 +1,452 @@
+//! Device status reports (battery, signal, firmware, error flags) beside the readings: the
+//! Parquet layout the sink seam writes them in, `{data_dir}/status/date=YYYY-MM-DD/*.parquet`
+//! (by the UTC date of `ts`, the report's own time, as readings are by theirs; the same
+//! columns as ClickHouse's `device_status`), and reading them back from that tree or from
+//! ClickHouse, the same rows from both, for `meterflow query anomalies` and `devices`.
+//!
+//! `at` is when meterflow received a report; `ts` its own time: the time of the newest
+//! reading of the message it came in (a bare status report, `meters/{id}/status`, carries
+//! no time: there `ts` is `at`). Copies of one report (a replay after a crash, an insert
+//! retried) share `(meter_id, at, lsn)` and count once. ClickHouse before 20.5 keeps times
+//! in whole seconds, so `at` and `ts` read back to the whole second from every source (the
+//! files keep milliseconds): both sources give the same rows. A `device_status` made by an
+//! earlier version has no `ts` until `meterflow schema --apply` (or the writer's start) adds
+//! it: until then `at` stands for it (with a warning).
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use arrow_array::builder::{
+    Float32Builder, Int32Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder,
+    UInt64Builder, UInt8Builder,
+};
+use arrow_array::{
+    Array, ArrayRef, Float32Array, Int32Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    UInt32Array, UInt64Array, UInt8Array,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::clickhouse::{ClickHouseConfig, StatusRow};
+use crate::readings::parquet::{guarded, list_tree};
+use crate::StorageError;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The columns of a status file: those of ClickHouse's `device_status`.
+pub fn status_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+            Arc::new(Schema::new(vec![
+                Field::new("meter_id", DataType::Utf8, false),
+                Field::new("at", ts.clone(), false),
+                Field::new("battery_pct", DataType::UInt8, true),
+                Field::new("rssi_dbm", DataType::Int32, true),
+                Field::new("rsrp_dbm", DataType::Int32, true),
+                Field::new("snr_db", DataType::Float32, true),
+                Field::new("firmware", DataType::Utf8, true),
+                Field::new("error_flags", DataType::UInt32, true),
+                Field::new("source", DataType::Utf8, false),
+                Field::new("lsn", DataType::UInt64, false),
+                Field::new("ts", ts, false),
+            ]))
+        })
+        .clone()
+}
+
+/// Status rows as a batch of [`status_schema`].
+pub fn status_batch(rows: &[StatusRow]) -> Result<RecordBatch, StorageError> {
+    let n = rows.len();
+    let mut meter = StringBuilder::with_capacity(n, n * 16);
+    let mut at = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut battery = UInt8Builder::with_capacity(n);
+    let mut rssi = Int32Builder::with_capacity(n);
+    let mut rsrp = Int32Builder::with_capacity(n);
+    let mut snr = Float32Builder::with_capacity(n);
+    let mut firmware = StringBuilder::with_capacity(n, n * 8);
+    let mut flags = UInt32Builder::with_capacity(n);
+    let mut source = StringBuilder::with_capacity(n, n * 4);
+    let mut lsn = UInt64Builder::with_capacity(n);
+    let mut ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+    for r in rows {
+        meter.append_value(&r.meter_id);
+        at.append_value(r.at_ms);
+        battery.append_option(r.battery_pct);
+        rssi.append_option(r.rssi_dbm);
+        rsrp.append_option(r.rsrp_dbm);
+        snr.append_option(r.snr_db);
+        firmware.append_option(r.firmware.as_deref());
+        flags.append_option(r.error_flags);
+        source.append_value(&r.source);
+        lsn.append_value(r.lsn);
+        ts.append_value(r.own_time_ms());
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(meter.finish()),
+        Arc::new(at.finish()),
+        Arc::new(battery.finish()),
+        Arc::new(rssi.finish()),
+        Arc::new(rsrp.finish()),
+        Arc::new(snr.finish()),
+        Arc::new(firmware.finish()),
+        Arc::new(flags.finish()),
+        Arc::new(source.finish()),
+        Arc::new(lsn.finish()),
+        Arc::new(ts.finish()),
+    ];
+    Ok(RecordBatch::try_new(status_schema(), columns)?)
+}
+
+/// Which status reports to read: one meter or all, and a period of their own time `ts`
+/// (`[from, to)`, Unix ms, to the second) or all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusRequest {
+    pub meter: Option<String>,
+    pub period: Option<(i64, i64)>,
+}
+
+impl StatusRequest {
+    fn validate(&self) -> Result<(), StorageError> {
+        if let Some(m) = &self.meter {
+            if !meterflow_proto::is_valid_meter_id(m) {
+                return Err(StorageError::ReadRequest {
+                    reason: format!("{m:?} is not a meter id (1 to 64 of [A-Za-z0-9._-])"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn wants(&self, meter: &str, ts_ms: i64) -> bool {
+        self.meter.as_deref().is_none_or(|m| m == meter)
+            && self
+                .period
+                .is_none_or(|(from, to)| from <= ts_ms && ts_ms < to)
+    }
+}
+
+/// A time to the whole second below: as ClickHouse before 20.5 keeps it, so that every
+/// source gives the same rows.
+fn whole_second(at_ms: i64) -> i64 {
+    at_ms - at_ms.rem_euclid(1000)
+}
+
+/// Times to the second, sorted by (meter_id, at, lsn), one of each (copies of one report are
+/// equal).
+fn settle(mut rows: Vec<StatusRow>) -> Vec<StatusRow> {
+    for r in &mut rows {
+        r.at_ms = whole_second(r.at_ms);
+        r.ts_ms = whole_second(r.ts_ms);
+    }
+    rows.sort_by(|a, b| (&a.meter_id, a.at_ms, a.lsn).cmp(&(&b.meter_id, b.at_ms, b.lsn)));
+    rows.dedup_by(|a, b| (&a.meter_id, a.at_ms, a.lsn) == (&b.meter_id, b.at_ms, b.lsn));
+    rows
+}
+
+/// The status reports of `req` in the Parquet tree under `data_dir`, ordered by (meter_id,
+/// at, lsn), each once. No `status` folder (a tree written before status files, or with no
+/// report yet) is no reports. Only complete files, and only the date folders of the period.
+pub fn read_parquet(data_dir: &Path, req: &StatusRequest) -> Result<Vec<StatusRow>, StorageError> {
+    req.validate()?;
+    let root = data_dir.join("status");
+    if !root.is_dir() {
+        return Ok(Vec::new());
+    }
+    let tree = list_tree(&root)?;
+    let (first, last) = match req.period {
+        Some((from, to)) => (from.div_euclid(DAY_MS), to.div_euclid(DAY_MS)),
+        None => (i64::MIN, i64::MAX),
+    };
+    let mut rows = Vec::new();
+    for (_, files) in tree.range(first..=last) {
+        for path in files {
+            read_file(path, req, &mut rows)?;
+        }
+    }
+    Ok(settle(rows))
+}
+
+fn read_file(
+    path: &Path,
+    req: &StatusRequest,
+    out: &mut Vec<StatusRow>,
+) -> Result<(), StorageError> {
+    let read_error = |source| StorageError::ParquetRead {
+        path: path.to_path_buf(),
+        row_group: None,
+        source,
+    };
+    let foreign = |reason: String| StorageError::ForeignParquet {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = File::open(path).map_err(|e| StorageError::io("opening", path, e))?;
+    guarded(path, None, || {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(read_error)?
+            .build()
+            .map_err(read_error)?;
+        for batch in reader {
+            let batch = batch.map_err(|e| read_error(e.into()))?;
+            fn column<'b, T: 'static>(
+                batch: &'b RecordBatch,
+                name: &str,
+                nullable: bool,
+                foreign: &dyn Fn(String) -> StorageError,
+            ) -> Result<&'b T, StorageError> {
+                let array = batch
+                    .column_by_name(name)
+                    .ok_or_else(|| foreign(format!("no column {name}")))?;
+                if !nullable && array.null_count() > 0 {
+                    return Err(foreign(format!("column {name} has nulls")));
+                }
+                array
+                    .as_any()
+                    .downcast_ref::<T>()
+                    .ok_or_else(|| foreign(format!("column {name} is {}", array.data_type())))
+            }
+            let meter = column::<StringArray>(&batch, "meter_id", false, &foreign)?;
+            let at = column::<TimestampMillisecondArray>(&batch, "at", false, &foreign)?;
+            let battery = column::<UInt8Array>(&batch, "battery_pct", true, &foreign)?;
+            let rssi = column::<Int32Array>(&batch, "rssi_dbm", true, &foreign)?;
+            let rsrp = column::<Int32Array>(&batch, "rsrp_dbm", true, &foreign)?;
+            let snr = column::<Float32Array>(&batch, "snr_db", true, &foreign)?;
+            let firmware = column::<StringArray>(&batch, "firmware", true, &foreign)?;
+            let flags = column::<UInt32Array>(&batch, "error_flags", true, &foreign)?;
+            let source = column::<StringArray>(&batch, "source", false, &foreign)?;
+            let lsn = column::<UInt64Array>(&batch, "lsn", false, &foreign)?;
+            let ts = column::<TimestampMillisecondArray>(&batch, "ts", false, &foreign)?;
+            for i in 0..batch.num_rows() {
+                if !req.wants(meter.value(i), whole_second(ts.value(i))) {
+                    continue;
+                }
+                let opt = |valid: bool| valid.then_some(());
+                out.push(StatusRow {
+                    meter_id: meter.value(i).to_string(),
+                    at_ms: at.value(i),
+                    ts_ms: ts.value(i),
+                    battery_pct: opt(battery.is_valid(i)).map(|()| battery.value(i)),
+                    rssi_dbm: opt(rssi.is_valid(i)).map(|()| rssi.value(i)),
+                    rsrp_dbm: opt(rsrp.is_valid(i)).map(|()| rsrp.value(i)),
+                    snr_db: opt(snr.is_valid(i)).map(|()| snr.value(i)),
+                    firmware: opt(firmware.is_valid(i)).map(|()| firmware.value(i).to_string()),
+                    error_flags: opt(flags.is_valid(i)).map(|()| flags.value(i)),
+                    source: source.value(i).to_string(),
+                    lsn: lsn.value(i),
+                });
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The SQL of [`read_clickhouse`], filled as it is sent (TabSeparatedWithNames), for a
+/// `device_status` of either kind (times `DateTime` or `DateTime64`), with the `ts` column
+/// (`has_ts`) or without (an earlier version's table: `at` stands for it): times to the whole
+/// second, as Unix milliseconds through Float64, filtered as the files are.
+#[doc(hidden)]
+pub fn clickhouse_sql(db: &str, req: &StatusRequest, has_ts: bool) -> Result<String, StorageError> {
+    req.validate()?;
+    let second = |column: &str| format!("toInt64(floor(toFloat64({column}))) * 1000");
+    let at_ms = second("at");
+    let ts_ms = second(if has_ts { "ts" } else { "at" });
+    let mut filter = String::new();
+    if let Some(m) = &req.meter {
+        filter.push_str(&format!(" AND meter_id = '{m}'"));
+    }
+    if let Some((from, to)) = req.period {
+        filter.push_str(&format!(" AND {ts_ms} >= {from} AND {ts_ms} < {to}"));
+    }
+    Ok(format!(
+        "SELECT meter_id, {at_ms} AS at_ms, {ts_ms} AS ts_ms, battery_pct, rssi_dbm, rsrp_dbm, \
+         snr_db, firmware, error_flags, source, lsn FROM {db}.device_status WHERE 1{filter} \
+         ORDER BY meter_id, at, lsn"
+    ))
+}
+
+/// The question whether `device_status` has the `ts` column (TabSeparatedWithNames, one
+/// row: `has_ts`, 0 or 1).
+#[doc(hidden)]
+pub fn has_ts_sql(db: &str) -> String {
+    format!(
+        "SELECT count() AS has_ts FROM system.columns \
+         WHERE database = '{db}' AND table = 'device_status' AND name = 'ts'"
+    )
+}
+
+/// The rows of an answer to [`clickhouse_sql`] (TabSeparatedWithNames), settled as
+/// [`read_parquet`]'s are.
+#[doc(hidden)]
+pub fn rows_from_tsv(text: &str) -> Result<Vec<StatusRow>, StorageError> {
+    let table = crate::analytics::Table::from_tsv(text);
+    let bad = |row: usize, column: &str| StorageError::ClickHouseAnswer {
+        action: "reading device_status",
+        offset: row as u64,
+        reason: format!("column {column} of row {row} does not parse"),
+    };
+    let mut rows = Vec::with_capacity(table.rows.len());
+    for i in 0..table.rows.len() {
+        let text = |c: &str| table.get(i, c).unwrap_or("");
+        fn opt<T: std::str::FromStr>(s: &str) -> Result<Option<T>, ()> {
+            if s.is_empty() {
+                Ok(None)
+            } else {
+                s.parse().map(Some).map_err(|_| ())
+            }
+        }
+        let must = |c: &'static str| table.get(i, c).ok_or_else(|| bad(i, c));
+        rows.push(StatusRow {
+            meter_id: must("meter_id")?.to_string(),
+            at_ms: must("at_ms")?.parse().map_err(|_| bad(i, "at_ms"))?,
+            ts_ms: must("ts_ms")?.parse().map_err(|_| bad(i, "ts_ms"))?,
+            battery_pct: opt(text("battery_pct")).map_err(|()| bad(i, "battery_pct"))?,
+            rssi_dbm: opt(text("rssi_dbm")).map_err(|()| bad(i, "rssi_dbm"))?,
+            rsrp_dbm: opt(text("rsrp_dbm")).map_err(|()| bad(i, "rsrp_dbm"))?,
+            snr_db: opt(text("snr_db")).map_err(|()| bad(i, "snr_db"))?,
+            firmware: table
+                .get(i, "firmware")
+                .filter(|f| !f.is_empty())
+                .map(str::to_string),
+            error_flags: opt(text("error_flags")).map_err(|()| bad(i, "error_flags"))?,
+            source: text("source").to_string(),
+            lsn: must("lsn")?.parse().map_err(|_| bad(i, "lsn"))?,
+        });
+    }
+    Ok(settle(rows))
+}
+
+/// The status reports of `req` in ClickHouse's `device_status`, as [`read_parquet`] gives
+/// them.
+pub async fn read_clickhouse(
+    config: &ClickHouseConfig,
+    req: &StatusRequest,
+) -> Result<Vec<StatusRow>, StorageError> {
+    let db = &config.database;
+    let answer = crate::analytics::run_text(config, &has_ts_sql(db)).await?;
+    let has_ts = crate::analytics::Table::from_tsv(&answer).get(0, "has_ts") == Some("1");
+    if !has_ts {
+        tracing::warn!(database = %db, "device_status has no ts column (made by an earlier meterflow): status reports are taken at the time they were received; `meterflow schema --apply` adds it");
+    }
+    let sql = clickhouse_sql(db, req, has_ts)?;
+    let text = crate::analytics::run_text(config, &sql).await?;
+    rows_from_tsv(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(meter: &str, ts_ms: i64, lsn: u64, flags: Option<u32>) -> StatusRow {
+        StatusRow {
+            meter_id: meter.into(),
+            at_ms: ts_ms + 3_600_000,
+            ts_ms,
+            battery_pct: Some(80),
+            rssi_dbm: None,
+            rsrp_dbm: Some(-100),
+            snr_db: Some(2.5),
+            firmware: Some("1.0".into()),
+            error_flags: flags,
+            source: "mqtt".into(),
+            lsn,
+        }
+    }
+
+    #[test]
+    fn status_files_read_back_once_each_by_period_and_meter() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink =
+            crate::ParquetSink::open_status(dir.path(), crate::ParquetConfig::default(), "")
+                .unwrap();
+        let day = 19_783 * DAY_MS; // 2024-03-01
+        let rows = vec![
+            row("b", day + 5_000, 2, Some(4)),
+            row("a", day + 1_000, 1, None),
+            row("a", day + DAY_MS + 1, 3, Some(1)),
+        ];
+        sink.write(
+            &status_batch(&rows).unwrap(),
+            Some(1),
+            std::time::Instant::now(),
+        )
+        .unwrap();
+        // A replay writes the first report again.
+        sink.write(
+            &status_batch(&rows[..1]).unwrap(),
+            Some(2),
+            std::time::Instant::now(),
+        )
+        .unwrap();
+        assert!(
+            read_parquet(dir.path(), &StatusRequest::default())
+                .unwrap()
+                .is_empty(),
+            "open files are not read"
+        );
+        assert_eq!(sink.close().unwrap().len(), 2, "one file per date");
+        assert!(dir.path().join("status/date=2024-03-02").is_dir());
+        let all = read_parquet(dir.path(), &StatusRequest::default()).unwrap();
+        assert_eq!(
+            all.iter()
+                .map(|r| (r.meter_id.as_str(), r.lsn))
+                .collect::<Vec<_>>(),
+            [("a", 1), ("a", 3), ("b", 2)]
+        );
+        assert_eq!(all[0], rows[1]);
+        assert_eq!(all[2], rows[0]);
+        let first_day = StatusRequest {
+            meter: Some("a".into()),
+            period: Some((day, day + DAY_MS)),
+        };
+        assert_eq!(
+            read_parquet(dir.path(), &first_day).unwrap(),
+            vec![rows[1].clone()]
+        );
+        let none = tempfile::tempdir().unwrap();
+        assert!(read_parquet(none.path(), &StatusRequest::default())
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn clickhouse_answers_parse_with_nulls_as_none() {
+        let text = "meter_id\tat_ms\tts_ms\tbattery_pct\trssi_dbm\trsrp_dbm\tsnr_db\tfirmware\terror_flags\tsource\tlsn\n\
+                    a\t1000\t500\t\\N\t-70\t\\N\t\\N\t4.2\t5\tmqtt\t9\n\
+                    a\t1000\t500\t\\N\t-70\t\\N\t\\N\t4.2\t5\tmqtt\t9\n";
+        let rows = rows_from_tsv(text).unwrap();
+        assert_eq!(rows.len(), 1, "copies count once");
+        assert_eq!(
+            (rows[0].battery_pct, rows[0].rssi_dbm, rows[0].error_flags),
+            (None, Some(-70), Some(5))
+        );
+        assert!(rows_from_tsv("meter_id\tat_ms\tts_ms\tlsn\na\tx\t1\t1\n").is_err());
+        let sql = clickhouse_sql(
+            "mf",
+            &StatusRequest {
+                meter: Some("m-1".into()),
+                period: Some((1_500, 4_000)),
+            },
+            true,
+        )
+        .unwrap();
+        assert!(
+            sql.contains("meter_id = 'm-1'")
+                && sql.contains("toInt64(floor(toFloat64(ts))) * 1000 >= 1500 AND"),
+            "{sql}"
+        );
+        let old = clickhouse_sql("mf", &StatusRequest::default(), false).unwrap();
+        assert!(!old.contains("(ts)"), "{old}");
+        assert!(clickhouse_sql(
+            "mf",
+            &StatusRequest {
+                meter: Some("x' OR 1=1".into()),
+                period: None
+            },
+            true,
+        )
+        .is_err());
+    }
+}
