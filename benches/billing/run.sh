@@ -68,7 +68,7 @@ else
   cargo bench -q --locked -p meterflow-benches --bench billing_data -- write "$data/tree" "$url" "$db"
   touch "$data/tree/complete"
 fi
-echo "rows: Parquet $(python3 -c "import duckdb,sys; print(duckdb.sql(\"SELECT count(*) FROM read_parquet('$data/tree/readings/date=*/*.parquet')\").fetchone()[0])"), ClickHouse $(ch "SELECT count() FROM $db.readings")"
+echo "rows: Parquet $(python3 -c "import duckdb,sys; print(duckdb.sql(\"SELECT count(*) FROM read_parquet('$data/tree/readings/date=*/*.parquet')\").fetchall()[0][0])"), ClickHouse $(ch "SELECT count() FROM $db.readings")"
 du -sh "$data/tree/readings" | sed 's/^/Parquet size: /'
 # Let ClickHouse finish merging what the inserts left before anything is timed.
 while [ "$(ch "SELECT count() FROM system.merges WHERE database = '$db'")" != 0 ]; do sleep 2; done
@@ -101,14 +101,14 @@ timed() {
   ' "$log" | tee -a "$results"
 }
 
-bill() { "$meterflow" --config "$data/meterflow.toml" query billing --format csv "${period[@]}" "$@"; }
+bill=("$meterflow" --config "$data/meterflow.toml" query billing --format csv "${period[@]}")
 
 printf 'path\trun\twall_s\tuser_s\tsys_s\tpeak_rss_mb\tserver_cpu_s\tload1\n' | tee "$results"
 for run in $(seq "$runs"); do
-  timed parquet "$run" bill --data-dir "$data/tree"
-  timed parquet-tariff "$run" bill --data-dir "$data/tree" --tariff "$tariff"
-  timed clickhouse "$run" bill --clickhouse-url "$url"
-  timed clickhouse-tariff "$run" bill --clickhouse-url "$url" --tariff "$tariff"
+  timed parquet "$run" "${bill[@]}" --data-dir "$data/tree"
+  timed parquet-tariff "$run" "${bill[@]}" --data-dir "$data/tree" --tariff "$tariff"
+  timed clickhouse "$run" "${bill[@]}" --clickhouse-url "$url"
+  timed clickhouse-tariff "$run" "${bill[@]}" --clickhouse-url "$url" --tariff "$tariff"
   timed duckdb "$run" python3 "$root/benches/billing/duckdb_total.py" "$data/tree" "$from_ms" "$to_ms" "$data/out/duckdb-$run.result.csv"
 done
 
