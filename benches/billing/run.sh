@@ -144,7 +144,7 @@ duck = med("duckdb", "wall_s")
 print("| path | wall s | CPU s (user + sys) | peak RSS MB | server CPU s | wall / DuckDB |")
 print("|---|---|---|---|---|---|")
 for p in paths:
-    cpu = med(p, "user_s") + med(p, "sys_s")
+    cpu = statistics.median(float(r["user_s"]) + float(r["sys_s"]) for r in rows if r["path"] == p)
     server = med(p, "server_cpu_s") if p.startswith("clickhouse") else "-"
     print(f"| {p} | {med(p, 'wall_s'):.2f} | {cpu:.2f} | {med(p, 'peak_rss_mb'):.0f} | {server} | {med(p, 'wall_s') / duck:.2f} |")
 PY
