@@ -88,6 +88,9 @@ pub struct ParquetSink {
     root: PathBuf,
     /// The column whose UTC date picks a row's folder: `ts` (readings and status reports).
     time_column: &'static str,
+    /// The `sink` label its rows are counted under in `meterflow_rows_written_total`:
+    /// `parquet` (readings) or `parquet_status`.
+    rows_label: &'static str,
     config: ParquetConfig,
     properties: WriterProperties,
     run_id: String,
@@ -169,9 +172,15 @@ impl ParquetSink {
             .set_compression(Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(config.row_group_rows.max(1)))
             .build();
+        let rows_label = if folder == STATUS.0 {
+            "parquet_status"
+        } else {
+            "parquet"
+        };
         Ok(ParquetSink {
             root,
             time_column,
+            rows_label,
             config,
             properties,
             run_id,
@@ -225,7 +234,7 @@ impl ParquetSink {
             file.rows += part.num_rows();
             if file.rows >= self.config.file_max_rows {
                 if let Some(file) = self.open.remove(&day) {
-                    completed.push(commit(file)?);
+                    completed.push(commit(file, self.rows_label)?);
                 }
             }
             while self.open.len() > self.config.max_open_files.max(1) {
@@ -235,7 +244,7 @@ impl ParquetSink {
                     .min_by_key(|(_, f)| f.opened_at)
                     .map(|(day, _)| *day);
                 match oldest.and_then(|d| self.open.remove(&d)) {
-                    Some(file) => completed.push(commit(file)?),
+                    Some(file) => completed.push(commit(file, self.rows_label)?),
                     None => break,
                 }
             }
@@ -255,6 +264,7 @@ impl ParquetSink {
         let mut files = ParquetSink {
             root: self.root.clone(),
             time_column: self.time_column,
+            rows_label: self.rows_label,
             config: self.config.clone(),
             properties: self.properties.clone(),
             run_id: name.to_string(),
@@ -301,7 +311,7 @@ impl ParquetSink {
         let mut completed = Vec::with_capacity(due.len());
         for day in due {
             if let Some(file) = self.open.remove(&day) {
-                completed.push(commit(file)?);
+                completed.push(commit(file, self.rows_label)?);
             }
         }
         Ok(completed)
@@ -319,7 +329,8 @@ impl ParquetSink {
     /// Completes every open file (shutdown).
     pub fn close(&mut self) -> Result<Vec<PathBuf>, StorageError> {
         let open = std::mem::take(&mut self.open);
-        open.into_values().map(commit).collect()
+        let label = self.rows_label;
+        open.into_values().map(|file| commit(file, label)).collect()
     }
 
     /// The oldest WAL record whose rows are in a file not complete yet: every record before
@@ -384,8 +395,9 @@ fn open_file(
     })
 }
 
-/// Writes the footer, fsyncs, renames to the final name and fsyncs the folder.
-fn commit(file: OpenFile) -> Result<PathBuf, StorageError> {
+/// Writes the footer, fsyncs, renames to the final name and fsyncs the folder; counts its
+/// rows under `rows_label`.
+fn commit(file: OpenFile, rows_label: &'static str) -> Result<PathBuf, StorageError> {
     let OpenFile {
         writer,
         tmp_path,
@@ -409,7 +421,7 @@ fn commit(file: OpenFile) -> Result<PathBuf, StorageError> {
             .and_then(|d| d.sync_all())
             .map_err(|e| StorageError::io("syncing", dir, e))?;
     }
-    metrics::counter!("meterflow_rows_written_total", "sink" => "parquet").increment(rows as u64);
+    metrics::counter!("meterflow_rows_written_total", "sink" => rows_label).increment(rows as u64);
     metrics::counter!("meterflow_parquet_files_total").increment(1);
     tracing::debug!(path = %final_path.display(), rows, "parquet file complete");
     Ok(final_path)
