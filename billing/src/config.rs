@@ -12,8 +12,8 @@ use crate::BillingError;
 pub struct BillingConfig {
     /// The IANA zone of billing days and tariff hours when `--tz` is not given.
     pub timezone: String,
-    /// Readings further apart than this are not interpolated between (R(B) is carried from
-    /// the nearest): `90m`, `36h`, `7d`, or seconds.
+    /// Readings further apart than this are not interpolated between (R(B) is the reading
+    /// before, carried forward): `90m`, `36h`, `7d`, or seconds.
     pub max_interpolation_gap: String,
     /// Registers that start again from 0 after a maximum (`[[billing.rollover]]`); the first
     /// whose patterns match a meter and channel applies.

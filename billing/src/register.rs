@@ -4,8 +4,8 @@
 //! - **R(B)**: a reading at exactly B is taken as it is (`actual`). Else, between the last
 //!   reading before B and the first after it, the straight line (`interpolated`), when both
 //!   exist, are at most `billing.max_interpolation_gap` apart, and the register did not fall
-//!   between them. Else the nearest of the two (`carried`; on a tie the earlier), or the only
-//!   one there is. Never a made-up zero.
+//!   between them. Else the last reading before B, carried forward (`carried`), or, before
+//!   the first reading, the first one. Never a made-up zero.
 //! - **A step** from `a` to `b`: a rise adds `b - a`. A fall of a register with a configured
 //!   rollover `max` is a wrap, adding `(max - a) + b`, when going forward through `max` is the
 //!   shorter way (else it is judged as below). Any other fall to below 1 % of `a` is a reset:
@@ -16,8 +16,15 @@
 //! from its start to its end (readings inside, and R at both edges), and it must be additive
 //! (`[a, b) + [b, c) = [a, c)`). Inserting R(b) between two readings keeps the sum only if R(b)
 //! splits the step into parts of the same kind: on a rising line it does; across a reset a
-//! point on the line would turn one reset into a reverse run and lose it. The nearest reading
-//! keeps the step whole on one side of b.
+//! point on the line would turn one reset into a reverse run and lose it. Carrying the value
+//! before keeps the step whole, after b.
+//!
+//! Why forward and not the nearer of the two: a step that is not interpolated lands whole in
+//! the period that holds the reading after it, and a register is billed in a period only when
+//! it has a reading near it (the read model's margin). Carrying the nearer reading put the step
+//! of a long silence (a meter that did not report for two months) at the silence's midpoint,
+//! in a month with no reading: billed in no monthly bill. Carried forward, it is billed in the
+//! month of the first reading after the silence, which is always billed.
 
 /// One reading of a register: when the meter measured it (Unix ms) and its value.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -129,10 +136,8 @@ pub fn value_at(readings: &[Reading], at_ms: i64, max_gap_ms: i64) -> Option<Val
                     value: p.value + (q.value - p.value) * share,
                     kind: ReadKind::Interpolated,
                 })
-            } else if at_ms - p.ts_ms <= q.ts_ms - at_ms {
-                Some(carried(p))
             } else {
-                Some(carried(q))
+                Some(carried(p))
             }
         }
     }
@@ -181,43 +186,16 @@ mod tests {
                 kind: ReadKind::Interpolated
             }
         );
-        // Across a fall: the nearest, the earlier on a tie.
-        assert_eq!(
-            v(140),
-            Value {
-                value: 20.0,
-                kind: ReadKind::Carried
-            }
-        );
-        assert_eq!(
-            v(150),
-            Value {
-                value: 20.0,
-                kind: ReadKind::Carried
-            }
-        );
-        assert_eq!(
-            v(151),
-            Value {
-                value: 5.0,
-                kind: ReadKind::Carried
-            }
-        );
-        // Too far apart to interpolate.
-        assert_eq!(
-            v(5000),
-            Value {
-                value: 5.0,
-                kind: ReadKind::Carried
-            }
-        );
-        assert_eq!(
-            v(6000),
-            Value {
-                value: 30.0,
-                kind: ReadKind::Carried
-            }
-        );
+        let carried = |value| Value {
+            value,
+            kind: ReadKind::Carried,
+        };
+        // Across a fall: the value before, carried forward.
+        assert_eq!(v(140), carried(20.0));
+        assert_eq!(v(199), carried(20.0));
+        // Too far apart to interpolate: carried forward, however near the next one is.
+        assert_eq!(v(5000), carried(5.0));
+        assert_eq!(v(9999), carried(5.0));
         // Before the first and after the last.
         assert_eq!(
             v(-5),

@@ -502,3 +502,44 @@ fn the_readme_billing_example_prints_what_the_readme_shows() {
     let bill = &printed[printed.find("meter_id,").unwrap()..];
     assert_eq!(bill, shown);
 }
+
+/// Issue 21 review: a meter silent for two months. Carrying the nearer reading put the whole
+/// step of the silence at its midpoint, in February, a month with no reading near it and so
+/// no bill: January + February + March billed 4 of the quarter's 100. Carried forward, the
+/// step is billed in March, the month of the reading after the silence.
+#[test]
+fn a_long_silence_is_billed_in_the_month_of_the_reading_after_it() {
+    let (m, c) = ("E0042", "1-0:1.8.0");
+    let day = 24 * H;
+    let jan1 = utc_ms("2026-01-01T00:00:00Z");
+    let mut readings: Vec<Reading> = (0..5)
+        .map(|d| reading(m, c, jan1 + d * day, d as f64, "kWh"))
+        .collect();
+    let mar31 = utc_ms("2026-03-31T12:00:00Z");
+    readings.push(reading(m, c, mar31, 100.0, "kWh"));
+    readings.push(reading(m, c, mar31 + day, 101.0, "kWh"));
+    let both = Both::load(&readings);
+    let bill = |from: &str, to: &str| -> f64 {
+        both.bill(&["--from", from, "--to", to])
+            .iter()
+            .map(|row| number(row, "consumption"))
+            .sum()
+    };
+    let quarter = bill("2026-01-01", "2026-04-01");
+    let months = [
+        bill("2026-01-01", "2026-02-01"),
+        bill("2026-02-01", "2026-03-01"),
+        bill("2026-03-01", "2026-04-01"),
+    ];
+    // R(04-01) = 100 + 1 × 12/24 = 100.5.
+    assert_eq!(quarter, 100.5);
+    assert_eq!(months, [4.0, 0.0, 96.5]);
+    let march = both.bill(&["--from", "2026-03-01", "--to", "2026-04-01"]);
+    assert_eq!(
+        (
+            march[0]["start_value"].as_str(),
+            march[0]["start_read"].as_str()
+        ),
+        ("4", "carried")
+    );
+}

@@ -5,8 +5,8 @@ time zones (zoneinfo), minute by minute where meterflow cuts a timeline:
 
   R(B): the reading at B (actual); else the straight line between the last reading before B
   and the first after it, when they are at most GAP apart and the second is not below the
-  first (interpolated); else the nearer of the two, the earlier on a tie, or the only one
-  (carried).
+  first (interpolated); else the last reading before B, or before the first reading the
+  first one (carried).
   A step from a to b adds b - a when b >= a; else b when b < 1 % of a (a reset, counted);
   else nothing (a reverse run).
   Consumption: the steps of R(from), the readings strictly inside, R(to). Each step's
@@ -90,9 +90,7 @@ def main():
         if ts[after] - ts[before] <= gap and vs[after] >= vs[before]:
             share = (b - ts[before]) / (ts[after] - ts[before])
             return vs[before] + (vs[after] - vs[before]) * share, "interpolated"
-        if b - ts[before] <= ts[after] - b:
-            return vs[before], "carried"
-        return vs[after], "carried"
+        return vs[before], "carried"
 
     def adds(a, b):
         if b >= a:
