@@ -218,7 +218,12 @@ impl Tariff {
                             "{at}: to {to:?} is not a time like 23:00 (or 24:00)"
                         ))
                     })?;
-                    if f == t || (f == 0 && t == 1440) {
+                    if f == t {
+                        return Err(bad(format!(
+                            "{at}: from and to are both {from:?}: an empty period (leave both out for the whole day)"
+                        )));
+                    }
+                    if f == 0 && t == 1440 {
                         None
                     } else {
                         Some((f, t % 1440))
@@ -239,7 +244,13 @@ impl Tariff {
             periods,
         };
         // Every day type, month and minute must have a period: else the first that has none.
-        for day in DayType::ALL {
+        // Without holidays in the file no day is of type `holiday`: it needs none.
+        let day_types = if tariff.holidays.is_empty() {
+            &DayType::ALL[..7]
+        } else {
+            &DayType::ALL[..]
+        };
+        for &day in day_types {
             for month in 1..=12 {
                 for minute in 0..1440 {
                     if tariff.period_index(day, month, minute).is_none() {
@@ -503,8 +514,7 @@ name = "rest"
     #[test]
     fn files_that_leave_an_instant_to_no_period_or_say_too_much_are_refused() {
         let e = |text: &str| Tariff::from_toml(text, "t.toml").unwrap_err().to_string();
-        let gap = e(r#"
-name = "x"
+        let weekdays_only = r#"
 [[period]]
 name = "day"
 days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -514,7 +524,13 @@ to = "23:00"
 name = "night"
 from = "23:00"
 to = "07:00"
-"#);
+"#;
+        // Without holidays no day is a holiday: the file covers every instant.
+        Tariff::from_toml(&format!("name = \"x\"\n{weekdays_only}"), "t.toml").unwrap();
+        // With them, the holidays' days from 07:00 to 23:00 are in no period.
+        let gap = e(&format!(
+            "name = \"x\"\nholidays = [\"2026-01-01\"]\n{weekdays_only}"
+        ));
         assert!(
             gap.contains("t.toml") && gap.contains("no period takes holiday in month 1 at 07:00"),
             "{gap}"
@@ -534,6 +550,10 @@ to = "07:00"
         );
         assert!(e("name = \"x\"\nseason = 1\n[[period]]\nname = \"a\"\n").contains("season"));
         assert!(e("name = \"x\"\n").contains("no [[period]]"));
+        assert!(
+            e("name = \"x\"\n[[period]]\nname = \"a\"\nfrom = \"07:00\"\nto = \"07:00\"\n")
+                .contains("empty period")
+        );
         assert!(e("name = \"x\"\n[[period]]\nname = \"a\"\nfrom = \"07:00\"\n").contains("both"));
     }
 }

@@ -33,6 +33,10 @@ pub struct BillingArgs {
     tariff: Option<PathBuf>,
 }
 
+/// The longest span billed at once: a year and a bit. Max demand keeps a number per quarter
+/// hour of the span for the register being billed.
+const MAX_SPAN_DAYS: i64 = 400;
+
 /// Bills `args` on the readings of ClickHouse (when configured) or the Parquet tree.
 pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Table> {
     let zone = match &args.tz {
@@ -42,6 +46,10 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Table> {
     let from_ms = zone.parse_time(&args.from, "--from")?;
     let to_ms = zone.parse_time(&args.to, "--to")?;
     anyhow::ensure!(from_ms < to_ms, "--from must be before --to");
+    anyhow::ensure!(
+        to_ms - from_ms <= MAX_SPAN_DAYS * 86_400_000,
+        "--to: a bill spans at most {MAX_SPAN_DAYS} days (bill a longer time as its months or years)"
+    );
     if let Some(meter) = &args.meter {
         anyhow::ensure!(
             meterflow_proto::is_valid_meter_id(meter),
@@ -73,12 +81,25 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Table> {
         neighbours: true,
     };
     let mut rows: Vec<BillRow> = Vec::new();
+    let mut not_numbers = 0usize;
     let mut each = |series: Series| -> Result<(), meterflow_storage::StorageError> {
+        // A value that is not a number (NaN, infinite: from a foreign file or a direct
+        // insert; meterflow's own decoders refuse them) says nothing about the register.
         let points: Vec<Reading> = series
             .points
             .iter()
+            .filter(|(_, value)| value.is_finite())
             .map(|&(ts_ms, value)| Reading { ts_ms, value })
             .collect();
+        if points.len() < series.points.len() {
+            not_numbers += series.points.len() - points.len();
+            tracing::warn!(
+                meter = %series.meter_id,
+                channel = %series.channel,
+                left_out = series.points.len() - points.len(),
+                "readings whose value is not a number were left out of the bill"
+            );
+        }
         let rollover = config
             .billing
             .rollover_for(&series.meter_id, &series.channel);
@@ -103,6 +124,9 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Table> {
         ))?;
     } else {
         readings::parquet::read(&config.data_dir, &request, &mut each)?;
+    }
+    if not_numbers > 0 {
+        eprintln!("{not_numbers} readings whose value is not a number were left out (see the log)");
     }
     Ok(table(&rows, zone))
 }

@@ -543,3 +543,49 @@ fn a_long_silence_is_billed_in_the_month_of_the_reading_after_it() {
         ("4", "carried")
     );
 }
+
+/// Bad questions stop with a message that names what to fix: a span too long to bill at once,
+/// a zone that does not exist, a tariff that leaves an instant to no period.
+#[test]
+fn bad_questions_name_the_flag_or_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tariff = dir.path().join("gap.toml");
+    std::fs::write(
+        &tariff,
+        "name = \"g\"\n[[period]]\nname = \"day\"\nfrom = \"07:00\"\nto = \"23:00\"\n",
+    )
+    .unwrap();
+    let data = dir.path().display().to_string();
+    let refused = |args: &[&str]| -> String {
+        let out = Command::new(BIN)
+            .args(["query", "billing", "--data-dir", &data])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = refused(&["--from", "2020-01-01", "--to", "2026-01-01"]);
+    assert!(e.contains("--to") && e.contains("400 days"), "{e}");
+    let e = refused(&[
+        "--from",
+        "2026-01-01",
+        "--to",
+        "2026-02-01",
+        "--tz",
+        "Europe/Bishkek",
+    ]);
+    assert!(e.contains("--tz") && e.contains("Europe/Bishkek"), "{e}");
+    let e = refused(&[
+        "--from",
+        "2026-01-01",
+        "--to",
+        "2026-02-01",
+        "--tariff",
+        tariff.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("gap.toml") && e.contains("no period takes mon in month 1 at 00:00"),
+        "{e}"
+    );
+}
