@@ -403,6 +403,29 @@ fn an_earlier_device_status_gets_its_ts_column_and_works_without_it() {
         .trim(),
         "DateTime\tat"
     );
+    // Adding it again (what every `ON CLUSTER` apply does, and two appliers at once): the
+    // server's "already exists" counts as done.
+    let ch_config = meterflow_storage::clickhouse::ClickHouseConfig {
+        url: ch.url.clone(),
+        database: db.clone(),
+        ..Default::default()
+    };
+    let again = format!("ALTER TABLE {db}.device_status ADD COLUMN ts DateTime DEFAULT at");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert!(!runtime
+        .block_on(meterflow_storage::clickhouse::schema::add_column_on(
+            &ch_config, &again
+        ))
+        .unwrap());
+    let bad = format!("ALTER TABLE {db}.device_status ADD COLUMN x NoSuchType");
+    assert!(runtime
+        .block_on(meterflow_storage::clickhouse::schema::add_column_on(
+            &ch_config, &bad
+        ))
+        .is_err());
     let out = Command::new(BIN).args(args).output().unwrap();
     assert!(
         out.status.success(),
