@@ -327,7 +327,8 @@ impl AnomalyQuestion<'_> {
 /// `query devices`: per meter with readings, when meterflow last received one (to the
 /// second), the seconds since (0 for a time ahead of now), its readings (one per channel
 /// and time), the newest value of each of its fields of status (each the newest report that
-/// carried it, by the report's time), and every channel's newest reading (`channel=value
+/// carried it, by arrival: `(at, lsn)`, as [`crate::status::StatusView::Latest`] gives them),
+/// and every channel's newest reading (`channel=value
 /// unit @ time`, by channel, `; ` between). Only meters silent for at least `stale_s` seconds
 /// (0: all). `summaries` in (meter, channel) order; `reports` in (meter, at, lsn) order.
 pub fn devices(

@@ -4,8 +4,8 @@
 //! to both, and both answers required byte for byte the same and equal to figures written
 //! here: a reset, a reverse run (against a duplicate of another value), a gas register
 //! standing still for four days, a quarter-hour series with a gap and a spike, error flags in
-//! a report whose own time is inside the period but that arrived long after it, a stale meter;
-//! times in Asia/Bishkek (UTC+6).
+//! a report whose own time is inside the period but that arrived long after it, a stale meter,
+//! a reset across the period's start, an empty firmware; times in Asia/Bishkek (UTC+6).
 
 use std::path::Path;
 use std::process::Command;
@@ -141,7 +141,8 @@ fn anomalies_and_devices_are_the_same_on_clickhouse_and_on_parquet() {
     mosquitto_pub(server.mqtt_port, "meters/FLG/json", &report, &[]);
     // A bare status report has no time of its own: received now, after the period.
     let bare = payloads.path().join("status.json");
-    std::fs::write(&bare, r#"{"error_flags": 1}"#).unwrap();
+    // An empty firmware is no firmware, from both sources: FLG's stays 1.2.3.
+    std::fs::write(&bare, r#"{"error_flags": 1, "firmware": ""}"#).unwrap();
     mosquitto_pub(server.mqtt_port, "meters/FLG/status", &bare, &[]);
     wait_for("both status reports in ClickHouse", || {
         let n = ch.query(&format!(
