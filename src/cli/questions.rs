@@ -120,7 +120,8 @@ pub fn anomalies(config: &Config, args: AnomaliesArgs) -> anyhow::Result<Table> 
         margin_ms: 0,
         meter: args.meter.clone(),
         channels: Channels::RegistersAndIntervals,
-        neighbours: false,
+        // The reading before the period: a fall across its start is judged too.
+        neighbours: true,
     };
     let status_req = StatusRequest {
         meter: args.meter.clone(),

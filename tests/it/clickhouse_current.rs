@@ -372,7 +372,7 @@ fn anomalies_both(
         margin_ms: 0,
         meter: meter.map(str::to_string),
         channels: Channels::RegistersAndIntervals,
-        neighbours: false,
+        neighbours: true,
     };
     let status_req = StatusRequest {
         meter: meter.map(str::to_string),

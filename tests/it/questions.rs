@@ -46,6 +46,10 @@ fn readings() -> Vec<(&'static str, &'static str, i64, f64, &'static str)> {
         // Not heard since 02:00 on the first day.
         ("OLD", "1-0:1.8.0", FROM + H, 10.0, "kWh"),
         ("OLD", "1-0:1.8.0", FROM + 2 * H, 11.0, "kWh"),
+        // A reset across the period's start: the reading before it is 5000.
+        ("XST", "1-0:1.8.0", FROM - H, 5000.0, "kWh"),
+        ("XST", "1-0:1.8.0", FROM + H, 3.0, "kWh"),
+        ("XST", "1-0:1.8.0", FROM + 4 * D + 20 * H, 6.0, "kWh"),
         // FLG's own reading; its report (over MQTT) adds one.
         ("FLG", "1-0:1.8.0", FROM + 4 * D + 12 * H, 10.0, "kWh"),
     ];
@@ -217,6 +221,10 @@ fn anomalies_and_devices_are_the_same_on_clickhouse_and_on_parquet() {
             "RST,1-0:1.8.0,register_reset,{},fell from 99995 to 4 kWh",
             local(FROM + 3 * H)
         ),
+        format!(
+            "XST,1-0:1.8.0,register_reset,{},fell from 5000 to 3 kWh",
+            local(FROM + H)
+        ),
     ];
     assert_eq!(anomalies, want.join("\n") + "\n");
     assert!(want[1].contains("2024-03-05T23:50:00+06:00"), "{}", want[1]);
@@ -245,11 +253,11 @@ fn anomalies_and_devices_are_the_same_on_clickhouse_and_on_parquet() {
     );
     assert_eq!(earlier, format!("{}\n", want[0]));
 
-    // devices, seen from 2030 (--now): every meter, each with its figures.
-    let now = "2030-01-01T00:00:00+06:00";
-    let now_ms = chrono::DateTime::parse_from_rfc3339(now)
-        .unwrap()
-        .timestamp_millis();
+    // devices, seen from a year after the test's own clock (--now, after every receive
+    // time whatever the date): every meter, each with its figures.
+    let now_ms = (meterflow_proto::now_ms() / 1000 + 365 * 86_400) * 1000;
+    let now = local(now_ms);
+    let now = now.as_str();
     let devices = both(
         &clickhouse,
         &parquet,
@@ -317,6 +325,12 @@ fn anomalies_and_devices_are_the_same_on_clickhouse_and_on_parquet() {
                 FROM + 4 * D + 20 * H,
                 5,
                 &format!("1-0:1.8.0=8 kWh @ {}", local(FROM + 4 * D + 20 * H))
+            ),
+            row(
+                "XST",
+                FROM + 4 * D + 20 * H,
+                3,
+                &format!("1-0:1.8.0=6 kWh @ {}", local(FROM + 4 * D + 20 * H))
             ),
         ]
     );
