@@ -307,7 +307,8 @@ pub async fn apply_schema(
                 source,
             })?;
         if present == CLUSTER_OBJECTS.len() as u64 {
-            add_status_ts(config, &client).await?;
+            // Only where this node lacks it: distributed DDL must not hold ingest.
+            add_status_ts(config, &client, false).await?;
             return Ok(version);
         }
         tracing::info!(cluster, database = %db, "creating the schema on the cluster");
@@ -327,19 +328,23 @@ pub async fn apply_schema(
                 source,
             })?;
     }
-    add_status_ts(config, &client).await?;
+    add_status_ts(config, &client, !only_if_missing).await?;
     Ok(version)
 }
 
 /// Adds `device_status.ts` (a report's own time, `DEFAULT at`, of `at`'s type) to a table
 /// made before the column existed. 18.16 has no `ADD COLUMN IF NOT EXISTS`: on a single
 /// server the columns are read first; on a cluster the node this client talks to cannot
-/// speak for the others, so each shard's `device_status_local`, then the Distributed table,
-/// get `ALTER ... ON CLUSTER ... ADD COLUMN` every time, and a node that has the column
-/// already answers "exists" (Code 44; 15 on some servers), which counts as done.
+/// speak for the others, so with `every_node` (`meterflow schema --apply`) each shard's
+/// `device_status_local`, then the Distributed table, get `ALTER ... ON CLUSTER ... ADD
+/// COLUMN` whatever this node has, and a node that has the column already answers "exists"
+/// (Code 44; 15 on some servers), which counts as done. Without it (the writer's start,
+/// which a replica down must not hold: distributed DDL waits for every server) only where
+/// this node lacks the column.
 async fn add_status_ts(
     config: &ClickHouseConfig,
     client: &clickhouse::Client,
+    every_node: bool,
 ) -> Result<(), ClickHouseError> {
     let db = &config.database;
     let err = |source| ClickHouseError {
@@ -366,7 +371,7 @@ async fn add_status_ts(
             continue;
         };
         let here = columns.iter().any(|c| c.table == *table && c.name == "ts");
-        if here && on_cluster.is_none() {
+        if here && !(every_node && on_cluster.is_some()) {
             continue;
         }
         let sql = format!(
