@@ -336,11 +336,13 @@ pub async fn apply_schema(
 /// made before the column existed. 18.16 has no `ADD COLUMN IF NOT EXISTS`: on a single
 /// server the columns are read first; on a cluster the node this client talks to cannot
 /// speak for the others, so with `every_node` (`meterflow schema --apply`) each shard's
-/// `device_status_local`, then the Distributed table, get `ALTER ... ON CLUSTER ... ADD
-/// COLUMN` whatever this node has, and a node that has the column already answers "exists"
-/// (Code 44; 15 on some servers), which counts as done. Without it (the writer's start,
-/// which a replica down must not hold: distributed DDL waits for every server) only where
-/// this node lacks the column.
+/// `device_status_local` gets `ALTER ... ON CLUSTER ... ADD COLUMN` whatever this node has,
+/// and a node that has the column already answers "exists" (Code 44; 15 on some servers),
+/// which counts as done. The Distributed `device_status` gets it (`ON CLUSTER`) only where
+/// this node lacks it: 18.16 refuses an `ALTER ... ON CLUSTER` of a table that is not
+/// replicated on replicated shards (Code 371) once every node has it, so it cannot be sent
+/// every time. Without `every_node` (the writer's start, which a replica down must not
+/// hold: distributed DDL waits for every server) only where this node lacks the column.
 async fn add_status_ts(
     config: &ClickHouseConfig,
     client: &clickhouse::Client,
@@ -371,7 +373,10 @@ async fn add_status_ts(
             continue;
         };
         let here = columns.iter().any(|c| c.table == *table && c.name == "ts");
-        if here && !(every_node && on_cluster.is_some()) {
+        // The Distributed table only where this node lacks the column: 18.16 refuses an
+        // ALTER ON CLUSTER of it on replicated shards (Code 371, "isn't replicated").
+        let every = every_node && on_cluster.is_some() && *table == "device_status_local";
+        if here && !every {
             continue;
         }
         let sql = format!(
