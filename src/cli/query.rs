@@ -36,17 +36,59 @@ pub enum Question {
 
 /// Asks the question of `args` and prints the answer.
 pub fn run(config: Config, args: QueryArgs) -> anyhow::Result<()> {
-    let table = match args.question {
-        Question::Billing(billing) => super::billing::run(&config, billing)?,
-        Question::Anomalies(args) => super::questions::anomalies(&config, args)?,
-        Question::Devices(args) => super::questions::devices(&config, args)?,
+    let (table, numbers): (Table, &[&str]) = match args.question {
+        Question::Billing(billing) => (super::billing::run(&config, billing)?, &BILLING_NUMBERS),
+        Question::Anomalies(args) => (super::questions::anomalies(&config, args)?, &[]),
+        Question::Devices(args) => (super::questions::devices(&config, args)?, &DEVICE_NUMBERS),
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    match print(&table, args.format, &mut out).and_then(|()| Ok(out.flush()?)) {
+    match print(&table, numbers, args.format, &mut out).and_then(|()| Ok(out.flush()?)) {
         // `meterflow query ... | head`: the reader has what it wanted.
         Err(e) if is_broken_pipe(&e) => Ok(()),
         other => other,
     }
+}
+
+/// The columns of `query billing` that hold numbers (JSON numbers in `--format json`).
+const BILLING_NUMBERS: [&str; 6] = [
+    "start_value",
+    "end_value",
+    "consumption",
+    "max_demand_kw",
+    "resets",
+    "readings",
+];
+/// The columns of `query devices` that hold numbers.
+const DEVICE_NUMBERS: [&str; 6] = [
+    "seconds_since",
+    "readings",
+    "battery_pct",
+    "rssi_dbm",
+    "rsrp_dbm",
+    "error_flags",
+];
+
+/// A cell as JSON: `null` when empty; a number in a column of numbers (`numeric`) when it
+/// is one JSON can hold (not `inf` or `nan`: those stay text); else text (meter ids and
+/// channels stay text whatever they look like).
+fn json_cell(cell: &str, numeric: bool) -> serde_json::Value {
+    use serde_json::Value;
+    if cell.is_empty() {
+        return Value::Null;
+    }
+    if numeric {
+        if let Ok(n) = cell.parse::<i64>() {
+            return Value::from(n);
+        }
+        if let Some(n) = cell
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+        {
+            return Value::Number(n);
+        }
+    }
+    Value::String(cell.to_string())
 }
 
 /// Whether `e` is a write to a closed pipe.
@@ -85,7 +127,13 @@ pub(super) fn parse_duration_s(text: &str) -> anyhow::Result<u64> {
     Ok(n.saturating_mul(scale))
 }
 
-fn print(table: &Table, format: OutputFormat, out: &mut dyn Write) -> anyhow::Result<()> {
+/// Prints `table`; `numbers` names its columns of numbers (for JSON).
+fn print(
+    table: &Table,
+    numbers: &[&str],
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     match format {
         OutputFormat::Table => {
             let widths: Vec<usize> = (0..table.columns.len())
@@ -150,7 +198,7 @@ fn print(table: &Table, format: OutputFormat, out: &mut dyn Write) -> anyhow::Re
                         .columns
                         .iter()
                         .zip(row)
-                        .map(|(c, v)| (c.clone(), serde_json::Value::String(v.clone())))
+                        .map(|(c, v)| (c.clone(), json_cell(v, numbers.contains(&c.as_str()))))
                         .collect()
                 })
                 .collect();
@@ -163,6 +211,33 @@ fn print(table: &Table, format: OutputFormat, out: &mut dyn Write) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_has_numbers_nulls_and_text() {
+        let table = Table {
+            columns: ["meter_id", "channel", "readings", "consumption", "firmware"]
+                .map(String::from)
+                .to_vec(),
+            rows: vec![["0042", "1-0:1.8.0", "12", "1.5", ""]
+                .map(String::from)
+                .to_vec()],
+        };
+        let mut out = Vec::new();
+        print(
+            &table,
+            &["readings", "consumption"],
+            OutputFormat::Json,
+            &mut out,
+        )
+        .unwrap();
+        let rows: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            rows,
+            serde_json::json!([{"meter_id": "0042", "channel": "1-0:1.8.0", "readings": 12,
+                "consumption": 1.5, "firmware": null}])
+        );
+        assert_eq!(json_cell("inf", true), serde_json::json!("inf"));
+    }
 
     #[test]
     fn durations_parse() {

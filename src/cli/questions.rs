@@ -10,7 +10,7 @@ use meterflow_storage::analytics::Table;
 use meterflow_storage::questions::{self, AnomalyQuestion, AnomalyRules};
 use meterflow_storage::readings::summary::{self, ChannelSummary, SummaryRequest};
 use meterflow_storage::readings::{self, Channels, ReadRequest, Series};
-use meterflow_storage::status::{self, StatusRequest};
+use meterflow_storage::status::{self, StatusRequest, StatusView};
 use meterflow_storage::StorageError;
 
 /// The flags of `query anomalies`.
@@ -120,15 +120,18 @@ pub fn anomalies(config: &Config, args: AnomaliesArgs) -> anyhow::Result<Table> 
         margin_ms: 0,
         meter: args.meter.clone(),
         channels: Channels::RegistersAndIntervals,
-        neighbours: false,
+        // The reading before the period: a fall across its start is judged too.
+        neighbours: true,
     };
     let status_req = StatusRequest {
         meter: args.meter.clone(),
         period: Some((from_ms, to_ms)),
+        view: StatusView::Flagged,
     };
     let summary_req = SummaryRequest {
         meter: args.meter.clone(),
         before_ms: Some(to_ms),
+        count: false,
     };
     let mut found = Vec::new();
     let mut each = |series: Series| -> Result<(), StorageError> {
@@ -168,10 +171,12 @@ pub fn devices(config: &Config, args: DevicesArgs) -> anyhow::Result<Table> {
     let summary_req = SummaryRequest {
         meter: args.meter.clone(),
         before_ms: None,
+        count: true,
     };
     let status_req = StatusRequest {
         meter: args.meter.clone(),
         period: None,
+        view: StatusView::Latest,
     };
     let (summaries, reports): (Vec<ChannelSummary>, _) = if config.clickhouse.enabled() {
         let ch = &config.clickhouse;

@@ -20,9 +20,11 @@
 //!   end of the period is at least `stale_s` older than the end of the period, or than now
 //!   when the period ends later.
 //!
-//! Only readings inside the period count (a series is its readings in `[from, to)`, without
-//! neighbours): the rules are those of the SQL they replace (`storage/sql/anomalies.sql` before
-//! issue 21), with the fixes of that issue.
+//! Readings inside the period count, and for a fall also the reading just before it (a
+//! series read with neighbours brings it): a fall from the last reading before `from` to the
+//! first inside is the period's, dated at the reading inside. `zero_consumption`, `spike` and
+//! `missing_intervals` look at the readings inside only. The rules are those of the SQL they
+//! replace (`storage/sql/anomalies.sql` before issue 21), with the fixes of that issue.
 
 use std::collections::BTreeMap;
 
@@ -130,6 +132,14 @@ impl AnomalyQuestion<'_> {
         if points.is_empty() {
             return;
         }
+        // The reading before the period, when the series brings it (read with neighbours):
+        // the step from it to the first reading inside is a step of the period.
+        let before = series
+            .points
+            .iter()
+            .copied()
+            .take_while(|&(ts, _)| ts < self.from_ms)
+            .last();
         let interval = is_interval_channel(&series.channel);
         let register = !interval && is_cumulative_register(&series.channel);
         let mut push = |kind: &'static str, at_ms: i64, detail: String| {
@@ -143,7 +153,9 @@ impl AnomalyQuestion<'_> {
         };
         let unit = &series.unit;
         if register {
-            for w in points.windows(2) {
+            let with_before: Vec<(i64, f64)> =
+                before.into_iter().chain(points.iter().copied()).collect();
+            for w in with_before.windows(2) {
                 let ((_, before), (at, value)) = (w[0], w[1]);
                 if value < before {
                     let kind = if value < before * RESET_BELOW {
@@ -327,7 +339,8 @@ impl AnomalyQuestion<'_> {
 /// `query devices`: per meter with readings, when meterflow last received one (to the
 /// second), the seconds since (0 for a time ahead of now), its readings (one per channel
 /// and time), the newest value of each of its fields of status (each the newest report that
-/// carried it, by the report's time), and every channel's newest reading (`channel=value
+/// carried it, by arrival: `(at, lsn)`, as [`crate::status::StatusView::Latest`] gives them),
+/// and every channel's newest reading (`channel=value
 /// unit @ time`, by channel, `; ` between). Only meters silent for at least `stale_s` seconds
 /// (0: all). `summaries` in (meter, channel) order; `reports` in (meter, at, lsn) order.
 pub fn devices(
@@ -534,18 +547,20 @@ mod tests {
         let mut out = Vec::new();
         q.series(&series("m", "1-0:1.29.0", "kWh", &points[..8]), &mut out);
         assert!(out.is_empty(), "{out:?}");
-        // Readings outside the period do not count.
+        // A fall from the reading before the period to the first inside is the period's,
+        // dated inside; one to the reading after the period is not.
         let mut out = Vec::new();
         q.series(
             &series(
                 "m",
                 "1-0:1.8.0",
                 "kWh",
-                &[(-H, 9.0), (0, 5.0), (10 * D, 1.0)],
+                &[(-2 * H, 1.0), (-H, 9.0), (0, 5.0), (10 * D, 1.0)],
             ),
             &mut out,
         );
-        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(kinds(&out), [("1-0:1.8.0", "reverse_run", 0)]);
+        assert_eq!(out[0].detail, "fell from 9 to 5 kWh");
     }
 
     #[test]

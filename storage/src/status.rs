@@ -101,11 +101,28 @@ pub fn status_batch(rows: &[StatusRow]) -> Result<RecordBatch, StorageError> {
 }
 
 /// Which status reports to read: one meter or all, and a period of their own time `ts`
-/// (`[from, to)`, Unix ms, to the second) or all.
+/// (`[from, to)`, Unix ms, to the second) or all, and in which view.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatusRequest {
     pub meter: Option<String>,
     pub period: Option<(i64, i64)>,
+    pub view: StatusView,
+}
+
+/// What of the reports is delivered. Both sources reduce as they read (ClickHouse on the
+/// server), so neither holds every report of the history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StatusView {
+    /// Every report, each once.
+    #[default]
+    Reports,
+    /// Only the reports with error flags set (`error_flags > 0`): what `query anomalies`
+    /// needs.
+    Flagged,
+    /// One row per meter: each field from the newest report that carried it (newest by
+    /// arrival: `(at to the second, lsn)`; an empty firmware is none), `at`, `ts`, `source`
+    /// and `lsn` of the newest report: what `query devices` needs.
+    Latest,
 }
 
 impl StatusRequest {
@@ -120,11 +137,12 @@ impl StatusRequest {
         Ok(())
     }
 
-    fn wants(&self, meter: &str, ts_ms: i64) -> bool {
+    fn wants(&self, meter: &str, ts_ms: i64, flags: Option<u32>) -> bool {
         self.meter.as_deref().is_none_or(|m| m == meter)
             && self
                 .period
                 .is_none_or(|(from, to)| from <= ts_ms && ts_ms < to)
+            && (self.view != StatusView::Flagged || flags.is_some_and(|f| f > 0))
     }
 }
 
@@ -161,12 +179,84 @@ pub fn read_parquet(data_dir: &Path, req: &StatusRequest) -> Result<Vec<StatusRo
         None => (i64::MIN, i64::MAX),
     };
     let mut rows = Vec::new();
+    let mut latest = std::collections::BTreeMap::new();
     for (_, files) in tree.range(first..=last) {
         for path in files {
             read_file(path, req, &mut rows)?;
+            if req.view == StatusView::Latest {
+                for r in rows.drain(..) {
+                    fold_latest(&mut latest, r);
+                }
+            }
         }
     }
+    if req.view == StatusView::Latest {
+        return Ok(latest.into_values().map(Latest::row).collect());
+    }
     Ok(settle(rows))
+}
+
+/// The newest of each field of one meter, each with its report's `(at to the second, lsn)`.
+struct Latest {
+    newest: StatusRow,
+    key: (i64, u64),
+    battery_pct: Option<((i64, u64), u8)>,
+    rssi_dbm: Option<((i64, u64), i32)>,
+    rsrp_dbm: Option<((i64, u64), i32)>,
+    snr_db: Option<((i64, u64), f32)>,
+    firmware: Option<((i64, u64), String)>,
+    error_flags: Option<((i64, u64), u32)>,
+}
+
+impl Latest {
+    fn row(self) -> StatusRow {
+        StatusRow {
+            battery_pct: self.battery_pct.map(|f| f.1),
+            rssi_dbm: self.rssi_dbm.map(|f| f.1),
+            rsrp_dbm: self.rsrp_dbm.map(|f| f.1),
+            snr_db: self.snr_db.map(|f| f.1),
+            firmware: self.firmware.map(|f| f.1),
+            error_flags: self.error_flags.map(|f| f.1),
+            ..self.newest
+        }
+    }
+}
+
+/// Takes `value` at `key` where it is newer than what `field` holds (copies of one report
+/// share the key and the values).
+fn newer<T>(field: &mut Option<((i64, u64), T)>, key: (i64, u64), value: Option<T>) {
+    if let Some(v) = value {
+        if field.as_ref().is_none_or(|(k, _)| key >= *k) {
+            *field = Some((key, v));
+        }
+    }
+}
+
+fn fold_latest(latest: &mut std::collections::BTreeMap<String, Latest>, mut r: StatusRow) {
+    r.at_ms = whole_second(r.at_ms);
+    r.ts_ms = whole_second(r.ts_ms);
+    r.firmware = r.firmware.filter(|f| !f.is_empty());
+    let key = (r.at_ms, r.lsn);
+    let l = latest.entry(r.meter_id.clone()).or_insert_with(|| Latest {
+        newest: r.clone(),
+        key,
+        battery_pct: None,
+        rssi_dbm: None,
+        rsrp_dbm: None,
+        snr_db: None,
+        firmware: None,
+        error_flags: None,
+    });
+    newer(&mut l.battery_pct, key, r.battery_pct);
+    newer(&mut l.rssi_dbm, key, r.rssi_dbm);
+    newer(&mut l.rsrp_dbm, key, r.rsrp_dbm);
+    newer(&mut l.snr_db, key, r.snr_db);
+    newer(&mut l.firmware, key, r.firmware.clone());
+    newer(&mut l.error_flags, key, r.error_flags);
+    if key >= l.key {
+        l.key = key;
+        l.newest = r;
+    }
 }
 
 fn read_file(
@@ -220,7 +310,8 @@ fn read_file(
             let lsn = column::<UInt64Array>(&batch, "lsn", false, &foreign)?;
             let ts = column::<TimestampMillisecondArray>(&batch, "ts", false, &foreign)?;
             for i in 0..batch.num_rows() {
-                if !req.wants(meter.value(i), whole_second(ts.value(i))) {
+                let error_flags = flags.is_valid(i).then(|| flags.value(i));
+                if !req.wants(meter.value(i), whole_second(ts.value(i)), error_flags) {
                     continue;
                 }
                 let opt = |valid: bool| valid.then_some(());
@@ -232,8 +323,10 @@ fn read_file(
                     rssi_dbm: opt(rssi.is_valid(i)).map(|()| rssi.value(i)),
                     rsrp_dbm: opt(rsrp.is_valid(i)).map(|()| rsrp.value(i)),
                     snr_db: opt(snr.is_valid(i)).map(|()| snr.value(i)),
-                    firmware: opt(firmware.is_valid(i)).map(|()| firmware.value(i).to_string()),
-                    error_flags: opt(flags.is_valid(i)).map(|()| flags.value(i)),
+                    // An empty firmware is none, as ClickHouse's answer reads.
+                    firmware: opt(firmware.is_valid(i) && !firmware.value(i).is_empty())
+                        .map(|()| firmware.value(i).to_string()),
+                    error_flags,
                     source: source.value(i).to_string(),
                     lsn: lsn.value(i),
                 });
@@ -260,11 +353,52 @@ pub fn clickhouse_sql(db: &str, req: &StatusRequest, has_ts: bool) -> Result<Str
     if let Some((from, to)) = req.period {
         filter.push_str(&format!(" AND {ts_ms} >= {from} AND {ts_ms} < {to}"));
     }
-    Ok(format!(
-        "SELECT meter_id, {at_ms} AS at_ms, {ts_ms} AS ts_ms, battery_pct, rssi_dbm, rsrp_dbm, \
-         snr_db, firmware, error_flags, source, lsn FROM {db}.device_status WHERE 1{filter} \
-         ORDER BY meter_id, at, lsn"
-    ))
+    Ok(match req.view {
+        StatusView::Reports | StatusView::Flagged => {
+            if req.view == StatusView::Flagged {
+                filter.push_str(" AND error_flags > 0");
+            }
+            format!(
+                "SELECT meter_id, {at_ms} AS at_ms, {ts_ms} AS ts_ms, battery_pct, rssi_dbm, \
+                 rsrp_dbm, snr_db, firmware, error_flags, source, lsn FROM {db}.device_status \
+                 WHERE 1{filter} ORDER BY meter_id, at, lsn"
+            )
+        }
+        StatusView::Latest => {
+            // Each field from the newest report (by arrival, to the second, then lsn) that
+            // carried it, aggregated on the server: one row per meter comes back.
+            let key = format!("({at_ms}, lsn)");
+            let fields = [
+                "battery_pct",
+                "rssi_dbm",
+                "rsrp_dbm",
+                "snr_db",
+                "error_flags",
+            ];
+            // Inner names apart from the columns: ClickHouse puts an alias in for its name
+            // anywhere in the query (`lsn` inside the key would become an aggregate).
+            let mut inner: Vec<String> = fields
+                .iter()
+                .map(|c| format!("argMaxIf({c}, {key}, isNotNull({c})) AS f_{c}"))
+                .collect();
+            inner.push(format!(
+                "argMaxIf(firmware, {key}, notEmpty(ifNull(firmware, ''))) AS f_firmware"
+            ));
+            let outer = fields
+                .iter()
+                .chain(&["firmware"])
+                .map(|c| format!("f_{c} AS {c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "SELECT meter_id, at_ms, ts_ms, {outer}, f_source AS source, f_lsn AS lsn \
+                 FROM (SELECT meter_id, max({at_ms}) AS at_ms, argMax({ts_ms}, {key}) AS ts_ms, \
+                 {inner}, argMax(source, {key}) AS f_source, argMax(lsn, {key}) AS f_lsn \
+                 FROM {db}.device_status WHERE 1{filter} GROUP BY meter_id) ORDER BY meter_id",
+                inner = inner.join(", ")
+            )
+        }
+    })
 }
 
 /// The question whether `device_status` has the `ts` column (TabSeparatedWithNames, one
@@ -400,6 +534,7 @@ mod tests {
         let first_day = StatusRequest {
             meter: Some("a".into()),
             period: Some((day, day + DAY_MS)),
+            ..Default::default()
         };
         assert_eq!(
             read_parquet(dir.path(), &first_day).unwrap(),
@@ -428,6 +563,7 @@ mod tests {
             &StatusRequest {
                 meter: Some("m-1".into()),
                 period: Some((1_500, 4_000)),
+                ..Default::default()
             },
             true,
         )
@@ -443,7 +579,8 @@ mod tests {
             "mf",
             &StatusRequest {
                 meter: Some("x' OR 1=1".into()),
-                period: None
+                period: None,
+                ..Default::default()
             },
             true,
         )

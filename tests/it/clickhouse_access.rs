@@ -221,7 +221,7 @@ fn the_writer_inserts_through_https_and_a_wrong_ca_is_refused() {
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(rows.len(), 1, "{out}");
     assert_eq!(rows[0]["meter_id"], "TLS-1");
-    assert_eq!(rows[0]["readings"], "4");
+    assert_eq!(rows[0]["readings"], 4, "a number");
     let roots = [
         "query",
         "--clickhouse-url",

@@ -28,7 +28,7 @@ use meterflow_storage::questions::{self, AnomalyQuestion, AnomalyRules};
 use meterflow_storage::readings::clickhouse::{read_sql, series_from_answers};
 use meterflow_storage::readings::summary::{self, SummaryRequest};
 use meterflow_storage::readings::{self, Channels, ReadRequest};
-use meterflow_storage::status::{self, status_batch, StatusRequest};
+use meterflow_storage::status::{self, status_batch, StatusRequest, StatusView};
 use meterflow_storage::{ParquetConfig, ParquetSink, StorageError};
 
 use crate::harness::{free_port, BIN};
@@ -372,15 +372,17 @@ fn anomalies_both(
         margin_ms: 0,
         meter: meter.map(str::to_string),
         channels: Channels::RegistersAndIntervals,
-        neighbours: false,
+        neighbours: true,
     };
     let status_req = StatusRequest {
         meter: meter.map(str::to_string),
         period: Some((from, to)),
+        view: StatusView::Flagged,
     };
     let summary_req = SummaryRequest {
         meter: meter.map(str::to_string),
         before_ms: Some(to),
+        count: false,
     };
     let [window, neighbours] = read_sql("mf", &req, TimeColumns::Millis).unwrap();
     let window = ch.run(&window, "RowBinary").unwrap();
@@ -432,10 +434,12 @@ fn devices_both(
     let summary_req = SummaryRequest {
         meter: meter.map(str::to_string),
         before_ms: None,
+        count: true,
     };
     let status_req = StatusRequest {
         meter: meter.map(str::to_string),
         period: None,
+        view: StatusView::Latest,
     };
     let summaries =
         summary::from_tsv(&ch.ok(&summary::clickhouse_sql("mf", &summary_req).unwrap())).unwrap();
@@ -921,7 +925,11 @@ fn a_query_answer_compressed_by_a_current_clickhouse_reads_back() {
     );
     // `query devices` asks three questions: the channels' summaries (the big answer, served
     // compressed), whether device_status has `ts`, and the status reports (none here).
-    let sql = summary::clickhouse_sql("mf", &SummaryRequest::default()).unwrap();
+    let devices_summary = SummaryRequest {
+        count: true,
+        ..SummaryRequest::default()
+    };
+    let sql = summary::clickhouse_sql("mf", &devices_summary).unwrap();
     let plain = ch.ok(&sql);
     let summaries = summary::from_tsv(&plain).unwrap();
     assert_eq!(summaries.len(), 12_000);
@@ -938,8 +946,12 @@ fn a_query_answer_compressed_by_a_current_clickhouse_reads_back() {
         "several blocks: {} bytes",
         body.len()
     );
+    let latest = StatusRequest {
+        view: StatusView::Latest,
+        ..StatusRequest::default()
+    };
     let no_status = ch
-        .ok(&status::clickhouse_sql("mf", &StatusRequest::default(), true).unwrap())
+        .ok(&status::clickhouse_sql("mf", &latest, true).unwrap())
         .into_bytes();
 
     let listener = std::net::TcpListener::bind(("127.0.0.1", free_port())).unwrap();
@@ -989,12 +1001,21 @@ fn a_query_answer_compressed_by_a_current_clickhouse_reads_back() {
     let want = questions::devices(&summaries, &[], 0, now + 5_000, &|ms| utc.format(ms));
     assert_eq!(want.rows.len(), 3000);
     assert_eq!(want.rows[0][2], "5", "seconds since, from --now");
+
     let got: Vec<serde_json::Map<String, serde_json::Value>> =
         serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got.len(), want.rows.len());
+    assert_eq!(got[0]["seconds_since"], 5, "a number");
     for (i, row) in got.iter().enumerate() {
         for (c, name) in want.columns.iter().enumerate() {
-            assert_eq!(row[name], want.rows[i][c], "row {i} {name}");
+            // Numbers are JSON numbers, nothing is null.
+            let text = match &row[name] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Null => String::new(),
+                other => panic!("row {i} {name}: {other}"),
+            };
+            assert_eq!(text, want.rows[i][c], "row {i} {name}");
         }
     }
 }

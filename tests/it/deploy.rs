@@ -65,6 +65,17 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     rows.push(now_row("G1", 0, "now()"));
     rows.push(now_row("G4", 3 * 3600, "now() - 3 * 3600"));
     rows.push(now_row("G9", 3 * 3600, "now()"));
+    // What per-day panels got wrong: G10 reset at 05:00 and then rose by more than 1 % of the
+    // old value the same day (a reset, not a reverse run); G11 is read once a day and fell
+    // between two days; G12 has been silent for 40 days.
+    rows.push(row("G10", "1-0:1.8.0", 1, 1000.0, "now()"));
+    rows.push(row("G10", "1-0:1.8.0", 5, 2.0, "now()"));
+    rows.push(row("G10", "1-0:1.8.0", 20, 50.0, "now()"));
+    rows.push(format!("('G11', '1-0:1.8.0', toDateTime({day} - 86400 + 3600), 300, 'kWh', 0, now(), 'mqtt', 'json')"));
+    rows.push(row("G11", "1-0:1.8.0", 1, 250.0, "now()"));
+    rows.push(format!(
+        "('G12', '1-0:1.8.0', toDateTime({day} - 39 * 86400), 7, 'kWh', 0, now(), 'mqtt', 'json')"
+    ));
     for days_back in 1..=5 {
         rows.push(format!("('G7', '0-1:24.2.1', toDateTime(toStartOfDay(now()) - {days_back} * 86400 + 3600), 42.5, 'm3', 0, now(), 'mqtt', 'json')"));
     }
@@ -83,7 +94,8 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     ));
     ch.query(&format!(
         "INSERT INTO {db}.device_status (meter_id, at, error_flags, source, ts) VALUES \
-         ('G8', now(), 2, 'mqtt', now() - 10 * 86400)"
+         ('G8', now(), 2, 'mqtt', now() - 10 * 86400), \
+         ('G13', now(), 8, 'mqtt', now() + 86400)"
     ));
     let run = |title: &str| -> String {
         let (_, target) = targets()
@@ -95,7 +107,8 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
             .unwrap()
             .replace("meterflow.", &format!("{db}."))
             .replace("$__fromTime", "toDateTime(toUInt32(now()) - 7 * 86400)")
-            .replace("$__toTime", "now()");
+            // The range ends a minute from now (rows written "now" are inside it).
+            .replace("$__toTime", "toDateTime(toUInt32(now()) + 60)");
         ch.query(&sql)
     };
     let every_sql: Vec<String> = targets()
@@ -111,14 +124,25 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     assert!(import.trim().ends_with("\t2.5"), "{import}");
     let gas = run("Gas per day, m3 (24.2.x)");
     assert!(gas.trim().ends_with("\t0.75"), "{gas}");
-    let reverse =
-        run("Anomalies: reverse runs (per day; a fall to below 1 % is a reset, not here)");
-    assert!(reverse.starts_with("G2\t1-0:1.8.1"), "{reverse}");
-    assert_eq!(reverse.lines().count(), 1, "{reverse}");
-    let resets =
-        run("Anomalies: register resets (per day: a fall to below 1 % of the day's first value)");
-    assert!(resets.starts_with("G6\t1-0:1.8.1"), "{resets}");
-    assert_eq!(resets.lines().count(), 1, "{resets}");
+    let first_two = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| l.split('\t').take(2).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let reverse = run(
+        "Anomalies: reverse runs (a fall between consecutive readings, not to below 1 %: that is a reset)",
+    );
+    assert_eq!(
+        first_two(&reverse),
+        ["G2 1-0:1.8.1", "G11 1-0:1.8.0"],
+        "G11's fall between days; not G10's reset: {reverse}"
+    );
+    let resets = run("Anomalies: register resets (a fall to below 1 % of the reading before)");
+    assert_eq!(
+        first_two(&resets),
+        ["G6 1-0:1.8.1", "G10 1-0:1.8.0"],
+        "G10's reset though the day ends above 1 %: {resets}"
+    );
     let still = run(
         "Anomalies: consumption registers standing still for 3 days or more (1.8.x, 24.2.x, 24.3.0)",
     );
@@ -132,14 +156,16 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     assert_eq!(
         flags.lines().count(),
         1,
-        "G8's report is older than the range: {flags}"
+        "G8's report is older than the range, G13's after its end: {flags}"
     );
-    let stale = run("Stale meters: no reading for 2 h, by the readings' own time (newest first)");
+    let stale = run(
+        "Stale meters: no reading for 2 h before the range's end or now, by the readings' own time (newest first)",
+    );
     let stale: Vec<&str> = stale
         .lines()
         .map(|l| l.split('\t').next().unwrap())
         .collect();
-    for meter in ["G4", "G9", "G2"] {
+    for meter in ["G4", "G9", "G2", "G12"] {
         assert!(stale.contains(&meter), "{meter}: {stale:?}");
     }
     assert!(!stale.contains(&"G1"), "{stale:?}");

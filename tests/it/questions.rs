@@ -4,8 +4,8 @@
 //! to both, and both answers required byte for byte the same and equal to figures written
 //! here: a reset, a reverse run (against a duplicate of another value), a gas register
 //! standing still for four days, a quarter-hour series with a gap and a spike, error flags in
-//! a report whose own time is inside the period but that arrived long after it, a stale meter;
-//! times in Asia/Bishkek (UTC+6).
+//! a report whose own time is inside the period but that arrived long after it, a stale meter,
+//! a reset across the period's start, an empty firmware; times in Asia/Bishkek (UTC+6).
 
 use std::path::Path;
 use std::process::Command;
@@ -46,6 +46,10 @@ fn readings() -> Vec<(&'static str, &'static str, i64, f64, &'static str)> {
         // Not heard since 02:00 on the first day.
         ("OLD", "1-0:1.8.0", FROM + H, 10.0, "kWh"),
         ("OLD", "1-0:1.8.0", FROM + 2 * H, 11.0, "kWh"),
+        // A reset across the period's start: the reading before it is 5000.
+        ("XST", "1-0:1.8.0", FROM - H, 5000.0, "kWh"),
+        ("XST", "1-0:1.8.0", FROM + H, 3.0, "kWh"),
+        ("XST", "1-0:1.8.0", FROM + 4 * D + 20 * H, 6.0, "kWh"),
         // FLG's own reading; its report (over MQTT) adds one.
         ("FLG", "1-0:1.8.0", FROM + 4 * D + 12 * H, 10.0, "kWh"),
     ];
@@ -141,7 +145,8 @@ fn anomalies_and_devices_are_the_same_on_clickhouse_and_on_parquet() {
     mosquitto_pub(server.mqtt_port, "meters/FLG/json", &report, &[]);
     // A bare status report has no time of its own: received now, after the period.
     let bare = payloads.path().join("status.json");
-    std::fs::write(&bare, r#"{"error_flags": 1}"#).unwrap();
+    // An empty firmware is no firmware, from both sources: FLG's stays 1.2.3.
+    std::fs::write(&bare, r#"{"error_flags": 1, "firmware": ""}"#).unwrap();
     mosquitto_pub(server.mqtt_port, "meters/FLG/status", &bare, &[]);
     wait_for("both status reports in ClickHouse", || {
         let n = ch.query(&format!(
@@ -216,6 +221,10 @@ fn anomalies_and_devices_are_the_same_on_clickhouse_and_on_parquet() {
             "RST,1-0:1.8.0,register_reset,{},fell from 99995 to 4 kWh",
             local(FROM + 3 * H)
         ),
+        format!(
+            "XST,1-0:1.8.0,register_reset,{},fell from 5000 to 3 kWh",
+            local(FROM + H)
+        ),
     ];
     assert_eq!(anomalies, want.join("\n") + "\n");
     assert!(want[1].contains("2024-03-05T23:50:00+06:00"), "{}", want[1]);
@@ -244,11 +253,11 @@ fn anomalies_and_devices_are_the_same_on_clickhouse_and_on_parquet() {
     );
     assert_eq!(earlier, format!("{}\n", want[0]));
 
-    // devices, seen from 2030 (--now): every meter, each with its figures.
-    let now = "2030-01-01T00:00:00+06:00";
-    let now_ms = chrono::DateTime::parse_from_rfc3339(now)
-        .unwrap()
-        .timestamp_millis();
+    // devices, seen from a year after the test's own clock (--now, after every receive
+    // time whatever the date): every meter, each with its figures.
+    let now_ms = (meterflow_proto::now_ms() / 1000 + 365 * 86_400) * 1000;
+    let now = local(now_ms);
+    let now = now.as_str();
     let devices = both(
         &clickhouse,
         &parquet,
@@ -316,6 +325,12 @@ fn anomalies_and_devices_are_the_same_on_clickhouse_and_on_parquet() {
                 FROM + 4 * D + 20 * H,
                 5,
                 &format!("1-0:1.8.0=8 kWh @ {}", local(FROM + 4 * D + 20 * H))
+            ),
+            row(
+                "XST",
+                FROM + 4 * D + 20 * H,
+                3,
+                &format!("1-0:1.8.0=6 kWh @ {}", local(FROM + 4 * D + 20 * H))
             ),
         ]
     );
@@ -403,6 +418,29 @@ fn an_earlier_device_status_gets_its_ts_column_and_works_without_it() {
         .trim(),
         "DateTime\tat"
     );
+    // Adding it again (what every `ON CLUSTER` apply does, and two appliers at once): the
+    // server's "already exists" counts as done.
+    let ch_config = meterflow_storage::clickhouse::ClickHouseConfig {
+        url: ch.url.clone(),
+        database: db.clone(),
+        ..Default::default()
+    };
+    let again = format!("ALTER TABLE {db}.device_status ADD COLUMN ts DateTime DEFAULT at");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert!(!runtime
+        .block_on(meterflow_storage::clickhouse::schema::add_column_on(
+            &ch_config, &again
+        ))
+        .unwrap());
+    let bad = format!("ALTER TABLE {db}.device_status ADD COLUMN x NoSuchType");
+    assert!(runtime
+        .block_on(meterflow_storage::clickhouse::schema::add_column_on(
+            &ch_config, &bad
+        ))
+        .is_err());
     let out = Command::new(BIN).args(args).output().unwrap();
     assert!(
         out.status.success(),

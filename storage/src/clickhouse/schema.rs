@@ -307,7 +307,8 @@ pub async fn apply_schema(
                 source,
             })?;
         if present == CLUSTER_OBJECTS.len() as u64 {
-            add_status_ts(config, &client).await?;
+            // Only where this node lacks it: distributed DDL must not hold ingest.
+            add_status_ts(config, &client, false).await?;
             return Ok(version);
         }
         tracing::info!(cluster, database = %db, "creating the schema on the cluster");
@@ -327,17 +328,25 @@ pub async fn apply_schema(
                 source,
             })?;
     }
-    add_status_ts(config, &client).await?;
+    add_status_ts(config, &client, !only_if_missing).await?;
     Ok(version)
 }
 
 /// Adds `device_status.ts` (a report's own time, `DEFAULT at`, of `at`'s type) to a table
-/// made before the column existed. 18.16 has no `ADD COLUMN IF NOT EXISTS`, so the columns
-/// are read first. On a cluster: each shard's `device_status_local`, then the Distributed
-/// table, `ON CLUSTER`.
+/// made before the column existed. 18.16 has no `ADD COLUMN IF NOT EXISTS`: on a single
+/// server the columns are read first; on a cluster the node this client talks to cannot
+/// speak for the others, so with `every_node` (`meterflow schema --apply`) each shard's
+/// `device_status_local` gets `ALTER ... ON CLUSTER ... ADD COLUMN` whatever this node has,
+/// and a node that has the column already answers "exists" (Code 44; 15 on some servers),
+/// which counts as done. The Distributed `device_status` gets it (`ON CLUSTER`) only where
+/// this node lacks it: 18.16 refuses an `ALTER ... ON CLUSTER` of a table that is not
+/// replicated on replicated shards (Code 371) once every node has it, so it cannot be sent
+/// every time. Without `every_node` (the writer's start, which a replica down must not
+/// hold: distributed DDL waits for every server) only where this node lacks the column.
 async fn add_status_ts(
     config: &ClickHouseConfig,
     client: &clickhouse::Client,
+    every_node: bool,
 ) -> Result<(), ClickHouseError> {
     let db = &config.database;
     let err = |source| ClickHouseError {
@@ -353,30 +362,71 @@ async fn add_status_ts(
         .await
         .map_err(err)?;
     let (tables, on_cluster) = match config.topology() {
-        Topology::Single => (&["device_status"][..], String::new()),
+        Topology::Single => (&["device_status"][..], None),
         Topology::Cluster(cluster) => (
             &["device_status_local", "device_status"][..],
-            format!(" ON CLUSTER {cluster}"),
+            Some(format!(" ON CLUSTER {cluster}")),
         ),
     };
     for table in tables {
         let Some(at) = columns.iter().find(|c| c.table == *table && c.name == "at") else {
             continue;
         };
-        if columns.iter().any(|c| c.table == *table && c.name == "ts") {
+        let here = columns.iter().any(|c| c.table == *table && c.name == "ts");
+        // The Distributed table only where this node lacks the column: 18.16 refuses an
+        // ALTER ON CLUSTER of it on replicated shards (Code 371, "isn't replicated").
+        let every = every_node && on_cluster.is_some() && *table == "device_status_local";
+        if here && !every {
             continue;
         }
-        client
-            .query(&format!(
-                "ALTER TABLE {db}.{table}{on_cluster} ADD COLUMN ts {} DEFAULT at",
-                at.kind
-            ))
-            .execute()
-            .await
-            .map_err(err)?;
-        tracing::info!(database = %db, table, "added device_status.ts (a status report's own time) to a table of an earlier version");
+        let sql = format!(
+            "ALTER TABLE {db}.{table}{} ADD COLUMN ts {} DEFAULT at",
+            on_cluster.as_deref().unwrap_or(""),
+            at.kind
+        );
+        if add_column(client, &sql, "adding device_status.ts").await? && !here {
+            tracing::info!(database = %db, table, "added device_status.ts (a status report's own time) to a table of an earlier version");
+        }
     }
     Ok(())
+}
+
+/// [`add_column`] on the server of `config` (for tests on a real server).
+#[doc(hidden)]
+pub async fn add_column_on(config: &ClickHouseConfig, sql: &str) -> Result<bool, ClickHouseError> {
+    add_column(&config.client()?, sql, "adding a column").await
+}
+
+/// Runs `ALTER ... ADD COLUMN` (`sql`): `true` when it added the column, `false` when the
+/// server (or a node of the cluster) says the column exists already (Code 44, as 18.16
+/// answers; 15 on some servers), which is done too.
+async fn add_column(
+    client: &clickhouse::Client,
+    sql: &str,
+    action: &'static str,
+) -> Result<bool, ClickHouseError> {
+    match client.query(sql).execute().await {
+        Ok(()) => Ok(true),
+        Err(source) => {
+            let e = ClickHouseError { action, source };
+            if is_duplicate_column(&e) {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Whether `e` says the column to add exists already (Code 44 `ILLEGAL_COLUMN`, "column with
+/// this name already exists", as 18.16 and later answer; Code 15 `DUPLICATE_COLUMN`).
+/// Code 44 is any illegal column too, so its text must say so.
+fn is_duplicate_column(e: &ClickHouseError) -> bool {
+    match e.code() {
+        Some(15) => true,
+        Some(44) => e.to_string().contains("already exists"),
+        _ => false,
+    }
 }
 
 /// How the `readings` table stores times: decided by the table, not the server version (a
@@ -603,6 +653,30 @@ pub fn layout_from(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_column_that_exists_already_is_done() {
+        let error = |text: &str| super::ClickHouseError {
+            action: "adding",
+            source: clickhouse::error::Error::BadResponse(text.into()),
+        };
+        // 18.16's answer, alone and as the DDL worker passes on a node's.
+        let single = "Code: 44, e.displayText() = DB::Exception: Cannot add column ts: column \
+                      with this name already exists, e.what() = DB::Exception";
+        assert!(super::is_duplicate_column(&error(single)));
+        assert!(super::is_duplicate_column(&error(&format!(
+            "Code: 44, e.displayText() = DB::Exception: There was an error on [ch2:9000]: {single}"
+        ))));
+        assert!(super::is_duplicate_column(&error(
+            "Code: 15. DB::Exception: Column ts already exists"
+        )));
+        assert!(!super::is_duplicate_column(&error(
+            "Code: 44. DB::Exception: Sorting key cannot contain nullable columns"
+        )));
+        assert!(!super::is_duplicate_column(&error(
+            "Code: 60. Table doesn't exist"
+        )));
+    }
+
     use super::*;
 
     #[test]

@@ -777,7 +777,14 @@ pub(crate) fn summaries(
     let mut index: HashMap<(String, String), usize> = HashMap::new();
     let mut acc: Vec<ChannelAcc> = Vec::new();
     let mut stray = 0usize;
+    // The (channel, ts) of one date folder, when counting: a reading's copies are all in the
+    // folder of its date (rows outside it are not read), so one folder's set counts them.
+    let mut day_times: std::collections::HashSet<(usize, i64)> = Default::default();
     for (&day, files) in tree.range(..=last_day) {
+        for &(s, _) in &day_times {
+            acc[s].readings += 1;
+        }
+        day_times.clear();
         let day_start = day.saturating_mul(DAY_MS);
         let day_end = day_start.saturating_add(DAY_MS - 1);
         for path in files {
@@ -838,7 +845,7 @@ pub(crate) fn summaries(
                                 Some(&s) => s,
                                 None => {
                                     acc.push(ChannelAcc {
-                                        times: Vec::new(),
+                                        readings: 0,
                                         last_received: i64::MIN,
                                         newest: None,
                                     });
@@ -853,6 +860,9 @@ pub(crate) fn summaries(
                             };
                             let unit = rows.unit.map_or("", |u| u.value(i));
                             acc[s].add(copy, unit);
+                            if req.count {
+                                day_times.insert((s, ts));
+                            }
                         }
                     }
                     Ok(())
@@ -860,6 +870,10 @@ pub(crate) fn summaries(
             }
         }
     }
+    for &(s, _) in &day_times {
+        acc[s].readings += 1;
+    }
+    drop(day_times);
     if stray > 0 {
         tracing::warn!(
             rows = stray,
@@ -869,16 +883,12 @@ pub(crate) fn summaries(
     let mut out: Vec<super::summary::ChannelSummary> = index
         .into_iter()
         .filter_map(|((meter_id, channel), s)| {
-            let a = std::mem::take(&mut acc[s].times);
             let (newest, unit) = acc[s].newest.take()?;
-            let mut times = a;
-            times.sort_unstable();
-            times.dedup();
             Some(super::summary::ChannelSummary {
                 meter_id,
                 channel,
                 unit,
-                readings: times.len() as u64,
+                readings: acc[s].readings,
                 last_ts_ms: newest.ts,
                 last_value: newest.value,
                 last_received_ms: acc[s].last_received,
@@ -894,7 +904,8 @@ pub(crate) fn summaries(
 
 /// One channel's summary being gathered.
 struct ChannelAcc {
-    times: Vec<i64>,
+    /// Readings counted in the date folders before the current one.
+    readings: u64,
     last_received: i64,
     /// The copy that counts at the newest time, and its unit.
     newest: Option<(Copy, String)>,
@@ -902,7 +913,6 @@ struct ChannelAcc {
 
 impl ChannelAcc {
     fn add(&mut self, copy: Copy, unit: &str) {
-        self.times.push(copy.ts);
         self.last_received = self.last_received.max(copy.received_at);
         let newer = match &self.newest {
             None => true,

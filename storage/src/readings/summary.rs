@@ -4,7 +4,10 @@
 //! readings. `query devices` (last seen, newest values) and the `stale` anomaly (a meter's
 //! newest reading) run on it. The same summaries from the Parquet tree (every date folder up
 //! to the bound: the whole history is read, columns meter_id, channel, ts, value, unit,
-//! received_at) and from ClickHouse (one query, deduplicating by itself as the series do).
+//! received_at, but only a running summary per channel is kept, and for the count the times
+//! of one date folder at a time: a reading's folder is its date, so its copies meet there)
+//! and from ClickHouse (one query, deduplicating by itself as the series do; the count,
+//! `uniqExact(ts)`, only when asked for).
 //!
 //! ClickHouse before 20.5 keeps `ts` and `received_at` in whole seconds: there the times are
 //! whole seconds (on data with whole-second times both sources agree exactly).
@@ -21,6 +24,10 @@ pub struct SummaryRequest {
     pub meter: Option<String>,
     /// Only readings with `ts` before this (Unix ms); all when `None`.
     pub before_ms: Option<i64>,
+    /// Whether the readings are counted ([`ChannelSummary::readings`]; 0 when not). Counting
+    /// one per `ts` costs a set of times (on Parquet one date folder's, on ClickHouse every
+    /// time asked for): `stale` does without, `devices` asks for it.
+    pub count: bool,
 }
 
 impl SummaryRequest {
@@ -41,7 +48,7 @@ pub struct ChannelSummary {
     pub channel: String,
     /// The unit of the newest reading.
     pub unit: String,
-    /// Readings, one per `ts`.
+    /// Readings, one per `ts` (0 when the request did not ask to count).
     pub readings: u64,
     pub last_ts_ms: i64,
     pub last_value: f64,
@@ -77,12 +84,13 @@ pub fn clickhouse_sql(db: &str, req: &SummaryRequest) -> Result<String, StorageE
     Ok(format!(
         "SELECT meter_id, channel, \
            argMax(unit, (ts, received_at, value, unit)) AS unit, \
-           uniqExact(ts) AS readings, \
+           {readings} AS readings, \
            {last_ts} AS last_ts_ms, \
            argMax(value, (ts, received_at, value)) AS last_value, \
            {last_received} AS last_received_ms \
          FROM {db}.readings WHERE 1{filter} \
          GROUP BY meter_id, channel ORDER BY meter_id, channel",
+        readings = if req.count { "uniqExact(ts)" } else { "0" },
         last_ts = ms("max(ts)"),
         last_received = ms("max(received_at)"),
     ))
@@ -156,8 +164,17 @@ mod tests {
         let req = SummaryRequest {
             meter: Some("m-1".into()),
             before_ms: Some(5_500),
+            count: false,
         };
         let sql = clickhouse_sql("mf", &req).unwrap();
+        assert!(!sql.contains("uniq"), "stale needs no set of times: {sql}");
+        let counted = SummaryRequest {
+            count: true,
+            ..req.clone()
+        };
+        assert!(clickhouse_sql("mf", &counted)
+            .unwrap()
+            .contains("uniqExact(ts)"));
         assert!(
             sql.contains("meter_id = 'm-1'")
                 && sql.contains("toInt64(round(toFloat64(ts) * 1000)) < 5500"),
@@ -166,6 +183,7 @@ mod tests {
         let bad = SummaryRequest {
             meter: Some("x'".into()),
             before_ms: None,
+            count: true,
         };
         assert!(clickhouse_sql("mf", &bad).is_err());
     }
