@@ -8,8 +8,8 @@ with meterflow's boundary rule, and writes it as CSV (meter_id,channel,consumpti
 The rule (billing/src/register.rs, README "Billing"), written here independently:
 - R(B): the reading at B (actual); else the line between the last reading before B and the
   first after it when both exist, are at most 7 days apart and the register did not fall
-  between them (interpolated); else the nearer of the two, the earlier on a tie, or the only
-  one there is (carried);
+  between them (interpolated); else the reading before, carried forward, or before the first
+  reading the first one (carried);
 - consumption: the steps from R(FROM) through the readings strictly inside (FROM, TO) to
   R(TO); a rise adds the difference, a fall below 1 % of the value before counts the new
   value (a reset), any other fall adds 0.
@@ -41,8 +41,7 @@ def edge(name, at):
           WHEN t = {at} THEN v
           WHEN prev_t IS NULL THEN v
           WHEN t - prev_t <= {GAP_MS} AND v >= prev_v THEN {interpolated}
-          WHEN {at} - prev_t <= t - {at} THEN prev_v
-          ELSE v END, t) FILTER (WHERE t >= {at}) AS {name}_next"""
+          ELSE prev_v END, t) FILTER (WHERE t >= {at}) AS {name}_next"""
 
 
 def main():
