@@ -9,6 +9,7 @@ use anyhow::Context;
 use meterflow_billing::{Bill, BillRow, Query, Reading, Tariff, Zone};
 use meterflow_ingest::Config;
 use meterflow_storage::analytics::Table;
+use meterflow_storage::questions::number;
 use meterflow_storage::readings::{self, Channels, ReadRequest, Series};
 
 /// The flags of `query billing`.
@@ -149,17 +150,6 @@ pub const COLUMNS: [&str; 15] = [
     "resets",
     "readings",
 ];
-
-/// A number as printed: rounded to 6 decimals (a milli-watt-hour of a kWh register), no
-/// trailing zeros, never `-0`.
-pub fn number(x: f64) -> String {
-    let rounded = (x * 1e6).round() / 1e6;
-    if rounded == 0.0 {
-        "0".into()
-    } else {
-        format!("{rounded}")
-    }
-}
 
 /// The rows as a table, times in `zone` with their offset.
 pub fn table(rows: &[BillRow], zone: Zone) -> Table {

@@ -617,31 +617,39 @@ struct SeriesAcc {
     after: Option<Copy>,
 }
 
+/// Keeps `copy` (with its unit) in `newest` if it is the one that counts at the newest time:
+/// a later reading, or of one reading the copy that wins ([`Copy::order`]; between equal
+/// copies the greater unit).
+fn keep_newest(newest: &mut Option<(Copy, String)>, copy: Copy, unit: &str) {
+    let newer = match newest {
+        None => true,
+        Some((n, u)) => match copy.order(n) {
+            Ordering::Greater => true,
+            Ordering::Less => false,
+            Ordering::Equal => unit > u.as_str(),
+        },
+    };
+    if !newer {
+        return;
+    }
+    match newest {
+        Some((n, u)) => {
+            *n = copy;
+            if u != unit {
+                u.clear();
+                u.push_str(unit);
+            }
+        }
+        None => *newest = Some((copy, unit.to_string())),
+    }
+}
+
 impl SeriesAcc {
     fn add(&mut self, copy: Copy, unit: &str) {
         self.min_ts = self.min_ts.min(copy.ts);
         self.max_ts = self.max_ts.max(copy.ts);
         self.points.push(copy);
-        let newer = match &self.newest {
-            None => true,
-            Some((n, u)) => match copy.order(n) {
-                Ordering::Greater => true,
-                Ordering::Less => false,
-                Ordering::Equal => unit > u.as_str(),
-            },
-        };
-        if newer {
-            match &mut self.newest {
-                Some((n, u)) => {
-                    *n = copy;
-                    if u != unit {
-                        u.clear();
-                        u.push_str(unit);
-                    }
-                }
-                None => self.newest = Some((copy, unit.to_string())),
-            }
-        }
+        keep_newest(&mut self.newest, copy, unit);
     }
 
     /// The series as delivered: the window's readings, one per time, and the neighbours
@@ -914,17 +922,7 @@ struct ChannelAcc {
 impl ChannelAcc {
     fn add(&mut self, copy: Copy, unit: &str) {
         self.last_received = self.last_received.max(copy.received_at);
-        let newer = match &self.newest {
-            None => true,
-            Some((n, u)) => match copy.order(n) {
-                Ordering::Greater => true,
-                Ordering::Less => false,
-                Ordering::Equal => unit > u.as_str(),
-            },
-        };
-        if newer {
-            self.newest = Some((copy, unit.to_string()));
-        }
+        keep_newest(&mut self.newest, copy, unit);
     }
 }
 
