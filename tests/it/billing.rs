@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{config_file, ClickHouse, BIN};
+use crate::harness::{config_file, import_canonical_csv, query_csv, ClickHouse, BIN};
 
 const H: i64 = 3_600_000;
 
@@ -84,18 +84,7 @@ impl Both {
             parquet_data.path().display()
         ));
         for config in [&clickhouse, &parquet] {
-            let out = Command::new(BIN)
-                .args(["import", "--config", config, "--map"])
-                .arg("meter_id=meter_id,channel=channel,ts=ts,value=value,unit=unit")
-                .arg(&csv)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            import_canonical_csv(config, &csv);
         }
         Both {
             _dirs: vec![csv_dir, parquet_data, ch_cfg_dir, pq_cfg_dir],
@@ -125,17 +114,7 @@ impl Drop for Both {
 }
 
 fn bill_csv(config: &str, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(["query", "--format", "csv", "--config", config, "billing"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    query_csv(config, &[&["billing"][..], args].concat())
 }
 
 /// A CSV without quoted cells (the bills here have none) as maps from column to cell.

@@ -7,10 +7,11 @@
 //! a report whose own time is inside the period but that arrived long after it, a stale meter,
 //! a reset across the period's start, an empty firmware; times in Asia/Bishkek (UTC+6).
 
-use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{config_file, mosquitto_pub, wait_for, ClickHouse, Server, BIN};
+use crate::harness::{
+    config_file, import_canonical_csv, mosquitto_pub, query_csv, wait_for, ClickHouse, Server, BIN,
+};
 
 const H: i64 = 3_600_000;
 const D: i64 = 24 * H;
@@ -75,35 +76,6 @@ impl Drop for Dropped {
     fn drop(&mut self) {
         ClickHouse::shared().query(&format!("DROP DATABASE IF EXISTS {}", self.0));
     }
-}
-
-fn import(config: &str, csv: &Path) {
-    let out = Command::new(BIN)
-        .args(["import", "--config", config, "--map"])
-        .arg("meter_id=meter_id,channel=channel,ts=ts,value=value,unit=unit")
-        .arg(csv)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn query_csv(config: &str, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(["query", "--format", "csv", "--config", config])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The same question of both; they must answer the same, byte for byte.
@@ -173,8 +145,8 @@ fn anomalies_and_devices_are_the_same_on_clickhouse_and_on_parquet() {
     }
     std::fs::write(&csv, text).unwrap();
     let (_pq_dir, parquet) = config_file(&format!("data_dir = \"{}\"\n", data_dir.display()));
-    import(&clickhouse, &csv);
-    import(&parquet, &csv);
+    import_canonical_csv(&clickhouse, &csv);
+    import_canonical_csv(&parquet, &csv);
 
     let period = [
         "--from",

@@ -7,6 +7,7 @@ mod fixtures;
 mod fleet;
 mod http;
 mod mqtt;
+mod query;
 mod readings;
 mod server;
 /// A small tmpfs that really fills up (shared with the storage crate's own test).
@@ -26,6 +27,7 @@ pub use fleet::{
 };
 pub use http::http;
 pub use mqtt::{mosquitto_pub, mosquitto_pub_acked};
+pub use query::{import_canonical_csv, query_csv};
 pub use readings::{read_readings, utc_date, Row};
 pub use server::{config_file, credentials, free_port, free_udp_port, Server, BIN};
 pub use tls_terminator::TlsTerminator;
