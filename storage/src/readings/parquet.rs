@@ -110,38 +110,22 @@ pub(crate) fn read_counted<E: From<StorageError>>(
 
     // 2. The reading before the window, for the series without one in [lo, from): the
     //    first day's row groups before the window, then whole folders backwards.
-    let mut pending = scan.acc.pending(|s| req.needs_before(s.min_ts));
-    if !pending.is_empty() {
-        for (path, day, g) in before_groups {
-            let file = DataFile::open(&path, day)?;
-            scan.file(&file, vec![g], Pass::Before)?;
-        }
-        scan.acc.settle(&mut pending, |s| s.before.is_some());
-        for (&day, files) in tree.range(..first_day).rev() {
-            if pending.is_empty() {
-                break;
-            }
-            scan.folder(day, files, Pass::Before)?;
-            scan.acc.settle(&mut pending, |s| s.before.is_some());
-        }
-    }
-
-    // 3. The reading after the window, for the series without one in [to, hi].
-    let mut pending = scan.acc.pending(|s| req.needs_after(s.max_ts));
-    if !pending.is_empty() {
-        for (path, day, g) in after_groups {
-            let file = DataFile::open(&path, day)?;
-            scan.file(&file, vec![g], Pass::After)?;
-        }
-        scan.acc.settle(&mut pending, |s| s.after.is_some());
-        for (&day, files) in tree.range(last_day.saturating_add(1)..) {
-            if pending.is_empty() {
-                break;
-            }
-            scan.folder(day, files, Pass::After)?;
-            scan.acc.settle(&mut pending, |s| s.after.is_some());
-        }
-    }
+    scan.neighbours(
+        Pass::Before,
+        before_groups,
+        tree.range(..first_day).rev(),
+        |s| req.needs_before(s.min_ts),
+        |s| s.before.is_some(),
+    )?;
+    // 3. The reading after the window, for the series without one in [to, hi]: the last
+    //    day's row groups after the window, then whole folders forwards.
+    scan.neighbours(
+        Pass::After,
+        after_groups,
+        tree.range(last_day.saturating_add(1)..),
+        |s| req.needs_after(s.max_ts),
+        |s| s.after.is_some(),
+    )?;
 
     let Scan { acc, scanned, .. } = scan;
     tracing::debug!(?scanned, series = acc.series.len(), "read the Parquet tree");
@@ -359,6 +343,36 @@ struct Scan<'a> {
 }
 
 impl Scan<'_> {
+    /// A neighbour pass: for the series that `need` one, the row groups set aside by the
+    /// window's pass, then whole `folders` in the order given (outwards) until every such
+    /// series has `found` it or the folders end.
+    fn neighbours<'f>(
+        &mut self,
+        pass: Pass,
+        groups: Vec<(PathBuf, i64, usize)>,
+        folders: impl Iterator<Item = (&'f i64, &'f Vec<PathBuf>)>,
+        need: impl Fn(&SeriesAcc) -> bool,
+        found: impl Fn(&SeriesAcc) -> bool,
+    ) -> Result<(), StorageError> {
+        let mut pending = self.acc.pending(need);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        for (path, day, g) in groups {
+            let file = DataFile::open(&path, day)?;
+            self.file(&file, vec![g], pass)?;
+        }
+        self.acc.settle(&mut pending, &found);
+        for (&day, files) in folders {
+            if pending.is_empty() {
+                break;
+            }
+            self.folder(day, files, pass)?;
+            self.acc.settle(&mut pending, &found);
+        }
+        Ok(())
+    }
+
     /// Every row group of a folder that may hold the request's meter.
     fn folder(&mut self, day: i64, files: &[PathBuf], pass: Pass) -> Result<(), StorageError> {
         self.scanned.days.push(day);
