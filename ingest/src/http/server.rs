@@ -855,12 +855,7 @@ mod tests {
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let server = tokio::spawn(async move { serve(listener, app, &config, stopped).await });
 
-        let mut answering = TcpStream::connect(addr).await.unwrap();
-        answering
-            .write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap();
-        started.recv().await.unwrap();
+        let mut answering = begin_slow(addr, &mut started).await;
         let mut half_sent = TcpStream::connect(addr).await.unwrap();
         half_sent
             .write_all(b"GET /health HTTP/1.1\r\nHost: loc")
@@ -950,6 +945,19 @@ mod tests {
         }
     }
 
+    /// A connection whose `GET /slow` is being answered (its handler has begun).
+    async fn begin_slow(
+        addr: std::net::SocketAddr,
+        started: &mut tokio::sync::mpsc::Receiver<()>,
+    ) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        started.recv().await.unwrap();
+        s
+    }
+
     /// Sends a GET on `s` and reads one answer (the body of `/health` or `/slow`).
     async fn get_on(s: &mut TcpStream, path: &str) -> String {
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
@@ -980,12 +988,7 @@ mod tests {
         let (addr, _stop, server) = start(app, config).await;
         let evicted_before = closed_for("evicted");
         // One being answered, one idle after an answer, one sending its head.
-        let mut answering = TcpStream::connect(addr).await.unwrap();
-        answering
-            .write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap();
-        started.recv().await.unwrap();
+        let _answering = begin_slow(addr, &mut started).await;
         let mut idle = TcpStream::connect(addr).await.unwrap();
         assert!(get_on(&mut idle, "/health")
             .await
@@ -1097,12 +1100,7 @@ mod tests {
         };
         let (addr, _stop, server) = start(app, config).await;
         let evicted_before = closed_for("evicted");
-        let mut answering = TcpStream::connect(addr).await.unwrap();
-        answering
-            .write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap();
-        started.recv().await.unwrap();
+        let mut answering = begin_slow(addr, &mut started).await;
         let mut slow = TcpStream::connect(addr).await.unwrap();
         slow.write_all(b"GET /large HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
@@ -1134,11 +1132,7 @@ mod tests {
         let refused_before = closed_for("max_connections");
         let mut busy = Vec::new();
         for _ in 0..2 {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                .await
-                .unwrap();
-            started.recv().await.unwrap();
+            let s = begin_slow(addr, &mut started).await;
             busy.push(s);
         }
         let mut refused = TcpStream::connect(addr).await.unwrap();
@@ -1170,11 +1164,7 @@ mod tests {
         let (addr, stop, server) = start(app, config).await;
         let cut_before = closed_for("shutdown_timeout");
         // An answer that never comes (as one a client never reads).
-        let mut held = TcpStream::connect(addr).await.unwrap();
-        held.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap();
-        started.recv().await.unwrap();
+        let mut held = begin_slow(addr, &mut started).await;
         stop.send(()).unwrap();
         server.await.unwrap();
         assert_eq!(read_to_end(&mut held).await, "");
