@@ -420,6 +420,19 @@ fn login_from(from: &str, port: u16, user: &str, password: &str) -> (TcpStream, 
     }
 }
 
+/// Stops `server` (it must exit cleanly) and gives the readings it stored, (meter, value),
+/// by meter.
+fn stored_after_stop(server: Server) -> Vec<(String, f64)> {
+    let (exit, data_dir, log, _keep) = server.stop();
+    assert!(exit.success(), "{log}");
+    let mut stored: Vec<(String, f64)> = read_readings(&data_dir)
+        .into_iter()
+        .map(|r| (r.meter_id, r.value))
+        .collect();
+    stored.sort_by(|a, b| a.0.cmp(&b.0));
+    stored
+}
+
 const SECRET: &str = "e1-secret-0123456789";
 
 /// A data folder whose credential store holds E1 and E2 (the loopback listener then needs a
@@ -473,12 +486,7 @@ fn silent_sockets_from_one_address_do_not_lock_out_a_login() {
     drop(device);
     drop(silent);
 
-    let (exit, data_dir, log, _keep) = server.stop();
-    assert!(exit.success(), "{log}");
-    let stored: Vec<(String, f64)> = read_readings(&data_dir)
-        .into_iter()
-        .map(|r| (r.meter_id, r.value))
-        .collect();
+    let stored = stored_after_stop(server);
     assert_eq!(stored, vec![("E1".to_string(), 42.0)]);
 }
 
@@ -575,13 +583,7 @@ fn the_pending_budget_and_the_per_address_cap_close_and_count_what_passes_them()
     assert_eq!(closed(&server, "connect_timeout"), 0.0);
     assert_eq!(closed(&server, "max_connections"), 0.0);
 
-    let (exit, data_dir, log, _keep) = server.stop();
-    assert!(exit.success(), "{log}");
-    let mut stored: Vec<(String, f64)> = read_readings(&data_dir)
-        .into_iter()
-        .map(|r| (r.meter_id, r.value))
-        .collect();
-    stored.sort_by(|a, b| a.0.cmp(&b.0));
+    let stored = stored_after_stop(server);
     assert_eq!(stored, vec![("E1".into(), 1.0), ("E2".into(), 2.0)]);
 }
 
@@ -725,13 +727,7 @@ fn a_full_pending_budget_makes_room_for_a_login_from_another_address() {
     exactly("everything closed", 0.0, 0.0);
     assert_eq!(closed(&server, "connect_timeout"), 0.0);
 
-    let (exit, data_dir, log, _keep) = server.stop();
-    assert!(exit.success(), "{log}");
-    let mut stored: Vec<(String, f64)> = read_readings(&data_dir)
-        .into_iter()
-        .map(|r| (r.meter_id, r.value))
-        .collect();
-    stored.sort_by(|a, b| a.0.cmp(&b.0));
+    let stored = stored_after_stop(server);
     assert_eq!(stored, vec![("E1".into(), 1.0), ("E2".into(), 2.0)]);
 }
 
@@ -875,12 +871,7 @@ fn a_meter_with_long_round_trips_logs_in_over_tls_1_2_with_the_default_deadline(
     assert_eq!(closed(&server, "connect_timeout"), 0.0);
     assert_eq!(server.metric("meterflow_mqtt_connects_total"), 1.0);
 
-    let (exit, data_dir, log, _keep) = server.stop();
-    assert!(exit.success(), "{log}");
-    let stored: Vec<(String, f64)> = read_readings(&data_dir)
-        .into_iter()
-        .map(|r| (r.meter_id, r.value))
-        .collect();
+    let stored = stored_after_stop(server);
     assert_eq!(stored, vec![("E1".to_string(), 75.0)]);
 }
 
