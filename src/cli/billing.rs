@@ -12,6 +12,8 @@ use meterflow_storage::analytics::Table;
 use meterflow_storage::questions::number;
 use meterflow_storage::readings::{self, Channels, ReadRequest, Series};
 
+use super::questions::{check_meter, period, runtime, zone};
+
 /// The flags of `query billing`.
 #[derive(clap::Args)]
 pub struct BillingArgs {
@@ -40,23 +42,13 @@ const MAX_SPAN_DAYS: i64 = 400;
 
 /// Bills `args` on the readings of ClickHouse (when configured) or the Parquet tree.
 pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Table> {
-    let zone = match &args.tz {
-        Some(name) => Zone::parse(name, "--tz")?,
-        None => config.billing.zone()?,
-    };
-    let from_ms = zone.parse_time(&args.from, "--from")?;
-    let to_ms = zone.parse_time(&args.to, "--to")?;
-    anyhow::ensure!(from_ms < to_ms, "--from must be before --to");
+    let zone = zone(config, &args.tz)?;
+    let (from_ms, to_ms) = period(&zone, &args.from, &args.to)?;
     anyhow::ensure!(
         to_ms - from_ms <= MAX_SPAN_DAYS * 86_400_000,
         "--to: a bill spans at most {MAX_SPAN_DAYS} days (bill a longer time as its months or years)"
     );
-    if let Some(meter) = &args.meter {
-        anyhow::ensure!(
-            meterflow_proto::is_valid_meter_id(meter),
-            "--meter {meter:?} is not a meter id"
-        );
-    }
+    check_meter(&args.meter)?;
     let tariff = match &args.tariff {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -114,11 +106,7 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Table> {
         Ok(())
     };
     if config.clickhouse.enabled() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
-        runtime.block_on(readings::clickhouse::read(
+        runtime()?.block_on(readings::clickhouse::read(
             &config.clickhouse,
             &request,
             &mut each,

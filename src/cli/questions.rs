@@ -62,7 +62,8 @@ pub struct DevicesArgs {
     now: Option<String>,
 }
 
-fn zone(config: &Config, tz: &Option<String>) -> anyhow::Result<Zone> {
+/// `--tz`, else `billing.timezone`.
+pub(super) fn zone(config: &Config, tz: &Option<String>) -> anyhow::Result<Zone> {
     Ok(match tz {
         Some(name) => Zone::parse(name, "--tz")?,
         None => config.billing.zone()?,
@@ -76,7 +77,8 @@ fn now_ms(zone: &Zone, now: &Option<String>) -> anyhow::Result<i64> {
     })
 }
 
-fn check_meter(meter: &Option<String>) -> anyhow::Result<()> {
+/// `--meter`, when given, is a meter id.
+pub(super) fn check_meter(meter: &Option<String>) -> anyhow::Result<()> {
     if let Some(meter) = meter {
         anyhow::ensure!(
             meterflow_proto::is_valid_meter_id(meter),
@@ -86,7 +88,16 @@ fn check_meter(meter: &Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// `--from` and `--to` read in `zone`, Unix ms; `--from` before `--to`.
+pub(super) fn period(zone: &Zone, from: &str, to: &str) -> anyhow::Result<(i64, i64)> {
+    let from_ms = zone.parse_time(from, "--from")?;
+    let to_ms = zone.parse_time(to, "--to")?;
+    anyhow::ensure!(from_ms < to_ms, "--from must be before --to");
+    Ok((from_ms, to_ms))
+}
+
+/// The runtime a question to ClickHouse runs on.
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -96,9 +107,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Every anomaly of the period, from ClickHouse (when configured) or the Parquet tree.
 pub fn anomalies(config: &Config, args: AnomaliesArgs) -> anyhow::Result<Table> {
     let zone = zone(config, &args.tz)?;
-    let from_ms = zone.parse_time(&args.from, "--from")?;
-    let to_ms = zone.parse_time(&args.to, "--to")?;
-    anyhow::ensure!(from_ms < to_ms, "--from must be before --to");
+    let (from_ms, to_ms) = period(&zone, &args.from, &args.to)?;
     check_meter(&args.meter)?;
     let rules = AnomalyRules {
         zero_days: args.zero_days,
