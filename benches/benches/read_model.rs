@@ -26,7 +26,7 @@ use meterflow_proto::{ReadingBatchBuilder, TextRow};
 use meterflow_storage::clickhouse::{
     apply_schema, encode_rowbinary, time_columns, ClickHouseConfig,
 };
-use meterflow_storage::readings::{self, Channels, ReadRequest, Series};
+use meterflow_storage::readings::{self, Channels, Neighbours, ReadRequest, Series};
 use meterflow_storage::{ParquetConfig, ParquetSink, StorageError};
 
 const METERS: i64 = 1000;
@@ -97,7 +97,9 @@ fn request(meter: Option<&&str>) -> ReadRequest {
         margin_ms: 0,
         meter: meter.map(|m| m.to_string()),
         channels: Channels::CumulativeRegisters,
-        neighbours: true,
+        neighbours: Neighbours::BeforeAndAfter,
+        before_since_ms: None,
+        silent_since_ms: None,
     }
 }
 

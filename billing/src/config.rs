@@ -15,6 +15,11 @@ pub struct BillingConfig {
     /// Readings further apart than this are not interpolated between (R(B) is the reading
     /// before, carried forward): `90m`, `36h`, `7d`, or seconds.
     pub max_interpolation_gap: String,
+    /// A register with no reading in the period nor within `max_interpolation_gap` of it
+    /// still gets its rows (the value carried from its last reading, consumption 0) when
+    /// that reading is at most this long before the period's start; `0` turns it off. The
+    /// readings of that time are read to find such registers.
+    pub silent_look_back: String,
     /// Registers that start again from 0 after a maximum (`[[billing.rollover]]`); the first
     /// whose patterns match a meter and channel applies.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -26,6 +31,7 @@ impl Default for BillingConfig {
         BillingConfig {
             timezone: "UTC".into(),
             max_interpolation_gap: "7d".into(),
+            silent_look_back: "31d".into(),
             rollover: Vec::new(),
         }
     }
@@ -96,6 +102,7 @@ impl BillingConfig {
     pub fn validate(&self) -> Result<(), BillingError> {
         self.zone()?;
         self.max_gap_ms()?;
+        self.silent_look_back_ms()?;
         for (i, rule) in self.rollover.iter().enumerate() {
             if !(rule.max.is_finite() && rule.max > 0.0) {
                 return Err(BillingError::config(
@@ -133,6 +140,19 @@ impl BillingConfig {
                     ),
                 )
             })
+    }
+
+    /// `billing.silent_look_back` in ms (0: off).
+    pub fn silent_look_back_ms(&self) -> Result<i64, BillingError> {
+        parse_duration_ms(&self.silent_look_back).ok_or_else(|| {
+            BillingError::config(
+                "billing.silent_look_back",
+                format!(
+                    "{:?} is not a duration like 90m, 36h or 31d (0 turns it off)",
+                    self.silent_look_back
+                ),
+            )
+        })
     }
 
     /// The rollover maximum of a register, if a rule names it.
@@ -178,6 +198,20 @@ mod tests {
             ..BillingConfig::default()
         });
         assert!(e.contains("billing.max_interpolation_gap"), "{e}");
+        let e = bad(BillingConfig {
+            silent_look_back: "-1d".into(),
+            ..BillingConfig::default()
+        });
+        assert!(e.contains("billing.silent_look_back"), "{e}");
+        let off = BillingConfig {
+            silent_look_back: "0".into(),
+            ..BillingConfig::default()
+        };
+        assert_eq!(off.silent_look_back_ms().unwrap(), 0);
+        assert_eq!(
+            BillingConfig::default().silent_look_back_ms().unwrap(),
+            31 * 86_400_000
+        );
         let e = bad(BillingConfig {
             rollover: vec![RolloverRule {
                 meter: "*".into(),

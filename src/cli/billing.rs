@@ -10,7 +10,7 @@ use meterflow_billing::{Bill, BillRow, Query, Reading, Tariff, Zone};
 use meterflow_ingest::Config;
 use meterflow_storage::analytics::Table;
 use meterflow_storage::questions::number;
-use meterflow_storage::readings::{self, Channels, ReadRequest, Series};
+use meterflow_storage::readings::{self, Channels, Neighbours, ReadRequest, Series};
 
 use super::questions::{check_meter, period, runtime, zone};
 
@@ -58,6 +58,7 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Table> {
         None => None,
     };
     let max_gap_ms = config.billing.max_gap_ms()?;
+    let silent_look_back_ms = config.billing.silent_look_back_ms()?;
     let bill = Bill::new(Query {
         from_ms,
         to_ms,
@@ -71,27 +72,25 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Table> {
         margin_ms: max_gap_ms,
         meter: args.meter.clone(),
         channels: Channels::CumulativeRegisters,
-        neighbours: true,
+        // The reading before the period as far back as it is: a meter silent for months
+        // that reports again is billed for those months.
+        neighbours: Neighbours::BeforeAndAfter,
+        before_since_ms: None,
+        silent_since_ms: (silent_look_back_ms > 0)
+            .then(|| from_ms.saturating_sub(silent_look_back_ms)),
     };
     let mut rows: Vec<BillRow> = Vec::new();
-    let mut not_numbers = 0usize;
+    // Registers with no reading in the period: billed as carried, and counted for the note.
+    let mut silent: Vec<(String, String)> = Vec::new();
     let mut each = |series: Series| -> Result<(), meterflow_storage::StorageError> {
-        // A value that is not a number (NaN, infinite: from a foreign file or a direct
-        // insert; meterflow's own decoders refuse them) says nothing about the register.
+        // The read model leaves out values that are not numbers (NaN, infinite).
         let points: Vec<Reading> = series
             .points
             .iter()
-            .filter(|(_, value)| value.is_finite())
             .map(|&(ts_ms, value)| Reading { ts_ms, value })
             .collect();
-        if points.len() < series.points.len() {
-            not_numbers += series.points.len() - points.len();
-            tracing::warn!(
-                meter = %series.meter_id,
-                channel = %series.channel,
-                left_out = series.points.len() - points.len(),
-                "readings whose value is not a number were left out of the bill"
-            );
+        if !points.iter().any(|p| from_ms <= p.ts_ms && p.ts_ms < to_ms) {
+            silent.push((series.meter_id.clone(), series.channel.clone()));
         }
         let rollover = config
             .billing
@@ -114,8 +113,12 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Table> {
     } else {
         readings::parquet::read(&config.data_dir, &request, &mut each)?;
     }
-    if not_numbers > 0 {
-        eprintln!("{not_numbers} readings whose value is not a number were left out (see the log)");
+    if let Some((meter, channel)) = silent.first() {
+        eprintln!(
+            "{} register(s) have no reading in the period (e.g. {meter} {channel}): their value \
+             is carried (start_read, end_read) and their consumption is 0",
+            silent.len()
+        );
     }
     Ok(table(&rows, zone))
 }

@@ -7,9 +7,9 @@ use anyhow::Context;
 use meterflow_billing::Zone;
 use meterflow_ingest::Config;
 use meterflow_storage::analytics::Table;
-use meterflow_storage::questions::{self, AnomalyQuestion, AnomalyRules};
+use meterflow_storage::questions::{self, AnomalyQuestion, AnomalyRules, FALL_LOOK_BACK_MS};
 use meterflow_storage::readings::summary::{self, ChannelSummary, SummaryRequest};
-use meterflow_storage::readings::{self, Channels, ReadRequest, Series};
+use meterflow_storage::readings::{self, Channels, Neighbours, ReadRequest, Series};
 use meterflow_storage::status::{self, StatusRequest, StatusView};
 use meterflow_storage::StorageError;
 
@@ -122,6 +122,7 @@ pub fn anomalies(config: &Config, args: AnomaliesArgs) -> anyhow::Result<Table> 
         rules: &rules,
         now_ms,
         time: &time,
+        rollover: &|meter, channel| config.billing.rollover_for(meter, channel),
     };
     let series_req = ReadRequest {
         from_ms,
@@ -129,8 +130,11 @@ pub fn anomalies(config: &Config, args: AnomaliesArgs) -> anyhow::Result<Table> 
         margin_ms: 0,
         meter: args.meter.clone(),
         channels: Channels::RegistersAndIntervals,
-        // The reading before the period: a fall across its start is judged too.
-        neighbours: true,
+        // The reading before the period (a fall across its start is judged too), from a
+        // week back at most: a meter new in the period must not make it read all history.
+        neighbours: Neighbours::Before,
+        before_since_ms: Some(from_ms.saturating_sub(FALL_LOOK_BACK_MS)),
+        silent_since_ms: None,
     };
     let status_req = StatusRequest {
         meter: args.meter.clone(),

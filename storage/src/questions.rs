@@ -5,9 +5,12 @@
 //! brings the rows, the instant called "now" and how a time is printed (its zone).
 //!
 //! Anomalies in `[from, to)`, one row each (`meter_id, channel, kind, at, detail`):
-//! - `reverse_run`: a cumulative register fell, but not to below 1 % of the value before;
-//! - `register_reset`: a cumulative register fell to below 1 % of the value before (a reset or
-//!   a rollover; never called a reverse run);
+//! - `reverse_run`: a cumulative register fell, but not to below 1 % of the value before (a
+//!   step billing adds nothing for);
+//! - `register_reset`: a cumulative register fell to below 1 % of the value before, or went
+//!   round its `[[billing.rollover]]` maximum (a reset or a wrap: billing counts on from the
+//!   new value). Falls are classified by billing's own rule
+//!   ([`meterflow_billing::register::step`]), so the two never disagree;
 //! - `zero_consumption`: a consumption register (import 1.8.x, gas and water volumes 24.2.x,
 //!   DSMR 3 gas 24.3.0; not export 2.8.x) did not move over at least `zero_days` days of
 //!   readings in the period;
@@ -21,12 +24,15 @@
 //!   when the period ends later.
 //!
 //! Readings inside the period count, and for a fall also the reading just before it (a
-//! series read with neighbours brings it): a fall from the last reading before `from` to the
-//! first inside is the period's, dated at the reading inside. `zero_consumption`, `spike` and
+//! series read with the reading before brings it; `query anomalies` looks for it at most
+//! [`FALL_LOOK_BACK_MS`] back): a fall from the last reading before `from` to the first
+//! inside is the period's, dated at the reading inside. `zero_consumption`, `spike` and
 //! `missing_intervals` look at the readings inside only. The rules are those of the SQL they
 //! replace (`storage/sql/anomalies.sql` before issue 21), with the fixes of that issue.
 
 use std::collections::BTreeMap;
+
+use meterflow_billing::register::{step, Step};
 
 use crate::analytics::Table;
 use crate::clickhouse::StatusRow;
@@ -35,8 +41,10 @@ use crate::readings::{
     is_consumption_register, is_cumulative_register, is_interval_channel, Series,
 };
 
-/// A fall to below this share of the value before is a reset, not a reverse run.
-const RESET_BELOW: f64 = 0.01;
+/// How far before the period a fall across its start is judged from: the reading before
+/// `from` is looked for this far back at most (so that a meter new in the period does not
+/// make the read go through the whole history).
+pub const FALL_LOOK_BACK_MS: i64 = 7 * 86_400_000;
 /// An interval channel's step.
 const QUARTER_HOUR_MS: i64 = 900_000;
 /// Steps a median needs before a spike is judged against it.
@@ -112,6 +120,8 @@ pub struct AnomalyQuestion<'a> {
     pub now_ms: i64,
     /// How a time is printed (RFC 3339 in the zone asked for).
     pub time: &'a dyn Fn(i64) -> String,
+    /// The rollover maximum of a register (meter, channel), as `[[billing.rollover]]` says.
+    pub rollover: &'a dyn Fn(&str, &str) -> Option<f64>,
 }
 
 impl AnomalyQuestion<'_> {
@@ -152,22 +162,28 @@ impl AnomalyQuestion<'_> {
             })
         };
         let unit = &series.unit;
+        let rollover = (self.rollover)(&series.meter_id, &series.channel);
         if register {
             let with_before: Vec<(i64, f64)> =
                 before.into_iter().chain(points.iter().copied()).collect();
             for w in with_before.windows(2) {
                 let ((_, before), (at, value)) = (w[0], w[1]);
-                if value < before {
-                    let kind = if value < before * RESET_BELOW {
-                        "register_reset"
-                    } else {
-                        "reverse_run"
-                    };
-                    push(
-                        kind,
+                let fell = format!("fell from {} to {} {unit}", number(before), number(value));
+                match step(before, value, rollover) {
+                    Step::Rise(_) => {}
+                    Step::Reset(_) => push("register_reset", at, fell),
+                    Step::Wrap(added) => push(
+                        "register_reset",
                         at,
-                        format!("fell from {} to {} {unit}", number(before), number(value)),
-                    );
+                        format!(
+                            "went round its maximum {} from {} to {} {unit} ({} {unit} counted)",
+                            number(rollover.unwrap_or_default()),
+                            number(before),
+                            number(value),
+                            number(added)
+                        ),
+                    ),
+                    Step::Reverse => push("reverse_run", at, fell),
                 }
             }
             if let (true, Some(&(first_ts, first)), Some(&(last_ts, _))) = (
@@ -192,19 +208,18 @@ impl AnomalyQuestion<'_> {
             }
         }
         if register || interval {
-            // The steps after the first reading: a register's increases (a fall is 0), an
-            // interval channel's values.
+            // The steps after the first reading: what billing adds for a register's step (a
+            // reverse run 0, a reset the new value, a wrap the way round), an interval
+            // channel's values.
             let steps: Vec<(i64, f64)> = points
                 .windows(2)
                 .map(|w| {
-                    let step = if interval {
+                    let added = if interval {
                         w[1].1
-                    } else if w[1].1 >= w[0].1 {
-                        w[1].1 - w[0].1
                     } else {
-                        0.0
+                        step(w[0].1, w[1].1, rollover).consumption()
                     };
-                    (w[1].0, step)
+                    (w[1].0, added)
                 })
                 .collect();
             if steps.len() >= MIN_STEPS {
@@ -451,6 +466,7 @@ mod tests {
             rules,
             now_ms: 100 * D,
             time: &utc,
+            rollover: &|_, _| None,
         }
     }
 
@@ -490,6 +506,37 @@ mod tests {
             "9.99 is not below 1 % of 999; 0.099 is below 1 % of 10"
         );
         assert_eq!(out[2].detail, "fell from 10 to 0.099 kWh");
+    }
+
+    #[test]
+    fn a_fall_through_a_rollover_maximum_is_a_reset_as_billing_counts_it() {
+        let rules = AnomalyRules::default();
+        let gas = |meter: &str, channel: &str| {
+            (meter == "g" && channel == "0-1:24.2.1").then_some(100_000.0)
+        };
+        let q = AnomalyQuestion {
+            rollover: &gas,
+            ..question(&rules)
+        };
+        let points = [(0, 99_990.0), (H, 1_200.0), (2 * H, 1_100.0)];
+        let mut out = Vec::new();
+        q.series(&series("g", "0-1:24.2.1", "m3", &points), &mut out);
+        assert_eq!(
+            kinds(&out),
+            [
+                ("0-1:24.2.1", "register_reset", H),
+                ("0-1:24.2.1", "reverse_run", 2 * H)
+            ]
+        );
+        assert_eq!(
+            out[0].detail,
+            "went round its maximum 100000 from 99990 to 1200 m3 (1210 m3 counted)"
+        );
+        // Another meter without the rule: the same fall is a reverse run (1200 is not
+        // below 1 % of 99990).
+        let mut out = Vec::new();
+        q.series(&series("h", "0-1:24.2.1", "m3", &points), &mut out);
+        assert_eq!(kinds(&out)[0], ("0-1:24.2.1", "reverse_run", H));
     }
 
     #[test]

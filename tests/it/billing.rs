@@ -541,6 +541,94 @@ fn a_long_silence_is_billed_in_the_month_of_the_reading_after_it() {
     );
 }
 
+/// Issue 21 review: a register with no reading in the month nor within the interpolation gap
+/// of it dropped out of the bill with no row. Now it gets its row (its last value carried to
+/// both edges, consumption 0, no readings) and a note on stderr, when its last reading is
+/// within `billing.silent_look_back` (31 days) of the period's start; older, or with the key
+/// at 0, it is not listed.
+#[test]
+fn a_register_silent_through_the_period_gets_a_carried_row() {
+    let c = "1-0:1.8.0";
+    let day = 24 * H;
+    let mar1 = utc_ms("2026-03-01T00:00:00Z");
+    let readings = vec![
+        // Reports through March.
+        reading("E0001", c, mar1 - day, 10.0, "kWh"),
+        reading("E0001", c, mar1 + 10 * day, 20.0, "kWh"),
+        reading("E0001", c, mar1 + 31 * day, 30.0, "kWh"),
+        // Silent since 20 February (9 days before March: beyond the 7-day gap).
+        reading("E0002", c, mar1 - 12 * day, 40.0, "kWh"),
+        reading("E0002", c, mar1 - 9 * day, 41.5, "kWh"),
+        // Silent since 20 January (40 days before March): beyond the look-back.
+        reading("E0003", c, mar1 - 40 * day, 7.0, "kWh"),
+    ];
+    let both = Both::load(&readings);
+    let march = ["--from", "2026-03-01", "--to", "2026-04-01"];
+    let rows = both.bill(&march);
+    let cells = |r: &BTreeMap<String, String>| -> Vec<String> {
+        [
+            "meter_id",
+            "start_value",
+            "start_read",
+            "end_value",
+            "end_read",
+            "consumption",
+            "readings",
+        ]
+        .iter()
+        .map(|k| r[*k].clone())
+        .collect()
+    };
+    let got: Vec<Vec<String>> = rows.iter().map(cells).collect();
+    let want: Vec<Vec<String>> = [
+        ["E0001", "10", "carried", "30", "actual", "20", "1"],
+        ["E0002", "41.5", "carried", "41.5", "carried", "0", "0"],
+    ]
+    .iter()
+    .map(|r| r.iter().map(|s| s.to_string()).collect())
+    .collect();
+    assert_eq!(got, want);
+    // The note names the count and one register.
+    let out = Command::new(BIN)
+        .args([
+            "query",
+            "--format",
+            "csv",
+            "--config",
+            &both.parquet,
+            "billing",
+        ])
+        .args(march)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("1 register(s) have no reading in the period (e.g. E0002 1-0:1.8.0)"),
+        "{stderr}"
+    );
+    // A longer look-back lists E0003 too; 0 lists neither.
+    for (look_back, meters) in [
+        ("45d", vec!["E0001", "E0002", "E0003"]),
+        ("0", vec!["E0001"]),
+    ] {
+        let mut listed = Vec::new();
+        for config in [&both.clickhouse, &both.parquet] {
+            let text = std::fs::read_to_string(config).unwrap();
+            let changed = format!("{config}.{look_back}.toml");
+            std::fs::write(
+                &changed,
+                format!("{text}\n[billing]\nsilent_look_back = \"{look_back}\"\n"),
+            )
+            .unwrap();
+            listed.push(bill_csv(&changed, &march));
+        }
+        assert_eq!(listed[0], listed[1], "ClickHouse and Parquet, {look_back}");
+        let rows = parse_csv(&listed[1]);
+        let got: Vec<&str> = rows.iter().map(|r| r["meter_id"].as_str()).collect();
+        assert_eq!(got, meters, "{look_back}");
+    }
+}
+
 /// Bad questions stop with a message that names what to fix: a span too long to bill at once,
 /// a zone that does not exist, a tariff that leaves an instant to no period.
 #[test]

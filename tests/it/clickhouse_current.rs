@@ -24,10 +24,10 @@ use meterflow_storage::clickhouse::{
     schema_ddl, ClickHouseConfig, DeadLetterRow, ServerVersion, SideRows, StatusRow, TableLayout,
     TimeColumns, Topology,
 };
-use meterflow_storage::questions::{self, AnomalyQuestion, AnomalyRules};
+use meterflow_storage::questions::{self, AnomalyQuestion, AnomalyRules, FALL_LOOK_BACK_MS};
 use meterflow_storage::readings::clickhouse::{read_sql, series_from_answers};
 use meterflow_storage::readings::summary::{self, SummaryRequest};
-use meterflow_storage::readings::{self, Channels, ReadRequest};
+use meterflow_storage::readings::{self, Channels, Neighbours, ReadRequest};
 use meterflow_storage::status::{self, status_batch, StatusRequest, StatusView};
 use meterflow_storage::{ParquetConfig, ParquetSink, StorageError};
 
@@ -365,6 +365,7 @@ fn anomalies_both(
         rules,
         now_ms: now,
         time: &utc,
+        rollover: &|_, _| None,
     };
     let req = ReadRequest {
         from_ms: from,
@@ -372,7 +373,9 @@ fn anomalies_both(
         margin_ms: 0,
         meter: meter.map(str::to_string),
         channels: Channels::RegistersAndIntervals,
-        neighbours: true,
+        neighbours: Neighbours::Before,
+        before_since_ms: Some(from - FALL_LOOK_BACK_MS),
+        silent_since_ms: None,
     };
     let status_req = StatusRequest {
         meter: meter.map(str::to_string),
@@ -384,14 +387,16 @@ fn anomalies_both(
         before_ms: Some(to),
         count: false,
     };
-    let [window, neighbours] = read_sql("mf", &req, TimeColumns::Millis).unwrap();
-    let window = ch.run(&window, "RowBinary").unwrap();
-    let neighbours = ch.run(&neighbours, "RowBinary").unwrap();
+    let sql = read_sql("mf", &req, TimeColumns::Millis).unwrap();
+    let window = ch.run(&sql.window, "RowBinary").unwrap();
+    let neighbours = ch
+        .run(sql.neighbours.as_deref().unwrap_or_default(), "RowBinary")
+        .unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     let series = runtime
-        .block_on(series_from_answers(window, neighbours, &req))
+        .block_on(series_from_answers(window, neighbours, Vec::new(), &req))
         .unwrap();
     let mut found = Vec::new();
     for s in &series {

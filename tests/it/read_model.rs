@@ -12,7 +12,7 @@ use meterflow_storage::clickhouse::{
     apply_schema, encode_rowbinary, ClickHouseConfig, TimeColumns,
 };
 use meterflow_storage::readings::clickhouse::{read_sql, series_from_answers};
-use meterflow_storage::readings::{self, Channels, ReadRequest, Series};
+use meterflow_storage::readings::{self, Channels, Neighbours, ReadRequest, Series};
 use meterflow_storage::{ParquetConfig, ParquetSink, StorageError};
 
 use crate::clickhouse_current::Chdb;
@@ -133,6 +133,27 @@ fn fleet(millis: bool) -> [Vec<Reading>; 2] {
     first.push(r("silent", FROM - 40 * D, 5.5, FROM - 40 * D + S));
     again.push(r("silent", FROM - 40 * D, 5.75, FROM - 40 * D + 2 * S));
     first.push(r("silent", FROM + 3 * H, 6.25, FROM + 3 * H + S));
+    // A meter silent through the period and its margins: its last reading 20 days before,
+    // delivered again later in Wh (the later copy's unit counts).
+    first.push(r("quiet", FROM - 25 * D, 3.0, FROM - 25 * D + S));
+    first.push(r("quiet", FROM - 20 * D, 4.0, FROM - 20 * D + S));
+    let mut wh = r("quiet", FROM - 20 * D, 4000.0, FROM - 20 * D + 5 * S);
+    wh.4 = "Wh".into();
+    again.push(wh);
+    // Values that are not numbers are not read: the reading before the period is then the
+    // one before the NaN, and the infinite ones in the window are not readings. (Not a later
+    // copy of a finite reading: ClickHouse's merges would keep that copy alone, see the read
+    // model's documentation.)
+    first.push(r("nan", FROM - 2 * D, 7.0, FROM - 2 * D + S));
+    first.push(r("nan", FROM - D, f64::NAN, FROM - D + S));
+    first.push(r("nan", FROM + H, 8.0, FROM + H + S));
+    again.push(r(
+        "nan",
+        FROM + 90 * 60 * S,
+        f64::INFINITY,
+        FROM + H + 9 * S,
+    ));
+    first.push(r("nan", FROM + 2 * H, f64::NEG_INFINITY, FROM + 2 * H + S));
     // A meter with readings only far outside the period: no series.
     first.push(r("away", T0 - 60 * D, 1.0, T0 - 60 * D + S));
     first.push(r("away", T0 + 60 * D, 2.0, T0 + 60 * D + S));
@@ -228,7 +249,9 @@ fn requests() -> Vec<(&'static str, ReadRequest)> {
         margin_ms,
         meter: meter.map(str::to_string),
         channels: Channels::CumulativeRegisters,
-        neighbours: true,
+        neighbours: Neighbours::BeforeAndAfter,
+        before_since_ms: None,
+        silent_since_ms: None,
     };
     vec![
         ("the period, an hour's margin", req(FROM, TO, H, None)),
@@ -250,6 +273,35 @@ fn requests() -> Vec<(&'static str, ReadRequest)> {
         (
             "after every reading",
             req(T0 + 200 * D, T0 + 300 * D, D, None),
+        ),
+        (
+            "silent series too",
+            ReadRequest {
+                silent_since_ms: Some(FROM - 30 * D),
+                ..req(FROM, TO, H, None)
+            },
+        ),
+        (
+            "silent series, from just after the quiet meter's reading",
+            ReadRequest {
+                silent_since_ms: Some(FROM - 20 * D + 1),
+                ..req(FROM, TO, H, None)
+            },
+        ),
+        (
+            "the quiet meter alone",
+            ReadRequest {
+                silent_since_ms: Some(FROM - 30 * D),
+                ..req(FROM, TO, H, Some("quiet"))
+            },
+        ),
+        (
+            "the reading before only, a day back at most",
+            ReadRequest {
+                neighbours: Neighbours::Before,
+                before_since_ms: Some(FROM - D),
+                ..req(FROM, TO, 0, None)
+            },
         ),
     ]
 }
@@ -314,8 +366,31 @@ fn parquet_and_clickhouse_give_the_same_series_bit_for_bit() {
     assert_eq!(keys, sorted, "in (meter, channel) byte order, each once");
     assert_eq!(
         got.len(),
-        12 * 3 + 1,
-        "every register of every meter, and the silent one"
+        12 * 3 + 2,
+        "every register of every meter, the silent one and the one with non-numbers"
+    );
+    let nan = got.iter().find(|s| s.meter_id == "nan").unwrap();
+    assert_eq!(
+        nan.points,
+        [(FROM - 2 * D, 7.0), (FROM + H, 8.0)],
+        "non-numbers are not read: not as the reading before, not in the window"
+    );
+    assert!(
+        !keys.contains(&("quiet", "1-0:1.8.0")),
+        "silent: not asked for"
+    );
+    let with_silent = requests()
+        .into_iter()
+        .find(|(what, _)| *what == "silent series too")
+        .unwrap()
+        .1;
+    let got_silent = parquet_series(&data_dir, &with_silent);
+    assert_eq!(got_silent.len(), got.len() + 1);
+    let quiet = got_silent.iter().find(|s| s.meter_id == "quiet").unwrap();
+    assert_eq!(
+        (quiet.points.as_slice(), quiet.unit.as_str()),
+        ([(FROM - 20 * D, 4000.0)].as_slice(), "Wh"),
+        "its last reading alone, as delivered last"
     );
     assert!(keys
         .iter()
@@ -343,11 +418,12 @@ fn parquet_and_clickhouse_give_the_same_series_bit_for_bit() {
             .filter(|(t, _)| (lo..=hi).contains(t))
             .collect();
         assert!(!inside.is_empty());
-        // Every reading of the window, each as its latest delivery says.
+        // Every reading of the window, each as its latest delivery of a number says.
         let mut want: Vec<(i64, f64, i64)> = first
             .iter()
             .chain(&again)
             .filter(|r| r.0 == s.meter_id && r.1 == s.channel && (lo..=hi).contains(&r.2))
+            .filter(|r| r.3.is_finite())
             .map(|r| (r.2, r.3, r.5))
             .collect();
         want.sort_by_key(|w| (w.0, w.2));
@@ -416,16 +492,23 @@ fn a_current_clickhouse_gives_the_same_series_in_milliseconds() {
         .build()
         .unwrap();
     for (what, req) in requests() {
-        let [window, neighbours] = read_sql("mf_read", &req, TimeColumns::Millis).unwrap();
-        let window = chdb.run(&window, "RowBinary").unwrap();
-        let neighbours = chdb.run(&neighbours, "RowBinary").unwrap();
+        let sql = read_sql("mf_read", &req, TimeColumns::Millis).unwrap();
+        let mut run = |sql: Option<&String>| {
+            sql.map(|q| chdb.run(q, "RowBinary").unwrap())
+                .unwrap_or_default()
+        };
+        let (window, neighbours, silent) = (
+            run(Some(&sql.window)),
+            run(sql.neighbours.as_ref()),
+            run(sql.silent.as_ref()),
+        );
         let from_clickhouse = runtime
-            .block_on(series_from_answers(window, neighbours, &req))
+            .block_on(series_from_answers(window, neighbours, silent, &req))
             .unwrap();
         let from_parquet = parquet_series(&data_dir, &req);
         assert_eq!(bits(&from_parquet), bits(&from_clickhouse), "{what}");
         if what == "the period, an hour's margin" {
-            assert_eq!(from_parquet.len(), 12 * 3 + 1);
+            assert_eq!(from_parquet.len(), 12 * 3 + 2);
         }
     }
 }

@@ -12,21 +12,34 @@
 //!
 //! - one [`Series`] per (meter, channel) with at least one reading in the window
 //!   `[from - margin, to + margin]` (both ends included), delivered in (meter_id, channel)
-//!   byte order, each exactly once; a register with no reading in the window is not
-//!   delivered at all, however near its readings are (choose the margin for it: billing's
-//!   `max_interpolation_gap` is the natural one);
+//!   byte order, each exactly once;
 //! - in it, every reading of the window, one per `ts`, ascending;
-//! - in front, the last reading before the window when the series has none in
-//!   `[from - margin, from)`; at the back, the first reading after the window when it has
-//!   none in `[to, to + margin]`. Both are looked for as far as the data goes;
-//! - the unit of the newest reading in the window.
+//! - with [`Neighbours::Before`] (or `BeforeAndAfter`), in front the last reading before the
+//!   window when the series has none in `[from - margin, from)`, looked for as far back as
+//!   the data goes or to [`ReadRequest::before_since_ms`]; with `BeforeAndAfter`, at the
+//!   back the first reading after the window when it has none in `[to, to + margin]`, as far
+//!   as the data goes;
+//! - with [`ReadRequest::silent_since_ms`], also the series *silent* through the window: no
+//!   reading in it, but one in `[silent_since, from - margin)`. Such a series is its last
+//!   reading before the window alone (billing gives it a row with carried values, not no
+//!   row). A series whose last reading is older is not delivered at all: nothing lists the
+//!   meters that exist (a registry will), so the bound is what the read can afford;
+//! - the unit of the newest reading delivered in the window (of a silent series, of its one
+//!   reading).
+//!
+//! A copy whose value is not a finite number (NaN, ±inf: meterflow's decoders refuse them, a
+//! foreign file or a direct insert may hold them) is not read at all, by both sources, so it
+//! is neither a reading of the window nor a neighbour, and a finite copy of the same reading
+//! counts instead. Once ClickHouse merges the parts, though, it keeps only the copy received
+//! last: when that one is not a number, the reading is gone there, while Parquet still has
+//! the finite copy. That is the second difference that cannot be helped (see below).
 //!
 //! Duplicates (a reading delivered twice, at least once delivery): of the copies of one
 //! (meter, channel, ts) the one with the greatest `received_at` counts, as ClickHouse's
 //! `ReplacingMergeTree(received_at)` keeps it; between copies with equal `received_at` the
 //! greater value (−0 and +0 equal), then the greater unit (byte order). Both sources apply
 //! the same rule themselves (ClickHouse's `FINAL` is not used: its choice between equal
-//! versions is the last inserted, which nothing outside the server can know). One
+//! versions is the last inserted, which nothing outside the server can know). Another
 //! difference cannot be helped: ClickHouse before 20.5 stores `ts` and `received_at` in
 //! whole seconds (`DateTime`), so there two copies received within the same second are equal
 //! versions, and readings of one register within one second are one; Parquet keeps
@@ -138,9 +151,28 @@ pub struct ReadRequest {
     /// One meter (a valid meter id, [`meterflow_proto::is_valid_meter_id`]), or all.
     pub meter: Option<String>,
     pub channels: Channels,
-    /// Whether series get the readings just outside the window (the last before, the first
-    /// after: what billing needs); without, a series is the window's readings alone.
-    pub neighbours: bool,
+    /// Which readings just outside the window a series gets.
+    pub neighbours: Neighbours,
+    /// The reading before the window is looked for at or after this instant (Unix ms) only;
+    /// `None`: as far back as the data goes (billing: a meter silent for months still
+    /// carries its last reading to the period's start). `query anomalies` bounds it, so
+    /// that a meter new in the period does not make it read the whole history.
+    pub before_since_ms: Option<i64>,
+    /// Series with no reading in the window but one in `[silent_since, from - margin)` are
+    /// delivered too, as their last reading there; `None`: not looked for.
+    pub silent_since_ms: Option<i64>,
+}
+
+/// Which readings just outside the window a series gets ([`ReadRequest::neighbours`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Neighbours {
+    /// The window's readings alone.
+    None,
+    /// The last reading before the window (a fall across the period's start is judged).
+    Before,
+    /// The last reading before and the first after: what a register's value at both edges
+    /// needs (billing).
+    BeforeAndAfter,
 }
 
 impl ReadRequest {
@@ -178,13 +210,35 @@ impl ReadRequest {
     /// Whether a series whose earliest reading in the window is at `first_ts` gets the
     /// reading before the window: it has none in `[from - margin, from)`.
     pub fn needs_before(&self, first_ts: i64) -> bool {
-        self.neighbours && first_ts >= self.from_ms
+        self.neighbours != Neighbours::None && first_ts >= self.from_ms
     }
 
     /// Whether a series whose newest reading in the window is at `last_ts` gets the reading
     /// after the window: it has none in `[to, to + margin]`.
     pub fn needs_after(&self, last_ts: i64) -> bool {
-        self.neighbours && last_ts < self.to_ms
+        self.neighbours == Neighbours::BeforeAndAfter && last_ts < self.to_ms
+    }
+
+    /// Whether a reading at `ts` may be the reading before the window of a series that
+    /// needs one.
+    pub fn may_be_before(&self, ts: i64) -> bool {
+        self.neighbours != Neighbours::None && self.before_since_ms.is_none_or(|s| ts >= s)
+    }
+
+    /// Whether a series with no reading in the window whose last reading before it is at
+    /// `ts` is delivered (silent through the window).
+    pub fn delivers_silent(&self, ts: i64) -> bool {
+        self.silent_since_ms.is_some_and(|s| ts >= s) && ts < self.window().0
+    }
+
+    /// The earliest instant a reading before the window is of use from: as a neighbour or
+    /// as a silent series' reading (`i64::MAX`: none is).
+    pub fn before_floor(&self) -> i64 {
+        let neighbour = match self.neighbours {
+            Neighbours::None => i64::MAX,
+            _ => self.before_since_ms.unwrap_or(i64::MIN),
+        };
+        neighbour.min(self.silent_since_ms.unwrap_or(i64::MAX))
     }
 
     /// Whether `meter` is asked for.
@@ -201,11 +255,19 @@ pub struct Series {
     /// The unit of the newest reading in the window.
     pub unit: String,
     /// `(ts in Unix ms, value)`, strictly increasing `ts`: the readings of the window,
-    /// plus in front the last reading before the window when the series has none in
-    /// `[from - margin, from)`, and at the back the first reading after the window when it
-    /// has none in `[to, to + margin]` (each when there is one). Those two may be far away:
-    /// a meter silent for months.
+    /// plus (as [`ReadRequest::neighbours`] asks) in front the last reading before the
+    /// window when the series has none in `[from - margin, from)`, and at the back the first
+    /// reading after the window when it has none in `[to, to + margin]` (each when there is
+    /// one). Those two may be far away: a meter silent for months. A series silent through
+    /// the window ([`ReadRequest::silent_since_ms`]) is its last reading before it alone.
     pub points: Vec<(i64, f64)>,
+}
+
+impl Series {
+    /// The order series are delivered in: (meter_id, channel), bytewise.
+    pub fn key(&self) -> (&[u8], &[u8]) {
+        (self.meter_id.as_bytes(), self.channel.as_bytes())
+    }
 }
 
 /// The order of two values of copies of one reading: the greater wins. A total order (so
@@ -287,17 +349,33 @@ mod tests {
             margin_ms: 100,
             meter: Some("m-1".into()),
             channels: Channels::CumulativeRegisters,
-            neighbours: true,
+            neighbours: Neighbours::BeforeAndAfter,
+            before_since_ms: None,
+            silent_since_ms: None,
         };
         r.validate().unwrap();
         assert_eq!(r.window(), (900, 2_100));
         assert!(r.needs_before(1_000) && !r.needs_before(999));
         assert!(r.needs_after(1_999) && !r.needs_after(2_000));
+        assert!(r.may_be_before(i64::MIN) && r.before_floor() == i64::MIN);
+        assert!(!r.delivers_silent(0));
         let alone = ReadRequest {
-            neighbours: false,
+            neighbours: Neighbours::None,
             ..r.clone()
         };
         assert!(!alone.needs_before(1_000) && !alone.needs_after(1_999));
+        assert!(!alone.may_be_before(0) && alone.before_floor() == i64::MAX);
+        let before = ReadRequest {
+            neighbours: Neighbours::Before,
+            before_since_ms: Some(500),
+            silent_since_ms: Some(300),
+            ..r.clone()
+        };
+        assert!(before.needs_before(1_000) && !before.needs_after(1_999));
+        assert!(before.may_be_before(500) && !before.may_be_before(499));
+        assert!(before.delivers_silent(300) && before.delivers_silent(899));
+        assert!(!before.delivers_silent(299) && !before.delivers_silent(900));
+        assert_eq!(before.before_floor(), 300);
         for bad in [
             ReadRequest {
                 meter: Some("x' OR 1=1 --".into()),

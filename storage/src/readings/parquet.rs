@@ -8,8 +8,9 @@
 //!   statistics meet the window (and, for one meter, whose `meter_id` statistics hold it);
 //! - then, for the series that still need the reading before the window, the row groups of
 //!   the window's first day that lie before it, then whole folders backwards, one day at a
-//!   time, only until every such series has found one (or the folders end); the same forwards
-//!   for the reading after;
+//!   time, only until every such series has found one (or the folders end, or the request's
+//!   `before_since` is passed); and back to `silent_since` at least when series silent
+//!   through the window are asked for; the same forwards for the reading after;
 //! - only the columns meter_id, channel, ts, value, received_at and (in the window) unit.
 //!
 //! A reading belongs to the folder of its UTC date (the sink's rule, which the backwards walk
@@ -109,11 +110,15 @@ pub(crate) fn read_counted<E: From<StorageError>>(
     }
 
     // 2. The reading before the window, for the series without one in [lo, from): the
-    //    first day's row groups before the window, then whole folders backwards.
+    //    first day's row groups before the window, then whole folders backwards (to
+    //    `before_since` at most, and to `silent_since` at least).
+    let floor_day = req.before_floor().div_euclid(DAY_MS);
+    let silent_day = req.silent_since_ms.map(|s| s.div_euclid(DAY_MS));
     scan.neighbours(
         Pass::Before,
         before_groups,
-        tree.range(..first_day).rev(),
+        tree.range(floor_day.min(first_day)..first_day).rev(),
+        silent_day,
         |s| req.needs_before(s.min_ts),
         |s| s.before.is_some(),
     )?;
@@ -123,6 +128,7 @@ pub(crate) fn read_counted<E: From<StorageError>>(
         Pass::After,
         after_groups,
         tree.range(last_day.saturating_add(1)..),
+        None,
         |s| req.needs_after(s.max_ts),
         |s| s.after.is_some(),
     )?;
@@ -336,6 +342,18 @@ enum Pass {
     After,
 }
 
+impl Pass {
+    /// Whether the pass reads the unit: the window's, and the one before the window when
+    /// series silent through it are asked for (their unit is their last reading's).
+    fn reads_unit(self, req: &ReadRequest) -> bool {
+        match self {
+            Pass::Window => true,
+            Pass::Before => req.silent_since_ms.is_some(),
+            Pass::After => false,
+        }
+    }
+}
+
 struct Scan<'a> {
     req: &'a ReadRequest,
     acc: Acc,
@@ -345,17 +363,19 @@ struct Scan<'a> {
 impl Scan<'_> {
     /// A neighbour pass: for the series that `need` one, the row groups set aside by the
     /// window's pass, then whole `folders` in the order given (outwards) until every such
-    /// series has `found` it or the folders end.
+    /// series has `found` it or the folders end; backwards, to the folder of `silent_day` at
+    /// least (series silent through the window are looked for there).
     fn neighbours<'f>(
         &mut self,
         pass: Pass,
         groups: Vec<(PathBuf, i64, usize)>,
         folders: impl Iterator<Item = (&'f i64, &'f Vec<PathBuf>)>,
+        silent_day: Option<i64>,
         need: impl Fn(&SeriesAcc) -> bool,
         found: impl Fn(&SeriesAcc) -> bool,
     ) -> Result<(), StorageError> {
         let mut pending = self.acc.pending(need);
-        if pending.is_empty() {
+        if pending.is_empty() && silent_day.is_none() {
             return Ok(());
         }
         for (path, day, g) in groups {
@@ -364,7 +384,7 @@ impl Scan<'_> {
         }
         self.acc.settle(&mut pending, &found);
         for (&day, files) in folders {
-            if pending.is_empty() {
+            if pending.is_empty() && silent_day.is_none_or(|s| day < s) {
                 break;
             }
             self.folder(day, files, pass)?;
@@ -412,7 +432,7 @@ impl Scan<'_> {
         };
         let c = file.columns;
         let mut wanted = vec![c.meter_id, c.channel, c.ts, c.value, c.received_at];
-        if pass == Pass::Window {
+        if pass.reads_unit(self.req) {
             wanted.push(c.unit);
         }
         let mask = ProjectionMask::roots(file.reader.parquet_schema(), wanted);
@@ -436,7 +456,7 @@ impl Scan<'_> {
                         row_group: Some(g),
                         source: e.into(),
                     })?;
-                    let rows = Rows::of(&batch, pass, &file.path)?;
+                    let rows = Rows::of(&batch, pass.reads_unit(self.req), &file.path)?;
                     self.rows(&rows, file.day, pass);
                 }
                 Ok(())
@@ -455,6 +475,7 @@ impl Scan<'_> {
 
     fn rows(&mut self, rows: &Rows<'_>, day: i64, pass: Pass) {
         let (lo, hi) = self.req.window();
+        let floor = self.req.before_floor();
         let day_start = day.saturating_mul(DAY_MS);
         let day_end = day_start.saturating_add(DAY_MS - 1);
         let channels = self.req.channels;
@@ -478,6 +499,13 @@ impl Scan<'_> {
             if pass != Pass::Window && place != pass {
                 continue;
             }
+            if place == Pass::Before && ts < floor {
+                continue;
+            }
+            let value = rows.value.value(i);
+            if !value.is_finite() {
+                continue;
+            }
             let meter = rows.meter_id.value(i);
             let channel = rows.channel.value(i);
             let same_key = last.is_some_and(|(j, _)| {
@@ -497,7 +525,11 @@ impl Scan<'_> {
                 if !ok || !self.req.wants_meter(meter) {
                     continue;
                 }
-                let found = if pass == Pass::Window {
+                // The window's pass keeps every series (rows before the window may be a
+                // silent series' reading); the before pass adds the silent ones it finds.
+                let found = if pass == Pass::Window
+                    || (pass == Pass::Before && self.req.delivers_silent(ts))
+                {
                     Some(self.acc.find_or_insert(meter, channel))
                 } else {
                     self.acc.find(meter, channel)
@@ -511,7 +543,7 @@ impl Scan<'_> {
             let copy = Copy {
                 ts,
                 received_at: rows.received_at.value(i),
-                value: rows.value.value(i),
+                value,
             };
             let entry = &mut self.acc.series[s];
             match place {
@@ -525,6 +557,11 @@ impl Scan<'_> {
                         .is_none_or(|b| copy.order(&b) == Ordering::Greater)
                     {
                         entry.before = Some(copy);
+                    }
+                    // A silent series' unit is its reading's; a series with readings in the
+                    // window has a newer one there, which wins.
+                    if let Some(unit) = rows.unit {
+                        keep_newest(&mut entry.newest, copy, unit.value(i));
                     }
                 }
                 Pass::After => {
@@ -544,12 +581,12 @@ struct Rows<'a> {
     ts: &'a TimestampMillisecondArray,
     value: &'a Float64Array,
     received_at: &'a TimestampMillisecondArray,
-    /// In the window's pass only.
+    /// When the pass reads it ([`Pass::reads_unit`]).
     unit: Option<&'a StringArray>,
 }
 
 impl<'a> Rows<'a> {
-    fn of(batch: &'a RecordBatch, pass: Pass, path: &Path) -> Result<Rows<'a>, StorageError> {
+    fn of(batch: &'a RecordBatch, unit: bool, path: &Path) -> Result<Rows<'a>, StorageError> {
         fn column<'b, T: 'static>(
             batch: &'b RecordBatch,
             name: &str,
@@ -576,9 +613,9 @@ impl<'a> Rows<'a> {
             ts: column(batch, "ts", path)?,
             value: column(batch, "value", path)?,
             received_at: column(batch, "received_at", path)?,
-            unit: match pass {
-                Pass::Window => Some(column(batch, "unit", path)?),
-                Pass::Before | Pass::After => None,
+            unit: match unit {
+                true => Some(column(batch, "unit", path)?),
+                false => None,
             },
         })
     }
@@ -680,9 +717,20 @@ impl SeriesAcc {
             after,
         } = self;
         let (_, unit) = newest?;
+        if points.is_empty() {
+            // Silent through the window: its last reading before it, when recent enough.
+            // `newest` is the same copy (the greatest before the window), with its unit.
+            let b = before.filter(|b| req.delivers_silent(b.ts))?;
+            return Some(Series {
+                meter_id,
+                channel,
+                unit,
+                points: vec![(b.ts, b.value)],
+            });
+        }
         points.sort_unstable_by(Copy::order);
         let mut out: Vec<(i64, f64)> = Vec::with_capacity(points.len() + 2);
-        if let Some(b) = before.filter(|_| req.needs_before(min_ts)) {
+        if let Some(b) = before.filter(|b| req.needs_before(min_ts) && req.may_be_before(b.ts)) {
             out.push((b.ts, b.value));
         }
         for p in points {
@@ -750,7 +798,8 @@ impl Acc {
         pending.retain(|&s| !found(&self.series[s]));
     }
 
-    /// Hands every series with readings in the window to `each`, in (meter, channel) order.
+    /// Hands every series with readings in the window (and every silent one asked for) to
+    /// `each`, in (meter, channel) order.
     fn deliver<E: From<StorageError>>(
         self,
         req: &ReadRequest,
@@ -760,7 +809,7 @@ impl Acc {
         let mut series: Vec<SeriesAcc> = self
             .series
             .into_iter()
-            .filter(|s| !s.points.is_empty())
+            .filter(|s| !s.points.is_empty() || s.before.is_some_and(|b| req.delivers_silent(b.ts)))
             .collect();
         series.sort_unstable_by(|a, b| {
             (a.meter_id.as_bytes(), a.channel.as_bytes())
@@ -794,7 +843,9 @@ pub(crate) fn summaries(
         margin_ms: 0,
         meter: req.meter.clone(),
         channels: super::Channels::CumulativeRegisters,
-        neighbours: false,
+        neighbours: super::Neighbours::None,
+        before_since_ms: None,
+        silent_since_ms: None,
     };
     let mut index: HashMap<(String, String), usize> = HashMap::new();
     let mut acc: Vec<ChannelAcc> = Vec::new();
@@ -850,7 +901,7 @@ pub(crate) fn summaries(
                             row_group: Some(g),
                             source: e.into(),
                         })?;
-                        let rows = Rows::of(&batch, Pass::Window, &file.path)?;
+                        let rows = Rows::of(&batch, true, &file.path)?;
                         for i in 0..rows.len() {
                             let ts = rows.ts.value(i);
                             if ts < day_start || ts > day_end {

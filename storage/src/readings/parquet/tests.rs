@@ -2,7 +2,7 @@
 //! order, and what it reads.
 
 use super::*;
-use crate::readings::Channels;
+use crate::readings::{Channels, Neighbours};
 use crate::{ParquetConfig, ParquetSink};
 use meterflow_proto::{ReadingBatchBuilder, TextRow};
 
@@ -139,7 +139,9 @@ fn request(meter: Option<&str>) -> ReadRequest {
         margin_ms: H,
         meter: meter.map(str::to_string),
         channels: Channels::CumulativeRegisters,
-        neighbours: true,
+        neighbours: Neighbours::BeforeAndAfter,
+        before_since_ms: None,
+        silent_since_ms: None,
     }
 }
 
@@ -322,6 +324,102 @@ fn the_margin_and_the_period_edges_decide_the_neighbours() {
         got[0].points,
         [(T0 + 9 * D - 30 * 60_000, 1.0), (T0 + 10 * D, 2.0)],
         "at `to` itself: nothing after is needed"
+    );
+}
+
+#[test]
+fn a_series_silent_through_the_window_is_its_last_reading_when_recent_enough() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path());
+    // D's last reading before the window is at 03-06 00:00 (1 kWh); it has none in the
+    // window. From 03-06 on it is delivered, between C and a; from a millisecond later not.
+    let req = ReadRequest {
+        silent_since_ms: Some(T0 + 5 * D),
+        ..request(None)
+    };
+    let (got, scanned) = read_all(dir.path(), &req);
+    let mut want = expected();
+    let at = want.iter().position(|s| s.meter_id == "a").unwrap();
+    want.insert(at, series("D", IMPORT, "kWh", &[(T0 + 5 * D, 1.0)]));
+    assert_eq!(got, want);
+    assert!(scanned.days.contains(&(T0 / D + 5)), "{scanned:?}");
+    let req = ReadRequest {
+        silent_since_ms: Some(T0 + 5 * D + 1),
+        ..request(None)
+    };
+    assert_eq!(read_all(dir.path(), &req).0, expected());
+    // Its unit is its last reading's; one meter alone reads the same.
+    let req = ReadRequest {
+        silent_since_ms: Some(T0),
+        meter: Some("D".into()),
+        ..request(None)
+    };
+    let (got, _) = read_all(dir.path(), &req);
+    assert_eq!(got, [series("D", IMPORT, "kWh", &[(T0 + 5 * D, 1.0)])]);
+}
+
+#[test]
+fn the_reading_before_is_looked_for_from_before_since_on_only() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path());
+    // The reading before only, at most 4 days back: B's import (silent 40 days) and `a`
+    // (none ever) get none, and no folder before 03-06 is opened; nothing after the window.
+    let req = ReadRequest {
+        neighbours: Neighbours::Before,
+        before_since_ms: Some(T0 + 5 * D),
+        ..request(None)
+    };
+    let (got, scanned) = read_all(dir.path(), &req);
+    let days: Vec<String> = scanned.days.iter().map(|d| date(*d)).collect();
+    assert_eq!(
+        days,
+        [
+            "2024-03-09",
+            "2024-03-10",
+            "2024-03-11",
+            "2024-03-12",
+            "2024-03-06"
+        ]
+    );
+    let b = got
+        .iter()
+        .find(|s| s.meter_id == "B" && s.channel == IMPORT)
+        .unwrap();
+    assert!(b.points.iter().all(|p| p.0 >= T0 + 9 * D - H), "{b:?}");
+    let a = got.iter().find(|s| s.meter_id == "a").unwrap();
+    assert_eq!(a.points, [(T0 + 10 * D, 1.0)]);
+    // A's export has its reading after on 03-13: not asked for.
+    let export = got
+        .iter()
+        .find(|s| s.meter_id == "A" && s.channel == EXPORT)
+        .unwrap();
+    assert!(export.points.iter().all(|p| p.0 <= T0 + 11 * D + H));
+}
+
+#[test]
+fn values_that_are_not_numbers_are_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = T0 + 10 * D;
+    write(
+        dir.path(),
+        "n1",
+        &[
+            r("N", IMPORT, T0 + 7 * D, 10.0, "kWh"),
+            // The newer reading before the window is NaN: the one before it is the neighbour.
+            r("N", IMPORT, T0 + 8 * D, f64::NAN, "kWh"),
+            r("N", IMPORT, t, 12.0, "kWh"),
+            // A later copy of the window's reading that is infinite: the finite one counts
+            // (on Parquet; ClickHouse keeps only the later copy once it merges its parts).
+            ("N", IMPORT, t, f64::INFINITY, "kWh", t + 60_000),
+            r("N", IMPORT, t + H, f64::NEG_INFINITY, "kWh"),
+            // Only non-numbers in the window: no series.
+            r("M", IMPORT, t, f64::NAN, "kWh"),
+        ],
+    );
+    let (got, _) = read_all(dir.path(), &request(None));
+    assert_eq!(
+        got,
+        [series("N", IMPORT, "kWh", &[(T0 + 7 * D, 10.0), (t, 12.0)])]
     );
 }
 
