@@ -18,11 +18,15 @@ use arrow_array::{BooleanArray, RecordBatch};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use crate::StorageError;
 
 const DAY_MS: i64 = 86_400_000;
+
+/// The false-positive rate of the meter-id bloom filter of each row group.
+const METER_BLOOM_FPP: f64 = 0.01;
 
 /// The readings' folder and the column that dates a row.
 const READINGS: (&str, &str) = ("readings", "ts");
@@ -168,9 +172,18 @@ impl ParquetSink {
                 path: root.clone(),
                 source,
             })?;
+        // A bloom filter of the meter ids of each row group: a read that looks for a few
+        // meters' readings before a period (a meter installed in it has none) skips the row
+        // groups without them instead of decoding the whole history. Sized for a row group
+        // of distinct ids and folded to what it holds when the group is complete (about
+        // 12 KB for 10 000 meters at 1 % false positives).
+        let meter_id = ColumnPath::from("meter_id");
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(config.row_group_rows.max(1)))
+            .set_column_bloom_filter_enabled(meter_id.clone(), true)
+            .set_column_bloom_filter_fpp(meter_id.clone(), METER_BLOOM_FPP)
+            .set_column_bloom_filter_max_ndv(meter_id, config.row_group_rows.max(1) as u64)
             .build();
         let rows_label = if folder == STATUS.0 {
             "parquet_status"

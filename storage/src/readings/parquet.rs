@@ -11,7 +11,12 @@
 //!   time, only until every such series has found one (or the folders end, or the request's
 //!   `before_since` is passed); and back to `silent_since` at least when series silent
 //!   through the window are asked for; the same forwards for the reading after;
-//! - only the columns meter_id, channel, ts, value, received_at and (in the window) unit.
+//! - only the columns meter_id, channel, ts, value, received_at and (in the window) unit;
+//! - in the walks outwards, when at most [`BLOOM_MAX_METERS`] meters still look for their
+//!   reading (typically meters installed in the period, which have none before it: they
+//!   would make the walk read the whole history), only the row groups whose meter-id bloom
+//!   filter (written by the sink) may hold one of them; a row group without a filter (files of
+//!   other writers or of earlier versions) is read.
 //!
 //! A reading belongs to the folder of its UTC date (the sink's rule, which the backwards walk
 //! relies on): a row in another date's folder is not read (counted, and warned once per
@@ -32,6 +37,7 @@ use ::parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
 use ::parquet::arrow::ProjectionMask;
+use ::parquet::bloom_filter::Sbbf;
 use ::parquet::file::metadata::RowGroupMetaData;
 use ::parquet::file::statistics::Statistics;
 use arrow_array::{Array, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
@@ -44,6 +50,10 @@ const DAY_MS: i64 = 86_400_000;
 
 /// Rows per decoded batch.
 const BATCH_ROWS: usize = 64 * 1024;
+
+/// The walks outwards skip row groups by their meter-id bloom filters while at most this many
+/// meters still look for a reading: each row group's filter is then checked for each of them.
+pub(crate) const BLOOM_MAX_METERS: usize = 256;
 
 /// Reads the series of `req` from the Parquet tree under `data_dir` and hands each to
 /// `each`, in (meter_id, channel) byte order; stops at the first error, `each`'s included.
@@ -311,6 +321,31 @@ impl DataFile {
         }
     }
 
+    /// Whether row group `g` may hold rows of one of `meters`, by its meter-id bloom filter:
+    /// always when it has none or the filter cannot be read (the rows are then read, and a
+    /// damaged file is reported by that read).
+    fn may_hold_any(&self, handle: &File, meta: &RowGroupMetaData, meters: &[String]) -> bool {
+        let Some(column) = meta.columns().get(self.columns.meter_id) else {
+            return true;
+        };
+        if column.bloom_filter_offset().is_none() {
+            return true;
+        }
+        let filter = guarded(&self.path, None, || {
+            Sbbf::read_from_column_chunk(column, handle).map_err(|source| {
+                StorageError::ParquetRead {
+                    path: self.path.clone(),
+                    row_group: None,
+                    source,
+                }
+            })
+        });
+        match filter {
+            Ok(Some(filter)) => meters.iter().any(|m| filter.check(m.as_str())),
+            Ok(None) | Err(_) => true,
+        }
+    }
+
     /// Whether a row group may hold rows of the request's meter (always, for all meters or
     /// without statistics). Truncated statistics are still bounds.
     fn may_hold_meter(&self, meta: &RowGroupMetaData, req: &ReadRequest) -> bool {
@@ -384,23 +419,47 @@ impl Scan<'_> {
         }
         self.acc.settle(&mut pending, &found);
         for (&day, files) in folders {
-            if pending.is_empty() && silent_day.is_none_or(|s| day < s) {
+            let looks_for_silent = silent_day.is_some_and(|s| day >= s);
+            if pending.is_empty() && !looks_for_silent {
                 break;
             }
-            self.folder(day, files, pass)?;
+            // Few meters still looking, and no silent series to find here: only the row
+            // groups their bloom filters may hold.
+            let meters = (!looks_for_silent)
+                .then(|| self.acc.meters_of(&pending, BLOOM_MAX_METERS))
+                .flatten();
+            self.folder(day, files, pass, meters.as_deref())?;
             self.acc.settle(&mut pending, &found);
         }
         Ok(())
     }
 
-    /// Every row group of a folder that may hold the request's meter.
-    fn folder(&mut self, day: i64, files: &[PathBuf], pass: Pass) -> Result<(), StorageError> {
+    /// Every row group of a folder that may hold the request's meter (and, given `meters`,
+    /// one of them by its bloom filter).
+    fn folder(
+        &mut self,
+        day: i64,
+        files: &[PathBuf],
+        pass: Pass,
+        meters: Option<&[String]>,
+    ) -> Result<(), StorageError> {
         self.scanned.days.push(day);
         for path in files {
             let file = DataFile::open(path, day)?;
+            let handle = match meters {
+                Some(_) => {
+                    Some(File::open(path).map_err(|e| StorageError::io("opening", path, e))?)
+                }
+                None => None,
+            };
             let mut groups = Vec::new();
             for (g, meta) in file.row_groups() {
-                if file.may_hold_meter(meta, self.req) {
+                let wanted = file.may_hold_meter(meta, self.req)
+                    && match (meters, &handle) {
+                        (Some(meters), Some(handle)) => file.may_hold_any(handle, meta, meters),
+                        _ => true,
+                    };
+                if wanted {
                     groups.push(g);
                 } else {
                     self.scanned.row_groups_skipped += 1;
@@ -791,6 +850,17 @@ impl Acc {
         (0..self.series.len())
             .filter(|&s| !self.series[s].points.is_empty() && need(&self.series[s]))
             .collect()
+    }
+
+    /// The meters of the `pending` series, when there are at most `max` of them.
+    fn meters_of(&self, pending: &[usize], max: usize) -> Option<Vec<String>> {
+        let mut meters: Vec<&str> = pending
+            .iter()
+            .map(|&s| self.series[s].meter_id.as_str())
+            .collect();
+        meters.sort_unstable();
+        meters.dedup();
+        (meters.len() <= max).then(|| meters.into_iter().map(str::to_string).collect())
     }
 
     /// Drops from `pending` the series that have `found` theirs.
