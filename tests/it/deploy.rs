@@ -76,6 +76,26 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     rows.push(format!(
         "('G12', '1-0:1.8.0', toDateTime({day} - 39 * 86400), 7, 'kWh', 0, now(), 'mqtt', 'json')"
     ));
+    // What the per-day consumption panels got wrong, `days` back at `hour`: G14 reports its
+    // total register (1.8.0, counted; its tariff register 1.8.1 is not) and gas, each with a
+    // step across midnight into yesterday; G17's tariff registers fell from readings eight
+    // days back (before the range) to six days back: 1.8.2 to below 1 %, a reset that counts
+    // its new value (2 kWh).
+    let back = |meter: &str, channel: &str, days: u32, hour: u32, value: f64| {
+        format!("('{meter}', '{channel}', toDateTime(toStartOfDay(now()) - {days} * 86400 + {hour} * 3600), {value}, 'kWh', 0, now(), 'mqtt', 'json')")
+    };
+    rows.push(back("G14", "1-0:1.8.0", 2, 22, 10.0));
+    rows.push(back("G14", "1-0:1.8.0", 1, 2, 11.0));
+    rows.push(back("G14", "1-0:1.8.0", 1, 20, 12.0));
+    rows.push(back("G14", "1-0:1.8.1", 1, 2, 500.0));
+    rows.push(back("G14", "1-0:1.8.1", 1, 20, 600.0));
+    rows.push(back("G14", "0-1:24.2.1", 2, 22, 5.0));
+    rows.push(back("G14", "0-1:24.2.1", 1, 2, 5.5));
+    rows.push(back("G14", "0-1:24.2.1", 1, 20, 6.0));
+    rows.push(back("G17", "1-0:1.8.1", 8, 1, 800.0));
+    rows.push(back("G17", "1-0:1.8.1", 6, 1, 700.0));
+    rows.push(back("G17", "1-0:1.8.2", 8, 1, 800.0));
+    rows.push(back("G17", "1-0:1.8.2", 6, 1, 2.0));
     for days_back in 1..=5 {
         rows.push(format!("('G7', '0-1:24.2.1', toDateTime(toStartOfDay(now()) - {days_back} * 86400 + 3600), 42.5, 'm3', 0, now(), 'mqtt', 'json')"));
     }
@@ -120,10 +140,28 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     for title in &every_sql {
         run(title); // runs without error
     }
-    let import = run("Import consumption per day, kWh (registers 1.8.x, all meters)");
-    assert!(import.trim().ends_with("\t2.5"), "{import}");
-    let gas = run("Gas per day, m3 (24.2.x)");
-    assert!(gas.trim().ends_with("\t0.75"), "{gas}");
+    // The value of each day with readings, oldest first.
+    let per_day = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| l.split('\t').nth(1).unwrap_or("").to_string())
+            .collect()
+    };
+    let import = run(
+        "Import consumption per UTC day, kWh (all meters: 1.8.0, else the sum of 1.8.1, 1.8.2, ...)",
+    );
+    assert_eq!(
+        per_day(&import),
+        ["2", "0", "59.5"],
+        "six days back G17's reset from before the range; two days back the first readings of \
+         G11 and G14; yesterday G1 2.5, G6 5 and G10 50 (resets), G14 2 (1.8.0 across \
+         midnight, not 1.8.1), G2 and G11 0 (reverse runs): {import}"
+    );
+    let gas = run("Gas per UTC day, m3 (24.2.x)");
+    assert_eq!(
+        per_day(&gas),
+        ["0", "0", "0", "0", "1.75"],
+        "G7 still; yesterday G1 0.75 and G14 1 (across midnight): {gas}"
+    );
     let first_two = |text: &str| -> Vec<String> {
         text.lines()
             .map(|l| l.split('\t').take(2).collect::<Vec<_>>().join(" "))
