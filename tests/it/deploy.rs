@@ -76,11 +76,13 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     rows.push(format!(
         "('G12', '1-0:1.8.0', toDateTime({day} - 39 * 86400), 7, 'kWh', 0, now(), 'mqtt', 'json')"
     ));
-    // What the per-day consumption panels got wrong, `days` back at `hour`: G14 reports its
-    // total register (1.8.0, counted; its tariff register 1.8.1 is not) and gas, each with a
-    // step across midnight into yesterday; G17's tariff registers fell from readings eight
-    // days back (before the range) to six days back: 1.8.2 to below 1 %, a reset that counts
-    // its new value (2 kWh).
+    // What the consumption and anomaly panels got wrong, `days` back at `hour`: G14 reports
+    // its total register (1.8.0, counted; its tariff register 1.8.1 is not) and gas, each with
+    // a step across midnight into yesterday; G17's tariff registers fell from readings eight
+    // days back (before the range) to six days back: 1.8.1 a little (a reverse run), 1.8.2
+    // to below 1 %, a reset that counts its new value (2 kWh). G18's export register was
+    // stored twice yesterday at 01:00, 300 and, received later, 200 (the copy that counts):
+    // its 250 at 20:00 is no fall.
     let back = |meter: &str, channel: &str, days: u32, hour: u32, value: f64| {
         format!("('{meter}', '{channel}', toDateTime(toStartOfDay(now()) - {days} * 86400 + {hour} * 3600), {value}, 'kWh', 0, now(), 'mqtt', 'json')")
     };
@@ -96,6 +98,9 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     rows.push(back("G17", "1-0:1.8.1", 6, 1, 700.0));
     rows.push(back("G17", "1-0:1.8.2", 8, 1, 800.0));
     rows.push(back("G17", "1-0:1.8.2", 6, 1, 2.0));
+    rows.push(row("G18", "1-0:2.8.1", 1, 300.0, "now() - 3600"));
+    rows.push(row("G18", "1-0:2.8.1", 1, 200.0, "now()"));
+    rows.push(row("G18", "1-0:2.8.1", 20, 250.0, "now()"));
     for days_back in 1..=5 {
         rows.push(format!("('G7', '0-1:24.2.1', toDateTime(toStartOfDay(now()) - {days_back} * 86400 + 3600), 42.5, 'm3', 0, now(), 'mqtt', 'json')"));
     }
@@ -172,14 +177,14 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     );
     assert_eq!(
         first_two(&reverse),
-        ["G2 1-0:1.8.1", "G11 1-0:1.8.0"],
-        "G11's fall between days; not G10's reset: {reverse}"
+        ["G2 1-0:1.8.1", "G11 1-0:1.8.0", "G17 1-0:1.8.1"],
+        "G11's fall between days, G17's from before the range; not G10's reset: {reverse}"
     );
     let resets = run("Anomalies: register resets (a fall to below 1 % of the reading before)");
     assert_eq!(
         first_two(&resets),
-        ["G6 1-0:1.8.1", "G10 1-0:1.8.0"],
-        "G10's reset though the day ends above 1 %: {resets}"
+        ["G6 1-0:1.8.1", "G10 1-0:1.8.0", "G17 1-0:1.8.2"],
+        "G10's reset though the day ends above 1 %, G17's from before the range: {resets}"
     );
     let still = run(
         "Anomalies: consumption registers standing still for 3 days or more (1.8.x, 24.2.x, 24.3.0)",
