@@ -82,7 +82,7 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     // days back (before the range) to six days back: 1.8.1 a little (a reverse run), 1.8.2
     // to below 1 %, a reset that counts its new value (2 kWh). G18's export register was
     // stored twice yesterday at 01:00, 300 and, received later, 200 (the copy that counts):
-    // its 250 at 20:00 is no fall.
+    // its 250 at 20:00 is no fall. G7's gas volume moves again after the range's end.
     let back = |meter: &str, channel: &str, days: u32, hour: u32, value: f64| {
         format!("('{meter}', '{channel}', toDateTime(toStartOfDay(now()) - {days} * 86400 + {hour} * 3600), {value}, 'kWh', 0, now(), 'mqtt', 'json')")
     };
@@ -101,6 +101,9 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     rows.push(row("G18", "1-0:2.8.1", 1, 300.0, "now() - 3600"));
     rows.push(row("G18", "1-0:2.8.1", 1, 200.0, "now()"));
     rows.push(row("G18", "1-0:2.8.1", 20, 250.0, "now()"));
+    rows.push(format!(
+        "('G7', '0-1:24.2.1', toDateTime({day} + 4 * 86400 + 3600), 43, 'm3', 0, now(), 'mqtt', 'json')"
+    ));
     for days_back in 1..=5 {
         rows.push(format!("('G7', '0-1:24.2.1', toDateTime(toStartOfDay(now()) - {days_back} * 86400 + 3600), 42.5, 'm3', 0, now(), 'mqtt', 'json')"));
     }
@@ -189,7 +192,10 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     let still = run(
         "Anomalies: consumption registers standing still for 3 days or more (1.8.x, 24.2.x, 24.3.0)",
     );
-    assert!(still.starts_with("G7\t0-1:24.2.1\t"), "{still}");
+    assert!(
+        still.starts_with("G7\t0-1:24.2.1\t"),
+        "G7 still in the range, moving after its end: {still}"
+    );
     assert_eq!(still.lines().count(), 1, "{still}");
     let flags = run("Anomalies: error flags reported (by the report's own time)");
     assert!(
