@@ -67,7 +67,7 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     rows.push(now_row("G9", 3 * 3600, "now()"));
     // What per-day panels got wrong: G10 reset at 05:00 and then rose by more than 1 % of the
     // old value the same day (a reset, not a reverse run); G11 is read once a day and fell
-    // between two days; G12 has been silent for 40 days.
+    // between two days; G12 has been silent for 40 days (longer than the stale panel reads).
     rows.push(row("G10", "1-0:1.8.0", 1, 1000.0, "now()"));
     rows.push(row("G10", "1-0:1.8.0", 5, 2.0, "now()"));
     rows.push(row("G10", "1-0:1.8.0", 20, 50.0, "now()"));
@@ -208,16 +208,20 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
         "G8's report is older than the range, G13's after its end: {flags}"
     );
     let stale = run(
-        "Stale meters: no reading for 2 h before the range's end or now, by the readings' own time (newest first)",
+        "Stale meters: no reading for 2 h to 30 days before the range's end or now, by the readings' own time (newest first)",
     );
     let stale: Vec<&str> = stale
         .lines()
         .map(|l| l.split('\t').next().unwrap())
         .collect();
-    for meter in ["G4", "G9", "G2", "G12"] {
+    for meter in ["G4", "G9", "G2", "G17"] {
         assert!(stale.contains(&meter), "{meter}: {stale:?}");
     }
     assert!(!stale.contains(&"G1"), "{stale:?}");
+    assert!(
+        !stale.contains(&"G12"),
+        "silent for 40 days, beyond the panel's 30: {stale:?}"
+    );
     let letters = run("Payloads that did not decode, by meter and kind");
     assert!(letters.starts_with("G5\tmalformed\t2\t"), "{letters}");
     let signal = run("Weakest signal (newest report per meter)");
