@@ -67,7 +67,7 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     rows.push(now_row("G9", 3 * 3600, "now()"));
     // What per-day panels got wrong: G10 reset at 05:00 and then rose by more than 1 % of the
     // old value the same day (a reset, not a reverse run); G11 is read once a day and fell
-    // between two days; G12 has been silent for 40 days.
+    // between two days; G12 has been silent for 40 days (longer than the stale panel reads).
     rows.push(row("G10", "1-0:1.8.0", 1, 1000.0, "now()"));
     rows.push(row("G10", "1-0:1.8.0", 5, 2.0, "now()"));
     rows.push(row("G10", "1-0:1.8.0", 20, 50.0, "now()"));
@@ -75,6 +75,34 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     rows.push(row("G11", "1-0:1.8.0", 1, 250.0, "now()"));
     rows.push(format!(
         "('G12', '1-0:1.8.0', toDateTime({day} - 39 * 86400), 7, 'kWh', 0, now(), 'mqtt', 'json')"
+    ));
+    // What the consumption and anomaly panels got wrong, `days` back at `hour`: G14 reports
+    // its total register (1.8.0, counted; its tariff register 1.8.1 is not) and gas, each with
+    // a step across midnight into yesterday; G17's tariff registers fell from readings eight
+    // days back (before the range) to six days back: 1.8.1 a little (a reverse run), 1.8.2
+    // to below 1 %, a reset that counts its new value (2 kWh). G18's export register was
+    // stored twice yesterday at 01:00, 300 and, received later, 200 (the copy that counts):
+    // its 250 at 20:00 is no fall. G7's gas volume moves again after the range's end.
+    let back = |meter: &str, channel: &str, days: u32, hour: u32, value: f64| {
+        format!("('{meter}', '{channel}', toDateTime(toStartOfDay(now()) - {days} * 86400 + {hour} * 3600), {value}, 'kWh', 0, now(), 'mqtt', 'json')")
+    };
+    rows.push(back("G14", "1-0:1.8.0", 2, 22, 10.0));
+    rows.push(back("G14", "1-0:1.8.0", 1, 2, 11.0));
+    rows.push(back("G14", "1-0:1.8.0", 1, 20, 12.0));
+    rows.push(back("G14", "1-0:1.8.1", 1, 2, 500.0));
+    rows.push(back("G14", "1-0:1.8.1", 1, 20, 600.0));
+    rows.push(back("G14", "0-1:24.2.1", 2, 22, 5.0));
+    rows.push(back("G14", "0-1:24.2.1", 1, 2, 5.5));
+    rows.push(back("G14", "0-1:24.2.1", 1, 20, 6.0));
+    rows.push(back("G17", "1-0:1.8.1", 8, 1, 800.0));
+    rows.push(back("G17", "1-0:1.8.1", 6, 1, 700.0));
+    rows.push(back("G17", "1-0:1.8.2", 8, 1, 800.0));
+    rows.push(back("G17", "1-0:1.8.2", 6, 1, 2.0));
+    rows.push(row("G18", "1-0:2.8.1", 1, 300.0, "now() - 3600"));
+    rows.push(row("G18", "1-0:2.8.1", 1, 200.0, "now()"));
+    rows.push(row("G18", "1-0:2.8.1", 20, 250.0, "now()"));
+    rows.push(format!(
+        "('G7', '0-1:24.2.1', toDateTime({day} + 4 * 86400 + 3600), 43, 'm3', 0, now(), 'mqtt', 'json')"
     ));
     for days_back in 1..=5 {
         rows.push(format!("('G7', '0-1:24.2.1', toDateTime(toStartOfDay(now()) - {days_back} * 86400 + 3600), 42.5, 'm3', 0, now(), 'mqtt', 'json')"));
@@ -120,10 +148,28 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     for title in &every_sql {
         run(title); // runs without error
     }
-    let import = run("Import consumption per day, kWh (registers 1.8.x, all meters)");
-    assert!(import.trim().ends_with("\t2.5"), "{import}");
-    let gas = run("Gas per day, m3 (24.2.x)");
-    assert!(gas.trim().ends_with("\t0.75"), "{gas}");
+    // The value of each day with readings, oldest first.
+    let per_day = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| l.split('\t').nth(1).unwrap_or("").to_string())
+            .collect()
+    };
+    let import = run(
+        "Import consumption per UTC day, kWh (all meters: 1.8.0, else the sum of 1.8.1, 1.8.2, ...)",
+    );
+    assert_eq!(
+        per_day(&import),
+        ["2", "0", "59.5"],
+        "six days back G17's reset from before the range; two days back the first readings of \
+         G11 and G14; yesterday G1 2.5, G6 5 and G10 50 (resets), G14 2 (1.8.0 across \
+         midnight, not 1.8.1), G2 and G11 0 (reverse runs): {import}"
+    );
+    let gas = run("Gas per UTC day, m3 (24.2.x)");
+    assert_eq!(
+        per_day(&gas),
+        ["0", "0", "0", "0", "1.75"],
+        "G7 still; yesterday G1 0.75 and G14 1 (across midnight): {gas}"
+    );
     let first_two = |text: &str| -> Vec<String> {
         text.lines()
             .map(|l| l.split('\t').take(2).collect::<Vec<_>>().join(" "))
@@ -134,19 +180,22 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     );
     assert_eq!(
         first_two(&reverse),
-        ["G2 1-0:1.8.1", "G11 1-0:1.8.0"],
-        "G11's fall between days; not G10's reset: {reverse}"
+        ["G2 1-0:1.8.1", "G11 1-0:1.8.0", "G17 1-0:1.8.1"],
+        "G11's fall between days, G17's from before the range; not G10's reset: {reverse}"
     );
     let resets = run("Anomalies: register resets (a fall to below 1 % of the reading before)");
     assert_eq!(
         first_two(&resets),
-        ["G6 1-0:1.8.1", "G10 1-0:1.8.0"],
-        "G10's reset though the day ends above 1 %: {resets}"
+        ["G6 1-0:1.8.1", "G10 1-0:1.8.0", "G17 1-0:1.8.2"],
+        "G10's reset though the day ends above 1 %, G17's from before the range: {resets}"
     );
     let still = run(
         "Anomalies: consumption registers standing still for 3 days or more (1.8.x, 24.2.x, 24.3.0)",
     );
-    assert!(still.starts_with("G7\t0-1:24.2.1\t"), "{still}");
+    assert!(
+        still.starts_with("G7\t0-1:24.2.1\t"),
+        "G7 still in the range, moving after its end: {still}"
+    );
     assert_eq!(still.lines().count(), 1, "{still}");
     let flags = run("Anomalies: error flags reported (by the report's own time)");
     assert!(
@@ -159,16 +208,20 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
         "G8's report is older than the range, G13's after its end: {flags}"
     );
     let stale = run(
-        "Stale meters: no reading for 2 h before the range's end or now, by the readings' own time (newest first)",
+        "Stale meters: no reading for 2 h to 30 days before the range's end or now, by the readings' own time (newest first)",
     );
     let stale: Vec<&str> = stale
         .lines()
         .map(|l| l.split('\t').next().unwrap())
         .collect();
-    for meter in ["G4", "G9", "G2", "G12"] {
+    for meter in ["G4", "G9", "G2", "G17"] {
         assert!(stale.contains(&meter), "{meter}: {stale:?}");
     }
     assert!(!stale.contains(&"G1"), "{stale:?}");
+    assert!(
+        !stale.contains(&"G12"),
+        "silent for 40 days, beyond the panel's 30: {stale:?}"
+    );
     let letters = run("Payloads that did not decode, by meter and kind");
     assert!(letters.starts_with("G5\tmalformed\t2\t"), "{letters}");
     let signal = run("Weakest signal (newest report per meter)");
