@@ -350,64 +350,10 @@ fn time_of_use_matches_an_independent_computation() {
     std::fs::write(&tariff, TARIFF).unwrap();
     let csv = dir.path().join("readings.csv");
     write_csv(&csv, &readings);
-    let tariff_arg = tariff.to_str().unwrap();
-    let rows = both.bill(&[
-        "--tz",
-        "Europe/Berlin",
-        "--from",
-        "2026-03-01",
-        "--to",
-        "2026-04-01",
-        "--tariff",
-        tariff_arg,
-    ]);
-    let reference = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/it/billing_reference.py"
-        ))
-        .args([
-            csv.to_str().unwrap(),
-            tariff_arg,
-            "Europe/Berlin",
-            "2026-03-01",
-            "2026-04-01",
-        ])
-        .arg((7 * 86_400).to_string())
-        .output()
-        .unwrap();
-    assert!(
-        reference.status.success(),
-        "{}",
-        String::from_utf8_lossy(&reference.stderr)
-    );
-    let expected = parse_csv(&String::from_utf8(reference.stdout).unwrap());
+    let rows = matches_the_reference(&both, &csv, &tariff, "2026-03-01", "2026-04-01");
     assert_eq!(rows.len(), 50 * 2 * 3);
-    assert_eq!(rows.len(), expected.len());
     let mut resets = 0;
-    for (got, want) in rows.iter().zip(&expected) {
-        let key = (&got["meter_id"], &got["channel"], &got["period"]);
-        assert_eq!(key, (&want["meter_id"], &want["channel"], &want["period"]));
-        for column in ["consumption", "start_value", "end_value"] {
-            let (g, w) = (number(got, column), number(want, column));
-            assert!((g - w).abs() <= 1e-6, "{key:?} {column}: {g} against {w}");
-        }
-        match (
-            got["max_demand_kw"].as_str(),
-            want["max_demand_kw"].as_str(),
-        ) {
-            ("", "") => {}
-            (g, w) => {
-                let (g, w): (f64, f64) = (g.parse().unwrap(), w.parse().unwrap());
-                assert!(
-                    (g - w).abs() <= 1e-6,
-                    "{key:?} max_demand_kw: {g} against {w}"
-                );
-            }
-        }
-        for column in ["start_read", "end_read", "resets", "readings"] {
-            assert_eq!(got[column], want[column], "{key:?} {column}");
-        }
+    for got in &rows {
         assert_eq!(got["from"], "2026-03-01T00:00:00+01:00");
         assert_eq!(got["to"], "2026-04-01T00:00:00+02:00");
         resets += got["resets"].parse::<u32>().unwrap();
@@ -465,6 +411,101 @@ fn time_of_use_matches_an_independent_computation() {
             "{total:?}: {sum}"
         );
     }
+
+    // A season and a night over midnight, across the month's end: peak in March only, night
+    // from 22:00 to 06:00 every day (after the peak: first match), the rest "day". The
+    // period 25 March .. 4 April has peak hours on its March weekdays and none in April.
+    std::fs::write(&tariff, TARIFF_SEASONS).unwrap();
+    let rows = matches_the_reference(&both, &csv, &tariff, "2026-03-25", "2026-04-04");
+    assert_eq!(rows.len(), 50 * 2 * 3);
+    let peak: f64 = rows
+        .iter()
+        .filter(|r| r["period"] == "peak")
+        .map(|r| number(r, "consumption"))
+        .sum();
+    assert!(peak > 0.0);
+}
+
+/// A tariff with a season (`months`) and a period over midnight, for the bill across a
+/// month's end.
+const TARIFF_SEASONS: &str = r#"
+name = "seasons"
+[[period]]
+name = "peak"
+days = ["mon", "tue", "wed", "thu", "fri"]
+months = [3]
+from = "17:00"
+to = "20:00"
+[[period]]
+name = "night"
+from = "22:00"
+to = "06:00"
+[[period]]
+name = "day"
+"#;
+
+/// The time-of-use bill of `[from, to)` in Europe/Berlin on both sources, checked row by row
+/// against `billing_reference.py`'s independent computation over the same readings (`csv`),
+/// to 1e-6; the rows.
+fn matches_the_reference(
+    both: &Both,
+    csv: &Path,
+    tariff: &Path,
+    from: &str,
+    to: &str,
+) -> Vec<BTreeMap<String, String>> {
+    let tariff_arg = tariff.to_str().unwrap();
+    let rows = both.bill(&[
+        "--tz",
+        "Europe/Berlin",
+        "--from",
+        from,
+        "--to",
+        to,
+        "--tariff",
+        tariff_arg,
+    ]);
+    let reference = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/it/billing_reference.py"
+        ))
+        .args([csv.to_str().unwrap(), tariff_arg, "Europe/Berlin", from, to])
+        .arg((7 * 86_400).to_string())
+        .output()
+        .unwrap();
+    assert!(
+        reference.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reference.stderr)
+    );
+    let expected = parse_csv(&String::from_utf8(reference.stdout).unwrap());
+    assert_eq!(rows.len(), expected.len());
+    for (got, want) in rows.iter().zip(&expected) {
+        let key = (&got["meter_id"], &got["channel"], &got["period"]);
+        assert_eq!(key, (&want["meter_id"], &want["channel"], &want["period"]));
+        for column in ["consumption", "start_value", "end_value"] {
+            let (g, w) = (number(got, column), number(want, column));
+            assert!((g - w).abs() <= 1e-6, "{key:?} {column}: {g} against {w}");
+        }
+        match (
+            got["max_demand_kw"].as_str(),
+            want["max_demand_kw"].as_str(),
+        ) {
+            ("", "") => {}
+            (g, w) => {
+                let (g, w): (f64, f64) = (g.parse().unwrap(), w.parse().unwrap());
+                assert!(
+                    (g - w).abs() <= 1e-6,
+                    "{key:?} max_demand_kw: {g} against {w}"
+                );
+            }
+        }
+        for column in ["start_read", "end_read", "resets", "readings"] {
+            assert_eq!(got[column], want[column], "{key:?} {column}");
+        }
+    }
+    rows
 }
 
 /// The README's "Billing" example runs as written (`cargo run --release --` is this build's
