@@ -21,6 +21,9 @@
 //!   meters `E?0018` 10 hours around its end (2026-03-31T22:00Z): R(B) is interpolated there;
 //! - meter `E04242` reports nothing from 2026-02-27T00:00Z to 2026-03-08T00:00Z (9 days, more
 //!   than the 7 days interpolated across): R(from) is carried;
+//! - meter `E04243` reports nothing from 2026-03-20T00:00Z to an hour after the period's end
+//!   (12 days): R(to) is carried forward from 03-20, though the reading after is nearer (a
+//!   reference that carried the nearer reading would disagree);
 //! - one series in 1000 (series number ≡ 501 mod 1000) resets to 0 once, in March.
 //!
 //! No reading is delivered twice (the read model's duplicate rule is not what this measures).
@@ -122,6 +125,9 @@ impl Register {
             m if m % 1000 == 17 => gaps.push((tick_of(FROM) - 24, tick_of(FROM) + 16)),
             m if m % 1000 == 18 => gaps.push((tick_of(TO) - 16, tick_of(TO) + 24)),
             4242 => gaps.push((TICKS_PER_DAY, 10 * TICKS_PER_DAY)),
+            // Silent from 03-20 to an hour after the period's end: R(to) is the reading of
+            // 03-20 carried forward, not the nearer one after the end.
+            4243 => gaps.push((tick_of(1_773_964_800_000), tick_of(TO) + 4)),
             _ => {}
         }
         let reset =
