@@ -13,6 +13,13 @@
 //! gap's consumption, or a new register's, as if drawn in 15 minutes: a demand charge for
 //! power never drawn. Every zone's offset today is a whole number of quarter hours, so local
 //! quarter hours start where UTC ones do.
+//!
+//! A carried start (R(from) is the reading before `from`, too far from the next one to
+//! interpolate) bills the whole first step in this period (that keeps totals additive), but
+//! the step was used over the time since that reading: it is spread from there, so its
+//! tariff shares are those of the whole silence (the part before `from` by the periods of
+//! that time) and its quarter hours in the period get the silence's average rate, not the
+//! whole silence squeezed into the minutes before the first reading inside.
 
 use crate::clock::Zone;
 use crate::register::{step, value_at, ReadKind, Reading, Value};
@@ -146,6 +153,11 @@ impl Bill {
             ts_ms: q.from_ms,
             value: start.value,
         };
+        // The first step is spread from the reading a carried start comes from.
+        let mut spread_from = match start.kind {
+            ReadKind::Carried => readings[..inside_from].last().map(|r| r.ts_ms),
+            _ => None,
+        };
         let ends = [Reading {
             ts_ms: q.to_ms,
             value: end.value,
@@ -155,9 +167,26 @@ impl Bill {
             let c = s.consumption();
             consumption += c;
             resets += u32::from(s.is_reset());
-            self.timeline.spread(last.ts_ms, r.ts_ms, c, &mut by_period);
+            // The share of the step used before `from` (a carried start only).
+            let before = match spread_from.take() {
+                Some(t0) if t0 < last.ts_ms && c != 0.0 => {
+                    let share = c * ((last.ts_ms - t0) as f64 / (r.ts_ms - t0) as f64);
+                    if let Some(tariff) = &q.tariff {
+                        Timeline::new(tariff, q.zone, t0, last.ts_ms).spread(
+                            t0,
+                            last.ts_ms,
+                            share,
+                            &mut by_period,
+                        );
+                    }
+                    share
+                }
+                _ => 0.0,
+            };
+            self.timeline
+                .spread(last.ts_ms, r.ts_ms, c - before, &mut by_period);
             if let Some(quarters) = &mut quarters {
-                quarters.spread(last.ts_ms, r.ts_ms, c);
+                quarters.spread(last.ts_ms, r.ts_ms, c - before);
             }
             last = *r;
         }
@@ -376,6 +405,48 @@ mod tests {
         let rs = [r(0, 0.0), r(240 * H, 240.0)];
         let row = total(&rs, 0, 240 * H);
         assert!((row.max_demand_kw.unwrap() - 1.0).abs() < 1e-9, "{row:?}");
+    }
+
+    #[test]
+    fn a_carried_start_spreads_the_silence_from_its_reading() {
+        // Review round 3: 1000 kWh nine days before the period, 1216 a quarter hour into it,
+        // then 1 kW. The 216 kWh of the silence are billed in this period, but used at 1 kW
+        // over the nine days: max demand 1 kW, not 864; the night share is the silence's.
+        let q = QUARTER_MS;
+        let day = 24 * H;
+        let from = 9 * day;
+        let mut rs = vec![r(0, 1000.0)];
+        for k in 1..=96 {
+            rs.push(r(from + k * q, 1216.0 + 0.25 * (k - 1) as f64));
+        }
+        let tariff = Tariff::from_toml(
+            "name = \"t\"\n[[period]]\nname = \"day\"\nfrom = \"07:00\"\nto = \"23:00\"\n[[period]]\nname = \"night\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let bill = Bill::new(Query {
+            tariff: Some(tariff),
+            ..query(from, from + day)
+        });
+        let rows = bill.register("X", "1-0:1.8.0", "kWh", &rs, None);
+        let (day_row, night_row) = (&rows[0], &rows[1]);
+        assert_eq!(day_row.start.kind, ReadKind::Carried);
+        let total = day_row.consumption + night_row.consumption;
+        // 216 for the silence, 95 × 0.25 inside, R(to) carried from the last reading.
+        assert!((total - (216.0 + 95.0 * 0.25)).abs() < 1e-9, "{rows:?}");
+        // The silence: 9 days + 15 minutes at 216 / (9 × 96 + 1) kWh per quarter hour, 16 of
+        // every 24 hours in `day`; the quarter hour 00:00-00:15 of the period is night.
+        let per_q = 216.0 / (9.0 * 96.0 + 1.0);
+        let silence_day = per_q * 9.0 * 64.0;
+        let inside_day = 64.0 * 0.25; // 07:00-23:00 of the period, 1 kW
+        assert!(
+            (day_row.consumption - (silence_day + inside_day)).abs() < 1e-9,
+            "{rows:?}"
+        );
+        for row in &rows {
+            let kw = row.max_demand_kw.unwrap();
+            assert!((0.9..=1.001).contains(&kw), "{row:?}");
+        }
     }
 
     #[test]

@@ -73,8 +73,10 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Table> {
         meter: args.meter.clone(),
         channels: Channels::CumulativeRegisters,
         // The reading before the period as far back as it is: a meter silent for months
-        // that reports again is billed for those months.
-        neighbours: Neighbours::BeforeAndAfter,
+        // that reports again is billed for those months. Not the reading after: a series
+        // with none in [to, to + margin] has its first after more than the interpolation
+        // gap from its last before `to`, so R(to) is that one carried, whatever comes after.
+        neighbours: Neighbours::Before,
         before_since_ms: None,
         silent_since_ms: (silent_look_back_ms > 0)
             .then(|| from_ms.saturating_sub(silent_look_back_ms)),
@@ -115,8 +117,8 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Table> {
     }
     if let Some((meter, channel)) = silent.first() {
         eprintln!(
-            "{} register(s) have no reading in the period (e.g. {meter} {channel}): their value \
-             is carried (start_read, end_read) and their consumption is 0",
+            "{} register(s) have no reading in the period (e.g. {meter} {channel}): their values \
+             at its edges come from readings outside it (start_read, end_read)",
             silent.len()
         );
     }

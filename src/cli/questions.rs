@@ -144,6 +144,7 @@ pub fn anomalies(config: &Config, args: AnomaliesArgs) -> anyhow::Result<Table> 
     let summary_req = SummaryRequest {
         meter: args.meter.clone(),
         before_ms: Some(to_ms),
+        since_ms: Some(question.stale_since_ms()),
         count: false,
     };
     let mut found = Vec::new();
@@ -184,6 +185,7 @@ pub fn devices(config: &Config, args: DevicesArgs) -> anyhow::Result<Table> {
     let summary_req = SummaryRequest {
         meter: args.meter.clone(),
         before_ms: None,
+        since_ms: None,
         count: true,
     };
     let status_req = StatusRequest {

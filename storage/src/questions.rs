@@ -21,7 +21,9 @@
 //! - `error_flags`: a status report with error flags set whose own time is in the period;
 //! - `stale`: a meter whose newest reading (by the reading's own time, any channel) before the
 //!   end of the period is at least `stale_s` older than the end of the period, or than now
-//!   when the period ends later.
+//!   when the period ends later; only readings of the [`STALE_LOOK_BACK_MS`] (30 days) before
+//!   that silence are read ([`AnomalyQuestion::stale_since_ms`]), so a meter silent for longer
+//!   is not listed (`query devices --stale-after` lists every one, reading all history).
 //!
 //! Readings inside the period count, and for a fall also the reading just before it (a
 //! series read with the reading before brings it; `query anomalies` looks for it at most
@@ -45,6 +47,11 @@ use crate::readings::{
 /// `from` is looked for this far back at most (so that a meter new in the period does not
 /// make the read go through the whole history).
 pub const FALL_LOOK_BACK_MS: i64 = 7 * 86_400_000;
+
+/// How far before the silence that makes a meter stale its newest reading is looked for: a
+/// meter silent for longer than `stale_s` and this is not listed by `stale` (so that a
+/// question about last week does not read all history).
+pub const STALE_LOOK_BACK_MS: i64 = 30 * 86_400_000;
 /// An interval channel's step.
 const QUARTER_HOUR_MS: i64 = 900_000;
 /// Steps a median needs before a spike is judged against it.
@@ -125,6 +132,17 @@ pub struct AnomalyQuestion<'a> {
 }
 
 impl AnomalyQuestion<'_> {
+    /// The earliest reading `stale` reads: [`STALE_LOOK_BACK_MS`] before the reference instant
+    /// less the silence that makes a meter stale.
+    pub fn stale_since_ms(&self) -> i64 {
+        let stale_ms = i64::try_from(self.rules.stale_s)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
+        self.stale_reference_ms()
+            .saturating_sub(stale_ms)
+            .saturating_sub(STALE_LOOK_BACK_MS)
+    }
+
     /// The reference instant of `stale`: the end of the period, or now when that is earlier.
     pub fn stale_reference_ms(&self) -> i64 {
         self.to_ms.min(self.now_ms)

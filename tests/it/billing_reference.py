@@ -10,7 +10,9 @@ time zones (zoneinfo), minute by minute where meterflow cuts a timeline:
   A step from a to b adds b - a when b >= a; else b when b < 1 % of a (a reset, counted);
   else nothing (a reverse run).
   Consumption: the steps of R(from), the readings strictly inside, R(to). Each step's
-  consumption is spread evenly over its time and given to the tariff periods of each instant.
+  consumption is spread evenly over its time and given to the tariff periods of each instant;
+  the first step of a carried R(from) (the reading before from) is spread from that reading's
+  time (its share before from by the periods of that time), all of it billed in the period.
   Max demand: each UTC quarter hour wholly inside [from, to): its share of the same evenly
   spread steps, x 4 (kWh), in the period of Q; the largest per period.
 
@@ -100,16 +102,24 @@ def main():
         return 0.0, 0
 
     def steps(ts, vs, lo, hi):
-        """(t0, t1, consumption, resets) of the steps of R over [lo, hi]."""
-        v0, _ = r_at(ts, vs, lo)
+        """(t0, t1, consumption, resets) of the steps of R over [lo, hi]. The first step of a
+        carried R(lo) (the reading before lo) was used since that reading: t0 is its time."""
+        v0, k0 = r_at(ts, vs, lo)
         v1, _ = r_at(ts, vs, hi)
         i, j = bisect.bisect_right(ts, lo), bisect.bisect_left(ts, hi)
-        seq = [(lo, v0)] + list(zip(ts[i:j], vs[i:j])) + [(hi, v1)]
+        before = bisect.bisect_left(ts, lo) - 1
+        start_t = ts[before] if k0 == "carried" and before >= 0 else lo
+        seq = [(start_t, v0)] + list(zip(ts[i:j], vs[i:j])) + [(hi, v1)]
         out = []
         for (t0, a), (t1, b) in zip(seq, seq[1:]):
             c, reset = adds(a, b)
             out.append((t0, t1, c, reset))
         return out
+
+    def period_at_minute(m):
+        if m >= first_minute:
+            return minute_period[m - first_minute]
+        return period_of(m * 60000)
 
     out = csv.writer(sys.stdout, lineterminator="\n")
     out.writerow(["meter_id", "channel", "period", "consumption", "max_demand_kw",
@@ -130,7 +140,7 @@ def main():
                 lo, hi = max(t0, m * 60000), min(t1, (m + 1) * 60000)
                 if hi > lo:
                     share = c * (hi - lo) / (t1 - t0)
-                    by_period[minute_period[m - first_minute]] += share
+                    by_period[period_at_minute(m)] += share
                     q = m // 15 - first_quarter
                     if 0 <= q < len(quarter_used):
                         quarter_used[q] += share

@@ -385,6 +385,7 @@ fn anomalies_both(
     let summary_req = SummaryRequest {
         meter: meter.map(str::to_string),
         before_ms: Some(to),
+        since_ms: Some(q.stale_since_ms()),
         count: false,
     };
     let sql = read_sql("mf", &req, TimeColumns::Millis).unwrap();
@@ -439,6 +440,7 @@ fn devices_both(
     let summary_req = SummaryRequest {
         meter: meter.map(str::to_string),
         before_ms: None,
+        since_ms: None,
         count: true,
     };
     let status_req = StatusRequest {

@@ -14,10 +14,10 @@
 //!   after the window (`argMaxIf` / `argMinIf` on `(ts, received_at, value)`, the same choice
 //!   between copies), `ORDER BY meter_id, channel`: read alongside the first one, series by
 //!   series;
-//! - the silent series (when asked for): of the readings in `[silent_since, to + margin]`,
-//!   the series whose newest is before the window, with that reading (`argMax` on `(ts,
-//!   received_at, value, unit)`), `ORDER BY meter_id, channel`: few, read whole, then merged
-//!   into the order of the window's series.
+//! - the silent series (when asked for): the readings in `[silent_since, from - margin)` of
+//!   the series `GLOBAL NOT IN` the window's (a set of two columns, nothing aggregated over
+//!   the window), each series' last (`argMax` on `(ts, received_at, value, unit)`), `ORDER BY
+//!   meter_id, channel`: few, read whole, then merged into the order of the window's series.
 //!
 //! Every query reads finite values only (`isFinite(value)`), as the Parquet side does.
 //!
@@ -248,20 +248,22 @@ pub fn read_sql(db: &str, req: &ReadRequest, times: TimeColumns) -> Result<ReadS
             String::new()
         },
     );
-    // The series whose newest reading of [silent_since, hi] is before the window.
+    // The series with readings in [silent_since, lo) and none in the window: the window's
+    // series as a set (two columns, no aggregate), then the readings before it of the
+    // others only are aggregated.
     let silent = req.silent_since_ms.filter(|&s| s < lo).map(|since| {
         format!(
             "SELECT meter_id, channel, toInt64(max({ts_ms})) AS last_ts, \
                argMax(value, (ts, received_at, value, unit)) AS last_value, \
                argMax(unit, (ts, received_at, value, unit)) AS last_unit \
              FROM {db}.readings \
-             WHERE ts >= {since} AND ts <= {hi} AND {filter} \
+             WHERE ts >= {since} AND ts < {lo} AND {filter} \
+               AND (meter_id, channel) GLOBAL NOT IN (SELECT meter_id, channel FROM {db}.readings \
+                 WHERE {in_window} AND {filter}) \
              GROUP BY meter_id, channel \
-             HAVING max(ts) < {lo} \
              ORDER BY meter_id, channel",
             ts_ms = ms("ts"),
             since = ceil(since),
-            hi = floor(hi),
             lo = ceil(lo),
         )
     });
@@ -677,10 +679,13 @@ mod tests {
         assert!(neighbours.contains("ts > toDateTime(1709337601)"));
         // Silent: readings of [since, hi] whose newest is before lo.
         assert!(
-            silent.contains("ts >= toDateTime(1709000001) AND ts <= toDateTime(1709337601)"),
+            silent.contains("ts >= toDateTime(1709000001) AND ts < toDateTime(1709251200)"),
             "{silent}"
         );
-        assert!(silent.contains("HAVING max(ts) < toDateTime(1709251200)"));
+        assert!(silent.contains(
+            "GLOBAL NOT IN (SELECT meter_id, channel FROM mf.readings \
+             WHERE ts >= toDateTime(1709251200) AND ts <= toDateTime(1709337601)"
+        ));
         for sql in [&window, &neighbours, &silent] {
             assert!(!sql.contains('{') && !sql.contains('?'), "{sql}");
             assert!(sql.contains("isFinite(value)"), "{sql}");

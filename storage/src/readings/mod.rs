@@ -168,10 +168,12 @@ pub struct ReadRequest {
 pub enum Neighbours {
     /// The window's readings alone.
     None,
-    /// The last reading before the window (a fall across the period's start is judged).
+    /// The last reading before the window: billing's R(from) when nothing is near it (with a
+    /// margin of at least the interpolation gap, R(to) never needs the reading after), and a
+    /// fall across the period's start for anomalies.
     Before,
-    /// The last reading before and the first after: what a register's value at both edges
-    /// needs (billing).
+    /// The last reading before and the first after (a window narrower than the gap to
+    /// interpolate across; the read model's tests compare both sources with it).
     BeforeAndAfter,
 }
 

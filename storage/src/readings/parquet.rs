@@ -52,8 +52,10 @@ const DAY_MS: i64 = 86_400_000;
 const BATCH_ROWS: usize = 64 * 1024;
 
 /// The walks outwards skip row groups by their meter-id bloom filters while at most this many
-/// meters still look for a reading: each row group's filter is then checked for each of them.
-pub(crate) const BLOOM_MAX_METERS: usize = 256;
+/// meters still look for a reading: each row group's filter is then checked for each of them
+/// (4096 checks, about 0.1 ms, against some 0.2 µs per row to decode a row group of up to
+/// 131 072 rows: the check is cheaper whenever it can skip the group).
+pub(crate) const BLOOM_MAX_METERS: usize = 4096;
 
 /// Reads the series of `req` from the Parquet tree under `data_dir` and hands each to
 /// `each`, in (meter_id, channel) byte order; stops at the first error, `each`'s included.
@@ -906,6 +908,8 @@ pub(crate) fn summaries(
     let tree = list_tree(&root)?;
     let before = req.before_ms.unwrap_or(i64::MAX);
     let last_day = before.saturating_sub(1).div_euclid(DAY_MS);
+    let since = req.since_ms.unwrap_or(i64::MIN);
+    let first_day = since.div_euclid(DAY_MS);
     // The meter filter as the read model's request has it.
     let filter = ReadRequest {
         from_ms: 0,
@@ -923,7 +927,7 @@ pub(crate) fn summaries(
     // The (channel, ts) of one date folder, when counting: a reading's copies are all in the
     // folder of its date (rows outside it are not read), so one folder's set counts them.
     let mut day_times: std::collections::HashSet<(usize, i64)> = Default::default();
-    for (&day, files) in tree.range(..=last_day) {
+    for (&day, files) in tree.range(first_day..=last_day.max(first_day)) {
         for &(s, _) in &day_times {
             acc[s].readings += 1;
         }
@@ -936,7 +940,9 @@ pub(crate) fn summaries(
                 .row_groups()
                 .filter(|(_, meta)| {
                     file.may_hold_meter(meta, &filter)
-                        && file.ts_range(meta).is_none_or(|(min, _)| min < before)
+                        && file
+                            .ts_range(meta)
+                            .is_none_or(|(min, max)| min < before && max >= since)
                 })
                 .map(|(g, _)| g)
                 .collect();
@@ -979,7 +985,10 @@ pub(crate) fn summaries(
                                 continue;
                             }
                             let meter = rows.meter_id.value(i);
-                            if ts >= before || !filter.wants_meter(meter) {
+                            if ts >= before || ts < since || !filter.wants_meter(meter) {
+                                continue;
+                            }
+                            if !rows.value.value(i).is_finite() {
                                 continue;
                             }
                             let channel = rows.channel.value(i);

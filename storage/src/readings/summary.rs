@@ -2,9 +2,11 @@
 //! (one per `ts`), its newest reading (the copy that counts, as in the series: greatest
 //! `received_at`, then value, then unit) and when meterflow last received one of its
 //! readings. `query devices` (last seen, newest values) and the `stale` anomaly (a meter's
-//! newest reading) run on it. The same summaries from the Parquet tree (every date folder up
-//! to the bound: the whole history is read, columns meter_id, channel, ts, value, unit,
-//! received_at, but only a running summary per channel is kept, and for the count the times
+//! newest reading) run on it. Readings whose value is not a number are not read (as in the
+//! series). The same summaries from the Parquet tree (every date folder between the bounds:
+//! without `since`, as `query devices` asks, the whole history is read, columns meter_id,
+//! channel, ts, value, unit, received_at, but only a running summary per channel is kept,
+//! and for the count the times
 //! of one date folder at a time: a reading's folder is its date, so its copies meet there)
 //! and from ClickHouse (one query, deduplicating by itself as the series do; the count,
 //! `uniqExact(ts)`, only when asked for).
@@ -24,6 +26,9 @@ pub struct SummaryRequest {
     pub meter: Option<String>,
     /// Only readings with `ts` before this (Unix ms); all when `None`.
     pub before_ms: Option<i64>,
+    /// Only readings with `ts` at or after this (Unix ms); all when `None`. Bounds what is
+    /// read (on Parquet the date folders, on ClickHouse the partitions).
+    pub since_ms: Option<i64>,
     /// Whether the readings are counted ([`ChannelSummary::readings`]; 0 when not). Counting
     /// one per `ts` costs a set of times (on Parquet one date folder's, on ClickHouse every
     /// time asked for): `stale` does without, `devices` asks for it.
@@ -77,8 +82,22 @@ pub fn clickhouse_sql(db: &str, req: &SummaryRequest) -> Result<String, StorageE
     if let Some(m) = &req.meter {
         filter.push_str(&format!(" AND meter_id = '{m}'"));
     }
+    // Each bound twice: in whole seconds on the column itself (a superset, which lets the
+    // server skip partitions on either kind of column), and exactly in milliseconds.
     if let Some(before) = req.before_ms {
-        filter.push_str(&format!(" AND {} < {before}", ms("ts")));
+        let s = before.div_euclid(1000) + i64::from(before.rem_euclid(1000) != 0);
+        filter.push_str(&format!(
+            " AND ts < toDateTime({}) AND {} < {before}",
+            s.clamp(0, i64::from(u32::MAX)),
+            ms("ts")
+        ));
+    }
+    if let Some(since) = req.since_ms {
+        filter.push_str(&format!(
+            " AND ts >= toDateTime({}) AND {} >= {since}",
+            since.div_euclid(1000).clamp(0, i64::from(u32::MAX)),
+            ms("ts")
+        ));
     }
     // Not FINAL: the copy that counts is chosen here as on Parquet (argMax on the same order).
     Ok(format!(
@@ -88,7 +107,7 @@ pub fn clickhouse_sql(db: &str, req: &SummaryRequest) -> Result<String, StorageE
            {last_ts} AS last_ts_ms, \
            argMax(value, (ts, received_at, value)) AS last_value, \
            {last_received} AS last_received_ms \
-         FROM {db}.readings WHERE 1{filter} \
+         FROM {db}.readings WHERE isFinite(value){filter} \
          GROUP BY meter_id, channel ORDER BY meter_id, channel",
         readings = if req.count { "uniqExact(ts)" } else { "0" },
         last_ts = ms("max(ts)"),
@@ -164,6 +183,7 @@ mod tests {
         let req = SummaryRequest {
             meter: Some("m-1".into()),
             before_ms: Some(5_500),
+            since_ms: Some(-1_500),
             count: false,
         };
         let sql = clickhouse_sql("mf", &req).unwrap();
@@ -177,12 +197,18 @@ mod tests {
             .contains("uniqExact(ts)"));
         assert!(
             sql.contains("meter_id = 'm-1'")
-                && sql.contains("toInt64(round(toFloat64(ts) * 1000)) < 5500"),
+                && sql
+                    .contains("ts < toDateTime(6) AND toInt64(round(toFloat64(ts) * 1000)) < 5500")
+                && sql.contains(
+                    "ts >= toDateTime(0) AND toInt64(round(toFloat64(ts) * 1000)) >= -1500"
+                )
+                && sql.contains("WHERE isFinite(value)"),
             "{sql}"
         );
         let bad = SummaryRequest {
             meter: Some("x'".into()),
             before_ms: None,
+            since_ms: None,
             count: true,
         };
         assert!(clickhouse_sql("mf", &bad).is_err());

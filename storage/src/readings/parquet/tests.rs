@@ -636,3 +636,34 @@ fn no_byte_of_a_file_can_make_the_read_panic() {
     }
     assert!(read > 0 && refused > 0, "{read} read, {refused} refused");
 }
+
+#[test]
+fn summaries_read_from_since_on_and_leave_out_values_that_are_not_numbers() {
+    use crate::readings::summary::SummaryRequest;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "s1",
+        &[
+            r("old", IMPORT, T0, 1.0, "kWh"),
+            r("new", IMPORT, T0 + 10 * D, 2.0, "kWh"),
+            r("new", IMPORT, T0 + 11 * D, f64::NAN, "kWh"),
+        ],
+    );
+    let read = |since_ms| {
+        let req = SummaryRequest {
+            since_ms,
+            ..SummaryRequest::default()
+        };
+        summaries(dir.path(), &req)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.meter_id, s.last_ts_ms, s.last_value))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        read(None),
+        [("new".into(), T0 + 10 * D, 2.0), ("old".into(), T0, 1.0)]
+    );
+    assert_eq!(read(Some(T0 + 5 * D)), [("new".into(), T0 + 10 * D, 2.0)]);
+}
