@@ -40,8 +40,18 @@ pub struct BillingArgs {
 /// hour of the span for the register being billed.
 const MAX_SPAN_DAYS: i64 = 400;
 
+/// A bill, and the registers it could not bill.
+pub struct Billed {
+    pub table: Table,
+    /// `METER CHANNEL (unit, other units)` of each register whose readings in the period came
+    /// in more than one unit: a sum of their steps would mix scales (Wh and kWh are a
+    /// thousand apart), so it has no row. VEE's `unit_change` (issue 23) is where such a
+    /// register is mended.
+    pub refused: Vec<String>,
+}
+
 /// Bills `args` on the readings of ClickHouse (when configured) or the Parquet tree.
-pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Table> {
+pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Billed> {
     let zone = zone(config, &args.tz)?;
     let (from_ms, to_ms) = period(&zone, &args.from, &args.to)?;
     anyhow::ensure!(
@@ -84,7 +94,25 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Table> {
     let mut rows: Vec<BillRow> = Vec::new();
     // Registers with no reading in the period: billed as carried, and counted for the note.
     let mut silent: Vec<(String, String)> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
     let mut each = |series: Series| -> Result<(), meterflow_storage::StorageError> {
+        if !series.other_units.is_empty() {
+            tracing::error!(
+                meter = %series.meter_id,
+                channel = %series.channel,
+                unit = %series.unit,
+                other_units = ?series.other_units,
+                "readings in more than one unit: not billed"
+            );
+            refused.push(format!(
+                "{} {} ({}, {})",
+                series.meter_id,
+                series.channel,
+                series.unit,
+                series.other_units.join(", ")
+            ));
+            return Ok(());
+        }
         // The read model leaves out values that are not numbers (NaN, infinite).
         let points: Vec<Reading> = series
             .points
@@ -122,7 +150,10 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Table> {
             silent.len()
         );
     }
-    Ok(table(&rows, zone))
+    Ok(Billed {
+        table: table(&rows, zone),
+        refused,
+    })
 }
 
 /// The columns of a bill, in order.

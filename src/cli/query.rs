@@ -36,17 +36,43 @@ pub enum Question {
 
 /// Asks the question of `args` and prints the answer.
 pub fn run(config: Config, args: QueryArgs) -> anyhow::Result<()> {
+    // Registers a bill leaves out: printed after the rows as the command's error.
+    let mut refused = Vec::new();
     let (table, numbers): (Table, &[&str]) = match args.question {
-        Question::Billing(billing) => (super::billing::run(&config, billing)?, &BILLING_NUMBERS),
+        Question::Billing(billing) => {
+            let billed = super::billing::run(&config, billing)?;
+            refused = billed.refused;
+            (billed.table, &BILLING_NUMBERS)
+        }
         Question::Anomalies(args) => (super::questions::anomalies(&config, args)?, &[]),
         Question::Devices(args) => (super::questions::devices(&config, args)?, &DEVICE_NUMBERS),
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match print(&table, numbers, args.format, &mut out).and_then(|()| Ok(out.flush()?)) {
         // `meterflow query ... | head`: the reader has what it wanted.
-        Err(e) if is_broken_pipe(&e) => Ok(()),
-        other => other,
+        Err(e) if is_broken_pipe(&e) => return Ok(()),
+        other => other?,
     }
+    if !refused.is_empty() {
+        let shown = refused
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ");
+        let more = refused.len().saturating_sub(10);
+        anyhow::bail!(
+            "{} register(s) not billed: their readings in the period come in more than one unit \
+             ({shown}{}); the other rows are complete",
+            refused.len(),
+            if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
 }
 
 /// The columns of `query billing` that hold numbers (JSON numbers in `--format json`).

@@ -468,6 +468,7 @@ mod tests {
             channel: channel.into(),
             unit: unit.into(),
             points: points.to_vec(),
+            other_units: Vec::new(),
         }
     }
 

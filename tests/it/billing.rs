@@ -677,6 +677,40 @@ fn a_register_silent_through_the_period_gets_a_carried_row() {
     }
 }
 
+/// Review round 3: a register whose unit changed in the period (Wh, then kWh) was billed as
+/// one series in its newest unit: about 5 000 kWh that were never used. It has no row now;
+/// the command prints the other rows and exits with an error naming it, on both sources.
+#[test]
+fn a_register_in_two_units_is_not_billed_and_named() {
+    let c = "1-0:1.8.0";
+    let mar1 = utc_ms("2026-03-01T00:00:00Z");
+    let readings = [
+        reading("E0001", c, mar1 + H, 5_000_000.0, "Wh"),
+        reading("E0001", c, mar1 + 10 * H, 5_000.25, "kWh"),
+        reading("E0002", c, mar1 + H, 10.0, "kWh"),
+        reading("E0002", c, mar1 + 10 * H, 12.0, "kWh"),
+    ];
+    let both = Both::load(&readings);
+    for config in [&both.clickhouse, &both.parquet] {
+        let out = Command::new(BIN)
+            .args(["query", "--format", "csv", "--config", config, "billing"])
+            .args(["--from", "2026-03-01", "--to", "2026-03-02"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let rows = parse_csv(&String::from_utf8(out.stdout).unwrap());
+        let meters: Vec<&str> = rows.iter().map(|r| r["meter_id"].as_str()).collect();
+        assert_eq!(meters, ["E0002"]);
+        assert_eq!(rows[0]["consumption"], "2");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("1 register(s) not billed")
+                && stderr.contains("E0001 1-0:1.8.0 (kWh, Wh)"),
+            "{stderr}"
+        );
+    }
+}
+
 /// Bad questions stop with a message that names what to fix: a span too long to bill at once,
 /// a zone that does not exist, a tariff that leaves an instant to no period.
 #[test]

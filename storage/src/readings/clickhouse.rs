@@ -65,25 +65,32 @@ pub async fn read<E: From<StorageError>>(
             .map_err(|source| StorageError::from(ClickHouseError { action, source }))
     };
     // The silent series first, whole (few: one row each), then the two streams.
-    let mut silent = Vec::new();
-    if let Some(silent_sql) = &sql.silent {
-        let mut answer = fetch(silent_sql, SILENT_ACTION)?;
-        while answer.ready(&WINDOW_ROW).await? {
-            let row = answer.window_row()?;
-            silent.push(Series {
-                meter_id: row.meter_id.to_string(),
-                channel: row.channel.to_string(),
-                unit: row.unit.to_string(),
-                points: vec![(row.ts_ms, row.value)],
-            });
-        }
-    }
+    let silent = match &sql.silent {
+        Some(silent_sql) => silent_series(&mut fetch(silent_sql, SILENT_ACTION)?).await?,
+        None => Vec::new(),
+    };
     let neighbours = match &sql.neighbours {
         Some(neighbours_sql) => fetch(neighbours_sql, NEIGHBOURS_ACTION)?,
         None => Answer::new(None, NEIGHBOURS_ACTION),
     };
     let window = fetch(&sql.window, WINDOW_ACTION)?;
     merge(window, neighbours, silent, req, &mut each).await
+}
+
+/// The series of the silent query's answer (rows as the window's), each its one reading.
+async fn silent_series(answer: &mut Answer) -> Result<Vec<Series>, StorageError> {
+    let mut silent = Vec::new();
+    while answer.ready(&WINDOW_ROW).await? {
+        let row = answer.window_row()?;
+        silent.push(Series {
+            meter_id: row.meter_id.to_string(),
+            channel: row.channel.to_string(),
+            unit: row.unit.to_string(),
+            points: vec![(row.ts_ms, row.value)],
+            other_units: Vec::new(),
+        });
+    }
+    Ok(silent)
 }
 
 /// Series by series from the window's answer, each with its neighbours from the other, and
@@ -144,17 +151,7 @@ pub async fn series_from_answers(
         a.buf = buf;
         a
     };
-    let mut silent_answer = answer(silent, SILENT_ACTION);
-    let mut silent = Vec::new();
-    while silent_answer.ready(&WINDOW_ROW).await? {
-        let row = silent_answer.window_row()?;
-        silent.push(Series {
-            meter_id: row.meter_id.to_string(),
-            channel: row.channel.to_string(),
-            unit: row.unit.to_string(),
-            points: vec![(row.ts_ms, row.value)],
-        });
-    }
+    let silent = silent_series(&mut answer(silent, SILENT_ACTION)).await?;
     let mut out = Vec::new();
     merge(
         answer(window, WINDOW_ACTION),
@@ -301,6 +298,8 @@ struct Building {
     channel: String,
     unit: String,
     points: Vec<(i64, f64)>,
+    /// Every unit of its rows, as first seen.
+    units: Vec<String>,
 }
 
 impl Building {
@@ -310,6 +309,7 @@ impl Building {
             channel: row.channel.to_string(),
             unit: row.unit.to_string(),
             points: vec![(row.ts_ms, row.value)],
+            units: vec![row.unit.to_string()],
         }
     }
 
@@ -332,6 +332,9 @@ impl Building {
         if self.unit != row.unit {
             self.unit.clear();
             self.unit.push_str(row.unit);
+            if !self.units.iter().any(|u| u == row.unit) {
+                self.units.push(row.unit.to_string());
+            }
         }
         Ok(())
     }
@@ -377,11 +380,15 @@ impl Building {
                 break;
             }
         }
+        let unit = self.unit;
+        let mut other_units: Vec<String> = self.units.into_iter().filter(|u| *u != unit).collect();
+        other_units.sort_unstable();
         Ok(Series {
             meter_id: self.meter_id,
             channel: self.channel,
-            unit: self.unit,
+            unit,
             points: self.points,
+            other_units,
         })
     }
 }
@@ -810,17 +817,7 @@ mod tests {
         req: &ReadRequest,
     ) -> Result<Vec<Series>, StorageError> {
         let mut out = Vec::new();
-        let mut silent_answer = silent.answer(SILENT_ACTION);
-        let mut silent = Vec::new();
-        while silent_answer.ready(&WINDOW_ROW).await? {
-            let row = silent_answer.window_row()?;
-            silent.push(Series {
-                meter_id: row.meter_id.to_string(),
-                channel: row.channel.to_string(),
-                unit: row.unit.to_string(),
-                points: vec![(row.ts_ms, row.value)],
-            });
-        }
+        let silent = silent_series(&mut silent.answer(SILENT_ACTION)).await?;
         merge(
             window.answer(WINDOW_ACTION),
             neighbours.answer(NEIGHBOURS_ACTION),
@@ -857,18 +854,21 @@ mod tests {
                 channel: "1-0:1.8.0".into(),
                 unit: "Wh".into(),
                 points: vec![(500, 0.5), (1_000, 2.0), (2_000, 3.0), (4_000, 9.0)],
+                other_units: vec!["kWh".into()],
             },
             Series {
                 meter_id: "B".into(),
                 channel: "0-1:24.2.1".into(),
                 unit: "m3".into(),
                 points: vec![(1_500, 5.0)],
+                other_units: Vec::new(),
             },
             Series {
                 meter_id: "m".repeat(200),
                 channel: "1-0:2.8.0".into(),
                 unit: "kWh".into(),
                 points: vec![(3_000, 4.0)],
+                other_units: Vec::new(),
             },
         ];
         // The window's rows must come in order: B before mmm....
@@ -925,6 +925,7 @@ mod tests {
             channel: c.into(),
             unit: u.into(),
             points: vec![p],
+            other_units: Vec::new(),
         };
         assert_eq!(
             got,

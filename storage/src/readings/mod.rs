@@ -39,8 +39,13 @@
 //! `ReplacingMergeTree(received_at)` keeps it; between copies with equal `received_at` the
 //! greater value (−0 and +0 equal), then the greater unit (byte order). Both sources apply
 //! the same rule themselves (ClickHouse's `FINAL` is not used: its choice between equal
-//! versions is the last inserted, which nothing outside the server can know). Another
-//! difference cannot be helped: ClickHouse before 20.5 stores `ts` and `received_at` in
+//! versions is the last inserted, which nothing outside the server can know). That holds
+//! until ClickHouse merges the parts: a merge keeps one copy of equal versions, the last
+//! inserted, and drops the others for good. So two copies of one reading with the same
+//! `received_at` and different values (a CSV imported again with a corrected value: its rows'
+//! `received_at` is the reading's time) give the greater value on Parquet and, after a
+//! merge, the last imported on ClickHouse. Corrections are VEE's (new versions, issue 23), or
+//! a delivery received later. Another difference cannot be helped: ClickHouse before 20.5 stores `ts` and `received_at` in
 //! whole seconds (`DateTime`), so there two copies received within the same second are equal
 //! versions, and readings of one register within one second are one; Parquet keeps
 //! milliseconds. On data with whole-second times (or a current ClickHouse) the answers are
@@ -263,6 +268,11 @@ pub struct Series {
     /// one). Those two may be far away: a meter silent for months. A series silent through
     /// the window ([`ReadRequest::silent_since_ms`]) is its last reading before it alone.
     pub points: Vec<(i64, f64)>,
+    /// The units of the window's readings other than `unit`, in byte order: empty unless the
+    /// register changed unit (or a copy came in another), when its values are not of one
+    /// scale and a sum of its steps means nothing. The readings outside the window are not
+    /// looked at.
+    pub other_units: Vec<String>,
 }
 
 impl Series {

@@ -725,6 +725,8 @@ struct SeriesAcc {
     max_ts: i64,
     /// The copy that counts at the newest time in the window, and its unit.
     newest: Option<(Copy, String)>,
+    /// Every unit of the window's copies, as first seen.
+    units: Vec<String>,
     before: Option<Copy>,
     after: Option<Copy>,
 }
@@ -758,6 +760,9 @@ fn keep_newest(newest: &mut Option<(Copy, String)>, copy: Copy, unit: &str) {
 
 impl SeriesAcc {
     fn add(&mut self, copy: Copy, unit: &str) {
+        if !self.units.iter().any(|u| u == unit) {
+            self.units.push(unit.to_string());
+        }
         self.min_ts = self.min_ts.min(copy.ts);
         self.max_ts = self.max_ts.max(copy.ts);
         self.points.push(copy);
@@ -776,6 +781,7 @@ impl SeriesAcc {
             newest,
             before,
             after,
+            units,
         } = self;
         let (_, unit) = newest?;
         if points.is_empty() {
@@ -787,6 +793,7 @@ impl SeriesAcc {
                 channel,
                 unit,
                 points: vec![(b.ts, b.value)],
+                other_units: Vec::new(),
             });
         }
         points.sort_unstable_by(Copy::order);
@@ -804,11 +811,14 @@ impl SeriesAcc {
         if let Some(a) = after.filter(|_| req.needs_after(max_ts)) {
             out.push((a.ts, a.value));
         }
+        let mut other_units: Vec<String> = units.into_iter().filter(|u| *u != unit).collect();
+        other_units.sort_unstable();
         Some(Series {
             meter_id,
             channel,
             unit,
             points: out,
+            other_units,
         })
     }
 }
@@ -839,6 +849,7 @@ impl Acc {
             newest: None,
             before: None,
             after: None,
+            units: Vec::new(),
         });
         self.index
             .entry(meter.to_string())

@@ -151,6 +151,7 @@ fn series(meter: &str, channel: &str, unit: &str, points: &[(i64, f64)]) -> Seri
         channel: channel.into(),
         unit: unit.into(),
         points: points.to_vec(),
+        other_units: Vec::new(),
     }
 }
 
@@ -159,6 +160,18 @@ fn expected() -> Vec<Series> {
     let mut import: Vec<(i64, f64)> = (3..=12).map(|k| (a(k), 100.0 + k as f64)).collect();
     import[5].1 = 108.5; // k = 8: the copy received later
     import[6].1 = 109.25; // k = 9: the greater value at the same receive time
+                          // B's gas: m3, then its newest reading in ft3 and (received later, so it counts) dm3.
+    let mut gas = series(
+        "B",
+        GAS,
+        "dm3",
+        &[
+            (T0 + 9 * D + H, 10.0),
+            (T0 + 10 * D, 11.0),
+            (T0 + 10 * D + 12 * H, 12.5),
+        ],
+    );
+    gas.other_units = vec!["ft3".into(), "m3".into()];
     vec![
         // Before: 03-09 18:00 (none in [23:00, 00:00)); after: none needed (03-12 00:00).
         series("A", IMPORT, "kWh", &import),
@@ -173,16 +186,7 @@ fn expected() -> Vec<Series> {
                 (T0 + 12 * D, 7.0),
             ],
         ),
-        series(
-            "B",
-            GAS,
-            "dm3",
-            &[
-                (T0 + 9 * D + H, 10.0),
-                (T0 + 10 * D, 11.0),
-                (T0 + 10 * D + 12 * H, 12.5),
-            ],
-        ),
+        gas,
         series(
             "B",
             IMPORT,
