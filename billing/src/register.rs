@@ -89,6 +89,12 @@ impl Step {
 /// A fall to below this share of the value before is a reset.
 pub const RESET_SHARE: f64 = 0.01;
 
+/// A fall through a register's maximum is a wrap only when the way round is less than this
+/// share of the maximum: a register is read far more often than it goes a tenth of its range,
+/// so a longer way round is a register exchanged (75 000 → 0.5 under a maximum of 100 000 is
+/// a new register at 0.5, not 25 000.5 used).
+pub const WRAP_SHARE: f64 = 0.1;
+
 /// The step from `a` to `b` of a register that wraps after `rollover` (if it has one).
 pub fn step(a: f64, b: f64, rollover: Option<f64>) -> Step {
     if b >= a {
@@ -96,7 +102,7 @@ pub fn step(a: f64, b: f64, rollover: Option<f64>) -> Step {
     }
     if let Some(max) = rollover {
         let forward = (max - a) + b;
-        if forward >= 0.0 && forward < a - b {
+        if forward >= 0.0 && forward < a - b && forward < max * WRAP_SHARE {
             return Step::Wrap(forward);
         }
     }
@@ -166,6 +172,10 @@ mod tests {
         // middle of the range a reset.
         assert_eq!(step(50_000.0, 49_999.0, Some(100_000.0)), Step::Reverse);
         assert_eq!(step(50_000.0, 100.0, Some(100_000.0)), Step::Reset(100.0));
+        // A register exchanged high in its range: the way round (25 000.5) is more than a
+        // tenth of the maximum, so not a wrap but a new register at 0.5.
+        assert_eq!(step(75_000.0, 0.5, Some(100_000.0)), Step::Reset(0.5));
+        assert_eq!(step(91_000.0, 500.0, Some(100_000.0)), Step::Wrap(9_500.0));
     }
 
     #[test]

@@ -26,8 +26,9 @@ pub struct AnomaliesArgs {
     /// One meter.
     #[arg(long)]
     meter: Option<String>,
-    /// Days a consumption register (1.8.x, 24.2.x, 24.3.0) may stand still before it is
-    /// flagged.
+    /// A consumption register (1.8.x, 24.2.x, 24.3.0) whose readings in the period all show
+    /// one value over at least this many days is flagged (a standstill inside a longer
+    /// period that then moves is not).
     #[arg(long, default_value_t = 3)]
     zero_days: u32,
     /// A step above this many times the channel's median step is a spike.
