@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The billing benchmark of issue 21: `meterflow query billing` on the Parquet tree and on
 # ClickHouse 18.16, with and without a time-of-use tariff, beside DuckDB computing the same
-# totals over the same Parquet files. Results: benches/RESULTS.md, "Billing, March 2026 ...".
+# totals over the same Parquet files. Results: benches/RESULTS.md, "Billing a month".
 #
 #   benches/billing/run.sh [RUNS]      (default 3 runs of each path, back to back)
 #
