@@ -20,6 +20,10 @@ pub struct BillingConfig {
     /// that reading is at most this long before the period's start; `0` turns it off. The
     /// readings of that time are read to find such registers.
     pub silent_look_back: String,
+    /// The reading before a period is looked for at most this far back (a register silent
+    /// for longer is billed as if it began in the period: that silence's step is not
+    /// billed); `0`: as far back as the data goes.
+    pub max_silence: String,
     /// Registers that start again from 0 after a maximum (`[[billing.rollover]]`); the first
     /// whose patterns match a meter and channel applies.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -32,6 +36,7 @@ impl Default for BillingConfig {
             timezone: "UTC".into(),
             max_interpolation_gap: "7d".into(),
             silent_look_back: "31d".into(),
+            max_silence: "400d".into(),
             rollover: Vec::new(),
         }
     }
@@ -103,6 +108,7 @@ impl BillingConfig {
         self.zone()?;
         self.max_gap_ms()?;
         self.silent_look_back_ms()?;
+        self.max_silence_ms()?;
         for (i, rule) in self.rollover.iter().enumerate() {
             if !(rule.max.is_finite() && rule.max > 0.0) {
                 return Err(BillingError::config(
@@ -153,6 +159,21 @@ impl BillingConfig {
                 ),
             )
         })
+    }
+
+    /// `billing.max_silence` in ms (`None`: unbounded).
+    pub fn max_silence_ms(&self) -> Result<Option<i64>, BillingError> {
+        match parse_duration_ms(&self.max_silence) {
+            Some(0) => Ok(None),
+            Some(ms) => Ok(Some(ms)),
+            None => Err(BillingError::config(
+                "billing.max_silence",
+                format!(
+                    "{:?} is not a duration like 36h or 400d (0: no bound)",
+                    self.max_silence
+                ),
+            )),
+        }
     }
 
     /// The rollover maximum of a register, if a rule names it.
@@ -208,6 +229,20 @@ mod tests {
             ..BillingConfig::default()
         };
         assert_eq!(off.silent_look_back_ms().unwrap(), 0);
+        let e = bad(BillingConfig {
+            max_silence: "forever".into(),
+            ..BillingConfig::default()
+        });
+        assert!(e.contains("billing.max_silence"), "{e}");
+        let unbounded = BillingConfig {
+            max_silence: "0".into(),
+            ..BillingConfig::default()
+        };
+        assert_eq!(unbounded.max_silence_ms().unwrap(), None);
+        assert_eq!(
+            BillingConfig::default().max_silence_ms().unwrap(),
+            Some(400 * 86_400_000)
+        );
         assert_eq!(
             BillingConfig::default().silent_look_back_ms().unwrap(),
             31 * 86_400_000

@@ -87,6 +87,10 @@ fn kwh_per(unit: &str) -> Option<f64> {
 
 const QUARTER_MS: i64 = 900_000;
 
+/// How far before a period a carried start's step is spread at most (400 days): a longer
+/// silence is spread over its last 400 days.
+const MAX_SPREAD_BEFORE_MS: i64 = 400 * 86_400_000;
+
 /// Bills registers for one [`Query`].
 #[derive(Debug, Clone)]
 pub struct Bill {
@@ -170,6 +174,9 @@ impl Bill {
             // The share of the step used before `from` (a carried start only).
             let before = match spread_from.take() {
                 Some(t0) if t0 < last.ts_ms && c != 0.0 => {
+                    // At most a bill's longest span back: a reading dated decades ago (a
+                    // clock never set) must not cost a timeline of those decades.
+                    let t0 = t0.max(last.ts_ms.saturating_sub(MAX_SPREAD_BEFORE_MS));
                     let share = c * ((last.ts_ms - t0) as f64 / (r.ts_ms - t0) as f64);
                     if let Some(tariff) = &q.tariff {
                         Timeline::new(tariff, q.zone, t0, last.ts_ms).spread(

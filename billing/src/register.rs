@@ -89,10 +89,11 @@ impl Step {
 /// A fall to below this share of the value before is a reset.
 pub const RESET_SHARE: f64 = 0.01;
 
-/// A fall through a register's maximum is a wrap only when the way round is less than this
-/// share of the maximum: a register is read far more often than it goes a tenth of its range,
-/// so a longer way round is a register exchanged (75 000 → 0.5 under a maximum of 100 000 is
-/// a new register at 0.5, not 25 000.5 used).
+/// A fall through a register's maximum that is also a fall to near zero (a reset's) is a
+/// wrap only when the way round is less than this share of the maximum: a register is read
+/// far more often than it goes a tenth of its range, so a longer way round to near zero is a
+/// register exchanged (75 000 → 0.5 under a maximum of 100 000 is a new register at 0.5, not
+/// 25 000.5 used). A fall that is no reset's stays a wrap (95 000 → 8 000 is 13 000 used).
 pub const WRAP_SHARE: f64 = 0.1;
 
 /// The step from `a` to `b` of a register that wraps after `rollover` (if it has one).
@@ -102,7 +103,8 @@ pub fn step(a: f64, b: f64, rollover: Option<f64>) -> Step {
     }
     if let Some(max) = rollover {
         let forward = (max - a) + b;
-        if forward >= 0.0 && forward < a - b && forward < max * WRAP_SHARE {
+        let exchanged = forward >= max * WRAP_SHARE && b < a * RESET_SHARE;
+        if forward >= 0.0 && forward < a - b && !exchanged {
             return Step::Wrap(forward);
         }
     }
@@ -176,6 +178,12 @@ mod tests {
         // tenth of the maximum, so not a wrap but a new register at 0.5.
         assert_eq!(step(75_000.0, 0.5, Some(100_000.0)), Step::Reset(0.5));
         assert_eq!(step(91_000.0, 500.0, Some(100_000.0)), Step::Wrap(9_500.0));
+        // Far from zero after the fall: a wrap however long the way round (no reset's fall).
+        assert_eq!(
+            step(95_000.0, 8_000.0, Some(100_000.0)),
+            Step::Wrap(13_000.0)
+        );
+        assert_eq!(step(9_500.0, 700.0, Some(10_000.0)), Step::Wrap(1_200.0));
     }
 
     #[test]

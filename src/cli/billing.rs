@@ -69,6 +69,7 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Billed> {
     };
     let max_gap_ms = config.billing.max_gap_ms()?;
     let silent_look_back_ms = config.billing.silent_look_back_ms()?;
+    let max_silence_ms = config.billing.max_silence_ms()?;
     let bill = Bill::new(Query {
         from_ms,
         to_ms,
@@ -82,12 +83,12 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Billed> {
         margin_ms: max_gap_ms,
         meter: args.meter.clone(),
         channels: Channels::CumulativeRegisters,
-        // The reading before the period as far back as it is: a meter silent for months
+        // The reading before the period, up to billing.max_silence back: a meter silent for months
         // that reports again is billed for those months. Not the reading after: a series
         // with none in [to, to + margin] has its first after more than the interpolation
         // gap from its last before `to`, so R(to) is that one carried, whatever comes after.
         neighbours: Neighbours::Before,
-        before_since_ms: None,
+        before_since_ms: max_silence_ms.map(|ms| from_ms.saturating_sub(ms)),
         silent_since_ms: (silent_look_back_ms > 0)
             .then(|| from_ms.saturating_sub(silent_look_back_ms)),
     };

@@ -23,7 +23,9 @@ pub enum Question {
     /// Consumption per meter and register (import 1.8.x, export 2.8.x, gas/water 24.2.x) in
     /// [from, to): the register's value at both edges (read, interpolated or carried) and
     /// every step between, local days (--tz), time-of-use periods (--tariff). Reads ClickHouse
-    /// when a URL is configured, else the Parquet tree under --data-dir.
+    /// when a URL is configured, else the Parquet tree under --data-dir. Exit status 3: the
+    /// rows printed are complete but for registers whose readings come in more than one unit
+    /// (named on stderr).
     Billing(super::billing::BillingArgs),
     /// Reverse runs, register resets, zero consumption, spikes, missing intervals, error
     /// flags, stale meters in [from, to). Reads ClickHouse when a URL is configured, else the
@@ -47,12 +49,7 @@ pub fn run(config: Config, args: QueryArgs) -> anyhow::Result<()> {
         Question::Anomalies(args) => (super::questions::anomalies(&config, args)?, &[]),
         Question::Devices(args) => (super::questions::devices(&config, args)?, &DEVICE_NUMBERS),
     };
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    match print(&table, numbers, args.format, &mut out).and_then(|()| Ok(out.flush()?)) {
-        // `meterflow query ... | head`: the reader has what it wanted.
-        Err(e) if is_broken_pipe(&e) => return Ok(()),
-        other => other?,
-    }
+    // Said before the rows, so that `| head` does not hide it.
     if !refused.is_empty() {
         let shown = refused
             .iter()
@@ -61,9 +58,10 @@ pub fn run(config: Config, args: QueryArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join("; ");
         let more = refused.len().saturating_sub(10);
-        anyhow::bail!(
-            "{} register(s) not billed: their readings in the period come in more than one unit \
-             ({shown}{}); the other rows are complete",
+        eprintln!(
+            "Error: {} register(s) not billed: their readings in the period or within \
+             billing.max_interpolation_gap of it come in more than one unit ({shown}{}); the \
+             other rows are complete (exit status {INCOMPLETE_BILL})",
             refused.len(),
             if more > 0 {
                 format!("; and {more} more")
@@ -72,8 +70,22 @@ pub fn run(config: Config, args: QueryArgs) -> anyhow::Result<()> {
             }
         );
     }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match print(&table, numbers, args.format, &mut out).and_then(|()| Ok(out.flush()?)) {
+        // `meterflow query ... | head`: the reader has what it wanted.
+        Err(e) if is_broken_pipe(&e) => {}
+        other => other?,
+    }
+    if !refused.is_empty() {
+        // Not 1 (the command failed): the rows printed are a bill, short of those named.
+        drop(out);
+        std::process::exit(INCOMPLETE_BILL);
+    }
     Ok(())
 }
+
+/// The exit status of a bill printed without the registers it could not bill.
+pub const INCOMPLETE_BILL: i32 = 3;
 
 /// The columns of `query billing` that hold numbers (JSON numbers in `--format json`).
 const BILLING_NUMBERS: [&str; 6] = [

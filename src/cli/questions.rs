@@ -35,7 +35,8 @@ pub struct AnomaliesArgs {
     #[arg(long, default_value_t = 5.0)]
     spike_factor: f64,
     /// No reading (by its own time) for this long before the period's end, or before now when
-    /// that is earlier, is stale (e.g. 90m, 2h, 3d, or seconds).
+    /// that is earlier, is stale (e.g. 90m, 2h, 3d, or seconds). Only the 30 days before that
+    /// silence are read: a meter silent for longer is listed by `query devices --stale-after`.
     #[arg(long, default_value = "24h")]
     stale_after: String,
     /// IANA time zone of --from/--to and of the times printed [default: billing.timezone].

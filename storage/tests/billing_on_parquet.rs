@@ -2,9 +2,11 @@
 //! registers (irregular times, gaps longer than the interpolation limit, resets, silences
 //! through a whole period, edges on a reading) written by the sink, read for `[a, b)`,
 //! `[b, c)` and `[a, c)` with billing's request (a margin of `max_interpolation_gap`, the
-//! readings before and after, silent registers within the look-back), billed, and:
-//! - each register's bill from what the read delivers equals its bill from all its readings
-//!   (the read gives the engine every reading it needs);
+//! reading before, silent registers within the look-back), billed in Europe/Berlin with a
+//! day/night tariff, and:
+//! - each register's rows from what the read delivers equal its rows from all its readings
+//!   (edges and their kinds, each period's consumption and max demand, resets, readings: the
+//!   read gives the engine every reading it needs);
 //! - `[a, b)` plus `[b, c)` is `[a, c)` for every register (relative 1e-9);
 //! - a register left out of a period's read had no reading near it, so its bill is 0.
 //!
@@ -15,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use meterflow_billing::{Bill, Query, Reading, Zone};
+use meterflow_billing::{Bill, BillRow, Query, Reading, Tariff, Zone};
 use meterflow_proto::{ReadingBatchBuilder, TextRow};
 use meterflow_storage::readings::{self, Channels, Neighbours, ReadRequest, Series};
 use meterflow_storage::{ParquetConfig, ParquetSink, StorageError};
@@ -78,18 +80,43 @@ fn write(dir: &Path, fleet: &[Vec<Reading>]) {
     sink.write_named(&b.finish(), "prop").unwrap();
 }
 
-fn bill(from: i64, to: i64, readings: &[Reading]) -> f64 {
+/// Day 07-23 and night in Berlin: the rows' tariff shares and max demand are compared too.
+const TARIFF: &str = "name = \"t\"\n[[period]]\nname = \"day\"\nfrom = \"07:00\"\nto = \"23:00\"\n\
+                      [[period]]\nname = \"night\"\n";
+
+fn bill_rows(from: i64, to: i64, readings: &[Reading]) -> Vec<BillRow> {
     let bill = Bill::new(Query {
         from_ms: from,
         to_ms: to,
-        zone: Zone::UTC,
-        tariff: None,
+        zone: Zone::parse("Europe/Berlin", "zone").unwrap(),
+        tariff: Some(Tariff::from_toml(TARIFF, "t.toml").unwrap()),
         max_gap_ms: GAP,
     });
     bill.register("m", "1-0:1.8.0", "kWh", readings, None)
-        .iter()
-        .map(|row| row.consumption)
-        .sum()
+}
+
+fn total(rows: &[BillRow]) -> f64 {
+    rows.iter().map(|row| row.consumption).sum()
+}
+
+/// Whether two bills of one register say the same: edges (value and kind), each period's
+/// consumption and max demand, resets, readings.
+fn same_rows(a: &[BillRow], b: &[BillRow]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.period == y.period
+                && x.start.kind == y.start.kind
+                && x.end.kind == y.end.kind
+                && close(x.start.value, y.start.value)
+                && close(x.end.value, y.end.value)
+                && close(x.consumption, y.consumption)
+                && match (x.max_demand_kw, y.max_demand_kw) {
+                    (Some(p), Some(q)) => close(p, q),
+                    (p, q) => p == q,
+                }
+                && x.resets == y.resets
+                && x.readings == y.readings
+        })
 }
 
 /// Each register's consumption of `[from, to)` billed from what the Parquet read delivers,
@@ -106,7 +133,8 @@ fn bill_from_parquet(
         margin_ms: GAP,
         meter: None,
         channels: Channels::CumulativeRegisters,
-        neighbours: Neighbours::BeforeAndAfter,
+        // As `query billing` asks: the reading before only.
+        neighbours: Neighbours::Before,
         before_since_ms: None,
         silent_since_ms: Some(from - LOOK_BACK),
     };
@@ -117,33 +145,42 @@ fn bill_from_parquet(
             .iter()
             .map(|&(ts_ms, value)| Reading { ts_ms, value })
             .collect();
-        out.insert(s.meter_id, bill(from, to, &points));
+        out.insert(s.meter_id, bill_rows(from, to, &points));
         Ok::<_, StorageError>(())
     })
     .unwrap();
-    for (m, readings) in fleet.iter().enumerate() {
-        let meter = format!("E{m:04}");
-        let full = bill(from, to, readings);
-        match out.get(&meter) {
-            Some(&got) => assert!(
-                close(got, full),
-                "{meter} [{from}, {to}): {got} from the read, {full} from every reading"
-            ),
-            None => {
-                // Left out: no reading in the window nor within the look-back before it.
-                assert!(
-                    readings
-                        .iter()
-                        .all(|r| r.ts_ms < from - LOOK_BACK || r.ts_ms > to + GAP),
-                    "{meter} [{from}, {to}) left out but has readings near it"
-                );
-                assert!(
-                    close(full, 0.0),
-                    "{meter} [{from}, {to}) left out but billed {full}"
-                );
+    let out: BTreeMap<String, f64> = fleet
+        .iter()
+        .enumerate()
+        .filter_map(|(m, readings)| {
+            let meter = format!("E{m:04}");
+            let full_rows = bill_rows(from, to, readings);
+            let full = total(&full_rows);
+            match out.get(&meter) {
+                Some(got) => {
+                    assert!(
+                        same_rows(got, &full_rows),
+                        "{meter} [{from}, {to}): {got:?} from the read, {full_rows:?} from every reading"
+                    );
+                    Some((meter, total(got)))
+                }
+                None => {
+                    // Left out: no reading in the window nor within the look-back before it.
+                    assert!(
+                        readings
+                            .iter()
+                            .all(|r| r.ts_ms < from - LOOK_BACK || r.ts_ms > to + GAP),
+                        "{meter} [{from}, {to}) left out but has readings near it"
+                    );
+                    assert!(
+                        close(full, 0.0),
+                        "{meter} [{from}, {to}) left out but billed {full}"
+                    );
+                    None
+                }
             }
-        }
-    }
+        })
+        .collect();
     out
 }
 

@@ -154,6 +154,12 @@ fn fleet(millis: bool) -> [Vec<Reading>; 2] {
         FROM + H + 9 * S,
     ));
     first.push(r("nan", FROM + 2 * H, f64::NEG_INFINITY, FROM + 2 * H + S));
+    // A register reconfigured from kWh to Wh while silent: its reading before the period is
+    // in kWh, those in it in Wh (one of its `other_units`).
+    first.push(r("rewired", FROM - 10 * D, 5_000.0, FROM - 10 * D + S));
+    let mut wh = r("rewired", FROM + 5 * H, 5_000_250.0, FROM + 5 * H + S);
+    wh.4 = "Wh".into();
+    first.push(wh);
     // A meter with readings only far outside the period: no series.
     first.push(r("away", T0 - 60 * D, 1.0, T0 - 60 * D + S));
     first.push(r("away", T0 + 60 * D, 2.0, T0 + 60 * D + S));
@@ -224,8 +230,8 @@ fn clickhouse_series(
     out
 }
 
-/// A series with each value as its bits: (meter, channel, unit, points).
-type Bits = (String, String, String, Vec<(i64, u64)>);
+/// A series with each value as its bits: (meter, channel, unit, points, other units).
+type Bits = (String, String, String, Vec<(i64, u64)>, Vec<String>);
 
 /// The series with each value as its bits: equal only if identical.
 fn bits(series: &[Series]) -> Vec<Bits> {
@@ -237,6 +243,7 @@ fn bits(series: &[Series]) -> Vec<Bits> {
                 s.channel.clone(),
                 s.unit.clone(),
                 s.points.iter().map(|(t, v)| (*t, v.to_bits())).collect(),
+                s.other_units.clone(),
             )
         })
         .collect()
@@ -366,8 +373,14 @@ fn parquet_and_clickhouse_give_the_same_series_bit_for_bit() {
     assert_eq!(keys, sorted, "in (meter, channel) byte order, each once");
     assert_eq!(
         got.len(),
-        12 * 3 + 2,
-        "every register of every meter, the silent one and the one with non-numbers"
+        12 * 3 + 3,
+        "every register of every meter, the silent one, the one with non-numbers, the rewired one"
+    );
+    let rewired = got.iter().find(|s| s.meter_id == "rewired").unwrap();
+    assert_eq!(
+        (rewired.unit.as_str(), rewired.other_units.as_slice()),
+        ("Wh", ["kWh".to_string()].as_slice()),
+        "the reading before the period is in kWh"
     );
     let nan = got.iter().find(|s| s.meter_id == "nan").unwrap();
     assert_eq!(
@@ -508,7 +521,7 @@ fn a_current_clickhouse_gives_the_same_series_in_milliseconds() {
         let from_parquet = parquet_series(&data_dir, &req);
         assert_eq!(bits(&from_parquet), bits(&from_clickhouse), "{what}");
         if what == "the period, an hour's margin" {
-            assert_eq!(from_parquet.len(), 12 * 3 + 2);
+            assert_eq!(from_parquet.len(), 12 * 3 + 3);
         }
     }
 }

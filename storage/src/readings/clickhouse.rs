@@ -228,7 +228,8 @@ pub fn read_sql(db: &str, req: &ReadRequest, times: TimeColumns) -> Result<ReadS
            argMaxIf(value, (ts, received_at, value), {before}) AS before_value, \
            countIf({after}) AS after_n, \
            toInt64(minIf({ts_ms}, {after})) AS after_ts, \
-           argMinIf(value, (ts, -({received_ms}), -value), {after}) AS after_value \
+           argMinIf(value, (ts, -({received_ms}), -value), {after}) AS after_value, \
+           argMaxIf(unit, (ts, received_at, value, unit), {before}) AS before_unit \
          FROM {db}.readings \
          WHERE {filter} AND (({before} AND {needs_before}){or_after}) \
          GROUP BY meter_id, channel \
@@ -370,6 +371,9 @@ impl Building {
                         return Err(out_of_order(NEIGHBOURS_ACTION, offset));
                     }
                     self.points.insert(0, (n.before_ts, n.before_value));
+                    if !self.units.contains(&n.before_unit) {
+                        self.units.push(n.before_unit);
+                    }
                 }
                 if needs_after && n.after_n > 0 {
                     if n.after_ts <= last {
@@ -418,8 +422,9 @@ const WINDOW_ROW: [Field; 5] = [
     Field::Eight,
     Field::Str,
 ];
-/// meter_id, channel, before_n, before_ts, before_value, after_n, after_ts, after_value.
-const NEIGHBOURS_ROW: [Field; 8] = [
+/// meter_id, channel, before_n, before_ts, before_value, after_n, after_ts, after_value,
+/// before_unit.
+const NEIGHBOURS_ROW: [Field; 9] = [
     Field::Str,
     Field::Str,
     Field::Eight,
@@ -428,6 +433,7 @@ const NEIGHBOURS_ROW: [Field; 8] = [
     Field::Eight,
     Field::Eight,
     Field::Eight,
+    Field::Str,
 ];
 
 struct WindowRow<'a> {
@@ -450,6 +456,7 @@ struct NeighboursRow {
     after_n: u64,
     after_ts: i64,
     after_value: f64,
+    before_unit: String,
 }
 
 /// A RowBinary answer as it arrives: whole rows are parsed from the buffered bytes, which
@@ -630,6 +637,7 @@ impl Answer {
             after_n: u(self.eight_at(&mut at)?),
             after_ts: i(self.eight_at(&mut at)?),
             after_value: f(self.eight_at(&mut at)?),
+            before_unit: self.str_at(&mut at)?.to_string(),
         };
         self.pos = at;
         Ok(row)
@@ -781,10 +789,10 @@ mod tests {
             self,
             meter: &str,
             channel: &str,
-            before: Option<(i64, f64)>,
+            before: Option<(i64, f64, &str)>,
             after: Option<(i64, f64)>,
         ) -> Self {
-            let (bn, bts, bv) = before.map_or((0, 0, 0.0), |(t, v)| (1, t, v));
+            let (bn, bts, bv, bu) = before.map_or((0, 0, 0.0, ""), |(t, v, u)| (1, t, v, u));
             let (an, ats, av) = after.map_or((0, 0, 0.0), |(t, v)| (3, t, v));
             self.s(meter)
                 .s(channel)
@@ -794,6 +802,7 @@ mod tests {
                 .i(an)
                 .i(ats)
                 .f(av)
+                .s(bu)
         }
         fn answer(self, action: &'static str) -> Answer {
             let mut a = Answer::new(None, action);
@@ -843,9 +852,14 @@ mod tests {
             .window(&"m".repeat(200), "1-0:2.8.0", 3_000, 4.0, "kWh")
             .window("B", "0-1:24.2.1", 1_500, 5.0, "m3");
         let neighbours = Bytes::default()
-            .neighbours("A", "1-0:1.8.0", Some((500, 0.5)), Some((4_000, 9.0)))
+            .neighbours(
+                "A",
+                "1-0:1.8.0",
+                Some((500, 0.5, "kWh")),
+                Some((4_000, 9.0)),
+            )
             // A series the window does not have: passed over.
-            .neighbours("A", "1-0:1.8.1", Some((1, 1.0)), None)
+            .neighbours("A", "1-0:1.8.1", Some((1, 1.0, "kWh")), None)
             // Needs both neighbours and the server found none: nothing added.
             .neighbours("B", "0-1:24.2.1", None, None);
         let mut want = vec![

@@ -84,20 +84,22 @@ pub fn clickhouse_sql(db: &str, req: &SummaryRequest) -> Result<String, StorageE
     }
     // Each bound twice: in whole seconds on the column itself (a superset, which lets the
     // server skip partitions on either kind of column), and exactly in milliseconds.
+    // (The coarse one only inside what `DateTime` holds: clamped, it would not be a superset
+    // on a `DateTime64` column.)
+    let date_time = 0..=i64::from(u32::MAX);
     if let Some(before) = req.before_ms {
         let s = before.div_euclid(1000) + i64::from(before.rem_euclid(1000) != 0);
-        filter.push_str(&format!(
-            " AND ts < toDateTime({}) AND {} < {before}",
-            s.clamp(0, i64::from(u32::MAX)),
-            ms("ts")
-        ));
+        if date_time.contains(&s) {
+            filter.push_str(&format!(" AND ts < toDateTime({s})"));
+        }
+        filter.push_str(&format!(" AND {} < {before}", ms("ts")));
     }
     if let Some(since) = req.since_ms {
-        filter.push_str(&format!(
-            " AND ts >= toDateTime({}) AND {} >= {since}",
-            since.div_euclid(1000).clamp(0, i64::from(u32::MAX)),
-            ms("ts")
-        ));
+        let s = since.div_euclid(1000);
+        if date_time.contains(&s) {
+            filter.push_str(&format!(" AND ts >= toDateTime({s})"));
+        }
+        filter.push_str(&format!(" AND {} >= {since}", ms("ts")));
     }
     // Not FINAL: the copy that counts is chosen here as on Parquet (argMax on the same order).
     Ok(format!(
@@ -199,9 +201,9 @@ mod tests {
             sql.contains("meter_id = 'm-1'")
                 && sql
                     .contains("ts < toDateTime(6) AND toInt64(round(toFloat64(ts) * 1000)) < 5500")
-                && sql.contains(
-                    "ts >= toDateTime(0) AND toInt64(round(toFloat64(ts) * 1000)) >= -1500"
-                )
+                // Before 1970 `DateTime` holds nothing: no whole-second bound, the exact one.
+                && !sql.contains("ts >= toDateTime(")
+                && sql.contains("toInt64(round(toFloat64(ts) * 1000)) >= -1500")
                 && sql.contains("WHERE isFinite(value)"),
             "{sql}"
         );
