@@ -47,6 +47,25 @@ seed decode_senml_json $vectors/senml/**/*.json $fixtures/senml/**/*.json
 seed decode_senml_cbor $vectors/senml/**/*.cbor $fixtures/senml/**/*.cbor
 seed decode_dsmr $vectors/dsmr/**/*.txt $vectors/dlms/**/*.txt $fixtures/dsmr/**/*
 seed decode_lwm2m $vectors/lwm2m/**/*.json $fixtures/lwm2m/**/*
+# DLMS pushes are kept as hex text: their bytes are the seeds.
+seed_hex() { # seed_hex TARGET FILE...
+  local dir=fuzz/corpus/$1
+  shift
+  mkdir -p "$dir"
+  for f in "$@"; do
+    python3 - "$f" "$dir/seed-$(basename "$f").bin" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+digits = "".join(re.sub(r"(#|//).*", "", line) for line in text.splitlines())
+digits = re.sub(r"[^0-9A-Fa-f]", "", digits)
+open(sys.argv[2], "wb").write(bytes.fromhex(digits[: len(digits) // 2 * 2]))
+PY
+  done
+}
+for t in decode_dlms dlms_ciphered; do
+  seed_hex $t $fixtures/dlms/**/*.hex $fixtures/dlms/athombv_node_dsmr_parser/**/*.txt
+done
+seed_hex dlms_axdr $fixtures/dlms/u9n_dlms_cosem/kamstrup_han_body.hex
 seed config_toml deploy/meterflow.example.toml
 seed coap_datagram fuzz/seeds/coap_datagram/*
 seed mqtt_connection fuzz/seeds/mqtt_connection/*

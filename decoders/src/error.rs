@@ -67,6 +67,45 @@ pub enum DecodeError {
         payload: String,
         topic: String,
     },
+
+    /// A ciphered push that its keys do not open (or that has none): not a bad payload but
+    /// one refused, counted by its own kind.
+    #[error("{format}: {refusal}: {reason}")]
+    Refused {
+        format: Format,
+        refusal: Refusal,
+        reason: String,
+    },
+}
+
+/// Why a ciphered push was refused ([`DecodeError::Refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its tag does not match the keys of its system title.
+    AuthFailed,
+    /// Its system title belongs to a meter that has no key (or not the key it needs).
+    NoKey,
+    /// Its system title belongs to no meter.
+    UnknownSystemTitle,
+    /// Its invocation counter is not higher than the last one accepted.
+    Replay,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::AuthFailed => "auth_failed",
+            Refusal::NoKey => "no_key",
+            Refusal::UnknownSystemTitle => "unknown_system_title",
+            Refusal::Replay => "replay",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl DecodeError {
@@ -92,6 +131,7 @@ impl DecodeError {
             DecodeError::CrcMismatch { .. } => "crc_mismatch",
             DecodeError::NothingUsable { .. } => "nothing_usable",
             DecodeError::MeterMismatch { .. } => "meter_mismatch",
+            DecodeError::Refused { refusal, .. } => refusal.as_str(),
         }
     }
 

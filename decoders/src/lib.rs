@@ -7,11 +7,13 @@
 //! - [`cbor`][]: the same report as CBOR
 //! - [`senml`][]: RFC 8428 SenML packs, JSON and CBOR, resolved per section 4.6
 //! - [`dsmr`][]: DSMR P1 telegrams 2.2 to 5.0, e-MUCS, Smarty
+//! - [`dlms`][]: DLMS/COSEM pushes (DataNotification, ciphered, in HDLC, M-Bus or the wrapper)
 //!
 //! A payload that is partly bad keeps its good rows; the bad ones are listed in
 //! [`Decoded::rejected`] with their position. A payload that is wholly bad is a [`DecodeError`].
 
 pub mod cbor;
+pub mod dlms;
 pub mod dsmr;
 mod error;
 pub mod json;
@@ -20,7 +22,7 @@ pub mod senml;
 
 use std::borrow::Cow;
 
-pub use error::{DecodeError, Position};
+pub use error::{DecodeError, Position, Refusal};
 pub use meterflow_proto::Format;
 use meterflow_proto::{ReadingBatchBuilder, RowMeta};
 
@@ -102,6 +104,41 @@ pub struct Decoded<'a> {
 }
 
 impl Decoded<'_> {
+    /// The same, owning its text (for payloads decoded from bytes made on the way, such as a
+    /// deciphered telegram).
+    pub fn into_owned(self) -> Decoded<'static> {
+        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        Decoded {
+            meter_id: self.meter_id.map(own),
+            seq: self.seq,
+            readings: self
+                .readings
+                .into_iter()
+                .map(|r| Reading {
+                    channel: own(r.channel),
+                    ts_ms: r.ts_ms,
+                    value: r.value,
+                    unit: own(r.unit),
+                    quality: r.quality,
+                })
+                .collect(),
+            series: self
+                .series
+                .into_iter()
+                .map(|s| Series {
+                    channel: own(s.channel),
+                    start_ts_ms: s.start_ts_ms,
+                    interval_ms: s.interval_ms,
+                    unit: own(s.unit),
+                    values: s.values,
+                    quality: s.quality,
+                })
+                .collect(),
+            status: self.status,
+            rejected: self.rejected,
+        }
+    }
+
     /// How many rows [`Decoded::append_to`] appends.
     pub fn row_count(&self) -> usize {
         self.readings.len() + self.series.iter().map(|s| s.values.len()).sum::<usize>()
@@ -151,6 +188,7 @@ pub fn decode<'a>(
         Format::SenmlCbor => senml::decode_cbor(payload, ctx.received_at_ms)?,
         Format::Dsmr => dsmr::decode_at(payload, ctx.received_at_ms)?,
         Format::Lwm2m => senml::decode_lwm2m(payload, ctx.received_at_ms)?,
+        Format::Dlms => dlms::decode_plain(payload, ctx.received_at_ms)?,
     };
     let mut decoded = decoded;
     enforce_limits(&mut decoded, ctx.received_at_ms);

@@ -29,10 +29,13 @@ pub enum Format {
     SenmlCbor,
     Dsmr,
     Lwm2m,
+    /// DLMS/COSEM (IEC 62056) push: a DataNotification, bare or ciphered, in HDLC or M-Bus
+    /// frames or the IEC 62056-4-7 wrapper (binary).
+    Dlms,
 }
 
 impl Format {
-    pub const ALL: [Format; 7] = [
+    pub const ALL: [Format; 8] = [
         Format::Pb,
         Format::Json,
         Format::Cbor,
@@ -40,6 +43,7 @@ impl Format {
         Format::SenmlCbor,
         Format::Dsmr,
         Format::Lwm2m,
+        Format::Dlms,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +55,7 @@ impl Format {
             Format::SenmlCbor => "senml-cbor",
             Format::Dsmr => "dsmr",
             Format::Lwm2m => "lwm2m",
+            Format::Dlms => "dlms",
         }
     }
 
@@ -67,6 +72,7 @@ impl Format {
             "application/senml+cbor" => Some(Format::SenmlCbor),
             // Not text/plain: generic MQTT 5 tools label JSON that way too.
             "application/x-dsmr" | "text/x-dsmr" => Some(Format::Dsmr),
+            "application/x-dlms" => Some(Format::Dlms),
             other => other.parse().ok(),
         }
     }
@@ -82,6 +88,7 @@ impl Format {
             cf::LWM2M_JSON => Some(Format::Lwm2m),
             cf::METERFLOW_PB => Some(Format::Pb),
             cf::DSMR => Some(Format::Dsmr),
+            cf::DLMS => Some(Format::Dlms),
             _ => None,
         }
     }
@@ -97,6 +104,7 @@ impl Format {
             Format::SenmlCbor => cf::SENML_CBOR,
             Format::Dsmr => cf::DSMR,
             Format::Lwm2m => cf::SENML_CBOR,
+            Format::Dlms => cf::DLMS,
         }
     }
 }
@@ -119,6 +127,8 @@ pub mod coap_content_format {
     pub const METERFLOW_PB: u16 = 65000;
     /// A DSMR P1 telegram as text (experimental range).
     pub const DSMR: u16 = 65001;
+    /// A DLMS/COSEM push as bytes, in any of its framings (experimental range).
+    pub const DLMS: u16 = 65002;
 }
 
 impl fmt::Display for Format {
@@ -135,7 +145,7 @@ impl fmt::Display for UnknownFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown format {:?} (expected one of pb, json, cbor, senml, senml-cbor, dsmr, lwm2m)",
+            "unknown format {:?} (expected one of pb, json, cbor, senml, senml-cbor, dsmr, lwm2m, dlms)",
             self.0
         )
     }

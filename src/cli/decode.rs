@@ -5,16 +5,23 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
+use meterflow_decoders::dlms::{self, KeyLookup, Keys};
 use meterflow_decoders::{decode, DecodeContext, Format};
 
 #[derive(clap::Args)]
 pub struct DecodeArgs {
-    /// pb, json, senml, senml-cbor, dsmr, lwm2m
+    /// pb, json, cbor, senml, senml-cbor, dsmr, lwm2m, dlms (binary, or its bytes in hex)
     #[arg(long, short)]
     format: Format,
     /// The meter the payload is for (as the topic would name it).
     #[arg(long, default_value = "meter")]
     meter: String,
+    /// dlms: the encryption key (32 hex digits) that opens a ciphered push.
+    #[arg(long, value_name = "HEX")]
+    dlms_ek: Option<String>,
+    /// dlms: the authentication key (32 hex digits), for pushes with a tag.
+    #[arg(long, value_name = "HEX")]
+    dlms_ak: Option<String>,
     /// The payload file; `-` reads standard input.
     file: PathBuf,
 }
@@ -24,8 +31,23 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
     let DecodeArgs {
         format,
         meter,
+        dlms_ek,
+        dlms_ak,
         file,
     } = args;
+    let key = |flag: &str, text: Option<String>| -> anyhow::Result<Option<[u8; 16]>> {
+        text.map(|t| {
+            hex_bytes(&t)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                .with_context(|| format!("--{flag}: not 32 hex digits"))
+        })
+        .transpose()
+    };
+    let keys = match (key("dlms-ek", dlms_ek)?, key("dlms-ak", dlms_ak)?) {
+        (Some(ek), ak) => Some(Keys { ek, ak }),
+        (None, Some(_)) => anyhow::bail!("--dlms-ak: give --dlms-ek too"),
+        (None, None) => None,
+    };
     let payload = if file.as_os_str() == "-" {
         let mut buf = Vec::new();
         std::io::stdin().read_to_end(&mut buf)?;
@@ -33,11 +55,46 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
     } else {
         std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
     };
-    let ok = report(format, &meter, &payload, &mut std::io::stdout())?;
+    // A DLMS push may be given as its bytes in hex (as meters' logs and specifications show
+    // them).
+    let payload = match format {
+        Format::Dlms => std::str::from_utf8(&payload)
+            .ok()
+            .and_then(hex_bytes)
+            .unwrap_or(payload),
+        _ => payload,
+    };
+    let ok = report(
+        format,
+        &meter,
+        &payload,
+        keys.as_ref(),
+        &mut std::io::stdout(),
+    )?;
     if !ok {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Hex text (whitespace, `:` and `-` between bytes, `#` comments) as bytes; `None` when it is
+/// not that.
+fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+    let digits: String = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(str::chars)
+        .filter(|c| !c.is_whitespace() && *c != ':' && *c != '-')
+        .collect();
+    if digits.is_empty()
+        || !digits.len().is_multiple_of(2)
+        || !digits.chars().all(|c| c.is_ascii_hexdigit())
+    {
+        return None;
+    }
+    (0..digits.len() / 2)
+        .map(|i| u8::from_str_radix(digits.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Decodes `payload` and writes the report to `out`. Returns whether it decoded.
@@ -45,6 +102,7 @@ fn report(
     format: Format,
     meter_id: &str,
     payload: &[u8],
+    keys: Option<&Keys>,
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
     let received_at_ms = chrono::Utc::now().timestamp_millis();
@@ -52,13 +110,38 @@ fn report(
         meter_id,
         received_at_ms,
     };
-    let decoded = match decode(format, payload, &ctx) {
+    let result = match format {
+        Format::Dlms => {
+            let lookup = |_: &[u8; 8]| keys.cloned().map_or(KeyLookup::NoKey, KeyLookup::Keys);
+            dlms::decode_push(payload, received_at_ms, &lookup, None).map(|push| {
+                let mut line = format!("dlms: {} framing", push.framing.as_str());
+                if let Some(s) = &push.security {
+                    line.push_str(&format!(
+                        ", system title {} ({}), security control 0x{:02X}, invocation counter {}",
+                        dlms::apdu::hex(&s.system_title),
+                        s.manufacturer().unwrap_or("?"),
+                        s.control,
+                        s.invocation_counter
+                    ));
+                }
+                if push.blocks > 0 {
+                    line.push_str(&format!(", {} blocks", push.blocks));
+                }
+                (Some(line), push.decoded)
+            })
+        }
+        _ => decode(format, payload, &ctx).map(|d| (None, d)),
+    };
+    let (header_line, decoded) = match result {
         Ok(d) => d,
         Err(e) => {
             writeln!(out, "error: {e}")?;
             return Ok(false);
         }
     };
+    if let Some(line) = header_line {
+        writeln!(out, "{line}")?;
+    }
     let mut rows: Vec<[String; 5]> = Vec::with_capacity(decoded.row_count());
     let mut push = |channel: &str, ts_ms: i64, value: f64, unit: &str, quality: u16| {
         let ts = chrono::DateTime::from_timestamp_millis(ts_ms)

@@ -1,0 +1,406 @@
+//! The APDUs of a push (IEC 62056-5-3) and security suite 0/1 (AES-GCM-128):
+//!
+//! - general-block-transfer (`E0`): blocks joined in order until the last, then read again;
+//! - general-glo-ciphering (`DB`) and general-ded-ciphering (`DC`): system title, security
+//!   control, invocation counter, ciphertext and a 12-byte tag; opened with the keys of that
+//!   system title. IV = system title ‖ invocation counter. Security control 0x30: encrypted
+//!   and authenticated (AAD = SC ‖ AK); 0x10: authenticated only (AAD = SC ‖ AK ‖ the data in
+//!   clear); 0x20: encrypted only (AES-CTR from the IV's counter 2, no tag); 0x00: in clear.
+//!   The low nibble is the suite: 0 and 1 are both AES-GCM-128 here;
+//! - DataNotification (`0F`): long-invoke-id-and-priority, an optional date-time, the body;
+//! - a DSMR P1 telegram (text starting `/`) inside ciphering: encrypted P1 (Luxembourg
+//!   Smarty, Austrian T210-D), handed to the DSMR decoder.
+
+use aes::cipher::{KeyIvInit, StreamCipher};
+use aes_gcm::aead::consts::U12;
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{AesGcm, KeyInit, Nonce, Tag};
+
+use super::axdr::{Data, Reader};
+use super::{malformed, refused, unsupported, Refusal};
+use crate::DecodeError;
+
+/// AES-128-GCM with DLMS's 12-byte tag.
+type Aes128Gcm12 = AesGcm<aes::Aes128, U12, U12>;
+/// AES-128 in counter mode with a 32-bit big-endian counter (GCM's, without the tag).
+type Aes128Ctr = ctr::Ctr32BE<aes::Aes128>;
+
+/// The length of a DLMS GCM tag.
+pub const TAG_LEN: usize = 12;
+
+/// A meter's keys: the encryption key (global unicast) and the authentication key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Keys {
+    pub ek: [u8; 16],
+    pub ak: Option<[u8; 16]>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys themselves.
+        f.debug_struct("Keys")
+            .field("ek", &"(set)")
+            .field("ak", &self.ak.map(|_| "(set)"))
+            .finish()
+    }
+}
+
+/// What the key store knows of a system title.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyLookup {
+    Keys(Keys),
+    /// The system title belongs to a meter that has no key.
+    NoKey,
+    /// No meter has this system title.
+    Unknown,
+}
+
+/// The ciphering a push came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Security {
+    pub system_title: [u8; 8],
+    /// The security control byte.
+    pub control: u8,
+    pub invocation_counter: u32,
+    /// `DB` (global key) or `DC` (dedicated key).
+    pub tag: u8,
+}
+
+impl Security {
+    /// The manufacturer's three letters, the first three bytes of the system title.
+    pub fn manufacturer(&self) -> Option<&str> {
+        std::str::from_utf8(&self.system_title[..3])
+            .ok()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_alphanumeric()))
+    }
+}
+
+/// What a push's APDU holds once opened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    /// A DataNotification's bytes (tag `0F` first).
+    Notification(Vec<u8>),
+    /// A DSMR telegram.
+    Dsmr(Vec<u8>),
+}
+
+/// A push's APDU, opened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opened {
+    pub security: Option<Security>,
+    pub content: Content,
+    /// General-block-transfer blocks joined.
+    pub blocks: usize,
+}
+
+/// Opens `apdu` (at `base` in the payload): blocks joined, ciphering removed with the keys
+/// `keys` gives for the system title.
+pub fn open(
+    apdu: &[u8],
+    base: usize,
+    keys: &dyn Fn(&[u8; 8]) -> KeyLookup,
+) -> Result<Opened, DecodeError> {
+    let mut bytes = apdu.to_vec();
+    let mut blocks = 0;
+    let mut security = None;
+    // At most: blocks, then ciphering, then the notification.
+    for _ in 0..3 {
+        match bytes.first() {
+            Some(0xE0) if blocks == 0 && security.is_none() => {
+                let (joined, n) = join_blocks(&bytes, base)?;
+                bytes = joined;
+                blocks = n;
+            }
+            Some(&tag @ (0xDB | 0xDC)) if security.is_none() => {
+                let (s, plain) = decipher(&bytes, base, tag, keys)?;
+                security = Some(s);
+                bytes = plain;
+            }
+            Some(0x0F) => {
+                return Ok(Opened {
+                    security,
+                    content: Content::Notification(bytes),
+                    blocks,
+                })
+            }
+            Some(b'/') if security.is_some() => {
+                return Ok(Opened {
+                    security,
+                    content: Content::Dsmr(bytes),
+                    blocks,
+                })
+            }
+            Some(&other) => {
+                return Err(unsupported(
+                    base,
+                    format!("APDU tag 0x{other:02X} (a push is a DataNotification, 0x0F, maybe ciphered or in blocks)"),
+                ))
+            }
+            None => return Err(malformed(base, "an empty APDU")),
+        }
+    }
+    Err(unsupported(
+        base,
+        "ciphering or block transfer nested in itself",
+    ))
+}
+
+/// The data of consecutive general-block-transfer APDUs up to the one marked last.
+fn join_blocks(bytes: &[u8], base: usize) -> Result<(Vec<u8>, usize), DecodeError> {
+    let mut r = Reader::new(bytes, base);
+    let mut out = Vec::new();
+    let mut expected = None;
+    let mut n = 0;
+    loop {
+        let at = r.offset();
+        if r.u8("a block transfer's tag")? != 0xE0 {
+            return Err(malformed(at, "a general-block-transfer APDU (E0) was due"));
+        }
+        let control = r.u8("a block's control")?;
+        let number = r.u16("a block's number")?;
+        r.u16("a block's acknowledged number")?;
+        let len = r.length("a block's length")?;
+        let data = r.take(len, "a block's data")?;
+        if let Some(want) = expected {
+            if number != want {
+                return Err(malformed(
+                    at,
+                    format!("block {number} where {want} was due"),
+                ));
+            }
+        }
+        expected = Some(number.wrapping_add(1));
+        out.extend_from_slice(data);
+        n += 1;
+        if control & 0x80 != 0 {
+            break;
+        }
+        if r.is_empty() {
+            return Err(malformed(
+                r.offset(),
+                "the blocks end before the one marked last",
+            ));
+        }
+    }
+    if !r.is_empty() {
+        return Err(malformed(r.offset(), "bytes after the last block"));
+    }
+    Ok((out, n))
+}
+
+/// Removes the ciphering of a `DB`/`DC` APDU (`bytes` starts with its tag `tag`): the
+/// security header and the content, deciphered and its tag checked.
+pub fn decipher(
+    bytes: &[u8],
+    base: usize,
+    tag: u8,
+    keys: &dyn Fn(&[u8; 8]) -> KeyLookup,
+) -> Result<(Security, Vec<u8>), DecodeError> {
+    let mut r = Reader::new(bytes, base);
+    r.u8("the ciphering tag")?;
+    let st_at = r.offset();
+    let st_len = r.length("the system title's length")?;
+    if st_len != 8 {
+        return Err(malformed(
+            st_at,
+            format!("a system title of {st_len} bytes, not 8"),
+        ));
+    }
+    let system_title = *r.array::<8>("the system title")?;
+    let len_at = r.offset();
+    let len = r.length("the ciphered content's length")?;
+    if len != r.remaining() {
+        return Err(malformed(
+            len_at,
+            format!(
+                "the ciphered content states {len} bytes, {} follow",
+                r.remaining()
+            ),
+        ));
+    }
+    let sc_at = r.offset();
+    let control = r.u8("the security control")?;
+    let invocation_counter = r.u32("the invocation counter")?;
+    let security = Security {
+        system_title,
+        control,
+        invocation_counter,
+        tag,
+    };
+    let suite = control & 0x0F;
+    if suite > 1 {
+        return Err(unsupported(
+            sc_at,
+            format!("security suite {suite} (0 and 1 are read)"),
+        ));
+    }
+    if control & 0x80 != 0 {
+        return Err(unsupported(sc_at, "compressed content"));
+    }
+    let authenticated = control & 0x10 != 0;
+    let encrypted = control & 0x20 != 0;
+    let rest = r.rest();
+    if !authenticated && !encrypted {
+        return Ok((security, rest.to_vec()));
+    }
+    let keys = match keys(&system_title) {
+        KeyLookup::Keys(k) => k,
+        KeyLookup::NoKey => {
+            return Err(refused(
+                Refusal::NoKey,
+                format!("system title {} has no key", hex(&system_title)),
+            ))
+        }
+        KeyLookup::Unknown => {
+            return Err(refused(
+                Refusal::UnknownSystemTitle,
+                format!("system title {} belongs to no meter", hex(&system_title)),
+            ))
+        }
+    };
+    let mut iv = [0u8; 12];
+    iv[..8].copy_from_slice(&system_title);
+    iv[8..].copy_from_slice(&invocation_counter.to_be_bytes());
+    if !authenticated {
+        // Encrypted only: GCM's keystream, counter 2 onwards.
+        let mut counter = [0u8; 16];
+        counter[..12].copy_from_slice(&iv);
+        counter[15] = 2;
+        let mut plain = rest.to_vec();
+        Aes128Ctr::new(&keys.ek.into(), &counter.into()).apply_keystream(&mut plain);
+        return Ok((security, plain));
+    }
+    let Some(ak) = keys.ak else {
+        return Err(refused(
+            Refusal::NoKey,
+            format!(
+                "system title {} has no authentication key (security control 0x{control:02X})",
+                hex(&system_title)
+            ),
+        ));
+    };
+    if rest.len() < TAG_LEN {
+        return Err(malformed(
+            sc_at + 5,
+            "the ciphered content is shorter than its tag",
+        ));
+    }
+    let (data, tag_bytes) = rest.split_at(rest.len() - TAG_LEN);
+    let cipher = Aes128Gcm12::new(&keys.ek.into());
+    let nonce = Nonce::<U12>::from_slice(&iv);
+    let tag = Tag::<U12>::from_slice(tag_bytes);
+    let mut aad = Vec::with_capacity(17 + if encrypted { 0 } else { data.len() });
+    aad.push(control);
+    aad.extend_from_slice(&ak);
+    let failed = || {
+        refused(
+            Refusal::AuthFailed,
+            format!(
+                "the tag of system title {} with invocation counter {invocation_counter} does not match its keys",
+                hex(&system_title)
+            ),
+        )
+    };
+    if encrypted {
+        let mut plain = data.to_vec();
+        cipher
+            .decrypt_in_place_detached(nonce, &aad, &mut plain, tag)
+            .map_err(|_| failed())?;
+        Ok((security, plain))
+    } else {
+        // Authenticated only: the data in clear is part of the AAD, nothing is encrypted.
+        aad.extend_from_slice(data);
+        cipher
+            .decrypt_in_place_detached(nonce, &aad, &mut [], tag)
+            .map_err(|_| failed())?;
+        Ok((security, data.to_vec()))
+    }
+}
+
+/// Hex, upper case (system titles in messages).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// A DataNotification, read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notification<'a> {
+    pub long_invoke_id: u32,
+    pub date_time: Option<&'a [u8; 12]>,
+    pub body: Data<'a>,
+}
+
+/// Reads a DataNotification (`bytes` starts with `0F`; at `base` in the payload).
+pub fn notification(bytes: &[u8], base: usize) -> Result<Notification<'_>, DecodeError> {
+    let mut r = Reader::new(bytes, base);
+    r.u8("the DataNotification tag")?;
+    let long_invoke_id = r.u32("the long-invoke-id-and-priority")?;
+    let dt_at = r.offset();
+    let date_time = match r.u8("the date-time's length")? {
+        0x00 => None,
+        0x0C => Some(r.array::<12>("the date-time")?),
+        // Some meters (Kaifa MA304H3E) send it as a tagged octet-string.
+        0x09 => {
+            if r.u8("the date-time's length")? != 0x0C {
+                return Err(malformed(dt_at, "a date-time that is not 12 bytes"));
+            }
+            Some(r.array::<12>("the date-time")?)
+        }
+        other => {
+            return Err(malformed(
+                dt_at,
+                format!("a date-time of length {other}, not 0 or 12"),
+            ))
+        }
+    };
+    let body_reader = r.clone();
+    let body = match r.data() {
+        Ok(body) if r.is_empty() => body,
+        Ok(_) => {
+            return Err(malformed(
+                r.offset(),
+                format!("{} bytes after the body", r.remaining()),
+            ))
+        }
+        // Czech pushes (Sagemcom XT211, EG.D) put an untagged descriptor before each value.
+        Err(e) => descriptor_list(body_reader).ok_or(e)?,
+    };
+    Ok(Notification {
+        long_invoke_id,
+        date_time,
+        body,
+    })
+}
+
+/// A body of untagged attribute descriptors (Czech pushes: Sagemcom XT211, EG.D):
+/// `structure(2) { enum, array(N) of structure(2) { class-id(2) OBIS(6) attribute(1), value } }`
+/// with the descriptors' bytes not A-XDR. Read as the same structure with each descriptor's
+/// OBIS as an octet-string, so that it pairs with its value as in any self-describing body.
+/// `None` when the bytes are not that layout to the last byte.
+fn descriptor_list(mut r: Reader<'_>) -> Option<Data<'_>> {
+    if r.take(2, "").ok()? != [0x02, 0x02] {
+        return None;
+    }
+    let head = r.data().ok()?;
+    if r.u8("").ok()? != 0x01 {
+        return None;
+    }
+    let n = r.length("").ok()?;
+    if n > r.remaining() {
+        return None;
+    }
+    let mut items = Vec::with_capacity(n);
+    for _ in 0..n {
+        if r.take(2, "").ok()? != [0x02, 0x02] {
+            return None;
+        }
+        let descriptor = r.take(9, "").ok()?;
+        let value = r.data().ok()?;
+        items.push(Data::Structure(vec![
+            Data::OctetString(descriptor.get(2..8)?),
+            value,
+        ]));
+    }
+    r.is_empty()
+        .then(|| Data::Structure(vec![head, Data::Array(items)]))
+}

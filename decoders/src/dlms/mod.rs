@@ -1,0 +1,155 @@
+//! DLMS/COSEM pushes (IEC 62056): what a meter with a modem sends on a schedule or an alarm.
+//! Sans-IO and panic-free like the other decoders; the layers, outside in:
+//!
+//! - [`frame`]: HDLC, M-Bus or the IEC 62056-4-7 wrapper, detected from the bytes (or none),
+//!   checksums checked, segments joined;
+//! - [`apdu`]: general-block-transfer joined, general-glo/ded-ciphering opened with the keys of
+//!   the push's system title (AES-GCM-128, the tag checked whenever there is one), the
+//!   DataNotification read;
+//! - [`axdr`]: the A-XDR data of its body;
+//! - [`cosem`]: the objects in it as readings (channel = OBIS, value × 10^scaler, unit symbol)
+//!   and device status (firmware, alarm flags), stamped with the notification's time, else
+//!   the clock object's, else the time of receipt;
+//! - a DSMR telegram inside the ciphering (encrypted P1) goes to [`crate::dsmr`].
+//!
+//! Keys come from the caller ([`KeyLookup`] by system title): the decoder holds none. What a
+//! push's invocation counter must exceed is the caller's to keep (replays are refused where
+//! counters are stored, not here).
+
+pub mod apdu;
+pub mod axdr;
+pub mod cosem;
+pub mod frame;
+
+pub use apdu::{KeyLookup, Keys, Security};
+pub use cosem::{Obis, Profile, ProfileObject};
+pub use frame::Framing;
+
+use meterflow_proto::Format;
+
+use crate::{DecodeError, Decoded, Position, Refusal};
+
+/// A push, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Push {
+    pub framing: Framing,
+    /// The ciphering it came in (system title, security control, invocation counter).
+    pub security: Option<Security>,
+    /// General-block-transfer blocks it came in (0: none).
+    pub blocks: usize,
+    /// The DataNotification's long-invoke-id-and-priority (none for encrypted DSMR).
+    pub long_invoke_id: Option<u32>,
+    /// The readings and status.
+    pub decoded: Decoded<'static>,
+}
+
+/// Decodes a push: `keys` gives the keys of a system title, `profile` the objects of a
+/// values-only body (`None`: only self-describing bodies decode).
+pub fn decode_push(
+    payload: &[u8],
+    received_at_ms: i64,
+    keys: &dyn Fn(&[u8; 8]) -> KeyLookup,
+    profile: Option<&Profile>,
+) -> Result<Push, DecodeError> {
+    if payload.is_empty() {
+        return Err(DecodeError::Empty {
+            format: Format::Dlms,
+        });
+    }
+    let unframed = frame::unframe(payload)?;
+    let opened = apdu::open(&unframed.apdu, unframed.base, keys)?;
+    let (long_invoke_id, decoded) = match &opened.content {
+        apdu::Content::Dsmr(telegram) => (
+            None,
+            crate::dsmr::decode_at(telegram, received_at_ms)?.into_owned(),
+        ),
+        apdu::Content::Notification(bytes) => {
+            // Offsets name the APDU's bytes when they are one run of the payload.
+            let base = if opened.security.is_none() && opened.blocks == 0 {
+                unframed.base
+            } else {
+                0
+            };
+            let n = apdu::notification(bytes, base)?;
+            let mut m = cosem::meaning(&n.body, profile);
+            if m.objects == 0 {
+                return Err(unsupported(
+                    base,
+                    "a body without OBIS codes (values only): it needs a push profile ([[dlms.profile]])",
+                ));
+            }
+            let stamp = n.date_time.and_then(cosem::date_time);
+            m.stamp(stamp, received_at_ms);
+            let status = (!m.status.is_empty()).then_some(m.status);
+            (
+                Some(n.long_invoke_id),
+                Decoded {
+                    meter_id: None,
+                    seq: None,
+                    readings: m.readings,
+                    series: Vec::new(),
+                    status,
+                    rejected: m.rejected,
+                },
+            )
+        }
+    };
+    Ok(Push {
+        framing: unframed.framing,
+        security: opened.security,
+        blocks: opened.blocks,
+        long_invoke_id,
+        decoded,
+    })
+}
+
+/// `Format::Dlms` through [`crate::decode`], where no keys are at hand: plaintext pushes
+/// decode, ciphered ones are refused as `no_key`.
+pub(crate) fn decode_plain(
+    payload: &[u8],
+    received_at_ms: i64,
+) -> Result<Decoded<'static>, DecodeError> {
+    decode_push(payload, received_at_ms, &|_| KeyLookup::NoKey, None).map(|p| p.decoded)
+}
+
+pub(crate) fn malformed(offset: usize, reason: impl Into<String>) -> DecodeError {
+    DecodeError::malformed(Format::Dlms, Position::Offset(offset), reason)
+}
+
+pub(crate) fn unsupported(offset: usize, reason: impl Into<String>) -> DecodeError {
+    DecodeError::Unsupported {
+        format: Format::Dlms,
+        position: Position::Offset(offset),
+        reason: reason.into(),
+    }
+}
+
+pub(crate) fn refused(refusal: Refusal, reason: impl Into<String>) -> DecodeError {
+    DecodeError::Refused {
+        format: Format::Dlms,
+        refusal,
+        reason: reason.into(),
+    }
+}
+
+/// The entry point of the `dlms_ciphered` fuzz target: any bytes as a push, with a key for
+/// every system title (so the ciphering layer is reached, and an "encrypted only" push's
+/// deciphered body). Never panics.
+#[doc(hidden)]
+pub fn fuzz_ciphered(data: &[u8]) {
+    let keys = |_: &[u8; 8]| {
+        KeyLookup::Keys(Keys {
+            ek: [0x10; 16],
+            ak: Some([0x20; 16]),
+        })
+    };
+    let _ = decode_push(data, 1_719_792_000_000, &keys, None);
+}
+
+/// The entry point of the `dlms_axdr` fuzz target: A-XDR values read until the bytes end or
+/// one does not parse. Never panics.
+#[doc(hidden)]
+pub fn fuzz_axdr(data: &[u8]) {
+    let mut r = axdr::Reader::new(data, 0);
+    while !r.is_empty() && r.data().is_ok() {}
+}
