@@ -89,6 +89,8 @@ pub enum Refusal {
     UnknownSystemTitle,
     /// Its invocation counter is not higher than the last one accepted.
     Replay,
+    /// Its system title belongs to another meter than the one it was sent for.
+    Unauthorized,
 }
 
 impl Refusal {
@@ -98,6 +100,7 @@ impl Refusal {
             Refusal::NoKey => "no_key",
             Refusal::UnknownSystemTitle => "unknown_system_title",
             Refusal::Replay => "replay",
+            Refusal::Unauthorized => "unauthorized",
         }
     }
 }

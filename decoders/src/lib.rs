@@ -190,6 +190,17 @@ pub fn decode<'a>(
         Format::Lwm2m => senml::decode_lwm2m(payload, ctx.received_at_ms)?,
         Format::Dlms => dlms::decode_plain(payload, ctx.received_at_ms)?,
     };
+    checked(format, decoded, ctx)
+}
+
+/// The checks every decoded payload passes, whichever way it was decoded: the limits of
+/// times, channels and units ([`MAX_CHANNEL_BYTES`], [`EARLIEST_TS_MS`], …: parts beyond them
+/// are rejected), something usable left, and no other meter named than `ctx.meter_id`.
+pub fn checked<'a>(
+    format: Format,
+    decoded: Decoded<'a>,
+    ctx: &DecodeContext<'_>,
+) -> Result<Decoded<'a>, DecodeError> {
     let mut decoded = decoded;
     enforce_limits(&mut decoded, ctx.received_at_ms);
     if decoded.row_count() == 0 && decoded.status.is_none() {

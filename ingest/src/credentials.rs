@@ -2,8 +2,11 @@
 //! per data folder, shared by every edge (MQTT now; CoAP DTLS-PSK uses the same secrets).
 //!
 //! On disk: `{data_dir}/credentials/credentials.csv`, a CSV file with the header
-//! `meter_id,secret,publish_for,state`, readable by the service user only (file 0600, folder
-//! 0700). The secret is kept as given, because DTLS-PSK needs the key itself; `publish_for`
+//! `meter_id,secret,publish_for,state,dlms_system_title,dlms_ek,dlms_ak,dlms_profile`,
+//! readable by the service user only (file 0600, folder 0700). The `dlms_*` columns are a
+//! DLMS/COSEM meter's system title (16 hex digits; one meter each), its global unicast
+//! encryption and authentication keys (32 hex digits each) and the push profile its
+//! values-only pushes are read by; all optional (an earlier store has no such columns). The secret is kept as given, because DTLS-PSK needs the key itself; `publish_for`
 //! holds space-separated meter-id globs (`*`, `?`) for gateways that publish on behalf of other
 //! meters; `state` is `active` or `revoked`. A revoked id keeps its row without a secret, so a
 //! TLS client certificate naming it is refused too. Every change is written whole to a
@@ -15,7 +18,7 @@
 //! length), at a cost of about a microsecond. The secrets are random device keys, not human
 //! passwords, so a slow password hash would only make a reconnect storm expensive.
 //!
-//! Secrets never appear in `Debug` output, logs or errors.
+//! Secrets and DLMS keys never appear in `Debug` output, logs or errors.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -30,6 +33,27 @@ use crate::error::IngestError;
 
 /// The folder under the data folder.
 pub const DIR: &str = "credentials";
+/// The store file's columns.
+const STORE_COLUMNS: [&str; 8] = [
+    "meter_id",
+    "secret",
+    "publish_for",
+    "state",
+    "dlms_system_title",
+    "dlms_ek",
+    "dlms_ak",
+    "dlms_profile",
+];
+/// The columns an import file may have (`meter_id` and `secret` required).
+const IMPORT_COLUMNS: [&str; 7] = [
+    "meter_id",
+    "secret",
+    "publish_for",
+    "dlms_system_title",
+    "dlms_ek",
+    "dlms_ak",
+    "dlms_profile",
+];
 /// The store file in it.
 pub const FILE: &str = "credentials.csv";
 /// Shortest secret accepted: 16 characters, at least 96 bits even for a simple alphabet.
@@ -166,6 +190,104 @@ pub struct Credential {
     pub secret: Secret,
     /// Other meters it may publish for (a gateway or data concentrator).
     pub publish_for: Vec<Glob>,
+    /// A DLMS/COSEM meter's system title and keys.
+    pub dlms: Option<DlmsIdentity>,
+}
+
+/// A DLMS/COSEM meter's system title, keys and push profile. The keys are shown as `(key)`
+/// by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DlmsIdentity {
+    pub system_title: [u8; 8],
+    ek: Option<[u8; 16]>,
+    ak: Option<[u8; 16]>,
+    /// The `[[dlms.profile]]` its values-only pushes are read by.
+    pub profile: Option<String>,
+}
+
+impl fmt::Debug for DlmsIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DlmsIdentity")
+            .field("system_title", &hex(&self.system_title))
+            .field("ek", &self.ek.map(|_| "(key)"))
+            .field("ak", &self.ak.map(|_| "(key)"))
+            .field("profile", &self.profile)
+            .finish()
+    }
+}
+
+impl DlmsIdentity {
+    /// From the CSV columns or the command line's flags (hex); the error names the column.
+    pub fn parse(
+        system_title: &str,
+        ek: &str,
+        ak: &str,
+        profile: &str,
+    ) -> Result<Option<DlmsIdentity>, String> {
+        fn bytes<const N: usize>(text: &str, column: &str) -> Result<Option<[u8; N]>, String> {
+            let text = text.trim();
+            if text.is_empty() {
+                return Ok(None);
+            }
+            let parsed = (text.len() == 2 * N && text.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| {
+                    (0..N)
+                        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
+                        .collect::<Option<Vec<u8>>>()
+                })
+                .flatten()
+                .and_then(|v| <[u8; N]>::try_from(v).ok());
+            match parsed {
+                Some(b) => Ok(Some(b)),
+                // Never the text itself: it may be a key.
+                None => Err(format!("{column} is not {} hex digits", 2 * N)),
+            }
+        }
+        let system_title = bytes::<8>(system_title, "dlms_system_title")?;
+        let ek = bytes::<16>(ek, "dlms_ek")?;
+        let ak = bytes::<16>(ak, "dlms_ak")?;
+        let profile = Some(profile.trim())
+            .filter(|p| !p.is_empty())
+            .map(String::from);
+        match system_title {
+            Some(system_title) => {
+                if ak.is_some() && ek.is_none() {
+                    return Err("dlms_ak without dlms_ek".into());
+                }
+                Ok(Some(DlmsIdentity {
+                    system_title,
+                    ek,
+                    ak,
+                    profile,
+                }))
+            }
+            None if ek.is_some() || ak.is_some() || profile.is_some() => Err(
+                "dlms_ek, dlms_ak and dlms_profile need dlms_system_title (the meter's 8 bytes)"
+                    .into(),
+            ),
+            None => Ok(None),
+        }
+    }
+
+    /// The keys a ciphered push of this meter is opened with (`None`: it has none).
+    pub fn keys(&self) -> Option<meterflow_decoders::dlms::Keys> {
+        self.ek
+            .map(|ek| meterflow_decoders::dlms::Keys { ek, ak: self.ak })
+    }
+
+    /// The CSV columns, as written to the store.
+    fn columns(&self) -> [String; 4] {
+        [
+            hex(&self.system_title),
+            self.ek.map(|k| hex(&k)).unwrap_or_default(),
+            self.ak.map(|k| hex(&k)).unwrap_or_default(),
+            self.profile.clone().unwrap_or_default(),
+        ]
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 /// What `add` or `import` did.
@@ -181,6 +303,8 @@ pub struct Changes {
 pub struct CredentialStore {
     active: BTreeMap<Box<str>, Credential>,
     revoked: BTreeSet<Box<str>>,
+    /// The meter of each DLMS system title.
+    by_system_title: BTreeMap<[u8; 8], Box<str>>,
 }
 
 impl CredentialStore {
@@ -221,6 +345,30 @@ impl CredentialStore {
         self.revoked.contains(meter_id)
     }
 
+    /// The (active) meter whose DLMS system title this is.
+    pub fn meter_of_system_title(&self, system_title: &[u8; 8]) -> Option<&str> {
+        self.by_system_title.get(system_title).map(|m| &**m)
+    }
+
+    /// Rebuilds the system-title index; two meters with one system title are an error
+    /// naming both.
+    fn index(&mut self) -> Result<(), IngestError> {
+        let mut by = BTreeMap::new();
+        for (id, c) in &self.active {
+            if let Some(d) = &c.dlms {
+                if let Some(other) = by.insert(d.system_title, id.clone()) {
+                    return Err(IngestError::Credentials(format!(
+                        "meters {other} and {id} have the same dlms_system_title {}: a system title \
+                         belongs to one meter",
+                        hex(&d.system_title)
+                    )));
+                }
+            }
+        }
+        self.by_system_title = by;
+        Ok(())
+    }
+
     /// Ids that were active here and are gone or changed in `newer`: their live sessions
     /// must be closed.
     pub fn withdrawn_in<'a>(&'a self, newer: &'a CredentialStore) -> Vec<&'a str> {
@@ -248,9 +396,19 @@ impl CredentialStore {
         if !is_valid_meter_id(meter_id) {
             return Err(IngestError::InvalidMeterId(meter_id.to_string()));
         }
-        self.revoked.remove(meter_id);
         let mut changes = Changes::default();
-        match self.active.insert(meter_id.into(), credential.clone()) {
+        let old = self.active.insert(meter_id.into(), credential.clone());
+        if let Err(e) = self.index() {
+            // Put back what was there: the store stays as it was.
+            match &old {
+                Some(old) => self.active.insert(meter_id.into(), old.clone()),
+                None => self.active.remove(meter_id),
+            };
+            self.index()?;
+            return Err(e);
+        }
+        self.revoked.remove(meter_id);
+        match old {
             None => changes.added += 1,
             Some(old) if old == credential => changes.unchanged += 1,
             Some(_) => changes.updated += 1,
@@ -265,6 +423,7 @@ impl CredentialStore {
         if was || is_valid_meter_id(meter_id) {
             self.revoked.insert(meter_id.into());
         }
+        self.by_system_title.retain(|_, m| &**m != meter_id);
         was
     }
 
@@ -293,6 +452,9 @@ impl CredentialStore {
                 store.revoked.insert(id.into());
             }
         }
+        store
+            .index()
+            .map_err(|e| IngestError::Credentials(format!("{}: {e}", path.display())))?;
         Ok(store)
     }
 
@@ -309,14 +471,27 @@ impl CredentialStore {
         let file = private_file(&tmp).map_err(|e| io("creating", e))?;
         let mut out = csv::Writer::from_writer(std::io::BufWriter::new(file));
         let csv_error = |e: csv::Error| IngestError::Credentials(format!("writing {FILE}: {e}"));
-        out.write_record(["meter_id", "secret", "publish_for", "state"])
-            .map_err(csv_error)?;
+        out.write_record(STORE_COLUMNS).map_err(csv_error)?;
         for (id, globs, active) in self.list() {
-            let secret = self.active.get(id).map_or("", |c| &c.secret.text);
+            let credential = self.active.get(id);
+            let secret = credential.map_or("", |c| &c.secret.text);
             let globs: Vec<&str> = globs.iter().map(Glob::as_str).collect();
             let state = if active { "active" } else { "revoked" };
-            out.write_record([id, secret, &globs.join(" "), state])
-                .map_err(csv_error)?;
+            let dlms = credential
+                .and_then(|c| c.dlms.as_ref())
+                .map(DlmsIdentity::columns)
+                .unwrap_or_default();
+            out.write_record([
+                id,
+                secret,
+                &globs.join(" "),
+                state,
+                &dlms[0],
+                &dlms[1],
+                &dlms[2],
+                &dlms[3],
+            ])
+            .map_err(csv_error)?;
         }
         let buffered = out
             .into_inner()
@@ -349,9 +524,9 @@ fn parse_rows(
         .clone();
     let column = |wanted: &str| headers.iter().position(|h| h == wanted);
     let allowed: &[&str] = if store {
-        &["meter_id", "secret", "publish_for", "state"]
+        &STORE_COLUMNS
     } else {
-        &["meter_id", "secret", "publish_for"]
+        &IMPORT_COLUMNS
     };
     if let Some(unknown) = headers.iter().find(|h| !allowed.contains(h)) {
         return Err(IngestError::Credentials(format!(
@@ -365,6 +540,12 @@ fn parse_rows(
         )));
     };
     let (globs_col, state_col) = (column("publish_for"), column("state"));
+    let dlms_cols = [
+        column("dlms_system_title"),
+        column("dlms_ek"),
+        column("dlms_ak"),
+        column("dlms_profile"),
+    ];
     let mut rows = Vec::new();
     let mut errors = Vec::new();
     let mut seen = BTreeSet::new();
@@ -415,9 +596,12 @@ fn parse_rows(
                     digest: [0; 32],
                 }
             };
+            let [st, ek, ak, profile] = dlms_cols.map(field);
+            let dlms = DlmsIdentity::parse(st, ek, ak, profile)?;
             Ok(Credential {
                 secret,
                 publish_for: globs,
+                dlms,
             })
         })();
         match parsed {
@@ -608,6 +792,7 @@ mod tests {
         Credential {
             secret: Secret::new(secret).unwrap(),
             publish_for: globs.iter().map(|g| Glob::new(g).unwrap()).collect(),
+            dlms: None,
         }
     }
 
@@ -743,5 +928,71 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown column \"id\""), "{e}");
+    }
+
+    #[test]
+    fn dlms_columns_are_read_checked_and_written_without_showing_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = "meter_id,secret,dlms_system_title,dlms_ek,dlms_ak,dlms_profile\n\
+                   E1,0123456789abcdef0,4B464D1010000023,101112131415161718191A1B1C1D1E1F,,\n\
+                   E2,0123456789abcdef0,,,,\n";
+        let mut store = CredentialStore::default();
+        store.import_csv(csv.as_bytes(), "keys.csv").unwrap();
+        let title = [0x4B, 0x46, 0x4D, 0x10, 0x10, 0x00, 0x00, 0x23];
+        assert_eq!(store.meter_of_system_title(&title), Some("E1"));
+        let keys = store
+            .get("E1")
+            .unwrap()
+            .dlms
+            .as_ref()
+            .unwrap()
+            .keys()
+            .unwrap();
+        assert_eq!(keys.ek[0], 0x10);
+        assert_eq!(keys.ak, None);
+        assert!(store.get("E2").unwrap().dlms.is_none());
+        let shown = format!("{:?}", store);
+        assert!(
+            !shown.contains("1011121314") && !shown.contains("101112"),
+            "{shown}"
+        );
+        // Written and read back: the same store.
+        store.save(dir.path()).unwrap();
+        let text = std::fs::read_to_string(CredentialStore::path(dir.path())).unwrap();
+        assert!(text.starts_with(
+            "meter_id,secret,publish_for,state,dlms_system_title,dlms_ek,dlms_ak,dlms_profile"
+        ));
+        assert_eq!(CredentialStore::load(dir.path()).unwrap(), store);
+        // A system title belongs to one meter: a second one is refused, naming both, and the
+        // store is as it was.
+        let mut twice = cred("0123456789abcdef0", &[]);
+        twice.dlms = DlmsIdentity::parse("4B464D1010000023", "", "", "").unwrap();
+        let e = store.add("E3", twice).unwrap_err().to_string();
+        assert!(e.contains("E1") && e.contains("E3"), "{e}");
+        assert!(store.get("E3").is_none());
+        assert_eq!(store.meter_of_system_title(&title), Some("E1"));
+        // Revoked: its system title is no one's.
+        store.revoke("E1");
+        assert_eq!(store.meter_of_system_title(&title), None);
+        // Bad columns are named, never echoed.
+        for (st, ek, ak, why) in [
+            ("4B464D10", "", "", "dlms_system_title"),
+            ("4B464D1010000023", "SECRETSECRET", "", "dlms_ek"),
+            (
+                "4B464D1010000023",
+                "",
+                "101112131415161718191A1B1C1D1E1F",
+                "dlms_ak without",
+            ),
+            (
+                "",
+                "101112131415161718191A1B1C1D1E1F",
+                "",
+                "need dlms_system_title",
+            ),
+        ] {
+            let e = DlmsIdentity::parse(st, ek, ak, "").unwrap_err();
+            assert!(e.contains(why) && !e.contains("SECRET"), "{e}");
+        }
     }
 }

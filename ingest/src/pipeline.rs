@@ -9,18 +9,23 @@
 //! the sinks have confirmed is [`crate::progress`]'s business: the pipeline tells it what each
 //! holder (batcher, Parquet, side rows, ClickHouse writer) still holds.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meterflow_decoders::{decode, decode_status, DecodeContext, DecodeError, Decoded, Format};
+use meterflow_decoders::dlms::{self, KeyLookup};
+use meterflow_decoders::{
+    decode, decode_status, DecodeContext, DecodeError, Decoded, Format, Refusal,
+};
 use meterflow_proto::{is_valid_meter_id, RowMeta};
 use meterflow_storage::clickhouse::StatusRow;
 use meterflow_storage::wal::Checkpoint;
 use meterflow_storage::{Batcher, DeadLetter, Hold, SinkBatch, SinkSet, WalReader};
 
+use crate::credentials::SharedCredentials;
 use crate::devices::{DeadLetterNote, DeviceRegistry, Observation};
 use crate::edge::{EdgeNoteKind, RawMessage};
 use crate::error::IngestError;
@@ -86,6 +91,12 @@ pub struct Pipeline {
     unlogged_rows: u64,
     summary: PipelineSummary,
     counters: Counters,
+    /// The keys and system titles of DLMS meters (`None`: no store, as in some tests: a
+    /// ciphered push is refused as `no_key`).
+    credentials: Option<Arc<SharedCredentials>>,
+    /// Per DLMS system title, the highest invocation counter accepted and the LSN of its
+    /// message (a record read again from the WAL is not a replay).
+    dlms_counters: HashMap<[u8; 8], (u32, u64)>,
 }
 
 /// Handles of the per-message counters, looked up in the metrics registry once per label set
@@ -138,7 +149,71 @@ impl Pipeline {
             unlogged_rows: 0,
             summary: PipelineSummary::default(),
             counters: Counters::default(),
+            credentials: None,
+            dlms_counters: HashMap::new(),
         }
+    }
+
+    /// The credential store DLMS pushes are opened with (keys by system title).
+    pub fn with_credentials(mut self, credentials: Arc<SharedCredentials>) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// Decodes a DLMS push for `meter_id`: its system title (when it carries one) must be
+    /// that meter's; its keys open it; its invocation counter must be higher than the last
+    /// one accepted from that system title.
+    fn decode_dlms(
+        &mut self,
+        message: &RawMessage,
+        meter_id: &str,
+    ) -> Result<Decoded<'static>, DecodeError> {
+        let store = self.credentials.as_ref().map(|c| c.current());
+        let lookup = |st: &[u8; 8]| {
+            let Some(store) = &store else {
+                return KeyLookup::NoKey;
+            };
+            match store.meter_of_system_title(st) {
+                Some(owner) if owner == meter_id => store
+                    .get(owner)
+                    .and_then(|c| c.dlms.as_ref())
+                    .and_then(|d| d.keys())
+                    .map_or(KeyLookup::NoKey, KeyLookup::Keys),
+                Some(owner) => KeyLookup::Forbidden(format!(
+                    "system title {} is meter {owner}'s, sent for meter {meter_id}",
+                    dlms::apdu::hex(st)
+                )),
+                None => KeyLookup::Unknown,
+            }
+        };
+        let push = dlms::decode_push(&message.payload, message.received_at_ms, &lookup, None)?;
+        let ctx = DecodeContext {
+            meter_id,
+            received_at_ms: message.received_at_ms,
+        };
+        let decoded = meterflow_decoders::checked(Format::Dlms, push.decoded, &ctx)?;
+        if let Some(security) = push.security.filter(|s| s.control & 0x30 != 0) {
+            let counter = security.invocation_counter;
+            match self.dlms_counters.get(&security.system_title) {
+                Some(&(last, lsn))
+                    if counter <= last && !(counter == last && lsn == message.lsn) =>
+                {
+                    return Err(DecodeError::Refused {
+                        format: Format::Dlms,
+                        refusal: Refusal::Replay,
+                        reason: format!(
+                            "system title {}: invocation counter {counter}, not above the last accepted {last}",
+                            dlms::apdu::hex(&security.system_title)
+                        ),
+                    });
+                }
+                _ => {
+                    self.dlms_counters
+                        .insert(security.system_title, (counter, message.lsn));
+                }
+            }
+        }
+        Ok(decoded)
     }
 
     /// Runs until the queue is closed and empty, then flushes every sink.
@@ -469,9 +544,19 @@ impl Pipeline {
                     meter_id,
                     received_at_ms: message.received_at_ms,
                 };
-                match decode(format, &message.payload, &ctx) {
+                let decoded = match format {
+                    Format::Dlms => self.decode_dlms(message, meter_id),
+                    _ => decode(format, &message.payload, &ctx),
+                };
+                match decoded {
                     Ok(decoded) => self.accept(message, meter_id, format, &decoded),
-                    Err(e) => self.reject(message, meter_id, format, &e),
+                    Err(e) => {
+                        if let DecodeError::Refused { refusal, .. } = &e {
+                            metrics::counter!("meterflow_dlms_rejected_total", "reason" => refusal.as_str())
+                                .increment(1);
+                        }
+                        self.reject(message, meter_id, format, &e)
+                    }
                 }
             }
         }

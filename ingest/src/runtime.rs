@@ -154,7 +154,8 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
         config.data_dir.clone(),
         marks.clone(),
         checkpoint,
-    );
+    )
+    .with_credentials(credentials.clone());
 
     // 4. The ports: a port in use stops start-up before anything runs. MQTT starts taking
     // connections here; what it takes waits in its channel until the WAL writer runs. Each

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
-use meterflow_ingest::credentials::{self, Credential, Glob, Secret};
+use meterflow_ingest::credentials::{self, Credential, DlmsIdentity, Glob, Secret};
 use meterflow_ingest::Config;
 
 use super::SharedArgs;
@@ -39,6 +39,30 @@ pub enum CredentialsAction {
         /// Meter-id globs a gateway may publish for, e.g. --publish-for 'E00*' (repeatable).
         #[arg(long = "publish-for")]
         publish_for: Vec<String>,
+        /// A DLMS/COSEM meter's system title, 16 hex digits (its pushes name it; one meter
+        /// each).
+        #[arg(long, value_name = "HEX")]
+        dlms_system_title: Option<String>,
+        /// Its global unicast encryption key, 32 hex digits (or the variable, which keeps it
+        /// out of the process list and the shell history).
+        #[arg(
+            long,
+            value_name = "HEX",
+            env = "METERFLOW_DLMS_EK",
+            hide_env_values = true
+        )]
+        dlms_ek: Option<String>,
+        /// Its authentication key, 32 hex digits (or the variable).
+        #[arg(
+            long,
+            value_name = "HEX",
+            env = "METERFLOW_DLMS_AK",
+            hide_env_values = true
+        )]
+        dlms_ak: Option<String>,
+        /// The `[[dlms.profile]]` its values-only pushes are read by.
+        #[arg(long, value_name = "NAME")]
+        dlms_profile: Option<String>,
     },
     /// Revoke a device: its secret is forgotten, its certificate refused, its live sessions
     /// closed within seconds.
@@ -86,7 +110,19 @@ pub fn run(shared: &SharedArgs, args: CredentialsArgs) -> anyhow::Result<()> {
             id,
             secret,
             publish_for,
+            dlms_system_title,
+            dlms_ek,
+            dlms_ak,
+            dlms_profile,
         } => {
+            let text = |o: &Option<String>| o.clone().unwrap_or_default();
+            let dlms = DlmsIdentity::parse(
+                &text(&dlms_system_title),
+                &text(&dlms_ek),
+                &text(&dlms_ak),
+                &text(&dlms_profile),
+            )
+            .map_err(|e| anyhow::anyhow!("--{}", e.replacen('_', "-", 2)))?;
             let generated = secret.is_none();
             let secret_text = match secret.as_deref() {
                 Some("-") => {
@@ -107,6 +143,7 @@ pub fn run(shared: &SharedArgs, args: CredentialsArgs) -> anyhow::Result<()> {
                     .map(Glob::new)
                     .collect::<Result<_, _>>()
                     .map_err(|e| anyhow::anyhow!("--publish-for: {e}"))?,
+                dlms,
             };
             let changes = credentials::update(&data_dir, |store| {
                 let c = store

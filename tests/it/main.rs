@@ -17,6 +17,7 @@ mod clickhouse_sink;
 mod cluster;
 mod confirmation_path;
 mod deploy;
+mod dlms;
 mod fuzz_regressions;
 mod http_api;
 mod http_limits;

@@ -53,6 +53,9 @@ pub enum KeyLookup {
     NoKey,
     /// No meter has this system title.
     Unknown,
+    /// The system title is not one the push may carry (it belongs to another meter than the
+    /// one the push was sent for): why.
+    Forbidden(String),
 }
 
 /// The ciphering a push came in.
@@ -240,10 +243,14 @@ pub fn decipher(
     let authenticated = control & 0x10 != 0;
     let encrypted = control & 0x20 != 0;
     let rest = r.rest();
+    let lookup = keys(&system_title);
+    if let KeyLookup::Forbidden(why) = lookup {
+        return Err(refused(Refusal::Unauthorized, why));
+    }
     if !authenticated && !encrypted {
         return Ok((security, rest.to_vec()));
     }
-    let keys = match keys(&system_title) {
+    let keys = match lookup {
         KeyLookup::Keys(k) => k,
         KeyLookup::NoKey => {
             return Err(refused(
@@ -257,6 +264,7 @@ pub fn decipher(
                 format!("system title {} belongs to no meter", hex(&system_title)),
             ))
         }
+        KeyLookup::Forbidden(why) => return Err(refused(Refusal::Unauthorized, why)),
     };
     let mut iv = [0u8; 12];
     iv[..8].copy_from_slice(&system_title);

@@ -116,6 +116,7 @@ mod tests {
         let credential = |patterns: &[&str]| Credential {
             secret: Secret::new("0123456789abcdef").unwrap(),
             publish_for: globs(patterns),
+            dlms: None,
         };
         store.add("E1", credential(&[])).unwrap();
         store.add("GW", credential(&["G*"])).unwrap();

@@ -467,6 +467,7 @@ pub fn fuzz_datagrams(data: &[u8]) {
             Credential {
                 secret,
                 publish_for: Vec::new(),
+                dlms: None,
             },
         );
     }
@@ -520,6 +521,7 @@ mod tests {
                 Credential {
                     secret: Secret::new("secret-0123456789").unwrap(),
                     publish_for: Vec::new(),
+                    dlms: None,
                 },
             )
             .unwrap();

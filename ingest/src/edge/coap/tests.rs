@@ -55,6 +55,7 @@ fn device_harness() -> Harness {
                 Credential {
                     secret: Secret::new("secret-0123456789").unwrap(),
                     publish_for: globs,
+                    dlms: None,
                 },
             )
             .unwrap();

@@ -124,6 +124,7 @@ mod tests {
         let cred = |globs: &[&str]| Credential {
             secret: Secret::new(SECRET).unwrap(),
             publish_for: globs.iter().map(|g| Glob::new(g).unwrap()).collect(),
+            dlms: None,
         };
         s.add("E1", cred(&[])).unwrap();
         s.add("GW", cred(&["E1*", "G?"])).unwrap();
