@@ -9,7 +9,6 @@
 //! the sinks have confirmed is [`crate::progress`]'s business: the pipeline tells it what each
 //! holder (batcher, Parquet, side rows, ClickHouse writer) still holds.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -27,6 +26,7 @@ use meterflow_storage::{Batcher, DeadLetter, Hold, SinkBatch, SinkSet, WalReader
 
 use crate::credentials::SharedCredentials;
 use crate::devices::{DeadLetterNote, DeviceRegistry, Observation};
+use crate::dlms_replay::{Replay, ReplayGuard};
 use crate::edge::{EdgeNoteKind, RawMessage};
 use crate::error::IngestError;
 use crate::progress::{LsnMarks, Progress};
@@ -94,9 +94,9 @@ pub struct Pipeline {
     /// The keys and system titles of DLMS meters (`None`: no store, as in some tests: a
     /// ciphered push is refused as `no_key`).
     credentials: Option<Arc<SharedCredentials>>,
-    /// Per DLMS system title, the highest invocation counter accepted and the LSN of its
-    /// message (a record read again from the WAL is not a replay).
-    dlms_counters: HashMap<[u8; 8], (u32, u64)>,
+    /// The highest invocation counter accepted per DLMS system title, kept with the
+    /// checkpoint.
+    dlms_replay: ReplayGuard,
 }
 
 /// Handles of the per-message counters, looked up in the metrics registry once per label set
@@ -150,13 +150,15 @@ impl Pipeline {
             summary: PipelineSummary::default(),
             counters: Counters::default(),
             credentials: None,
-            dlms_counters: HashMap::new(),
+            dlms_replay: ReplayGuard::default(),
         }
     }
 
-    /// The credential store DLMS pushes are opened with (keys by system title).
-    pub fn with_credentials(mut self, credentials: Arc<SharedCredentials>) -> Self {
+    /// The credential store DLMS pushes are opened with (keys by system title), and the
+    /// DLMS counters as of the checkpoint ([`ReplayGuard::load`]).
+    pub fn with_dlms(mut self, credentials: Arc<SharedCredentials>, replay: ReplayGuard) -> Self {
         self.credentials = Some(credentials);
+        self.dlms_replay = replay;
         self
     }
 
@@ -194,23 +196,18 @@ impl Pipeline {
         let decoded = meterflow_decoders::checked(Format::Dlms, push.decoded, &ctx)?;
         if let Some(security) = push.security.filter(|s| s.control & 0x30 != 0) {
             let counter = security.invocation_counter;
-            match self.dlms_counters.get(&security.system_title) {
-                Some(&(last, lsn))
-                    if counter <= last && !(counter == last && lsn == message.lsn) =>
-                {
-                    return Err(DecodeError::Refused {
-                        format: Format::Dlms,
-                        refusal: Refusal::Replay,
-                        reason: format!(
-                            "system title {}: invocation counter {counter}, not above the last accepted {last}",
-                            dlms::apdu::hex(&security.system_title)
-                        ),
-                    });
-                }
-                _ => {
-                    self.dlms_counters
-                        .insert(security.system_title, (counter, message.lsn));
-                }
+            if let Err(Replay { last }) =
+                self.dlms_replay
+                    .check(security.system_title, counter, message.lsn)
+            {
+                return Err(DecodeError::Refused {
+                    format: Format::Dlms,
+                    refusal: Refusal::Replay,
+                    reason: format!(
+                        "system title {}: invocation counter {counter}, not above the last accepted {last}",
+                        dlms::apdu::hex(&security.system_title)
+                    ),
+                });
             }
         }
         Ok(decoded)
@@ -336,9 +333,16 @@ impl Pipeline {
         let holds = self.holds()?;
         let confirmed = self.progress.confirmed(handled_through, &holds);
         let sinks = &mut self.sinks;
+        let (replay, data_dir, on_disk) = (
+            &mut self.dlms_replay,
+            &self.data_dir,
+            self.progress.saved().all,
+        );
         self.progress
             .save(confirmed, file_completed, handled_through, || {
-                Ok(sinks.make_durable()?)
+                sinks.make_durable()?;
+                // The DLMS counters as of the checkpoint, before it is written.
+                replay.persist(data_dir, confirmed.all, on_disk)
             })
     }
 

@@ -42,6 +42,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, ValidConfig};
 use crate::credentials::{CredentialStore, SharedCredentials};
 use crate::devices::DeviceRegistry;
+use crate::dlms_replay::ReplayGuard;
 use crate::edge::bridge::{self, Bridge};
 use crate::edge::coap::{self, CoapSummary};
 use crate::edge::mqtt::{self, MqttServer};
@@ -155,7 +156,10 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
         marks.clone(),
         checkpoint,
     )
-    .with_credentials(credentials.clone());
+    .with_dlms(
+        credentials.clone(),
+        ReplayGuard::load(&config.data_dir, checkpoint.all)?,
+    );
 
     // 4. The ports: a port in use stops start-up before anything runs. MQTT starts taking
     // connections here; what it takes waits in its channel until the WAL writer runs. Each

@@ -1,0 +1,233 @@
+//! Replayed DLMS pushes refused: per system title, the highest invocation counter accepted so
+//! far; a ciphered push whose counter is not above it is a replay. Kept durably with the WAL
+//! checkpoint, so that it survives kill -9 and a restart:
+//!
+//! - the pipeline decides in WAL order, so the counters after record N depend only on the
+//!   counters at the checkpoint and the records after it;
+//! - before the checkpoint through N is written, the counters as of N (the base, and the
+//!   accepted pushes up to N folded in) are written to `{data_dir}/wal/dlms-counters-N`
+//!   (temporary file, fsync, rename, folder fsync);
+//! - at start-up the file of the checkpoint's N is read, and the records after N, replayed
+//!   from the WAL, are decided again exactly as before.
+//!
+//! A record read again (the same LSN) is not a replay of itself. Files older than the
+//! checkpoint on disk are removed.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::IngestError;
+
+const PREFIX: &str = "dlms-counters-";
+
+/// The counters of the accepted ciphered pushes.
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    /// Highest counter accepted per system title, and the LSN of its record.
+    current: HashMap<[u8; 8], (u32, u64)>,
+    /// The counters as of `base_lsn` (what the file of that checkpoint holds).
+    base: HashMap<[u8; 8], u32>,
+    base_lsn: u64,
+    /// Accepted since the base: (lsn, system title, counter), in LSN order.
+    pending: Vec<(u64, [u8; 8], u32)>,
+}
+
+/// Why a push is refused: the last counter accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replay {
+    pub last: u32,
+}
+
+fn folder(data_dir: &Path) -> PathBuf {
+    data_dir.join("wal")
+}
+
+fn file_of(data_dir: &Path, lsn: u64) -> PathBuf {
+    folder(data_dir).join(format!("{PREFIX}{lsn}"))
+}
+
+/// The LSNs of the counter files in the folder.
+fn files(data_dir: &Path) -> Vec<u64> {
+    let Ok(entries) = fs::read_dir(folder(data_dir)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix(PREFIX)?
+                .parse::<u64>()
+                .ok()
+        })
+        .collect()
+}
+
+impl ReplayGuard {
+    /// The counters as of the checkpoint `checkpoint_lsn` (empty when no DLMS push was ever
+    /// accepted). A file of another LSN is used only when that one is missing (written by a
+    /// version without it), the newest before it.
+    pub fn load(data_dir: &Path, checkpoint_lsn: u64) -> Result<ReplayGuard, IngestError> {
+        let lsns = files(data_dir);
+        let Some(lsn) = lsns.iter().copied().filter(|&l| l <= checkpoint_lsn).max() else {
+            return Ok(ReplayGuard::default());
+        };
+        if lsn != checkpoint_lsn {
+            tracing::warn!(
+                file_lsn = lsn,
+                checkpoint_lsn,
+                "no DLMS counters for the checkpoint; using the newest before it"
+            );
+        }
+        let path = file_of(data_dir, lsn);
+        let text = fs::read_to_string(&path).map_err(|source| IngestError::Io {
+            action: "reading the DLMS counters",
+            path: path.clone(),
+            source,
+        })?;
+        let mut base = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let bad = || IngestError::Io {
+                action: "parsing the DLMS counters",
+                path: path.clone(),
+                source: std::io::Error::other(format!("line {}", i + 1)),
+            };
+            let (title, counter) = line.split_once(' ').ok_or_else(bad)?;
+            let title = u64::from_str_radix(title, 16)
+                .map_err(|_| bad())?
+                .to_be_bytes();
+            let counter: u32 = counter.parse().map_err(|_| bad())?;
+            base.insert(title, counter);
+        }
+        let current = base.iter().map(|(t, c)| (*t, (*c, 0))).collect();
+        Ok(ReplayGuard {
+            current,
+            base,
+            base_lsn: lsn,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Accepts the push of `system_title` with `counter` in the record `lsn`, or says it is a
+    /// replay.
+    pub fn check(&mut self, system_title: [u8; 8], counter: u32, lsn: u64) -> Result<(), Replay> {
+        if let Some(&(last, last_lsn)) = self.current.get(&system_title) {
+            let again = lsn != 0 && lsn == last_lsn && counter == last;
+            if counter <= last && !again {
+                return Err(Replay { last });
+            }
+            if again {
+                return Ok(());
+            }
+        }
+        self.current.insert(system_title, (counter, lsn));
+        self.pending.push((lsn, system_title, counter));
+        Ok(())
+    }
+
+    /// Writes the counters as of `through` (the checkpoint about to be written), and removes
+    /// the files older than `on_disk` (the checkpoint on disk now). Nothing to write when no
+    /// push was ever accepted.
+    pub fn persist(
+        &mut self,
+        data_dir: &Path,
+        through: u64,
+        on_disk: u64,
+    ) -> Result<(), IngestError> {
+        if self.base.is_empty() && self.pending.is_empty() {
+            return Ok(());
+        }
+        // Records without a WAL position (0: not written there) count at once.
+        let (folded, kept): (Vec<_>, Vec<_>) = self
+            .pending
+            .drain(..)
+            .partition(|&(lsn, _, _)| lsn <= through);
+        self.pending = kept;
+        for (_, title, counter) in folded {
+            let c = self.base.entry(title).or_insert(counter);
+            *c = (*c).max(counter);
+        }
+        self.base_lsn = through;
+        let dir = folder(data_dir);
+        let path = file_of(data_dir, through);
+        let tmp = dir.join(format!(".{PREFIX}{through}.tmp"));
+        let io = |action, source| IngestError::Io {
+            action,
+            path: path.clone(),
+            source,
+        };
+        let mut lines: Vec<String> = self
+            .base
+            .iter()
+            .map(|(t, c)| format!("{:016X} {c}", u64::from_be_bytes(*t)))
+            .collect();
+        lines.sort();
+        let mut file = File::create(&tmp).map_err(|e| io("creating", e))?;
+        file.write_all(lines.join("\n").as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io("writing", e))?;
+        fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("syncing the folder of", e))?;
+        for lsn in files(data_dir) {
+            if lsn < on_disk {
+                let _ = fs::remove_file(file_of(data_dir, lsn));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: [u8; 8] = *b"KFM\x10\x10\x00\x00\x23";
+    const B: [u8; 8] = *b"LGZgsp\xB1\x77";
+
+    #[test]
+    fn a_counter_not_above_the_last_is_a_replay_but_a_record_read_again_is_not() {
+        let mut g = ReplayGuard::default();
+        assert_eq!(g.check(A, 10, 1), Ok(()));
+        assert_eq!(g.check(A, 10, 2), Err(Replay { last: 10 }));
+        assert_eq!(g.check(A, 9, 3), Err(Replay { last: 10 }));
+        assert_eq!(g.check(A, 10, 1), Ok(()), "record 1 read again");
+        assert_eq!(g.check(B, 5, 4), Ok(()));
+        assert_eq!(g.check(A, 11, 5), Ok(()));
+    }
+
+    #[test]
+    fn the_counters_of_the_checkpoint_survive_a_restart_and_records_after_it_decide_again() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("wal")).unwrap();
+        let mut g = ReplayGuard::default();
+        g.check(A, 10, 1).unwrap();
+        g.check(B, 5, 2).unwrap();
+        g.check(A, 12, 3).unwrap();
+        // The checkpoint moves to 2: the file holds A 10, B 5 (record 3 is after it).
+        g.persist(dir.path(), 2, 0).unwrap();
+        // kill -9, restart from checkpoint 2: record 3 replayed from the WAL is accepted
+        // again; a network replay of A 10 or 12 is refused.
+        let mut after = ReplayGuard::load(dir.path(), 2).unwrap();
+        assert_eq!(after.check(A, 10, 9), Err(Replay { last: 10 }));
+        assert_eq!(after.check(A, 12, 3), Ok(()));
+        assert_eq!(after.check(A, 12, 10), Err(Replay { last: 12 }));
+        assert_eq!(after.check(B, 5, 11), Err(Replay { last: 5 }));
+        // Later checkpoints remove what the checkpoint on disk no longer needs.
+        after.persist(dir.path(), 3, 2).unwrap();
+        after.persist(dir.path(), 11, 3).unwrap();
+        let mut lsns = files(dir.path());
+        lsns.sort();
+        assert_eq!(lsns, [3, 11]);
+        let again = ReplayGuard::load(dir.path(), 11).unwrap();
+        assert_eq!(again.base.get(&A), Some(&12));
+        // No push ever: no file, an empty guard.
+        let empty = tempfile::tempdir().unwrap();
+        let mut none = ReplayGuard::load(empty.path(), 7).unwrap();
+        none.persist(empty.path(), 8, 7).unwrap();
+        assert!(files(empty.path()).is_empty());
+    }
+}
