@@ -412,3 +412,166 @@ fn descriptor_list(mut r: Reader<'_>) -> Option<Data<'_>> {
     r.is_empty()
         .then(|| Data::Structure(vec![head, Data::Array(items)]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ST: [u8; 8] = *b"MMM\x00\x00\xBC\x61\x4E";
+    const EK: [u8; 16] = [0x10; 16];
+    const AK: [u8; 16] = [0x20; 16];
+
+    /// A general-glo-ciphering APDU of `plain` under security control `sc`, made here with the
+    /// same cipher (the vectors test the cipher against published values).
+    fn ciphered(sc: u8, counter: u32, plain: &[u8]) -> Vec<u8> {
+        let mut iv = [0u8; 12];
+        iv[..8].copy_from_slice(&ST);
+        iv[8..].copy_from_slice(&counter.to_be_bytes());
+        let mut aad = vec![sc];
+        aad.extend_from_slice(&AK);
+        let mut body = plain.to_vec();
+        let cipher = Aes128Gcm12::new(&EK.into());
+        let nonce = Nonce::<U12>::from_slice(&iv);
+        let tag = match sc & 0x30 {
+            0x30 => Some(
+                cipher
+                    .encrypt_in_place_detached(nonce, &aad, &mut body)
+                    .unwrap(),
+            ),
+            0x10 => {
+                aad.extend_from_slice(plain);
+                Some(
+                    cipher
+                        .encrypt_in_place_detached(nonce, &aad, &mut [])
+                        .unwrap(),
+                )
+            }
+            0x20 => {
+                let mut counter_block = [0u8; 16];
+                counter_block[..12].copy_from_slice(&iv);
+                counter_block[15] = 2;
+                Aes128Ctr::new(&EK.into(), &counter_block.into()).apply_keystream(&mut body);
+                None
+            }
+            _ => None,
+        };
+        let mut content = vec![sc];
+        content.extend_from_slice(&counter.to_be_bytes());
+        content.extend(body);
+        if let Some(tag) = tag {
+            content.extend_from_slice(&tag);
+        }
+        let mut apdu = vec![0xDB, 8];
+        apdu.extend_from_slice(&ST);
+        apdu.push(u8::try_from(content.len()).unwrap());
+        apdu.extend(content);
+        apdu
+    }
+
+    /// A DataNotification with one object: {1-0:1.8.0, 1234 Wh}.
+    const NOTE: [u8; 26] = [
+        0x0F, 0, 0, 0, 1, 0x00, 2, 3, 9, 6, 1, 0, 1, 8, 0, 255, 6, 0, 0, 4, 0xD2, 2, 2, 15, 0, 22,
+    ];
+
+    fn keys(_: &[u8; 8]) -> KeyLookup {
+        KeyLookup::Keys(Keys {
+            ek: EK,
+            ak: Some(AK),
+        })
+    }
+
+    #[test]
+    fn every_security_control_opens_and_a_wrong_key_is_refused() {
+        let mut note = NOTE.to_vec();
+        note.push(30);
+        for sc in [0x30, 0x10, 0x20, 0x00, 0x31] {
+            let opened = open(&ciphered(sc, 7, &note), 0, &keys).unwrap();
+            assert_eq!(
+                opened.content,
+                Content::Notification(note.clone()),
+                "0x{sc:02X}"
+            );
+            assert_eq!(opened.security.unwrap().invocation_counter, 7);
+        }
+        let other = |_: &[u8; 8]| {
+            KeyLookup::Keys(Keys {
+                ek: EK,
+                ak: Some([0x21; 16]),
+            })
+        };
+        for sc in [0x30, 0x10] {
+            let e = open(&ciphered(sc, 7, &note), 0, &other).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    DecodeError::Refused {
+                        refusal: Refusal::AuthFailed,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(!e.to_string().contains("2121"), "no key in {e}");
+        }
+    }
+
+    #[test]
+    fn refusals_by_what_the_store_knows() {
+        let mut note = NOTE.to_vec();
+        note.push(30);
+        let push = ciphered(0x30, 1, &note);
+        let kind = |lookup: &dyn Fn(&[u8; 8]) -> KeyLookup, apdu: &[u8]| match open(apdu, 0, lookup)
+        {
+            Err(DecodeError::Refused { refusal, .. }) => Some(refusal),
+            Ok(_) => None,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(kind(&|_| KeyLookup::NoKey, &push), Some(Refusal::NoKey));
+        assert_eq!(
+            kind(&|_| KeyLookup::Unknown, &push),
+            Some(Refusal::UnknownSystemTitle)
+        );
+        let forbidden = |_: &[u8; 8]| KeyLookup::Forbidden("another meter's".into());
+        assert_eq!(kind(&forbidden, &push), Some(Refusal::Unauthorized));
+        // In clear (security control 0x00) too: the system title must still be its meter's.
+        let clear = ciphered(0x00, 1, &note);
+        assert_eq!(kind(&forbidden, &clear), Some(Refusal::Unauthorized));
+        assert_eq!(kind(&|_| KeyLookup::Unknown, &clear), None);
+        // A tag without an authentication key to check it.
+        let no_ak = |_: &[u8; 8]| KeyLookup::Keys(Keys { ek: EK, ak: None });
+        assert_eq!(kind(&no_ak, &push), Some(Refusal::NoKey));
+        // Suite 2 (AES-256) and compression are not read.
+        let mut suite2 = ciphered(0x30, 1, &note);
+        suite2[11] = 0x32;
+        assert!(matches!(
+            open(&suite2, 0, &keys),
+            Err(DecodeError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn blocks_join_in_order() {
+        let mut note = NOTE.to_vec();
+        note.push(30);
+        let push = ciphered(0x30, 9, &note);
+        let (a, b) = push.split_at(20);
+        let block = |control: u8, number: u16, data: &[u8]| {
+            let mut v = vec![0xE0, control];
+            v.extend_from_slice(&number.to_be_bytes());
+            v.extend_from_slice(&0u16.to_be_bytes());
+            v.push(u8::try_from(data.len()).unwrap());
+            v.extend_from_slice(data);
+            v
+        };
+        let joined = [block(0x40, 1, a), block(0xC0, 2, b)].concat();
+        let opened = open(&joined, 0, &keys).unwrap();
+        assert_eq!(
+            (opened.blocks, opened.content),
+            (2, Content::Notification(note.clone()))
+        );
+        let wrong = [block(0x40, 1, a), block(0xC0, 3, b)].concat();
+        assert!(open(&wrong, 0, &keys).is_err());
+        let unfinished = block(0x40, 1, a);
+        assert!(open(&unfinished, 0, &keys).is_err());
+    }
+}

@@ -476,4 +476,55 @@ mod tests {
         assert_eq!(m.status.firmware.as_deref(), Some("V1.2"));
         assert_eq!(m.status.error_flags, Some(5));
     }
+
+    #[test]
+    fn a_values_only_body_through_a_profile() {
+        let body = Data::Structure(vec![
+            Data::DoubleLongUnsigned(4_408_736),
+            Data::LongUnsigned(2307),
+            Data::OctetString(b"SERIAL"),
+        ]);
+        assert_eq!(
+            meaning(&body, None).objects,
+            0,
+            "no OBIS codes: nothing without a profile"
+        );
+        let profile = Profile {
+            name: "test".into(),
+            objects: vec![
+                ProfileObject {
+                    obis: Obis([1, 0, 1, 8, 0, 255]),
+                    scaler: -3,
+                    unit: unit_symbol(30),
+                },
+                ProfileObject {
+                    obis: Obis([1, 0, 32, 7, 0, 255]),
+                    scaler: -1,
+                    unit: unit_symbol(35),
+                },
+            ],
+        };
+        let mut m = meaning(&body, Some(&profile));
+        m.stamp(None, 5);
+        let got: Vec<(String, f64, String, u16)> = m
+            .readings
+            .iter()
+            .map(|r| {
+                (
+                    r.channel.to_string(),
+                    r.value,
+                    r.unit.to_string(),
+                    r.quality,
+                )
+            })
+            .collect();
+        let flag = quality::TIME_FROM_RECEIVER;
+        assert_eq!(
+            got,
+            [
+                ("1-0:1.8.0".to_string(), 4408.736, "Wh".to_string(), flag),
+                ("1-0:32.7.0".to_string(), 230.7, "V".to_string(), flag),
+            ]
+        );
+    }
 }
