@@ -3,12 +3,15 @@
 //! costs before any row is built).
 //!
 //! Payloads: `meterflow simulate`'s generator (the same reports a load run sends), a
-//! SenML-CBOR pack of the same readings, and a real DSMR 5.0 telegram from the vectors.
+//! SenML-CBOR pack of the same readings, a real DSMR 5.0 telegram from the vectors, and a real
+//! ciphered DLMS push (Landis+Gyr E450: HDLC, three general-block-transfer blocks,
+//! AES-128-GCM with a tag, 17 objects) opened with its meter's keys.
 //! Run: `cargo bench -p meterflow-benches --bench decoders`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use meterflow_decoders::dlms::{decode_push, KeyLookup, Keys};
 use meterflow_decoders::{decode, DecodeContext, Format};
 use meterflow_proto::{pb, ReadingBatchBuilder, RowMeta, Source};
 use meterflow_simulate::{Plan, Shape};
@@ -72,6 +75,57 @@ fn dsmr_payloads() -> Payloads {
     (0..REPORTS)
         .map(|m| (format!("bench-{m:06}"), telegram.to_vec()))
         .collect()
+}
+
+/// The L+G E450 push of the vectors (esphome-libs/dlms_parser, Apache-2.0; keys published
+/// there), once per meter.
+fn dlms_payloads() -> Payloads {
+    let text = include_str!(
+        "../../decoders/tests/fixtures/dlms/esphome_dlms_parser/hdlc_landis_gyr_e450.hex"
+    );
+    let digits: String = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(str::chars)
+        .filter(char::is_ascii_hexdigit)
+        .collect();
+    let push: Vec<u8> = (0..digits.len() / 2)
+        .map(|i| u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    (0..REPORTS)
+        .map(|m| (format!("bench-{m:06}"), push.clone()))
+        .collect()
+}
+
+fn hex16(text: &str) -> [u8; 16] {
+    let v: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+/// Opens and decodes every DLMS push with its keys and appends its rows to one Arrow batch.
+fn decode_dlms_into_batch(payloads: &[(String, Vec<u8>)]) -> usize {
+    let keys = Keys {
+        ek: hex16("5C316162209EBB790B52EB0E7FC5B11C"),
+        ak: Some(hex16("92705C5C97286064EABAE38D190F87A4")),
+    };
+    let lookup = |_: &[u8; 8]| KeyLookup::Keys(keys.clone());
+    let mut builder = ReadingBatchBuilder::with_capacity(payloads.len() * 16);
+    let mut rows = 0;
+    for (meter_id, payload) in payloads {
+        let push = decode_push(payload, NOW_MS, &lookup, None).expect("the bench push decodes");
+        let meta = RowMeta {
+            meter_id,
+            received_at_ms: NOW_MS,
+            source: Source::Mqtt,
+            format: Format::Dlms,
+        };
+        rows += push.decoded.append_to(&mut builder, &meta);
+    }
+    let batch = builder.finish();
+    assert_eq!(batch.num_rows(), rows);
+    rows
 }
 
 /// Decodes every payload and appends its rows to one Arrow batch; returns the rows.
@@ -148,6 +202,12 @@ fn bench_decoders(c: &mut Criterion) {
             });
         }
     }
+    let dlms = dlms_payloads();
+    let rows = decode_dlms_into_batch(&dlms);
+    group.throughput(Throughput::Elements(rows as u64));
+    group.bench_function("dlms/ciphered-e450", |b| {
+        b.iter(|| decode_dlms_into_batch(&dlms))
+    });
     group.finish();
 }
 
