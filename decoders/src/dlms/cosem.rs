@@ -148,6 +148,20 @@ pub fn scaled(raw: f64, scaler: i8) -> f64 {
     }
 }
 
+/// `raw × 10^scaler` for an integer raw, as the double closest to that decimal: up to 2^53 a
+/// raw is an exact double and one operation by an exact power of ten rounds once; beyond it
+/// (64-bit registers) the decimal `{raw}e{scaler}` is parsed, which rounds once too.
+pub fn scaled_integer(raw: i128, scaler: i8) -> f64 {
+    const EXACT: u128 = 1 << 53;
+    if raw.unsigned_abs() <= EXACT || scaler == 0 {
+        if raw.unsigned_abs() <= EXACT {
+            return scaled(raw as f64, scaler);
+        }
+        return raw as f64; // one rounding: the conversion itself
+    }
+    format!("{raw}e{scaler}").parse().unwrap_or(f64::NAN)
+}
+
 /// A COSEM date-time (12 bytes) as Unix ms, and whether its offset to UTC was unknown (then
 /// the time is taken as UTC) or the meter flags its clock as not valid. `None` when a field
 /// needed is not specified or out of range.
@@ -330,11 +344,12 @@ fn text(bytes: &[u8]) -> Option<String> {
 impl Meaning {
     fn object(&mut self, index: usize, o: &Object<'_, '_>) {
         let channel = o.obis.channel();
+        // The value, scaled: an integer exactly (see [`scaled_integer`]).
         let number = match o.value {
-            Data::Float32(v) => Some(f64::from(*v)),
-            Data::Float64(v) => Some(*v),
-            Data::Bcd(b) => Some(f64::from((b >> 4) * 10 + (b & 0x0F))),
-            v => v.as_integer().map(|i| i as f64),
+            Data::Float32(v) => Some(scaled(f64::from(*v), o.scaler)),
+            Data::Float64(v) => Some(scaled(*v, o.scaler)),
+            Data::Bcd(b) => Some(scaled(f64::from((b >> 4) * 10 + (b & 0x0F)), o.scaler)),
+            v => v.as_integer().map(|i| scaled_integer(i, o.scaler)),
         };
         if o.obis.is_clock() {
             let dt = match o.value {
@@ -362,10 +377,10 @@ impl Meaning {
             return;
         }
         match number {
-            Some(raw) if raw.is_finite() => self.readings.push(Reading {
+            Some(value) if value.is_finite() => self.readings.push(Reading {
                 channel: Cow::Owned(channel),
                 ts_ms: 0,
-                value: scaled(raw, o.scaler),
+                value,
                 unit: Cow::Borrowed(o.unit.unwrap_or("")),
                 quality: 0,
             }),
@@ -406,6 +421,16 @@ mod tests {
         assert_eq!(scaled(4_408_736.0, -3), 4408.736);
         assert_eq!(scaled(2337.0, -1), 233.7);
         assert_eq!(scaled(12.0, 3), 12_000.0);
+        // Beyond 2^53: the decimal's closest double, not a double rounding.
+        assert_eq!(
+            scaled_integer(7_490_934_182_599_440_749, -3),
+            7_490_934_182_599_441.0
+        );
+        assert_eq!(
+            scaled_integer(14_657_270_382_044_841_429, 3),
+            "14657270382044841429e3".parse::<f64>().unwrap()
+        );
+        assert_eq!(scaled_integer(4_408_736, -3), 4408.736);
     }
 
     #[test]
