@@ -91,6 +91,9 @@ pub enum Refusal {
     Replay,
     /// Its system title belongs to another meter than the one it was sent for.
     Unauthorized,
+    /// It lacks the protection its meter's keys call for: in clear (or not authenticated)
+    /// for a meter that has an encryption (or authentication) key.
+    Unprotected,
 }
 
 impl Refusal {
@@ -101,6 +104,7 @@ impl Refusal {
             Refusal::UnknownSystemTitle => "unknown_system_title",
             Refusal::Replay => "replay",
             Refusal::Unauthorized => "unauthorized",
+            Refusal::Unprotected => "unprotected",
         }
     }
 }

@@ -397,15 +397,25 @@ impl CredentialStore {
             return Err(IngestError::InvalidMeterId(meter_id.to_string()));
         }
         let mut changes = Changes::default();
+        if let Some(d) = &credential.dlms {
+            if let Some(other) = self
+                .by_system_title
+                .get(&d.system_title)
+                .filter(|o| &***o != meter_id)
+            {
+                return Err(IngestError::Credentials(format!(
+                    "meters {other} and {meter_id} have the same dlms_system_title {}: a system \
+                     title belongs to one meter",
+                    hex(&d.system_title)
+                )));
+            }
+        }
         let old = self.active.insert(meter_id.into(), credential.clone());
-        if let Err(e) = self.index() {
-            // Put back what was there: the store stays as it was.
-            match &old {
-                Some(old) => self.active.insert(meter_id.into(), old.clone()),
-                None => self.active.remove(meter_id),
-            };
-            self.index()?;
-            return Err(e);
+        if let Some(d) = old.as_ref().and_then(|o| o.dlms.as_ref()) {
+            self.by_system_title.remove(&d.system_title);
+        }
+        if let Some(d) = &credential.dlms {
+            self.by_system_title.insert(d.system_title, meter_id.into());
         }
         self.revoked.remove(meter_id);
         match old {

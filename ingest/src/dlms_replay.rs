@@ -127,16 +127,23 @@ impl ReplayGuard {
         Ok(())
     }
 
-    /// Writes the counters as of `through` (the checkpoint about to be written), and removes
-    /// the files older than `on_disk` (the checkpoint on disk now). Nothing to write when no
-    /// push was ever accepted.
+    /// Writes the counters as of `through` (the checkpoint about to be written) when they
+    /// changed since the last file (else that file holds them: [`ReplayGuard::load`] takes the
+    /// newest at or before the checkpoint), and removes the files the checkpoint on disk
+    /// (`on_disk`) no longer needs: those older than the newest at or before it.
     pub fn persist(
         &mut self,
         data_dir: &Path,
         through: u64,
         on_disk: u64,
     ) -> Result<(), IngestError> {
-        if self.base.is_empty() && self.pending.is_empty() {
+        let on_disk_file = files(data_dir).into_iter().filter(|&l| l <= on_disk).max();
+        for lsn in files(data_dir) {
+            if on_disk_file.is_some_and(|keep| lsn < keep) {
+                let _ = fs::remove_file(file_of(data_dir, lsn));
+            }
+        }
+        if !self.pending.iter().any(|&(lsn, _, _)| lsn <= through) {
             return Ok(());
         }
         // Records without a WAL position (0: not written there) count at once.
@@ -172,11 +179,6 @@ impl ReplayGuard {
         File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io("syncing the folder of", e))?;
-        for lsn in files(data_dir) {
-            if lsn < on_disk {
-                let _ = fs::remove_file(file_of(data_dir, lsn));
-            }
-        }
         Ok(())
     }
 }
@@ -216,14 +218,26 @@ mod tests {
         assert_eq!(after.check(A, 12, 3), Ok(()));
         assert_eq!(after.check(A, 12, 10), Err(Replay { last: 12 }));
         assert_eq!(after.check(B, 5, 11), Err(Replay { last: 5 }));
-        // Later checkpoints remove what the checkpoint on disk no longer needs.
+        // Later checkpoints remove what the checkpoint on disk no longer needs; a checkpoint
+        // with nothing new writes nothing (the newest file before it holds its counters).
         after.persist(dir.path(), 3, 2).unwrap();
-        after.persist(dir.path(), 11, 3).unwrap();
+        after.persist(dir.path(), 9, 3).unwrap();
+        assert_eq!(files(dir.path()), [3], "nothing accepted in (3, 9]");
+        assert_eq!(
+            ReplayGuard::load(dir.path(), 9).unwrap().base.get(&A),
+            Some(&12)
+        );
+        after.check(B, 6, 10).unwrap();
+        after.persist(dir.path(), 11, 9).unwrap();
         let mut lsns = files(dir.path());
         lsns.sort();
-        assert_eq!(lsns, [3, 11]);
+        assert_eq!(lsns, [3, 11], "3 is the file of checkpoint 9, on disk");
+        after.persist(dir.path(), 11, 11).unwrap();
         let again = ReplayGuard::load(dir.path(), 11).unwrap();
-        assert_eq!(again.base.get(&A), Some(&12));
+        assert_eq!(
+            (again.base.get(&A), again.base.get(&B)),
+            (Some(&12), Some(&6))
+        );
         // No push ever: no file, an empty guard.
         let empty = tempfile::tempdir().unwrap();
         let mut none = ReplayGuard::load(empty.path(), 7).unwrap();

@@ -189,12 +189,38 @@ impl Pipeline {
             }
         };
         let push = dlms::decode_push(&message.payload, message.received_at_ms, &lookup, None)?;
+        // A meter with keys sends protected pushes only: authenticated when it has an
+        // authentication key, at least encrypted when it has an encryption key. Anything less
+        // (a push in clear, or stripped of its tag) could be anyone's.
+        let keys = store
+            .as_ref()
+            .and_then(|s| s.get(meter_id))
+            .and_then(|c| c.dlms.as_ref())
+            .and_then(|d| d.keys());
+        if let Some(keys) = keys {
+            let (needed, what) = if keys.ak.is_some() {
+                (0x10, "authenticated (security control with 0x10)")
+            } else {
+                (0x20, "encrypted (security control with 0x20)")
+            };
+            let control = push.security.map_or(0, |s| s.control);
+            if control & needed == 0 {
+                return Err(DecodeError::Refused {
+                    format: Format::Dlms,
+                    refusal: Refusal::Unprotected,
+                    reason: format!(
+                        "meter {meter_id} has keys, so its pushes must be {what}; this one has security control 0x{control:02X}{}",
+                        if push.security.is_none() { " (none: in clear)" } else { "" }
+                    ),
+                });
+            }
+        }
         let ctx = DecodeContext {
             meter_id,
             received_at_ms: message.received_at_ms,
         };
         let decoded = meterflow_decoders::checked(Format::Dlms, push.decoded, &ctx)?;
-        if let Some(security) = push.security.filter(|s| s.control & 0x30 != 0) {
+        if let Some(security) = push.security {
             let counter = security.invocation_counter;
             if let Err(Replay { last }) =
                 self.dlms_replay

@@ -2,8 +2,10 @@
 //! payload on `meters/{id}/dlms`): a ciphered push (the Tirol worked example: two M-Bus
 //! segments, AES-GCM "encrypted only" under the meter's key from the credential store) gives
 //! exactly its readings in Parquet; the same bytes again are a replay; a push whose system
-//! title is another meter's is refused; each refusal is a dead letter with its kind and counted
-//! in `meterflow_dlms_rejected_total{reason}`; the counters survive kill -9.
+//! title is another meter's is refused, and the same push in clear for a meter with a key;
+//! each refusal is a dead letter with its kind and counted in
+//! `meterflow_dlms_rejected_total{reason}`; the counters survive kill -9 (through the WAL's
+//! replay) and a clean restart (through the counters file alone).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,10 +19,16 @@ const E2: &str = "e2-secret-0123456789";
 /// The Tirol example's two M-Bus segments (decoders/tests/fixtures/dlms, GPL-3.0 data of
 /// fneur/smart-meter-tirol, see SOURCES.md), as bytes in a file.
 fn tirol_push(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/decoders/tests/fixtures/dlms/fneur_smart_meter_tirol/mbus_frames.hex"
-    ))
+    fixture_bytes(dir, "mbus_frames.hex")
+}
+
+/// A hex file of the Tirol example, as bytes in a file of `dir`.
+fn fixture_bytes(dir: &Path, name: &str) -> PathBuf {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("decoders/tests/fixtures/dlms/fneur_smart_meter_tirol")
+            .join(name),
+    )
     .unwrap();
     let digits: String = text
         .lines()
@@ -31,7 +39,7 @@ fn tirol_push(dir: &Path) -> PathBuf {
     let bytes: Vec<u8> = (0..digits.len() / 2)
         .map(|i| u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).unwrap())
         .collect();
-    let path = dir.join("tirol.bin");
+    let path = dir.join(name).with_extension("bin");
     std::fs::write(&path, bytes).unwrap();
     path
 }
@@ -66,6 +74,8 @@ fn a_ciphered_push_over_mqtt_is_stored_exactly_and_replays_and_forgeries_are_ref
     .unwrap();
     crate::harness::credentials(tmp.path(), &["import", csv.to_str().unwrap()]);
     let push = tirol_push(tmp.path());
+    // The same DataNotification in clear (the document's decrypted APDU).
+    let plain = fixture_bytes(tmp.path(), "apdu_plain.hex");
     let server = Server::start_in(tmp, &[]);
     publish(server.mqtt_port, "E1", E1, "meters/E1/dlms", &push);
     crate::harness::wait_for("the push handled", || {
@@ -75,13 +85,23 @@ fn a_ciphered_push_over_mqtt_is_stored_exactly_and_replays_and_forgeries_are_ref
     // decided again as the WAL is replayed).
     let server = Server::start_in(server.crash(), &[]);
     let port = server.mqtt_port;
-    // The same bytes again: a replay. From E2 for itself: the system title is E1's.
+    // The same bytes again: a replay. From E2 for itself: the system title is E1's. In
+    // clear for E1, which has a key: unprotected.
     publish(port, "E1", E1, "meters/E1/dlms", &push);
     publish(port, "E2", E2, "meters/E2/dlms", &push);
-    crate::harness::wait_for("three refusals and the push counted", || {
+    publish(port, "E1", E1, "meters/E1/dlms", &plain);
+    crate::harness::wait_for("the refusals counted", || {
         let m =
             |r: &str| server.metric(&format!("meterflow_dlms_rejected_total{{reason=\"{r}\"}}"));
-        (m("replay") == 1.0 && m("unauthorized") == 1.0).then_some(())
+        (m("replay") == 1.0 && m("unauthorized") == 1.0 && m("unprotected") == 1.0).then_some(())
+    });
+    // A clean stop writes the checkpoint and the counters with it: after a start with
+    // nothing to replay from the WAL, the counters file alone refuses the push again.
+    let (_, _, _, tmp) = server.stop();
+    let server = Server::start_in(tmp, &[]);
+    publish(server.mqtt_port, "E1", E1, "meters/E1/dlms", &push);
+    crate::harness::wait_for("the replay refused from the counters file", || {
+        (server.metric("meterflow_dlms_rejected_total{reason=\"replay\"}") == 1.0).then_some(())
     });
     let (_, data_dir, log, _keep) = server.stop();
     assert!(
@@ -123,6 +143,8 @@ fn a_ciphered_push_over_mqtt_is_stored_exactly_and_replays_and_forgeries_are_ref
         kinds,
         [
             ("E1".to_string(), "replay".to_string()),
+            ("E1".to_string(), "replay".to_string()),
+            ("E1".to_string(), "unprotected".to_string()),
             ("E2".to_string(), "unauthorized".to_string())
         ]
     );

@@ -1,9 +1,9 @@
 //! The APDUs of a push (IEC 62056-5-3) and security suite 0/1 (AES-GCM-128):
 //!
 //! - general-block-transfer (`E0`): blocks joined in order until the last, then read again;
-//! - general-glo-ciphering (`DB`) and general-ded-ciphering (`DC`): system title, security
-//!   control, invocation counter, ciphertext and a 12-byte tag; opened with the keys of that
-//!   system title. IV = system title ‖ invocation counter. Security control 0x30: encrypted
+//! - general-glo-ciphering (`DB`): system title, security control, invocation counter,
+//!   ciphertext and a 12-byte tag; opened with the keys of that system title (general-ded-
+//!   ciphering, `DC`, is refused: its dedicated key belongs to an association, not a push). IV = system title ‖ invocation counter. Security control 0x30: encrypted
 //!   and authenticated (AAD = SC ‖ AK); 0x10: authenticated only (AAD = SC ‖ AK ‖ the data in
 //!   clear); 0x20: encrypted only (AES-CTR from the IV's counter 2, no tag); 0x00: in clear.
 //!   The low nibble is the suite: 0 and 1 are both AES-GCM-128 here;
@@ -114,7 +114,13 @@ pub fn open(
                 bytes = joined;
                 blocks = n;
             }
-            Some(&tag @ (0xDB | 0xDC)) if security.is_none() => {
+            Some(0xDC) => {
+                return Err(unsupported(
+                    base,
+                    "general-ded-ciphering: its dedicated key belongs to an association; pushes are read in general-glo-ciphering (0xDB)",
+                ))
+            }
+            Some(&tag @ 0xDB) if security.is_none() => {
                 let (s, plain) = decipher(&bytes, base, tag, keys)?;
                 security = Some(s);
                 bytes = plain;
@@ -244,8 +250,16 @@ pub fn decipher(
     let encrypted = control & 0x20 != 0;
     let rest = r.rest();
     let lookup = keys(&system_title);
-    if let KeyLookup::Forbidden(why) = lookup {
-        return Err(refused(Refusal::Unauthorized, why));
+    // Whatever its security: a system title must be its meter's, and some meter's.
+    match lookup {
+        KeyLookup::Forbidden(why) => return Err(refused(Refusal::Unauthorized, why)),
+        KeyLookup::Unknown => {
+            return Err(refused(
+                Refusal::UnknownSystemTitle,
+                format!("system title {} belongs to no meter", hex(&system_title)),
+            ))
+        }
+        _ => {}
     }
     if !authenticated && !encrypted {
         return Ok((security, rest.to_vec()));
@@ -536,7 +550,15 @@ mod tests {
         // In clear (security control 0x00) too: the system title must still be its meter's.
         let clear = ciphered(0x00, 1, &note);
         assert_eq!(kind(&forbidden, &clear), Some(Refusal::Unauthorized));
-        assert_eq!(kind(&|_| KeyLookup::Unknown, &clear), None);
+        assert_eq!(
+            kind(&|_| KeyLookup::Unknown, &clear),
+            Some(Refusal::UnknownSystemTitle)
+        );
+        assert_eq!(
+            kind(&|_| KeyLookup::NoKey, &clear),
+            None,
+            "in clear, no key needed"
+        );
         // A tag without an authentication key to check it.
         let no_ak = |_: &[u8; 8]| KeyLookup::Keys(Keys { ek: EK, ak: None });
         assert_eq!(kind(&no_ak, &push), Some(Refusal::NoKey));

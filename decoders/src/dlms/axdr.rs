@@ -242,10 +242,19 @@ impl<'a> Reader<'a> {
             ));
         }
         let description = TypeDescription::read(self, 0)?;
+        // Every element must take bytes: an element of no size (null-data, an empty
+        // structure, an array of those) would make a few bytes stand for any number of them.
+        let size = description.min_size();
+        if size == 0 {
+            return Err(malformed(
+                offset,
+                "a compact-array of elements that take no bytes",
+            ));
+        }
         let len = self.length("a compact-array's length")?;
         let contents = self.take(len, "a compact-array's contents")?;
         let mut inner = Reader::new(contents, self.base + self.pos - len);
-        let mut items = Vec::new();
+        let mut items = Vec::with_capacity(len / size);
         while !inner.is_empty() {
             items.push(description.value(&mut inner, depth + 1)?);
         }
@@ -299,6 +308,18 @@ impl TypeDescription {
         })
     }
 
+    /// The fewest bytes a value of this type takes (saturating).
+    fn min_size(&self) -> usize {
+        match self {
+            TypeDescription::Simple(0) => 0,
+            TypeDescription::Simple(_) => 1,
+            TypeDescription::Array(count, element) => count.saturating_mul(element.min_size()),
+            TypeDescription::Structure(members) => members
+                .iter()
+                .fold(0usize, |n, m| n.saturating_add(m.min_size())),
+        }
+    }
+
     /// One value of this type, written without its tag.
     fn value<'a>(&self, r: &mut Reader<'a>, depth: usize) -> Result<Data<'a>, DecodeError> {
         if depth >= MAX_DEPTH {
@@ -307,7 +328,7 @@ impl TypeDescription {
         match self {
             TypeDescription::Simple(tag) => Reader::tagged(*tag, r),
             TypeDescription::Array(count, element) => {
-                if *count > r.remaining() {
+                if count.saturating_mul(element.min_size().max(1)) > r.remaining() {
                     return Err(r.error(format!(
                         "{count} elements stated, {} bytes left",
                         r.remaining()
@@ -490,6 +511,12 @@ mod tests {
             0,
             "a count beyond the bytes"
         );
+        // Compact arrays whose elements take no bytes would stand for any number of them.
+        assert_eq!(at(&[19, 0, 1, 0]), 0, "of null-data");
+        assert_eq!(at(&[19, 2, 0, 1, 0]), 0, "of empty structures");
+        assert_eq!(at(&[19, 1, 0, 200, 0, 1, 0]), 0, "of arrays of null-data");
+        // Elements of a stated count need their bytes.
+        assert!(parse(&[19, 1, 0, 200, 17, 1, 0]).is_err());
         // Nesting past the limit.
         let deep: Vec<u8> = std::iter::repeat_n([2u8, 1], 40)
             .flatten()

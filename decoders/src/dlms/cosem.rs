@@ -48,9 +48,10 @@ impl Obis {
         matches!(self.0, [_, _, 0, 2, 0, _])
     }
 
-    /// An alarm register, 0-0:97.98.x.
+    /// An alarm register, 0-0:97.98.0 to 9 (10 to 19 are alarm filters, 20 to 29 alarm
+    /// descriptors: not alarms).
     fn is_alarm(&self) -> bool {
-        matches!(self.0, [0, _, 97, 98, _, _])
+        matches!(self.0, [0, _, 97, 98, 0..=9, _])
     }
 }
 
@@ -374,6 +375,10 @@ impl Meaning {
             if let Some(flags) = o.value.as_integer().and_then(|v| u32::try_from(v).ok()) {
                 self.status.error_flags = Some(self.status.error_flags.unwrap_or(0) | flags);
             }
+            return;
+        }
+        // Alarm filters and descriptors (0-0:97.98.10 to 29) are settings, not readings.
+        if matches!(o.obis.0, [0, _, 97, 98, _, _]) {
             return;
         }
         match number {

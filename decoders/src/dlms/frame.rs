@@ -181,7 +181,13 @@ fn hdlc(payload: &[u8]) -> Result<(Vec<u8>, usize), DecodeError> {
                 format!("HDLC FCS {fcs:04X}, computed {computed:04X}"),
             ));
         }
-        if p < fcs_at {
+        if p < fcs_at && p + 2 > fcs_at {
+            return Err(malformed(
+                start + p,
+                "an HDLC header check sequence cut short",
+            ));
+        }
+        if p + 2 <= fcs_at {
             // An information field: after the HCS over the header.
             let hcs = u16::from_le_bytes([frame[p], frame[p + 1]]);
             let computed = crc16_x25(&frame[..p]);

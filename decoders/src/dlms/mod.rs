@@ -3,7 +3,7 @@
 //!
 //! - [`frame`]: HDLC, M-Bus or the IEC 62056-4-7 wrapper, detected from the bytes (or none),
 //!   checksums checked, segments joined;
-//! - [`apdu`]: general-block-transfer joined, general-glo/ded-ciphering opened with the keys of
+//! - [`apdu`]: general-block-transfer joined, general-glo-ciphering opened with the keys of
 //!   the push's system title (AES-GCM-128, the tag checked whenever there is one), the
 //!   DataNotification read;
 //! - [`axdr`]: the A-XDR data of its body;
@@ -72,10 +72,15 @@ pub fn decode_push(
             };
             let n = apdu::notification(bytes, base)?;
             let mut m = cosem::meaning(&n.body, profile);
-            if m.objects == 0 {
+            // Nothing read: a values-only body (IDIS pushes name only their push setup, the
+            // first element) needs a profile that says what its values are.
+            if m.readings.is_empty() && m.status.is_empty() && m.rejected.is_empty() {
                 return Err(unsupported(
                     base,
-                    "a body without OBIS codes (values only): it needs a push profile ([[dlms.profile]])",
+                    format!(
+                        "no reading in the body ({} OBIS code(s) with values): a values-only push needs a push profile ([[dlms.profile]])",
+                        m.objects
+                    ),
                 ));
             }
             let stamp = n.date_time.and_then(cosem::date_time);
