@@ -547,7 +547,7 @@ mod tests {
             ("[http]\nmax_connections = 0\n", "http.max_connections"),
             ("[dlms]\nmax_connections = 0\n", "dlms.max_connections"),
             (
-                "[dlms]\nmax_connections = 10\nmax_connections_per_address = 11\n",
+                "[dlms]\nmax_connections_per_address = 0\n",
                 "dlms.max_connections_per_address",
             ),
             ("[dlms]\nmax_apdu_bytes = 0\n", "dlms.max_apdu_bytes"),

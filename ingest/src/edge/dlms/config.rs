@@ -24,7 +24,7 @@ pub struct DlmsConfig {
     /// Open TCP connections at most; one more is closed at accept.
     pub max_connections: usize,
     /// Open TCP connections from one address at most (an IPv6 /64 counts as one); one more
-    /// is closed at accept.
+    /// is closed at accept. Above `max_connections` it is no cap of its own.
     pub max_connections_per_address: usize,
     /// The largest APDU a frame may carry (its header's length field), bytes: 65535, the
     /// field's maximum, takes every frame. A larger one closes its TCP connection (a UDP
@@ -64,15 +64,6 @@ impl DlmsConfig {
             "dlms.max_connections_per_address",
             self.max_connections_per_address as u64,
         )?;
-        if self.max_connections_per_address > self.max_connections {
-            return Err(IngestError::config(
-                "dlms.max_connections_per_address",
-                format!(
-                    "must be at most dlms.max_connections ({})",
-                    self.max_connections
-                ),
-            ));
-        }
         if !(1..=usize::from(u16::MAX)).contains(&self.max_apdu_bytes) {
             return Err(IngestError::config(
                 "dlms.max_apdu_bytes",
