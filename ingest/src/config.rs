@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::devices::DevicesConfig;
 pub use crate::edge::bridge::BridgeConfig;
 pub use crate::edge::coap::CoapConfig;
+pub use crate::edge::dlms::DlmsConfig;
 pub use crate::edge::mqtt::MqttConfig;
 use crate::error::positive;
 use crate::error::IngestError;
@@ -25,6 +26,8 @@ pub struct Config {
     pub node: NodeConfig,
     pub mqtt: MqttConfig,
     pub coap: CoapConfig,
+    /// The DLMS/COSEM wrapper listener (IEC 62056-4-7, TCP and UDP); off by default.
+    pub dlms: DlmsConfig,
     pub http: HttpConfig,
     pub devices: DevicesConfig,
     pub pipeline: PipelineConfig,
@@ -47,6 +50,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             mqtt: MqttConfig::default(),
             coap: CoapConfig::default(),
+            dlms: DlmsConfig::default(),
             http: HttpConfig::default(),
             devices: DevicesConfig::default(),
             pipeline: PipelineConfig::default(),
@@ -212,6 +216,7 @@ impl Config {
         self.node.validate()?;
         self.mqtt.validate()?;
         self.coap.validate()?;
+        self.dlms.validate()?;
         self.http.validate()?;
         self.devices.validate()?;
         self.pipeline.validate()?;
@@ -540,6 +545,23 @@ mod tests {
         c.validate().unwrap();
         for (text, key) in [
             ("[http]\nmax_connections = 0\n", "http.max_connections"),
+            ("[dlms]\nmax_connections = 0\n", "dlms.max_connections"),
+            (
+                "[dlms]\nmax_connections_per_address = 0\n",
+                "dlms.max_connections_per_address",
+            ),
+            ("[dlms]\nmax_apdu_bytes = 0\n", "dlms.max_apdu_bytes"),
+            ("[dlms]\nmax_apdu_bytes = 65536\n", "dlms.max_apdu_bytes"),
+            ("[dlms]\nidle_timeout_s = 0\n", "dlms.idle_timeout_s"),
+            ("[dlms]\nidle_timeout_s = 86401\n", "dlms.idle_timeout_s"),
+            (
+                "[dlms]\nplaintext_meter_prefix = \"a b\"\n",
+                "dlms.plaintext_meter_prefix",
+            ),
+            (
+                "[dlms]\nplaintext_meter_prefix = \"abcdefghijklmnopqrstuvwxyz\"\n",
+                "dlms.plaintext_meter_prefix",
+            ),
             (
                 "[http]\nheader_read_timeout_ms = 0\n",
                 "http.header_read_timeout_ms",

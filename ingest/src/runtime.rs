@@ -9,8 +9,8 @@
 //! 3. the sinks ([`SinkSet`]: Parquet, the ClickHouse writer, the dead-letter files);
 //! 4. the pipeline thread (it replays what the checkpoint does not cover first), then the
 //!    WAL writer thread;
-//! 5. the edges: MQTT, each CoAP listener, each bridge (a port in use stops start-up, naming
-//!    it);
+//! 5. the edges: MQTT, each CoAP listener, the DLMS wrapper listener, each bridge (a port in
+//!    use stops start-up, naming it);
 //! 6. HTTP and the device-state saver; then "meterflow ready".
 //!
 //! Stop, in this order, driven by one [`Shutdown`] whose deadline is
@@ -45,6 +45,7 @@ use crate::devices::DeviceRegistry;
 use crate::dlms_replay::ReplayGuard;
 use crate::edge::bridge::{self, Bridge};
 use crate::edge::coap::{self, CoapSummary};
+use crate::edge::dlms::{self, DlmsServer};
 use crate::edge::mqtt::{self, MqttServer};
 use crate::edge::{RawMessage, Submission};
 use crate::error::IngestError;
@@ -62,6 +63,8 @@ pub struct ServeSummary {
     pub mqtt_sessions: u64,
     /// CoAP requests answered.
     pub coap_requests: u64,
+    /// DLMS wrapper frames read (TCP and UDP).
+    pub dlms_frames: u64,
     pub wal_overflow: u64,
     pub pipeline: PipelineSummary,
 }
@@ -137,6 +140,7 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
     let store_path = CredentialStore::path(&config.data_dir);
     mqtt::check_anonymous_rule(&config.mqtt, store_empty, &store_path)?;
     coap::check_anonymous_rule(&config.coap, store_empty, &store_path)?;
+    dlms::check_plaintext_rule(&config.dlms, store_empty);
 
     // 3. Sinks, and the pipeline on them (not running yet).
     if config.clickhouse.enabled() {
@@ -174,8 +178,12 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
             source,
         })?;
     let coap_listeners = bind_coap(&config, &credentials)?;
+    let dlms_listener = config.dlms.listen.map(dlms::bind).transpose()?;
     let (mqtt_tx, mqtt_rx) = edge::channel(edge::SUBMISSIONS);
     let (coap_tx, coap_rx) = edge::channel(config.coap.max_inflight.max(1));
+    // One frame per TCP connection waits at most (it is not read further meanwhile), and
+    // datagrams.
+    let (dlms_tx, dlms_rx) = edge::channel(config.dlms.max_connections + dlms::UDP_QUEUE);
     let mqtt = MqttServer::start(
         config.mqtt.clone(),
         credentials.clone(),
@@ -189,6 +197,7 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
     let inputs = wal_writer::Inputs {
         mqtt: mqtt_rx,
         coap: coap_rx,
+        dlms: dlms_rx,
     };
     let writer = wal_writer::spawn(wal, marks.clone(), inputs, queue)
         .map_err(|e| IngestError::Runtime(format!("spawning the WAL writer thread: {e}")))?;
@@ -196,10 +205,19 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
     // 6. The other edges. The edges hold the only senders: the WAL writer ends when they do.
     let edges = Edges {
         coap: spawn_coap(coap_listeners, &config, &credentials, &coap_tx, &shutdown),
+        dlms: dlms_listener.map(|bound| {
+            DlmsServer::start(
+                bound,
+                config.dlms.clone(),
+                credentials.clone(),
+                dlms_tx.clone(),
+                shutdown.signal(),
+            )
+        }),
         bridges: start_bridges(bridges, &config.node.id, &mqtt_tx, &shutdown),
         mqtt,
     };
-    drop((mqtt_tx, coap_tx));
+    drop((mqtt_tx, coap_tx, dlms_tx));
 
     // 7. HTTP and the device state.
     let readiness = http::Readiness {
@@ -236,6 +254,7 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
         mqtt_tls = ?config.mqtt.tls_listen,
         coap = ?config.coap.listen,
         coaps = ?config.coap.dtls_listen,
+        dlms = ?config.dlms.listen,
         bridges = config.bridge.len(),
         http = %config.http.listen,
         data_dir = %config.data_dir.display(),
@@ -378,13 +397,15 @@ fn serve_http(
 struct Edges {
     mqtt: MqttServer,
     coap: Vec<JoinHandle<CoapSummary>>,
+    dlms: Option<DlmsServer>,
     bridges: Vec<Bridge>,
 }
 
 impl Edges {
     /// Waits, once the shutdown has begun, until every edge has answered what it took and
-    /// ended (by the shutdown's deadline); the MQTT sessions and the CoAP requests they had.
-    async fn stopped(self) -> (u64, u64) {
+    /// ended (by the shutdown's deadline): the MQTT sessions, the CoAP requests and the DLMS
+    /// frames they had.
+    async fn stopped(self) -> EdgeCounts {
         let mqtt = self.mqtt.stopped().await;
         for bridge in self.bridges {
             bridge.finish().await;
@@ -396,8 +417,23 @@ impl Edges {
                 Err(e) => tracing::error!(error = %e, "the CoAP server failed"),
             }
         }
-        (mqtt.sessions, coap_requests)
+        let dlms_frames = match self.dlms {
+            Some(dlms) => dlms.stopped().await.frames,
+            None => 0,
+        };
+        EdgeCounts {
+            mqtt_sessions: mqtt.sessions,
+            coap_requests,
+            dlms_frames,
+        }
     }
+}
+
+/// What the edges had, for the summary.
+struct EdgeCounts {
+    mqtt_sessions: u64,
+    coap_requests: u64,
+    dlms_frames: u64,
 }
 
 /// Opens the WAL (its recovery cuts a torn tail and sets damage aside) and reads the
@@ -500,7 +536,7 @@ impl Running {
         // 2. The edges end, their senders with them. Whatever became of a task, the threads
         // below must still be joined so that every sink is flushed: a failed task is logged,
         // not returned early.
-        let (mqtt_sessions, coap_requests) = edges.stopped().await;
+        let edge_counts = edges.stopped().await;
         // 3. The WAL writer ends when every edge has, the pipeline when the writer closes its
         // queue (it flushes every sink first).
         let pipeline = pipeline.thread;
@@ -527,8 +563,9 @@ impl Running {
         }
         Ok(ServeSummary {
             received: writer.messages,
-            mqtt_sessions,
-            coap_requests,
+            mqtt_sessions: edge_counts.mqtt_sessions,
+            coap_requests: edge_counts.coap_requests,
+            dlms_frames: edge_counts.dlms_frames,
             wal_overflow: writer.wal_overflow,
             pipeline,
         })
@@ -540,17 +577,24 @@ const OPEN_FILES_BESIDES: usize = 1024;
 
 /// Raises the soft limit of open files to the hard limit, and warns when that is still below
 /// what the connections need together: MQTT's logged-in and pending budgets and HTTP's cap
-/// (each connection is a socket), plus [`OPEN_FILES_BESIDES`].
+/// (each connection is a socket), the DLMS listener's when it is on, plus
+/// [`OPEN_FILES_BESIDES`].
 fn raise_open_files_limit(config: &Config) {
+    let dlms = if config.dlms.listen.is_some() {
+        config.dlms.max_connections
+    } else {
+        0
+    };
     let connections = config.mqtt.max_connections
         + config.mqtt.max_pending_connections
-        + config.http.max_connections;
+        + config.http.max_connections
+        + dlms;
     let wanted = (connections + OPEN_FILES_BESIDES) as u64;
     match rlimit::increase_nofile_limit(wanted) {
         Ok(got) if got < wanted => tracing::warn!(
             open_files = got,
             wanted,
-            "the open-files limit is below mqtt.max_connections + mqtt.max_pending_connections + http.max_connections + 1024: raise it (LimitNOFILE= in the systemd unit, or ulimit -n)"
+            "the open-files limit is below mqtt.max_connections + mqtt.max_pending_connections + http.max_connections (+ dlms.max_connections) + 1024: raise it (LimitNOFILE= in the systemd unit, or ulimit -n)"
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "reading the open-files limit"),

@@ -1,7 +1,7 @@
 //! The WAL writer: the one owner of the write-ahead log. Each edge (the MQTT server, the CoAP
-//! server) hands it [`Submission`]s through a bounded channel of its own, so a flood on one
-//! cannot crowd out the other (each round takes up to a group's worth from each, CoAP's
-//! first); it appends them, commits them as a group (one flush, and fsync by policy, per
+//! server, the DLMS listener) hands it [`Submission`]s through a bounded channel of its own,
+//! so a flood on one cannot crowd out the others (each round takes up to a group's worth from
+//! each, CoAP's first, then DLMS's); it appends them, commits them as a group (one flush, and fsync by policy, per
 //! burst; always an fsync when a submission in the group waits for durability), tells the
 //! edges that wait (MQTT PUBACKs and CoAP answers go out only then), and offers each message
 //! to the pipeline queue without waiting: when the queue is full the message is in the WAL
@@ -40,6 +40,7 @@ const IDLE_TICK: Duration = Duration::from_millis(50);
 pub struct Inputs {
     pub mqtt: Receiver<Submission>,
     pub coap: Receiver<Submission>,
+    pub dlms: Receiver<Submission>,
 }
 
 /// Runs the writer on its own thread until every sender is dropped or the pipeline is gone.
@@ -77,13 +78,12 @@ struct Writer {
 
 impl Writer {
     fn run(&mut self, inputs: &Inputs) {
-        let (mut coap_open, mut mqtt_open) = (true, true);
-        while coap_open || mqtt_open {
-            // What is waiting, CoAP first.
-            for (rx, open) in [
-                (&inputs.coap, &mut coap_open),
-                (&inputs.mqtt, &mut mqtt_open),
-            ] {
+        // In the order each round takes from them: CoAP first.
+        let inputs = [&inputs.coap, &inputs.dlms, &inputs.mqtt];
+        let mut open = [true; 3];
+        while open.contains(&true) {
+            // What is waiting, in that order.
+            for (rx, open) in inputs.iter().zip(open.iter_mut()) {
                 while *open && self.group.len() < MAX_GROUP {
                     match rx.try_recv() {
                         Ok(next) => self.accept(next),
@@ -92,19 +92,17 @@ impl Writer {
                     }
                 }
             }
-            if self.group.is_empty() && (coap_open || mqtt_open) {
+            if self.group.is_empty() && open.contains(&true) {
                 // Nothing waiting: sleep until something comes or the idle tick.
                 let mut selector = flume::Selector::new();
-                if coap_open {
-                    selector = selector.recv(&inputs.coap, |r| (true, r));
-                }
-                if mqtt_open {
-                    selector = selector.recv(&inputs.mqtt, |r| (false, r));
+                for (i, rx) in inputs.iter().enumerate() {
+                    if open[i] {
+                        selector = selector.recv(rx, move |r| (i, r));
+                    }
                 }
                 match selector.wait_timeout(IDLE_TICK) {
                     Ok((_, Ok(first))) => self.accept(first),
-                    Ok((true, Err(_))) => coap_open = false,
-                    Ok((false, Err(_))) => mqtt_open = false,
+                    Ok((i, Err(_))) => open[i] = false,
                     Err(_) => {}
                 }
             }
@@ -286,9 +284,11 @@ mod tests {
         let (mqtt, mqtt_rx) = channel(16);
         let (tx, coap_rx) = channel(16);
         let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel(16);
+        let (_, dlms_rx) = channel(1);
         let inputs = Inputs {
             mqtt: mqtt_rx,
             coap: coap_rx,
+            dlms: dlms_rx,
         };
         let writer = spawn(wal, marks.clone(), inputs, queue_tx).unwrap();
         drop(mqtt);
@@ -335,9 +335,11 @@ mod tests {
         let (mqtt, mqtt_rx) = channel(16);
         let (tx, coap_rx) = channel(16);
         let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel(16);
+        let (_, dlms_rx) = channel(1);
         let inputs = Inputs {
             mqtt: mqtt_rx,
             coap: coap_rx,
+            dlms: dlms_rx,
         };
         let writer = spawn(wal, Arc::new(LsnMarks::default()), inputs, queue_tx).unwrap();
         drop(mqtt);

@@ -169,6 +169,8 @@ pub enum Source {
     Mqtt,
     Coap,
     Bridge,
+    /// The DLMS/COSEM wrapper listener (IEC 62056-4-7 over TCP or UDP).
+    Dlms,
 }
 
 impl Source {
@@ -177,6 +179,7 @@ impl Source {
             Source::Mqtt => "mqtt",
             Source::Coap => "coap",
             Source::Bridge => "bridge",
+            Source::Dlms => "dlms",
         }
     }
 }

@@ -60,6 +60,10 @@ pub struct ListenArgs {
     /// 0.0.0.0:5684; `off` for none.
     #[arg(long, env = "METERFLOW_COAPS_LISTEN")]
     coaps_listen: Option<String>,
+    /// DLMS/COSEM wrapper listener (IEC 62056-4-7) on TCP and UDP at this address, e.g.
+    /// 0.0.0.0:4059 [default off]; `off` for none.
+    #[arg(long, env = "METERFLOW_DLMS_LISTEN")]
+    dlms_listen: Option<String>,
     /// HTTP listener for /health, /metrics and the API [default 127.0.0.1:8080]
     #[arg(long, env = "METERFLOW_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
@@ -146,6 +150,9 @@ impl ListenArgs {
         if let Some(coaps) = &self.coaps_listen {
             config.coap.dtls_listen =
                 address_or_off(coaps, "--coaps-listen / METERFLOW_COAPS_LISTEN")?;
+        }
+        if let Some(dlms) = &self.dlms_listen {
+            config.dlms.listen = address_or_off(dlms, "--dlms-listen / METERFLOW_DLMS_LISTEN")?;
         }
         if let Some(addr) = self.http_listen {
             config.http.listen = addr;

@@ -22,6 +22,7 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
         mqtt_sessions = summary.mqtt_sessions,
         wal_overflow = summary.wal_overflow,
         coap_requests = summary.coap_requests,
+        dlms_frames = summary.dlms_frames,
         "meterflow stopped cleanly"
     );
     Ok(())

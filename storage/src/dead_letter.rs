@@ -19,7 +19,7 @@ use crate::StorageError;
 pub struct DeadLetter {
     /// When meterflow accepted the message, Unix milliseconds UTC.
     pub received_at_ms: i64,
-    /// `mqtt`, `coap`, `bridge`.
+    /// `mqtt`, `coap`, `bridge`, `dlms`.
     pub source: String,
     /// The MQTT topic or CoAP path.
     pub topic: String,

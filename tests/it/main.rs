@@ -18,6 +18,7 @@ mod cluster;
 mod confirmation_path;
 mod deploy;
 mod dlms;
+mod dlms_listener;
 mod fuzz_regressions;
 mod http_api;
 mod http_limits;

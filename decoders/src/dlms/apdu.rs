@@ -339,6 +339,45 @@ pub fn decipher(
     }
 }
 
+/// The system title of a ciphered push, read from as few bytes as it takes and nothing else
+/// checked: `DB`/`DC`, a length of 8, the 8 bytes; or the same at the start of the data of a
+/// general-block-transfer (`E0`), joined over as many blocks as the 10 bytes need. `None`:
+/// the APDU is not ciphered (a DataNotification in clear) or not readable that far. For an
+/// edge that must know who sent a push before it stores it; [`open`] reads it again, whole.
+pub fn system_title(apdu: &[u8]) -> Option<[u8; 8]> {
+    const NEEDED: usize = 10;
+    let head: std::borrow::Cow<'_, [u8]> = match apdu.first()? {
+        0xE0 => {
+            let mut r = Reader::new(apdu, 0);
+            let mut head = Vec::with_capacity(NEEDED);
+            while head.len() < NEEDED && !r.is_empty() {
+                if r.u8("").ok()? != 0xE0 {
+                    return None;
+                }
+                let control = r.u8("").ok()?;
+                r.u16("").ok()?;
+                r.u16("").ok()?;
+                let len = r.length("").ok()?;
+                // A block cut short still gives what it has.
+                let data = r.rest().get(..len).unwrap_or(r.rest());
+                let want = (NEEDED - head.len()).min(data.len());
+                head.extend_from_slice(&data[..want]);
+                if control & 0x80 != 0 || data.len() < len {
+                    break;
+                }
+                r.take(len, "").ok()?;
+            }
+            std::borrow::Cow::Owned(head)
+        }
+        _ => std::borrow::Cow::Borrowed(apdu),
+    };
+    let mut r = Reader::new(&head, 0);
+    if !matches!(r.u8("").ok()?, 0xDB | 0xDC) || r.length("").ok()? != 8 {
+        return None;
+    }
+    r.array::<8>("").ok().copied()
+}
+
 /// Hex, upper case (system titles in messages).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
@@ -595,5 +634,54 @@ mod tests {
         assert!(open(&wrong, 0, &keys).is_err());
         let unfinished = block(0x40, 1, a);
         assert!(open(&unfinished, 0, &keys).is_err());
+    }
+
+    #[test]
+    fn the_system_title_is_read_from_the_first_bytes_only() {
+        let block = |control: u8, number: u16, data: &[u8]| {
+            let mut v = vec![0xE0, control];
+            v.extend_from_slice(&number.to_be_bytes());
+            v.extend_from_slice(&0u16.to_be_bytes());
+            v.push(u8::try_from(data.len()).unwrap());
+            v.extend_from_slice(data);
+            v
+        };
+        let push = ciphered(0x30, 9, &NOTE);
+        assert_eq!(system_title(&push), Some(ST));
+        // Dedicated ciphering; nothing after the title is looked at.
+        let mut ded = push[..10].to_vec();
+        ded[0] = 0xDC;
+        assert_eq!(system_title(&ded), Some(ST));
+        // In blocks: the first block's data, or joined when the title spans blocks; a last
+        // block cut short still gives what it has.
+        let (a, b) = push.split_at(20);
+        assert_eq!(
+            system_title(&[block(0x40, 1, a), block(0xC0, 2, b)].concat()),
+            Some(ST)
+        );
+        let (a, b) = push.split_at(4);
+        assert_eq!(
+            system_title(&[block(0x40, 1, a), block(0xC0, 2, b)].concat()),
+            Some(ST)
+        );
+        let mut cut = block(0xC0, 1, &push);
+        cut.truncate(20);
+        assert_eq!(system_title(&cut), Some(ST));
+        // None: in clear, a title not of 8 bytes, too short, blocks of a notification in clear,
+        // a title that the blocks end before.
+        let mut seven = push[..10].to_vec();
+        seven[1] = 7;
+        let (a, _) = push.split_at(4);
+        for not in [
+            NOTE.to_vec(),
+            seven,
+            push[..9].to_vec(),
+            block(0xC0, 1, &NOTE),
+            block(0xC0, 1, a),
+            Vec::new(),
+            vec![0xE0],
+        ] {
+            assert_eq!(system_title(&not), None, "{not:02X?}");
+        }
     }
 }

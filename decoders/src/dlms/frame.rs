@@ -286,28 +286,62 @@ fn mbus(payload: &[u8]) -> Result<(Vec<u8>, usize), DecodeError> {
     Ok((apdu, base.unwrap_or(0)))
 }
 
+/// The length of an IEC 62056-4-7 wrapper header.
+pub const WRAPPER_HEADER: usize = 8;
+
+/// The header of an IEC 62056-4-7 wrapper frame (TCP and UDP port 4059): version (1), the
+/// source and destination wPorts, and the length of the APDU that follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrapperHeader {
+    pub version: u16,
+    pub source: u16,
+    pub destination: u16,
+    /// The APDU's bytes after the header.
+    pub length: u16,
+}
+
+impl WrapperHeader {
+    pub fn parse(header: &[u8; WRAPPER_HEADER]) -> WrapperHeader {
+        let field = |i: usize| u16::from_be_bytes([header[i], header[i + 1]]);
+        WrapperHeader {
+            version: field(0),
+            source: field(2),
+            destination: field(4),
+            length: field(6),
+        }
+    }
+}
+
 fn wrapper(payload: &[u8]) -> Result<(Vec<u8>, usize), DecodeError> {
     let header = payload
-        .get(..8)
+        .first_chunk::<WRAPPER_HEADER>()
         .ok_or_else(|| malformed(0, "a wrapper header is 8 bytes"))?;
-    let version = u16::from_be_bytes([header[0], header[1]]);
-    if version != 1 {
-        return Err(unsupported(0, format!("wrapper version {version}")));
+    let header = WrapperHeader::parse(header);
+    if header.version != 1 {
+        return Err(unsupported(
+            0,
+            format!("wrapper version {}", header.version),
+        ));
     }
-    let len = usize::from(u16::from_be_bytes([header[6], header[7]]));
-    let apdu = payload.get(8..8 + len).ok_or_else(|| {
-        malformed(
-            6,
-            format!(
-                "the wrapper states {len} bytes, {} follow",
-                payload.len() - 8
-            ),
-        )
-    })?;
-    if payload.len() > 8 + len {
-        return Err(malformed(8 + len, "bytes after the wrapper's APDU"));
+    let len = usize::from(header.length);
+    let apdu = payload
+        .get(WRAPPER_HEADER..WRAPPER_HEADER + len)
+        .ok_or_else(|| {
+            malformed(
+                6,
+                format!(
+                    "the wrapper states {len} bytes, {} follow",
+                    payload.len() - WRAPPER_HEADER
+                ),
+            )
+        })?;
+    if payload.len() > WRAPPER_HEADER + len {
+        return Err(malformed(
+            WRAPPER_HEADER + len,
+            "bytes after the wrapper's APDU",
+        ));
     }
-    Ok((apdu.to_vec(), 8))
+    Ok((apdu.to_vec(), WRAPPER_HEADER))
 }
 
 #[cfg(test)]

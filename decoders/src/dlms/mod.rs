@@ -21,9 +21,9 @@ pub mod axdr;
 pub mod cosem;
 pub mod frame;
 
-pub use apdu::{KeyLookup, Keys, Security};
+pub use apdu::{system_title, KeyLookup, Keys, Security};
 pub use cosem::{Obis, Profile, ProfileObject};
-pub use frame::Framing;
+pub use frame::{Framing, WrapperHeader, WRAPPER_HEADER};
 
 use meterflow_proto::Format;
 

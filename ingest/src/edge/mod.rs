@@ -3,9 +3,11 @@
 //! - [`mqtt`]: meterflow's own MQTT server (3.1.1 and 5, TLS, identities, limits);
 //! - [`coap`]: the CoAP/UDP endpoint, plain and DTLS (reports, LwM2M 1.1 registration and Send);
 //! - [`bridge`]: MQTT 5 clients of a broker the utility already runs (shared subscription,
-//!   acknowledged to the broker once in the WAL).
+//!   acknowledged to the broker once in the WAL);
+//! - [`dlms`]: the DLMS/COSEM wrapper listener (IEC 62056-4-7 over TCP and UDP; meters
+//!   identified by the system title of their ciphered pushes).
 //!
-//! The contract every edge keeps, and a new one (a DLMS listener) plugs into:
+//! The contract every edge keeps:
 //! - it authenticates the peer and asks the one [`policy`]: may this [`Identity`] publish for
 //!   this meter, are devices without identity served on this listener;
 //! - it hands each message to the WAL writer as a [`Submission`] through its bounded
@@ -22,6 +24,7 @@
 
 pub mod bridge;
 pub mod coap;
+pub mod dlms;
 pub mod mqtt;
 mod note;
 pub mod policy;

@@ -60,6 +60,7 @@ fn source_code(s: Source) -> u8 {
         Source::Mqtt => 0,
         Source::Coap => 1,
         Source::Bridge => 2,
+        Source::Dlms => 3,
     }
 }
 
@@ -68,6 +69,7 @@ fn source_from(code: u8) -> Option<Source> {
         0 => Some(Source::Mqtt),
         1 => Some(Source::Coap),
         2 => Some(Source::Bridge),
+        3 => Some(Source::Dlms),
         _ => None,
     }
 }
@@ -187,4 +189,23 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_source_has_its_own_code_and_reads_back() {
+        let all = [Source::Mqtt, Source::Coap, Source::Bridge, Source::Dlms];
+        for source in all {
+            assert_eq!(source_from(source_code(source)), Some(source));
+        }
+        let mut codes: Vec<u8> = all.into_iter().map(source_code).collect();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+        // The edge-note bit is not a source.
+        assert!(codes.iter().all(|c| c & EDGE_NOTE_BIT == 0));
+        assert_eq!(source_from(4), None);
+    }
 }

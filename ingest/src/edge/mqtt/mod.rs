@@ -54,6 +54,8 @@ use slots::{PendingSlot, Slots};
 use tls::{TlsFiles, TlsServer};
 
 pub use config::{check_anonymous_rule, MqttConfig};
+/// How the per-address caps count addresses (the DLMS listener's too).
+pub(crate) use slots::AddressKey;
 
 /// How a listener was bound.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,113 @@
+//! The wrapper listener's settings (`[dlms]`): their defaults, their checks, and what start-up
+//! says about plaintext pushes.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{positive, IngestError};
+
+/// The DLMS/COSEM wrapper listener's settings (`[dlms]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DlmsConfig {
+    /// TCP and UDP listener (the same port for both; 4059 is usual) for IEC 62056-4-7 wrapper
+    /// frames. Off unless set.
+    pub listen: Option<SocketAddr>,
+    /// Take pushes that carry no system title (not ciphered) from any address, stored for the
+    /// meter `plaintext_meter_prefix` + the sender's IP address (warned at start-up). Without
+    /// it they are taken only while the credential store is empty on a loopback listener.
+    pub allow_plaintext: bool,
+    /// The meter id of a plaintext push: this, then the sender's IP address with `.` and `:`
+    /// made `-` (`ip-192-0-2-7`).
+    pub plaintext_meter_prefix: String,
+    /// Open TCP connections at most; one more is closed at accept.
+    pub max_connections: usize,
+    /// Open TCP connections from one address at most (an IPv6 /64 counts as one); one more
+    /// is closed at accept. Above `max_connections` it is no cap of its own.
+    pub max_connections_per_address: usize,
+    /// The largest APDU a frame may carry (its header's length field), bytes: 65535, the
+    /// field's maximum, takes every frame. A larger one closes its TCP connection (a UDP
+    /// datagram is dropped).
+    pub max_apdu_bytes: usize,
+    /// A TCP connection on which no whole frame arrives for this long (from its accept, or
+    /// from the frame before) is closed.
+    pub idle_timeout_s: u64,
+}
+
+impl Default for DlmsConfig {
+    fn default() -> Self {
+        DlmsConfig {
+            listen: None,
+            allow_plaintext: false,
+            plaintext_meter_prefix: "ip-".into(),
+            max_connections: 1024,
+            max_connections_per_address: 256,
+            max_apdu_bytes: usize::from(u16::MAX),
+            idle_timeout_s: 600,
+        }
+    }
+}
+
+/// The longest `dlms.plaintext_meter_prefix`: the prefix and the longest IPv6 address (39
+/// characters) within a meter id's 64.
+const MAX_PREFIX: usize = 64 - 39;
+
+/// The longest `dlms.idle_timeout_s`: a day.
+const MAX_IDLE_S: u64 = 86_400;
+
+impl DlmsConfig {
+    /// Checks what the types alone do not; the error names the key.
+    pub fn validate(&self) -> Result<(), IngestError> {
+        positive("dlms.max_connections", self.max_connections as u64)?;
+        positive(
+            "dlms.max_connections_per_address",
+            self.max_connections_per_address as u64,
+        )?;
+        if !(1..=usize::from(u16::MAX)).contains(&self.max_apdu_bytes) {
+            return Err(IngestError::config(
+                "dlms.max_apdu_bytes",
+                "must be 1 to 65535 (the wrapper header's length field)",
+            ));
+        }
+        positive("dlms.idle_timeout_s", self.idle_timeout_s)?;
+        if self.idle_timeout_s > MAX_IDLE_S {
+            return Err(IngestError::config(
+                "dlms.idle_timeout_s",
+                format!("must be at most {MAX_IDLE_S} (a day)"),
+            ));
+        }
+        let prefix = &self.plaintext_meter_prefix;
+        if prefix.len() > MAX_PREFIX
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(IngestError::config(
+                "dlms.plaintext_meter_prefix",
+                format!("must be at most {MAX_PREFIX} characters of [A-Za-z0-9._-]"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What start-up says about pushes without a system title: warned where they are taken from
+/// anyone, and where nothing will be taken until the store has meters with system titles.
+pub fn check_plaintext_rule(config: &DlmsConfig, store_empty: bool) {
+    let Some(addr) = config.listen else {
+        return;
+    };
+    if config.allow_plaintext {
+        tracing::warn!(
+            %addr,
+            prefix = %config.plaintext_meter_prefix,
+            "dlms.allow_plaintext = true: DLMS pushes without a system title (not ciphered) are stored from anyone who reaches the listener, for the meter named by the prefix and the sender's address"
+        );
+    } else if store_empty && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "dlms.listen: the credential store is empty, so every push is refused until meters with a dlms_system_title are added (`meterflow credentials add ID --dlms-system-title HEX --dlms-ek HEX`)"
+        );
+    }
+}

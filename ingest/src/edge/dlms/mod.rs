@@ -1,0 +1,233 @@
+//! The DLMS/COSEM wrapper listener (IEC 62056-4-7): meters with a modem push their
+//! DataNotifications to it over TCP or UDP, on one port (`dlms.listen`; 4059 is usual), each
+//! in a wrapper frame (an 8-byte header: version 1, source and destination wPort, the APDU's
+//! length; then the APDU). Off by default.
+//!
+//! - A meter is identified by the system title of its ciphered push (general-glo/ded-
+//!   ciphering, maybe in general-block-transfer), looked up in the credential store
+//!   ([`crate::credentials::CredentialStore::meter_of_system_title`]); nothing is deciphered
+//!   here. The whole frame goes to the WAL writer as `meters/{meter_id}/dlms` (source `dlms`),
+//!   and the pipeline opens it with that meter's keys, checks its tag and refuses a replayed
+//!   invocation counter, as for a push over MQTT. A system title that is no meter's: an
+//!   `unauthorized` dead letter (an [`EdgeNote`](crate::edge::EdgeNote), anonymous, naming
+//!   the peer), counted.
+//! - A push without a system title (in clear) carries no identity: it is taken only under the
+//!   anonymous rule of the other edges ([`policy::anonymous_allowed`] with
+//!   `dlms.allow_plaintext`: or on a loopback listener while the store is empty), for the meter
+//!   `dlms.plaintext_meter_prefix` + the sender's address; else an `unauthorized` dead letter.
+//! - TCP: one task per connection reads a frame, hands it to the writer and waits until it is
+//!   durable before it reads the next (back-pressure: a meter cannot send faster than the WAL
+//!   takes it). On `WalFull` / `Failed` the connection is reset; the meter sends again later.
+//!   UDP: one task reads datagrams (one frame each) and hands them on without waiting (there
+//!   is no answer to wait with); a full channel drops the datagram.
+//! - Limits: `dlms.max_connections`, `dlms.max_connections_per_address` ([`slots`]),
+//!   `dlms.max_apdu_bytes`, `dlms.idle_timeout_s`; each refusal counted in
+//!   `meterflow_dlms_refused_total{reason}` ([`frame::Refused`]).
+//! - Shutdown: the listeners stop; a connection waiting for the WAL's answer gets it, then
+//!   every connection closes; the edge's sender goes with the last task.
+//!
+//! The files: `config` (`[dlms]`), `frame` (the decisions, without I/O), `slots` (the
+//! connection budget), `tcp` and `udp` (the sockets).
+
+mod config;
+pub mod frame;
+mod slots;
+mod tcp;
+mod udp;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use meterflow_proto::Source;
+use meterflow_storage::ShutdownSignal;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
+
+use crate::credentials::SharedCredentials;
+use crate::edge::{policy, EdgeNote, EdgeNoteKind, RawMessage, Submission};
+use crate::error::IngestError;
+use frame::{Transport, Verdict};
+use slots::Slots;
+
+pub use config::{check_plaintext_rule, DlmsConfig};
+
+/// Datagrams that may wait for the WAL writer besides one frame per TCP connection: the
+/// edge's channel holds `dlms.max_connections` + this.
+pub const UDP_QUEUE: usize = 1024;
+
+/// The listener's sockets, bound at start-up (a port in use stops it, naming it).
+pub struct Bound {
+    tcp: TcpListener,
+    udp: UdpSocket,
+    addr: SocketAddr,
+}
+
+/// Binds the TCP listener and the UDP socket of `dlms.listen`, the same port for both (with
+/// port 0, the port the TCP listener got).
+pub fn bind(addr: SocketAddr) -> Result<Bound, IngestError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let error = |addr| {
+        move |source| IngestError::Bind {
+            what: "DLMS",
+            addr,
+            source,
+        }
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(error(addr))?;
+    socket.set_reuse_address(true).map_err(error(addr))?;
+    socket.set_nonblocking(true).map_err(error(addr))?;
+    socket.bind(&addr.into()).map_err(error(addr))?;
+    socket.listen(4096).map_err(error(addr))?;
+    let tcp = TcpListener::from_std(socket.into()).map_err(error(addr))?;
+    let addr = tcp.local_addr().map_err(error(addr))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(error(addr))?;
+    socket.set_nonblocking(true).map_err(error(addr))?;
+    socket.bind(&addr.into()).map_err(error(addr))?;
+    let udp = UdpSocket::from_std(socket.into()).map_err(error(addr))?;
+    Ok(Bound { tcp, udp, addr })
+}
+
+impl Bound {
+    /// Where it listens (TCP and UDP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// What every connection and the datagram task share.
+struct Edge {
+    config: DlmsConfig,
+    /// The listener is on a loopback address (plaintext pushes while the store is empty).
+    loopback: bool,
+    credentials: Arc<SharedCredentials>,
+    wal: flume::Sender<Submission>,
+    slots: Arc<Slots>,
+    frames: AtomicU64,
+    received: metrics::Counter,
+}
+
+impl Edge {
+    /// The message a whole frame from `peer` becomes: for its meter, or refused with its
+    /// note (counted).
+    fn message(&self, frame: Vec<u8>, peer: SocketAddr, transport: Transport) -> RawMessage {
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("meterflow_dlms_frames_total", "transport" => transport.label())
+            .increment(1);
+        self.received.increment(1);
+        let store = self.credentials.current();
+        let plaintext_ok =
+            policy::anonymous_allowed(self.config.allow_plaintext, self.loopback, store.is_empty());
+        let verdict = frame::judge(
+            &frame,
+            peer.ip(),
+            &store,
+            plaintext_ok,
+            &self.config.plaintext_meter_prefix,
+        );
+        match verdict {
+            Verdict::Take { meter_id } => RawMessage::new(
+                Source::Dlms,
+                format!("meters/{meter_id}/dlms"),
+                Bytes::from(frame),
+            ),
+            Verdict::Refuse { why, reason } => {
+                why.count();
+                tracing::debug!(%peer, transport = transport.label(), %reason, "DLMS push refused");
+                RawMessage {
+                    edge_note: Some(Box::new(EdgeNote {
+                        kind: EdgeNoteKind::Unauthorized,
+                        identity: None,
+                        client_id: None,
+                        peer: peer.to_string(),
+                        reason: format!("{reason} (wrapper listener, {})", transport.label()),
+                    })),
+                    ..RawMessage::new(
+                        Source::Dlms,
+                        format!("dlms/{}", transport.label()),
+                        Bytes::from(frame),
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// What the listener did, for the shutdown summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DlmsSummary {
+    /// Whole frames read, over TCP and UDP.
+    pub frames: u64,
+}
+
+/// The running listener.
+pub struct DlmsServer {
+    edge: Arc<Edge>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Closed once every connection's task has ended (each holds a sender).
+    connections_done: tokio::sync::mpsc::Receiver<()>,
+}
+
+impl DlmsServer {
+    /// Serves the bound sockets until `shutdown` begins.
+    pub fn start(
+        bound: Bound,
+        config: DlmsConfig,
+        credentials: Arc<SharedCredentials>,
+        wal: flume::Sender<Submission>,
+        shutdown: ShutdownSignal,
+    ) -> DlmsServer {
+        let Bound { tcp, udp, addr } = bound;
+        let edge = Arc::new(Edge {
+            slots: Slots::new(config.max_connections, config.max_connections_per_address),
+            loopback: addr.ip().is_loopback(),
+            config,
+            credentials,
+            wal,
+            frames: AtomicU64::new(0),
+            received: metrics::counter!("meterflow_received_total", "source" => "dlms"),
+        });
+        let (alive, connections_done) = tokio::sync::mpsc::channel(1);
+        tracing::info!(
+            %addr,
+            allow_plaintext = edge.config.allow_plaintext,
+            "DLMS wrapper listener started (TCP and UDP)"
+        );
+        let tasks = vec![
+            tokio::spawn(tcp::accept_loop(tcp, edge.clone(), shutdown.clone(), alive)),
+            tokio::spawn(udp::serve(udp, edge.clone(), shutdown)),
+        ];
+        DlmsServer {
+            edge,
+            tasks,
+            connections_done,
+        }
+    }
+
+    /// Waits, once the shutdown has begun, until the listeners have stopped and every
+    /// connection has had the WAL's answer for the frame it read and closed.
+    pub async fn stopped(mut self) -> DlmsSummary {
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a DLMS listener task failed");
+            }
+        }
+        // None once every connection task has dropped its sender.
+        let _ = self.connections_done.recv().await;
+        DlmsSummary {
+            frames: self.edge.frames.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How long a TCP connection may go without a whole frame.
+fn idle_timeout(config: &DlmsConfig) -> Duration {
+    Duration::from_secs(config.idle_timeout_s)
+}

@@ -1,0 +1,170 @@
+//! The TCP side: the accept loop (a place in the connection budget first) and one task per
+//! connection that reads a frame, hands it to the WAL writer and waits until it is durable
+//! before it reads the next.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meterflow_decoders::dlms::WRAPPER_HEADER;
+use meterflow_storage::ShutdownSignal;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::frame::{self, Refused, Transport};
+use super::slots::Slot;
+use super::{idle_timeout, Edge};
+use crate::edge::{Durability, Submission};
+
+/// Accepts connections until the shutdown begins; each gets a task of its own holding a
+/// clone of `alive`.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    edge: Arc<Edge>,
+    mut shutdown: ShutdownSignal,
+    alive: tokio::sync::mpsc::Sender<()>,
+) {
+    let mut errors: u64 = 0;
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.stopping() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let slot = match edge.slots.take(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        why.count();
+                        continue; // dropping the stream closes it
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(connection(
+                    stream,
+                    peer,
+                    edge.clone(),
+                    slot,
+                    shutdown.clone(),
+                    alive.clone(),
+                ));
+            }
+            Err(e) => {
+                // Out of file descriptors or memory: say so now and then, and do not spin.
+                errors += 1;
+                if errors.is_power_of_two() {
+                    tracing::warn!(error = %e, errors, "accepting DLMS connections");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// How a connection ends.
+enum End {
+    /// The meter closed it between frames, or it was idle, or the shutdown came: an orderly
+    /// close (every frame read is durable).
+    Close,
+    /// Refused or not stored: a reset, so the meter does not take it for an orderly end;
+    /// counted, but for a frame the shutdown came before (`None`).
+    Reset(Option<Refused>),
+}
+
+/// One connection: frames in, each durable before the next is read.
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    edge: Arc<Edge>,
+    slot: Slot,
+    mut shutdown: ShutdownSignal,
+    _alive: tokio::sync::mpsc::Sender<()>,
+) {
+    let idle = idle_timeout(&edge.config);
+    let end = loop {
+        let read = tokio::select! {
+            read = tokio::time::timeout(idle, read_frame(&mut stream, edge.config.max_apdu_bytes)) => read,
+            _ = shutdown.stopping() => break End::Close,
+        };
+        let frame = match read {
+            Err(_) => {
+                metrics::counter!("meterflow_dlms_idle_closed_total").increment(1);
+                break End::Close;
+            }
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) => break End::Close,
+            Ok(Err(Read::Refused(why))) => break End::Reset(Some(why)),
+            Ok(Err(Read::Io(e))) => {
+                tracing::debug!(error = %e, %peer, "DLMS connection");
+                break End::Close;
+            }
+        };
+        let message = edge.message(frame, peer, Transport::Tcp);
+        let (notify, told) = tokio::sync::oneshot::channel();
+        let submission = Submission {
+            message,
+            notify: Some(notify),
+            budget: None,
+        };
+        // Waits for room in the writer's channel (not reading meanwhile), unless the
+        // shutdown comes first: then the frame is not stored and the connection is reset.
+        tokio::select! {
+            sent = edge.wal.send_async(submission) => if sent.is_err() {
+                break End::Reset(Some(Refused::WalFailed));
+            },
+            _ = shutdown.stopping() => break End::Reset(None),
+        }
+        // The writer answers every submission it took, at shutdown too.
+        match told.await {
+            Ok(Durability::Durable(_)) => {}
+            Ok(Durability::WalFull) => break End::Reset(Some(Refused::WalFull)),
+            Ok(Durability::Failed) | Err(_) => break End::Reset(Some(Refused::WalFailed)),
+        }
+    };
+    if let End::Reset(why) = end {
+        if let Some(why) = why {
+            why.count();
+        }
+        // SO_LINGER 0: the close sends RST, not FIN.
+        if let Err(e) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+            tracing::debug!(error = %e, %peer, "DLMS: cannot reset the connection");
+        }
+    }
+    // The place first: a meter that sees the close finds it free.
+    drop(slot);
+    drop(stream);
+}
+
+/// Why a frame could not be read.
+enum Read {
+    Refused(Refused),
+    Io(std::io::Error),
+}
+
+/// Reads one whole frame (header and APDU); `None` at the end of the stream between frames.
+/// Only the bytes of this frame are read, nothing of the next.
+async fn read_frame(
+    stream: &mut TcpStream,
+    max_apdu_bytes: usize,
+) -> Result<Option<Vec<u8>>, Read> {
+    let mut header = [0u8; WRAPPER_HEADER];
+    let mut filled = 0;
+    while filled < WRAPPER_HEADER {
+        match stream.read(&mut header[filled..]).await {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => return Err(Read::Refused(Refused::Truncated)),
+            Ok(n) => filled += n,
+            Err(e) => return Err(Read::Io(e)),
+        }
+    }
+    let len = frame::apdu_len(&header, max_apdu_bytes).map_err(Read::Refused)?;
+    let mut frame = vec![0u8; WRAPPER_HEADER + len];
+    frame[..WRAPPER_HEADER].copy_from_slice(&header);
+    match stream.read_exact(&mut frame[WRAPPER_HEADER..]).await {
+        Ok(_) => Ok(Some(frame)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(Read::Refused(Refused::Truncated))
+        }
+        Err(e) => Err(Read::Io(e)),
+    }
+}

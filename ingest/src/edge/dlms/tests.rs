@@ -1,0 +1,332 @@
+//! The listener's decisions without I/O, its connection budget, and the listener itself on
+//! loopback sockets against a channel standing in for the WAL writer (which answers as the
+//! test says).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meterflow_proto::Source;
+use meterflow_storage::Shutdown;
+
+use super::frame::{self, Refused, Verdict};
+use super::slots::Slots;
+use super::{bind, DlmsConfig, DlmsServer};
+use crate::credentials::{Credential, CredentialStore, DlmsIdentity, Secret, SharedCredentials};
+use crate::edge::{Durability, EdgeNoteKind, Submission};
+
+/// The Tirol worked example's ciphered APDU (general-glo-ciphering, system title
+/// 4B464D1010000023; decoders/tests/fixtures/dlms, see SOURCES.md there).
+fn tirol_apdu() -> Vec<u8> {
+    let text = include_str!(
+        "../../../../decoders/tests/fixtures/dlms/fneur_smart_meter_tirol/apdu_ciphered.hex"
+    );
+    let digits: String = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .flat_map(str::chars)
+        .filter(char::is_ascii_hexdigit)
+        .collect();
+    (0..digits.len() / 2)
+        .map(|i| u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+/// `apdu` in a wrapper frame (version 1, wPorts 1 and 102).
+fn wrapped(apdu: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0, 1, 0, 1, 0, 102];
+    frame.extend_from_slice(&u16::try_from(apdu.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(apdu);
+    frame
+}
+
+/// A store with meter E1, the Tirol meter.
+fn store() -> CredentialStore {
+    let mut store = CredentialStore::default();
+    store
+        .add(
+            "E1",
+            Credential {
+                secret: Secret::new("e1-secret-0123456789").unwrap(),
+                publish_for: Vec::new(),
+                dlms: DlmsIdentity::parse(
+                    "4B464D1010000023",
+                    "101112131415161718191A1B1C1D1E1F",
+                    "",
+                    "",
+                )
+                .unwrap(),
+            },
+        )
+        .unwrap();
+    store
+}
+
+const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+#[test]
+fn a_push_is_for_the_meter_of_its_system_title_and_one_in_clear_only_under_the_rule() {
+    let store = store();
+    let push = wrapped(&tirol_apdu());
+    assert_eq!(
+        frame::judge(&push, LOCAL, &store, false, "ip-"),
+        Verdict::Take {
+            meter_id: "E1".into()
+        }
+    );
+    // One byte of the system title changed: no meter's.
+    let mut unknown = push.clone();
+    unknown[8 + 9] ^= 0xFF;
+    match frame::judge(&unknown, LOCAL, &store, true, "ip-") {
+        Verdict::Refuse { why, reason } => {
+            assert_eq!(why, Refused::UnknownSystemTitle);
+            assert!(reason.contains("4B464D10100000DC"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // In clear (a DataNotification), or no APDU that far: no identity.
+    let plain = wrapped(&[0x0F, 0, 0, 0, 1, 0, 0x09, 0]);
+    for frame in [plain, wrapped(&[0xDB, 8, 1])] {
+        assert_eq!(
+            frame::judge(&frame, "192.0.2.7".parse().unwrap(), &store, true, "ip-"),
+            Verdict::Take {
+                meter_id: "ip-192-0-2-7".into()
+            }
+        );
+        assert!(matches!(
+            frame::judge(&frame, LOCAL, &store, false, "ip-"),
+            Verdict::Refuse {
+                why: Refused::Plaintext,
+                ..
+            }
+        ));
+    }
+    // The plaintext meter ids: IPv6 with `-`, a mapped IPv4 address as the IPv4 one.
+    for (ip, want) in [
+        ("2001:db8::7", "dlms-2001-db8--7"),
+        ("::ffff:10.0.0.1", "dlms-10-0-0-1"),
+        ("127.0.0.1", "dlms-127-0-0-1"),
+    ] {
+        assert_eq!(frame::plaintext_meter("dlms-", ip.parse().unwrap()), want);
+    }
+}
+
+#[test]
+fn a_frame_is_read_only_whole_and_within_the_limit() {
+    let header = |bytes: &[u8]| *bytes.first_chunk::<8>().unwrap();
+    assert_eq!(frame::apdu_len(&header(&wrapped(&[1; 300])), 300), Ok(300));
+    assert_eq!(
+        frame::apdu_len(&header(&wrapped(&[1; 301])), 300),
+        Err(Refused::FrameTooLarge)
+    );
+    let mut version_2 = wrapped(&[1; 3]);
+    version_2[1] = 2;
+    assert_eq!(
+        frame::apdu_len(&header(&version_2), 300),
+        Err(Refused::BadFrame)
+    );
+    // A datagram is one whole frame.
+    let frame = wrapped(&[1; 10]);
+    assert_eq!(frame::datagram(&frame, 300), Ok(()));
+    assert_eq!(frame::datagram(&frame, 9), Err(Refused::FrameTooLarge));
+    for bad in [
+        &frame[..frame.len() - 1],
+        &[frame.clone(), vec![0]].concat()[..],
+        &frame[..7],
+        &version_2[..],
+    ] {
+        assert_eq!(frame::datagram(bad, 300), Err(Refused::BadFrame));
+    }
+}
+
+#[test]
+fn the_connection_budget_counts_in_all_and_per_address() {
+    let slots = Slots::new(3, 2);
+    let a: IpAddr = "10.0.0.1".parse().unwrap();
+    // The same /64.
+    let (b1, b2): (IpAddr, IpAddr) = (
+        "2001:db8::1".parse().unwrap(),
+        "2001:db8::2".parse().unwrap(),
+    );
+    let first = slots.take(a).unwrap();
+    let _second = slots.take(a).unwrap();
+    assert_eq!(slots.take(a).err(), Some(Refused::MaxConnectionsPerAddress));
+    let _third = slots.take(b1).unwrap();
+    assert_eq!(slots.take(b2).err(), Some(Refused::MaxConnections));
+    assert_eq!(slots.open(), 3);
+    drop(first);
+    assert_eq!(slots.open(), 2);
+    let _again = slots.take(a).unwrap();
+}
+
+/// A listener on 127.0.0.1 (a port the system chooses) with meter E1, whose WAL writer is the
+/// returned receiver.
+fn listener(
+    config: DlmsConfig,
+    store: CredentialStore,
+) -> (
+    DlmsServer,
+    SocketAddr,
+    flume::Receiver<Submission>,
+    Shutdown,
+) {
+    let bound = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = bound.local_addr();
+    let (wal, submissions) = flume::bounded(16);
+    let shutdown = Shutdown::new();
+    let server = DlmsServer::start(
+        bound,
+        config,
+        Arc::new(SharedCredentials::in_memory(store)),
+        wal,
+        shutdown.signal(),
+    );
+    (server, addr, submissions, shutdown)
+}
+
+/// A blocking client socket (on a thread of its own where it reads).
+fn connect(addr: SocketAddr) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
+    let (server, addr, submissions, shutdown) = listener(DlmsConfig::default(), store());
+    let push = wrapped(&tirol_apdu());
+    let mut unknown = push.clone();
+    unknown[8 + 9] ^= 0xFF;
+    // Three frames at once: the known meter's, an unknown system title's, the known again.
+    let mut client = connect(addr);
+    client
+        .write_all(&[push.clone(), unknown.clone(), push.clone()].concat())
+        .unwrap();
+
+    let first = submissions.recv_async().await.unwrap();
+    assert_eq!(first.message.topic, "meters/E1/dlms");
+    assert_eq!(first.message.source, Source::Dlms);
+    assert_eq!(&first.message.payload[..], &push[..]);
+    assert!(first.message.edge_note.is_none());
+    // Not answered yet: the next frame is not read (the connection's task waits for the
+    // answer before it reads again).
+    assert!(submissions.is_empty());
+    first.notify.unwrap().send(Durability::Durable(1)).unwrap();
+
+    // The unknown system title: refused at the edge, kept as an `unauthorized` dead letter.
+    let second = submissions.recv_async().await.unwrap();
+    let note = second.message.edge_note.as_deref().unwrap();
+    assert_eq!(note.kind, EdgeNoteKind::Unauthorized);
+    assert_eq!(note.identity, None);
+    assert!(
+        note.reason.contains("4B464D10100000DC is no meter's"),
+        "{}",
+        note.reason
+    );
+    assert_eq!(&second.message.payload[..], &unknown[..]);
+    assert!(submissions.is_empty());
+    second.notify.unwrap().send(Durability::Durable(2)).unwrap();
+
+    // The WAL at its budget: the connection is reset (the meter sends again later), and
+    // nothing more of it is read.
+    let third = submissions.recv_async().await.unwrap();
+    client.write_all(&push).unwrap();
+    third.notify.unwrap().send(Durability::WalFull).unwrap();
+    let read = tokio::task::spawn_blocking(move || client.read(&mut [0u8; 16]))
+        .await
+        .unwrap();
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    assert!(submissions.is_empty());
+
+    // A meter that closes its side after a frame sees meterflow's orderly close once the
+    // frame is durable.
+    let mut client = connect(addr);
+    client.write_all(&push).unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let frame = submissions.recv_async().await.unwrap();
+    let closed = tokio::task::spawn_blocking(move || client.read(&mut [0u8; 16]));
+    frame.notify.unwrap().send(Durability::Durable(4)).unwrap();
+    assert_eq!(closed.await.unwrap().unwrap(), 0);
+
+    shutdown.begin(Duration::from_secs(5));
+    assert_eq!(server.stopped().await.frames, 4);
+    assert!(submissions.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_close_what_passes_them_and_the_shutdown_ends_every_connection() {
+    let config = DlmsConfig {
+        max_connections: 1,
+        max_apdu_bytes: 64,
+        ..DlmsConfig::default()
+    };
+    let (server, addr, submissions, shutdown) = listener(config, store());
+    // A frame over max_apdu_bytes: the connection is reset, nothing submitted.
+    let mut big = connect(addr);
+    big.write_all(&wrapped(&[0x0F; 65])).unwrap();
+    let read = tokio::task::spawn_blocking(move || big.read(&mut [0u8; 16]))
+        .await
+        .unwrap();
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    assert!(submissions.is_empty());
+    // The budget's one place (the reset one gave its back before it closed): a frame in
+    // clear, refused (the store is not empty) but read, so this connection holds the place.
+    let mut held = connect(addr);
+    held.write_all(&wrapped(&[0x0F, 0, 0, 0, 1, 0])).unwrap();
+    let s = submissions.recv_async().await.unwrap();
+    assert_eq!(
+        s.message.edge_note.unwrap().kind,
+        EdgeNoteKind::Unauthorized
+    );
+    s.notify.unwrap().send(Durability::Durable(1)).unwrap();
+    // A second connection is closed at accept.
+    let mut refused = connect(addr);
+    let read = tokio::task::spawn_blocking(move || refused.read(&mut [0u8; 16]))
+        .await
+        .unwrap();
+    assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?}");
+    // The shutdown closes the one that is held, in order.
+    shutdown.begin(Duration::from_secs(5));
+    let read = tokio::task::spawn_blocking(move || held.read(&mut [0u8; 16]))
+        .await
+        .unwrap();
+    assert_eq!(read.unwrap(), 0);
+    assert_eq!(server.stopped().await.frames, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datagram_is_one_frame_handed_on_without_waiting() {
+    let config = DlmsConfig {
+        allow_plaintext: true,
+        ..DlmsConfig::default()
+    };
+    let (server, addr, submissions, shutdown) = listener(config, store());
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let push = wrapped(&tirol_apdu());
+    // Not a frame (a byte short), then the push, then one in clear.
+    client.send_to(&push[..push.len() - 1], addr).unwrap();
+    client.send_to(&push, addr).unwrap();
+    client
+        .send_to(&wrapped(&[0x0F, 0, 0, 0, 1, 0]), addr)
+        .unwrap();
+    let first = submissions.recv_async().await.unwrap();
+    assert_eq!(first.message.topic, "meters/E1/dlms");
+    assert_eq!(&first.message.payload[..], &push[..]);
+    assert!(first.notify.is_none());
+    let second = submissions.recv_async().await.unwrap();
+    assert_eq!(second.message.topic, "meters/ip-127-0-0-1/dlms");
+    assert!(second.message.edge_note.is_none());
+    shutdown.begin(Duration::from_secs(5));
+    assert_eq!(server.stopped().await.frames, 2);
+}

@@ -1,0 +1,294 @@
+//! The DLMS/COSEM wrapper listener of the real `meterflow serve --dlms-listen 127.0.0.1:PORT`,
+//! driven over std::net sockets: the Tirol worked example's ciphered APDU (system title
+//! 4B464D1010000023, the meter E1 of the credential store with its key) in a wrapper frame
+//! gives exactly its 8 readings in Parquet, over TCP and over UDP; the same bytes again are a
+//! replay (the pipeline's `replay` dead letter); a frame whose system title is no meter's is
+//! refused at the edge (an `unauthorized` dead letter, counted); a push in clear is refused,
+//! or stored for `ip-127-0-0-1` with `dlms.allow_plaintext`; a frame over
+//! `dlms.max_apdu_bytes` and a connection past `dlms.max_connections` are closed and counted.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream, UdpSocket};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::harness::{free_port, read_readings, wait_for, Server};
+use meterflow_storage::dead_letter;
+
+/// The bytes of one of the Tirol example's hex files (decoders/tests/fixtures/dlms, GPL-3.0
+/// data of fneur/smart-meter-tirol, see SOURCES.md there).
+fn tirol(file: &str) -> Vec<u8> {
+    let text = std::fs::read_to_string(format!(
+        "{}/decoders/tests/fixtures/dlms/fneur_smart_meter_tirol/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let digits: String = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .flat_map(str::chars)
+        .filter(char::is_ascii_hexdigit)
+        .collect();
+    (0..digits.len() / 2)
+        .map(|i| u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+/// `apdu` in an IEC 62056-4-7 wrapper frame: version 1, source wPort 1, destination wPort
+/// 102, the length.
+fn wrapped(apdu: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0, 1, 0, 1, 0, 102];
+    frame.extend_from_slice(&u16::try_from(apdu.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(apdu);
+    frame
+}
+
+/// The ciphered push, and the same with the last byte of its system title changed (no
+/// meter's: 4B464D10100000DC).
+fn pushes() -> (Vec<u8>, Vec<u8>) {
+    let push = wrapped(&tirol("apdu_ciphered.hex"));
+    let mut unknown = push.clone();
+    unknown[8 + 9] ^= 0xFF;
+    (push, unknown)
+}
+
+const KEY: &str = "101112131415161718191A1B1C1D1E1F";
+
+/// A data folder whose credential store holds E1, the Tirol meter.
+fn fleet() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("fleet.csv");
+    std::fs::write(
+        &csv,
+        format!("meter_id,secret,dlms_system_title,dlms_ek\nE1,e1-secret-0123456789,4B464D1010000023,{KEY}\n"),
+    )
+    .unwrap();
+    crate::harness::credentials(tmp.path(), &["import", csv.to_str().unwrap()]);
+    tmp
+}
+
+/// Sends `frames` on one TCP connection, closes the sending side and waits for meterflow's
+/// orderly close: every frame is then in the WAL.
+fn send_tcp(port: u16, frames: &[&[u8]]) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    for frame in frames {
+        stream.write_all(frame).unwrap();
+    }
+    stream.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(stream.read(&mut [0u8; 16]).unwrap(), 0, "an orderly close");
+}
+
+fn refused(server: &Server, reason: &str) -> f64 {
+    server.metric(&format!(
+        "meterflow_dlms_refused_total{{reason=\"{reason}\"}}"
+    ))
+}
+
+/// The Tirol push's readings at its own time (2021-07-19 15:46:35, UTC+2), for `meter`.
+fn tirol_rows(meter: &str) -> Vec<(String, String, f64, String, i64)> {
+    let ts = 1_626_702_395_000;
+    [
+        ("1-0:1.7.0", 0.0, "W"),
+        ("1-0:1.8.0", 9108.0, "Wh"),
+        ("1-0:2.7.0", 0.0, "W"),
+        ("1-0:2.8.0", 0.0, "Wh"),
+        ("1-0:3.8.0", 96.0, "varh"),
+        ("1-0:31.7.0", 0.0, "A"),
+        ("1-0:32.7.0", 230.8, "V"),
+        ("1-0:4.8.0", 9.0, "varh"),
+    ]
+    .into_iter()
+    .map(|(c, v, u)| (meter.to_string(), c.to_string(), v, u.to_string(), ts))
+    .collect()
+}
+
+/// Every reading stored, sorted, with its source and format checked.
+fn stored(data_dir: &Path) -> Vec<(String, String, f64, String, i64)> {
+    let mut rows: Vec<_> = read_readings(data_dir)
+        .into_iter()
+        .map(|r| {
+            assert_eq!((r.source.as_str(), r.format.as_str()), ("dlms", "dlms"));
+            (r.meter_id, r.channel, r.value, r.unit, r.ts_ms)
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    rows
+}
+
+/// (meter id, kind) of every dead letter, sorted; and the letters.
+fn dead_letters(data_dir: &Path) -> (Vec<(String, String)>, Vec<dead_letter::DeadLetter>) {
+    let letters = dead_letter::read_all(&data_dir.join("dead_letters")).unwrap();
+    let mut kinds: Vec<(String, String)> = letters
+        .iter()
+        .map(|l| (l.meter_id.clone().unwrap_or_default(), l.kind.clone()))
+        .collect();
+    kinds.sort();
+    (kinds, letters)
+}
+
+#[test]
+fn a_ciphered_push_over_tcp_is_stored_exactly_and_a_replay_and_an_unknown_system_title_are_refused()
+{
+    let (push, unknown) = pushes();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Server::start_in(fleet(), &["--dlms-listen", &listen]);
+    send_tcp(port, &[&push]);
+    wait_for("the push decoded", || {
+        (server.metric("meterflow_decoded_total{format=\"dlms\"}") >= 1.0).then_some(())
+    });
+    // The same bytes again (a replay, refused by the pipeline), then a frame whose system
+    // title is no meter's (refused at the edge), on one connection.
+    send_tcp(port, &[&push, &unknown]);
+    wait_for("both refusals counted", || {
+        (server.metric("meterflow_dlms_rejected_total{reason=\"replay\"}") == 1.0
+            && refused(&server, "unknown_system_title") == 1.0
+            && server.metric("meterflow_dead_letters_total{reason=\"unauthorized\"}") == 1.0)
+            .then_some(())
+    });
+    assert_eq!(
+        server.metric("meterflow_dlms_frames_total{transport=\"tcp\"}"),
+        3.0
+    );
+    let (status, data_dir, log, _keep) = server.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains(KEY), "the key is in the log");
+
+    // Exactly the push's readings, once.
+    assert_eq!(stored(&data_dir), tirol_rows("E1"));
+    let (kinds, letters) = dead_letters(&data_dir);
+    assert_eq!(
+        kinds,
+        [
+            (String::new(), "unauthorized".to_string()),
+            ("E1".to_string(), "replay".to_string())
+        ]
+    );
+    let replay = letters.iter().find(|l| l.kind == "replay").unwrap();
+    assert!(
+        replay
+            .reason
+            .contains("invocation counter 2710426, not above the last accepted 2710426"),
+        "{}",
+        replay.reason
+    );
+    assert_eq!(
+        replay.payload, push,
+        "the dead letter keeps the whole frame"
+    );
+    let forged = letters.iter().find(|l| l.kind == "unauthorized").unwrap();
+    assert!(
+        forged
+            .reason
+            .contains("DLMS system title 4B464D10100000DC is no meter's"),
+        "{}",
+        forged.reason
+    );
+    assert!(
+        forged.reason.contains("peer 127.0.0.1:"),
+        "{}",
+        forged.reason
+    );
+    assert_eq!(
+        (forged.source.as_str(), &forged.payload),
+        ("dlms", &unknown)
+    );
+}
+
+#[test]
+fn a_ciphered_push_over_udp_is_stored_exactly_and_unknown_and_plaintext_ones_are_refused() {
+    let (push, unknown) = pushes();
+    let plain = wrapped(&tirol("apdu_plain.hex"));
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Server::start_in(fleet(), &["--dlms-listen", &listen]);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.send_to(&push, ("127.0.0.1", port)).unwrap();
+    wait_for("the push decoded", || {
+        (server.metric("meterflow_decoded_total{format=\"dlms\"}") >= 1.0).then_some(())
+    });
+    // No meter's system title; and in clear, where the store has meters: both refused.
+    socket.send_to(&unknown, ("127.0.0.1", port)).unwrap();
+    socket.send_to(&plain, ("127.0.0.1", port)).unwrap();
+    wait_for("the refusals kept", || {
+        (refused(&server, "unknown_system_title") == 1.0
+            && refused(&server, "plaintext") == 1.0
+            && server.metric("meterflow_dead_letters_total{reason=\"unauthorized\"}") == 2.0)
+            .then_some(())
+    });
+    assert_eq!(
+        server.metric("meterflow_dlms_frames_total{transport=\"udp\"}"),
+        3.0
+    );
+    let (status, data_dir, log, _keep) = server.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(stored(&data_dir), tirol_rows("E1"));
+    let (kinds, _) = dead_letters(&data_dir);
+    assert_eq!(
+        kinds,
+        [
+            (String::new(), "unauthorized".to_string()),
+            (String::new(), "unauthorized".to_string())
+        ]
+    );
+}
+
+#[test]
+fn limits_close_and_count_and_plaintext_is_taken_for_the_senders_address_when_allowed() {
+    let (_dir, config) = crate::harness::config_file(
+        "[dlms]\nmax_connections = 1\nmax_apdu_bytes = 1024\nallow_plaintext = true\n",
+    );
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Server::start_in(fleet(), &["--config", &config, "--dlms-listen", &listen]);
+    assert!(
+        server.log_text().contains("dlms.allow_plaintext = true"),
+        "warned at start-up"
+    );
+    let connect = || {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        stream
+    };
+    // A frame stating 1025 bytes: the connection is closed before they are read.
+    let mut big = connect();
+    big.write_all(&wrapped(&[0x0F; 1025])[..8]).unwrap();
+    let read = big.read(&mut [0u8; 16]);
+    assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?}");
+    wait_for("the frame counted", || {
+        (refused(&server, "frame_too_large") == 1.0).then_some(())
+    });
+
+    // The one place taken; the next connection is closed at accept, and counted.
+    wait_for("the place given back", || {
+        (server.metric("meterflow_dlms_connections") == 0.0).then_some(())
+    });
+    let mut held = connect();
+    wait_for("the place taken", || {
+        (server.metric("meterflow_dlms_connections") == 1.0).then_some(())
+    });
+    let mut second = connect();
+    let read = second.read(&mut [0u8; 16]);
+    assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?}");
+    wait_for("the refusal counted", || {
+        (refused(&server, "max_connections") == 1.0).then_some(())
+    });
+
+    // The held connection still works: a push in clear, stored for the sender's address.
+    held.write_all(&wrapped(&tirol("apdu_plain.hex"))).unwrap();
+    held.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(held.read(&mut [0u8; 16]).unwrap(), 0);
+    wait_for("the push decoded", || {
+        (server.metric("meterflow_decoded_total{format=\"dlms\"}") >= 1.0).then_some(())
+    });
+    let (status, data_dir, log, _keep) = server.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(stored(&data_dir), tirol_rows("ip-127-0-0-1"));
+    let (kinds, _) = dead_letters(&data_dir);
+    assert!(kinds.is_empty(), "{kinds:?}");
+}
