@@ -27,11 +27,19 @@ impl Transport {
 /// What the listener refused: the `reason` of `meterflow_dlms_refused_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
-    /// A ciphered push whose system title is no meter's: an `unauthorized` dead letter.
+    /// A ciphered push whose system title is no meter's: not stored (a peer without an
+    /// identity gets no storage), the connection reset.
     UnknownSystemTitle,
-    /// A push without a system title where plaintext is not taken: an `unauthorized` dead
-    /// letter.
+    /// A push without a system title where plaintext is not taken: not stored, the
+    /// connection reset.
     Plaintext,
+    /// A push whose system title is a meter's that has no key: nothing could tell it from
+    /// a forgery; not stored, the connection reset.
+    NoKey,
+    /// A push whose tag does not match its meter's keys, or that lacks the protection its
+    /// keys call for (authenticated when it has an authentication key): not stored, the
+    /// connection reset.
+    AuthFailed,
     /// A header stating more than `dlms.max_apdu_bytes`: the connection closed, the datagram
     /// dropped.
     FrameTooLarge,
@@ -58,6 +66,8 @@ impl Refused {
         match self {
             Refused::UnknownSystemTitle => "unknown_system_title",
             Refused::Plaintext => "plaintext",
+            Refused::NoKey => "no_key",
+            Refused::AuthFailed => "auth_failed",
             Refused::FrameTooLarge => "frame_too_large",
             Refused::BadFrame => "bad_frame",
             Refused::Truncated => "truncated",
@@ -105,7 +115,7 @@ pub fn datagram(bytes: &[u8], max_apdu_bytes: usize) -> Result<(), Refused> {
 pub enum Verdict {
     /// Stored as `meters/{meter_id}/dlms`.
     Take { meter_id: String },
-    /// Refused at the edge: an `unauthorized` dead letter with `reason`.
+    /// Refused at the edge: not stored, counted, `reason` logged (at most once a second).
     Refuse { why: Refused, reason: String },
 }
 
@@ -124,9 +134,43 @@ pub fn judge(
     let apdu = frame.get(WRAPPER_HEADER..).unwrap_or_default();
     match dlms::system_title(apdu) {
         Some(title) => match store.meter_of_system_title(&title) {
-            Some(meter_id) => Verdict::Take {
-                meter_id: meter_id.to_string(),
-            },
+            Some(meter_id) => {
+                // Over this listener the push is its own identity: only a meter with keys can
+                // be told from a forgery, and where the push carries a tag it is checked here,
+                // before anything is stored (the pipeline checks it again, with the counter).
+                let keys = store
+                    .get(meter_id)
+                    .and_then(|c| c.dlms.as_ref())
+                    .and_then(|d| d.keys());
+                let Some(keys) = keys else {
+                    return Verdict::Refuse {
+                        why: Refused::NoKey,
+                        reason: format!("meter {meter_id} (system title {}) has no DLMS key", dlms::apdu::hex(&title)),
+                    };
+                };
+                let lookup = |_: &[u8; 8]| dlms::KeyLookup::Keys(keys.clone());
+                match dlms::apdu::open(apdu, WRAPPER_HEADER, &lookup) {
+                    Ok(opened) => {
+                        let control = opened.security.map_or(0, |s| s.control);
+                        let needed = if keys.ak.is_some() { 0x10 } else { 0x20 };
+                        if control & needed == 0 {
+                            return Verdict::Refuse {
+                                why: Refused::AuthFailed,
+                                reason: format!(
+                                    "meter {meter_id}'s pushes must carry security control 0x{needed:02X}; this one has 0x{control:02X}"
+                                ),
+                            };
+                        }
+                        Verdict::Take {
+                            meter_id: meter_id.to_string(),
+                        }
+                    }
+                    Err(e) => Verdict::Refuse {
+                        why: Refused::AuthFailed,
+                        reason: format!("meter {meter_id}: {e}"),
+                    },
+                }
+            }
             None => Verdict::Refuse {
                 why: Refused::UnknownSystemTitle,
                 reason: format!(

@@ -50,9 +50,9 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
 use crate::credentials::SharedCredentials;
-use crate::edge::{policy, EdgeNote, EdgeNoteKind, RawMessage, Submission};
+use crate::edge::{policy, RawMessage, Submission};
 use crate::error::IngestError;
-use frame::{Transport, Verdict};
+use frame::{Refused, Transport, Verdict};
 use slots::Slots;
 
 pub use config::{check_plaintext_rule, DlmsConfig};
@@ -112,12 +112,20 @@ struct Edge {
     slots: Arc<Slots>,
     frames: AtomicU64,
     received: metrics::Counter,
+    /// When a refusal was last logged (Unix ms).
+    last_refusal_log_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Edge {
-    /// The message a whole frame from `peer` becomes: for its meter, or refused with its
-    /// note (counted).
-    fn message(&self, frame: Vec<u8>, peer: SocketAddr, transport: Transport) -> RawMessage {
+    /// The message a whole frame from `peer` becomes, for its meter; or why it is refused
+    /// (counted and logged, at most one line a second: a peer without an identity is given
+    /// no storage, not even a dead letter, so that nobody can fill the WAL or the disk).
+    fn message(
+        &self,
+        frame: Vec<u8>,
+        peer: SocketAddr,
+        transport: Transport,
+    ) -> Result<RawMessage, Refused> {
         self.frames.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("meterflow_dlms_frames_total", "transport" => transport.label())
             .increment(1);
@@ -133,28 +141,24 @@ impl Edge {
             &self.config.plaintext_meter_prefix,
         );
         match verdict {
-            Verdict::Take { meter_id } => RawMessage::new(
+            Verdict::Take { meter_id } => Ok(RawMessage::new(
                 Source::Dlms,
                 format!("meters/{meter_id}/dlms"),
                 Bytes::from(frame),
-            ),
+            )),
             Verdict::Refuse { why, reason } => {
                 why.count();
-                tracing::debug!(%peer, transport = transport.label(), %reason, "DLMS push refused");
-                RawMessage {
-                    edge_note: Some(Box::new(EdgeNote {
-                        kind: EdgeNoteKind::Unauthorized,
-                        identity: None,
-                        client_id: None,
-                        peer: peer.to_string(),
-                        reason: format!("{reason} (wrapper listener, {})", transport.label()),
-                    })),
-                    ..RawMessage::new(
-                        Source::Dlms,
-                        format!("dlms/{}", transport.label()),
-                        Bytes::from(frame),
-                    )
+                let now = meterflow_proto::now_ms();
+                let last = self.last_refusal_log_ms.load(Ordering::Relaxed);
+                if now - last >= 1000
+                    && self
+                        .last_refusal_log_ms
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(%peer, transport = transport.label(), reason = why.label(), detail = %reason, "DLMS push refused (not stored; at most one such line a second)");
                 }
+                Err(why)
             }
         }
     }
@@ -193,6 +197,7 @@ impl DlmsServer {
             wal,
             frames: AtomicU64::new(0),
             received: metrics::counter!("meterflow_received_total", "source" => "dlms"),
+            last_refusal_log_ms: std::sync::atomic::AtomicI64::new(0),
         });
         let (alive, connections_done) = tokio::sync::mpsc::channel(1);
         tracing::info!(

@@ -99,7 +99,11 @@ async fn connection(
                 break End::Close;
             }
         };
-        let message = edge.message(frame, peer, Transport::Tcp);
+        // A refused frame is not stored; the connection is reset (counted with the refusal).
+        let message = match edge.message(frame, peer, Transport::Tcp) {
+            Ok(message) => message,
+            Err(_) => break End::Reset(None),
+        };
         let (notify, told) = tokio::sync::oneshot::channel();
         let submission = Submission {
             message,

@@ -16,7 +16,7 @@ use super::frame::{self, Refused, Verdict};
 use super::slots::Slots;
 use super::{bind, DlmsConfig, DlmsServer};
 use crate::credentials::{Credential, CredentialStore, DlmsIdentity, Secret, SharedCredentials};
-use crate::edge::{Durability, EdgeNoteKind, Submission};
+use crate::edge::{Durability, Submission};
 
 /// The Tirol worked example's ciphered APDU (general-glo-ciphering, system title
 /// 4B464D1010000023; decoders/tests/fixtures/dlms, see SOURCES.md there).
@@ -104,6 +104,39 @@ fn a_push_is_for_the_meter_of_its_system_title_and_one_in_clear_only_under_the_r
             }
         ));
     }
+    // Review: the meter's system title on a push in clear (security control 0x00) is no
+    // proof: its meter has a key and its pushes must be encrypted.
+    let mut forged = vec![0xDB, 8, 0x4B, 0x46, 0x4D, 0x10, 0x10, 0x00, 0x00, 0x23];
+    let inner = [0x0F, 0, 0, 0, 1, 0, 0x09, 0];
+    forged.push(u8::try_from(5 + inner.len()).unwrap());
+    forged.extend_from_slice(&[0x00, 0xFF, 0xFF, 0xFF, 0xFF]);
+    forged.extend_from_slice(&inner);
+    match frame::judge(&wrapped(&forged), LOCAL, &store, true, "ip-") {
+        Verdict::Refuse { why, reason } => {
+            assert_eq!(why, Refused::AuthFailed);
+            assert!(reason.contains("0x20"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A meter with a system title but no key: nothing tells its pushes from forgeries.
+    let mut keyless = CredentialStore::default();
+    keyless
+        .add(
+            "E9",
+            Credential {
+                secret: Secret::new("e9-secret-0123456789").unwrap(),
+                publish_for: Vec::new(),
+                dlms: DlmsIdentity::parse("4B464D1010000023", "", "", "").unwrap(),
+            },
+        )
+        .unwrap();
+    assert!(matches!(
+        frame::judge(&push, LOCAL, &keyless, true, "ip-"),
+        Verdict::Refuse {
+            why: Refused::NoKey,
+            ..
+        }
+    ));
     // The plaintext meter ids: IPv6 with `-`, a mapped IPv4 address as the IPv4 one.
     for (ip, want) in [
         ("2001:db8::7", "dlms-2001-db8--7"),
@@ -207,6 +240,7 @@ async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
     client
         .write_all(&[push.clone(), unknown.clone(), push.clone()].concat())
         .unwrap();
+    let _ = &unknown;
 
     let first = submissions.recv_async().await.unwrap();
     assert_eq!(first.message.topic, "meters/E1/dlms");
@@ -218,22 +252,25 @@ async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
     assert!(submissions.is_empty());
     first.notify.unwrap().send(Durability::Durable(1)).unwrap();
 
-    // The unknown system title: refused at the edge, kept as an `unauthorized` dead letter.
-    let second = submissions.recv_async().await.unwrap();
-    let note = second.message.edge_note.as_deref().unwrap();
-    assert_eq!(note.kind, EdgeNoteKind::Unauthorized);
-    assert_eq!(note.identity, None);
-    assert!(
-        note.reason.contains("4B464D10100000DC is no meter's"),
-        "{}",
-        note.reason
+    // The unknown system title: refused at the edge, not stored (a peer without an identity
+    // gets no storage), and the connection reset: the third frame is never read.
+    let read = tokio::task::spawn_blocking(move || client.read(&mut [0u8; 16]))
+        .await
+        .unwrap();
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
     );
-    assert_eq!(&second.message.payload[..], &unknown[..]);
-    assert!(submissions.is_empty());
-    second.notify.unwrap().send(Durability::Durable(2)).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        submissions.is_empty(),
+        "nothing of the refused frame or after it"
+    );
 
     // The WAL at its budget: the connection is reset (the meter sends again later), and
     // nothing more of it is read.
+    let mut client = connect(addr);
+    client.write_all(&push).unwrap();
     let third = submissions.recv_async().await.unwrap();
     client.write_all(&push).unwrap();
     third.notify.unwrap().send(Durability::WalFull).unwrap();
@@ -265,13 +302,13 @@ async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
 async fn limits_close_what_passes_them_and_the_shutdown_ends_every_connection() {
     let config = DlmsConfig {
         max_connections: 1,
-        max_apdu_bytes: 64,
+        max_apdu_bytes: 400,
         ..DlmsConfig::default()
     };
     let (server, addr, submissions, shutdown) = listener(config, store());
     // A frame over max_apdu_bytes: the connection is reset, nothing submitted.
     let mut big = connect(addr);
-    big.write_all(&wrapped(&[0x0F; 65])).unwrap();
+    big.write_all(&wrapped(&[0x0F; 401])).unwrap();
     let read = tokio::task::spawn_blocking(move || big.read(&mut [0u8; 16]))
         .await
         .unwrap();
@@ -280,15 +317,22 @@ async fn limits_close_what_passes_them_and_the_shutdown_ends_every_connection() 
         Err(std::io::ErrorKind::ConnectionReset)
     );
     assert!(submissions.is_empty());
-    // The budget's one place (the reset one gave its back before it closed): a frame in
-    // clear, refused (the store is not empty) but read, so this connection holds the place.
-    let mut held = connect(addr);
-    held.write_all(&wrapped(&[0x0F, 0, 0, 0, 1, 0])).unwrap();
-    let s = submissions.recv_async().await.unwrap();
+    // A frame in clear is refused (the store is not empty): not stored, the connection
+    // reset, its place given back.
+    let mut clear = connect(addr);
+    clear.write_all(&wrapped(&[0x0F, 0, 0, 0, 1, 0])).unwrap();
+    let read = tokio::task::spawn_blocking(move || clear.read(&mut [0u8; 16]))
+        .await
+        .unwrap();
     assert_eq!(
-        s.message.edge_note.unwrap().kind,
-        EdgeNoteKind::Unauthorized
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
     );
+    // The budget's one place: a meter's push, stored, and the connection kept open.
+    let mut held = connect(addr);
+    held.write_all(&wrapped(&tirol_apdu())).unwrap();
+    let s = submissions.recv_async().await.unwrap();
+    assert_eq!(s.message.topic, "meters/E1/dlms");
     s.notify.unwrap().send(Durability::Durable(1)).unwrap();
     // A second connection is closed at accept.
     let mut refused = connect(addr);
@@ -302,7 +346,7 @@ async fn limits_close_what_passes_them_and_the_shutdown_ends_every_connection() 
         .await
         .unwrap();
     assert_eq!(read.unwrap(), 0);
-    assert_eq!(server.stopped().await.frames, 1);
+    assert_eq!(server.stopped().await.frames, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,7 +34,9 @@ pub(super) async fn serve(socket: UdpSocket, edge: Arc<Edge>, mut shutdown: Shut
             why.count();
             continue;
         }
-        let message = edge.message(datagram.to_vec(), peer, Transport::Udp);
+        let Ok(message) = edge.message(datagram.to_vec(), peer, Transport::Udp) else {
+            continue;
+        };
         match edge.wal.try_send(Submission::unanswered(message)) {
             Ok(()) => {}
             Err(flume::TrySendError::Full(_)) => Refused::Busy.count(),
