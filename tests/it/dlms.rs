@@ -10,37 +10,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{read_readings, Server};
+use crate::harness::{read_readings, tirol, tirol_rows, Server};
 use meterflow_storage::dead_letter;
 
 const E1: &str = "e1-secret-0123456789";
 const E2: &str = "e2-secret-0123456789";
 
-/// The Tirol example's two M-Bus segments (decoders/tests/fixtures/dlms, GPL-3.0 data of
-/// fneur/smart-meter-tirol, see SOURCES.md), as bytes in a file.
-fn tirol_push(dir: &Path) -> PathBuf {
-    fixture_bytes(dir, "mbus_frames.hex")
-}
-
-/// A hex file of the Tirol example, as bytes in a file of `dir`.
-fn fixture_bytes(dir: &Path, name: &str) -> PathBuf {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("decoders/tests/fixtures/dlms/fneur_smart_meter_tirol")
-            .join(name),
-    )
-    .unwrap();
-    let digits: String = text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or(""))
-        .flat_map(str::chars)
-        .filter(char::is_ascii_hexdigit)
-        .collect();
-    let bytes: Vec<u8> = (0..digits.len() / 2)
-        .map(|i| u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).unwrap())
-        .collect();
+/// A hex file of the Tirol example, as bytes in a file of `dir` (for `mosquitto_pub -f`).
+fn fixture_file(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name).with_extension("bin");
-    std::fs::write(&path, bytes).unwrap();
+    std::fs::write(&path, tirol(name)).unwrap();
     path
 }
 
@@ -73,9 +52,9 @@ fn a_ciphered_push_over_mqtt_is_stored_exactly_and_replays_and_forgeries_are_ref
     )
     .unwrap();
     crate::harness::credentials(tmp.path(), &["import", csv.to_str().unwrap()]);
-    let push = tirol_push(tmp.path());
+    let push = fixture_file(tmp.path(), "mbus_frames.hex");
     // The same DataNotification in clear (the document's decrypted APDU).
-    let plain = fixture_bytes(tmp.path(), "apdu_plain.hex");
+    let plain = fixture_file(tmp.path(), "apdu_plain.hex");
     let server = Server::start_in(tmp, &[]);
     publish(server.mqtt_port, "E1", E1, "meters/E1/dlms", &push);
     crate::harness::wait_for("the push handled", || {
@@ -117,21 +96,7 @@ fn a_ciphered_push_over_mqtt_is_stored_exactly_and_replays_and_forgeries_are_ref
         .collect();
     rows.sort_by(|a, b| a.1.cmp(&b.1));
     rows.dedup();
-    let ts = 1_626_702_395_000;
-    let want: Vec<(String, String, f64, String, i64)> = [
-        ("1-0:1.7.0", 0.0, "W"),
-        ("1-0:1.8.0", 9108.0, "Wh"),
-        ("1-0:2.7.0", 0.0, "W"),
-        ("1-0:2.8.0", 0.0, "Wh"),
-        ("1-0:3.8.0", 96.0, "varh"),
-        ("1-0:31.7.0", 0.0, "A"),
-        ("1-0:32.7.0", 230.8, "V"),
-        ("1-0:4.8.0", 9.0, "varh"),
-    ]
-    .into_iter()
-    .map(|(c, v, u)| ("E1".to_string(), c.to_string(), v, u.to_string(), ts))
-    .collect();
-    assert_eq!(rows, want);
+    assert_eq!(rows, tirol_rows("E1"));
 
     let letters = dead_letter::read_all(&data_dir.join("dead_letters")).unwrap();
     let mut kinds: Vec<(String, String)> = letters

@@ -14,26 +14,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::harness::{free_port, read_readings, wait_for, Server};
+use crate::harness::{tirol, tirol_rows};
 use meterflow_storage::dead_letter;
-
-/// The bytes of one of the Tirol example's hex files (decoders/tests/fixtures/dlms, GPL-3.0
-/// data of fneur/smart-meter-tirol, see SOURCES.md there).
-fn tirol(file: &str) -> Vec<u8> {
-    let text = std::fs::read_to_string(format!(
-        "{}/decoders/tests/fixtures/dlms/fneur_smart_meter_tirol/{file}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    let digits: String = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .flat_map(str::chars)
-        .filter(char::is_ascii_hexdigit)
-        .collect();
-    (0..digits.len() / 2)
-        .map(|i| u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).unwrap())
-        .collect()
-}
 
 /// `apdu` in an IEC 62056-4-7 wrapper frame: version 1, source wPort 1, destination wPort
 /// 102, the length.
@@ -86,24 +68,6 @@ fn refused(server: &Server, reason: &str) -> f64 {
     server.metric(&format!(
         "meterflow_dlms_refused_total{{reason=\"{reason}\"}}"
     ))
-}
-
-/// The Tirol push's readings at its own time (2021-07-19 15:46:35, UTC+2), for `meter`.
-fn tirol_rows(meter: &str) -> Vec<(String, String, f64, String, i64)> {
-    let ts = 1_626_702_395_000;
-    [
-        ("1-0:1.7.0", 0.0, "W"),
-        ("1-0:1.8.0", 9108.0, "Wh"),
-        ("1-0:2.7.0", 0.0, "W"),
-        ("1-0:2.8.0", 0.0, "Wh"),
-        ("1-0:3.8.0", 96.0, "varh"),
-        ("1-0:31.7.0", 0.0, "A"),
-        ("1-0:32.7.0", 230.8, "V"),
-        ("1-0:4.8.0", 9.0, "varh"),
-    ]
-    .into_iter()
-    .map(|(c, v, u)| (meter.to_string(), c.to_string(), v, u.to_string(), ts))
-    .collect()
 }
 
 /// Every reading stored, sorted, with its source and format checked.
