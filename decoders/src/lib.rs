@@ -74,6 +74,10 @@ pub struct DeviceStatus {
     pub firmware: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_flags: Option<u32>,
+    /// The serial number the meter reports (DLMS 0-0:96.1.x or its logical device name, DSMR
+    /// equipment identifier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
 }
 
 impl DeviceStatus {
@@ -227,7 +231,8 @@ pub fn checked<'a>(
 /// Longest channel name accepted, in bytes (OBIS codes are about 10; SenML names and LwM2M
 /// paths a few dozen).
 pub const MAX_CHANNEL_BYTES: usize = 128;
-/// Longest firmware version accepted, in bytes (device state keeps it per meter).
+/// Longest firmware version (or serial number) accepted, in bytes (device state keeps it per
+/// meter).
 pub const MAX_FIRMWARE_BYTES: usize = 64;
 /// Longest unit accepted, in bytes.
 pub const MAX_UNIT_BYTES: usize = 32;
@@ -312,13 +317,17 @@ fn enforce_limits(decoded: &mut Decoded<'_>, received_at_ms: i64) {
 
 /// What is wrong with a status no meter would send, if anything.
 fn status_problem(status: &DeviceStatus) -> Option<String> {
-    let firmware = status.firmware.as_deref()?;
-    (firmware.len() > MAX_FIRMWARE_BYTES).then(|| {
-        format!(
-            "status: firmware is {} bytes, at most {MAX_FIRMWARE_BYTES}",
-            firmware.len()
-        )
-    })
+    [("firmware", &status.firmware), ("serial", &status.serial)]
+        .into_iter()
+        .find_map(|(field, text)| {
+            let text = text.as_deref()?;
+            (text.len() > MAX_FIRMWARE_BYTES).then(|| {
+                format!(
+                    "status: {field} is {} bytes, at most {MAX_FIRMWARE_BYTES}",
+                    text.len()
+                )
+            })
+        })
 }
 
 fn truncate(s: &str) -> &str {

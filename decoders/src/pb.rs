@@ -50,6 +50,7 @@ pub(crate) fn status_from_pb(s: pb::DeviceStatus) -> Result<DeviceStatus, Decode
         None => None,
     };
     Ok(DeviceStatus {
+        serial: None,
         battery_pct,
         rssi_dbm: s.rssi_dbm,
         rsrp_dbm: s.rsrp_dbm,

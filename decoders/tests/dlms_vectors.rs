@@ -404,3 +404,111 @@ mod no_panic {
         }
     }
 }
+
+/// The Slovenian ECE lists are values-only (no OBIS code in the push): the origin reads them
+/// by a layout built in, here by a push profile that names the same objects in the order the
+/// push carries them (the types show it: list 1 has two identifiers, four double-long-unsigned
+/// powers (the origin prints 3.7.0 and 4.7.0 last), three long-unsigned voltages and three
+/// currents, six per-phase powers; list 2 the identifiers, the disconnector's state, the tariff
+/// and eight energy registers). Every number of the origin comes out, but the tariff: an
+/// octet-string `00 02` that the origin reads as the number 2 and that is no number here. The
+/// voltages are read with the list's 0.1 V (the origin applies no scaler: its raw / 10 here);
+/// the device identifiers give the serial number.
+#[test]
+fn values_only_lists_decode_through_a_push_profile() {
+    use meterflow_decoders::dlms::{unit_of_symbol, Profile, ProfileObject};
+    let dir = fixtures().join("athombv_node_dsmr_parser");
+    let vectors: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("vectors.json")).unwrap()).unwrap();
+    let layouts = [
+        (
+            "slovenia-list-1",
+            "1/0-0:42.0.0 1/0-0:96.1.2 3/1-0:1.7.0 3/1-0:2.7.0 3/1-0:3.7.0 3/1-0:4.7.0 \
+             3/1-0:32.7.0 3/1-0:52.7.0 3/1-0:72.7.0 3/1-0:31.7.0 3/1-0:51.7.0 3/1-0:71.7.0 \
+             3/1-0:21.7.0 3/1-0:41.7.0 3/1-0:61.7.0 3/1-0:22.7.0 3/1-0:42.7.0 3/1-0:62.7.0",
+        ),
+        (
+            "slovenia-list-2",
+            "1/0-0:42.0.0 1/0-0:96.1.3 70/0-0:96.3.10 1/0-0:96.14.0 3/1-0:1.8.0 3/1-0:1.8.1 \
+             3/1-0:1.8.2 3/1-0:2.8.0 3/1-0:2.8.1 3/1-0:2.8.2 3/1-0:3.8.0 3/1-0:4.8.0",
+        ),
+    ];
+    let voltage = |obis: &str| matches!(obis, "1-0:32.7.0" | "1-0:52.7.0" | "1-0:72.7.0");
+    let mut checked = 0;
+    for (id, layout) in layouts {
+        let v = vectors["vectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == id)
+            .unwrap();
+        let expect = v["expect"].as_array().unwrap();
+        let profile = Profile {
+            name: id.into(),
+            objects: layout
+                .split_whitespace()
+                .map(|object| {
+                    let (class, obis) = object.split_once('/').unwrap();
+                    let (scaler, unit) = if voltage(obis) {
+                        (-1, unit_of_symbol("V"))
+                    } else {
+                        (0, None)
+                    };
+                    ProfileObject {
+                        scaler,
+                        unit,
+                        ..ProfileObject::parse(&format!("{class}/{obis}.255/2")).unwrap()
+                    }
+                })
+                .collect(),
+        };
+        let push = decode_push(
+            &payload(&dir, v),
+            1_700_000_000_000,
+            &lookup(v),
+            Some(&profile),
+        )
+        .unwrap_or_else(|e| panic!("{id}: {e}"));
+        let mut got: Vec<(String, f64, String)> = push
+            .decoded
+            .readings
+            .iter()
+            .map(|r| (r.channel.to_string(), r.value, r.unit.to_string()))
+            .collect();
+        let mut want: Vec<(String, f64, String)> = expect
+            .iter()
+            .filter(|e| e["kind"] == "number" && e["obis"] != "0-0:96.14.0")
+            .map(|e| {
+                let obis = e["obis"].as_str().unwrap().to_string();
+                let raw = e["value"].as_f64().unwrap();
+                if voltage(&obis) {
+                    (obis, raw / 10.0, "V".to_string())
+                } else {
+                    (obis, raw, String::new())
+                }
+            })
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(got, want, "{id}");
+        // 2025-09-04 10:00:10 local, deviation -120: 08:00:10 UTC.
+        assert!(push
+            .decoded
+            .readings
+            .iter()
+            .all(|r| r.ts_ms == 1_756_972_810_000));
+        // Of the identifiers (0-0:42.0.0 the logical device name, 0-0:96.1.x the device ids;
+        // an empty one is none) the lowest 96.1.x wins.
+        let text = |obis: &str| {
+            let hex = expect.iter().find(|e| e["obis"] == obis)?["value"].as_str()?;
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+        };
+        let serial = text("0-0:96.1.2").or_else(|| text("0-0:42.0.0"));
+        assert_eq!(push.decoded.status.and_then(|s| s.serial), serial, "{id}");
+        checked += want.len();
+    }
+    assert_eq!(checked, 16 + 9);
+}

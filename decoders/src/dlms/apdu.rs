@@ -35,6 +35,20 @@ pub struct Keys {
     pub ak: Option<[u8; 16]>,
 }
 
+impl Keys {
+    /// The encryption key's check value (the first four bytes of the key applied to a block
+    /// of zeros, as key custodians compare keys without showing them): tells one key from
+    /// another where the key itself must not be kept, as beside a replay counter, whose count
+    /// starts again with a new key.
+    pub fn check_value(&self) -> u32 {
+        use aes::cipher::BlockEncrypt;
+        let cipher = aes::Aes128::new(&self.ek.into());
+        let mut block = [0u8; 16].into();
+        cipher.encrypt_block(&mut block);
+        u32::from_be_bytes([block[0], block[1], block[2], block[3]])
+    }
+}
+
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the keys themselves.
@@ -468,6 +482,17 @@ fn descriptor_list(mut r: Reader<'_>) -> Option<Data<'_>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_check_value_of_a_key_is_its_zero_block_encrypted() {
+        // AES-128, key and block all zeros: 66E94BD4EF8A2C3B884CFA59CA342B2E.
+        let keys = Keys {
+            ek: [0; 16],
+            ak: None,
+        };
+        assert_eq!(keys.check_value(), 0x66E9_4BD4);
+    }
+
     use super::*;
 
     const ST: [u8; 8] = *b"MMM\x00\x00\xBC\x61\x4E";

@@ -14,6 +14,7 @@
 
 use std::borrow::Cow;
 
+use chrono_tz::Tz;
 use meterflow_proto::quality;
 
 use super::axdr::Data;
@@ -38,6 +39,30 @@ impl Obis {
         }
     }
 
+    /// Parses `A-B:C.D.E.F` (or `A-B:C.D.E`, F = 255), each group 0 to 255.
+    pub fn parse(text: &str) -> Option<Obis> {
+        let (a, rest) = text.split_once('-')?;
+        let (b, rest) = rest.split_once(':')?;
+        let groups: Vec<&str> = rest.split('.').collect();
+        if !(3..=4).contains(&groups.len()) {
+            return None;
+        }
+        let byte = |g: &str| -> Option<u8> {
+            (!g.is_empty() && g.bytes().all(|c| c.is_ascii_digit()))
+                .then(|| g.parse().ok())
+                .flatten()
+        };
+        let f = groups.get(3).map_or(Some(255), |g| byte(g))?;
+        Some(Obis([
+            byte(a)?,
+            byte(b)?,
+            byte(groups[0])?,
+            byte(groups[1])?,
+            byte(groups[2])?,
+            f,
+        ]))
+    }
+
     /// The clock, 0-0:1.0.0.
     fn is_clock(&self) -> bool {
         matches!(self.0, [0, _, 1, 0, 0, _])
@@ -52,6 +77,17 @@ impl Obis {
     /// descriptors: not alarms).
     fn is_alarm(&self) -> bool {
         matches!(self.0, [0, _, 97, 98, 0..=9, _])
+    }
+
+    /// The meter's serial number: the device identifiers 0-x:96.1.0 to 9 (which one a maker
+    /// uses varies: 96.1.0 for IDIS, 96.1.1 for DSMR), or the COSEM logical device name
+    /// 0-0:42.0.0. Lower is preferred: see [`Meaning::object`].
+    fn serial_rank(&self) -> Option<u8> {
+        match self.0 {
+            [0, _, 96, 1, e @ 0..=9, _] => Some(e),
+            [0, _, 42, 0, 0, _] => Some(10),
+            _ => None,
+        }
     }
 }
 
@@ -128,6 +164,11 @@ pub fn unit_symbol(code: u8) -> Option<&'static str> {
     })
 }
 
+/// The DLMS unit whose symbol is `symbol` (as [`unit_symbol`] writes it), as that symbol.
+pub fn unit_of_symbol(symbol: &str) -> Option<&'static str> {
+    (1..=u8::MAX).filter_map(unit_symbol).find(|s| *s == symbol)
+}
+
 /// Powers of ten that are exact doubles.
 const POW10: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
@@ -167,12 +208,24 @@ pub fn scaled_integer(raw: i128, scaler: i8) -> f64 {
 /// the time is taken as UTC) or the meter flags its clock as not valid. `None` when a field
 /// needed is not specified or out of range.
 pub fn date_time(b: &[u8; 12]) -> Option<(i64, bool)> {
+    date_time_in(b, None)
+}
+
+/// [`date_time`], with the zone the meter keeps its clock in for a date-time whose deviation
+/// is not specified (0x8000, as Kamstrup, Aidon and many HAN ports send): the local time is
+/// read there, and in the hour a clock change repeats, the status's daylight-saving bit
+/// (0x80) says which of the two it is. Without a zone such a time is taken as UTC, flagged.
+pub fn date_time_in(b: &[u8; 12], zone: Option<Tz>) -> Option<(i64, bool)> {
     let year = u16::from_be_bytes([b[0], b[1]]);
     let (month, day, hour, minute, second) = (b[2], b[3], b[5], b[6], b[7]);
     if year == 0xFFFF || [month, day, hour, minute, second].contains(&0xFF) {
         return None;
     }
-    let hundredths = if b[8] == 0xFF { 0 } else { b[8] };
+    let hundredths = match b[8] {
+        0xFF => 0,
+        h @ 0..=99 => h,
+        _ => return None,
+    };
     let deviation = i16::from_be_bytes([b[9], b[10]]);
     let status = b[11];
     let local = chrono::NaiveDate::from_ymd_opt(i32::from(year), u32::from(month), u32::from(day))?
@@ -182,31 +235,147 @@ pub fn date_time(b: &[u8; 12]) -> Option<(i64, bool)> {
             u32::from(second),
             u32::from(hundredths) * 10,
         )?;
-    let local_ms = local.and_utc().timestamp_millis();
-    // 0x8000: not specified. Else UTC = local + deviation (minutes): 0xFF88 (-120) is UTC+2.
-    let unknown_offset = deviation == i16::MIN;
-    let utc_ms = if unknown_offset {
-        local_ms
-    } else {
-        local_ms + i64::from(deviation) * 60_000
-    };
-    // Status bits: 0x01 invalid, 0x02 doubtful, 0x08 clock status invalid.
+    // Status bits: 0x01 invalid, 0x02 doubtful, 0x08 clock status invalid; 0x80 daylight
+    // saving active. 0xFF: no status.
     let doubtful = status != 0xFF && status & 0x0B != 0;
-    Some((utc_ms, unknown_offset || doubtful))
+    // 0x8000: not specified. Else UTC = local + deviation (minutes): 0xFF88 (-120) is UTC+2.
+    // A deviation beyond any zone's (UTC-12 to UTC+14) is as good as none.
+    if deviation != i16::MIN && (-840..=720).contains(&deviation) {
+        let utc_ms = local.and_utc().timestamp_millis() + i64::from(deviation) * 60_000;
+        return Some((utc_ms, doubtful));
+    }
+    let Some(zone) = zone else {
+        return Some((local.and_utc().timestamp_millis(), true));
+    };
+    use chrono::offset::LocalResult;
+    use chrono::TimeZone;
+    let (utc_ms, sure) = match zone.from_local_datetime(&local) {
+        LocalResult::Single(t) => (t.timestamp_millis(), true),
+        // The repeated hour: the first is in daylight saving time, the second not.
+        LocalResult::Ambiguous(first, second) => match status {
+            0xFF => (first.timestamp_millis(), false),
+            s if s & 0x80 != 0 => (first.timestamp_millis(), true),
+            _ => (second.timestamp_millis(), true),
+        },
+        // The skipped hour: no such local time, a clock that has not changed yet. Read with
+        // the offset before the change: an hour later on the new time is the same instant.
+        LocalResult::None => {
+            let later = zone
+                .from_local_datetime(&(local + chrono::Duration::hours(1)))
+                .earliest()?;
+            (later.timestamp_millis(), false)
+        }
+    };
+    Some((utc_ms, doubtful || !sure))
 }
 
-/// A values-only body's objects, in order, with scaler and unit each.
+/// A values-only body's objects, in order, with scaler and unit each: a push profile
+/// (`[[dlms.profile]]`), what the meter's push setup captures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     pub name: String,
     pub objects: Vec<ProfileObject>,
 }
 
+/// One captured object: `class/OBIS/attribute`, and the scaler and unit its value is read
+/// with (a values-only push carries neither).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProfileObject {
+    pub class_id: u16,
     pub obis: Obis,
+    pub attribute: i8,
     pub scaler: i8,
     pub unit: Option<&'static str>,
+}
+
+impl ProfileObject {
+    /// Parses `class/A-B:C.D.E.F/attribute` (`3/1-0:1.8.0.255/2`), read with scaler 0 and no
+    /// unit; the error says what is wrong.
+    pub fn parse(spec: &str) -> Result<ProfileObject, String> {
+        let parts: Vec<&str> = spec.trim().split('/').collect();
+        let [class, obis, attribute] = parts.as_slice() else {
+            return Err(format!(
+                "{spec:?} is not class/OBIS/attribute (for example \"3/1-0:1.8.0.255/2\")"
+            ));
+        };
+        let class_id = class
+            .parse::<u16>()
+            .map_err(|_| format!("{spec:?}: class {class:?} is not a number 0 to 65535"))?;
+        let obis = Obis::parse(obis)
+            .ok_or_else(|| format!("{spec:?}: {obis:?} is not an OBIS code A-B:C.D.E.F"))?;
+        let attribute = attribute
+            .parse::<i8>()
+            .ok()
+            .filter(|a| *a >= 1)
+            .ok_or_else(|| format!("{spec:?}: attribute {attribute:?} is not 1 to 127"))?;
+        Ok(ProfileObject {
+            class_id,
+            obis,
+            attribute,
+            scaler: 0,
+            unit: None,
+        })
+    }
+
+    /// Whether its value is one to read: attribute 2 (the value of Data, Register, Extended
+    /// register, Demand register and the time of a Clock). The logical name (1) a push setup
+    /// names itself with, scaler-units and capture times are not readings.
+    fn is_value(&self) -> bool {
+        self.attribute == 2
+    }
+}
+
+impl Profile {
+    /// The body's objects through this profile: its top-level elements (one structure of
+    /// them, however deeply wrapped), else its leaves, paired with the profile's objects by
+    /// position. `None` when neither count is the profile's.
+    fn objects<'b, 'a>(&self, body: &'b Data<'a>) -> Option<Vec<Object<'b, 'a>>> {
+        let elements = top_elements(body);
+        let values = if elements.len() == self.objects.len() {
+            elements
+        } else {
+            let mut leaves = Vec::new();
+            values(body, &mut leaves);
+            if leaves.len() != self.objects.len() {
+                return None;
+            }
+            leaves
+        };
+        Some(
+            self.objects
+                .iter()
+                .zip(values)
+                .filter(|(p, _)| p.is_value())
+                .map(|(p, value)| Object {
+                    obis: p.obis,
+                    value,
+                    scaler: p.scaler,
+                    unit: p.unit,
+                })
+                .collect(),
+        )
+    }
+
+    /// How many values a body has, for the error when they are not the profile's.
+    fn counts(body: &Data<'_>) -> (usize, usize) {
+        let top = top_elements(body).len();
+        let mut leaves = Vec::new();
+        values(body, &mut leaves);
+        (top, leaves.len())
+    }
+}
+
+/// A body's elements: those of its structure (or array), however deeply that is wrapped in
+/// structures of one element; a body that is one value is that value.
+fn top_elements<'b, 'a>(body: &'b Data<'a>) -> Vec<&'b Data<'a>> {
+    let mut top = body;
+    while let Data::Structure(items) | Data::Array(items) = top {
+        match items.as_slice() {
+            [only @ (Data::Structure(_) | Data::Array(_))] => top = only,
+            _ => return items.iter().collect(),
+        }
+    }
+    vec![top]
 }
 
 /// The readings and status of a body.
@@ -217,8 +386,14 @@ pub struct Meaning {
     pub rejected: Vec<Rejected>,
     /// The clock object's time (Unix ms, doubtful).
     pub clock: Option<(i64, bool)>,
-    /// Objects named (OBIS codes found).
+    /// Objects named (OBIS codes found, or the profile's values read).
     pub objects: usize,
+    /// The zone of date-times without a deviation.
+    zone: Option<Tz>,
+    /// The rank of the identifier `status.serial` was taken from ([`Obis::serial_rank`]).
+    serial_rank: Option<u8>,
+    /// Why the profile given was not used (its object count is not the body's).
+    pub profile_mismatch: Option<String>,
 }
 
 /// One object: its code, its value, and its `{scaler, unit}` if it came with one.
@@ -229,26 +404,31 @@ struct Object<'b, 'a> {
     unit: Option<&'static str>,
 }
 
-/// Reads a self-describing body; with `profile`, a values-only one. Times are filled later
-/// ([`Meaning::stamp`]).
-pub fn meaning(body: &Data<'_>, profile: Option<&Profile>) -> Meaning {
-    let mut m = Meaning::default();
-    let mut objects = Vec::new();
-    collect(body, &mut objects);
-    if objects.is_empty() {
-        if let Some(profile) = profile {
-            let mut leaves = Vec::new();
-            values(body, &mut leaves);
-            for (p, value) in profile.objects.iter().zip(leaves) {
-                objects.push(Object {
-                    obis: p.obis,
-                    value,
-                    scaler: p.scaler,
-                    unit: p.unit,
-                });
+/// Reads a body: through `profile` when one is given and the body has as many values as it
+/// names objects, else as a self-describing body. `Meaning::profile_mismatch` says when a
+/// profile was given but did not fit. Times are filled later ([`Meaning::stamp`]).
+pub fn meaning(body: &Data<'_>, profile: Option<&Profile>, zone: Option<Tz>) -> Meaning {
+    let mut m = Meaning {
+        zone,
+        ..Meaning::default()
+    };
+    let through_profile = profile.and_then(|p| p.objects(body));
+    let objects = match through_profile {
+        Some(objects) => objects,
+        None => {
+            if let Some(p) = profile {
+                let (top, leaves) = Profile::counts(body);
+                m.profile_mismatch = Some(format!(
+                    "push profile {:?} names {} objects; the body has {top} elements ({leaves} values)",
+                    p.name,
+                    p.objects.len()
+                ));
             }
+            let mut objects = Vec::new();
+            collect(body, &mut objects);
+            objects
         }
-    }
+    };
     m.objects = objects.len();
     for (i, o) in objects.iter().enumerate() {
         m.object(i, o);
@@ -350,6 +530,8 @@ impl Meaning {
             Data::Float32(v) => Some(scaled(f64::from(*v), o.scaler)),
             Data::Float64(v) => Some(scaled(*v, o.scaler)),
             Data::Bcd(b) => Some(scaled(f64::from((b >> 4) * 10 + (b & 0x0F)), o.scaler)),
+            // A state (a disconnector's output, 0-0:96.3.10): 1 or 0.
+            Data::Boolean(b) => Some(f64::from(u8::from(*b))),
             v => v.as_integer().map(|i| scaled_integer(i, o.scaler)),
         };
         if o.obis.is_clock() {
@@ -358,7 +540,7 @@ impl Meaning {
                 Data::OctetString(b) => <&[u8; 12]>::try_from(*b).ok(),
                 _ => None,
             };
-            if let Some(t) = dt.and_then(date_time) {
+            if let Some(t) = dt.and_then(|b| date_time_in(b, self.zone)) {
                 self.clock = Some(t);
             }
             return;
@@ -370,6 +552,17 @@ impl Meaning {
                 }
             }
             return;
+        }
+        if let Some(rank) = o.obis.serial_rank() {
+            if let Data::OctetString(b) | Data::VisibleString(b) | Data::Utf8String(b) = o.value {
+                if let Some(t) = text(b) {
+                    if self.serial_rank.is_none_or(|r| rank < r) {
+                        self.serial_rank = Some(rank);
+                        self.status.serial = Some(t);
+                    }
+                    return;
+                }
+            }
         }
         if o.obis.is_alarm() {
             if let Some(flags) = o.value.as_integer().and_then(|v| u32::try_from(v).ok()) {
@@ -488,7 +681,7 @@ mod tests {
                 Data::DoubleLongUnsigned(5),
             ]),
         ]);
-        let mut m = meaning(&body, None);
+        let mut m = meaning(&body, None, None);
         m.stamp(None, 1);
         let got: Vec<(String, f64, String)> = m
             .readings
@@ -507,37 +700,22 @@ mod tests {
         assert_eq!(m.status.error_flags, Some(5));
     }
 
-    #[test]
-    fn a_values_only_body_through_a_profile() {
-        let body = Data::Structure(vec![
-            Data::DoubleLongUnsigned(4_408_736),
-            Data::LongUnsigned(2307),
-            Data::OctetString(b"SERIAL"),
-        ]);
-        assert_eq!(
-            meaning(&body, None).objects,
-            0,
-            "no OBIS codes: nothing without a profile"
-        );
-        let profile = Profile {
-            name: "test".into(),
-            objects: vec![
-                ProfileObject {
-                    obis: Obis([1, 0, 1, 8, 0, 255]),
-                    scaler: -3,
-                    unit: unit_symbol(30),
-                },
-                ProfileObject {
-                    obis: Obis([1, 0, 32, 7, 0, 255]),
-                    scaler: -1,
-                    unit: unit_symbol(35),
-                },
-            ],
-        };
-        let mut m = meaning(&body, Some(&profile));
-        m.stamp(None, 5);
-        let got: Vec<(String, f64, String, u16)> = m
-            .readings
+    fn profile(name: &str, objects: &[(&str, i8, Option<&str>)]) -> Profile {
+        Profile {
+            name: name.into(),
+            objects: objects
+                .iter()
+                .map(|(spec, scaler, unit)| ProfileObject {
+                    scaler: *scaler,
+                    unit: unit.map(|u| unit_of_symbol(u).unwrap()),
+                    ..ProfileObject::parse(spec).unwrap()
+                })
+                .collect(),
+        }
+    }
+
+    fn rows(m: &Meaning) -> Vec<(String, f64, String, u16)> {
+        m.readings
             .iter()
             .map(|r| {
                 (
@@ -547,14 +725,162 @@ mod tests {
                     r.quality,
                 )
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn a_values_only_body_through_a_profile() {
+        let body = Data::Structure(vec![
+            Data::DoubleLongUnsigned(4_408_736),
+            Data::LongUnsigned(2307),
+            Data::OctetString(b"SERIAL"),
+        ]);
+        assert_eq!(
+            meaning(&body, None, None).objects,
+            0,
+            "no OBIS codes: nothing without a profile"
+        );
+        let p = profile(
+            "test",
+            &[
+                ("3/1-0:1.8.0.255/2", -3, Some("Wh")),
+                ("3/1-0:32.7.0.255/2", -1, Some("V")),
+                ("1/0-0:96.1.0.255/2", 0, None),
+            ],
+        );
+        let mut m = meaning(&body, Some(&p), None);
+        m.stamp(None, 5);
         let flag = quality::TIME_FROM_RECEIVER;
         assert_eq!(
-            got,
+            rows(&m),
             [
                 ("1-0:1.8.0".to_string(), 4408.736, "Wh".to_string(), flag),
                 ("1-0:32.7.0".to_string(), 230.7, "V".to_string(), flag),
             ]
         );
+        assert_eq!(m.status.serial.as_deref(), Some("SERIAL"));
+        assert_eq!(m.profile_mismatch, None);
+    }
+
+    #[test]
+    fn an_idis_push_names_its_push_setup_first_and_that_is_no_reading() {
+        // IDIS: the first captured object is the push setup's logical name (class 40,
+        // attribute 1), then the clock's time, then the registers; here wrapped once more.
+        let setup = [0u8, 0, 25, 9, 0, 255];
+        let body = Data::Structure(vec![Data::Structure(vec![
+            Data::OctetString(&setup),
+            Data::OctetString(&[0x07, 0xE8, 3, 31, 7, 2, 30, 0, 0, 0x80, 0x00, 0x80]),
+            Data::DoubleLongUnsigned(123_456),
+            Data::DoubleLongUnsigned(7),
+        ])]);
+        let p = profile(
+            "idis",
+            &[
+                ("40/0-0:25.9.0.255/1", 0, None),
+                ("8/0-0:1.0.0.255/2", 0, None),
+                ("3/1-0:1.8.0.255/2", 0, Some("Wh")),
+                ("3/1-0:2.8.0.255/2", 0, Some("Wh")),
+            ],
+        );
+        // 2024-03-31 02:30 local without a deviation: in Vienna's skipped hour, read with
+        // the offset before the change (UTC+1): 01:30 UTC, flagged.
+        let vienna: Tz = "Europe/Vienna".parse().unwrap();
+        let mut m = meaning(&body, Some(&p), Some(vienna));
+        m.stamp(None, 5);
+        let at = 1_711_848_600_000; // 2024-03-31T01:30:00Z
+        assert_eq!(m.clock, Some((at, true)));
+        let flag = quality::CLOCK_INVALID;
+        assert_eq!(
+            rows(&m),
+            [
+                ("1-0:1.8.0".to_string(), 123_456.0, "Wh".to_string(), flag),
+                ("1-0:2.8.0".to_string(), 7.0, "Wh".to_string(), flag),
+            ]
+        );
+        // A profile of another length is not used, and says why.
+        let short = profile("short", &[("3/1-0:1.8.0.255/2", 0, None)]);
+        let m = meaning(&body, Some(&short), None);
+        assert!(m.readings.is_empty());
+        assert_eq!(
+            m.profile_mismatch.as_deref(),
+            Some("push profile \"short\" names 1 objects; the body has 4 elements (4 values)")
+        );
+    }
+
+    #[test]
+    fn date_times_without_a_deviation_in_the_meters_zone() {
+        let vienna: Tz = "Europe/Vienna".parse().unwrap();
+        let at = |b: [u8; 12]| date_time_in(&b, Some(vienna)).unwrap();
+        // Summer: 2024-07-01 12:00 local = 10:00 UTC, sure.
+        assert_eq!(
+            at([0x07, 0xE8, 7, 1, 1, 12, 0, 0, 0, 0x80, 0, 0x80]),
+            (1_719_828_000_000, false)
+        );
+        // 2024-10-27 02:30 happens twice: the DST bit says which; no status: the first,
+        // flagged.
+        let first = 1_729_989_000_000; // 00:30 UTC
+        let second = first + 3_600_000;
+        assert_eq!(
+            at([0x07, 0xE8, 10, 27, 7, 2, 30, 0, 0, 0x80, 0, 0x80]),
+            (first, false)
+        );
+        assert_eq!(
+            at([0x07, 0xE8, 10, 27, 7, 2, 30, 0, 0, 0x80, 0, 0x00]),
+            (second, false)
+        );
+        assert_eq!(
+            at([0x07, 0xE8, 10, 27, 7, 2, 30, 0, 0, 0x80, 0, 0xFF]),
+            (first, true)
+        );
+        // A deviation given wins over the zone; one beyond any zone's is none.
+        assert_eq!(
+            at([0x07, 0xE8, 7, 1, 1, 12, 0, 0, 0, 0xFF, 0x88, 0x80]),
+            (1_719_828_000_000, false)
+        );
+        assert_eq!(
+            at([0x07, 0xE8, 7, 1, 1, 12, 0, 0, 0, 0x10, 0x00, 0x80]),
+            (1_719_828_000_000, false),
+            "deviation 4096 min: read in the zone"
+        );
+        // Without a zone: as UTC, flagged. Hundredths beyond 99: not a time.
+        assert_eq!(
+            date_time(&[0x07, 0xE8, 7, 1, 1, 12, 0, 0, 0, 0x80, 0, 0x80]),
+            Some((1_719_835_200_000, true))
+        );
+        assert_eq!(
+            date_time(&[0x07, 0xE8, 7, 1, 1, 12, 0, 0, 100, 0, 0, 0]),
+            None
+        );
+    }
+
+    #[test]
+    fn profile_objects_and_obis_codes_parse_or_say_why_not() {
+        let o = ProfileObject::parse("3/1-0:1.8.0.255/2").unwrap();
+        assert_eq!(
+            (o.class_id, o.obis, o.attribute),
+            (3, Obis([1, 0, 1, 8, 0, 255]), 2)
+        );
+        assert_eq!(Obis::parse("1-0:1.8.0"), Some(Obis([1, 0, 1, 8, 0, 255])));
+        assert_eq!(Obis::parse("1-0:1.8.0.7"), Some(Obis([1, 0, 1, 8, 0, 7])));
+        for bad in [
+            "1-0:1.8",
+            "1-0:1.8.0.256",
+            "1:0-1.8.0",
+            "1-0:1.8.+1",
+            "a-0:1.8.0",
+        ] {
+            assert_eq!(Obis::parse(bad), None, "{bad}");
+        }
+        for (bad, says) in [
+            ("1-0:1.8.0.255", "class/OBIS/attribute"),
+            ("x/1-0:1.8.0.255/2", "class \"x\""),
+            ("3/1-0:1.8/2", "not an OBIS code"),
+            ("3/1-0:1.8.0.255/0", "attribute \"0\""),
+        ] {
+            let e = ProfileObject::parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert_eq!(unit_of_symbol("m3"), Some("m3"));
+        assert_eq!(unit_of_symbol("kWh"), None);
     }
 }

@@ -22,7 +22,8 @@ pub mod cosem;
 pub mod frame;
 
 pub use apdu::{system_title, KeyLookup, Keys, Security};
-pub use cosem::{Obis, Profile, ProfileObject};
+pub use chrono_tz::Tz;
+pub use cosem::{unit_of_symbol, Obis, Profile, ProfileObject};
 pub use frame::{Framing, WrapperHeader, WRAPPER_HEADER};
 
 use meterflow_proto::Format;
@@ -43,6 +44,16 @@ pub struct Push {
     pub decoded: Decoded<'static>,
 }
 
+/// What a meter's pushes are read with besides their bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context<'p> {
+    /// The objects of its values-only bodies (`None`: only self-describing bodies decode).
+    pub profile: Option<&'p Profile>,
+    /// The zone its clock keeps, for date-times that carry no deviation (`None`: taken as
+    /// UTC and flagged `CLOCK_INVALID`).
+    pub zone: Option<Tz>,
+}
+
 /// Decodes a push: `keys` gives the keys of a system title, `profile` the objects of a
 /// values-only body (`None`: only self-describing bodies decode).
 pub fn decode_push(
@@ -50,6 +61,20 @@ pub fn decode_push(
     received_at_ms: i64,
     keys: &dyn Fn(&[u8; 8]) -> KeyLookup,
     profile: Option<&Profile>,
+) -> Result<Push, DecodeError> {
+    let context = Context {
+        profile,
+        zone: None,
+    };
+    decode_push_in(payload, received_at_ms, keys, &context)
+}
+
+/// [`decode_push`] with the meter's [`Context`].
+pub fn decode_push_in(
+    payload: &[u8],
+    received_at_ms: i64,
+    keys: &dyn Fn(&[u8; 8]) -> KeyLookup,
+    context: &Context<'_>,
 ) -> Result<Push, DecodeError> {
     if payload.is_empty() {
         return Err(DecodeError::Empty {
@@ -71,19 +96,22 @@ pub fn decode_push(
                 0
             };
             let n = apdu::notification(bytes, base)?;
-            let mut m = cosem::meaning(&n.body, profile);
+            let mut m = cosem::meaning(&n.body, context.profile, context.zone);
             // Nothing read: a values-only body (IDIS pushes name only their push setup, the
             // first element) needs a profile that says what its values are.
             if m.readings.is_empty() && m.status.is_empty() && m.rejected.is_empty() {
-                return Err(unsupported(
-                    base,
-                    format!(
+                let reason = match &m.profile_mismatch {
+                    Some(mismatch) => format!("no reading in the body: {mismatch}"),
+                    None => format!(
                         "no reading in the body ({} OBIS code(s) with values): a values-only push needs a push profile ([[dlms.profile]])",
                         m.objects
                     ),
-                ));
+                };
+                return Err(unsupported(base, reason));
             }
-            let stamp = n.date_time.and_then(cosem::date_time);
+            let stamp = n
+                .date_time
+                .and_then(|b| cosem::date_time_in(b, context.zone));
             m.stamp(stamp, received_at_ms);
             let status = (!m.status.is_empty()).then_some(m.status);
             (
