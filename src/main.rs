@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(listen) => cli::serve::run(cli.shared.valid_config(&listen)?),
         Command::Config(listen) => cli::config::run(cli.shared.valid_config(&listen)?.config()),
-        Command::Decode(args) => cli::decode::run(args),
+        Command::Decode(args) => cli::decode::run(&cli.shared.config()?, args),
         Command::Simulate(args) => cli::simulate::run(args),
         Command::Credentials(args) => cli::credentials::run(&cli.shared, args),
         Command::Query(args) => cli::query::run(cli.shared.config()?, args),

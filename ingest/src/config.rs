@@ -637,6 +637,39 @@ mod example_file {
     }
 
     #[test]
+    fn the_example_push_profile_is_valid_and_shows_every_key() {
+        // The [[dlms.profile]] block is commented out (there is none by default): uncommented,
+        // it must be a valid profile that sets every key of ProfileConfig.
+        let block = EXAMPLE
+            .split("# [[dlms.profile]]")
+            .nth(1)
+            .expect("a commented [[dlms.profile]] block")
+            .split("\n\n")
+            .next()
+            .unwrap();
+        let mut text = String::from("[[dlms.profile]]\n");
+        for line in block.lines() {
+            if let Some(code) = line.strip_prefix("# ") {
+                if !code.starts_with('#') {
+                    text.push_str(code);
+                    text.push('\n');
+                }
+            }
+        }
+        let config = Config::from_toml(&text).unwrap();
+        let profiles = config.dlms.push_profiles().unwrap();
+        let chosen = profiles.choose(None, Some(b"KFM\0\0\0\0\x01")).unwrap();
+        assert_eq!(chosen.profile.map(|p| p.objects.len()), Some(4));
+        let shown = toml::to_string(&config.dlms.profiles[0]).unwrap();
+        for key in ["name", "manufacturers", "timezone", "objects"] {
+            assert!(
+                shown.contains(&format!("{key} = ")) || shown.contains(&format!("[[{key}]]")),
+                "{key}: {shown}"
+            );
+        }
+    }
+
+    #[test]
     fn the_example_config_states_the_defaults() {
         assert_eq!(Config::from_toml(EXAMPLE).unwrap(), Config::default());
     }

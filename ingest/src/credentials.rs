@@ -379,6 +379,14 @@ impl CredentialStore {
             .collect()
     }
 
+    /// The active meters that name a DLMS push profile, with its name, in id order.
+    pub fn dlms_profiles(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.active.iter().filter_map(|(id, c)| {
+            let name = c.dlms.as_ref()?.profile.as_deref()?;
+            Some((&**id, name))
+        })
+    }
+
     /// Every id with its globs and whether it is active, in id order (no secrets).
     pub fn list(&self) -> Vec<(&str, &[Glob], bool)> {
         let mut all: Vec<(&str, &[Glob], bool)> = self

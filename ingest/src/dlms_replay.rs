@@ -12,6 +12,13 @@
 //!
 //! A record read again (the same LSN) is not a replay of itself. Files older than the
 //! checkpoint on disk are removed.
+//!
+//! A counter belongs to a key: a meter given a new encryption key counts again from 0 (the
+//! Green Book's rule), so each counter is kept with the check value of the key it was
+//! accepted under ([`Keys::check_value`](meterflow_decoders::dlms::Keys::check_value): not
+//! the key), and a push under another key starts its title's count afresh. A file line is
+//! `TITLE COUNTER CHECK` (hex, decimal, hex); a line without the check value (written before
+//! it was kept) stands for whatever key the title has next.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -22,16 +29,31 @@ use crate::error::IngestError;
 
 const PREFIX: &str = "dlms-counters-";
 
+/// The counter of one system title: the highest accepted, under the key of this check value
+/// (`None`: not known, from an older file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Count {
+    counter: u32,
+    key: Option<u32>,
+}
+
+impl Count {
+    /// Whether a push under `key` counts on from this one (the same key, or one not known).
+    fn same_key(&self, key: u32) -> bool {
+        self.key.is_none_or(|k| k == key)
+    }
+}
+
 /// The counters of the accepted ciphered pushes.
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
     /// Highest counter accepted per system title, and the LSN of its record.
-    current: HashMap<[u8; 8], (u32, u64)>,
+    current: HashMap<[u8; 8], (Count, u64)>,
     /// The counters as of `base_lsn` (what the file of that checkpoint holds).
-    base: HashMap<[u8; 8], u32>,
+    base: HashMap<[u8; 8], Count>,
     base_lsn: u64,
     /// Accepted since the base: (lsn, system title, counter), in LSN order.
-    pending: Vec<(u64, [u8; 8], u32)>,
+    pending: Vec<(u64, [u8; 8], Count)>,
 }
 
 /// Why a push is refused: the last counter accepted.
@@ -94,12 +116,20 @@ impl ReplayGuard {
                 path: path.clone(),
                 source: std::io::Error::other(format!("line {}", i + 1)),
             };
-            let (title, counter) = line.split_once(' ').ok_or_else(bad)?;
+            let mut fields = line.split(' ');
+            let (Some(title), Some(counter)) = (fields.next(), fields.next()) else {
+                return Err(bad());
+            };
             let title = u64::from_str_radix(title, 16)
                 .map_err(|_| bad())?
                 .to_be_bytes();
             let counter: u32 = counter.parse().map_err(|_| bad())?;
-            base.insert(title, counter);
+            let key = fields
+                .next()
+                .map(|k| u32::from_str_radix(k, 16))
+                .transpose()
+                .map_err(|_| bad())?;
+            base.insert(title, Count { counter, key });
         }
         let current = base.iter().map(|(t, c)| (*t, (*c, 0))).collect();
         Ok(ReplayGuard {
@@ -110,20 +140,33 @@ impl ReplayGuard {
         })
     }
 
-    /// Accepts the push of `system_title` with `counter` in the record `lsn`, or says it is a
-    /// replay.
-    pub fn check(&mut self, system_title: [u8; 8], counter: u32, lsn: u64) -> Result<(), Replay> {
+    /// Accepts the push of `system_title` with `counter`, opened with the key of check value
+    /// `key`, in the record `lsn`, or says it is a replay. Under a key other than the last
+    /// counter's, the count starts again.
+    pub fn check(
+        &mut self,
+        system_title: [u8; 8],
+        key: u32,
+        counter: u32,
+        lsn: u64,
+    ) -> Result<(), Replay> {
         if let Some(&(last, last_lsn)) = self.current.get(&system_title) {
-            let again = lsn != 0 && lsn == last_lsn && counter == last;
-            if counter <= last && !again {
-                return Err(Replay { last });
-            }
-            if again {
-                return Ok(());
+            if last.same_key(key) {
+                let again = lsn != 0 && lsn == last_lsn && counter == last.counter;
+                if counter <= last.counter && !again {
+                    return Err(Replay { last: last.counter });
+                }
+                if again {
+                    return Ok(());
+                }
             }
         }
-        self.current.insert(system_title, (counter, lsn));
-        self.pending.push((lsn, system_title, counter));
+        let count = Count {
+            counter,
+            key: Some(key),
+        };
+        self.current.insert(system_title, (count, lsn));
+        self.pending.push((lsn, system_title, count));
         Ok(())
     }
 
@@ -152,9 +195,15 @@ impl ReplayGuard {
             .drain(..)
             .partition(|&(lsn, _, _)| lsn <= through);
         self.pending = kept;
-        for (_, title, counter) in folded {
-            let c = self.base.entry(title).or_insert(counter);
-            *c = (*c).max(counter);
+        for (_, title, count) in folded {
+            let c = self.base.entry(title).or_insert(count);
+            // Folded in LSN order: a new key replaces the count, the same one raises it.
+            if count.key.is_some_and(|k| c.same_key(k)) {
+                c.counter = c.counter.max(count.counter);
+                c.key = count.key;
+            } else {
+                *c = count;
+            }
         }
         self.base_lsn = through;
         let dir = folder(data_dir);
@@ -168,7 +217,13 @@ impl ReplayGuard {
         let mut lines: Vec<String> = self
             .base
             .iter()
-            .map(|(t, c)| format!("{:016X} {c}", u64::from_be_bytes(*t)))
+            .map(|(t, c)| {
+                let title = u64::from_be_bytes(*t);
+                match c.key {
+                    Some(k) => format!("{title:016X} {} {k:08X}", c.counter),
+                    None => format!("{title:016X} {}", c.counter),
+                }
+            })
             .collect();
         lines.sort();
         let mut file = File::create(&tmp).map_err(|e| io("creating", e))?;
@@ -189,16 +244,23 @@ mod tests {
 
     const A: [u8; 8] = *b"KFM\x10\x10\x00\x00\x23";
     const B: [u8; 8] = *b"LGZgsp\xB1\x77";
+    /// The check value of the key every test push is opened with.
+    const K: u32 = 0x66E9_4BD4;
+
+    /// The counter a loaded guard holds for a title.
+    fn base(g: &ReplayGuard, t: [u8; 8]) -> Option<u32> {
+        g.base.get(&t).map(|c| c.counter)
+    }
 
     #[test]
     fn a_counter_not_above_the_last_is_a_replay_but_a_record_read_again_is_not() {
         let mut g = ReplayGuard::default();
-        assert_eq!(g.check(A, 10, 1), Ok(()));
-        assert_eq!(g.check(A, 10, 2), Err(Replay { last: 10 }));
-        assert_eq!(g.check(A, 9, 3), Err(Replay { last: 10 }));
-        assert_eq!(g.check(A, 10, 1), Ok(()), "record 1 read again");
-        assert_eq!(g.check(B, 5, 4), Ok(()));
-        assert_eq!(g.check(A, 11, 5), Ok(()));
+        assert_eq!(g.check(A, K, 10, 1), Ok(()));
+        assert_eq!(g.check(A, K, 10, 2), Err(Replay { last: 10 }));
+        assert_eq!(g.check(A, K, 9, 3), Err(Replay { last: 10 }));
+        assert_eq!(g.check(A, K, 10, 1), Ok(()), "record 1 read again");
+        assert_eq!(g.check(B, K, 5, 4), Ok(()));
+        assert_eq!(g.check(A, K, 11, 5), Ok(()));
     }
 
     #[test]
@@ -206,42 +268,68 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("wal")).unwrap();
         let mut g = ReplayGuard::default();
-        g.check(A, 10, 1).unwrap();
-        g.check(B, 5, 2).unwrap();
-        g.check(A, 12, 3).unwrap();
+        g.check(A, K, 10, 1).unwrap();
+        g.check(B, K, 5, 2).unwrap();
+        g.check(A, K, 12, 3).unwrap();
         // The checkpoint moves to 2: the file holds A 10, B 5 (record 3 is after it).
         g.persist(dir.path(), 2, 0).unwrap();
         // kill -9, restart from checkpoint 2: record 3 replayed from the WAL is accepted
         // again; a network replay of A 10 or 12 is refused.
         let mut after = ReplayGuard::load(dir.path(), 2).unwrap();
-        assert_eq!(after.check(A, 10, 9), Err(Replay { last: 10 }));
-        assert_eq!(after.check(A, 12, 3), Ok(()));
-        assert_eq!(after.check(A, 12, 10), Err(Replay { last: 12 }));
-        assert_eq!(after.check(B, 5, 11), Err(Replay { last: 5 }));
+        assert_eq!(after.check(A, K, 10, 9), Err(Replay { last: 10 }));
+        assert_eq!(after.check(A, K, 12, 3), Ok(()));
+        assert_eq!(after.check(A, K, 12, 10), Err(Replay { last: 12 }));
+        assert_eq!(after.check(B, K, 5, 11), Err(Replay { last: 5 }));
         // Later checkpoints remove what the checkpoint on disk no longer needs; a checkpoint
         // with nothing new writes nothing (the newest file before it holds its counters).
         after.persist(dir.path(), 3, 2).unwrap();
         after.persist(dir.path(), 9, 3).unwrap();
         assert_eq!(files(dir.path()), [3], "nothing accepted in (3, 9]");
         assert_eq!(
-            ReplayGuard::load(dir.path(), 9).unwrap().base.get(&A),
-            Some(&12)
+            base(&ReplayGuard::load(dir.path(), 9).unwrap(), A),
+            Some(12)
         );
-        after.check(B, 6, 10).unwrap();
+        after.check(B, K, 6, 10).unwrap();
         after.persist(dir.path(), 11, 9).unwrap();
         let mut lsns = files(dir.path());
         lsns.sort();
         assert_eq!(lsns, [3, 11], "3 is the file of checkpoint 9, on disk");
         after.persist(dir.path(), 11, 11).unwrap();
         let again = ReplayGuard::load(dir.path(), 11).unwrap();
-        assert_eq!(
-            (again.base.get(&A), again.base.get(&B)),
-            (Some(&12), Some(&6))
-        );
+        assert_eq!((base(&again, A), base(&again, B)), (Some(12), Some(6)));
         // No push ever: no file, an empty guard.
         let empty = tempfile::tempdir().unwrap();
         let mut none = ReplayGuard::load(empty.path(), 7).unwrap();
         none.persist(empty.path(), 8, 7).unwrap();
         assert!(files(empty.path()).is_empty());
+    }
+
+    #[test]
+    fn a_new_key_starts_the_count_again_and_is_kept_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("wal")).unwrap();
+        let new_key = 0x1234_5678;
+        let mut g = ReplayGuard::default();
+        g.check(A, K, 1000, 1).unwrap();
+        // Re-keyed: the meter counts from 1 again, and is taken.
+        assert_eq!(g.check(A, new_key, 1, 2), Ok(()));
+        assert_eq!(g.check(A, new_key, 1, 3), Err(Replay { last: 1 }));
+        assert_eq!(g.check(A, new_key, 2, 4), Ok(()));
+        g.persist(dir.path(), 4, 0).unwrap();
+        let text = fs::read_to_string(file_of(dir.path(), 4)).unwrap();
+        assert_eq!(text, "4B464D1010000023 2 12345678");
+        let mut after = ReplayGuard::load(dir.path(), 4).unwrap();
+        assert_eq!(after.check(A, new_key, 2, 9), Err(Replay { last: 2 }));
+        assert_eq!(after.check(A, new_key, 3, 10), Ok(()));
+        // A file from before check values were kept: its counter holds for the next key.
+        fs::write(file_of(dir.path(), 20), "4B464D1010000023 500").unwrap();
+        let mut old = ReplayGuard::load(dir.path(), 20).unwrap();
+        assert_eq!(old.check(A, K, 500, 21), Err(Replay { last: 500 }));
+        assert_eq!(old.check(A, K, 501, 22), Ok(()));
+        old.persist(dir.path(), 22, 20).unwrap();
+        assert_eq!(
+            fs::read_to_string(file_of(dir.path(), 22)).unwrap(),
+            "4B464D1010000023 501 66E94BD4"
+        );
     }
 }

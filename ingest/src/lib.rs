@@ -23,6 +23,7 @@
 pub mod config;
 pub mod credentials;
 pub mod devices;
+pub mod dlms_profiles;
 pub mod dlms_replay;
 pub mod edge;
 mod error;

@@ -26,6 +26,7 @@ use meterflow_storage::{Batcher, DeadLetter, Hold, SinkBatch, SinkSet, WalReader
 
 use crate::credentials::SharedCredentials;
 use crate::devices::{DeadLetterNote, DeviceRegistry, Observation};
+use crate::dlms_profiles::PushProfiles;
 use crate::dlms_replay::{Replay, ReplayGuard};
 use crate::edge::{EdgeNoteKind, RawMessage};
 use crate::error::IngestError;
@@ -97,6 +98,8 @@ pub struct Pipeline {
     /// The highest invocation counter accepted per DLMS system title, kept with the
     /// checkpoint.
     dlms_replay: ReplayGuard,
+    /// What DLMS bodies are read with: push profiles, the zone of meter clocks.
+    dlms_profiles: PushProfiles,
 }
 
 /// Handles of the per-message counters, looked up in the metrics registry once per label set
@@ -151,14 +154,22 @@ impl Pipeline {
             counters: Counters::default(),
             credentials: None,
             dlms_replay: ReplayGuard::default(),
+            dlms_profiles: PushProfiles::default(),
         }
     }
 
-    /// The credential store DLMS pushes are opened with (keys by system title), and the
-    /// DLMS counters as of the checkpoint ([`ReplayGuard::load`]).
-    pub fn with_dlms(mut self, credentials: Arc<SharedCredentials>, replay: ReplayGuard) -> Self {
+    /// The credential store DLMS pushes are opened with (keys by system title), the DLMS
+    /// counters as of the checkpoint ([`ReplayGuard::load`]), and the push profiles and zones
+    /// their bodies are read with.
+    pub fn with_dlms(
+        mut self,
+        credentials: Arc<SharedCredentials>,
+        replay: ReplayGuard,
+        profiles: PushProfiles,
+    ) -> Self {
         self.credentials = Some(credentials);
         self.dlms_replay = replay;
+        self.dlms_profiles = profiles;
         self
     }
 
@@ -188,7 +199,29 @@ impl Pipeline {
                 None => KeyLookup::Unknown,
             }
         };
-        let push = dlms::decode_push(&message.payload, message.received_at_ms, &lookup, None)?;
+        // The meter's push profile and clock zone: the one its credential names, else its
+        // manufacturer's (the start of its system title).
+        let identity = store
+            .as_ref()
+            .and_then(|s| s.get(meter_id))
+            .and_then(|c| c.dlms.as_ref());
+        let chosen = self
+            .dlms_profiles
+            .choose(
+                identity.and_then(|d| d.profile.as_deref()),
+                identity.map(|d| &d.system_title),
+            )
+            .map_err(|reason| DecodeError::Unsupported {
+                format: Format::Dlms,
+                position: meterflow_decoders::Position::Whole,
+                reason: format!("meter {meter_id}: {reason}"),
+            })?;
+        let push = dlms::decode_push_in(
+            &message.payload,
+            message.received_at_ms,
+            &lookup,
+            &chosen.context(),
+        )?;
         // A meter with keys sends protected pushes only: authenticated when it has an
         // authentication key, at least encrypted when it has an encryption key. Anything less
         // (a push in clear, or stripped of its tag) could be anyone's.
@@ -197,6 +230,8 @@ impl Pipeline {
             .and_then(|s| s.get(meter_id))
             .and_then(|c| c.dlms.as_ref())
             .and_then(|d| d.keys());
+        // Counters are per key: a re-keyed meter counts from 0 again.
+        let key_check = keys.as_ref().map_or(0, |k| k.check_value());
         if let Some(keys) = keys {
             let (needed, what) = if keys.ak.is_some() {
                 (0x10, "authenticated (security control with 0x10)")
@@ -224,7 +259,7 @@ impl Pipeline {
             let counter = security.invocation_counter;
             if let Err(Replay { last }) =
                 self.dlms_replay
-                    .check(security.system_title, counter, message.lsn)
+                    .check(security.system_title, key_check, counter, message.lsn)
             {
                 return Err(DecodeError::Refused {
                     format: Format::Dlms,

@@ -42,6 +42,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, ValidConfig};
 use crate::credentials::{CredentialStore, SharedCredentials};
 use crate::devices::DeviceRegistry;
+use crate::dlms_profiles::PushProfiles;
 use crate::dlms_replay::ReplayGuard;
 use crate::edge::bridge::{self, Bridge};
 use crate::edge::coap::{self, CoapSummary};
@@ -141,6 +142,8 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
     mqtt::check_anonymous_rule(&config.mqtt, store_empty, &store_path)?;
     coap::check_anonymous_rule(&config.coap, store_empty, &store_path)?;
     dlms::check_plaintext_rule(&config.dlms, store_empty);
+    let push_profiles = config.dlms.push_profiles()?;
+    check_profiles_named(&push_profiles, &credentials.current());
 
     // 3. Sinks, and the pipeline on them (not running yet).
     if config.clickhouse.enabled() {
@@ -163,6 +166,7 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
     .with_dlms(
         credentials.clone(),
         ReplayGuard::load(&config.data_dir, checkpoint.all)?,
+        push_profiles,
     );
 
     // 4. The ports: a port in use stops start-up before anything runs. MQTT starts taking
@@ -598,5 +602,23 @@ fn raise_open_files_limit(config: &Config) {
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "reading the open-files limit"),
+    }
+}
+
+/// Warns about meters whose credential names a push profile that is not configured: their
+/// pushes become dead letters that say so until it is (the store can change while running,
+/// so this is no reason to stop).
+fn check_profiles_named(profiles: &PushProfiles, store: &CredentialStore) {
+    let missing: Vec<(&str, &str)> = store
+        .dlms_profiles()
+        .filter(|(_, name)| !profiles.has(name))
+        .collect();
+    if let Some((meter, name)) = missing.first() {
+        tracing::warn!(
+            meters = missing.len(),
+            first_meter = %meter,
+            profile = %name,
+            "credentials name DLMS push profiles that are not configured ([[dlms.profile]]): these meters' pushes become dead letters until they are"
+        );
     }
 }

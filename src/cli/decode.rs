@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use meterflow_decoders::dlms::{self, KeyLookup, Keys};
 use meterflow_decoders::{decode, DecodeContext, Format};
+use meterflow_ingest::dlms_profiles::PushProfiles;
 
 #[derive(clap::Args)]
 pub struct DecodeArgs {
@@ -16,25 +17,51 @@ pub struct DecodeArgs {
     /// The meter the payload is for (as the topic would name it).
     #[arg(long, default_value = "meter")]
     meter: String,
-    /// dlms: the encryption key (32 hex digits) that opens a ciphered push.
-    #[arg(long, value_name = "HEX")]
+    /// dlms: the encryption key (32 hex digits) that opens a ciphered push (prefer the
+    /// environment variable: a command line shows in `ps`).
+    #[arg(
+        long,
+        value_name = "HEX",
+        env = "METERFLOW_DLMS_EK",
+        hide_env_values = true
+    )]
     dlms_ek: Option<String>,
     /// dlms: the authentication key (32 hex digits), for pushes with a tag.
-    #[arg(long, value_name = "HEX")]
+    #[arg(
+        long,
+        value_name = "HEX",
+        env = "METERFLOW_DLMS_AK",
+        hide_env_values = true
+    )]
     dlms_ak: Option<String>,
+    /// dlms: read a values-only push with this push profile of the config ([[dlms.profile]]);
+    /// without it, the profile of the push's manufacturer if the config has one. The config's
+    /// dlms.timezone applies too.
+    #[arg(long, value_name = "NAME")]
+    dlms_profile: Option<String>,
     /// The payload file; `-` reads standard input.
     file: PathBuf,
 }
 
 /// Reads the payload and prints its report; exits with status 1 when it does not decode.
-pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
+/// `config` gives the push profiles and the zone of DLMS clocks.
+pub fn run(config: &meterflow_ingest::Config, args: DecodeArgs) -> anyhow::Result<()> {
     let DecodeArgs {
         format,
         meter,
         dlms_ek,
         dlms_ak,
+        dlms_profile,
         file,
     } = args;
+    let profiles = config.dlms.push_profiles()?;
+    if let Some(name) = &dlms_profile {
+        if !profiles.has(name) {
+            anyhow::bail!(
+                "--dlms-profile: the config has no [[dlms.profile]] named {name:?} (give the file with --config)"
+            );
+        }
+    }
     let key = |flag: &str, text: Option<String>| -> anyhow::Result<Option<[u8; 16]>> {
         text.map(|t| {
             hex_bytes(&t)
@@ -64,13 +91,12 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
             .unwrap_or(payload),
         _ => payload,
     };
-    let ok = report(
-        format,
-        &meter,
-        &payload,
-        keys.as_ref(),
-        &mut std::io::stdout(),
-    )?;
+    let reading = DlmsReading {
+        keys: keys.as_ref(),
+        profiles: &profiles,
+        profile: dlms_profile.as_deref(),
+    };
+    let ok = report(format, &meter, &payload, &reading, &mut std::io::stdout())?;
     if !ok {
         std::process::exit(1);
     }
@@ -97,14 +123,23 @@ fn hex_bytes(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// What a DLMS push is read with: its keys, the config's push profiles and zone, and the
+/// profile asked for.
+struct DlmsReading<'a> {
+    keys: Option<&'a Keys>,
+    profiles: &'a PushProfiles,
+    profile: Option<&'a str>,
+}
+
 /// Decodes `payload` and writes the report to `out`. Returns whether it decoded.
 fn report(
     format: Format,
     meter_id: &str,
     payload: &[u8],
-    keys: Option<&Keys>,
+    dlms_reading: &DlmsReading<'_>,
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
+    let keys = dlms_reading.keys;
     let received_at_ms = chrono::Utc::now().timestamp_millis();
     let ctx = DecodeContext {
         meter_id,
@@ -113,7 +148,15 @@ fn report(
     let result = match format {
         Format::Dlms => {
             let lookup = |_: &[u8; 8]| keys.cloned().map_or(KeyLookup::NoKey, KeyLookup::Keys);
-            dlms::decode_push(payload, received_at_ms, &lookup, None).map(|push| {
+            let title = dlms::frame::unframe(payload)
+                .ok()
+                .and_then(|u| dlms::system_title(&u.apdu));
+            let chosen = dlms_reading
+                .profiles
+                .choose(dlms_reading.profile, title.as_ref())
+                .map_err(anyhow::Error::msg)?;
+            let profile_name = chosen.profile.map(|p| p.name.clone());
+            dlms::decode_push_in(payload, received_at_ms, &lookup, &chosen.context()).map(|push| {
                 let mut line = format!("dlms: {} framing", push.framing.as_str());
                 if let Some(s) = &push.security {
                     line.push_str(&format!(
@@ -126,6 +169,9 @@ fn report(
                 }
                 if push.blocks > 0 {
                     line.push_str(&format!(", {} blocks", push.blocks));
+                }
+                if let Some(name) = &profile_name {
+                    line.push_str(&format!(", push profile {name}"));
                 }
                 (Some(line), push.decoded)
             })

@@ -130,3 +130,269 @@ fn a_ciphered_push_over_mqtt_is_stored_exactly_and_replays_and_forgeries_are_ref
     // The dead letters keep the bytes as sent.
     assert_eq!(replay.payload, std::fs::read(&push).unwrap());
 }
+
+/// The bytes of a hex fixture under `decoders/tests/fixtures/dlms/` (`#` comments are not
+/// data), written to a file of `dir` for `mosquitto_pub -f`.
+fn hex_fixture(dir: &Path, relative: &str) -> PathBuf {
+    let text = std::fs::read_to_string(format!(
+        "{}/decoders/tests/fixtures/dlms/{relative}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let digits: String = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(str::chars)
+        .filter(char::is_ascii_hexdigit)
+        .collect();
+    let bytes: Vec<u8> = (0..digits.len() / 2)
+        .map(|i| u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let path = dir.join(relative.replace('/', "_")).with_extension("bin");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// What the config says pushes are read with, through the real `serve`:
+/// - a values-only push (the Slovenian ECE list 2 of an Iskra meter) is read through the
+///   profile of its meter's manufacturer (ISK, from its system title), and its logical device
+///   name becomes the meter's serial number on the device API;
+/// - a meter whose credential names a profile that is not configured gets a dead letter that
+///   says so (and a warning at start-up);
+/// - a push whose clock carries no deviation (the Norwegian HAN list) is read in
+///   `dlms.timezone`, unflagged.
+#[test]
+fn values_only_pushes_are_read_through_their_profile_and_clocks_in_their_zone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("fleet.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "meter_id,secret,dlms_system_title,dlms_profile\n\
+             E3,{E1},49534B0000000003,\n\
+             E4,{E2},4142430000000004,missing\n\
+             E5,{E1},,\n"
+        ),
+    )
+    .unwrap();
+    crate::harness::credentials(tmp.path(), &["import", csv.to_str().unwrap()]);
+    let config = tmp.path().join("meterflow.toml");
+    std::fs::write(
+        &config,
+        r#"
+[dlms]
+timezone = "Europe/Oslo"
+
+[[dlms.profile]]
+name = "ece-2"
+manufacturers = ["ISK"]
+objects = [
+  "1/0-0:42.0.0.255/2",
+  "1/0-0:96.1.3.255/2",
+  "70/0-0:96.3.10.255/2",
+  "1/0-0:96.14.0.255/2",
+  { object = "3/1-0:1.8.0.255/2", unit = "Wh" },
+  { object = "3/1-0:1.8.1.255/2", unit = "Wh" },
+  { object = "3/1-0:1.8.2.255/2", unit = "Wh" },
+  { object = "3/1-0:2.8.0.255/2", unit = "Wh" },
+  { object = "3/1-0:2.8.1.255/2", unit = "Wh" },
+  { object = "3/1-0:2.8.2.255/2", unit = "Wh" },
+  { object = "3/1-0:3.8.0.255/2", scaler = -3, unit = "varh" },
+  { object = "3/1-0:4.8.0.255/2", scaler = -3, unit = "varh" },
+]
+"#,
+    )
+    .unwrap();
+    let slovenia = hex_fixture(tmp.path(), "athombv_node_dsmr_parser/slovenia-list-2.txt");
+    let norway = hex_fixture(tmp.path(), "esphome_dlms_parser/hdlc_norway_han_3phase.hex");
+    let server = Server::start_in(tmp, &["--config", config.to_str().unwrap()]);
+    publish(server.mqtt_port, "E3", E1, "meters/E3/dlms", &slovenia);
+    publish(server.mqtt_port, "E4", E2, "meters/E4/dlms", &slovenia);
+    publish(server.mqtt_port, "E5", E1, "meters/E5/dlms", &norway);
+    crate::harness::wait_for("the three pushes handled", || {
+        let decoded = server.metric("meterflow_decoded_total{format=\"dlms\"}");
+        let dead = server.metric("meterflow_dead_letters_total{reason=\"unsupported\"}");
+        (decoded >= 2.0 && dead >= 1.0).then_some(())
+    });
+    let (_, device) = server.http_get("/api/devices/E3");
+    let device: serde_json::Value = serde_json::from_str(&device).unwrap();
+    assert_eq!(device["status"]["serial"], "ISK1030783826316", "{device}");
+    let (_, data_dir, log, _keep) = server.stop();
+    assert!(
+        log.contains("push profiles that are not configured") && log.contains("first_meter=E4"),
+        "{log}"
+    );
+
+    let rows = read_readings(&data_dir);
+    // E3: the profile's numbers, at the push's time (2025-09-04 10:00:10, deviation -120).
+    let mut e3: Vec<(String, f64, String, u16, i64)> = rows
+        .iter()
+        .filter(|r| r.meter_id == "E3")
+        .map(|r| {
+            (
+                r.channel.clone(),
+                r.value,
+                r.unit.clone(),
+                r.quality,
+                r.ts_ms,
+            )
+        })
+        .collect();
+    e3.sort_by(|a, b| a.0.cmp(&b.0));
+    let at = 1_756_972_810_000;
+    let want: Vec<(String, f64, String, u16, i64)> = [
+        ("0-0:96.3.10", 1.0, ""),
+        ("1-0:1.8.0", 3810.0, "Wh"),
+        ("1-0:1.8.1", 0.0, "Wh"),
+        ("1-0:1.8.2", 3810.0, "Wh"),
+        ("1-0:2.8.0", 0.0, "Wh"),
+        ("1-0:2.8.1", 0.0, "Wh"),
+        ("1-0:2.8.2", 0.0, "Wh"),
+        ("1-0:3.8.0", 4.531, "varh"),
+        ("1-0:4.8.0", 0.0, "varh"),
+    ]
+    .into_iter()
+    .map(|(c, v, u)| (c.to_string(), v, u.to_string(), 0, at))
+    .collect();
+    assert_eq!(e3, want);
+    // E5: the Norwegian list's 26 numbers as its origin reads them, at its clock's
+    // 2019-12-16 07:59:40 in Oslo (UTC+1): 06:59:40 UTC, not flagged.
+    let vectors: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!(
+            "{}/decoders/tests/fixtures/dlms/esphome_dlms_parser/vectors.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let vector = vectors["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == "hdlc_norway_han_3phase")
+        .unwrap();
+    let mut want: Vec<(String, f64, String, u16, i64)> = vector["expect"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "number")
+        .map(|e| {
+            (
+                e["obis"].as_str().unwrap().to_string(),
+                e["value"].as_f64().unwrap(),
+                e["unit"].as_str().unwrap_or("").to_string(),
+                0,
+                1_576_479_580_000,
+            )
+        })
+        .collect();
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut e5: Vec<(String, f64, String, u16, i64)> = rows
+        .iter()
+        .filter(|r| r.meter_id == "E5")
+        .map(|r| {
+            (
+                r.channel.clone(),
+                r.value,
+                r.unit.clone(),
+                r.quality,
+                r.ts_ms,
+            )
+        })
+        .collect();
+    e5.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(want.len(), 26);
+    assert_eq!(e5, want);
+    // E4: nothing stored; a dead letter that names the profile.
+    assert!(rows.iter().all(|r| r.meter_id != "E4"));
+    let letters = dead_letter::read_all(&data_dir.join("dead_letters")).unwrap();
+    let e4: Vec<&str> = letters
+        .iter()
+        .filter(|l| l.meter_id.as_deref() == Some("E4"))
+        .map(|l| l.reason.as_str())
+        .collect();
+    assert_eq!(e4.len(), 1);
+    assert!(
+        e4[0].contains("push profile \"missing\" is not configured"),
+        "{}",
+        e4[0]
+    );
+}
+
+/// `meterflow decode --format dlms`: the keys from the environment (not the command line), a
+/// values-only push through `--dlms-profile` of the config, and a profile the config has not
+/// named refused before anything is read.
+#[test]
+fn decode_reads_a_push_with_keys_from_the_environment_and_a_profile_from_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tirol_push = fixture_file(tmp.path(), "mbus_frames.hex");
+    let out = Command::new(crate::harness::BIN)
+        .args(["decode", "--format", "dlms"])
+        .arg(&tirol_push)
+        .env("METERFLOW_DLMS_EK", "101112131415161718191A1B1C1D1E1F")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("system title 4B464D1010000023 (KFM)")
+            && text.contains("1-0:1.8.0")
+            && text.contains("9108")
+            && text.contains("8 row(s)"),
+        "{text}"
+    );
+
+    let slovenia = hex_fixture(tmp.path(), "athombv_node_dsmr_parser/slovenia-list-2.txt");
+    let config = tmp.path().join("meterflow.toml");
+    let objects: Vec<String> = [
+        "1/0-0:42.0.0.255/2",
+        "1/0-0:96.1.3.255/2",
+        "70/0-0:96.3.10.255/2",
+        "1/0-0:96.14.0.255/2",
+        "3/1-0:1.8.0.255/2",
+        "3/1-0:1.8.1.255/2",
+        "3/1-0:1.8.2.255/2",
+        "3/1-0:2.8.0.255/2",
+        "3/1-0:2.8.1.255/2",
+        "3/1-0:2.8.2.255/2",
+        "3/1-0:3.8.0.255/2",
+        "3/1-0:4.8.0.255/2",
+    ]
+    .iter()
+    .map(|o| format!("{o:?}"))
+    .collect();
+    std::fs::write(
+        &config,
+        format!(
+            "[[dlms.profile]]\nname = \"ece-2\"\nobjects = [{}]\n",
+            objects.join(", ")
+        ),
+    )
+    .unwrap();
+    let decode = |profile: &str| {
+        Command::new(crate::harness::BIN)
+            .args(["decode", "--format", "dlms", "--dlms-profile", profile])
+            .arg("--config")
+            .arg(&config)
+            .arg(&slovenia)
+            .output()
+            .unwrap()
+    };
+    let out = decode("ece-2");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("push profile ece-2")
+            && text.contains("1-0:3.8.0")
+            && text.contains("4531")
+            && text.contains("9 row(s)"),
+        "{text}"
+    );
+    let out = decode("ece-9");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--dlms-profile: the config has no [[dlms.profile]] named \"ece-9\""),
+        "{err}"
+    );
+}

@@ -188,6 +188,8 @@ impl DeviceState {
                 snr_db: snap.snr_db,
                 firmware: snap.firmware.clone(),
                 error_flags: snap.error_flags,
+                // Not kept in ClickHouse's device_status: the state's own stays.
+                serial: None,
             };
             if self.status_at_ms.is_none_or(|local| at > local) {
                 // ClickHouse's report is the newer: its fields win, ours fill gaps.
@@ -240,6 +242,7 @@ fn overlay(newer: &DeviceStatus, older: &DeviceStatus) -> DeviceStatus {
         snr_db: newer.snr_db.or(older.snr_db),
         firmware: newer.firmware.clone().or_else(|| older.firmware.clone()),
         error_flags: newer.error_flags.or(older.error_flags),
+        serial: newer.serial.clone().or_else(|| older.serial.clone()),
     }
 }
 

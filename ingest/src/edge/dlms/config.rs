@@ -1,13 +1,15 @@
-//! The wrapper listener's settings (`[dlms]`): their defaults, their checks, and what start-up
-//! says about plaintext pushes.
+//! The DLMS settings (`[dlms]`): the wrapper listener's, and what pushes are read with on
+//! every way in (`timezone`, `[[dlms.profile]]`: [`crate::dlms_profiles`]); their defaults,
+//! their checks, and what start-up says about plaintext pushes.
 
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dlms_profiles::{ProfileConfig, PushProfiles};
 use crate::error::{positive, IngestError};
 
-/// The DLMS/COSEM wrapper listener's settings (`[dlms]`).
+/// The DLMS/COSEM settings (`[dlms]`): the wrapper listener, the clock zone, push profiles.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DlmsConfig {
@@ -33,6 +35,12 @@ pub struct DlmsConfig {
     /// A TCP connection on which no whole frame arrives for this long (from its accept, or
     /// from the frame before) is closed.
     pub idle_timeout_s: u64,
+    /// The zone of meter clocks whose date-times carry no deviation (IANA name), on every way
+    /// in; `None`: such a time is taken as UTC and flagged `CLOCK_INVALID`.
+    pub timezone: Option<String>,
+    /// Push profiles (`[[dlms.profile]]`): see [`crate::dlms_profiles`].
+    #[serde(rename = "profile", skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<ProfileConfig>,
 }
 
 impl Default for DlmsConfig {
@@ -45,6 +53,8 @@ impl Default for DlmsConfig {
             max_connections_per_address: 256,
             max_apdu_bytes: usize::from(u16::MAX),
             idle_timeout_s: 600,
+            timezone: None,
+            profiles: Vec::new(),
         }
     }
 }
@@ -77,6 +87,7 @@ impl DlmsConfig {
                 format!("must be at most {MAX_IDLE_S} (a day)"),
             ));
         }
+        self.push_profiles()?;
         let prefix = &self.plaintext_meter_prefix;
         if prefix.len() > MAX_PREFIX
             || !prefix
@@ -89,6 +100,13 @@ impl DlmsConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl DlmsConfig {
+    /// The push profiles and zones, checked.
+    pub fn push_profiles(&self) -> Result<PushProfiles, IngestError> {
+        PushProfiles::new(&self.profiles, self.timezone.as_deref())
     }
 }
 
