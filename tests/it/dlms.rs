@@ -82,6 +82,14 @@ fn a_ciphered_push_over_mqtt_is_stored_exactly_and_replays_and_forgeries_are_ref
     crate::harness::wait_for("the replay refused from the counters file", || {
         (server.metric("meterflow_dlms_rejected_total{reason=\"replay\"}") == 1.0).then_some(())
     });
+    // The device API counts each meter's refusals by kind, across the restarts.
+    let (_, device) = server.http_get("/api/devices/E1");
+    let device: serde_json::Value = serde_json::from_str(&device).unwrap();
+    assert_eq!(
+        device["dead_letters_by_kind"],
+        serde_json::json!({"replay": 2, "unprotected": 1}),
+        "{device}"
+    );
     let (_, data_dir, log, _keep) = server.stop();
     assert!(
         !log.contains("101112131415161718191A1B1C1D1E1F"),

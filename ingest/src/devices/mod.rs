@@ -114,6 +114,10 @@ pub struct DeviceState {
     /// The newest dead letters of this meter, newest last.
     #[serde(default)]
     pub recent_dead_letters: VecDeque<DeadLetterNote>,
+    /// Every dead letter of this meter, counted by kind (`malformed`, and the DLMS refusals
+    /// `replay`, `auth_failed`, `unauthorized` ...: a fixed set of names).
+    #[serde(default)]
+    pub dead_letters_by_kind: BTreeMap<String, u64>,
     /// Per channel, the newest readings `(ts_ms, value)` in arrival order (in memory only).
     #[serde(skip)]
     pub recent: BTreeMap<String, VecDeque<(i64, f64)>>,
@@ -414,6 +418,7 @@ impl DeviceRegistry {
             }
             d.last_dead_letter_lsn = lsn;
         }
+        *d.dead_letters_by_kind.entry(note.kind.clone()).or_default() += 1;
         if d.recent_dead_letters.len() >= RECENT_DEAD_LETTERS {
             d.recent_dead_letters.pop_front();
         }

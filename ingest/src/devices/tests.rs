@@ -132,6 +132,9 @@ fn every_table_is_bounded() {
     assert_eq!(d.recent["b"].len(), 4);
     assert_eq!(d.recent_dead_letters.len(), RECENT_DEAD_LETTERS);
     assert_eq!(d.recent_dead_letters.back().unwrap().received_at_ms, 9);
+    // The count by kind keeps every one, beyond the recent few.
+    let kind = d.recent_dead_letters.back().unwrap().kind.clone();
+    assert_eq!(d.dead_letters_by_kind.get(&kind), Some(&10));
 }
 
 #[test]
