@@ -404,3 +404,71 @@ fn decode_reads_a_push_with_keys_from_the_environment_and_a_profile_from_the_con
         "{err}"
     );
 }
+
+/// A ciphered push posted over CoAP (libcoap's client, Content-Format 65002) reaches
+/// ClickHouse with exactly its readings; posted again it is a `replay`, kept as a dead letter
+/// in ClickHouse with its bytes.
+#[test]
+fn a_push_over_coap_reaches_clickhouse_exactly_and_its_replay_is_a_dead_letter_there() {
+    use crate::harness::ClickHouse;
+    use crate::serve_coap::{answer_code, coap_client};
+    let ch = ClickHouse::shared();
+    let db = ClickHouse::fresh_database("mf_dlms");
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("fleet.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "meter_id,secret,dlms_system_title,dlms_ek\n\
+             E1,{E1},4B464D1010000023,101112131415161718191A1B1C1D1E1F\n"
+        ),
+    )
+    .unwrap();
+    crate::harness::credentials(tmp.path(), &["import", csv.to_str().unwrap()]);
+    let config = tmp.path().join("meterflow.toml");
+    // Plain CoAP on loopback, open to anonymous posts: the push's own ciphering is what
+    // identifies it (its system title must be the meter's, its key must open it).
+    std::fs::write(
+        &config,
+        format!(
+            "[coap]\nallow_anonymous = true\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n[batch]\nmax_age_ms = 100\n",
+            ch.url
+        ),
+    )
+    .unwrap();
+    crate::harness::apply_schema(config.to_str().unwrap());
+    let push = fixture_file(tmp.path(), "mbus_frames.hex");
+    let push_path = push.to_str().unwrap().to_string();
+    let push_hex: String = std::fs::read(&push)
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    let server = Server::start_in(tmp, &["--config", config.to_str().unwrap()]);
+    let uri = format!("coap://127.0.0.1:{}/r/E1", server.coap_port);
+    for _ in 0..2 {
+        let out = coap_client(&["-m", "post", "-t", "65002", "-f", &push_path, &uri]);
+        assert_eq!(answer_code(&out), "2.04", "{out}");
+    }
+    crate::harness::wait_for("the push in ClickHouse and its replay refused", || {
+        let rows = ch.query(&format!("SELECT count() FROM {db}.readings"));
+        let letters = ch.query(&format!("SELECT count() FROM {db}.dead_letters"));
+        (rows.trim() == "8" && letters.trim() == "1").then_some(())
+    });
+    let _keep = server.stop();
+    let got = ch.query(&format!(
+        "SELECT meter_id, channel, value, unit, toUnixTimestamp(ts) FROM {db}.readings FINAL \
+         WHERE source = 'coap' AND format = 'dlms' ORDER BY channel FORMAT TSV"
+    ));
+    let want: String = tirol_rows("E1")
+        .into_iter()
+        .map(|(m, c, v, u, ts)| format!("{m}\t{c}\t{v}\t{u}\t{}\n", ts / 1000))
+        .collect();
+    assert_eq!(got, want);
+    let letter = ch.query(&format!(
+        "SELECT meter_id, kind, payload = unhex('{push_hex}'), reason LIKE '%not above the last accepted%' \
+         FROM {db}.dead_letters FORMAT TSV"
+    ));
+    assert_eq!(letter, "E1\treplay\t1\t1\n");
+    ch.query(&format!("DROP DATABASE {db}"));
+}

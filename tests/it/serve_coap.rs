@@ -14,7 +14,7 @@ use meterflow_storage::dead_letter;
 
 /// Runs `coap-client-notls -v 6` and returns what it printed (stdout and stderr), where the
 /// answer's code and options show.
-fn coap_client(args: &[&str]) -> String {
+pub(crate) fn coap_client(args: &[&str]) -> String {
     let out = Command::new("coap-client-notls")
         .args(["-v", "6", "-B", "30"])
         .args(args)
@@ -30,7 +30,7 @@ fn coap_client(args: &[&str]) -> String {
 }
 
 /// The code of the last answer coap-client printed (`v:1 t:ACK c:2.04 i:...`).
-fn answer_code(output: &str) -> String {
+pub(crate) fn answer_code(output: &str) -> String {
     output
         .lines()
         .rev()
