@@ -62,7 +62,7 @@ open(sys.argv[2], "wb").write(bytes.fromhex(digits[: len(digits) // 2 * 2]))
 PY
   done
 }
-for t in decode_dlms dlms_ciphered; do
+for t in decode_dlms dlms_ciphered dlms_frame; do
   seed_hex $t $fixtures/dlms/**/*.hex $fixtures/dlms/athombv_node_dsmr_parser/**/*.txt
 done
 seed_hex dlms_axdr $fixtures/dlms/u9n_dlms_cosem/kamstrup_han_body.hex

@@ -20,6 +20,7 @@ fn run(target: &str, data: &[u8]) {
         "decode_dlms" => decoder(Format::Dlms),
         "dlms_ciphered" => meterflow_decoders::dlms::fuzz_ciphered(data),
         "dlms_axdr" => meterflow_decoders::dlms::fuzz_axdr(data),
+        "dlms_frame" => meterflow_decoders::dlms::fuzz_frame(data),
         "coap_datagram" => meterflow_ingest::edge::coap::fuzz_datagrams(data),
         "coaps_datagrams" => meterflow_ingest::edge::coap::dtls::fuzz_datagrams(data),
         "mqtt_connection" => meterflow_ingest::edge::mqtt::fuzz_connection(data),

@@ -179,6 +179,20 @@ pub fn fuzz_ciphered(data: &[u8]) {
     let _ = decode_push(data, 1_719_792_000_000, &keys, None);
 }
 
+/// The entry point of the `dlms_frame` fuzz target: the framings alone (HDLC segments with
+/// their checksums, M-Bus long frames, the wrapper header) and the system title the listener
+/// reads from a push's first bytes. Never panics.
+#[doc(hidden)]
+pub fn fuzz_frame(data: &[u8]) {
+    if let Some(header) = data.first_chunk::<WRAPPER_HEADER>() {
+        let _ = WrapperHeader::parse(header);
+    }
+    if let Ok(unframed) = frame::unframe(data) {
+        let _ = system_title(&unframed.apdu);
+    }
+    let _ = system_title(data);
+}
+
 /// The entry point of the `dlms_axdr` fuzz target: A-XDR values read until the bytes end or
 /// one does not parse. Never panics.
 #[doc(hidden)]
