@@ -186,6 +186,16 @@ impl ReplayGuard {
                 let _ = fs::remove_file(file_of(data_dir, lsn));
             }
         }
+        // A temporary file a crash left before its rename is of no use.
+        if let Ok(entries) = fs::read_dir(folder(data_dir)) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(&format!(".{PREFIX}")) && name.ends_with(".tmp") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         if !self.pending.iter().any(|&(lsn, _, _)| lsn <= through) {
             return Ok(());
         }
@@ -297,6 +307,11 @@ mod tests {
         after.persist(dir.path(), 11, 11).unwrap();
         let again = ReplayGuard::load(dir.path(), 11).unwrap();
         assert_eq!((base(&again, A), base(&again, B)), (Some(12), Some(6)));
+        // A temporary file left by a crash goes with the next checkpoint.
+        let stale = dir.path().join("wal/.dlms-counters-5.tmp");
+        fs::write(&stale, "4B464D1010000023 1").unwrap();
+        after.persist(dir.path(), 11, 11).unwrap();
+        assert!(!stale.exists());
         // No push ever: no file, an empty guard.
         let empty = tempfile::tempdir().unwrap();
         let mut none = ReplayGuard::load(empty.path(), 7).unwrap();

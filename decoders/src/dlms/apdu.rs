@@ -260,6 +260,14 @@ pub fn decipher(
     if control & 0x80 != 0 {
         return Err(unsupported(sc_at, "compressed content"));
     }
+    // Key set 1: the broadcast key, shared by many meters, is not a meter's own; only the
+    // unicast key of the credential store opens pushes.
+    if control & 0x40 != 0 && control & 0x30 != 0 {
+        return Err(unsupported(
+            sc_at,
+            format!("security control 0x{control:02X}: ciphered under the broadcast key (key set 1); pushes are opened with the meter's unicast key only"),
+        ));
+    }
     let authenticated = control & 0x10 != 0;
     let encrypted = control & 0x20 != 0;
     let rest = r.rest();
@@ -626,6 +634,10 @@ mod tests {
         // A tag without an authentication key to check it.
         let no_ak = |_: &[u8; 8]| KeyLookup::Keys(Keys { ek: EK, ak: None });
         assert_eq!(kind(&no_ak, &push), Some(Refusal::NoKey));
+        // The broadcast key set: refused for what it is, not as a failed tag.
+        let broadcast = ciphered(0x70, 1, &note);
+        let e = open(&broadcast, 0, &keys).unwrap_err().to_string();
+        assert!(e.contains("broadcast key"), "{e}");
         // Suite 2 (AES-256) and compression are not read.
         let mut suite2 = ciphered(0x30, 1, &note);
         suite2[11] = 0x32;

@@ -92,8 +92,10 @@ pub fn crc16_x25(bytes: &[u8]) -> u16 {
     !crc
 }
 
-/// The LLC header of a response or push in its first HDLC segment.
+/// The LLC header of a response or push in its first HDLC segment (`E6 E7 00`; some meters
+/// send the request's `E6 E6 00`).
 const LLC: [u8; 3] = [0xE6, 0xE7, 0x00];
+const LLC_REQUEST: [u8; 3] = [0xE6, 0xE6, 0x00];
 
 fn hdlc(payload: &[u8]) -> Result<(Vec<u8>, usize), DecodeError> {
     let mut apdu = Vec::new();
@@ -101,6 +103,8 @@ fn hdlc(payload: &[u8]) -> Result<(Vec<u8>, usize), DecodeError> {
     let mut at = 0;
     // Whether the frame before said that more segments follow.
     let mut continuing = false;
+    // Whether a push's last segment was read (one push per payload).
+    let mut ended = false;
     loop {
         // Flags: one between two frames (closing one, opening the next), or two.
         while payload.get(at) == Some(&0x7E) && payload.get(at + 1) == Some(&0x7E) {
@@ -165,7 +169,13 @@ fn hdlc(payload: &[u8]) -> Result<(Vec<u8>, usize), DecodeError> {
                 }
             }
         }
-        p += 1; // control
+        let control = *frame.get(p).ok_or_else(|| {
+            malformed(
+                start + p,
+                "an HDLC frame cut short before its control field",
+            )
+        })?;
+        p += 1;
         if p + 2 > frame.len() {
             return Err(malformed(
                 start + p,
@@ -188,6 +198,14 @@ fn hdlc(payload: &[u8]) -> Result<(Vec<u8>, usize), DecodeError> {
             ));
         }
         if p + 2 <= fcs_at {
+            // Only I-frames (bit 0 clear) and UI frames (03, 13) carry a push; the information
+            // of any other (SNRM's or UA's link parameters, FRMR) is not an APDU.
+            if control & 0x01 != 0 && control & 0xEF != 0x03 {
+                return Err(unsupported(
+                    start + p - 1,
+                    format!("an HDLC frame with control 0x{control:02X} carries no push (only I and UI frames do)"),
+                ));
+            }
             // An information field: after the HCS over the header.
             let hcs = u16::from_le_bytes([frame[p], frame[p + 1]]);
             let computed = crc16_x25(&frame[..p]);
@@ -199,11 +217,22 @@ fn hdlc(payload: &[u8]) -> Result<(Vec<u8>, usize), DecodeError> {
             }
             let mut info_at = p + 2;
             // The first segment of an APDU starts with the LLC header.
-            if !continuing && frame.get(info_at..info_at + 3) == Some(&LLC[..]) {
+            if !continuing
+                && matches!(frame.get(info_at..info_at + 3), Some(llc) if llc == LLC || llc == LLC_REQUEST)
+            {
                 info_at += 3;
+            }
+            // After a whole APDU, a frame may carry the next block of a general-block-transfer
+            // (Landis+Gyr sends each block in a frame of its own), but not another push.
+            if ended && frame.get(info_at) != Some(&0xE0) {
+                return Err(malformed(
+                    start,
+                    "an HDLC frame after the last segment of a push: one push per message",
+                ));
             }
             base.get_or_insert(start + info_at);
             apdu.extend_from_slice(&frame[info_at..fcs_at]);
+            ended = !segmented;
         }
         continuing = segmented;
         at = end;
@@ -276,6 +305,15 @@ fn mbus(payload: &[u8]) -> Result<(Vec<u8>, usize), DecodeError> {
         apdu.extend_from_slice(&body[5..]);
         at = body_at + len + 2;
         if ci & 0x10 != 0 {
+            if at < payload.len() {
+                return Err(malformed(
+                    at,
+                    format!(
+                        "{} bytes after the last M-Bus segment: one push per message",
+                        payload.len() - at
+                    ),
+                ));
+            }
             break;
         }
         expected_segment = expected_segment.wrapping_add(1) & 0x0F;
@@ -355,13 +393,17 @@ mod tests {
     }
 
     fn hdlc_frame(info: &[u8], segmented: bool) -> Vec<u8> {
+        hdlc_frame_with(0x13, info, segmented)
+    }
+
+    fn hdlc_frame_with(control: u8, info: &[u8], segmented: bool) -> Vec<u8> {
         let header_len = 2 + 1 + 1 + 1 + 2; // format, dst, src, control, HCS
         let len = header_len + info.len() + 2;
         let mut f = vec![
             0xA0 | if segmented { 0x08 } else { 0 } | ((len >> 8) as u8 & 7),
             len as u8,
         ];
-        f.extend_from_slice(&[0xFF, 0x03, 0x13]);
+        f.extend_from_slice(&[0xFF, 0x03, control]);
         let hcs = crc16_x25(&f);
         f.extend_from_slice(&hcs.to_le_bytes());
         f.extend_from_slice(info);
@@ -396,6 +438,22 @@ mod tests {
     }
 
     #[test]
+    fn only_i_and_ui_frames_carry_one_push() {
+        // An I-frame (control 0x10) with the request's LLC E6 E6 00: the LLC goes.
+        let i_frame = hdlc_frame_with(0x10, &[0xE6, 0xE6, 0x00, 7, 8], false);
+        assert_eq!(unframe(&i_frame).unwrap().apdu, [7, 8]);
+        // A UA (0x73) carries link parameters, not a push.
+        let ua = hdlc_frame_with(0x73, &[0x81, 0x80, 0x12, 0x05, 0x01], false);
+        let e = unframe(&ua).unwrap_err().to_string();
+        assert!(e.contains("control 0x73 carries no push"), "{e}");
+        // Two whole pushes in one message are not joined into one.
+        let mut two = hdlc_frame(&[0xE6, 0xE7, 0x00, 1], false);
+        two.extend(hdlc_frame(&[0xE6, 0xE7, 0x00, 2], false));
+        let e = unframe(&two).unwrap_err().to_string();
+        assert!(e.contains("one push per message"), "{e}");
+    }
+
+    #[test]
     fn mbus_segments_and_the_wrapper() {
         let seg = |ci: u8, data: &[u8]| {
             let mut body = vec![0x53, 0xFF, ci, 0x01, 0x67];
@@ -410,6 +468,10 @@ mod tests {
         two.extend(seg(0x11, &[1, 2]));
         let u = unframe(&two).unwrap();
         assert_eq!((u.framing, u.apdu), (Framing::MBus, vec![0xDB, 8, 1, 2]));
+        let mut trailing = two.clone();
+        trailing.extend([0x68, 0x00]);
+        let e = unframe(&trailing).unwrap_err().to_string();
+        assert!(e.contains("2 bytes after the last M-Bus segment"), "{e}");
         let mut wrong_order = seg(0x01, &[0xDB]);
         wrong_order.extend(seg(0x10, &[1]));
         assert!(unframe(&wrong_order).is_err());
