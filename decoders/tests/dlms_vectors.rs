@@ -229,22 +229,156 @@ fn a_tag_made_without_the_authentication_key_is_refused() {
     let dir = fixtures().join("athombv_node_dsmr_parser");
     let vectors: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("vectors.json")).unwrap()).unwrap();
-    let v = vectors["vectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["id"] == "encrypted/aidon-example-2-without-aad")
-        .unwrap();
-    let err = decode_push(&payload(&dir, v), 0, &lookup(v), None).unwrap_err();
+    // Both origins decrypt these and only flag the missing AAD; with the AK a conformant
+    // receiver refuses them.
+    for id in [
+        "encrypted/aidon-example-2-without-aad",
+        "encrypted_dsmr/dsmr-luxembourgh-spec-example-without-aad",
+    ] {
+        let v = vectors["vectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == id)
+            .unwrap();
+        let err = decode_push(&payload(&dir, v), 0, &lookup(v), None).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DecodeError::Refused {
+                    refusal: Refusal::AuthFailed,
+                    ..
+                }
+            ),
+            "{id}: {err}"
+        );
+    }
+}
+
+/// The pushes whose origin's verdict is conditional, decided here:
+/// - Landis+Gyr ZMF100: its FCS is wrong (the origin reads it only with the check off): a
+///   damaged frame here.
+/// - Kaifa MA304H3E (Norway): values-only (the origin reads 0 objects); without a profile a
+///   dead letter that says so, with the Norwegian list-3 layout (Kaifa: currents in mA,
+///   voltages in 0.1 V) its ten numbers, read independently from the bytes here, its meter id
+///   as the serial, and its clock (no deviation) in Europe/Oslo.
+/// - kmswest (ELS, encryption only): its key was never published: `no_key`.
+#[test]
+fn conditional_verdicts_are_decided() {
+    use meterflow_decoders::dlms::{
+        decode_push_in, unit_of_symbol, Context, Profile, ProfileObject,
+    };
+    let dir = fixtures().join("esphome_dlms_parser");
+    let vectors: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("vectors.json")).unwrap()).unwrap();
+    let vector = |id: &str| {
+        vectors["vectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let zmf = vector("hdlc_landis_gyr_zmf100");
+    let e = decode_push(&payload(&dir, &zmf), 0, &lookup(&zmf), None).unwrap_err();
+    assert!(e.to_string().contains("FCS"), "{e}");
+
+    let kmswest = vector("mbus_kmswest");
+    let e = decode_push(&payload(&dir, &kmswest), 0, &lookup(&kmswest), None).unwrap_err();
     assert!(
         matches!(
-            err,
+            e,
             DecodeError::Refused {
-                refusal: Refusal::AuthFailed,
+                refusal: Refusal::NoKey,
                 ..
             }
         ),
-        "{err}"
+        "{e}"
+    );
+
+    let kaifa = vector("hdlc_kaifa_ma304h3e");
+    let bytes = payload(&dir, &kaifa);
+    let e = decode_push(&bytes, 0, &lookup(&kaifa), None).unwrap_err();
+    assert!(e.to_string().contains("push profile"), "{e}");
+    // The ten double-long-unsigned values after the three strings of the structure(13).
+    let body = bytes.windows(2).position(|w| w == [0x02, 0x0D]).unwrap() + 2;
+    let mut at = body;
+    for _ in 0..3 {
+        assert_eq!(bytes[at], 0x09);
+        at += 2 + usize::from(bytes[at + 1]);
+    }
+    let raw: Vec<f64> = (0..10)
+        .map(|k| {
+            let p = at + 5 * k;
+            assert_eq!(bytes[p], 0x06);
+            f64::from(u32::from_be_bytes(bytes[p + 1..p + 5].try_into().unwrap()))
+        })
+        .collect();
+    let layout: [(&str, i8, &str); 13] = [
+        ("1/1-1:0.2.129.255/2", 0, ""),
+        ("1/0-0:96.1.0.255/2", 0, ""),
+        ("1/0-0:96.1.7.255/2", 0, ""),
+        ("3/1-0:1.7.0.255/2", 0, "W"),
+        ("3/1-0:2.7.0.255/2", 0, "W"),
+        ("3/1-0:3.7.0.255/2", 0, "var"),
+        ("3/1-0:4.7.0.255/2", 0, "var"),
+        ("3/1-0:31.7.0.255/2", -3, "A"),
+        ("3/1-0:51.7.0.255/2", -3, "A"),
+        ("3/1-0:71.7.0.255/2", -3, "A"),
+        ("3/1-0:32.7.0.255/2", -1, "V"),
+        ("3/1-0:52.7.0.255/2", -1, "V"),
+        ("3/1-0:72.7.0.255/2", -1, "V"),
+    ];
+    let profile = Profile {
+        name: "kaifa-list-3".into(),
+        objects: layout
+            .iter()
+            .map(|(spec, scaler, unit)| ProfileObject {
+                scaler: *scaler,
+                unit: unit_of_symbol(unit),
+                ..ProfileObject::parse(spec).unwrap()
+            })
+            .collect(),
+    };
+    let context = Context {
+        profile: Some(&profile),
+        zone: Some("Europe/Oslo".parse().unwrap()),
+    };
+    let push = decode_push_in(&bytes, 0, &lookup(&kaifa), &context).unwrap();
+    let got: Vec<(String, f64, String, i64, u16)> = push
+        .decoded
+        .readings
+        .iter()
+        .map(|r| {
+            (
+                r.channel.to_string(),
+                r.value,
+                r.unit.to_string(),
+                r.ts_ms,
+                r.quality,
+            )
+        })
+        .collect();
+    // 2017-09-15 05:33:40 in Oslo (summer time, UTC+2).
+    let at_ms = 1_505_446_420_000;
+    let want: Vec<(String, f64, String, i64, u16)> = layout[3..]
+        .iter()
+        .zip(&raw)
+        .map(|((spec, scaler, unit), raw)| {
+            let obis = spec.split('/').nth(1).unwrap().trim_end_matches(".255");
+            let value = match scaler {
+                -3 => raw / 1000.0,
+                -1 => raw / 10.0,
+                _ => *raw,
+            };
+            (obis.to_string(), value, unit.to_string(), at_ms, 0)
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        push.decoded.status.and_then(|s| s.serial).as_deref(),
+        Some("6970631401753985")
     );
 }
 
