@@ -527,3 +527,72 @@ fn the_readme_dlms_example_runs_as_written() {
     rows.sort_by(|a, b| a.1.cmp(&b.1));
     assert_eq!(rows, tirol_rows("E0001"));
 }
+
+/// A wrong key is refused end to end: the Aidon push (HDLC, authenticated and encrypted, 0x30)
+/// for a meter whose authentication key is wrong is an `auth_failed` dead letter and stores
+/// nothing; once the store has the right key (changed while serving), the same push (its
+/// counter never accepted) gives its 26 readings.
+#[test]
+fn a_wrong_key_is_refused_and_the_right_one_taken_once_the_store_has_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let title = "7379737469746C65"; // "systitle"
+    let ek = "0123456789ABCDEF0123456789ABCDEF";
+    let right_ak = "FFEEDDCCBBAA99887766554433221100";
+    let wrong_ak = "FFEEDDCCBBAA99887766554433221101";
+    let add = |dir: &Path, ak: &str| {
+        crate::harness::credentials(
+            dir,
+            &[
+                "add",
+                "E6",
+                "--secret",
+                E1,
+                "--dlms-system-title",
+                title,
+                "--dlms-ek",
+                ek,
+                "--dlms-ak",
+                ak,
+            ],
+        )
+    };
+    add(tmp.path(), wrong_ak);
+    let push = hex_fixture(
+        tmp.path(),
+        "athombv_node_dsmr_parser/encrypted/aidon-example-2-with-aad.txt",
+    );
+    let server = Server::start_in(tmp, &[]);
+    publish(server.mqtt_port, "E6", E1, "meters/E6/dlms", &push);
+    crate::harness::wait_for("the push refused as auth_failed", || {
+        (server.metric("meterflow_dlms_rejected_total{reason=\"auth_failed\"}") == 1.0)
+            .then_some(())
+    });
+    add(server.data_dir.parent().unwrap(), right_ak);
+    crate::harness::wait_for("the store reloaded", || {
+        std::fs::read_to_string(&server.log)
+            .unwrap()
+            .contains("credential store changed")
+            .then_some(())
+    });
+    publish(server.mqtt_port, "E6", E1, "meters/E6/dlms", &push);
+    crate::harness::wait_for("the push decoded", || {
+        (server.metric("meterflow_decoded_total{format=\"dlms\"}") >= 1.0).then_some(())
+    });
+    let (_, data_dir, log, _keep) = server.stop();
+    for key in [right_ak, wrong_ak, ek] {
+        assert!(!log.contains(key), "a key is in the log");
+    }
+    let rows: Vec<_> = read_readings(&data_dir)
+        .into_iter()
+        .filter(|r| r.meter_id == "E6")
+        .collect();
+    assert_eq!(rows.len(), 26);
+    let power = rows.iter().find(|r| r.channel == "1-0:1.8.0").unwrap();
+    assert_eq!((power.value, power.unit.as_str()), (10_049_926.0, "Wh"));
+    let letters = dead_letter::read_all(&data_dir.join("dead_letters")).unwrap();
+    let kinds: Vec<&str> = letters.iter().map(|l| l.kind.as_str()).collect();
+    assert_eq!(kinds, ["auth_failed"]);
+    for key in [right_ak, wrong_ak, ek] {
+        assert!(!letters[0].reason.contains(key), "{}", letters[0].reason);
+    }
+}
