@@ -1,10 +1,10 @@
 //! `meterflow simulate --format dlms` against the real `meterflow serve`: a fleet whose
 //! credential rows carry DLMS system titles and keys (security control 0x30 for meters with an
 //! authentication key, 0x20 for those with only an encryption key) pushes to the wrapper
-//! listener over TCP and UDP, and publishes over MQTT; every row of [`Plan::expected_rows`]
-//! is in Parquet exactly once, with no dead letter. Over TCP a second run (the invocation
-//! counters from the clock, above the first run's explicit ones) is stored too, not refused
-//! as a replay.
+//! listener over TCP and UDP, publishes over MQTT and posts over CoAP with DTLS (Content-Format
+//! 65002); every row of [`Plan::expected_rows`] is in Parquet exactly once, with no dead
+//! letter. Over TCP a second run (the invocation counters from the clock, above the first
+//! run's explicit ones) is stored too, not refused as a replay.
 
 use std::path::{Path, PathBuf};
 
@@ -209,4 +209,27 @@ fn a_ciphered_fleet_over_mqtt_arrives_exactly() {
     let (status, data_dir, log, _keep) = server.stop();
     assert!(status.success(), "{log}");
     assert_eq!(stored(&data_dir, "mqtt"), expected(&[&plan]));
+}
+
+#[test]
+fn a_ciphered_fleet_over_coap_with_dtls_arrives_exactly() {
+    let plan = plan("dc-", 6, 3, AROUND_THE_SWITCH);
+    let (tmp, csv) = fleet(&plan);
+    let port = crate::harness::free_udp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Server::start_in(tmp, &["--coaps-listen", &listen]);
+    // Each meter its DTLS session (its secret as the key), its pushes with Content-Format
+    // 65002, ciphered with its DLMS keys inside.
+    let summary = simulate_json(
+        simulate_command(server.mqtt_port, &plan, 0)
+            .args(["--coap", &listen, "--dtls"])
+            .arg("--credentials")
+            .arg(&csv),
+    );
+    assert_eq!(summary["protocol"], "coap", "{summary}");
+    assert_eq!(summary["messages_acked"], 18, "{summary}");
+    assert_eq!(summary["dlms_ciphered_meters"], 6, "{summary}");
+    let (status, data_dir, log, _keep) = server.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(stored(&data_dir, "coap"), expected(&[&plan]));
 }
