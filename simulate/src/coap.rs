@@ -86,7 +86,7 @@ pub(super) async fn run_meter(
         jitter: (m as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
     };
     for k in acked_here.load(Ordering::Relaxed) as usize..plan.messages {
-        let payload = plan.payload(m, k);
+        let payload = crate::report(plan, target, m, k)?;
         loop {
             counters.sent.fetch_add(1, Ordering::Relaxed);
             counters

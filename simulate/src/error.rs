@@ -27,6 +27,15 @@ pub enum SimulateError {
     #[error(transparent)]
     CredentialsRecord(csv::Error),
 
+    /// A value of the `--credentials` file that cannot be used; `reason` names the column,
+    /// never a key's text.
+    #[error("{path} line {line}: {reason}")]
+    CredentialsValue {
+        path: PathBuf,
+        line: u64,
+        reason: String,
+    },
+
     /// The `--tls-ca` file cannot be read.
     #[error("reading {path}")]
     CaFile {
@@ -168,6 +177,44 @@ pub enum SimulateError {
 
     #[error("sending a DTLS record")]
     DtlsSend(#[source] std::io::Error),
+
+    /// AES-GCM refused to cipher a push (it cannot at a push's length: a defect).
+    #[error("meter {meter_id}: ciphering report {report} failed")]
+    DlmsCipher { meter_id: String, report: usize },
+
+    /// The wrapper listener reset the TCP connection: a push refused (a key or system title
+    /// the server does not have), the WAL full or failing, a frame too large; none of the
+    /// connection's frames is counted as acknowledged.
+    #[error("meter {meter_id}: the DLMS listener reset the connection after {frames} frame(s) were written (refused: see meterflow_dlms_refused_total)")]
+    DlmsReset {
+        meter_id: String,
+        frames: usize,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The listener closed the connection before the meter had written all its frames (its
+    /// shutdown, its idle timeout, or at accept past its connection limits): not counted.
+    #[error("meter {meter_id}: the DLMS listener closed the connection after {frames} of {messages} frame(s) were written (its shutdown, idle timeout, or [dlms] connection limits)")]
+    DlmsClosedEarly {
+        meter_id: String,
+        frames: usize,
+        messages: usize,
+    },
+
+    /// The listener sent bytes; it never answers.
+    #[error("meter {meter_id}: the DLMS listener sent {bytes} byte(s), where it never answers")]
+    DlmsAnswered { meter_id: String, bytes: usize },
+
+    /// A datagram to the listener could not be sent (an ICMP port unreachable from an earlier
+    /// one shows here: nothing listens).
+    #[error("meter {meter_id}: sending DLMS datagram {report}")]
+    DlmsUdpSend {
+        meter_id: String,
+        report: usize,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl SimulateError {

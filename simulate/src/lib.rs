@@ -1,7 +1,9 @@
-//! `meterflow simulate`: a fleet of meters publishing over MQTT with QoS 1 ([`mqtt`]), or
-//! posting over CoAP ([`coap`]).
+//! `meterflow simulate`: a fleet of meters publishing over MQTT with QoS 1 ([`mqtt`]), posting
+//! over CoAP ([`coap`]), or pushing DLMS/COSEM DataNotifications to the wrapper listener over
+//! TCP or UDP (`wrapper.rs`).
 //!
-//! Each meter is its own MQTT connection (client id = meter id) or UDP socket, as in the field. Meter `m`
+//! Each meter is its own MQTT connection (client id = meter id), TCP connection or UDP socket,
+//! as in the field. Meter `m`
 //! sends `messages` reports; report `k` is either five register readings stamped
 //! `start + k × interval_s` (`--shape readings`) or one day of 96 quarter-hour consumption
 //! values starting at `start + k × 1 day` (`--shape series`). Every value is a function of
@@ -10,16 +12,24 @@
 //! A meter whose connection drops reconnects and resends what was not acknowledged, as a real
 //! one does; the summary counts those reconnects, since each can deliver a report twice.
 //!
-//! The files: [`Plan`] and its payload generator (`plan.rs`), the fleet and its summary
-//! (here), the per-meter clients (`mqtt.rs`, `coap.rs`, with [`dtls`] under CoAP), the
-//! counters they share (`counters.rs`) and [`SimulateError`] (`error.rs`).
+//! With `--format dlms` a report is a DLMS push ([`dlms`]): a self-describing DataNotification,
+//! ciphered with the meter's keys from `--credentials` when it has them; over MQTT
+//! (`meters/{id}/dlms`), CoAP (Content-Format 65002) or the wrapper listener.
+//!
+//! The files: [`Plan`] and its payload generator (`plan.rs`, with the DLMS pushes in
+//! [`dlms`]), the fleet and its summary (here), `--credentials` ([`credentials`]), the
+//! per-meter clients (`mqtt.rs`, `coap.rs` with [`dtls`] under it, `wrapper.rs`), the counters
+//! they share (`counters.rs`) and [`SimulateError`] (`error.rs`).
 
 mod coap;
 mod counters;
+pub mod credentials;
+pub mod dlms;
 pub mod dtls;
 mod error;
 pub mod mqtt;
 mod plan;
+mod wrapper;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,6 +49,28 @@ pub enum Protocol {
     Mqtt,
     /// CoAP confirmable POSTs to `/r/{meter_id}`, one socket per meter.
     Coap,
+    /// DLMS pushes in wrapper frames to the wrapper listener, one TCP connection per meter.
+    #[serde(rename = "dlms-tcp")]
+    DlmsTcp,
+    /// DLMS pushes in wrapper frames to the wrapper listener, one datagram each.
+    #[serde(rename = "dlms-udp")]
+    DlmsUdp,
+}
+
+impl Protocol {
+    /// What `messages_acked` counts over this protocol.
+    pub fn acked_means(self) -> &'static str {
+        match self {
+            Protocol::Mqtt => "reports meterflow answered with a PUBACK (QoS 1)",
+            Protocol::Coap => "reports meterflow answered 2.04 Changed",
+            Protocol::DlmsTcp => {
+                "pushes of connections meterflow closed in order (no reset) after the meter's last frame: each read, so durable, before the next was read"
+            }
+            Protocol::DlmsUdp => {
+                "none: UDP pushes have no answer, they are counted as sent only"
+            }
+        }
+    }
 }
 
 /// How to reach meterflow.
@@ -59,13 +91,18 @@ pub struct Target {
     pub pause: Duration,
     /// Give up on a meter whose reports are not all acknowledged in this time.
     pub meter_timeout: Duration,
-    /// MQTT: credentials, TLS, reconnecting, source addresses, holding connections.
+    /// MQTT: credentials, TLS, reconnecting, source addresses (the DLMS TCP connections'
+    /// too), holding connections.
     pub mqtt: mqtt::MqttSetup,
+    /// `--format dlms`: each meter's keys and the invocation counters.
+    pub dlms: dlms::DlmsSetup,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
     pub protocol: Option<Protocol>,
+    /// What `messages_acked` counts (see [`Protocol::acked_means`]).
+    pub acked_means: String,
     pub meters: usize,
     pub format: String,
     pub shape: String,
@@ -101,11 +138,23 @@ pub struct Summary {
     pub acked_per_s: f64,
     pub first_ts_ms: i64,
     pub last_ts_ms: i64,
+    /// `--format dlms`: meters whose pushes were ciphered (the others went in clear).
+    pub dlms_ciphered_meters: usize,
+    /// `--format dlms`: the invocation counters of the first and the last report of each
+    /// ciphered meter.
+    pub dlms_invocation_counters: Option<(u32, u32)>,
 }
 
 /// Runs the fleet against the server and reports what was sent and acknowledged.
 pub async fn run(plan: Arc<Plan>, target: Target) -> Result<Summary, SimulateError> {
     plan.validate()?;
+    let dlms_protocol = matches!(target.protocol, Protocol::DlmsTcp | Protocol::DlmsUdp);
+    if dlms_protocol && plan.format != meterflow_proto::Format::Dlms {
+        return Err(SimulateError::Invalid(
+            "the DLMS wrapper listener takes DLMS pushes only: --format dlms",
+        ));
+    }
+    target.dlms.validate(plan.messages)?;
     let server = resolve(&target.host, target.port, "host").await?;
     let counters = Arc::new(Counters::new(plan.meters));
     let permits = Arc::new(tokio::sync::Semaphore::new(target.concurrency.max(1)));
@@ -127,6 +176,12 @@ pub async fn run(plan: Arc<Plan>, target: Target) -> Result<Summary, SimulateErr
                         mqtt::run_meter(&plan, m, &target, server, &counters, &acked).await
                     }
                     Protocol::Coap => coap::run_meter(&plan, m, &target, &counters, &acked).await,
+                    Protocol::DlmsTcp => {
+                        wrapper::run_meter_tcp(&plan, m, &target, server, &counters, &acked).await
+                    }
+                    Protocol::DlmsUdp => {
+                        wrapper::run_meter_udp(&plan, m, &target, server, &counters).await
+                    }
                 }
             };
             let outcome =
@@ -154,8 +209,21 @@ pub async fn run(plan: Arc<Plan>, target: Target) -> Result<Summary, SimulateErr
     let per = plan.rows_per_message() as u64;
     let first = plan.expected_rows(0, 0);
     let last = plan.expected_rows(0, plan.messages.saturating_sub(1));
+    let dlms_ciphered_meters = if plan.format == meterflow_proto::Format::Dlms {
+        target.dlms.ciphered_meters(&plan)
+    } else {
+        0
+    };
     Ok(Summary {
         protocol: Some(target.protocol),
+        acked_means: target.protocol.acked_means().to_string(),
+        dlms_ciphered_meters,
+        dlms_invocation_counters: (dlms_ciphered_meters > 0 && plan.messages > 0).then(|| {
+            (
+                target.dlms.invocation_counter(0),
+                target.dlms.invocation_counter(plan.messages - 1),
+            )
+        }),
         meters: plan.meters,
         format: plan.format.to_string(),
         shape: format!("{:?}", plan.shape).to_lowercase(),
@@ -196,6 +264,21 @@ pub async fn run(plan: Arc<Plan>, target: Target) -> Result<Summary, SimulateErr
         first_ts_ms: first.first().map_or(0, |r| r.ts_ms),
         last_ts_ms: last.last().map_or(0, |r| r.ts_ms),
     })
+}
+
+/// Report `k` of meter `m` as sent: the plan's payload, or for DLMS the push ciphered with
+/// the meter's keys.
+pub(crate) fn report(
+    plan: &Plan,
+    target: &Target,
+    m: usize,
+    k: usize,
+) -> Result<Vec<u8>, SimulateError> {
+    if plan.format == meterflow_proto::Format::Dlms {
+        dlms::push(plan, m, k, &target.dlms)
+    } else {
+        Ok(plan.payload(m, k))
+    }
 }
 
 /// The first address of `host`; `what` names it in the error ("host", "CoAP host").

@@ -66,40 +66,6 @@ impl std::fmt::Debug for MqttSetup {
     }
 }
 
-/// Reads `meter_id,secret[,publish_for]` (the format `meterflow credentials import` takes).
-pub fn read_credentials(path: &Path) -> Result<HashMap<String, String>, SimulateError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .comment(Some(b'#'))
-        .from_path(path)
-        .map_err(|source| SimulateError::CredentialsFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let headers = reader
-        .headers()
-        .map_err(SimulateError::CredentialsRecord)?
-        .clone();
-    let column = |column: &'static str| {
-        headers
-            .iter()
-            .position(|h| h == column)
-            .ok_or_else(|| SimulateError::CredentialsColumn {
-                path: path.to_path_buf(),
-                column,
-            })
-    };
-    let (id, secret) = (column("meter_id")?, column("secret")?);
-    let mut all = HashMap::new();
-    for record in reader.records() {
-        let record = record.map_err(SimulateError::CredentialsRecord)?;
-        if let (Some(i), Some(s)) = (record.get(id), record.get(secret)) {
-            all.insert(i.to_string(), s.to_string());
-        }
-    }
-    Ok(all)
-}
-
 /// A TLS client that trusts the CA in `ca` (PEM), for a server named `host`.
 pub fn tls_setup(
     ca: &Path,
@@ -344,7 +310,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             && tokio::time::Instant::now() >= next_send
         {
             pkid = pkid % u16::MAX + 1;
-            let payload = plan.payload(m, next);
+            let payload = crate::report(plan, target, m, next)?;
             let len = payload.len() as u64;
             let mut publish = Publish::new(topic.as_str(), QoS::AtLeastOnce, payload);
             publish.pkid = pkid;
@@ -434,20 +400,5 @@ mod tests {
         // Another host: the system chooses; asked for explicitly: as asked.
         assert!(source_addrs("10.0.0.1".parse().unwrap(), 100_000, 0).is_empty());
         assert_eq!(source_addrs(loopback, 10, 3).len(), 3);
-    }
-
-    #[test]
-    fn credentials_files_are_read_by_column_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fleet.csv");
-        std::fs::write(&path, "secret,meter_id,publish_for\nabc-secret-0123456,E1,\n# note\nxyz-secret-0123456,E2,E*\n").unwrap();
-        let all = read_credentials(&path).unwrap();
-        assert_eq!(
-            all.get("E1").map(String::as_str),
-            Some("abc-secret-0123456")
-        );
-        assert_eq!(all.len(), 2);
-        std::fs::write(&path, "id,secret\nE1,x\n").unwrap();
-        assert!(read_credentials(&path).is_err());
     }
 }

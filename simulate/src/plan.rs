@@ -1,7 +1,8 @@
 //! The reports of a simulated fleet: [`Plan`] (who sends what), and its deterministic payload
 //! generator. Every value is a function of (meter, report) with at most three decimals, so
 //! [`Plan::expected_rows`] says exactly which readings each payload must produce, in each
-//! format (protobuf, JSON, SenML, DSMR telegrams with their CRC and local time stamps).
+//! format (protobuf, JSON, SenML, DSMR telegrams with their CRC and local time stamps, DLMS
+//! DataNotifications in clear: their ciphering is [`crate::dlms`]'s).
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc, Weekday};
 use meterflow_proto::{pb, Format};
@@ -52,15 +53,20 @@ impl Plan {
     pub fn validate(&self) -> Result<(), SimulateError> {
         if !matches!(
             self.format,
-            Format::Pb | Format::Json | Format::Senml | Format::Dsmr
+            Format::Pb | Format::Json | Format::Senml | Format::Dsmr | Format::Dlms
         ) {
             return Err(SimulateError::Invalid(
-                "simulate --format takes pb, json, senml or dsmr",
+                "simulate --format takes pb, json, senml, dsmr or dlms",
             ));
         }
         if self.shape == Shape::Series && self.format == Format::Dsmr {
             return Err(SimulateError::Invalid(
                 "a DSMR telegram carries register readings only: use --shape readings",
+            ));
+        }
+        if self.shape == Shape::Series && self.format == Format::Dlms {
+            return Err(SimulateError::Invalid(
+                "a simulated DLMS push carries register readings only (a self-describing DataNotification): use --shape readings",
             ));
         }
         if self.start_ms % 1000 != 0 {
@@ -85,47 +91,71 @@ impl Plan {
         }
     }
 
-    /// The readings report `k` of meter `m` must produce, in payload order.
-    pub fn expected_rows(&self, m: usize, k: usize) -> Vec<ExpectedRow> {
+    /// The five registers of `readings` report `k` of meter `m`, in payload order.
+    pub(crate) fn registers(&self, m: usize, k: usize) -> [Register; 5] {
         let (m, k) = (m as i64, k as i64);
+        let register = |channel, obis, thousandths, unit| Register {
+            channel,
+            obis,
+            thousandths,
+            unit,
+        };
+        [
+            register(
+                "1-0:1.8.1",
+                [1, 0, 1, 8, 1, 255],
+                m * 100_000 + k * 250,
+                "kWh",
+            ),
+            register(
+                "1-0:1.8.2",
+                [1, 0, 1, 8, 2, 255],
+                m * 50_000 + k * 125,
+                "kWh",
+            ),
+            register("1-0:2.8.1", [1, 0, 2, 8, 1, 255], k * 10, "kWh"),
+            register(
+                "1-0:1.7.0",
+                [1, 0, 1, 7, 0, 255],
+                (m * 7 + k * 13) % 5000,
+                "kW",
+            ),
+            register(
+                "0-1:24.2.1",
+                [0, 1, 24, 2, 1, 255],
+                m * 20_000 + k * 40,
+                "m3",
+            ),
+        ]
+    }
+
+    /// The readings report `k` of meter `m` must produce, in payload order. DLMS has no kWh or
+    /// kW: its pushes carry Wh and W (and m3 with a scaler of -3), see [`Register::dlms`].
+    pub fn expected_rows(&self, m: usize, k: usize) -> Vec<ExpectedRow> {
         let milli = |v: i64| v as f64 / 1000.0;
         match self.shape {
             Shape::Readings => {
-                let ts_ms = self.start_ms + k * self.interval_s * 1000;
-                vec![
-                    ExpectedRow {
-                        channel: "1-0:1.8.1",
-                        ts_ms,
-                        value: milli(m * 100_000 + k * 250),
-                        unit: "kWh",
-                    },
-                    ExpectedRow {
-                        channel: "1-0:1.8.2",
-                        ts_ms,
-                        value: milli(m * 50_000 + k * 125),
-                        unit: "kWh",
-                    },
-                    ExpectedRow {
-                        channel: "1-0:2.8.1",
-                        ts_ms,
-                        value: milli(k * 10),
-                        unit: "kWh",
-                    },
-                    ExpectedRow {
-                        channel: "1-0:1.7.0",
-                        ts_ms,
-                        value: milli((m * 7 + k * 13) % 5000),
-                        unit: "kW",
-                    },
-                    ExpectedRow {
-                        channel: "0-1:24.2.1",
-                        ts_ms,
-                        value: milli(m * 20_000 + k * 40),
-                        unit: "m3",
-                    },
-                ]
+                let ts_ms = self.start_ms + k as i64 * self.interval_s * 1000;
+                self.registers(m, k)
+                    .into_iter()
+                    .map(|r| {
+                        let (value, unit) = if self.format == Format::Dlms {
+                            let d = r.dlms();
+                            (times_pow10(r.thousandths, d.scaler), d.symbol)
+                        } else {
+                            (milli(r.thousandths), r.unit)
+                        };
+                        ExpectedRow {
+                            channel: r.channel,
+                            ts_ms,
+                            value,
+                            unit,
+                        }
+                    })
+                    .collect()
             }
             Shape::Series => {
+                let (m, k) = (m as i64, k as i64);
                 let start = self.start_ms + k * 86_400_000;
                 (0..QUARTER_HOURS as i64)
                     .map(|i| ExpectedRow {
@@ -219,8 +249,66 @@ impl Plan {
                 serde_json::Value::Array(records).to_string().into_bytes()
             }
             (Format::Dsmr, _) => dsmr_telegram(&meter_id, &rows),
+            (Format::Dlms, _) => crate::dlms::notification(self, m, k),
             (other, _) => unreachable!("Plan::validate refuses {other}"),
         }
+    }
+}
+
+/// One register of a `readings` report: its OBIS code and its value in thousandths of `unit`,
+/// so that every format carries it exactly.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Register {
+    /// The OBIS code as `A-B:C.D.E`, the channel of every format.
+    pub channel: &'static str,
+    /// The same, as the six bytes a DLMS push names it by (F = 255).
+    pub obis: [u8; 6],
+    pub thousandths: i64,
+    /// kWh, kW or m3.
+    pub unit: &'static str,
+}
+
+/// How a DLMS push carries a register: raw = its thousandths, with this scaler and unit
+/// (IEC 62056-6-2's unit enumeration and the symbol the decoder gives it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DlmsUnit {
+    pub code: u8,
+    pub symbol: &'static str,
+    pub scaler: i8,
+}
+
+impl Register {
+    /// Thousandths of a kWh are Wh and of a kW W (scaler 0), as Kaifa and Sagemcom meters push
+    /// energy and power; a gas volume stays m3 with a scaler of -3 (litres on the wire).
+    pub(crate) fn dlms(&self) -> DlmsUnit {
+        match self.unit {
+            "kWh" => DlmsUnit {
+                code: 30,
+                symbol: "Wh",
+                scaler: 0,
+            },
+            "kW" => DlmsUnit {
+                code: 27,
+                symbol: "W",
+                scaler: 0,
+            },
+            _ => DlmsUnit {
+                code: 13,
+                symbol: "m3",
+                scaler: -3,
+            },
+        }
+    }
+}
+
+/// `raw × 10^scaler` as the closest double to that decimal (one operation by an exact power of
+/// ten, for the small scalers and raws up to 2^53 used here).
+fn times_pow10(raw: i64, scaler: i8) -> f64 {
+    let p = 10f64.powi(i32::from(scaler.unsigned_abs()));
+    if scaler < 0 {
+        raw as f64 / p
+    } else {
+        raw as f64 * p
     }
 }
 
@@ -263,7 +351,7 @@ fn dsmr_timestamp(utc_ms: i64) -> String {
 }
 
 /// EU rule: summer time from the last Sunday of March to the last Sunday of October, 01:00 UTC.
-fn is_eu_summer_time(utc: &DateTime<Utc>) -> bool {
+pub(crate) fn is_eu_summer_time(utc: &DateTime<Utc>) -> bool {
     let last_sunday_01utc = |month: u32| {
         let first_next = NaiveDate::from_ymd_opt(utc.year(), month + 1, 1).unwrap_or_default();
         let mut day = first_next.pred_opt().unwrap_or_default();
@@ -302,6 +390,8 @@ mod tests {
             (Format::Senml, Shape::Readings),
             (Format::Senml, Shape::Series),
             (Format::Dsmr, Shape::Readings),
+            // In clear here; ciphered ones in dlms.rs's tests.
+            (Format::Dlms, Shape::Readings),
         ];
         for (format, shape) in cases {
             let p = plan(format, shape);
@@ -348,6 +438,8 @@ mod tests {
     #[test]
     fn dsmr_is_refused_for_series() {
         assert!(plan(Format::Dsmr, Shape::Series).validate().is_err());
+        let e = plan(Format::Dlms, Shape::Series).validate().unwrap_err();
+        assert!(e.to_string().contains("use --shape readings"), "{e}");
         assert!(plan(Format::Lwm2m, Shape::Readings).validate().is_err());
     }
 }

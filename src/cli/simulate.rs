@@ -16,8 +16,23 @@ pub struct SimulateArgs {
     #[arg(long, default_value = "127.0.0.1:1883")]
     mqtt: String,
     /// Post over CoAP to HOST:PORT instead of publishing over MQTT.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "dlms")]
     coap: Option<String>,
+    /// Push DLMS/COSEM DataNotifications in IEC 62056-4-7 wrapper frames to meterflow's wrapper
+    /// listener (`serve --dlms-listen`) at HOST:PORT instead of publishing over MQTT; implies
+    /// --format dlms. Over TCP a meter's pushes count as acknowledged once meterflow closes its
+    /// connection in order after the last one (every frame read, so durable); a reset fails it.
+    #[arg(long, value_name = "HOST:PORT")]
+    dlms: Option<String>,
+    /// --dlms over tcp (one connection per meter) or udp (one datagram per push, counted as
+    /// sent only: nothing is answered).
+    #[arg(long, value_enum, default_value = "tcp", requires = "dlms")]
+    dlms_transport: DlmsTransport,
+    /// --format dlms: the invocation counter of every ciphered meter's first report (report k
+    /// carries N + k) [default: eighths of a second since 2025-01-01, so that a later run is
+    /// above an earlier one that started at least --messages / 8 s before it]
+    #[arg(long, value_name = "N")]
+    dlms_invocation_counter: Option<u32>,
     /// CoAP over DTLS (coaps): each meter handshakes with its id as the PSK identity and its
     /// secret from --credentials as the key, and keeps the session for all its reports.
     #[arg(long, requires_all = ["coap", "credentials"])]
@@ -32,9 +47,13 @@ pub struct SimulateArgs {
     /// Reports per meter.
     #[arg(long, default_value_t = 10)]
     messages: usize,
-    /// pb, json, senml or dsmr.
-    #[arg(long, default_value = "pb")]
-    format: Format,
+    /// pb, json, senml, dsmr or dlms [default: pb; dlms with --dlms]. dlms: a self-describing
+    /// DataNotification per report (five registers in Wh, W and m3), ciphered (general-glo-
+    /// ciphering, security control 0x30, or 0x20 with only an encryption key) for meters whose
+    /// row in --credentials has dlms_system_title and dlms_ek, else in clear; over MQTT on
+    /// meters/{id}/dlms, CoAP (Content-Format 65002) or --dlms.
+    #[arg(long)]
+    format: Option<Format>,
     /// readings: five registers per report; series: a day of 96 quarter-hour values per report.
     #[arg(long, value_enum, default_value = "readings")]
     shape: Shape,
@@ -59,8 +78,9 @@ pub struct SimulateArgs {
     /// Give up on a meter after this many seconds.
     #[arg(long, default_value_t = 120)]
     meter_timeout_s: u64,
-    /// A CSV file meter_id,secret (as `meterflow credentials import` takes): each meter logs
-    /// in with its own secret.
+    /// A CSV file meter_id,secret[,dlms_system_title,dlms_ek,dlms_ak] (as `meterflow
+    /// credentials import` takes): each meter logs in with its own secret, and with --format
+    /// dlms ciphers its pushes with its DLMS keys.
     #[arg(long, value_name = "FILE.csv")]
     credentials: Option<PathBuf>,
     /// Connect over TLS, trusting the CA certificate in this PEM file.
@@ -82,11 +102,29 @@ pub struct SimulateArgs {
     json: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DlmsTransport {
+    Tcp,
+    Udp,
+}
+
+/// The wrapper listener's default `dlms.max_connections_per_address`.
+const DLMS_PER_ADDRESS: usize = 256;
+
 /// Runs the fleet and prints its summary; exits with status 2 when a meter failed.
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
-    let (protocol, address, flag) = match &args.coap {
-        Some(address) => (simulate::Protocol::Coap, address, "--coap"),
-        None => (simulate::Protocol::Mqtt, &args.mqtt, "--mqtt"),
+    let (protocol, address, flag) = match (&args.coap, &args.dlms) {
+        (Some(address), _) => (simulate::Protocol::Coap, address, "--coap"),
+        (None, Some(address)) => match args.dlms_transport {
+            DlmsTransport::Tcp => (simulate::Protocol::DlmsTcp, address, "--dlms"),
+            DlmsTransport::Udp => (simulate::Protocol::DlmsUdp, address, "--dlms"),
+        },
+        (None, None) => (simulate::Protocol::Mqtt, &args.mqtt, "--mqtt"),
+    };
+    let format = match (args.format, &args.dlms) {
+        (Some(format), _) => format,
+        (None, Some(_)) => Format::Dlms,
+        (None, None) => Format::Pb,
     };
     let (host, port) = address
         .rsplit_once(':')
@@ -113,7 +151,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let plan = simulate::Plan {
         meters: args.meters,
         messages: args.messages,
-        format: args.format,
+        format,
         shape: args.shape,
         start_ms,
         interval_s: args.interval_s,
@@ -124,8 +162,28 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         hold: Duration::from_secs(args.hold_s),
         ..Default::default()
     };
+    let mut dlms = simulate::dlms::DlmsSetup {
+        invocation_base: match args.dlms_invocation_counter {
+            Some(n) => n,
+            None if format == Format::Dlms => {
+                simulate::dlms::invocation_base_at(chrono::Utc::now().timestamp_millis())?
+            }
+            None => 0,
+        },
+        ..Default::default()
+    };
     if let Some(path) = &args.credentials {
-        mqtt.credentials = Some(Arc::new(simulate::mqtt::read_credentials(path)?));
+        let credentials = simulate::credentials::read_credentials(path)?;
+        mqtt.credentials = Some(Arc::new(credentials.secrets));
+        dlms.keys = Arc::new(credentials.dlms);
+    }
+    if protocol == simulate::Protocol::DlmsTcp
+        && args.concurrency.min(args.meters) > DLMS_PER_ADDRESS
+    {
+        eprintln!(
+            "simulate: {} connections at once from one address: above the listener's default dlms.max_connections_per_address ({DLMS_PER_ADDRESS}), connections past its [dlms] limits are closed at accept (raise them, or lower --concurrency)",
+            args.concurrency.min(args.meters)
+        );
     }
     if let Some(ca) = &args.tls_ca {
         mqtt.tls = Some(simulate::mqtt::tls_setup(ca, host)?);
@@ -145,6 +203,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         pause: Duration::from_millis(args.pause_ms),
         meter_timeout: Duration::from_secs(args.meter_timeout_s),
         mqtt,
+        dlms,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -179,6 +238,18 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             summary.busy_answers,
             summary.meters_failed
         );
+        if summary.format == "dlms" {
+            println!(
+                "dlms: {} of {} meters ciphered{}; acknowledged means {}",
+                summary.dlms_ciphered_meters,
+                summary.meters,
+                summary
+                    .dlms_invocation_counters
+                    .map(|(first, last)| format!(", invocation counters {first} to {last}"))
+                    .unwrap_or_default(),
+                summary.acked_means
+            );
+        }
     }
     // Sent can exceed acknowledged: a meter that reconnects (MQTT) or is told 5.03 (CoAP)
     // sends again what was not acknowledged.

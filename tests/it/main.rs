@@ -31,4 +31,5 @@ mod read_model;
 mod serve_coap;
 mod serve_coaps;
 mod serve_mqtt;
+mod simulate_dlms;
 mod wal_crash;
