@@ -343,6 +343,7 @@ fn conditional_verdicts_are_decided() {
     };
     let context = Context {
         profile: Some(&profile),
+        profile_named: true,
         zone: Some("Europe/Oslo".parse().unwrap()),
     };
     let push = decode_push_in(&bytes, 0, &lookup(&kaifa), &context).unwrap();

@@ -121,6 +121,9 @@ pub struct PushProfiles {
 /// What one push is read with: [`PushProfiles::context`].
 pub struct Chosen<'a> {
     pub profile: Option<&'a Profile>,
+    /// Whether the profile is named for the meter (not its manufacturer's): a push that does
+    /// not fit it is refused rather than read as self-describing.
+    pub named: bool,
     pub zone: Option<Tz>,
 }
 
@@ -128,6 +131,7 @@ impl Chosen<'_> {
     pub fn context(&self) -> dlms::Context<'_> {
         dlms::Context {
             profile: self.profile,
+            profile_named: self.named,
             zone: self.zone,
         }
     }
@@ -267,6 +271,7 @@ impl PushProfiles {
         let Some(name) = name else {
             return Ok(Chosen {
                 profile: None,
+                named: false,
                 zone: self.zone,
             });
         };
@@ -275,6 +280,7 @@ impl PushProfiles {
         })?;
         Ok(Chosen {
             profile: resolved.profile.as_deref(),
+            named: named.is_some(),
             zone: resolved.zone.or(self.zone),
         })
     }
@@ -318,6 +324,7 @@ mod tests {
         .unwrap();
         let kaifa = *b"KFM\x10\x00\x00\x00\x01";
         let chosen = p.choose(None, Some(&kaifa)).unwrap();
+        assert!(!chosen.named, "the manufacturer's");
         let profile = chosen.profile.unwrap();
         assert_eq!(profile.name, "kaifa-3ph");
         assert_eq!(profile.objects.len(), 3);
@@ -328,7 +335,7 @@ mod tests {
         assert_eq!(chosen.zone, Some("Europe/Oslo".parse().unwrap()));
         // Named in the credential: that one, even for a Kaifa; a profile with only a zone.
         let chosen = p.choose(Some("vienna-clock"), Some(&kaifa)).unwrap();
-        assert!(chosen.profile.is_none());
+        assert!(chosen.profile.is_none() && chosen.named);
         assert_eq!(chosen.zone, Some("Europe/Vienna".parse().unwrap()));
         // Another manufacturer: none, the global zone.
         let chosen = p.choose(None, Some(b"LGZ12345")).unwrap();

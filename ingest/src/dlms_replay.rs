@@ -14,11 +14,12 @@
 //! checkpoint on disk are removed.
 //!
 //! A counter belongs to a key: a meter given a new encryption key counts again from 0 (the
-//! Green Book's rule), so each counter is kept with the check value of the key it was
-//! accepted under ([`Keys::check_value`](meterflow_decoders::dlms::Keys::check_value): not
-//! the key), and a push under another key starts its title's count afresh. A file line is
-//! `TITLE COUNTER CHECK` (hex, decimal, hex); a line without the check value (written before
-//! it was kept) stands for whatever key the title has next.
+//! Green Book's rule), so a counter is kept per system title *and* key, by the key's check
+//! value ([`Keys::check_value`](meterflow_decoders::dlms::Keys::check_value): not the key). A
+//! push under a new key starts a count of its own; under a key used before (a key rolled
+//! back) it must be above that key's count, so pushes recorded under the old key stay
+//! replays. A file line is `TITLE COUNTER CHECK` (hex, decimal, hex); a line without the
+//! check value (written before it was kept) stands for whatever key the title has next.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -29,31 +30,20 @@ use crate::error::IngestError;
 
 const PREFIX: &str = "dlms-counters-";
 
-/// The counter of one system title: the highest accepted, under the key of this check value
-/// (`None`: not known, from an older file).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Count {
-    counter: u32,
-    key: Option<u32>,
-}
-
-impl Count {
-    /// Whether a push under `key` counts on from this one (the same key, or one not known).
-    fn same_key(&self, key: u32) -> bool {
-        self.key.is_none_or(|k| k == key)
-    }
-}
+/// Whose counter: a system title under the key of a check value (`None`: not known, a line
+/// of an older file).
+type Owner = ([u8; 8], Option<u32>);
 
 /// The counters of the accepted ciphered pushes.
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
-    /// Highest counter accepted per system title, and the LSN of its record.
-    current: HashMap<[u8; 8], (Count, u64)>,
+    /// Highest counter accepted per system title and key, and the LSN of its record.
+    current: HashMap<Owner, (u32, u64)>,
     /// The counters as of `base_lsn` (what the file of that checkpoint holds).
-    base: HashMap<[u8; 8], Count>,
+    base: HashMap<Owner, u32>,
     base_lsn: u64,
-    /// Accepted since the base: (lsn, system title, counter), in LSN order.
-    pending: Vec<(u64, [u8; 8], Count)>,
+    /// Accepted since the base: (lsn, system title, key, counter), in LSN order.
+    pending: Vec<(u64, [u8; 8], u32, u32)>,
 }
 
 /// Why a push is refused: the last counter accepted.
@@ -129,7 +119,7 @@ impl ReplayGuard {
                 .map(|k| u32::from_str_radix(k, 16))
                 .transpose()
                 .map_err(|_| bad())?;
-            base.insert(title, Count { counter, key });
+            base.insert((title, key), counter);
         }
         let current = base.iter().map(|(t, c)| (*t, (*c, 0))).collect();
         Ok(ReplayGuard {
@@ -141,8 +131,9 @@ impl ReplayGuard {
     }
 
     /// Accepts the push of `system_title` with `counter`, opened with the key of check value
-    /// `key`, in the record `lsn`, or says it is a replay. Under a key other than the last
-    /// counter's, the count starts again.
+    /// `key`, in the record `lsn`, or says it is a replay: not above the last counter of
+    /// that title under that key (or, for a key never seen, under the unknown key of an
+    /// older file).
     pub fn check(
         &mut self,
         system_title: [u8; 8],
@@ -150,23 +141,24 @@ impl ReplayGuard {
         counter: u32,
         lsn: u64,
     ) -> Result<(), Replay> {
-        if let Some(&(last, last_lsn)) = self.current.get(&system_title) {
-            if last.same_key(key) {
-                let again = lsn != 0 && lsn == last_lsn && counter == last.counter;
-                if counter <= last.counter && !again {
-                    return Err(Replay { last: last.counter });
-                }
-                if again {
-                    return Ok(());
-                }
+        let last = self
+            .current
+            .get(&(system_title, Some(key)))
+            .or_else(|| self.current.get(&(system_title, None)));
+        if let Some(&(last, last_lsn)) = last {
+            let again = lsn != 0 && lsn == last_lsn && counter == last;
+            if again {
+                return Ok(());
+            }
+            if counter <= last {
+                return Err(Replay { last });
             }
         }
-        let count = Count {
-            counter,
-            key: Some(key),
-        };
-        self.current.insert(system_title, (count, lsn));
-        self.pending.push((lsn, system_title, count));
+        // The unknown key's count, once a key has followed it, is that key's.
+        self.current.remove(&(system_title, None));
+        self.current
+            .insert((system_title, Some(key)), (counter, lsn));
+        self.pending.push((lsn, system_title, key, counter));
         Ok(())
     }
 
@@ -196,24 +188,19 @@ impl ReplayGuard {
                 }
             }
         }
-        if !self.pending.iter().any(|&(lsn, _, _)| lsn <= through) {
+        if !self.pending.iter().any(|&(lsn, ..)| lsn <= through) {
             return Ok(());
         }
         // Records without a WAL position (0: not written there) count at once.
         let (folded, kept): (Vec<_>, Vec<_>) = self
             .pending
             .drain(..)
-            .partition(|&(lsn, _, _)| lsn <= through);
+            .partition(|&(lsn, ..)| lsn <= through);
         self.pending = kept;
-        for (_, title, count) in folded {
-            let c = self.base.entry(title).or_insert(count);
-            // Folded in LSN order: a new key replaces the count, the same one raises it.
-            if count.key.is_some_and(|k| c.same_key(k)) {
-                c.counter = c.counter.max(count.counter);
-                c.key = count.key;
-            } else {
-                *c = count;
-            }
+        for (_, title, key, counter) in folded {
+            self.base.remove(&(title, None));
+            let c = self.base.entry((title, Some(key))).or_insert(counter);
+            *c = (*c).max(counter);
         }
         self.base_lsn = through;
         let dir = folder(data_dir);
@@ -227,11 +214,11 @@ impl ReplayGuard {
         let mut lines: Vec<String> = self
             .base
             .iter()
-            .map(|(t, c)| {
+            .map(|((t, key), counter)| {
                 let title = u64::from_be_bytes(*t);
-                match c.key {
-                    Some(k) => format!("{title:016X} {} {k:08X}", c.counter),
-                    None => format!("{title:016X} {}", c.counter),
+                match key {
+                    Some(k) => format!("{title:016X} {counter} {k:08X}"),
+                    None => format!("{title:016X} {counter}"),
                 }
             })
             .collect();
@@ -257,9 +244,9 @@ mod tests {
     /// The check value of the key every test push is opened with.
     const K: u32 = 0x66E9_4BD4;
 
-    /// The counter a loaded guard holds for a title.
+    /// The counter a loaded guard holds for a title under the test key.
     fn base(g: &ReplayGuard, t: [u8; 8]) -> Option<u32> {
-        g.base.get(&t).map(|c| c.counter)
+        g.base.get(&(t, Some(K))).copied()
     }
 
     #[test]
@@ -332,10 +319,21 @@ mod tests {
         assert_eq!(g.check(A, new_key, 2, 4), Ok(()));
         g.persist(dir.path(), 4, 0).unwrap();
         let text = fs::read_to_string(file_of(dir.path(), 4)).unwrap();
-        assert_eq!(text, "4B464D1010000023 2 12345678");
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                "4B464D1010000023 1000 66E94BD4",
+                "4B464D1010000023 2 12345678"
+            ]
+        );
         let mut after = ReplayGuard::load(dir.path(), 4).unwrap();
         assert_eq!(after.check(A, new_key, 2, 9), Err(Replay { last: 2 }));
         assert_eq!(after.check(A, new_key, 3, 10), Ok(()));
+        // The old key back (a rollback): pushes recorded under it are still replays.
+        assert_eq!(after.check(A, K, 1000, 11), Err(Replay { last: 1000 }));
+        assert_eq!(after.check(A, K, 1001, 12), Ok(()));
         // A file from before check values were kept: its counter holds for the next key.
         fs::write(file_of(dir.path(), 20), "4B464D1010000023 500").unwrap();
         let mut old = ReplayGuard::load(dir.path(), 20).unwrap();

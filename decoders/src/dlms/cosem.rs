@@ -18,6 +18,7 @@ use chrono_tz::Tz;
 use meterflow_proto::quality;
 
 use super::axdr::Data;
+use super::Context;
 use crate::{DeviceStatus, Reading, Rejected};
 
 /// An OBIS code's six bytes.
@@ -83,11 +84,17 @@ impl Obis {
     /// uses varies: 96.1.0 for IDIS, 96.1.1 for DSMR), or the COSEM logical device name
     /// 0-0:42.0.0. Lower is preferred: see [`Meaning::object`].
     fn serial_rank(&self) -> Option<u8> {
+        // B = 0: the meter itself (0-1:96.1.0 is the id of an M-Bus gas meter behind it).
         match self.0 {
-            [0, _, 96, 1, e @ 0..=9, _] => Some(e),
-            [0, _, 42, 0, 0, _] => Some(10),
+            [0, 0, 96, 1, e @ 0..=9, _] => Some(e),
+            [0, 0, 42, 0, 0, _] => Some(10),
             _ => None,
         }
+    }
+
+    /// A push setup, 0-x:25.9.0: its logical name heads an IDIS push, it is no reading.
+    fn is_push_setup(&self) -> bool {
+        matches!(self.0, [0, _, 25, 9, 0, _])
     }
 }
 
@@ -208,14 +215,23 @@ pub fn scaled_integer(raw: i128, scaler: i8) -> f64 {
 /// the time is taken as UTC) or the meter flags its clock as not valid. `None` when a field
 /// needed is not specified or out of range.
 pub fn date_time(b: &[u8; 12]) -> Option<(i64, bool)> {
-    date_time_in(b, None)
+    date_time_in(b, None, None)
 }
 
 /// [`date_time`], with the zone the meter keeps its clock in for a date-time whose deviation
 /// is not specified (0x8000, as Kamstrup, Aidon and many HAN ports send): the local time is
-/// read there, and in the hour a clock change repeats, the status's daylight-saving bit
-/// (0x80) says which of the two it is. Without a zone such a time is taken as UTC, flagged.
-pub fn date_time_in(b: &[u8; 12], zone: Option<Tz>) -> Option<(i64, bool)> {
+/// read there. Without a zone such a time is taken as UTC, flagged.
+///
+/// In the hour a clock change repeats, a set daylight-saving bit (0x80) says it is the first
+/// of the two; a clear one says little (many meters never set it), so then the time of
+/// receipt (`received_at_ms`) decides: received before the second, it is the first (a push is
+/// not received before it is made; 10 minutes are allowed for a meter clock that runs
+/// ahead); else it is the second, flagged.
+pub fn date_time_in(
+    b: &[u8; 12],
+    zone: Option<Tz>,
+    received_at_ms: Option<i64>,
+) -> Option<(i64, bool)> {
     let year = u16::from_be_bytes([b[0], b[1]]);
     let (month, day, hour, minute, second) = (b[2], b[3], b[5], b[6], b[7]);
     if year == 0xFFFF || [month, day, hour, minute, second].contains(&0xFF) {
@@ -239,11 +255,13 @@ pub fn date_time_in(b: &[u8; 12], zone: Option<Tz>) -> Option<(i64, bool)> {
     // saving active. 0xFF: no status.
     let doubtful = status != 0xFF && status & 0x0B != 0;
     // 0x8000: not specified. Else UTC = local + deviation (minutes): 0xFF88 (-120) is UTC+2.
-    // A deviation beyond any zone's (UTC-12 to UTC+14) is as good as none.
+    // A deviation beyond any zone's (UTC-12 to UTC+14) is as good as none, and a sign the
+    // clock fields are not to be trusted.
     if deviation != i16::MIN && (-840..=720).contains(&deviation) {
         let utc_ms = local.and_utc().timestamp_millis() + i64::from(deviation) * 60_000;
         return Some((utc_ms, doubtful));
     }
+    let doubtful = doubtful || deviation != i16::MIN;
     let Some(zone) = zone else {
         return Some((local.and_utc().timestamp_millis(), true));
     };
@@ -252,11 +270,17 @@ pub fn date_time_in(b: &[u8; 12], zone: Option<Tz>) -> Option<(i64, bool)> {
     let (utc_ms, sure) = match zone.from_local_datetime(&local) {
         LocalResult::Single(t) => (t.timestamp_millis(), true),
         // The repeated hour: the first is in daylight saving time, the second not.
-        LocalResult::Ambiguous(first, second) => match status {
-            0xFF => (first.timestamp_millis(), false),
-            s if s & 0x80 != 0 => (first.timestamp_millis(), true),
-            _ => (second.timestamp_millis(), true),
-        },
+        LocalResult::Ambiguous(first, second) => {
+            let (first, second) = (first.timestamp_millis(), second.timestamp_millis());
+            const CLOCK_AHEAD_MS: i64 = 10 * 60_000;
+            if status != 0xFF && status & 0x80 != 0 {
+                (first, true)
+            } else if received_at_ms.is_some_and(|r| r + CLOCK_AHEAD_MS < second) {
+                (first, true)
+            } else {
+                (second, false)
+            }
+        }
         // The skipped hour: no such local time, a clock that has not changed yet. Read with
         // the offset before the change: an hour later on the new time is the same instant.
         LocalResult::None => {
@@ -323,13 +347,30 @@ impl ProfileObject {
     fn is_value(&self) -> bool {
         self.attribute == 2
     }
+
+    /// What this object's value must be and `value` is not, if so: a logical name (attribute
+    /// 1) is an OBIS octet-string, a clock's time a date-time, a register's value (Register,
+    /// Extended and Demand register) a number. A Data object's value may be anything.
+    fn misfit(&self, value: &Data<'_>) -> Option<&'static str> {
+        let number = matches!(value, Data::Float32(_) | Data::Float64(_) | Data::Bcd(_))
+            || value.as_integer().is_some();
+        match (self.class_id, self.attribute) {
+            (_, 1) => (!matches!(value, Data::OctetString(b) if b.len() == 6))
+                .then_some("an OBIS octet-string"),
+            (8, 2) => (!matches!(value, Data::DateTime(_))
+                && !matches!(value, Data::OctetString(b) if b.len() == 12))
+            .then_some("a date-time"),
+            (3..=5, 2) => (!number).then_some("a number"),
+            _ => None,
+        }
+    }
 }
 
 impl Profile {
     /// The body's objects through this profile: its top-level elements (one structure of
     /// them, however deeply wrapped), else its leaves, paired with the profile's objects by
-    /// position. `None` when neither count is the profile's.
-    fn objects<'b, 'a>(&self, body: &'b Data<'a>) -> Option<Vec<Object<'b, 'a>>> {
+    /// position, each value of its object's kind. Else why not.
+    fn objects<'b, 'a>(&self, body: &'b Data<'a>) -> Result<Vec<Object<'b, 'a>>, String> {
         let elements = top_elements(body);
         let values = if elements.len() == self.objects.len() {
             elements
@@ -337,23 +378,40 @@ impl Profile {
             let mut leaves = Vec::new();
             values(body, &mut leaves);
             if leaves.len() != self.objects.len() {
-                return None;
+                let (top, leaves) = Profile::counts(body);
+                return Err(format!(
+                    "push profile {:?} names {} objects; the body has {top} elements ({leaves} values)",
+                    self.name,
+                    self.objects.len()
+                ));
             }
             leaves
         };
-        Some(
-            self.objects
-                .iter()
-                .zip(values)
-                .filter(|(p, _)| p.is_value())
-                .map(|(p, value)| Object {
-                    obis: p.obis,
-                    value,
-                    scaler: p.scaler,
-                    unit: p.unit,
-                })
-                .collect(),
-        )
+        for (i, (p, value)) in self.objects.iter().zip(&values).enumerate() {
+            if let Some(wanted) = p.misfit(value) {
+                return Err(format!(
+                    "push profile {:?}: object {} ({}/{}/{}) needs {wanted}, the body has {} there",
+                    self.name,
+                    i + 1,
+                    p.class_id,
+                    p.obis.channel(),
+                    p.attribute,
+                    value.type_name()
+                ));
+            }
+        }
+        Ok(self
+            .objects
+            .iter()
+            .zip(values)
+            .filter(|(p, _)| p.is_value())
+            .map(|(p, value)| Object {
+                obis: p.obis,
+                value,
+                scaler: p.scaler,
+                unit: p.unit,
+            })
+            .collect())
     }
 
     /// How many values a body has, for the error when they are not the profile's.
@@ -390,6 +448,8 @@ pub struct Meaning {
     pub objects: usize,
     /// The zone of date-times without a deviation.
     zone: Option<Tz>,
+    /// When the push was received (which of a repeated hour its clock means).
+    received_at_ms: Option<i64>,
     /// The rank of the identifier `status.serial` was taken from ([`Obis::serial_rank`]).
     serial_rank: Option<u8>,
     /// Why the profile given was not used (its object count is not the body's).
@@ -404,25 +464,29 @@ struct Object<'b, 'a> {
     unit: Option<&'static str>,
 }
 
-/// Reads a body: through `profile` when one is given and the body has as many values as it
-/// names objects, else as a self-describing body. `Meaning::profile_mismatch` says when a
+/// Reads a body: through the context's profile when the body fits it (as many values as it
+/// names objects, each of its object's kind), else as a self-describing body (unless the
+/// profile was named for the meter: then nothing). `Meaning::profile_mismatch` says when a
 /// profile was given but did not fit. Times are filled later ([`Meaning::stamp`]).
-pub fn meaning(body: &Data<'_>, profile: Option<&Profile>, zone: Option<Tz>) -> Meaning {
+pub fn meaning(body: &Data<'_>, context: &Context<'_>, received_at_ms: Option<i64>) -> Meaning {
     let mut m = Meaning {
-        zone,
+        zone: context.zone,
+        received_at_ms,
         ..Meaning::default()
     };
-    let through_profile = profile.and_then(|p| p.objects(body));
+    let through_profile = context.profile.map(|p| p.objects(body));
     let objects = match through_profile {
-        Some(objects) => objects,
-        None => {
-            if let Some(p) = profile {
-                let (top, leaves) = Profile::counts(body);
-                m.profile_mismatch = Some(format!(
-                    "push profile {:?} names {} objects; the body has {top} elements ({leaves} values)",
-                    p.name,
-                    p.objects.len()
-                ));
+        Some(Ok(objects)) => objects,
+        // A profile its meter's credential names must fit: what does not is a dead letter
+        // that says why, not a guess. One chosen by manufacturer may meet the maker's
+        // self-describing pushes too: those are read as such.
+        Some(Err(mismatch)) if context.profile_named => {
+            m.profile_mismatch = Some(mismatch);
+            return m;
+        }
+        through => {
+            if let Some(Err(mismatch)) = through {
+                m.profile_mismatch = Some(mismatch);
             }
             let mut objects = Vec::new();
             collect(body, &mut objects);
@@ -540,7 +604,7 @@ impl Meaning {
                 Data::OctetString(b) => <&[u8; 12]>::try_from(*b).ok(),
                 _ => None,
             };
-            if let Some(t) = dt.and_then(|b| date_time_in(b, self.zone)) {
+            if let Some(t) = dt.and_then(|b| date_time_in(b, self.zone, self.received_at_ms)) {
                 self.clock = Some(t);
             }
             return;
@@ -570,8 +634,9 @@ impl Meaning {
             }
             return;
         }
-        // Alarm filters and descriptors (0-0:97.98.10 to 29) are settings, not readings.
-        if matches!(o.obis.0, [0, _, 97, 98, _, _]) {
+        // Alarm filters and descriptors (0-0:97.98.10 to 29) are settings, not readings; so
+        // is a push setup.
+        if matches!(o.obis.0, [0, _, 97, 98, _, _]) || o.obis.is_push_setup() {
             return;
         }
         match number {
@@ -681,7 +746,7 @@ mod tests {
                 Data::DoubleLongUnsigned(5),
             ]),
         ]);
-        let mut m = meaning(&body, None, None);
+        let mut m = meaning(&body, &Context::default(), None);
         m.stamp(None, 1);
         let got: Vec<(String, f64, String)> = m
             .readings
@@ -714,6 +779,14 @@ mod tests {
         }
     }
 
+    fn named(p: &Profile, zone: Option<Tz>) -> Context<'_> {
+        Context {
+            profile: Some(p),
+            profile_named: true,
+            zone,
+        }
+    }
+
     fn rows(m: &Meaning) -> Vec<(String, f64, String, u16)> {
         m.readings
             .iter()
@@ -736,7 +809,7 @@ mod tests {
             Data::OctetString(b"SERIAL"),
         ]);
         assert_eq!(
-            meaning(&body, None, None).objects,
+            meaning(&body, &Context::default(), None).objects,
             0,
             "no OBIS codes: nothing without a profile"
         );
@@ -748,7 +821,7 @@ mod tests {
                 ("1/0-0:96.1.0.255/2", 0, None),
             ],
         );
-        let mut m = meaning(&body, Some(&p), None);
+        let mut m = meaning(&body, &named(&p, None), None);
         m.stamp(None, 5);
         let flag = quality::TIME_FROM_RECEIVER;
         assert_eq!(
@@ -785,7 +858,7 @@ mod tests {
         // 2024-03-31 02:30 local without a deviation: in Vienna's skipped hour, read with
         // the offset before the change (UTC+1): 01:30 UTC, flagged.
         let vienna: Tz = "Europe/Vienna".parse().unwrap();
-        let mut m = meaning(&body, Some(&p), Some(vienna));
+        let mut m = meaning(&body, &named(&p, Some(vienna)), None);
         m.stamp(None, 5);
         let at = 1_711_848_600_000; // 2024-03-31T01:30:00Z
         assert_eq!(m.clock, Some((at, true)));
@@ -799,7 +872,7 @@ mod tests {
         );
         // A profile of another length is not used, and says why.
         let short = profile("short", &[("3/1-0:1.8.0.255/2", 0, None)]);
-        let m = meaning(&body, Some(&short), None);
+        let m = meaning(&body, &named(&short, None), None);
         assert!(m.readings.is_empty());
         assert_eq!(
             m.profile_mismatch.as_deref(),
@@ -808,30 +881,90 @@ mod tests {
     }
 
     #[test]
+    fn a_profile_fits_only_a_body_of_its_kinds_and_a_named_one_is_not_guessed_around() {
+        // A self-describing push of 3 elements (OBIS, value, scaler-unit)...
+        let code = [1u8, 0, 1, 8, 0, 255];
+        let body = Data::Structure(vec![
+            Data::OctetString(&code),
+            Data::DoubleLongUnsigned(9108),
+            Data::Structure(vec![Data::Integer(0), Data::Enum(30)]),
+        ]);
+        // ...meets a profile of 3 registers (its maker's): the counts match, the kinds do
+        // not (an OBIS code where a number must be): read as self-describing.
+        let p = profile(
+            "kfm",
+            &[
+                ("3/1-0:1.7.0.255/2", 0, Some("W")),
+                ("3/1-0:2.7.0.255/2", 0, Some("W")),
+                ("3/1-0:3.7.0.255/2", 0, Some("var")),
+            ],
+        );
+        let by_maker = Context {
+            profile: Some(&p),
+            profile_named: false,
+            zone: None,
+        };
+        let mut m = meaning(&body, &by_maker, None);
+        m.stamp(None, 5);
+        assert_eq!(
+            rows(&m),
+            [(
+                "1-0:1.8.0".to_string(),
+                9108.0,
+                "Wh".to_string(),
+                quality::TIME_FROM_RECEIVER
+            )]
+        );
+        assert_eq!(
+            m.profile_mismatch.as_deref(),
+            Some("push profile \"kfm\": object 1 (3/1-0:1.7.0/2) needs a number, the body has octet-string there")
+        );
+        // Named for the meter: nothing is guessed; the mismatch is the answer.
+        let m = meaning(&body, &named(&p, None), None);
+        assert!(m.readings.is_empty() && m.objects == 0);
+        assert!(m.profile_mismatch.is_some());
+        // An IDIS push that does not fit a named profile: its push setup's name is not
+        // stored as a reading of 0-0:25.9.0 (it is no reading even when guessed).
+        let setup = [0u8, 0, 25, 9, 0, 255];
+        let idis = Data::Structure(vec![Data::OctetString(&setup), Data::DoubleLongUnsigned(7)]);
+        let m = meaning(&idis, &Context::default(), None);
+        assert!(m.readings.is_empty());
+    }
+
+    #[test]
+    fn the_serial_is_the_meters_own() {
+        let (gas, ldn) = ([0u8, 1, 96, 1, 0, 255], [0u8, 0, 42, 0, 0, 255]);
+        let body = Data::Structure(vec![
+            Data::OctetString(&gas),
+            Data::OctetString(b"GAS-METER-1"),
+            Data::OctetString(&ldn),
+            Data::OctetString(b"LDN-1"),
+        ]);
+        let m = meaning(&body, &Context::default(), None);
+        assert_eq!(m.status.serial.as_deref(), Some("LDN-1"));
+    }
+
+    #[test]
     fn date_times_without_a_deviation_in_the_meters_zone() {
         let vienna: Tz = "Europe/Vienna".parse().unwrap();
-        let at = |b: [u8; 12]| date_time_in(&b, Some(vienna)).unwrap();
+        let at = |b: [u8; 12]| date_time_in(&b, Some(vienna), None).unwrap();
         // Summer: 2024-07-01 12:00 local = 10:00 UTC, sure.
         assert_eq!(
             at([0x07, 0xE8, 7, 1, 1, 12, 0, 0, 0, 0x80, 0, 0x80]),
             (1_719_828_000_000, false)
         );
-        // 2024-10-27 02:30 happens twice: the DST bit says which; no status: the first,
-        // flagged.
+        // 2024-10-27 02:30 happens twice. A set DST bit: the first. A clear one (many meters
+        // never set it) or none: the second, flagged, unless it was received before the
+        // second could be (then the first, sure).
         let first = 1_729_989_000_000; // 00:30 UTC
         let second = first + 3_600_000;
-        assert_eq!(
-            at([0x07, 0xE8, 10, 27, 7, 2, 30, 0, 0, 0x80, 0, 0x80]),
-            (first, false)
-        );
-        assert_eq!(
-            at([0x07, 0xE8, 10, 27, 7, 2, 30, 0, 0, 0x80, 0, 0x00]),
-            (second, false)
-        );
-        assert_eq!(
-            at([0x07, 0xE8, 10, 27, 7, 2, 30, 0, 0, 0x80, 0, 0xFF]),
-            (first, true)
-        );
+        let fold = |status: u8| [0x07, 0xE8, 10, 27, 7, 2, 30, 0, 0, 0x80, 0, status];
+        assert_eq!(at(fold(0x80)), (first, false));
+        assert_eq!(at(fold(0x00)), (second, true));
+        assert_eq!(at(fold(0xFF)), (second, true));
+        let received = |at_ms: i64| date_time_in(&fold(0x00), Some(vienna), Some(at_ms)).unwrap();
+        assert_eq!(received(first + 60_000), (first, false));
+        assert_eq!(received(second + 60_000), (second, true));
         // A deviation given wins over the zone; one beyond any zone's is none.
         assert_eq!(
             at([0x07, 0xE8, 7, 1, 1, 12, 0, 0, 0, 0xFF, 0x88, 0x80]),
@@ -839,8 +972,8 @@ mod tests {
         );
         assert_eq!(
             at([0x07, 0xE8, 7, 1, 1, 12, 0, 0, 0, 0x10, 0x00, 0x80]),
-            (1_719_828_000_000, false),
-            "deviation 4096 min: read in the zone"
+            (1_719_828_000_000, true),
+            "deviation 4096 min: read in the zone, flagged"
         );
         // Without a zone: as UTC, flagged. Hundredths beyond 99: not a time.
         assert_eq!(

@@ -49,6 +49,9 @@ pub struct Push {
 pub struct Context<'p> {
     /// The objects of its values-only bodies (`None`: only self-describing bodies decode).
     pub profile: Option<&'p Profile>,
+    /// Whether the profile is the meter's own (named in its credential): a push that does
+    /// not fit it is refused; else (a manufacturer's) such a push is read as self-describing.
+    pub profile_named: bool,
     /// The zone its clock keeps, for date-times that carry no deviation (`None`: taken as
     /// UTC and flagged `CLOCK_INVALID`).
     pub zone: Option<Tz>,
@@ -64,6 +67,7 @@ pub fn decode_push(
 ) -> Result<Push, DecodeError> {
     let context = Context {
         profile,
+        profile_named: profile.is_some(),
         zone: None,
     };
     decode_push_in(payload, received_at_ms, keys, &context)
@@ -96,7 +100,7 @@ pub fn decode_push_in(
                 0
             };
             let n = apdu::notification(bytes, base)?;
-            let mut m = cosem::meaning(&n.body, context.profile, context.zone);
+            let mut m = cosem::meaning(&n.body, context, Some(received_at_ms));
             // Nothing read: a values-only body (IDIS pushes name only their push setup, the
             // first element) needs a profile that says what its values are.
             if m.readings.is_empty() && m.status.is_empty() && m.rejected.is_empty() {
@@ -111,7 +115,7 @@ pub fn decode_push_in(
             }
             let stamp = n
                 .date_time
-                .and_then(|b| cosem::date_time_in(b, context.zone));
+                .and_then(|b| cosem::date_time_in(b, context.zone, Some(received_at_ms)));
             m.stamp(stamp, received_at_ms);
             let status = (!m.status.is_empty()).then_some(m.status);
             (
