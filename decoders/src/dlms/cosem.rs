@@ -273,9 +273,8 @@ pub fn date_time_in(
         LocalResult::Ambiguous(first, second) => {
             let (first, second) = (first.timestamp_millis(), second.timestamp_millis());
             const CLOCK_AHEAD_MS: i64 = 10 * 60_000;
-            if status != 0xFF && status & 0x80 != 0 {
-                (first, true)
-            } else if received_at_ms.is_some_and(|r| r + CLOCK_AHEAD_MS < second) {
+            let dst = status != 0xFF && status & 0x80 != 0;
+            if dst || received_at_ms.is_some_and(|r| r + CLOCK_AHEAD_MS < second) {
                 (first, true)
             } else {
                 (second, false)
@@ -349,8 +348,9 @@ impl ProfileObject {
     }
 
     /// What this object's value must be and `value` is not, if so: a logical name (attribute
-    /// 1) is an OBIS octet-string, a clock's time a date-time, a register's value (Register,
-    /// Extended and Demand register) a number. A Data object's value may be anything.
+    /// 1) is an OBIS octet-string, a clock's time a date-time, a register's value (of a
+    /// Register, Extended register or Demand register) a number. A Data object's value may
+    /// be anything.
     fn misfit(&self, value: &Data<'_>) -> Option<&'static str> {
         let number = matches!(value, Data::Float32(_) | Data::Float64(_) | Data::Bcd(_))
             || value.as_integer().is_some();
