@@ -347,10 +347,10 @@ impl ProfileObject {
         self.attribute == 2
     }
 
-    /// What this object's value must be and `value` is not, if so: a logical name (attribute
-    /// 1) is an OBIS octet-string, a clock's time a date-time, a register's value (of a
-    /// Register, Extended register or Demand register) a number. A Data object's value may
-    /// be anything.
+    /// What this object's value must be and `value` is not, if so: a logical name (the
+    /// first attribute) is an OBIS octet-string, a clock's time a date-time, a register's
+    /// value (of a Register, Extended register or Demand register) a number. A Data
+    /// object's value may be anything.
     fn misfit(&self, value: &Data<'_>) -> Option<&'static str> {
         let number = matches!(value, Data::Float32(_) | Data::Float64(_) | Data::Bcd(_))
             || value.as_integer().is_some();
