@@ -21,15 +21,21 @@ pub struct DlmsConfig {
     /// The meter id of a plaintext push: this, then the sender's IP address with `.` and `:`
     /// made `-` (`ip-192-0-2-7`).
     pub plaintext_meter_prefix: String,
-    /// Open TCP connections at most; one more is closed at accept.
+    /// Open TCP connections at most (at most 65536); one more is closed at accept.
     pub max_connections: usize,
     /// Open TCP connections from one address at most (an IPv6 /64 counts as one); one more
     /// is closed at accept. Above `max_connections` it is no cap of its own.
     pub max_connections_per_address: usize,
-    /// The largest APDU a frame may carry (its header's length field), bytes: 65535, the
-    /// field's maximum, takes every frame. A larger one closes its TCP connection (a UDP
-    /// datagram is dropped).
+    /// The largest APDU a frame may carry (its header's length field), bytes, 1 to 65535 (the
+    /// field's maximum). 8192 by default: real pushes are well below 2 KB. A larger one
+    /// resets its TCP connection (a UDP datagram is dropped).
     pub max_apdu_bytes: usize,
+    /// Bytes of frames in flight at most, over every connection and datagram: from the header
+    /// of a TCP frame (its whole length, before its body is read) or a datagram taken, until
+    /// the WAL writer is done with it. A TCP frame that finds it full waits (its connection is
+    /// not read meanwhile); a datagram is dropped (`busy`). At least 8 + `max_apdu_bytes`, at
+    /// most 4294967295.
+    pub max_inflight_bytes: usize,
     /// A TCP connection on which no whole frame arrives for this long (from its accept, or
     /// from the frame before) is closed.
     pub idle_timeout_s: u64,
@@ -43,7 +49,8 @@ impl Default for DlmsConfig {
             plaintext_meter_prefix: "ip-".into(),
             max_connections: 1024,
             max_connections_per_address: 256,
-            max_apdu_bytes: usize::from(u16::MAX),
+            max_apdu_bytes: 8192,
+            max_inflight_bytes: 16 * 1024 * 1024,
             idle_timeout_s: 600,
         }
     }
@@ -56,10 +63,20 @@ const MAX_PREFIX: usize = 64 - 39;
 /// The longest `dlms.idle_timeout_s`: a day.
 const MAX_IDLE_S: u64 = 86_400;
 
+/// The most `dlms.max_connections`: it sizes the WAL writer's channel and counts in the
+/// open-files check.
+pub const MAX_CONNECTIONS: usize = 65_536;
+
 impl DlmsConfig {
     /// Checks what the types alone do not; the error names the key.
     pub fn validate(&self) -> Result<(), IngestError> {
         positive("dlms.max_connections", self.max_connections as u64)?;
+        if self.max_connections > MAX_CONNECTIONS {
+            return Err(IngestError::config(
+                "dlms.max_connections",
+                format!("must be at most {MAX_CONNECTIONS}"),
+            ));
+        }
         positive(
             "dlms.max_connections_per_address",
             self.max_connections_per_address as u64,
@@ -68,6 +85,14 @@ impl DlmsConfig {
             return Err(IngestError::config(
                 "dlms.max_apdu_bytes",
                 "must be 1 to 65535 (the wrapper header's length field)",
+            ));
+        }
+        if self.max_inflight_bytes < 8 + self.max_apdu_bytes
+            || self.max_inflight_bytes > u32::MAX as usize
+        {
+            return Err(IngestError::config(
+                "dlms.max_inflight_bytes",
+                "must be at least 8 + dlms.max_apdu_bytes (one whole frame) and at most 4294967295",
             ));
         }
         positive("dlms.idle_timeout_s", self.idle_timeout_s)?;

@@ -50,7 +50,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
 use crate::credentials::SharedCredentials;
-use crate::edge::{policy, RawMessage, Submission};
+use crate::edge::{policy, Budget, RawMessage, Submission};
 use crate::error::IngestError;
 use frame::{Refused, Transport, Verdict};
 use slots::Slots;
@@ -110,6 +110,11 @@ struct Edge {
     credentials: Arc<SharedCredentials>,
     wal: flume::Sender<Submission>,
     slots: Arc<Slots>,
+    /// `dlms.max_inflight_bytes`: a permit a byte, from a frame's header (TCP) or its
+    /// datagram until the WAL writer is done with it.
+    budget: Arc<tokio::sync::Semaphore>,
+    /// `meterflow_dlms_inflight_bytes`.
+    inflight_bytes: metrics::Gauge,
     frames: AtomicU64,
     received: metrics::Counter,
     /// When a refusal was last logged (Unix ms).
@@ -117,6 +122,27 @@ struct Edge {
 }
 
 impl Edge {
+    /// A frame of `bytes`' share of `dlms.max_inflight_bytes` if there is room now.
+    fn try_lease(&self, bytes: usize) -> Option<Budget> {
+        let permit = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(u32::try_from(bytes).ok()?)
+            .ok()?;
+        Some(Budget::new(permit, &self.inflight_bytes))
+    }
+
+    /// The same, waiting for room (`None` only if the budget were closed, which it never is).
+    async fn lease(&self, bytes: usize) -> Option<Budget> {
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(u32::try_from(bytes).ok()?)
+            .await
+            .ok()?;
+        Some(Budget::new(permit, &self.inflight_bytes))
+    }
+
     /// The message a whole frame from `peer` becomes, for its meter; or why it is refused
     /// (counted and logged, at most one line a second: a peer without an identity is given
     /// no storage, not even a dead letter, so that nobody can fill the WAL or the disk).
@@ -191,6 +217,12 @@ impl DlmsServer {
         let Bound { tcp, udp, addr } = bound;
         let edge = Arc::new(Edge {
             slots: Slots::new(config.max_connections, config.max_connections_per_address),
+            budget: Arc::new(tokio::sync::Semaphore::new(config.max_inflight_bytes)),
+            inflight_bytes: {
+                let gauge = metrics::gauge!("meterflow_dlms_inflight_bytes");
+                gauge.set(0.0);
+                gauge
+            },
             loopback: addr.ip().is_loopback(),
             config,
             credentials,

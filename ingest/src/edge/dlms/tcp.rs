@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BufMut;
 use meterflow_decoders::dlms::WRAPPER_HEADER;
 use meterflow_storage::ShutdownSignal;
 use tokio::io::AsyncReadExt;
@@ -14,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::frame::{self, Refused, Transport};
 use super::slots::Slot;
 use super::{idle_timeout, Edge};
+use crate::edge::Budget;
 use crate::edge::{Durability, Submission};
 
 /// Accepts connections until the shutdown begins; each gets a task of its own holding a
@@ -83,15 +85,15 @@ async fn connection(
     let idle = idle_timeout(&edge.config);
     let end = loop {
         let read = tokio::select! {
-            read = tokio::time::timeout(idle, read_frame(&mut stream, edge.config.max_apdu_bytes)) => read,
+            read = tokio::time::timeout(idle, read_frame(&mut stream, &edge)) => read,
             _ = shutdown.stopping() => break End::Close,
         };
-        let frame = match read {
+        let (frame, lease) = match read {
             Err(_) => {
                 metrics::counter!("meterflow_dlms_idle_closed_total").increment(1);
                 break End::Close;
             }
-            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(Some(read))) => read,
             Ok(Ok(None)) => break End::Close,
             Ok(Err(Read::Refused(why))) => break End::Reset(Some(why)),
             Ok(Err(Read::Io(e))) => {
@@ -99,7 +101,8 @@ async fn connection(
                 break End::Close;
             }
         };
-        // A refused frame is not stored; the connection is reset (counted with the refusal).
+        // A refused frame is not stored (its lease given back at once); the connection is
+        // reset (counted with the refusal).
         let message = match edge.message(frame, peer, Transport::Tcp) {
             Ok(message) => message,
             Err(_) => break End::Reset(None),
@@ -108,7 +111,7 @@ async fn connection(
         let submission = Submission {
             message,
             notify: Some(notify),
-            budget: None,
+            budget: Some(Box::new(lease)),
         };
         // Waits for room in the writer's channel (not reading meanwhile), unless the
         // shutdown comes first: then the frame is not stored and the connection is reset.
@@ -145,12 +148,15 @@ enum Read {
     Io(std::io::Error),
 }
 
-/// Reads one whole frame (header and APDU); `None` at the end of the stream between frames.
-/// Only the bytes of this frame are read, nothing of the next.
+/// Reads one whole frame (header and APDU) and its share of `dlms.max_inflight_bytes`; `None`
+/// at the end of the stream between frames. Only the bytes of this frame are read, nothing of
+/// the next. The share, the whole frame's length, is taken once the header is read (waiting
+/// for room, the connection not read meanwhile); the buffer grows as the bytes come, so a
+/// header alone pins no more than its share says.
 async fn read_frame(
     stream: &mut TcpStream,
-    max_apdu_bytes: usize,
-) -> Result<Option<Vec<u8>>, Read> {
+    edge: &Edge,
+) -> Result<Option<(Vec<u8>, Budget)>, Read> {
     let mut header = [0u8; WRAPPER_HEADER];
     let mut filled = 0;
     while filled < WRAPPER_HEADER {
@@ -161,14 +167,31 @@ async fn read_frame(
             Err(e) => return Err(Read::Io(e)),
         }
     }
-    let len = frame::apdu_len(&header, max_apdu_bytes).map_err(Read::Refused)?;
-    let mut frame = vec![0u8; WRAPPER_HEADER + len];
-    frame[..WRAPPER_HEADER].copy_from_slice(&header);
-    match stream.read_exact(&mut frame[WRAPPER_HEADER..]).await {
-        Ok(_) => Ok(Some(frame)),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Err(Read::Refused(Refused::Truncated))
+    let len = frame::apdu_len(&header, edge.config.max_apdu_bytes).map_err(Read::Refused)?;
+    let total = WRAPPER_HEADER + len;
+    let lease = edge
+        .lease(total)
+        .await
+        .ok_or(Read::Refused(Refused::Busy))?;
+    let mut frame = Vec::with_capacity(total.min(FIRST_CAPACITY));
+    frame.extend_from_slice(&header);
+    while frame.len() < total {
+        if frame.capacity() == frame.len() {
+            // Doubling (so a frame a byte at a time costs no more copying than one at once),
+            // never past the frame's length.
+            let target = (frame.capacity() * 2).min(total);
+            frame.reserve_exact(target - frame.len());
         }
-        Err(e) => Err(Read::Io(e)),
+        let room = frame.capacity() - frame.len();
+        let mut limited = (&mut frame).limit(room);
+        match stream.read_buf(&mut limited).await {
+            Ok(0) => return Err(Read::Refused(Refused::Truncated)),
+            Ok(_) => {}
+            Err(e) => return Err(Read::Io(e)),
+        }
     }
+    Ok(Some((frame, lease)))
 }
+
+/// The buffer a frame begins with (header included); it doubles as the bytes come.
+const FIRST_CAPACITY: usize = 1024;

@@ -374,3 +374,77 @@ async fn a_datagram_is_one_frame_handed_on_without_waiting() {
     shutdown.begin(Duration::from_secs(5));
     assert_eq!(server.stopped().await.frames, 2);
 }
+
+/// A metric as `/metrics` shows it now (0 if absent): `name{labels}`. The recorder is the
+/// process's, shared by every test: what a test checks of a counter is its own increase of a
+/// label only it counts.
+fn metric(series: &str) -> f64 {
+    crate::runtime::metrics_handle()
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits (60 s at most) until `f` holds.
+async fn until(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..600 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within 60 s");
+}
+
+/// Nothing is submitted for a while (the wait must run out: a submission would end it).
+async fn nothing_for_a_while(submissions: &flume::Receiver<Submission>) {
+    let got = tokio::time::timeout(Duration::from_millis(300), submissions.recv_async()).await;
+    assert!(
+        got.is_err(),
+        "submitted: {:?}",
+        got.map(|s| s.map(|s| s.message.topic))
+    );
+}
+
+/// Review 22, M1: the frames in flight hold `dlms.max_inflight_bytes`, from a TCP frame's
+/// header (or a datagram) until the writer is done with them: a TCP frame that finds no room
+/// waits, not read on; a datagram is dropped (`busy`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_in_flight_are_held_to_the_byte_budget() {
+    crate::runtime::metrics_handle();
+    let push = wrapped(&tirol_apdu());
+    let config = DlmsConfig {
+        max_apdu_bytes: 300,
+        // One push (286 bytes) fits, two do not.
+        max_inflight_bytes: 508,
+        ..DlmsConfig::default()
+    };
+    let (server, addr, submissions, shutdown) = listener(config, store());
+    let mut a = connect(addr);
+    a.write_all(&push).unwrap();
+    let mut first = submissions.recv_async().await.unwrap();
+    assert_eq!(first.message.topic, "meters/E1/dlms");
+    // A second connection's frame waits for the first's share.
+    let mut b = connect(addr);
+    b.write_all(&push).unwrap();
+    nothing_for_a_while(&submissions).await;
+    // A datagram does not wait: dropped and counted.
+    let busy = metric("meterflow_dlms_refused_total{reason=\"busy\"}");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(&push, addr).unwrap();
+    until("the datagram counted busy", || {
+        metric("meterflow_dlms_refused_total{reason=\"busy\"}") > busy
+    })
+    .await;
+    // The writer done with the first frame: its share goes to the second.
+    drop(first.budget.take());
+    let second = submissions.recv_async().await.unwrap();
+    assert_eq!(&second.message.payload[..], &push[..]);
+    first.notify.unwrap().send(Durability::Durable(1)).unwrap();
+    second.notify.unwrap().send(Durability::Durable(2)).unwrap();
+    shutdown.begin(Duration::from_secs(5));
+    assert_eq!(server.stopped().await.frames, 3);
+    assert!(submissions.is_empty(), "the datagram is not submitted");
+    drop((a, b));
+}

@@ -1,6 +1,6 @@
 //! The UDP side: one task reads datagrams, one wrapper frame each, and hands them to the WAL
 //! writer without waiting (a UDP push has no answer to wait with); a datagram that finds the
-//! writer's channel full is dropped.
+//! writer's channel or `dlms.max_inflight_bytes` full is dropped (`busy`).
 
 use std::sync::Arc;
 
@@ -37,7 +37,16 @@ pub(super) async fn serve(socket: UdpSocket, edge: Arc<Edge>, mut shutdown: Shut
         let Ok(message) = edge.message(datagram.to_vec(), peer, Transport::Udp) else {
             continue;
         };
-        match edge.wal.try_send(Submission::unanswered(message)) {
+        // Its share of dlms.max_inflight_bytes, or dropped: a datagram does not wait.
+        let Some(lease) = edge.try_lease(datagram.len()) else {
+            Refused::Busy.count();
+            continue;
+        };
+        let submission = Submission {
+            budget: Some(Box::new(lease)),
+            ..Submission::unanswered(message)
+        };
+        match edge.wal.try_send(submission) {
             Ok(()) => {}
             Err(flume::TrySendError::Full(_)) => Refused::Busy.count(),
             Err(flume::TrySendError::Disconnected(_)) => break,
