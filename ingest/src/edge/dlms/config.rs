@@ -36,8 +36,14 @@ pub struct DlmsConfig {
     /// not read meanwhile); a datagram is dropped (`busy`). At least 8 + `max_apdu_bytes`, at
     /// most 4294967295.
     pub max_inflight_bytes: usize,
-    /// A TCP connection on which no whole frame arrives for this long (from its accept, or
-    /// from the frame before) is closed.
+    /// A TCP frame must arrive whole within this many seconds of its first byte (the first
+    /// frame: of the accept), its wait for `max_inflight_bytes` included; else the connection
+    /// is reset (`frame_timeout`; closed if nothing of the frame came). It keeps connection
+    /// places from being held by connections that send nothing, or a frame a byte at a
+    /// time. 1 to 3600.
+    pub frame_timeout_s: u64,
+    /// A TCP connection on which no frame begins for this long after the frame before is
+    /// closed.
     pub idle_timeout_s: u64,
 }
 
@@ -51,6 +57,7 @@ impl Default for DlmsConfig {
             max_connections_per_address: 256,
             max_apdu_bytes: 8192,
             max_inflight_bytes: 16 * 1024 * 1024,
+            frame_timeout_s: 30,
             idle_timeout_s: 600,
         }
     }
@@ -62,6 +69,9 @@ const MAX_PREFIX: usize = 64 - 39;
 
 /// The longest `dlms.idle_timeout_s`: a day.
 const MAX_IDLE_S: u64 = 86_400;
+
+/// The longest `dlms.frame_timeout_s`: an hour.
+const MAX_FRAME_S: u64 = 3600;
 
 /// The most `dlms.max_connections`: it sizes the WAL writer's channel and counts in the
 /// open-files check.
@@ -93,6 +103,12 @@ impl DlmsConfig {
             return Err(IngestError::config(
                 "dlms.max_inflight_bytes",
                 "must be at least 8 + dlms.max_apdu_bytes (one whole frame) and at most 4294967295",
+            ));
+        }
+        if !(1..=MAX_FRAME_S).contains(&self.frame_timeout_s) {
+            return Err(IngestError::config(
+                "dlms.frame_timeout_s",
+                format!("must be 1 to {MAX_FRAME_S} (an hour)"),
             ));
         }
         positive("dlms.idle_timeout_s", self.idle_timeout_s)?;

@@ -48,6 +48,10 @@ pub enum Refused {
     BadFrame,
     /// A TCP connection that ended inside a frame (the part read is dropped).
     Truncated,
+    /// A TCP frame not whole within `dlms.frame_timeout_s` of its first byte, or a first frame
+    /// not whole within it of the accept: the connection reset (closed if nothing of the
+    /// frame came), the part read dropped.
+    FrameTimeout,
     /// The WAL at its disk budget: the TCP connection reset (a UDP datagram is dropped by
     /// the writer, and counted in `meterflow_wal_overflow_total`).
     WalFull,
@@ -71,6 +75,7 @@ impl Refused {
             Refused::FrameTooLarge => "frame_too_large",
             Refused::BadFrame => "bad_frame",
             Refused::Truncated => "truncated",
+            Refused::FrameTimeout => "frame_timeout",
             Refused::WalFull => "wal_full",
             Refused::WalFailed => "wal_failed",
             Refused::Busy => "busy",

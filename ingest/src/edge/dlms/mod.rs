@@ -264,7 +264,12 @@ impl DlmsServer {
     }
 }
 
-/// How long a TCP connection may go without a whole frame.
+/// How long a TCP connection may go between frames.
 fn idle_timeout(config: &DlmsConfig) -> Duration {
     Duration::from_secs(config.idle_timeout_s)
+}
+
+/// How long a TCP frame may take, from its first byte (the first frame: from the accept).
+fn frame_timeout(config: &DlmsConfig) -> Duration {
+    Duration::from_secs(config.frame_timeout_s)
 }

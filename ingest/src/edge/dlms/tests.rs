@@ -231,6 +231,7 @@ fn connect(addr: SocketAddr) -> std::net::TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
+    crate::runtime::metrics_handle();
     let (server, addr, submissions, shutdown) = listener(DlmsConfig::default(), store());
     let push = wrapped(&tirol_apdu());
     let mut unknown = push.clone();
@@ -249,7 +250,7 @@ async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
     assert!(first.message.edge_note.is_none());
     // Not answered yet: the next frame is not read (the connection's task waits for the
     // answer before it reads again).
-    assert!(submissions.is_empty());
+    nothing_for_a_while(&submissions).await;
     first.notify.unwrap().send(Durability::Durable(1)).unwrap();
 
     // The unknown system title: refused at the edge, not stored (a peer without an identity
@@ -261,11 +262,7 @@ async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
         read.map_err(|e| e.kind()),
         Err(std::io::ErrorKind::ConnectionReset)
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        submissions.is_empty(),
-        "nothing of the refused frame or after it"
-    );
+    nothing_for_a_while(&submissions).await;
 
     // The WAL at its budget: the connection is reset (the meter sends again later), and
     // nothing more of it is read.
@@ -273,6 +270,7 @@ async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
     client.write_all(&push).unwrap();
     let third = submissions.recv_async().await.unwrap();
     client.write_all(&push).unwrap();
+    nothing_for_a_while(&submissions).await;
     third.notify.unwrap().send(Durability::WalFull).unwrap();
     let read = tokio::task::spawn_blocking(move || client.read(&mut [0u8; 16]))
         .await
@@ -281,7 +279,21 @@ async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
         read.map_err(|e| e.kind()),
         Err(std::io::ErrorKind::ConnectionReset)
     );
-    assert!(submissions.is_empty());
+    nothing_for_a_while(&submissions).await;
+
+    // Review 22, T2: the case the README's script relies on, where nothing unread is left
+    // for the kernel to reset over: one frame, the sending side closed, the WAL full. The
+    // meter must see a reset, not the orderly close that means "stored".
+    let mut client = connect(addr);
+    client.write_all(&push).unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let fourth = submissions.recv_async().await.unwrap();
+    let reset = tokio::task::spawn_blocking(move || client.read(&mut [0u8; 16]));
+    fourth.notify.unwrap().send(Durability::WalFull).unwrap();
+    assert_eq!(
+        reset.await.unwrap().map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
 
     // A meter that closes its side after a frame sees meterflow's orderly close once the
     // frame is durable.
@@ -293,13 +305,45 @@ async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
     frame.notify.unwrap().send(Durability::Durable(4)).unwrap();
     assert_eq!(closed.await.unwrap().unwrap(), 0);
 
+    // A frame written a byte at a time (its header over eight writes) is read whole.
+    let mut client = connect(addr);
+    client.set_nodelay(true).unwrap();
+    let bytes = push.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        for byte in &bytes {
+            client.write_all(std::slice::from_ref(byte)).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        client
+    });
+    let frame = submissions.recv_async().await.unwrap();
+    assert_eq!(&frame.message.payload[..], &push[..]);
+    frame.notify.unwrap().send(Durability::Durable(5)).unwrap();
+    let mut client = writer.await.unwrap();
+
+    // Review 22, L1: the shutdown inside a frame (its header read, its share of the byte
+    // budget taken) resets the connection: the part read is not stored.
+    let budget = server.edge.budget.available_permits();
+    client.write_all(&push[..100]).unwrap();
+    until("the frame begun", || {
+        server.edge.budget.available_permits() < budget
+    })
+    .await;
     shutdown.begin(Duration::from_secs(5));
-    assert_eq!(server.stopped().await.frames, 4);
+    let read = tokio::task::spawn_blocking(move || client.read(&mut [0u8; 16]))
+        .await
+        .unwrap();
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    assert_eq!(server.stopped().await.frames, 6);
     assert!(submissions.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_close_what_passes_them_and_the_shutdown_ends_every_connection() {
+    crate::runtime::metrics_handle();
     let config = DlmsConfig {
         max_connections: 1,
         max_apdu_bytes: 400,
@@ -317,6 +361,22 @@ async fn limits_close_what_passes_them_and_the_shutdown_ends_every_connection() 
         Err(std::io::ErrorKind::ConnectionReset)
     );
     assert!(submissions.is_empty());
+    // A stream that ends inside a frame: reset, counted `truncated`, nothing submitted.
+    let truncated = metric("meterflow_dlms_refused_total{reason=\"truncated\"}");
+    let mut cut = connect(addr);
+    cut.write_all(&wrapped(&tirol_apdu())[..100]).unwrap();
+    cut.shutdown(std::net::Shutdown::Write).unwrap();
+    let read = tokio::task::spawn_blocking(move || cut.read(&mut [0u8; 16]))
+        .await
+        .unwrap();
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    until("the truncated frame counted", || {
+        metric("meterflow_dlms_refused_total{reason=\"truncated\"}") == truncated + 1.0
+    })
+    .await;
     // A frame in clear is refused (the store is not empty): not stored, the connection
     // reset, its place given back.
     let mut clear = connect(addr);
@@ -334,12 +394,18 @@ async fn limits_close_what_passes_them_and_the_shutdown_ends_every_connection() 
     let s = submissions.recv_async().await.unwrap();
     assert_eq!(s.message.topic, "meters/E1/dlms");
     s.notify.unwrap().send(Durability::Durable(1)).unwrap();
-    // A second connection is closed at accept.
+    // A second connection is closed at accept, and counted (review 22, T3: the count is
+    // what tells it from a read that merely ended).
+    let capped = metric("meterflow_dlms_refused_total{reason=\"max_connections\"}");
     let mut refused = connect(addr);
     let read = tokio::task::spawn_blocking(move || refused.read(&mut [0u8; 16]))
         .await
         .unwrap();
     assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?}");
+    until("the refusal counted", || {
+        metric("meterflow_dlms_refused_total{reason=\"max_connections\"}") == capped + 1.0
+    })
+    .await;
     // The shutdown closes the one that is held, in order.
     shutdown.begin(Duration::from_secs(5));
     let read = tokio::task::spawn_blocking(move || held.read(&mut [0u8; 16]))
@@ -447,4 +513,92 @@ async fn frames_in_flight_are_held_to_the_byte_budget() {
     assert_eq!(server.stopped().await.frames, 3);
     assert!(submissions.is_empty(), "the datagram is not submitted");
     drop((a, b));
+}
+
+/// Review 22, M2: a connection's first frame must be whole within `dlms.frame_timeout_s` of
+/// the accept, a later one within it of its first byte; between frames only the idle timeout
+/// counts. A connection cut inside a frame is reset, one that sent nothing closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_must_be_whole_within_the_frame_timeout_and_idle_connections_close() {
+    crate::runtime::metrics_handle();
+    let timed_out = || metric("meterflow_dlms_refused_total{reason=\"frame_timeout\"}");
+    let idle = || metric("meterflow_dlms_idle_closed_total");
+    let (before, idle_before) = (timed_out(), idle());
+    let config = DlmsConfig {
+        frame_timeout_s: 1,
+        idle_timeout_s: 3,
+        ..DlmsConfig::default()
+    };
+    let (server, addr, submissions, shutdown) = listener(config, store());
+    let push = wrapped(&tirol_apdu());
+    let read = |mut stream: std::net::TcpStream| {
+        tokio::task::spawn_blocking(move || stream.read(&mut [0u8; 16]).map_err(|e| e.kind()))
+    };
+    // Nothing sent: closed (nothing of a frame read, so an orderly close), counted.
+    let silent = read(connect(addr));
+    // A header and part of the body, then nothing: reset, counted.
+    let mut slow = connect(addr);
+    slow.write_all(&push[..100]).unwrap();
+    let slow = read(slow);
+    assert_eq!(silent.await.unwrap(), Ok(0));
+    assert_eq!(
+        slow.await.unwrap(),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    until("both counted", || timed_out() == before + 2.0).await;
+
+    // A whole first frame: from then on the idle timeout decides, not the frame timeout.
+    let mut meter = connect(addr);
+    meter.write_all(&push).unwrap();
+    let s = submissions.recv_async().await.unwrap();
+    s.notify.unwrap().send(Durability::Durable(1)).unwrap();
+    // A later frame begun and not finished: reset once the frame timeout from its first
+    // byte has passed (well before the idle timeout).
+    meter.write_all(&push[..10]).unwrap();
+    assert_eq!(
+        read(meter).await.unwrap(),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    until("counted", || timed_out() == before + 3.0).await;
+    // A frame, then nothing: the idle timeout closes it in order.
+    let mut quiet = connect(addr);
+    quiet.write_all(&push).unwrap();
+    let s = submissions.recv_async().await.unwrap();
+    s.notify.unwrap().send(Durability::Durable(2)).unwrap();
+    assert_eq!(read(quiet).await.unwrap(), Ok(0));
+    until("the idle close counted", || idle() == idle_before + 1.0).await;
+    assert_eq!(
+        timed_out(),
+        before + 3.0,
+        "the idle one is no frame timeout"
+    );
+    shutdown.begin(Duration::from_secs(5));
+    assert_eq!(server.stopped().await.frames, 2);
+}
+
+/// Review 22, T4: `dlms.max_connections_per_address` over real sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_the_per_address_cap_is_closed_at_accept_and_counted() {
+    crate::runtime::metrics_handle();
+    let capped = || metric("meterflow_dlms_refused_total{reason=\"max_connections_per_address\"}");
+    let before = capped();
+    let config = DlmsConfig {
+        max_connections_per_address: 1,
+        ..DlmsConfig::default()
+    };
+    let (server, addr, submissions, shutdown) = listener(config, store());
+    let mut held = connect(addr);
+    held.write_all(&wrapped(&tirol_apdu())).unwrap();
+    let s = submissions.recv_async().await.unwrap();
+    s.notify.unwrap().send(Durability::Durable(1)).unwrap();
+    let mut second = connect(addr);
+    let read = tokio::task::spawn_blocking(move || second.read(&mut [0u8; 16]))
+        .await
+        .unwrap();
+    assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?}");
+    until("the refusal counted", || capped() == before + 1.0).await;
+    assert_eq!(server.edge.slots.open(), 1);
+    shutdown.begin(Duration::from_secs(5));
+    assert_eq!(server.stopped().await.frames, 1);
+    drop(held);
 }
