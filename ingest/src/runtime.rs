@@ -141,6 +141,7 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
     mqtt::check_anonymous_rule(&config.mqtt, store_empty, &store_path)?;
     coap::check_anonymous_rule(&config.coap, store_empty, &store_path)?;
     dlms::check_plaintext_rule(&config.dlms, store_empty);
+    dlms::check_keys(&config.dlms, &credentials.current());
 
     // 3. Sinks, and the pipeline on them (not running yet).
     if config.clickhouse.enabled() {

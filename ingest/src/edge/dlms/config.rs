@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::credentials::CredentialStore;
 use crate::error::{positive, IngestError};
 
 /// The DLMS/COSEM wrapper listener's settings (`[dlms]`).
@@ -149,6 +150,25 @@ pub fn check_plaintext_rule(config: &DlmsConfig, store_empty: bool) {
         tracing::warn!(
             %addr,
             "dlms.listen: the credential store is empty, so every push is refused until meters with a dlms_system_title are added (`meterflow credentials add ID --dlms-system-title HEX --dlms-ek HEX`)"
+        );
+    }
+}
+
+/// What start-up says about meters with an encryption key alone (review 22, M4): their pushes
+/// (security control 0x20) carry no tag, and over the listener the push is its own identity,
+/// so one on the path between meter and listener can alter one undetected (AES-CTR bits flip
+/// through) and deliver it first (the original is then a `replay`). Warned once, with the
+/// count, where the listener is on.
+pub fn check_keys(config: &DlmsConfig, store: &CredentialStore) {
+    let Some(addr) = config.listen else {
+        return;
+    };
+    let meters = store.dlms_meters_without_ak();
+    if meters > 0 {
+        tracing::warn!(
+            %addr,
+            meters,
+            "dlms.listen: {meters} meter(s) with DLMS keys have no authentication key (dlms_ak): their pushes carry no tag, so one altered on the way to the listener cannot be told from the original; give them their dlms_ak where the meters authenticate their pushes (security control 0x30 or 0x10)"
         );
     }
 }

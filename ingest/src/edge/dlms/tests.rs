@@ -113,7 +113,7 @@ fn a_push_is_for_the_meter_of_its_system_title_and_one_in_clear_only_under_the_r
     forged.extend_from_slice(&inner);
     match frame::judge(&wrapped(&forged), LOCAL, &store, true, "ip-") {
         Verdict::Refuse { why, reason } => {
-            assert_eq!(why, Refused::AuthFailed);
+            assert_eq!(why, Refused::Unprotected);
             assert!(reason.contains("0x20"), "{reason}");
         }
         other => panic!("{other:?}"),
@@ -417,6 +417,8 @@ async fn limits_close_what_passes_them_and_the_shutdown_ends_every_connection() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_datagram_is_one_frame_handed_on_without_waiting() {
+    crate::runtime::metrics_handle();
+    let plaintext = metric("meterflow_dlms_refused_total{reason=\"plaintext\"}");
     let config = DlmsConfig {
         allow_plaintext: true,
         ..DlmsConfig::default()
@@ -434,11 +436,15 @@ async fn a_datagram_is_one_frame_handed_on_without_waiting() {
     assert_eq!(first.message.topic, "meters/E1/dlms");
     assert_eq!(&first.message.payload[..], &push[..]);
     assert!(first.notify.is_none());
-    let second = submissions.recv_async().await.unwrap();
-    assert_eq!(second.message.topic, "meters/ip-127-0-0-1/dlms");
-    assert!(second.message.edge_note.is_none());
+    // Review 22, L4: dlms.allow_plaintext is for TCP only (a UDP source can be forged, and
+    // it would name the meter): the datagram in clear is refused, not stored.
+    until("the datagram in clear refused", || {
+        metric("meterflow_dlms_refused_total{reason=\"plaintext\"}") > plaintext
+    })
+    .await;
     shutdown.begin(Duration::from_secs(5));
     assert_eq!(server.stopped().await.frames, 2);
+    assert!(submissions.is_empty());
 }
 
 /// A metric as `/metrics` shows it now (0 if absent): `name{labels}`. The recorder is the
@@ -601,4 +607,105 @@ async fn a_connection_past_the_per_address_cap_is_closed_at_accept_and_counted()
     shutdown.begin(Duration::from_secs(5));
     assert_eq!(server.stopped().await.frames, 1);
     drop(held);
+}
+
+/// Where the security control byte of a general-glo-ciphering APDU is.
+fn security_control_at(apdu: &[u8]) -> usize {
+    match apdu[10] {
+        n if n < 0x80 => 11,
+        n => 11 + usize::from(n & 0x7F),
+    }
+}
+
+/// Review 22, M4 and L6 at the edge: a meter with an authentication key must send
+/// authenticated pushes, judged on the header before anything is deciphered (a downgraded
+/// push is `unprotected`, not a deciphering that fails on what follows); a forged tag is
+/// `auth_failed`; DC is refused before any crypto; a plaintext id that is a provisioned
+/// meter's is refused (L4).
+#[test]
+fn pushes_are_judged_on_their_claimed_protection_first() {
+    let mut with_ak = CredentialStore::default();
+    with_ak
+        .add(
+            "E1",
+            Credential {
+                secret: Secret::new("e1-secret-0123456789").unwrap(),
+                publish_for: Vec::new(),
+                dlms: DlmsIdentity::parse(
+                    "4B464D1010000023",
+                    "101112131415161718191A1B1C1D1E1F",
+                    "000102030405060708090A0B0C0D0E0F",
+                    "",
+                )
+                .unwrap(),
+            },
+        )
+        .unwrap();
+    let apdu = tirol_apdu();
+    let sc = security_control_at(&apdu);
+    assert_eq!(apdu[sc], 0x21, "the Tirol push is encrypted only");
+    // Encrypted only, with bytes after it as a stripped push would have (its tag): refused on
+    // its claim, with nothing of it deciphered.
+    let mut downgraded = apdu.clone();
+    downgraded.extend_from_slice(&[0xA5; 12]);
+    let len = u16::from_be_bytes([downgraded[11], downgraded[12]]) + 12;
+    assert_eq!(downgraded[10], 0x82);
+    downgraded[11..13].copy_from_slice(&len.to_be_bytes());
+    match frame::judge(&wrapped(&downgraded), LOCAL, &with_ak, false, "ip-") {
+        Verdict::Refuse { why, reason } => {
+            assert_eq!(why, Refused::Unprotected, "{reason}");
+            assert!(
+                reason.contains("0x10") && reason.contains("0x21"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Claiming a tag it does not have: the tag is checked, auth_failed.
+    let mut forged = apdu.clone();
+    forged[sc] = 0x31;
+    assert!(matches!(
+        frame::judge(&wrapped(&forged), LOCAL, &with_ak, false, "ip-"),
+        Verdict::Refuse {
+            why: Refused::AuthFailed,
+            ..
+        }
+    ));
+    // General-ded-ciphering: refused as such, whoever's the title.
+    let mut ded = apdu.clone();
+    ded[0] = 0xDC;
+    assert!(matches!(
+        frame::judge(&wrapped(&ded), LOCAL, &store(), false, "ip-"),
+        Verdict::Refuse {
+            why: Refused::DedCiphering,
+            ..
+        }
+    ));
+    // A push in clear whose plaintext id is a meter of the store: refused.
+    let mut provisioned = store();
+    provisioned
+        .add(
+            "ip-192-0-2-7",
+            Credential {
+                secret: Secret::new("ip-secret-0123456789").unwrap(),
+                publish_for: Vec::new(),
+                dlms: None,
+            },
+        )
+        .unwrap();
+    let plain = wrapped(&[0x0F, 0, 0, 0, 1, 0, 0x09, 0]);
+    let peer: IpAddr = "192.0.2.7".parse().unwrap();
+    assert!(matches!(
+        frame::judge(&plain, peer, &provisioned, true, "ip-"),
+        Verdict::Refuse {
+            why: Refused::Plaintext,
+            ..
+        }
+    ));
+    assert_eq!(
+        frame::judge(&plain, peer, &store(), true, "ip-"),
+        Verdict::Take {
+            meter_id: "ip-192-0-2-7".into()
+        }
+    );
 }
