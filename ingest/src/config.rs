@@ -552,6 +552,17 @@ mod tests {
             ),
             ("[dlms]\nmax_apdu_bytes = 0\n", "dlms.max_apdu_bytes"),
             ("[dlms]\nmax_apdu_bytes = 65536\n", "dlms.max_apdu_bytes"),
+            ("[dlms]\nmax_connections = 65537\n", "dlms.max_connections"),
+            (
+                "[dlms]\nmax_inflight_bytes = 8199\n",
+                "dlms.max_inflight_bytes",
+            ),
+            (
+                "[dlms]\nmax_inflight_bytes = 4294967296\n",
+                "dlms.max_inflight_bytes",
+            ),
+            ("[dlms]\nframe_timeout_s = 0\n", "dlms.frame_timeout_s"),
+            ("[dlms]\nframe_timeout_s = 3601\n", "dlms.frame_timeout_s"),
             ("[dlms]\nidle_timeout_s = 0\n", "dlms.idle_timeout_s"),
             ("[dlms]\nidle_timeout_s = 86401\n", "dlms.idle_timeout_s"),
             (

@@ -345,6 +345,16 @@ impl CredentialStore {
         self.revoked.contains(meter_id)
     }
 
+    /// Active meters with DLMS keys but no authentication key (`dlms_ak`): their pushes carry
+    /// no tag, so nothing tells a push altered on the way from one of theirs.
+    pub fn dlms_meters_without_ak(&self) -> usize {
+        self.active
+            .values()
+            .filter_map(|c| c.dlms.as_ref()?.keys())
+            .filter(|k| k.ak.is_none())
+            .count()
+    }
+
     /// The (active) meter whose DLMS system title this is.
     pub fn meter_of_system_title(&self, system_title: &[u8; 8]) -> Option<&str> {
         self.by_system_title.get(system_title).map(|m| &**m)

@@ -216,15 +216,12 @@ impl Pipeline {
                 position: meterflow_decoders::Position::Whole,
                 reason: format!("meter {meter_id}: {reason}"),
             })?;
-        let push = dlms::decode_push_in(
-            &message.payload,
-            message.received_at_ms,
-            &lookup,
-            &chosen.context(),
-        )?;
         // A meter with keys sends protected pushes only: authenticated when it has an
         // authentication key, at least encrypted when it has an encryption key. Anything less
-        // (a push in clear, or stripped of its tag) could be anyone's.
+        // (a push in clear, or stripped of its tag) could be anyone's. Checked on the security
+        // header before anything is deciphered (a push downgraded from 0x30 to 0x20 would
+        // otherwise be deciphered and read as `malformed`, its reason naming what it held),
+        // and on the push as opened (one in clear has no header).
         let keys = store
             .as_ref()
             .and_then(|s| s.get(meter_id))
@@ -232,22 +229,42 @@ impl Pipeline {
             .and_then(|d| d.keys());
         // Counters are per key: a re-keyed meter counts from 0 again.
         let key_check = keys.as_ref().map_or(0, |k| k.check_value());
-        if let Some(keys) = keys {
-            let (needed, what) = if keys.ak.is_some() {
+        let required = keys.map(|keys| {
+            if keys.ak.is_some() {
                 (0x10, "authenticated (security control with 0x10)")
             } else {
                 (0x20, "encrypted (security control with 0x20)")
-            };
+            }
+        });
+        let unprotected = |control: u8, in_clear: bool, what: &str| {
+            DecodeError::Refused {
+            format: Format::Dlms,
+            refusal: Refusal::Unprotected,
+            reason: format!(
+                "meter {meter_id} has keys, so its pushes must be {what}; this one has security control 0x{control:02X}{}",
+                if in_clear { " (none: in clear)" } else { "" }
+            ),
+        }
+        };
+        if let Some((needed, what)) = required {
+            let claimed = dlms::frame::unframe(&message.payload)
+                .ok()
+                .and_then(|u| dlms::security_head(&u.apdu))
+                .and_then(|h| h.control);
+            if let Some(control) = claimed.filter(|c| c & needed == 0) {
+                return Err(unprotected(control, false, what));
+            }
+        }
+        let push = dlms::decode_push_in(
+            &message.payload,
+            message.received_at_ms,
+            &lookup,
+            &chosen.context(),
+        )?;
+        if let Some((needed, what)) = required {
             let control = push.security.map_or(0, |s| s.control);
             if control & needed == 0 {
-                return Err(DecodeError::Refused {
-                    format: Format::Dlms,
-                    refusal: Refusal::Unprotected,
-                    reason: format!(
-                        "meter {meter_id} has keys, so its pushes must be {what}; this one has security control 0x{control:02X}{}",
-                        if push.security.is_none() { " (none: in clear)" } else { "" }
-                    ),
-                });
+                return Err(unprotected(control, push.security.is_none(), what));
             }
         }
         let ctx = DecodeContext {
@@ -1068,5 +1085,67 @@ mod tests {
             .unwrap_err()
             .contains("meter_id"));
         assert!(parse_topic(&format!("meters/{}/pb", "x".repeat(65))).is_err());
+    }
+
+    /// Review 22, M4: a push downgraded to "encrypted only" (0x21) for a meter with an
+    /// authentication key is refused as `unprotected` on its security header, before it is
+    /// deciphered; not deciphered and read as `malformed` (the bytes after it, as its stripped
+    /// tag would leave, make the notification unreadable), with a reason that names nothing
+    /// of its content.
+    #[test]
+    fn a_downgraded_push_is_unprotected_before_it_is_deciphered() {
+        use crate::credentials::{Credential, CredentialStore, DlmsIdentity, Secret};
+        let text = include_str!(
+            "../../decoders/tests/fixtures/dlms/fneur_smart_meter_tirol/apdu_ciphered.hex"
+        );
+        let digits: String = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .flat_map(str::chars)
+            .filter(char::is_ascii_hexdigit)
+            .collect();
+        let mut apdu: Vec<u8> = (0..digits.len() / 2)
+            .map(|i| u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        assert_eq!((apdu[10], apdu[13]), (0x82, 0x21));
+        apdu.extend_from_slice(&[0xA5; 12]);
+        let len = u16::from_be_bytes([apdu[11], apdu[12]]) + 12;
+        apdu[11..13].copy_from_slice(&len.to_be_bytes());
+        let mut store = CredentialStore::default();
+        store
+            .add(
+                "E1",
+                Credential {
+                    secret: Secret::new("e1-secret-0123456789").unwrap(),
+                    publish_for: Vec::new(),
+                    dlms: DlmsIdentity::parse(
+                        "4B464D1010000023",
+                        "101112131415161718191A1B1C1D1E1F",
+                        "000102030405060708090A0B0C0D0E0F",
+                        "",
+                    )
+                    .unwrap(),
+                },
+            )
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut pipeline = start(dir.path(), 0).with_dlms(
+            Arc::new(SharedCredentials::in_memory(store)),
+            ReplayGuard::default(),
+            PushProfiles::default(),
+        );
+        let message = RawMessage::new(
+            Source::Mqtt,
+            "meters/E1/dlms".into(),
+            bytes::Bytes::from(apdu),
+        );
+        match pipeline.decode_dlms(&message, "E1") {
+            Err(DecodeError::Refused {
+                refusal: Refusal::Unprotected,
+                reason,
+                ..
+            }) => assert!(reason.contains("0x21"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

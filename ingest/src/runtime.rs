@@ -142,6 +142,7 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
     mqtt::check_anonymous_rule(&config.mqtt, store_empty, &store_path)?;
     coap::check_anonymous_rule(&config.coap, store_empty, &store_path)?;
     dlms::check_plaintext_rule(&config.dlms, store_empty);
+    dlms::check_keys(&config.dlms, &credentials.current());
     let push_profiles = config.dlms.push_profiles()?;
     check_profiles_named(&push_profiles, &credentials.current());
 

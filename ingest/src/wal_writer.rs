@@ -1,8 +1,10 @@
 //! The WAL writer: the one owner of the write-ahead log. Each edge (the MQTT server, the CoAP
 //! server, the DLMS listener) hands it [`Submission`]s through a bounded channel of its own,
-//! so a flood on one cannot crowd out the others (each round takes up to a group's worth from
-//! each, CoAP's first, then DLMS's); it appends them, commits them as a group (one flush, and fsync by policy, per
-//! burst; always an fsync when a submission in the group waits for durability), tells the
+//! so a flood on one cannot crowd out the others: each round takes at most a group
+//! (`MAX_GROUP`) in all, first an equal share from each edge, then what the others left of the
+//! group, and the edge served first turns with each round ([`take_round`]). It appends them,
+//! commits them as a group (one flush, and fsync by policy, per burst; always an fsync when a
+//! submission in the group waits for durability), tells the
 //! edges that wait (MQTT PUBACKs and CoAP answers go out only then), and offers each message
 //! to the pipeline queue without waiting: when the queue is full the message is in the WAL
 //! only and the pipeline reads it from there, so a slow sink never holds an edge up.
@@ -43,6 +45,40 @@ pub struct Inputs {
     pub dlms: Receiver<Submission>,
 }
 
+/// Takes what waits in `inputs` (those still `open`; one found disconnected is marked so), at
+/// most `room` in all, handing each to `take`: first up to an equal share of `room` from each
+/// open input, from `first` on; then, in the same order, what the others left of `room`. So an
+/// edge that floods its channel gets its share and what the quiet ones leave, never theirs,
+/// and no edge is always served first. Returns how many it took.
+fn take_round<T>(
+    inputs: &[&Receiver<T>],
+    open: &mut [bool],
+    first: usize,
+    room: usize,
+    mut take: impl FnMut(T),
+) -> usize {
+    let n = inputs.len();
+    let share = (room / open.iter().filter(|o| **o).count().max(1)).max(1);
+    let mut taken = 0;
+    for quota in [share, room] {
+        for i in (0..n).map(|k| (first + k) % n) {
+            let mut from_this = 0;
+            while open[i] && from_this < quota && taken < room {
+                match inputs[i].try_recv() {
+                    Ok(next) => {
+                        take(next);
+                        from_this += 1;
+                        taken += 1;
+                    }
+                    Err(flume::TryRecvError::Empty) => break,
+                    Err(flume::TryRecvError::Disconnected) => open[i] = false,
+                }
+            }
+        }
+    }
+    taken
+}
+
 /// Runs the writer on its own thread until every sender is dropped or the pipeline is gone.
 pub fn spawn(
     wal: Wal,
@@ -78,20 +114,14 @@ struct Writer {
 
 impl Writer {
     fn run(&mut self, inputs: &Inputs) {
-        // In the order each round takes from them: CoAP first.
         let inputs = [&inputs.coap, &inputs.dlms, &inputs.mqtt];
         let mut open = [true; 3];
+        // The input served first this round: each round the next.
+        let mut first = 0;
         while open.contains(&true) {
-            // What is waiting, in that order.
-            for (rx, open) in inputs.iter().zip(open.iter_mut()) {
-                while *open && self.group.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(next) => self.accept(next),
-                        Err(flume::TryRecvError::Empty) => break,
-                        Err(flume::TryRecvError::Disconnected) => *open = false,
-                    }
-                }
-            }
+            // What is waiting, each input its share.
+            take_round(&inputs, &mut open, first, MAX_GROUP, |s| self.accept(s));
+            first = (first + 1) % inputs.len();
             if self.group.is_empty() && open.contains(&true) {
                 // Nothing waiting: sleep until something comes or the idle tick.
                 let mut selector = flume::Selector::new();
@@ -101,7 +131,7 @@ impl Writer {
                     }
                 }
                 match selector.wait_timeout(IDLE_TICK) {
-                    Ok((_, Ok(first))) => self.accept(first),
+                    Ok((_, Ok(next))) => self.accept(next),
                     Ok((i, Err(_))) => open[i] = false,
                     Err(_) => {}
                 }
@@ -367,5 +397,64 @@ mod tests {
             8 - full,
             "refused messages are not handed on"
         );
+    }
+
+    /// Review 22, M3: three inputs each flooded with 5000: every round takes at least a third
+    /// of a group from each that still has that much (and all of one that has less), the
+    /// leftover goes to the others, and the input served first turns.
+    #[test]
+    fn each_round_takes_its_share_from_every_flooded_input() {
+        let channels: Vec<_> = (0..3).map(|_| flume::unbounded::<usize>()).collect();
+        for (i, (tx, _)) in channels.iter().enumerate() {
+            for _ in 0..5000 {
+                tx.send(i).unwrap();
+            }
+        }
+        let inputs: Vec<&Receiver<usize>> = channels.iter().map(|(_, rx)| rx).collect();
+        let mut open = [true; 3];
+        let mut left = [5000usize; 3];
+        let mut first = 0;
+        let mut rounds = 0;
+        while left.iter().sum::<usize>() > 0 {
+            let mut got = [0usize; 3];
+            let mut order = Vec::new();
+            let taken = take_round(&inputs, &mut open, first, MAX_GROUP, |i| {
+                got[i] += 1;
+                if order.last() != Some(&i) {
+                    order.push(i);
+                }
+            });
+            assert_eq!(taken, got.iter().sum::<usize>());
+            assert!(taken <= MAX_GROUP, "round {rounds}: {got:?}");
+            for i in 0..3 {
+                assert!(
+                    got[i] >= (MAX_GROUP / 3).min(left[i]),
+                    "round {rounds}: input {i} got {}, {} waiting: {got:?}",
+                    got[i],
+                    left[i]
+                );
+                left[i] -= got[i];
+            }
+            // A full group whenever that much waited; the input served first turns.
+            assert_eq!(taken, MAX_GROUP.min(taken + left.iter().sum::<usize>()));
+            assert_eq!(order.first(), Some(&first), "round {rounds}: {order:?}");
+            first = (first + 1) % 3;
+            rounds += 1;
+        }
+        assert_eq!(rounds, 4, "15000 in groups of 4096");
+        // One input quiet, one flooded: the flooded one gets the whole group.
+        for _ in 0..5000 {
+            channels[2].0.send(2).unwrap();
+        }
+        let mut got = [0usize; 3];
+        take_round(&inputs, &mut open, 0, MAX_GROUP, |i| got[i] += 1);
+        assert_eq!(got, [0, 0, MAX_GROUP]);
+        // A disconnected input is marked closed.
+        drop(channels);
+        let (tx, rx) = flume::unbounded::<usize>();
+        drop(tx);
+        let mut open = [true];
+        assert_eq!(take_round(&[&rx], &mut open, 0, MAX_GROUP, |_| {}), 0);
+        assert_eq!(open, [false]);
     }
 }

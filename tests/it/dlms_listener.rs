@@ -123,6 +123,11 @@ fn a_ciphered_push_over_tcp_is_stored_exactly_and_a_replay_and_an_unknown_system
             && refused(&server, "unknown_system_title") == 1.0)
             .then_some(())
     });
+    // Review 22, L3: an unknown title over the listener is counted where it is over MQTT.
+    assert_eq!(
+        server.metric("meterflow_dlms_rejected_total{reason=\"unknown_system_title\"}"),
+        1.0
+    );
     assert_eq!(
         server.metric("meterflow_dlms_frames_total{transport=\"tcp\"}"),
         3.0
@@ -130,6 +135,12 @@ fn a_ciphered_push_over_tcp_is_stored_exactly_and_a_replay_and_an_unknown_system
     let (status, data_dir, log, _keep) = server.stop();
     assert!(status.success(), "{log}");
     assert!(!log.contains(KEY), "the key is in the log");
+    // Review 22, M4: E1 has an encryption key alone: warned at start-up, once.
+    assert_eq!(
+        log.matches("have no authentication key").count(),
+        1,
+        "{log}"
+    );
 
     // Exactly the push's readings, once.
     assert_eq!(stored(&data_dir), tirol_rows("E1"));
@@ -237,4 +248,59 @@ fn limits_close_and_count_and_plaintext_is_taken_for_the_senders_address_when_al
     assert_eq!(stored(&data_dir), tirol_rows("ip-127-0-0-1"));
     let (kinds, _) = dead_letters(&data_dir);
     assert!(kinds.is_empty(), "{kinds:?}");
+}
+
+/// Review 22, M4: a meter with an authentication key, over the listener: a push claiming a
+/// tag it does not have (the Tirol push marked 0x31) is refused at the edge as `auth_failed`,
+/// the genuine push (encrypted only, 0x21) as `unprotected`; each counted in both the
+/// listener's and the pipeline's refusals, the connections reset, nothing stored. The
+/// start-up warning about meters without an authentication key is not given (every keyed
+/// meter has one).
+#[test]
+fn a_meter_with_an_authentication_key_gets_only_authenticated_pushes_over_the_listener() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("fleet.csv");
+    std::fs::write(
+        &csv,
+        format!("meter_id,secret,dlms_system_title,dlms_ek,dlms_ak\nE1,e1-secret-0123456789,4B464D1010000023,{KEY},000102030405060708090A0B0C0D0E0F\n"),
+    )
+    .unwrap();
+    crate::harness::credentials(tmp.path(), &["import", csv.to_str().unwrap()]);
+    let (push, _) = pushes();
+    // The security control byte: after the header, DB 08, the title and a 3-byte length.
+    assert_eq!((push[8 + 10], push[8 + 13]), (0x82, 0x21));
+    let mut forged = push.clone();
+    forged[8 + 13] = 0x31;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Server::start_in(tmp, &["--dlms-listen", &listen]);
+    for frame in [&forged, &push] {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        stream.write_all(frame).unwrap();
+        assert_eq!(
+            stream.read(&mut [0u8; 16]).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset)
+        );
+    }
+    wait_for("both refusals counted", || {
+        let rejected =
+            |r: &str| server.metric(&format!("meterflow_dlms_rejected_total{{reason=\"{r}\"}}"));
+        (refused(&server, "auth_failed") == 1.0
+            && refused(&server, "unprotected") == 1.0
+            && rejected("auth_failed") == 1.0
+            && rejected("unprotected") == 1.0)
+            .then_some(())
+    });
+    let (status, data_dir, log, _keep) = server.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("have no authentication key"), "{log}");
+    assert!(read_readings(&data_dir).is_empty(), "nothing stored");
+    let (kinds, _) = dead_letters(&data_dir);
+    assert!(
+        kinds.is_empty(),
+        "refused at the edge: no dead letter, {kinds:?}"
+    );
 }

@@ -361,13 +361,26 @@ pub fn decipher(
     }
 }
 
-/// The system title of a ciphered push, read from as few bytes as it takes and nothing else
-/// checked: `DB`/`DC`, a length of 8, the 8 bytes; or the same at the start of the data of a
-/// general-block-transfer (`E0`), joined over as many blocks as the 10 bytes need. `None`:
-/// the APDU is not ciphered (a DataNotification in clear) or not readable that far. For an
-/// edge that must know who sent a push before it stores it; [`open`] reads it again, whole.
-pub fn system_title(apdu: &[u8]) -> Option<[u8; 8]> {
-    const NEEDED: usize = 10;
+/// The security header of a ciphered push as an edge can read it before anything is
+/// deciphered: the ciphering tag (`DB` or `DC`), the system title, and the security control
+/// byte when the APDU reaches that far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecurityHead {
+    pub tag: u8,
+    pub system_title: [u8; 8],
+    pub control: Option<u8>,
+}
+
+/// The security header of a ciphered push, read from as few bytes as it takes and nothing else
+/// checked: `DB`/`DC`, a length of 8, the 8 bytes, the ciphered content's length, the security
+/// control; or the same at the start of the data of a general-block-transfer (`E0`), joined
+/// over as many blocks as those bytes need. `None`: the APDU is not ciphered (a
+/// DataNotification in clear) or not readable as far as its system title. For an edge (and
+/// the pipeline) that must know who sent a push, and what protection it claims, before it
+/// deciphers or stores it; [`open`] reads it again, whole.
+pub fn security_head(apdu: &[u8]) -> Option<SecurityHead> {
+    // Tag, length 8, the title, the content's length (at most 5 bytes), the control.
+    const NEEDED: usize = 1 + 1 + 8 + 5 + 1;
     let head: std::borrow::Cow<'_, [u8]> = match apdu.first()? {
         0xE0 => {
             let mut r = Reader::new(apdu, 0);
@@ -394,10 +407,22 @@ pub fn system_title(apdu: &[u8]) -> Option<[u8; 8]> {
         _ => std::borrow::Cow::Borrowed(apdu),
     };
     let mut r = Reader::new(&head, 0);
-    if !matches!(r.u8("").ok()?, 0xDB | 0xDC) || r.length("").ok()? != 8 {
+    let tag = r.u8("").ok()?;
+    if !matches!(tag, 0xDB | 0xDC) || r.length("").ok()? != 8 {
         return None;
     }
-    r.array::<8>("").ok().copied()
+    let system_title = *r.array::<8>("").ok()?;
+    let control = r.length("").ok().and_then(|_| r.u8("").ok());
+    Some(SecurityHead {
+        tag,
+        system_title,
+        control,
+    })
+}
+
+/// The system title of a ciphered push ([`security_head`]).
+pub fn system_title(apdu: &[u8]) -> Option<[u8; 8]> {
+    security_head(apdu).map(|h| h.system_title)
 }
 
 /// Hex, upper case (system titles in messages).
@@ -720,5 +745,52 @@ mod tests {
         ] {
             assert_eq!(system_title(&not), None, "{not:02X?}");
         }
+    }
+
+    #[test]
+    fn the_security_head_gives_the_tag_and_the_claimed_protection_without_a_key() {
+        let block = |control: u8, number: u16, data: &[u8]| {
+            let mut v = vec![0xE0, control];
+            v.extend_from_slice(&number.to_be_bytes());
+            v.extend_from_slice(&0u16.to_be_bytes());
+            v.push(u8::try_from(data.len()).unwrap());
+            v.extend_from_slice(data);
+            v
+        };
+        for sc in [0x30, 0x10, 0x20, 0x00, 0x21] {
+            let short = ciphered(sc, 9, &NOTE);
+            // The content's length in two bytes (0x81 n), as a content of 128 bytes or more
+            // has it.
+            let mut long = short.clone();
+            long.splice(10..11, [0x81, short[10]]);
+            for push in [short, long] {
+                let want = SecurityHead {
+                    tag: 0xDB,
+                    system_title: ST,
+                    control: Some(sc),
+                };
+                assert_eq!(security_head(&push), Some(want), "0x{sc:02X}");
+                // Over blocks: the head split anywhere.
+                for at in [3, 10, 11, 12] {
+                    let (a, b) = push.split_at(at);
+                    let blocks = [block(0x40, 1, a), block(0xC0, 2, b)].concat();
+                    assert_eq!(security_head(&blocks), Some(want), "0x{sc:02X} at {at}");
+                }
+            }
+        }
+        // Cut after the title: the title, no control.
+        let push = ciphered(0x30, 9, &NOTE);
+        assert_eq!(
+            security_head(&push[..11]),
+            Some(SecurityHead {
+                tag: 0xDB,
+                system_title: ST,
+                control: None,
+            })
+        );
+        let mut ded = push.clone();
+        ded[0] = 0xDC;
+        assert_eq!(security_head(&ded).map(|h| h.tag), Some(0xDC));
+        assert_eq!(security_head(&NOTE), None);
     }
 }

@@ -21,7 +21,7 @@ pub mod axdr;
 pub mod cosem;
 pub mod frame;
 
-pub use apdu::{system_title, KeyLookup, Keys, Security};
+pub use apdu::{security_head, system_title, KeyLookup, Keys, Security, SecurityHead};
 pub use chrono_tz::Tz;
 pub use cosem::{unit_of_symbol, Obis, Profile, ProfileObject};
 pub use frame::{Framing, WrapperHeader, WRAPPER_HEADER};

@@ -32,4 +32,4 @@ mod submission;
 
 pub use note::{EdgeNote, EdgeNoteKind};
 pub use policy::Identity;
-pub use submission::{channel, Durability, Lease, RawMessage, Submission, SUBMISSIONS};
+pub use submission::{channel, Budget, Durability, Lease, RawMessage, Submission, SUBMISSIONS};

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use flume::{Receiver, Sender};
 use meterflow_proto::Source;
 use meterflow_storage::WalRecord;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::note::EdgeNote;
 
@@ -63,6 +64,40 @@ impl From<WalRecord> for RawMessage {
 /// Something an edge hands over with a message and gets back by its drop.
 pub type Lease = Box<dyn std::any::Any + Send>;
 
+/// A message's share of an edge's in-flight byte budget (`mqtt.max_inflight_bytes`,
+/// `dlms.max_inflight_bytes`: a semaphore of that many permits, one a byte), lent to the WAL
+/// writer with it as its [`Lease`] and given back when the writer is done with it; the edge's
+/// gauge of bytes in flight follows it.
+pub struct Budget {
+    _permit: OwnedSemaphorePermit,
+    bytes: f64,
+    gauge: metrics::Gauge,
+}
+
+impl Budget {
+    pub fn new(permit: OwnedSemaphorePermit, gauge: &metrics::Gauge) -> Budget {
+        let bytes = permit.num_permits() as f64;
+        gauge.increment(bytes);
+        Budget {
+            _permit: permit,
+            bytes,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        self.gauge.decrement(self.bytes);
+    }
+}
+
+impl std::fmt::Debug for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Budget({})", self.bytes)
+    }
+}
+
 /// What became of a submission that asked to be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Durability {
@@ -82,7 +117,7 @@ pub struct Submission {
     /// heartbeat) a message the WAL cannot write still goes on to the pipeline.
     pub notify: Option<tokio::sync::oneshot::Sender<Durability>>,
     /// What the edge lends the writer with the message, dropped when the writer is done with
-    /// it (the MQTT edge's share of its in-flight byte budget). The writer knows no edge.
+    /// it (an MQTT or DLMS message's [`Budget`]). The writer knows no edge.
     pub budget: Option<Lease>,
 }
 

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::credentials::CredentialStore;
 use crate::dlms_profiles::{ProfileConfig, PushProfiles};
 use crate::error::{positive, IngestError};
 
@@ -23,17 +24,29 @@ pub struct DlmsConfig {
     /// The meter id of a plaintext push: this, then the sender's IP address with `.` and `:`
     /// made `-` (`ip-192-0-2-7`).
     pub plaintext_meter_prefix: String,
-    /// Open TCP connections at most; one more is closed at accept.
+    /// Open TCP connections at most (at most 65536); one more is closed at accept.
     pub max_connections: usize,
     /// Open TCP connections from one address at most (an IPv6 /64 counts as one); one more
     /// is closed at accept. Above `max_connections` it is no cap of its own.
     pub max_connections_per_address: usize,
-    /// The largest APDU a frame may carry (its header's length field), bytes: 65535, the
-    /// field's maximum, takes every frame. A larger one closes its TCP connection (a UDP
-    /// datagram is dropped).
+    /// The largest APDU a frame may carry (its header's length field), bytes, 1 to 65535 (the
+    /// field's maximum). 8192 by default: real pushes are well below 2 KB. A larger one
+    /// resets its TCP connection (a UDP datagram is dropped).
     pub max_apdu_bytes: usize,
-    /// A TCP connection on which no whole frame arrives for this long (from its accept, or
-    /// from the frame before) is closed.
+    /// Bytes of frames in flight at most, over every connection and datagram: from the header
+    /// of a TCP frame (its whole length, before its body is read) or a datagram taken, until
+    /// the WAL writer is done with it. A TCP frame that finds it full waits (its connection is
+    /// not read meanwhile); a datagram is dropped (`busy`). At least 8 + `max_apdu_bytes`, at
+    /// most 4294967295.
+    pub max_inflight_bytes: usize,
+    /// A TCP frame must arrive whole within this many seconds of its first byte (the first
+    /// frame: of the accept), its wait for `max_inflight_bytes` included; else the connection
+    /// is reset (`frame_timeout`; closed if nothing of the frame came). It keeps connection
+    /// places from being held by connections that send nothing, or a frame a byte at a
+    /// time. 1 to 3600.
+    pub frame_timeout_s: u64,
+    /// A TCP connection on which no frame begins for this long after the frame before is
+    /// closed.
     pub idle_timeout_s: u64,
     /// The zone of meter clocks whose date-times carry no deviation (IANA name), on every way
     /// in; `None`: such a time is taken as UTC and flagged `CLOCK_INVALID`.
@@ -51,7 +64,9 @@ impl Default for DlmsConfig {
             plaintext_meter_prefix: "ip-".into(),
             max_connections: 1024,
             max_connections_per_address: 256,
-            max_apdu_bytes: usize::from(u16::MAX),
+            max_apdu_bytes: 8192,
+            max_inflight_bytes: 16 * 1024 * 1024,
+            frame_timeout_s: 30,
             idle_timeout_s: 600,
             timezone: None,
             profiles: Vec::new(),
@@ -66,10 +81,23 @@ const MAX_PREFIX: usize = 64 - 39;
 /// The longest `dlms.idle_timeout_s`: a day.
 const MAX_IDLE_S: u64 = 86_400;
 
+/// The longest `dlms.frame_timeout_s`: an hour.
+const MAX_FRAME_S: u64 = 3600;
+
+/// The most `dlms.max_connections`: it sizes the WAL writer's channel and counts in the
+/// open-files check.
+pub const MAX_CONNECTIONS: usize = 65_536;
+
 impl DlmsConfig {
     /// Checks what the types alone do not; the error names the key.
     pub fn validate(&self) -> Result<(), IngestError> {
         positive("dlms.max_connections", self.max_connections as u64)?;
+        if self.max_connections > MAX_CONNECTIONS {
+            return Err(IngestError::config(
+                "dlms.max_connections",
+                format!("must be at most {MAX_CONNECTIONS}"),
+            ));
+        }
         positive(
             "dlms.max_connections_per_address",
             self.max_connections_per_address as u64,
@@ -78,6 +106,20 @@ impl DlmsConfig {
             return Err(IngestError::config(
                 "dlms.max_apdu_bytes",
                 "must be 1 to 65535 (the wrapper header's length field)",
+            ));
+        }
+        if self.max_inflight_bytes < 8 + self.max_apdu_bytes
+            || self.max_inflight_bytes > u32::MAX as usize
+        {
+            return Err(IngestError::config(
+                "dlms.max_inflight_bytes",
+                "must be at least 8 + dlms.max_apdu_bytes (one whole frame) and at most 4294967295",
+            ));
+        }
+        if !(1..=MAX_FRAME_S).contains(&self.frame_timeout_s) {
+            return Err(IngestError::config(
+                "dlms.frame_timeout_s",
+                format!("must be 1 to {MAX_FRAME_S} (an hour)"),
             ));
         }
         positive("dlms.idle_timeout_s", self.idle_timeout_s)?;
@@ -126,6 +168,25 @@ pub fn check_plaintext_rule(config: &DlmsConfig, store_empty: bool) {
         tracing::warn!(
             %addr,
             "dlms.listen: the credential store is empty, so every push is refused until meters with a dlms_system_title are added (`meterflow credentials add ID --dlms-system-title HEX --dlms-ek HEX`)"
+        );
+    }
+}
+
+/// What start-up says about meters with an encryption key alone (review 22, M4): their pushes
+/// (security control 0x20) carry no tag, and over the listener the push is its own identity,
+/// so one on the path between meter and listener can alter one undetected (AES-CTR bits flip
+/// through) and deliver it first (the original is then a `replay`). Warned once, with the
+/// count, where the listener is on.
+pub fn check_keys(config: &DlmsConfig, store: &CredentialStore) {
+    let Some(addr) = config.listen else {
+        return;
+    };
+    let meters = store.dlms_meters_without_ak();
+    if meters > 0 {
+        tracing::warn!(
+            %addr,
+            meters,
+            "dlms.listen: {meters} meter(s) with DLMS keys have no authentication key (dlms_ak): their pushes carry no tag, so one altered on the way to the listener cannot be told from the original; give them their dlms_ak where the meters authenticate their pushes (security control 0x30 or 0x10)"
         );
     }
 }

@@ -36,10 +36,16 @@ pub enum Refused {
     /// A push whose system title is a meter's that has no key: nothing could tell it from
     /// a forgery; not stored, the connection reset.
     NoKey,
-    /// A push whose tag does not match its meter's keys, or that lacks the protection its
-    /// keys call for (authenticated when it has an authentication key): not stored, the
-    /// connection reset.
+    /// A push that does not open with its meter's keys (its tag does not match, or it is
+    /// not a push that reads): not stored, the connection reset.
     AuthFailed,
+    /// A push that lacks the protection its meter's keys call for (authenticated when it
+    /// has an authentication key, encrypted when it has only an encryption key), judged on
+    /// its security header before anything is deciphered: not stored, the connection reset.
+    Unprotected,
+    /// A general-ded-ciphering push (`DC`): its dedicated key belongs to an association, so
+    /// it never opens; refused before any crypto, not stored, the connection reset.
+    DedCiphering,
     /// A header stating more than `dlms.max_apdu_bytes`: the connection closed, the datagram
     /// dropped.
     FrameTooLarge,
@@ -48,6 +54,10 @@ pub enum Refused {
     BadFrame,
     /// A TCP connection that ended inside a frame (the part read is dropped).
     Truncated,
+    /// A TCP frame not whole within `dlms.frame_timeout_s` of its first byte, or a first frame
+    /// not whole within it of the accept: the connection reset (closed if nothing of the
+    /// frame came), the part read dropped.
+    FrameTimeout,
     /// The WAL at its disk budget: the TCP connection reset (a UDP datagram is dropped by
     /// the writer, and counted in `meterflow_wal_overflow_total`).
     WalFull,
@@ -68,9 +78,12 @@ impl Refused {
             Refused::Plaintext => "plaintext",
             Refused::NoKey => "no_key",
             Refused::AuthFailed => "auth_failed",
+            Refused::Unprotected => "unprotected",
+            Refused::DedCiphering => "ded_ciphering",
             Refused::FrameTooLarge => "frame_too_large",
             Refused::BadFrame => "bad_frame",
             Refused::Truncated => "truncated",
+            Refused::FrameTimeout => "frame_timeout",
             Refused::WalFull => "wal_full",
             Refused::WalFailed => "wal_failed",
             Refused::Busy => "busy",
@@ -79,9 +92,26 @@ impl Refused {
         }
     }
 
-    /// Counts it in `meterflow_dlms_refused_total{reason}`.
+    /// The `reason` of `meterflow_dlms_rejected_total` of a refusal the pipeline makes too
+    /// (for a push over MQTT).
+    pub fn rejected(self) -> Option<&'static str> {
+        match self {
+            Refused::UnknownSystemTitle => Some("unknown_system_title"),
+            Refused::NoKey => Some("no_key"),
+            Refused::AuthFailed => Some("auth_failed"),
+            Refused::Unprotected => Some("unprotected"),
+            _ => None,
+        }
+    }
+
+    /// Counts it in `meterflow_dlms_refused_total{reason}`; one the pipeline makes too also
+    /// in `meterflow_dlms_rejected_total{reason}`, so what watches that one sees the pushes
+    /// refused at the listener as those refused over MQTT.
     pub fn count(self) {
         metrics::counter!("meterflow_dlms_refused_total", "reason" => self.label()).increment(1);
+        if let Some(reason) = self.rejected() {
+            metrics::counter!("meterflow_dlms_rejected_total", "reason" => reason).increment(1);
+        }
     }
 }
 
@@ -119,11 +149,18 @@ pub enum Verdict {
     Refuse { why: Refused, reason: String },
 }
 
-/// For which meter `frame` (a whole wrapper frame) from `peer` is stored: the meter of the
-/// system title of a ciphered APDU, as the store has it now; for a push without one (in
-/// clear, or not readable that far), where `plaintext_ok`, the meter `prefix` + the peer's
-/// address. Nothing is deciphered here: the pipeline opens the push with that meter's keys,
-/// checks its tag and its invocation counter.
+/// For which meter `frame` (a whole wrapper frame) from `peer` is stored, or why it is refused.
+///
+/// A ciphered push (general-glo-ciphering, maybe in blocks) is its meter's, by its system title
+/// as the store has it now, only if that meter has keys, the push claims the protection they
+/// call for (authenticated with an authentication key, at least encrypted with an encryption
+/// key alone; checked on the security header before anything is deciphered, so a downgraded
+/// push is `unprotected`) and it opens with them (its tag checked: `auth_failed`). The
+/// pipeline opens it again and checks its invocation counter. General-ded-ciphering (`DC`) is
+/// refused here: its dedicated key belongs to an association, never to a push.
+///
+/// A push without a system title (in clear, or not readable that far), where `plaintext_ok`,
+/// is the meter `prefix` + the peer's address, unless that id is a meter of the store.
 pub fn judge(
     frame: &[u8],
     peer: IpAddr,
@@ -132,61 +169,71 @@ pub fn judge(
     prefix: &str,
 ) -> Verdict {
     let apdu = frame.get(WRAPPER_HEADER..).unwrap_or_default();
-    match dlms::system_title(apdu) {
-        Some(title) => match store.meter_of_system_title(&title) {
-            Some(meter_id) => {
-                // Over this listener the push is its own identity: only a meter with keys can
-                // be told from a forgery, and where the push carries a tag it is checked here,
-                // before anything is stored (the pipeline checks it again, with the counter).
-                let keys = store
-                    .get(meter_id)
-                    .and_then(|c| c.dlms.as_ref())
-                    .and_then(|d| d.keys());
-                let Some(keys) = keys else {
-                    return Verdict::Refuse {
-                        why: Refused::NoKey,
-                        reason: format!("meter {meter_id} (system title {}) has no DLMS key", dlms::apdu::hex(&title)),
-                    };
-                };
-                let lookup = |_: &[u8; 8]| dlms::KeyLookup::Keys(keys.clone());
-                match dlms::apdu::open(apdu, WRAPPER_HEADER, &lookup) {
-                    Ok(opened) => {
-                        let control = opened.security.map_or(0, |s| s.control);
-                        let needed = if keys.ak.is_some() { 0x10 } else { 0x20 };
-                        if control & needed == 0 {
-                            return Verdict::Refuse {
-                                why: Refused::AuthFailed,
-                                reason: format!(
-                                    "meter {meter_id}'s pushes must carry security control 0x{needed:02X}; this one has 0x{control:02X}"
-                                ),
-                            };
-                        }
-                        Verdict::Take {
-                            meter_id: meter_id.to_string(),
-                        }
-                    }
-                    Err(e) => Verdict::Refuse {
-                        why: Refused::AuthFailed,
-                        reason: format!("meter {meter_id}: {e}"),
-                    },
-                }
+    let refuse = |why, reason: String| Verdict::Refuse { why, reason };
+    let Some(head) = dlms::security_head(apdu) else {
+        if !plaintext_ok {
+            return refuse(
+                Refused::Plaintext,
+                "a DLMS push without a system title (not ciphered): taken only with dlms.allow_plaintext (over TCP), or on a loopback listener while the credential store is empty".into(),
+            );
+        }
+        let meter_id = plaintext_meter(prefix, peer);
+        if store.get(&meter_id).is_some() {
+            return refuse(
+                Refused::Plaintext,
+                format!("a DLMS push in clear from {peer} would be stored for {meter_id}, a meter of the credential store: its pushes must be ciphered"),
+            );
+        }
+        return Verdict::Take { meter_id };
+    };
+    let title = dlms::apdu::hex(&head.system_title);
+    if head.tag == 0xDC {
+        return refuse(
+            Refused::DedCiphering,
+            format!("general-ded-ciphering (0xDC, system title {title}): its dedicated key belongs to an association, not a push"),
+        );
+    }
+    let Some(meter_id) = store.meter_of_system_title(&head.system_title) else {
+        return refuse(
+            Refused::UnknownSystemTitle,
+            format!("DLMS system title {title} is no meter's"),
+        );
+    };
+    // Over this listener the push is its own identity: only a meter with keys can be told
+    // from a forgery.
+    let keys = store
+        .get(meter_id)
+        .and_then(|c| c.dlms.as_ref())
+        .and_then(|d| d.keys());
+    let Some(keys) = keys else {
+        return refuse(
+            Refused::NoKey,
+            format!("meter {meter_id} (system title {title}) has no DLMS key"),
+        );
+    };
+    let needed = if keys.ak.is_some() { 0x10 } else { 0x20 };
+    let unprotected = |control: u8| {
+        refuse(
+            Refused::Unprotected,
+            format!("meter {meter_id}'s pushes must carry security control 0x{needed:02X}; this one has 0x{control:02X}"),
+        )
+    };
+    // The protection claimed, before anything is deciphered.
+    if let Some(control) = head.control.filter(|c| c & needed == 0) {
+        return unprotected(control);
+    }
+    let lookup = |_: &[u8; 8]| dlms::KeyLookup::Keys(keys.clone());
+    match dlms::apdu::open(apdu, WRAPPER_HEADER, &lookup) {
+        Ok(opened) => {
+            let control = opened.security.map_or(0, |s| s.control);
+            if control & needed == 0 {
+                return unprotected(control);
             }
-            None => Verdict::Refuse {
-                why: Refused::UnknownSystemTitle,
-                reason: format!(
-                    "DLMS system title {} is no meter's",
-                    dlms::apdu::hex(&title)
-                ),
-            },
-        },
-        None if plaintext_ok => Verdict::Take {
-            meter_id: plaintext_meter(prefix, peer),
-        },
-        None => Verdict::Refuse {
-            why: Refused::Plaintext,
-            reason: "a DLMS push without a system title (not ciphered): taken only with dlms.allow_plaintext, or on a loopback listener while the credential store is empty"
-                .into(),
-        },
+            Verdict::Take {
+                meter_id: meter_id.to_string(),
+            }
+        }
+        Err(e) => refuse(Refused::AuthFailed, format!("meter {meter_id}: {e}")),
     }
 }
 

@@ -3,28 +3,40 @@
 //! in a wrapper frame (an 8-byte header: version 1, source and destination wPort, the APDU's
 //! length; then the APDU). Off by default.
 //!
-//! - A meter is identified by the system title of its ciphered push (general-glo/ded-
-//!   ciphering, maybe in general-block-transfer), looked up in the credential store
-//!   ([`crate::credentials::CredentialStore::meter_of_system_title`]); nothing is deciphered
-//!   here. The whole frame goes to the WAL writer as `meters/{meter_id}/dlms` (source `dlms`),
-//!   and the pipeline opens it with that meter's keys, checks its tag and refuses a replayed
-//!   invocation counter, as for a push over MQTT. A system title that is no meter's: an
-//!   `unauthorized` dead letter (an [`EdgeNote`](crate::edge::EdgeNote), anonymous, naming
-//!   the peer), counted.
+//! - A meter is identified by the system title of its ciphered push (general-glo-ciphering,
+//!   maybe in general-block-transfer), looked up in the credential store
+//!   ([`crate::credentials::CredentialStore::meter_of_system_title`]). Over this listener the
+//!   push is its own identity, so it is judged here, before anything is stored
+//!   ([`frame::judge`]): the meter must have keys, the push must claim the protection they
+//!   call for (read from its security header before anything is deciphered) and open with
+//!   them (its tag checked). Only then does the whole frame go to the WAL writer as
+//!   `meters/{meter_id}/dlms` (source `dlms`); the pipeline opens it again and refuses a
+//!   replayed invocation counter, as for a push over MQTT.
+//! - Anything else is refused at the edge and **not stored**, not even as a dead letter (a
+//!   sender without an identity gets no storage, so nobody can fill the WAL or the disk): a
+//!   system title that is no meter's, a meter's without keys, a failed tag, less protection
+//!   than the keys call for, general-ded-ciphering (`DC`). Each is counted in
+//!   `meterflow_dlms_refused_total{reason}` ([`frame::Refused`]; those the pipeline makes
+//!   too also in `meterflow_dlms_rejected_total{reason}`), logged at most once a second, and
+//!   the TCP connection is reset.
 //! - A push without a system title (in clear) carries no identity: it is taken only under the
 //!   anonymous rule of the other edges ([`policy::anonymous_allowed`] with
-//!   `dlms.allow_plaintext`: or on a loopback listener while the store is empty), for the meter
-//!   `dlms.plaintext_meter_prefix` + the sender's address; else an `unauthorized` dead letter.
+//!   `dlms.allow_plaintext`, over TCP only since a UDP source can be forged: or on a loopback
+//!   listener while the store is empty), for the meter `dlms.plaintext_meter_prefix` + the
+//!   sender's address, unless that id is a meter of the store; else refused, not stored.
 //! - TCP: one task per connection reads a frame, hands it to the writer and waits until it is
 //!   durable before it reads the next (back-pressure: a meter cannot send faster than the WAL
-//!   takes it). On `WalFull` / `Failed` the connection is reset; the meter sends again later.
-//!   UDP: one task reads datagrams (one frame each) and hands them on without waiting (there
-//!   is no answer to wait with); a full channel drops the datagram.
+//!   takes it). On `WalFull` / `Failed`, or when it ends inside a frame, the connection is
+//!   reset; the meter sends again later. UDP: one task reads datagrams (one frame each) and
+//!   hands them on without waiting (there is no answer to wait with); a full channel or byte
+//!   budget drops the datagram (`busy`).
 //! - Limits: `dlms.max_connections`, `dlms.max_connections_per_address` ([`slots`]),
-//!   `dlms.max_apdu_bytes`, `dlms.idle_timeout_s`; each refusal counted in
-//!   `meterflow_dlms_refused_total{reason}` ([`frame::Refused`]).
+//!   `dlms.max_apdu_bytes`, `dlms.max_inflight_bytes` (bytes of frames from their header
+//!   until the writer is done with them), `dlms.frame_timeout_s` (a frame whole within it of
+//!   its first byte, the first frame of the accept), `dlms.idle_timeout_s` (between frames).
 //! - Shutdown: the listeners stop; a connection waiting for the WAL's answer gets it, then
-//!   every connection closes; the edge's sender goes with the last task.
+//!   every connection closes (reset if inside a frame); the edge's sender goes with the last
+//!   task.
 //!
 //! The files: `config` (`[dlms]`), `frame` (the decisions, without I/O), `slots` (the
 //! connection budget), `tcp` and `udp` (the sockets).
@@ -50,12 +62,12 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
 use crate::credentials::SharedCredentials;
-use crate::edge::{policy, RawMessage, Submission};
+use crate::edge::{policy, Budget, RawMessage, Submission};
 use crate::error::IngestError;
 use frame::{Refused, Transport, Verdict};
 use slots::Slots;
 
-pub use config::{check_plaintext_rule, DlmsConfig};
+pub use config::{check_keys, check_plaintext_rule, DlmsConfig};
 
 /// Datagrams that may wait for the WAL writer besides one frame per TCP connection: the
 /// edge's channel holds `dlms.max_connections` + this.
@@ -110,6 +122,11 @@ struct Edge {
     credentials: Arc<SharedCredentials>,
     wal: flume::Sender<Submission>,
     slots: Arc<Slots>,
+    /// `dlms.max_inflight_bytes`: a permit a byte, from a frame's header (TCP) or its
+    /// datagram until the WAL writer is done with it.
+    budget: Arc<tokio::sync::Semaphore>,
+    /// `meterflow_dlms_inflight_bytes`.
+    inflight_bytes: metrics::Gauge,
     frames: AtomicU64,
     received: metrics::Counter,
     /// When a refusal was last logged (Unix ms).
@@ -117,6 +134,27 @@ struct Edge {
 }
 
 impl Edge {
+    /// A frame of `bytes`' share of `dlms.max_inflight_bytes` if there is room now.
+    fn try_lease(&self, bytes: usize) -> Option<Budget> {
+        let permit = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(u32::try_from(bytes).ok()?)
+            .ok()?;
+        Some(Budget::new(permit, &self.inflight_bytes))
+    }
+
+    /// The same, waiting for room (`None` only if the budget were closed, which it never is).
+    async fn lease(&self, bytes: usize) -> Option<Budget> {
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(u32::try_from(bytes).ok()?)
+            .await
+            .ok()?;
+        Some(Budget::new(permit, &self.inflight_bytes))
+    }
+
     /// The message a whole frame from `peer` becomes, for its meter; or why it is refused
     /// (counted and logged, at most one line a second: a peer without an identity is given
     /// no storage, not even a dead letter, so that nobody can fill the WAL or the disk).
@@ -131,8 +169,13 @@ impl Edge {
             .increment(1);
         self.received.increment(1);
         let store = self.credentials.current();
-        let plaintext_ok =
-            policy::anonymous_allowed(self.config.allow_plaintext, self.loopback, store.is_empty());
+        // dlms.allow_plaintext takes pushes in clear over TCP only: a UDP source address can
+        // be forged, and it would name the meter.
+        let plaintext_ok = policy::anonymous_allowed(
+            self.config.allow_plaintext && transport == Transport::Tcp,
+            self.loopback,
+            store.is_empty(),
+        );
         let verdict = frame::judge(
             &frame,
             peer.ip(),
@@ -191,6 +234,12 @@ impl DlmsServer {
         let Bound { tcp, udp, addr } = bound;
         let edge = Arc::new(Edge {
             slots: Slots::new(config.max_connections, config.max_connections_per_address),
+            budget: Arc::new(tokio::sync::Semaphore::new(config.max_inflight_bytes)),
+            inflight_bytes: {
+                let gauge = metrics::gauge!("meterflow_dlms_inflight_bytes");
+                gauge.set(0.0);
+                gauge
+            },
             loopback: addr.ip().is_loopback(),
             config,
             credentials,
@@ -232,7 +281,12 @@ impl DlmsServer {
     }
 }
 
-/// How long a TCP connection may go without a whole frame.
+/// How long a TCP connection may go between frames.
 fn idle_timeout(config: &DlmsConfig) -> Duration {
     Duration::from_secs(config.idle_timeout_s)
+}
+
+/// How long a TCP frame may take, from its first byte (the first frame: from the accept).
+fn frame_timeout(config: &DlmsConfig) -> Duration {
+    Duration::from_secs(config.frame_timeout_s)
 }

@@ -3,17 +3,21 @@
 //! before it reads the next.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BufMut;
 use meterflow_decoders::dlms::WRAPPER_HEADER;
 use meterflow_storage::ShutdownSignal;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 use super::frame::{self, Refused, Transport};
 use super::slots::Slot;
-use super::{idle_timeout, Edge};
+use super::{frame_timeout, idle_timeout, Edge};
+use crate::edge::Budget;
 use crate::edge::{Durability, Submission};
 
 /// Accepts connections until the shutdown begins; each gets a task of its own holding a
@@ -63,11 +67,12 @@ pub(super) async fn accept_loop(
 
 /// How a connection ends.
 enum End {
-    /// The meter closed it between frames, or it was idle, or the shutdown came: an orderly
-    /// close (every frame read is durable).
+    /// The meter closed it between frames, or it was idle, or the shutdown came between
+    /// frames: an orderly close (every frame read is durable).
     Close,
-    /// Refused or not stored: a reset, so the meter does not take it for an orderly end;
-    /// counted, but for a frame the shutdown came before (`None`).
+    /// Refused, not stored, or cut inside a frame: a reset, so the meter does not take it for
+    /// an orderly end; counted, but where the refusal was counted already or the shutdown
+    /// came (`None`).
     Reset(Option<Refused>),
 }
 
@@ -80,26 +85,46 @@ async fn connection(
     mut shutdown: ShutdownSignal,
     _alive: tokio::sync::mpsc::Sender<()>,
 ) {
-    let idle = idle_timeout(&edge.config);
+    // The first frame must be whole within dlms.frame_timeout_s of the accept.
+    let mut first_by = Some(Instant::now() + frame_timeout(&edge.config));
     let end = loop {
+        // Bytes of this frame read so far: once there are any, an end inside it is a reset.
+        let progress = AtomicUsize::new(0);
         let read = tokio::select! {
-            read = tokio::time::timeout(idle, read_frame(&mut stream, edge.config.max_apdu_bytes)) => read,
-            _ = shutdown.stopping() => break End::Close,
+            // The shutdown first: a stream that always has a frame ready must not keep the
+            // connection from it.
+            biased;
+            _ = shutdown.stopping() => Err(Read::Shutdown),
+            read = read_frame(&mut stream, &edge, first_by, &progress) => read,
         };
-        let frame = match read {
-            Err(_) => {
+        let partial = progress.load(Ordering::Relaxed) > 0;
+        let (frame, lease) = match read {
+            Ok(Some(read)) => read,
+            Ok(None) => break End::Close,
+            Err(Read::Idle) => {
                 metrics::counter!("meterflow_dlms_idle_closed_total").increment(1);
                 break End::Close;
             }
-            Ok(Ok(Some(frame))) => frame,
-            Ok(Ok(None)) => break End::Close,
-            Ok(Err(Read::Refused(why))) => break End::Reset(Some(why)),
-            Ok(Err(Read::Io(e))) => {
-                tracing::debug!(error = %e, %peer, "DLMS connection");
+            // Nothing of a frame read: an orderly close (counted where it is a refusal).
+            Err(Read::Refused(why)) if !partial => {
+                why.count();
                 break End::Close;
             }
+            Err(Read::Refused(why)) => break End::Reset(Some(why)),
+            Err(Read::Shutdown) if !partial => break End::Close,
+            Err(Read::Shutdown) => break End::Reset(None),
+            Err(Read::Io(e)) => {
+                tracing::debug!(error = %e, %peer, "DLMS connection");
+                break if partial {
+                    End::Reset(None)
+                } else {
+                    End::Close
+                };
+            }
         };
-        // A refused frame is not stored; the connection is reset (counted with the refusal).
+        first_by = None;
+        // A refused frame is not stored (its lease given back at once); the connection is
+        // reset (counted with the refusal).
         let message = match edge.message(frame, peer, Transport::Tcp) {
             Ok(message) => message,
             Err(_) => break End::Reset(None),
@@ -108,11 +133,13 @@ async fn connection(
         let submission = Submission {
             message,
             notify: Some(notify),
-            budget: None,
+            budget: Some(Box::new(lease)),
         };
         // Waits for room in the writer's channel (not reading meanwhile), unless the
         // shutdown comes first: then the frame is not stored and the connection is reset.
+        // Room first: a frame already read that can go is stored, whatever else is ready.
         tokio::select! {
+            biased;
             sent = edge.wal.send_async(submission) => if sent.is_err() {
                 break End::Reset(Some(Refused::WalFailed));
             },
@@ -142,33 +169,94 @@ async fn connection(
 /// Why a frame could not be read.
 enum Read {
     Refused(Refused),
+    /// No frame began within `dlms.idle_timeout_s` of the one before.
+    Idle,
+    /// The shutdown came first.
+    Shutdown,
     Io(std::io::Error),
 }
 
-/// Reads one whole frame (header and APDU); `None` at the end of the stream between frames.
-/// Only the bytes of this frame are read, nothing of the next.
+/// Reads one whole frame (header and APDU) and its share of `dlms.max_inflight_bytes`; `None`
+/// at the end of the stream between frames. Only the bytes of this frame are read, nothing of
+/// the next; `progress` counts them.
+///
+/// Deadlines: the first frame of a connection (`first_by`) must be whole by then, counted
+/// from the accept; a later one must begin within `dlms.idle_timeout_s` (else [`Read::Idle`])
+/// and be whole within `dlms.frame_timeout_s` of its first byte. Either deadline missed
+/// inside a frame is `frame_timeout`. So a connection that sends nothing, or a frame a byte
+/// at a time, holds its place (and its share) for `dlms.frame_timeout_s`, not for as long as
+/// it keeps bytes coming.
+///
+/// The share, the whole frame's length, is taken once the header is read (waiting for room
+/// within the frame's deadline, the connection not read meanwhile); the buffer grows as the
+/// bytes come, so a header alone pins no more than its share says.
 async fn read_frame(
     stream: &mut TcpStream,
-    max_apdu_bytes: usize,
-) -> Result<Option<Vec<u8>>, Read> {
+    edge: &Edge,
+    first_by: Option<Instant>,
+    progress: &AtomicUsize,
+) -> Result<Option<(Vec<u8>, Budget)>, Read> {
     let mut header = [0u8; WRAPPER_HEADER];
-    let mut filled = 0;
+    // The first byte.
+    let begin_by = first_by.unwrap_or_else(|| Instant::now() + idle_timeout(&edge.config));
+    let n = match tokio::time::timeout_at(begin_by, stream.read(&mut header)).await {
+        Err(_) if first_by.is_some() => return Err(Read::Refused(Refused::FrameTimeout)),
+        Err(_) => return Err(Read::Idle),
+        Ok(Ok(0)) => return Ok(None),
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => return Err(Read::Io(e)),
+    };
+    progress.store(n, Ordering::Relaxed);
+    let whole_by = first_by.unwrap_or_else(|| Instant::now() + frame_timeout(&edge.config));
+    let rest = read_rest(stream, edge, header, n, progress);
+    match tokio::time::timeout_at(whole_by, rest).await {
+        Ok(read) => read.map(Some),
+        Err(_) => Err(Read::Refused(Refused::FrameTimeout)),
+    }
+}
+
+/// The rest of a frame whose first `filled` bytes are in `header`.
+async fn read_rest(
+    stream: &mut TcpStream,
+    edge: &Edge,
+    mut header: [u8; WRAPPER_HEADER],
+    mut filled: usize,
+    progress: &AtomicUsize,
+) -> Result<(Vec<u8>, Budget), Read> {
     while filled < WRAPPER_HEADER {
         match stream.read(&mut header[filled..]).await {
-            Ok(0) if filled == 0 => return Ok(None),
             Ok(0) => return Err(Read::Refused(Refused::Truncated)),
             Ok(n) => filled += n,
             Err(e) => return Err(Read::Io(e)),
         }
+        progress.store(filled, Ordering::Relaxed);
     }
-    let len = frame::apdu_len(&header, max_apdu_bytes).map_err(Read::Refused)?;
-    let mut frame = vec![0u8; WRAPPER_HEADER + len];
-    frame[..WRAPPER_HEADER].copy_from_slice(&header);
-    match stream.read_exact(&mut frame[WRAPPER_HEADER..]).await {
-        Ok(_) => Ok(Some(frame)),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Err(Read::Refused(Refused::Truncated))
+    let len = frame::apdu_len(&header, edge.config.max_apdu_bytes).map_err(Read::Refused)?;
+    let total = WRAPPER_HEADER + len;
+    let lease = edge
+        .lease(total)
+        .await
+        .ok_or(Read::Refused(Refused::Busy))?;
+    let mut frame = Vec::with_capacity(total.min(FIRST_CAPACITY));
+    frame.extend_from_slice(&header);
+    while frame.len() < total {
+        if frame.capacity() == frame.len() {
+            // Doubling (so a frame a byte at a time costs no more copying than one at once),
+            // never past the frame's length.
+            let target = (frame.capacity() * 2).min(total);
+            frame.reserve_exact(target - frame.len());
         }
-        Err(e) => Err(Read::Io(e)),
+        let room = frame.capacity() - frame.len();
+        let mut limited = (&mut frame).limit(room);
+        match stream.read_buf(&mut limited).await {
+            Ok(0) => return Err(Read::Refused(Refused::Truncated)),
+            Ok(_) => {}
+            Err(e) => return Err(Read::Io(e)),
+        }
+        progress.store(frame.len(), Ordering::Relaxed);
     }
+    Ok((frame, lease))
 }
+
+/// The buffer a frame begins with (header included); it doubles as the bytes come.
+const FIRST_CAPACITY: usize = 1024;

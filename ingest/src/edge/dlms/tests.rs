@@ -113,7 +113,7 @@ fn a_push_is_for_the_meter_of_its_system_title_and_one_in_clear_only_under_the_r
     forged.extend_from_slice(&inner);
     match frame::judge(&wrapped(&forged), LOCAL, &store, true, "ip-") {
         Verdict::Refuse { why, reason } => {
-            assert_eq!(why, Refused::AuthFailed);
+            assert_eq!(why, Refused::Unprotected);
             assert!(reason.contains("0x20"), "{reason}");
         }
         other => panic!("{other:?}"),
@@ -231,6 +231,7 @@ fn connect(addr: SocketAddr) -> std::net::TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
+    crate::runtime::metrics_handle();
     let (server, addr, submissions, shutdown) = listener(DlmsConfig::default(), store());
     let push = wrapped(&tirol_apdu());
     let mut unknown = push.clone();
@@ -249,7 +250,7 @@ async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
     assert!(first.message.edge_note.is_none());
     // Not answered yet: the next frame is not read (the connection's task waits for the
     // answer before it reads again).
-    assert!(submissions.is_empty());
+    nothing_for_a_while(&submissions).await;
     first.notify.unwrap().send(Durability::Durable(1)).unwrap();
 
     // The unknown system title: refused at the edge, not stored (a peer without an identity
@@ -261,11 +262,7 @@ async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
         read.map_err(|e| e.kind()),
         Err(std::io::ErrorKind::ConnectionReset)
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        submissions.is_empty(),
-        "nothing of the refused frame or after it"
-    );
+    nothing_for_a_while(&submissions).await;
 
     // The WAL at its budget: the connection is reset (the meter sends again later), and
     // nothing more of it is read.
@@ -273,6 +270,7 @@ async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
     client.write_all(&push).unwrap();
     let third = submissions.recv_async().await.unwrap();
     client.write_all(&push).unwrap();
+    nothing_for_a_while(&submissions).await;
     third.notify.unwrap().send(Durability::WalFull).unwrap();
     let read = tokio::task::spawn_blocking(move || client.read(&mut [0u8; 16]))
         .await
@@ -281,7 +279,21 @@ async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
         read.map_err(|e| e.kind()),
         Err(std::io::ErrorKind::ConnectionReset)
     );
-    assert!(submissions.is_empty());
+    nothing_for_a_while(&submissions).await;
+
+    // Review 22, T2: the case the README's script relies on, where nothing unread is left
+    // for the kernel to reset over: one frame, the sending side closed, the WAL full. The
+    // meter must see a reset, not the orderly close that means "stored".
+    let mut client = connect(addr);
+    client.write_all(&push).unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let fourth = submissions.recv_async().await.unwrap();
+    let reset = tokio::task::spawn_blocking(move || client.read(&mut [0u8; 16]));
+    fourth.notify.unwrap().send(Durability::WalFull).unwrap();
+    assert_eq!(
+        reset.await.unwrap().map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
 
     // A meter that closes its side after a frame sees meterflow's orderly close once the
     // frame is durable.
@@ -293,13 +305,45 @@ async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
     frame.notify.unwrap().send(Durability::Durable(4)).unwrap();
     assert_eq!(closed.await.unwrap().unwrap(), 0);
 
+    // A frame written a byte at a time (its header over eight writes) is read whole.
+    let mut client = connect(addr);
+    client.set_nodelay(true).unwrap();
+    let bytes = push.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        for byte in &bytes {
+            client.write_all(std::slice::from_ref(byte)).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        client
+    });
+    let frame = submissions.recv_async().await.unwrap();
+    assert_eq!(&frame.message.payload[..], &push[..]);
+    frame.notify.unwrap().send(Durability::Durable(5)).unwrap();
+    let mut client = writer.await.unwrap();
+
+    // Review 22, L1: the shutdown inside a frame (its header read, its share of the byte
+    // budget taken) resets the connection: the part read is not stored.
+    let budget = server.edge.budget.available_permits();
+    client.write_all(&push[..100]).unwrap();
+    until("the frame begun", || {
+        server.edge.budget.available_permits() < budget
+    })
+    .await;
     shutdown.begin(Duration::from_secs(5));
-    assert_eq!(server.stopped().await.frames, 4);
+    let read = tokio::task::spawn_blocking(move || client.read(&mut [0u8; 16]))
+        .await
+        .unwrap();
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    assert_eq!(server.stopped().await.frames, 6);
     assert!(submissions.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_close_what_passes_them_and_the_shutdown_ends_every_connection() {
+    crate::runtime::metrics_handle();
     let config = DlmsConfig {
         max_connections: 1,
         max_apdu_bytes: 400,
@@ -317,6 +361,22 @@ async fn limits_close_what_passes_them_and_the_shutdown_ends_every_connection() 
         Err(std::io::ErrorKind::ConnectionReset)
     );
     assert!(submissions.is_empty());
+    // A stream that ends inside a frame: reset, counted `truncated`, nothing submitted.
+    let truncated = metric("meterflow_dlms_refused_total{reason=\"truncated\"}");
+    let mut cut = connect(addr);
+    cut.write_all(&wrapped(&tirol_apdu())[..100]).unwrap();
+    cut.shutdown(std::net::Shutdown::Write).unwrap();
+    let read = tokio::task::spawn_blocking(move || cut.read(&mut [0u8; 16]))
+        .await
+        .unwrap();
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    until("the truncated frame counted", || {
+        metric("meterflow_dlms_refused_total{reason=\"truncated\"}") == truncated + 1.0
+    })
+    .await;
     // A frame in clear is refused (the store is not empty): not stored, the connection
     // reset, its place given back.
     let mut clear = connect(addr);
@@ -334,12 +394,18 @@ async fn limits_close_what_passes_them_and_the_shutdown_ends_every_connection() 
     let s = submissions.recv_async().await.unwrap();
     assert_eq!(s.message.topic, "meters/E1/dlms");
     s.notify.unwrap().send(Durability::Durable(1)).unwrap();
-    // A second connection is closed at accept.
+    // A second connection is closed at accept, and counted (review 22, T3: the count is
+    // what tells it from a read that merely ended).
+    let capped = metric("meterflow_dlms_refused_total{reason=\"max_connections\"}");
     let mut refused = connect(addr);
     let read = tokio::task::spawn_blocking(move || refused.read(&mut [0u8; 16]))
         .await
         .unwrap();
     assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?}");
+    until("the refusal counted", || {
+        metric("meterflow_dlms_refused_total{reason=\"max_connections\"}") == capped + 1.0
+    })
+    .await;
     // The shutdown closes the one that is held, in order.
     shutdown.begin(Duration::from_secs(5));
     let read = tokio::task::spawn_blocking(move || held.read(&mut [0u8; 16]))
@@ -351,6 +417,8 @@ async fn limits_close_what_passes_them_and_the_shutdown_ends_every_connection() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_datagram_is_one_frame_handed_on_without_waiting() {
+    crate::runtime::metrics_handle();
+    let plaintext = metric("meterflow_dlms_refused_total{reason=\"plaintext\"}");
     let config = DlmsConfig {
         allow_plaintext: true,
         ..DlmsConfig::default()
@@ -368,9 +436,276 @@ async fn a_datagram_is_one_frame_handed_on_without_waiting() {
     assert_eq!(first.message.topic, "meters/E1/dlms");
     assert_eq!(&first.message.payload[..], &push[..]);
     assert!(first.notify.is_none());
-    let second = submissions.recv_async().await.unwrap();
-    assert_eq!(second.message.topic, "meters/ip-127-0-0-1/dlms");
-    assert!(second.message.edge_note.is_none());
+    // Review 22, L4: dlms.allow_plaintext is for TCP only (a UDP source can be forged, and
+    // it would name the meter): the datagram in clear is refused, not stored.
+    until("the datagram in clear refused", || {
+        metric("meterflow_dlms_refused_total{reason=\"plaintext\"}") > plaintext
+    })
+    .await;
     shutdown.begin(Duration::from_secs(5));
     assert_eq!(server.stopped().await.frames, 2);
+    assert!(submissions.is_empty());
+}
+
+/// A metric as `/metrics` shows it now (0 if absent): `name{labels}`. The recorder is the
+/// process's, shared by every test: what a test checks of a counter is its own increase of a
+/// label only it counts.
+fn metric(series: &str) -> f64 {
+    crate::runtime::metrics_handle()
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits (60 s at most) until `f` holds.
+async fn until(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..600 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within 60 s");
+}
+
+/// Nothing is submitted for a while (the wait must run out: a submission would end it).
+async fn nothing_for_a_while(submissions: &flume::Receiver<Submission>) {
+    let got = tokio::time::timeout(Duration::from_millis(300), submissions.recv_async()).await;
+    assert!(
+        got.is_err(),
+        "submitted: {:?}",
+        got.map(|s| s.map(|s| s.message.topic))
+    );
+}
+
+/// Review 22, M1: the frames in flight hold `dlms.max_inflight_bytes`, from a TCP frame's
+/// header (or a datagram) until the writer is done with them: a TCP frame that finds no room
+/// waits, not read on; a datagram is dropped (`busy`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_in_flight_are_held_to_the_byte_budget() {
+    crate::runtime::metrics_handle();
+    let push = wrapped(&tirol_apdu());
+    let config = DlmsConfig {
+        max_apdu_bytes: 300,
+        // One push (286 bytes) fits, two do not.
+        max_inflight_bytes: 508,
+        ..DlmsConfig::default()
+    };
+    let (server, addr, submissions, shutdown) = listener(config, store());
+    let mut a = connect(addr);
+    a.write_all(&push).unwrap();
+    let mut first = submissions.recv_async().await.unwrap();
+    assert_eq!(first.message.topic, "meters/E1/dlms");
+    // A second connection's frame waits for the first's share.
+    let mut b = connect(addr);
+    b.write_all(&push).unwrap();
+    nothing_for_a_while(&submissions).await;
+    // A datagram does not wait: dropped and counted.
+    let busy = metric("meterflow_dlms_refused_total{reason=\"busy\"}");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(&push, addr).unwrap();
+    until("the datagram counted busy", || {
+        metric("meterflow_dlms_refused_total{reason=\"busy\"}") > busy
+    })
+    .await;
+    // The writer done with the first frame: its share goes to the second.
+    drop(first.budget.take());
+    let second = submissions.recv_async().await.unwrap();
+    assert_eq!(&second.message.payload[..], &push[..]);
+    first.notify.unwrap().send(Durability::Durable(1)).unwrap();
+    second.notify.unwrap().send(Durability::Durable(2)).unwrap();
+    shutdown.begin(Duration::from_secs(5));
+    assert_eq!(server.stopped().await.frames, 3);
+    assert!(submissions.is_empty(), "the datagram is not submitted");
+    drop((a, b));
+}
+
+/// Review 22, M2: a connection's first frame must be whole within `dlms.frame_timeout_s` of
+/// the accept, a later one within it of its first byte; between frames only the idle timeout
+/// counts. A connection cut inside a frame is reset, one that sent nothing closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_must_be_whole_within_the_frame_timeout_and_idle_connections_close() {
+    crate::runtime::metrics_handle();
+    let timed_out = || metric("meterflow_dlms_refused_total{reason=\"frame_timeout\"}");
+    let idle = || metric("meterflow_dlms_idle_closed_total");
+    let (before, idle_before) = (timed_out(), idle());
+    let config = DlmsConfig {
+        frame_timeout_s: 1,
+        idle_timeout_s: 3,
+        ..DlmsConfig::default()
+    };
+    let (server, addr, submissions, shutdown) = listener(config, store());
+    let push = wrapped(&tirol_apdu());
+    let read = |mut stream: std::net::TcpStream| {
+        tokio::task::spawn_blocking(move || stream.read(&mut [0u8; 16]).map_err(|e| e.kind()))
+    };
+    // Nothing sent: closed (nothing of a frame read, so an orderly close), counted.
+    let silent = read(connect(addr));
+    // A header and part of the body, then nothing: reset, counted.
+    let mut slow = connect(addr);
+    slow.write_all(&push[..100]).unwrap();
+    let slow = read(slow);
+    assert_eq!(silent.await.unwrap(), Ok(0));
+    assert_eq!(
+        slow.await.unwrap(),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    until("both counted", || timed_out() == before + 2.0).await;
+
+    // A whole first frame: from then on the idle timeout decides, not the frame timeout.
+    let mut meter = connect(addr);
+    meter.write_all(&push).unwrap();
+    let s = submissions.recv_async().await.unwrap();
+    s.notify.unwrap().send(Durability::Durable(1)).unwrap();
+    // A later frame begun and not finished: reset once the frame timeout from its first
+    // byte has passed (well before the idle timeout).
+    meter.write_all(&push[..10]).unwrap();
+    assert_eq!(
+        read(meter).await.unwrap(),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    until("counted", || timed_out() == before + 3.0).await;
+    // A frame, then nothing: the idle timeout closes it in order.
+    let mut quiet = connect(addr);
+    quiet.write_all(&push).unwrap();
+    let s = submissions.recv_async().await.unwrap();
+    s.notify.unwrap().send(Durability::Durable(2)).unwrap();
+    assert_eq!(read(quiet).await.unwrap(), Ok(0));
+    until("the idle close counted", || idle() == idle_before + 1.0).await;
+    assert_eq!(
+        timed_out(),
+        before + 3.0,
+        "the idle one is no frame timeout"
+    );
+    shutdown.begin(Duration::from_secs(5));
+    assert_eq!(server.stopped().await.frames, 2);
+}
+
+/// Review 22, T4: `dlms.max_connections_per_address` over real sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_the_per_address_cap_is_closed_at_accept_and_counted() {
+    crate::runtime::metrics_handle();
+    let capped = || metric("meterflow_dlms_refused_total{reason=\"max_connections_per_address\"}");
+    let before = capped();
+    let config = DlmsConfig {
+        max_connections_per_address: 1,
+        ..DlmsConfig::default()
+    };
+    let (server, addr, submissions, shutdown) = listener(config, store());
+    let mut held = connect(addr);
+    held.write_all(&wrapped(&tirol_apdu())).unwrap();
+    let s = submissions.recv_async().await.unwrap();
+    s.notify.unwrap().send(Durability::Durable(1)).unwrap();
+    let mut second = connect(addr);
+    let read = tokio::task::spawn_blocking(move || second.read(&mut [0u8; 16]))
+        .await
+        .unwrap();
+    assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?}");
+    until("the refusal counted", || capped() == before + 1.0).await;
+    assert_eq!(server.edge.slots.open(), 1);
+    shutdown.begin(Duration::from_secs(5));
+    assert_eq!(server.stopped().await.frames, 1);
+    drop(held);
+}
+
+/// Where the security control byte of a general-glo-ciphering APDU is.
+fn security_control_at(apdu: &[u8]) -> usize {
+    match apdu[10] {
+        n if n < 0x80 => 11,
+        n => 11 + usize::from(n & 0x7F),
+    }
+}
+
+/// Review 22, M4 and L6 at the edge: a meter with an authentication key must send
+/// authenticated pushes, judged on the header before anything is deciphered (a downgraded
+/// push is `unprotected`, not a deciphering that fails on what follows); a forged tag is
+/// `auth_failed`; DC is refused before any crypto; a plaintext id that is a provisioned
+/// meter's is refused (L4).
+#[test]
+fn pushes_are_judged_on_their_claimed_protection_first() {
+    let mut with_ak = CredentialStore::default();
+    with_ak
+        .add(
+            "E1",
+            Credential {
+                secret: Secret::new("e1-secret-0123456789").unwrap(),
+                publish_for: Vec::new(),
+                dlms: DlmsIdentity::parse(
+                    "4B464D1010000023",
+                    "101112131415161718191A1B1C1D1E1F",
+                    "000102030405060708090A0B0C0D0E0F",
+                    "",
+                )
+                .unwrap(),
+            },
+        )
+        .unwrap();
+    let apdu = tirol_apdu();
+    let sc = security_control_at(&apdu);
+    assert_eq!(apdu[sc], 0x21, "the Tirol push is encrypted only");
+    // Encrypted only, with bytes after it as a stripped push would have (its tag): refused on
+    // its claim, with nothing of it deciphered.
+    let mut downgraded = apdu.clone();
+    downgraded.extend_from_slice(&[0xA5; 12]);
+    let len = u16::from_be_bytes([downgraded[11], downgraded[12]]) + 12;
+    assert_eq!(downgraded[10], 0x82);
+    downgraded[11..13].copy_from_slice(&len.to_be_bytes());
+    match frame::judge(&wrapped(&downgraded), LOCAL, &with_ak, false, "ip-") {
+        Verdict::Refuse { why, reason } => {
+            assert_eq!(why, Refused::Unprotected, "{reason}");
+            assert!(
+                reason.contains("0x10") && reason.contains("0x21"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Claiming a tag it does not have: the tag is checked, auth_failed.
+    let mut forged = apdu.clone();
+    forged[sc] = 0x31;
+    assert!(matches!(
+        frame::judge(&wrapped(&forged), LOCAL, &with_ak, false, "ip-"),
+        Verdict::Refuse {
+            why: Refused::AuthFailed,
+            ..
+        }
+    ));
+    // General-ded-ciphering: refused as such, whoever's the title.
+    let mut ded = apdu.clone();
+    ded[0] = 0xDC;
+    assert!(matches!(
+        frame::judge(&wrapped(&ded), LOCAL, &store(), false, "ip-"),
+        Verdict::Refuse {
+            why: Refused::DedCiphering,
+            ..
+        }
+    ));
+    // A push in clear whose plaintext id is a meter of the store: refused.
+    let mut provisioned = store();
+    provisioned
+        .add(
+            "ip-192-0-2-7",
+            Credential {
+                secret: Secret::new("ip-secret-0123456789").unwrap(),
+                publish_for: Vec::new(),
+                dlms: None,
+            },
+        )
+        .unwrap();
+    let plain = wrapped(&[0x0F, 0, 0, 0, 1, 0, 0x09, 0]);
+    let peer: IpAddr = "192.0.2.7".parse().unwrap();
+    assert!(matches!(
+        frame::judge(&plain, peer, &provisioned, true, "ip-"),
+        Verdict::Refuse {
+            why: Refused::Plaintext,
+            ..
+        }
+    ));
+    assert_eq!(
+        frame::judge(&plain, peer, &store(), true, "ip-"),
+        Verdict::Take {
+            meter_id: "ip-192-0-2-7".into()
+        }
+    );
 }

@@ -43,10 +43,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meterflow_storage::ShutdownSignal;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::credentials::SharedCredentials;
-use crate::edge::{policy, Submission};
+use crate::edge::{policy, Budget, Submission};
 use crate::error::IngestError;
 use registry::Registry;
 use session::{CloseReason, Limits};
@@ -73,38 +73,6 @@ struct EdgeMetrics {
     connects: metrics::Counter,
     backpressure: metrics::Counter,
     ack_seconds: metrics::Histogram,
-}
-
-/// A message's share of `mqtt.max_inflight_bytes`, given back when the WAL writer is done
-/// with it.
-pub struct Budget {
-    _permit: OwnedSemaphorePermit,
-    bytes: f64,
-    gauge: metrics::Gauge,
-}
-
-impl Budget {
-    fn new(permit: OwnedSemaphorePermit, gauge: &metrics::Gauge) -> Budget {
-        let bytes = permit.num_permits() as f64;
-        gauge.increment(bytes);
-        Budget {
-            _permit: permit,
-            bytes,
-            gauge: gauge.clone(),
-        }
-    }
-}
-
-impl Drop for Budget {
-    fn drop(&mut self) {
-        self.gauge.decrement(self.bytes);
-    }
-}
-
-impl std::fmt::Debug for Budget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Budget({})", self.bytes)
-    }
 }
 
 /// What every connection shares.
