@@ -74,8 +74,8 @@ pub struct DeviceStatus {
     pub firmware: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_flags: Option<u32>,
-    /// The serial number the meter reports (DLMS 0-0:96.1.x or its logical device name, DSMR
-    /// equipment identifier).
+    /// The serial number the meter reports (DLMS: 0-0:96.1.x, else its logical device name
+    /// 0-0:42.0.0; JSON status: `serial`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
 }

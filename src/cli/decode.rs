@@ -18,11 +18,12 @@ pub struct DecodeArgs {
     #[arg(long, default_value = "meter")]
     meter: String,
     /// dlms: the encryption key (32 hex digits) that opens a ciphered push (prefer the
-    /// environment variable: a command line shows in `ps`).
+    /// environment variable: a command line shows in `ps`; not METERFLOW_DLMS_EK, which
+    /// `credentials add` would store for whatever meter it adds).
     #[arg(
         long,
         value_name = "HEX",
-        env = "METERFLOW_DLMS_EK",
+        env = "METERFLOW_DECODE_DLMS_EK",
         hide_env_values = true
     )]
     dlms_ek: Option<String>,
@@ -30,7 +31,7 @@ pub struct DecodeArgs {
     #[arg(
         long,
         value_name = "HEX",
-        env = "METERFLOW_DLMS_AK",
+        env = "METERFLOW_DECODE_DLMS_AK",
         hide_env_values = true
     )]
     dlms_ak: Option<String>,
@@ -156,25 +157,30 @@ fn report(
                 .choose(dlms_reading.profile, title.as_ref())
                 .map_err(anyhow::Error::msg)?;
             let profile_name = chosen.profile.map(|p| p.name.clone());
-            dlms::decode_push_in(payload, received_at_ms, &lookup, &chosen.context()).map(|push| {
-                let mut line = format!("dlms: {} framing", push.framing.as_str());
-                if let Some(s) = &push.security {
-                    line.push_str(&format!(
+            dlms::decode_push_in(payload, received_at_ms, &lookup, &chosen.context())
+                .map(|push| {
+                    let mut line = format!("dlms: {} framing", push.framing.as_str());
+                    if let Some(s) = &push.security {
+                        line.push_str(&format!(
                         ", system title {} ({}), security control 0x{:02X}, invocation counter {}",
                         dlms::apdu::hex(&s.system_title),
                         s.manufacturer().unwrap_or("?"),
                         s.control,
                         s.invocation_counter
                     ));
-                }
-                if push.blocks > 0 {
-                    line.push_str(&format!(", {} blocks", push.blocks));
-                }
-                if let Some(name) = &profile_name {
-                    line.push_str(&format!(", push profile {name}"));
-                }
-                (Some(line), push.decoded)
-            })
+                    }
+                    if push.blocks > 0 {
+                        line.push_str(&format!(", {} blocks", push.blocks));
+                    }
+                    if let Some(name) = &profile_name {
+                        line.push_str(&format!(", push profile {name}"));
+                    }
+                    (Some(line), push.decoded)
+                })
+                // The checks serve makes too (times, channel names, value bounds).
+                .and_then(|(line, decoded)| {
+                    meterflow_decoders::checked(Format::Dlms, decoded, &ctx).map(|d| (line, d))
+                })
         }
         _ => decode(format, payload, &ctx).map(|d| (None, d)),
     };

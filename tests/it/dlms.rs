@@ -337,7 +337,10 @@ fn decode_reads_a_push_with_keys_from_the_environment_and_a_profile_from_the_con
     let out = Command::new(crate::harness::BIN)
         .args(["decode", "--format", "dlms"])
         .arg(&tirol_push)
-        .env("METERFLOW_DLMS_EK", "101112131415161718191A1B1C1D1E1F")
+        .env(
+            "METERFLOW_DECODE_DLMS_EK",
+            "101112131415161718191A1B1C1D1E1F",
+        )
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -250,6 +250,23 @@ pub fn decipher(
         invocation_counter,
         tag,
     };
+    let authenticated = control & 0x10 != 0;
+    let encrypted = control & 0x20 != 0;
+    let rest = r.rest();
+    let lookup = keys(&system_title);
+    // Whatever its security: a system title must be its meter's, and some meter's.
+    match lookup {
+        KeyLookup::Forbidden(why) => return Err(refused(Refusal::Unauthorized, why)),
+        KeyLookup::Unknown => {
+            return Err(refused(
+                Refusal::UnknownSystemTitle,
+                format!("system title {} belongs to no meter", hex(&system_title)),
+            ))
+        }
+        _ => {}
+    }
+    // What cannot be read is said after whose it is (a push of another meter's title is
+    // `unauthorized` whatever its suite).
     let suite = control & 0x0F;
     if suite > 1 {
         return Err(unsupported(
@@ -267,21 +284,6 @@ pub fn decipher(
             sc_at,
             format!("security control 0x{control:02X}: ciphered under the broadcast key (key set 1); pushes are opened with the meter's unicast key only"),
         ));
-    }
-    let authenticated = control & 0x10 != 0;
-    let encrypted = control & 0x20 != 0;
-    let rest = r.rest();
-    let lookup = keys(&system_title);
-    // Whatever its security: a system title must be its meter's, and some meter's.
-    match lookup {
-        KeyLookup::Forbidden(why) => return Err(refused(Refusal::Unauthorized, why)),
-        KeyLookup::Unknown => {
-            return Err(refused(
-                Refusal::UnknownSystemTitle,
-                format!("system title {} belongs to no meter", hex(&system_title)),
-            ))
-        }
-        _ => {}
     }
     if !authenticated && !encrypted {
         return Ok((security, rest.to_vec()));
