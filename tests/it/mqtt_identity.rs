@@ -791,7 +791,13 @@ fn a_topic_that_routes_nowhere_is_a_dead_letter_that_names_its_sender() {
     // The sender's device page shows them among its recent dead letters.
     crate::harness::wait_for("E1's dead letters on its page", || {
         let (_, body) = server.http_get("/api/device?meter_id=E1");
-        (body.matches("bad_topic").count() == 3).then_some(())
+        let device: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let recent = device["recent_dead_letters"]
+            .as_array()?
+            .iter()
+            .filter(|l| l["kind"] == "bad_topic")
+            .count();
+        (recent == 3 && device["dead_letters_by_kind"]["bad_topic"] == 3).then_some(())
     });
 
     let (exit, data_dir, log, _keep) = server.stop();
