@@ -162,6 +162,27 @@ impl ReplayGuard {
         Ok(())
     }
 
+    /// The last counter a push of `system_title` under `key` with `counter` is not above, if
+    /// it is a replay ([`ReplayGuard::check`] without taking it): the wrapper listener's
+    /// question, so that a captured push sent again gets no storage.
+    pub fn replayed(&self, system_title: [u8; 8], key: u32, counter: u32) -> Option<u32> {
+        let last = self
+            .current
+            .get(&(system_title, Some(key)))
+            .or_else(|| self.current.get(&(system_title, None)))?;
+        (counter <= last.0).then_some(last.0)
+    }
+
+    /// Notes a counter stored (the listener's copy: nothing is written from it).
+    pub fn note(&mut self, system_title: [u8; 8], key: u32, counter: u32) {
+        self.current.remove(&(system_title, None));
+        let entry = self
+            .current
+            .entry((system_title, Some(key)))
+            .or_insert((counter, 0));
+        entry.0 = entry.0.max(counter);
+    }
+
     /// Writes the counters as of `through` (the checkpoint about to be written) when they
     /// changed since the last file (else that file holds them: [`ReplayGuard::load`] takes the
     /// newest at or before the checkpoint), and removes the files the checkpoint on disk

@@ -247,9 +247,15 @@ impl Pipeline {
         }
         };
         if let Some((needed, what)) = required {
+            // Only for a push of the meter's own system title: another's is `unauthorized`,
+            // whatever it claims (decided when it is opened).
+            let own = |title: &[u8; 8]| {
+                store.as_ref().and_then(|s| s.meter_of_system_title(title)) == Some(meter_id)
+            };
             let claimed = dlms::frame::unframe(&message.payload)
                 .ok()
                 .and_then(|u| dlms::security_head(&u.apdu))
+                .filter(|h| own(&h.system_title))
                 .and_then(|h| h.control);
             if let Some(control) = claimed.filter(|c| c & needed == 0) {
                 return Err(unprotected(control, false, what));
@@ -1145,6 +1151,38 @@ mod tests {
                 reason,
                 ..
             }) => assert!(reason.contains("0x21"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // Review 22 (round 3), M2: the same push published for another meter (with keys of
+        // its own) is `unauthorized`: the title is E1's, whatever protection it claims.
+        let mut store = (*pipeline.credentials.as_ref().unwrap().current()).clone();
+        store
+            .add(
+                "E2",
+                Credential {
+                    secret: Secret::new("e2-secret-0123456789").unwrap(),
+                    publish_for: Vec::new(),
+                    dlms: DlmsIdentity::parse(
+                        "4B464D1010000099",
+                        "101112131415161718191A1B1C1D1E1F",
+                        "000102030405060708090A0B0C0D0E0F",
+                        "",
+                    )
+                    .unwrap(),
+                },
+            )
+            .unwrap();
+        pipeline.credentials = Some(Arc::new(SharedCredentials::in_memory(store)));
+        let message = RawMessage::new(
+            Source::Mqtt,
+            "meters/E2/dlms".into(),
+            message.payload.clone(),
+        );
+        match pipeline.decode_dlms(&message, "E2") {
+            Err(DecodeError::Refused {
+                refusal: Refusal::Unauthorized,
+                ..
+            }) => {}
             other => panic!("{other:?}"),
         }
     }

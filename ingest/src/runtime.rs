@@ -169,6 +169,9 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
         ReplayGuard::load(&config.data_dir, checkpoint.all)?,
         push_profiles,
     );
+    // The listener's own copy of the counters: what it has seen stored, so that a captured
+    // push sent again is refused before it takes any storage.
+    let listener_counters = ReplayGuard::load(&config.data_dir, checkpoint.all)?;
 
     // 4. The ports: a port in use stops start-up before anything runs. MQTT starts taking
     // connections here; what it takes waits in its channel until the WAL writer runs. Each
@@ -215,6 +218,7 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
                 bound,
                 config.dlms.clone(),
                 credentials.clone(),
+                listener_counters,
                 dlms_tx.clone(),
                 shutdown.signal(),
             )

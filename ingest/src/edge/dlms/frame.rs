@@ -69,6 +69,9 @@ pub enum Refused {
     MaxConnections,
     /// A TCP connection past `dlms.max_connections_per_address`: closed at accept.
     MaxConnectionsPerAddress,
+    /// A ciphered push whose invocation counter is not above the last one stored for its
+    /// system title (and key): a captured push sent again; not stored, the connection reset.
+    Replay,
 }
 
 impl Refused {
@@ -89,6 +92,7 @@ impl Refused {
             Refused::Busy => "busy",
             Refused::MaxConnections => "max_connections",
             Refused::MaxConnectionsPerAddress => "max_connections_per_address",
+            Refused::Replay => "replay",
         }
     }
 
@@ -98,6 +102,7 @@ impl Refused {
         match self {
             Refused::UnknownSystemTitle => Some("unknown_system_title"),
             Refused::NoKey => Some("no_key"),
+            Refused::Replay => Some("replay"),
             Refused::AuthFailed => Some("auth_failed"),
             Refused::Unprotected => Some("unprotected"),
             _ => None,
@@ -140,11 +145,23 @@ pub fn datagram(bytes: &[u8], max_apdu_bytes: usize) -> Result<(), Refused> {
     Ok(())
 }
 
+/// A ciphered push's invocation counter, and whose: its system title under the key of this
+/// check value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    pub system_title: [u8; 8],
+    pub key: u32,
+    pub counter: u32,
+}
+
 /// What becomes of a whole frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Stored as `meters/{meter_id}/dlms`.
-    Take { meter_id: String },
+    /// Stored as `meters/{meter_id}/dlms`; a ciphered push with its counter.
+    Take {
+        meter_id: String,
+        counted: Option<Counted>,
+    },
     /// Refused at the edge: not stored, counted, `reason` logged (at most once a second).
     Refuse { why: Refused, reason: String },
 }
@@ -184,7 +201,10 @@ pub fn judge(
                 format!("a DLMS push in clear from {peer} would be stored for {meter_id}, a meter of the credential store: its pushes must be ciphered"),
             );
         }
-        return Verdict::Take { meter_id };
+        return Verdict::Take {
+            meter_id,
+            counted: None,
+        };
     };
     let title = dlms::apdu::hex(&head.system_title);
     if head.tag == 0xDC {
@@ -231,6 +251,11 @@ pub fn judge(
             }
             Verdict::Take {
                 meter_id: meter_id.to_string(),
+                counted: opened.security.map(|s| Counted {
+                    system_title: s.system_title,
+                    key: keys.check_value(),
+                    counter: s.invocation_counter,
+                }),
             }
         }
         Err(e) => refuse(Refused::AuthFailed, format!("meter {meter_id}: {e}")),

@@ -62,9 +62,10 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
 use crate::credentials::SharedCredentials;
+use crate::dlms_replay::ReplayGuard;
 use crate::edge::{policy, Budget, RawMessage, Submission};
 use crate::error::IngestError;
-use frame::{Refused, Transport, Verdict};
+use frame::{Counted, Refused, Transport, Verdict};
 use slots::Slots;
 
 pub use config::{check_keys, check_plaintext_rule, DlmsConfig};
@@ -131,9 +132,33 @@ struct Edge {
     received: metrics::Counter,
     /// When a refusal was last logged (Unix ms).
     last_refusal_log_ms: std::sync::atomic::AtomicI64,
+    /// The highest invocation counter stored per system title and key (from the checkpoint's
+    /// counters at start, then every push this listener stored): a push not above it is a
+    /// captured one sent again, refused here without storage. The pipeline still decides.
+    stored_counters: std::sync::Mutex<ReplayGuard>,
+    /// Tests that send one push many times turn the memory of counters off.
+    #[cfg(test)]
+    remember_counters: std::sync::atomic::AtomicBool,
 }
 
 impl Edge {
+    fn counters(&self) -> std::sync::MutexGuard<'_, ReplayGuard> {
+        self.stored_counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Notes the counter of a push now stored (TCP: durable; UDP: handed to the writer).
+    fn stored(&self, counted: Option<Counted>) {
+        #[cfg(test)]
+        if !self.remember_counters.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(c) = counted {
+            self.counters().note(c.system_title, c.key, c.counter);
+        }
+    }
+
     /// A frame of `bytes`' share of `dlms.max_inflight_bytes` if there is room now.
     fn try_lease(&self, bytes: usize) -> Option<Budget> {
         let permit = self
@@ -163,7 +188,7 @@ impl Edge {
         frame: Vec<u8>,
         peer: SocketAddr,
         transport: Transport,
-    ) -> Result<RawMessage, Refused> {
+    ) -> Result<(RawMessage, Option<Counted>), Refused> {
         self.frames.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("meterflow_dlms_frames_total", "transport" => transport.label())
             .increment(1);
@@ -183,11 +208,34 @@ impl Edge {
             plaintext_ok,
             &self.config.plaintext_meter_prefix,
         );
+        // A ciphered push not above the counter stored for its title and key: sent again.
+        let verdict = match verdict {
+            Verdict::Take {
+                meter_id,
+                counted: Some(c),
+            } => match self.counters().replayed(c.system_title, c.key, c.counter) {
+                Some(last) => Verdict::Refuse {
+                    why: Refused::Replay,
+                    reason: format!(
+                        "meter {meter_id}: invocation counter {}, not above the last stored {last}",
+                        c.counter
+                    ),
+                },
+                None => Verdict::Take {
+                    meter_id,
+                    counted: Some(c),
+                },
+            },
+            other => other,
+        };
         match verdict {
-            Verdict::Take { meter_id } => Ok(RawMessage::new(
-                Source::Dlms,
-                format!("meters/{meter_id}/dlms"),
-                Bytes::from(frame),
+            Verdict::Take { meter_id, counted } => Ok((
+                RawMessage::new(
+                    Source::Dlms,
+                    format!("meters/{meter_id}/dlms"),
+                    Bytes::from(frame),
+                ),
+                counted,
             )),
             Verdict::Refuse { why, reason } => {
                 why.count();
@@ -224,10 +272,12 @@ pub struct DlmsServer {
 
 impl DlmsServer {
     /// Serves the bound sockets until `shutdown` begins.
+    /// `stored_counters`: the DLMS counters as of the checkpoint ([`ReplayGuard::load`]).
     pub fn start(
         bound: Bound,
         config: DlmsConfig,
         credentials: Arc<SharedCredentials>,
+        stored_counters: ReplayGuard,
         wal: flume::Sender<Submission>,
         shutdown: ShutdownSignal,
     ) -> DlmsServer {
@@ -247,6 +297,9 @@ impl DlmsServer {
             frames: AtomicU64::new(0),
             received: metrics::counter!("meterflow_received_total", "source" => "dlms"),
             last_refusal_log_ms: std::sync::atomic::AtomicI64::new(0),
+            stored_counters: std::sync::Mutex::new(stored_counters),
+            #[cfg(test)]
+            remember_counters: std::sync::atomic::AtomicBool::new(true),
         });
         let (alive, connections_done) = tokio::sync::mpsc::channel(1);
         tracing::info!(

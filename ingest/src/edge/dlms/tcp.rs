@@ -3,7 +3,6 @@
 //! before it reads the next.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,12 +66,12 @@ pub(super) async fn accept_loop(
 
 /// How a connection ends.
 enum End {
-    /// The meter closed it between frames, or it was idle, or the shutdown came between
-    /// frames: an orderly close (every frame read is durable).
+    /// The meter ended its stream between frames: an orderly close (every frame it sent was
+    /// read and is durable).
     Close,
-    /// Refused, not stored, or cut inside a frame: a reset, so the meter does not take it for
-    /// an orderly end; counted, but where the refusal was counted already or the shutdown
-    /// came (`None`).
+    /// Anything else (refused, not stored, idle, the shutdown, cut inside a frame): a reset,
+    /// so the meter does not take it for an orderly end; counted, but where the refusal was
+    /// counted already or there is none (`None`).
     Reset(Option<Refused>),
 }
 
@@ -88,45 +87,36 @@ async fn connection(
     // The first frame must be whole within dlms.frame_timeout_s of the accept.
     let mut first_by = Some(Instant::now() + frame_timeout(&edge.config));
     let end = loop {
-        // Bytes of this frame read so far: once there are any, an end inside it is a reset.
-        let progress = AtomicUsize::new(0);
         let read = tokio::select! {
             // The shutdown first: a stream that always has a frame ready must not keep the
             // connection from it.
             biased;
             _ = shutdown.stopping() => Err(Read::Shutdown),
-            read = read_frame(&mut stream, &edge, first_by, &progress) => read,
+            read = read_frame(&mut stream, &edge, first_by) => read,
         };
-        let partial = progress.load(Ordering::Relaxed) > 0;
+        // An orderly close (FIN) only once the meter has ended its stream: then every frame
+        // it sent was read, and is durable. Any other end (idle, the shutdown, a refusal)
+        // resets: a frame may be on its way, and the meter must not take the close for
+        // "all stored".
         let (frame, lease) = match read {
             Ok(Some(read)) => read,
             Ok(None) => break End::Close,
             Err(Read::Idle) => {
                 metrics::counter!("meterflow_dlms_idle_closed_total").increment(1);
-                break End::Close;
-            }
-            // Nothing of a frame read: an orderly close (counted where it is a refusal).
-            Err(Read::Refused(why)) if !partial => {
-                why.count();
-                break End::Close;
+                break End::Reset(None);
             }
             Err(Read::Refused(why)) => break End::Reset(Some(why)),
-            Err(Read::Shutdown) if !partial => break End::Close,
             Err(Read::Shutdown) => break End::Reset(None),
             Err(Read::Io(e)) => {
                 tracing::debug!(error = %e, %peer, "DLMS connection");
-                break if partial {
-                    End::Reset(None)
-                } else {
-                    End::Close
-                };
+                break End::Reset(None);
             }
         };
         first_by = None;
         // A refused frame is not stored (its lease given back at once); the connection is
         // reset (counted with the refusal).
-        let message = match edge.message(frame, peer, Transport::Tcp) {
-            Ok(message) => message,
+        let (message, counted) = match edge.message(frame, peer, Transport::Tcp) {
+            Ok(taken) => taken,
             Err(_) => break End::Reset(None),
         };
         let (notify, told) = tokio::sync::oneshot::channel();
@@ -147,7 +137,7 @@ async fn connection(
         }
         // The writer answers every submission it took, at shutdown too.
         match told.await {
-            Ok(Durability::Durable(_)) => {}
+            Ok(Durability::Durable(_)) => edge.stored(counted),
             Ok(Durability::WalFull) => break End::Reset(Some(Refused::WalFull)),
             Ok(Durability::Failed) | Err(_) => break End::Reset(Some(Refused::WalFailed)),
         }
@@ -178,7 +168,7 @@ enum Read {
 
 /// Reads one whole frame (header and APDU) and its share of `dlms.max_inflight_bytes`; `None`
 /// at the end of the stream between frames. Only the bytes of this frame are read, nothing of
-/// the next; `progress` counts them.
+/// the next.
 ///
 /// Deadlines: the first frame of a connection (`first_by`) must be whole by then, counted
 /// from the accept; a later one must begin within `dlms.idle_timeout_s` (else [`Read::Idle`])
@@ -194,7 +184,6 @@ async fn read_frame(
     stream: &mut TcpStream,
     edge: &Edge,
     first_by: Option<Instant>,
-    progress: &AtomicUsize,
 ) -> Result<Option<(Vec<u8>, Budget)>, Read> {
     let mut header = [0u8; WRAPPER_HEADER];
     // The first byte.
@@ -206,9 +195,8 @@ async fn read_frame(
         Ok(Ok(n)) => n,
         Ok(Err(e)) => return Err(Read::Io(e)),
     };
-    progress.store(n, Ordering::Relaxed);
     let whole_by = first_by.unwrap_or_else(|| Instant::now() + frame_timeout(&edge.config));
-    let rest = read_rest(stream, edge, header, n, progress);
+    let rest = read_rest(stream, edge, header, n);
     match tokio::time::timeout_at(whole_by, rest).await {
         Ok(read) => read.map(Some),
         Err(_) => Err(Read::Refused(Refused::FrameTimeout)),
@@ -221,7 +209,6 @@ async fn read_rest(
     edge: &Edge,
     mut header: [u8; WRAPPER_HEADER],
     mut filled: usize,
-    progress: &AtomicUsize,
 ) -> Result<(Vec<u8>, Budget), Read> {
     while filled < WRAPPER_HEADER {
         match stream.read(&mut header[filled..]).await {
@@ -229,7 +216,6 @@ async fn read_rest(
             Ok(n) => filled += n,
             Err(e) => return Err(Read::Io(e)),
         }
-        progress.store(filled, Ordering::Relaxed);
     }
     let len = frame::apdu_len(&header, edge.config.max_apdu_bytes).map_err(Read::Refused)?;
     let total = WRAPPER_HEADER + len;
@@ -253,7 +239,6 @@ async fn read_rest(
             Ok(_) => {}
             Err(e) => return Err(Read::Io(e)),
         }
-        progress.store(frame.len(), Ordering::Relaxed);
     }
     Ok((frame, lease))
 }

@@ -71,10 +71,20 @@ const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 fn a_push_is_for_the_meter_of_its_system_title_and_one_in_clear_only_under_the_rule() {
     let store = store();
     let push = wrapped(&tirol_apdu());
+    let key = meterflow_decoders::dlms::Keys {
+        ek: *b"\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1A\x1B\x1C\x1D\x1E\x1F",
+        ak: None,
+    }
+    .check_value();
     assert_eq!(
         frame::judge(&push, LOCAL, &store, false, "ip-"),
         Verdict::Take {
-            meter_id: "E1".into()
+            meter_id: "E1".into(),
+            counted: Some(frame::Counted {
+                system_title: *b"KFM\x10\x10\x00\x00\x23",
+                key,
+                counter: 2_710_426,
+            }),
         }
     );
     // One byte of the system title changed: no meter's.
@@ -93,7 +103,8 @@ fn a_push_is_for_the_meter_of_its_system_title_and_one_in_clear_only_under_the_r
         assert_eq!(
             frame::judge(&frame, "192.0.2.7".parse().unwrap(), &store, true, "ip-"),
             Verdict::Take {
-                meter_id: "ip-192-0-2-7".into()
+                meter_id: "ip-192-0-2-7".into(),
+                counted: None,
             }
         );
         assert!(matches!(
@@ -214,9 +225,29 @@ fn listener(
         bound,
         config,
         Arc::new(SharedCredentials::in_memory(store)),
+        crate::dlms_replay::ReplayGuard::default(),
         wal,
         shutdown.signal(),
     );
+    (server, addr, submissions, shutdown)
+}
+
+/// The listener of [`listener`] that takes one push again and again (its memory of stored
+/// counters off): for the tests of framing and limits, which send the Tirol push many times.
+fn forgetful(
+    config: DlmsConfig,
+    store: CredentialStore,
+) -> (
+    DlmsServer,
+    SocketAddr,
+    flume::Receiver<Submission>,
+    Shutdown,
+) {
+    let (server, addr, submissions, shutdown) = listener(config, store);
+    server
+        .edge
+        .remember_counters
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     (server, addr, submissions, shutdown)
 }
 
@@ -232,7 +263,7 @@ fn connect(addr: SocketAddr) -> std::net::TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_frames_go_one_at_a_time_each_durable_before_the_next_is_read() {
     crate::runtime::metrics_handle();
-    let (server, addr, submissions, shutdown) = listener(DlmsConfig::default(), store());
+    let (server, addr, submissions, shutdown) = forgetful(DlmsConfig::default(), store());
     let push = wrapped(&tirol_apdu());
     let mut unknown = push.clone();
     unknown[8 + 9] ^= 0xFF;
@@ -349,7 +380,7 @@ async fn limits_close_what_passes_them_and_the_shutdown_ends_every_connection() 
         max_apdu_bytes: 400,
         ..DlmsConfig::default()
     };
-    let (server, addr, submissions, shutdown) = listener(config, store());
+    let (server, addr, submissions, shutdown) = forgetful(config, store());
     // A frame over max_apdu_bytes: the connection is reset, nothing submitted.
     let mut big = connect(addr);
     big.write_all(&wrapped(&[0x0F; 401])).unwrap();
@@ -406,12 +437,16 @@ async fn limits_close_what_passes_them_and_the_shutdown_ends_every_connection() 
         metric("meterflow_dlms_refused_total{reason=\"max_connections\"}") == capped + 1.0
     })
     .await;
-    // The shutdown closes the one that is held, in order.
+    // The shutdown ends the one that is held with a reset (review 22, round 3, H3: a frame
+    // could be on its way; an orderly close is only for a meter that ended its stream).
     shutdown.begin(Duration::from_secs(5));
     let read = tokio::task::spawn_blocking(move || held.read(&mut [0u8; 16]))
         .await
         .unwrap();
-    assert_eq!(read.unwrap(), 0);
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
     assert_eq!(server.stopped().await.frames, 2);
 }
 
@@ -423,7 +458,7 @@ async fn a_datagram_is_one_frame_handed_on_without_waiting() {
         allow_plaintext: true,
         ..DlmsConfig::default()
     };
-    let (server, addr, submissions, shutdown) = listener(config, store());
+    let (server, addr, submissions, shutdown) = forgetful(config, store());
     let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let push = wrapped(&tirol_apdu());
     // Not a frame (a byte short), then the push, then one in clear.
@@ -492,7 +527,7 @@ async fn frames_in_flight_are_held_to_the_byte_budget() {
         max_inflight_bytes: 508,
         ..DlmsConfig::default()
     };
-    let (server, addr, submissions, shutdown) = listener(config, store());
+    let (server, addr, submissions, shutdown) = forgetful(config, store());
     let mut a = connect(addr);
     a.write_all(&push).unwrap();
     let mut first = submissions.recv_async().await.unwrap();
@@ -535,18 +570,21 @@ async fn frames_must_be_whole_within_the_frame_timeout_and_idle_connections_clos
         idle_timeout_s: 3,
         ..DlmsConfig::default()
     };
-    let (server, addr, submissions, shutdown) = listener(config, store());
+    let (server, addr, submissions, shutdown) = forgetful(config, store());
     let push = wrapped(&tirol_apdu());
     let read = |mut stream: std::net::TcpStream| {
         tokio::task::spawn_blocking(move || stream.read(&mut [0u8; 16]).map_err(|e| e.kind()))
     };
-    // Nothing sent: closed (nothing of a frame read, so an orderly close), counted.
+    // Nothing sent: reset (an orderly close only when the meter ended its stream), counted.
     let silent = read(connect(addr));
     // A header and part of the body, then nothing: reset, counted.
     let mut slow = connect(addr);
     slow.write_all(&push[..100]).unwrap();
     let slow = read(slow);
-    assert_eq!(silent.await.unwrap(), Ok(0));
+    assert_eq!(
+        silent.await.unwrap(),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
     assert_eq!(
         slow.await.unwrap(),
         Err(std::io::ErrorKind::ConnectionReset)
@@ -566,12 +604,16 @@ async fn frames_must_be_whole_within_the_frame_timeout_and_idle_connections_clos
         Err(std::io::ErrorKind::ConnectionReset)
     );
     until("counted", || timed_out() == before + 3.0).await;
-    // A frame, then nothing: the idle timeout closes it in order.
+    // A frame, then nothing: the idle timeout ends it, with a reset (the meter did not end
+    // its stream: a frame could be on its way).
     let mut quiet = connect(addr);
     quiet.write_all(&push).unwrap();
     let s = submissions.recv_async().await.unwrap();
     s.notify.unwrap().send(Durability::Durable(2)).unwrap();
-    assert_eq!(read(quiet).await.unwrap(), Ok(0));
+    assert_eq!(
+        read(quiet).await.unwrap(),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
     until("the idle close counted", || idle() == idle_before + 1.0).await;
     assert_eq!(
         timed_out(),
@@ -592,7 +634,7 @@ async fn a_connection_past_the_per_address_cap_is_closed_at_accept_and_counted()
         max_connections_per_address: 1,
         ..DlmsConfig::default()
     };
-    let (server, addr, submissions, shutdown) = listener(config, store());
+    let (server, addr, submissions, shutdown) = forgetful(config, store());
     let mut held = connect(addr);
     held.write_all(&wrapped(&tirol_apdu())).unwrap();
     let s = submissions.recv_async().await.unwrap();
@@ -705,7 +747,56 @@ fn pushes_are_judged_on_their_claimed_protection_first() {
     assert_eq!(
         frame::judge(&plain, peer, &store(), true, "ip-"),
         Verdict::Take {
-            meter_id: "ip-192-0-2-7".into()
+            meter_id: "ip-192-0-2-7".into(),
+            counted: None,
         }
     );
+}
+
+/// Review 22 (round 3), H1: a captured push sent again gets no storage. Once a push is
+/// durable, the same bytes again (over TCP or UDP, from anywhere) are refused at the listener
+/// as `replay`, counted, the connection reset; a push the WAL could not take (the meter sends
+/// it again) is not remembered, so its resend is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_sent_again_after_it_was_stored_is_refused_at_the_listener() {
+    crate::runtime::metrics_handle();
+    let (server, addr, submissions, shutdown) = listener(DlmsConfig::default(), store());
+    let push = wrapped(&tirol_apdu());
+    // The WAL full: reset, and the counter not remembered.
+    let mut client = connect(addr);
+    client.write_all(&push).unwrap();
+    let s = submissions.recv_async().await.unwrap();
+    s.notify.unwrap().send(Durability::WalFull).unwrap();
+    let read = tokio::task::spawn_blocking(move || client.read(&mut [0u8; 16]))
+        .await
+        .unwrap();
+    assert!(read.is_err(), "{read:?}");
+    // Sent again: taken, and durable this time.
+    let mut client = connect(addr);
+    client.write_all(&push).unwrap();
+    let s = submissions.recv_async().await.unwrap();
+    s.notify.unwrap().send(Durability::Durable(1)).unwrap();
+    drop(client);
+    // The same bytes again, over TCP and over UDP: refused before any storage.
+    let replays = metric("meterflow_dlms_refused_total{reason=\"replay\"}");
+    let mut again = connect(addr);
+    let read = tokio::task::spawn_blocking(move || {
+        again.write_all(&push).unwrap();
+        again.read(&mut [0u8; 16])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(&wrapped(&tirol_apdu()), addr).unwrap();
+    until("both replays counted", || {
+        metric("meterflow_dlms_refused_total{reason=\"replay\"}") >= replays + 2.0
+    })
+    .await;
+    nothing_for_a_while(&submissions).await;
+    shutdown.begin(Duration::from_secs(5));
+    server.stopped().await;
 }

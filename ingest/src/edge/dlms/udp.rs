@@ -42,7 +42,7 @@ pub(super) async fn serve(socket: UdpSocket, edge: Arc<Edge>, mut shutdown: Shut
             why.count();
             continue;
         }
-        let Ok(message) = edge.message(datagram.to_vec(), peer, Transport::Udp) else {
+        let Ok((message, counted)) = edge.message(datagram.to_vec(), peer, Transport::Udp) else {
             continue;
         };
         // Its share of dlms.max_inflight_bytes, or dropped: a datagram does not wait.
@@ -55,7 +55,7 @@ pub(super) async fn serve(socket: UdpSocket, edge: Arc<Edge>, mut shutdown: Shut
             ..Submission::unanswered(message)
         };
         match edge.wal.try_send(submission) {
-            Ok(()) => {}
+            Ok(()) => edge.stored(counted),
             Err(flume::TrySendError::Full(_)) => Refused::Busy.count(),
             Err(flume::TrySendError::Disconnected(_)) => break,
         }
