@@ -59,8 +59,8 @@ run() { # dlms-tcp | mqtt
   dir=$(mktemp -d -p "$work")
   "$bin" credentials --data-dir "$dir/data" import "$work/fleet.csv" >/dev/null
   # The whole fleet connects from 127.0.0.1 at once: no per-address caps in the way (the
-  # listener's default dlms.max_connections_per_address is 256).
-  printf '[mqtt]\nmax_connections = 200000\nmax_pending_connections = 200000\nmax_pending_per_address = 200000\n[dlms]\nmax_connections = 65536\nmax_connections_per_address = 65536\n' >"$dir/meterflow.toml"
+  # listener's default dlms.max_pending_per_address is 256).
+  printf '[mqtt]\nmax_connections = 200000\nmax_pending_connections = 200000\nmax_pending_per_address = 200000\n[dlms]\nmax_connections = 65536\nmax_pending_connections = 65536\nmax_pending_per_address = 65536\nmax_inflight_bytes = 1073741824\n' >"$dir/meterflow.toml"
   METERFLOW_LOG=warn "$bin" serve --config "$dir/meterflow.toml" --data-dir "$dir/data" \
     --mqtt-listen "127.0.0.1:$mqtt_port" --mqtt-v5-listen off --coap-listen off \
     --http-listen "127.0.0.1:$http_port" --dlms-listen "127.0.0.1:$dlms_port" 2>"$dir/serve.log" &

@@ -547,8 +547,8 @@ mod tests {
             ("[http]\nmax_connections = 0\n", "http.max_connections"),
             ("[dlms]\nmax_connections = 0\n", "dlms.max_connections"),
             (
-                "[dlms]\nmax_connections_per_address = 0\n",
-                "dlms.max_connections_per_address",
+                "[dlms]\nmax_pending_per_address = 0\n",
+                "dlms.max_pending_per_address",
             ),
             ("[dlms]\nmax_apdu_bytes = 0\n", "dlms.max_apdu_bytes"),
             ("[dlms]\nmax_apdu_bytes = 65536\n", "dlms.max_apdu_bytes"),

@@ -191,7 +191,9 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
     let (coap_tx, coap_rx) = edge::channel(config.coap.max_inflight.max(1));
     // One frame per TCP connection waits at most (it is not read further meanwhile), and
     // datagrams.
-    let (dlms_tx, dlms_rx) = edge::channel(config.dlms.max_connections + dlms::UDP_QUEUE);
+    let (dlms_tx, dlms_rx) = edge::channel(
+        config.dlms.max_connections + config.dlms.max_pending_connections + dlms::UDP_QUEUE,
+    );
     let mqtt = MqttServer::start(
         config.mqtt.clone(),
         credentials.clone(),
@@ -590,7 +592,7 @@ const OPEN_FILES_BESIDES: usize = 1024;
 /// [`OPEN_FILES_BESIDES`].
 fn raise_open_files_limit(config: &Config) {
     let dlms = if config.dlms.listen.is_some() {
-        config.dlms.max_connections
+        config.dlms.max_connections + config.dlms.max_pending_connections
     } else {
         0
     };
@@ -603,7 +605,7 @@ fn raise_open_files_limit(config: &Config) {
         Ok(got) if got < wanted => tracing::warn!(
             open_files = got,
             wanted,
-            "the open-files limit is below mqtt.max_connections + mqtt.max_pending_connections + http.max_connections (+ dlms.max_connections) + 1024: raise it (LimitNOFILE= in the systemd unit, or ulimit -n)"
+            "the open-files limit is below mqtt.max_connections + mqtt.max_pending_connections + http.max_connections (+ dlms.max_connections + dlms.max_pending_connections) + 1024: raise it (LimitNOFILE= in the systemd unit, or ulimit -n)"
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "reading the open-files limit"),

@@ -108,7 +108,7 @@ enum DlmsTransport {
     Udp,
 }
 
-/// The wrapper listener's default `dlms.max_connections_per_address`.
+/// The wrapper listener's default `dlms.max_pending_per_address`.
 const DLMS_PER_ADDRESS: usize = 256;
 
 /// Runs the fleet and prints its summary; exits with status 2 when a meter failed.
@@ -181,7 +181,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         && args.concurrency.min(args.meters) > DLMS_PER_ADDRESS
     {
         eprintln!(
-            "simulate: {} connections at once from one address: above the listener's default dlms.max_connections_per_address ({DLMS_PER_ADDRESS}), connections past its [dlms] limits are closed at accept (raise them, or lower --concurrency)",
+            "simulate: {} connections at once from one address: above the listener's default dlms.max_pending_per_address ({DLMS_PER_ADDRESS}), connections past its [dlms] limits are closed at accept (raise them, or lower --concurrency)",
             args.concurrency.min(args.meters)
         );
     }

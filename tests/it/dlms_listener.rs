@@ -6,7 +6,8 @@
 //! refused at the edge (counted, not stored: no identity, no storage; the TCP connection
 //! reset); a push in clear is refused,
 //! or stored for `ip-127-0-0-1` with `dlms.allow_plaintext`; a frame over
-//! `dlms.max_apdu_bytes` and a connection past `dlms.max_connections` are closed and counted.
+//! `dlms.max_apdu_bytes` and a connection past `dlms.max_pending_per_address` are closed and
+//! counted.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, UdpSocket};
@@ -105,34 +106,41 @@ fn a_ciphered_push_over_tcp_is_stored_exactly_and_a_replay_and_an_unknown_system
     wait_for("the push decoded", || {
         (server.metric("meterflow_decoded_total{format=\"dlms\"}") >= 1.0).then_some(())
     });
-    // The same bytes again: a replay, refused by the pipeline (a dead letter: the push is
-    // its meter's). Then a frame whose system title is no meter's: refused at the edge, not
-    // stored (no identity, no storage) and the connection reset.
-    send_tcp(port, &[&push]);
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    stream.write_all(&unknown).unwrap();
-    assert_eq!(
-        stream.read(&mut [0u8; 16]).map_err(|e| e.kind()),
-        Err(std::io::ErrorKind::ConnectionReset)
-    );
+    // The same bytes again (a captured push sent by anyone): refused at the listener as a
+    // replay, not stored (review 22 round 3, H1), the connection reset. Then a frame whose
+    // system title is no meter's: refused at the edge, not stored, reset.
+    let reset = |frame: &[u8]| {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        stream.write_all(frame).unwrap();
+        assert_eq!(
+            stream.read(&mut [0u8; 16]).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset)
+        );
+    };
+    reset(&push);
+    reset(&unknown);
     wait_for("both refusals counted", || {
-        (server.metric("meterflow_dlms_rejected_total{reason=\"replay\"}") == 1.0
-            && refused(&server, "unknown_system_title") == 1.0)
+        (refused(&server, "replay") == 1.0 && refused(&server, "unknown_system_title") == 1.0)
             .then_some(())
     });
-    // Review 22, L3: an unknown title over the listener is counted where it is over MQTT.
-    assert_eq!(
-        server.metric("meterflow_dlms_rejected_total{reason=\"unknown_system_title\"}"),
-        1.0
-    );
+    // Counted where the pipeline's are too (review 22, L3).
+    for reason in ["replay", "unknown_system_title"] {
+        assert_eq!(
+            server.metric(&format!(
+                "meterflow_dlms_rejected_total{{reason=\"{reason}\"}}"
+            )),
+            1.0,
+            "{reason}"
+        );
+    }
     assert_eq!(
         server.metric("meterflow_dlms_frames_total{transport=\"tcp\"}"),
         3.0
     );
-    let (status, data_dir, log, _keep) = server.stop();
+    let (status, data_dir, log, tmp) = server.stop();
     assert!(status.success(), "{log}");
     assert!(!log.contains(KEY), "the key is in the log");
     // Review 22, M4: E1 has an encryption key alone: warned at start-up, once.
@@ -141,23 +149,30 @@ fn a_ciphered_push_over_tcp_is_stored_exactly_and_a_replay_and_an_unknown_system
         1,
         "{log}"
     );
-
-    // Exactly the push's readings, once.
+    // Exactly the push's readings, once; no dead letter (nothing refused was stored).
     assert_eq!(stored(&data_dir), tirol_rows("E1"));
-    let (kinds, letters) = dead_letters(&data_dir);
-    assert_eq!(kinds, [("E1".to_string(), "replay".to_string())]);
-    let replay = letters.iter().find(|l| l.kind == "replay").unwrap();
-    assert!(
-        replay
-            .reason
-            .contains("invocation counter 2710426, not above the last accepted 2710426"),
-        "{}",
-        replay.reason
-    );
+    let (kinds, _) = dead_letters(&data_dir);
+    assert!(kinds.is_empty(), "{kinds:?}");
+
+    // After a restart the listener knows the counter from the checkpoint's file.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Server::start_in(tmp, &["--dlms-listen", &listen]);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream.write_all(&push).unwrap();
     assert_eq!(
-        replay.payload, push,
-        "the dead letter keeps the whole frame"
+        stream.read(&mut [0u8; 16]).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
     );
+    wait_for("the replay refused after the restart", || {
+        (refused(&server, "replay") == 1.0).then_some(())
+    });
+    let (_, data_dir, _, _keep) = server.stop();
+    let (kinds, _) = dead_letters(&data_dir);
+    assert!(kinds.is_empty(), "{kinds:?}");
 }
 
 #[test]
@@ -196,7 +211,7 @@ fn a_ciphered_push_over_udp_is_stored_exactly_and_unknown_and_plaintext_ones_are
 #[test]
 fn limits_close_and_count_and_plaintext_is_taken_for_the_senders_address_when_allowed() {
     let (_dir, config) = crate::harness::config_file(
-        "[dlms]\nmax_connections = 1\nmax_apdu_bytes = 1024\nallow_plaintext = true\n",
+        "[dlms]\nmax_pending_connections = 1\nmax_pending_per_address = 1\nmax_apdu_bytes = 1024\nallow_plaintext = true\n",
     );
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -221,25 +236,28 @@ fn limits_close_and_count_and_plaintext_is_taken_for_the_senders_address_when_al
         (refused(&server, "frame_too_large") == 1.0).then_some(())
     });
 
-    // The one place taken; the next connection is closed at accept, and counted.
+    // The one pending place taken (a connection that has sent nothing); the next from the
+    // same address is closed at accept, and counted.
     wait_for("the place given back", || {
-        (server.metric("meterflow_dlms_connections") == 0.0).then_some(())
+        (server.metric("meterflow_dlms_pending_connections") == 0.0).then_some(())
     });
     let mut held = connect();
     wait_for("the place taken", || {
-        (server.metric("meterflow_dlms_connections") == 1.0).then_some(())
+        (server.metric("meterflow_dlms_pending_connections") == 1.0).then_some(())
     });
     let mut second = connect();
     let read = second.read(&mut [0u8; 16]);
     assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?}");
     wait_for("the refusal counted", || {
-        (refused(&server, "max_connections") == 1.0).then_some(())
+        (refused(&server, "pending_per_address") == 1.0).then_some(())
     });
 
     // The held connection still works: a push in clear, stored for the sender's address.
     held.write_all(&wrapped(&tirol("apdu_plain.hex"))).unwrap();
     held.shutdown(Shutdown::Write).unwrap();
     assert_eq!(held.read(&mut [0u8; 16]).unwrap(), 0);
+    // Its push taken, it was identified: out of the pending budget.
+    assert_eq!(server.metric("meterflow_dlms_pending_connections"), 0.0);
     wait_for("the push decoded", || {
         (server.metric("meterflow_decoded_total{format=\"dlms\"}") >= 1.0).then_some(())
     });

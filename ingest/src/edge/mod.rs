@@ -28,6 +28,7 @@ pub mod dlms;
 pub mod mqtt;
 mod note;
 pub mod policy;
+pub mod slots;
 mod submission;
 
 pub use note::{EdgeNote, EdgeNoteKind};

@@ -24,11 +24,16 @@ pub struct DlmsConfig {
     /// The meter id of a plaintext push: this, then the sender's IP address with `.` and `:`
     /// made `-` (`ip-192-0-2-7`).
     pub plaintext_meter_prefix: String,
-    /// Open TCP connections at most (at most 65536); one more is closed at accept.
+    /// TCP connections whose first push was taken (identified by its meter's keys), at most
+    /// (at most 65536); the first push of one more resets it, not stored.
     pub max_connections: usize,
-    /// Open TCP connections from one address at most (an IPv6 /64 counts as one); one more
-    /// is closed at accept. Above `max_connections` it is no cap of its own.
-    pub max_connections_per_address: usize,
+    /// TCP connections not identified yet (from accept to their first push taken), at most;
+    /// with it full the oldest of the address holding the most (or one pending for half of
+    /// `frame_timeout_s`) is reset for a newcomer, else the newcomer is closed at accept.
+    pub max_pending_connections: usize,
+    /// Connections not identified yet from one address (an IPv6 /64 counts as one), at most;
+    /// one more is closed at accept.
+    pub max_pending_per_address: usize,
     /// The largest APDU a frame may carry (its header's length field), bytes, 1 to 65535 (the
     /// field's maximum). 8192 by default: real pushes are well below 2 KB. A larger one
     /// resets its TCP connection (a UDP datagram is dropped).
@@ -63,7 +68,8 @@ impl Default for DlmsConfig {
             allow_plaintext: false,
             plaintext_meter_prefix: "ip-".into(),
             max_connections: 1024,
-            max_connections_per_address: 256,
+            max_pending_connections: 1024,
+            max_pending_per_address: 256,
             max_apdu_bytes: 8192,
             max_inflight_bytes: 16 * 1024 * 1024,
             frame_timeout_s: 30,
@@ -99,21 +105,40 @@ impl DlmsConfig {
             ));
         }
         positive(
-            "dlms.max_connections_per_address",
-            self.max_connections_per_address as u64,
+            "dlms.max_pending_connections",
+            self.max_pending_connections as u64,
         )?;
+        if self.max_pending_connections > MAX_CONNECTIONS {
+            return Err(IngestError::config(
+                "dlms.max_pending_connections",
+                format!("must be at most {MAX_CONNECTIONS}"),
+            ));
+        }
+        positive(
+            "dlms.max_pending_per_address",
+            self.max_pending_per_address as u64,
+        )?;
+        if self.max_pending_per_address > self.max_pending_connections {
+            return Err(IngestError::config(
+                "dlms.max_pending_per_address",
+                "must be at most dlms.max_pending_connections",
+            ));
+        }
         if !(1..=usize::from(u16::MAX)).contains(&self.max_apdu_bytes) {
             return Err(IngestError::config(
                 "dlms.max_apdu_bytes",
                 "must be 1 to 65535 (the wrapper header's length field)",
             ));
         }
-        if self.max_inflight_bytes < 8 + self.max_apdu_bytes
-            || self.max_inflight_bytes > u32::MAX as usize
-        {
+        // Every pending connection's frame, and one more: what no identity can take from the
+        // meters that have one (review 22, round 3, M1).
+        let pending_frames = (self.max_pending_connections + 1) * (8 + self.max_apdu_bytes);
+        if self.max_inflight_bytes < pending_frames || self.max_inflight_bytes > u32::MAX as usize {
             return Err(IngestError::config(
                 "dlms.max_inflight_bytes",
-                "must be at least 8 + dlms.max_apdu_bytes (one whole frame) and at most 4294967295",
+                format!(
+                    "must be at least (dlms.max_pending_connections + 1) x (8 + dlms.max_apdu_bytes) = {pending_frames} (so that connections not identified yet cannot take it all) and at most 4294967295"
+                ),
             ));
         }
         if !(1..=MAX_FRAME_S).contains(&self.frame_timeout_s) {

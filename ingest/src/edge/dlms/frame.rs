@@ -65,10 +65,17 @@ pub enum Refused {
     WalFailed,
     /// A datagram that found the writer's channel full: dropped.
     Busy,
-    /// A TCP connection past `dlms.max_connections`: closed at accept.
+    /// A TCP connection whose first push was taken with `dlms.max_connections` identified
+    /// ones open: reset, the push not stored.
     MaxConnections,
-    /// A TCP connection past `dlms.max_connections_per_address`: closed at accept.
-    MaxConnectionsPerAddress,
+    /// A TCP connection past `dlms.max_pending_connections`, when none could be evicted for
+    /// it: closed at accept.
+    MaxPending,
+    /// A TCP connection past `dlms.max_pending_per_address`: closed at accept.
+    PendingPerAddress,
+    /// A pending connection evicted for a newcomer that could not be identified after all
+    /// (counted with the eviction, as `pending_evicted`).
+    PendingEvicted,
     /// A ciphered push whose invocation counter is not above the last one stored for its
     /// system title (and key): a captured push sent again; not stored, the connection reset.
     Replay,
@@ -91,7 +98,9 @@ impl Refused {
             Refused::WalFailed => "wal_failed",
             Refused::Busy => "busy",
             Refused::MaxConnections => "max_connections",
-            Refused::MaxConnectionsPerAddress => "max_connections_per_address",
+            Refused::MaxPending => "max_pending",
+            Refused::PendingPerAddress => "pending_per_address",
+            Refused::PendingEvicted => "pending_evicted",
             Refused::Replay => "replay",
         }
     }

@@ -30,7 +30,9 @@
 //!   reset; the meter sends again later. UDP: one task reads datagrams (one frame each) and
 //!   hands them on without waiting (there is no answer to wait with); a full channel or byte
 //!   budget drops the datagram (`busy`).
-//! - Limits: `dlms.max_connections`, `dlms.max_connections_per_address` ([`slots`]),
+//! - Limits: `dlms.max_connections` (identified), `dlms.max_pending_connections` and
+//!   `dlms.max_pending_per_address` (before the first push is taken, the oldest evicted for a
+//!   newcomer: [`slots`]),
 //!   `dlms.max_apdu_bytes`, `dlms.max_inflight_bytes` (bytes of frames from their header
 //!   until the writer is done with them), `dlms.frame_timeout_s` (a frame whole within it of
 //!   its first byte, the first frame of the accept), `dlms.idle_timeout_s` (between frames).
@@ -63,10 +65,10 @@ use tokio::task::JoinHandle;
 
 use crate::credentials::SharedCredentials;
 use crate::dlms_replay::ReplayGuard;
+use crate::edge::slots::Slots;
 use crate::edge::{policy, Budget, RawMessage, Submission};
 use crate::error::IngestError;
 use frame::{Counted, Refused, Transport, Verdict};
-use slots::Slots;
 
 pub use config::{check_keys, check_plaintext_rule, DlmsConfig};
 
@@ -283,7 +285,13 @@ impl DlmsServer {
     ) -> DlmsServer {
         let Bound { tcp, udp, addr } = bound;
         let edge = Arc::new(Edge {
-            slots: Slots::new(config.max_connections, config.max_connections_per_address),
+            slots: Arc::new(Slots::new(
+                config.max_pending_connections,
+                config.max_pending_per_address,
+                config.max_connections,
+                frame_timeout(&config),
+                slots::METRICS,
+            )),
             budget: Arc::new(tokio::sync::Semaphore::new(config.max_inflight_bytes)),
             inflight_bytes: {
                 let gauge = metrics::gauge!("meterflow_dlms_inflight_bytes");

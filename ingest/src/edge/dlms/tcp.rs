@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use super::frame::{self, Refused, Transport};
-use super::slots::Slot;
+use super::slots::Place;
 use super::{frame_timeout, idle_timeout, Edge};
 use crate::edge::Budget;
 use crate::edge::{Durability, Submission};
@@ -35,8 +35,8 @@ pub(super) async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let slot = match edge.slots.take(peer.ip()) {
-                    Ok(slot) => slot,
+                let place = match Place::take(&edge.slots, peer.ip()) {
+                    Ok(place) => place,
                     Err(why) => {
                         why.count();
                         continue; // dropping the stream closes it
@@ -47,7 +47,7 @@ pub(super) async fn accept_loop(
                     stream,
                     peer,
                     edge.clone(),
-                    slot,
+                    place,
                     shutdown.clone(),
                     alive.clone(),
                 ));
@@ -80,7 +80,7 @@ async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     edge: Arc<Edge>,
-    slot: Slot,
+    mut place: Place,
     mut shutdown: ShutdownSignal,
     _alive: tokio::sync::mpsc::Sender<()>,
 ) {
@@ -92,6 +92,8 @@ async fn connection(
             // connection from it.
             biased;
             _ = shutdown.stopping() => Err(Read::Shutdown),
+            // Not identified yet, its place taken for a newcomer: reset (counted there).
+            () = place.evicted() => Err(Read::Shutdown),
             read = read_frame(&mut stream, &edge, first_by) => read,
         };
         // An orderly close (FIN) only once the meter has ended its stream: then every frame
@@ -119,6 +121,10 @@ async fn connection(
             Ok(taken) => taken,
             Err(_) => break End::Reset(None),
         };
+        // Its first push taken: the connection is identified (once), if there is room.
+        if let Err(why) = place.identify() {
+            break End::Reset(Some(why).filter(|w| *w != Refused::PendingEvicted));
+        }
         let (notify, told) = tokio::sync::oneshot::channel();
         let submission = Submission {
             message,
@@ -152,7 +158,7 @@ async fn connection(
         }
     }
     // The place first: a meter that sees the close finds it free.
-    drop(slot);
+    drop(place);
     drop(stream);
 }
 

@@ -13,9 +13,10 @@ use meterflow_proto::Source;
 use meterflow_storage::Shutdown;
 
 use super::frame::{self, Refused, Verdict};
-use super::slots::Slots;
+use super::slots::Place;
 use super::{bind, DlmsConfig, DlmsServer};
 use crate::credentials::{Credential, CredentialStore, DlmsIdentity, Secret, SharedCredentials};
+use crate::edge::slots::Slots;
 use crate::edge::{Durability, Submission};
 
 /// The Tirol worked example's ciphered APDU (general-glo-ciphering, system title
@@ -187,23 +188,38 @@ fn a_frame_is_read_only_whole_and_within_the_limit() {
 }
 
 #[test]
-fn the_connection_budget_counts_in_all_and_per_address() {
-    let slots = Slots::new(3, 2);
+fn the_connection_budgets_count_pending_per_address_and_identified_in_all() {
+    let slots = Arc::new(Slots::new(
+        3,
+        2,
+        1,
+        Duration::from_secs(3600),
+        super::slots::METRICS,
+    ));
     let a: IpAddr = "10.0.0.1".parse().unwrap();
     // The same /64.
     let (b1, b2): (IpAddr, IpAddr) = (
         "2001:db8::1".parse().unwrap(),
         "2001:db8::2".parse().unwrap(),
     );
-    let first = slots.take(a).unwrap();
-    let _second = slots.take(a).unwrap();
-    assert_eq!(slots.take(a).err(), Some(Refused::MaxConnectionsPerAddress));
-    let _third = slots.take(b1).unwrap();
-    assert_eq!(slots.take(b2).err(), Some(Refused::MaxConnections));
+    let mut first = Place::take(&slots, a).unwrap();
+    let mut second = Place::take(&slots, a).unwrap();
+    assert_eq!(
+        Place::take(&slots, a).err(),
+        Some(Refused::PendingPerAddress)
+    );
+    let _third = Place::take(&slots, b1).unwrap();
+    // Full, and no address holds two more than b's, none pending for half the deadline.
+    assert_eq!(Place::take(&slots, b2).err(), Some(Refused::MaxPending));
     assert_eq!(slots.open(), 3);
+    // Identified: out of the pending budget (and its address's cap), into the other.
+    first.identify().unwrap();
+    assert_eq!(second.identify(), Err(Refused::MaxConnections));
+    let _fourth = Place::take(&slots, a).unwrap();
+    assert_eq!(slots.open(), 4);
     drop(first);
-    assert_eq!(slots.open(), 2);
-    let _again = slots.take(a).unwrap();
+    assert_eq!(slots.open(), 3);
+    second.identify().unwrap();
 }
 
 /// A listener on 127.0.0.1 (a port the system chooses) with meter E1, whose WAL writer is the
@@ -425,14 +441,21 @@ async fn limits_close_what_passes_them_and_the_shutdown_ends_every_connection() 
     let s = submissions.recv_async().await.unwrap();
     assert_eq!(s.message.topic, "meters/E1/dlms");
     s.notify.unwrap().send(Durability::Durable(1)).unwrap();
-    // A second connection is closed at accept, and counted (review 22, T3: the count is
-    // what tells it from a read that merely ended).
+    // A second meter's push finds max_connections (1) taken: reset, not stored, counted
+    // (review 22, T3: the count is what tells it from a read that merely ended).
     let capped = metric("meterflow_dlms_refused_total{reason=\"max_connections\"}");
     let mut refused = connect(addr);
-    let read = tokio::task::spawn_blocking(move || refused.read(&mut [0u8; 16]))
-        .await
-        .unwrap();
-    assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?}");
+    let read = tokio::task::spawn_blocking(move || {
+        refused.write_all(&wrapped(&tirol_apdu())).unwrap();
+        refused.read(&mut [0u8; 16])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    assert!(submissions.is_empty());
     until("the refusal counted", || {
         metric("meterflow_dlms_refused_total{reason=\"max_connections\"}") == capped + 1.0
     })
@@ -447,7 +470,8 @@ async fn limits_close_what_passes_them_and_the_shutdown_ends_every_connection() 
         read.map_err(|e| e.kind()),
         Err(std::io::ErrorKind::ConnectionReset)
     );
-    assert_eq!(server.stopped().await.frames, 2);
+    // The clear one, the held meter's, and the push refused for max_connections.
+    assert_eq!(server.stopped().await.frames, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,31 +648,60 @@ async fn frames_must_be_whole_within_the_frame_timeout_and_idle_connections_clos
     assert_eq!(server.stopped().await.frames, 2);
 }
 
-/// Review 22, T4: `dlms.max_connections_per_address` over real sockets.
+/// Review 22, T4 and round 3, H2: over real sockets, connections that have not identified
+/// themselves are capped per address, and with the pending budget full the oldest of the
+/// address holding the most is reset for a newcomer from another: silent connections cannot
+/// keep a meter out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_past_the_per_address_cap_is_closed_at_accept_and_counted() {
+async fn silent_connections_are_capped_and_evicted_for_a_newcomer() {
     crate::runtime::metrics_handle();
-    let capped = || metric("meterflow_dlms_refused_total{reason=\"max_connections_per_address\"}");
-    let before = capped();
+    let refused = |r: &str| metric(&format!("meterflow_dlms_refused_total{{reason=\"{r}\"}}"));
+    let (capped, evicted) = (refused("pending_per_address"), refused("pending_evicted"));
     let config = DlmsConfig {
-        max_connections_per_address: 1,
+        max_pending_connections: 2,
+        max_pending_per_address: 2,
         ..DlmsConfig::default()
     };
     let (server, addr, submissions, shutdown) = forgetful(config, store());
-    let mut held = connect(addr);
-    held.write_all(&wrapped(&tirol_apdu())).unwrap();
-    let s = submissions.recv_async().await.unwrap();
-    s.notify.unwrap().send(Durability::Durable(1)).unwrap();
-    let mut second = connect(addr);
-    let read = tokio::task::spawn_blocking(move || second.read(&mut [0u8; 16]))
+    let silent: Vec<std::net::TcpStream> = (0..2).map(|_| connect(addr)).collect();
+    until("two pending", || server.edge.slots.open() == 2).await;
+    // A third from the same address: past its cap, closed at accept.
+    let mut third = connect(addr);
+    let read = tokio::task::spawn_blocking(move || third.read(&mut [0u8; 16]))
         .await
         .unwrap();
     assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?}");
-    until("the refusal counted", || capped() == before + 1.0).await;
-    assert_eq!(server.edge.slots.open(), 1);
+    until("the cap counted", || {
+        refused("pending_per_address") == capped + 1.0
+    })
+    .await;
+    // A meter from another address: the oldest silent one is reset for it, and its push is
+    // taken.
+    let meter = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    meter
+        .bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    meter.connect(&addr.into()).unwrap();
+    let mut meter: std::net::TcpStream = meter.into();
+    meter.write_all(&wrapped(&tirol_apdu())).unwrap();
+    let s = submissions.recv_async().await.unwrap();
+    assert_eq!(s.message.topic, "meters/E1/dlms");
+    s.notify.unwrap().send(Durability::Durable(1)).unwrap();
+    until("the eviction counted", || {
+        refused("pending_evicted") == evicted + 1.0
+    })
+    .await;
+    let mut oldest = silent.into_iter().next().unwrap();
+    let read = tokio::task::spawn_blocking(move || oldest.read(&mut [0u8; 16]))
+        .await
+        .unwrap();
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
     shutdown.begin(Duration::from_secs(5));
     assert_eq!(server.stopped().await.frames, 1);
-    drop(held);
+    drop(meter);
 }
 
 /// Where the security control byte of a general-glo-ciphering APDU is.

@@ -54,8 +54,6 @@ use slots::{PendingSlot, Slots};
 use tls::{TlsFiles, TlsServer};
 
 pub use config::{check_anonymous_rule, MqttConfig};
-/// How the per-address caps count addresses (the DLMS listener's too).
-pub(crate) use slots::AddressKey;
 
 /// How a listener was bound.
 #[derive(Debug, Clone, Copy)]
@@ -148,6 +146,7 @@ impl MqttServer {
                 config.max_pending_per_address,
                 config.max_connections,
                 std::time::Duration::from_millis(config.connect_timeout_ms),
+                slots::METRICS,
             ),
             config,
             credentials,
