@@ -360,7 +360,8 @@ impl ProfileObject {
             (8, 2) => (!matches!(value, Data::DateTime(_))
                 && !matches!(value, Data::OctetString(b) if b.len() == 12))
             .then_some("a date-time"),
-            (3..=5, 2) => (!number).then_some("a number"),
+            // A register without a value now (null-data) is no reading, and no misfit.
+            (3..=5, 2) => (!number && !matches!(value, Data::Null)).then_some("a number"),
             _ => None,
         }
     }
@@ -918,6 +919,21 @@ mod tests {
         assert_eq!(
             m.profile_mismatch.as_deref(),
             Some("push profile \"kfm\": object 1 (3/1-0:1.7.0/2) needs a number, the body has octet-string there")
+        );
+        // A register without a value (null-data) fits: it is no reading, the others are.
+        let with_null = Data::Structure(vec![Data::Null, Data::LongUnsigned(5), Data::Long(-2)]);
+        let mut m = meaning(&with_null, &named(&p, None), None);
+        m.stamp(None, 5);
+        assert_eq!(m.profile_mismatch, None);
+        assert_eq!(
+            rows(&m)
+                .into_iter()
+                .map(|(c, v, ..)| (c, v))
+                .collect::<Vec<_>>(),
+            [
+                ("1-0:2.7.0".to_string(), 5.0),
+                ("1-0:3.7.0".to_string(), -2.0)
+            ]
         );
         // Named for the meter: nothing is guessed; the mismatch is the answer.
         let m = meaning(&body, &named(&p, None), None);

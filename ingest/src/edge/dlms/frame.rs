@@ -204,10 +204,10 @@ pub fn judge(
             );
         }
         let meter_id = plaintext_meter(prefix, peer);
-        if store.get(&meter_id).is_some() {
+        if store.get(&meter_id).is_some() || store.is_revoked(&meter_id) {
             return refuse(
                 Refused::Plaintext,
-                format!("a DLMS push in clear from {peer} would be stored for {meter_id}, a meter of the credential store: its pushes must be ciphered"),
+                format!("a DLMS push in clear from {peer} would be stored for {meter_id}, a meter of the credential store (active or revoked): its pushes must be ciphered"),
             );
         }
         return Verdict::Take {

@@ -238,7 +238,8 @@ async fn read_rest(
             let target = (frame.capacity() * 2).min(total);
             frame.reserve_exact(target - frame.len());
         }
-        let room = frame.capacity() - frame.len();
+        // Never past the frame's length, whatever capacity the allocator gave.
+        let room = frame.capacity().min(total) - frame.len();
         let mut limited = (&mut frame).limit(room);
         match stream.read_buf(&mut limited).await {
             Ok(0) => return Err(Read::Refused(Refused::Truncated)),

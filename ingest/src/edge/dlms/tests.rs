@@ -497,6 +497,16 @@ async fn a_datagram_is_one_frame_handed_on_without_waiting() {
     assert!(first.notify.is_none());
     // Review 22, L4: dlms.allow_plaintext is for TCP only (a UDP source can be forged, and
     // it would name the meter): the datagram in clear is refused, not stored.
+    // Review 22 round 3, T2: waited for on this listener's own count of frames (the counter
+    // of refusals is shared with other tests), then the refusal checked.
+    until("the datagram in clear read", || {
+        server
+            .edge
+            .frames
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 2
+    })
+    .await;
     until("the datagram in clear refused", || {
         metric("meterflow_dlms_refused_total{reason=\"plaintext\"}") > plaintext
     })
@@ -797,6 +807,15 @@ fn pushes_are_judged_on_their_claimed_protection_first() {
             ..
         }
     ));
+    // Revoked (review 22 round 3, L1): refused too.
+    assert!(provisioned.revoke("ip-192-0-2-7"));
+    assert!(matches!(
+        frame::judge(&plain, peer, &provisioned, true, "ip-"),
+        Verdict::Refuse {
+            why: Refused::Plaintext,
+            ..
+        }
+    ));
     assert_eq!(
         frame::judge(&plain, peer, &store(), true, "ip-"),
         Verdict::Take {
@@ -830,6 +849,20 @@ async fn a_push_sent_again_after_it_was_stored_is_refused_at_the_listener() {
     let s = submissions.recv_async().await.unwrap();
     s.notify.unwrap().send(Durability::Durable(1)).unwrap();
     drop(client);
+    // Its counter noted once the connection has its answer.
+    let key = meterflow_decoders::dlms::Keys {
+        ek: *b"\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1A\x1B\x1C\x1D\x1E\x1F",
+        ak: None,
+    }
+    .check_value();
+    until("the counter noted", || {
+        server
+            .edge
+            .counters()
+            .replayed(*b"KFM\x10\x10\x00\x00\x23", key, 2_710_426)
+            .is_some()
+    })
+    .await;
     // The same bytes again, over TCP and over UDP: refused before any storage.
     let replays = metric("meterflow_dlms_refused_total{reason=\"replay\"}");
     let mut again = connect(addr);
