@@ -557,6 +557,20 @@ mod tests {
                 "[dlms]\nmax_inflight_bytes = 8199\n",
                 "dlms.max_inflight_bytes",
             ),
+            // Round 4: one frame's room is not enough; every pending connection's is needed
+            // (1025 × 8200 with the defaults).
+            (
+                "[dlms]\nmax_inflight_bytes = 8404999\n",
+                "dlms.max_inflight_bytes",
+            ),
+            (
+                "[dlms]\nmax_pending_connections = 65537\n",
+                "dlms.max_pending_connections",
+            ),
+            (
+                "[dlms]\nmax_pending_connections = 4\nmax_pending_per_address = 5\n",
+                "dlms.max_pending_per_address",
+            ),
             (
                 "[dlms]\nmax_inflight_bytes = 4294967296\n",
                 "dlms.max_inflight_bytes",

@@ -46,6 +46,17 @@ pub struct ReplayGuard {
     pending: Vec<(u64, [u8; 8], u32, u32)>,
 }
 
+/// A counter the listener reserved for a push on its way to the WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reserved {
+    system_title: [u8; 8],
+    key: u32,
+    counter: u32,
+    /// What the title's counters were before (under this key; of an older file).
+    own: Option<u32>,
+    legacy: Option<u32>,
+}
+
 /// Why a push is refused: the last counter accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replay {
@@ -162,18 +173,57 @@ impl ReplayGuard {
         Ok(())
     }
 
-    /// The last counter a push of `system_title` under `key` with `counter` is not above, if
-    /// it is a replay ([`ReplayGuard::check`] without taking it): the wrapper listener's
-    /// question, so that a captured push sent again gets no storage.
-    pub fn replayed(&self, system_title: [u8; 8], key: u32, counter: u32) -> Option<u32> {
-        let last = self
-            .current
-            .get(&(system_title, Some(key)))
-            .or_else(|| self.current.get(&(system_title, None)))?;
-        (counter <= last.0).then_some(last.0)
+    /// The wrapper listener's check (its own copy of the counters, which nothing is written
+    /// from): a push of `system_title` under `key` with `counter` is a replay (the last
+    /// counter it is not above); else it is reserved, so that a copy sent at the same time is
+    /// one, and what was there before is returned, for [`ReplayGuard::release`] should the
+    /// push not be stored after all.
+    pub fn reserve(
+        &mut self,
+        system_title: [u8; 8],
+        key: u32,
+        counter: u32,
+    ) -> Result<Reserved, Replay> {
+        let own = self.current.get(&(system_title, Some(key))).copied();
+        let legacy = self.current.get(&(system_title, None)).copied();
+        if let Some((last, _)) = own.or(legacy) {
+            if counter <= last {
+                return Err(Replay { last });
+            }
+        }
+        self.current.remove(&(system_title, None));
+        self.current.insert((system_title, Some(key)), (counter, 0));
+        Ok(Reserved {
+            system_title,
+            key,
+            counter,
+            own: own.map(|(c, _)| c),
+            legacy: legacy.map(|(c, _)| c),
+        })
     }
 
-    /// Notes a counter stored (the listener's copy: nothing is written from it).
+    /// Gives back a reservation whose push was not stored (the WAL full, the channel full), if
+    /// nothing came after it: a resend of that push is then taken.
+    pub fn release(&mut self, r: Reserved) {
+        let owner = (r.system_title, Some(r.key));
+        if self.current.get(&owner).map(|(c, _)| *c) != Some(r.counter) {
+            return;
+        }
+        match r.own {
+            Some(c) => {
+                self.current.insert(owner, (c, 0));
+            }
+            None => {
+                self.current.remove(&owner);
+            }
+        }
+        if let Some(c) = r.legacy {
+            self.current.insert((r.system_title, None), (c, 0));
+        }
+    }
+
+    /// Notes a counter the pipeline accepted (the listener's copy learns what came over
+    /// MQTT, CoAP and the WAL's replay at start-up too).
     pub fn note(&mut self, system_title: [u8; 8], key: u32, counter: u32) {
         self.current.remove(&(system_title, None));
         let entry = self
@@ -365,5 +415,25 @@ mod tests {
             fs::read_to_string(file_of(dir.path(), 22)).unwrap(),
             "4B464D1010000023 501 66E94BD4"
         );
+    }
+
+    #[test]
+    fn the_listener_reserves_a_counter_and_gives_it_back_when_the_push_was_not_stored() {
+        let mut g = ReplayGuard::default();
+        let r = g.reserve(A, K, 10).unwrap();
+        // A copy at the same time: a replay.
+        assert_eq!(g.reserve(A, K, 10), Err(Replay { last: 10 }));
+        // Not stored (the WAL full): given back, the resend is taken.
+        g.release(r);
+        let r = g.reserve(A, K, 10).unwrap();
+        let later = g.reserve(A, K, 11).unwrap();
+        // A release after a later push changes nothing.
+        g.release(r);
+        assert_eq!(g.reserve(A, K, 11), Err(Replay { last: 11 }));
+        g.release(later);
+        assert_eq!(g.reserve(A, K, 10), Err(Replay { last: 10 }));
+        // What the pipeline accepted is known too.
+        g.note(B, K, 50);
+        assert_eq!(g.reserve(B, K, 50), Err(Replay { last: 50 }));
     }
 }

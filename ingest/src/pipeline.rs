@@ -100,6 +100,8 @@ pub struct Pipeline {
     dlms_replay: ReplayGuard,
     /// What DLMS bodies are read with: push profiles, the zone of meter clocks.
     dlms_profiles: PushProfiles,
+    /// The wrapper listener's copy of the counters, told each authenticated push accepted.
+    listener_counters: Option<crate::edge::dlms::SharedCounters>,
 }
 
 /// Handles of the per-message counters, looked up in the metrics registry once per label set
@@ -155,7 +157,15 @@ impl Pipeline {
             credentials: None,
             dlms_replay: ReplayGuard::default(),
             dlms_profiles: PushProfiles::default(),
+            listener_counters: None,
         }
+    }
+
+    /// The wrapper listener's copy of the DLMS counters, to tell of every authenticated push
+    /// accepted (over any way in, and as the WAL is replayed at start-up).
+    pub fn with_listener_counters(mut self, counters: crate::edge::dlms::SharedCounters) -> Self {
+        self.listener_counters = Some(counters);
+        self
     }
 
     /// The credential store DLMS pushes are opened with (keys by system title), the DLMS
@@ -292,6 +302,14 @@ impl Pipeline {
                         dlms::apdu::hex(&security.system_title)
                     ),
                 });
+            }
+            if let Some(listener) = &self.listener_counters {
+                if security.control & 0x10 != 0 {
+                    listener
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .note(security.system_title, key_check, counter);
+                }
             }
         }
         Ok(decoded)

@@ -169,9 +169,13 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
         ReplayGuard::load(&config.data_dir, checkpoint.all)?,
         push_profiles,
     );
-    // The listener's own copy of the counters: what it has seen stored, so that a captured
-    // push sent again is refused before it takes any storage.
-    let listener_counters = ReplayGuard::load(&config.data_dir, checkpoint.all)?;
+    // The listener's own copy of the counters, fed by the pipeline with every push it
+    // accepts (the WAL's replay at start-up included): a captured push sent again is refused
+    // before it takes any storage.
+    let listener_counters: dlms::SharedCounters = Arc::new(std::sync::Mutex::new(
+        ReplayGuard::load(&config.data_dir, checkpoint.all)?,
+    ));
+    let pipeline = pipeline.with_listener_counters(listener_counters.clone());
 
     // 4. The ports: a port in use stops start-up before anything runs. MQTT starts taking
     // connections here; what it takes waits in its channel until the WAL writer runs. Each

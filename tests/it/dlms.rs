@@ -516,11 +516,11 @@ fn the_readme_dlms_example_runs_as_written() {
     assert_eq!(run(&meter), "stored\n");
     assert_eq!(
         run(&meter),
-        "not stored\n",
-        "a replay, refused at the listener"
+        "stored\n",
+        "read (its meter has no authentication key), then refused by the pipeline"
     );
     crate::harness::wait_for("the second push refused as a replay", || {
-        (server.metric("meterflow_dlms_refused_total{reason=\"replay\"}") == 1.0).then_some(())
+        (server.metric("meterflow_dlms_rejected_total{reason=\"replay\"}") == 1.0).then_some(())
     });
     let (_, data_dir, _, _keep) = server.stop();
     let mut rows: Vec<(String, String, f64, String, i64)> = read_readings(&data_dir)

@@ -29,10 +29,10 @@ pub struct DlmsConfig {
     pub max_connections: usize,
     /// TCP connections not identified yet (from accept to their first push taken), at most;
     /// with it full the oldest of the address holding the most (or one pending for half of
-    /// `frame_timeout_s`) is reset for a newcomer, else the newcomer is closed at accept.
+    /// `frame_timeout_s`) is reset for a newcomer, else the newcomer is reset at accept.
     pub max_pending_connections: usize,
     /// Connections not identified yet from one address (an IPv6 /64 counts as one), at most;
-    /// one more is closed at accept.
+    /// one more is reset at accept.
     pub max_pending_per_address: usize,
     /// The largest APDU a frame may carry (its header's length field), bytes, 1 to 65535 (the
     /// field's maximum). 8192 by default: real pushes are well below 2 KB. A larger one
@@ -46,12 +46,12 @@ pub struct DlmsConfig {
     pub max_inflight_bytes: usize,
     /// A TCP frame must arrive whole within this many seconds of its first byte (the first
     /// frame: of the accept), its wait for `max_inflight_bytes` included; else the connection
-    /// is reset (`frame_timeout`; closed if nothing of the frame came). It keeps connection
+    /// is reset (`frame_timeout`). It keeps connection
     /// places from being held by connections that send nothing, or a frame a byte at a
     /// time. 1 to 3600.
     pub frame_timeout_s: u64,
     /// A TCP connection on which no frame begins for this long after the frame before is
-    /// closed.
+    /// reset (closed in order if the meter ended its stream).
     pub idle_timeout_s: u64,
     /// The zone of meter clocks whose date-times carry no deviation (IANA name), on every way
     /// in; `None`: such a time is taken as UTC and flagged `CLOCK_INVALID`.
@@ -132,7 +132,10 @@ impl DlmsConfig {
         }
         // Every pending connection's frame, and one more: what no identity can take from the
         // meters that have one (review 22, round 3, M1).
-        let pending_frames = (self.max_pending_connections + 1) * (8 + self.max_apdu_bytes);
+        let pending_frames = self
+            .max_pending_connections
+            .saturating_add(1)
+            .saturating_mul(8 + self.max_apdu_bytes);
         if self.max_inflight_bytes < pending_frames || self.max_inflight_bytes > u32::MAX as usize {
             return Err(IngestError::config(
                 "dlms.max_inflight_bytes",

@@ -46,16 +46,16 @@ pub enum Refused {
     /// A general-ded-ciphering push (`DC`): its dedicated key belongs to an association, so
     /// it never opens; refused before any crypto, not stored, the connection reset.
     DedCiphering,
-    /// A header stating more than `dlms.max_apdu_bytes`: the connection closed, the datagram
+    /// A header stating more than `dlms.max_apdu_bytes`: the connection reset, the datagram
     /// dropped.
     FrameTooLarge,
     /// Not a wrapper frame (version not 1; a datagram not one whole frame): the connection
-    /// closed, the datagram dropped.
+    /// reset, the datagram dropped.
     BadFrame,
     /// A TCP connection that ended inside a frame (the part read is dropped).
     Truncated,
     /// A TCP frame not whole within `dlms.frame_timeout_s` of its first byte, or a first frame
-    /// not whole within it of the accept: the connection reset (closed if nothing of the
+    /// not whole within it of the accept: the connection reset (nothing of the
     /// frame came), the part read dropped.
     FrameTimeout,
     /// The WAL at its disk budget: the TCP connection reset (a UDP datagram is dropped by
@@ -69,9 +69,9 @@ pub enum Refused {
     /// ones open: reset, the push not stored.
     MaxConnections,
     /// A TCP connection past `dlms.max_pending_connections`, when none could be evicted for
-    /// it: closed at accept.
+    /// it: reset at accept.
     MaxPending,
-    /// A TCP connection past `dlms.max_pending_per_address`: closed at accept.
+    /// A TCP connection past `dlms.max_pending_per_address`: reset at accept.
     PendingPerAddress,
     /// A pending connection evicted for a newcomer that could not be identified after all
     /// (counted with the eviction, as `pending_evicted`).
@@ -260,11 +260,17 @@ pub fn judge(
             }
             Verdict::Take {
                 meter_id: meter_id.to_string(),
-                counted: opened.security.map(|s| Counted {
-                    system_title: s.system_title,
-                    key: keys.check_value(),
-                    counter: s.invocation_counter,
-                }),
+                // Only an authenticated push's counter is the meter's: an "encrypted only"
+                // one's is anyone's to claim, and remembering it would let anyone lock the
+                // meter out.
+                counted: opened
+                    .security
+                    .filter(|s| s.control & 0x10 != 0)
+                    .map(|s| Counted {
+                        system_title: s.system_title,
+                        key: keys.check_value(),
+                        counter: s.invocation_counter,
+                    }),
             }
         }
         Err(e) => refuse(Refused::AuthFailed, format!("meter {meter_id}: {e}")),

@@ -64,11 +64,11 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
 use crate::credentials::SharedCredentials;
-use crate::dlms_replay::ReplayGuard;
+use crate::dlms_replay::{ReplayGuard, Reserved};
 use crate::edge::slots::Slots;
 use crate::edge::{policy, Budget, RawMessage, Submission};
 use crate::error::IngestError;
-use frame::{Counted, Refused, Transport, Verdict};
+use frame::{Refused, Transport, Verdict};
 
 pub use config::{check_keys, check_plaintext_rule, DlmsConfig};
 
@@ -134,30 +134,33 @@ struct Edge {
     received: metrics::Counter,
     /// When a refusal was last logged (Unix ms).
     last_refusal_log_ms: std::sync::atomic::AtomicI64,
-    /// The highest invocation counter stored per system title and key (from the checkpoint's
-    /// counters at start, then every push this listener stored): a push not above it is a
-    /// captured one sent again, refused here without storage. The pipeline still decides.
-    stored_counters: std::sync::Mutex<ReplayGuard>,
+    /// The highest invocation counter per system title and key of the authenticated pushes
+    /// (from the checkpoint's counters at start, then every one the pipeline accepted, over
+    /// any way in, and every one this listener reserved on its way to the WAL): a push not
+    /// above it is a captured one sent again, refused here without storage. Only pushes
+    /// with a tag count: an "encrypted only" push's counter is anyone's to claim. Shared
+    /// with the pipeline.
+    counters: SharedCounters,
     /// Tests that send one push many times turn the memory of counters off.
     #[cfg(test)]
     remember_counters: std::sync::atomic::AtomicBool,
 }
 
+/// The listener's copy of the DLMS counters, which the pipeline feeds too.
+pub type SharedCounters = Arc<std::sync::Mutex<ReplayGuard>>;
+
 impl Edge {
     fn counters(&self) -> std::sync::MutexGuard<'_, ReplayGuard> {
-        self.stored_counters
+        self.counters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Notes the counter of a push now stored (TCP: durable; UDP: handed to the writer).
-    fn stored(&self, counted: Option<Counted>) {
-        #[cfg(test)]
-        if !self.remember_counters.load(Ordering::Relaxed) {
-            return;
-        }
-        if let Some(c) = counted {
-            self.counters().note(c.system_title, c.key, c.counter);
+    /// Gives back the counter of a push that was not stored after all (the WAL full, the
+    /// channel full, no place for its connection): its resend is taken.
+    fn not_stored(&self, reserved: Option<Reserved>) {
+        if let Some(r) = reserved {
+            self.counters().release(r);
         }
     }
 
@@ -190,7 +193,7 @@ impl Edge {
         frame: Vec<u8>,
         peer: SocketAddr,
         transport: Transport,
-    ) -> Result<(RawMessage, Option<Counted>), Refused> {
+    ) -> Result<(RawMessage, Option<Reserved>), Refused> {
         self.frames.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("meterflow_dlms_frames_total", "transport" => transport.label())
             .increment(1);
@@ -210,34 +213,52 @@ impl Edge {
             plaintext_ok,
             &self.config.plaintext_meter_prefix,
         );
-        // A ciphered push not above the counter stored for its title and key: sent again.
+        // An authenticated push not above the counter stored for its title and key: sent
+        // again. Else its counter is reserved (a copy at the same time is the replay).
+        let mut reserved = None;
         let verdict = match verdict {
             Verdict::Take {
                 meter_id,
                 counted: Some(c),
-            } => match self.counters().replayed(c.system_title, c.key, c.counter) {
-                Some(last) => Verdict::Refuse {
-                    why: Refused::Replay,
-                    reason: format!(
-                        "meter {meter_id}: invocation counter {}, not above the last stored {last}",
-                        c.counter
-                    ),
-                },
-                None => Verdict::Take {
-                    meter_id,
-                    counted: Some(c),
-                },
-            },
+            } => {
+                #[cfg(test)]
+                let remember = self.remember_counters.load(Ordering::Relaxed);
+                #[cfg(not(test))]
+                let remember = true;
+                let reservation = if remember {
+                    self.counters()
+                        .reserve(c.system_title, c.key, c.counter)
+                        .map(Some)
+                } else {
+                    Ok(None)
+                };
+                match reservation {
+                    Err(crate::dlms_replay::Replay { last }) => Verdict::Refuse {
+                        why: Refused::Replay,
+                        reason: format!(
+                            "meter {meter_id}: invocation counter {}, not above the last stored {last}",
+                            c.counter
+                        ),
+                    },
+                    Ok(r) => {
+                        reserved = r;
+                        Verdict::Take {
+                            meter_id,
+                            counted: Some(c),
+                        }
+                    }
+                }
+            }
             other => other,
         };
         match verdict {
-            Verdict::Take { meter_id, counted } => Ok((
+            Verdict::Take { meter_id, .. } => Ok((
                 RawMessage::new(
                     Source::Dlms,
                     format!("meters/{meter_id}/dlms"),
                     Bytes::from(frame),
                 ),
-                counted,
+                reserved,
             )),
             Verdict::Refuse { why, reason } => {
                 why.count();
@@ -274,12 +295,13 @@ pub struct DlmsServer {
 
 impl DlmsServer {
     /// Serves the bound sockets until `shutdown` begins.
-    /// `stored_counters`: the DLMS counters as of the checkpoint ([`ReplayGuard::load`]).
+    /// `counters`: the DLMS counters as of the checkpoint ([`ReplayGuard::load`]), which the
+    /// pipeline feeds with what it accepts.
     pub fn start(
         bound: Bound,
         config: DlmsConfig,
         credentials: Arc<SharedCredentials>,
-        stored_counters: ReplayGuard,
+        counters: SharedCounters,
         wal: flume::Sender<Submission>,
         shutdown: ShutdownSignal,
     ) -> DlmsServer {
@@ -305,7 +327,7 @@ impl DlmsServer {
             frames: AtomicU64::new(0),
             received: metrics::counter!("meterflow_received_total", "source" => "dlms"),
             last_refusal_log_ms: std::sync::atomic::AtomicI64::new(0),
-            stored_counters: std::sync::Mutex::new(stored_counters),
+            counters,
             #[cfg(test)]
             remember_counters: std::sync::atomic::AtomicBool::new(true),
         });

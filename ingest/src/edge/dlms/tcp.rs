@@ -39,7 +39,10 @@ pub(super) async fn accept_loop(
                     Ok(place) => place,
                     Err(why) => {
                         why.count();
-                        continue; // dropping the stream closes it
+                        // A reset, not FIN: a frame may be on its way, and must not be
+                        // taken for stored.
+                        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                        continue;
                     }
                 };
                 let _ = stream.set_nodelay(true);
@@ -103,26 +106,33 @@ async fn connection(
         let (frame, lease) = match read {
             Ok(Some(read)) => read,
             Ok(None) => break End::Close,
+            // Between frames, a meter that has ended its stream already gets the orderly
+            // close: everything it sent was read.
             Err(Read::Idle) => {
                 metrics::counter!("meterflow_dlms_idle_closed_total").increment(1);
-                break End::Reset(None);
+                break ended_or_reset(&stream);
             }
             Err(Read::Refused(why)) => break End::Reset(Some(why)),
-            Err(Read::Shutdown) => break End::Reset(None),
+            Err(Read::Shutdown) => break ended_or_reset(&stream),
             Err(Read::Io(e)) => {
                 tracing::debug!(error = %e, %peer, "DLMS connection");
                 break End::Reset(None);
             }
         };
-        first_by = None;
         // A refused frame is not stored (its lease given back at once); the connection is
-        // reset (counted with the refusal).
-        let (message, counted) = match edge.message(frame, peer, Transport::Tcp) {
+        // reset (counted with the refusal). But a push already stored, sent again (its
+        // meter resending what it was not sure of, or a copy anyone captured), is skipped,
+        // and the connection read on: what it asks for is done, and it proves nothing, so
+        // the connection stays as it was (pending, if it was).
+        let (message, reserved) = match edge.message(frame, peer, Transport::Tcp) {
             Ok(taken) => taken,
+            Err(Refused::Replay) => continue,
             Err(_) => break End::Reset(None),
         };
+        first_by = None;
         // Its first push taken: the connection is identified (once), if there is room.
         if let Err(why) = place.identify() {
+            edge.not_stored(reserved);
             break End::Reset(Some(why).filter(|w| *w != Refused::PendingEvicted));
         }
         let (notify, told) = tokio::sync::oneshot::channel();
@@ -137,15 +147,25 @@ async fn connection(
         tokio::select! {
             biased;
             sent = edge.wal.send_async(submission) => if sent.is_err() {
+                edge.not_stored(reserved);
                 break End::Reset(Some(Refused::WalFailed));
             },
-            _ = shutdown.stopping() => break End::Reset(None),
+            _ = shutdown.stopping() => {
+                edge.not_stored(reserved);
+                break End::Reset(None);
+            }
         }
         // The writer answers every submission it took, at shutdown too.
         match told.await {
-            Ok(Durability::Durable(_)) => edge.stored(counted),
-            Ok(Durability::WalFull) => break End::Reset(Some(Refused::WalFull)),
-            Ok(Durability::Failed) | Err(_) => break End::Reset(Some(Refused::WalFailed)),
+            Ok(Durability::Durable(_)) => {}
+            Ok(Durability::WalFull) => {
+                edge.not_stored(reserved);
+                break End::Reset(Some(Refused::WalFull));
+            }
+            Ok(Durability::Failed) | Err(_) => {
+                edge.not_stored(reserved);
+                break End::Reset(Some(Refused::WalFailed));
+            }
         }
     };
     if let End::Reset(why) = end {
@@ -160,6 +180,16 @@ async fn connection(
     // The place first: a meter that sees the close finds it free.
     drop(place);
     drop(stream);
+}
+
+/// How a connection ends between frames when meterflow ends it (idle, shutdown): in order if
+/// the meter has ended its stream already (nothing more can come: everything it sent was
+/// read), else a reset (a frame may be on its way).
+fn ended_or_reset(stream: &TcpStream) -> End {
+    match stream.try_read(&mut [0u8; 1]) {
+        Ok(0) => End::Close,
+        _ => End::Reset(None),
+    }
 }
 
 /// Why a frame could not be read.

@@ -72,20 +72,13 @@ const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 fn a_push_is_for_the_meter_of_its_system_title_and_one_in_clear_only_under_the_rule() {
     let store = store();
     let push = wrapped(&tirol_apdu());
-    let key = meterflow_decoders::dlms::Keys {
-        ek: *b"\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1A\x1B\x1C\x1D\x1E\x1F",
-        ak: None,
-    }
-    .check_value();
+    // Encrypted only (0x21): its counter is not remembered at the listener (anyone could
+    // claim it); the pipeline still refuses its replays.
     assert_eq!(
         frame::judge(&push, LOCAL, &store, false, "ip-"),
         Verdict::Take {
             meter_id: "E1".into(),
-            counted: Some(frame::Counted {
-                system_title: *b"KFM\x10\x10\x00\x00\x23",
-                key,
-                counter: 2_710_426,
-            }),
+            counted: None,
         }
     );
     // One byte of the system title changed: no meter's.
@@ -241,7 +234,9 @@ fn listener(
         bound,
         config,
         Arc::new(SharedCredentials::in_memory(store)),
-        crate::dlms_replay::ReplayGuard::default(),
+        Arc::new(std::sync::Mutex::new(
+            crate::dlms_replay::ReplayGuard::default(),
+        )),
         wal,
         shutdown.signal(),
     );
@@ -680,7 +675,11 @@ async fn silent_connections_are_capped_and_evicted_for_a_newcomer() {
     let read = tokio::task::spawn_blocking(move || third.read(&mut [0u8; 16]))
         .await
         .unwrap();
-    assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?}");
+    // A reset, never the orderly close that means "stored" (review 22 round 4, H3).
+    assert_eq!(
+        read.map_err(|e| e.kind()).map(|_| ()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
     until("the cap counted", || {
         refused("pending_per_address") == capped + 1.0
     })
@@ -825,64 +824,137 @@ fn pushes_are_judged_on_their_claimed_protection_first() {
     );
 }
 
-/// Review 22 (round 3), H1: a captured push sent again gets no storage. Once a push is
-/// durable, the same bytes again (over TCP or UDP, from anywhere) are refused at the listener
-/// as `replay`, counted, the connection reset; a push the WAL could not take (the meter sends
-/// it again) is not remembered, so its resend is taken.
+/// Meter E7: authenticated and encrypted pushes (its keys), system title "AUT" 10 00 00 07.
+const E7_TITLE: [u8; 8] = *b"AUT\x10\x00\x00\x00\x07";
+
+fn e7_keys() -> meterflow_decoders::dlms::Keys {
+    meterflow_decoders::dlms::Keys {
+        ek: [0x31; 16],
+        ak: Some([0x32; 16]),
+    }
+}
+
+/// E7's push with invocation counter `counter`: a DataNotification of 1-0:1.8.0 = 1234 Wh,
+/// general-glo-ciphering 0x30, in a wrapper frame.
+fn e7_push(counter: u32) -> Vec<u8> {
+    let note = [
+        0x0F, 0, 0, 0, 1, 0x00, 2, 3, 9, 6, 1, 0, 1, 8, 0, 255, 6, 0, 0, 4, 0xD2, 2, 2, 15, 0, 22,
+        30,
+    ];
+    wrapped(&meterflow_decoders::dlms::apdu::seal_for_tests(
+        E7_TITLE,
+        &e7_keys(),
+        counter,
+        &note,
+    ))
+}
+
+fn store_with_e7() -> CredentialStore {
+    let mut store = store();
+    store
+        .add(
+            "E7",
+            Credential {
+                secret: Secret::new("e7-secret-0123456789").unwrap(),
+                publish_for: Vec::new(),
+                dlms: DlmsIdentity::parse(
+                    "4155541000000007",
+                    "31313131313131313131313131313131",
+                    "32323232323232323232323232323232",
+                    "",
+                )
+                .unwrap(),
+            },
+        )
+        .unwrap();
+    store
+}
+
+/// Review 22 rounds 3 and 4: a captured authenticated push sent again gets no storage. Its
+/// counter is reserved when it is judged (a copy at the same time is the replay), given back
+/// when the WAL does not take it (the resend is taken); the same bytes again after it is
+/// stored are skipped over TCP (the connection read on, and ending in order: what the meter
+/// asks for is done) and refused over UDP, counted as `replay`, with no storage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_sent_again_after_it_was_stored_is_refused_at_the_listener() {
     crate::runtime::metrics_handle();
-    let (server, addr, submissions, shutdown) = listener(DlmsConfig::default(), store());
-    let push = wrapped(&tirol_apdu());
-    // The WAL full: reset, and the counter not remembered.
+    let (server, addr, submissions, shutdown) = listener(DlmsConfig::default(), store_with_e7());
+    let push = e7_push(500);
+    // The WAL full: reset, and the counter given back.
     let mut client = connect(addr);
     client.write_all(&push).unwrap();
     let s = submissions.recv_async().await.unwrap();
+    assert_eq!(s.message.topic, "meters/E7/dlms");
+    // A copy at the same time, on another connection: a replay, skipped, not submitted.
+    let replays = metric("meterflow_dlms_refused_total{reason=\"replay\"}");
+    let mut copy = connect(addr);
+    copy.write_all(&push).unwrap();
+    until("the copy counted", || {
+        metric("meterflow_dlms_refused_total{reason=\"replay\"}") > replays
+    })
+    .await;
     s.notify.unwrap().send(Durability::WalFull).unwrap();
     let read = tokio::task::spawn_blocking(move || client.read(&mut [0u8; 16]))
         .await
         .unwrap();
     assert!(read.is_err(), "{read:?}");
-    // Sent again: taken, and durable this time.
+    drop(copy);
+    // Sent again: taken (the reservation was given back), and durable this time.
     let mut client = connect(addr);
     client.write_all(&push).unwrap();
     let s = submissions.recv_async().await.unwrap();
     s.notify.unwrap().send(Durability::Durable(1)).unwrap();
-    drop(client);
-    // Its counter noted once the connection has its answer.
-    let key = meterflow_decoders::dlms::Keys {
-        ek: *b"\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1A\x1B\x1C\x1D\x1E\x1F",
-        ak: None,
-    }
-    .check_value();
-    until("the counter noted", || {
-        server
-            .edge
-            .counters()
-            .replayed(*b"KFM\x10\x10\x00\x00\x23", key, 2_710_426)
-            .is_some()
-    })
-    .await;
-    // The same bytes again, over TCP and over UDP: refused before any storage.
-    let replays = metric("meterflow_dlms_refused_total{reason=\"replay\"}");
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let read = tokio::task::spawn_blocking(move || client.read(&mut [0u8; 16]))
+        .await
+        .unwrap();
+    assert_eq!(read.unwrap(), 0, "stored: an orderly close");
+    // The same bytes again over TCP: skipped, and the meter that ends its stream gets the
+    // orderly close (the push is stored); over UDP: dropped. Nothing submitted.
+    let before = metric("meterflow_dlms_refused_total{reason=\"replay\"}");
     let mut again = connect(addr);
     let read = tokio::task::spawn_blocking(move || {
         again.write_all(&push).unwrap();
+        again.shutdown(std::net::Shutdown::Write).unwrap();
         again.read(&mut [0u8; 16])
     })
     .await
     .unwrap();
-    assert_eq!(
-        read.map_err(|e| e.kind()),
-        Err(std::io::ErrorKind::ConnectionReset)
-    );
+    assert_eq!(read.unwrap(), 0);
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    udp.send_to(&wrapped(&tirol_apdu()), addr).unwrap();
+    udp.send_to(&e7_push(500), addr).unwrap();
     until("both replays counted", || {
-        metric("meterflow_dlms_refused_total{reason=\"replay\"}") >= replays + 2.0
+        metric("meterflow_dlms_refused_total{reason=\"replay\"}") >= before + 2.0
     })
     .await;
+    // A later push is taken.
+    udp.send_to(&e7_push(501), addr).unwrap();
+    let s = submissions.recv_async().await.unwrap();
+    assert_eq!(s.message.topic, "meters/E7/dlms");
     nothing_for_a_while(&submissions).await;
     shutdown.begin(Duration::from_secs(5));
     server.stopped().await;
+}
+
+/// Review 22 round 4, H1: an "encrypted only" push's counter is not remembered at the
+/// listener, so forged datagrams with a high counter cannot lock its meter out.
+#[test]
+fn only_authenticated_counters_are_remembered() {
+    let store = store_with_e7();
+    let tirol = wrapped(&tirol_apdu());
+    assert!(matches!(
+        frame::judge(&tirol, LOCAL, &store, false, "ip-"),
+        Verdict::Take { counted: None, .. }
+    ));
+    match frame::judge(&e7_push(7), LOCAL, &store, false, "ip-") {
+        Verdict::Take {
+            meter_id,
+            counted: Some(c),
+        } => {
+            assert_eq!(meter_id, "E7");
+            assert_eq!((c.system_title, c.counter), (E7_TITLE, 7));
+            assert_eq!(c.key, e7_keys().check_value());
+        }
+        other => panic!("{other:?}"),
+    }
 }

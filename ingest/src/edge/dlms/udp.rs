@@ -42,11 +42,12 @@ pub(super) async fn serve(socket: UdpSocket, edge: Arc<Edge>, mut shutdown: Shut
             why.count();
             continue;
         }
-        let Ok((message, counted)) = edge.message(datagram.to_vec(), peer, Transport::Udp) else {
+        let Ok((message, reserved)) = edge.message(datagram.to_vec(), peer, Transport::Udp) else {
             continue;
         };
         // Its share of dlms.max_inflight_bytes, or dropped: a datagram does not wait.
         let Some(lease) = edge.try_lease(datagram.len()) else {
+            edge.not_stored(reserved);
             Refused::Busy.count();
             continue;
         };
@@ -54,9 +55,15 @@ pub(super) async fn serve(socket: UdpSocket, edge: Arc<Edge>, mut shutdown: Shut
             budget: Some(Box::new(lease)),
             ..Submission::unanswered(message)
         };
+        // Handed on, its counter stays reserved: should the writer drop it (the WAL at its
+        // budget), a resend of the same push is refused as a replay. A UDP meter has no
+        // answer to resend on; one that needs each push stored uses TCP.
         match edge.wal.try_send(submission) {
-            Ok(()) => edge.stored(counted),
-            Err(flume::TrySendError::Full(_)) => Refused::Busy.count(),
+            Ok(()) => {}
+            Err(flume::TrySendError::Full(_)) => {
+                edge.not_stored(reserved);
+                Refused::Busy.count();
+            }
             Err(flume::TrySendError::Disconnected(_)) => break,
         }
     }
