@@ -469,6 +469,8 @@ mod tests {
             unit: unit.into(),
             points: points.to_vec(),
             other_units: Vec::new(),
+            received_at: Vec::new(),
+            conflicts: Vec::new(),
         }
     }
 

@@ -32,7 +32,7 @@ use std::cmp::Ordering;
 
 use clickhouse::query::BytesCursor;
 
-use super::{Neighbours, ReadRequest, Series};
+use super::{value_order, Neighbours, ReadRequest, Series};
 use crate::clickhouse::{time_columns, ClickHouseConfig, ClickHouseError, TimeColumns};
 use crate::StorageError;
 
@@ -88,6 +88,8 @@ async fn silent_series(answer: &mut Answer) -> Result<Vec<Series>, StorageError>
             unit: row.unit.to_string(),
             points: vec![(row.ts_ms, row.value)],
             other_units: Vec::new(),
+            received_at: vec![row.received_ms],
+            conflicts: Vec::new(),
         });
     }
     Ok(silent)
@@ -203,11 +205,12 @@ pub fn read_sql(db: &str, req: &ReadRequest, times: TimeColumns) -> Result<ReadS
     );
     let in_window = format!("ts >= {} AND ts <= {}", ceil(lo), floor(hi));
     let window = format!(
-        "SELECT meter_id, channel, {ts_ms} AS ts_ms, value, unit \
+        "SELECT meter_id, channel, {ts_ms} AS ts_ms, value, unit, {received_ms} AS received_ms \
          FROM {db}.readings \
          WHERE {in_window} AND {filter} \
          ORDER BY meter_id, channel, ts, received_at, value, unit",
         ts_ms = ms("ts"),
+        received_ms = ms("received_at"),
     );
     let series = |having: String| {
         format!(
@@ -229,7 +232,9 @@ pub fn read_sql(db: &str, req: &ReadRequest, times: TimeColumns) -> Result<ReadS
            countIf({after}) AS after_n, \
            toInt64(minIf({ts_ms}, {after})) AS after_ts, \
            argMinIf(value, (ts, -({received_ms}), -value), {after}) AS after_value, \
-           argMaxIf(unit, (ts, received_at, value, unit), {before}) AS before_unit \
+           argMaxIf(unit, (ts, received_at, value, unit), {before}) AS before_unit, \
+           toInt64(argMaxIf({received_ms}, (ts, received_at, value), {before})) AS before_received, \
+           toInt64(argMinIf({received_ms}, (ts, -({received_ms}), -value), {after})) AS after_received \
          FROM {db}.readings \
          WHERE {filter} AND (({before} AND {needs_before}){or_after}) \
          GROUP BY meter_id, channel \
@@ -253,7 +258,8 @@ pub fn read_sql(db: &str, req: &ReadRequest, times: TimeColumns) -> Result<ReadS
         format!(
             "SELECT meter_id, channel, toInt64(max({ts_ms})) AS last_ts, \
                argMax(value, (ts, received_at, value, unit)) AS last_value, \
-               argMax(unit, (ts, received_at, value, unit)) AS last_unit \
+               argMax(unit, (ts, received_at, value, unit)) AS last_unit, \
+               toInt64(argMax({received_ms}, (ts, received_at, value, unit))) AS last_received \
              FROM {db}.readings \
              WHERE ts >= {since} AND ts < {lo} AND {filter} \
                AND (meter_id, channel) GLOBAL NOT IN (SELECT meter_id, channel FROM {db}.readings \
@@ -261,6 +267,7 @@ pub fn read_sql(db: &str, req: &ReadRequest, times: TimeColumns) -> Result<ReadS
              GROUP BY meter_id, channel \
              ORDER BY meter_id, channel",
             ts_ms = ms("ts"),
+            received_ms = ms("received_at"),
             since = ceil(since),
             lo = ceil(lo),
         )
@@ -299,6 +306,12 @@ struct Building {
     channel: String,
     unit: String,
     points: Vec<(i64, f64)>,
+    /// When each point's copy that counts was received.
+    received: Vec<i64>,
+    /// The distinct values of the copies at the last time, and the instants where they
+    /// differ with theirs ([`Series::conflicts`]).
+    copies: Vec<f64>,
+    conflicts: Vec<(i64, Vec<f64>)>,
     /// Every unit of its rows, as first seen.
     units: Vec<String>,
 }
@@ -310,8 +323,20 @@ impl Building {
             channel: row.channel.to_string(),
             unit: row.unit.to_string(),
             points: vec![(row.ts_ms, row.value)],
+            received: vec![row.received_ms],
+            copies: vec![row.value],
+            conflicts: Vec::new(),
             units: vec![row.unit.to_string()],
         }
+    }
+
+    /// The copies of the reading at `ts` are all seen: a conflict when their values differ.
+    fn close_copies(&mut self, ts: i64) {
+        if self.copies.len() > 1 {
+            self.copies.sort_unstable_by(|a, b| value_order(*a, *b));
+            self.conflicts.push((ts, std::mem::take(&mut self.copies)));
+        }
+        self.copies.clear();
     }
 
     fn key(&self) -> (&[u8], &[u8]) {
@@ -325,10 +350,32 @@ impl Building {
     /// The next row of this series: a later time, or another copy of the last reading (the
     /// answer's order puts the copy that counts last).
     fn push(&mut self, row: &WindowRow<'_>, offset: u64) -> Result<(), StorageError> {
-        match self.points.last_mut() {
-            Some(last) if last.0 == row.ts_ms => last.1 = row.value,
+        match self.points.last().copied() {
+            Some(last) if last.0 == row.ts_ms => {
+                if let (Some(p), Some(r)) = (self.points.last_mut(), self.received.last_mut()) {
+                    p.1 = row.value;
+                    *r = row.received_ms;
+                }
+                if !self
+                    .copies
+                    .iter()
+                    .any(|v| value_order(*v, row.value) == Ordering::Equal)
+                {
+                    self.copies.push(row.value);
+                }
+            }
             Some(last) if last.0 > row.ts_ms => return Err(out_of_order(WINDOW_ACTION, offset)),
-            _ => self.points.push((row.ts_ms, row.value)),
+            Some(last) => {
+                self.close_copies(last.0);
+                self.points.push((row.ts_ms, row.value));
+                self.received.push(row.received_ms);
+                self.copies.push(row.value);
+            }
+            None => {
+                self.points.push((row.ts_ms, row.value));
+                self.received.push(row.received_ms);
+                self.copies.push(row.value);
+            }
         }
         if self.unit != row.unit {
             self.unit.clear();
@@ -352,6 +399,7 @@ impl Building {
                 reason: "a series without readings".into(),
             });
         };
+        self.close_copies(last);
         let (needs_before, needs_after) = (req.needs_before(first), req.needs_after(last));
         if needs_before || needs_after {
             while neighbours.ready(&NEIGHBOURS_ROW).await? {
@@ -371,6 +419,7 @@ impl Building {
                         return Err(out_of_order(NEIGHBOURS_ACTION, offset));
                     }
                     self.points.insert(0, (n.before_ts, n.before_value));
+                    self.received.insert(0, n.before_received);
                     if !self.units.contains(&n.before_unit) {
                         self.units.push(n.before_unit);
                     }
@@ -380,6 +429,7 @@ impl Building {
                         return Err(out_of_order(NEIGHBOURS_ACTION, offset));
                     }
                     self.points.push((n.after_ts, n.after_value));
+                    self.received.push(n.after_received);
                 }
                 break;
             }
@@ -393,6 +443,8 @@ impl Building {
             unit,
             points: self.points,
             other_units,
+            received_at: self.received,
+            conflicts: self.conflicts,
         })
     }
 }
@@ -414,17 +466,18 @@ enum Field {
     Eight,
 }
 
-/// meter_id, channel, ts_ms, value, unit.
-const WINDOW_ROW: [Field; 5] = [
+/// meter_id, channel, ts_ms, value, unit, received_ms.
+const WINDOW_ROW: [Field; 6] = [
     Field::Str,
     Field::Str,
     Field::Eight,
     Field::Eight,
     Field::Str,
+    Field::Eight,
 ];
 /// meter_id, channel, before_n, before_ts, before_value, after_n, after_ts, after_value,
-/// before_unit.
-const NEIGHBOURS_ROW: [Field; 9] = [
+/// before_unit, before_received, after_received.
+const NEIGHBOURS_ROW: [Field; 11] = [
     Field::Str,
     Field::Str,
     Field::Eight,
@@ -434,6 +487,8 @@ const NEIGHBOURS_ROW: [Field; 9] = [
     Field::Eight,
     Field::Eight,
     Field::Str,
+    Field::Eight,
+    Field::Eight,
 ];
 
 struct WindowRow<'a> {
@@ -442,6 +497,7 @@ struct WindowRow<'a> {
     ts_ms: i64,
     value: f64,
     unit: &'a str,
+    received_ms: i64,
 }
 
 struct NeighboursKey<'a> {
@@ -457,6 +513,8 @@ struct NeighboursRow {
     after_ts: i64,
     after_value: f64,
     before_unit: String,
+    before_received: i64,
+    after_received: i64,
 }
 
 /// A RowBinary answer as it arrives: whole rows are parsed from the buffered bytes, which
@@ -610,6 +668,7 @@ impl Answer {
             ts_ms: i64::from_le_bytes(this.eight_at(&mut at)?),
             value: f64::from_le_bytes(this.eight_at(&mut at)?),
             unit: this.str_at(&mut at)?,
+            received_ms: i64::from_le_bytes(this.eight_at(&mut at)?),
         })
     }
 
@@ -638,6 +697,8 @@ impl Answer {
             after_ts: i(self.eight_at(&mut at)?),
             after_value: f(self.eight_at(&mut at)?),
             before_unit: self.str_at(&mut at)?.to_string(),
+            before_received: i(self.eight_at(&mut at)?),
+            after_received: i(self.eight_at(&mut at)?),
         };
         self.pos = at;
         Ok(row)
@@ -782,8 +843,14 @@ mod tests {
             self.0.extend_from_slice(&v.to_le_bytes());
             self
         }
+        /// A window row, received 7 ms after its time.
         fn window(self, meter: &str, channel: &str, ts: i64, value: f64, unit: &str) -> Self {
-            self.s(meter).s(channel).i(ts).f(value).s(unit)
+            self.s(meter)
+                .s(channel)
+                .i(ts)
+                .f(value)
+                .s(unit)
+                .i(ts + RECEIVED_AFTER)
         }
         fn neighbours(
             self,
@@ -803,6 +870,8 @@ mod tests {
                 .i(ats)
                 .f(av)
                 .s(bu)
+                .i(bts + RECEIVED_AFTER)
+                .i(ats + RECEIVED_AFTER)
         }
         fn answer(self, action: &'static str) -> Answer {
             let mut a = Answer::new(None, action);
@@ -841,6 +910,29 @@ mod tests {
         Ok(out)
     }
 
+    /// The test rows are received this long after their time.
+    const RECEIVED_AFTER: i64 = 7;
+
+    /// A series as expected: each point received [`RECEIVED_AFTER`] its time.
+    fn expect(
+        meter: &str,
+        channel: &str,
+        unit: &str,
+        points: Vec<(i64, f64)>,
+        other_units: Vec<String>,
+        conflicts: Vec<(i64, Vec<f64>)>,
+    ) -> Series {
+        Series {
+            meter_id: meter.into(),
+            channel: channel.into(),
+            unit: unit.into(),
+            received_at: points.iter().map(|p| p.0 + RECEIVED_AFTER).collect(),
+            points,
+            other_units,
+            conflicts,
+        }
+    }
+
     #[tokio::test]
     async fn rows_become_series_with_the_last_copy_and_their_neighbours() {
         let window = Bytes::default()
@@ -862,28 +954,32 @@ mod tests {
             .neighbours("A", "1-0:1.8.1", Some((1, 1.0, "kWh")), None)
             // Needs both neighbours and the server found none: nothing added.
             .neighbours("B", "0-1:24.2.1", None, None);
+        // A's two copies at 1000 (1.0 and 2.0) are a conflict.
         let mut want = vec![
-            Series {
-                meter_id: "A".into(),
-                channel: "1-0:1.8.0".into(),
-                unit: "Wh".into(),
-                points: vec![(500, 0.5), (1_000, 2.0), (2_000, 3.0), (4_000, 9.0)],
-                other_units: vec!["kWh".into()],
-            },
-            Series {
-                meter_id: "B".into(),
-                channel: "0-1:24.2.1".into(),
-                unit: "m3".into(),
-                points: vec![(1_500, 5.0)],
-                other_units: Vec::new(),
-            },
-            Series {
-                meter_id: "m".repeat(200),
-                channel: "1-0:2.8.0".into(),
-                unit: "kWh".into(),
-                points: vec![(3_000, 4.0)],
-                other_units: Vec::new(),
-            },
+            expect(
+                "A",
+                "1-0:1.8.0",
+                "Wh",
+                vec![(500, 0.5), (1_000, 2.0), (2_000, 3.0), (4_000, 9.0)],
+                vec!["kWh".into()],
+                vec![(1_000, vec![1.0, 2.0])],
+            ),
+            expect(
+                "B",
+                "0-1:24.2.1",
+                "m3",
+                vec![(1_500, 5.0)],
+                Vec::new(),
+                Vec::new(),
+            ),
+            expect(
+                &"m".repeat(200),
+                "1-0:2.8.0",
+                "kWh",
+                vec![(3_000, 4.0)],
+                Vec::new(),
+                Vec::new(),
+            ),
         ];
         // The window's rows must come in order: B before mmm....
         let window_sorted = Bytes::default()
@@ -906,6 +1002,7 @@ mod tests {
         );
         // No neighbours' answer at all: the series come without them.
         want[0].points = vec![(1_000, 2.0), (2_000, 3.0)];
+        want[0].received_at = vec![1_000 + RECEIVED_AFTER, 2_000 + RECEIVED_AFTER];
         let window_sorted = Bytes::default()
             .window("A", "1-0:1.8.0", 1_000, 1.0, "kWh")
             .window("A", "1-0:1.8.0", 1_000, 2.0, "kWh")
@@ -934,12 +1031,8 @@ mod tests {
         let got = merged_with_silent(window, Bytes::default(), silent, &req)
             .await
             .unwrap();
-        let k = |m: &str, c: &str, p: (i64, f64), u: &str| Series {
-            meter_id: m.into(),
-            channel: c.into(),
-            unit: u.into(),
-            points: vec![p],
-            other_units: Vec::new(),
+        let k = |m: &str, c: &str, p: (i64, f64), u: &str| {
+            expect(m, c, u, vec![p], Vec::new(), Vec::new())
         };
         assert_eq!(
             got,
@@ -976,7 +1069,7 @@ mod tests {
             .into_iter()
             .chain([1, 0xff])
             .collect::<Vec<u8>>();
-        let bad = Bytes(bad).i(1_000).f(1.0).s("kWh");
+        let bad = Bytes(bad).i(1_000).f(1.0).s("kWh").i(1_007);
         let e = merged(bad, Bytes::default(), &request(None))
             .await
             .unwrap_err();

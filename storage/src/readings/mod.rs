@@ -25,7 +25,11 @@
 //!   row). A series whose last reading is older is not delivered at all: nothing lists the
 //!   meters that exist (a registry will), so the bound is what the read can afford;
 //! - the unit of the newest reading delivered in the window (of a silent series, of its one
-//!   reading).
+//!   reading);
+//! - when each reading delivered was received (its copy that counts), and the window's
+//!   instants whose copies came with different values (VEE's `clock` and `conflict` rules).
+//!   A ClickHouse merge keeps one copy of a reading, so there the conflicts are seen only
+//!   until the parts are merged (Parquet keeps every copy): the third difference.
 //!
 //! A copy whose value is not a finite number (NaN, ±inf: meterflow's decoders refuse them, a
 //! foreign file or a direct insert may hold them) is not read at all, by both sources, so it
@@ -273,6 +277,13 @@ pub struct Series {
     /// scale and a sum of its steps means nothing. The readings outside the window are not
     /// looked at.
     pub other_units: Vec<String>,
+    /// When each point was received (of a reading received more than once, the copy that
+    /// counts), Unix ms, in step with `points`; whole seconds on ClickHouse before 20.5. VEE's
+    /// `clock` rule compares it with the reading's time.
+    pub received_at: Vec<i64>,
+    /// The window's instants whose copies came with different values: the time and the
+    /// distinct values, ascending (−0 and +0 one). VEE's `conflict` rule.
+    pub conflicts: Vec<(i64, Vec<f64>)>,
 }
 
 impl Series {

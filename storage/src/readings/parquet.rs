@@ -784,29 +784,66 @@ impl SeriesAcc {
                 unit,
                 points: vec![(b.ts, b.value)],
                 other_units: Vec::new(),
+                received_at: vec![b.received_at],
+                conflicts: Vec::new(),
             });
         }
         let (_, unit) = newest?;
         let mut units = units;
         points.sort_unstable_by(Copy::order);
         let mut out: Vec<(i64, f64)> = Vec::with_capacity(points.len() + 2);
+        let mut received: Vec<i64> = Vec::with_capacity(points.len() + 2);
+        let mut conflicts: Vec<(i64, Vec<f64>)> = Vec::new();
         if let Some((b, b_unit)) =
             before.filter(|(b, _)| req.needs_before(min_ts) && req.may_be_before(b.ts))
         {
             out.push((b.ts, b.value));
+            received.push(b.received_at);
             if !units.contains(&b_unit) {
                 units.push(b_unit);
             }
         }
+        // The distinct values of the copies of the time being read.
+        let mut copies: Vec<f64> = Vec::new();
+        let mut close = |ts: i64, copies: &mut Vec<f64>| {
+            if copies.len() > 1 {
+                copies.sort_unstable_by(|a, b| value_order(*a, *b));
+                conflicts.push((ts, std::mem::take(copies)));
+            }
+            copies.clear();
+        };
+        let window_from = out.len();
         for p in points {
             // Sorted: the last copy of each time is the one that counts.
+            let in_window = out.len() > window_from;
             match out.last_mut() {
-                Some(last) if last.0 == p.ts => last.1 = p.value,
-                _ => out.push((p.ts, p.value)),
+                Some(last) if last.0 == p.ts && in_window => {
+                    last.1 = p.value;
+                    if let Some(r) = received.last_mut() {
+                        *r = p.received_at;
+                    }
+                }
+                _ => {
+                    if let Some(&(ts, _)) = out.last().filter(|_| out.len() > window_from) {
+                        close(ts, &mut copies);
+                    }
+                    out.push((p.ts, p.value));
+                    received.push(p.received_at);
+                }
             }
+            if !copies
+                .iter()
+                .any(|v| value_order(*v, p.value) == Ordering::Equal)
+            {
+                copies.push(p.value);
+            }
+        }
+        if let Some(&(ts, _)) = out.last().filter(|_| out.len() > window_from) {
+            close(ts, &mut copies);
         }
         if let Some(a) = after.filter(|_| req.needs_after(max_ts)) {
             out.push((a.ts, a.value));
+            received.push(a.received_at);
         }
         let mut other_units: Vec<String> = units.into_iter().filter(|u| *u != unit).collect();
         other_units.sort_unstable();
@@ -816,6 +853,8 @@ impl SeriesAcc {
             unit,
             points: out,
             other_units,
+            received_at: received,
+            conflicts,
         })
     }
 }

@@ -145,6 +145,7 @@ fn request(meter: Option<&str>) -> ReadRequest {
     }
 }
 
+/// A series as expected, each point received a second after its time (as [`r`] writes it).
 fn series(meter: &str, channel: &str, unit: &str, points: &[(i64, f64)]) -> Series {
     Series {
         meter_id: meter.into(),
@@ -152,6 +153,8 @@ fn series(meter: &str, channel: &str, unit: &str, points: &[(i64, f64)]) -> Seri
         unit: unit.into(),
         points: points.to_vec(),
         other_units: Vec::new(),
+        received_at: points.iter().map(|p| p.0 + 1000).collect(),
+        conflicts: Vec::new(),
     }
 }
 
@@ -172,9 +175,28 @@ fn expected() -> Vec<Series> {
         ],
     );
     gas.other_units = vec!["ft3".into(), "m3".into()];
+    // Its newest reading's copy that counts was received 3 s after; the two differ.
+    gas.received_at[2] += 2000;
+    gas.conflicts = vec![(T0 + 10 * D + 12 * H, vec![12.0, 12.5])];
+    // A's import: at 03-11 00:00 the copy that counts came 2 s after; copies of 108, 999
+    // and 108.5 there, of 109 and 109.25 at 06:00.
+    let mut a_import = series("A", IMPORT, "kWh", &import);
+    a_import.received_at[5] += 1000;
+    a_import.conflicts = vec![
+        (a(8), vec![108.0, 108.5, 999.0]),
+        (a(9), vec![109.0, 109.25]),
+    ];
+    // B's import: its reading before the window (40 days silent) received 9 s after.
+    let mut b_import = series(
+        "B",
+        IMPORT,
+        "kWh",
+        &[(T0 - 31 * D, 50.0), (T0 + 10 * D + 5 * H, 60.0)],
+    );
+    b_import.received_at[0] += 8000;
     vec![
         // Before: 03-09 18:00 (none in [23:00, 00:00)); after: none needed (03-12 00:00).
-        series("A", IMPORT, "kWh", &import),
+        a_import,
         series(
             "A",
             EXPORT,
@@ -187,12 +209,7 @@ fn expected() -> Vec<Series> {
             ],
         ),
         gas,
-        series(
-            "B",
-            IMPORT,
-            "kWh",
-            &[(T0 - 31 * D, 50.0), (T0 + 10 * D + 5 * H, 60.0)],
-        ),
+        b_import,
         series(
             "C",
             IMPORT,
