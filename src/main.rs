@@ -41,6 +41,20 @@ enum Command {
     Import(cli::import::ImportArgs),
     /// Print the ClickHouse DDL for the configured server (or --server-version), or apply it.
     Schema(cli::schema::SchemaArgs),
+    /// Validation and estimation: the twelve rules run over [from, to) (local days), each
+    /// exception printed with what was estimated or substituted for it. Reads ClickHouse when a
+    /// URL is configured, else the Parquet tree under --data-dir.
+    Vee(VeeCommand),
+}
+
+/// `meterflow vee` and how it prints.
+#[derive(clap::Args)]
+struct VeeCommand {
+    #[command(flatten)]
+    args: cli::vee::VeeArgs,
+    /// table (aligned, for people), csv or json (for scripts).
+    #[arg(long, value_enum, default_value = "table")]
+    format: cli::query::OutputFormat,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,5 +79,9 @@ fn main() -> anyhow::Result<()> {
         Command::Query(args) => cli::query::run(cli.shared.config()?, args),
         Command::Import(args) => cli::import::run(cli.shared.config()?, args),
         Command::Schema(args) => cli::schema::run(cli.shared.config()?, args),
+        Command::Vee(vee) => {
+            let table = cli::vee::run(&cli.shared.config()?, vee.args)?;
+            cli::query::print_table(&table, &["values"], vee.format)
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use meterflow_billing::{BillingConfig, BillingError};
 use meterflow_storage::clickhouse::ClickHouseConfig;
 use meterflow_storage::{BatchConfig, ParquetConfig, WalConfig};
+use meterflow_vee::{VeeConfig, VeeError};
 use serde::{Deserialize, Serialize};
 
 pub use crate::devices::DevicesConfig;
@@ -38,6 +39,9 @@ pub struct Config {
     /// How `meterflow query billing` reads registers: the zone of billing days, the longest
     /// gap interpolated across, rollovers.
     pub billing: BillingConfig,
+    /// Validation, estimation and editing: every rule's and method's parameters
+    /// (`meterflow vee`).
+    pub vee: VeeConfig,
     /// Brokers to take messages from (`[[bridge]]` sections), none by default.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bridge: Vec<BridgeConfig>,
@@ -59,6 +63,7 @@ impl Default for Config {
             wal: WalConfig::default(),
             clickhouse: ClickHouseConfig::default(),
             billing: BillingConfig::default(),
+            vee: VeeConfig::default(),
             bridge: Vec::new(),
         }
     }
@@ -227,6 +232,9 @@ impl Config {
         self.billing.validate().map_err(|e| match e {
             BillingError::Config { key, reason } => IngestError::config(key, reason),
             other => IngestError::config("billing.timezone", other.to_string()),
+        })?;
+        self.vee.params().map_err(|e| match e {
+            VeeError::Config { key, reason } => IngestError::config(key, reason),
         })?;
         let bridges = self
             .bridge

@@ -12,6 +12,7 @@ pub mod questions;
 pub mod schema;
 pub mod serve;
 pub mod simulate;
+pub mod vee;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

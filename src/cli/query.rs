@@ -165,6 +165,16 @@ pub(super) fn parse_duration_s(text: &str) -> anyhow::Result<u64> {
     Ok(n.saturating_mul(scale))
 }
 
+/// Prints `table` to standard output (a closed pipe is no error); `numbers` names its
+/// columns of numbers (for JSON).
+pub fn print_table(table: &Table, numbers: &[&str], format: OutputFormat) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match print(table, numbers, format, &mut out).and_then(|()| Ok(out.flush()?)) {
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
 /// Prints `table`; `numbers` names its columns of numbers (for JSON).
 fn print(
     table: &Table,

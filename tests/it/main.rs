@@ -32,4 +32,5 @@ mod serve_coap;
 mod serve_coaps;
 mod serve_mqtt;
 mod simulate_dlms;
+mod vee;
 mod wal_crash;

@@ -43,9 +43,6 @@ pub struct VeeConfig {
     /// profile (the same local weekday and time of the last `like_day_weeks` weeks).
     pub like_day_max_gap: String,
     pub like_day_weeks: u32,
-    /// `serve` runs VEE itself: `daily HH:MM` (local time in `billing.timezone`, for the day
-    /// before), or `off`.
-    pub schedule: String,
 }
 
 impl Default for VeeConfig {
@@ -64,7 +61,6 @@ impl Default for VeeConfig {
             linear_max_gap: "2h".into(),
             like_day_max_gap: "7d".into(),
             like_day_weeks: 4,
-            schedule: "off".into(),
         }
     }
 }
@@ -93,17 +89,6 @@ impl Default for Params {
             .params()
             .unwrap_or_else(|_| unreachable!("the defaults are valid"))
     }
-}
-
-/// When `serve` runs VEE.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schedule {
-    Off,
-    /// Every day at this local time (hour, minute), for the day before.
-    Daily {
-        hour: u32,
-        minute: u32,
-    },
 }
 
 impl VeeConfig {
@@ -164,7 +149,6 @@ impl VeeConfig {
                 "must be at most 31d",
             ));
         }
-        self.schedule()?;
         Ok(Params {
             zero_days: positive_days("vee.zero_days", self.zero_days, 366)?,
             stuck_days: positive_days("vee.stuck_days", self.stuck_days, 366)?,
@@ -189,28 +173,6 @@ impl VeeConfig {
             like_day_weeks: positive_days("vee.like_day_weeks", self.like_day_weeks, 52)?,
         })
     }
-
-    /// `vee.schedule`, checked.
-    pub fn schedule(&self) -> Result<Schedule, VeeError> {
-        let text = self.schedule.trim();
-        if text == "off" {
-            return Ok(Schedule::Off);
-        }
-        let bad = || {
-            VeeError::config(
-                "vee.schedule",
-                format!("{text:?} is not `off` or `daily HH:MM` (local time in billing.timezone)"),
-            )
-        };
-        let at = text.strip_prefix("daily ").ok_or_else(bad)?.trim();
-        let (h, m) = at.split_once(':').ok_or_else(bad)?;
-        let hour: u32 = h.parse().map_err(|_| bad())?;
-        let minute: u32 = m.parse().map_err(|_| bad())?;
-        if hour > 23 || minute > 59 || m.len() != 2 {
-            return Err(bad());
-        }
-        Ok(Schedule::Daily { hour, minute })
-    }
 }
 
 #[cfg(test)]
@@ -225,7 +187,6 @@ mod tests {
         assert_eq!(p.clock_max_age_ms, 30 * 86_400_000);
         assert_eq!((p.spike_factor, p.high_low_factor), (10.0, 3.0));
         assert_eq!(p.linear_max_gap_ms, 2 * 3_600_000);
-        assert_eq!(VeeConfig::default().schedule().unwrap(), Schedule::Off);
     }
 
     #[test]
@@ -247,15 +208,5 @@ mod tests {
             "vee.linear_max_gap",
         );
         bad(|c| c.like_day_max_gap = "1h".into(), "vee.like_day_max_gap");
-        bad(|c| c.schedule = "daily 25:00".into(), "vee.schedule");
-        bad(|c| c.schedule = "hourly".into(), "vee.schedule");
-        let c = VeeConfig {
-            schedule: "daily 02:00".into(),
-            ..VeeConfig::default()
-        };
-        assert_eq!(
-            c.schedule().unwrap(),
-            Schedule::Daily { hour: 2, minute: 0 }
-        );
     }
 }

@@ -13,7 +13,7 @@ mod error;
 pub mod model;
 pub mod run;
 
-pub use config::{Params, Schedule, VeeConfig};
+pub use config::{Params, VeeConfig};
 pub use error::VeeError;
 pub use model::{
     Channel, ChannelKind, Exception, Meter, Method, Outcome, Point, Quality, Rule, VeeRow,

@@ -74,6 +74,9 @@ pub enum Channels {
     /// The cumulative registers and the interval channels `N-N:N.29.N`: what `query
     /// anomalies` reads.
     RegistersAndIntervals,
+    /// Every channel (VEE: a register that stands still while the meter's other channels,
+    /// voltages among them, move is `stuck`).
+    All,
 }
 
 impl Channels {
@@ -85,6 +88,7 @@ impl Channels {
             Channels::RegistersAndIntervals => {
                 is_cumulative_register(channel) || is_interval_channel(channel)
             }
+            Channels::All => true,
         }
     }
 
@@ -97,6 +101,8 @@ impl Channels {
             Channels::RegistersAndIntervals => {
                 r"^[0-9]+-[0-9]+:(([12]\.8\.[0-9]+)|(24\.2\.[0-9]+)|(24\.3\.0)|([0-9]+\.29\.[0-9]+))$"
             }
+            // RE2: the empty pattern matches every text.
+            Channels::All => "",
         }
     }
 }
