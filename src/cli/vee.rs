@@ -130,9 +130,12 @@ fn channel_of(config: &Config, s: &Series) -> Channel {
     }
 }
 
+/// A value of a new version: its time, quality and method.
+type Mended<'o> = (i64, Quality, &'o str);
+
 /// One row per exception, with how many values of its span were estimated or substituted.
 fn table(outcome: &Outcome, zone: &meterflow_billing::Zone) -> Table {
-    let mut mended: BTreeMap<(&str, &str), Vec<(i64, Quality, &str)>> = BTreeMap::new();
+    let mut mended: BTreeMap<(&str, &str), Vec<Mended<'_>>> = BTreeMap::new();
     for r in &outcome.rows {
         mended
             .entry((r.meter_id.as_str(), r.channel.as_str()))
@@ -143,7 +146,7 @@ fn table(outcome: &Outcome, zone: &meterflow_billing::Zone) -> Table {
         .exceptions
         .iter()
         .map(|e| {
-            let values: Vec<&(i64, Quality, &str)> = mended
+            let values: Vec<&Mended<'_>> = mended
                 .get(&(e.meter_id.as_str(), e.channel.as_str()))
                 .map(|v| {
                     v.iter()
