@@ -35,6 +35,7 @@ pub mod readings;
 mod shutdown;
 pub mod sinks;
 pub mod status;
+pub mod vee;
 pub mod wal;
 
 pub use batcher::{BatchConfig, Batcher};
