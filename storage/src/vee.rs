@@ -163,7 +163,7 @@ pub fn latest(
             continue;
         }
         for file in fs::read_dir(day.path())
-            .map_err(|e| StorageError::io("listing", &day.path(), e))?
+            .map_err(|e| StorageError::io("listing", day.path(), e))?
             .flatten()
         {
             let file_name = file.file_name().to_string_lossy().into_owned();
