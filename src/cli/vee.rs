@@ -1,9 +1,12 @@
 //! `meterflow vee`: the validation rules run over a period of local days, on ClickHouse when
 //! a URL is configured, else on the Parquet tree; each meter's channels read with the history
 //! the statistics need and handed to `meterflow_vee::run_meter`. Prints the exceptions found,
-//! with what was estimated or substituted for them.
+//! with what was estimated or substituted for them, and stores the estimates and substitutes
+//! as a new version (`readings_vee`, on the same source) when they differ from the latest one:
+//! a rerun over the same data writes nothing; an estimate an actual read has replaced is
+//! withdrawn (an `A` value).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context;
 use meterflow_ingest::Config;
@@ -11,7 +14,10 @@ use meterflow_storage::analytics::Table;
 use meterflow_storage::readings::{
     self, is_cumulative_register, is_interval_channel, Channels, Neighbours, ReadRequest, Series,
 };
-use meterflow_vee::{run_meter, Channel, ChannelKind, Meter, Outcome, Period, Point, Quality};
+use meterflow_storage::vee::{self as vee_store, VeeValue};
+use meterflow_vee::{
+    run_meter, Channel, ChannelKind, Meter, Method, Outcome, Period, Point, Quality,
+};
 
 use super::questions::{check_meter, period, runtime, zone};
 
@@ -60,6 +66,26 @@ pub fn run(config: &Config, args: VeeArgs) -> anyhow::Result<Table> {
         silent_since_ms: None,
     };
     let vee_period = Period { from_ms, to_ms };
+    // What earlier runs wrote for the period: a new version only if this run differs.
+    let stored = if config.clickhouse.enabled() {
+        runtime()?.block_on(vee_store::latest_clickhouse(
+            &config.clickhouse,
+            from_ms,
+            to_ms,
+            args.meter.as_deref(),
+        ))
+    } else {
+        vee_store::latest(&config.data_dir, from_ms, to_ms, args.meter.as_deref())
+    }
+    .context("reading the VEE versions of the period (on ClickHouse: `meterflow schema --apply` adds readings_vee)")?;
+    let mended_before: HashMap<Key, &VeeValue> = stored
+        .iter()
+        .filter(|v| v.quality != "A")
+        .map(|v| ((v.meter_id.clone(), v.channel.clone(), v.ts_ms), v))
+        .collect();
+    // The actual reads where an earlier version estimated or substituted: what a withdrawn
+    // estimate gives way to.
+    let mut actual: HashMap<Key, f64> = HashMap::new();
     let mut outcome = Outcome::default();
     // Series come in (meter, channel) order: a meter's channels together.
     let mut current: Option<Meter> = None;
@@ -69,6 +95,12 @@ pub fn run(config: &Config, args: VeeArgs) -> anyhow::Result<Table> {
         outcome.rows.extend(o.rows);
     };
     let mut each = |series: Series| -> Result<(), meterflow_storage::StorageError> {
+        for &(ts, value) in &series.points {
+            let key = (series.meter_id.clone(), series.channel.clone(), ts);
+            if mended_before.contains_key(&key) {
+                actual.insert(key, value);
+            }
+        }
         let channel = channel_of(config, &series);
         match current.as_mut() {
             Some(m) if m.meter_id == series.meter_id => m.channels.push(channel),
@@ -96,7 +128,80 @@ pub fn run(config: &Config, args: VeeArgs) -> anyhow::Result<Table> {
     if let Some(done) = current.take() {
         finish(done, &mut outcome);
     }
+    store(config, &outcome, &mended_before, &actual)?;
     Ok(table(&outcome, &zone))
+}
+
+/// A value's place: meter, channel, time.
+type Key = (String, String, i64);
+
+/// Writes this run's values as a new version when they differ from the latest stored: the
+/// estimates and substitutes, and an `A` (actual) value for each earlier one no longer made
+/// (an actual read came, or the rules changed). Says on stderr what it did.
+fn store(
+    config: &Config,
+    outcome: &Outcome,
+    before: &HashMap<Key, &VeeValue>,
+    actual: &HashMap<Key, f64>,
+) -> anyhow::Result<()> {
+    let version = chrono::Utc::now().timestamp_millis();
+    let mut values: Vec<VeeValue> = outcome
+        .rows
+        .iter()
+        .map(|r| VeeValue {
+            meter_id: r.meter_id.clone(),
+            channel: r.channel.clone(),
+            ts_ms: r.ts_ms,
+            value: r.value,
+            unit: r.unit.clone(),
+            quality: r.quality.as_str().into(),
+            rule: r.rule.as_str().into(),
+            method: r.method.as_str().into(),
+            version,
+        })
+        .collect();
+    let now: HashMap<Key, &VeeValue> = values
+        .iter()
+        .map(|v| ((v.meter_id.clone(), v.channel.clone(), v.ts_ms), v))
+        .collect();
+    let same = now.len() == before.len()
+        && now.iter().all(|(k, v)| {
+            before.get(k).is_some_and(|b| {
+                (b.value.to_bits(), &b.quality, &b.rule, &b.method)
+                    == (v.value.to_bits(), &v.quality, &v.rule, &v.method)
+            })
+        });
+    if same {
+        eprintln!(
+            "vee: {} value(s) estimated or substituted, as the latest version has them: nothing written",
+            now.len()
+        );
+        return Ok(());
+    }
+    let withdrawn: Vec<VeeValue> = before
+        .iter()
+        .filter(|(k, _)| !now.contains_key(*k))
+        .filter_map(|(k, b)| {
+            Some(VeeValue {
+                value: *actual.get(k)?,
+                quality: "A".into(),
+                method: Method::Actual.as_str().into(),
+                version,
+                ..(*b).clone()
+            })
+        })
+        .collect();
+    let (new, gone) = (values.len(), withdrawn.len());
+    values.extend(withdrawn);
+    if config.clickhouse.enabled() {
+        runtime()?.block_on(vee_store::write_clickhouse(&config.clickhouse, &values))?;
+    } else {
+        vee_store::write(&config.data_dir, &values)?;
+    }
+    eprintln!(
+        "vee: version {version} written: {new} value(s) estimated or substituted, {gone} earlier one(s) withdrawn"
+    );
+    Ok(())
 }
 
 /// A series as VEE reads it: its kind from its OBIS code, its register's rollover.

@@ -249,6 +249,119 @@ fn read_file(
     Ok(())
 }
 
+/// Writes `values` (one version) to ClickHouse's `readings_vee`.
+pub async fn write_clickhouse(
+    config: &crate::clickhouse::ClickHouseConfig,
+    values: &[VeeValue],
+) -> Result<(), StorageError> {
+    use crate::clickhouse::{ClickHouseError, TimeColumns};
+    let times = crate::clickhouse::time_columns(config).await?;
+    let text = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"));
+    let client = config.client()?;
+    for chunk in values.chunks(10_000) {
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|v| {
+                let ts = match times {
+                    TimeColumns::Millis => {
+                        format!("fromUnixTimestamp64Milli(toInt64({}), 'UTC')", v.ts_ms)
+                    }
+                    TimeColumns::Seconds => format!("toDateTime({})", v.ts_ms.div_euclid(1000)),
+                };
+                format!(
+                    "({}, {}, {ts}, {:?}, {}, {}, {}, {}, {})",
+                    text(&v.meter_id),
+                    text(&v.channel),
+                    v.value,
+                    text(&v.unit),
+                    text(&v.quality),
+                    text(&v.rule),
+                    text(&v.method),
+                    v.version
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO {}.readings_vee (meter_id, channel, ts, value, unit, quality, rule, method, version) VALUES {}",
+            config.database,
+            rows.join(", ")
+        );
+        client
+            .query(&sql)
+            .execute()
+            .await
+            .map_err(|source| ClickHouseError {
+                action: "writing the VEE version",
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// [`latest`] on ClickHouse's `readings_vee`.
+pub async fn latest_clickhouse(
+    config: &crate::clickhouse::ClickHouseConfig,
+    from_ms: i64,
+    to_ms: i64,
+    meter: Option<&str>,
+) -> Result<Vec<VeeValue>, StorageError> {
+    use crate::clickhouse::TimeColumns;
+    let times = crate::clickhouse::time_columns(config).await?;
+    let (ts_ms, bound) = match times {
+        TimeColumns::Millis => (
+            "toUnixTimestamp64Milli(ts)".to_string(),
+            (|ms: i64| format!("fromUnixTimestamp64Milli(toInt64({ms}), 'UTC')"))
+                as fn(i64) -> String,
+        ),
+        TimeColumns::Seconds => (
+            "toInt64(toUnixTimestamp(ts)) * 1000".to_string(),
+            (|ms: i64| format!("toDateTime({})", ms.div_euclid(1000).max(0))) as fn(i64) -> String,
+        ),
+    };
+    let meter_filter = match meter {
+        Some(m) if meterflow_proto::is_valid_meter_id(m) => format!(" AND meter_id = '{m}'"),
+        Some(m) => {
+            return Err(StorageError::ReadRequest {
+                reason: format!("{m:?} is not a meter id"),
+            })
+        }
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT meter_id, channel, {ts_ms} AS ts_ms, argMax(value, version) AS v_value, \
+           argMax(unit, version) AS v_unit, argMax(quality, version) AS v_quality, \
+           argMax(rule, version) AS v_rule, argMax(method, version) AS v_method, \
+           max(version) AS v_version \
+         FROM {db}.readings_vee \
+         WHERE ts >= {from} AND ts < {to}{meter_filter} \
+         GROUP BY meter_id, channel, ts \
+         ORDER BY meter_id, channel, ts_ms",
+        db = config.database,
+        from = bound(from_ms),
+        to = bound(to_ms),
+    );
+    let table = crate::analytics::Table::from_tsv(&crate::analytics::run_text(config, &sql).await?);
+    let bad = |what: &str| StorageError::ReadRequest {
+        reason: format!("readings_vee: a row without its {what}"),
+    };
+    (0..table.rows.len())
+        .map(|row| {
+            let get = |c: &str| table.get(row, c).ok_or_else(|| bad(c));
+            Ok(VeeValue {
+                meter_id: get("meter_id")?.to_string(),
+                channel: get("channel")?.to_string(),
+                ts_ms: get("ts_ms")?.parse().map_err(|_| bad("ts_ms"))?,
+                value: get("v_value")?.parse().map_err(|_| bad("value"))?,
+                unit: get("v_unit")?.to_string(),
+                quality: get("v_quality")?.to_string(),
+                rule: get("v_rule")?.to_string(),
+                method: get("v_method")?.to_string(),
+                version: get("v_version")?.parse().map_err(|_| bad("version"))?,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

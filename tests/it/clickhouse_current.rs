@@ -502,6 +502,7 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
         "readings",
         "readings_daily",
         "readings_hourly",
+        "readings_vee",
     ];
     for db in ["mf", "mf_ttl"] {
         let names: Vec<&str> = tables
@@ -512,7 +513,7 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
         assert_eq!(names, want, "{tables:?}");
     }
     let cluster = schema_ddl("mf_c", ch.version, 30, Topology::Cluster("meterflow"));
-    assert_eq!(cluster.len(), 11);
+    assert_eq!(cluster.len(), 13);
     for statement in &cluster {
         let ast = ch.ok(&format!("EXPLAIN AST {statement}"));
         assert!(ast.contains("Query"), "{statement}: {ast}");

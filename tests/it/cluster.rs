@@ -213,6 +213,8 @@ fn a_cluster_keeps_every_reading_through_a_dead_replica_and_a_dead_node() {
         "readings_hourly",
         "readings_hourly_local",
         "readings_local",
+        "readings_vee",
+        "readings_vee_local",
     ]
     .iter()
     .map(|s| s.to_string())

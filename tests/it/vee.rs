@@ -28,18 +28,16 @@ fn register_csv(meter: &str, missing: &[i64], out: &mut String) {
     }
 }
 
-fn vee_csv(config: &str) -> String {
+/// `meterflow vee` over the day: (its CSV, what it said on stderr).
+fn vee_csv(config: &str) -> (String, String) {
     let out = Command::new(BIN)
         .args(["vee", "--config", config, "--format", "csv"])
         .args(["--from", "2024-03-20", "--to", "2024-03-21"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}");
+    (String::from_utf8(out.stdout).unwrap(), said)
 }
 
 #[test]
@@ -67,9 +65,8 @@ fn vee_finds_the_injected_gap_and_nothing_else_on_clickhouse_and_parquet_alike()
     for config in [&on_clickhouse, &on_parquet] {
         import_canonical_csv(config, Path::new(&csv));
     }
-    let from_clickhouse = vee_csv(&on_clickhouse);
-    let from_parquet = vee_csv(&on_parquet);
-    ch.query(&format!("DROP DATABASE {db}"));
+    let (from_clickhouse, said_ch) = vee_csv(&on_clickhouse);
+    let (from_parquet, said_pq) = vee_csv(&on_parquet);
     assert_eq!(from_clickhouse, from_parquet);
     let lines: Vec<&str> = from_parquet.lines().collect();
     assert_eq!(
@@ -89,4 +86,46 @@ fn vee_finds_the_injected_gap_and_nothing_else_on_clickhouse_and_parquet_alike()
         )
     );
     assert_eq!(&cells[cells.len() - 3..], ["yes", "4", "linear"]);
+    for said in [&said_ch, &said_pq] {
+        assert!(
+            said.contains(
+                "written: 4 value(s) estimated or substituted, 0 earlier one(s) withdrawn"
+            ),
+            "{said}"
+        );
+    }
+    // Again over the same data: the same answer, and no new version.
+    for config in [&on_clickhouse, &on_parquet] {
+        let (again, said) = vee_csv(config);
+        assert_eq!(again, from_parquet);
+        assert!(
+            said.contains("as the latest version has them: nothing written"),
+            "{said}"
+        );
+    }
+    // The missing reads arrive: no exception any more, and the four estimates withdrawn.
+    let late = dir.path().join("late.csv");
+    let mut late_text = String::from("meter_id,channel,ts,value,unit\n");
+    let mut all = String::new();
+    register_csv("M1", &[], &mut all);
+    for line in all.lines() {
+        let ts: i64 = line.split(',').nth(2).unwrap().parse().unwrap();
+        if gone.contains(&ts) {
+            late_text.push_str(line);
+            late_text.push('\n');
+        }
+    }
+    std::fs::write(&late, late_text).unwrap();
+    for config in [&on_clickhouse, &on_parquet] {
+        import_canonical_csv(config, &late);
+        let (after, said) = vee_csv(config);
+        assert_eq!(after.lines().count(), 1, "no exception: {after}");
+        assert!(
+            said.contains(
+                "written: 0 value(s) estimated or substituted, 4 earlier one(s) withdrawn"
+            ),
+            "{said}"
+        );
+    }
+    ch.query(&format!("DROP DATABASE {db}"));
 }

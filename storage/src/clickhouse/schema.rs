@@ -245,6 +245,31 @@ GROUP BY meter_id, channel, {column}",
         }
         .statements(db, topology),
     );
+    // VEE's versions: each value's latest by `version` (the run's time, Unix ms); the actual
+    // reads in `readings` are never touched.
+    ddl.extend(
+        TableDdl {
+            name: "readings_vee",
+            columns: format!(
+                "    meter_id String,
+    channel {channel},
+    ts {time},
+    value Float64,
+    unit {unit},
+    quality {text},
+    rule {text},
+    method {text},
+    version Int64",
+                channel = lc("String"),
+                unit = lc("String"),
+                text = lc("String"),
+            ),
+            engine: "ReplacingMergeTree(version)",
+            rest: "PARTITION BY toYYYYMM(ts)\nORDER BY (meter_id, channel, ts)".into(),
+            sharding_key: "cityHash64(meter_id)",
+        }
+        .statements(db, topology),
+    );
     ddl
 }
 
@@ -762,7 +787,10 @@ mod tests {
             find("CREATE TABLE IF NOT EXISTS mf.dead_letters ON CLUSTER")
                 .contains("cityHash64(meter_id, lsn)")
         );
-        // Every object: 1 database, 3 tables x 2, 2 rollups x 2.
-        assert_eq!(ddl.len(), 11);
+        // Every object: 1 database, 4 tables x 2 (readings_vee among them), 2 rollups x 2.
+        assert_eq!(ddl.len(), 13);
+        assert!(find("CREATE TABLE IF NOT EXISTS mf.readings_vee_local").contains(
+            "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/mf/readings_vee_local', '{replica}', version)"
+        ));
     }
 }
