@@ -67,17 +67,34 @@ pub fn run(config: &Config, args: VeeArgs) -> anyhow::Result<Table> {
     };
     let vee_period = Period { from_ms, to_ms };
     // What earlier runs wrote for the period: a new version only if this run differs.
-    let stored = if config.clickhouse.enabled() {
-        runtime()?.block_on(vee_store::latest_clickhouse(
-            &config.clickhouse,
-            from_ms,
-            to_ms,
-            args.meter.as_deref(),
-        ))
-    } else {
-        vee_store::latest(&config.data_dir, from_ms, to_ms, args.meter.as_deref())
+    let stored = stored_versions(config, from_ms, to_ms, args.meter.as_deref())?;
+    // How many local days in a row before the period each meter was estimated on, as far as
+    // `prolonged_estimation` needs to know.
+    let days_back = i64::from(params.prolonged_estimation_days) + 1;
+    let first_day = zone.local(from_ms).date();
+    let earlier_from = zone.midnight(first_day - chrono::Duration::days(days_back));
+    let mut estimated_days: HashMap<String, std::collections::BTreeSet<chrono::NaiveDate>> =
+        HashMap::new();
+    for v in stored_versions(config, earlier_from, from_ms, args.meter.as_deref())? {
+        if v.quality == "E" {
+            estimated_days
+                .entry(v.meter_id)
+                .or_default()
+                .insert(zone.local(v.ts_ms).date());
+        }
     }
-    .context("reading the VEE versions of the period (on ClickHouse: `meterflow schema --apply` adds readings_vee)")?;
+    let estimated_before = |meter: &str| -> u32 {
+        let Some(days) = estimated_days.get(meter) else {
+            return 0;
+        };
+        let mut n = 0;
+        let mut day = first_day;
+        while let Some(prev) = day.pred_opt().filter(|d| days.contains(d)) {
+            n += 1;
+            day = prev;
+        }
+        n
+    };
     let mended_before: HashMap<Key, &VeeValue> = stored
         .iter()
         .filter(|v| v.quality != "A")
@@ -108,7 +125,7 @@ pub fn run(config: &Config, args: VeeArgs) -> anyhow::Result<Table> {
                 if let Some(done) = current.replace(Meter {
                     meter_id: series.meter_id.clone(),
                     channels: vec![channel],
-                    estimated_days_before: 0,
+                    estimated_days_before: estimated_before(&series.meter_id),
                 }) {
                     finish(done, &mut outcome);
                 }
@@ -134,6 +151,28 @@ pub fn run(config: &Config, args: VeeArgs) -> anyhow::Result<Table> {
 
 /// A value's place: meter, channel, time.
 type Key = (String, String, i64);
+
+/// The latest version of every VEE value in `[from, to)`, from the configured source.
+fn stored_versions(
+    config: &Config,
+    from_ms: i64,
+    to_ms: i64,
+    meter: Option<&str>,
+) -> anyhow::Result<Vec<VeeValue>> {
+    let read = if config.clickhouse.enabled() {
+        runtime()?.block_on(vee_store::latest_clickhouse(
+            &config.clickhouse,
+            from_ms,
+            to_ms,
+            meter,
+        ))
+    } else {
+        vee_store::latest(&config.data_dir, from_ms, to_ms, meter)
+    };
+    read.context(
+        "reading the VEE versions (on ClickHouse: `meterflow schema --apply` adds readings_vee)",
+    )
+}
 
 /// Writes this run's values as a new version when they differ from the latest stored: the
 /// estimates and substitutes, and an `A` (actual) value for each earlier one no longer made

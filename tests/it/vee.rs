@@ -129,3 +129,51 @@ fn vee_finds_the_injected_gap_and_nothing_else_on_clickhouse_and_parquet_alike()
     }
     ch.query(&format!("DROP DATABASE {db}"));
 }
+
+/// `meterflow vee` over one local (UTC) day `YYYY-MM-DD`: its CSV.
+fn vee_day(config: &str, day: &str, next: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["vee", "--config", config, "--format", "csv"])
+        .args(["--from", day, "--to", next])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Daily runs remember what earlier runs estimated: a meter with a gap estimated every day is
+/// `prolonged_estimation` on the fourth day in a row (more than `vee.prolonged_estimation_days`,
+/// 3), not before.
+#[test]
+fn a_meter_estimated_day_after_day_is_prolonged_estimation_on_the_fourth() {
+    let days = [
+        "2024-03-17",
+        "2024-03-18",
+        "2024-03-19",
+        "2024-03-20",
+        "2024-03-21",
+    ];
+    let gone: Vec<i64> = (0..4)
+        .flat_map(|d| (1..=4).map(move |k| FROM - (3 - d) * DAY + 10 * 3_600_000 + k * MIN15))
+        .collect();
+    let mut csv_text = String::from("meter_id,channel,ts,value,unit\n");
+    register_csv("M3", &gone, &mut csv_text);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("readings.csv");
+    std::fs::write(&csv, csv_text).unwrap();
+    let (_pq_dir, config) = config_file(&format!(
+        "data_dir = \"{}\"\n",
+        dir.path().join("pq").display()
+    ));
+    import_canonical_csv(&config, Path::new(&csv));
+    for (i, window) in days.windows(2).enumerate() {
+        let out = vee_day(&config, window[0], window[1]);
+        let prolonged = out.lines().any(|l| l.contains(",prolonged_estimation,"));
+        assert!(out.contains(",gap,"), "{}: {out}", window[0]);
+        assert_eq!(prolonged, i == 3, "{}: {out}", window[0]);
+    }
+}
