@@ -201,6 +201,9 @@ pub struct DlmsIdentity {
     pub system_title: [u8; 8],
     ek: Option<[u8; 16]>,
     ak: Option<[u8; 16]>,
+    /// The encryption key's check value ([`Keys::check_value`](meterflow_decoders::dlms::Keys::check_value)),
+    /// made once here: replay counters are kept per key, judged for every push.
+    key_check: u32,
     /// The `[[dlms.profile]]` its values-only pushes are read by.
     pub profile: Option<String>,
 }
@@ -254,10 +257,14 @@ impl DlmsIdentity {
                 if ak.is_some() && ek.is_none() {
                     return Err("dlms_ak without dlms_ek".into());
                 }
+                let key_check = ek.map_or(0, |ek| {
+                    meterflow_decoders::dlms::Keys { ek, ak }.check_value()
+                });
                 Ok(Some(DlmsIdentity {
                     system_title,
                     ek,
                     ak,
+                    key_check,
                     profile,
                 }))
             }
@@ -267,6 +274,12 @@ impl DlmsIdentity {
             ),
             None => Ok(None),
         }
+    }
+
+    /// The check value of its encryption key (0 without one): what its replay counters are
+    /// kept under.
+    pub fn key_check(&self) -> u32 {
+        self.key_check
     }
 
     /// The keys a ciphered push of this meter is opened with (`None`: it has none).

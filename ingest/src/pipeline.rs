@@ -232,13 +232,9 @@ impl Pipeline {
         // header before anything is deciphered (a push downgraded from 0x30 to 0x20 would
         // otherwise be deciphered and read as `malformed`, its reason naming what it held),
         // and on the push as opened (one in clear has no header).
-        let keys = store
-            .as_ref()
-            .and_then(|s| s.get(meter_id))
-            .and_then(|c| c.dlms.as_ref())
-            .and_then(|d| d.keys());
+        let keys = identity.and_then(|d| d.keys());
         // Counters are per key: a re-keyed meter counts from 0 again.
-        let key_check = keys.as_ref().map_or(0, |k| k.check_value());
+        let key_check = identity.map_or(0, |d| d.key_check());
         let required = keys.map(|keys| {
             if keys.ak.is_some() {
                 (0x10, "authenticated (security control with 0x10)")

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{read_readings, tirol, tirol_rows, Server};
+use crate::harness::{read_readings, tirol_rows, Server};
 use meterflow_storage::dead_letter;
 
 const E1: &str = "e1-secret-0123456789";
@@ -18,9 +18,7 @@ const E2: &str = "e2-secret-0123456789";
 
 /// A hex file of the Tirol example, as bytes in a file of `dir` (for `mosquitto_pub -f`).
 fn fixture_file(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name).with_extension("bin");
-    std::fs::write(&path, tirol(name)).unwrap();
-    path
+    hex_fixture(dir, &format!("fneur_smart_meter_tirol/{name}"))
 }
 
 fn publish(port: u16, user: &str, secret: &str, topic: &str, file: &Path) {
@@ -139,25 +137,32 @@ fn a_ciphered_push_over_mqtt_is_stored_exactly_and_replays_and_forgeries_are_ref
     assert_eq!(replay.payload, std::fs::read(&push).unwrap());
 }
 
+/// The push profile of the Slovenian ECE list 2 (Iskra: manufacturer ISK), in the order its
+/// values come; the reactive registers in kvarh, read as varh with scaler -3.
+const ECE_LIST_2: &str = r#"[[dlms.profile]]
+name = "ece-2"
+manufacturers = ["ISK"]
+objects = [
+  "1/0-0:42.0.0.255/2",
+  "1/0-0:96.1.3.255/2",
+  "70/0-0:96.3.10.255/2",
+  "1/0-0:96.14.0.255/2",
+  { object = "3/1-0:1.8.0.255/2", unit = "Wh" },
+  { object = "3/1-0:1.8.1.255/2", unit = "Wh" },
+  { object = "3/1-0:1.8.2.255/2", unit = "Wh" },
+  { object = "3/1-0:2.8.0.255/2", unit = "Wh" },
+  { object = "3/1-0:2.8.1.255/2", unit = "Wh" },
+  { object = "3/1-0:2.8.2.255/2", unit = "Wh" },
+  { object = "3/1-0:3.8.0.255/2", scaler = -3, unit = "varh" },
+  { object = "3/1-0:4.8.0.255/2", scaler = -3, unit = "varh" },
+]
+"#;
+
 /// The bytes of a hex fixture under `decoders/tests/fixtures/dlms/` (`#` comments are not
 /// data), written to a file of `dir` for `mosquitto_pub -f`.
 fn hex_fixture(dir: &Path, relative: &str) -> PathBuf {
-    let text = std::fs::read_to_string(format!(
-        "{}/decoders/tests/fixtures/dlms/{relative}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    let digits: String = text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or(""))
-        .flat_map(str::chars)
-        .filter(char::is_ascii_hexdigit)
-        .collect();
-    let bytes: Vec<u8> = (0..digits.len() / 2)
-        .map(|i| u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).unwrap())
-        .collect();
     let path = dir.join(relative.replace('/', "_")).with_extension("bin");
-    std::fs::write(&path, bytes).unwrap();
+    std::fs::write(&path, crate::harness::dlms_fixture(relative)).unwrap();
     path
 }
 
@@ -187,28 +192,7 @@ fn values_only_pushes_are_read_through_their_profile_and_clocks_in_their_zone() 
     let config = tmp.path().join("meterflow.toml");
     std::fs::write(
         &config,
-        r#"
-[dlms]
-timezone = "Europe/Oslo"
-
-[[dlms.profile]]
-name = "ece-2"
-manufacturers = ["ISK"]
-objects = [
-  "1/0-0:42.0.0.255/2",
-  "1/0-0:96.1.3.255/2",
-  "70/0-0:96.3.10.255/2",
-  "1/0-0:96.14.0.255/2",
-  { object = "3/1-0:1.8.0.255/2", unit = "Wh" },
-  { object = "3/1-0:1.8.1.255/2", unit = "Wh" },
-  { object = "3/1-0:1.8.2.255/2", unit = "Wh" },
-  { object = "3/1-0:2.8.0.255/2", unit = "Wh" },
-  { object = "3/1-0:2.8.1.255/2", unit = "Wh" },
-  { object = "3/1-0:2.8.2.255/2", unit = "Wh" },
-  { object = "3/1-0:3.8.0.255/2", scaler = -3, unit = "varh" },
-  { object = "3/1-0:4.8.0.255/2", scaler = -3, unit = "varh" },
-]
-"#,
+        format!("[dlms]\ntimezone = \"Europe/Oslo\"\n\n{ECE_LIST_2}"),
     )
     .unwrap();
     let slovenia = hex_fixture(tmp.path(), "athombv_node_dsmr_parser/slovenia-list-2.txt");
@@ -355,31 +339,7 @@ fn decode_reads_a_push_with_keys_from_the_environment_and_a_profile_from_the_con
 
     let slovenia = hex_fixture(tmp.path(), "athombv_node_dsmr_parser/slovenia-list-2.txt");
     let config = tmp.path().join("meterflow.toml");
-    let objects: Vec<String> = [
-        "1/0-0:42.0.0.255/2",
-        "1/0-0:96.1.3.255/2",
-        "70/0-0:96.3.10.255/2",
-        "1/0-0:96.14.0.255/2",
-        "3/1-0:1.8.0.255/2",
-        "3/1-0:1.8.1.255/2",
-        "3/1-0:1.8.2.255/2",
-        "3/1-0:2.8.0.255/2",
-        "3/1-0:2.8.1.255/2",
-        "3/1-0:2.8.2.255/2",
-        "3/1-0:3.8.0.255/2",
-        "3/1-0:4.8.0.255/2",
-    ]
-    .iter()
-    .map(|o| format!("{o:?}"))
-    .collect();
-    std::fs::write(
-        &config,
-        format!(
-            "[[dlms.profile]]\nname = \"ece-2\"\nobjects = [{}]\n",
-            objects.join(", ")
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, ECE_LIST_2).unwrap();
     let decode = |profile: &str| {
         Command::new(crate::harness::BIN)
             .args(["decode", "--format", "dlms", "--dlms-profile", profile])
@@ -395,7 +355,8 @@ fn decode_reads_a_push_with_keys_from_the_environment_and_a_profile_from_the_con
     assert!(
         text.contains("push profile ece-2")
             && text.contains("1-0:3.8.0")
-            && text.contains("4531")
+            && text.contains("4.531")
+            && text.contains("varh")
             && text.contains("9 row(s)"),
         "{text}"
     );

@@ -22,12 +22,11 @@ pub fn leshan_device_object() -> Vec<u8> {
         .collect()
 }
 
-/// A hex file of the Tirol worked example (fneur/smart-meter-tirol, GPL-3.0 data; see
-/// `decoders/tests/fixtures/dlms/SOURCES.md`) as bytes: `mbus_frames.hex` (the push as the
-/// meter's M-Bus port sends it), `apdu_ciphered.hex`, `apdu_plain.hex`.
-pub fn tirol(file: &str) -> Vec<u8> {
+/// A hex file under `decoders/tests/fixtures/dlms/` (sources and licences in its
+/// SOURCES.md) as bytes: whitespace and `#` comments are not data.
+pub fn dlms_fixture(relative: &str) -> Vec<u8> {
     let text = std::fs::read_to_string(format!(
-        "{}/decoders/tests/fixtures/dlms/fneur_smart_meter_tirol/{file}",
+        "{}/decoders/tests/fixtures/dlms/{relative}",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();
@@ -40,6 +39,13 @@ pub fn tirol(file: &str) -> Vec<u8> {
     (0..digits.len() / 2)
         .map(|i| u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).unwrap())
         .collect()
+}
+
+/// A hex file of the Tirol worked example (fneur/smart-meter-tirol, GPL-3.0 data; see
+/// `decoders/tests/fixtures/dlms/SOURCES.md`) as bytes: `mbus_frames.hex` (the push as the
+/// meter's M-Bus port sends it), `apdu_ciphered.hex`, `apdu_plain.hex`.
+pub fn tirol(file: &str) -> Vec<u8> {
+    dlms_fixture(&format!("fneur_smart_meter_tirol/{file}"))
 }
 
 /// The Tirol push's readings as stored for `meter`: (meter, channel, value, unit, ts), at

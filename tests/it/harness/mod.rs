@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 pub use clickhouse::{
     apply_schema, ClickHouse, LossyProxy, SilentClickHouse, LOGIN_PASSWORD, LOGIN_USER,
 };
-pub use fixtures::{leshan_device_object, tirol, tirol_rows};
+pub use fixtures::{dlms_fixture, leshan_device_object, tirol, tirol_rows};
 pub use fleet::{
     assert_fleet_arrived, fleet_acked, fleet_summary, pb_fleet, plan_rows, simulate_command,
     simulate_json, spawn_fleet,

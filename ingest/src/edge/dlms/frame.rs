@@ -230,11 +230,8 @@ pub fn judge(
     };
     // Over this listener the push is its own identity: only a meter with keys can be told
     // from a forgery.
-    let keys = store
-        .get(meter_id)
-        .and_then(|c| c.dlms.as_ref())
-        .and_then(|d| d.keys());
-    let Some(keys) = keys else {
+    let identity = store.get(meter_id).and_then(|c| c.dlms.as_ref());
+    let Some((keys, key_check)) = identity.and_then(|d| Some((d.keys()?, d.key_check()))) else {
         return refuse(
             Refused::NoKey,
             format!("meter {meter_id} (system title {title}) has no DLMS key"),
@@ -268,7 +265,7 @@ pub fn judge(
                     .filter(|s| s.control & 0x10 != 0)
                     .map(|s| Counted {
                         system_title: s.system_title,
-                        key: keys.check_value(),
+                        key: key_check,
                         counter: s.invocation_counter,
                     }),
             }
