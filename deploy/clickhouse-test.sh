@@ -7,6 +7,9 @@
 #                                         (again after a stop: same ports, same data)
 #   deploy/clickhouse-test.sh stop DIR    stops it
 #   deploy/clickhouse-test.sh kill DIR    kills it at once (an outage, for the tests)
+#   deploy/clickhouse-test.sh port        prints a free loopback port outside the kernel's
+#                                         ephemeral range, so that no outgoing connection
+#                                         takes it while the server is down for a test
 #   deploy/clickhouse-test.sh config DIR HTTP TCP INTERSERVER [XML]
 #                                         writes DIR's config.xml and users.xml only: the
 #                                         packaged config on those ports, XML added at its end
@@ -14,8 +17,9 @@
 # Users: the packaged `default` (no password), and `meterflow_test` with the password
 # `Meter-flow@test:42` (users.d/meterflow-test.xml) for the tests of clickhouse.user/password.
 set -euo pipefail
-cmd=${1:?usage: clickhouse-test.sh start|stop DIR}
-dir=${2:?usage: clickhouse-test.sh start|stop DIR}
+cmd=${1:?usage: clickhouse-test.sh start|stop|kill DIR, config DIR ..., or port}
+dir=${2:-}
+[ "$cmd" = port ] || [ -n "$dir" ] || { echo "usage: clickhouse-test.sh $cmd DIR" >&2; exit 2; }
 
 # The packaged config with our ports and paths, no IPv6 listener (absent in some sandboxes),
 # errors only in the log, and extra XML before its end.
@@ -55,8 +59,32 @@ write_config() { # DIR HTTP TCP INTERSERVER [XML]
 XML
 }
 
+# A port the kernel never hands to an outgoing connection: a server killed for an outage
+# test must find its ports free when it starts again, and with ports from the ephemeral
+# range (what bind(0) gives) a test's client connection could be holding one by then.
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 - <<'PY'
+import random, socket
+try:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low, high = map(int, f.read().split())
+except OSError:
+    low, high = 32768, 60999
+pool = list(range(20000, low)) + list(range(high + 1, 65536))
+random.shuffle(pool)
+for port in pool[:500] or [0]:
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    print(s.getsockname()[1])
+    break
+else:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    print(s.getsockname()[1])
+PY
 }
 
 case "$cmd" in
@@ -77,26 +105,52 @@ start)
   http=$(free_port); tcp=$(free_port); inter=$(free_port)
   write_config "$dir" "$http" "$tcp" "$inter"
   fi
-  clickhouse-server --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 &
-  echo $! > "$dir/pid"
-  for _ in $(seq 300); do
-    if curl -fsS "http://127.0.0.1:$http/ping" >/dev/null 2>&1; then
-      echo "http://127.0.0.1:$http"
-      exit 0
+  # A port still held (by whatever took it while the server was down) is worth a few more
+  # tries: ClickHouse 18.16 then logs "Address already in use" and runs on without that
+  # listener, so it is killed and started again. A server that exits gets three tries,
+  # each reported with the end of its logs.
+  err_log="$dir/log/clickhouse-server.err.log"
+  port_in_use() { tail -c +"$((errs_before + 1))" "$err_log" 2>/dev/null | grep -q "Address already in use"; }
+  for attempt in 1 2 3 4 5 6 7 8 9 10; do
+    errs_before=$(stat -c %s "$err_log" 2>/dev/null || echo 0)
+    clickhouse-server --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 &
+    pid=$!
+    echo "$pid" > "$dir/pid"
+    for _ in $(seq 300); do
+      if curl -fsS -m 5 "http://127.0.0.1:$http/ping" >/dev/null 2>&1; then
+        echo "http://127.0.0.1:$http"
+        exit 0
+      fi
+      kill -0 "$pid" 2>/dev/null || break
+      port_in_use && break
+      sleep 0.2
+    done
+    if port_in_use && [ "$attempt" -lt 10 ]; then
+      echo "clickhouse-server: a port of $dir/config.xml is in use; trying again" >&2
+      kill -9 "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+      sleep 1
+      continue
     fi
-    if ! kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
-      echo "clickhouse-server exited:" >&2
-      tail -20 "$dir/log/stdout.log" "$dir/log/clickhouse-server.err.log" >&2 || true
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "clickhouse-server did not answer on port $http:" >&2
+      tail -n 20 "$dir/log/stdout.log" "$err_log" >&2 || true
       exit 1
     fi
-    sleep 0.2
+    echo "clickhouse-server exited (attempt $attempt):" >&2
+    tail -n 20 "$dir/log/stdout.log" "$err_log" >&2 || true
+    # A start right after a kill -9 has been seen to exit once on CI; a second try tells
+    # a passing hiccup from a server that cannot start (whose logs are printed above).
+    [ "$attempt" -lt 3 ] || exit 1
+    sleep 1
   done
-  echo "clickhouse-server did not answer on port $http" >&2
-  exit 1
   ;;
 config)
   mkdir -p "$dir/data" "$dir/log"
   write_config "$(cd "$dir" && pwd)" "${3:?HTTP port}" "${4:?TCP port}" "${5:?interserver port}" "${6:-}"
+  ;;
+port)
+  free_port
   ;;
 stop)
   if [ -f "$dir/pid" ]; then
@@ -116,7 +170,7 @@ kill)
   fi
   ;;
 *)
-  echo "usage: clickhouse-test.sh start|stop|kill DIR" >&2
+  echo "usage: clickhouse-test.sh start|stop|kill DIR, config DIR ..., or port" >&2
   exit 2
   ;;
 esac

@@ -52,8 +52,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
+# Ports outside the ephemeral range, so a node killed in a failover test finds its own
+# free again when it restarts (deploy/clickhouse-test.sh says why).
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  "$here/../clickhouse-test.sh" port
 }
 
 wait_for() { # what, command...
