@@ -12,6 +12,7 @@ use meterflow_storage::analytics::Table;
 use meterflow_storage::questions::number;
 use meterflow_storage::readings::{self, Channels, Neighbours, ReadRequest, Series};
 
+use super::as_billed::{bill_as_billed, AsBilled, BasisArgs};
 use super::questions::{check_meter, period, runtime, zone};
 
 /// The flags of `query billing`.
@@ -34,6 +35,10 @@ pub struct BillingArgs {
     /// A time-of-use tariff file (TOML): one row per period instead of `total`.
     #[arg(long)]
     tariff: Option<PathBuf>,
+    /// As billed (VEE's estimates and substitutes overlaid) once VEE has judged the period,
+    /// else as read; these choose.
+    #[command(flatten)]
+    basis: BasisArgs,
 }
 
 /// The longest span billed at once: a year and a bit. Max demand keeps a number per quarter
@@ -92,11 +97,35 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Billed> {
         silent_since_ms: (silent_look_back_ms > 0)
             .then(|| from_ms.saturating_sub(silent_look_back_ms)),
     };
-    let mut rows: Vec<BillRow> = Vec::new();
+    let as_billed = if bill_as_billed(
+        config,
+        args.basis,
+        &zone,
+        from_ms,
+        to_ms,
+        args.meter.as_deref(),
+    )? {
+        Some(AsBilled::load(
+            config,
+            from_ms.saturating_sub(max_gap_ms),
+            to_ms.saturating_add(max_gap_ms).saturating_add(1),
+            args.meter.as_deref(),
+        )?)
+    } else {
+        None
+    };
+    // Each row, with how many of its register's readings in the period are VEE's.
+    let mut rows: Vec<(BillRow, usize)> = Vec::new();
     // Registers with no reading in the period: billed as carried, and counted for the note.
     let mut silent: Vec<(String, String)> = Vec::new();
     let mut refused: Vec<String> = Vec::new();
-    let mut each = |series: Series| -> Result<(), meterflow_storage::StorageError> {
+    let mut each = |mut series: Series| -> Result<(), meterflow_storage::StorageError> {
+        let estimated = as_billed.as_ref().map_or(0, |vee| {
+            vee.apply(&mut series)
+                .into_iter()
+                .filter(|ts| (from_ms..to_ms).contains(ts))
+                .count()
+        });
         if !series.other_units.is_empty() {
             tracing::error!(
                 meter = %series.meter_id,
@@ -126,13 +155,17 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Billed> {
         let rollover = config
             .billing
             .rollover_for(&series.meter_id, &series.channel);
-        rows.extend(bill.register(
-            &series.meter_id,
-            &series.channel,
-            &series.unit,
-            &points,
-            rollover,
-        ));
+        rows.extend(
+            bill.register(
+                &series.meter_id,
+                &series.channel,
+                &series.unit,
+                &points,
+                rollover,
+            )
+            .into_iter()
+            .map(|row| (row, estimated)),
+        );
         Ok(())
     };
     if config.clickhouse.enabled() {
@@ -158,7 +191,7 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Billed> {
 }
 
 /// The columns of a bill, in order.
-pub const COLUMNS: [&str; 15] = [
+pub const COLUMNS: [&str; 16] = [
     "meter_id",
     "channel",
     "register",
@@ -174,15 +207,17 @@ pub const COLUMNS: [&str; 15] = [
     "max_demand_kw",
     "resets",
     "readings",
+    "estimated",
 ];
 
-/// The rows as a table, times in `zone` with their offset.
-pub fn table(rows: &[BillRow], zone: Zone) -> Table {
+/// The rows as a table, times in `zone` with their offset; each row with how many of its
+/// register's readings in the period (of `readings`) are VEE's estimates or substitutes.
+fn table(rows: &[(BillRow, usize)], zone: Zone) -> Table {
     Table {
         columns: COLUMNS.iter().map(|c| c.to_string()).collect(),
         rows: rows
             .iter()
-            .map(|r| {
+            .map(|(r, estimated)| {
                 vec![
                     r.meter_id.clone(),
                     r.channel.clone(),
@@ -199,6 +234,7 @@ pub fn table(rows: &[BillRow], zone: Zone) -> Table {
                     r.max_demand_kw.map(number).unwrap_or_default(),
                     r.resets.to_string(),
                     r.readings.to_string(),
+                    estimated.to_string(),
                 ]
             })
             .collect(),

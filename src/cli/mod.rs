@@ -2,6 +2,7 @@
 //! listener flags of `serve` and `config` ([`ListenArgs`]), and how a listener flag reads.
 //! Each subcommand is a file here with its flags and its `run`.
 
+pub mod as_billed;
 pub mod billing;
 pub mod config;
 pub mod credentials;
@@ -13,6 +14,8 @@ pub mod schema;
 pub mod serve;
 pub mod simulate;
 pub mod vee;
+pub mod vee_questions;
+pub mod vee_schedule;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

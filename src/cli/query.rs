@@ -1,5 +1,5 @@
-//! `meterflow query`: the questions (billing, anomalies, devices: each on ClickHouse when a
-//! URL is configured, else on the Parquet tree), how results are printed (an aligned table
+//! `meterflow query`: the questions (billing, anomalies, devices, VEE's exceptions, a
+//! meter's readings: each on ClickHouse when a URL is configured, else on the Parquet tree), how results are printed (an aligned table
 //! for people, CSV or JSON for scripts) and how durations are given on the command line.
 
 use std::io::Write;
@@ -34,6 +34,13 @@ pub enum Question {
     /// Last seen, status and newest values per meter. Reads ClickHouse when a URL is
     /// configured, else the Parquet tree under --data-dir.
     Devices(super::questions::DevicesArgs),
+    /// What VEE found in [from, to): meter, channel, rule, span, detail, and whether (and
+    /// how) values were estimated, as the latest run that judged each meter there left it.
+    Exceptions(super::vee_questions::ExceptionsArgs),
+    /// One meter's readings in [from, to), each with its quality: A actual, E estimated, S
+    /// substituted (and the rule and method). As billed by default; --as-read for the
+    /// actual reads alone.
+    Readings(super::vee_questions::ReadingsArgs),
 }
 
 /// Asks the question of `args` and prints the answer.
@@ -48,6 +55,14 @@ pub fn run(config: Config, args: QueryArgs) -> anyhow::Result<()> {
         }
         Question::Anomalies(args) => (super::questions::anomalies(&config, args)?, &[]),
         Question::Devices(args) => (super::questions::devices(&config, args)?, &DEVICE_NUMBERS),
+        Question::Exceptions(args) => (
+            super::vee_questions::exceptions(&config, args)?,
+            &EXCEPTION_NUMBERS,
+        ),
+        Question::Readings(args) => (
+            super::vee_questions::readings(&config, args)?,
+            &super::vee_questions::READINGS_NUMBERS,
+        ),
     };
     // Said before the rows, so that `| head` does not hide it.
     if !refused.is_empty() {
@@ -88,14 +103,17 @@ pub fn run(config: Config, args: QueryArgs) -> anyhow::Result<()> {
 pub const INCOMPLETE_BILL: i32 = 3;
 
 /// The columns of `query billing` that hold numbers (JSON numbers in `--format json`).
-const BILLING_NUMBERS: [&str; 6] = [
+const BILLING_NUMBERS: [&str; 7] = [
     "start_value",
     "end_value",
     "consumption",
     "max_demand_kw",
     "resets",
     "readings",
+    "estimated",
 ];
+/// The columns of `query exceptions` (and `vee`) that hold numbers.
+pub const EXCEPTION_NUMBERS: [&str; 1] = ["values"];
 /// The columns of `query devices` that hold numbers.
 const DEVICE_NUMBERS: [&str; 6] = [
     "seconds_since",

@@ -1,5 +1,6 @@
 //! `meterflow serve`: the server itself ([`meterflow_ingest::serve`]) on a runtime of its
-//! own, until Ctrl-C or SIGTERM; its flags are [`ListenArgs`](super::ListenArgs).
+//! own, until Ctrl-C or SIGTERM, and VEE on its schedule (`vee.schedule`,
+//! [`super::vee_schedule`]); its flags are [`ListenArgs`](super::ListenArgs).
 
 use anyhow::Context;
 use meterflow_ingest::ValidConfig;
@@ -11,6 +12,11 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let node = config.config().node.id.clone();
+    // The recorder before the schedule's first run (a catch-up at start-up) counts anything.
+    meterflow_ingest::metrics_handle();
+    // Dropped when serve returns: the schedule's thread ends at its next wait.
+    let (_stop_vee, vee_stop) = std::sync::mpsc::channel::<()>();
+    super::vee_schedule::start(config.config().clone(), vee_stop).context("[vee] schedule")?;
     let summary = runtime.block_on(meterflow_ingest::serve(config, shutdown_signal()))?;
     tracing::info!(
         node,

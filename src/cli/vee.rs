@@ -14,10 +14,8 @@ use meterflow_storage::analytics::Table;
 use meterflow_storage::readings::{
     self, is_cumulative_register, is_interval_channel, Channels, Neighbours, ReadRequest, Series,
 };
-use meterflow_storage::vee::{self as vee_store, VeeValue};
-use meterflow_vee::{
-    run_meter, Channel, ChannelKind, Meter, Method, Outcome, Period, Point, Quality,
-};
+use meterflow_storage::vee::{self as vee_store, StoredException, VeeRun, VeeValue};
+use meterflow_vee::{run_meter, Channel, ChannelKind, Meter, Method, Outcome, Period, Point};
 
 use super::questions::{check_meter, period, runtime, zone};
 
@@ -51,7 +49,39 @@ pub fn run(config: &Config, args: VeeArgs) -> anyhow::Result<Table> {
         "--to: VEE judges at most {MAX_SPAN_DAYS} days at once"
     );
     check_meter(&args.meter)?;
+    let judged = judge(
+        config,
+        &zone,
+        Period { from_ms, to_ms },
+        args.meter.as_deref(),
+        "command",
+    )?;
+    eprintln!("vee: {}", judged.said);
+    Ok(exceptions_table(&judged.exceptions, &zone))
+}
+
+/// What a run did.
+pub struct Judged {
+    pub run: VeeRun,
+    pub exceptions: Vec<StoredException>,
+    /// What it wrote, in words.
+    pub said: String,
+}
+
+/// One run of VEE over `period` (local days of `zone`), on every meter or one: reads each
+/// meter's channels, runs the rules, stores a new version when the values differ from the
+/// latest, and then the run and its exceptions. `trigger`: `command` or `schedule`.
+pub fn judge(
+    config: &Config,
+    zone: &meterflow_billing::Zone,
+    vee_period: Period,
+    meter: Option<&str>,
+    trigger: &str,
+) -> anyhow::Result<Judged> {
+    let Period { from_ms, to_ms } = vee_period;
+    let run_id = chrono::Utc::now().timestamp_millis();
     let params = config.vee.params().context("[vee]")?;
+    let parameters = serde_json::to_string(&config.vee).context("[vee] as JSON")?;
     // The history the statistics and the like-day profile are taken from, and a day after
     // the period (the read after a gap at its end).
     let history_days = i64::from(params.look_back_days.max(params.like_day_weeks * 7)) + 1;
@@ -59,15 +89,14 @@ pub fn run(config: &Config, args: VeeArgs) -> anyhow::Result<Table> {
         from_ms: from_ms - history_days * DAY_MS,
         to_ms,
         margin_ms: DAY_MS,
-        meter: args.meter.clone(),
+        meter: meter.map(str::to_string),
         channels: Channels::All,
         neighbours: Neighbours::Before,
         before_since_ms: Some(from_ms - (history_days + 31) * DAY_MS),
         silent_since_ms: None,
     };
-    let vee_period = Period { from_ms, to_ms };
     // What earlier runs wrote for the period: a new version only if this run differs.
-    let stored = stored_versions(config, from_ms, to_ms, args.meter.as_deref())?;
+    let stored = stored_versions(config, from_ms, to_ms, meter)?;
     // How many local days in a row before the period each meter was estimated on, as far as
     // `prolonged_estimation` needs to know.
     let days_back = i64::from(params.prolonged_estimation_days) + 1;
@@ -75,7 +104,7 @@ pub fn run(config: &Config, args: VeeArgs) -> anyhow::Result<Table> {
     let earlier_from = zone.midnight(first_day - chrono::Duration::days(days_back));
     let mut estimated_days: HashMap<String, std::collections::BTreeSet<chrono::NaiveDate>> =
         HashMap::new();
-    for v in stored_versions(config, earlier_from, from_ms, args.meter.as_deref())? {
+    for v in stored_versions(config, earlier_from, from_ms, meter)? {
         if v.quality == "E" {
             estimated_days
                 .entry(v.meter_id)
@@ -104,10 +133,12 @@ pub fn run(config: &Config, args: VeeArgs) -> anyhow::Result<Table> {
     // estimate gives way to.
     let mut actual: HashMap<Key, f64> = HashMap::new();
     let mut outcome = Outcome::default();
+    let mut meters = 0u64;
     // Series come in (meter, channel) order: a meter's channels together.
     let mut current: Option<Meter> = None;
-    let finish = |meter: Meter, outcome: &mut Outcome| {
-        let o = run_meter(&meter, vee_period, &params, &zone);
+    let mut finish = |meter: Meter, outcome: &mut Outcome| {
+        meters += 1;
+        let o = run_meter(&meter, vee_period, &params, zone);
         outcome.exceptions.extend(o.exceptions);
         outcome.rows.extend(o.rows);
     };
@@ -145,8 +176,43 @@ pub fn run(config: &Config, args: VeeArgs) -> anyhow::Result<Table> {
     if let Some(done) = current.take() {
         finish(done, &mut outcome);
     }
-    store(config, &outcome, &mended_before, &actual)?;
-    Ok(table(&outcome, &zone))
+    let vee_run = format!(
+        "{} {parameters}",
+        chrono::DateTime::from_timestamp_millis(run_id)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default()
+    );
+    let (version_written, said) =
+        store(config, &outcome, &mended_before, &actual, run_id, &vee_run)?;
+    let exceptions = stored_exceptions(&outcome, run_id);
+    let run = VeeRun {
+        run_id,
+        from_ms,
+        to_ms,
+        timezone: zone.name().to_string(),
+        meter: meter.unwrap_or_default().to_string(),
+        trigger: trigger.to_string(),
+        parameters,
+        meters,
+        exceptions: exceptions.len() as u64,
+        mended: outcome.rows.len() as u64,
+        version_written,
+    };
+    if config.clickhouse.enabled() {
+        runtime()?.block_on(vee_store::runs::write_run_clickhouse(
+            &config.clickhouse,
+            &run,
+            &exceptions,
+        ))
+    } else {
+        vee_store::runs::write_run(&config.data_dir, &run, &exceptions).map(drop)
+    }
+    .context("storing the VEE run (on ClickHouse: `meterflow schema --apply` adds vee_runs and vee_exceptions)")?;
+    Ok(Judged {
+        run,
+        exceptions,
+        said,
+    })
 }
 
 /// A value's place: meter, channel, time.
@@ -160,14 +226,14 @@ fn stored_versions(
     meter: Option<&str>,
 ) -> anyhow::Result<Vec<VeeValue>> {
     let read = if config.clickhouse.enabled() {
-        runtime()?.block_on(vee_store::latest_clickhouse(
+        runtime()?.block_on(vee_store::versions::latest_clickhouse(
             &config.clickhouse,
             from_ms,
             to_ms,
             meter,
         ))
     } else {
-        vee_store::latest(&config.data_dir, from_ms, to_ms, meter)
+        vee_store::versions::latest(&config.data_dir, from_ms, to_ms, meter)
     };
     read.context(
         "reading the VEE versions (on ClickHouse: `meterflow schema --apply` adds readings_vee)",
@@ -182,8 +248,9 @@ fn store(
     outcome: &Outcome,
     before: &HashMap<Key, &VeeValue>,
     actual: &HashMap<Key, f64>,
-) -> anyhow::Result<()> {
-    let version = chrono::Utc::now().timestamp_millis();
+    version: i64,
+    vee_run: &str,
+) -> anyhow::Result<(bool, String)> {
     let mut values: Vec<VeeValue> = outcome
         .rows
         .iter()
@@ -197,6 +264,7 @@ fn store(
             rule: r.rule.as_str().into(),
             method: r.method.as_str().into(),
             version,
+            vee_run: vee_run.to_string(),
         })
         .collect();
     let now: HashMap<Key, &VeeValue> = values
@@ -211,11 +279,13 @@ fn store(
             })
         });
     if same {
-        eprintln!(
-            "vee: {} value(s) estimated or substituted, as the latest version has them: nothing written",
-            now.len()
-        );
-        return Ok(());
+        return Ok((
+            false,
+            format!(
+                "{} value(s) estimated or substituted, as the latest version has them: nothing written",
+                now.len()
+            ),
+        ));
     }
     let withdrawn: Vec<VeeValue> = before
         .iter()
@@ -226,6 +296,7 @@ fn store(
                 quality: "A".into(),
                 method: Method::Actual.as_str().into(),
                 version,
+                vee_run: vee_run.to_string(),
                 ..(*b).clone()
             })
         })
@@ -233,14 +304,19 @@ fn store(
     let (new, gone) = (values.len(), withdrawn.len());
     values.extend(withdrawn);
     if config.clickhouse.enabled() {
-        runtime()?.block_on(vee_store::write_clickhouse(&config.clickhouse, &values))?;
+        runtime()?.block_on(vee_store::versions::write_clickhouse(
+            &config.clickhouse,
+            &values,
+        ))?;
     } else {
-        vee_store::write(&config.data_dir, &values)?;
+        vee_store::versions::write(&config.data_dir, &values)?;
     }
-    eprintln!(
-        "vee: version {version} written: {new} value(s) estimated or substituted, {gone} earlier one(s) withdrawn"
-    );
-    Ok(())
+    Ok((
+        true,
+        format!(
+            "version {version} written: {new} value(s) estimated or substituted, {gone} earlier one(s) withdrawn"
+        ),
+    ))
 }
 
 /// A series as VEE reads it: its kind from its OBIS code, its register's rollover.
@@ -274,41 +350,69 @@ fn channel_of(config: &Config, s: &Series) -> Channel {
     }
 }
 
-/// A value of a new version: its time, quality and method.
-type Mended<'o> = (i64, Quality, &'o str);
-
-/// One row per exception, with how many values of its span were estimated or substituted.
-fn table(outcome: &Outcome, zone: &meterflow_billing::Zone) -> Table {
-    let mut mended: BTreeMap<(&str, &str), Vec<Mended<'_>>> = BTreeMap::new();
+/// The exceptions of a run as stored, each with how many values of its span (of its
+/// channel) were estimated or substituted, and how.
+fn stored_exceptions(outcome: &Outcome, run_id: i64) -> Vec<StoredException> {
+    let mut mended: BTreeMap<(&str, &str), Vec<(i64, &str)>> = BTreeMap::new();
     for r in &outcome.rows {
         mended
             .entry((r.meter_id.as_str(), r.channel.as_str()))
             .or_default()
-            .push((r.ts_ms, r.quality, r.method.as_str()));
+            .push((r.ts_ms, r.method.as_str()));
     }
-    let mut rows: Vec<Vec<String>> = outcome
+    let mut list: Vec<StoredException> = outcome
         .exceptions
         .iter()
         .map(|e| {
-            let values: Vec<&Mended<'_>> = mended
+            let values: Vec<&(i64, &str)> = mended
                 .get(&(e.meter_id.as_str(), e.channel.as_str()))
                 .map(|v| {
                     v.iter()
-                        .filter(|(t, ..)| (e.from_ms..=e.to_ms).contains(t))
+                        .filter(|(t, _)| (e.from_ms..=e.to_ms).contains(t))
                         .collect()
                 })
                 .unwrap_or_default();
-            let method = values.first().map(|(_, _, m)| *m).unwrap_or("");
+            StoredException {
+                run_id,
+                meter_id: e.meter_id.clone(),
+                channel: e.channel.clone(),
+                rule: e.rule.as_str().to_string(),
+                from_ms: e.from_ms,
+                to_ms: e.to_ms,
+                detail: e.detail.clone(),
+                estimated: e.estimated,
+                mended: values.len() as u32,
+                method: values.first().map(|(_, m)| *m).unwrap_or("").to_string(),
+            }
+        })
+        .collect();
+    list.sort_by(|a, b| {
+        (&a.meter_id, &a.channel, &a.rule, a.from_ms, a.to_ms).cmp(&(
+            &b.meter_id,
+            &b.channel,
+            &b.rule,
+            b.from_ms,
+            b.to_ms,
+        ))
+    });
+    list
+}
+
+/// One row per exception, times in `zone`: what `vee` prints and `query exceptions` too.
+pub fn exceptions_table(list: &[StoredException], zone: &meterflow_billing::Zone) -> Table {
+    let mut rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|e| {
             vec![
                 e.meter_id.clone(),
                 e.channel.clone(),
-                e.rule.as_str().to_string(),
+                e.rule.clone(),
                 zone.format(e.from_ms),
                 zone.format(e.to_ms),
                 e.detail.clone(),
                 if e.estimated { "yes" } else { "no" }.to_string(),
-                values.len().to_string(),
-                method.to_string(),
+                e.mended.to_string(),
+                e.method.clone(),
             ]
         })
         .collect();

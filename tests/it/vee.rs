@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{config_file, import_canonical_csv, ClickHouse, BIN};
+use crate::harness::{config_file, import_canonical_csv, query_csv, ClickHouse, BIN};
 
 const MIN15: i64 = 900_000;
 const DAY: i64 = 86_400_000;
@@ -94,6 +94,100 @@ fn vee_finds_the_injected_gap_and_nothing_else_on_clickhouse_and_parquet_alike()
             "{said}"
         );
     }
+    // What was stored: the exception, the estimates as billed, and a bill that says so.
+    for config in [&on_clickhouse, &on_parquet] {
+        let stored = query_csv(
+            config,
+            &["exceptions", "--from", "2024-03-20", "--to", "2024-03-21"],
+        );
+        assert_eq!(
+            stored, from_parquet,
+            "query exceptions shows what vee found"
+        );
+        let readings = |extra: &[&str]| {
+            let mut args = vec![
+                "readings",
+                "--meter",
+                "M1",
+                "--from",
+                "2024-03-20T10:00",
+                "--to",
+                "2024-03-20T11:15",
+            ];
+            args.extend_from_slice(extra);
+            query_csv(config, &args)
+        };
+        let as_billed = readings(&[]);
+        let rows: Vec<Vec<&str>> = as_billed.lines().map(|l| l.split(',').collect()).collect();
+        assert_eq!(
+            rows[0],
+            ["channel", "ts", "value", "unit", "quality", "rule", "method"]
+        );
+        assert_eq!(rows.len(), 1 + 5, "10:00 to 11:00: {as_billed}");
+        // The line between the reads at 10:00 and 11:15, computed here.
+        let at = |t: i64| {
+            let mut v = 1000.0;
+            let mut x = FROM - 35 * DAY;
+            while x <= t {
+                let hour = x.rem_euclid(DAY) / 3_600_000;
+                v += if (7..22).contains(&hour) { 0.25 } else { 0.05 };
+                x += MIN15;
+            }
+            v
+        };
+        let (t0, t1) = (FROM + 10 * 3_600_000, FROM + 10 * 3_600_000 + 5 * MIN15);
+        for (k, row) in rows[1..].iter().enumerate() {
+            let t = t0 + k as i64 * MIN15;
+            if k == 0 {
+                assert_eq!(&row[4..], ["A", "", ""], "{row:?}");
+                continue;
+            }
+            let want = at(t0) + (at(t1) - at(t0)) * (t - t0) as f64 / (t1 - t0) as f64;
+            let got: f64 = row[2].parse().unwrap();
+            assert!((got - want).abs() < 1e-9, "{row:?}: {want}");
+            assert_eq!(&row[4..], ["E", "gap", "linear"], "{row:?}");
+        }
+        let as_read = readings(&["--as-read"]);
+        assert_eq!(
+            as_read.lines().count(),
+            1 + 1,
+            "only the actual read: {as_read}"
+        );
+        // VEE judged the day: the bill is as billed and counts the four estimates; as read
+        // it has none of them (the line adds nothing to the day's steps).
+        let bill = |extra: &[&str]| {
+            let mut args = vec!["billing", "--from", "2024-03-20", "--to", "2024-03-21"];
+            args.extend_from_slice(extra);
+            let text = query_csv(config, &args);
+            text.lines()
+                .skip(1)
+                .map(|l| {
+                    let c: Vec<&str> = l.split(',').collect();
+                    (
+                        c[0].to_string(),
+                        c[11].to_string(),
+                        c[14].to_string(),
+                        c[15].to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let day_use = format!("{}", ((at(FROM + DAY) - at(FROM)) * 1e6).round() / 1e6);
+        assert_eq!(
+            bill(&[]),
+            vec![
+                ("M1".into(), day_use.clone(), "96".into(), "4".into()),
+                ("M2".into(), day_use.clone(), "96".into(), "0".into()),
+            ]
+        );
+        assert_eq!(
+            bill(&["--as-read"]),
+            vec![
+                ("M1".into(), day_use.clone(), "92".into(), "0".into()),
+                ("M2".into(), day_use.clone(), "96".into(), "0".into()),
+            ]
+        );
+    }
     // Again over the same data: the same answer, and no new version.
     for config in [&on_clickhouse, &on_parquet] {
         let (again, said) = vee_csv(config);
@@ -120,6 +214,12 @@ fn vee_finds_the_injected_gap_and_nothing_else_on_clickhouse_and_parquet_alike()
         import_canonical_csv(config, &late);
         let (after, said) = vee_csv(config);
         assert_eq!(after.lines().count(), 1, "no exception: {after}");
+        // The latest run speaks for the day: the gap it no longer finds is gone.
+        let stored = query_csv(
+            config,
+            &["exceptions", "--from", "2024-03-20", "--to", "2024-03-21"],
+        );
+        assert_eq!(stored.lines().count(), 1, "{stored}");
         assert!(
             said.contains(
                 "written: 0 value(s) estimated or substituted, 4 earlier one(s) withdrawn"

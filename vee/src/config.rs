@@ -43,6 +43,10 @@ pub struct VeeConfig {
     /// profile (the same local weekday and time of the last `like_day_weeks` weeks).
     pub like_day_max_gap: String,
     pub like_day_weeks: u32,
+    /// `serve` runs VEE daily at this local time (`HH:MM`, in `billing.timezone`) over the
+    /// day before, and at start-up over the day before the last such time if no run has
+    /// judged it yet; empty: never (run `meterflow vee` instead).
+    pub schedule: String,
 }
 
 impl Default for VeeConfig {
@@ -61,6 +65,7 @@ impl Default for VeeConfig {
             linear_max_gap: "2h".into(),
             like_day_max_gap: "7d".into(),
             like_day_weeks: 4,
+            schedule: String::new(),
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct Params {
     pub linear_max_gap_ms: i64,
     pub like_day_max_gap_ms: i64,
     pub like_day_weeks: u32,
+    /// `vee.schedule`: the local time of day `serve` runs VEE at, if it does.
+    pub schedule: Option<chrono::NaiveTime>,
 }
 
 impl Default for Params {
@@ -149,6 +156,17 @@ impl VeeConfig {
                 "must be at most 31d",
             ));
         }
+        let schedule = match self.schedule.trim() {
+            "" => None,
+            text => Some(
+                chrono::NaiveTime::parse_from_str(text, "%H:%M").map_err(|_| {
+                    VeeError::config(
+                        "vee.schedule",
+                        format!("{text:?} is not a local time of day HH:MM, such as \"02:00\" (empty: never)"),
+                    )
+                })?,
+            ),
+        };
         Ok(Params {
             zero_days: positive_days("vee.zero_days", self.zero_days, 366)?,
             stuck_days: positive_days("vee.stuck_days", self.stuck_days, 366)?,
@@ -171,6 +189,7 @@ impl VeeConfig {
             linear_max_gap_ms,
             like_day_max_gap_ms,
             like_day_weeks: positive_days("vee.like_day_weeks", self.like_day_weeks, 52)?,
+            schedule,
         })
     }
 }
@@ -208,5 +227,14 @@ mod tests {
             "vee.linear_max_gap",
         );
         bad(|c| c.like_day_max_gap = "1h".into(), "vee.like_day_max_gap");
+        bad(|c| c.schedule = "2am".into(), "vee.schedule");
+        bad(|c| c.schedule = "25:00".into(), "vee.schedule");
+        let mut c = VeeConfig::default();
+        assert_eq!(c.params().unwrap().schedule, None);
+        c.schedule = "02:30".into();
+        assert_eq!(
+            c.params().unwrap().schedule,
+            chrono::NaiveTime::from_hms_opt(2, 30, 0)
+        );
     }
 }

@@ -19,7 +19,7 @@ use crate::model::{
 };
 
 /// The period VEE judges, `[from, to)` in Unix ms, local midnights of `zone`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Period {
     pub from_ms: i64,
     pub to_ms: i64,

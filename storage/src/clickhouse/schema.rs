@@ -259,13 +259,61 @@ GROUP BY meter_id, channel, {column}",
     quality {text},
     rule {text},
     method {text},
-    version Int64",
+    version Int64,
+    vee_run {text}",
                 channel = lc("String"),
                 unit = lc("String"),
                 text = lc("String"),
             ),
             engine: "ReplacingMergeTree(version)",
             rest: "PARTITION BY toYYYYMM(ts)\nORDER BY (meter_id, channel, ts)".into(),
+            sharding_key: "cityHash64(meter_id)",
+        }
+        .statements(db, topology),
+    );
+    // VEE's runs (period, meters, parameters, counts) and the exceptions each found; a
+    // period's exceptions are those of the latest run that judged it (storage::vee::runs).
+    ddl.extend(
+        TableDdl {
+            name: "vee_runs",
+            columns: format!(
+                "    run_id Int64,
+    period_from {time},
+    period_to {time},
+    timezone String,
+    meter String,
+    trigger String,
+    parameters String,
+    meters UInt64,
+    exceptions UInt64,
+    mended UInt64,
+    version_written UInt8"
+            ),
+            engine: "ReplacingMergeTree()",
+            rest: "ORDER BY run_id".into(),
+            sharding_key: "cityHash64(run_id)",
+        }
+        .statements(db, topology),
+    );
+    ddl.extend(
+        TableDdl {
+            name: "vee_exceptions",
+            columns: format!(
+                "    run_id Int64,
+    meter_id String,
+    channel {text},
+    rule {text},
+    from_ts {time},
+    to_ts {time},
+    detail String,
+    estimated UInt8,
+    mended UInt32,
+    method {text}",
+                text = lc("String"),
+            ),
+            engine: "ReplacingMergeTree()",
+            rest: "PARTITION BY toYYYYMM(from_ts)\nORDER BY (meter_id, from_ts, channel, rule, run_id)"
+                .into(),
             sharding_key: "cityHash64(meter_id)",
         }
         .statements(db, topology),
@@ -787,8 +835,9 @@ mod tests {
             find("CREATE TABLE IF NOT EXISTS mf.dead_letters ON CLUSTER")
                 .contains("cityHash64(meter_id, lsn)")
         );
-        // Every object: 1 database, 4 tables x 2 (readings_vee among them), 2 rollups x 2.
-        assert_eq!(ddl.len(), 13);
+        // Every object: 1 database, 6 tables x 2 (readings_vee, vee_runs and vee_exceptions
+        // among them), 2 rollups x 2.
+        assert_eq!(ddl.len(), 17);
         assert!(find("CREATE TABLE IF NOT EXISTS mf.readings_vee_local").contains(
             "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/mf/readings_vee_local', '{replica}', version)"
         ));

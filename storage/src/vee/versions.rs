@@ -1,25 +1,24 @@
-//! The versions VEE writes, on the Parquet tree: `{data_dir}/readings_vee/date=YYYY-MM-DD/`
-//! (the UTC date of each value), one file per run and date, `part-vee-{version}.parquet`,
-//! written whole and renamed (a hidden `.tmp` before). Actual reads are never touched; a
+//! `readings_vee`, the versions VEE writes: on the Parquet tree
+//! `{data_dir}/readings_vee/date=YYYY-MM-DD/` (the UTC date of each value), one file per run
+//! and date, `part-vee-{version}.parquet`; in ClickHouse a ReplacingMergeTree(version). A
 //! value's latest version is the one of the greatest `version` (the run's time, Unix ms).
 //!
 //! Columns: meter_id, channel, ts (ms, UTC), value, unit, quality (`A`, `E`, `S`), rule,
-//! method, version.
+//! method, version, vee_run (the run's time and parameters, in words).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Float64Type, Int64Type, TimestampMillisecondType};
 use arrow_array::{
     ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
 
+use super::{
+    column, day_folders, meter_filter, parquet_files, read_batches, sql_text, time_sql,
+    write_whole, DAY_MS,
+};
 use crate::StorageError;
 
 /// One value of a VEE version.
@@ -36,10 +35,11 @@ pub struct VeeValue {
     pub method: String,
     /// The run that wrote it: its time, Unix ms.
     pub version: i64,
+    /// The run that wrote it, in words: its time and parameters (`vee_runs` has the rest).
+    pub vee_run: String,
 }
 
 const FOLDER: &str = "readings_vee";
-const DAY_MS: i64 = 86_400_000;
 
 fn schema() -> Arc<Schema> {
     let text = |name: &str| Field::new(name, DataType::Utf8, false);
@@ -57,13 +57,8 @@ fn schema() -> Arc<Schema> {
         text("rule"),
         text("method"),
         Field::new("version", DataType::Int64, false),
+        text("vee_run"),
     ]))
-}
-
-fn date_folder(day: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(day * DAY_MS)
-        .map(|d| d.format("date=%Y-%m-%d").to_string())
-        .unwrap_or_else(|| "date=invalid".into())
 }
 
 /// Writes `values` (one version) under `data_dir`: a file per UTC date, each whole before
@@ -78,11 +73,9 @@ pub fn write(data_dir: &Path, values: &[VeeValue]) -> Result<Vec<PathBuf>, Stora
     }
     let mut files = Vec::new();
     for (day, values) in by_day {
-        let dir = data_dir.join(FOLDER).join(date_folder(day));
-        fs::create_dir_all(&dir).map_err(|e| StorageError::io("creating", &dir, e))?;
+        let dir = data_dir.join(FOLDER).join(super::date_folder(day));
         let version = values.first().map_or(0, |v| v.version);
-        let final_path = dir.join(format!("part-vee-{version}.parquet"));
-        let tmp_path = dir.join(format!(".part-vee-{version}.parquet.tmp"));
+        let name = format!("part-vee-{version}.parquet");
         let strings = |f: fn(&VeeValue) -> &str| -> ArrayRef {
             Arc::new(StringArray::from_iter_values(values.iter().map(|v| f(v))))
         };
@@ -105,32 +98,11 @@ pub fn write(data_dir: &Path, values: &[VeeValue]) -> Result<Vec<PathBuf>, Stora
                 Arc::new(Int64Array::from_iter_values(
                     values.iter().map(|v| v.version),
                 )),
+                strings(|v| &v.vee_run),
             ],
         )
-        .map_err(|e| StorageError::io("building", &final_path, std::io::Error::other(e)))?;
-        let file =
-            File::create(&tmp_path).map_err(|e| StorageError::io("creating", &tmp_path, e))?;
-        let mut writer =
-            ArrowWriter::try_new(file, schema(), None).map_err(|source| StorageError::Parquet {
-                path: tmp_path.clone(),
-                source,
-            })?;
-        let parquet_error = |source| StorageError::Parquet {
-            path: tmp_path.clone(),
-            source,
-        };
-        writer.write(&batch).map_err(parquet_error)?;
-        let inner = writer.into_inner().map_err(parquet_error)?;
-        inner
-            .sync_all()
-            .map_err(|e| StorageError::io("syncing", &tmp_path, e))?;
-        drop(inner);
-        fs::rename(&tmp_path, &final_path)
-            .map_err(|e| StorageError::io("renaming", &tmp_path, e))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StorageError::io("syncing", &dir, e))?;
-        files.push(final_path);
+        .map_err(|e| StorageError::io("building", dir.join(&name), std::io::Error::other(e)))?;
+        files.push(write_whole(&dir, &name, &batch)?);
     }
     Ok(files)
 }
@@ -143,34 +115,10 @@ pub fn latest(
     to_ms: i64,
     meter: Option<&str>,
 ) -> Result<Vec<VeeValue>, StorageError> {
-    let root = data_dir.join(FOLDER);
     let mut latest: BTreeMap<(String, String, i64), VeeValue> = BTreeMap::new();
-    let Ok(days) = fs::read_dir(&root) else {
-        return Ok(Vec::new());
-    };
-    for day in days.flatten() {
-        let name = day.file_name().to_string_lossy().into_owned();
-        let Some(date) = name.strip_prefix("date=") else {
-            continue;
-        };
-        let Ok(date) = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d") else {
-            continue;
-        };
-        let start = date
-            .and_hms_opt(0, 0, 0)
-            .map_or(i64::MIN, |t| t.and_utc().timestamp_millis());
-        if start >= to_ms || start + DAY_MS <= from_ms {
-            continue;
-        }
-        for file in fs::read_dir(day.path())
-            .map_err(|e| StorageError::io("listing", day.path(), e))?
-            .flatten()
-        {
-            let file_name = file.file_name().to_string_lossy().into_owned();
-            if file_name.starts_with('.') || !file_name.ends_with(".parquet") {
-                continue;
-            }
-            read_file(&file.path(), from_ms, to_ms, meter, &mut latest)?;
+    for day in day_folders(&data_dir.join(FOLDER), from_ms, to_ms) {
+        for file in parquet_files(&day)? {
+            read_file(&file, from_ms, to_ms, meter, &mut latest)?;
         }
     }
     Ok(latest.into_values().collect())
@@ -183,55 +131,33 @@ fn read_file(
     meter: Option<&str>,
     latest: &mut BTreeMap<(String, String, i64), VeeValue>,
 ) -> Result<(), StorageError> {
-    let parquet_error = |source| StorageError::Parquet {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(|e| StorageError::io("opening", path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(parquet_error)?
-        .build()
-        .map_err(parquet_error)?;
-    for batch in reader {
-        let batch =
-            batch.map_err(|e| StorageError::io("reading", path, std::io::Error::other(e)))?;
-        let column = |name: &str| {
-            batch.column_by_name(name).ok_or_else(|| {
-                StorageError::io(
-                    "reading",
-                    path,
-                    std::io::Error::other(format!("no column {name}")),
-                )
-            })
-        };
-        let text = |name: &str| -> Result<&StringArray, StorageError> {
-            column(name)?.as_string_opt::<i32>().ok_or_else(|| {
-                StorageError::io(
-                    "reading",
-                    path,
-                    std::io::Error::other(format!("{name} is not text")),
-                )
-            })
-        };
+    for batch in read_batches(path)? {
+        let text = |name: &str| column::<StringArray>(&batch, name, path);
         let (meters, channels, units) = (text("meter_id")?, text("channel")?, text("unit")?);
         let (qualities, rules, methods) = (text("quality")?, text("rule")?, text("method")?);
-        let ts = column("ts")?
-            .as_primitive_opt::<TimestampMillisecondType>()
-            .ok_or_else(|| StorageError::io("reading", path, std::io::Error::other("ts")))?;
-        let values = column("value")?
-            .as_primitive_opt::<Float64Type>()
-            .ok_or_else(|| StorageError::io("reading", path, std::io::Error::other("value")))?;
-        let versions = column("version")?
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(|| StorageError::io("reading", path, std::io::Error::other("version")))?;
+        let runs = text("vee_run")?;
+        let ts = column::<TimestampMillisecondArray>(&batch, "ts", path)?;
+        let values = column::<Float64Array>(&batch, "value", path)?;
+        let versions = column::<Int64Array>(&batch, "version", path)?;
         for i in 0..batch.num_rows() {
             let t = ts.value(i);
             if !(from_ms..to_ms).contains(&t) || meter.is_some_and(|m| m != meters.value(i)) {
                 continue;
             }
+            let key = (
+                meters.value(i).to_string(),
+                channels.value(i).to_string(),
+                t,
+            );
+            if latest
+                .get(&key)
+                .is_some_and(|old| old.version >= versions.value(i))
+            {
+                continue;
+            }
             let v = VeeValue {
-                meter_id: meters.value(i).to_string(),
-                channel: channels.value(i).to_string(),
+                meter_id: key.0.clone(),
+                channel: key.1.clone(),
                 ts_ms: t,
                 value: values.value(i),
                 unit: units.value(i).to_string(),
@@ -239,11 +165,9 @@ fn read_file(
                 rule: rules.value(i).to_string(),
                 method: methods.value(i).to_string(),
                 version: versions.value(i),
+                vee_run: runs.value(i).to_string(),
             };
-            let key = (v.meter_id.clone(), v.channel.clone(), t);
-            if latest.get(&key).is_none_or(|old| v.version > old.version) {
-                latest.insert(key, v);
-            }
+            latest.insert(key, v);
         }
     }
     Ok(())
@@ -254,46 +178,39 @@ pub async fn write_clickhouse(
     config: &crate::clickhouse::ClickHouseConfig,
     values: &[VeeValue],
 ) -> Result<(), StorageError> {
-    use crate::clickhouse::{ClickHouseError, TimeColumns};
     let times = crate::clickhouse::time_columns(config).await?;
-    let text = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"));
+    let (_, time) = time_sql(times, "ts");
     let client = config.client()?;
     for chunk in values.chunks(10_000) {
         let rows: Vec<String> = chunk
             .iter()
             .map(|v| {
-                let ts = match times {
-                    TimeColumns::Millis => {
-                        format!("fromUnixTimestamp64Milli(toInt64({}), 'UTC')", v.ts_ms)
-                    }
-                    TimeColumns::Seconds => format!("toDateTime({})", v.ts_ms.div_euclid(1000)),
-                };
                 format!(
-                    "({}, {}, {ts}, {:?}, {}, {}, {}, {}, {})",
-                    text(&v.meter_id),
-                    text(&v.channel),
+                    "({}, {}, {}, {:?}, {}, {}, {}, {}, {}, {})",
+                    sql_text(&v.meter_id),
+                    sql_text(&v.channel),
+                    time(v.ts_ms),
                     v.value,
-                    text(&v.unit),
-                    text(&v.quality),
-                    text(&v.rule),
-                    text(&v.method),
-                    v.version
+                    sql_text(&v.unit),
+                    sql_text(&v.quality),
+                    sql_text(&v.rule),
+                    sql_text(&v.method),
+                    v.version,
+                    sql_text(&v.vee_run),
                 )
             })
             .collect();
         let sql = format!(
-            "INSERT INTO {}.readings_vee (meter_id, channel, ts, value, unit, quality, rule, method, version) VALUES {}",
+            "INSERT INTO {}.readings_vee (meter_id, channel, ts, value, unit, quality, rule, method, version, vee_run) VALUES {}",
             config.database,
             rows.join(", ")
         );
-        client
-            .query(&sql)
-            .execute()
-            .await
-            .map_err(|source| ClickHouseError {
+        client.query(&sql).execute().await.map_err(|source| {
+            crate::clickhouse::ClickHouseError {
                 action: "writing the VEE version",
                 source,
-            })?;
+            }
+        })?;
     }
     Ok(())
 }
@@ -305,33 +222,14 @@ pub async fn latest_clickhouse(
     to_ms: i64,
     meter: Option<&str>,
 ) -> Result<Vec<VeeValue>, StorageError> {
-    use crate::clickhouse::TimeColumns;
     let times = crate::clickhouse::time_columns(config).await?;
-    let (ts_ms, bound) = match times {
-        TimeColumns::Millis => (
-            "toUnixTimestamp64Milli(ts)".to_string(),
-            (|ms: i64| format!("fromUnixTimestamp64Milli(toInt64({ms}), 'UTC')"))
-                as fn(i64) -> String,
-        ),
-        TimeColumns::Seconds => (
-            "toInt64(toUnixTimestamp(ts)) * 1000".to_string(),
-            (|ms: i64| format!("toDateTime({})", ms.div_euclid(1000).max(0))) as fn(i64) -> String,
-        ),
-    };
-    let meter_filter = match meter {
-        Some(m) if meterflow_proto::is_valid_meter_id(m) => format!(" AND meter_id = '{m}'"),
-        Some(m) => {
-            return Err(StorageError::ReadRequest {
-                reason: format!("{m:?} is not a meter id"),
-            })
-        }
-        None => String::new(),
-    };
+    let (ts_ms, bound) = time_sql(times, "ts");
+    let meter_filter = meter_filter(meter)?;
     let sql = format!(
         "SELECT meter_id, channel, {ts_ms} AS ts_ms, argMax(value, version) AS v_value, \
            argMax(unit, version) AS v_unit, argMax(quality, version) AS v_quality, \
            argMax(rule, version) AS v_rule, argMax(method, version) AS v_method, \
-           max(version) AS v_version \
+           max(version) AS v_version, argMax(vee_run, version) AS v_run \
          FROM {db}.readings_vee \
          WHERE ts >= {from} AND ts < {to}{meter_filter} \
          GROUP BY meter_id, channel, ts \
@@ -357,9 +255,66 @@ pub async fn latest_clickhouse(
                 rule: get("v_rule")?.to_string(),
                 method: get("v_method")?.to_string(),
                 version: get("v_version")?.parse().map_err(|_| bad("version"))?,
+                vee_run: get("v_run")?.to_string(),
             })
         })
         .collect()
+}
+
+/// "As billed": `series` (actual reads) overlaid by the latest VEE values of its meter and
+/// channel (`values`, any order): an estimate (`E`) fills the place of a missing read, a
+/// substitute (`S`) replaces a failed one; an `A` value is the actual read again and changes
+/// nothing. Returns the times of the points that are now estimates or substitutes.
+pub fn overlay(series: &mut crate::readings::Series, values: &[VeeValue]) -> Vec<i64> {
+    let mut mended: Vec<(i64, f64)> = values
+        .iter()
+        .filter(|v| v.meter_id == series.meter_id && v.channel == series.channel)
+        .filter(|v| v.quality == "E" || v.quality == "S")
+        .map(|v| (v.ts_ms, v.value))
+        .collect();
+    if mended.is_empty() {
+        return Vec::new();
+    }
+    mended.sort_by_key(|&(ts, _)| ts);
+    mended.dedup_by_key(|&mut (ts, _)| ts);
+    let has_received = series.received_at.len() == series.points.len();
+    let mut points = Vec::with_capacity(series.points.len() + mended.len());
+    let mut received = Vec::with_capacity(points.capacity());
+    let (mut i, mut j) = (0, 0);
+    while i < series.points.len() || j < mended.len() {
+        let read = series.points.get(i).copied();
+        let vee = mended.get(j).copied();
+        let at = |k: usize| series.received_at.get(k).copied().unwrap_or(0);
+        match (read, vee) {
+            (Some(r), Some(v)) if r.0 == v.0 => {
+                points.push(v);
+                received.push(at(i));
+                i += 1;
+                j += 1;
+            }
+            (Some(r), Some(v)) if v.0 < r.0 => {
+                points.push(v);
+                received.push(0);
+                j += 1;
+            }
+            (Some(r), _) => {
+                points.push(r);
+                received.push(at(i));
+                i += 1;
+            }
+            (None, Some(v)) => {
+                points.push(v);
+                received.push(0);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    series.points = points;
+    if has_received {
+        series.received_at = received;
+    }
+    mended.into_iter().map(|(ts, _)| ts).collect()
 }
 
 #[cfg(test)]
@@ -377,7 +332,40 @@ mod tests {
             rule: "gap".into(),
             method: "linear".into(),
             version,
+            vee_run: format!("run {version}"),
         }
+    }
+
+    #[test]
+    fn as_billed_fills_gaps_replaces_failed_values_and_leaves_actual_reads() {
+        let mut series = crate::readings::Series {
+            meter_id: "M1".into(),
+            channel: "1-0:1.8.0".into(),
+            unit: "kWh".into(),
+            points: vec![(10, 1.0), (20, 99.0), (40, 4.0)],
+            other_units: vec![],
+            received_at: vec![11, 21, 41],
+            conflicts: vec![],
+        };
+        let mut substitute = value("M1", 20, 2.0, "S", 5);
+        substitute.method = "substitute".into();
+        let values = vec![
+            value("M1", 30, 3.0, "E", 5),
+            substitute,
+            value("M1", 5, 0.5, "E", 5),
+            value("M1", 50, 5.0, "A", 5),
+            value("M2", 30, 7.0, "E", 5),
+        ];
+        let mended = overlay(&mut series, &values);
+        assert_eq!(mended, vec![5, 20, 30]);
+        assert_eq!(
+            series.points,
+            vec![(5, 0.5), (10, 1.0), (20, 2.0), (30, 3.0), (40, 4.0)]
+        );
+        assert_eq!(series.received_at, vec![0, 11, 21, 0, 41]);
+        let before = series.clone();
+        assert!(overlay(&mut series, &[]).is_empty());
+        assert_eq!(series, before);
     }
 
     #[test]
