@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use meterflow_billing::{Bill, BillRow, Query, Reading, Tariff, Zone};
+use meterflow_billing::{Bill, BillRow, Query, ReadKind, Reading, Tariff, Zone};
 use meterflow_ingest::Config;
 use meterflow_storage::analytics::Table;
 use meterflow_storage::questions::number;
@@ -114,18 +114,18 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Billed> {
     } else {
         None
     };
-    // Each row, with how many of its register's readings in the period are VEE's.
-    let mut rows: Vec<(BillRow, usize)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     // Registers with no reading in the period: billed as carried, and counted for the note.
     let mut silent: Vec<(String, String)> = Vec::new();
     let mut refused: Vec<String> = Vec::new();
     let mut each = |mut series: Series| -> Result<(), meterflow_storage::StorageError> {
-        let estimated = as_billed.as_ref().map_or(0, |vee| {
-            vee.apply(&mut series)
-                .into_iter()
-                .filter(|ts| (from_ms..to_ms).contains(ts))
-                .count()
-        });
+        let mended = as_billed
+            .as_ref()
+            .map_or_else(Vec::new, |vee| vee.apply(&mut series));
+        let estimated = mended
+            .iter()
+            .filter(|ts| (from_ms..to_ms).contains(*ts))
+            .count();
         if !series.other_units.is_empty() {
             tracing::error!(
                 meter = %series.meter_id,
@@ -164,7 +164,12 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Billed> {
                 rollover,
             )
             .into_iter()
-            .map(|row| (row, estimated)),
+            .map(|bill| Row {
+                start_mended: mended.binary_search(&bill.from_ms).is_ok(),
+                end_mended: mended.binary_search(&bill.to_ms).is_ok(),
+                bill,
+                estimated,
+            }),
         );
         Ok(())
     };
@@ -210,14 +215,34 @@ pub const COLUMNS: [&str; 16] = [
     "estimated",
 ];
 
-/// The rows as a table, times in `zone` with their offset; each row with how many of its
-/// register's readings in the period (of `readings`) are VEE's estimates or substitutes.
-fn table(rows: &[(BillRow, usize)], zone: Zone) -> Table {
+/// A row of the bill as billed.
+struct Row {
+    bill: BillRow,
+    /// Of its register's readings in the period (of `readings`), how many are VEE's
+    /// estimates or substitutes.
+    estimated: usize,
+    /// Whether R at the period's start (end) is such a value, at that instant: its read
+    /// kind is then `estimated`, not `actual`.
+    start_mended: bool,
+    end_mended: bool,
+}
+
+/// How R at an edge was found: `estimated` where billing's `actual` read is VEE's.
+fn read_kind(kind: ReadKind, mended: bool) -> &'static str {
+    match kind {
+        ReadKind::Actual if mended => "estimated",
+        kind => kind.as_str(),
+    }
+}
+
+/// The rows as a table, times in `zone` with their offset.
+fn table(rows: &[Row], zone: Zone) -> Table {
     Table {
         columns: COLUMNS.iter().map(|c| c.to_string()).collect(),
         rows: rows
             .iter()
-            .map(|(r, estimated)| {
+            .map(|row| {
+                let r = &row.bill;
                 vec![
                     r.meter_id.clone(),
                     r.channel.clone(),
@@ -227,14 +252,14 @@ fn table(rows: &[(BillRow, usize)], zone: Zone) -> Table {
                     zone.format(r.from_ms),
                     zone.format(r.to_ms),
                     number(r.start.value),
-                    r.start.kind.as_str().to_string(),
+                    read_kind(r.start.kind, row.start_mended).to_string(),
                     number(r.end.value),
-                    r.end.kind.as_str().to_string(),
+                    read_kind(r.end.kind, row.end_mended).to_string(),
                     number(r.consumption),
                     r.max_demand_kw.map(number).unwrap_or_default(),
                     r.resets.to_string(),
                     r.readings.to_string(),
-                    estimated.to_string(),
+                    row.estimated.to_string(),
                 ]
             })
             .collect(),

@@ -33,4 +33,5 @@ mod serve_coaps;
 mod serve_mqtt;
 mod simulate_dlms;
 mod vee;
+mod vee_fleet;
 mod wal_crash;

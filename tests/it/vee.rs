@@ -277,3 +277,94 @@ fn a_meter_estimated_day_after_day_is_prolonged_estimation_on_the_fourth() {
         assert_eq!(prolonged, i == 3, "{}: {out}", window[0]);
     }
 }
+
+/// `vee.schedule` in `serve`: started after its daily time has passed, with the day before
+/// not yet judged, it judges that day at once (the catch-up), stores the run with
+/// `trigger = schedule`, and counts it on /metrics. Each of the last three days has a gap,
+/// so whichever day the server's clock calls yesterday, one gap is found there.
+#[test]
+fn serve_runs_vee_on_its_schedule_and_catches_up_a_missed_day() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let today = now - now.rem_euclid(DAY);
+    let gone: Vec<i64> = (1..=3)
+        .flat_map(|d| (1..=4).map(move |k| today - d * DAY + 10 * 3_600_000 + k * MIN15))
+        .collect();
+    let mut csv_text = String::from("meter_id,channel,ts,value,unit\n");
+    let mut value = 1000.0;
+    let mut t = today - 40 * DAY;
+    while t <= now {
+        value += 0.25;
+        if !gone.contains(&t) {
+            csv_text.push_str(&format!("S1,1-0:1.8.0,{t},{value:?},kWh\n"));
+        }
+        t += MIN15;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("readings.csv");
+    std::fs::write(&csv, csv_text).unwrap();
+    let config = tmp.path().join("meterflow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[vee]\nschedule = \"00:00\"\n",
+            tmp.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    import_canonical_csv(&config, &csv);
+    let server = crate::harness::Server::start_in(tmp, &["--config", &config]);
+    crate::harness::wait_for("the scheduled run", || {
+        (server.metric("meterflow_vee_runs_total{outcome=\"ok\"}") >= 1.0).then_some(())
+    });
+    assert_eq!(
+        server.metric("meterflow_vee_runs_total{outcome=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        server.metric("meterflow_vee_exceptions_total{rule=\"gap\"}"),
+        1.0
+    );
+    assert_eq!(server.metric("meterflow_vee_values_mended_total"), 4.0);
+    let runs = std::fs::read_dir(server.data_dir.join("vee_runs"))
+        .unwrap()
+        .count();
+    assert_eq!(runs, 1);
+    // The day it judged: its one gap, and nothing on the other days (not judged).
+    let day = |ms: i64| utc_day(ms);
+    let found = query_csv(
+        &config,
+        &[
+            "exceptions",
+            "--from",
+            &day(today - 3 * DAY),
+            "--to",
+            &day(today + DAY),
+        ],
+    );
+    let lines: Vec<&str> = found.lines().skip(1).collect();
+    assert_eq!(lines.len(), 1, "{found}");
+    let cells: Vec<&str> = lines[0].split(',').collect();
+    assert_eq!((cells[0], cells[2]), ("S1", "gap"));
+    let judged = &cells[3][..10];
+    assert!(
+        [day(today - DAY), day(today - 2 * DAY)].contains(&judged.to_string()),
+        "{found}"
+    );
+    assert!(
+        server.log_text().contains("VEE run"),
+        "{}",
+        server.log_text()
+    );
+}
+
+/// `YYYY-MM-DD` of a UTC instant.
+fn utc_day(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .format("%Y-%m-%d")
+        .to_string()
+}

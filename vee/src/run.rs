@@ -182,7 +182,10 @@ impl<'a> MeterRun<'a> {
             (_, Some(i)) => self.spikes(ch, i, &substituted),
         };
         if ch.kind == ChannelKind::Register {
-            self.falls(ch, &spiked);
+            // A substituted copy's fall to the next read is the copy's fault, not the
+            // register's: neither a spike's nor a conflict's is a `reverse`.
+            let replaced: Vec<i64> = spiked.iter().chain(&substituted).copied().collect();
+            self.falls(ch, &replaced);
             self.flat_runs(ch);
         }
         if ch.kind == ChannelKind::Interval {
