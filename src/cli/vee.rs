@@ -129,6 +129,10 @@ pub fn judge(
         .filter(|v| v.quality != "A")
         .map(|v| ((v.meter_id.clone(), v.channel.clone(), v.ts_ms), v))
         .collect();
+    let mended_series: std::collections::HashSet<(&str, &str)> = mended_before
+        .keys()
+        .map(|(meter, channel, _)| (meter.as_str(), channel.as_str()))
+        .collect();
     // The actual reads where an earlier version estimated or substituted: what a withdrawn
     // estimate gives way to.
     let mut actual: HashMap<Key, f64> = HashMap::new();
@@ -143,10 +147,12 @@ pub fn judge(
         outcome.rows.extend(o.rows);
     };
     let mut each = |series: Series| -> Result<(), meterflow_storage::StorageError> {
-        for &(ts, value) in &series.points {
-            let key = (series.meter_id.clone(), series.channel.clone(), ts);
-            if mended_before.contains_key(&key) {
-                actual.insert(key, value);
+        if mended_series.contains(&(series.meter_id.as_str(), series.channel.as_str())) {
+            for &(ts, value) in &series.points {
+                let key = (series.meter_id.clone(), series.channel.clone(), ts);
+                if mended_before.contains_key(&key) {
+                    actual.insert(key, value);
+                }
             }
         }
         let channel = channel_of(config, &series);

@@ -493,30 +493,35 @@ impl<'a> MeterRun<'a> {
     }
 
     /// A register unchanged for at least `zero_days` (`stuck_days`) that reaches into the
-    /// period: `stuck` when the meter's other channels move meanwhile, else `zero` (when it
-    /// had consumption before).
+    /// period: `stuck` when the meter's other channels move meanwhile and the register rose
+    /// before or after (one that never does is unused, as the export register of a meter
+    /// without panels), else `zero` (when it had consumption before).
     fn flat_runs(&mut self, ch: &Channel) {
-        let mut start = 0;
         let pts = &ch.points;
+        let shortest = self.params.stuck_days.min(self.params.zero_days);
+        let mut start = 0;
+        // Whether the register rose at some step up to the current run's first read.
+        let mut rose_before = false;
         for i in 1..=pts.len() {
-            let same = i < pts.len() && pts[i].value == pts[start].value;
-            if same {
+            if i < pts.len() && pts[i].value == pts[start].value {
                 continue;
             }
             let (from, to) = (pts[start].ts_ms, pts[i - 1].ts_ms);
+            let moved_before = rose_before;
             start = i;
+            if i < pts.len() && pts[i].value > pts[i - 1].value {
+                rose_before = true;
+            }
             let days = (to - from) as f64 / DAY_MS as f64;
-            if to < self.period.from_ms {
+            if to < self.period.from_ms || days < f64::from(shortest) {
                 continue;
             }
-            let moved_before = pts
-                .iter()
-                .take_while(|p| p.ts_ms <= from)
-                .collect::<Vec<_>>()
-                .windows(2)
-                .any(|w| w[1].value > w[0].value);
+            // A register that never rose in the window (an export register of a meter with
+            // nothing to export) is unused, not stuck.
+            let moved =
+                moved_before || pts.get(i).is_some_and(|next| next.value > pts[i - 1].value);
             if self.others_move(&ch.name, from, to) {
-                if days >= f64::from(self.params.stuck_days) {
+                if days >= f64::from(self.params.stuck_days) && moved {
                     self.exception(
                         &ch.name,
                         Rule::Stuck,
@@ -790,41 +795,6 @@ impl<'a> MeterRun<'a> {
         out
     }
 
-    /// A day's consumption of a channel, when it was measured through: an interval
-    /// channel's values in `(start, end]`, all of them there; a register's reads at both
-    /// midnights (one interval's slack, interpolated).
-    fn day_consumption(ch: &Channel, interval: i64, start: i64, end: i64) -> Option<f64> {
-        match ch.kind {
-            ChannelKind::Interval => {
-                let values: Vec<f64> = ch
-                    .points
-                    .iter()
-                    .filter(|p| p.ts_ms > start && p.ts_ms <= end)
-                    .map(|p| p.value)
-                    .collect();
-                let expected = ((end - start) / interval) as usize;
-                (values.len() == expected && expected > 0).then(|| values.iter().sum())
-            }
-            ChannelKind::Register => {
-                let readings: Vec<Reading> = ch
-                    .points
-                    .iter()
-                    .map(|p| Reading {
-                        ts_ms: p.ts_ms,
-                        value: p.value,
-                    })
-                    .collect();
-                let at = |t: i64| {
-                    let v = value_at(&readings, t, interval)?;
-                    (v.kind != meterflow_billing::ReadKind::Carried).then_some(v.value)
-                };
-                let (a, b) = (at(start)?, at(end)?);
-                (b >= a).then_some(b - a)
-            }
-            ChannelKind::Other => None,
-        }
-    }
-
     /// Each day of the period, the intervals' sum against the register's change, when both
     /// measured the whole day.
     fn sum_check(&mut self, ch: &Channel, interval: i64) {
@@ -838,11 +808,13 @@ impl<'a> MeterRun<'a> {
             .or_else(|| inferred_interval(&register.points))
             .unwrap_or(interval);
         let tolerance = self.params.sum_check_tolerance;
+        let (intervals, changes) = (
+            DayConsumption::new(ch, interval),
+            DayConsumption::new(register, register_interval),
+        );
         for (start, end) in self.days() {
-            let (Some(sum), Some(change)) = (
-                Self::day_consumption(ch, interval, start, end),
-                Self::day_consumption(register, register_interval, start, end),
-            ) else {
+            let (Some(sum), Some(change)) = (intervals.day(start, end), changes.day(start, end))
+            else {
                 continue;
             };
             let off = (sum - change).abs();
@@ -877,12 +849,13 @@ impl<'a> MeterRun<'a> {
             return;
         }
         let p = self.params;
+        let consumption = DayConsumption::new(ch, interval);
         let mut history = Vec::new();
         let mut day = self.zone.local(self.period.from_ms).date();
         for _ in 0..p.look_back_days {
             let Some(prev) = day.pred_opt() else { break };
             let (start, end) = (self.zone.midnight(prev), self.zone.midnight(day));
-            if let Some(c) = Self::day_consumption(ch, interval, start, end) {
+            if let Some(c) = consumption.day(start, end) {
                 history.push(c);
             }
             day = prev;
@@ -896,7 +869,7 @@ impl<'a> MeterRun<'a> {
         }
         let k = p.high_low_factor;
         for (start, end) in self.days() {
-            let Some(c) = Self::day_consumption(ch, interval, start, end) else {
+            let Some(c) = consumption.day(start, end) else {
                 continue;
             };
             let what = if c > k * average {
@@ -967,6 +940,61 @@ impl<'a> MeterRun<'a> {
                 run_start = None;
                 reported = false;
             }
+        }
+    }
+}
+
+/// A channel's consumption over a span, with what that needs made once per channel (the
+/// daily rules ask for every day of the period and its history).
+struct DayConsumption<'c> {
+    ch: &'c Channel,
+    interval: i64,
+    /// A register's readings as billing reads them.
+    readings: Vec<Reading>,
+}
+
+impl<'c> DayConsumption<'c> {
+    fn new(ch: &'c Channel, interval: i64) -> Self {
+        let readings = match ch.kind {
+            ChannelKind::Register => ch
+                .points
+                .iter()
+                .map(|p| Reading {
+                    ts_ms: p.ts_ms,
+                    value: p.value,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        DayConsumption {
+            ch,
+            interval,
+            readings,
+        }
+    }
+
+    /// The consumption over `(start, end]`: an interval channel's intervals when every one
+    /// was read; a register's change between its values at both ends (read or
+    /// interpolated, not carried), when it did not fall.
+    fn day(&self, start: i64, end: i64) -> Option<f64> {
+        match self.ch.kind {
+            ChannelKind::Interval => {
+                let pts = &self.ch.points;
+                let first = pts.partition_point(|p| p.ts_ms <= start);
+                let last = pts.partition_point(|p| p.ts_ms <= end);
+                let expected = ((end - start) / self.interval) as usize;
+                (last - first == expected && expected > 0)
+                    .then(|| pts[first..last].iter().map(|p| p.value).sum())
+            }
+            ChannelKind::Register => {
+                let at = |t: i64| {
+                    let v = value_at(&self.readings, t, self.interval)?;
+                    (v.kind != meterflow_billing::ReadKind::Carried).then_some(v.value)
+                };
+                let (a, b) = (at(start)?, at(end)?);
+                (b >= a).then_some(b - a)
+            }
+            ChannelKind::Other => None,
         }
     }
 }

@@ -259,6 +259,17 @@ fn a_flat_register_is_zero_alone_and_stuck_beside_a_moving_channel() {
     ]));
     assert!(rules(&o).contains(&Rule::Stuck), "{:?}", o.exceptions);
     assert!(!rules(&o).contains(&Rule::Zero));
+    // An export register at 0 all along, beside the moving import: unused, not stuck (the
+    // benchmark's 7 000 meters without panels were all `stuck` before).
+    let export: Vec<Point> = register_points()
+        .iter()
+        .map(|p| Point { value: 0.0, ..*p })
+        .collect();
+    let o = run(&meter(vec![
+        channel("1-0:1.8.0", ChannelKind::Register, register_points()),
+        channel("1-0:2.8.0", ChannelKind::Register, export),
+    ]));
+    assert!(rules(&o).is_empty(), "{:?}", o.exceptions);
 }
 
 #[test]
