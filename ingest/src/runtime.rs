@@ -257,6 +257,7 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
         metrics,
         readiness,
         token: (!config.http.token.is_empty()).then(|| Arc::from(config.http.token.as_str())),
+        data_dir: config.data_dir.clone(),
     });
     let (http, http_stop) = serve_http(http_listener, app, &config.http);
     let device_saver = tokio::spawn(devices.clone().save_every(

@@ -284,6 +284,9 @@ fn store(
                     == (v.value.to_bits(), &v.quality, &v.rule, &v.method)
             })
         });
+    if now.is_empty() && before.is_empty() {
+        return Ok((false, "nothing estimated or substituted".to_string()));
+    }
     if same {
         return Ok((
             false,

@@ -153,7 +153,7 @@ pub fn readings(config: &Config, args: ReadingsArgs) -> anyhow::Result<Table> {
             rows.push(vec![
                 series.channel.clone(),
                 zone.format(ts),
-                value.to_string(),
+                reading_number(value),
                 series.unit.clone(),
                 quality,
                 rule,
@@ -179,4 +179,29 @@ pub fn readings(config: &Config, args: ReadingsArgs) -> anyhow::Result<Table> {
         .to_vec(),
         rows,
     })
+}
+
+/// A reading's value to 9 decimals (a µWh of a kWh register), without the noise of binary
+/// fractions: 5155.200000000001 prints 5155.2.
+fn reading_number(value: f64) -> String {
+    let rounded = (value * 1e9).round() / 1e9;
+    if rounded.is_finite() {
+        rounded.to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readings_print_to_nine_decimals_without_noise() {
+        assert_eq!(reading_number(5155.200000000001), "5155.2");
+        assert_eq!(reading_number(0.1 + 0.2), "0.3");
+        assert_eq!(reading_number(1234.123456789), "1234.123456789");
+        assert_eq!(reading_number(12.0), "12");
+        assert_eq!(reading_number(-0.5), "-0.5");
+    }
 }

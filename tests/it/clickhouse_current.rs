@@ -503,6 +503,8 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
         "readings_daily",
         "readings_hourly",
         "readings_vee",
+        "vee_exceptions",
+        "vee_runs",
     ];
     for db in ["mf", "mf_ttl"] {
         let names: Vec<&str> = tables
@@ -513,7 +515,7 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
         assert_eq!(names, want, "{tables:?}");
     }
     let cluster = schema_ddl("mf_c", ch.version, 30, Topology::Cluster("meterflow"));
-    assert_eq!(cluster.len(), 13);
+    assert_eq!(cluster.len(), 17);
     for statement in &cluster {
         let ast = ch.ok(&format!("EXPLAIN AST {statement}"));
         assert!(ast.contains("Query"), "{statement}: {ast}");
@@ -1026,4 +1028,116 @@ fn a_query_answer_compressed_by_a_current_clickhouse_reads_back() {
             assert_eq!(text, want.rows[i][c], "row {i} {name}");
         }
     }
+}
+
+/// VEE's statements on a current server: a version, a run and its exceptions inserted as
+/// meterflow sends them (DateTime64 from Unix ms) and read back with its queries, value for
+/// value; and the dashboard's "VEE exceptions per day and rule" panel, as on 18.16.
+#[test]
+fn vee_statements_run_on_a_current_clickhouse() {
+    use meterflow_storage::vee::{runs, versions, StoredException, VeeRun, VeeValue};
+    let mut ch = Chdb::start();
+    let config = ClickHouseConfig {
+        database: "mf_vee".into(),
+        ..ClickHouseConfig::default()
+    };
+    ch.apply_schema(&config);
+    let day = 1_774_915_200_000i64; // 2026-03-31T00:00:00Z
+    let value = |ts: i64, v: f64, quality: &str, version: i64| VeeValue {
+        meter_id: "M'1".into(),
+        channel: "1-0:1.8.0".into(),
+        ts_ms: ts,
+        value: v,
+        unit: "kWh".into(),
+        quality: quality.into(),
+        rule: "gap".into(),
+        method: "linear".into(),
+        version,
+        vee_run: format!("2026-04-01T02:00:00.000Z {{\"zero_days\":3}} v{version}"),
+    };
+    let first = vec![
+        value(day + 900_000, 1.25, "E", 10),
+        value(day + 1_800_000, 1.5, "E", 10),
+    ];
+    let second = vec![value(day + 900_000, 1.3, "A", 20)];
+    for values in [&first, &second] {
+        for sql in versions::insert_sql("mf_vee", TimeColumns::Millis, values) {
+            ch.ok(&sql);
+        }
+    }
+    let sql =
+        versions::latest_sql("mf_vee", TimeColumns::Millis, day, day + 86_400_000, None).unwrap();
+    let latest = versions::latest_from(&ch.table(&sql)).unwrap();
+    assert_eq!(latest, vec![second[0].clone(), first[1].clone()]);
+
+    let run = VeeRun {
+        run_id: 20,
+        from_ms: day,
+        to_ms: day + 86_400_000,
+        timezone: "Europe/Berlin".into(),
+        meter: String::new(),
+        trigger: "schedule".into(),
+        parameters: "{\"zero_days\":3}".into(),
+        meters: 2,
+        exceptions: 1,
+        mended: 1,
+        version_written: true,
+    };
+    let found = vec![StoredException {
+        run_id: 20,
+        meter_id: "M'1".into(),
+        channel: "1-0:1.8.0".into(),
+        rule: "gap".into(),
+        from_ms: day + 900_000,
+        to_ms: day + 1_800_000,
+        detail: "2 read(s) missing; \\ and \t kept".into(),
+        estimated: true,
+        mended: 2,
+        method: "linear".into(),
+    }];
+    for sql in runs::insert_sql("mf_vee", TimeColumns::Millis, &run, &found) {
+        ch.ok(&sql);
+    }
+    let stored_runs =
+        runs::runs_from(&ch.table(&runs::runs_sql("mf_vee", TimeColumns::Millis))).unwrap();
+    assert_eq!(stored_runs, vec![run]);
+    let sql = runs::exceptions_sql(
+        "mf_vee",
+        TimeColumns::Millis,
+        day,
+        day + 86_400_000,
+        Some("M'1"),
+    )
+    .unwrap_err();
+    assert!(sql.to_string().contains("not a meter id"), "{sql}");
+    let sql =
+        runs::exceptions_sql("mf_vee", TimeColumns::Millis, day, day + 86_400_000, None).unwrap();
+    assert_eq!(runs::exceptions_from(&ch.table(&sql)).unwrap(), found);
+
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/grafana/meterflow.json")).unwrap();
+    let panel = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| {
+            p["title"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("VEE exceptions per day")
+        })
+        .unwrap();
+    let sql = panel["targets"][0]["rawSql"]
+        .as_str()
+        .unwrap()
+        .replace("meterflow.", "mf_vee.")
+        .replace(
+            "$__fromTime",
+            "toDateTime64('2026-03-30 00:00:00', 3, 'UTC')",
+        )
+        .replace("$__toTime", "toDateTime64('2026-04-02 00:00:00', 3, 'UTC')");
+    assert_eq!(
+        ch.rows(&sql),
+        vec![vec!["2026-03-31".to_string(), "gap".into(), "1".into()]]
+    );
 }

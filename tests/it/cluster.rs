@@ -215,6 +215,10 @@ fn a_cluster_keeps_every_reading_through_a_dead_replica_and_a_dead_node() {
         "readings_local",
         "readings_vee",
         "readings_vee_local",
+        "vee_exceptions",
+        "vee_exceptions_local",
+        "vee_runs",
+        "vee_runs_local",
     ]
     .iter()
     .map(|s| s.to_string())

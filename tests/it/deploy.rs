@@ -125,6 +125,20 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
          ('G8', now(), 2, 'mqtt', now() - 10 * 86400), \
          ('G13', now(), 8, 'mqtt', now() + 86400)"
     ));
+    // VEE: run 1 judged yesterday for every meter (V1 a gap, V2 a spike); run 2, later,
+    // judged V1 again (a high_low, its gap taken back); run 3 never finished (no row).
+    ch.query(&format!(
+        "INSERT INTO {db}.vee_runs (run_id, period_from, period_to, timezone, meter, trigger, parameters, meters, exceptions, mended, version_written) VALUES \
+         (1, toDateTime({day}), toDateTime({day} + 86400), 'UTC', '', 'schedule', '{{}}', 3, 2, 4, 1), \
+         (2, toDateTime({day}), toDateTime({day} + 86400), 'UTC', 'V1', 'command', '{{}}', 1, 1, 0, 0)"
+    ));
+    ch.query(&format!(
+        "INSERT INTO {db}.vee_exceptions (run_id, meter_id, channel, rule, from_ts, to_ts, detail, estimated, mended, method) VALUES \
+         (1, 'V1', '1-0:1.8.0', 'gap', toDateTime({day} + 36000), toDateTime({day} + 39600), '4 reads missing', 1, 4, 'linear'), \
+         (1, 'V2', '1-0:1.8.0', 'spike', toDateTime({day} + 39600), toDateTime({day} + 39600), 'a spike', 1, 1, 'substitute'), \
+         (2, 'V1', '1-0:1.8.0', 'high_low', toDateTime({day}), toDateTime({day} + 86400), 'a high day', 0, 0, ''), \
+         (3, 'V3', '1-0:1.8.0', 'gap', toDateTime({day} + 36000), toDateTime({day} + 39600), 'cut short', 0, 0, '')"
+    ));
     let run = |title: &str| -> String {
         let (_, target) = targets()
             .into_iter()
@@ -144,7 +158,7 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
         .filter(|(_, t)| t["rawSql"].is_string())
         .map(|(t, _)| t)
         .collect();
-    assert_eq!(every_sql.len(), 9, "{every_sql:?}");
+    assert_eq!(every_sql.len(), 10, "{every_sql:?}");
     for title in &every_sql {
         run(title); // runs without error
     }
@@ -226,6 +240,15 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     assert!(letters.starts_with("G5\tmalformed\t2\t"), "{letters}");
     let signal = run("Weakest signal (newest report per meter)");
     assert!(signal.starts_with("G3\t-95"), "{signal}");
+    let vee = run(
+        "VEE exceptions per day and rule (as the latest run that judged each meter and day left them)",
+    );
+    let vee: Vec<Vec<&str>> = vee.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(
+        vee.iter().map(|r| (r[1], r[2])).collect::<Vec<_>>(),
+        [("high_low", "1"), ("spike", "1")],
+        "V1's gap taken back by run 2, V3's of a run cut short: {vee:?}"
+    );
 }
 
 #[test]

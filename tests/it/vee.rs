@@ -359,6 +359,19 @@ fn serve_runs_vee_on_its_schedule_and_catches_up_a_missed_day() {
         "{}",
         server.log_text()
     );
+    // The meter's page: the gap, and the four estimates to mark in its chart.
+    let (status, body) = server.http_get("/api/device/vee?meter_id=S1");
+    assert_eq!(status, 200, "{body}");
+    let vee: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let exceptions = vee["exceptions"].as_array().unwrap();
+    assert_eq!(exceptions.len(), 1, "{body}");
+    assert_eq!(exceptions[0]["rule"], "gap");
+    assert_eq!(exceptions[0]["values"], 4);
+    let mended = vee["mended"]["1-0:1.8.0"].as_array().unwrap();
+    assert_eq!(mended.len(), 4, "{body}");
+    assert!(mended.iter().all(|p| p[2] == "E"), "{body}");
+    let (status, _) = server.http_get("/api/device/vee?meter_id=a%2Fb");
+    assert_eq!(status, 400);
 }
 
 /// `YYYY-MM-DD` of a UTC instant.
@@ -367,4 +380,39 @@ fn utc_day(ms: i64) -> String {
         .unwrap()
         .format("%Y-%m-%d")
         .to_string()
+}
+
+/// The README's "Validation and estimation" example runs as written (`cargo run --release
+/// --` is this build's binary, `./vee-pilot` a fresh folder) and prints what the README shows.
+#[test]
+fn the_readme_vee_example_prints_what_the_readme_shows() {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("## Validation and estimation").unwrap()..];
+    let block = |fence: &str| {
+        let start = section.find(fence).unwrap() + fence.len();
+        let end = start + section[start..].find("```").unwrap();
+        section[start..end].to_string()
+    };
+    let pilot = tempfile::tempdir().unwrap();
+    let script = block("```sh\n")
+        .replace("cargo run --release --", BIN)
+        .replace(
+            "./vee-pilot",
+            &pilot.path().join("vee-pilot").display().to_string(),
+        );
+    let out = Command::new("sh")
+        .args(["-ec", &script])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    // The import prints its summary line first.
+    let shown = &printed[printed.find("meter_id,channel,rule").unwrap()..];
+    assert_eq!(shown, block("```text\n"));
+    assert!(
+        said.contains("as billed: VEE has judged the period"),
+        "{said}"
+    );
 }

@@ -98,6 +98,8 @@ pub struct HttpState {
     pub readiness: Readiness,
     /// `None`: no token asked.
     pub token: Option<Arc<str>>,
+    /// Where VEE's runs and versions are kept when there is no ClickHouse (the data folder).
+    pub data_dir: std::path::PathBuf,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -107,6 +109,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/devices/{meter_id}", get(device))
         // The same by query: ids such as `.` or `..` cannot travel as a path segment.
         .route("/api/device", get(device_by_query))
+        .route("/api/devices/{meter_id}/vee", get(device_vee))
+        .route("/api/device/vee", get(device_vee_by_query))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(page))
@@ -559,6 +563,130 @@ async fn from_clickhouse(
     Json(body).into_response()
 }
 
+/// What VEE found for a meter over the last [`VEE_DAYS`] days, for its page.
+#[derive(Serialize)]
+struct VeeView {
+    days: i64,
+    /// As the latest run that judged each day left them, newest first.
+    exceptions: Vec<VeeException>,
+    /// Per channel, its estimated and substituted values as `[ts_ms, value, quality]`.
+    mended: BTreeMap<String, Vec<(i64, f64, String)>>,
+}
+
+#[derive(Serialize)]
+struct VeeException {
+    channel: String,
+    rule: String,
+    from_ms: i64,
+    to_ms: i64,
+    detail: String,
+    estimated: bool,
+    values: u32,
+    method: String,
+}
+
+/// The days of VEE findings a meter's page shows.
+const VEE_DAYS: i64 = 30;
+
+async fn device_vee_by_query(
+    State(state): State<HttpState>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    match query.get("meter_id") {
+        Some(id) => device_vee(State(state), Path(id.clone())).await,
+        None => error(StatusCode::BAD_REQUEST, "meter_id is required".into()),
+    }
+}
+
+/// A meter's VEE exceptions and mended values: from ClickHouse when configured (within
+/// [`CLICKHOUSE_DEVICE_TIMEOUT`]), else from the data folder. A meter VEE never judged has
+/// none of either.
+async fn device_vee(State(state): State<HttpState>, Path(meter_id): Path<String>) -> Response {
+    use meterflow_storage::vee::{runs, versions};
+    if !meterflow_proto::is_valid_meter_id(&meter_id) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{meter_id:?} is not a meter id"),
+        );
+    }
+    let to = now_ms() + 86_400_000;
+    let from = to - (VEE_DAYS + 1) * 86_400_000;
+    let found = match state.readiness.clickhouse.clone() {
+        Some(config) => {
+            let meter = meter_id.clone();
+            let ask = async move {
+                let all_runs = runs::runs_clickhouse(&config).await?;
+                let found = runs::exceptions_clickhouse(&config, from, to, Some(&meter)).await?;
+                let values = versions::latest_clickhouse(&config, from, to, Some(&meter)).await?;
+                Ok::<_, meterflow_storage::StorageError>((all_runs, found, values))
+            };
+            match tokio::time::timeout(CLICKHOUSE_DEVICE_TIMEOUT, ask).await {
+                Ok(found) => found,
+                Err(_) => {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "ClickHouse did not answer within {} s",
+                            CLICKHOUSE_DEVICE_TIMEOUT.as_secs()
+                        ),
+                    )
+                }
+            }
+        }
+        None => {
+            let (dir, meter) = (state.data_dir.clone(), meter_id.clone());
+            match tokio::task::spawn_blocking(move || {
+                Ok::<_, meterflow_storage::StorageError>((
+                    runs::runs(&dir)?,
+                    runs::exceptions(&dir, from, to, Some(&meter))?,
+                    versions::latest(&dir, from, to, Some(&meter))?,
+                ))
+            })
+            .await
+            {
+                Ok(found) => found,
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+    };
+    let (all_runs, found, values) = match found {
+        Ok(found) => found,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("VEE's findings could not be read: {e}"),
+            )
+        }
+    };
+    let mut exceptions: Vec<VeeException> = runs::standing(&all_runs, found)
+        .into_iter()
+        .map(|e| VeeException {
+            channel: e.channel,
+            rule: e.rule,
+            from_ms: e.from_ms,
+            to_ms: e.to_ms,
+            detail: e.detail,
+            estimated: e.estimated,
+            values: e.mended,
+            method: e.method,
+        })
+        .collect();
+    exceptions.sort_by_key(|e| std::cmp::Reverse(e.from_ms));
+    let mut mended: BTreeMap<String, Vec<(i64, f64, String)>> = BTreeMap::new();
+    for v in values.into_iter().filter(|v| v.quality != "A") {
+        mended
+            .entry(v.channel)
+            .or_default()
+            .push((v.ts_ms, v.value, v.quality));
+    }
+    Json(VeeView {
+        days: VEE_DAYS,
+        exceptions,
+        mended,
+    })
+    .into_response()
+}
+
 /// A meter this node heard within this long is answered from its own state alone; one
 /// silent for longer, or only rebuilt from ClickHouse at start-up, is looked up in ClickHouse
 /// too (another node may hear it now).
@@ -685,6 +813,7 @@ mod tests {
         HttpState {
             devices: DeviceRegistry::new(DevicesConfig::default()),
             metrics: crate::metrics_handle(),
+            data_dir: std::path::PathBuf::from("/nonexistent"),
             readiness: Readiness {
                 marks: Arc::default(),
                 wal_max_bytes: 1 << 30,

@@ -350,6 +350,59 @@ fn clickhouse_error(
     move |source| ClickHouseError { action, source }
 }
 
+/// The statements that store a run in `db`: its exceptions (10 000 rows each), then its row.
+#[doc(hidden)]
+pub fn insert_sql(
+    db: &str,
+    times: crate::clickhouse::TimeColumns,
+    run: &VeeRun,
+    exceptions: &[StoredException],
+) -> Vec<String> {
+    let (_, time) = time_sql(times, "ts");
+    let mut statements: Vec<String> = exceptions
+        .chunks(10_000)
+        .map(|chunk| {
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|e| {
+                    format!(
+                        "({}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+                        e.run_id,
+                        sql_text(&e.meter_id),
+                        sql_text(&e.channel),
+                        sql_text(&e.rule),
+                        time(e.from_ms),
+                        time(e.to_ms),
+                        sql_text(&e.detail),
+                        u8::from(e.estimated),
+                        e.mended,
+                        sql_text(&e.method),
+                    )
+                })
+                .collect();
+            format!(
+                "INSERT INTO {db}.vee_exceptions (run_id, meter_id, channel, rule, from_ts, to_ts, detail, estimated, mended, method) VALUES {}",
+                rows.join(", ")
+            )
+        })
+        .collect();
+    statements.push(format!(
+        "INSERT INTO {db}.vee_runs (run_id, period_from, period_to, timezone, meter, trigger, parameters, meters, exceptions, mended, version_written) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+        run.run_id,
+        time(run.from_ms),
+        time(run.to_ms),
+        sql_text(&run.timezone),
+        sql_text(&run.meter),
+        sql_text(&run.trigger),
+        sql_text(&run.parameters),
+        run.meters,
+        run.exceptions,
+        run.mended,
+        u8::from(run.version_written),
+    ));
+    statements
+}
+
 /// [`write_run`] to ClickHouse: the exceptions, then the run's row.
 pub async fn write_run_clickhouse(
     config: &ClickHouseConfig,
@@ -357,56 +410,14 @@ pub async fn write_run_clickhouse(
     exceptions: &[StoredException],
 ) -> Result<(), StorageError> {
     let times = crate::clickhouse::time_columns(config).await?;
-    let (_, time) = time_sql(times, "ts");
     let client = config.client()?;
-    for chunk in exceptions.chunks(10_000) {
-        let rows: Vec<String> = chunk
-            .iter()
-            .map(|e| {
-                format!(
-                    "({}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
-                    e.run_id,
-                    sql_text(&e.meter_id),
-                    sql_text(&e.channel),
-                    sql_text(&e.rule),
-                    time(e.from_ms),
-                    time(e.to_ms),
-                    sql_text(&e.detail),
-                    u8::from(e.estimated),
-                    e.mended,
-                    sql_text(&e.method),
-                )
-            })
-            .collect();
+    for sql in insert_sql(&config.database, times, run, exceptions) {
         client
-            .query(&format!(
-                "INSERT INTO {}.vee_exceptions (run_id, meter_id, channel, rule, from_ts, to_ts, detail, estimated, mended, method) VALUES {}",
-                config.database,
-                rows.join(", ")
-            ))
+            .query(&sql)
             .execute()
             .await
-            .map_err(clickhouse_error("writing the VEE exceptions"))?;
+            .map_err(clickhouse_error("writing the VEE run"))?;
     }
-    client
-        .query(&format!(
-            "INSERT INTO {}.vee_runs (run_id, period_from, period_to, timezone, meter, trigger, parameters, meters, exceptions, mended, version_written) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
-            config.database,
-            run.run_id,
-            time(run.from_ms),
-            time(run.to_ms),
-            sql_text(&run.timezone),
-            sql_text(&run.meter),
-            sql_text(&run.trigger),
-            sql_text(&run.parameters),
-            run.meters,
-            run.exceptions,
-            run.mended,
-            u8::from(run.version_written),
-        ))
-        .execute()
-        .await
-        .map_err(clickhouse_error("writing the VEE run"))?;
     Ok(())
 }
 
@@ -424,26 +435,29 @@ fn parse<T: std::str::FromStr>(
         })
 }
 
-/// [`runs`] from ClickHouse.
-pub async fn runs_clickhouse(config: &ClickHouseConfig) -> Result<Vec<VeeRun>, StorageError> {
-    let times = crate::clickhouse::time_columns(config).await?;
+/// The query behind [`runs_clickhouse`] (read by [`runs_from`]).
+#[doc(hidden)]
+pub fn runs_sql(db: &str, times: crate::clickhouse::TimeColumns) -> String {
     let (from, _) = time_sql(times, "period_from");
     let (to, _) = time_sql(times, "period_to");
-    let sql = format!(
+    format!(
         "SELECT run_id, {from} AS from_ms, {to} AS to_ms, timezone, meter, trigger, parameters, \
            meters, exceptions, mended, version_written \
-         FROM {}.vee_runs ORDER BY run_id",
-        config.database
-    );
-    let table = crate::analytics::Table::from_tsv(&crate::analytics::run_text(config, &sql).await?);
+         FROM {db}.vee_runs ORDER BY run_id"
+    )
+}
+
+/// The runs of [`runs_sql`]'s answer.
+#[doc(hidden)]
+pub fn runs_from(table: &crate::analytics::Table) -> Result<Vec<VeeRun>, StorageError> {
     let mut runs: Vec<VeeRun> = Vec::with_capacity(table.rows.len());
     for row in 0..table.rows.len() {
         let p = |c: &str| table.get(row, c).unwrap_or_default().to_string();
-        let n = |c: &str| parse::<u64>(&table, row, c, "vee_runs");
+        let n = |c: &str| parse::<u64>(table, row, c, "vee_runs");
         runs.push(VeeRun {
-            run_id: parse(&table, row, "run_id", "vee_runs")?,
-            from_ms: parse(&table, row, "from_ms", "vee_runs")?,
-            to_ms: parse(&table, row, "to_ms", "vee_runs")?,
+            run_id: parse(table, row, "run_id", "vee_runs")?,
+            from_ms: parse(table, row, "from_ms", "vee_runs")?,
+            to_ms: parse(table, row, "to_ms", "vee_runs")?,
             timezone: p("timezone"),
             meter: p("meter"),
             trigger: p("trigger"),
@@ -459,6 +473,62 @@ pub async fn runs_clickhouse(config: &ClickHouseConfig) -> Result<Vec<VeeRun>, S
     Ok(runs)
 }
 
+/// [`runs`] from ClickHouse.
+pub async fn runs_clickhouse(config: &ClickHouseConfig) -> Result<Vec<VeeRun>, StorageError> {
+    let times = crate::clickhouse::time_columns(config).await?;
+    let sql = runs_sql(&config.database, times);
+    runs_from(&crate::analytics::Table::from_tsv(
+        &crate::analytics::run_text(config, &sql).await?,
+    ))
+}
+
+/// The query behind [`exceptions_clickhouse`] (read by [`exceptions_from`]).
+#[doc(hidden)]
+pub fn exceptions_sql(
+    db: &str,
+    times: crate::clickhouse::TimeColumns,
+    from_ms: i64,
+    to_ms: i64,
+    meter: Option<&str>,
+) -> Result<String, StorageError> {
+    let (from, bound) = time_sql(times, "from_ts");
+    let (to, _) = time_sql(times, "to_ts");
+    Ok(format!(
+        "SELECT DISTINCT run_id, meter_id, channel, rule, {from} AS from_ms, {to} AS to_ms, detail, \
+           estimated, mended, method \
+         FROM {db}.vee_exceptions \
+         WHERE from_ts >= {reach} AND from_ts < {until} AND to_ts >= {since}{meter}",
+        reach = bound(from_ms - REACH_MS),
+        until = bound(to_ms),
+        since = bound(from_ms),
+        meter = meter_filter(meter)?,
+    ))
+}
+
+/// The exceptions of [`exceptions_sql`]'s answer.
+#[doc(hidden)]
+pub fn exceptions_from(
+    table: &crate::analytics::Table,
+) -> Result<Vec<StoredException>, StorageError> {
+    (0..table.rows.len())
+        .map(|row| {
+            let p = |c: &str| table.get(row, c).unwrap_or_default().to_string();
+            Ok(StoredException {
+                run_id: parse(table, row, "run_id", "vee_exceptions")?,
+                meter_id: p("meter_id"),
+                channel: p("channel"),
+                rule: p("rule"),
+                from_ms: parse(table, row, "from_ms", "vee_exceptions")?,
+                to_ms: parse(table, row, "to_ms", "vee_exceptions")?,
+                detail: p("detail"),
+                estimated: parse::<u8>(table, row, "estimated", "vee_exceptions")? != 0,
+                mended: parse(table, row, "mended", "vee_exceptions")?,
+                method: p("method"),
+            })
+        })
+        .collect()
+}
+
 /// [`exceptions`] from ClickHouse.
 pub async fn exceptions_clickhouse(
     config: &ClickHouseConfig,
@@ -467,37 +537,10 @@ pub async fn exceptions_clickhouse(
     meter: Option<&str>,
 ) -> Result<Vec<StoredException>, StorageError> {
     let times = crate::clickhouse::time_columns(config).await?;
-    let (from, bound) = time_sql(times, "from_ts");
-    let (to, _) = time_sql(times, "to_ts");
-    let sql = format!(
-        "SELECT DISTINCT run_id, meter_id, channel, rule, {from} AS from_ms, {to} AS to_ms, detail, \
-           estimated, mended, method \
-         FROM {db}.vee_exceptions \
-         WHERE from_ts >= {reach} AND from_ts < {until} AND to_ts >= {since}{meter}",
-        db = config.database,
-        reach = bound(from_ms - REACH_MS),
-        until = bound(to_ms),
-        since = bound(from_ms),
-        meter = meter_filter(meter)?,
-    );
-    let table = crate::analytics::Table::from_tsv(&crate::analytics::run_text(config, &sql).await?);
-    (0..table.rows.len())
-        .map(|row| {
-            let p = |c: &str| table.get(row, c).unwrap_or_default().to_string();
-            Ok(StoredException {
-                run_id: parse(&table, row, "run_id", "vee_exceptions")?,
-                meter_id: p("meter_id"),
-                channel: p("channel"),
-                rule: p("rule"),
-                from_ms: parse(&table, row, "from_ms", "vee_exceptions")?,
-                to_ms: parse(&table, row, "to_ms", "vee_exceptions")?,
-                detail: p("detail"),
-                estimated: parse::<u8>(&table, row, "estimated", "vee_exceptions")? != 0,
-                mended: parse(&table, row, "mended", "vee_exceptions")?,
-                method: p("method"),
-            })
-        })
-        .collect()
+    let sql = exceptions_sql(&config.database, times, from_ms, to_ms, meter)?;
+    exceptions_from(&crate::analytics::Table::from_tsv(
+        &crate::analytics::run_text(config, &sql).await?,
+    ))
 }
 
 #[cfg(test)]

@@ -173,38 +173,51 @@ fn read_file(
     Ok(())
 }
 
+/// The statements that insert `values` into `db.readings_vee`, 10 000 rows each.
+#[doc(hidden)]
+pub fn insert_sql(
+    db: &str,
+    times: crate::clickhouse::TimeColumns,
+    values: &[VeeValue],
+) -> Vec<String> {
+    let (_, time) = time_sql(times, "ts");
+    values
+        .chunks(10_000)
+        .map(|chunk| {
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|v| {
+                    format!(
+                        "({}, {}, {}, {:?}, {}, {}, {}, {}, {}, {})",
+                        sql_text(&v.meter_id),
+                        sql_text(&v.channel),
+                        time(v.ts_ms),
+                        v.value,
+                        sql_text(&v.unit),
+                        sql_text(&v.quality),
+                        sql_text(&v.rule),
+                        sql_text(&v.method),
+                        v.version,
+                        sql_text(&v.vee_run),
+                    )
+                })
+                .collect();
+            format!(
+                "INSERT INTO {db}.readings_vee (meter_id, channel, ts, value, unit, quality, rule, method, version, vee_run) VALUES {}",
+                rows.join(", ")
+            )
+        })
+        .collect()
+}
+
 /// Writes `values` (one version) to ClickHouse's `readings_vee`.
 pub async fn write_clickhouse(
     config: &crate::clickhouse::ClickHouseConfig,
     values: &[VeeValue],
 ) -> Result<(), StorageError> {
     let times = crate::clickhouse::time_columns(config).await?;
-    let (_, time) = time_sql(times, "ts");
     let client = config.client()?;
-    for chunk in values.chunks(10_000) {
-        let rows: Vec<String> = chunk
-            .iter()
-            .map(|v| {
-                format!(
-                    "({}, {}, {}, {:?}, {}, {}, {}, {}, {}, {})",
-                    sql_text(&v.meter_id),
-                    sql_text(&v.channel),
-                    time(v.ts_ms),
-                    v.value,
-                    sql_text(&v.unit),
-                    sql_text(&v.quality),
-                    sql_text(&v.rule),
-                    sql_text(&v.method),
-                    v.version,
-                    sql_text(&v.vee_run),
-                )
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO {}.readings_vee (meter_id, channel, ts, value, unit, quality, rule, method, version, vee_run) VALUES {}",
-            config.database,
-            rows.join(", ")
-        );
+    for sql in insert_sql(&config.database, times, values) {
         client.query(&sql).execute().await.map_err(|source| {
             crate::clickhouse::ClickHouseError {
                 action: "writing the VEE version",
@@ -215,17 +228,18 @@ pub async fn write_clickhouse(
     Ok(())
 }
 
-/// [`latest`] on ClickHouse's `readings_vee`.
-pub async fn latest_clickhouse(
-    config: &crate::clickhouse::ClickHouseConfig,
+/// The query behind [`latest_clickhouse`] (TabSeparatedWithNames, read by [`latest_from`]).
+#[doc(hidden)]
+pub fn latest_sql(
+    db: &str,
+    times: crate::clickhouse::TimeColumns,
     from_ms: i64,
     to_ms: i64,
     meter: Option<&str>,
-) -> Result<Vec<VeeValue>, StorageError> {
-    let times = crate::clickhouse::time_columns(config).await?;
+) -> Result<String, StorageError> {
     let (ts_ms, bound) = time_sql(times, "ts");
     let meter_filter = meter_filter(meter)?;
-    let sql = format!(
+    Ok(format!(
         "SELECT meter_id, channel, {ts_ms} AS ts_ms, argMax(value, version) AS v_value, \
            argMax(unit, version) AS v_unit, argMax(quality, version) AS v_quality, \
            argMax(rule, version) AS v_rule, argMax(method, version) AS v_method, \
@@ -234,11 +248,14 @@ pub async fn latest_clickhouse(
          WHERE ts >= {from} AND ts < {to}{meter_filter} \
          GROUP BY meter_id, channel, ts \
          ORDER BY meter_id, channel, ts_ms",
-        db = config.database,
         from = bound(from_ms),
         to = bound(to_ms),
-    );
-    let table = crate::analytics::Table::from_tsv(&crate::analytics::run_text(config, &sql).await?);
+    ))
+}
+
+/// The values of [`latest_sql`]'s answer.
+#[doc(hidden)]
+pub fn latest_from(table: &crate::analytics::Table) -> Result<Vec<VeeValue>, StorageError> {
     let bad = |what: &str| StorageError::ReadRequest {
         reason: format!("readings_vee: a row without its {what}"),
     };
@@ -259,6 +276,20 @@ pub async fn latest_clickhouse(
             })
         })
         .collect()
+}
+
+/// [`latest`] on ClickHouse's `readings_vee`.
+pub async fn latest_clickhouse(
+    config: &crate::clickhouse::ClickHouseConfig,
+    from_ms: i64,
+    to_ms: i64,
+    meter: Option<&str>,
+) -> Result<Vec<VeeValue>, StorageError> {
+    let times = crate::clickhouse::time_columns(config).await?;
+    let sql = latest_sql(&config.database, times, from_ms, to_ms, meter)?;
+    latest_from(&crate::analytics::Table::from_tsv(
+        &crate::analytics::run_text(config, &sql).await?,
+    ))
 }
 
 /// "As billed": `series` (actual reads) overlaid by the latest VEE values of its meter and
