@@ -13,6 +13,7 @@
 #           reading (the month, and the history before it as far as the data goes) and
 #           stores its estimates as the first version, its run and its exceptions;
 #   again   the same once more: the same answer, nothing new written;
+#   week    vee over 2026-03-25 to 2026-04-01 (7 days);
 #   day     vee over 2026-03-31 alone, as `vee.schedule` runs it every night: the day and its
 #           31 days of history (all the data before it, here).
 # Before each `month` the VEE tables and folders are emptied. The answers are checked: the
@@ -33,6 +34,7 @@ fresh() {
 }
 vee=("$meterflow" --config "$data/meterflow.toml" vee --format csv --tz Europe/Berlin)
 month=(--from 2026-03-01 --to 2026-04-01)
+week=(--from 2026-03-25 --to 2026-04-01)
 day=(--from 2026-03-31 --to 2026-04-01)
 
 printf 'path\trun\twall_s\tuser_s\tsys_s\tpeak_rss_mb\tserver_cpu_s\tload1\n' | tee "$results"
@@ -42,11 +44,12 @@ for run in $(seq "$runs"); do
     if [ "$source" = parquet ]; then where=(--data-dir "$data/tree"); else where=(--clickhouse-url "$url"); fi
     timed "$source-month" "$run" "${vee[@]}" "${month[@]}" "${where[@]}"
     timed "$source-again" "$run" "${vee[@]}" "${month[@]}" "${where[@]}"
+    timed "$source-week" "$run" "${vee[@]}" "${week[@]}" "${where[@]}"
     timed "$source-day" "$run" "${vee[@]}" "${day[@]}" "${where[@]}"
   done
 done
 
-for path in month again day; do
+for path in month again week day; do
   cmp "$data/out/parquet-$path-1.csv" "$data/out/clickhouse-$path-1.csv"
 done
 echo "ClickHouse's exceptions are byte for byte Parquet's"

@@ -190,13 +190,13 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Billed> {
         );
     }
     Ok(Billed {
-        table: table(&rows, zone),
+        table: table(&rows, zone, as_billed.is_some()),
         refused,
     })
 }
 
 /// The columns of a bill, in order.
-pub const COLUMNS: [&str; 16] = [
+pub const COLUMNS: [&str; 17] = [
     "meter_id",
     "channel",
     "register",
@@ -213,6 +213,7 @@ pub const COLUMNS: [&str; 16] = [
     "resets",
     "readings",
     "estimated",
+    "basis",
 ];
 
 /// A row of the bill as billed.
@@ -235,8 +236,10 @@ fn read_kind(kind: ReadKind, mended: bool) -> &'static str {
     }
 }
 
-/// The rows as a table, times in `zone` with their offset.
-fn table(rows: &[Row], zone: Zone) -> Table {
+/// The rows as a table, times in `zone` with their offset; `as billed` or `as read` in each
+/// row (a script exporting invoices can tell).
+fn table(rows: &[Row], zone: Zone, as_billed: bool) -> Table {
+    let basis = if as_billed { "as billed" } else { "as read" };
     Table {
         columns: COLUMNS.iter().map(|c| c.to_string()).collect(),
         rows: rows
@@ -260,6 +263,7 @@ fn table(rows: &[Row], zone: Zone) -> Table {
                     r.resets.to_string(),
                     r.readings.to_string(),
                     row.estimated.to_string(),
+                    basis.to_string(),
                 ]
             })
             .collect(),

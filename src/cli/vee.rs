@@ -48,6 +48,23 @@ pub fn run(config: &Config, args: VeeArgs) -> anyhow::Result<Table> {
         to_ms - from_ms <= MAX_SPAN_DAYS * DAY_MS,
         "--to: VEE judges at most {MAX_SPAN_DAYS} days at once"
     );
+    // Whole local days: the daily rules (high_low, sum_check, prolonged_estimation) compare
+    // days with days.
+    for (flag, at) in [("--from", from_ms), ("--to", to_ms)] {
+        anyhow::ensure!(
+            zone.midnight(zone.local(at).date()) == at,
+            "{flag}: VEE judges whole local days; give a date (YYYY-MM-DD), not {}",
+            zone.format(at)
+        );
+    }
+    // Only days that have ended: in a day still running every meter has a gap to its end,
+    // and estimates would be made for times still to come.
+    let now = meterflow_proto::now_ms();
+    anyhow::ensure!(
+        to_ms <= now,
+        "--to: {} has not come yet; VEE judges days that have ended",
+        zone.format(to_ms)
+    );
     check_meter(&args.meter)?;
     let judged = judge(
         config,
@@ -88,7 +105,8 @@ pub fn judge(
     let request = ReadRequest {
         from_ms: from_ms - history_days * DAY_MS,
         to_ms,
-        margin_ms: DAY_MS,
+        // The read that ends a gap at the period's end, as far as a gap is estimated.
+        margin_ms: params.like_day_max_gap_ms.max(DAY_MS),
         meter: meter.map(str::to_string),
         channels: Channels::All,
         neighbours: Neighbours::Before,
@@ -190,7 +208,7 @@ pub fn judge(
     );
     let (version_written, said) =
         store(config, &outcome, &mended_before, &actual, run_id, &vee_run)?;
-    let exceptions = stored_exceptions(&outcome, run_id);
+    let exceptions = stored_exceptions(&outcome, run_id, vee_period, zone);
     let run = VeeRun {
         run_id,
         from_ms,
@@ -299,15 +317,17 @@ fn store(
     let withdrawn: Vec<VeeValue> = before
         .iter()
         .filter(|(k, _)| !now.contains_key(*k))
-        .filter_map(|(k, b)| {
-            Some(VeeValue {
-                value: *actual.get(k)?,
+        .map(|(k, b)| {
+            // The actual read, or none (NaN) when the rules no longer make a value where no
+            // read came (a parameter changed): as read at that instant, either way.
+            VeeValue {
+                value: actual.get(k).copied().unwrap_or(f64::NAN),
                 quality: "A".into(),
                 method: Method::Actual.as_str().into(),
                 version,
                 vee_run: vee_run.to_string(),
                 ..(*b).clone()
-            })
+            }
         })
         .collect();
     let (new, gone) = (values.len(), withdrawn.len());
@@ -359,9 +379,17 @@ fn channel_of(config: &Config, s: &Series) -> Channel {
     }
 }
 
-/// The exceptions of a run as stored, each with how many values of its span (of its
-/// channel) were estimated or substituted, and how.
-fn stored_exceptions(outcome: &Outcome, run_id: i64) -> Vec<StoredException> {
+/// The exceptions of a run as stored: each cut to the run's period and into its local days
+/// (a day's exceptions are those of the latest run that judged that day: a later run over
+/// one day replaces that day's pieces only), each piece with how many values of its span (of
+/// its channel) were estimated or substituted, and how. A gap of three days is three
+/// pieces, each with the whole gap's detail.
+fn stored_exceptions(
+    outcome: &Outcome,
+    run_id: i64,
+    period: Period,
+    zone: &meterflow_billing::Zone,
+) -> Vec<StoredException> {
     let mut mended: BTreeMap<(&str, &str), Vec<(i64, &str)>> = BTreeMap::new();
     for r in &outcome.rows {
         mended
@@ -369,32 +397,55 @@ fn stored_exceptions(outcome: &Outcome, run_id: i64) -> Vec<StoredException> {
             .or_default()
             .push((r.ts_ms, r.method.as_str()));
     }
-    let mut list: Vec<StoredException> = outcome
-        .exceptions
-        .iter()
-        .map(|e| {
-            let values: Vec<&(i64, &str)> = mended
-                .get(&(e.meter_id.as_str(), e.channel.as_str()))
-                .map(|v| {
-                    v.iter()
-                        .filter(|(t, _)| (e.from_ms..=e.to_ms).contains(t))
-                        .collect()
-                })
-                .unwrap_or_default();
-            StoredException {
+    for rows in mended.values_mut() {
+        rows.sort_by_key(|(t, _)| *t);
+    }
+    let mut days = Vec::new();
+    let mut start = period.from_ms;
+    while start < period.to_ms {
+        let next = zone
+            .local(start)
+            .date()
+            .succ_opt()
+            .map_or(period.to_ms, |d| zone.midnight(d));
+        let end = next.min(period.to_ms);
+        if end <= start {
+            break;
+        }
+        days.push((start, end));
+        start = end;
+    }
+    let mut list = Vec::new();
+    for e in &outcome.exceptions {
+        let rows: &[(i64, &str)] = mended
+            .get(&(e.meter_id.as_str(), e.channel.as_str()))
+            .map_or(&[], Vec::as_slice);
+        for &(day_from, day_to) in &days {
+            let (from, mut to) = (e.from_ms.max(day_from), e.to_ms.min(day_to - 1));
+            if from > to {
+                continue;
+            }
+            let first = rows.partition_point(|(t, _)| *t < from);
+            let last = rows.partition_point(|(t, _)| *t <= to);
+            let values = &rows[first..last];
+            if e.to_ms >= day_to {
+                // Cut at the day's end: its last mended value, else its last second.
+                to = values.last().map_or(day_to - 1000, |(t, _)| *t).max(from);
+            }
+            list.push(StoredException {
                 run_id,
                 meter_id: e.meter_id.clone(),
                 channel: e.channel.clone(),
                 rule: e.rule.as_str().to_string(),
-                from_ms: e.from_ms,
-                to_ms: e.to_ms,
+                from_ms: from,
+                to_ms: to,
                 detail: e.detail.clone(),
-                estimated: e.estimated,
+                estimated: e.estimated && (!values.is_empty() || e.channel.is_empty()),
                 mended: values.len() as u32,
                 method: values.first().map(|(_, m)| *m).unwrap_or("").to_string(),
-            }
-        })
-        .collect();
+            });
+        }
+    }
     list.sort_by(|a, b| {
         (&a.meter_id, &a.channel, &a.rule, a.from_ms, a.to_ms).cmp(&(
             &b.meter_id,

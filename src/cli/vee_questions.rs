@@ -135,18 +135,19 @@ pub fn readings(config: &Config, args: ReadingsArgs) -> anyhow::Result<Table> {
         if args.channel.as_ref().is_some_and(|c| c != &series.channel) {
             return Ok(());
         }
-        if let Some(vee) = &vee {
-            vee.apply(&mut series);
-        }
+        let mended: std::collections::BTreeSet<i64> = match &vee {
+            Some(vee) => vee.apply(&mut series).into_iter().collect(),
+            None => Default::default(),
+        };
         for &(ts, value) in &series.points {
             if !(from_ms..to_ms).contains(&ts) {
                 continue;
             }
-            let mended = vee
+            let made = vee
                 .as_ref()
-                .and_then(|v| v.value_at(&series.meter_id, &series.channel, ts))
-                .filter(|v| v.quality != "A");
-            let (quality, rule, method) = match mended {
+                .filter(|_| mended.contains(&ts))
+                .and_then(|v| v.value_at(&series.meter_id, &series.channel, ts));
+            let (quality, rule, method) = match made {
                 Some(v) => (v.quality.clone(), v.rule.clone(), v.method.clone()),
                 None => ("A".to_string(), String::new(), String::new()),
             };

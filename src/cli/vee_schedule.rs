@@ -1,14 +1,17 @@
 //! `vee.schedule` in `serve`: VEE every day at a local time (`billing.timezone`) over the
-//! day before, the same run as `meterflow vee` (`trigger = schedule` in `vee_runs`). At
-//! start-up the day before the last scheduled time is judged at once when no run has judged
-//! it yet, so a server that was down at 02:00 catches up. It runs on a thread of its own:
-//! the rules' CPU never holds the async runtime. A run in progress at shutdown is cut short
-//! and leaves no run row (its exceptions are skipped; the next run judges the day again).
+//! `vee.schedule_days` days before (3: reads that came late, a run that failed or was
+//! missed, are judged on the next days), the same run as `meterflow vee` (`trigger =
+//! schedule` in `vee_runs`). At start-up the days before the last scheduled time are judged
+//! at once when runs do not cover them all, so a server that was down at 02:00 catches up.
+//! It runs on a thread of its own: the rules' CPU never holds the async runtime. A run in
+//! progress at shutdown is cut short: it leaves no run row (its exceptions are skipped, its
+//! values are not read as a version), and the next days' runs judge its days again.
 //!
 //! Metrics: `meterflow_vee_runs_total{outcome="ok|error"}`,
 //! `meterflow_vee_exceptions_total{rule}`, `meterflow_vee_values_mended_total`,
 //! `meterflow_vee_last_run_seconds` (how long the last run took) and
-//! `meterflow_vee_last_run_timestamp_seconds`.
+//! `meterflow_vee_last_success_timestamp_seconds` (an alert on its age finds a schedule that
+//! stopped judging).
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -21,21 +24,27 @@ use meterflow_vee::Period;
 /// Starts the schedule of `config` on a thread, if it has one; it ends when `stop`'s sender
 /// is dropped. Returns whether it started.
 pub fn start(config: Config, stop: Receiver<()>) -> anyhow::Result<bool> {
-    let Some(at) = config.vee.params()?.schedule else {
+    let params = config.vee.params()?;
+    let Some(at) = params.schedule else {
         return Ok(false);
     };
+    let days = params.schedule_days;
     let zone = config.billing.zone()?;
     std::thread::Builder::new()
         .name("vee-schedule".into())
-        .spawn(move || run_schedule(&config, zone, at, &stop))?;
-    tracing::info!(at = %at.format("%H:%M"), zone = zone.name(), "VEE runs daily over the day before");
+        .spawn(move || run_schedule(&config, zone, at, days, &stop))?;
+    tracing::info!(
+        at = %at.format("%H:%M"),
+        zone = zone.name(),
+        days,
+        "VEE runs daily over the days before"
+    );
     Ok(true)
 }
 
-fn run_schedule(config: &Config, zone: Zone, at: NaiveTime, stop: &Receiver<()>) {
+fn run_schedule(config: &Config, zone: Zone, at: NaiveTime, days: u32, stop: &Receiver<()>) {
     let now = meterflow_proto::now_ms();
-    let last = last_time(&zone, at, now);
-    let missed = day_before(&zone, last);
+    let missed = days_before(&zone, last_time(&zone, at, now), days);
     match super::as_billed::runs(config) {
         Ok(runs) => {
             if meterflow_storage::vee::runs::first_unjudged(
@@ -46,7 +55,7 @@ fn run_schedule(config: &Config, zone: Zone, at: NaiveTime, stop: &Receiver<()>)
             )
             .is_some()
             {
-                judge_day(config, &zone, missed);
+                judge_days(config, &zone, missed);
             }
         }
         Err(e) => tracing::error!(
@@ -59,31 +68,33 @@ fn run_schedule(config: &Config, zone: Zone, at: NaiveTime, stop: &Receiver<()>)
         let next = next_time(&zone, at, now);
         let wait = Duration::from_millis(u64::try_from(next - now).unwrap_or(0));
         match stop.recv_timeout(wait) {
-            Err(RecvTimeoutError::Timeout) => judge_day(config, &zone, day_before(&zone, next)),
+            Err(RecvTimeoutError::Timeout) => {
+                judge_days(config, &zone, days_before(&zone, next, days));
+            }
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }
 
 /// One scheduled run, logged and counted.
-fn judge_day(config: &Config, zone: &Zone, day: Period) {
+fn judge_days(config: &Config, zone: &Zone, window: Period) {
     let started = Instant::now();
-    let result = super::vee::judge(config, zone, day, None, "schedule");
+    let result = super::vee::judge(config, zone, window, None, "schedule");
     let seconds = started.elapsed().as_secs_f64();
     metrics::gauge!("meterflow_vee_last_run_seconds").set(seconds);
-    metrics::gauge!("meterflow_vee_last_run_timestamp_seconds")
-        .set(meterflow_proto::now_ms() as f64 / 1000.0);
     match result {
         Ok(judged) => {
             metrics::counter!("meterflow_vee_runs_total", "outcome" => "ok").increment(1);
+            metrics::gauge!("meterflow_vee_last_success_timestamp_seconds")
+                .set(meterflow_proto::now_ms() as f64 / 1000.0);
             for e in &judged.exceptions {
                 metrics::counter!("meterflow_vee_exceptions_total", "rule" => e.rule.clone())
                     .increment(1);
             }
             metrics::counter!("meterflow_vee_values_mended_total").increment(judged.run.mended);
             tracing::info!(
-                from = zone.format(day.from_ms),
-                to = zone.format(day.to_ms),
+                from = zone.format(window.from_ms),
+                to = zone.format(window.to_ms),
                 meters = judged.run.meters,
                 exceptions = judged.run.exceptions,
                 mended = judged.run.mended,
@@ -96,21 +107,21 @@ fn judge_day(config: &Config, zone: &Zone, day: Period) {
         Err(e) => {
             metrics::counter!("meterflow_vee_runs_total", "outcome" => "error").increment(1);
             tracing::error!(
-                from = zone.format(day.from_ms),
-                to = zone.format(day.to_ms),
+                from = zone.format(window.from_ms),
+                to = zone.format(window.to_ms),
                 error = format!("{e:#}"),
-                "VEE run failed; the next scheduled run judges its own day only (run `meterflow vee` over this one)"
+                "VEE run failed; the next days' runs judge these days again"
             );
         }
     }
 }
 
-/// The local day before the one `at_ms` falls on.
-fn day_before(zone: &Zone, at_ms: i64) -> Period {
+/// The `days` local days before the one `at_ms` falls on.
+fn days_before(zone: &Zone, at_ms: i64, days: u32) -> Period {
     let day = zone.local(at_ms).date();
-    let before = day.pred_opt().unwrap_or(day);
+    let first = day - chrono::Duration::days(i64::from(days.max(1)));
     Period {
-        from_ms: zone.midnight(before),
+        from_ms: zone.midnight(first),
         to_ms: zone.midnight(day),
     }
 }
@@ -159,15 +170,18 @@ mod tests {
         let next = next_time(&berlin, two, now);
         assert_eq!(next, ms("2026-03-29T03:00:00+02:00"));
         assert_eq!(
-            day_before(&berlin, next),
+            days_before(&berlin, next, 1),
             Period {
                 from_ms: ms("2026-03-28T00:00:00+01:00"),
                 to_ms: ms("2026-03-29T00:00:00+01:00"),
             }
         );
         // The day of the change is 23 hours long.
-        let after = day_before(&berlin, ms("2026-03-30T02:00:00+02:00"));
+        let after = days_before(&berlin, ms("2026-03-30T02:00:00+02:00"), 1);
         assert_eq!(after.to_ms - after.from_ms, 23 * 3_600_000);
+        let three = days_before(&berlin, ms("2026-03-30T02:00:00+02:00"), 3);
+        assert_eq!(three.from_ms, ms("2026-03-27T00:00:00+01:00"));
+        assert_eq!(three.to_ms - three.from_ms, (3 * 24 - 1) * 3_600_000);
         assert_eq!(
             last_time(&berlin, two, now),
             ms("2026-03-28T02:00:00+01:00")

@@ -226,9 +226,13 @@ fn a_field_engineer_finds_a_meter_on_a_phone_and_sees_its_status_and_chart() {
     );
     let letters = browser.text(&browser.find("#dead-letters").unwrap());
     assert!(letters.contains("malformed"), "{letters}");
-    // VEE has not judged it: its checks say so (tests/it/vee.rs shows a meter with some).
+    // VEE has not judged it: its checks say so, not "none" (tests/it/vee.rs shows a meter
+    // with some).
     let checks = browser.text(&browser.wait_for("#vee-exceptions"));
-    assert!(checks.contains("None in the last 30 days"), "{checks}");
+    assert!(
+        checks.contains("VEE has not judged this meter in the last 30 days"),
+        "{checks}"
+    );
     browser.screenshot(&screenshots().join("meter-page-phone.png"));
 
     // A meter nobody heard: said plainly.

@@ -212,6 +212,23 @@ fn vee_finds_the_injected_gap_and_nothing_else_on_clickhouse_and_parquet_alike()
     std::fs::write(&late, late_text).unwrap();
     for config in [&on_clickhouse, &on_parquet] {
         import_canonical_csv(config, &late);
+        // Before any rerun, the reads that came take the estimates' places in the bill.
+        let readings = query_csv(
+            config,
+            &[
+                "readings",
+                "--meter",
+                "M1",
+                "--from",
+                "2024-03-20T10:15",
+                "--to",
+                "2024-03-20T11:15",
+            ],
+        );
+        assert!(
+            readings.lines().skip(1).all(|l| l.ends_with(",A,,")),
+            "{readings}"
+        );
         let (after, said) = vee_csv(config);
         assert_eq!(after.lines().count(), 1, "no exception: {after}");
         // The latest run speaks for the day: the gap it no longer finds is gone.
@@ -278,10 +295,10 @@ fn a_meter_estimated_day_after_day_is_prolonged_estimation_on_the_fourth() {
     }
 }
 
-/// `vee.schedule` in `serve`: started after its daily time has passed, with the day before
-/// not yet judged, it judges that day at once (the catch-up), stores the run with
-/// `trigger = schedule`, and counts it on /metrics. Each of the last three days has a gap,
-/// so whichever day the server's clock calls yesterday, one gap is found there.
+/// `vee.schedule` in `serve`: started after its daily time has passed, with the days before
+/// not yet judged, it judges them at once (the catch-up: `vee.schedule_days`, 3, days before
+/// the last scheduled time), stores the run with `trigger = schedule`, and counts it on
+/// /metrics. Each of the last three days has a gap: all three are found, each on its day.
 #[test]
 fn serve_runs_vee_on_its_schedule_and_catches_up_a_missed_day() {
     let now = std::time::SystemTime::now()
@@ -326,34 +343,34 @@ fn serve_runs_vee_on_its_schedule_and_catches_up_a_missed_day() {
     );
     assert_eq!(
         server.metric("meterflow_vee_exceptions_total{rule=\"gap\"}"),
-        1.0
+        3.0
     );
-    assert_eq!(server.metric("meterflow_vee_values_mended_total"), 4.0);
+    assert_eq!(server.metric("meterflow_vee_values_mended_total"), 12.0);
     let runs = std::fs::read_dir(server.data_dir.join("vee_runs"))
         .unwrap()
         .count();
     assert_eq!(runs, 1);
-    // The day it judged: its one gap, and nothing on the other days (not judged).
-    let day = |ms: i64| utc_day(ms);
+    // The days it judged: a gap on each.
     let found = query_csv(
         &config,
         &[
             "exceptions",
             "--from",
-            &day(today - 3 * DAY),
+            &utc_day(today - 3 * DAY),
             "--to",
-            &day(today + DAY),
+            &utc_day(today),
         ],
     );
-    let lines: Vec<&str> = found.lines().skip(1).collect();
-    assert_eq!(lines.len(), 1, "{found}");
-    let cells: Vec<&str> = lines[0].split(',').collect();
-    assert_eq!((cells[0], cells[2]), ("S1", "gap"));
-    let judged = &cells[3][..10];
-    assert!(
-        [day(today - DAY), day(today - 2 * DAY)].contains(&judged.to_string()),
-        "{found}"
-    );
+    let days: Vec<String> = found
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            assert_eq!((cells[0], cells[2]), ("S1", "gap"), "{found}");
+            cells[3][..10].to_string()
+        })
+        .collect();
+    assert_eq!(days, [3, 2, 1].map(|d| utc_day(today - d * DAY)), "{found}");
     assert!(
         server.log_text().contains("VEE run"),
         "{}",
@@ -364,11 +381,16 @@ fn serve_runs_vee_on_its_schedule_and_catches_up_a_missed_day() {
     assert_eq!(status, 200, "{body}");
     let vee: serde_json::Value = serde_json::from_str(&body).unwrap();
     let exceptions = vee["exceptions"].as_array().unwrap();
-    assert_eq!(exceptions.len(), 1, "{body}");
-    assert_eq!(exceptions[0]["rule"], "gap");
-    assert_eq!(exceptions[0]["values"], 4);
+    assert_eq!(exceptions.len(), 3, "{body}");
+    assert!(
+        exceptions
+            .iter()
+            .all(|e| e["rule"] == "gap" && e["values"] == 4),
+        "{body}"
+    );
+    assert_eq!(vee["judged"], true, "{body}");
     let mended = vee["mended"]["1-0:1.8.0"].as_array().unwrap();
-    assert_eq!(mended.len(), 4, "{body}");
+    assert_eq!(mended.len(), 12, "{body}");
     assert!(mended.iter().all(|p| p[2] == "E"), "{body}");
     let (status, _) = server.http_get("/api/device/vee?meter_id=a%2Fb");
     assert_eq!(status, 400);
@@ -415,4 +437,161 @@ fn the_readme_vee_example_prints_what_the_readme_shows() {
         said.contains("as billed: VEE has judged the period"),
         "{said}"
     );
+}
+
+/// Issue 23 review: a gap across midnight judged by two daily runs (as `vee.schedule` does)
+/// was prorated twice, differently, and the register as billed fell at midnight: the two
+/// days billed 88 % more than was used. Now the bill as billed of both days is what the
+/// meter used, and the series never falls. Then a parameter that no longer allows the
+/// estimate withdraws it (no actual read came: NaN), and a rerun writes nothing. And VEE
+/// refuses a period that has not ended, or parts of days.
+#[test]
+fn daily_runs_over_a_gap_across_midnight_bill_what_was_used() {
+    let gap_from = FROM + 20 * 3_600_000;
+    let gap_to = FROM + DAY + 4 * 3_600_000;
+    let gone: Vec<i64> = (1..)
+        .map(|k| gap_from + k * MIN15)
+        .take_while(|t| *t < gap_to)
+        .collect();
+    let mut csv_text = String::from("meter_id,channel,ts,value,unit\n");
+    register_csv("M4", &gone, &mut csv_text);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("readings.csv");
+    std::fs::write(&csv, &csv_text).unwrap();
+    let data = dir.path().join("pq");
+    let (_cfg, config) = config_file(&format!("data_dir = \"{}\"\n", data.display()));
+    import_canonical_csv(&config, &csv);
+    let vee = |config: &str, from: &str, to: &str| -> (bool, String) {
+        let out = Command::new(BIN)
+            .args([
+                "vee", "--config", config, "--format", "csv", "--from", from, "--to", to,
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (from, to) in [("2024-03-20", "2024-03-21"), ("2024-03-21", "2024-03-22")] {
+        let (ok, said) = vee(&config, from, to);
+        assert!(ok, "{said}");
+    }
+    // What the meter used over the two days, from the readings as written here.
+    let value_at = |t: i64| -> f64 {
+        csv_text
+            .lines()
+            .skip(1)
+            .find(|l| l.split(',').nth(2) == Some(&t.to_string()))
+            .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
+            .unwrap()
+    };
+    let used = value_at(FROM + 2 * DAY) - value_at(FROM);
+    let bill = query_csv(
+        &config,
+        &["billing", "--from", "2024-03-20", "--to", "2024-03-22"],
+    );
+    let row: Vec<&str> = bill.lines().nth(1).unwrap().split(',').collect();
+    let billed: f64 = row[11].parse().unwrap();
+    assert!(
+        (billed - used).abs() < 1e-6,
+        "billed {billed}, used {used}: {bill}"
+    );
+    assert_eq!(
+        (row[15], row[16]),
+        (gone.len().to_string().as_str(), "as billed")
+    );
+    let series = query_csv(
+        &config,
+        &[
+            "readings",
+            "--meter",
+            "M4",
+            "--from",
+            "2024-03-20T18:00",
+            "--to",
+            "2024-03-21T06:00",
+        ],
+    );
+    let values: Vec<f64> = series
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(values.len(), 12 * 4);
+    assert!(values.windows(2).all(|w| w[1] >= w[0]), "{series}");
+
+    // A parameter that no longer allows the estimate (an 8-hour gap, like_day_max_gap 2h):
+    // the rerun withdraws the day's estimates, and the next writes nothing.
+    let (_cfg2, stricter) = config_file(&format!(
+        "data_dir = \"{}\"\n[vee]\nlike_day_max_gap = \"2h\"\n",
+        data.display()
+    ));
+    let (ok, said) = vee(&stricter, "2024-03-20", "2024-03-21");
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("written: 0 value(s) estimated or substituted, 15 earlier one(s) withdrawn"),
+        "{said}"
+    );
+    let (ok, said) = vee(&stricter, "2024-03-20", "2024-03-21");
+    assert!(
+        ok && said.contains("nothing estimated or substituted"),
+        "{said}"
+    );
+    let day = query_csv(
+        &stricter,
+        &[
+            "readings",
+            "--meter",
+            "M4",
+            "--from",
+            "2024-03-20T20:00",
+            "--to",
+            "2024-03-21T00:00",
+        ],
+    );
+    assert_eq!(day.lines().count(), 1 + 1, "the estimates are gone: {day}");
+
+    // Not a day that has not ended, nor part of a day.
+    let (ok, said) = vee(&config, "2098-12-31", "2099-01-01");
+    assert!(!ok && said.contains("has not come yet"), "{said}");
+    let (ok, said) = vee(&config, "2024-03-20T06:00", "2024-03-21");
+    assert!(!ok && said.contains("whole local days"), "{said}");
+}
+
+/// A `readings_vee` made before it had `vee_run` (84837fe) gets the column from `meterflow
+/// schema --apply`, and VEE then reads and writes it.
+#[test]
+fn an_earlier_readings_vee_gets_its_vee_run_column() {
+    let ch = ClickHouse::shared();
+    let db = ClickHouse::fresh_database("mf_vee_old");
+    ch.query(&format!("CREATE DATABASE {db}"));
+    ch.query(&format!(
+        "CREATE TABLE {db}.readings_vee (meter_id String, channel String, ts DateTime, value Float64, \
+         unit String, quality String, rule String, method String, version Int64) \
+         ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(ts) ORDER BY (meter_id, channel, ts)"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let (_cfg, config) = config_file(&format!(
+        "data_dir = \"{}\"\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n",
+        dir.path().display(),
+        ch.url
+    ));
+    crate::harness::apply_schema(&config);
+    let columns = ch.query(&format!(
+        "SELECT name, type FROM system.columns WHERE database = '{db}' AND table = 'readings_vee' AND name = 'vee_run'"
+    ));
+    assert_eq!(columns.trim(), "vee_run\tString");
+    // Applying again is a no-op.
+    crate::harness::apply_schema(&config);
+    let gone: Vec<i64> = (1..=4).map(|k| FROM + 10 * 3_600_000 + k * MIN15).collect();
+    let mut csv_text = String::from("meter_id,channel,ts,value,unit\n");
+    register_csv("M1", &gone, &mut csv_text);
+    let csv = dir.path().join("readings.csv");
+    std::fs::write(&csv, csv_text).unwrap();
+    import_canonical_csv(&config, &csv);
+    let (found, said) = vee_csv(&config);
+    assert!(found.contains(",gap,"), "{found}");
+    assert!(said.contains("written: 4 value(s)"), "{said}");
+    ch.query(&format!("DROP DATABASE {db}"));
 }

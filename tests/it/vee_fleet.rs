@@ -363,19 +363,35 @@ fn a_fleet_with_injected_faults_is_judged_estimated_and_billed_alike_on_both_sou
         let z = meterflow_billing::Zone::parse("Europe/Berlin", "tz").unwrap();
         z.format(ms)
     };
-    for (meter, gap, method) in [
-        ("E001", &inj.gap_1h, "linear"),
-        ("E002", &inj.gap_6h, "proration"),
-        ("E003", &inj.gap_3d, "proration"),
+    // A gap is one exception per local day it covers (a day's exceptions are those of the
+    // latest run that judged it), each with its day's estimates.
+    for (meter, gap, method, days) in [
+        ("E001", &inj.gap_1h, "linear", 1),
+        ("E002", &inj.gap_6h, "proration", 1),
+        ("E003", &inj.gap_3d, "proration", 3),
     ] {
-        let e = one(meter, "gap");
-        assert_eq!(e["from"], zone(gap[0]), "{e:?}");
-        assert_eq!(e["to"], zone(*gap.last().unwrap()), "{e:?}");
+        let pieces: Vec<_> = found
+            .iter()
+            .filter(|e| e["meter_id"] == meter && e["rule"] == "gap")
+            .collect();
+        assert_eq!(pieces.len(), days, "{meter}: {}", judged[0]);
+        assert_eq!(pieces[0]["from"], zone(gap[0]), "{pieces:?}");
         assert_eq!(
-            (e["estimated"].as_str(), e["method"].as_str()),
-            ("yes", method)
+            pieces[days - 1]["to"],
+            zone(*gap.last().unwrap()),
+            "{pieces:?}"
         );
-        assert_eq!(e["values"], gap.len().to_string(), "{e:?}");
+        for e in &pieces {
+            assert_eq!(
+                (e["estimated"].as_str(), e["method"].as_str()),
+                ("yes", method)
+            );
+        }
+        let values: usize = pieces
+            .iter()
+            .map(|e| e["values"].parse::<usize>().unwrap())
+            .sum();
+        assert_eq!(values, gap.len(), "{pieces:?}");
     }
     assert_eq!(one("E004", "spike")["from"], zone(inj.spike_at));
     assert_eq!(one("E004", "spike")["method"], "substitute");

@@ -44,9 +44,12 @@ pub struct VeeConfig {
     pub like_day_max_gap: String,
     pub like_day_weeks: u32,
     /// `serve` runs VEE daily at this local time (`HH:MM`, in `billing.timezone`) over the
-    /// day before, and at start-up over the day before the last such time if no run has
-    /// judged it yet; empty: never (run `meterflow vee` instead).
+    /// `schedule_days` days before, and at start-up over those before the last such time if
+    /// no run has judged all of them yet; empty: never (run `meterflow vee` instead).
     pub schedule: String,
+    /// How many days before each scheduled time it judges (again): reads that came late, a
+    /// run that failed or was missed, are judged on the next days' runs.
+    pub schedule_days: u32,
 }
 
 impl Default for VeeConfig {
@@ -66,6 +69,7 @@ impl Default for VeeConfig {
             like_day_max_gap: "7d".into(),
             like_day_weeks: 4,
             schedule: String::new(),
+            schedule_days: 3,
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct Params {
     pub like_day_weeks: u32,
     /// `vee.schedule`: the local time of day `serve` runs VEE at, if it does.
     pub schedule: Option<chrono::NaiveTime>,
+    /// `vee.schedule_days`.
+    pub schedule_days: u32,
 }
 
 impl Default for Params {
@@ -190,6 +196,7 @@ impl VeeConfig {
             like_day_max_gap_ms,
             like_day_weeks: positive_days("vee.like_day_weeks", self.like_day_weeks, 52)?,
             schedule,
+            schedule_days: positive_days("vee.schedule_days", self.schedule_days, 31)?,
         })
     }
 }
@@ -229,6 +236,7 @@ mod tests {
         bad(|c| c.like_day_max_gap = "1h".into(), "vee.like_day_max_gap");
         bad(|c| c.schedule = "2am".into(), "vee.schedule");
         bad(|c| c.schedule = "25:00".into(), "vee.schedule");
+        bad(|c| c.schedule_days = 0, "vee.schedule_days");
         let mut c = VeeConfig::default();
         assert_eq!(c.params().unwrap().schedule, None);
         c.schedule = "02:30".into();

@@ -319,6 +319,17 @@ impl<'a> MeterRun<'a> {
                 .map(|v| meterflow_billing_number(*v))
                 .collect::<Vec<_>>()
                 .join(", ");
+            // A register's substitute stays between its neighbours: the nearest copy, or
+            // the line itself when every copy would make the register fall.
+            let chosen = match (ch.kind, chosen, expected, at) {
+                (ChannelKind::Register, Some(c), Some(e), Some(i)) => {
+                    let low = i.checked_sub(1).map(|j| ch.points[j].value);
+                    let high = ch.points.get(i + 1).map(|p| p.value);
+                    let inside = low.is_none_or(|l| c >= l) && high.is_none_or(|h| c <= h);
+                    Some(if inside { c } else { e })
+                }
+                (_, chosen, ..) => chosen,
+            };
             let substitute = match (chosen, kept) {
                 (Some(c), Some(k)) if c != k => Some(c),
                 _ => None,
@@ -516,10 +527,12 @@ impl<'a> MeterRun<'a> {
             if to < self.period.from_ms || days < f64::from(shortest) {
                 continue;
             }
-            // A register that never rose in the window (an export register of a meter with
-            // nothing to export) is unused, not stuck.
-            let moved =
-                moved_before || pts.get(i).is_some_and(|next| next.value > pts[i - 1].value);
+            // A register at 0 that never rose in the window (an export register of a meter
+            // with nothing to export) is unused, not stuck; one standing at another value
+            // has counted before, however long ago.
+            let moved = moved_before
+                || pts[i - 1].value != 0.0
+                || pts.get(i).is_some_and(|next| next.value > pts[i - 1].value);
             if self.others_move(&ch.name, from, to) {
                 if days >= f64::from(self.params.stuck_days) && moved {
                     self.exception(
@@ -583,7 +596,8 @@ impl<'a> MeterRun<'a> {
     // --- gap, and its estimates -----------------------------------------------------
 
     /// Missing reads (more than 1.5 intervals between two, or none until the period's end
-    /// after the last), each gap one exception; filled when the method's bounds allow.
+    /// after the last) that reach into the period, each gap one exception over its whole
+    /// span; filled (in the period) when the method's bounds allow.
     fn gaps(&mut self, ch: &Channel, interval: i64) {
         let p = self.params;
         let pts = &ch.points;
@@ -603,13 +617,14 @@ impl<'a> MeterRun<'a> {
                 Some(_) => end - interval / 2,
                 None => end - 1,
             };
+            // Every slot of the gap, in the period or not: an estimate is the same whichever
+            // run makes it (a gap across midnight judged by two daily runs gets the values one
+            // run over both days gives), and only the period's are written.
             while t <= limit {
-                if self.period.contains(t) {
-                    slots.push(t);
-                }
+                slots.push(t);
                 t += interval;
             }
-            if slots.is_empty() {
+            if !slots.iter().any(|t| self.period.contains(*t)) {
                 continue;
             }
             let b = ib.map(|i| pts[i]);
@@ -648,7 +663,9 @@ impl<'a> MeterRun<'a> {
             );
             if let Some((method, values)) = &estimates {
                 for (t, v) in slots.iter().zip(values) {
-                    self.row(ch, *t, *v, Quality::E, Rule::Gap, *method);
+                    if self.period.contains(*t) {
+                        self.row(ch, *t, *v, Quality::E, Rule::Gap, *method);
+                    }
                 }
                 detail.push_str(&format!("; estimated ({})", method.as_str()));
             }

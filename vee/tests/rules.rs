@@ -398,3 +398,85 @@ fn a_meter_estimated_day_after_day_is_prolonged_estimation() {
     let o = run(&m);
     assert!(!rules(&o).contains(&Rule::ProlongedEstimation));
 }
+
+/// Issue 23 review: a gap across midnight judged by two daily runs got two different
+/// prorations (each run spread the whole change over its own slots), and the register as
+/// billed fell at midnight. Every run now estimates the whole gap and keeps its own
+/// period's values: two daily runs give what one run over both days gives.
+#[test]
+fn a_gap_across_midnight_gets_the_same_estimates_from_daily_runs_as_from_one_run() {
+    let mut points = register_points();
+    // 20:00 on the day to 04:00 the day after: 31 reads missing, prorated (8 h).
+    let (gap_from, gap_to) = (FROM + 20 * 3_600_000, FROM + DAY + 4 * 3_600_000);
+    points.retain(|p| p.ts_ms <= gap_from || p.ts_ms >= gap_to);
+    let m = meter(vec![channel("1-0:1.8.0", ChannelKind::Register, points)]);
+    let params = Params::default();
+    let both = run_meter(
+        &m,
+        Period {
+            from_ms: FROM,
+            to_ms: FROM + 2 * DAY,
+        },
+        &params,
+        &zone(),
+    );
+    let mut daily = run_meter(&m, period(), &params, &zone()).rows;
+    daily.extend(
+        run_meter(
+            &m,
+            Period {
+                from_ms: FROM + DAY,
+                to_ms: FROM + 2 * DAY,
+            },
+            &params,
+            &zone(),
+        )
+        .rows,
+    );
+    assert_eq!(both.rows.len(), 31);
+    assert_eq!(daily, both.rows);
+    assert!(both.rows.iter().all(|r| r.method == Method::Proration));
+    assert!(both.rows.windows(2).all(|w| w[1].value >= w[0].value));
+}
+
+/// A conflict whose every copy lies outside its neighbours: the line, not a copy that would
+/// make the register fall.
+#[test]
+fn a_conflict_substitute_never_makes_the_register_fall() {
+    let points = register_points();
+    let at = FROM + 14 * 3_600_000;
+    let i = points.iter().position(|p| p.ts_ms == at).unwrap();
+    let (before, after) = (points[i - 1].value, points[i + 1].value);
+    let mut ch = channel("1-0:1.8.0", ChannelKind::Register, points.clone());
+    ch.points[i].value = after + 50.0;
+    ch.conflicts = vec![(at, vec![before - 0.1, after + 50.0])];
+    let o = run(&meter(vec![ch]));
+    let row = o.rows.iter().find(|r| r.rule == Rule::Conflict).unwrap();
+    let line = before + (after - before) / 2.0;
+    assert!((row.value - line).abs() < 1e-9, "{} vs {line}", row.value);
+}
+
+/// A register standing at a value other than 0 for longer than the window, beside a moving
+/// channel: stuck, though it never rose in the window.
+#[test]
+fn a_register_stuck_for_longer_than_the_window_is_still_stuck() {
+    let stuck: Vec<Point> = register_points()
+        .iter()
+        .map(|p| Point {
+            value: 4321.5,
+            ..*p
+        })
+        .collect();
+    let voltage: Vec<Point> = register_points()
+        .iter()
+        .map(|p| Point {
+            value: 230.0 + (p.ts_ms / MIN15 % 7) as f64,
+            ..*p
+        })
+        .collect();
+    let o = run(&meter(vec![
+        channel("1-0:1.8.0", ChannelKind::Register, stuck),
+        channel("1-0:32.7.0", ChannelKind::Other, voltage),
+    ]));
+    assert!(rules(&o).contains(&Rule::Stuck), "{:?}", o.exceptions);
+}

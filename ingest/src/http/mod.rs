@@ -567,6 +567,8 @@ async fn from_clickhouse(
 #[derive(Serialize)]
 struct VeeView {
     days: i64,
+    /// Whether any run judged the meter in those days: without, no exception means nothing.
+    judged: bool,
     /// As the latest run that judged each day left them, newest first.
     exceptions: Vec<VeeException>,
     /// Per channel, its estimated and substituted values as `[ts_ms, value, quality]`.
@@ -635,29 +637,42 @@ async fn device_vee(State(state): State<HttpState>, Path(meter_id): Path<String>
         }
         None => {
             let (dir, meter) = (state.data_dir.clone(), meter_id.clone());
-            match tokio::task::spawn_blocking(move || {
+            let read = tokio::task::spawn_blocking(move || {
                 Ok::<_, meterflow_storage::StorageError>((
                     runs::runs(&dir)?,
                     runs::exceptions(&dir, from, to, Some(&meter))?,
                     versions::latest(&dir, from, to, Some(&meter))?,
                 ))
-            })
-            .await
-            {
-                Ok(found) => found,
-                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            });
+            // The files are the whole fleet's: a page does not wait on them for long.
+            match tokio::time::timeout(CLICKHOUSE_DEVICE_TIMEOUT, read).await {
+                Ok(Ok(found)) => found,
+                Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                Err(_) => {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "VEE's files were not read within {} s",
+                            CLICKHOUSE_DEVICE_TIMEOUT.as_secs()
+                        ),
+                    )
+                }
             }
         }
     };
     let (all_runs, found, values) = match found {
         Ok(found) => found,
         Err(e) => {
+            tracing::warn!(meter = %meter_id, error = %e, "the page's VEE findings could not be read");
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("VEE's findings could not be read: {e}"),
-            )
+                "VEE's findings could not be read (the server's log says why)".into(),
+            );
         }
     };
+    let judged = all_runs
+        .iter()
+        .any(|r| (r.meter.is_empty() || r.meter == meter_id) && r.to_ms > from && r.from_ms < to);
     let mut exceptions: Vec<VeeException> = runs::standing(&all_runs, found)
         .into_iter()
         .map(|e| VeeException {
@@ -681,6 +696,7 @@ async fn device_vee(State(state): State<HttpState>, Path(meter_id): Path<String>
     }
     Json(VeeView {
         days: VEE_DAYS,
+        judged,
         exceptions,
         mended,
     })

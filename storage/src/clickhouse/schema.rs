@@ -381,7 +381,7 @@ pub async fn apply_schema(
             })?;
         if present == CLUSTER_OBJECTS.len() as u64 {
             // Only where this node lacks it: distributed DDL must not hold ingest.
-            add_status_ts(config, &client, false).await?;
+            add_later_columns(config, &client, false).await?;
             return Ok(version);
         }
         tracing::info!(cluster, database = %db, "creating the schema on the cluster");
@@ -401,64 +401,114 @@ pub async fn apply_schema(
                 source,
             })?;
     }
-    add_status_ts(config, &client, !only_if_missing).await?;
+    add_later_columns(config, &client, !only_if_missing).await?;
     Ok(version)
 }
 
-/// Adds `device_status.ts` (a report's own time, `DEFAULT at`, of `at`'s type) to a table
-/// made before the column existed. 18.16 has no `ADD COLUMN IF NOT EXISTS`: on a single
-/// server the columns are read first; on a cluster the node this client talks to cannot
-/// speak for the others, so with `every_node` (`meterflow schema --apply`) each shard's
-/// `device_status_local` gets `ALTER ... ON CLUSTER ... ADD COLUMN` whatever this node has,
-/// and a node that has the column already answers "exists" (Code 44; 15 on some servers),
-/// which counts as done. The Distributed `device_status` gets it (`ON CLUSTER`) only where
-/// this node lacks it: 18.16 refuses an `ALTER ... ON CLUSTER` of a table that is not
-/// replicated on replicated shards (Code 371) once every node has it, so it cannot be sent
-/// every time. Without `every_node` (the writer's start, which a replica down must not
+/// A column added to a table after the table was first made: `table`'s `column`, of the
+/// type of its column `like`, with `default` (an expression) if any.
+struct LaterColumn {
+    table: &'static str,
+    column: &'static str,
+    like: &'static str,
+    default: Option<&'static str>,
+}
+
+/// The columns tables of earlier versions lack: `device_status.ts` (a report's own time,
+/// `DEFAULT at`), `readings_vee.vee_run` (the run's time and parameters).
+const LATER_COLUMNS: [LaterColumn; 2] = [
+    LaterColumn {
+        table: "device_status",
+        column: "ts",
+        like: "at",
+        default: Some("at"),
+    },
+    LaterColumn {
+        table: "readings_vee",
+        column: "vee_run",
+        like: "quality",
+        default: None,
+    },
+];
+
+/// Adds [`LATER_COLUMNS`] to tables made before they existed. 18.16 has no `ADD COLUMN IF
+/// NOT EXISTS`: on a single server the columns are read first; on a cluster the node this
+/// client talks to cannot speak for the others, so with `every_node` (`meterflow schema
+/// --apply`) each shard's `{table}_local` gets `ALTER ... ON CLUSTER ... ADD COLUMN` whatever
+/// this node has, and a node that has the column already answers "exists" (Code 44; 15 on
+/// some servers), which counts as done. The Distributed `{table}` gets it (`ON CLUSTER`)
+/// only where this node lacks it: 18.16 refuses an `ALTER ... ON CLUSTER` of a table that is
+/// not replicated on replicated shards (Code 371) once every node has it, so it cannot be
+/// sent every time. Without `every_node` (the writer's start, which a replica down must not
 /// hold: distributed DDL waits for every server) only where this node lacks the column.
-async fn add_status_ts(
+async fn add_later_columns(
     config: &ClickHouseConfig,
     client: &clickhouse::Client,
     every_node: bool,
 ) -> Result<(), ClickHouseError> {
+    for later in &LATER_COLUMNS {
+        add_later_column(config, client, every_node, later).await?;
+    }
+    Ok(())
+}
+
+async fn add_later_column(
+    config: &ClickHouseConfig,
+    client: &clickhouse::Client,
+    every_node: bool,
+    later: &LaterColumn,
+) -> Result<(), ClickHouseError> {
     let db = &config.database;
+    let LaterColumn {
+        table: base,
+        column,
+        like,
+        default,
+    } = later;
+    let local = format!("{base}_local");
     let err = |source| ClickHouseError {
-        action: "adding device_status.ts",
+        action: "adding a column of a later version",
         source,
     };
     let columns = client
         .query(&format!(
             "SELECT table, name, type FROM system.columns WHERE database = '{db}' \
-             AND table IN ('device_status', 'device_status_local') AND name IN ('at', 'ts')"
+             AND table IN ('{base}', '{local}') AND name IN ('{like}', '{column}')"
         ))
         .fetch_all::<ColumnType>()
         .await
         .map_err(err)?;
     let (tables, on_cluster) = match config.topology() {
-        Topology::Single => (&["device_status"][..], None),
+        Topology::Single => (vec![base.to_string()], None),
         Topology::Cluster(cluster) => (
-            &["device_status_local", "device_status"][..],
+            vec![local.clone(), base.to_string()],
             Some(format!(" ON CLUSTER {cluster}")),
         ),
     };
-    for table in tables {
-        let Some(at) = columns.iter().find(|c| c.table == *table && c.name == "at") else {
+    for table in &tables {
+        let Some(model) = columns
+            .iter()
+            .find(|c| &c.table == table && c.name == *like)
+        else {
             continue;
         };
-        let here = columns.iter().any(|c| c.table == *table && c.name == "ts");
+        let here = columns
+            .iter()
+            .any(|c| &c.table == table && c.name == *column);
         // The Distributed table only where this node lacks the column: 18.16 refuses an
         // ALTER ON CLUSTER of it on replicated shards (Code 371, "isn't replicated").
-        let every = every_node && on_cluster.is_some() && *table == "device_status_local";
+        let every = every_node && on_cluster.is_some() && *table == local;
         if here && !every {
             continue;
         }
         let sql = format!(
-            "ALTER TABLE {db}.{table}{} ADD COLUMN ts {} DEFAULT at",
+            "ALTER TABLE {db}.{table}{} ADD COLUMN {column} {}{}",
             on_cluster.as_deref().unwrap_or(""),
-            at.kind
+            model.kind,
+            default.map(|d| format!(" DEFAULT {d}")).unwrap_or_default()
         );
-        if add_column(client, &sql, "adding device_status.ts").await? && !here {
-            tracing::info!(database = %db, table, "added device_status.ts (a status report's own time) to a table of an earlier version");
+        if add_column(client, &sql, "adding a column of a later version").await? && !here {
+            tracing::info!(database = %db, table, column, "added a column to a table of an earlier version");
         }
     }
     Ok(())

@@ -130,9 +130,9 @@ pub fn first_unjudged(
 
 const RUNS: &str = "vee_runs";
 const EXCEPTIONS: &str = "vee_exceptions";
-/// How far before a query's start an exception that reaches into it may begin (the longest
-/// span a rule reports is a run of days; a month covers it).
-const REACH_MS: i64 = 31 * DAY_MS;
+/// How far before a query's start an exception that reaches into it may begin: stored
+/// exceptions are cut into local days (at most 25 hours).
+const REACH_MS: i64 = 2 * DAY_MS;
 
 fn utc_ms(name: &str) -> Field {
     Field::new(

@@ -108,17 +108,23 @@ pub fn write(data_dir: &Path, values: &[VeeValue]) -> Result<Vec<PathBuf>, Stora
 }
 
 /// The latest version of every value with `ts` in `[from, to)`, of `meter` or all, in
-/// (meter, channel, ts) order.
+/// (meter, channel, ts) order, of the runs that finished.
 pub fn latest(
     data_dir: &Path,
     from_ms: i64,
     to_ms: i64,
     meter: Option<&str>,
 ) -> Result<Vec<VeeValue>, StorageError> {
+    // Only versions whose run finished (its row is written last): a run cut short wrote
+    // part of its values at most.
+    let finished: std::collections::BTreeSet<i64> = super::runs::runs(data_dir)?
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
     let mut latest: BTreeMap<(String, String, i64), VeeValue> = BTreeMap::new();
     for day in day_folders(&data_dir.join(FOLDER), from_ms, to_ms) {
         for file in parquet_files(&day)? {
-            read_file(&file, from_ms, to_ms, meter, &mut latest)?;
+            read_file(&file, from_ms, to_ms, meter, &finished, &mut latest)?;
         }
     }
     Ok(latest.into_values().collect())
@@ -129,19 +135,26 @@ fn read_file(
     from_ms: i64,
     to_ms: i64,
     meter: Option<&str>,
+    finished: &std::collections::BTreeSet<i64>,
     latest: &mut BTreeMap<(String, String, i64), VeeValue>,
 ) -> Result<(), StorageError> {
     for batch in read_batches(path)? {
         let text = |name: &str| column::<StringArray>(&batch, name, path);
         let (meters, channels, units) = (text("meter_id")?, text("channel")?, text("unit")?);
         let (qualities, rules, methods) = (text("quality")?, text("rule")?, text("method")?);
-        let runs = text("vee_run")?;
+        // Files of a version before `vee_run` existed have none.
+        let runs = batch
+            .column_by_name("vee_run")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>());
         let ts = column::<TimestampMillisecondArray>(&batch, "ts", path)?;
         let values = column::<Float64Array>(&batch, "value", path)?;
         let versions = column::<Int64Array>(&batch, "version", path)?;
         for i in 0..batch.num_rows() {
             let t = ts.value(i);
-            if !(from_ms..to_ms).contains(&t) || meter.is_some_and(|m| m != meters.value(i)) {
+            if !(from_ms..to_ms).contains(&t)
+                || meter.is_some_and(|m| m != meters.value(i))
+                || !finished.contains(&versions.value(i))
+            {
                 continue;
             }
             let key = (
@@ -165,7 +178,7 @@ fn read_file(
                 rule: rules.value(i).to_string(),
                 method: methods.value(i).to_string(),
                 version: versions.value(i),
-                vee_run: runs.value(i).to_string(),
+                vee_run: runs.map(|r| r.value(i).to_string()).unwrap_or_default(),
             };
             latest.insert(key, v);
         }
@@ -188,11 +201,16 @@ pub fn insert_sql(
                 .iter()
                 .map(|v| {
                     format!(
-                        "({}, {}, {}, {:?}, {}, {}, {}, {}, {}, {})",
+                        "({}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
                         sql_text(&v.meter_id),
                         sql_text(&v.channel),
                         time(v.ts_ms),
-                        v.value,
+                        // A withdrawal with no read behind it is NaN: `nan` to ClickHouse.
+                        if v.value.is_nan() {
+                            "nan".to_string()
+                        } else {
+                            format!("{:?}", v.value)
+                        },
                         sql_text(&v.unit),
                         sql_text(&v.quality),
                         sql_text(&v.rule),
@@ -246,6 +264,7 @@ pub fn latest_sql(
            max(version) AS v_version, argMax(vee_run, version) AS v_run \
          FROM {db}.readings_vee \
          WHERE ts >= {from} AND ts < {to}{meter_filter} \
+           AND version IN (SELECT run_id FROM {db}.vee_runs) \
          GROUP BY meter_id, channel, ts \
          ORDER BY meter_id, channel, ts_ms",
         from = bound(from_ms),
@@ -293,9 +312,10 @@ pub async fn latest_clickhouse(
 }
 
 /// "As billed": `series` (actual reads) overlaid by the latest VEE values of its meter and
-/// channel (`values`, any order): an estimate (`E`) fills the place of a missing read, a
-/// substitute (`S`) replaces a failed one; an `A` value is the actual read again and changes
-/// nothing. Returns the times of the points that are now estimates or substitutes.
+/// channel (`values`, any order): an estimate (`E`) fills the place of a missing read (a
+/// read that came after it was made wins), a substitute (`S`) replaces a failed one; an `A`
+/// value (a withdrawn estimate) changes nothing. Estimates have no receipt (`received_at`
+/// 0). Returns the times of the points that are now estimates or substitutes.
 pub fn overlay(series: &mut crate::readings::Series, values: &[VeeValue]) -> Vec<i64> {
     let mut mended: Vec<(i64, f64)> = values
         .iter()
@@ -308,6 +328,13 @@ pub fn overlay(series: &mut crate::readings::Series, values: &[VeeValue]) -> Vec
     }
     mended.sort_by_key(|&(ts, _)| ts);
     mended.dedup_by_key(|&mut (ts, _)| ts);
+    let substitutes: std::collections::BTreeSet<i64> = values
+        .iter()
+        .filter(|v| v.meter_id == series.meter_id && v.channel == series.channel)
+        .filter(|v| v.quality == "S")
+        .map(|v| v.ts_ms)
+        .collect();
+    let reads: std::collections::BTreeSet<i64> = series.points.iter().map(|p| p.0).collect();
     let has_received = series.received_at.len() == series.points.len();
     let mut points = Vec::with_capacity(series.points.len() + mended.len());
     let mut received = Vec::with_capacity(points.capacity());
@@ -317,8 +344,10 @@ pub fn overlay(series: &mut crate::readings::Series, values: &[VeeValue]) -> Vec
         let vee = mended.get(j).copied();
         let at = |k: usize| series.received_at.get(k).copied().unwrap_or(0);
         match (read, vee) {
+            // A substitute replaces the read; an estimate gives way to a read that came
+            // after it was made (until a rerun withdraws it).
             (Some(r), Some(v)) if r.0 == v.0 => {
-                points.push(v);
+                points.push(if substitutes.contains(&v.0) { v } else { r });
                 received.push(at(i));
                 i += 1;
                 j += 1;
@@ -345,7 +374,11 @@ pub fn overlay(series: &mut crate::readings::Series, values: &[VeeValue]) -> Vec
     if has_received {
         series.received_at = received;
     }
-    mended.into_iter().map(|(ts, _)| ts).collect()
+    mended
+        .into_iter()
+        .map(|(ts, _)| ts)
+        .filter(|ts| substitutes.contains(ts) || !reads.contains(ts))
+        .collect()
 }
 
 #[cfg(test)]
@@ -386,6 +419,8 @@ mod tests {
             value("M1", 5, 0.5, "E", 5),
             value("M1", 50, 5.0, "A", 5),
             value("M2", 30, 7.0, "E", 5),
+            // An estimate made before the read at 40 came: the read wins.
+            value("M1", 40, 3.5, "E", 5),
         ];
         let mended = overlay(&mut series, &values);
         assert_eq!(mended, vec![5, 20, 30]);
@@ -416,6 +451,24 @@ mod tests {
             value("M1", day + 3_000, 3.0, "E", 20),
         ];
         write(dir.path(), &second).unwrap();
+        // A third run, cut short before its row was written: its values are not read.
+        write(dir.path(), &[value("M1", day + 3_000, 9.0, "E", 30)]).unwrap();
+        for run_id in [10, 20] {
+            let run = super::super::runs::VeeRun {
+                run_id,
+                from_ms: day,
+                to_ms: day + DAY_MS,
+                timezone: "UTC".into(),
+                meter: String::new(),
+                trigger: "command".into(),
+                parameters: "{}".into(),
+                meters: 2,
+                exceptions: 0,
+                mended: 0,
+                version_written: true,
+            };
+            super::super::runs::write_run(dir.path(), &run, &[]).unwrap();
+        }
         let got = latest(dir.path(), day, day + DAY_MS, None).unwrap();
         assert_eq!(
             got,
@@ -430,5 +483,41 @@ mod tests {
         assert!(latest(tempfile::tempdir().unwrap().path(), 0, 1, None)
             .unwrap()
             .is_empty());
+    }
+
+    /// A file of a version written before `vee_run` existed reads, with an empty `vee_run`.
+    #[test]
+    fn a_version_without_vee_run_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = 1_710_892_800_000; // 2024-03-20
+        let mut v = value("M1", day + 1_000, 1.5, "E", 10);
+        write(dir.path(), std::slice::from_ref(&v)).unwrap();
+        // Rewrite the file without the column, as 84837fe wrote it.
+        let file = dir
+            .path()
+            .join("readings_vee/date=2024-03-20/part-vee-10.parquet");
+        let batch = super::super::read_batches(&file).unwrap().remove(0);
+        let old = batch.project(&[0, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        super::super::write_whole(file.parent().unwrap(), "part-vee-10.parquet", &old).unwrap();
+        let run = super::super::runs::VeeRun {
+            run_id: 10,
+            from_ms: day,
+            to_ms: day + DAY_MS,
+            timezone: "UTC".into(),
+            meter: String::new(),
+            trigger: "command".into(),
+            parameters: "{}".into(),
+            meters: 1,
+            exceptions: 0,
+            mended: 1,
+            version_written: true,
+        };
+        super::super::runs::write_run(dir.path(), &run, &[]).unwrap();
+        v.vee_run = String::new();
+        assert_eq!(
+            latest(dir.path(), day, day + DAY_MS, None).unwrap(),
+            vec![v]
+        );
     }
 }
