@@ -15,7 +15,10 @@ use meterflow_storage::readings::{
     self, is_cumulative_register, is_interval_channel, Channels, Neighbours, ReadRequest, Series,
 };
 use meterflow_storage::vee::{self as vee_store, StoredException, VeeRun, VeeValue};
-use meterflow_vee::{run_meter, Channel, ChannelKind, Meter, Method, Outcome, Period, Point};
+use meterflow_vee::{
+    run_meter, Channel, ChannelKind, Exception, Meter, Method, Outcome, Period, Point, Quality,
+    Rule, VeeRow,
+};
 
 use super::questions::{check_meter, period, runtime, zone};
 
@@ -200,6 +203,7 @@ pub fn judge(
     if let Some(done) = current.take() {
         finish(done, &mut outcome);
     }
+    carry_conflict_substitutes(&mut outcome, &mended_before, zone);
     let vee_run = format!(
         "{} {parameters}",
         chrono::DateTime::from_timestamp_millis(run_id)
@@ -241,6 +245,56 @@ pub fn judge(
 
 /// A value's place: meter, channel, time.
 type Key = (String, String, i64);
+
+/// A mended value's time and method.
+type MendedAt<'o> = (i64, &'o str);
+
+/// An earlier run's substitute for a conflict this run no longer sees stays, with its
+/// exception: on ClickHouse the copies are one row once the table's parts merge (a
+/// ReplacingMergeTree keeps one), and the copy kept may be the failed one. On the Parquet
+/// tree, which keeps every copy, each run sees the conflict itself.
+fn carry_conflict_substitutes(
+    outcome: &mut Outcome,
+    before: &HashMap<Key, &VeeValue>,
+    zone: &meterflow_billing::Zone,
+) {
+    let made: std::collections::HashSet<(&str, &str, i64)> = outcome
+        .rows
+        .iter()
+        .map(|r| (r.meter_id.as_str(), r.channel.as_str(), r.ts_ms))
+        .collect();
+    let carried: Vec<&VeeValue> = before
+        .values()
+        .filter(|v| v.rule == Rule::Conflict.as_str() && v.quality == Quality::S.as_str())
+        .filter(|v| !made.contains(&(v.meter_id.as_str(), v.channel.as_str(), v.ts_ms)))
+        .copied()
+        .collect();
+    for v in carried {
+        outcome.rows.push(VeeRow {
+            meter_id: v.meter_id.clone(),
+            channel: v.channel.clone(),
+            ts_ms: v.ts_ms,
+            value: v.value,
+            unit: v.unit.clone(),
+            quality: Quality::S,
+            rule: Rule::Conflict,
+            method: Method::Substitute,
+        });
+        outcome.exceptions.push(Exception {
+            meter_id: v.meter_id.clone(),
+            channel: v.channel.clone(),
+            rule: Rule::Conflict,
+            from_ms: v.ts_ms,
+            to_ms: v.ts_ms,
+            detail: format!(
+                "copies seen by the run of {}, which kept {}; stored as one since",
+                zone.format(v.version),
+                v.value
+            ),
+            estimated: true,
+        });
+    }
+}
 
 /// The latest version of every VEE value in `[from, to)`, from the configured source.
 fn stored_versions(
@@ -390,10 +444,11 @@ fn stored_exceptions(
     period: Period,
     zone: &meterflow_billing::Zone,
 ) -> Vec<StoredException> {
-    let mut mended: BTreeMap<(&str, &str), Vec<(i64, &str)>> = BTreeMap::new();
+    // The values each rule's findings mended, by meter and channel.
+    let mut mended: BTreeMap<(&str, &str, Rule), Vec<MendedAt<'_>>> = BTreeMap::new();
     for r in &outcome.rows {
         mended
-            .entry((r.meter_id.as_str(), r.channel.as_str()))
+            .entry((r.meter_id.as_str(), r.channel.as_str(), r.rule))
             .or_default()
             .push((r.ts_ms, r.method.as_str()));
     }
@@ -417,23 +472,32 @@ fn stored_exceptions(
     }
     let mut list = Vec::new();
     for e in &outcome.exceptions {
-        let rows: &[(i64, &str)] = mended
-            .get(&(e.meter_id.as_str(), e.channel.as_str()))
+        let rows: &[MendedAt<'_>] = mended
+            .get(&(e.meter_id.as_str(), e.channel.as_str(), e.rule))
             .map_or(&[], Vec::as_slice);
         for &(day_from, day_to) in &days {
-            let (from, mut to) = (e.from_ms.max(day_from), e.to_ms.min(day_to - 1));
-            if from > to {
+            let (from, last_in_day) = (e.from_ms.max(day_from), e.to_ms.min(day_to - 1));
+            if from > last_in_day {
                 continue;
             }
             let first = rows.partition_point(|(t, _)| *t < from);
-            let last = rows.partition_point(|(t, _)| *t <= to);
+            let last = rows.partition_point(|(t, _)| *t <= last_in_day);
             let values = &rows[first..last];
-            if e.to_ms >= day_to {
-                // Cut at the day's end: its last mended value, else its last second.
-                to = values.last().map_or(day_to - 1000, |(t, _)| *t).max(from);
+            // A span that ends at the midnight starting this day (a whole day's `high_low`,
+            // `sum_check`: [start, end]) is the day before's, not this one's; a gap's last
+            // missing read at that midnight, estimated, is this day's.
+            if from == e.to_ms && e.from_ms < from && values.is_empty() {
+                continue;
             }
+            // Cut at the day's end: its last mended value, else the day's end itself.
+            let to = if e.to_ms < day_to {
+                e.to_ms
+            } else {
+                values.last().map_or(day_to, |(t, _)| *t).max(from)
+            };
             list.push(StoredException {
                 run_id,
+                day: zone.local(day_from).date(),
                 meter_id: e.meter_id.clone(),
                 channel: e.channel.clone(),
                 rule: e.rule.as_str().to_string(),
@@ -492,5 +556,105 @@ pub fn exceptions_table(list: &[StoredException], zone: &meterflow_billing::Zone
         .map(String::from)
         .to_vec(),
         rows,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000;
+    /// 2024-03-20T00:00:00Z.
+    const D0: i64 = 1_710_892_800_000;
+
+    fn exception(rule: Rule, from_ms: i64, to_ms: i64) -> Exception {
+        Exception {
+            meter_id: "M1".into(),
+            channel: "1-0:1.8.0".into(),
+            rule,
+            from_ms,
+            to_ms,
+            detail: rule.as_str().into(),
+            estimated: rule == Rule::Gap,
+        }
+    }
+
+    fn row(ts_ms: i64, rule: Rule, method: Method) -> VeeRow {
+        VeeRow {
+            meter_id: "M1".into(),
+            channel: "1-0:1.8.0".into(),
+            ts_ms,
+            value: 1.0,
+            unit: "kWh".into(),
+            quality: if rule == Rule::Gap {
+                Quality::E
+            } else {
+                Quality::S
+            },
+            rule,
+            method,
+        }
+    }
+
+    /// A gap from 22:00 on day 0 to 00:00 on day 2 (hourly) is three pieces, each with its own
+    /// day's estimates; a whole day's high_low ([00:00, next 00:00]) is one piece, of its day
+    /// alone; a spike's substitute on day 1 is not counted with the gap's estimates.
+    #[test]
+    fn exceptions_are_stored_cut_into_local_days_with_their_own_rules_values() {
+        let zone = meterflow_billing::Zone::parse("UTC", "tz").unwrap();
+        let gap: Vec<i64> = (0..=26)
+            .map(|h| D0 + 22 * 3_600_000 + h * 3_600_000)
+            .collect();
+        let mut rows: Vec<VeeRow> = gap
+            .iter()
+            .map(|t| row(*t, Rule::Gap, Method::Proration))
+            .collect();
+        rows.push(row(
+            D0 + DAY + 3_600_000 + 1,
+            Rule::Spike,
+            Method::Substitute,
+        ));
+        let outcome = Outcome {
+            exceptions: vec![
+                exception(Rule::Gap, gap[0], *gap.last().unwrap()),
+                exception(Rule::HighLow, D0 + DAY, D0 + 2 * DAY),
+                exception(
+                    Rule::Spike,
+                    D0 + DAY + 3_600_000 + 1,
+                    D0 + DAY + 3_600_000 + 1,
+                ),
+            ],
+            rows,
+        };
+        let period = Period {
+            from_ms: D0,
+            to_ms: D0 + 3 * DAY,
+        };
+        let stored = stored_exceptions(&outcome, 7, period, &zone);
+        let brief: Vec<(&str, i64, i64, u32)> = stored
+            .iter()
+            .map(|e| (e.rule.as_str(), e.from_ms, e.to_ms, e.mended))
+            .collect();
+        assert_eq!(
+            brief,
+            vec![
+                ("gap", gap[0], D0 + DAY - 3_600_000, 2),
+                ("gap", D0 + DAY, D0 + 2 * DAY - 3_600_000, 24),
+                ("gap", D0 + 2 * DAY, D0 + 2 * DAY, 1),
+                ("high_low", D0 + DAY, D0 + 2 * DAY, 0),
+                ("spike", D0 + DAY + 3_600_001, D0 + DAY + 3_600_001, 1),
+            ]
+        );
+        assert_eq!(
+            stored.iter().map(|e| e.day.to_string()).collect::<Vec<_>>(),
+            [
+                "2024-03-20",
+                "2024-03-21",
+                "2024-03-22",
+                "2024-03-21",
+                "2024-03-21"
+            ]
+        );
+        assert!(stored.iter().all(|e| e.run_id == 7));
     }
 }

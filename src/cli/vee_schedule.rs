@@ -8,7 +8,8 @@
 //! values are not read as a version), and the next days' runs judge its days again.
 //!
 //! Metrics: `meterflow_vee_runs_total{outcome="ok|error"}`,
-//! `meterflow_vee_exceptions_total{rule}`, `meterflow_vee_values_mended_total`,
+//! `meterflow_vee_exceptions_total{rule}` and `meterflow_vee_values_mended_total` (of each
+//! run's newest day: every day counted once, though judged `schedule_days` times),
 //! `meterflow_vee_last_run_seconds` (how long the last run took) and
 //! `meterflow_vee_last_success_timestamp_seconds` (an alert on its age finds a schedule that
 //! stopped judging).
@@ -87,11 +88,15 @@ fn judge_days(config: &Config, zone: &Zone, window: Period) {
             metrics::counter!("meterflow_vee_runs_total", "outcome" => "ok").increment(1);
             metrics::gauge!("meterflow_vee_last_success_timestamp_seconds")
                 .set(meterflow_proto::now_ms() as f64 / 1000.0);
-            for e in &judged.exceptions {
+            // Counted once per day: of the window, the newest day only (the days before it
+            // were counted the nights they were newest).
+            let newest = zone.local(window.to_ms - 1).date();
+            for e in judged.exceptions.iter().filter(|e| e.day == newest) {
                 metrics::counter!("meterflow_vee_exceptions_total", "rule" => e.rule.clone())
                     .increment(1);
+                metrics::counter!("meterflow_vee_values_mended_total")
+                    .increment(u64::from(e.mended));
             }
-            metrics::counter!("meterflow_vee_values_mended_total").increment(judged.run.mended);
             tracing::info!(
                 from = zone.format(window.from_ms),
                 to = zone.format(window.to_ms),

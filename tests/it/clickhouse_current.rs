@@ -1093,6 +1093,7 @@ fn vee_statements_run_on_a_current_clickhouse() {
     };
     let found = vec![StoredException {
         run_id: 30,
+        day: chrono::NaiveDate::from_ymd_opt(2026, 3, 31).unwrap(),
         meter_id: "M'1".into(),
         channel: "1-0:1.8.0".into(),
         rule: "gap".into(),

@@ -358,6 +358,39 @@ fn a_cluster_keeps_every_reading_through_a_dead_replica_and_a_dead_node() {
         "{refused}"
     );
 
+    // VEE on the cluster (its tables Distributed over the shards): a run over the day of
+    // tls-meter-1's reading stores its run, and billing reads as billed from it.
+    let (_cfg, vee_config) = crate::harness::config_file(&format!(
+        "data_dir = \"{}\"\n[clickhouse]\nurl = \"{url}\"\ndatabase = \"{db}\"\ncluster = \"meterflow\"\n",
+        cluster.dir.path().join("vee-data").display()
+    ));
+    let day = ["--from", "2024-07-01", "--to", "2024-07-02"];
+    let out = Command::new(crate::harness::BIN)
+        .args(["vee", "--config", &vee_config, "--format", "csv"])
+        .args(day)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the VEE run in the Distributed vee_runs", || {
+        (count(url, &format!("SELECT count() FROM {db}.vee_runs")) == 1).then_some(())
+    });
+    let mut args = vec!["billing", "--meter", "tls-meter-1"];
+    args.extend_from_slice(&day);
+    let bill = crate::harness::query_csv(&vee_config, &args);
+    assert!(
+        bill.lines()
+            .nth(1)
+            .is_some_and(|l| l.ends_with(",as billed")),
+        "{bill}"
+    );
+    let mut args = vec!["exceptions"];
+    args.extend_from_slice(&day);
+    crate::harness::query_csv(&vee_config, &args);
+
     // CoAP through nginx's UDP balancer: each meter's datagrams (hashed by its address and
     // port) go to one node, the meters are spread over both, every report is answered and
     // stored.

@@ -133,11 +133,11 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
          (2, toDateTime({day}), toDateTime({day} + 86400), 'UTC', 'V1', 'command', '{{}}', 1, 1, 0, 0)"
     ));
     ch.query(&format!(
-        "INSERT INTO {db}.vee_exceptions (run_id, meter_id, channel, rule, from_ts, to_ts, detail, estimated, mended, method) VALUES \
-         (1, 'V1', '1-0:1.8.0', 'gap', toDateTime({day} + 36000), toDateTime({day} + 39600), '4 reads missing', 1, 4, 'linear'), \
-         (1, 'V2', '1-0:1.8.0', 'spike', toDateTime({day} + 39600), toDateTime({day} + 39600), 'a spike', 1, 1, 'substitute'), \
-         (2, 'V1', '1-0:1.8.0', 'high_low', toDateTime({day}), toDateTime({day} + 86400), 'a high day', 0, 0, ''), \
-         (3, 'V3', '1-0:1.8.0', 'gap', toDateTime({day} + 36000), toDateTime({day} + 39600), 'cut short', 0, 0, '')"
+        "INSERT INTO {db}.vee_exceptions (run_id, day, meter_id, channel, rule, from_ts, to_ts, detail, estimated, mended, method) VALUES \
+         (1, toDate(toDateTime({day})), 'V1', '1-0:1.8.0', 'gap', toDateTime({day} + 36000), toDateTime({day} + 39600), '4 reads missing', 1, 4, 'linear'), \
+         (1, toDate(toDateTime({day})), 'V2', '1-0:1.8.0', 'spike', toDateTime({day} + 39600), toDateTime({day} + 39600), 'a spike', 1, 1, 'substitute'), \
+         (2, toDate(toDateTime({day})), 'V1', '1-0:1.8.0', 'high_low', toDateTime({day}), toDateTime({day} + 86400), 'a high day', 0, 0, ''), \
+         (3, toDate(toDateTime({day})), 'V3', '1-0:1.8.0', 'gap', toDateTime({day} + 36000), toDateTime({day} + 39600), 'cut short', 0, 0, '')"
     ));
     let run = |title: &str| -> String {
         let (_, target) = targets()
@@ -241,7 +241,7 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     let signal = run("Weakest signal (newest report per meter)");
     assert!(signal.starts_with("G3\t-95"), "{signal}");
     let vee = run(
-        "VEE exceptions per day and rule (as the latest run that judged each meter and day left them)",
+        "VEE exceptions per day and rule (local days of the runs, as the latest run that judged each meter and day left them)",
     );
     let vee: Vec<Vec<&str>> = vee.lines().map(|l| l.split('\t').collect()).collect();
     assert_eq!(

@@ -300,6 +300,7 @@ GROUP BY meter_id, channel, {column}",
             name: "vee_exceptions",
             columns: format!(
                 "    run_id Int64,
+    day Date,
     meter_id String,
     channel {text},
     rule {text},

@@ -15,9 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arrow_array::types::Date32Type;
 use arrow_array::{
-    ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
-    UInt32Array, UInt64Array,
+    ArrayRef, BooleanArray, Date32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray, UInt32Array, UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 
@@ -62,6 +63,8 @@ impl VeeRun {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredException {
     pub run_id: i64,
+    /// The local day (in the run's time zone) the exception is of: each is cut into days.
+    pub day: chrono::NaiveDate,
     pub meter_id: String,
     pub channel: String,
     pub rule: String,
@@ -165,6 +168,7 @@ fn runs_schema() -> Arc<Schema> {
 fn exceptions_schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Int64, false),
+        Field::new("day", DataType::Date32, false),
         text("meter_id"),
         text("channel"),
         text("rule"),
@@ -214,6 +218,9 @@ pub fn write_run(
             exceptions_schema(),
             vec![
                 Arc::new(Int64Array::from_iter_values(list.iter().map(|e| e.run_id))),
+                Arc::new(Date32Array::from_iter_values(
+                    list.iter().map(|e| Date32Type::from_naive_date(e.day)),
+                )),
                 strings(|e| &e.meter_id),
                 strings(|e| &e.channel),
                 strings(|e| &e.rule),
@@ -312,6 +319,7 @@ pub fn exceptions(
                 let text = |name: &str| column::<StringArray>(&batch, name, &path);
                 let time = |name: &str| column::<TimestampMillisecondArray>(&batch, name, &path);
                 let ids = column::<Int64Array>(&batch, "run_id", &path)?;
+                let days = column::<Date32Array>(&batch, "day", &path)?;
                 let (meters, channels, rules) =
                     (text("meter_id")?, text("channel")?, text("rule")?);
                 let (details, methods) = (text("detail")?, text("method")?);
@@ -327,6 +335,7 @@ pub fn exceptions(
                     }
                     found.push(StoredException {
                         run_id: ids.value(i),
+                        day: Date32Type::to_naive_date_opt(days.value(i)).unwrap_or_default(),
                         meter_id: meters.value(i).to_string(),
                         channel: channels.value(i).to_string(),
                         rule: rules.value(i).to_string(),
@@ -366,8 +375,9 @@ pub fn insert_sql(
                 .iter()
                 .map(|e| {
                     format!(
-                        "({}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+                        "({}, toDate('{}'), {}, {}, {}, {}, {}, {}, {}, {}, {})",
                         e.run_id,
+                        e.day.format("%Y-%m-%d"),
                         sql_text(&e.meter_id),
                         sql_text(&e.channel),
                         sql_text(&e.rule),
@@ -381,7 +391,7 @@ pub fn insert_sql(
                 })
                 .collect();
             format!(
-                "INSERT INTO {db}.vee_exceptions (run_id, meter_id, channel, rule, from_ts, to_ts, detail, estimated, mended, method) VALUES {}",
+                "INSERT INTO {db}.vee_exceptions (run_id, day, meter_id, channel, rule, from_ts, to_ts, detail, estimated, mended, method) VALUES {}",
                 rows.join(", ")
             )
         })
@@ -494,8 +504,8 @@ pub fn exceptions_sql(
     let (from, bound) = time_sql(times, "from_ts");
     let (to, _) = time_sql(times, "to_ts");
     Ok(format!(
-        "SELECT DISTINCT run_id, meter_id, channel, rule, {from} AS from_ms, {to} AS to_ms, detail, \
-           estimated, mended, method \
+        "SELECT DISTINCT run_id, toString(day) AS day, meter_id, channel, rule, {from} AS from_ms, \
+           {to} AS to_ms, detail, estimated, mended, method \
          FROM {db}.vee_exceptions \
          WHERE from_ts >= {reach} AND from_ts < {until} AND to_ts >= {since}{meter}",
         reach = bound(from_ms - REACH_MS),
@@ -515,6 +525,7 @@ pub fn exceptions_from(
             let p = |c: &str| table.get(row, c).unwrap_or_default().to_string();
             Ok(StoredException {
                 run_id: parse(table, row, "run_id", "vee_exceptions")?,
+                day: parse(table, row, "day", "vee_exceptions")?,
                 meter_id: p("meter_id"),
                 channel: p("channel"),
                 rule: p("rule"),
@@ -566,6 +577,9 @@ mod tests {
     fn exception(run_id: i64, meter: &str, at: i64) -> StoredException {
         StoredException {
             run_id,
+            day: chrono::DateTime::from_timestamp_millis(at)
+                .unwrap()
+                .date_naive(),
             meter_id: meter.into(),
             channel: "1-0:1.8.0".into(),
             rule: "gap".into(),
