@@ -568,8 +568,9 @@ fn daily_runs_over_a_gap_across_midnight_bill_what_was_used() {
     assert!(!ok && said.contains("whole local days"), "{said}");
 }
 
-/// A `readings_vee` made before it had `vee_run` (84837fe) gets the column from `meterflow
-/// schema --apply`, and VEE then reads and writes it.
+/// A `readings_vee` made before it had `vee_run` (84837fe), and a `vee_exceptions` made
+/// before it had `day` (eddab5c), get their columns from `meterflow schema --apply`, and VEE
+/// then reads and writes them.
 #[test]
 fn an_earlier_readings_vee_gets_its_vee_run_column() {
     let ch = ClickHouse::shared();
@@ -586,11 +587,31 @@ fn an_earlier_readings_vee_gets_its_vee_run_column() {
         dir.path().display(),
         ch.url
     ));
+    ch.query(&format!(
+        "CREATE TABLE {db}.vee_exceptions (run_id Int64, meter_id String, channel String, rule String, \
+         from_ts DateTime, to_ts DateTime, detail String, estimated UInt8, mended UInt32, method String) \
+         ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(from_ts) ORDER BY (meter_id, from_ts, channel, rule, run_id)"
+    ));
+    ch.query(&format!(
+        "INSERT INTO {db}.vee_exceptions (run_id, meter_id, channel, rule, from_ts, to_ts, detail, estimated, mended, method) \
+         VALUES (1, 'M9', 'c', 'gap', toDateTime('2024-03-19 10:00:00'), toDateTime('2024-03-19 11:00:00'), '', 0, 0, '')"
+    ));
     crate::harness::apply_schema(&config);
     let columns = ch.query(&format!(
-        "SELECT name, type FROM system.columns WHERE database = '{db}' AND table = 'readings_vee' AND name = 'vee_run'"
+        "SELECT table, name, type FROM system.columns WHERE database = '{db}' \
+         AND (table, name) IN (('readings_vee', 'vee_run'), ('vee_exceptions', 'day')) ORDER BY table"
     ));
-    assert_eq!(columns.trim(), "vee_run\tString");
+    assert_eq!(
+        columns,
+        "readings_vee\tvee_run\tString\nvee_exceptions\tday\tDate\n"
+    );
+    // An earlier row's day, from its start.
+    assert_eq!(
+        ch.query(&format!(
+            "SELECT toString(day) FROM {db}.vee_exceptions WHERE meter_id = 'M9'"
+        )),
+        "2024-03-19\n"
+    );
     // Applying again is a no-op.
     crate::harness::apply_schema(&config);
     let gone: Vec<i64> = (1..=4).map(|k| FROM + 10 * 3_600_000 + k * MIN15).collect();

@@ -407,28 +407,39 @@ pub async fn apply_schema(
 }
 
 /// A column added to a table after the table was first made: `table`'s `column`, of the
-/// type of its column `like`, with `default` (an expression) if any.
+/// type of its column `like` (or `kind` when given), with `default` (an expression) if any.
 struct LaterColumn {
     table: &'static str,
     column: &'static str,
     like: &'static str,
+    kind: Option<&'static str>,
     default: Option<&'static str>,
 }
 
 /// The columns tables of earlier versions lack: `device_status.ts` (a report's own time,
-/// `DEFAULT at`), `readings_vee.vee_run` (the run's time and parameters).
-const LATER_COLUMNS: [LaterColumn; 2] = [
+/// `DEFAULT at`), `readings_vee.vee_run` (the run's time and parameters),
+/// `vee_exceptions.day` (the local day of an exception, `DEFAULT toDate(from_ts)`).
+const LATER_COLUMNS: [LaterColumn; 3] = [
     LaterColumn {
         table: "device_status",
         column: "ts",
         like: "at",
+        kind: None,
         default: Some("at"),
     },
     LaterColumn {
         table: "readings_vee",
         column: "vee_run",
         like: "quality",
+        kind: None,
         default: None,
+    },
+    LaterColumn {
+        table: "vee_exceptions",
+        column: "day",
+        like: "from_ts",
+        kind: Some("Date"),
+        default: Some("toDate(from_ts)"),
     },
 ];
 
@@ -464,6 +475,7 @@ async fn add_later_column(
         table: base,
         column,
         like,
+        kind,
         default,
     } = later;
     let local = format!("{base}_local");
@@ -505,7 +517,7 @@ async fn add_later_column(
         let sql = format!(
             "ALTER TABLE {db}.{table}{} ADD COLUMN {column} {}{}",
             on_cluster.as_deref().unwrap_or(""),
-            model.kind,
+            kind.unwrap_or(&model.kind),
             default.map(|d| format!(" DEFAULT {d}")).unwrap_or_default()
         );
         if add_column(client, &sql, "adding a column of a later version").await? && !here {
