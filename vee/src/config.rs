@@ -196,7 +196,17 @@ impl VeeConfig {
             like_day_max_gap_ms,
             like_day_weeks: positive_days("vee.like_day_weeks", self.like_day_weeks, 52)?,
             schedule,
-            schedule_days: positive_days("vee.schedule_days", self.schedule_days, 31)?,
+            // At least 2: a catch-up at start-up that runs past the daily time makes the
+            // next night's run the first to judge the day before it.
+            schedule_days: match self.schedule_days {
+                2..=31 => self.schedule_days,
+                _ => {
+                    return Err(VeeError::config(
+                        "vee.schedule_days",
+                        "must be 2 to 31 (the day before, and at least one more to catch up)",
+                    ))
+                }
+            },
         })
     }
 }
@@ -237,6 +247,7 @@ mod tests {
         bad(|c| c.schedule = "2am".into(), "vee.schedule");
         bad(|c| c.schedule = "25:00".into(), "vee.schedule");
         bad(|c| c.schedule_days = 0, "vee.schedule_days");
+        bad(|c| c.schedule_days = 1, "vee.schedule_days");
         let mut c = VeeConfig::default();
         assert_eq!(c.params().unwrap().schedule, None);
         c.schedule = "02:30".into();
