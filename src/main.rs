@@ -45,6 +45,9 @@ enum Command {
     /// exception printed with what was estimated or substituted for it. Reads ClickHouse when a
     /// URL is configured, else the Parquet tree under --data-dir.
     Vee(VeeCommand),
+    /// The meter registry: import the utility's CSV (what each meter is, the interval it reads
+    /// at, its district, feeder and transformer, its role, validity), list it.
+    Registry(cli::registry::RegistryArgs),
 }
 
 /// `meterflow vee` and how it prints.
@@ -79,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         Command::Query(args) => cli::query::run(cli.shared.config()?, args),
         Command::Import(args) => cli::import::run(cli.shared.config()?, args),
         Command::Schema(args) => cli::schema::run(cli.shared.config()?, args),
+        Command::Registry(args) => cli::registry::run(&cli.shared.config()?, args),
         Command::Vee(vee) => {
             let table = cli::vee::run(&cli.shared.config()?, vee.args)?;
             cli::query::print_table(&table, &["values"], vee.format)

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod import;
 pub mod query;
 pub mod questions;
+pub mod registry;
 pub mod schema;
 pub mod serve;
 pub mod simulate;

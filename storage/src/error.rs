@@ -8,6 +8,14 @@ pub enum StorageError {
     #[error("config key `{key}`: {reason}")]
     Config { key: String, reason: String },
 
+    /// A meter registry CSV refused: `line` (1: the header) and `column` name the cell.
+    #[error("the registry, line {line}, column `{column}`: {reason}")]
+    Registry {
+        line: u64,
+        column: String,
+        reason: String,
+    },
+
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -119,7 +127,9 @@ impl StorageError {
                 matches!(source, ::parquet::errors::ParquetError::External(_))
             }
             StorageError::Arrow(_) => false,
-            StorageError::ReadRequest { .. } | StorageError::ForeignParquet { .. } => false,
+            StorageError::ReadRequest { .. }
+            | StorageError::ForeignParquet { .. }
+            | StorageError::Registry { .. } => false,
             StorageError::ParquetRead { source, .. } => {
                 matches!(source, ::parquet::errors::ParquetError::External(_))
             }

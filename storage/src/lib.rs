@@ -10,6 +10,8 @@
 //! - [`clickhouse`]: the production sink: schema, RowBinary inserts, a writer with retries.
 //! - [`readings`]: the read model billing runs on: the series of a period with the readings
 //!   around it, from the Parquet tree or from ClickHouse, the same answers from both.
+//! - [`registry`]: the meter registry (kind, interval, grid place, role, validity), read from
+//!   the utility's CSV.
 //! - [`status`]: device status reports in the Parquet tree (`status/date=…/`), and read
 //!   back from it or from ClickHouse's `device_status`, the same rows from both.
 //! - [`dead_letter`]: payloads that did not decode, kept on disk with raw bytes and reason.
@@ -32,11 +34,13 @@ mod error;
 pub mod parquet;
 pub mod questions;
 pub mod readings;
+pub mod registry;
 mod shutdown;
 pub mod sinks;
 pub mod status;
 pub mod vee;
 pub mod wal;
+mod whole_file;
 
 pub use batcher::{BatchConfig, Batcher};
 pub use dead_letter::{DeadLetter, DeadLetterStore};

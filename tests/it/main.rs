@@ -28,6 +28,7 @@ mod mqtt_limits;
 mod mqtt_paho;
 mod questions;
 mod read_model;
+mod registry;
 mod serve_coap;
 mod serve_coaps;
 mod serve_mqtt;

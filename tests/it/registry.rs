@@ -1,0 +1,85 @@
+//! `meterflow registry import` and `list` with the real binary: a meter exchange keeps both
+//! records, each over its time; a bad CSV is refused by line and column and keeps the
+//! registry before it.
+
+use std::process::Command;
+
+use crate::harness::{config_file, BIN};
+
+fn meterflow(config: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--config", config])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_registry_is_imported_listed_and_a_bad_one_refused_by_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cfg, config) = config_file(&format!(
+        "data_dir = \"{}\"\n[billing]\ntimezone = \"Asia/Bishkek\"\n",
+        dir.path().join("data").display()
+    ));
+    let good = dir.path().join("meters.csv");
+    std::fs::write(
+        &good,
+        "meter_id,kind,model,expected_interval_s,district,feeder,transformer,role,import_only,tariff,valid_from,valid_to\n\
+         E1,electricity,CE308,900,Pervomaisky,F-12,T-3,customer,yes,residential,2025-01-01,2025-07-01\n\
+         E1,electricity,CE308,900,Pervomaisky,F-14,T-9,customer,yes,residential,2025-07-01,\n\
+         H12,electricity,CE308,900,Pervomaisky,F-12,,feeder_head,no,,,\n",
+    )
+    .unwrap();
+    let (ok, _, said) = meterflow(&config, &["registry", "import", good.to_str().unwrap()]);
+    assert!(ok, "{said}");
+    assert!(said.contains("3 record(s) of 2 meter(s)"), "{said}");
+    let (ok, all, said) = meterflow(&config, &["registry", "list", "--format", "csv"]);
+    assert!(ok, "{said}");
+    assert_eq!(
+        all,
+        "meter_id,kind,model,expected_interval_s,district,feeder,transformer,role,import_only,tariff,valid_from,valid_to\n\
+         E1,electricity,CE308,900,Pervomaisky,F-12,T-3,customer,true,residential,2025-01-01T00:00:00+06:00,2025-07-01T00:00:00+06:00\n\
+         E1,electricity,CE308,900,Pervomaisky,F-14,T-9,customer,true,residential,2025-07-01T00:00:00+06:00,\n\
+         H12,electricity,CE308,900,Pervomaisky,F-12,,feeder_head,false,,,\n"
+    );
+    // On 1 August E1 is on feeder F-14 (it moved on 1 July).
+    let (ok, august, _) = meterflow(
+        &config,
+        &["registry", "list", "--at", "2025-08-01", "--format", "csv"],
+    );
+    assert!(ok);
+    let feeders: Vec<&str> = august
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(5).unwrap())
+        .collect();
+    assert_eq!(feeders, ["F-14", "F-12"]);
+
+    // A CSV with an unknown column: refused by name, the registry before kept.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "meter_id,kind,colour\nE2,gas,red\n").unwrap();
+    let (ok, _, said) = meterflow(&config, &["registry", "import", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        said.contains("line 1, column `colour`: unknown column"),
+        "{said}"
+    );
+    let (_, still, _) = meterflow(&config, &["registry", "list", "--format", "csv"]);
+    assert_eq!(still, all);
+    let bad = dir.path().join("overlap.csv");
+    std::fs::write(
+        &bad,
+        "meter_id,kind,valid_from,valid_to\nE1,gas,2025-01-01,2025-03-01\nE1,gas,2025-02-01,\n",
+    )
+    .unwrap();
+    let (ok, _, said) = meterflow(&config, &["registry", "import", bad.to_str().unwrap()]);
+    assert!(
+        !ok && said.contains("line 3, column `valid_from`"),
+        "{said}"
+    );
+}
