@@ -101,6 +101,9 @@ pub fn judge(
     let Period { from_ms, to_ms } = vee_period;
     let run_id = chrono::Utc::now().timestamp_millis();
     let params = config.vee.params().context("[vee]")?;
+    // The meter registry (optional): the interval each meter reads at, for `gap`.
+    let registry = meterflow_storage::registry::Registry::load(&config.data_dir)
+        .context("reading the meter registry")?;
     let parameters = serde_json::to_string(&config.vee).context("[vee] as JSON")?;
     // The history the statistics and the like-day profile are taken from, and a day after
     // the period (the read after a gap at its end).
@@ -176,7 +179,7 @@ pub fn judge(
                 }
             }
         }
-        let channel = channel_of(config, &series);
+        let channel = channel_of(config, &series, &registry, to_ms - 1);
         match current.as_mut() {
             Some(m) if m.meter_id == series.meter_id => m.channels.push(channel),
             _ => {
@@ -402,8 +405,15 @@ fn store(
     ))
 }
 
-/// A series as VEE reads it: its kind from its OBIS code, its register's rollover.
-fn channel_of(config: &Config, s: &Series) -> Channel {
+/// A series as VEE reads it: its kind from its OBIS code, its register's rollover, and the
+/// interval its meter reads at when the registry has it (at `at_ms`, the period's last
+/// instant), else inferred from its reads.
+fn channel_of(
+    config: &Config,
+    s: &Series,
+    registry: &meterflow_storage::registry::Registry,
+    at_ms: i64,
+) -> Channel {
     let kind = if is_cumulative_register(&s.channel) {
         ChannelKind::Register
     } else if is_interval_channel(&s.channel) {
@@ -429,7 +439,10 @@ fn channel_of(config: &Config, s: &Series) -> Channel {
         points,
         conflicts: s.conflicts.clone(),
         rollover: config.billing.rollover_for(&s.meter_id, &s.channel),
-        expected_interval_ms: None,
+        expected_interval_ms: registry
+            .at(&s.meter_id, at_ms)
+            .and_then(|r| r.expected_interval_s)
+            .map(|seconds| i64::from(seconds) * 1000),
     }
 }
 

@@ -83,3 +83,66 @@ fn a_registry_is_imported_listed_and_a_bad_one_refused_by_line_and_column() {
         "{said}"
     );
 }
+
+/// VEE's `gap` keeps the interval the registry gives a meter: hourly reads of a meter that
+/// should read every 15 minutes are three reads missing each hour; without a registry the
+/// interval is inferred from the reads, and hourly reads are complete.
+#[test]
+fn vee_finds_gaps_by_the_interval_the_registry_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cfg, config) = config_file(&format!(
+        "data_dir = \"{}\"\n",
+        dir.path().join("data").display()
+    ));
+    // 2024-03-20T00:00:00Z, and 35 days of hourly reads before it to a day after.
+    let day = 1_710_892_800_000i64;
+    let mut csv = String::from("meter_id,channel,ts,value,unit\n");
+    let mut value = 100.0;
+    let mut t = day - 35 * 86_400_000;
+    while t <= day + 2 * 86_400_000 {
+        value += 1.0;
+        csv.push_str(&format!("E5,1-0:1.8.0,{t},{value:?},kWh\n"));
+        t += 3_600_000;
+    }
+    let readings = dir.path().join("readings.csv");
+    std::fs::write(&readings, csv).unwrap();
+    crate::harness::import_canonical_csv(&config, &readings);
+    let vee = || {
+        let (ok, out, said) = meterflow(
+            &config,
+            &[
+                "vee",
+                "--format",
+                "csv",
+                "--from",
+                "2024-03-20",
+                "--to",
+                "2024-03-21",
+            ],
+        );
+        assert!(ok, "{said}");
+        out
+    };
+    assert_eq!(
+        vee().lines().count(),
+        1,
+        "hourly reads are complete by themselves"
+    );
+    let meters = dir.path().join("meters.csv");
+    std::fs::write(
+        &meters,
+        "meter_id,kind,expected_interval_s\nE5,electricity,900\n",
+    )
+    .unwrap();
+    let (ok, _, said) = meterflow(&config, &["registry", "import", meters.to_str().unwrap()]);
+    assert!(ok, "{said}");
+    let found = vee();
+    let gaps: Vec<&str> = found.lines().skip(1).collect();
+    assert_eq!(gaps.len(), 24, "{found}");
+    assert!(
+        gaps.iter().all(|l| l.contains(",gap,")
+            && l.contains("3 read(s) of every 15 min missing")
+            && l.ends_with(",yes,3,linear")),
+        "{found}"
+    );
+}
