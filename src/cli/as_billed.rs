@@ -39,19 +39,7 @@ impl AsBilled {
         to_ms: i64,
         meter: Option<&str>,
     ) -> anyhow::Result<AsBilled> {
-        let values = if config.clickhouse.enabled() {
-            runtime()?.block_on(vee_store::versions::latest_clickhouse(
-                &config.clickhouse,
-                from_ms,
-                to_ms,
-                meter,
-            ))
-        } else {
-            vee_store::versions::latest(&config.data_dir, from_ms, to_ms, meter)
-        }
-        .context(
-            "reading VEE's versions (on ClickHouse: `meterflow schema --apply` adds readings_vee)",
-        )?;
+        let values = latest_versions(config, from_ms, to_ms, meter)?;
         let mut by_series: HashMap<(String, String), Vec<VeeValue>> = HashMap::new();
         for v in values {
             by_series
@@ -84,6 +72,27 @@ impl AsBilled {
         let at = values.binary_search_by_key(&ts_ms, |v| v.ts_ms).ok()?;
         values.get(at)
     }
+}
+
+/// The latest version of every VEE value in `[from, to)`, of `meter` or all, from the
+/// configured source.
+pub fn latest_versions(
+    config: &Config,
+    from_ms: i64,
+    to_ms: i64,
+    meter: Option<&str>,
+) -> anyhow::Result<Vec<VeeValue>> {
+    if config.clickhouse.enabled() {
+        runtime()?.block_on(vee_store::versions::latest_clickhouse(
+            &config.clickhouse,
+            from_ms,
+            to_ms,
+            meter,
+        ))
+    } else {
+        vee_store::versions::latest(&config.data_dir, from_ms, to_ms, meter)
+    }
+    .context("reading VEE's versions (on ClickHouse: `meterflow schema --apply` adds readings_vee)")
 }
 
 /// Every finished VEE run, from the configured source.

@@ -10,10 +10,10 @@ use meterflow_billing::{Bill, BillRow, Query, ReadKind, Reading, Tariff, Zone};
 use meterflow_ingest::Config;
 use meterflow_storage::analytics::Table;
 use meterflow_storage::questions::number;
-use meterflow_storage::readings::{self, Channels, Neighbours, ReadRequest, Series};
+use meterflow_storage::readings::{Channels, Neighbours, ReadRequest, Series};
 
 use super::as_billed::{bill_as_billed, AsBilled, BasisArgs};
-use super::questions::{check_meter, period, runtime, zone};
+use super::questions::{check_meter, period, read_series, zone};
 
 /// The flags of `query billing`.
 #[derive(clap::Args)]
@@ -173,15 +173,7 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Billed> {
         );
         Ok(())
     };
-    if config.clickhouse.enabled() {
-        runtime()?.block_on(readings::clickhouse::read(
-            &config.clickhouse,
-            &request,
-            &mut each,
-        ))?;
-    } else {
-        readings::parquet::read(&config.data_dir, &request, &mut each)?;
-    }
+    read_series(config, &request, &mut each)?;
     if let Some((meter, channel)) = silent.first() {
         eprintln!(
             "{} register(s) have no reading in the period (e.g. {meter} {channel}): their values \

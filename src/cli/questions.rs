@@ -98,6 +98,25 @@ pub(super) fn period(zone: &Zone, from: &str, to: &str) -> anyhow::Result<(i64, 
     Ok((from_ms, to_ms))
 }
 
+/// Streams the series `request` asks for, in (meter, channel) order, from ClickHouse when a
+/// URL is configured, else from the Parquet tree.
+pub(super) fn read_series(
+    config: &Config,
+    request: &ReadRequest,
+    each: &mut impl FnMut(Series) -> Result<(), StorageError>,
+) -> anyhow::Result<()> {
+    if config.clickhouse.enabled() {
+        runtime()?.block_on(readings::clickhouse::read(
+            &config.clickhouse,
+            request,
+            each,
+        ))?;
+    } else {
+        readings::parquet::read(&config.data_dir, request, each)?;
+    }
+    Ok(())
+}
+
 /// The runtime a question to ClickHouse runs on.
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()

@@ -12,7 +12,7 @@ use anyhow::Context;
 use meterflow_ingest::Config;
 use meterflow_storage::analytics::Table;
 use meterflow_storage::readings::{
-    self, is_cumulative_register, is_interval_channel, Channels, Neighbours, ReadRequest, Series,
+    is_cumulative_register, is_interval_channel, Channels, Neighbours, ReadRequest, Series,
 };
 use meterflow_storage::vee::{self as vee_store, StoredException, VeeRun, VeeValue};
 use meterflow_vee::{
@@ -20,7 +20,7 @@ use meterflow_vee::{
     Rule, VeeRow,
 };
 
-use super::questions::{check_meter, period, runtime, zone};
+use super::questions::{check_meter, period, read_series, runtime, zone};
 
 /// The flags of `vee`.
 #[derive(clap::Args)]
@@ -120,7 +120,7 @@ pub fn judge(
         silent_since_ms: None,
     };
     // What earlier runs wrote for the period: a new version only if this run differs.
-    let stored = stored_versions(config, from_ms, to_ms, meter)?;
+    let stored = super::as_billed::latest_versions(config, from_ms, to_ms, meter)?;
     // How many local days in a row before the period each meter was estimated on, as far as
     // `prolonged_estimation` needs to know.
     let days_back = i64::from(params.prolonged_estimation_days) + 1;
@@ -128,7 +128,7 @@ pub fn judge(
     let earlier_from = zone.midnight(first_day - chrono::Duration::days(days_back));
     let mut estimated_days: HashMap<String, std::collections::BTreeSet<chrono::NaiveDate>> =
         HashMap::new();
-    for v in stored_versions(config, earlier_from, from_ms, meter)? {
+    for v in super::as_billed::latest_versions(config, earlier_from, from_ms, meter)? {
         if v.quality == "E" {
             estimated_days
                 .entry(v.meter_id)
@@ -194,15 +194,7 @@ pub fn judge(
         }
         Ok(())
     };
-    if config.clickhouse.enabled() {
-        runtime()?.block_on(readings::clickhouse::read(
-            &config.clickhouse,
-            &request,
-            &mut each,
-        ))?;
-    } else {
-        readings::parquet::read(&config.data_dir, &request, &mut each)?;
-    }
+    read_series(config, &request, &mut each)?;
     if let Some(done) = current.take() {
         finish(done, &mut outcome);
     }
@@ -297,28 +289,6 @@ fn carry_conflict_substitutes(
             estimated: true,
         });
     }
-}
-
-/// The latest version of every VEE value in `[from, to)`, from the configured source.
-fn stored_versions(
-    config: &Config,
-    from_ms: i64,
-    to_ms: i64,
-    meter: Option<&str>,
-) -> anyhow::Result<Vec<VeeValue>> {
-    let read = if config.clickhouse.enabled() {
-        runtime()?.block_on(vee_store::versions::latest_clickhouse(
-            &config.clickhouse,
-            from_ms,
-            to_ms,
-            meter,
-        ))
-    } else {
-        vee_store::versions::latest(&config.data_dir, from_ms, to_ms, meter)
-    };
-    read.context(
-        "reading the VEE versions (on ClickHouse: `meterflow schema --apply` adds readings_vee)",
-    )
 }
 
 /// Writes this run's values as a new version when they differ from the latest stored: the

@@ -5,11 +5,11 @@
 use anyhow::Context;
 use meterflow_ingest::Config;
 use meterflow_storage::analytics::Table;
-use meterflow_storage::readings::{self, Channels, Neighbours, ReadRequest, Series};
+use meterflow_storage::readings::{Channels, Neighbours, ReadRequest, Series};
 use meterflow_storage::vee as vee_store;
 
 use super::as_billed::{runs, AsBilled};
-use super::questions::{check_meter, period, runtime, zone};
+use super::questions::{check_meter, period, read_series, runtime, zone};
 
 /// The flags of `query exceptions`.
 #[derive(clap::Args)]
@@ -163,15 +163,7 @@ pub fn readings(config: &Config, args: ReadingsArgs) -> anyhow::Result<Table> {
         }
         Ok(())
     };
-    if config.clickhouse.enabled() {
-        runtime()?.block_on(readings::clickhouse::read(
-            &config.clickhouse,
-            &request,
-            &mut each,
-        ))?;
-    } else {
-        readings::parquet::read(&config.data_dir, &request, &mut each)?;
-    }
+    read_series(config, &request, &mut each)?;
     Ok(Table {
         columns: [
             "channel", "ts", "value", "unit", "quality", "rule", "method",
