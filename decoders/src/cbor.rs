@@ -163,6 +163,7 @@ fn into_owned(d: Decoded<'_>) -> Decoded<'static> {
             .collect(),
         status: d.status,
         rejected: d.rejected,
+        events: Vec::new(),
     }
 }
 

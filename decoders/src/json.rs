@@ -98,6 +98,7 @@ pub fn decode(payload: &[u8]) -> Result<Decoded<'_>, DecodeError> {
         series: Vec::with_capacity(report.series.len()),
         status: None,
         rejected: Vec::new(),
+        events: Vec::new(),
     };
     for (i, raw) in report.readings.iter().enumerate() {
         match parse_reading(raw) {

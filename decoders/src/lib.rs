@@ -16,6 +16,7 @@ pub mod cbor;
 pub mod dlms;
 pub mod dsmr;
 mod error;
+pub mod events;
 pub mod json;
 pub mod pb;
 pub mod senml;
@@ -105,6 +106,9 @@ pub struct Decoded<'a> {
     pub status: Option<DeviceStatus>,
     /// Parts that did not decode; the readings above are the parts that did.
     pub rejected: Vec<Rejected>,
+    /// What the meter says happened to it ([`events`]): its status bits, alarm registers,
+    /// power-failure log.
+    pub events: Vec<events::Event>,
 }
 
 impl Decoded<'_> {
@@ -140,7 +144,22 @@ impl Decoded<'_> {
                 .collect(),
             status: self.status,
             rejected: self.rejected,
+            events: self.events,
         }
+    }
+
+    /// The report's own time: that of its newest reading (a report without readings: when
+    /// it was received).
+    pub fn report_ts(&self, received_at_ms: i64) -> i64 {
+        self.readings
+            .iter()
+            .map(|r| r.ts_ms)
+            .chain(self.series.iter().filter_map(|s| {
+                let last = s.values.len().checked_sub(1)?;
+                Some(s.ts_ms(last))
+            }))
+            .max()
+            .unwrap_or(received_at_ms)
     }
 
     /// How many rows [`Decoded::append_to`] appends.
@@ -225,6 +244,10 @@ pub fn checked<'a>(
             });
         }
     }
+    let flags = decoded.status.as_ref().and_then(|s| s.error_flags);
+    let ts_ms = decoded.report_ts(ctx.received_at_ms);
+    let flagged = events::status_events(format, flags, ts_ms);
+    decoded.events.extend(flagged);
     Ok(decoded)
 }
 

@@ -72,6 +72,7 @@ pub(crate) fn from_report(
         series: Vec::with_capacity(report.series.len()),
         status: None,
         rejected: Vec::new(),
+        events: Vec::new(),
     };
     for (i, r) in report.readings.into_iter().enumerate() {
         match check_reading(&r) {

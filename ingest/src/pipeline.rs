@@ -16,11 +16,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meterflow_decoders::dlms::{self, KeyLookup};
+use meterflow_decoders::events::{self, Event, EventKind};
 use meterflow_decoders::{
     decode, decode_status, DecodeContext, DecodeError, Decoded, Format, Refusal,
 };
 use meterflow_proto::{is_valid_meter_id, RowMeta};
 use meterflow_storage::clickhouse::StatusRow;
+use meterflow_storage::events::EventRow;
 use meterflow_storage::wal::Checkpoint;
 use meterflow_storage::{Batcher, DeadLetter, Hold, SinkBatch, SinkSet, WalReader};
 
@@ -98,6 +100,14 @@ pub struct Pipeline {
     /// The highest invocation counter accepted per DLMS system title, kept with the
     /// checkpoint.
     dlms_replay: ReplayGuard,
+    /// Events already handed to the sinks in this run (hashes of meter, second, kind and
+    /// code), so that a log a meter repeats in every telegram is written once, not every 10 s.
+    /// Emptied when full: a repeat after that (or after a restart) is written again and kept
+    /// once by the stores.
+    events_seen: std::collections::HashSet<u64>,
+    /// Per meter, its last reported error flags and firmware (in this run), to tell when a
+    /// condition ended or the firmware changed.
+    last_status: std::collections::HashMap<Box<str>, LastStatus>,
     /// What DLMS bodies are read with: push profiles, the zone of meter clocks.
     dlms_profiles: PushProfiles,
     /// The wrapper listener's copy of the counters, told each authenticated push accepted.
@@ -156,6 +166,8 @@ impl Pipeline {
             counters: Counters::default(),
             credentials: None,
             dlms_replay: ReplayGuard::default(),
+            events_seen: std::collections::HashSet::new(),
+            last_status: std::collections::HashMap::new(),
             dlms_profiles: PushProfiles::default(),
             listener_counters: None,
         }
@@ -557,6 +569,69 @@ impl Pipeline {
         self.flush_side_rows_if_large()
     }
 
+    /// What changed in `meter_id`'s status since its last report in this run (a condition
+    /// ended, another firmware), remembering this one.
+    fn status_changes(
+        &mut self,
+        meter_id: &str,
+        format: Format,
+        status: &meterflow_decoders::DeviceStatus,
+        ts_ms: i64,
+    ) -> Vec<Event> {
+        let last = self.last_status.entry(meter_id.into()).or_default();
+        let changes = events::status_changes(
+            format,
+            (last.0, last.1.as_deref()),
+            (status.error_flags, status.firmware.as_deref()),
+            ts_ms,
+        );
+        if status.error_flags.is_some() {
+            last.0 = status.error_flags;
+        }
+        if let Some(firmware) = &status.firmware {
+            last.1 = Some(firmware.as_str().into());
+        }
+        changes
+    }
+
+    /// Hands the events of `meter_id` a message carried (or that the edge saw) to the sinks
+    /// (ClickHouse's `events`, the events files), counted by kind.
+    fn queue_events(
+        &mut self,
+        meter_id: &str,
+        message: &RawMessage,
+        events: impl IntoIterator<Item = Event>,
+        raw: &str,
+    ) -> Result<(), IngestError> {
+        if self.events_seen.len() >= EVENTS_SEEN_MAX {
+            self.events_seen.clear();
+        }
+        let seen = &mut self.events_seen;
+        let rows: Vec<EventRow> = events
+            .into_iter()
+            .filter(|e| seen.insert(event_hash(meter_id, e)))
+            .map(|e| {
+                metrics::counter!("meterflow_events_total", "kind" => e.kind.as_str()).increment(1);
+                EventRow {
+                    meter_id: meter_id.to_string(),
+                    ts_ms: e.ts_ms,
+                    kind: e.kind.as_str().to_string(),
+                    severity: e.kind.severity().as_str().to_string(),
+                    source: message.source.as_str().to_string(),
+                    code: e.code,
+                    detail: e.detail,
+                    raw: raw.to_string(),
+                }
+            })
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let local = self.is_local(message);
+        self.sinks.events(rows, message.lsn, local)?;
+        self.flush_side_rows_if_large()
+    }
+
     /// Decodes one message into the batch, or keeps it as a dead letter.
     pub fn handle(&mut self, message: &RawMessage) -> Result<(), IngestError> {
         self.summary.messages += 1;
@@ -567,10 +642,26 @@ impl Pipeline {
             .as_deref()
             .filter(|r| r.kind == EdgeNoteKind::Unauthorized)
         {
-            // Refused at the edge (not this identity's to publish): a dead letter, nothing else.
+            // Refused at the edge (not this identity's to publish): a dead letter, and a
+            // `forged_publish` event of the meter whose topic it used.
             self.counters
                 .messages(message.source.as_str(), "refused")
                 .increment(1);
+            if let Ok(Route::Report { meter_id, .. } | Route::Status { meter_id }) =
+                parse_topic(&message.topic)
+            {
+                let forged = Event {
+                    kind: EventKind::ForgedPublish,
+                    ts_ms: message.received_at_ms,
+                    code: refusal
+                        .identity
+                        .as_deref()
+                        .unwrap_or("anonymous")
+                        .to_string(),
+                    detail: refusal.describe(),
+                };
+                self.queue_events(meter_id, message, [forged], &message.topic)?;
+            }
             return self.dead_letter(
                 message,
                 refusal.identity.as_deref(),
@@ -624,7 +715,12 @@ impl Pipeline {
                     });
                     metrics::counter!("meterflow_status_updates_total").increment(1);
                     self.queue_status(meter_id, message, &status, message.received_at_ms)?;
-                    Ok(())
+                    // meterflow's status bits, as in a JSON or protobuf report.
+                    let ts_ms = message.received_at_ms;
+                    let mut events = events::status_events(Format::Json, status.error_flags, ts_ms);
+                    events.extend(self.status_changes(meter_id, Format::Json, &status, ts_ms));
+                    let raw = flags_text(status.error_flags);
+                    self.queue_events(meter_id, message, events, &raw)
                 }
                 Err(e) => {
                     // The dead letter first: once the device's counts show the message, its
@@ -711,19 +807,17 @@ impl Pipeline {
                 s.unit.as_ref(),
             ))
         });
+        let mut changes = Vec::new();
         if let Some(status) = &decoded.status {
             // The report's own time: its newest reading (a report of status alone: received).
-            let ts_ms = decoded
-                .readings
-                .iter()
-                .map(|r| r.ts_ms)
-                .chain(decoded.series.iter().filter_map(|s| {
-                    let last = s.values.len().checked_sub(1)?;
-                    Some(s.ts_ms(last))
-                }))
-                .max()
-                .unwrap_or(message.received_at_ms);
+            let ts_ms = decoded.report_ts(message.received_at_ms);
             self.queue_status(meter_id, message, status, ts_ms)?;
+            changes = self.status_changes(meter_id, format, status, ts_ms);
+        }
+        if !decoded.events.is_empty() || !changes.is_empty() {
+            let raw = flags_text(decoded.status.as_ref().and_then(|s| s.error_flags));
+            let events = decoded.events.iter().cloned().chain(changes);
+            self.queue_events(meter_id, message, events, &raw)?;
         }
         self.devices.observe(Observation {
             meter_id,
@@ -768,6 +862,26 @@ impl Pipeline {
             error = %error,
             "payload did not decode; kept as a dead letter"
         );
+        // A replayed or forged DLMS push is an event of its meter too.
+        if let DecodeError::Refused {
+            refusal, reason, ..
+        } = error
+        {
+            let kind = match refusal {
+                Refusal::Replay => Some(EventKind::ReplayRejected),
+                Refusal::AuthFailed => Some(EventKind::AuthFailed),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                let event = Event {
+                    kind,
+                    ts_ms: message.received_at_ms,
+                    code: refusal.as_str().to_string(),
+                    detail: reason.clone(),
+                };
+                self.queue_events(meter_id, message, [event], &message.topic)?;
+            }
+        }
         // The dead letter first: once the device's counts show the message, its dead letter
         // is there too.
         let kept = self.dead_letter(
@@ -848,6 +962,25 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// A meter's last reported error flags and firmware.
+type LastStatus = (Option<u32>, Option<Box<str>>);
+
+/// Events remembered as written at most ([`Pipeline::queue_events`]): about 8 MB.
+const EVENTS_SEEN_MAX: usize = 1 << 18;
+
+/// What makes an event the same event: its meter, second, kind and code.
+fn event_hash(meter_id: &str, e: &Event) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (meter_id, e.ts_ms.div_euclid(1000), e.kind, &e.code).hash(&mut h);
+    h.finish()
+}
+
+/// A status's flags as the events' `raw` text (`error_flags=0x14`; empty without flags).
+fn flags_text(flags: Option<u32>) -> String {
+    flags.map_or_else(String::new, |f| format!("error_flags=0x{f:x}"))
 }
 
 #[cfg(test)]

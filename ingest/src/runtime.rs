@@ -519,6 +519,11 @@ fn open_sinks(config: &Config, shutdown: &Shutdown) -> Result<SinkSet, IngestErr
         &config.data_dir,
         config.parquet.clone(),
         &config.node.id,
+    )?)
+    .with_event_files(ParquetSink::open_events(
+        &config.data_dir,
+        config.parquet.clone(),
+        &config.node.id,
     )?))
 }
 

@@ -11,6 +11,7 @@ pub mod import;
 pub mod query;
 pub mod questions;
 pub mod registry;
+pub mod revenue;
 pub mod schema;
 pub mod serve;
 pub mod simulate;

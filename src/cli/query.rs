@@ -41,6 +41,9 @@ pub enum Question {
     /// substituted (and the rule and method). As billed by default; --as-read for the
     /// actual reads alone.
     Readings(super::vee_questions::ReadingsArgs),
+    /// Events in [from, to): tamper, alarms, power failures from the meters, and refusals at
+    /// the edge (a forged publish is an event of the meter it claimed to be).
+    Events(super::revenue::EventsArgs),
 }
 
 /// Asks the question of `args` and prints the answer.
@@ -63,6 +66,7 @@ pub fn run(config: Config, args: QueryArgs) -> anyhow::Result<()> {
             super::vee_questions::readings(&config, args)?,
             &super::vee_questions::READINGS_NUMBERS,
         ),
+        Question::Events(args) => (super::revenue::events(&config, args)?, &[]),
     };
     // Said before the rows, so that `| head` does not hide it.
     if !refused.is_empty() {

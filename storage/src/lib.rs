@@ -31,6 +31,7 @@ pub mod clickhouse;
 pub mod data_dir;
 pub mod dead_letter;
 mod error;
+pub mod events;
 pub mod parquet;
 pub mod questions;
 pub mod readings;

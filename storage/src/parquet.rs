@@ -32,6 +32,8 @@ const METER_BLOOM_FPP: f64 = 0.01;
 const READINGS: (&str, &str) = ("readings", "ts");
 /// The status reports' folder and the column that dates a row.
 const STATUS: (&str, &str) = ("status", "ts");
+/// Events: by the UTC date of their `ts`.
+const EVENTS: (&str, &str) = ("events", "ts");
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -126,13 +128,34 @@ impl ParquetSink {
         config: ParquetConfig,
         node: &str,
     ) -> Result<Self, StorageError> {
+        Self::open_beside(data_dir, STATUS, config, node)
+    }
+
+    /// Opens the sink of events under `{data_dir}/events` (the columns of
+    /// [`crate::events::events_schema`], by the UTC date of `ts`), as [`ParquetSink::open_status`].
+    pub fn open_events(
+        data_dir: &Path,
+        config: ParquetConfig,
+        node: &str,
+    ) -> Result<Self, StorageError> {
+        Self::open_beside(data_dir, EVENTS, config, node)
+    }
+
+    /// A sink of rows beside the readings (status reports, events) in `folder`: files named
+    /// by the node and the time it started, a node's leftovers removed.
+    fn open_beside(
+        data_dir: &Path,
+        folder: (&str, &'static str),
+        config: ParquetConfig,
+        node: &str,
+    ) -> Result<Self, StorageError> {
         let started = chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ").to_string();
         let run_id = if node.is_empty() {
             started
         } else {
             format!("{node}-{started}")
         };
-        Self::open_as(data_dir, STATUS, config, run_id, Some(node))
+        Self::open_as(data_dir, folder, config, run_id, Some(node))
     }
 
     /// Opens the sink for `meterflow import`: files are named `part-{run_id}-{seq}`, where the

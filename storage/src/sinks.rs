@@ -86,6 +86,8 @@ pub struct SinkSet {
     parquet: Option<ParquetSink>,
     /// The status reports' files (`serve`); `None` for a producer without status reports.
     status_files: Option<ParquetSink>,
+    /// The events' files (`serve`); `None` for a producer without events.
+    event_files: Option<ParquetSink>,
     /// The production sink, when `clickhouse.url` is set.
     clickhouse: Option<ClickHouseWriter>,
     dead_letters: DeadLetterStore,
@@ -107,6 +109,7 @@ impl SinkSet {
         SinkSet {
             parquet,
             status_files: None,
+            event_files: None,
             clickhouse,
             dead_letters,
             side: SideRows::default(),
@@ -118,6 +121,12 @@ impl SinkSet {
     /// ([`ParquetSink::open_status`]).
     pub fn with_status_files(mut self, files: ParquetSink) -> SinkSet {
         self.status_files = Some(files);
+        self
+    }
+
+    /// The set that also writes events to `files` ([`ParquetSink::open_events`]).
+    pub fn with_event_files(mut self, files: ParquetSink) -> SinkSet {
+        self.event_files = Some(files);
         self
     }
 
@@ -171,6 +180,28 @@ impl SinkSet {
         if self.clickhouse.is_some() {
             self.side.note_lsn(lsn);
             self.side.statuses.push(row);
+        }
+        Ok(())
+    }
+
+    /// Keeps events of WAL record `lsn` (0: none): for ClickHouse's `events` (with the next
+    /// batch), and when `local` in the open events file of their date.
+    pub fn events(
+        &mut self,
+        rows: Vec<crate::events::EventRow>,
+        lsn: u64,
+        local: bool,
+    ) -> Result<(), StorageError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if let Some(files) = self.event_files.as_mut().filter(|_| local) {
+            let batch = crate::events::events_batch(&rows)?;
+            files.write(&batch, (lsn > 0).then_some(lsn), Instant::now())?;
+        }
+        if self.clickhouse.is_some() {
+            self.side.note_lsn(lsn);
+            self.side.events.extend(rows);
         }
         Ok(())
     }
@@ -233,9 +264,13 @@ impl SinkSet {
     /// Completes the Parquet files open for `parquet.file_max_age_s`; how many.
     pub fn roll_due(&mut self, now: Instant) -> Result<usize, StorageError> {
         let mut completed = 0;
-        for files in [&mut self.parquet, &mut self.status_files]
-            .into_iter()
-            .flatten()
+        for files in [
+            &mut self.parquet,
+            &mut self.status_files,
+            &mut self.event_files,
+        ]
+        .into_iter()
+        .flatten()
         {
             completed += files.roll_due(now)?.len();
         }
@@ -244,7 +279,7 @@ impl SinkSet {
 
     /// How long until [`SinkSet::roll_due`] has work; `None` with no open file.
     pub fn next_roll_in(&self, now: Instant) -> Option<Duration> {
-        [&self.parquet, &self.status_files]
+        [&self.parquet, &self.status_files, &self.event_files]
             .into_iter()
             .flatten()
             .filter_map(|files| files.next_roll_in(now))
@@ -270,12 +305,12 @@ impl SinkSet {
                 .and_then(ParquetSink::oldest_pending_lsn),
             true,
         );
-        hold(
-            self.status_files
-                .as_ref()
-                .and_then(ParquetSink::oldest_pending_lsn),
-            true,
-        );
+        for files in [&self.status_files, &self.event_files] {
+            hold(
+                files.as_ref().and_then(ParquetSink::oldest_pending_lsn),
+                true,
+            );
+        }
         hold(self.side.oldest_lsn(), false);
         hold(
             self.clickhouse
@@ -350,7 +385,10 @@ impl SinkSet {
             Some(parquet) => parquet.close()?.len(),
             None => 0,
         };
-        if let Some(files) = &mut self.status_files {
+        for files in [&mut self.status_files, &mut self.event_files]
+            .into_iter()
+            .flatten()
+        {
             files.close()?;
         }
         if let Some(clickhouse) = &mut self.clickhouse {

@@ -24,6 +24,7 @@ use meterflow_storage::clickhouse::{
     schema_ddl, ClickHouseConfig, DeadLetterRow, ServerVersion, SideRows, StatusRow, TableLayout,
     TimeColumns, Topology,
 };
+use meterflow_storage::events::EventRow;
 use meterflow_storage::questions::{self, AnomalyQuestion, AnomalyRules, FALL_LOOK_BACK_MS};
 use meterflow_storage::readings::clickhouse::{read_sql, series_from_answers};
 use meterflow_storage::readings::summary::{self, SummaryRequest};
@@ -499,6 +500,7 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
     let want = [
         "dead_letters",
         "device_status",
+        "events",
         "readings",
         "readings_daily",
         "readings_hourly",
@@ -515,7 +517,7 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
         assert_eq!(names, want, "{tables:?}");
     }
     let cluster = schema_ddl("mf_c", ch.version, 30, Topology::Cluster("meterflow"));
-    assert_eq!(cluster.len(), 17);
+    assert_eq!(cluster.len(), 19);
     for statement in &cluster {
         let ast = ch.ok(&format!("EXPLAIN AST {statement}"));
         assert!(ast.contains("Query"), "{statement}: {ast}");
@@ -539,6 +541,22 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
     let mut side = SideRows::default();
     side.statuses = statuses(now);
     side.dead_letters = vec![dead_letter(now)];
+    let event = |meter: &str, ts_ms: i64, kind: &str| EventRow {
+        meter_id: meter.into(),
+        ts_ms,
+        kind: kind.into(),
+        severity: "critical".into(),
+        source: "mqtt".into(),
+        code: "bit 2".into(),
+        detail: "a tab\there, a quote ' and a newline\n".into(),
+        raw: "error_flags=0x4".into(),
+    };
+    // The same event twice (a repeated report): one row back.
+    side.events = vec![
+        event("E1", now + 123, "cover_open"),
+        event("E1", now + 123, "cover_open"),
+        event("E2", now - 5_000, "forged_publish"),
+    ];
     let sent = ch.insert(
         &config,
         &layout,
@@ -546,7 +564,7 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
         &[batch(&native_rows[..10]), batch(&native_rows[10..])],
         false,
     );
-    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(sent.len(), 4, "{sent:?}");
     assert!(
         sent[0].starts_with("INSERT INTO mf.device_status")
             && sent[0].ends_with("FORMAT RowBinary")
@@ -554,7 +572,20 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
     assert!(
         sent[1].starts_with("INSERT INTO mf.dead_letters") && sent[1].ends_with("FORMAT RowBinary")
     );
-    assert!(sent[2].starts_with("INSERT INTO mf.readings") && sent[2].ends_with("FORMAT Native"));
+    assert!(sent[2].starts_with("INSERT INTO mf.events") && sent[2].ends_with("FORMAT RowBinary"));
+    assert!(sent[3].starts_with("INSERT INTO mf.readings") && sent[3].ends_with("FORMAT Native"));
+    let events = meterflow_storage::events::rows_from_tsv(
+        &ch.ok(&meterflow_storage::events::clickhouse_sql("mf", &Default::default()).unwrap()),
+    )
+    .unwrap();
+    let mut want_events = vec![
+        event("E2", now - 5_000, "forged_publish"),
+        event("E1", now + 123, "cover_open"),
+    ];
+    for e in &mut want_events {
+        e.ts_ms -= e.ts_ms.rem_euclid(1000);
+    }
+    assert_eq!(events, want_events);
     let sent = ch.insert(
         &config,
         &layout,

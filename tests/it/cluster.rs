@@ -207,6 +207,8 @@ fn a_cluster_keeps_every_reading_through_a_dead_replica_and_a_dead_node() {
         "dead_letters_local",
         "device_status",
         "device_status_local",
+        "events",
+        "events_local",
         "readings",
         "readings_daily",
         "readings_daily_local",

@@ -54,6 +54,7 @@ fn warm_server(ch: &ClickHouse, url: &str, db: &str) -> (Server, tempfile::TempD
     });
     ch.query(&format!("SYSTEM STOP MERGES {db}.device_status"));
     ch.query(&format!("SYSTEM STOP MERGES {db}.dead_letters"));
+    ch.query(&format!("SYSTEM STOP MERGES {db}.events"));
     (server, dir)
 }
 
@@ -226,6 +227,12 @@ fn a_side_row_insert_whose_answer_was_lost_is_stored_once() {
             "meters/la-d/json",
             "{broken",
             "meter_id = 'la-d'",
+        ),
+        (
+            "events",
+            "meters/la-e/status",
+            r#"{"error_flags": 4}"#,
+            "meter_id = 'la-e' AND kind = 'cover_open'",
         ),
     ] {
         let lost_before = proxy.lost();

@@ -19,6 +19,7 @@ mod confirmation_path;
 mod deploy;
 mod dlms;
 mod dlms_listener;
+mod events;
 mod fuzz_regressions;
 mod http_api;
 mod http_limits;

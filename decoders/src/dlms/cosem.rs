@@ -19,6 +19,7 @@ use meterflow_proto::quality;
 
 use super::axdr::Data;
 use super::Context;
+use crate::events::{self, Event, EventKind, DLMS_ALARM_BITS};
 use crate::{DeviceStatus, Reading, Rejected};
 
 /// An OBIS code's six bytes.
@@ -455,6 +456,10 @@ pub struct Meaning {
     serial_rank: Option<u8>,
     /// Why the profile given was not used (its object count is not the body's).
     pub profile_mismatch: Option<String>,
+    /// The alarm registers read: register number (0-0:97.98.E) and value.
+    alarms: Vec<(u8, u32)>,
+    /// Their events, once [`Meaning::stamp`] gave the body its time.
+    pub events: Vec<Event>,
 }
 
 /// One object: its code, its value, and its `{scaler, unit}` if it came with one.
@@ -632,6 +637,7 @@ impl Meaning {
         if o.obis.is_alarm() {
             if let Some(flags) = o.value.as_integer().and_then(|v| u32::try_from(v).ok()) {
                 self.status.error_flags = Some(self.status.error_flags.unwrap_or(0) | flags);
+                self.alarms.push((o.obis.0[4], flags));
             }
             return;
         }
@@ -668,6 +674,60 @@ impl Meaning {
             r.ts_ms = ts;
             r.quality |= q;
         }
+        for (register, flags) in std::mem::take(&mut self.alarms) {
+            self.events.extend(alarm_events(register, flags, ts));
+        }
+    }
+}
+
+/// The events of alarm register `register` (0-0:97.98.`register`) holding `flags`: register
+/// 0 (alarm register 1) by [`DLMS_ALARM_BITS`]; register 1 (alarm register 2) by DSMR's
+/// voltage sag (bits 0-2) and swell (bits 3-5) per phase; register 2 bit 0, last gasp, a
+/// power failure. Bits of other registers are `device_fault`s that name register and bit.
+fn alarm_events(register: u8, flags: u32, ts_ms: i64) -> Vec<Event> {
+    let prefix = format!("0-0:97.98.{register}");
+    match register {
+        0 => events::flag_events(DLMS_ALARM_BITS, &prefix, flags, ts_ms),
+        1 => events::flag_events(ALARM_REGISTER_2, &prefix, flags, ts_ms),
+        2 => events::flag_events(ALARM_REGISTER_3, &prefix, flags, ts_ms),
+        _ => events::flag_events(&[], &prefix, flags, ts_ms),
+    }
+}
+
+/// DSMR alarm register 2: voltage sag L1-L3, swell L1-L3.
+const ALARM_REGISTER_2: events::BitTable = &[
+    (0, EventKind::VoltageSag),
+    (1, EventKind::VoltageSag),
+    (2, EventKind::VoltageSag),
+    (3, EventKind::VoltageSwell),
+    (4, EventKind::VoltageSwell),
+    (5, EventKind::VoltageSwell),
+];
+
+/// DSMR alarm register 3: last gasp (and its test).
+const ALARM_REGISTER_3: events::BitTable = &[(0, EventKind::PowerFailure)];
+
+#[cfg(test)]
+mod alarm_tests {
+    use super::*;
+
+    #[test]
+    fn alarm_registers_become_events_of_their_meaning() {
+        // Register 1: bit 13 fraud attempt, bit 1 replace battery.
+        let events = alarm_events(0, 1 << 13 | 1 << 1, 5);
+        let got: Vec<_> = events.iter().map(|e| (e.kind, e.code.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (EventKind::LowBattery, "0-0:97.98.0 bit 1"),
+                (EventKind::FraudAttempt, "0-0:97.98.0 bit 13"),
+            ]
+        );
+        assert_eq!(alarm_events(1, 1 << 4, 5)[0].kind, EventKind::VoltageSwell);
+        assert_eq!(alarm_events(2, 1, 5)[0].kind, EventKind::PowerFailure);
+        let other = alarm_events(7, 1 << 3, 5);
+        assert_eq!(other[0].kind, EventKind::DeviceFault);
+        assert_eq!(other[0].code, "0-0:97.98.7 bit 3");
     }
 }
 

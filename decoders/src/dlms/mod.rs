@@ -127,6 +127,7 @@ pub fn decode_push_in(
                     series: Vec::new(),
                     status,
                     rejected: m.rejected,
+                    events: m.events,
                 },
             )
         }

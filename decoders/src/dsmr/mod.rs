@@ -67,9 +67,11 @@
 //!   reading of the listed object at the entry's time, or at the time found in an earlier
 //!   column of the same entry (so the e-MUCS 13-month peak history `0-0:98.1.0` becomes
 //!   `1-0:1.6.0` readings at the time each peak occurred: the same rows the monthly `1-0:1.6.0`
-//!   object already gave, which the store dedupes). The power-failure log `1-0:99.97.0` is not
-//!   expanded (events, not measurements), nor buffers in other layouts (the Hungarian
-//!   `0-0:98.1.0` billing snapshot, whose values are not labelled): skipped, not rejected.
+//!   object already gave, which the store dedupes). Buffers in other layouts (the Hungarian
+//!   `0-0:98.1.0` billing snapshot, whose values are not labelled) are skipped, not rejected.
+//! - The power-failure log `1-0:99.97.0` gives no readings but events: a `power_failure` at
+//!   each entry's start (its end time minus its duration) and a `power_restored` at its end
+//!   ([`Telegram::events`]; the placeholder entry of a meter with nothing logged gives none).
 //! - Never readings, whatever their value looks like: identifiers and versions (`C` = 0:
 //!   `0.0.0`, `0.2.8`, ...; `96.1.x`, `42.0.0`), the clock `0-0:1.0.0`, messages `96.13.x`, status
 //!   words `96.5.x`/`96.10.x` (hex bit fields), the M-Bus device type `24.1.0`. Empty values `()`
@@ -114,6 +116,7 @@ use std::borrow::Cow;
 
 use meterflow_proto::quality;
 
+use crate::events::{Event, EventKind};
 use crate::{DecodeError, Decoded, Format, Position, Reading, Rejected};
 use lexer::{Item, Lexer};
 use time::{parse_stamp, Stamp, CLOCK_SET_FROM_MS};
@@ -308,6 +311,9 @@ pub struct Telegram<'a> {
     pub readings: Vec<Reading<'a>>,
     /// Lines that did not decode.
     pub rejected: Vec<Rejected>,
+    /// The long power failures of the log `1-0:99.97.0`: a `power_failure` at each one's
+    /// start and a `power_restored` at its end.
+    pub events: Vec<Event>,
 }
 
 impl<'a> Telegram<'a> {
@@ -380,6 +386,7 @@ pub fn decode_at(payload: &[u8], received_at_ms: i64) -> Result<Decoded<'_>, Dec
         seq: None,
         readings: t.readings,
         rejected: t.rejected,
+        events: t.events,
         ..Decoded::default()
     })
 }
@@ -454,6 +461,7 @@ fn run(
         objects,
         readings: Vec::new(),
         rejected: Vec::new(),
+        events: Vec::new(),
     });
     Ok((telegram, lx.line()))
 }
@@ -529,6 +537,7 @@ const PENDING: i64 = i64::MIN;
 struct Builder<'a> {
     readings: Vec<Reading<'a>>,
     rejected: Vec<Rejected>,
+    events: Vec<Event>,
     clock: Clock,
     clock_raw: Option<&'a [u8]>,
     timestamp_ms: Option<i64>,
@@ -543,6 +552,7 @@ impl<'a> Builder<'a> {
             // About one reading per 32 bytes of telegram: one allocation, rarely a second.
             readings: Vec::with_capacity(payload_len / 32 + 4),
             rejected: Vec::new(),
+            events: Vec::new(),
             clock: Clock::Absent,
             clock_raw: None,
             timestamp_ms: None,
@@ -590,7 +600,9 @@ impl<'a> Builder<'a> {
             return;
         }
         if ob.c == 98 || ob.c == 99 {
-            if (ob.c, ob.d) != (99, 97) {
+            if (ob.c, ob.d) == (99, 97) {
+                self.power_failures(o);
+            } else {
                 self.profile(o);
             }
             return;
@@ -747,6 +759,52 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// The long power-failure log `(n)(0-0:96.7.19)` then per entry the end of a failure and
+    /// its duration in seconds: two events each. An entry without a usable time (the
+    /// placeholder `(000101000001W)(2147483647*s)` meters send when nothing is logged) gives
+    /// none; a log of another layout is skipped, as other buffers are.
+    fn power_failures(&mut self, o: &Object<'a>) {
+        if !o.regular {
+            return;
+        }
+        let mut groups = o.groups();
+        let Some(n) = groups.next().and_then(count) else {
+            return;
+        };
+        if groups.next().and_then(Obis::parse).is_none() || groups.clone().count() != 2 * n {
+            return;
+        }
+        for _ in 0..n {
+            let (Some(stamp), Some(duration)) = (groups.next(), groups.next()) else {
+                return;
+            };
+            let Stamp::At(end_ms) = parse_stamp(stamp) else {
+                continue;
+            };
+            let seconds = match number(duration) {
+                Some((s, unit)) if (unit.is_empty() || unit == "s") && s >= 0.0 => s,
+                _ => continue,
+            };
+            if end_ms < CLOCK_SET_FROM_MS || seconds >= f64::from(i32::MAX) {
+                continue;
+            }
+            let code = format!("{} {}", o.obis.code, seconds as u64);
+            let start_ms = end_ms - (seconds * 1000.0) as i64;
+            self.events.push(Event {
+                kind: EventKind::PowerFailure,
+                ts_ms: start_ms,
+                code: code.clone(),
+                detail: format!("long power failure of {} s", seconds as u64),
+            });
+            self.events.push(Event {
+                kind: EventKind::PowerRestored,
+                ts_ms: end_ms,
+                code,
+                detail: format!("after a long power failure of {} s", seconds as u64),
+            });
+        }
+    }
+
     /// Fills in the telegram time and hands the readings and rejections to the telegram.
     fn finish(
         mut self,
@@ -768,6 +826,7 @@ impl<'a> Builder<'a> {
         let mut telegram = make(&self);
         telegram.readings = self.readings;
         telegram.rejected = self.rejected;
+        telegram.events = self.events;
         telegram
     }
 }

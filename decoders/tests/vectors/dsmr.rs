@@ -23,6 +23,7 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate};
 use meterflow_decoders::dsmr::{self, Obis, Object, Telegram, NO_TIME};
+use meterflow_decoders::events::EventKind;
 use meterflow_decoders::{DecodeError, Position, Reading};
 use meterflow_proto::quality;
 use serde_json::Value;
@@ -617,6 +618,8 @@ fn ndokter_v4_2() {
         ms("2016-11-29T19:00:00Z"),
     );
     no_reading(&n.t, "1-0:99.97.0");
+    // Its three entries are of an unset clock (year 2000): no events.
+    assert!(n.t.events.is_empty());
     // 4 tariffs, 96.14.0, 1.7.0, 2.7.0, 96.7.21, 96.7.9, 6 sag/swell counters, 3 currents,
     // 6 phase powers, gas.
     assert_eq!(n.t.readings.len(), 25);
@@ -1221,6 +1224,50 @@ fn wassasin_kaifa() {
         ms("2022-09-01T13:00:00Z"),
     );
     assert_eq!(t.readings.len(), 25);
+    // The power-failure log: three failures (end, duration) and four entries of an unset
+    // clock (year 2000, two of them the placeholder 2147483647 s), which give nothing.
+    let events: Vec<(EventKind, i64, &str)> = t
+        .events
+        .iter()
+        .map(|e| (e.kind, e.ts_ms, e.code.as_str()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (
+                EventKind::PowerFailure,
+                ms("2022-08-26T11:35:23Z"),
+                "1-0:99.97.0 4982"
+            ),
+            (
+                EventKind::PowerRestored,
+                ms("2022-08-26T12:58:25Z"),
+                "1-0:99.97.0 4982"
+            ),
+            (
+                EventKind::PowerFailure,
+                ms("2018-12-18T15:08:55Z"),
+                "1-0:99.97.0 817"
+            ),
+            (
+                EventKind::PowerRestored,
+                ms("2018-12-18T15:22:32Z"),
+                "1-0:99.97.0 817"
+            ),
+            (
+                EventKind::PowerFailure,
+                ms("2016-10-25T09:40:51Z"),
+                "1-0:99.97.0 2667"
+            ),
+            (
+                EventKind::PowerRestored,
+                ms("2016-10-25T10:25:18Z"),
+                "1-0:99.97.0 2667"
+            ),
+        ]
+    );
+    let decoded = dsmr::decode(bytes("wassasin_dsmr5/kaifa.txt")).unwrap();
+    assert_eq!(decoded.events, t.events);
 }
 
 #[test]
@@ -1264,6 +1311,15 @@ fn wassasin_t211() {
         assert_reading(&t, "1-0:61.7.0", "0.323", "kW", clock);
         assert_eq!(t.readings.len(), 27);
         assert!(dsmr::decode(bytes(file)).is_ok());
+        // (230723125646S)(0000000712*s): 712 s ending 12:56:46 CEST.
+        let times: Vec<_> = t.events.iter().map(|e| (e.kind, e.ts_ms)).collect();
+        assert_eq!(
+            times,
+            [
+                (EventKind::PowerFailure, ms("2023-07-23T10:44:54Z")),
+                (EventKind::PowerRestored, ms("2023-07-23T10:56:46Z")),
+            ]
+        );
     }
 }
 

@@ -100,6 +100,9 @@ pub struct DeadLetterRow {
 pub struct SideRows {
     pub statuses: Vec<StatusRow>,
     pub dead_letters: Vec<DeadLetterRow>,
+    /// (A spool file written before events were kept has none.)
+    #[serde(default)]
+    pub events: Vec<crate::events::EventRow>,
     /// The oldest WAL record with a row here (what the checkpoint may not pass before they
     /// are inserted).
     oldest_lsn: Option<u64>,
@@ -107,7 +110,7 @@ pub struct SideRows {
 
 impl SideRows {
     pub fn is_empty(&self) -> bool {
-        self.statuses.is_empty() && self.dead_letters.is_empty()
+        self.statuses.is_empty() && self.dead_letters.is_empty() && self.events.is_empty()
     }
 
     /// Notes that a row of WAL record `lsn` was added (0: not in the WAL, holds nothing).
@@ -121,30 +124,31 @@ impl SideRows {
     pub fn append(&mut self, other: SideRows) {
         self.statuses.extend(other.statuses);
         self.dead_letters.extend(other.dead_letters);
+        self.events.extend(other.events);
         if let Some(lsn) = other.oldest_lsn {
             self.note_lsn(lsn);
         }
     }
 
-    /// The status rows (`statuses`) or the dead letters, one row each (to find the one a
-    /// server refuses).
-    pub fn split_rows(&self, statuses: bool) -> Vec<SideRows> {
-        if statuses {
-            self.statuses
-                .iter()
-                .map(|r| SideRows {
-                    statuses: vec![r.clone()],
-                    ..Default::default()
-                })
-                .collect()
-        } else {
-            self.dead_letters
-                .iter()
-                .map(|r| SideRows {
-                    dead_letters: vec![r.clone()],
-                    ..Default::default()
-                })
-                .collect()
+    /// The rows of one side table (`table`: `device_status`, `dead_letters` or `events`),
+    /// one row each (to find the one a server refuses).
+    pub fn split_rows(&self, table: &str) -> Vec<SideRows> {
+        fn each<T: Clone>(rows: &[T], put: impl Fn(T) -> SideRows) -> Vec<SideRows> {
+            rows.iter().cloned().map(put).collect()
+        }
+        match table {
+            "device_status" => each(&self.statuses, |r| SideRows {
+                statuses: vec![r],
+                ..Default::default()
+            }),
+            "events" => each(&self.events, |r| SideRows {
+                events: vec![r],
+                ..Default::default()
+            }),
+            _ => each(&self.dead_letters, |r| SideRows {
+                dead_letters: vec![r],
+                ..Default::default()
+            }),
         }
     }
 
@@ -160,7 +164,10 @@ impl SideRows {
             .iter()
             .map(|d| d.payload.len() + d.reason.len())
             .sum();
-        (self.statuses.len() + self.dead_letters.len(), bytes)
+        (
+            self.statuses.len() + self.dead_letters.len() + self.events.len(),
+            bytes,
+        )
     }
 }
 
@@ -172,6 +179,19 @@ fn put_time(out: &mut Vec<u8>, ms: i64, times: TimeColumns) {
             out.extend_from_slice(&secs.to_le_bytes());
         }
     }
+}
+
+/// Encodes events as RowBinary for `events` (its columns in order).
+pub fn encode_events_rowbinary(rows: &[crate::events::EventRow], times: TimeColumns) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.len() * 64);
+    for r in rows {
+        put_str(&mut out, &r.meter_id);
+        put_time(&mut out, r.ts_ms, times);
+        for text in [&r.kind, &r.severity, &r.source, &r.code, &r.detail, &r.raw] {
+            put_str(&mut out, text);
+        }
+    }
+    out
 }
 
 /// Encodes dead letters as RowBinary for `dead_letters` (with `lsn` when `with_lsn`).

@@ -245,6 +245,27 @@ GROUP BY meter_id, channel, {column}",
         }
         .statements(db, topology),
     );
+    // Meter events: one of each (meter, second, kind, code), however often reported.
+    ddl.extend(
+        TableDdl {
+            name: "events",
+            columns: format!(
+                "    meter_id String,
+    ts {time},
+    kind {text},
+    severity {text},
+    source {text},
+    code String,
+    detail String,
+    raw String",
+                text = lc("String"),
+            ),
+            engine: "ReplacingMergeTree()",
+            rest: "PARTITION BY toYYYYMM(ts)\nORDER BY (meter_id, ts, kind, code)".into(),
+            sharding_key: "cityHash64(meter_id)",
+        }
+        .statements(db, topology),
+    );
     // VEE's versions: each value's latest by `version` (the run's time, Unix ms); the actual
     // reads in `readings` are never touched.
     ddl.extend(
@@ -340,7 +361,7 @@ pub async fn server_version(config: &ClickHouseConfig) -> Result<ServerVersion, 
 }
 
 /// Every object of the schema on a cluster (the Distributed tables and what is behind them).
-const CLUSTER_OBJECTS: [&str; 10] = [
+const CLUSTER_OBJECTS: [&str; 12] = [
     "readings",
     "readings_local",
     "readings_hourly",
@@ -351,6 +372,8 @@ const CLUSTER_OBJECTS: [&str; 10] = [
     "device_status_local",
     "dead_letters",
     "dead_letters_local",
+    "events",
+    "events_local",
 ];
 
 /// Creates the database, tables and rollups that are missing; returns the server version.
@@ -610,6 +633,8 @@ pub struct TableLayout {
     pub status_times: TimeColumns,
     /// How `dead_letters` stores `received_at`.
     pub dead_letter_times: TimeColumns,
+    /// How `events` stores `ts`.
+    pub event_times: TimeColumns,
     /// `device_status` is a ReplacingMergeTree with the `lsn` column (made by this version):
     /// a repeated insert is harmless. Otherwise (an earlier version's MergeTree, even with an
     /// `lsn` column added) a retry may leave a duplicate, and no `lsn` is sent unless the
@@ -672,7 +697,7 @@ pub fn layout_queries(db: &str) -> [String; 2] {
     [
         format!(
             "SELECT table, name, type FROM system.columns WHERE database = '{db}' \
-             AND (table = 'readings' OR (table IN ('device_status', 'dead_letters') \
+             AND (table = 'readings' OR (table IN ('device_status', 'dead_letters', 'events') \
              AND name IN ('at', 'received_at', 'lsn', 'ts')))"
         ),
         format!(
@@ -768,6 +793,7 @@ pub fn layout_from(
         times: times("readings", "ts"),
         status_times: times("device_status", "at"),
         dead_letter_times: times("dead_letters", "received_at"),
+        event_times: times("events", "ts"),
         status_lsn: has_lsn("device_status"),
         status_ts: columns
             .iter()
@@ -898,9 +924,12 @@ mod tests {
             find("CREATE TABLE IF NOT EXISTS mf.dead_letters ON CLUSTER")
                 .contains("cityHash64(meter_id, lsn)")
         );
-        // Every object: 1 database, 6 tables x 2 (readings_vee, vee_runs and vee_exceptions
-        // among them), 2 rollups x 2.
-        assert_eq!(ddl.len(), 17);
+        // Every object: 1 database, 7 tables x 2 (events, readings_vee, vee_runs and
+        // vee_exceptions among them), 2 rollups x 2.
+        assert_eq!(ddl.len(), 19);
+        assert!(find("CREATE TABLE IF NOT EXISTS mf.events_local").contains(
+            "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/mf/events_local', '{replica}')"
+        ));
         assert!(find("CREATE TABLE IF NOT EXISTS mf.readings_vee_local").contains(
             "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/mf/readings_vee_local', '{replica}', version)"
         ));

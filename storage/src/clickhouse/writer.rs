@@ -20,7 +20,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::encode::{encode_dead_letter_rowbinary, encode_rowbinary, encode_status_rowbinary};
+use super::encode::{
+    encode_dead_letter_rowbinary, encode_events_rowbinary, encode_rowbinary,
+    encode_status_rowbinary,
+};
 use super::queue::{read_spool_file, Job, JobData, JobQueue, Sent, SpoolConfig};
 use super::schema::{apply_schema, table_layout, TableLayout};
 use super::{ClickHouseConfig, ClickHouseError, InsertCompression, InsertFormat, SideRows};
@@ -410,16 +413,23 @@ fn load_unit(data: Vec<JobData>) -> std::io::Result<(Vec<RecordBatch>, SideRows)
 enum Part {
     Statuses,
     DeadLetters,
+    Events,
     Readings,
 }
 
 impl Part {
-    const ALL: [Part; 3] = [Part::Statuses, Part::DeadLetters, Part::Readings];
+    const ALL: [Part; 4] = [
+        Part::Statuses,
+        Part::DeadLetters,
+        Part::Events,
+        Part::Readings,
+    ];
 
     fn table(self) -> &'static str {
         match self {
             Part::Statuses => "device_status",
             Part::DeadLetters => "dead_letters",
+            Part::Events => "events",
             Part::Readings => "readings",
         }
     }
@@ -428,6 +438,7 @@ impl Part {
         match self {
             Part::Statuses => "inserting device status",
             Part::DeadLetters => "inserting dead letters",
+            Part::Events => "inserting events",
             Part::Readings => "inserting readings",
         }
     }
@@ -436,6 +447,7 @@ impl Part {
         match self {
             Part::Statuses => side.statuses.is_empty(),
             Part::DeadLetters => side.dead_letters.is_empty(),
+            Part::Events => side.events.is_empty(),
             Part::Readings => batches.iter().all(|b| b.num_rows() == 0),
         }
     }
@@ -484,6 +496,12 @@ fn encode_part(
                 layout.dead_letter_times,
                 layout.dead_letter_lsn,
             ),
+        },
+        Part::Events => Request {
+            sql: format!(
+                "INSERT INTO {db}.events (meter_id, ts, kind, severity, source, code, detail, raw) FORMAT RowBinary"
+            ),
+            body: encode_events_rowbinary(&side.events, layout.event_times),
         },
         Part::Readings => {
             let columns = super::ReadingsNative::column_list();
@@ -618,7 +636,7 @@ async fn insert_unit(shared: Arc<Shared>, unit: Unit) -> UnitOutcome {
             PartOutcome::Refused(e) if part != Part::Readings && unit.side.size().0 > 1 => {
                 // Side rows of several jobs: only the row at fault stays out.
                 tracing::warn!(error = %e, table = part.table(), "ClickHouse refused side rows; inserting them one by one");
-                for one in unit.side.split_rows(part == Part::Statuses) {
+                for one in unit.side.split_rows(part.table()) {
                     let one = Arc::new(one);
                     match shared.insert(part, &one, &[]).await {
                         PartOutcome::Inserted => {}
