@@ -11,7 +11,7 @@ use meterflow_storage::analytics::Table;
 use meterflow_storage::registry::Registry;
 
 use super::query::{print_table, OutputFormat};
-use super::questions::zone;
+use super::questions::{runtime, zone};
 
 #[derive(clap::Args)]
 pub struct RegistryArgs {
@@ -44,6 +44,18 @@ enum RegistryAction {
     },
 }
 
+/// The registry of the configured source: ClickHouse's `meters` when a URL is configured
+/// (where every node finds it), else the data folder.
+pub fn load(config: &Config) -> anyhow::Result<Registry> {
+    if config.clickhouse.enabled() {
+        runtime()?
+            .block_on(Registry::load_clickhouse(&config.clickhouse))
+            .context("reading the meter registry from ClickHouse")
+    } else {
+        Registry::load(&config.data_dir).context("reading the meter registry")
+    }
+}
+
 pub fn run(config: &Config, args: RegistryArgs) -> anyhow::Result<()> {
     match args.action {
         RegistryAction::Import { file, tz } => {
@@ -53,7 +65,8 @@ pub fn run(config: &Config, args: RegistryArgs) -> anyhow::Result<()> {
             let registry = Registry::from_csv(&bytes, &zone)
                 .with_context(|| format!("the registry {}", file.display()))?;
             meterflow_storage::data_dir::prepare(&config.data_dir)?;
-            let saved = registry.save(&config.data_dir, meterflow_proto::now_ms())?;
+            let imported_ms = meterflow_proto::now_ms();
+            let saved = registry.save(&config.data_dir, imported_ms)?;
             let meters: std::collections::BTreeSet<&str> =
                 registry.records().map(|r| r.meter_id.as_str()).collect();
             eprintln!(
@@ -62,12 +75,31 @@ pub fn run(config: &Config, args: RegistryArgs) -> anyhow::Result<()> {
                 meters.len(),
                 saved.display()
             );
+            if config.clickhouse.enabled() {
+                let clickhouse = &config.clickhouse;
+                runtime()?
+                    .block_on(async {
+                        meterflow_storage::clickhouse::apply_schema(clickhouse, true).await?;
+                        registry.save_clickhouse(clickhouse, imported_ms).await
+                    })
+                    .with_context(|| {
+                        format!(
+                            "writing the registry to ClickHouse {} (it is kept in {} already)",
+                            meterflow_storage::url_without_password(&clickhouse.url),
+                            saved.display()
+                        )
+                    })?;
+                eprintln!(
+                    "registry: and in ClickHouse's {}.meters",
+                    clickhouse.database
+                );
+            }
             Ok(())
         }
         RegistryAction::List { at, tz, format } => {
             let zone = zone(config, &tz)?;
             let at = at.map(|t| zone.parse_time(&t, "--at")).transpose()?;
-            let registry = Registry::load(&config.data_dir)?;
+            let registry = load(config)?;
             let when = |t: Option<i64>| t.map(|t| zone.format(t)).unwrap_or_default();
             let rows = registry
                 .records()

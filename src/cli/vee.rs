@@ -102,8 +102,7 @@ pub fn judge(
     let run_id = chrono::Utc::now().timestamp_millis();
     let params = config.vee.params().context("[vee]")?;
     // The meter registry (optional): the interval each meter reads at, for `gap`.
-    let registry = meterflow_storage::registry::Registry::load(&config.data_dir)
-        .context("reading the meter registry")?;
+    let registry = super::registry::load(config)?;
     let parameters = serde_json::to_string(&config.vee).context("[vee] as JSON")?;
     // The history the statistics and the like-day profile are taken from, and a day after
     // the period (the read after a gap at its end).

@@ -25,6 +25,7 @@ use arrow_array::{
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use meterflow_billing::Zone;
 
+use crate::clickhouse::{sql_text, time_sql, ClickHouseConfig, ClickHouseError, TimeColumns};
 use crate::whole_file::{column, parquet_files, read_batches, write_whole};
 use crate::StorageError;
 
@@ -445,6 +446,141 @@ impl Registry {
             }
         }
         Ok(registry)
+    }
+}
+
+/// The registry in ClickHouse's `meters`: each import's records under its `imported_at`
+/// (Unix ms); the newest import is the registry, the ones before stay as its history.
+impl Registry {
+    /// The INSERT statements of this registry as imported at `imported_ms`.
+    #[doc(hidden)]
+    pub fn insert_sql(&self, db: &str, times: TimeColumns, imported_ms: i64) -> Vec<String> {
+        let (_, time) = time_sql(times, "valid_from");
+        let nullable = |ms: Option<i64>| ms.map_or_else(|| "NULL".to_string(), time);
+        let records: Vec<&MeterRecord> = self.records().collect();
+        records
+            .chunks(10_000)
+            .map(|chunk| {
+                let rows: Vec<String> = chunk
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "({imported_ms}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+                            sql_text(&r.meter_id),
+                            sql_text(r.kind.as_str()),
+                            sql_text(&r.model),
+                            r.expected_interval_s
+                                .map_or_else(|| "NULL".to_string(), |s| s.to_string()),
+                            sql_text(&r.district),
+                            sql_text(&r.feeder),
+                            sql_text(&r.transformer),
+                            sql_text(r.role.as_str()),
+                            u8::from(r.import_only),
+                            sql_text(&r.tariff),
+                            nullable(r.valid_from_ms),
+                            nullable(r.valid_to_ms),
+                            r.line,
+                        )
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO {db}.meters (imported_at, meter_id, kind, model, expected_interval_s, \
+                     district, feeder, transformer, role, import_only, tariff, valid_from, valid_to, \
+                     line) VALUES {}",
+                    rows.join(", ")
+                )
+            })
+            .collect()
+    }
+
+    /// The query that reads the newest import back (TabSeparatedWithNames, for
+    /// [`Registry::from_tsv`]).
+    #[doc(hidden)]
+    pub fn select_sql(db: &str, times: TimeColumns) -> String {
+        let (from, _) = time_sql(times, "valid_from");
+        let (to, _) = time_sql(times, "valid_to");
+        format!(
+            "SELECT meter_id, kind, model, expected_interval_s, district, feeder, transformer, \
+             role, import_only, tariff, if(isNull(valid_from), NULL, {from}) AS valid_from_ms, \
+             if(isNull(valid_to), NULL, {to}) AS valid_to_ms, line FROM {db}.meters \
+             WHERE imported_at = (SELECT max(imported_at) FROM {db}.meters) \
+             ORDER BY meter_id, line"
+        )
+    }
+
+    /// The registry of an answer to [`Registry::select_sql`].
+    #[doc(hidden)]
+    pub fn from_tsv(text: &str) -> Result<Registry, StorageError> {
+        let table = crate::analytics::Table::from_tsv(text);
+        let mut registry = Registry::default();
+        for i in 0..table.rows.len() {
+            let cell = |c: &str| table.get(i, c).unwrap_or_default();
+            let bad = |c: &str| StorageError::ClickHouseAnswer {
+                action: "reading the meter registry",
+                offset: i as u64,
+                reason: format!("column {c} of row {i} does not parse"),
+            };
+            let optional = |c: &str| -> Result<Option<i64>, StorageError> {
+                match cell(c) {
+                    "" | "\\N" => Ok(None),
+                    v => v.parse().map(Some).map_err(|_| bad(c)),
+                }
+            };
+            let record = MeterRecord {
+                meter_id: cell("meter_id").to_string(),
+                kind: MeterKind::parse(cell("kind")).ok_or_else(|| bad("kind"))?,
+                model: cell("model").to_string(),
+                expected_interval_s: optional("expected_interval_s")?
+                    .map(|s| u32::try_from(s).map_err(|_| bad("expected_interval_s")))
+                    .transpose()?,
+                district: cell("district").to_string(),
+                feeder: cell("feeder").to_string(),
+                transformer: cell("transformer").to_string(),
+                role: Role::parse(cell("role")).ok_or_else(|| bad("role"))?,
+                import_only: cell("import_only") == "1",
+                tariff: cell("tariff").to_string(),
+                valid_from_ms: optional("valid_from_ms")?,
+                valid_to_ms: optional("valid_to_ms")?,
+                line: cell("line").parse().map_err(|_| bad("line"))?,
+            };
+            let records = registry.meters.entry(record.meter_id.clone()).or_default();
+            // A retried insert may have stored a record twice.
+            if records.last().is_none_or(|r| r.line != record.line) {
+                records.push(record);
+            }
+        }
+        for records in registry.meters.values_mut() {
+            records.sort_by_key(|r| r.valid_from_ms.unwrap_or(i64::MIN));
+        }
+        Ok(registry)
+    }
+
+    /// Keeps this registry in ClickHouse's `meters` as the import of `imported_ms`.
+    pub async fn save_clickhouse(
+        &self,
+        config: &ClickHouseConfig,
+        imported_ms: i64,
+    ) -> Result<(), StorageError> {
+        let times = crate::clickhouse::time_columns(config).await?;
+        let client = config.client()?;
+        for sql in self.insert_sql(&config.database, times, imported_ms) {
+            client
+                .query(&sql)
+                .execute()
+                .await
+                .map_err(|source| ClickHouseError {
+                    action: "writing the meter registry",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The newest registry in ClickHouse's `meters`; empty when none was imported.
+    pub async fn load_clickhouse(config: &ClickHouseConfig) -> Result<Registry, StorageError> {
+        let times = crate::clickhouse::time_columns(config).await?;
+        let sql = Registry::select_sql(&config.database, times);
+        Registry::from_tsv(&crate::analytics::run_text(config, &sql).await?)
     }
 }
 

@@ -501,6 +501,7 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
         "dead_letters",
         "device_status",
         "events",
+        "meters",
         "readings",
         "readings_daily",
         "readings_hourly",
@@ -517,7 +518,7 @@ fn schema_insert_bodies_and_every_query_run_on_a_current_clickhouse() {
         assert_eq!(names, want, "{tables:?}");
     }
     let cluster = schema_ddl("mf_c", ch.version, 30, Topology::Cluster("meterflow"));
-    assert_eq!(cluster.len(), 19);
+    assert_eq!(cluster.len(), 21);
     for statement in &cluster {
         let ast = ch.ok(&format!("EXPLAIN AST {statement}"));
         assert!(ast.contains("Query"), "{statement}: {ast}");
@@ -1181,4 +1182,36 @@ fn vee_statements_run_on_a_current_clickhouse() {
         ch.rows(&sql),
         vec![vec!["2026-03-31".to_string(), "gap".into(), "1".into()]]
     );
+}
+
+/// The registry's statements on a current ClickHouse: an import written and the newest read
+/// back equal to what was imported (a quote, an empty interval, open validity).
+#[test]
+fn the_registry_round_trips_on_a_current_clickhouse() {
+    use meterflow_storage::registry::Registry;
+    let mut ch = Chdb::start();
+    let config = ClickHouseConfig {
+        database: "mf_reg".into(),
+        ..ClickHouseConfig::default()
+    };
+    ch.apply_schema(&config);
+    let zone = meterflow_billing::Zone::parse("Asia/Bishkek", "tz").unwrap();
+    let registry = Registry::from_csv(
+        b"meter_id,kind,model,expected_interval_s,feeder,role,import_only,tariff,valid_from,valid_to\n\
+          E1,electricity,CE308,900,F-12,customer,yes,o'clock,2025-01-01,2025-07-01\n\
+          E1,electricity,CE308,900,F-14,customer,yes,,2025-07-01,\n\
+          G1,gas,,,F-12,customer,no,,,\n",
+        &zone,
+    )
+    .unwrap();
+    let old = Registry::from_csv(b"meter_id,kind\nOLD,water\n", &zone).unwrap();
+    for sql in old.insert_sql("mf_reg", TimeColumns::Millis, 1_000) {
+        ch.ok(&sql);
+    }
+    for sql in registry.insert_sql("mf_reg", TimeColumns::Millis, 2_000) {
+        ch.ok(&sql);
+    }
+    let back =
+        Registry::from_tsv(&ch.ok(&Registry::select_sql("mf_reg", TimeColumns::Millis))).unwrap();
+    assert_eq!(back, registry);
 }

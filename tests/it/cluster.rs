@@ -209,6 +209,8 @@ fn a_cluster_keeps_every_reading_through_a_dead_replica_and_a_dead_node() {
         "device_status_local",
         "events",
         "events_local",
+        "meters",
+        "meters_local",
         "readings",
         "readings_daily",
         "readings_daily_local",

@@ -146,3 +146,76 @@ fn vee_finds_gaps_by_the_interval_the_registry_gives() {
         "{found}"
     );
 }
+
+/// With ClickHouse configured the registry goes to `meters` too, and is read from there (so
+/// every node finds it): the same list as the files give, and a later import replaces it
+/// whole (a meter it no longer has is gone), the earlier one kept as history.
+#[test]
+fn a_registry_is_kept_in_clickhouse_and_the_newest_import_is_the_registry() {
+    let ch = crate::harness::ClickHouse::shared();
+    let db = crate::harness::ClickHouse::fresh_database("mf_registry");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_c1, with_clickhouse) = config_file(&format!(
+        "data_dir = \"{}\"\n[billing]\ntimezone = \"Asia/Bishkek\"\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n",
+        data.display(),
+        ch.url
+    ));
+    let (_c2, files_only) = config_file(&format!(
+        "data_dir = \"{}\"\n[billing]\ntimezone = \"Asia/Bishkek\"\n",
+        data.display()
+    ));
+    let first = dir.path().join("meters.csv");
+    std::fs::write(
+        &first,
+        "meter_id,kind,model,expected_interval_s,district,feeder,transformer,role,import_only,tariff,valid_from,valid_to\n\
+         E1,electricity,CE308,900,Pervomaisky,F-12,T-3,customer,yes,resid'ential,2025-01-01,2025-07-01\n\
+         E1,electricity,CE308,900,Pervomaisky,F-14,T-9,customer,yes,residential,2025-07-01,\n\
+         E2,gas,G4,,Oktyabrsky,F-20,,customer,no,,,\n\
+         H12,electricity,CE308,900,Pervomaisky,F-12,,feeder_head,no,,,\n",
+    )
+    .unwrap();
+    let (ok, _, said) = meterflow(
+        &with_clickhouse,
+        &["registry", "import", first.to_str().unwrap()],
+    );
+    assert!(ok, "{said}");
+    assert!(
+        said.contains(&format!("ClickHouse's {db}.meters")),
+        "{said}"
+    );
+    let list = |config: &str| {
+        let (ok, out, said) = meterflow(config, &["registry", "list", "--format", "csv"]);
+        assert!(ok, "{said}");
+        out
+    };
+    let from_clickhouse = list(&with_clickhouse);
+    assert_eq!(from_clickhouse, list(&files_only));
+    assert_eq!(from_clickhouse.lines().count(), 1 + 4, "{from_clickhouse}");
+    assert!(from_clickhouse
+        .contains("resid'ential,2025-01-01T00:00:00+06:00,2025-07-01T00:00:00+06:00"));
+
+    // The next import has no E2: it is no longer in the registry; both imports stay stored.
+    let second = dir.path().join("meters2.csv");
+    std::fs::write(
+        &second,
+        "meter_id,kind,feeder,role\nE1,electricity,F-14,customer\nH12,electricity,F-12,feeder_head\n",
+    )
+    .unwrap();
+    let (ok, _, said) = meterflow(
+        &with_clickhouse,
+        &["registry", "import", second.to_str().unwrap()],
+    );
+    assert!(ok, "{said}");
+    let now = list(&with_clickhouse);
+    assert_eq!(now, list(&files_only));
+    assert!(!now.contains("E2"), "{now}");
+    assert_eq!(now.lines().count(), 1 + 2, "{now}");
+    assert_eq!(
+        ch.query(&format!(
+            "SELECT uniqExact(imported_at), count() FROM {db}.meters"
+        ))
+        .trim(),
+        "2\t6"
+    );
+}

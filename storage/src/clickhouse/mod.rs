@@ -325,3 +325,25 @@ impl ClickHouseConfig {
         }
     }
 }
+
+/// A string as a ClickHouse literal.
+pub(crate) fn sql_text(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// How time columns of the small tables (VEE's, the registry's) are read and bounded, by the server's time type:
+/// (the column as Unix ms, a bound in ms as a literal of the column's type).
+pub(crate) fn time_sql(
+    times: crate::clickhouse::TimeColumns,
+    column: &str,
+) -> (String, fn(i64) -> String) {
+    use crate::clickhouse::TimeColumns;
+    match times {
+        TimeColumns::Millis => (format!("toUnixTimestamp64Milli({column})"), |ms| {
+            format!("fromUnixTimestamp64Milli(toInt64({ms}), 'UTC')")
+        }),
+        TimeColumns::Seconds => (format!("toInt64(toUnixTimestamp({column})) * 1000"), |ms| {
+            format!("toDateTime({})", ms.div_euclid(1000).max(0))
+        }),
+    }
+}

@@ -245,6 +245,34 @@ GROUP BY meter_id, channel, {column}",
         }
         .statements(db, topology),
     );
+    // The meter registry: each import's records under its time; the newest import is the
+    // registry (storage::registry).
+    ddl.extend(
+        TableDdl {
+            name: "meters",
+            columns: format!(
+                "    imported_at Int64,
+    meter_id String,
+    kind {text},
+    model String,
+    expected_interval_s Nullable(UInt32),
+    district String,
+    feeder String,
+    transformer String,
+    role {text},
+    import_only UInt8,
+    tariff String,
+    valid_from Nullable({time}),
+    valid_to Nullable({time}),
+    line UInt64",
+                text = lc("String"),
+            ),
+            engine: "ReplacingMergeTree()",
+            rest: "ORDER BY (imported_at, meter_id, line)".into(),
+            sharding_key: "cityHash64(meter_id)",
+        }
+        .statements(db, topology),
+    );
     // Meter events: one of each (meter, second, kind, code), however often reported.
     ddl.extend(
         TableDdl {
@@ -361,7 +389,7 @@ pub async fn server_version(config: &ClickHouseConfig) -> Result<ServerVersion, 
 }
 
 /// Every object of the schema on a cluster (the Distributed tables and what is behind them).
-const CLUSTER_OBJECTS: [&str; 12] = [
+const CLUSTER_OBJECTS: [&str; 20] = [
     "readings",
     "readings_local",
     "readings_hourly",
@@ -374,6 +402,14 @@ const CLUSTER_OBJECTS: [&str; 12] = [
     "dead_letters_local",
     "events",
     "events_local",
+    "meters",
+    "meters_local",
+    "readings_vee",
+    "readings_vee_local",
+    "vee_runs",
+    "vee_runs_local",
+    "vee_exceptions",
+    "vee_exceptions_local",
 ];
 
 /// Creates the database, tables and rollups that are missing; returns the server version.
@@ -924,9 +960,10 @@ mod tests {
             find("CREATE TABLE IF NOT EXISTS mf.dead_letters ON CLUSTER")
                 .contains("cityHash64(meter_id, lsn)")
         );
-        // Every object: 1 database, 7 tables x 2 (events, readings_vee, vee_runs and
+        // Every object: 1 database, 8 tables x 2 (events, meters, readings_vee, vee_runs and
         // vee_exceptions among them), 2 rollups x 2.
-        assert_eq!(ddl.len(), 19);
+        assert_eq!(ddl.len(), 21);
+        assert_eq!(super::CLUSTER_OBJECTS.len(), 20);
         assert!(find("CREATE TABLE IF NOT EXISTS mf.events_local").contains(
             "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/mf/events_local', '{replica}')"
         ));

@@ -58,25 +58,6 @@ fn day_folders(root: &Path, from_ms: i64, to_ms: i64) -> Vec<PathBuf> {
     folders
 }
 
-/// A string as a ClickHouse literal.
-fn sql_text(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-/// How `ts`-like columns of VEE's tables are read and bounded, by the server's time type:
-/// (the column as Unix ms, a bound in ms as a literal of the column's type).
-fn time_sql(times: crate::clickhouse::TimeColumns, column: &str) -> (String, fn(i64) -> String) {
-    use crate::clickhouse::TimeColumns;
-    match times {
-        TimeColumns::Millis => (format!("toUnixTimestamp64Milli({column})"), |ms| {
-            format!("fromUnixTimestamp64Milli(toInt64({ms}), 'UTC')")
-        }),
-        TimeColumns::Seconds => (format!("toInt64(toUnixTimestamp({column})) * 1000"), |ms| {
-            format!("toDateTime({})", ms.div_euclid(1000).max(0))
-        }),
-    }
-}
-
 /// A meter id for a `WHERE`, refused unless it is one.
 fn meter_filter(meter: Option<&str>) -> Result<String, StorageError> {
     match meter {

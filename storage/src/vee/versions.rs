@@ -15,10 +15,8 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 
-use super::{
-    column, day_folders, meter_filter, parquet_files, read_batches, sql_text, time_sql,
-    write_whole, DAY_MS,
-};
+use super::{column, day_folders, meter_filter, parquet_files, read_batches, write_whole, DAY_MS};
+use crate::clickhouse::{sql_text, time_sql};
 use crate::StorageError;
 
 /// One value of a VEE version.
