@@ -76,7 +76,7 @@ pub fn register_name(channel: &str) -> String {
 }
 
 /// kWh per one of the unit, for units of energy.
-fn kwh_per(unit: &str) -> Option<f64> {
+pub fn kwh_per(unit: &str) -> Option<f64> {
     match unit.trim() {
         "kWh" | "kwh" | "KWH" => Some(1.0),
         "Wh" | "wh" => Some(0.001),

@@ -19,7 +19,7 @@ pub mod tariff;
 
 pub use clock::Zone;
 pub use config::{BillingConfig, RolloverRule};
-pub use engine::{register_name, Bill, BillRow, Query};
+pub use engine::{kwh_per, register_name, Bill, BillRow, Query};
 pub use error::BillingError;
 pub use register::{ReadKind, Reading, Value};
 pub use tariff::{Tariff, Timeline};

@@ -73,8 +73,6 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Billed> {
         None => None,
     };
     let max_gap_ms = config.billing.max_gap_ms()?;
-    let silent_look_back_ms = config.billing.silent_look_back_ms()?;
-    let max_silence_ms = config.billing.max_silence_ms()?;
     let bill = Bill::new(Query {
         from_ms,
         to_ms,
@@ -82,21 +80,7 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Billed> {
         tariff,
         max_gap_ms,
     });
-    let request = ReadRequest {
-        from_ms,
-        to_ms,
-        margin_ms: max_gap_ms,
-        meter: args.meter.clone(),
-        channels: Channels::CumulativeRegisters,
-        // The reading before the period, up to billing.max_silence back: a meter silent for months
-        // that reports again is billed for those months. Not the reading after: a series
-        // with none in [to, to + margin] has its first after more than the interpolation
-        // gap from its last before `to`, so R(to) is that one carried, whatever comes after.
-        neighbours: Neighbours::Before,
-        before_since_ms: max_silence_ms.map(|ms| from_ms.saturating_sub(ms)),
-        silent_since_ms: (silent_look_back_ms > 0)
-            .then(|| from_ms.saturating_sub(silent_look_back_ms)),
-    };
+    let request = register_request(config, from_ms, to_ms, args.meter.clone())?;
     let as_billed = if bill_as_billed(
         config,
         args.basis,
@@ -184,6 +168,34 @@ pub fn run(config: &Config, args: BillingArgs) -> anyhow::Result<Billed> {
     Ok(Billed {
         table: table(&rows, zone, as_billed.is_some()),
         refused,
+    })
+}
+
+/// What a bill of `[from_ms, to_ms)` reads: every cumulative register (of `meter`, or all)
+/// with billing's margin of `billing.max_interpolation_gap` around the period.
+pub fn register_request(
+    config: &Config,
+    from_ms: i64,
+    to_ms: i64,
+    meter: Option<String>,
+) -> anyhow::Result<ReadRequest> {
+    let max_gap_ms = config.billing.max_gap_ms()?;
+    let silent_look_back_ms = config.billing.silent_look_back_ms()?;
+    let max_silence_ms = config.billing.max_silence_ms()?;
+    Ok(ReadRequest {
+        from_ms,
+        to_ms,
+        margin_ms: max_gap_ms,
+        meter,
+        channels: Channels::CumulativeRegisters,
+        // The reading before the period, up to billing.max_silence back: a meter silent for months
+        // that reports again is billed for those months. Not the reading after: a series
+        // with none in [to, to + margin] has its first after more than the interpolation
+        // gap from its last before `to`, so R(to) is that one carried, whatever comes after.
+        neighbours: Neighbours::Before,
+        before_since_ms: max_silence_ms.map(|ms| from_ms.saturating_sub(ms)),
+        silent_since_ms: (silent_look_back_ms > 0)
+            .then(|| from_ms.saturating_sub(silent_look_back_ms)),
     })
 }
 

@@ -44,6 +44,11 @@ pub enum Question {
     /// Events in [from, to): tamper, alarms, power failures from the meters, and refusals at
     /// the edge (a forged publish is an event of the meter it claimed to be).
     Events(super::revenue::EventsArgs),
+    /// The energy balance per feeder, transformer or district (--level) and local day: the
+    /// head meters' energy against the sum of the customers' (billing's boundary rule), the
+    /// loss in kWh and %, and the meters not known that day (counted, never taken as 0).
+    /// Needs the meter registry.
+    Balance(super::revenue::BalanceArgs),
 }
 
 /// Asks the question of `args` and prints the answer.
@@ -67,6 +72,10 @@ pub fn run(config: Config, args: QueryArgs) -> anyhow::Result<()> {
             &super::vee_questions::READINGS_NUMBERS,
         ),
         Question::Events(args) => (super::revenue::events(&config, args)?, &[]),
+        Question::Balance(args) => (
+            super::revenue::balance(&config, args)?,
+            &super::revenue::BALANCE_NUMBERS,
+        ),
     };
     // Said before the rows, so that `| head` does not hide it.
     if !refused.is_empty() {

@@ -307,6 +307,11 @@ impl Registry {
         self.meters.get(meter)?.iter().find(|r| r.holds_at(at_ms))
     }
 
+    /// Every record of `meter`, by time.
+    pub fn records_of(&self, meter: &str) -> impl Iterator<Item = &MeterRecord> {
+        self.meters.get(meter).into_iter().flatten()
+    }
+
     /// Every record, by meter and time.
     pub fn records(&self) -> impl Iterator<Item = &MeterRecord> {
         self.meters.values().flatten()

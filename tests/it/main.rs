@@ -7,6 +7,7 @@
 mod harness;
 
 mod analytics;
+mod balance;
 mod billing;
 mod bridge;
 mod browser;
