@@ -21,5 +21,5 @@ pub use clock::Zone;
 pub use config::{BillingConfig, RolloverRule};
 pub use engine::{kwh_per, register_name, Bill, BillRow, Query};
 pub use error::BillingError;
-pub use register::{ReadKind, Reading, Value};
+pub use register::{step, ReadKind, Reading, Step, Value};
 pub use tariff::{Tariff, Timeline};

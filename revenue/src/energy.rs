@@ -7,7 +7,8 @@
 //! is not taken for theft.
 
 use chrono::NaiveDate;
-use meterflow_billing::{kwh_per, register_name, Bill, Query, ReadKind, Reading, Zone};
+use chrono::Timelike;
+use meterflow_billing::{kwh_per, register_name, step, Bill, Query, ReadKind, Reading, Step, Zone};
 
 /// The local days of `[from_ms, to_ms)` in `zone`, each with its bill (23 or 25 hours on
 /// DST days).
@@ -182,6 +183,67 @@ impl MeterDays {
     }
 }
 
+/// The shape of a meter's day: its import energy by local hour, before and from a time on
+/// (interval data only: steps between readings at most [`SHAPE_MAX_STEP_MS`] apart, each
+/// put in the hour its interval starts in), and the energy its import register ran back.
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    /// Per kind of import register (total, tariffs): by hour before, by hour from `split`.
+    hours: [[[f64; 24]; 2]; 2],
+    seen: [bool; 2],
+    /// kWh by which an import register fell without a reset (ran back), from `split` on.
+    pub ran_back_kwh: f64,
+}
+
+/// Readings further apart than this are not interval data: their step says nothing of the
+/// hour it was used in.
+pub const SHAPE_MAX_STEP_MS: i64 = 2 * 3_600_000;
+
+impl Shape {
+    /// Adds an import register's readings (others are left out) from `[.., end_ms)`, split
+    /// at `split_ms`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_register(
+        &mut self,
+        zone: &Zone,
+        split_ms: i64,
+        end_ms: i64,
+        channel: &str,
+        unit: &str,
+        readings: &[Reading],
+        rollover: Option<f64>,
+    ) {
+        let name = register_name(channel);
+        let kind = match name.as_str() {
+            "import total" => 0,
+            n if n.starts_with("import tariff") => 1,
+            _ => return,
+        };
+        let Some(scale) = kwh_per(unit) else { return };
+        self.seen[kind] = true;
+        for pair in readings.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            if b.ts_ms >= end_ms || b.ts_ms - a.ts_ms > SHAPE_MAX_STEP_MS {
+                continue;
+            }
+            let stepped = step(a.value, b.value, rollover);
+            let during = a.ts_ms >= split_ms;
+            if stepped == Step::Reverse && during {
+                self.ran_back_kwh += (a.value - b.value) * scale;
+            }
+            let hour = zone.local(a.ts_ms).hour() as usize;
+            self.hours[kind][usize::from(during)][hour] += stepped.consumption() * scale;
+        }
+    }
+
+    /// By local hour: before the split, and from it on (the total register's, else the
+    /// tariff registers' summed).
+    pub fn hours(&self) -> ([f64; 24], [f64; 24]) {
+        let kind = if self.seen[0] { 0 } else { 1 };
+        (self.hours[kind][0], self.hours[kind][1])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +296,49 @@ mod tests {
         t.add_register(&days, "1-0:1.8.1", "kWh", &import, None);
         t.add_register(&days, "1-0:1.8.2", "kWh", &import, None);
         assert!((t.net_kwh()[0].unwrap() - 20.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_shape_puts_each_interval_in_its_local_hour_and_counts_a_register_run_back() {
+        let z = zone();
+        let from = z.midnight(NaiveDate::from_ymd_opt(2025, 6, 1).unwrap());
+        // 1 kWh in each hour, 3 in the local hour 18; on day 2 the register runs back 0.5.
+        let mut value = 0.0;
+        let mut readings = vec![Reading { ts_ms: from, value }];
+        for h in 0..48 {
+            value += if h % 24 == 18 { 3.0 } else { 1.0 };
+            if h == 30 {
+                value -= 1.5; // ran back: 1 used, 1.5 taken off
+            }
+            readings.push(Reading {
+                ts_ms: from + (h + 1) * HOUR,
+                value,
+            });
+        }
+        let mut shape = Shape::default();
+        shape.add_register(
+            &z,
+            from + 24 * HOUR,
+            from + 48 * HOUR,
+            "1-0:1.8.0",
+            "kWh",
+            &readings,
+            None,
+        );
+        shape.add_register(
+            &z,
+            from + 24 * HOUR,
+            from + 48 * HOUR,
+            "1-0:32.7.0",
+            "V",
+            &readings,
+            None,
+        );
+        let (before, during) = shape.hours();
+        assert_eq!(before[18], 3.0);
+        assert_eq!(before[17], 1.0);
+        assert_eq!(during[6], 0.0);
+        assert_eq!(during[18], 3.0);
+        assert!((shape.ran_back_kwh - 0.5).abs() < 1e-9);
     }
 }

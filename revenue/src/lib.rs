@@ -6,5 +6,6 @@
 pub mod balance;
 pub mod energy;
 mod error;
+pub mod suspects;
 
 pub use error::RevenueError;

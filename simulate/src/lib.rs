@@ -29,6 +29,7 @@ pub mod dtls;
 mod error;
 pub mod mqtt;
 mod plan;
+pub mod theft;
 mod wrapper;
 
 use std::sync::atomic::{AtomicU64, Ordering};

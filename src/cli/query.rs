@@ -49,6 +49,11 @@ pub enum Question {
     /// loss in kWh and %, and the meters not known that day (counted, never taken as 0).
     /// Needs the meter registry.
     Balance(super::revenue::BalanceArgs),
+    /// Customer meters ranked by a score of theft signals in [from, to) against the
+    /// --history-days before: a drop against their own past and their peers', a changed
+    /// daily shape, zero days, reverse energy on an import-only meter, a tamper event then
+    /// a drop, forged or replayed data, a feeder whose loss rose. Each signal is a column.
+    Suspects(super::revenue::SuspectsArgs),
 }
 
 /// Asks the question of `args` and prints the answer.
@@ -72,6 +77,10 @@ pub fn run(config: Config, args: QueryArgs) -> anyhow::Result<()> {
             &super::vee_questions::READINGS_NUMBERS,
         ),
         Question::Events(args) => (super::revenue::events(&config, args)?, &[]),
+        Question::Suspects(args) => (
+            super::revenue::suspects(&config, args)?,
+            &super::revenue::SUSPECT_NUMBERS,
+        ),
         Question::Balance(args) => (
             super::revenue::balance(&config, args)?,
             &super::revenue::BALANCE_NUMBERS,

@@ -1,7 +1,7 @@
 //! The revenue-protection questions: `meterflow query events` (what meters and the edge said
 //! happened) and `query balance` (each feeder's, transformer's or district's energy against
-//! its meters'), on ClickHouse when a URL is configured, else on the Parquet tree; the
-//! registry from the same source.
+//! its meters') and `query suspects` (meters ranked by signals of theft), on ClickHouse when
+//! a URL is configured, else on the Parquet tree; the registry from the same source.
 
 use std::collections::HashMap;
 
@@ -10,7 +10,8 @@ use meterflow_billing::{Reading, Zone};
 use meterflow_decoders::events::EventKind;
 use meterflow_ingest::Config;
 use meterflow_revenue::balance::{balance as balance_rows, Entry, Side};
-use meterflow_revenue::energy::{Days, MeterDays};
+use meterflow_revenue::energy::{Days, MeterDays, Shape};
+use meterflow_revenue::suspects::{rank, MeterFacts, WEIGHTS};
 use meterflow_storage::analytics::Table;
 use meterflow_storage::events::{self as event_store, EventRequest, EventRow};
 use meterflow_storage::questions::number;
@@ -175,17 +176,28 @@ pub const BALANCE_NUMBERS: [&str; 8] = [
 /// The longest balance drawn at once.
 const MAX_BALANCE_DAYS: i64 = 400;
 
-/// Each meter's net energy (import minus export, kWh) per day of `days`, by billing's rule
-/// (as billed once VEE has judged the period, unless `basis` says otherwise), for the meters
-/// `wanted` keeps.
-pub fn daily_energy(
+/// What the readings say of one meter over the days asked.
+pub struct MeterEnergy {
+    /// Net energy (import minus export, kWh) per day (`None`: not known that day).
+    pub daily: Vec<Option<f64>>,
+    /// Export energy per day, kWh.
+    pub export: Vec<Option<f64>>,
+    /// Its import by local hour before `split_ms` and from it on, and what ran back.
+    pub shape: Shape,
+}
+
+/// Each meter's energy per day of `days` by billing's rule (as billed once VEE has judged
+/// the period, unless `basis` says otherwise), for the meters `wanted` keeps, with the shape
+/// of its day before and from `split_ms`.
+pub fn meter_energy(
     config: &Config,
     zone: &Zone,
     days: &Days,
-    (from_ms, to_ms): (i64, i64),
     basis: BasisArgs,
+    split_ms: i64,
     wanted: impl Fn(&str) -> bool,
-) -> anyhow::Result<HashMap<String, Vec<Option<f64>>>> {
+) -> anyhow::Result<HashMap<String, MeterEnergy>> {
+    let (from_ms, to_ms) = (days.start_ms(0), days.end_ms().unwrap_or(days.start_ms(0)));
     let max_gap_ms = config.billing.max_gap_ms()?;
     let as_billed = if bill_as_billed(config, basis, zone, from_ms, to_ms, None)? {
         Some(AsBilled::load(
@@ -198,7 +210,7 @@ pub fn daily_energy(
         None
     };
     let request = super::billing::register_request(config, from_ms, to_ms, None)?;
-    let mut meters: HashMap<String, MeterDays> = HashMap::new();
+    let mut meters: HashMap<String, (MeterDays, Shape)> = HashMap::new();
     read_series(config, &request, &mut |mut series| {
         if !wanted(&series.meter_id) || !series.other_units.is_empty() {
             return Ok(());
@@ -214,15 +226,24 @@ pub fn daily_energy(
         let rollover = config
             .billing
             .rollover_for(&series.meter_id, &series.channel);
-        meters
+        let (days_of, shape) = meters
             .entry(series.meter_id.clone())
-            .or_insert_with(|| MeterDays::new(days))
-            .add_register(days, &series.channel, &series.unit, &points, rollover);
+            .or_insert_with(|| (MeterDays::new(days), Shape::default()));
+        days_of.add_register(days, &series.channel, &series.unit, &points, rollover);
+        let (channel, unit) = (&series.channel, &series.unit);
+        shape.add_register(zone, split_ms, to_ms, channel, unit, &points, rollover);
         Ok(())
     })?;
     Ok(meters
         .into_iter()
-        .map(|(meter, d)| (meter, d.net_kwh()))
+        .map(|(meter, (d, shape))| {
+            let energy = MeterEnergy {
+                daily: d.net_kwh(),
+                export: d.export_kwh(),
+                shape,
+            };
+            (meter, energy)
+        })
         .collect())
 }
 
@@ -250,14 +271,7 @@ pub fn balance(config: &Config, args: BalanceArgs) -> anyhow::Result<Table> {
             .records_of(meter)
             .any(|r| args.level.place(r).is_some())
     };
-    let energy = daily_energy(
-        config,
-        &zone,
-        &days,
-        (days.start_ms(0), end),
-        args.basis,
-        placed,
-    )?;
+    let energy = meter_energy(config, &zone, &days, args.basis, end, placed)?;
     let entries = balance_entries(&registry, args.level, &days, &energy);
     let rows = balance_rows(entries);
     let level = args.level.as_str();
@@ -307,7 +321,7 @@ fn balance_entries<'a>(
     registry: &'a Registry,
     level: Level,
     days: &Days,
-    energy: &HashMap<String, Vec<Option<f64>>>,
+    energy: &HashMap<String, MeterEnergy>,
 ) -> Vec<Entry<'a>> {
     let mut entries = Vec::new();
     let meters: std::collections::BTreeSet<&str> =
@@ -325,9 +339,188 @@ fn balance_entries<'a>(
                 group,
                 day,
                 side,
-                kwh: kwh.and_then(|k| k[i]),
+                kwh: kwh.and_then(|k| k.daily[i]),
             });
         }
     }
     entries
+}
+
+/// The flags of `query suspects`.
+#[derive(clap::Args)]
+pub struct SuspectsArgs {
+    /// Start of the period judged, inclusive: YYYY-MM-DD (local midnight in --tz).
+    #[arg(long)]
+    from: String,
+    /// End, exclusive.
+    #[arg(long)]
+    to: String,
+    /// IANA time zone of the days [default: billing.timezone].
+    #[arg(long)]
+    tz: Option<String>,
+    /// Days before --from each meter is compared with (its own, its peers', its feeder's
+    /// loss).
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(14..=366))]
+    history_days: u32,
+    /// The first N of the ranking only.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[command(flatten)]
+    basis: BasisArgs,
+}
+
+/// The columns of `query suspects` that hold numbers.
+pub const SUSPECT_NUMBERS: [&str; 10] = [
+    "rank",
+    "score",
+    "drop_self",
+    "drop_peers",
+    "profile_change",
+    "zero_days",
+    "reverse",
+    "tamper_drop",
+    "data_path",
+    "feeder_loss",
+];
+
+/// The longest period judged at once.
+const MAX_SUSPECT_DAYS: i64 = 92;
+
+/// Whether an event kind is a sign on the data path (not at the meter).
+fn on_data_path(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::ForgedPublish | EventKind::ReplayRejected | EventKind::AuthFailed
+    )
+}
+
+/// Every customer meter ranked by its score of theft signals, with each signal.
+pub fn suspects(config: &Config, args: SuspectsArgs) -> anyhow::Result<Table> {
+    let zone = zone(config, &args.tz)?;
+    let (from_ms, to_ms) = period(&zone, &args.from, &args.to)?;
+    anyhow::ensure!(
+        to_ms - from_ms <= MAX_SUSPECT_DAYS * 86_400_000,
+        "--to: a period judged spans at most {MAX_SUSPECT_DAYS} days"
+    );
+    let first_day = zone.local(from_ms).date() - chrono::Days::new(u64::from(args.history_days));
+    let max_gap_ms = config.billing.max_gap_ms()?;
+    let days = Days::new(zone, zone.midnight(first_day), to_ms, max_gap_ms);
+    let before = (0..days.len())
+        .take_while(|&i| days.start_ms(i) < from_ms)
+        .count();
+    anyhow::ensure!(before < days.len(), "--to: the period holds no local day");
+    let registry = super::registry::load(config)?;
+    let record = |meter: &str| registry.at(meter, from_ms);
+    let customer = |meter: &str| match record(meter) {
+        Some(r) => r.role == Role::Customer && r.kind == MeterKind::Electricity,
+        // Without a registry (or a record) every meter is judged.
+        None => registry.is_empty() || registry.records_of(meter).next().is_none(),
+    };
+    let energy = meter_energy(config, &zone, &days, args.basis, from_ms, |m| {
+        customer(m) || registry.records_of(m).any(|r| r.role == Role::FeederHead)
+    })?;
+    let window = (days.start_ms(0), days.end_ms().unwrap_or(to_ms));
+    let events = read_events(
+        config,
+        &EventRequest {
+            period: Some(window),
+            ..Default::default()
+        },
+    )?;
+    let feeder_rise = feeder_loss_rise(&registry, &days, before, &energy);
+    let day_of = |ts_ms: i64| (0..days.len()).rev().find(|&i| days.start_ms(i) <= ts_ms);
+    let mut facts: Vec<MeterFacts> = Vec::new();
+    let mut feeders: HashMap<String, String> = HashMap::new();
+    for (meter, e) in &energy {
+        if !customer(meter) {
+            continue;
+        }
+        let r = record(meter);
+        let (hours_before, hours_during) = e.shape.hours();
+        let import_only = r.is_some_and(|r| r.import_only);
+        let exported: f64 = e.export[before..].iter().flatten().sum();
+        let mine = events.iter().filter(|ev| ev.meter_id == *meter);
+        let kinds = mine.filter_map(|ev| Some((EventKind::parse(&ev.kind)?, ev.ts_ms)));
+        let (mut tamper_days, mut data_path_events) = (Vec::new(), 0);
+        for (kind, ts_ms) in kinds {
+            if on_data_path(kind) {
+                data_path_events += usize::from(ts_ms >= from_ms);
+            } else if kind.is_tamper() {
+                tamper_days.extend(day_of(ts_ms));
+            }
+        }
+        let feeder = r.map(|r| r.feeder.clone()).unwrap_or_default();
+        facts.push(MeterFacts {
+            meter_id: meter.clone(),
+            peers: r
+                .map(|r| format!("{}/{}", r.feeder, r.tariff))
+                .unwrap_or_default(),
+            daily: e.daily.clone(),
+            hours_before,
+            hours_during,
+            reverse_kwh: if import_only {
+                exported + e.shape.ran_back_kwh
+            } else {
+                0.0
+            },
+            tamper_days,
+            data_path_events,
+            feeder_loss_rise: feeder_rise.get(&feeder).copied(),
+        });
+        feeders.insert(meter.clone(), feeder);
+    }
+    let ranked = rank(&facts, before);
+    let columns: Vec<String> = ["rank", "meter_id", "score", "reasons"]
+        .into_iter()
+        .chain(WEIGHTS.iter().map(|(name, _)| *name))
+        .chain(["feeder"])
+        .map(String::from)
+        .collect();
+    let rows = ranked
+        .iter()
+        .take(args.limit.unwrap_or(usize::MAX))
+        .enumerate()
+        .map(|(i, s)| {
+            let mut row = vec![
+                (i + 1).to_string(),
+                s.meter_id.clone(),
+                format!("{:.3}", s.score),
+                s.signals.reasons().join(" "),
+            ];
+            row.extend(s.signals.values().iter().map(|v| format!("{v:.3}")));
+            row.push(feeders.get(&s.meter_id).cloned().unwrap_or_default());
+            row
+        })
+        .collect();
+    Ok(Table { columns, rows })
+}
+
+/// Per feeder, how far its loss rose during the period against before, percentage points of
+/// the head's energy, over complete days (a feeder without complete days on either side has
+/// none).
+fn feeder_loss_rise(
+    registry: &Registry,
+    days: &Days,
+    before: usize,
+    energy: &HashMap<String, MeterEnergy>,
+) -> HashMap<String, f64> {
+    let rows = balance_rows(balance_entries(registry, Level::Feeder, days, energy));
+    let mut sides: HashMap<String, [(f64, f64); 2]> = HashMap::new();
+    let first_during = (before < days.len())
+        .then(|| days.dates().nth(before))
+        .flatten();
+    for row in rows.iter().filter(|r| r.is_complete()) {
+        let (Some(head), Some(loss)) = (row.head_kwh, row.loss_kwh) else {
+            continue;
+        };
+        let side = usize::from(first_during.is_some_and(|d| row.day >= d));
+        let sums = &mut sides.entry(row.group.clone()).or_default()[side];
+        sums.0 += loss;
+        sums.1 += head;
+    }
+    sides
+        .into_iter()
+        .filter(|(_, [b, d])| b.1 > 0.0 && d.1 > 0.0)
+        .map(|(feeder, [b, d])| (feeder, 100.0 * (d.0 / d.1 - b.0 / b.1)))
+        .collect()
 }

@@ -35,6 +35,7 @@ mod serve_coap;
 mod serve_coaps;
 mod serve_mqtt;
 mod simulate_dlms;
+mod suspects;
 mod vee;
 mod vee_fleet;
 mod wal_crash;
