@@ -22,6 +22,7 @@ declare -A needs=(
   [openssl]=openssl
   [haproxy]=haproxy
   [prlimit]=util-linux
+  [promtool]=prometheus
 )
 missing=()
 for cmd in "${!needs[@]}"; do

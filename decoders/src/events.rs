@@ -274,12 +274,16 @@ pub fn status_changes(
     events
 }
 
-/// The words for the bits of `flags` in `format` (`cover_open, magnetic_tamper`), for people.
-pub fn describe_flags(format: Format, flags: u32) -> Vec<&'static str> {
-    let table = bit_table(format).unwrap_or(STATUS_BITS);
+/// The kinds the bits of `flags` in `format` stand for (a DLMS meter's are alarm register
+/// 1's), in bit order.
+pub fn flag_kinds(format: Format, flags: u32) -> Vec<EventKind> {
+    let table = match format {
+        Format::Dlms => DLMS_ALARM_BITS,
+        _ => bit_table(format).unwrap_or(STATUS_BITS),
+    };
     flag_events(table, "", flags, 0)
         .into_iter()
-        .map(|e| e.kind.as_str())
+        .map(|e| e.kind)
         .collect()
 }
 
@@ -323,9 +327,10 @@ mod tests {
         assert_eq!(lwm2m[0].code, "/3/0/11 = 1");
         assert_eq!(lwm2m[1].kind, EventKind::CommunicationError);
         assert_eq!(
-            describe_flags(Format::Pb, 0x14),
-            ["cover_open", "magnetic_tamper"]
+            flag_kinds(Format::Pb, 0x14),
+            [EventKind::CoverOpen, EventKind::MagneticTamper]
         );
+        assert_eq!(flag_kinds(Format::Dlms, 1 << 13), [EventKind::FraudAttempt]);
     }
 
     #[test]

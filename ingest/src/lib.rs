@@ -27,6 +27,7 @@ pub mod dlms_profiles;
 pub mod dlms_replay;
 pub mod edge;
 mod error;
+pub mod fleet;
 pub mod http;
 pub mod pipeline;
 pub mod progress;

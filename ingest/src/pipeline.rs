@@ -41,6 +41,15 @@ pub enum Route<'a> {
     Status { meter_id: &'a str },
 }
 
+impl Route<'_> {
+    /// The meter the message is for.
+    pub fn meter_id(&self) -> &str {
+        match self {
+            Route::Report { meter_id, .. } | Route::Status { meter_id } => meter_id,
+        }
+    }
+}
+
 /// Parses `meters/{meter_id}/{format}` and `meters/{meter_id}/status`.
 pub fn parse_topic(topic: &str) -> Result<Route<'_>, String> {
     let mut parts = topic.split('/');
@@ -647,9 +656,7 @@ impl Pipeline {
             self.counters
                 .messages(message.source.as_str(), "refused")
                 .increment(1);
-            if let Ok(Route::Report { meter_id, .. } | Route::Status { meter_id }) =
-                parse_topic(&message.topic)
-            {
+            if let Some(meter_id) = claimed_meter(&message.topic) {
                 let forged = Event {
                     kind: EventKind::ForgedPublish,
                     ts_ms: message.received_at_ms,
@@ -669,6 +676,26 @@ impl Pipeline {
                 "unauthorized",
                 refusal.describe(),
             );
+        }
+        if let Some(gateway) = message
+            .edge_note
+            .as_deref()
+            .filter(|n| n.kind == EdgeNoteKind::Via)
+            .and_then(|n| n.identity.as_deref())
+        {
+            // A gateway's message for one of its meters: the gateway is heard too.
+            self.devices.observe(Observation {
+                meter_id: gateway,
+                lsn: message.lsn,
+                received_at_ms: message.received_at_ms,
+                source: message.source.as_str(),
+                format: "gateway",
+                decode_error: false,
+                seq: None,
+                rows: 0,
+                status: None,
+                readings: &mut std::iter::empty(),
+            });
         }
         let route = parse_topic(&message.topic);
         let format = match &route {
@@ -966,6 +993,15 @@ impl Pipeline {
 
 /// A meter's last reported error flags and firmware.
 type LastStatus = (Option<u32>, Option<Box<str>>);
+
+/// The meter a refused message claimed to be for: its MQTT topic's `meters/{id}/...`, or a
+/// CoAP report's `/r/{id}`. (An LwM2M registration names an endpoint, not always a meter.)
+fn claimed_meter(topic: &str) -> Option<&str> {
+    match parse_topic(topic) {
+        Ok(Route::Report { meter_id, .. } | Route::Status { meter_id }) => Some(meter_id),
+        Err(_) => topic.strip_prefix("/r/").filter(|id| is_valid_meter_id(id)),
+    }
+}
 
 /// Events remembered as written at most ([`Pipeline::queue_events`]): about 8 MB.
 const EVENTS_SEEN_MAX: usize = 1 << 18;

@@ -112,6 +112,8 @@ pub struct Running {
     writer: std::thread::JoinHandle<WriterSummary>,
     pipeline: PipelineThread,
     device_saver: JoinHandle<()>,
+    /// Keeps the meter registry current and the fleet gauges set.
+    fleet_watch: JoinHandle<()>,
     http: JoinHandle<()>,
     /// HTTP stops last: `/ready` answers "stopping" through the whole shutdown.
     http_stop: tokio::sync::oneshot::Sender<()>,
@@ -252,12 +254,22 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
             .collect(),
         clickhouse_asked: Arc::default(),
     };
+    let fleet = crate::fleet::Fleet::default();
+    let fleet_watch = tokio::spawn(crate::fleet::watch(
+        fleet.clone(),
+        config
+            .clickhouse
+            .enabled()
+            .then(|| config.clickhouse.clone()),
+        config.data_dir.clone(),
+    ));
     let app = http::router(http::HttpState {
         devices: devices.clone(),
         metrics,
         readiness,
         token: (!config.http.token.is_empty()).then(|| Arc::from(config.http.token.as_str())),
         data_dir: config.data_dir.clone(),
+        fleet,
     });
     let (http, http_stop) = serve_http(http_listener, app, &config.http);
     let device_saver = tokio::spawn(devices.clone().save_every(
@@ -284,6 +296,7 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
         writer,
         pipeline,
         device_saver,
+        fleet_watch,
         http,
         http_stop,
     })
@@ -544,6 +557,7 @@ impl Running {
             writer,
             pipeline,
             device_saver,
+            fleet_watch,
             http,
             http_stop,
         } = self;
@@ -567,6 +581,7 @@ impl Running {
                 .map_err(|e| IngestError::Runtime(format!("joining the pipeline: {e}")))?;
         // 4. The device state, 5. HTTP.
         device_saver.abort();
+        fleet_watch.abort();
         let saved = devices.save(&config.data_dir);
         let _ = http_stop.send(());
         if let Err(e) = http.await {

@@ -5,6 +5,7 @@
 //! - [`Format`], [`Source`]: the payload formats and the ways in, as they appear in topics and columns.
 //! - [`quality`]: the bit flags of the `quality` column.
 
+pub mod channels;
 pub mod reading;
 
 /// Generated from `meterflow/v1/meter.proto`.

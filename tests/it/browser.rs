@@ -2,6 +2,9 @@
 //! W3C WebDriver protocol by chromedriver (both installed by the test command). The page is
 //! loaded on a phone-sized window, a meter that was just published is searched by typing its
 //! id, and its status, colour and chart must show; the stale list must name a silent meter.
+//! With a meter registry and credentials: the health's reasons in words (a low battery is
+//! amber, a cover opened red), a gateway heard through its meter's messages, channel names,
+//! the charts' time axis, events, and the fleet summary by health and district.
 //! Screenshots are kept under `target/tmp/browser/`.
 
 use std::path::{Path, PathBuf};
@@ -164,7 +167,7 @@ fn a_field_engineer_finds_a_meter_on_a_phone_and_sees_its_status_and_chart() {
         std::fs::write(&file, payload).unwrap();
         mosquitto_pub(server.mqtt_port, topic, &file, &[]);
     };
-    publish("meters/SILENT-1/status", r#"{"battery_pct": 5}"#.into());
+    publish("meters/SILENT-1/status", r#"{"battery_pct": 55}"#.into());
     let browser = Browser::start();
     wait_for("SILENT-1 to go amber", || {
         let (_, body) = server.http_get("/api/devices/SILENT-1");
@@ -247,6 +250,185 @@ fn a_field_engineer_finds_a_meter_on_a_phone_and_sees_its_status_and_chart() {
         browser.text(&missing)
     );
     browser.screenshot(&screenshots().join("meter-not-found.png"));
+    drop(browser);
+    let (exit, _, log, _tmp) = server.stop();
+    assert!(exit.success(), "{log}");
+}
+
+/// The page interprets: amber for a low battery with the reason in words, red for a cover
+/// opened (and the event listed), a gateway green after publishing for its meter, channel
+/// names and a time axis, the fleet summary's counts with a district filter.
+#[test]
+fn the_page_says_what_is_wrong_and_sums_up_the_fleet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (lowbat, tamper, gw) = (
+        "lowbat-secret-0123",
+        "tamper-secret-0123",
+        "gw-secret-0123456",
+    );
+    let fleet = tmp.path().join("fleet.csv");
+    std::fs::write(
+        &fleet,
+        format!(
+            "meter_id,secret,publish_for\nLOWBAT-1,{lowbat},\nTAMPER-1,{tamper},\nGW1,{gw},G*\n"
+        ),
+    )
+    .unwrap();
+    crate::harness::credentials(tmp.path(), &["import", fleet.to_str().unwrap()]);
+    let meters = tmp.path().join("meters.csv");
+    std::fs::write(
+        &meters,
+        "meter_id,kind,expected_interval_s,district,feeder,role\n\
+         LOWBAT-1,electricity,900,North,F1,customer\n\
+         G5,gas,3600,North,F1,customer\n\
+         GW1,gateway,900,North,,customer\n\
+         TAMPER-1,electricity,900,South,F2,customer\n\
+         NEVER-1,electricity,900,South,F2,customer\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["registry", "import", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .arg(&meters)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Events are read from complete files (no ClickHouse here): files complete within a second.
+    let (_cfg, config) = config_file("[parquet]\nfile_max_age_s = 1\n");
+    let server = Server::start_in(tmp, &["--config", &config]);
+    let files = tempfile::tempdir().unwrap();
+    let publish = |topic: &str, user: &str, secret: &str, payload: &str| {
+        let file = files.path().join("p");
+        std::fs::write(&file, payload).unwrap();
+        mosquitto_pub(server.mqtt_port, topic, &file, &["-u", user, "-P", secret]);
+    };
+    let now = meterflow_proto::now_ms();
+    for k in 0..4 {
+        let ts = now - (3 - k) * 900_000;
+        publish(
+            "meters/LOWBAT-1/json",
+            "LOWBAT-1",
+            lowbat,
+            &format!(
+                r#"{{"readings":[{{"channel":"1-0:1.8.0","ts":{ts},"value":{},"unit":"kWh"}}],"status":{{"battery_pct":12,"rssi_dbm":-75}}}}"#,
+                100 + k
+            ),
+        );
+    }
+    publish(
+        "meters/TAMPER-1/json",
+        "TAMPER-1",
+        tamper,
+        &format!(
+            r#"{{"readings":[{{"channel":"1-0:1.8.0","ts":{now},"value":5,"unit":"kWh"}}],"status":{{"error_flags":4}}}}"#
+        ),
+    );
+    publish(
+        "meters/G5/json",
+        "GW1",
+        gw,
+        &format!(
+            r#"{{"readings":[{{"channel":"0-1:24.2.1","ts":{now},"value":12.5,"unit":"m3"}}]}}"#
+        ),
+    );
+    wait_for("the gateway heard", || {
+        let (_, body) = server.http_get("/api/devices/GW1");
+        body.contains("\"health\":\"green\"").then_some(())
+    });
+    // The gateway's liveness comes from the message it sent for G5.
+    let (_, body) = server.http_get("/api/devices/GW1");
+    let gw1: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(gw1["last_format"], "gateway", "{body}");
+    assert_eq!(gw1["registry"]["kind"], "gateway", "{body}");
+    wait_for("the events written", || {
+        let (_, body) = server.http_get("/api/devices/TAMPER-1/events");
+        body.contains("cover_open").then_some(())
+    });
+
+    // The fleet gauges: South has TAMPER-1 (heard) and NEVER-1 (never heard).
+    assert_eq!(
+        server.metric("meterflow_meters_registered{district=\"South\"}"),
+        2.0
+    );
+    assert_eq!(
+        server.metric("meterflow_meters_silent{district=\"South\"}"),
+        1.0
+    );
+    assert_eq!(
+        server.metric("meterflow_meters_silent{district=\"North\"}"),
+        0.0
+    );
+
+    let browser = Browser::start();
+    browser.go(&format!("http://127.0.0.1:{}/#LOWBAT-1", server.http_port));
+    let health = browser.wait_for("#health");
+    assert_eq!(browser.attribute(&health, "data-health"), "amber");
+    let reasons = browser.text(&browser.wait_for("#reasons"));
+    assert_eq!(reasons, "battery low: 12 % (below 20 %)");
+    let registry = browser.text(&browser.find("#registry").unwrap());
+    assert!(
+        registry.contains("district North") && registry.contains("every 15 min"),
+        "{registry}"
+    );
+    let chart = browser.text(&browser.wait_for(".chart[data-channel=\"1-0:1.8.0\"]"));
+    assert!(chart.contains("energy imported, total"), "{chart}");
+    let ticks = browser.call(
+        "POST",
+        "/elements",
+        Some(json!({"using": "css selector", "value": ".chart .axis .tick"})),
+    );
+    assert_eq!(ticks.1.as_array().map(Vec::len), Some(5), "{:?}", ticks.1);
+    browser.screenshot(&screenshots().join("meter-low-battery.png"));
+
+    browser.go(&format!("http://127.0.0.1:{}/#TAMPER-1", server.http_port));
+    wait_for("TAMPER-1 shown red", || {
+        let health = browser.find("#health")?;
+        (browser.text(&browser.find("#meter-id")?) == "TAMPER-1"
+            && browser.attribute(&health, "data-health") == "red")
+            .then_some(())
+    });
+    let reasons = browser.text(&browser.find("#reasons").unwrap());
+    assert_eq!(reasons, "reports cover open (error flags 0x4)");
+    let events = browser.text(&browser.wait_for("#events"));
+    assert!(
+        events.contains("cover open") && events.contains("cover was opened"),
+        "{events}"
+    );
+    let status = browser.text(&browser.find("#status").unwrap());
+    assert!(status.contains("0x4 (cover open)"), "{status}");
+
+    // The fleet: green G5 and GW1, amber LOWBAT-1, red TAMPER-1 and NEVER-1 (never heard).
+    let count = |health: &str| {
+        browser
+            .find(&format!("#fleet-{health}"))
+            .map(|e| browser.attribute(&e, "data-count"))
+    };
+    wait_for("the fleet summary", || {
+        (count("green").as_deref() == Some("2")).then_some(())
+    });
+    assert_eq!(count("amber").as_deref(), Some("1"));
+    assert_eq!(count("red").as_deref(), Some("2"));
+    let districts = browser.text(&browser.find("#fleet-districts").unwrap());
+    assert!(
+        districts.contains("North 2 1 0") && districts.contains("South 0 0 2"),
+        "{districts}"
+    );
+    // Filtered to South.
+    let select = browser.find("#district").unwrap();
+    browser.call(
+        "POST",
+        &format!("/element/{select}/value"),
+        Some(json!({"text": "South"})),
+    );
+    wait_for("the South summary", || {
+        (count("green").as_deref() == Some("0") && count("red").as_deref() == Some("2"))
+            .then_some(())
+    });
+    browser.screenshot(&screenshots().join("fleet-summary.png"));
     drop(browser);
     let (exit, _, log, _tmp) = server.stop();
     assert!(exit.success(), "{log}");

@@ -1,7 +1,8 @@
 //! What `deploy/` ships works: the Grafana dashboard's ClickHouse queries run on a real
 //! ClickHouse against the real schema and give the right figures for known data, its
-//! Prometheus queries name metrics meterflow exports, and the systemd unit starts the binary
-//! with flags it has.
+//! Prometheus queries name metrics meterflow exports, the alerting rules pass Prometheus's
+//! own checker and unit tests and name exported metrics, and the systemd unit starts the
+//! binary with flags it has.
 
 use std::process::Command;
 
@@ -11,6 +12,7 @@ use serde_json::Value;
 const DASHBOARD: &str = include_str!("../../deploy/grafana/meterflow.json");
 const UNIT: &str = include_str!("../../deploy/meterflow.service");
 const ARCHITECTURE: &str = include_str!("../../docs/ARCHITECTURE.md");
+const ALERTS: &str = include_str!("../../deploy/prometheus/alerts.yml");
 
 fn targets() -> Vec<(String, Value)> {
     let dashboard: Value = serde_json::from_str(DASHBOARD).expect("the dashboard is JSON");
@@ -251,6 +253,58 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     );
 }
 
+/// Every `meterflow_*` metric an expression names is in the metrics table (histogram series
+/// by their family); returns how many it named.
+fn check_metrics_named(what: &str, expr: &str) -> usize {
+    let mut named = 0;
+    for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if let Some(metric) = word.strip_prefix("meterflow_") {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| metric.strip_suffix(s))
+                .unwrap_or(metric);
+            assert!(
+                ARCHITECTURE.contains(&format!("`meterflow_{family}`")),
+                "{what}: meterflow_{family} is not in the metrics table of docs/ARCHITECTURE.md"
+            );
+            named += 1;
+        }
+    }
+    named
+}
+
+/// `deploy/prometheus/alerts.yml` passes `promtool check rules` and the unit tests of
+/// `alerts_test.yml` (Debian's prometheus package, which the test command installs), and
+/// each rule's expression names metrics meterflow exports.
+#[test]
+fn the_alerting_rules_check_and_fire_as_tested() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("promtool runs (the test command installs Debian's prometheus package)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut rules = 0;
+    for line in ALERTS.lines() {
+        if let Some(expr) = line.trim().strip_prefix("expr:") {
+            rules += 1;
+            assert!(check_metrics_named("alerts.yml", expr) > 0, "{expr}");
+        }
+    }
+    assert!(rules >= 10, "{rules}");
+}
+
 #[test]
 fn the_dashboards_prometheus_queries_name_exported_metrics() {
     let mut named = 0;
@@ -258,19 +312,7 @@ fn the_dashboards_prometheus_queries_name_exported_metrics() {
         let Some(expr) = target["expr"].as_str() else {
             continue;
         };
-        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            if let Some(metric) = word.strip_prefix("meterflow_") {
-                let family = ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .find_map(|s| metric.strip_suffix(s))
-                    .unwrap_or(metric);
-                assert!(
-                    ARCHITECTURE.contains(&format!("`meterflow_{family}`")),
-                    "{title}: meterflow_{family} is not in the metrics table of docs/ARCHITECTURE.md"
-                );
-                named += 1;
-            }
-        }
+        named += check_metrics_named(&title, expr);
     }
     assert!(named >= 14, "{named}");
 }

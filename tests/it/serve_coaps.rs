@@ -230,6 +230,24 @@ fn libcoap_over_dtls_stores_each_identity_s_reports_and_refuses_the_rest() {
     for secret in [A_KEY, B_KEY, GW_KEY] {
         assert!(!log.contains(secret), "a secret in the log");
     }
+    // Each forged post is an event of the meter it claimed to be, naming who sent it.
+    let forged: Vec<(String, String, String, String)> =
+        meterflow_storage::events::read_parquet(&data_dir, &Default::default())
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.meter_id, e.kind, e.code, e.source))
+            .collect();
+    let event = |meter: &str, by: &str| {
+        (
+            meter.to_string(),
+            "forged_publish".to_string(),
+            by.to_string(),
+            "coap".to_string(),
+        )
+    };
+    assert_eq!(forged.len(), 2, "{forged:?}");
+    assert!(forged.contains(&event("meter-b", "meter-a")), "{forged:?}");
+    assert!(forged.contains(&event("meter-a", "gw-1")), "{forged:?}");
     let rows = read_readings(&data_dir);
     let ex3: Vec<(i64, f64)> = vec![
         (1_276_020_071_001, 1.2),

@@ -36,6 +36,19 @@ pub struct DevicesConfig {
     pub amber_after_s: u64,
     /// ...and red after this long.
     pub red_after_s: u64,
+    /// A meter the registry gives an interval is amber after this many intervals without a
+    /// message (instead of `amber_after_s`)...
+    pub silent_amber_intervals: u32,
+    /// ...and red after this many.
+    pub silent_red_intervals: u32,
+    /// A battery below this % is amber...
+    pub battery_amber_pct: u8,
+    /// ...and below this red.
+    pub battery_red_pct: u8,
+    /// An RSSI below this (dBm) is amber...
+    pub rssi_amber_dbm: i32,
+    /// ...and below this red.
+    pub rssi_red_dbm: i32,
 }
 
 impl DevicesConfig {
@@ -47,6 +60,28 @@ impl DevicesConfig {
             return Err(IngestError::config(
                 "devices.red_after_s",
                 "must be greater than devices.amber_after_s",
+            ));
+        }
+        crate::error::positive(
+            "devices.silent_amber_intervals",
+            u64::from(self.silent_amber_intervals),
+        )?;
+        if self.silent_red_intervals <= self.silent_amber_intervals {
+            return Err(IngestError::config(
+                "devices.silent_red_intervals",
+                "must be greater than devices.silent_amber_intervals",
+            ));
+        }
+        if self.battery_red_pct > self.battery_amber_pct || self.battery_amber_pct > 100 {
+            return Err(IngestError::config(
+                "devices.battery_red_pct",
+                "must be at most devices.battery_amber_pct, which is at most 100",
+            ));
+        }
+        if self.rssi_red_dbm > self.rssi_amber_dbm {
+            return Err(IngestError::config(
+                "devices.rssi_red_dbm",
+                "must be at most devices.rssi_amber_dbm",
             ));
         }
         Ok(())
@@ -61,6 +96,12 @@ impl Default for DevicesConfig {
             save_interval_s: 30,
             amber_after_s: 2 * 3600,
             red_after_s: 25 * 3600,
+            silent_amber_intervals: 3,
+            silent_red_intervals: 12,
+            battery_amber_pct: 20,
+            battery_red_pct: 10,
+            rssi_amber_dbm: -100,
+            rssi_red_dbm: -110,
         }
     }
 }
@@ -223,18 +264,6 @@ impl DeviceState {
     fn fill_status(&mut self, status: &DeviceStatus) {
         self.status = overlay(&self.status, status);
     }
-
-    /// Green, amber or red by how long ago the meter was last heard.
-    pub fn health(&self, now_ms: i64, config: &DevicesConfig) -> Health {
-        let silent_s = now_ms.saturating_sub(self.last_seen_ms) / 1000;
-        if silent_s >= config.red_after_s as i64 {
-            Health::Red
-        } else if silent_s >= config.amber_after_s as i64 {
-            Health::Amber
-        } else {
-            Health::Green
-        }
-    }
 }
 
 /// Each field from `newer` where it has one, else from `older`.
@@ -250,7 +279,7 @@ fn overlay(newer: &DeviceStatus, older: &DeviceStatus) -> DeviceStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     Green,
@@ -466,6 +495,33 @@ impl DeviceRegistry {
         all
     }
 
+    /// Hands every device to `f`, one at a time, [`CHUNK`] per hold of the read lock (no
+    /// clone: `f` should be quick).
+    pub fn for_each(&self, mut f: impl FnMut(&DeviceState)) {
+        let mut after: Option<String> = None;
+        loop {
+            let map = self.read();
+            let from = match &after {
+                Some(id) => Bound::Excluded(id.clone()),
+                None => Bound::Unbounded,
+            };
+            let mut seen = 0;
+            for (id, d) in map.range::<String, _>((from, Bound::Unbounded)).take(CHUNK) {
+                f(d);
+                seen += 1;
+                after = Some(id.clone());
+            }
+            if seen < CHUNK {
+                return;
+            }
+        }
+    }
+
+    /// When `meter_id` was last heard, if ever.
+    pub fn last_seen_ms(&self, meter_id: &str) -> Option<i64> {
+        self.read().get(meter_id).map(|d| d.last_seen_ms)
+    }
+
     /// Hands every device to `f`, a chunk at a time, holding the lock only to clone a chunk.
     fn for_each_chunk(&self, mut f: impl FnMut(Vec<DeviceState>)) {
         let mut after: Option<String> = None;
@@ -504,6 +560,18 @@ impl DeviceRegistry {
         stale_after_ms: Option<i64>,
         now_ms: i64,
     ) -> Page {
+        self.page_where(cursor, limit, |d| {
+            stale_after_ms.is_none_or(|s| now_ms.saturating_sub(d.last_seen_ms) >= s)
+        })
+    }
+
+    /// [`DeviceRegistry::page`] of the devices `keep` keeps.
+    pub fn page_where(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&DeviceState) -> bool,
+    ) -> Page {
         let map = self.read();
         let from = match cursor {
             Some(c) => Bound::Excluded(c.to_string()),
@@ -518,7 +586,7 @@ impl DeviceRegistry {
                 break;
             }
             last_seen_id = Some(id);
-            if stale_after_ms.is_none_or(|s| now_ms.saturating_sub(d.last_seen_ms) >= s) {
+            if keep(d) {
                 devices.push(d.clone());
             }
         }

@@ -174,15 +174,17 @@ fn pages_follow_the_cursor_and_the_stale_filter() {
     let stale = r.page(None, 10, Some(7000), 10_000);
     assert_eq!(ids(&stale), vec!["a", "b", "c", "d"]);
     assert_eq!(stale.next_cursor, None);
-    let d = r.get("a").unwrap();
+    // b was last heard at 1 s.
+    let d = r.get("b").unwrap();
     let config = DevicesConfig {
         amber_after_s: 5,
         red_after_s: 9,
         ..DevicesConfig::default()
     };
-    assert_eq!(d.health(4_000, &config), Health::Green);
-    assert_eq!(d.health(5_000, &config), Health::Amber);
-    assert_eq!(d.health(9_000, &config), Health::Red);
+    let health = |now| crate::fleet::assess(&d, None, now, &config).health;
+    assert_eq!(health(5_000), Health::Green);
+    assert_eq!(health(6_000), Health::Amber);
+    assert_eq!(health(10_000), Health::Red);
 }
 
 #[test]

@@ -100,6 +100,9 @@ pub struct HttpState {
     pub token: Option<Arc<str>>,
     /// Where VEE's runs and versions are kept when there is no ClickHouse (the data folder).
     pub data_dir: std::path::PathBuf,
+    /// The meter registry (interval, district, kind of each meter) for health and the fleet
+    /// summary.
+    pub fleet: crate::fleet::Fleet,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -111,6 +114,9 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/device", get(device_by_query))
         .route("/api/devices/{meter_id}/vee", get(device_vee))
         .route("/api/device/vee", get(device_vee_by_query))
+        .route("/api/devices/{meter_id}/events", get(device_events))
+        .route("/api/device/events", get(device_events_by_query))
+        .route("/api/fleet", get(fleet_summary))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(page))
@@ -216,6 +222,15 @@ async fn page() -> Response {
 
 async fn metrics(State(state): State<HttpState>) -> Response {
     metrics::gauge!("meterflow_devices").set(state.devices.len() as f64);
+    let registry = state.fleet.registry();
+    if !registry.is_empty() {
+        // The fleet's silent meters as of this scrape (one lookup per registered meter).
+        let devices = state.devices.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::fleet::set_gauges(&devices, &registry, now_ms())
+        })
+        .await;
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -409,6 +424,19 @@ struct DeviceView<'a> {
     device: &'a DeviceState,
     silent_s: i64,
     health: Health,
+    /// Why amber or red, in words (none: green).
+    reasons: Vec<String>,
+    /// After how long without a message it turns amber and red (its registry interval's, or
+    /// the fixed ones).
+    amber_after_s: u64,
+    red_after_s: u64,
+    /// Its record in the meter registry now, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registry: Option<RegistryView>,
+    /// The known channels' names in words (`1-0:1.8.0`: energy imported, total).
+    channel_names: BTreeMap<&'a str, &'static str>,
+    /// What the error flags it reports stand for (`cover_open`, ...), by its format's table.
+    error_flag_kinds: Vec<&'static str>,
     /// Per channel, the recent readings as `[ts_ms, value]`, oldest first (single device only).
     #[serde(skip_serializing_if = "Option::is_none")]
     recent_readings: Option<BTreeMap<&'a str, Vec<(i64, f64)>>>,
@@ -418,12 +446,27 @@ struct DeviceView<'a> {
     from: Option<&'static str>,
 }
 
+/// What the registry says of a meter, as the API shows it.
+#[derive(Serialize)]
+struct RegistryView {
+    kind: &'static str,
+    model: String,
+    expected_interval_s: Option<u32>,
+    district: String,
+    feeder: String,
+    transformer: String,
+    role: &'static str,
+    tariff: String,
+}
+
 fn view<'a>(
     device: &'a DeviceState,
-    devices: &DeviceRegistry,
+    state: &HttpState,
+    registry: &meterflow_storage::registry::Registry,
     now: i64,
     recent: bool,
 ) -> DeviceView<'a> {
+    let devices = &state.devices;
     let recent_readings = recent.then(|| {
         let mut by_channel: BTreeMap<&str, Vec<(i64, f64)>> = BTreeMap::new();
         for (channel, points) in &device.recent {
@@ -433,10 +476,44 @@ fn view<'a>(
         }
         by_channel
     });
+    let record = registry.at(&device.meter_id, now);
+    let assessment = crate::fleet::assess(device, record, now, devices.config());
+    let channel_names = device
+        .last_values
+        .keys()
+        .filter_map(|c| Some((c.as_str(), meterflow_proto::channels::channel_name(c)?)))
+        .collect();
+    let format = device
+        .last_format
+        .parse()
+        .unwrap_or(meterflow_proto::Format::Json);
+    let error_flag_kinds = device
+        .status
+        .error_flags
+        .map(|f| meterflow_decoders::events::flag_kinds(format, f))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|k| k.as_str())
+        .collect();
     DeviceView {
         device,
         silent_s: now.saturating_sub(device.last_seen_ms).max(0) / 1000,
-        health: device.health(now, devices.config()),
+        health: assessment.health,
+        error_flag_kinds,
+        reasons: assessment.reasons,
+        amber_after_s: assessment.amber_after_s,
+        red_after_s: assessment.red_after_s,
+        registry: record.map(|r| RegistryView {
+            kind: r.kind.as_str(),
+            model: r.model.clone(),
+            expected_interval_s: r.expected_interval_s,
+            district: r.district.clone(),
+            feeder: r.feeder.clone(),
+            transformer: r.transformer.clone(),
+            role: r.role.as_str(),
+            tariff: r.tariff.clone(),
+        }),
+        channel_names,
         recent_readings,
         from: None,
     }
@@ -482,7 +559,9 @@ async fn device(State(state): State<HttpState>, Path(meter_id): Path<String>) ->
     };
     let Some((config, within)) = ask else {
         return match &local {
-            Some(d) => Json(view(d, &state.devices, now_ms(), true)).into_response(),
+            Some(d) => {
+                Json(view(d, &state, &state.fleet.registry(), now_ms(), true)).into_response()
+            }
             None => error(
                 StatusCode::NOT_FOUND,
                 format!("no meter {meter_id:?} has been heard"),
@@ -508,7 +587,7 @@ async fn device(State(state): State<HttpState>, Path(meter_id): Path<String>) ->
             from_clickhouse(&state, config, snapshot, within).await
         }
         // ClickHouse older, or slow or away: this node's own.
-        (Some(d), _) => Json(view(&d, &state.devices, now_ms(), true)).into_response(),
+        (Some(d), _) => Json(view(&d, &state, &state.fleet.registry(), now_ms(), true)).into_response(),
         (None, Ok(Ok(Some(snapshot)))) => from_clickhouse(&state, config, snapshot, within).await,
         (None, Ok(Ok(None))) => error(
             StatusCode::NOT_FOUND,
@@ -558,7 +637,8 @@ async fn from_clickhouse(
             }
         }
     }
-    let mut body = view(&device, &state.devices, now_ms(), true);
+    let registry = state.fleet.registry();
+    let mut body = view(&device, state, &registry, now_ms(), true);
     body.from = Some("clickhouse");
     Json(body).into_response()
 }
@@ -703,6 +783,120 @@ async fn device_vee(State(state): State<HttpState>, Path(meter_id): Path<String>
     .into_response()
 }
 
+/// How far back the page shows a meter's events.
+const EVENT_DAYS: i64 = 30;
+
+async fn device_events_by_query(
+    State(state): State<HttpState>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    match query.get("meter_id") {
+        Some(id) => device_events(State(state), Path(id.clone())).await,
+        None => error(StatusCode::BAD_REQUEST, "meter_id is required".into()),
+    }
+}
+
+/// A meter's events of the last [`EVENT_DAYS`] days, newest first: from ClickHouse when
+/// configured, else from the data folder, within [`CLICKHOUSE_DEVICE_TIMEOUT`].
+async fn device_events(State(state): State<HttpState>, Path(meter_id): Path<String>) -> Response {
+    use meterflow_storage::events::{self as store, EventRequest};
+    if !meterflow_proto::is_valid_meter_id(&meter_id) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{meter_id:?} is not a meter id"),
+        );
+    }
+    let to = now_ms() + 86_400_000;
+    let request = EventRequest {
+        period: Some((to - (EVENT_DAYS + 1) * 86_400_000, to)),
+        meter: Some(meter_id.clone()),
+        kinds: Vec::new(),
+    };
+    let read = async {
+        match state.readiness.clickhouse.clone() {
+            Some(config) => store::read_clickhouse(&config, &request).await,
+            None => {
+                let dir = state.data_dir.clone();
+                let request = request.clone();
+                tokio::task::spawn_blocking(move || store::read_parquet(&dir, &request))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(meterflow_storage::StorageError::ReadRequest {
+                            reason: e.to_string(),
+                        })
+                    })
+            }
+        }
+    };
+    let mut events = match tokio::time::timeout(CLICKHOUSE_DEVICE_TIMEOUT, read).await {
+        Ok(Ok(events)) => events,
+        Ok(Err(e)) => {
+            tracing::warn!(meter = %meter_id, error = %e, "the page's events could not be read");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the events could not be read (the server's log says why)".into(),
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the events were not read within {} s",
+                    CLICKHOUSE_DEVICE_TIMEOUT.as_secs()
+                ),
+            )
+        }
+    };
+    events.reverse();
+    let events: Vec<serde_json::Value> = events
+        .into_iter()
+        .take(100)
+        .map(|e| {
+            let words = meterflow_decoders::events::EventKind::parse(&e.kind)
+                .map(|k| k.describe())
+                .unwrap_or_default();
+            serde_json::json!({
+                "ts_ms": e.ts_ms,
+                "kind": e.kind,
+                "severity": e.severity,
+                "source": e.source,
+                "code": e.code,
+                "detail": e.detail,
+                "meaning": words,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({"days": EVENT_DAYS, "events": events})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetQuery {
+    /// One district of the registry only.
+    district: Option<String>,
+}
+
+/// The fleet summary: meters by health, and by district and health (the registry's
+/// districts; a registered meter never heard counts red).
+async fn fleet_summary(
+    State(state): State<HttpState>,
+    query: Result<Query<FleetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let (devices, registry) = (state.devices.clone(), state.fleet.registry());
+    let summary = tokio::task::spawn_blocking(move || {
+        crate::fleet::summary(&devices, &registry, now_ms(), q.district.as_deref())
+    })
+    .await;
+    match summary {
+        Ok(summary) => Json(summary).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 /// A meter this node heard within this long is answered from its own state alone; one
 /// silent for longer, or only rebuilt from ClickHouse at start-up, is looked up in ClickHouse
 /// too (another node may hear it now).
@@ -725,6 +919,8 @@ struct DevicesQuery {
     limit: Option<usize>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only the meters of this district of the meter registry.
+    district: Option<String>,
 }
 
 /// Most devices in one page.
@@ -806,14 +1002,39 @@ async fn devices(
         );
     }
     let now = now_ms();
-    let page = state
-        .devices
-        .page(q.cursor.as_deref(), limit, stale_after_ms, now);
+    let registry = state.fleet.registry();
+    // `amber` and `red`: each meter by its own thresholds (its registry interval's).
+    let by_health = match q.stale_after.as_deref() {
+        Some("amber") => Some(false),
+        Some("red") => Some(true),
+        _ => None,
+    };
+    let config = state.devices.config();
+    let page = state.devices.page_where(q.cursor.as_deref(), limit, |d| {
+        if let Some(district) = &q.district {
+            if registry
+                .at(&d.meter_id, now)
+                .is_none_or(|r| r.district != *district)
+            {
+                return false;
+            }
+        }
+        let silent_s = now.saturating_sub(d.last_seen_ms) / 1000;
+        match (by_health, stale_after_ms) {
+            (Some(red), _) => {
+                let (amber_s, red_s) =
+                    crate::fleet::thresholds(registry.at(&d.meter_id, now), config);
+                silent_s >= i64::try_from(if red { red_s } else { amber_s }).unwrap_or(i64::MAX)
+            }
+            (None, Some(ms)) => now.saturating_sub(d.last_seen_ms) >= ms,
+            (None, None) => true,
+        }
+    });
     let body = PageView {
         devices: page
             .devices
             .iter()
-            .map(|d| view(d, &state.devices, now, false))
+            .map(|d| view(d, &state, &registry, now, false))
             .collect(),
         next_cursor: page.next_cursor,
     };
@@ -830,6 +1051,7 @@ mod tests {
             devices: DeviceRegistry::new(DevicesConfig::default()),
             metrics: crate::metrics_handle(),
             data_dir: std::path::PathBuf::from("/nonexistent"),
+            fleet: crate::fleet::Fleet::default(),
             readiness: Readiness {
                 marks: Arc::default(),
                 wal_max_bytes: 1 << 30,

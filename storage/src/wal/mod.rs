@@ -149,6 +149,7 @@ struct GoodState {
 impl Wal {
     /// Opens (or creates) the WAL under `{data_dir}/wal`, checking every record.
     pub fn open(data_dir: &Path, config: WalConfig) -> Result<(Wal, WalRecovery), StorageError> {
+        metrics::gauge!("meterflow_wal_max_bytes").set(config.max_bytes as f64);
         let dir = data_dir.join("wal");
         fs::create_dir_all(&dir).map_err(|e| StorageError::io("creating", &dir, e))?;
         let firsts = list_segments(&dir)?;

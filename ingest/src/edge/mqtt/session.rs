@@ -570,6 +570,10 @@ impl Session {
             // pipeline cannot route (a `bad_topic` dead letter), with its sender, so that the
             // dead letter says who sent it. Anonymous devices have no one to name.
             let sender = match (&self.identity, crate::pipeline::parse_topic(&topic)) {
+                // A gateway's message for one of its meters: the gateway is heard too.
+                (Identity::Device { id, .. }, Ok(route)) if route.meter_id() != &**id => {
+                    Some(Box::new(edge::EdgeNote::via(id)))
+                }
                 (Identity::Device { .. }, Err(reason)) => Some(Box::new(edge::EdgeNote {
                     kind: edge::EdgeNoteKind::BadTopic,
                     identity: self.identity.id().map(str::to_string),

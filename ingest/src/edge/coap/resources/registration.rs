@@ -179,7 +179,7 @@ impl Server {
             ));
         }
         let meter_id = registration.meter_id.clone();
-        self.ingest(&meter_id, Format::Lwm2m, body, reply)
+        self.ingest(&meter_id, Format::Lwm2m, body, reply, None)
     }
 
     /// Over DTLS, a registration is updated or removed only by its own identity.

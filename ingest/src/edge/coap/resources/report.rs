@@ -61,16 +61,19 @@ impl Server {
                 Some(REPORT_FORMATS),
             ));
         };
-        self.ingest(meter_id, format, body, reply)
+        let via = caller.identity().filter(|id| *id != meter_id);
+        self.ingest(meter_id, format, body, reply, via)
     }
 
-    /// Decodes to choose the answer, and hands the raw message on for storage either way.
+    /// Decodes to choose the answer, and hands the raw message on for storage either way;
+    /// `via`: the gateway that sent it for `meter_id` (heard too).
     pub(super) fn ingest(
         &self,
         meter_id: &str,
         format: Format,
         body: Vec<u8>,
         reply: Packet,
+        via: Option<&str>,
     ) -> Handling {
         let received_at_ms = now_ms();
         let ctx = DecodeContext {
@@ -100,6 +103,7 @@ impl Server {
         Handling::Ingest {
             message: RawMessage {
                 received_at_ms,
+                edge_note: via.map(|id| Box::new(EdgeNote::via(id))),
                 ..RawMessage::new(
                     Source::Coap,
                     format!("meters/{meter_id}/{format}"),
