@@ -656,6 +656,13 @@ impl Pipeline {
             self.counters
                 .messages(message.source.as_str(), "refused")
                 .increment(1);
+            self.dead_letter(
+                message,
+                refusal.identity.as_deref(),
+                None,
+                "unauthorized",
+                refusal.describe(),
+            )?;
             if let Some(meter_id) = claimed_meter(&message.topic) {
                 let forged = Event {
                     kind: EventKind::ForgedPublish,
@@ -667,15 +674,9 @@ impl Pipeline {
                         .to_string(),
                     detail: refusal.describe(),
                 };
-                self.queue_events(meter_id, message, [forged], &message.topic)?;
+                return self.queue_events(meter_id, message, [forged], &message.topic);
             }
-            return self.dead_letter(
-                message,
-                refusal.identity.as_deref(),
-                None,
-                "unauthorized",
-                refusal.describe(),
-            );
+            return Ok(());
         }
         if let Some(gateway) = message
             .edge_note
@@ -889,6 +890,17 @@ impl Pipeline {
             error = %error,
             "payload did not decode; kept as a dead letter"
         );
+        // The dead letter first: once the device's counts show the message, its dead letter
+        // is there too.
+        let kept = self.dead_letter(
+            message,
+            Some(meter_id),
+            Some(format),
+            error.kind(),
+            error.to_string(),
+        );
+        self.observe_error(meter_id, message, format.as_str());
+        kept?;
         // A replayed or forged DLMS push is an event of its meter too.
         if let DecodeError::Refused {
             refusal, reason, ..
@@ -906,20 +918,10 @@ impl Pipeline {
                     code: refusal.as_str().to_string(),
                     detail: reason.clone(),
                 };
-                self.queue_events(meter_id, message, [event], &message.topic)?;
+                return self.queue_events(meter_id, message, [event], &message.topic);
             }
         }
-        // The dead letter first: once the device's counts show the message, its dead letter
-        // is there too.
-        let kept = self.dead_letter(
-            message,
-            Some(meter_id),
-            Some(format),
-            error.kind(),
-            error.to_string(),
-        );
-        self.observe_error(meter_id, message, format.as_str());
-        kept
+        Ok(())
     }
 
     fn observe_error(&self, meter_id: &str, message: &RawMessage, format: &str) {

@@ -135,6 +135,20 @@ fn a_ciphered_push_over_mqtt_is_stored_exactly_and_replays_and_forgeries_are_ref
     );
     // The dead letters keep the bytes as sent.
     assert_eq!(replay.payload, std::fs::read(&push).unwrap());
+    // Each replay is an event of E1 too (at its own second of arrival).
+    let events = meterflow_storage::events::read_parquet(&data_dir, &Default::default()).unwrap();
+    let replays: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "replay_rejected")
+        .collect();
+    assert!(!replays.is_empty() && replays.len() <= 2, "{events:?}");
+    assert!(replays
+        .iter()
+        .all(|e| e.meter_id == "E1" && e.severity == "critical"));
+    assert!(
+        replays[0].detail.contains("not above the last accepted"),
+        "{replays:?}"
+    );
 }
 
 /// The push profile of the Slovenian ECE list 2 (Iskra: manufacturer ISK), in the order its
