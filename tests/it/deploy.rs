@@ -141,6 +141,41 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
          (2, toDate(toDateTime({day})), 'V1', '1-0:1.8.0', 'high_low', toDateTime({day}), toDateTime({day} + 86400), 'a high day', 0, 0, ''), \
          (3, toDate(toDateTime({day})), 'V3', '1-0:1.8.0', 'gap', toDateTime({day} + 36000), toDateTime({day} + 39600), 'cut short', 0, 0, '')"
     ));
+    // Revenue protection: the registry's newest import (2) puts head H1 and customers C1, C2
+    // on feeder F1; the older import (1) had C9 there too (not counted). Yesterday H1 used
+    // 100 kWh, C1 40 and C2 30 (a loss of 30), C9 15. S1 had a magnet 1 day back (reported
+    // twice) after using 4 kWh a day: 120 kWh from 20 to 8 days back, 4 in the range.
+    ch.query(&format!(
+        "INSERT INTO {db}.meters (imported_at, meter_id, kind, model, expected_interval_s, district, feeder, transformer, role, import_only, tariff, valid_from, valid_to, line) VALUES \
+         (1, 'C9', 'electricity', '', NULL, 'D', 'F1', '', 'customer', 0, '', NULL, NULL, 2), \
+         (2, 'H1', 'electricity', '', 900, 'D', 'F1', '', 'feeder_head', 0, '', NULL, NULL, 2), \
+         (2, 'C1', 'electricity', '', 900, 'D', 'F1', '', 'customer', 1, '', NULL, NULL, 3), \
+         (2, 'C2', 'electricity', '', 900, 'D', 'F1', '', 'customer', 1, '', NULL, NULL, 4)"
+    ));
+    let mut revenue = Vec::new();
+    for (meter, before, after) in [
+        ("H1", 1000.0, 1100.0),
+        ("C1", 500.0, 540.0),
+        ("C2", 200.0, 230.0),
+        ("C9", 10.0, 25.0),
+    ] {
+        revenue.push(back(meter, "1-0:1.8.0", 2, 22, before));
+        revenue.push(back(meter, "1-0:1.8.0", 1, 20, after));
+    }
+    for (days, value) in [(20, 100.0), (8, 220.0), (6, 221.0), (1, 225.0)] {
+        revenue.push(back("S1", "1-0:1.8.0", days, 1, value));
+    }
+    ch.query(&format!(
+        "INSERT INTO {db}.readings (meter_id, channel, ts, value, unit, quality, received_at, source, format) VALUES {}",
+        revenue.join(", ")
+    ));
+    ch.query(&format!(
+        "INSERT INTO {db}.events (meter_id, ts, kind, severity, source, code, detail, raw) VALUES \
+         ('S1', toDateTime(toStartOfDay(now()) - 86400 + 3600), 'magnetic_tamper', 'critical', 'mqtt', 'bit 4', '', ''), \
+         ('S1', toDateTime(toStartOfDay(now()) - 86400 + 3600), 'magnetic_tamper', 'critical', 'mqtt', 'bit 4', '', ''), \
+         ('E2', toDateTime(toStartOfDay(now()) - 2 * 86400 + 3600), 'forged_publish', 'critical', 'mqtt', 'E1', '', ''), \
+         ('P1', toDateTime(toStartOfDay(now()) - 2 * 86400 + 7200), 'power_failure', 'warning', 'mqtt', '1-0:99.97.0 240', '', '')"
+    ));
     let run = |title: &str| -> String {
         let (_, target) = targets()
             .into_iter()
@@ -160,7 +195,7 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
         .filter(|(_, t)| t["rawSql"].is_string())
         .map(|(t, _)| t)
         .collect();
-    assert_eq!(every_sql.len(), 10, "{every_sql:?}");
+    assert_eq!(every_sql.len(), 13, "{every_sql:?}");
     for title in &every_sql {
         run(title); // runs without error
     }
@@ -175,10 +210,11 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     );
     assert_eq!(
         per_day(&import),
-        ["2", "0", "59.5"],
-        "six days back G17's reset from before the range; two days back the first readings of \
-         G11 and G14; yesterday G1 2.5, G6 5 and G10 50 (resets), G14 2 (1.8.0 across \
-         midnight, not 1.8.1), G2 and G11 0 (reverse runs): {import}"
+        ["3", "0", "248.5"],
+        "six days back G17's reset from before the range and S1's 1; two days back the first \
+         readings of G11, G14 and the feeder's meters; yesterday G1 2.5, G6 5 and G10 50 \
+         (resets), G14 2 (1.8.0 across midnight, not 1.8.1), G2 and G11 0 (reverse runs), H1 \
+         100, C1 40, C2 30, C9 15 and S1 4: {import}"
     );
     let gas = run("Gas per UTC day, m3 (24.2.x)");
     assert_eq!(
@@ -242,6 +278,35 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
     assert!(letters.starts_with("G5\tmalformed\t2\t"), "{letters}");
     let signal = run("Weakest signal (newest report per meter)");
     assert!(signal.starts_with("G3\t-95"), "{signal}");
+    let losses = run(
+        "Losses per feeder and UTC day, kWh (head meter minus its customers' import; the registry's newest import)",
+    );
+    let losses: Vec<Vec<&str>> = losses.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(
+        losses.iter().map(|r| (r[1], r[2])).collect::<Vec<_>>(),
+        [("F1", "0"), ("F1", "30")],
+        "two days back the first readings, yesterday 100 - 40 - 30 (C9 only in the older import): {losses:?}"
+    );
+    let events = run("Events per day and kind (tamper, alarms, power failures, forged publishes)");
+    let events: Vec<Vec<&str>> = events.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(
+        events.iter().map(|r| (r[1], r[2])).collect::<Vec<_>>(),
+        [
+            ("forged_publish", "1"),
+            ("power_failure", "1"),
+            ("magnetic_tamper", "1")
+        ],
+        "the magnet reported twice is one event: {events:?}"
+    );
+    let suspects = run(
+        "Suspect meters: tamper or data-path events in the range, and their use per day against the 30 days before (meterflow query suspects ranks all signals)",
+    );
+    let suspects: Vec<Vec<&str>> = suspects.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(
+        suspects.iter().map(|r| (r[0], r[1], r[2], r[4])).collect::<Vec<_>>(),
+        [("S1", "1", "magnetic_tamper", "0.14"), ("E2", "1", "forged_publish", "\\N")],
+        "S1: 4 kWh over the 7 days of the range against 120 over the 30 before; E2 has no readings: {suspects:?}"
+    );
     let vee = run(
         "VEE exceptions per day and rule (local days of the runs, as the latest run that judged each meter and day left them)",
     );

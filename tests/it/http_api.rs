@@ -58,7 +58,14 @@ fn the_device_api_shows_status_recent_readings_dead_letters_and_stale_meters() {
     publish(&server, dir, "meters/FIELD-1/json", "{\"readings\": [oops");
     let d = device_with(&server, "FIELD-1", 4);
     assert_eq!(d["meter_id"], "FIELD-1");
-    assert_eq!(d["health"], "green");
+    // Heard just now, but its last status has error flag bit 1 (low battery): amber, said why.
+    assert_eq!(d["health"], "amber", "{d}");
+    assert_eq!(
+        d["reasons"],
+        serde_json::json!(["reports low battery (error flags 0x2)"])
+    );
+    assert_eq!(d["error_flag_kinds"], serde_json::json!(["low_battery"]));
+    assert_eq!(d["channel_names"]["1-0:1.8.0"], "energy imported, total");
     assert_eq!(d["last_source"], "mqtt");
     assert_eq!(d["last_format"], "json");
     assert_eq!(

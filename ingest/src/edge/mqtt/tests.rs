@@ -285,16 +285,20 @@ fn gateways_publish_for_their_globs_and_anonymous_clients_anywhere() {
         publish_for: vec![Glob::new("E*").unwrap()],
     };
     let mut s = session(Version::V5, gw);
-    assert!(publish(&mut s, 0, 0, "meters/E77/pb")
+    // For one of its meters: taken, with a note that the gateway sent it (it is heard too).
+    let via = publish(&mut s, 0, 0, "meters/E77/pb")
         .submit
         .unwrap()
-        .edge_note
-        .is_none());
-    assert!(publish(&mut s, 0, 0, "meters/X1/pb")
+        .edge_note;
+    assert_eq!(via.as_deref(), Some(&crate::edge::EdgeNote::via("GW")));
+    let refused = publish(&mut s, 0, 0, "meters/X1/pb")
         .submit
         .unwrap()
-        .edge_note
-        .is_some());
+        .edge_note;
+    assert_eq!(
+        refused.map(|n| n.kind),
+        Some(crate::edge::EdgeNoteKind::Unauthorized)
+    );
     let mut s = session(Version::V4, Identity::Anonymous);
     assert!(publish(&mut s, 1, 1, "not/meters")
         .submit
