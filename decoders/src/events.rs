@@ -120,6 +120,10 @@ pub struct Event {
     pub code: String,
     /// Anything else worth knowing, in words.
     pub detail: String,
+    /// A condition the meter reports while it lasts (a status bit, an alarm register's bit,
+    /// an error code), as opposed to an occurrence (a logged power failure, a refusal): the
+    /// pipeline keeps it once, when it first appears in the meter's reports.
+    pub ongoing: bool,
 }
 
 /// What the bits of a status's `error_flags` mean in one format.
@@ -212,6 +216,7 @@ pub fn flag_events(table: BitTable, prefix: &str, flags: u32, ts_ms: i64) -> Vec
                 } else {
                     "a bit this table does not name".to_string()
                 },
+                ongoing: true,
             }
         })
         .collect()
@@ -257,6 +262,7 @@ pub fn status_changes(
                     ts_ms,
                     code: format!("bit {bit}"),
                     detail: format!("{} no longer reported", kind.as_str()),
+                    ongoing: false,
                 });
             }
         }
@@ -268,6 +274,7 @@ pub fn status_changes(
                 ts_ms,
                 code: is.to_string(),
                 detail: format!("firmware {was} before, {is} now"),
+                ongoing: false,
             });
         }
     }

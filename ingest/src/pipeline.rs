@@ -114,8 +114,8 @@ pub struct Pipeline {
     /// Emptied when full: a repeat after that (or after a restart) is written again and kept
     /// once by the stores.
     events_seen: std::collections::HashSet<u64>,
-    /// Per meter, its last reported error flags and firmware (in this run), to tell when a
-    /// condition ended or the firmware changed.
+    /// Per meter (as many as `devices.max_devices`), its last reported status in this run: to
+    /// keep a condition once while it lasts, and tell when it ended or the firmware changed.
     last_status: std::collections::HashMap<Box<str>, LastStatus>,
     /// What DLMS bodies are read with: push profiles, the zone of meter clocks.
     dlms_profiles: PushProfiles,
@@ -578,29 +578,53 @@ impl Pipeline {
         self.flush_side_rows_if_large()
     }
 
-    /// What changed in `meter_id`'s status since its last report in this run (a condition
-    /// ended, another firmware), remembering this one.
-    fn status_changes(
+    /// The events of a message of `meter_id` with `status` (if it had one), kept against its
+    /// last status in this run: a condition it reports while it lasts (`Event::ongoing`: a
+    /// status bit, an alarm bit, an error code) only when it was not in the report before;
+    /// and what changed (a condition ended, another firmware). Remembers this status.
+    fn status_events(
         &mut self,
         meter_id: &str,
         format: Format,
-        status: &meterflow_decoders::DeviceStatus,
+        status: Option<&meterflow_decoders::DeviceStatus>,
+        events: Vec<Event>,
         ts_ms: i64,
     ) -> Vec<Event> {
+        let Some(status) = status else {
+            return events;
+        };
+        let tracked = self.last_status.contains_key(meter_id)
+            || self.last_status.len() < self.devices.config().max_devices;
+        if !tracked {
+            // Past the device cap: every condition each time (the stores keep one of each).
+            return events;
+        }
         let last = self.last_status.entry(meter_id.into()).or_default();
-        let changes = events::status_changes(
+        let mut kept: Vec<Event> = Vec::with_capacity(events.len());
+        let mut active = Vec::new();
+        for e in events {
+            if e.ongoing {
+                active.push(e.code.clone().into_boxed_str());
+                if last.active.iter().any(|c| **c == *e.code) {
+                    continue;
+                }
+            }
+            kept.push(e);
+        }
+        kept.extend(events::status_changes(
             format,
-            (last.0, last.1.as_deref()),
+            (last.flags, last.firmware.as_deref()),
             (status.error_flags, status.firmware.as_deref()),
             ts_ms,
-        );
+        ));
         if status.error_flags.is_some() {
-            last.0 = status.error_flags;
+            last.flags = status.error_flags;
+            last.active = active;
         }
         if let Some(firmware) = &status.firmware {
-            last.1 = Some(firmware.as_str().into());
+            last.firmware = Some(firmware.as_str().into());
         }
-        changes
+        kept
     }
 
     /// Hands the events of `meter_id` a message carried (or that the edge saw) to the sinks
@@ -673,6 +697,7 @@ impl Pipeline {
                         .unwrap_or("anonymous")
                         .to_string(),
                     detail: refusal.describe(),
+                    ongoing: false,
                 };
                 return self.queue_events(meter_id, message, [forged], &message.topic);
             }
@@ -745,8 +770,9 @@ impl Pipeline {
                     self.queue_status(meter_id, message, &status, message.received_at_ms)?;
                     // meterflow's status bits, as in a JSON or protobuf report.
                     let ts_ms = message.received_at_ms;
-                    let mut events = events::status_events(Format::Json, status.error_flags, ts_ms);
-                    events.extend(self.status_changes(meter_id, Format::Json, &status, ts_ms));
+                    let flagged = events::status_events(Format::Json, status.error_flags, ts_ms);
+                    let events =
+                        self.status_events(meter_id, Format::Json, Some(&status), flagged, ts_ms);
                     let raw = flags_text(status.error_flags);
                     self.queue_events(meter_id, message, events, &raw)
                 }
@@ -835,16 +861,20 @@ impl Pipeline {
                 s.unit.as_ref(),
             ))
         });
-        let mut changes = Vec::new();
+        // The report's own time: its newest reading (a report of status alone: received).
+        let ts_ms = decoded.report_ts(message.received_at_ms);
         if let Some(status) = &decoded.status {
-            // The report's own time: its newest reading (a report of status alone: received).
-            let ts_ms = decoded.report_ts(message.received_at_ms);
             self.queue_status(meter_id, message, status, ts_ms)?;
-            changes = self.status_changes(meter_id, format, status, ts_ms);
         }
-        if !decoded.events.is_empty() || !changes.is_empty() {
+        let events = self.status_events(
+            meter_id,
+            format,
+            decoded.status.as_ref(),
+            decoded.events.clone(),
+            ts_ms,
+        );
+        if !events.is_empty() {
             let raw = flags_text(decoded.status.as_ref().and_then(|s| s.error_flags));
-            let events = decoded.events.iter().cloned().chain(changes);
             self.queue_events(meter_id, message, events, &raw)?;
         }
         self.devices.observe(Observation {
@@ -917,6 +947,7 @@ impl Pipeline {
                     ts_ms: message.received_at_ms,
                     code: refusal.as_str().to_string(),
                     detail: reason.clone(),
+                    ongoing: false,
                 };
                 return self.queue_events(meter_id, message, [event], &message.topic);
             }
@@ -993,8 +1024,14 @@ impl Pipeline {
     }
 }
 
-/// A meter's last reported error flags and firmware.
-type LastStatus = (Option<u32>, Option<Box<str>>);
+/// A meter's last reported status, as far as events need it.
+#[derive(Debug, Default)]
+struct LastStatus {
+    flags: Option<u32>,
+    firmware: Option<Box<str>>,
+    /// The codes of the conditions it reported (`Event::ongoing`).
+    active: Vec<Box<str>>,
+}
 
 /// The meter a refused message claimed to be for: its MQTT topic's `meters/{id}/...`, or a
 /// CoAP report's `/r/{id}`. (An LwM2M registration names an endpoint, not always a meter.)

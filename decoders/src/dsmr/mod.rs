@@ -795,12 +795,14 @@ impl<'a> Builder<'a> {
                 ts_ms: start_ms,
                 code: code.clone(),
                 detail: format!("long power failure of {} s", seconds as u64),
+                ongoing: false,
             });
             self.events.push(Event {
                 kind: EventKind::PowerRestored,
                 ts_ms: end_ms,
                 code,
                 detail: format!("after a long power failure of {} s", seconds as u64),
+                ongoing: false,
             });
         }
     }
