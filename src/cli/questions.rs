@@ -35,8 +35,10 @@ pub struct AnomaliesArgs {
     #[arg(long, default_value_t = 5.0)]
     spike_factor: f64,
     /// No reading (by its own time) for this long before the period's end, or before now when
-    /// that is earlier, is stale (e.g. 90m, 2h, 3d, or seconds). Only the 30 days before that
-    /// silence are read: a meter silent for longer is listed by `query devices --stale-after`.
+    /// that is earlier, is stale (e.g. 90m, 2h, 3d, or seconds); a meter the registry gives an
+    /// interval is stale after `devices.silent_amber_intervals` of it instead. Only the 30
+    /// days before that silence are read: a meter silent for longer is listed by `query
+    /// devices --stale-after` (and a registered meter without any reading there, as stale).
     #[arg(long, default_value = "24h")]
     stale_after: String,
     /// IANA time zone of --from/--to and of the times printed [default: billing.timezone].
@@ -189,7 +191,22 @@ pub fn anomalies(config: &Config, args: AnomaliesArgs) -> anyhow::Result<Table> 
         )
     };
     question.error_flags(&reports, &mut found);
-    question.stale(&summaries, &mut found);
+    // With a meter registry: each meter stale after `devices.silent_amber_intervals` of its
+    // interval, and a registered meter without readings stale too.
+    let registry = super::registry::load(config)?;
+    let reference = question.stale_reference_ms();
+    let intervals = u64::from(config.devices.silent_amber_intervals);
+    let stale_after_s = |meter: &str| {
+        let interval = registry.at(meter, reference)?.expected_interval_s?;
+        Some(u64::from(interval) * intervals)
+    };
+    let expected: Vec<&str> = registry
+        .records()
+        .filter(|r| r.holds_at(reference))
+        .map(|r| r.meter_id.as_str())
+        .filter(|m| args.meter.as_deref().is_none_or(|one| one == *m))
+        .collect();
+    question.stale_by(&summaries, &stale_after_s, &expected, &mut found);
     Ok(question.table(found))
 }
 

@@ -306,23 +306,35 @@ impl AnomalyQuestion<'_> {
 
     /// The stale meters among the summaries of the readings before the end of the period.
     pub fn stale(&self, summaries: &[ChannelSummary], out: &mut Vec<Anomaly>) {
+        self.stale_by(summaries, &|_| None, &[], out);
+    }
+
+    /// [`AnomalyQuestion::stale`], each meter by its own silence when `stale_after_s` gives
+    /// one (the meter registry's interval), and each of `expected` (the registry's meters)
+    /// without any reading in the look-back stale too.
+    pub fn stale_by(
+        &self,
+        summaries: &[ChannelSummary],
+        stale_after_s: &dyn Fn(&str) -> Option<u64>,
+        expected: &[&str],
+        out: &mut Vec<Anomaly>,
+    ) {
         let reference = self.stale_reference_ms();
         let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
         for s in summaries {
             let e = newest.entry(&s.meter_id).or_insert(i64::MIN);
             *e = (*e).max(s.last_ts_ms);
         }
-        let stale_ms = i64::try_from(self.rules.stale_s)
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1000);
-        for (meter, last) in newest {
-            let silent = reference.saturating_sub(last);
+        let ms = |s: u64| i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000);
+        for (meter, last) in &newest {
+            let silent = reference.saturating_sub(*last);
+            let stale_ms = ms(stale_after_s(meter).unwrap_or(self.rules.stale_s));
             if silent >= stale_ms {
                 out.push(Anomaly {
                     meter_id: meter.to_string(),
                     channel: String::new(),
                     kind: "stale",
-                    at_ms: last,
+                    at_ms: *last,
                     detail: format!(
                         "no reading for {} s before {}",
                         silent / 1000,
@@ -330,6 +342,19 @@ impl AnomalyQuestion<'_> {
                     ),
                 });
             }
+        }
+        for meter in expected.iter().filter(|m| !newest.contains_key(**m)) {
+            out.push(Anomaly {
+                meter_id: meter.to_string(),
+                channel: String::new(),
+                kind: "stale",
+                at_ms: self.stale_since_ms(),
+                detail: format!(
+                    "in the meter registry, no reading from {} to {}",
+                    (self.time)(self.stale_since_ms()),
+                    (self.time)(reference)
+                ),
+            });
         }
     }
 

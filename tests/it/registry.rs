@@ -219,3 +219,66 @@ fn a_registry_is_kept_in_clickhouse_and_the_newest_import_is_the_registry() {
         "2\t6"
     );
 }
+
+/// `query anomalies` judges silence by the registry: a meter that reports every 15 minutes is
+/// stale after 45 minutes (`devices.silent_amber_intervals` 3), a meter the registry has
+/// but that never read is stale, and a meter without a record keeps `--stale-after` (24 h).
+#[test]
+fn anomalies_judge_silence_by_each_meters_registry_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cfg, config) = config_file(&format!(
+        "data_dir = \"{}\"\n[billing]\ntimezone = \"UTC\"\n",
+        dir.path().join("data").display()
+    ));
+    // Q15 and FREE last read at 10:00; the question is asked at 12:00.
+    let readings = dir.path().join("readings.csv");
+    std::fs::write(
+        &readings,
+        "meter_id,channel,ts,value,unit\n\
+         Q15,1-0:1.8.0,2025-06-01T09:45:00Z,10,kWh\n\
+         Q15,1-0:1.8.0,2025-06-01T10:00:00Z,11,kWh\n\
+         FREE,1-0:1.8.0,2025-06-01T09:45:00Z,10,kWh\n\
+         FREE,1-0:1.8.0,2025-06-01T10:00:00Z,11,kWh\n",
+    )
+    .unwrap();
+    crate::harness::import_canonical_csv(&config, &readings);
+    let meters = dir.path().join("meters.csv");
+    std::fs::write(
+        &meters,
+        "meter_id,kind,expected_interval_s\nQ15,electricity,900\nGHOST,electricity,900\n",
+    )
+    .unwrap();
+    let (ok, _, said) = meterflow(&config, &["registry", "import", meters.to_str().unwrap()]);
+    assert!(ok, "{said}");
+    let out = crate::harness::query_csv(
+        &config,
+        &[
+            "anomalies",
+            "--from",
+            "2025-06-01",
+            "--to",
+            "2025-06-01T12:00",
+            "--now",
+            "2025-06-01T12:00:00Z",
+        ],
+    );
+    let stale: Vec<(&str, &str)> = out
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains(",stale,"))
+        .map(|l| {
+            let f: Vec<&str> = l.splitn(5, ',').collect();
+            (f[0], f[4])
+        })
+        .collect();
+    assert_eq!(stale.len(), 2, "{out}");
+    assert_eq!(stale[0].0, "GHOST");
+    assert!(stale[0].1.contains("in the meter registry"), "{out}");
+    assert_eq!(
+        stale[1],
+        (
+            "Q15",
+            "no reading for 7200 s before 2025-06-01T12:00:00+00:00"
+        )
+    );
+}
