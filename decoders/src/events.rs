@@ -11,9 +11,9 @@
 //! - the DSMR P1 long power-failure log `1-0:99.97.0` (the DSMR decoder's own).
 //!
 //! The pipeline adds the events only an edge can see (`forged_publish`, `replay_rejected`,
-//! `auth_failed`). An event has no identity beyond its fields: the same event reported again
-//! (a DSMR log repeats its entries in every telegram, a status report repeats its bits) is
-//! the same row, which the stores keep once.
+//! `auth_failed`), keeps only the news of each meter (a condition once while it lasts, a log
+//! entry once, a DSMR counter that rose: `ingest`'s `meter_memory`), and the stores keep one
+//! row per (meter, second, kind, code) whatever is written twice.
 
 use std::fmt;
 
@@ -84,7 +84,7 @@ kinds! {
     MagneticTamper "magnetic_tamper" Critical true "A strong magnetic (DC) field was detected at the meter.";
     MagneticTamperCleared "magnetic_tamper_cleared" Info false "The magnetic field is gone.";
     FraudAttempt "fraud_attempt" Critical true "The meter reports a fraud attempt (DSMR alarm bit 13, an M-Bus device's).";
-    ReverseFlow "reverse_flow" Warning true "Energy or water flowed backwards through the meter.";
+    ReverseFlow "reverse_flow" Warning false "Energy or water flowed backwards through the meter (on an import-only meter, the suspects' `reverse` signal).";
     Leak "leak" Warning false "A leak was detected (water, gas, heat).";
     Burst "burst" Critical false "A burst (a flow far above the pipe's normal) was detected.";
     ValveClosed "valve_closed" Warning false "The meter's valve or breaker is closed: no supply.";
@@ -181,6 +181,9 @@ pub const DLMS_ALARM_BITS: BitTable = &[
     (30, EventKind::PhaseOutage),
 ];
 
+/// The code prefix of an LwM2M error code (`/3/0/11 = 1`).
+pub const LWM2M_PREFIX: &str = "/3/0/11";
+
 /// The bit table of a format's status `error_flags`; `None` for DLMS, whose decoder makes
 /// events of each alarm register itself (its `error_flags` ORs them all), and DSMR (no bits).
 pub fn bit_table(format: Format) -> Option<BitTable> {
@@ -197,15 +200,15 @@ pub fn bit_table(format: Format) -> Option<BitTable> {
 /// name is a `device_fault` that says which bit; `prefix` starts each code (`""`,
 /// `/3/0/11`, `0-0:97.98.0`).
 pub fn flag_events(table: BitTable, prefix: &str, flags: u32, ts_ms: i64) -> Vec<Event> {
-    let lwm2m = std::ptr::eq(table, LWM2M_CODES);
     (0..32u8)
         .filter(|bit| flags & (1u32 << bit) != 0)
         .map(|bit| {
             let named = table.iter().find(|(b, _)| *b == bit).map(|(_, k)| *k);
-            let code = match (lwm2m, prefix.is_empty()) {
-                (true, _) => format!("/3/0/11 = {bit}"),
-                (false, true) => format!("bit {bit}"),
-                (false, false) => format!("{prefix} bit {bit}"),
+            let code = match prefix {
+                "" => format!("bit {bit}"),
+                // LwM2M's error codes are values, kept as bits by the decoder.
+                LWM2M_PREFIX => format!("{LWM2M_PREFIX} = {bit}"),
+                _ => format!("{prefix} bit {bit}"),
             };
             Event {
                 kind: named.unwrap_or(EventKind::DeviceFault),
@@ -225,8 +228,13 @@ pub fn flag_events(table: BitTable, prefix: &str, flags: u32, ts_ms: i64) -> Vec
 /// The status bits of `flags` of a report in `format`, as events at `ts_ms` (none for a
 /// format whose bits the decoder turns into events itself).
 pub fn status_events(format: Format, flags: Option<u32>, ts_ms: i64) -> Vec<Event> {
+    let prefix = if format == Format::Lwm2m {
+        LWM2M_PREFIX
+    } else {
+        ""
+    };
     match (bit_table(format), flags) {
-        (Some(table), Some(flags)) if flags != 0 => flag_events(table, "", flags, ts_ms),
+        (Some(table), Some(flags)) if flags != 0 => flag_events(table, prefix, flags, ts_ms),
         _ => Vec::new(),
     }
 }
@@ -281,17 +289,16 @@ pub fn status_changes(
     events
 }
 
-/// The kinds the bits of `flags` in `format` stand for (a DLMS meter's are alarm register
-/// 1's), in bit order.
+/// The kinds the bits of `flags` in `format` stand for, in bit order; none for a DLMS
+/// meter, whose `error_flags` OR its alarm registers (its events say which register's bit).
 pub fn flag_kinds(format: Format, flags: u32) -> Vec<EventKind> {
-    let table = match format {
-        Format::Dlms => DLMS_ALARM_BITS,
-        _ => bit_table(format).unwrap_or(STATUS_BITS),
-    };
-    flag_events(table, "", flags, 0)
-        .into_iter()
-        .map(|e| e.kind)
-        .collect()
+    match bit_table(format) {
+        Some(table) => flag_events(table, "", flags, 0)
+            .into_iter()
+            .map(|e| e.kind)
+            .collect(),
+        None => Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -337,7 +344,7 @@ mod tests {
             flag_kinds(Format::Pb, 0x14),
             [EventKind::CoverOpen, EventKind::MagneticTamper]
         );
-        assert_eq!(flag_kinds(Format::Dlms, 1 << 13), [EventKind::FraudAttempt]);
+        assert!(flag_kinds(Format::Dlms, 1 << 13).is_empty());
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! The fleet as `serve` sees it for the people who look after it: each meter's health with
 //! the reasons in words (last heard against the interval the meter registry gives it,
 //! battery, signal, error flags), the fleet summary by health and district for the page, and
-//! the gauges `meterflow_meters_registered{district}` and `meterflow_meters_silent{district}`
+//! the gauges `meterflow_meters_registered{district}` and `meterflow_meters_heard{district}`
 //! (worked out at each scrape of `/metrics`).
 //!
 //! The registry is optional and read from the configured source (ClickHouse's `meters`, else
 //! the data folder), again every [`RELOAD`]: an import shows on every node within that.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use meterflow_decoders::events;
@@ -24,6 +24,8 @@ pub const RELOAD: Duration = Duration::from_secs(300);
 #[derive(Clone, Default)]
 pub struct Fleet {
     registry: Arc<RwLock<Arc<Registry>>>,
+    /// The districts the gauges were last set for.
+    pub gauged: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Fleet {
@@ -105,10 +107,11 @@ pub fn duration_words(s: u64) -> String {
 }
 
 /// When a meter turns amber and red: after `silent_amber_intervals` and
-/// `silent_red_intervals` of the interval its registry record gives, else after the fixed
-/// `amber_after_s` and `red_after_s`.
+/// `silent_red_intervals` of how often its registry record says it is heard (its
+/// `report_interval_s`, else `expected_interval_s`), else after the fixed `amber_after_s`
+/// and `red_after_s`.
 pub fn thresholds(record: Option<&MeterRecord>, config: &DevicesConfig) -> (u64, u64) {
-    match record.and_then(|r| r.expected_interval_s) {
+    match record.and_then(MeterRecord::heard_every_s) {
         Some(interval) => (
             u64::from(interval) * u64::from(config.silent_amber_intervals),
             u64::from(interval) * u64::from(config.silent_red_intervals),
@@ -129,7 +132,7 @@ pub fn assess(
     let (amber_after_s, red_after_s) = thresholds(record, config);
     let mut found: Vec<(Health, String)> = Vec::new();
     let expected = record
-        .and_then(|r| r.expected_interval_s)
+        .and_then(MeterRecord::heard_every_s)
         .map(|i| format!(" (it reports every {})", duration_words(u64::from(i))))
         .unwrap_or_default();
     if device.last_seen_ms <= 0 {
@@ -190,10 +193,13 @@ pub fn assess(
         let kinds = events::flag_kinds(format, flags);
         let tamper = kinds.iter().any(|k| k.is_tamper());
         let words: Vec<String> = kinds.iter().map(|k| k.as_str().replace('_', " ")).collect();
-        found.push((
-            if tamper { Health::Red } else { Health::Amber },
-            format!("reports {} (error flags 0x{flags:x})", words.join(", ")),
-        ));
+        let reason = if words.is_empty() {
+            // DLMS: the alarm registers OR'd; its events say which register's bit.
+            format!("reports alarms (flags 0x{flags:x}; its events say which)")
+        } else {
+            format!("reports {} (error flags 0x{flags:x})", words.join(", "))
+        };
+        found.push((if tamper { Health::Red } else { Health::Amber }, reason));
     }
     found.sort_by_key(|(h, _)| std::cmp::Reverse(*h));
     Assessment {
@@ -211,8 +217,11 @@ pub struct Summary {
     pub by_health: BTreeMap<&'static str, usize>,
     /// District (`""`: none in the registry) -> health -> meters.
     pub by_district: BTreeMap<String, BTreeMap<&'static str, usize>>,
-    /// Registered meters never heard (counted red above).
+    /// Registered meters never heard (counted red above): by this node, on a cluster.
     pub never_heard: usize,
+    /// Whether this node is one of a cluster's: it counts the meters it hears (the others'
+    /// meters look never heard here).
+    pub node_only: bool,
 }
 
 fn health_name(h: Health) -> &'static str {
@@ -233,7 +242,14 @@ pub fn summary(
 ) -> Summary {
     let config = devices.config().clone();
     let mut out = Summary::default();
+    // The registered meters heard, by a hash of their id (no copy of every id).
     let mut heard = std::collections::HashSet::new();
+    let hash = |id: &str| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        h.finish()
+    };
     let count = |district_of: &str, health: Health, out: &mut Summary| {
         if district.is_some_and(|d| d != district_of) {
             return;
@@ -248,12 +264,14 @@ pub fn summary(
     };
     devices.for_each(|d| {
         let record = registry.at(&d.meter_id, now_ms);
-        heard.insert(d.meter_id.clone());
+        if record.is_some() {
+            heard.insert(hash(&d.meter_id));
+        }
         let health = assess(d, record, now_ms, &config).health;
         count(record.map_or("", |r| r.district.as_str()), health, &mut out);
     });
     for r in registry.records().filter(|r| r.holds_at(now_ms)) {
-        if !heard.contains(&r.meter_id) {
+        if !heard.contains(&hash(&r.meter_id)) {
             out.never_heard += 1;
             count(&r.district, Health::Red, &mut out);
         }
@@ -261,33 +279,46 @@ pub fn summary(
     out
 }
 
-/// Sets `meterflow_meters_registered{district}` and `meterflow_meters_silent{district}`
-/// (amber or red by their interval, or never heard) from the registry's meters now.
-pub fn set_gauges(devices: &DeviceRegistry, registry: &Registry, now_ms: i64) {
+/// Sets `meterflow_meters_registered{district}` (the registry's meters now) and
+/// `meterflow_meters_heard{district}` (those this node heard within their amber threshold);
+/// a district that left the registry is set to 0. On a cluster each node hears its own
+/// meters: the silent are the registered less the sum of every node's heard (the alert in
+/// `deploy/prometheus/alerts.yml` sums them).
+pub fn set_gauges(
+    devices: &DeviceRegistry,
+    registry: &Registry,
+    now_ms: i64,
+    shown: &Mutex<BTreeSet<String>>,
+) {
     let config = devices.config().clone();
-    let mut by_district: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    let mut by_district: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let current: BTreeMap<&str, &MeterRecord> = registry
         .records()
         .filter(|r| r.holds_at(now_ms))
         .map(|r| (r.meter_id.as_str(), r))
         .collect();
     for r in current.values() {
-        let e = by_district.entry(r.district.as_str()).or_default();
+        let e = by_district.entry(r.district.clone()).or_default();
         e.0 += 1;
-        let silent = match devices.last_seen_ms(&r.meter_id) {
-            None => true,
-            Some(seen) => {
-                let (amber, _) = thresholds(Some(r), &config);
-                now_ms.saturating_sub(seen) / 1000 >= i64::try_from(amber).unwrap_or(i64::MAX)
-            }
-        };
-        e.1 += usize::from(silent);
+        let heard = devices.last_seen_ms(&r.meter_id).is_some_and(|seen| {
+            let (amber, _) = thresholds(Some(r), &config);
+            now_ms.saturating_sub(seen) / 1000 < i64::try_from(amber).unwrap_or(i64::MAX)
+        });
+        e.1 += usize::from(heard);
     }
-    for (district, (registered, silent)) in by_district {
-        let label = district.to_string();
-        metrics::gauge!("meterflow_meters_registered", "district" => label.clone())
+    let mut shown = shown
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for gone in shown.iter().filter(|d| !by_district.contains_key(*d)) {
+        metrics::gauge!("meterflow_meters_registered", "district" => gone.clone()).set(0.0);
+        metrics::gauge!("meterflow_meters_heard", "district" => gone.clone()).set(0.0);
+    }
+    shown.clear();
+    for (district, (registered, heard)) in by_district {
+        metrics::gauge!("meterflow_meters_registered", "district" => district.clone())
             .set(registered as f64);
-        metrics::gauge!("meterflow_meters_silent", "district" => label).set(silent as f64);
+        metrics::gauge!("meterflow_meters_heard", "district" => district.clone()).set(heard as f64);
+        shown.insert(district);
     }
 }
 

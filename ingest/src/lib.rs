@@ -29,6 +29,7 @@ pub mod edge;
 mod error;
 pub mod fleet;
 pub mod http;
+mod meter_memory;
 pub mod pipeline;
 pub mod progress;
 pub mod runtime;

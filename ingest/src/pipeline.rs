@@ -32,6 +32,7 @@ use crate::dlms_profiles::PushProfiles;
 use crate::dlms_replay::{Replay, ReplayGuard};
 use crate::edge::{EdgeNoteKind, RawMessage};
 use crate::error::IngestError;
+use crate::meter_memory::{MeterMemory, Saved};
 use crate::progress::{LsnMarks, Progress};
 
 /// Where a topic sends a message.
@@ -109,14 +110,9 @@ pub struct Pipeline {
     /// The highest invocation counter accepted per DLMS system title, kept with the
     /// checkpoint.
     dlms_replay: ReplayGuard,
-    /// Events already handed to the sinks in this run (hashes of meter, second, kind and
-    /// code), so that a log a meter repeats in every telegram is written once, not every 10 s.
-    /// Emptied when full: a repeat after that (or after a restart) is written again and kept
-    /// once by the stores.
-    events_seen: std::collections::HashSet<u64>,
-    /// Per meter (as many as `devices.max_devices`), its last reported status in this run: to
-    /// keep a condition once while it lasts, and tell when it ended or the firmware changed.
-    last_status: std::collections::HashMap<Box<str>, LastStatus>,
+    /// What each meter's events need remembered in this run (its conditions, its log, its
+    /// counters): so that only news is written.
+    memory: MeterMemory,
     /// What DLMS bodies are read with: push profiles, the zone of meter clocks.
     dlms_profiles: PushProfiles,
     /// The wrapper listener's copy of the counters, told each authenticated push accepted.
@@ -161,6 +157,7 @@ impl Pipeline {
         marks: Arc<LsnMarks>,
         checkpoint: Checkpoint,
     ) -> Self {
+        let memory = MeterMemory::new(devices.config().max_devices);
         Pipeline {
             batcher,
             sinks,
@@ -175,8 +172,7 @@ impl Pipeline {
             counters: Counters::default(),
             credentials: None,
             dlms_replay: ReplayGuard::default(),
-            events_seen: std::collections::HashSet::new(),
-            last_status: std::collections::HashMap::new(),
+            memory,
             dlms_profiles: PushProfiles::default(),
             listener_counters: None,
         }
@@ -578,53 +574,34 @@ impl Pipeline {
         self.flush_side_rows_if_large()
     }
 
-    /// The events of a message of `meter_id` with `status` (if it had one), kept against its
-    /// last status in this run: a condition it reports while it lasts (`Event::ongoing`: a
-    /// status bit, an alarm bit, an error code) only when it was not in the report before;
-    /// and what changed (a condition ended, another firmware). Remembers this status.
-    fn status_events(
+    /// The events of a message of `meter_id` that are news ([`MeterMemory::news`]), with the
+    /// meter's saved state for a meter first seen in this run.
+    fn news(
         &mut self,
         meter_id: &str,
         format: Format,
         status: Option<&meterflow_decoders::DeviceStatus>,
-        events: Vec<Event>,
+        decoded: &[Event],
+        readings: &[meterflow_decoders::Reading<'_>],
         ts_ms: i64,
     ) -> Vec<Event> {
-        let Some(status) = status else {
-            return events;
-        };
-        let tracked = self.last_status.contains_key(meter_id)
-            || self.last_status.len() < self.devices.config().max_devices;
-        if !tracked {
-            // Past the device cap: every condition each time (the stores keep one of each).
-            return events;
-        }
-        let last = self.last_status.entry(meter_id.into()).or_default();
-        let mut kept: Vec<Event> = Vec::with_capacity(events.len());
-        let mut active = Vec::new();
-        for e in events {
-            if e.ongoing {
-                active.push(e.code.clone().into_boxed_str());
-                if last.active.iter().any(|c| **c == *e.code) {
-                    continue;
-                }
-            }
-            kept.push(e);
-        }
-        kept.extend(events::status_changes(
+        let devices = &self.devices;
+        let message = crate::meter_memory::Message {
+            meter_id,
             format,
-            (last.flags, last.firmware.as_deref()),
-            (status.error_flags, status.firmware.as_deref()),
+            status,
+            decoded,
+            readings,
             ts_ms,
-        ));
-        if status.error_flags.is_some() {
-            last.flags = status.error_flags;
-            last.active = active;
-        }
-        if let Some(firmware) = &status.firmware {
-            last.firmware = Some(firmware.as_str().into());
-        }
-        kept
+        };
+        self.memory.news(message, || {
+            let d = devices.get(meter_id)?;
+            Some(Saved {
+                flags: d.status.error_flags,
+                firmware: d.status.firmware,
+                format: d.last_format.parse().ok(),
+            })
+        })
     }
 
     /// Hands the events of `meter_id` a message carried (or that the edge saw) to the sinks
@@ -636,13 +613,8 @@ impl Pipeline {
         events: impl IntoIterator<Item = Event>,
         raw: &str,
     ) -> Result<(), IngestError> {
-        if self.events_seen.len() >= EVENTS_SEEN_MAX {
-            self.events_seen.clear();
-        }
-        let seen = &mut self.events_seen;
         let rows: Vec<EventRow> = events
             .into_iter()
-            .filter(|e| seen.insert(event_hash(meter_id, e)))
             .map(|e| {
                 metrics::counter!("meterflow_events_total", "kind" => e.kind.as_str()).increment(1);
                 EventRow {
@@ -703,12 +675,7 @@ impl Pipeline {
             }
             return Ok(());
         }
-        if let Some(gateway) = message
-            .edge_note
-            .as_deref()
-            .filter(|n| n.kind == EdgeNoteKind::Via)
-            .and_then(|n| n.identity.as_deref())
-        {
+        if let Some(gateway) = message.via.as_deref() {
             // A gateway's message for one of its meters: the gateway is heard too.
             self.devices.observe(Observation {
                 meter_id: gateway,
@@ -754,6 +721,12 @@ impl Pipeline {
         match route {
             Route::Status { meter_id } => match decode_status(&message.payload) {
                 Ok(status) => {
+                    // meterflow's status bits, as in a JSON or protobuf report (news against
+                    // the meter's state before this report).
+                    let ts_ms = message.received_at_ms;
+                    let flagged = events::status_events(Format::Json, status.error_flags, ts_ms);
+                    let events =
+                        self.news(meter_id, Format::Json, Some(&status), &flagged, &[], ts_ms);
                     self.devices.observe(Observation {
                         meter_id,
                         lsn: message.lsn,
@@ -768,11 +741,6 @@ impl Pipeline {
                     });
                     metrics::counter!("meterflow_status_updates_total").increment(1);
                     self.queue_status(meter_id, message, &status, message.received_at_ms)?;
-                    // meterflow's status bits, as in a JSON or protobuf report.
-                    let ts_ms = message.received_at_ms;
-                    let flagged = events::status_events(Format::Json, status.error_flags, ts_ms);
-                    let events =
-                        self.status_events(meter_id, Format::Json, Some(&status), flagged, ts_ms);
                     let raw = flags_text(status.error_flags);
                     self.queue_events(meter_id, message, events, &raw)
                 }
@@ -866,11 +834,12 @@ impl Pipeline {
         if let Some(status) = &decoded.status {
             self.queue_status(meter_id, message, status, ts_ms)?;
         }
-        let events = self.status_events(
+        let events = self.news(
             meter_id,
             format,
             decoded.status.as_ref(),
-            decoded.events.clone(),
+            &decoded.events,
+            &decoded.readings,
             ts_ms,
         );
         if !events.is_empty() {
@@ -1024,15 +993,6 @@ impl Pipeline {
     }
 }
 
-/// A meter's last reported status, as far as events need it.
-#[derive(Debug, Default)]
-struct LastStatus {
-    flags: Option<u32>,
-    firmware: Option<Box<str>>,
-    /// The codes of the conditions it reported (`Event::ongoing`).
-    active: Vec<Box<str>>,
-}
-
 /// The meter a refused message claimed to be for: its MQTT topic's `meters/{id}/...`, or a
 /// CoAP report's `/r/{id}`. (An LwM2M registration names an endpoint, not always a meter.)
 fn claimed_meter(topic: &str) -> Option<&str> {
@@ -1040,17 +1000,6 @@ fn claimed_meter(topic: &str) -> Option<&str> {
         Ok(Route::Report { meter_id, .. } | Route::Status { meter_id }) => Some(meter_id),
         Err(_) => topic.strip_prefix("/r/").filter(|id| is_valid_meter_id(id)),
     }
-}
-
-/// Events remembered as written at most ([`Pipeline::queue_events`]): about 8 MB.
-const EVENTS_SEEN_MAX: usize = 1 << 18;
-
-/// What makes an event the same event: its meter, second, kind and code.
-fn event_hash(meter_id: &str, e: &Event) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (meter_id, e.ts_ms.div_euclid(1000), e.kind, &e.code).hash(&mut h);
-    h.finish()
 }
 
 /// A status's flags as the events' `raw` text (`error_flags=0x14`; empty without flags).
@@ -1253,6 +1202,7 @@ mod tests {
             received_at_ms: received,
             content_type: None,
             edge_note: None,
+            via: None,
         };
         pipeline
             .handle(&message(

@@ -298,6 +298,7 @@ mod tests {
             received_at_ms: 1_700_000_000_000,
             content_type: None,
             edge_note: None,
+            via: None,
         }
     }
 

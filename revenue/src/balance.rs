@@ -15,6 +15,9 @@ pub enum Side {
     Head,
     /// A customer of the group.
     Customer,
+    /// A customer of the group that no head meter measures (a district's customer on a
+    /// feeder without a head): counted apart, left out of the loss.
+    Unmetered,
 }
 
 /// One meter's energy on one day, in the group it belonged to that day.
@@ -40,6 +43,8 @@ pub struct BalanceRow {
     pub customers_kwh: f64,
     pub customers: usize,
     pub customers_missing: usize,
+    /// Customers no head meter measures (left out of the loss).
+    pub customers_unmetered: usize,
     /// Head minus customers, kWh, and as % of the head (when the head is above 0).
     pub loss_kwh: Option<f64>,
     pub loss_pct: Option<f64>,
@@ -65,6 +70,7 @@ pub fn balance<'a>(entries: impl IntoIterator<Item = Entry<'a>>) -> Vec<BalanceR
             customers_kwh: 0.0,
             customers: 0,
             customers_missing: 0,
+            customers_unmetered: 0,
             loss_kwh: None,
             loss_pct: None,
         });
@@ -86,6 +92,7 @@ pub fn balance<'a>(entries: impl IntoIterator<Item = Entry<'a>>) -> Vec<BalanceR
                 row.customers += 1;
                 row.customers_missing += 1;
             }
+            (Side::Unmetered, _) => row.customers_unmetered += 1,
         }
     }
     rows.into_values()
@@ -129,10 +136,16 @@ mod tests {
             e("F2", 1, Side::Customer, Some(5.0)),
             e("F3", 1, Side::Head, None),
             e("F3", 1, Side::Customer, Some(5.0)),
+            e("F1", 1, Side::Unmetered, Some(70.0)),
         ]);
         assert_eq!(rows.len(), 4);
         let f1 = &rows[0];
-        assert_eq!(f1.loss_kwh, Some(15.0));
+        assert_eq!(
+            f1.loss_kwh,
+            Some(15.0),
+            "an unmetered customer is not counted"
+        );
+        assert_eq!(f1.customers_unmetered, 1);
         assert_eq!(f1.loss_pct, Some(15.0));
         assert!(f1.is_complete());
         let f1_2 = &rows[1];

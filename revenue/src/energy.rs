@@ -57,6 +57,11 @@ impl Days {
         self.days.last().map(|(_, b)| b.query().to_ms)
     }
 
+    /// The end of day `i`, Unix ms.
+    pub fn end_of(&self, i: usize) -> i64 {
+        self.days[i].1.query().to_ms
+    }
+
     /// The start of day `i`, Unix ms.
     pub fn start_ms(&self, i: usize) -> i64 {
         self.days[i].1.query().from_ms
@@ -101,6 +106,19 @@ impl Slot {
     }
 }
 
+/// Which kind of register `channel` is: import total, import tariff, export total, export
+/// tariff; `None` for others.
+fn slot_of(channel: &str) -> Option<usize> {
+    let name = register_name(channel);
+    Some(match name.as_str() {
+        "import total" => 0,
+        n if n.starts_with("import tariff") => 1,
+        "export total" => 2,
+        n if n.starts_with("export tariff") => 3,
+        _ => return None,
+    })
+}
+
 impl MeterDays {
     pub fn new(days: &Days) -> MeterDays {
         MeterDays {
@@ -119,13 +137,8 @@ impl MeterDays {
         readings: &[Reading],
         rollover: Option<f64>,
     ) -> bool {
-        let name = register_name(channel);
-        let slot = match name.as_str() {
-            "import total" => 0,
-            n if n.starts_with("import tariff") => 1,
-            "export total" => 2,
-            n if n.starts_with("export tariff") => 3,
-            _ => return false,
+        let Some(slot) = slot_of(channel) else {
+            return false;
         };
         let Some(scale) = kwh_per(unit) else {
             return false;
@@ -168,6 +181,27 @@ impl MeterDays {
                 },
             )
             .collect()
+    }
+
+    /// Import energy per day, kWh (`None` when not known, or without an import register).
+    pub fn import_kwh(&self) -> Vec<Option<f64>> {
+        self.days
+            .iter()
+            .map(|[total, tariffs, _, _]| match total.or(*tariffs) {
+                Slot::Known(k) => Some(k),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Makes the register `channel` not known on every day (its readings came in more than
+    /// one unit).
+    pub fn spoil(&mut self, channel: &str) {
+        if let Some(slot) = slot_of(channel) {
+            for day in &mut self.days {
+                day[slot] = Slot::Unknown;
+            }
+        }
     }
 
     /// Export energy per day, kWh (0 without an export register; `None` when not known).

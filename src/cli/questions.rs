@@ -10,6 +10,7 @@ use meterflow_storage::analytics::Table;
 use meterflow_storage::questions::{self, AnomalyQuestion, AnomalyRules, FALL_LOOK_BACK_MS};
 use meterflow_storage::readings::summary::{self, ChannelSummary, SummaryRequest};
 use meterflow_storage::readings::{self, Channels, Neighbours, ReadRequest, Series};
+use meterflow_storage::registry::MeterKind;
 use meterflow_storage::status::{self, StatusRequest, StatusView};
 use meterflow_storage::StorageError;
 
@@ -197,12 +198,13 @@ pub fn anomalies(config: &Config, args: AnomaliesArgs) -> anyhow::Result<Table> 
     let reference = question.stale_reference_ms();
     let intervals = u64::from(config.devices.silent_amber_intervals);
     let stale_after_s = |meter: &str| {
-        let interval = registry.at(meter, reference)?.expected_interval_s?;
+        let interval = registry.at(meter, reference)?.heard_every_s()?;
         Some(u64::from(interval) * intervals)
     };
+    // Gateways have no readings of their own.
     let expected: Vec<&str> = registry
         .records()
-        .filter(|r| r.holds_at(reference))
+        .filter(|r| r.holds_at(reference) && r.kind != MeterKind::Gateway)
         .map(|r| r.meter_id.as_str())
         .filter(|m| args.meter.as_deref().is_none_or(|one| one == *m))
         .collect();

@@ -120,6 +120,9 @@ pub fn run(config: &Config, args: RegistryArgs) -> anyhow::Result<()> {
                         r.tariff.clone(),
                         when(r.valid_from_ms),
                         when(r.valid_to_ms),
+                        r.report_interval_s
+                            .map(|s| s.to_string())
+                            .unwrap_or_default(),
                     ]
                 })
                 .collect();
@@ -130,7 +133,11 @@ pub fn run(config: &Config, args: RegistryArgs) -> anyhow::Result<()> {
                     .collect(),
                 rows,
             };
-            print_table(&table, &["expected_interval_s"], format)
+            print_table(
+                &table,
+                &["expected_interval_s", "report_interval_s"],
+                format,
+            )
         }
     }
 }

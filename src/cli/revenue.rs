@@ -162,7 +162,7 @@ pub struct BalanceArgs {
 }
 
 /// The columns of `query balance` that hold numbers.
-pub const BALANCE_NUMBERS: [&str; 8] = [
+pub const BALANCE_NUMBERS: [&str; 9] = [
     "head_kwh",
     "customers_kwh",
     "loss_kwh",
@@ -171,6 +171,7 @@ pub const BALANCE_NUMBERS: [&str; 8] = [
     "customers_missing",
     "heads",
     "heads_missing",
+    "customers_unmetered",
 ];
 
 /// The longest balance drawn at once.
@@ -180,6 +181,8 @@ const MAX_BALANCE_DAYS: i64 = 400;
 pub struct MeterEnergy {
     /// Net energy (import minus export, kWh) per day (`None`: not known that day).
     pub daily: Vec<Option<f64>>,
+    /// Import energy per day, kWh (what the suspects' drops are measured on).
+    pub import: Vec<Option<f64>>,
     /// Export energy per day, kWh.
     pub export: Vec<Option<f64>>,
     /// Its import by local hour before `split_ms` and from it on, and what ran back.
@@ -211,8 +214,20 @@ pub fn meter_energy(
     };
     let request = super::billing::register_request(config, from_ms, to_ms, None)?;
     let mut meters: HashMap<String, (MeterDays, Shape)> = HashMap::new();
+    let mut mixed: Vec<String> = Vec::new();
     read_series(config, &request, &mut |mut series| {
-        if !wanted(&series.meter_id) || !series.other_units.is_empty() {
+        if !wanted(&series.meter_id) {
+            return Ok(());
+        }
+        if !series.other_units.is_empty() {
+            // Readings in more than one unit: the register is not known (as billing refuses
+            // it), so neither is the meter's energy.
+            mixed.push(format!("{} {}", series.meter_id, series.channel));
+            meters
+                .entry(series.meter_id.clone())
+                .or_insert_with(|| (MeterDays::new(days), Shape::default()))
+                .0
+                .spoil(&series.channel);
             return Ok(());
         }
         if let Some(vee) = &as_billed {
@@ -234,11 +249,18 @@ pub fn meter_energy(
         shape.add_register(zone, split_ms, to_ms, channel, unit, &points, rollover);
         Ok(())
     })?;
+    if let Some(first) = mixed.first() {
+        eprintln!(
+            "{} register(s) have readings in more than one unit and are not known (e.g. {first}): their meters count as missing",
+            mixed.len()
+        );
+    }
     Ok(meters
         .into_iter()
         .map(|(meter, (d, shape))| {
             let energy = MeterEnergy {
                 daily: d.net_kwh(),
+                import: d.import_kwh(),
                 export: d.export_kwh(),
                 shape,
             };
@@ -290,6 +312,7 @@ pub fn balance(config: &Config, args: BalanceArgs) -> anyhow::Result<Table> {
             "heads_missing",
             "customers",
             "customers_missing",
+            "customers_unmetered",
         ]
         .map(String::from)
         .to_vec(),
@@ -309,6 +332,7 @@ pub fn balance(config: &Config, args: BalanceArgs) -> anyhow::Result<Table> {
                     r.heads_missing.to_string(),
                     r.customers.to_string(),
                     r.customers_missing.to_string(),
+                    r.customers_unmetered.to_string(),
                 ]
             })
             .collect(),
@@ -316,7 +340,10 @@ pub fn balance(config: &Config, args: BalanceArgs) -> anyhow::Result<Table> {
 }
 
 /// Every registered meter's place on each day (by the record that holds at the day's start)
-/// with its energy that day (`None`: not known, or no readings at all).
+/// with its energy that day (`None`: not known, no readings at all, or a record of it that
+/// begins or ends inside the day: which group it was in is not one answer). At district
+/// level a customer of a feeder without a head meter that day is `Side::Unmetered`: no head
+/// measured its energy.
 fn balance_entries<'a>(
     registry: &'a Registry,
     level: Level,
@@ -326,20 +353,45 @@ fn balance_entries<'a>(
     let mut entries = Vec::new();
     let meters: std::collections::BTreeSet<&str> =
         registry.records().map(|r| r.meter_id.as_str()).collect();
+    // Per day, the feeders with a head meter.
+    let headed: Vec<std::collections::HashSet<&str>> = (0..days.len())
+        .map(|i| {
+            registry
+                .records()
+                .filter(|r| r.role == Role::FeederHead && r.holds_at(days.start_ms(i)))
+                .map(|r| r.feeder.as_str())
+                .collect()
+        })
+        .collect();
     for meter in meters {
         let kwh = energy.get(meter);
         for (i, day) in days.dates().enumerate() {
-            let Some(record) = registry.at(meter, days.start_ms(i)) else {
+            let (start, end) = (days.start_ms(i), days.end_of(i));
+            let Some(record) = registry.at(meter, start) else {
                 continue;
             };
-            let Some((group, side)) = level.place(record) else {
+            let Some((group, mut side)) = level.place(record) else {
                 continue;
             };
+            if level == Level::District
+                && side == Side::Customer
+                && !headed[i].contains(record.feeder.as_str())
+            {
+                side = Side::Unmetered;
+            }
+            let inside = |t: Option<i64>| t.is_some_and(|t| start < t && t < end);
+            let moved = registry
+                .records_of(meter)
+                .any(|r| inside(r.valid_from_ms) || inside(r.valid_to_ms));
             entries.push(Entry {
                 group,
                 day,
                 side,
-                kwh: kwh.and_then(|k| k.daily[i]),
+                kwh: if moved {
+                    None
+                } else {
+                    kwh.and_then(|k| k.daily[i])
+                },
             });
         }
     }
@@ -429,6 +481,17 @@ pub fn suspects(config: &Config, args: SuspectsArgs) -> anyhow::Result<Table> {
     )?;
     let feeder_rise = feeder_loss_rise(&registry, &days, before, &energy);
     let day_of = |ts_ms: i64| (0..days.len()).rev().find(|&i| days.start_ms(i) <= ts_ms);
+    let mut events_of: HashMap<&str, Vec<&EventRow>> = HashMap::new();
+    for ev in &events {
+        events_of.entry(ev.meter_id.as_str()).or_default().push(ev);
+    }
+    // A forged publish is counted once per identity that sent it, and not when that
+    // identity is a gateway of the registry (one whose publish_for misses a meter).
+    let gateway = |identity: &str| {
+        registry
+            .records_of(identity)
+            .any(|r| r.kind == MeterKind::Gateway)
+    };
     let mut facts: Vec<MeterFacts> = Vec::new();
     let mut feeders: HashMap<String, String> = HashMap::new();
     for (meter, e) in &energy {
@@ -439,23 +502,32 @@ pub fn suspects(config: &Config, args: SuspectsArgs) -> anyhow::Result<Table> {
         let (hours_before, hours_during) = e.shape.hours();
         let import_only = r.is_some_and(|r| r.import_only);
         let exported: f64 = e.export[before..].iter().flatten().sum();
-        let mine = events.iter().filter(|ev| ev.meter_id == *meter);
-        let kinds = mine.filter_map(|ev| Some((EventKind::parse(&ev.kind)?, ev.ts_ms)));
+        let mine = events_of.get(meter.as_str()).map_or(&[][..], Vec::as_slice);
         let (mut tamper_days, mut data_path_events) = (Vec::new(), 0);
-        for (kind, ts_ms) in kinds {
-            if on_data_path(kind) {
-                data_path_events += usize::from(ts_ms >= from_ms);
+        let mut forgers = std::collections::BTreeSet::new();
+        for ev in mine {
+            let Some(kind) = EventKind::parse(&ev.kind) else {
+                continue;
+            };
+            if kind == EventKind::ForgedPublish {
+                if ev.ts_ms >= from_ms && !gateway(&ev.code) {
+                    forgers.insert(ev.code.as_str());
+                }
+            } else if on_data_path(kind) {
+                data_path_events += usize::from(ev.ts_ms >= from_ms);
             } else if kind.is_tamper() {
-                tamper_days.extend(day_of(ts_ms));
+                tamper_days.extend(day_of(ev.ts_ms));
             }
         }
+        data_path_events += forgers.len();
         let feeder = r.map(|r| r.feeder.clone()).unwrap_or_default();
         facts.push(MeterFacts {
             meter_id: meter.clone(),
             peers: r
                 .map(|r| format!("{}/{}", r.feeder, r.tariff))
                 .unwrap_or_default(),
-            daily: e.daily.clone(),
+            // Import, not net: a prosumer's export is no drop.
+            daily: e.import.clone(),
             hours_before,
             hours_during,
             reverse_kwh: if import_only {

@@ -219,7 +219,12 @@ pub fn clickhouse_sql(db: &str, req: &EventRequest) -> Result<String, StorageErr
         filter.push_str(&format!(" AND meter_id = '{m}'"));
     }
     if let Some((from, to)) = req.period {
-        filter.push_str(&format!(" AND {ts_ms} >= {from} AND {ts_ms} < {to}"));
+        // `ts` against whole seconds of its own kind first (the partitions and the sort key
+        // prune), then to the second exactly as the files are read.
+        let (from_s, to_s) = (from.div_euclid(1000), to.div_euclid(1000) + 1);
+        filter.push_str(&format!(
+            " AND ts >= toDateTime({from_s}) AND ts < toDateTime({to_s}) AND {ts_ms} >= {from} AND {ts_ms} < {to}"
+        ));
     }
     if !req.kinds.is_empty() {
         let kinds: Vec<String> = req.kinds.iter().map(|k| format!("'{k}'")).collect();

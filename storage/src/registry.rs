@@ -99,6 +99,9 @@ pub struct MeterRecord {
     pub model: String,
     /// The interval the meter reads at, seconds (`None`: not known, inferred from reads).
     pub expected_interval_s: Option<u32>,
+    /// How often it reports, seconds, when not at each reading (a meter that reads every 15
+    /// minutes and pushes its day once a night: 86400). `None`: at each reading.
+    pub report_interval_s: Option<u32>,
     pub district: String,
     pub feeder: String,
     pub transformer: String,
@@ -114,6 +117,11 @@ pub struct MeterRecord {
 }
 
 impl MeterRecord {
+    /// How often the meter is heard, seconds: its report interval, else its reading interval.
+    pub fn heard_every_s(&self) -> Option<u32> {
+        self.report_interval_s.or(self.expected_interval_s)
+    }
+
     /// Whether it holds at `at_ms`.
     pub fn holds_at(&self, at_ms: i64) -> bool {
         self.valid_from_ms.is_none_or(|f| f <= at_ms) && self.valid_to_ms.is_none_or(|t| at_ms < t)
@@ -121,7 +129,7 @@ impl MeterRecord {
 }
 
 /// The columns a registry CSV may have.
-pub const COLUMNS: [&str; 12] = [
+pub const COLUMNS: [&str; 13] = [
     "meter_id",
     "kind",
     "model",
@@ -134,6 +142,7 @@ pub const COLUMNS: [&str; 12] = [
     "tariff",
     "valid_from",
     "valid_to",
+    "report_interval_s",
 ];
 
 /// The records of a registry, by meter, each meter's in order of `valid_from`.
@@ -220,21 +229,19 @@ impl Registry {
                     )
                 })?,
             };
-            let expected_interval_s = match cell("expected_interval_s") {
-                "" => None,
-                text => Some(
-                    text.parse::<u32>()
+            let interval = |name: &str| -> Result<Option<u32>, StorageError> {
+                match cell(name) {
+                    "" => Ok(None),
+                    text => text
+                        .parse::<u32>()
                         .ok()
                         .filter(|s| (1..=31 * 86_400).contains(s))
-                        .ok_or_else(|| {
-                            bad(
-                                line,
-                                "expected_interval_s",
-                                format!("{text:?}: seconds, 1 to 2678400"),
-                            )
-                        })?,
-                ),
+                        .map(Some)
+                        .ok_or_else(|| bad(line, name, format!("{text:?}: seconds, 1 to 2678400"))),
+                }
             };
+            let expected_interval_s = interval("expected_interval_s")?;
+            let report_interval_s = interval("report_interval_s")?;
             let import_only = match cell("import_only").to_ascii_lowercase().as_str() {
                 "" | "false" | "no" | "0" => false,
                 "true" | "yes" | "1" => true,
@@ -270,6 +277,7 @@ impl Registry {
                     kind,
                     model: cell("model").to_string(),
                     expected_interval_s,
+                    report_interval_s,
                     district: cell("district").to_string(),
                     feeder: cell("feeder").to_string(),
                     transformer: cell("transformer").to_string(),
@@ -347,6 +355,7 @@ fn schema() -> Arc<Schema> {
         time("valid_from"),
         time("valid_to"),
         Field::new("line", DataType::UInt64, false),
+        Field::new("report_interval_s", DataType::UInt32, true),
     ]))
 }
 
@@ -388,6 +397,9 @@ impl Registry {
                 Arc::new(UInt64Array::from_iter_values(
                     records.iter().map(|r| r.line),
                 )),
+                Arc::new(UInt32Array::from_iter(
+                    records.iter().map(|r| r.report_interval_s),
+                )),
             ],
         )
         .map_err(|e| StorageError::io("building", dir.join(&name), std::io::Error::other(e)))?;
@@ -418,6 +430,10 @@ impl Registry {
             let intervals = column::<UInt32Array>(&batch, "expected_interval_s", path)?;
             let import_only = column::<BooleanArray>(&batch, "import_only", path)?;
             let lines = column::<UInt64Array>(&batch, "line", path)?;
+            // (A registry kept by an earlier version has no report interval.)
+            let reports = batch
+                .column_by_name("report_interval_s")
+                .and_then(|c| c.as_any().downcast_ref::<UInt32Array>());
             let (from, to) = (time("valid_from")?, time("valid_to")?);
             let unreadable = |what: &str| {
                 StorageError::io(
@@ -433,6 +449,7 @@ impl Registry {
                     kind: MeterKind::parse(kinds.value(i)).ok_or_else(|| unreadable("kind"))?,
                     model: models.value(i).to_string(),
                     expected_interval_s: (!intervals.is_null(i)).then(|| intervals.value(i)),
+                    report_interval_s: reports.filter(|r| !r.is_null(i)).map(|r| r.value(i)),
                     district: districts.value(i).to_string(),
                     feeder: feeders.value(i).to_string(),
                     transformer: transformers.value(i).to_string(),
@@ -455,27 +472,33 @@ impl Registry {
 }
 
 /// The registry in ClickHouse's `meters`: each import's records under its `imported_at`
-/// (Unix ms); the newest import is the registry, the ones before stay as its history.
+/// (Unix ms), then a marker row (`meter_id` empty, `line` the number of records) once every
+/// record is in. The registry is the newest import whose marker is there and whose records
+/// all are: an import cut short, or still going on, is not read. Earlier imports stay as its
+/// history.
 impl Registry {
-    /// The INSERT statements of this registry as imported at `imported_ms`.
+    /// The INSERT statements of this registry as imported at `imported_ms`, the marker last.
     #[doc(hidden)]
     pub fn insert_sql(&self, db: &str, times: TimeColumns, imported_ms: i64) -> Vec<String> {
         let (_, time) = time_sql(times, "valid_from");
         let nullable = |ms: Option<i64>| ms.map_or_else(|| "NULL".to_string(), time);
+        let seconds = |s: Option<u32>| s.map_or_else(|| "NULL".to_string(), |s| s.to_string());
+        let columns = "imported_at, meter_id, kind, model, expected_interval_s, district, feeder, \
+                       transformer, role, import_only, tariff, valid_from, valid_to, line, \
+                       report_interval_s";
         let records: Vec<&MeterRecord> = self.records().collect();
-        records
+        let mut statements: Vec<String> = records
             .chunks(10_000)
             .map(|chunk| {
                 let rows: Vec<String> = chunk
                     .iter()
                     .map(|r| {
                         format!(
-                            "({imported_ms}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+                            "({imported_ms}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
                             sql_text(&r.meter_id),
                             sql_text(r.kind.as_str()),
                             sql_text(&r.model),
-                            r.expected_interval_s
-                                .map_or_else(|| "NULL".to_string(), |s| s.to_string()),
+                            seconds(r.expected_interval_s),
                             sql_text(&r.district),
                             sql_text(&r.feeder),
                             sql_text(&r.transformer),
@@ -485,31 +508,57 @@ impl Registry {
                             nullable(r.valid_from_ms),
                             nullable(r.valid_to_ms),
                             r.line,
+                            seconds(r.report_interval_s),
                         )
                     })
                     .collect();
                 format!(
-                    "INSERT INTO {db}.meters (imported_at, meter_id, kind, model, expected_interval_s, \
-                     district, feeder, transformer, role, import_only, tariff, valid_from, valid_to, \
-                     line) VALUES {}",
+                    "INSERT INTO {db}.meters ({columns}) VALUES {}",
                     rows.join(", ")
                 )
             })
-            .collect()
+            .collect();
+        statements.push(format!(
+            "INSERT INTO {db}.meters ({columns}) VALUES ({imported_ms}, '', '', '', NULL, '', '', '', '', 0, '', NULL, NULL, {}, NULL)",
+            records.len()
+        ));
+        statements
     }
 
-    /// The query that reads the newest import back (TabSeparatedWithNames, for
+    /// The imports in `meters`, newest first (TabSeparatedWithNames: `imported_at`, `marked`,
+    /// `expected`, `stored`), for [`Registry::complete_import`].
+    #[doc(hidden)]
+    pub fn imports_sql(db: &str) -> String {
+        format!(
+            "SELECT imported_at, countIf(meter_id = '') AS marked, \
+             maxIf(line, meter_id = '') AS expected, uniqExactIf(line, meter_id != '') AS stored \
+             FROM {db}.meters GROUP BY imported_at ORDER BY imported_at DESC"
+        )
+    }
+
+    /// The newest import of an answer to [`Registry::imports_sql`] that is whole.
+    #[doc(hidden)]
+    pub fn complete_import(text: &str) -> Option<i64> {
+        let table = crate::analytics::Table::from_tsv(text);
+        (0..table.rows.len()).find_map(|i| {
+            let n = |c: &str| table.get(i, c).and_then(|v| v.parse::<u64>().ok());
+            let whole = n("marked")? > 0 && n("expected")? == n("stored")?;
+            whole.then(|| table.get(i, "imported_at")?.parse().ok())?
+        })
+    }
+
+    /// The query that reads import `imported_ms` back (TabSeparatedWithNames, for
     /// [`Registry::from_tsv`]).
     #[doc(hidden)]
-    pub fn select_sql(db: &str, times: TimeColumns) -> String {
+    pub fn select_sql(db: &str, times: TimeColumns, imported_ms: i64) -> String {
         let (from, _) = time_sql(times, "valid_from");
         let (to, _) = time_sql(times, "valid_to");
         format!(
-            "SELECT meter_id, kind, model, expected_interval_s, district, feeder, transformer, \
-             role, import_only, tariff, if(isNull(valid_from), NULL, {from}) AS valid_from_ms, \
+            "SELECT meter_id, kind, model, expected_interval_s, report_interval_s, district, \
+             feeder, transformer, role, import_only, tariff, \
+             if(isNull(valid_from), NULL, {from}) AS valid_from_ms, \
              if(isNull(valid_to), NULL, {to}) AS valid_to_ms, line FROM {db}.meters \
-             WHERE imported_at = (SELECT max(imported_at) FROM {db}.meters) \
-             ORDER BY meter_id, line"
+             WHERE imported_at = {imported_ms} AND meter_id != '' ORDER BY meter_id, line"
         )
     }
 
@@ -531,13 +580,17 @@ impl Registry {
                     v => v.parse().map(Some).map_err(|_| bad(c)),
                 }
             };
+            let seconds = |c: &str| -> Result<Option<u32>, StorageError> {
+                optional(c)?
+                    .map(|s| u32::try_from(s).map_err(|_| bad(c)))
+                    .transpose()
+            };
             let record = MeterRecord {
                 meter_id: cell("meter_id").to_string(),
                 kind: MeterKind::parse(cell("kind")).ok_or_else(|| bad("kind"))?,
                 model: cell("model").to_string(),
-                expected_interval_s: optional("expected_interval_s")?
-                    .map(|s| u32::try_from(s).map_err(|_| bad("expected_interval_s")))
-                    .transpose()?,
+                expected_interval_s: seconds("expected_interval_s")?,
+                report_interval_s: seconds("report_interval_s")?,
                 district: cell("district").to_string(),
                 feeder: cell("feeder").to_string(),
                 transformer: cell("transformer").to_string(),
@@ -581,10 +634,23 @@ impl Registry {
         Ok(())
     }
 
-    /// The newest registry in ClickHouse's `meters`; empty when none was imported.
+    /// The newest whole registry in ClickHouse's `meters`; empty when none was imported (or
+    /// the table is not there yet: a server the schema was not applied to).
     pub async fn load_clickhouse(config: &ClickHouseConfig) -> Result<Registry, StorageError> {
+        let db = &config.database;
+        let imports = match crate::analytics::run_text(config, &Registry::imports_sql(db)).await {
+            Ok(text) => text,
+            Err(e) if e.to_string().contains("Code: 60") => {
+                tracing::debug!(database = %db, "no meters table: no registry");
+                return Ok(Registry::default());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(imported_ms) = Registry::complete_import(&imports) else {
+            return Ok(Registry::default());
+        };
         let times = crate::clickhouse::time_columns(config).await?;
-        let sql = Registry::select_sql(&config.database, times);
+        let sql = Registry::select_sql(db, times, imported_ms);
         Registry::from_tsv(&crate::analytics::run_text(config, &sql).await?)
     }
 }

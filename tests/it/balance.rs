@@ -123,6 +123,15 @@ fn balance_per_feeder_equals_a_computation_in_the_test_on_both_sources() {
             silent: None,
             gas: true,
         },
+        // A customer of feeder F3, which has no head meter.
+        Meter {
+            id: "U1",
+            seed: 9,
+            exports: false,
+            reset_at: None,
+            silent: None,
+            gas: false,
+        },
     ];
     // Readings every quarter hour from a day before to a day after.
     let mut csv = String::from("meter_id,channel,ts,value,unit\n");
@@ -175,7 +184,8 @@ fn balance_per_feeder_equals_a_computation_in_the_test_on_both_sources() {
         C3,electricity,North,F2,,customer,2025-03-31,\n\
         C4,electricity,North,F2,,customer,,\n\
         T1,electricity,North,F1,T9,transformer_head,,\n\
-        G1,gas,North,F1,,customer,,\n";
+        G1,gas,North,F1,,customer,,\n\
+        U1,electricity,North,F3,,customer,,\n";
 
     // The computation: per meter and local day, the register's value at both midnights (a
     // reading there, else the line between the readings around it) and the positive steps
@@ -290,9 +300,17 @@ fn balance_per_feeder_equals_a_computation_in_the_test_on_both_sources() {
                 "Europe/Berlin",
             ],
         );
+        // F3 has no head: its rows say so (no loss), and are left out of the comparison.
+        let no_head: Vec<&str> = out.lines().filter(|l| l.contains(",F3,")).collect();
+        assert_eq!(no_head.len(), 6, "{out}");
+        assert!(
+            no_head.iter().all(|l| l.split(',').nth(5) == Some("")),
+            "{out}"
+        );
         let got: Vec<String> = out
             .lines()
             .skip(1)
+            .filter(|l| !l.contains(",F3,"))
             .map(|l| {
                 let f: Vec<&str> = l.split(',').collect();
                 assert_eq!(f[0], "feeder");
@@ -367,6 +385,48 @@ fn balance_per_feeder_equals_a_computation_in_the_test_on_both_sources() {
     import_canonical_csv(&clickhouse, Path::new(&readings));
     import_registry(&clickhouse);
     assert_eq!(check(&clickhouse, "clickhouse"), from_files);
+
+    // The district: both feeder heads against their customers; U1 is on a feeder without a
+    // head, so no head measured it: counted apart, not in the loss.
+    let district = query_csv(
+        &parquet,
+        &[
+            "balance",
+            "--level",
+            "district",
+            "--from",
+            "2025-03-28",
+            "--to",
+            "2025-04-03",
+            "--tz",
+            "Europe/Berlin",
+        ],
+    );
+    let feeders: Vec<Vec<&str>> = from_files
+        .lines()
+        .skip(1)
+        .filter(|l| !l.contains(",F3,"))
+        .map(|l| l.split(',').collect())
+        .collect();
+    for (i, line) in district.lines().skip(1).enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        let day = f[2];
+        let of_day: Vec<&Vec<&str>> = feeders.iter().filter(|r| r[2] == day).collect();
+        assert_eq!(of_day.len(), 2, "{day}");
+        let sum = |c: usize| {
+            of_day
+                .iter()
+                .map(|r| r[c].parse::<f64>().unwrap())
+                .sum::<f64>()
+        };
+        assert!(
+            (f[5].parse::<f64>().unwrap() - sum(5)).abs() < 1e-5,
+            "{i}: {line}"
+        );
+        assert_eq!(f[12], "1", "U1 unmetered: {line}");
+        assert_eq!(f[10].parse::<usize>().unwrap(), sum(10) as usize, "{line}");
+    }
+    assert_eq!(district.lines().count(), 1 + 6, "{district}");
 
     // The transformer level: T9's head against C1, C2 (and C3 until it moved).
     let transformer = query_csv(

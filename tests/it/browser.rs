@@ -349,18 +349,19 @@ fn the_page_says_what_is_wrong_and_sums_up_the_fleet() {
         body.contains("cover_open").then_some(())
     });
 
-    // The fleet gauges: South has TAMPER-1 (heard) and NEVER-1 (never heard).
+    // The fleet gauges: South has TAMPER-1 (heard) and NEVER-1 (never heard); North's three
+    // are heard.
     assert_eq!(
         server.metric("meterflow_meters_registered{district=\"South\"}"),
         2.0
     );
     assert_eq!(
-        server.metric("meterflow_meters_silent{district=\"South\"}"),
+        server.metric("meterflow_meters_heard{district=\"South\"}"),
         1.0
     );
     assert_eq!(
-        server.metric("meterflow_meters_silent{district=\"North\"}"),
-        0.0
+        server.metric("meterflow_meters_heard{district=\"North\"}"),
+        3.0
     );
 
     let browser = Browser::start();

@@ -1197,10 +1197,10 @@ fn the_registry_round_trips_on_a_current_clickhouse() {
     ch.apply_schema(&config);
     let zone = meterflow_billing::Zone::parse("Asia/Bishkek", "tz").unwrap();
     let registry = Registry::from_csv(
-        b"meter_id,kind,model,expected_interval_s,feeder,role,import_only,tariff,valid_from,valid_to\n\
-          E1,electricity,CE308,900,F-12,customer,yes,o'clock,2025-01-01,2025-07-01\n\
-          E1,electricity,CE308,900,F-14,customer,yes,,2025-07-01,\n\
-          G1,gas,,,F-12,customer,no,,,\n",
+        b"meter_id,kind,model,expected_interval_s,feeder,role,import_only,tariff,valid_from,valid_to,report_interval_s\n\
+          E1,electricity,CE308,900,F-12,customer,yes,o'clock,2025-01-01,2025-07-01,86400\n\
+          E1,electricity,CE308,900,F-14,customer,yes,,2025-07-01,,\n\
+          G1,gas,,,F-12,customer,no,,,,\n",
         &zone,
     )
     .unwrap();
@@ -1211,8 +1211,15 @@ fn the_registry_round_trips_on_a_current_clickhouse() {
     for sql in registry.insert_sql("mf_reg", TimeColumns::Millis, 2_000) {
         ch.ok(&sql);
     }
+    // An import cut short: records without their marker.
+    let half = Registry::from_csv(b"meter_id,kind\nHALF,gas\n", &zone).unwrap();
+    let statements = half.insert_sql("mf_reg", TimeColumns::Millis, 3_000);
+    ch.ok(&statements[0]);
+    let newest = Registry::complete_import(&ch.ok(&Registry::imports_sql("mf_reg")));
+    assert_eq!(newest, Some(2_000));
     let back =
-        Registry::from_tsv(&ch.ok(&Registry::select_sql("mf_reg", TimeColumns::Millis))).unwrap();
+        Registry::from_tsv(&ch.ok(&Registry::select_sql("mf_reg", TimeColumns::Millis, 2_000)))
+            .unwrap();
     assert_eq!(back, registry);
 }
 
@@ -1232,7 +1239,9 @@ fn the_revenue_panels_count_right_on_a_current_clickhouse() {
          (1, 'C9', 'electricity', '', NULL, 'D', 'F1', '', 'customer', 0, '', NULL, NULL, 2), \
          (2, 'H1', 'electricity', '', 900, 'D', 'F1', '', 'feeder_head', 0, '', NULL, NULL, 2), \
          (2, 'C1', 'electricity', '', 900, 'D', 'F1', '', 'customer', 1, '', NULL, NULL, 3), \
-         (2, 'C2', 'electricity', '', 900, 'D', 'F1', '', 'customer', 1, '', NULL, NULL, 4)",
+         (2, 'C2', 'electricity', '', 900, 'D', 'F1', '', 'customer', 1, '', NULL, NULL, 4), \
+         (1, '', '', '', NULL, '', '', '', '', 0, '', NULL, NULL, 1), \
+         (2, '', '', '', NULL, '', '', '', '', 0, '', NULL, NULL, 3)",
     );
     let reading = |meter: &str, ts: &str, value: f64| {
         format!("('{meter}', '1-0:1.8.0', toDateTime64('{ts}', 3, 'UTC'), {value}, 'kWh', 0, toDateTime64('{ts}', 3, 'UTC'), 'mqtt', 'json')")

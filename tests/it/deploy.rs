@@ -150,7 +150,9 @@ fn the_dashboards_clickhouse_queries_run_and_count_right() {
          (1, 'C9', 'electricity', '', NULL, 'D', 'F1', '', 'customer', 0, '', NULL, NULL, 2), \
          (2, 'H1', 'electricity', '', 900, 'D', 'F1', '', 'feeder_head', 0, '', NULL, NULL, 2), \
          (2, 'C1', 'electricity', '', 900, 'D', 'F1', '', 'customer', 1, '', NULL, NULL, 3), \
-         (2, 'C2', 'electricity', '', 900, 'D', 'F1', '', 'customer', 1, '', NULL, NULL, 4)"
+         (2, 'C2', 'electricity', '', 900, 'D', 'F1', '', 'customer', 1, '', NULL, NULL, 4), \
+         (1, '', '', '', NULL, '', '', '', '', 0, '', NULL, NULL, 1), \
+         (2, '', '', '', NULL, '', '', '', '', 0, '', NULL, NULL, 3)"
     ));
     let mut revenue = Vec::new();
     for (meter, before, after) in [

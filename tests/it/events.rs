@@ -42,6 +42,8 @@ fn forged_publishes_power_failures_and_status_bits_are_events_on_both_sources() 
         "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n[batch]\nmax_age_ms = 100\n",
         ch.url
     ));
+    // The tables first: the test looks at `events` before the first insert would make them.
+    crate::harness::apply_schema(&config);
     let server = Server::start_in(tmp, &["--config", &config]);
     let port = server.mqtt_port;
 

@@ -42,10 +42,10 @@ fn a_registry_is_imported_listed_and_a_bad_one_refused_by_line_and_column() {
     assert!(ok, "{said}");
     assert_eq!(
         all,
-        "meter_id,kind,model,expected_interval_s,district,feeder,transformer,role,import_only,tariff,valid_from,valid_to\n\
-         E1,electricity,CE308,900,Pervomaisky,F-12,T-3,customer,true,residential,2025-01-01T00:00:00+06:00,2025-07-01T00:00:00+06:00\n\
-         E1,electricity,CE308,900,Pervomaisky,F-14,T-9,customer,true,residential,2025-07-01T00:00:00+06:00,\n\
-         H12,electricity,CE308,900,Pervomaisky,F-12,,feeder_head,false,,,\n"
+        "meter_id,kind,model,expected_interval_s,district,feeder,transformer,role,import_only,tariff,valid_from,valid_to,report_interval_s\n\
+         E1,electricity,CE308,900,Pervomaisky,F-12,T-3,customer,true,residential,2025-01-01T00:00:00+06:00,2025-07-01T00:00:00+06:00,\n\
+         E1,electricity,CE308,900,Pervomaisky,F-14,T-9,customer,true,residential,2025-07-01T00:00:00+06:00,,\n\
+         H12,electricity,CE308,900,Pervomaisky,F-12,,feeder_head,false,,,,\n"
     );
     // On 1 August E1 is on feeder F-14 (it moved on 1 July).
     let (ok, august, _) = meterflow(
@@ -216,8 +216,14 @@ fn a_registry_is_kept_in_clickhouse_and_the_newest_import_is_the_registry() {
             "SELECT uniqExact(imported_at), count() FROM {db}.meters"
         ))
         .trim(),
-        "2\t6"
+        "2\t8",
+        "each import's records and its marker"
     );
+    // An import cut short (records without their marker) is not the registry.
+    ch.query(&format!(
+        "INSERT INTO {db}.meters (imported_at, meter_id, kind, role, line) VALUES (99999999999999, 'HALF', 'electricity', 'customer', 2)"
+    ));
+    assert_eq!(list(&with_clickhouse), now);
 }
 
 /// `query anomalies` judges silence by the registry: a meter that reports every 15 minutes is
@@ -245,7 +251,7 @@ fn anomalies_judge_silence_by_each_meters_registry_interval() {
     let meters = dir.path().join("meters.csv");
     std::fs::write(
         &meters,
-        "meter_id,kind,expected_interval_s\nQ15,electricity,900\nGHOST,electricity,900\n",
+        "meter_id,kind,expected_interval_s\nQ15,electricity,900\nGHOST,electricity,900\nGW,gateway,900\n",
     )
     .unwrap();
     let (ok, _, said) = meterflow(&config, &["registry", "import", meters.to_str().unwrap()]);

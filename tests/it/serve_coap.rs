@@ -401,7 +401,13 @@ fn an_lwm2m_client_registers_sends_updates_and_deregisters() {
     assert_eq!(answer_code(&out), "4.03", "{out}");
 
     let meter = "imei-490154203237518";
-    let (_, device) = server.http_get(&format!("/api/devices/{meter}"));
+    // The heartbeat is answered without waiting for the pipeline: wait until it is seen.
+    let device = crate::harness::wait_for("the update's heartbeat seen", || {
+        let (_, device) = server.http_get(&format!("/api/devices/{meter}"));
+        device
+            .contains("\"last_format\":\"status\"")
+            .then_some(device)
+    });
     assert!(
         device.contains("\"battery_pct\":100"),
         "battery /3/0/9 is in the status: {device}"

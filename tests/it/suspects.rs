@@ -292,7 +292,7 @@ fn suspects_are_the_same_on_parquet_and_clickhouse() {
         ..FleetSpec::default()
     };
     let dir = tempfile::tempdir().unwrap();
-    write_fleet(&spec, dir.path()).unwrap();
+    let truth = write_fleet(&spec, dir.path()).unwrap();
     let ch = ClickHouse::shared();
     let db = ClickHouse::fresh_database("mf_suspects");
     let files = dir.path().join("files");
@@ -331,14 +331,41 @@ fn suspects_are_the_same_on_parquet_and_clickhouse() {
     let from_files = query_csv(&parquet, &args);
     assert_eq!(from_files.lines().count(), 1 + 60, "{from_files}");
     assert_eq!(query_csv(&clickhouse, &args), from_files);
-    // The bypass after a magnet names its reason.
-    let magnet = from_files
-        .lines()
-        .skip(1)
-        .find(|l| l.contains("tamper_drop"))
-        .unwrap_or_else(|| panic!("{from_files}"));
-    assert!(
-        magnet.split(',').nth(3).unwrap().contains("tamper_drop"),
-        "{magnet}"
-    );
+    // The bypasses after a magnet have a tamper drop; an inspection (a cover opened, nothing
+    // taken) has none.
+    let header: Vec<&str> = from_files.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let row = |meter: &str| -> Vec<String> {
+        from_files
+            .lines()
+            .map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
+            .find(|f| f[col("meter_id")] == meter)
+            .unwrap()
+    };
+    let drop = |meter: &str| row(meter)[col("tamper_drop")].parse::<f64>().unwrap();
+    let magnets: Vec<&Truth> = truth
+        .iter()
+        .filter(|t| t.attack == Some(meterflow_simulate::theft::Attack::MagnetBypass))
+        .collect();
+    assert!(!magnets.is_empty());
+    for t in magnets {
+        assert!(
+            drop(&t.meter_id) > 0.5,
+            "{}: {:?}",
+            t.meter_id,
+            row(&t.meter_id)
+        );
+        assert!(row(&t.meter_id)[col("reasons")].contains("tamper_drop"));
+    }
+    for t in truth
+        .iter()
+        .filter(|t| t.honest_change == Some("inspection"))
+    {
+        assert!(
+            drop(&t.meter_id) < 0.3,
+            "{}: {:?}",
+            t.meter_id,
+            row(&t.meter_id)
+        );
+    }
 }

@@ -18,9 +18,6 @@ pub enum EdgeNoteKind {
     /// `meters/{meter_id}/{format}`: a `bad_topic` dead letter, as any such message is, that
     /// names the sender and counts for it.
     BadTopic,
-    /// A gateway's (or concentrator's) message for a meter it may speak for: routed as any,
-    /// and the gateway itself counted as heard.
-    Via,
 }
 
 impl EdgeNoteKind {
@@ -39,25 +36,11 @@ pub struct EdgeNote {
     pub identity: Option<String>,
     pub client_id: Option<String>,
     /// The peer's address and port.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub peer: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
 }
 
 impl EdgeNote {
-    /// A message `identity` sent for another meter it may speak for (kept small in the WAL:
-    /// `{"kind":"via","identity":"GW1","client_id":null}`).
-    pub fn via(identity: &str) -> EdgeNote {
-        EdgeNote {
-            kind: EdgeNoteKind::Via,
-            identity: Some(identity.to_string()),
-            client_id: None,
-            peer: String::new(),
-            reason: String::new(),
-        }
-    }
-
     /// As kept in the WAL record.
     pub fn to_wal(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| self.reason.clone())
@@ -122,11 +105,5 @@ mod tests {
         };
         assert!(bad_topic.to_wal().contains(r#""kind":"bad_topic""#));
         assert_eq!(EdgeNote::from_wal(&bad_topic.to_wal()), bad_topic);
-        let via = EdgeNote::via("GW1");
-        assert_eq!(
-            via.to_wal(),
-            r#"{"kind":"via","identity":"GW1","client_id":null}"#
-        );
-        assert_eq!(EdgeNote::from_wal(&via.to_wal()), via);
     }
 }

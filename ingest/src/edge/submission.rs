@@ -27,6 +27,10 @@ pub struct RawMessage {
     /// of kind `BadTopic`, who sent a message whose topic routes nowhere (boxed: both are
     /// rare, messages many).
     pub edge_note: Option<Box<EdgeNote>>,
+    /// The gateway (or concentrator) that sent it for its meter, heard too. In memory only:
+    /// not written to the WAL (a record an older binary reads stays as it was), so a message
+    /// read back from the WAL tells no gateway's liveness.
+    pub via: Option<Box<str>>,
 }
 
 impl RawMessage {
@@ -40,6 +44,7 @@ impl RawMessage {
             received_at_ms: meterflow_proto::now_ms(),
             content_type: None,
             edge_note: None,
+            via: None,
         }
     }
 }
@@ -57,6 +62,7 @@ impl From<WalRecord> for RawMessage {
                 .edge_note
                 .as_deref()
                 .map(|text| Box::new(EdgeNote::from_wal(text))),
+            via: None,
         }
     }
 }

@@ -223,11 +223,13 @@ async fn page() -> Response {
 async fn metrics(State(state): State<HttpState>) -> Response {
     metrics::gauge!("meterflow_devices").set(state.devices.len() as f64);
     let registry = state.fleet.registry();
-    if !registry.is_empty() {
-        // The fleet's silent meters as of this scrape (one lookup per registered meter).
+    let gauged = state.fleet.gauged.clone();
+    let any = !gauged.lock().map(|g| g.is_empty()).unwrap_or(true);
+    if !registry.is_empty() || any {
+        // The registered and heard meters as of this scrape (one lookup per meter).
         let devices = state.devices.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            crate::fleet::set_gauges(&devices, &registry, now_ms())
+            crate::fleet::set_gauges(&devices, &registry, now_ms(), &gauged)
         })
         .await;
     }
@@ -887,8 +889,16 @@ async fn fleet_summary(
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
     let (devices, registry) = (state.devices.clone(), state.fleet.registry());
+    let node_only = state
+        .readiness
+        .clickhouse
+        .as_ref()
+        .is_some_and(|c| !c.cluster.is_empty());
     let summary = tokio::task::spawn_blocking(move || {
-        crate::fleet::summary(&devices, &registry, now_ms(), q.district.as_deref())
+        let mut summary =
+            crate::fleet::summary(&devices, &registry, now_ms(), q.district.as_deref());
+        summary.node_only = node_only;
+        summary
     })
     .await;
     match summary {

@@ -245,8 +245,8 @@ GROUP BY meter_id, channel, {column}",
         }
         .statements(db, topology),
     );
-    // The meter registry: each import's records under its time; the newest import is the
-    // registry (storage::registry).
+    // The meter registry: each import's records under its time, then a marker row; the
+    // newest whole import is the registry (storage::registry).
     ddl.extend(
         TableDdl {
             name: "meters",
@@ -264,7 +264,8 @@ GROUP BY meter_id, channel, {column}",
     tariff String,
     valid_from Nullable({time}),
     valid_to Nullable({time}),
-    line UInt64",
+    line UInt64,
+    report_interval_s Nullable(UInt32)",
                 text = lc("String"),
             ),
             engine: "ReplacingMergeTree()",
@@ -289,7 +290,9 @@ GROUP BY meter_id, channel, {column}",
                 text = lc("String"),
             ),
             engine: "ReplacingMergeTree()",
-            rest: "PARTITION BY toYYYYMM(ts)\nORDER BY (meter_id, ts, kind, code)".into(),
+            // By year: a meter's log reaches back years (a DSMR power-failure log), and one
+            // insert must not span more months than a server takes in one block.
+            rest: "PARTITION BY toYear(ts)\nORDER BY (meter_id, ts, kind, code)".into(),
             sharding_key: "cityHash64(meter_id)",
         }
         .statements(db, topology),

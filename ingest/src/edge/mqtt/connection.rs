@@ -889,6 +889,7 @@ fn submission(
     let message = RawMessage {
         content_type: submit.content_type,
         edge_note: submit.edge_note,
+        via: submit.via,
         ..RawMessage::new(Source::Mqtt, submit.topic, submit.payload)
     };
     let submission = Submission {

@@ -174,6 +174,9 @@ pub struct Submit {
     /// identified device's topic routes nowhere (its `bad_topic` dead letter names the
     /// sender): see [`edge::EdgeNoteKind`].
     pub edge_note: Option<Box<edge::EdgeNote>>,
+    /// The identity, when it published for another meter it may speak for (a gateway's
+    /// message for one of its meters): the gateway is heard too.
+    pub via: Option<Box<str>>,
     /// Whether the session waits for the WAL's answer ([`Session::on_durable`]).
     pub wait: bool,
 }
@@ -569,11 +572,15 @@ impl Session {
             // less, `..`, an unknown format): taken and acknowledged like any message the
             // pipeline cannot route (a `bad_topic` dead letter), with its sender, so that the
             // dead letter says who sent it. Anonymous devices have no one to name.
-            let sender = match (&self.identity, crate::pipeline::parse_topic(&topic)) {
-                // A gateway's message for one of its meters: the gateway is heard too.
+            let route = crate::pipeline::parse_topic(&topic);
+            // A gateway's message for one of its meters: the gateway is heard too.
+            let via = match (&self.identity, &route) {
                 (Identity::Device { id, .. }, Ok(route)) if route.meter_id() != &**id => {
-                    Some(Box::new(edge::EdgeNote::via(id)))
+                    Some(id.clone())
                 }
+                _ => None,
+            };
+            let sender = match (&self.identity, route) {
                 (Identity::Device { .. }, Err(reason)) => Some(Box::new(edge::EdgeNote {
                     kind: edge::EdgeNoteKind::BadTopic,
                     identity: self.identity.id().map(str::to_string),
@@ -590,6 +597,7 @@ impl Session {
                     payload,
                     content_type,
                     edge_note: sender,
+                    via,
                     wait: qos > 0,
                 }),
                 ..Step::default()
@@ -623,6 +631,7 @@ impl Session {
                 payload,
                 content_type,
                 edge_note: Some(Box::new(refusal)),
+                via: None,
                 wait: answered,
             }),
             close: (self.version == Version::V4).then_some(Close::Drained(CloseReason::Denied)),

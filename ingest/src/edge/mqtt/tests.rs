@@ -286,11 +286,9 @@ fn gateways_publish_for_their_globs_and_anonymous_clients_anywhere() {
     };
     let mut s = session(Version::V5, gw);
     // For one of its meters: taken, with a note that the gateway sent it (it is heard too).
-    let via = publish(&mut s, 0, 0, "meters/E77/pb")
-        .submit
-        .unwrap()
-        .edge_note;
-    assert_eq!(via.as_deref(), Some(&crate::edge::EdgeNote::via("GW")));
+    let taken = publish(&mut s, 0, 0, "meters/E77/pb").submit.unwrap();
+    assert!(taken.edge_note.is_none());
+    assert_eq!(taken.via.as_deref(), Some("GW"));
     let refused = publish(&mut s, 0, 0, "meters/X1/pb")
         .submit
         .unwrap()

@@ -103,7 +103,7 @@ impl Server {
         Handling::Ingest {
             message: RawMessage {
                 received_at_ms,
-                edge_note: via.map(|id| Box::new(EdgeNote::via(id))),
+                via: via.map(Box::from),
                 ..RawMessage::new(
                     Source::Coap,
                     format!("meters/{meter_id}/{format}"),
