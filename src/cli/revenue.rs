@@ -421,19 +421,17 @@ pub struct SuspectsArgs {
     basis: BasisArgs,
 }
 
-/// The columns of `query suspects` that hold numbers.
-pub const SUSPECT_NUMBERS: [&str; 10] = [
-    "rank",
-    "score",
-    "drop_self",
-    "drop_peers",
-    "profile_change",
-    "zero_days",
-    "reverse",
-    "tamper_drop",
-    "data_path",
-    "feeder_loss",
-];
+/// The columns of `query suspects` that hold numbers: the rank, the score and each signal.
+pub const SUSPECT_NUMBERS: [&str; 2 + WEIGHTS.len()] = {
+    let mut names = ["rank"; 2 + WEIGHTS.len()];
+    names[1] = "score";
+    let mut i = 0;
+    while i < WEIGHTS.len() {
+        names[2 + i] = WEIGHTS[i].0;
+        i += 1;
+    }
+    names
+};
 
 /// The longest period judged at once.
 const MAX_SUSPECT_DAYS: i64 = 92;
