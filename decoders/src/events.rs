@@ -289,16 +289,19 @@ pub fn status_changes(
     events
 }
 
-/// The kinds the bits of `flags` in `format` stand for, in bit order; none for a DLMS
-/// meter, whose `error_flags` OR its alarm registers (its events say which register's bit).
+/// The kinds the bits of `flags` in `format` stand for, in bit order. A DLMS meter's
+/// `error_flags` OR its alarm registers: only the bits from 8 up are worded, by alarm
+/// register 1 (registers 2 and 3 use bits 0 to 5 only; its events say which register's).
 pub fn flag_kinds(format: Format, flags: u32) -> Vec<EventKind> {
-    match bit_table(format) {
-        Some(table) => flag_events(table, "", flags, 0)
-            .into_iter()
-            .map(|e| e.kind)
-            .collect(),
-        None => Vec::new(),
-    }
+    let (table, flags) = match (format, bit_table(format)) {
+        (Format::Dlms, _) => (DLMS_ALARM_BITS, flags & !0xFF),
+        (_, Some(table)) => (table, flags),
+        (_, None) => return Vec::new(),
+    };
+    flag_events(table, "", flags, 0)
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
 }
 
 #[cfg(test)]
@@ -344,7 +347,11 @@ mod tests {
             flag_kinds(Format::Pb, 0x14),
             [EventKind::CoverOpen, EventKind::MagneticTamper]
         );
-        assert!(flag_kinds(Format::Dlms, 1 << 13).is_empty());
+        assert_eq!(
+            flag_kinds(Format::Dlms, 1 << 13 | 1),
+            [EventKind::FraudAttempt]
+        );
+        assert!(flag_kinds(Format::Dlms, 0x7).is_empty());
     }
 
     #[test]

@@ -186,18 +186,18 @@ pub fn assess(
         }
     }
     if let Some(flags) = status.error_flags.filter(|f| *f != 0) {
-        let format = device
-            .last_format
-            .parse()
-            .unwrap_or(meterflow_proto::Format::Json);
+        let format = device.flags_format();
         let kinds = events::flag_kinds(format, flags);
         let tamper = kinds.iter().any(|k| k.is_tamper());
         let words: Vec<String> = kinds.iter().map(|k| k.as_str().replace('_', " ")).collect();
-        let reason = if words.is_empty() {
+        let reason = match (words.is_empty(), format == meterflow_proto::Format::Dlms) {
             // DLMS: the alarm registers OR'd; its events say which register's bit.
-            format!("reports alarms (flags 0x{flags:x}; its events say which)")
-        } else {
-            format!("reports {} (error flags 0x{flags:x})", words.join(", "))
+            (true, _) => format!("reports alarms (flags 0x{flags:x}; its events say which)"),
+            (false, true) => format!(
+                "reports {} (alarm flags 0x{flags:x}; its events say which)",
+                words.join(", ")
+            ),
+            (false, false) => format!("reports {} (error flags 0x{flags:x})", words.join(", ")),
         };
         found.push((if tamper { Health::Red } else { Health::Amber }, reason));
     }
@@ -280,7 +280,8 @@ pub fn summary(
 }
 
 /// Sets `meterflow_meters_registered{district}` (the registry's meters now) and
-/// `meterflow_meters_heard{district}` (those this node heard within their amber threshold);
+/// `meterflow_meters_heard{district}` (those this node received a message of in this run,
+/// within their amber threshold: not from the saved state nor another node's snapshot);
 /// a district that left the registry is set to 0. On a cluster each node hears its own
 /// meters: the silent are the registered less the sum of every node's heard (the alert in
 /// `deploy/prometheus/alerts.yml` sums them).
@@ -300,7 +301,7 @@ pub fn set_gauges(
     for r in current.values() {
         let e = by_district.entry(r.district.clone()).or_default();
         e.0 += 1;
-        let heard = devices.last_seen_ms(&r.meter_id).is_some_and(|seen| {
+        let heard = devices.heard_here_ms(&r.meter_id).is_some_and(|seen| {
             let (amber, _) = thresholds(Some(r), &config);
             now_ms.saturating_sub(seen) / 1000 < i64::try_from(amber).unwrap_or(i64::MAX)
         });

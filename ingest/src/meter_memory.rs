@@ -9,12 +9,15 @@
 //! - a logged occurrence (a DSMR power-failure log entry, repeated in every telegram) when it
 //!   is newer than the newest seen;
 //! - a counter that rose (DSMR's power failures `0-0:96.7.21`, voltage sags `x.32.0` and
-//!   swells `x.36.0` of each phase) as that many events, at the telegram's time.
+//!   swells `x.36.0` of each phase) as one event whose code says by how much, at the
+//!   telegram's time.
 //!
 //! A meter seen first in a run starts from its saved device state (flags and firmware), so a
-//! restart does not write its open conditions again. Bounded: `devices.max_devices` meters,
-//! each a few words; past it a meter's events are kept as they come (the stores keep one of
-//! each).
+//! restart does not write its open conditions again (unless the message is one the saved
+//! state already counted, replayed from the WAL: then the meter starts from nothing and its
+//! events are written again with their own times, which the stores keep once). Bounded:
+//! `devices.max_devices` meters of about 100 bytes each; past it a meter's events are kept
+//! as they come (a condition then once per report).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -34,6 +37,9 @@ const COUNTERS: [(&str, EventKind); 7] = [
     ("72.36.0", EventKind::VoltageSwell),
 ];
 
+/// How far after its message a logged entry may be stamped and still move the mark.
+const FUTURE_MS: i64 = 86_400_000;
+
 /// One meter's memory.
 #[derive(Debug, Default)]
 struct Remembered {
@@ -43,8 +49,8 @@ struct Remembered {
     active: Vec<u64>,
     /// The newest logged occurrence written, Unix ms.
     logged_through_ms: Option<i64>,
-    /// The last value of each of [`COUNTERS`] (by index).
-    counters: [Option<f64>; COUNTERS.len()],
+    /// The last value of each of [`COUNTERS`] (by index): DSMR meters only.
+    counters: Option<Box<[Option<f64>; COUNTERS.len()]>>,
 }
 
 /// What a meter's state already says, for a meter first seen in this run.
@@ -126,7 +132,11 @@ impl MeterMemory {
                     news.push(e.clone());
                 }
             } else if m.logged_through_ms.is_none_or(|t| e.ts_ms > t) {
-                logged_through = Some(logged_through.map_or(e.ts_ms, |t| t.max(e.ts_ms)));
+                // An entry stamped more than a day after its message (a clock gone wrong) is
+                // written, but does not move the mark: it would hide the entries after it.
+                if e.ts_ms <= ts_ms.saturating_add(FUTURE_MS) {
+                    logged_through = Some(logged_through.map_or(e.ts_ms, |t| t.max(e.ts_ms)));
+                }
                 news.push(e.clone());
             }
         }
@@ -184,7 +194,8 @@ impl Remembered {
             let Some(i) = COUNTERS.iter().position(|(c, _)| *c == code) else {
                 continue;
             };
-            let before = self.counters[i].replace(r.value);
+            let counters = self.counters.get_or_insert_with(Default::default);
+            let before = counters[i].replace(r.value);
             let Some(before) = before else { continue };
             let rose = r.value - before;
             // A fall is a counter reset (a meter exchanged): nothing happened.

@@ -576,30 +576,21 @@ impl Pipeline {
 
     /// The events of a message of `meter_id` that are news ([`MeterMemory::news`]), with the
     /// meter's saved state for a meter first seen in this run.
-    fn news(
-        &mut self,
-        meter_id: &str,
-        format: Format,
-        status: Option<&meterflow_decoders::DeviceStatus>,
-        decoded: &[Event],
-        readings: &[meterflow_decoders::Reading<'_>],
-        ts_ms: i64,
-    ) -> Vec<Event> {
+    fn news(&mut self, lsn: u64, message: crate::meter_memory::Message<'_>) -> Vec<Event> {
         let devices = &self.devices;
-        let message = crate::meter_memory::Message {
-            meter_id,
-            format,
-            status,
-            decoded,
-            readings,
-            ts_ms,
-        };
+        let meter_id = message.meter_id;
         self.memory.news(message, || {
             let d = devices.get(meter_id)?;
+            // A message the saved state already counted (replayed from the WAL after a
+            // restart): the state is past it, so its events are judged against nothing and
+            // written again with their own times (the stores keep one of each).
+            if lsn != 0 && lsn <= d.last_lsn {
+                return None;
+            }
             Some(Saved {
                 flags: d.status.error_flags,
-                firmware: d.status.firmware,
-                format: d.last_format.parse().ok(),
+                firmware: d.status.firmware.clone(),
+                format: Some(d.flags_format()),
             })
         })
     }
@@ -725,8 +716,17 @@ impl Pipeline {
                     // the meter's state before this report).
                     let ts_ms = message.received_at_ms;
                     let flagged = events::status_events(Format::Json, status.error_flags, ts_ms);
-                    let events =
-                        self.news(meter_id, Format::Json, Some(&status), &flagged, &[], ts_ms);
+                    let events = self.news(
+                        message.lsn,
+                        crate::meter_memory::Message {
+                            meter_id,
+                            format: Format::Json,
+                            status: Some(&status),
+                            decoded: &flagged,
+                            readings: &[],
+                            ts_ms,
+                        },
+                    );
                     self.devices.observe(Observation {
                         meter_id,
                         lsn: message.lsn,
@@ -835,12 +835,15 @@ impl Pipeline {
             self.queue_status(meter_id, message, status, ts_ms)?;
         }
         let events = self.news(
-            meter_id,
-            format,
-            decoded.status.as_ref(),
-            &decoded.events,
-            &decoded.readings,
-            ts_ms,
+            message.lsn,
+            crate::meter_memory::Message {
+                meter_id,
+                format,
+                status: decoded.status.as_ref(),
+                decoded: &decoded.events,
+                readings: &decoded.readings,
+                ts_ms,
+            },
         );
         if !events.is_empty() {
             let raw = flags_text(decoded.status.as_ref().and_then(|s| s.error_flags));

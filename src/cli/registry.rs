@@ -22,8 +22,9 @@ pub struct RegistryArgs {
 #[derive(Subcommand)]
 enum RegistryAction {
     /// Reads a registry CSV (columns meter_id, kind, model, expected_interval_s, district,
-    /// feeder, transformer, role, import_only, tariff, valid_from, valid_to; an unknown one is
-    /// refused by name) and keeps it as the registry, replacing the one before.
+    /// feeder, transformer, role, import_only, tariff, valid_from, valid_to,
+    /// report_interval_s; an unknown one is refused by name) and keeps it as the registry,
+    /// replacing the one before (in the data folder, and in ClickHouse when configured).
     Import {
         file: PathBuf,
         /// IANA time zone of valid_from/valid_to without an offset [default:

@@ -339,9 +339,9 @@ pub fn balance(config: &Config, args: BalanceArgs) -> anyhow::Result<Table> {
     })
 }
 
-/// Every registered meter's place on each day (by the record that holds at the day's start)
-/// with its energy that day (`None`: not known, no readings at all, or a record of it that
-/// begins or ends inside the day: which group it was in is not one answer). At district
+/// Every registered meter's place on each day with its energy that day (`None`: not known,
+/// no readings at all, or a record of it that begins or ends inside the day: each group it
+/// was in that day gets it as not known). At district
 /// level a customer of a feeder without a head meter that day is `Side::Unmetered`: no head
 /// measured its energy.
 fn balance_entries<'a>(
@@ -367,32 +367,38 @@ fn balance_entries<'a>(
         let kwh = energy.get(meter);
         for (i, day) in days.dates().enumerate() {
             let (start, end) = (days.start_ms(i), days.end_of(i));
-            let Some(record) = registry.at(meter, start) else {
-                continue;
-            };
-            let Some((group, mut side)) = level.place(record) else {
-                continue;
-            };
-            if level == Level::District
-                && side == Side::Customer
-                && !headed[i].contains(record.feeder.as_str())
-            {
-                side = Side::Unmetered;
-            }
-            let inside = |t: Option<i64>| t.is_some_and(|t| start < t && t < end);
-            let moved = registry
+            // Its records over the day: one over all of it, or several (installed, moved or
+            // exchanged during the day), and then which group had its energy when is not
+            // known: each group gets it as not known.
+            let over: Vec<&MeterRecord> = registry
                 .records_of(meter)
-                .any(|r| inside(r.valid_from_ms) || inside(r.valid_to_ms));
-            entries.push(Entry {
-                group,
-                day,
-                side,
-                kwh: if moved {
-                    None
-                } else {
-                    kwh.and_then(|k| k.daily[i])
-                },
-            });
+                .filter(|r| {
+                    r.valid_from_ms.is_none_or(|f| f < end)
+                        && r.valid_to_ms.is_none_or(|t| t > start)
+                })
+                .collect();
+            let whole_day = over.len() == 1 && over[0].holds_at(start) && over[0].holds_at(end - 1);
+            for record in over {
+                let Some((group, mut side)) = level.place(record) else {
+                    continue;
+                };
+                if level == Level::District
+                    && side == Side::Customer
+                    && !headed[i].contains(record.feeder.as_str())
+                {
+                    side = Side::Unmetered;
+                }
+                entries.push(Entry {
+                    group,
+                    day,
+                    side,
+                    kwh: if whole_day {
+                        kwh.and_then(|k| k.daily[i])
+                    } else {
+                        None
+                    },
+                });
+            }
         }
     }
     entries
@@ -593,4 +599,57 @@ fn feeder_loss_rise(
         .filter(|(_, [b, d])| b.1 > 0.0 && d.1 > 0.0)
         .map(|(feeder, [b, d])| (feeder, 100.0 * (d.0 / d.1 - b.0 / b.1)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000;
+
+    /// A meter installed at 14:00, and one that moves feeder at 14:00: that day each group
+    /// they were in has them as not known; the days around are whole.
+    #[test]
+    fn a_record_that_begins_or_ends_inside_a_day_makes_that_day_not_known_in_each_group() {
+        let zone = Zone::parse("UTC", "tz").unwrap();
+        let registry = Registry::from_csv(
+            b"meter_id,kind,feeder,district,role,valid_from,valid_to\n\
+              NEW,electricity,F1,D,customer,2025-06-02T14:00:00Z,\n\
+              MOVE,electricity,F1,D,customer,,2025-06-02T14:00:00Z\n\
+              MOVE,electricity,F2,D,customer,2025-06-02T14:00:00Z,\n",
+            &zone,
+        )
+        .unwrap();
+        let from = zone.midnight(chrono::NaiveDate::from_ymd_opt(2025, 6, 1).unwrap());
+        let days = Days::new(zone, from, from + 3 * DAY, 3_600_000);
+        let known = |kwh: f64| MeterEnergy {
+            daily: vec![Some(kwh); 3],
+            import: vec![Some(kwh); 3],
+            export: vec![Some(0.0); 3],
+            shape: Shape::default(),
+        };
+        let energy: HashMap<String, MeterEnergy> = [
+            ("NEW".to_string(), known(5.0)),
+            ("MOVE".to_string(), known(7.0)),
+        ]
+        .into_iter()
+        .collect();
+        let got: Vec<(String, String, Option<f64>)> =
+            balance_entries(&registry, Level::Feeder, &days, &energy)
+                .into_iter()
+                .map(|e| (e.day.to_string(), e.group.to_string(), e.kwh))
+                .collect();
+        let want = |d: &str, g: &str, kwh: Option<f64>| (d.to_string(), g.to_string(), kwh);
+        assert_eq!(
+            got,
+            [
+                want("2025-06-01", "F1", Some(7.0)),
+                want("2025-06-02", "F1", None),
+                want("2025-06-02", "F2", None),
+                want("2025-06-03", "F2", Some(7.0)),
+                want("2025-06-02", "F1", None),
+                want("2025-06-03", "F1", Some(5.0)),
+            ]
+        );
+    }
 }

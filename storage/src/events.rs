@@ -221,7 +221,9 @@ pub fn clickhouse_sql(db: &str, req: &EventRequest) -> Result<String, StorageErr
     if let Some((from, to)) = req.period {
         // `ts` against whole seconds of its own kind first (the partitions and the sort key
         // prune), then to the second exactly as the files are read.
-        let (from_s, to_s) = (from.div_euclid(1000), to.div_euclid(1000) + 1);
+        // (Clamped to what a DateTime holds: 18.16 wraps a value outside it.)
+        let second = |ms: i64| ms.div_euclid(1000).clamp(0, i64::from(u32::MAX));
+        let (from_s, to_s) = (second(from), second(to.saturating_add(1000)));
         filter.push_str(&format!(
             " AND ts >= toDateTime({from_s}) AND ts < toDateTime({to_s}) AND {ts_ms} >= {from} AND {ts_ms} < {to}"
         ));

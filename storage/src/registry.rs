@@ -640,7 +640,9 @@ impl Registry {
         let db = &config.database;
         let imports = match crate::analytics::run_text(config, &Registry::imports_sql(db)).await {
             Ok(text) => text,
-            Err(e) if e.to_string().contains("Code: 60") => {
+            Err(e)
+                if e.to_string().contains("Code: 60,") || e.to_string().contains("Code: 60.") =>
+            {
                 tracing::debug!(database = %db, "no meters table: no registry");
                 return Ok(Registry::default());
             }

@@ -169,6 +169,26 @@ pub struct DeviceState {
     /// The same for dead letters.
     #[serde(default)]
     pub last_dead_letter_lsn: u64,
+    /// The format of the report its `status.error_flags` came in (what their bits mean:
+    /// `json` for the status topic); empty when not known.
+    #[serde(default)]
+    pub flags_format: String,
+    /// When this node last received a message of it in this run (not from a snapshot or the
+    /// saved state): what `meterflow_meters_heard` counts.
+    #[serde(skip)]
+    pub heard_here_ms: i64,
+}
+
+impl DeviceState {
+    /// The format whose table words its error flags.
+    pub fn flags_format(&self) -> meterflow_proto::Format {
+        let name = if self.flags_format.is_empty() {
+            &self.last_format
+        } else {
+            &self.flags_format
+        };
+        name.parse().unwrap_or(meterflow_proto::Format::Json)
+    }
 }
 
 impl DeviceState {
@@ -383,6 +403,7 @@ impl DeviceRegistry {
             return; // counted before the restart
         }
         d.last_seen_ms = d.last_seen_ms.max(o.received_at_ms);
+        d.heard_here_ms = d.heard_here_ms.max(o.received_at_ms);
         // Assigned only when they change: this runs for every message.
         if d.last_source != o.source {
             d.last_source = o.source.to_string();
@@ -398,6 +419,16 @@ impl DeviceRegistry {
         }
         if let Some(status) = o.status {
             d.merge_status(status, o.received_at_ms);
+            if status.error_flags.is_some() {
+                let format = if o.format == "status" {
+                    "json"
+                } else {
+                    o.format
+                };
+                if d.flags_format != format {
+                    d.flags_format = format.to_string();
+                }
+            }
         }
         for (channel, ts_ms, value, unit) in o.readings {
             // Known channels are updated in place (one lookup, no allocation).
@@ -517,9 +548,12 @@ impl DeviceRegistry {
         }
     }
 
-    /// When `meter_id` was last heard, if ever.
-    pub fn last_seen_ms(&self, meter_id: &str) -> Option<i64> {
-        self.read().get(meter_id).map(|d| d.last_seen_ms)
+    /// When this node last received a message of `meter_id` in this run, if it did.
+    pub fn heard_here_ms(&self, meter_id: &str) -> Option<i64> {
+        self.read()
+            .get(meter_id)
+            .map(|d| d.heard_here_ms)
+            .filter(|t| *t > 0)
     }
 
     /// Hands every device to `f`, a chunk at a time, holding the lock only to clone a chunk.

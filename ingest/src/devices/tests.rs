@@ -74,6 +74,8 @@ fn state_survives_save_and_load() {
     let back = DeviceRegistry::load(dir.path(), DevicesConfig::default()).unwrap();
     let mut saved = r.all();
     saved[0].recent.clear(); // recent readings are not saved
+    assert_eq!(saved[0].heard_here_ms, 10);
+    saved[0].heard_here_ms = 0; // nor what this node heard in this run
     assert_eq!(back.all(), saved);
     assert_eq!(back.get("m1").unwrap().recent_dead_letters.len(), 1);
     assert!(

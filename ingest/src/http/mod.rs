@@ -485,10 +485,7 @@ fn view<'a>(
         .keys()
         .filter_map(|c| Some((c.as_str(), meterflow_proto::channels::channel_name(c)?)))
         .collect();
-    let format = device
-        .last_format
-        .parse()
-        .unwrap_or(meterflow_proto::Format::Json);
+    let format = device.flags_format();
     let error_flag_kinds = device
         .status
         .error_flags

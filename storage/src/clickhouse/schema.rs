@@ -480,8 +480,9 @@ struct LaterColumn {
 
 /// The columns tables of earlier versions lack: `device_status.ts` (a report's own time,
 /// `DEFAULT at`), `readings_vee.vee_run` (the run's time and parameters),
-/// `vee_exceptions.day` (the local day of an exception, `DEFAULT toDate(from_ts)`).
-const LATER_COLUMNS: [LaterColumn; 3] = [
+/// `vee_exceptions.day` (the local day of an exception, `DEFAULT toDate(from_ts)`),
+/// `meters.report_interval_s` (how often a meter reports).
+const LATER_COLUMNS: [LaterColumn; 4] = [
     LaterColumn {
         table: "device_status",
         column: "ts",
@@ -502,6 +503,13 @@ const LATER_COLUMNS: [LaterColumn; 3] = [
         like: "from_ts",
         kind: Some("Date"),
         default: Some("toDate(from_ts)"),
+    },
+    LaterColumn {
+        table: "meters",
+        column: "report_interval_s",
+        like: "expected_interval_s",
+        kind: None,
+        default: None,
     },
 ];
 
