@@ -18,11 +18,9 @@ use arrow_array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray}
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::clickhouse::ClickHouseConfig;
-use crate::readings::parquet::list_tree;
+use crate::readings::parquet::period_files;
 use crate::whole_file::{column, read_batches};
 use crate::StorageError;
-
-const DAY_MS: i64 = 86_400_000;
 
 /// One event of one meter.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -167,23 +165,14 @@ fn settle(mut rows: Vec<EventRow>) -> Vec<EventRow> {
 /// folders of the period. No `events` folder is no events.
 pub fn read_parquet(data_dir: &Path, req: &EventRequest) -> Result<Vec<EventRow>, StorageError> {
     req.validate()?;
-    let root = data_dir.join("events");
-    if !root.is_dir() {
-        return Ok(Vec::new());
-    }
-    let tree = list_tree(&root)?;
-    let (first, last) = match req.period {
-        Some((from, to)) => (from.div_euclid(DAY_MS), to.div_euclid(DAY_MS)),
-        None => (i64::MIN, i64::MAX),
-    };
     let mut rows = Vec::new();
-    for (_, files) in tree.range(first..=last) {
-        for path in files {
-            for batch in read_batches(path)? {
-                let ts = column::<TimestampMillisecondArray>(&batch, "ts", path)?;
+    for path in period_files(&data_dir.join("events"), req.period)? {
+        {
+            for batch in read_batches(&path)? {
+                let ts = column::<TimestampMillisecondArray>(&batch, "ts", &path)?;
                 let texts = TEXT_COLUMNS
                     .iter()
-                    .map(|name| column::<StringArray>(&batch, name, path))
+                    .map(|name| column::<StringArray>(&batch, name, &path))
                     .collect::<Result<Vec<_>, _>>()?;
                 for i in 0..batch.num_rows() {
                     let text = |c: usize| texts[c].value(i).to_string();
@@ -278,6 +267,8 @@ pub async fn read_clickhouse(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const DAY_MS: i64 = 86_400_000;
 
     fn row(meter: &str, ts_ms: i64, kind: &str, code: &str) -> EventRow {
         EventRow {

@@ -29,10 +29,8 @@ use arrow_array::{
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::clickhouse::{ClickHouseConfig, StatusRow};
-use crate::readings::parquet::{guarded, list_tree};
+use crate::readings::parquet::{guarded, period_files};
 use crate::StorageError;
-
-const DAY_MS: i64 = 86_400_000;
 
 /// The columns of a status file: those of ClickHouse's `device_status`.
 pub fn status_schema() -> SchemaRef {
@@ -169,24 +167,13 @@ fn settle(mut rows: Vec<StatusRow>) -> Vec<StatusRow> {
 /// report yet) is no reports. Only complete files, and only the date folders of the period.
 pub fn read_parquet(data_dir: &Path, req: &StatusRequest) -> Result<Vec<StatusRow>, StorageError> {
     req.validate()?;
-    let root = data_dir.join("status");
-    if !root.is_dir() {
-        return Ok(Vec::new());
-    }
-    let tree = list_tree(&root)?;
-    let (first, last) = match req.period {
-        Some((from, to)) => (from.div_euclid(DAY_MS), to.div_euclid(DAY_MS)),
-        None => (i64::MIN, i64::MAX),
-    };
     let mut rows = Vec::new();
     let mut latest = std::collections::BTreeMap::new();
-    for (_, files) in tree.range(first..=last) {
-        for path in files {
-            read_file(path, req, &mut rows)?;
-            if req.view == StatusView::Latest {
-                for r in rows.drain(..) {
-                    fold_latest(&mut latest, r);
-                }
+    for path in period_files(&data_dir.join("status"), req.period)? {
+        read_file(&path, req, &mut rows)?;
+        if req.view == StatusView::Latest {
+            for r in rows.drain(..) {
+                fold_latest(&mut latest, r);
             }
         }
     }
@@ -472,6 +459,8 @@ pub async fn read_clickhouse(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const DAY_MS: i64 = 86_400_000;
 
     fn row(meter: &str, ts_ms: i64, lsn: u64, flags: Option<u32>) -> StatusRow {
         StatusRow {

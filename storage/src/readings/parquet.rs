@@ -152,6 +152,25 @@ pub(crate) fn read_counted<E: From<StorageError>>(
     Ok(scanned)
 }
 
+/// The complete files of the date folders under `root` that a period `[from, to)` (Unix
+/// ms; `None`: all) reaches, oldest day first; none when there is no `root`.
+pub(crate) fn period_files(
+    root: &Path,
+    period: Option<(i64, i64)>,
+) -> Result<Vec<PathBuf>, StorageError> {
+    if !root.is_dir() {
+        return Ok(Vec::new());
+    }
+    let (first, last) = match period {
+        Some((from, to)) => (from.div_euclid(DAY_MS), to.div_euclid(DAY_MS)),
+        None => (i64::MIN, i64::MAX),
+    };
+    Ok(list_tree(root)?
+        .range(first..=last)
+        .flat_map(|(_, files)| files.iter().cloned())
+        .collect())
+}
+
 /// The complete files of each date folder, by Unix day.
 pub(crate) fn list_tree(root: &Path) -> Result<BTreeMap<i64, Vec<PathBuf>>, StorageError> {
     let mut tree: BTreeMap<i64, Vec<PathBuf>> = BTreeMap::new();
