@@ -128,6 +128,15 @@ pub enum ImportError {
         error: arrow_schema::ArrowError,
     },
 
+    /// Not one row of a file could be taken: its rows are dead letters, and the file is not
+    /// marked done (a rerun reads it again).
+    #[error("no row could be taken ({rows} rows refused, kept as dead letters): {reasons}")]
+    AllRowsRefused {
+        path: PathBuf,
+        rows: u64,
+        reasons: String,
+    },
+
     /// A Parquet file whose columns are not those of meterflow's readings.
     #[error("not a Parquet file of readings")]
     NotReadings {
@@ -228,6 +237,7 @@ impl ImportError {
             | ImportError::Parquet { .. }
             | ImportError::ParquetBatch { .. }
             | ImportError::NotReadings { .. }
+            | ImportError::AllRowsRefused { .. }
             | ImportError::ProgressRecord { .. } => false,
         }
     }

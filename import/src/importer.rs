@@ -52,6 +52,78 @@ pub(crate) struct Importer {
     pub(crate) display: Display,
     pub(crate) summary: ImportSummary,
     last_save: Instant,
+    /// The file being imported: its rows taken and refused in this run, and the refusals by
+    /// reason (how many, the first line).
+    pub(crate) file: FileTally,
+}
+
+/// What became of one file's rows in this run.
+#[derive(Debug, Default)]
+pub(crate) struct FileTally {
+    pub(crate) taken: u64,
+    pub(crate) refused: u64,
+    /// Reason (without its line) -> (rows, first line).
+    pub(crate) reasons: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+impl FileTally {
+    /// Whether not one row of the file could be taken (and some were refused).
+    pub(crate) fn all_refused(&self) -> bool {
+        self.taken == 0 && self.refused > 0
+    }
+
+    /// The refusals by reason, most first: `12 rows: value is not a number (first at line
+    /// 3); ...`.
+    pub(crate) fn describe(&self) -> String {
+        let mut reasons: Vec<(&String, &(u64, u64))> = self.reasons.iter().collect();
+        reasons.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(b.0)));
+        let mut parts: Vec<String> = reasons
+            .iter()
+            .take(5)
+            .map(|(reason, (n, line))| format!("{n} rows: {reason} (first at line {line})"))
+            .collect();
+        if reasons.len() > 5 {
+            parts.push(format!("and {} other reasons", reasons.len() - 5));
+        }
+        parts.join("; ")
+    }
+}
+
+/// A refusal's reason without the row or line it names (`row 12: x` and `line 3, column
+/// value: x` give `x`, so that rows refused for one reason count together).
+fn reason_kind(reason: &str) -> String {
+    let mut text = reason;
+    for prefix in ["row ", "line "] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            if let Some((_, after)) = rest.split_once(": ") {
+                text = after;
+            }
+        }
+    }
+    // The values quoted in it differ row by row: `value "abc" is not a number` and
+    // `value "abd" ...` are one reason (a quoted column name stays: it says where).
+    let mut kind = String::with_capacity(text.len());
+    // Inside quotes: whether what is quoted is kept.
+    let mut quoted: Option<bool> = None;
+    for c in text.chars() {
+        match (c, quoted) {
+            ('"', None) => {
+                let keep = kind.ends_with("column ");
+                kind.push_str(if keep { "\"" } else { "\"…" });
+                quoted = Some(keep);
+            }
+            ('"', Some(_)) => {
+                kind.push('"');
+                quoted = None;
+            }
+            (c, Some(true)) | (c, None) => kind.push(c),
+            (_, Some(false)) => {}
+        }
+    }
+    if kind.chars().count() > 160 {
+        kind = kind.chars().take(160).collect::<String>() + "…";
+    }
+    kind
 }
 
 impl Importer {
@@ -80,6 +152,7 @@ impl Importer {
                 ..Default::default()
             },
             last_save: Instant::now(),
+            file: FileTally::default(),
         }
     }
 
@@ -121,6 +194,15 @@ impl Importer {
         let name = format!("{}{:08}", file_prefix(key), chunk_start / CHUNK_ROWS);
         let batch = builder.finish();
         self.summary.rows += batch.num_rows() as u64;
+        self.file.taken += batch.num_rows() as u64;
+        // A file none of whose rows could be taken is not done: a rerun reads it again
+        // (once it is mended, or the import's settings are).
+        let mut at = at.clone();
+        if at.done && self.file.all_refused() {
+            at.done = false;
+            at.rows_done = 0;
+        }
+        let at = &at;
         self.chunks_sent += 1;
         let chunk = self.chunks_sent;
         // With its bad rows (they went to the sinks as they were read).
@@ -152,6 +234,13 @@ impl Importer {
         bad: BadRow,
     ) -> Result<(), ImportError> {
         let BadRow { line, raw, reason } = bad;
+        self.file.refused += 1;
+        let tally = self
+            .file
+            .reasons
+            .entry(reason_kind(&reason))
+            .or_insert((0, line));
+        tally.0 += 1;
         let topic = input.path.display().to_string();
         // The file's modification time: the same in a rerun, so its rows collapse.
         let received_at_ms = i64::try_from(input.modified_ns / 1_000_000).unwrap_or(0);
@@ -226,6 +315,30 @@ impl Importer {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::*;
+
+    #[test]
+    fn refusals_count_together_by_reason_without_their_line() {
+        assert_eq!(
+            reason_kind("row 12: value \"x\" is not a number (column \"value\")"),
+            "value \"…\" is not a number (column \"value\")"
+        );
+        assert_eq!(reason_kind("line 3: no ts"), "no ts");
+        let mut tally = FileTally::default();
+        for (reason, line) in [("no ts", 3), ("no ts", 9), ("bad unit", 4)] {
+            tally.refused += 1;
+            tally.reasons.entry(reason.into()).or_insert((0, line)).0 += 1;
+        }
+        assert!(tally.all_refused());
+        assert_eq!(
+            tally.describe(),
+            "2 rows: no ts (first at line 3); 1 rows: bad unit (first at line 4)"
+        );
     }
 }
 

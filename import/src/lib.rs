@@ -246,10 +246,36 @@ pub fn run(config: &ImportTarget, options: &ImportOptions) -> Result<ImportSumma
             tracing::info!(file = %input.path.display(), rows_done = start.rows_done, "resuming");
         }
         importer.display.start_file(input);
+        importer.file = Default::default();
         let result = match (input.kind, &options.csv) {
             (Kind::Csv, Some(csv)) => importer.import_csv(input, &key, start, csv),
             (Kind::Parquet, _) => importer.import_parquet(input, &key, start),
             (Kind::Csv, None) => Ok(()),
+        };
+        let tally = std::mem::take(&mut importer.file);
+        let result = match result {
+            // Not one row taken: the file failed (it is not marked done), its rows are dead
+            // letters.
+            Ok(()) if tally.all_refused() => Err(ImportError::AllRowsRefused {
+                path: input.path.clone(),
+                rows: tally.refused,
+                reasons: tally.describe(),
+            }),
+            Ok(()) => {
+                if tally.refused > 0 {
+                    let text = format!(
+                        "{}: {} of {} rows refused (kept as dead letters): {}",
+                        input.path.display(),
+                        tally.refused,
+                        tally.refused + tally.taken,
+                        tally.describe()
+                    );
+                    importer.display.println(&text);
+                    tracing::warn!(file = %input.path.display(), refused = tally.refused, taken = tally.taken, reasons = %tally.describe(), "some rows refused (kept as dead letters)");
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
         };
         match result {
             Ok(()) => importer.summary.files += 1,

@@ -388,3 +388,65 @@ fn without_clickhouse_a_csv_goes_into_the_parquet_tree_once() {
     assert_eq!(import(&config, &data, &restart)["rows"], 6);
     check(&data);
 }
+
+/// Issue 25, item 2: an import where not one row of a file could be taken fails (exit status
+/// 1, the reasons by kind with their first line) and does not mark the file done, so a rerun
+/// reads it again; a file with some bad rows is imported and says how many were refused and
+/// why.
+#[test]
+fn a_file_whose_every_row_is_refused_fails_and_is_not_marked_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_cfg, config) = config_file("");
+    let map = "meter_id=meter,channel=channel,ts=ts,value=value,unit=unit";
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "meter,channel,ts,value,unit\n\
+         E1,1-0:1.8.0,2025-06-01T00:00:00Z,abc,kWh\n\
+         E1,1-0:1.8.0,2025-06-01T00:15:00Z,abd,kWh\n\
+         E1,1-0:1.8.0,yesterday,5,kWh\n",
+    )
+    .unwrap();
+    let run = |file: &Path| {
+        Command::new(BIN)
+            .args(["import", "--json", "--config", &config, "--data-dir"])
+            .arg(&data)
+            .args(["--map", map])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    for attempt in 0..2 {
+        let out = run(&bad);
+        let said = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "attempt {attempt}: {said}");
+        assert!(
+            said.contains("no row could be taken (3 rows refused"),
+            "{said}"
+        );
+        assert!(said.contains("first at line 2"), "{said}");
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["files_failed"], 1, "{summary}");
+        assert_eq!(summary["files_already_done"], 0, "not done: read again");
+        assert_eq!(summary["rows"], 0);
+    }
+    let partly = dir.path().join("partly.csv");
+    std::fs::write(
+        &partly,
+        "meter,channel,ts,value,unit\n\
+         E2,1-0:1.8.0,2025-06-01T00:00:00Z,1,kWh\n\
+         E2,1-0:1.8.0,2025-06-01T00:15:00Z,oops,kWh\n",
+    )
+    .unwrap();
+    let out = run(&partly);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("some rows refused (kept as dead letters)")
+            && said.contains("refused=1 taken=1"),
+        "{said}"
+    );
+    assert!(said.contains("first at line 3"), "{said}");
+    assert_eq!(read_readings(&data).len(), 1);
+}
