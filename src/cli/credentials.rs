@@ -26,6 +26,21 @@ pub enum CredentialsAction {
         /// The CSV file; `-` reads standard input.
         file: PathBuf,
     },
+    /// Write a fleet's credentials CSV (meter_id,secret,publish_for) with a random 128-bit
+    /// secret for each of --meters ids PREFIX000000, PREFIX000001, ... (the ids `meterflow
+    /// simulate --prefix` uses): for `credentials import` and `simulate --credentials`. The
+    /// file is created 0600 and never overwritten.
+    Generate {
+        /// How many meters.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+        meters: u32,
+        /// The ids' start.
+        #[arg(long, default_value = "sim-")]
+        prefix: String,
+        /// The CSV file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Add or replace one device's credential. Without --secret a random 128-bit secret is
     /// made and printed once.
     Add {
@@ -85,6 +100,31 @@ pub fn run(shared: &SharedArgs, args: CredentialsArgs) -> anyhow::Result<()> {
     };
     let store_path = credentials::CredentialStore::path(&data_dir);
     match args.action {
+        CredentialsAction::Generate {
+            meters,
+            prefix,
+            out,
+        } => {
+            let first = format!("{prefix}{:06}", 0);
+            anyhow::ensure!(
+                meterflow_proto::is_valid_meter_id(&first),
+                "--prefix: {first:?} is not a meter id (1 to 64 of [A-Za-z0-9._-])"
+            );
+            let file = create_private(&out)?;
+            let mut w = std::io::BufWriter::new(file);
+            use std::io::Write as _;
+            writeln!(w, "meter_id,secret,publish_for")?;
+            for i in 0..meters {
+                writeln!(w, "{prefix}{i:06},{},", credentials::generate_secret()?)?;
+            }
+            w.flush()
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!(
+                "{meters} credentials written to {} (0600): import them with `meterflow credentials import {}`",
+                out.display(),
+                out.display()
+            );
+        }
         CredentialsAction::Import { file } => {
             let (input, name): (Box<dyn Read>, String) = if file.as_os_str() == "-" {
                 (Box::new(std::io::stdin()), "standard input".into())
@@ -198,4 +238,21 @@ pub fn run(shared: &SharedArgs, args: CredentialsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Creates `path` for secrets: readable by its owner alone, and only if it does not exist.
+fn create_private(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).with_context(|| {
+        format!(
+            "creating {} (an existing file is not overwritten)",
+            path.display()
+        )
+    })
 }

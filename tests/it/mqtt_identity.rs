@@ -808,3 +808,69 @@ fn a_topic_that_routes_nowhere_is_a_dead_letter_that_names_its_sender() {
         "nothing stored as E2"
     );
 }
+
+/// `meterflow credentials generate` makes a fleet's CSV (random secrets, 0600, never
+/// overwritten) that `credentials import` takes and `simulate --credentials` logs in with.
+#[test]
+fn a_generated_fleet_is_imported_and_simulated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = tmp.path().join("fleet.csv");
+    let generate = || {
+        Command::new(BIN)
+            .args([
+                "credentials",
+                "generate",
+                "--meters",
+                "5",
+                "--prefix",
+                "gen-",
+                "--out",
+            ])
+            .arg(&fleet)
+            .output()
+            .unwrap()
+    };
+    let out = generate();
+    assert!(out.status.success(), "{}", text(&out));
+    let csv = std::fs::read_to_string(&fleet).unwrap();
+    let secrets: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    assert_eq!(csv.lines().next(), Some("meter_id,secret,publish_for"));
+    assert_eq!(secrets.len(), 5);
+    assert!(secrets.iter().all(|s| s.len() == 32), "{csv}");
+    let unique: std::collections::BTreeSet<&&str> = secrets.iter().collect();
+    assert_eq!(unique.len(), 5, "every secret its own");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&fleet).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        !generate().status.success(),
+        "an existing file is not overwritten"
+    );
+    crate::harness::credentials(tmp.path(), &["import", fleet.to_str().unwrap()]);
+    let server = Server::start_in(tmp, &[]);
+    let out = Command::new(BIN)
+        .args(["simulate", "--json", "--mqtt"])
+        .arg(format!("127.0.0.1:{}", server.mqtt_port))
+        .args([
+            "--meters",
+            "5",
+            "--messages",
+            "2",
+            "--prefix",
+            "gen-",
+            "--credentials",
+        ])
+        .arg(&fleet)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["meters_failed"], 0, "{summary}");
+    assert_eq!(summary["messages_acked"], 10, "{summary}");
+}
