@@ -54,6 +54,15 @@ if [ "$(python3 -c 'import chdb; print(chdb.__version__, chdb.engine_version)' 2
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${chdb_pins[@]}"
 fi
 
+# The tools whose Parquet files `meterflow import` must read (tests/it/import_foreign.rs
+# writes its files with them). Pinned, as chdb is.
+parquet_pins=('pandas==3.1.1' 'pyarrow==26.0.1' 'polars==2.1.0' 'duckdb==2.0.1')
+if [ "$(python3 -c 'import pandas, pyarrow, polars, duckdb; print(pandas.__version__, pyarrow.__version__, polars.__version__, duckdb.__version__)' 2>/dev/null)" != "3.1.1 26.0.1 2.1.0 2.0.1" ]; then
+  echo "installing ${parquet_pins[*]} (PyPI) for the tests" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "${parquet_pins[@]}" \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${parquet_pins[@]}"
+fi
+
 # Gurux DLMS for Python: the independent DLMS/COSEM implementation that makes the ciphered
 # pushes of decoders/tests/dlms_roundtrip.rs (GPL-2.0: run as a test tool, nothing copied).
 # Pinned: the test works around two defects of this version's block transfer and HDLC frames.

@@ -137,6 +137,19 @@ pub enum ImportError {
         reasons: String,
     },
 
+    /// A Parquet file compressed with a codec this build does not read.
+    #[error("compressed with {codec}, which meterflow does not read (it reads zstd, snappy, gzip, lz4 and uncompressed files): write it with one of those")]
+    ParquetCodec { path: PathBuf, codec: String },
+
+    /// A column of a Parquet file cannot be the field it is for (or is not there): which
+    /// column, the type found, what is expected.
+    #[error("column {column:?}: {reason}")]
+    ParquetColumn {
+        path: PathBuf,
+        column: String,
+        reason: String,
+    },
+
     /// A Parquet file whose columns are not those of meterflow's readings.
     #[error("not a Parquet file of readings")]
     NotReadings {
@@ -238,6 +251,8 @@ impl ImportError {
             | ImportError::ParquetBatch { .. }
             | ImportError::NotReadings { .. }
             | ImportError::AllRowsRefused { .. }
+            | ImportError::ParquetColumn { .. }
+            | ImportError::ParquetCodec { .. }
             | ImportError::ProgressRecord { .. } => false,
         }
     }

@@ -30,6 +30,7 @@ mod discover;
 mod display;
 mod error;
 mod importer;
+mod parquet_columns;
 mod parquet_input;
 mod progress;
 
@@ -249,7 +250,7 @@ pub fn run(config: &ImportTarget, options: &ImportOptions) -> Result<ImportSumma
         importer.file = Default::default();
         let result = match (input.kind, &options.csv) {
             (Kind::Csv, Some(csv)) => importer.import_csv(input, &key, start, csv),
-            (Kind::Parquet, _) => importer.import_parquet(input, &key, start),
+            (Kind::Parquet, csv) => importer.import_parquet(input, &key, start, csv.as_ref()),
             (Kind::Csv, None) => Ok(()),
         };
         let tally = std::mem::take(&mut importer.file);

@@ -25,6 +25,7 @@ mod fuzz_regressions;
 mod http_api;
 mod http_limits;
 mod import;
+mod import_foreign;
 mod mqtt_identity;
 mod mqtt_limits;
 mod mqtt_paho;
