@@ -67,7 +67,13 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("METERFLOW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rtc_dtls=error")),
+                // rustls warns, with the bytes, of every client that names an IP address in
+                // SNI (mosquitto_pub and OpenSSL do when given one): normal for meters.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "info,rtc_dtls=error,rustls::msgs::handshake=error",
+                    )
+                }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -15,6 +15,8 @@ pub(crate) struct Counters {
     pub(crate) acked: AtomicU64,
     pub(crate) bytes: AtomicU64,
     pub(crate) failed: AtomicU64,
+    /// Why the first meter that failed did.
+    pub(crate) first_failure: std::sync::Mutex<Option<String>>,
     pub(crate) connects: AtomicU64,
     /// Every acknowledgement's latency.
     pub(crate) acks: Latencies,
@@ -71,6 +73,7 @@ impl Counters {
             acked: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            first_failure: std::sync::Mutex::new(None),
             connects: AtomicU64::new(0),
             acks: Latencies::default(),
             connect_latencies: Latencies::default(),

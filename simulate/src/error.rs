@@ -124,7 +124,9 @@ pub enum SimulateError {
     #[error("the server disconnected")]
     ServerDisconnected,
 
-    #[error("connection refused: {0:?}")]
+    /// CONNACK with a refusal: not tried again (a meter without valid credentials stays
+    /// refused).
+    #[error("connection refused: {}", refusal_words(.0))]
     Refused(rumqttc::mqttbytes::v4::ConnectReturnCode),
 
     /// The packet (as Debug shows it) that came instead of the CONNACK.
@@ -224,4 +226,24 @@ impl SimulateError {
             reason: reason.to_string(),
         }
     }
+}
+
+/// A CONNACK refusal in words, with its MQTT 3.1.1 code and what to do.
+pub fn refusal_words(code: &rumqttc::mqttbytes::v4::ConnectReturnCode) -> String {
+    use rumqttc::mqttbytes::v4::ConnectReturnCode as C;
+    let (n, words) = match code {
+        C::Success => (0, "accepted"),
+        C::RefusedProtocolVersion => (1, "unacceptable protocol version"),
+        C::BadClientId => (2, "client identifier rejected"),
+        C::ServiceUnavailable => (3, "server unavailable"),
+        C::BadUserNamePassword => (
+            4,
+            "bad user name or password (does the credential store have this meter with this secret? --credentials)",
+        ),
+        C::NotAuthorized => (
+            5,
+            "not authorised (no or wrong credentials for this meter: give --credentials with its secret, or `meterflow credentials import` it on the server)",
+        ),
+    };
+    format!("{words} (CONNACK {n})")
 }

@@ -113,6 +113,8 @@ pub struct Summary {
     pub rows_acked: u64,
     pub bytes_sent: u64,
     pub meters_failed: u64,
+    /// Why the first meter that failed did (`E1: connection refused: not authorised ...`).
+    pub first_failure: Option<String>,
     /// MQTT connections lost and re-established; each may deliver an acknowledged report twice.
     pub reconnects: u64,
     /// MQTT connections made (CONNACK received), planned ones (`--reconnect-every`) included.
@@ -198,6 +200,9 @@ pub async fn run(plan: Arc<Plan>, target: Target) -> Result<Summary, SimulateErr
                 ),
             };
             counters.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut first) = counters.first_failure.lock() {
+                first.get_or_insert_with(|| format!("{}: {error}", plan.meter_id(m)));
+            }
             tracing::warn!(meter_id = %plan.meter_id(m), error, "simulated meter failed");
         });
     }
@@ -234,6 +239,7 @@ pub async fn run(plan: Arc<Plan>, target: Target) -> Result<Summary, SimulateErr
         rows_acked: acked * per,
         bytes_sent: counters.bytes.load(Ordering::Relaxed),
         meters_failed: counters.failed.load(Ordering::Relaxed),
+        first_failure: counters.first_failure.lock().ok().and_then(|f| f.clone()),
         reconnects: counters.reconnects.load(Ordering::Relaxed),
         retransmissions: counters.retransmissions.load(Ordering::Relaxed),
         busy_answers: counters.busy.load(Ordering::Relaxed),

@@ -253,6 +253,16 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     }
     // Sent can exceed acknowledged: a meter that reconnects (MQTT) or is told 5.03 (CoAP)
     // sends again what was not acknowledged.
+    if let Some(why) = &summary.first_failure {
+        eprintln!(
+            "{} of {} meters failed; the first: {why}",
+            summary.meters_failed, summary.meters
+        );
+    }
+    if summary.messages_acked == 0 && summary.messages_sent + summary.meters_failed > 0 {
+        eprintln!("Error: no report was acknowledged");
+        std::process::exit(2);
+    }
     if summary.meters_failed > 0 {
         std::process::exit(2);
     }

@@ -873,4 +873,78 @@ fn a_generated_fleet_is_imported_and_simulated() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["meters_failed"], 0, "{summary}");
     assert_eq!(summary["messages_acked"], 10, "{summary}");
+
+    // Without the credentials every meter is refused: said in words, not tried again, and
+    // the exit status says nothing was acknowledged.
+    let out = Command::new(BIN)
+        .args(["simulate", "--json", "--mqtt"])
+        .arg(format!("127.0.0.1:{}", server.mqtt_port))
+        .args(["--meters", "3", "--messages", "2", "--prefix", "gen-"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("connection refused: not authorised (no or wrong credentials")
+            && said.contains("(CONNACK 5)")
+            && said.contains("no report was acknowledged"),
+        "{said}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["meters_failed"], 3, "{summary}");
+    assert_eq!(
+        summary["reconnects"], 0,
+        "a refusal is not retried: {summary}"
+    );
+
+    // A known meter with a wrong secret: the server's log names the meter, the peer and the
+    // reason, and never the secret it was given.
+    let wrong = tmp_wrong_secrets(&csv);
+    let out = Command::new(BIN)
+        .args(["simulate", "--json", "--mqtt"])
+        .arg(format!("127.0.0.1:{}", server.mqtt_port))
+        .args([
+            "--meters",
+            "1",
+            "--messages",
+            "1",
+            "--prefix",
+            "gen-",
+            "--credentials",
+        ])
+        .arg(wrong.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let refused =
+        |l: &&str| l.contains("MQTT login refused") && l.contains("meter_id=\"gen-000000\"");
+    let log = crate::harness::wait_for("the refused login of gen-000000 in the log", || {
+        let log = server.log_text();
+        log.lines().any(|l| refused(&l)).then_some(log)
+    });
+    let line = log.lines().find(refused).unwrap();
+    assert!(
+        line.contains("WARN")
+            && line.contains("peer=127.0.0.1:")
+            && line.contains("reason=\"bad_credentials\""),
+        "{line}"
+    );
+    assert!(
+        !log.contains("wrong-secret-"),
+        "a secret was logged:\n{log}"
+    );
+}
+
+/// The fleet's CSV with every secret replaced by a wrong one.
+fn tmp_wrong_secrets(csv: &str) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    for (i, line) in csv.lines().enumerate() {
+        let mut fields: Vec<String> = line.split(',').map(str::to_string).collect();
+        if i > 0 {
+            fields[1] = format!("wrong-secret-{i:020}");
+        }
+        writeln!(file, "{}", fields.join(",")).unwrap();
+    }
+    file
 }

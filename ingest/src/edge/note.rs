@@ -76,6 +76,22 @@ impl EdgeNote {
     }
 }
 
+/// Whether a refusal may be logged now: at most [`REFUSALS_LOGGED_PER_S`] a second across
+/// the edges (a flood of bad logins is counted in the metrics, not written out line by line).
+pub fn log_allowed() -> bool {
+    use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+    static SECOND: AtomicI64 = AtomicI64::new(0);
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    let now = meterflow_proto::now_ms() / 1000;
+    if SECOND.swap(now, Ordering::Relaxed) != now {
+        COUNT.store(0, Ordering::Relaxed);
+    }
+    COUNT.fetch_add(1, Ordering::Relaxed) < REFUSALS_LOGGED_PER_S
+}
+
+/// Refusals logged per second at most.
+pub const REFUSALS_LOGGED_PER_S: u32 = 10;
+
 #[cfg(test)]
 mod tests {
     use super::*;

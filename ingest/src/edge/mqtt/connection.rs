@@ -452,7 +452,9 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
     let cn = match &cert {
         Some(Ok(cn)) => Some(cn.as_str()),
         Some(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "MQTT client certificate refused");
+            if crate::edge::note::log_allowed() {
+                tracing::warn!(%peer, error = %e, "MQTT client certificate refused");
+            }
             refuse(ConnectRefusal::Denied(Denial::BadCertificate), &mut out);
             let _ = flush(&mut stream, &mut out, edge).await;
             return Err(Some(CloseReason::Denied));
@@ -476,8 +478,16 @@ async fn open<'e, S: AsyncRead + AsyncWrite + Unpin>(
     let identity = match authenticate(&store) {
         Ok(p) => p,
         Err(why) => {
-            // The username is not logged: a device that swaps the fields would leak its secret.
-            tracing::debug!(%peer, client_id = %request.client_id, reason = why.label(), "MQTT connection refused");
+            // The username is named only when the credential store knows it as a meter: a
+            // device that swaps the fields would otherwise leak its secret.
+            if crate::edge::note::log_allowed() {
+                let meter = match user {
+                    None => "(none given)",
+                    Some(u) if store.get(u).is_some() => u,
+                    Some(_) => "(unknown, not shown)",
+                };
+                tracing::warn!(meter_id = meter, %peer, client_id = %request.client_id, reason = why.label(), "MQTT login refused");
+            }
             refuse(why, &mut out);
             let _ = flush(&mut stream, &mut out, edge).await;
             return Err(Some(CloseReason::Denied));
@@ -831,6 +841,16 @@ fn apply(
     }
     if let Some(label) = denied {
         metrics::counter!("meterflow_mqtt_denied_total", "reason" => label).increment(1);
+        // The refusal's note says who, from where, and what (the topic, cut).
+        let note = submit.as_ref().and_then(|s| s.edge_note.as_deref());
+        if let (Some(note), true) = (note, crate::edge::note::log_allowed()) {
+            tracing::warn!(
+                identity = note.identity.as_deref().unwrap_or("anonymous"),
+                peer = %note.peer,
+                reason = %note.reason,
+                "MQTT publish refused"
+            );
+        }
     }
     if let Some(submit) = submit {
         let wait = submit.wait;
