@@ -732,3 +732,8 @@ mod example_file {
         }
     }
 }
+
+/// An optional listener as a log line shows it: its address, or `off`.
+pub fn listener_shown(listen: &Option<std::net::SocketAddr>) -> String {
+    listen.map_or_else(|| "off".to_string(), |a| a.to_string())
+}

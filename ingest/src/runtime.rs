@@ -279,15 +279,18 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
     tracing::info!(
         node = %config.node.id,
         mqtt = %config.mqtt.listen,
-        mqtt_tls = ?config.mqtt.tls_listen,
-        coap = ?config.coap.listen,
-        coaps = ?config.coap.dtls_listen,
-        dlms = ?config.dlms.listen,
+        mqtt_tls = %crate::config::listener_shown(&config.mqtt.tls_listen),
+        coap = %crate::config::listener_shown(&config.coap.listen),
+        coaps = %crate::config::listener_shown(&config.coap.dtls_listen),
+        dlms = %crate::config::listener_shown(&config.dlms.listen),
         bridges = config.bridge.len(),
         http = %config.http.listen,
         data_dir = %config.data_dir.display(),
         "meterflow ready"
     );
+    if config.clickhouse.enabled() {
+        tokio::spawn(warn_if_clickhouse_unreachable(config.clickhouse.clone()));
+    }
     Ok(Running {
         config,
         shutdown,
@@ -653,4 +656,25 @@ fn check_profiles_named(profiles: &PushProfiles, store: &CredentialStore) {
             "credentials name DLMS push profiles that are not configured ([[dlms.profile]]): these meters' pushes become dead letters until they are"
         );
     }
+}
+
+/// Asks ClickHouse for its version once at start-up and says so, naming the server (never
+/// its login), when it does not answer: meterflow runs on, and `/ready` says not ready.
+async fn warn_if_clickhouse_unreachable(config: meterflow_storage::clickhouse::ClickHouseConfig) {
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        meterflow_storage::clickhouse::server_version(&config),
+    )
+    .await;
+    let why = match answer {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer within 5 s".to_string(),
+    };
+    tracing::warn!(
+        server = %config.server_for_logs(),
+        database = %config.database,
+        error = %why,
+        "ClickHouse is not reachable: what arrives is kept in the WAL and written once it answers; /ready says not ready until then"
+    );
 }

@@ -104,8 +104,9 @@ pub enum SimulateError {
         source: std::io::Error,
     },
 
-    #[error("TLS handshake")]
-    TlsHandshake(#[source] std::io::Error),
+    /// The TLS handshake failed; shown with the cause in words (see [`tls_words`]).
+    #[error("TLS handshake: {}", handshake_words(.0))]
+    TlsHandshake(std::io::Error),
 
     /// Sending or receiving on a meter's connection or socket.
     #[error(transparent)]
@@ -140,7 +141,7 @@ pub enum SimulateError {
     NoAck(Duration),
 
     /// A meter lost its connection too often; `last` is why the last one ended.
-    #[error("gave up after {losses} connection losses, last: {last}")]
+    #[error("gave up after {losses} connection losses, last: {}", with_causes(last.as_ref()))]
     GaveUp {
         losses: u64,
         last: Box<SimulateError>,
@@ -246,4 +247,116 @@ pub fn refusal_words(code: &rumqttc::mqttbytes::v4::ConnectReturnCode) -> String
         ),
     };
     format!("{words} (CONNACK {n})")
+}
+
+/// An error with the causes under it: `connecting to 127.0.0.1:1883: Connection refused`.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// Why a TLS handshake failed, in words: rustls' errors as a person setting up certificates
+/// needs them, anything else as the system says it.
+fn handshake_words(e: &std::io::Error) -> String {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => tls_words(tls),
+        None => e.to_string(),
+    }
+}
+
+/// A rustls error in words, with what to check.
+pub fn tls_words(e: &rustls::Error) -> String {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    match e {
+        E::InvalidCertificate(cert) => match cert {
+            C::UnknownIssuer => "the server's certificate is not signed by the CA given with --tls-ca (unknown issuer)".into(),
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                "the server's certificate does not name the host connected to: its subjectAltName must hold that DNS name or IP address".into()
+            }
+            C::Expired | C::ExpiredContext { .. } => "the server's certificate has expired".into(),
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "the server's certificate is not valid yet (are the clocks right?)".into()
+            }
+            C::BadEncoding => "the server's certificate does not parse".into(),
+            C::BadSignature => "the server's certificate has a bad signature".into(),
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                "the server's certificate is not for TLS servers (extendedKeyUsage)".into()
+            }
+            C::Other(other) if format!("{other:?}").contains("UnsupportedCertVersion") => {
+                "the server's certificate is X.509 v1, and TLS needs v3: make it with extensions (subjectAltName), as the README's TLS recipe does".into()
+            }
+            other => format!("the server's certificate is refused: {other}"),
+        },
+        E::AlertReceived(alert) => {
+            let what = match alert {
+                A::BadCertificate => "bad certificate",
+                A::UnknownCA => "unknown CA",
+                A::CertificateRequired => "certificate required",
+                A::CertificateExpired => "certificate expired",
+                A::CertificateUnknown => "certificate unknown",
+                A::HandshakeFailure => "handshake failure",
+                A::ProtocolVersion => "protocol version",
+                A::AccessDenied => "access denied",
+                _ => "refused",
+            };
+            format!(
+                "the server sent TLS alert {} ({what}): it refused the handshake, most likely this meter's client certificate (--tls-cert) or its CA",
+                u8::from(*alert)
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_and_tls_failures_are_words() {
+        use rumqttc::mqttbytes::v4::ConnectReturnCode;
+        let refused = SimulateError::Refused(ConnectReturnCode::NotAuthorized).to_string();
+        assert!(
+            refused.starts_with("connection refused: not authorised"),
+            "{refused}"
+        );
+        assert!(
+            refused.ends_with("(CONNACK 5)") || refused.contains("(CONNACK 5)"),
+            "{refused}"
+        );
+        let alert = std::io::Error::other(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate,
+        ));
+        let said = SimulateError::TlsHandshake(alert).to_string();
+        assert!(said.contains("TLS alert 42 (bad certificate)"), "{said}");
+        let issuer = std::io::Error::other(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        let said = SimulateError::TlsHandshake(issuer).to_string();
+        assert!(
+            said.contains("not signed by the CA given with --tls-ca"),
+            "{said}"
+        );
+        for said in [
+            said,
+            SimulateError::NoConnAck(Duration::from_secs(5)).to_string(),
+        ] {
+            assert!(
+                !said.contains("Some(") && !said.contains("Other("),
+                "{said}"
+            );
+        }
+    }
 }

@@ -58,6 +58,17 @@ pub enum Protocol {
     DlmsUdp,
 }
 
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Mqtt => "MQTT",
+            Protocol::Coap => "CoAP",
+            Protocol::DlmsTcp => "DLMS over TCP",
+            Protocol::DlmsUdp => "DLMS over UDP",
+        })
+    }
+}
+
 impl Protocol {
     /// What `messages_acked` counts over this protocol.
     pub fn acked_means(self) -> &'static str {
@@ -191,7 +202,7 @@ pub async fn run(plan: Arc<Plan>, target: Target) -> Result<Summary, SimulateErr
                 tokio::time::timeout(target.meter_timeout + target.mqtt.hold, meter).await;
             let error = match outcome {
                 Ok(Ok(())) => return,
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(e)) => error::with_causes(&e),
                 Err(_) => format!(
                     "{} of {} reports acknowledged within {:?}",
                     acked.load(Ordering::Relaxed),

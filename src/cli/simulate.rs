@@ -214,7 +214,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         println!(
-            "simulated {} meters over {:?} ({} {}): sent {} reports ({} rows, {} bytes), acknowledged {} ({} rows) in {:.2} s = {:.0} reports/s; ack latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} connections ({:.0}/s, CONNACK p50 {:.2} ms, p99 {:.2} ms); {} reconnects, {} retransmissions, {} busy answers, {} meters failed",
+            "simulated {} meters over {} ({} {}): sent {} reports ({} rows, {} bytes), acknowledged {} ({} rows) in {:.2} s = {:.0} reports/s; ack latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} connections ({:.0}/s, CONNACK p50 {:.2} ms, p99 {:.2} ms); {} reconnects, {} retransmissions, {} busy answers, {} meters failed",
             summary.meters,
             protocol,
             summary.format,

@@ -515,8 +515,8 @@ fn matches_the_reference(
     rows
 }
 
-/// The README's "Billing" example runs as written (`cargo run --release --` is this build's
-/// binary, `./pilot` a fresh folder) and prints the CSV the README shows.
+/// The README's "Billing" example runs as written (`meterflow` is this build's binary,
+/// `./pilot` a fresh folder) and prints the CSV the README shows.
 #[test]
 fn the_readme_billing_example_prints_what_the_readme_shows() {
     let readme = include_str!("../../README.md");
@@ -529,8 +529,8 @@ fn the_readme_billing_example_prints_what_the_readme_shows() {
     let commands = block("```sh\n");
     let shown = block("```csv\n");
     let pilot = tempfile::tempdir().unwrap();
-    let script = commands
-        .replace("cargo run --release --", BIN)
+    let script = format!("\n{commands}")
+        .replace("\nmeterflow ", &format!("\n{BIN} "))
         .replace("./pilot", &pilot.path().join("pilot").display().to_string());
     let out = Command::new("sh")
         .args(["-ec", &script])

@@ -707,3 +707,32 @@ fn a_clickhouse_that_never_answers_cannot_hold_the_stop_and_loses_nothing() {
     let (exit, _, log, _) = server.stop();
     assert!(exit.success(), "{log}");
 }
+
+/// `serve` with a ClickHouse that does not answer starts (the WAL keeps what arrives), and
+/// says which server it cannot reach, in its log and in `/ready`, never with the password.
+#[test]
+fn an_unreachable_clickhouse_is_named_without_its_password() {
+    let port = crate::harness::free_port();
+    let url = format!("http://pilot:not-for-logs-1234@127.0.0.1:{port}");
+    let server = Server::start_with(&["--clickhouse-url", &url]);
+    let (code, body) = server.http_get("/ready");
+    assert_eq!(code, 503, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let detail = ready["checks"]["clickhouse"]["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(&format!("http://127.0.0.1:{port} unreachable: ")),
+        "{detail}"
+    );
+    let log = crate::harness::wait_for("the unreachable ClickHouse in the log", || {
+        let log = server.log_text();
+        log.contains("ClickHouse is not reachable").then_some(log)
+    });
+    assert!(
+        log.contains(&format!("server=http://127.0.0.1:{port}")),
+        "{log}"
+    );
+    assert!(
+        !log.contains("not-for-logs") && !body.contains("not-for-logs"),
+        "{log}\n{body}"
+    );
+}

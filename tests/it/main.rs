@@ -31,6 +31,7 @@ mod mqtt_limits;
 mod mqtt_paho;
 mod questions;
 mod read_model;
+mod readme;
 mod registry;
 mod serve_coap;
 mod serve_coaps;

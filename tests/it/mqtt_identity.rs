@@ -948,3 +948,77 @@ fn tmp_wrong_secrets(csv: &str) -> tempfile::NamedTempFile {
     }
     file
 }
+
+/// Certificates that rustls refuses stop `serve` with the config key, the file at fault and
+/// the cause in words: a v1 certificate (what OpenSSL 3's `x509 -req` makes without
+/// extensions) and a key of another certificate.
+#[test]
+fn a_v1_certificate_or_a_foreign_key_is_named_in_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-noenc",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend(["-subj", "/CN=ca", "-keyout", "ca.key", "-out", "ca.crt"]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend(["-subj", "/CN=v1", "-keyout", "v1.key", "-out", "v1.csr"]);
+    openssl(dir, &csr);
+    openssl(
+        dir,
+        &[
+            "x509", "-req", "-in", "v1.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-out", "v1.crt",
+        ],
+    );
+    let serve = |cert: &str, key: &str| {
+        let config = dir.join(format!("{cert}-{key}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[mqtt]\ntls_cert = \"{0}/{cert}\"\ntls_key = \"{0}/{key}\"\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--mqtt-tls-listen")
+            .arg(format!("127.0.0.1:{}", crate::harness::free_port()))
+            .arg("--mqtt-listen")
+            .arg(format!("127.0.0.1:{}", crate::harness::free_port()))
+            .args(["--mqtt-v5-listen", "off", "--coap-listen", "off"])
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{}", crate::harness::free_port()))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    let said = serve("v1.crt", "v1.key");
+    assert!(
+        said.contains("mqtt.tls_cert")
+            && said.contains("v1.crt: certificate \"CN=v1\" is X.509 v1, and TLS needs v3"),
+        "{said}"
+    );
+    let said = serve("ca.crt", "v1.key");
+    assert!(
+        said.contains("mqtt.tls_key")
+            && said.contains("v1.key is not the private key of the certificate in"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("Other(") && !said.contains("Some("),
+        "{said}"
+    );
+}

@@ -413,8 +413,8 @@ fn utc_day(ms: i64) -> String {
         .to_string()
 }
 
-/// The README's "Validation and estimation" example runs as written (`cargo run --release
-/// --` is this build's binary, `./vee-pilot` a fresh folder) and prints what the README shows.
+/// The README's "Validation and estimation" example runs as written (`meterflow` is this build's binary,
+/// `./vee-pilot` a fresh folder) and prints what the README shows.
 #[test]
 fn the_readme_vee_example_prints_what_the_readme_shows() {
     let readme = include_str!("../../README.md");
@@ -425,8 +425,8 @@ fn the_readme_vee_example_prints_what_the_readme_shows() {
         section[start..end].to_string()
     };
     let pilot = tempfile::tempdir().unwrap();
-    let script = block("```sh\n")
-        .replace("cargo run --release --", BIN)
+    let script = format!("\n{}", block("```sh\n"))
+        .replace("\nmeterflow ", &format!("\n{BIN} "))
         .replace(
             "./vee-pilot",
             &pilot.path().join("vee-pilot").display().to_string(),

@@ -404,11 +404,11 @@ async fn ask_clickhouse(
         },
         Ok(Err(e)) => Check {
             ok: false,
-            detail: format!("unreachable: {e}"),
+            detail: format!("{} unreachable: {e}", config.server_for_logs()),
         },
         Err(_) => Check {
             ok: false,
-            detail: "no answer within 2 s".into(),
+            detail: format!("no answer from {} within 2 s", config.server_for_logs()),
         },
     };
     *asked

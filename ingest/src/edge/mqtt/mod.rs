@@ -182,8 +182,8 @@ impl MqttServer {
         let watcher = tokio::spawn(watch_changes(edge.clone()));
         tracing::info!(
             listen = %edge.config.listen,
-            listen_v5 = ?edge.config.listen_v5,
-            tls_listen = ?edge.config.tls_listen,
+            listen_v5 = %crate::config::listener_shown(&edge.config.listen_v5),
+            tls_listen = %crate::config::listener_shown(&edge.config.tls_listen),
             credentials = edge.credentials.current().len(),
             "MQTT server started"
         );

@@ -101,7 +101,7 @@ fn build(files: &TlsFiles) -> Result<Arc<ServerConfig>, IngestError> {
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         IngestError::config(
             "mqtt.tls_key",
-            format!("{}: no PEM private key: {e}", files.key.display()),
+            format!("{}: {}", files.key.display(), pem_words(&e, "private key")),
         )
     })?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -126,16 +126,9 @@ fn build(files: &TlsFiles) -> Result<Arc<ServerConfig>, IngestError> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
-        IngestError::config(
-            "mqtt.tls_key",
-            format!(
-                "{} does not go with {}: {e}",
-                files.key.display(),
-                files.cert.display()
-            ),
-        )
-    })?;
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| single_cert_error(&e, files))?;
     config.ticketer = rustls::crypto::ring::Ticketer::new()
         .map_err(|e| IngestError::config("mqtt.tls_cert", format!("TLS tickets: {e}")))?;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -145,14 +138,79 @@ fn build(files: &TlsFiles) -> Result<Arc<ServerConfig>, IngestError> {
 fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, IngestError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| IngestError::config(key, format!("{}: {e}", path.display())))?;
+        .map_err(|e| {
+            IngestError::config(
+                key,
+                format!("{}: {}", path.display(), pem_words(&e, "certificate")),
+            )
+        })?;
     if certs.is_empty() {
         return Err(IngestError::config(
             key,
             format!("{}: no PEM certificate in it", path.display()),
         ));
     }
+    // rustls takes only X.509 v3; OpenSSL 3's `x509 -req` makes v1 unless given extensions.
+    for cert in &certs {
+        match x509_parser::parse_x509_certificate(cert.as_ref()) {
+            Ok((_, parsed)) if parsed.version() != x509_parser::x509::X509Version::V3 => {
+                return Err(IngestError::config(
+                    key,
+                    format!(
+                        "{}: certificate {:?} is X.509 v{}, and TLS needs v3: make it with extensions (openssl x509 -req ... -extfile with a subjectAltName; see the README's TLS recipe)",
+                        path.display(),
+                        parsed.subject().to_string(),
+                        parsed.version().0 + 1
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(IngestError::config(
+                    key,
+                    format!("{}: a certificate does not parse: {e}", path.display()),
+                ));
+            }
+        }
+    }
     Ok(certs)
+}
+
+/// Why `with_single_cert` refused the certificate and key, naming the file at fault.
+fn single_cert_error(e: &rustls::Error, files: &TlsFiles) -> IngestError {
+    let (cert, key) = (files.cert.display(), files.key.display());
+    match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            IngestError::config(
+                "mqtt.tls_key",
+                format!("{key} is not the private key of the certificate in {cert}"),
+            )
+        }
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown) => IngestError::config(
+            "mqtt.tls_key",
+            format!("{key}: this kind of key cannot be checked against {cert}"),
+        ),
+        rustls::Error::General(why) => IngestError::config(
+            "mqtt.tls_key",
+            format!("{key}: the private key cannot be used ({why}): give an RSA, ECDSA P-256/P-384 or Ed25519 key in PEM"),
+        ),
+        other => IngestError::config("mqtt.tls_cert", format!("{cert}: {other}")),
+    }
+}
+
+/// A PEM file's error in words; `what` is the item looked for.
+fn pem_words(e: &rustls_pki_types::pem::Error, what: &str) -> String {
+    use rustls_pki_types::pem::Error as P;
+    match e {
+        P::Io(e) => format!("cannot be read: {e}"),
+        P::NoItemsFound => format!("holds no PEM {what} (-----BEGIN ...-----)"),
+        P::MissingSectionEnd { .. } => {
+            "a PEM section has no END line (is the file cut short?)".into()
+        }
+        P::IllegalSectionStart { .. } => "a PEM section begins inside another".into(),
+        P::Base64Decode(e) => format!("a PEM section is not valid base64 ({e})"),
+        other => other.to_string(),
+    }
 }
 
 /// The subject CN of a client's certificate (the first of its chain), if it sent one.

@@ -1,0 +1,303 @@
+//! The README runs as written: every ```sh block (with bash) and ```python block (with
+//! python3) is executed in the order it appears, in one scratch folder that holds the
+//! repository's files (so `deploy/examples/...` and the fixtures are there) and nothing else,
+//! with the `meterflow` this suite built first on `PATH`.
+//!
+//! An HTML comment on the lines just above a block steers it:
+//! - `<!-- readme-test: skip: REASON -->`: not run, and the reason is required;
+//! - `<!-- readme-test: background -->`: started and left running (a `meterflow serve`); the
+//!   next block waits until its `/ready` answers 200;
+//! - `<!-- readme-test: stop -->`: before the block, the background blocks get SIGTERM and
+//!   must exit 0 (a server completes its Parquet files on the way out);
+//! - `<!-- readme-test: expect: TEXT -->` (any number): the block's output holds TEXT.
+//!
+//! The default ports the README shows (1883, 8080, ...) are replaced, as whole numbers, by
+//! free ones in the blocks' text and in the listeners' environment, so the test can run beside
+//! the others and on a machine where something listens on 1883.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use crate::harness::{free_port, free_udp_port, wait_for, BIN};
+
+/// One block of the README with what its markers ask.
+#[derive(Debug)]
+struct Block {
+    line: usize,
+    language: &'static str,
+    text: String,
+    skip: Option<String>,
+    background: bool,
+    stop_before: bool,
+    expect: Vec<String>,
+}
+
+/// The README's runnable blocks, in order.
+fn blocks(readme: &str) -> Vec<Block> {
+    let lines: Vec<&str> = readme.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let fence = lines[i].trim_end();
+        let language = match fence {
+            "```sh" | "```bash" => "sh",
+            "```python" => "python",
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let mut block = Block {
+            line: i + 1,
+            language,
+            text: String::new(),
+            skip: None,
+            background: false,
+            stop_before: false,
+            expect: Vec::new(),
+        };
+        // The markers: the comment lines right above the fence.
+        let mut j = i;
+        while j > 0 && lines[j - 1].starts_with("<!-- readme-test:") {
+            j -= 1;
+            let marker = lines[j]
+                .trim_start_matches("<!-- readme-test:")
+                .trim_end_matches("-->")
+                .trim();
+            if let Some(reason) = marker.strip_prefix("skip:") {
+                assert!(
+                    !reason.trim().is_empty(),
+                    "README line {}: a skip needs its reason",
+                    j + 1
+                );
+                block.skip = Some(reason.trim().to_string());
+            } else if marker == "background" {
+                block.background = true;
+            } else if marker == "stop" {
+                block.stop_before = true;
+            } else if let Some(text) = marker.strip_prefix("expect:") {
+                block.expect.push(text.trim().to_string());
+            } else {
+                panic!(
+                    "README line {}: unknown readme-test marker {marker:?}",
+                    j + 1
+                );
+            }
+        }
+        i += 1;
+        while i < lines.len() && lines[i].trim_end() != "```" {
+            block.text.push_str(lines[i]);
+            block.text.push('\n');
+            i += 1;
+        }
+        out.push(block);
+        i += 1;
+    }
+    out
+}
+
+/// The default ports the README shows, each with a free one for this run.
+fn ports() -> BTreeMap<&'static str, String> {
+    let tcp = ["1883", "1884", "8883", "8080", "4059", "8123"];
+    let udp = ["5683", "5684"];
+    let mut map = BTreeMap::new();
+    for p in tcp {
+        map.insert(p, free_port().to_string());
+    }
+    for p in udp {
+        map.insert(p, free_udp_port().to_string());
+    }
+    map
+}
+
+/// `text` with every default port, as a whole number, replaced.
+fn with_ports(text: &str, ports: &BTreeMap<&'static str, String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts_number = bytes[i].is_ascii_digit() && (i == 0 || !bytes[i - 1].is_ascii_digit());
+        if starts_number {
+            let end = (i..bytes.len())
+                .find(|&k| !bytes[k].is_ascii_digit())
+                .unwrap_or(bytes.len());
+            let number = &text[i..end];
+            out.push_str(ports.get(number).map_or(number, String::as_str));
+            i = end;
+        } else {
+            let c = text[i..].chars().next().unwrap();
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+/// A scratch folder with links to the repository's top-level entries (not its build output
+/// nor any data folder).
+fn scratch_with_repository() -> tempfile::TempDir {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if [".git", "target", "data"].iter().any(|n| name == *n) {
+            continue;
+        }
+        std::os::unix::fs::symlink(entry.path(), tmp.path().join(&name)).unwrap();
+    }
+    tmp
+}
+
+fn command(block: &Block, dir: &Path, ports: &BTreeMap<&'static str, String>) -> Command {
+    let mut text = with_ports(&block.text, ports);
+    if block.background {
+        // One command, run in bash's place so that SIGTERM reaches it.
+        assert_eq!(
+            text.trim().lines().count(),
+            1,
+            "README line {}: a background block is one command",
+            block.line
+        );
+        text = format!("exec {text}");
+    }
+    let mut command = match block.language {
+        "python" => {
+            let mut c = Command::new("python3");
+            c.arg("-c").arg(text);
+            c
+        }
+        _ => {
+            let mut c = Command::new("bash");
+            c.arg("-euo").arg("pipefail").arg("-c").arg(text);
+            c
+        }
+    };
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let at = |p: &str| format!("127.0.0.1:{}", ports[p]);
+    command
+        .current_dir(dir)
+        .env("PATH", path)
+        .env("METERFLOW_MQTT_LISTEN", at("1883"))
+        .env("METERFLOW_MQTT_V5_LISTEN", at("1884"))
+        .env("METERFLOW_COAP_LISTEN", at("5683"))
+        .env("METERFLOW_HTTP_LISTEN", at("8080"))
+        .env_remove("METERFLOW_CONFIG")
+        .env_remove("METERFLOW_DATA_DIR")
+        .env_remove("METERFLOW_CLICKHOUSE_URL")
+        .env_remove("METERFLOW_LOG");
+    command
+}
+
+/// Stops the background blocks with SIGTERM; each must exit 0.
+fn stop(background: &mut Vec<(usize, Child, std::path::PathBuf)>) {
+    for (line, mut child, log) in background.drain(..) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "README line {line}: the background block exited {status}:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+}
+
+#[test]
+fn the_readme_runs_as_written() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let blocks = blocks(&readme);
+    let ports = ports();
+    let dir = scratch_with_repository();
+    let mut background: Vec<(usize, Child, std::path::PathBuf)> = Vec::new();
+    let (mut ran, mut skipped) = (0, Vec::new());
+    for block in &blocks {
+        if let Some(reason) = &block.skip {
+            skipped.push(format!("line {}: {reason}", block.line));
+            continue;
+        }
+        if block.stop_before {
+            stop(&mut background);
+        }
+        if block.background {
+            let log = dir.path().join(format!("background-{}.log", block.line));
+            let file = std::fs::File::create(&log).unwrap();
+            let child = command(block, dir.path(), &ports)
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().unwrap())
+                .stderr(file)
+                .spawn()
+                .unwrap();
+            let mut child = child;
+            // The HTTP listener answers /ready once every listener is bound.
+            let http: u16 = ports["8080"].parse().unwrap();
+            wait_for(&format!("README line {}: /ready", block.line), || {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!(
+                        "README line {}: the background block exited {status}:\n{}",
+                        block.line,
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                std::net::TcpStream::connect(("127.0.0.1", http)).ok()?;
+                matches!(
+                    crate::harness::http(http, "GET", "/ready", &[], None),
+                    (200, _)
+                )
+                .then_some(())
+            });
+            background.push((block.line, child, log));
+            ran += 1;
+            continue;
+        }
+        let out = command(block, dir.path(), &ports).output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Shown with --nocapture, or when the test fails.
+        eprintln!("--- README line {}:\n{said}", block.line);
+        assert!(
+            out.status.success(),
+            "README line {} ({}) failed with {}:\n{}\n--- it said:\n{said}",
+            block.line,
+            block.language,
+            out.status,
+            block.text
+        );
+        for text in &block.expect {
+            assert!(
+                said.contains(text.as_str()),
+                "README line {}: the output does not hold {text:?}:\n{said}",
+                block.line
+            );
+        }
+        ran += 1;
+    }
+    stop(&mut background);
+    eprintln!(
+        "README: {ran} blocks ran, {} skipped:\n  {}",
+        skipped.len(),
+        skipped.join("\n  ")
+    );
+    assert!(ran > 0);
+}
+
+#[test]
+fn ports_are_replaced_as_whole_numbers_only() {
+    let mut ports = BTreeMap::new();
+    ports.insert("1883", "40001".to_string());
+    assert_eq!(
+        with_ports("-p 1883 :1883/ 18830 21883 1883", &ports),
+        "-p 40001 :40001/ 18830 21883 40001"
+    );
+}
