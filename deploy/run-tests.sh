@@ -23,6 +23,11 @@ declare -A needs=(
   [haproxy]=haproxy
   [prlimit]=util-linux
   [promtool]=prometheus
+  [dpkg-shlibdeps]=dpkg-dev
+  [objcopy]=binutils
+  [adduser]=adduser
+  [runuser]=util-linux
+  [pkill]=procps
 )
 missing=()
 for cmd in "${!needs[@]}"; do

@@ -29,6 +29,7 @@ mod import_foreign;
 mod mqtt_identity;
 mod mqtt_limits;
 mod mqtt_paho;
+mod package;
 mod questions;
 mod read_model;
 mod readme;
