@@ -393,6 +393,7 @@ fn main() {
         env.client("SELECT version()")
     );
     let header = "| load | rows | s | rows/s | × client Native | loader CPU s | server CPU s | CPU µs/row | parts active / inserted |\n|---|---|---|---|---|---|---|---|---|";
+    let import_only = var("METERFLOW_BENCH_IMPORT_ONLY").is_some();
     let work = std::env::temp_dir().join("meterflow-bench-ch");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
@@ -424,6 +425,11 @@ fn main() {
                 .status()
                 .unwrap();
             assert!(status.success());
+        }
+        if import_only {
+            println!("{}", sink.row(None));
+            import_side_by_side(&env, &runtime, &work, &data, rows, &native);
+            continue;
         }
         let client_native = client_load(
             &env,
@@ -482,26 +488,14 @@ fn main() {
         println!("{}", deep.row(Some(reference)));
         if let Some(bin) = &env.bin {
             let tree = parquet_tree(&work.join(format!("tree-{rows}")), &data);
-            env.fresh(&runtime, "mf_import");
-            let state = work.join(format!("import-state-{rows}"));
-            let _ = std::fs::remove_dir_all(&state);
-            let mut command = Command::new(bin);
-            command
-                .args(["import", "--clickhouse-url", &env.url, "--data-dir"])
-                .arg(&state)
-                .arg(&tree)
-                .env("METERFLOW_CONFIG", work.join("import.toml"));
-            std::fs::write(
-                work.join("import.toml"),
-                "[clickhouse]\ndatabase = \"mf_import\"\n",
-            )
-            .unwrap();
-            let load = command_load(
+            let load = import_load(
                 &env,
-                "meterflow import (Parquet tree → ClickHouse)",
-                "mf_import",
+                &runtime,
+                bin,
+                &work,
+                &tree,
                 rows,
-                command,
+                "meterflow import (Parquet tree → ClickHouse)",
             );
             println!("{}", load.row(Some(reference)));
         }
@@ -579,10 +573,98 @@ fn main() {
             env.client(&format!("DROP DATABASE IF EXISTS {db}"));
         }
     }
-    if let Some(bin) = &env.bin {
+    if let (Some(bin), false) = (&env.bin, import_only) {
         backlog(&env, &runtime, bin, &work);
     }
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// `meterflow import` of the Parquet tree `tree` into a fresh `mf_import`, timed until the
+/// command exits (it exits once ClickHouse has confirmed every row).
+fn import_load(
+    env: &Env,
+    runtime: &tokio::runtime::Runtime,
+    bin: &str,
+    work: &Path,
+    tree: &Path,
+    rows: usize,
+    what: &str,
+) -> Load {
+    env.fresh(runtime, "mf_import");
+    let state = work.join(format!("import-state-{rows}"));
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::write(
+        work.join("import.toml"),
+        "[clickhouse]\ndatabase = \"mf_import\"\n",
+    )
+    .unwrap();
+    let mut command = Command::new(bin);
+    command
+        .args(["import", "--clickhouse-url", &env.url, "--data-dir"])
+        .arg(&state)
+        .arg(tree)
+        .env("METERFLOW_CONFIG", work.join("import.toml"))
+        .env("METERFLOW_LOG", "warn");
+    command_load(env, what, "mf_import", rows, command)
+}
+
+/// `METERFLOW_BENCH_IMPORT_ONLY=1`: `meterflow import` of a Parquet tree beside
+/// clickhouse-client loading the same rows from a Native file, taking turns three times, so
+/// that neither side has the quieter moment of the machine.
+fn import_side_by_side(
+    env: &Env,
+    runtime: &tokio::runtime::Runtime,
+    work: &Path,
+    data: &[RecordBatch],
+    rows: usize,
+    native: &Path,
+) {
+    let bin = env.bin.as_deref().expect("METERFLOW_BIN");
+    let tree = parquet_tree(&work.join(format!("tree-{rows}")), data);
+    let mut clients = Vec::new();
+    let mut imports = Vec::new();
+    for turn in 1..=3 {
+        clients.push(client_load(
+            env,
+            runtime,
+            &format!("clickhouse-client, Native file, turn {turn}"),
+            "mf_client",
+            rows,
+            (native, "Native"),
+            &env.port,
+        ));
+        imports.push(import_load(
+            env,
+            runtime,
+            bin,
+            work,
+            &tree,
+            rows,
+            &format!("meterflow import (Parquet tree → ClickHouse), turn {turn}"),
+        ));
+    }
+    let reference = clients
+        .iter()
+        .min_by(|a, b| a.seconds.total_cmp(&b.seconds))
+        .unwrap();
+    for (client, import) in clients.iter().zip(&imports) {
+        println!("{}", client.row(Some(reference)));
+        println!("{}", import.row(Some(reference)));
+    }
+    let median = |loads: &[Load]| {
+        let mut s: Vec<f64> = loads.iter().map(|l| l.seconds).collect();
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    };
+    println!(
+        "\nMedian: clickhouse-client {:.2} s, meterflow import {:.2} s: import at {:.2}× the client.\n",
+        median(&clients),
+        median(&imports),
+        median(&clients) / median(&imports)
+    );
+    for db in ["mf_sink", "mf_client", "mf_import"] {
+        env.client(&format!("DROP DATABASE IF EXISTS {db}"));
+    }
 }
 
 fn free_port() -> u16 {

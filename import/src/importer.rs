@@ -15,7 +15,7 @@ use crate::csv::{BadRow, CsvOptions, CsvReader};
 use crate::discover::Input;
 use crate::display::Display;
 use crate::progress::{FileProgress, ProgressRecord};
-use crate::{ImportError, ImportSummary, CHUNK_ROWS};
+use crate::{ImportError, ImportSummary};
 
 /// A stable 64-bit FNV-1a hash (names Parquet files and keys dead letters the same in every
 /// run and build).
@@ -43,6 +43,15 @@ pub(crate) struct Importer {
     /// ClickHouse (the writer `serve` uses: Native inserts, merged and pipelined), or Parquet
     /// under the data folder; and the dead-letter files.
     pub(crate) sinks: SinkSet,
+    /// Input rows per chunk ([`crate::CHUNK_ROWS`] or [`crate::CLICKHOUSE_CHUNK_ROWS`]).
+    pub(crate) chunk_rows: u64,
+    /// Every mark sends a chunk of its own (Parquet: files named by file and chunk); else
+    /// rows gather across files until a chunk is full.
+    chunk_per_mark: bool,
+    /// The rows read and not yet sent; the files' readers append to it.
+    pub(crate) rows: ReadingBatchBuilder,
+    /// `rows.len()` at the last mark.
+    rows_marked: usize,
     /// The number of the last chunk sent: a chunk's position for the sinks, so that what
     /// they confirm says which chunks are in.
     chunks_sent: u64,
@@ -137,12 +146,18 @@ impl Importer {
     /// `target`.
     pub(crate) fn new(
         sinks: SinkSet,
+        chunk_rows: u64,
+        chunk_per_mark: bool,
         progress: ProgressRecord,
         display: Display,
         target: String,
     ) -> Importer {
         Importer {
             sinks,
+            chunk_rows,
+            chunk_per_mark,
+            rows: ReadingBatchBuilder::with_capacity(chunk_rows as usize),
+            rows_marked: 0,
             chunks_sent: 0,
             waiting: VecDeque::new(),
             progress,
@@ -182,19 +197,22 @@ impl Importer {
         Ok(())
     }
 
-    /// Sends the chunk of `key`'s input rows from `chunk_start` to `at.rows_done`; its Parquet
-    /// files are named by file and chunk, the same in every run.
+    /// Marks `key`'s input rows from `chunk_start` to `at.rows_done` as read: its rows (those
+    /// appended to `self.rows` since the last mark) go out with the next chunk sent, and the
+    /// mark is saved once the sink confirms that chunk. Into Parquet each mark sends a chunk
+    /// (its files are named by file and chunk, the same in every run); into ClickHouse the
+    /// rows of several files gather until a chunk is full, so that a tree of many small files
+    /// still goes in as large inserts.
     pub(crate) fn chunk_done(
         &mut self,
-        builder: &mut ReadingBatchBuilder,
         key: &str,
         at: &FileProgress,
         chunk_start: u64,
     ) -> Result<(), ImportError> {
-        let name = format!("{}{:08}", file_prefix(key), chunk_start / CHUNK_ROWS);
-        let batch = builder.finish();
-        self.summary.rows += batch.num_rows() as u64;
-        self.file.taken += batch.num_rows() as u64;
+        let taken = (self.rows.len() - self.rows_marked) as u64;
+        self.rows_marked = self.rows.len();
+        self.summary.rows += taken;
+        self.file.taken += taken;
         // A file none of whose rows could be taken is not done: a rerun reads it again
         // (once it is mended, or the import's settings are).
         let mut at = at.clone();
@@ -202,28 +220,52 @@ impl Importer {
             at.done = false;
             at.rows_done = 0;
         }
-        let at = &at;
+        self.waiting.push_back((
+            self.chunks_sent + 1,
+            Mark {
+                key: key.to_string(),
+                progress: at,
+            },
+        ));
+        if self.chunk_per_mark {
+            let name = format!("{}{:08}", file_prefix(key), chunk_start / self.chunk_rows);
+            self.send_rows(Some(&name))?;
+        } else if self.rows.len() as u64 >= self.chunk_rows {
+            self.send_rows(None)?;
+        }
+        self.settle(false)
+    }
+
+    /// Sends what waits since the last chunk, so that every mark is covered (at the end).
+    pub(crate) fn flush(&mut self) -> Result<(), ImportError> {
+        let unsent = self
+            .waiting
+            .back()
+            .is_some_and(|(chunk, _)| *chunk > self.chunks_sent);
+        if unsent || !self.rows.is_empty() {
+            self.send_rows(None)?;
+        }
+        self.settle(false)
+    }
+
+    /// Sends the rows gathered as the next chunk (with the bad rows read meanwhile: they went
+    /// to the sinks as they were read, and this chunk's confirmation covers them).
+    fn send_rows(&mut self, file_name: Option<&str>) -> Result<(), ImportError> {
+        let batch = self.rows.finish();
+        self.rows_marked = 0;
         self.chunks_sent += 1;
         let chunk = self.chunks_sent;
-        // With its bad rows (they went to the sinks as they were read).
         self.sinks.send(
             SinkBatch {
                 rows: &batch,
                 oldest: Some(chunk),
                 through: chunk,
                 local: true,
-                file_name: Some(&name),
+                file_name,
             },
             Instant::now(),
         )?;
-        self.waiting.push_back((
-            chunk,
-            Mark {
-                key: key.to_string(),
-                progress: at.clone(),
-            },
-        ));
-        self.settle(false)
+        Ok(())
     }
 
     /// Keeps a bad row: a dead-letter file entry, and a `dead_letters` row in ClickHouse.
@@ -275,14 +317,13 @@ impl Importer {
             error,
         })?;
         let mut reader = CsvReader::new(BufReader::new(file), options, start.rows_done)?;
-        let mut builder = ReadingBatchBuilder::with_capacity(CHUNK_ROWS as usize);
         let mut at = start;
         let mut chunk_start = at.rows_done;
         loop {
             let next = reader.next_row()?;
             let end = next.is_none();
             match next {
-                Some(Ok(row)) => builder.append_text(&TextRow {
+                Some(Ok(row)) => self.rows.append_text(&TextRow {
                     meter_id: &row.meter_id,
                     channel: &row.channel,
                     ts_ms: row.ts_ms,
@@ -303,10 +344,10 @@ impl Importer {
                 None => {}
             }
             let read = reader.rows_read();
-            if end || read - chunk_start >= CHUNK_ROWS {
+            if end || read - chunk_start >= self.chunk_rows {
                 at.rows_done = read;
                 at.done = end;
-                self.chunk_done(&mut builder, key, &at, chunk_start)?;
+                self.chunk_done(key, &at, chunk_start)?;
                 self.display
                     .advance(input, reader.bytes_read(), self.summary.rows);
                 chunk_start = read;

@@ -16,7 +16,8 @@
 //! from 2000-01-01 to now + 1 day) is a dead letter (`kind = bad_row`, the file as topic,
 //! `line N: reason`, the raw row), in the data folder and, with ClickHouse, in `dead_letters`.
 //!
-//! Resuming: each file is read in chunks of `CHUNK_ROWS` input rows. Once a chunk is in the
+//! Resuming: each file is read in chunks of input rows (`CHUNK_ROWS` into Parquet,
+//! `CLICKHOUSE_CHUNK_ROWS` into ClickHouse). Once a chunk is in the
 //! sink (ClickHouse confirmed it; its Parquet files are complete), the file's position is
 //! saved in `{data_dir}/import/progress.json`, keyed by the target and the file's path, size
 //! and modification time. A rerun skips finished files and starts the others at their saved
@@ -50,9 +51,13 @@ pub use self::error::{with_causes, ImportError};
 use self::importer::{file_prefix, fnv1a, Importer};
 use self::progress::{FileProgress, ProgressRecord};
 
-/// Input rows per chunk: the unit of progress (and of one Parquet file set, or one job for
-/// the ClickHouse writer, which merges waiting jobs into larger inserts).
+/// Input rows per chunk into Parquet: the unit of progress and of one file set.
 pub const CHUNK_ROWS: u64 = 100_000;
+
+/// Input rows per chunk into ClickHouse: the unit of progress and one insert. Two inserts of
+/// this size run side by side (one per core of a small server) while the next chunks are read;
+/// larger inserts leave one core idle at the end, smaller ones make more parts to merge.
+pub const CLICKHOUSE_CHUNK_ROWS: u64 = 500_000;
 
 /// What `meterflow import` was asked to do.
 pub struct ImportOptions {
@@ -158,7 +163,7 @@ pub fn run(config: &ImportTarget, options: &ImportOptions) -> Result<ImportSumma
                 target: target.clone(),
                 source,
             })?;
-        tracing::info!(?version, "ClickHouse answers");
+        tracing::info!(%version, "ClickHouse answers");
         inputs
     } else {
         // The target's own tree is not an input (it would import its own output again).
@@ -178,9 +183,16 @@ pub fn run(config: &ImportTarget, options: &ImportOptions) -> Result<ImportSumma
         keep
     };
     let (parquet, clickhouse) = if config.clickhouse.enabled() {
-        // No spool: an import has nothing else to go on with while ClickHouse waits.
-        let writer =
-            ClickHouseWriter::start(config.clickhouse.clone(), None, ShutdownSignal::never())?;
+        // No spool: an import has nothing else to go on with while ClickHouse waits. Each
+        // chunk is one insert, two run at once, and two more wait read (the memory of about
+        // five chunks).
+        let clickhouse = ClickHouseConfig {
+            max_insert_rows: CLICKHOUSE_CHUNK_ROWS as usize,
+            max_inflight_inserts: 2,
+            queue_batches: 2,
+            ..config.clickhouse.clone()
+        };
+        let writer = ClickHouseWriter::start(clickhouse, None, ShutdownSignal::never())?;
         (None, Some(writer))
     } else {
         // Every chunk in files of its own (named by its file and number), and nothing else:
@@ -195,8 +207,15 @@ pub fn run(config: &ImportTarget, options: &ImportOptions) -> Result<ImportSumma
         "import",
     );
     let total_bytes = inputs.iter().map(|i| i.size).sum();
+    let (chunk_rows, chunk_per_mark) = if config.clickhouse.enabled() {
+        (CLICKHOUSE_CHUNK_ROWS, false)
+    } else {
+        (CHUNK_ROWS, true)
+    };
     let mut importer = Importer::new(
         sinks,
+        chunk_rows,
+        chunk_per_mark,
         ProgressRecord::open(&config.data_dir)?,
         Display::new(options.bar, total_bytes, inputs.len()),
         target.clone(),
@@ -294,7 +313,9 @@ pub fn run(config: &ImportTarget, options: &ImportOptions) -> Result<ImportSumma
             }
         }
     }
-    // Wait for ClickHouse to take everything (it retries while the server is away).
+    // The rows of the last files, and then wait for ClickHouse to take everything (it
+    // retries while the server is away).
+    importer.flush()?;
     while importer.sinks.pending() > 0 {
         if !importer.sinks.is_alive() {
             return Err(ImportError::WriterStopped);

@@ -6,7 +6,7 @@
 
 use std::fs::File;
 
-use meterflow_proto::{ReadingBatchBuilder, ReadingColumns, TextRow};
+use meterflow_proto::{ReadingColumns, TextRow};
 use meterflow_storage::dead_letter::rows_as_json_lines;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -15,7 +15,7 @@ use crate::discover::Input;
 use crate::importer::Importer;
 use crate::parquet_columns::{Plan, Values};
 use crate::progress::FileProgress;
-use crate::{ImportError, CHUNK_ROWS};
+use crate::ImportError;
 
 impl Importer {
     /// Imports a Parquet file of readings from row `start` on.
@@ -55,7 +55,6 @@ impl Importer {
             .build()
             .map_err(not_parquet)?;
         let now_ms = meterflow_proto::now_ms();
-        let mut out = ReadingBatchBuilder::with_capacity(CHUNK_ROWS as usize);
         let mut at = start;
         let mut chunk_start = at.rows_done;
         let mut read = at.rows_done;
@@ -70,7 +69,7 @@ impl Importer {
                 for i in 0..batch.num_rows() {
                     read += 1;
                     match planned_row(plan, &batch, i, now_ms) {
-                        Ok(row) => out.append_text(&TextRow {
+                        Ok(row) => self.rows.append_text(&TextRow {
                             meter_id: &row.meter_id,
                             channel: &row.channel,
                             ts_ms: row.ts_ms,
@@ -90,10 +89,10 @@ impl Importer {
                             self.bad_row(input, "parquet", bad)?;
                         }
                     }
-                    if read - chunk_start >= CHUNK_ROWS {
+                    if read - chunk_start >= self.chunk_rows {
                         at.rows_done = read;
                         at.done = read >= total;
-                        self.chunk_done(&mut out, key, &at, chunk_start)?;
+                        self.chunk_done(key, &at, chunk_start)?;
                         let bytes = (u128::from(input.size) * u128::from(read)
                             / u128::from(total.max(1))) as u64;
                         self.display.advance(input, bytes, self.summary.rows);
@@ -112,7 +111,7 @@ impl Importer {
                     (c.meter_id.value(i), c.channel.value(i), c.unit.value(i));
                 let (value, ts_ms) = (c.value.value(i), c.ts.value(i));
                 match validate_reading(meter_id, channel, unit, value, ts_ms, now_ms) {
-                    Ok(()) => out.append_text(&TextRow {
+                    Ok(()) => self.rows.append_text(&TextRow {
                         meter_id,
                         channel,
                         ts_ms,
@@ -134,10 +133,10 @@ impl Importer {
                         self.bad_row(input, "parquet", bad)?;
                     }
                 }
-                if read - chunk_start >= CHUNK_ROWS {
+                if read - chunk_start >= self.chunk_rows {
                     at.rows_done = read;
                     at.done = read >= total;
-                    self.chunk_done(&mut out, key, &at, chunk_start)?;
+                    self.chunk_done(key, &at, chunk_start)?;
                     let bytes = (u128::from(input.size) * u128::from(read)
                         / u128::from(total.max(1))) as u64;
                     self.display.advance(input, bytes, self.summary.rows);
@@ -148,7 +147,7 @@ impl Importer {
         if !at.done {
             at.rows_done = read;
             at.done = true;
-            self.chunk_done(&mut out, key, &at, chunk_start)?;
+            self.chunk_done(key, &at, chunk_start)?;
             self.display.advance(input, input.size, self.summary.rows);
         }
         Ok(())

@@ -238,17 +238,18 @@ fn a_legacy_csv_with_local_times_and_wh_goes_in_exactly_with_its_bad_row_kept() 
 fn an_import_killed_midway_resumes_and_leaves_the_table_exact() {
     let ch = ClickHouse::shared();
     let db = ClickHouse::fresh_database("import_kill");
-    // The first run goes through a link of 2 MB/s, uncompressed (20 MB of Native), so it is
-    // surely killed in the middle, after its first chunks are saved.
-    let (slow, unthrottle) = slow_proxy(ch.url.trim_start_matches("http://"), 2e6);
+    // The first run goes through a link of 8 MB/s, uncompressed (about 60 MB of Native), so
+    // it is surely killed in the middle, after its first chunk is saved.
+    let (slow, unthrottle) = slow_proxy(ch.url.trim_start_matches("http://"), 8e6);
     let (_slow_cfg, slow_config) = config_file(&format!(
         "[clickhouse]\nurl = \"http://127.0.0.1:{slow}\"\ndatabase = \"{db}\"\ncompression = \"none\"\n"
     ));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big.csv");
-    // 1 000 meters x 400 quarter-hours: 400 000 rows, 4 chunks.
+    // 1 000 meters x 1 200 quarter-hours: 1 200 000 rows, 3 chunks
+    // (meterflow_import::CLICKHOUSE_CHUNK_ROWS).
     const METERS: u64 = 1_000;
-    const STEPS: u64 = 400;
+    const STEPS: u64 = 1_200;
     let mut text = String::from("meter,ts,value\n");
     for k in 0..STEPS {
         for m in 0..METERS {

@@ -301,14 +301,21 @@ enum UnitOutcome {
     Abandoned,
 }
 
-/// Takes jobs, merges what waits, keeps up to `max_inflight_inserts` units in flight, and
-/// confirms the finished prefix in order.
+/// Takes jobs, merges what waits, keeps up to `max_inflight_inserts` units running, and
+/// confirms the finished prefix in order. A unit that finishes frees its place at once, even
+/// behind an older one still running (a small insert must not wait for a large one before
+/// the next starts); its confirmation waits for the older ones.
 async fn run_writer(shared: Arc<Shared>, queue: &JobQueue, order: Confirmations) {
     let max_inflight = shared.config.max_inflight_inserts.max(1);
     let max_rows = shared.config.max_insert_rows.max(1);
     let inflight_gauge = metrics::gauge!("meterflow_clickhouse_inflight_inserts");
-    let mut inflight: VecDeque<(tokio::task::JoinHandle<UnitOutcome>, u64, usize)> =
-        VecDeque::new();
+    // The units in start order: (through LSN, jobs, outcome once finished).
+    let mut started: VecDeque<(u64, usize, Option<UnitOutcome>)> = VecDeque::new();
+    // The number of the front of `started`; a running task's id gives its number.
+    let mut front_number: u64 = 0;
+    let mut running: tokio::task::JoinSet<UnitOutcome> = tokio::task::JoinSet::new();
+    let mut number_of: std::collections::HashMap<tokio::task::Id, u64> =
+        std::collections::HashMap::new();
     let mut open = true;
     let mut abandoned = false;
     loop {
@@ -316,20 +323,31 @@ async fn run_writer(shared: Arc<Shared>, queue: &JobQueue, order: Confirmations)
         // behind it wait in the queue and go in merged into large inserts then.
         let failing = shared.failing_since_ms.load(Ordering::Acquire) != 0;
         let limit = if failing { 1 } else { max_inflight };
-        let room = open && !abandoned && inflight.len() < limit;
-        if !room && inflight.is_empty() {
+        let room = open && !abandoned && running.len() < limit;
+        if !room && running.is_empty() {
             break;
         }
         tokio::select! {
             biased;
-            finished = front(&mut inflight) => {
-                let Some((_, through_lsn, count)) = inflight.pop_front() else { continue };
-                inflight_gauge.set(inflight.len() as f64);
-                let outcome = finished.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "a ClickHouse insert task failed; what it held stays in the WAL");
-                    UnitOutcome::Abandoned
-                });
-                abandoned = order.settle(outcome, through_lsn, count, abandoned);
+            Some(joined) = running.join_next_with_id() => {
+                let (id, outcome) = match joined {
+                    Ok((id, outcome)) => (id, outcome),
+                    Err(e) => {
+                        tracing::error!(error = %e, "a ClickHouse insert task failed; what it held stays in the WAL");
+                        (e.id(), UnitOutcome::Abandoned)
+                    }
+                };
+                inflight_gauge.set(running.len() as f64);
+                let Some(number) = number_of.remove(&id) else { continue };
+                if let Some(slot) = started.get_mut((number - front_number) as usize) {
+                    slot.2 = Some(outcome);
+                }
+                // Confirm the finished prefix, in order.
+                while let Some(&(through_lsn, count, Some(outcome))) = started.front() {
+                    started.pop_front();
+                    front_number += 1;
+                    abandoned = order.settle(outcome, through_lsn, count, abandoned);
+                }
                 if abandoned && !shared.closing.is_set() && !shared.stopped.swap(true, Ordering::AcqRel) {
                     // Not shutdown: the writer cannot go on in order. What waits stays in
                     // the WAL, and the sender hears of it now rather than filling the queue.
@@ -341,7 +359,7 @@ async fn run_writer(shared: Arc<Shared>, queue: &JobQueue, order: Confirmations)
                     open = false;
                     continue;
                 };
-                if shared.failing_since_ms.load(Ordering::Acquire) != 0 && !inflight.is_empty() {
+                if shared.failing_since_ms.load(Ordering::Acquire) != 0 && !running.is_empty() {
                     // Inserts began to fail while we waited: this one waits too.
                     queue.put_back(job);
                     continue;
@@ -351,21 +369,12 @@ async fn run_writer(shared: Arc<Shared>, queue: &JobQueue, order: Confirmations)
                     metrics::counter!("meterflow_clickhouse_merged_jobs_total").increment(unit.jobs as u64 - 1);
                 }
                 let (through_lsn, count) = (unit.through_lsn, unit.jobs);
-                let task = tokio::spawn(insert_unit(shared.clone(), unit));
-                inflight.push_back((task, through_lsn, count));
-                inflight_gauge.set(inflight.len() as f64);
+                let task = running.spawn(insert_unit(shared.clone(), unit));
+                number_of.insert(task.id(), front_number + started.len() as u64);
+                started.push_back((through_lsn, count, None));
+                inflight_gauge.set(running.len() as f64);
             }
         }
-    }
-}
-
-/// The oldest unit in flight, finished; never ready while none is in flight.
-async fn front(
-    inflight: &mut VecDeque<(tokio::task::JoinHandle<UnitOutcome>, u64, usize)>,
-) -> Result<UnitOutcome, tokio::task::JoinError> {
-    match inflight.front_mut() {
-        Some((task, _, _)) => task.await,
-        None => std::future::pending().await,
     }
 }
 
@@ -596,6 +605,18 @@ struct LoadedUnit {
 /// Inserts every part of a unit; a refused batch is handed back before the unit counts as
 /// done (the pipeline keeps its rows as dead letters before the checkpoint passes them).
 async fn insert_unit(shared: Arc<Shared>, unit: Unit) -> UnitOutcome {
+    let (jobs, started) = (unit.jobs, std::time::Instant::now());
+    let outcome = insert_loaded_unit(shared, unit).await;
+    tracing::debug!(
+        jobs,
+        ms = started.elapsed().as_millis() as u64,
+        ?outcome,
+        "ClickHouse unit done"
+    );
+    outcome
+}
+
+async fn insert_loaded_unit(shared: Arc<Shared>, unit: Unit) -> UnitOutcome {
     let loaded = tokio::task::spawn_blocking(move || load_unit(unit.data)).await;
     let loaded = loaded
         .map_err(|e| e.to_string())
@@ -707,7 +728,7 @@ impl Shared {
                 })??;
         let layout = Arc::new(layout);
         tracing::info!(
-            ?version,
+            %version,
             modern = version.is_modern(),
             native = layout.readings_native.is_some(),
             "ClickHouse schema applied"
