@@ -70,6 +70,11 @@ impl std::fmt::Display for Protocol {
 }
 
 impl Protocol {
+    /// Whether meterflow answers what a meter sends over this protocol (not DLMS over UDP).
+    pub fn answers(self) -> bool {
+        self != Protocol::DlmsUdp
+    }
+
     /// What `messages_acked` counts over this protocol.
     pub fn acked_means(self) -> &'static str {
         match self {

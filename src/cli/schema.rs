@@ -35,8 +35,9 @@ pub fn run(config: Config, args: SchemaArgs) -> anyhow::Result<()> {
         // Tables that were there already must fit the config (a cluster's are Distributed).
         runtime.block_on(ch::table_layout(ch_config))?;
         println!(
-            "schema applied to {} (ClickHouse {}.{}), database {}",
-            ch_config.url, version.major, version.minor, ch_config.database
+            "schema applied to {} (ClickHouse {version}), database {}",
+            ch_config.server_for_logs(),
+            ch_config.database
         );
         return Ok(());
     }

@@ -400,7 +400,7 @@ async fn ask_clickhouse(
     let check = match answer {
         Ok(Ok(version)) => Check {
             ok: true,
-            detail: format!("reachable (ClickHouse {}.{})", version.major, version.minor),
+            detail: format!("reachable (ClickHouse {version})"),
         },
         Ok(Err(e)) => Check {
             ok: false,

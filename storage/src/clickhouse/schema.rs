@@ -12,6 +12,12 @@ pub struct ServerVersion {
     pub minor: u32,
 }
 
+impl std::fmt::Display for ServerVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
 impl ServerVersion {
     pub fn parse(text: &str) -> Option<ServerVersion> {
         let mut parts = text.trim().split('.');
