@@ -610,27 +610,41 @@ fn import_load(
 
 /// `METERFLOW_BENCH_IMPORT_ONLY=1`: `meterflow import` of a Parquet tree beside
 /// clickhouse-client loading the same rows from a Native file, taking turns three times, so
-/// that neither side has the quieter moment of the machine.
+/// that neither side has the quieter moment of the machine. The client loads two files of
+/// the same rows: in the order the import reads them (the tree's: by time, channel, meter),
+/// and sorted as the table keeps them (by meter, channel, time), which the server sorts for
+/// less. The first is the reference: the same rows in the same order.
 fn import_side_by_side(
     env: &Env,
     runtime: &tokio::runtime::Runtime,
     work: &Path,
     data: &[RecordBatch],
     rows: usize,
-    native: &Path,
+    sorted: &Path,
 ) {
     let bin = env.bin.as_deref().expect("METERFLOW_BIN");
     let tree = parquet_tree(&work.join(format!("tree-{rows}")), data);
-    let mut clients = Vec::new();
-    let mut imports = Vec::new();
+    let as_read = work.join("readings-as-read.native");
+    let status = Command::new("clickhouse-client")
+        .args([
+            "--port",
+            &env.port,
+            "--query",
+            "SELECT * FROM mf_sink.readings ORDER BY ts, channel, meter_id FORMAT Native",
+        ])
+        .stdout(std::fs::File::create(&as_read).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (mut clients, mut imports, mut clients_sorted) = (Vec::new(), Vec::new(), Vec::new());
     for turn in 1..=3 {
         clients.push(client_load(
             env,
             runtime,
-            &format!("clickhouse-client, Native file, turn {turn}"),
+            &format!("clickhouse-client, Native file in the import's order, turn {turn}"),
             "mf_client",
             rows,
-            (native, "Native"),
+            (&as_read, "Native"),
             &env.port,
         ));
         imports.push(import_load(
@@ -642,25 +656,37 @@ fn import_side_by_side(
             rows,
             &format!("meterflow import (Parquet tree → ClickHouse), turn {turn}"),
         ));
-    }
-    let reference = clients
-        .iter()
-        .min_by(|a, b| a.seconds.total_cmp(&b.seconds))
-        .unwrap();
-    for (client, import) in clients.iter().zip(&imports) {
-        println!("{}", client.row(Some(reference)));
-        println!("{}", import.row(Some(reference)));
+        clients_sorted.push(client_load(
+            env,
+            runtime,
+            &format!("clickhouse-client, Native file sorted by the table's key, turn {turn}"),
+            "mf_client",
+            rows,
+            (sorted, "Native"),
+            &env.port,
+        ));
     }
     let median = |loads: &[Load]| {
         let mut s: Vec<f64> = loads.iter().map(|l| l.seconds).collect();
         s.sort_by(f64::total_cmp);
         s[s.len() / 2]
     };
+    let reference = clients
+        .iter()
+        .find(|l| l.seconds == median(&clients))
+        .unwrap();
+    for ((client, import), sorted) in clients.iter().zip(&imports).zip(&clients_sorted) {
+        println!("{}", client.row(Some(reference)));
+        println!("{}", import.row(Some(reference)));
+        println!("{}", sorted.row(Some(reference)));
+    }
     println!(
-        "\nMedian: clickhouse-client {:.2} s, meterflow import {:.2} s: import at {:.2}× the client.\n",
+        "\nMedians: clickhouse-client {:.2} s (import's order), {:.2} s (sorted); meterflow import {:.2} s: import at {:.2}× the client on the same rows in the same order ({:.2}× the sorted file).\n",
         median(&clients),
+        median(&clients_sorted),
         median(&imports),
-        median(&clients) / median(&imports)
+        median(&clients) / median(&imports),
+        median(&clients_sorted) / median(&imports)
     );
     for db in ["mf_sink", "mf_client", "mf_import"] {
         env.client(&format!("DROP DATABASE IF EXISTS {db}"));
