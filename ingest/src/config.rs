@@ -587,6 +587,7 @@ mod tests {
             ("[dlms]\nframe_timeout_s = 3601\n", "dlms.frame_timeout_s"),
             ("[dlms]\nidle_timeout_s = 0\n", "dlms.idle_timeout_s"),
             ("[dlms]\nidle_timeout_s = 86401\n", "dlms.idle_timeout_s"),
+            ("[dlms]\nudp_buffer_bytes = 1024\n", "dlms.udp_buffer_bytes"),
             (
                 "[dlms]\nplaintext_meter_prefix = \"a b\"\n",
                 "dlms.plaintext_meter_prefix",

@@ -192,7 +192,11 @@ pub async fn start(valid: ValidConfig) -> Result<Running, IngestError> {
             source,
         })?;
     let coap_listeners = bind_coap(&config, &credentials)?;
-    let dlms_listener = config.dlms.listen.map(dlms::bind).transpose()?;
+    let dlms_listener = config
+        .dlms
+        .listen
+        .map(|addr| dlms::bind(addr, config.dlms.udp_buffer_bytes))
+        .transpose()?;
     let (mqtt_tx, mqtt_rx) = edge::channel(edge::SUBMISSIONS);
     let (coap_tx, coap_rx) = edge::channel(config.coap.max_inflight.max(1));
     // One frame per TCP connection waits at most (it is not read further meanwhile), and

@@ -32,5 +32,28 @@ pub mod slots;
 mod submission;
 
 pub use note::{EdgeNote, EdgeNoteKind};
+
+/// Asks for `bytes` of UDP receive and send buffer on `socket` (a burst of datagrams beyond
+/// the receive buffer is dropped by the kernel, unseen); warns, naming the config `key`, when
+/// the kernel grants less (`net.core.rmem_max`).
+pub(crate) fn size_udp_buffers(socket: &socket2::Socket, bytes: usize, what: &str, key: &str) {
+    for (direction, result) in [
+        ("receive", socket.set_recv_buffer_size(bytes)),
+        ("send", socket.set_send_buffer_size(bytes)),
+    ] {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, bytes, "{what}: cannot set the UDP {direction} buffer");
+        }
+    }
+    // Linux reports twice what it grants (the other half is its bookkeeping).
+    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+    if granted < bytes {
+        tracing::warn!(
+            asked = bytes,
+            granted,
+            "{what}: the UDP receive buffer is smaller than {key}; raise net.core.rmem_max"
+        );
+    }
+}
 pub use policy::Identity;
 pub use submission::{channel, Budget, Durability, Lease, RawMessage, Submission, SUBMISSIONS};

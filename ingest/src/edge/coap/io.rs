@@ -26,23 +26,7 @@ pub fn bind(addr: SocketAddr, buffer_bytes: usize) -> Result<UdpSocket, IngestEr
     };
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(bind_error)?;
-    for (what, result) in [
-        ("receive", socket.set_recv_buffer_size(buffer_bytes)),
-        ("send", socket.set_send_buffer_size(buffer_bytes)),
-    ] {
-        if let Err(e) = result {
-            tracing::warn!(error = %e, buffer_bytes, "CoAP: cannot set the UDP {what} buffer");
-        }
-    }
-    // Linux reports twice what it grants (the other half is its bookkeeping).
-    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
-    if granted < buffer_bytes {
-        tracing::warn!(
-            asked = buffer_bytes,
-            granted,
-            "CoAP: the UDP receive buffer is smaller than coap.socket_buffer_bytes; raise net.core.rmem_max"
-        );
-    }
+    crate::edge::size_udp_buffers(&socket, buffer_bytes, "CoAP", "coap.socket_buffer_bytes");
     socket.set_nonblocking(true).map_err(bind_error)?;
     socket.bind(&addr.into()).map_err(bind_error)?;
     UdpSocket::from_std(socket.into()).map_err(bind_error)

@@ -53,6 +53,10 @@ pub struct DlmsConfig {
     /// A TCP connection on which no frame begins for this long after the frame before is
     /// reset (closed in order if the meter ended its stream).
     pub idle_timeout_s: u64,
+    /// The UDP socket's receive (and send) buffer, bytes: pushes that arrive together (the
+    /// top of the hour) wait in it; beyond it the kernel drops them. 4 MiB; the kernel grants
+    /// at most `net.core.rmem_max` (warned at start-up). 65536 to 268435456.
+    pub udp_buffer_bytes: usize,
     /// The zone of meter clocks whose date-times carry no deviation (IANA name), on every way
     /// in; `None`: such a time is taken as UTC and flagged `CLOCK_INVALID`.
     pub timezone: Option<String>,
@@ -74,6 +78,7 @@ impl Default for DlmsConfig {
             max_inflight_bytes: 16 * 1024 * 1024,
             frame_timeout_s: 30,
             idle_timeout_s: 600,
+            udp_buffer_bytes: 4 * 1024 * 1024,
             timezone: None,
             profiles: Vec::new(),
         }
@@ -118,6 +123,12 @@ impl DlmsConfig {
             "dlms.max_pending_per_address",
             self.max_pending_per_address as u64,
         )?;
+        if !(65_536..=268_435_456).contains(&self.udp_buffer_bytes) {
+            return Err(IngestError::config(
+                "dlms.udp_buffer_bytes",
+                "must be 65536 to 268435456",
+            ));
+        }
         if self.max_pending_per_address > self.max_pending_connections {
             return Err(IngestError::config(
                 "dlms.max_pending_per_address",

@@ -84,8 +84,8 @@ pub struct Bound {
 }
 
 /// Binds the TCP listener and the UDP socket of `dlms.listen`, the same port for both (with
-/// port 0, the port the TCP listener got).
-pub fn bind(addr: SocketAddr) -> Result<Bound, IngestError> {
+/// port 0, the port the TCP listener got), the UDP socket with `udp_buffer_bytes` of buffer.
+pub fn bind(addr: SocketAddr, udp_buffer_bytes: usize) -> Result<Bound, IngestError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let error = |addr| {
         move |source| IngestError::Bind {
@@ -104,6 +104,7 @@ pub fn bind(addr: SocketAddr) -> Result<Bound, IngestError> {
     let addr = tcp.local_addr().map_err(error(addr))?;
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(error(addr))?;
+    crate::edge::size_udp_buffers(&socket, udp_buffer_bytes, "DLMS", "dlms.udp_buffer_bytes");
     socket.set_nonblocking(true).map_err(error(addr))?;
     socket.bind(&addr.into()).map_err(error(addr))?;
     let udp = UdpSocket::from_std(socket.into()).map_err(error(addr))?;

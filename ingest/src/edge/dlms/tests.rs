@@ -226,7 +226,7 @@ fn listener(
     flume::Receiver<Submission>,
     Shutdown,
 ) {
-    let bound = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let bound = bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
     let addr = bound.local_addr();
     let (wal, submissions) = flume::bounded(16);
     let shutdown = Shutdown::new();
