@@ -13,13 +13,14 @@
 //!
 //! The default ports the README shows (1883, 8080, ...) are replaced, as whole numbers, by
 //! free ones in the blocks' text and in the listeners' environment, so the test can run beside
-//! the others and on a machine where something listens on 1883.
+//! the others and on a machine where something listens on 1883; ClickHouse's 8123 becomes the
+//! suite's shared server, whose `meterflow` database is the README's alone.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use crate::harness::{free_port, free_udp_port, wait_for, BIN};
+use crate::harness::{free_port, free_udp_port, wait_for, ClickHouse, BIN};
 
 /// One block of the README with what its markers ask.
 #[derive(Debug)]
@@ -97,9 +98,10 @@ fn blocks(readme: &str) -> Vec<Block> {
     out
 }
 
-/// The default ports the README shows, each with a free one for this run.
-fn ports() -> BTreeMap<&'static str, String> {
-    let tcp = ["1883", "1884", "8883", "8080", "4059", "8123"];
+/// The default ports the README shows, each with a free one for this run; 8123 (ClickHouse's
+/// HTTP port) is the suite's shared ClickHouse, in place of the one the README installs.
+fn ports(clickhouse: &ClickHouse) -> BTreeMap<&'static str, String> {
+    let tcp = ["1883", "1884", "8883", "8080", "4059"];
     let udp = ["5683", "5684"];
     let mut map = BTreeMap::new();
     for p in tcp {
@@ -108,6 +110,14 @@ fn ports() -> BTreeMap<&'static str, String> {
     for p in udp {
         map.insert(p, free_udp_port().to_string());
     }
+    let port = clickhouse
+        .url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    map.insert("8123", port);
     map
 }
 
@@ -215,7 +225,11 @@ fn the_readme_runs_as_written() {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let blocks = blocks(&readme);
-    let ports = ports();
+    // The README's database on the shared server: its own, and empty (the other tests make
+    // theirs with fresh names).
+    let clickhouse = ClickHouse::shared();
+    clickhouse.query("DROP DATABASE IF EXISTS meterflow");
+    let ports = ports(&clickhouse);
     let dir = scratch_with_repository();
     let mut background: Vec<(usize, Child, std::path::PathBuf)> = Vec::new();
     let (mut ran, mut skipped) = (0, Vec::new());
