@@ -64,6 +64,16 @@ con.execute(
     f"TO '{out}/duckdb.parquet' (FORMAT parquet)"
 )
 
+# Spark's defaults: Snappy, and timestamps as INT96 (spark.sql.parquet.outputTimestampType);
+# written here by pyarrow the way Spark writes them (no JVM on the test machine).
+pq.write_table(
+    pa.table({"meter_id": meters, "channel": channels, "ts": pa.array(times, pa.timestamp("ns", tz="UTC")),
+              "value": values, "unit": units}),
+    f"{out}/spark-int96.parquet",
+    compression="snappy",
+    use_deprecated_int96_timestamps=True,
+)
+
 # Its own column names: EAN, Tijdstip (epoch seconds), Stand (decimal).
 pq.write_table(
     pa.table({"EAN": pa.array([871687], pa.int64()).take([0, 0, 0]),

@@ -88,8 +88,9 @@ fn parquet_written_by_pandas_pyarrow_polars_and_duckdb_imports_exactly() {
         assert_eq!(stored(&data), expected, "{name}");
         imported += 1;
     }
-    // pandas, polars, DuckDB, integers, mapped, and 5 compressions x 4 units x 2 zones.
-    assert_eq!(imported, 5 + 40, "{names:?}");
+    // pandas, polars, DuckDB, Spark's INT96, integers, mapped, and 5 compressions x 4 units
+    // x 2 zones.
+    assert_eq!(imported, 6 + 40, "{names:?}");
 
     let refused = |name: &str| {
         let out = import(&dir.path().join("refused"), &files.join(name), None);
