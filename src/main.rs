@@ -65,16 +65,7 @@ fn main() -> anyhow::Result<()> {
     meterflow_storage::data_dir::restrict_new_files();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("METERFLOW_LOG")
-                // rustls warns, with the bytes, of every client that names an IP address in
-                // SNI (mosquitto_pub and OpenSSL do when given one): normal for meters.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new(
-                        "info,rtc_dtls=error,rustls::msgs::handshake=error",
-                    )
-                }),
-        )
+        .with_env_filter(log_filter(std::env::var("METERFLOW_LOG").ok()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -94,4 +85,19 @@ fn main() -> anyhow::Result<()> {
             cli::query::print_table(&table, &["values"], vee.format)
         }
     }
+}
+
+/// The log filter: `METERFLOW_LOG` (else `info`, with rtc-dtls' per-record noise off), and in
+/// any case without rustls' warning, with the bytes, of every client that names an IP address
+/// in SNI (mosquitto_pub and OpenSSL do when given one: normal for meters), unless
+/// `METERFLOW_LOG` says something of rustls itself.
+fn log_filter(from_env: Option<String>) -> tracing_subscriber::EnvFilter {
+    let mut directives = from_env
+        .filter(|d| !d.trim().is_empty())
+        .unwrap_or_else(|| "info,rtc_dtls=error".to_string());
+    if !directives.contains("rustls") {
+        directives.push_str(",rustls::msgs::handshake=error");
+    }
+    tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls::msgs::handshake=error"))
 }
