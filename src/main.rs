@@ -98,6 +98,7 @@ fn log_filter(from_env: Option<String>) -> tracing_subscriber::EnvFilter {
     if !directives.contains("rustls") {
         directives.push_str(",rustls::msgs::handshake=error");
     }
-    tracing_subscriber::EnvFilter::try_new(&directives)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls::msgs::handshake=error"))
+    tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,rustls::msgs::handshake=error")
+    })
 }

@@ -221,6 +221,18 @@ pub enum SimulateError {
 }
 
 impl SimulateError {
+    /// Whether trying again cannot help: the server refused the meter's login, or the TLS
+    /// handshake failed on a certificate (either side's) or an alert, not on the network.
+    pub(crate) fn is_final(&self) -> bool {
+        match self {
+            SimulateError::Refused(_) => true,
+            SimulateError::TlsHandshake(e) => e
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+            _ => false,
+        }
+    }
+
     pub(crate) fn dtls(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
         SimulateError::Dtls {
             what: what.into(),

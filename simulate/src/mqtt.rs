@@ -162,8 +162,8 @@ pub(super) async fn run_meter(
         match connection(attempt, target, server, counters, acked_here).await {
             Ok(()) if last => return Ok(()),
             Ok(()) => {}
-            // Refused for its identity: trying again changes nothing.
-            Err(e @ SimulateError::Refused(_)) => return Err(e),
+            // Refused for its identity, or a certificate: trying again changes nothing.
+            Err(e) if e.is_final() => return Err(e),
             Err(e) if losses < MAX_RECONNECTS => {
                 losses += 1;
                 counters.reconnects.fetch_add(1, Ordering::Relaxed);

@@ -537,6 +537,24 @@ fn tls_with_client_certificates_and_a_certificate_reload() {
         "the old CA no longer fits"
     );
 
+    // simulate says why a TLS connection failed, in words: a CA that did not sign the
+    // server's certificate.
+    let out = Command::new(BIN)
+        .args(["simulate", "--mqtt"])
+        .arg(format!("127.0.0.1:{tls_port}"))
+        .args(["--tls-ca", &path("rogue-ca.crt")])
+        .args(["--meters", "1", "--messages", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "TLS handshake: the server's certificate is not signed by the CA given with --tls-ca"
+        ),
+        "{}",
+        text(&out)
+    );
+
     let (exit, data_dir, log, _keep) = server.stop();
     assert!(exit.success(), "{log}");
     assert!(log.contains("MQTT TLS certificate reloaded"), "{log}");
