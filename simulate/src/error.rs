@@ -151,7 +151,7 @@ pub enum SimulateError {
     CoapEncode(#[source] coap_lite::error::MessageError),
 
     /// The server answered a report with a code other than 2.04, 2.31 or 5.03.
-    #[error("meter {meter_id} was answered {code} {body}")]
+    #[error("meter {meter_id} was answered {code}{}: {body}", coap_words(code))]
     CoapAnswer {
         meter_id: String,
         code: String,
@@ -259,6 +259,19 @@ pub fn refusal_words(code: &rumqttc::mqttbytes::v4::ConnectReturnCode) -> String
         ),
     };
     format!("{words} (CONNACK {n})")
+}
+
+/// What a CoAP answer code means for a meter, in words (empty for codes without advice).
+fn coap_words(code: &str) -> &'static str {
+    match code {
+        "4.01" => " Unauthorized (plain CoAP serves devices only on a loopback listener while the credential store is empty: use --dtls with --credentials, or `meterflow credentials` the meter)",
+        "4.03" => " Forbidden (this identity may not post for this meter: its own id, or a gateway's publish_for)",
+        "4.04" => " Not Found (the path is /r/{meter_id} with a valid meter id)",
+        "4.13" => " Request Entity Too Large (coap.max_payload_bytes)",
+        "4.15" => " Unsupported Content-Format",
+        "4.00" => " Bad Request (the payload did not decode; it is kept as a dead letter)",
+        _ => "",
+    }
 }
 
 /// An error with the causes under it: `connecting to 127.0.0.1:1883: Connection refused`.

@@ -918,6 +918,20 @@ fn a_generated_fleet_is_imported_and_simulated() {
         "a refusal is not retried: {summary}"
     );
 
+    // Over plain CoAP, with the store holding the fleet: 4.01, said in words.
+    let out = Command::new(BIN)
+        .args(["simulate", "--coap"])
+        .arg(format!("127.0.0.1:{}", server.coap_port))
+        .args(["--meters", "1", "--messages", "1", "--prefix", "gen-"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("was answered 4.01 Unauthorized (plain CoAP serves devices only"),
+        "{}",
+        text(&out)
+    );
+
     // A known meter with a wrong secret: the server's log names the meter, the peer and the
     // reason, and never the secret it was given.
     let wrong = tmp_wrong_secrets(&csv);
