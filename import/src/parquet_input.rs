@@ -89,15 +89,7 @@ impl Importer {
                             self.bad_row(input, "parquet", bad)?;
                         }
                     }
-                    if read - chunk_start >= self.chunk_rows {
-                        at.rows_done = read;
-                        at.done = read >= total;
-                        self.chunk_done(key, &at, chunk_start)?;
-                        let bytes = (u128::from(input.size) * u128::from(read)
-                            / u128::from(total.max(1))) as u64;
-                        self.display.advance(input, bytes, self.summary.rows);
-                        chunk_start = read;
-                    }
+                    self.chunk_if_full(input, key, &mut at, read, total, &mut chunk_start)?;
                 }
                 continue;
             }
@@ -133,15 +125,7 @@ impl Importer {
                         self.bad_row(input, "parquet", bad)?;
                     }
                 }
-                if read - chunk_start >= self.chunk_rows {
-                    at.rows_done = read;
-                    at.done = read >= total;
-                    self.chunk_done(key, &at, chunk_start)?;
-                    let bytes = (u128::from(input.size) * u128::from(read)
-                        / u128::from(total.max(1))) as u64;
-                    self.display.advance(input, bytes, self.summary.rows);
-                    chunk_start = read;
-                }
+                self.chunk_if_full(input, key, &mut at, read, total, &mut chunk_start)?;
             }
         }
         if !at.done {
@@ -150,6 +134,29 @@ impl Importer {
             self.chunk_done(key, &at, chunk_start)?;
             self.display.advance(input, input.size, self.summary.rows);
         }
+        Ok(())
+    }
+
+    /// Marks a chunk once `read` rows of the file are `chunk_rows` past `chunk_start`, and
+    /// moves the progress display by the share of the file's rows read.
+    fn chunk_if_full(
+        &mut self,
+        input: &Input,
+        key: &str,
+        at: &mut FileProgress,
+        read: u64,
+        total: u64,
+        chunk_start: &mut u64,
+    ) -> Result<(), ImportError> {
+        if read - *chunk_start < self.chunk_rows {
+            return Ok(());
+        }
+        at.rows_done = read;
+        at.done = read >= total;
+        self.chunk_done(key, at, *chunk_start)?;
+        let bytes = (u128::from(input.size) * u128::from(read) / u128::from(total.max(1))) as u64;
+        self.display.advance(input, bytes, self.summary.rows);
+        *chunk_start = read;
         Ok(())
     }
 }

@@ -10,7 +10,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-use crate::harness::{free_port, free_udp_port, mosquitto_pub_acked, read_readings, wait_for, BIN};
+use crate::harness::{
+    free_port, free_udp_port, mosquitto_pub_acked, read_readings, wait_ready, BIN,
+};
 
 const UNIT: &str = "/usr/lib/systemd/system/meterflow.service";
 const STATE: &str = "/var/lib/meterflow";
@@ -185,20 +187,7 @@ fn the_debian_package_installs_serves_and_removes() {
         .stderr(std::fs::File::options().append(true).open(&log).unwrap())
         .spawn()
         .unwrap();
-    wait_for("the installed meterflow to be ready", || {
-        if let Some(status) = serve.try_wait().unwrap() {
-            panic!(
-                "the installed meterflow exited {status}:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::net::TcpStream::connect(("127.0.0.1", http)).ok()?;
-        matches!(
-            crate::harness::http(http, "GET", "/ready", &[], None),
-            (200, _)
-        )
-        .then_some(())
-    });
+    wait_ready("the installed meterflow", &mut serve, http, &log);
     let report = r#"{"readings": [{"channel": "1-0:1.8.0", "ts": "2026-03-01T00:00:00Z", "value": 4242.5, "unit": "kWh"}]}"#;
     assert!(mosquitto_pub_acked(mqtt, "meters/PKG-1/json", report));
     // SIGTERM, as systemd stops it: the Parquet file is completed on the way out.

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use crate::harness::{free_port, free_udp_port, wait_for, ClickHouse, BIN};
+use crate::harness::{free_port, free_udp_port, ClickHouse, BIN};
 
 /// One block of the README with what its markers ask.
 #[derive(Debug)]
@@ -244,30 +244,16 @@ fn the_readme_runs_as_written() {
         if block.background {
             let log = dir.path().join(format!("background-{}.log", block.line));
             let file = std::fs::File::create(&log).unwrap();
-            let child = command(block, dir.path(), &ports)
+            let mut child = command(block, dir.path(), &ports)
                 .stdin(Stdio::null())
                 .stdout(file.try_clone().unwrap())
                 .stderr(file)
                 .spawn()
                 .unwrap();
-            let mut child = child;
             // The HTTP listener answers /ready once every listener is bound.
             let http: u16 = ports["8080"].parse().unwrap();
-            wait_for(&format!("README line {}: /ready", block.line), || {
-                if let Some(status) = child.try_wait().unwrap() {
-                    panic!(
-                        "README line {}: the background block exited {status}:\n{}",
-                        block.line,
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    );
-                }
-                std::net::TcpStream::connect(("127.0.0.1", http)).ok()?;
-                matches!(
-                    crate::harness::http(http, "GET", "/ready", &[], None),
-                    (200, _)
-                )
-                .then_some(())
-            });
+            let what = format!("README line {}", block.line);
+            crate::harness::wait_ready(&what, &mut child, http, &log);
             background.push((block.line, child, log));
             ran += 1;
             continue;

@@ -32,6 +32,26 @@ pub use readings::{read_readings, utc_date, Row};
 pub use server::{config_file, credentials, free_port, free_udp_port, Server, BIN};
 pub use tls_terminator::TlsTerminator;
 
+/// Waits until the `meterflow serve` that `child` runs (or that it started) answers `/ready`
+/// with 200 on `http_port`; panics with its log (`log`) if it exits first.
+pub fn wait_ready(
+    what: &str,
+    child: &mut std::process::Child,
+    http_port: u16,
+    log: &std::path::Path,
+) {
+    wait_for(&format!("{what} to be ready"), || {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "{what} exited {status}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::net::TcpStream::connect(("127.0.0.1", http_port)).ok()?;
+        matches!(http(http_port, "GET", "/ready", &[], None), (200, _)).then_some(())
+    })
+}
+
 /// Polls `check` until it gives a value. The deadline only keeps a broken run from hanging
 /// CI; no test depends on how fast things happen.
 pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
