@@ -91,4 +91,12 @@ METERFLOW_TEST_CLICKHOUSE_URL=$(deploy/clickhouse-test.sh start "$clickhouse_dir
 export METERFLOW_TEST_CLICKHOUSE_URL
 echo "ClickHouse for the tests: $METERFLOW_TEST_CLICKHOUSE_URL ($(curl -s "$METERFLOW_TEST_CLICKHOUSE_URL/?query=SELECT%20version()"))" >&2
 
+# The Debian package test installs the package on this machine and removes it again: asked
+# for as root only (CI runs as root), and it refuses a machine with a meterflow of its own.
+if [ "$(id -u)" -eq 0 ]; then
+  export METERFLOW_TEST_PACKAGE=1
+else
+  echo "not root: tests/it/package.rs (dpkg -i of the package) is not run" >&2
+fi
+
 cargo test --workspace --all-targets --locked

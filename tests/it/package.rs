@@ -3,12 +3,18 @@
 //! `meterflow` user, `/var/lib/meterflow` and the config's permissions), `meterflow serve`
 //! runs from the installed paths exactly as the installed unit's `ExecStart=` says, as its
 //! `User=`, with the config from `/etc/meterflow`, takes a report and stores it; then
-//! `dpkg -r` and `dpkg -P` take it away again. It needs root (the test command runs as root
-//! in CI, or with sudo) and no systemd: the unit itself is checked by `systemd-analyze verify`.
+//! `dpkg -r` and `dpkg -P` take it away again.
+//!
+//! It installs a system package, so it runs only when asked (`METERFLOW_TEST_PACKAGE=1`,
+//! which `deploy/run-tests.sh` sets when it runs as root, as CI does), only as root, and only
+//! on a machine without any meterflow of its own: no `meterflow` user, no `/etc/meterflow`,
+//! no `/var/lib/meterflow`, no `meterflow.service`, no package. It then removes exactly what
+//! it made, however it ends. Where systemd runs, the service the package starts is stopped
+//! first; the unit itself is checked by `systemd-analyze verify`.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use crate::harness::{
     free_port, free_udp_port, mosquitto_pub_acked, read_readings, wait_ready, BIN,
@@ -25,60 +31,89 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// `program` as root: itself when this test runs as root, else through `sudo -n`.
-fn as_root(program: &str) -> Command {
-    if is_root() {
-        Command::new(program)
-    } else {
-        let mut c = Command::new("sudo");
-        c.arg("-n").arg(program);
-        c
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-fn run_as_root(program: &str, args: &[&str]) -> String {
-    let out = as_root(program).args(args).output().unwrap();
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
     assert!(out.status.success(), "{program} {args:?}: {}", text(&out));
     text(&out)
 }
 
-/// Purges the package and what the test made, however the test ends.
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// What this machine has of meterflow already; the test touches none of it.
+fn meterflow_here() -> Vec<String> {
+    let mut found = Vec::new();
+    if succeeds("getent", &["passwd", "meterflow"]) {
+        found.push("the user meterflow".to_string());
+    }
+    for path in [
+        "/etc/meterflow",
+        STATE,
+        "/etc/systemd/system/meterflow.service",
+        "/lib/systemd/system/meterflow.service",
+        UNIT,
+        "/usr/local/bin/meterflow",
+        "/usr/bin/meterflow",
+    ] {
+        if Path::new(path).exists() {
+            found.push(path.to_string());
+        }
+    }
+    if succeeds("dpkg", &["-s", "meterflow"]) {
+        found.push("the meterflow package".to_string());
+    }
+    found
+}
+
+/// Stops the test's server, purges the package and removes what it made (the state folder
+/// and the user, which did not exist before), however the test ends.
 struct Installed;
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        let _ = as_root("dpkg").args(["--purge", "meterflow"]).output();
-        let _ = as_root("rm").args(["-rf", STATE]).output();
-        let _ = as_root("deluser").args(["--system", "meterflow"]).output();
+        for signal in ["-TERM", "-KILL"] {
+            let _ = Command::new("pkill")
+                .args([signal, "-u", "meterflow", "-x", "meterflow"])
+                .output();
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        let _ = Command::new("dpkg").args(["--purge", "meterflow"]).output();
+        // Neither was there before the test (it checked).
+        let _ = std::fs::remove_dir_all(STATE);
+        let _ = std::fs::remove_dir_all("/etc/meterflow");
+        let _ = Command::new("deluser")
+            .args(["--system", "meterflow"])
+            .output();
     }
 }
 
 #[test]
 fn the_debian_package_installs_serves_and_removes() {
-    let root_works = is_root()
-        || Command::new("sudo")
-            .args(["-n", "true"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    assert!(
-        root_works,
-        "the package test installs with dpkg: run the tests as root or with passwordless sudo"
-    );
-    let already = Command::new("dpkg")
-        .args(["-s", "meterflow"])
+    if std::env::var("METERFLOW_TEST_PACKAGE").as_deref() != Ok("1") {
+        eprintln!(
+            "not run: it installs a system package; METERFLOW_TEST_PACKAGE=1 asks for it \
+             (deploy/run-tests.sh sets it when run as root)"
+        );
+        return;
+    }
+    let root = Command::new("id")
+        .arg("-u")
         .output()
-        .unwrap();
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     assert!(
-        !already.status.success(),
-        "a meterflow package is already installed here; this test installs and purges its own"
+        root,
+        "METERFLOW_TEST_PACKAGE=1: the package test installs with dpkg, as root"
+    );
+    let here = meterflow_here();
+    assert!(
+        here.is_empty(),
+        "this machine has a meterflow of its own ({}): the package test would touch it, so it \
+         does not run here",
+        here.join(", ")
     );
     let out_dir = tempfile::tempdir().unwrap();
     let built = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/package.sh"))
@@ -103,7 +138,11 @@ fn the_debian_package_installs_serves_and_removes() {
     );
 
     let _installed = Installed;
-    run_as_root("dpkg", &["-i", &deb]);
+    run("dpkg", &["-i", &deb]);
+    // Where systemd runs, the postinst started the service: this test runs its own.
+    if Path::new("/run/systemd/system").exists() {
+        run("systemctl", &["stop", "meterflow.service"]);
+    }
 
     // What the postinst made.
     let user = Command::new("getent")
@@ -172,7 +211,7 @@ fn the_debian_package_installs_serves_and_removes() {
     assert_eq!(argv[0], "/usr/bin/meterflow");
     let (mqtt, http) = (free_port(), free_port());
     let log = out_dir.path().join("serve.log");
-    let mut serve: Child = as_root("runuser")
+    let mut serve = Command::new("runuser")
         .args(["-u", "meterflow", "--"])
         .args(&argv)
         .env("METERFLOW_MQTT_LISTEN", format!("127.0.0.1:{mqtt}"))
@@ -191,7 +230,7 @@ fn the_debian_package_installs_serves_and_removes() {
     let report = r#"{"readings": [{"channel": "1-0:1.8.0", "ts": "2026-03-01T00:00:00Z", "value": 4242.5, "unit": "kWh"}]}"#;
     assert!(mosquitto_pub_acked(mqtt, "meters/PKG-1/json", report));
     // SIGTERM, as systemd stops it: the Parquet file is completed on the way out.
-    run_as_root("pkill", &["-TERM", "-u", "meterflow", "-x", "meterflow"]);
+    run("pkill", &["-TERM", "-u", "meterflow", "-x", "meterflow"]);
     let status = serve.wait().unwrap();
     let said = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
@@ -215,12 +254,16 @@ fn the_debian_package_installs_serves_and_removes() {
 
     // Remove: the binary goes, the config (a conffile) and the readings stay; purge: the
     // config goes too, the readings stay.
-    run_as_root("dpkg", &["-r", "meterflow"]);
+    run("dpkg", &["-r", "meterflow"]);
     assert!(!Path::new("/usr/bin/meterflow").exists());
     assert!(!Path::new(UNIT).exists());
     assert!(Path::new("/etc/meterflow/meterflow.toml").exists());
-    let purged = run_as_root("dpkg", &["-P", "meterflow"]);
-    assert!(!Path::new("/etc/meterflow").exists());
+    // A file an admin put beside the config (a key) survives the purge, and so its folder.
+    std::fs::write("/etc/meterflow/server.key", "an admin's file").unwrap();
+    let purged = run("dpkg", &["-P", "meterflow"]);
+    assert!(!Path::new("/etc/meterflow/meterflow.toml").exists());
+    assert!(Path::new("/etc/meterflow/server.key").exists());
+    std::fs::remove_dir_all("/etc/meterflow").unwrap();
     assert!(purged.contains("/var/lib/meterflow are kept"), "{purged}");
     assert_eq!(read_readings(Path::new(STATE)).len(), 1);
 }
