@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::time::{Duration, Instant};
 
-use meterflow_proto::{ReadingBatchBuilder, TextRow};
+use meterflow_proto::{ReadingBatchBuilder, ReadingColumns, TextRow};
 use meterflow_storage::sinks::confirmed_through;
 use meterflow_storage::{DeadLetter, SinkBatch, SinkSet};
 
@@ -69,6 +69,8 @@ pub(crate) struct Importer {
 /// What became of one file's rows in this run.
 #[derive(Debug, Default)]
 pub(crate) struct FileTally {
+    /// The row this run began the file at (a resumed file: its saved position).
+    pub(crate) started_at: u64,
     pub(crate) taken: u64,
     pub(crate) refused: u64,
     /// Reason (without its line) -> (rows, first line).
@@ -76,9 +78,10 @@ pub(crate) struct FileTally {
 }
 
 impl FileTally {
-    /// Whether not one row of the file could be taken (and some were refused).
+    /// Whether not one row of the file could be taken (and some were refused). A file
+    /// resumed past its start had rows taken by the run before.
     pub(crate) fn all_refused(&self) -> bool {
-        self.taken == 0 && self.refused > 0
+        self.started_at == 0 && self.taken == 0 && self.refused > 0
     }
 
     /// The refusals by reason, most first: `12 rows: value is not a number (first at line
@@ -236,6 +239,38 @@ impl Importer {
         self.settle(false)
     }
 
+    /// Forgets the rows appended since the last mark (a file that failed midway: a rerun
+    /// reads them again from its last mark), keeping those of earlier marks.
+    pub(crate) fn drop_unmarked_rows(&mut self) {
+        if self.rows.len() == self.rows_marked {
+            return;
+        }
+        let gathered = self.rows.finish();
+        let keep = gathered.slice(0, self.rows_marked);
+        if let Ok(c) = ReadingColumns::of(&keep) {
+            for i in 0..c.len() {
+                self.rows.append_text(&TextRow {
+                    meter_id: c.meter_id.value(i),
+                    channel: c.channel.value(i),
+                    ts_ms: c.ts.value(i),
+                    value: c.value.value(i),
+                    unit: c.unit.value(i),
+                    quality: c.quality.value(i),
+                    received_at_ms: c.received_at.value(i),
+                    source: c.source.value(i),
+                    format: c.format.value(i),
+                });
+            }
+        }
+    }
+
+    /// Whether a mark is due: `chunk_rows` of this file read since its last mark, or (rows
+    /// gathering across files) `chunk_rows` gathered in all.
+    pub(crate) fn chunk_due(&self, read: u64, chunk_start: u64) -> bool {
+        read - chunk_start >= self.chunk_rows
+            || (!self.chunk_per_mark && self.rows.len() as u64 >= self.chunk_rows)
+    }
+
     /// Sends what waits since the last chunk, so that every mark is covered (at the end).
     pub(crate) fn flush(&mut self) -> Result<(), ImportError> {
         let unsent = self
@@ -344,7 +379,7 @@ impl Importer {
                 None => {}
             }
             let read = reader.rows_read();
-            if end || read - chunk_start >= self.chunk_rows {
+            if end || self.chunk_due(read, chunk_start) {
                 at.rows_done = read;
                 at.done = end;
                 self.chunk_done(key, &at, chunk_start)?;

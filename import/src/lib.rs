@@ -48,7 +48,7 @@ use self::csv::CsvOptions;
 use self::discover::{discover, Kind};
 use self::display::Display;
 pub use self::error::{with_causes, ImportError};
-use self::importer::{file_prefix, fnv1a, Importer};
+use self::importer::{file_prefix, fnv1a, FileTally, Importer};
 use self::progress::{FileProgress, ProgressRecord};
 
 /// Input rows per chunk into Parquet: the unit of progress and of one file set.
@@ -266,7 +266,10 @@ pub fn run(config: &ImportTarget, options: &ImportOptions) -> Result<ImportSumma
             tracing::info!(file = %input.path.display(), rows_done = start.rows_done, "resuming");
         }
         importer.display.start_file(input);
-        importer.file = Default::default();
+        importer.file = FileTally {
+            started_at: start.rows_done,
+            ..Default::default()
+        };
         let result = match (input.kind, &options.csv) {
             (Kind::Csv, Some(csv)) => importer.import_csv(input, &key, start, csv),
             (Kind::Parquet, csv) => importer.import_parquet(input, &key, start, csv.as_ref()),
@@ -305,6 +308,8 @@ pub fn run(config: &ImportTarget, options: &ImportOptions) -> Result<ImportSumma
             }
             Err(e) => {
                 importer.summary.files_failed += 1;
+                // Its rows read since its last mark are not its progress: they go.
+                importer.drop_unmarked_rows();
                 let error = with_causes(&e);
                 importer
                     .display

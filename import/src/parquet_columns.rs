@@ -14,6 +14,7 @@ use arrow_array::types::*;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
 
+use crate::csv::time::Stamp;
 use crate::csv::{CsvOptions, Field};
 use crate::ImportError;
 
@@ -38,6 +39,13 @@ pub(crate) struct Plan {
     pub received_at: From,
     pub format: From,
     pub scale: f64,
+    /// The zone of naive times (zone-less timestamps, dates, text without an offset):
+    /// `--tz`; UTC without it.
+    pub tz: Option<chrono_tz::Tz>,
+    /// The layout of text times (`ts_format` of `--map`).
+    pub ts_format: Option<String>,
+    /// Each row's unit converted to this (`--to-unit`).
+    pub to_unit: Option<String>,
 }
 
 /// What a field must be.
@@ -54,8 +62,8 @@ impl Want {
         match self {
             Want::Text => "text (a string, dictionary-encoded or not, or an integer)",
             Want::Time => "a timestamp (any unit, with or without a zone), a date, Unix seconds or milliseconds, or RFC 3339 text",
-            Want::Number => "a number (integer, float or decimal) or text holding one",
-            Want::Integer => "an integer",
+            Want::Number => "a number (integer, float or decimal up to 38 digits) or text holding one",
+            Want::Integer => "an integer (or floats holding whole numbers)",
         }
     }
 
@@ -76,9 +84,10 @@ impl Want {
             Want::Number => {
                 text || t.is_integer()
                     || t.is_floating()
-                    || matches!(t, DataType::Decimal128(_, _) | DataType::Decimal256(_, _))
+                    || matches!(t, DataType::Decimal128(_, _))
             }
-            Want::Integer => t.is_integer(),
+            // pandas writes an integer column with a missing value as floats.
+            Want::Integer => t.is_integer() || t.is_floating(),
         }
     }
 }
@@ -165,6 +174,9 @@ impl Plan {
             received_at: resolve("received_at", None, Want::Time, false)?,
             format: resolve("format", None, Want::Text, false)?,
             scale: options.map_or(1.0, |o| o.scale),
+            tz: options.and_then(|o| o.tz),
+            ts_format: options.and_then(|o| o.mapping.ts_format.clone()),
+            to_unit: options.and_then(|o| o.to_unit.clone()),
         })
     }
 }
@@ -176,6 +188,46 @@ fn names(schema: &arrow_schema::Schema) -> String {
         .map(|f| format!("{} ({})", f.name(), f.data_type()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Every field of the plan in one batch, made once per batch (a dictionary's keys are
+/// normalised once, not per row).
+pub(crate) struct BatchValues<'a> {
+    pub meter_id: Values<'a>,
+    pub channel: Values<'a>,
+    pub ts: Values<'a>,
+    pub value: Values<'a>,
+    pub unit: Values<'a>,
+    pub quality: Values<'a>,
+    pub received_at: Values<'a>,
+    pub format: Values<'a>,
+}
+
+impl<'a> BatchValues<'a> {
+    pub(crate) fn of(plan: &'a Plan, batch: &'a RecordBatch) -> BatchValues<'a> {
+        BatchValues {
+            meter_id: Values::of(&plan.meter_id, batch),
+            channel: Values::of(&plan.channel, batch),
+            ts: Values::of(&plan.ts, batch),
+            value: Values::of(&plan.value, batch),
+            unit: Values::of(&plan.unit, batch),
+            quality: Values::of(&plan.quality, batch),
+            received_at: Values::of(&plan.received_at, batch),
+            format: Values::of(&plan.format, batch),
+        }
+    }
+}
+
+/// Every column of a batch, for a refused row's dead letter (made once per batch, when the
+/// first row is refused).
+pub(crate) fn all_columns(batch: &RecordBatch) -> Vec<(String, Values<'_>)> {
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(index, field)| (field.name().clone(), Values::column(batch, index)))
+        .collect()
 }
 
 /// One field of one batch, read row by row.
@@ -190,13 +242,15 @@ impl<'a> Values<'a> {
         match from {
             From::Constant(text) => Values::Constant(text),
             From::Absent => Values::Absent,
-            From::Column(i) => {
-                let array = batch.column(*i);
-                // A dictionary's keys as indices into its values, once per batch.
-                let keys = array.as_any_dictionary_opt().map(|d| d.normalized_keys());
-                Values::Array(array, keys)
-            }
+            From::Column(i) => Values::column(batch, *i),
         }
+    }
+
+    fn column(batch: &'a RecordBatch, index: usize) -> Values<'a> {
+        let array = batch.column(index);
+        // A dictionary's keys as indices into its values, once per batch.
+        let keys = array.as_any_dictionary_opt().map(|d| d.normalized_keys());
+        Values::Array(array, keys)
     }
 
     /// Row `i` as text; `None` when null or absent.
@@ -219,59 +273,89 @@ impl<'a> Values<'a> {
         }
     }
 
-    /// Row `i` as Unix ms; `Err` with what is wrong with it.
-    pub(crate) fn time_ms(&self, i: usize) -> Result<Option<i64>, String> {
+    /// Row `i` as a time stamp: an instant (a timestamp with a zone, Unix seconds or ms, text
+    /// with an offset) or a wall-clock time (a timestamp without a zone, a date, text without
+    /// an offset) that the plan's zone makes an instant; `Err` with what is wrong with it.
+    pub(crate) fn stamp(&self, i: usize, ts_format: Option<&str>) -> Result<Option<Stamp>, String> {
+        let from_text = |text: &str| {
+            crate::csv::time::parse_time(text, ts_format)
+                .map(Some)
+                .map_err(|e| e.to_string())
+        };
         let Values::Array(array, _) = self else {
             return match self.text(i) {
-                Some(text) => parse_time(&text).map(Some),
+                Some(text) => from_text(&text),
                 None => Ok(None),
             };
         };
         if array.is_null(i) {
             return Ok(None);
         }
-        let ms = match array.data_type() {
-            DataType::Timestamp(TimeUnit::Second, _) => array
-                .as_primitive::<TimestampSecondType>()
-                .value(i)
-                .checked_mul(1000),
-            DataType::Timestamp(TimeUnit::Millisecond, _) => {
-                Some(array.as_primitive::<TimestampMillisecondType>().value(i))
+        let (ms, zoned) = match array.data_type() {
+            DataType::Timestamp(unit, zone) => {
+                let ms = match unit {
+                    TimeUnit::Second => array
+                        .as_primitive::<TimestampSecondType>()
+                        .value(i)
+                        .checked_mul(1000),
+                    TimeUnit::Millisecond => {
+                        Some(array.as_primitive::<TimestampMillisecondType>().value(i))
+                    }
+                    TimeUnit::Microsecond => Some(
+                        array
+                            .as_primitive::<TimestampMicrosecondType>()
+                            .value(i)
+                            .div_euclid(1000),
+                    ),
+                    TimeUnit::Nanosecond => Some(
+                        array
+                            .as_primitive::<TimestampNanosecondType>()
+                            .value(i)
+                            .div_euclid(1_000_000),
+                    ),
+                };
+                (ms, zone.is_some())
             }
-            DataType::Timestamp(TimeUnit::Microsecond, _) => Some(
-                array
-                    .as_primitive::<TimestampMicrosecondType>()
-                    .value(i)
-                    .div_euclid(1000),
+            DataType::Date32 => (
+                i64::from(array.as_primitive::<Date32Type>().value(i)).checked_mul(86_400_000),
+                false,
             ),
-            DataType::Timestamp(TimeUnit::Nanosecond, _) => Some(
-                array
-                    .as_primitive::<TimestampNanosecondType>()
-                    .value(i)
-                    .div_euclid(1_000_000),
+            DataType::Date64 => (Some(array.as_primitive::<Date64Type>().value(i)), false),
+            DataType::Int64 => (
+                Some(epoch_ms(array.as_primitive::<Int64Type>().value(i))),
+                true,
             ),
-            DataType::Date32 => {
-                i64::from(array.as_primitive::<Date32Type>().value(i)).checked_mul(86_400_000)
-            }
-            DataType::Date64 => Some(array.as_primitive::<Date64Type>().value(i)),
-            DataType::Int64 => Some(epoch_ms(array.as_primitive::<Int64Type>().value(i))),
-            DataType::Int32 => Some(epoch_ms(i64::from(
-                array.as_primitive::<Int32Type>().value(i),
-            ))),
-            DataType::UInt32 => Some(epoch_ms(i64::from(
-                array.as_primitive::<UInt32Type>().value(i),
-            ))),
-            DataType::UInt64 => i64::try_from(array.as_primitive::<UInt64Type>().value(i))
-                .ok()
-                .map(epoch_ms),
+            DataType::Int32 => (
+                Some(epoch_ms(i64::from(
+                    array.as_primitive::<Int32Type>().value(i),
+                ))),
+                true,
+            ),
+            DataType::UInt32 => (
+                Some(epoch_ms(i64::from(
+                    array.as_primitive::<UInt32Type>().value(i),
+                ))),
+                true,
+            ),
+            DataType::UInt64 => (
+                i64::try_from(array.as_primitive::<UInt64Type>().value(i))
+                    .ok()
+                    .map(epoch_ms),
+                true,
+            ),
             _ => {
                 return match self.text(i) {
-                    Some(text) => parse_time(&text).map(Some),
+                    Some(text) => from_text(&text),
                     None => Ok(None),
                 }
             }
         };
-        ms.map(Some)
+        let ms = ms.ok_or_else(|| "a time out of range".to_string())?;
+        if zoned {
+            return Ok(Some(Stamp::Utc(ms)));
+        }
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| Some(Stamp::Local(t.naive_utc())))
             .ok_or_else(|| "a time out of range".to_string())
     }
 
@@ -357,12 +441,6 @@ fn epoch_ms(n: i64) -> i64 {
     } else {
         n
     }
-}
-
-fn parse_time(text: &str) -> Result<i64, String> {
-    chrono::DateTime::parse_from_rfc3339(text.trim())
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| format!("time {text:?} is not RFC 3339 with an offset"))
 }
 
 fn parse_number(text: &str) -> Result<f64, String> {

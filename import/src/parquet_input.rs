@@ -10,10 +10,12 @@ use meterflow_proto::{ReadingColumns, TextRow};
 use meterflow_storage::dead_letter::rows_as_json_lines;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use crate::csv::time::{Instants, Stamp};
+use crate::csv::units::conversion;
 use crate::csv::{validate_reading, BadRow, CsvOptions};
 use crate::discover::Input;
 use crate::importer::Importer;
-use crate::parquet_columns::{Plan, Values};
+use crate::parquet_columns::{all_columns, BatchValues, Plan, Values};
 use crate::progress::FileProgress;
 use crate::ImportError;
 
@@ -55,6 +57,9 @@ impl Importer {
             .build()
             .map_err(not_parquet)?;
         let now_ms = meterflow_proto::now_ms();
+        // Naive times in the plan's zone, by the CSV reader's rules (the repeated autumn hour
+        // per meter and channel in file order).
+        let mut instants = Instants::new(plan.as_ref().and_then(|p| p.tz));
         let mut at = start;
         let mut chunk_start = at.rows_done;
         let mut read = at.rows_done;
@@ -66,9 +71,11 @@ impl Importer {
                 })
             })?;
             if let Some(plan) = &plan {
+                let values = BatchValues::of(plan, &batch);
+                let mut columns = None;
                 for i in 0..batch.num_rows() {
                     read += 1;
-                    match planned_row(plan, &batch, i, now_ms) {
+                    match planned_row(plan, &values, &mut instants, i, now_ms) {
                         Ok(row) => self.rows.append_text(&TextRow {
                             meter_id: &row.meter_id,
                             channel: &row.channel,
@@ -83,7 +90,10 @@ impl Importer {
                         Err(reason) => {
                             let bad = BadRow {
                                 line: read,
-                                raw: foreign_row_json(&batch, i),
+                                raw: foreign_row_json(
+                                    columns.get_or_insert_with(|| all_columns(&batch)),
+                                    i,
+                                ),
                                 reason: format!("row {read}: {reason}"),
                             };
                             self.bad_row(input, "parquet", bad)?;
@@ -137,8 +147,8 @@ impl Importer {
         Ok(())
     }
 
-    /// Marks a chunk once `read` rows of the file are `chunk_rows` past `chunk_start`, and
-    /// moves the progress display by the share of the file's rows read.
+    /// Marks a chunk once one is due ([`Importer::chunk_due`]), and moves the progress
+    /// display by the share of the file's rows read.
     fn chunk_if_full(
         &mut self,
         input: &Input,
@@ -148,7 +158,7 @@ impl Importer {
         total: u64,
         chunk_start: &mut u64,
     ) -> Result<(), ImportError> {
-        if read - *chunk_start < self.chunk_rows {
+        if !self.chunk_due(read, *chunk_start) {
             return Ok(());
         }
         at.rows_done = read;
@@ -183,32 +193,46 @@ struct PlannedRow {
     format: String,
 }
 
-/// Row `i` of `batch` by `plan`, checked as live data is; the error is the row's reason.
+/// Row `i` of a batch by `plan` (its `values`), checked as live data is; the error is the
+/// row's reason.
 fn planned_row(
     plan: &Plan,
-    batch: &arrow_array::RecordBatch,
+    values: &BatchValues<'_>,
+    instants: &mut Instants,
     i: usize,
     now_ms: i64,
 ) -> Result<PlannedRow, String> {
-    let text = |from, what: &str| -> Result<String, String> {
-        Values::of(from, batch)
-            .text(i)
+    let text = |v: &Values<'_>, what: &str| -> Result<String, String> {
+        v.text(i)
             .map(|t| t.into_owned())
             .ok_or_else(|| format!("no {what}"))
     };
-    let meter_id = text(&plan.meter_id, "meter_id")?;
-    let channel = text(&plan.channel, "channel")?;
-    let unit = text(&plan.unit, "unit")?;
-    let ts_ms = Values::of(&plan.ts, batch).time_ms(i)?.ok_or("no ts")?;
-    let value = Values::of(&plan.value, batch)
-        .number(i)?
-        .ok_or("no value")?
-        * plan.scale;
-    let quality = Values::of(&plan.quality, batch).quality(i)?;
-    let received_at_ms = Values::of(&plan.received_at, batch)
-        .time_ms(i)?
-        .unwrap_or(ts_ms);
-    let format = Values::of(&plan.format, batch)
+    let meter_id = text(&values.meter_id, "meter_id")?;
+    let channel = text(&values.channel, "channel")?;
+    let mut unit = text(&values.unit, "unit")?;
+    let stamp = values
+        .ts
+        .stamp(i, plan.ts_format.as_deref())?
+        .ok_or("no ts")?;
+    let ts_ms = instants
+        .of(stamp, &meter_id, &channel)
+        .map_err(|e| e.to_string())?;
+    let mut value = values.value.number(i)?.ok_or("no value")? * plan.scale;
+    if let Some(to) = &plan.to_unit {
+        value = conversion(&unit, to)
+            .map_err(|e| e.to_string())?
+            .apply(value);
+        unit.clone_from(to);
+    }
+    let quality = values.quality.quality(i)?;
+    // The time it was received: an instant as written (a naive one as UTC).
+    let received_at_ms = match values.received_at.stamp(i, None)? {
+        Some(Stamp::Utc(ms)) => ms,
+        Some(Stamp::Local(naive)) => naive.and_utc().timestamp_millis(),
+        None => ts_ms,
+    };
+    let format = values
+        .format
         .text(i)
         .map_or_else(|| "parquet".to_string(), |t| t.into_owned());
     validate_reading(&meter_id, &channel, &unit, value, ts_ms, now_ms)
@@ -225,24 +249,23 @@ fn planned_row(
     })
 }
 
-/// Row `i` of a foreign batch as one JSON line (column name: value as text), for its dead
-/// letter.
-fn foreign_row_json(batch: &arrow_array::RecordBatch, i: usize) -> Vec<u8> {
+/// Row `i` of a foreign batch (its `columns`) as one JSON line (column name: value as
+/// text), for its dead letter.
+fn foreign_row_json(columns: &[(String, Values<'_>)], i: usize) -> Vec<u8> {
     let mut row = serde_json::Map::new();
-    for (index, field) in batch.schema().fields().iter().enumerate() {
-        let from = crate::parquet_columns::From::Column(index);
-        let values = Values::of(&from, batch);
+    for (name, values) in columns {
         let shown = match values.text(i) {
             Some(t) => serde_json::Value::String(t.into_owned()),
             None => match values.number(i) {
                 Ok(Some(v)) => serde_json::json!(v),
-                _ => match values.time_ms(i) {
-                    Ok(Some(ms)) => serde_json::json!(ms),
+                _ => match values.stamp(i, None) {
+                    Ok(Some(Stamp::Utc(ms))) => serde_json::json!(ms),
+                    Ok(Some(Stamp::Local(naive))) => serde_json::json!(naive.to_string()),
                     _ => serde_json::Value::Null,
                 },
             },
         };
-        row.insert(field.name().clone(), shown);
+        row.insert(name.clone(), shown);
     }
     let mut out = serde_json::Value::Object(row).to_string().into_bytes();
     out.push(b'\n');

@@ -55,6 +55,10 @@ pub fn run(config: Config, args: ImportArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("--mapping {}", path.display()))?,
             )
         }
+        // --tz, --scale or --to-unit alone: the columns by their own names.
+        (None, None) if args.tz.is_some() || args.scale.is_some() || args.to_unit.is_some() => {
+            Some(CsvMapping::by_own_names())
+        }
         (None, None) => None,
     };
     let csv = match mapping {
@@ -77,12 +81,8 @@ pub fn run(config: Config, args: ImportArgs) -> anyhow::Result<()> {
             }
             Some(options)
         }
-        None if args.tz.is_some()
-            || args.scale.is_some()
-            || args.to_unit.is_some()
-            || args.delimiter.is_some() =>
-        {
-            anyhow::bail!("--tz, --scale, --to-unit and --delimiter are for CSV files: give --map or --mapping too")
+        None if args.delimiter.is_some() => {
+            anyhow::bail!("--delimiter is for CSV files: give --map or --mapping too")
         }
         None => None,
     };

@@ -122,3 +122,135 @@ fn parquet_written_by_pandas_pyarrow_polars_and_duckdb_imports_exactly() {
         "{said}"
     );
 }
+
+/// Review 25 M1: a file that fails midway (its second row group damaged, after 8192 rows were
+/// read) takes none of its rows along into the next file's chunk: the next file, whose every
+/// row is refused, still fails, and nothing is stored or counted.
+#[test]
+fn rows_of_a_file_that_fails_midway_do_not_go_with_the_next_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+import sys, pyarrow as pa, pyarrow.parquet as pq
+out = sys.argv[1]
+n = 12000
+t = pa.table({"meter_id": ["E1"] * n, "channel": ["1-0:1.8.0"] * n,
+              "ts": pa.array([1748736000000 + i * 900000 for i in range(n)], pa.timestamp("ms", tz="UTC")),
+              "value": [float(i) for i in range(n)], "unit": ["kWh"] * n})
+pq.write_table(t, f"{out}/a-broken.parquet", row_group_size=10000, compression="snappy")
+group = pq.ParquetFile(f"{out}/a-broken.parquet").metadata.row_group(1)
+start = min(group.column(i).data_page_offset for i in range(group.num_columns))
+data = bytearray(open(f"{out}/a-broken.parquet", "rb").read())
+for k in range(start, start + 40):
+    data[k] ^= 0xFF
+open(f"{out}/a-broken.parquet", "wb").write(data)
+r = pa.table({"meter_id": ["bad id!"] * 2, "channel": ["1-0:1.8.0"] * 2,
+              "ts": pa.array([1748736000000, 1748736900000], pa.timestamp("ms", tz="UTC")),
+              "value": [1.0, 2.0], "unit": ["kWh"] * 2})
+pq.write_table(r, f"{out}/b-refused.parquet")
+"#;
+    let made = Command::new("python3")
+        .args(["-c", script])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let data = dir.path().join("data");
+    let out = Command::new(BIN)
+        .args(["import", "--json", "--data-dir"])
+        .arg(&data)
+        .arg(dir.path().join("a-broken.parquet"))
+        .arg(dir.path().join("b-refused.parquet"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            &summary["files"],
+            &summary["files_failed"],
+            &summary["rows"]
+        ),
+        (
+            &serde_json::json!(0),
+            &serde_json::json!(2),
+            &serde_json::json!(0)
+        ),
+        "{summary}"
+    );
+    assert!(stored(&data).is_empty());
+}
+
+/// Review 25 M2: `--tz`, `--to-unit` and `ts_format` apply to Parquet as to CSV. pandas
+/// writes naive wall-clock times (no zone) when a frame's times have none: with `--tz` they
+/// are local times, the repeated autumn hour first summer then standard time; Wh become kWh.
+/// Text times in a layout of their own are read with the map's `ts_format`.
+#[test]
+fn naive_local_times_and_units_of_a_parquet_file_follow_tz_and_to_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+import sys, pandas as pd
+out = sys.argv[1]
+wall = ["2024-10-27 01:45", "2024-10-27 02:00", "2024-10-27 02:15",
+        "2024-10-27 02:00", "2024-10-27 02:15", "2024-10-27 03:00"]
+wh = [1000000, 1000250.5, 1000500, 1000750, 1001250, 1001500]
+pd.DataFrame({"meter_id": ["871687400000000001"] * 6, "channel": ["1-0:1.8.0"] * 6,
+              "ts": pd.to_datetime(wall), "value": wh, "unit": ["Wh"] * 6}).to_parquet(f"{out}/naive.parquet")
+pd.DataFrame({"EAN": ["871687400000000001"] * 6,
+              "Tijdstip": [w[8:10] + "-" + w[5:7] + "-" + w[0:4] + w[10:] for w in wall],
+              "Stand": wh}).to_parquet(f"{out}/text.parquet")
+"#;
+    let made = Command::new("python3")
+        .args(["-c", script])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    // (UTC seconds, kWh), as tests/it/import.rs's CSV of the same export.
+    let want: Vec<(String, String, i64, f64, String)> = [
+        (1_729_986_300, 1000.0),
+        (1_729_987_200, 1000.2505),
+        (1_729_988_100, 1000.5),
+        (1_729_990_800, 1000.75),
+        (1_729_991_700, 1001.25),
+        (1_729_994_400, 1001.5),
+    ]
+    .iter()
+    .map(|&(s, v)| {
+        (
+            "871687400000000001".to_string(),
+            "1-0:1.8.0".to_string(),
+            s * 1000,
+            v,
+            "kWh".to_string(),
+        )
+    })
+    .collect();
+    let run = |name: &str, extra: &[&str]| {
+        let data = dir.path().join(format!("data-{name}"));
+        let out = Command::new(BIN)
+            .args(["import", "--json", "--data-dir"])
+            .arg(&data)
+            .args(extra)
+            .args(["--tz", "Europe/Amsterdam", "--to-unit", "kWh"])
+            .arg(dir.path().join(name))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stored(&data)
+    };
+    assert_eq!(run("naive.parquet", &[]), want);
+    let map = r#"meter_id=EAN,channel="1-0:1.8.0",ts=Tijdstip,value=Stand,unit="Wh",ts_format="%d-%m-%Y %H:%M""#;
+    assert_eq!(run("text.parquet", &["--map", map]), want);
+}

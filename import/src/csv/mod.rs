@@ -73,8 +73,8 @@ mod mapping;
 mod reader;
 #[cfg(test)]
 mod tests;
-mod time;
-mod units;
+pub(crate) mod time;
+pub(crate) mod units;
 
 use std::io::Read;
 

@@ -14,7 +14,7 @@ use crate::ImportError;
 
 /// A parsed time stamp.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum Stamp {
+pub(crate) enum Stamp {
     /// An exact instant, Unix ms.
     Utc(i64),
     /// A wall-clock time without zone.
@@ -34,7 +34,7 @@ const NAIVE_FORMATS: [&str; 4] = [
 
 /// A stamp as the module doc lists them; `ts_format` is the mapping's. The error is a row's
 /// reason (without the column, which the caller adds).
-pub(super) fn parse_time(text: &str, ts_format: Option<&str>) -> Result<Stamp, ImportError> {
+pub(crate) fn parse_time(text: &str, ts_format: Option<&str>) -> Result<Stamp, ImportError> {
     if let Some(format) = ts_format {
         if let Ok(t) = DateTime::parse_from_str(text, format) {
             return Ok(Stamp::Utc(t.timestamp_millis()));
@@ -140,14 +140,14 @@ fn local_to_ms(tz: Tz, naive: NaiveDateTime, previous: Option<i64>) -> Option<i6
 
 /// Stamps made instants: naive ones in `tz` (UTC without one) by the DST rules of the module
 /// doc, for which it keeps each series' last instant.
-pub(super) struct Instants {
+pub(crate) struct Instants {
     tz: Option<Tz>,
     /// Last instant per (meter_id, channel), for the repeated autumn hour (with `tz` only).
     last_ts: HashMap<(String, String), i64>,
 }
 
 impl Instants {
-    pub(super) fn new(tz: Option<Tz>) -> Instants {
+    pub(crate) fn new(tz: Option<Tz>) -> Instants {
         Instants {
             tz,
             last_ts: HashMap::new(),
@@ -155,7 +155,7 @@ impl Instants {
     }
 
     /// The instant of `stamp` in the series of `meter_id` and `channel`, Unix ms.
-    pub(super) fn of(
+    pub(crate) fn of(
         &mut self,
         stamp: Stamp,
         meter_id: &str,

@@ -39,7 +39,7 @@ fn parse_unit(unit: &str) -> Option<(&'static str, i32)> {
 
 /// A unit conversion: multiply or divide by an exact power of ten.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum Conversion {
+pub(crate) enum Conversion {
     Multiply(f64),
     Divide(f64),
 }
@@ -47,7 +47,7 @@ pub(super) enum Conversion {
 impl Conversion {
     /// One correctly rounded operation with an exact operand: the double nearest to
     /// `value × 10^k` (`1234.5 Wh` → `1.2345 kWh`, where `× 0.001` may be off by one ulp).
-    pub(super) fn apply(self, value: f64) -> f64 {
+    pub(crate) fn apply(self, value: f64) -> f64 {
         match self {
             Conversion::Multiply(f) => value * f,
             Conversion::Divide(d) => value / d,
@@ -57,7 +57,7 @@ impl Conversion {
 
 /// The conversion from unit `from` to unit `to` (by SI prefix, within one quantity); the
 /// error is a row's reason.
-pub(super) fn conversion(from: &str, to: &str) -> Result<Conversion, ImportError> {
+pub(crate) fn conversion(from: &str, to: &str) -> Result<Conversion, ImportError> {
     if from == to {
         return Ok(Conversion::Multiply(1.0));
     }
