@@ -82,9 +82,7 @@ impl Want {
                 )
             }
             Want::Number => {
-                text || t.is_integer()
-                    || t.is_floating()
-                    || matches!(t, DataType::Decimal128(_, _))
+                text || t.is_integer() || t.is_floating() || matches!(t, DataType::Decimal128(_, _))
             }
             // pandas writes an integer column with a missing value as floats.
             Want::Integer => t.is_integer() || t.is_floating(),

@@ -108,8 +108,9 @@ pub enum SimulateError {
     #[error("TLS handshake: {}", handshake_words(.0))]
     TlsHandshake(std::io::Error),
 
-    /// Sending or receiving on a meter's connection or socket.
-    #[error(transparent)]
+    /// Sending or receiving on a meter's connection or socket (a TLS 1.3 server's alert
+    /// arrives here, after the handshake: said in words as a handshake's).
+    #[error("{}", handshake_words(.0))]
     Io(#[from] std::io::Error),
 
     /// An MQTT packet that could not be written.
@@ -226,7 +227,7 @@ impl SimulateError {
     pub(crate) fn is_final(&self) -> bool {
         match self {
             SimulateError::Refused(_) => true,
-            SimulateError::TlsHandshake(e) => e
+            SimulateError::TlsHandshake(e) | SimulateError::Io(e) => e
                 .get_ref()
                 .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
             _ => false,
@@ -337,7 +338,7 @@ pub fn tls_words(e: &rustls::Error) -> String {
                 _ => "refused",
             };
             format!(
-                "the server sent TLS alert {} ({what}): it refused the handshake, most likely this meter's client certificate (--tls-cert) or its CA",
+                "the server sent TLS alert {} ({what}): it refused this connection, most likely because it wants a client certificate (this simulator sends none: log in with --credentials) or does not take this TLS version",
                 u8::from(*alert)
             )
         }

@@ -1056,4 +1056,22 @@ fn a_v1_certificate_or_a_foreign_key_is_named_in_words() {
         !said.contains("Other(") && !said.contains("Some("),
         "{said}"
     );
+    // A v1 certificate as a CA of client certificates is taken (rustls accepts v1 trust
+    // anchors): only the server's own certificate must be v3.
+    let config = dir.join("v1-client-ca.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\ntls_cert = \"{0}/ca.crt\"\ntls_key = \"{0}/ca.key\"\ntls_client_ca = \"{0}/v1.crt\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--mqtt-tls-listen",
+        &format!("127.0.0.1:{}", crate::harness::free_port()),
+    ]);
+    drop(server);
 }

@@ -98,6 +98,7 @@ fn stamps(files: &TlsFiles) -> Vec<Option<SystemTime>> {
 fn build(files: &TlsFiles) -> Result<Arc<ServerConfig>, IngestError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs("mqtt.tls_cert", &files.cert)?;
+    check_leaf_version(&files.cert, &certs)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         IngestError::config(
             "mqtt.tls_key",
@@ -150,8 +151,15 @@ fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, In
             format!("{}: no PEM certificate in it", path.display()),
         ));
     }
-    // rustls takes only X.509 v3; OpenSSL 3's `x509 -req` makes v1 unless given extensions.
-    for cert in &certs {
+    Ok(certs)
+}
+
+/// The server's own certificate (the first of `tls_cert`'s chain) must be X.509 v3: rustls
+/// refuses a v1 end-entity certificate, which OpenSSL 3's `x509 -req` makes unless given
+/// extensions. (A v1 CA, in `tls_client_ca` or at the end of a chain, is accepted.)
+fn check_leaf_version(path: &Path, certs: &[CertificateDer<'static>]) -> Result<(), IngestError> {
+    let key = "mqtt.tls_cert";
+    if let Some(cert) = certs.first() {
         match x509_parser::parse_x509_certificate(cert.as_ref()) {
             Ok((_, parsed)) if parsed.version() != x509_parser::x509::X509Version::V3 => {
                 return Err(IngestError::config(
@@ -168,12 +176,12 @@ fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, In
             Err(e) => {
                 return Err(IngestError::config(
                     key,
-                    format!("{}: a certificate does not parse: {e}", path.display()),
+                    format!("{}: the certificate does not parse: {e}", path.display()),
                 ));
             }
         }
     }
-    Ok(certs)
+    Ok(())
 }
 
 /// Why `with_single_cert` refused the certificate and key, naming the file at fault.
