@@ -453,7 +453,7 @@ fn a_push_over_coap_reaches_clickhouse_exactly_and_its_replay_is_a_dead_letter_t
 
 /// The README's DLMS example runs as written: its `credentials add` for E0001, then its
 /// Python meter pushing the Tirol example to the wrapper listener over TCP (on this test's
-/// port instead of 4059) prints "stored", the push's readings are in Parquet, and sent a second
+/// port instead of 4059) prints "stored: yes", the push's readings are in Parquet, and sent a second
 /// time it is a `replay` dead letter, as the README says.
 #[test]
 fn the_readme_dlms_example_runs_as_written() {
@@ -488,10 +488,10 @@ fn the_readme_dlms_example_runs_as_written() {
     let listen = format!("127.0.0.1:{port}");
     let server = Server::start_in(tmp, &["--dlms-listen", &listen]);
     let meter = meter.replace("4059", &port.to_string());
-    assert_eq!(run(&meter), "stored\n");
+    assert_eq!(run(&meter), "stored: yes\n");
     assert_eq!(
         run(&meter),
-        "stored\n",
+        "stored: yes\n",
         "read (its meter has no authentication key), then refused by the pipeline"
     );
     crate::harness::wait_for("the second push refused as a replay", || {

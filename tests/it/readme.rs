@@ -29,6 +29,8 @@ struct Block {
     language: &'static str,
     text: String,
     skip: Option<String>,
+    /// The prose between the block before and this one's markers, lower case.
+    prose: String,
     background: bool,
     stop_before: bool,
     expect: Vec<String>,
@@ -39,11 +41,23 @@ fn blocks(readme: &str) -> Vec<Block> {
     let lines: Vec<&str> = readme.lines().collect();
     let mut out = Vec::new();
     let mut i = 0;
+    // Where the prose before the next block begins.
+    let mut prose_from = 0;
     while i < lines.len() {
         let fence = lines[i].trim_end();
         let language = match fence {
             "```sh" | "```bash" => "sh",
             "```python" => "python",
+            _ if fence.starts_with("```") => {
+                // Another block (text, toml, ...): its end starts the next prose.
+                i += 1;
+                while i < lines.len() && lines[i].trim_end() != "```" {
+                    i += 1;
+                }
+                i += 1;
+                prose_from = i;
+                continue;
+            }
             _ => {
                 i += 1;
                 continue;
@@ -54,6 +68,7 @@ fn blocks(readme: &str) -> Vec<Block> {
             language,
             text: String::new(),
             skip: None,
+            prose: String::new(),
             background: false,
             stop_before: false,
             expect: Vec::new(),
@@ -86,6 +101,7 @@ fn blocks(readme: &str) -> Vec<Block> {
                 );
             }
         }
+        block.prose = lines[prose_from.min(j)..j].join("\n").to_lowercase();
         i += 1;
         while i < lines.len() && lines[i].trim_end() != "```" {
             block.text.push_str(lines[i]);
@@ -94,6 +110,7 @@ fn blocks(readme: &str) -> Vec<Block> {
         }
         out.push(block);
         i += 1;
+        prose_from = i;
     }
     out
 }
@@ -144,18 +161,33 @@ fn with_ports(text: &str, ports: &BTreeMap<&'static str, String>) -> String {
     out
 }
 
-/// A scratch folder with links to the repository's top-level entries (not its build output
-/// nor any data folder).
+/// A scratch folder with links to the repository's top-level entries that git tracks (not
+/// its build output, nor files a developer left in the checkout, which blocks would find or
+/// write through).
 fn scratch_with_repository() -> tempfile::TempDir {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tracked = Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(repo)
+        .output()
+        .expect("git runs");
+    assert!(
+        tracked.status.success(),
+        "git ls-files in {}",
+        repo.display()
+    );
+    let top: std::collections::BTreeSet<String> = tracked
+        .stdout
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| {
+            let p = String::from_utf8_lossy(p).into_owned();
+            p.split('/').next().map(str::to_string)
+        })
+        .collect();
     let tmp = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(repo).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if [".git", "target", "data"].iter().any(|n| name == *n) {
-            continue;
-        }
-        std::os::unix::fs::symlink(entry.path(), tmp.path().join(&name)).unwrap();
+    for name in top {
+        std::os::unix::fs::symlink(repo.join(&name), tmp.path().join(&name)).unwrap();
     }
     tmp
 }
@@ -205,9 +237,23 @@ fn command(block: &Block, dir: &Path, ports: &BTreeMap<&'static str, String>) ->
     command
 }
 
+/// The background blocks running: (README line, process, log). Killed if the test fails
+/// before it stops them.
+#[derive(Default)]
+struct Background(Vec<(usize, Child, std::path::PathBuf)>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for (_, child, _) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Stops the background blocks with SIGTERM; each must exit 0.
-fn stop(background: &mut Vec<(usize, Child, std::path::PathBuf)>) {
-    for (line, mut child, log) in background.drain(..) {
+fn stop(background: &mut Background) {
+    for (line, mut child, log) in background.0.drain(..) {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
@@ -231,7 +277,7 @@ fn the_readme_runs_as_written() {
     clickhouse.query("DROP DATABASE IF EXISTS meterflow");
     let ports = ports(&clickhouse);
     let dir = scratch_with_repository();
-    let mut background: Vec<(usize, Child, std::path::PathBuf)> = Vec::new();
+    let mut background = Background::default();
     let (mut ran, mut skipped) = (0, Vec::new());
     for block in &blocks {
         if let Some(reason) = &block.skip {
@@ -239,9 +285,21 @@ fn the_readme_runs_as_written() {
             continue;
         }
         if block.stop_before {
+            // What the test does, the reader is told to do.
+            assert!(
+                block.prose.contains("stop"),
+                "README line {}: a `stop` marker, but the text before the block does not say to stop the meterflow running",
+                block.line
+            );
             stop(&mut background);
         }
         if block.background {
+            assert!(
+                background.0.is_empty(),
+                "README line {} starts a meterflow while the one of line {} still runs: say to stop it, and mark the block <!-- readme-test: stop -->",
+                block.line,
+                background.0[0].0
+            );
             let log = dir.path().join(format!("background-{}.log", block.line));
             let file = std::fs::File::create(&log).unwrap();
             let mut child = command(block, dir.path(), &ports)
@@ -254,7 +312,7 @@ fn the_readme_runs_as_written() {
             let http: u16 = ports["8080"].parse().unwrap();
             let what = format!("README line {}", block.line);
             crate::harness::wait_ready(&what, &mut child, http, &log);
-            background.push((block.line, child, log));
+            background.0.push((block.line, child, log));
             ran += 1;
             continue;
         }
