@@ -105,11 +105,16 @@ pub fn run(shared: &SharedArgs, args: CredentialsArgs) -> anyhow::Result<()> {
             prefix,
             out,
         } => {
-            let first = format!("{prefix}{:06}", 0);
-            anyhow::ensure!(
-                meterflow_proto::is_valid_meter_id(&first),
-                "--prefix: {first:?} is not a meter id (1 to 64 of [A-Za-z0-9._-])"
-            );
+            // The first and the last (the longest) ids must be meter ids.
+            for id in [
+                format!("{prefix}{:06}", 0),
+                format!("{prefix}{:06}", meters.saturating_sub(1)),
+            ] {
+                anyhow::ensure!(
+                    meterflow_proto::is_valid_meter_id(&id),
+                    "--prefix with --meters: {id:?} is not a meter id (1 to 64 of [A-Za-z0-9._-])"
+                );
+            }
             let file = create_private(&out)?;
             let mut w = std::io::BufWriter::new(file);
             use std::io::Write as _;

@@ -931,6 +931,12 @@ fn a_generated_fleet_is_imported_and_simulated() {
         "{}",
         text(&out)
     );
+    crate::harness::wait_for("the CoAP refusal in the server's log", || {
+        server
+            .log_text()
+            .contains("CoAP request refused (4.01)")
+            .then_some(())
+    });
 
     // A known meter with a wrong secret: the server's log names the meter, the peer and the
     // reason, and never the secret it was given.

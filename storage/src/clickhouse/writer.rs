@@ -323,7 +323,10 @@ async fn run_writer(shared: Arc<Shared>, queue: &JobQueue, order: Confirmations)
         // behind it wait in the queue and go in merged into large inserts then.
         let failing = shared.failing_since_ms.load(Ordering::Acquire) != 0;
         let limit = if failing { 1 } else { max_inflight };
-        let room = open && !abandoned && running.len() < limit;
+        // Units that finished behind an older one still running wait to be confirmed; at
+        // most a few times the limit, so that a crash re-inserts little (the rollups count
+        // re-inserted rows again).
+        let room = open && !abandoned && running.len() < limit && started.len() < limit * 4;
         if !room && running.is_empty() {
             break;
         }

@@ -170,7 +170,9 @@ impl Sessions {
                     metrics::counter!("meterflow_coaps_dropped_total", "why" => "bad_record")
                         .increment(1);
                 } else {
-                    tracing::info!(%peer, error = %e, "coaps: handshake failed");
+                    if crate::edge::note::log_allowed() {
+                        tracing::warn!(%peer, error = %e, "coaps: handshake refused (an unknown PSK identity or a wrong key)");
+                    }
                     metrics::counter!("meterflow_coaps_handshakes_total", "result" => "failed")
                         .increment(1);
                     self.end(peer, now);

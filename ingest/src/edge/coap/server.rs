@@ -161,6 +161,13 @@ impl Server {
         if let Caller::Unauthenticated = caller {
             metrics::counter!("meterflow_coap_denied_total", "reason" => "unauthenticated")
                 .increment(1);
+            if crate::edge::note::log_allowed() {
+                tracing::warn!(
+                    %peer,
+                    reason = "unauthenticated",
+                    "CoAP request refused (4.01): plain CoAP serves devices only on loopback while the credential store is empty; devices use coap.dtls_listen"
+                );
+            }
             // No diagnostic: the answer is no larger than the (spoofable) request.
             let reply = self.reply_to(&packet);
             return Some(encode(&with_code(reply, ResponseType::Unauthorized, None)));
