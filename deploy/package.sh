@@ -16,6 +16,8 @@
 #
 # Needs dpkg-deb, dpkg-shlibdeps and objcopy (Debian's dpkg-dev and binutils).
 set -euo pipefail
+# The package's modes are the ones written here, whatever the builder's umask.
+umask 022
 cd "$(dirname "$0")/.."
 
 binary=""
@@ -24,7 +26,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --binary) binary="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "deploy/package.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done

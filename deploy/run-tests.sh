@@ -28,6 +28,7 @@ declare -A needs=(
   [adduser]=adduser
   [runuser]=util-linux
   [pkill]=procps
+  [deb-systemd-helper]=init-system-helpers
 )
 missing=()
 for cmd in "${!needs[@]}"; do
@@ -94,7 +95,9 @@ echo "ClickHouse for the tests: $METERFLOW_TEST_CLICKHOUSE_URL ($(curl -s "$METE
 # The Debian package test installs the package on this machine and removes it again: asked
 # for as root only (CI runs as root), and it refuses a machine with a meterflow of its own.
 if [ "$(id -u)" -eq 0 ]; then
-  export METERFLOW_TEST_PACKAGE=1
+  # METERFLOW_TEST_PACKAGE=0 in the environment leaves it out.
+  : "${METERFLOW_TEST_PACKAGE:=1}"
+  export METERFLOW_TEST_PACKAGE
 else
   echo "not root: tests/it/package.rs (dpkg -i of the package) is not run" >&2
 fi

@@ -69,8 +69,8 @@ pub(crate) struct Importer {
 /// What became of one file's rows in this run.
 #[derive(Debug, Default)]
 pub(crate) struct FileTally {
-    /// The row this run began the file at (a resumed file: its saved position).
-    pub(crate) started_at: u64,
+    /// Rows of it taken by earlier runs (a resumed file).
+    pub(crate) taken_before: u64,
     pub(crate) taken: u64,
     pub(crate) refused: u64,
     /// Reason (without its line) -> (rows, first line).
@@ -78,10 +78,10 @@ pub(crate) struct FileTally {
 }
 
 impl FileTally {
-    /// Whether not one row of the file could be taken (and some were refused). A file
-    /// resumed past its start had rows taken by the run before.
+    /// Whether not one row of the file could be taken (and some were refused), in this run
+    /// or an earlier one that was cut short.
     pub(crate) fn all_refused(&self) -> bool {
-        self.started_at == 0 && self.taken == 0 && self.refused > 0
+        self.taken_before + self.taken == 0 && self.refused > 0
     }
 
     /// The refusals by reason, most first: `12 rows: value is not a number (first at line
@@ -219,6 +219,7 @@ impl Importer {
         // A file none of whose rows could be taken is not done: a rerun reads it again
         // (once it is mended, or the import's settings are).
         let mut at = at.clone();
+        at.taken = self.file.taken_before + self.file.taken;
         if at.done && self.file.all_refused() {
             at.done = false;
             at.rows_done = 0;
@@ -247,7 +248,12 @@ impl Importer {
         }
         let gathered = self.rows.finish();
         let keep = gathered.slice(0, self.rows_marked);
-        if let Ok(c) = ReadingColumns::of(&keep) {
+        let Ok(c) = ReadingColumns::of(&keep) else {
+            // Not possible (the builder's own batch); nothing kept, nothing counted.
+            self.rows_marked = 0;
+            return;
+        };
+        {
             for i in 0..c.len() {
                 self.rows.append_text(&TextRow {
                     meter_id: c.meter_id.value(i),
@@ -288,9 +294,8 @@ impl Importer {
     fn send_rows(&mut self, file_name: Option<&str>) -> Result<(), ImportError> {
         let batch = self.rows.finish();
         self.rows_marked = 0;
-        self.chunks_sent += 1;
-        let chunk = self.chunks_sent;
-        self.sinks.send(
+        let chunk = self.chunks_sent + 1;
+        let sent = self.sinks.send(
             SinkBatch {
                 rows: &batch,
                 oldest: Some(chunk),
@@ -299,8 +304,19 @@ impl Importer {
                 file_name,
             },
             Instant::now(),
-        )?;
-        Ok(())
+        );
+        match sent {
+            Ok(_) => {
+                self.chunks_sent = chunk;
+                Ok(())
+            }
+            Err(e) => {
+                // Not in the sink: the marks it would have covered are never saved, so a
+                // rerun reads those rows again.
+                self.waiting.retain(|(c, _)| *c != chunk);
+                Err(e.into())
+            }
+        }
     }
 
     /// Keeps a bad row: a dead-letter file entry, and a `dead_letters` row in ClickHouse.

@@ -223,9 +223,10 @@ pub fn run(config: &ImportTarget, options: &ImportOptions) -> Result<ImportSumma
     tracing::info!(target = %target, files = inputs.len(), bytes = total_bytes, "importing");
     for input in &inputs {
         let key = format!("{target}\t{}", input.path.display());
-        let settings = match (input.kind, &options.csv) {
-            (Kind::Csv, Some(csv)) => fnv1a(&format!("{csv:?}")),
-            _ => 0,
+        // Any settings change what a file's rows become, CSV or Parquet.
+        let settings = match &options.csv {
+            Some(csv) => fnv1a(&format!("{csv:?}")),
+            None => 0,
         };
         let fresh = FileProgress {
             size: input.size,
@@ -233,6 +234,7 @@ pub fn run(config: &ImportTarget, options: &ImportOptions) -> Result<ImportSumma
             rows_done: 0,
             done: false,
             settings,
+            taken: 0,
         };
         let start = match importer.progress.files.get(&key) {
             _ if options.restart => fresh,
@@ -245,7 +247,7 @@ pub fn run(config: &ImportTarget, options: &ImportOptions) -> Result<ImportSumma
                 p.clone()
             }
             Some(p) if p.settings != settings => {
-                tracing::warn!(file = %input.path.display(), "imported earlier with other CSV settings; importing it again from its start (rows of the earlier settings are not removed)");
+                tracing::warn!(file = %input.path.display(), "imported earlier with other settings (--map, --tz, --scale, --to-unit, ...); importing it again from its start (rows of the earlier settings are not removed)");
                 fresh
             }
             Some(_) => {
@@ -267,7 +269,7 @@ pub fn run(config: &ImportTarget, options: &ImportOptions) -> Result<ImportSumma
         }
         importer.display.start_file(input);
         importer.file = FileTally {
-            started_at: start.rows_done,
+            taken_before: start.taken,
             ..Default::default()
         };
         let result = match (input.kind, &options.csv) {

@@ -42,6 +42,9 @@ pub(crate) struct Plan {
     /// The zone of naive times (zone-less timestamps, dates, text without an offset):
     /// `--tz`; UTC without it.
     pub tz: Option<chrono_tz::Tz>,
+    /// The time column is INT96 (as Spark writes it): UTC instants, though Arrow reads them
+    /// without a zone.
+    pub ts_int96: bool,
     /// The layout of text times (`ts_format` of `--map`).
     pub ts_format: Option<String>,
     /// Each row's unit converted to this (`--to-unit`).
@@ -157,6 +160,14 @@ impl Plan {
             Ok(From::Column(index))
         };
         let mapping = options.map(|o| &o.mapping);
+        // The settings as the CSV reader checks them: a bad one stops the file at once, not
+        // row by row.
+        if let Some(o) = options {
+            crate::csv::units::check_scale(o.scale)?;
+            if let Some(to) = &o.to_unit {
+                crate::csv::units::check_unit(to)?;
+            }
+        }
         Ok(Plan {
             meter_id: resolve("meter_id", mapping.map(|m| &m.meter_id), Want::Text, true)?,
             channel: resolve("channel", mapping.map(|m| &m.channel), Want::Text, true)?,
@@ -173,6 +184,7 @@ impl Plan {
             format: resolve("format", None, Want::Text, false)?,
             scale: options.map_or(1.0, |o| o.scale),
             tz: options.and_then(|o| o.tz),
+            ts_int96: false,
             ts_format: options.and_then(|o| o.mapping.ts_format.clone()),
             to_unit: options.and_then(|o| o.to_unit.clone()),
         })

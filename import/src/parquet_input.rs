@@ -49,7 +49,16 @@ impl Importer {
         let plan = if own {
             None
         } else {
-            Some(Plan::new(builder.schema(), options, &input.path)?)
+            let mut plan = Plan::new(builder.schema(), options, &input.path)?;
+            // Spark's INT96 times are UTC instants; Arrow reads them as zone-less.
+            if let crate::parquet_columns::From::Column(i) = plan.ts {
+                let name = builder.schema().field(i).name().clone();
+                plan.ts_int96 =
+                    builder.parquet_schema().columns().iter().any(|c| {
+                        c.name() == name && c.physical_type() == parquet::basic::Type::INT96
+                    });
+            }
+            Some(plan)
         };
         let reader = builder
             .with_batch_size(8192)
@@ -214,6 +223,10 @@ fn planned_row(
         .ts
         .stamp(i, plan.ts_format.as_deref())?
         .ok_or("no ts")?;
+    let stamp = match stamp {
+        Stamp::Local(naive) if plan.ts_int96 => Stamp::Utc(naive.and_utc().timestamp_millis()),
+        stamp => stamp,
+    };
     let ts_ms = instants
         .of(stamp, &meter_id, &channel)
         .map_err(|e| e.to_string())?;

@@ -18,9 +18,14 @@ pub(crate) struct FileProgress {
     /// Input rows (data rows of a CSV, bad ones included; rows of a Parquet file) in the sink.
     pub(crate) rows_done: u64,
     pub(crate) done: bool,
-    /// A hash of the CSV settings the file was read with (0 for Parquet): other settings
-    /// read it anew.
+    /// A hash of the settings the file was read with (`--map`, `--tz`, `--scale`,
+    /// `--to-unit`, ...; 0 for meterflow's own Parquet read as it is): other settings read it
+    /// anew.
     pub(crate) settings: u64,
+    /// Rows taken from it so far, over the runs (a file none of whose rows was taken is not
+    /// done, even when resumed); absent in records of earlier versions.
+    #[serde(default)]
+    pub(crate) taken: u64,
 }
 
 /// `{data_dir}/import/progress.json`: per target and file, how far the import got.

@@ -199,6 +199,11 @@ wall = ["2024-10-27 01:45", "2024-10-27 02:00", "2024-10-27 02:15",
 wh = [1000000, 1000250.5, 1000500, 1000750, 1001250, 1001500]
 pd.DataFrame({"meter_id": ["871687400000000001"] * 6, "channel": ["1-0:1.8.0"] * 6,
               "ts": pd.to_datetime(wall), "value": wh, "unit": ["Wh"] * 6}).to_parquet(f"{out}/naive.parquet")
+utc = pd.to_datetime(["2024-10-26 23:45", "2024-10-27 00:00", "2024-10-27 00:15",
+                      "2024-10-27 01:00", "2024-10-27 01:15", "2024-10-27 02:00"]).tz_localize("UTC")
+pd.DataFrame({"meter_id": ["871687400000000001"] * 6, "channel": ["1-0:1.8.0"] * 6,
+              "ts": utc, "value": wh, "unit": ["Wh"] * 6}).to_parquet(
+    f"{out}/int96.parquet", engine="pyarrow", use_deprecated_int96_timestamps=True)
 pd.DataFrame({"EAN": ["871687400000000001"] * 6,
               "Tijdstip": [w[8:10] + "-" + w[5:7] + "-" + w[0:4] + w[10:] for w in wall],
               "Stand": wh}).to_parquet(f"{out}/text.parquet")
@@ -251,6 +256,41 @@ pd.DataFrame({"EAN": ["871687400000000001"] * 6,
         stored(&data)
     };
     assert_eq!(run("naive.parquet", &[]), want);
+    // Spark's INT96 times are instants: --tz does not move them.
+    assert_eq!(run("int96.parquet", &[]), want);
+    // Imported first without --tz (taken as UTC), then again with it: other settings read
+    // the file anew, not "done earlier".
+    let data = dir.path().join("data-again");
+    let import_naive = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["import", "--json", "--data-dir"])
+            .arg(&data)
+            .args(extra)
+            .arg(dir.path().join("naive.parquet"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    import_naive(&["--to-unit", "kWh"]);
+    let again = import_naive(&["--tz", "Europe/Amsterdam", "--to-unit", "kWh"]);
+    assert_eq!(
+        (
+            &again["files"],
+            &again["files_already_done"],
+            &again["rows"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(0),
+            &serde_json::json!(6)
+        ),
+        "{again}"
+    );
     let map = r#"meter_id=EAN,channel="1-0:1.8.0",ts=Tijdstip,value=Stand,unit="Wh",ts_format="%d-%m-%Y %H:%M""#;
     assert_eq!(run("text.parquet", &["--map", map]), want);
 }

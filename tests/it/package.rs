@@ -9,7 +9,8 @@
 //! which `deploy/run-tests.sh` sets when it runs as root, as CI does), only as root, and only
 //! on a machine without any meterflow of its own: no `meterflow` user, no `/etc/meterflow`,
 //! no `/var/lib/meterflow`, no `meterflow.service`, no package. It then removes exactly what
-//! it made, however it ends. Where systemd runs, the service the package starts is stopped
+//! it made, however it ends (a run killed outright leaves them: the next run refuses the
+//! machine until they are removed by hand). Where systemd runs, the service the package starts is stopped
 //! first; the unit itself is checked by `systemd-analyze verify`.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -49,6 +50,9 @@ fn meterflow_here() -> Vec<String> {
     let mut found = Vec::new();
     if succeeds("getent", &["passwd", "meterflow"]) {
         found.push("the user meterflow".to_string());
+    }
+    if succeeds("getent", &["group", "meterflow"]) {
+        found.push("the group meterflow".to_string());
     }
     for path in [
         "/etc/meterflow",

@@ -156,10 +156,9 @@ struct MappingFile {
 }
 
 impl CsvMapping {
-    /// Parses `--map meter_id=COL,channel=COL|"1-0:1.8.0",ts=COL,value=COL,unit=COL|"kWh"`
-    /// (grammar in the module doc). Errors name the target.
     /// Each field from the column of its own name (`meter_id`, `channel`, `ts`, `value`,
-    /// `unit`; `quality` where there is one), and no settings.
+    /// `unit`; a Parquet file's `quality` where there is one: a CSV's quality needs `--map`),
+    /// and no settings.
     pub fn by_own_names() -> CsvMapping {
         let column = |name: &str| Field::Column(name.to_string());
         CsvMapping {
@@ -177,6 +176,8 @@ impl CsvMapping {
         }
     }
 
+    /// Parses `--map meter_id=COL,channel=COL|"1-0:1.8.0",ts=COL,value=COL,unit=COL|"kWh"`
+    /// (grammar in the module doc). Errors name the target.
     pub fn parse_spec(spec: &str) -> Result<CsvMapping, ImportError> {
         let mut targets = Targets::default();
         let mut chars = spec.chars().peekable();

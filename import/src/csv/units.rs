@@ -79,7 +79,7 @@ pub(crate) fn conversion(from: &str, to: &str) -> Result<Conversion, ImportError
 }
 
 /// A `scale` setting: finite, not 0.
-pub(super) fn check_scale(scale: f64) -> Result<f64, ImportError> {
+pub(crate) fn check_scale(scale: f64) -> Result<f64, ImportError> {
     if !scale.is_finite() || scale == 0.0 {
         return Err(ImportError::mapping(
             "scale",
@@ -90,7 +90,7 @@ pub(super) fn check_scale(scale: f64) -> Result<f64, ImportError> {
 }
 
 /// A `to_unit` setting: a unit [`conversion`] knows.
-pub(super) fn check_unit(unit: &str) -> Result<(), ImportError> {
+pub(crate) fn check_unit(unit: &str) -> Result<(), ImportError> {
     if parse_unit(unit).is_none() {
         return Err(ImportError::mapping(
             "to_unit",

@@ -171,7 +171,7 @@ impl Sessions {
                         .increment(1);
                 } else {
                     if crate::edge::note::log_allowed() {
-                        tracing::warn!(%peer, error = %e, "coaps: handshake refused (an unknown PSK identity or a wrong key)");
+                        tracing::warn!(%peer, error = %e, "coaps: handshake failed (an unknown PSK identity or a wrong key among the causes: the error says which)");
                     }
                     metrics::counter!("meterflow_coaps_handshakes_total", "result" => "failed")
                         .increment(1);
