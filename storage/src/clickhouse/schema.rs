@@ -623,11 +623,22 @@ async fn add_column(
             let e = ClickHouseError { action, source };
             if is_duplicate_column(&e) {
                 Ok(false)
+            } else if still_running_on_cluster(&e, sql) {
+                tracing::warn!(error = %e, "a column of a later version is still being added on some servers of the cluster (ClickHouse finishes it in the background; `meterflow schema --apply` again confirms it)");
+                Ok(false)
             } else {
                 Err(e)
             }
         }
     }
+}
+
+/// Whether `e` says a server of the cluster had not run the distributed `sql` within
+/// `distributed_ddl_task_timeout` (Code 159; a busy server): ClickHouse keeps it queued and
+/// runs it there in the background. For adding a column (which new tables have already) that
+/// is not a failure.
+fn still_running_on_cluster(e: &ClickHouseError, sql: &str) -> bool {
+    e.code() == Some(159) && sql.contains(" ON CLUSTER ")
 }
 
 /// Whether `e` says the column to add exists already (Code 44 `ILLEGAL_COLUMN`, "column with
@@ -890,6 +901,22 @@ mod tests {
         assert!(!super::is_duplicate_column(&error(
             "Code: 60. Table doesn't exist"
         )));
+        // 18.16's answer when a server of the cluster has not run it yet (CI, 2026-12-07).
+        let waiting = "Code: 159, e.displayText() = DB::Exception: Watching task \
+                       /clickhouse/task_queue/ddl/query-0000000022 is executing longer than \
+                       distributed_ddl_task_timeout (=180) seconds. There are 1 unfinished \
+                       hosts (1 of them are currently active), they are going to execute the \
+                       query in background";
+        let on_cluster = "ALTER TABLE m.meters_local ON CLUSTER c ADD COLUMN x UInt32";
+        assert!(super::still_running_on_cluster(&error(waiting), on_cluster));
+        assert!(!super::still_running_on_cluster(
+            &error(waiting),
+            "ALTER TABLE m.meters ADD COLUMN x UInt32"
+        ));
+        assert!(!super::still_running_on_cluster(
+            &error("Code: 60. Table doesn't exist"),
+            on_cluster
+        ));
     }
 
     use super::*;
